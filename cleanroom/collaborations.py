@@ -1,0 +1,228 @@
+"""Collaborations and the lifecycle of their policy.
+
+Invariant: data may flow (`require_active`) only when every member named in the current policy revision has
+approved exactly that revision (by its etag, the SHA-256 of its text). A new proposal clears every approval, and
+is refused once any data has been uploaded, so the rules under which data arrived can never change under it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cleanroom_client.policy import Policy, PolicyError, parse_policy
+
+from .errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from .storage import Database
+from .storage.database import first
+
+_ID = re.compile(r"^[a-z][a-z0-9-]{3,62}$")
+_NAME_PREFIX = "collaborations/"
+
+
+@dataclass(frozen=True)
+class MemberState:
+    """A member, its abilities, and whether it approved the current policy revision."""
+
+    name: str
+    abilities: frozenset[str]
+    approved: bool
+
+
+@dataclass(frozen=True)
+class Collaboration:
+    """A collaboration and its current policy revision."""
+
+    id: str
+    display_name: str
+    create_time: datetime
+    policy_yaml: str
+    policy_revision: int
+    policy_etag: str
+    proposer: str
+    policy: Policy
+    members: tuple[MemberState, ...]
+
+    @property
+    def name(self) -> str:
+        """Resource name, `collaborations/{id}`."""
+        return _NAME_PREFIX + self.id
+
+    @property
+    def active(self) -> bool:
+        """Every member approved the current revision."""
+        return all(m.approved for m in self.members)
+
+    @property
+    def awaiting(self) -> list[str]:
+        """Members that have not approved the current revision."""
+        return [m.name for m in self.members if not m.approved]
+
+
+def parse_name(name: str) -> str:
+    """The id in `collaborations/{id}`; InvalidArgumentError otherwise."""
+    if not name.startswith(_NAME_PREFIX) or not _ID.match(name[len(_NAME_PREFIX) :]):
+        raise InvalidArgumentError(f"expected a collaboration name like 'collaborations/brand-x-2026q4', got {name!r}")
+    return name[len(_NAME_PREFIX) :]
+
+
+def _etag(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _parse(text: str) -> Policy:
+    try:
+        return parse_policy(text)
+    except PolicyError as exc:
+        raise InvalidArgumentError(str(exc)) from None
+
+
+class Collaborations:
+    """Create, read and approve collaborations in the server's database."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def create(self, principal: str, collab_id: str, policy_yaml: str) -> Collaboration:
+        """Create a collaboration proposing `policy_yaml`; the caller must be one of its members."""
+        policy = _parse(policy_yaml)
+        if policy.member(principal) is None:
+            raise PermissionDeniedError(
+                f"you ({principal}) are not among the policy's members ({', '.join(m.name for m in policy.members)})"
+            )
+        collab_id = collab_id or "c-" + secrets.token_hex(6)
+        if not _ID.match(collab_id):
+            raise InvalidArgumentError(
+                f"collaboration id {collab_id!r}: use 4 to 63 lower-case letters, digits or '-', starting with a letter"
+            )
+        with self._db.transaction() as cur:
+            if first(cur.execute("SELECT 1 FROM collaborations WHERE id = ?", [collab_id])):
+                raise AlreadyExistsError(f"collaboration {collab_id!r} exists already")
+            cur.execute(
+                "INSERT INTO collaborations VALUES (?, ?, ?, ?, 1, ?, ?)",
+                [
+                    collab_id,
+                    policy.name,
+                    datetime.now(UTC).replace(tzinfo=None),
+                    policy_yaml,
+                    _etag(policy_yaml),
+                    principal,
+                ],
+            )
+            for m in policy.members:
+                cur.execute("INSERT INTO members VALUES (?, ?, NULL)", [collab_id, m.name])
+        return self.get(principal, collab_id)
+
+    def get(self, principal: str, collab_id: str) -> Collaboration:
+        """The collaboration, if the caller is one of its members."""
+        collab = self._load(collab_id)
+        if collab.policy.member(principal) is None:
+            raise PermissionDeniedError(f"you ({principal}) are not a member of collaborations/{collab_id}")
+        return collab
+
+    def list(self, principal: str, page_size: int, page_token: str) -> tuple[list[Collaboration], str]:
+        """The caller's collaborations ordered by id, a page at a time; returns the page and the next token."""
+        if page_size < 0:
+            raise InvalidArgumentError("page_size must not be negative")
+        size = min(page_size or 50, 1000)
+        rows = (
+            self._db.cursor()
+            .execute(
+                "SELECT collab FROM members WHERE member = ? AND collab > ? ORDER BY collab LIMIT ?",
+                [principal, page_token, size + 1],
+            )
+            .fetchall()
+        )
+        ids = [r[0] for r in rows]
+        page = [self._load(i) for i in ids[:size]]
+        return page, (ids[size - 1] if len(ids) > size else "")
+
+    def propose(self, principal: str, collab_id: str, policy_yaml: str) -> Collaboration:
+        """Propose a new revision; clears every approval. Members stay the same; refused once data was uploaded."""
+        current = self.get(principal, collab_id)
+        policy = _parse(policy_yaml)
+        if {m.name for m in policy.members} != {m.name for m in current.members}:
+            raise InvalidArgumentError(
+                "a new policy revision must name the same members "
+                f"({', '.join(sorted(m.name for m in current.members))}); start a new collaboration to change them"
+            )
+        with self._db.transaction() as cur:
+            if first(cur.execute("SELECT 1 FROM uploads WHERE collab = ? LIMIT 1", [collab_id])):
+                raise FailedPreconditionError(
+                    "data has been uploaded under the current policy; it can no longer change. "
+                    "Start a new collaboration for new rules."
+                )
+            cur.execute(
+                "UPDATE collaborations SET display_name = ?, policy_yaml = ?, policy_revision = policy_revision + 1,"
+                " policy_etag = ?, proposer = ? WHERE id = ?",
+                [policy.name, policy_yaml, _etag(policy_yaml), principal, collab_id],
+            )
+            cur.execute("UPDATE members SET approved_etag = NULL WHERE collab = ?", [collab_id])
+        return self.get(principal, collab_id)
+
+    def approve(self, principal: str, collab_id: str, etag: str) -> Collaboration:
+        """Approve the current revision, named by its etag so nobody approves a text they have not read."""
+        current = self.get(principal, collab_id)
+        if not etag:
+            raise InvalidArgumentError(
+                "etag is required: pass the policy etag you reviewed (Collaboration.policy.etag)"
+            )
+        if etag != current.policy_etag:
+            raise FailedPreconditionError(
+                f"the policy changed since you read it: current revision {current.policy_revision} has etag "
+                f"{current.policy_etag}; review it and approve that etag"
+            )
+        with self._db.transaction() as cur:
+            cur.execute(
+                "UPDATE members SET approved_etag = ? WHERE collab = ? AND member = ?", [etag, collab_id, principal]
+            )
+        return self.get(principal, collab_id)
+
+    def require_active(self, principal: str, collab_id: str, ability: str) -> Collaboration:
+        """The collaboration, if its policy is approved by all and grants the caller `ability`."""
+        collab = self.get(principal, collab_id)
+        if not collab.active:
+            raise FailedPreconditionError(
+                f"the policy of collaborations/{collab_id} is not yet approved by: {', '.join(collab.awaiting)}"
+            )
+        member = collab.policy.member(principal)
+        if member is None or ability not in member.abilities:
+            raise PermissionDeniedError(f"the policy does not give you ({principal}) the ability '{ability}'")
+        return collab
+
+    def _load(self, collab_id: str) -> Collaboration:
+        cur = self._db.cursor()
+        row = first(
+            cur.execute(
+                "SELECT id, display_name, create_time, policy_yaml, policy_revision, policy_etag, proposer"
+                " FROM collaborations WHERE id = ?",
+                [collab_id],
+            )
+        )
+        if row is None:
+            raise NotFoundError(f"collaborations/{collab_id} does not exist")
+        approvals = dict(
+            cur.execute("SELECT member, approved_etag FROM members WHERE collab = ?", [collab_id]).fetchall()
+        )
+        policy = parse_policy(row[3])
+        members = tuple(MemberState(m.name, m.abilities, approvals.get(m.name) == row[5]) for m in policy.members)
+        return Collaboration(
+            id=row[0],
+            display_name=row[1],
+            create_time=row[2].replace(tzinfo=UTC),
+            policy_yaml=row[3],
+            policy_revision=row[4],
+            policy_etag=row[5],
+            proposer=row[6],
+            policy=policy,
+            members=members,
+        )

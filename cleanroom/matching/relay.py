@@ -1,0 +1,292 @@
+"""The PSI relay: it stores singly blinded points, shuffles them for the peer, and un-shuffles the peer's answer.
+
+Protocol v1 step 5 (protos/PROTOCOL.md). What the server holds, and for how long:
+- a member's singly blinded points, from upload until the peer has double-blinded them; then they are deleted;
+- the doubly blinded keys on each member's rows, which are what the join compares;
+- never an identifier, a digest or a key: it only ever receives points blinded by a member's secret scalar.
+
+The shuffle is a uniformly random permutation drawn from the OS's CSPRNG, so the order in which the peer receives
+points says nothing about the owner's row order. Every chunk is stored with its progress in one transaction; the
+last chunk commits the whole upload in the same transaction, so a half upload is never visible.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from cleanroom_client.curve import InvalidPointError, validate_point
+from cleanroom_client.identity import IdentifierType
+
+from ..collaborations import Collaboration
+from ..errors import FailedPreconditionError, InvalidArgumentError
+from ..storage import Database
+from ..storage.database import first
+from .join import join_matches
+from .progress import UploadProgress, check_next_chunk, list_progress, read_progress, save_progress
+
+POINT_SIZE = 32
+ROW_ID_SIZE = 8
+#: Points per chunk of an offer (1 MiB of points).
+OFFER_CHUNK = 32768
+#: Most points one uploaded chunk may carry (2.5 MiB with row ids).
+MAX_CHUNK_POINTS = 65536
+POINTS = "points"
+DOUBLE_BLINDED = "double_blinded"
+_ZERO = bytes(POINT_SIZE)
+
+ID_TYPE_CODES = {t: t.priority + 1 for t in IdentifierType}  # the wire's IdentifierType numbers
+
+
+class MatchStage(enum.Enum):
+    """Where a collaboration's match stands."""
+
+    UPLOADING = "uploading"
+    DOUBLE_BLINDING = "double_blinding"
+    MATCHED = "matched"
+
+
+@dataclass(frozen=True)
+class MatchStatus:
+    """The match from one member's side: its uploads, the peer's offer, and both set sizes."""
+
+    stage: MatchStage
+    uploads: tuple[UploadProgress, ...]
+    peer_points_ready: bool
+    peer_point_chunks: int
+    own_set_size: int
+    peer_set_size: int
+
+
+def _validate_points(points: bytes, what: str, allow_zero: bool = False) -> None:
+    for i in range(0, len(points), POINT_SIZE):
+        point = points[i : i + POINT_SIZE]
+        if allow_zero and point == _ZERO:
+            continue
+        try:
+            validate_point(point)
+        except InvalidPointError as exc:
+            raise InvalidArgumentError(f"{what}, point {i // POINT_SIZE}: {exc}") from None
+
+
+def _point_array(points: bytes) -> pa.FixedSizeBinaryArray:
+    n = len(points) // POINT_SIZE
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(POINT_SIZE), n, [None, pa.py_buffer(points)])
+
+
+def _ensure_not_matched(cur: duckdb.DuckDBPyConnection, collab: str) -> None:
+    if first(cur.execute("SELECT 1 FROM match_results WHERE collab = ?", [collab])):
+        raise FailedPreconditionError(
+            f"the match of collaborations/{collab} is complete; a second match is not possible "
+            "(start a new collaboration to match new data)"
+        )
+
+
+class Relay:
+    """Relay state of all collaborations, in the server's database."""
+
+    def __init__(self, db: Database, offer_chunk: int = OFFER_CHUNK) -> None:
+        self._db = db
+        self.offer_chunk = offer_chunk
+
+    def upload_points(
+        self,
+        collab: Collaboration,
+        member: str,
+        chunk_index: int,
+        id_type: IdentifierType,
+        row_ids: bytes,
+        points: bytes,
+        last: bool,
+    ) -> UploadProgress:
+        """Store one chunk of a member's singly blinded points; the last chunk commits and shuffles them."""
+        what = f"chunk {chunk_index}"
+        if len(row_ids) % ROW_ID_SIZE or len(points) % POINT_SIZE:
+            raise InvalidArgumentError(f"{what}: row_ids must be 8 bytes and points 32 bytes each")
+        n = len(points) // POINT_SIZE
+        if len(row_ids) // ROW_ID_SIZE != n:
+            raise InvalidArgumentError(f"{what}: {len(row_ids) // ROW_ID_SIZE} row ids for {n} points")
+        if n > MAX_CHUNK_POINTS:
+            raise InvalidArgumentError(f"{what}: {n} points; at most {MAX_CHUNK_POINTS} per chunk")
+        _validate_points(points, what)
+        with self._db.transaction() as cur:
+            _ensure_not_matched(cur, collab.id)
+            progress = read_progress(cur, collab.id, member, POINTS)
+            if check_next_chunk(progress, chunk_index, "your point upload"):
+                cur.execute("DELETE FROM staged_points WHERE collab = ? AND member = ?", [collab.id, member])
+                progress = None
+            seq0 = progress.rows if progress else 0
+            chunk = pa.table(
+                {
+                    "seq": pa.array(np.arange(seq0, seq0 + n, dtype=np.int64)),
+                    "id_type": pa.array(np.full(n, ID_TYPE_CODES[id_type], dtype=np.int8)),
+                    "row_id": pa.array(np.frombuffer(row_ids, dtype="<i8")),
+                    "point": _point_array(points),
+                }
+            )
+            cur.register("chunk", chunk)
+            cur.execute(
+                "INSERT INTO staged_points SELECT ?, ?, seq, id_type, row_id, point FROM chunk", [collab.id, member]
+            )
+            cur.unregister("chunk")
+            new = UploadProgress(POINTS, chunk_index + 1, seq0 + n, False)
+            set_size = None
+            if last:
+                set_size = self._commit_points(cur, collab.id, member, seq0 + n)
+                new = UploadProgress(POINTS, chunk_index + 1, seq0 + n, True)
+            save_progress(cur, collab.id, member, new, set_size)
+        return new
+
+    def _commit_points(self, cur: duckdb.DuckDBPyConnection, collab: str, member: str, total: int) -> int:
+        dupes = first(
+            cur.execute(
+                "SELECT count(*) - count(DISTINCT (id_type, row_id)) FROM staged_points"
+                " WHERE collab = ? AND member = ?",
+                [collab, member],
+            )
+        )
+        if dupes and dupes[0]:
+            raise InvalidArgumentError(
+                f"{dupes[0]} rows carry the same identifier type twice; each row has at most one identifier per "
+                "type. Start the upload again at chunk 0."
+            )
+        # pos_of_seq[seq] is a uniformly random permutation (argsort of independent uniform 64-bit keys).
+        keys = np.frombuffer(os.urandom(8 * total), dtype=np.uint64)
+        perm = pd.DataFrame({"seq": np.arange(total, dtype=np.int64), "pos": np.argsort(keys).astype(np.int64)})
+        cur.register("perm", perm)
+        cur.execute(
+            "INSERT INTO offers SELECT s.collab, s.member, p.pos, s.id_type, s.row_id, s.point"
+            " FROM staged_points s JOIN perm p USING (seq) WHERE s.collab = ? AND s.member = ? ORDER BY p.pos",
+            [collab, member],
+        )
+        cur.unregister("perm")
+        cur.execute("DELETE FROM staged_points WHERE collab = ? AND member = ?", [collab, member])
+        row = first(
+            cur.execute("SELECT count(DISTINCT row_id) FROM offers WHERE collab = ? AND member = ?", [collab, member])
+        )
+        return int(row[0]) if row else 0
+
+    def _offer_size(self, cur: duckdb.DuckDBPyConnection, collab: str, owner: str) -> int | None:
+        progress = read_progress(cur, collab, owner, POINTS)
+        return progress.rows if progress and progress.committed else None
+
+    def offer_chunks(self, collab: Collaboration, member: str) -> int:
+        """The number of chunks in the peer's offer; FailedPrecondition while the peer is still uploading."""
+        peer = collab.policy.peer_of(member)
+        size = self._offer_size(self._db.cursor(), collab.id, peer)
+        if size is None:
+            raise FailedPreconditionError(f"{peer} has not finished uploading its points yet; retry later")
+        return self._chunks(size)
+
+    def _chunks(self, size: int) -> int:
+        """Chunks in an offer of `size` points; an empty offer still has one (empty) chunk to answer."""
+        return max(1, -(-size // self.offer_chunk))
+
+    def fetch_peer_chunk(self, collab: Collaboration, member: str, chunk_index: int) -> bytes:
+        """Chunk `chunk_index` of the peer's shuffled points, 32 bytes each."""
+        total = self.offer_chunks(collab, member)
+        if not 0 <= chunk_index < total:
+            raise InvalidArgumentError(f"chunk {chunk_index} is out of range; the offer has {total} chunks")
+        start = chunk_index * self.offer_chunk
+        cur = self._db.cursor()
+        if read_progress(cur, collab.id, member, DOUBLE_BLINDED) and self._double_done(cur, collab.id, member):
+            raise FailedPreconditionError("you have already double-blinded the peer's points")
+        table = cur.sql(
+            "SELECT point FROM offers WHERE collab = ? AND member = ? AND pos >= ? AND pos < ? ORDER BY pos",
+            params=[collab.id, collab.policy.peer_of(member), start, start + self.offer_chunk],
+        ).to_arrow_table()
+        return b"".join(table.column("point").to_pylist())
+
+    def _double_done(self, cur: duckdb.DuckDBPyConnection, collab: str, member: str) -> bool:
+        progress = read_progress(cur, collab, member, DOUBLE_BLINDED)
+        return bool(progress and progress.committed)
+
+    def submit_double_blinded(
+        self, collab: Collaboration, member: str, chunk_index: int, points: bytes, last: bool
+    ) -> UploadProgress:
+        """Store the caller's blinding of one offered chunk; the final chunk un-shuffles onto the peer's rows."""
+        peer = collab.policy.peer_of(member)
+        what = f"double-blinded chunk {chunk_index}"
+        if len(points) % POINT_SIZE:
+            raise InvalidArgumentError(f"{what}: points must be 32 bytes each")
+        _validate_points(points, what, allow_zero=True)
+        with self._db.transaction() as cur:
+            _ensure_not_matched(cur, collab.id)
+            size = self._offer_size(cur, collab.id, peer)
+            if size is None:
+                raise FailedPreconditionError(f"{peer} has not finished uploading its points yet; retry later")
+            total = self._chunks(size)
+            progress = read_progress(cur, collab.id, member, DOUBLE_BLINDED)
+            if check_next_chunk(progress, chunk_index, "your double-blinded upload"):
+                cur.execute("DELETE FROM double_points WHERE collab = ? AND owner = ?", [collab.id, peer])
+                progress = None
+            if chunk_index >= total:
+                raise InvalidArgumentError(f"{what} is out of range; the offer has {total} chunks")
+            start = chunk_index * self.offer_chunk
+            expected = min(self.offer_chunk, size - start)
+            n = len(points) // POINT_SIZE
+            if n != expected:
+                raise InvalidArgumentError(f"{what}: carries {n} points; the offered chunk had {expected}")
+            final = chunk_index == total - 1
+            if last != final:
+                raise InvalidArgumentError(
+                    f"{what}: `last` must be set on chunk {total - 1}, the final chunk of the offer, and only there"
+                )
+            chunk = pa.table(
+                {"pos": pa.array(np.arange(start, start + n, dtype=np.int64)), "dkey": _point_array(points)}
+            )
+            cur.register("chunk", chunk)
+            cur.execute("INSERT INTO double_points SELECT ?, ?, pos, dkey FROM chunk", [collab.id, peer])
+            cur.unregister("chunk")
+            new = UploadProgress(DOUBLE_BLINDED, chunk_index + 1, start + n, final)
+            if final:
+                self._unshuffle(cur, collab.id, peer)
+            save_progress(cur, collab.id, member, new)
+            if final:
+                self._join_if_ready(cur, collab)
+        return new
+
+    def _unshuffle(self, cur: duckdb.DuckDBPyConnection, collab: str, owner: str) -> None:
+        cur.execute(
+            "INSERT INTO match_keys SELECT o.collab, o.member, o.id_type, o.row_id, d.dkey"
+            " FROM offers o JOIN double_points d ON o.collab = d.collab AND o.member = d.owner AND o.pos = d.pos"
+            " WHERE o.collab = ? AND o.member = ? AND d.dkey <> ?",
+            [collab, owner, _ZERO],
+        )
+        cur.execute("DELETE FROM offers WHERE collab = ? AND member = ?", [collab, owner])
+        cur.execute("DELETE FROM double_points WHERE collab = ? AND owner = ?", [collab, owner])
+
+    def _join_if_ready(self, cur: duckdb.DuckDBPyConnection, collab: Collaboration) -> None:
+        if all(self._double_done(cur, collab.id, m.name) for m in collab.members):
+            join_matches(cur, collab.id, tuple(sorted(m.name for m in collab.members)))  # type: ignore[arg-type]
+
+    def status(self, collab: Collaboration, member: str) -> MatchStatus:
+        """The match as `member` may see it."""
+        cur = self._db.cursor()
+        peer = collab.policy.peer_of(member)
+        if first(cur.execute("SELECT 1 FROM match_results WHERE collab = ?", [collab.id])):
+            stage = MatchStage.MATCHED
+        elif all(self._offer_size(cur, collab.id, m.name) is not None for m in collab.members):
+            stage = MatchStage.DOUBLE_BLINDING
+        else:
+            stage = MatchStage.UPLOADING
+        peer_size = self._offer_size(cur, collab.id, peer)
+        sizes = dict(
+            cur.execute(
+                "SELECT member, set_size FROM uploads WHERE collab = ? AND kind = ? AND committed",
+                [collab.id, POINTS],
+            ).fetchall()
+        )
+        return MatchStatus(
+            stage=stage,
+            uploads=tuple(list_progress(cur, collab.id, member)),
+            peer_points_ready=peer_size is not None,
+            peer_point_chunks=self._chunks(peer_size) if peer_size is not None else 0,
+            own_set_size=int(sizes.get(member) or 0),
+            peer_set_size=int(sizes.get(peer) or 0),
+        )

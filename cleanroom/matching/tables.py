@@ -1,0 +1,145 @@
+"""Uploads of the members' pseudonymous tables: users attributes and event tables, as Arrow IPC chunks.
+
+Guarantees: a table is stored only if the policy declares it for the uploading member, and only with columns the
+policy declares (plus `row_id`, the random surrogate id of the user); dimension values lie in their declared
+domain (or are null) and are stored as text; measures are numeric; the time column is a date or timestamp. Chunks
+are staged in a table of their own and the final chunk renames it into place in the same transaction, so a half
+upload is never visible.
+"""
+
+from __future__ import annotations
+
+import re
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+from cleanroom_client.policy import TableSpec
+
+from ..collaborations import Collaboration
+from ..errors import InvalidArgumentError
+from ..storage import Database
+from ..storage.database import first, quote_ident
+from .progress import UploadProgress, check_next_chunk, read_progress, save_progress
+
+USERS_TABLE = "users"
+_SAFE = re.compile(r"^[a-z0-9_]+$")
+
+
+def physical_name(collab: str, member: str, table: str, staged: bool = False) -> str:
+    """The DuckDB table holding `member.table` of a collaboration."""
+    name = f"{'stage' if staged else 'data'}__{collab.replace('-', '_')}__{member}__{table}"
+    if not _SAFE.match(name):
+        raise InvalidArgumentError(f"unsafe table name {name!r}")
+    return name
+
+
+def _decode(data: bytes, what: str) -> pa.Table:
+    try:
+        with pa.ipc.open_stream(data) as reader:
+            return reader.read_all()
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+        raise InvalidArgumentError(f"{what}: not an Arrow IPC stream ({exc})") from None
+
+
+def _check(table: pa.Table, spec: TableSpec, what: str) -> pa.Table:
+    """Validate a chunk against the policy; returns it with dimensions cast to text."""
+    columns = set(table.column_names)
+    if "row_id" not in columns:
+        raise InvalidArgumentError(f"{what}: the table needs an int64 column `row_id` (the user's surrogate id)")
+    undeclared = sorted(columns - {"row_id"} - set(spec.columns))
+    if undeclared:
+        raise InvalidArgumentError(
+            f"{what}: columns {undeclared} are not declared for {spec.qualified_name} in the policy "
+            f"(declared: {list(spec.columns) or 'none'})"
+        )
+    if table.column("row_id").type != pa.int64() or table.column("row_id").null_count:
+        raise InvalidArgumentError(f"{what}: `row_id` must be int64 without nulls")
+    out = table
+    for col, domain in spec.dimensions.items():
+        if col not in columns:
+            continue
+        try:
+            text = pc.cast(table.column(col), pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise InvalidArgumentError(f"{what}: dimension `{col}` cannot be read as text") from None
+        outside = pc.filter(text, pc.and_(pc.is_valid(text), pc.invert(pc.is_in(text, value_set=pa.array(domain)))))
+        if len(outside):
+            examples = sorted(set(outside.to_pylist()))[:5]
+            raise InvalidArgumentError(
+                f"{what}: dimension `{col}` has {len(outside)} values outside its declared domain, e.g. {examples}; "
+                f"allowed: {list(domain)} (or empty)"
+            )
+        out = out.set_column(out.column_names.index(col), col, text)
+    for col in spec.measures:
+        if col in columns and not (
+            pa.types.is_integer(table.column(col).type)
+            or pa.types.is_floating(table.column(col).type)
+            or pa.types.is_decimal(table.column(col).type)
+        ):
+            raise InvalidArgumentError(f"{what}: measure `{col}` must be numeric, got {table.column(col).type}")
+    if spec.time and spec.time in columns:
+        kind = table.column(spec.time).type
+        if not (pa.types.is_timestamp(kind) or pa.types.is_date(kind)):
+            raise InvalidArgumentError(f"{what}: time column `{spec.time}` must be a date or timestamp, got {kind}")
+    return out
+
+
+class TableUploads:
+    """Chunked, resumable uploads of the members' tables."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def upload_chunk(
+        self, collab: Collaboration, member: str, table: str, chunk_index: int, arrow_ipc: bytes, last: bool
+    ) -> UploadProgress:
+        """Validate and stage one chunk; the last one makes the whole table visible at once."""
+        spec = collab.policy.table(member, table)
+        if spec is None:
+            declared = sorted(t.table for t in collab.policy.tables.values() if t.member == member)
+            raise InvalidArgumentError(
+                f"table {table!r} is not declared for {member} in the policy (declared: {declared or 'none'})"
+            )
+        what = f"{member}.{table} chunk {chunk_index}"
+        data = _check(_decode(arrow_ipc, what), spec, what)
+        kind = f"table:{table}"
+        stage = quote_ident(physical_name(collab.id, member, table, staged=True))
+        with self._db.transaction() as cur:
+            progress = read_progress(cur, collab.id, member, kind)
+            restart = check_next_chunk(progress, chunk_index, f"the upload of {member}.{table}")
+            if restart or progress is None:
+                progress = None
+                cur.execute(f"DROP TABLE IF EXISTS {stage}")
+            cur.register("chunk", data)
+            if progress is None:
+                cur.execute(f"CREATE TABLE {stage} AS SELECT * FROM chunk")
+            else:
+                existing = [r[0] for r in cur.execute(f"DESCRIBE {stage}").fetchall()]
+                if sorted(existing) != sorted(data.column_names):
+                    raise InvalidArgumentError(
+                        f"{what}: columns {sorted(data.column_names)} differ from earlier chunks' {sorted(existing)}"
+                    )
+                cur.execute(f"INSERT INTO {stage} BY NAME SELECT * FROM chunk")
+            cur.unregister("chunk")
+            rows = (progress.rows if progress else 0) + data.num_rows
+            new = UploadProgress(kind, chunk_index + 1, rows, last)
+            if last:
+                self._commit(cur, collab.id, member, table, rows)
+            save_progress(cur, collab.id, member, new)
+        return new
+
+    def _commit(self, cur: duckdb.DuckDBPyConnection, collab: str, member: str, table: str, rows: int) -> None:
+        stage = physical_name(collab, member, table, staged=True)
+        final = physical_name(collab, member, table)
+        if table == USERS_TABLE:
+            dupes = first(cur.execute(f"SELECT count(*) - count(DISTINCT row_id) FROM {quote_ident(stage)}"))
+            if dupes and dupes[0]:
+                raise InvalidArgumentError(
+                    f"{member}.users: {dupes[0]} duplicate row_id values; each user has one surrogate id. "
+                    "Start the upload again at chunk 0."
+                )
+        cur.execute(f"DROP TABLE IF EXISTS {quote_ident(final)}")
+        cur.execute(f"ALTER TABLE {quote_ident(stage)} RENAME TO {quote_ident(final)}")
+        cur.execute("DELETE FROM data_tables WHERE collab = ? AND member = ? AND name = ?", [collab, member, table])
+        cur.execute("INSERT INTO data_tables VALUES (?, ?, ?, ?, ?)", [collab, member, table, final, rows])

@@ -1,0 +1,170 @@
+"""MatchingService: protobuf in, domain call, protobuf out.
+
+Every stream names its collaboration on each message; the first message decides it and later ones must agree.
+Each chunk is checked against `MAX_CHUNK_BYTES` before any domain work, so an oversized chunk is a clear
+INVALID_ARGUMENT rather than a transport error (the transport's own limit sits above it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+from cleanroom_client._proto import matching_pb2 as pb
+from cleanroom_client._proto import matching_pb2_grpc as pb_grpc
+from cleanroom_client.identity import IdentifierType
+
+from ..collaborations import Collaboration, Collaborations, parse_name
+from ..errors import InvalidArgumentError
+from ..matching import MatchStage, Relay, TableUploads, UploadProgress
+from .auth import Authenticator
+
+MAX_CHUNK_BYTES = 4 * 1024 * 1024
+CONTRIBUTE = "contribute"
+
+_ID_TYPES = {
+    pb.IDENTIFIER_TYPE_EMAIL: IdentifierType.EMAIL,
+    pb.IDENTIFIER_TYPE_PHONE: IdentifierType.PHONE,
+    pb.IDENTIFIER_TYPE_DEVICE_ID: IdentifierType.DEVICE_ID,
+    pb.IDENTIFIER_TYPE_CUSTOM: IdentifierType.CUSTOM,
+}
+_STAGES = {
+    MatchStage.UPLOADING: pb.MatchStatus.STAGE_UPLOADING,
+    MatchStage.DOUBLE_BLINDING: pb.MatchStatus.STAGE_DOUBLE_BLINDING,
+    MatchStage.MATCHED: pb.MatchStatus.STAGE_MATCHED,
+}
+
+
+def _check_size(request: object, chunk_index: int) -> None:
+    size = request.ByteSize()  # type: ignore[attr-defined]
+    if size > MAX_CHUNK_BYTES:
+        raise InvalidArgumentError(
+            f"chunk {chunk_index} is {size} bytes; the limit is {MAX_CHUNK_BYTES} bytes per message: "
+            "send smaller chunks"
+        )
+
+
+class _StreamCollab:
+    """Resolves the collaboration of a stream once, and checks every later message names the same one."""
+
+    def __init__(self, collabs: Collaborations, principal: str) -> None:
+        self._collabs = collabs
+        self._principal = principal
+        self._parent = ""
+        self.collab: Collaboration | None = None
+
+    def resolve(self, parent: str) -> Collaboration:
+        if self.collab is None:
+            self._parent = parent
+            self.collab = self._collabs.require_active(self._principal, parse_name(parent), CONTRIBUTE)
+        elif parent != self._parent:
+            raise InvalidArgumentError(f"every message of a stream must name {self._parent}, got {parent!r}")
+        return self.collab
+
+
+def _no_messages() -> InvalidArgumentError:
+    return InvalidArgumentError("the stream carried no chunks")
+
+
+class MatchingServicer(pb_grpc.MatchingServiceServicer):
+    """Thin adapter over the relay and the table uploads."""
+
+    def __init__(self, collaborations: Collaborations, relay: Relay, tables: TableUploads, auth: Authenticator) -> None:
+        self._collabs = collaborations
+        self._relay = relay
+        self._tables = tables
+        self._auth = auth
+
+    def UploadBlindedPoints(  # noqa: N802 - gRPC method name
+        self, request_iterator: Iterator[pb.UploadBlindedPointsRequest], context: grpc.ServicerContext
+    ) -> pb.UploadBlindedPointsResponse:
+        """Store chunks of singly blinded points."""
+        principal = self._auth.principal(context)
+        stream = _StreamCollab(self._collabs, principal)
+        progress: UploadProgress | None = None
+        received = 0
+        for req in request_iterator:
+            _check_size(req, req.chunk_index)
+            collab = stream.resolve(req.parent)
+            id_type = _ID_TYPES.get(req.identifier_type)
+            if id_type is None:
+                raise InvalidArgumentError(f"chunk {req.chunk_index}: identifier_type must be set to a known type")
+            progress = self._relay.upload_points(
+                collab, principal, req.chunk_index, id_type, req.row_ids, req.points, req.last
+            )
+            received += len(req.points) // 32
+        if progress is None:
+            raise _no_messages()
+        return pb.UploadBlindedPointsResponse(
+            points_received=received, next_chunk_index=progress.next_chunk, committed=progress.committed
+        )
+
+    def FetchPeerPoints(  # noqa: N802
+        self, request: pb.FetchPeerPointsRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.FetchPeerPointsResponse]:
+        """Stream the peer's shuffled points."""
+        principal = self._auth.principal(context)
+        collab = self._collabs.require_active(principal, parse_name(request.parent), CONTRIBUTE)
+        total = self._relay.offer_chunks(collab, principal)
+        if not 0 <= request.start_chunk <= total:
+            raise InvalidArgumentError(f"start_chunk {request.start_chunk} is out of range; the offer has {total}")
+        for i in range(request.start_chunk, total):
+            if not context.is_active():
+                return
+            points = self._relay.fetch_peer_chunk(collab, principal, i)
+            yield pb.FetchPeerPointsResponse(chunk_index=i, points=points, total_chunks=total)
+
+    def SubmitDoubleBlindedPoints(  # noqa: N802
+        self, request_iterator: Iterator[pb.SubmitDoubleBlindedPointsRequest], context: grpc.ServicerContext
+    ) -> pb.SubmitDoubleBlindedPointsResponse:
+        """Store chunks of doubly blinded points."""
+        principal = self._auth.principal(context)
+        stream = _StreamCollab(self._collabs, principal)
+        progress: UploadProgress | None = None
+        for req in request_iterator:
+            _check_size(req, req.chunk_index)
+            collab = stream.resolve(req.parent)
+            progress = self._relay.submit_double_blinded(collab, principal, req.chunk_index, req.points, req.last)
+        if progress is None:
+            raise _no_messages()
+        return pb.SubmitDoubleBlindedPointsResponse(next_chunk_index=progress.next_chunk, committed=progress.committed)
+
+    def UploadTable(  # noqa: N802
+        self, request_iterator: Iterator[pb.UploadTableRequest], context: grpc.ServicerContext
+    ) -> pb.UploadTableResponse:
+        """Store chunks of a table."""
+        principal = self._auth.principal(context)
+        stream = _StreamCollab(self._collabs, principal)
+        progress: UploadProgress | None = None
+        table = ""
+        for req in request_iterator:
+            _check_size(req, req.chunk_index)
+            collab = stream.resolve(req.parent)
+            if table and req.table != table:
+                raise InvalidArgumentError(f"every message of a stream must name table {table!r}")
+            table = req.table
+            progress = self._tables.upload_chunk(collab, principal, table, req.chunk_index, req.arrow_ipc, req.last)
+        if progress is None:
+            raise _no_messages()
+        return pb.UploadTableResponse(
+            rows_received=progress.rows, next_chunk_index=progress.next_chunk, committed=progress.committed
+        )
+
+    def GetMatchStatus(  # noqa: N802
+        self, request: pb.GetMatchStatusRequest, context: grpc.ServicerContext
+    ) -> pb.MatchStatus:
+        """The match from the caller's side."""
+        principal = self._auth.principal(context)
+        collab = self._collabs.require_active(principal, parse_name(request.parent), CONTRIBUTE)
+        status = self._relay.status(collab, principal)
+        return pb.MatchStatus(
+            stage=_STAGES[status.stage],
+            uploads=[
+                pb.UploadProgress(kind=u.kind, next_chunk_index=u.next_chunk, rows=u.rows, committed=u.committed)
+                for u in status.uploads
+            ],
+            peer_points_ready=status.peer_points_ready,
+            peer_point_chunks=status.peer_point_chunks,
+            own_set_size=status.own_set_size,
+            peer_set_size=status.peer_set_size,
+        )

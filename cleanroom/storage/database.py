@@ -1,0 +1,153 @@
+"""The server's single DuckDB file: schema, connections and the write lock.
+
+Everything durable lives in `<data_dir>/cleanroom.duckdb`: collaborations, approvals, upload progress, relay state,
+doubly blinded keys, the join and the members' uploaded tables. A write that spans several statements runs in one
+transaction (`Database.transaction`), so a crash (even `kill -9`) leaves either all of it or none of it: a
+half-finished upload is never visible as finished.
+
+DuckDB allows one writer at a time; writers take `write_lock` so concurrent RPCs queue instead of conflicting.
+Readers use their own cursor and see the last committed state.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+DB_FILE = "cleanroom.duckdb"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS collaborations (
+    id VARCHAR PRIMARY KEY,
+    display_name VARCHAR NOT NULL,
+    create_time TIMESTAMP NOT NULL,  -- UTC
+    policy_yaml VARCHAR NOT NULL,
+    policy_revision BIGINT NOT NULL,
+    policy_etag VARCHAR NOT NULL,
+    proposer VARCHAR NOT NULL
+);
+-- One row per member of a collaboration; approved_etag is the policy revision it approved, if any.
+CREATE TABLE IF NOT EXISTS members (
+    collab VARCHAR NOT NULL,
+    member VARCHAR NOT NULL,
+    approved_etag VARCHAR
+);
+-- Progress of each resumable upload. kind: 'points', 'double_blinded' or 'table:<name>'.
+CREATE TABLE IF NOT EXISTS uploads (
+    collab VARCHAR NOT NULL,
+    member VARCHAR NOT NULL,
+    kind VARCHAR NOT NULL,
+    next_chunk BIGINT NOT NULL,
+    rows BIGINT NOT NULL,
+    committed BOOLEAN NOT NULL,
+    set_size BIGINT
+);
+-- Singly blinded points while they are being uploaded (seq: position in upload order).
+CREATE TABLE IF NOT EXISTS staged_points (
+    collab VARCHAR NOT NULL,
+    member VARCHAR NOT NULL,
+    seq BIGINT NOT NULL,
+    id_type TINYINT NOT NULL,
+    row_id BIGINT NOT NULL,
+    point BLOB NOT NULL
+);
+-- A member's committed points in the server's shuffled order (pos), offered to the peer.
+CREATE TABLE IF NOT EXISTS offers (
+    collab VARCHAR NOT NULL,
+    member VARCHAR NOT NULL,
+    pos BIGINT NOT NULL,
+    id_type TINYINT NOT NULL,
+    row_id BIGINT NOT NULL,
+    point BLOB NOT NULL
+);
+-- The peer's blinding applied to an offer, by position, until the offer is un-shuffled.
+CREATE TABLE IF NOT EXISTS double_points (
+    collab VARCHAR NOT NULL,
+    owner VARCHAR NOT NULL,
+    pos BIGINT NOT NULL,
+    dkey BLOB NOT NULL
+);
+-- Doubly blinded join keys on the owner's rows.
+CREATE TABLE IF NOT EXISTS match_keys (
+    collab VARCHAR NOT NULL,
+    member VARCHAR NOT NULL,
+    id_type TINYINT NOT NULL,
+    row_id BIGINT NOT NULL,
+    dkey BLOB NOT NULL
+);
+-- The one-to-one join: member_a < member_b by name; id_type is the identifier that decided the pair.
+CREATE TABLE IF NOT EXISTS matches (
+    collab VARCHAR NOT NULL,
+    member_a VARCHAR NOT NULL,
+    row_a BIGINT NOT NULL,
+    member_b VARCHAR NOT NULL,
+    row_b BIGINT NOT NULL,
+    id_type TINYINT NOT NULL
+);
+-- The members' uploaded tables: one physical table each, named by `data_table_name`.
+CREATE TABLE IF NOT EXISTS data_tables (
+    collab VARCHAR NOT NULL,
+    member VARCHAR NOT NULL,
+    name VARCHAR NOT NULL,
+    physical VARCHAR NOT NULL,
+    rows BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS match_results (
+    collab VARCHAR PRIMARY KEY,
+    matched_time TIMESTAMP NOT NULL
+);
+"""
+
+
+def quote_ident(name: str) -> str:
+    """A DuckDB identifier, quoted. Names reaching here were validated, quoting is a second line of defence."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+class Database:
+    """The DuckDB file of a data directory, created with its schema on first open."""
+
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = data_dir / DB_FILE
+        self._con = duckdb.connect(str(self.path))
+        self.write_lock = threading.RLock()
+        with self.transaction() as cur:
+            cur.execute(_SCHEMA)
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor for reading (and, under `write_lock`, writing) from the calling thread."""
+        return self._con.cursor()
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Hold the write lock and run the block in one transaction: all of it commits, or none of it."""
+        with self.write_lock:
+            cur = self._con.cursor()
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            else:
+                cur.execute("COMMIT")
+            finally:
+                cur.close()
+
+    def close(self) -> None:
+        """Checkpoint and close the file."""
+        with self.write_lock:
+            self._con.execute("CHECKPOINT")
+            self._con.close()
+
+
+def first(result: duckdb.DuckDBPyConnection) -> tuple[Any, ...] | None:
+    """The first row of an executed query, consuming the whole result (DuckDB refuses new work until then)."""
+    rows = result.fetchall()
+    return rows[0] if rows else None

@@ -1,0 +1,144 @@
+"""Synthetic brand and platform data with a known ground truth, for the demo, the tests and the benchmarks.
+
+A population of people is split into brand-only, platform-only and shared people. Shared people are written
+differently on each side (case and spaces in emails, national vs. E.164 phones) so matching depends on
+normalization, and some match on one identifier only: on the phone alone, the brand's email differs from the
+platform's; on the email alone, the platform lacks the phone. A few identifiers are invalid on purpose. Truth:
+exactly `shared` brand customers are platform users, and `truth` names the pairs.
+
+This is test data: numpy's generator is fine here. It is never used for privacy noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+AREA_CODES = (212, 312, 415, 617, 646, 702, 718, 305, 206, 512)
+TIERS = ("gold", "silver", "basic")
+AGE_BANDS = ("18-24", "25-34", "35-44", "45+")
+STAGES = ("aware", "appeal", "act", "advocate")
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Sizes and mix of the synthetic data."""
+
+    brand_users: int = 10_000
+    platform_users: int = 20_000
+    shared: int = 3_000
+    #: Of the shared people: fraction matching on phone only, and on email only.
+    phone_only: float = 1 / 6
+    email_only: float = 1 / 6
+    #: Fraction of brand rows with a malformed email.
+    invalid_email: float = 0.01
+    conversions_per_user: float = 1.5
+    seed: int = 7
+
+    def __post_init__(self) -> None:
+        if self.shared > min(self.brand_users, self.platform_users):
+            raise ValueError("shared cannot exceed either side's number of users")
+        if not 0 <= self.phone_only + self.email_only <= 1:
+            raise ValueError("phone_only + email_only must lie in [0, 1]")
+
+
+@dataclass(frozen=True)
+class SyntheticData:
+    """Both members' tables and the ground truth (brand customer_id, platform user_id) of the shared people."""
+
+    brand_users: pd.DataFrame
+    brand_conversions: pd.DataFrame
+    platform_users: pd.DataFrame
+    truth: pd.DataFrame
+
+
+def _phone(person: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """National and E.164 forms of one distinct US number per person id."""
+    area = np.array(AREA_CODES)[person % len(AREA_CODES)]
+    line = 2_000_000 + person // len(AREA_CODES)
+    national = [f"({a}) {n // 10000}-{n % 10000:04d}" for a, n in zip(area, line, strict=True)]
+    e164 = [f"+1{a}{n}" for a, n in zip(area, line, strict=True)]
+    return np.array(national, dtype=object), np.array(e164, dtype=object)
+
+
+def generate(config: SyntheticConfig | None = None) -> SyntheticData:
+    """Generate both members' data for `config`."""
+    cfg = config or SyntheticConfig()
+    rng = np.random.default_rng(cfg.seed)
+    n_brand_only = cfg.brand_users - cfg.shared
+    n_platform_only = cfg.platform_users - cfg.shared
+    people = rng.permutation(cfg.shared + n_brand_only + n_platform_only)
+    shared = people[: cfg.shared]
+    brand_people = np.concatenate([shared, people[cfg.shared : cfg.shared + n_brand_only]])
+    platform_people = np.concatenate([shared, people[cfg.shared + n_brand_only :]])
+
+    n_phone_only = round(cfg.shared * cfg.phone_only)
+    n_email_only = round(cfg.shared * cfg.email_only)
+
+    b_national, _ = _phone(brand_people)
+    brand_email = np.array([f"  Person.{p}@Example.COM " for p in brand_people], dtype=object)
+    bad = rng.random(cfg.brand_users) < cfg.invalid_email
+    bad[: cfg.shared] = False  # keep the truth exact: shared people's identifiers stay valid
+    brand_email[bad] = "not-an-email"
+    brand_order = rng.permutation(cfg.brand_users)
+    brand_users = pd.DataFrame(
+        {
+            "customer_id": [f"C{i:08d}" for i in range(cfg.brand_users)],
+            "email": brand_email[brand_order],
+            "mobile": b_national[brand_order],
+            "tier": rng.choice(TIERS, size=cfg.brand_users, p=[0.1, 0.3, 0.6]),
+        }
+    )
+    brand_id_of_person = dict(zip(brand_people[brand_order], brand_users["customer_id"], strict=True))
+
+    _, p_e164 = _phone(platform_people)
+    platform_email = np.array([f"person.{p}@example.com" for p in platform_people], dtype=object)
+    platform_email[:n_phone_only] = [f"other.{p}@example.net" for p in platform_people[:n_phone_only]]
+    p_e164 = p_e164.copy()
+    p_e164[n_phone_only : n_phone_only + n_email_only] = None
+    platform_order = rng.permutation(cfg.platform_users)
+    platform_users = pd.DataFrame(
+        {
+            "user_id": [f"U{i:08d}" for i in range(cfg.platform_users)],
+            "email": platform_email[platform_order],
+            "phone": p_e164[platform_order],
+            "age_band": rng.choice(AGE_BANDS, size=cfg.platform_users),
+            "stage_4a": rng.choice([*STAGES, None], size=cfg.platform_users, p=[0.3, 0.2, 0.15, 0.05, 0.3]),
+        }
+    )
+    platform_id_of_person = dict(zip(platform_people[platform_order], platform_users["user_id"], strict=True))
+
+    truth = pd.DataFrame(
+        {
+            "customer_id": [brand_id_of_person[p] for p in shared],
+            "user_id": [platform_id_of_person[p] for p in shared],
+        }
+    )
+    n_conv = round(cfg.brand_users * cfg.conversions_per_user)
+    start = np.datetime64("2026-10-01T00:00:00")
+    conversions = pd.DataFrame(
+        {
+            "customer_id": brand_users["customer_id"].to_numpy()[rng.integers(0, cfg.brand_users, n_conv)],
+            "ts": start + rng.integers(0, 30 * 24 * 3600, n_conv).astype("timedelta64[s]"),
+            "value": rng.gamma(2.0, 40.0, n_conv).round(2),
+        }
+    )
+    return SyntheticData(brand_users, conversions, platform_users, truth)
+
+
+DEMO_POLICY = """\
+name: brand-x-platform-demo
+members:
+  brand:    {abilities: [contribute, query, receive_results]}
+  platform: {abilities: [contribute, receive_audiences]}
+tables:
+  brand.users:       {dimensions: {tier: [gold, silver, basic]}}
+  brand.conversions: {time: ts, measures: {value: [0, 500]}}
+  platform.users:    {dimensions: {age_band: ["18-24", "25-34", "35-44", "45+"],
+                                   stage_4a: [aware, appeal, act, advocate]}}
+queries: [overlap, funnel, funnel_flow, segment_insight]
+min_group_size: 50
+epsilon: {per_member_total: 10.0, per_query_max: 1.0}
+"""

@@ -1,0 +1,203 @@
+"""Blinding on the member's machine: the collaboration key, and X25519 applied chunk by chunk on all cores.
+
+Guarantees: the key is made once per collaboration, kept in a file readable only by its owner (0600), reused on
+resume and never sent anywhere. Identifiers are processed in chunks whose results stream out in input order, with
+a bounded number of chunks in flight, so memory stays flat however many identifiers there are. Points received
+from the peer are validated before use; an invalid one yields an all-zero result (which never matches) and is
+counted, never a crash.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import stat
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+from .curve import hash_to_u, is_valid_point
+from .identity import IdentifierType, InvalidIdentifierError, Normalizer, curve_message, digest, parse_prehashed
+
+POINT_SIZE = 32
+ZERO_POINT = bytes(POINT_SIZE)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class ChunkExecutor(Protocol):
+    """Runs `fn` over `items`, yielding results in input order with bounded look-ahead."""
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+        """Apply `fn` to each item; results in order."""
+        ...
+
+    def close(self) -> None:
+        """Release workers."""
+        ...
+
+
+class SerialExecutor:
+    """Runs chunks in the calling process: for small inputs and tests."""
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+        """Apply `fn` to each item in turn."""
+        return (fn(item) for item in items)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class ProcessPoolChunkExecutor:
+    """Runs chunks on a pool of processes, at most `max_in_flight` at a time (the default executor)."""
+
+    def __init__(self, workers: int | None = None, max_in_flight: int | None = None) -> None:
+        self.workers = workers or os.cpu_count() or 1
+        self.max_in_flight = max_in_flight or 2 * self.workers
+        # spawn, not fork: forking a process that holds gRPC channels can deadlock the child.
+        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+        """Apply `fn` on the pool; yields in input order, keeping at most `max_in_flight` chunks pending."""
+        pending: deque[Future[R]] = deque()
+        for item in items:
+            pending.append(self._pool.submit(fn, item))
+            if len(pending) >= self.max_in_flight:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+    def close(self) -> None:
+        """Shut the pool down."""
+        self._pool.shutdown(cancel_futures=True)
+
+
+def default_executor() -> ChunkExecutor:
+    """A process pool over all local cores."""
+    return ProcessPoolChunkExecutor()
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """The raw 32-byte X25519 key at `path`, made (0600, atomically) if missing.
+
+    Refuses a key file that others can read: a leaked blinding key lets its holder test guesses of identifiers.
+    """
+    if path.exists():
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise PermissionError(f"{path} is readable by others (mode {mode:o}); run: chmod 600 {path}")
+        raw = path.read_bytes()
+        if len(raw) != 32:
+            raise ValueError(f"{path} is not a 32-byte X25519 key")
+        return raw
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    raw = X25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, raw)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return raw
+
+
+@dataclass(frozen=True)
+class BlindJob:
+    """One chunk of one identifier column: values (None for missing) and the surrogate ids of their rows."""
+
+    key: bytes
+    id_type: IdentifierType
+    values: Sequence[str | None]
+    row_ids: Sequence[int]
+    prehashed: bool = False
+    normalizer: Normalizer = field(default_factory=Normalizer)
+    #: Only count valid, invalid and missing values (to rebuild a summary on resume); no points.
+    count_only: bool = False
+
+
+@dataclass(frozen=True)
+class BlindResult:
+    """Packed output of a BlindJob: 8-byte row ids and 32-byte points of the valid identifiers."""
+
+    row_ids: bytes
+    points: bytes
+    valid: int
+    invalid: int
+    missing: int
+
+
+def blind_point(key: X25519PrivateKey, u: bytes) -> bytes:
+    """X25519(key, u)."""
+    return key.exchange(X25519PublicKey.from_public_bytes(u))
+
+
+def blind_identifiers(job: BlindJob) -> BlindResult:
+    """Steps 1-4 for one chunk: normalize, digest, hash to curve, blind with the member's key."""
+    key = X25519PrivateKey.from_private_bytes(job.key)
+    ids = bytearray()
+    points = bytearray()
+    invalid = missing = 0
+    for value, row_id in zip(job.values, job.row_ids, strict=True):
+        if value is None or value == "":
+            missing += 1
+            continue
+        try:
+            d = parse_prehashed(value) if job.prehashed else digest(job.normalizer.normalize(job.id_type, value))
+        except InvalidIdentifierError:
+            invalid += 1
+            continue
+        if job.count_only:
+            ids += row_id.to_bytes(8, "little", signed=True)
+            continue
+        points += blind_point(key, hash_to_u(curve_message(job.id_type, d)))
+        ids += row_id.to_bytes(8, "little", signed=True)
+    valid = len(ids) // 8
+    if job.count_only:
+        return BlindResult(b"", b"", valid, invalid, missing)
+    return BlindResult(bytes(ids), bytes(points), valid, invalid, missing)
+
+
+@dataclass(frozen=True)
+class ReblindJob:
+    """One chunk of the peer's singly blinded points."""
+
+    key: bytes
+    points: bytes
+
+
+@dataclass(frozen=True)
+class ReblindResult:
+    """The caller's blinding applied to each point; rejected points come back all-zero."""
+
+    points: bytes
+    rejected: int
+
+
+def reblind_points(job: ReblindJob) -> ReblindResult:
+    """Step 5: apply the member's key to the peer's points, validating each one first."""
+    if len(job.points) % POINT_SIZE:
+        raise ValueError(f"peer chunk of {len(job.points)} bytes is not a whole number of 32-byte points")
+    key = X25519PrivateKey.from_private_bytes(job.key)
+    out = bytearray()
+    rejected = 0
+    for i in range(0, len(job.points), POINT_SIZE):
+        u = job.points[i : i + POINT_SIZE]
+        if not is_valid_point(u):
+            out += ZERO_POINT
+            rejected += 1
+            continue
+        try:
+            out += blind_point(key, u)
+        except ValueError:  # all-zero shared secret: cannot happen after validation, but never crash on it
+            out += ZERO_POINT
+            rejected += 1
+    return ReblindResult(bytes(out), rejected)

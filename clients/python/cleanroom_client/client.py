@@ -1,0 +1,249 @@
+"""`CleanRoomClient`: what a member's data team uses. pandas in, pandas (and plain values) out; no protobuf.
+
+Configuration comes from arguments or the environment: `CLEANROOM_TARGET` (host:port) and `CLEANROOM_PRINCIPAL`
+(the member's name until token authentication lands). Local state per collaboration (the blinding key, surrogate
+ids) lives under `state_dir` (default `~/.cleanroom`), readable only by its owner.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+import grpc
+import pandas as pd
+
+from ._proto import collaboration_pb2 as cpb
+from ._proto import collaboration_pb2_grpc as cpb_grpc
+from ._proto import matching_pb2_grpc as mpb_grpc
+from .blinding import ChunkExecutor, default_executor
+from .errors import CleanRoomError
+from .identity import IdentifierType, Normalizer
+from .matching import MatchPlan, MatchRunner, MatchSummary
+from .policy import parse_policy
+
+T = TypeVar("T")
+PRINCIPAL_METADATA = "x-cleanroom-principal"
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CollaborationInfo:
+    """A collaboration as a member sees it."""
+
+    id: str
+    display_name: str
+    state: str
+    policy_yaml: str
+    policy_revision: int
+    policy_etag: str
+    approvals: Mapping[str, bool]
+
+    @property
+    def active(self) -> bool:
+        """Every member approved the current policy revision."""
+        return self.state == "active"
+
+
+def _info(c: cpb.Collaboration) -> CollaborationInfo:
+    states = {cpb.COLLABORATION_STATE_ACTIVE: "active", cpb.COLLABORATION_STATE_AWAITING_APPROVAL: "awaiting_approval"}
+    return CollaborationInfo(
+        id=c.name.removeprefix("collaborations/"),
+        display_name=c.display_name,
+        state=states.get(c.state, "unspecified"),
+        policy_yaml=c.policy.yaml,
+        policy_revision=c.policy.revision,
+        policy_etag=c.policy.etag,
+        approvals={m.name: m.approved for m in c.members},
+    )
+
+
+def _policy_text(policy: str | Path) -> str:
+    """A policy given as a file path or as YAML text, validated locally first."""
+    text = (
+        Path(policy).read_text()
+        if isinstance(policy, Path) or ("\n" not in policy and Path(policy).is_file())
+        else policy
+    )
+    parse_policy(text)  # raises PolicyError listing every problem
+    return text
+
+
+class CleanRoomClient:
+    """A member's connection to a clean room server."""
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        principal: str | None = None,
+        state_dir: str | Path | None = None,
+        executor: ChunkExecutor | None = None,
+        progress: bool = True,
+        default_region: str = "US",
+        chunk_rows: int = 16384,
+    ) -> None:
+        target = target or os.environ.get("CLEANROOM_TARGET")
+        principal = principal or os.environ.get("CLEANROOM_PRINCIPAL")
+        if not target:
+            raise ValueError("no server: pass target='host:port' or set CLEANROOM_TARGET")
+        if not principal:
+            raise ValueError("no principal: pass principal='brand' (your member name) or set CLEANROOM_PRINCIPAL")
+        if not 1 <= chunk_rows <= 65536:
+            raise ValueError("chunk_rows must be between 1 and 65536")
+        self.principal = principal
+        self.state_dir = Path(state_dir or os.environ.get("CLEANROOM_STATE_DIR") or Path.home() / ".cleanroom")
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self._metadata = ((PRINCIPAL_METADATA, principal),)
+        self._collabs = cpb_grpc.CollaborationServiceStub(self._channel)
+        self._matching = mpb_grpc.MatchingServiceStub(self._channel)
+        self._executor = executor
+        self._owns_executor = executor is None
+        self.progress = progress
+        self.normalizer = Normalizer(default_region)
+        self.chunk_rows = chunk_rows
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the channel and the worker pool the client made."""
+        if self._executor is not None and self._owns_executor:
+            self._executor.close()
+        self._channel.close()
+
+    def __enter__(self) -> CleanRoomClient:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def _call(self, fn: Callable[..., T], request: object) -> T:
+        try:
+            return fn(request, metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise CleanRoomError.from_rpc(err) from None
+
+    # -- collaborations ----------------------------------------------------------------------------------------------
+    def create_collaboration(self, policy: str | Path, collaboration_id: str = "") -> CollaborationInfo:
+        """Create a collaboration proposing `policy` (a YAML file path or YAML text). Every member then approves."""
+        request = cpb.CreateCollaborationRequest(collaboration_id=collaboration_id, policy_yaml=_policy_text(policy))
+        return _info(self._call(self._collabs.CreateCollaboration, request))
+
+    def get_collaboration(self, collaboration_id: str) -> CollaborationInfo:
+        """One collaboration."""
+        return _info(
+            self._call(self._collabs.GetCollaboration, cpb.GetCollaborationRequest(name=_name(collaboration_id)))
+        )
+
+    def list_collaborations(self) -> list[CollaborationInfo]:
+        """All collaborations this member belongs to."""
+        out: list[CollaborationInfo] = []
+        token = ""
+        while True:
+            page = self._call(
+                self._collabs.ListCollaborations, cpb.ListCollaborationsRequest(page_size=200, page_token=token)
+            )
+            out.extend(_info(c) for c in page.collaborations)
+            token = page.next_page_token
+            if not token:
+                return out
+
+    def propose_policy(self, collaboration_id: str, policy: str | Path) -> CollaborationInfo:
+        """Propose a new policy revision; every member must approve it again."""
+        request = cpb.ProposePolicyRequest(name=_name(collaboration_id), policy_yaml=_policy_text(policy))
+        return _info(self._call(self._collabs.ProposePolicy, request))
+
+    def approve_policy(self, collaboration_id: str, etag: str | None = None) -> CollaborationInfo:
+        """Approve the policy revision with `etag` (default: the current one, as `get_collaboration` shows it)."""
+        etag = etag or self.get_collaboration(collaboration_id).policy_etag
+        request = cpb.ApprovePolicyRequest(name=_name(collaboration_id), etag=etag)
+        return _info(self._call(self._collabs.ApprovePolicy, request))
+
+    # -- matching ----------------------------------------------------------------------------------------------------
+    def match(
+        self,
+        collaboration_id: str,
+        users: pd.DataFrame,
+        key: str,
+        identifiers: Mapping[str, str],
+        attributes: Sequence[str] = (),
+        events: Mapping[str, pd.DataFrame] | None = None,
+        prehashed: Iterable[str] = (),
+        wait_timeout: float = 3600.0,
+    ) -> MatchSummary:
+        """Match this member's `users` with the peer's, and upload attributes and events; resumable.
+
+        `key` is a local column naming each user; it never leaves this machine. `identifiers` maps an identifier
+        type (email, phone, device_id, custom) to its column; types in `prehashed` hold SHA-256 hex of the
+        normalized identifier instead. `attributes` are users columns to upload; `events` are event tables, each
+        with the `key` column. Returns counts, never the intersection.
+        """
+        plan = self._plan(users, key, identifiers, attributes, events or {}, prehashed)
+        collab_id = _name(collaboration_id).removeprefix("collaborations/")
+        state = self.state_dir / "collaborations" / collab_id
+        runner = MatchRunner(
+            self._matching,
+            self._metadata,
+            _name(collab_id),
+            state,
+            self._get_executor(),
+            progress=self.progress,
+            wait_timeout=wait_timeout,
+        )
+        try:
+            return runner.run(plan, state / "blinding.key")
+        except grpc.RpcError as err:
+            raise CleanRoomError.from_rpc(err) from None
+
+    def _get_executor(self) -> ChunkExecutor:
+        if self._executor is None:
+            self._executor = default_executor()
+        return self._executor
+
+    def _plan(
+        self,
+        users: pd.DataFrame,
+        key: str,
+        identifiers: Mapping[str, str],
+        attributes: Sequence[str],
+        events: Mapping[str, pd.DataFrame],
+        prehashed: Iterable[str],
+    ) -> MatchPlan:
+        if key not in users.columns:
+            raise ValueError(f"key column {key!r} is not in the users table (columns: {list(users.columns)})")
+        if users[key].isna().any() or not users[key].is_unique:
+            raise ValueError(f"key column {key!r} must be unique and never empty: it names each user locally")
+        if not identifiers:
+            raise ValueError("identifiers: name at least one, e.g. {'email': 'email_column'}")
+        types = {IdentifierType.parse(t): col for t, col in identifiers.items()}
+        for col in [*types.values(), *attributes]:
+            if col not in users.columns:
+                raise ValueError(f"column {col!r} is not in the users table (columns: {list(users.columns)})")
+        if key in attributes:
+            raise ValueError(f"the key column {key!r} never leaves this machine; do not list it in attributes")
+        hashed = frozenset(IdentifierType.parse(t) for t in prehashed)
+        if not hashed <= set(types):
+            raise ValueError("prehashed names a type that is not in identifiers")
+        return MatchPlan(
+            users=users.reset_index(drop=True),
+            key=key,
+            identifiers=types,
+            prehashed=hashed,
+            attributes=list(attributes),
+            events=dict(events),
+            normalizer=self.normalizer,
+            chunk_rows=self.chunk_rows,
+        )
+
+
+def _name(collaboration_id: str) -> str:
+    return collaboration_id if collaboration_id.startswith("collaborations/") else f"collaborations/{collaboration_id}"

@@ -1,0 +1,178 @@
+"""Curve25519 for the matching protocol: RFC 9380 hash to curve, and checks on points received from a peer.
+
+`hash_to_curve` implements the suite `curve25519_XMD:SHA-512_ELL2_RO_` of RFC 9380 (expand_message_xmd with
+SHA-512, two field elements, Elligator 2, point addition, cofactor clearing by 8). Why not use SHA-256 output
+directly as an X25519 u-coordinate: half of all 32-byte strings lie on the quadratic twist, X25519 keeps a point
+on the curve or twist it started on, and so every blinded value would tell the peer one bit of the hash.
+Mapping through Elligator 2 puts every identifier on the curve, in the prime-order subgroup.
+
+Field arithmetic uses gmpy2. This module holds no secrets: it runs on public values and on inputs the caller
+then blinds, so it makes no constant-time promise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Final
+
+import gmpy2
+from gmpy2 import mpz
+
+P: Final = mpz(2**255 - 19)
+A: Final = mpz(486662)
+_Z: Final = mpz(2)  # the Elligator 2 non-square chosen for curve25519 by RFC 9380
+_SQRT_M1: Final = gmpy2.powmod(mpz(2), (P - 1) // 4, P)
+_SQRT_EXP: Final = (P + 3) // 8
+_L: Final = 48  # bytes per field element: ceil((ceil(log2(p)) + k) / 8) with k = 128
+_A24: Final = (A + 2) // 4
+
+SUITE: Final = "curve25519_XMD:SHA-512_ELL2_RO_"
+#: Domain separation tag of matching protocol v1.
+CLEANROOM_DST: Final = b"CLEANROOM-V1-CS01-with-" + SUITE.encode()
+
+# u-coordinates (canonical, below p) of the points of order 1, 2, 4 and 8 on curve25519.
+_LOW_ORDER_U: Final = frozenset(
+    {
+        0,
+        1,
+        P - 1,
+        0x00B8495F16056286FDB1329CEB8D09DA6AC49FF1FAE35616AEB8413B7C7AEBE0,
+        0x57119FD0DD4E22D8868E1C58C45C44045BEF839C55B1D0B1248C50A3BC959C5F,
+    }
+)
+
+Point = tuple[mpz, mpz]  # affine Montgomery (u, v); None stands for the point at infinity
+
+
+class InvalidPointError(ValueError):
+    """A 32-byte string that is not an acceptable curve25519 u-coordinate."""
+
+
+def expand_message_xmd(msg: bytes, dst: bytes, len_in_bytes: int) -> bytes:
+    """RFC 9380 section 5.3.1 with SHA-512."""
+    if len(dst) > 255:
+        raise ValueError("DST longer than 255 bytes")
+    b_in_bytes, s_in_bytes = 64, 128
+    ell = -(-len_in_bytes // b_in_bytes)
+    if ell > 255 or len_in_bytes > 65535:
+        raise ValueError("requested too many bytes")
+    dst_prime = dst + bytes([len(dst)])
+    msg_prime = bytes(s_in_bytes) + msg + len_in_bytes.to_bytes(2, "big") + b"\x00" + dst_prime
+    b0 = hashlib.sha512(msg_prime).digest()
+    b = [hashlib.sha512(b0 + b"\x01" + dst_prime).digest()]
+    for i in range(2, ell + 1):
+        prev = bytes(x ^ y for x, y in zip(b0, b[-1], strict=True))
+        b.append(hashlib.sha512(prev + bytes([i]) + dst_prime).digest())
+    return b"".join(b)[:len_in_bytes]
+
+
+def hash_to_field(msg: bytes, dst: bytes, count: int = 2) -> list[mpz]:
+    """RFC 9380 section 5.2 for GF(p), m = 1."""
+    uniform = expand_message_xmd(msg, dst, count * _L)
+    return [mpz(int.from_bytes(uniform[i * _L : (i + 1) * _L], "big")) % P for i in range(count)]
+
+
+def _sqrt(a: mpz) -> mpz | None:
+    """A square root of `a` mod p, or None when `a` is not a square (p = 5 mod 8)."""
+    root = gmpy2.powmod(a, _SQRT_EXP, P)
+    square = root * root % P
+    if square == a:
+        return mpz(root)
+    if square == (-a) % P:
+        return mpz(root * _SQRT_M1 % P)
+    return None
+
+
+def _curve_rhs(u: mpz) -> mpz:
+    return mpz((u * u % P * u + A * u % P * u + u) % P)
+
+
+def map_to_curve_elligator2(u: mpz) -> Point:
+    """RFC 9380 section 6.7.1 with J = 486662, K = 1, Z = 2."""
+    tv = (1 + _Z * u * u) % P
+    x1 = (-A * gmpy2.invert(tv, P)) % P if tv else (-A) % P
+    if x1 == 0:
+        x1 = (-A) % P
+    y1 = _sqrt(_curve_rhs(x1))
+    if y1 is not None:
+        y = y1 if y1 % 2 == 1 else (-y1) % P  # sgn0(y) == 1
+        return mpz(x1), mpz(y)
+    x2 = (-x1 - A) % P
+    y2 = _sqrt(_curve_rhs(x2))
+    if y2 is None:  # unreachable for a valid curve: one of gx1, gx2 is always square
+        raise ArithmeticError("Elligator 2 found no square")
+    y = y2 if y2 % 2 == 0 else (-y2) % P  # sgn0(y) == 0
+    return mpz(x2), mpz(y)
+
+
+def _add(p1: Point | None, p2: Point | None) -> Point | None:
+    """Affine addition on the Montgomery curve v^2 = u^3 + A u^2 + u."""
+    if p1 is None:
+        return p2
+    if p2 is None:
+        return p1
+    (x1, y1), (x2, y2) = p1, p2
+    if x1 == x2:
+        if (y1 + y2) % P == 0:
+            return None
+        lam = (3 * x1 * x1 + 2 * A * x1 + 1) * gmpy2.invert(2 * y1, P) % P
+    else:
+        lam = (y2 - y1) * gmpy2.invert((x2 - x1) % P, P) % P
+    x3 = (lam * lam - A - x1 - x2) % P
+    y3 = (lam * (x1 - x3) - y1) % P
+    return mpz(x3), mpz(y3)
+
+
+def hash_to_curve(msg: bytes, dst: bytes) -> Point:
+    """The full RFC 9380 hash_to_curve, returning affine (u, v). Used for the published vectors."""
+    u0, u1 = hash_to_field(msg, dst)
+    point = _add(map_to_curve_elligator2(u0), map_to_curve_elligator2(u1))
+    for _ in range(3):  # clear_cofactor: h_eff = 8
+        point = _add(point, point)
+    if point is None:
+        raise ArithmeticError("hash_to_curve reached the identity")  # probability ~2^-252
+    return point
+
+
+def hash_to_u(msg: bytes, dst: bytes = CLEANROOM_DST) -> bytes:
+    """The u-coordinate of `hash_to_curve(msg, dst)` as 32 bytes little-endian: the X25519 input.
+
+    Same result as `hash_to_curve`, with the cofactor cleared on the u-line in projective coordinates.
+    """
+    u0, u1 = hash_to_field(msg, dst)
+    point = _add(map_to_curve_elligator2(u0), map_to_curve_elligator2(u1))
+    if point is None:
+        raise ArithmeticError("hash_to_curve reached the identity")
+    x, z = point[0], mpz(1)
+    for _ in range(3):
+        xx, zz = x * x % P, z * z % P
+        x, z = (xx - zz) ** 2 % P, 4 * x * z % P * (xx + A * x * z + zz) % P
+    if z == 0:
+        raise ArithmeticError("hash_to_curve reached the identity")
+    u = x * gmpy2.invert(z, P) % P
+    return int(u).to_bytes(32, "little")
+
+
+def validate_point(data: bytes) -> None:
+    """Accept only a canonical u-coordinate of a curve25519 point (not the twist) that is not of low order.
+
+    Raises InvalidPointError naming what is wrong.
+    """
+    if len(data) != 32:
+        raise InvalidPointError(f"a point is 32 bytes, got {len(data)}")
+    u = mpz(int.from_bytes(data, "little"))
+    if u >= P:
+        raise InvalidPointError("u-coordinate is not reduced modulo 2^255-19")
+    if u in _LOW_ORDER_U:
+        raise InvalidPointError("point of low order")
+    if gmpy2.legendre(_curve_rhs(u), P) != 1:
+        raise InvalidPointError("point lies on the quadratic twist, not on curve25519")
+
+
+def is_valid_point(data: bytes) -> bool:
+    """Whether `validate_point` accepts `data`."""
+    try:
+        validate_point(data)
+    except InvalidPointError:
+        return False
+    return True

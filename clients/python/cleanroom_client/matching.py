@@ -1,0 +1,337 @@
+"""The member's side of a match: blind, upload, double-blind the peer's points, upload tables; resumable.
+
+What leaves the member's machine: X25519-blinded points (never an identifier, a digest or the key), random
+surrogate row ids (never derived from the `key` column, which stays local), and the attribute and event columns
+the member names. Every phase first asks the server where it stands and continues from there, so an interrupted
+match (client crash, server restart, network loss) resumes where it stopped. The surrogate ids are kept locally
+(`rows.parquet` in the collaboration's state directory) so a resumed match reuses them, and so later results
+about the member's own rows (audiences) can be mapped back to its keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ._proto import matching_pb2 as pb
+from ._proto import matching_pb2_grpc as pb_grpc
+from .blinding import BlindJob, ChunkExecutor, ReblindJob, blind_identifiers, load_or_create_key, reblind_points
+from .errors import RETRYABLE, CleanRoomError
+from .identity import IdentifierType, Normalizer
+from .tables import arrow_chunks
+
+T = TypeVar("T")
+
+_WIRE_TYPES = {
+    IdentifierType.EMAIL: pb.IDENTIFIER_TYPE_EMAIL,
+    IdentifierType.PHONE: pb.IDENTIFIER_TYPE_PHONE,
+    IdentifierType.DEVICE_ID: pb.IDENTIFIER_TYPE_DEVICE_ID,
+    IdentifierType.CUSTOM: pb.IDENTIFIER_TYPE_CUSTOM,
+}
+USERS_TABLE = "users"
+
+
+@dataclass(frozen=True)
+class IdentifierCounts:
+    """Per identifier type: values blinded and sent, values that could not be normalized, and empty values."""
+
+    sent: int = 0
+    invalid: int = 0
+    missing: int = 0
+
+
+@dataclass(frozen=True)
+class MatchSummary:
+    """What a member learns from a match: its own counts and the size of the peer's set; never the intersection."""
+
+    collaboration: str
+    rows: int
+    identifiers: Mapping[str, IdentifierCounts]
+    tables: Mapping[str, int]
+    dropped_events: Mapping[str, int]
+    peer_rejected_points: int
+    own_set_size: int
+    peer_set_size: int
+    matched: bool
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain data, for JSON."""
+        return asdict(self)
+
+
+@dataclass
+class MatchPlan:
+    """Everything one member sends, prepared locally."""
+
+    users: pd.DataFrame
+    key: str
+    identifiers: Mapping[IdentifierType, str]
+    prehashed: frozenset[IdentifierType]
+    attributes: Sequence[str]
+    events: Mapping[str, pd.DataFrame]
+    normalizer: Normalizer
+    chunk_rows: int
+    row_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+
+
+def _new_row_ids(n: int) -> np.ndarray:
+    """Distinct random int64 surrogate ids, `n` of them, from the OS CSPRNG."""
+    ids = np.frombuffer(os.urandom(8 * n), dtype="<i8").copy()
+    while len(np.unique(ids)) != n:  # ~n^2/2^65 chance per draw
+        ids = np.frombuffer(os.urandom(8 * n), dtype="<i8").copy()
+    return ids
+
+
+def load_or_create_rows(state: Path, keys: pd.Series) -> np.ndarray:
+    """The surrogate ids of `keys`, made and saved on the first call, reused (and checked) on resume."""
+    path = state / "rows.parquet"
+    if path.exists():
+        saved = pd.read_parquet(path)
+        if len(saved) != len(keys) or not saved["key"].astype(str).reset_index(drop=True).equals(
+            keys.astype(str).reset_index(drop=True)
+        ):
+            raise ValueError(
+                f"the users table differs from the one this collaboration started matching with ({path}); "
+                "pass the same rows in the same order to resume"
+            )
+        return saved["row_id"].to_numpy(dtype=np.int64)
+    ids = _new_row_ids(len(keys))
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    pd.DataFrame({"key": keys.to_numpy(), "row_id": ids}).to_parquet(tmp, index=False)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    return ids
+
+
+class MatchRunner:
+    """Runs one member's match against a server, phase by phase, resuming after failures."""
+
+    def __init__(
+        self,
+        stub: pb_grpc.MatchingServiceStub,
+        metadata: Sequence[tuple[str, str]],
+        parent: str,
+        state: Path,
+        executor: ChunkExecutor,
+        progress: bool = True,
+        poll_seconds: float = 0.5,
+        wait_timeout: float = 3600.0,
+        max_retries: int = 30,
+    ) -> None:
+        self._stub = stub
+        self._md = tuple(metadata)
+        self._parent = parent
+        self._state = state
+        self._executor = executor
+        self._progress = progress
+        self._poll = poll_seconds
+        self._wait_timeout = wait_timeout
+        self._max_retries = max_retries
+
+    # -- plumbing -------------------------------------------------------------------------------------------------
+    def _retrying(self, phase: str, fn: Callable[[], T]) -> T:
+        """Run `fn`, re-running it (it resumes from the server's status) while the server is unreachable."""
+        for attempt in range(self._max_retries + 1):
+            try:
+                return fn()
+            except grpc.RpcError as err:
+                error = CleanRoomError.from_rpc(err)
+                if error.code not in RETRYABLE or attempt == self._max_retries:
+                    raise error from None
+                time.sleep(min(5.0, 0.2 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    def status(self) -> pb.MatchStatus:
+        """The server's view of this member's match."""
+        return self._retrying(
+            "status",
+            lambda: self._stub.GetMatchStatus(pb.GetMatchStatusRequest(parent=self._parent), metadata=self._md),
+        )
+
+    def _upload(self, status: pb.MatchStatus, kind: str) -> pb.UploadProgress | None:
+        return next((u for u in status.uploads if u.kind == kind), None)
+
+    def _bar(self, total: int, desc: str, unit: str = "chunk") -> tqdm:
+        return tqdm(total=total, desc=desc, unit=unit, disable=not self._progress, leave=False)
+
+    # -- phases -----------------------------------------------------------------------------------------------------
+    def run(self, plan: MatchPlan, key_path: Path) -> MatchSummary:
+        """The whole match; returns once the server has joined both sides."""
+        key = load_or_create_key(key_path)
+        plan.row_ids = load_or_create_rows(self._state, plan.users[plan.key])
+        counts = self._retrying("points", lambda: self._send_points(plan, key))
+        tables, dropped = self._send_tables(plan)
+        self._wait(lambda s: s.peer_points_ready, "waiting for the peer's points")
+        self._retrying("double-blinding", lambda: self._double_blind(key))
+        final = self._wait(lambda s: s.stage == pb.MatchStatus.STAGE_MATCHED, "waiting for the peer to finish")
+        summary = MatchSummary(
+            collaboration=self._parent,
+            rows=len(plan.users),
+            identifiers={t.value: c for t, c in counts.items()},
+            tables=tables,
+            dropped_events=dropped,
+            peer_rejected_points=self._saved_rejected(),
+            own_set_size=final.own_set_size,
+            peer_set_size=final.peer_set_size,
+            matched=True,
+        )
+        return summary
+
+    def _layout(self, plan: MatchPlan) -> list[tuple[IdentifierType, int]]:
+        """Chunks of the point upload, in order: (identifier type, first row). Deterministic, so resumable."""
+        starts = range(0, max(len(plan.users), 1), plan.chunk_rows)
+        return [(t, s) for t in sorted(plan.identifiers, key=lambda t: t.priority) for s in starts]
+
+    def _job(self, plan: MatchPlan, key: bytes, id_type: IdentifierType, start: int, count_only: bool) -> BlindJob:
+        part = plan.users[plan.identifiers[id_type]].iloc[start : start + plan.chunk_rows]
+        return BlindJob(
+            key=key,
+            id_type=id_type,
+            values=[None if pd.isna(v) else str(v) for v in part],
+            row_ids=plan.row_ids[start : start + plan.chunk_rows].tolist(),
+            prehashed=id_type in plan.prehashed,
+            normalizer=plan.normalizer,
+            count_only=count_only,
+        )
+
+    def _send_points(self, plan: MatchPlan, key: bytes) -> dict[IdentifierType, IdentifierCounts]:
+        done = self._upload(self.status(), "points")
+        layout = self._layout(plan)
+        skip = len(layout) if done and done.committed else (done.next_chunk_index if done else 0)
+        totals = {t: [0, 0, 0] for t in plan.identifiers}
+        jobs = (self._job(plan, key, t, s, count_only=i < skip) for i, (t, s) in enumerate(layout))
+        results = self._executor.map(blind_identifiers, jobs)
+
+        def requests() -> Iterator[pb.UploadBlindedPointsRequest]:
+            with self._bar(len(layout), "blinding and uploading identifiers") as bar:
+                bar.update(skip)
+                for index, ((id_type, _), result) in enumerate(zip(layout, results, strict=True)):
+                    totals[id_type][0] += result.valid
+                    totals[id_type][1] += result.invalid
+                    totals[id_type][2] += result.missing
+                    if index < skip:
+                        continue
+                    bar.update(1)
+                    yield pb.UploadBlindedPointsRequest(
+                        parent=self._parent,
+                        chunk_index=index,
+                        identifier_type=_WIRE_TYPES[id_type],
+                        row_ids=result.row_ids,
+                        points=result.points,
+                        last=index == len(layout) - 1,
+                    )
+
+        if skip == len(layout):
+            for _ in requests():  # counts only: the upload committed before
+                pass
+        else:
+            self._stub.UploadBlindedPoints(requests(), metadata=self._md)
+        return {t: IdentifierCounts(sent=v[0], invalid=v[1], missing=v[2]) for t, v in totals.items()}
+
+    def _tables(self, plan: MatchPlan) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
+        """The tables to upload, keyed by surrogate id; events whose key is not a user are dropped and counted."""
+        ids = pd.Series(plan.row_ids, index=plan.users[plan.key].to_numpy())
+        users = plan.users[list(plan.attributes)].reset_index(drop=True)
+        users.insert(0, "row_id", plan.row_ids)
+        tables = {USERS_TABLE: users}
+        dropped = {}
+        for name, events in plan.events.items():
+            if plan.key not in events.columns:
+                raise ValueError(f"event table {name!r} needs the key column {plan.key!r} to point at users")
+            row_id = events[plan.key].map(ids)
+            keep = row_id.notna().to_numpy()
+            dropped[name] = int((~keep).sum())
+            table = events.loc[keep].drop(columns=[plan.key]).reset_index(drop=True)
+            table.insert(0, "row_id", row_id[keep].astype(np.int64).to_numpy())
+            tables[name] = table
+        return tables, dropped
+
+    def _send_tables(self, plan: MatchPlan) -> tuple[dict[str, int], dict[str, int]]:
+        tables, dropped = self._tables(plan)
+        for name, df in tables.items():
+            self._retrying(f"table {name}", lambda name=name, df=df: self._send_table(name, df))  # type: ignore[misc]
+        return {name: len(df) for name, df in tables.items()}, dropped
+
+    def _send_table(self, name: str, df: pd.DataFrame) -> None:
+        done = self._upload(self.status(), f"table:{name}")
+        if done and done.committed:
+            return
+        skip = done.next_chunk_index if done else 0
+        total, chunks = arrow_chunks(df)
+
+        def requests() -> Iterator[pb.UploadTableRequest]:
+            with self._bar(total, f"uploading {name}") as bar:
+                bar.update(skip)
+                for index, data in enumerate(chunks):
+                    if index < skip:
+                        continue
+                    bar.update(1)
+                    yield pb.UploadTableRequest(
+                        parent=self._parent, table=name, chunk_index=index, arrow_ipc=data, last=index == total - 1
+                    )
+
+        self._stub.UploadTable(requests(), metadata=self._md)
+
+    def _wait(self, ready: Callable[[pb.MatchStatus], bool], desc: str) -> pb.MatchStatus:
+        deadline = time.monotonic() + self._wait_timeout
+        with tqdm(desc=desc, disable=not self._progress, leave=False, bar_format="{desc} {elapsed}") as bar:
+            while True:
+                status = self.status()
+                if ready(status):
+                    return status
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{desc}: gave up after {self._wait_timeout:.0f} s; run match() again to resume")
+                bar.refresh()
+                time.sleep(self._poll)
+
+    def _rejected_path(self) -> Path:
+        return self._state / "rejected.json"
+
+    def _saved_rejected(self) -> int:
+        path = self._rejected_path()
+        return sum(json.loads(path.read_text()).values()) if path.exists() else 0
+
+    def _double_blind(self, key: bytes) -> None:
+        status = self.status()
+        done = self._upload(status, "double_blinded")
+        if done and done.committed:
+            return
+        start = done.next_chunk_index if done else 0
+        total = status.peer_point_chunks
+        path = self._rejected_path()
+        saved: dict[str, int] = json.loads(path.read_text()) if path.exists() else {}
+        saved = {k: v for k, v in saved.items() if int(k) < start}
+        fetched = self._stub.FetchPeerPoints(
+            pb.FetchPeerPointsRequest(parent=self._parent, start_chunk=start), metadata=self._md
+        )
+        indexes: list[int] = []
+
+        def jobs() -> Iterator[ReblindJob]:
+            for chunk in fetched:
+                indexes.append(chunk.chunk_index)
+                yield ReblindJob(key=key, points=chunk.points)
+
+        def requests() -> Iterator[pb.SubmitDoubleBlindedPointsRequest]:
+            with self._bar(total, "double-blinding the peer's points") as bar:
+                bar.update(start)
+                for result in self._executor.map(reblind_points, jobs()):
+                    index = indexes.pop(0)
+                    saved[str(index)] = result.rejected
+                    path.write_text(json.dumps(saved))
+                    bar.update(1)
+                    yield pb.SubmitDoubleBlindedPointsRequest(
+                        parent=self._parent, chunk_index=index, points=result.points, last=index == total - 1
+                    )
+
+        self._stub.SubmitDoubleBlindedPoints(requests(), metadata=self._md)
