@@ -66,6 +66,7 @@ def run_demo(brand_users: int, platform_users: int, shared: int, data_dir: Path 
                     identifiers={"email": "email", "phone": "mobile"},
                     attributes=["tier"],
                     events={"conversions": data.brand_conversions},
+                    wait_timeout=300,
                 )
                 p = pool.submit(
                     platform.match,
@@ -74,6 +75,7 @@ def run_demo(brand_users: int, platform_users: int, shared: int, data_dir: Path 
                     key="user_id",
                     identifiers={"email": "email", "phone": "phone"},
                     attributes=["age_band", "stage_4a"],
+                    wait_timeout=300,
                 )
                 wait([b, p], return_when=FIRST_EXCEPTION)  # a failing member must not leave the other waiting
                 for future in (b, p):

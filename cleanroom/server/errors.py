@@ -2,7 +2,8 @@
 
 `ErrorMappingInterceptor` wraps every handler: a domain error ends the call with its status and message; any
 other exception is logged server-side and answered INTERNAL with a generic message, so no traceback (and nothing
-of the data it might name) ever reaches the caller.
+of the data it might name) ever reaches the caller. Servicers never call `context.abort` themselves: they raise
+domain errors.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     for kind, code in STATUS.items():
         if isinstance(exc, kind):
             return code, str(exc)
+    if isinstance(exc, NotImplementedError):  # the generated base servicers of services still to come
+        return grpc.StatusCode.UNIMPLEMENTED, "this method is not implemented by this server version yet"
     return grpc.StatusCode.INTERNAL, "internal error in the clean room; the operator's log has the details"
 
 

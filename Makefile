@@ -1,0 +1,51 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Both create .venv when missing and install both
+# packages editable with the dev tools. torch is installed first and pinned: it is the CPU build on this machine's
+# disk, and letting opacus pull torch in would fetch a multi-GB CUDA build instead.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install demo test check lint typecheck protos protos-check unit e2e clean
+
+$(STAMP): pyproject.toml clients/python/pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e clients/python -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/cleanroom demo
+
+test: $(STAMP) check
+	$(BIN)/pytest
+
+check: protos-check lint typecheck
+
+lint: $(STAMP)
+	$(BIN)/buf lint protos
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+protos: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py
+	$(BIN)/python scripts/gen_vectors.py
+
+protos-check: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py --check
+	$(BIN)/python scripts/gen_vectors.py --check
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+e2e: $(STAMP)
+	$(BIN)/pytest tests/e2e
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

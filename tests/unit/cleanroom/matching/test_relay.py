@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cleanroom.collaborations import Collaboration, Collaborations
+from cleanroom.errors import FailedPreconditionError, InvalidArgumentError
+from cleanroom.matching import MatchStage, Relay, match_stats
+from cleanroom.storage import Database
+from cleanroom.synthetic import DEMO_POLICY
+from cleanroom_client.blinding import blind_point
+from cleanroom_client.curve import hash_to_u
+from cleanroom_client.identity import IdentifierType
+
+KA = X25519PrivateKey.from_private_bytes(bytes(range(32)))
+KB = X25519PrivateKey.from_private_bytes(bytes(range(32, 64)))
+EMAIL, PHONE = IdentifierType.EMAIL, IdentifierType.PHONE
+
+
+def _setup(path: Path, chunk: int = 4) -> tuple[Database, Relay, Collaboration]:
+    db = Database(path)
+    collabs = Collaborations(db)
+    c = collabs.create("brand", "relay-test", DEMO_POLICY)
+    for m in ("brand", "platform"):
+        collabs.approve(m, c.id, c.policy_etag)
+    return db, Relay(db, offer_chunk=chunk), collabs.get("brand", c.id)
+
+
+def _pack(rows: list[tuple[int, str]], key: X25519PrivateKey, id_type: IdentifierType) -> tuple[bytes, bytes]:
+    ids = b"".join(r.to_bytes(8, "little", signed=True) for r, _ in rows)
+    pts = b"".join(blind_point(key, hash_to_u(f"{id_type.value}:{ident}".encode())) for _, ident in rows)
+    return ids, pts
+
+
+def _upload(relay: Relay, collab: Collaboration, member: str, key, by_type: dict[IdentifierType, list]) -> None:
+    types = list(by_type)
+    for i, t in enumerate(types):
+        ids, pts = _pack(by_type[t], key, t)
+        relay.upload_points(collab, member, i, t, ids, pts, last=i == len(types) - 1)
+
+
+def _double_blind(relay: Relay, collab: Collaboration, member: str, key) -> None:
+    total = relay.offer_chunks(collab, member)
+    for i in range(total):
+        chunk = relay.fetch_peer_chunk(collab, member, i)
+        out = b"".join(blind_point(key, chunk[j : j + 32]) for j in range(0, len(chunk), 32))
+        relay.submit_double_blinded(collab, member, i, out, last=i == total - 1)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sets(st.integers(-(2**63), 2**63 - 1), min_size=0, max_size=12), st.integers(1, 5))
+def test_unshuffle_puts_each_double_blinded_key_on_its_own_row(row_ids, chunk):
+    with tempfile.TemporaryDirectory() as tmp:
+        db, relay, collab = _setup(Path(tmp), chunk)
+        rows = [(r, f"id{n}") for n, r in enumerate(sorted(row_ids))]
+        _upload(relay, collab, "brand", KA, {EMAIL: rows})
+        _upload(relay, collab, "platform", KB, {EMAIL: []})
+        _double_blind(relay, collab, "platform", KB)
+        got = dict(
+            db.cursor().execute("SELECT row_id, dkey FROM match_keys WHERE member = 'brand'").fetchall()
+        )
+        expected = {r: blind_point(KB, blind_point(KA, hash_to_u(f"email:{i}".encode()))) for r, i in rows}
+        assert got == expected
+        # singly blinded points are gone once the relay no longer needs them
+        assert db.cursor().execute("SELECT count(*) FROM offers WHERE member = 'brand'").fetchall() == [(0,)]
+        db.close()
+
+
+def test_join_is_one_to_one_with_priority_and_duplicates(tmp_path):
+    db, relay, collab = _setup(tmp_path)
+    # brand rows: 1 (a@, p1), 2 (b@, p2), 3 (dup a@, no phone), 4 (c@, p4)
+    # platform rows: 10 (a@, p2)  11 (a@)  12 (x@, p2)  13 (y@, p4)
+    _upload(relay, collab, "brand", KA, {EMAIL: [(1, "a"), (2, "b"), (3, "a"), (4, "c")], PHONE: [(1, "p1"), (2, "p2"), (4, "p4")]})
+    _upload(relay, collab, "platform", KB, {EMAIL: [(10, "a"), (11, "a"), (12, "x"), (13, "y")], PHONE: [(10, "p2"), (12, "p2"), (13, "p4")]})
+    assert relay.status(collab, "brand").stage is MatchStage.DOUBLE_BLINDING
+    _double_blind(relay, collab, "brand", KA)
+    _double_blind(relay, collab, "platform", KB)
+    assert relay.status(collab, "brand").stage is MatchStage.MATCHED
+    pairs = db.cursor().execute("SELECT row_a, row_b, id_type FROM matches ORDER BY row_a").fetchall()
+    # email first: brand {1,3} x platform {10,11} -> two pairs; then phone p2: brand 2 x platform 12 (10 is taken);
+    # phone p4: brand 4 x platform 13.
+    assert len(pairs) == 4
+    assert {p[0] for p in pairs} == {1, 2, 3, 4}
+    assert {p[1] for p in pairs} == {10, 11, 12, 13}
+    assert {(a, b) for a, b, _ in pairs if a in (2, 4)} == {(2, 12), (4, 13)}
+    stats, total = match_stats(db.cursor(), collab.id)
+    assert total == 4
+    assert {s.id_type: s.pairs for s in stats}[EMAIL] == 2
+    with pytest.raises(FailedPreconditionError, match="second match"):
+        relay.upload_points(collab, "brand", 0, EMAIL, b"", b"", last=True)
+    db.close()
+
+
+def test_half_upload_is_invisible_and_resumable(tmp_path):
+    db, relay, collab = _setup(tmp_path)
+    ids, pts = _pack([(1, "a"), (2, "b")], KA, EMAIL)
+    relay.upload_points(collab, "brand", 0, EMAIL, ids[:8], pts[:32], last=False)
+    status = relay.status(collab, "platform")
+    assert not status.peer_points_ready
+    with pytest.raises(FailedPreconditionError, match="not finished"):
+        relay.offer_chunks(collab, "platform")
+    db.close()
+    # reopen (a restart): progress survived, chunk 2 is out of order, chunk 1 resumes
+    db = Database(tmp_path)
+    relay = Relay(db, offer_chunk=4)
+    [progress] = relay.status(collab, "brand").uploads
+    assert (progress.next_chunk, progress.committed) == (1, False)
+    with pytest.raises(FailedPreconditionError, match="expects chunk 1"):
+        relay.upload_points(collab, "brand", 2, EMAIL, ids[8:], pts[32:], last=True)
+    relay.upload_points(collab, "brand", 1, EMAIL, ids[8:], pts[32:], last=True)
+    assert relay.status(collab, "platform").peer_points_ready
+    assert relay.status(collab, "platform").peer_set_size == 2
+    with pytest.raises(FailedPreconditionError, match="already complete"):
+        relay.upload_points(collab, "brand", 2, EMAIL, ids[8:], pts[32:], last=True)
+    db.close()
+
+
+def test_bad_points_are_refused_and_nothing_stored_is_lost(tmp_path):
+    db, relay, collab = _setup(tmp_path)
+    ids, pts = _pack([(1, "a")], KA, EMAIL)
+    relay.upload_points(collab, "brand", 0, EMAIL, ids, pts, last=False)
+    with pytest.raises(InvalidArgumentError, match="32 bytes"):
+        relay.upload_points(collab, "brand", 1, EMAIL, ids, pts[:31], last=False)
+    with pytest.raises(InvalidArgumentError, match="twist"):
+        relay.upload_points(collab, "brand", 1, EMAIL, ids, (2).to_bytes(32, "little"), last=False)
+    with pytest.raises(InvalidArgumentError, match="low order"):
+        relay.upload_points(collab, "brand", 1, EMAIL, ids, bytes(32), last=False)
+    with pytest.raises(InvalidArgumentError, match="same identifier type twice"):
+        relay.upload_points(collab, "brand", 1, EMAIL, ids, pts, last=True)
+    [progress] = relay.status(collab, "brand").uploads
+    assert (progress.next_chunk, progress.rows, progress.committed) == (1, 1, False)
+    db.close()
+
+
+def test_double_blinded_chunk_must_match_the_offer(tmp_path):
+    db, relay, collab = _setup(tmp_path, chunk=2)
+    _upload(relay, collab, "brand", KA, {EMAIL: [(1, "a"), (2, "b"), (3, "c")]})
+    chunk = relay.fetch_peer_chunk(collab, "platform", 0)
+    with pytest.raises(InvalidArgumentError, match="offered chunk had 2"):
+        relay.submit_double_blinded(collab, "platform", 0, chunk[:32], last=False)
+    with pytest.raises(InvalidArgumentError, match="`last`"):
+        relay.submit_double_blinded(collab, "platform", 0, chunk, last=True)
+    relay.submit_double_blinded(collab, "platform", 0, chunk, last=False)
+    with pytest.raises(FailedPreconditionError, match="out of order"):
+        relay.submit_double_blinded(collab, "platform", 3, chunk, last=False)
+    db.close()

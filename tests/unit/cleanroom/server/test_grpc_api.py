@@ -1,0 +1,166 @@
+"""The contract over a real gRPC channel on loopback: statuses, health, reflection, a full match through the SDK."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from cleanroom.matching import match_stats
+from cleanroom.synthetic import DEMO_POLICY, SyntheticConfig, generate
+from cleanroom_client import CleanRoomError, PolicyError
+from cleanroom_client._proto import analytics_pb2, analytics_pb2_grpc, matching_pb2, matching_pb2_grpc
+from cleanroom_client.curve import hash_to_u
+
+
+def _stub(server, cls, principal="brand"):
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    return cls(channel), (("x-cleanroom-principal", principal),)
+
+
+def _code(fn) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        fn()
+    return info.value.code(), info.value.details()
+
+
+def test_health_and_reflection(server):
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "cleanroom.v1.MatchingService"):
+        assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == health_pb2.HealthCheckResponse.SERVING
+    refl = reflection_pb2_grpc.ServerReflectionStub(channel)
+    [answer] = list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {s.name for s in answer.list_services_response.service}
+    assert {"cleanroom.v1.CollaborationService", "cleanroom.v1.AnalyticsService", "grpc.health.v1.Health"} <= names
+
+
+def test_later_services_are_unimplemented(server, active):
+    stub, md = _stub(server, analytics_pb2_grpc.AnalyticsServiceStub)
+    code, _ = _code(lambda: stub.Overlap(analytics_pb2.OverlapRequest(parent=f"collaborations/{active}"), metadata=md))
+    assert code is grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_lifecycle_and_argument_errors(server, make_client):
+    brand, platform = make_client("brand"), make_client("platform")
+    with pytest.raises(PolicyError):
+        brand.create_collaboration("name: x\n")
+    collab = brand.create_collaboration(DEMO_POLICY, "errs-1")
+    assert collab.state == "awaiting_approval"
+    with pytest.raises(CleanRoomError) as info:
+        brand.create_collaboration(DEMO_POLICY, "errs-1")
+    assert info.value.code == "ALREADY_EXISTS"
+    with pytest.raises(CleanRoomError) as info:
+        brand.get_collaboration("nope-404")
+    assert info.value.code == "NOT_FOUND"
+    with pytest.raises(CleanRoomError) as info:
+        make_client("stranger").get_collaboration(collab.id)
+    assert info.value.code == "PERMISSION_DENIED"
+
+    stub, md = _stub(server, matching_pb2_grpc.MatchingServiceStub)
+    parent = f"collaborations/{collab.id}"
+    point = hash_to_u(b"p")
+
+    def upload(*chunks):
+        return stub.UploadBlindedPoints(iter(chunks), metadata=md)
+
+    def chunk(i=0, points=point, ids=b"\1" * 8, last=False, **kw):
+        fields = {"parent": parent, "identifier_type": matching_pb2.IDENTIFIER_TYPE_EMAIL, **kw}
+        return matching_pb2.UploadBlindedPointsRequest(chunk_index=i, row_ids=ids, points=points, last=last, **fields)
+
+    code, msg = _code(lambda: upload(chunk()))
+    assert code is grpc.StatusCode.FAILED_PRECONDITION and "not yet approved by: brand, platform" in msg
+
+    brand.approve_policy(collab.id)
+    platform.approve_policy(collab.id)
+    assert brand.get_collaboration(collab.id).active
+    code, msg = _code(lambda: upload(chunk(points=point[:31])))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and "32 bytes" in msg
+    code, msg = _code(lambda: upload(chunk(points=(2).to_bytes(32, "little"))))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and "twist" in msg
+    code, msg = _code(lambda: upload(chunk(ids=b"\1" * 8 * 110000, points=point * 110000)))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and "send smaller chunks" in msg
+    code, msg = _code(lambda: upload(chunk(identifier_type=0)))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    code, msg = _code(lambda: upload(chunk(i=0), chunk(i=2)))
+    assert code is grpc.StatusCode.FAILED_PRECONDITION and "expects chunk 1" in msg
+    code, msg = _code(lambda: upload(chunk(parent="collaborations/BAD")))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and "collaboration name" in msg
+    # the good chunk 0 of the failed stream above is kept: the status says resume at 1
+    status = stub.GetMatchStatus(matching_pb2.GetMatchStatusRequest(parent=parent), metadata=md)
+    assert [(u.kind, u.next_chunk_index, u.committed) for u in status.uploads] == [("points", 1, False)]
+    # a policy cannot change once data arrived
+    with pytest.raises(CleanRoomError) as info:
+        brand.propose_policy(collab.id, DEMO_POLICY.replace("min_group_size: 50", "min_group_size: 5"))
+    assert info.value.code == "FAILED_PRECONDITION"
+
+
+def test_table_upload_checks_the_policy(server, active, make_client):
+    import pandas as pd
+
+    from cleanroom_client.tables import arrow_chunks
+
+    stub, md = _stub(server, matching_pb2_grpc.MatchingServiceStub, "platform")
+
+    def send(table, df):
+        _, chunks = arrow_chunks(df)
+        reqs = [
+            matching_pb2.UploadTableRequest(parent=f"collaborations/{active}", table=table, chunk_index=0, arrow_ipc=c, last=True)
+            for c in chunks
+        ]
+        return stub.UploadTable(iter(reqs), metadata=md)
+
+    ok = pd.DataFrame({"row_id": [1, 2], "age_band": ["18-24", None]})
+    code, msg = _code(lambda: send("users", ok.assign(income=[1, 2])))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and "not declared" in msg
+    code, msg = _code(lambda: send("users", ok.assign(age_band=["18-24", "99+"])))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and "outside its declared domain" in msg
+    code, msg = _code(lambda: send("secrets", ok))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and "not declared for platform" in msg
+    code, msg = _code(lambda: send("users", pd.DataFrame({"row_id": [1, 1]})))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and "duplicate row_id" in msg
+    assert send("users", ok).committed
+    code, msg = _code(lambda: send("users", ok))
+    assert code is grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_match_through_the_sdk_equals_truth_and_is_idempotent(server, active, make_client):
+    data = generate(SyntheticConfig(brand_users=300, platform_users=400, shared=120))
+    brand, platform = make_client("brand"), make_client("platform")
+    results = {}
+
+    def run(name, client, **kw):
+        try:
+            results[name] = client.match(active, wait_timeout=60, **kw)
+        except Exception as exc:  # noqa: BLE001 - surfaced by the assertion below
+            results[name] = exc
+
+    threads = [
+        threading.Thread(target=run, args=("brand", brand), kwargs={
+            "users": data.brand_users, "key": "customer_id", "identifiers": {"email": "email", "phone": "mobile"},
+            "attributes": ["tier"], "events": {"conversions": data.brand_conversions}}),
+        threading.Thread(target=run, args=("platform", platform), kwargs={
+            "users": data.platform_users, "key": "user_id", "identifiers": {"email": "email", "phone": "phone"},
+            "attributes": ["age_band", "stage_4a"]}),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    b, p = results["brand"], results["platform"]
+    assert not isinstance(b, Exception), b
+    assert not isinstance(p, Exception), p
+    assert b.peer_set_size == 400 and p.peer_set_size == 300
+    assert b.identifiers["email"].invalid == (data.brand_users["email"] == "not-an-email").sum()
+    assert p.identifiers["phone"].missing == data.platform_users["phone"].isna().sum()
+    assert b.tables == {"users": 300, "conversions": len(data.brand_conversions)}
+    _, total = match_stats(server.db.cursor(), active)
+    assert total == len(data.truth)
+    # the summary never carries the intersection; a second call returns the same summary without re-sending
+    assert not hasattr(b, "matched_rows")
+    again = brand.match(active, users=data.brand_users, key="customer_id", identifiers={"email": "email", "phone": "mobile"},
+                        attributes=["tier"], events={"conversions": data.brand_conversions})
+    assert again.identifiers == b.identifiers and again.peer_set_size == 400

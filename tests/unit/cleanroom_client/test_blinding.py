@@ -1,0 +1,81 @@
+import os
+import stat
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cleanroom_client.blinding import (
+    ZERO_POINT,
+    BlindJob,
+    ProcessPoolChunkExecutor,
+    ReblindJob,
+    SerialExecutor,
+    blind_identifiers,
+    blind_point,
+    load_or_create_key,
+    reblind_points,
+)
+from cleanroom_client.curve import hash_to_u, validate_point
+from cleanroom_client.identity import IdentifierType
+
+
+def _key(seed: bytes) -> bytes:
+    return X25519PrivateKey.from_private_bytes(seed).private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+
+
+@settings(max_examples=50)
+@given(st.binary(min_size=32, max_size=32), st.binary(min_size=32, max_size=32), st.binary(max_size=64))
+def test_blinding_commutes(ka, kb, msg):
+    a, b = X25519PrivateKey.from_private_bytes(ka), X25519PrivateKey.from_private_bytes(kb)
+    point = hash_to_u(msg)
+    assert blind_point(b, blind_point(a, point)) == blind_point(a, blind_point(b, point))
+
+
+def test_key_file_is_private_and_reused(tmp_path):
+    path = tmp_path / "c" / "blinding.key"
+    key = load_or_create_key(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_or_create_key(path) == key
+    os.chmod(path, 0o644)
+    with pytest.raises(PermissionError, match="chmod 600"):
+        load_or_create_key(path)
+
+
+def test_blind_identifiers_counts_invalid_and_missing():
+    job = BlindJob(
+        key=_key(bytes(32)),
+        id_type=IdentifierType.EMAIL,
+        values=["a@example.com", None, "", "nope", "B@Example.com "],
+        row_ids=[1, 2, 3, 4, -5],
+    )
+    result = blind_identifiers(job)
+    assert (result.valid, result.invalid, result.missing) == (2, 1, 2)
+    assert result.row_ids == (1).to_bytes(8, "little", signed=True) + (-5).to_bytes(8, "little", signed=True)
+    assert len(result.points) == 64
+    for i in (0, 32):
+        validate_point(result.points[i : i + 32])
+    counted = blind_identifiers(BlindJob(**{**job.__dict__, "count_only": True}))
+    assert (counted.valid, counted.invalid, counted.missing, counted.points) == (2, 1, 2, b"")
+
+
+def test_reblind_rejects_bad_points_with_zero():
+    key = _key(bytes(range(32)))
+    good = hash_to_u(b"x")
+    result = reblind_points(ReblindJob(key=key, points=good + bytes(32) + (2).to_bytes(32, "little")))
+    assert result.rejected == 2
+    assert result.points[32:] == ZERO_POINT * 2
+    assert result.points[:32] == blind_point(X25519PrivateKey.from_private_bytes(key), good)
+    with pytest.raises(ValueError, match="whole number"):
+        reblind_points(ReblindJob(key=key, points=bytes(33)))
+
+
+def test_process_pool_keeps_order():
+    pool = ProcessPoolChunkExecutor(workers=2, max_in_flight=2)
+    try:
+        jobs = [ReblindJob(key=_key(bytes(32)), points=hash_to_u(bytes([i]))) for i in range(6)]
+        assert list(pool.map(reblind_points, jobs)) == list(SerialExecutor().map(reblind_points, jobs))
+    finally:
+        pool.close()

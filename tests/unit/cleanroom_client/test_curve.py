@@ -1,0 +1,93 @@
+import json
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cleanroom_client.curve import (
+    CLEANROOM_DST,
+    P,
+    InvalidPointError,
+    expand_message_xmd,
+    hash_to_curve,
+    hash_to_u,
+    is_valid_point,
+    validate_point,
+)
+
+REPO = Path(__file__).resolve().parents[3]
+SHARED = REPO.parent / "shared" / "vectors" / "rfc9380-curve25519-ro.json"
+COPY = REPO / "tests" / "vectors" / "rfc9380-curve25519-ro.json"
+
+
+def _vectors() -> dict:
+    data = json.loads(COPY.read_text())
+    if SHARED.exists():  # the published file is the authority; our copy must equal it
+        assert json.loads(SHARED.read_text()) == data
+    return data
+
+
+def test_rfc9380_vectors_full_point():
+    data = _vectors()
+    assert data["suite"] == "curve25519_XMD:SHA-512_ELL2_RO_"
+    assert len(data["vectors"]) >= 3
+    for v in data["vectors"]:
+        u, y = hash_to_curve(v["msg"].encode(), data["dst"].encode())
+        assert format(int(u), "064x") == v["P_x"]
+        assert format(int(y), "064x") == v["P_y"]
+
+
+def test_rfc9380_vectors_u_only_path():
+    data = _vectors()
+    for v in data["vectors"]:
+        assert hash_to_u(v["msg"].encode(), data["dst"].encode()) == bytes.fromhex(v["P_x"])[::-1]
+
+
+@given(st.binary(max_size=200))
+def test_project_dst_u_only_equals_full_point(msg):
+    u, _ = hash_to_curve(msg, CLEANROOM_DST)
+    out = hash_to_u(msg, CLEANROOM_DST)
+    assert out == int(u).to_bytes(32, "little")
+    validate_point(out)  # on the curve, not of low order
+
+
+def test_expand_message_rejects_long_dst():
+    with pytest.raises(ValueError, match="DST"):
+        expand_message_xmd(b"", b"x" * 256, 32)
+
+
+def _twist_point() -> bytes:
+    for u in range(2, 1000):
+        if not is_valid_point(u.to_bytes(32, "little")):
+            return u.to_bytes(32, "little")
+    raise AssertionError("no twist point found")
+
+
+def test_validate_point_rejects_each_kind_of_bad_point():
+    with pytest.raises(InvalidPointError, match="32 bytes"):
+        validate_point(bytes(31))
+    with pytest.raises(InvalidPointError, match="low order"):
+        validate_point(bytes(32))
+    with pytest.raises(InvalidPointError, match="low order"):
+        validate_point((1).to_bytes(32, "little"))
+    with pytest.raises(InvalidPointError, match="not reduced"):
+        validate_point(int(P).to_bytes(32, "little"))
+    with pytest.raises(InvalidPointError, match="twist"):
+        validate_point(_twist_point())
+
+
+def test_half_of_raw_hashes_would_lie_on_the_twist():
+    # The reason for hash-to-curve: raw 32-byte values land on the twist about half the time.
+    import hashlib
+
+    on_curve = sum(is_valid_point(hashlib.sha256(bytes([i, j])).digest()[:31] + b"\0") for i in range(20) for j in range(20))
+    assert 120 < on_curve < 280
+
+
+def test_x25519_public_key_is_valid_point():
+    pub = X25519PrivateKey.generate().public_key()
+    raw = pub.public_bytes_raw()
+    validate_point(raw)
+    assert X25519PublicKey.from_public_bytes(raw) is not None
