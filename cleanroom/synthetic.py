@@ -105,7 +105,9 @@ def generate(config: SyntheticConfig | None = None) -> SyntheticData:
             "email": platform_email[platform_order],
             "phone": p_e164[platform_order],
             "age_band": rng.choice(AGE_BANDS, size=cfg.platform_users),
-            "stage_4a": rng.choice([*STAGES, None], size=cfg.platform_users, p=[0.3, 0.2, 0.15, 0.05, 0.3]),
+            "stage_4a": rng.choice(
+                np.array([*STAGES, None], dtype=object), size=cfg.platform_users, p=[0.3, 0.2, 0.15, 0.05, 0.3]
+            ),
         }
     )
     platform_id_of_person = dict(zip(platform_people[platform_order], platform_users["user_id"], strict=True))

@@ -4,11 +4,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cleanroom_client import CleanRoomClient, SerialExecutor
 
 from cleanroom.server import ServerConfig, create_server
 from cleanroom.server.app import RunningServer
 from cleanroom.synthetic import DEMO_POLICY
-from cleanroom_client import CleanRoomClient, SerialExecutor
 
 
 @pytest.fixture

@@ -6,8 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-from cleanroom.synthetic import SyntheticConfig, generate
 from cleanroom_client import CleanRoomClient
+
+from cleanroom.synthetic import SyntheticConfig, generate
 
 
 def main() -> None:

@@ -2,20 +2,19 @@ import json
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from hypothesis import given
-from hypothesis import strategies as st
-
 from cleanroom_client.curve import (
     CLEANROOM_DST,
-    P,
     InvalidPointError,
+    P,
     expand_message_xmd,
     hash_to_curve,
     hash_to_u,
     is_valid_point,
     validate_point,
 )
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from hypothesis import given
+from hypothesis import strategies as st
 
 REPO = Path(__file__).resolve().parents[3]
 SHARED = REPO.parent / "shared" / "vectors" / "rfc9380-curve25519-ro.json"
@@ -82,7 +81,9 @@ def test_half_of_raw_hashes_would_lie_on_the_twist():
     # The reason for hash-to-curve: raw 32-byte values land on the twist about half the time.
     import hashlib
 
-    on_curve = sum(is_valid_point(hashlib.sha256(bytes([i, j])).digest()[:31] + b"\0") for i in range(20) for j in range(20))
+    on_curve = sum(
+        is_valid_point(hashlib.sha256(bytes([i, j])).digest()[:31] + b"\0") for i in range(20) for j in range(20)
+    )
     assert 120 < on_curve < 280
 
 

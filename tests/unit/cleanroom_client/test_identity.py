@@ -1,9 +1,6 @@
 import hashlib
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
 from cleanroom_client.identity import (
     IdentifierType,
     InvalidIdentifierError,
@@ -12,6 +9,8 @@ from cleanroom_client.identity import (
     digest,
     parse_prehashed,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 
 N = Normalizer("US")
 

@@ -1,7 +1,7 @@
 import pytest
+from cleanroom_client.policy import PolicyError, parse_policy
 
 from cleanroom.synthetic import DEMO_POLICY
-from cleanroom_client.policy import PolicyError, parse_policy
 
 
 def test_demo_policy_parses():
@@ -11,7 +11,9 @@ def test_demo_policy_parses():
     users = p.table("platform", "users")
     assert users is not None
     assert users.dimensions["stage_4a"] == ("aware", "appeal", "act", "advocate")
-    assert p.table("brand", "conversions").measures == {"value": (0.0, 500.0)}
+    conversions = p.table("brand", "conversions")
+    assert conversions is not None
+    assert conversions.measures == {"value": (0.0, 500.0)}
     assert p.min_group_size == 50
     assert p.epsilon_per_query_max == 1.0
 
@@ -53,7 +55,9 @@ def test_not_a_mapping(text):
 
 
 def test_reserved_and_duplicate_columns():
-    text = DEMO_POLICY.replace("{dimensions: {tier: [gold, silver, basic]}}", "{time: tier, dimensions: {tier: [a], row_id: [b]}}")
+    text = DEMO_POLICY.replace(
+        "{dimensions: {tier: [gold, silver, basic]}}", "{time: tier, dimensions: {tier: [a], row_id: [b]}}"
+    )
     with pytest.raises(PolicyError) as info:
         parse_policy(text)
     assert any("declared more than once" in p for p in info.value.problems)

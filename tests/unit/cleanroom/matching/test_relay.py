@@ -4,6 +4,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from cleanroom_client.blinding import blind_point
+from cleanroom_client.curve import hash_to_u
+from cleanroom_client.identity import IdentifierType
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -13,9 +16,6 @@ from cleanroom.errors import FailedPreconditionError, InvalidArgumentError
 from cleanroom.matching import MatchStage, Relay, match_stats
 from cleanroom.storage import Database
 from cleanroom.synthetic import DEMO_POLICY
-from cleanroom_client.blinding import blind_point
-from cleanroom_client.curve import hash_to_u
-from cleanroom_client.identity import IdentifierType
 
 KA = X25519PrivateKey.from_private_bytes(bytes(range(32)))
 KB = X25519PrivateKey.from_private_bytes(bytes(range(32, 64)))
@@ -61,9 +61,7 @@ def test_unshuffle_puts_each_double_blinded_key_on_its_own_row(row_ids, chunk):
         _upload(relay, collab, "brand", KA, {EMAIL: rows})
         _upload(relay, collab, "platform", KB, {EMAIL: []})
         _double_blind(relay, collab, "platform", KB)
-        got = dict(
-            db.cursor().execute("SELECT row_id, dkey FROM match_keys WHERE member = 'brand'").fetchall()
-        )
+        got = dict(db.cursor().execute("SELECT row_id, dkey FROM match_keys WHERE member = 'brand'").fetchall())
         expected = {r: blind_point(KB, blind_point(KA, hash_to_u(f"email:{i}".encode()))) for r, i in rows}
         assert got == expected
         # singly blinded points are gone once the relay no longer needs them
@@ -75,8 +73,20 @@ def test_join_is_one_to_one_with_priority_and_duplicates(tmp_path):
     db, relay, collab = _setup(tmp_path)
     # brand rows: 1 (a@, p1), 2 (b@, p2), 3 (dup a@, no phone), 4 (c@, p4)
     # platform rows: 10 (a@, p2)  11 (a@)  12 (x@, p2)  13 (y@, p4)
-    _upload(relay, collab, "brand", KA, {EMAIL: [(1, "a"), (2, "b"), (3, "a"), (4, "c")], PHONE: [(1, "p1"), (2, "p2"), (4, "p4")]})
-    _upload(relay, collab, "platform", KB, {EMAIL: [(10, "a"), (11, "a"), (12, "x"), (13, "y")], PHONE: [(10, "p2"), (12, "p2"), (13, "p4")]})
+    _upload(
+        relay,
+        collab,
+        "brand",
+        KA,
+        {EMAIL: [(1, "a"), (2, "b"), (3, "a"), (4, "c")], PHONE: [(1, "p1"), (2, "p2"), (4, "p4")]},
+    )
+    _upload(
+        relay,
+        collab,
+        "platform",
+        KB,
+        {EMAIL: [(10, "a"), (11, "a"), (12, "x"), (13, "y")], PHONE: [(10, "p2"), (12, "p2"), (13, "p4")]},
+    )
     assert relay.status(collab, "brand").stage is MatchStage.DOUBLE_BLINDING
     _double_blind(relay, collab, "brand", KA)
     _double_blind(relay, collab, "platform", KB)

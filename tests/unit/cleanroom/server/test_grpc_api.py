@@ -6,14 +6,14 @@ import threading
 
 import grpc
 import pytest
+from cleanroom_client import CleanRoomError, PolicyError
+from cleanroom_client._proto import analytics_pb2, analytics_pb2_grpc, matching_pb2, matching_pb2_grpc
+from cleanroom_client.curve import hash_to_u
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from cleanroom.matching import match_stats
 from cleanroom.synthetic import DEMO_POLICY, SyntheticConfig, generate
-from cleanroom_client import CleanRoomError, PolicyError
-from cleanroom_client._proto import analytics_pb2, analytics_pb2_grpc, matching_pb2, matching_pb2_grpc
-from cleanroom_client.curve import hash_to_u
 
 
 def _stub(server, cls, principal="brand"):
@@ -24,14 +24,17 @@ def _stub(server, cls, principal="brand"):
 def _code(fn) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.RpcError) as info:
         fn()
-    return info.value.code(), info.value.details()
+    return info.value.code(), info.value.details() or ""
 
 
 def test_health_and_reflection(server):
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     health = health_pb2_grpc.HealthStub(channel)
     for service in ("", "cleanroom.v1.MatchingService"):
-        assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == health_pb2.HealthCheckResponse.SERVING
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(service=service)).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
     refl = reflection_pb2_grpc.ServerReflectionStub(channel)
     [answer] = list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
     names = {s.name for s in answer.list_services_response.service}
@@ -72,23 +75,29 @@ def test_lifecycle_and_argument_errors(server, make_client):
         return matching_pb2.UploadBlindedPointsRequest(chunk_index=i, row_ids=ids, points=points, last=last, **fields)
 
     code, msg = _code(lambda: upload(chunk()))
-    assert code is grpc.StatusCode.FAILED_PRECONDITION and "not yet approved by: brand, platform" in msg
+    assert code is grpc.StatusCode.FAILED_PRECONDITION
+    assert "not yet approved by: brand, platform" in msg
 
     brand.approve_policy(collab.id)
     platform.approve_policy(collab.id)
     assert brand.get_collaboration(collab.id).active
     code, msg = _code(lambda: upload(chunk(points=point[:31])))
-    assert code is grpc.StatusCode.INVALID_ARGUMENT and "32 bytes" in msg
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "32 bytes" in msg
     code, msg = _code(lambda: upload(chunk(points=(2).to_bytes(32, "little"))))
-    assert code is grpc.StatusCode.INVALID_ARGUMENT and "twist" in msg
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "twist" in msg
     code, msg = _code(lambda: upload(chunk(ids=b"\1" * 8 * 110000, points=point * 110000)))
-    assert code is grpc.StatusCode.INVALID_ARGUMENT and "send smaller chunks" in msg
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "send smaller chunks" in msg
     code, msg = _code(lambda: upload(chunk(identifier_type=0)))
     assert code is grpc.StatusCode.INVALID_ARGUMENT
     code, msg = _code(lambda: upload(chunk(i=0), chunk(i=2)))
-    assert code is grpc.StatusCode.FAILED_PRECONDITION and "expects chunk 1" in msg
+    assert code is grpc.StatusCode.FAILED_PRECONDITION
+    assert "expects chunk 1" in msg
     code, msg = _code(lambda: upload(chunk(parent="collaborations/BAD")))
-    assert code is grpc.StatusCode.INVALID_ARGUMENT and "collaboration name" in msg
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "collaboration name" in msg
     # the good chunk 0 of the failed stream above is kept: the status says resume at 1
     status = stub.GetMatchStatus(matching_pb2.GetMatchStatusRequest(parent=parent), metadata=md)
     assert [(u.kind, u.next_chunk_index, u.committed) for u in status.uploads] == [("points", 1, False)]
@@ -100,7 +109,6 @@ def test_lifecycle_and_argument_errors(server, make_client):
 
 def test_table_upload_checks_the_policy(server, active, make_client):
     import pandas as pd
-
     from cleanroom_client.tables import arrow_chunks
 
     stub, md = _stub(server, matching_pb2_grpc.MatchingServiceStub, "platform")
@@ -108,20 +116,26 @@ def test_table_upload_checks_the_policy(server, active, make_client):
     def send(table, df):
         _, chunks = arrow_chunks(df)
         reqs = [
-            matching_pb2.UploadTableRequest(parent=f"collaborations/{active}", table=table, chunk_index=0, arrow_ipc=c, last=True)
+            matching_pb2.UploadTableRequest(
+                parent=f"collaborations/{active}", table=table, chunk_index=0, arrow_ipc=c, last=True
+            )
             for c in chunks
         ]
         return stub.UploadTable(iter(reqs), metadata=md)
 
     ok = pd.DataFrame({"row_id": [1, 2], "age_band": ["18-24", None]})
     code, msg = _code(lambda: send("users", ok.assign(income=[1, 2])))
-    assert code is grpc.StatusCode.INVALID_ARGUMENT and "not declared" in msg
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "not declared" in msg
     code, msg = _code(lambda: send("users", ok.assign(age_band=["18-24", "99+"])))
-    assert code is grpc.StatusCode.INVALID_ARGUMENT and "outside its declared domain" in msg
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "outside its declared domain" in msg
     code, msg = _code(lambda: send("secrets", ok))
-    assert code is grpc.StatusCode.INVALID_ARGUMENT and "not declared for platform" in msg
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "not declared for platform" in msg
     code, msg = _code(lambda: send("users", pd.DataFrame({"row_id": [1, 1]})))
-    assert code is grpc.StatusCode.INVALID_ARGUMENT and "duplicate row_id" in msg
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "duplicate row_id" in msg
     assert send("users", ok).committed
     code, msg = _code(lambda: send("users", ok))
     assert code is grpc.StatusCode.FAILED_PRECONDITION
@@ -139,12 +153,27 @@ def test_match_through_the_sdk_equals_truth_and_is_idempotent(server, active, ma
             results[name] = exc
 
     threads = [
-        threading.Thread(target=run, args=("brand", brand), kwargs={
-            "users": data.brand_users, "key": "customer_id", "identifiers": {"email": "email", "phone": "mobile"},
-            "attributes": ["tier"], "events": {"conversions": data.brand_conversions}}),
-        threading.Thread(target=run, args=("platform", platform), kwargs={
-            "users": data.platform_users, "key": "user_id", "identifiers": {"email": "email", "phone": "phone"},
-            "attributes": ["age_band", "stage_4a"]}),
+        threading.Thread(
+            target=run,
+            args=("brand", brand),
+            kwargs={
+                "users": data.brand_users,
+                "key": "customer_id",
+                "identifiers": {"email": "email", "phone": "mobile"},
+                "attributes": ["tier"],
+                "events": {"conversions": data.brand_conversions},
+            },
+        ),
+        threading.Thread(
+            target=run,
+            args=("platform", platform),
+            kwargs={
+                "users": data.platform_users,
+                "key": "user_id",
+                "identifiers": {"email": "email", "phone": "phone"},
+                "attributes": ["age_band", "stage_4a"],
+            },
+        ),
     ]
     for t in threads:
         t.start()
@@ -153,7 +182,8 @@ def test_match_through_the_sdk_equals_truth_and_is_idempotent(server, active, ma
     b, p = results["brand"], results["platform"]
     assert not isinstance(b, Exception), b
     assert not isinstance(p, Exception), p
-    assert b.peer_set_size == 400 and p.peer_set_size == 300
+    assert b.peer_set_size == 400
+    assert p.peer_set_size == 300
     assert b.identifiers["email"].invalid == (data.brand_users["email"] == "not-an-email").sum()
     assert p.identifiers["phone"].missing == data.platform_users["phone"].isna().sum()
     assert b.tables == {"users": 300, "conversions": len(data.brand_conversions)}
@@ -161,6 +191,13 @@ def test_match_through_the_sdk_equals_truth_and_is_idempotent(server, active, ma
     assert total == len(data.truth)
     # the summary never carries the intersection; a second call returns the same summary without re-sending
     assert not hasattr(b, "matched_rows")
-    again = brand.match(active, users=data.brand_users, key="customer_id", identifiers={"email": "email", "phone": "mobile"},
-                        attributes=["tier"], events={"conversions": data.brand_conversions})
-    assert again.identifiers == b.identifiers and again.peer_set_size == 400
+    again = brand.match(
+        active,
+        users=data.brand_users,
+        key="customer_id",
+        identifiers={"email": "email", "phone": "mobile"},
+        attributes=["tier"],
+        events={"conversions": data.brand_conversions},
+    )
+    assert again.identifiers == b.identifiers
+    assert again.peer_set_size == 400
