@@ -194,7 +194,7 @@ class Relay:
             raise InvalidArgumentError(f"chunk {chunk_index} is out of range; the offer has {total} chunks")
         start = chunk_index * self.offer_chunk
         cur = self._db.cursor()
-        if read_progress(cur, collab.id, member, DOUBLE_BLINDED) and self._double_done(cur, collab.id, member):
+        if self._double_done(cur, collab.id, member):
             raise FailedPreconditionError("you have already double-blinded the peer's points")
         table = cur.sql(
             "SELECT point FROM offers WHERE collab = ? AND member = ? AND pos >= ? AND pos < ? ORDER BY pos",

@@ -13,6 +13,7 @@ import grpc
 from cleanroom_client._proto import matching_pb2 as pb
 from cleanroom_client._proto import matching_pb2_grpc as pb_grpc
 from cleanroom_client.identity import IdentifierType
+from google.protobuf.message import Message
 
 from ..collaborations import Collaboration, Collaborations, parse_name
 from ..errors import InvalidArgumentError
@@ -35,8 +36,8 @@ _STAGES = {
 }
 
 
-def _check_size(request: object, chunk_index: int) -> None:
-    size = request.ByteSize()  # type: ignore[attr-defined]
+def _check_size(request: Message, chunk_index: int) -> None:
+    size = request.ByteSize()
     if size > MAX_CHUNK_BYTES:
         raise InvalidArgumentError(
             f"chunk {chunk_index} is {size} bytes; the limit is {MAX_CHUNK_BYTES} bytes per message: "
