@@ -78,3 +78,22 @@ def test_process_pool_keeps_order():
         assert list(pool.map(reblind_points, jobs)) == list(SerialExecutor().map(reblind_points, jobs))
     finally:
         pool.close()
+
+
+def test_process_pool_bounds_chunks_in_flight():
+    # Memory stays flat: the executor never pulls more than max_in_flight chunks ahead of what it has yielded.
+    pool = ProcessPoolChunkExecutor(workers=2, max_in_flight=3)
+    pulled = 0
+
+    def jobs():
+        nonlocal pulled
+        for i in range(20):
+            pulled += 1
+            yield ReblindJob(key=_key(bytes(32)), points=hash_to_u(bytes([i])))
+
+    try:
+        for done, _ in enumerate(pool.map(reblind_points, jobs()), start=1):
+            assert pulled - done <= 3
+        assert done == 20
+    finally:
+        pool.close()

@@ -159,3 +159,26 @@ def test_double_blinded_chunk_must_match_the_offer(tmp_path):
     with pytest.raises(FailedPreconditionError, match="out of order"):
         relay.submit_double_blinded(collab, "platform", 3, chunk, last=False)
     db.close()
+
+
+def test_admin_match_stats_prints_exact_counts(tmp_path):
+    from typer.testing import CliRunner
+
+    from cleanroom.cli import app
+
+    db, relay, collab = _setup(tmp_path)
+    _upload(relay, collab, "brand", KA, {EMAIL: [(1, "a"), (2, "b")], PHONE: [(2, "p2")]})
+    _upload(relay, collab, "platform", KB, {EMAIL: [(10, "a")], PHONE: [(11, "p2")]})
+    _double_blind(relay, collab, "brand", KA)
+    _double_blind(relay, collab, "platform", KB)
+    db.close()
+    result = CliRunner().invoke(
+        app, ["admin", "match-stats", "--data-dir", str(tmp_path), collab.id], terminal_width=200
+    )
+    assert result.exit_code == 0, result.output
+    assert "total matched people" in result.output
+    lines = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") >= 3}
+    assert lines["email"].split("│")[2].strip() == "1"
+    assert lines["phone"].split("│")[3].strip() == "1"
+    missing = CliRunner().invoke(app, ["admin", "match-stats", "--data-dir", str(tmp_path), "nope-nope"])
+    assert missing.exit_code == 1
