@@ -1,21 +1,33 @@
-"""`cleanroom`: the operator's command line (serve, admin) and the demo."""
+"""`cleanroom`: the operator's command line (serve, admin, audit) and the demo."""
 
 from __future__ import annotations
 
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
+import grpc
 import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(help="Cleanroom server: private matching and DP analytics between a brand and a platform.")
-admin = typer.Typer(help="Operator commands that run locally against a data directory.")
+from cleanroom_client._proto import admin_pb2, admin_pb2_grpc
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="Cleanroom server: private matching and DP analytics between a brand and a platform.",
+    no_args_is_help=True,
+)
+admin = typer.Typer(help="Operator commands, local to the data directory (through the server's socket if it runs).")
+audit = typer.Typer(help="Verify audit logs.")
 app.add_typer(admin, name="admin")
+app.add_typer(audit, name="audit")
 console = Console(stderr=True)
+out = Console()
 
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Directory holding cleanroom.duckdb.")]
 
@@ -23,28 +35,156 @@ DataDir = Annotated[Path, typer.Option("--data-dir", help="Directory holding cle
 @app.command()
 def serve(
     data_dir: DataDir,
-    port: Annotated[int, typer.Option(help="TCP port; 0 picks a free one.")] = 50051,
+    port: Annotated[int, typer.Option(help="TCP port; 0 picks a free one (printed on stdout).")] = 50051,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate chain of the server.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of the server.")] = None,
+    client_ca: Annotated[Path | None, typer.Option(help="CA for client certificates: turns on mutual TLS.")] = None,
+    insecure: Annotated[bool, typer.Option(help="Plaintext, for local development only.")] = False,
+    idle_timeout: Annotated[float, typer.Option(help="Seconds an upload stream may stay silent.")] = 120.0,
 ) -> None:
-    """Serve the clean room until interrupted.
+    """Serve the clean room until interrupted (TLS required unless --insecure).
 
-    Example: cleanroom serve --data-dir ./data --port 50051
+    Example: cleanroom serve --data-dir ./data --port 50051 --tls-cert server.pem --tls-key server.key
     """
     from .server import ServerConfig, create_server
+    from .server.app import TlsConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    console.print(
-        "[bold red]WARNING[/]: authentication is not in place yet: callers name themselves with the "
-        "x-cleanroom-principal header. Development use only, on a trusted network."
+    tls = None
+    if insecure:
+        if tls_cert or tls_key or client_ca:
+            console.print("[red]--insecure cannot be combined with TLS options[/]")
+            raise typer.Exit(2)
+        console.print(
+            "[bold red]WARNING: --insecure: no TLS. Tokens and data cross the network in plaintext. "
+            "Local development only.[/]"
+        )
+    elif tls_cert is None or tls_key is None:
+        console.print("[red]TLS is required: pass --tls-cert and --tls-key (or --insecure for local development)[/]")
+        raise typer.Exit(2)
+    else:
+        tls = TlsConfig(tls_cert.read_bytes(), tls_key.read_bytes(), client_ca.read_bytes() if client_ca else None)
+    config = ServerConfig(
+        data_dir=data_dir, address=f"{host}:{port}", tls=tls, insecure=insecure, stream_idle_timeout=idle_timeout
     )
-    running = create_server(ServerConfig(data_dir=data_dir, address=f"{host}:{port}"))
-    console.print(f"cleanroom serving on {host}:{running.port}, data in {data_dir}")
+    running = create_server(config)
+    mode = "plaintext" if insecure else ("mutual TLS" if client_ca else "TLS")
+    console.print(f"cleanroom serving on {host}:{running.port} ({mode}), data in {data_dir}")
     print(running.port, flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
     running.stop()
+
+
+def _operate(
+    data_dir: Path,
+    through_socket: Callable[[admin_pb2_grpc.AdminServiceStub], T],
+    directly: Callable[..., T],
+) -> T:
+    """Run an operator command through the running server's socket, or on the data directory when none runs."""
+    from .server.app import ADMIN_SOCKET
+
+    socket = data_dir / ADMIN_SOCKET
+    if socket.exists():
+        with grpc.insecure_channel(f"unix:{socket}") as channel:
+            try:
+                return through_socket(admin_pb2_grpc.AdminServiceStub(channel))
+            except grpc.RpcError as err:
+                if err.code() is not grpc.StatusCode.UNAVAILABLE:
+                    console.print(f"[red]{err.details()}[/]")
+                    raise typer.Exit(1) from None
+    from .errors import CleanroomError
+    from .room import Room
+
+    try:
+        room = Room.open(data_dir)
+    except Exception as exc:  # noqa: BLE001 - the lock error of a running server is DuckDB's IOException
+        console.print(f"[red]cannot open {data_dir}: {exc}[/]")
+        raise typer.Exit(1) from None
+    try:
+        return directly(room)
+    except CleanroomError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    finally:
+        room.close()
+
+
+@admin.command("add-principal")
+def add_principal(
+    name: Annotated[str, typer.Argument(help="Principal name, e.g. brand.")],
+    data_dir: DataDir,
+    role: Annotated[str, typer.Option(help="member or auditor.")] = "member",
+) -> None:
+    """Register a principal and print its bearer token (shown only this once).
+
+    Example: cleanroom admin add-principal brand --role member --data-dir ./data
+    """
+    from .principals import Role
+
+    if role not in ("member", "auditor"):
+        console.print("[red]--role must be member or auditor[/]")
+        raise typer.Exit(2)
+    wire = admin_pb2.ROLE_MEMBER if role == "member" else admin_pb2.ROLE_AUDITOR
+    token = _operate(
+        data_dir,
+        lambda s: s.AddPrincipal(admin_pb2.AddPrincipalRequest(name=name, role=wire)).token,
+        lambda room: room.principals.add(name, Role(role)),
+    )
+    console.print(f"principal {name} ({role}) added; its token follows. It is not stored and is shown only once.")
+    print(token)
+
+
+@admin.command("revoke-principal")
+def revoke_principal(name: Annotated[str, typer.Argument()], data_dir: DataDir) -> None:
+    """Revoke a principal: its token and certificate stop working at once.
+
+    Example: cleanroom admin revoke-principal brand --data-dir ./data
+    """
+    _operate(
+        data_dir,
+        lambda s: s.RevokePrincipal(admin_pb2.RevokePrincipalRequest(name=name)),
+        lambda room: room.principals.revoke(name),
+    )
+    console.print(f"principal {name} revoked")
+
+
+@admin.command("rotate-token")
+def rotate_token(name: Annotated[str, typer.Argument()], data_dir: DataDir) -> None:
+    """Issue a new token for a principal; the old one stops working.
+
+    Example: cleanroom admin rotate-token brand --data-dir ./data
+    """
+    token = _operate(
+        data_dir,
+        lambda s: s.RotateToken(admin_pb2.RotateTokenRequest(name=name)).token,
+        lambda room: room.principals.rotate(name),
+    )
+    print(token)
+
+
+@admin.command("assign-auditor")
+def assign_auditor(
+    auditor: Annotated[str, typer.Argument()],
+    collaboration: Annotated[str, typer.Argument(help="Collaboration id.")],
+    data_dir: DataDir,
+) -> None:
+    """Let an auditor read a collaboration's policy, budget and audit log.
+
+    Example: cleanroom admin assign-auditor auditor brand-x-2026q4 --data-dir ./data
+    """
+    collab = collaboration.removeprefix("collaborations/")
+    _operate(
+        data_dir,
+        lambda s: s.AssignAuditor(
+            admin_pb2.AssignAuditorRequest(auditor=auditor, collaboration=f"collaborations/{collab}")
+        ),
+        lambda room: room.principals.assign_auditor(auditor, collab),
+    )
+    console.print(f"{auditor} now audits collaborations/{collab}")
 
 
 @admin.command("match-stats")
@@ -56,28 +196,82 @@ def match_stats_command(
 
     Example: cleanroom admin match-stats --data-dir ./data brand-x-2026q4
     """
+    from .errors import NotFoundError
     from .matching import match_stats
-    from .storage import Database
     from .storage.database import first
 
     collab = collaboration.removeprefix("collaborations/")
-    db = Database(data_dir)
-    try:
-        cur = db.cursor()
+
+    def direct(room):  # type: ignore[no-untyped-def]
+        cur = room.db.cursor()
         if not first(cur.execute("SELECT 1 FROM collaborations WHERE id = ?", [collab])):
-            console.print(f"[red]no collaboration {collab!r} in {data_dir}[/]")
-            raise typer.Exit(1)
+            raise NotFoundError(f"no collaboration {collab!r} in {data_dir}")
         stats, total = match_stats(cur, collab)
-    finally:
-        db.close()
+        return [(s.id_type.value, s.shared_keys, s.pairs) for s in stats], total
+
+    def remote(stub: admin_pb2_grpc.AdminServiceStub) -> tuple[list[tuple[str, int, int]], int]:
+        r = stub.GetMatchStats(admin_pb2.GetMatchStatsRequest(collaboration=f"collaborations/{collab}"))
+        return [(s.identifier_type, s.shared_keys, s.pairs) for s in r.identifier_types], r.matched_people
+
+    rows, total = _operate(data_dir, remote, direct)
     table = Table(title=f"collaborations/{collab}: exact match counts")
     table.add_column("identifier type")
     table.add_column("keys shared", justify="right")
     table.add_column("pairs decided (priority order)", justify="right")
-    for s in stats:
-        table.add_row(s.id_type.value, str(s.shared_keys), str(s.pairs))
+    for id_type, shared, pairs in rows:
+        table.add_row(id_type, str(shared), str(pairs))
     table.add_row("[bold]total matched people[/]", "", f"[bold]{total}[/]")
-    Console().print(table)
+    out.print(table)
+
+
+@admin.command("make-dev-certs")
+def make_dev_certs(
+    directory: Annotated[Path, typer.Argument(help="Where to write ca.pem, server.pem/key and client certs.")],
+    client: Annotated[list[str] | None, typer.Option(help="A client certificate for this principal name.")] = None,
+) -> None:
+    """Make a throwaway CA and certificates for local development (never for production).
+
+    Example: cleanroom admin make-dev-certs ./certs --client brand --client platform
+    """
+    from .devpki import make_dev_pki
+
+    pki = make_dev_pki(directory, tuple(client or ()))
+    console.print(f"wrote {pki.ca}, {pki.server_cert}, {pki.server_key} and {len(client or [])} client certificates")
+
+
+@audit.command("verify")
+def audit_verify(
+    file: Annotated[Path, typer.Argument(help="A JSON Lines export (ExportAuditLog / export_audit_log).")],
+    public_key: Annotated[Path, typer.Option(help="The server's Ed25519 public key, PEM.")],
+) -> None:
+    """Verify an exported audit chain offline with the server's public key alone; names the first broken entry.
+
+    Example: cleanroom audit verify brand-x.jsonl --public-key server-audit.pem
+    """
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    from .audit import AuditEntry, verify_entries
+
+    key = load_pem_public_key(public_key.read_bytes())
+    if not isinstance(key, Ed25519PublicKey):
+        console.print("[red]the public key is not an Ed25519 key[/]")
+        raise typer.Exit(2)
+    entries = []
+    for number, line in enumerate(file.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entries.append(AuditEntry.from_json(line))
+        except ValueError as exc:
+            out.print(f"[red]INVALID[/]: line {number} is not an audit entry ({exc})")
+            raise typer.Exit(1) from None
+    result = verify_entries(entries, key)
+    if result.valid:
+        out.print(f"[green]VALID[/]: {result.entries_checked} entries, chain intact, every signature the server's")
+        return
+    out.print(f"[red]INVALID[/]: {result.reason} (after {result.entries_checked} good entries)")
+    raise typer.Exit(1)
 
 
 @app.command()
@@ -87,7 +281,7 @@ def demo(
     shared: Annotated[int, typer.Option(help="People on both sides (the ground truth).")] = 6_000,
     data_dir: Annotated[Path | None, typer.Option(help="Keep the server's data here (default: a temp dir).")] = None,
 ) -> None:
-    """Run the whole story on synthetic data with an embedded server.
+    """Run the whole story on synthetic data with an embedded server (TLS and tokens on).
 
     Example: cleanroom demo --brand-users 20000 --platform-users 40000 --shared 6000
     """

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from cleanroom_client.policy import Policy, PolicyError, parse_policy
 
+from .audit import AuditLog
 from .errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -22,6 +23,7 @@ from .errors import (
     NotFoundError,
     PermissionDeniedError,
 )
+from .principals import Principal, Principals, Role
 from .storage import Database
 from .storage.database import first
 
@@ -87,74 +89,111 @@ def _parse(text: str) -> Policy:
 
 
 class Collaborations:
-    """Create, read and approve collaborations in the server's database."""
+    """Create, read and approve collaborations; decide who may see or act in each (audited refusals)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, audit: AuditLog, principals: Principals) -> None:
         self._db = db
+        self._audit = audit
+        self._principals = principals
 
-    def create(self, principal: str, collab_id: str, policy_yaml: str) -> Collaboration:
-        """Create a collaboration proposing `policy_yaml`; the caller must be one of its members."""
+    # -- access -------------------------------------------------------------------------------------------------
+    def _refuse(self, collab_id: str, principal: Principal, action: str, reason: str) -> PermissionDeniedError:
+        """Record the refusal in the collaboration's chain and return the error to raise."""
+        self._audit.record(collab_id, principal.name, "refused", {"attempted": action, "reason": reason})
+        return PermissionDeniedError(reason)
+
+    def get(self, principal: Principal, collab_id: str, action: str = "collaboration.get") -> Collaboration:
+        """The collaboration, if the caller is one of its members or an auditor assigned to it."""
+        collab = self._load(collab_id)
+        if principal.role is Role.MEMBER and collab.policy.member(principal.name) is not None:
+            return collab
+        if principal.role is Role.AUDITOR and self._principals.audits(principal.name, collab_id):
+            return collab
+        raise self._refuse(
+            collab_id, principal, action, f"you ({principal.name}) are not a member or auditor of {collab.name}"
+        )
+
+    def require_member(self, principal: Principal, collab_id: str, action: str) -> Collaboration:
+        """The collaboration, if the caller is one of its members."""
+        collab = self.get(principal, collab_id, action)
+        if principal.role is not Role.MEMBER:
+            raise self._refuse(collab_id, principal, action, f"{action} is for members; auditors only read")
+        return collab
+
+    def require_auditor(self, principal: Principal, collab_id: str, action: str) -> Collaboration:
+        """The collaboration, if the caller is an auditor assigned to it."""
+        collab = self.get(principal, collab_id, action)
+        if principal.role is not Role.AUDITOR:
+            raise self._refuse(collab_id, principal, action, f"{action} is for the collaboration's auditors")
+        return collab
+
+    def require_active(self, principal: Principal, collab_id: str, ability: str, action: str) -> Collaboration:
+        """The collaboration, if its policy is approved by all and grants the calling member `ability`."""
+        collab = self.require_member(principal, collab_id, action)
+        if not collab.active:
+            raise FailedPreconditionError(
+                f"the policy of {collab.name} is not yet approved by: {', '.join(collab.awaiting)}"
+            )
+        member = collab.policy.member(principal.name)
+        if member is None or ability not in member.abilities:
+            raise self._refuse(
+                collab_id, principal, action, f"the policy does not give you ({principal.name}) the ability '{ability}'"
+            )
+        return collab
+
+    # -- lifecycle ------------------------------------------------------------------------------------------------
+    def create(self, principal: Principal, collab_id: str, policy_yaml: str) -> Collaboration:
+        """Create a collaboration proposing `policy_yaml`; the caller must be a member named in it."""
         policy = _parse(policy_yaml)
-        if policy.member(principal) is None:
+        if principal.role is not Role.MEMBER or policy.member(principal.name) is None:
             raise PermissionDeniedError(
-                f"you ({principal}) are not among the policy's members ({', '.join(m.name for m in policy.members)})"
+                f"you ({principal.name}) are not among the policy's members "
+                f"({', '.join(m.name for m in policy.members)})"
             )
         collab_id = collab_id or "c-" + secrets.token_hex(6)
         if not _ID.match(collab_id):
             raise InvalidArgumentError(
                 f"collaboration id {collab_id!r}: use 4 to 63 lower-case letters, digits or '-', starting with a letter"
             )
+        etag = _etag(policy_yaml)
         with self._db.transaction() as cur:
             if first(cur.execute("SELECT 1 FROM collaborations WHERE id = ?", [collab_id])):
                 raise AlreadyExistsError(f"collaboration {collab_id!r} exists already")
             cur.execute(
                 "INSERT INTO collaborations VALUES (?, ?, ?, ?, 1, ?, ?)",
-                [
-                    collab_id,
-                    policy.name,
-                    datetime.now(UTC).replace(tzinfo=None),
-                    policy_yaml,
-                    _etag(policy_yaml),
-                    principal,
-                ],
+                [collab_id, policy.name, datetime.now(UTC).replace(tzinfo=None), policy_yaml, etag, principal.name],
             )
             for m in policy.members:
                 cur.execute("INSERT INTO members VALUES (?, ?, NULL)", [collab_id, m.name])
-        return self.get(principal, collab_id)
+            self._audit.append(
+                cur, collab_id, principal.name, "collaboration.create", {"revision": 1, "etag": etag}, response=etag
+            )
+        return self._load(collab_id)
 
-    def get(self, principal: str, collab_id: str) -> Collaboration:
-        """The collaboration, if the caller is one of its members."""
-        collab = self._load(collab_id)
-        if collab.policy.member(principal) is None:
-            raise PermissionDeniedError(f"you ({principal}) are not a member of collaborations/{collab_id}")
-        return collab
-
-    def list(self, principal: str, page_size: int, page_token: str) -> tuple[list[Collaboration], str]:
-        """The caller's collaborations ordered by id, a page at a time; returns the page and the next token."""
+    def list(self, principal: Principal, page_size: int, page_token: str) -> tuple[list[Collaboration], str]:
+        """The caller's collaborations (as member, or as assigned auditor) ordered by id, a page at a time."""
         if page_size < 0:
             raise InvalidArgumentError("page_size must not be negative")
         size = min(page_size or 50, 1000)
-        rows = (
-            self._db.cursor()
-            .execute(
-                "SELECT collab FROM members WHERE member = ? AND collab > ? ORDER BY collab LIMIT ?",
-                [principal, page_token, size + 1],
-            )
-            .fetchall()
+        sql = (
+            "SELECT collab FROM members WHERE member = ? AND collab > ? ORDER BY collab LIMIT ?"
+            if principal.role is Role.MEMBER
+            else "SELECT collab FROM auditors WHERE auditor = ? AND collab > ? ORDER BY collab LIMIT ?"
         )
-        ids = [r[0] for r in rows]
+        ids = [r[0] for r in self._db.cursor().execute(sql, [principal.name, page_token, size + 1]).fetchall()]
         page = [self._load(i) for i in ids[:size]]
         return page, (ids[size - 1] if len(ids) > size else "")
 
-    def propose(self, principal: str, collab_id: str, policy_yaml: str) -> Collaboration:
+    def propose(self, principal: Principal, collab_id: str, policy_yaml: str) -> Collaboration:
         """Propose a new revision; clears every approval. Members stay the same; refused once data was uploaded."""
-        current = self.get(principal, collab_id)
+        current = self.require_member(principal, collab_id, "policy.propose")
         policy = _parse(policy_yaml)
         if {m.name for m in policy.members} != {m.name for m in current.members}:
             raise InvalidArgumentError(
                 "a new policy revision must name the same members "
                 f"({', '.join(sorted(m.name for m in current.members))}); start a new collaboration to change them"
             )
+        etag = _etag(policy_yaml)
         with self._db.transaction() as cur:
             if first(cur.execute("SELECT 1 FROM uploads WHERE collab = ? LIMIT 1", [collab_id])):
                 raise FailedPreconditionError(
@@ -164,14 +203,22 @@ class Collaborations:
             cur.execute(
                 "UPDATE collaborations SET display_name = ?, policy_yaml = ?, policy_revision = policy_revision + 1,"
                 " policy_etag = ?, proposer = ? WHERE id = ?",
-                [policy.name, policy_yaml, _etag(policy_yaml), principal, collab_id],
+                [policy.name, policy_yaml, etag, principal.name, collab_id],
             )
             cur.execute("UPDATE members SET approved_etag = NULL WHERE collab = ?", [collab_id])
-        return self.get(principal, collab_id)
+            self._audit.append(
+                cur,
+                collab_id,
+                principal.name,
+                "policy.propose",
+                {"revision": current.policy_revision + 1, "etag": etag},
+                response=etag,
+            )
+        return self._load(collab_id)
 
-    def approve(self, principal: str, collab_id: str, etag: str) -> Collaboration:
+    def approve(self, principal: Principal, collab_id: str, etag: str) -> Collaboration:
         """Approve the current revision, named by its etag so nobody approves a text they have not read."""
-        current = self.get(principal, collab_id)
+        current = self.require_member(principal, collab_id, "policy.approve")
         if not etag:
             raise InvalidArgumentError(
                 "etag is required: pass the policy etag you reviewed (Collaboration.policy.etag)"
@@ -183,21 +230,13 @@ class Collaborations:
             )
         with self._db.transaction() as cur:
             cur.execute(
-                "UPDATE members SET approved_etag = ? WHERE collab = ? AND member = ?", [etag, collab_id, principal]
+                "UPDATE members SET approved_etag = ? WHERE collab = ? AND member = ?",
+                [etag, collab_id, principal.name],
             )
-        return self.get(principal, collab_id)
-
-    def require_active(self, principal: str, collab_id: str, ability: str) -> Collaboration:
-        """The collaboration, if its policy is approved by all and grants the caller `ability`."""
-        collab = self.get(principal, collab_id)
-        if not collab.active:
-            raise FailedPreconditionError(
-                f"the policy of collaborations/{collab_id} is not yet approved by: {', '.join(collab.awaiting)}"
+            self._audit.append(
+                cur, collab_id, principal.name, "policy.approve", {"revision": current.policy_revision, "etag": etag}
             )
-        member = collab.policy.member(principal)
-        if member is None or ability not in member.abilities:
-            raise PermissionDeniedError(f"the policy does not give you ({principal}) the ability '{ability}'")
-        return collab
+        return self._load(collab_id)
 
     def _load(self, collab_id: str) -> Collaboration:
         cur = self._db.cursor()

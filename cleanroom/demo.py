@@ -1,7 +1,7 @@
-"""The demo: synthetic data, an embedded server, both members matching, and what each learns.
+"""The demo: synthetic data, an embedded server with TLS and tokens, both members matching, an auditor verifying.
 
-Both members run in this process on threads, each with its own client, key and state directory, exactly as two
-separate machines would; the operator's exact counts are printed beside the truth to show the match is right.
+Both members run in this process on threads, each with its own client, token, key and state directory, exactly as
+two separate machines would; the operator's exact counts are printed beside the truth to show the match is right.
 """
 
 from __future__ import annotations
@@ -12,12 +12,18 @@ import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from cleanroom_client import CleanRoomClient, MatchSummary
 from rich.console import Console
 from rich.table import Table
 
+from cleanroom_client import CleanRoomClient, MatchSummary
+
+from .audit import verify_entries
+from .audit.chain import AuditEntry
+from .devpki import make_dev_pki
 from .matching import match_stats
+from .principals import Role
 from .server import ServerConfig, create_server
+from .server.app import TlsConfig
 from .synthetic import DEMO_POLICY, SyntheticConfig, generate
 
 console = Console()
@@ -46,12 +52,21 @@ def run_demo(brand_users: int, platform_users: int, shared: int, data_dir: Path 
     )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        running = create_server(ServerConfig(data_dir=data_dir or root / "server"))
-        target = f"127.0.0.1:{running.port}"
-        console.print(f"embedded server on {target}")
+        pki = make_dev_pki(root / "pki")
+        tls = TlsConfig(pki.server_cert.read_bytes(), pki.server_key.read_bytes())
+        running = create_server(ServerConfig(data_dir=data_dir or root / "server", tls=tls))
+        target = f"localhost:{running.port}"
+        tokens = {
+            name: running.room.principals.add(name, role)
+            for name, role in (("brand", Role.MEMBER), ("platform", Role.MEMBER), ("auditor", Role.AUDITOR))
+        }
+        console.print(f"embedded server on {target} (TLS; tokens issued to brand, platform and auditor)")
+
+        def connect(name: str) -> CleanRoomClient:
+            return CleanRoomClient(target, token=tokens[name], root_certificates=pki.ca, state_dir=root / name)
+
         try:
-            brand = CleanRoomClient(target, principal="brand", state_dir=root / "brand")
-            platform = CleanRoomClient(target, principal="platform", state_dir=root / "platform")
+            brand, platform = connect("brand"), connect("platform")
             collab = brand.create_collaboration(DEMO_POLICY, collaboration_id=f"demo-{int(time.time())}")
             brand.approve_policy(collab.id)
             platform.approve_policy(collab.id)
@@ -90,6 +105,23 @@ def run_demo(brand_users: int, platform_users: int, shared: int, data_dir: Path 
                 f"operator's exact count: {total:,} matched people (truth {len(data.truth):,}) "
                 f"in {elapsed:.1f} s; by identifier: "
                 + ", ".join(f"{s.id_type.value} {s.pairs:,}" for s in stats if s.pairs)
+            )
+            running.room.principals.assign_auditor("auditor", collab.id)
+            with connect("auditor") as auditor:
+                online = auditor.verify_audit_log(collab.id)
+                export = auditor.export_audit_log(root / "audit.jsonl", collab.id)
+                key = auditor.server_public_key()
+                log = auditor.audit_log(collab.id)
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+            from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+            public = load_pem_public_key(key.encode())
+            assert isinstance(public, Ed25519PublicKey)
+            offline = verify_entries([AuditEntry.from_json(x) for x in export.read_text().splitlines()], public)
+            console.print(
+                f"auditor: {len(log)} audit entries ({', '.join(sorted(set(log['action'])))}); "
+                f"server says valid={online['valid']}; offline check of the export with the public key alone: "
+                f"valid={offline.valid}"
             )
             brand.close()
             platform.close()

@@ -15,10 +15,11 @@ import re
 import sys
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from cleanroom_client.blinding import blind_point
 from cleanroom_client.curve import CLEANROOM_DST, hash_to_u
 from cleanroom_client.identity import IdentifierType, Normalizer, curve_message, digest
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 ROOT = Path(__file__).resolve().parent.parent
 JSON_PATH = ROOT / "protos" / "vectors" / "matching-v1.json"

@@ -1,32 +1,59 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
+
+from cleanroom.devpki import DevPki, make_dev_pki
+from cleanroom.principals import Role
+from cleanroom.server import ServerConfig, create_server
+from cleanroom.server.app import RunningServer, TlsConfig
+from cleanroom.synthetic import DEMO_POLICY
 from cleanroom_client import CleanRoomClient, SerialExecutor
 
-from cleanroom.server import ServerConfig, create_server
-from cleanroom.server.app import RunningServer
-from cleanroom.synthetic import DEMO_POLICY
+PRINCIPALS = {
+    "brand": Role.MEMBER,
+    "platform": Role.MEMBER,
+    "stranger": Role.MEMBER,  # a member of no collaboration in the tests
+    "auditor": Role.AUDITOR,
+    "outsider_auditor": Role.AUDITOR,  # an auditor assigned to nothing
+}
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
+    return make_dev_pki(tmp_path_factory.mktemp("pki"), clients=("brand", "platform", "nobody"))
+
+
+def start_server(data_dir: Path, pki: DevPki, mtls: bool = False, **kw: object) -> RunningServer:
+    tls = TlsConfig(pki.server_cert.read_bytes(), pki.server_key.read_bytes(), pki.ca.read_bytes() if mtls else None)
+    return create_server(ServerConfig(data_dir=data_dir, tls=tls, **kw))  # type: ignore[arg-type]
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
-    running = create_server(ServerConfig(data_dir=tmp_path / "server"))
+def server(tmp_path: Path, pki: DevPki) -> Iterator[RunningServer]:
+    running = start_server(tmp_path / "server", pki)
     yield running
     running.stop(None)
 
 
 @pytest.fixture
-def make_client(server: RunningServer, tmp_path: Path):
+def tokens(server: RunningServer) -> dict[str, str]:
+    return {name: server.room.principals.add(name, role) for name, role in PRINCIPALS.items()}
+
+
+@pytest.fixture
+def make_client(server: RunningServer, tokens: dict[str, str], pki: DevPki, tmp_path: Path):
     clients: list[CleanRoomClient] = []
 
-    def make(principal: str) -> CleanRoomClient:
+    def make(name: str) -> CleanRoomClient:
         client = CleanRoomClient(
-            f"127.0.0.1:{server.port}",
-            principal=principal,
-            state_dir=tmp_path / f"state-{principal}",
+            f"localhost:{server.port}",
+            token=tokens[name],
+            root_certificates=pki.ca,
+            state_dir=tmp_path / f"state-{name}",
             executor=SerialExecutor(),
             progress=False,
             chunk_rows=64,
@@ -40,10 +67,29 @@ def make_client(server: RunningServer, tmp_path: Path):
 
 
 @pytest.fixture
-def active(make_client) -> str:
-    """An approved collaboration between `brand` and `platform`; returns its id."""
+def stub_for(server: RunningServer, tokens: dict[str, str], pki: DevPki):
+    """A raw stub of a service over TLS, with the metadata of principal `name` (None: no credentials)."""
+    channels: list[grpc.Channel] = []
+
+    def make(cls: Callable[[grpc.Channel], object], name: str | None):
+        channel = grpc.secure_channel(
+            f"localhost:{server.port}", grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes())
+        )
+        channels.append(channel)
+        md = (("authorization", f"Bearer {tokens[name]}"),) if name else ()
+        return cls(channel), md
+
+    yield make
+    for c in channels:
+        c.close()
+
+
+@pytest.fixture
+def active(make_client, server: RunningServer) -> str:
+    """An approved collaboration between `brand` and `platform`, audited by `auditor`; returns its id."""
     brand, platform = make_client("brand"), make_client("platform")
     collab = brand.create_collaboration(DEMO_POLICY, "test-collab")
     brand.approve_policy(collab.id)
     platform.approve_policy(collab.id)
+    server.room.principals.assign_auditor("auditor", collab.id)
     return collab.id

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import duckdb
+
 from cleanroom_client.identity import IdentifierType
 
 from ..storage.database import first

@@ -20,9 +20,11 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+
 from cleanroom_client.curve import InvalidPointError, validate_point
 from cleanroom_client.identity import IdentifierType
 
+from ..audit import AuditLog
 from ..collaborations import Collaboration
 from ..errors import FailedPreconditionError, InvalidArgumentError
 from ..storage import Database
@@ -90,8 +92,9 @@ def _ensure_not_matched(cur: duckdb.DuckDBPyConnection, collab: str) -> None:
 class Relay:
     """Relay state of all collaborations, in the server's database."""
 
-    def __init__(self, db: Database, offer_chunk: int = OFFER_CHUNK) -> None:
+    def __init__(self, db: Database, audit: AuditLog, offer_chunk: int = OFFER_CHUNK) -> None:
         self._db = db
+        self._audit = audit
         self.offer_chunk = offer_chunk
 
     def upload_points(
@@ -120,6 +123,8 @@ class Relay:
             if check_next_chunk(progress, chunk_index, "your point upload"):
                 cur.execute("DELETE FROM staged_points WHERE collab = ? AND member = ?", [collab.id, member])
                 progress = None
+            if progress is None:
+                self._audit.append(cur, collab.id, member, "upload.start", {"kind": POINTS})
             seq0 = progress.rows if progress else 0
             chunk = pa.table(
                 {
@@ -139,6 +144,9 @@ class Relay:
             if last:
                 set_size = self._commit_points(cur, collab.id, member, seq0 + n)
                 new = UploadProgress(POINTS, chunk_index + 1, seq0 + n, True)
+                self._audit.append(
+                    cur, collab.id, member, "upload.commit", {"kind": POINTS, "points": seq0 + n, "rows": set_size}
+                )
             save_progress(cur, collab.id, member, new, set_size)
         return new
 
@@ -225,6 +233,8 @@ class Relay:
             if check_next_chunk(progress, chunk_index, "your double-blinded upload"):
                 cur.execute("DELETE FROM double_points WHERE collab = ? AND owner = ?", [collab.id, peer])
                 progress = None
+            if progress is None:
+                self._audit.append(cur, collab.id, member, "upload.start", {"kind": DOUBLE_BLINDED})
             if chunk_index >= total:
                 raise InvalidArgumentError(f"{what} is out of range; the offer has {total} chunks")
             start = chunk_index * self.offer_chunk
@@ -246,9 +256,10 @@ class Relay:
             new = UploadProgress(DOUBLE_BLINDED, chunk_index + 1, start + n, final)
             if final:
                 self._unshuffle(cur, collab.id, peer)
+                self._audit.append(cur, collab.id, member, "upload.commit", {"kind": DOUBLE_BLINDED, "points": size})
             save_progress(cur, collab.id, member, new)
             if final:
-                self._join_if_ready(cur, collab)
+                self._join_if_ready(cur, collab, member)
         return new
 
     def _unshuffle(self, cur: duckdb.DuckDBPyConnection, collab: str, owner: str) -> None:
@@ -261,9 +272,10 @@ class Relay:
         cur.execute("DELETE FROM offers WHERE collab = ? AND member = ?", [collab, owner])
         cur.execute("DELETE FROM double_points WHERE collab = ? AND owner = ?", [collab, owner])
 
-    def _join_if_ready(self, cur: duckdb.DuckDBPyConnection, collab: Collaboration) -> None:
+    def _join_if_ready(self, cur: duckdb.DuckDBPyConnection, collab: Collaboration, member: str) -> None:
         if all(self._double_done(cur, collab.id, m.name) for m in collab.members):
             join_matches(cur, collab.id, tuple(sorted(m.name for m in collab.members)))  # type: ignore[arg-type]
+            self._audit.append(cur, collab.id, member, "match.complete", {})
 
     def status(self, collab: Collaboration, member: str) -> MatchStatus:
         """The match as `member` may see it."""

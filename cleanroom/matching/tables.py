@@ -14,8 +14,10 @@ import re
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from cleanroom_client.policy import TableSpec
 
+from ..audit import AuditLog
 from ..collaborations import Collaboration
 from ..errors import InvalidArgumentError
 from ..storage import Database
@@ -88,8 +90,9 @@ def _check(table: pa.Table, spec: TableSpec, what: str) -> pa.Table:
 class TableUploads:
     """Chunked, resumable uploads of the members' tables."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, audit: AuditLog) -> None:
         self._db = db
+        self._audit = audit
 
     def upload_chunk(
         self, collab: Collaboration, member: str, table: str, chunk_index: int, arrow_ipc: bytes, last: bool
@@ -111,6 +114,7 @@ class TableUploads:
             if restart or progress is None:
                 progress = None
                 cur.execute(f"DROP TABLE IF EXISTS {stage}")
+                self._audit.append(cur, collab.id, member, "upload.start", {"kind": kind})
             cur.register("chunk", data)
             if progress is None:
                 cur.execute(f"CREATE TABLE {stage} AS SELECT * FROM chunk")
@@ -126,6 +130,7 @@ class TableUploads:
             new = UploadProgress(kind, chunk_index + 1, rows, last)
             if last:
                 self._commit(cur, collab.id, member, table, rows)
+                self._audit.append(cur, collab.id, member, "upload.commit", {"kind": kind, "rows": rows})
             save_progress(cur, collab.id, member, new)
         return new
 

@@ -1,19 +1,25 @@
-"""Server assembly: the database, the domain services, the servicers, health and reflection.
+"""Server assembly: a room, the servicers, health, reflection, TLS, and the operator's local socket.
 
 `create_server` binds and starts; tests pass port 0 and read the port back. The request path of every RPC is:
-error mapping (interceptor) -> authenticate (`Authenticator`) -> servicer parses the request -> domain call.
-The trust issue adds authorization and the audit entry at the domain call; the DP issue adds the query pipeline
-behind AnalyticsService, which until then answers UNIMPLEMENTED like AuditService.
+error mapping (interceptor) -> authenticate (token or client certificate) -> servicer parses the request ->
+authorize in the domain (member, ability, auditor assignment; refusals audited) -> domain call, whose audit entry
+commits in the same transaction as its effect, before the response leaves.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
 from cleanroom_client._proto import (
+    admin_pb2_grpc,
     analytics_pb2,
     analytics_pb2_grpc,
     audit_pb2,
@@ -23,83 +29,138 @@ from cleanroom_client._proto import (
     matching_pb2,
     matching_pb2_grpc,
 )
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from ..collaborations import Collaborations
-from ..matching import Relay, TableUploads
+from ..room import Room
 from ..storage import Database
-from .auth import Authenticator, MetadataPrincipal
+from .admin_servicer import AdminServicer
+from .analytics_servicer import AnalyticsServicer
+from .audit_servicer import AuditServicer
+from .auth import StreamLimiter, TokenOrCertificateAuthenticator
 from .collaboration_servicer import CollaborationServicer
 from .errors import ErrorMappingInterceptor
 from .matching_servicer import MatchingServicer
 
+log = logging.getLogger(__name__)
+
 #: The transport's hard limit; the servicers refuse anything over 4 MiB with a clear message first.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+ADMIN_SOCKET = "admin.sock"
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """PEM bytes of the server's certificate chain and key, and optionally the CA that signs client certificates."""
+
+    cert_chain: bytes
+    private_key: bytes
+    client_ca: bytes | None = None
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Where the server keeps its data and where it listens."""
+    """Where the server keeps its data, where it listens, how it secures and limits connections."""
 
     data_dir: Path
     address: str = "127.0.0.1:0"
-    max_workers: int = 16
-    authenticator: Authenticator = field(default_factory=MetadataPrincipal)
+    #: None only with `insecure=True` (local development).
+    tls: TlsConfig | None = None
+    insecure: bool = False
+    max_workers: int = 32
+    streams_per_principal: int = 8
+    stream_idle_timeout: float = 120.0
 
 
 @dataclass
 class RunningServer:
-    """A started server: its gRPC server, the bound port and the database it owns."""
+    """A started server: the public gRPC server and port, the operator's socket server, and the room."""
 
     server: grpc.Server
     port: int
-    db: Database
+    admin: grpc.Server
+    room: Room
+
+    @property
+    def db(self) -> Database:
+        """The room's database."""
+        return self.room.db
 
     def stop(self, grace: float | None = 1.0) -> None:
         """Stop serving, then close the database."""
         self.server.stop(grace).wait()
-        self.db.close()
+        self.admin.stop(None).wait()
+        self.room.close()
+
+
+def _service_names() -> list[str]:
+    return [
+        collaboration_pb2.DESCRIPTOR.services_by_name["CollaborationService"].full_name,
+        matching_pb2.DESCRIPTOR.services_by_name["MatchingService"].full_name,
+        analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"].full_name,
+        audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+    ]
+
+
+def _admin_server(room: Room) -> grpc.Server:
+    """The operator's AdminService on `<data_dir>/admin.sock`, readable only by the server's user."""
+    path = room.data_dir / ADMIN_SOCKET
+    path.unlink(missing_ok=True)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), interceptors=[ErrorMappingInterceptor()])
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(room.db, room.principals), server)
+    old = os.umask(0o177)
+    try:
+        server.add_insecure_port(f"unix:{path}")
+    finally:
+        os.umask(old)
+    server.start()
+    os.chmod(path, 0o600)
+    return server
 
 
 def create_server(config: ServerConfig) -> RunningServer:
     """Open the data directory, wire every service and start listening on `config.address`."""
-    db = Database(config.data_dir)
-    collabs = Collaborations(db)
+    if config.tls is None and not config.insecure:
+        raise ValueError("TLS is required: pass a certificate and key, or insecure=True for local development")
+    room = Room.open(config.data_dir)
+    auth = TokenOrCertificateAuthenticator(room.principals)
+    streams = StreamLimiter(config.streams_per_principal)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers),
         interceptors=[ErrorMappingInterceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ],
     )
-    auth = config.authenticator
+    collabs = room.collaborations
     collaboration_pb2_grpc.add_CollaborationServiceServicer_to_server(CollaborationServicer(collabs, auth), server)
     matching_pb2_grpc.add_MatchingServiceServicer_to_server(
-        MatchingServicer(collabs, Relay(db), TableUploads(db), auth), server
+        MatchingServicer(collabs, room.relay, room.tables, auth, streams, config.stream_idle_timeout), server
     )
-    # Not yet implemented: the generated base classes answer every method with UNIMPLEMENTED.
-    analytics = analytics_pb2_grpc.AnalyticsServiceServicer()  # type: ignore[abstract]
-    audit = audit_pb2_grpc.AuditServiceServicer()  # type: ignore[abstract]
-    analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(analytics, server)
-    audit_pb2_grpc.add_AuditServiceServicer_to_server(audit, server)
+    analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(AnalyticsServicer(collabs, auth), server)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(room.audit, collabs, auth, streams), server)
 
-    services = [
-        collaboration_pb2.DESCRIPTOR.services_by_name["CollaborationService"].full_name,
-        matching_pb2.DESCRIPTOR.services_by_name["MatchingService"].full_name,
-        analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"].full_name,
-        audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
-    ]
+    services = _service_names()
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ["", *services]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
 
-    port = server.add_insecure_port(config.address)
+    if config.tls is None:
+        port = server.add_insecure_port(config.address)
+    else:
+        credentials = grpc.ssl_server_credentials(
+            [(config.tls.private_key, config.tls.cert_chain)],
+            root_certificates=config.tls.client_ca,
+            require_client_auth=config.tls.client_ca is not None,
+        )
+        port = server.add_secure_port(config.address, credentials)
     if port == 0:
-        db.close()
+        room.close()
         raise OSError(f"cannot listen on {config.address}")
     server.start()
-    return RunningServer(server, port, db)
+    admin = _admin_server(room)
+    return RunningServer(server, port, admin, room)

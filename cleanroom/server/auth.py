@@ -1,41 +1,108 @@
-"""Who is calling: the seam where every RPC resolves its principal before doing anything else.
+"""Who is calling: every RPC resolves its principal first, by bearer token or by verified client certificate.
 
-Until the trust issue lands, `MetadataPrincipal` takes the principal's name from the `x-cleanroom-principal`
-request metadata. It authenticates nothing, so `cleanroom serve` starts only with `--insecure-dev-principals`
-and says so loudly. The trust issue replaces it with TLS and bearer tokens behind the same `Authenticator`
-interface; no servicer changes.
+A token comes in the `authorization` metadata as `Bearer <token>`; the server compares its SHA-256 with the stored
+hash. With mutual TLS (`--client-ca`), a client certificate verified against that CA names the principal by its
+common name, which must be a registered, unrevoked principal. A token, when present, takes precedence. Anything
+else is UNAUTHENTICATED.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Protocol
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol, TypeVar
 
 import grpc
 
-from ..errors import UnauthenticatedError
+from ..errors import ResourceExhaustedError, UnauthenticatedError
+from ..principals import Principal, Principals
 
-PRINCIPAL_METADATA = "x-cleanroom-principal"
-_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+AUTHORIZATION = "authorization"
+T = TypeVar("T")
 
 
 class Authenticator(Protocol):
     """Resolves the principal of a call, or raises UnauthenticatedError."""
 
-    def principal(self, context: grpc.ServicerContext) -> str:
-        """The caller's principal name."""
+    def principal(self, context: grpc.ServicerContext) -> Principal:
+        """The caller."""
         ...
 
 
-class MetadataPrincipal:
-    """Development only: trusts the principal name the caller states in its metadata."""
+class TokenOrCertificateAuthenticator:
+    """Bearer tokens, and client certificates when the server runs mutual TLS."""
 
-    def principal(self, context: grpc.ServicerContext) -> str:
-        """The name in `x-cleanroom-principal`."""
+    def __init__(self, principals: Principals) -> None:
+        self._principals = principals
+
+    def principal(self, context: grpc.ServicerContext) -> Principal:
+        """The caller, by token first, then by certificate."""
         for key, value in context.invocation_metadata():
-            if key == PRINCIPAL_METADATA:
-                name = value if isinstance(value, str) else value.decode()
-                if _NAME.match(name):
-                    return name
-                raise UnauthenticatedError(f"{PRINCIPAL_METADATA} {name!r} is not a principal name")
-        raise UnauthenticatedError(f"no principal: set the `{PRINCIPAL_METADATA}` metadata on every call")
+            if key == AUTHORIZATION:
+                text = value if isinstance(value, str) else value.decode()
+                scheme, _, token = text.partition(" ")
+                if scheme.lower() != "bearer" or not token.strip():
+                    raise UnauthenticatedError("the authorization metadata must read 'Bearer <token>'")
+                return self._principals.by_token(token.strip())
+        names = context.auth_context().get("x509_common_name")
+        if isinstance(names, list) and names:
+            return self._principals.by_name(names[0].decode())
+        raise UnauthenticatedError(
+            "no credentials: send 'authorization: Bearer <token>' (CLEANROOM_TOKEN) or a client certificate"
+        )
+
+
+class StreamLimiter:
+    """At most `limit` concurrent streams per principal, so no one caller can tie up the server's threads."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def slot(self, principal: Principal) -> Iterator[None]:
+        """Hold one stream slot for the duration of the block; RESOURCE_EXHAUSTED when none is free."""
+        with self._lock:
+            if self._open[principal.name] >= self.limit:
+                raise ResourceExhaustedError(
+                    f"you ({principal.name}) already have {self.limit} streams open; finish or cancel one first"
+                )
+            self._open[principal.name] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._open[principal.name] -= 1
+
+    def open_streams(self, name: str) -> int:
+        """How many streams `name` holds now."""
+        with self._lock:
+            return self._open[name]
+
+
+def watch_idle(requests: Iterator[T], context: grpc.ServicerContext, timeout: float) -> Iterator[T]:
+    """Yield the client's messages; cancel the call when none arrives for `timeout` seconds.
+
+    An abandoned upload thus frees its thread and its stream slot; chunks already stored stay stored.
+    """
+    timer: threading.Timer | None = None
+
+    def arm() -> None:
+        nonlocal timer
+        if timer is not None:
+            timer.cancel()
+        timer = threading.Timer(timeout, context.cancel)
+        timer.daemon = True
+        timer.start()
+
+    try:
+        arm()
+        for message in requests:
+            arm()
+            yield message
+    finally:
+        if timer is not None:
+            timer.cancel()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from cleanroom_client._proto import collaboration_pb2 as pb
 from cleanroom_client._proto import collaboration_pb2_grpc as pb_grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from ..collaborations import Collaboration, Collaborations, parse_name
 from .auth import Authenticator

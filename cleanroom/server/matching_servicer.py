@@ -10,15 +10,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import grpc
+from google.protobuf.message import Message
+
 from cleanroom_client._proto import matching_pb2 as pb
 from cleanroom_client._proto import matching_pb2_grpc as pb_grpc
 from cleanroom_client.identity import IdentifierType
-from google.protobuf.message import Message
 
 from ..collaborations import Collaboration, Collaborations, parse_name
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, PermissionDeniedError
 from ..matching import MatchStage, Relay, TableUploads, UploadProgress
-from .auth import Authenticator
+from ..principals import Principal
+from .auth import Authenticator, StreamLimiter, watch_idle
 
 MAX_CHUNK_BYTES = 4 * 1024 * 1024
 CONTRIBUTE = "contribute"
@@ -48,19 +50,28 @@ def _check_size(request: Message, chunk_index: int) -> None:
 class _StreamCollab:
     """Resolves the collaboration of a stream once, and checks every later message names the same one."""
 
-    def __init__(self, collabs: Collaborations, principal: str) -> None:
+    def __init__(self, collabs: Collaborations, principal: Principal, action: str) -> None:
         self._collabs = collabs
         self._principal = principal
+        self._action = action
         self._parent = ""
         self.collab: Collaboration | None = None
 
     def resolve(self, parent: str) -> Collaboration:
         if self.collab is None:
             self._parent = parent
-            self.collab = self._collabs.require_active(self._principal, parse_name(parent), CONTRIBUTE)
+            self.collab = self._collabs.require_active(self._principal, parse_name(parent), CONTRIBUTE, self._action)
         elif parent != self._parent:
             raise InvalidArgumentError(f"every message of a stream must name {self._parent}, got {parent!r}")
         return self.collab
+
+
+def _own_table(principal: Principal, table: str) -> str:
+    """`users` or `<caller>.users`; a table of another member is never the caller's to write."""
+    owner, dot, name = table.rpartition(".")
+    if dot and owner != principal.name:
+        raise PermissionDeniedError(f"you ({principal.name}) may upload only your own tables, not {table!r}")
+    return name
 
 
 def _no_messages() -> InvalidArgumentError:
@@ -70,30 +81,41 @@ def _no_messages() -> InvalidArgumentError:
 class MatchingServicer(pb_grpc.MatchingServiceServicer):
     """Thin adapter over the relay and the table uploads."""
 
-    def __init__(self, collaborations: Collaborations, relay: Relay, tables: TableUploads, auth: Authenticator) -> None:
+    def __init__(
+        self,
+        collaborations: Collaborations,
+        relay: Relay,
+        tables: TableUploads,
+        auth: Authenticator,
+        streams: StreamLimiter,
+        idle_timeout: float,
+    ) -> None:
         self._collabs = collaborations
         self._relay = relay
         self._tables = tables
         self._auth = auth
+        self._streams = streams
+        self._idle = idle_timeout
 
     def UploadBlindedPoints(  # noqa: N802 - gRPC method name
         self, request_iterator: Iterator[pb.UploadBlindedPointsRequest], context: grpc.ServicerContext
     ) -> pb.UploadBlindedPointsResponse:
         """Store chunks of singly blinded points."""
         principal = self._auth.principal(context)
-        stream = _StreamCollab(self._collabs, principal)
+        stream = _StreamCollab(self._collabs, principal, "upload.points")
         progress: UploadProgress | None = None
         received = 0
-        for req in request_iterator:
-            _check_size(req, req.chunk_index)
-            collab = stream.resolve(req.parent)
-            id_type = _ID_TYPES.get(req.identifier_type)
-            if id_type is None:
-                raise InvalidArgumentError(f"chunk {req.chunk_index}: identifier_type must be set to a known type")
-            progress = self._relay.upload_points(
-                collab, principal, req.chunk_index, id_type, req.row_ids, req.points, req.last
-            )
-            received += len(req.points) // 32
+        with self._streams.slot(principal):
+            for req in watch_idle(request_iterator, context, self._idle):
+                _check_size(req, req.chunk_index)
+                collab = stream.resolve(req.parent)
+                id_type = _ID_TYPES.get(req.identifier_type)
+                if id_type is None:
+                    raise InvalidArgumentError(f"chunk {req.chunk_index}: identifier_type must be set to a known type")
+                progress = self._relay.upload_points(
+                    collab, principal.name, req.chunk_index, id_type, req.row_ids, req.points, req.last
+                )
+                received += len(req.points) // 32
         if progress is None:
             raise _no_messages()
         return pb.UploadBlindedPointsResponse(
@@ -105,27 +127,31 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
     ) -> Iterator[pb.FetchPeerPointsResponse]:
         """Stream the peer's shuffled points."""
         principal = self._auth.principal(context)
-        collab = self._collabs.require_active(principal, parse_name(request.parent), CONTRIBUTE)
-        total = self._relay.offer_chunks(collab, principal)
+        collab = self._collabs.require_active(principal, parse_name(request.parent), CONTRIBUTE, "fetch.peer_points")
+        total = self._relay.offer_chunks(collab, principal.name)
         if not 0 <= request.start_chunk <= total:
             raise InvalidArgumentError(f"start_chunk {request.start_chunk} is out of range; the offer has {total}")
-        for i in range(request.start_chunk, total):
-            if not context.is_active():
-                return
-            points = self._relay.fetch_peer_chunk(collab, principal, i)
-            yield pb.FetchPeerPointsResponse(chunk_index=i, points=points, total_chunks=total)
+        with self._streams.slot(principal):
+            for i in range(request.start_chunk, total):
+                if not context.is_active():
+                    return
+                points = self._relay.fetch_peer_chunk(collab, principal.name, i)
+                yield pb.FetchPeerPointsResponse(chunk_index=i, points=points, total_chunks=total)
 
     def SubmitDoubleBlindedPoints(  # noqa: N802
         self, request_iterator: Iterator[pb.SubmitDoubleBlindedPointsRequest], context: grpc.ServicerContext
     ) -> pb.SubmitDoubleBlindedPointsResponse:
         """Store chunks of doubly blinded points."""
         principal = self._auth.principal(context)
-        stream = _StreamCollab(self._collabs, principal)
+        stream = _StreamCollab(self._collabs, principal, "upload.double_blinded")
         progress: UploadProgress | None = None
-        for req in request_iterator:
-            _check_size(req, req.chunk_index)
-            collab = stream.resolve(req.parent)
-            progress = self._relay.submit_double_blinded(collab, principal, req.chunk_index, req.points, req.last)
+        with self._streams.slot(principal):
+            for req in watch_idle(request_iterator, context, self._idle):
+                _check_size(req, req.chunk_index)
+                collab = stream.resolve(req.parent)
+                progress = self._relay.submit_double_blinded(
+                    collab, principal.name, req.chunk_index, req.points, req.last
+                )
         if progress is None:
             raise _no_messages()
         return pb.SubmitDoubleBlindedPointsResponse(next_chunk_index=progress.next_chunk, committed=progress.committed)
@@ -135,16 +161,19 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
     ) -> pb.UploadTableResponse:
         """Store chunks of a table."""
         principal = self._auth.principal(context)
-        stream = _StreamCollab(self._collabs, principal)
+        stream = _StreamCollab(self._collabs, principal, "upload.table")
         progress: UploadProgress | None = None
         table = ""
-        for req in request_iterator:
-            _check_size(req, req.chunk_index)
-            collab = stream.resolve(req.parent)
-            if table and req.table != table:
-                raise InvalidArgumentError(f"every message of a stream must name table {table!r}")
-            table = req.table
-            progress = self._tables.upload_chunk(collab, principal, table, req.chunk_index, req.arrow_ipc, req.last)
+        with self._streams.slot(principal):
+            for req in watch_idle(request_iterator, context, self._idle):
+                _check_size(req, req.chunk_index)
+                collab = stream.resolve(req.parent)
+                if table and req.table != table:
+                    raise InvalidArgumentError(f"every message of a stream must name table {table!r}")
+                table = req.table
+                progress = self._tables.upload_chunk(
+                    collab, principal.name, _own_table(principal, table), req.chunk_index, req.arrow_ipc, req.last
+                )
         if progress is None:
             raise _no_messages()
         return pb.UploadTableResponse(
@@ -156,8 +185,8 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
     ) -> pb.MatchStatus:
         """The match from the caller's side."""
         principal = self._auth.principal(context)
-        collab = self._collabs.require_active(principal, parse_name(request.parent), CONTRIBUTE)
-        status = self._relay.status(collab, principal)
+        collab = self._collabs.require_active(principal, parse_name(request.parent), CONTRIBUTE, "match.status")
+        status = self._relay.status(collab, principal.name)
         return pb.MatchStatus(
             stage=_STAGES[status.stage],
             uploads=[

@@ -97,6 +97,32 @@ CREATE TABLE IF NOT EXISTS data_tables (
     physical VARCHAR NOT NULL,
     rows BIGINT NOT NULL
 );
+-- Who may call: token_hash is SHA-256 of the bearer token; revoked is set once revoked.
+CREATE TABLE IF NOT EXISTS principals (
+    name VARCHAR NOT NULL,
+    role VARCHAR NOT NULL,
+    token_hash VARCHAR NOT NULL,
+    created TIMESTAMP NOT NULL,
+    revoked TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS auditors (
+    auditor VARCHAR NOT NULL,
+    collab VARCHAR NOT NULL
+);
+-- The audit chains; collab '' is the server's own chain. time is kept as the exact ISO text that was hashed.
+CREATE TABLE IF NOT EXISTS audit_log (
+    collab VARCHAR NOT NULL,
+    seq BIGINT NOT NULL,
+    time VARCHAR NOT NULL,
+    principal VARCHAR NOT NULL,
+    action VARCHAR NOT NULL,
+    params_json VARCHAR NOT NULL,
+    epsilon DOUBLE NOT NULL,
+    response_sha256 VARCHAR NOT NULL,
+    prev_hash VARCHAR NOT NULL,
+    hash VARCHAR NOT NULL,
+    signature BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS match_results (
     collab VARCHAR PRIMARY KEY,
     matched_time TIMESTAMP NOT NULL

@@ -6,9 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from cleanroom_client import CleanRoomClient
-
 from cleanroom.synthetic import SyntheticConfig, generate
+from cleanroom_client import CleanRoomClient
 
 
 def main() -> None:

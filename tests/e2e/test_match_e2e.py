@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from cleanroom_client import CleanRoomClient
-from cleanroom_client._proto import matching_pb2, matching_pb2_grpc
 
 from cleanroom.matching import match_stats
 from cleanroom.storage import Database
 from cleanroom.synthetic import DEMO_POLICY, SyntheticConfig, generate
+from cleanroom_client import CleanRoomClient
+from cleanroom_client._proto import matching_pb2, matching_pb2_grpc
 
 N, SHARED = 100_000, 30_000
 HERE = Path(__file__).parent

@@ -1,8 +1,10 @@
 """`CleanRoomClient`: what a member's data team uses. pandas in, pandas (and plain values) out; no protobuf.
 
-Configuration comes from arguments or the environment: `CLEANROOM_TARGET` (host:port) and `CLEANROOM_PRINCIPAL`
-(the member's name until token authentication lands). Local state per collaboration (the blinding key, surrogate
-ids) lives under `state_dir` (default `~/.cleanroom`), readable only by its owner.
+Configuration comes from arguments or the environment: `CLEANROOM_TARGET` (host:port), `CLEANROOM_TOKEN` (the
+bearer token the operator issued) and `CLEANROOM_CA` (a PEM file of the CA that signed the server's certificate;
+the system's roots when unset). The connection is TLS unless `insecure=True` (local development only). Local state
+per collaboration (the blinding key, surrogate ids) lives under `state_dir` (default `~/.cleanroom`), readable
+only by its owner. Auditors use the same client for the audit log.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import TypeVar
 import grpc
 import pandas as pd
 
+from ._proto import audit_pb2 as apb
+from ._proto import audit_pb2_grpc as apb_grpc
 from ._proto import collaboration_pb2 as cpb
 from ._proto import collaboration_pb2_grpc as cpb_grpc
 from ._proto import matching_pb2_grpc as mpb_grpc
@@ -27,7 +31,6 @@ from .matching import MatchPlan, MatchRunner, MatchSummary
 from .policy import parse_policy
 
 T = TypeVar("T")
-PRINCIPAL_METADATA = "x-cleanroom-principal"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
@@ -62,6 +65,13 @@ def _info(c: cpb.Collaboration) -> CollaborationInfo:
     )
 
 
+def _read(value: bytes | str | Path | None) -> bytes | None:
+    """PEM given as bytes or as a file path."""
+    if value is None or isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()
+
+
 def _policy_text(policy: str | Path) -> str:
     """A policy given as a file path or as YAML text, validated locally first."""
     text = (
@@ -80,7 +90,11 @@ class CleanRoomClient:
         self,
         target: str | None = None,
         *,
-        principal: str | None = None,
+        token: str | None = None,
+        root_certificates: bytes | str | Path | None = None,
+        client_certificate: bytes | str | Path | None = None,
+        client_key: bytes | str | Path | None = None,
+        insecure: bool = False,
         state_dir: str | Path | None = None,
         executor: ChunkExecutor | None = None,
         progress: bool = True,
@@ -88,25 +102,34 @@ class CleanRoomClient:
         chunk_rows: int = 16384,
     ) -> None:
         target = target or os.environ.get("CLEANROOM_TARGET")
-        principal = principal or os.environ.get("CLEANROOM_PRINCIPAL")
+        token = token or os.environ.get("CLEANROOM_TOKEN")
+        root_certificates = root_certificates or os.environ.get("CLEANROOM_CA") or None
         if not target:
             raise ValueError("no server: pass target='host:port' or set CLEANROOM_TARGET")
-        if not principal:
-            raise ValueError("no principal: pass principal='brand' (your member name) or set CLEANROOM_PRINCIPAL")
+        if not token and client_certificate is None:
+            raise ValueError("no credentials: pass token=... (or set CLEANROOM_TOKEN), or a client certificate")
+        if (client_certificate is None) != (client_key is None):
+            raise ValueError("pass client_certificate and client_key together")
         if not 1 <= chunk_rows <= 65536:
             raise ValueError("chunk_rows must be between 1 and 65536")
-        self.principal = principal
         self.state_dir = Path(state_dir or os.environ.get("CLEANROOM_STATE_DIR") or Path.home() / ".cleanroom")
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
-        self._metadata = ((PRINCIPAL_METADATA, principal),)
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+        if insecure:
+            self._channel = grpc.insecure_channel(target, options=options)
+        else:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read(root_certificates),
+                private_key=_read(client_key),
+                certificate_chain=_read(client_certificate),
+            )
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._collabs = cpb_grpc.CollaborationServiceStub(self._channel)
         self._matching = mpb_grpc.MatchingServiceStub(self._channel)
+        self._audit = apb_grpc.AuditServiceStub(self._channel)
         self._executor = executor
         self._owns_executor = executor is None
         self.progress = progress
@@ -167,6 +190,65 @@ class CleanRoomClient:
         etag = etag or self.get_collaboration(collaboration_id).policy_etag
         request = cpb.ApprovePolicyRequest(name=_name(collaboration_id), etag=etag)
         return _info(self._call(self._collabs.ApprovePolicy, request))
+
+    # -- audit -------------------------------------------------------------------------------------------------------
+    def audit_log(self, collaboration_id: str = "", *, principal: str = "", action: str = "") -> pd.DataFrame:
+        """A collaboration's audit chain (auditors), or the server's own chain with no id; one row per entry."""
+        rows = []
+        token = ""
+        parent = _name(collaboration_id) if collaboration_id else ""
+        while True:
+            page = self._call(
+                self._audit.ListAuditEntries,
+                apb.ListAuditEntriesRequest(
+                    collaboration=parent, principal=principal, action=action, page_size=1000, page_token=token
+                ),
+            )
+            rows += [
+                {
+                    "sequence": e.sequence,
+                    "time": e.time.ToDatetime(),
+                    "principal": e.principal,
+                    "action": e.action,
+                    "parameters": e.parameters_json,
+                    "epsilon": e.epsilon,
+                    "response_sha256": e.response_sha256,
+                    "hash": e.hash,
+                }
+                for e in page.entries
+            ]
+            token = page.next_page_token
+            if not token:
+                return pd.DataFrame(rows)
+
+    def verify_audit_log(self, collaboration_id: str = "") -> dict[str, object]:
+        """Ask the server to verify a whole chain: valid, entries checked, and the first broken entry if any."""
+        parent = _name(collaboration_id) if collaboration_id else ""
+        r = self._call(self._audit.VerifyAuditLog, apb.VerifyAuditLogRequest(collaboration=parent))
+        return {
+            "valid": r.valid,
+            "entries_checked": r.entries_checked,
+            "first_invalid_sequence": r.first_invalid_sequence,
+            "reason": r.reason,
+        }
+
+    def export_audit_log(self, path: str | Path, collaboration_id: str = "") -> Path:
+        """Write a chain as JSON Lines to `path`, for offline verification (`cleanroom audit verify`)."""
+        parent = _name(collaboration_id) if collaboration_id else ""
+        out = Path(path)
+        try:
+            with out.open("wb") as f:
+                for chunk in self._audit.ExportAuditLog(
+                    apb.ExportAuditLogRequest(collaboration=parent), metadata=self._metadata
+                ):
+                    f.write(chunk.jsonl)
+        except grpc.RpcError as err:
+            raise CleanRoomError.from_rpc(err) from None
+        return out
+
+    def server_public_key(self) -> str:
+        """The server's Ed25519 audit key, PEM."""
+        return self._call(self._audit.GetServerPublicKey, apb.GetServerPublicKeyRequest()).pem
 
     # -- matching ----------------------------------------------------------------------------------------------------
     def match(

@@ -2,6 +2,11 @@ import os
 import stat
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from cleanroom_client.blinding import (
     ZERO_POINT,
     BlindJob,
@@ -15,10 +20,6 @@ from cleanroom_client.blinding import (
 )
 from cleanroom_client.curve import hash_to_u, validate_point
 from cleanroom_client.identity import IdentifierType
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 def _key(seed: bytes) -> bytes:

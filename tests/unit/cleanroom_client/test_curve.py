@@ -2,6 +2,10 @@ import json
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from hypothesis import given
+from hypothesis import strategies as st
+
 from cleanroom_client.curve import (
     CLEANROOM_DST,
     InvalidPointError,
@@ -12,9 +16,6 @@ from cleanroom_client.curve import (
     is_valid_point,
     validate_point,
 )
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from hypothesis import given
-from hypothesis import strategies as st
 
 REPO = Path(__file__).resolve().parents[3]
 SHARED = REPO.parent / "shared" / "vectors" / "rfc9380-curve25519-ro.json"

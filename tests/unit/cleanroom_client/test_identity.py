@@ -1,6 +1,9 @@
 import hashlib
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from cleanroom_client.identity import (
     IdentifierType,
     InvalidIdentifierError,
@@ -9,8 +12,6 @@ from cleanroom_client.identity import (
     digest,
     parse_prehashed,
 )
-from hypothesis import given
-from hypothesis import strategies as st
 
 N = Normalizer("US")
 

@@ -1,7 +1,7 @@
 import pytest
-from cleanroom_client.policy import PolicyError, parse_policy
 
 from cleanroom.synthetic import DEMO_POLICY
+from cleanroom_client.policy import PolicyError, parse_policy
 
 
 def test_demo_policy_parses():

@@ -4,31 +4,36 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from cleanroom_client.blinding import blind_point
-from cleanroom_client.curve import hash_to_u
-from cleanroom_client.identity import IdentifierType
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cleanroom.collaborations import Collaboration, Collaborations
+from cleanroom.collaborations import Collaboration
 from cleanroom.errors import FailedPreconditionError, InvalidArgumentError
 from cleanroom.matching import MatchStage, Relay, match_stats
+from cleanroom.principals import Principal, Role
+from cleanroom.room import Room
 from cleanroom.storage import Database
 from cleanroom.synthetic import DEMO_POLICY
+from cleanroom_client.blinding import blind_point
+from cleanroom_client.curve import hash_to_u
+from cleanroom_client.identity import IdentifierType
 
 KA = X25519PrivateKey.from_private_bytes(bytes(range(32)))
 KB = X25519PrivateKey.from_private_bytes(bytes(range(32, 64)))
 EMAIL, PHONE = IdentifierType.EMAIL, IdentifierType.PHONE
 
 
+BRAND, PLATFORM = Principal("brand", Role.MEMBER), Principal("platform", Role.MEMBER)
+
+
 def _setup(path: Path, chunk: int = 4) -> tuple[Database, Relay, Collaboration]:
-    db = Database(path)
-    collabs = Collaborations(db)
-    c = collabs.create("brand", "relay-test", DEMO_POLICY)
-    for m in ("brand", "platform"):
+    room = Room.open(path)
+    collabs = room.collaborations
+    c = collabs.create(BRAND, "relay-test", DEMO_POLICY)
+    for m in (BRAND, PLATFORM):
         collabs.approve(m, c.id, c.policy_etag)
-    return db, Relay(db, offer_chunk=chunk), collabs.get("brand", c.id)
+    return room.db, Relay(room.db, room.audit, offer_chunk=chunk), collabs.get(BRAND, c.id)
 
 
 def _pack(rows: list[tuple[int, str]], key: X25519PrivateKey, id_type: IdentifierType) -> tuple[bytes, bytes]:
@@ -116,8 +121,8 @@ def test_half_upload_is_invisible_and_resumable(tmp_path):
         relay.offer_chunks(collab, "platform")
     db.close()
     # reopen (a restart): progress survived, chunk 2 is out of order, chunk 1 resumes
-    db = Database(tmp_path)
-    relay = Relay(db, offer_chunk=4)
+    room = Room.open(tmp_path)
+    db, relay = room.db, Relay(room.db, room.audit, offer_chunk=4)
     [progress] = relay.status(collab, "brand").uploads
     assert (progress.next_chunk, progress.committed) == (1, False)
     with pytest.raises(FailedPreconditionError, match="expects chunk 1"):

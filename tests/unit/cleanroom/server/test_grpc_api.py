@@ -6,19 +6,14 @@ import threading
 
 import grpc
 import pytest
-from cleanroom_client import CleanRoomError, PolicyError
-from cleanroom_client._proto import analytics_pb2, analytics_pb2_grpc, matching_pb2, matching_pb2_grpc
-from cleanroom_client.curve import hash_to_u
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from cleanroom.matching import match_stats
 from cleanroom.synthetic import DEMO_POLICY, SyntheticConfig, generate
-
-
-def _stub(server, cls, principal="brand"):
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-    return cls(channel), (("x-cleanroom-principal", principal),)
+from cleanroom_client import CleanRoomError, PolicyError
+from cleanroom_client._proto import analytics_pb2, analytics_pb2_grpc, matching_pb2, matching_pb2_grpc
+from cleanroom_client.curve import hash_to_u
 
 
 def _code(fn) -> tuple[grpc.StatusCode, str]:
@@ -27,8 +22,10 @@ def _code(fn) -> tuple[grpc.StatusCode, str]:
     return info.value.code(), info.value.details() or ""
 
 
-def test_health_and_reflection(server):
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+def test_health_and_reflection(server, pki):
+    channel = grpc.secure_channel(
+        f"localhost:{server.port}", grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes())
+    )
     health = health_pb2_grpc.HealthStub(channel)
     for service in ("", "cleanroom.v1.MatchingService"):
         assert (
@@ -41,13 +38,13 @@ def test_health_and_reflection(server):
     assert {"cleanroom.v1.CollaborationService", "cleanroom.v1.AnalyticsService", "grpc.health.v1.Health"} <= names
 
 
-def test_later_services_are_unimplemented(server, active):
-    stub, md = _stub(server, analytics_pb2_grpc.AnalyticsServiceStub)
+def test_later_services_are_unimplemented(stub_for, active):
+    stub, md = stub_for(analytics_pb2_grpc.AnalyticsServiceStub, "brand")
     code, _ = _code(lambda: stub.Overlap(analytics_pb2.OverlapRequest(parent=f"collaborations/{active}"), metadata=md))
     assert code is grpc.StatusCode.UNIMPLEMENTED
 
 
-def test_lifecycle_and_argument_errors(server, make_client):
+def test_lifecycle_and_argument_errors(stub_for, make_client):
     brand, platform = make_client("brand"), make_client("platform")
     with pytest.raises(PolicyError):
         brand.create_collaboration("name: x\n")
@@ -63,7 +60,7 @@ def test_lifecycle_and_argument_errors(server, make_client):
         make_client("stranger").get_collaboration(collab.id)
     assert info.value.code == "PERMISSION_DENIED"
 
-    stub, md = _stub(server, matching_pb2_grpc.MatchingServiceStub)
+    stub, md = stub_for(matching_pb2_grpc.MatchingServiceStub, "brand")
     parent = f"collaborations/{collab.id}"
     point = hash_to_u(b"p")
 
@@ -107,11 +104,12 @@ def test_lifecycle_and_argument_errors(server, make_client):
     assert info.value.code == "FAILED_PRECONDITION"
 
 
-def test_table_upload_checks_the_policy(server, active, make_client):
+def test_table_upload_checks_the_policy(stub_for, active):
     import pandas as pd
+
     from cleanroom_client.tables import arrow_chunks
 
-    stub, md = _stub(server, matching_pb2_grpc.MatchingServiceStub, "platform")
+    stub, md = stub_for(matching_pb2_grpc.MatchingServiceStub, "platform")
 
     def send(table, df):
         _, chunks = arrow_chunks(df)

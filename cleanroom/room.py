@@ -1,0 +1,49 @@
+"""A data directory opened: the database, the audit key and the domain services over them.
+
+The server and the operator's local commands open a room the same way, so both append to the same chains with
+the same key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .audit import AuditLog, load_or_create_signing_key
+from .collaborations import Collaborations
+from .matching import Relay, TableUploads
+from .principals import Principals
+from .storage import Database
+
+
+@dataclass
+class Room:
+    """Everything a data directory holds, as services."""
+
+    data_dir: Path
+    db: Database
+    audit: AuditLog
+    principals: Principals
+    collaborations: Collaborations
+    relay: Relay
+    tables: TableUploads
+
+    @classmethod
+    def open(cls, data_dir: Path) -> Room:
+        """Open (creating on first use) the database and the signing key of `data_dir`."""
+        db = Database(data_dir)
+        audit = AuditLog(db, load_or_create_signing_key(data_dir))
+        principals = Principals(db, audit)
+        return cls(
+            data_dir=data_dir,
+            db=db,
+            audit=audit,
+            principals=principals,
+            collaborations=Collaborations(db, audit, principals),
+            relay=Relay(db, audit),
+            tables=TableUploads(db, audit),
+        )
+
+    def close(self) -> None:
+        """Close the database."""
+        self.db.close()

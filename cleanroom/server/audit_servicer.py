@@ -1,0 +1,144 @@
+"""AuditService: list, verify and export the audit chains, and hand out the server's public key.
+
+A collaboration's chain may be listed and exported by the auditors assigned to it, and verified by them and by
+its members (who learn only valid or not, and where it breaks). The server's own chain (collaboration "") is
+open to every auditor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+
+import grpc
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from cleanroom_client._proto import audit_pb2 as pb
+from cleanroom_client._proto import audit_pb2_grpc as pb_grpc
+
+from ..audit import AuditEntry, AuditLog, canonical_json
+from ..audit.log import SERVER_CHAIN, AuditFilter
+from ..collaborations import Collaborations, parse_name
+from ..errors import InvalidArgumentError, PermissionDeniedError
+from ..principals import Principal, Role
+from .auth import Authenticator, StreamLimiter
+
+EXPORT_CHUNK_BYTES = 1024 * 1024
+
+
+def _time(ts: Timestamp) -> str:
+    if not ts.seconds and not ts.nanos:
+        return ""
+    return ts.ToDatetime().isoformat(timespec="microseconds") + "Z"
+
+
+def entry_to_proto(e: AuditEntry) -> pb.AuditEntry:
+    """The wire form of an entry."""
+    when = Timestamp()
+    when.FromDatetime(datetime.fromisoformat(e.time.replace("Z", "+00:00")))
+    return pb.AuditEntry(
+        sequence=e.sequence,
+        time=when,
+        principal=e.principal,
+        action=e.action,
+        collaboration=f"collaborations/{e.collaboration}" if e.collaboration else "",
+        parameters_json=canonical_json(dict(e.parameters)),
+        epsilon=e.epsilon,
+        response_sha256=e.response_sha256,
+        previous_hash=e.previous_hash,
+        hash=e.hash,
+        signature=e.signature,
+    )
+
+
+class AuditServicer(pb_grpc.AuditServiceServicer):
+    """Thin adapter over `AuditLog`."""
+
+    def __init__(
+        self,
+        log: AuditLog,
+        collaborations: Collaborations,
+        auth: Authenticator,
+        streams: StreamLimiter,
+    ) -> None:
+        self._log = log
+        self._collabs = collaborations
+        self._auth = auth
+        self._streams = streams
+
+    def _chain(self, principal: Principal, name: str, action: str, members_too: bool = False) -> str:
+        if not name:
+            if principal.role is not Role.AUDITOR:
+                raise PermissionDeniedError("the server's own audit chain is for auditors")
+            return SERVER_CHAIN
+        collab_id = parse_name(name)
+        if members_too:
+            self._collabs.get(principal, collab_id, action)
+        else:
+            self._collabs.require_auditor(principal, collab_id, action)
+        return collab_id
+
+    def ListAuditEntries(  # noqa: N802
+        self, request: pb.ListAuditEntriesRequest, context: grpc.ServicerContext
+    ) -> pb.ListAuditEntriesResponse:
+        """A page of one chain."""
+        principal = self._auth.principal(context)
+        chain = self._chain(principal, request.collaboration, "audit.list")
+        if request.page_size < 0:
+            raise InvalidArgumentError("page_size must not be negative")
+        try:
+            after = int(request.page_token or 0)
+        except ValueError:
+            raise InvalidArgumentError("page_token: pass the next_page_token of the previous page") from None
+        flt = AuditFilter(chain, request.principal, request.action, _time(request.start_time), _time(request.end_time))
+        page, last = self._log.list(flt, request.page_size, after)
+        return pb.ListAuditEntriesResponse(
+            entries=[entry_to_proto(e) for e in page], next_page_token=str(last) if last else ""
+        )
+
+    def VerifyAuditLog(  # noqa: N802
+        self, request: pb.VerifyAuditLogRequest, context: grpc.ServicerContext
+    ) -> pb.VerifyAuditLogResponse:
+        """Verify a whole chain on the server."""
+        principal = self._auth.principal(context)
+        chain = self._chain(principal, request.collaboration, "audit.verify", members_too=True)
+        result = self._log.verify(chain)
+        return pb.VerifyAuditLogResponse(
+            valid=result.valid,
+            entries_checked=result.entries_checked,
+            first_invalid_sequence=result.first_invalid_sequence,
+            reason=result.reason,
+        )
+
+    def ExportAuditLog(  # noqa: N802
+        self, request: pb.ExportAuditLogRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ExportAuditLogResponse]:
+        """A chain as JSON Lines, in chunks of whole lines."""
+        principal = self._auth.principal(context)
+        chain = self._chain(principal, request.collaboration, "audit.export")
+        with self._streams.slot(principal):
+            buffer: list[bytes] = []
+            size = 0
+            for entry in self._log.entries(chain):
+                if not context.is_active():
+                    return
+                line = (entry.to_json() + "\n").encode()
+                buffer.append(line)
+                size += len(line)
+                if size >= EXPORT_CHUNK_BYTES:
+                    yield pb.ExportAuditLogResponse(jsonl=b"".join(buffer))
+                    buffer, size = [], 0
+            if buffer:
+                yield pb.ExportAuditLogResponse(jsonl=b"".join(buffer))
+
+    def GetServerPublicKey(  # noqa: N802
+        self, request: pb.GetServerPublicKeyRequest, context: grpc.ServicerContext
+    ) -> pb.GetServerPublicKeyResponse:
+        """The key that signs every entry; any authenticated caller may have it."""
+        self._auth.principal(context)
+        key = self._log.public_key
+        return pb.GetServerPublicKeyResponse(
+            ed25519_public_key=key.public_bytes(Encoding.Raw, PublicFormat.Raw),
+            pem=key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode(),
+        )
