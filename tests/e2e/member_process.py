@@ -1,4 +1,7 @@
-"""One member of the end-to-end test, run as its own process: generate its side of the data and match."""
+"""One member of the end-to-end test, run as its own process: generate its side of the data and match.
+
+Connection settings come from CLEANROOM_TARGET, CLEANROOM_TOKEN and CLEANROOM_CA, as a member would set them.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +14,9 @@ from cleanroom_client import CleanRoomClient
 
 
 def main() -> None:
-    member, target, collab, state_dir, out, n, shared = sys.argv[1:8]
+    member, collab, state_dir, out, n, shared = sys.argv[1:7]
     data = generate(SyntheticConfig(brand_users=int(n), platform_users=int(n), shared=int(shared), seed=11))
-    with CleanRoomClient(target, principal=member, state_dir=state_dir, progress=False) as client:
+    with CleanRoomClient(state_dir=state_dir, progress=False) as client:
         if member == "brand":
             summary = client.match(
                 collab,

@@ -1,4 +1,8 @@
-"""100k x 100k over real gRPC: a server process and two member processes; the server is killed mid-upload."""
+"""100k x 100k over real gRPC with TLS and tokens: a server process and two member processes.
+
+The operator sets up with the CLI (certificates, principals), the server is killed -9 mid-upload and restarted,
+the members resume, the join equals the truth pair for pair, and an auditor verifies the exported log offline.
+"""
 
 from __future__ import annotations
 
@@ -30,10 +34,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
+def _cli(*args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "cleanroom.cli", *args], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def _serve(data_dir: Path, port: int, log: Path, certs: Path) -> subprocess.Popen:
     with log.open("a") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cleanroom.cli", "serve", "--data-dir", str(data_dir), "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "cleanroom.cli",
+                "serve",
+                "--data-dir",
+                str(data_dir),
+                "--port",
+                str(port),
+                "--tls-cert",
+                str(certs / "server.pem"),
+                "--tls-key",
+                str(certs / "server.key"),
+            ],
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
@@ -45,14 +68,15 @@ def _serve(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
     return proc
 
 
-def _points_progress(target: str, collab: str) -> tuple[int, bool]:
+def _points_progress(target: str, collab: str, token: str, ca: Path) -> tuple[int, bool]:
     import grpc
 
-    with grpc.insecure_channel(target) as channel:
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+    with grpc.secure_channel(target, credentials) as channel:
         stub = matching_pb2_grpc.MatchingServiceStub(channel)
         status = stub.GetMatchStatus(
             matching_pb2.GetMatchStatusRequest(parent=f"collaborations/{collab}"),
-            metadata=(("x-cleanroom-principal", "brand"),),
+            metadata=(("authorization", f"Bearer {token}"),),
         )
     for u in status.uploads:
         if u.kind == "points":
@@ -63,19 +87,27 @@ def _points_progress(target: str, collab: str) -> tuple[int, bool]:
 @pytest.mark.slow
 def test_match_100k_with_server_killed_mid_upload(tmp_path):
     port = _free_port()
-    target = f"127.0.0.1:{port}"
-    data_dir, log = tmp_path / "server", tmp_path / "server.log"
-    server = _serve(data_dir, port, log)
+    target = f"localhost:{port}"
+    data_dir, log, certs = tmp_path / "server", tmp_path / "server.log", tmp_path / "certs"
+    _cli("admin", "make-dev-certs", str(certs))
+    ca = certs / "ca.pem"
+    tokens = {
+        name: _cli("admin", "add-principal", name, "--role", role, "--data-dir", str(data_dir))
+        for name, role in (("brand", "member"), ("platform", "member"), ("auditor", "auditor"))
+    }
+    server = _serve(data_dir, port, log, certs)
     members = []
+
+    def client(name: str) -> CleanRoomClient:
+        return CleanRoomClient(target, token=tokens[name], root_certificates=ca, state_dir=tmp_path / "setup")
+
     try:
-        with (
-            CleanRoomClient(target, principal="brand", state_dir=tmp_path / "setup") as brand,
-            CleanRoomClient(target, principal="platform", state_dir=tmp_path / "setup") as platform,
-        ):
+        with client("brand") as brand, client("platform") as platform:
             collab = brand.create_collaboration(DEMO_POLICY, "e2e-100k").id
             brand.approve_policy(collab)
             platform.approve_policy(collab)
         for member in ("brand", "platform"):
+            env = {**os.environ, "CLEANROOM_TARGET": target, "CLEANROOM_TOKEN": tokens[member], "CLEANROOM_CA": str(ca)}
             with (tmp_path / f"{member}.log").open("w") as err:
                 members.append(
                     subprocess.Popen(
@@ -83,7 +115,6 @@ def test_match_100k_with_server_killed_mid_upload(tmp_path):
                             sys.executable,
                             str(HERE / "member_process.py"),
                             member,
-                            target,
                             collab,
                             str(tmp_path / member),
                             str(tmp_path / f"{member}.json"),
@@ -91,12 +122,13 @@ def test_match_100k_with_server_killed_mid_upload(tmp_path):
                             str(SHARED),
                         ],
                         stderr=err,
+                        env=env,
                     )
                 )
         # kill -9 the server while the brand's points are half uploaded, then restart it on the same port
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            chunks, committed = _points_progress(target, collab)
+            chunks, committed = _points_progress(target, collab, tokens["brand"], ca)
             assert not committed, "the upload finished before the server could be killed; use more rows"
             if chunks >= 3:
                 break
@@ -105,14 +137,25 @@ def test_match_100k_with_server_killed_mid_upload(tmp_path):
             pytest.fail("the brand's upload made no progress")
         server.send_signal(signal.SIGKILL)
         server.wait()
-        server = _serve(data_dir, port, log)
-        chunks_after, committed_after = _points_progress(target, collab)
+        server = _serve(data_dir, port, log, certs)
+        chunks_after, committed_after = _points_progress(target, collab, tokens["brand"], ca)
         assert chunks_after >= chunks
         assert not committed_after
         for proc in members:
             assert proc.wait(timeout=900) == 0, (tmp_path / "brand.log").read_text()[-3000:] + (
                 tmp_path / "platform.log"
             ).read_text()[-3000:]
+        # the operator assigns an auditor through the running server's socket; the auditor exports and verifies
+        _cli("admin", "assign-auditor", "auditor", collab, "--data-dir", str(data_dir))
+        stats = _cli("admin", "match-stats", collab, "--data-dir", str(data_dir))
+        assert f"{SHARED}" in stats
+        with client("auditor") as aud:
+            assert aud.verify_audit_log(collab)["valid"]
+            export = aud.export_audit_log(tmp_path / "audit.jsonl", collab)
+            (tmp_path / "server-audit.pem").write_text(aud.server_public_key())
+            actions = set(aud.audit_log(collab)["action"])
+        assert {"collaboration.create", "policy.approve", "upload.start", "upload.commit", "match.complete"} <= actions
+        assert "VALID" in _cli("audit", "verify", str(export), "--public-key", str(tmp_path / "server-audit.pem"))
     finally:
         for proc in members:
             if proc.poll() is None:
