@@ -35,6 +35,15 @@ class AuditFilter:
     end_time: str = ""
 
 
+def _parameters(text: str) -> dict[str, Any]:
+    """Stored parameters; text that is no longer JSON (tampering) is kept whole so its hash fails to verify."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"__unreadable__": text}
+    return value if isinstance(value, dict) else {"__unreadable__": text}
+
+
 def _row_to_entry(row: tuple[Any, ...]) -> AuditEntry:
     return AuditEntry(
         collaboration=row[0],
@@ -42,7 +51,7 @@ def _row_to_entry(row: tuple[Any, ...]) -> AuditEntry:
         time=row[2],
         principal=row[3],
         action=row[4],
-        parameters=json.loads(row[5]),
+        parameters=_parameters(row[5]),
         epsilon=row[6],
         response_sha256=row[7],
         previous_hash=row[8],

@@ -1,0 +1,243 @@
+"""Every RPC x every kind of caller, over real gRPC with TLS: allowed, PERMISSION_DENIED or UNAUTHENTICATED.
+
+"Allowed" means the call got past authentication and authorization: it may still fail on its arguments or the
+collaboration's state (and the not-yet-built DP queries answer UNIMPLEMENTED). The README's table is this one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+import pytest
+
+from cleanroom.synthetic import DEMO_POLICY
+from cleanroom_client._proto import (
+    analytics_pb2 as an,
+)
+from cleanroom_client._proto import (
+    analytics_pb2_grpc as an_grpc,
+)
+from cleanroom_client._proto import (
+    audit_pb2 as au,
+)
+from cleanroom_client._proto import (
+    audit_pb2_grpc as au_grpc,
+)
+from cleanroom_client._proto import (
+    collaboration_pb2 as co,
+)
+from cleanroom_client._proto import (
+    collaboration_pb2_grpc as co_grpc,
+)
+from cleanroom_client._proto import (
+    matching_pb2 as ma,
+)
+from cleanroom_client._proto import (
+    matching_pb2_grpc as ma_grpc,
+)
+from cleanroom_client.tables import arrow_chunks
+
+CALLERS = ("anonymous", "bad_token", "brand", "platform", "stranger", "auditor", "outsider_auditor")
+P = "collaborations/test-collab"
+OK, DENIED, UNAUTH = "allowed", "PERMISSION_DENIED", "UNAUTHENTICATED"
+
+
+def _row(brand: str, platform: str, stranger: str, auditor: str, outsider: str) -> dict[str, str]:
+    return {
+        "anonymous": UNAUTH,
+        "bad_token": UNAUTH,
+        "brand": brand,
+        "platform": platform,
+        "stranger": stranger,
+        "auditor": auditor,
+        "outsider_auditor": outsider,
+    }
+
+
+def _users_table(name: str) -> bytes:
+    import pandas as pd
+
+    _, chunks = arrow_chunks(pd.DataFrame({"row_id": [1, 2]}))
+    return next(chunks)
+
+
+# service, method, request(s), streaming kind, expected per caller
+MATRIX: list[tuple[str, Callable, str, object, dict[str, str]]] = [
+    (
+        "CollaborationService",
+        co_grpc.CollaborationServiceStub,
+        "CreateCollaboration",
+        lambda who: co.CreateCollaborationRequest(
+            collaboration_id=f"new-{who.replace('_', '-')}", policy_yaml=DEMO_POLICY
+        ),
+        _row(OK, OK, DENIED, DENIED, DENIED),
+    ),
+    (
+        "CollaborationService",
+        co_grpc.CollaborationServiceStub,
+        "GetCollaboration",
+        lambda who: co.GetCollaborationRequest(name=P),
+        _row(OK, OK, DENIED, OK, DENIED),
+    ),
+    (
+        "CollaborationService",
+        co_grpc.CollaborationServiceStub,
+        "ListCollaborations",
+        lambda who: co.ListCollaborationsRequest(),
+        _row(OK, OK, OK, OK, OK),
+    ),
+    (
+        "CollaborationService",
+        co_grpc.CollaborationServiceStub,
+        "ProposePolicy",
+        lambda who: co.ProposePolicyRequest(name=P, policy_yaml=DEMO_POLICY),
+        _row(OK, OK, DENIED, DENIED, DENIED),
+    ),
+    (
+        "CollaborationService",
+        co_grpc.CollaborationServiceStub,
+        "ApprovePolicy",
+        lambda who: co.ApprovePolicyRequest(name=P, etag="x"),
+        _row(OK, OK, DENIED, DENIED, DENIED),
+    ),
+    (
+        "MatchingService",
+        ma_grpc.MatchingServiceStub,
+        "UploadBlindedPoints",
+        lambda who: iter([ma.UploadBlindedPointsRequest(parent=P, identifier_type=1)]),
+        _row(OK, OK, DENIED, DENIED, DENIED),
+    ),
+    (
+        "MatchingService",
+        ma_grpc.MatchingServiceStub,
+        "FetchPeerPoints",
+        lambda who: ma.FetchPeerPointsRequest(parent=P),
+        _row(OK, OK, DENIED, DENIED, DENIED),
+    ),
+    (
+        "MatchingService",
+        ma_grpc.MatchingServiceStub,
+        "SubmitDoubleBlindedPoints",
+        lambda who: iter([ma.SubmitDoubleBlindedPointsRequest(parent=P)]),
+        _row(OK, OK, DENIED, DENIED, DENIED),
+    ),
+    (
+        "MatchingService",
+        ma_grpc.MatchingServiceStub,
+        "UploadTable",
+        lambda who: iter([ma.UploadTableRequest(parent=P, table="users", arrow_ipc=_users_table("users"))]),
+        _row(OK, OK, DENIED, DENIED, DENIED),
+    ),
+    (
+        "MatchingService",
+        ma_grpc.MatchingServiceStub,
+        "GetMatchStatus",
+        lambda who: ma.GetMatchStatusRequest(parent=P),
+        _row(OK, OK, DENIED, DENIED, DENIED),
+    ),
+    *[
+        (
+            "AnalyticsService",
+            an_grpc.AnalyticsServiceStub,
+            method,
+            (lambda cls: lambda who: cls(parent=P))(req),
+            _row(OK, DENIED, DENIED, DENIED, DENIED),
+        )
+        for method, req in [
+            ("Overlap", an.OverlapRequest),
+            ("Funnel", an.FunnelRequest),
+            ("FunnelFlow", an.FunnelFlowRequest),
+            ("SegmentInsight", an.SegmentInsightRequest),
+            ("Attribution", an.AttributionRequest),
+            ("Lift", an.LiftRequest),
+            ("Lookalike", an.LookalikeRequest),
+            ("Activate", an.ActivateRequest),
+        ]
+    ],
+    (
+        "AnalyticsService",
+        an_grpc.AnalyticsServiceStub,
+        "GetBudget",
+        lambda who: an.GetBudgetRequest(parent=P),
+        _row(OK, OK, DENIED, OK, DENIED),
+    ),
+    (
+        "AuditService",
+        au_grpc.AuditServiceStub,
+        "ListAuditEntries",
+        lambda who: au.ListAuditEntriesRequest(collaboration=P),
+        _row(DENIED, DENIED, DENIED, OK, DENIED),
+    ),
+    (
+        "AuditService",
+        au_grpc.AuditServiceStub,
+        "ListAuditEntries (server chain)",
+        lambda who: au.ListAuditEntriesRequest(),
+        _row(DENIED, DENIED, DENIED, OK, OK),
+    ),
+    (
+        "AuditService",
+        au_grpc.AuditServiceStub,
+        "VerifyAuditLog",
+        lambda who: au.VerifyAuditLogRequest(collaboration=P),
+        _row(OK, OK, DENIED, OK, DENIED),
+    ),
+    (
+        "AuditService",
+        au_grpc.AuditServiceStub,
+        "ExportAuditLog",
+        lambda who: au.ExportAuditLogRequest(collaboration=P),
+        _row(DENIED, DENIED, DENIED, OK, DENIED),
+    ),
+    (
+        "AuditService",
+        au_grpc.AuditServiceStub,
+        "GetServerPublicKey",
+        lambda who: au.GetServerPublicKeyRequest(),
+        _row(OK, OK, OK, OK, OK),
+    ),
+]
+
+
+def _outcome(call: Callable[[], object]) -> str:
+    try:
+        result = call()
+        if hasattr(result, "__iter__") and not hasattr(result, "ByteSize"):
+            list(result)  # drain server streams: errors arrive while iterating
+    except grpc.RpcError as err:
+        code = err.code().name  # type: ignore[attr-defined]
+        return code if code in (DENIED, UNAUTH) else OK
+    return OK
+
+
+@pytest.mark.parametrize(
+    ("service", "stub_cls", "method", "request_for", "expected"), MATRIX, ids=[f"{m[0]}.{m[2]}" for m in MATRIX]
+)
+def test_access_matrix(server, pki, tokens, active, service, stub_cls, method, request_for, expected):
+    tokens = {**tokens, "bad_token": "crt_not-a-token"}
+    credentials = grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes())
+    with grpc.secure_channel(f"localhost:{server.port}", credentials) as channel:
+        stub = stub_cls(channel)
+        rpc = getattr(stub, method.split(" ")[0])
+        got = {}
+        for who in CALLERS:
+            md = () if who == "anonymous" else (("authorization", f"Bearer {tokens[who]}"),)
+            got[who] = _outcome(lambda who=who, md=md: rpc(request_for(who), metadata=md, timeout=10))
+    assert got == expected
+
+
+def test_a_member_cannot_overwrite_the_other_members_table(stub_for, active):
+    stub, md = stub_for(ma_grpc.MatchingServiceStub, "platform")
+    req = ma.UploadTableRequest(parent=P, table="brand.users", arrow_ipc=_users_table("users"), last=True)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.UploadTable(iter([req]), metadata=md)
+    assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_refusals_are_audited(server, make_client, active):
+    with pytest.raises(Exception, match="PERMISSION_DENIED"):
+        make_client("stranger").get_collaboration(active)
+    log = make_client("auditor").audit_log(active, action="refused")
+    assert list(log["principal"]) == ["stranger"]
+    assert "collaboration.get" in log["parameters"].iloc[0]
