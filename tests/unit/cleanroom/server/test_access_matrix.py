@@ -7,6 +7,7 @@ collaboration's state (and the not-yet-built DP queries answer UNIMPLEMENTED). T
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import grpc
 import pytest
@@ -105,7 +106,7 @@ MATRIX: list[tuple[str, Callable, str, object, dict[str, str]]] = [
         "MatchingService",
         ma_grpc.MatchingServiceStub,
         "UploadBlindedPoints",
-        lambda who: iter([ma.UploadBlindedPointsRequest(parent=P, identifier_type=1)]),
+        lambda who: iter([ma.UploadBlindedPointsRequest(parent=P, identifier_type=ma.IDENTIFIER_TYPE_EMAIL)]),
         _row(OK, OK, DENIED, DENIED, DENIED),
     ),
     (
@@ -206,7 +207,7 @@ def _outcome(call: Callable[[], object]) -> str:
         if hasattr(result, "__iter__") and not hasattr(result, "ByteSize"):
             list(result)  # drain server streams: errors arrive while iterating
     except grpc.RpcError as err:
-        code = err.code().name  # type: ignore[attr-defined]
+        code = err.code().name
         return code if code in (DENIED, UNAUTH) else OK
     return OK
 
@@ -223,7 +224,7 @@ def test_access_matrix(server, pki, tokens, active, service, stub_cls, method, r
         got = {}
         for who in CALLERS:
             md = () if who == "anonymous" else (("authorization", f"Bearer {tokens[who]}"),)
-            got[who] = _outcome(lambda who=who, md=md: rpc(request_for(who), metadata=md, timeout=10))
+            got[who] = _outcome(partial(rpc, request_for(who), metadata=md, timeout=10))
     assert got == expected
 
 
