@@ -93,3 +93,18 @@ def active(make_client, server: RunningServer) -> str:
     platform.approve_policy(collab.id)
     server.room.principals.assign_auditor("auditor", collab.id)
     return collab.id
+
+
+@pytest.fixture
+def start(pki: DevPki):
+    """Start extra servers with options (`start(data_dir, mtls=True, streams_per_principal=2, ...)`)."""
+    running: list[RunningServer] = []
+
+    def make(data_dir: Path, mtls: bool = False, **kw: object) -> RunningServer:
+        server = start_server(data_dir, pki, mtls, **kw)
+        running.append(server)
+        return server
+
+    yield make
+    for s in running:
+        s.stop(None)
