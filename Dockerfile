@@ -6,4 +6,4 @@ COPY . /app
 RUN pip install --no-cache-dir torch==2.13.0 \
     && pip install --no-cache-dir -e clients/python -e .
 EXPOSE 50051
-CMD ["cleanroom", "serve", "--data-dir", "/data", "--port", "50051", "--host", "0.0.0.0"]
+CMD ["cleanroom", "--help"]
