@@ -199,3 +199,40 @@ def test_match_through_the_sdk_equals_truth_and_is_idempotent(server, active, ma
     )
     assert again.identifiers == b.identifiers
     assert again.peer_set_size == 400
+
+
+def test_audit_list_filters_and_pages(stub_for, active):
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from cleanroom_client._proto import audit_pb2, audit_pb2_grpc
+
+    stub, md = stub_for(audit_pb2_grpc.AuditServiceStub, "auditor")
+    parent = f"collaborations/{active}"
+    everything = stub.ListAuditEntries(audit_pb2.ListAuditEntriesRequest(collaboration=parent), metadata=md)
+    assert [e.sequence for e in everything.entries] == [1, 2, 3, 4]
+    page = stub.ListAuditEntries(audit_pb2.ListAuditEntriesRequest(collaboration=parent, page_size=3), metadata=md)
+    assert [e.sequence for e in page.entries] == [1, 2, 3]
+    rest = stub.ListAuditEntries(
+        audit_pb2.ListAuditEntriesRequest(collaboration=parent, page_size=3, page_token=page.next_page_token),
+        metadata=md,
+    )
+    assert [e.sequence for e in rest.entries] == [4]
+    assert rest.next_page_token == ""
+    approvals = stub.ListAuditEntries(
+        audit_pb2.ListAuditEntriesRequest(collaboration=parent, action="policy.approve"), metadata=md
+    )
+    assert [e.principal for e in approvals.entries] == ["brand", "platform"]
+    by_platform = stub.ListAuditEntries(
+        audit_pb2.ListAuditEntriesRequest(collaboration=parent, principal="platform"), metadata=md
+    )
+    assert [e.action for e in by_platform.entries] == ["policy.approve"]
+    future = Timestamp()
+    future.FromSeconds(4_000_000_000)
+    later = stub.ListAuditEntries(
+        audit_pb2.ListAuditEntriesRequest(collaboration=parent, start_time=future), metadata=md
+    )
+    assert list(later.entries) == []
+    first = everything.entries[0]
+    assert first.previous_hash == "0" * 64
+    assert everything.entries[1].previous_hash == first.hash
+    assert len(first.signature) == 64
