@@ -9,10 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .analytics import QueryEngine
 from .audit import AuditLog, load_or_create_signing_key
 from .collaborations import Collaborations
 from .matching import Relay, TableUploads
 from .principals import Principals
+from .privacy import BudgetAccountant, DiscreteLaplace
 from .storage import Database
 
 
@@ -27,6 +29,8 @@ class Room:
     collaborations: Collaborations
     relay: Relay
     tables: TableUploads
+    budget: BudgetAccountant
+    queries: QueryEngine
 
     @classmethod
     def open(cls, data_dir: Path) -> Room:
@@ -34,14 +38,18 @@ class Room:
         db = Database(data_dir)
         audit = AuditLog(db, load_or_create_signing_key(data_dir))
         principals = Principals(db, audit)
+        collaborations = Collaborations(db, audit, principals)
+        budget = BudgetAccountant(db, audit)
         return cls(
             data_dir=data_dir,
             db=db,
             audit=audit,
             principals=principals,
-            collaborations=Collaborations(db, audit, principals),
+            collaborations=collaborations,
             relay=Relay(db, audit),
             tables=TableUploads(db, audit),
+            budget=budget,
+            queries=QueryEngine(db, collaborations, budget, audit, DiscreteLaplace()),
         )
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ This is test data: numpy's generator is fine here. It is never used for privacy 
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,7 @@ AREA_CODES = (212, 312, 415, 617, 646, 702, 718, 305, 206, 512)
 TIERS = ("gold", "silver", "basic")
 AGE_BANDS = ("18-24", "25-34", "35-44", "45+")
 STAGES = ("aware", "appeal", "act", "advocate")
+FLOW_START, FLOW_END = "2026-10-01", "2026-11-01"
 
 
 @dataclass(frozen=True)
@@ -46,11 +48,16 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class SyntheticData:
-    """Both members' tables and the ground truth (brand customer_id, platform user_id) of the shared people."""
+    """Both members' tables and the ground truth (brand customer_id, platform user_id) of the shared people.
+
+    `platform_stage_history` has one row per user and snapshot date (FLOW_START, FLOW_END) on which the user had a
+    4A stage; the users table's `stage_4a` is the stage on FLOW_END.
+    """
 
     brand_users: pd.DataFrame
     brand_conversions: pd.DataFrame
     platform_users: pd.DataFrame
+    platform_stage_history: pd.DataFrame
     truth: pd.DataFrame
 
 
@@ -99,16 +106,30 @@ def generate(config: SyntheticConfig | None = None) -> SyntheticData:
     p_e164 = p_e164.copy()
     p_e164[n_phone_only : n_phone_only + n_email_only] = None
     platform_order = rng.permutation(cfg.platform_users)
+    # 4A stage on the two snapshot dates: -1 is no stage; people mostly stay or move one step on.
+    start = rng.choice(np.arange(-1, 4), size=cfg.platform_users, p=[0.35, 0.3, 0.2, 0.1, 0.05])
+    step = rng.choice([-1, 0, 1], size=cfg.platform_users, p=[0.1, 0.6, 0.3])
+    end = np.where(start < 0, rng.choice([-1, 0], size=cfg.platform_users, p=[0.7, 0.3]), np.clip(start + step, 0, 3))
+    stage_names = np.array(STAGES, dtype=object)
+    end_stage = np.array([stage_names[e] if e >= 0 else None for e in end], dtype=object)
+    user_ids = np.array([f"U{i:08d}" for i in range(cfg.platform_users)], dtype=object)
     platform_users = pd.DataFrame(
         {
-            "user_id": [f"U{i:08d}" for i in range(cfg.platform_users)],
+            "user_id": user_ids,
             "email": platform_email[platform_order],
             "phone": p_e164[platform_order],
             "age_band": rng.choice(AGE_BANDS, size=cfg.platform_users),
-            "stage_4a": rng.choice(
-                np.array([*STAGES, None], dtype=object), size=cfg.platform_users, p=[0.3, 0.2, 0.15, 0.05, 0.3]
-            ),
+            "stage_4a": end_stage,
         }
+    )
+    history = pd.concat(
+        [
+            pd.DataFrame(
+                {"user_id": user_ids[s >= 0], "date": dt.date.fromisoformat(day), "stage_4a": stage_names[s[s >= 0]]}
+            )
+            for s, day in ((start, FLOW_START), (end, FLOW_END))
+        ],
+        ignore_index=True,
     )
     platform_id_of_person = dict(zip(platform_people[platform_order], platform_users["user_id"], strict=True))
 
@@ -119,15 +140,15 @@ def generate(config: SyntheticConfig | None = None) -> SyntheticData:
         }
     )
     n_conv = round(cfg.brand_users * cfg.conversions_per_user)
-    start = np.datetime64("2026-10-01T00:00:00")
+    first_day = np.datetime64("2026-10-01T00:00:00")
     conversions = pd.DataFrame(
         {
             "customer_id": brand_users["customer_id"].to_numpy()[rng.integers(0, cfg.brand_users, n_conv)],
-            "ts": start + rng.integers(0, 30 * 24 * 3600, n_conv).astype("timedelta64[s]"),
+            "ts": first_day + rng.integers(0, 30 * 24 * 3600, n_conv).astype("timedelta64[s]"),
             "value": rng.gamma(2.0, 40.0, n_conv).round(2),
         }
     )
-    return SyntheticData(brand_users, conversions, platform_users, truth)
+    return SyntheticData(brand_users, conversions, platform_users, history, truth)
 
 
 DEMO_POLICY = """\
@@ -140,6 +161,7 @@ tables:
   brand.conversions: {time: ts, measures: {value: [0, 500]}}
   platform.users:    {dimensions: {age_band: ["18-24", "25-34", "35-44", "45+"],
                                    stage_4a: [aware, appeal, act, advocate]}}
+  platform.stage_history: {time: date, dimensions: {stage_4a: [aware, appeal, act, advocate]}}
 queries: [overlap, funnel, funnel_flow, segment_insight]
 min_group_size: 50
 epsilon: {per_member_total: 10.0, per_query_max: 1.0}

@@ -1,8 +1,8 @@
-"""AnalyticsService: authorization now, the DP queries in the next issue.
+"""AnalyticsService: protobuf in, the query engine, protobuf out.
 
-Each method checks who may call it before anything else, so the access matrix holds already: a member whose
-policy grants `query` passes and then gets UNIMPLEMENTED until the differential-privacy issue lands; anyone else
-gets PERMISSION_DENIED (and the refusal is audited). No method computes or releases anything yet.
+Overlap, funnel, funnel flow, segment insight and the budget run the DP pipeline of `cleanroom.analytics`.
+Attribution, lift, lookalike and activation check who may call them first (so the access matrix holds) and then
+answer UNIMPLEMENTED until their issues land: they compute and release nothing.
 """
 
 from __future__ import annotations
@@ -12,70 +12,107 @@ import grpc
 from cleanroom_client._proto import analytics_pb2 as pb
 from cleanroom_client._proto import analytics_pb2_grpc as pb_grpc
 
-from ..collaborations import Collaborations, parse_name
+from ..analytics import FunnelFlowQuery, FunnelQuery, OverlapQuery, QueryAnswer, QueryEngine, SegmentInsightQuery
+from ..analytics.queries import DimensionRef
+from ..collaborations import parse_name
 from .auth import Authenticator
 
-QUERY = "query"
+
+def answer_to_proto(a: QueryAnswer) -> pb.QueryResult:
+    """The wire form of an answer."""
+    return pb.QueryResult(
+        dimensions=list(a.dimensions),
+        cells=[
+            pb.Cell(keys=list(c.keys), measure=c.measure, value=c.value, error_95=c.error_95, suppressed=c.suppressed)
+            for c in a.cells
+        ],
+        epsilon_spent=a.epsilon_spent,
+        epsilon_remaining=a.epsilon_remaining,
+        noise_scale=dict(a.noise_scale),
+        audit_sequence=a.audit_sequence,
+        own_set_size=a.own_set_size,
+    )
 
 
 class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
-    """Authorizes every query; the queries themselves are not built yet."""
+    """Thin adapter over `QueryEngine`."""
 
-    def __init__(self, collaborations: Collaborations, auth: Authenticator) -> None:
-        self._collabs = collaborations
+    def __init__(self, engine: QueryEngine, auth: Authenticator) -> None:
+        self._engine = engine
         self._auth = auth
 
-    def _query(self, parent: str, context: grpc.ServicerContext, action: str) -> None:
-        self._collabs.require_active(self._auth.principal(context), parse_name(parent), QUERY, action)
-        raise NotImplementedError(action)
-
     def Overlap(self, request: pb.OverlapRequest, context: grpc.ServicerContext) -> pb.QueryResult:  # noqa: N802
-        """Not yet."""
-        self._query(request.parent, context, "query.overlap")
-        return pb.QueryResult()
+        """Matched people by up to three dimensions."""
+        principal = self._auth.principal(context)
+        self._engine.authorize(principal, parse_name(request.parent), "overlap")
+        q = OverlapQuery(tuple(DimensionRef.parse(d) for d in request.dimensions), request.epsilon)
+        return answer_to_proto(self._engine.overlap(principal, parse_name(request.parent), q))
 
     def Funnel(self, request: pb.FunnelRequest, context: grpc.ServicerContext) -> pb.QueryResult:  # noqa: N802
-        """Not yet."""
-        self._query(request.parent, context, "query.funnel")
-        return pb.QueryResult()
+        """The 4A distribution."""
+        principal = self._auth.principal(context)
+        self._engine.authorize(principal, parse_name(request.parent), "funnel")
+        by = DimensionRef.parse(request.by) if request.by else None
+        q = FunnelQuery(by, request.epsilon, request.labels or "4a")
+        return answer_to_proto(self._engine.funnel(principal, parse_name(request.parent), q))
 
     def FunnelFlow(self, request: pb.FunnelFlowRequest, context: grpc.ServicerContext) -> pb.QueryResult:  # noqa: N802
-        """Not yet."""
-        self._query(request.parent, context, "query.funnel_flow")
-        return pb.QueryResult()
+        """4A transitions between two dates."""
+        principal = self._auth.principal(context)
+        self._engine.authorize(principal, parse_name(request.parent), "funnel_flow")
+        q = FunnelFlowQuery(
+            FunnelFlowQuery.parse_date(request.start_date, "start_date"),
+            FunnelFlowQuery.parse_date(request.end_date, "end_date"),
+            request.epsilon,
+            request.labels or "4a",
+        )
+        return answer_to_proto(self._engine.funnel_flow(principal, parse_name(request.parent), q))
 
     def SegmentInsight(  # noqa: N802
         self, request: pb.SegmentInsightRequest, context: grpc.ServicerContext
     ) -> pb.QueryResult:
-        """Not yet."""
-        self._query(request.parent, context, "query.segment_insight")
-        return pb.QueryResult()
+        """Shares, TGI and penetration per value of a dimension."""
+        principal = self._auth.principal(context)
+        self._engine.authorize(principal, parse_name(request.parent), "segment_insight")
+        q = SegmentInsightQuery(DimensionRef.parse(request.dimension), request.epsilon)
+        return answer_to_proto(self._engine.segment_insight(principal, parse_name(request.parent), q))
+
+    def _not_yet(self, parent: str, context: grpc.ServicerContext, query_type: str) -> None:
+        self._engine.authorize(self._auth.principal(context), parse_name(parent), query_type)
+        raise NotImplementedError(query_type)
 
     def Attribution(  # noqa: N802
         self, request: pb.AttributionRequest, context: grpc.ServicerContext
     ) -> pb.QueryResult:
-        """Not yet."""
-        self._query(request.parent, context, "query.attribution")
+        """Not yet: the attribution issue."""
+        self._not_yet(request.parent, context, "attribution")
         return pb.QueryResult()
 
     def Lift(self, request: pb.LiftRequest, context: grpc.ServicerContext) -> pb.QueryResult:  # noqa: N802
-        """Not yet."""
-        self._query(request.parent, context, "query.lift")
+        """Not yet: the attribution issue."""
+        self._not_yet(request.parent, context, "lift")
         return pb.QueryResult()
 
     def Lookalike(  # noqa: N802
         self, request: pb.LookalikeRequest, context: grpc.ServicerContext
     ) -> pb.LookalikeResult:
-        """Not yet."""
-        self._query(request.parent, context, "query.lookalike")
+        """Not yet: the lookalike issue."""
+        self._not_yet(request.parent, context, "lookalike")
         return pb.LookalikeResult()
 
     def Activate(self, request: pb.ActivateRequest, context: grpc.ServicerContext) -> pb.ActivateResult:  # noqa: N802
-        """Not yet."""
-        self._query(request.parent, context, "query.activation")
+        """Not yet: the lookalike issue."""
+        self._not_yet(request.parent, context, "activation")
         return pb.ActivateResult()
 
     def GetBudget(self, request: pb.GetBudgetRequest, context: grpc.ServicerContext) -> pb.Budget:  # noqa: N802
-        """Members and assigned auditors may read the budget; the ledger arrives with the DP issue."""
-        self._collabs.get(self._auth.principal(context), parse_name(request.parent), "budget.get")
-        raise NotImplementedError("budget.get")
+        """Epsilon total, spent and left per member (members and assigned auditors)."""
+        collab, rows = self._engine.budget(self._auth.principal(context), parse_name(request.parent))
+        total = collab.policy.epsilon_per_member_total
+        return pb.Budget(
+            members=[
+                pb.MemberBudget(member=m, epsilon_total=total, epsilon_spent=spent, epsilon_remaining=left)
+                for m, spent, left in rows
+            ],
+            epsilon_per_query_max=collab.policy.epsilon_per_query_max,
+        )

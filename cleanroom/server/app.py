@@ -139,7 +139,7 @@ def create_server(config: ServerConfig) -> RunningServer:
     matching_pb2_grpc.add_MatchingServiceServicer_to_server(
         MatchingServicer(collabs, room.relay, room.tables, auth, streams, config.stream_idle_timeout), server
     )
-    analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(AnalyticsServicer(collabs, auth), server)
+    analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(AnalyticsServicer(room.queries, auth), server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(room.audit, collabs, auth, streams), server)
 
     services = _service_names()

@@ -123,6 +123,13 @@ CREATE TABLE IF NOT EXISTS audit_log (
     hash VARCHAR NOT NULL,
     signature BLOB NOT NULL
 );
+-- Epsilon held by queries in flight (spent epsilon is the sum over the audit log).
+CREATE TABLE IF NOT EXISTS budget_reservations (
+    id VARCHAR NOT NULL,
+    collab VARCHAR NOT NULL,
+    member VARCHAR NOT NULL,
+    epsilon DOUBLE NOT NULL
+);
 CREATE TABLE IF NOT EXISTS match_results (
     collab VARCHAR PRIMARY KEY,
     matched_time TIMESTAMP NOT NULL

@@ -19,6 +19,8 @@ from typing import TypeVar
 import grpc
 import pandas as pd
 
+from ._proto import analytics_pb2 as qpb
+from ._proto import analytics_pb2_grpc as qpb_grpc
 from ._proto import audit_pb2 as apb
 from ._proto import audit_pb2_grpc as apb_grpc
 from ._proto import collaboration_pb2 as cpb
@@ -130,6 +132,7 @@ class CleanRoomClient:
         self._collabs = cpb_grpc.CollaborationServiceStub(self._channel)
         self._matching = mpb_grpc.MatchingServiceStub(self._channel)
         self._audit = apb_grpc.AuditServiceStub(self._channel)
+        self._analytics = qpb_grpc.AnalyticsServiceStub(self._channel)
         self._executor = executor
         self._owns_executor = executor is None
         self.progress = progress
@@ -190,6 +193,45 @@ class CleanRoomClient:
         etag = etag or self.get_collaboration(collaboration_id).policy_etag
         request = cpb.ApprovePolicyRequest(name=_name(collaboration_id), etag=etag)
         return _info(self._call(self._collabs.ApprovePolicy, request))
+
+    # -- analytics ---------------------------------------------------------------------------------------------------
+    def overlap(self, collaboration_id: str, by: Sequence[str] = (), epsilon: float = 0.5) -> pd.DataFrame:
+        """Matched people, grouped by up to three `member.column` dimensions; one row per cell and measure."""
+        request = qpb.OverlapRequest(parent=_name(collaboration_id), dimensions=list(by), epsilon=epsilon)
+        return _frame(self._call(self._analytics.Overlap, request))
+
+    def funnel(
+        self, collaboration_id: str, by: str | None = None, epsilon: float = 0.5, labels: str = "4a"
+    ) -> pd.DataFrame:
+        """Matched people per 4A stage (counts and shares), optionally crossed with one dimension."""
+        request = qpb.FunnelRequest(parent=_name(collaboration_id), by=by or "", epsilon=epsilon, labels=labels)
+        return _frame(self._call(self._analytics.Funnel, request))
+
+    def funnel_flow(
+        self, collaboration_id: str, start: str, end: str, epsilon: float = 0.5, labels: str = "4a"
+    ) -> pd.DataFrame:
+        """Transitions between 4A stages from the snapshot on `start` to the one on `end` (ISO dates)."""
+        request = qpb.FunnelFlowRequest(
+            parent=_name(collaboration_id), start_date=start, end_date=end, epsilon=epsilon, labels=labels
+        )
+        return _frame(self._call(self._analytics.FunnelFlow, request))
+
+    def segment_insight(self, collaboration_id: str, dimension: str, epsilon: float = 0.5) -> pd.DataFrame:
+        """Per value of `dimension`: matched and all users, their shares, TGI and penetration."""
+        request = qpb.SegmentInsightRequest(parent=_name(collaboration_id), dimension=dimension, epsilon=epsilon)
+        return _frame(self._call(self._analytics.SegmentInsight, request))
+
+    def budget(self, collaboration_id: str) -> pd.DataFrame:
+        """Epsilon total, spent and left per member."""
+        b = self._call(self._analytics.GetBudget, qpb.GetBudgetRequest(parent=_name(collaboration_id)))
+        frame = pd.DataFrame(
+            [
+                {"member": m.member, "total": m.epsilon_total, "spent": m.epsilon_spent, "left": m.epsilon_remaining}
+                for m in b.members
+            ]
+        )
+        frame.attrs["epsilon_per_query_max"] = b.epsilon_per_query_max
+        return frame
 
     # -- audit -------------------------------------------------------------------------------------------------------
     def audit_log(self, collaboration_id: str = "", *, principal: str = "", action: str = "") -> pd.DataFrame:
@@ -325,6 +367,33 @@ class CleanRoomClient:
             normalizer=self.normalizer,
             chunk_rows=self.chunk_rows,
         )
+
+
+def _frame(result: qpb.QueryResult) -> pd.DataFrame:
+    """One row per cell and measure: the dimension values, measure, value, error_95 and suppressed.
+
+    A suppressed cell's value is NaN: the server withheld it. `attrs` carries epsilon spent and left, the noise
+    scale per histogram, the audit entry's sequence number and the caller's own set size.
+    """
+    rows = []
+    for c in result.cells:
+        row: dict[str, object] = dict(zip(result.dimensions, c.keys, strict=True))
+        row.update(
+            measure=c.measure,
+            value=float("nan") if c.suppressed else c.value,
+            error_95=float("nan") if c.suppressed else c.error_95,
+            suppressed=c.suppressed,
+        )
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=[*result.dimensions, "measure", "value", "error_95", "suppressed"])
+    frame.attrs.update(
+        epsilon_spent=result.epsilon_spent,
+        epsilon_remaining=result.epsilon_remaining,
+        noise_scale=dict(result.noise_scale),
+        audit_sequence=result.audit_sequence,
+        own_set_size=result.own_set_size,
+    )
+    return frame
 
 
 def _name(collaboration_id: str) -> str:

@@ -31,6 +31,8 @@ QUERY_TYPES = (
     "activation",
 )
 RESERVED_COLUMNS = frozenset({"row_id"})
+#: The cell every dimension gets for people without a value.
+NONE_VALUE = "none"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _TOP_KEYS = frozenset({"name", "members", "tables", "queries", "min_group_size", "epsilon"})
 _TABLE_KEYS = frozenset({"time", "dimensions", "measures"})
@@ -216,6 +218,11 @@ def _dimensions(raw: Any, path: str, problems: list[str]) -> dict[str, tuple[str
             problems.append(f"{path}.dimensions.{col}: the domain must be a non-empty list of values")
             continue
         values = tuple(str(v) for v in domain)
+        if NONE_VALUE in values:
+            problems.append(
+                f"{path}.dimensions.{col}: '{NONE_VALUE}' is reserved for missing values (released as its own cell)"
+            )
+            continue
         if len(set(values)) != len(values):
             problems.append(f"{path}.dimensions.{col}: the domain lists a value more than once")
             continue

@@ -114,10 +114,13 @@ class QueryResult(_message.Message):
     EPSILON_REMAINING_FIELD_NUMBER: _builtins.int
     NOISE_SCALE_FIELD_NUMBER: _builtins.int
     AUDIT_SEQUENCE_FIELD_NUMBER: _builtins.int
+    OWN_SET_SIZE_FIELD_NUMBER: _builtins.int
     epsilon_spent: _builtins.float
     epsilon_remaining: _builtins.float
     audit_sequence: _builtins.int
     """Sequence number of the audit entry that records this answer."""
+    own_set_size: _builtins.int
+    """The caller's own set size (users with at least one valid identifier), exact: it is the caller's own data."""
     @_builtins.property
     def dimensions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -135,10 +138,11 @@ class QueryResult(_message.Message):
         epsilon_remaining: _builtins.float = ...,
         noise_scale: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         audit_sequence: _builtins.int = ...,
+        own_set_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_sequence", b"audit_sequence", "cells", b"cells", "dimensions", b"dimensions", "epsilon_remaining", b"epsilon_remaining", "epsilon_spent", b"epsilon_spent", "noise_scale", b"noise_scale"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_sequence", b"audit_sequence", "cells", b"cells", "dimensions", b"dimensions", "epsilon_remaining", b"epsilon_remaining", "epsilon_spent", b"epsilon_spent", "noise_scale", b"noise_scale", "own_set_size", b"own_set_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -154,7 +158,9 @@ class OverlapRequest(_message.Message):
     parent: _builtins.str
     epsilon: _builtins.float
     @_builtins.property
-    def dimensions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def dimensions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Up to three `member.column` dimensions of the members' users tables."""
+
     def __init__(
         self,
         *,
@@ -177,20 +183,26 @@ class FunnelRequest(_message.Message):
     PARENT_FIELD_NUMBER: _builtins.int
     BY_FIELD_NUMBER: _builtins.int
     EPSILON_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     by: _builtins.str
-    """Optional brand dimension to cross with the 4A stage."""
+    """Optional dimension (`member.column`, e.g. `brand.tier`) to cross with the 4A stage."""
     epsilon: _builtins.float
+    labels: _builtins.str
+    """Stage names in the answer: `4a` (aware, appeal, act, advocate; the default) or `aipl` (awareness, interest,
+    purchase, loyalty).
+    """
     def __init__(
         self,
         *,
         parent: _builtins.str = ...,
         by: _builtins.str = ...,
         epsilon: _builtins.float = ...,
+        labels: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "epsilon", b"epsilon", "parent", b"parent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "epsilon", b"epsilon", "labels", b"labels", "parent", b"parent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -204,11 +216,14 @@ class FunnelFlowRequest(_message.Message):
     START_DATE_FIELD_NUMBER: _builtins.int
     END_DATE_FIELD_NUMBER: _builtins.int
     EPSILON_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     start_date: _builtins.str
     """Snapshot dates, ISO 8601 (YYYY-MM-DD)."""
     end_date: _builtins.str
     epsilon: _builtins.float
+    labels: _builtins.str
+    """`4a` (default) or `aipl`, as in FunnelRequest."""
     def __init__(
         self,
         *,
@@ -216,10 +231,11 @@ class FunnelFlowRequest(_message.Message):
         start_date: _builtins.str = ...,
         end_date: _builtins.str = ...,
         epsilon: _builtins.float = ...,
+        labels: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_date", b"end_date", "epsilon", b"epsilon", "parent", b"parent", "start_date", b"start_date"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_date", b"end_date", "epsilon", b"epsilon", "labels", b"labels", "parent", b"parent", "start_date", b"start_date"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -234,6 +250,9 @@ class SegmentInsightRequest(_message.Message):
     EPSILON_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     dimension: _builtins.str
+    """`member.column` of a users table, e.g. `platform.age_band`. Epsilon is split in half between the matched
+    histogram and the histogram of all of that member's users.
+    """
     epsilon: _builtins.float
     def __init__(
         self,

@@ -1,0 +1,106 @@
+"""Queries as values: what a member asks, validated against nothing but its own shape.
+
+The representation never runs anything; `engine.py` checks it against the policy and compiles it. Dimensions are
+named `member.column` and refer to a column of that member's `users` table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+
+from ..errors import InvalidArgumentError
+
+MAX_DIMENSIONS = 3
+STAGE_LABELS_4A = ("aware", "appeal", "act", "advocate")
+STAGE_LABELS_AIPL = ("awareness", "interest", "purchase", "loyalty")
+
+
+@dataclass(frozen=True)
+class DimensionRef:
+    """`member.column` of the member's users table."""
+
+    member: str
+    column: str
+
+    @classmethod
+    def parse(cls, text: str) -> DimensionRef:
+        """Parse `member.column`."""
+        member, dot, column = text.partition(".")
+        if not dot or not member or not column or "." in column:
+            raise InvalidArgumentError(f"dimension {text!r}: name it as member.column, e.g. platform.age_band")
+        return cls(member, column)
+
+    def __str__(self) -> str:
+        return f"{self.member}.{self.column}"
+
+
+def check_epsilon(epsilon: float) -> float:
+    """A positive, finite epsilon."""
+    if not (epsilon > 0 and math.isfinite(epsilon)):
+        raise InvalidArgumentError(f"epsilon must be a positive number, got {epsilon!r}")
+    return float(epsilon)
+
+
+@dataclass(frozen=True)
+class OverlapQuery:
+    """Matched people, grouped by up to three dimensions."""
+
+    dimensions: tuple[DimensionRef, ...]
+    epsilon: float
+
+    def __post_init__(self) -> None:
+        check_epsilon(self.epsilon)
+        if len(self.dimensions) > MAX_DIMENSIONS:
+            raise InvalidArgumentError(f"overlap groups by at most {MAX_DIMENSIONS} dimensions")
+        if len(set(self.dimensions)) != len(self.dimensions):
+            raise InvalidArgumentError("a dimension is named twice")
+
+
+@dataclass(frozen=True)
+class FunnelQuery:
+    """Matched people over the 4A stage, optionally crossed with one dimension; labels '4a' or 'aipl'."""
+
+    by: DimensionRef | None
+    epsilon: float
+    labels: str = "4a"
+
+    def __post_init__(self) -> None:
+        check_epsilon(self.epsilon)
+        if self.labels not in ("4a", "aipl"):
+            raise InvalidArgumentError("labels must be '4a' (aware, appeal, act, advocate) or 'aipl'")
+
+
+@dataclass(frozen=True)
+class FunnelFlowQuery:
+    """Transitions between 4A stages from the snapshot on `start` to the one on `end`."""
+
+    start: dt.date
+    end: dt.date
+    epsilon: float
+    labels: str = "4a"
+
+    def __post_init__(self) -> None:
+        check_epsilon(self.epsilon)
+        if self.start >= self.end:
+            raise InvalidArgumentError("start_date must come before end_date")
+
+    @staticmethod
+    def parse_date(text: str, field: str) -> dt.date:
+        """An ISO date."""
+        try:
+            return dt.date.fromisoformat(text)
+        except ValueError:
+            raise InvalidArgumentError(f"{field}: expected a date like 2026-11-01, got {text!r}") from None
+
+
+@dataclass(frozen=True)
+class SegmentInsightQuery:
+    """Per value of one dimension: share among matched people vs. among all of that member's users; TGI."""
+
+    dimension: DimensionRef
+    epsilon: float
+
+    def __post_init__(self) -> None:
+        check_epsilon(self.epsilon)
