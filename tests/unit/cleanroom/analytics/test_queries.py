@@ -1,0 +1,284 @@
+"""The DP queries over real gRPC against a noise-free pandas reference on the same synthetic data."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pandas as pd
+import pytest
+
+from cleanroom.devpki import make_dev_pki
+from cleanroom.principals import Role
+from cleanroom.server import ServerConfig, create_server
+from cleanroom.server.app import RunningServer, TlsConfig
+from cleanroom.synthetic import DEMO_POLICY, FLOW_END, FLOW_START, SyntheticConfig, SyntheticData, generate
+from cleanroom_client import CleanRoomClient, CleanRoomError, SerialExecutor
+from cleanroom_client._proto import analytics_pb2, analytics_pb2_grpc
+
+GENEROUS = DEMO_POLICY.replace("min_group_size: 50", "min_group_size: 5").replace(
+    "per_member_total: 10.0", "per_member_total: 1000.0"
+)
+TIGHT = DEMO_POLICY.replace("per_member_total: 10.0, per_query_max: 1.0", "per_member_total: 1.0, per_query_max: 0.5")
+TIGHT = TIGHT.replace("queries: [overlap, funnel, funnel_flow, segment_insight]", "queries: [overlap, funnel]")
+RUNS = 12
+
+
+class Room:
+    def __init__(self, server: RunningServer, tokens: dict[str, str], pki, root: Path) -> None:
+        self.server, self.tokens, self.pki, self.root = server, tokens, pki, root
+        self.clients: dict[str, CleanRoomClient] = {}
+
+    def client(self, name: str) -> CleanRoomClient:
+        if name not in self.clients:
+            self.clients[name] = CleanRoomClient(
+                f"localhost:{self.server.port}",
+                token=self.tokens[name],
+                root_certificates=self.pki.ca,
+                state_dir=self.root / name,
+                executor=SerialExecutor(),
+                progress=False,
+                chunk_rows=2048,
+            )
+        return self.clients[name]
+
+    def matched(self, collab_id: str, policy: str, data: SyntheticData) -> str:
+        brand, platform = self.client("brand"), self.client("platform")
+        c = brand.create_collaboration(policy, collab_id)
+        brand.approve_policy(c.id)
+        platform.approve_policy(c.id)
+        self.server.room.principals.assign_auditor("auditor", c.id)
+        with ThreadPoolExecutor(2) as pool:
+            jobs = [
+                pool.submit(
+                    brand.match,
+                    c.id,
+                    users=data.brand_users,
+                    key="customer_id",
+                    identifiers={"email": "email", "phone": "mobile"},
+                    attributes=["tier"],
+                    wait_timeout=120,
+                ),
+                pool.submit(
+                    platform.match,
+                    c.id,
+                    users=data.platform_users,
+                    key="user_id",
+                    identifiers={"email": "email", "phone": "phone"},
+                    attributes=["age_band", "stage_4a"],
+                    events={"stage_history": data.platform_stage_history},
+                    wait_timeout=120,
+                ),
+            ]
+            for j in jobs:
+                j.result()
+        return c.id
+
+
+@pytest.fixture(scope="module")
+def room(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("analytics")
+    pki = make_dev_pki(root / "pki")
+    tls = TlsConfig(pki.server_cert.read_bytes(), pki.server_key.read_bytes())
+    server = create_server(ServerConfig(data_dir=root / "server", tls=tls))
+    tokens = {
+        n: server.room.principals.add(n, r)
+        for n, r in (("brand", Role.MEMBER), ("platform", Role.MEMBER), ("auditor", Role.AUDITOR))
+    }
+    r = Room(server, tokens, pki, root)
+    yield r
+    for c in r.clients.values():
+        c.close()
+    server.stop(None)
+
+
+@pytest.fixture(scope="module")
+def data() -> SyntheticData:
+    return generate(SyntheticConfig(brand_users=3000, platform_users=6000, shared=2400, seed=5))
+
+
+@pytest.fixture(scope="module")
+def generous(room, data) -> str:
+    return room.matched("generous", GENEROUS, data)
+
+
+def _truth(data: SyntheticData) -> pd.DataFrame:
+    """The matched people with both members' attributes: the noise-free reference."""
+    people = data.truth.merge(data.brand_users, on="customer_id").merge(data.platform_users, on="user_id")
+    return people.fillna({"tier": "none", "age_band": "none", "stage_4a": "none"})
+
+
+def _coverage(frames: list[pd.DataFrame], truth: dict[tuple, float], dims: list[str], measure: str) -> float:
+    truth = {(k if isinstance(k, tuple) else (k,)): v for k, v in truth.items()}
+    hits = total = 0
+    for f in frames:
+        for _, row in f[(f["measure"] == measure) & ~f["suppressed"]].iterrows():
+            expected = truth.get(tuple(row[d] for d in dims), 0)
+            hits += abs(row["value"] - expected) <= row["error_95"] + 1e-9
+            total += 1
+    assert total > 0
+    return hits / total
+
+
+def test_overlap_by_two_dimensions_is_within_its_error_bars(room, data, generous):
+    brand = room.client("brand")
+    dims = ["brand.tier", "platform.age_band"]
+    frames = [brand.overlap(generous, by=dims, epsilon=0.5) for _ in range(RUNS)]
+    people = _truth(data)
+    truth = people.groupby(["tier", "age_band"]).size().to_dict()
+    assert _coverage(frames, truth, dims, "people") >= 0.9
+    f = frames[0]
+    # every cell of both domains, zero-filled: tiers (3 + none) x age bands (4 + none)
+    assert len(f) == 4 * 5
+    assert {("none", "18-24"), ("gold", "none")} <= set(zip(f["brand.tier"], f["platform.age_band"], strict=True))
+    assert f.attrs["epsilon_spent"] == 0.5
+    assert f.attrs["own_set_size"] == 3000
+    assert f.attrs["noise_scale"] == {"people": pytest.approx(2.0)}
+
+
+def test_funnel_counts_and_shares(room, data, generous):
+    brand = room.client("brand")
+    frames = [brand.funnel(generous, by="brand.tier", epsilon=1.0) for _ in range(RUNS)]
+    people = _truth(data)
+    counts = people.groupby(["tier", "stage_4a"]).size()
+    dims = ["brand.tier", "platform.stage_4a"]
+    assert _coverage(frames, counts.to_dict(), dims, "people") >= 0.9
+    shares = (counts / counts.groupby(level=0).transform("sum")).to_dict()
+    assert _coverage(frames, shares, dims, "share") >= 0.9
+    stages = set(frames[0]["platform.stage_4a"])
+    assert stages == {"aware", "appeal", "act", "advocate", "none"}
+    aipl = brand.funnel(generous, epsilon=0.5, labels="aipl")
+    assert set(aipl["platform.stage_4a"]) == {"awareness", "interest", "purchase", "loyalty", "none"}
+
+
+def test_funnel_flow_transition_matrix(room, data, generous):
+    brand = room.client("brand")
+    frames = [brand.funnel_flow(generous, FLOW_START, FLOW_END, epsilon=1.0) for _ in range(RUNS)]
+    h = data.platform_stage_history
+    start = h[h["date"].astype(str) == FLOW_START].set_index("user_id")["stage_4a"]
+    end = h[h["date"].astype(str) == FLOW_END].set_index("user_id")["stage_4a"]
+    people = data.truth.assign(
+        s0=data.truth["user_id"].map(start).fillna("none"), s1=data.truth["user_id"].map(end).fillna("none")
+    )
+    truth = people.groupby(["s0", "s1"]).size().to_dict()
+    dims = list(frames[0].columns[:2])
+    assert len(frames[0][frames[0]["measure"] == "people"]) == 25
+    assert _coverage(frames, truth, dims, "people") >= 0.9
+    with pytest.raises(CleanRoomError) as info:
+        brand.funnel_flow(generous, FLOW_END, FLOW_START, epsilon=0.5)
+    assert info.value.code == "INVALID_ARGUMENT"
+
+
+def test_segment_insight_tgi_and_penetration(room, data, generous):
+    brand = room.client("brand")
+    frames = [brand.segment_insight(generous, "platform.age_band", epsilon=1.0) for _ in range(RUNS)]
+    people = _truth(data)
+    matched = people.groupby("age_band").size()
+    everyone = data.platform_users.fillna({"age_band": "none"}).groupby("age_band").size()
+    dims = ["platform.age_band"]
+    assert _coverage(frames, matched.to_dict(), dims, "matched") >= 0.9
+    assert _coverage(frames, everyone.to_dict(), dims, "all_users") >= 0.9
+    tgi = (100 * (matched / matched.sum()) / (everyone / everyone.sum())).to_dict()
+    assert _coverage(frames, tgi, dims, "tgi") >= 0.9
+    assert _coverage(frames, (matched / everyone).to_dict(), dims, "penetration") >= 0.9
+    assert frames[0].attrs["noise_scale"] == {"matched": pytest.approx(2.0), "all_users": pytest.approx(2.0)}
+
+
+def test_budget_ledger_equals_the_audit_log(room, generous):
+    budget = room.client("auditor").budget(generous)
+    log = room.client("auditor").audit_log(generous)
+    brand = budget.set_index("member").loc["brand"]
+    assert brand["spent"] == pytest.approx(log[log["principal"] == "brand"]["epsilon"].sum())
+    assert brand["spent"] > 0
+    assert brand["total"] == 1000.0
+    assert brand["left"] == pytest.approx(1000.0 - brand["spent"])
+    assert set(log[log["epsilon"] > 0]["action"]) <= {
+        "query.overlap",
+        "query.funnel",
+        "query.funnel_flow",
+        "query.segment_insight",
+    }
+
+
+def test_refusals_spend_nothing_and_are_logged(room, data, generous):
+    brand = room.client("brand")
+    before = room.client("auditor").budget(generous).set_index("member").loc["brand", "spent"]
+    for call, code in [
+        (lambda: brand.overlap(generous, by=["platform.income"], epsilon=0.5), "INVALID_ARGUMENT"),
+        (lambda: brand.overlap(generous, by=["brand.email"], epsilon=0.5), "INVALID_ARGUMENT"),
+        (lambda: brand.overlap(generous, epsilon=1.5), "INVALID_ARGUMENT"),
+        (lambda: brand.overlap(generous, by=["a.b", "a.c", "a.d", "a.e"], epsilon=0.5), "INVALID_ARGUMENT"),
+        (lambda: room.client("platform").overlap(generous, epsilon=0.5), "PERMISSION_DENIED"),
+    ]:
+        with pytest.raises(CleanRoomError) as info:
+            call()
+        assert info.value.code == code
+    after = room.client("auditor").budget(generous).set_index("member").loc["brand", "spent"]
+    assert after == before
+    refusals = room.client("auditor").audit_log(generous, action="query.refuse")
+    assert any("exceeds the policy's per-query maximum" in p for p in refusals["parameters"])
+    assert any("not a declared dimension" in p for p in refusals["parameters"])
+
+
+def test_tight_budget_admits_exactly_five_of_fifty_parallel_queries_and_survives_restart(room, data):
+    small = generate(SyntheticConfig(brand_users=300, platform_users=400, shared=200, seed=9))
+    collab = room.matched("tight", TIGHT, small)
+    brand = room.client("brand")
+    with pytest.raises(CleanRoomError) as info:
+        brand.segment_insight(collab, "platform.age_band", epsilon=0.1)  # not allowed by this policy
+    assert info.value.code == "PERMISSION_DENIED"
+    credentials = grpc.ssl_channel_credentials(root_certificates=room.pki.ca.read_bytes())
+    barrier = threading.Barrier(50)
+
+    def one(_: int) -> str:  # the outcome of one query: OK, or its status and message
+        with grpc.secure_channel(f"localhost:{room.server.port}", credentials) as channel:
+            stub = analytics_pb2_grpc.AnalyticsServiceStub(channel)
+            barrier.wait()
+            try:
+                stub.Overlap(
+                    analytics_pb2.OverlapRequest(parent=f"collaborations/{collab}", epsilon=0.2),
+                    metadata=(("authorization", f"Bearer {room.tokens['brand']}"),),
+                )
+            except grpc.RpcError as err:
+                return f"{err.code().name}: {err.details()}"
+            return "OK"
+
+    with ThreadPoolExecutor(50) as pool:
+        outcomes = list(pool.map(one, range(50)))
+    assert outcomes.count("OK") == 5
+    refused = [o for o in outcomes if o != "OK"]
+    assert len(refused) == 45
+    assert all(o.startswith("RESOURCE_EXHAUSTED: ") for o in refused)
+    assert all("asks epsilon 0.2" in o and "left of 1" in o for o in refused)
+    budget = brand.budget(collab).set_index("member").loc["brand"]
+    assert budget["spent"] == pytest.approx(1.0)
+    assert budget["left"] == pytest.approx(0.0)
+
+
+def test_small_cells_are_suppressed(room):
+    small = generate(SyntheticConfig(brand_users=200, platform_users=300, shared=120, seed=3))
+    collab = room.matched("suppress", DEMO_POLICY, small)  # min_group_size 50
+    f = room.client("brand").overlap(collab, by=["brand.tier", "platform.age_band"], epsilon=1.0)
+    # 120 people over 20 cells: no cell can honestly reach 50, and withheld cells carry no value
+    assert f["suppressed"].mean() > 0.9
+    assert f[f["suppressed"]]["value"].isna().all()
+
+
+def test_budget_survives_a_restart(tmp_path, data):
+    from cleanroom.privacy import BudgetAccountant
+    from cleanroom.room import Room as DataRoom
+
+    r = DataRoom.open(tmp_path)
+    r.audit.record("c-x", "brand", "query.overlap", {})
+    with r.db.transaction() as cur:
+        r.audit.append(cur, "c-x", "brand", "query.overlap", {}, epsilon=0.3)
+    hold = r.budget.reserve("c-x", "brand", 0.5, 1.0)
+    assert r.budget.status("c-x", "brand", 1.0).remaining == pytest.approx(0.2)
+    assert hold.epsilon == 0.5
+    r.close()
+    r = DataRoom.open(tmp_path)  # the reservation of a query that never committed is dropped
+    status = BudgetAccountant(r.db, r.audit).status("c-x", "brand", 1.0)
+    assert (status.spent, status.reserved) == (pytest.approx(0.3), 0.0)
+    r.close()
