@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pandas as pd
@@ -110,7 +112,7 @@ def _truth(data: SyntheticData) -> pd.DataFrame:
     return people.fillna({"tier": "none", "age_band": "none", "stage_4a": "none"})
 
 
-def _coverage(frames: list[pd.DataFrame], truth: dict[tuple, float], dims: list[str], measure: str) -> float:
+def _coverage(frames: list[pd.DataFrame], truth: Mapping[Any, float], dims: list[str], measure: str) -> float:
     truth = {(k if isinstance(k, tuple) else (k,)): v for k, v in truth.items()}
     hits = total = 0
     for f in frames:
