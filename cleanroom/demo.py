@@ -12,6 +12,7 @@ import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
+import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
@@ -24,7 +25,7 @@ from .matching import match_stats
 from .principals import Role
 from .server import ServerConfig, create_server
 from .server.app import TlsConfig
-from .synthetic import DEMO_POLICY, SyntheticConfig, generate
+from .synthetic import DEMO_POLICY, FLOW_END, FLOW_START, SyntheticConfig, generate
 
 console = Console()
 
@@ -40,6 +41,51 @@ def _summary_table(member: str, s: MatchSummary) -> Table:
         table.add_row(f"table {name} rows uploaded", str(rows))
     table.add_row("peer's set size", str(s.peer_set_size))
     return table
+
+
+def _print(frame: pd.DataFrame, title: str, measures: tuple[str, ...]) -> None:
+    """Cells as a table: one row per group, a column per measure, value ± its 95% error, — where suppressed."""
+    dims = [c for c in frame.columns if c not in ("measure", "value", "error_95", "suppressed")]
+    table = Table(title=title)
+    for d in dims:
+        table.add_column(d)
+    for m in measures:
+        table.add_column(m, justify="right")
+    wide = frame[frame["measure"].isin(measures)]
+    for keys, group in wide.groupby(dims, sort=False):
+        cells = []
+        for m in measures:
+            row = group[group["measure"] == m].iloc[0]
+            if row["suppressed"]:
+                cells.append("—")
+            elif row["value"] >= 10:
+                cells.append(f"{row['value']:,.0f} ± {row['error_95']:,.0f}")
+            else:
+                cells.append(f"{row['value']:.3f} ± {row['error_95']:.3f}")
+        table.add_row(*(str(k) for k in (keys if isinstance(keys, tuple) else (keys,))), *cells)
+    console.print(table)
+    console.print(
+        f"  ε spent {frame.attrs['epsilon_spent']:g}, ε left {frame.attrs['epsilon_remaining']:g}, "
+        f"audit entry #{frame.attrs['audit_sequence']}"
+    )
+
+
+def _queries(brand: CleanRoomClient, collab: str) -> None:
+    """What the brand asks: each answer is differentially private, with its error bars."""
+    _print(brand.overlap(collab, by=["brand.tier", "platform.age_band"], epsilon=0.5), "overlap", ("people",))
+    _print(brand.funnel(collab, by="brand.tier", epsilon=0.5), "4A funnel by tier", ("people", "share"))
+    _print(
+        brand.funnel_flow(collab, FLOW_START, FLOW_END, epsilon=0.5),
+        f"4A flow {FLOW_START} → {FLOW_END}",
+        ("people", "row_share"),
+    )
+    _print(
+        brand.segment_insight(collab, "platform.age_band", epsilon=0.5),
+        "segment insight: age band",
+        ("matched", "all_users", "tgi", "penetration"),
+    )
+    budget = brand.budget(collab)
+    console.print("budget: " + ", ".join(f"{r.member} spent {r.spent:g} of {r.total:g}" for r in budget.itertuples()))
 
 
 def run_demo(brand_users: int, platform_users: int, shared: int, data_dir: Path | None) -> None:
@@ -90,6 +136,7 @@ def run_demo(brand_users: int, platform_users: int, shared: int, data_dir: Path 
                     key="user_id",
                     identifiers={"email": "email", "phone": "phone"},
                     attributes=["age_band", "stage_4a"],
+                    events={"stage_history": data.platform_stage_history},
                     wait_timeout=300,
                 )
                 wait([b, p], return_when=FIRST_EXCEPTION)  # a failing member must not leave the other waiting
@@ -106,6 +153,7 @@ def run_demo(brand_users: int, platform_users: int, shared: int, data_dir: Path 
                 f"in {elapsed:.1f} s; by identifier: "
                 + ", ".join(f"{s.id_type.value} {s.pairs:,}" for s in stats if s.pairs)
             )
+            _queries(brand, collab.id)
             running.room.principals.assign_auditor("auditor", collab.id)
             with connect("auditor") as auditor:
                 online = auditor.verify_audit_log(collab.id)
