@@ -222,13 +222,13 @@ class QueryEngine:
         params = {"dimensions": [str(d) for d in q.dimensions]}
         return self._run(principal, collab_id, "overlap", q.epsilon, params, plan)
 
-    def _stage_axis(self, policy: Policy, labels: str, suffix: str = "") -> Axis:
+    def _stage_axis(self, policy: Policy, suffix: str = "") -> Axis:
         for spec in policy.tables.values():
             if spec.table != "users":
                 continue
             for column in STAGE_COLUMNS:
-                if column in spec.dimensions:
-                    domain = tuple(self._label(v, labels) for v in spec.dimensions[column])
+                if column in spec.dimensions:  # the stored values, 4A or AIPL names; `_relabel` names the answer
+                    domain = spec.dimensions[column]
                     return Axis(f"{spec.member}.{column}{suffix}", spec.member, column, (*domain, NONE))
         raise FailedPreconditionError(
             "the policy declares no 4A stage: a users dimension named stage_4a (or stage_aipl) is needed"
@@ -248,7 +248,7 @@ class QueryEngine:
         """Matched people per 4A stage (and `none`), optionally per value of one more dimension; with shares."""
 
         def plan(collab: Collaboration, people: MatchedPeople) -> Plan:
-            stage = self._stage_axis(collab.policy, "4a")
+            stage = self._stage_axis(collab.policy)
             axes: tuple[Axis, ...] = (stage,)
             if q.by is not None:
                 axes = (axis(str(q.by), q.by.member, q.by.column, _dimension(collab.policy, q.by)), stage)
@@ -269,7 +269,7 @@ class QueryEngine:
         """Matched people per (stage on start, stage on end), with each row's shares."""
 
         def plan(collab: Collaboration, people: MatchedPeople) -> Plan:
-            stage = self._stage_axis(collab.policy, "4a")
+            stage = self._stage_axis(collab.policy)
             history = collab.policy.table(stage.member, "stage_history")
             if history is None or history.time is None or stage.column not in history.dimensions:
                 raise FailedPreconditionError(

@@ -284,3 +284,49 @@ def test_budget_survives_a_restart(tmp_path, data):
     status = BudgetAccountant(r.db, r.audit).status("c-x", "brand", 1.0)
     assert (status.spent, status.reserved) == (pytest.approx(0.3), 0.0)
     r.close()
+
+
+def test_a_platform_that_stores_aipl_stages_gets_either_naming(room):
+    small = generate(SyntheticConfig(brand_users=200, platform_users=300, shared=150, seed=4))
+    aipl = dict(
+        zip(["aware", "appeal", "act", "advocate"], ["awareness", "interest", "purchase", "loyalty"], strict=True)
+    )
+    platform_users = small.platform_users.rename(columns={"stage_4a": "stage_aipl"})
+    platform_users["stage_aipl"] = platform_users["stage_aipl"].map(aipl)
+    history = small.platform_stage_history.rename(columns={"stage_4a": "stage_aipl"})
+    history["stage_aipl"] = history["stage_aipl"].map(aipl)
+    policy = GENEROUS.replace(
+        "stage_4a: [aware, appeal, act, advocate]", "stage_aipl: [awareness, interest, purchase, loyalty]"
+    )
+    data = SyntheticData(small.brand_users, small.brand_conversions, platform_users, history, small.truth)
+    brand, platform = room.client("brand"), room.client("platform")
+    c = brand.create_collaboration(policy, "aipl-stages")
+    brand.approve_policy(c.id)
+    platform.approve_policy(c.id)
+    with ThreadPoolExecutor(2) as pool:
+        jobs = [
+            pool.submit(
+                brand.match,
+                c.id,
+                users=data.brand_users,
+                key="customer_id",
+                identifiers={"email": "email"},
+                wait_timeout=120,
+            ),
+            pool.submit(
+                platform.match,
+                c.id,
+                users=data.platform_users,
+                key="user_id",
+                identifiers={"email": "email"},
+                attributes=["stage_aipl"],
+                events={"stage_history": data.platform_stage_history},
+                wait_timeout=120,
+            ),
+        ]
+        for j in jobs:
+            j.result()
+    as_4a = brand.funnel(c.id, epsilon=0.5)
+    assert set(as_4a["platform.stage_aipl"]) == {"aware", "appeal", "act", "advocate", "none"}
+    as_aipl = brand.funnel_flow(c.id, FLOW_START, FLOW_END, epsilon=0.5, labels="aipl")
+    assert set(as_aipl.iloc[:, 0]) == {"awareness", "interest", "purchase", "loyalty", "none"}
