@@ -15,6 +15,7 @@ it there; segment insight releases two (matched people, and all of the member's 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,14 +30,17 @@ from ..privacy import BudgetAccountant, NoiseMechanism
 from ..privacy import noise as noise_math
 from ..storage import Database
 from ..storage.database import first
+from .attribution import CENTS, MILLI, attribution_histograms, check_attribution, event_tables, lift_histograms
 from .cells import Z95, Cell, ratio, share, withheld
 from .matched import NONE, Axis, Histogram, MatchedPeople, axis
 from .queries import (
     STAGE_LABELS_4A,
     STAGE_LABELS_AIPL,
+    AttributionQuery,
     DimensionRef,
     FunnelFlowQuery,
     FunnelQuery,
+    LiftQuery,
     OverlapQuery,
     SegmentInsightQuery,
 )
@@ -70,7 +74,8 @@ class Noisy:
 class Plan:
     """What one query measures (histograms with their epsilon shares) and how it turns noisy counts into cells."""
 
-    histograms: tuple[tuple[str, Histogram, float], ...]
+    #: (name, exact histogram, epsilon for it, its L1 sensitivity)
+    histograms: tuple[tuple[str, Histogram, float, int], ...]
     finish: Callable[[Mapping[str, Noisy], int], list[Cell]]
     dimensions: tuple[str, ...]
 
@@ -173,8 +178,8 @@ class QueryEngine:
             raise
         try:
             noisy: dict[str, Noisy] = {}
-            for name, histogram, eps in plan.histograms:
-                values, scale = self._noise.release(list(histogram.counts), 1, eps)
+            for name, histogram, eps, sensitivity in plan.histograms:
+                values, scale = self._noise.release(list(histogram.counts), sensitivity, eps)
                 noisy[name] = Noisy(histogram.keys, tuple(values), scale)
             finish, dimensions = plan.finish, plan.dimensions
             del plan  # the exact counts end here: everything below is built from `noisy`
@@ -217,7 +222,7 @@ class QueryEngine:
                 n = noisy["people"]
                 return [_counts(n, keys, "people", min_group) for keys in n.keys]
 
-            return Plan((("people", histogram, q.epsilon),), finish, tuple(a.label for a in axes))
+            return Plan((("people", histogram, q.epsilon, 1),), finish, tuple(a.label for a in axes))
 
         params = {"dimensions": [str(d) for d in q.dimensions]}
         return self._run(principal, collab_id, "overlap", q.epsilon, params, plan)
@@ -260,7 +265,7 @@ class QueryEngine:
                 return counts + _shares(n, lambda keys: keys[:-1], "share", min_group)
 
             labels = tuple(a.label for a in axes)
-            return Plan((("people", histogram, q.epsilon),), finish, labels)
+            return Plan((("people", histogram, q.epsilon, 1),), finish, labels)
 
         params = {"by": str(q.by) if q.by else "", "labels": q.labels}
         return self._run(principal, collab_id, "funnel", q.epsilon, params, plan)
@@ -284,7 +289,7 @@ class QueryEngine:
                 counts = [_counts(n, keys, "people", min_group) for keys in n.keys]
                 return counts + _shares(n, lambda keys: keys[0], "row_share", min_group)
 
-            return Plan((("people", histogram, q.epsilon),), finish, (start.label, end.label))
+            return Plan((("people", histogram, q.epsilon, 1),), finish, (start.label, end.label))
 
         params = {"start_date": q.start.isoformat(), "end_date": q.end.isoformat(), "labels": q.labels}
         return self._run(principal, collab_id, "funnel_flow", q.epsilon, params, plan)
@@ -321,10 +326,107 @@ class QueryEngine:
                     out.append(Cell(keys, "penetration", *pen, False) if pen else withheld(keys, "penetration"))
                 return out
 
-            return Plan((("matched", matched, half), ("all_users", everyone, half)), finish, (ax.label,))
+            return Plan((("matched", matched, half, 1), ("all_users", everyone, half, 1)), finish, (ax.label,))
 
         params = {"dimension": str(q.dimension)}
         return self._run(principal, collab_id, "segment_insight", q.epsilon, params, plan)
+
+    def attribution(self, principal: Principal, collab_id: str, q: AttributionQuery) -> QueryAnswer:
+        """Attributed conversions and revenue (and ROAS where spend is public) per campaign or channel.
+
+        Epsilon is split in half between the conversions vector (sensitivity 1000 x cap thousandths) and the
+        revenue vector (sensitivity 100 x cap x max|value| cents); see `attribution.py` for the bounding.
+        The group `none` holds the unattributed conversions.
+        """
+        check_attribution(q.model, q.lookback_days, q.half_life_days)
+        half = q.epsilon / 2
+
+        def plan(collab: Collaboration, people: MatchedPeople) -> Plan:
+            policy = collab.policy
+            ev = event_tables(policy)
+            group = axis(q.by, ev.exposures.member, q.by, ev.exposures.dimensions[q.by])
+            brand = None
+            if q.brand_dimension is not None:
+                d = q.brand_dimension
+                brand = axis(str(d), d.member, d.column, _dimension(policy, d))
+            conv, rev = attribution_histograms(
+                self._db.cursor(),
+                collab.id,
+                ev,
+                group,
+                brand,
+                q.model,
+                q.lookback_days,
+                q.click_over_view,
+                q.half_life_days,
+            )
+            spend = policy.campaign_spend if q.by == "campaign" else {}
+
+            def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
+                c, r = noisy["conversions"], noisy["revenue"]
+                out: list[Cell] = []
+                for keys, vc, vr in zip(c.keys, c.values, r.values, strict=True):
+                    if vc / MILLI < min_group:
+                        out += [withheld(keys, m) for m in ("attributed_conversions", "attributed_revenue", "roas")]
+                        continue
+                    out.append(Cell(keys, "attributed_conversions", vc / MILLI, c.error_95 / MILLI, False))
+                    out.append(Cell(keys, "attributed_revenue", vr / CENTS, r.error_95 / CENTS, False))
+                    cost = spend.get(keys[0])
+                    if cost:
+                        out.append(Cell(keys, "roas", vr / CENTS / cost, r.error_95 / CENTS / cost, False))
+                    else:
+                        out.append(withheld(keys, "roas"))
+                return out
+
+            histograms = (
+                ("conversions", conv, half, MILLI * ev.cap),
+                ("revenue", rev, half, math.ceil(CENTS * ev.cap * ev.value_bound)),
+            )
+            dims = (q.by,) if brand is None else (q.by, brand.label)
+            return Plan(histograms, finish, dims)
+
+        params = {
+            "model": q.model,
+            "lookback_days": q.lookback_days,
+            "by": q.by,
+            "brand_dimension": str(q.brand_dimension or ""),
+            "click_over_view": q.click_over_view,
+            "half_life_days": q.half_life_days,
+        }
+        return self._run(principal, collab_id, "attribution", q.epsilon, params, plan)
+
+    def lift(self, principal: Principal, collab_id: str, q: LiftQuery) -> QueryAnswer:
+        """Conversion rate per test group, absolute and relative lift, incremental conversions and revenue.
+
+        Epsilon is split in quarters over four vectors with one cell per group (every person in one group):
+        people (sensitivity 1), converters (1), revenue in cents (100 x cap x max|value|) and revenue squared in
+        currency units squared ((cap x max|value|)^2 + 1). Intervals combine sampling error and DP noise.
+        """
+        quarter = q.epsilon / 4
+
+        def plan(collab: Collaboration, people: MatchedPeople) -> Plan:
+            policy = collab.policy
+            ev = event_tables(policy)
+            groups = next((t for t in policy.tables.values() if t.table == "test_groups"), None)
+            if groups is None or not {"campaign", "test_group"} <= set(groups.dimensions):
+                raise FailedPreconditionError(
+                    "the policy must declare a test_groups table with campaign and test_group"
+                )
+            if q.campaign not in groups.dimensions["campaign"]:
+                raise InvalidArgumentError(
+                    f"campaign {q.campaign!r} is not in the declared domain {list(groups.dimensions['campaign'])}"
+                )
+            h = lift_histograms(self._db.cursor(), collab.id, ev, groups, q.campaign)
+            bound = ev.cap * ev.value_bound
+            histograms = (
+                ("people", h["people"], quarter, 1),
+                ("converters", h["converters"], quarter, 1),
+                ("revenue", h["revenue_cents"], quarter, math.ceil(CENTS * bound)),
+                ("revenue_sq", h["revenue_sq"], quarter, math.ceil(bound**2) + 1),
+            )
+            return Plan(histograms, lambda noisy, min_group: lift_cells(noisy, min_group), ("test_group",))
+
+        return self._run(principal, collab_id, "lift", q.epsilon, {"campaign": q.campaign}, plan)
 
     def budget(self, principal: Principal, collab_id: str) -> tuple[Collaboration, list[tuple[str, float, float]]]:
         """Each querying member's total, spent and remaining epsilon (members and assigned auditors)."""
@@ -335,3 +437,71 @@ class QueryEngine:
             status = self._budget.status(collab.id, m.name, total)
             rows.append((m.name, status.spent, status.remaining))
         return collab, rows
+
+
+def _rate(n: Noisy, c: Noisy, i: int) -> tuple[float, float, float] | None:
+    """Conversion rate of group i with its variance (sampling + noise), and the group size; None if empty."""
+    people, conv = n.values[i], max(c.values[i], 0)
+    if people <= 0:
+        return None
+    p = min(conv / people, 1.0)
+    var = p * (1 - p) / people + (c.variance + p**2 * n.variance) / people**2
+    return p, var, float(people)
+
+
+def _mean(n: Noisy, r: Noisy, sq: Noisy, i: int) -> tuple[float, float] | None:
+    """Revenue per person of group i (currency units) with its variance (sampling + noise)."""
+    people = n.values[i]
+    if people <= 0:
+        return None
+    mu = r.values[i] / CENTS / people
+    second = max(sq.values[i], 0) / people
+    sampling = max(second - mu**2, 0.0) / people
+    noise = (r.variance / CENTS**2 + mu**2 * n.variance) / people**2
+    return mu, sampling + noise
+
+
+def lift_cells(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
+    """Per group: people, converters, conversion rate, revenue per person; then the lift estimates.
+
+    Intervals are normal approximations (1.96 standard deviations) whose variance adds the binomial (or
+    empirical) sampling variance to the DP noise variance, by the delta method for the derived ratios.
+    """
+    n, c, r, sq = noisy["people"], noisy["converters"], noisy["revenue"], noisy["revenue_sq"]
+    out: list[Cell] = []
+    ok = {}
+    for i, keys in enumerate(n.keys):
+        group_ok = n.values[i] >= min_group and c.values[i] >= min_group
+        ok[keys[0]] = group_ok
+        out.append(Cell(keys, "people", n.values[i], n.error_95, False) if group_ok else withheld(keys, "people"))
+        out.append(
+            Cell(keys, "converters", c.values[i], c.error_95, False) if group_ok else withheld(keys, "converters")
+        )
+        rate, mean = _rate(n, c, i), _mean(n, r, sq, i)
+        if group_ok and rate and mean:
+            out.append(Cell(keys, "conversion_rate", rate[0], Z95 * math.sqrt(rate[1]), False))
+            out.append(Cell(keys, "revenue_per_person", mean[0], Z95 * math.sqrt(mean[1]), False))
+        else:
+            out += [withheld(keys, "conversion_rate"), withheld(keys, "revenue_per_person")]
+    e, h = n.keys.index(("exposed",)), n.keys.index(("holdout",))
+    re_, rh = _rate(n, c, e), _rate(n, c, h)
+    me, mh = _mean(n, r, sq, e), _mean(n, r, sq, h)
+    key = ("lift",)
+    names = ("absolute_lift", "relative_lift", "incremental_conversions", "incremental_revenue")
+    if not (ok["exposed"] and ok["holdout"] and re_ and rh and me and mh and rh[0] > 0):
+        return out + [withheld(key, m) for m in names]
+    diff, var_diff = re_[0] - rh[0], re_[1] + rh[1]
+    rel = re_[0] / rh[0] - 1
+    var_rel = re_[1] / rh[0] ** 2 + (re_[0] / rh[0] ** 2) ** 2 * rh[1]
+    exposed = re_[2]
+    inc_conv, var_inc_conv = diff * exposed, exposed**2 * var_diff + diff**2 * n.variance
+    mdiff, var_mdiff = me[0] - mh[0], me[1] + mh[1]
+    inc_rev, var_inc_rev = mdiff * exposed, exposed**2 * var_mdiff + mdiff**2 * n.variance
+    for measure, value, var in (
+        ("absolute_lift", diff, var_diff),
+        ("relative_lift", rel, var_rel),
+        ("incremental_conversions", inc_conv, var_inc_conv),
+        ("incremental_revenue", inc_rev, var_inc_rev),
+    ):
+        out.append(Cell(key, measure, value, Z95 * math.sqrt(var), False))
+    return out

@@ -104,3 +104,34 @@ class SegmentInsightQuery:
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
+
+
+@dataclass(frozen=True)
+class AttributionQuery:
+    """Credit for the matched people's conversions, by campaign or channel (and optionally one more dimension)."""
+
+    model: str
+    lookback_days: int
+    by: str
+    epsilon: float
+    brand_dimension: DimensionRef | None = None
+    click_over_view: bool = False
+    half_life_days: float = 7.0
+
+    def __post_init__(self) -> None:
+        check_epsilon(self.epsilon)
+        if self.by not in ("campaign", "channel"):
+            raise InvalidArgumentError("by must be campaign or channel")
+
+
+@dataclass(frozen=True)
+class LiftQuery:
+    """Conversion lift of one campaign: its exposed group against its holdout."""
+
+    campaign: str
+    epsilon: float
+
+    def __post_init__(self) -> None:
+        check_epsilon(self.epsilon)
+        if not self.campaign:
+            raise InvalidArgumentError("name the campaign")

@@ -1,8 +1,8 @@
 """AnalyticsService: protobuf in, the query engine, protobuf out.
 
-Overlap, funnel, funnel flow, segment insight and the budget run the DP pipeline of `cleanroom.analytics`.
-Attribution, lift, lookalike and activation check who may call them first (so the access matrix holds) and then
-answer UNIMPLEMENTED until their issues land: they compute and release nothing.
+Overlap, funnel, funnel flow, segment insight, attribution, lift and the budget run the DP pipeline of
+`cleanroom.analytics`. Lookalike and activation check who may call them first (so the access matrix holds) and
+then answer UNIMPLEMENTED until their issue lands: they compute and release nothing.
 """
 
 from __future__ import annotations
@@ -12,10 +12,28 @@ import grpc
 from cleanroom_client._proto import analytics_pb2 as pb
 from cleanroom_client._proto import analytics_pb2_grpc as pb_grpc
 
-from ..analytics import FunnelFlowQuery, FunnelQuery, OverlapQuery, QueryAnswer, QueryEngine, SegmentInsightQuery
+from ..analytics import (
+    AttributionQuery,
+    FunnelFlowQuery,
+    FunnelQuery,
+    LiftQuery,
+    OverlapQuery,
+    QueryAnswer,
+    QueryEngine,
+    SegmentInsightQuery,
+)
 from ..analytics.queries import DimensionRef
 from ..collaborations import parse_name
+from ..errors import InvalidArgumentError
 from .auth import Authenticator
+
+_MODELS = {
+    pb.ATTRIBUTION_MODEL_LAST_TOUCH: "last_touch",
+    pb.ATTRIBUTION_MODEL_FIRST_TOUCH: "first_touch",
+    pb.ATTRIBUTION_MODEL_LINEAR: "linear",
+    pb.ATTRIBUTION_MODEL_TIME_DECAY: "time_decay",
+    pb.ATTRIBUTION_MODEL_POSITION_BASED: "position_based",
+}
 
 
 def answer_to_proto(a: QueryAnswer) -> pb.QueryResult:
@@ -84,14 +102,31 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
     def Attribution(  # noqa: N802
         self, request: pb.AttributionRequest, context: grpc.ServicerContext
     ) -> pb.QueryResult:
-        """Not yet: the attribution issue."""
-        self._not_yet(request.parent, context, "attribution")
-        return pb.QueryResult()
+        """Multi-touch attribution."""
+        principal = self._auth.principal(context)
+        self._engine.authorize(principal, parse_name(request.parent), "attribution")
+        model = _MODELS.get(request.model)
+        if model is None:
+            raise InvalidArgumentError(
+                "model must be set: last_touch, first_touch, linear, time_decay or position_based"
+            )
+        q = AttributionQuery(
+            model=model,
+            lookback_days=request.lookback_days,
+            by=request.by or "campaign",
+            epsilon=request.epsilon,
+            brand_dimension=DimensionRef.parse(request.brand_dimension) if request.brand_dimension else None,
+            click_over_view=request.click_over_view,
+            half_life_days=request.half_life_days or 7.0,
+        )
+        return answer_to_proto(self._engine.attribution(principal, parse_name(request.parent), q))
 
     def Lift(self, request: pb.LiftRequest, context: grpc.ServicerContext) -> pb.QueryResult:  # noqa: N802
-        """Not yet: the attribution issue."""
-        self._not_yet(request.parent, context, "lift")
-        return pb.QueryResult()
+        """Lift against the holdout."""
+        principal = self._auth.principal(context)
+        self._engine.authorize(principal, parse_name(request.parent), "lift")
+        q = LiftQuery(request.campaign, request.epsilon)
+        return answer_to_proto(self._engine.lift(principal, parse_name(request.parent), q))
 
     def Lookalike(  # noqa: N802
         self, request: pb.LookalikeRequest, context: grpc.ServicerContext

@@ -221,6 +221,47 @@ class CleanRoomClient:
         request = qpb.SegmentInsightRequest(parent=_name(collaboration_id), dimension=dimension, epsilon=epsilon)
         return _frame(self._call(self._analytics.SegmentInsight, request))
 
+    def attribution(
+        self,
+        collaboration_id: str,
+        model: str = "last_touch",
+        lookback_days: int = 7,
+        by: str = "campaign",
+        epsilon: float = 1.0,
+        brand_dimension: str | None = None,
+        click_over_view: bool = False,
+        half_life_days: float = 7.0,
+    ) -> pd.DataFrame:
+        """Attributed conversions, revenue and ROAS per campaign or channel; group `none` is unattributed.
+
+        Models: last_touch, first_touch, linear, time_decay (with half_life_days), position_based (40/20/40).
+        """
+        models = {
+            "last_touch": qpb.ATTRIBUTION_MODEL_LAST_TOUCH,
+            "first_touch": qpb.ATTRIBUTION_MODEL_FIRST_TOUCH,
+            "linear": qpb.ATTRIBUTION_MODEL_LINEAR,
+            "time_decay": qpb.ATTRIBUTION_MODEL_TIME_DECAY,
+            "position_based": qpb.ATTRIBUTION_MODEL_POSITION_BASED,
+        }
+        if model not in models:
+            raise ValueError(f"model must be one of {', '.join(models)}")
+        request = qpb.AttributionRequest(
+            parent=_name(collaboration_id),
+            model=models[model],
+            lookback_days=lookback_days,
+            by=by,
+            brand_dimension=brand_dimension or "",
+            click_over_view=click_over_view,
+            half_life_days=half_life_days,
+            epsilon=epsilon,
+        )
+        return _frame(self._call(self._analytics.Attribution, request))
+
+    def lift(self, collaboration_id: str, campaign: str, epsilon: float = 1.0) -> pd.DataFrame:
+        """Conversion rate per test group, lift, incremental conversions and revenue, with intervals."""
+        request = qpb.LiftRequest(parent=_name(collaboration_id), campaign=campaign, epsilon=epsilon)
+        return _frame(self._call(self._analytics.Lift, request))
+
     def budget(self, collaboration_id: str) -> pd.DataFrame:
         """Epsilon total, spent and left per member."""
         b = self._call(self._analytics.GetBudget, qpb.GetBudgetRequest(parent=_name(collaboration_id)))

@@ -34,8 +34,8 @@ RESERVED_COLUMNS = frozenset({"row_id"})
 #: The cell every dimension gets for people without a value.
 NONE_VALUE = "none"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-_TOP_KEYS = frozenset({"name", "members", "tables", "queries", "min_group_size", "epsilon"})
-_TABLE_KEYS = frozenset({"time", "dimensions", "measures"})
+_TOP_KEYS = frozenset({"name", "members", "tables", "queries", "min_group_size", "epsilon", "campaign_spend"})
+_TABLE_KEYS = frozenset({"time", "dimensions", "measures", "max_per_person"})
 
 
 class PolicyError(ValueError):
@@ -63,6 +63,8 @@ class TableSpec:
     time: str | None = None
     dimensions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     measures: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    #: For event tables: the most rows (e.g. conversions) one person may contribute to a query; None: no cap set.
+    max_per_person: int | None = None
 
     @property
     def qualified_name(self) -> str:
@@ -86,6 +88,8 @@ class Policy:
     min_group_size: int
     epsilon_per_member_total: float
     epsilon_per_query_max: float
+    #: Public spend per campaign (currency units), for ROAS.
+    campaign_spend: Mapping[str, float] = field(default_factory=dict)
 
     def member(self, name: str) -> MemberSpec | None:
         """The member called `name`, or None."""
@@ -135,6 +139,7 @@ def parse_policy(text: str) -> Policy:
         min_group = 1
 
     total, per_query = _epsilon(doc.get("epsilon"), problems)
+    spend = _spend(doc.get("campaign_spend") or {}, problems)
     if problems:
         raise PolicyError(problems)
     return Policy(
@@ -145,7 +150,21 @@ def parse_policy(text: str) -> Policy:
         min_group_size=min_group,
         epsilon_per_member_total=total,
         epsilon_per_query_max=per_query,
+        campaign_spend=spend,
     )
+
+
+def _spend(raw: Any, problems: list[str]) -> dict[str, float]:
+    if not isinstance(raw, dict):
+        problems.append("campaign_spend: a mapping of campaign to its (public) spend")
+        return {}
+    out = {}
+    for campaign, amount in raw.items():
+        if not isinstance(amount, (int, float)) or isinstance(amount, bool) or not math.isfinite(amount) or amount <= 0:
+            problems.append(f"campaign_spend.{campaign}: a positive number")
+            continue
+        out[str(campaign)] = float(amount)
+    return out
 
 
 def _members(raw: Any, problems: list[str]) -> tuple[MemberSpec, ...]:
@@ -196,12 +215,16 @@ def _tables(raw: Any, member_names: set[str], problems: list[str]) -> dict[str, 
             time = None
         dims = _dimensions(spec.get("dimensions") or {}, path, problems)
         measures = _measures(spec.get("measures") or {}, path, problems)
+        cap = spec.get("max_per_person")
+        if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
+            problems.append(f"{path}.max_per_person: an integer >= 1")
+            cap = None
         columns = ([time] if time else []) + list(dims) + list(measures)
         for col in {c for c in columns if columns.count(c) > 1}:
             problems.append(f"{path}: column {col!r} is declared more than once")
         for col in RESERVED_COLUMNS.intersection(columns):
             problems.append(f"{path}: column name {col!r} is reserved for the surrogate id")
-        tables[qualified] = TableSpec(member, table, time, dims, measures)
+        tables[qualified] = TableSpec(member, table, time, dims, measures, cap)
     return tables
 
 

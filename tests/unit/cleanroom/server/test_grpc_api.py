@@ -40,7 +40,9 @@ def test_health_and_reflection(server, pki):
 
 def test_later_services_are_unimplemented(stub_for, active):
     stub, md = stub_for(analytics_pb2_grpc.AnalyticsServiceStub, "brand")
-    code, _ = _code(lambda: stub.Lift(analytics_pb2.LiftRequest(parent=f"collaborations/{active}"), metadata=md))
+    code, _ = _code(
+        lambda: stub.Lookalike(analytics_pb2.LookalikeRequest(parent=f"collaborations/{active}"), metadata=md)
+    )
     assert code is grpc.StatusCode.UNIMPLEMENTED
 
 
