@@ -12,8 +12,9 @@ Contribution bounding, which makes the sensitivities exact:
 
 A touchpoint qualifies for a conversion when it is the same person's exposure at or before the conversion and no
 more than `lookback_days` before it (both ends inclusive). With click-over-view, a conversion that has any
-qualifying click is credited to its clicks only. Touchpoints of one conversion are ordered by time, then clicks
-before impressions, then campaign and channel names: that order decides first and last touch and positions.
+qualifying click is credited to its clicks only. Touchpoints of one conversion are ordered by time; at the same
+instant an impression comes before a click (so a tie goes to the click for last touch), then by campaign and
+channel name. That order decides first and last touch and the positions.
 
 Lift: each matched person with a test group for the campaign falls in one group; per group the number of people,
 of converters (at least one conversion), and the sum and sum of squares of their capped, clamped revenue.
@@ -144,7 +145,7 @@ def attribution_histograms(
         ),
         ordered AS (
             SELECT *,
-                   row_number() OVER (PARTITION BY person, rn ORDER BY ets, is_click DESC, campaign, channel) AS pos,
+                   row_number() OVER (PARTITION BY person, rn ORDER BY ets, is_click, campaign, channel) AS pos,
                    count(*) OVER (PARTITION BY person, rn) AS n,
                    pow(2.0, -(epoch(cts) - epoch(ets)) / ($half_life * 86400.0)) AS decay
             FROM kept WHERE NOT $cov OR any_click = 0 OR is_click

@@ -37,6 +37,8 @@ def variance(scale: float) -> float:
 def error_95(scale: float) -> int:
     """The smallest t with P(|noise| > t) <= 5%: P(|X| > t) = 2 a^(t+1) / (1 + a)."""
     a = _alpha(scale)
+    if a <= 0.0:  # a scale so small that the noise is always 0
+        return 0
     t = math.log(0.05 * (1 + a) / 2) / math.log(a) - 1
     return max(0, math.ceil(t - 1e-9))
 

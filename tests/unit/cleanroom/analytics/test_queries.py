@@ -5,19 +5,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pandas as pd
 import pytest
 
-from cleanroom.devpki import make_dev_pki
-from cleanroom.principals import Role
-from cleanroom.server import ServerConfig, create_server
-from cleanroom.server.app import RunningServer, TlsConfig
 from cleanroom.synthetic import DEMO_POLICY, FLOW_END, FLOW_START, SyntheticConfig, SyntheticData, generate
-from cleanroom_client import CleanRoomClient, CleanRoomError, SerialExecutor
+from cleanroom_client import CleanRoomError
 from cleanroom_client._proto import analytics_pb2, analytics_pb2_grpc
 
 GENEROUS = DEMO_POLICY.replace("min_group_size: 50", "min_group_size: 5").replace(
@@ -28,74 +23,6 @@ TIGHT = TIGHT.replace("queries: [overlap, funnel, funnel_flow, segment_insight]"
 #: Unsuppressed cells per measure to judge coverage on: with 300, a true 95% coverage falls under 90% about once
 #: in 10^5 runs, so the test is not flaky, and a bound that covers less than 90% fails it.
 SAMPLES = 300
-
-
-class Room:
-    def __init__(self, server: RunningServer, tokens: dict[str, str], pki, root: Path) -> None:
-        self.server, self.tokens, self.pki, self.root = server, tokens, pki, root
-        self.clients: dict[str, CleanRoomClient] = {}
-
-    def client(self, name: str) -> CleanRoomClient:
-        if name not in self.clients:
-            self.clients[name] = CleanRoomClient(
-                f"localhost:{self.server.port}",
-                token=self.tokens[name],
-                root_certificates=self.pki.ca,
-                state_dir=self.root / name,
-                executor=SerialExecutor(),
-                progress=False,
-                chunk_rows=2048,
-            )
-        return self.clients[name]
-
-    def matched(self, collab_id: str, policy: str, data: SyntheticData) -> str:
-        brand, platform = self.client("brand"), self.client("platform")
-        c = brand.create_collaboration(policy, collab_id)
-        brand.approve_policy(c.id)
-        platform.approve_policy(c.id)
-        self.server.room.principals.assign_auditor("auditor", c.id)
-        with ThreadPoolExecutor(2) as pool:
-            jobs = [
-                pool.submit(
-                    brand.match,
-                    c.id,
-                    users=data.brand_users,
-                    key="customer_id",
-                    identifiers={"email": "email", "phone": "mobile"},
-                    attributes=["tier"],
-                    wait_timeout=120,
-                ),
-                pool.submit(
-                    platform.match,
-                    c.id,
-                    users=data.platform_users,
-                    key="user_id",
-                    identifiers={"email": "email", "phone": "phone"},
-                    attributes=["age_band", "stage_4a"],
-                    events={"stage_history": data.platform_stage_history},
-                    wait_timeout=120,
-                ),
-            ]
-            for j in jobs:
-                j.result()
-        return c.id
-
-
-@pytest.fixture(scope="module")
-def room(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("analytics")
-    pki = make_dev_pki(root / "pki")
-    tls = TlsConfig(pki.server_cert.read_bytes(), pki.server_key.read_bytes())
-    server = create_server(ServerConfig(data_dir=root / "server", tls=tls))
-    tokens = {
-        n: server.room.principals.add(n, r)
-        for n, r in (("brand", Role.MEMBER), ("platform", Role.MEMBER), ("auditor", Role.AUDITOR))
-    }
-    r = Room(server, tokens, pki, root)
-    yield r
-    for c in r.clients.values():
-        c.close()
-    server.stop(None)
 
 
 @pytest.fixture(scope="module")

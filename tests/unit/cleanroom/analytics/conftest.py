@@ -1,0 +1,106 @@
+"""A module-scoped server with brand, platform and auditor principals, and matched collaborations on demand."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cleanroom.devpki import make_dev_pki
+from cleanroom.principals import Role
+from cleanroom.server import ServerConfig, create_server
+from cleanroom.server.app import RunningServer, TlsConfig
+from cleanroom.synthetic import SyntheticData
+from cleanroom_client import CleanRoomClient, SerialExecutor
+
+
+class Room:
+    def __init__(self, server: RunningServer, tokens: dict[str, str], pki, root: Path) -> None:
+        self.server, self.tokens, self.pki, self.root = server, tokens, pki, root
+        self.clients: dict[str, CleanRoomClient] = {}
+
+    def client(self, name: str) -> CleanRoomClient:
+        if name not in self.clients:
+            self.clients[name] = CleanRoomClient(
+                f"localhost:{self.server.port}",
+                token=self.tokens[name],
+                root_certificates=self.pki.ca,
+                state_dir=self.root / name,
+                executor=SerialExecutor(),
+                progress=False,
+                chunk_rows=2048,
+            )
+        return self.clients[name]
+
+    def match_frames(
+        self,
+        collab_id: str,
+        policy: str,
+        brand: dict[str, Any],
+        platform: dict[str, Any],
+    ) -> str:
+        """Create, approve and match a collaboration with the given `match()` keyword arguments per member."""
+        b, p = self.client("brand"), self.client("platform")
+        c = b.create_collaboration(policy, collab_id)
+        b.approve_policy(c.id)
+        p.approve_policy(c.id)
+        self.server.room.principals.assign_auditor("auditor", c.id)
+        with ThreadPoolExecutor(2) as pool:
+            jobs = [
+                pool.submit(b.match, c.id, wait_timeout=120, **brand),
+                pool.submit(p.match, c.id, wait_timeout=120, **platform),
+            ]
+            for j in jobs:
+                j.result()
+        return c.id
+
+    def matched(self, collab_id: str, policy: str, data: SyntheticData) -> str:
+        brand, platform = self.client("brand"), self.client("platform")
+        c = brand.create_collaboration(policy, collab_id)
+        brand.approve_policy(c.id)
+        platform.approve_policy(c.id)
+        self.server.room.principals.assign_auditor("auditor", c.id)
+        with ThreadPoolExecutor(2) as pool:
+            jobs = [
+                pool.submit(
+                    brand.match,
+                    c.id,
+                    users=data.brand_users,
+                    key="customer_id",
+                    identifiers={"email": "email", "phone": "mobile"},
+                    attributes=["tier"],
+                    wait_timeout=120,
+                ),
+                pool.submit(
+                    platform.match,
+                    c.id,
+                    users=data.platform_users,
+                    key="user_id",
+                    identifiers={"email": "email", "phone": "phone"},
+                    attributes=["age_band", "stage_4a"],
+                    events={"stage_history": data.platform_stage_history},
+                    wait_timeout=120,
+                ),
+            ]
+            for j in jobs:
+                j.result()
+        return c.id
+
+
+@pytest.fixture(scope="module")
+def room(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("analytics")
+    pki = make_dev_pki(root / "pki")
+    tls = TlsConfig(pki.server_cert.read_bytes(), pki.server_key.read_bytes())
+    server = create_server(ServerConfig(data_dir=root / "server", tls=tls))
+    tokens = {
+        n: server.room.principals.add(n, r)
+        for n, r in (("brand", Role.MEMBER), ("platform", Role.MEMBER), ("auditor", Role.AUDITOR))
+    }
+    r = Room(server, tokens, pki, root)
+    yield r
+    for c in r.clients.values():
+        c.close()
+    server.stop(None)

@@ -1,0 +1,210 @@
+"""Attribution and lift against a plain-Python reference.
+
+Hand-built cases run under a test policy with an enormous epsilon, so the noise scale is about 1e-5 and OpenDP's
+integer noise is zero: the answers must equal the reference exactly. Production policies cannot reach this by
+accident: the budget and the per-query cap are the policy's, approved by both members.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections import defaultdict
+
+import pandas as pd
+import pytest
+
+from cleanroom_client import CleanRoomError
+
+POLICY = """\
+name: attribution-test
+members:
+  brand:    {abilities: [contribute, query, receive_results]}
+  platform: {abilities: [contribute]}
+tables:
+  brand.users:        {dimensions: {tier: [gold, basic]}}
+  brand.conversions:  {time: ts, measures: {value: [0, 100]}, max_per_person: 2}
+  platform.users:     {}
+  platform.exposures: {time: ts, dimensions: {campaign: [c1, c2, c3], channel: [search, feed],
+                                              kind: [impression, click]}}
+  platform.test_groups: {dimensions: {campaign: [c1, c2, c3], test_group: [exposed, holdout]}}
+queries: [attribution, lift]
+min_group_size: 1
+epsilon: {per_member_total: 1.0e+15, per_query_max: 1.0e+10}
+campaign_spend: {c1: 100.0, c2: 50.0}
+"""
+EPS = 1e10
+DAY = dt.timedelta(days=1)
+T0 = dt.datetime(2026, 11, 1)
+
+# (person, time, campaign, channel, kind)
+EXPOSURES = [
+    ("p1", T0 + 1 * DAY, "c1", "search", "impression"),
+    ("p1", T0 + 3 * DAY, "c2", "feed", "click"),
+    ("p1", T0 + 5 * DAY, "c3", "feed", "impression"),
+    ("p3", T0 + 10 * DAY, "c1", "search", "impression"),  # after p3's conversion
+    ("p4", T0 + 2 * DAY + dt.timedelta(hours=12), "c2", "feed", "impression"),  # a tie in time ...
+    ("p4", T0 + 2 * DAY + dt.timedelta(hours=12), "c1", "search", "click"),  # ... with a click
+    ("p5", T0 + 1 * DAY, "c1", "search", "impression"),  # exactly 7 days before: inside the window
+    ("p5", T0 + 1 * DAY - dt.timedelta(seconds=1), "c2", "search", "impression"),  # 1 s too early
+    ("p6", T0, "c3", "search", "impression"),
+    ("p6", T0 + 4 * DAY, "c1", "feed", "click"),
+]
+# (person, time, value)
+CONVERSIONS = [
+    ("p1", T0 + 6 * DAY, 50.0),
+    ("p2", T0 + 6 * DAY, 30.0),  # no exposure at all
+    ("p3", T0 + 8 * DAY, 20.0),
+    ("p4", T0 + 3 * DAY, 40.0),
+    ("p5", T0 + 8 * DAY, 250.0),  # clamped to 100
+    ("p6", T0 + 1 * DAY, 10.0),
+    ("p6", T0 + 5 * DAY, 10.0),
+    ("p6", T0 + 6 * DAY, 10.0),  # the third: over the cap of 2
+]
+TIERS = {"p1": "gold", "p2": "basic", "p3": "basic", "p4": "gold", "p5": "basic", "p6": "gold", "p7": "basic"}
+GROUPS = {
+    "p1": "exposed",
+    "p3": "exposed",
+    "p5": "exposed",
+    "p7": "exposed",
+    "p2": "holdout",
+    "p4": "holdout",
+    "p6": "holdout",
+}
+LO, HI, CAP, LOOKBACK = 0.0, 100.0, 2, 7
+
+
+def reference(model: str, by: str, click_over_view: bool, half_life: float = 2.0) -> dict[str, tuple[int, int]]:
+    """Credits per group in thousandths of a conversion and cents, computed plainly."""
+    out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    per_person: dict[str, list[tuple[dt.datetime, float]]] = defaultdict(list)
+    for p, t, v in CONVERSIONS:
+        per_person[p].append((t, min(max(v, LO), HI)))
+    for p, convs in per_person.items():
+        for t, v in sorted(convs)[:CAP]:
+            touches = [e for e in EXPOSURES if e[0] == p and t - LOOKBACK * DAY <= e[1] <= t]
+            if click_over_view and any(e[4] == "click" for e in touches):
+                touches = [e for e in touches if e[4] == "click"]
+            touches.sort(key=lambda e: (e[1], e[4] == "click", e[2], e[3]))
+            if not touches:
+                out["none"][0] += 1000
+                out["none"][1] += math.floor(v * 100)
+                continue
+            n = len(touches)
+            if model == "last_touch":
+                w = [1.0 if i == n - 1 else 0.0 for i in range(n)]
+            elif model == "first_touch":
+                w = [1.0 if i == 0 else 0.0 for i in range(n)]
+            elif model == "linear":
+                w = [1 / n] * n
+            elif model == "time_decay":
+                raw = [2 ** (-(t - e[1]).total_seconds() / (half_life * 86400)) for e in touches]
+                w = [r / sum(raw) for r in raw]
+            else:
+                w = [1.0] if n == 1 else [0.5, 0.5] if n == 2 else [0.4] + [0.2 / (n - 2)] * (n - 2) + [0.4]
+            for e, wi in zip(touches, w, strict=True):
+                key = e[2] if by == "campaign" else e[3]
+                out[key][0] += math.floor(wi * 1000)
+                out[key][1] += math.floor(wi * v * 100)
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+@pytest.fixture(scope="module")
+def collab(room) -> str:
+    people = sorted(TIERS)
+    brand_users = pd.DataFrame(
+        {"key": people, "email": [f"{p}@example.com" for p in people], "tier": [TIERS[p] for p in people]}
+    )
+    conversions = pd.DataFrame(CONVERSIONS, columns=["key", "ts", "value"])
+    platform_users = pd.DataFrame({"key": people, "email": [f"{p}@example.com" for p in people]})
+    exposures = pd.DataFrame(EXPOSURES, columns=["key", "ts", "campaign", "channel", "kind"])
+    groups = pd.DataFrame({"key": list(GROUPS), "campaign": "c1", "test_group": list(GROUPS.values())})
+    return room.match_frames(
+        "attribution-cases",
+        POLICY,
+        brand={
+            "users": brand_users,
+            "key": "key",
+            "identifiers": {"email": "email"},
+            "attributes": ["tier"],
+            "events": {"conversions": conversions},
+        },
+        platform={
+            "users": platform_users,
+            "key": "key",
+            "identifiers": {"email": "email"},
+            "events": {"exposures": exposures, "test_groups": groups},
+        },
+    )
+
+
+@pytest.mark.parametrize("model", ["last_touch", "first_touch", "linear", "time_decay", "position_based"])
+@pytest.mark.parametrize("by", ["campaign", "channel"])
+@pytest.mark.parametrize("click_over_view", [False, True])
+def test_every_model_equals_the_reference(room, collab, model, by, click_over_view):
+    frame = room.client("brand").attribution(
+        collab,
+        model=model,
+        lookback_days=LOOKBACK,
+        by=by,
+        epsilon=EPS,
+        click_over_view=click_over_view,
+        half_life_days=2.0,
+    )
+    expected = reference(model, by, click_over_view)
+    conv = frame[frame["measure"] == "attributed_conversions"].set_index(by)
+    rev = frame[frame["measure"] == "attributed_revenue"].set_index(by)
+    for group in conv.index:
+        milli, cents = expected.get(group, (0, 0))
+        if milli < 1000:  # below min_group_size (1 conversion): withheld
+            assert conv.loc[group, "suppressed"], group
+            continue
+        assert conv.loc[group, "value"] == pytest.approx(milli / 1000, abs=1e-9), group
+        assert rev.loc[group, "value"] == pytest.approx(cents / 100, abs=1e-9), group
+    # the unattributed conversions: p2 (no exposure), p3 (exposure after), p5 only when its edge exposure is out
+    assert conv.loc["none", "value"] == pytest.approx(expected["none"][0] / 1000)
+
+
+def test_roas_uses_the_public_spend_and_the_brand_dimension_splits(room, collab):
+    frame = room.client("brand").attribution(
+        collab, model="linear", lookback_days=LOOKBACK, by="campaign", epsilon=EPS, brand_dimension="brand.tier"
+    )
+    assert list(frame.columns[:2]) == ["campaign", "brand.tier"]
+    flat = room.client("brand").attribution(collab, model="linear", lookback_days=LOOKBACK, epsilon=EPS)
+    roas = flat[flat["measure"] == "roas"].set_index("campaign")
+    rev = flat[flat["measure"] == "attributed_revenue"].set_index("campaign")
+    assert roas.loc["c1", "value"] == pytest.approx(rev.loc["c1", "value"] / 100.0)
+    assert roas.loc["c3", "suppressed"]  # no public spend for c3
+    split = frame[frame["measure"] == "attributed_conversions"]
+    total = split[~split["suppressed"]].groupby("campaign")["value"].sum()
+    assert total["c1"] <= flat[(flat["measure"] == "attributed_conversions")].set_index("campaign").loc["c1", "value"]
+
+
+def test_lift_equals_the_reference(room, collab):
+    frame = room.client("brand").lift(collab, "c1", epsilon=EPS)
+    cells = frame.set_index(["test_group", "measure"])["value"]
+    converters = {p for p, _, _ in CONVERSIONS}
+    rate = {}
+    for g in ("exposed", "holdout"):
+        members = [p for p, grp in GROUPS.items() if grp == g]
+        assert cells[(g, "people")] == len(members)
+        rate[g] = sum(p in converters for p in members) / len(members)
+        assert cells[(g, "conversion_rate")] == pytest.approx(rate[g])
+    assert cells[("lift", "absolute_lift")] == pytest.approx(rate["exposed"] - rate["holdout"])
+    assert cells[("lift", "relative_lift")] == pytest.approx(rate["exposed"] / rate["holdout"] - 1)
+    assert cells[("lift", "incremental_conversions")] == pytest.approx((rate["exposed"] - rate["holdout"]) * 4)
+    errors = frame.set_index(["test_group", "measure"])["error_95"]
+    assert errors[("lift", "absolute_lift")] > 0  # sampling error remains even without noise
+
+
+def test_bad_requests(room, collab):
+    brand = room.client("brand")
+    with pytest.raises(CleanRoomError) as info:
+        brand.attribution(collab, lookback_days=0, epsilon=1.0)
+    assert info.value.code == "INVALID_ARGUMENT"
+    with pytest.raises(CleanRoomError) as info:
+        brand.attribution(collab, by="country", epsilon=1.0)
+    assert info.value.code == "INVALID_ARGUMENT"
+    with pytest.raises(CleanRoomError) as info:
+        brand.lift(collab, "c9", epsilon=1.0)
+    assert info.value.code == "INVALID_ARGUMENT"
