@@ -12,7 +12,7 @@ This is test data: numpy's generator is fine here. It is never used for privacy 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,10 @@ TIERS = ("gold", "silver", "basic")
 AGE_BANDS = ("18-24", "25-34", "35-44", "45+")
 STAGES = ("aware", "appeal", "act", "advocate")
 FLOW_START, FLOW_END = "2026-10-01", "2026-11-01"
+CAMPAIGNS = ("c-always-on", "c-2026-11", "c-2026-10")
+LIFT_CAMPAIGN = "c-2026-11"
+CHANNELS = ("search", "feed", "video")
+KINDS = ("impression", "click")
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,7 @@ class SyntheticConfig:
     email_only: float = 1 / 6
     #: Fraction of brand rows with a malformed email.
     invalid_email: float = 0.01
-    conversions_per_user: float = 1.5
+    conversions_per_user: float = 0.4
     seed: int = 7
 
     def __post_init__(self) -> None:
@@ -59,6 +63,8 @@ class SyntheticData:
     platform_users: pd.DataFrame
     platform_stage_history: pd.DataFrame
     truth: pd.DataFrame
+    platform_exposures: pd.DataFrame = field(default_factory=pd.DataFrame)
+    platform_test_groups: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _phone(person: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -139,16 +145,64 @@ def generate(config: SyntheticConfig | None = None) -> SyntheticData:
             "user_id": [platform_id_of_person[p] for p in shared],
         }
     )
-    n_conv = round(cfg.brand_users * cfg.conversions_per_user)
     first_day = np.datetime64("2026-10-01T00:00:00")
-    conversions = pd.DataFrame(
+    seconds = 61 * 24 * 3600  # October and November
+
+    # Exposures: a few per platform user over both months, from the always-on and the October campaign; the
+    # November campaign reaches only its exposed test group. Test groups: 80% exposed, 20% holdout.
+    n_exp = rng.poisson(2.0, cfg.platform_users)
+    exp_users = np.repeat(user_ids, n_exp)
+    exposures = pd.DataFrame(
+        {
+            "user_id": exp_users,
+            "ts": first_day + rng.integers(0, seconds, len(exp_users)).astype("timedelta64[s]"),
+            "campaign": rng.choice(np.array(CAMPAIGNS[::2], dtype=object), size=len(exp_users)),
+            "channel": rng.choice(np.array(CHANNELS, dtype=object), size=len(exp_users)),
+            "kind": rng.choice(np.array(KINDS, dtype=object), size=len(exp_users), p=[0.8, 0.2]),
+        }
+    )
+    group = np.where(rng.random(cfg.platform_users) < 0.8, "exposed", "holdout").astype(object)
+    test_groups = pd.DataFrame({"user_id": user_ids, "campaign": LIFT_CAMPAIGN, "test_group": group})
+    exposed_ids = user_ids[group == "exposed"]
+    n_campaign = rng.poisson(1.5, len(exposed_ids))
+    campaign_users = np.repeat(exposed_ids, n_campaign)
+    november = np.datetime64("2026-11-01T00:00:00")
+    campaign_exposures = pd.DataFrame(
+        {
+            "user_id": campaign_users,
+            "ts": november + rng.integers(0, 25 * 24 * 3600, len(campaign_users)).astype("timedelta64[s]"),
+            "campaign": LIFT_CAMPAIGN,
+            "channel": rng.choice(np.array(CHANNELS, dtype=object), size=len(campaign_users)),
+            "kind": rng.choice(np.array(KINDS, dtype=object), size=len(campaign_users), p=[0.7, 0.3]),
+        }
+    )
+    exposures = pd.concat([exposures, campaign_exposures], ignore_index=True)
+
+    # Conversions: a baseline for every customer, plus the planted effect: shared people whose platform account
+    # saw the November campaign convert again, within three days of their first campaign exposure, half of the time.
+    n_conv = round(cfg.brand_users * cfg.conversions_per_user)
+    baseline = pd.DataFrame(
         {
             "customer_id": brand_users["customer_id"].to_numpy()[rng.integers(0, cfg.brand_users, n_conv)],
-            "ts": first_day + rng.integers(0, 30 * 24 * 3600, n_conv).astype("timedelta64[s]"),
+            "ts": first_day + rng.integers(0, seconds, n_conv).astype("timedelta64[s]"),
             "value": rng.gamma(2.0, 40.0, n_conv).round(2),
         }
     )
-    return SyntheticData(brand_users, conversions, platform_users, history, truth)
+    brand_of_user = dict(zip(truth["user_id"], truth["customer_id"], strict=True))
+    first_seen = campaign_exposures.groupby("user_id")["ts"].min()
+    lifted = first_seen[[u in brand_of_user for u in first_seen.index]]
+    lifted = lifted[rng.random(len(lifted)) < 0.5]
+    extra = pd.DataFrame(
+        {
+            "customer_id": [brand_of_user[u] for u in lifted.index],
+            "ts": lifted.to_numpy() + rng.integers(0, 3 * 24 * 3600, len(lifted)).astype("timedelta64[s]"),
+            "value": rng.gamma(2.0, 40.0, len(lifted)).round(2),
+        }
+    )
+    conversions = pd.concat([baseline, extra], ignore_index=True).sort_values("ts", ignore_index=True)
+    conversions["ts"] = conversions["ts"].astype("datetime64[us]")
+    exposures["ts"] = exposures["ts"].astype("datetime64[us]")
+    return SyntheticData(brand_users, conversions, platform_users, history, truth, exposures, test_groups)
 
 
 DEMO_POLICY = """\
@@ -158,11 +212,15 @@ members:
   platform: {abilities: [contribute, receive_audiences]}
 tables:
   brand.users:       {dimensions: {tier: [gold, silver, basic]}}
-  brand.conversions: {time: ts, measures: {value: [0, 500]}}
+  brand.conversions: {time: ts, measures: {value: [0, 500]}, max_per_person: 5}
   platform.users:    {dimensions: {age_band: ["18-24", "25-34", "35-44", "45+"],
                                    stage_4a: [aware, appeal, act, advocate]}}
   platform.stage_history: {time: date, dimensions: {stage_4a: [aware, appeal, act, advocate]}}
-queries: [overlap, funnel, funnel_flow, segment_insight]
+  platform.exposures: {time: ts, dimensions: {campaign: [c-always-on, c-2026-10, c-2026-11],
+                                              channel: [search, feed, video], kind: [impression, click]}}
+  platform.test_groups: {dimensions: {campaign: [c-2026-11], test_group: [exposed, holdout]}}
+queries: [overlap, funnel, funnel_flow, segment_insight, attribution, lift]
+campaign_spend: {c-always-on: 20000, c-2026-10: 15000, c-2026-11: 25000}
 min_group_size: 50
 epsilon: {per_member_total: 10.0, per_query_max: 1.0}
 """

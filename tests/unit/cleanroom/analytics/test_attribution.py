@@ -74,15 +74,30 @@ GROUPS = {
 LO, HI, CAP, LOOKBACK = 0.0, 100.0, 2, 7
 
 
-def reference(model: str, by: str, click_over_view: bool, half_life: float = 2.0) -> dict[str, tuple[int, int]]:
+def reference(
+    model: str,
+    by: str,
+    click_over_view: bool,
+    half_life: float = 2.0,
+    exposures: list | None = None,
+    conversions: list | None = None,
+    cap: int = CAP,
+    bounds: tuple[float, float] = (LO, HI),
+    lookback: int = LOOKBACK,
+) -> dict[str, tuple[int, int]]:
     """Credits per group in thousandths of a conversion and cents, computed plainly."""
+    exposures = EXPOSURES if exposures is None else exposures
+    conversions = CONVERSIONS if conversions is None else conversions
+    by_person: dict[str, list] = defaultdict(list)
+    for e in exposures:
+        by_person[e[0]].append(e)
     out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     per_person: dict[str, list[tuple[dt.datetime, float]]] = defaultdict(list)
-    for p, t, v in CONVERSIONS:
-        per_person[p].append((t, min(max(v, LO), HI)))
+    for p, t, v in conversions:
+        per_person[p].append((t, min(max(v, bounds[0]), bounds[1])))
     for p, convs in per_person.items():
-        for t, v in sorted(convs)[:CAP]:
-            touches = [e for e in EXPOSURES if e[0] == p and t - LOOKBACK * DAY <= e[1] <= t]
+        for t, v in sorted(convs)[:cap]:
+            touches = [e for e in by_person[p] if t - lookback * DAY <= e[1] <= t]
             if click_over_view and any(e[4] == "click" for e in touches):
                 touches = [e for e in touches if e[4] == "click"]
             touches.sort(key=lambda e: (e[1], e[4] == "click", e[2], e[3]))
@@ -208,3 +223,59 @@ def test_bad_requests(room, collab):
     with pytest.raises(CleanRoomError) as info:
         brand.lift(collab, "c9", epsilon=1.0)
     assert info.value.code == "INVALID_ARGUMENT"
+
+
+def test_synthetic_data_within_error_bounds(room):
+    from cleanroom.synthetic import DEMO_POLICY, SyntheticConfig, generate
+
+    data = generate(SyntheticConfig(brand_users=3000, platform_users=4000, shared=2400, seed=21))
+    policy = DEMO_POLICY.replace("min_group_size: 50", "min_group_size: 5").replace(
+        "per_member_total: 10.0", "per_member_total: 1000.0"
+    )
+    collab = room.match_frames(
+        "attribution-synthetic",
+        policy,
+        brand={
+            "users": data.brand_users,
+            "key": "customer_id",
+            "identifiers": {"email": "email", "phone": "mobile"},
+            "attributes": ["tier"],
+            "events": {"conversions": data.brand_conversions},
+        },
+        platform={
+            "users": data.platform_users,
+            "key": "user_id",
+            "identifiers": {"email": "email", "phone": "phone"},
+            "events": {"exposures": data.platform_exposures, "test_groups": data.platform_test_groups},
+        },
+    )
+    user_of = dict(zip(data.truth["customer_id"], data.truth["user_id"], strict=True))
+    conversions = [
+        (user_of[c], t.to_pydatetime(), v) for c, t, v in data.brand_conversions.itertuples(index=False) if c in user_of
+    ]
+    exposures = [(u, t.to_pydatetime(), c, ch, k) for u, t, c, ch, k in data.platform_exposures.itertuples(index=False)]
+    brand = room.client("brand")
+    for model in ("last_touch", "linear"):
+        expected = reference(
+            model,
+            "campaign",
+            False,
+            exposures=exposures,
+            conversions=conversions,
+            cap=5,
+            bounds=(0.0, 500.0),
+            lookback=7,
+        )
+        hits = total = 0
+        while total < 300:
+            f = brand.attribution(collab, model=model, lookback_days=7, epsilon=1.0)
+            for measure, unit in (("attributed_conversions", 0), ("attributed_revenue", 1)):
+                cells = f[(f["measure"] == measure) & ~f["suppressed"]]
+                for _, row in cells.iterrows():
+                    truth = expected.get(row["campaign"], (0, 0))[unit] / (1000 if unit == 0 else 100)
+                    hits += abs(row["value"] - truth) <= row["error_95"] + 1e-9
+                    total += 1
+        assert hits / total >= 0.9, (model, hits, total)
+    lift = brand.lift(collab, "c-2026-11", epsilon=1.0).set_index(["test_group", "measure"])
+    assert lift.loc[("lift", "absolute_lift"), "value"] > 0  # the planted effect: exposed people convert more
+    assert lift.loc[("lift", "absolute_lift"), "value"] - lift.loc[("lift", "absolute_lift"), "error_95"] > 0
