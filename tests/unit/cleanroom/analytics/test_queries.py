@@ -19,7 +19,10 @@ GENEROUS = DEMO_POLICY.replace("min_group_size: 50", "min_group_size: 5").replac
     "per_member_total: 10.0", "per_member_total: 1000.0"
 )
 TIGHT = DEMO_POLICY.replace("per_member_total: 10.0, per_query_max: 1.0", "per_member_total: 1.0, per_query_max: 0.5")
-TIGHT = TIGHT.replace("queries: [overlap, funnel, funnel_flow, segment_insight]", "queries: [overlap, funnel]")
+TIGHT = TIGHT.replace(
+    "queries: [overlap, funnel, funnel_flow, segment_insight, attribution, lift]", "queries: [overlap, funnel]"
+)
+assert "queries: [overlap, funnel]\n" in TIGHT
 #: Unsuppressed cells per measure to judge coverage on: with 300, a true 95% coverage falls under 90% about once
 #: in 10^5 runs, so the test is not flaky, and a bound that covers less than 90% fails it.
 SAMPLES = 300
