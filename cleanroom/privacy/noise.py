@@ -51,7 +51,7 @@ class DiscreteLaplace:
         if not (epsilon > 0 and math.isfinite(epsilon)):
             raise ValueError("epsilon must be a positive finite number")
         scale = sensitivity / epsilon
-        meas = dp.m.make_laplace(dp.vector_domain(dp.atom_domain(T=int)), dp.l1_distance(T=int), scale=scale)
+        meas = dp.m.make_laplace(dp.vector_domain(dp.atom_domain(T="i64")), dp.l1_distance(T="i64"), scale=scale)
         if meas.map(sensitivity) > epsilon * (1 + 1e-9):
             raise ArithmeticError("OpenDP's privacy map disagrees with the requested epsilon")
         return list(meas(list(counts))), scale

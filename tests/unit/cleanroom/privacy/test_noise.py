@@ -51,3 +51,10 @@ def test_scale_is_sensitivity_over_epsilon_and_counts_stay_integers(epsilon, sen
 def test_bad_epsilon_is_refused(epsilon):
     with pytest.raises(ValueError, match="epsilon"):
         DiscreteLaplace().release([1], 1, epsilon)
+
+
+def test_counts_beyond_32_bits_are_noised():
+    # revenue in cents of a million conversions is far beyond 2^31
+    values, _ = DiscreteLaplace().release([4_687_886_877, 2**40], 250_000, 0.25)
+    assert abs(values[0] - 4_687_886_877) < 10**8
+    assert abs(values[1] - 2**40) < 10**8

@@ -1,0 +1,36 @@
+"""A tiny run of each benchmark, so they keep working; their speed is measured by hand, never asserted here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_attribution_benchmark_runs(tmp_path):
+    out = tmp_path / "attribution.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_attribution.py"),
+            "--exposures",
+            "20000",
+            "--conversions",
+            "5000",
+            "--people",
+            "5000",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert set(result["models"]) == {"last_touch", "first_touch", "linear", "time_decay", "position_based"}
+    assert "position_based" in done.stdout
