@@ -25,7 +25,7 @@ from .matching import match_stats
 from .principals import Role
 from .server import ServerConfig, create_server
 from .server.app import TlsConfig
-from .synthetic import DEMO_POLICY, FLOW_END, FLOW_START, SyntheticConfig, generate
+from .synthetic import DEMO_POLICY, FLOW_END, FLOW_START, LIFT_CAMPAIGN, SyntheticConfig, generate
 
 console = Console()
 
@@ -55,7 +55,11 @@ def _print(frame: pd.DataFrame, title: str, measures: tuple[str, ...]) -> None:
     for keys, group in wide.groupby(dims, sort=False):
         cells = []
         for m in measures:
-            row = group[group["measure"] == m].iloc[0]
+            rows = group[group["measure"] == m]
+            if rows.empty:
+                cells.append("")
+                continue
+            row = rows.iloc[0]
             if row["suppressed"]:
                 cells.append("—")
             elif row["value"] >= 10:
@@ -83,6 +87,17 @@ def _queries(brand: CleanRoomClient, collab: str) -> None:
         brand.segment_insight(collab, "platform.age_band", epsilon=0.5),
         "segment insight: age band",
         ("matched", "all_users", "tgi", "penetration"),
+    )
+    for model in ("last_touch", "position_based"):
+        _print(
+            brand.attribution(collab, model=model, lookback_days=7, by="campaign", epsilon=1.0),
+            f"attribution, {model}, 7-day lookback (campaign none = unattributed)",
+            ("attributed_conversions", "attributed_revenue", "roas"),
+        )
+    _print(
+        brand.lift(collab, LIFT_CAMPAIGN, epsilon=1.0),
+        f"lift of {LIFT_CAMPAIGN} against its holdout",
+        ("people", "conversion_rate", "absolute_lift", "relative_lift", "incremental_conversions"),
     )
     budget = brand.budget(collab)
     console.print("budget: " + ", ".join(f"{r.member} spent {r.spent:g} of {r.total:g}" for r in budget.itertuples()))
@@ -136,7 +151,11 @@ def run_demo(brand_users: int, platform_users: int, shared: int, data_dir: Path 
                     key="user_id",
                     identifiers={"email": "email", "phone": "phone"},
                     attributes=["age_band", "stage_4a"],
-                    events={"stage_history": data.platform_stage_history},
+                    events={
+                        "stage_history": data.platform_stage_history,
+                        "exposures": data.platform_exposures,
+                        "test_groups": data.platform_test_groups,
+                    },
                     wait_timeout=300,
                 )
                 wait([b, p], return_when=FIRST_EXCEPTION)  # a failing member must not leave the other waiting

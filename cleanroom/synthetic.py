@@ -212,7 +212,7 @@ members:
   platform: {abilities: [contribute, receive_audiences]}
 tables:
   brand.users:       {dimensions: {tier: [gold, silver, basic]}}
-  brand.conversions: {time: ts, measures: {value: [0, 500]}, max_per_person: 5}
+  brand.conversions: {time: ts, measures: {value: [0, 300]}, max_per_person: 3}
   platform.users:    {dimensions: {age_band: ["18-24", "25-34", "35-44", "45+"],
                                    stage_4a: [aware, appeal, act, advocate]}}
   platform.stage_history: {time: date, dimensions: {stage_4a: [aware, appeal, act, advocate]}}

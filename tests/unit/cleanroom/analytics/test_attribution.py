@@ -262,8 +262,8 @@ def test_synthetic_data_within_error_bounds(room):
             False,
             exposures=exposures,
             conversions=conversions,
-            cap=5,
-            bounds=(0.0, 500.0),
+            cap=3,
+            bounds=(0.0, 300.0),
             lookback=7,
         )
         hits = total = 0
