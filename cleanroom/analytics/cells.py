@@ -1,8 +1,11 @@
 """Released cells and the arithmetic of their error bars.
 
-Counts carry the exact 95% bound of their discrete Laplace noise. Derived values (shares, ratios, TGI) are
-post-processing of noisy counts, so they cost no privacy; their 95% bounds come from the delta method with the
-noise variances (1.96 standard deviations), and a derived value whose denominator is not positive is suppressed.
+Counts carry the exact 95% bound of their discrete Laplace noise, e95. Derived values (shares, ratios, TGI) are
+post-processing of noisy counts, so they cost no privacy. Their bounds propagate the counts' e95 by the delta
+method (first-order terms, combined in quadrature), not 1.96 standard deviations: the noise is discrete and
+Laplace-shaped, and when one count dominates a derived value the normal multiplier would cover only about 93%.
+With one dominant term this is the exact 95% bound; with several it is slightly conservative. A derived value
+whose denominator is not positive is suppressed.
 """
 
 from __future__ import annotations
@@ -39,21 +42,20 @@ def withheld(keys: tuple[str, ...], measure: str) -> Cell:
     return Cell(keys, measure, 0.0, 0.0, True)
 
 
-def share(part: float, total: float, cells_in_total: int, var: float) -> tuple[float, float] | None:
-    """Share part / total, where total sums `cells_in_total` noisy cells (part among them), each of noise variance var.
+def share(part: float, total: float, cells_in_total: int, e95: float) -> tuple[float, float] | None:
+    """Share part / total, where total sums `cells_in_total` noisy cells (part among them), each with bound e95.
 
     Returns the share and its 95% bound, or None when total is not positive.
     """
     if total <= 0:
         return None
     s = part / total
-    v = ((1 - s) ** 2 * var + s**2 * (cells_in_total - 1) * var) / total**2
-    return s, Z95 * math.sqrt(v)
+    return s, e95 * math.sqrt((1 - s) ** 2 + s**2 * (cells_in_total - 1)) / total
 
 
-def ratio(x: float, var_x: float, y: float, var_y: float) -> tuple[float, float] | None:
-    """Ratio x / y for independent noisy x and y, with its 95% bound; None unless both are positive."""
+def ratio(x: float, ex: float, y: float, ey: float) -> tuple[float, float] | None:
+    """Ratio x / y of independent noisy values with 95% bounds ex and ey; None unless both are positive."""
     if x <= 0 or y <= 0:
         return None
     r = x / y
-    return r, Z95 * r * math.sqrt(var_x / x**2 + var_y / y**2)
+    return r, r * math.sqrt((ex / x) ** 2 + (ey / y) ** 2)

@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from cleanroom_client.policy import Policy
 
 from ..audit import AuditLog
@@ -31,16 +33,21 @@ from ..privacy import noise as noise_math
 from ..storage import Database
 from ..storage.database import first
 from .attribution import CENTS, MILLI, attribution_histograms, check_attribution, event_tables, lift_histograms
+from .audiences import AudienceInfo
+from .audiences import store as store_audience
 from .cells import Z95, Cell, ratio, share, withheld
+from .lookalike import _filters, held_out_counts, segment_sql, top, train, training_data
 from .matched import NONE, Axis, Histogram, MatchedPeople, axis
 from .queries import (
     STAGE_LABELS_4A,
     STAGE_LABELS_AIPL,
+    ActivationQuery,
     AttributionQuery,
     DimensionRef,
     FunnelFlowQuery,
     FunnelQuery,
     LiftQuery,
+    LookalikeQuery,
     OverlapQuery,
     SegmentInsightQuery,
 )
@@ -91,6 +98,8 @@ class QueryAnswer:
     noise_scale: Mapping[str, float]
     audit_sequence: int
     own_set_size: int = field(default=0)
+    #: The audience released to the platform (lookalike, activation).
+    audience: str = ""
 
 
 def _dimension(policy: Policy, ref: DimensionRef) -> tuple[str, ...]:
@@ -119,7 +128,7 @@ def _shares(n: Noisy, group_of: Callable[[tuple[str, ...]], object], measure: st
     out = []
     for keys, value in zip(n.keys, n.values, strict=True):
         g = group_of(keys)
-        s = share(max(value, 0), totals[g], sizes[g], n.variance) if value >= min_group else None
+        s = share(max(value, 0), totals[g], sizes[g], n.error_95) if value >= min_group else None
         out.append(withheld(keys, measure) if s is None else Cell(keys, measure, s[0], s[1], False))
     return out
 
@@ -316,13 +325,13 @@ class QueryEngine:
                     ok_m, ok_a = vm >= min_group, va >= min_group
                     out.append(Cell(keys, "matched", vm, m.error_95, False) if ok_m else withheld(keys, "matched"))
                     out.append(Cell(keys, "all_users", va, a.error_95, False) if ok_a else withheld(keys, "all_users"))
-                    sm = share(vm, total_m, k, m.variance) if ok_m else None
-                    sa = share(va, total_a, k, a.variance) if ok_a else None
+                    sm = share(vm, total_m, k, m.error_95) if ok_m else None
+                    sa = share(va, total_a, k, a.error_95) if ok_a else None
                     out.append(Cell(keys, "share_matched", *sm, False) if sm else withheld(keys, "share_matched"))
                     out.append(Cell(keys, "share_all", *sa, False) if sa else withheld(keys, "share_all"))
-                    tgi = ratio(sm[0], (sm[1] / Z95) ** 2, sa[0], (sa[1] / Z95) ** 2) if sm and sa else None
+                    tgi = ratio(sm[0], sm[1], sa[0], sa[1]) if sm and sa else None
                     out.append(Cell(keys, "tgi", 100 * tgi[0], 100 * tgi[1], False) if tgi else withheld(keys, "tgi"))
-                    pen = ratio(vm, m.variance, va, a.variance) if ok_m and ok_a else None
+                    pen = ratio(vm, m.error_95, va, a.error_95) if ok_m and ok_a else None
                     out.append(Cell(keys, "penetration", *pen, False) if pen else withheld(keys, "penetration"))
                 return out
 
@@ -427,6 +436,161 @@ class QueryEngine:
             return Plan(histograms, lambda noisy, min_group: lift_cells(noisy, min_group), ("test_group",))
 
         return self._run(principal, collab_id, "lift", q.epsilon, {"campaign": q.campaign}, plan)
+
+    # -- audiences --------------------------------------------------------------------------------------------------
+    def _recipient(self, policy: Policy, requester: str) -> str:
+        recipients = [m.name for m in policy.members if "receive_audiences" in m.abilities and m.name != requester]
+        if not recipients:
+            raise PermissionDeniedError("the policy gives no other member the ability receive_audiences")
+        return recipients[0]
+
+    def _audience_checks(self, principal: Principal, collab: Collaboration, query_type: str, epsilon: float) -> str:
+        policy = collab.policy
+        if query_type not in policy.queries:
+            raise PermissionDeniedError(
+                f"the policy does not allow {query_type} queries (allowed: {sorted(policy.queries)})"
+            )
+        if epsilon > policy.epsilon_per_query_max:
+            raise InvalidArgumentError(
+                f"epsilon {epsilon:g} exceeds the policy's per-query maximum {policy.epsilon_per_query_max:g}"
+            )
+        MatchedPeople(self._db.cursor(), collab.id)  # the match must be complete
+        return self._recipient(policy, principal.name)
+
+    def lookalike(self, principal: Principal, collab_id: str, q: LookalikeQuery) -> QueryAnswer:
+        """Train a DP-SGD model on the seeds and release the top `audience_size` platform users to the platform.
+
+        The requester receives the audience's name and size, the training epsilon opacus accounted, and a DP
+        estimate of quality: the share of held-out seeds that the model ranks in the held-out top decile (a random
+        ranking scores 0.1). Epsilon: up to a tenth (at most 0.1) for that estimate (two counts, L1 sensitivity 2),
+        the rest is DP-SGD's target; the budget is charged the accountant's figure plus the estimate's.
+        """
+        collab = self.authorize(principal, collab_id, "lookalike")
+        policy = collab.policy
+        eval_eps = min(0.1, q.epsilon / 10)
+        params = {
+            "seed": {str(k): v for k, v in q.seed},
+            "audience_size": q.audience_size,
+            "epsilon": q.epsilon,
+            "delta": q.delta,
+            "model": q.model,
+        }
+        try:
+            recipient = self._audience_checks(principal, collab, "lookalike", q.epsilon)
+            data = training_data(self._db.cursor(), collab.id, policy, recipient, dict(q.seed))
+            n = len(data.labels)
+            if q.audience_size < policy.min_group_size:
+                raise InvalidArgumentError(
+                    f"audience_size {q.audience_size} is below the policy's minimum group size {policy.min_group_size}"
+                )
+            if q.audience_size > n:
+                raise InvalidArgumentError(f"audience_size {q.audience_size} exceeds the {n} users to choose from")
+            if q.delta >= 1 / n:
+                raise InvalidArgumentError(f"delta must be well below 1/n = {1 / n:.2g}; try {1 / n**1.1:.1e}")
+            reservation = self._budget.reserve(collab.id, principal.name, q.epsilon, policy.epsilon_per_member_total)
+        except CleanroomError as exc:
+            self._audit.record(collab.id, principal.name, "query.refuse", {**params, "reason": str(exc)})
+            raise
+        try:
+            model = train(data, q.epsilon - eval_eps, q.delta, q.model)
+            positives, hits = held_out_counts(model, data.labels)
+            (noisy_pos, noisy_hits), scale = self._noise.release([positives, hits], 2, eval_eps)
+            audience = data.row_ids[top(model.scores, q.audience_size)]
+            spent_training, noise_multiplier = model.epsilon, model.noise_multiplier
+            del data, model, positives, hits  # exact labels and counts end here
+            e95 = float(noise_math.error_95(scale))
+            quality = ratio(float(noisy_hits), e95, float(noisy_pos), e95)
+            cells = (
+                Cell(("audience",), "audience_size", float(q.audience_size), 0.0, False),
+                Cell(("quality",), "recall_at_top_decile", *quality, False)
+                if quality and noisy_pos >= policy.min_group_size
+                else withheld(("quality",), "recall_at_top_decile"),
+                Cell(("quality",), "random_baseline", 0.1, 0.0, False),
+                Cell(("training",), "epsilon_accounted", spent_training, 0.0, False),
+                Cell(("training",), "noise_multiplier", noise_multiplier, 0.0, False),
+            )
+            stored: list[AudienceInfo] = []
+            released = {"cells": [c.to_dict() for c in cells], "audience_size": len(audience)}
+            entry = self._budget.commit(
+                reservation,
+                "query.lookalike",
+                params,
+                released,
+                epsilon=spent_training + eval_eps,
+                also=lambda cur: stored.append(
+                    store_audience(cur, collab.id, "lookalike", recipient, principal.name, audience)
+                ),
+            )
+        except BaseException:
+            self._budget.release(reservation)
+            raise
+        status = self._budget.status(collab.id, principal.name, policy.epsilon_per_member_total)
+        return QueryAnswer(
+            dimensions=("part",),
+            cells=cells,
+            epsilon_spent=spent_training + eval_eps,
+            epsilon_remaining=status.remaining,
+            noise_scale={"quality": scale},
+            audit_sequence=entry.sequence,
+            own_set_size=self._own_set_size(collab.id, principal.name),
+            audience=stored[0].name,
+        )
+
+    def activate(self, principal: Principal, collab_id: str, q: ActivationQuery) -> QueryAnswer:
+        """Release the matched people of a segment to the platform; the requester gets a noisy size only.
+
+        The size is one count of sensitivity 1 at the request's epsilon; below the minimum group size no audience
+        is released (the epsilon is still charged: the noisy size was computed and the refusal depends on it).
+        """
+        collab = self.authorize(principal, collab_id, "activation")
+        policy = collab.policy
+        params = {"segment": {str(k): v for k, v in q.segment}, "epsilon": q.epsilon}
+        try:
+            recipient = self._audience_checks(principal, collab, "activation", q.epsilon)
+            cur = self._db.cursor()
+            _filters(policy, dict(q.segment), "segment")
+            sql, sql_params = segment_sql(cur, collab.id, dict(q.segment), recipient)
+            reservation = self._budget.reserve(collab.id, principal.name, q.epsilon, policy.epsilon_per_member_total)
+        except CleanroomError as exc:
+            self._audit.record(collab.id, principal.name, "query.refuse", {**params, "reason": str(exc)})
+            raise
+        try:
+            audience = np.asarray(cur.execute(sql, sql_params).fetchnumpy()["row_id"], dtype=np.int64)
+            (noisy,), scale = self._noise.release([len(audience)], 1, q.epsilon)
+            big_enough = noisy >= policy.min_group_size
+            cell = (
+                Cell(("audience",), "audience_size", float(noisy), float(noise_math.error_95(scale)), False)
+                if big_enough
+                else withheld(("audience",), "audience_size")
+            )
+            stored: list[AudienceInfo] = []
+            entry = self._budget.commit(
+                reservation,
+                "query.activation",
+                {**params, "released": big_enough},
+                {"cells": [cell.to_dict()]},
+                also=(
+                    lambda c: stored.append(
+                        store_audience(c, collab.id, "activation", recipient, principal.name, audience)
+                    )
+                )
+                if big_enough
+                else None,
+            )
+        except BaseException:
+            self._budget.release(reservation)
+            raise
+        status = self._budget.status(collab.id, principal.name, policy.epsilon_per_member_total)
+        return QueryAnswer(
+            dimensions=("part",),
+            cells=(cell,),
+            epsilon_spent=q.epsilon,
+            epsilon_remaining=status.remaining,
+            noise_scale={"audience_size": scale},
+            audit_sequence=entry.sequence,
+            own_set_size=self._own_set_size(collab.id, principal.name),
+            audience=stored[0].name if stored else "",
+        )
 
     def budget(self, principal: Principal, collab_id: str) -> tuple[Collaboration, list[tuple[str, float, float]]]:
         """Each querying member's total, spent and remaining epsilon (members and assigned auditors)."""

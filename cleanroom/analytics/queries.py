@@ -135,3 +135,34 @@ class LiftQuery:
         check_epsilon(self.epsilon)
         if not self.campaign:
             raise InvalidArgumentError("name the campaign")
+
+
+@dataclass(frozen=True)
+class LookalikeQuery:
+    """Train on seeds (matched people passing `seed`), release the top `audience_size` platform users."""
+
+    seed: tuple[tuple[DimensionRef, str], ...]
+    audience_size: int
+    epsilon: float
+    delta: float
+    model: str = "logistic"
+
+    def __post_init__(self) -> None:
+        check_epsilon(self.epsilon)
+        if not (0 < self.delta < 1):
+            raise InvalidArgumentError("delta must lie between 0 and 1 (and below 1/n)")
+        if self.audience_size < 1:
+            raise InvalidArgumentError("audience_size must be positive")
+        if self.model not in ("logistic", "mlp"):
+            raise InvalidArgumentError("model must be logistic or mlp")
+
+
+@dataclass(frozen=True)
+class ActivationQuery:
+    """Release the matched people of a segment to the platform; the requester gets a noisy size."""
+
+    segment: tuple[tuple[DimensionRef, str], ...]
+    epsilon: float
+
+    def __post_init__(self) -> None:
+        check_epsilon(self.epsilon)

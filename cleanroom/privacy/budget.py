@@ -14,9 +14,11 @@ Invariants:
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import duckdb
 
 from ..audit import AuditEntry, AuditLog
 from ..errors import ResourceExhaustedError
@@ -94,18 +96,33 @@ class BudgetAccountant:
         return reservation
 
     def commit(
-        self, reservation: Reservation, action: str, parameters: Mapping[str, Any], response: object
+        self,
+        reservation: Reservation,
+        action: str,
+        parameters: Mapping[str, Any],
+        response: object,
+        epsilon: float | None = None,
+        also: Callable[[duckdb.DuckDBPyConnection], object] | None = None,
     ) -> AuditEntry:
-        """Debit the reservation by appending the query's audit entry, in one transaction."""
+        """Debit the reservation by appending the query's audit entry, in one transaction.
+
+        `epsilon` (at most the reserved amount) is what is debited when the spend is only known afterwards (DP-SGD:
+        the accountant's figure); `also` writes what the query releases (an audience) in the same transaction.
+        """
+        spent = reservation.epsilon if epsilon is None else epsilon
+        if spent > reservation.epsilon + _EPS:
+            raise ValueError(f"cannot debit {spent} for a reservation of {reservation.epsilon}")
         with self._db.transaction() as cur:
             cur.execute("DELETE FROM budget_reservations WHERE id = ?", [reservation.id])
+            if also is not None:
+                also(cur)
             return self._audit.append(
                 cur,
                 reservation.collaboration,
                 reservation.member,
                 action,
                 parameters,
-                epsilon=reservation.epsilon,
+                epsilon=spent,
                 response=response,
             )
 

@@ -1,29 +1,34 @@
 """AnalyticsService: protobuf in, the query engine, protobuf out.
 
-Overlap, funnel, funnel flow, segment insight, attribution, lift and the budget run the DP pipeline of
-`cleanroom.analytics`. Lookalike and activation check who may call them first (so the access matrix holds) and
-then answer UNIMPLEMENTED until their issue lands: they compute and release nothing.
+Every query runs the DP pipeline of `cleanroom.analytics`, after `authorize` (so the access matrix holds before
+any argument is looked at). Audiences are listed and fetched only by their recipient.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from cleanroom_client._proto import analytics_pb2 as pb
 from cleanroom_client._proto import analytics_pb2_grpc as pb_grpc
 
 from ..analytics import (
+    ActivationQuery,
     AttributionQuery,
     FunnelFlowQuery,
     FunnelQuery,
     LiftQuery,
+    LookalikeQuery,
     OverlapQuery,
     QueryAnswer,
     QueryEngine,
     SegmentInsightQuery,
 )
+from ..analytics.audiences import AudienceInfo, Audiences, parse_audience_name
 from ..analytics.queries import DimensionRef
-from ..collaborations import parse_name
+from ..collaborations import Collaborations, parse_name
 from ..errors import InvalidArgumentError
 from .auth import Authenticator
 
@@ -34,6 +39,19 @@ _MODELS = {
     pb.ATTRIBUTION_MODEL_TIME_DECAY: "time_decay",
     pb.ATTRIBUTION_MODEL_POSITION_BASED: "position_based",
 }
+
+
+RECEIVE = "receive_audiences"
+
+
+def _filters(raw: Mapping[str, str]) -> tuple[tuple[DimensionRef, str], ...]:
+    return tuple((DimensionRef.parse(k), v) for k, v in sorted(raw.items()))
+
+
+def _audience(a: AudienceInfo) -> pb.Audience:
+    created = Timestamp()
+    created.FromDatetime(a.create_time)
+    return pb.Audience(name=a.name, kind=a.kind, size=a.size, create_time=created, requester=a.requester)
 
 
 def answer_to_proto(a: QueryAnswer) -> pb.QueryResult:
@@ -49,13 +67,18 @@ def answer_to_proto(a: QueryAnswer) -> pb.QueryResult:
         noise_scale=dict(a.noise_scale),
         audit_sequence=a.audit_sequence,
         own_set_size=a.own_set_size,
+        audience=a.audience,
     )
 
 
 class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
     """Thin adapter over `QueryEngine`."""
 
-    def __init__(self, engine: QueryEngine, auth: Authenticator) -> None:
+    def __init__(
+        self, engine: QueryEngine, collaborations: Collaborations, audiences: Audiences, auth: Authenticator
+    ) -> None:
+        self._collabs = collaborations
+        self._audiences = audiences
         self._engine = engine
         self._auth = auth
 
@@ -130,15 +153,47 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
 
     def Lookalike(  # noqa: N802
         self, request: pb.LookalikeRequest, context: grpc.ServicerContext
-    ) -> pb.LookalikeResult:
-        """Not yet: the lookalike issue."""
-        self._not_yet(request.parent, context, "lookalike")
-        return pb.LookalikeResult()
+    ) -> pb.QueryResult:
+        """DP-SGD lookalike; the audience goes to the platform."""
+        principal = self._auth.principal(context)
+        self._engine.authorize(principal, parse_name(request.parent), "lookalike")
+        q = LookalikeQuery(
+            seed=_filters(request.seed),
+            audience_size=request.audience_size,
+            epsilon=request.epsilon,
+            delta=request.delta,
+            model=request.model or "logistic",
+        )
+        return answer_to_proto(self._engine.lookalike(principal, parse_name(request.parent), q))
 
-    def Activate(self, request: pb.ActivateRequest, context: grpc.ServicerContext) -> pb.ActivateResult:  # noqa: N802
-        """Not yet: the lookalike issue."""
-        self._not_yet(request.parent, context, "activation")
-        return pb.ActivateResult()
+    def Activate(self, request: pb.ActivateRequest, context: grpc.ServicerContext) -> pb.QueryResult:  # noqa: N802
+        """A segment's matched people, to the platform."""
+        principal = self._auth.principal(context)
+        self._engine.authorize(principal, parse_name(request.parent), "activation")
+        q = ActivationQuery(segment=_filters(request.segment), epsilon=request.epsilon)
+        return answer_to_proto(self._engine.activate(principal, parse_name(request.parent), q))
+
+    def ListAudiences(  # noqa: N802
+        self, request: pb.ListAudiencesRequest, context: grpc.ServicerContext
+    ) -> pb.ListAudiencesResponse:
+        """The audiences released to the caller."""
+        principal = self._auth.principal(context)
+        collab = self._collabs.require_active(principal, parse_name(request.parent), RECEIVE, "audience.list")
+        return pb.ListAudiencesResponse(
+            audiences=[_audience(a) for a in self._audiences.list(collab.id, principal.name)]
+        )
+
+    def FetchAudience(  # noqa: N802
+        self, request: pb.FetchAudienceRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.FetchAudienceResponse]:
+        """One audience's row ids, to its recipient only."""
+        principal = self._auth.principal(context)
+        collab_id, audience = parse_audience_name(request.name)
+        self._collabs.require_active(principal, collab_id, RECEIVE, "audience.fetch")
+        for chunk in self._audiences.fetch(collab_id, audience, principal.name):
+            if not context.is_active():
+                return
+            yield pb.FetchAudienceResponse(row_ids=chunk)
 
     def GetBudget(self, request: pb.GetBudgetRequest, context: grpc.ServicerContext) -> pb.Budget:  # noqa: N802
         """Epsilon total, spent and left per member (members and assigned auditors)."""

@@ -30,6 +30,7 @@ from cleanroom_client._proto import (
     matching_pb2_grpc,
 )
 
+from ..analytics.audiences import Audiences
 from ..room import Room
 from ..storage import Database
 from .admin_servicer import AdminServicer
@@ -139,7 +140,9 @@ def create_server(config: ServerConfig) -> RunningServer:
     matching_pb2_grpc.add_MatchingServiceServicer_to_server(
         MatchingServicer(collabs, room.relay, room.tables, auth, streams, config.stream_idle_timeout), server
     )
-    analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(AnalyticsServicer(room.queries, auth), server)
+    analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(
+        AnalyticsServicer(room.queries, collabs, Audiences(room.db), auth), server
+    )
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(room.audit, collabs, auth, streams), server)
 
     services = _service_names()

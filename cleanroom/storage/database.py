@@ -130,6 +130,21 @@ CREATE TABLE IF NOT EXISTS budget_reservations (
     member VARCHAR NOT NULL,
     epsilon DOUBLE NOT NULL
 );
+-- Audiences released to a member (lookalike, activation): the recipient's own surrogate ids.
+CREATE TABLE IF NOT EXISTS audiences (
+    collab VARCHAR NOT NULL,
+    id VARCHAR NOT NULL,
+    kind VARCHAR NOT NULL,
+    recipient VARCHAR NOT NULL,
+    requester VARCHAR NOT NULL,
+    size BIGINT NOT NULL,
+    create_time TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audience_members (
+    collab VARCHAR NOT NULL,
+    audience VARCHAR NOT NULL,
+    row_id BIGINT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS match_results (
     collab VARCHAR PRIMARY KEY,
     matched_time TIMESTAMP NOT NULL

@@ -13,7 +13,7 @@ def test_demo_policy_parses():
     assert users.dimensions["stage_4a"] == ("aware", "appeal", "act", "advocate")
     conversions = p.table("brand", "conversions")
     assert conversions is not None
-    assert conversions.measures == {"value": (0.0, 500.0)}
+    assert conversions.measures == {"value": (0.0, 300.0)}
     assert p.min_group_size == 50
     assert p.epsilon_per_query_max == 1.0
 

@@ -23,9 +23,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63leanroom/v1/analytics.proto\x12\x0c\x63leanroom.v1\"Z\n\x04\x43\x65ll\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12\x0f\n\x07measure\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x10\n\x08\x65rror_95\x18\x04 \x01(\x01\x12\x12\n\nsuppressed\x18\x05 \x01(\x08\"\x97\x02\n\x0bQueryResult\x12\x12\n\ndimensions\x18\x01 \x03(\t\x12!\n\x05\x63\x65lls\x18\x02 \x03(\x0b\x32\x12.cleanroom.v1.Cell\x12\x15\n\repsilon_spent\x18\x03 \x01(\x01\x12\x19\n\x11\x65psilon_remaining\x18\x04 \x01(\x01\x12>\n\x0bnoise_scale\x18\x05 \x03(\x0b\x32).cleanroom.v1.QueryResult.NoiseScaleEntry\x12\x16\n\x0e\x61udit_sequence\x18\x06 \x01(\x03\x12\x14\n\x0cown_set_size\x18\x07 \x01(\x03\x1a\x31\n\x0fNoiseScaleEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"E\n\x0eOverlapRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x12\n\ndimensions\x18\x02 \x03(\t\x12\x0f\n\x07\x65psilon\x18\x03 \x01(\x01\"L\n\rFunnelRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\n\n\x02\x62y\x18\x02 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x03 \x01(\x01\x12\x0e\n\x06labels\x18\x04 \x01(\t\"j\n\x11\x46unnelFlowRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x12\n\nstart_date\x18\x02 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x03 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x04 \x01(\x01\x12\x0e\n\x06labels\x18\x05 \x01(\t\"K\n\x15SegmentInsightRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x03 \x01(\x01\"\xd1\x01\n\x12\x41ttributionRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12-\n\x05model\x18\x02 \x01(\x0e\x32\x1e.cleanroom.v1.AttributionModel\x12\x15\n\rlookback_days\x18\x03 \x01(\x05\x12\n\n\x02\x62y\x18\x04 \x01(\t\x12\x17\n\x0f\x62rand_dimension\x18\x05 \x01(\t\x12\x17\n\x0f\x63lick_over_view\x18\x06 \x01(\x08\x12\x16\n\x0ehalf_life_days\x18\x07 \x01(\x01\x12\x0f\n\x07\x65psilon\x18\x08 \x01(\x01\"@\n\x0bLiftRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61mpaign\x18\x02 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x03 \x01(\x01\"\xbe\x01\n\x10LookalikeRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x36\n\x04seed\x18\x02 \x03(\x0b\x32(.cleanroom.v1.LookalikeRequest.SeedEntry\x12\x15\n\raudience_size\x18\x03 \x01(\x03\x12\x0f\n\x07\x65psilon\x18\x04 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x05 \x01(\x01\x1a+\n\tSeedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x97\x01\n\x0fLookalikeResult\x12\x15\n\raudience_size\x18\x01 \x01(\x03\x12\x0b\n\x03\x61uc\x18\x02 \x01(\x01\x12\x14\n\x0c\x61uc_error_95\x18\x03 \x01(\x01\x12\x15\n\repsilon_spent\x18\x04 \x01(\x01\x12\x19\n\x11\x65psilon_remaining\x18\x05 \x01(\x01\x12\x18\n\x10platform_row_ids\x18\x06 \x01(\x0c\"\x8e\x01\n\x0f\x41\x63tivateRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12;\n\x07segment\x18\x02 \x03(\x0b\x32*.cleanroom.v1.ActivateRequest.SegmentEntry\x1a.\n\x0cSegmentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\x0e\x41\x63tivateResult\x12\x15\n\raudience_size\x18\x01 \x01(\x03\x12\x18\n\x10platform_row_ids\x18\x02 \x01(\x0c\"\"\n\x10GetBudgetRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\"g\n\x0cMemberBudget\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x15\n\repsilon_total\x18\x02 \x01(\x01\x12\x15\n\repsilon_spent\x18\x03 \x01(\x01\x12\x19\n\x11\x65psilon_remaining\x18\x04 \x01(\x01\"T\n\x06\x42udget\x12+\n\x07members\x18\x01 \x03(\x0b\x32\x1a.cleanroom.v1.MemberBudget\x12\x1d\n\x15\x65psilon_per_query_max\x18\x02 \x01(\x01*\xe0\x01\n\x10\x41ttributionModel\x12!\n\x1d\x41TTRIBUTION_MODEL_UNSPECIFIED\x10\x00\x12 \n\x1c\x41TTRIBUTION_MODEL_LAST_TOUCH\x10\x01\x12!\n\x1d\x41TTRIBUTION_MODEL_FIRST_TOUCH\x10\x02\x12\x1c\n\x18\x41TTRIBUTION_MODEL_LINEAR\x10\x03\x12 \n\x1c\x41TTRIBUTION_MODEL_TIME_DECAY\x10\x04\x12$\n ATTRIBUTION_MODEL_POSITION_BASED\x10\x05\x32\x96\x05\n\x10\x41nalyticsService\x12\x42\n\x07Overlap\x12\x1c.cleanroom.v1.OverlapRequest\x1a\x19.cleanroom.v1.QueryResult\x12@\n\x06\x46unnel\x12\x1b.cleanroom.v1.FunnelRequest\x1a\x19.cleanroom.v1.QueryResult\x12H\n\nFunnelFlow\x12\x1f.cleanroom.v1.FunnelFlowRequest\x1a\x19.cleanroom.v1.QueryResult\x12P\n\x0eSegmentInsight\x12#.cleanroom.v1.SegmentInsightRequest\x1a\x19.cleanroom.v1.QueryResult\x12J\n\x0b\x41ttribution\x12 .cleanroom.v1.AttributionRequest\x1a\x19.cleanroom.v1.QueryResult\x12<\n\x04Lift\x12\x19.cleanroom.v1.LiftRequest\x1a\x19.cleanroom.v1.QueryResult\x12J\n\tLookalike\x12\x1e.cleanroom.v1.LookalikeRequest\x1a\x1d.cleanroom.v1.LookalikeResult\x12G\n\x08\x41\x63tivate\x12\x1d.cleanroom.v1.ActivateRequest\x1a\x1c.cleanroom.v1.ActivateResult\x12\x41\n\tGetBudget\x12\x1e.cleanroom.v1.GetBudgetRequest\x1a\x14.cleanroom.v1.Budgetb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63leanroom/v1/analytics.proto\x12\x0c\x63leanroom.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"Z\n\x04\x43\x65ll\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12\x0f\n\x07measure\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x10\n\x08\x65rror_95\x18\x04 \x01(\x01\x12\x12\n\nsuppressed\x18\x05 \x01(\x08\"\xa9\x02\n\x0bQueryResult\x12\x12\n\ndimensions\x18\x01 \x03(\t\x12!\n\x05\x63\x65lls\x18\x02 \x03(\x0b\x32\x12.cleanroom.v1.Cell\x12\x15\n\repsilon_spent\x18\x03 \x01(\x01\x12\x19\n\x11\x65psilon_remaining\x18\x04 \x01(\x01\x12>\n\x0bnoise_scale\x18\x05 \x03(\x0b\x32).cleanroom.v1.QueryResult.NoiseScaleEntry\x12\x16\n\x0e\x61udit_sequence\x18\x06 \x01(\x03\x12\x14\n\x0cown_set_size\x18\x07 \x01(\x03\x12\x10\n\x08\x61udience\x18\x08 \x01(\t\x1a\x31\n\x0fNoiseScaleEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"E\n\x0eOverlapRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x12\n\ndimensions\x18\x02 \x03(\t\x12\x0f\n\x07\x65psilon\x18\x03 \x01(\x01\"L\n\rFunnelRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\n\n\x02\x62y\x18\x02 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x03 \x01(\x01\x12\x0e\n\x06labels\x18\x04 \x01(\t\"j\n\x11\x46unnelFlowRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x12\n\nstart_date\x18\x02 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x03 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x04 \x01(\x01\x12\x0e\n\x06labels\x18\x05 \x01(\t\"K\n\x15SegmentInsightRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x03 \x01(\x01\"\xd1\x01\n\x12\x41ttributionRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12-\n\x05model\x18\x02 \x01(\x0e\x32\x1e.cleanroom.v1.AttributionModel\x12\x15\n\rlookback_days\x18\x03 \x01(\x05\x12\n\n\x02\x62y\x18\x04 \x01(\t\x12\x17\n\x0f\x62rand_dimension\x18\x05 \x01(\t\x12\x17\n\x0f\x63lick_over_view\x18\x06 \x01(\x08\x12\x16\n\x0ehalf_life_days\x18\x07 \x01(\x01\x12\x0f\n\x07\x65psilon\x18\x08 \x01(\x01\"@\n\x0bLiftRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61mpaign\x18\x02 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x03 \x01(\x01\"\xcd\x01\n\x10LookalikeRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x36\n\x04seed\x18\x02 \x03(\x0b\x32(.cleanroom.v1.LookalikeRequest.SeedEntry\x12\x15\n\raudience_size\x18\x03 \x01(\x03\x12\x0f\n\x07\x65psilon\x18\x04 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x05 \x01(\x01\x12\r\n\x05model\x18\x06 \x01(\t\x1a+\n\tSeedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9f\x01\n\x0f\x41\x63tivateRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12;\n\x07segment\x18\x02 \x03(\x0b\x32*.cleanroom.v1.ActivateRequest.SegmentEntry\x12\x0f\n\x07\x65psilon\x18\x03 \x01(\x01\x1a.\n\x0cSegmentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"x\n\x08\x41udience\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\trequester\x18\x05 \x01(\t\"&\n\x14ListAudiencesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\"B\n\x15ListAudiencesResponse\x12)\n\taudiences\x18\x01 \x03(\x0b\x32\x16.cleanroom.v1.Audience\"$\n\x14\x46\x65tchAudienceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"(\n\x15\x46\x65tchAudienceResponse\x12\x0f\n\x07row_ids\x18\x01 \x01(\x0c\"\"\n\x10GetBudgetRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\"g\n\x0cMemberBudget\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x15\n\repsilon_total\x18\x02 \x01(\x01\x12\x15\n\repsilon_spent\x18\x03 \x01(\x01\x12\x19\n\x11\x65psilon_remaining\x18\x04 \x01(\x01\"T\n\x06\x42udget\x12+\n\x07members\x18\x01 \x03(\x0b\x32\x1a.cleanroom.v1.MemberBudget\x12\x1d\n\x15\x65psilon_per_query_max\x18\x02 \x01(\x01*\xe0\x01\n\x10\x41ttributionModel\x12!\n\x1d\x41TTRIBUTION_MODEL_UNSPECIFIED\x10\x00\x12 \n\x1c\x41TTRIBUTION_MODEL_LAST_TOUCH\x10\x01\x12!\n\x1d\x41TTRIBUTION_MODEL_FIRST_TOUCH\x10\x02\x12\x1c\n\x18\x41TTRIBUTION_MODEL_LINEAR\x10\x03\x12 \n\x1c\x41TTRIBUTION_MODEL_TIME_DECAY\x10\x04\x12$\n ATTRIBUTION_MODEL_POSITION_BASED\x10\x05\x32\xc5\x06\n\x10\x41nalyticsService\x12\x42\n\x07Overlap\x12\x1c.cleanroom.v1.OverlapRequest\x1a\x19.cleanroom.v1.QueryResult\x12@\n\x06\x46unnel\x12\x1b.cleanroom.v1.FunnelRequest\x1a\x19.cleanroom.v1.QueryResult\x12H\n\nFunnelFlow\x12\x1f.cleanroom.v1.FunnelFlowRequest\x1a\x19.cleanroom.v1.QueryResult\x12P\n\x0eSegmentInsight\x12#.cleanroom.v1.SegmentInsightRequest\x1a\x19.cleanroom.v1.QueryResult\x12J\n\x0b\x41ttribution\x12 .cleanroom.v1.AttributionRequest\x1a\x19.cleanroom.v1.QueryResult\x12<\n\x04Lift\x12\x19.cleanroom.v1.LiftRequest\x1a\x19.cleanroom.v1.QueryResult\x12\x46\n\tLookalike\x12\x1e.cleanroom.v1.LookalikeRequest\x1a\x19.cleanroom.v1.QueryResult\x12\x44\n\x08\x41\x63tivate\x12\x1d.cleanroom.v1.ActivateRequest\x1a\x19.cleanroom.v1.QueryResult\x12X\n\rListAudiences\x12\".cleanroom.v1.ListAudiencesRequest\x1a#.cleanroom.v1.ListAudiencesResponse\x12Z\n\rFetchAudience\x12\".cleanroom.v1.FetchAudienceRequest\x1a#.cleanroom.v1.FetchAudienceResponse0\x01\x12\x41\n\tGetBudget\x12\x1e.cleanroom.v1.GetBudgetRequest\x1a\x14.cleanroom.v1.Budgetb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,44 +39,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOOKALIKEREQUEST_SEEDENTRY']._serialized_options = b'8\001'
   _globals['_ACTIVATEREQUEST_SEGMENTENTRY']._loaded_options = None
   _globals['_ACTIVATEREQUEST_SEGMENTENTRY']._serialized_options = b'8\001'
-  _globals['_ATTRIBUTIONMODEL']._serialized_start=1819
-  _globals['_ATTRIBUTIONMODEL']._serialized_end=2043
-  _globals['_CELL']._serialized_start=46
-  _globals['_CELL']._serialized_end=136
-  _globals['_QUERYRESULT']._serialized_start=139
-  _globals['_QUERYRESULT']._serialized_end=418
-  _globals['_QUERYRESULT_NOISESCALEENTRY']._serialized_start=369
-  _globals['_QUERYRESULT_NOISESCALEENTRY']._serialized_end=418
-  _globals['_OVERLAPREQUEST']._serialized_start=420
-  _globals['_OVERLAPREQUEST']._serialized_end=489
-  _globals['_FUNNELREQUEST']._serialized_start=491
-  _globals['_FUNNELREQUEST']._serialized_end=567
-  _globals['_FUNNELFLOWREQUEST']._serialized_start=569
-  _globals['_FUNNELFLOWREQUEST']._serialized_end=675
-  _globals['_SEGMENTINSIGHTREQUEST']._serialized_start=677
-  _globals['_SEGMENTINSIGHTREQUEST']._serialized_end=752
-  _globals['_ATTRIBUTIONREQUEST']._serialized_start=755
-  _globals['_ATTRIBUTIONREQUEST']._serialized_end=964
-  _globals['_LIFTREQUEST']._serialized_start=966
-  _globals['_LIFTREQUEST']._serialized_end=1030
-  _globals['_LOOKALIKEREQUEST']._serialized_start=1033
-  _globals['_LOOKALIKEREQUEST']._serialized_end=1223
-  _globals['_LOOKALIKEREQUEST_SEEDENTRY']._serialized_start=1180
-  _globals['_LOOKALIKEREQUEST_SEEDENTRY']._serialized_end=1223
-  _globals['_LOOKALIKERESULT']._serialized_start=1226
-  _globals['_LOOKALIKERESULT']._serialized_end=1377
-  _globals['_ACTIVATEREQUEST']._serialized_start=1380
-  _globals['_ACTIVATEREQUEST']._serialized_end=1522
-  _globals['_ACTIVATEREQUEST_SEGMENTENTRY']._serialized_start=1476
-  _globals['_ACTIVATEREQUEST_SEGMENTENTRY']._serialized_end=1522
-  _globals['_ACTIVATERESULT']._serialized_start=1524
-  _globals['_ACTIVATERESULT']._serialized_end=1589
-  _globals['_GETBUDGETREQUEST']._serialized_start=1591
-  _globals['_GETBUDGETREQUEST']._serialized_end=1625
-  _globals['_MEMBERBUDGET']._serialized_start=1627
-  _globals['_MEMBERBUDGET']._serialized_end=1730
-  _globals['_BUDGET']._serialized_start=1732
-  _globals['_BUDGET']._serialized_end=1816
-  _globals['_ANALYTICSSERVICE']._serialized_start=2046
-  _globals['_ANALYTICSSERVICE']._serialized_end=2708
+  _globals['_ATTRIBUTIONMODEL']._serialized_start=1991
+  _globals['_ATTRIBUTIONMODEL']._serialized_end=2215
+  _globals['_CELL']._serialized_start=79
+  _globals['_CELL']._serialized_end=169
+  _globals['_QUERYRESULT']._serialized_start=172
+  _globals['_QUERYRESULT']._serialized_end=469
+  _globals['_QUERYRESULT_NOISESCALEENTRY']._serialized_start=420
+  _globals['_QUERYRESULT_NOISESCALEENTRY']._serialized_end=469
+  _globals['_OVERLAPREQUEST']._serialized_start=471
+  _globals['_OVERLAPREQUEST']._serialized_end=540
+  _globals['_FUNNELREQUEST']._serialized_start=542
+  _globals['_FUNNELREQUEST']._serialized_end=618
+  _globals['_FUNNELFLOWREQUEST']._serialized_start=620
+  _globals['_FUNNELFLOWREQUEST']._serialized_end=726
+  _globals['_SEGMENTINSIGHTREQUEST']._serialized_start=728
+  _globals['_SEGMENTINSIGHTREQUEST']._serialized_end=803
+  _globals['_ATTRIBUTIONREQUEST']._serialized_start=806
+  _globals['_ATTRIBUTIONREQUEST']._serialized_end=1015
+  _globals['_LIFTREQUEST']._serialized_start=1017
+  _globals['_LIFTREQUEST']._serialized_end=1081
+  _globals['_LOOKALIKEREQUEST']._serialized_start=1084
+  _globals['_LOOKALIKEREQUEST']._serialized_end=1289
+  _globals['_LOOKALIKEREQUEST_SEEDENTRY']._serialized_start=1246
+  _globals['_LOOKALIKEREQUEST_SEEDENTRY']._serialized_end=1289
+  _globals['_ACTIVATEREQUEST']._serialized_start=1292
+  _globals['_ACTIVATEREQUEST']._serialized_end=1451
+  _globals['_ACTIVATEREQUEST_SEGMENTENTRY']._serialized_start=1405
+  _globals['_ACTIVATEREQUEST_SEGMENTENTRY']._serialized_end=1451
+  _globals['_AUDIENCE']._serialized_start=1453
+  _globals['_AUDIENCE']._serialized_end=1573
+  _globals['_LISTAUDIENCESREQUEST']._serialized_start=1575
+  _globals['_LISTAUDIENCESREQUEST']._serialized_end=1613
+  _globals['_LISTAUDIENCESRESPONSE']._serialized_start=1615
+  _globals['_LISTAUDIENCESRESPONSE']._serialized_end=1681
+  _globals['_FETCHAUDIENCEREQUEST']._serialized_start=1683
+  _globals['_FETCHAUDIENCEREQUEST']._serialized_end=1719
+  _globals['_FETCHAUDIENCERESPONSE']._serialized_start=1721
+  _globals['_FETCHAUDIENCERESPONSE']._serialized_end=1761
+  _globals['_GETBUDGETREQUEST']._serialized_start=1763
+  _globals['_GETBUDGETREQUEST']._serialized_end=1797
+  _globals['_MEMBERBUDGET']._serialized_start=1799
+  _globals['_MEMBERBUDGET']._serialized_end=1902
+  _globals['_BUDGET']._serialized_start=1904
+  _globals['_BUDGET']._serialized_end=1988
+  _globals['_ANALYTICSSERVICE']._serialized_start=2218
+  _globals['_ANALYTICSSERVICE']._serialized_end=3055
 # @@protoc_insertion_point(module_scope)

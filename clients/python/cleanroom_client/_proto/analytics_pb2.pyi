@@ -7,6 +7,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -115,12 +116,15 @@ class QueryResult(_message.Message):
     NOISE_SCALE_FIELD_NUMBER: _builtins.int
     AUDIT_SEQUENCE_FIELD_NUMBER: _builtins.int
     OWN_SET_SIZE_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
     epsilon_spent: _builtins.float
     epsilon_remaining: _builtins.float
     audit_sequence: _builtins.int
     """Sequence number of the audit entry that records this answer."""
     own_set_size: _builtins.int
     """The caller's own set size (users with at least one valid identifier), exact: it is the caller's own data."""
+    audience: _builtins.str
+    """Lookalike and Activate: the audience released to the platform, `collaborations/{c}/audiences/{a}`."""
     @_builtins.property
     def dimensions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -139,10 +143,11 @@ class QueryResult(_message.Message):
         noise_scale: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         audit_sequence: _builtins.int = ...,
         own_set_size: _builtins.int = ...,
+        audience: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_sequence", b"audit_sequence", "cells", b"cells", "dimensions", b"dimensions", "epsilon_remaining", b"epsilon_remaining", "epsilon_spent", b"epsilon_spent", "noise_scale", b"noise_scale", "own_set_size", b"own_set_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "audit_sequence", b"audit_sequence", "cells", b"cells", "dimensions", b"dimensions", "epsilon_remaining", b"epsilon_remaining", "epsilon_spent", b"epsilon_spent", "noise_scale", b"noise_scale", "own_set_size", b"own_set_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -366,14 +371,21 @@ class LookalikeRequest(_message.Message):
     AUDIENCE_SIZE_FIELD_NUMBER: _builtins.int
     EPSILON_FIELD_NUMBER: _builtins.int
     DELTA_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     audience_size: _builtins.int
-    """Audience size to release to the platform."""
+    """How many of the platform's users to release, by descending score."""
     epsilon: _builtins.float
+    """Total epsilon: most goes to DP-SGD training (charged as opacus' accountant reports it), a tenth (at most
+    0.1) to the quality estimate.
+    """
     delta: _builtins.float
+    """Delta of the training, below 1 / (number of training examples)."""
+    model: _builtins.str
+    """`logistic` (default) or `mlp`."""
     @_builtins.property
     def seed(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Seed filter on brand dimensions, `member.column` -> value."""
+        """Seed filter: matched people whose `member.column` equals the value, e.g. {"brand.tier": "gold"}."""
 
     def __init__(
         self,
@@ -383,50 +395,15 @@ class LookalikeRequest(_message.Message):
         audience_size: _builtins.int = ...,
         epsilon: _builtins.float = ...,
         delta: _builtins.float = ...,
+        model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_size", b"audience_size", "delta", b"delta", "epsilon", b"epsilon", "parent", b"parent", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_size", b"audience_size", "delta", b"delta", "epsilon", b"epsilon", "model", b"model", "parent", b"parent", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LookalikeRequest: _TypeAlias = LookalikeRequest  # noqa: Y015
-
-@_typing.final
-class LookalikeResult(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    AUDIENCE_SIZE_FIELD_NUMBER: _builtins.int
-    AUC_FIELD_NUMBER: _builtins.int
-    AUC_ERROR_95_FIELD_NUMBER: _builtins.int
-    EPSILON_SPENT_FIELD_NUMBER: _builtins.int
-    EPSILON_REMAINING_FIELD_NUMBER: _builtins.int
-    PLATFORM_ROW_IDS_FIELD_NUMBER: _builtins.int
-    audience_size: _builtins.int
-    auc: _builtins.float
-    """DP estimate of the model's held-out quality (AUC), with its 95% error."""
-    auc_error_95: _builtins.float
-    epsilon_spent: _builtins.float
-    epsilon_remaining: _builtins.float
-    platform_row_ids: _builtins.bytes
-    """Only to the platform: its own surrogate row ids, 8 bytes each, signed little-endian."""
-    def __init__(
-        self,
-        *,
-        audience_size: _builtins.int = ...,
-        auc: _builtins.float = ...,
-        auc_error_95: _builtins.float = ...,
-        epsilon_spent: _builtins.float = ...,
-        epsilon_remaining: _builtins.float = ...,
-        platform_row_ids: _builtins.bytes = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auc", b"auc", "auc_error_95", b"auc_error_95", "audience_size", b"audience_size", "epsilon_remaining", b"epsilon_remaining", "epsilon_spent", b"epsilon_spent", "platform_row_ids", b"platform_row_ids"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___LookalikeResult: _TypeAlias = LookalikeResult  # noqa: Y015
 
 @_typing.final
 class ActivateRequest(_message.Message):
@@ -454,47 +431,144 @@ class ActivateRequest(_message.Message):
 
     PARENT_FIELD_NUMBER: _builtins.int
     SEGMENT_FIELD_NUMBER: _builtins.int
+    EPSILON_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
+    epsilon: _builtins.float
+    """Epsilon of the noisy size the caller receives."""
     @_builtins.property
     def segment(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Segment filter, `member.column` -> value."""
+        """Segment filter over the members' users dimensions, e.g. {"platform.stage_4a": "appeal", "brand.tier": "gold"}."""
 
     def __init__(
         self,
         *,
         parent: _builtins.str = ...,
         segment: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        epsilon: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent", "segment", b"segment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epsilon", b"epsilon", "parent", b"parent", "segment", b"segment"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ActivateRequest: _TypeAlias = ActivateRequest  # noqa: Y015
 
 @_typing.final
-class ActivateResult(_message.Message):
+class Audience(_message.Message):
+    """A released audience, as its recipient sees it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
-    AUDIENCE_SIZE_FIELD_NUMBER: _builtins.int
-    PLATFORM_ROW_IDS_FIELD_NUMBER: _builtins.int
-    audience_size: _builtins.int
-    platform_row_ids: _builtins.bytes
-    """Only to the platform: its own surrogate row ids, 8 bytes each, signed little-endian."""
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    REQUESTER_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`collaborations/{collaboration_id}/audiences/{audience_id}`."""
+    kind: _builtins.str
+    """`lookalike` or `activation`."""
+    size: _builtins.int
+    requester: _builtins.str
+    """Who asked for it."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
-        audience_size: _builtins.int = ...,
-        platform_row_ids: _builtins.bytes = ...,
+        name: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        size: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        requester: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_size", b"audience_size", "platform_row_ids", b"platform_row_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "kind", b"kind", "name", b"name", "requester", b"requester", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ActivateResult: _TypeAlias = ActivateResult  # noqa: Y015
+Global___Audience: _TypeAlias = Audience  # noqa: Y015
+
+@_typing.final
+class ListAudiencesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAudiencesRequest: _TypeAlias = ListAudiencesRequest  # noqa: Y015
+
+@_typing.final
+class ListAudiencesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIENCES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def audiences(self) -> _containers.RepeatedCompositeFieldContainer[Global___Audience]: ...
+    def __init__(
+        self,
+        *,
+        audiences: _abc.Iterable[Global___Audience] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audiences", b"audiences"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAudiencesResponse: _TypeAlias = ListAudiencesResponse  # noqa: Y015
+
+@_typing.final
+class FetchAudienceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`collaborations/{collaboration_id}/audiences/{audience_id}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchAudienceRequest: _TypeAlias = FetchAudienceRequest  # noqa: Y015
+
+@_typing.final
+class FetchAudienceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROW_IDS_FIELD_NUMBER: _builtins.int
+    row_ids: _builtins.bytes
+    """The recipient's own surrogate row ids, 8 bytes each, signed little-endian."""
+    def __init__(
+        self,
+        *,
+        row_ids: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["row_ids", b"row_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchAudienceResponse: _TypeAlias = FetchAudienceResponse  # noqa: Y015
 
 @_typing.final
 class GetBudgetRequest(_message.Message):

@@ -74,12 +74,22 @@ class AnalyticsServiceStub:
         self.Lookalike = channel.unary_unary(
                 '/cleanroom.v1.AnalyticsService/Lookalike',
                 request_serializer=cleanroom_dot_v1_dot_analytics__pb2.LookalikeRequest.SerializeToString,
-                response_deserializer=cleanroom_dot_v1_dot_analytics__pb2.LookalikeResult.FromString,
+                response_deserializer=cleanroom_dot_v1_dot_analytics__pb2.QueryResult.FromString,
                 _registered_method=True)
         self.Activate = channel.unary_unary(
                 '/cleanroom.v1.AnalyticsService/Activate',
                 request_serializer=cleanroom_dot_v1_dot_analytics__pb2.ActivateRequest.SerializeToString,
-                response_deserializer=cleanroom_dot_v1_dot_analytics__pb2.ActivateResult.FromString,
+                response_deserializer=cleanroom_dot_v1_dot_analytics__pb2.QueryResult.FromString,
+                _registered_method=True)
+        self.ListAudiences = channel.unary_unary(
+                '/cleanroom.v1.AnalyticsService/ListAudiences',
+                request_serializer=cleanroom_dot_v1_dot_analytics__pb2.ListAudiencesRequest.SerializeToString,
+                response_deserializer=cleanroom_dot_v1_dot_analytics__pb2.ListAudiencesResponse.FromString,
+                _registered_method=True)
+        self.FetchAudience = channel.unary_stream(
+                '/cleanroom.v1.AnalyticsService/FetchAudience',
+                request_serializer=cleanroom_dot_v1_dot_analytics__pb2.FetchAudienceRequest.SerializeToString,
+                response_deserializer=cleanroom_dot_v1_dot_analytics__pb2.FetchAudienceResponse.FromString,
                 _registered_method=True)
         self.GetBudget = channel.unary_unary(
                 '/cleanroom.v1.AnalyticsService/GetBudget',
@@ -140,14 +150,29 @@ class AnalyticsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Lookalike(self, request, context):
-        """Trains a DP-SGD lookalike model on matched seeds and releases an audience to the platform.
+        """Trains a DP-SGD lookalike model on matched seeds and releases an audience to the platform. The caller gets
+        the audience's name and size and a DP estimate of the model's quality, never who is in it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Activate(self, request, context):
-        """Releases the matched people of a brand segment to the platform for activation.
+        """Releases the matched people of a segment to the platform for activation; the caller gets a noisy size.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudiences(self, request, context):
+        """The audiences released to the caller (the member with `receive_audiences`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchAudience(self, request, context):
+        """One audience's members as the caller's own surrogate row ids, in chunks; only its recipient may fetch it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -196,12 +221,22 @@ def add_AnalyticsServiceServicer_to_server(servicer, server):
             'Lookalike': grpc.unary_unary_rpc_method_handler(
                     servicer.Lookalike,
                     request_deserializer=cleanroom_dot_v1_dot_analytics__pb2.LookalikeRequest.FromString,
-                    response_serializer=cleanroom_dot_v1_dot_analytics__pb2.LookalikeResult.SerializeToString,
+                    response_serializer=cleanroom_dot_v1_dot_analytics__pb2.QueryResult.SerializeToString,
             ),
             'Activate': grpc.unary_unary_rpc_method_handler(
                     servicer.Activate,
                     request_deserializer=cleanroom_dot_v1_dot_analytics__pb2.ActivateRequest.FromString,
-                    response_serializer=cleanroom_dot_v1_dot_analytics__pb2.ActivateResult.SerializeToString,
+                    response_serializer=cleanroom_dot_v1_dot_analytics__pb2.QueryResult.SerializeToString,
+            ),
+            'ListAudiences': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudiences,
+                    request_deserializer=cleanroom_dot_v1_dot_analytics__pb2.ListAudiencesRequest.FromString,
+                    response_serializer=cleanroom_dot_v1_dot_analytics__pb2.ListAudiencesResponse.SerializeToString,
+            ),
+            'FetchAudience': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchAudience,
+                    request_deserializer=cleanroom_dot_v1_dot_analytics__pb2.FetchAudienceRequest.FromString,
+                    response_serializer=cleanroom_dot_v1_dot_analytics__pb2.FetchAudienceResponse.SerializeToString,
             ),
             'GetBudget': grpc.unary_unary_rpc_method_handler(
                     servicer.GetBudget,
@@ -403,7 +438,7 @@ class AnalyticsService:
             target,
             '/cleanroom.v1.AnalyticsService/Lookalike',
             cleanroom_dot_v1_dot_analytics__pb2.LookalikeRequest.SerializeToString,
-            cleanroom_dot_v1_dot_analytics__pb2.LookalikeResult.FromString,
+            cleanroom_dot_v1_dot_analytics__pb2.QueryResult.FromString,
             options,
             channel_credentials,
             insecure,
@@ -430,7 +465,61 @@ class AnalyticsService:
             target,
             '/cleanroom.v1.AnalyticsService/Activate',
             cleanroom_dot_v1_dot_analytics__pb2.ActivateRequest.SerializeToString,
-            cleanroom_dot_v1_dot_analytics__pb2.ActivateResult.FromString,
+            cleanroom_dot_v1_dot_analytics__pb2.QueryResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudiences(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cleanroom.v1.AnalyticsService/ListAudiences',
+            cleanroom_dot_v1_dot_analytics__pb2.ListAudiencesRequest.SerializeToString,
+            cleanroom_dot_v1_dot_analytics__pb2.ListAudiencesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchAudience(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cleanroom.v1.AnalyticsService/FetchAudience',
+            cleanroom_dot_v1_dot_analytics__pb2.FetchAudienceRequest.SerializeToString,
+            cleanroom_dot_v1_dot_analytics__pb2.FetchAudienceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,10 +52,16 @@ class AnalyticsServiceStub:
     """Multi-touch attribution of the brand's conversions to the platform's campaigns or channels."""
     Lift: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.LiftRequest, _analytics_pb2.QueryResult]
     """Conversion lift of a campaign against its holdout."""
-    Lookalike: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.LookalikeRequest, _analytics_pb2.LookalikeResult]
-    """Trains a DP-SGD lookalike model on matched seeds and releases an audience to the platform."""
-    Activate: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.ActivateRequest, _analytics_pb2.ActivateResult]
-    """Releases the matched people of a brand segment to the platform for activation."""
+    Lookalike: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.LookalikeRequest, _analytics_pb2.QueryResult]
+    """Trains a DP-SGD lookalike model on matched seeds and releases an audience to the platform. The caller gets
+    the audience's name and size and a DP estimate of the model's quality, never who is in it.
+    """
+    Activate: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.ActivateRequest, _analytics_pb2.QueryResult]
+    """Releases the matched people of a segment to the platform for activation; the caller gets a noisy size."""
+    ListAudiences: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.ListAudiencesRequest, _analytics_pb2.ListAudiencesResponse]
+    """The audiences released to the caller (the member with `receive_audiences`)."""
+    FetchAudience: _grpc.UnaryStreamMultiCallable[_analytics_pb2.FetchAudienceRequest, _analytics_pb2.FetchAudienceResponse]
+    """One audience's members as the caller's own surrogate row ids, in chunks; only its recipient may fetch it."""
     GetBudget: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.GetBudgetRequest, _analytics_pb2.Budget]
     """Epsilon spent and left per member."""
 
@@ -82,10 +88,16 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     """Multi-touch attribution of the brand's conversions to the platform's campaigns or channels."""
     Lift: _aio.UnaryUnaryMultiCallable[_analytics_pb2.LiftRequest, _analytics_pb2.QueryResult]  # type: ignore[assignment]
     """Conversion lift of a campaign against its holdout."""
-    Lookalike: _aio.UnaryUnaryMultiCallable[_analytics_pb2.LookalikeRequest, _analytics_pb2.LookalikeResult]  # type: ignore[assignment]
-    """Trains a DP-SGD lookalike model on matched seeds and releases an audience to the platform."""
-    Activate: _aio.UnaryUnaryMultiCallable[_analytics_pb2.ActivateRequest, _analytics_pb2.ActivateResult]  # type: ignore[assignment]
-    """Releases the matched people of a brand segment to the platform for activation."""
+    Lookalike: _aio.UnaryUnaryMultiCallable[_analytics_pb2.LookalikeRequest, _analytics_pb2.QueryResult]  # type: ignore[assignment]
+    """Trains a DP-SGD lookalike model on matched seeds and releases an audience to the platform. The caller gets
+    the audience's name and size and a DP estimate of the model's quality, never who is in it.
+    """
+    Activate: _aio.UnaryUnaryMultiCallable[_analytics_pb2.ActivateRequest, _analytics_pb2.QueryResult]  # type: ignore[assignment]
+    """Releases the matched people of a segment to the platform for activation; the caller gets a noisy size."""
+    ListAudiences: _aio.UnaryUnaryMultiCallable[_analytics_pb2.ListAudiencesRequest, _analytics_pb2.ListAudiencesResponse]  # type: ignore[assignment]
+    """The audiences released to the caller (the member with `receive_audiences`)."""
+    FetchAudience: _aio.UnaryStreamMultiCallable[_analytics_pb2.FetchAudienceRequest, _analytics_pb2.FetchAudienceResponse]  # type: ignore[assignment]
+    """One audience's members as the caller's own surrogate row ids, in chunks; only its recipient may fetch it."""
     GetBudget: _aio.UnaryUnaryMultiCallable[_analytics_pb2.GetBudgetRequest, _analytics_pb2.Budget]  # type: ignore[assignment]
     """Epsilon spent and left per member."""
 
@@ -151,16 +163,34 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _analytics_pb2.LookalikeRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_analytics_pb2.LookalikeResult, _abc.Awaitable[_analytics_pb2.LookalikeResult]]:
-        """Trains a DP-SGD lookalike model on matched seeds and releases an audience to the platform."""
+    ) -> _typing.Union[_analytics_pb2.QueryResult, _abc.Awaitable[_analytics_pb2.QueryResult]]:
+        """Trains a DP-SGD lookalike model on matched seeds and releases an audience to the platform. The caller gets
+        the audience's name and size and a DP estimate of the model's quality, never who is in it.
+        """
 
     @_abc_1.abstractmethod
     def Activate(
         self,
         request: _analytics_pb2.ActivateRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_analytics_pb2.ActivateResult, _abc.Awaitable[_analytics_pb2.ActivateResult]]:
-        """Releases the matched people of a brand segment to the platform for activation."""
+    ) -> _typing.Union[_analytics_pb2.QueryResult, _abc.Awaitable[_analytics_pb2.QueryResult]]:
+        """Releases the matched people of a segment to the platform for activation; the caller gets a noisy size."""
+
+    @_abc_1.abstractmethod
+    def ListAudiences(
+        self,
+        request: _analytics_pb2.ListAudiencesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_pb2.ListAudiencesResponse, _abc.Awaitable[_analytics_pb2.ListAudiencesResponse]]:
+        """The audiences released to the caller (the member with `receive_audiences`)."""
+
+    @_abc_1.abstractmethod
+    def FetchAudience(
+        self,
+        request: _analytics_pb2.FetchAudienceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_analytics_pb2.FetchAudienceResponse], _abc.AsyncIterator[_analytics_pb2.FetchAudienceResponse]]:
+        """One audience's members as the caller's own surrogate row ids, in chunks; only its recipient may fetch it."""
 
     @_abc_1.abstractmethod
     def GetBudget(

@@ -64,6 +64,7 @@ def _coverage(frames: list[pd.DataFrame], truth: Mapping[Any, float], dims: list
             hits += abs(row["value"] - expected) <= row["error_95"] + 1e-9
             total += 1
     assert total > 0
+    print(f"coverage of {measure}: {hits}/{total} = {hits / total:.3f}")
     return hits / total
 
 

@@ -159,6 +159,20 @@ MATRIX: list[tuple[str, Callable, str, object, dict[str, str]]] = [
     (
         "AnalyticsService",
         an_grpc.AnalyticsServiceStub,
+        "ListAudiences",
+        lambda who: an.ListAudiencesRequest(parent=P),
+        _row(DENIED, OK, DENIED, DENIED, DENIED),
+    ),
+    (
+        "AnalyticsService",
+        an_grpc.AnalyticsServiceStub,
+        "FetchAudience",
+        lambda who: an.FetchAudienceRequest(name=f"{P}/audiences/a-none"),
+        _row(DENIED, OK, DENIED, DENIED, DENIED),
+    ),
+    (
+        "AnalyticsService",
+        an_grpc.AnalyticsServiceStub,
         "GetBudget",
         lambda who: an.GetBudgetRequest(parent=P),
         _row(OK, OK, DENIED, OK, DENIED),

@@ -12,7 +12,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from cleanroom.matching import match_stats
 from cleanroom.synthetic import DEMO_POLICY, SyntheticConfig, generate
 from cleanroom_client import CleanRoomError, PolicyError
-from cleanroom_client._proto import analytics_pb2, analytics_pb2_grpc, matching_pb2, matching_pb2_grpc
+from cleanroom_client._proto import matching_pb2, matching_pb2_grpc
 from cleanroom_client.curve import hash_to_u
 
 
@@ -36,14 +36,6 @@ def test_health_and_reflection(server, pki):
     [answer] = list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
     names = {s.name for s in answer.list_services_response.service}
     assert {"cleanroom.v1.CollaborationService", "cleanroom.v1.AnalyticsService", "grpc.health.v1.Health"} <= names
-
-
-def test_later_services_are_unimplemented(stub_for, active):
-    stub, md = stub_for(analytics_pb2_grpc.AnalyticsServiceStub, "brand")
-    code, _ = _code(
-        lambda: stub.Lookalike(analytics_pb2.LookalikeRequest(parent=f"collaborations/{active}"), metadata=md)
-    )
-    assert code is grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_lifecycle_and_argument_errors(stub_for, make_client):

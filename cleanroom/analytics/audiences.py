@@ -1,0 +1,108 @@
+"""Audiences released to a member: stored with the audit entry that releases them, fetched only by the recipient.
+
+An audience is a set of the recipient's own surrogate row ids, so only the recipient can map it back to people
+(with the ids it keeps locally). The requester learns its name and size, never its members.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from ..errors import InvalidArgumentError, NotFoundError, PermissionDeniedError
+from ..storage import Database
+from ..storage.database import first
+
+CHUNK_IDS = 262_144  # 2 MiB of row ids per message
+_PREFIX = "collaborations/"
+
+
+@dataclass(frozen=True)
+class AudienceInfo:
+    """One released audience."""
+
+    collaboration: str
+    id: str
+    kind: str
+    recipient: str
+    requester: str
+    size: int
+    create_time: datetime
+
+    @property
+    def name(self) -> str:
+        """`collaborations/{c}/audiences/{a}`."""
+        return f"{_PREFIX}{self.collaboration}/audiences/{self.id}"
+
+
+def parse_audience_name(name: str) -> tuple[str, str]:
+    """(collaboration id, audience id) of `collaborations/{c}/audiences/{a}`."""
+    parts = name.split("/")
+    if len(parts) != 4 or parts[0] != "collaborations" or parts[2] != "audiences" or not parts[1] or not parts[3]:
+        raise InvalidArgumentError(f"expected an audience name like collaborations/c/audiences/a, got {name!r}")
+    return parts[1], parts[3]
+
+
+def store(
+    cur: duckdb.DuckDBPyConnection, collab: str, kind: str, recipient: str, requester: str, row_ids: np.ndarray
+) -> AudienceInfo:
+    """Write an audience (inside the caller's transaction, the one that audits its release)."""
+    info = AudienceInfo(
+        collab,
+        f"a-{secrets.token_hex(6)}",
+        kind,
+        recipient,
+        requester,
+        len(row_ids),
+        datetime.now(UTC).replace(tzinfo=None),
+    )
+    cur.execute(
+        "INSERT INTO audiences VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [info.collaboration, info.id, info.kind, info.recipient, info.requester, info.size, info.create_time],
+    )
+    cur.register("ids", pa.table({"row_id": np.asarray(row_ids, dtype=np.int64)}))
+    cur.execute("INSERT INTO audience_members SELECT ?, ?, row_id FROM ids", [collab, info.id])
+    cur.unregister("ids")
+    return info
+
+
+class Audiences:
+    """Reading released audiences."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def list(self, collab: str, recipient: str) -> list[AudienceInfo]:
+        """The audiences released to `recipient`, oldest first."""
+        rows = (
+            self._db.cursor()
+            .execute(
+                "SELECT collab, id, kind, recipient, requester, size, create_time FROM audiences"
+                " WHERE collab = ? AND recipient = ? ORDER BY create_time, id",
+                [collab, recipient],
+            )
+            .fetchall()
+        )
+        return [AudienceInfo(*r) for r in rows]
+
+    def fetch(self, collab: str, audience: str, caller: str) -> Iterator[bytes]:
+        """The members as 8-byte row ids, in chunks; only for the recipient."""
+        cur = self._db.cursor()
+        row = first(cur.execute("SELECT recipient FROM audiences WHERE collab = ? AND id = ?", [collab, audience]))
+        if row is None:
+            raise NotFoundError(f"{_PREFIX}{collab}/audiences/{audience} does not exist")
+        if row[0] != caller:
+            raise PermissionDeniedError(f"this audience was released to {row[0]}; you ({caller}) may not read it")
+        table = cur.sql(
+            "SELECT row_id FROM audience_members WHERE collab = ? AND audience = ? ORDER BY row_id",
+            params=[collab, audience],
+        ).to_arrow_table()
+        ids = table.column("row_id").to_numpy().astype("<i8")
+        for start in range(0, max(len(ids), 1), CHUNK_IDS):
+            yield ids[start : start + CHUNK_IDS].tobytes()

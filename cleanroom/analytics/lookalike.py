@@ -1,0 +1,216 @@
+"""Lookalike modelling: features from the platform's users, seeds from the join, DP-SGD training with opacus.
+
+Privacy: the training set is every user of the recipient (the platform); the label says whether the user is a
+matched person who passes the seed filter (e.g. the brand's gold tier). DP-SGD (per-example gradient clipping to
+norm `MAX_GRAD_NORM`, Gaussian noise, Poisson sampling) makes the trained model (epsilon, delta)-DP with respect to
+each training example, one per person; opacus' accountant reports the epsilon actually spent, which is what the
+budget is charged. Scoring every platform user, and releasing the top of that ranking to the platform, is
+post-processing of the model: seeds are deliberately not removed from the audience, since removing them would
+release who the seeds are. The quality estimate on the held-out split is a separate pair of noisy counts.
+
+Noise here comes from torch's generator through opacus; opacus' `secure_mode` needs torchcsprng, which has no build
+for this torch, so it is off (see the README).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import torch
+from opacus import PrivacyEngine
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from cleanroom_client.policy import Policy, TableSpec
+
+from ..errors import FailedPreconditionError, InvalidArgumentError
+from ..storage.database import first, quote_ident
+from .matched import NONE, _table
+from .queries import DimensionRef
+
+MAX_GRAD_NORM = 1.0
+EPOCHS = 3
+HELD_OUT = 0.2
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """One row per platform user: its surrogate id, its features and its (exact, private) label."""
+
+    row_ids: np.ndarray
+    features: np.ndarray
+    labels: np.ndarray
+    feature_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """Scores for every user, which users were held out, and the epsilon opacus accounts for the training."""
+
+    scores: np.ndarray
+    held_out: np.ndarray
+    epsilon: float
+    noise_multiplier: float
+
+
+def _side(cur: duckdb.DuckDBPyConnection, collab: str, member: str) -> str:
+    sides = first(cur.execute("SELECT member_a FROM matches WHERE collab = ? LIMIT 1", [collab]))
+    return "row_a" if sides is None or sides[0] == member else "row_b"
+
+
+def _filters(policy: Policy, filters: Mapping[DimensionRef, str], what: str) -> None:
+    if not filters:
+        raise InvalidArgumentError(f"name the {what}, e.g. {{'brand.tier': 'gold'}}")
+    for ref, value in filters.items():
+        spec = policy.table(ref.member, "users")
+        if spec is None or ref.column not in spec.dimensions:
+            raise InvalidArgumentError(f"{what}: {ref} is not a declared dimension of a users table")
+        if value not in spec.dimensions[ref.column]:
+            raise InvalidArgumentError(f"{what}: {value!r} is not in the domain of {ref}")
+
+
+def segment_sql(
+    cur: duckdb.DuckDBPyConnection, collab: str, filters: Mapping[DimensionRef, str], out_member: str
+) -> tuple[str, list[object]]:
+    """SQL for the `out_member` row ids of the matched people passing every filter."""
+    joins, wheres, params = [], [], []
+    for i, (ref, value) in enumerate(filters.items()):
+        alias = f"f{i}"
+        table, side = _table(cur, collab, ref.member, "users"), _side(cur, collab, ref.member)
+        joins.append(f"JOIN {table} {alias} ON {alias}.row_id = m.{side}")
+        wheres.append(f"CAST({alias}.{quote_ident(ref.column)} AS VARCHAR) = ?")
+        params.append(value)
+    sql = (
+        f"SELECT DISTINCT m.{_side(cur, collab, out_member)} AS row_id FROM matches m {' '.join(joins)}"
+        f" WHERE m.collab = ? AND {' AND '.join(wheres)}"
+    )
+    return sql, [*params, collab]
+
+
+def training_data(
+    cur: duckdb.DuckDBPyConnection, collab: str, policy: Policy, recipient: str, seed: Mapping[DimensionRef, str]
+) -> TrainingData:
+    """Features (declared dimensions one-hot with `none`, declared measures clamped to [0, 1]) and seed labels."""
+    _filters(policy, seed, "seed")
+    spec: TableSpec | None = policy.table(recipient, "users")
+    if spec is None:
+        raise FailedPreconditionError(f"the policy declares no users table for {recipient}")
+    users = _table(cur, collab, recipient, "users")
+    present = {r[0] for r in cur.execute(f"DESCRIBE {users}").fetchall()}
+    dims = [c for c in spec.dimensions if c in present]
+    measures = [c for c in spec.measures if c in present]
+    if not dims and not measures:
+        raise FailedPreconditionError(f"{recipient} uploaded no declared dimension or measure to learn from")
+    seed_sql, params = segment_sql(cur, collab, seed, recipient)
+    cols = [f"CAST(u.{quote_ident(d)} AS VARCHAR)" for d in dims] + [
+        f"CAST(u.{quote_ident(m)} AS DOUBLE)" for m in measures
+    ]
+    sql = (
+        f"SELECT u.row_id, s.row_id IS NOT NULL AS label, {', '.join(cols)} FROM {users} u"
+        f" LEFT JOIN ({seed_sql}) s ON s.row_id = u.row_id ORDER BY u.row_id"
+    )
+    result = cur.execute(sql, params).fetchnumpy()
+    names: list[str] = []
+    blocks: list[np.ndarray] = []
+    keys = list(result)
+    for i, d in enumerate(dims):
+        column = np.asarray(result[keys[2 + i]], dtype=object)
+        values = np.where(np.asarray([v is None for v in column]), NONE, column)
+        for value in (*spec.dimensions[d], NONE):
+            names.append(f"{d}={value}")
+            blocks.append((values == value).astype(np.float32))
+    for j, m in enumerate(measures):
+        lo, hi = spec.measures[m]
+        raw = np.asarray(result[keys[2 + len(dims) + j]], dtype=np.float64)
+        raw = np.nan_to_num(raw, nan=lo)
+        names.append(m)
+        blocks.append(((np.clip(raw, lo, hi) - lo) / (hi - lo)).astype(np.float32))
+    return TrainingData(
+        row_ids=np.asarray(result["row_id"], dtype=np.int64),
+        features=np.stack(blocks, axis=1),
+        labels=np.asarray(result["label"], dtype=np.float32),
+        feature_names=tuple(names),
+    )
+
+
+def _model(kind: str, d: int) -> nn.Module:
+    if kind == "logistic":
+        return nn.Linear(d, 1)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(d, 16), nn.ReLU(), nn.Linear(16, 1))
+    raise InvalidArgumentError("model must be logistic or mlp")
+
+
+def train(data: TrainingData, target_epsilon: float, delta: float, kind: str = "logistic") -> TrainedModel:
+    """DP-SGD on the training split; scores every user. Deterministic only up to its (private) noise."""
+    n = len(data.labels)
+    generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+    held_out = (torch.rand(n, generator=generator) < HELD_OUT).numpy()
+    train_idx = np.flatnonzero(~held_out)
+    if len(train_idx) == 0 or delta >= 1 / len(train_idx):
+        raise InvalidArgumentError(
+            f"delta must be below 1/n = {1 / max(len(train_idx), 1):.3g} (n = {len(train_idx)} training examples); "
+            f"use for example {1 / max(len(train_idx), 1) ** 1.1:.1e}"
+        )
+    x = torch.from_numpy(data.features)
+    y = torch.from_numpy(data.labels)
+    loader = DataLoader(
+        TensorDataset(x[train_idx], y[train_idx]),
+        batch_size=min(4096, max(64, len(train_idx) // 50)),
+        shuffle=True,
+        generator=generator,
+    )
+    model = _model(kind, x.shape[1])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    with warnings.catch_warnings():
+        # opacus warns that secure_mode is off (torchcsprng is not available here) and about hook and alpha details
+        warnings.simplefilter("ignore", UserWarning)
+        engine = PrivacyEngine(accountant="prv")
+        model, optimizer, loader = engine.make_private_with_epsilon(
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            epochs=EPOCHS,
+            max_grad_norm=MAX_GRAD_NORM,
+        )
+        loss = nn.BCEWithLogitsLoss()
+        model.train()
+        for _ in range(EPOCHS):
+            for xb, yb in loader:
+                if len(xb) == 0:
+                    continue
+                optimizer.zero_grad()
+                loss(model(xb).squeeze(-1), yb).backward()
+                optimizer.step()
+        spent = float(engine.get_epsilon(delta))
+    model.eval()
+    with torch.no_grad():
+        scores = torch.sigmoid(model(x).squeeze(-1)).numpy()
+    if not math.isfinite(spent) or spent > target_epsilon * (1 + 1e-6):
+        raise ArithmeticError(f"opacus accounted epsilon {spent} above its target {target_epsilon}")
+    return TrainedModel(scores, held_out, spent, float(optimizer.noise_multiplier))
+
+
+def top(scores: np.ndarray, size: int) -> np.ndarray:
+    """Indices of the `size` highest scores."""
+    if size >= len(scores):
+        return np.arange(len(scores))
+    return np.argpartition(-scores, size - 1)[:size]
+
+
+def held_out_counts(model: TrainedModel, labels: np.ndarray) -> tuple[int, int]:
+    """Exact (seeds in the held-out split, those of them in the split's top decile by score)."""
+    idx = np.flatnonzero(model.held_out)
+    positives = int(labels[idx].sum())
+    if len(idx) == 0:
+        return 0, 0
+    decile = idx[top(model.scores[idx], max(1, len(idx) // 10))]
+    return positives, int(labels[decile].sum())
