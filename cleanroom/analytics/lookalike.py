@@ -90,7 +90,7 @@ def segment_sql(
         f"SELECT DISTINCT m.{_side(cur, collab, out_member)} AS row_id FROM matches m {' '.join(joins)}"
         f" WHERE m.collab = ? AND {' AND '.join(wheres)}"
     )
-    return sql, [*params, collab]
+    return sql, [collab, *params]
 
 
 def training_data(

@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import TypeVar
 
 import grpc
+import numpy as np
 import pandas as pd
 
 from ._proto import analytics_pb2 as qpb
@@ -262,6 +263,75 @@ class CleanRoomClient:
         request = qpb.LiftRequest(parent=_name(collaboration_id), campaign=campaign, epsilon=epsilon)
         return _frame(self._call(self._analytics.Lift, request))
 
+    def lookalike(
+        self,
+        collaboration_id: str,
+        seed: Mapping[str, str],
+        audience_size: int,
+        epsilon: float = 1.0,
+        delta: float | None = None,
+        model: str = "logistic",
+    ) -> pd.DataFrame:
+        """Train a DP-SGD lookalike on the seeds (e.g. {"brand.tier": "gold"}); the platform receives the audience.
+
+        You receive the audience's name (`attrs["audience"]`) and size, the epsilon opacus accounted and a DP
+        estimate of quality; never who is in it. `delta` defaults to 1e-7 (it must be below 1/n).
+        """
+        request = qpb.LookalikeRequest(
+            parent=_name(collaboration_id),
+            seed=dict(seed),
+            audience_size=audience_size,
+            epsilon=epsilon,
+            delta=1e-7 if delta is None else delta,
+            model=model,
+        )
+        return _frame(self._call(self._analytics.Lookalike, request))
+
+    def activate(self, collaboration_id: str, segment: Mapping[str, str], epsilon: float = 0.1) -> pd.DataFrame:
+        """Release a segment's matched people (e.g. {"platform.stage_4a": "appeal"}) to the platform.
+
+        You receive a noisy size only.
+        """
+        request = qpb.ActivateRequest(parent=_name(collaboration_id), segment=dict(segment), epsilon=epsilon)
+        return _frame(self._call(self._analytics.Activate, request))
+
+    def audiences(self, collaboration_id: str) -> pd.DataFrame:
+        """The audiences released to you (as the member with `receive_audiences`)."""
+        response = self._call(self._analytics.ListAudiences, qpb.ListAudiencesRequest(parent=_name(collaboration_id)))
+        return pd.DataFrame(
+            [
+                {
+                    "name": a.name,
+                    "kind": a.kind,
+                    "size": a.size,
+                    "requester": a.requester,
+                    "create_time": a.create_time.ToDatetime(),
+                }
+                for a in response.audiences
+            ],
+            columns=["name", "kind", "size", "requester", "create_time"],
+        )
+
+    def fetch_audience(self, audience: str) -> pd.Series:
+        """The members of an audience released to you, as your own user keys (mapped locally, never uploaded)."""
+        parts = audience.split("/")
+        if len(parts) != 4:
+            raise ValueError("pass an audience name like collaborations/c/audiences/a (see audiences())")
+        rows_path = self.state_dir / "collaborations" / parts[1] / "rows.parquet"
+        if not rows_path.exists():
+            raise FileNotFoundError(f"{rows_path} is missing: only the machine that matched can map the audience back")
+        try:
+            chunks = [
+                c.row_ids
+                for c in self._analytics.FetchAudience(qpb.FetchAudienceRequest(name=audience), metadata=self._metadata)
+            ]
+        except grpc.RpcError as err:
+            raise CleanRoomError.from_rpc(err) from None
+        ids = np.frombuffer(b"".join(chunks), dtype="<i8")
+        rows = pd.read_parquet(rows_path)
+        keys = rows.set_index("row_id")["key"]
+        return keys.loc[keys.index.intersection(pd.Index(ids))].reset_index(drop=True).rename("key")
+
     def budget(self, collaboration_id: str) -> pd.DataFrame:
         """Epsilon total, spent and left per member."""
         b = self._call(self._analytics.GetBudget, qpb.GetBudgetRequest(parent=_name(collaboration_id)))
@@ -414,7 +484,8 @@ def _frame(result: qpb.QueryResult) -> pd.DataFrame:
     """One row per cell and measure: the dimension values, measure, value, error_95 and suppressed.
 
     A suppressed cell's value is NaN: the server withheld it. `attrs` carries epsilon spent and left, the noise
-    scale per histogram, the audit entry's sequence number and the caller's own set size.
+    scale per histogram, the audit entry's sequence number, the caller's own set size and, for lookalike and
+    activation, the name of the audience released to the platform.
     """
     rows = []
     for c in result.cells:
@@ -433,6 +504,7 @@ def _frame(result: qpb.QueryResult) -> pd.DataFrame:
         noise_scale=dict(result.noise_scale),
         audit_sequence=result.audit_sequence,
         own_set_size=result.own_set_size,
+        audience=result.audience,
     )
     return frame
 

@@ -1,0 +1,192 @@
+"""Lookalike (DP-SGD) and activation: a planted signal is found, the epsilon charged is opacus', audiences reach
+only the platform, and the brand never learns who is in them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from cleanroom.analytics import ActivationQuery, LookalikeQuery
+from cleanroom.analytics.queries import DimensionRef
+from cleanroom.matching.tables import physical_name
+from cleanroom.principals import Principal, Role
+from cleanroom.room import Room
+from cleanroom.storage.database import quote_ident
+from cleanroom_client import CleanRoomError
+
+POLICY = """\
+name: lookalike-test
+members:
+  brand:    {abilities: [contribute, query, receive_results]}
+  platform: {abilities: [contribute, receive_audiences]}
+tables:
+  brand.users:    {dimensions: {tier: [gold, silver, basic]}}
+  platform.users: {dimensions: {age_band: ["18-24", "25-34", "35-44", "45+"], stage_4a: [aware, appeal, act, advocate]},
+                   measures: {visits_30d: [0, 60]}}
+queries: [overlap, lookalike, activation]
+min_group_size: 50
+epsilon: {per_member_total: 100.0, per_query_max: 5.0}
+"""
+BRAND, PLATFORM = Principal("brand", Role.MEMBER), Principal("platform", Role.MEMBER)
+
+
+def _planted(room: Room, platform_users: int, seed: int = 3) -> tuple[str, np.ndarray]:
+    """Platform users; the first half are matched; matched gold customers skew to age 25-34 and more visits.
+
+    Returns the collaboration id and, per platform row, whether it is a true seed (a matched gold customer).
+    """
+    c = room.collaborations.create(BRAND, "lookalike-200k", POLICY)
+    for m in (BRAND, PLATFORM):
+        room.collaborations.approve(m, c.id, c.policy_etag)
+    rng = np.random.default_rng(seed)
+    n, matched = platform_users, platform_users // 2
+    tier = rng.choice(np.array(["gold", "silver", "basic"]), size=matched, p=[0.1, 0.3, 0.6])
+    gold = np.zeros(n, dtype=bool)
+    gold[:matched] = tier == "gold"
+    ages = np.array(["18-24", "25-34", "35-44", "45+"])
+    age = ages[rng.integers(0, 4, n)]
+    age[gold & (rng.random(n) < 0.6)] = "25-34"
+    visits = np.where(gold, rng.poisson(25, n), rng.poisson(8, n)).astype(np.int64)
+    stage = np.array(["aware", "appeal", "act", "advocate"])[rng.integers(0, 4, n)]
+    tables = {
+        ("brand", "users"): pa.table({"row_id": np.arange(matched, dtype=np.int64), "tier": tier}),
+        ("platform", "users"): pa.table(
+            {"row_id": np.arange(n, dtype=np.int64) + 10**9, "age_band": age, "stage_4a": stage, "visits_30d": visits}
+        ),
+    }
+    with room.db.transaction() as cur:
+        for (member, name), table in tables.items():
+            phys = physical_name(c.id, member, name)
+            cur.register("t", table)
+            cur.execute(f"CREATE TABLE {quote_ident(phys)} AS SELECT * FROM t")
+            cur.unregister("t")
+            cur.execute("INSERT INTO data_tables VALUES (?, ?, ?, ?, ?)", [c.id, member, name, phys, table.num_rows])
+        cur.register("mt", pa.table({"row": np.arange(matched, dtype=np.int64)}))
+        cur.execute("INSERT INTO matches SELECT ?, 'brand', row, 'platform', row + 1000000000, 1 FROM mt", [c.id])
+        cur.unregister("mt")
+        cur.execute("INSERT INTO match_results VALUES (?, now()::TIMESTAMP)", [c.id])
+    return c.id, gold
+
+
+def test_200k_lookalike_finds_the_planted_seeds_and_charges_opacus_epsilon(tmp_path):
+    room = Room.open(tmp_path)
+    try:
+        collab, gold = _planted(room, 200_000)
+        size = 10_000
+        q = LookalikeQuery(((DimensionRef("brand", "tier"), "gold"),), size, epsilon=2.0, delta=1e-7)
+        answer = room.queries.lookalike(BRAND, collab, q)
+        cells = {(c.keys[0], c.measure): c for c in answer.cells}
+        accounted = cells[("training", "epsilon_accounted")].value
+        # the budget is charged exactly opacus' accountant plus the quality estimate's epsilon
+        entry = list(room.audit.entries(collab))[-1]
+        assert entry.action == "query.lookalike"
+        assert entry.epsilon == pytest.approx(accounted + min(0.1, 2.0 / 10))
+        assert 0 < accounted <= 2.0 - 0.1 + 1e-9
+        assert answer.epsilon_spent == pytest.approx(entry.epsilon)
+        # the audience went to the platform: its true precision against ground truth clearly beats random
+        ids = np.frombuffer(b"".join(_fetch(room, collab, answer.audience)), dtype="<i8") - 10**9
+        assert len(ids) == size
+        precision, base_rate = gold[ids].mean(), gold.mean()
+        assert precision > 3 * base_rate, (precision, base_rate)
+        recall = cells[("quality", "recall_at_top_decile")]
+        assert not recall.suppressed
+        assert recall.value > 0.2  # a random ranking puts 10% of the held-out seeds in its top decile
+    finally:
+        room.close()
+
+
+def _fetch(room: Room, collab: str, audience: str) -> list[bytes]:
+    from cleanroom.analytics.audiences import Audiences, parse_audience_name
+
+    c, a = parse_audience_name(audience)
+    assert c == collab
+    return list(Audiences(room.db).fetch(c, a, "platform"))
+
+
+def test_lookalike_refusals_spend_nothing(tmp_path):
+    room = Room.open(tmp_path)
+    try:
+        collab, _ = _planted(room, 2_000)
+        gold = ((DimensionRef("brand", "tier"), "gold"),)
+        cases = [
+            (LookalikeQuery(gold, 10, epsilon=1.0, delta=1e-7), "minimum group size"),
+            (LookalikeQuery(gold, 100, epsilon=1.0, delta=1e-3), "delta must be well below"),
+            (LookalikeQuery(gold, 100, epsilon=9.0, delta=1e-7), "per-query maximum"),
+            (LookalikeQuery(((DimensionRef("brand", "email"), "x"),), 100, epsilon=1.0, delta=1e-7), "declared"),
+            (LookalikeQuery(((DimensionRef("brand", "tier"), "platinum"),), 100, epsilon=1.0, delta=1e-7), "domain"),
+        ]
+        for q, message in cases:
+            with pytest.raises(Exception, match=message):
+                room.queries.lookalike(BRAND, collab, q)
+        assert room.budget.status(collab, "brand", 100.0).spent == 0.0
+        with pytest.raises(Exception, match="does not give you"):
+            room.queries.lookalike(PLATFORM, collab, LookalikeQuery(gold, 100, epsilon=1.0, delta=1e-7))
+    finally:
+        room.close()
+
+
+def test_activation_releases_the_segment_to_the_platform_only(tmp_path):
+    room = Room.open(tmp_path)
+    try:
+        collab, gold = _planted(room, 4_000)
+        seg = ((DimensionRef("brand", "tier"), "gold"), (DimensionRef("platform", "age_band"), "25-34"))
+        answer = room.queries.activate(BRAND, collab, ActivationQuery(seg, epsilon=0.5))
+        [cell] = answer.cells
+        ids = np.frombuffer(b"".join(_fetch(room, collab, answer.audience)), dtype="<i8")
+        assert gold[ids - 10**9].all()
+        assert abs(cell.value - len(ids)) <= cell.error_95 * 3
+        from cleanroom.analytics.audiences import Audiences, parse_audience_name
+
+        c, a = parse_audience_name(answer.audience)
+        with pytest.raises(Exception, match="released to platform"):
+            list(Audiences(room.db).fetch(c, a, "brand"))
+        tiny = ((DimensionRef("brand", "tier"), "gold"), (DimensionRef("platform", "visits_30d"), "3"))
+        with pytest.raises(Exception, match="not a declared dimension"):
+            room.queries.activate(BRAND, collab, ActivationQuery(tiny, epsilon=0.5))
+    finally:
+        room.close()
+
+
+def test_lookalike_over_grpc_reaches_the_platform_as_its_own_keys(room):
+    from cleanroom.synthetic import SyntheticConfig, generate
+
+    data = generate(SyntheticConfig(brand_users=1500, platform_users=2500, shared=1200, seed=8))
+    policy = POLICY.replace("min_group_size: 50", "min_group_size: 20")
+    users = data.platform_users.assign(visits_30d=np.arange(len(data.platform_users)) % 40)
+    collab = room.match_frames(
+        "lookalike-grpc",
+        policy,
+        brand={
+            "users": data.brand_users,
+            "key": "customer_id",
+            "identifiers": {"email": "email"},
+            "attributes": ["tier"],
+        },
+        platform={
+            "users": users,
+            "key": "user_id",
+            "identifiers": {"email": "email"},
+            "attributes": ["age_band", "stage_4a", "visits_30d"],
+        },
+    )
+    brand, platform = room.client("brand"), room.client("platform")
+    frame = brand.lookalike(collab, seed={"brand.tier": "gold"}, audience_size=300, epsilon=2.0, delta=1e-5)
+    name = frame.attrs["audience"]
+    assert name.startswith(f"collaborations/{collab}/audiences/")
+    listed = platform.audiences(collab)
+    assert list(listed["name"]) == [name]
+    assert listed["size"].iloc[0] == 300
+    keys = platform.fetch_audience(name)
+    assert len(keys) == 300
+    assert set(keys) <= set(data.platform_users["user_id"])
+    with pytest.raises(CleanRoomError) as info:
+        brand.fetch_audience(name)
+    assert info.value.code == "PERMISSION_DENIED"
+    with pytest.raises(CleanRoomError) as info:
+        brand.audiences(collab)
+    assert info.value.code == "PERMISSION_DENIED"
+    activated = brand.activate(collab, segment={"platform.stage_4a": "appeal"}, epsilon=0.5)
+    assert activated.attrs["audience"] in set(platform.audiences(collab)["name"])
+    pd.testing.assert_index_equal(activated.columns, pd.Index(["part", "measure", "value", "error_95", "suppressed"]))
