@@ -25,7 +25,7 @@ from .matching import match_stats
 from .principals import Role
 from .server import ServerConfig, create_server
 from .server.app import TlsConfig
-from .synthetic import DEMO_POLICY, FLOW_END, FLOW_START, LIFT_CAMPAIGN, SyntheticConfig, generate
+from .synthetic import DEMO_POLICY, FLOW_END, FLOW_START, LIFT_CAMPAIGN, SyntheticConfig, SyntheticData, generate
 
 console = Console()
 
@@ -74,6 +74,20 @@ def _print(frame: pd.DataFrame, title: str, measures: tuple[str, ...]) -> None:
     )
 
 
+def _print_rows(frame: pd.DataFrame, title: str) -> None:
+    """One line per measure: value ± its 95% error, or — where suppressed."""
+    table = Table(title=title)
+    for column in ("part", "measure", "value"):
+        table.add_column(column, justify="right" if column == "value" else "left")
+    for part, measure, value, error, suppressed in frame[
+        ["part", "measure", "value", "error_95", "suppressed"]
+    ].to_numpy():
+        shown = "—" if suppressed else f"{float(value):,.3f}" + (f" ± {float(error):,.3f}" if error else "")
+        table.add_row(str(part), str(measure), shown)
+    console.print(table)
+    console.print(f"  ε spent {frame.attrs['epsilon_spent']:.3f}, audience {frame.attrs['audience'] or '—'}")
+
+
 def _queries(brand: CleanRoomClient, collab: str) -> None:
     """What the brand asks: each answer is differentially private, with its error bars."""
     _print(brand.overlap(collab, by=["brand.tier", "platform.age_band"], epsilon=0.5), "overlap", ("people",))
@@ -101,6 +115,27 @@ def _queries(brand: CleanRoomClient, collab: str) -> None:
     )
     budget = brand.budget(collab)
     console.print("budget: " + ", ".join(f"{r.member} spent {r.spent:g} of {r.total:g}" for r in budget.itertuples()))
+
+
+def _audiences(brand: CleanRoomClient, platform: CleanRoomClient, collab: str, data: SyntheticData) -> None:
+    """The brand asks for a lookalike of its gold customers and activates a segment; the platform receives them."""
+    look = brand.lookalike(collab, seed={"brand.tier": "gold"}, audience_size=2000, epsilon=1.0, delta=1e-7)
+    _print_rows(look, "lookalike of the gold tier (what the brand learns)")
+    act = brand.activate(collab, segment={"brand.tier": "gold", "platform.stage_4a": "appeal"}, epsilon=0.2)
+    _print_rows(act, "activation: gold customers in the appeal stage (what the brand learns)")
+    audiences = platform.audiences(collab)
+    console.print(
+        f"the platform received {len(audiences)} audiences: "
+        + ", ".join(f"{r.kind} of {r.size:,}" for r in audiences.itertuples())
+    )
+    keys = platform.fetch_audience(look.attrs["audience"])
+    gold = set(data.truth.merge(data.brand_users, on="customer_id").query("tier == 'gold'")["user_id"])
+    base = len(gold) / len(data.platform_users)
+    precision = sum(k in gold for k in keys) / max(len(keys), 1)
+    console.print(
+        f"ground truth (known only to this demo): {precision:.1%} of the lookalike audience are the brand's gold "
+        f"customers, against {base:.1%} of all platform users"
+    )
 
 
 def run_demo(brand_users: int, platform_users: int, shared: int, data_dir: Path | None) -> None:
@@ -150,7 +185,7 @@ def run_demo(brand_users: int, platform_users: int, shared: int, data_dir: Path 
                     users=data.platform_users,
                     key="user_id",
                     identifiers={"email": "email", "phone": "phone"},
-                    attributes=["age_band", "stage_4a"],
+                    attributes=["age_band", "stage_4a", "visits_30d"],
                     events={
                         "stage_history": data.platform_stage_history,
                         "exposures": data.platform_exposures,
@@ -173,6 +208,7 @@ def run_demo(brand_users: int, platform_users: int, shared: int, data_dir: Path 
                 + ", ".join(f"{s.id_type.value} {s.pairs:,}" for s in stats if s.pairs)
             )
             _queries(brand, collab.id)
+            _audiences(brand, platform, collab.id, data)
             running.room.principals.assign_auditor("auditor", collab.id)
             with connect("auditor") as auditor:
                 online = auditor.verify_audit_log(collab.id)

@@ -138,6 +138,15 @@ def generate(config: SyntheticConfig | None = None) -> SyntheticData:
         ignore_index=True,
     )
     platform_id_of_person = dict(zip(platform_people[platform_order], platform_users["user_id"], strict=True))
+    # The lookalike signal: the brand's gold customers are platform users who visit more and skew to 25-34.
+    gold_people = {p for p, t in zip(brand_people[brand_order], brand_users["tier"], strict=True) if t == "gold"}
+    is_gold = np.array([p in gold_people for p in platform_people[platform_order]])
+    platform_users["visits_30d"] = np.where(
+        is_gold, rng.poisson(20, cfg.platform_users), rng.poisson(8, cfg.platform_users)
+    )
+    age = platform_users["age_band"].to_numpy().copy()
+    age[is_gold & (rng.random(cfg.platform_users) < 0.5)] = "25-34"
+    platform_users["age_band"] = age
 
     truth = pd.DataFrame(
         {
@@ -214,12 +223,13 @@ tables:
   brand.users:       {dimensions: {tier: [gold, silver, basic]}}
   brand.conversions: {time: ts, measures: {value: [0, 300]}, max_per_person: 3}
   platform.users:    {dimensions: {age_band: ["18-24", "25-34", "35-44", "45+"],
-                                   stage_4a: [aware, appeal, act, advocate]}}
+                                   stage_4a: [aware, appeal, act, advocate]},
+                      measures: {visits_30d: [0, 60]}}
   platform.stage_history: {time: date, dimensions: {stage_4a: [aware, appeal, act, advocate]}}
   platform.exposures: {time: ts, dimensions: {campaign: [c-always-on, c-2026-10, c-2026-11],
                                               channel: [search, feed, video], kind: [impression, click]}}
   platform.test_groups: {dimensions: {campaign: [c-2026-11], test_group: [exposed, holdout]}}
-queries: [overlap, funnel, funnel_flow, segment_insight, attribution, lift]
+queries: [overlap, funnel, funnel_flow, segment_insight, attribution, lift, lookalike, activation]
 campaign_spend: {c-always-on: 20000, c-2026-10: 15000, c-2026-11: 25000}
 min_group_size: 50
 epsilon: {per_member_total: 10.0, per_query_max: 1.0}

@@ -20,7 +20,8 @@ GENEROUS = DEMO_POLICY.replace("min_group_size: 50", "min_group_size: 5").replac
 )
 TIGHT = DEMO_POLICY.replace("per_member_total: 10.0, per_query_max: 1.0", "per_member_total: 1.0, per_query_max: 0.5")
 TIGHT = TIGHT.replace(
-    "queries: [overlap, funnel, funnel_flow, segment_insight, attribution, lift]", "queries: [overlap, funnel]"
+    "queries: [overlap, funnel, funnel_flow, segment_insight, attribution, lift, lookalike, activation]",
+    "queries: [overlap, funnel]",
 )
 assert "queries: [overlap, funnel]\n" in TIGHT
 #: Unsuppressed cells per measure to judge coverage on: with 300, a true 95% coverage falls under 90% about once
