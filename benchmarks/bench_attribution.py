@@ -27,7 +27,7 @@ from cleanroom.matching.tables import physical_name
 from cleanroom.principals import Principal, Role
 from cleanroom.room import Room
 from cleanroom.storage.database import quote_ident
-from cleanroom.synthetic import DEMO_POLICY
+from cleanroom.synthetic import DEMO_POLICY, load_direct
 
 MODELS = ("last_touch", "first_touch", "linear", "time_decay", "position_based")
 POLICY = DEMO_POLICY.replace("per_member_total: 10.0", "per_member_total: 1000.0")
@@ -64,18 +64,7 @@ def build(room: Room, people: int, exposures: int, conversions: int, seed: int =
             }
         ),
     }
-    matches = pa.table({"row": np.arange(people, dtype=np.int64)})
-    with room.db.transaction() as cur:
-        for (member, name), table in tables.items():
-            phys = physical_name(c.id, member, name)
-            cur.register("t", table)
-            cur.execute(f"CREATE TABLE {quote_ident(phys)} AS SELECT * FROM t")
-            cur.unregister("t")
-            cur.execute("INSERT INTO data_tables VALUES (?, ?, ?, ?, ?)", [c.id, member, name, phys, table.num_rows])
-        cur.register("mt", matches)
-        cur.execute("INSERT INTO matches SELECT ?, 'brand', row, 'platform', row, 1 FROM mt", [c.id])
-        cur.unregister("mt")
-        cur.execute("INSERT INTO match_results VALUES (?, now()::TIMESTAMP)", [c.id])
+    load_direct(room, c.id, tables, np.arange(people), np.arange(people))
     return c.id
 
 

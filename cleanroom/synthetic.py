@@ -12,10 +12,16 @@ This is test data: numpy's generator is fine here. It is never used for privacy 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+
+if TYPE_CHECKING:
+    from .room import Room
 
 AREA_CODES = (212, 312, 415, 617, 646, 702, 718, 305, 206, 512)
 TIERS = ("gold", "silver", "basic")
@@ -234,3 +240,31 @@ campaign_spend: {c-always-on: 20000, c-2026-10: 15000, c-2026-11: 25000}
 min_group_size: 50
 epsilon: {per_member_total: 10.0, per_query_max: 1.0}
 """
+
+
+def load_direct(
+    room: Room,
+    collab: str,
+    tables: Mapping[tuple[str, str], pa.Table],
+    brand_rows: np.ndarray,
+    platform_rows: np.ndarray,
+) -> None:
+    """Write members' tables and a finished match straight into a data directory, skipping the PSI.
+
+    For benchmarks and tests of what comes after matching at sizes the PSI would take too long to reach. The
+    members must be called `brand` and `platform`; `brand_rows[i]` is matched to `platform_rows[i]`.
+    """
+    from .matching.tables import physical_name
+    from .storage.database import quote_ident
+
+    with room.db.transaction() as cur:
+        for (member, name), table in tables.items():
+            phys = physical_name(collab, member, name)
+            cur.register("t", table)
+            cur.execute(f"CREATE TABLE {quote_ident(phys)} AS SELECT * FROM t")
+            cur.unregister("t")
+            cur.execute("INSERT INTO data_tables VALUES (?, ?, ?, ?, ?)", [collab, member, name, phys, table.num_rows])
+        cur.register("pairs", pa.table({"a": brand_rows.astype(np.int64), "b": platform_rows.astype(np.int64)}))
+        cur.execute("INSERT INTO matches SELECT ?, 'brand', a, 'platform', b, 1 FROM pairs", [collab])
+        cur.unregister("pairs")
+        cur.execute("INSERT INTO match_results VALUES (?, now()::TIMESTAMP)", [collab])

@@ -151,6 +151,21 @@ class QueryEngine:
         self._noise = noise
 
     # -- the pipeline ---------------------------------------------------------------------------------------------
+    @staticmethod
+    def _check_policy(principal: Principal, policy: Policy, query_type: str, epsilon: float) -> None:
+        """The policy's rules for one query: the caller receives results, the type is allowed, epsilon is capped."""
+        member = policy.member(principal.name)
+        if member is None or RECEIVE not in member.abilities:
+            raise PermissionDeniedError(f"the policy does not let you ({principal.name}) receive results")
+        if query_type not in policy.queries:
+            raise PermissionDeniedError(
+                f"the policy does not allow {query_type} queries (allowed: {sorted(policy.queries)})"
+            )
+        if epsilon > policy.epsilon_per_query_max:
+            raise InvalidArgumentError(
+                f"epsilon {epsilon:g} exceeds the policy's per-query maximum {policy.epsilon_per_query_max:g}"
+            )
+
     def authorize(self, principal: Principal, collab_id: str, query_type: str) -> Collaboration:
         """Who may ask at all (a member with `query` in an active collaboration): checked before anything else."""
         return self._collabs.require_active(principal, collab_id, QUERY, f"query.{query_type}")
@@ -169,17 +184,7 @@ class QueryEngine:
         policy = collab.policy
         parameters = {**parameters, "epsilon": epsilon}
         try:
-            member = policy.member(principal.name)
-            if member is None or RECEIVE not in member.abilities:
-                raise PermissionDeniedError(f"the policy does not let you ({principal.name}) receive results")
-            if query_type not in policy.queries:
-                raise PermissionDeniedError(
-                    f"the policy does not allow {query_type} queries (allowed: {sorted(policy.queries)})"
-                )
-            if epsilon > policy.epsilon_per_query_max:
-                raise InvalidArgumentError(
-                    f"epsilon {epsilon:g} exceeds the policy's per-query maximum {policy.epsilon_per_query_max:g}"
-                )
+            self._check_policy(principal, policy, query_type, epsilon)
             plan = plan_for(collab, MatchedPeople(self._db.cursor(), collab.id))
             reservation = self._budget.reserve(collab.id, principal.name, epsilon, policy.epsilon_per_member_total)
         except CleanroomError as exc:
@@ -446,14 +451,7 @@ class QueryEngine:
 
     def _audience_checks(self, principal: Principal, collab: Collaboration, query_type: str, epsilon: float) -> str:
         policy = collab.policy
-        if query_type not in policy.queries:
-            raise PermissionDeniedError(
-                f"the policy does not allow {query_type} queries (allowed: {sorted(policy.queries)})"
-            )
-        if epsilon > policy.epsilon_per_query_max:
-            raise InvalidArgumentError(
-                f"epsilon {epsilon:g} exceeds the policy's per-query maximum {policy.epsilon_per_query_max:g}"
-            )
+        self._check_policy(principal, policy, query_type, epsilon)
         MatchedPeople(self._db.cursor(), collab.id)  # the match must be complete
         return self._recipient(policy, principal.name)
 

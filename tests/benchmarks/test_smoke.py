@@ -34,3 +34,27 @@ def test_attribution_benchmark_runs(tmp_path):
     result = json.loads(out.read_text())
     assert set(result["models"]) == {"last_touch", "first_touch", "linear", "time_decay", "position_based"}
     assert "position_based" in done.stdout
+
+
+def test_query_benchmark_runs(tmp_path):
+    out = tmp_path / "queries.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_queries.py"),
+            "--people",
+            "5000",
+            "--repeat",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert len(result["queries"]) == 4
+    assert all(q["plain_seconds"] > 0 for q in result["queries"].values())

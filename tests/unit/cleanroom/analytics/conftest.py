@@ -57,36 +57,24 @@ class Room:
         return c.id
 
     def matched(self, collab_id: str, policy: str, data: SyntheticData) -> str:
-        brand, platform = self.client("brand"), self.client("platform")
-        c = brand.create_collaboration(policy, collab_id)
-        brand.approve_policy(c.id)
-        platform.approve_policy(c.id)
-        self.server.room.principals.assign_auditor("auditor", c.id)
-        with ThreadPoolExecutor(2) as pool:
-            jobs = [
-                pool.submit(
-                    brand.match,
-                    c.id,
-                    users=data.brand_users,
-                    key="customer_id",
-                    identifiers={"email": "email", "phone": "mobile"},
-                    attributes=["tier"],
-                    wait_timeout=120,
-                ),
-                pool.submit(
-                    platform.match,
-                    c.id,
-                    users=data.platform_users,
-                    key="user_id",
-                    identifiers={"email": "email", "phone": "phone"},
-                    attributes=["age_band", "stage_4a"],
-                    events={"stage_history": data.platform_stage_history},
-                    wait_timeout=120,
-                ),
-            ]
-            for j in jobs:
-                j.result()
-        return c.id
+        """Match the synthetic data's brand and platform users (with stage history) under `policy`."""
+        return self.match_frames(
+            collab_id,
+            policy,
+            brand={
+                "users": data.brand_users,
+                "key": "customer_id",
+                "identifiers": {"email": "email", "phone": "mobile"},
+                "attributes": ["tier"],
+            },
+            platform={
+                "users": data.platform_users,
+                "key": "user_id",
+                "identifiers": {"email": "email", "phone": "phone"},
+                "attributes": ["age_band", "stage_4a"],
+                "events": {"stage_history": data.platform_stage_history},
+            },
+        )
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,9 @@ import pytest
 
 from cleanroom.analytics import ActivationQuery, LookalikeQuery
 from cleanroom.analytics.queries import DimensionRef
-from cleanroom.matching.tables import physical_name
 from cleanroom.principals import Principal, Role
 from cleanroom.room import Room
-from cleanroom.storage.database import quote_ident
+from cleanroom.synthetic import load_direct
 from cleanroom_client import CleanRoomError
 
 POLICY = """\
@@ -56,17 +55,7 @@ def _planted(room: Room, platform_users: int, seed: int = 3) -> tuple[str, np.nd
             {"row_id": np.arange(n, dtype=np.int64) + 10**9, "age_band": age, "stage_4a": stage, "visits_30d": visits}
         ),
     }
-    with room.db.transaction() as cur:
-        for (member, name), table in tables.items():
-            phys = physical_name(c.id, member, name)
-            cur.register("t", table)
-            cur.execute(f"CREATE TABLE {quote_ident(phys)} AS SELECT * FROM t")
-            cur.unregister("t")
-            cur.execute("INSERT INTO data_tables VALUES (?, ?, ?, ?, ?)", [c.id, member, name, phys, table.num_rows])
-        cur.register("mt", pa.table({"row": np.arange(matched, dtype=np.int64)}))
-        cur.execute("INSERT INTO matches SELECT ?, 'brand', row, 'platform', row + 1000000000, 1 FROM mt", [c.id])
-        cur.unregister("mt")
-        cur.execute("INSERT INTO match_results VALUES (?, now()::TIMESTAMP)", [c.id])
+    load_direct(room, c.id, tables, np.arange(matched), np.arange(matched) + 10**9)
     return c.id, gold
 
 

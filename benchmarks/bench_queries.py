@@ -1,0 +1,143 @@
+"""Query speed on many matched people: each DP query against the same aggregate as plain DuckDB SQL, same file.
+
+The data (brand tiers; platform age bands, 4A stages and a two-snapshot stage history) is written straight into a
+data directory; the PSI is not what is measured here. Each query runs through `QueryEngine` exactly as an RPC
+would (policy, budget, SQL, OpenDP noise, suppression, audit entry); its peer is the bare GROUP BY that computes
+the same exact counts, with no privacy and no zero-filling. The ratio is what privacy costs in time.
+
+Usage: python benchmarks/bench_queries.py [--people 10000000] [--repeat 3] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from cleanroom.analytics import FunnelFlowQuery, FunnelQuery, OverlapQuery, SegmentInsightQuery
+from cleanroom.analytics.queries import DimensionRef
+from cleanroom.matching.tables import physical_name
+from cleanroom.principals import Principal, Role
+from cleanroom.room import Room
+from cleanroom.storage.database import quote_ident
+from cleanroom.synthetic import AGE_BANDS, DEMO_POLICY, STAGES, TIERS, load_direct
+
+POLICY = DEMO_POLICY.replace("per_member_total: 10.0", "per_member_total: 1000.0")
+BRAND = Principal("brand", Role.MEMBER)
+
+
+def build(room: Room, people: int, seed: int = 1) -> str:
+    """A matched collaboration of `people` people, written directly."""
+    c = room.collaborations.create(BRAND, "bench", POLICY)
+    for m in (BRAND, Principal("platform", Role.MEMBER)):
+        room.collaborations.approve(m, c.id, c.policy_etag)
+    rng = np.random.default_rng(seed)
+    ids = np.arange(people, dtype=np.int64)
+    stages = np.array([*STAGES, None], dtype=object)
+    tables = {
+        ("brand", "users"): pa.table({"row_id": ids, "tier": np.array(TIERS)[rng.integers(0, 3, people)]}),
+        ("platform", "users"): pa.table(
+            {
+                "row_id": ids,
+                "age_band": np.array(AGE_BANDS)[rng.integers(0, 4, people)],
+                "stage_4a": stages[rng.integers(0, 5, people)],
+            }
+        ),
+        ("platform", "stage_history"): pa.table(
+            {
+                "row_id": np.concatenate([ids, ids]),
+                "date": pa.array([dt.date(2026, 10, 1)] * 1 + [dt.date(2026, 11, 1)] * 1, type=pa.date32()).take(
+                    np.repeat([0, 1], people)
+                ),
+                "stage_4a": np.array(STAGES)[rng.integers(0, 4, 2 * people)],
+            }
+        ),
+    }
+    load_direct(room, c.id, tables, ids, ids)
+    return c.id
+
+
+def plain(room: Room, collab: str) -> dict[str, str]:
+    """The bare SQL of each query's exact aggregate."""
+    b = quote_ident(physical_name(collab, "brand", "users"))
+    p = quote_ident(physical_name(collab, "platform", "users"))
+    h = quote_ident(physical_name(collab, "platform", "stage_history"))
+    m = f"matches m WHERE m.collab = '{collab}'"
+    return {
+        "overlap (tier x age band)": f"SELECT b.tier, p.age_band, count(*) FROM matches m JOIN {b} b ON b.row_id = "
+        f"m.row_a JOIN {p} p ON p.row_id = m.row_b WHERE m.collab = '{collab}' GROUP BY 1, 2",
+        "funnel (x tier)": f"SELECT b.tier, p.stage_4a, count(*) FROM matches m JOIN {b} b ON b.row_id = m.row_a "
+        f"JOIN {p} p ON p.row_id = m.row_b WHERE m.collab = '{collab}' GROUP BY 1, 2",
+        "funnel flow": f"WITH s AS (SELECT row_id, arg_max(stage_4a, date) FILTER (WHERE date <= DATE '2026-10-01') "
+        f"s0, arg_max(stage_4a, date) s1 FROM {h} GROUP BY row_id) SELECT s0, s1, count(*) FROM {m.split(' WHERE')[0]}"
+        f" JOIN s ON s.row_id = m.row_b WHERE m.collab = '{collab}' GROUP BY 1, 2",
+        "segment insight (age band)": f"SELECT p.age_band, count(*) FROM matches m JOIN {p} p ON p.row_id = m.row_b "
+        f"WHERE m.collab = '{collab}' GROUP BY 1 UNION ALL SELECT age_band, count(*) FROM {p} GROUP BY 1",
+    }
+
+
+def timed(fn: Callable[[], object], repeat: int) -> float:
+    """Best of `repeat` wall-clock runs."""
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main() -> int:
+    """Build, time each query and its plain peer, print a table and write JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--people", type=int, default=10_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        room = Room.open(Path(tmp))
+        t = time.perf_counter()
+        collab = build(room, args.people)
+        load = time.perf_counter() - t
+        q = room.queries
+        dp = {
+            "overlap (tier x age band)": lambda: q.overlap(
+                BRAND, collab, OverlapQuery((DimensionRef("brand", "tier"), DimensionRef("platform", "age_band")), 0.1)
+            ),
+            "funnel (x tier)": lambda: q.funnel(BRAND, collab, FunnelQuery(DimensionRef("brand", "tier"), 0.1)),
+            "funnel flow": lambda: q.funnel_flow(
+                BRAND, collab, FunnelFlowQuery(dt.date(2026, 10, 1), dt.date(2026, 11, 1), 0.1)
+            ),
+            "segment insight (age band)": lambda: q.segment_insight(
+                BRAND, collab, SegmentInsightQuery(DimensionRef("platform", "age_band"), 0.1)
+            ),
+        }
+        sql = plain(room, collab)
+        cur = room.db.cursor()
+        results = {"people": args.people, "load_seconds": round(load, 1), "queries": {}}
+        print(f"{args.people:,} matched people (loaded in {load:.1f} s); best of {args.repeat}")
+        print(f"{'query':<28}{'DP query s':>12}{'plain SQL s':>13}{'ratio':>8}")
+        for name, run in dp.items():
+            mine = timed(run, args.repeat)
+            peer = timed(lambda s=sql[name]: cur.execute(s).fetchall(), args.repeat)
+            results["queries"][name] = {
+                "dp_seconds": round(mine, 3),
+                "plain_seconds": round(peer, 3),
+                "ratio": round(mine / peer, 2),
+            }
+            print(f"{name:<28}{mine:>12.3f}{peer:>13.3f}{mine / peer:>8.2f}")
+        room.close()
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
