@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test check lint typecheck protos protos-check unit e2e clean
+.PHONY: install demo test check lint typecheck protos protos-check unit e2e browser clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/cleanroom demo
 
-test: $(STAMP) check
+test: $(STAMP) check browser
 	$(BIN)/pytest
+
+# The report test opens the demo's HTML in headless Chromium: Debian's package (needs root, as on CI here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q chromium)
 
 check: protos-check lint typecheck
 

@@ -280,14 +280,17 @@ def demo(
     platform_users: Annotated[int, typer.Option(help="Platform user count.")] = 40_000,
     shared: Annotated[int, typer.Option(help="People on both sides (the ground truth).")] = 6_000,
     data_dir: Annotated[Path | None, typer.Option(help="Keep the server's data here (default: a temp dir).")] = None,
+    report_dir: Annotated[Path, typer.Option(help="Where to write the HTML report and its charts.")] = Path(
+        "cleanroom-report"
+    ),
 ) -> None:
-    """Run the whole story on synthetic data with an embedded server (TLS and tokens on).
+    """Run the whole story on synthetic data with an embedded server (TLS and tokens on), and write a report.
 
     Example: cleanroom demo --brand-users 20000 --platform-users 40000 --shared 6000
     """
     from .demo import run_demo
 
-    run_demo(brand_users, platform_users, shared, data_dir)
+    run_demo(brand_users, platform_users, shared, data_dir, report_dir)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from .audit.chain import AuditEntry
 from .devpki import make_dev_pki
 from .matching import match_stats
 from .principals import Role
+from .report import ReportData, render
 from .server import ServerConfig, create_server
 from .server.app import TlsConfig
 from .synthetic import DEMO_POLICY, FLOW_END, FLOW_START, LIFT_CAMPAIGN, SyntheticConfig, SyntheticData, generate
@@ -88,33 +89,32 @@ def _print_rows(frame: pd.DataFrame, title: str) -> None:
     console.print(f"  ε spent {frame.attrs['epsilon_spent']:.3f}, audience {frame.attrs['audience'] or '—'}")
 
 
-def _queries(brand: CleanRoomClient, collab: str) -> None:
-    """What the brand asks: each answer is differentially private, with its error bars."""
+def _queries(brand: CleanRoomClient, collab: str) -> dict[str, object]:
+    """What the brand asks: each answer is differentially private, with its error bars. Returns the answers."""
     _print(brand.overlap(collab, by=["brand.tier", "platform.age_band"], epsilon=0.5), "overlap", ("people",))
-    _print(brand.funnel(collab, by="brand.tier", epsilon=0.5), "4A funnel by tier", ("people", "share"))
-    _print(
-        brand.funnel_flow(collab, FLOW_START, FLOW_END, epsilon=0.5),
-        f"4A flow {FLOW_START} → {FLOW_END}",
-        ("people", "row_share"),
-    )
-    _print(
-        brand.segment_insight(collab, "platform.age_band", epsilon=0.5),
-        "segment insight: age band",
-        ("matched", "all_users", "tgi", "penetration"),
-    )
+    funnel = brand.funnel(collab, by="brand.tier", epsilon=0.5)
+    _print(funnel, "4A funnel by tier", ("people", "share"))
+    flow = brand.funnel_flow(collab, FLOW_START, FLOW_END, epsilon=0.5)
+    _print(flow, f"4A flow {FLOW_START} → {FLOW_END}", ("people", "row_share"))
+    segment = brand.segment_insight(collab, "platform.age_band", epsilon=0.5)
+    _print(segment, "segment insight: age band", ("matched", "all_users", "tgi", "penetration"))
+    attribution = {}
     for model in ("last_touch", "position_based"):
+        attribution[model] = brand.attribution(collab, model=model, lookback_days=7, by="campaign", epsilon=1.0)
         _print(
-            brand.attribution(collab, model=model, lookback_days=7, by="campaign", epsilon=1.0),
+            attribution[model],
             f"attribution, {model}, 7-day lookback (campaign none = unattributed)",
             ("attributed_conversions", "attributed_revenue", "roas"),
         )
+    lift = brand.lift(collab, LIFT_CAMPAIGN, epsilon=1.0)
     _print(
-        brand.lift(collab, LIFT_CAMPAIGN, epsilon=1.0),
+        lift,
         f"lift of {LIFT_CAMPAIGN} against its holdout",
         ("people", "conversion_rate", "absolute_lift", "relative_lift", "incremental_conversions"),
     )
     budget = brand.budget(collab)
     console.print("budget: " + ", ".join(f"{r.member} spent {r.spent:g} of {r.total:g}" for r in budget.itertuples()))
+    return {"funnel": funnel, "flow": flow, "segment": segment, "attribution": attribution, "lift": lift}
 
 
 def _audiences(brand: CleanRoomClient, platform: CleanRoomClient, collab: str, data: SyntheticData) -> None:
@@ -138,7 +138,9 @@ def _audiences(brand: CleanRoomClient, platform: CleanRoomClient, collab: str, d
     )
 
 
-def run_demo(brand_users: int, platform_users: int, shared: int, data_dir: Path | None) -> None:
+def run_demo(
+    brand_users: int, platform_users: int, shared: int, data_dir: Path | None, report_dir: Path | None = None
+) -> None:
     """Generate, serve, match and report."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     data = generate(SyntheticConfig(brand_users=brand_users, platform_users=platform_users, shared=shared))
@@ -207,7 +209,7 @@ def run_demo(brand_users: int, platform_users: int, shared: int, data_dir: Path 
                 f"in {elapsed:.1f} s; by identifier: "
                 + ", ".join(f"{s.id_type.value} {s.pairs:,}" for s in stats if s.pairs)
             )
-            _queries(brand, collab.id)
+            answers = _queries(brand, collab.id)
             _audiences(brand, platform, collab.id, data)
             running.room.principals.assign_auditor("auditor", collab.id)
             with connect("auditor") as auditor:
@@ -226,6 +228,24 @@ def run_demo(brand_users: int, platform_users: int, shared: int, data_dir: Path 
                 f"server says valid={online['valid']}; offline check of the export with the public key alone: "
                 f"valid={offline.valid}"
             )
+            if report_dir is not None:
+                page = render(
+                    ReportData(
+                        title=f"Cleanroom demo: {collab.id}",
+                        funnel=answers["funnel"],  # type: ignore[arg-type]
+                        flow=answers["flow"],  # type: ignore[arg-type]
+                        segment=answers["segment"],  # type: ignore[arg-type]
+                        attribution=answers["attribution"],  # type: ignore[arg-type]
+                        lift=answers["lift"],  # type: ignore[arg-type]
+                        audit_log=log,
+                        notes=[
+                            f"{brand_users:,} brand customers, {platform_users:,} platform users, {shared:,} on both",
+                            f"audit log: {len(log)} entries, verified on the server and offline",
+                        ],
+                    ),
+                    report_dir,
+                )
+                console.print(f"report written to {page} (and the charts as PNG beside it)")
             brand.close()
             platform.close()
         finally:
