@@ -1,0 +1,430 @@
+"""`cleanroom-client`: every SDK action from the shell, for members (and auditors).
+
+Connection settings come from options or CLEANROOM_TARGET, CLEANROOM_TOKEN and CLEANROOM_CA. Tables are read from
+CSV or Parquet files; answers print as a table, CSV or JSON (`--output`). Errors say what went wrong and what to
+do, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .client import CleanRoomClient
+from .errors import CleanRoomError
+from .policy import PolicyError
+
+app = typer.Typer(
+    help="Member command line of the Cleanroom data clean room. Set CLEANROOM_TARGET, CLEANROOM_TOKEN and "
+    "CLEANROOM_CA (or pass --target/--token/--ca).",
+    no_args_is_help=True,
+)
+err = Console(stderr=True)
+out = Console()
+
+
+class Settings:
+    """Connection options shared by every command."""
+
+    target: str | None = None
+    token: str | None = None
+    ca: Path | None = None
+    insecure: bool = False
+    output: str = "table"
+    progress: bool = True
+
+
+settings = Settings()
+
+
+@app.callback()
+def main(
+    target: Annotated[str | None, typer.Option(envvar="CLEANROOM_TARGET", help="host:port of the server.")] = None,
+    token: Annotated[str | None, typer.Option(envvar="CLEANROOM_TOKEN", help="Your bearer token.")] = None,
+    ca: Annotated[Path | None, typer.Option(envvar="CLEANROOM_CA", help="PEM of the server's CA.")] = None,
+    insecure: Annotated[bool, typer.Option(help="Plaintext (a development server started --insecure).")] = False,
+    output: Annotated[str, typer.Option("--output", "-o", help="table, csv or json.")] = "table",
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Connect with your token over TLS."""
+    if output not in ("table", "csv", "json"):
+        raise typer.BadParameter("--output must be table, csv or json")
+    settings.target, settings.token, settings.ca = target, token, ca
+    settings.insecure, settings.output, settings.progress = insecure, output, progress
+
+
+@contextmanager
+def _client() -> Iterator[CleanRoomClient]:
+    try:
+        client = CleanRoomClient(
+            settings.target,
+            token=settings.token,
+            root_certificates=settings.ca,
+            insecure=settings.insecure,
+            progress=settings.progress,
+        )
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    try:
+        yield client
+    except CleanRoomError as exc:
+        err.print(f"[red]{exc.code}[/]: {exc.message}")
+        raise typer.Exit(1) from None
+    except (PolicyError, ValueError, FileNotFoundError) as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    finally:
+        client.close()
+
+
+def _show(frame: pd.DataFrame, title: str = "") -> None:
+    if settings.output == "csv":
+        sys.stdout.write(frame.to_csv(index=False))
+        return
+    if settings.output == "json":
+        payload: dict[str, Any] = {"rows": json.loads(frame.to_json(orient="records", date_format="iso"))}
+        payload.update({str(k): v for k, v in frame.attrs.items() if isinstance(v, (int, float, str, dict))})
+        sys.stdout.write(json.dumps(payload, indent=1) + "\n")
+        return
+    table = Table(title=title or None)
+    for column in frame.columns:
+        table.add_column(str(column), justify="right" if pd.api.types.is_numeric_dtype(frame[column]) else "left")
+    for row in frame.itertuples(index=False):
+        table.add_row(*("" if pd.isna(v) else f"{v:,.4g}" if isinstance(v, float) else str(v) for v in row))
+    out.print(table)
+    extras = {k: v for k, v in frame.attrs.items() if k in ("epsilon_spent", "epsilon_remaining", "audience") and v}
+    if extras:
+        out.print("  " + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in extras.items()))
+
+
+def _read(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    return pd.read_parquet(path) if path.suffix in (".parquet", ".pq") else pd.read_csv(path)
+
+
+def _pairs(values: list[str], what: str) -> dict[str, str]:
+    pairs = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{what}: write name=value, got {item!r}")
+        pairs[key] = value
+    return pairs
+
+
+def _query(fn: Callable[[CleanRoomClient], pd.DataFrame], title: str) -> None:
+    with _client() as client:
+        _show(fn(client), title)
+
+
+Collab = Annotated[str, typer.Argument(help="Collaboration id.")]
+Epsilon = Annotated[float, typer.Option(help="Privacy budget this query spends.")]
+
+
+@app.command("list")
+def list_collaborations() -> None:
+    """List your collaborations.
+
+    Example: cleanroom-client list
+    """
+    with _client() as client:
+        rows = [
+            {
+                "id": c.id,
+                "name": c.display_name,
+                "state": c.state,
+                "revision": c.policy_revision,
+                "approved": ", ".join(m for m, ok in c.approvals.items() if ok),
+            }
+            for c in client.list_collaborations()
+        ]
+    _show(pd.DataFrame(rows, columns=["id", "name", "state", "revision", "approved"]), "collaborations")
+
+
+@app.command()
+def create(
+    policy: Annotated[Path, typer.Argument(help="Policy YAML file.")],
+    collaboration_id: Annotated[str, typer.Option("--id", help="Id to use (default: random).")] = "",
+) -> None:
+    """Create a collaboration proposing a policy; every member then approves it.
+
+    Example: cleanroom-client create policy.yaml --id brand-x-2026q4
+    """
+    with _client() as client:
+        c = client.create_collaboration(policy, collaboration_id)
+    out.print(f"created {c.id} (policy revision {c.policy_revision}, etag {c.policy_etag}); now: approve {c.id}")
+
+
+@app.command()
+def show(collaboration: Collab) -> None:
+    """Show a collaboration's state and policy.
+
+    Example: cleanroom-client show brand-x-2026q4
+    """
+    with _client() as client:
+        c = client.get_collaboration(collaboration)
+    out.print(f"{c.id}: {c.state}, revision {c.policy_revision}, etag {c.policy_etag}")
+    out.print("approvals: " + ", ".join(f"{m} {'yes' if ok else 'no'}" for m, ok in c.approvals.items()))
+    out.print(c.policy_yaml)
+
+
+@app.command()
+def approve(
+    collaboration: Collab,
+    etag: Annotated[str | None, typer.Option(help="The etag you reviewed (default: the current one).")] = None,
+) -> None:
+    """Approve the collaboration's current policy revision.
+
+    Example: cleanroom-client approve brand-x-2026q4
+    """
+    with _client() as client:
+        c = client.approve_policy(collaboration, etag)
+    out.print(f"approved; {c.id} is {c.state}")
+
+
+@app.command()
+def match(
+    collaboration: Collab,
+    users: Annotated[Path, typer.Option(help="Users file (CSV or Parquet).")],
+    key: Annotated[str, typer.Option(help="Column naming each user locally; never uploaded.")],
+    identifier: Annotated[list[str], typer.Option(help="type=column, e.g. email=email or phone=mobile.")],
+    attribute: Annotated[
+        list[str] | None, typer.Option(help="Users column to upload (declared in the policy).")
+    ] = None,
+    event: Annotated[list[str] | None, typer.Option(help="table=file, e.g. conversions=orders.csv.")] = None,
+    prehashed: Annotated[list[str] | None, typer.Option(help="Identifier type given as SHA-256 hex.")] = None,
+    region: Annotated[str, typer.Option(help="Default phone region.")] = "US",
+) -> None:
+    """Blind your identifiers locally, match with the peer, upload attributes and events; resumable.
+
+    Example: cleanroom-client match brand-x-2026q4 --users crm.csv --key customer_id --identifier email=email
+    --identifier phone=mobile --attribute tier --event conversions=orders.csv
+    """
+    events = {name: _read(Path(path)) for name, path in _pairs(event or [], "--event").items()}
+    with _client() as client:
+        client.normalizer = type(client.normalizer)(region)
+        summary = client.match(
+            collaboration,
+            users=_read(users),
+            key=key,
+            identifiers=_pairs(identifier, "--identifier"),
+            attributes=attribute or [],
+            events=events,
+            prehashed=prehashed or [],
+        )
+    rows = [
+        {"identifier": t, "blinded": c.sent, "invalid": c.invalid, "empty": c.missing}
+        for t, c in summary.identifiers.items()
+    ]
+    _show(pd.DataFrame(rows), f"matched: peer's set size {summary.peer_set_size:,}")
+
+
+@app.command()
+def overlap(
+    collaboration: Collab,
+    by: Annotated[list[str] | None, typer.Option(help="member.column dimension (up to 3).")] = None,
+    epsilon: Epsilon = 0.5,
+) -> None:
+    """Matched people by up to three dimensions.
+
+    Example: cleanroom-client overlap brand-x-2026q4 --by platform.age_band --epsilon 0.5
+    """
+    _query(lambda c: c.overlap(collaboration, by=by or [], epsilon=epsilon), "overlap")
+
+
+@app.command()
+def funnel(
+    collaboration: Collab,
+    by: Annotated[str | None, typer.Option(help="member.column to cross with the stage.")] = None,
+    labels: Annotated[str, typer.Option(help="4a or aipl.")] = "4a",
+    epsilon: Epsilon = 0.5,
+) -> None:
+    """The 4A funnel (counts and shares).
+
+    Example: cleanroom-client funnel brand-x-2026q4 --by brand.tier
+    """
+    _query(lambda c: c.funnel(collaboration, by=by, epsilon=epsilon, labels=labels), "4A funnel")
+
+
+@app.command()
+def flow(
+    collaboration: Collab,
+    start: Annotated[str, typer.Option(help="Start date, YYYY-MM-DD.")],
+    end: Annotated[str, typer.Option(help="End date, YYYY-MM-DD.")],
+    epsilon: Epsilon = 0.5,
+) -> None:
+    """Movement between 4A stages from one date to another.
+
+    Example: cleanroom-client flow brand-x-2026q4 --start 2026-10-01 --end 2026-11-01
+    """
+    _query(lambda c: c.funnel_flow(collaboration, start, end, epsilon=epsilon), "4A flow")
+
+
+@app.command()
+def segment(
+    collaboration: Collab,
+    dimension: Annotated[str, typer.Option(help="member.column, e.g. platform.age_band.")],
+    epsilon: Epsilon = 0.5,
+) -> None:
+    """Shares, TGI and penetration per value of a dimension.
+
+    Example: cleanroom-client segment brand-x-2026q4 --dimension platform.age_band
+    """
+    _query(lambda c: c.segment_insight(collaboration, dimension, epsilon=epsilon), "segment insight")
+
+
+@app.command()
+def attribution(
+    collaboration: Collab,
+    model: Annotated[str, typer.Option(help="last_touch, first_touch, linear, time_decay, position_based.")] = (
+        "last_touch"
+    ),
+    lookback_days: Annotated[int, typer.Option(help="Lookback window in days.")] = 7,
+    by: Annotated[str, typer.Option(help="campaign or channel.")] = "campaign",
+    click_over_view: Annotated[bool, typer.Option(help="Clicks in the window beat impressions.")] = False,
+    epsilon: Epsilon = 1.0,
+) -> None:
+    """Attributed conversions, revenue and ROAS.
+
+    Example: cleanroom-client attribution brand-x-2026q4 --model time_decay --lookback-days 7
+    """
+    _query(
+        lambda c: c.attribution(
+            collaboration,
+            model=model,
+            lookback_days=lookback_days,
+            by=by,
+            epsilon=epsilon,
+            click_over_view=click_over_view,
+        ),
+        f"attribution ({model})",
+    )
+
+
+@app.command()
+def lift(collaboration: Collab, campaign: Annotated[str, typer.Option()], epsilon: Epsilon = 1.0) -> None:
+    """Lift of a campaign against its holdout.
+
+    Example: cleanroom-client lift brand-x-2026q4 --campaign c-2026-11
+    """
+    _query(lambda c: c.lift(collaboration, campaign, epsilon=epsilon), f"lift of {campaign}")
+
+
+@app.command()
+def lookalike(
+    collaboration: Collab,
+    seed: Annotated[list[str], typer.Option(help="member.column=value, e.g. brand.tier=gold.")],
+    size: Annotated[int, typer.Option(help="Audience size for the platform.")],
+    epsilon: Epsilon = 1.0,
+    delta: Annotated[float, typer.Option(help="Below 1/n.")] = 1e-7,
+) -> None:
+    """Train a DP-SGD lookalike; the platform receives the audience, you its size and quality.
+
+    Example: cleanroom-client lookalike brand-x-2026q4 --seed brand.tier=gold --size 2000
+    """
+    _query(
+        lambda c: c.lookalike(
+            collaboration, seed=_pairs(seed, "--seed"), audience_size=size, epsilon=epsilon, delta=delta
+        ),
+        "lookalike",
+    )
+
+
+@app.command()
+def activate(
+    collaboration: Collab,
+    segment_filter: Annotated[list[str], typer.Option("--segment", help="member.column=value.")],
+    epsilon: Epsilon = 0.1,
+) -> None:
+    """Release a segment's matched people to the platform; you receive a noisy size.
+
+    Example: cleanroom-client activate brand-x-2026q4 --segment brand.tier=gold --segment platform.stage_4a=appeal
+    """
+    _query(lambda c: c.activate(collaboration, _pairs(segment_filter, "--segment"), epsilon=epsilon), "activation")
+
+
+@app.command()
+def budget(collaboration: Collab) -> None:
+    """Epsilon total, spent and left per member.
+
+    Example: cleanroom-client budget brand-x-2026q4
+    """
+    _query(lambda c: c.budget(collaboration), "budget")
+
+
+@app.command()
+def audiences(collaboration: Collab) -> None:
+    """The audiences released to you (platform).
+
+    Example: cleanroom-client audiences brand-x-2026q4
+    """
+    _query(lambda c: c.audiences(collaboration), "audiences")
+
+
+@app.command("fetch-audience")
+def fetch_audience(
+    audience: Annotated[str, typer.Argument(help="collaborations/c/audiences/a")],
+    to: Annotated[Path, typer.Option(help="Write your user keys here (CSV).")],
+) -> None:
+    """Fetch an audience and map it to your own user keys, locally.
+
+    Example: cleanroom-client fetch-audience collaborations/brand-x/audiences/a-12ab --to audience.csv
+    """
+    with _client() as client:
+        keys = client.fetch_audience(audience)
+    keys.to_frame().to_csv(to, index=False)
+    err.print(f"{len(keys):,} users written to {to}")
+
+
+@app.command("audit-log")
+def audit_log(collaboration: Annotated[str, typer.Argument(help="Collaboration id ('' for the server).")]) -> None:
+    """The audit log (auditors).
+
+    Example: cleanroom-client audit-log brand-x-2026q4 -o csv
+    """
+    _query(lambda c: c.audit_log(collaboration), "audit log")
+
+
+@app.command("verify-audit-log")
+def verify_audit_log(collaboration: Collab) -> None:
+    """Ask the server to verify the whole chain.
+
+    Example: cleanroom-client verify-audit-log brand-x-2026q4
+    """
+    with _client() as client:
+        result = client.verify_audit_log(collaboration)
+    _show(pd.DataFrame([result]), "audit log verification")
+    if not result["valid"]:
+        raise typer.Exit(1)
+
+
+@app.command("export-audit-log")
+def export_audit_log(
+    collaboration: Collab,
+    to: Annotated[Path, typer.Option(help="JSON Lines file.")],
+    public_key: Annotated[Path | None, typer.Option(help="Also save the server's public key (PEM).")] = None,
+) -> None:
+    """Export the chain for offline verification (cleanroom audit verify FILE --public-key KEY).
+
+    Example: cleanroom-client export-audit-log brand-x-2026q4 --to log.jsonl --public-key server.pem
+    """
+    with _client() as client:
+        client.export_audit_log(to, collaboration)
+        if public_key is not None:
+            public_key.write_text(client.server_public_key())
+    err.print(f"exported to {to}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,125 @@
+"""The member CLI over real gRPC with TLS: set up, match from CSV files, query, output formats, errors."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from typer.testing import CliRunner
+
+from cleanroom.synthetic import DEMO_POLICY, SyntheticConfig, generate
+from cleanroom_client.cli import app
+
+
+def _env(server, tokens, pki, name, tmp_path):
+    return {
+        "CLEANROOM_TARGET": f"localhost:{server.port}",
+        "CLEANROOM_TOKEN": tokens[name],
+        "CLEANROOM_CA": str(pki.ca),
+        "CLEANROOM_STATE_DIR": str(tmp_path / f"state-{name}"),
+        "COLUMNS": "200",
+    }
+
+
+def test_member_cli_end_to_end(server, tokens, pki, tmp_path):
+    runner = CliRunner()
+    brand, platform = (_env(server, tokens, pki, n, tmp_path) for n in ("brand", "platform"))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(DEMO_POLICY.replace("min_group_size: 50", "min_group_size: 5"))
+
+    r = runner.invoke(app, ["create", str(policy), "--id", "cli-collab"], env=brand)
+    assert r.exit_code == 0, r.output
+    assert "now: approve cli-collab" in r.output
+    for env in (brand, platform):
+        r = runner.invoke(app, ["approve", "cli-collab"], env=env)
+        assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["-o", "json", "list"], env=brand)
+    assert json.loads(r.output)["rows"][0]["state"] == "active"
+
+    data = generate(SyntheticConfig(brand_users=400, platform_users=500, shared=300, seed=2))
+    data.brand_users.to_csv(tmp_path / "crm.csv", index=False)
+    data.platform_users.to_csv(tmp_path / "users.csv", index=False)
+    results = {}
+
+    def run(name, env, args):
+        results[name] = runner.invoke(app, ["--no-progress", *args], env=env)
+
+    threads = [
+        threading.Thread(
+            target=run,
+            args=(
+                "brand",
+                brand,
+                [
+                    "match",
+                    "cli-collab",
+                    "--users",
+                    str(tmp_path / "crm.csv"),
+                    "--key",
+                    "customer_id",
+                    "--identifier",
+                    "email=email",
+                    "--identifier",
+                    "phone=mobile",
+                    "--attribute",
+                    "tier",
+                ],
+            ),
+        ),
+        threading.Thread(
+            target=run,
+            args=(
+                "platform",
+                platform,
+                [
+                    "match",
+                    "cli-collab",
+                    "--users",
+                    str(tmp_path / "users.csv"),
+                    "--key",
+                    "user_id",
+                    "--identifier",
+                    "email=email",
+                    "--identifier",
+                    "phone=phone",
+                    "--attribute",
+                    "age_band",
+                ],
+            ),
+        ),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results["brand"].exit_code == 0, results["brand"].output
+    assert "peer's set size 500" in results["brand"].output
+
+    r = runner.invoke(app, ["-o", "json", "overlap", "cli-collab", "--by", "platform.age_band"], env=brand)
+    assert r.exit_code == 0, r.output
+    answer = json.loads(r.output)
+    assert len(answer["rows"]) == 5
+    assert answer["epsilon_spent"] == 0.5
+    r = runner.invoke(app, ["-o", "csv", "budget", "cli-collab"], env=brand)
+    assert r.output.splitlines()[0] == "member,total,spent,left"
+    r = runner.invoke(app, ["overlap", "cli-collab", "--by", "platform.income"], env=brand)
+    assert r.exit_code == 1
+    assert "INVALID_ARGUMENT" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_member_cli_errors_say_what_to_do(server, tokens, pki, tmp_path):
+    runner = CliRunner()
+    env = _env(server, tokens, pki, "brand", tmp_path)
+    r = runner.invoke(app, ["list"], env={**env, "CLEANROOM_TOKEN": "crt_wrong"})
+    assert r.exit_code == 1
+    assert "UNAUTHENTICATED" in r.output
+    r = runner.invoke(app, ["list"], env={**env, "CLEANROOM_TOKEN": ""})
+    assert r.exit_code == 2
+    assert "CLEANROOM_TOKEN" in r.output
+    r = runner.invoke(app, ["create", str(tmp_path / "missing.yaml")], env=env)
+    assert r.exit_code == 2
+    r = runner.invoke(app, ["-o", "xml", "list"], env=env)
+    assert r.exit_code != 0
+    r = runner.invoke(app, ["match", "--help"], env=env)
+    assert "Example" in r.output
