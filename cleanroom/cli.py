@@ -228,6 +228,7 @@ def match_stats_command(
 def make_dev_certs(
     directory: Annotated[Path, typer.Argument(help="Where to write ca.pem, server.pem/key and client certs.")],
     client: Annotated[list[str] | None, typer.Option(help="A client certificate for this principal name.")] = None,
+    host: Annotated[list[str] | None, typer.Option(help="Another host name for the server certificate.")] = None,
 ) -> None:
     """Make a throwaway CA and certificates for local development (never for production).
 
@@ -235,7 +236,7 @@ def make_dev_certs(
     """
     from .devpki import make_dev_pki
 
-    pki = make_dev_pki(directory, tuple(client or ()))
+    pki = make_dev_pki(directory, tuple(client or ()), tuple(host or ()))
     console.print(f"wrote {pki.ca}, {pki.server_cert}, {pki.server_key} and {len(client or [])} client certificates")
 
 

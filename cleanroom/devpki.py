@@ -63,6 +63,7 @@ def _cert(
     *,
     ca: bool = False,
     server: bool = False,
+    hosts: tuple[str, ...] = (),
 ) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
@@ -81,6 +82,7 @@ def _cert(
             x509.SubjectAlternativeName(
                 [
                     x509.DNSName("localhost"),
+                    *(x509.DNSName(h) for h in hosts),
                     x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                     x509.IPAddress(ipaddress.ip_address("::1")),
                 ]
@@ -92,8 +94,8 @@ def _cert(
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-def make_dev_pki(directory: Path, clients: tuple[str, ...] = ()) -> DevPki:
-    """Write a CA, a localhost server certificate and one client certificate per name into `directory`."""
+def make_dev_pki(directory: Path, clients: tuple[str, ...] = (), hosts: tuple[str, ...] = ()) -> DevPki:
+    """Write a CA, a server certificate (localhost and `hosts`) and one client certificate per name."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     pki = DevPki(directory)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -103,7 +105,7 @@ def make_dev_pki(directory: Path, clients: tuple[str, ...] = ()) -> DevPki:
     issued += [(n, False, pki.client_cert(n), pki.client_key(n)) for n in clients]
     for subject, server, cert_path, key_path in issued:
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = _cert(subject, key, ca.subject, ca_key, server=server)
+        cert = _cert(subject, key, ca.subject, ca_key, server=server, hosts=hosts)
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         _write_key(key_path, key)
     return pki
