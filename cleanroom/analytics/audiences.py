@@ -15,6 +15,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from ..audit import AuditLog
 from ..errors import InvalidArgumentError, NotFoundError, PermissionDeniedError
 from ..storage import Database
 from ..storage.database import first
@@ -73,10 +74,11 @@ def store(
 
 
 class Audiences:
-    """Reading released audiences."""
+    """Reading released audiences; every fetch is audited."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, audit: AuditLog) -> None:
         self._db = db
+        self._audit = audit
 
     def list(self, collab: str, recipient: str) -> list[AudienceInfo]:
         """The audiences released to `recipient`, oldest first."""
@@ -99,6 +101,7 @@ class Audiences:
             raise NotFoundError(f"{_PREFIX}{collab}/audiences/{audience} does not exist")
         if row[0] != caller:
             raise PermissionDeniedError(f"this audience was released to {row[0]}; you ({caller}) may not read it")
+        self._audit.record(collab, caller, "audience.fetch", {"audience": audience})
         table = cur.sql(
             "SELECT row_id FROM audience_members WHERE collab = ? AND audience = ? ORDER BY row_id",
             params=[collab, audience],

@@ -141,7 +141,7 @@ def create_server(config: ServerConfig) -> RunningServer:
         MatchingServicer(collabs, room.relay, room.tables, auth, streams, config.stream_idle_timeout), server
     )
     analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(
-        AnalyticsServicer(room.queries, collabs, Audiences(room.db), auth), server
+        AnalyticsServicer(room.queries, collabs, Audiences(room.db, room.audit), auth), server
     )
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(room.audit, collabs, auth, streams), server)
 

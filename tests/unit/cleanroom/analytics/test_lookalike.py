@@ -91,7 +91,7 @@ def _fetch(room: Room, collab: str, audience: str) -> list[bytes]:
 
     c, a = parse_audience_name(audience)
     assert c == collab
-    return list(Audiences(room.db).fetch(c, a, "platform"))
+    return list(Audiences(room.db, room.audit).fetch(c, a, "platform"))
 
 
 def test_lookalike_refusals_spend_nothing(tmp_path):
@@ -130,7 +130,7 @@ def test_activation_releases_the_segment_to_the_platform_only(tmp_path):
 
         c, a = parse_audience_name(answer.audience)
         with pytest.raises(Exception, match="released to platform"):
-            list(Audiences(room.db).fetch(c, a, "brand"))
+            list(Audiences(room.db, room.audit).fetch(c, a, "brand"))
         tiny = ((DimensionRef("brand", "tier"), "gold"), (DimensionRef("platform", "visits_30d"), "3"))
         with pytest.raises(Exception, match="not a declared dimension"):
             room.queries.activate(BRAND, collab, ActivationQuery(tiny, epsilon=0.5))
@@ -170,6 +170,8 @@ def test_lookalike_over_grpc_reaches_the_platform_as_its_own_keys(room):
     keys = platform.fetch_audience(name)
     assert len(keys) == 300
     assert set(keys) <= set(data.platform_users["user_id"])
+    fetched = room.client("auditor").audit_log(collab, action="audience.fetch")
+    assert list(fetched["principal"]) == ["platform"]
     with pytest.raises(CleanRoomError) as info:
         brand.fetch_audience(name)
     assert info.value.code == "PERMISSION_DENIED"
