@@ -29,6 +29,13 @@ WORLD = SyntheticConfig(
 )
 
 
+def _brand_done(shared: Path) -> bool:
+    """Whether the brand finished its questions; stops the waiting roles if it failed instead."""
+    if (shared / "brand.failed").exists():
+        raise SystemExit("the brand failed; see its output")
+    return (shared / "brand.done").exists()
+
+
 def _wait(what: str, ready: Callable[[], bool], timeout: float = 600.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -78,6 +85,7 @@ def brand(shared: Path, target: str) -> None:
         if COLLAB not in {c.id for c in room.list_collaborations()}:
             room.create_collaboration(DEMO_POLICY, COLLAB)
         room.approve_policy(COLLAB)
+        _wait("the platform's approval", lambda: room.get_collaboration(COLLAB).active)
         summary = room.match(
             COLLAB,
             users=world.brand_users,
@@ -104,6 +112,7 @@ def platform(shared: Path, target: str) -> None:
     with _client(shared, target, "platform") as room:
         _wait("the collaboration", lambda: COLLAB in {c.id for c in room.list_collaborations()})
         room.approve_policy(COLLAB)
+        _wait("the brand's approval", lambda: room.get_collaboration(COLLAB).active)
         room.match(
             COLLAB,
             users=world.platform_users,
@@ -116,7 +125,7 @@ def platform(shared: Path, target: str) -> None:
                 "test_groups": world.platform_test_groups,
             },
         )
-        _wait("the brand's questions", lambda: (shared / "brand.done").exists(), timeout=1800)
+        _wait("the brand's questions", lambda: _brand_done(shared), timeout=1800)
         for name, kind in room.audiences(COLLAB)[["name", "kind"]].itertuples(index=False):
             keys = room.fetch_audience(str(name))
             print(f"platform: received {kind} audience of {len(keys):,} of its own users")
@@ -124,7 +133,7 @@ def platform(shared: Path, target: str) -> None:
 
 def auditor(shared: Path, target: str, data: Path) -> None:
     """The operator assigns the auditor; the auditor verifies the log on the server and offline."""
-    _wait("the brand's questions", lambda: (shared / "brand.done").exists(), timeout=1800)
+    _wait("the brand's questions", lambda: _brand_done(shared), timeout=1800)
     subprocess.run(
         [sys.executable, "-m", "cleanroom.cli", "admin", "assign-auditor", "auditor", COLLAB, "--data-dir", str(data)],
         check=True,
@@ -159,7 +168,11 @@ def main() -> int:
     if args.role == "setup":
         setup(args.shared, args.data)
     elif args.role == "brand":
-        brand(args.shared, args.target)
+        try:
+            brand(args.shared, args.target)
+        except BaseException:
+            (args.shared / "brand.failed").write_text("failed")
+            raise
     elif args.role == "platform":
         platform(args.shared, args.target)
     else:
