@@ -23,8 +23,8 @@ def test_server_refuses_to_start_without_tls(tmp_path):
         create_server(ServerConfig(data_dir=tmp_path))
 
 
-def test_plaintext_client_cannot_talk_to_a_tls_server(server, tokens):
-    client = CleanRoomClient(f"localhost:{server.port}", token=tokens["brand"], insecure=True, state_dir="/tmp/x")
+def test_plaintext_client_cannot_talk_to_a_tls_server(server, tokens, tmp_path):
+    client = CleanRoomClient(f"localhost:{server.port}", token=tokens["brand"], insecure=True, state_dir=tmp_path)
     with pytest.raises(CleanRoomError) as info:
         client.list_collaborations()
     assert info.value.code == "UNAVAILABLE"
@@ -73,14 +73,14 @@ def test_mutual_tls_maps_the_certificate_to_its_principal(tmp_path, pki, start):
         assert info.value.code == "UNAVAILABLE"
 
 
-def test_operator_socket_is_private_and_used_by_the_cli_while_the_server_runs(server, pki):
+def test_operator_socket_is_private_and_used_by_the_cli_while_the_server_runs(server, pki, tmp_path):
     socket = Path(server.room.data_dir) / "admin.sock"
     assert socket.stat().st_mode & 0o077 == 0
     runner = CliRunner()
     result = runner.invoke(app, ["admin", "add-principal", "late", "--data-dir", str(server.room.data_dir)])
     assert result.exit_code == 0, result.output
     token = result.output.strip().splitlines()[-1]
-    with CleanRoomClient(f"localhost:{server.port}", token=token, root_certificates=pki.ca, state_dir="/tmp/y") as c:
+    with CleanRoomClient(f"localhost:{server.port}", token=token, root_certificates=pki.ca, state_dir=tmp_path) as c:
         assert c.list_collaborations() == []
     result = runner.invoke(app, ["admin", "revoke-principal", "late", "--data-dir", str(server.room.data_dir)])
     assert result.exit_code == 0
