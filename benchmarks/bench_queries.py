@@ -17,8 +17,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 
@@ -84,6 +86,10 @@ def plain(room: Room, collab: str) -> dict[str, str]:
     }
 
 
+def _plain(cur: duckdb.DuckDBPyConnection, sql: str) -> object:
+    return cur.execute(sql).fetchall()
+
+
 def timed(fn: Callable[[], object], repeat: int) -> float:
     """Best of `repeat` wall-clock runs."""
     best = float("inf")
@@ -126,7 +132,7 @@ def main() -> int:
         print(f"{'query':<28}{'DP query s':>12}{'plain SQL s':>13}{'ratio':>8}")
         for name, run in dp.items():
             mine = timed(run, args.repeat)
-            peer = timed(lambda s=sql[name]: cur.execute(s).fetchall(), args.repeat)
+            peer = timed(partial(_plain, cur, sql[name]), args.repeat)
             results["queries"][name] = {
                 "dp_seconds": round(mine, 3),
                 "plain_seconds": round(peer, 3),

@@ -58,3 +58,19 @@ def test_query_benchmark_runs(tmp_path):
     result = json.loads(out.read_text())
     assert len(result["queries"]) == 4
     assert all(q["plain_seconds"] > 0 for q in result["queries"].values())
+
+
+def test_psi_benchmark_runs(tmp_path):
+    out = tmp_path / "psi.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_psi.py"), "--n", "500", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["n"] == 500
+    assert result["seconds"] > 0
+    assert result["x25519_ops_per_second"] > 0
