@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-import threading
+import os
+import subprocess
+import sys
 
 from typer.testing import CliRunner
 
@@ -39,59 +41,51 @@ def test_member_cli_end_to_end(server, tokens, pki, tmp_path):
     data = generate(SyntheticConfig(brand_users=400, platform_users=500, shared=300, seed=2))
     data.brand_users.to_csv(tmp_path / "crm.csv", index=False)
     data.platform_users.to_csv(tmp_path / "users.csv", index=False)
-    results = {}
-
-    def run(name, env, args):
-        results[name] = runner.invoke(app, ["--no-progress", *args], env=env)
-
-    threads = [
-        threading.Thread(
-            target=run,
-            args=(
-                "brand",
-                brand,
-                [
-                    "match",
-                    "cli-collab",
-                    "--users",
-                    str(tmp_path / "crm.csv"),
-                    "--key",
-                    "customer_id",
-                    "--identifier",
-                    "email=email",
-                    "--identifier",
-                    "phone=mobile",
-                    "--attribute",
-                    "tier",
-                ],
-            ),
-        ),
-        threading.Thread(
-            target=run,
-            args=(
-                "platform",
-                platform,
-                [
-                    "match",
-                    "cli-collab",
-                    "--users",
-                    str(tmp_path / "users.csv"),
-                    "--key",
-                    "user_id",
-                    "--identifier",
-                    "email=email",
-                    "--identifier",
-                    "phone=phone",
-                    "--attribute",
-                    "age_band",
-                ],
-            ),
-        ),
+    # The platform matches from its own process (CliRunner swaps sys.stdout, so it cannot run in two threads).
+    platform_cmd = [
+        sys.executable,
+        "-m",
+        "cleanroom_client.cli",
+        "--no-progress",
+        "match",
+        "cli-collab",
+        "--users",
+        str(tmp_path / "users.csv"),
+        "--key",
+        "user_id",
+        "--identifier",
+        "email=email",
+        "--identifier",
+        "phone=phone",
+        "--attribute",
+        "age_band",
     ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    other = subprocess.Popen(
+        platform_cmd, env={**os.environ, **platform}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    results = {
+        "brand": runner.invoke(
+            app,
+            [
+                "--no-progress",
+                "match",
+                "cli-collab",
+                "--users",
+                str(tmp_path / "crm.csv"),
+                "--key",
+                "customer_id",
+                "--identifier",
+                "email=email",
+                "--identifier",
+                "phone=mobile",
+                "--attribute",
+                "tier",
+            ],
+            env=brand,
+        )
+    }
+    output, _ = other.communicate(timeout=300)
+    assert other.returncode == 0, output
     assert results["brand"].exit_code == 0, results["brand"].output
     assert "peer's set size 500" in results["brand"].output
 
