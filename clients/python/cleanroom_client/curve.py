@@ -60,8 +60,9 @@ def expand_message_xmd(msg: bytes, dst: bytes, len_in_bytes: int) -> bytes:
     msg_prime = bytes(s_in_bytes) + msg + len_in_bytes.to_bytes(2, "big") + b"\x00" + dst_prime
     b0 = hashlib.sha512(msg_prime).digest()
     b = [hashlib.sha512(b0 + b"\x01" + dst_prime).digest()]
+    b0_int = int.from_bytes(b0, "big")
     for i in range(2, ell + 1):
-        prev = bytes(x ^ y for x, y in zip(b0, b[-1], strict=True))
+        prev = (b0_int ^ int.from_bytes(b[-1], "big")).to_bytes(b_in_bytes, "big")  # strxor(b_0, b_(i-1))
         b.append(hashlib.sha512(prev + bytes([i]) + dst_prime).digest())
     return b"".join(b)[:len_in_bytes]
 
@@ -93,8 +94,12 @@ def map_to_curve_elligator2(u: mpz) -> Point:
     x1 = (-A * gmpy2.invert(tv, P)) % P if tv else (-A) % P
     if x1 == 0:
         x1 = (-A) % P
-    y1 = _sqrt(_curve_rhs(x1))
-    if y1 is not None:
+    gx1 = _curve_rhs(x1)
+    # Decide which candidate is on the curve with the cheap Legendre symbol, then take one square root only.
+    if gmpy2.legendre(gx1, P) >= 0:
+        y1 = _sqrt(gx1)
+        if y1 is None:  # unreachable: gx1 is a square
+            raise ArithmeticError("Elligator 2: no square root of a square")
         y = y1 if y1 % 2 == 1 else (-y1) % P  # sgn0(y) == 1
         return mpz(x1), mpz(y)
     x2 = (-x1 - A) % P
