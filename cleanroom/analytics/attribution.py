@@ -30,8 +30,8 @@ import duckdb
 from cleanroom_client.policy import Policy, TableSpec
 
 from ..errors import FailedPreconditionError, InvalidArgumentError
-from ..storage.database import first, quote_ident
-from .matched import NONE, Axis, Histogram, _fill, _table
+from ..storage.database import quote_ident
+from .matched import NONE, Axis, Histogram, data_table, fill_histogram, match_side
 
 MILLI = 1000
 CENTS = 100
@@ -77,9 +77,7 @@ def event_tables(policy: Policy) -> EventTables:
 
 
 def _matched(cur: duckdb.DuckDBPyConnection, collab: str, conv_member: str, exp_member: str) -> str:
-    sides = first(cur.execute("SELECT member_a, member_b FROM matches WHERE collab = ? LIMIT 1", [collab]))
-    a = sides[0] if sides else min(conv_member, exp_member)
-    conv_side = "row_a" if conv_member == a else "row_b"
+    conv_side = match_side(cur, collab, conv_member)
     exp_side = "row_b" if conv_side == "row_a" else "row_a"
     return (
         f"SELECT {conv_side} AS conv_row, {exp_side} AS exp_row, row_number() OVER (ORDER BY {conv_side}) AS person "
@@ -88,7 +86,7 @@ def _matched(cur: duckdb.DuckDBPyConnection, collab: str, conv_member: str, exp_
 
 
 def _capped(cur: duckdb.DuckDBPyConnection, collab: str, ev: EventTables) -> str:
-    conv = _table(cur, collab, ev.conversions.member, "conversions")
+    conv = data_table(cur, collab, ev.conversions.member, "conversions")
     t, v = quote_ident(ev.conversions.time or ""), quote_ident(ev.value_column)
     return f"""
         SELECT m.person, m.conv_row, c.{t} AS cts,
@@ -110,7 +108,7 @@ def attribution_histograms(
     half_life_days: float,
 ) -> tuple[Histogram, Histogram]:
     """Attributed conversions (thousandths) and revenue (cents) per group value (and brand dimension value)."""
-    expo = _table(cur, collab, ev.exposures.member, "exposures")
+    expo = data_table(cur, collab, ev.exposures.member, "exposures")
     et = quote_ident(ev.exposures.time or "")
     g = quote_ident(group.column)
     weight = {
@@ -124,7 +122,7 @@ def attribution_histograms(
     }[model]
     brand_join = brand_select = brand_group = ""
     if brand_axis is not None:
-        users = _table(cur, collab, brand_axis.member, "users")
+        users = data_table(cur, collab, brand_axis.member, "users")
         side = "conv_row" if brand_axis.member == ev.conversions.member else "exp_row"
         brand_join = f"JOIN m mm ON mm.person = credits.person LEFT JOIN {users} u ON u.row_id = mm.{side}"
         brand_select = f", coalesce(CAST(u.{quote_ident(brand_axis.column)} AS VARCHAR), '{NONE}')"
@@ -173,8 +171,8 @@ def attribution_histograms(
     rows = cur.execute(sql, params).fetchall()
     axes = (group,) if brand_axis is None else (group, brand_axis)
     width = len(axes)
-    conversions = _fill(axes, [(*r[:width], r[width]) for r in rows])
-    revenue = _fill(axes, [(*r[:width], r[width + 1]) for r in rows])
+    conversions = fill_histogram(axes, [(*r[:width], r[width]) for r in rows])
+    revenue = fill_histogram(axes, [(*r[:width], r[width + 1]) for r in rows])
     return conversions, revenue
 
 
@@ -192,7 +190,7 @@ def lift_histograms(
     cur: duckdb.DuckDBPyConnection, collab: str, ev: EventTables, groups: TableSpec, campaign: str
 ) -> dict[str, Histogram]:
     """Per test group: people, converters, revenue (cents) and revenue squared (dollars squared)."""
-    tg = _table(cur, collab, groups.member, "test_groups")
+    tg = data_table(cur, collab, groups.member, "test_groups")
     side = "conv_row" if groups.member == ev.conversions.member else "exp_row"
     sql = f"""
         WITH m AS ({_matched(cur, collab, ev.conversions.member, ev.exposures.member)}),
@@ -217,6 +215,6 @@ def lift_histograms(
     if unknown:
         raise FailedPreconditionError(f"test_group values must be exposed or holdout, found {sorted(unknown)}")
     return {
-        name: _fill((ax,), [(r[0], r[i]) for r in rows])
+        name: fill_histogram((ax,), [(r[0], r[i]) for r in rows])
         for i, name in enumerate(("people", "converters", "revenue_cents", "revenue_sq"), start=1)
     }

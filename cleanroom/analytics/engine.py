@@ -241,14 +241,14 @@ class QueryEngine:
         params = {"dimensions": [str(d) for d in q.dimensions]}
         return self._run(principal, collab_id, "overlap", q.epsilon, params, plan)
 
-    def _stage_axis(self, policy: Policy, suffix: str = "") -> Axis:
+    def _stage_axis(self, policy: Policy) -> Axis:
         for spec in policy.tables.values():
             if spec.table != "users":
                 continue
             for column in STAGE_COLUMNS:
                 if column in spec.dimensions:  # the stored values, 4A or AIPL names; `_relabel` names the answer
                     domain = spec.dimensions[column]
-                    return Axis(f"{spec.member}.{column}{suffix}", spec.member, column, (*domain, NONE))
+                    return Axis(f"{spec.member}.{column}", spec.member, column, (*domain, NONE))
         raise FailedPreconditionError(
             "the policy declares no 4A stage: a users dimension named stage_4a (or stage_aipl) is needed"
         )

@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from cleanroom_client.policy import Policy, TableSpec
 
 from ..errors import FailedPreconditionError, InvalidArgumentError
-from ..storage.database import first, quote_ident
-from .matched import NONE, _table
+from ..storage.database import quote_ident
+from .matched import NONE, data_table, match_side
 from .queries import DimensionRef
 
 MAX_GRAD_NORM = 1.0
@@ -59,11 +59,6 @@ class TrainedModel:
     noise_multiplier: float
 
 
-def _side(cur: duckdb.DuckDBPyConnection, collab: str, member: str) -> str:
-    sides = first(cur.execute("SELECT member_a FROM matches WHERE collab = ? LIMIT 1", [collab]))
-    return "row_a" if sides is None or sides[0] == member else "row_b"
-
-
 def _filters(policy: Policy, filters: Mapping[DimensionRef, str], what: str) -> None:
     if not filters:
         raise InvalidArgumentError(f"name the {what}, e.g. {{'brand.tier': 'gold'}}")
@@ -82,12 +77,12 @@ def segment_sql(
     joins, wheres, params = [], [], []
     for i, (ref, value) in enumerate(filters.items()):
         alias = f"f{i}"
-        table, side = _table(cur, collab, ref.member, "users"), _side(cur, collab, ref.member)
+        table, side = data_table(cur, collab, ref.member, "users"), match_side(cur, collab, ref.member)
         joins.append(f"JOIN {table} {alias} ON {alias}.row_id = m.{side}")
         wheres.append(f"CAST({alias}.{quote_ident(ref.column)} AS VARCHAR) = ?")
         params.append(value)
     sql = (
-        f"SELECT DISTINCT m.{_side(cur, collab, out_member)} AS row_id FROM matches m {' '.join(joins)}"
+        f"SELECT DISTINCT m.{match_side(cur, collab, out_member)} AS row_id FROM matches m {' '.join(joins)}"
         f" WHERE m.collab = ? AND {' AND '.join(wheres)}"
     )
     return sql, [collab, *params]
@@ -101,7 +96,7 @@ def training_data(
     spec: TableSpec | None = policy.table(recipient, "users")
     if spec is None:
         raise FailedPreconditionError(f"the policy declares no users table for {recipient}")
-    users = _table(cur, collab, recipient, "users")
+    users = data_table(cur, collab, recipient, "users")
     present = {r[0] for r in cur.execute(f"DESCRIBE {users}").fetchall()}
     dims = [c for c in spec.dimensions if c in present]
     measures = [c for c in spec.measures if c in present]

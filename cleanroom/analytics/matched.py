@@ -46,7 +46,17 @@ def axis(label: str, member: str, column: str, declared: Sequence[str]) -> Axis:
     return Axis(label, member, column, (*declared, NONE))
 
 
-def _table(cur: duckdb.DuckDBPyConnection, collab: str, member: str, table: str) -> str:
+def match_side(cur: duckdb.DuckDBPyConnection, collab: str, member: str) -> str:
+    """The column of `matches` that holds `member`'s rows: `row_a` or `row_b`.
+
+    With no pair at all any answer serves: every aggregate over the join is then empty.
+    """
+    row = first(cur.execute("SELECT member_a FROM matches WHERE collab = ? LIMIT 1", [collab]))
+    return "row_a" if row is None or row[0] == member else "row_b"
+
+
+def data_table(cur: duckdb.DuckDBPyConnection, collab: str, member: str, table: str) -> str:
+    """The quoted physical name of `member.table` in a collaboration; FAILED_PRECONDITION if not uploaded."""
     row = first(
         cur.execute(
             "SELECT physical FROM data_tables WHERE collab = ? AND member = ? AND name = ?", [collab, member, table]
@@ -57,7 +67,8 @@ def _table(cur: duckdb.DuckDBPyConnection, collab: str, member: str, table: str)
     return quote_ident(row[0])
 
 
-def _fill(axes: tuple[Axis, ...], rows: list[tuple[object, ...]]) -> Histogram:
+def fill_histogram(axes: tuple[Axis, ...], rows: list[tuple[object, ...]]) -> Histogram:
+    """Counts (rows of keys then count) over the full cross product of the axes' domains, zero-filled."""
     size = 1
     for a in axes:
         size *= len(a.domain)
@@ -80,13 +91,9 @@ class MatchedPeople:
         row = first(cur.execute("SELECT 1 FROM match_results WHERE collab = ?", [collab]))
         if row is None:
             raise FailedPreconditionError(f"collaborations/{collab} has not finished matching yet")
-        members = first(cur.execute("SELECT member_a, member_b FROM matches WHERE collab = ? LIMIT 1", [collab]))
-        self._sides = {members[0]: "row_a", members[1]: "row_b"} if members else {}
 
     def _side(self, member: str) -> str:
-        if not self._sides:  # an empty intersection: any side works, every count is zero
-            return "row_a"
-        return self._sides[member]
+        return match_side(self._cur, self.collab, member)
 
     def histogram(self, axes: tuple[Axis, ...]) -> Histogram:
         """Matched people per combination of the axes' values."""
@@ -95,7 +102,7 @@ class MatchedPeople:
         for member in dict.fromkeys(a.member for a in axes):
             alias = f"u_{len(joins)}"
             joins.append(
-                f"LEFT JOIN {_table(self._cur, self.collab, member, 'users')} {alias} "
+                f"LEFT JOIN {data_table(self._cur, self.collab, member, 'users')} {alias} "
                 f"ON {alias}.row_id = m.{self._side(member)}"
             )
             for a in axes:
@@ -105,18 +112,18 @@ class MatchedPeople:
         select = ", ".join([*ordered, "count(*)"])
         group = f"GROUP BY {', '.join(str(i + 1) for i in range(len(axes)))}" if axes else ""
         sql = f"SELECT {select} FROM matches m {' '.join(joins)} WHERE m.collab = ? {group}"
-        return _fill(axes, self._cur.execute(sql, [self.collab]).fetchall())
+        return fill_histogram(axes, self._cur.execute(sql, [self.collab]).fetchall())
 
     def all_users_histogram(self, ax: Axis) -> Histogram:
         """All of a member's users (matched or not) per value of one of its columns."""
-        table = _table(self._cur, self.collab, ax.member, "users")
+        table = data_table(self._cur, self.collab, ax.member, "users")
         sql = f"SELECT coalesce(CAST({quote_ident(ax.column)} AS VARCHAR), '{NONE}'), count(*) FROM {table} GROUP BY 1"
-        return _fill((ax,), self._cur.execute(sql).fetchall())
+        return fill_histogram((ax,), self._cur.execute(sql).fetchall())
 
     def flow(self, start_axis: Axis, end_axis: Axis, history_time: str, start: dt.date, end: dt.date) -> Histogram:
         """Matched people per (stage on `start`, stage on `end`) from the member's stage history."""
         member, column = start_axis.member, quote_ident(start_axis.column)
-        history = _table(self._cur, self.collab, member, "stage_history")
+        history = data_table(self._cur, self.collab, member, "stage_history")
         t = quote_ident(history_time)
         sql = f"""
             WITH s AS (
@@ -129,4 +136,4 @@ class MatchedPeople:
             FROM matches m LEFT JOIN s ON s.row_id = m.{self._side(member)}
             WHERE m.collab = ? GROUP BY 1, 2
         """
-        return _fill((start_axis, end_axis), self._cur.execute(sql, [start, end, self.collab]).fetchall())
+        return fill_histogram((start_axis, end_axis), self._cur.execute(sql, [start, end, self.collab]).fetchall())
