@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test check lint typecheck protos protos-check unit e2e browser clean
+.PHONY: install demo test check lint typecheck protos protos-check unit e2e browser clean bench-openmined-venv
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,5 +51,12 @@ unit: $(STAMP)
 e2e: $(STAMP)
 	$(BIN)/pytest tests/e2e
 
+# OpenMined's PSI, the PSI benchmark's peer, pins another protobuf: it gets a venv of its own.
+OPENMINED_VENV := benchmarks/.venv-openmined
+bench-openmined-venv: $(OPENMINED_VENV)/bin/python
+$(OPENMINED_VENV)/bin/python:
+	$(PYTHON) -m venv $(OPENMINED_VENV)
+	$(OPENMINED_VENV)/bin/python -m pip install -q openmined-psi==2.0.6
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(OPENMINED_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,20 +1,27 @@
-"""PSI speed end to end against the machine's limit: a server and two members as separate processes, TLS on.
+"""PSI speed end to end against the machine's limit and OpenMined's PSI: a server and two members as separate
+processes, TLS on.
 
 For N x N users (one identifier type, email, with N/2 in common) it reports the wall-clock seconds of the whole match
-(blind, upload, fetch, double-blind, submit, join), identifiers per second, the bytes per identifier and direction
-that the protocol puts on the wire, and each process's peak RSS. Beside it, in the same run, the limit: the
-`cryptography` X25519 operations per second on all cores, times the 4 operations one matched pair needs (each member
-blinds its own identifier and the peer's). Comparing with openmined-psi (in a venv of its own) is still to do.
+(blind, upload, fetch, double-blind, submit, join, users table), identifiers per second, the bytes each member put
+on the wire and received (counted by a TCP relay between member and server: TLS records, HTTP/2 frames and all), and
+the peak RSS of every process. Beside it, in the same run:
+- the limit: `cryptography`'s X25519 operations per second on all cores, times the 4 operations one matched pair
+  needs (each member blinds its own identifier and the peer's);
+- the protocol's floor: the limit plus the RFC 9380 hash to curve each member owes for each of its identifiers,
+  measured the same way (what any implementation of this protocol in this Python would pay);
+- OpenMined's PSI on the same sets (benchmarks/openmined_peer.py), when its venv exists
+  (`make bench-openmined-venv`).
 
-Usage: python benchmarks/bench_psi.py [--n 100000] [--json out.json]
+Usage: python benchmarks/bench_psi.py [--n 100000] [--json out.json] [--openmined-python PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import multiprocessing
 import os
-import resource
 import signal
 import socket
 import subprocess
@@ -22,16 +29,18 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from multiprocessing.synchronize import Event
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from cleanroom.synthetic import DEMO_POLICY
+from cleanroom_client.curve import hash_to_u
 
-#: What the protocol sends per identifier (see protos/PROTOCOL.md): up, a row id and a point, later the peer's point
-#: blinded again; down, the peer's point to double-blind.
-UP_BYTES, DOWN_BYTES = 8 + 32 + 32, 32
+HERE = Path(__file__).resolve().parent
+OPENMINED_PYTHON = HERE / ".venv-openmined" / "bin" / "python"
 
 
 def _x25519_ops(count: int) -> float:
@@ -43,10 +52,22 @@ def _x25519_ops(count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
+def _hash_to_curve_ops(count: int) -> float:
+    start = time.perf_counter()
+    for i in range(count):
+        hash_to_u(b"email\x00" + i.to_bytes(32, "little"))
+    return count / (time.perf_counter() - start)
+
+
+def per_second(fn: Any, cores: int, per_core: int) -> float:
+    """Operations per second of `fn` on all cores at once."""
+    with ProcessPoolExecutor(cores) as pool:
+        return sum(pool.map(fn, [per_core] * cores))
+
+
 def machine_limit(cores: int, per_core: int = 20_000) -> float:
     """X25519 operations per second on all cores (object creation included, as the protocol needs it)."""
-    with ProcessPoolExecutor(cores) as pool:
-        return sum(pool.map(_x25519_ops, [per_core] * cores))
+    return per_second(_x25519_ops, cores, per_core)
 
 
 MEMBER = r"""
@@ -57,9 +78,44 @@ name, collab, users, state, out = sys.argv[1:6]
 with CleanRoomClient(state_dir=state, progress=False) as c:
     frame = pd.read_parquet(users)
     s = c.match(collab, users=frame, key="key", identifiers={"email": "email"}, wait_timeout=3600)
-peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-json.dump({"peak_rss_mb": peak / 1024, "peer_set_size": s.peer_set_size}, open(out, "w"))
+own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+json.dump({"rss_main_mb": own, "rss_worker_mb": workers, "peer_set_size": s.peer_set_size}, open(out, "w"))
 """
+
+
+def _relay(target: int, ports: Any, totals: Any, stop: Event) -> None:
+    """A TCP relay to the server that counts the bytes each way (run in a process of its own)."""
+    counts = {"up": 0, "down": 0}
+
+    async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, way: str) -> None:
+        try:
+            while data := await reader.read(1 << 16):
+                counts[way] += len(data)
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target)
+        await asyncio.gather(pump(reader, up_writer, "up"), pump(up_reader, writer, "down"), return_exceptions=True)
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        ports.put(server.sockets[0].getsockname()[1])
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        totals.put(counts)
+
+    asyncio.run(main())
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _port() -> int:
@@ -119,11 +175,19 @@ def run(n: int, tmp: Path) -> dict[str, float]:
     for i, m in enumerate(("brand", "platform")):
         ids = range(i * half, i * half + n)
         pd.DataFrame({"key": list(ids), "email": [f"user{j}@example.com" for j in ids]}).to_parquet(tmp / f"{m}.pq")
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    relays = {}
+    for m in ("brand", "platform"):
+        ports, totals = ctx.Queue(), ctx.Queue()
+        relay = ctx.Process(target=_relay, args=(port, ports, totals, stop), daemon=True)
+        relay.start()
+        relays[m] = (relay, ports.get(timeout=60), totals)
     start = time.perf_counter()
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", MEMBER, m, collab, str(tmp / f"{m}.pq"), str(tmp / m), str(tmp / f"{m}.json")],
-            env={**env, "CLEANROOM_TOKEN": tokens[m]},
+            env={**env, "CLEANROOM_TOKEN": tokens[m], "CLEANROOM_TARGET": f"localhost:{relays[m][1]}"},
         )
         for m in ("brand", "platform")
     ]
@@ -131,41 +195,72 @@ def run(n: int, tmp: Path) -> dict[str, float]:
         if proc.wait() != 0:
             raise SystemExit("a member failed")
     seconds = time.perf_counter() - start
+    stop.set()
+    wire = {m: relays[m][2].get(timeout=60) for m in relays}
+    server_rss = _peak_rss_mb(server.pid)
     server.send_signal(signal.SIGTERM)
     server.wait()
-    server_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     members = {m: json.loads((tmp / f"{m}.json").read_text()) for m in ("brand", "platform")}
-    return {
+    result: dict[str, float] = {
         "n": n,
         "seconds": round(seconds, 2),
         "identifiers_per_second": round(2 * n / seconds),
-        "bytes_per_identifier_up": UP_BYTES,
-        "bytes_per_identifier_down": DOWN_BYTES,
-        "peak_rss_mb_brand": round(members["brand"]["peak_rss_mb"]),
-        "peak_rss_mb_platform": round(members["platform"]["peak_rss_mb"]),
-        "peak_rss_mb_children_max": round(server_rss),
+        "peak_rss_mb_server": round(server_rss),
+    }
+    for m in ("brand", "platform"):
+        result[f"bytes_per_identifier_up_{m}"] = round(wire[m]["up"] / n, 1)
+        result[f"bytes_per_identifier_down_{m}"] = round(wire[m]["down"] / n, 1)
+        result[f"peak_rss_mb_{m}_main"] = round(members[m]["rss_main_mb"])
+        result[f"peak_rss_mb_{m}_worker"] = round(members[m]["rss_worker_mb"])
+    return result
+
+
+def openmined(python: Path, n: int) -> dict[str, float]:
+    """OpenMined's PSI on the same sets, in its own venv; {} when that venv is missing."""
+    if not python.exists():
+        print(f"openmined-psi: no venv at {python} (make bench-openmined-venv); not compared", file=sys.stderr)
+        return {}
+    done = subprocess.run(
+        [str(python), str(HERE / "openmined_peer.py"), str(n)], capture_output=True, text=True, check=True
+    )
+    figures = json.loads(done.stdout)
+    if figures["intersection"] != n - n // 2:
+        raise SystemExit(f"openmined-psi found {figures['intersection']} common users, expected {n - n // 2}")
+    return {
+        "openmined_seconds": figures["seconds"],
+        "openmined_bytes_per_identifier_client_up": round(figures["client_bytes_sent"] / n, 1),
+        "openmined_bytes_per_identifier_server_up": round(figures["server_bytes_sent"] / n, 1),
     }
 
 
 def main() -> int:
-    """Measure the limit and one end-to-end match; print and write JSON."""
+    """Measure the limit, the floor, one end-to-end match and OpenMined's PSI; print and write JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--openmined-python", type=Path, default=OPENMINED_PYTHON)
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     ops = machine_limit(cores)
+    h2c = per_second(_hash_to_curve_ops, cores, 5_000)
     limit_seconds = 4 * args.n / ops
+    floor_seconds = limit_seconds + 2 * args.n / h2c
     with tempfile.TemporaryDirectory() as tmp:
         result = run(args.n, Path(tmp))
+    result.update(openmined(args.openmined_python, args.n))
     result.update(
         x25519_ops_per_second=round(ops),
+        hash_to_curve_per_second=round(h2c),
         limit_seconds=round(limit_seconds, 2),
         ratio_to_limit=round(result["seconds"] / limit_seconds, 2),
+        floor_seconds=round(floor_seconds, 2),
+        ratio_to_floor=round(result["seconds"] / floor_seconds, 2),
     )
+    if "openmined_seconds" in result:
+        result["speedup_over_openmined"] = round(result["openmined_seconds"] / result["seconds"], 2)
     print(f"{args.n:,} x {args.n:,} (email, half in common) on {cores} cores")
     for key, value in result.items():
-        print(f"  {key:<28}{value:>14,}")
+        print(f"  {key:<44}{value:>14,}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return 0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from cleanroom_client.blinding import blind_point
+from cleanroom_client.blinding import blind_point, join_tag
 from cleanroom_client.curve import CLEANROOM_DST, hash_to_u
 from cleanroom_client.identity import IdentifierType, Normalizer, curve_message, digest
 
@@ -63,6 +63,7 @@ def vectors() -> dict[str, object]:
                 "blinded_a": blinded_a.hex(),
                 "blinded_b": blinded_b.hex(),
                 "double_blinded": double.hex(),
+                "tag": join_tag(double).hex(),
             }
         )
     return {
@@ -91,6 +92,7 @@ def markdown(data: dict[str, object]) -> str:
             f"blinded_a      {v['blinded_a']}",
             f"blinded_b      {v['blinded_b']}",
             f"double_blinded {v['double_blinded']}",
+            f"tag            {v['tag']}",
             "```",
             "",
         ]

@@ -2,7 +2,7 @@
 
 Protocol v1 step 5 (protos/PROTOCOL.md). What the server holds, and for how long:
 - a member's singly blinded points, from upload until the peer has double-blinded them; then they are deleted;
-- the doubly blinded keys on each member's rows, which are what the join compares;
+- the 8-byte tags of the doubly blinded points on each member's rows, which are what the join compares;
 - never an identifier, a digest or a key: it only ever receives points blinded by a member's secret scalar.
 
 The shuffle is a uniformly random permutation drawn from the OS's CSPRNG, so the order in which the peer receives
@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from cleanroom_client.curve import InvalidPointError, validate_point
+from cleanroom_client.blinding import TAG_SIZE
+from cleanroom_client.curve import POINT_PROBLEMS, InvalidPointError, check_points
 from cleanroom_client.identity import IdentifierType
 
 from ..audit import AuditLog
@@ -33,14 +34,12 @@ from .join import join_matches
 from .progress import UploadProgress, check_next_chunk, list_progress, read_progress, save_progress
 
 POINT_SIZE = 32
-ROW_ID_SIZE = 8
 #: Points per chunk of an offer (1 MiB of points).
 OFFER_CHUNK = 32768
-#: Most points one uploaded chunk may carry (2.5 MiB with row ids).
+#: Most points, and row slots, one uploaded chunk may carry (2 MiB of points).
 MAX_CHUNK_POINTS = 65536
 POINTS = "points"
 DOUBLE_BLINDED = "double_blinded"
-_ZERO = bytes(POINT_SIZE)
 
 ID_TYPE_CODES = {t: t.priority + 1 for t in IdentifierType}  # the wire's IdentifierType numbers
 
@@ -65,15 +64,30 @@ class MatchStatus:
     peer_set_size: int
 
 
-def _validate_points(points: bytes, what: str, allow_zero: bool = False) -> None:
-    for i in range(0, len(points), POINT_SIZE):
-        point = points[i : i + POINT_SIZE]
-        if allow_zero and point == _ZERO:
-            continue
-        try:
-            validate_point(point)
-        except InvalidPointError as exc:
-            raise InvalidArgumentError(f"{what}, point {i // POINT_SIZE}: {exc}") from None
+def _validate_points(points: bytes, what: str) -> None:
+    try:
+        codes = check_points(points)
+    except InvalidPointError as exc:
+        raise InvalidArgumentError(f"{what}: {exc}") from None
+    bad = np.flatnonzero(codes)
+    if len(bad):
+        raise InvalidArgumentError(
+            f"{what}, point {bad[0]}: {POINT_PROBLEMS[codes[bad[0]]]} ({len(bad)} invalid points in this chunk)"
+        )
+
+
+def _chunk_rows(first_row: int, present: bytes, n: int, what: str) -> np.ndarray:
+    """The row numbers of a chunk's `n` points from its first row and presence bitmap (protocol v1, step 5.1)."""
+    if first_row < 0:
+        raise InvalidArgumentError(f"{what}: first_row must be 0 or more, got {first_row}")
+    if not present:
+        return np.arange(first_row, first_row + n, dtype=np.int64)
+    if len(present) > MAX_CHUNK_POINTS // 8:
+        raise InvalidArgumentError(f"{what}: `present` covers more than {MAX_CHUNK_POINTS} row slots")
+    slots = np.flatnonzero(np.unpackbits(np.frombuffer(present, dtype=np.uint8), bitorder="little"))
+    if len(slots) != n:
+        raise InvalidArgumentError(f"{what}: `present` marks {len(slots)} rows for {n} points")
+    return first_row + slots.astype(np.int64)
 
 
 def _point_array(points: bytes) -> pa.FixedSizeBinaryArray:
@@ -103,19 +117,19 @@ class Relay:
         member: str,
         chunk_index: int,
         id_type: IdentifierType,
-        row_ids: bytes,
+        first_row: int,
+        present: bytes,
         points: bytes,
         last: bool,
     ) -> UploadProgress:
         """Store one chunk of a member's singly blinded points; the last chunk commits and shuffles them."""
         what = f"chunk {chunk_index}"
-        if len(row_ids) % ROW_ID_SIZE or len(points) % POINT_SIZE:
-            raise InvalidArgumentError(f"{what}: row_ids must be 8 bytes and points 32 bytes each")
+        if len(points) % POINT_SIZE:
+            raise InvalidArgumentError(f"{what}: points must be 32 bytes each")
         n = len(points) // POINT_SIZE
-        if len(row_ids) // ROW_ID_SIZE != n:
-            raise InvalidArgumentError(f"{what}: {len(row_ids) // ROW_ID_SIZE} row ids for {n} points")
         if n > MAX_CHUNK_POINTS:
             raise InvalidArgumentError(f"{what}: {n} points; at most {MAX_CHUNK_POINTS} per chunk")
+        row_ids = _chunk_rows(first_row, present, n, what)
         _validate_points(points, what)
         with self._db.transaction() as cur:
             _ensure_not_matched(cur, collab.id)
@@ -130,7 +144,7 @@ class Relay:
                 {
                     "seq": pa.array(np.arange(seq0, seq0 + n, dtype=np.int64)),
                     "id_type": pa.array(np.full(n, ID_TYPE_CODES[id_type], dtype=np.int8)),
-                    "row_id": pa.array(np.frombuffer(row_ids, dtype="<i8")),
+                    "row_id": pa.array(row_ids),
                     "point": _point_array(points),
                 }
             )
@@ -215,14 +229,16 @@ class Relay:
         return bool(progress and progress.committed)
 
     def submit_double_blinded(
-        self, collab: Collaboration, member: str, chunk_index: int, points: bytes, last: bool
+        self, collab: Collaboration, member: str, chunk_index: int, tags: bytes, last: bool
     ) -> UploadProgress:
-        """Store the caller's blinding of one offered chunk; the final chunk un-shuffles onto the peer's rows."""
+        """Store the tags of the caller's blinding of one offered chunk; the last chunk un-shuffles them.
+
+        Tags are opaque 64-bit values: there is nothing to validate but their number.
+        """
         peer = collab.policy.peer_of(member)
         what = f"double-blinded chunk {chunk_index}"
-        if len(points) % POINT_SIZE:
-            raise InvalidArgumentError(f"{what}: points must be 32 bytes each")
-        _validate_points(points, what, allow_zero=True)
+        if len(tags) % TAG_SIZE:
+            raise InvalidArgumentError(f"{what}: tags must be {TAG_SIZE} bytes each")
         with self._db.transaction() as cur:
             _ensure_not_matched(cur, collab.id)
             size = self._offer_size(cur, collab.id, peer)
@@ -239,16 +255,19 @@ class Relay:
                 raise InvalidArgumentError(f"{what} is out of range; the offer has {total} chunks")
             start = chunk_index * self.offer_chunk
             expected = min(self.offer_chunk, size - start)
-            n = len(points) // POINT_SIZE
+            n = len(tags) // TAG_SIZE
             if n != expected:
-                raise InvalidArgumentError(f"{what}: carries {n} points; the offered chunk had {expected}")
+                raise InvalidArgumentError(f"{what}: carries {n} tags; the offered chunk had {expected} points")
             final = chunk_index == total - 1
             if last != final:
                 raise InvalidArgumentError(
                     f"{what}: `last` must be set on chunk {total - 1}, the final chunk of the offer, and only there"
                 )
             chunk = pa.table(
-                {"pos": pa.array(np.arange(start, start + n, dtype=np.int64)), "dkey": _point_array(points)}
+                {
+                    "pos": pa.array(np.arange(start, start + n, dtype=np.int64)),
+                    "dkey": pa.array(np.frombuffer(tags, dtype="<i8")),
+                }
             )
             cur.register("chunk", chunk)
             cur.execute("INSERT INTO double_points SELECT ?, ?, pos, dkey FROM chunk", [collab.id, peer])
@@ -266,8 +285,8 @@ class Relay:
         cur.execute(
             "INSERT INTO match_keys SELECT o.collab, o.member, o.id_type, o.row_id, d.dkey"
             " FROM offers o JOIN double_points d ON o.collab = d.collab AND o.member = d.owner AND o.pos = d.pos"
-            " WHERE o.collab = ? AND o.member = ? AND d.dkey <> ?",
-            [collab, owner, _ZERO],
+            " WHERE o.collab = ? AND o.member = ? AND d.dkey <> 0",
+            [collab, owner],
         )
         cur.execute("DELETE FROM offers WHERE collab = ? AND member = ?", [collab, owner])
         cur.execute("DELETE FROM double_points WHERE collab = ? AND owner = ?", [collab, owner])

@@ -1,7 +1,7 @@
 """Uploads of the members' pseudonymous tables: users attributes and event tables, as Arrow IPC chunks.
 
 Guarantees: a table is stored only if the policy declares it for the uploading member, and only with columns the
-policy declares (plus `row_id`, the random surrogate id of the user); dimension values lie in their declared
+policy declares (plus `row_id`, the user's row number in the match); dimension values lie in their declared
 domain (or are null) and are stored as text; measures are numeric; the time column is a date or timestamp. Chunks
 are staged in a table of their own and the final chunk renames it into place in the same transaction, so a half
 upload is never visible.
@@ -36,10 +36,22 @@ def physical_name(collab: str, member: str, table: str, staged: bool = False) ->
     return name
 
 
+#: Most bytes one chunk may hold once decompressed (members may send zstd- or lz4-compressed IPC).
+MAX_CHUNK_DECODED = 64 * 1024 * 1024
+
+
 def _decode(data: bytes, what: str) -> pa.Table:
     try:
         with pa.ipc.open_stream(data) as reader:
-            return reader.read_all()
+            batches, size = [], 0
+            for batch in reader:
+                size += batch.nbytes
+                if size > MAX_CHUNK_DECODED:
+                    raise InvalidArgumentError(
+                        f"{what}: more than {MAX_CHUNK_DECODED // 2**20} MiB once decompressed; send smaller chunks"
+                    )
+                batches.append(batch)
+            return pa.Table.from_batches(batches, schema=reader.schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
         raise InvalidArgumentError(f"{what}: not an Arrow IPC stream ({exc})") from None
 

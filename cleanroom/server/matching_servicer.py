@@ -113,7 +113,7 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
                 if id_type is None:
                     raise InvalidArgumentError(f"chunk {req.chunk_index}: identifier_type must be set to a known type")
                 progress = self._relay.upload_points(
-                    collab, principal.name, req.chunk_index, id_type, req.row_ids, req.points, req.last
+                    collab, principal.name, req.chunk_index, id_type, req.first_row, req.present, req.points, req.last
                 )
                 received += len(req.points) // 32
         if progress is None:
@@ -141,7 +141,7 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
     def SubmitDoubleBlindedPoints(  # noqa: N802
         self, request_iterator: Iterator[pb.SubmitDoubleBlindedPointsRequest], context: grpc.ServicerContext
     ) -> pb.SubmitDoubleBlindedPointsResponse:
-        """Store chunks of doubly blinded points."""
+        """Store chunks of tags of doubly blinded points."""
         principal = self._auth.principal(context)
         stream = _StreamCollab(self._collabs, principal, "upload.double_blinded")
         progress: UploadProgress | None = None
@@ -150,7 +150,7 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
                 _check_size(req, req.chunk_index)
                 collab = stream.resolve(req.parent)
                 progress = self._relay.submit_double_blinded(
-                    collab, principal.name, req.chunk_index, req.points, req.last
+                    collab, principal.name, req.chunk_index, req.tags, req.last
                 )
         if progress is None:
             raise _no_messages()

@@ -70,7 +70,7 @@ CREATE TABLE IF NOT EXISTS double_points (
     collab VARCHAR NOT NULL,
     owner VARCHAR NOT NULL,
     pos BIGINT NOT NULL,
-    dkey BLOB NOT NULL
+    dkey BIGINT NOT NULL
 );
 -- Doubly blinded join keys on the owner's rows.
 CREATE TABLE IF NOT EXISTS match_keys (
@@ -78,7 +78,7 @@ CREATE TABLE IF NOT EXISTS match_keys (
     member VARCHAR NOT NULL,
     id_type TINYINT NOT NULL,
     row_id BIGINT NOT NULL,
-    dkey BLOB NOT NULL
+    dkey BIGINT NOT NULL
 );
 -- The one-to-one join: member_a < member_b by name; id_type is the identifier that decided the pair.
 CREATE TABLE IF NOT EXISTS matches (

@@ -9,6 +9,7 @@ counted, never a crash.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import stat
@@ -19,14 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from .curve import hash_to_u, is_valid_point
+from .curve import check_points, hash_to_u
 from .identity import IdentifierType, InvalidIdentifierError, Normalizer, curve_message, digest, parse_prehashed
 
 POINT_SIZE = 32
 ZERO_POINT = bytes(POINT_SIZE)
+#: Bytes of a doubly blinded point that the join compares (protocol v1: the first 8, see `join_tag`).
+TAG_SIZE = 8
+#: The tag of a point the member rejected: it never matches.
+ZERO_TAG = bytes(TAG_SIZE)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -112,12 +118,11 @@ def load_or_create_key(path: Path) -> bytes:
 
 @dataclass(frozen=True)
 class BlindJob:
-    """One chunk of one identifier column: values (None for missing) and the surrogate ids of their rows."""
+    """One chunk of one identifier column: the values (None for missing) of consecutive row numbers."""
 
     key: bytes
     id_type: IdentifierType
     values: Sequence[str | None]
-    row_ids: Sequence[int]
     prehashed: bool = False
     normalizer: Normalizer = field(default_factory=Normalizer)
     #: Only count valid, invalid and missing values (to rebuild a summary on resume); no points.
@@ -126,10 +131,14 @@ class BlindJob:
 
 @dataclass(frozen=True)
 class BlindResult:
-    """Packed output of a BlindJob: 8-byte row ids and 32-byte points of the valid identifiers."""
+    """Packed output of a BlindJob: the 32-byte points of the valid identifiers, and which rows they belong to.
 
-    row_ids: bytes
+    `present` is the protocol's bitmap (bit i for the job's i-th value, least significant bit first), empty when
+    every value gave a point.
+    """
+
     points: bytes
+    present: bytes
     valid: int
     invalid: int
     missing: int
@@ -140,13 +149,22 @@ def blind_point(key: X25519PrivateKey, u: bytes) -> bytes:
     return key.exchange(X25519PublicKey.from_public_bytes(u))
 
 
+def join_tag(double_blinded: bytes) -> bytes:
+    """What the join compares of a doubly blinded point: its first TAG_SIZE bytes (the u-coordinate's low 64 bits).
+
+    A doubly blinded point is a uniformly distributed element of the prime-order subgroup, so its low 64 bits are
+    uniform to within 2^-190: two different identifiers share a tag with probability 2^-64.
+    """
+    return double_blinded[:TAG_SIZE]
+
+
 def blind_identifiers(job: BlindJob) -> BlindResult:
     """Steps 1-4 for one chunk: normalize, digest, hash to curve, blind with the member's key."""
     key = X25519PrivateKey.from_private_bytes(job.key)
-    ids = bytearray()
     points = bytearray()
+    present = np.zeros(len(job.values), dtype=bool)
     invalid = missing = 0
-    for value, row_id in zip(job.values, job.row_ids, strict=True):
+    for i, value in enumerate(job.values):
         if value is None or value == "":
             missing += 1
             continue
@@ -155,15 +173,14 @@ def blind_identifiers(job: BlindJob) -> BlindResult:
         except InvalidIdentifierError:
             invalid += 1
             continue
-        if job.count_only:
-            ids += row_id.to_bytes(8, "little", signed=True)
-            continue
-        points += blind_point(key, hash_to_u(curve_message(job.id_type, d)))
-        ids += row_id.to_bytes(8, "little", signed=True)
-    valid = len(ids) // 8
+        present[i] = True
+        if not job.count_only:
+            points += blind_point(key, hash_to_u(curve_message(job.id_type, d)))
+    valid = int(present.sum())
     if job.count_only:
         return BlindResult(b"", b"", valid, invalid, missing)
-    return BlindResult(bytes(ids), bytes(points), valid, invalid, missing)
+    bitmap = b"" if valid == len(job.values) else np.packbits(present, bitorder="little").tobytes()
+    return BlindResult(bytes(points), bitmap, valid, invalid, missing)
 
 
 @dataclass(frozen=True)
@@ -176,28 +193,27 @@ class ReblindJob:
 
 @dataclass(frozen=True)
 class ReblindResult:
-    """The caller's blinding applied to each point; rejected points come back all-zero."""
+    """The join tag of the caller's blinding of each point; rejected points come back as ZERO_TAG."""
 
-    points: bytes
+    tags: bytes
     rejected: int
 
 
 def reblind_points(job: ReblindJob) -> ReblindResult:
-    """Step 5: apply the member's key to the peer's points, validating each one first."""
+    """Step 5: apply the member's key to the peer's points, validating each one first; keep each result's tag."""
     if len(job.points) % POINT_SIZE:
         raise ValueError(f"peer chunk of {len(job.points)} bytes is not a whole number of 32-byte points")
     key = X25519PrivateKey.from_private_bytes(job.key)
+    codes = check_points(job.points)
     out = bytearray()
     rejected = 0
-    for i in range(0, len(job.points), POINT_SIZE):
-        u = job.points[i : i + POINT_SIZE]
-        if not is_valid_point(u):
-            out += ZERO_POINT
+    for i, code in enumerate(codes.tolist()):
+        tag = ZERO_TAG
+        # ValueError: an all-zero shared secret; cannot happen after validation, but never crash on it.
+        with contextlib.suppress(ValueError):
+            if not code:
+                tag = join_tag(blind_point(key, job.points[i * POINT_SIZE : (i + 1) * POINT_SIZE]))
+        if tag == ZERO_TAG:
             rejected += 1
-            continue
-        try:
-            out += blind_point(key, u)
-        except ValueError:  # all-zero shared secret: cannot happen after validation, but never crash on it
-            out += ZERO_POINT
-            rejected += 1
+        out += tag
     return ReblindResult(bytes(out), rejected)

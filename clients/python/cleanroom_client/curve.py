@@ -16,6 +16,7 @@ import hashlib
 from typing import Final
 
 import gmpy2
+import numpy as np
 from gmpy2 import mpz
 
 P: Final = mpz(2**255 - 19)
@@ -172,6 +173,46 @@ def validate_point(data: bytes) -> None:
         raise InvalidPointError("point of low order")
     if gmpy2.legendre(_curve_rhs(u), P) != 1:
         raise InvalidPointError("point lies on the quadratic twist, not on curve25519")
+
+
+#: Why `check_points` rejects a point, by its code (0: accepted).
+POINT_PROBLEMS: Final = (
+    "",
+    "u-coordinate is not reduced modulo 2^255-19",
+    "point of low order",
+    "point lies on the quadratic twist, not on curve25519",
+)
+_WORD = 0xFFFF_FFFF_FFFF_FFFF
+_LOW_ORDER_WORDS: Final = np.array(
+    [[(int(u) >> (64 * i)) & _WORD for i in range(4)] for u in sorted(_LOW_ORDER_U)], dtype=np.uint64
+)
+
+
+def check_points(points: bytes) -> np.ndarray:
+    """`validate_point` for a packed run of 32-byte points at once: one code per point, 0 for an accepted one.
+
+    The code indexes POINT_PROBLEMS. Range and low-order checks run on whole arrays; only the curve-or-twist test
+    (a Legendre symbol) runs per point, about 3 µs each.
+    """
+    if len(points) % 32:
+        raise InvalidPointError(f"{len(points)} bytes is not a whole number of 32-byte points")
+    words = np.frombuffer(points, dtype="<u8").reshape(-1, 4)
+    codes = np.zeros(len(words), dtype=np.int8)
+    top = words[:, 3]
+    unreduced = (top > 0x7FFF_FFFF_FFFF_FFFF) | (
+        (top == 0x7FFF_FFFF_FFFF_FFFF)
+        & (words[:, 2] == _WORD)
+        & (words[:, 1] == _WORD)
+        & (words[:, 0] >= 0xFFFF_FFFF_FFFF_FFED)
+    )
+    low = (words[:, None, :] == _LOW_ORDER_WORDS[None, :, :]).all(axis=2).any(axis=1)
+    codes[unreduced] = 1
+    codes[low & ~unreduced] = 2
+    for i in np.flatnonzero(codes == 0).tolist():
+        u = mpz(int.from_bytes(points[32 * i : 32 * i + 32], "little"))
+        if gmpy2.legendre(u * (u * (u + A) + 1) % P, P) != 1:
+            codes[i] = 3
+    return codes
 
 
 def is_valid_point(data: bytes) -> bool:

@@ -81,19 +81,21 @@ class MatchPlan:
     events: Mapping[str, pd.DataFrame]
     normalizer: Normalizer
     chunk_rows: int
+    #: row_ids[i]: the row number of users row i; its inverse `order`: the users row of each row number.
     row_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    order: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
 
 def _new_row_ids(n: int) -> np.ndarray:
-    """Distinct random int64 surrogate ids, `n` of them, from the OS CSPRNG."""
-    ids = np.frombuffer(os.urandom(8 * n), dtype="<i8").copy()
-    while len(np.unique(ids)) != n:  # ~n^2/2^65 chance per draw
-        ids = np.frombuffer(os.urandom(8 * n), dtype="<i8").copy()
-    return ids
+    """Row numbers 0 .. n-1 in a uniformly random order (argsort of independent 64-bit keys from the OS CSPRNG).
+
+    The protocol names rows by position, so the numbers must not follow the caller's own row order.
+    """
+    return np.argsort(np.frombuffer(os.urandom(8 * n), dtype=np.uint64), kind="stable").astype(np.int64)
 
 
 def load_or_create_rows(state: Path, keys: pd.Series) -> np.ndarray:
-    """The surrogate ids of `keys`, made and saved on the first call, reused (and checked) on resume."""
+    """The row numbers of `keys`, drawn and saved on the first call, reused (and checked) on resume."""
     path = state / "rows.parquet"
     if path.exists():
         saved = pd.read_parquet(path)
@@ -104,7 +106,13 @@ def load_or_create_rows(state: Path, keys: pd.Series) -> np.ndarray:
                 f"the users table differs from the one this collaboration started matching with ({path}); "
                 "pass the same rows in the same order to resume"
             )
-        return saved["row_id"].to_numpy(dtype=np.int64)
+        ids = saved["row_id"].to_numpy(dtype=np.int64)
+        if not np.array_equal(np.sort(ids), np.arange(len(ids))):
+            raise ValueError(
+                f"{path} was written by an older protocol version (row numbers are not 0 .. n-1); "
+                "start a new collaboration to match with this version"
+            )
+        return ids
     ids = _new_row_ids(len(keys))
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(".tmp")
@@ -170,6 +178,7 @@ class MatchRunner:
         """The whole match; returns once the server has joined both sides."""
         key = load_or_create_key(key_path)
         plan.row_ids = load_or_create_rows(self._state, plan.users[plan.key])
+        plan.order = np.argsort(plan.row_ids)
         counts = self._retrying("points", lambda: self._send_points(plan, key))
         tables, dropped = self._send_tables(plan)
         self._wait(lambda s: s.peer_points_ready, "waiting for the peer's points")
@@ -189,17 +198,16 @@ class MatchRunner:
         return summary
 
     def _layout(self, plan: MatchPlan) -> list[tuple[IdentifierType, int]]:
-        """Chunks of the point upload, in order: (identifier type, first row). Deterministic, so resumable."""
+        """Chunks of the point upload, in order: (identifier type, first row number). Deterministic: resumable."""
         starts = range(0, max(len(plan.users), 1), plan.chunk_rows)
         return [(t, s) for t in sorted(plan.identifiers, key=lambda t: t.priority) for s in starts]
 
     def _job(self, plan: MatchPlan, key: bytes, id_type: IdentifierType, start: int, count_only: bool) -> BlindJob:
-        part = plan.users[plan.identifiers[id_type]].iloc[start : start + plan.chunk_rows]
+        part = plan.users[plan.identifiers[id_type]].iloc[plan.order[start : start + plan.chunk_rows]]
         return BlindJob(
             key=key,
             id_type=id_type,
             values=[None if pd.isna(v) else str(v) for v in part],
-            row_ids=plan.row_ids[start : start + plan.chunk_rows].tolist(),
             prehashed=id_type in plan.prehashed,
             normalizer=plan.normalizer,
             count_only=count_only,
@@ -216,7 +224,7 @@ class MatchRunner:
         def requests() -> Iterator[pb.UploadBlindedPointsRequest]:
             with self._bar(len(layout), "blinding and uploading identifiers") as bar:
                 bar.update(skip)
-                for index, ((id_type, _), result) in enumerate(zip(layout, results, strict=True)):
+                for index, ((id_type, first_row), result) in enumerate(zip(layout, results, strict=True)):
                     totals[id_type][0] += result.valid
                     totals[id_type][1] += result.invalid
                     totals[id_type][2] += result.missing
@@ -227,7 +235,8 @@ class MatchRunner:
                         parent=self._parent,
                         chunk_index=index,
                         identifier_type=_WIRE_TYPES[id_type],
-                        row_ids=result.row_ids,
+                        first_row=first_row,
+                        present=result.present,
                         points=result.points,
                         last=index == len(layout) - 1,
                     )
@@ -242,8 +251,9 @@ class MatchRunner:
     def _tables(self, plan: MatchPlan) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
         """The tables to upload, keyed by surrogate id; events whose key is not a user are dropped and counted."""
         ids = pd.Series(plan.row_ids, index=plan.users[plan.key].to_numpy())
-        users = plan.users[list(plan.attributes)].reset_index(drop=True)
-        users.insert(0, "row_id", plan.row_ids)
+        # In row-number order: the row_id column is then 0, 1, 2, ... and compresses to almost nothing.
+        users = plan.users[list(plan.attributes)].iloc[plan.order].reset_index(drop=True)
+        users.insert(0, "row_id", np.arange(len(users), dtype=np.int64))
         tables = {USERS_TABLE: users}
         dropped = {}
         for name, events in plan.events.items():
@@ -254,7 +264,7 @@ class MatchRunner:
             dropped[name] = int((~keep).sum())
             table = events.loc[keep].drop(columns=[plan.key]).reset_index(drop=True)
             table.insert(0, "row_id", row_id[keep].astype(np.int64).to_numpy())
-            tables[name] = table
+            tables[name] = table.sort_values("row_id", kind="stable", ignore_index=True)
         return tables, dropped
 
     def _send_tables(self, plan: MatchPlan) -> tuple[dict[str, int], dict[str, int]]:
@@ -331,7 +341,7 @@ class MatchRunner:
                     path.write_text(json.dumps(saved))
                     bar.update(1)
                     yield pb.SubmitDoubleBlindedPointsRequest(
-                        parent=self._parent, chunk_index=index, points=result.points, last=index == total - 1
+                        parent=self._parent, chunk_index=index, tags=result.tags, last=index == total - 1
                     )
 
         self._stub.SubmitDoubleBlindedPoints(requests(), metadata=self._md)

@@ -8,13 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cleanroom_client.blinding import (
-    ZERO_POINT,
+    ZERO_TAG,
     BlindJob,
     ProcessPoolChunkExecutor,
     ReblindJob,
     SerialExecutor,
     blind_identifiers,
     blind_point,
+    join_tag,
     load_or_create_key,
     reblind_points,
 )
@@ -49,25 +50,28 @@ def test_blind_identifiers_counts_invalid_and_missing():
         key=_key(bytes(32)),
         id_type=IdentifierType.EMAIL,
         values=["a@example.com", None, "", "nope", "B@Example.com "],
-        row_ids=[1, 2, 3, 4, -5],
     )
     result = blind_identifiers(job)
     assert (result.valid, result.invalid, result.missing) == (2, 1, 2)
-    assert result.row_ids == (1).to_bytes(8, "little", signed=True) + (-5).to_bytes(8, "little", signed=True)
+    assert result.present == bytes([0b10001])  # slots 0 and 4 carry the two points
     assert len(result.points) == 64
     for i in (0, 32):
         validate_point(result.points[i : i + 32])
     counted = blind_identifiers(BlindJob(**{**job.__dict__, "count_only": True}))
     assert (counted.valid, counted.invalid, counted.missing, counted.points) == (2, 1, 2, b"")
+    full = blind_identifiers(BlindJob(**{**job.__dict__, "values": ["a@example.com"] * 9}))
+    assert (full.valid, full.present, len(full.points)) == (9, b"", 9 * 32)  # all present: no bitmap at all
 
 
-def test_reblind_rejects_bad_points_with_zero():
+def test_reblind_returns_tags_and_rejects_bad_points_with_zero():
     key = _key(bytes(range(32)))
     good = hash_to_u(b"x")
-    result = reblind_points(ReblindJob(key=key, points=good + bytes(32) + (2).to_bytes(32, "little")))
+    result = reblind_points(ReblindJob(key=key, points=good + bytes(32) + (2).to_bytes(32, "little") + good))
     assert result.rejected == 2
-    assert result.points[32:] == ZERO_POINT * 2
-    assert result.points[:32] == blind_point(X25519PrivateKey.from_private_bytes(key), good)
+    assert result.tags[8:24] == ZERO_TAG * 2
+    expected = join_tag(blind_point(X25519PrivateKey.from_private_bytes(key), good))
+    assert len(expected) == 8
+    assert result.tags[:8] == result.tags[24:] == expected
     with pytest.raises(ValueError, match="whole number"):
         reblind_points(ReblindJob(key=key, points=bytes(33)))
 

@@ -7,9 +7,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cleanroom_client.curve import (
+    _LOW_ORDER_U,
     CLEANROOM_DST,
+    POINT_PROBLEMS,
     InvalidPointError,
     P,
+    check_points,
     expand_message_xmd,
     hash_to_curve,
     hash_to_u,
@@ -93,3 +96,33 @@ def test_x25519_public_key_is_valid_point():
     raw = pub.public_bytes_raw()
     validate_point(raw)
     assert X25519PublicKey.from_public_bytes(raw) is not None
+
+
+def _single_code(point: bytes) -> int:
+    try:
+        validate_point(point)
+    except InvalidPointError as exc:
+        return POINT_PROBLEMS.index(str(exc))
+    return 0
+
+
+# Points of every kind: hashed (valid), arbitrary bytes (curve, twist, unreduced), low-order ones and values at p.
+_EDGE = [int(u).to_bytes(32, "little") for u in _LOW_ORDER_U] + [
+    int(P + d).to_bytes(32, "little") for d in (-2, -1, 0, 1, 18)
+]
+_POINTS = st.one_of(
+    st.binary(min_size=32, max_size=32),
+    st.binary(max_size=16).map(hash_to_u),
+    st.sampled_from(_EDGE),
+    st.integers(0, 2**256 - 1).map(lambda u: u.to_bytes(32, "little")),
+)
+
+
+@given(st.lists(_POINTS, max_size=20))
+def test_check_points_agrees_with_validate_point_on_every_point(points):
+    assert check_points(b"".join(points)).tolist() == [_single_code(p) for p in points]
+
+
+def test_check_points_refuses_a_ragged_buffer():
+    with pytest.raises(InvalidPointError, match="whole number"):
+        check_points(bytes(33))

@@ -59,33 +59,41 @@ class UploadBlindedPointsRequest(_message.Message):
     PARENT_FIELD_NUMBER: _builtins.int
     CHUNK_INDEX_FIELD_NUMBER: _builtins.int
     IDENTIFIER_TYPE_FIELD_NUMBER: _builtins.int
-    ROW_IDS_FIELD_NUMBER: _builtins.int
     POINTS_FIELD_NUMBER: _builtins.int
     LAST_FIELD_NUMBER: _builtins.int
+    FIRST_ROW_FIELD_NUMBER: _builtins.int
+    PRESENT_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """`collaborations/{collaboration_id}`; required on every message of the stream (and the same on each)."""
     chunk_index: _builtins.int
     """0, 1, 2, ... without gaps. A stream may start at the index GetMatchStatus reports as next."""
     identifier_type: Global___IdentifierType.ValueType
-    row_ids: _builtins.bytes
-    """n surrogate row ids, 8 bytes each, signed little-endian."""
     points: _builtins.bytes
     """n points, 32 bytes each: X25519 u-coordinates, little-endian, on the curve and not of low order."""
     last: _builtins.bool
     """Set on the final chunk: all points of the caller become visible to the relay at once."""
+    first_row: _builtins.int
+    """The row number of this chunk's first row slot."""
+    present: _builtins.bytes
+    """Which row slots carry a point, one bit per slot, least significant bit first: bit i stands for row
+    first_row + i, and the k-th set bit takes the k-th point. Empty when every slot carries one: the points then
+    belong to rows first_row .. first_row + n - 1. (Costs nothing when no identifier is missing, 1/8 byte per row
+    otherwise, instead of 8 bytes per point for explicit row numbers.)
+    """
     def __init__(
         self,
         *,
         parent: _builtins.str = ...,
         chunk_index: _builtins.int = ...,
         identifier_type: Global___IdentifierType.ValueType = ...,
-        row_ids: _builtins.bytes = ...,
         points: _builtins.bytes = ...,
         last: _builtins.bool = ...,
+        first_row: _builtins.int = ...,
+        present: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_index", b"chunk_index", "identifier_type", b"identifier_type", "last", b"last", "parent", b"parent", "points", b"points", "row_ids", b"row_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_index", b"chunk_index", "first_row", b"first_row", "identifier_type", b"identifier_type", "last", b"last", "parent", b"parent", "points", b"points", "present", b"present"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -179,25 +187,29 @@ class SubmitDoubleBlindedPointsRequest(_message.Message):
 
     PARENT_FIELD_NUMBER: _builtins.int
     CHUNK_INDEX_FIELD_NUMBER: _builtins.int
-    POINTS_FIELD_NUMBER: _builtins.int
     LAST_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """`collaborations/{collaboration_id}`; required on every message of the stream."""
     chunk_index: _builtins.int
-    points: _builtins.bytes
-    """32 bytes per point. An all-zero point marks an input the caller rejected as invalid; it never matches."""
     last: _builtins.bool
+    tags: _builtins.bytes
+    """One 8-byte tag per fetched point: the first 8 bytes of X25519(k, point), that is the low 64 bits of the doubly
+    blinded u-coordinate. Eight zero bytes mark a point the caller rejected as invalid; it never matches. Only
+    equality of tags matters, and 64 bits keep false matches at n_a * n_b / 2^64 expected pairs (about 5 in a
+    million at 10M x 10M).
+    """
     def __init__(
         self,
         *,
         parent: _builtins.str = ...,
         chunk_index: _builtins.int = ...,
-        points: _builtins.bytes = ...,
         last: _builtins.bool = ...,
+        tags: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_index", b"chunk_index", "last", b"last", "parent", b"parent", "points", b"points"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_index", b"chunk_index", "last", b"last", "parent", b"parent", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -229,7 +241,7 @@ Global___SubmitDoubleBlindedPointsResponse: _TypeAlias = SubmitDoubleBlindedPoin
 class UploadTableRequest(_message.Message):
     """One chunk of a table upload. Each chunk's `arrow_ipc` is a complete Arrow IPC stream (schema + record batches);
     every chunk of one upload has the same schema. The table must be declared for the caller in the policy, and
-    must carry an int64 `row_id` column: the surrogate id of the user (in the users table, the row's own id).
+    must carry an int64 `row_id` column: the user's row number in the match (in the users table, the row's own).
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -32,9 +32,11 @@ class MatchingServiceStub:
     See PROTOCOL.md for the whole protocol with test vectors. In short, for each member M with peer P:
     1. M uploads X25519(k_M, point(id)) for each of its rows and identifier types (UploadBlindedPoints).
     2. The server shuffles M's points and offers them to P (FetchPeerPoints); P applies k_P and returns them in
-    the order received (SubmitDoubleBlindedPoints); the server un-shuffles and stores k_P(k_M(point)) on M's row.
-    3. When both directions are done, rows whose doubly blinded keys agree are joined, one to one.
-    Rows are named by random 64-bit surrogate ids the member chose for this upload, never derived from an identifier.
+    the order received as 8-byte tags of k_P(k_M(point)) (SubmitDoubleBlindedPoints); the server un-shuffles
+    and stores each tag on M's row.
+    3. When both directions are done, rows whose tags agree are joined, one to one.
+    Rows are numbered 0 .. n-1 in an order the member draws uniformly at random for this upload (so the numbers say
+    nothing about its own order, and are never derived from an identifier); chunks name rows by position.
 
     Every streaming upload is resumable: chunks carry consecutive indexes from 0, the server stores each chunk
     durably before it acknowledges the next, GetMatchStatus says which chunk it expects next, and nothing becomes
@@ -80,9 +82,11 @@ class MatchingServiceServicer:
     See PROTOCOL.md for the whole protocol with test vectors. In short, for each member M with peer P:
     1. M uploads X25519(k_M, point(id)) for each of its rows and identifier types (UploadBlindedPoints).
     2. The server shuffles M's points and offers them to P (FetchPeerPoints); P applies k_P and returns them in
-    the order received (SubmitDoubleBlindedPoints); the server un-shuffles and stores k_P(k_M(point)) on M's row.
-    3. When both directions are done, rows whose doubly blinded keys agree are joined, one to one.
-    Rows are named by random 64-bit surrogate ids the member chose for this upload, never derived from an identifier.
+    the order received as 8-byte tags of k_P(k_M(point)) (SubmitDoubleBlindedPoints); the server un-shuffles
+    and stores each tag on M's row.
+    3. When both directions are done, rows whose tags agree are joined, one to one.
+    Rows are numbered 0 .. n-1 in an order the member draws uniformly at random for this upload (so the numbers say
+    nothing about its own order, and are never derived from an identifier); chunks name rows by position.
 
     Every streaming upload is resumable: chunks carry consecutive indexes from 0, the server stores each chunk
     durably before it acknowledges the next, GetMatchStatus says which chunk it expects next, and nothing becomes
@@ -166,9 +170,11 @@ class MatchingService:
     See PROTOCOL.md for the whole protocol with test vectors. In short, for each member M with peer P:
     1. M uploads X25519(k_M, point(id)) for each of its rows and identifier types (UploadBlindedPoints).
     2. The server shuffles M's points and offers them to P (FetchPeerPoints); P applies k_P and returns them in
-    the order received (SubmitDoubleBlindedPoints); the server un-shuffles and stores k_P(k_M(point)) on M's row.
-    3. When both directions are done, rows whose doubly blinded keys agree are joined, one to one.
-    Rows are named by random 64-bit surrogate ids the member chose for this upload, never derived from an identifier.
+    the order received as 8-byte tags of k_P(k_M(point)) (SubmitDoubleBlindedPoints); the server un-shuffles
+    and stores each tag on M's row.
+    3. When both directions are done, rows whose tags agree are joined, one to one.
+    Rows are numbered 0 .. n-1 in an order the member draws uniformly at random for this upload (so the numbers say
+    nothing about its own order, and are never derived from an identifier); chunks name rows by position.
 
     Every streaming upload is resumable: chunks carry consecutive indexes from 0, the server stores each chunk
     durably before it acknowledges the next, GetMatchStatus says which chunk it expects next, and nothing becomes

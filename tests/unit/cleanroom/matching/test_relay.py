@@ -3,6 +3,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, given, settings
@@ -15,7 +16,7 @@ from cleanroom.principals import Principal, Role
 from cleanroom.room import Room
 from cleanroom.storage import Database
 from cleanroom.synthetic import DEMO_POLICY
-from cleanroom_client.blinding import blind_point
+from cleanroom_client.blinding import blind_point, join_tag
 from cleanroom_client.curve import hash_to_u
 from cleanroom_client.identity import IdentifierType
 
@@ -36,30 +37,38 @@ def _setup(path: Path, chunk: int = 4) -> tuple[Database, Relay, Collaboration]:
     return room.db, Relay(room.db, room.audit, offer_chunk=chunk), collabs.get(BRAND, c.id)
 
 
-def _pack(rows: list[tuple[int, str]], key: X25519PrivateKey, id_type: IdentifierType) -> tuple[bytes, bytes]:
-    ids = b"".join(r.to_bytes(8, "little", signed=True) for r, _ in rows)
+def _pack(rows: list[tuple[int, str]], key: X25519PrivateKey, id_type: IdentifierType) -> tuple[int, bytes, bytes]:
+    """A chunk as the protocol carries it: first row, presence bitmap (bit i: row first + i), packed points."""
+    rows = sorted(rows)
+    first = rows[0][0] if rows else 0
+    slots = np.zeros(rows[-1][0] - first + 1 if rows else 0, dtype=bool)
+    slots[[r - first for r, _ in rows]] = True
+    present = np.packbits(slots, bitorder="little").tobytes()
     pts = b"".join(blind_point(key, hash_to_u(f"{id_type.value}:{ident}".encode())) for _, ident in rows)
-    return ids, pts
+    return first, present, pts
+
+
+def _tag(double_blinded: bytes) -> int:
+    return int.from_bytes(join_tag(double_blinded), "little", signed=True)
 
 
 def _upload(relay: Relay, collab: Collaboration, member: str, key, by_type: dict[IdentifierType, list]) -> None:
     types = list(by_type)
     for i, t in enumerate(types):
-        ids, pts = _pack(by_type[t], key, t)
-        relay.upload_points(collab, member, i, t, ids, pts, last=i == len(types) - 1)
+        relay.upload_points(collab, member, i, t, *_pack(by_type[t], key, t), last=i == len(types) - 1)
 
 
 def _double_blind(relay: Relay, collab: Collaboration, member: str, key) -> None:
     total = relay.offer_chunks(collab, member)
     for i in range(total):
         chunk = relay.fetch_peer_chunk(collab, member, i)
-        out = b"".join(blind_point(key, chunk[j : j + 32]) for j in range(0, len(chunk), 32))
+        out = b"".join(join_tag(blind_point(key, chunk[j : j + 32])) for j in range(0, len(chunk), 32))
         relay.submit_double_blinded(collab, member, i, out, last=i == total - 1)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.sets(st.integers(-(2**63), 2**63 - 1), min_size=0, max_size=12), st.integers(1, 5))
-def test_unshuffle_puts_each_double_blinded_key_on_its_own_row(row_ids, chunk):
+@given(st.sets(st.integers(0, 2000), min_size=0, max_size=12), st.integers(1, 5))
+def test_unshuffle_puts_each_double_blinded_tag_on_its_own_row(row_ids, chunk):
     with tempfile.TemporaryDirectory() as tmp:
         db, relay, collab = _setup(Path(tmp), chunk)
         rows = [(r, f"id{n}") for n, r in enumerate(sorted(row_ids))]
@@ -67,7 +76,7 @@ def test_unshuffle_puts_each_double_blinded_key_on_its_own_row(row_ids, chunk):
         _upload(relay, collab, "platform", KB, {EMAIL: []})
         _double_blind(relay, collab, "platform", KB)
         got = dict(db.cursor().execute("SELECT row_id, dkey FROM match_keys WHERE member = 'brand'").fetchall())
-        expected = {r: blind_point(KB, blind_point(KA, hash_to_u(f"email:{i}".encode()))) for r, i in rows}
+        expected = {r: _tag(blind_point(KB, blind_point(KA, hash_to_u(f"email:{i}".encode())))) for r, i in rows}
         assert got == expected
         # singly blinded points are gone once the relay no longer needs them
         assert db.cursor().execute("SELECT count(*) FROM offers WHERE member = 'brand'").fetchall() == [(0,)]
@@ -107,14 +116,14 @@ def test_join_is_one_to_one_with_priority_and_duplicates(tmp_path):
     assert total == 4
     assert {s.id_type: s.pairs for s in stats}[EMAIL] == 2
     with pytest.raises(FailedPreconditionError, match="second match"):
-        relay.upload_points(collab, "brand", 0, EMAIL, b"", b"", last=True)
+        relay.upload_points(collab, "brand", 0, EMAIL, 0, b"", b"", last=True)
     db.close()
 
 
 def test_half_upload_is_invisible_and_resumable(tmp_path):
     db, relay, collab = _setup(tmp_path)
-    ids, pts = _pack([(1, "a"), (2, "b")], KA, EMAIL)
-    relay.upload_points(collab, "brand", 0, EMAIL, ids[:8], pts[:32], last=False)
+    one, two = _pack([(1, "a")], KA, EMAIL), _pack([(2, "b")], KA, EMAIL)
+    relay.upload_points(collab, "brand", 0, EMAIL, *one, last=False)
     status = relay.status(collab, "platform")
     assert not status.peer_points_ready
     with pytest.raises(FailedPreconditionError, match="not finished"):
@@ -126,27 +135,33 @@ def test_half_upload_is_invisible_and_resumable(tmp_path):
     [progress] = relay.status(collab, "brand").uploads
     assert (progress.next_chunk, progress.committed) == (1, False)
     with pytest.raises(FailedPreconditionError, match="expects chunk 1"):
-        relay.upload_points(collab, "brand", 2, EMAIL, ids[8:], pts[32:], last=True)
-    relay.upload_points(collab, "brand", 1, EMAIL, ids[8:], pts[32:], last=True)
+        relay.upload_points(collab, "brand", 2, EMAIL, *two, last=True)
+    relay.upload_points(collab, "brand", 1, EMAIL, *two, last=True)
     assert relay.status(collab, "platform").peer_points_ready
     assert relay.status(collab, "platform").peer_set_size == 2
     with pytest.raises(FailedPreconditionError, match="already complete"):
-        relay.upload_points(collab, "brand", 2, EMAIL, ids[8:], pts[32:], last=True)
+        relay.upload_points(collab, "brand", 2, EMAIL, *two, last=True)
     db.close()
 
 
 def test_bad_points_are_refused_and_nothing_stored_is_lost(tmp_path):
     db, relay, collab = _setup(tmp_path)
-    ids, pts = _pack([(1, "a")], KA, EMAIL)
-    relay.upload_points(collab, "brand", 0, EMAIL, ids, pts, last=False)
+    first, present, pts = _pack([(1, "a")], KA, EMAIL)
+    relay.upload_points(collab, "brand", 0, EMAIL, first, present, pts, last=False)
     with pytest.raises(InvalidArgumentError, match="32 bytes"):
-        relay.upload_points(collab, "brand", 1, EMAIL, ids, pts[:31], last=False)
-    with pytest.raises(InvalidArgumentError, match="twist"):
-        relay.upload_points(collab, "brand", 1, EMAIL, ids, (2).to_bytes(32, "little"), last=False)
-    with pytest.raises(InvalidArgumentError, match="low order"):
-        relay.upload_points(collab, "brand", 1, EMAIL, ids, bytes(32), last=False)
+        relay.upload_points(collab, "brand", 1, EMAIL, first, present, pts[:31], last=False)
+    with pytest.raises(InvalidArgumentError, match=r"point 0: .*twist"):
+        relay.upload_points(collab, "brand", 1, EMAIL, first, present, (2).to_bytes(32, "little"), last=False)
+    with pytest.raises(InvalidArgumentError, match=r"point 1: .*low order"):
+        relay.upload_points(collab, "brand", 1, EMAIL, 5, b"", pts + bytes(32), last=False)
+    with pytest.raises(InvalidArgumentError, match="not reduced"):
+        relay.upload_points(collab, "brand", 1, EMAIL, 5, b"", b"\xff" * 32, last=False)
+    with pytest.raises(InvalidArgumentError, match="marks 2 rows for 1 points"):
+        relay.upload_points(collab, "brand", 1, EMAIL, 5, b"\x05", pts, last=False)
+    with pytest.raises(InvalidArgumentError, match="first_row"):
+        relay.upload_points(collab, "brand", 1, EMAIL, -1, b"", pts, last=False)
     with pytest.raises(InvalidArgumentError, match="same identifier type twice"):
-        relay.upload_points(collab, "brand", 1, EMAIL, ids, pts, last=True)
+        relay.upload_points(collab, "brand", 1, EMAIL, first, present, pts, last=True)
     [progress] = relay.status(collab, "brand").uploads
     assert (progress.next_chunk, progress.rows, progress.committed) == (1, 1, False)
     db.close()
@@ -155,9 +170,11 @@ def test_bad_points_are_refused_and_nothing_stored_is_lost(tmp_path):
 def test_double_blinded_chunk_must_match_the_offer(tmp_path):
     db, relay, collab = _setup(tmp_path, chunk=2)
     _upload(relay, collab, "brand", KA, {EMAIL: [(1, "a"), (2, "b"), (3, "c")]})
-    chunk = relay.fetch_peer_chunk(collab, "platform", 0)
+    chunk = bytes(range(16))  # two tags
     with pytest.raises(InvalidArgumentError, match="offered chunk had 2"):
-        relay.submit_double_blinded(collab, "platform", 0, chunk[:32], last=False)
+        relay.submit_double_blinded(collab, "platform", 0, chunk[:8], last=False)
+    with pytest.raises(InvalidArgumentError, match="8 bytes each"):
+        relay.submit_double_blinded(collab, "platform", 0, chunk[:12], last=False)
     with pytest.raises(InvalidArgumentError, match="`last`"):
         relay.submit_double_blinded(collab, "platform", 0, chunk, last=True)
     relay.submit_double_blinded(collab, "platform", 0, chunk, last=False)

@@ -61,9 +61,11 @@ def test_lifecycle_and_argument_errors(stub_for, make_client):
     def upload(*chunks):
         return stub.UploadBlindedPoints(iter(chunks), metadata=md)
 
-    def chunk(i=0, points=point, ids=b"\1" * 8, last=False, **kw):
+    def chunk(i=0, points=point, first_row=1, last=False, **kw):
         fields = {"parent": parent, "identifier_type": matching_pb2.IDENTIFIER_TYPE_EMAIL, **kw}
-        return matching_pb2.UploadBlindedPointsRequest(chunk_index=i, row_ids=ids, points=points, last=last, **fields)
+        return matching_pb2.UploadBlindedPointsRequest(
+            chunk_index=i, first_row=first_row, points=points, last=last, **fields
+        )
 
     code, msg = _code(lambda: upload(chunk()))
     assert code is grpc.StatusCode.FAILED_PRECONDITION
@@ -78,7 +80,7 @@ def test_lifecycle_and_argument_errors(stub_for, make_client):
     code, msg = _code(lambda: upload(chunk(points=(2).to_bytes(32, "little"))))
     assert code is grpc.StatusCode.INVALID_ARGUMENT
     assert "twist" in msg
-    code, msg = _code(lambda: upload(chunk(ids=b"\1" * 8 * 110000, points=point * 110000)))
+    code, msg = _code(lambda: upload(chunk(points=point * 140000)))
     assert code is grpc.StatusCode.INVALID_ARGUMENT
     assert "send smaller chunks" in msg
     code, msg = _code(lambda: upload(chunk(identifier_type=0)))
