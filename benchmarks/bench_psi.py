@@ -78,9 +78,10 @@ name, collab, users, state, out = sys.argv[1:6]
 with CleanRoomClient(state_dir=state, progress=False) as c:
     frame = pd.read_parquet(users)
     s = c.match(collab, users=frame, key="key", identifiers={"email": "email"}, wait_timeout=3600)
-own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-json.dump({"rss_main_mb": own, "rss_worker_mb": workers, "peer_set_size": s.peer_set_size}, open(out, "w"))
+own, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+json.dump({"rss_main_mb": own.ru_maxrss / 1024, "rss_worker_mb": workers.ru_maxrss / 1024,
+           "cpu_main_s": own.ru_utime + own.ru_stime, "cpu_workers_s": workers.ru_utime + workers.ru_stime,
+           "peer_set_size": s.peer_set_size}, open(out, "w"))
 """
 
 
@@ -109,6 +110,11 @@ def _relay(target: int, ports: Any, totals: Any, stop: Event) -> None:
         totals.put(counts)
 
     asyncio.run(main())
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -183,6 +189,7 @@ def run(n: int, tmp: Path) -> dict[str, float]:
         relay = ctx.Process(target=_relay, args=(port, ports, totals, stop), daemon=True)
         relay.start()
         relays[m] = (relay, ports.get(timeout=60), totals)
+    server_cpu_before = _cpu_seconds(server.pid)
     start = time.perf_counter()
     procs = [
         subprocess.Popen(
@@ -197,7 +204,7 @@ def run(n: int, tmp: Path) -> dict[str, float]:
     seconds = time.perf_counter() - start
     stop.set()
     wire = {m: relays[m][2].get(timeout=60) for m in relays}
-    server_rss = _peak_rss_mb(server.pid)
+    server_rss, server_cpu = _peak_rss_mb(server.pid), _cpu_seconds(server.pid) - server_cpu_before
     server.send_signal(signal.SIGTERM)
     server.wait()
     members = {m: json.loads((tmp / f"{m}.json").read_text()) for m in ("brand", "platform")}
@@ -206,12 +213,15 @@ def run(n: int, tmp: Path) -> dict[str, float]:
         "seconds": round(seconds, 2),
         "identifiers_per_second": round(2 * n / seconds),
         "peak_rss_mb_server": round(server_rss),
+        "cpu_seconds_server": round(server_cpu, 1),
     }
     for m in ("brand", "platform"):
         result[f"bytes_per_identifier_up_{m}"] = round(wire[m]["up"] / n, 1)
         result[f"bytes_per_identifier_down_{m}"] = round(wire[m]["down"] / n, 1)
         result[f"peak_rss_mb_{m}_main"] = round(members[m]["rss_main_mb"])
         result[f"peak_rss_mb_{m}_worker"] = round(members[m]["rss_worker_mb"])
+        result[f"cpu_seconds_{m}_main"] = round(members[m]["cpu_main_s"], 1)
+        result[f"cpu_seconds_{m}_workers"] = round(members[m]["cpu_workers_s"], 1)
     return result
 
 
