@@ -76,7 +76,7 @@ import pandas as pd
 from cleanroom_client import CleanRoomClient
 name, collab, users, state, out = sys.argv[1:6]
 with CleanRoomClient(state_dir=state, progress=False) as c:
-    frame = pd.read_parquet(users)
+    frame = pd.read_parquet(users, dtype_backend="pyarrow")
     s = c.match(collab, users=frame, key="key", identifiers={"email": "email"}, wait_timeout=3600)
 own, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
 json.dump({"rss_main_mb": own.ru_maxrss / 1024, "rss_worker_mb": workers.ru_maxrss / 1024,
