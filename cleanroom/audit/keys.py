@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -15,6 +13,8 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
+from cleanroom_client.keyfile import read_private_file, write_private_file
+
 KEY_FILE = "audit_ed25519.pem"
 
 
@@ -22,24 +22,12 @@ def load_or_create_signing_key(data_dir: Path) -> Ed25519PrivateKey:
     """The server's audit key; refuses a key file others can read."""
     path = data_dir / KEY_FILE
     if path.exists():
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise PermissionError(f"{path} is readable by others (mode {mode:o}); run: chmod 600 {path}")
-        key = load_pem_private_key(path.read_bytes(), password=None)
+        key = load_pem_private_key(read_private_file(path), password=None)
         if not isinstance(key, Ed25519PrivateKey):
             raise ValueError(f"{path} is not an Ed25519 key")
         return key
-    data_dir.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, pem)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_private_file(path, key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
     return key
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import stat
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from .curve import check_points, hash_to_u
 from .identity import IdentifierType, InvalidIdentifierError, Normalizer, curve_message, digest, parse_prehashed
+from .keyfile import read_private_file, write_private_file
 
 POINT_SIZE = 32
 ZERO_POINT = bytes(POINT_SIZE)
@@ -96,13 +96,13 @@ def load_or_create_key(path: Path) -> bytes:
     Refuses a key file that others can read: a leaked blinding key lets its holder test guesses of identifiers.
     """
     if path.exists():
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise PermissionError(f"{path} is readable by others (mode {mode:o}); run: chmod 600 {path}")
-        raw = path.read_bytes()
+        raw = read_private_file(path)
         if len(raw) != 32:
             raise ValueError(f"{path} is not a 32-byte X25519 key")
         return raw
+    raw = X25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    write_private_file(path, raw)
+    return raw
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     raw = X25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
     tmp = path.with_suffix(".tmp")

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from typer.testing import CliRunner
 
 from cleanroom.audit import AuditEntry, verify_entries
-from cleanroom.audit.keys import KEY_FILE
+from cleanroom.audit.keys import KEY_FILE, load_or_create_signing_key, public_pem
 from cleanroom.cli import app
 from cleanroom.principals import Principal, Role
 from cleanroom.room import Room
@@ -41,8 +41,15 @@ def test_a_fresh_chain_verifies_and_records_every_action(room):
     assert [e.action for e in room.audit.entries("")] == ["principal.add"]
 
 
-def test_key_file_is_private(room, tmp_path):
-    assert (tmp_path / KEY_FILE).stat().st_mode & 0o077 == 0
+def test_key_file_is_private_reused_and_refused_when_readable(room, tmp_path):
+    path = tmp_path / KEY_FILE
+    assert path.stat().st_mode & 0o077 == 0
+    same = load_or_create_signing_key(tmp_path)
+    assert public_pem(same) == public_pem(load_or_create_signing_key(tmp_path))
+    path.chmod(0o640)
+    with pytest.raises(PermissionError, match="chmod 600"):
+        load_or_create_signing_key(tmp_path)
+    path.chmod(0o600)
 
 
 @pytest.mark.parametrize("field", FIELDS)
