@@ -71,16 +71,33 @@ def machine_limit(cores: int, per_core: int = 20_000) -> float:
 
 
 MEMBER = r"""
-import json, resource, sys
+import json, os, resource, sys
 import pandas as pd
 from cleanroom_client import CleanRoomClient
+
+def hwm_mb(pid):  # VmHWM: the peak of this process since exec (ru_maxrss would count the parent's pages at fork)
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+def children():
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1] == str(os.getpid()):
+                yield pid
+        except OSError:
+            pass
+
 name, collab, users, state, out = sys.argv[1:6]
 with CleanRoomClient(state_dir=state, progress=False) as c:
     frame = pd.read_parquet(users, dtype_backend="pyarrow")
     s = c.match(collab, users=frame, key="key", identifiers={"email": "email"}, wait_timeout=3600)
-own, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-json.dump({"rss_main_mb": own.ru_maxrss / 1024, "rss_worker_mb": workers.ru_maxrss / 1024,
-           "cpu_main_s": own.ru_utime + own.ru_stime, "cpu_workers_s": workers.ru_utime + workers.ru_stime,
+    workers = [hwm_mb(pid) for pid in children()]  # the blinding pool, before the client shuts it down
+own, pool = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+json.dump({"rss_main_mb": hwm_mb("self"), "rss_worker_mb": max(workers, default=0.0),
+           "rss_workers_sum_mb": sum(workers),
+           "cpu_main_s": own.ru_utime + own.ru_stime, "cpu_workers_s": pool.ru_utime + pool.ru_stime,
            "peer_set_size": s.peer_set_size}, open(out, "w"))
 """
 
@@ -220,6 +237,7 @@ def run(n: int, tmp: Path) -> dict[str, float]:
         result[f"bytes_per_identifier_down_{m}"] = round(wire[m]["down"] / n, 1)
         result[f"peak_rss_mb_{m}_main"] = round(members[m]["rss_main_mb"])
         result[f"peak_rss_mb_{m}_worker"] = round(members[m]["rss_worker_mb"])
+        result[f"peak_rss_mb_{m}_total"] = round(members[m]["rss_main_mb"] + members[m]["rss_workers_sum_mb"])
         result[f"cpu_seconds_{m}_main"] = round(members[m]["cpu_main_s"], 1)
         result[f"cpu_seconds_{m}_workers"] = round(members[m]["cpu_workers_s"], 1)
     return result

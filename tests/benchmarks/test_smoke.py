@@ -74,3 +74,9 @@ def test_psi_benchmark_runs(tmp_path):
     assert result["n"] == 500
     assert result["seconds"] > 0
     assert result["x25519_ops_per_second"] > 0
+    assert result["floor_seconds"] > result["limit_seconds"] > 0
+    for member in ("brand", "platform"):
+        # the relay saw at least the protocol's payload: 32-byte points plus 8-byte tags up, 32-byte points down
+        assert result[f"bytes_per_identifier_up_{member}"] >= 40
+        assert result[f"bytes_per_identifier_down_{member}"] >= 32
+        assert result[f"peak_rss_mb_{member}_main"] > 0

@@ -21,6 +21,7 @@ from typing import TypeVar
 import grpc
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from tqdm.auto import tqdm
 
 from ._proto import matching_pb2 as pb
@@ -122,6 +123,30 @@ def load_or_create_rows(state: Path, keys: pd.Series) -> np.ndarray:
     return ids
 
 
+def text_at(column: pd.Series, rows: np.ndarray) -> list[str | None]:
+    """The values of `column` at positions `rows`, as text, None where missing.
+
+    For an Arrow-backed column the rows are taken chunk by chunk of the column: pandas' take on a chunked Arrow
+    array concatenates the whole column first, which at 10M users cost a copy of the column per upload chunk.
+    """
+    if not isinstance(column.array, pd.arrays.ArrowExtensionArray):
+        return [None if pd.isna(v) else str(v) for v in column.iloc[rows]]
+    arrow = pa.array(column.array)
+    chunked = arrow if isinstance(arrow, pa.ChunkedArray) else pa.chunked_array([arrow])
+    bounds = np.cumsum([0, *(len(c) for c in chunked.chunks)])
+    by_position = np.argsort(rows, kind="stable")
+    ordered = rows[by_position]
+    values: list[object] = []
+    for i, chunk in enumerate(chunked.chunks):
+        lo, hi = np.searchsorted(ordered, [bounds[i], bounds[i + 1]])
+        if hi > lo:
+            values += chunk.take(pa.array(ordered[lo:hi] - bounds[i])).to_pylist()
+    out: list[str | None] = [None] * len(rows)
+    for position, value in zip(by_position.tolist(), values, strict=True):
+        out[position] = None if value is None or value != value else str(value)  # value != value: NaN
+    return out
+
+
 class MatchRunner:
     """Runs one member's match against a server, phase by phase, resuming after failures."""
 
@@ -203,11 +228,11 @@ class MatchRunner:
         return [(t, s) for t in sorted(plan.identifiers, key=lambda t: t.priority) for s in starts]
 
     def _job(self, plan: MatchPlan, key: bytes, id_type: IdentifierType, start: int, count_only: bool) -> BlindJob:
-        part = plan.users[plan.identifiers[id_type]].iloc[plan.order[start : start + plan.chunk_rows]]
+        rows = plan.order[start : start + plan.chunk_rows]
         return BlindJob(
             key=key,
             id_type=id_type,
-            values=[None if pd.isna(v) else str(v) for v in part],
+            values=text_at(plan.users[plan.identifiers[id_type]], rows),
             prehashed=id_type in plan.prehashed,
             normalizer=plan.normalizer,
             count_only=count_only,
@@ -249,13 +274,15 @@ class MatchRunner:
         return {t: IdentifierCounts(sent=v[0], invalid=v[1], missing=v[2]) for t, v in totals.items()}
 
     def _tables(self, plan: MatchPlan) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
-        """The tables to upload, keyed by surrogate id; events whose key is not a user are dropped and counted."""
-        ids = pd.Series(plan.row_ids, index=plan.users[plan.key].to_numpy())
+        """The tables to upload, keyed by row number; events whose key is not a user are dropped and counted."""
         # In row-number order: the row_id column is then 0, 1, 2, ... and compresses to almost nothing.
         users = plan.users[list(plan.attributes)].iloc[plan.order].reset_index(drop=True)
         users.insert(0, "row_id", np.arange(len(users), dtype=np.int64))
         tables = {USERS_TABLE: users}
-        dropped = {}
+        dropped: dict[str, int] = {}
+        if not plan.events:
+            return tables, dropped
+        ids = pd.Series(plan.row_ids, index=plan.users[plan.key].to_numpy())
         for name, events in plan.events.items():
             if plan.key not in events.columns:
                 raise ValueError(f"event table {name!r} needs the key column {plan.key!r} to point at users")
