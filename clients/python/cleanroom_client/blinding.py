@@ -103,17 +103,6 @@ def load_or_create_key(path: Path) -> bytes:
     raw = X25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
     write_private_file(path, raw)
     return raw
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    raw = X25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, raw)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    return raw
 
 
 @dataclass(frozen=True)
