@@ -217,7 +217,9 @@ def run(n: int, tmp: Path) -> dict[str, float]:
     ]
     for proc in procs:
         if proc.wait() != 0:
-            raise SystemExit("a member failed")
+            for other in [*procs, server]:
+                other.kill()
+            raise SystemExit("a member failed; the server and the other member were stopped")
     seconds = time.perf_counter() - start
     stop.set()
     wire = {m: relays[m][2].get(timeout=60) for m in relays}
