@@ -217,7 +217,8 @@ def run(n: int, tmp: Path) -> dict[str, float]:
     ]
     for proc in procs:
         if proc.wait() != 0:
-            for other in [*procs, server]:
+            server.kill()
+            for other in procs:
                 other.kill()
             raise SystemExit("a member failed; the server and the other member were stopped")
     seconds = time.perf_counter() - start
