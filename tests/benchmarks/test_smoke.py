@@ -10,67 +10,42 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_attribution_benchmark_runs(tmp_path):
-    out = tmp_path / "attribution.json"
+def _bench(script: str, out: Path, *args: str) -> tuple[dict, str]:
+    """Run benchmarks/`script` with `args` and `--json out`; its JSON result and what it printed."""
     done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "bench_attribution.py"),
-            "--exposures",
-            "20000",
-            "--conversions",
-            "5000",
-            "--people",
-            "5000",
-            "--json",
-            str(out),
-        ],
+        [sys.executable, str(ROOT / "benchmarks" / script), *args, "--json", str(out)],
         capture_output=True,
         text=True,
         check=False,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    result = json.loads(out.read_text())
+    return json.loads(out.read_text()), done.stdout
+
+
+def test_attribution_benchmark_runs(tmp_path):
+    result, stdout = _bench(
+        "bench_attribution.py",
+        tmp_path / "attribution.json",
+        "--exposures",
+        "20000",
+        "--conversions",
+        "5000",
+        "--people",
+        "5000",
+    )
     assert set(result["models"]) == {"last_touch", "first_touch", "linear", "time_decay", "position_based"}
-    assert "position_based" in done.stdout
+    assert "position_based" in stdout
 
 
 def test_query_benchmark_runs(tmp_path):
-    out = tmp_path / "queries.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "bench_queries.py"),
-            "--people",
-            "5000",
-            "--repeat",
-            "1",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(out.read_text())
+    result, _ = _bench("bench_queries.py", tmp_path / "queries.json", "--people", "5000", "--repeat", "1")
     assert len(result["queries"]) == 4
     assert all(q["plain_seconds"] > 0 for q in result["queries"].values())
 
 
 def test_psi_benchmark_runs(tmp_path):
-    out = tmp_path / "psi.json"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_psi.py"), "--n", "500", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(out.read_text())
+    result, _ = _bench("bench_psi.py", tmp_path / "psi.json", "--n", "500")
     assert result["n"] == 500
     assert result["seconds"] > 0
     assert result["x25519_ops_per_second"] > 0

@@ -28,7 +28,6 @@ from .identity import IdentifierType, InvalidIdentifierError, Normalizer, curve_
 from .keyfile import read_private_file, write_private_file
 
 POINT_SIZE = 32
-ZERO_POINT = bytes(POINT_SIZE)
 #: Bytes of a doubly blinded point that the join compares (protocol v1: the first 8, see `join_tag`).
 TAG_SIZE = 8
 #: The tag of a point the member rejected: it never matches.
