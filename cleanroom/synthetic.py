@@ -225,6 +225,7 @@ name: brand-x-platform-demo
 members:
   brand:    {abilities: [contribute, query, receive_results]}
   platform: {abilities: [contribute, receive_audiences]}
+identifiers: [email, phone]
 tables:
   brand.users:       {dimensions: {tier: [gold, silver, basic]}}
   brand.conversions: {time: ts, measures: {value: [0, 300]}, max_per_person: 3}
@@ -236,9 +237,11 @@ tables:
                                               channel: [search, feed, video], kind: [impression, click]}}
   platform.test_groups: {dimensions: {campaign: [c-2026-11], test_group: [exposed, holdout]}}
 queries: [overlap, funnel, funnel_flow, segment_insight, attribution, lift, lookalike, activation]
+activation: {recipient: platform, dimensions: [brand.tier, platform.stage_4a, platform.age_band], min_size: 100}
 campaign_spend: {c-always-on: 20000, c-2026-10: 15000, c-2026-11: 25000}
 min_group_size: 50
 epsilon: {per_member_total: 10.0, per_query_max: 1.0}
+delta: {per_member_total: 1.0e-6, per_query_max: 1.0e-7}
 """
 
 

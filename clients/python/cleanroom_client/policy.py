@@ -1,12 +1,18 @@
 """The collaboration policy: the analysis rules both members approve before any data flows.
 
-A policy is YAML (see DESIGN.md). `parse_policy` validates all of it and reports every problem at once, each with
-the path of the offending field, so a member can fix a policy in one go. The server runs the same validation on
-every proposal; a member may run it locally first (`cleanroom_client.parse_policy`).
+A policy is YAML. `parse_policy` validates all of it and reports every problem at once, each with the path of the
+offending field, so a member can fix a policy in one go. The server runs the same validation on every proposal; a
+member may run it locally first (`cleanroom_client.parse_policy`).
 
 Guarantees of a parsed `Policy`: exactly two members; every table belongs to a declared member; every dimension
 has a non-empty domain of distinct string values (released cells are the whole domain, zero-filled); every
-measure has finite bounds lo < hi; 0 < per_query_max <= per_member_total; min_group_size >= 1.
+measure has finite bounds lo < hi; 0 < per_query_min <= per_query_max <= per_member_total; 0 < delta
+per_query_max <= per_member_total <= MAX_DELTA; min_group_size >= 1; at least one identifier type for the join.
+Rules that keep every query total (nothing may fail after data is read, see the engine): a `test_groups` table
+declares `campaign` and `test_group`, and the domain of `test_group` is exactly (exposed, holdout); a
+`stage_history` table's stage column has exactly the domain of the same column in its member's users table.
+Activation, which releases a list of people rather than a DP aggregate, is allowed only when the policy names it:
+the recipient, the dimensions a segment may use, and the smallest list that may be released.
 """
 
 from __future__ import annotations
@@ -30,11 +36,32 @@ QUERY_TYPES = (
     "lookalike",
     "activation",
 )
+IDENTIFIER_TYPES = ("email", "phone", "device_id", "custom")
+TEST_GROUPS = ("exposed", "holdout")
+STAGE_COLUMNS = ("stage_4a", "stage_aipl")
+#: Default smallest epsilon one query may spend, so that "does it succeed" is never bought for almost nothing.
+DEFAULT_EPSILON_PER_QUERY_MIN = 0.01
+#: The largest delta a policy may allow in total: far below 1/n for the populations a clean room serves.
+MAX_DELTA = 1e-5
 RESERVED_COLUMNS = frozenset({"row_id"})
 #: The cell every dimension gets for people without a value.
 NONE_VALUE = "none"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-_TOP_KEYS = frozenset({"name", "members", "tables", "queries", "min_group_size", "epsilon", "campaign_spend"})
+_TOP_KEYS = frozenset(
+    {
+        "name",
+        "members",
+        "identifiers",
+        "tables",
+        "queries",
+        "min_group_size",
+        "epsilon",
+        "delta",
+        "activation",
+        "campaign_spend",
+    }
+)
+_ACTIVATION_KEYS = frozenset({"recipient", "dimensions", "min_size"})
 _TABLE_KEYS = frozenset({"time", "dimensions", "measures", "max_per_person"})
 
 
@@ -78,6 +105,17 @@ class TableSpec:
 
 
 @dataclass(frozen=True)
+class ActivationSpec:
+    """Activation, a disclosure every member approves: who receives lists, on which dimensions, from what size."""
+
+    recipient: str
+    #: `member.column` of users tables that a segment may filter on.
+    dimensions: tuple[str, ...]
+    #: The smallest segment (true size) whose list may be released.
+    min_size: int
+
+
+@dataclass(frozen=True)
 class Policy:
     """A validated policy."""
 
@@ -88,6 +126,12 @@ class Policy:
     min_group_size: int
     epsilon_per_member_total: float
     epsilon_per_query_max: float
+    #: The identifier types the join may use, in priority order (each one raises the join's stability constant).
+    identifiers: tuple[str, ...] = ("email",)
+    epsilon_per_query_min: float = DEFAULT_EPSILON_PER_QUERY_MIN
+    delta_per_member_total: float = 0.0
+    delta_per_query_max: float = 0.0
+    activation: ActivationSpec | None = None
     #: Public spend per campaign (currency units), for ROAS.
     campaign_spend: Mapping[str, float] = field(default_factory=dict)
 
@@ -123,7 +167,9 @@ def parse_policy(text: str) -> Policy:
 
     members = _members(doc.get("members"), problems)
     member_names = {m.name for m in members}
+    identifiers = _identifiers(doc.get("identifiers"), problems)
     tables = _tables(doc.get("tables", {}), member_names, problems)
+    _consistent_tables(tables, problems)
 
     queries = doc.get("queries", [])
     if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
@@ -138,7 +184,13 @@ def parse_policy(text: str) -> Policy:
         problems.append("min_group_size: required, an integer >= 1")
         min_group = 1
 
-    total, per_query = _epsilon(doc.get("epsilon"), problems)
+    total, per_query, per_query_min = _epsilon(doc.get("epsilon"), problems)
+    delta_total, delta_per_query = _delta(doc.get("delta"), problems)
+    activation = _activation(doc.get("activation"), members, tables, problems)
+    if "activation" in queries and activation is None and "activation" not in doc:
+        problems.append("activation: required when queries allow activation (recipient, dimensions, min_size)")
+    if activation is not None and "activation" not in queries:
+        problems.append("activation: declared, but `activation` is not among the allowed queries")
     spend = _spend(doc.get("campaign_spend") or {}, problems)
     if problems:
         raise PolicyError(problems)
@@ -150,8 +202,114 @@ def parse_policy(text: str) -> Policy:
         min_group_size=min_group,
         epsilon_per_member_total=total,
         epsilon_per_query_max=per_query,
+        identifiers=identifiers,
+        epsilon_per_query_min=per_query_min,
+        delta_per_member_total=delta_total,
+        delta_per_query_max=delta_per_query,
+        activation=activation,
         campaign_spend=spend,
     )
+
+
+def _identifiers(raw: Any, problems: list[str]) -> tuple[str, ...]:
+    """The identifier types the join may use, in the protocol's priority order."""
+    if not isinstance(raw, list) or not raw or not all(isinstance(t, str) for t in raw):
+        problems.append(
+            f"identifiers: required, a non-empty list drawn from {', '.join(IDENTIFIER_TYPES)} "
+            "(each type the join uses multiplies the noise of every query: declare only those both members have)"
+        )
+        return ()
+    unknown = [t for t in raw if t not in IDENTIFIER_TYPES]
+    for t in unknown:
+        problems.append(f"identifiers: unknown identifier type {t!r} (known: {', '.join(IDENTIFIER_TYPES)})")
+    if len(set(raw)) != len(raw):
+        problems.append("identifiers: a type is listed more than once")
+    return tuple(t for t in IDENTIFIER_TYPES if t in raw)
+
+
+def _consistent_tables(tables: Mapping[str, TableSpec], problems: list[str]) -> None:
+    """Domains that queries rely on to be total: test groups and stage histories."""
+    for qualified, spec in tables.items():
+        path = f"tables.{qualified}"
+        if spec.table == "test_groups":
+            if not {"campaign", "test_group"} <= set(spec.dimensions):
+                problems.append(f"{path}: a test_groups table declares the dimensions campaign and test_group")
+            elif tuple(sorted(spec.dimensions["test_group"])) != TEST_GROUPS:
+                problems.append(
+                    f"{path}.dimensions.test_group: the domain must be exactly [{', '.join(TEST_GROUPS)}] "
+                    f"(got {list(spec.dimensions['test_group'])})"
+                )
+        if spec.table == "stage_history":
+            users = tables.get(f"{spec.member}.users")
+            stages = [c for c in STAGE_COLUMNS if c in spec.dimensions]
+            if spec.time is None or not stages:
+                problems.append(f"{path}: a stage_history table declares a time column and a stage_4a dimension")
+            for column in stages:
+                if users is None or users.dimensions.get(column) != spec.dimensions[column]:
+                    problems.append(
+                        f"{path}.dimensions.{column}: must have exactly the domain of {spec.member}.users.{column} "
+                        "(the same values, in the same order)"
+                    )
+
+
+def _delta(raw: Any, problems: list[str]) -> tuple[float, float]:
+    if raw is None:
+        return 0.0, 0.0
+    if not isinstance(raw, dict):
+        problems.append("delta: a mapping with per_member_total and per_query_max")
+        return 0.0, 0.0
+    values = []
+    for key in ("per_member_total", "per_query_max"):
+        v = raw.get(key)
+        if not _number(v) or not 0 < v <= MAX_DELTA:
+            problems.append(f"delta.{key}: required, a number > 0 and at most {MAX_DELTA:g}")
+            v = 0.0
+        values.append(float(v))
+    for key in sorted(set(raw) - {"per_member_total", "per_query_max"}, key=str):
+        problems.append(f"delta.{key}: unknown key (known: per_member_total, per_query_max)")
+    total, per_query = values
+    if total and per_query and per_query > total:
+        problems.append("delta.per_query_max: must not exceed per_member_total")
+    return total, per_query
+
+
+def _activation(
+    raw: Any, members: tuple[MemberSpec, ...], tables: Mapping[str, TableSpec], problems: list[str]
+) -> ActivationSpec | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        problems.append("activation: a mapping with recipient, dimensions and min_size")
+        return None
+    for key in sorted(set(raw) - _ACTIVATION_KEYS, key=str):
+        problems.append(f"activation.{key}: unknown key (known: {', '.join(sorted(_ACTIVATION_KEYS))})")
+    recipient = raw.get("recipient")
+    member = next((m for m in members if m.name == recipient), None)
+    if member is None or "receive_audiences" not in member.abilities:
+        problems.append("activation.recipient: a member of the policy with the ability receive_audiences")
+    dims = raw.get("dimensions")
+    if not isinstance(dims, list) or not dims or not all(isinstance(d, str) for d in dims):
+        problems.append("activation.dimensions: a non-empty list of users dimensions, e.g. [brand.tier]")
+        dims = []
+    for d in dims:
+        owner, _, column = d.partition(".")
+        spec = tables.get(f"{owner}.users")
+        if spec is None or column not in spec.dimensions:
+            problems.append(f"activation.dimensions: {d!r} is not a declared dimension of a users table")
+    if dims and all(d.partition(".")[0] == recipient for d in dims):
+        problems.append(
+            "activation.dimensions: name at least one dimension of a member other than the recipient "
+            "(a segment on the recipient's own columns alone would hand it the raw intersection)"
+        )
+    min_size = raw.get("min_size")
+    if not isinstance(min_size, int) or isinstance(min_size, bool) or min_size < 1:
+        problems.append("activation.min_size: required, an integer >= 1 (the smallest list that may be released)")
+        min_size = 1
+    return ActivationSpec(str(recipient), tuple(dims), min_size)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _spend(raw: Any, problems: list[str]) -> dict[str, float]:
@@ -275,20 +433,27 @@ def _measures(raw: Any, path: str, problems: list[str]) -> dict[str, tuple[float
     return out
 
 
-def _epsilon(raw: Any, problems: list[str]) -> tuple[float, float]:
+def _epsilon(raw: Any, problems: list[str]) -> tuple[float, float, float]:
     if not isinstance(raw, dict):
         problems.append("epsilon: required, a mapping with per_member_total and per_query_max")
-        return 0.0, 0.0
+        return 0.0, 0.0, 0.0
     values = []
     for key in ("per_member_total", "per_query_max"):
         v = raw.get(key)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
+        if not _number(v) or v <= 0:
             problems.append(f"epsilon.{key}: required, a finite number > 0")
             v = 0.0
         values.append(float(v))
-    for key in sorted(set(raw) - {"per_member_total", "per_query_max"}, key=str):
-        problems.append(f"epsilon.{key}: unknown key (known: per_member_total, per_query_max)")
+    per_query_min = raw.get("per_query_min", DEFAULT_EPSILON_PER_QUERY_MIN)
+    if not _number(per_query_min) or per_query_min <= 0:
+        problems.append("epsilon.per_query_min: a finite number > 0 (the least one query may spend)")
+        per_query_min = DEFAULT_EPSILON_PER_QUERY_MIN
+    known = {"per_member_total", "per_query_max", "per_query_min"}
+    for key in sorted(set(raw) - known, key=str):
+        problems.append(f"epsilon.{key}: unknown key (known: {', '.join(sorted(known))})")
     total, per_query = values
     if total and per_query and per_query > total:
         problems.append("epsilon.per_query_max: must not exceed per_member_total")
-    return total, per_query
+    if per_query and per_query_min > per_query:
+        problems.append("epsilon.per_query_min: must not exceed per_query_max")
+    return total, per_query, float(per_query_min)

@@ -62,3 +62,62 @@ def test_reserved_and_duplicate_columns():
         parse_policy(text)
     assert any("declared more than once" in p for p in info.value.problems)
     assert any("reserved" in p for p in info.value.problems)
+
+
+def _problems(text: str) -> str:
+    with pytest.raises(PolicyError) as info:
+        parse_policy(text)
+    return "\n".join(info.value.problems)
+
+
+def test_new_fields_of_the_demo_policy():
+    p = parse_policy(DEMO_POLICY)
+    assert p.identifiers == ("email", "phone")
+    assert p.epsilon_per_query_min == 0.01
+    assert (p.delta_per_member_total, p.delta_per_query_max) == (1e-6, 1e-7)
+    assert p.activation is not None
+    assert (p.activation.recipient, p.activation.min_size) == ("platform", 100)
+
+
+def test_identifiers_are_required_and_known():
+    assert "identifiers: required" in _problems(DEMO_POLICY.replace("identifiers: [email, phone]\n", ""))
+    assert "unknown identifier type 'fax'" in _problems(DEMO_POLICY.replace("[email, phone]", "[email, fax]"))
+
+
+def test_a_third_test_group_is_refused():
+    text = DEMO_POLICY.replace("test_group: [exposed, holdout]", "test_group: [exposed, holdout, control]")
+    assert "test_group: the domain must be exactly [exposed, holdout]" in _problems(text)
+
+
+def test_stage_history_domain_equals_the_users_domain():
+    text = DEMO_POLICY.replace(
+        "platform.stage_history: {time: date, dimensions: {stage_4a: [aware, appeal, act, advocate]}}",
+        "platform.stage_history: {time: date, dimensions: {stage_4a: [aware, appeal, act, advocate, lapsed]}}",
+    )
+    assert "must have exactly the domain of platform.users.stage_4a" in _problems(text)
+
+
+def test_epsilon_minimum_and_delta_caps():
+    text = DEMO_POLICY.replace(
+        "epsilon: {per_member_total: 10.0, per_query_max: 1.0}",
+        "epsilon: {per_member_total: 10.0, per_query_max: 1.0, per_query_min: 2.0}",
+    ).replace(
+        "delta: {per_member_total: 1.0e-6, per_query_max: 1.0e-7}",
+        "delta: {per_member_total: 0.1, per_query_max: 1.0e-7}",
+    )
+    problems = _problems(text)
+    assert "epsilon.per_query_min: must not exceed per_query_max" in problems
+    assert "delta.per_member_total: required, a number > 0 and at most 1e-05" in problems
+
+
+def test_activation_must_be_named_and_not_on_the_recipients_columns_alone():
+    no_section = DEMO_POLICY.replace(
+        "activation: {recipient: platform, dimensions: [brand.tier, platform.stage_4a, platform.age_band], "
+        "min_size: 100}\n",
+        "",
+    )
+    assert "activation: required when queries allow activation" in _problems(no_section)
+    own = DEMO_POLICY.replace("[brand.tier, platform.stage_4a, platform.age_band]", "[platform.stage_4a]")
+    assert "name at least one dimension of a member other than the recipient" in _problems(own)
+    wrong = DEMO_POLICY.replace("recipient: platform", "recipient: brand")
+    assert "activation.recipient: a member of the policy with the ability receive_audiences" in _problems(wrong)

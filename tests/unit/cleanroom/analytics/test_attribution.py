@@ -21,6 +21,7 @@ name: attribution-test
 members:
   brand:    {abilities: [contribute, query, receive_results]}
   platform: {abilities: [contribute]}
+identifiers: [email]
 tables:
   brand.users:        {dimensions: {tier: [gold, basic]}}
   brand.conversions:  {time: ts, measures: {value: [0, 100]}, max_per_person: 2}

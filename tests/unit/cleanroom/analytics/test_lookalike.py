@@ -20,13 +20,16 @@ name: lookalike-test
 members:
   brand:    {abilities: [contribute, query, receive_results]}
   platform: {abilities: [contribute, receive_audiences]}
+identifiers: [email]
 tables:
   brand.users:    {dimensions: {tier: [gold, silver, basic]}}
   platform.users: {dimensions: {age_band: ["18-24", "25-34", "35-44", "45+"], stage_4a: [aware, appeal, act, advocate]},
                    measures: {visits_30d: [0, 60]}}
 queries: [overlap, lookalike, activation]
+activation: {recipient: platform, dimensions: [brand.tier, platform.age_band], min_size: 50}
 min_group_size: 50
 epsilon: {per_member_total: 100.0, per_query_max: 5.0}
+delta: {per_member_total: 1.0e-5, per_query_max: 1.0e-6}
 """
 BRAND, PLATFORM = Principal("brand", Role.MEMBER), Principal("platform", Role.MEMBER)
 
