@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
+import numpy as np
 import pytest
 from dp_accounting import NeighboringRelation
 from dp_accounting.pld import privacy_loss_distribution as pld
@@ -111,3 +113,25 @@ def test_impossible_and_invalid_requests_are_refused():
         dpsgd_epsilon(SIGMA, 0.0, T, DELTA, group=1)
     with pytest.raises(ValueError, match="noise_multiplier"):
         dpsgd_epsilon(0.0, Q, T, DELTA, group=1)
+
+
+def test_the_antipodal_pair_is_the_worst_single_flip_in_the_plane():
+    # The one-flip pair rests on: among q·N(g) + (1−q)·N(0) vs q·N(g') + (1−q)·N(0), ‖g‖, ‖g'‖ ≤ 1, the hockey-stick
+    # divergence is largest for g = −g' of norm 1 (dp_accounting's REPLACE_ONE pair). A numerical check in the plane.
+    xs = np.linspace(-8.0, 8.0, 401)
+    gx, gy = np.meshgrid(xs, xs)
+    area = (xs[1] - xs[0]) ** 2
+
+    def density(mx: float, my: float, s: float) -> np.ndarray:
+        return np.exp(-((gx - mx) ** 2 + (gy - my) ** 2) / (2 * s * s)) / (2 * np.pi * s * s)
+
+    for s in (0.8, 1.5):
+        base = density(0, 0, s)
+        for q in (0.02, 0.5):
+            for eps in (0.0, 0.5, 2.0):
+                worst_p, worst_q = q * density(-1, 0, s) + (1 - q) * base, q * density(1, 0, s) + (1 - q) * base
+                worst = np.sum(np.maximum(worst_p - np.exp(eps) * worst_q, 0)) * area
+                for r1, r2, theta in itertools.product((0.5, 1.0), (0.5, 1.0), np.linspace(0, np.pi, 7)):
+                    p = q * density(r1, 0, s) + (1 - q) * base
+                    other = q * density(r2 * np.cos(theta), r2 * np.sin(theta), s) + (1 - q) * base
+                    assert np.sum(np.maximum(p - np.exp(eps) * other, 0)) * area <= worst * (1 + 1e-9) + 1e-15
