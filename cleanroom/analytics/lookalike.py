@@ -1,15 +1,23 @@
 """Lookalike modelling: features from the platform's users, seeds from the join, DP-SGD training with opacus.
 
 Privacy: the training set is every user of the recipient (the platform); the label says whether the user is a
-matched person who passes the seed filter (e.g. the brand's gold tier). DP-SGD (per-example gradient clipping to
-norm `MAX_GRAD_NORM`, Gaussian noise, Poisson sampling) makes the trained model (epsilon, delta)-DP with respect to
-each training example, one per person; opacus' accountant reports the epsilon actually spent, which is what the
-budget is charged. Scoring every platform user, and releasing the top of that ranking to the platform, is
-post-processing of the model: seeds are deliberately not removed from the audience, since removing them would
-release who the seeds are. The quality estimate on the held-out split is a separate pair of noisy counts.
+matched person who passes the seed filter (e.g. the brand's gold tier). Removing one row of a member's users table
+changes no training example's presence, only labels: up to `group` of them, the privacy join's stability (one row
+can change up to that many matched pairs). DP-SGD (Poisson sampling with opacus' own sample rate, per-example
+gradient clipping to norm `MAX_GRAD_NORM`, Gaussian noise σ·`MAX_GRAD_NORM`) is accounted for exactly that
+adjacency, up to `group` replace-one changes of training examples, by `cleanroom.privacy.accounting` (PLDs from
+dp_accounting), not by opacus' accountant, whose add/remove-one figure understates it. σ is the smallest that
+accountant allows for the target (ε, δ), and the budget is charged the accountant's ε for that σ. Scoring every
+platform user, and releasing the top of that ranking to the platform, is post-processing of the model: seeds are
+deliberately not removed from the audience, since removing them would release who the seeds are. The quality
+estimate on the held-out split is a separate pair of noisy counts.
 
-Noise here comes from torch's generator through opacus; opacus' `secure_mode` needs torchcsprng, which has no build
-for this torch, so it is off (see the README).
+Randomness: opacus' `secure_mode` needs torchcsprng, which has no build for this torch (none on the package index
+for torch 2.x), so it is off. Instead each training gets its own torch generators for the gradient noise
+(`noise_generator`) and for the Poisson sampling and held-out split, each seeded with 63 bits from the OS CSPRNG
+(`os.urandom`): the seed is unpredictable and never reused, but torch's CPU generator (Mersenne Twister) is not a
+CSPRNG, and without secure mode opacus does not harden its floating-point Gaussian samples against the attacks on
+their low-order bits (see the README's known limits).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from cleanroom_client.policy import Policy, TableSpec
 
 from ..errors import FailedPreconditionError, InvalidArgumentError
+from ..privacy import accounting
 from ..storage.database import quote_ident
 from .matched import NONE, data_table, match_side
 from .queries import DimensionRef
@@ -51,7 +60,7 @@ class TrainingData:
 
 @dataclass(frozen=True)
 class TrainedModel:
-    """Scores for every user, which users were held out, and the epsilon opacus accounts for the training."""
+    """Scores for every user, which users were held out, the training's accounted epsilon and its noise multiplier."""
 
     scores: np.ndarray
     held_out: np.ndarray
@@ -145,10 +154,23 @@ def _model(kind: str, d: int) -> nn.Module:
     raise InvalidArgumentError("model must be logistic or mlp")
 
 
-def train(data: TrainingData, target_epsilon: float, delta: float, kind: str = "logistic") -> TrainedModel:
-    """DP-SGD on the training split; scores every user. Deterministic only up to its (private) noise."""
+def _generator() -> torch.Generator:
+    """A torch generator seeded with 63 bits from the OS CSPRNG."""
+    return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+
+
+def train(
+    data: TrainingData, target_epsilon: float, delta: float, kind: str = "logistic", *, group: int = 1
+) -> TrainedModel:
+    """DP-SGD on the training split; scores every user. Deterministic only up to its (private) noise.
+
+    `group` is the number of labels that one users-table row can flip: the privacy join's stability constant. The
+    noise multiplier is calibrated so that the model is (target_epsilon, delta)-DP for neighbours that differ in up
+    to `group` labels (`cleanroom.privacy.accounting`), and `TrainedModel.epsilon` is that accountant's ε for the
+    noise multiplier used (at most the target). The default of 1 is right only for a join of stability 1.
+    """
     n = len(data.labels)
-    generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+    generator = _generator()
     held_out = (torch.rand(n, generator=generator) < HELD_OUT).numpy()
     train_idx = np.flatnonzero(~held_out)
     if len(train_idx) == 0 or delta >= 1 / len(train_idx):
@@ -168,21 +190,34 @@ def train(data: TrainingData, target_epsilon: float, delta: float, kind: str = "
         shuffle=True,
         generator=generator,
     )
+    # What opacus' Poisson loader will do: each example is drawn with probability 1 / len(loader), for
+    # int(1 / sample_rate) steps an epoch (DPDataLoader.from_data_loader, UniformWithReplacementSampler).
+    sample_rate = 1 / len(loader)
+    steps = EPOCHS * int(1 / sample_rate)
+    try:
+        sigma = accounting.calibrate_noise(target_epsilon, delta, sample_rate, steps, group)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"lookalike: {exc}") from exc
+    spent = accounting.dpsgd_epsilon(sigma, sample_rate, steps, delta, group)
+    if not math.isfinite(spent) or spent > target_epsilon:
+        raise ArithmeticError(f"accounted epsilon {spent} above its target {target_epsilon}")
     model = _model(kind, x.shape[1])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     with warnings.catch_warnings():
-        # opacus warns that secure_mode is off (torchcsprng is not available here) and about hook and alpha details
+        # opacus warns that secure_mode is off (torchcsprng is not available here) and about hook details
         warnings.simplefilter("ignore", UserWarning)
-        engine = PrivacyEngine(accountant="prv")
-        model, optimizer, loader = engine.make_private_with_epsilon(
+        engine = PrivacyEngine()
+        model, optimizer, loader = engine.make_private(
             module=model,
             optimizer=optimizer,
             data_loader=loader,
-            target_epsilon=target_epsilon,
-            target_delta=delta,
-            epochs=EPOCHS,
+            noise_multiplier=sigma,
             max_grad_norm=MAX_GRAD_NORM,
+            poisson_sampling=True,
+            noise_generator=_generator(),
         )
+        if len(loader) * EPOCHS != steps or getattr(loader, "sample_rate", None) != sample_rate:
+            raise ArithmeticError("opacus' Poisson loader does not sample as accounted")
         loss = nn.BCEWithLogitsLoss()
         model.train()
         for _ in range(EPOCHS):
@@ -192,12 +227,9 @@ def train(data: TrainingData, target_epsilon: float, delta: float, kind: str = "
                 optimizer.zero_grad()
                 loss(model(xb).squeeze(-1), yb).backward()
                 optimizer.step()
-        spent = float(engine.get_epsilon(delta))
     model.eval()
     with torch.no_grad():
         scores = torch.sigmoid(model(x).squeeze(-1)).numpy()
-    if not math.isfinite(spent) or spent > target_epsilon * (1 + 1e-6):
-        raise ArithmeticError(f"opacus accounted epsilon {spent} above its target {target_epsilon}")
     return TrainedModel(scores, held_out, spent, float(optimizer.noise_multiplier))
 
 

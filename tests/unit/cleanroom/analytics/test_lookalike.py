@@ -1,5 +1,5 @@
-"""Lookalike (DP-SGD) and activation: a planted signal is found, the epsilon charged is opacus', audiences reach
-only the platform, and the brand never learns who is in them."""
+"""Lookalike (DP-SGD) and activation: a planted signal is found, the epsilon charged is the accountant's, audiences
+reach only the platform, and the brand never learns who is in them."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def _planted(room: Room, platform_users: int, seed: int = 3) -> tuple[str, np.nd
     return c.id, gold
 
 
-def test_200k_lookalike_finds_the_planted_seeds_and_charges_opacus_epsilon(tmp_path):
+def test_200k_lookalike_finds_the_planted_seeds_and_charges_the_accounted_epsilon(tmp_path):
     room = Room.open(tmp_path)
     try:
         collab, gold = _planted(room, 200_000)
@@ -71,7 +71,7 @@ def test_200k_lookalike_finds_the_planted_seeds_and_charges_opacus_epsilon(tmp_p
         answer = room.queries.lookalike(BRAND, collab, q)
         cells = {(c.keys[0], c.measure): c for c in answer.cells}
         accounted = cells[("training", "epsilon_accounted")].value
-        # the budget is charged exactly opacus' accountant plus the quality estimate's epsilon
+        # the budget is charged exactly the DP-SGD accountant's epsilon plus the quality estimate's
         entry = list(room.audit.entries(collab))[-1]
         assert entry.action == "query.lookalike"
         assert entry.epsilon == pytest.approx(accounted + min(0.1, 2.0 / 10))
@@ -184,3 +184,24 @@ def test_lookalike_over_grpc_reaches_the_platform_as_its_own_keys(room):
     activated = brand.activate(collab, segment={"platform.stage_4a": "appeal"}, epsilon=0.5)
     assert activated.attrs["audience"] in set(platform.audiences(collab)["name"])
     pd.testing.assert_index_equal(activated.columns, pd.Index(["part", "measure", "value", "error_95", "suppressed"]))
+
+
+def test_train_calibrates_noise_for_label_flips_and_reports_that_epsilon():
+    from cleanroom.analytics.lookalike import EPOCHS, TrainingData, train
+    from cleanroom.privacy.accounting import calibrate_noise, dpsgd_epsilon
+
+    rng = np.random.default_rng(5)
+    n = 5_000
+    labels = (rng.random(n) < 0.1).astype(np.float32)
+    features = np.stack([labels + rng.normal(0, 1, n), rng.normal(0, 1, n)], axis=1).astype(np.float32)
+    data = TrainingData(np.arange(n, dtype=np.int64), features, labels, ("signal", "noise"))
+    one, four = train(data, 3.0, 1e-6, group=1), train(data, 3.0, 1e-6, group=4)
+    # about 4,000 training examples in batches of 80: ~50 Poisson steps an epoch at q = 1/50 (the split is random)
+    for model, group in ((one, 1), (four, 4)):
+        train_n = int((~model.held_out).sum())
+        steps_per_epoch = -(-train_n // max(64, train_n // 50))
+        q, steps = 1 / steps_per_epoch, EPOCHS * steps_per_epoch
+        assert model.epsilon <= 3.0
+        assert model.epsilon == pytest.approx(dpsgd_epsilon(model.noise_multiplier, q, steps, 1e-6, group))
+        assert model.noise_multiplier == pytest.approx(calibrate_noise(3.0, 1e-6, q, steps, group))
+    assert four.noise_multiplier > 2 * one.noise_multiplier
