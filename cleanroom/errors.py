@@ -39,5 +39,12 @@ class ResourceExhaustedError(CleanroomError):
     """A budget or limit is used up."""
 
 
+class QueryFailedError(CleanroomError):
+    """A query failed after its budget was reserved (its data may have been read): it was charged, nothing released.
+
+    The message is the same whatever went wrong, so the failure says nothing about the data beyond that it failed.
+    """
+
+
 class InternalError(CleanroomError):
     """A bug in the clean room, never the caller's fault."""

@@ -1,23 +1,32 @@
 """Attribution and lift as DuckDB SQL over the join: exact, un-noised, and never leaving the engine.
 
-Contribution bounding, which makes the sensitivities exact:
+Contribution bounding, which makes the sensitivities exact (per matched pair; the engine multiplies them by the
+join's stability constant):
 - Each matched person contributes at most `max_per_person` conversions (the policy's cap on the conversions
   table): the earliest ones, ties broken by value then by their row order. Values are clamped to the policy's
   bounds [lo, hi] first.
-- Credit is then split so that each conversion hands out exactly 1 conversion of credit (or less, after rounding
-  down) across touchpoints, or the whole 1 to the `none` cell when no touchpoint qualifies (unattributed).
-  Credits are counted in integer thousandths of a conversion and revenue in integer cents, both rounded down per
-  touch. So one person moves the conversion vector by at most 1000 x cap (L1) and the revenue vector by at most
-  100 x cap x max(|lo|, |hi|): those are the sensitivities handed to the noise.
+- Each conversion hands out exactly 1000 thousandths of a conversion, and exactly trunc(100 x value) cents (rounded
+  toward zero, so |cents| <= 100 x max(|lo|, |hi|)), across its touchpoints, or the whole of both to the `none`
+  cell when no touchpoint qualifies (unattributed). Integer shares are apportioned by largest remainder (ties by
+  touch order), so the integers of one conversion add up to exactly those totals whatever the number of touches,
+  and all of them have the sign of the value. So one person moves the conversion vector by at most 1000 x cap (L1)
+  and the revenue vector by at most cap x ceil(100 x max(|lo|, |hi|)).
+- At most `MAX_TOUCHES` touchpoints per conversion are credited (the latest ones); this bounds the work, the
+  apportioning above bounds the sensitivity.
 
 A touchpoint qualifies for a conversion when it is the same person's exposure at or before the conversion and no
 more than `lookback_days` before it (both ends inclusive). With click-over-view, a conversion that has any
 qualifying click is credited to its clicks only. Touchpoints of one conversion are ordered by time; at the same
 instant an impression comes before a click (so a tie goes to the click for last touch), then by campaign and
-channel name. That order decides first and last touch and the positions.
+channel name. That order decides first and last touch and the positions. Time decay weighs a touch by
+2^(-(newest - its time) / half_life), relative to the conversion's newest credited touch, whose weight is 1: the
+weights never all underflow, whatever the data.
 
-Lift: each matched person with a test group for the campaign falls in one group; per group the number of people,
-of converters (at least one conversion), and the sum and sum of squares of their capped, clamped revenue.
+Lift: each matched person with a test group for the campaign falls in one group (the first row uploaded for that
+campaign); per group the number of people, of converters (at least one conversion), and the sum and sum of squares
+of their capped, clamped revenue (cents rounded toward zero).
+
+Everything here is total: given data that passed the upload checks, no statement can fail because of the values.
 """
 
 from __future__ import annotations
@@ -25,17 +34,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import duckdb
-
 from cleanroom_client.policy import Policy, TableSpec
 
 from ..errors import FailedPreconditionError, InvalidArgumentError
 from ..storage.database import quote_ident
-from .matched import NONE, Axis, Histogram, data_table, fill_histogram, match_side
+from .matched import Axis, Catalog, Sql
 
 MILLI = 1000
 CENTS = 100
 MODELS = ("last_touch", "first_touch", "linear", "time_decay", "position_based")
+#: Most touchpoints credited per conversion (the latest ones).
+MAX_TOUCHES = 100
+#: The shortest half-life time decay accepts (an hour).
+MIN_HALF_LIFE_DAYS = 1 / 24
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,11 @@ class EventTables:
     def value_bound(self) -> float:
         """The largest |value| after clamping."""
         return max(abs(self.lo), abs(self.hi))
+
+    @property
+    def cents_per_conversion(self) -> int:
+        """The most cents one conversion can carry (its value is rounded toward zero)."""
+        return math.ceil(CENTS * self.value_bound)
 
 
 def event_tables(policy: Policy) -> EventTables:
@@ -76,8 +92,8 @@ def event_tables(policy: Policy) -> EventTables:
     return EventTables(conv, expo, column, lo, hi, conv.max_per_person)
 
 
-def _matched(cur: duckdb.DuckDBPyConnection, collab: str, conv_member: str, exp_member: str) -> str:
-    conv_side = match_side(cur, collab, conv_member)
+def _matched(catalog: Catalog, conv_member: str) -> str:
+    conv_side = catalog.side(conv_member)
     exp_side = "row_b" if conv_side == "row_a" else "row_a"
     return (
         f"SELECT {conv_side} AS conv_row, {exp_side} AS exp_row, row_number() OVER (ORDER BY {conv_side}) AS person "
@@ -85,9 +101,10 @@ def _matched(cur: duckdb.DuckDBPyConnection, collab: str, conv_member: str, exp_
     )
 
 
-def _capped(cur: duckdb.DuckDBPyConnection, collab: str, ev: EventTables) -> str:
-    conv = data_table(cur, collab, ev.conversions.member, "conversions")
-    t, v = quote_ident(ev.conversions.time or ""), quote_ident(ev.value_column)
+def _capped(catalog: Catalog, ev: EventTables) -> str:
+    time = ev.conversions.time or ""
+    conv = catalog.table(ev.conversions.member, "conversions", [time, ev.value_column])
+    t, v = quote_ident(time), quote_ident(ev.value_column)
     return f"""
         SELECT m.person, m.conv_row, c.{t} AS cts,
                least(greatest(CAST(c.{v} AS DOUBLE), $lo), $hi) AS value,
@@ -96,9 +113,8 @@ def _capped(cur: duckdb.DuckDBPyConnection, collab: str, ev: EventTables) -> str
     """
 
 
-def attribution_histograms(
-    cur: duckdb.DuckDBPyConnection,
-    collab: str,
+def attribution_sql(
+    catalog: Catalog,
     ev: EventTables,
     group: Axis,
     brand_axis: Axis | None,
@@ -106,10 +122,14 @@ def attribution_histograms(
     lookback_days: int,
     click_over_view: bool,
     half_life_days: float,
-) -> tuple[Histogram, Histogram]:
-    """Attributed conversions (thousandths) and revenue (cents) per group value (and brand dimension value)."""
-    expo = data_table(cur, collab, ev.exposures.member, "exposures")
-    et = quote_ident(ev.exposures.time or "")
+) -> Sql:
+    """Attributed conversions (thousandths) and revenue (cents) per group value (and brand dimension value).
+
+    Rows: (group, [brand value,] thousandths, cents).
+    """
+    et_name = ev.exposures.time or ""
+    expo = catalog.table(ev.exposures.member, "exposures", [et_name, group.column, "campaign", "channel", "kind"])
+    et = quote_ident(et_name)
     g = quote_ident(group.column)
     weight = {
         "last_touch": "CASE WHEN pos = n THEN 1.0 ELSE 0.0 END",
@@ -122,14 +142,14 @@ def attribution_histograms(
     }[model]
     brand_join = brand_select = brand_group = ""
     if brand_axis is not None:
-        users = data_table(cur, collab, brand_axis.member, "users")
+        users = catalog.table(brand_axis.member, "users", [brand_axis.column])
         side = "conv_row" if brand_axis.member == ev.conversions.member else "exp_row"
         brand_join = f"JOIN m mm ON mm.person = credits.person LEFT JOIN {users} u ON u.row_id = mm.{side}"
-        brand_select = f", coalesce(CAST(u.{quote_ident(brand_axis.column)} AS VARCHAR), '{NONE}')"
+        brand_select = f", u.{quote_ident(brand_axis.column)}"
         brand_group = ", 2"
-    sql = f"""
-        WITH m AS ({_matched(cur, collab, ev.conversions.member, ev.exposures.member)}),
-        conv AS ({_capped(cur, collab, ev)}),
+    text = f"""
+        WITH m AS ({_matched(catalog, ev.conversions.member)}),
+        conv AS ({_capped(catalog, ev)}),
         capped AS (SELECT * FROM conv WHERE rn <= $cap),
         touches AS (
             SELECT c.person, c.rn, c.cts, c.value, e.{et} AS ets, CAST(e.{g} AS VARCHAR) AS g,
@@ -141,26 +161,47 @@ def attribution_histograms(
         kept AS (
             SELECT *, max(CAST(is_click AS INTEGER)) OVER (PARTITION BY person, rn) AS any_click FROM touches
         ),
+        latest AS (
+            SELECT *, row_number() OVER (
+                PARTITION BY person, rn ORDER BY ets DESC, is_click DESC, campaign DESC, channel DESC) AS recency
+            FROM kept WHERE NOT $cov OR any_click = 0 OR is_click
+        ),
         ordered AS (
             SELECT *,
                    row_number() OVER (PARTITION BY person, rn ORDER BY ets, is_click, campaign, channel) AS pos,
                    count(*) OVER (PARTITION BY person, rn) AS n,
-                   pow(2.0, -(epoch(cts) - epoch(ets)) / ($half_life * 86400.0)) AS decay
-            FROM kept WHERE NOT $cov OR any_click = 0 OR is_click
+                   pow(2.0, -(epoch(max(ets) OVER (PARTITION BY person, rn)) - epoch(ets))
+                            / ($half_life * 86400.0)) AS decay
+            FROM latest WHERE recency <= {MAX_TOUCHES}
         ),
-        weighted AS (SELECT person, rn, g, value, {weight} AS w FROM ordered),
-        credits AS (
-            SELECT person, g, CAST(floor(w * {MILLI}) AS BIGINT) AS milli,
-                   CAST(floor(w * value * {CENTS}) AS BIGINT) AS cents
+        weighted AS (
+            SELECT person, rn, pos, g, {weight} AS w, CAST(trunc(value * {CENTS}) AS BIGINT) AS total_cents
+            FROM ordered
+        ),
+        floored AS (
+            SELECT *, w * {MILLI} AS m_exact, w * abs(total_cents) AS c_exact,
+                   CAST(floor(w * {MILLI}) AS BIGINT) AS m0, CAST(floor(w * abs(total_cents)) AS BIGINT) AS c0
             FROM weighted
+        ),
+        ranked AS (
+            SELECT *,
+                   {MILLI} - sum(m0) OVER conv AS m_left, abs(total_cents) - sum(c0) OVER conv AS c_left,
+                   row_number() OVER (PARTITION BY person, rn ORDER BY m_exact - m0 DESC, pos) AS m_rank,
+                   row_number() OVER (PARTITION BY person, rn ORDER BY c_exact - c0 DESC, pos) AS c_rank
+            FROM floored WINDOW conv AS (PARTITION BY person, rn)
+        ),
+        credits AS (
+            SELECT person, g, m0 + CAST(m_rank <= m_left AS BIGINT) AS milli,
+                   sign(total_cents) * (c0 + CAST(c_rank <= c_left AS BIGINT)) AS cents
+            FROM ranked
             UNION ALL
-            SELECT person, '{NONE}', {MILLI}, CAST(floor(value * {CENTS}) AS BIGINT)
+            SELECT person, NULL, {MILLI}, CAST(trunc(value * {CENTS}) AS BIGINT)
             FROM capped c WHERE NOT EXISTS (SELECT 1 FROM touches t WHERE t.person = c.person AND t.rn = c.rn)
         )
         SELECT credits.g{brand_select}, sum(milli), sum(cents) FROM credits {brand_join} GROUP BY 1{brand_group}
     """
     params = {
-        "collab": collab,
+        "collab": catalog.id,
         "lo": ev.lo,
         "hi": ev.hi,
         "cap": ev.cap,
@@ -168,12 +209,7 @@ def attribution_histograms(
         "cov": click_over_view,
         "half_life": half_life_days,
     }
-    rows = cur.execute(sql, params).fetchall()
-    axes = (group,) if brand_axis is None else (group, brand_axis)
-    width = len(axes)
-    conversions = fill_histogram(axes, [(*r[:width], r[width]) for r in rows])
-    revenue = fill_histogram(axes, [(*r[:width], r[width + 1]) for r in rows])
-    return conversions, revenue
+    return Sql(text, params)
 
 
 def check_attribution(model: str, lookback_days: int, half_life_days: float) -> None:
@@ -182,19 +218,19 @@ def check_attribution(model: str, lookback_days: int, half_life_days: float) -> 
         raise InvalidArgumentError(f"model must be one of {', '.join(MODELS)}")
     if not 1 <= lookback_days <= 365:
         raise InvalidArgumentError("lookback_days must be between 1 and 365")
-    if model == "time_decay" and not (half_life_days > 0 and math.isfinite(half_life_days)):
-        raise InvalidArgumentError("time_decay needs half_life_days > 0")
+    if model == "time_decay" and not (MIN_HALF_LIFE_DAYS <= half_life_days <= 365 and math.isfinite(half_life_days)):
+        raise InvalidArgumentError(
+            f"time_decay needs half_life_days between {MIN_HALF_LIFE_DAYS:.4g} (an hour) and 365"
+        )
 
 
-def lift_histograms(
-    cur: duckdb.DuckDBPyConnection, collab: str, ev: EventTables, groups: TableSpec, campaign: str
-) -> dict[str, Histogram]:
-    """Per test group: people, converters, revenue (cents) and revenue squared (dollars squared)."""
-    tg = data_table(cur, collab, groups.member, "test_groups")
+def lift_sql(catalog: Catalog, ev: EventTables, groups: TableSpec, campaign: str) -> Sql:
+    """Per test group: people, converters, revenue (cents) and revenue squared (currency units squared)."""
+    tg = catalog.table(groups.member, "test_groups", ["campaign", "test_group"])
     side = "conv_row" if groups.member == ev.conversions.member else "exp_row"
-    sql = f"""
-        WITH m AS ({_matched(cur, collab, ev.conversions.member, ev.exposures.member)}),
-        conv AS ({_capped(cur, collab, ev)}),
+    text = f"""
+        WITH m AS ({_matched(catalog, ev.conversions.member)}),
+        conv AS ({_capped(catalog, ev)}),
         per_person AS (SELECT person, count(*) AS conversions, sum(value) AS revenue FROM conv WHERE rn <= $cap
                        GROUP BY person),
         grouped AS (
@@ -203,18 +239,14 @@ def lift_histograms(
             WHERE CAST(t.campaign AS VARCHAR) = $campaign GROUP BY m.person
         )
         SELECT g.test_group, count(*), count(p.person),
-               CAST(coalesce(sum(floor(p.revenue * {CENTS})), 0) AS BIGINT),
+               CAST(coalesce(sum(trunc(p.revenue * {CENTS})), 0) AS BIGINT),
                CAST(coalesce(sum(round(p.revenue * p.revenue)), 0) AS BIGINT)
         FROM grouped g LEFT JOIN per_person p ON p.person = g.person
         GROUP BY 1
     """
-    params = {"collab": collab, "lo": ev.lo, "hi": ev.hi, "cap": ev.cap, "campaign": campaign}
-    rows = cur.execute(sql, params).fetchall()
-    ax = Axis("test_group", groups.member, "test_group", ("exposed", "holdout"))
-    unknown = {r[0] for r in rows} - set(ax.domain)
-    if unknown:
-        raise FailedPreconditionError(f"test_group values must be exposed or holdout, found {sorted(unknown)}")
-    return {
-        name: fill_histogram((ax,), [(r[0], r[i]) for r in rows])
-        for i, name in enumerate(("people", "converters", "revenue_cents", "revenue_sq"), start=1)
-    }
+    return Sql(text, {"collab": catalog.id, "lo": ev.lo, "hi": ev.hi, "cap": ev.cap, "campaign": campaign})
+
+
+def group_axis(groups: TableSpec) -> Axis:
+    """The test groups, in the policy's fixed order (exposed, holdout)."""
+    return Axis("test_group", groups.member, "test_group", ("exposed", "holdout"))

@@ -1,22 +1,40 @@
-"""The query pipeline: every number a member receives passes through `_run`.
+"""The query pipeline: every release a member receives (numbers and audiences alike) passes through `_release`.
 
-In this order:
+In this order, the same for every query type:
 
-authorize (member with `query` and `receive_results`) -> check the policy (query type allowed, epsilon within the
-per-query cap, dimensions declared) -> reserve epsilon -> exact aggregates in DuckDB over the join (each person in
-one cell: sensitivity 1 per histogram) -> OpenDP discrete Laplace noise -> suppress cells whose noisy count is
-below the policy's minimum group size -> append the audit entry, which is the budget debit, in one transaction ->
-respond. Exact aggregates exist only inside `_run`; what leaves it is built from noisy counts alone. A refusal
-(policy or budget) spends nothing and is written to the audit log with its reason.
+1. authorize: a member with `query` in an active collaboration (refusals audited, nothing spent);
+2. validate against the request, the policy and the catalog only (`matched.Catalog`: metadata, never a row of
+   people's data): the caller receives results, the query type is allowed, per_query_min <= epsilon <=
+   per_query_max, delta within its cap, dimensions declared, tables uploaded. The result is a `Plan`: what will be
+   read, the sensitivity of every released vector, and what is charged to whom. A refusal here depends on nothing
+   but the request, the policy and public metadata, spends nothing, and is written to the audit log with its
+   reason;
+3. reserve the plan's charges (the requester's, and the recipient's for audiences) or refuse, spending nothing;
+4. read data (`matched.MatchedData` is opened only now), aggregate exactly, clamp, add OpenDP noise, post-process,
+   and debit the reservation with the audit entry in one transaction (with the audience, if any) -> respond.
 
-How epsilon is split within one query: overlap, funnel and funnel flow release one histogram and spend all of
-it there; segment insight releases two (matched people, and all of the member's users) and gives each half.
+After step 3 every outcome is charged: the computations are total (nothing they do can fail because of the
+data: domains are enforced at upload, time decay is relative to the newest touch, lift groups are fixed by the
+policy), and if anything still fails (a crash, memory), the whole reservation is charged with a `query.failed`
+entry and the caller gets one uniform error. A reservation left open by a stop is charged at the next start.
+
+Sensitivities: every vector's L1 sensitivity per matched pair is multiplied by the join's stability constant c
+(`cleanroom.matching.join.stability_constant`, from the number of identifier types the policy allows), since one
+users-table row of either member changes at most c pairs. Histograms over all of one member's users (segment
+insight's denominator) do not go through the join: sensitivity 1.
+
+How epsilon is split within one query: overlap, funnel and funnel flow release one histogram and spend all of it;
+segment insight releases two (matched people, and all of the member's users) and gives each half; attribution
+halves (conversions, revenue); lift quarters (people, converters, revenue, revenue squared); lookalike spends up to
+a tenth (at most 0.1) on its quality estimate and the rest on DP-SGD; activation spends it all on the noisy size
+that gates the release.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,18 +44,56 @@ from cleanroom_client.policy import Policy
 
 from ..audit import AuditLog
 from ..collaborations import Collaboration, Collaborations
-from ..errors import CleanroomError, FailedPreconditionError, InvalidArgumentError, PermissionDeniedError
+from ..errors import (
+    CleanroomError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    PermissionDeniedError,
+    QueryFailedError,
+)
+from ..matching.join import stability_constant
 from ..principals import Principal
 from ..privacy import BudgetAccountant, NoiseMechanism
 from ..privacy import noise as noise_math
+from ..privacy.budget import Charge, Limits
 from ..storage import Database
-from ..storage.database import first
-from .attribution import CENTS, MILLI, attribution_histograms, check_attribution, event_tables, lift_histograms
+from .attribution import (
+    CENTS,
+    MILLI,
+    attribution_sql,
+    check_attribution,
+    event_tables,
+    group_axis,
+    lift_sql,
+)
 from .audiences import AudienceInfo
 from .audiences import store as store_audience
 from .cells import Z95, Cell, ratio, share, withheld
-from .lookalike import _filters, held_out_counts, segment_sql, top, train, training_data
-from .matched import NONE, Axis, Histogram, MatchedPeople, axis
+from .lookalike import (
+    _filters,
+    held_out_counts,
+    segment_sql,
+    top,
+    train,
+    training_data,
+    training_noise,
+    training_plan,
+)
+from .matched import (
+    NONE,
+    Axis,
+    Catalog,
+    Histogram,
+    MatchedData,
+    Sql,
+    all_users_sql,
+    axis,
+    cells_of,
+    clamp,
+    fill_histogram,
+    flow_sql,
+    histogram_sql,
+)
 from .queries import (
     STAGE_LABELS_4A,
     STAGE_LABELS_AIPL,
@@ -52,7 +108,10 @@ from .queries import (
     SegmentInsightQuery,
 )
 
+log = logging.getLogger(__name__)
+
 QUERY, RECEIVE = "query", "receive_results"
+RECEIVE_AUDIENCES = "receive_audiences"
 STAGE_COLUMNS = ("stage_4a", "stage_aipl")
 _AIPL = dict(zip(STAGE_LABELS_4A, STAGE_LABELS_AIPL, strict=True))
 _4A = {v: k for k, v in _AIPL.items()}
@@ -60,7 +119,7 @@ _4A = {v: k for k, v in _AIPL.items()}
 
 @dataclass(frozen=True)
 class Noisy:
-    """A histogram after noise: its keys and noisy counts, the scale, its variance. It holds no exact count."""
+    """A vector after noise: its keys and noisy values, the scale, its variance. It holds no exact value."""
 
     keys: tuple[tuple[str, ...], ...]
     values: tuple[int, ...]
@@ -78,13 +137,42 @@ class Noisy:
 
 
 @dataclass(frozen=True)
-class Plan:
-    """What one query measures (histograms with their epsilon shares) and how it turns noisy counts into cells."""
+class Measurement:
+    """One released vector: how to read its exact values, the epsilon it gets, its L1 sensitivity."""
 
-    #: (name, exact histogram, epsilon for it, its L1 sensitivity)
-    histograms: tuple[tuple[str, Histogram, float, int], ...]
-    finish: Callable[[Mapping[str, Noisy], int], list[Cell]]
+    name: str
+    read: Callable[[MatchedData], Histogram]
+    epsilon: float
+    sensitivity: int
+
+
+@dataclass(frozen=True)
+class AudienceRelease:
+    """An audience a query releases: stored with the query's audit entry, for the recipient alone."""
+
+    kind: str
+    recipient: str
+    row_ids: np.ndarray
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a plan's run releases (built from noisy values and DP outputs only)."""
+
     dimensions: tuple[str, ...]
+    cells: tuple[Cell, ...]
+    noise_scale: Mapping[str, float]
+    #: The epsilon to debit when it is known only after running (DP-SGD's accountant); None: the reserved epsilon.
+    epsilon_spent: float | None = None
+    audience: AudienceRelease | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated query: everything it will read, release and charge, decided without reading any data."""
+
+    charges: tuple[Charge, ...]
+    run: Callable[[MatchedData], Outcome]
 
 
 @dataclass(frozen=True)
@@ -98,7 +186,7 @@ class QueryAnswer:
     noise_scale: Mapping[str, float]
     audit_sequence: int
     own_set_size: int = field(default=0)
-    #: The audience released to the platform (lookalike, activation).
+    #: The audience released to the recipient (lookalike, activation).
     audience: str = ""
 
 
@@ -133,6 +221,21 @@ def _shares(n: Noisy, group_of: Callable[[tuple[str, ...]], object], measure: st
     return out
 
 
+def _reader(axes: tuple[Axis, ...], sql: Sql) -> Callable[[MatchedData], Histogram]:
+    return lambda data: data.histogram(axes, sql)
+
+
+def activation_threshold(epsilon: float, delta: float, sensitivity: int) -> int:
+    """How far above the minimum size a noisy segment size must be for its list to be released.
+
+    With noise of scale c/epsilon (c the sensitivity), a segment whose true size is below the minimum k in one of two
+    neighbouring datasets is at most k + c - 1 in the other; it is released there only if the noise exceeds the
+    threshold minus (c - 1), which the discrete Laplace tail P(X >= t) = a^t / (1 + a) < e^(-t epsilon / c) keeps
+    below delta for t = c ln(1/delta) / epsilon. So the release decision is (epsilon, delta)-DP.
+    """
+    return math.ceil(sensitivity * math.log(1 / delta) / epsilon) + sensitivity - 1
+
+
 class QueryEngine:
     """Runs typed queries against one server's data, with its budget accountant and noise mechanism."""
 
@@ -152,8 +255,8 @@ class QueryEngine:
 
     # -- the pipeline ---------------------------------------------------------------------------------------------
     @staticmethod
-    def _check_policy(principal: Principal, policy: Policy, query_type: str, epsilon: float) -> None:
-        """The policy's rules for one query: the caller receives results, the type is allowed, epsilon is capped."""
+    def _check_policy(principal: Principal, policy: Policy, query_type: str, epsilon: float, delta: float) -> None:
+        """The policy's rules for one query: the caller receives results, the type is allowed, the bounds hold."""
         member = policy.member(principal.name)
         if member is None or RECEIVE not in member.abilities:
             raise PermissionDeniedError(f"the policy does not let you ({principal.name}) receive results")
@@ -161,85 +264,140 @@ class QueryEngine:
             raise PermissionDeniedError(
                 f"the policy does not allow {query_type} queries (allowed: {sorted(policy.queries)})"
             )
-        if epsilon > policy.epsilon_per_query_max:
+        if not policy.epsilon_per_query_min <= epsilon <= policy.epsilon_per_query_max:
             raise InvalidArgumentError(
-                f"epsilon {epsilon:g} exceeds the policy's per-query maximum {policy.epsilon_per_query_max:g}"
+                f"epsilon {epsilon:g} is outside the policy's range for one query: "
+                f"[{policy.epsilon_per_query_min:g}, {policy.epsilon_per_query_max:g}]"
+            )
+        if delta > policy.delta_per_query_max:
+            raise InvalidArgumentError(
+                f"delta {delta:g} exceeds the policy's per-query maximum {policy.delta_per_query_max:g}"
+                + (" (the policy allows no delta: add a delta section)" if not policy.delta_per_query_max else "")
             )
 
     def authorize(self, principal: Principal, collab_id: str, query_type: str) -> Collaboration:
         """Who may ask at all (a member with `query` in an active collaboration): checked before anything else."""
         return self._collabs.require_active(principal, collab_id, QUERY, f"query.{query_type}")
 
-    def _run(
+    @staticmethod
+    def _limits(policy: Policy) -> Limits:
+        return Limits(policy.epsilon_per_member_total, policy.delta_per_member_total)
+
+    def _release(
         self,
         principal: Principal,
         collab_id: str,
         query_type: str,
+        parameters: Mapping[str, Any],
         epsilon: float,
-        parameters: dict[str, Any],
-        plan_for: Callable[[Collaboration, MatchedPeople], Plan],
+        build: Callable[[Collaboration, Catalog], Plan],
+        delta: float = 0.0,
     ) -> QueryAnswer:
         action = f"query.{query_type}"
         collab = self.authorize(principal, collab_id, query_type)
         policy = collab.policy
-        parameters = {**parameters, "epsilon": epsilon}
+        params = {**parameters, "epsilon": epsilon} | ({"delta": delta} if delta else {})
         try:
-            self._check_policy(principal, policy, query_type, epsilon)
-            plan = plan_for(collab, MatchedPeople(self._db.cursor(), collab.id))
-            reservation = self._budget.reserve(collab.id, principal.name, epsilon, policy.epsilon_per_member_total)
+            self._check_policy(principal, policy, query_type, epsilon, delta)
+            catalog = Catalog(self._db.cursor(), collab)
+            catalog.require_matched()
+            plan = build(collab, catalog)
+            reservation = self._budget.reserve(collab.id, plan.charges, self._limits(policy), query_type, params)
         except CleanroomError as exc:
-            self._audit.record(collab.id, principal.name, "query.refuse", {**parameters, "reason": str(exc)})
+            self._audit.record(collab.id, principal.name, "query.refuse", {**params, "reason": str(exc)})
             raise
+        # From here on the data is read: every outcome is charged.
         try:
-            noisy: dict[str, Noisy] = {}
-            for name, histogram, eps, sensitivity in plan.histograms:
-                values, scale = self._noise.release(list(histogram.counts), sensitivity, eps)
-                noisy[name] = Noisy(histogram.keys, tuple(values), scale)
-            finish, dimensions = plan.finish, plan.dimensions
-            del plan  # the exact counts end here: everything below is built from `noisy`
-            cells = tuple(finish(noisy, policy.min_group_size))
-            scales = {name: n.scale for name, n in noisy.items()}
-            released = {"dimensions": list(dimensions), "cells": [c.to_dict() for c in cells], "noise_scale": scales}
-            entry = self._budget.commit(reservation, action, parameters, released)
-        except BaseException:
-            self._budget.release(reservation)
-            raise
-        status = self._budget.status(collab.id, principal.name, policy.epsilon_per_member_total)
+            outcome = plan.run(MatchedData(self._db.cursor(), catalog))
+            released = {
+                "dimensions": list(outcome.dimensions),
+                "cells": [c.to_dict() for c in outcome.cells],
+                "noise_scale": dict(outcome.noise_scale),
+            }
+            stored: list[AudienceInfo] = []
+            audience = outcome.audience
+
+            def write_audience(cur: Any) -> None:
+                if audience is not None:
+                    stored.append(
+                        store_audience(
+                            cur, collab.id, audience.kind, audience.recipient, principal.name, audience.row_ids
+                        )
+                    )
+
+            entry = self._budget.commit(
+                reservation, action, params, released, epsilon=outcome.epsilon_spent, also=write_audience
+            )
+        except Exception:
+            log.exception("%s failed after its budget was reserved; charging it", action)
+            failed = self._budget.charge_failure(reservation, "query.failed", params)
+            raise QueryFailedError(
+                f"the {query_type} query failed after its budget was reserved, so it was charged "
+                f"(audit entry {failed.sequence}); nothing was released. The operator's log has the details."
+            ) from None
+        status = self._budget.status(collab.id, principal.name, self._limits(policy))
         return QueryAnswer(
-            dimensions=dimensions,
-            cells=cells,
-            epsilon_spent=epsilon,
+            dimensions=outcome.dimensions,
+            cells=outcome.cells,
+            epsilon_spent=entry.epsilon,
             epsilon_remaining=status.remaining,
-            noise_scale=scales,
+            noise_scale=outcome.noise_scale,
             audit_sequence=entry.sequence,
-            own_set_size=self._own_set_size(collab.id, principal.name),
+            own_set_size=catalog.set_size(principal.name),
+            audience=stored[0].name if stored else "",
         )
 
-    def _own_set_size(self, collab: str, member: str) -> int:
-        row = first(
-            self._db.cursor().execute(
-                "SELECT set_size FROM uploads WHERE collab = ? AND member = ? AND kind = 'points' AND committed",
-                [collab, member],
-            )
-        )
-        return int(row[0]) if row and row[0] is not None else 0
+    def _measure(self, data: MatchedData, measurements: Sequence[Measurement]) -> dict[str, Noisy]:
+        """Read each vector exactly, add its noise; the exact values end here."""
+        noisy: dict[str, Noisy] = {}
+        for m in measurements:
+            histogram = m.read(data)
+            values, scale = self._noise.release([clamp(v) for v in histogram.counts], m.sensitivity, m.epsilon)
+            noisy[m.name] = Noisy(histogram.keys, tuple(values), scale)
+        return noisy
+
+    def _histograms(
+        self,
+        principal: Principal,
+        collab: Collaboration,
+        epsilon: float,
+        measurements: Sequence[Measurement],
+        dimensions: tuple[str, ...],
+        finish: Callable[[Mapping[str, Noisy], int], list[Cell]],
+    ) -> Plan:
+        """A plan that releases noisy vectors and cells derived from them, charged to the requester."""
+
+        def run(data: MatchedData) -> Outcome:
+            noisy = self._measure(data, measurements)
+            cells = tuple(finish(noisy, collab.policy.min_group_size))
+            return Outcome(dimensions, cells, {name: n.scale for name, n in noisy.items()})
+
+        return Plan((Charge(principal.name, epsilon),), run)
+
+    @staticmethod
+    def stability(policy: Policy) -> int:
+        """The join's stability constant under this policy."""
+        return stability_constant(len(policy.identifiers))
 
     # -- the queries ----------------------------------------------------------------------------------------------
     def overlap(self, principal: Principal, collab_id: str, q: OverlapQuery) -> QueryAnswer:
         """Matched people per combination of up to three dimensions (all cells of the domains, zero-filled)."""
 
-        def plan(collab: Collaboration, people: MatchedPeople) -> Plan:
+        def build(collab: Collaboration, catalog: Catalog) -> Plan:
             axes = tuple(axis(str(d), d.member, d.column, _dimension(collab.policy, d)) for d in q.dimensions)
-            histogram = people.histogram(axes)
+            cells_of(axes)
+            people = Measurement(
+                "people", _reader(axes, histogram_sql(catalog, axes)), q.epsilon, self.stability(collab.policy)
+            )
 
             def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
                 n = noisy["people"]
                 return [_counts(n, keys, "people", min_group) for keys in n.keys]
 
-            return Plan((("people", histogram, q.epsilon, 1),), finish, tuple(a.label for a in axes))
+            return self._histograms(principal, collab, q.epsilon, (people,), tuple(a.label for a in axes), finish)
 
         params = {"dimensions": [str(d) for d in q.dimensions]}
-        return self._run(principal, collab_id, "overlap", q.epsilon, params, plan)
+        return self._release(principal, collab_id, "overlap", params, q.epsilon, build)
 
     def _stage_axis(self, policy: Policy) -> Axis:
         for spec in policy.tables.values():
@@ -259,35 +417,40 @@ class QueryEngine:
             return _AIPL.get(value, value)
         return _4A.get(value, value)
 
-    def _relabel(self, histogram: Histogram, labels: str) -> Histogram:
-        keys = tuple(tuple(self._label(k, labels) for k in key) for key in histogram.keys)
-        return Histogram(histogram.axes, keys, histogram.counts)
+    def _relabel(self, read: Callable[[MatchedData], Histogram], labels: str) -> Callable[[MatchedData], Histogram]:
+        def relabelled(data: MatchedData) -> Histogram:
+            h = read(data)
+            keys = tuple(tuple(self._label(k, labels) for k in key) for key in h.keys)
+            return Histogram(h.axes, keys, h.counts)
+
+        return relabelled
 
     def funnel(self, principal: Principal, collab_id: str, q: FunnelQuery) -> QueryAnswer:
         """Matched people per 4A stage (and `none`), optionally per value of one more dimension; with shares."""
 
-        def plan(collab: Collaboration, people: MatchedPeople) -> Plan:
+        def build(collab: Collaboration, catalog: Catalog) -> Plan:
             stage = self._stage_axis(collab.policy)
             axes: tuple[Axis, ...] = (stage,)
             if q.by is not None:
                 axes = (axis(str(q.by), q.by.member, q.by.column, _dimension(collab.policy, q.by)), stage)
-            histogram = self._relabel(people.histogram(axes), q.labels)
+            cells_of(axes)
+            read = self._relabel(_reader(axes, histogram_sql(catalog, axes)), q.labels)
+            people = Measurement("people", read, q.epsilon, self.stability(collab.policy))
 
             def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
                 n = noisy["people"]
                 counts = [_counts(n, keys, "people", min_group) for keys in n.keys]
                 return counts + _shares(n, lambda keys: keys[:-1], "share", min_group)
 
-            labels = tuple(a.label for a in axes)
-            return Plan((("people", histogram, q.epsilon, 1),), finish, labels)
+            return self._histograms(principal, collab, q.epsilon, (people,), tuple(a.label for a in axes), finish)
 
         params = {"by": str(q.by) if q.by else "", "labels": q.labels}
-        return self._run(principal, collab_id, "funnel", q.epsilon, params, plan)
+        return self._release(principal, collab_id, "funnel", params, q.epsilon, build)
 
     def funnel_flow(self, principal: Principal, collab_id: str, q: FunnelFlowQuery) -> QueryAnswer:
         """Matched people per (stage on start, stage on end), with each row's shares."""
 
-        def plan(collab: Collaboration, people: MatchedPeople) -> Plan:
+        def build(collab: Collaboration, catalog: Catalog) -> Plan:
             stage = self._stage_axis(collab.policy)
             history = collab.policy.table(stage.member, "stage_history")
             if history is None or history.time is None or stage.column not in history.dimensions:
@@ -296,29 +459,37 @@ class QueryEngine:
                 )
             start = Axis(f"{stage.label}@{q.start}", stage.member, stage.column, stage.domain)
             end = Axis(f"{stage.label}@{q.end}", stage.member, stage.column, stage.domain)
-            histogram = self._relabel(people.flow(start, end, history.time, q.start, q.end), q.labels)
+            sql = flow_sql(catalog, start, history.time, q.start, q.end)
+            read = self._relabel(_reader((start, end), sql), q.labels)
+            people = Measurement("people", read, q.epsilon, self.stability(collab.policy))
 
             def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
                 n = noisy["people"]
                 counts = [_counts(n, keys, "people", min_group) for keys in n.keys]
                 return counts + _shares(n, lambda keys: keys[0], "row_share", min_group)
 
-            return Plan((("people", histogram, q.epsilon, 1),), finish, (start.label, end.label))
+            return self._histograms(principal, collab, q.epsilon, (people,), (start.label, end.label), finish)
 
         params = {"start_date": q.start.isoformat(), "end_date": q.end.isoformat(), "labels": q.labels}
-        return self._run(principal, collab_id, "funnel_flow", q.epsilon, params, plan)
+        return self._release(principal, collab_id, "funnel_flow", params, q.epsilon, build)
 
     def segment_insight(self, principal: Principal, collab_id: str, q: SegmentInsightQuery) -> QueryAnswer:
         """Per value: matched people and all users of the dimension's member, their shares, TGI and penetration.
 
-        Epsilon is split in half: one half for the matched histogram, one for the all-users histogram.
-        TGI = 100 x share among matched / share among all users; penetration = matched / all users.
+        Epsilon is split in half: one half for the matched histogram (sensitivity c), one for the all-users
+        histogram (sensitivity 1: it does not go through the join). TGI = 100 x share among matched / share among
+        all users; penetration = matched / all users.
         """
         half = q.epsilon / 2
 
-        def plan(collab: Collaboration, people: MatchedPeople) -> Plan:
+        def build(collab: Collaboration, catalog: Catalog) -> Plan:
             ax = axis(str(q.dimension), q.dimension.member, q.dimension.column, _dimension(collab.policy, q.dimension))
-            matched, everyone = people.histogram((ax,)), people.all_users_histogram(ax)
+            measurements = (
+                Measurement(
+                    "matched", _reader((ax,), histogram_sql(catalog, (ax,))), half, self.stability(collab.policy)
+                ),
+                Measurement("all_users", _reader((ax,), all_users_sql(catalog, ax)), half, 1),
+            )
 
             def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
                 m, a = noisy["matched"], noisy["all_users"]
@@ -340,22 +511,22 @@ class QueryEngine:
                     out.append(Cell(keys, "penetration", *pen, False) if pen else withheld(keys, "penetration"))
                 return out
 
-            return Plan((("matched", matched, half, 1), ("all_users", everyone, half, 1)), finish, (ax.label,))
+            return self._histograms(principal, collab, q.epsilon, measurements, (ax.label,), finish)
 
         params = {"dimension": str(q.dimension)}
-        return self._run(principal, collab_id, "segment_insight", q.epsilon, params, plan)
+        return self._release(principal, collab_id, "segment_insight", params, q.epsilon, build)
 
     def attribution(self, principal: Principal, collab_id: str, q: AttributionQuery) -> QueryAnswer:
         """Attributed conversions and revenue (and ROAS where spend is public) per campaign or channel.
 
-        Epsilon is split in half between the conversions vector (sensitivity 1000 x cap thousandths) and the
-        revenue vector (sensitivity 100 x cap x max|value| cents); see `attribution.py` for the bounding.
-        The group `none` holds the unattributed conversions.
+        Epsilon is split in half between the conversions vector (sensitivity c x 1000 x cap thousandths) and the
+        revenue vector (c x cap x ceil(100 x max|value|) cents); see `attribution.py` for the bounding. The
+        group `none` holds the unattributed conversions.
         """
-        check_attribution(q.model, q.lookback_days, q.half_life_days)
         half = q.epsilon / 2
 
-        def plan(collab: Collaboration, people: MatchedPeople) -> Plan:
+        def build(collab: Collaboration, catalog: Catalog) -> Plan:
+            check_attribution(q.model, q.lookback_days, q.half_life_days)
             policy = collab.policy
             ev = event_tables(policy)
             group = axis(q.by, ev.exposures.member, q.by, ev.exposures.dimensions[q.by])
@@ -363,41 +534,50 @@ class QueryEngine:
             if q.brand_dimension is not None:
                 d = q.brand_dimension
                 brand = axis(str(d), d.member, d.column, _dimension(policy, d))
-            conv, rev = attribution_histograms(
-                self._db.cursor(),
-                collab.id,
-                ev,
-                group,
-                brand,
-                q.model,
-                q.lookback_days,
-                q.click_over_view,
-                q.half_life_days,
+            axes = (group,) if brand is None else (group, brand)
+            cells_of(axes)
+            sql = attribution_sql(
+                catalog, ev, group, brand, q.model, q.lookback_days, q.click_over_view, q.half_life_days
+            )
+            width = len(axes)
+            cached: dict[str, list[tuple[Any, ...]]] = {}
+
+            def rows(data: MatchedData) -> list[tuple[Any, ...]]:
+                if "rows" not in cached:
+                    cached["rows"] = data.rows(sql)
+                return cached["rows"]
+
+            def conversions(data: MatchedData) -> Histogram:
+                return fill_histogram(axes, [(*r[:width], r[width]) for r in rows(data)])
+
+            def revenue(data: MatchedData) -> Histogram:
+                return fill_histogram(axes, [(*r[:width], r[width + 1]) for r in rows(data)])
+
+            c = self.stability(policy)
+            measurements = (
+                Measurement("conversions", conversions, half, c * MILLI * ev.cap),
+                Measurement("revenue", revenue, half, c * ev.cap * ev.cents_per_conversion),
             )
             spend = policy.campaign_spend if q.by == "campaign" else {}
 
             def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
-                c, r = noisy["conversions"], noisy["revenue"]
+                conv, rev = noisy["conversions"], noisy["revenue"]
                 out: list[Cell] = []
-                for keys, vc, vr in zip(c.keys, c.values, r.values, strict=True):
+                for keys, vc, vr in zip(conv.keys, conv.values, rev.values, strict=True):
                     if vc / MILLI < min_group:
                         out += [withheld(keys, m) for m in ("attributed_conversions", "attributed_revenue", "roas")]
                         continue
-                    out.append(Cell(keys, "attributed_conversions", vc / MILLI, c.error_95 / MILLI, False))
-                    out.append(Cell(keys, "attributed_revenue", vr / CENTS, r.error_95 / CENTS, False))
+                    out.append(Cell(keys, "attributed_conversions", vc / MILLI, conv.error_95 / MILLI, False))
+                    out.append(Cell(keys, "attributed_revenue", vr / CENTS, rev.error_95 / CENTS, False))
                     cost = spend.get(keys[0])
                     if cost:
-                        out.append(Cell(keys, "roas", vr / CENTS / cost, r.error_95 / CENTS / cost, False))
+                        out.append(Cell(keys, "roas", vr / CENTS / cost, rev.error_95 / CENTS / cost, False))
                     else:
                         out.append(withheld(keys, "roas"))
                 return out
 
-            histograms = (
-                ("conversions", conv, half, MILLI * ev.cap),
-                ("revenue", rev, half, math.ceil(CENTS * ev.cap * ev.value_bound)),
-            )
             dims = (q.by,) if brand is None else (q.by, brand.label)
-            return Plan(histograms, finish, dims)
+            return self._histograms(principal, collab, q.epsilon, measurements, dims, finish)
 
         params = {
             "model": q.model,
@@ -407,22 +587,23 @@ class QueryEngine:
             "click_over_view": q.click_over_view,
             "half_life_days": q.half_life_days,
         }
-        return self._run(principal, collab_id, "attribution", q.epsilon, params, plan)
+        return self._release(principal, collab_id, "attribution", params, q.epsilon, build)
 
     def lift(self, principal: Principal, collab_id: str, q: LiftQuery) -> QueryAnswer:
         """Conversion rate per test group, absolute and relative lift, incremental conversions and revenue.
 
-        Epsilon is split in quarters over four vectors with one cell per group (every person in one group):
-        people (sensitivity 1), converters (1), revenue in cents (100 x cap x max|value|) and revenue squared in
-        currency units squared ((cap x max|value|)^2 + 1). Intervals combine sampling error and DP noise.
+        Epsilon is split in quarters over four vectors with one cell per group (every matched person with a test
+        group is in one): people (sensitivity c), converters (c), revenue in cents (c x ceil(100 x cap x max|value|))
+        and revenue squared in currency units squared (c x (ceil((cap x max|value|)^2) + 1)). Intervals combine
+        sampling error and DP noise.
         """
         quarter = q.epsilon / 4
 
-        def plan(collab: Collaboration, people: MatchedPeople) -> Plan:
+        def build(collab: Collaboration, catalog: Catalog) -> Plan:
             policy = collab.policy
             ev = event_tables(policy)
             groups = next((t for t in policy.tables.values() if t.table == "test_groups"), None)
-            if groups is None or not {"campaign", "test_group"} <= set(groups.dimensions):
+            if groups is None:
                 raise FailedPreconditionError(
                     "the policy must declare a test_groups table with campaign and test_group"
                 )
@@ -430,175 +611,165 @@ class QueryEngine:
                 raise InvalidArgumentError(
                     f"campaign {q.campaign!r} is not in the declared domain {list(groups.dimensions['campaign'])}"
                 )
-            h = lift_histograms(self._db.cursor(), collab.id, ev, groups, q.campaign)
-            bound = ev.cap * ev.value_bound
-            histograms = (
-                ("people", h["people"], quarter, 1),
-                ("converters", h["converters"], quarter, 1),
-                ("revenue", h["revenue_cents"], quarter, math.ceil(CENTS * bound)),
-                ("revenue_sq", h["revenue_sq"], quarter, math.ceil(bound**2) + 1),
-            )
-            return Plan(histograms, lambda noisy, min_group: lift_cells(noisy, min_group), ("test_group",))
+            ax = group_axis(groups)
+            sql = lift_sql(catalog, ev, groups, q.campaign)
+            cached: dict[str, list[tuple[Any, ...]]] = {}
 
-        return self._run(principal, collab_id, "lift", q.epsilon, {"campaign": q.campaign}, plan)
+            def column(i: int) -> Callable[[MatchedData], Histogram]:
+                def read(data: MatchedData) -> Histogram:
+                    if "rows" not in cached:
+                        cached["rows"] = data.rows(sql)
+                    return fill_histogram((ax,), [(r[0], r[i]) for r in cached["rows"]])
+
+                return read
+
+            bound = ev.cap * ev.value_bound
+            c = self.stability(policy)
+            measurements = (
+                Measurement("people", column(1), quarter, c),
+                Measurement("converters", column(2), quarter, c),
+                Measurement("revenue", column(3), quarter, c * math.ceil(CENTS * bound)),
+                Measurement("revenue_sq", column(4), quarter, c * (math.ceil(bound**2) + 1)),
+            )
+            return self._histograms(principal, collab, q.epsilon, measurements, ("test_group",), lift_cells)
+
+        return self._release(principal, collab_id, "lift", {"campaign": q.campaign}, q.epsilon, build)
 
     # -- audiences --------------------------------------------------------------------------------------------------
     def _recipient(self, policy: Policy, requester: str) -> str:
-        recipients = [m.name for m in policy.members if "receive_audiences" in m.abilities and m.name != requester]
+        recipients = [m.name for m in policy.members if RECEIVE_AUDIENCES in m.abilities and m.name != requester]
         if not recipients:
             raise PermissionDeniedError("the policy gives no other member the ability receive_audiences")
         return recipients[0]
 
-    def _audience_checks(self, principal: Principal, collab: Collaboration, query_type: str, epsilon: float) -> str:
-        policy = collab.policy
-        self._check_policy(principal, policy, query_type, epsilon)
-        MatchedPeople(self._db.cursor(), collab.id)  # the match must be complete
-        return self._recipient(policy, principal.name)
+    def _delta_for(self, catalog: Catalog, delta: float) -> None:
+        """Delta must be positive and far below 1/n for the sets both members were told the size of at the match."""
+        largest = max((catalog.set_size(m.name) for m in catalog.collab.members), default=0)
+        if not 0 < delta <= 1 / (10 * max(largest, 1)):
+            raise InvalidArgumentError(
+                f"delta must be positive and at most 1/(10 n) = {1 / (10 * max(largest, 1)):.2g} for the "
+                f"{largest} people of the larger set; try {1 / (10 * max(largest, 1)) / 10:.1e}"
+            )
 
     def lookalike(self, principal: Principal, collab_id: str, q: LookalikeQuery) -> QueryAnswer:
-        """Train a DP-SGD model on the seeds and release the top `audience_size` platform users to the platform.
+        """Train a DP-SGD model on the seeds and release the top `audience_size` recipient users to the recipient.
 
-        The requester receives the audience's name and size, the training epsilon opacus accounted, and a DP
-        estimate of quality: the share of held-out seeds that the model ranks in the held-out top decile (a random
-        ranking scores 0.1). Epsilon: up to a tenth (at most 0.1) for that estimate (two counts, L1 sensitivity 2),
-        the rest is DP-SGD's target; the budget is charged the accountant's figure plus the estimate's.
+        The requester receives the audience's name and requested size, the epsilon the accountant charged (for
+        label flips of up to c training examples: replace adjacency through the join), and a DP estimate of
+        quality: the share of held-out seeds that the model ranks in the held-out top decile (a random ranking
+        scores 0.1). Epsilon: up to a tenth (at most 0.1) for that estimate (two counts; one row moves them by at
+        most 2c + 1 together), the rest is DP-SGD's target. The audience goes to the recipient, whose ledger is
+        charged too.
         """
-        collab = self.authorize(principal, collab_id, "lookalike")
-        policy = collab.policy
         eval_eps = min(0.1, q.epsilon / 10)
-        params = {
-            "seed": {str(k): v for k, v in q.seed},
-            "audience_size": q.audience_size,
-            "epsilon": q.epsilon,
-            "delta": q.delta,
-            "model": q.model,
-        }
-        try:
-            recipient = self._audience_checks(principal, collab, "lookalike", q.epsilon)
-            data = training_data(self._db.cursor(), collab.id, policy, recipient, dict(q.seed))
-            n = len(data.labels)
+
+        def build(collab: Collaboration, catalog: Catalog) -> Plan:
+            policy = collab.policy
+            recipient = self._recipient(policy, principal.name)
+            self._delta_for(catalog, q.delta)
             if q.audience_size < policy.min_group_size:
                 raise InvalidArgumentError(
                     f"audience_size {q.audience_size} is below the policy's minimum group size {policy.min_group_size}"
                 )
-            if q.audience_size > n:
-                raise InvalidArgumentError(f"audience_size {q.audience_size} exceeds the {n} users to choose from")
-            if q.delta >= 1 / n:
-                raise InvalidArgumentError(f"delta must be well below 1/n = {1 / n:.2g}; try {1 / n**1.1:.1e}")
-            reservation = self._budget.reserve(collab.id, principal.name, q.epsilon, policy.epsilon_per_member_total)
-        except CleanroomError as exc:
-            self._audit.record(collab.id, principal.name, "query.refuse", {**params, "reason": str(exc)})
-            raise
-        try:
-            model = train(data, q.epsilon - eval_eps, q.delta, q.model)
-            positives, hits = held_out_counts(model, data.labels)
-            (noisy_pos, noisy_hits), scale = self._noise.release([positives, hits], 2, eval_eps)
-            audience = data.row_ids[top(model.scores, q.audience_size)]
-            spent_training, noise_multiplier = model.epsilon, model.noise_multiplier
-            del data, model, positives, hits  # exact labels and counts end here
-            e95 = float(noise_math.error_95(scale))
-            quality = ratio(float(noisy_hits), e95, float(noisy_pos), e95)
-            cells = (
-                Cell(("audience",), "audience_size", float(q.audience_size), 0.0, False),
-                Cell(("quality",), "recall_at_top_decile", *quality, False)
-                if quality and noisy_pos >= policy.min_group_size
-                else withheld(("quality",), "recall_at_top_decile"),
-                Cell(("quality",), "random_baseline", 0.1, 0.0, False),
-                Cell(("training",), "epsilon_accounted", spent_training, 0.0, False),
-                Cell(("training",), "noise_multiplier", noise_multiplier, 0.0, False),
-            )
-            stored: list[AudienceInfo] = []
-            released = {"cells": [c.to_dict() for c in cells], "audience_size": len(audience)}
-            entry = self._budget.commit(
-                reservation,
-                "query.lookalike",
-                params,
-                released,
-                epsilon=spent_training + eval_eps,
-                also=lambda cur: stored.append(
-                    store_audience(cur, collab.id, "lookalike", recipient, principal.name, audience)
-                ),
-            )
-        except BaseException:
-            self._budget.release(reservation)
-            raise
-        status = self._budget.status(collab.id, principal.name, policy.epsilon_per_member_total)
-        return QueryAnswer(
-            dimensions=("part",),
-            cells=cells,
-            epsilon_spent=spent_training + eval_eps,
-            epsilon_remaining=status.remaining,
-            noise_scale={"quality": scale},
-            audit_sequence=entry.sequence,
-            own_set_size=self._own_set_size(collab.id, principal.name),
-            audience=stored[0].name,
-        )
+            plan = training_plan(catalog, policy, recipient, dict(q.seed))
+            c = self.stability(policy)
+            noise = training_noise(q.epsilon - eval_eps, q.delta, c)
+
+            def run(data: MatchedData) -> Outcome:
+                training = training_data(data, plan)
+                model = train(training, noise, q.model)
+                positives, hits = held_out_counts(model, training.labels)
+                (noisy_pos, noisy_hits), scale = self._noise.release([positives, hits], 2 * c + 1, eval_eps)
+                audience = training.row_ids[top(model.scores, q.audience_size)]
+                spent_training, noise_multiplier = model.epsilon, model.noise_multiplier
+                del training, model, positives, hits  # exact labels and counts end here
+                e95 = float(noise_math.error_95(scale))
+                quality = ratio(float(noisy_hits), e95, float(noisy_pos), e95)
+                cells = (
+                    Cell(("audience",), "audience_size", float(q.audience_size), 0.0, False),
+                    Cell(("quality",), "recall_at_top_decile", *quality, False)
+                    if quality and noisy_pos >= policy.min_group_size
+                    else withheld(("quality",), "recall_at_top_decile"),
+                    Cell(("quality",), "random_baseline", 0.1, 0.0, False),
+                    Cell(("training",), "epsilon_accounted", spent_training, 0.0, False),
+                    Cell(("training",), "noise_multiplier", noise_multiplier, 0.0, False),
+                )
+                return Outcome(
+                    ("part",),
+                    cells,
+                    {"quality": scale},
+                    epsilon_spent=spent_training + eval_eps,
+                    audience=AudienceRelease("lookalike", recipient, audience),
+                )
+
+            return Plan((Charge(principal.name, q.epsilon, q.delta), Charge(recipient, q.epsilon, q.delta)), run)
+
+        params = {
+            "seed": {str(k): v for k, v in q.seed},
+            "audience_size": q.audience_size,
+            "model": q.model,
+        }
+        return self._release(principal, collab_id, "lookalike", params, q.epsilon, build, delta=q.delta)
 
     def activate(self, principal: Principal, collab_id: str, q: ActivationQuery) -> QueryAnswer:
-        """Release the matched people of a segment to the platform; the requester gets a noisy size only.
+        """Release the matched people of a segment to the policy's activation recipient: a disclosure, not DP.
 
-        The size is one count of sensitivity 1 at the request's epsilon; below the minimum group size no audience
-        is released (the epsilon is still charged: the noisy size was computed and the refusal depends on it).
+        The policy names activation (recipient, the dimensions a segment may use, the minimum size k) and every
+        member approved it. The list is released only when the segment's true size is at least k and its noisy
+        size (sensitivity c) at least k + `activation_threshold`; so whether a list is released is (epsilon,
+        delta)-DP, while the list itself is the disclosure the members agreed to. A segment must use a dimension
+        of a member other than the recipient. The requester receives the noisy size (or withheld); both ledgers
+        are charged (epsilon, delta).
         """
-        collab = self.authorize(principal, collab_id, "activation")
-        policy = collab.policy
-        params = {"segment": {str(k): v for k, v in q.segment}, "epsilon": q.epsilon}
-        try:
-            recipient = self._audience_checks(principal, collab, "activation", q.epsilon)
-            cur = self._db.cursor()
-            _filters(policy, dict(q.segment), "segment")
-            sql, sql_params = segment_sql(cur, collab.id, dict(q.segment), recipient)
-            reservation = self._budget.reserve(collab.id, principal.name, q.epsilon, policy.epsilon_per_member_total)
-        except CleanroomError as exc:
-            self._audit.record(collab.id, principal.name, "query.refuse", {**params, "reason": str(exc)})
-            raise
-        try:
-            audience = np.asarray(cur.execute(sql, sql_params).fetchnumpy()["row_id"], dtype=np.int64)
-            (noisy,), scale = self._noise.release([len(audience)], 1, q.epsilon)
-            big_enough = noisy >= policy.min_group_size
-            cell = (
-                Cell(("audience",), "audience_size", float(noisy), float(noise_math.error_95(scale)), False)
-                if big_enough
-                else withheld(("audience",), "audience_size")
-            )
-            stored: list[AudienceInfo] = []
-            entry = self._budget.commit(
-                reservation,
-                "query.activation",
-                {**params, "released": big_enough},
-                {"cells": [cell.to_dict()]},
-                also=(
-                    lambda c: stored.append(
-                        store_audience(c, collab.id, "activation", recipient, principal.name, audience)
-                    )
-                )
-                if big_enough
-                else None,
-            )
-        except BaseException:
-            self._budget.release(reservation)
-            raise
-        status = self._budget.status(collab.id, principal.name, policy.epsilon_per_member_total)
-        return QueryAnswer(
-            dimensions=("part",),
-            cells=(cell,),
-            epsilon_spent=q.epsilon,
-            epsilon_remaining=status.remaining,
-            noise_scale={"audience_size": scale},
-            audit_sequence=entry.sequence,
-            own_set_size=self._own_set_size(collab.id, principal.name),
-            audience=stored[0].name if stored else "",
-        )
+        delta = q.delta or self.authorize(principal, collab_id, "activation").policy.delta_per_query_max
 
-    def budget(self, principal: Principal, collab_id: str) -> tuple[Collaboration, list[tuple[str, float, float]]]:
-        """Each querying member's total, spent and remaining epsilon (members and assigned auditors)."""
+        def build(collab: Collaboration, catalog: Catalog) -> Plan:
+            policy = collab.policy
+            spec = policy.activation
+            if spec is None:
+                raise PermissionDeniedError("the policy does not name activation (recipient, dimensions, min_size)")
+            segment = dict(q.segment)
+            _filters(policy, segment, "segment")
+            outside = sorted(str(d) for d in segment if str(d) not in spec.dimensions)
+            if outside:
+                raise InvalidArgumentError(
+                    f"segment: {outside} are not among the policy's activation dimensions {list(spec.dimensions)}"
+                )
+            if all(d.member == spec.recipient for d in segment):
+                raise InvalidArgumentError(
+                    "segment: use at least one dimension of a member other than the recipient "
+                    f"({spec.recipient}); its own columns alone would hand it the raw intersection"
+                )
+            if principal.name == spec.recipient:
+                raise PermissionDeniedError("the activation recipient may not request activation lists itself")
+            self._delta_for(catalog, delta)
+            c = self.stability(policy)
+            threshold = spec.min_size + activation_threshold(q.epsilon, delta, c)
+            sql = segment_sql(catalog, segment, spec.recipient)
+
+            def run(data: MatchedData) -> Outcome:
+                members = np.asarray(data.arrays(sql)["row_id"], dtype=np.int64)
+                (noisy,), scale = self._noise.release([clamp(len(members))], c, q.epsilon)
+                released = len(members) >= spec.min_size and noisy >= threshold
+                cell = (
+                    Cell(("audience",), "audience_size", float(noisy), float(noise_math.error_95(scale)), False)
+                    if released
+                    else withheld(("audience",), "audience_size")
+                )
+                audience = AudienceRelease("activation", spec.recipient, members) if released else None
+                return Outcome(("part",), (cell,), {"audience_size": scale}, audience=audience)
+
+            charges = (Charge(principal.name, q.epsilon, delta), Charge(spec.recipient, q.epsilon, delta))
+            return Plan(charges, run)
+
+        params = {"segment": {str(k): v for k, v in q.segment}}
+        return self._release(principal, collab_id, "activation", params, q.epsilon, build, delta=delta)
+
+    def budget(self, principal: Principal, collab_id: str) -> tuple[Collaboration, list[Any]]:
+        """Each member's budget status (members and assigned auditors may read it)."""
         collab = self._collabs.get(principal, collab_id, "budget.get")
-        total = collab.policy.epsilon_per_member_total
-        rows = []
-        for m in collab.members:
-            status = self._budget.status(collab.id, m.name, total)
-            rows.append((m.name, status.spent, status.remaining))
-        return collab, rows
+        limits = self._limits(collab.policy)
+        return collab, [self._budget.status(collab.id, m.name, limits) for m in collab.members]
 
 
 def _rate(n: Noisy, c: Noisy, i: int) -> tuple[float, float, float] | None:
@@ -627,7 +798,8 @@ def lift_cells(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
     """Per group: people, converters, conversion rate, revenue per person; then the lift estimates.
 
     Intervals are normal approximations (1.96 standard deviations) whose variance adds the binomial (or
-    empirical) sampling variance to the DP noise variance, by the delta method for the derived ratios.
+    empirical) sampling variance to the DP noise variance, by the delta method for the derived ratios. Every
+    division is guarded, so any noisy input gives cells (withheld where a denominator is not positive).
     """
     n, c, r, sq = noisy["people"], noisy["converters"], noisy["revenue"], noisy["revenue_sq"]
     out: list[Cell] = []
@@ -665,5 +837,5 @@ def lift_cells(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
         ("incremental_conversions", inc_conv, var_inc_conv),
         ("incremental_revenue", inc_rev, var_inc_rev),
     ):
-        out.append(Cell(key, measure, value, Z95 * math.sqrt(var), False))
+        out.append(Cell(key, measure, value, Z95 * math.sqrt(max(var, 0.0)), False))
     return out

@@ -22,13 +22,13 @@ their low-order bits (see the README's known limits).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import duckdb
 import numpy as np
 import torch
 from opacus import PrivacyEngine
@@ -40,11 +40,13 @@ from cleanroom_client.policy import Policy, TableSpec
 from ..errors import FailedPreconditionError, InvalidArgumentError
 from ..privacy import accounting
 from ..storage.database import quote_ident
-from .matched import NONE, data_table, match_side
+from .matched import NONE, Catalog, MatchedData, Sql
 from .queries import DimensionRef
 
 MAX_GRAD_NORM = 1.0
 EPOCHS = 3
+#: Poisson sampling rate of DP-SGD: a constant, so the accounting never depends on how many users there are.
+SAMPLE_RATE = 0.02
 HELD_OUT = 0.2
 
 
@@ -79,65 +81,77 @@ def _filters(policy: Policy, filters: Mapping[DimensionRef, str], what: str) -> 
             raise InvalidArgumentError(f"{what}: {value!r} is not in the domain of {ref}")
 
 
-def segment_sql(
-    cur: duckdb.DuckDBPyConnection, collab: str, filters: Mapping[DimensionRef, str], out_member: str
-) -> tuple[str, list[object]]:
+def segment_sql(catalog: Catalog, filters: Mapping[DimensionRef, str], out_member: str) -> Sql:
     """SQL for the `out_member` row ids of the matched people passing every filter."""
     joins, wheres, params = [], [], []
     for i, (ref, value) in enumerate(filters.items()):
         alias = f"f{i}"
-        table, side = data_table(cur, collab, ref.member, "users"), match_side(cur, collab, ref.member)
-        joins.append(f"JOIN {table} {alias} ON {alias}.row_id = m.{side}")
+        table = catalog.table(ref.member, "users", [ref.column])
+        joins.append(f"JOIN {table} {alias} ON {alias}.row_id = m.{catalog.side(ref.member)}")
         wheres.append(f"CAST({alias}.{quote_ident(ref.column)} AS VARCHAR) = ?")
         params.append(value)
-    sql = (
-        f"SELECT DISTINCT m.{match_side(cur, collab, out_member)} AS row_id FROM matches m {' '.join(joins)}"
+    text = (
+        f"SELECT DISTINCT m.{catalog.side(out_member)} AS row_id FROM matches m {' '.join(joins)}"
         f" WHERE m.collab = ? AND {' AND '.join(wheres)}"
     )
-    return sql, [collab, *params]
+    return Sql(text, [catalog.id, *params])
 
 
-def training_data(
-    cur: duckdb.DuckDBPyConnection, collab: str, policy: Policy, recipient: str, seed: Mapping[DimensionRef, str]
-) -> TrainingData:
-    """Features (declared dimensions one-hot with `none`, declared measures clamped to [0, 1]) and seed labels."""
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What training will read, decided from the policy and the catalog alone."""
+
+    sql: Sql
+    spec: TableSpec
+    dimensions: tuple[str, ...]
+    measures: tuple[str, ...]
+
+
+def training_plan(catalog: Catalog, policy: Policy, recipient: str, seed: Mapping[DimensionRef, str]) -> TrainingPlan:
+    """Features: the recipient's declared users dimensions (one-hot with `none`) and measures; seed labels."""
     _filters(policy, seed, "seed")
     spec: TableSpec | None = policy.table(recipient, "users")
     if spec is None:
         raise FailedPreconditionError(f"the policy declares no users table for {recipient}")
-    users = data_table(cur, collab, recipient, "users")
-    present = {r[0] for r in cur.execute(f"DESCRIBE {users}").fetchall()}
-    dims = [c for c in spec.dimensions if c in present]
-    measures = [c for c in spec.measures if c in present]
+    users = catalog.table(recipient, "users")
+    present = set(catalog.columns(recipient, "users"))
+    dims = tuple(c for c in spec.dimensions if c in present)
+    measures = tuple(c for c in spec.measures if c in present)
     if not dims and not measures:
         raise FailedPreconditionError(f"{recipient} uploaded no declared dimension or measure to learn from")
-    seed_sql, params = segment_sql(cur, collab, seed, recipient)
+    seed_sql = segment_sql(catalog, seed, recipient)
     cols = [f"CAST(u.{quote_ident(d)} AS VARCHAR)" for d in dims] + [
         f"CAST(u.{quote_ident(m)} AS DOUBLE)" for m in measures
     ]
-    sql = (
+    text = (
         f"SELECT u.row_id, s.row_id IS NOT NULL AS label, {', '.join(cols)} FROM {users} u"
-        f" LEFT JOIN ({seed_sql}) s ON s.row_id = u.row_id ORDER BY u.row_id"
+        f" LEFT JOIN ({seed_sql.text}) s ON s.row_id = u.row_id ORDER BY u.row_id"
     )
-    result = cur.execute(sql, params).fetchnumpy()
+    return TrainingPlan(Sql(text, seed_sql.params), spec, dims, measures)
+
+
+def training_data(data: MatchedData, plan: TrainingPlan) -> TrainingData:
+    """Read the features and the (exact, private) labels of every recipient user."""
+    result = data.arrays(plan.sql)
     names: list[str] = []
     blocks: list[np.ndarray] = []
     keys = list(result)
-    for i, d in enumerate(dims):
+    for i, d in enumerate(plan.dimensions):
         column = np.asarray(result[keys[2 + i]], dtype=object)
         values = np.where(np.asarray([v is None for v in column]), NONE, column)
-        for value in (*spec.dimensions[d], NONE):
+        for value in (*plan.spec.dimensions[d], NONE):
             names.append(f"{d}={value}")
             blocks.append((values == value).astype(np.float32))
-    for j, m in enumerate(measures):
-        lo, hi = spec.measures[m]
-        raw = np.asarray(result[keys[2 + len(dims) + j]], dtype=np.float64)
-        raw = np.nan_to_num(raw, nan=lo)
+    for j, m in enumerate(plan.measures):
+        lo, hi = plan.spec.measures[m]
+        raw = np.asarray(result[keys[2 + len(plan.dimensions) + j]], dtype=np.float64)
+        raw = np.nan_to_num(raw, nan=lo, posinf=hi, neginf=lo)
         names.append(m)
         blocks.append(((np.clip(raw, lo, hi) - lo) / (hi - lo)).astype(np.float32))
+    rows = len(result["row_id"])
     return TrainingData(
         row_ids=np.asarray(result["row_id"], dtype=np.int64),
-        features=np.stack(blocks, axis=1),
+        features=np.stack(blocks, axis=1) if rows else np.zeros((0, len(names)), dtype=np.float32),
         labels=np.asarray(result["label"], dtype=np.float32),
         feature_names=tuple(names),
     )
@@ -159,48 +173,57 @@ def _generator() -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
 
 
-def train(
-    data: TrainingData, target_epsilon: float, delta: float, kind: str = "logistic", *, group: int = 1
-) -> TrainedModel:
-    """DP-SGD on the training split; scores every user. Deterministic only up to its (private) noise.
+@dataclass(frozen=True)
+class TrainingNoise:
+    """DP-SGD's noise multiplier and the epsilon the accountant charges for it: fixed before any data is read."""
 
-    `group` is the number of labels that one users-table row can flip: the privacy join's stability constant. The
-    noise multiplier is calibrated so that the model is (target_epsilon, delta)-DP for neighbours that differ in up
-    to `group` labels (`cleanroom.privacy.accounting`), and `TrainedModel.epsilon` is that accountant's ε for the
-    noise multiplier used (at most the target). The default of 1 is right only for a join of stability 1.
+    noise_multiplier: float
+    epsilon: float
+
+
+@functools.lru_cache(maxsize=256)
+def training_noise(target_epsilon: float, delta: float, group: int) -> TrainingNoise:
+    """Calibrate DP-SGD for (target_epsilon, delta) against neighbours that differ in up to `group` labels.
+
+    The sample rate and the number of steps are constants (`SAMPLE_RATE`, `EPOCHS`), not functions of the number of
+    users, so the noise and the charged epsilon depend on the request and the policy alone: the query is validated,
+    and its charge fixed, before any data is read. InvalidArgumentError when the target cannot be met.
+    """
+    steps = EPOCHS * round(1 / SAMPLE_RATE)
+    try:
+        sigma = accounting.calibrate_noise(target_epsilon, delta, SAMPLE_RATE, steps, group)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"lookalike: {exc}") from exc
+    spent = accounting.dpsgd_epsilon(sigma, SAMPLE_RATE, steps, delta, group)
+    if not math.isfinite(spent) or spent > target_epsilon:
+        raise InvalidArgumentError(f"lookalike: epsilon {target_epsilon:g} cannot be met at delta {delta:g}")
+    return TrainingNoise(sigma, spent)
+
+
+def train(data: TrainingData, noise: TrainingNoise, kind: str = "logistic") -> TrainedModel:
+    """DP-SGD on the training split with the given noise; scores every user. Total: any data gives a model.
+
+    Poisson sampling at the fixed rate `SAMPLE_RATE` (each example in each step with that probability), for
+    `EPOCHS / SAMPLE_RATE` steps, per-example clipping to `MAX_GRAD_NORM`, Gaussian noise of `noise.noise_multiplier`
+    times that norm: exactly what `training_noise` accounted for.
     """
     n = len(data.labels)
     generator = _generator()
     held_out = (torch.rand(n, generator=generator) < HELD_OUT).numpy()
     train_idx = np.flatnonzero(~held_out)
-    if len(train_idx) == 0 or delta >= 1 / len(train_idx):
-        raise InvalidArgumentError(
-            f"delta must be below 1/n = {1 / max(len(train_idx), 1):.3g} (n = {len(train_idx)} training examples); "
-            f"use for example {1 / max(len(train_idx), 1) ** 1.1:.1e}"
-        )
     # Standardize with the whole population's statistics (they do not depend on the seeds, so cost no privacy): with
     # centred features, the very first gradients already point from the population towards the seeds.
-    features = data.features - data.features.mean(axis=0)
-    features = features / (features.std(axis=0) + 1e-6)
+    features = data.features - data.features.mean(axis=0) if n else data.features
+    features = features / (features.std(axis=0) + 1e-6) if n else features
     x = torch.from_numpy(features.astype(np.float32))
     y = torch.from_numpy(data.labels)
+    # A loader of exactly 1 / SAMPLE_RATE batches: opacus' Poisson loader then samples at SAMPLE_RATE for that many
+    # steps an epoch (DPDataLoader.from_data_loader takes its rate from the loader's length).
+    steps_per_epoch = round(1 / SAMPLE_RATE)
     loader = DataLoader(
         TensorDataset(x[train_idx], y[train_idx]),
-        batch_size=min(4096, max(64, len(train_idx) // 50)),
-        shuffle=True,
-        generator=generator,
+        batch_sampler=[b.tolist() for b in np.array_split(np.arange(len(train_idx)), steps_per_epoch)],
     )
-    # What opacus' Poisson loader will do: each example is drawn with probability 1 / len(loader), for
-    # int(1 / sample_rate) steps an epoch (DPDataLoader.from_data_loader, UniformWithReplacementSampler).
-    sample_rate = 1 / len(loader)
-    steps = EPOCHS * int(1 / sample_rate)
-    try:
-        sigma = accounting.calibrate_noise(target_epsilon, delta, sample_rate, steps, group)
-    except ValueError as exc:
-        raise InvalidArgumentError(f"lookalike: {exc}") from exc
-    spent = accounting.dpsgd_epsilon(sigma, sample_rate, steps, delta, group)
-    if not math.isfinite(spent) or spent > target_epsilon:
-        raise ArithmeticError(f"accounted epsilon {spent} above its target {target_epsilon}")
     model = _model(kind, x.shape[1])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     with warnings.catch_warnings():
@@ -211,12 +234,12 @@ def train(
             module=model,
             optimizer=optimizer,
             data_loader=loader,
-            noise_multiplier=sigma,
+            noise_multiplier=noise.noise_multiplier,
             max_grad_norm=MAX_GRAD_NORM,
             poisson_sampling=True,
             noise_generator=_generator(),
         )
-        if len(loader) * EPOCHS != steps or getattr(loader, "sample_rate", None) != sample_rate:
+        if len(loader) != steps_per_epoch or getattr(loader, "sample_rate", None) != 1 / steps_per_epoch:
             raise ArithmeticError("opacus' Poisson loader does not sample as accounted")
         loss = nn.BCEWithLogitsLoss()
         model.train()
@@ -230,7 +253,7 @@ def train(
     model.eval()
     with torch.no_grad():
         scores = torch.sigmoid(model(x).squeeze(-1)).numpy()
-    return TrainedModel(scores, held_out, spent, float(optimizer.noise_multiplier))
+    return TrainedModel(scores, held_out, noise.epsilon, float(optimizer.noise_multiplier))
 
 
 def top(scores: np.ndarray, size: int) -> np.ndarray:

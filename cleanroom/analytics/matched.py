@@ -1,25 +1,36 @@
-"""Exact aggregates over the join, as DuckDB SQL. Everything here is un-noised and never leaves the engine.
+"""What the engine may know before a query is charged (`Catalog`), and the one reader of people's data (`MatchedData`).
 
-Contribution: the join is one to one and every users table has one row per surrogate id, so each matched person
-falls in exactly one cell of any histogram here (a missing value falls in `none`): each histogram has L1
-sensitivity 1. The flow takes one stage per person and snapshot (the latest on or before the date).
+The split is the privacy pipeline's first rule: a query is validated against the request, the policy and the
+catalog only, then its budget is reserved, and only then is a `MatchedData` opened. The catalog reads metadata:
+whether the match finished, which tables each member uploaded and their columns, the set sizes both members were
+told at the match. It never reads a row of people's data, so nothing it says can depend on one person.
+
+Aggregates over the join (everything here is exact, un-noised, and never leaves the engine): the join is one to one
+and every users table has one row per surrogate id, so each matched pair falls in exactly one cell of any
+histogram here (a missing value falls in `none`). One pair moves one cell by 1; one users-table row of either
+member changes at most `stability_constant` pairs (cleanroom.matching.join), which the engine multiplies in.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 
+from ..collaborations import Collaboration
 from ..errors import FailedPreconditionError, InternalError
 from ..storage.database import first, quote_ident
 
 NONE = "none"
 #: Most cells one histogram may have (the product of its domains).
 MAX_CELLS = 10_000
+#: Exact values handed to the noise are clamped to this magnitude (a 1-Lipschitz map: sensitivities hold), so that
+#: no aggregate of any size can overflow the sampler's 64-bit integers.
+MAX_EXACT = 2**53
 
 
 @dataclass(frozen=True)
@@ -46,101 +57,165 @@ def axis(label: str, member: str, column: str, declared: Sequence[str]) -> Axis:
     return Axis(label, member, column, (*declared, NONE))
 
 
-def match_side(cur: duckdb.DuckDBPyConnection, collab: str, member: str) -> str:
-    """The column of `matches` that holds `member`'s rows: `row_a` or `row_b`.
-
-    With no pair at all any answer serves: every aggregate over the join is then empty.
-    """
-    row = first(cur.execute("SELECT member_a FROM matches WHERE collab = ? LIMIT 1", [collab]))
-    return "row_a" if row is None or row[0] == member else "row_b"
-
-
-def data_table(cur: duckdb.DuckDBPyConnection, collab: str, member: str, table: str) -> str:
-    """The quoted physical name of `member.table` in a collaboration; FAILED_PRECONDITION if not uploaded."""
-    row = first(
-        cur.execute(
-            "SELECT physical FROM data_tables WHERE collab = ? AND member = ? AND name = ?", [collab, member, table]
-        )
-    )
-    if row is None:
-        raise FailedPreconditionError(f"{member} has not uploaded its {table} table yet")
-    return quote_ident(row[0])
-
-
-def fill_histogram(axes: tuple[Axis, ...], rows: list[tuple[object, ...]]) -> Histogram:
-    """Counts (rows of keys then count) over the full cross product of the axes' domains, zero-filled.
-
-    A NULL key counts in the axis' `none` cell: grouping on the raw columns and naming NULL here is cheaper than a
-    coalesce in the GROUP BY.
-    """
+def cells_of(axes: Sequence[Axis]) -> tuple[tuple[str, ...], ...]:
+    """Every cell of the axes' cross product (the released keys: they depend on the policy alone)."""
     size = 1
     for a in axes:
         size *= len(a.domain)
     if size > MAX_CELLS:
         raise FailedPreconditionError(f"the grouping has {size} cells; at most {MAX_CELLS}")
+    return tuple(itertools.product(*(a.domain for a in axes)))
+
+
+def clamp(value: int) -> int:
+    """An exact aggregate limited to +-MAX_EXACT."""
+    return max(-MAX_EXACT, min(MAX_EXACT, int(value)))
+
+
+def fill_histogram(axes: tuple[Axis, ...], rows: Sequence[Sequence[object]]) -> Histogram:
+    """Counts (rows of keys then count) over the full cross product of the axes' domains, zero-filled.
+
+    A NULL key counts in the axis' `none` cell: grouping on the raw columns and naming NULL here is cheaper than a
+    coalesce in the GROUP BY. Values outside the domains cannot occur (uploads are validated against the domains,
+    and the policy makes related domains equal); if one did, that would be a bug, and it fails after the budget
+    was charged, like any failure after data is read.
+    """
+    keys = cells_of(axes)
     counts: dict[tuple[str, ...], int] = {}
-    for r in rows:  # a SQL NULL (no value, or no users row) is the `none` cell
+    for r in rows:
         key = tuple(NONE if k is None else str(k) for k in r[:-1])
         counts[key] = counts.get(key, 0) + int(r[-1])  # type: ignore[call-overload]
-    keys = tuple(itertools.product(*(a.domain for a in axes)))
-    unknown = set(counts) - set(keys)
-    if unknown:  # uploads are validated against the domain, so this is a bug
-        raise InternalError(f"values outside the declared domains: {sorted(unknown)[:3]}")
-    return Histogram(axes, keys, tuple(counts.get(k, 0) for k in keys))
+    if set(counts) - set(keys):
+        raise InternalError("values outside the declared domains reached an aggregate")
+    return Histogram(axes, keys, tuple(clamp(counts.get(k, 0)) for k in keys))
 
 
-class MatchedPeople:
-    """The matched people of one collaboration and the members' users tables."""
+class Catalog:
+    """Metadata of one collaboration: the match's completion, uploaded tables and columns, disclosed set sizes."""
 
-    def __init__(self, cur: duckdb.DuckDBPyConnection, collab: str) -> None:
+    def __init__(self, cur: duckdb.DuckDBPyConnection, collab: Collaboration) -> None:
         self._cur = cur
         self.collab = collab
-        row = first(cur.execute("SELECT 1 FROM match_results WHERE collab = ?", [collab]))
-        if row is None:
-            raise FailedPreconditionError(f"collaborations/{collab} has not finished matching yet")
+        self.id = collab.id
+        self._members = sorted(m.name for m in collab.members)
+        self._tables = {
+            (r[0], r[1]): r[2]
+            for r in cur.execute(
+                "SELECT member, name, physical FROM data_tables WHERE collab = ?", [collab.id]
+            ).fetchall()
+        }
 
-    def _side(self, member: str) -> str:
-        return match_side(self._cur, self.collab, member)
+    def require_matched(self) -> None:
+        """FAILED_PRECONDITION until the match is complete."""
+        if first(self._cur.execute("SELECT 1 FROM match_results WHERE collab = ?", [self.id])) is None:
+            raise FailedPreconditionError(f"collaborations/{self.id} has not finished matching yet")
 
-    def histogram(self, axes: tuple[Axis, ...]) -> Histogram:
-        """Matched people per combination of the axes' values."""
-        joins: list[str] = []
-        exprs: list[tuple[Axis, str]] = []
-        for member in dict.fromkeys(a.member for a in axes):
-            alias = f"u_{len(joins)}"
-            joins.append(
-                f"LEFT JOIN {data_table(self._cur, self.collab, member, 'users')} {alias} "
-                f"ON {alias}.row_id = m.{self._side(member)}"
+    def side(self, member: str) -> str:
+        """The column of `matches` that holds `member`'s rows: members sorted by name are `row_a`, `row_b`."""
+        return "row_a" if member == self._members[0] else "row_b"
+
+    def table(self, member: str, table: str, columns: Sequence[str] = ()) -> str:
+        """The quoted physical name of `member.table`; FAILED_PRECONDITION if not uploaded or missing a column."""
+        physical = self._tables.get((member, table))
+        if physical is None:
+            raise FailedPreconditionError(f"{member} has not uploaded its {table} table yet")
+        if columns:
+            present = {r[0] for r in self._cur.execute(f"DESCRIBE {quote_ident(physical)}").fetchall()}
+            missing = [c for c in columns if c not in present]
+            if missing:
+                raise FailedPreconditionError(
+                    f"{member}.{table} was uploaded without the column(s) {missing} this query needs"
+                )
+        return quote_ident(physical)
+
+    def columns(self, member: str, table: str) -> list[str]:
+        """The uploaded columns of `member.table` (empty when it was not uploaded)."""
+        physical = self._tables.get((member, table))
+        if physical is None:
+            return []
+        return [r[0] for r in self._cur.execute(f"DESCRIBE {quote_ident(physical)}").fetchall()]
+
+    def set_size(self, member: str) -> int:
+        """The member's set size as disclosed to both members at the match (rows with an identifier)."""
+        row = first(
+            self._cur.execute(
+                "SELECT set_size FROM uploads WHERE collab = ? AND member = ? AND kind = 'points' AND committed",
+                [self.id, member],
             )
-            for a in axes:
-                if a.member == member:
-                    exprs.append((a, f"{alias}.{quote_ident(a.column)}"))
-        ordered = [e for a in axes for (b, e) in exprs if a is b]
-        select = ", ".join([*ordered, "count(*)"])
-        group = f"GROUP BY {', '.join(str(i + 1) for i in range(len(axes)))}" if axes else ""
-        sql = f"SELECT {select} FROM matches m {' '.join(joins)} WHERE m.collab = ? {group}"
-        return fill_histogram(axes, self._cur.execute(sql, [self.collab]).fetchall())
+        )
+        return int(row[0]) if row and row[0] is not None else 0
 
-    def all_users_histogram(self, ax: Axis) -> Histogram:
-        """All of a member's users (matched or not) per value of one of its columns."""
-        table = data_table(self._cur, self.collab, ax.member, "users")
-        sql = f"SELECT coalesce(CAST({quote_ident(ax.column)} AS VARCHAR), '{NONE}'), count(*) FROM {table} GROUP BY 1"
-        return fill_histogram((ax,), self._cur.execute(sql).fetchall())
 
-    def flow(self, start_axis: Axis, end_axis: Axis, history_time: str, start: dt.date, end: dt.date) -> Histogram:
-        """Matched people per (stage on `start`, stage on `end`) from the member's stage history."""
-        member, column = start_axis.member, quote_ident(start_axis.column)
-        history = data_table(self._cur, self.collab, member, "stage_history")
-        t = quote_ident(history_time)
-        sql = f"""
-            WITH s AS (
-                SELECT row_id,
-                       arg_max({column}, {t}) FILTER (WHERE CAST({t} AS DATE) <= ?) AS s0,
-                       arg_max({column}, {t}) FILTER (WHERE CAST({t} AS DATE) <= ?) AS s1
-                FROM {history} GROUP BY row_id
-            )
-            SELECT coalesce(s.s0, '{NONE}'), coalesce(s.s1, '{NONE}'), count(*)
-            FROM matches m LEFT JOIN s ON s.row_id = m.{self._side(member)}
-            WHERE m.collab = ? GROUP BY 1, 2
-        """
-        return fill_histogram((start_axis, end_axis), self._cur.execute(sql, [start, end, self.collab]).fetchall())
+@dataclass(frozen=True)
+class Sql:
+    """A prepared statement over the join: text and parameters (built from the catalog, run by `MatchedData`)."""
+
+    text: str
+    params: Sequence[object] | Mapping[str, object] = ()
+
+
+def histogram_sql(catalog: Catalog, axes: tuple[Axis, ...]) -> Sql:
+    """Matched people per combination of the axes' values."""
+    joins: list[str] = []
+    exprs: dict[int, str] = {}
+    for member in dict.fromkeys(a.member for a in axes):
+        alias = f"u_{len(joins)}"
+        users = catalog.table(member, "users", [a.column for a in axes if a.member == member])
+        joins.append(f"LEFT JOIN {users} {alias} ON {alias}.row_id = m.{catalog.side(member)}")
+        for i, a in enumerate(axes):
+            if a.member == member:
+                exprs[i] = f"{alias}.{quote_ident(a.column)}"
+    select = ", ".join([*(exprs[i] for i in range(len(axes))), "count(*)"])
+    group = f"GROUP BY {', '.join(str(i + 1) for i in range(len(axes)))}" if axes else ""
+    return Sql(f"SELECT {select} FROM matches m {' '.join(joins)} WHERE m.collab = ? {group}", [catalog.id])
+
+
+def all_users_sql(catalog: Catalog, ax: Axis) -> Sql:
+    """All of a member's users (matched or not) per value of one of its columns (not through the join)."""
+    table = catalog.table(ax.member, "users", [ax.column])
+    return Sql(f"SELECT {quote_ident(ax.column)}, count(*) FROM {table} GROUP BY 1")
+
+
+def flow_sql(catalog: Catalog, start_axis: Axis, history_time: str, start: dt.date, end: dt.date) -> Sql:
+    """Matched people per (stage on `start`, stage on `end`) from the member's stage history.
+
+    A person's stage on a date is their snapshot row dated that day (the latest by time if there are several); a
+    person with no row on that date is in `none` on it: dropping out of the funnel shows as a move to `none`.
+    """
+    member, column = start_axis.member, quote_ident(start_axis.column)
+    history = catalog.table(member, "stage_history", [start_axis.column, history_time])
+    t = quote_ident(history_time)
+    return Sql(
+        f"""
+        WITH s AS (
+            SELECT row_id,
+                   arg_max({column}, {t}) FILTER (WHERE CAST({t} AS DATE) = $start) AS s0,
+                   arg_max({column}, {t}) FILTER (WHERE CAST({t} AS DATE) = $end) AS s1
+            FROM {history} WHERE CAST({t} AS DATE) IN ($start, $end) GROUP BY row_id
+        )
+        SELECT s.s0, s.s1, count(*)
+        FROM matches m LEFT JOIN s ON s.row_id = m.{catalog.side(member)}
+        WHERE m.collab = $collab GROUP BY 1, 2
+        """,
+        {"start": start, "end": end, "collab": catalog.id},
+    )
+
+
+class MatchedData:
+    """The only reader of people's data: opened by the engine after a query's budget is reserved."""
+
+    def __init__(self, cur: duckdb.DuckDBPyConnection, catalog: Catalog) -> None:
+        self._cur = cur
+        self.catalog = catalog
+
+    def rows(self, sql: Sql) -> list[tuple[Any, ...]]:
+        """All rows of a statement."""
+        return self._cur.execute(sql.text, sql.params).fetchall()
+
+    def arrays(self, sql: Sql) -> dict[str, Any]:
+        """A statement's result as numpy arrays, by column."""
+        return dict(self._cur.execute(sql.text, sql.params).fetchnumpy())
+
+    def histogram(self, axes: tuple[Axis, ...], sql: Sql) -> Histogram:
+        """A statement of (keys..., count) rows filled over the axes' domains."""
+        return fill_histogram(axes, self.rows(sql))

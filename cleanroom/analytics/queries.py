@@ -163,6 +163,12 @@ class ActivationQuery:
 
     segment: tuple[tuple[DimensionRef, str], ...]
     epsilon: float
+    #: 0: the policy's per-query maximum.
+    delta: float = 0.0
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
+        if not self.segment:
+            raise InvalidArgumentError("name the segment, e.g. {'brand.tier': 'gold'}")
+        if not (0 <= self.delta < 1):
+            raise InvalidArgumentError("delta must lie between 0 and 1 (and far below 1/n), or 0 for the policy's")

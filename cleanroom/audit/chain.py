@@ -1,7 +1,8 @@
 """Audit entries, their hashes, and verification of a chain: the part an auditor can run offline.
 
 An entry's hash is SHA-256 over the canonical JSON (sorted keys, no spaces, UTF-8) of its body: collaboration,
-sequence, time, principal, action, parameters, epsilon, response_sha256 and previous_hash. The server signs the
+sequence, time, principal, action, parameters, epsilon, delta, response_sha256 and previous_hash. epsilon and delta
+are what the entry charges its principal's privacy budget (the budget is the sum over the chain). The server signs the
 32 raw bytes of that hash with Ed25519. Each chain (a collaboration's, or the server's own with collaboration "")
 starts at sequence 1 with previous_hash of 64 zeros. So changing any byte of an entry breaks its hash (or its
 signature), deleting or reordering entries breaks the sequence and the links, and forging a new entry needs the
@@ -48,6 +49,7 @@ class AuditEntry:
     previous_hash: str
     hash: str = ""
     signature: bytes = b""
+    delta: float = 0.0
 
     def body(self) -> dict[str, Any]:
         """What the hash covers."""
@@ -59,6 +61,7 @@ class AuditEntry:
             "action": self.action,
             "parameters": dict(self.parameters),
             "epsilon": self.epsilon,
+            "delta": self.delta,
             "response_sha256": self.response_sha256,
             "previous_hash": self.previous_hash,
         }
@@ -86,6 +89,7 @@ class AuditEntry:
                 action=str(d["action"]),
                 parameters=dict(d["parameters"]),
                 epsilon=float(d["epsilon"]),
+                delta=float(d["delta"]),
                 response_sha256=str(d["response_sha256"]),
                 previous_hash=str(d["previous_hash"]),
                 hash=str(d["hash"]),

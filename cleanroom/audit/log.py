@@ -7,6 +7,8 @@ is released. Appends are serialized by the database's write lock, so sequences n
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -14,14 +16,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..storage import Database
 from ..storage.database import first
-from .chain import GENESIS, AuditEntry, VerifyResult, canonical_json, sha256_hex, verify_entries
+from .chain import GENESIS, AuditEntry, VerifyResult, canonical_json, verify_entries
 
 SERVER_CHAIN = ""
-_COLUMNS = "collab, seq, time, principal, action, params_json, epsilon, response_sha256, prev_hash, hash, signature"
+_COLUMNS = (
+    "collab, seq, time, principal, action, params_json, epsilon, response_sha256, prev_hash, hash, signature, delta"
+)
 
 
 @dataclass(frozen=True)
@@ -57,12 +62,20 @@ def _row_to_entry(row: tuple[Any, ...]) -> AuditEntry:
         previous_hash=row[8],
         hash=row[9],
         signature=bytes(row[10]),
+        delta=row[11],
     )
 
 
-def response_digest(response: object) -> str:
-    """SHA-256 of the canonical JSON of what the call returned (empty when it returned nothing)."""
-    return "" if response is None else sha256_hex(canonical_json(response))
+def response_digest(response: object, key: bytes) -> str:
+    """HMAC-SHA256, under the server's digest key, of the canonical JSON of what the call returned ("" for nothing).
+
+    Keyed, because a plain hash of an answer with few possible values (a one-cell count) is found by trying them
+    all: whoever reads the log (an auditor) must not learn released values that were sent to a member alone. The
+    server, holding the key, can still show which answer an entry records.
+    """
+    if response is None:
+        return ""
+    return hmac.new(key, canonical_json(response).encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 class AuditLog:
@@ -71,6 +84,10 @@ class AuditLog:
     def __init__(self, db: Database, key: Ed25519PrivateKey) -> None:
         self._db = db
         self._key = key
+        raw = key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+        self._digest_key = hashlib.sha256(b"cleanroom response digest v1\x00" + raw).digest()
 
     @property
     def public_key(self) -> Ed25519PublicKey:
@@ -86,6 +103,7 @@ class AuditLog:
         parameters: Mapping[str, Any],
         epsilon: float = 0.0,
         response: object = None,
+        delta: float = 0.0,
     ) -> AuditEntry:
         """Append one signed entry to `collaboration`'s chain, inside the caller's transaction."""
         last = first(
@@ -99,13 +117,14 @@ class AuditLog:
             action=action,
             parameters=dict(parameters),
             epsilon=float(epsilon),
-            response_sha256=response_digest(response),
+            response_sha256=response_digest(response, self._digest_key),
             previous_hash=last[1] if last else GENESIS,
+            delta=float(delta),
         )
         digest = entry.compute_hash()
         signed = AuditEntry(**{**entry.__dict__, "hash": digest, "signature": self._key.sign(bytes.fromhex(digest))})
         cur.execute(
-            f"INSERT INTO audit_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO audit_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 signed.collaboration,
                 signed.sequence,
@@ -118,6 +137,7 @@ class AuditLog:
                 signed.previous_hash,
                 signed.hash,
                 signed.signature,
+                signed.delta,
             ],
         )
         return signed
@@ -170,6 +190,10 @@ class AuditLog:
         )
         page = [_row_to_entry(r) for r in rows[:size]]
         return page, (page[-1].sequence if len(rows) > size else 0)
+
+    def digest(self, response: object) -> str:
+        """The digest an entry would record for `response` (the server can show which answer an entry holds)."""
+        return response_digest(response, self._digest_key)
 
     def verify(self, collaboration: str) -> VerifyResult:
         """Verify a whole chain as stored."""

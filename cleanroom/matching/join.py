@@ -1,13 +1,48 @@
-"""The join: rows of the two members whose doubly blinded keys agree, resolved to a one-to-one matching.
+"""The join: rows of the two members whose doubly blinded keys agree, resolved to a one-to-one matching that is stable.
 
-Guarantee: every row of either member is in at most one pair. Identifier types are taken in the fixed priority
-order email, phone, device_id, custom; a pair found on an earlier type takes both rows out of consideration for
-later types. Within one type, rows sharing a key (duplicates on one side) are paired by their rank in surrogate id
-order, so k rows against m rows with the same key give min(k, m) pairs, deterministically.
+Rule. For each identifier type the policy allows, a key *links* a row of A to a row of B when the key occurs on
+exactly one row of A and exactly one row of B for that type (each row carries at most one key per type). A pair
+(a, b) is matched when a's links all go to b and b's links all go to a, i.e. when the connected component of the
+link graph is exactly {a, b} (one or more links between them). Nothing else is matched: a row whose identifiers
+point at two different people on the other side is left out, whatever the other rows are.
+
+Guarantees:
+- one-to-one: every row of either member is in at most one pair;
+- deterministic, and independent of row order and of the order identifier types are listed in;
+- stability (what the differential privacy of every query rests on). Neighbouring datasets differ by one row of
+  either member (with its keys). Removing (or adding) one row changes the set of matched pairs by at most
+  `stability_constant(T)` pairs (each pair that appears or disappears counts once), where T is the number of
+  identifier types the policy allows:
+
+    T = 1: 1.      T >= 2: 2T.
+
+Proof. Let r be the removed row, of A (B is symmetric). For each type t, r's key k is in one of three cases.
+(i) k is on r alone in A and on one row b of B: the link r-b disappears. (ii) k is on r and exactly one other
+row r' of A, and on exactly one row s of B: the key becomes unique, so the link r'-s appears. (iii) otherwise
+(k is on 3+ rows of A, or on 0 or 2+ rows of B): no link changes. No other link changes, since uniqueness of a
+key depends only on the rows that carry it, and per type every key links at most one row on each side, so each
+row has at most T links. Components change only around r and the new links:
+- Removing r (with its case-(i) links) destroys r's own pair, if any, and splits r's component; each piece
+  contains one of r's neighbours, so at most one new pair appears per neighbour. If r was paired with b, all of
+  r's links go to b and no other pair can appear from this. So case (i) costs at most 1 pair per type, plus 1
+  for r's own pair, and at most 1 in total when r was paired.
+- A new link r'-s (case ii) merges the components of r' and s: it destroys the pairs r' and s were in (at most
+  2), or, when neither was paired and both had no other link, creates the pair {r', s} (1). It cannot do both.
+  With T = 1 a row has no other type to be linked by, so neither r' nor s had any link: the new link creates
+  exactly one pair, and it is r's only type, so the total is 1.
+Taking these steps one after another (the set of pairs changes by at most the sum of the steps' changes) and
+summing over r's at most T types: at most 1 + (T-1) * 2 when r had a link, and at most 2T when it had none.
+Hence 2T for T >= 2. The bound is reached (T = 2: r's email and phone each shared with one other brand row that
+is paired through its other identifier, and found on one platform row that is also paired). A property test
+(tests/privacy/test_join_stability.py) searches random small datasets with duplicate and conflicting keys for a
+removal that changes more pairs, and checks that the bound is reached.
+
+Every sensitivity the query engine states is the per-pair sensitivity multiplied by this constant.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -17,37 +52,58 @@ from cleanroom_client.identity import IdentifierType
 
 from ..storage.database import first
 
-_JOIN_ONE_TYPE = """
+#: Wire codes of identifier types (protocol v1): their priority plus one.
+ID_TYPE_CODES = {t: t.priority + 1 for t in IdentifierType}
+
+
+def stability_constant(identifier_types: int) -> int:
+    """How many matched pairs one added or removed row can change at most, with this many identifier types."""
+    if identifier_types < 1:
+        raise ValueError("the join needs at least one identifier type")
+    return 1 if identifier_types == 1 else 2 * identifier_types
+
+
+_JOIN = """
 INSERT INTO matches
-WITH a AS (
-    SELECT row_id, dkey, row_number() OVER (PARTITION BY dkey ORDER BY row_id) AS r
-    FROM match_keys k
-    WHERE collab = $collab AND member = $ma AND id_type = $t
-      AND NOT EXISTS (SELECT 1 FROM matches m WHERE m.collab = $collab AND m.row_a = k.row_id)
-), b AS (
-    SELECT row_id, dkey, row_number() OVER (PARTITION BY dkey ORDER BY row_id) AS r
-    FROM match_keys k
-    WHERE collab = $collab AND member = $mb AND id_type = $t
-      AND NOT EXISTS (SELECT 1 FROM matches m WHERE m.collab = $collab AND m.row_b = k.row_id)
+WITH keys AS (
+    SELECT member, id_type, row_id, dkey FROM match_keys
+    WHERE collab = $collab AND list_contains($types::TINYINT[], id_type)
+), unique_keys AS (
+    SELECT member, id_type, dkey FROM keys GROUP BY ALL HAVING count(*) = 1
+), kept AS (
+    SELECT k.* FROM keys k SEMI JOIN unique_keys u USING (member, id_type, dkey)
+), links AS (
+    SELECT a.row_id AS row_a, b.row_id AS row_b, a.id_type
+    FROM kept a JOIN kept b USING (id_type, dkey)
+    WHERE a.member = $ma AND b.member = $mb
+), degree_a AS (
+    SELECT row_a FROM links GROUP BY row_a HAVING count(DISTINCT row_b) = 1
+), degree_b AS (
+    SELECT row_b FROM links GROUP BY row_b HAVING count(DISTINCT row_a) = 1
 )
-SELECT $collab, $ma, a.row_id, $mb, b.row_id, $t FROM a JOIN b USING (dkey, r)
+SELECT $collab, $ma, row_a, $mb, row_b, min(id_type)
+FROM links SEMI JOIN degree_a USING (row_a) SEMI JOIN degree_b USING (row_b)
+GROUP BY row_a, row_b
 """
 
 
-def join_matches(cur: duckdb.DuckDBPyConnection, collab: str, members: tuple[str, str]) -> None:
-    """Compute the one-to-one matching from both members' keys and mark the collaboration matched.
+def join_matches(
+    cur: duckdb.DuckDBPyConnection, collab: str, members: tuple[str, str], types: Sequence[IdentifierType]
+) -> None:
+    """Compute the matching from both members' keys of the allowed `types` and mark the collaboration matched.
 
-    `members` is sorted by name: the first is `member_a` in the `matches` table. Call inside a transaction.
+    `members` is sorted by name: the first is `member_a` in the `matches` table. A pair's `id_type` is the
+    highest-priority type that links it (for the operator's statistics). Call inside a transaction.
     """
     member_a, member_b = members
-    for t in sorted(IdentifierType, key=lambda t: t.priority):
-        cur.execute(_JOIN_ONE_TYPE, {"collab": collab, "ma": member_a, "mb": member_b, "t": t.priority + 1})
+    codes = sorted(ID_TYPE_CODES[t] for t in types)
+    cur.execute(_JOIN, {"collab": collab, "ma": member_a, "mb": member_b, "types": codes})
     cur.execute("INSERT INTO match_results VALUES (?, ?)", [collab, datetime.now(UTC).replace(tzinfo=None)])
 
 
 @dataclass(frozen=True)
 class MatchStats:
-    """Exact counts for the operator: keys shared per type, and pairs each type decided under the priority."""
+    """Exact counts for the operator: keys shared per type, and pairs whose best link is of that type."""
 
     id_type: IdentifierType
     shared_keys: int
@@ -58,7 +114,7 @@ def match_stats(cur: duckdb.DuckDBPyConnection, collab: str) -> tuple[list[Match
     """Per-type exact counts and the total of matched pairs. Operator-only: members never see exact counts."""
     stats = []
     for t in IdentifierType:
-        code = t.priority + 1
+        code = ID_TYPE_CODES[t]
         shared = first(
             cur.execute(
                 "SELECT count(*) FROM (SELECT DISTINCT a.dkey FROM match_keys a JOIN match_keys b"

@@ -30,7 +30,7 @@ from ..collaborations import Collaboration
 from ..errors import FailedPreconditionError, InvalidArgumentError
 from ..storage import Database
 from ..storage.database import first
-from .join import join_matches
+from .join import ID_TYPE_CODES, join_matches
 from .progress import UploadProgress, check_next_chunk, list_progress, read_progress, save_progress
 
 POINT_SIZE = 32
@@ -40,8 +40,6 @@ OFFER_CHUNK = 32768
 MAX_CHUNK_POINTS = 65536
 POINTS = "points"
 DOUBLE_BLINDED = "double_blinded"
-
-ID_TYPE_CODES = {t: t.priority + 1 for t in IdentifierType}  # the wire's IdentifierType numbers
 
 
 class MatchStage(enum.Enum):
@@ -124,6 +122,10 @@ class Relay:
     ) -> UploadProgress:
         """Store one chunk of a member's singly blinded points; the last chunk commits and shuffles them."""
         what = f"chunk {chunk_index}"
+        if id_type.value not in collab.policy.identifiers:
+            raise InvalidArgumentError(
+                f"{what}: the policy lets the join use {', '.join(collab.policy.identifiers)}, not {id_type.value}"
+            )
         if len(points) % POINT_SIZE:
             raise InvalidArgumentError(f"{what}: points must be 32 bytes each")
         n = len(points) // POINT_SIZE
@@ -293,7 +295,9 @@ class Relay:
 
     def _join_if_ready(self, cur: duckdb.DuckDBPyConnection, collab: Collaboration, member: str) -> None:
         if all(self._double_done(cur, collab.id, m.name) for m in collab.members):
-            join_matches(cur, collab.id, tuple(sorted(m.name for m in collab.members)))  # type: ignore[arg-type]
+            members = tuple(sorted(m.name for m in collab.members))
+            types = [IdentifierType(t) for t in collab.policy.identifiers]
+            join_matches(cur, collab.id, members, types)  # type: ignore[arg-type]
             self._audit.append(cur, collab.id, member, "match.complete", {})
 
     def status(self, collab: Collaboration, member: str) -> MatchStatus:

@@ -92,6 +92,17 @@ def _check(table: pa.Table, spec: TableSpec, what: str) -> pa.Table:
             or pa.types.is_decimal(table.column(col).type)
         ):
             raise InvalidArgumentError(f"{what}: measure `{col}` must be numeric, got {table.column(col).type}")
+        if col in columns and pa.types.is_floating(table.column(col).type):
+            finite = pc.is_finite(table.column(col))
+            if pc.sum(pc.invert(pc.fill_null(finite, True))).as_py():
+                raise InvalidArgumentError(f"{what}: measure `{col}` has NaN or infinite values")
+    if spec.table != USERS_TABLE:  # an event's every declared column is part of the event: none may be missing
+        for col in spec.columns:
+            if col in columns and table.column(col).null_count:
+                raise InvalidArgumentError(
+                    f"{what}: column `{col}` has {table.column(col).null_count} empty values; every row of "
+                    f"{spec.qualified_name} needs all its declared columns (only users tables may leave them empty)"
+                )
     if spec.time and spec.time in columns:
         kind = table.column(spec.time).type
         if not (pa.types.is_timestamp(kind) or pa.types.is_date(kind)):

@@ -1,41 +1,86 @@
-"""The privacy budget: basic composition per collaboration and querying member, safe under concurrency.
+"""The privacy budget: basic composition of (epsilon, delta) per collaboration and member, safe under concurrency.
 
 Invariants:
-- What a member has spent is the sum of epsilon over its entries in the collaboration's audit chain: the ledger
-  *is* the audit log, so the two can never disagree, and it survives restarts with the database.
-- A query first reserves its epsilon. Reserving checks spent + reserved + asked <= total under the database's
-  write lock, so concurrent queries can never overspend together.
-- The debit is the audit entry, written in the same transaction that drops the reservation; if that transaction
-  fails, nothing is released. A failed or refused query drops its reservation and spends nothing.
-- Reservations still open at start-up belong to queries that never committed, so released nothing: they are
-  dropped.
+- What a member has spent is the sum of epsilon and of delta over its entries in the collaboration's audit chain:
+  the ledger *is* the audit log, so the two can never disagree, and it survives restarts with the database.
+- Amounts are counted in integer units (`EPSILON_UNIT`, `DELTA_UNIT`): a charge is rounded *up* to a whole unit and
+  a total *down*, and reserving checks spent + reserved + asked <= total exactly, under the database's write lock.
+  So no float rounding can ever let spending pass the cap, and concurrent queries cannot overspend together.
+- One release may charge several members (an audience is charged to its requester and to its recipient): each
+  charged member must have room, or nothing is reserved.
+- The debit is written in the same transaction that drops the reservation: the query's entry for the requester,
+  and a `budget.charge` entry for every other member charged. If that transaction fails, nothing is released.
+- A query whose data was read is always charged: `charge_failure` debits the whole reservation of a query that
+  failed after reserving. Reservations still open at start-up belong to queries the server stopped in the middle
+  of (a crash, a kill): they are charged too, as `query.interrupted`, since their data may have been read.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 
 from ..audit import AuditEntry, AuditLog
-from ..errors import ResourceExhaustedError
+from ..audit.chain import canonical_json
+from ..errors import InvalidArgumentError, ResourceExhaustedError
 from ..storage import Database
 from ..storage.database import first
 
-_EPS = 1e-12
+#: The ledger's units: epsilon in billionths, delta in 1e-18.
+EPSILON_UNIT = 1e-9
+DELTA_UNIT = 1e-18
+
+
+def charge_units(amount: float, unit: float) -> int:
+    """A charge in whole units, rounded up (a hair of float noise below a unit is not rounded up)."""
+    return max(0, math.ceil(amount / unit - 1e-6))
+
+
+def total_units(amount: float, unit: float) -> int:
+    """A cap in whole units, rounded down."""
+    return max(0, math.floor(amount / unit + 1e-6))
+
+
+@dataclass(frozen=True)
+class Charge:
+    """What one release costs one member."""
+
+    member: str
+    epsilon: float
+    delta: float = 0.0
+
+    @property
+    def units(self) -> tuple[int, int]:
+        """(epsilon, delta) in ledger units, rounded up."""
+        return charge_units(self.epsilon, EPSILON_UNIT), charge_units(self.delta, DELTA_UNIT)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A member's caps in one collaboration (the same for every member, from the policy)."""
+
+    epsilon_total: float
+    delta_total: float = 0.0
 
 
 @dataclass(frozen=True)
 class Reservation:
-    """Epsilon held for one query until it commits or is released."""
+    """Budget held for one query, per charged member, until it is debited (or refused before data was read)."""
 
     id: str
     collaboration: str
-    member: str
-    epsilon: float
+    charges: tuple[Charge, ...]
+
+    @property
+    def requester(self) -> str:
+        """The member who asked: charged first."""
+        return self.charges[0].member
 
 
 @dataclass(frozen=True)
@@ -46,53 +91,106 @@ class BudgetStatus:
     total: float
     spent: float
     reserved: float
+    delta_total: float = 0.0
+    delta_spent: float = 0.0
+    delta_reserved: float = 0.0
 
     @property
     def remaining(self) -> float:
-        """What the member may still spend (never negative)."""
+        """Epsilon the member may still spend (never negative)."""
         return max(0.0, self.total - self.spent - self.reserved)
+
+    @property
+    def delta_remaining(self) -> float:
+        """Delta the member may still spend (never negative)."""
+        return max(0.0, self.delta_total - self.delta_spent - self.delta_reserved)
 
 
 class BudgetAccountant:
-    """Reserve, commit and release epsilon."""
+    """Reserve, debit and (before any data was read) release budget."""
 
     def __init__(self, db: Database, audit: AuditLog) -> None:
         self._db = db
         self._audit = audit
-        with db.transaction() as cur:
-            cur.execute("DELETE FROM budget_reservations")
+        self._charge_interrupted()
 
-    def status(self, collaboration: str, member: str, total: float) -> BudgetStatus:
-        """Spent (from the audit log) and reserved epsilon of a member."""
-        cur = self._db.cursor()
+    # -- reading --------------------------------------------------------------------------------------------------
+    def _units(self, cur: duckdb.DuckDBPyConnection, collaboration: str, member: str) -> tuple[int, int, int, int]:
         spent = first(
             cur.execute(
-                "SELECT coalesce(sum(epsilon), 0) FROM audit_log WHERE collab = ? AND principal = ?",
-                [collaboration, member],
+                "SELECT coalesce(sum(CAST(round(epsilon / $eu) AS HUGEINT)), 0),"
+                " coalesce(sum(CAST(round(delta / $du) AS HUGEINT)), 0)"
+                " FROM audit_log WHERE collab = $c AND principal = $m",
+                {"eu": EPSILON_UNIT, "du": DELTA_UNIT, "c": collaboration, "m": member},
             )
         )
-        reserved = first(
+        held = first(
             cur.execute(
-                "SELECT coalesce(sum(epsilon), 0) FROM budget_reservations WHERE collab = ? AND member = ?",
-                [collaboration, member],
+                "SELECT coalesce(sum(CAST(round(epsilon / $eu) AS HUGEINT)), 0),"
+                " coalesce(sum(CAST(round(delta / $du) AS HUGEINT)), 0)"
+                " FROM budget_reservations WHERE collab = $c AND member = $m",
+                {"eu": EPSILON_UNIT, "du": DELTA_UNIT, "c": collaboration, "m": member},
             )
         )
-        return BudgetStatus(member, total, float(spent[0]) if spent else 0.0, float(reserved[0]) if reserved else 0.0)
+        return tuple(int(v) for v in (*(spent or (0, 0)), *(held or (0, 0))))  # type: ignore[return-value]
 
-    def reserve(self, collaboration: str, member: str, epsilon: float, total: float) -> Reservation:
-        """Hold `epsilon` for one query, or RESOURCE_EXHAUSTED naming what was asked and what is left."""
+    def status(self, collaboration: str, member: str, limits: Limits) -> BudgetStatus:
+        """Spent (from the audit log) and reserved budget of a member."""
+        eps, dlt, eps_held, dlt_held = self._units(self._db.cursor(), collaboration, member)
+        return BudgetStatus(
+            member,
+            limits.epsilon_total,
+            eps * EPSILON_UNIT,
+            eps_held * EPSILON_UNIT,
+            limits.delta_total,
+            dlt * DELTA_UNIT,
+            dlt_held * DELTA_UNIT,
+        )
+
+    # -- the life of a reservation --------------------------------------------------------------------------------
+    def reserve(
+        self,
+        collaboration: str,
+        charges: Sequence[Charge],
+        limits: Limits,
+        query: str = "",
+        parameters: Mapping[str, Any] | None = None,
+    ) -> Reservation:
+        """Hold every charge, or RESOURCE_EXHAUSTED naming what was asked and what is left (nothing is held)."""
+        if not charges:
+            raise InvalidArgumentError("a release charges at least its requester")
+        eps_cap = total_units(limits.epsilon_total, EPSILON_UNIT)
+        dlt_cap = total_units(limits.delta_total, DELTA_UNIT)
+        reservation = Reservation(secrets.token_hex(8), collaboration, tuple(charges))
         with self._db.transaction() as cur:
-            status = self.status(collaboration, member, total)
-            if epsilon > status.remaining + _EPS:
-                raise ResourceExhaustedError(
-                    f"privacy budget exhausted: the query asks epsilon {epsilon:g} but {member} has "
-                    f"{status.remaining:g} left of {total:g} in collaborations/{collaboration}"
+            for charge in charges:
+                eps, dlt, eps_held, dlt_held = self._units(cur, collaboration, charge.member)
+                ask_eps, ask_dlt = charge.units
+                who = "you have" if charge.member == reservation.requester else f"the recipient {charge.member} has"
+                if eps + eps_held + ask_eps > eps_cap:
+                    left = max(0, eps_cap - eps - eps_held) * EPSILON_UNIT
+                    raise ResourceExhaustedError(
+                        f"privacy budget exhausted: the query asks epsilon {charge.epsilon:g} but {who} "
+                        f"{left:g} left of {limits.epsilon_total:g} in collaborations/{collaboration}"
+                    )
+                if dlt + dlt_held + ask_dlt > dlt_cap:
+                    left = max(0, dlt_cap - dlt - dlt_held) * DELTA_UNIT
+                    raise ResourceExhaustedError(
+                        f"privacy budget exhausted: the query asks delta {charge.delta:g} but {who} "
+                        f"{left:g} left of {limits.delta_total:g} in collaborations/{collaboration}"
+                    )
+                cur.execute(
+                    "INSERT INTO budget_reservations VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        reservation.id,
+                        collaboration,
+                        charge.member,
+                        ask_eps * EPSILON_UNIT,
+                        ask_dlt * DELTA_UNIT,
+                        query,
+                        canonical_json(dict(parameters or {})),
+                    ],
                 )
-            reservation = Reservation(secrets.token_hex(8), collaboration, member, epsilon)
-            cur.execute(
-                "INSERT INTO budget_reservations VALUES (?, ?, ?, ?)",
-                [reservation.id, collaboration, member, epsilon],
-            )
         return reservation
 
     def commit(
@@ -104,29 +202,81 @@ class BudgetAccountant:
         epsilon: float | None = None,
         also: Callable[[duckdb.DuckDBPyConnection], object] | None = None,
     ) -> AuditEntry:
-        """Debit the reservation by appending the query's audit entry, in one transaction.
+        """Debit the reservation by appending the query's audit entry (and the other members' charges), at once.
 
         `epsilon` (at most the reserved amount) is what is debited when the spend is only known afterwards (DP-SGD:
-        the accountant's figure); `also` writes what the query releases (an audience) in the same transaction.
+        the accountant's figure, for every charged member); `also` writes what the query releases (an audience) in
+        the same transaction. Returns the requester's entry.
         """
-        spent = reservation.epsilon if epsilon is None else epsilon
-        if spent > reservation.epsilon + _EPS:
-            raise ValueError(f"cannot debit {spent} for a reservation of {reservation.epsilon}")
         with self._db.transaction() as cur:
             cur.execute("DELETE FROM budget_reservations WHERE id = ?", [reservation.id])
             if also is not None:
                 also(cur)
-            return self._audit.append(
-                cur,
-                reservation.collaboration,
-                reservation.member,
-                action,
-                parameters,
-                epsilon=spent,
-                response=response,
-            )
+            return self._debit(cur, reservation, action, parameters, response, epsilon)
 
-    def release(self, reservation: Reservation) -> None:
-        """Drop a reservation whose query released nothing."""
+    def charge_failure(self, reservation: Reservation, action: str, parameters: Mapping[str, Any]) -> AuditEntry:
+        """Debit the whole reservation of a query that failed after reserving (its data may have been read)."""
         with self._db.transaction() as cur:
             cur.execute("DELETE FROM budget_reservations WHERE id = ?", [reservation.id])
+            return self._debit(cur, reservation, action, parameters, None, None)
+
+    def release(self, reservation: Reservation) -> None:
+        """Drop a reservation whose query read no data and released nothing."""
+        with self._db.transaction() as cur:
+            cur.execute("DELETE FROM budget_reservations WHERE id = ?", [reservation.id])
+
+    def _debit(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        reservation: Reservation,
+        action: str,
+        parameters: Mapping[str, Any],
+        response: object,
+        epsilon: float | None,
+    ) -> AuditEntry:
+        entries = []
+        for i, charge in enumerate(reservation.charges):
+            spent = charge.epsilon if epsilon is None else epsilon
+            if spent > charge.epsilon:
+                raise ValueError(f"cannot debit {spent} for a reservation of {charge.epsilon}")
+            eps_units, dlt_units = Charge(charge.member, spent, charge.delta).units
+            if i == 0:
+                entries.append(
+                    self._audit.append(
+                        cur,
+                        reservation.collaboration,
+                        charge.member,
+                        action,
+                        parameters,
+                        epsilon=eps_units * EPSILON_UNIT,
+                        delta=dlt_units * DELTA_UNIT,
+                        response=response,
+                    )
+                )
+            else:
+                self._audit.append(
+                    cur,
+                    reservation.collaboration,
+                    charge.member,
+                    "budget.charge",
+                    {"for": action, "requester": reservation.requester, "sequence": entries[0].sequence},
+                    epsilon=eps_units * EPSILON_UNIT,
+                    delta=dlt_units * DELTA_UNIT,
+                )
+        return entries[0]
+
+    def _charge_interrupted(self) -> None:
+        """Charge every reservation left open by a stop in the middle of a query (see the module docstring)."""
+        with self._db.transaction() as cur:
+            rows = cur.execute(
+                "SELECT id, collab, member, epsilon, delta, query, parameters_json FROM budget_reservations"
+                " ORDER BY id, rowid"
+            ).fetchall()
+            by_id: dict[str, list[tuple[Any, ...]]] = {}
+            for row in rows:
+                by_id.setdefault(row[0], []).append(row)
+            for rid, group in by_id.items():
+                reservation = Reservation(rid, group[0][1], tuple(Charge(r[2], r[3], r[4]) for r in group))
+                params = {**json.loads(group[0][6]), "query": group[0][5]}
+                self._debit(cur, reservation, "query.interrupted", params, None, None)
+            cur.execute("DELETE FROM budget_reservations")

@@ -24,22 +24,25 @@ class NoiseMechanism(Protocol):
         ...
 
 
-def _alpha(scale: float) -> float:
-    return math.exp(-1.0 / scale)
-
-
 def variance(scale: float) -> float:
-    """Variance of the discrete Laplace distribution with this scale: 2a / (1 - a)^2, a = exp(-1/scale)."""
-    a = _alpha(scale)
-    return 2 * a / (1 - a) ** 2
+    """Variance of the discrete Laplace distribution with this scale: 2a / (1 - a)^2, a = exp(-1/scale).
+
+    Computed with expm1 so that it stays finite and accurate for any positive scale, however large.
+    """
+    if scale <= 0:
+        return 0.0
+    one_minus_a = -math.expm1(-1.0 / scale)
+    if one_minus_a == 0.0:  # 1/scale below the float resolution: the limit 2 scale^2
+        return 2.0 * scale * scale
+    return 2 * (1 - one_minus_a) / one_minus_a**2
 
 
 def error_95(scale: float) -> int:
-    """The smallest t with P(|noise| > t) <= 5%: P(|X| > t) = 2 a^(t+1) / (1 + a)."""
-    a = _alpha(scale)
-    if a <= 0.0:  # a scale so small that the noise is always 0
+    """The smallest t with P(|noise| > t) <= 5%: P(|X| > t) = 2 a^(t+1) / (1 + a), with ln a = -1/scale."""
+    if scale <= 0:
         return 0
-    t = math.log(0.05 * (1 + a) / 2) / math.log(a) - 1
+    a = math.exp(-1.0 / scale)
+    t = -scale * math.log(0.05 * (1 + a) / 2) - 1
     return max(0, math.ceil(t - 1e-9))
 
 

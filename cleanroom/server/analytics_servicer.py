@@ -170,7 +170,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         """A segment's matched people, to the platform."""
         principal = self._auth.principal(context)
         self._engine.authorize(principal, parse_name(request.parent), "activation")
-        q = ActivationQuery(segment=_filters(request.segment), epsilon=request.epsilon)
+        q = ActivationQuery(segment=_filters(request.segment), epsilon=request.epsilon, delta=request.delta)
         return answer_to_proto(self._engine.activate(principal, parse_name(request.parent), q))
 
     def ListAudiences(  # noqa: N802
@@ -196,13 +196,23 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             yield pb.FetchAudienceResponse(row_ids=chunk)
 
     def GetBudget(self, request: pb.GetBudgetRequest, context: grpc.ServicerContext) -> pb.Budget:  # noqa: N802
-        """Epsilon total, spent and left per member (members and assigned auditors)."""
+        """Epsilon and delta total, spent and left per member (members and assigned auditors)."""
         collab, rows = self._engine.budget(self._auth.principal(context), parse_name(request.parent))
-        total = collab.policy.epsilon_per_member_total
+        policy = collab.policy
         return pb.Budget(
             members=[
-                pb.MemberBudget(member=m, epsilon_total=total, epsilon_spent=spent, epsilon_remaining=left)
-                for m, spent, left in rows
+                pb.MemberBudget(
+                    member=s.member,
+                    epsilon_total=s.total,
+                    epsilon_spent=s.spent,
+                    epsilon_remaining=s.remaining,
+                    delta_total=s.delta_total,
+                    delta_spent=s.delta_spent,
+                    delta_remaining=s.delta_remaining,
+                )
+                for s in rows
             ],
-            epsilon_per_query_max=collab.policy.epsilon_per_query_max,
+            epsilon_per_query_max=policy.epsilon_per_query_max,
+            epsilon_per_query_min=policy.epsilon_per_query_min,
+            delta_per_query_max=policy.delta_per_query_max,
         )

@@ -47,6 +47,7 @@ def entry_to_proto(e: AuditEntry) -> pb.AuditEntry:
         collaboration=f"collaborations/{e.collaboration}" if e.collaboration else "",
         parameters_json=canonical_json(dict(e.parameters)),
         epsilon=e.epsilon,
+        delta=e.delta,
         response_sha256=e.response_sha256,
         previous_hash=e.previous_hash,
         hash=e.hash,

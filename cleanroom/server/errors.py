@@ -21,6 +21,7 @@ from ..errors import (
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
+    QueryFailedError,
     ResourceExhaustedError,
     UnauthenticatedError,
 )
@@ -35,6 +36,7 @@ STATUS: dict[type[CleanroomError], grpc.StatusCode] = {
     PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
     UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
     ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    QueryFailedError: grpc.StatusCode.ABORTED,
 }
 
 

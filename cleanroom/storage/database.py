@@ -121,14 +121,18 @@ CREATE TABLE IF NOT EXISTS audit_log (
     response_sha256 VARCHAR NOT NULL,
     prev_hash VARCHAR NOT NULL,
     hash VARCHAR NOT NULL,
-    signature BLOB NOT NULL
+    signature BLOB NOT NULL,
+    delta DOUBLE NOT NULL DEFAULT 0
 );
--- Epsilon held by queries in flight (spent epsilon is the sum over the audit log).
+-- Budget held by queries in flight, per charged member (spent budget is the sum over the audit log).
 CREATE TABLE IF NOT EXISTS budget_reservations (
     id VARCHAR NOT NULL,
     collab VARCHAR NOT NULL,
     member VARCHAR NOT NULL,
-    epsilon DOUBLE NOT NULL
+    epsilon DOUBLE NOT NULL,
+    delta DOUBLE NOT NULL,
+    query VARCHAR NOT NULL,
+    parameters_json VARCHAR NOT NULL
 );
 -- Audiences released to a member (lookalike, activation): the recipient's own surrogate ids.
 CREATE TABLE IF NOT EXISTS audiences (

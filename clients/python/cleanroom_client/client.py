@@ -287,12 +287,18 @@ class CleanRoomClient:
         )
         return _frame(self._call(self._analytics.Lookalike, request))
 
-    def activate(self, collaboration_id: str, segment: Mapping[str, str], epsilon: float = 0.1) -> pd.DataFrame:
-        """Release a segment's matched people (e.g. {"platform.stage_4a": "appeal"}) to the platform.
+    def activate(
+        self, collaboration_id: str, segment: Mapping[str, str], epsilon: float = 0.1, delta: float = 0.0
+    ) -> pd.DataFrame:
+        """Release a segment's matched people (e.g. {"brand.tier": "gold"}) to the policy's activation recipient.
 
-        You receive a noisy size only.
+        A disclosure the policy names, not a DP aggregate: the list goes out only if the segment's true size is at
+        least the policy's minimum and a noisy size clears it with a margin (delta 0: the policy's maximum). You
+        receive the noisy size only; your ledger and the recipient's are charged.
         """
-        request = qpb.ActivateRequest(parent=_name(collaboration_id), segment=dict(segment), epsilon=epsilon)
+        request = qpb.ActivateRequest(
+            parent=_name(collaboration_id), segment=dict(segment), epsilon=epsilon, delta=delta
+        )
         return _frame(self._call(self._analytics.Activate, request))
 
     def audiences(self, collaboration_id: str) -> pd.DataFrame:
@@ -337,11 +343,21 @@ class CleanRoomClient:
         b = self._call(self._analytics.GetBudget, qpb.GetBudgetRequest(parent=_name(collaboration_id)))
         frame = pd.DataFrame(
             [
-                {"member": m.member, "total": m.epsilon_total, "spent": m.epsilon_spent, "left": m.epsilon_remaining}
+                {
+                    "member": m.member,
+                    "total": m.epsilon_total,
+                    "spent": m.epsilon_spent,
+                    "left": m.epsilon_remaining,
+                    "delta_total": m.delta_total,
+                    "delta_spent": m.delta_spent,
+                    "delta_left": m.delta_remaining,
+                }
                 for m in b.members
             ]
         )
         frame.attrs["epsilon_per_query_max"] = b.epsilon_per_query_max
+        frame.attrs["epsilon_per_query_min"] = b.epsilon_per_query_min
+        frame.attrs["delta_per_query_max"] = b.delta_per_query_max
         return frame
 
     # -- audit -------------------------------------------------------------------------------------------------------
@@ -365,6 +381,7 @@ class CleanRoomClient:
                     "action": e.action,
                     "parameters": e.parameters_json,
                     "epsilon": e.epsilon,
+                    "delta": e.delta,
                     "response_sha256": e.response_sha256,
                     "hash": e.hash,
                 }

@@ -21,7 +21,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import yaml
 
@@ -43,6 +43,8 @@ STAGE_COLUMNS = ("stage_4a", "stage_aipl")
 DEFAULT_EPSILON_PER_QUERY_MIN = 0.01
 #: The largest delta a policy may allow in total: far below 1/n for the populations a clean room serves.
 MAX_DELTA = 1e-5
+#: The largest magnitude of a measure's bounds (so every bounded sum fits in 64-bit integer cents).
+MAX_MEASURE = 1e12
 RESERVED_COLUMNS = frozenset({"row_id"})
 #: The cell every dimension gets for people without a value.
 NONE_VALUE = "none"
@@ -189,8 +191,6 @@ def parse_policy(text: str) -> Policy:
     activation = _activation(doc.get("activation"), members, tables, problems)
     if "activation" in queries and activation is None and "activation" not in doc:
         problems.append("activation: required when queries allow activation (recipient, dimensions, min_size)")
-    if activation is not None and "activation" not in queries:
-        problems.append("activation: declared, but `activation` is not among the allowed queries")
     spend = _spend(doc.get("campaign_spend") or {}, problems)
     if problems:
         raise PolicyError(problems)
@@ -308,7 +308,7 @@ def _activation(
     return ActivationSpec(str(recipient), tuple(dims), min_size)
 
 
-def _number(v: Any) -> bool:
+def _number(v: Any) -> TypeGuard[float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -425,9 +425,13 @@ def _measures(raw: Any, path: str, problems: list[str]) -> dict[str, tuple[float
             and len(bounds) == 2
             and all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in bounds)
             and bounds[0] < bounds[1]
+            and max(abs(bounds[0]), abs(bounds[1])) <= MAX_MEASURE
         )
         if not ok:
-            problems.append(f"{path}.measures.{col}: bounds must be [lo, hi] with finite numbers and lo < hi")
+            problems.append(
+                f"{path}.measures.{col}: bounds must be [lo, hi] with finite numbers, lo < hi, "
+                f"|lo|, |hi| <= {MAX_MEASURE:g}"
+            )
             continue
         out[col] = (float(bounds[0]), float(bounds[1]))
     return out

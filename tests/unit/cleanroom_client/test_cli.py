@@ -95,7 +95,7 @@ def test_member_cli_end_to_end(server, tokens, pki, tmp_path):
     assert len(answer["rows"]) == 5
     assert answer["epsilon_spent"] == 0.5
     r = runner.invoke(app, ["-o", "csv", "budget", "cli-collab"], env=brand)
-    assert r.output.splitlines()[0] == "member,total,spent,left"
+    assert r.output.splitlines()[0] == "member,total,spent,left,delta_total,delta_spent,delta_left"
     r = runner.invoke(app, ["overlap", "cli-collab", "--by", "platform.income"], env=brand)
     assert r.exit_code == 1
     assert "INVALID_ARGUMENT" in r.output

@@ -432,9 +432,12 @@ class ActivateRequest(_message.Message):
     PARENT_FIELD_NUMBER: _builtins.int
     SEGMENT_FIELD_NUMBER: _builtins.int
     EPSILON_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     epsilon: _builtins.float
-    """Epsilon of the noisy size the caller receives."""
+    """Epsilon of the noisy size the caller receives (and that gates the release)."""
+    delta: _builtins.float
+    """Delta of the release gate; 0 means the policy's per-query maximum."""
     @_builtins.property
     def segment(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Segment filter over the members' users dimensions, e.g. {"platform.stage_4a": "appeal", "brand.tier": "gold"}."""
@@ -445,10 +448,11 @@ class ActivateRequest(_message.Message):
         parent: _builtins.str = ...,
         segment: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         epsilon: _builtins.float = ...,
+        delta: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epsilon", b"epsilon", "parent", b"parent", "segment", b"segment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "epsilon", b"epsilon", "parent", b"parent", "segment", b"segment"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -599,10 +603,16 @@ class MemberBudget(_message.Message):
     EPSILON_TOTAL_FIELD_NUMBER: _builtins.int
     EPSILON_SPENT_FIELD_NUMBER: _builtins.int
     EPSILON_REMAINING_FIELD_NUMBER: _builtins.int
+    DELTA_TOTAL_FIELD_NUMBER: _builtins.int
+    DELTA_SPENT_FIELD_NUMBER: _builtins.int
+    DELTA_REMAINING_FIELD_NUMBER: _builtins.int
     member: _builtins.str
     epsilon_total: _builtins.float
     epsilon_spent: _builtins.float
     epsilon_remaining: _builtins.float
+    delta_total: _builtins.float
+    delta_spent: _builtins.float
+    delta_remaining: _builtins.float
     def __init__(
         self,
         *,
@@ -610,10 +620,13 @@ class MemberBudget(_message.Message):
         epsilon_total: _builtins.float = ...,
         epsilon_spent: _builtins.float = ...,
         epsilon_remaining: _builtins.float = ...,
+        delta_total: _builtins.float = ...,
+        delta_spent: _builtins.float = ...,
+        delta_remaining: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epsilon_remaining", b"epsilon_remaining", "epsilon_spent", b"epsilon_spent", "epsilon_total", b"epsilon_total", "member", b"member"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta_remaining", b"delta_remaining", "delta_spent", b"delta_spent", "delta_total", b"delta_total", "epsilon_remaining", b"epsilon_remaining", "epsilon_spent", b"epsilon_spent", "epsilon_total", b"epsilon_total", "member", b"member"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -625,7 +638,11 @@ class Budget(_message.Message):
 
     MEMBERS_FIELD_NUMBER: _builtins.int
     EPSILON_PER_QUERY_MAX_FIELD_NUMBER: _builtins.int
+    EPSILON_PER_QUERY_MIN_FIELD_NUMBER: _builtins.int
+    DELTA_PER_QUERY_MAX_FIELD_NUMBER: _builtins.int
     epsilon_per_query_max: _builtins.float
+    epsilon_per_query_min: _builtins.float
+    delta_per_query_max: _builtins.float
     @_builtins.property
     def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___MemberBudget]: ...
     def __init__(
@@ -633,10 +650,12 @@ class Budget(_message.Message):
         *,
         members: _abc.Iterable[Global___MemberBudget] | None = ...,
         epsilon_per_query_max: _builtins.float = ...,
+        epsilon_per_query_min: _builtins.float = ...,
+        delta_per_query_max: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epsilon_per_query_max", b"epsilon_per_query_max", "members", b"members"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta_per_query_max", b"delta_per_query_max", "epsilon_per_query_max", b"epsilon_per_query_max", "epsilon_per_query_min", b"epsilon_per_query_min", "members", b"members"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

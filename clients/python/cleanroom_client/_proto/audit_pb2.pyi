@@ -35,6 +35,7 @@ class AuditEntry(_message.Message):
     PREVIOUS_HASH_FIELD_NUMBER: _builtins.int
     HASH_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     principal: _builtins.str
     action: _builtins.str
@@ -47,6 +48,8 @@ class AuditEntry(_message.Message):
     previous_hash: _builtins.str
     hash: _builtins.str
     signature: _builtins.bytes
+    delta: _builtins.float
+    """The delta this entry charges its principal (epsilon likewise); the budget is their sum over the chain."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -63,10 +66,11 @@ class AuditEntry(_message.Message):
         previous_hash: _builtins.str = ...,
         hash: _builtins.str = ...,
         signature: _builtins.bytes = ...,
+        delta: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "collaboration", b"collaboration", "epsilon", b"epsilon", "hash", b"hash", "parameters_json", b"parameters_json", "previous_hash", b"previous_hash", "principal", b"principal", "response_sha256", b"response_sha256", "sequence", b"sequence", "signature", b"signature", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "collaboration", b"collaboration", "delta", b"delta", "epsilon", b"epsilon", "hash", b"hash", "parameters_json", b"parameters_json", "previous_hash", b"previous_hash", "principal", b"principal", "response_sha256", b"response_sha256", "sequence", b"sequence", "signature", b"signature", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -104,7 +104,7 @@ def reference(
             touches.sort(key=lambda e: (e[1], e[4] == "click", e[2], e[3]))
             if not touches:
                 out["none"][0] += 1000
-                out["none"][1] += math.floor(v * 100)
+                out["none"][1] += math.trunc(v * 100)
                 continue
             n = len(touches)
             if model == "last_touch":
@@ -118,11 +118,24 @@ def reference(
                 w = [r / sum(raw) for r in raw]
             else:
                 w = [1.0] if n == 1 else [0.5, 0.5] if n == 2 else [0.4] + [0.2 / (n - 2)] * (n - 2) + [0.4]
-            for e, wi in zip(touches, w, strict=True):
+            cents = math.trunc(v * 100)
+            milli_shares = apportion(1000, w)
+            cent_shares = [int(math.copysign(c, cents)) for c in apportion(abs(cents), w)]
+            for e, m, c in zip(touches, milli_shares, cent_shares, strict=True):
                 key = e[2] if by == "campaign" else e[3]
-                out[key][0] += math.floor(wi * 1000)
-                out[key][1] += math.floor(wi * v * 100)
+                out[key][0] += m
+                out[key][1] += c
     return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def apportion(total: int, weights: list[float]) -> list[int]:
+    """Integer shares of `total` by weight, adding up to exactly `total`: floors, then the largest remainders."""
+    exact = [w * total for w in weights]
+    shares = [math.floor(x) for x in exact]
+    order = sorted(range(len(exact)), key=lambda i: (-(exact[i] - shares[i]), i))
+    for i in order[: total - sum(shares)]:
+        shares[i] += 1
+    return shares
 
 
 @pytest.fixture(scope="module")

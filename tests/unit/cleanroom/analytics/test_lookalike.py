@@ -11,6 +11,7 @@ import pytest
 from cleanroom.analytics import ActivationQuery, LookalikeQuery
 from cleanroom.analytics.queries import DimensionRef
 from cleanroom.principals import Principal, Role
+from cleanroom.privacy.budget import Limits
 from cleanroom.room import Room
 from cleanroom.synthetic import load_direct
 from cleanroom_client import CleanRoomError
@@ -72,9 +73,14 @@ def test_200k_lookalike_finds_the_planted_seeds_and_charges_the_accounted_epsilo
         cells = {(c.keys[0], c.measure): c for c in answer.cells}
         accounted = cells[("training", "epsilon_accounted")].value
         # the budget is charged exactly the DP-SGD accountant's epsilon plus the quality estimate's
-        entry = list(room.audit.entries(collab))[-1]
+        *_, entry, charge = list(room.audit.entries(collab))
         assert entry.action == "query.lookalike"
         assert entry.epsilon == pytest.approx(accounted + min(0.1, 2.0 / 10))
+        assert entry.delta == pytest.approx(1e-7)
+        # the platform, which receives the audience, is charged the same in its own ledger
+        assert (charge.action, charge.principal) == ("budget.charge", "platform")
+        assert (charge.epsilon, charge.delta) == (entry.epsilon, entry.delta)
+        assert charge.parameters["sequence"] == entry.sequence
         assert 0 < accounted <= 2.0 - 0.1 + 1e-9
         assert answer.epsilon_spent == pytest.approx(entry.epsilon)
         # the audience went to the platform: its true precision against ground truth clearly beats random
@@ -104,15 +110,16 @@ def test_lookalike_refusals_spend_nothing(tmp_path):
         gold = ((DimensionRef("brand", "tier"), "gold"),)
         cases = [
             (LookalikeQuery(gold, 10, epsilon=1.0, delta=1e-7), "minimum group size"),
-            (LookalikeQuery(gold, 100, epsilon=1.0, delta=1e-3), "delta must be well below"),
-            (LookalikeQuery(gold, 100, epsilon=9.0, delta=1e-7), "per-query maximum"),
+            (LookalikeQuery(gold, 100, epsilon=1.0, delta=1e-3), "delta 0.001 exceeds the policy's per-query maximum"),
+            (LookalikeQuery(gold, 100, epsilon=9.0, delta=1e-7), "outside the policy's range for one query"),
+            (LookalikeQuery(gold, 100, epsilon=0.001, delta=1e-7), "outside the policy's range for one query"),
             (LookalikeQuery(((DimensionRef("brand", "email"), "x"),), 100, epsilon=1.0, delta=1e-7), "declared"),
             (LookalikeQuery(((DimensionRef("brand", "tier"), "platinum"),), 100, epsilon=1.0, delta=1e-7), "domain"),
         ]
         for q, message in cases:
             with pytest.raises(Exception, match=message):
                 room.queries.lookalike(BRAND, collab, q)
-        assert room.budget.status(collab, "brand", 100.0).spent == 0.0
+        assert room.budget.status(collab, "brand", Limits(100.0, 1e-5)).spent == 0.0
         with pytest.raises(Exception, match="does not give you"):
             room.queries.lookalike(PLATFORM, collab, LookalikeQuery(gold, 100, epsilon=1.0, delta=1e-7))
     finally:
@@ -164,7 +171,7 @@ def test_lookalike_over_grpc_reaches_the_platform_as_its_own_keys(room):
         },
     )
     brand, platform = room.client("brand"), room.client("platform")
-    frame = brand.lookalike(collab, seed={"brand.tier": "gold"}, audience_size=300, epsilon=2.0, delta=1e-5)
+    frame = brand.lookalike(collab, seed={"brand.tier": "gold"}, audience_size=300, epsilon=2.0, delta=1e-7)
     name = frame.attrs["audience"]
     assert name.startswith(f"collaborations/{collab}/audiences/")
     listed = platform.audiences(collab)
@@ -181,13 +188,15 @@ def test_lookalike_over_grpc_reaches_the_platform_as_its_own_keys(room):
     with pytest.raises(CleanRoomError) as info:
         brand.audiences(collab)
     assert info.value.code == "PERMISSION_DENIED"
-    activated = brand.activate(collab, segment={"platform.stage_4a": "appeal"}, epsilon=0.5)
+    with pytest.raises(CleanRoomError, match="other than the recipient"):  # the platform's own columns alone
+        brand.activate(collab, segment={"platform.age_band": "25-34"}, epsilon=0.5)
+    activated = brand.activate(collab, segment={"brand.tier": "gold"}, epsilon=0.5)
     assert activated.attrs["audience"] in set(platform.audiences(collab)["name"])
     pd.testing.assert_index_equal(activated.columns, pd.Index(["part", "measure", "value", "error_95", "suppressed"]))
 
 
 def test_train_calibrates_noise_for_label_flips_and_reports_that_epsilon():
-    from cleanroom.analytics.lookalike import EPOCHS, TrainingData, train
+    from cleanroom.analytics.lookalike import EPOCHS, SAMPLE_RATE, TrainingData, train, training_noise
     from cleanroom.privacy.accounting import calibrate_noise, dpsgd_epsilon
 
     rng = np.random.default_rng(5)
@@ -195,13 +204,14 @@ def test_train_calibrates_noise_for_label_flips_and_reports_that_epsilon():
     labels = (rng.random(n) < 0.1).astype(np.float32)
     features = np.stack([labels + rng.normal(0, 1, n), rng.normal(0, 1, n)], axis=1).astype(np.float32)
     data = TrainingData(np.arange(n, dtype=np.int64), features, labels, ("signal", "noise"))
-    one, four = train(data, 3.0, 1e-6, group=1), train(data, 3.0, 1e-6, group=4)
-    # about 4,000 training examples in batches of 80: ~50 Poisson steps an epoch at q = 1/50 (the split is random)
-    for model, group in ((one, 1), (four, 4)):
-        train_n = int((~model.held_out).sum())
-        steps_per_epoch = -(-train_n // max(64, train_n // 50))
-        q, steps = 1 / steps_per_epoch, EPOCHS * steps_per_epoch
-        assert model.epsilon <= 3.0
-        assert model.epsilon == pytest.approx(dpsgd_epsilon(model.noise_multiplier, q, steps, 1e-6, group))
-        assert model.noise_multiplier == pytest.approx(calibrate_noise(3.0, 1e-6, q, steps, group))
+    noise_one, noise_four = training_noise(3.0, 1e-6, 1), training_noise(3.0, 1e-6, 4)
+    one, four = train(data, noise_one), train(data, noise_four)
+    # the sample rate and the steps are constants: the charge never depends on the number of users
+    steps = EPOCHS * round(1 / SAMPLE_RATE)
+    for model, noise, group in ((one, noise_one, 1), (four, noise_four, 4)):
+        assert model.epsilon == noise.epsilon <= 3.0
+        assert model.epsilon == pytest.approx(dpsgd_epsilon(model.noise_multiplier, SAMPLE_RATE, steps, 1e-6, group))
+        assert model.noise_multiplier == pytest.approx(calibrate_noise(3.0, 1e-6, SAMPLE_RATE, steps, group))
     assert four.noise_multiplier > 2 * one.noise_multiplier
+    small = TrainingData(np.arange(300, dtype=np.int64), features[:300], labels[:300], ("signal", "noise"))
+    assert train(small, noise_four).epsilon == four.epsilon  # the same charge for 300 users as for 5,000

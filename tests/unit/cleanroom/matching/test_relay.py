@@ -83,38 +83,44 @@ def test_unshuffle_puts_each_double_blinded_tag_on_its_own_row(row_ids, chunk):
         db.close()
 
 
-def test_join_is_one_to_one_with_priority_and_duplicates(tmp_path):
+def test_join_pairs_only_rows_whose_unique_keys_all_agree(tmp_path):
     db, relay, collab = _setup(tmp_path)
-    # brand rows: 1 (a@, p1), 2 (b@, p2), 3 (dup a@, no phone), 4 (c@, p4)
-    # platform rows: 10 (a@, p2)  11 (a@)  12 (x@, p2)  13 (y@, p4)
+    # Keys count only when unique on both sides; a pair is a link component of exactly one row per side.
+    # brand:    1 (a, p1)  2 (b, p2)  3 (a)  4 (c, p4)  5 (d, p5)  6 (e)      7 (f, p7)
+    # platform: 10 (a, p2) 11 (a)  12 (x, p2)  13 (y, p4)  14 (d, p5)  15 (e, p6)  16 (z, p1)  17 (f)  18 (g, p7)
     _upload(
         relay,
         collab,
         "brand",
         KA,
-        {EMAIL: [(1, "a"), (2, "b"), (3, "a"), (4, "c")], PHONE: [(1, "p1"), (2, "p2"), (4, "p4")]},
+        {
+            EMAIL: [(1, "a"), (2, "b"), (3, "a"), (4, "c"), (5, "d"), (6, "e"), (7, "f")],
+            PHONE: [(1, "p1"), (2, "p2"), (4, "p4"), (5, "p5"), (7, "p7")],
+        },
     )
     _upload(
         relay,
         collab,
         "platform",
         KB,
-        {EMAIL: [(10, "a"), (11, "a"), (12, "x"), (13, "y")], PHONE: [(10, "p2"), (12, "p2"), (13, "p4")]},
+        {
+            EMAIL: [(10, "a"), (11, "a"), (12, "x"), (13, "y"), (14, "d"), (15, "e"), (16, "z"), (17, "f"), (18, "g")],
+            PHONE: [(10, "p2"), (12, "p2"), (13, "p4"), (14, "p5"), (15, "p6"), (16, "p1"), (18, "p7")],
+        },
     )
     assert relay.status(collab, "brand").stage is MatchStage.DOUBLE_BLINDING
     _double_blind(relay, collab, "brand", KA)
     _double_blind(relay, collab, "platform", KB)
     assert relay.status(collab, "brand").stage is MatchStage.MATCHED
     pairs = db.cursor().execute("SELECT row_a, row_b, id_type FROM matches ORDER BY row_a").fetchall()
-    # email first: brand {1,3} x platform {10,11} -> two pairs; then phone p2: brand 2 x platform 12 (10 is taken);
-    # phone p4: brand 4 x platform 13.
-    assert len(pairs) == 4
-    assert {p[0] for p in pairs} == {1, 2, 3, 4}
-    assert {p[1] for p in pairs} == {10, 11, 12, 13}
-    assert {(a, b) for a, b, _ in pairs if a in (2, 4)} == {(2, 12), (4, 13)}
+    # a@ is on two rows of each side and p2 on two platform rows: neither links anyone. 1-16 link by phone alone,
+    # 4-13 by phone, 5-14 by email and phone, 6-15 by email. Brand 7 links to 17 (email) and 18 (phone): two
+    # different people, so none of the three is matched.
+    assert [(a, b) for a, b, _ in pairs] == [(1, 16), (4, 13), (5, 14), (6, 15)]
     stats, total = match_stats(db.cursor(), collab.id)
     assert total == 4
     assert {s.id_type: s.pairs for s in stats}[EMAIL] == 2
+    assert {s.id_type: s.pairs for s in stats}[PHONE] == 2
     with pytest.raises(FailedPreconditionError, match="second match"):
         relay.upload_points(collab, "brand", 0, EMAIL, 0, b"", b"", last=True)
     db.close()

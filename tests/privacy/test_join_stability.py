@@ -1,0 +1,257 @@
+"""The join's stability: one row more or less changes at most `stability_constant(T)` pairs, and no released vector
+moves by more than its stated sensitivity.
+
+Three layers: (1) a plain-Python statement of the rule, checked against the SQL join on random data; (2) a search
+over random small datasets, heavy in duplicate and conflicting keys, for a removal that changes more pairs than
+the constant (and an example that reaches it, so the constant is tight); (3) the released vectors themselves: every
+query type runs on D and D minus one row of either member with a mechanism that records the exact vectors and the
+sensitivity the engine states, and their L1 distance never exceeds it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+
+import duckdb
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, example, given, settings
+from privacy_data import DAY0, DAY1, PRIVACY_POLICY, MemberData, RecordingNoise, every_query, tag
+
+from cleanroom.matching.join import ID_TYPE_CODES, join_matches, stability_constant
+from cleanroom.storage.database import _SCHEMA
+from cleanroom_client.identity import IdentifierType
+
+Row = dict[str, str | None]
+
+
+def _count(rows: list[Row], t: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in rows:
+        k = r.get(t)
+        if k is not None:
+            counts[k] = counts.get(k, 0) + 1
+    return counts
+
+
+def reference_pairs(a: list[Row], b: list[Row], types: tuple[str, ...]) -> set[tuple[int, int]]:
+    """The rule in plain Python: unique-on-both-sides keys link rows; a pair is a component {a, b}."""
+    links: set[tuple[int, int]] = set()
+    for t in types:
+        count_a, count_b = _count(a, t), _count(b, t)
+        for i, r in enumerate(a):
+            k = r.get(t)
+            if k is None or count_a[k] != 1 or count_b.get(k) != 1:
+                continue
+            j = next(j for j, s in enumerate(b) if s.get(t) == k)
+            links.add((i, j))
+    neighbours_a: dict[int, set[int]] = {}
+    neighbours_b: dict[int, set[int]] = {}
+    for i, j in links:
+        neighbours_a.setdefault(i, set()).add(j)
+        neighbours_b.setdefault(j, set()).add(i)
+    return {(i, j) for i, j in links if neighbours_a[i] == {j} and neighbours_b[j] == {i}}
+
+
+def sql_pairs(a: list[Row], b: list[Row], types: tuple[str, ...]) -> set[tuple[int, int]]:
+    """The server's join on the same rows (an in-memory DuckDB with the server's schema)."""
+    con = duckdb.connect()
+    con.execute(_SCHEMA)
+    keys = [
+        ("c", member, ID_TYPE_CODES[IdentifierType(t)], i, tag(str(r[t]), t))
+        for member, rows in (("brand", a), ("platform", b))
+        for i, r in enumerate(rows)
+        for t in types
+        if r.get(t) is not None
+    ]
+    if keys:
+        con.executemany("INSERT INTO match_keys VALUES (?, ?, ?, ?, ?)", keys)
+    join_matches(con, "c", ("brand", "platform"), [IdentifierType(t) for t in types])
+    pairs = {(int(x), int(y)) for x, y in con.execute("SELECT row_a, row_b FROM matches").fetchall()}
+    con.close()
+    return pairs
+
+
+KEYS = st.one_of(st.none(), st.sampled_from(["k0", "k1", "k2", "k3"]))
+ROWS = st.lists(st.fixed_dictionaries({"email": KEYS, "phone": KEYS}), max_size=9)
+
+
+def _neighbours(a: list[Row], b: list[Row]):
+    for i in range(len(a)):
+        yield a[:i] + a[i + 1 :], b
+    for j in range(len(b)):
+        yield a, b[:j] + b[j + 1 :]
+
+
+def _changed(before: set[tuple[int, int]], after: set[tuple[int, int]], a, b, a2, b2) -> int:
+    """Pairs that appear or disappear, naming rows by identity (positions shift when a row is removed)."""
+
+    def ids(pairs, ra, rb):
+        return {(id(ra[i]), id(rb[j])) for i, j in pairs}
+
+    return len(ids(before, a, b) ^ ids(after, a2, b2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(ROWS, ROWS)
+def test_no_removal_changes_more_pairs_than_the_constant(a, b):
+    for types in (("email",), ("email", "phone")):
+        c = stability_constant(len(types))
+        before = reference_pairs(a, b, types)
+        for a2, b2 in _neighbours(a, b):
+            assert _changed(before, reference_pairs(a2, b2, types), a, b, a2, b2) <= c
+
+
+@settings(max_examples=40, deadline=None)
+@given(ROWS, ROWS)
+def test_the_server_join_is_the_rule(a, b):
+    for types in (("email",), ("email", "phone")):
+        assert sql_pairs(a, b, types) == reference_pairs(a, b, types)
+
+
+def test_the_constant_is_reached():
+    """T = 2: r's email and phone are each shared with another brand row paired through its other identifier, and
+    each is on one platform row that is also paired: removing r links both, breaking four pairs."""
+    r: Row = {"email": "e", "phone": "p"}
+    a: list[Row] = [
+        r,
+        {"email": "e", "phone": "q1"},  # shares r's email; paired with b0 by phone q1
+        {"email": "x2", "phone": "p"},  # shares r's phone; paired with b2 by email x2
+        {"email": "x3", "phone": "q3"},  # paired with b1 by phone q3
+        {"email": "x4", "phone": "q4"},  # paired with b3 by email x4
+    ]
+    b: list[Row] = [
+        {"email": "y0", "phone": "q1"},
+        {"email": "e", "phone": "q3"},  # has r's email; paired with a3 by phone
+        {"email": "x2", "phone": "y2"},
+        {"email": "x4", "phone": "p"},  # has r's phone; paired with a4 by email
+    ]
+    types = ("email", "phone")
+    before = reference_pairs(a, b, types)
+    after = reference_pairs(a[1:], b, types)
+    assert len(before) == 4
+    assert after == set()
+    assert _changed(before, after, a, b, a[1:], b) == stability_constant(2) == 4
+    assert stability_constant(1) == 1
+
+
+# -- the released vectors ------------------------------------------------------------------------------------------
+T0 = dt.datetime(2026, 11, 1)
+STAGES = ("aware", "appeal", "act", "advocate")
+
+
+@st.composite
+def datasets(draw):
+    """Both members' rows, heavy in shared, duplicate and conflicting keys, with events on every table."""
+    n_brand, n_platform = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    brand = MemberData(
+        users=[
+            {"email": draw(KEYS), "phone": draw(KEYS), "tier": draw(st.sampled_from(["gold", "basic", None]))}
+            for _ in range(n_brand)
+        ]
+    )
+    brand.events["conversions"] = [
+        {
+            "user": u,
+            "ts": T0 + dt.timedelta(hours=draw(st.integers(0, 96))),
+            "value": draw(st.sampled_from([-50.0, -0.015, 0.0, 7.777, 100.0, 1e6])),
+        }
+        for u in range(n_brand)
+        for _ in range(draw(st.integers(0, 3)))
+    ]
+    platform = MemberData(
+        users=[
+            {
+                "email": draw(KEYS),
+                "phone": draw(KEYS),
+                "age_band": draw(st.sampled_from(["young", "old", None])),
+                "stage_4a": draw(st.sampled_from([*STAGES, None])),
+                "visits": draw(st.sampled_from([0.0, 3.0, 10.0])),
+            }
+            for _ in range(n_platform)
+        ]
+    )
+    platform.events["exposures"] = [
+        {
+            "user": u,
+            "ts": T0 + dt.timedelta(hours=draw(st.integers(-48, 96))),
+            "campaign": draw(st.sampled_from(["c1", "c2"])),
+            "channel": draw(st.sampled_from(["search", "feed"])),
+            "kind": draw(st.sampled_from(["impression", "click"])),
+        }
+        for u in range(n_platform)
+        for _ in range(draw(st.integers(0, 4)))
+    ]
+    platform.events["stage_history"] = [
+        {"user": u, "day": day, "stage_4a": draw(st.sampled_from(STAGES))}
+        for u in range(n_platform)
+        for day in (DAY0, DAY1)
+        if draw(st.booleans())
+    ]
+    platform.events["test_groups"] = [
+        {"user": u, "campaign": "c1", "test_group": draw(st.sampled_from(["exposed", "holdout"]))}
+        for u in range(n_platform)
+        if draw(st.booleans())
+    ]
+    side = draw(st.sampled_from(["brand", "platform"]))
+    removed = draw(st.integers(0, (n_brand if side == "brand" else n_platform) - 1))
+    return {"brand": brand, "platform": platform}, side, removed
+
+
+def _vectors(rooms, data) -> list[list]:
+    noise = RecordingNoise()
+    room = rooms(PRIVACY_POLICY, data, noise)
+    out = []
+    for query in every_query():
+        noise.calls.clear()
+        query(room.queries, "privacy-test")
+        out.append(list(noise.calls))
+    return out
+
+
+def cascade() -> tuple[dict[str, MemberData], str, int]:
+    """The tight example of `test_the_constant_is_reached`, with events on every person, and r removed."""
+    brand = MemberData(
+        users=[
+            {"email": "e", "phone": "p", "tier": "gold"},
+            {"email": "e", "phone": "q1", "tier": "gold"},
+            {"email": "x2", "phone": "p", "tier": "gold"},
+            {"email": "x3", "phone": "q3", "tier": "basic"},
+            {"email": "x4", "phone": "q4", "tier": "basic"},
+        ]
+    )
+    brand.events["conversions"] = [
+        {"user": u, "ts": T0 + dt.timedelta(hours=10 + k), "value": v}
+        for u in range(5)
+        for k, v in enumerate((-50.0, 100.0, 33.333))
+    ]
+    platform = MemberData(
+        users=[
+            {"email": e, "phone": p, "age_band": "young", "stage_4a": "aware", "visits": 1.0}
+            for e, p in (("y0", "q1"), ("e", "q3"), ("x2", "y2"), ("x4", "p"))
+        ]
+    )
+    platform.events["exposures"] = [
+        {"user": u, "ts": T0 + dt.timedelta(hours=h), "campaign": "c1", "channel": "feed", "kind": "click"}
+        for u in range(4)
+        for h in range(0, 10, 2)
+    ]
+    platform.events["stage_history"] = [{"user": u, "day": DAY1, "stage_4a": "act"} for u in range(4)]
+    platform.events["test_groups"] = [{"user": u, "campaign": "c1", "test_group": "exposed"} for u in range(4)]
+    return {"brand": brand, "platform": platform}, "brand", 0
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(drawn=cascade())
+@given(datasets())
+def test_every_released_vector_moves_by_at_most_its_stated_sensitivity(rooms, drawn):
+    data, side, removed = drawn
+    before = _vectors(rooms, data)
+    neighbour = {**data, side: data[side].without_user(removed)}
+    after = _vectors(rooms, neighbour)
+    for q, (calls_d, calls_n) in enumerate(zip(before, after, strict=True)):
+        assert len(calls_d) == len(calls_n), q
+        for x, y in zip(calls_d, calls_n, strict=True):
+            assert x.sensitivity == y.sensitivity  # stated from the policy alone
+            distance = sum(abs(u - v) for u, v in itertools.zip_longest(x.counts, y.counts, fillvalue=0))
+            assert distance <= x.sensitivity, (q, x.counts, y.counts, x.sensitivity)

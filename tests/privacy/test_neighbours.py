@@ -1,0 +1,153 @@
+"""Neighbouring datasets give the same outcome class: every query type, with edge parameters, on D and on D minus
+one person (of either member), succeeds or is refused identically, with the same message and the same cells.
+
+The values differ (that is what the noise is for); whether a query succeeds, how it is refused, and which cells it
+releases must not, or the outcome itself is an oracle on the removed person.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from privacy_data import BRAND, DAY0, DAY1, PRIVACY_POLICY, MemberData
+
+from cleanroom.analytics.queries import (
+    ActivationQuery,
+    AttributionQuery,
+    DimensionRef,
+    FunnelFlowQuery,
+    FunnelQuery,
+    LiftQuery,
+    LookalikeQuery,
+    OverlapQuery,
+    SegmentInsightQuery,
+)
+from cleanroom.errors import CleanroomError
+
+T0 = dt.datetime(2026, 11, 1)
+C = "privacy-test"
+d = DimensionRef.parse
+
+
+def dataset() -> dict[str, MemberData]:
+    """A population with the edge cases the review used: history-only people, one-person groups, old touches,
+    people with no identifier, duplicate and conflicting keys, negative values, and a lone holdout."""
+    n = 30
+    brand = MemberData(
+        users=[
+            {"email": f"e{i}", "phone": f"p{i}" if i % 4 else None, "tier": ("gold", "basic", None)[i % 3]}
+            for i in range(n)
+        ]
+        + [{"email": "e0", "phone": None, "tier": "gold"}, {"email": None, "phone": None, "tier": "basic"}]
+    )
+    brand.events["conversions"] = [
+        {"user": i, "ts": T0 + dt.timedelta(hours=i), "value": (-50.0, 0.01, 99.99, 1e9)[i % 4]}
+        for i in range(n)
+        for _ in range(i % 3)
+    ]
+    platform = MemberData(
+        users=[
+            {
+                "email": f"e{i}" if i != 5 else "e6",
+                "phone": f"p{i}",
+                "age_band": ("young", "old")[i % 2] if i % 7 else None,
+                "stage_4a": ("aware", "appeal", "act", "advocate")[i % 4],
+                "visits": float(i % 11),
+            }
+            for i in range(n)
+        ]
+    )
+    platform.events["exposures"] = [
+        {
+            "user": i,
+            "ts": T0 - dt.timedelta(days=(i * 37) % 400, hours=i),
+            "campaign": ("c1", "c2")[i % 2],
+            "channel": ("search", "feed")[(i // 2) % 2],
+            "kind": ("impression", "click")[(i // 3) % 2],
+        }
+        for i in range(n)
+        for _ in range(1 + i % 3)
+    ]
+    platform.events["test_groups"] = [
+        {"user": i, "campaign": "c1", "test_group": "holdout" if i == 3 else "exposed"} for i in range(0, n, 3)
+    ]
+    platform.events["stage_history"] = [
+        {"user": i, "day": day, "stage_4a": ("aware", "appeal", "act", "advocate")[(i + k) % 4]}
+        for i in range(n)
+        for k, day in enumerate((DAY0, DAY1))
+        if (i + k) % 5
+    ]
+    return {"brand": brand, "platform": platform}
+
+
+QUERIES = {
+    "overlap, three dimensions": lambda e: e.overlap(
+        BRAND, C, OverlapQuery((d("brand.tier"), d("platform.age_band"), d("platform.stage_4a")), 0.01)
+    ),
+    "overlap, no dimension, the largest epsilon": lambda e: e.overlap(BRAND, C, OverlapQuery((), 1e4)),
+    "overlap, an undeclared dimension": lambda e: e.overlap(BRAND, C, OverlapQuery((d("brand.email"),), 1.0)),
+    "funnel by tier, AIPL": lambda e: e.funnel(BRAND, C, FunnelQuery(d("brand.tier"), 0.5, "aipl")),
+    "funnel flow": lambda e: e.funnel_flow(BRAND, C, FunnelFlowQuery(DAY0, DAY1, 1.0)),
+    "funnel flow, dates with no history": lambda e: e.funnel_flow(
+        BRAND, C, FunnelFlowQuery(dt.date(2020, 1, 1), dt.date(2020, 1, 2), 1.0)
+    ),
+    "segment insight": lambda e: e.segment_insight(BRAND, C, SegmentInsightQuery(d("platform.age_band"), 1.0)),
+    "time decay at the shortest half-life, a year back": lambda e: e.attribution(
+        BRAND, C, AttributionQuery("time_decay", 365, "campaign", 1.0, d("brand.tier"), half_life_days=1 / 24)
+    ),
+    "time decay below the shortest half-life": lambda e: e.attribution(
+        BRAND, C, AttributionQuery("time_decay", 365, "campaign", 1.0, half_life_days=1e-9)
+    ),
+    "position based, one day, clicks over views": lambda e: e.attribution(
+        BRAND, C, AttributionQuery("position_based", 1, "channel", 1.0, click_over_view=True)
+    ),
+    "lift with a one-person holdout": lambda e: e.lift(BRAND, C, LiftQuery("c1", 0.01)),
+    "lift of a campaign nobody is in": lambda e: e.lift(BRAND, C, LiftQuery("c2", 1.0)),
+    "lift below the smallest epsilon": lambda e: e.lift(BRAND, C, LiftQuery("c1", 1e-6)),
+    "activation at the minimum size": lambda e: e.activate(
+        BRAND, C, ActivationQuery(((d("brand.tier"), "gold"), (d("platform.age_band"), "old")), 1.0, 1e-9)
+    ),
+    "activation on the recipient's columns alone": lambda e: e.activate(
+        BRAND, C, ActivationQuery(((d("platform.age_band"), "old"),), 1.0)
+    ),
+    "lookalike": lambda e: e.lookalike(BRAND, C, LookalikeQuery(((d("brand.tier"), "gold"),), 1, 1.0, 1e-9)),
+    "lookalike with a delta over the policy's": lambda e: e.lookalike(
+        BRAND, C, LookalikeQuery(((d("brand.tier"), "gold"),), 1, 1.0, 1e-5)
+    ),
+}
+
+
+def outcome_class(call) -> tuple[str, ...]:
+    try:
+        answer = call()
+    except CleanroomError as exc:
+        return type(exc).__name__, str(exc)
+    return "ok", repr(answer.dimensions), repr([(c.keys, c.measure) for c in answer.cells])
+
+
+@pytest.mark.parametrize(
+    ("side", "person"), [("brand", 0), ("brand", 30), ("brand", 5), ("platform", 3), ("platform", 5), ("platform", 6)]
+)
+def test_one_person_more_or_less_never_changes_the_outcome_class(rooms, side, person):
+    full = dataset()
+    neighbour = {**full, side: full[side].without_user(person)}
+    on_d = rooms(PRIVACY_POLICY, full)
+    on_n = rooms(PRIVACY_POLICY, neighbour)
+    for name, query in QUERIES.items():
+        a = outcome_class(lambda q=query: q(on_d.queries))
+        b = outcome_class(lambda q=query: q(on_n.queries))
+        assert a == b, (name, a, b)
+
+
+def test_the_edge_queries_cover_both_outcomes(rooms):
+    """The comparison above is not vacuous: some edge queries succeed and some are refused (from the request)."""
+    room = rooms(PRIVACY_POLICY, dataset())
+    classes = {name: outcome_class(lambda q=query: q(room.queries))[0] for name, query in QUERIES.items()}
+    assert classes["lift below the smallest epsilon"] == "InvalidArgumentError"
+    assert classes["time decay below the shortest half-life"] == "InvalidArgumentError"
+    assert classes["activation on the recipient's columns alone"] == "InvalidArgumentError"
+    assert classes["lookalike with a delta over the policy's"] == "InvalidArgumentError"
+    assert classes["time decay at the shortest half-life, a year back"] == "ok"
+    assert classes["lift with a one-person holdout"] == "ok"
+    assert classes["lookalike"] == "ok"
