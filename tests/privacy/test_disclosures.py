@@ -1,0 +1,111 @@
+"""Activation is a named disclosure gated on the truth; revenue sensitivity holds with negative values and many touches;
+audience releases are charged to the recipient; the SDK refuses identifier types the policy does not name."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import pytest
+from privacy_data import BRAND, PLATFORM, PRIVACY_POLICY, MemberData, RecordingNoise
+
+from cleanroom.analytics.engine import activation_threshold
+from cleanroom.analytics.queries import ActivationQuery, AttributionQuery, DimensionRef
+from cleanroom.errors import InvalidArgumentError, PermissionDeniedError
+from cleanroom.privacy.budget import Limits
+
+C = "privacy-test"
+T0 = dt.datetime(2026, 11, 1)
+LIMITS = Limits(1e6, 1e-5)
+
+
+def one_gold_person(n: int = 60) -> dict[str, MemberData]:
+    """n matched people; exactly one of them is gold."""
+    brand = MemberData(users=[{"email": f"e{i}", "tier": "gold" if i == 0 else "basic"} for i in range(n)])
+    platform = MemberData(
+        users=[{"email": f"e{i}", "age_band": "young", "stage_4a": "aware", "visits": 1.0} for i in range(n)]
+    )
+    return {"brand": brand, "platform": platform}
+
+
+def test_a_one_person_segment_is_never_released(rooms):
+    """The review released a 1-person segment with min_size 50 in 10 of 40 tries at epsilon 0.01: the gate was a
+    noisy size alone. Now the true size must reach min_size too (and the noisy one clear it with a margin)."""
+    policy = PRIVACY_POLICY.replace("min_size: 3", "min_size: 50")
+    room = rooms(policy, one_gold_person())
+    gold = ((DimensionRef("brand", "tier"), "gold"),)
+    for _ in range(40):
+        answer = room.queries.activate(BRAND, C, ActivationQuery(gold, 0.01, 1e-9))
+        assert answer.audience == ""
+        assert answer.cells[0].suppressed
+    # every try was charged to the brand and to the platform, which would have received the list
+    for member in ("brand", "platform"):
+        status = room.budget.status(C, member, LIMITS)
+        assert status.spent == pytest.approx(0.4)
+        assert status.delta_spent == pytest.approx(40 * 1e-9)
+    assert not list(room.db.cursor().execute("SELECT * FROM audiences").fetchall())
+
+
+def test_activation_releases_a_large_segment_and_charges_both_ledgers(rooms):
+    data = one_gold_person(200)
+    for u in data["brand"].users[:150]:
+        u["tier"] = "gold"
+    room = rooms(PRIVACY_POLICY, data)
+    answer = room.queries.activate(BRAND, C, ActivationQuery(((DimensionRef("brand", "tier"), "gold"),), 1.0, 1e-9))
+    assert answer.audience
+    assert activation_threshold(1.0, 1e-9, 4) == math.ceil(4 * math.log(1e9)) + 3  # c ln(1/delta)/epsilon + c - 1
+    entries = list(room.audit.entries(C))
+    query, charge = entries[-2], entries[-1]
+    assert (query.action, query.principal, query.epsilon, query.delta) == ("query.activation", "brand", 1.0, 1e-9)
+    assert (charge.action, charge.principal, charge.epsilon, charge.delta) == ("budget.charge", "platform", 1.0, 1e-9)
+
+
+def test_activation_refusals(rooms):
+    room = rooms(PRIVACY_POLICY, one_gold_person())
+    d = DimensionRef.parse
+    with pytest.raises(InvalidArgumentError, match="other than the recipient"):
+        room.queries.activate(BRAND, C, ActivationQuery(((d("platform.age_band"), "young"),), 1.0))
+    with pytest.raises(InvalidArgumentError, match="not among the policy's activation dimensions"):
+        room.queries.activate(BRAND, C, ActivationQuery(((d("platform.stage_4a"), "aware"),), 1.0))
+    with pytest.raises(PermissionDeniedError):
+        room.queries.activate(PLATFORM, C, ActivationQuery(((d("brand.tier"), "gold"),), 1.0))
+    unnamed = rooms(PRIVACY_POLICY.replace("lookalike, activation]", "lookalike]"), one_gold_person())
+    with pytest.raises(PermissionDeniedError, match="does not allow activation"):
+        unnamed.queries.activate(BRAND, C, ActivationQuery(((d("brand.tier"), "gold"),), 1.0))
+    assert room.budget.status(C, "brand", LIMITS).spent == 0.0
+
+
+def test_negative_revenue_over_many_touches_stays_within_its_sensitivity(rooms):
+    """floor(w x value x 100) per touch added up to a cent per touch below zero, and touches were uncapped: revenue
+    L1 reached 1000-1038 cents against a stated 100. Each conversion now hands out exactly trunc(100 x value)."""
+    brand = MemberData(users=[{"email": "e0", "tier": "gold"}, {"email": "e1", "tier": "basic"}])
+    brand.events["conversions"] = [{"user": 0, "ts": T0, "value": -49.99}, {"user": 0, "ts": T0, "value": -0.01}]
+    platform = MemberData(
+        users=[{"email": f"e{i}", "age_band": "young", "stage_4a": "aware", "visits": 0.0} for i in range(2)]
+    )
+    platform.events["exposures"] = [
+        {
+            "user": 0,
+            "ts": T0 - dt.timedelta(minutes=k),
+            "campaign": ("c1", "c2")[k % 2],
+            "channel": "feed",
+            "kind": "click",
+        }
+        for k in range(300)
+    ]
+    data = {"brand": brand, "platform": platform}
+    neighbour = {"brand": brand.without_user(0), "platform": platform}
+    vectors = []
+    for d in (data, neighbour):
+        noise = RecordingNoise()
+        room = rooms(PRIVACY_POLICY, d, noise)
+        for model in ("linear", "time_decay", "position_based"):
+            room.queries.attribution(BRAND, C, AttributionQuery(model, 7, "campaign", 1.0, half_life_days=1 / 24))
+        vectors.append(noise.calls)
+    for with_person, without in zip(*vectors, strict=True):
+        distance = sum(abs(a - b) for a, b in zip(with_person.counts, without.counts, strict=True))
+        assert distance <= with_person.sensitivity
+    revenue = [call for call in vectors[0] if call.sensitivity == 4 * 2 * 10_000]  # c x cap x ceil(100 x 100)
+    assert len(revenue) == 3
+    for call in revenue:
+        assert sum(call.counts) == -4999 - 1  # exactly the two conversions' cents, whatever the 300 touches
