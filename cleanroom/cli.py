@@ -252,24 +252,18 @@ def audit_verify(
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-    from .audit import AuditEntry, verify_entries
+    from .audit.chain import verify_export
 
     key = load_pem_public_key(public_key.read_bytes())
     if not isinstance(key, Ed25519PublicKey):
         console.print("[red]the public key is not an Ed25519 key[/]")
         raise typer.Exit(2)
-    entries = []
-    for number, line in enumerate(file.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entries.append(AuditEntry.from_json(line))
-        except ValueError as exc:
-            out.print(f"[red]INVALID[/]: line {number} is not an audit entry ({exc})")
-            raise typer.Exit(1) from None
-    result = verify_entries(entries, key)
+    result = verify_export(file.read_text(), key)
     if result.valid:
-        out.print(f"[green]VALID[/]: {result.entries_checked} entries, chain intact, every signature the server's")
+        out.print(
+            f"[green]VALID[/]: {result.entries_checked} entries, chain intact, every signature the server's, "
+            "ending at the server's signed head"
+        )
         return
     out.print(f"[red]INVALID[/]: {result.reason} (after {result.entries_checked} good entries)")
     raise typer.Exit(1)

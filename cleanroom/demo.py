@@ -18,8 +18,7 @@ from rich.table import Table
 
 from cleanroom_client import CleanRoomClient, MatchSummary
 
-from .audit import verify_entries
-from .audit.chain import AuditEntry
+from .audit.chain import verify_export
 from .devpki import make_dev_pki
 from .matching import match_stats
 from .principals import Role
@@ -222,7 +221,7 @@ def run_demo(
 
             public = load_pem_public_key(key.encode())
             assert isinstance(public, Ed25519PublicKey)
-            offline = verify_entries([AuditEntry.from_json(x) for x in export.read_text().splitlines()], public)
+            offline = verify_export(export.read_text(), public)
             console.print(
                 f"auditor: {len(log)} audit entries ({', '.join(sorted(set(log['action'])))}); "
                 f"server says valid={online['valid']}; offline check of the export with the public key alone: "

@@ -36,7 +36,7 @@ class Room:
     def open(cls, data_dir: Path) -> Room:
         """Open (creating on first use) the database and the signing key of `data_dir`."""
         db = Database(data_dir)
-        audit = AuditLog(db, load_or_create_signing_key(data_dir))
+        audit = AuditLog(db, load_or_create_signing_key(data_dir), data_dir / "audit-heads")
         principals = Principals(db, audit)
         collaborations = Collaborations(db, audit, principals)
         budget = BudgetAccountant(db, audit)

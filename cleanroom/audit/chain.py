@@ -109,16 +109,107 @@ class VerifyResult:
     reason: str = ""
 
 
-def verify_entries(entries: Iterable[AuditEntry], public_key: Ed25519PublicKey) -> VerifyResult:
-    """Check one chain in order: sequence, links, hashes and signatures."""
+HEAD_KIND = "cleanroom.audit.head.v1"
+
+
+@dataclass(frozen=True)
+class SignedHead:
+    """The server's signature over a chain's last entry (collaboration, sequence, hash): what anchors its end.
+
+    Entries link backwards, so deleting the newest ones leaves a shorter chain that still verifies; a head signed
+    by the server names the end, so a cut tail no longer matches it. Exports end with the head; the server keeps its
+    latest head outside its database and checks the chain against it; members and auditors may keep the heads they
+    were shown, and a later head with a lower sequence proves a rollback.
+    """
+
+    collaboration: str
+    sequence: int
+    hash: str
+    signature: bytes = b""
+
+    def message(self) -> bytes:
+        """The bytes the server signs."""
+        body = {"kind": HEAD_KIND, "collaboration": self.collaboration, "sequence": self.sequence, "hash": self.hash}
+        return canonical_json(body).encode("utf-8")
+
+    def is_signed_by(self, public_key: Ed25519PublicKey) -> bool:
+        """Whether the signature is the server's."""
+        try:
+            public_key.verify(self.signature, self.message())
+        except InvalidSignature:
+            return False
+        return True
+
+    def to_json(self) -> str:
+        """The export's last line."""
+        return canonical_json(
+            {
+                "head": {
+                    "collaboration": self.collaboration,
+                    "sequence": self.sequence,
+                    "hash": self.hash,
+                    "signature": base64.b64encode(self.signature).decode(),
+                }
+            }
+        )
+
+    @classmethod
+    def from_json(cls, line: str) -> SignedHead | None:
+        """The head of an export line, or None when the line is not a head; ValueError when it is a broken one."""
+        try:
+            d = json.loads(line)
+        except ValueError:
+            return None
+        if not isinstance(d, dict) or set(d) != {"head"}:
+            return None
+        try:
+            h = d["head"]
+            return cls(
+                str(h["collaboration"]),
+                int(h["sequence"]),
+                str(h["hash"]),
+                base64.b64decode(h["signature"], validate=True),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a signed head: {exc}") from None
+
+
+def verify_entries(
+    entries: Iterable[AuditEntry], public_key: Ed25519PublicKey, head: SignedHead | None = None, exact: bool = True
+) -> VerifyResult:
+    """Check one chain in order: sequence, links, hashes and signatures; then its end against a signed head.
+
+    With a head, the chain must reach the head's sequence with the head's hash (`exact`: and end there, as an
+    export does; otherwise entries after the head are allowed, as on a server that stopped between writing an entry
+    and its head). An empty chain verifies only without a head.
+    """
     previous = GENESIS
     checked = 0
+    at_head = head is None
     for expected, entry in enumerate(entries, start=1):
         reason = _first_problem(entry, expected, previous, public_key)
         if reason:
             return VerifyResult(False, checked, expected, f"entry {expected}: {reason}")
         previous = entry.hash
         checked += 1
+        if head is not None and entry.sequence == head.sequence:
+            if entry.hash != head.hash:
+                return VerifyResult(False, checked, expected, f"entry {expected} is not the one the signed head names")
+            at_head = True
+    if head is None:
+        return VerifyResult(True, checked)
+    if not head.is_signed_by(public_key):
+        return VerifyResult(False, checked, checked + 1, "the signed head's signature is not the server's")
+    if not at_head:
+        return VerifyResult(
+            False,
+            checked,
+            checked + 1,
+            f"the chain ends at entry {checked} but the server's signed head names entry {head.sequence}: "
+            "entries were cut from its end",
+        )
+    if exact and checked != head.sequence:
+        return VerifyResult(False, checked, head.sequence + 1, "entries follow the signed head")
     return VerifyResult(True, checked)
 
 
@@ -134,3 +225,31 @@ def _first_problem(entry: AuditEntry, expected: int, previous: str, public_key: 
     except (InvalidSignature, ValueError):
         return "the signature is not the server's"
     return ""
+
+
+def verify_export(text: str, public_key: Ed25519PublicKey) -> VerifyResult:
+    """Verify an export (JSON Lines of entries, then the signed head): what an auditor runs offline.
+
+    An export that does not end with a signed head is invalid: it is incomplete, or its end was cut with the head.
+    """
+    entries: list[AuditEntry] = []
+    head: SignedHead | None = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            if head is not None:
+                raise ValueError("lines follow the signed head, which must be the last line")
+            head = SignedHead.from_json(line)
+            if head is None:
+                entries.append(AuditEntry.from_json(line))
+        except ValueError as exc:
+            return VerifyResult(False, len(entries), len(entries) + 1, f"line {number} is not an audit entry ({exc})")
+    if head is None:
+        return VerifyResult(
+            False,
+            len(entries),
+            len(entries) + 1,
+            "the export does not end with the server's signed head: it is incomplete or cut",
+        )
+    return verify_entries(entries, public_key, head)

@@ -1,27 +1,41 @@
-"""Appending to and reading the audit log in the server's database.
+"""Appending to and reading the audit log in the server's database, anchored by signed heads kept outside it.
 
-Invariant: `append` runs inside the caller's transaction, the same one that changes the state it records, so an
-action and its entry commit together or not at all; if the entry cannot be written, the action fails and nothing
-is released. Appends are serialized by the database's write lock, so sequences never fork.
+Invariants:
+- `append` runs inside the caller's transaction, the same one that changes the state it records, so an action and
+  its entry commit together or not at all; if the entry cannot be written, the action fails and nothing is
+  released. Appends are serialized by the database's write lock, so sequences never fork.
+- After each commit, the chain's signed head (collaboration, sequence, hash, Ed25519 signature) is written to
+  `<heads_dir>/<sha256 of the collaboration>.json`, outside the database file. Verification checks the stored chain
+  against it: entries cut from the end of the chain in the database (while the server was stopped) no longer reach
+  the head. A crash between the commit and the head's write leaves the head one step behind, which verifies.
+- `require_intact` is the budget's gate: a chain that does not verify (altered, cut, head missing) closes the
+  collaboration's budget until the operator restores the data. The check is incremental: each entry is verified
+  once per server run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
+import os
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import duckdb
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ..errors import FailedPreconditionError
 from ..storage import Database
 from ..storage.database import first
-from .chain import GENESIS, AuditEntry, VerifyResult, canonical_json, verify_entries
+from .chain import GENESIS, AuditEntry, SignedHead, VerifyResult, canonical_json, verify_entries
 
 SERVER_CHAIN = ""
 _COLUMNS = (
@@ -81,9 +95,15 @@ def response_digest(response: object, key: bytes) -> str:
 class AuditLog:
     """The chains in the database, signed with the server's key."""
 
-    def __init__(self, db: Database, key: Ed25519PrivateKey) -> None:
+    def __init__(self, db: Database, key: Ed25519PrivateKey, heads_dir: Path) -> None:
         self._db = db
         self._key = key
+        self._heads = heads_dir
+        heads_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._intact: dict[str, tuple[int, str]] = {}
+        self._broken: dict[str, str] = {}
+        self._intact_lock = threading.Lock()
+        self._check_all()
         raw = key.private_bytes(
             serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
         )
@@ -123,6 +143,7 @@ class AuditLog:
         )
         digest = entry.compute_hash()
         signed = AuditEntry(**{**entry.__dict__, "hash": digest, "signature": self._key.sign(bytes.fromhex(digest))})
+        self._db.after_commit(lambda: self._write_head(signed))
         cur.execute(
             f"INSERT INTO audit_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
@@ -195,6 +216,107 @@ class AuditLog:
         """The digest an entry would record for `response` (the server can show which answer an entry holds)."""
         return response_digest(response, self._digest_key)
 
+    # -- the signed head ------------------------------------------------------------------------------------------
+    def _head_path(self, collaboration: str) -> Path:
+        return self._heads / f"{hashlib.sha256(collaboration.encode('utf-8')).hexdigest()}.json"
+
+    def _sign_head(self, collaboration: str, sequence: int, hash_: str) -> SignedHead:
+        unsigned = SignedHead(collaboration, sequence, hash_)
+        return SignedHead(collaboration, sequence, hash_, self._key.sign(unsigned.message()))
+
+    def _check_all(self) -> None:
+        """Verify every chain once at start, before anything appends: a broken chain stays broken for this run.
+
+        Its head file is then never rewritten, so an append after a cut (a refusal, a charge) cannot sign a head
+        for the cut chain and hide it from the next start.
+        """
+        for (collab,) in self._db.cursor().execute("SELECT DISTINCT collab FROM audit_log").fetchall():
+            with contextlib.suppress(FailedPreconditionError):
+                self.require_intact(collab)
+
+    def _write_head(self, entry: AuditEntry) -> None:
+        """Replace the chain's head file atomically (called after the entry's transaction committed)."""
+        if entry.collaboration in self._broken:
+            return
+        head = self._sign_head(entry.collaboration, entry.sequence, entry.hash)
+        path = self._head_path(entry.collaboration)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(head.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def stored_head(self, collaboration: str) -> SignedHead | None:
+        """The head the server last wrote for a chain (None when it never wrote one), as stored: verify it."""
+        try:
+            return SignedHead.from_json(self._head_path(collaboration).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def head(self, collaboration: str) -> SignedHead | None:
+        """A signed head naming the chain's current last entry (None for an empty chain): for exports and verifiers."""
+        last = first(
+            self._db.cursor().execute(
+                "SELECT seq, hash FROM audit_log WHERE collab = ? ORDER BY seq DESC LIMIT 1", [collaboration]
+            )
+        )
+        return self._sign_head(collaboration, int(last[0]), str(last[1])) if last else None
+
     def verify(self, collaboration: str) -> VerifyResult:
-        """Verify a whole chain as stored."""
-        return verify_entries(self.entries(collaboration), self.public_key)
+        """Verify a whole chain as stored, and its end against the head kept outside the database."""
+        head = self.stored_head(collaboration)
+        entries = self.entries(collaboration)
+        if head is None:
+            result = verify_entries(entries, self.public_key)
+            if result.valid and result.entries_checked:
+                return VerifyResult(
+                    False, result.entries_checked, 1, "the server's signed head of this chain is missing"
+                )
+            return result
+        return verify_entries(entries, self.public_key, head, exact=False)
+
+    def require_intact(self, collaboration: str) -> None:
+        """FAILED_PRECONDITION unless the chain verifies (the budget fails closed); incremental within a run."""
+        with self._intact_lock:
+            if collaboration in self._broken:
+                raise FailedPreconditionError(self._broken[collaboration])
+            cached = self._intact.get(collaboration)
+            last = first(
+                self._db.cursor().execute(
+                    "SELECT seq, hash FROM audit_log WHERE collab = ? ORDER BY seq DESC LIMIT 1", [collaboration]
+                )
+            )
+            now = (int(last[0]), str(last[1])) if last else (0, GENESIS)
+            if cached == now:
+                return
+            result = self._verify_from(collaboration, cached)
+            if not result.valid:
+                self._broken[collaboration] = (
+                    f"the audit log of collaborations/{collaboration} does not verify ({result.reason}); its privacy "
+                    "budget is closed until the operator restores the server's data"
+                )
+                raise FailedPreconditionError(self._broken[collaboration])
+            self._intact[collaboration] = now
+
+    def _verify_from(self, collaboration: str, cached: tuple[int, str] | None) -> VerifyResult:
+        if cached is None:
+            return self.verify(collaboration)
+        seq, hash_ = cached
+        anchor = first(
+            self._db.cursor().execute("SELECT hash FROM audit_log WHERE collab = ? AND seq = ?", [collaboration, seq])
+        )
+        if anchor is None or anchor[0] != hash_:
+            return VerifyResult(False, seq, seq, f"entry {seq}, verified earlier, has changed or gone")
+        previous, checked = hash_, seq
+        for entry in self.entries(collaboration, after=seq):
+            expected = checked + 1
+            if entry.sequence != expected or entry.previous_hash != previous or entry.compute_hash() != entry.hash:
+                return VerifyResult(False, checked, expected, f"entry {expected} does not extend the chain")
+            try:
+                self.public_key.verify(entry.signature, bytes.fromhex(entry.hash))
+            except (InvalidSignature, ValueError):
+                return VerifyResult(False, checked, expected, f"entry {expected}: the signature is not the server's")
+            previous, checked = entry.hash, expected
+        return VerifyResult(True, checked)

@@ -10,6 +10,8 @@ Invariants:
   charged member must have room, or nothing is reserved.
 - The debit is written in the same transaction that drops the reservation: the query's entry for the requester,
   and a `budget.charge` entry for every other member charged. If that transaction fails, nothing is released.
+- The budget fails closed: when the collaboration's audit chain does not verify (an entry altered, entries cut
+  from its end, its signed head missing), nothing can be reserved and the status is refused.
 - A query whose data was read is always charged: `charge_failure` debits the whole reservation of a query that
   failed after reserving. Reservations still open at start-up belong to queries the server stopped in the middle
   of (a crash, a kill): they are charged too, as `query.interrupted`, since their data may have been read.
@@ -135,7 +137,8 @@ class BudgetAccountant:
         return tuple(int(v) for v in (*(spent or (0, 0)), *(held or (0, 0))))  # type: ignore[return-value]
 
     def status(self, collaboration: str, member: str, limits: Limits) -> BudgetStatus:
-        """Spent (from the audit log) and reserved budget of a member."""
+        """Spent (from the audit log) and reserved budget of a member; FAILED_PRECONDITION if the log is broken."""
+        self._audit.require_intact(collaboration)
         eps, dlt, eps_held, dlt_held = self._units(self._db.cursor(), collaboration, member)
         return BudgetStatus(
             member,
@@ -159,6 +162,7 @@ class BudgetAccountant:
         """Hold every charge, or RESOURCE_EXHAUSTED naming what was asked and what is left (nothing is held)."""
         if not charges:
             raise InvalidArgumentError("a release charges at least its requester")
+        self._audit.require_intact(collaboration)  # fail closed: a cut or altered ledger spends nothing more
         eps_cap = total_units(limits.epsilon_total, EPSILON_UNIT)
         dlt_cap = total_units(limits.delta_total, DELTA_UNIT)
         reservation = Reservation(secrets.token_hex(8), collaboration, tuple(charges))

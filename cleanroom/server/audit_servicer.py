@@ -107,11 +107,17 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         principal = self._auth.principal(context)
         chain = self._chain(principal, request.collaboration, "audit.verify", members_too=True)
         result = self._log.verify(chain)
+        head = self._log.head(chain) if result.valid else None
         return pb.VerifyAuditLogResponse(
             valid=result.valid,
             entries_checked=result.entries_checked,
             first_invalid_sequence=result.first_invalid_sequence,
             reason=result.reason,
+            head=pb.AuditHead(
+                collaboration=head.collaboration, sequence=head.sequence, hash=head.hash, signature=head.signature
+            )
+            if head
+            else None,
         )
 
     def ExportAuditLog(  # noqa: N802
@@ -121,9 +127,10 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         principal = self._auth.principal(context)
         chain = self._chain(principal, request.collaboration, "audit.export")
         with self._streams.slot(principal):
+            head = self._log.head(chain)  # taken first: the export ends exactly at it, whatever is appended meanwhile
             buffer: list[bytes] = []
             size = 0
-            for entry in self._log.entries(chain):
+            for entry in self._log.entries(chain, limit=head.sequence if head else 0):
                 if not context.is_active():
                     return
                 line = (entry.to_json() + "\n").encode()
@@ -132,6 +139,8 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
                 if size >= EXPORT_CHUNK_BYTES:
                     yield pb.ExportAuditLogResponse(jsonl=b"".join(buffer))
                     buffer, size = [], 0
+            if head is not None:
+                buffer.append((head.to_json() + "\n").encode())
             if buffer:
                 yield pb.ExportAuditLogResponse(jsonl=b"".join(buffer))
 

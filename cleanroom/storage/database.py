@@ -12,7 +12,7 @@ Readers use their own cursor and see the last committed state.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -169,6 +169,7 @@ class Database:
         self.path = data_dir / DB_FILE
         self._con = duckdb.connect(str(self.path))
         self.write_lock = threading.RLock()
+        self._pending = threading.local()
         with self.transaction() as cur:
             cur.execute(_SCHEMA)
 
@@ -178,19 +179,36 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """Hold the write lock and run the block in one transaction: all of it commits, or none of it."""
+        """Hold the write lock and run the block in one transaction: all of it commits, or none of it.
+
+        Callbacks registered with `after_commit` during the block run after the commit, still under the write lock
+        (so in commit order); a rolled back transaction drops them.
+        """
         with self.write_lock:
             cur = self._con.cursor()
+            self._pending.callbacks = []
             cur.execute("BEGIN TRANSACTION")
             try:
                 yield cur
             except BaseException:
+                self._pending.callbacks = None
                 cur.execute("ROLLBACK")
                 raise
             else:
                 cur.execute("COMMIT")
+                callbacks, self._pending.callbacks = self._pending.callbacks, None
+                for callback in callbacks:
+                    callback()
             finally:
+                self._pending.callbacks = None
                 cur.close()
+
+    def after_commit(self, callback: Callable[[], object]) -> None:
+        """Run `callback` once the current transaction (of this thread) commits."""
+        callbacks = getattr(self._pending, "callbacks", None)
+        if callbacks is None:
+            raise RuntimeError("after_commit outside a transaction")
+        callbacks.append(callback)
 
     def close(self) -> None:
         """Checkpoint and close the file."""

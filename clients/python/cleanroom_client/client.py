@@ -400,6 +400,14 @@ class CleanRoomClient:
             "entries_checked": r.entries_checked,
             "first_invalid_sequence": r.first_invalid_sequence,
             "reason": r.reason,
+            "head": {
+                "collaboration": r.head.collaboration,
+                "sequence": r.head.sequence,
+                "hash": r.head.hash,
+                "signature": r.head.signature.hex(),
+            }
+            if r.HasField("head")
+            else None,
         }
 
     def export_audit_log(self, path: str | Path, collaboration_id: str = "") -> Path:

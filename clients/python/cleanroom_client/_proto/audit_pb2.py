@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63leanroom/v1/audit.proto\x12\x0c\x63leanroom.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8c\x02\n\nAuditEntry\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x15\n\rcollaboration\x18\x05 \x01(\t\x12\x17\n\x0fparameters_json\x18\x06 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x07 \x01(\x01\x12\x17\n\x0fresponse_sha256\x18\x08 \x01(\t\x12\x15\n\rprevious_hash\x18\t \x01(\t\x12\x0c\n\x04hash\x18\n \x01(\t\x12\x11\n\tsignature\x18\x0b \x01(\x0c\x12\r\n\x05\x64\x65lta\x18\x0c \x01(\x01\"\xd8\x01\n\x17ListAuditEntriesRequest\x12\x15\n\rcollaboration\x18\x01 \x01(\t\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"^\n\x18ListAuditEntriesResponse\x12)\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x18.cleanroom.v1.AuditEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\".\n\x15VerifyAuditLogRequest\x12\x15\n\rcollaboration\x18\x01 \x01(\t\"p\n\x16VerifyAuditLogResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x17\n\x0f\x65ntries_checked\x18\x02 \x01(\x03\x12\x1e\n\x16\x66irst_invalid_sequence\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\".\n\x15\x45xportAuditLogRequest\x12\x15\n\rcollaboration\x18\x01 \x01(\t\"\'\n\x16\x45xportAuditLogResponse\x12\r\n\x05jsonl\x18\x01 \x01(\x0c\"\x1b\n\x19GetServerPublicKeyRequest\"E\n\x1aGetServerPublicKeyResponse\x12\x1a\n\x12\x65\x64\x32\x35\x35\x31\x39_public_key\x18\x01 \x01(\x0c\x12\x0b\n\x03pem\x18\x02 \x01(\t2\x96\x03\n\x0c\x41uditService\x12\x61\n\x10ListAuditEntries\x12%.cleanroom.v1.ListAuditEntriesRequest\x1a&.cleanroom.v1.ListAuditEntriesResponse\x12[\n\x0eVerifyAuditLog\x12#.cleanroom.v1.VerifyAuditLogRequest\x1a$.cleanroom.v1.VerifyAuditLogResponse\x12]\n\x0e\x45xportAuditLog\x12#.cleanroom.v1.ExportAuditLogRequest\x1a$.cleanroom.v1.ExportAuditLogResponse0\x01\x12g\n\x12GetServerPublicKey\x12\'.cleanroom.v1.GetServerPublicKeyRequest\x1a(.cleanroom.v1.GetServerPublicKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63leanroom/v1/audit.proto\x12\x0c\x63leanroom.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8c\x02\n\nAuditEntry\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x15\n\rcollaboration\x18\x05 \x01(\t\x12\x17\n\x0fparameters_json\x18\x06 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x07 \x01(\x01\x12\x17\n\x0fresponse_sha256\x18\x08 \x01(\t\x12\x15\n\rprevious_hash\x18\t \x01(\t\x12\x0c\n\x04hash\x18\n \x01(\t\x12\x11\n\tsignature\x18\x0b \x01(\x0c\x12\r\n\x05\x64\x65lta\x18\x0c \x01(\x01\"\xd8\x01\n\x17ListAuditEntriesRequest\x12\x15\n\rcollaboration\x18\x01 \x01(\t\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"^\n\x18ListAuditEntriesResponse\x12)\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x18.cleanroom.v1.AuditEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\".\n\x15VerifyAuditLogRequest\x12\x15\n\rcollaboration\x18\x01 \x01(\t\"\x97\x01\n\x16VerifyAuditLogResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x17\n\x0f\x65ntries_checked\x18\x02 \x01(\x03\x12\x1e\n\x16\x66irst_invalid_sequence\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12%\n\x04head\x18\x05 \x01(\x0b\x32\x17.cleanroom.v1.AuditHead\"U\n\tAuditHead\x12\x15\n\rcollaboration\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x0c\n\x04hash\x18\x03 \x01(\t\x12\x11\n\tsignature\x18\x04 \x01(\x0c\".\n\x15\x45xportAuditLogRequest\x12\x15\n\rcollaboration\x18\x01 \x01(\t\"\'\n\x16\x45xportAuditLogResponse\x12\r\n\x05jsonl\x18\x01 \x01(\x0c\"\x1b\n\x19GetServerPublicKeyRequest\"E\n\x1aGetServerPublicKeyResponse\x12\x1a\n\x12\x65\x64\x32\x35\x35\x31\x39_public_key\x18\x01 \x01(\x0c\x12\x0b\n\x03pem\x18\x02 \x01(\t2\x96\x03\n\x0c\x41uditService\x12\x61\n\x10ListAuditEntries\x12%.cleanroom.v1.ListAuditEntriesRequest\x1a&.cleanroom.v1.ListAuditEntriesResponse\x12[\n\x0eVerifyAuditLog\x12#.cleanroom.v1.VerifyAuditLogRequest\x1a$.cleanroom.v1.VerifyAuditLogResponse\x12]\n\x0e\x45xportAuditLog\x12#.cleanroom.v1.ExportAuditLogRequest\x1a$.cleanroom.v1.ExportAuditLogResponse0\x01\x12g\n\x12GetServerPublicKey\x12\'.cleanroom.v1.GetServerPublicKeyRequest\x1a(.cleanroom.v1.GetServerPublicKeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,16 +41,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTAUDITENTRIESRESPONSE']._serialized_end=659
   _globals['_VERIFYAUDITLOGREQUEST']._serialized_start=661
   _globals['_VERIFYAUDITLOGREQUEST']._serialized_end=707
-  _globals['_VERIFYAUDITLOGRESPONSE']._serialized_start=709
-  _globals['_VERIFYAUDITLOGRESPONSE']._serialized_end=821
-  _globals['_EXPORTAUDITLOGREQUEST']._serialized_start=823
-  _globals['_EXPORTAUDITLOGREQUEST']._serialized_end=869
-  _globals['_EXPORTAUDITLOGRESPONSE']._serialized_start=871
-  _globals['_EXPORTAUDITLOGRESPONSE']._serialized_end=910
-  _globals['_GETSERVERPUBLICKEYREQUEST']._serialized_start=912
-  _globals['_GETSERVERPUBLICKEYREQUEST']._serialized_end=939
-  _globals['_GETSERVERPUBLICKEYRESPONSE']._serialized_start=941
-  _globals['_GETSERVERPUBLICKEYRESPONSE']._serialized_end=1010
-  _globals['_AUDITSERVICE']._serialized_start=1013
-  _globals['_AUDITSERVICE']._serialized_end=1419
+  _globals['_VERIFYAUDITLOGRESPONSE']._serialized_start=710
+  _globals['_VERIFYAUDITLOGRESPONSE']._serialized_end=861
+  _globals['_AUDITHEAD']._serialized_start=863
+  _globals['_AUDITHEAD']._serialized_end=948
+  _globals['_EXPORTAUDITLOGREQUEST']._serialized_start=950
+  _globals['_EXPORTAUDITLOGREQUEST']._serialized_end=996
+  _globals['_EXPORTAUDITLOGRESPONSE']._serialized_start=998
+  _globals['_EXPORTAUDITLOGRESPONSE']._serialized_end=1037
+  _globals['_GETSERVERPUBLICKEYREQUEST']._serialized_start=1039
+  _globals['_GETSERVERPUBLICKEYREQUEST']._serialized_end=1066
+  _globals['_GETSERVERPUBLICKEYRESPONSE']._serialized_start=1068
+  _globals['_GETSERVERPUBLICKEYRESPONSE']._serialized_end=1137
+  _globals['_AUDITSERVICE']._serialized_start=1140
+  _globals['_AUDITSERVICE']._serialized_end=1546
 # @@protoc_insertion_point(module_scope)

@@ -165,11 +165,18 @@ class VerifyAuditLogResponse(_message.Message):
     ENTRIES_CHECKED_FIELD_NUMBER: _builtins.int
     FIRST_INVALID_SEQUENCE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    HEAD_FIELD_NUMBER: _builtins.int
     valid: _builtins.bool
     entries_checked: _builtins.int
     first_invalid_sequence: _builtins.int
     """The first entry that fails, when not valid."""
     reason: _builtins.str
+    @_builtins.property
+    def head(self) -> Global___AuditHead:
+        """The server's signature over the chain's last entry, when valid. Keep it: a later head with a lower sequence (or
+        another hash at the same sequence) proves entries were removed.
+        """
+
     def __init__(
         self,
         *,
@@ -177,14 +184,47 @@ class VerifyAuditLogResponse(_message.Message):
         entries_checked: _builtins.int = ...,
         first_invalid_sequence: _builtins.int = ...,
         reason: _builtins.str = ...,
+        head: Global___AuditHead | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["head", b"head"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries_checked", b"entries_checked", "first_invalid_sequence", b"first_invalid_sequence", "reason", b"reason", "valid", b"valid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries_checked", b"entries_checked", "first_invalid_sequence", b"first_invalid_sequence", "head", b"head", "reason", b"reason", "valid", b"valid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VerifyAuditLogResponse: _TypeAlias = VerifyAuditLogResponse  # noqa: Y015
+
+@_typing.final
+class AuditHead(_message.Message):
+    """A chain's end, signed by the server's audit key: Ed25519 over the canonical JSON (sorted keys, no spaces) of
+    {"collaboration": <id or "">, "hash": <hex>, "kind": "cleanroom.audit.head.v1", "sequence": <n>}.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLABORATION_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    HASH_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    collaboration: _builtins.str
+    sequence: _builtins.int
+    hash: _builtins.str
+    signature: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        collaboration: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+        hash: _builtins.str = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collaboration", b"collaboration", "hash", b"hash", "sequence", b"sequence", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditHead: _TypeAlias = AuditHead  # noqa: Y015
 
 @_typing.final
 class ExportAuditLogRequest(_message.Message):
@@ -211,7 +251,9 @@ class ExportAuditLogResponse(_message.Message):
 
     JSONL_FIELD_NUMBER: _builtins.int
     jsonl: _builtins.bytes
-    """Complete lines of JSON, each ending with a newline."""
+    """Complete lines of JSON, each ending with a newline. The last line of the export is the chain's signed head,
+    {"head": {"collaboration", "sequence", "hash", "signature" (base64)}}; an export without it is incomplete.
+    """
     def __init__(
         self,
         *,

@@ -98,7 +98,8 @@ def test_swapping_two_entries_is_caught(room):
 
 def _export(room, tmp_path: Path) -> tuple[Path, Path]:
     path = tmp_path / "export.jsonl"
-    path.write_text("".join(e.to_json() + "\n" for e in room.audit.entries("audited")))
+    head = room.audit.head("audited")
+    path.write_text("".join(e.to_json() + "\n" for e in room.audit.entries("audited")) + head.to_json() + "\n")
     key = tmp_path / "server.pem"
     key.write_bytes(room.audit.public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
     return path, key
@@ -124,11 +125,11 @@ def test_offline_verification_of_an_export(room, tmp_path):
     assert code == 1
     assert "entry 3: its contents do not match its hash" in out
 
-    path.write_text("\n".join([lines[0], lines[2], lines[3]]) + "\n")  # entry 2 deleted
+    path.write_text("\n".join([lines[0], lines[2], lines[3], lines[4]]) + "\n")  # entry 2 deleted
     code, out = _offline(path, key)
     assert (code, "entry 2: expected sequence 2, found 3" in out) == (1, True)
 
-    path.write_text("\n".join([lines[0], lines[2], lines[1], lines[3]]) + "\n")  # 2 and 3 swapped
+    path.write_text("\n".join([lines[0], lines[2], lines[1], lines[3], lines[4]]) + "\n")  # 2 and 3 swapped
     code, out = _offline(path, key)
     assert (code, "entry 2:" in out) == (1, True)
 
