@@ -1,0 +1,117 @@
+"""Red team 12: attacks of a hostile member. Each test asserts the property that should hold, so it fails while the
+hole exists."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pyarrow as pa
+from privacy_data import BRAND, MEMBERS, PRIVACY_POLICY, MemberData
+
+from cleanroom.analytics.queries import AttributionQuery, LiftQuery
+from cleanroom.errors import CleanroomError
+
+T0 = dt.datetime(2026, 11, 1)
+C = "privacy-test"
+
+
+def kind(call) -> str:
+    """Success or the error class (the failure message carries an audit sequence, so compare classes only)."""
+    try:
+        call()
+    except CleanroomError as exc:
+        return type(exc).__name__
+    return "ok"
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _honest(n: int = 8) -> tuple[MemberData, MemberData]:
+    brand = MemberData(users=[{"email": f"e{i}", "phone": f"p{i}", "tier": "gold"} for i in range(n)])
+    platform = MemberData(
+        users=[{"email": f"e{i}", "phone": f"p{i}", "age_band": "young", "stage_4a": "aware"} for i in range(n)]
+    )
+    platform.events["exposures"] = [
+        {"user": i, "ts": T0, "campaign": "c1", "channel": "search", "kind": "impression"} for i in range(n)
+    ]
+    return brand, platform
+
+
+# -- 1. a conversion dated beyond the TIMESTAMP range makes attribution fail iff its row is matched ----------------
+
+
+def test_attribution_cannot_be_made_to_fail_by_the_target_presence(rooms):
+    """Attack (brand): add one users row carrying the target's email (no other identifier) and upload its
+    conversions with a DATE time column (allowed: "a date or timestamp") holding 823342-02-07, a date DuckDB
+    stores (int32 days) but that is outside the TIMESTAMP range. Attribution compares `e.ets <= c.cts`
+    (timestamp vs date), which casts the date and raises for that row only when it is joined to an exposure,
+    i.e. only when the target is in the platform's users (with any exposure). So the query fails on D and
+    succeeds on D minus the target: a certain answer about one person for epsilon_min (0.01)."""
+    brand, platform = _honest()
+    brand.users.append({"email": "target@x", "phone": None, "tier": "gold"})
+    target = len(platform.users)
+    platform.users.append({"email": "target@x", "phone": "p-target", "age_band": "old", "stage_4a": "act"})
+    platform.events["exposures"].append(
+        {"user": target, "ts": T0, "campaign": "c2", "channel": "feed", "kind": "click"}
+    )
+    data = {"brand": brand, "platform": platform}
+    results = []
+    for d in (data, {**data, "platform": platform.without_user(target)}):
+        room = rooms(PRIVACY_POLICY, d)
+        collab = room.collaborations.get(MEMBERS["brand"], C)
+        table = pa.table(
+            {
+                "row_id": pa.array([len(brand.users) - 1], pa.int64()),
+                "ts": pa.array([300_000_000], pa.date32()),  # 823342-02-07
+                "value": pa.array([1.0], pa.float64()),
+            }
+        )
+        room.tables.upload_chunk(collab, "brand", "conversions", 0, _ipc(table), last=True)
+        q = AttributionQuery("last_touch", 30, "campaign", 0.01)
+        results.append(kind(lambda r=room: r.queries.attribution(BRAND, C, q)))
+    assert results[0] == results[1], f"on D: {results[0]}, on D minus the target: {results[1]}"
+
+
+# -- 2. lift's revenue squared overflows BIGINT when the target adds a second big spender ------------------------------
+
+LIFT_POLICY = """\
+name: lift-overflow
+members:
+  brand:    {abilities: [contribute, query, receive_results]}
+  platform: {abilities: [contribute, receive_audiences]}
+identifiers: [email]
+tables:
+  brand.users:       {dimensions: {tier: [gold, basic]}}
+  brand.conversions: {time: ts, measures: {value: [0, 3.0e+9]}, max_per_person: 1}
+  platform.users:    {dimensions: {age_band: [young, old]}}
+  platform.exposures: {time: ts, dimensions: {campaign: [c1, c2], channel: [search, feed], kind: [impression, click]}}
+  platform.test_groups: {dimensions: {campaign: [c1, c2], test_group: [exposed, holdout]}}
+queries: [overlap, lift, attribution]
+min_group_size: 1
+epsilon: {per_member_total: 1.0e+6, per_query_max: 1.0e+4, per_query_min: 0.01}
+"""
+
+
+def test_lift_cannot_be_made_to_fail_by_the_target_presence(rooms):
+    """Attack (brand), under a policy with one identifier type and a value bound of 3e9 (allowed: bounds up to
+    1e12 pass the policy check): two of its users rows, one matched to a known platform user, one carrying the
+    target's email, each with one conversion of 3e9. Lift sums round(revenue^2) as a DOUBLE and casts it to
+    BIGINT: 9e18 fits, 1.8e19 does not. So lift fails iff the target is matched (and in a test group)."""
+    brand = MemberData(users=[{"email": "known", "tier": "gold"}, {"email": "target@x", "tier": "gold"}])
+    brand.events["conversions"] = [{"user": i, "ts": T0, "value": 3.0e9} for i in range(2)]
+    platform = MemberData(users=[{"email": "known", "age_band": "young"}, {"email": "target@x", "age_band": "old"}])
+    platform.events["test_groups"] = [{"user": i, "campaign": "c1", "test_group": "exposed"} for i in range(2)]
+    platform.events["exposures"] = [
+        {"user": i, "ts": T0, "campaign": "c1", "channel": "search", "kind": "impression"} for i in range(2)
+    ]
+    data = {"brand": brand, "platform": platform}
+    results = []
+    for d in (data, {**data, "platform": platform.without_user(1)}):
+        room = rooms(LIFT_POLICY, d)
+        results.append(kind(lambda r=room: r.queries.lift(BRAND, C, LiftQuery("c1", 1.0e4))))
+    assert results[0] == results[1], f"on D: {results[0]}, on D minus the target: {results[1]}"
