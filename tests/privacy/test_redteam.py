@@ -115,3 +115,45 @@ def test_lift_cannot_be_made_to_fail_by_the_target_presence(rooms):
         room = rooms(LIFT_POLICY, d)
         results.append(kind(lambda r=room: r.queries.lift(BRAND, C, LiftQuery("c1", 1.0e4))))
     assert results[0] == results[1], f"on D: {results[0]}, on D minus the target: {results[1]}"
+
+
+# -- 3. the same cast, from the platform's side, under a policy where the platform queries too ------------------------
+
+SYMMETRIC_POLICY = PRIVACY_POLICY.replace(
+    "platform: {abilities: [contribute, receive_audiences]}",
+    "platform: {abilities: [contribute, query, receive_results, receive_audiences]}",
+)
+
+
+def test_platform_cannot_make_attribution_fail_on_a_brand_person(rooms):
+    """Attack (platform as contributor and querier): one platform users row carrying the target brand person's
+    email, and the platform's exposures uploaded with a DATE time column holding 823342-02-07 for that row.
+    `e.ets <= c.cts` casts it to TIMESTAMP and raises only when the row is joined to a conversion, i.e. only when
+    the target is in the brand's users (and has a conversion). The platform's attribution fails on D and succeeds
+    on D minus the target."""
+    from privacy_data import PLATFORM
+
+    brand, platform = _honest()
+    target = len(brand.users)
+    brand.users.append({"email": "target@x", "phone": None, "tier": "gold"})
+    brand.events["conversions"] = [{"user": target, "ts": T0, "value": 5.0}]
+    platform.users.append({"email": "target@x", "phone": "p-target", "age_band": "old", "stage_4a": "act"})
+    data = {"brand": brand, "platform": platform}
+    results = []
+    for d in (data, {**data, "brand": brand.without_user(target)}):
+        room = rooms(SYMMETRIC_POLICY, d)
+        collab = room.collaborations.get(MEMBERS["platform"], C)
+        n = len(platform.users)
+        table = pa.table(
+            {
+                "row_id": pa.array(range(n), pa.int64()),
+                "ts": pa.array([20_000] * (n - 1) + [300_000_000], pa.date32()),
+                "campaign": pa.array(["c1"] * n),
+                "channel": pa.array(["search"] * n),
+                "kind": pa.array(["impression"] * n),
+            }
+        )
+        room.tables.upload_chunk(collab, "platform", "exposures", 0, _ipc(table), last=True)
+        q = AttributionQuery("last_touch", 30, "campaign", 0.01)
+        results.append(kind(lambda r=room: r.queries.attribution(PLATFORM, C, q)))
+    assert results[0] == results[1], f"on D: {results[0]}, on D minus the target: {results[1]}"
