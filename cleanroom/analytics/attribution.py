@@ -27,6 +27,9 @@ campaign); per group the number of people, of converters (at least one conversio
 of their capped, clamped revenue (cents rounded toward zero).
 
 Everything here is total: given data that passed the upload checks, no statement can fail because of the values.
+Time columns are timestamps within a fixed window (checked at upload), per-person values are bounded by the policy
+(whose sensitivities are capped at 2^53), and every sum over people is a 128-bit integer (HUGEINT), clamped to
++-2^53 before the noise.
 """
 
 from __future__ import annotations
@@ -239,8 +242,8 @@ def lift_sql(catalog: Catalog, ev: EventTables, groups: TableSpec, campaign: str
             WHERE CAST(t.campaign AS VARCHAR) = $campaign GROUP BY m.person
         )
         SELECT g.test_group, count(*), count(p.person),
-               CAST(coalesce(sum(trunc(p.revenue * {CENTS})), 0) AS BIGINT),
-               CAST(coalesce(sum(round(p.revenue * p.revenue)), 0) AS BIGINT)
+               coalesce(sum(CAST(trunc(p.revenue * {CENTS}) AS HUGEINT)), 0),
+               coalesce(sum(CAST(round(p.revenue * p.revenue) AS HUGEINT)), 0)
         FROM grouped g LEFT JOIN per_person p ON p.person = g.person
         GROUP BY 1
     """

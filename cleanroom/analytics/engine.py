@@ -51,7 +51,6 @@ from ..errors import (
     PermissionDeniedError,
     QueryFailedError,
 )
-from ..matching.join import stability_constant
 from ..principals import Principal
 from ..privacy import BudgetAccountant, NoiseMechanism
 from ..privacy import noise as noise_math
@@ -162,8 +161,6 @@ class Outcome:
     dimensions: tuple[str, ...]
     cells: tuple[Cell, ...]
     noise_scale: Mapping[str, float]
-    #: The epsilon to debit when it is known only after running (DP-SGD's accountant); None: the reserved epsilon.
-    epsilon_spent: float | None = None
     audience: AudienceRelease | None = None
 
 
@@ -326,7 +323,7 @@ class QueryEngine:
                     )
 
             entry = self._budget.commit(
-                reservation, action, params, released, epsilon=outcome.epsilon_spent, also=write_audience
+                reservation, action, params, released, also=write_audience
             )
         except Exception:
             log.exception("%s failed after its budget was reserved; charging it", action)
@@ -377,7 +374,7 @@ class QueryEngine:
     @staticmethod
     def stability(policy: Policy) -> int:
         """The join's stability constant under this policy."""
-        return stability_constant(len(policy.identifiers))
+        return policy.stability
 
     # -- the queries ----------------------------------------------------------------------------------------------
     def overlap(self, principal: Principal, collab_id: str, q: OverlapQuery) -> QueryAnswer:
@@ -695,14 +692,12 @@ class QueryEngine:
                     Cell(("training",), "noise_multiplier", noise_multiplier, 0.0, False),
                 )
                 return Outcome(
-                    ("part",),
-                    cells,
-                    {"quality": scale},
-                    epsilon_spent=spent_training + eval_eps,
-                    audience=AudienceRelease("lookalike", recipient, audience),
+                    ("part",), cells, {"quality": scale}, audience=AudienceRelease("lookalike", recipient, audience)
                 )
 
-            return Plan((Charge(principal.name, q.epsilon, q.delta), Charge(recipient, q.epsilon, q.delta)), run)
+            # The charge is fixed here, before any data is read: success and failure debit the same amount.
+            charge = noise.epsilon + eval_eps
+            return Plan((Charge(principal.name, charge, q.delta), Charge(recipient, charge, q.delta)), run)
 
         params = {
             "seed": {str(k): v for k, v in q.seed},

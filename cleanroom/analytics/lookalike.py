@@ -211,11 +211,10 @@ def train(data: TrainingData, noise: TrainingNoise, kind: str = "logistic") -> T
     generator = _generator()
     held_out = (torch.rand(n, generator=generator) < HELD_OUT).numpy()
     train_idx = np.flatnonzero(~held_out)
-    # Standardize with the whole population's statistics (they do not depend on the seeds, so cost no privacy): with
-    # centred features, the very first gradients already point from the population towards the seeds.
-    features = data.features - data.features.mean(axis=0) if n else data.features
-    features = features / (features.std(axis=0) + 1e-6) if n else features
-    x = torch.from_numpy(features.astype(np.float32))
+    # Every feature lies in [0, 1] (one-hot dimensions, measures scaled by their policy bounds): map it to [-1, 1].
+    # The scaling is fixed, not learned from the population, so one platform row more or less changes only its own
+    # example (population statistics would move every example, outside what the accountant covers).
+    x = torch.from_numpy((2 * data.features - 1).astype(np.float32))
     y = torch.from_numpy(data.labels)
     # A loader of exactly 1 / SAMPLE_RATE batches: opacus' Poisson loader then samples at SAMPLE_RATE for that many
     # steps an epoch (DPDataLoader.from_data_loader takes its rate from the loader's length).

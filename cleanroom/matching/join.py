@@ -37,7 +37,9 @@ is paired through its other identifier, and found on one platform row that is al
 (tests/privacy/test_join_stability.py) searches random small datasets with duplicate and conflicting keys for a
 removal that changes more pairs, and checks that the bound is reached.
 
-Every sensitivity the query engine states is the per-pair sensitivity multiplied by this constant.
+Every sensitivity the query engine states is the per-pair sensitivity multiplied by this constant. The constant
+itself is a function of the policy, so it lives with it (`cleanroom_client.policy.stability_constant`); this
+module is its proof.
 """
 
 from __future__ import annotations
@@ -49,18 +51,14 @@ from datetime import UTC, datetime
 import duckdb
 
 from cleanroom_client.identity import IdentifierType
+from cleanroom_client.policy import stability_constant
 
 from ..storage.database import first
 
+__all__ = ["ID_TYPE_CODES", "MatchStats", "join_matches", "match_stats", "stability_constant"]
+
 #: Wire codes of identifier types (protocol v1): their priority plus one.
 ID_TYPE_CODES = {t: t.priority + 1 for t in IdentifierType}
-
-
-def stability_constant(identifier_types: int) -> int:
-    """How many matched pairs one added or removed row can change at most, with this many identifier types."""
-    if identifier_types < 1:
-        raise ValueError("the join needs at least one identifier type")
-    return 1 if identifier_types == 1 else 2 * identifier_types
 
 
 _JOIN = """

@@ -9,6 +9,7 @@ upload is never visible.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 import duckdb
@@ -25,6 +26,10 @@ from ..storage.database import first, quote_ident
 from .progress import UploadProgress, check_next_chunk, read_progress, save_progress
 
 USERS_TABLE = "users"
+#: Time columns are stored as timestamps (microseconds, UTC, no time zone) within [start, end): anything outside
+#: is refused at upload, so no comparison or date arithmetic over them can fail at query time.
+TIME_WINDOW = (dt.datetime(1900, 1, 1), dt.datetime(2200, 1, 1))
+_UNIT_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 _SAFE = re.compile(r"^[a-z0-9_]+$")
 
 
@@ -54,6 +59,30 @@ def _decode(data: bytes, what: str) -> pa.Table:
             return pa.Table.from_batches(batches, schema=reader.schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
         raise InvalidArgumentError(f"{what}: not an Arrow IPC stream ({exc})") from None
+
+
+def _time(column: pa.ChunkedArray, name: str, what: str) -> pa.ChunkedArray:
+    """A date or timestamp column as timestamp[us], after checking every value lies in TIME_WINDOW.
+
+    The check reads the stored integers in the column's own unit, before any conversion, so no value can wrap.
+    """
+    kind = column.type
+    if pa.types.is_date32(kind):
+        raw, per_second = column.cast(pa.int32()), 1 / 86_400
+    elif pa.types.is_date64(kind):
+        raw, per_second = column.cast(pa.int64()), 1_000
+    elif pa.types.is_timestamp(kind):
+        raw, per_second = column.cast(pa.int64()), _UNIT_PER_SECOND[kind.unit]
+    else:
+        raise InvalidArgumentError(f"{what}: time column `{name}` must be a date or timestamp, got {kind}")
+    epoch = dt.datetime(1970, 1, 1)
+    lo, hi = ((t - epoch).total_seconds() * per_second for t in TIME_WINDOW)
+    bounds = pc.min_max(raw).as_py()
+    if bounds["min"] is not None and not (lo <= bounds["min"] and bounds["max"] < hi):
+        raise InvalidArgumentError(
+            f"{what}: time column `{name}` has values outside {TIME_WINDOW[0]:%Y-%m-%d} .. {TIME_WINDOW[1]:%Y-%m-%d}"
+        )
+    return column.cast(pa.timestamp("us"), safe=False)
 
 
 def _check(table: pa.Table, spec: TableSpec, what: str) -> pa.Table:
@@ -104,9 +133,9 @@ def _check(table: pa.Table, spec: TableSpec, what: str) -> pa.Table:
                     f"{spec.qualified_name} needs all its declared columns (only users tables may leave them empty)"
                 )
     if spec.time and spec.time in columns:
-        kind = table.column(spec.time).type
-        if not (pa.types.is_timestamp(kind) or pa.types.is_date(kind)):
-            raise InvalidArgumentError(f"{what}: time column `{spec.time}` must be a date or timestamp, got {kind}")
+        out = out.set_column(
+            out.column_names.index(spec.time), spec.time, _time(table.column(spec.time), spec.time, what)
+        )
     return out
 
 

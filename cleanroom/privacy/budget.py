@@ -203,26 +203,23 @@ class BudgetAccountant:
         action: str,
         parameters: Mapping[str, Any],
         response: object,
-        epsilon: float | None = None,
         also: Callable[[duckdb.DuckDBPyConnection], object] | None = None,
     ) -> AuditEntry:
-        """Debit the reservation by appending the query's audit entry (and the other members' charges), at once.
+        """Debit the whole reservation by appending the query's audit entry (and the other members' charges).
 
-        `epsilon` (at most the reserved amount) is what is debited when the spend is only known afterwards (DP-SGD:
-        the accountant's figure, for every charged member); `also` writes what the query releases (an audience) in
-        the same transaction. Returns the requester's entry.
+        `also` writes what the query releases (an audience) in the same transaction. Returns the requester's entry.
         """
         with self._db.transaction() as cur:
             cur.execute("DELETE FROM budget_reservations WHERE id = ?", [reservation.id])
             if also is not None:
                 also(cur)
-            return self._debit(cur, reservation, action, parameters, response, epsilon)
+            return self._debit(cur, reservation, action, parameters, response)
 
     def charge_failure(self, reservation: Reservation, action: str, parameters: Mapping[str, Any]) -> AuditEntry:
         """Debit the whole reservation of a query that failed after reserving (its data may have been read)."""
         with self._db.transaction() as cur:
             cur.execute("DELETE FROM budget_reservations WHERE id = ?", [reservation.id])
-            return self._debit(cur, reservation, action, parameters, None, None)
+            return self._debit(cur, reservation, action, parameters, None)
 
     def release(self, reservation: Reservation) -> None:
         """Drop a reservation whose query read no data and released nothing."""
@@ -236,14 +233,10 @@ class BudgetAccountant:
         action: str,
         parameters: Mapping[str, Any],
         response: object,
-        epsilon: float | None,
     ) -> AuditEntry:
         entries = []
         for i, charge in enumerate(reservation.charges):
-            spent = charge.epsilon if epsilon is None else epsilon
-            if spent > charge.epsilon:
-                raise ValueError(f"cannot debit {spent} for a reservation of {charge.epsilon}")
-            eps_units, dlt_units = Charge(charge.member, spent, charge.delta).units
+            eps_units, dlt_units = charge.units
             if i == 0:
                 entries.append(
                     self._audit.append(
@@ -282,5 +275,5 @@ class BudgetAccountant:
             for rid, group in by_id.items():
                 reservation = Reservation(rid, group[0][1], tuple(Charge(r[2], r[3], r[4]) for r in group))
                 params = {**json.loads(group[0][6]), "query": group[0][5]}
-                self._debit(cur, reservation, "query.interrupted", params, None, None)
+                self._debit(cur, reservation, "query.interrupted", params, None)
             cur.execute("DELETE FROM budget_reservations")

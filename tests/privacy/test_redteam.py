@@ -6,10 +6,11 @@ from __future__ import annotations
 import datetime as dt
 
 import pyarrow as pa
+import pytest
 from privacy_data import BRAND, MEMBERS, PRIVACY_POLICY, MemberData
 
 from cleanroom.analytics.queries import AttributionQuery, LiftQuery
-from cleanroom.errors import CleanroomError
+from cleanroom.errors import CleanroomError, InvalidArgumentError
 
 T0 = dt.datetime(2026, 11, 1)
 C = "privacy-test"
@@ -71,9 +72,12 @@ def test_attribution_cannot_be_made_to_fail_by_the_target_presence(rooms):
                 "value": pa.array([1.0], pa.float64()),
             }
         )
-        room.tables.upload_chunk(collab, "brand", "conversions", 0, _ipc(table), last=True)
+        # Fixed at upload: time columns are stored as timestamps within 1900..2200, anything else is refused, so
+        # the crafted row never reaches a query.
+        with pytest.raises(InvalidArgumentError, match=r"outside 1900-01-01 \.\. 2200-01-01"):
+            room.tables.upload_chunk(collab, "brand", "conversions", 0, _ipc(table), last=True)
         q = AttributionQuery("last_touch", 30, "campaign", 0.01)
-        results.append(kind(lambda r=room: r.queries.attribution(BRAND, C, q)))
+        results.append(kind(lambda r=room, q=q: r.queries.attribution(BRAND, C, q)))
     assert results[0] == results[1], f"on D: {results[0]}, on D minus the target: {results[1]}"
 
 
@@ -98,23 +102,33 @@ epsilon: {per_member_total: 1.0e+6, per_query_max: 1.0e+4, per_query_min: 0.01}
 
 
 def test_lift_cannot_be_made_to_fail_by_the_target_presence(rooms):
-    """Attack (brand), under a policy with one identifier type and a value bound of 3e9 (allowed: bounds up to
-    1e12 pass the policy check): two of its users rows, one matched to a known platform user, one carrying the
-    target's email, each with one conversion of 3e9. Lift sums round(revenue^2) as a DOUBLE and casts it to
-    BIGINT: 9e18 fits, 1.8e19 does not. So lift fails iff the target is matched (and in a test group)."""
-    brand = MemberData(users=[{"email": "known", "tier": "gold"}, {"email": "target@x", "tier": "gold"}])
-    brand.events["conversions"] = [{"user": i, "ts": T0, "value": 3.0e9} for i in range(2)]
-    platform = MemberData(users=[{"email": "known", "age_band": "young"}, {"email": "target@x", "age_band": "old"}])
-    platform.events["test_groups"] = [{"user": i, "campaign": "c1", "test_group": "exposed"} for i in range(2)]
-    platform.events["exposures"] = [
-        {"user": i, "ts": T0, "campaign": "c1", "channel": "search", "kind": "impression"} for i in range(2)
-    ]
+    """Attack (brand), under a policy with one identifier type and a value bound of 3e9: two of its users rows, one
+    matched to a known platform user, one carrying the target's email, each with one conversion of 3e9. Lift summed
+    round(revenue^2) as a DOUBLE and cast it to BIGINT: 9e18 fits, 1.8e19 does not. So lift failed iff the target
+    was matched (and in a test group).
+
+    Fixed at two depths: a policy whose bounds give a sensitivity over 2^53 is refused (that one's revenue squared
+    is 9e18), and every sum over people is a 128-bit integer. At the largest bound the policy accepts, enough
+    maxed-out known people to pass 2^63 do not make lift fail with the target or without."""
+    from cleanroom_client.policy import PolicyError, parse_policy
+
+    with pytest.raises(PolicyError, match="sensitivity"):
+        parse_policy(LIFT_POLICY)
+    largest = LIFT_POLICY.replace("value: [0, 3.0e+9]", "value: [0, 9.0e+7]")
+    parse_policy(largest)
+    known = 1_200  # 1200 x (9e7)^2 = 9.7e18 > 2^63
+    brand = MemberData(users=[{"email": f"known{i}", "tier": "gold"} for i in range(known)])
+    brand.users.append({"email": "target@x", "tier": "gold"})
+    brand.events["conversions"] = [{"user": i, "ts": T0, "value": 9.0e7} for i in range(known + 1)]
+    platform = MemberData(users=[{"email": f"known{i}", "age_band": "young"} for i in range(known)])
+    platform.users.append({"email": "target@x", "age_band": "old"})
+    platform.events["test_groups"] = [{"user": i, "campaign": "c1", "test_group": "exposed"} for i in range(known + 1)]
     data = {"brand": brand, "platform": platform}
     results = []
-    for d in (data, {**data, "platform": platform.without_user(1)}):
-        room = rooms(LIFT_POLICY, d)
+    for d in (data, {**data, "platform": platform.without_user(known)}):
+        room = rooms(largest, d)
         results.append(kind(lambda r=room: r.queries.lift(BRAND, C, LiftQuery("c1", 1.0e4))))
-    assert results[0] == results[1], f"on D: {results[0]}, on D minus the target: {results[1]}"
+    assert results == ["ok", "ok"]
 
 
 # -- 3. the same cast, from the platform's side, under a policy where the platform queries too ------------------------
@@ -153,7 +167,10 @@ def test_platform_cannot_make_attribution_fail_on_a_brand_person(rooms):
                 "kind": pa.array(["impression"] * n),
             }
         )
-        room.tables.upload_chunk(collab, "platform", "exposures", 0, _ipc(table), last=True)
+        # Fixed at upload: time columns are stored as timestamps within 1900..2200, anything else is refused, so
+        # the crafted row never reaches a query.
+        with pytest.raises(InvalidArgumentError, match=r"outside 1900-01-01 \.\. 2200-01-01"):
+            room.tables.upload_chunk(collab, "platform", "exposures", 0, _ipc(table), last=True)
         q = AttributionQuery("last_touch", 30, "campaign", 0.01)
-        results.append(kind(lambda r=room: r.queries.attribution(PLATFORM, C, q)))
+        results.append(kind(lambda r=room, q=q: r.queries.attribution(PLATFORM, C, q)))
     assert results[0] == results[1], f"on D: {results[0]}, on D minus the target: {results[1]}"

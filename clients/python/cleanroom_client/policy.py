@@ -43,8 +43,22 @@ STAGE_COLUMNS = ("stage_4a", "stage_aipl")
 DEFAULT_EPSILON_PER_QUERY_MIN = 0.01
 #: The largest delta a policy may allow in total: far below 1/n for the populations a clean room serves.
 MAX_DELTA = 1e-5
-#: The largest magnitude of a measure's bounds (so every bounded sum fits in 64-bit integer cents).
+#: The largest magnitude of a measure's bounds.
 MAX_MEASURE = 1e12
+#: The largest L1 sensitivity any released vector may have: exact values are clamped to this magnitude before
+#: noise, and noise is drawn on 64-bit integers, so larger bounds could not be honoured.
+MAX_SENSITIVITY = 2**53
+
+
+def stability_constant(identifier_types: int) -> int:
+    """How many matched pairs one added or removed users row can change, with this many identifier types.
+
+    1 for one type, 2T for T >= 2 (the join's rule and its proof: cleanroom.matching.join on the server). Every
+    query's sensitivity is its per-pair sensitivity times this constant.
+    """
+    if identifier_types < 1:
+        raise ValueError("the join needs at least one identifier type")
+    return 1 if identifier_types == 1 else 2 * identifier_types
 RESERVED_COLUMNS = frozenset({"row_id"})
 #: The cell every dimension gets for people without a value.
 NONE_VALUE = "none"
@@ -149,6 +163,11 @@ class Policy:
         """The declared table `member.table`, or None."""
         return self.tables.get(f"{member}.{table}")
 
+    @property
+    def stability(self) -> int:
+        """The join's stability constant under this policy (see `stability_constant`)."""
+        return stability_constant(len(self.identifiers))
+
 
 def parse_policy(text: str) -> Policy:
     """Parse and validate a YAML policy; raises PolicyError listing every problem."""
@@ -172,6 +191,8 @@ def parse_policy(text: str) -> Policy:
     identifiers = _identifiers(doc.get("identifiers"), problems)
     tables = _tables(doc.get("tables", {}), member_names, problems)
     _consistent_tables(tables, problems)
+    if identifiers:
+        _sensitivities_fit(tables, stability_constant(len(identifiers)), problems)
 
     queries = doc.get("queries", [])
     if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
@@ -250,6 +271,23 @@ def _consistent_tables(tables: Mapping[str, TableSpec], problems: list[str]) -> 
                         f"{path}.dimensions.{column}: must have exactly the domain of {spec.member}.users.{column} "
                         "(the same values, in the same order)"
                     )
+
+
+def _sensitivities_fit(tables: Mapping[str, TableSpec], c: int, problems: list[str]) -> None:
+    """The largest sensitivity a conversions table's bounds lead to (attribution, lift) must fit MAX_SENSITIVITY."""
+    for qualified, spec in tables.items():
+        if spec.table != "conversions" or spec.max_per_person is None:
+            continue
+        cap = spec.max_per_person
+        for column, (lo, hi) in spec.measures.items():
+            bound = max(abs(lo), abs(hi))
+            largest = c * max(1000 * cap, cap * math.ceil(100 * bound), math.ceil((cap * bound) ** 2) + 1)
+            if largest > MAX_SENSITIVITY:
+                problems.append(
+                    f"tables.{qualified}: max_per_person {cap} x |{column}| up to {bound:g} gives a sensitivity of "
+                    f"{largest:.3g} (with the join's stability {c}), above {MAX_SENSITIVITY:.3g}: lower the bounds "
+                    "or the cap (the noise would also drown every answer)"
+                )
 
 
 def _delta(raw: Any, problems: list[str]) -> tuple[float, float]:
