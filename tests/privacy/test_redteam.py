@@ -174,3 +174,52 @@ def test_platform_cannot_make_attribution_fail_on_a_brand_person(rooms):
         q = AttributionQuery("last_touch", 30, "campaign", 0.01)
         results.append(kind(lambda r=room, q=q: r.queries.attribution(PLATFORM, C, q)))
     assert results[0] == results[1], f"on D: {results[0]}, on D minus the target: {results[1]}"
+
+
+# -- 4. boundary values of every accepted column type, on the target's rows -------------------------------------------
+
+EDGES = (dt.datetime(1900, 1, 1), dt.datetime(2199, 12, 31, 23, 59, 59))
+TIME_TYPES = (
+    pa.date32(),
+    pa.date64(),
+    pa.timestamp("s"),
+    pa.timestamp("ms"),
+    pa.timestamp("us"),
+    pa.timestamp("ns"),
+    pa.timestamp("us", tz="Asia/Shanghai"),
+)
+
+
+@pytest.mark.parametrize("time_type", TIME_TYPES, ids=str)
+def test_accepted_boundary_values_on_the_target_never_change_the_outcome(rooms, time_type):
+    """The red team's regression: the extreme values each accepted Arrow type can carry inside the window, on the
+    target's conversions and exposures, leave every query's outcome class the same on D and on D minus the target."""
+    from privacy_data import every_query
+
+    brand, platform = _honest(4)
+    del platform.events["exposures"]  # uploaded below, with the boundary values
+    brand.users.append({"email": "target@x", "phone": None, "tier": "gold"})
+    platform.users.append({"email": "target@x", "phone": "p-target", "age_band": "old", "stage_4a": "act"})
+    data = {"brand": brand, "platform": platform}
+    outcomes = []
+    for d in (data, {**data, "platform": platform.without_user(len(platform.users) - 1)}):
+        room = rooms(PRIVACY_POLICY, d)
+        for member, name, columns in (
+            ("brand", "conversions", {"value": [-50.0, 100.0]}),
+            (
+                "platform",
+                "exposures",
+                {"campaign": ["c1", "c2"], "channel": ["search", "feed"], "kind": ["impression", "click"]},
+            ),
+        ):
+            n = len(d[member].users)  # two rows per user, at both edges of the window
+            times = pa.array([EDGES[0], EDGES[1]] * n, pa.timestamp("us")).cast(time_type, safe=False)
+            rows = pa.array([i for i in range(n) for _ in range(2)], pa.int64())
+            table = pa.table({"row_id": rows, "ts": times, **{k: pa.array(v * n) for k, v in columns.items()}})
+            collab = room.collaborations.get(MEMBERS[member], C)
+            room.tables.upload_chunk(collab, member, name, 0, _ipc(table), last=True)
+        outcomes.append([kind(lambda q=q, r=room: q(r.queries, C)) for q in every_query()])
+    assert outcomes[0] == outcomes[1]
+    # funnel flow and lift are refused for a missing table (metadata, the same on both); every other query answers
+    assert outcomes[0].count("FailedPreconditionError") == 2
+    assert outcomes[0].count("ok") == len(outcomes[0]) - 2
