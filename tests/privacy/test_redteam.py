@@ -179,15 +179,8 @@ def test_platform_cannot_make_attribution_fail_on_a_brand_person(rooms):
 # -- 4. boundary values of every accepted column type, on the target's rows -------------------------------------------
 
 EDGES = (dt.datetime(1900, 1, 1), dt.datetime(2199, 12, 31, 23, 59, 59))
-TIME_TYPES = (
-    pa.date32(),
-    pa.date64(),
-    pa.timestamp("s"),
-    pa.timestamp("ms"),
-    pa.timestamp("us"),
-    pa.timestamp("ns"),
-    pa.timestamp("us", tz="Asia/Shanghai"),
-)
+#: One of each kind the upload accepts: days, milliseconds, the coarsest and finest timestamp units, a time zone.
+TIME_TYPES = (pa.date32(), pa.date64(), pa.timestamp("s"), pa.timestamp("ns", tz="Asia/Shanghai"))
 
 
 @pytest.mark.parametrize("time_type", TIME_TYPES, ids=str)
