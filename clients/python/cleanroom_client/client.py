@@ -447,6 +447,7 @@ class CleanRoomClient:
         normalized identifier instead. `attributes` are users columns to upload; `events` are event tables, each
         with the `key` column. Returns counts, never the intersection.
         """
+        plan = self._plan(users, key, identifiers, attributes, events or {}, prehashed)
         allowed = parse_policy(self.get_collaboration(collaboration_id).policy_yaml).identifiers
         refused = sorted(set(identifiers) - set(allowed))
         if refused:
@@ -454,7 +455,6 @@ class CleanRoomClient:
                 f"the policy lets the join use {', '.join(allowed)}; drop {', '.join(refused)} from identifiers "
                 "(each identifier type the join uses raises the noise of every query, so the policy names them)"
             )
-        plan = self._plan(users, key, identifiers, attributes, events or {}, prehashed)
         collab_id = _name(collaboration_id).removeprefix("collaborations/")
         state = self.state_dir / "collaborations" / collab_id
         runner = MatchRunner(
