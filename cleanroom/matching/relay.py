@@ -101,6 +101,12 @@ def _ensure_not_matched(cur: duckdb.DuckDBPyConnection, collab: str) -> None:
         )
 
 
+def total_rows(cur: duckdb.DuckDBPyConnection, collab: str, member: str) -> int | None:
+    """The n of `member`'s committed point upload (its rows are 0 .. n-1); None before that upload is committed."""
+    row = first(cur.execute("SELECT total_rows FROM row_counts WHERE collab = ? AND member = ?", [collab, member]))
+    return int(row[0]) if row else None
+
+
 class Relay:
     """Relay state of all collaborations, in the server's database."""
 
@@ -119,8 +125,13 @@ class Relay:
         present: bytes,
         points: bytes,
         last: bool,
+        total_rows: int = 0,
     ) -> UploadProgress:
-        """Store one chunk of a member's singly blinded points; the last chunk commits and shuffles them."""
+        """Store one chunk of a member's singly blinded points; the last chunk commits and shuffles them.
+
+        `total_rows` (read on the last chunk only) is the number of rows the member numbers; every point's row must
+        be below it, and so must every `row_id` of the member's tables later.
+        """
         what = f"chunk {chunk_index}"
         if id_type.value not in collab.policy.identifiers:
             raise InvalidArgumentError(
@@ -158,7 +169,7 @@ class Relay:
             new = UploadProgress(POINTS, chunk_index + 1, seq0 + n, False)
             set_size = None
             if last:
-                set_size = self._commit_points(cur, collab.id, member, seq0 + n)
+                set_size = self._commit_points(cur, collab.id, member, seq0 + n, total_rows)
                 new = UploadProgress(POINTS, chunk_index + 1, seq0 + n, True)
                 self._audit.append(
                     cur, collab.id, member, "upload.commit", {"kind": POINTS, "points": seq0 + n, "rows": set_size}
@@ -166,7 +177,20 @@ class Relay:
             save_progress(cur, collab.id, member, new, set_size)
         return new
 
-    def _commit_points(self, cur: duckdb.DuckDBPyConnection, collab: str, member: str, total: int) -> int:
+    def _commit_points(
+        self, cur: duckdb.DuckDBPyConnection, collab: str, member: str, total: int, total_rows: int
+    ) -> int:
+        top = first(
+            cur.execute("SELECT max(row_id) FROM staged_points WHERE collab = ? AND member = ?", [collab, member])
+        )
+        highest = -1 if not top or top[0] is None else int(top[0])
+        if total_rows < 0 or highest >= total_rows:
+            raise InvalidArgumentError(
+                f"the last chunk's total_rows is {total_rows}, but a point names row {highest}: set total_rows to the "
+                "number of rows you numbered (every user, with or without an identifier) on the chunk marked `last`"
+            )
+        cur.execute("DELETE FROM row_counts WHERE collab = ? AND member = ?", [collab, member])
+        cur.execute("INSERT INTO row_counts VALUES (?, ?, ?)", [collab, member, total_rows])
         dupes = first(
             cur.execute(
                 "SELECT count(*) - count(DISTINCT (id_type, row_id)) FROM staged_points"

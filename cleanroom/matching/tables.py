@@ -1,7 +1,8 @@
 """Uploads of the members' pseudonymous tables: users attributes and event tables, as Arrow IPC chunks.
 
-Guarantees: a table is stored only if the policy declares it for the uploading member, and only with columns the
-policy declares (plus `row_id`, the user's row number in the match); dimension values lie in their declared
+Guarantees: a table is stored only if the policy declares it for the uploading member, only after that member's
+point upload is committed, and only with columns the policy declares (plus `row_id`, the user's row number in the
+match, which must be one of the rows 0 .. n-1 the point upload numbered); dimension values lie in their declared
 domain (or are null) and are stored as text; measures are numeric; the time column is a date or timestamp. Chunks
 are staged in a table of their own and the final chunk renames it into place in the same transaction, so a half
 upload is never visible.
@@ -20,10 +21,11 @@ from cleanroom_client.policy import TableSpec
 
 from ..audit import AuditLog
 from ..collaborations import Collaboration
-from ..errors import InvalidArgumentError
+from ..errors import FailedPreconditionError, InvalidArgumentError
 from ..storage import Database
 from ..storage.database import first, quote_ident
 from .progress import UploadProgress, check_next_chunk, read_progress, save_progress
+from .relay import total_rows
 
 USERS_TABLE = "users"
 #: Time columns are stored as timestamps (microseconds, UTC, no time zone) within [start, end): anything outside
@@ -139,6 +141,24 @@ def _check(table: pa.Table, spec: TableSpec, what: str) -> pa.Table:
     return out
 
 
+def _check_rows(table: pa.Table, rows: int | None, what: str) -> None:
+    """Every `row_id` must name a row of the member's committed point upload (0 .. rows-1)."""
+    if rows is None:
+        raise FailedPreconditionError(
+            f"{what}: upload your blinded points first (UploadBlindedPoints up to the chunk marked `last`); "
+            "a table's row_id values must be row numbers of that upload"
+        )
+    if not table.num_rows:
+        return
+    low, high = pc.min_max(table.column("row_id")).values()
+    if low.as_py() < 0 or high.as_py() >= rows:
+        bad = low.as_py() if low.as_py() < 0 else high.as_py()
+        raise InvalidArgumentError(
+            f"{what}: row_id {bad} was never offered points: your point upload numbered rows 0 .. {rows - 1} "
+            "(its total_rows); use the same row numbers in your tables"
+        )
+
+
 class TableUploads:
     """Chunked, resumable uploads of the members' tables."""
 
@@ -161,6 +181,7 @@ class TableUploads:
         kind = f"table:{table}"
         stage = quote_ident(physical_name(collab.id, member, table, staged=True))
         with self._db.transaction() as cur:
+            _check_rows(data, total_rows(cur, collab.id, member), what)
             progress = read_progress(cur, collab.id, member, kind)
             restart = check_next_chunk(progress, chunk_index, f"the upload of {member}.{table}")
             if restart or progress is None:

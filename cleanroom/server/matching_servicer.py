@@ -113,7 +113,15 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
                 if id_type is None:
                     raise InvalidArgumentError(f"chunk {req.chunk_index}: identifier_type must be set to a known type")
                 progress = self._relay.upload_points(
-                    collab, principal.name, req.chunk_index, id_type, req.first_row, req.present, req.points, req.last
+                    collab,
+                    principal.name,
+                    req.chunk_index,
+                    id_type,
+                    req.first_row,
+                    req.present,
+                    req.points,
+                    req.last,
+                    req.total_rows,
                 )
                 received += len(req.points) // 32
         if progress is None:

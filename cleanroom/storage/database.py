@@ -47,6 +47,12 @@ CREATE TABLE IF NOT EXISTS uploads (
     committed BOOLEAN NOT NULL,
     set_size BIGINT
 );
+-- The n of each member's committed point upload: its rows are numbered 0 .. n-1, and so are its tables' row_id.
+CREATE TABLE IF NOT EXISTS row_counts (
+    collab VARCHAR NOT NULL,
+    member VARCHAR NOT NULL,
+    total_rows BIGINT NOT NULL
+);
 -- Singly blinded points while they are being uploaded (seq: position in upload order).
 CREATE TABLE IF NOT EXISTS staged_points (
     collab VARCHAR NOT NULL,

@@ -24,7 +24,15 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from .curve import check_points, hash_to_u
-from .identity import IdentifierType, InvalidIdentifierError, Normalizer, curve_message, digest, parse_prehashed
+from .identity import (
+    IdentifierType,
+    InvalidIdentifierError,
+    Normalizer,
+    curve_message,
+    digest,
+    is_missing,
+    parse_prehashed,
+)
 from .keyfile import read_private_file, write_private_file
 
 POINT_SIZE = 32
@@ -153,7 +161,7 @@ def blind_identifiers(job: BlindJob) -> BlindResult:
     present = np.zeros(len(job.values), dtype=bool)
     invalid = missing = 0
     for i, value in enumerate(job.values):
-        if value is None or value == "":
+        if value is None or is_missing(value):
             missing += 1
             continue
         try:

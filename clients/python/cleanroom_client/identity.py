@@ -1,8 +1,11 @@
 """Identifiers: normalization per type, digests, and the message that is hashed to the curve.
 
-Protocol v1 steps 1 and 2 (see protos/PROTOCOL.md). Normalization decides which records match, so it is
-deterministic and idempotent: normalizing a normalized identifier returns it unchanged. An identifier that cannot
-be normalized is *invalid*: it is counted per type and reported, never silently dropped and never fatal.
+Protocol v1 steps 1 and 2; protos/PROTOCOL.md section 1 is the specification and this module implements exactly
+it. Normalization decides which records match, so it is deterministic, idempotent (normalizing a normalized
+identifier returns it unchanged) and independent of the Unicode tables of any language runtime: trimming uses a
+fixed list of code points and lower-casing maps ASCII A-Z only. A value is *missing* when it is absent or holds
+only trimmed code points; a present value that cannot be normalized is *invalid*. Both are counted per type and
+reported, never silently dropped and never fatal.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import enum
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import Final
 
 import phonenumbers
 
@@ -39,16 +43,66 @@ class IdentifierType(enum.Enum):
 
 
 class InvalidIdentifierError(ValueError):
-    """An identifier that cannot be normalized for its type."""
+    """An identifier that cannot be normalized for its type (or is missing: see `is_missing`)."""
 
 
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+#: The code points trimmed from both ends of an identifier: Unicode's White_Space property (stable since Unicode
+#: 6.3) plus U+FEFF (byte order mark). Not U+001C-U+001F (which Python's str.strip() removes) nor U+180E / U+200B.
+TRIMMED: Final = "".join(
+    chr(c)
+    for c in (
+        *range(0x09, 0x0E),
+        0x20,
+        0x85,
+        0xA0,
+        0x1680,
+        *range(0x2000, 0x200B),
+        0x2028,
+        0x2029,
+        0x202F,
+        0x205F,
+        0x3000,
+        0xFEFF,
+    )
+)
+_ASCII_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+#: The libphonenumber metadata release phone numbers are validated with (the `phonenumbers` port's version).
+PHONE_METADATA_VERSION: Final = phonenumbers.__version__
+
+# PROTOCOL.md section 1.3, after trimming and ASCII lower-casing: dot-atom local part @ two or more DNS labels,
+# the last of which starts with a letter and has at least two characters.
+_ATEXT = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]"
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_TLD = r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])"
+_EMAIL = re.compile(rf"(?P<local>{_ATEXT}+(?:\.{_ATEXT}+)*)@(?:{_LABEL}\.)+{_TLD}", re.ASCII)
+MAX_LOCAL, MAX_EMAIL = 64, 254
+_HEX64 = re.compile(r"[0-9a-f]{64}", re.ASCII)
+
+
+def trim(raw: str) -> str:
+    """`raw` without leading and trailing TRIMMED code points (nothing else is removed)."""
+    return raw.strip(TRIMMED)
+
+
+def ascii_lower(text: str) -> str:
+    """`text` with A-Z mapped to a-z; every other code point unchanged."""
+    return text.translate(_ASCII_LOWER)
+
+
+def is_missing(raw: str | None) -> bool:
+    """Whether a value counts as missing: absent, empty, or only TRIMMED code points (for every type)."""
+    return raw is None or not trim(raw)
+
+
+def is_email(value: str) -> bool:
+    """Whether an already trimmed and lower-cased `value` matches the email grammar of PROTOCOL.md."""
+    match = _EMAIL.fullmatch(value)
+    return bool(match) and len(match["local"]) <= MAX_LOCAL and len(value) <= MAX_EMAIL
 
 
 @dataclass(frozen=True)
 class Normalizer:
-    """Normalizes identifiers; `default_region` (ISO 3166 alpha-2) applies to phone numbers without a country code."""
+    """Normalizes identifiers; `default_region` (ISO 3166 alpha-2) applies to phone numbers without a `+`."""
 
     default_region: str = "US"
 
@@ -57,26 +111,22 @@ class Normalizer:
             raise ValueError(f"unknown phone region {self.default_region!r}; use an ISO 3166 code such as 'US' or 'CN'")
 
     def normalize(self, id_type: IdentifierType, raw: str) -> str:
-        """The normalized form of `raw`, or InvalidIdentifierError."""
-        if id_type is IdentifierType.EMAIL:
-            value = raw.strip().lower()
-            if not _EMAIL.match(value):
-                raise InvalidIdentifierError("not an email address")
-            return value
+        """The normalized form of `raw`; InvalidIdentifierError when it is missing or invalid."""
+        if is_missing(raw):
+            raise InvalidIdentifierError("missing")
+        if id_type is IdentifierType.CUSTOM:
+            return raw
+        value = trim(raw)
         if id_type is IdentifierType.PHONE:
-            return self._phone(raw)
-        if id_type is IdentifierType.DEVICE_ID:
-            value = raw.strip().lower()
-            if not value:
-                raise InvalidIdentifierError("empty device id")
-            return value
-        if not raw:
-            raise InvalidIdentifierError("empty custom id")
-        return raw
+            return self._phone(value)
+        value = ascii_lower(value)
+        if id_type is IdentifierType.EMAIL and not is_email(value):
+            raise InvalidIdentifierError("not an email address (see PROTOCOL.md section 1.3)")
+        return value
 
-    def _phone(self, raw: str) -> str:
+    def _phone(self, value: str) -> str:
         try:
-            number = phonenumbers.parse(raw.strip(), self.default_region.upper())
+            number = phonenumbers.parse(value, self.default_region.upper())
         except phonenumbers.NumberParseException as exc:
             raise InvalidIdentifierError(f"not a phone number: {exc}") from None
         if not phonenumbers.is_valid_number(number):
@@ -90,9 +140,9 @@ def digest(normalized: str) -> bytes:
 
 
 def parse_prehashed(value: str) -> bytes:
-    """A pre-hashed identifier: SHA-256 hex of the normalized identifier (case and surrounding space ignored)."""
-    text = value.strip().lower()
-    if not _HEX64.match(text):
+    """A pre-hashed identifier: 64 hex digits of SHA-256(normalized), either case, surrounding TRIMMED ignored."""
+    text = ascii_lower(trim(value))
+    if not _HEX64.fullmatch(text):
         raise InvalidIdentifierError("not a SHA-256 hex digest (64 hex characters)")
     return bytes.fromhex(text)
 

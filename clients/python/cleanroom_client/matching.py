@@ -264,6 +264,7 @@ class MatchRunner:
                         present=result.present,
                         points=result.points,
                         last=index == len(layout) - 1,
+                        total_rows=len(plan.users),
                     )
 
         if skip == len(layout):

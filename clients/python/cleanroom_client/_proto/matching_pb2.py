@@ -25,39 +25,39 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63leanroom/v1/matching.proto\x12\x0c\x63leanroom.v1\"\xc9\x01\n\x1aUploadBlindedPointsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x02 \x01(\x03\x12\x35\n\x0fidentifier_type\x18\x03 \x01(\x0e\x32\x1c.cleanroom.v1.IdentifierType\x12\x0e\n\x06points\x18\x05 \x01(\x0c\x12\x0c\n\x04last\x18\x06 \x01(\x08\x12\x11\n\tfirst_row\x18\x07 \x01(\x03\x12\x0f\n\x07present\x18\x08 \x01(\x0cJ\x04\x08\x04\x10\x05R\x07row_ids\"c\n\x1bUploadBlindedPointsResponse\x12\x17\n\x0fpoints_received\x18\x01 \x01(\x03\x12\x18\n\x10next_chunk_index\x18\x02 \x01(\x03\x12\x11\n\tcommitted\x18\x03 \x01(\x08\"=\n\x16\x46\x65tchPeerPointsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x13\n\x0bstart_chunk\x18\x02 \x01(\x03\"T\n\x17\x46\x65tchPeerPointsResponse\x12\x13\n\x0b\x63hunk_index\x18\x01 \x01(\x03\x12\x0e\n\x06points\x18\x02 \x01(\x0c\x12\x14\n\x0ctotal_chunks\x18\x03 \x01(\x03\"q\n SubmitDoubleBlindedPointsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x02 \x01(\x03\x12\x0c\n\x04last\x18\x04 \x01(\x08\x12\x0c\n\x04tags\x18\x05 \x01(\x0cJ\x04\x08\x03\x10\x04R\x06points\"P\n!SubmitDoubleBlindedPointsResponse\x12\x18\n\x10next_chunk_index\x18\x01 \x01(\x03\x12\x11\n\tcommitted\x18\x02 \x01(\x08\"i\n\x12UploadTableRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x03 \x01(\x03\x12\x11\n\tarrow_ipc\x18\x04 \x01(\x0c\x12\x0c\n\x04last\x18\x05 \x01(\x08\"Y\n\x13UploadTableResponse\x12\x15\n\rrows_received\x18\x01 \x01(\x03\x12\x18\n\x10next_chunk_index\x18\x02 \x01(\x03\x12\x11\n\tcommitted\x18\x03 \x01(\x08\"\'\n\x15GetMatchStatusRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\"Y\n\x0eUploadProgress\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x18\n\x10next_chunk_index\x18\x02 \x01(\x03\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12\x11\n\tcommitted\x18\x04 \x01(\x08\"\xb2\x02\n\x0bMatchStatus\x12.\n\x05stage\x18\x01 \x01(\x0e\x32\x1f.cleanroom.v1.MatchStatus.Stage\x12-\n\x07uploads\x18\x02 \x03(\x0b\x32\x1c.cleanroom.v1.UploadProgress\x12\x19\n\x11peer_points_ready\x18\x03 \x01(\x08\x12\x19\n\x11peer_point_chunks\x18\x04 \x01(\x03\x12\x14\n\x0cown_set_size\x18\x05 \x01(\x03\x12\x15\n\rpeer_set_size\x18\x06 \x01(\x03\"a\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTAGE_UPLOADING\x10\x01\x12\x19\n\x15STAGE_DOUBLE_BLINDING\x10\x02\x12\x11\n\rSTAGE_MATCHED\x10\x03*\xa2\x01\n\x0eIdentifierType\x12\x1f\n\x1bIDENTIFIER_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15IDENTIFIER_TYPE_EMAIL\x10\x01\x12\x19\n\x15IDENTIFIER_TYPE_PHONE\x10\x02\x12\x1d\n\x19IDENTIFIER_TYPE_DEVICE_ID\x10\x03\x12\x1a\n\x16IDENTIFIER_TYPE_CUSTOM\x10\x04\x32\x89\x04\n\x0fMatchingService\x12l\n\x13UploadBlindedPoints\x12(.cleanroom.v1.UploadBlindedPointsRequest\x1a).cleanroom.v1.UploadBlindedPointsResponse(\x01\x12`\n\x0f\x46\x65tchPeerPoints\x12$.cleanroom.v1.FetchPeerPointsRequest\x1a%.cleanroom.v1.FetchPeerPointsResponse0\x01\x12~\n\x19SubmitDoubleBlindedPoints\x12..cleanroom.v1.SubmitDoubleBlindedPointsRequest\x1a/.cleanroom.v1.SubmitDoubleBlindedPointsResponse(\x01\x12T\n\x0bUploadTable\x12 .cleanroom.v1.UploadTableRequest\x1a!.cleanroom.v1.UploadTableResponse(\x01\x12P\n\x0eGetMatchStatus\x12#.cleanroom.v1.GetMatchStatusRequest\x1a\x19.cleanroom.v1.MatchStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63leanroom/v1/matching.proto\x12\x0c\x63leanroom.v1\"\xdd\x01\n\x1aUploadBlindedPointsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x02 \x01(\x03\x12\x35\n\x0fidentifier_type\x18\x03 \x01(\x0e\x32\x1c.cleanroom.v1.IdentifierType\x12\x0e\n\x06points\x18\x05 \x01(\x0c\x12\x0c\n\x04last\x18\x06 \x01(\x08\x12\x11\n\tfirst_row\x18\x07 \x01(\x03\x12\x0f\n\x07present\x18\x08 \x01(\x0c\x12\x12\n\ntotal_rows\x18\t \x01(\x03J\x04\x08\x04\x10\x05R\x07row_ids\"c\n\x1bUploadBlindedPointsResponse\x12\x17\n\x0fpoints_received\x18\x01 \x01(\x03\x12\x18\n\x10next_chunk_index\x18\x02 \x01(\x03\x12\x11\n\tcommitted\x18\x03 \x01(\x08\"=\n\x16\x46\x65tchPeerPointsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x13\n\x0bstart_chunk\x18\x02 \x01(\x03\"T\n\x17\x46\x65tchPeerPointsResponse\x12\x13\n\x0b\x63hunk_index\x18\x01 \x01(\x03\x12\x0e\n\x06points\x18\x02 \x01(\x0c\x12\x14\n\x0ctotal_chunks\x18\x03 \x01(\x03\"q\n SubmitDoubleBlindedPointsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x02 \x01(\x03\x12\x0c\n\x04last\x18\x04 \x01(\x08\x12\x0c\n\x04tags\x18\x05 \x01(\x0cJ\x04\x08\x03\x10\x04R\x06points\"P\n!SubmitDoubleBlindedPointsResponse\x12\x18\n\x10next_chunk_index\x18\x01 \x01(\x03\x12\x11\n\tcommitted\x18\x02 \x01(\x08\"i\n\x12UploadTableRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x03 \x01(\x03\x12\x11\n\tarrow_ipc\x18\x04 \x01(\x0c\x12\x0c\n\x04last\x18\x05 \x01(\x08\"Y\n\x13UploadTableResponse\x12\x15\n\rrows_received\x18\x01 \x01(\x03\x12\x18\n\x10next_chunk_index\x18\x02 \x01(\x03\x12\x11\n\tcommitted\x18\x03 \x01(\x08\"\'\n\x15GetMatchStatusRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\"Y\n\x0eUploadProgress\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x18\n\x10next_chunk_index\x18\x02 \x01(\x03\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12\x11\n\tcommitted\x18\x04 \x01(\x08\"\xb2\x02\n\x0bMatchStatus\x12.\n\x05stage\x18\x01 \x01(\x0e\x32\x1f.cleanroom.v1.MatchStatus.Stage\x12-\n\x07uploads\x18\x02 \x03(\x0b\x32\x1c.cleanroom.v1.UploadProgress\x12\x19\n\x11peer_points_ready\x18\x03 \x01(\x08\x12\x19\n\x11peer_point_chunks\x18\x04 \x01(\x03\x12\x14\n\x0cown_set_size\x18\x05 \x01(\x03\x12\x15\n\rpeer_set_size\x18\x06 \x01(\x03\"a\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTAGE_UPLOADING\x10\x01\x12\x19\n\x15STAGE_DOUBLE_BLINDING\x10\x02\x12\x11\n\rSTAGE_MATCHED\x10\x03*\xa2\x01\n\x0eIdentifierType\x12\x1f\n\x1bIDENTIFIER_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15IDENTIFIER_TYPE_EMAIL\x10\x01\x12\x19\n\x15IDENTIFIER_TYPE_PHONE\x10\x02\x12\x1d\n\x19IDENTIFIER_TYPE_DEVICE_ID\x10\x03\x12\x1a\n\x16IDENTIFIER_TYPE_CUSTOM\x10\x04\x32\x89\x04\n\x0fMatchingService\x12l\n\x13UploadBlindedPoints\x12(.cleanroom.v1.UploadBlindedPointsRequest\x1a).cleanroom.v1.UploadBlindedPointsResponse(\x01\x12`\n\x0f\x46\x65tchPeerPoints\x12$.cleanroom.v1.FetchPeerPointsRequest\x1a%.cleanroom.v1.FetchPeerPointsResponse0\x01\x12~\n\x19SubmitDoubleBlindedPoints\x12..cleanroom.v1.SubmitDoubleBlindedPointsRequest\x1a/.cleanroom.v1.SubmitDoubleBlindedPointsResponse(\x01\x12T\n\x0bUploadTable\x12 .cleanroom.v1.UploadTableRequest\x1a!.cleanroom.v1.UploadTableResponse(\x01\x12P\n\x0eGetMatchStatus\x12#.cleanroom.v1.GetMatchStatusRequest\x1a\x19.cleanroom.v1.MatchStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cleanroom.v1.matching_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IDENTIFIERTYPE']._serialized_start=1336
-  _globals['_IDENTIFIERTYPE']._serialized_end=1498
+  _globals['_IDENTIFIERTYPE']._serialized_start=1356
+  _globals['_IDENTIFIERTYPE']._serialized_end=1518
   _globals['_UPLOADBLINDEDPOINTSREQUEST']._serialized_start=46
-  _globals['_UPLOADBLINDEDPOINTSREQUEST']._serialized_end=247
-  _globals['_UPLOADBLINDEDPOINTSRESPONSE']._serialized_start=249
-  _globals['_UPLOADBLINDEDPOINTSRESPONSE']._serialized_end=348
-  _globals['_FETCHPEERPOINTSREQUEST']._serialized_start=350
-  _globals['_FETCHPEERPOINTSREQUEST']._serialized_end=411
-  _globals['_FETCHPEERPOINTSRESPONSE']._serialized_start=413
-  _globals['_FETCHPEERPOINTSRESPONSE']._serialized_end=497
-  _globals['_SUBMITDOUBLEBLINDEDPOINTSREQUEST']._serialized_start=499
-  _globals['_SUBMITDOUBLEBLINDEDPOINTSREQUEST']._serialized_end=612
-  _globals['_SUBMITDOUBLEBLINDEDPOINTSRESPONSE']._serialized_start=614
-  _globals['_SUBMITDOUBLEBLINDEDPOINTSRESPONSE']._serialized_end=694
-  _globals['_UPLOADTABLEREQUEST']._serialized_start=696
-  _globals['_UPLOADTABLEREQUEST']._serialized_end=801
-  _globals['_UPLOADTABLERESPONSE']._serialized_start=803
-  _globals['_UPLOADTABLERESPONSE']._serialized_end=892
-  _globals['_GETMATCHSTATUSREQUEST']._serialized_start=894
-  _globals['_GETMATCHSTATUSREQUEST']._serialized_end=933
-  _globals['_UPLOADPROGRESS']._serialized_start=935
-  _globals['_UPLOADPROGRESS']._serialized_end=1024
-  _globals['_MATCHSTATUS']._serialized_start=1027
-  _globals['_MATCHSTATUS']._serialized_end=1333
-  _globals['_MATCHSTATUS_STAGE']._serialized_start=1236
-  _globals['_MATCHSTATUS_STAGE']._serialized_end=1333
-  _globals['_MATCHINGSERVICE']._serialized_start=1501
-  _globals['_MATCHINGSERVICE']._serialized_end=2022
+  _globals['_UPLOADBLINDEDPOINTSREQUEST']._serialized_end=267
+  _globals['_UPLOADBLINDEDPOINTSRESPONSE']._serialized_start=269
+  _globals['_UPLOADBLINDEDPOINTSRESPONSE']._serialized_end=368
+  _globals['_FETCHPEERPOINTSREQUEST']._serialized_start=370
+  _globals['_FETCHPEERPOINTSREQUEST']._serialized_end=431
+  _globals['_FETCHPEERPOINTSRESPONSE']._serialized_start=433
+  _globals['_FETCHPEERPOINTSRESPONSE']._serialized_end=517
+  _globals['_SUBMITDOUBLEBLINDEDPOINTSREQUEST']._serialized_start=519
+  _globals['_SUBMITDOUBLEBLINDEDPOINTSREQUEST']._serialized_end=632
+  _globals['_SUBMITDOUBLEBLINDEDPOINTSRESPONSE']._serialized_start=634
+  _globals['_SUBMITDOUBLEBLINDEDPOINTSRESPONSE']._serialized_end=714
+  _globals['_UPLOADTABLEREQUEST']._serialized_start=716
+  _globals['_UPLOADTABLEREQUEST']._serialized_end=821
+  _globals['_UPLOADTABLERESPONSE']._serialized_start=823
+  _globals['_UPLOADTABLERESPONSE']._serialized_end=912
+  _globals['_GETMATCHSTATUSREQUEST']._serialized_start=914
+  _globals['_GETMATCHSTATUSREQUEST']._serialized_end=953
+  _globals['_UPLOADPROGRESS']._serialized_start=955
+  _globals['_UPLOADPROGRESS']._serialized_end=1044
+  _globals['_MATCHSTATUS']._serialized_start=1047
+  _globals['_MATCHSTATUS']._serialized_end=1353
+  _globals['_MATCHSTATUS_STAGE']._serialized_start=1256
+  _globals['_MATCHSTATUS_STAGE']._serialized_end=1353
+  _globals['_MATCHINGSERVICE']._serialized_start=1521
+  _globals['_MATCHINGSERVICE']._serialized_end=2042
 # @@protoc_insertion_point(module_scope)

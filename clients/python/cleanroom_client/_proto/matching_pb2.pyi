@@ -63,11 +63,15 @@ class UploadBlindedPointsRequest(_message.Message):
     LAST_FIELD_NUMBER: _builtins.int
     FIRST_ROW_FIELD_NUMBER: _builtins.int
     PRESENT_FIELD_NUMBER: _builtins.int
+    TOTAL_ROWS_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """`collaborations/{collaboration_id}`; required on every message of the stream (and the same on each)."""
     chunk_index: _builtins.int
-    """0, 1, 2, ... without gaps. A stream may start at the index GetMatchStatus reports as next."""
+    """0, 1, 2, ... without gaps, one sequence across all identifier types: one upload carries every type, each chunk
+    one type. A stream may start at the index GetMatchStatus reports as next, or at 0 to start over.
+    """
     identifier_type: Global___IdentifierType.ValueType
+    """The type of every point of this chunk."""
     points: _builtins.bytes
     """n points, 32 bytes each: X25519 u-coordinates, little-endian, on the curve and not of low order."""
     last: _builtins.bool
@@ -80,6 +84,11 @@ class UploadBlindedPointsRequest(_message.Message):
     belong to rows first_row .. first_row + n - 1. (Costs nothing when no identifier is missing, 1/8 byte per row
     otherwise, instead of 8 bytes per point for explicit row numbers.)
     """
+    total_rows: _builtins.int
+    """n: how many rows the caller numbers, 0 .. n-1: every one of its users, with or without an identifier. Required
+    on the chunk marked `last` (read there only; other chunks may leave it 0). Every point's row and every table's
+    `row_id` must be below it.
+    """
     def __init__(
         self,
         *,
@@ -90,10 +99,11 @@ class UploadBlindedPointsRequest(_message.Message):
         last: _builtins.bool = ...,
         first_row: _builtins.int = ...,
         present: _builtins.bytes = ...,
+        total_rows: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_index", b"chunk_index", "first_row", b"first_row", "identifier_type", b"identifier_type", "last", b"last", "parent", b"parent", "points", b"points", "present", b"present"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_index", b"chunk_index", "first_row", b"first_row", "identifier_type", b"identifier_type", "last", b"last", "parent", b"parent", "points", b"points", "present", b"present", "total_rows", b"total_rows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -241,7 +251,9 @@ Global___SubmitDoubleBlindedPointsResponse: _TypeAlias = SubmitDoubleBlindedPoin
 class UploadTableRequest(_message.Message):
     """One chunk of a table upload. Each chunk's `arrow_ipc` is a complete Arrow IPC stream (schema + record batches);
     every chunk of one upload has the same schema. The table must be declared for the caller in the policy, and
-    must carry an int64 `row_id` column: the user's row number in the match (in the users table, the row's own).
+    must carry an int64 `row_id` column without nulls: the user's row number in the match, below the `total_rows`
+    of the caller's point upload (in the users table each row number at most once). Tables may be uploaded once the
+    caller's point upload is committed, in any order, before or after the match; a committed table is final.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -331,10 +343,13 @@ class UploadProgress(_message.Message):
     ROWS_FIELD_NUMBER: _builtins.int
     COMMITTED_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
-    """`points`, `double_blinded`, or a table name."""
+    """`points`, `double_blinded`, or `table:` followed by the table's name (for example `table:users`)."""
     next_chunk_index: _builtins.int
+    """The chunk index the server expects next: the number of chunks stored."""
     rows: _builtins.int
+    """Points (for `points`), tags (for `double_blinded`) or table rows stored so far."""
     committed: _builtins.bool
+    """Whether the chunk marked `last` was stored: the upload is complete and final."""
     def __init__(
         self,
         *,

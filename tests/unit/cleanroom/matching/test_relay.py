@@ -54,8 +54,9 @@ def _tag(double_blinded: bytes) -> int:
 
 def _upload(relay: Relay, collab: Collaboration, member: str, key, by_type: dict[IdentifierType, list]) -> None:
     types = list(by_type)
+    rows = 1 + max((r for t in types for r, _ in by_type[t]), default=-1)
     for i, t in enumerate(types):
-        relay.upload_points(collab, member, i, t, *_pack(by_type[t], key, t), last=i == len(types) - 1)
+        relay.upload_points(collab, member, i, t, *_pack(by_type[t], key, t), last=i == len(types) - 1, total_rows=rows)
 
 
 def _double_blind(relay: Relay, collab: Collaboration, member: str, key) -> None:
@@ -142,7 +143,7 @@ def test_half_upload_is_invisible_and_resumable(tmp_path):
     assert (progress.next_chunk, progress.committed) == (1, False)
     with pytest.raises(FailedPreconditionError, match="expects chunk 1"):
         relay.upload_points(collab, "brand", 2, EMAIL, *two, last=True)
-    relay.upload_points(collab, "brand", 1, EMAIL, *two, last=True)
+    relay.upload_points(collab, "brand", 1, EMAIL, *two, last=True, total_rows=3)
     assert relay.status(collab, "platform").peer_points_ready
     assert relay.status(collab, "platform").peer_set_size == 2
     with pytest.raises(FailedPreconditionError, match="already complete"):
@@ -166,8 +167,10 @@ def test_bad_points_are_refused_and_nothing_stored_is_lost(tmp_path):
         relay.upload_points(collab, "brand", 1, EMAIL, 5, b"\x05", pts, last=False)
     with pytest.raises(InvalidArgumentError, match="first_row"):
         relay.upload_points(collab, "brand", 1, EMAIL, -1, b"", pts, last=False)
+    with pytest.raises(InvalidArgumentError, match="total_rows is 1, but a point names row 1"):
+        relay.upload_points(collab, "brand", 1, EMAIL, 0, b"", pts, last=True, total_rows=1)
     with pytest.raises(InvalidArgumentError, match="same identifier type twice"):
-        relay.upload_points(collab, "brand", 1, EMAIL, first, present, pts, last=True)
+        relay.upload_points(collab, "brand", 1, EMAIL, first, present, pts, last=True, total_rows=10)
     [progress] = relay.status(collab, "brand").uploads
     assert (progress.next_chunk, progress.rows, progress.committed) == (1, 1, False)
     db.close()
