@@ -97,7 +97,7 @@ def is_missing(raw: str | None) -> bool:
 def is_email(value: str) -> bool:
     """Whether an already trimmed and lower-cased `value` matches the email grammar of PROTOCOL.md."""
     match = _EMAIL.fullmatch(value)
-    return bool(match) and len(match["local"]) <= MAX_LOCAL and len(value) <= MAX_EMAIL
+    return match is not None and len(match["local"]) <= MAX_LOCAL and len(value) <= MAX_EMAIL
 
 
 @dataclass(frozen=True)
