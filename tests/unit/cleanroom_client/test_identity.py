@@ -5,12 +5,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cleanroom_client.identity import (
+    TRIMMED,
     IdentifierType,
     InvalidIdentifierError,
     Normalizer,
+    ascii_lower,
     curve_message,
     digest,
+    is_email,
+    is_missing,
     parse_prehashed,
+    trim,
 )
 
 N = Normalizer("US")
@@ -40,6 +45,9 @@ def test_normalize(id_type, raw, expected):
         (IdentifierType.PHONE, "call me"),
         (IdentifierType.DEVICE_ID, "   "),
         (IdentifierType.CUSTOM, ""),
+        (IdentifierType.EMAIL, "a@b.c."),
+        (IdentifierType.EMAIL, "\u212a@example.com"),
+        (IdentifierType.PHONE, "+1 200 555 0100"),
     ],
 )
 def test_invalid_identifiers_raise(id_type, raw):
@@ -63,12 +71,60 @@ def test_normalization_is_idempotent(id_type, raw):
 
 
 @given(st.emails())
-def test_valid_emails_normalize_to_lower_case(email):
+def test_valid_emails_normalize_to_ascii_lower_case(email):
     try:
         out = N.normalize(IdentifierType.EMAIL, email.upper())
     except InvalidIdentifierError:
-        return  # hypothesis emails without a dot in the domain are refused by our stricter rule
-    assert out == email.strip().lower()
+        return  # e.g. a one-letter top-level label, refused by the grammar of PROTOCOL.md
+    assert out == ascii_lower(email)
+
+
+WHITESPACE = st.text(st.sampled_from(TRIMMED), max_size=4)
+
+
+@given(st.sampled_from(list(IdentifierType)), WHITESPACE)
+def test_only_trimmed_code_points_is_missing_for_every_type(id_type, blank):
+    assert is_missing(blank)
+    with pytest.raises(InvalidIdentifierError, match="missing"):
+        N.normalize(id_type, blank)
+
+
+@given(WHITESPACE, st.text(max_size=20), WHITESPACE)
+def test_trim_removes_exactly_the_listed_code_points_at_the_ends(left, middle, right):
+    core = trim(middle)
+    assert trim(left + core + right) == core
+    assert not core or (core[0] not in TRIMMED and core[-1] not in TRIMMED)
+    assert core in middle
+
+
+@given(st.text(max_size=30))
+def test_lower_casing_touches_ascii_letters_only(text):
+    out = ascii_lower(text)
+    assert len(out) == len(text)
+    for before, after in zip(text, out, strict=True):
+        assert after == (before.lower() if "A" <= before <= "Z" else before)
+
+
+def test_the_code_points_language_trims_disagree_on():
+    assert trim("\u001calice\u001f") == "\u001calice\u001f"  # Python's strip() removes these; we do not
+    assert trim("\u0085\ufeffalice\u00a0") == "alice"  # JavaScript's trim() keeps U+0085; we remove it
+    assert trim("\u200balice") == "\u200balice"  # zero-width space is not white space
+
+
+@given(st.from_regex(r"[a-z0-9.!#$%&'*+/=?^_`{|}~@-]{1,30}", fullmatch=True))
+def test_email_grammar_never_accepts_what_the_protocol_forbids(text):
+    if is_email(text):
+        local, _, domain = text.partition("@")
+        labels = domain.split(".")
+        assert "@" not in domain
+        assert ".." not in local
+        assert local[0] != "."
+        assert local[-1] != "."
+        assert len(labels) >= 2
+        assert all(labels)
+        assert labels[-1][0].isalpha()
+        assert len(labels[-1]) >= 2
+        assert all(not label.startswith("-") and not label.endswith("-") for label in labels)
 
 
 def test_prehashed_equals_hash_of_normalized():
