@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -24,8 +25,13 @@ app = typer.Typer(
 )
 admin = typer.Typer(help="Operator commands, local to the data directory (through the server's socket if it runs).")
 audit = typer.Typer(help="Verify audit logs.")
+conformance = typer.Typer(
+    help="Check a partner's own implementation of the matching protocol (PROTOCOL.md section 7).",
+    no_args_is_help=True,
+)
 app.add_typer(admin, name="admin")
 app.add_typer(audit, name="audit")
+app.add_typer(conformance, name="conformance")
 console = Console(stderr=True)
 out = Console()
 
@@ -286,6 +292,127 @@ def demo(
     from .demo import run_demo
 
     run_demo(brand_users, platform_users, shared, data_dir, report_dir)
+
+
+def _short(value: object) -> str:
+    text = json.dumps(value, ensure_ascii=True)
+    return text if len(text) <= 70 else text[:67] + "..."
+
+
+@conformance.command("check")
+def conformance_check(
+    file: Annotated[Path, typer.Argument(help="Your implementation's outputs for the vector inputs (JSON).")],
+) -> None:
+    """Compare your outputs with the published vectors: pass or fail for every field of every case.
+
+    Example: cleanroom conformance check my-outputs.json   (the format: PROTOCOL.md section 7)
+    """
+    from .conformance import ConformanceInputError, check
+
+    try:
+        partner = json.loads(file.read_text(encoding="utf-8"))
+        report = check(partner)
+    except OSError as exc:
+        console.print(f"[red]cannot read {file}: {exc.strerror or exc}[/]")
+        raise typer.Exit(2) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        console.print(f"[red]{file} is not JSON: {exc}[/]")
+        raise typer.Exit(2) from None
+    except ConformanceInputError as exc:
+        console.print(f"[red]{file}: {exc} (see PROTOCOL.md section 7)[/]")
+        raise typer.Exit(2) from None
+    table = Table(title="conformance by field")
+    for column in ("section", "field", "passed", "failed", ""):
+        table.add_column(column)
+    for (section, name), (ok, bad) in report.by_field().items():
+        table.add_row(section, name, str(ok), str(bad), "[green]PASS[/]" if not bad else "[red]FAIL[/]")
+    out.print(table)
+    for r in report.failures():
+        case = ", ".join(_short(v) for v in r.case)
+        got = _short(r.got) if r.present else "(missing)"
+        out.print(
+            f"FAIL {r.section} [{case}] {r.field}: expected {_short(r.expected)}, got {got}",
+            markup=False,
+            soft_wrap=True,
+        )
+    if report.unknown:
+        console.print(f"[yellow]ignored unknown sections: {', '.join(report.unknown)}[/]")
+    failed = len(report.failures())
+    out.print(f"{len(report.results) - failed} of {len(report.results)} fields pass", markup=False)
+    raise typer.Exit(0 if report.passed else 1)
+
+
+@conformance.command("expected")
+def conformance_expected() -> None:
+    """Print the reference implementation's outputs for the vector inputs: the file `check` passes."""
+    from .conformance import reference_outputs
+
+    print(json.dumps(reference_outputs(), indent=1))
+
+
+@conformance.command("run")
+def conformance_run(
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="Directory for the server, keys and your files.")],
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port; 0 picks a free one.")] = 0,
+    rows: Annotated[int, typer.Option(help="Users on each side (10 to 10,000).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the generated users.")] = 15,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for your client to finish the match.")] = 3600.0,
+    approve: Annotated[bool, typer.Option(help="Approve the policy for your member too.")] = True,
+    self_test: Annotated[bool, typer.Option(help="Play your side with the Python SDK (a check of the kit).")] = False,
+) -> None:
+    """Serve a collaboration with a Python reference member, wait for your client's match, check the exact overlap.
+
+    Example: cleanroom conformance run --data-dir ./conformance   (then run your client with the files it names)
+    """
+    from .conformance import PARTNER, run_reference_partner, start_session
+
+    try:
+        session = start_session(data_dir, host, port, rows, seed, approve)
+    except (ValueError, OSError) as exc:
+        console.print(f"[red]cannot start: {exc}[/]")
+        raise typer.Exit(2) from None
+    try:
+        files = session.partner_files
+        console.print(
+            f"server on {session.target} (TLS, CA {files['ca.pem']}); you are member `{PARTNER}` of "
+            f"{session.collaboration}\n"
+            f"  token: {files['token']}\n  your users: {files['users.jsonl']} (key column `key`, phone region US)\n"
+            f"  everything in one file: {files['session.json']}"
+        )
+        exp = session.expected
+        console.print(
+            f"expected: own_set_size {exp.own_set_size}, peer_set_size {exp.peer_set_size}, "
+            f"pairs {exp.pairs} (total {exp.total_pairs})"
+        )
+        if self_test:
+            run_reference_partner(session)
+        else:
+            console.print("waiting for your client to match (Ctrl-C to stop) ...")
+        result = session.wait(timeout)
+    except KeyboardInterrupt:
+        session.stop()
+        raise typer.Exit(130) from None
+    except Exception as exc:  # noqa: BLE001 - any failure of the session ends it with its message
+        session.stop()
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    session.stop()
+    if result is None:
+        console.print(f"[red]your client did not finish the match within {timeout:g} s[/]")
+        raise typer.Exit(1)
+    table = Table(title="conformance run")
+    for column in ("item", "expected", "got", ""):
+        table.add_column(column)
+    rows_ = [
+        ("your set size", exp.own_set_size, result.own_set_size),
+        ("peer set size", exp.peer_set_size, result.peer_set_size),
+        *[(f"pairs by {t}", n, result.pairs.get(t, 0)) for t, n in exp.pairs.items()],
+    ]
+    for item, want, got in rows_:
+        table.add_row(item, str(want), str(got), "[green]PASS[/]" if want == got else "[red]FAIL[/]")
+    out.print(table)
+    raise typer.Exit(0 if result.passed else 1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,93 @@
+"""`cleanroom conformance check`: the SDK's own outputs pass every field; a wrong normalization is caught."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from cleanroom.cli import app
+from cleanroom.conformance import check, conformance_data, expected_overlap, reference_outputs
+from cleanroom_client.identity import IdentifierType, InvalidIdentifierError, Normalizer
+
+_LAX_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def _python_strip_and_lower(id_type: str, region: str, raw: str) -> tuple[str, str | None]:
+    """The mistake the issue reports: Python's strip() and lower() and a lax email pattern."""
+    value = raw.strip()
+    if not value:
+        return "missing", None
+    if id_type == "email":
+        value = value.lower()
+        return ("valid", value) if _LAX_EMAIL.match(value) else ("invalid", None)
+    if id_type == "device_id":
+        return "valid", value.lower()
+    if id_type == "phone":
+        try:
+            return "valid", Normalizer(region).normalize(IdentifierType.PHONE, value)
+        except InvalidIdentifierError:
+            return "invalid", None
+    return "valid", raw
+
+
+def test_the_sdks_own_outputs_pass_every_field():
+    report = check(reference_outputs())
+    assert report.passed
+    assert len(report.results) > 250
+    assert {section for section, _ in report.by_field()} == {"normalization", "prehashed", "pipeline", "points"}
+
+
+def test_a_wrong_normalization_fails_exactly_where_it_differs():
+    report = check(reference_outputs(_python_strip_and_lower))
+    assert not report.passed
+    failed = {(r.section, r.case[2], r.field) for r in report.failures() if r.section == "normalization"}
+    assert ("normalization", "\u001calice@example.com", "result") in failed  # Python strips U+001C
+    assert ("normalization", "\u212a@example.com", "normalized") in failed  # Unicode lower-cases the Kelvin sign
+    assert ("normalization", "a@b.c.", "result") in failed  # the lax grammar takes a trailing dot
+    assert ("normalization", "ÉCOLE-\u0130D-\u212a", "digest") in failed
+    passed = {r.case[2] for r in report.results if r.passed and r.section == "normalization"}
+    assert "bob@example.org" in passed
+
+
+def test_missing_cases_and_fields_fail():
+    outputs = reference_outputs()
+    del outputs["points"]
+    outputs["prehashed"][0].pop("digest")
+    report = check(outputs)
+    missing = [r for r in report.failures() if not r.present]
+    assert {r.section for r in missing} == {"points", "prehashed"}
+    assert len([r for r in missing if r.section == "prehashed"]) == 1
+
+
+def test_the_command_reports_per_field_and_exits_by_outcome(tmp_path):
+    good, bad, broken = tmp_path / "good.json", tmp_path / "bad.json", tmp_path / "broken.json"
+    good.write_text(json.dumps(reference_outputs()))
+    bad.write_text(json.dumps(reference_outputs(_python_strip_and_lower)))
+    broken.write_text('{"normalization": {"not": "a list"}}')
+    runner = CliRunner()
+    ok = runner.invoke(app, ["conformance", "check", str(good)])
+    assert ok.exit_code == 0, ok.output
+    assert "fields pass" in ok.output
+    assert "FAIL" not in ok.output
+    failing = runner.invoke(app, ["conformance", "check", str(bad)])
+    assert failing.exit_code == 1
+    assert 'FAIL normalization ["email", "US", "\\u001calice@example.com"] result: expected "invalid", got "valid"' in (
+        failing.output
+    )
+    for path in (broken, tmp_path / "absent.json"):
+        refused = runner.invoke(app, ["conformance", "check", str(path)])
+        assert refused.exit_code == 2
+        assert "Traceback" not in refused.output
+
+
+def test_conformance_data_has_overlap_on_every_type_and_traps():
+    ref, partner = conformance_data(100, seed=1)
+    expected = expected_overlap(ref, partner)
+    assert expected.pairs == {"email": 20, "phone": 10, "device_id": 10}
+    assert expected.own_set_size == 80  # a fifth of the partner's users carry no valid identifier
+    assert expected.peer_set_size == 100
+    with pytest.raises(ValueError, match="rows must be between"):
+        conformance_data(5, seed=1)
