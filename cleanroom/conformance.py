@@ -218,6 +218,7 @@ name: conformance
 members:
   brand:    {abilities: [contribute, query, receive_results]}
   platform: {abilities: [contribute]}
+identifiers: [email, phone, device_id]
 tables:
   brand.users:    {dimensions: {tier: [gold, basic]}}
   platform.users: {dimensions: {segment: [a, b, c]}}
