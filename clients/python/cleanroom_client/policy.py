@@ -1,8 +1,10 @@
 """The collaboration policy: the analysis rules both members approve before any data flows.
 
-A policy is YAML. `parse_policy` validates all of it and reports every problem at once, each with the path of the
-offending field, so a member can fix a policy in one go. The server runs the same validation on every proposal; a
-member may run it locally first (`cleanroom_client.parse_policy`).
+A policy is YAML. Its structure is `policy.schema.json` (JSON Schema, the copy of `protos/policy.schema.json` that
+`make protos` places in this package; `protos/POLICY.md` is its readable form): this module validates against it,
+then checks the rules that relate fields to each other (the schema's `x-rules`). `parse_policy` reports every
+problem at once, each with the path of the offending field, so a member can fix a policy in one go. The server runs
+the same validation on every proposal; a member may run it locally first (`cleanroom_client.parse_policy`).
 
 Guarantees of a parsed `Policy`: exactly two members; every table belongs to a declared member; every dimension
 has a non-empty domain of distinct string values (released cells are the whole domain, zero-filled); every
@@ -17,37 +19,41 @@ the recipient, the dimensions a segment may use, and the smallest list that may 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeGuard
+from importlib.resources import files
+from typing import Any, Final
 
+import jsonschema
 import yaml
 
-ABILITIES = ("contribute", "query", "receive_results", "receive_audiences")
-QUERY_TYPES = (
-    "overlap",
-    "funnel",
-    "funnel_flow",
-    "segment_insight",
-    "attribution",
-    "lift",
-    "lookalike",
-    "activation",
-)
-IDENTIFIER_TYPES = ("email", "phone", "device_id", "custom")
+#: The policy's JSON Schema: the one statement of its structure.
+SCHEMA: Final[dict[str, Any]] = json.loads((files(__package__) / "policy.schema.json").read_text())
+_VALIDATOR: Final = jsonschema.Draft202012Validator(SCHEMA)
+_DEFS: Final = SCHEMA["$defs"]
+ABILITIES: Final[tuple[str, ...]] = tuple(_DEFS["ability"]["enum"])
+QUERY_TYPES: Final[tuple[str, ...]] = tuple(_DEFS["query_type"]["enum"])
+IDENTIFIER_TYPES: Final[tuple[str, ...]] = tuple(_DEFS["identifier_type"]["enum"])
 TEST_GROUPS = ("exposed", "holdout")
 STAGE_COLUMNS = ("stage_4a", "stage_aipl")
 #: Default smallest epsilon one query may spend, so that "does it succeed" is never bought for almost nothing.
-DEFAULT_EPSILON_PER_QUERY_MIN = 0.01
+DEFAULT_EPSILON_PER_QUERY_MIN: Final[float] = SCHEMA["properties"]["epsilon"]["properties"]["per_query_min"]["default"]
 #: The largest delta a policy may allow in total: far below 1/n for the populations a clean room serves.
-MAX_DELTA = 1e-5
+MAX_DELTA: Final[float] = _DEFS["delta"]["maximum"]
 #: The largest magnitude of a measure's bounds.
-MAX_MEASURE = 1e12
+MAX_MEASURE: Final[float] = _DEFS["measure_bound"]["maximum"]
 #: The largest L1 sensitivity any released vector may have: exact values are clamped to this magnitude before
 #: noise, and noise is drawn on 64-bit integers, so larger bounds could not be honoured.
 MAX_SENSITIVITY = 2**53
+RESERVED_COLUMNS = frozenset({"row_id"})
+#: The cell every dimension gets for people without a value.
+NONE_VALUE = "none"
+_NAME = re.compile(_DEFS["name"]["pattern"])
+_MEASURE_PROBLEM: Final[str] = _DEFS["table"]["properties"]["measures"]["additionalProperties"]["x-problem"]
+_TOP_KEYS = frozenset(SCHEMA["properties"])
 
 
 def stability_constant(identifier_types: int) -> int:
@@ -59,26 +65,6 @@ def stability_constant(identifier_types: int) -> int:
     if identifier_types < 1:
         raise ValueError("the join needs at least one identifier type")
     return 1 if identifier_types == 1 else 2 * identifier_types
-RESERVED_COLUMNS = frozenset({"row_id"})
-#: The cell every dimension gets for people without a value.
-NONE_VALUE = "none"
-_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-_TOP_KEYS = frozenset(
-    {
-        "name",
-        "members",
-        "identifiers",
-        "tables",
-        "queries",
-        "min_group_size",
-        "epsilon",
-        "delta",
-        "activation",
-        "campaign_spend",
-    }
-)
-_ACTIVATION_KEYS = frozenset({"recipient", "dimensions", "min_size"})
-_TABLE_KEYS = frozenset({"time", "dimensions", "measures", "max_per_person"})
 
 
 class PolicyError(ValueError):
@@ -177,50 +163,31 @@ def parse_policy(text: str) -> Policy:
         raise PolicyError([f"not valid YAML: {exc}"]) from None
     if not isinstance(doc, dict):
         raise PolicyError(["the policy must be a YAML mapping with keys: " + ", ".join(sorted(_TOP_KEYS))])
-    problems: list[str] = []
-    for key in sorted(set(doc) - _TOP_KEYS, key=str):
-        problems.append(f"{key}: unknown key (known: {', '.join(sorted(_TOP_KEYS))})")
-
-    name = doc.get("name")
-    if not isinstance(name, str) or not name.strip():
-        problems.append("name: required, a non-empty string")
-        name = ""
-
-    members = _members(doc.get("members"), problems)
-    member_names = {m.name for m in members}
-    identifiers = _identifiers(doc.get("identifiers"), problems)
-    tables = _tables(doc.get("tables", {}), member_names, problems)
+    problems = schema_problems(doc)
+    members = _members(doc.get("members"))
+    tables = _tables(doc.get("tables"), {m.name for m in members}, problems)
     _consistent_tables(tables, problems)
+    identifiers = tuple(t for t in IDENTIFIER_TYPES if t in _list(doc.get("identifiers")))
     if identifiers:
         _sensitivities_fit(tables, stability_constant(len(identifiers)), problems)
-
-    queries = doc.get("queries", [])
-    if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
-        problems.append("queries: a list of query types")
-        queries = []
-    for q in queries:
-        if q not in QUERY_TYPES:
-            problems.append(f"queries: unknown query type {q!r} (known: {', '.join(QUERY_TYPES)})")
-
-    min_group = doc.get("min_group_size")
-    if not isinstance(min_group, int) or isinstance(min_group, bool) or min_group < 1:
-        problems.append("min_group_size: required, an integer >= 1")
-        min_group = 1
-
+    queries = [q for q in _list(doc.get("queries")) if q in QUERY_TYPES]
     total, per_query, per_query_min = _epsilon(doc.get("epsilon"), problems)
     delta_total, delta_per_query = _delta(doc.get("delta"), problems)
     activation = _activation(doc.get("activation"), members, tables, problems)
-    if "activation" in queries and activation is None and "activation" not in doc:
+    if "activation" in queries and "activation" not in doc:
         problems.append("activation: required when queries allow activation (recipient, dimensions, min_size)")
-    spend = _spend(doc.get("campaign_spend") or {}, problems)
+    spend = doc.get("campaign_spend") or {}
+    for campaign, amount in spend.items() if isinstance(spend, dict) else ():
+        if _number(amount) is None:
+            problems.append(f"campaign_spend.{campaign}: a positive number")
     if problems:
-        raise PolicyError(problems)
+        raise PolicyError(list(dict.fromkeys(problems)))
     return Policy(
-        name=name.strip(),
+        name=doc["name"].strip(),
         members=members,
         tables=tables,
         queries=frozenset(queries),
-        min_group_size=min_group,
+        min_group_size=doc["min_group_size"],
         epsilon_per_member_total=total,
         epsilon_per_query_max=per_query,
         identifiers=identifiers,
@@ -228,24 +195,62 @@ def parse_policy(text: str) -> Policy:
         delta_per_member_total=delta_total,
         delta_per_query_max=delta_per_query,
         activation=activation,
-        campaign_spend=spend,
+        campaign_spend={str(c): float(a) for c, a in spend.items()},
     )
 
 
-def _identifiers(raw: Any, problems: list[str]) -> tuple[str, ...]:
-    """The identifier types the join may use, in the protocol's priority order."""
-    if not isinstance(raw, list) or not raw or not all(isinstance(t, str) for t in raw):
-        problems.append(
-            f"identifiers: required, a non-empty list drawn from {', '.join(IDENTIFIER_TYPES)} "
-            "(each type the join uses multiplies the noise of every query: declare only those both members have)"
-        )
-        return ()
-    unknown = [t for t in raw if t not in IDENTIFIER_TYPES]
-    for t in unknown:
-        problems.append(f"identifiers: unknown identifier type {t!r} (known: {', '.join(IDENTIFIER_TYPES)})")
-    if len(set(raw)) != len(raw):
-        problems.append("identifiers: a type is listed more than once")
-    return tuple(t for t in IDENTIFIER_TYPES if t in raw)
+def schema_problems(doc: Any) -> list[str]:
+    """Where `doc` breaks the schema: one line per problem, `path: what is expected` (the schema's x-problem)."""
+    problems = []
+    for error in sorted(_VALIDATOR.iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path]):
+        path = [str(p) for p in error.absolute_path if not isinstance(p, int)]
+        schema = error.schema if isinstance(error.schema, dict) else {}
+        if error.validator == "additionalProperties" and schema.get("additionalProperties") is False:
+            known = ", ".join(sorted(schema.get("properties", {})))
+            extra = sorted(set(error.instance) - set(schema.get("properties", {})), key=str)
+            problems += [_at([*path, str(key)], f"unknown key (known: {known})") for key in extra]
+            continue
+        if error.validator == "required":
+            missing = sorted(set(error.validator_value) - set(error.instance))
+            properties = schema.get("properties", {})
+            for key in missing:
+                problems.append(_at([*path, key], properties.get(key, {}).get("x-problem", "required")))
+            continue
+        if "propertyNames" in error.relative_schema_path:
+            path.append(str(error.instance))
+        hint = _problem_of(error)
+        problems.append(_at(path, hint.format(value=repr(error.instance)) if hint else error.message))
+    return problems
+
+
+def _problem_of(error: jsonschema.ValidationError) -> str | None:
+    """The x-problem of the failing schema node, or of the nearest node above it that has one."""
+    if isinstance(error.schema, dict) and isinstance(error.schema.get("x-problem"), str):
+        return str(error.schema["x-problem"])
+    node: Any = SCHEMA
+    found = node.get("x-problem")
+    for step in list(error.absolute_schema_path)[:-1]:
+        if isinstance(node, dict) and step not in node and "$ref" in node:  # the path runs through a $ref
+            node = _DEFS[node["$ref"].rsplit("/", 1)[1]]
+        node = node[step]
+        if isinstance(node, dict) and "x-problem" in node:
+            found = node["x-problem"]
+    return found if isinstance(found, str) else None
+
+
+def _at(path: list[str], what: str) -> str:
+    return f"{'.'.join(path)}: {what}" if path else what
+
+
+def _list(raw: Any) -> list[Any]:
+    return raw if isinstance(raw, list) else []
+
+
+def _number(v: Any) -> float | None:
+    """`v` as a float when it is a finite number (not a bool), else None."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        return float(v)
+    return None
 
 
 def _consistent_tables(tables: Mapping[str, TableSpec], problems: list[str]) -> None:
@@ -290,45 +295,48 @@ def _sensitivities_fit(tables: Mapping[str, TableSpec], c: int, problems: list[s
                 )
 
 
-def _delta(raw: Any, problems: list[str]) -> tuple[float, float]:
-    if raw is None:
-        return 0.0, 0.0
-    if not isinstance(raw, dict):
-        problems.append("delta: a mapping with per_member_total and per_query_max")
-        return 0.0, 0.0
+def _budget(raw: Any, section: str, keys: tuple[str, ...], problems: list[str]) -> list[float]:
+    """The numbers of an epsilon or delta section (0.0 where the schema already reported a problem)."""
     values = []
-    for key in ("per_member_total", "per_query_max"):
-        v = raw.get(key)
-        if not _number(v) or not 0 < v <= MAX_DELTA:
-            problems.append(f"delta.{key}: required, a number > 0 and at most {MAX_DELTA:g}")
-            v = 0.0
-        values.append(float(v))
-    for key in sorted(set(raw) - {"per_member_total", "per_query_max"}, key=str):
-        problems.append(f"delta.{key}: unknown key (known: per_member_total, per_query_max)")
-    total, per_query = values
+    for key in keys:
+        v = raw.get(key) if isinstance(raw, dict) else None
+        number = _number(v)
+        if number is None and isinstance(v, float):
+            problems.append(f"{section}.{key}: a finite number")
+        values.append(number if number is not None and number > 0 else 0.0)
+    return values
+
+
+def _delta(raw: Any, problems: list[str]) -> tuple[float, float]:
+    total, per_query = _budget(raw, "delta", ("per_member_total", "per_query_max"), problems)
     if total and per_query and per_query > total:
         problems.append("delta.per_query_max: must not exceed per_member_total")
     return total, per_query
 
 
+def _epsilon(raw: Any, problems: list[str]) -> tuple[float, float, float]:
+    given_min = isinstance(raw, dict) and "per_query_min" in raw
+    keys = ("per_member_total", "per_query_max", "per_query_min")
+    total, per_query, per_query_min = _budget(raw, "epsilon", keys, problems)
+    if not given_min:
+        per_query_min = DEFAULT_EPSILON_PER_QUERY_MIN
+    if total and per_query and per_query > total:
+        problems.append("epsilon.per_query_max: must not exceed per_member_total")
+    if per_query and per_query_min and per_query_min > per_query:
+        problems.append("epsilon.per_query_min: must not exceed per_query_max")
+    return total, per_query, per_query_min or DEFAULT_EPSILON_PER_QUERY_MIN
+
+
 def _activation(
     raw: Any, members: tuple[MemberSpec, ...], tables: Mapping[str, TableSpec], problems: list[str]
 ) -> ActivationSpec | None:
-    if raw is None:
-        return None
     if not isinstance(raw, dict):
-        problems.append("activation: a mapping with recipient, dimensions and min_size")
         return None
-    for key in sorted(set(raw) - _ACTIVATION_KEYS, key=str):
-        problems.append(f"activation.{key}: unknown key (known: {', '.join(sorted(_ACTIVATION_KEYS))})")
     recipient = raw.get("recipient")
     member = next((m for m in members if m.name == recipient), None)
     if member is None or "receive_audiences" not in member.abilities:
         problems.append("activation.recipient: a member of the policy with the ability receive_audiences")
-    dims = raw.get("dimensions")
-    if not isinstance(dims, list) or not dims or not all(isinstance(d, str) for d in dims):
-        problems.append("activation.dimensions: a non-empty list of users dimensions, e.g. [brand.tier]")
-        dims = []
+    dims = [d for d in _list(raw.get("dimensions")) if isinstance(d, str)]
     for d in dims:
         owner, _, column = d.partition(".")
         spec = tables.get(f"{owner}.users")
@@ -340,162 +348,62 @@ def _activation(
             "(a segment on the recipient's own columns alone would hand it the raw intersection)"
         )
     min_size = raw.get("min_size")
-    if not isinstance(min_size, int) or isinstance(min_size, bool) or min_size < 1:
-        problems.append("activation.min_size: required, an integer >= 1 (the smallest list that may be released)")
-        min_size = 1
-    return ActivationSpec(str(recipient), tuple(dims), min_size)
+    return ActivationSpec(str(recipient), tuple(dims), min_size if isinstance(min_size, int) else 1)
 
 
-def _number(v: Any) -> TypeGuard[float]:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _spend(raw: Any, problems: list[str]) -> dict[str, float]:
+def _members(raw: Any) -> tuple[MemberSpec, ...]:
+    """The well-formed members (the schema reports the others)."""
     if not isinstance(raw, dict):
-        problems.append("campaign_spend: a mapping of campaign to its (public) spend")
-        return {}
-    out = {}
-    for campaign, amount in raw.items():
-        if not isinstance(amount, (int, float)) or isinstance(amount, bool) or not math.isfinite(amount) or amount <= 0:
-            problems.append(f"campaign_spend.{campaign}: a positive number")
-            continue
-        out[str(campaign)] = float(amount)
-    return out
-
-
-def _members(raw: Any, problems: list[str]) -> tuple[MemberSpec, ...]:
-    if not isinstance(raw, dict) or len(raw) != 2:
-        problems.append("members: required, a mapping of exactly two members (a brand and a platform)")
         return ()
-    out = []
-    for name, spec in raw.items():
-        if not isinstance(name, str) or not _NAME.match(name):
-            problems.append(
-                f"members.{name}: a member name is lower-case letters, digits and '_', starting with a letter"
-            )
-            continue
-        abilities = spec.get("abilities") if isinstance(spec, dict) else None
-        if not isinstance(abilities, list) or not all(isinstance(a, str) for a in abilities):
-            problems.append(f"members.{name}.abilities: required, a list drawn from {', '.join(ABILITIES)}")
-            continue
-        for a in abilities:
-            if a not in ABILITIES:
-                problems.append(f"members.{name}.abilities: unknown ability {a!r} (known: {', '.join(ABILITIES)})")
-        out.append(MemberSpec(name=name, abilities=frozenset(abilities)))
-    return tuple(out)
+    return tuple(
+        MemberSpec(name, frozenset(a for a in spec["abilities"] if a in ABILITIES))
+        for name, spec in raw.items()
+        if isinstance(name, str)
+        and _NAME.fullmatch(name)
+        and isinstance(spec, dict)
+        and isinstance(spec.get("abilities"), list)
+    )
 
 
 def _tables(raw: Any, member_names: set[str], problems: list[str]) -> dict[str, TableSpec]:
-    if not isinstance(raw, dict):
-        problems.append("tables: a mapping of `member.table` to its columns")
-        return {}
+    """The tables, with the rules the schema cannot state: a declared member, lo < hi, columns declared once."""
     tables: dict[str, TableSpec] = {}
-    for qualified, spec in raw.items():
+    for qualified, spec in raw.items() if isinstance(raw, dict) else ():
         path = f"tables.{qualified}"
         member, _, table = str(qualified).partition(".")
+        if not _NAME.fullmatch(table):
+            continue  # reported by the schema
         if member not in member_names:
             problems.append(f"{path}: the table must be named `member.table` with a declared member")
             continue
-        if not _NAME.match(table):
-            problems.append(f"{path}: a table name is lower-case letters, digits and '_', starting with a letter")
-            continue
-        spec = spec or {}
-        if not isinstance(spec, dict):
-            problems.append(f"{path}: a mapping with keys time, dimensions, measures")
-            continue
-        for key in sorted(set(spec) - _TABLE_KEYS, key=str):
-            problems.append(f"{path}.{key}: unknown key (known: {', '.join(sorted(_TABLE_KEYS))})")
-        time = spec.get("time")
-        if time is not None and not (isinstance(time, str) and _NAME.match(time)):
-            problems.append(f"{path}.time: a column name")
-            time = None
-        dims = _dimensions(spec.get("dimensions") or {}, path, problems)
-        measures = _measures(spec.get("measures") or {}, path, problems)
+        spec = spec if isinstance(spec, dict) else {}
+        time = spec.get("time") if isinstance(spec.get("time"), str) else None
+        dims = {
+            col: tuple(str(v) for v in domain)
+            for col, domain in _mapping(spec.get("dimensions")).items()
+            if isinstance(domain, list) and domain and all(isinstance(v, (str, int, float)) for v in domain)
+        }
+        for col, values in dims.items():
+            if len(set(values)) != len(values) and len(set(spec["dimensions"][col])) == len(values):
+                problems.append(f"{path}.dimensions.{col}: the domain lists a value more than once (as text)")
+        measures = {}
+        for col, bounds in _mapping(spec.get("measures")).items():
+            lo, hi = (_number(b) for b in bounds) if isinstance(bounds, list) and len(bounds) == 2 else (None, None)
+            if lo is None or hi is None or lo >= hi or max(abs(lo), abs(hi)) > MAX_MEASURE:
+                problems.append(f"{path}.measures.{col}: {_MEASURE_PROBLEM}")
+                continue
+            measures[str(col)] = (lo, hi)
         cap = spec.get("max_per_person")
-        if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
-            problems.append(f"{path}.max_per_person: an integer >= 1")
-            cap = None
         columns = ([time] if time else []) + list(dims) + list(measures)
-        for col in {c for c in columns if columns.count(c) > 1}:
+        for col in sorted({c for c in columns if columns.count(c) > 1}):
             problems.append(f"{path}: column {col!r} is declared more than once")
-        for col in RESERVED_COLUMNS.intersection(columns):
+        for col in sorted(RESERVED_COLUMNS.intersection(columns)):
             problems.append(f"{path}: column name {col!r} is reserved for the surrogate id")
-        tables[qualified] = TableSpec(member, table, time, dims, measures, cap)
+        tables[str(qualified)] = TableSpec(
+            member, table, time, dims, measures, cap if isinstance(cap, int) and not isinstance(cap, bool) else None
+        )
     return tables
 
 
-def _dimensions(raw: Any, path: str, problems: list[str]) -> dict[str, tuple[str, ...]]:
-    if not isinstance(raw, dict):
-        problems.append(f"{path}.dimensions: a mapping of column to its domain (a list of values)")
-        return {}
-    out = {}
-    for col, domain in raw.items():
-        if not isinstance(col, str) or not _NAME.match(col):
-            problems.append(f"{path}.dimensions.{col}: a column name is lower-case letters, digits and '_'")
-            continue
-        if not isinstance(domain, list) or not domain or any(isinstance(v, (dict, list)) or v is None for v in domain):
-            problems.append(f"{path}.dimensions.{col}: the domain must be a non-empty list of values")
-            continue
-        values = tuple(str(v) for v in domain)
-        if NONE_VALUE in values:
-            problems.append(
-                f"{path}.dimensions.{col}: '{NONE_VALUE}' is reserved for missing values (released as its own cell)"
-            )
-            continue
-        if len(set(values)) != len(values):
-            problems.append(f"{path}.dimensions.{col}: the domain lists a value more than once")
-            continue
-        out[col] = values
-    return out
-
-
-def _measures(raw: Any, path: str, problems: list[str]) -> dict[str, tuple[float, float]]:
-    if not isinstance(raw, dict):
-        problems.append(f"{path}.measures: a mapping of column to its bounds [lo, hi]")
-        return {}
-    out = {}
-    for col, bounds in raw.items():
-        if not isinstance(col, str) or not _NAME.match(col):
-            problems.append(f"{path}.measures.{col}: a column name is lower-case letters, digits and '_'")
-            continue
-        ok = (
-            isinstance(bounds, list)
-            and len(bounds) == 2
-            and all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in bounds)
-            and bounds[0] < bounds[1]
-            and max(abs(bounds[0]), abs(bounds[1])) <= MAX_MEASURE
-        )
-        if not ok:
-            problems.append(
-                f"{path}.measures.{col}: bounds must be [lo, hi] with finite numbers, lo < hi, "
-                f"|lo|, |hi| <= {MAX_MEASURE:g}"
-            )
-            continue
-        out[col] = (float(bounds[0]), float(bounds[1]))
-    return out
-
-
-def _epsilon(raw: Any, problems: list[str]) -> tuple[float, float, float]:
-    if not isinstance(raw, dict):
-        problems.append("epsilon: required, a mapping with per_member_total and per_query_max")
-        return 0.0, 0.0, 0.0
-    values = []
-    for key in ("per_member_total", "per_query_max"):
-        v = raw.get(key)
-        if not _number(v) or v <= 0:
-            problems.append(f"epsilon.{key}: required, a finite number > 0")
-            v = 0.0
-        values.append(float(v))
-    per_query_min = raw.get("per_query_min", DEFAULT_EPSILON_PER_QUERY_MIN)
-    if not _number(per_query_min) or per_query_min <= 0:
-        problems.append("epsilon.per_query_min: a finite number > 0 (the least one query may spend)")
-        per_query_min = DEFAULT_EPSILON_PER_QUERY_MIN
-    known = {"per_member_total", "per_query_max", "per_query_min"}
-    for key in sorted(set(raw) - known, key=str):
-        problems.append(f"epsilon.{key}: unknown key (known: {', '.join(sorted(known))})")
-    total, per_query = values
-    if total and per_query and per_query > total:
-        problems.append("epsilon.per_query_max: must not exceed per_member_total")
-    if per_query and per_query_min > per_query:
-        problems.append("epsilon.per_query_min: must not exceed per_query_max")
-    return total, per_query, float(per_query_min)
+def _mapping(raw: Any) -> dict[Any, Any]:
+    return raw if isinstance(raw, dict) else {}

@@ -86,7 +86,9 @@ class Policy(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     PROPOSER_FIELD_NUMBER: _builtins.int
     yaml: _builtins.str
-    """The policy as YAML (see DESIGN.md for the schema). The server validates it on proposal."""
+    """The policy as YAML: its schema is policy.schema.json next to the protos, explained in POLICY.md. The server
+    validates it on proposal.
+    """
     revision: _builtins.int
     """Increases by one with every proposal."""
     etag: _builtins.str
