@@ -118,6 +118,21 @@ def test_table_upload_checks_the_policy(stub_for, active):
         return stub.UploadTable(iter(reqs), metadata=md)
 
     ok = pd.DataFrame({"row_id": [1, 2], "age_band": ["18-24", None]})
+    code, msg = _code(lambda: send("users", ok))
+    assert code is grpc.StatusCode.FAILED_PRECONDITION
+    assert "upload your blinded points first" in msg
+    points = matching_pb2.UploadBlindedPointsRequest(
+        parent=f"collaborations/{active}",
+        identifier_type=matching_pb2.IDENTIFIER_TYPE_EMAIL,
+        first_row=0,
+        points=b"",
+        last=True,
+        total_rows=3,
+    )
+    assert stub.UploadBlindedPoints(iter([points]), metadata=md).committed
+    code, msg = _code(lambda: send("users", pd.DataFrame({"row_id": [0, 3]})))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "row_id 3 was never offered points" in msg
     code, msg = _code(lambda: send("users", ok.assign(income=[1, 2])))
     assert code is grpc.StatusCode.INVALID_ARGUMENT
     assert "not declared" in msg
