@@ -360,52 +360,56 @@ def start_session(
     The partner's directory (`directory/partner`) gets `users.jsonl` (its users, JSON escapes for every code point
     outside ASCII), `token`, `ca.pem` and `session.json` (target, collaboration, member, expected overlap).
     """
+    ref, partner = conformance_data(rows, seed)  # first: refuses a bad row count before anything starts
+    expected = expected_overlap(ref, partner)
     directory.mkdir(parents=True, exist_ok=True)
     pki = make_dev_pki(directory / "pki", hosts=(host,))
     tls = TlsConfig(pki.server_cert.read_bytes(), pki.server_key.read_bytes(), None)
     running = create_server(ServerConfig(data_dir=directory / "server", address=f"{host}:{port}", tls=tls))
-    target = f"localhost:{running.port}"
-    tokens = {name: running.room.principals.add(name, Role.MEMBER) for name in (REFERENCE, PARTNER)}
-    ref, partner = conformance_data(rows, seed)
-    expected = expected_overlap(ref, partner)
-    reference = CleanRoomClient(
-        target,
-        token=tokens[REFERENCE],
-        root_certificates=pki.ca,
-        state_dir=directory / "reference-state",
-        executor=SerialExecutor(),
-        progress=False,
-    )
-    collab = reference.create_collaboration(CONFORMANCE_POLICY)
-    reference.approve_policy(collab.id)
-    if approve:
-        with CleanRoomClient(target, token=tokens[PARTNER], root_certificates=pki.ca, progress=False) as other:
-            other.approve_policy(collab.id)
+    try:
+        target = f"localhost:{running.port}"
+        tokens = {name: running.room.principals.add(name, Role.MEMBER) for name in (REFERENCE, PARTNER)}
+        reference = CleanRoomClient(
+            target,
+            token=tokens[REFERENCE],
+            root_certificates=pki.ca,
+            state_dir=directory / "reference-state",
+            executor=SerialExecutor(),
+            progress=False,
+        )
+        collab = reference.create_collaboration(CONFORMANCE_POLICY)
+        reference.approve_policy(collab.id)
+        if approve:
+            with CleanRoomClient(target, token=tokens[PARTNER], root_certificates=pki.ca, progress=False) as other:
+                other.approve_policy(collab.id)
 
-    out = directory / "partner"
-    out.mkdir(exist_ok=True)
-    files_ = {name: out / name for name in ("users.jsonl", "token", "ca.pem", "session.json")}
-    records = ({k: (None if pd.isna(v) else v) for k, v in r.items()} for r in partner.to_dict("records"))
-    files_["users.jsonl"].write_text("".join(json.dumps(r) + "\n" for r in records))
-    files_["token"].write_text(tokens[PARTNER] + "\n")
-    files_["token"].chmod(0o600)
-    files_["ca.pem"].write_bytes(pki.ca.read_bytes())
-    session_info = {
-        "target": target,
-        "collaboration": f"collaborations/{collab.id}",
-        "member": PARTNER,
-        "default_phone_region": "US",
-        "identifiers": ID_COLUMNS,
-        "attributes": ["segment"],
-        "key_column": "key",
-        "expected": {
-            "own_set_size": expected.own_set_size,
-            "peer_set_size": expected.peer_set_size,
-            "pairs": expected.pairs,
-            "total_pairs": expected.total_pairs,
-        },
-    }
-    files_["session.json"].write_text(json.dumps(session_info, indent=1) + "\n")
+        out = directory / "partner"
+        out.mkdir(exist_ok=True)
+        files_ = {name: out / name for name in ("users.jsonl", "token", "ca.pem", "session.json")}
+        records = ({k: (None if pd.isna(v) else v) for k, v in r.items()} for r in partner.to_dict("records"))
+        files_["users.jsonl"].write_text("".join(json.dumps(r) + "\n" for r in records))
+        files_["token"].write_text(tokens[PARTNER] + "\n")
+        files_["token"].chmod(0o600)
+        files_["ca.pem"].write_bytes(pki.ca.read_bytes())
+        session_info = {
+            "target": target,
+            "collaboration": f"collaborations/{collab.id}",
+            "member": PARTNER,
+            "default_phone_region": "US",
+            "identifiers": ID_COLUMNS,
+            "attributes": ["segment"],
+            "key_column": "key",
+            "expected": {
+                "own_set_size": expected.own_set_size,
+                "peer_set_size": expected.peer_set_size,
+                "pairs": expected.pairs,
+                "total_pairs": expected.total_pairs,
+            },
+        }
+        files_["session.json"].write_text(json.dumps(session_info, indent=1) + "\n")
+    except BaseException:
+        running.stop(None)
+        raise
 
     failure: list[BaseException] = []
 
