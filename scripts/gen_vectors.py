@@ -293,10 +293,16 @@ def _tables() -> dict[str, tuple[str, pa.Table]]:
         {
             "row_id": pa.array([1, 1, 3], pa.int64()),
             "ts": pa.array(
-                [dt.datetime(2026, 10, 1, 12, 30, tzinfo=dt.UTC), dt.datetime(2026, 10, 2, tzinfo=dt.UTC), None],
+                [
+                    dt.datetime(2026, 10, 1, 12, 30, tzinfo=dt.UTC),
+                    dt.datetime(2026, 10, 2, tzinfo=dt.UTC),
+                    dt.datetime(2026, 10, 3, 8, tzinfo=dt.UTC),
+                ],
                 pa.timestamp("us", tz="UTC"),
             ),
-            "value": pa.array([decimal.Decimal("19.99"), decimal.Decimal("250.00"), None], pa.decimal128(10, 2)),
+            "value": pa.array(
+                [decimal.Decimal("19.99"), decimal.Decimal("250.00"), decimal.Decimal("5.00")], pa.decimal128(10, 2)
+            ),
         }
     )
     history = pa.table(

@@ -14,7 +14,7 @@ from cleanroom_client.identity import IdentifierType
 from cleanroom_client.policy import IDENTIFIER_TYPES, SCHEMA, PolicyError, parse_policy, schema_problems
 
 ROOT = Path(__file__).resolve().parents[3]
-SOURCES = ("cleanroom", "clients", "tests", "scripts", "benchmarks", "protos", "README.md")
+SOURCES = ("cleanroom", "clients", "tests", "scripts", "benchmarks", "protos", "docs", "README.md")
 _YAML_BLOCK = re.compile(r"```yaml\n(.*?)```", re.DOTALL)
 
 
