@@ -108,6 +108,8 @@ def build(
     collab = room.collaborations.get(BRAND, c.id)
     types = [IdentifierType(t) for t in collab.policy.identifiers]
     for member, md in data.items():
+        with room.db.transaction() as cur:  # the numbering of the (simulated) point upload that tables refer to
+            cur.execute("INSERT INTO row_counts VALUES (?, ?, ?)", [c.id, member, len(md.users)])
         spec = collab.policy.table(member, "users") or TableSpec(member, "users")
         users = _frame(md.users, spec)
         users.insert(0, "row_id", np.arange(len(md.users), dtype=np.int64))
