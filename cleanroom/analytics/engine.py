@@ -322,9 +322,7 @@ class QueryEngine:
                         )
                     )
 
-            entry = self._budget.commit(
-                reservation, action, params, released, also=write_audience
-            )
+            entry = self._budget.commit(reservation, action, params, released, also=write_audience)
         except Exception:
             log.exception("%s failed after its budget was reserved; charging it", action)
             failed = self._budget.charge_failure(reservation, "query.failed", params)
