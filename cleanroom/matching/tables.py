@@ -10,7 +10,7 @@ upload is never visible.
 from __future__ import annotations
 
 import datetime as dt
-import re
+import hashlib
 
 import duckdb
 import pyarrow as pa
@@ -20,7 +20,7 @@ from cleanroom_client.policy import TableSpec
 
 from ..audit import AuditLog
 from ..collaborations import Collaboration
-from ..errors import InvalidArgumentError
+from ..errors import InternalError, InvalidArgumentError
 from ..storage import Database
 from ..storage.database import first, quote_ident
 from .progress import UploadProgress, check_next_chunk, read_progress, save_progress
@@ -30,15 +30,20 @@ USERS_TABLE = "users"
 #: is refused at upload, so no comparison or date arithmetic over them can fail at query time.
 TIME_WINDOW = (dt.datetime(1900, 1, 1), dt.datetime(2200, 1, 1))
 _UNIT_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
-_SAFE = re.compile(r"^[a-z0-9_]+$")
 
 
 def physical_name(collab: str, member: str, table: str, staged: bool = False) -> str:
-    """The DuckDB table holding `member.table` of a collaboration."""
-    name = f"{'stage' if staged else 'data'}__{collab.replace('-', '_')}__{member}__{table}"
-    if not _SAFE.match(name):
-        raise InvalidArgumentError(f"unsafe table name {name!r}")
-    return name
+    """The DuckDB table holding `member.table` of a collaboration.
+
+    One-to-one: the name is a SHA-256 over the three parts, each length-prefixed, so two different (collaboration,
+    member, table) triples never share a physical table (no separator in a name can make them collide), and the
+    name is always a safe identifier whatever the parts hold.
+    """
+    digest = hashlib.sha256()
+    for part in (collab, member, table):
+        raw = part.encode("utf-8")
+        digest.update(len(raw).to_bytes(8, "big") + raw)
+    return f"{'stage' if staged else 'data'}_{digest.hexdigest()}"
 
 
 #: Most bytes one chunk may hold once decompressed (members may send zstd- or lz4-compressed IPC).
@@ -196,7 +201,14 @@ class TableUploads:
                     f"{member}.users: {dupes[0]} duplicate row_id values; each user has one surrogate id. "
                     "Start the upload again at chunk 0."
                 )
-        cur.execute(f"DROP TABLE IF EXISTS {quote_ident(final)}")
+        # Replace only what this member registered for this table of this collaboration, never by name alone.
+        owners = cur.execute("SELECT collab, member, name FROM data_tables WHERE physical = ?", [final]).fetchall()
+        if any(tuple(o) != (collab, member, table) for o in owners):
+            raise InternalError(f"physical table {final} is registered to another upload; refusing to replace it")
+        for (old,) in cur.execute(
+            "SELECT physical FROM data_tables WHERE collab = ? AND member = ? AND name = ?", [collab, member, table]
+        ).fetchall():
+            cur.execute(f"DROP TABLE IF EXISTS {quote_ident(old)}")
         cur.execute(f"ALTER TABLE {quote_ident(stage)} RENAME TO {quote_ident(final)}")
         cur.execute("DELETE FROM data_tables WHERE collab = ? AND member = ? AND name = ?", [collab, member, table])
         cur.execute("INSERT INTO data_tables VALUES (?, ?, ?, ?, ?)", [collab, member, table, final, rows])
