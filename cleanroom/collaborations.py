@@ -13,6 +13,8 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import duckdb
+
 from cleanroom_client.policy import Policy, PolicyError, parse_policy
 
 from .audit import AuditLog
@@ -86,6 +88,27 @@ def _parse(text: str) -> Policy:
         return parse_policy(text)
     except PolicyError as exc:
         raise InvalidArgumentError(str(exc)) from None
+
+
+def check_approved_revision(cur: duckdb.DuckDBPyConnection, collab: Collaboration) -> None:
+    """Inside a write transaction: the policy revision `collab` was read under is still current and approved by all.
+
+    Every write of members' data calls this in its own transaction, after the write lock is held, so a proposal
+    that lands between the caller's authorization and its write can never let data be stored under a revision
+    nobody approved (proposals take the same lock and refuse once any upload exists).
+    """
+    row = first(cur.execute("SELECT policy_etag FROM collaborations WHERE id = ?", [collab.id]))
+    approved = {
+        m
+        for (m,) in cur.execute(
+            "SELECT member FROM members WHERE collab = ? AND approved_etag = ?", [collab.id, collab.policy_etag]
+        ).fetchall()
+    }
+    if row is None or row[0] != collab.policy_etag or approved != {m.name for m in collab.members}:
+        raise FailedPreconditionError(
+            f"the policy of {collab.name} changed while your request was in flight; nothing was stored. "
+            "Review and approve the current revision, then send again"
+        )
 
 
 class Collaborations:

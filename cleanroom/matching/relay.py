@@ -26,7 +26,7 @@ from cleanroom_client.curve import POINT_PROBLEMS, InvalidPointError, check_poin
 from cleanroom_client.identity import IdentifierType
 
 from ..audit import AuditLog
-from ..collaborations import Collaboration
+from ..collaborations import Collaboration, check_approved_revision
 from ..errors import FailedPreconditionError, InvalidArgumentError
 from ..storage import Database
 from ..storage.database import first
@@ -134,6 +134,7 @@ class Relay:
         row_ids = _chunk_rows(first_row, present, n, what)
         _validate_points(points, what)
         with self._db.transaction() as cur:
+            check_approved_revision(cur, collab)
             _ensure_not_matched(cur, collab.id)
             progress = read_progress(cur, collab.id, member, POINTS)
             if check_next_chunk(progress, chunk_index, "your point upload"):
@@ -242,6 +243,7 @@ class Relay:
         if len(tags) % TAG_SIZE:
             raise InvalidArgumentError(f"{what}: tags must be {TAG_SIZE} bytes each")
         with self._db.transaction() as cur:
+            check_approved_revision(cur, collab)
             _ensure_not_matched(cur, collab.id)
             size = self._offer_size(cur, collab.id, peer)
             if size is None:

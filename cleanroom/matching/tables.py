@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from cleanroom_client.policy import TableSpec
 
 from ..audit import AuditLog
-from ..collaborations import Collaboration
+from ..collaborations import Collaboration, check_approved_revision
 from ..errors import InternalError, InvalidArgumentError
 from ..storage import Database
 from ..storage.database import first, quote_ident
@@ -166,6 +166,7 @@ class TableUploads:
         kind = f"table:{table}"
         stage = quote_ident(physical_name(collab.id, member, table, staged=True))
         with self._db.transaction() as cur:
+            check_approved_revision(cur, collab)
             progress = read_progress(cur, collab.id, member, kind)
             restart = check_next_chunk(progress, chunk_index, f"the upload of {member}.{table}")
             if restart or progress is None:

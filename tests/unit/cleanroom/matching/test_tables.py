@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from cleanroom.errors import InvalidArgumentError
+from cleanroom.errors import FailedPreconditionError, InvalidArgumentError
 from cleanroom.matching import tables as tables_module
 from cleanroom.principals import Principal, Role
 from cleanroom.room import Room
@@ -68,4 +68,40 @@ def test_physical_names_are_one_to_one_so_no_collaboration_overwrites_another(tm
     assert len({r[3] for r in rows}) == len(rows) == 2
     [physical] = [r[3] for r in rows if r[:3] == ("acme--platform", "brand", "users")]
     assert sorted(cur.execute(f'SELECT tier FROM "{physical}"').fetchall()) == [("gold",), ("gold",), ("silver",)]
+    room.db.close()
+
+
+def test_a_proposal_landing_while_the_first_chunk_is_processed_stores_nothing(tmp_path, monkeypatch):
+    """The race, made deterministic: the proposal lands after the upload was authorized, before it writes."""
+    room = Room.open(tmp_path)
+    collab = _collab(room)
+    revised = DEMO_POLICY.replace("min_group_size: 50", "min_group_size: 60")
+    check = tables_module._check
+
+    def propose_meanwhile(*args, **kwargs):
+        room.collaborations.propose(PLATFORM, collab.id, revised)
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(tables_module, "_check", propose_meanwhile)
+    _, chunks = arrow_chunks(pd.DataFrame({"row_id": [1, 2, 3]}))
+    with pytest.raises(FailedPreconditionError, match="changed while your request was in flight"):
+        room.tables.upload_chunk(collab, "brand", "users", 0, next(chunks), last=True)
+    now = room.collaborations.get(BRAND, collab.id)
+    assert now.policy_revision == 2 and not now.active
+    cur = room.db.cursor()
+    assert cur.execute("SELECT count(*) FROM uploads").fetchall() == [(0,)]
+    assert cur.execute("SELECT count(*) FROM data_tables").fetchall() == [(0,)]
+    room.db.close()
+
+
+def test_points_are_not_stored_under_a_revision_proposed_after_authorization(tmp_path, monkeypatch):
+    from cleanroom_client.curve import hash_to_u
+    from cleanroom_client.identity import IdentifierType
+
+    room = Room.open(tmp_path)
+    collab = _collab(room)
+    room.collaborations.propose(PLATFORM, collab.id, DEMO_POLICY.replace("min_group_size: 50", "min_group_size: 60"))
+    with pytest.raises(FailedPreconditionError, match="changed while your request was in flight"):
+        room.relay.upload_points(collab, "brand", 0, IdentifierType.EMAIL, 0, b"", hash_to_u(b"p"), True)
+    assert room.db.cursor().execute("SELECT count(*) FROM uploads").fetchall() == [(0,)]
     room.db.close()
