@@ -87,7 +87,8 @@ def test_a_proposal_landing_while_the_first_chunk_is_processed_stores_nothing(tm
     with pytest.raises(FailedPreconditionError, match="changed while your request was in flight"):
         room.tables.upload_chunk(collab, "brand", "users", 0, next(chunks), last=True)
     now = room.collaborations.get(BRAND, collab.id)
-    assert now.policy_revision == 2 and not now.active
+    assert now.policy_revision == 2
+    assert not now.active
     cur = room.db.cursor()
     assert cur.execute("SELECT count(*) FROM uploads").fetchall() == [(0,)]
     assert cur.execute("SELECT count(*) FROM data_tables").fetchall() == [(0,)]
