@@ -23,6 +23,7 @@ from ..collaborations import Collaboration, check_approved_revision
 from ..errors import InternalError, InvalidArgumentError
 from ..storage import Database
 from ..storage.database import first, quote_ident
+from .ipc import IpcLayoutError, declared_size
 from .progress import UploadProgress, check_next_chunk, read_progress, save_progress
 
 USERS_TABLE = "users"
@@ -48,22 +49,34 @@ def physical_name(collab: str, member: str, table: str, staged: bool = False) ->
 
 #: Most bytes one chunk may hold once decompressed (members may send zstd- or lz4-compressed IPC).
 MAX_CHUNK_DECODED = 64 * 1024 * 1024
+#: Most rows any batch of a chunk may declare: every row carries an 8-byte `row_id`.
+MAX_CHUNK_ROWS = MAX_CHUNK_DECODED // 8
 
 
 def _decode(data: bytes, what: str) -> pa.Table:
+    """The chunk as a table; refused from its metadata alone, before any allocation, when it declares too much."""
+    try:
+        declared = declared_size(data)
+    except IpcLayoutError as exc:
+        raise InvalidArgumentError(f"{what}: not an Arrow IPC stream ({str(exc)[:200]})") from None
+    if declared.decoded_bytes > MAX_CHUNK_DECODED or declared.max_rows > MAX_CHUNK_ROWS:
+        raise InvalidArgumentError(
+            f"{what}: more than {MAX_CHUNK_DECODED // 2**20} MiB or {MAX_CHUNK_ROWS} rows once decompressed; "
+            f"send smaller chunks (it declares {declared.decoded_bytes} bytes, up to {declared.max_rows} rows)"
+        )
     try:
         with pa.ipc.open_stream(data) as reader:
             batches, size = [], 0
             for batch in reader:
                 size += batch.nbytes
-                if size > MAX_CHUNK_DECODED:
+                if size > MAX_CHUNK_DECODED:  # a second line of defence: the declaration was checked above
                     raise InvalidArgumentError(
                         f"{what}: more than {MAX_CHUNK_DECODED // 2**20} MiB once decompressed; send smaller chunks"
                     )
                 batches.append(batch)
             return pa.Table.from_batches(batches, schema=reader.schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
-        raise InvalidArgumentError(f"{what}: not an Arrow IPC stream ({exc})") from None
+        raise InvalidArgumentError(f"{what}: not an Arrow IPC stream ({str(exc)[:200]})") from None
 
 
 def _time(column: pa.ChunkedArray, name: str, what: str) -> pa.ChunkedArray:
