@@ -18,6 +18,7 @@ import duckdb
 from cleanroom_client.policy import Policy, PolicyError, parse_policy
 
 from .audit import AuditLog
+from .audit.log import SERVER_CHAIN
 from .errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -75,8 +76,15 @@ class Collaboration:
 def parse_name(name: str) -> str:
     """The id in `collaborations/{id}`; InvalidArgumentError otherwise."""
     if not name.startswith(_NAME_PREFIX) or not _ID.match(name[len(_NAME_PREFIX) :]):
-        raise InvalidArgumentError(f"expected a collaboration name like 'collaborations/brand-x-2026q4', got {name!r}")
+        raise InvalidArgumentError(
+            f"expected a collaboration name like 'collaborations/brand-x-2026q4', got {name[:80]!r}"
+        )
     return name[len(_NAME_PREFIX) :]
+
+
+def not_found(collab_id: str) -> str:
+    """The one answer for a collaboration that does not exist and for one the caller is not part of."""
+    return f"collaborations/{collab_id} does not exist, or you are not one of its members or auditors"
 
 
 def _etag(text: str) -> str:
@@ -126,15 +134,28 @@ class Collaborations:
         return PermissionDeniedError(reason)
 
     def get(self, principal: Principal, collab_id: str, action: str = "collaboration.get") -> Collaboration:
-        """The collaboration, if the caller is one of its members or an auditor assigned to it."""
-        collab = self._load(collab_id)
-        if principal.role is Role.MEMBER and collab.policy.member(principal.name) is not None:
-            return collab
-        if principal.role is Role.AUDITOR and self._principals.audits(principal.name, collab_id):
-            return collab
-        raise self._refuse(
-            collab_id, principal, action, f"you ({principal.name}) are not a member or auditor of {collab.name}"
+        """The collaboration, if the caller is one of its members or an auditor assigned to it.
+
+        Anyone else gets the same NOT_FOUND, with the same message, whether the id exists or not, so ids cannot be
+        probed; the refusal goes to the server's own chain, never into the collaboration's (an outsider cannot
+        write into the log of a collaboration it is not part of).
+        """
+        try:
+            collab = self._load(collab_id)
+        except NotFoundError:
+            collab = None
+        if collab is not None:
+            if principal.role is Role.MEMBER and collab.policy.member(principal.name) is not None:
+                return collab
+            if principal.role is Role.AUDITOR and self._principals.audits(principal.name, collab_id):
+                return collab
+        self._audit.record(
+            SERVER_CHAIN,
+            principal.name,
+            "refused",
+            {"attempted": action, "collaboration": collab_id, "reason": "not a member or assigned auditor"},
         )
+        raise NotFoundError(not_found(collab_id))
 
     def require_member(self, principal: Principal, collab_id: str, action: str) -> Collaboration:
         """The collaboration, if the caller is one of its members."""
@@ -271,7 +292,7 @@ class Collaborations:
             )
         )
         if row is None:
-            raise NotFoundError(f"collaborations/{collab_id} does not exist")
+            raise NotFoundError(not_found(collab_id))
         approvals = dict(
             cur.execute("SELECT member, approved_etag FROM members WHERE collab = ?", [collab_id]).fetchall()
         )
