@@ -31,6 +31,8 @@ from .storage import Database
 from .storage.database import first
 
 _ID = re.compile(r"^[a-z][a-z0-9-]{3,62}$")
+#: Largest policy text, in bytes of UTF-8; checked before parsing (a policy is a page of YAML, not a data set).
+MAX_POLICY_BYTES = 64 * 1024
 _NAME_PREFIX = "collaborations/"
 
 

@@ -1,7 +1,8 @@
 """Server assembly: a room, the servicers, health, reflection, TLS, and the operator's local socket.
 
 `create_server` binds and starts; tests pass port 0 and read the port back. The request path of every RPC is:
-error mapping (interceptor) -> authenticate (token or client certificate) -> servicer parses the request ->
+error mapping (interceptor) -> length limits on every request string (interceptor) -> authenticate (token or
+client certificate) -> servicer parses the request ->
 authorize in the domain (member, ability, auditor assignment; refusals audited) -> domain call, whose audit entry
 commits in the same transaction as its effect, before the response leaves.
 """
@@ -39,6 +40,7 @@ from .audit_servicer import AuditServicer
 from .auth import StreamLimiter, TokenOrCertificateAuthenticator
 from .collaboration_servicer import CollaborationServicer
 from .errors import ErrorMappingInterceptor
+from .limits import RequestLimitsInterceptor
 from .matching_servicer import MatchingServicer
 
 log = logging.getLogger(__name__)
@@ -126,7 +128,7 @@ def create_server(config: ServerConfig) -> RunningServer:
     streams = StreamLimiter(config.streams_per_principal)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers),
-        interceptors=[ErrorMappingInterceptor()],
+        interceptors=[ErrorMappingInterceptor(), RequestLimitsInterceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

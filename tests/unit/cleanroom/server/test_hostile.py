@@ -14,6 +14,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from cleanroom.audit.log import MAX_PARAMETERS_BYTES
+from cleanroom_client._proto import analytics_pb2 as an
+from cleanroom_client._proto import analytics_pb2_grpc as an_grpc
+from cleanroom_client._proto import audit_pb2 as au
+from cleanroom_client._proto import audit_pb2_grpc as au_grpc
 from cleanroom_client._proto import matching_pb2 as ma
 from cleanroom_client._proto import matching_pb2_grpc as ma_grpc
 
@@ -53,3 +58,31 @@ def test_a_zstd_bomb_is_refused_before_anything_is_allocated(stub_for, active):
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "once decompressed; send smaller chunks" in str(info.value.details())
     assert peak - before < BOMB_RSS_BOUND, f"the server grew by {(peak - before) / 2**20:.0f} MiB"
+
+
+def test_an_8_5_mb_dimension_name_is_refused_at_the_edge_and_the_log_stays_readable(stub_for, active):
+    stub, md = stub_for(an_grpc.AnalyticsServiceStub, "brand")
+    huge = "brand." + "x" * (8_500_000)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Overlap(an.OverlapRequest(parent=f"collaborations/{active}", dimensions=[huge], epsilon=0.5), metadata=md)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert len(str(info.value.details())) < 200
+    audit, amd = stub_for(au_grpc.AuditServiceStub, "auditor")
+    listed = audit.ListAuditEntries(au.ListAuditEntriesRequest(collaboration=f"collaborations/{active}"), metadata=amd)
+    exported = list(
+        audit.ExportAuditLog(au.ExportAuditLogRequest(collaboration=f"collaborations/{active}"), metadata=amd)
+    )
+    assert len(listed.entries) == b"".join(c.jsonl for c in exported).count(b"\n") > 0
+
+
+def test_any_audit_entry_is_bounded_whatever_its_parameters(server, stub_for, active):
+    """Behind the edge too: a refusal naming a huge value is stored cut, and every read of the chain still works."""
+    log = server.room.audit
+    log.record(active, "brand", "refused", {"reason": "x" * 17_000_000, "many": ["y" * 999] * 10_000})
+    audit, amd = stub_for(au_grpc.AuditServiceStub, "auditor")
+    parent = f"collaborations/{active}"
+    listed = audit.ListAuditEntries(au.ListAuditEntriesRequest(collaboration=parent, page_size=1000), metadata=amd)
+    assert len(listed.entries[-1].parameters_json.encode()) <= MAX_PARAMETERS_BYTES
+    chunks = list(audit.ExportAuditLog(au.ExportAuditLogRequest(collaboration=parent), metadata=amd))
+    assert all(len(c.jsonl) < 2 * 2**20 for c in chunks)
+    assert audit.VerifyAuditLog(au.VerifyAuditLogRequest(collaboration=parent), metadata=amd).valid
