@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -25,6 +27,7 @@ from .errors import (
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
+    ResourceExhaustedError,
 )
 from .principals import Principal, Principals, Role
 from .storage import Database
@@ -33,6 +36,10 @@ from .storage.database import first
 _ID = re.compile(r"^[a-z][a-z0-9-]{3,62}$")
 #: Largest policy text, in bytes of UTF-8; checked before parsing (a policy is a page of YAML, not a data set).
 MAX_POLICY_BYTES = 64 * 1024
+#: Most collaborations one principal may have proposed that still await someone's approval.
+MAX_PENDING_PROPOSALS = 20
+#: Parsed policies kept in memory, by etag (the SHA-256 of the text): each text is parsed once, not per read.
+POLICY_CACHE_SIZE = 256
 _NAME_PREFIX = "collaborations/"
 
 
@@ -94,10 +101,35 @@ def _etag(text: str) -> str:
 
 
 def _parse(text: str) -> Policy:
+    """A proposed policy text, parsed; refused before parsing when over `MAX_POLICY_BYTES`."""
+    size = len(text.encode("utf-8"))
+    if size > MAX_POLICY_BYTES:
+        raise InvalidArgumentError(f"the policy is {size} bytes; the limit is {MAX_POLICY_BYTES}")
     try:
         return parse_policy(text)
     except PolicyError as exc:
         raise InvalidArgumentError(str(exc)) from None
+
+
+class _PolicyCache:
+    """Stored policies parsed once each, by etag, the least recently used dropped beyond `POLICY_CACHE_SIZE`."""
+
+    def __init__(self) -> None:
+        self._parsed: OrderedDict[str, Policy] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, etag: str, text: str) -> Policy:
+        with self._lock:
+            policy = self._parsed.get(etag)
+            if policy is not None:
+                self._parsed.move_to_end(etag)
+                return policy
+        policy = parse_policy(text)
+        with self._lock:
+            self._parsed[etag] = policy
+            while len(self._parsed) > POLICY_CACHE_SIZE:
+                self._parsed.popitem(last=False)
+        return policy
 
 
 def check_approved_revision(cur: duckdb.DuckDBPyConnection, collab: Collaboration) -> None:
@@ -128,6 +160,7 @@ class Collaborations:
         self._db = db
         self._audit = audit
         self._principals = principals
+        self._policies = _PolicyCache()
 
     # -- access -------------------------------------------------------------------------------------------------
     def _refuse(self, collab_id: str, principal: Principal, action: str, reason: str) -> PermissionDeniedError:
@@ -189,9 +222,15 @@ class Collaborations:
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def create(self, principal: Principal, collab_id: str, policy_yaml: str) -> Collaboration:
-        """Create a collaboration proposing `policy_yaml`; the caller must be a member named in it."""
+        """Create a collaboration proposing `policy_yaml`; the caller must be a member named in it.
+
+        Auditors are refused before the text is looked at; the text is size-checked before it is parsed; a
+        principal with `MAX_PENDING_PROPOSALS` proposals still awaiting approval must wait before proposing more.
+        """
+        if principal.role is not Role.MEMBER:
+            raise PermissionDeniedError(f"you ({principal.name}) are an auditor; only members create collaborations")
         policy = _parse(policy_yaml)
-        if principal.role is not Role.MEMBER or policy.member(principal.name) is None:
+        if policy.member(principal.name) is None:
             raise PermissionDeniedError(
                 f"you ({principal.name}) are not among the policy's members "
                 f"({', '.join(m.name for m in policy.members)})"
@@ -205,6 +244,18 @@ class Collaborations:
         with self._db.transaction() as cur:
             if first(cur.execute("SELECT 1 FROM collaborations WHERE id = ?", [collab_id])):
                 raise AlreadyExistsError(f"collaboration {collab_id!r} exists already")
+            pending = first(
+                cur.execute(
+                    "SELECT count(DISTINCT c.id) FROM collaborations c JOIN members m ON m.collab = c.id"
+                    " WHERE c.proposer = ? AND m.approved_etag IS DISTINCT FROM c.policy_etag",
+                    [principal.name],
+                )
+            )
+            if pending and pending[0] >= MAX_PENDING_PROPOSALS:
+                raise ResourceExhaustedError(
+                    f"you ({principal.name}) have {pending[0]} proposals awaiting approval, the most allowed; "
+                    "wait for them to be approved before proposing more"
+                )
             cur.execute(
                 "INSERT INTO collaborations VALUES (?, ?, ?, ?, 1, ?, ?)",
                 [collab_id, policy.name, datetime.now(UTC).replace(tzinfo=None), policy_yaml, etag, principal.name],
@@ -298,7 +349,7 @@ class Collaborations:
         approvals = dict(
             cur.execute("SELECT member, approved_etag FROM members WHERE collab = ?", [collab_id]).fetchall()
         )
-        policy = parse_policy(row[3])
+        policy = self._policies.get(row[5], row[3])
         members = tuple(MemberState(m.name, m.abilities, approvals.get(m.name) == row[5]) for m in policy.members)
         return Collaboration(
             id=row[0],

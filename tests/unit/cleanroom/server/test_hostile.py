@@ -15,10 +15,13 @@ import pyarrow as pa
 import pytest
 
 from cleanroom.audit.log import MAX_PARAMETERS_BYTES
+from cleanroom.synthetic import DEMO_POLICY
 from cleanroom_client._proto import analytics_pb2 as an
 from cleanroom_client._proto import analytics_pb2_grpc as an_grpc
 from cleanroom_client._proto import audit_pb2 as au
 from cleanroom_client._proto import audit_pb2_grpc as au_grpc
+from cleanroom_client._proto import collaboration_pb2 as co
+from cleanroom_client._proto import collaboration_pb2_grpc as co_grpc
 from cleanroom_client._proto import matching_pb2 as ma
 from cleanroom_client._proto import matching_pb2_grpc as ma_grpc
 
@@ -86,3 +89,19 @@ def test_any_audit_entry_is_bounded_whatever_its_parameters(server, stub_for, ac
     chunks = list(audit.ExportAuditLog(au.ExportAuditLogRequest(collaboration=parent), metadata=amd))
     assert all(len(c.jsonl) < 2 * 2**20 for c in chunks)
     assert audit.VerifyAuditLog(au.VerifyAuditLogRequest(collaboration=parent), metadata=amd).valid
+
+
+#: The red team's policy took 17 s of CPU; refused unparsed, it must answer well within this.
+OVERSIZE_POLICY_DEADLINE = 3.0
+
+
+@pytest.mark.parametrize("who", ["outsider_auditor", "stranger"])
+def test_a_1_7_mb_policy_from_an_outsider_is_refused_fast(stub_for, who):
+    stub, md = stub_for(co_grpc.CollaborationServiceStub, who)
+    policy = DEMO_POLICY + "# padding\n" * 170_000
+    assert len(policy) > 1_700_000
+    request = co.CreateCollaborationRequest(collaboration_id="bomb-policy", policy_yaml=policy)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.CreateCollaboration(request, metadata=md, timeout=OVERSIZE_POLICY_DEADLINE)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "the limit is" in str(info.value.details())
