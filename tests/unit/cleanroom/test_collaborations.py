@@ -39,9 +39,14 @@ def test_listing_many_collaborations_parses_each_policy_text_once(room, monkeypa
         c = room.collaborations.create(BRAND, f"many-{i:03d}", DEMO_POLICY)
         room.collaborations.approve(BRAND, c.id, c.policy_etag)
         room.collaborations.approve(PLATFORM, c.id, c.policy_etag)
-    parsed = []
+    parsed: list[str] = []
     real = collaborations_module.parse_policy
-    monkeypatch.setattr(collaborations_module, "parse_policy", lambda text: parsed.append(1) or real(text))
+
+    def counting(text: str):
+        parsed.append(text)
+        return real(text)
+
+    monkeypatch.setattr(collaborations_module, "parse_policy", counting)
     room.collaborations._policies = collaborations_module._PolicyCache()  # cold: as after a restart
     for who in (BRAND, PLATFORM, BRAND):
         page, token = room.collaborations.list(who, 1000, "")
