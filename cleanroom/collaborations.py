@@ -192,6 +192,18 @@ class Collaborations:
         )
         raise NotFoundError(not_found(collab_id))
 
+    def require_member_somewhere(self, principal: Principal, action: str) -> None:
+        """Refuse, before any collaboration is named, a caller who is a member of none (streams are for members).
+
+        Cheap (one indexed lookup) and says nothing about any collaboration: it lets a server refuse outsiders
+        before it gives them a stream slot and waits for their first message.
+        """
+        if principal.role is Role.MEMBER and first(
+            self._db.cursor().execute("SELECT 1 FROM members WHERE member = ? LIMIT 1", [principal.name])
+        ):
+            return
+        raise PermissionDeniedError(f"{action} is for members of a collaboration; you ({principal.name}) are in none")
+
     def require_member(self, principal: Principal, collab_id: str, action: str) -> Collaboration:
         """The collaboration, if the caller is one of its members."""
         collab = self.get(principal, collab_id, action)

@@ -71,6 +71,20 @@ class ServerConfig:
     max_workers: int = 32
     streams_per_principal: int = 8
     stream_idle_timeout: float = 120.0
+    #: Streams open at once, all principals together; None: all workers but `unary_reserve(max_workers)`.
+    max_streams: int | None = None
+    #: RPCs accepted at once (running or queued for a worker); beyond, RESOURCE_EXHAUSTED at once.
+    #: None: `RPC_QUEUE_FACTOR` times `max_workers`.
+    max_concurrent_rpcs: int | None = None
+
+
+#: RPCs accepted per worker thread (the rest of the queue beyond the running ones) before refusing new ones.
+RPC_QUEUE_FACTOR = 4
+
+
+def unary_reserve(max_workers: int) -> int:
+    """Worker threads no stream may take, so unary calls are answered whatever streams are open."""
+    return max(2, max_workers // 4)
 
 
 @dataclass
@@ -125,9 +139,13 @@ def create_server(config: ServerConfig) -> RunningServer:
         raise ValueError("TLS is required: pass a certificate and key, or insecure=True for local development")
     room = Room.open(config.data_dir)
     auth = TokenOrCertificateAuthenticator(room.principals)
-    streams = StreamLimiter(config.streams_per_principal)
+    total_streams = config.max_streams
+    if total_streams is None:
+        total_streams = max(1, config.max_workers - unary_reserve(config.max_workers))
+    streams = StreamLimiter(config.streams_per_principal, total_streams)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers),
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs or RPC_QUEUE_FACTOR * config.max_workers,
         interceptors=[ErrorMappingInterceptor(), RequestLimitsInterceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

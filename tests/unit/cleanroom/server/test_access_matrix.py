@@ -109,7 +109,7 @@ MATRIX: list[tuple[str, Callable, str, object, dict[str, str]]] = [
         ma_grpc.MatchingServiceStub,
         "UploadBlindedPoints",
         lambda who: iter([ma.UploadBlindedPointsRequest(parent=P, identifier_type=ma.IDENTIFIER_TYPE_EMAIL)]),
-        _row(OK, OK, HIDDEN, DENIED, HIDDEN),
+        _row(OK, OK, DENIED, DENIED, DENIED),
     ),
     (
         "MatchingService",
@@ -123,14 +123,14 @@ MATRIX: list[tuple[str, Callable, str, object, dict[str, str]]] = [
         ma_grpc.MatchingServiceStub,
         "SubmitDoubleBlindedPoints",
         lambda who: iter([ma.SubmitDoubleBlindedPointsRequest(parent=P)]),
-        _row(OK, OK, HIDDEN, DENIED, HIDDEN),
+        _row(OK, OK, DENIED, DENIED, DENIED),
     ),
     (
         "MatchingService",
         ma_grpc.MatchingServiceStub,
         "UploadTable",
         lambda who: iter([ma.UploadTableRequest(parent=P, table="users", arrow_ipc=_users_table("users"))]),
-        _row(OK, OK, HIDDEN, DENIED, HIDDEN),
+        _row(OK, OK, DENIED, DENIED, DENIED),
     ),
     (
         "MatchingService",

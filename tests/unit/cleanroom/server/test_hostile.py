@@ -7,6 +7,9 @@ the unprotected server did (gigabytes of memory, tens of seconds of waiting).
 from __future__ import annotations
 
 import gc
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -15,6 +18,7 @@ import pyarrow as pa
 import pytest
 
 from cleanroom.audit.log import MAX_PARAMETERS_BYTES
+from cleanroom.principals import Principal, Role
 from cleanroom.synthetic import DEMO_POLICY
 from cleanroom_client._proto import analytics_pb2 as an
 from cleanroom_client._proto import analytics_pb2_grpc as an_grpc
@@ -105,3 +109,58 @@ def test_a_1_7_mb_policy_from_an_outsider_is_refused_fast(stub_for, who):
         stub.CreateCollaboration(request, metadata=md, timeout=OVERSIZE_POLICY_DEADLINE)
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "the limit is" in str(info.value.details())
+
+
+#: A member's unary call must be answered within this while every stream the attackers can open is open and idle
+#: (unprotected, it waited for the streams' idle timeout: 120 s).
+UNARY_DEADLINE = 5.0
+
+
+def test_idle_streams_of_outsiders_and_members_never_starve_a_members_unary_call(tmp_path, pki, start):
+    running = start(tmp_path / "starve", max_workers=8)
+    principals = running.room.principals
+    tokens = {name: principals.add(name, Role.MEMBER) for name in ("brand", "platform")}
+    outsiders = {f"outsider_{i}": principals.add(f"outsider_{i}", Role.MEMBER) for i in range(4)}
+    collabs = running.room.collaborations
+    collab = collabs.create(Principal("brand", Role.MEMBER), "starve-me", DEMO_POLICY)
+    for name in ("brand", "platform"):
+        collabs.approve(Principal(name, Role.MEMBER), collab.id, collab.policy_etag)
+    parent = f"collaborations/{collab.id}"
+    release = threading.Event()
+
+    def idle() -> Iterator[ma.UploadBlindedPointsRequest]:
+        release.wait(60)
+        yield ma.UploadBlindedPointsRequest(parent=parent)
+
+    credentials = grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes())
+    with grpc.secure_channel(f"localhost:{running.port}", credentials) as channel:
+        matching = ma_grpc.MatchingServiceStub(channel)
+        held = [
+            matching.UploadBlindedPoints.future(idle(), metadata=(("authorization", f"Bearer {token}"),))
+            for token in [*outsiders.values(), *tokens.values()]
+            for _ in range(8)
+        ]
+        try:
+            time.sleep(1.0)  # every stream has reached the server
+            analytics = an_grpc.AnalyticsServiceStub(channel)
+            md = (("authorization", f"Bearer {tokens['brand']}"),)
+            for _ in range(5):
+                budget = analytics.GetBudget(an.GetBudgetRequest(parent=parent), metadata=md, timeout=UNARY_DEADLINE)
+                assert "brand" in {m.member for m in budget.members}
+            refused: dict[grpc.StatusCode, int] = {}
+            for f in held[:32]:  # the outsiders' are refused at once, before they hold a slot
+                with pytest.raises(grpc.RpcError) as info:
+                    f.result(timeout=UNARY_DEADLINE)
+                refused[info.value.code()] = refused.get(info.value.code(), 0) + 1
+            assert refused == {grpc.StatusCode.PERMISSION_DENIED: 32}
+            # the members' 16 streams: as many as the global cap leaves (8 workers - 2 kept for unary calls) open
+            waited = time.monotonic() + UNARY_DEADLINE
+            while sum(f.done() for f in held[32:]) < 10 and time.monotonic() < waited:
+                time.sleep(0.05)
+            done = [f for f in held[32:] if f.done()]
+            assert len(done) == 10
+            assert {f.code() for f in done} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+        finally:
+            release.set()
+            for f in held:
+                f.cancel()
