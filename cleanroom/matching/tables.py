@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections import Counter
 
 import duckdb
 import pyarrow as pa
@@ -106,6 +107,9 @@ def _time(column: pa.ChunkedArray, name: str, what: str) -> pa.ChunkedArray:
 def _check(table: pa.Table, spec: TableSpec, what: str) -> pa.Table:
     """Validate a chunk against the policy; returns it with dimensions cast to text."""
     columns = set(table.column_names)
+    if len(columns) != len(table.column_names):
+        repeated = sorted(c for c, n in Counter(table.column_names).items() if n > 1)
+        raise InvalidArgumentError(f"{what}: column names must be unique; repeated: {repeated[:5]}")
     if "row_id" not in columns:
         raise InvalidArgumentError(f"{what}: the table needs an int64 column `row_id` (the user's surrogate id)")
     undeclared = sorted(columns - {"row_id"} - set(spec.columns))
@@ -175,7 +179,13 @@ class TableUploads:
                 f"table {table!r} is not declared for {member} in the policy (declared: {declared or 'none'})"
             )
         what = f"{member}.{table} chunk {chunk_index}"
-        data = _check(_decode(arrow_ipc, what), spec, what)
+        try:
+            data = _check(_decode(arrow_ipc, what), spec, what)
+        except InvalidArgumentError as exc:
+            self._audit.record(
+                collab.id, member, "refused", {"attempted": "upload.table", "table": table, "reason": str(exc)}
+            )
+            raise
         kind = f"table:{table}"
         stage = quote_ident(physical_name(collab.id, member, table, staged=True))
         with self._db.transaction() as cur:

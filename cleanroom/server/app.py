@@ -30,6 +30,7 @@ from cleanroom_client._proto import (
     matching_pb2,
     matching_pb2_grpc,
 )
+from cleanroom_client.keyfile import read_private_file
 
 from ..analytics.audiences import Audiences
 from ..room import Room
@@ -57,6 +58,13 @@ class TlsConfig:
     cert_chain: bytes
     private_key: bytes
     client_ca: bytes | None = None
+
+    @classmethod
+    def from_files(cls, cert_chain: Path, private_key: Path, client_ca: Path | None = None) -> TlsConfig:
+        """Read the PEM files; PermissionError when the key is readable by group or others (as the audit key)."""
+        return cls(
+            cert_chain.read_bytes(), read_private_file(private_key), client_ca.read_bytes() if client_ca else None
+        )
 
 
 @dataclass(frozen=True)

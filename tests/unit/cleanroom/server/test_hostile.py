@@ -7,6 +7,7 @@ the unprotected server did (gigabytes of memory, tens of seconds of waiting).
 from __future__ import annotations
 
 import gc
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -16,9 +17,15 @@ import grpc
 import numpy as np
 import pyarrow as pa
 import pytest
+from typer.testing import CliRunner
 
 from cleanroom.audit.log import MAX_PARAMETERS_BYTES
+from cleanroom.cli import app as cli_app
 from cleanroom.principals import Principal, Role
+from cleanroom.room import Room
+from cleanroom.server.app import TlsConfig
+from cleanroom.server.errors import MAX_DETAIL_CHARS
+from cleanroom.storage.database import DB_FILE
 from cleanroom.synthetic import DEMO_POLICY
 from cleanroom_client._proto import analytics_pb2 as an
 from cleanroom_client._proto import analytics_pb2_grpc as an_grpc
@@ -28,6 +35,7 @@ from cleanroom_client._proto import collaboration_pb2 as co
 from cleanroom_client._proto import collaboration_pb2_grpc as co_grpc
 from cleanroom_client._proto import matching_pb2 as ma
 from cleanroom_client._proto import matching_pb2_grpc as ma_grpc
+from cleanroom_client.curve import hash_to_u
 
 #: The red team's bomb: 2^30 int64 zeros (8 GiB) compress with zstd to about 262 KB.
 BOMB_ROWS = 2**30
@@ -165,3 +173,86 @@ def test_idle_streams_of_outsiders_and_members_never_starve_a_members_unary_call
             release.set()
             for f in held:
                 f.cancel()
+
+
+# -- the smaller ones (item 9) -----------------------------------------------------------------------------------
+
+
+def test_the_data_directory_and_database_files_are_private(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    data.chmod(0o755)  # as made by an older version
+    room = Room.open(data)
+    try:
+        room.principals.add("brand", Role.MEMBER)  # a write: the WAL exists now
+        wal = data / (DB_FILE + ".wal")
+        assert wal.exists()
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
+        assert stat.S_IMODE((data / DB_FILE).stat().st_mode) == 0o600
+        assert stat.S_IMODE(wal.stat().st_mode) == 0o600
+    finally:
+        room.close()
+
+
+def test_a_tls_key_readable_by_others_is_refused(pki, tmp_path):
+    key = tmp_path / "server.key"
+    key.write_bytes(pki.server_key.read_bytes())
+    key.chmod(0o644)
+    with pytest.raises(PermissionError, match="chmod 600"):
+        TlsConfig.from_files(pki.server_cert, key)
+    result = CliRunner().invoke(
+        cli_app, ["serve", "--data-dir", str(tmp_path / "d"), "--tls-cert", str(pki.server_cert), "--tls-key", str(key)]
+    )
+    assert result.exit_code == 2
+    assert "refusing the TLS key" in result.output
+    key.chmod(0o600)
+    assert TlsConfig.from_files(pki.server_cert, key).private_key == pki.server_key.read_bytes()
+
+
+def _refusals(server, collab_id: str) -> list[str]:
+    return [e.parameters["reason"] for e in server.room.audit.entries(collab_id) if e.action == "refused"]
+
+
+def test_duplicate_arrow_column_names_are_a_short_invalid_argument_and_audited(server, stub_for, active):
+    table = pa.table([pa.array([1, 2], pa.int64()), pa.array([3, 4], pa.int64())], names=["row_id", "row_id"])
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    stub, md = stub_for(ma_grpc.MatchingServiceStub, "brand")
+    request = ma.UploadTableRequest(
+        parent=f"collaborations/{active}", table="users", arrow_ipc=sink.getvalue().to_pybytes(), last=True
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        stub.UploadTable(iter([request]), metadata=md)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "column names must be unique; repeated: ['row_id']" in str(info.value.details())
+    assert any("column names must be unique" in r for r in _refusals(server, active))
+
+
+def test_a_first_row_that_would_wrap_is_a_short_invalid_argument_and_audited(server, stub_for, active):
+    stub, md = stub_for(ma_grpc.MatchingServiceStub, "brand")
+    request = ma.UploadBlindedPointsRequest(
+        parent=f"collaborations/{active}",
+        identifier_type=ma.IDENTIFIER_TYPE_EMAIL,
+        first_row=2**63 - 2,
+        points=hash_to_u(b"a") + hash_to_u(b"b") + hash_to_u(b"c"),
+        last=True,
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        stub.UploadBlindedPoints(iter([request]), metadata=md)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "first_row must be between 0 and" in str(info.value.details())
+    assert any("first_row must be between 0 and" in r for r in _refusals(server, active))
+    assert server.room.db.cursor().execute("SELECT count(*) FROM staged_points").fetchall() == [(0,)]
+
+
+def test_errors_never_echo_a_100_kb_input(stub_for):
+    stub, md = stub_for(co_grpc.CollaborationServiceStub, "brand")
+    with pytest.raises(grpc.RpcError) as info:
+        stub.GetCollaboration(co.GetCollaborationRequest(name="collaborations/" + "x" * 100_000), metadata=md)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert len(str(info.value.details())) < 200
+    with pytest.raises(grpc.RpcError) as info:  # under the edge's limit, the domain's message is still short
+        stub.GetCollaboration(co.GetCollaborationRequest(name="collaborations/" + "X" * 1000), metadata=md)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert len(str(info.value.details())) <= MAX_DETAIL_CHARS
