@@ -7,6 +7,7 @@ the unprotected server did (gigabytes of memory, tens of seconds of waiting).
 from __future__ import annotations
 
 import gc
+import json
 import stat
 import threading
 import time
@@ -87,7 +88,8 @@ def test_an_8_5_mb_dimension_name_is_refused_at_the_edge_and_the_log_stays_reada
     exported = list(
         audit.ExportAuditLog(au.ExportAuditLogRequest(collaboration=f"collaborations/{active}"), metadata=amd)
     )
-    assert len(listed.entries) == b"".join(c.jsonl for c in exported).count(b"\n") > 0
+    lines = [json.loads(line) for line in b"".join(c.jsonl for c in exported).splitlines()]
+    assert len(listed.entries) == len([line for line in lines if "action" in line]) > 0  # (the export ends with a head)
 
 
 def test_any_audit_entry_is_bounded_whatever_its_parameters(server, stub_for, active):
