@@ -70,7 +70,11 @@ def serve(
         console.print("[red]TLS is required: pass --tls-cert and --tls-key (or --insecure for local development)[/]")
         raise typer.Exit(2)
     else:
-        tls = TlsConfig(tls_cert.read_bytes(), tls_key.read_bytes(), client_ca.read_bytes() if client_ca else None)
+        try:
+            tls = TlsConfig.from_files(tls_cert, tls_key, client_ca)
+        except PermissionError as exc:
+            console.print(f"[red]refusing the TLS key: {exc}[/]")
+            raise typer.Exit(2) from None
     config = ServerConfig(
         data_dir=data_dir, address=f"{host}:{port}", tls=tls, insecure=insecure, stream_idle_timeout=idle_timeout
     )

@@ -10,24 +10,36 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+import duckdb
 
 from cleanroom_client.policy import Policy, PolicyError, parse_policy
 
 from .audit import AuditLog
+from .audit.log import SERVER_CHAIN
 from .errors import (
     AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
+    ResourceExhaustedError,
 )
 from .principals import Principal, Principals, Role
 from .storage import Database
 from .storage.database import first
 
 _ID = re.compile(r"^[a-z][a-z0-9-]{3,62}$")
+#: Largest policy text, in bytes of UTF-8; checked before parsing (a policy is a page of YAML, not a data set).
+MAX_POLICY_BYTES = 64 * 1024
+#: Most collaborations one principal may have proposed that still await someone's approval.
+MAX_PENDING_PROPOSALS = 20
+#: Parsed policies kept in memory, by etag (the SHA-256 of the text): each text is parsed once, not per read.
+POLICY_CACHE_SIZE = 256
 _NAME_PREFIX = "collaborations/"
 
 
@@ -73,8 +85,15 @@ class Collaboration:
 def parse_name(name: str) -> str:
     """The id in `collaborations/{id}`; InvalidArgumentError otherwise."""
     if not name.startswith(_NAME_PREFIX) or not _ID.match(name[len(_NAME_PREFIX) :]):
-        raise InvalidArgumentError(f"expected a collaboration name like 'collaborations/brand-x-2026q4', got {name!r}")
+        raise InvalidArgumentError(
+            f"expected a collaboration name like 'collaborations/brand-x-2026q4', got {name[:80]!r}"
+        )
     return name[len(_NAME_PREFIX) :]
+
+
+def not_found(collab_id: str) -> str:
+    """The one answer for a collaboration that does not exist and for one the caller is not part of."""
+    return f"collaborations/{collab_id} does not exist, or you are not one of its members or auditors"
 
 
 def _etag(text: str) -> str:
@@ -82,10 +101,56 @@ def _etag(text: str) -> str:
 
 
 def _parse(text: str) -> Policy:
+    """A proposed policy text, parsed; refused before parsing when over `MAX_POLICY_BYTES`."""
+    size = len(text.encode("utf-8"))
+    if size > MAX_POLICY_BYTES:
+        raise InvalidArgumentError(f"the policy is {size} bytes; the limit is {MAX_POLICY_BYTES}")
     try:
         return parse_policy(text)
     except PolicyError as exc:
         raise InvalidArgumentError(str(exc)) from None
+
+
+class _PolicyCache:
+    """Stored policies parsed once each, by etag, the least recently used dropped beyond `POLICY_CACHE_SIZE`."""
+
+    def __init__(self) -> None:
+        self._parsed: OrderedDict[str, Policy] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, etag: str, text: str) -> Policy:
+        with self._lock:
+            policy = self._parsed.get(etag)
+            if policy is not None:
+                self._parsed.move_to_end(etag)
+                return policy
+        policy = parse_policy(text)
+        with self._lock:
+            self._parsed[etag] = policy
+            while len(self._parsed) > POLICY_CACHE_SIZE:
+                self._parsed.popitem(last=False)
+        return policy
+
+
+def check_approved_revision(cur: duckdb.DuckDBPyConnection, collab: Collaboration) -> None:
+    """Inside a write transaction: the policy revision `collab` was read under is still current and approved by all.
+
+    Every write of members' data calls this in its own transaction, after the write lock is held, so a proposal
+    that lands between the caller's authorization and its write can never let data be stored under a revision
+    nobody approved (proposals take the same lock and refuse once any upload exists).
+    """
+    row = first(cur.execute("SELECT policy_etag FROM collaborations WHERE id = ?", [collab.id]))
+    approved = {
+        m
+        for (m,) in cur.execute(
+            "SELECT member FROM members WHERE collab = ? AND approved_etag = ?", [collab.id, collab.policy_etag]
+        ).fetchall()
+    }
+    if row is None or row[0] != collab.policy_etag or approved != {m.name for m in collab.members}:
+        raise FailedPreconditionError(
+            f"the policy of {collab.name} changed while your request was in flight; nothing was stored. "
+            "Review and approve the current revision, then send again"
+        )
 
 
 class Collaborations:
@@ -95,6 +160,7 @@ class Collaborations:
         self._db = db
         self._audit = audit
         self._principals = principals
+        self._policies = _PolicyCache()
 
     # -- access -------------------------------------------------------------------------------------------------
     def _refuse(self, collab_id: str, principal: Principal, action: str, reason: str) -> PermissionDeniedError:
@@ -103,15 +169,40 @@ class Collaborations:
         return PermissionDeniedError(reason)
 
     def get(self, principal: Principal, collab_id: str, action: str = "collaboration.get") -> Collaboration:
-        """The collaboration, if the caller is one of its members or an auditor assigned to it."""
-        collab = self._load(collab_id)
-        if principal.role is Role.MEMBER and collab.policy.member(principal.name) is not None:
-            return collab
-        if principal.role is Role.AUDITOR and self._principals.audits(principal.name, collab_id):
-            return collab
-        raise self._refuse(
-            collab_id, principal, action, f"you ({principal.name}) are not a member or auditor of {collab.name}"
+        """The collaboration, if the caller is one of its members or an auditor assigned to it.
+
+        Anyone else gets the same NOT_FOUND, with the same message, whether the id exists or not, so ids cannot be
+        probed; the refusal goes to the server's own chain, never into the collaboration's (an outsider cannot
+        write into the log of a collaboration it is not part of).
+        """
+        try:
+            collab = self._load(collab_id)
+        except NotFoundError:
+            collab = None
+        if collab is not None:
+            if principal.role is Role.MEMBER and collab.policy.member(principal.name) is not None:
+                return collab
+            if principal.role is Role.AUDITOR and self._principals.audits(principal.name, collab_id):
+                return collab
+        self._audit.record(
+            SERVER_CHAIN,
+            principal.name,
+            "refused",
+            {"attempted": action, "collaboration": collab_id, "reason": "not a member or assigned auditor"},
         )
+        raise NotFoundError(not_found(collab_id))
+
+    def require_member_somewhere(self, principal: Principal, action: str) -> None:
+        """Refuse, before any collaboration is named, a caller who is a member of none (streams are for members).
+
+        Cheap (one indexed lookup) and says nothing about any collaboration: it lets a server refuse outsiders
+        before it gives them a stream slot and waits for their first message.
+        """
+        if principal.role is Role.MEMBER and first(
+            self._db.cursor().execute("SELECT 1 FROM members WHERE member = ? LIMIT 1", [principal.name])
+        ):
+            return
+        raise PermissionDeniedError(f"{action} is for members of a collaboration; you ({principal.name}) are in none")
 
     def require_member(self, principal: Principal, collab_id: str, action: str) -> Collaboration:
         """The collaboration, if the caller is one of its members."""
@@ -143,9 +234,15 @@ class Collaborations:
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def create(self, principal: Principal, collab_id: str, policy_yaml: str) -> Collaboration:
-        """Create a collaboration proposing `policy_yaml`; the caller must be a member named in it."""
+        """Create a collaboration proposing `policy_yaml`; the caller must be a member named in it.
+
+        Auditors are refused before the text is looked at; the text is size-checked before it is parsed; a
+        principal with `MAX_PENDING_PROPOSALS` proposals still awaiting approval must wait before proposing more.
+        """
+        if principal.role is not Role.MEMBER:
+            raise PermissionDeniedError(f"you ({principal.name}) are an auditor; only members create collaborations")
         policy = _parse(policy_yaml)
-        if principal.role is not Role.MEMBER or policy.member(principal.name) is None:
+        if policy.member(principal.name) is None:
             raise PermissionDeniedError(
                 f"you ({principal.name}) are not among the policy's members "
                 f"({', '.join(m.name for m in policy.members)})"
@@ -159,6 +256,18 @@ class Collaborations:
         with self._db.transaction() as cur:
             if first(cur.execute("SELECT 1 FROM collaborations WHERE id = ?", [collab_id])):
                 raise AlreadyExistsError(f"collaboration {collab_id!r} exists already")
+            pending = first(
+                cur.execute(
+                    "SELECT count(DISTINCT c.id) FROM collaborations c JOIN members m ON m.collab = c.id"
+                    " WHERE c.proposer = ? AND m.approved_etag IS DISTINCT FROM c.policy_etag",
+                    [principal.name],
+                )
+            )
+            if pending and pending[0] >= MAX_PENDING_PROPOSALS:
+                raise ResourceExhaustedError(
+                    f"you ({principal.name}) have {pending[0]} proposals awaiting approval, the most allowed; "
+                    "wait for them to be approved before proposing more"
+                )
             cur.execute(
                 "INSERT INTO collaborations VALUES (?, ?, ?, ?, 1, ?, ?)",
                 [collab_id, policy.name, datetime.now(UTC).replace(tzinfo=None), policy_yaml, etag, principal.name],
@@ -248,11 +357,11 @@ class Collaborations:
             )
         )
         if row is None:
-            raise NotFoundError(f"collaborations/{collab_id} does not exist")
+            raise NotFoundError(not_found(collab_id))
         approvals = dict(
             cur.execute("SELECT member, approved_etag FROM members WHERE collab = ?", [collab_id]).fetchall()
         )
-        policy = parse_policy(row[3])
+        policy = self._policies.get(row[5], row[3])
         members = tuple(MemberState(m.name, m.abilities, approvals.get(m.name) == row[5]) for m in policy.members)
         return Collaboration(
             id=row[0],

@@ -38,6 +38,11 @@ from ..storage.database import first
 from .chain import GENESIS, AuditEntry, SignedHead, VerifyResult, canonical_json, verify_entries
 
 SERVER_CHAIN = ""
+#: Longest string kept in an entry's parameters; longer ones are cut and marked with their length.
+MAX_PARAMETER_CHARS = 1000
+#: Most bytes of an entry's parameters as canonical JSON; beyond, the whole is kept as one cut string. Together
+#: with the fixed-size fields this keeps any entry far below one export chunk and one gRPC message.
+MAX_PARAMETERS_BYTES = 32 * 1024
 _COLUMNS = (
     "collab, seq, time, principal, action, params_json, epsilon, response_sha256, prev_hash, hash, signature, delta"
 )
@@ -78,6 +83,29 @@ def _row_to_entry(row: tuple[Any, ...]) -> AuditEntry:
         signature=bytes(row[10]),
         delta=row[11],
     )
+
+
+def _cut(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > MAX_PARAMETER_CHARS:
+        return f"{value[:MAX_PARAMETER_CHARS]}… ({len(value)} characters)"
+    if isinstance(value, Mapping):
+        return {_cut(str(k)): _cut(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_cut(v) for v in value]
+    return value
+
+
+def bounded_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """`parameters` as an entry stores them, so that no entry can outgrow a message.
+
+    Strings are cut to `MAX_PARAMETER_CHARS`; when the whole is still over `MAX_PARAMETERS_BYTES` of canonical
+    JSON, it is kept as one cut string under `truncated`.
+    """
+    cut = _cut(dict(parameters))
+    text = canonical_json(cut)
+    if len(text.encode()) <= MAX_PARAMETERS_BYTES:
+        return cut
+    return {"truncated": text.encode()[: MAX_PARAMETERS_BYTES // 2].decode(errors="ignore")}
 
 
 def response_digest(response: object, key: bytes) -> str:
@@ -135,7 +163,7 @@ class AuditLog:
             time=datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
             principal=principal,
             action=action,
-            parameters=dict(parameters),
+            parameters=bounded_parameters(parameters),
             epsilon=float(epsilon),
             response_sha256=response_digest(response, self._digest_key),
             previous_hash=last[1] if last else GENESIS,

@@ -26,7 +26,7 @@ from cleanroom_client.curve import POINT_PROBLEMS, InvalidPointError, check_poin
 from cleanroom_client.identity import IdentifierType
 
 from ..audit import AuditLog
-from ..collaborations import Collaboration
+from ..collaborations import Collaboration, check_approved_revision
 from ..errors import FailedPreconditionError, InvalidArgumentError
 from ..storage import Database
 from ..storage.database import first
@@ -38,6 +38,8 @@ POINT_SIZE = 32
 OFFER_CHUNK = 32768
 #: Most points, and row slots, one uploaded chunk may carry (2 MiB of points).
 MAX_CHUNK_POINTS = 65536
+#: Largest first row of a chunk: its last row slot must still be a non-negative int64 row id.
+MAX_FIRST_ROW = 2**63 - 1 - MAX_CHUNK_POINTS
 POINTS = "points"
 DOUBLE_BLINDED = "double_blinded"
 
@@ -76,8 +78,8 @@ def _validate_points(points: bytes, what: str) -> None:
 
 def _chunk_rows(first_row: int, present: bytes, n: int, what: str) -> np.ndarray:
     """The row numbers of a chunk's `n` points from its first row and presence bitmap (protocol v1, step 5.1)."""
-    if first_row < 0:
-        raise InvalidArgumentError(f"{what}: first_row must be 0 or more, got {first_row}")
+    if not 0 <= first_row <= MAX_FIRST_ROW:
+        raise InvalidArgumentError(f"{what}: first_row must be between 0 and {MAX_FIRST_ROW}, got {first_row}")
     if not present:
         return np.arange(first_row, first_row + n, dtype=np.int64)
     if len(present) > MAX_CHUNK_POINTS // 8:
@@ -133,18 +135,23 @@ class Relay:
         be below it, and so must every `row_id` of the member's tables later.
         """
         what = f"chunk {chunk_index}"
-        if id_type.value not in collab.policy.identifiers:
-            raise InvalidArgumentError(
-                f"{what}: the policy lets the join use {', '.join(collab.policy.identifiers)}, not {id_type.value}"
-            )
-        if len(points) % POINT_SIZE:
-            raise InvalidArgumentError(f"{what}: points must be 32 bytes each")
-        n = len(points) // POINT_SIZE
-        if n > MAX_CHUNK_POINTS:
-            raise InvalidArgumentError(f"{what}: {n} points; at most {MAX_CHUNK_POINTS} per chunk")
-        row_ids = _chunk_rows(first_row, present, n, what)
-        _validate_points(points, what)
+        try:
+            if id_type.value not in collab.policy.identifiers:
+                raise InvalidArgumentError(
+                    f"{what}: the policy lets the join use {', '.join(collab.policy.identifiers)}, not {id_type.value}"
+                )
+            if len(points) % POINT_SIZE:
+                raise InvalidArgumentError(f"{what}: points must be 32 bytes each")
+            n = len(points) // POINT_SIZE
+            if n > MAX_CHUNK_POINTS:
+                raise InvalidArgumentError(f"{what}: {n} points; at most {MAX_CHUNK_POINTS} per chunk")
+            row_ids = _chunk_rows(first_row, present, n, what)
+            _validate_points(points, what)
+        except InvalidArgumentError as exc:
+            self._audit.record(collab.id, member, "refused", {"attempted": "upload.points", "reason": str(exc)})
+            raise
         with self._db.transaction() as cur:
+            check_approved_revision(cur, collab)
             _ensure_not_matched(cur, collab.id)
             progress = read_progress(cur, collab.id, member, POINTS)
             if check_next_chunk(progress, chunk_index, "your point upload"):
@@ -266,6 +273,7 @@ class Relay:
         if len(tags) % TAG_SIZE:
             raise InvalidArgumentError(f"{what}: tags must be {TAG_SIZE} bytes each")
         with self._db.transaction() as cur:
+            check_approved_revision(cur, collab)
             _ensure_not_matched(cur, collab.id)
             size = self._offer_size(cur, collab.id, peer)
             if size is None:

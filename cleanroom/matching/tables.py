@@ -11,7 +11,8 @@ upload is never visible.
 from __future__ import annotations
 
 import datetime as dt
-import re
+import hashlib
+from collections import Counter
 
 import duckdb
 import pyarrow as pa
@@ -20,10 +21,11 @@ import pyarrow.compute as pc
 from cleanroom_client.policy import TableSpec
 
 from ..audit import AuditLog
-from ..collaborations import Collaboration
-from ..errors import FailedPreconditionError, InvalidArgumentError
+from ..collaborations import Collaboration, check_approved_revision
+from ..errors import FailedPreconditionError, InternalError, InvalidArgumentError
 from ..storage import Database
 from ..storage.database import first, quote_ident
+from .ipc import IpcLayoutError, declared_size
 from .progress import UploadProgress, check_next_chunk, read_progress, save_progress
 from .relay import total_rows
 
@@ -32,35 +34,52 @@ USERS_TABLE = "users"
 #: is refused at upload, so no comparison or date arithmetic over them can fail at query time.
 TIME_WINDOW = (dt.datetime(1900, 1, 1), dt.datetime(2200, 1, 1))
 _UNIT_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
-_SAFE = re.compile(r"^[a-z0-9_]+$")
 
 
 def physical_name(collab: str, member: str, table: str, staged: bool = False) -> str:
-    """The DuckDB table holding `member.table` of a collaboration."""
-    name = f"{'stage' if staged else 'data'}__{collab.replace('-', '_')}__{member}__{table}"
-    if not _SAFE.match(name):
-        raise InvalidArgumentError(f"unsafe table name {name!r}")
-    return name
+    """The DuckDB table holding `member.table` of a collaboration.
+
+    One-to-one: the name is a SHA-256 over the three parts, each length-prefixed, so two different (collaboration,
+    member, table) triples never share a physical table (no separator in a name can make them collide), and the
+    name is always a safe identifier whatever the parts hold.
+    """
+    digest = hashlib.sha256()
+    for part in (collab, member, table):
+        raw = part.encode("utf-8")
+        digest.update(len(raw).to_bytes(8, "big") + raw)
+    return f"{'stage' if staged else 'data'}_{digest.hexdigest()}"
 
 
 #: Most bytes one chunk may hold once decompressed (members may send zstd- or lz4-compressed IPC).
 MAX_CHUNK_DECODED = 64 * 1024 * 1024
+#: Most rows any batch of a chunk may declare: every row carries an 8-byte `row_id`.
+MAX_CHUNK_ROWS = MAX_CHUNK_DECODED // 8
 
 
 def _decode(data: bytes, what: str) -> pa.Table:
+    """The chunk as a table; refused from its metadata alone, before any allocation, when it declares too much."""
+    try:
+        declared = declared_size(data)
+    except IpcLayoutError as exc:
+        raise InvalidArgumentError(f"{what}: not an Arrow IPC stream ({str(exc)[:200]})") from None
+    if declared.decoded_bytes > MAX_CHUNK_DECODED or declared.max_rows > MAX_CHUNK_ROWS:
+        raise InvalidArgumentError(
+            f"{what}: more than {MAX_CHUNK_DECODED // 2**20} MiB or {MAX_CHUNK_ROWS} rows once decompressed; "
+            f"send smaller chunks (it declares {declared.decoded_bytes} bytes, up to {declared.max_rows} rows)"
+        )
     try:
         with pa.ipc.open_stream(data) as reader:
             batches, size = [], 0
             for batch in reader:
                 size += batch.nbytes
-                if size > MAX_CHUNK_DECODED:
+                if size > MAX_CHUNK_DECODED:  # a second line of defence: the declaration was checked above
                     raise InvalidArgumentError(
                         f"{what}: more than {MAX_CHUNK_DECODED // 2**20} MiB once decompressed; send smaller chunks"
                     )
                 batches.append(batch)
             return pa.Table.from_batches(batches, schema=reader.schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
-        raise InvalidArgumentError(f"{what}: not an Arrow IPC stream ({exc})") from None
+        raise InvalidArgumentError(f"{what}: not an Arrow IPC stream ({str(exc)[:200]})") from None
 
 
 def _time(column: pa.ChunkedArray, name: str, what: str) -> pa.ChunkedArray:
@@ -90,6 +109,9 @@ def _time(column: pa.ChunkedArray, name: str, what: str) -> pa.ChunkedArray:
 def _check(table: pa.Table, spec: TableSpec, what: str) -> pa.Table:
     """Validate a chunk against the policy; returns it with dimensions cast to text."""
     columns = set(table.column_names)
+    if len(columns) != len(table.column_names):
+        repeated = sorted(c for c, n in Counter(table.column_names).items() if n > 1)
+        raise InvalidArgumentError(f"{what}: column names must be unique; repeated: {repeated[:5]}")
     if "row_id" not in columns:
         raise InvalidArgumentError(f"{what}: the table needs an int64 column `row_id` (the user's surrogate id)")
     undeclared = sorted(columns - {"row_id"} - set(spec.columns))
@@ -177,10 +199,17 @@ class TableUploads:
                 f"table {table!r} is not declared for {member} in the policy (declared: {declared or 'none'})"
             )
         what = f"{member}.{table} chunk {chunk_index}"
-        data = _check(_decode(arrow_ipc, what), spec, what)
+        try:
+            data = _check(_decode(arrow_ipc, what), spec, what)
+        except InvalidArgumentError as exc:
+            self._audit.record(
+                collab.id, member, "refused", {"attempted": "upload.table", "table": table, "reason": str(exc)}
+            )
+            raise
         kind = f"table:{table}"
         stage = quote_ident(physical_name(collab.id, member, table, staged=True))
         with self._db.transaction() as cur:
+            check_approved_revision(cur, collab)
             _check_rows(data, total_rows(cur, collab.id, member), what)
             progress = read_progress(cur, collab.id, member, kind)
             restart = check_next_chunk(progress, chunk_index, f"the upload of {member}.{table}")
@@ -217,7 +246,14 @@ class TableUploads:
                     f"{member}.users: {dupes[0]} duplicate row_id values; each user has one surrogate id. "
                     "Start the upload again at chunk 0."
                 )
-        cur.execute(f"DROP TABLE IF EXISTS {quote_ident(final)}")
+        # Replace only what this member registered for this table of this collaboration, never by name alone.
+        owners = cur.execute("SELECT collab, member, name FROM data_tables WHERE physical = ?", [final]).fetchall()
+        if any(tuple(o) != (collab, member, table) for o in owners):
+            raise InternalError(f"physical table {final} is registered to another upload; refusing to replace it")
+        for (old,) in cur.execute(
+            "SELECT physical FROM data_tables WHERE collab = ? AND member = ? AND name = ?", [collab, member, table]
+        ).fetchall():
+            cur.execute(f"DROP TABLE IF EXISTS {quote_ident(old)}")
         cur.execute(f"ALTER TABLE {quote_ident(stage)} RENAME TO {quote_ident(final)}")
         cur.execute("DELETE FROM data_tables WHERE collab = ? AND member = ? AND name = ?", [collab, member, table])
         cur.execute("INSERT INTO data_tables VALUES (?, ?, ?, ?, ?)", [collab, member, table, final, rows])

@@ -1,7 +1,8 @@
 """Server assembly: a room, the servicers, health, reflection, TLS, and the operator's local socket.
 
 `create_server` binds and starts; tests pass port 0 and read the port back. The request path of every RPC is:
-error mapping (interceptor) -> authenticate (token or client certificate) -> servicer parses the request ->
+error mapping (interceptor) -> length limits on every request string (interceptor) -> authenticate (token or
+client certificate) -> servicer parses the request ->
 authorize in the domain (member, ability, auditor assignment; refusals audited) -> domain call, whose audit entry
 commits in the same transaction as its effect, before the response leaves.
 """
@@ -29,6 +30,7 @@ from cleanroom_client._proto import (
     matching_pb2,
     matching_pb2_grpc,
 )
+from cleanroom_client.keyfile import read_private_file
 
 from ..analytics.audiences import Audiences
 from ..room import Room
@@ -39,6 +41,7 @@ from .audit_servicer import AuditServicer
 from .auth import StreamLimiter, TokenOrCertificateAuthenticator
 from .collaboration_servicer import CollaborationServicer
 from .errors import ErrorMappingInterceptor
+from .limits import RequestLimitsInterceptor
 from .matching_servicer import MatchingServicer
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,13 @@ class TlsConfig:
     private_key: bytes
     client_ca: bytes | None = None
 
+    @classmethod
+    def from_files(cls, cert_chain: Path, private_key: Path, client_ca: Path | None = None) -> TlsConfig:
+        """Read the PEM files; PermissionError when the key is readable by group or others (as the audit key)."""
+        return cls(
+            cert_chain.read_bytes(), read_private_file(private_key), client_ca.read_bytes() if client_ca else None
+        )
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -69,6 +79,20 @@ class ServerConfig:
     max_workers: int = 32
     streams_per_principal: int = 8
     stream_idle_timeout: float = 120.0
+    #: Streams open at once, all principals together; None: all workers but `unary_reserve(max_workers)`.
+    max_streams: int | None = None
+    #: RPCs accepted at once (running or queued for a worker); beyond, RESOURCE_EXHAUSTED at once.
+    #: None: `RPC_QUEUE_FACTOR` times `max_workers`.
+    max_concurrent_rpcs: int | None = None
+
+
+#: RPCs accepted per worker thread (the rest of the queue beyond the running ones) before refusing new ones.
+RPC_QUEUE_FACTOR = 4
+
+
+def unary_reserve(max_workers: int) -> int:
+    """Worker threads no stream may take, so unary calls are answered whatever streams are open."""
+    return max(2, max_workers // 4)
 
 
 @dataclass
@@ -123,10 +147,14 @@ def create_server(config: ServerConfig) -> RunningServer:
         raise ValueError("TLS is required: pass a certificate and key, or insecure=True for local development")
     room = Room.open(config.data_dir)
     auth = TokenOrCertificateAuthenticator(room.principals)
-    streams = StreamLimiter(config.streams_per_principal)
+    total_streams = config.max_streams
+    if total_streams is None:
+        total_streams = max(1, config.max_workers - unary_reserve(config.max_workers))
+    streams = StreamLimiter(config.streams_per_principal, total_streams)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers),
-        interceptors=[ErrorMappingInterceptor()],
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs or RPC_QUEUE_FACTOR * config.max_workers,
+        interceptors=[ErrorMappingInterceptor(), RequestLimitsInterceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

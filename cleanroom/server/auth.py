@@ -55,10 +55,16 @@ class TokenOrCertificateAuthenticator:
 
 
 class StreamLimiter:
-    """At most `limit` concurrent streams per principal, so no one caller can tie up the server's threads."""
+    """At most `limit` concurrent streams per principal and `total` in all.
 
-    def __init__(self, limit: int) -> None:
+    A stream holds one of the server's worker threads for as long as it is open; keeping `total` below the
+    number of workers leaves threads for unary calls whatever streams are open (or idle), and the per-principal
+    limit keeps one caller from taking all of `total`.
+    """
+
+    def __init__(self, limit: int, total: int | None = None) -> None:
         self.limit = limit
+        self.total = total if total is not None else limit
         self._open: Counter[str] = Counter()
         self._lock = threading.Lock()
 
@@ -69,6 +75,10 @@ class StreamLimiter:
             if self._open[principal.name] >= self.limit:
                 raise ResourceExhaustedError(
                     f"you ({principal.name}) already have {self.limit} streams open; finish or cancel one first"
+                )
+            if self._open.total() >= self.total:
+                raise ResourceExhaustedError(
+                    f"the server has {self.total} streams open, its most; try again in a moment"
                 )
             self._open[principal.name] += 1
         try:

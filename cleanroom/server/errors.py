@@ -28,6 +28,9 @@ from ..errors import (
 
 log = logging.getLogger(__name__)
 
+#: Longest status message a caller receives; longer ones are cut, so no error echoes a large input back.
+MAX_DETAIL_CHARS = 500
+
 STATUS: dict[type[CleanroomError], grpc.StatusCode] = {
     InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
     NotFoundError: grpc.StatusCode.NOT_FOUND,
@@ -40,11 +43,15 @@ STATUS: dict[type[CleanroomError], grpc.StatusCode] = {
 }
 
 
+def _short(message: str) -> str:
+    return message if len(message) <= MAX_DETAIL_CHARS else message[: MAX_DETAIL_CHARS - 1] + "…"
+
+
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The status code and message a caller receives for `exc`."""
+    """The status code and message a caller receives for `exc`; at most `MAX_DETAIL_CHARS` characters."""
     for kind, code in STATUS.items():
         if isinstance(exc, kind):
-            return code, str(exc)
+            return code, _short(str(exc))
     if isinstance(exc, NotImplementedError):  # the generated base servicers of services still to come
         return grpc.StatusCode.UNIMPLEMENTED, "this method is not implemented by this server version yet"
     return grpc.StatusCode.INTERNAL, "internal error in the clean room; the operator's log has the details"

@@ -102,6 +102,7 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
     ) -> pb.UploadBlindedPointsResponse:
         """Store chunks of singly blinded points."""
         principal = self._auth.principal(context)
+        self._collabs.require_member_somewhere(principal, "upload.points")  # outsiders never get a slot
         stream = _StreamCollab(self._collabs, principal, "upload.points")
         progress: UploadProgress | None = None
         received = 0
@@ -151,6 +152,7 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
     ) -> pb.SubmitDoubleBlindedPointsResponse:
         """Store chunks of tags of doubly blinded points."""
         principal = self._auth.principal(context)
+        self._collabs.require_member_somewhere(principal, "upload.double_blinded")  # outsiders never get a slot
         stream = _StreamCollab(self._collabs, principal, "upload.double_blinded")
         progress: UploadProgress | None = None
         with self._streams.slot(principal):
@@ -169,6 +171,7 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
     ) -> pb.UploadTableResponse:
         """Store chunks of a table."""
         principal = self._auth.principal(context)
+        self._collabs.require_member_somewhere(principal, "upload.table")  # outsiders never get a slot
         stream = _StreamCollab(self._collabs, principal, "upload.table")
         progress: UploadProgress | None = None
         table = ""

@@ -1,7 +1,8 @@
 """The server's single DuckDB file: schema, connections and the write lock.
 
 Everything durable lives in `<data_dir>/cleanroom.duckdb`: collaborations, approvals, upload progress, relay state,
-doubly blinded keys, the join and the members' uploaded tables. A write that spans several statements runs in one
+doubly blinded keys, the join and the members' uploaded tables. Only the server's user may read any of it: the
+directory is kept at 0700, the file and its write-ahead log at 0600. A write that spans several statements runs in one
 transaction (`Database.transaction`), so a crash (even `kill -9`) leaves either all of it or none of it: a
 half-finished upload is never visible as finished.
 
@@ -11,6 +12,7 @@ Readers use their own cursor and see the last committed state.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +22,10 @@ from typing import Any
 import duckdb
 
 DB_FILE = "cleanroom.duckdb"
+#: The data directory: only the server's user may list or enter it (it holds tags, tables, the log, token hashes).
+DATA_DIR_MODE = 0o700
+#: The database file and its write-ahead log: only the server's user may read them.
+DB_FILE_MODE = 0o600
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS collaborations (
@@ -171,13 +177,23 @@ class Database:
     """The DuckDB file of a data directory, created with its schema on first open."""
 
     def __init__(self, data_dir: Path) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(parents=True, exist_ok=True, mode=DATA_DIR_MODE)
+        os.chmod(data_dir, DATA_DIR_MODE)  # also an existing directory made before this rule
         self.path = data_dir / DB_FILE
         self._con = duckdb.connect(str(self.path))
         self.write_lock = threading.RLock()
         self._pending = threading.local()
         with self.transaction() as cur:
             cur.execute(_SCHEMA)
+
+    def _restrict(self) -> None:
+        """Keep the database file and its WAL (which DuckDB creates anew after each checkpoint) at 0600."""
+        for path in (self.path, self.path.with_name(self.path.name + ".wal")):
+            try:
+                if path.stat().st_mode & 0o777 != DB_FILE_MODE:
+                    os.chmod(path, DB_FILE_MODE)
+            except FileNotFoundError:
+                pass
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A cursor for reading (and, under `write_lock`, writing) from the calling thread."""
@@ -202,6 +218,7 @@ class Database:
                 raise
             else:
                 cur.execute("COMMIT")
+                self._restrict()
                 callbacks, self._pending.callbacks = self._pending.callbacks, None
                 for callback in callbacks:
                     callback()

@@ -64,3 +64,72 @@ def test_compressed_chunks_are_accepted_and_a_decompression_bomb_is_refused(tmp_
     progress = room.tables.upload_chunk(collab, "brand", "users", 0, chunk, last=True)
     assert progress.committed
     room.db.close()
+
+
+def _active(room: Room, collab_id: str, policy: str):
+    c = room.collaborations.create(PLATFORM, collab_id, policy)
+    for m in (BRAND, PLATFORM):
+        room.collaborations.approve(m, c.id, c.policy_etag)
+    return room.collaborations.get(PLATFORM, c.id)
+
+
+def _upload(room: Room, collab, member: str, table: str, frame: pd.DataFrame) -> None:
+    _, chunks = arrow_chunks(frame)
+    room.tables.upload_chunk(collab, member, table, 0, next(chunks), last=True)
+
+
+def test_physical_names_are_one_to_one_so_no_collaboration_overwrites_another(tmp_path):
+    """The red team's collision: `acme` / platform / `brand__users` vs `acme--platform` / brand / `users`."""
+    assert tables_module.physical_name("acme", "platform", "brand__users") != tables_module.physical_name(
+        "acme--platform", "brand", "users"
+    )
+    room = Room.open(tmp_path)
+    victim = _active(room, "acme--platform", DEMO_POLICY)
+    _upload(room, victim, "brand", "users", pd.DataFrame({"row_id": [1, 2, 3], "tier": ["gold", "gold", "silver"]}))
+    attack_policy = DEMO_POLICY.replace("tables:\n", "tables:\n  platform.brand__users: {dimensions: {tier: [junk]}}\n")
+    attacker = _active(room, "acme", attack_policy)
+    _upload(room, attacker, "platform", "brand__users", pd.DataFrame({"row_id": [1, 2, 3], "tier": ["junk"] * 3}))
+
+    cur = room.db.cursor()
+    rows = cur.execute("SELECT collab, member, name, physical FROM data_tables ORDER BY collab").fetchall()
+    assert len({r[3] for r in rows}) == len(rows) == 2
+    [physical] = [r[3] for r in rows if r[:3] == ("acme--platform", "brand", "users")]
+    assert sorted(cur.execute(f'SELECT tier FROM "{physical}"').fetchall()) == [("gold",), ("gold",), ("silver",)]
+    room.db.close()
+
+
+def test_a_proposal_landing_while_the_first_chunk_is_processed_stores_nothing(tmp_path, monkeypatch):
+    """The race, made deterministic: the proposal lands after the upload was authorized, before it writes."""
+    room = Room.open(tmp_path)
+    collab = _collab(room)
+    revised = DEMO_POLICY.replace("min_group_size: 50", "min_group_size: 60")
+    check = tables_module._check
+
+    def propose_meanwhile(*args, **kwargs):
+        room.collaborations.propose(PLATFORM, collab.id, revised)
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(tables_module, "_check", propose_meanwhile)
+    _, chunks = arrow_chunks(pd.DataFrame({"row_id": [1, 2, 3]}))
+    with pytest.raises(FailedPreconditionError, match="changed while your request was in flight"):
+        room.tables.upload_chunk(collab, "brand", "users", 0, next(chunks), last=True)
+    now = room.collaborations.get(BRAND, collab.id)
+    assert now.policy_revision == 2
+    assert not now.active
+    cur = room.db.cursor()
+    assert cur.execute("SELECT count(*) FROM uploads").fetchall() == [(0,)]
+    assert cur.execute("SELECT count(*) FROM data_tables").fetchall() == [(0,)]
+    room.db.close()
+
+
+def test_points_are_not_stored_under_a_revision_proposed_after_authorization(tmp_path, monkeypatch):
+    from cleanroom_client.curve import hash_to_u
+    from cleanroom_client.identity import IdentifierType
+
+    room = Room.open(tmp_path)
+    collab = _collab(room)
+    room.collaborations.propose(PLATFORM, collab.id, DEMO_POLICY.replace("min_group_size: 50", "min_group_size: 60"))
+    with pytest.raises(FailedPreconditionError, match="changed while your request was in flight"):
+        room.relay.upload_points(collab, "brand", 0, IdentifierType.EMAIL, 0, b"", hash_to_u(b"p"), True)
+    assert room.db.cursor().execute("SELECT count(*) FROM uploads").fetchall() == [(0,)]
+    room.db.close()

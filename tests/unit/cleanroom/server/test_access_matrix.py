@@ -42,6 +42,8 @@ from cleanroom_client.tables import arrow_chunks
 CALLERS = ("anonymous", "bad_token", "brand", "platform", "stranger", "auditor", "outsider_auditor")
 P = "collaborations/test-collab"
 OK, DENIED, UNAUTH = "allowed", "PERMISSION_DENIED", "UNAUTHENTICATED"
+#: A caller outside a collaboration learns nothing, not even that it exists (issue 13 item 8).
+HIDDEN = "NOT_FOUND"
 
 
 def _row(brand: str, platform: str, stranger: str, auditor: str, outsider: str) -> dict[str, str]:
@@ -79,7 +81,7 @@ MATRIX: list[tuple[str, Callable, str, object, dict[str, str]]] = [
         co_grpc.CollaborationServiceStub,
         "GetCollaboration",
         lambda who: co.GetCollaborationRequest(name=P),
-        _row(OK, OK, DENIED, OK, DENIED),
+        _row(OK, OK, HIDDEN, OK, HIDDEN),
     ),
     (
         "CollaborationService",
@@ -93,14 +95,14 @@ MATRIX: list[tuple[str, Callable, str, object, dict[str, str]]] = [
         co_grpc.CollaborationServiceStub,
         "ProposePolicy",
         lambda who: co.ProposePolicyRequest(name=P, policy_yaml=DEMO_POLICY),
-        _row(OK, OK, DENIED, DENIED, DENIED),
+        _row(OK, OK, HIDDEN, DENIED, HIDDEN),
     ),
     (
         "CollaborationService",
         co_grpc.CollaborationServiceStub,
         "ApprovePolicy",
         lambda who: co.ApprovePolicyRequest(name=P, etag="x"),
-        _row(OK, OK, DENIED, DENIED, DENIED),
+        _row(OK, OK, HIDDEN, DENIED, HIDDEN),
     ),
     (
         "MatchingService",
@@ -114,7 +116,7 @@ MATRIX: list[tuple[str, Callable, str, object, dict[str, str]]] = [
         ma_grpc.MatchingServiceStub,
         "FetchPeerPoints",
         lambda who: ma.FetchPeerPointsRequest(parent=P),
-        _row(OK, OK, DENIED, DENIED, DENIED),
+        _row(OK, OK, HIDDEN, DENIED, HIDDEN),
     ),
     (
         "MatchingService",
@@ -135,7 +137,7 @@ MATRIX: list[tuple[str, Callable, str, object, dict[str, str]]] = [
         ma_grpc.MatchingServiceStub,
         "GetMatchStatus",
         lambda who: ma.GetMatchStatusRequest(parent=P),
-        _row(OK, OK, DENIED, DENIED, DENIED),
+        _row(OK, OK, HIDDEN, DENIED, HIDDEN),
     ),
     *[
         (
@@ -143,7 +145,7 @@ MATRIX: list[tuple[str, Callable, str, object, dict[str, str]]] = [
             an_grpc.AnalyticsServiceStub,
             method,
             (lambda cls: lambda who: cls(parent=P))(req),
-            _row(OK, DENIED, DENIED, DENIED, DENIED),
+            _row(OK, DENIED, HIDDEN, DENIED, HIDDEN),
         )
         for method, req in [
             ("Overlap", an.OverlapRequest),
@@ -161,28 +163,28 @@ MATRIX: list[tuple[str, Callable, str, object, dict[str, str]]] = [
         an_grpc.AnalyticsServiceStub,
         "ListAudiences",
         lambda who: an.ListAudiencesRequest(parent=P),
-        _row(DENIED, OK, DENIED, DENIED, DENIED),
+        _row(DENIED, OK, HIDDEN, DENIED, HIDDEN),
     ),
     (
         "AnalyticsService",
         an_grpc.AnalyticsServiceStub,
         "FetchAudience",
         lambda who: an.FetchAudienceRequest(name=f"{P}/audiences/a-none"),
-        _row(DENIED, OK, DENIED, DENIED, DENIED),
+        _row(DENIED, OK, HIDDEN, DENIED, HIDDEN),
     ),
     (
         "AnalyticsService",
         an_grpc.AnalyticsServiceStub,
         "GetBudget",
         lambda who: an.GetBudgetRequest(parent=P),
-        _row(OK, OK, DENIED, OK, DENIED),
+        _row(OK, OK, HIDDEN, OK, HIDDEN),
     ),
     (
         "AuditService",
         au_grpc.AuditServiceStub,
         "ListAuditEntries",
         lambda who: au.ListAuditEntriesRequest(collaboration=P),
-        _row(DENIED, DENIED, DENIED, OK, DENIED),
+        _row(DENIED, DENIED, HIDDEN, OK, HIDDEN),
     ),
     (
         "AuditService",
@@ -196,14 +198,14 @@ MATRIX: list[tuple[str, Callable, str, object, dict[str, str]]] = [
         au_grpc.AuditServiceStub,
         "VerifyAuditLog",
         lambda who: au.VerifyAuditLogRequest(collaboration=P),
-        _row(OK, OK, DENIED, OK, DENIED),
+        _row(OK, OK, HIDDEN, OK, HIDDEN),
     ),
     (
         "AuditService",
         au_grpc.AuditServiceStub,
         "ExportAuditLog",
         lambda who: au.ExportAuditLogRequest(collaboration=P),
-        _row(DENIED, DENIED, DENIED, OK, DENIED),
+        _row(DENIED, DENIED, HIDDEN, OK, HIDDEN),
     ),
     (
         "AuditService",
@@ -222,6 +224,8 @@ def _outcome(call: Callable[[], object]) -> str:
             list(result)  # drain server streams: errors arrive while iterating
     except grpc.RpcError as err:
         code = err.code().name
+        if code == HIDDEN:
+            return HIDDEN if "not one of its members or auditors" in str(err.details()) else OK
         return code if code in (DENIED, UNAUTH) else OK
     return OK
 
@@ -251,8 +255,37 @@ def test_a_member_cannot_overwrite_the_other_members_table(stub_for, active):
 
 
 def test_refusals_are_audited(server, make_client, active):
+    """A member's or assigned auditor's refusal goes to the collaboration's chain."""
     with pytest.raises(Exception, match="PERMISSION_DENIED"):
-        make_client("stranger").get_collaboration(active)
+        make_client("auditor").approve_policy(active)
     log = make_client("auditor").audit_log(active, action="refused")
-    assert list(log["principal"]) == ["stranger"]
-    assert "collaboration.get" in log["parameters"].iloc[0]
+    assert list(log["principal"]) == ["auditor"]
+    assert "policy.approve" in log["parameters"].iloc[0]
+
+
+def test_an_outsiders_flood_goes_to_the_server_chain_not_the_collaborations(server, make_client, active):
+    auditor = make_client("auditor")
+    length = len(auditor.audit_log(active))
+    stranger = make_client("stranger")
+    for _ in range(50):
+        with pytest.raises(Exception, match="NOT_FOUND"):
+            stranger.get_collaboration(active)
+    assert len(auditor.audit_log(active)) == length
+    assert auditor.verify_audit_log(active)["entries_checked"] == length
+    own = auditor.audit_log(action="refused")
+    assert len(own) == 50
+    assert set(own["principal"]) == {"stranger"}
+    assert active in own["parameters"].iloc[0]
+
+
+def test_ids_cannot_be_probed_existing_and_missing_collaborations_answer_alike(stub_for, active):
+    """One answer, code and message shape alike, whether the id exists or not."""
+    stubs = [stub_for(co_grpc.CollaborationServiceStub, who) for who in ("stranger", "outsider_auditor")]
+    for stub, md in stubs:
+        answers = {}
+        for collab_id in (active, "no-such-collab"):
+            with pytest.raises(grpc.RpcError) as info:
+                stub.GetCollaboration(co.GetCollaborationRequest(name=f"collaborations/{collab_id}"), metadata=md)
+            answers[collab_id] = (info.value.code(), str(info.value.details()).replace(collab_id, "<id>"))
+        assert answers[active] == answers["no-such-collab"]
+        assert answers[active][0] is grpc.StatusCode.NOT_FOUND

@@ -11,8 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cleanroom.cli import app
-from cleanroom.principals import Role
+from cleanroom.principals import Principal, Role
 from cleanroom.server import ServerConfig, create_server
+from cleanroom.synthetic import DEMO_POLICY
 from cleanroom_client import CleanRoomClient, CleanRoomError
 from cleanroom_client._proto import matching_pb2 as ma
 from cleanroom_client._proto import matching_pb2_grpc as ma_grpc
@@ -103,6 +104,7 @@ def test_streams_per_principal_are_limited_and_idle_streams_are_cut(tmp_path, pk
     release = threading.Event()
     try:
         token = running.room.principals.add("brand", Role.MEMBER)
+        running.room.collaborations.create(Principal("brand", Role.MEMBER), "limits", DEMO_POLICY)  # a member
         credentials = grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes())
         with grpc.secure_channel(f"localhost:{running.port}", credentials) as channel:
             stub = ma_grpc.MatchingServiceStub(channel)

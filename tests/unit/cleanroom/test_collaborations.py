@@ -1,0 +1,68 @@
+"""Collaborations under hostile proposers: authorize first, bounded policy text, parsed once, quotas."""
+
+from __future__ import annotations
+
+import pytest
+
+from cleanroom import collaborations as collaborations_module
+from cleanroom.errors import InvalidArgumentError, PermissionDeniedError, ResourceExhaustedError
+from cleanroom.principals import Principal, Role
+from cleanroom.room import Room
+from cleanroom.synthetic import DEMO_POLICY
+
+BRAND, PLATFORM = Principal("brand", Role.MEMBER), Principal("platform", Role.MEMBER)
+AUDITOR = Principal("nobody-assigned", Role.AUDITOR)
+
+
+@pytest.fixture
+def room(tmp_path):
+    opened = Room.open(tmp_path)
+    yield opened
+    opened.close()
+
+
+def _never_parse(text):
+    raise AssertionError("the policy was parsed")
+
+
+def test_an_auditor_and_an_oversize_policy_are_refused_before_parsing(room, monkeypatch):
+    monkeypatch.setattr(collaborations_module, "parse_policy", _never_parse)
+    with pytest.raises(PermissionDeniedError, match="only members create collaborations"):
+        room.collaborations.create(AUDITOR, "from-auditor", DEMO_POLICY)
+    huge = DEMO_POLICY + "#" * collaborations_module.MAX_POLICY_BYTES
+    with pytest.raises(InvalidArgumentError, match="the limit is"):
+        room.collaborations.create(BRAND, "too-big", huge)
+
+
+def test_listing_many_collaborations_parses_each_policy_text_once(room, monkeypatch):
+    for i in range(60):
+        c = room.collaborations.create(BRAND, f"many-{i:03d}", DEMO_POLICY)
+        room.collaborations.approve(BRAND, c.id, c.policy_etag)
+        room.collaborations.approve(PLATFORM, c.id, c.policy_etag)
+    parsed: list[str] = []
+    real = collaborations_module.parse_policy
+
+    def counting(text: str):
+        parsed.append(text)
+        return real(text)
+
+    monkeypatch.setattr(collaborations_module, "parse_policy", counting)
+    room.collaborations._policies = collaborations_module._PolicyCache()  # cold: as after a restart
+    for who in (BRAND, PLATFORM, BRAND):
+        page, token = room.collaborations.list(who, 1000, "")
+        assert len(page) == 60
+        assert token == ""
+    assert len(parsed) == 1
+
+
+def test_a_proposer_has_a_quota_of_proposals_awaiting_approval(room, monkeypatch):
+    monkeypatch.setattr(collaborations_module, "MAX_PENDING_PROPOSALS", 3)
+    for i in range(3):
+        room.collaborations.create(PLATFORM, f"spam-{i}", DEMO_POLICY)
+    with pytest.raises(ResourceExhaustedError, match="3 proposals awaiting approval"):
+        room.collaborations.create(PLATFORM, "spam-3", DEMO_POLICY)
+    room.collaborations.create(BRAND, "brand-own", DEMO_POLICY)  # another proposer is not affected
+    c = room.collaborations.get(BRAND, "spam-0")
+    room.collaborations.approve(BRAND, c.id, c.policy_etag)
+    room.collaborations.approve(PLATFORM, c.id, c.policy_etag)
+    room.collaborations.create(PLATFORM, "spam-3", DEMO_POLICY)  # one was approved: room for one more
