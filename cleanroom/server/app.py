@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -32,7 +32,7 @@ from cleanroom_client._proto import (
 
 from ..analytics.audiences import Audiences
 from ..room import Room
-from ..storage import Database
+from ..storage import Database, StorageLimits
 from .admin_servicer import AdminServicer
 from .analytics_servicer import AnalyticsServicer
 from .audit_servicer import AuditServicer
@@ -69,6 +69,8 @@ class ServerConfig:
     max_workers: int = 32
     streams_per_principal: int = 8
     stream_idle_timeout: float = 120.0
+    #: DuckDB's memory cap and spill directory (see `StorageLimits`); the defaults are DuckDB's.
+    storage: StorageLimits = field(default_factory=StorageLimits)
 
 
 @dataclass
@@ -121,7 +123,7 @@ def create_server(config: ServerConfig) -> RunningServer:
     """Open the data directory, wire every service and start listening on `config.address`."""
     if config.tls is None and not config.insecure:
         raise ValueError("TLS is required: pass a certificate and key, or insecure=True for local development")
-    room = Room.open(config.data_dir)
+    room = Room.open(config.data_dir, config.storage)
     auth = TokenOrCertificateAuthenticator(room.principals)
     streams = StreamLimiter(config.streams_per_principal)
     server = grpc.server(
