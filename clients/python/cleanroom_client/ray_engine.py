@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from types import TracebackType
 from typing import Any, TypeVar
 
 import pandas as pd
@@ -102,3 +103,9 @@ class RayEngine:
         """Disconnect from the cluster if this engine connected (a cluster it joined keeps running)."""
         if self._owns_connection and self._ray.is_initialized():
             self._ray.shutdown()
+
+    def __enter__(self) -> RayEngine:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
