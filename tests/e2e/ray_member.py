@@ -2,8 +2,9 @@
 
 Usage: ray_member.py MEMBER COLLAB STATE_DIR OUT DATA_DIR ENGINE CHUNK_ROWS SIDE_JSON
 SIDE_JSON: {"key": ..., "identifiers": {...}, "attributes": [...]}, how the member's users table is matched.
-ENGINE: "pool" (the local process pool) or "ray:ADDRESS" (RayEngine joining that cluster; it first waits until the
-cluster has 2 CPUs, i.e. its worker node joined). Tables are read from DATA_DIR/<member>/ by the engine.
+ENGINE: "pool" (the local process pool), "ray-local" (a local Ray cluster started by `ray.init(num_cpus=2)`) or
+"ray:ADDRESS" (RayEngine joining that cluster; it first waits until the cluster has 2 CPUs, i.e. its worker node
+joined). The engine starts before any gRPC channel exists. Tables are read from DATA_DIR/<member>/ by the engine.
 Connection settings come from CLEANROOM_TARGET, CLEANROOM_TOKEN and CLEANROOM_CA.
 """
 
@@ -22,6 +23,9 @@ def engine_for(spec: str) -> ChunkExecutor:
     if spec == "pool":
         return ProcessPoolChunkExecutor(2)
     from cleanroom_client.ray_engine import RayEngine
+
+    if spec == "ray-local":
+        return RayEngine(address=None, num_cpus=2)
 
     engine = RayEngine(address=spec.removeprefix("ray:"), max_in_flight=2)
     import ray

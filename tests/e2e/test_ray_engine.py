@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -26,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cleanroom.devpki import DevPki
 from cleanroom.server.app import RunningServer
 from cleanroom.synthetic import DEMO_POLICY, SyntheticConfig, generate
 from cleanroom_client import CleanRoomClient, ProcessPoolChunkExecutor
@@ -54,8 +56,13 @@ pytestmark = pytest.mark.timeout(480)
 
 
 @pytest.fixture(autouse=True)
-def _patient_ray(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Ray gives its GCS 30 s to start; on 2 cores shared with other test runs that is sometimes not enough."""
+def _ray_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every Ray process of a test (head, worker node, drivers) shares one auth token; and Ray waits longer.
+
+    Ray gives its GCS 30 s to start; on 2 cores shared with other test runs that is sometimes not enough.
+    """
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
     monkeypatch.setenv("RAY_gcs_server_port_wait_time_s", "120")
 
 
@@ -147,31 +154,51 @@ def _pool_reference(make_client, server, tmp_path: Path, lake: Path) -> tuple[se
     return tags, pairs
 
 
-def test_base_sdk_does_not_import_ray():
-    """Importing the SDK (and its engines) must not import Ray: it is an optional extra."""
-    code = "import sys, cleanroom_client, cleanroom_client.cli; print('ray' in sys.modules)"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "False"
-
-
-def test_local_ray_cluster_gives_the_process_pool_tags(make_client, server, tmp_path, lake):
-    from cleanroom_client.ray_engine import RayEngine
-
+def test_local_ray_cluster_gives_the_process_pool_tags(make_client, server, tokens, pki, tmp_path, lake):
+    """The brand's driver starts a local Ray cluster (`ray.init(num_cpus=2)`); the platform runs the process pool."""
     reference = _pool_reference(make_client, server, tmp_path, lake)
     collab = _new_collab(make_client, "ray-local-run")
     _reuse_keys(tmp_path, "pool-run", collab)
-    engine = RayEngine(address=None, num_cpus=2)  # ray.init(num_cpus=2): a local cluster in this process
-    try:
-        assert engine.cpus == 2
-        # the brand's users as one Parquet file, the platform's as a directory of files, both read by Ray Data
-        users: dict[str, str | Path] = {
-            "brand": lake / "brand" / "users" / "part-0.parquet",
-            "platform": str(lake / "platform" / "users"),
-        }
-        _match_both(make_client, collab, engine, users)
-    finally:
-        engine.close()
+    env = _env(server, tokens, pki)
+    drivers = {
+        "brand": _driver("brand", collab, tmp_path, lake, "ray-local", env["brand"]),
+        "platform": _driver("platform", collab, tmp_path, lake, "pool", env["platform"]),
+    }
+    _wait(drivers, tmp_path, collab)
     assert _result(server, tmp_path, collab) == reference
+
+
+def _env(server: RunningServer, tokens: dict[str, str], pki: DevPki) -> dict[str, dict[str, str]]:
+    """Each member's connection settings, as a member's shell would set them."""
+    return {
+        member: {
+            **os.environ,
+            "CLEANROOM_TARGET": f"localhost:{server.port}",
+            "CLEANROOM_TOKEN": tokens[member],
+            "CLEANROOM_CA": str(pki.ca),
+        }
+        for member in MEMBERS
+    }
+
+
+def _logs(tmp_path: Path, collab: str) -> str:
+    return "".join(p.read_text()[-2000:] for p in tmp_path.glob(f"*-{collab}.log"))
+
+
+def _wait(drivers: dict[str, subprocess.Popen], tmp_path: Path, collab: str) -> None:
+    """Every driver exits 0; whatever still runs after a failure is killed."""
+    try:
+        for member, proc in drivers.items():
+            assert proc.wait(timeout=300) == 0, f"{member}: {_logs(tmp_path, collab)}"
+    finally:
+        _kill(drivers)
+
+
+def _kill(drivers: dict[str, subprocess.Popen]) -> None:
+    for proc in drivers.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _free_port() -> int:
@@ -258,24 +285,33 @@ def _driver(member: str, collab: str, tmp_path: Path, lake: Path, spec: str, env
         return subprocess.Popen([sys.executable, *args], stdout=log, stderr=log, env=env)
 
 
+def _cli_driver(
+    member: str, collab: str, tmp_path: Path, lake: Path, address: str, env: dict[str, str]
+) -> subprocess.Popen:
+    """The member's match as `cleanroom-client match --ray ADDRESS`, its users a Parquet directory."""
+    side = MEMBERS[member]
+    cli = str(Path(sys.executable).parent / "cleanroom-client")
+    args = ["--no-progress", "match", collab, "--ray", address, "--users", str(lake / member / "users")]
+    args += ["--key", side.key, *(f"--identifier={t}={c}" for t, c in side.identifiers.items())]
+    args += [f"--attribute={a}" for a in side.attributes]
+    with (tmp_path / f"{member}-{collab}.log").open("a") as log:
+        return subprocess.Popen(
+            [cli, *args], stdout=log, stderr=log, env={**env, "CLEANROOM_STATE_DIR": str(_state(tmp_path, member))}
+        )
+
+
 def test_ray_cluster_of_processes_gives_the_process_pool_tags_and_resumes_a_killed_driver(
     make_client, server, tokens, pki, tmp_path, lake, ray_cluster
 ):
     reference = _pool_reference(make_client, server, tmp_path, lake)
     collab = _new_collab(make_client, "ray-cluster-run")
     _reuse_keys(tmp_path, "pool-run", collab)
-    env = {
-        member: {
-            **os.environ,
-            "CLEANROOM_TARGET": f"localhost:{server.port}",
-            "CLEANROOM_TOKEN": tokens[member],
-            "CLEANROOM_CA": str(pki.ca),
-        }
-        for member in ("brand", "platform")
-    }
+    env = _env(server, tokens, pki)
     spec = f"ray:{ray_cluster}"
-    drivers = {m: _driver(m, collab, tmp_path, lake, spec, env[m]) for m in ("brand", "platform")}
-    logs = lambda: "".join(p.read_text()[-2000:] for p in tmp_path.glob(f"*-{collab}.log"))  # noqa: E731
+    drivers = {
+        "brand": _driver("brand", collab, tmp_path, lake, spec, env["brand"]),
+        "platform": _cli_driver("platform", collab, tmp_path, lake, ray_cluster, env["platform"]),
+    }
     cur = server.db.cursor()
     try:
         # kill -9 the brand's driver once some of its chunks are on the server, before its upload commits
@@ -287,20 +323,16 @@ def test_ray_cluster_of_processes_gives_the_process_pool_tags_and_resumes_a_kill
             ).fetchone()
             if row and row[0] >= 2:
                 break
-            assert drivers["brand"].poll() is None, logs()
-            assert time.monotonic() < deadline, logs()
+            assert drivers["brand"].poll() is None, _logs(tmp_path, collab)
+            assert time.monotonic() < deadline, _logs(tmp_path, collab)
             time.sleep(0.02)
         drivers["brand"].send_signal(signal.SIGKILL)
         drivers["brand"].wait()
         assert not row[1], "the upload finished before the driver could be killed; use more rows"
         drivers["brand"] = _driver("brand", collab, tmp_path, lake, spec, env["brand"])
-        for member, proc in drivers.items():
-            assert proc.wait(timeout=240) == 0, f"{member}: {logs()}"
+        _wait(drivers, tmp_path, collab)
     finally:
-        for proc in drivers.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        _kill(drivers)
     # resumed where the server said it stopped: the point upload started once, not again from chunk 0
     starts = cur.execute(
         "SELECT params_json FROM audit_log WHERE collab = ? AND principal = 'brand' AND action = 'upload.start'",
