@@ -5,7 +5,11 @@ data directory; the PSI is not what is measured here. Each query runs through `Q
 would (policy, budget, SQL, OpenDP noise, suppression, audit entry); its peer is the bare GROUP BY that computes
 the same exact counts, with no privacy and no zero-filling. The ratio is what privacy costs in time.
 
-Usage: python benchmarks/bench_queries.py [--people 10000000] [--repeat 3] [--json out.json]
+Usage: python benchmarks/bench_queries.py [--people 10000000] [--repeat 3] [--memory-limit 3GB] [--dir DIR]
+[--json out.json]
+
+With --memory-limit the room's DuckDB runs within that cap (the server option `cleanroom serve --memory-limit`),
+spilling next to the data directory; --dir puts the data directory on a disk with room (100M people: ~5 GB).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from cleanroom.analytics.queries import DimensionRef
 from cleanroom.matching.tables import physical_name
 from cleanroom.principals import Principal, Role
 from cleanroom.room import Room
+from cleanroom.storage import StorageLimits
 from cleanroom.storage.database import quote_ident
 from cleanroom.synthetic import AGE_BANDS, DEMO_POLICY, STAGES, TIERS, load_direct
 
@@ -36,13 +41,10 @@ POLICY = DEMO_POLICY.replace("per_member_total: 10.0", "per_member_total: 1000.0
 BRAND = Principal("brand", Role.MEMBER)
 
 
-def build(room: Room, people: int, seed: int = 1) -> str:
-    """A matched collaboration of `people` people, written directly."""
-    c = room.collaborations.create(BRAND, "bench", POLICY)
-    for m in (BRAND, Principal("platform", Role.MEMBER)):
-        room.collaborations.approve(m, c.id, c.policy_etag)
-    rng = np.random.default_rng(seed)
-    ids = np.arange(people, dtype=np.int64)
+def _slice(rng: np.random.Generator, start: int, stop: int) -> tuple[dict[tuple[str, str], pa.Table], np.ndarray]:
+    """People `start` .. `stop` - 1: their tables, and their row numbers (matched to the same number)."""
+    people = stop - start
+    ids = np.arange(start, stop, dtype=np.int64)
     stages = np.array([*STAGES, None], dtype=object)
     tables = {
         ("brand", "users"): pa.table({"row_id": ids, "tier": np.array(TIERS)[rng.integers(0, 3, people)]}),
@@ -63,7 +65,32 @@ def build(room: Room, people: int, seed: int = 1) -> str:
             }
         ),
     }
-    load_direct(room, c.id, tables, ids, ids)
+    return tables, ids
+
+
+def build(room: Room, people: int, seed: int = 1, slice_people: int = 5_000_000) -> str:
+    """A matched collaboration of `people` people, written directly, `slice_people` at a time (flat memory)."""
+    c = room.collaborations.create(BRAND, "bench", POLICY)
+    for m in (BRAND, Principal("platform", Role.MEMBER)):
+        room.collaborations.approve(m, c.id, c.policy_etag)
+    rng = np.random.default_rng(seed)
+    for start in range(0, people, slice_people):
+        tables, ids = _slice(rng, start, min(people, start + slice_people))
+        if start == 0:
+            load_direct(room, c.id, tables, ids, ids)
+            continue
+        with room.db.transaction() as cur:  # the rest appended to what load_direct made
+            for (member, name), table in tables.items():
+                cur.register("t", table)
+                cur.execute(f"INSERT INTO {quote_ident(physical_name(c.id, member, name))} SELECT * FROM t")
+                cur.unregister("t")
+                cur.execute(
+                    "UPDATE data_tables SET rows = rows + ? WHERE collab = ? AND member = ? AND name = ?",
+                    [table.num_rows, c.id, member, name],
+                )
+            cur.register("pairs", pa.table({"a": ids, "b": ids}))
+            cur.execute("INSERT INTO matches SELECT ?, 'brand', a, 'platform', b, 1 FROM pairs", [c.id])
+            cur.unregister("pairs")
     return c.id
 
 
@@ -105,10 +132,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--people", type=int, default=10_000_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--memory-limit", help="DuckDB memory_limit, as the server option (default: DuckDB's)")
+    parser.add_argument("--dir", type=Path, help="where the data directory goes (default: a temporary one)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        room = Room.open(Path(tmp))
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        limits = StorageLimits(args.memory_limit, Path(tmp) / "spill") if args.memory_limit else None
+        room = Room.open(Path(tmp), limits)
         t = time.perf_counter()
         collab = build(room, args.people)
         load = time.perf_counter() - t
@@ -127,7 +157,12 @@ def main() -> int:
         }
         sql = plain(room, collab)
         cur = room.db.cursor()
-        results = {"people": args.people, "load_seconds": round(load, 1), "queries": {}}
+        results = {
+            "people": args.people,
+            "memory_limit": args.memory_limit,
+            "load_seconds": round(load, 1),
+            "queries": {},
+        }
         print(f"{args.people:,} matched people (loaded in {load:.1f} s); best of {args.repeat}")
         print(f"{'query':<28}{'DP query s':>12}{'plain SQL s':>13}{'ratio':>8}")
         for name, run in dp.items():

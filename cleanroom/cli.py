@@ -48,13 +48,21 @@ def serve(
     client_ca: Annotated[Path | None, typer.Option(help="CA for client certificates: turns on mutual TLS.")] = None,
     insecure: Annotated[bool, typer.Option(help="Plaintext, for local development only.")] = False,
     idle_timeout: Annotated[float, typer.Option(help="Seconds an upload stream may stay silent.")] = 120.0,
+    memory_limit: Annotated[
+        str | None, typer.Option(help="DuckDB's memory cap, e.g. 3GB (default: 80% of RAM); joins spill past it.")
+    ] = None,
+    spill_dir: Annotated[
+        Path | None, typer.Option(help="Where DuckDB spills past --memory-limit (default: next to the database).")
+    ] = None,
 ) -> None:
     """Serve the clean room until interrupted (TLS required unless --insecure).
 
     Example: cleanroom serve --data-dir ./data --port 50051 --tls-cert server.pem --tls-key server.key
+    --memory-limit 3GB --spill-dir /fast-disk/cleanroom-spill
     """
     from .server import ServerConfig, create_server
     from .server.app import TlsConfig
+    from .storage import StorageLimits
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tls = None
@@ -76,7 +84,12 @@ def serve(
             console.print(f"[red]refusing the TLS key: {exc}[/]")
             raise typer.Exit(2) from None
     config = ServerConfig(
-        data_dir=data_dir, address=f"{host}:{port}", tls=tls, insecure=insecure, stream_idle_timeout=idle_timeout
+        data_dir=data_dir,
+        address=f"{host}:{port}",
+        tls=tls,
+        insecure=insecure,
+        stream_idle_timeout=idle_timeout,
+        storage=StorageLimits(memory_limit=memory_limit, temp_directory=spill_dir),
     )
     running = create_server(config)
     mode = "plaintext" if insecure else ("mutual TLS" if client_ca else "TLS")

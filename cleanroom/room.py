@@ -15,7 +15,7 @@ from .collaborations import Collaborations
 from .matching import Relay, TableUploads
 from .principals import Principals
 from .privacy import BudgetAccountant, DiscreteLaplace
-from .storage import Database
+from .storage import Database, StorageLimits
 
 
 @dataclass
@@ -33,9 +33,9 @@ class Room:
     queries: QueryEngine
 
     @classmethod
-    def open(cls, data_dir: Path) -> Room:
-        """Open (creating on first use) the database and the signing key of `data_dir`."""
-        db = Database(data_dir)
+    def open(cls, data_dir: Path, limits: StorageLimits | None = None) -> Room:
+        """Open (creating on first use) the database and the signing key of `data_dir`, within `limits`."""
+        db = Database(data_dir, limits)
         audit = AuditLog(db, load_or_create_signing_key(data_dir), data_dir / "audit-heads")
         principals = Principals(db, audit)
         collaborations = Collaborations(db, audit, principals)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -34,7 +34,7 @@ from cleanroom_client.keyfile import read_private_file
 
 from ..analytics.audiences import Audiences
 from ..room import Room
-from ..storage import Database
+from ..storage import Database, StorageLimits
 from .admin_servicer import AdminServicer
 from .analytics_servicer import AnalyticsServicer
 from .audit_servicer import AuditServicer
@@ -79,6 +79,8 @@ class ServerConfig:
     max_workers: int = 32
     streams_per_principal: int = 8
     stream_idle_timeout: float = 120.0
+    #: DuckDB's memory cap and spill directory (see `StorageLimits`); the defaults are DuckDB's.
+    storage: StorageLimits = field(default_factory=StorageLimits)
     #: Streams open at once, all principals together; None: all workers but `unary_reserve(max_workers)`.
     max_streams: int | None = None
     #: RPCs accepted at once (running or queued for a worker); beyond, RESOURCE_EXHAUSTED at once.
@@ -145,7 +147,7 @@ def create_server(config: ServerConfig) -> RunningServer:
     """Open the data directory, wire every service and start listening on `config.address`."""
     if config.tls is None and not config.insecure:
         raise ValueError("TLS is required: pass a certificate and key, or insecure=True for local development")
-    room = Room.open(config.data_dir)
+    room = Room.open(config.data_dir, config.storage)
     auth = TokenOrCertificateAuthenticator(room.principals)
     total_streams = config.max_streams
     if total_streams is None:

@@ -1,5 +1,5 @@
 """Persistence: one DuckDB file per data directory."""
 
-from .database import Database
+from .database import Database, StorageLimits
 
-__all__ = ["Database"]
+__all__ = ["Database", "StorageLimits"]

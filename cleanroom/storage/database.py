@@ -8,6 +8,10 @@ half-finished upload is never visible as finished.
 
 DuckDB allows one writer at a time; writers take `write_lock` so concurrent RPCs queue instead of conflicting.
 Readers use their own cursor and see the last committed state.
+
+Memory: `StorageLimits` caps what DuckDB may hold in memory (`memory_limit`) and names the directory it spills to
+when a join, sort or aggregate needs more (`temp_directory`); with both set, the 100M x 100M join runs within the
+cap (benchmarks/bench_join.py). DuckDB's own defaults are 80% of RAM and `<database file>.tmp`.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -173,14 +178,42 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+@dataclass(frozen=True)
+class StorageLimits:
+    """DuckDB's memory cap and spill directory; None keeps DuckDB's default.
+
+    `memory_limit` is DuckDB's syntax ("4GB", "512MiB"): the buffer manager's cap, which joins, sorts and
+    aggregates respect by spilling to `temp_directory`. The process uses somewhat more (Python, gRPC, Arrow buffers
+    in flight), so leave headroom below the machine's budget.
+    """
+
+    memory_limit: str | None = None
+    temp_directory: Path | None = None
+    threads: int | None = None
+
+    def config(self) -> dict[str, str | bool | int | float | list[str]]:
+        """The settings as DuckDB's connect-time configuration."""
+        out: dict[str, str | bool | int | float | list[str]] = {}
+        if self.memory_limit:
+            out["memory_limit"] = self.memory_limit
+        if self.temp_directory is not None:
+            out["temp_directory"] = str(self.temp_directory)
+        if self.threads:
+            out["threads"] = str(self.threads)
+        return out
+
+
 class Database:
     """The DuckDB file of a data directory, created with its schema on first open."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, limits: StorageLimits | None = None) -> None:
         data_dir.mkdir(parents=True, exist_ok=True, mode=DATA_DIR_MODE)
         os.chmod(data_dir, DATA_DIR_MODE)  # also an existing directory made before this rule
         self.path = data_dir / DB_FILE
-        self._con = duckdb.connect(str(self.path))
+        self.limits = limits or StorageLimits()
+        if self.limits.temp_directory is not None:
+            self.limits.temp_directory.mkdir(parents=True, exist_ok=True)
+        self._con = duckdb.connect(str(self.path), config=self.limits.config())
         self.write_lock = threading.RLock()
         self._pending = threading.local()
         with self.transaction() as cur:

@@ -17,7 +17,7 @@ def _bench(script: str, out: Path, *args: str) -> tuple[dict, str]:
         capture_output=True,
         text=True,
         check=False,
-        timeout=300,
+        timeout=400,
     )
     assert done.returncode == 0, done.stderr
     return json.loads(out.read_text()), done.stdout
@@ -55,3 +55,20 @@ def test_psi_benchmark_runs(tmp_path):
         assert result[f"bytes_per_identifier_up_{member}"] >= 40
         assert result[f"bytes_per_identifier_down_{member}"] >= 32
         assert result[f"peak_rss_mb_{member}_main"] > 0
+
+
+def test_join_benchmark_runs(tmp_path):
+    result, _ = _bench("bench_join.py", tmp_path / "join.json", "--n", "70000", "--memory-limit", "1GB")
+    assert result["pairs"] == result["shared"] == 35000  # the real join found every shared person, no one else
+    assert result["run_peak_rss_mb"] > 0
+    assert result["relay_join_seconds"] > 0
+
+
+def test_ray_blinding_benchmark_runs(tmp_path):
+    result, _ = _bench(
+        "bench_ray_blinding.py", tmp_path / "ray.json", "--n", "600", "--chunk", "100", "--ray-workers", "2"
+    )
+    engines = result["engines"]
+    assert set(engines) == {"one core", "process pool, 2 workers", "ray, 2 workers"}
+    assert all(e["ids_per_second"] > 0 for e in engines.values())
+    assert engines["ray, 2 workers"]["vs_pool"] > 0

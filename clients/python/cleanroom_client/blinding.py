@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
@@ -46,15 +49,31 @@ R = TypeVar("R")
 
 
 class ChunkExecutor(Protocol):
-    """Runs `fn` over `items`, yielding results in input order with bounded look-ahead."""
+    """The engine a match runs on: it reads tables named by path and runs the blinding steps over chunks.
+
+    Implementations: `SerialExecutor` (in process), `ProcessPoolChunkExecutor` (all local cores, the default) and
+    `cleanroom_client.ray_engine.RayEngine` (a Ray cluster). The match code is the same on every engine.
+    """
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
-        """Apply `fn` to each item; results in order."""
+        """Apply `fn` to each item; results in input order, with bounded look-ahead."""
+        ...
+
+    def read_table(self, source: str | Path) -> pd.DataFrame:
+        """The table at `source`: a CSV file, or Parquet (a file or a directory of files), rows in file order."""
         ...
 
     def close(self) -> None:
         """Release workers."""
         ...
+
+
+def read_local_table(source: str | Path) -> pd.DataFrame:
+    """A CSV file (by its suffix) or Parquet file or directory, read on this machine."""
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    return pd.read_csv(path) if path.suffix == ".csv" else pq.read_table(path).to_pandas()
 
 
 class SerialExecutor:
@@ -63,6 +82,10 @@ class SerialExecutor:
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
         """Apply `fn` to each item in turn."""
         return (fn(item) for item in items)
+
+    def read_table(self, source: str | Path) -> pd.DataFrame:
+        """Read locally."""
+        return read_local_table(source)
 
     def close(self) -> None:
         """Nothing to release."""
@@ -86,6 +109,10 @@ class ProcessPoolChunkExecutor:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+    def read_table(self, source: str | Path) -> pd.DataFrame:
+        """Read locally."""
+        return read_local_table(source)
 
     def close(self) -> None:
         """Shut the pool down."""
@@ -114,11 +141,15 @@ def load_or_create_key(path: Path) -> bytes:
 
 @dataclass(frozen=True)
 class BlindJob:
-    """One chunk of one identifier column: the values (None for missing) of consecutive row numbers."""
+    """One chunk of one identifier column: the values (None for missing) of consecutive row numbers.
+
+    `values` is an Arrow string array (what the match sends: one buffer to serialize to a worker or a Ray task,
+    not thousands of Python strings) or any sequence of text.
+    """
 
     key: bytes
     id_type: IdentifierType
-    values: Sequence[str | None]
+    values: Sequence[str | None] | pa.Array
     prehashed: bool = False
     normalizer: Normalizer = field(default_factory=Normalizer)
     #: Only count valid, invalid and missing values (to rebuild a summary on resume); no points.
@@ -160,7 +191,8 @@ def blind_identifiers(job: BlindJob) -> BlindResult:
     points = bytearray()
     present = np.zeros(len(job.values), dtype=bool)
     invalid = missing = 0
-    for i, value in enumerate(job.values):
+    values = job.values.to_pylist() if isinstance(job.values, pa.Array) else job.values
+    for i, value in enumerate(values):
         if value is None or is_missing(value):
             missing += 1
             continue

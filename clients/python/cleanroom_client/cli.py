@@ -196,7 +196,7 @@ def approve(
 @app.command()
 def match(
     collaboration: Collab,
-    users: Annotated[Path, typer.Option(help="Users file (CSV or Parquet).")],
+    users: Annotated[str, typer.Option(help="Users file (CSV or Parquet); with --ray also a directory or lake path.")],
     key: Annotated[str, typer.Option(help="Column naming each user locally; never uploaded.")],
     identifier: Annotated[list[str], typer.Option(help="type=column, e.g. email=email or phone=mobile.")],
     attribute: Annotated[
@@ -205,24 +205,44 @@ def match(
     event: Annotated[list[str] | None, typer.Option(help="table=file, e.g. conversions=orders.csv.")] = None,
     prehashed: Annotated[list[str] | None, typer.Option(help="Identifier type given as SHA-256 hex.")] = None,
     region: Annotated[str, typer.Option(help="Default phone region.")] = "US",
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help="Blind on your Ray cluster: 'auto' (the cluster this machine joined) or its address; tables "
+            'are then read by Ray Data (Parquet files or directories). Needs "cleanroom-client[ray]".'
+        ),
+    ] = None,
 ) -> None:
-    """Blind your identifiers locally, match with the peer, upload attributes and events; resumable.
+    """Blind your identifiers locally (or on your Ray cluster), match with the peer, upload tables; resumable.
 
     Example: cleanroom-client match brand-x-2026q4 --users crm.csv --key customer_id --identifier email=email
     --identifier phone=mobile --attribute tier --event conversions=orders.csv
+
+    On a Ray cluster: cleanroom-client match brand-x-2026q4 --ray auto --users s3://lake/crm/ --key customer_id
+    --identifier email=email
     """
-    events = {name: _read(Path(path)) for name, path in _pairs(event or [], "--event").items()}
-    with _client() as client:
-        client.normalizer = type(client.normalizer)(region)
-        summary = client.match(
-            collaboration,
-            users=_read(users),
-            key=key,
-            identifiers=_pairs(identifier, "--identifier"),
-            attributes=attribute or [],
-            events=events,
-            prehashed=prehashed or [],
-        )
+    engine = None
+    if ray is not None:
+        from .ray_engine import RayEngine
+
+        engine = RayEngine(address=ray)
+    paths = _pairs(event or [], "--event")
+    try:
+        with _client() as client:
+            client.normalizer = type(client.normalizer)(region)
+            summary = client.match(
+                collaboration,
+                users=users if engine else _read(Path(users)),
+                key=key,
+                identifiers=_pairs(identifier, "--identifier"),
+                attributes=attribute or [],
+                events={name: path if engine else _read(Path(path)) for name, path in paths.items()},
+                prehashed=prehashed or [],
+                engine=engine,
+            )
+    finally:
+        if engine is not None:
+            engine.close()
     rows = [
         {"identifier": t, "blinded": c.sent, "invalid": c.invalid, "empty": c.missing}
         for t, c in summary.identifiers.items()

@@ -432,22 +432,33 @@ class CleanRoomClient:
     def match(
         self,
         collaboration_id: str,
-        users: pd.DataFrame,
+        users: pd.DataFrame | str | Path,
         key: str,
         identifiers: Mapping[str, str],
         attributes: Sequence[str] = (),
-        events: Mapping[str, pd.DataFrame] | None = None,
+        events: Mapping[str, pd.DataFrame | str | Path] | None = None,
         prehashed: Iterable[str] = (),
         wait_timeout: float = 3600.0,
+        engine: ChunkExecutor | None = None,
     ) -> MatchSummary:
         """Match this member's `users` with the peer's, and upload attributes and events; resumable.
 
         `key` is a local column naming each user; it never leaves this machine. `identifiers` maps an identifier
         type (email, phone, device_id, custom) to its column; types in `prehashed` hold SHA-256 hex of the
         normalized identifier instead. `attributes` are users columns to upload; `events` are event tables, each
-        with the `key` column. Returns counts, never the intersection.
+        with the `key` column. Tables are DataFrames or paths (CSV, or Parquet: a file or a directory), read by
+        the engine. `engine` runs the reading and the blinding (e.g.
+        `cleanroom_client.ray_engine.RayEngine(address="auto")`); by default the client's executor (a process pool
+        over the local cores). The caller keeps ownership of an engine it passes. Returns counts, never the
+        intersection.
         """
-        plan = self._plan(users, key, identifiers, attributes, events or {}, prehashed)
+        runs_on = engine or self._get_executor()
+        users_frame = runs_on.read_table(users) if isinstance(users, (str, Path)) else users
+        event_frames = {
+            name: runs_on.read_table(table) if isinstance(table, (str, Path)) else table
+            for name, table in (events or {}).items()
+        }
+        plan = self._plan(users_frame, key, identifiers, attributes, event_frames, prehashed)
         allowed = parse_policy(self.get_collaboration(collaboration_id).policy_yaml).identifiers
         refused = sorted(set(identifiers) - set(allowed))
         if refused:
@@ -462,7 +473,7 @@ class CleanRoomClient:
             self._metadata,
             _name(collab_id),
             state,
-            self._get_executor(),
+            runs_on,
             progress=self.progress,
             wait_timeout=wait_timeout,
         )

@@ -232,7 +232,7 @@ class MatchRunner:
         return BlindJob(
             key=key,
             id_type=id_type,
-            values=text_at(plan.users[plan.identifiers[id_type]], rows),
+            values=pa.array(text_at(plan.users[plan.identifiers[id_type]], rows), type=pa.string()),
             prehashed=id_type in plan.prehashed,
             normalizer=plan.normalizer,
             count_only=count_only,
