@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from cleanroom.analytics.engine import QueryEngine
 from cleanroom.analytics.queries import (
@@ -32,6 +33,7 @@ from cleanroom.analytics.queries import (
 from cleanroom.matching.join import ID_TYPE_CODES, join_matches
 from cleanroom.matching.progress import UploadProgress, save_progress
 from cleanroom.principals import Principal, Role
+from cleanroom.privacy.noise import DiscreteLaplace
 from cleanroom.room import Room
 from cleanroom_client.identity import IdentifierType
 from cleanroom_client.policy import TableSpec
@@ -134,6 +136,24 @@ def build(
     with room.db.transaction() as cur:
         join_matches(cur, c.id, ("brand", "platform"), types)
     return room
+
+
+@pytest.fixture
+def rooms(tmp_path: Path) -> Iterator[Callable[..., Room]]:
+    """Build rooms in fresh directories (OpenDP's noise unless told otherwise); all closed at the end."""
+    opened: list[Room] = []
+    counter = iter(range(10**6))
+
+    def make(policy: str, data: Mapping[str, MemberData], noise: Any = None) -> Room:
+        room = build(
+            tmp_path / f"room-{next(counter)}", policy, data, noise if noise is not None else DiscreteLaplace()
+        )
+        opened.append(room)
+        return room
+
+    yield make
+    for r in opened:
+        r.close()
 
 
 @dataclass
