@@ -24,7 +24,8 @@ users-table row of either member changes at most c pairs. Histograms over all of
 insight's denominator) do not go through the join: sensitivity 1.
 
 How epsilon is split within one query: overlap, funnel and funnel flow release one histogram and spend all of it;
-segment insight releases two (matched people, and all of the member's users) and gives each half; attribution
+segment insight releases two (matched people, and all of the member's users) and gives each half; value quarters
+(people, buyers, orders, sum); loyalty releases one histogram (group x state) and spends all of it; attribution
 halves (conversions, revenue); lift quarters (people, converters, revenue, revenue squared); lookalike spends up to
 a tenth (at most 0.1) on its quality estimate and the rest on DP-SGD; activation spends it all on the noisy size
 that gates the release.
@@ -67,7 +68,8 @@ from .attribution import (
 )
 from .audiences import AudienceInfo
 from .audiences import store as store_audience
-from .cells import Z95, Cell, ratio, share, withheld
+from .cells import Z95, Cell, fraction, quotient, ratio, share, withheld
+from .goal import conversions_table, loyalty_sql, measure_spec, state_axis, value_sql
 from .lookalike import (
     _filters,
     held_out_counts,
@@ -103,8 +105,10 @@ from .queries import (
     FunnelQuery,
     LiftQuery,
     LookalikeQuery,
+    LoyaltyQuery,
     OverlapQuery,
     SegmentInsightQuery,
+    ValueQuery,
 )
 
 log = logging.getLogger(__name__)
@@ -510,6 +514,136 @@ class QueryEngine:
 
         params = {"dimension": str(q.dimension)}
         return self._release(principal, collab_id, "segment_insight", params, q.epsilon, build)
+
+    def _group_axes(self, policy: Policy, by: tuple[DimensionRef, ...]) -> tuple[Axis, ...]:
+        axes = tuple(axis(str(d), d.member, d.column, _dimension(policy, d)) for d in by)
+        cells_of(axes)
+        return axes
+
+    def value(self, principal: Principal, collab_id: str, q: ValueQuery) -> QueryAnswer:
+        """GOAL's "A": per group, people, buyers, orders, the sum of a measure, its means per person, buyer, order.
+
+        Privacy unit: one users row of either member with its events. Epsilon is quartered over four vectors with
+        one cell per group (`goal.py` bounds each person's contribution): people (sensitivity c), buyers (c),
+        orders (c x cap) and the sum in cents (c x cap x ceil(100 x max(|lo|, |hi|))), cap being the measure
+        table's `max_per_person` (1 for a users measure). Post-processing: counts are shown at >= 0, the sum at
+        >= 0 when lo >= 0, each mean within the range its definition allows; the means' bounds propagate the two
+        vectors' bounds (`cells.quotient`).
+        """
+        quarter = q.epsilon / 4
+
+        def build(collab: Collaboration, catalog: Catalog) -> Plan:
+            policy = collab.policy
+            axes = self._group_axes(policy, q.by)
+            measure = measure_spec(policy, q.measure)
+            sql = value_sql(catalog, axes, measure)
+            width = len(axes)
+            cached: dict[str, list[tuple[Any, ...]]] = {}
+
+            def column(i: int) -> Callable[[MatchedData], Histogram]:
+                def read(data: MatchedData) -> Histogram:
+                    if "rows" not in cached:
+                        cached["rows"] = data.rows(sql)
+                    return fill_histogram(axes, [(*r[:width], r[width + i]) for r in cached["rows"]])
+
+                return read
+
+            c = self.stability(policy)
+            measurements = (
+                Measurement("people", column(0), quarter, c),
+                Measurement("buyers", column(1), quarter, c),
+                Measurement("orders", column(2), quarter, c * measure.cap),
+                Measurement("sum", column(3), quarter, c * measure.cap * measure.cents_per_row),
+            )
+            lo, hi = measure.lo, measure.hi
+            person_lo, person_hi = measure.per_person_range()
+            means = (
+                ("per_person", "people", person_lo, person_hi),
+                ("per_buyer", "buyers", min(lo, person_lo), max(hi, person_hi)),
+                ("per_order", "orders", lo, hi),
+            )
+
+            def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
+                total = noisy["sum"]
+                out: list[Cell] = []
+                for i, keys in enumerate(total.keys):
+                    if noisy["people"].values[i] < min_group:
+                        out += [withheld(keys, m) for m in ("people", "buyers", "orders", "sum")]
+                        out += [withheld(keys, m) for m, *_ in means]
+                        continue
+                    for name in ("people", "buyers", "orders"):
+                        n = noisy[name]
+                        out.append(Cell(keys, name, float(max(n.values[i], 0)), float(n.error_95), False))
+                    s = total.values[i] / CENTS
+                    shown = max(s, 0.0) if lo >= 0 else s
+                    out.append(Cell(keys, "sum", shown, total.error_95 / CENTS, False))
+                    for name, denominator, low, high in means:
+                        n = noisy[denominator]
+                        mean = quotient(s, total.error_95 / CENTS, n.values[i], n.error_95)
+                        if mean is None or n.values[i] < min_group:
+                            out.append(withheld(keys, name))
+                        else:
+                            out.append(Cell(keys, name, min(max(mean[0], low), high), mean[1], False))
+                return out
+
+            return self._histograms(principal, collab, q.epsilon, measurements, tuple(a.label for a in axes), finish)
+
+        params = {"by": [str(d) for d in q.by], "measure": q.measure}
+        return self._release(principal, collab_id, "value", params, q.epsilon, build)
+
+    def loyalty(self, principal: Principal, collab_id: str, q: LoyaltyQuery) -> QueryAnswer:
+        """GOAL's "L": per group, converters, repeaters and the retained; repurchase and retention rates.
+
+        Converters bought in period 1, repeaters two or more times in it, the retained again in period 2.
+
+        Privacy unit: one users row of either member with its events. One histogram over group x loyalty state
+        (`goal.py`: each matched person in exactly one state): sensitivity c, all of epsilon. Counts and rates are
+        post-processing of its cells (each clamped at 0); a count summing k cells has bound sqrt(k) x e95, a rate
+        the bound of `cells.fraction`, within [0, 1].
+        """
+
+        def build(collab: Collaboration, catalog: Catalog) -> Plan:
+            policy = collab.policy
+            axes = self._group_axes(policy, q.by)
+            member, time = conversions_table(policy)
+            state = state_axis(member)
+            full = (*axes, state)
+            cells_of(full)
+            sql = loyalty_sql(catalog, axes, member, time, q.period1, q.period2)
+            people = Measurement("people", _reader(full, sql), q.epsilon, self.stability(policy))
+
+            def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
+                n = noisy["people"]
+                e95 = float(n.error_95)
+                by_group: dict[tuple[str, ...], dict[str, float]] = {}
+                for keys, value in zip(n.keys, n.values, strict=True):
+                    by_group.setdefault(keys[:-1], {})[keys[-1]] = float(max(value, 0))
+                out: list[Cell] = []
+                for keys, v in by_group.items():
+                    repeat = v["repeat"] + v["repeat_retained"]
+                    once = v["once"] + v["once_retained"]
+                    retained = v["once_retained"] + v["repeat_retained"]
+                    converters = repeat + once
+                    if converters < min_group:
+                        names = ("converters", "repeaters", "retained", "repurchase_rate", "retention_rate")
+                        out += [withheld(keys, m) for m in names]
+                        continue
+                    out.append(Cell(keys, "converters", converters, 2 * e95, False))
+                    out.append(Cell(keys, "repeaters", repeat, math.sqrt(2) * e95, False))
+                    out.append(Cell(keys, "retained", retained, math.sqrt(2) * e95, False))
+                    for name, part in (("repurchase_rate", repeat), ("retention_rate", retained)):
+                        f = fraction(part, 2, converters - part, 2, e95)
+                        out.append(withheld(keys, name) if f is None else Cell(keys, name, f[0], f[1], False))
+                return out
+
+            return self._histograms(principal, collab, q.epsilon, (people,), tuple(a.label for a in axes), finish)
+
+        params = {
+            "by": [str(d) for d in q.by],
+            "period1": [d.isoformat() for d in q.period1],
+            "period2": [d.isoformat() for d in q.period2],
+        }
+        return self._release(principal, collab_id, "loyalty", params, q.epsilon, build)
 
     def attribution(self, principal: Principal, collab_id: str, q: AttributionQuery) -> QueryAnswer:
         """Attributed conversions and revenue (and ROAS where spend is public) per campaign or channel.

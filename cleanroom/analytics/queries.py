@@ -52,10 +52,7 @@ class OverlapQuery:
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
-        if len(self.dimensions) > MAX_DIMENSIONS:
-            raise InvalidArgumentError(f"overlap groups by at most {MAX_DIMENSIONS} dimensions")
-        if len(set(self.dimensions)) != len(self.dimensions):
-            raise InvalidArgumentError("a dimension is named twice")
+        check_dimensions(self.dimensions, "overlap")
 
 
 @dataclass(frozen=True)
@@ -93,6 +90,48 @@ class FunnelFlowQuery:
             return dt.date.fromisoformat(text)
         except ValueError:
             raise InvalidArgumentError(f"{field}: expected a date like 2026-11-01, got {text!r}") from None
+
+
+def check_dimensions(dimensions: tuple[DimensionRef, ...], what: str) -> None:
+    """At most MAX_DIMENSIONS, none twice."""
+    if len(dimensions) > MAX_DIMENSIONS:
+        raise InvalidArgumentError(f"{what} groups by at most {MAX_DIMENSIONS} dimensions")
+    if len(set(dimensions)) != len(dimensions):
+        raise InvalidArgumentError("a dimension is named twice")
+
+
+@dataclass(frozen=True)
+class ValueQuery:
+    """GOAL's "A": per group, the sum of a declared measure and its means per person, per buyer and per order."""
+
+    by: tuple[DimensionRef, ...]
+    measure: str
+    epsilon: float
+
+    def __post_init__(self) -> None:
+        check_epsilon(self.epsilon)
+        check_dimensions(self.by, "value")
+        if not self.measure:
+            raise InvalidArgumentError("name the measure as member.table.column, e.g. brand.conversions.value")
+
+
+@dataclass(frozen=True)
+class LoyaltyQuery:
+    """GOAL's "L": per group, repurchase rate in period 1 and retention from period 1 to period 2 (ends exclusive)."""
+
+    by: tuple[DimensionRef, ...]
+    period1: tuple[dt.date, dt.date]
+    period2: tuple[dt.date, dt.date]
+    epsilon: float
+
+    def __post_init__(self) -> None:
+        check_epsilon(self.epsilon)
+        check_dimensions(self.by, "loyalty")
+        for name, (start, end) in (("period 1", self.period1), ("period 2", self.period2)):
+            if start >= end:
+                raise InvalidArgumentError(f"{name}: the start date must come before the end date (end is exclusive)")
+        if self.period2[0] < self.period1[1]:
+            raise InvalidArgumentError("period 2 must start on or after the end of period 1")
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,10 @@ from cleanroom.analytics.queries import (
     FunnelFlowQuery,
     FunnelQuery,
     LiftQuery,
+    LoyaltyQuery,
     OverlapQuery,
     SegmentInsightQuery,
+    ValueQuery,
 )
 from cleanroom.matching.join import ID_TYPE_CODES, join_matches
 from cleanroom.matching.progress import UploadProgress, save_progress
@@ -177,6 +179,8 @@ class RecordingNoise:
 
 
 DAY0, DAY1 = dt.date(2026, 10, 1), dt.date(2026, 11, 1)
+#: Loyalty periods (end exclusive) around the conversions the privacy datasets draw near 2026-11-01.
+PERIOD1, PERIOD2 = (dt.date(2026, 10, 30), dt.date(2026, 11, 2)), (dt.date(2026, 11, 2), dt.date(2026, 11, 6))
 
 
 def _attribution(model: str) -> Callable[[QueryEngine, str], object]:
@@ -194,6 +198,11 @@ def every_query() -> list[Callable[[QueryEngine, str], object]]:
         lambda e, c: e.funnel_flow(BRAND, c, FunnelFlowQuery(DAY0, DAY1, 1.0)),
         lambda e, c: e.segment_insight(BRAND, c, SegmentInsightQuery(d("platform.age_band"), 1.0)),
         lambda e, c: e.segment_insight(BRAND, c, SegmentInsightQuery(d("brand.tier"), 1.0)),
+        lambda e, c: e.value(
+            BRAND, c, ValueQuery((d("brand.tier"), d("platform.age_band")), "brand.conversions.value", 1.0)
+        ),
+        lambda e, c: e.value(BRAND, c, ValueQuery((d("brand.tier"),), "platform.users.visits", 1.0)),
+        lambda e, c: e.loyalty(BRAND, c, LoyaltyQuery((d("platform.stage_4a"),), PERIOD1, PERIOD2, 1.0)),
         *(_attribution(m) for m in ("last_touch", "linear", "time_decay", "position_based")),
         lambda e, c: e.attribution(BRAND, c, AttributionQuery("first_touch", 2, "channel", 1.0, click_over_view=True)),
         lambda e, c: e.lift(BRAND, c, LiftQuery("c1", 1.0)),
@@ -216,7 +225,7 @@ tables:
   platform.stage_history: {time: day, dimensions: {stage_4a: [aware, appeal, act, advocate]}}
   platform.exposures: {time: ts, dimensions: {campaign: [c1, c2], channel: [search, feed], kind: [impression, click]}}
   platform.test_groups: {dimensions: {campaign: [c1, c2], test_group: [exposed, holdout]}}
-queries: [overlap, funnel, funnel_flow, segment_insight, attribution, lift, lookalike, activation]
+queries: [overlap, funnel, funnel_flow, segment_insight, value, loyalty, attribution, lift, lookalike, activation]
 activation: {recipient: platform, dimensions: [brand.tier, platform.age_band], min_size: 3}
 min_group_size: 1
 epsilon: {per_member_total: 1.0e+6, per_query_max: 1.0e+4, per_query_min: 0.01}
