@@ -21,10 +21,12 @@ from ..analytics import (
     FunnelQuery,
     LiftQuery,
     LookalikeQuery,
+    LoyaltyQuery,
     OverlapQuery,
     QueryAnswer,
     QueryEngine,
     SegmentInsightQuery,
+    ValueQuery,
 )
 from ..analytics.audiences import AudienceInfo, Audiences, parse_audience_name
 from ..analytics.queries import DimensionRef
@@ -117,6 +119,26 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         self._engine.authorize(principal, parse_name(request.parent), "segment_insight")
         q = SegmentInsightQuery(DimensionRef.parse(request.dimension), request.epsilon)
         return answer_to_proto(self._engine.segment_insight(principal, parse_name(request.parent), q))
+
+    def Value(self, request: pb.ValueRequest, context: grpc.ServicerContext) -> pb.QueryResult:  # noqa: N802
+        """GOAL value: sums and means of a declared measure per group."""
+        principal = self._auth.principal(context)
+        self._engine.authorize(principal, parse_name(request.parent), "value")
+        q = ValueQuery(tuple(DimensionRef.parse(d) for d in request.by), request.measure, request.epsilon)
+        return answer_to_proto(self._engine.value(principal, parse_name(request.parent), q))
+
+    def Loyalty(self, request: pb.LoyaltyRequest, context: grpc.ServicerContext) -> pb.QueryResult:  # noqa: N802
+        """GOAL loyalty: repurchase and retention per group."""
+        principal = self._auth.principal(context)
+        self._engine.authorize(principal, parse_name(request.parent), "loyalty")
+        date = FunnelFlowQuery.parse_date
+        q = LoyaltyQuery(
+            tuple(DimensionRef.parse(d) for d in request.by),
+            (date(request.period1_start, "period1_start"), date(request.period1_end, "period1_end")),
+            (date(request.period2_start, "period2_start"), date(request.period2_end, "period2_end")),
+            request.epsilon,
+        )
+        return answer_to_proto(self._engine.loyalty(principal, parse_name(request.parent), q))
 
     def _not_yet(self, parent: str, context: grpc.ServicerContext, query_type: str) -> None:
         self._engine.authorize(self._auth.principal(context), parse_name(parent), query_type)

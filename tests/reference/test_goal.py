@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -55,7 +56,7 @@ def population(seed: int) -> tuple[dict[str, MemberData], pd.DataFrame, pd.DataF
     return {"brand": brand, "platform": platform}, people, pd.DataFrame(rows)
 
 
-def value_reference(people: pd.DataFrame, conv: pd.DataFrame) -> dict[tuple[str, str], dict[str, float]]:
+def value_reference(people: pd.DataFrame, conv: pd.DataFrame) -> dict[Any, dict[str, float]]:
     c = conv[conv["user"] < N].sort_values(["user", "ts"])
     c = c.assign(rn=c.groupby("user").cumcount(), cents=np.trunc(c["value"].clip(LO, HI) * 100))
     per = c[c["rn"] < CAP].groupby("user").agg(orders=("cents", "size"), cents=("cents", "sum"))
@@ -76,7 +77,7 @@ def value_reference(people: pd.DataFrame, conv: pd.DataFrame) -> dict[tuple[str,
     return out
 
 
-def loyalty_reference(people: pd.DataFrame, conv: pd.DataFrame) -> dict[tuple[str, str], dict[str, float]]:
+def loyalty_reference(people: pd.DataFrame, conv: pd.DataFrame) -> dict[Any, dict[str, float]]:
     day = conv["ts"].dt.date
     in1 = conv[(day >= PERIOD1[0]) & (day < PERIOD1[1])].groupby("user").size()
     in2 = conv[(day >= PERIOD2[0]) & (day < PERIOD2[1])].groupby("user").size()

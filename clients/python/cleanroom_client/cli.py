@@ -285,6 +285,43 @@ def segment(
 
 
 @app.command()
+def value(
+    collaboration: Collab,
+    measure: Annotated[str, typer.Option(help="member.table.column, e.g. brand.conversions.value.")],
+    by: Annotated[list[str] | None, typer.Option(help="member.column dimension (up to 3).")] = None,
+    epsilon: Epsilon = 1.0,
+) -> None:
+    """GOAL value: sum of a measure and its means per person, buyer and order, per group.
+
+    Example: cleanroom-client value brand-x-2026q4 --measure brand.conversions.value --by brand.tier
+    """
+    _query(lambda c: c.value(collaboration, measure, by=by or [], epsilon=epsilon), "value")
+
+
+@app.command()
+def loyalty(
+    collaboration: Collab,
+    period1: Annotated[str, typer.Option(help="START:END of the repurchase window, YYYY-MM-DD, end exclusive.")],
+    period2: Annotated[str, typer.Option(help="START:END of the retention period, YYYY-MM-DD, end exclusive.")],
+    by: Annotated[list[str] | None, typer.Option(help="member.column dimension (up to 3).")] = None,
+    epsilon: Epsilon = 1.0,
+) -> None:
+    """GOAL loyalty: repurchase rate in period 1 and retention into period 2, per group.
+
+    Example: cleanroom-client loyalty brand-x-2026q4 --period1 2026-10-01:2026-10-16 --period2 2026-10-16:2026-11-01
+    """
+    p1, p2 = _period(period1, "--period1"), _period(period2, "--period2")
+    _query(lambda c: c.loyalty(collaboration, p1, p2, by=by or [], epsilon=epsilon), "loyalty")
+
+
+def _period(text: str, what: str) -> tuple[str, str]:
+    start, colon, end = text.partition(":")
+    if not colon or not start or not end:
+        raise typer.BadParameter(f"{what}: give START:END, e.g. 2026-10-01:2026-10-16")
+    return start, end
+
+
+@app.command()
 def attribution(
     collaboration: Collab,
     model: Annotated[str, typer.Option(help="last_touch, first_touch, linear, time_decay, position_based.")] = (

@@ -222,6 +222,39 @@ class CleanRoomClient:
         request = qpb.SegmentInsightRequest(parent=_name(collaboration_id), dimension=dimension, epsilon=epsilon)
         return _frame(self._call(self._analytics.SegmentInsight, request))
 
+    def value(self, collaboration_id: str, measure: str, by: Sequence[str] = (), epsilon: float = 1.0) -> pd.DataFrame:
+        """GOAL value of a declared measure (`member.table.column`) per group of up to three dimensions.
+
+        Measures per group: people, buyers, orders, sum, and the means per_person, per_buyer, per_order, each with
+        its 95% bound. Values are clamped to the policy's bounds and each person contributes at most the table's
+        `max_per_person` rows; epsilon is split in four.
+        """
+        request = qpb.ValueRequest(parent=_name(collaboration_id), by=list(by), measure=measure, epsilon=epsilon)
+        return _frame(self._call(self._analytics.Value, request))
+
+    def loyalty(
+        self,
+        collaboration_id: str,
+        period1: tuple[str, str],
+        period2: tuple[str, str],
+        by: Sequence[str] = (),
+        epsilon: float = 1.0,
+    ) -> pd.DataFrame:
+        """GOAL loyalty per group: converters in period 1, repeaters, retained; repurchase and retention rates.
+
+        Periods are (start, end) ISO dates, end exclusive; period 2 starts no earlier than period 1 ends.
+        """
+        request = qpb.LoyaltyRequest(
+            parent=_name(collaboration_id),
+            by=list(by),
+            period1_start=period1[0],
+            period1_end=period1[1],
+            period2_start=period2[0],
+            period2_end=period2[1],
+            epsilon=epsilon,
+        )
+        return _frame(self._call(self._analytics.Loyalty, request))
+
     def attribution(
         self,
         collaboration_id: str,

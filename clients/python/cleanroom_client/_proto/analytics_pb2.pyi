@@ -275,6 +275,82 @@ class SegmentInsightRequest(_message.Message):
 Global___SegmentInsightRequest: _TypeAlias = SegmentInsightRequest  # noqa: Y015
 
 @_typing.final
+class ValueRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    BY_FIELD_NUMBER: _builtins.int
+    MEASURE_FIELD_NUMBER: _builtins.int
+    EPSILON_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    measure: _builtins.str
+    """A declared measure, `member.table.column`, e.g. `brand.conversions.value` or `platform.users.visits_30d`."""
+    epsilon: _builtins.float
+    """Split in four: people, buyers, orders, sum."""
+    @_builtins.property
+    def by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Up to three `member.column` dimensions of the members' users tables, e.g. `brand.tier`, `platform.stage_4a`."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        by: _abc.Iterable[_builtins.str] | None = ...,
+        measure: _builtins.str = ...,
+        epsilon: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "epsilon", b"epsilon", "measure", b"measure", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValueRequest: _TypeAlias = ValueRequest  # noqa: Y015
+
+@_typing.final
+class LoyaltyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    BY_FIELD_NUMBER: _builtins.int
+    PERIOD1_START_FIELD_NUMBER: _builtins.int
+    PERIOD1_END_FIELD_NUMBER: _builtins.int
+    PERIOD2_START_FIELD_NUMBER: _builtins.int
+    PERIOD2_END_FIELD_NUMBER: _builtins.int
+    EPSILON_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    period1_start: _builtins.str
+    """Period 1 (repurchase window) and period 2 (retention), ISO dates (YYYY-MM-DD); start inclusive, end
+    exclusive; period 2 starts no earlier than period 1 ends.
+    """
+    period1_end: _builtins.str
+    period2_start: _builtins.str
+    period2_end: _builtins.str
+    epsilon: _builtins.float
+    @_builtins.property
+    def by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Up to three `member.column` dimensions of the members' users tables."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        by: _abc.Iterable[_builtins.str] | None = ...,
+        period1_start: _builtins.str = ...,
+        period1_end: _builtins.str = ...,
+        period2_start: _builtins.str = ...,
+        period2_end: _builtins.str = ...,
+        epsilon: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "epsilon", b"epsilon", "parent", b"parent", "period1_end", b"period1_end", "period1_start", b"period1_start", "period2_end", b"period2_end", "period2_start", b"period2_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoyaltyRequest: _TypeAlias = LoyaltyRequest  # noqa: Y015
+
+@_typing.final
 class AttributionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

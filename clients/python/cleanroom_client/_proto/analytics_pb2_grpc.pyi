@@ -48,6 +48,15 @@ class AnalyticsServiceStub:
     """Transitions between 4A stages from one snapshot date to another."""
     SegmentInsight: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.SegmentInsightRequest, _analytics_pb2.QueryResult]
     """Share among matched people vs. all platform users per value of a platform dimension: TGI and penetration."""
+    Value: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.ValueRequest, _analytics_pb2.QueryResult]
+    """GOAL "A" (value): per group of declared dimensions, people, buyers, orders and the sum of a declared measure
+    (clamped to the policy's bounds, at most `max_per_person` rows per person), and its means per person, per
+    buyer and per order, each with a 95% bound.
+    """
+    Loyalty: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.LoyaltyRequest, _analytics_pb2.QueryResult]
+    """GOAL "L" (loyalty): per group, converters in period 1, repeaters among them (two or more conversions in
+    period 1) and the retained (converted again in period 2); repurchase and retention rates with 95% bounds.
+    """
     Attribution: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.AttributionRequest, _analytics_pb2.QueryResult]
     """Multi-touch attribution of the brand's conversions to the platform's campaigns or channels."""
     Lift: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.LiftRequest, _analytics_pb2.QueryResult]
@@ -84,6 +93,15 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     """Transitions between 4A stages from one snapshot date to another."""
     SegmentInsight: _aio.UnaryUnaryMultiCallable[_analytics_pb2.SegmentInsightRequest, _analytics_pb2.QueryResult]  # type: ignore[assignment]
     """Share among matched people vs. all platform users per value of a platform dimension: TGI and penetration."""
+    Value: _aio.UnaryUnaryMultiCallable[_analytics_pb2.ValueRequest, _analytics_pb2.QueryResult]  # type: ignore[assignment]
+    """GOAL "A" (value): per group of declared dimensions, people, buyers, orders and the sum of a declared measure
+    (clamped to the policy's bounds, at most `max_per_person` rows per person), and its means per person, per
+    buyer and per order, each with a 95% bound.
+    """
+    Loyalty: _aio.UnaryUnaryMultiCallable[_analytics_pb2.LoyaltyRequest, _analytics_pb2.QueryResult]  # type: ignore[assignment]
+    """GOAL "L" (loyalty): per group, converters in period 1, repeaters among them (two or more conversions in
+    period 1) and the retained (converted again in period 2); repurchase and retention rates with 95% bounds.
+    """
     Attribution: _aio.UnaryUnaryMultiCallable[_analytics_pb2.AttributionRequest, _analytics_pb2.QueryResult]  # type: ignore[assignment]
     """Multi-touch attribution of the brand's conversions to the platform's campaigns or channels."""
     Lift: _aio.UnaryUnaryMultiCallable[_analytics_pb2.LiftRequest, _analytics_pb2.QueryResult]  # type: ignore[assignment]
@@ -141,6 +159,27 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_analytics_pb2.QueryResult, _abc.Awaitable[_analytics_pb2.QueryResult]]:
         """Share among matched people vs. all platform users per value of a platform dimension: TGI and penetration."""
+
+    @_abc_1.abstractmethod
+    def Value(
+        self,
+        request: _analytics_pb2.ValueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_pb2.QueryResult, _abc.Awaitable[_analytics_pb2.QueryResult]]:
+        """GOAL "A" (value): per group of declared dimensions, people, buyers, orders and the sum of a declared measure
+        (clamped to the policy's bounds, at most `max_per_person` rows per person), and its means per person, per
+        buyer and per order, each with a 95% bound.
+        """
+
+    @_abc_1.abstractmethod
+    def Loyalty(
+        self,
+        request: _analytics_pb2.LoyaltyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_pb2.QueryResult, _abc.Awaitable[_analytics_pb2.QueryResult]]:
+        """GOAL "L" (loyalty): per group, converters in period 1, repeaters among them (two or more conversions in
+        period 1) and the retained (converted again in period 2); repurchase and retention rates with 95% bounds.
+        """
 
     @_abc_1.abstractmethod
     def Attribution(
