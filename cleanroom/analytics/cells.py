@@ -6,6 +6,11 @@ method (first-order terms, combined in quadrature), not 1.96 standard deviations
 Laplace-shaped, and when one count dominates a derived value the normal multiplier would cover only about 93%.
 With one dominant term this is the exact 95% bound; with several it is slightly conservative. A derived value
 whose denominator is not positive is suppressed.
+
+Shown values never leave the range the true value must lie in (post-processing of DP output, so free, and it
+never moves a value away from the truth): counts, revenue and ROAS at >= 0 when the policy's value bounds are
+non-negative, shares, rates, penetration and recall within [0, 1], means within the range their bounds allow. The
+error bar is the unclamped one.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ class Settings:
     insecure: bool = False
     output: str = "table"
     progress: bool = True
+    preview: bool = False
 
 
 settings = Settings()
@@ -54,12 +55,20 @@ def main(
     insecure: Annotated[bool, typer.Option(help="Plaintext (a development server started --insecure).")] = False,
     output: Annotated[str, typer.Option("--output", "-o", help="table, csv or json.")] = "table",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    preview: Annotated[
+        bool,
+        typer.Option(
+            help="Before a query command: show the 95% error bar of each vector it would release at that epsilon, "
+            "spending nothing and reading no data (e.g. cleanroom-client --preview attribution c --epsilon 0.5)."
+        ),
+    ] = False,
 ) -> None:
     """Connect with your token over TLS."""
     if output not in ("table", "csv", "json"):
         raise typer.BadParameter("--output must be table, csv or json")
     settings.target, settings.token, settings.ca = target, token, ca
     settings.insecure, settings.output, settings.progress = insecure, output, progress
+    settings.preview = preview
 
 
 @contextmanager
@@ -240,7 +249,7 @@ def overlap(
 
     Example: cleanroom-client overlap brand-x-2026q4 --by platform.age_band --epsilon 0.5
     """
-    _query(lambda c: c.overlap(collaboration, by=by or [], epsilon=epsilon), "overlap")
+    _query(lambda c: c.overlap(collaboration, by=by or [], epsilon=epsilon, preview=settings.preview), "overlap")
 
 
 @app.command()
@@ -254,7 +263,9 @@ def funnel(
 
     Example: cleanroom-client funnel brand-x-2026q4 --by brand.tier
     """
-    _query(lambda c: c.funnel(collaboration, by=by, epsilon=epsilon, labels=labels), "4A funnel")
+    _query(
+        lambda c: c.funnel(collaboration, by=by, epsilon=epsilon, labels=labels, preview=settings.preview), "4A funnel"
+    )
 
 
 @app.command()
@@ -268,7 +279,7 @@ def flow(
 
     Example: cleanroom-client flow brand-x-2026q4 --start 2026-10-01 --end 2026-11-01
     """
-    _query(lambda c: c.funnel_flow(collaboration, start, end, epsilon=epsilon), "4A flow")
+    _query(lambda c: c.funnel_flow(collaboration, start, end, epsilon=epsilon, preview=settings.preview), "4A flow")
 
 
 @app.command()
@@ -281,7 +292,10 @@ def segment(
 
     Example: cleanroom-client segment brand-x-2026q4 --dimension platform.age_band
     """
-    _query(lambda c: c.segment_insight(collaboration, dimension, epsilon=epsilon), "segment insight")
+    _query(
+        lambda c: c.segment_insight(collaboration, dimension, epsilon=epsilon, preview=settings.preview),
+        "segment insight",
+    )
 
 
 @app.command()
@@ -295,7 +309,7 @@ def value(
 
     Example: cleanroom-client value brand-x-2026q4 --measure brand.conversions.value --by brand.tier
     """
-    _query(lambda c: c.value(collaboration, measure, by=by or [], epsilon=epsilon), "value")
+    _query(lambda c: c.value(collaboration, measure, by=by or [], epsilon=epsilon, preview=settings.preview), "value")
 
 
 @app.command()
@@ -311,7 +325,9 @@ def loyalty(
     Example: cleanroom-client loyalty brand-x-2026q4 --period1 2026-10-01:2026-10-16 --period2 2026-10-16:2026-11-01
     """
     p1, p2 = _period(period1, "--period1"), _period(period2, "--period2")
-    _query(lambda c: c.loyalty(collaboration, p1, p2, by=by or [], epsilon=epsilon), "loyalty")
+    _query(
+        lambda c: c.loyalty(collaboration, p1, p2, by=by or [], epsilon=epsilon, preview=settings.preview), "loyalty"
+    )
 
 
 def _period(text: str, what: str) -> tuple[str, str]:
@@ -344,6 +360,7 @@ def attribution(
             by=by,
             epsilon=epsilon,
             click_over_view=click_over_view,
+            preview=settings.preview,
         ),
         f"attribution ({model})",
     )
@@ -355,7 +372,7 @@ def lift(collaboration: Collab, campaign: Annotated[str, typer.Option()], epsilo
 
     Example: cleanroom-client lift brand-x-2026q4 --campaign c-2026-11
     """
-    _query(lambda c: c.lift(collaboration, campaign, epsilon=epsilon), f"lift of {campaign}")
+    _query(lambda c: c.lift(collaboration, campaign, epsilon=epsilon, preview=settings.preview), f"lift of {campaign}")
 
 
 @app.command()
@@ -372,7 +389,12 @@ def lookalike(
     """
     _query(
         lambda c: c.lookalike(
-            collaboration, seed=_pairs(seed, "--seed"), audience_size=size, epsilon=epsilon, delta=delta
+            collaboration,
+            seed=_pairs(seed, "--seed"),
+            audience_size=size,
+            epsilon=epsilon,
+            delta=delta,
+            preview=settings.preview,
         ),
         "lookalike",
     )
@@ -388,7 +410,12 @@ def activate(
 
     Example: cleanroom-client activate brand-x-2026q4 --segment brand.tier=gold --segment platform.stage_4a=appeal
     """
-    _query(lambda c: c.activate(collaboration, _pairs(segment_filter, "--segment"), epsilon=epsilon), "activation")
+    _query(
+        lambda c: c.activate(
+            collaboration, _pairs(segment_filter, "--segment"), epsilon=epsilon, preview=settings.preview
+        ),
+        "activation",
+    )
 
 
 @app.command()

@@ -351,6 +351,64 @@ class LoyaltyRequest(_message.Message):
 Global___LoyaltyRequest: _TypeAlias = LoyaltyRequest  # noqa: Y015
 
 @_typing.final
+class PreviewRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OVERLAP_FIELD_NUMBER: _builtins.int
+    FUNNEL_FIELD_NUMBER: _builtins.int
+    FUNNEL_FLOW_FIELD_NUMBER: _builtins.int
+    SEGMENT_INSIGHT_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    LOYALTY_FIELD_NUMBER: _builtins.int
+    ATTRIBUTION_FIELD_NUMBER: _builtins.int
+    LIFT_FIELD_NUMBER: _builtins.int
+    LOOKALIKE_FIELD_NUMBER: _builtins.int
+    ACTIVATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def overlap(self) -> Global___OverlapRequest: ...
+    @_builtins.property
+    def funnel(self) -> Global___FunnelRequest: ...
+    @_builtins.property
+    def funnel_flow(self) -> Global___FunnelFlowRequest: ...
+    @_builtins.property
+    def segment_insight(self) -> Global___SegmentInsightRequest: ...
+    @_builtins.property
+    def value(self) -> Global___ValueRequest: ...
+    @_builtins.property
+    def loyalty(self) -> Global___LoyaltyRequest: ...
+    @_builtins.property
+    def attribution(self) -> Global___AttributionRequest: ...
+    @_builtins.property
+    def lift(self) -> Global___LiftRequest: ...
+    @_builtins.property
+    def lookalike(self) -> Global___LookalikeRequest: ...
+    @_builtins.property
+    def activate(self) -> Global___ActivateRequest: ...
+    def __init__(
+        self,
+        *,
+        overlap: Global___OverlapRequest | None = ...,
+        funnel: Global___FunnelRequest | None = ...,
+        funnel_flow: Global___FunnelFlowRequest | None = ...,
+        segment_insight: Global___SegmentInsightRequest | None = ...,
+        value: Global___ValueRequest | None = ...,
+        loyalty: Global___LoyaltyRequest | None = ...,
+        attribution: Global___AttributionRequest | None = ...,
+        lift: Global___LiftRequest | None = ...,
+        lookalike: Global___LookalikeRequest | None = ...,
+        activate: Global___ActivateRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["activate", b"activate", "attribution", b"attribution", "funnel", b"funnel", "funnel_flow", b"funnel_flow", "lift", b"lift", "lookalike", b"lookalike", "loyalty", b"loyalty", "overlap", b"overlap", "query", b"query", "segment_insight", b"segment_insight", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activate", b"activate", "attribution", b"attribution", "funnel", b"funnel", "funnel_flow", b"funnel_flow", "lift", b"lift", "lookalike", b"lookalike", "loyalty", b"loyalty", "overlap", b"overlap", "query", b"query", "segment_insight", b"segment_insight", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_query: _TypeAlias = _typing.Literal["overlap", "funnel", "funnel_flow", "segment_insight", "value", "loyalty", "attribution", "lift", "lookalike", "activate"]  # noqa: Y015
+    _WhichOneofArgType_query: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_query) -> _WhichOneofReturnType_query | None: ...
+
+Global___PreviewRequest: _TypeAlias = PreviewRequest  # noqa: Y015
+
+@_typing.final
 class AttributionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -101,6 +101,11 @@ class AnalyticsServiceStub:
                 request_serializer=cleanroom_dot_v1_dot_analytics__pb2.FetchAudienceRequest.SerializeToString,
                 response_deserializer=cleanroom_dot_v1_dot_analytics__pb2.FetchAudienceResponse.FromString,
                 _registered_method=True)
+        self.Preview = channel.unary_unary(
+                '/cleanroom.v1.AnalyticsService/Preview',
+                request_serializer=cleanroom_dot_v1_dot_analytics__pb2.PreviewRequest.SerializeToString,
+                response_deserializer=cleanroom_dot_v1_dot_analytics__pb2.QueryResult.FromString,
+                _registered_method=True)
         self.GetBudget = channel.unary_unary(
                 '/cleanroom.v1.AnalyticsService/GetBudget',
                 request_serializer=cleanroom_dot_v1_dot_analytics__pb2.GetBudgetRequest.SerializeToString,
@@ -205,6 +210,17 @@ class AnalyticsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Preview(self, request, context):
+        """The 95% error bar every cell of a query would have, from the request, the policy and the epsilon alone:
+        nothing is spent and no data is read, so pick epsilon and bounds before spending. One cell per released
+        vector (keys: the vector's name, e.g. `revenue`; measure `error_95`; value: the bar in the released unit,
+        currency for revenue and sums, people for counts). A mean's bar is about sqrt(bar_sum^2 + (mean x
+        bar_count)^2) / count. Refusals are the query's own. Audited as `query.preview`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetBudget(self, request, context):
         """Epsilon spent and left per member.
         """
@@ -274,6 +290,11 @@ def add_AnalyticsServiceServicer_to_server(servicer, server):
                     servicer.FetchAudience,
                     request_deserializer=cleanroom_dot_v1_dot_analytics__pb2.FetchAudienceRequest.FromString,
                     response_serializer=cleanroom_dot_v1_dot_analytics__pb2.FetchAudienceResponse.SerializeToString,
+            ),
+            'Preview': grpc.unary_unary_rpc_method_handler(
+                    servicer.Preview,
+                    request_deserializer=cleanroom_dot_v1_dot_analytics__pb2.PreviewRequest.FromString,
+                    response_serializer=cleanroom_dot_v1_dot_analytics__pb2.QueryResult.SerializeToString,
             ),
             'GetBudget': grpc.unary_unary_rpc_method_handler(
                     servicer.GetBudget,
@@ -611,6 +632,33 @@ class AnalyticsService:
             '/cleanroom.v1.AnalyticsService/FetchAudience',
             cleanroom_dot_v1_dot_analytics__pb2.FetchAudienceRequest.SerializeToString,
             cleanroom_dot_v1_dot_analytics__pb2.FetchAudienceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Preview(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cleanroom.v1.AnalyticsService/Preview',
+            cleanroom_dot_v1_dot_analytics__pb2.PreviewRequest.SerializeToString,
+            cleanroom_dot_v1_dot_analytics__pb2.QueryResult.FromString,
             options,
             channel_credentials,
             insecure,

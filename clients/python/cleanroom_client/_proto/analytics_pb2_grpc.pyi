@@ -71,6 +71,13 @@ class AnalyticsServiceStub:
     """The audiences released to the caller (the member with `receive_audiences`)."""
     FetchAudience: _grpc.UnaryStreamMultiCallable[_analytics_pb2.FetchAudienceRequest, _analytics_pb2.FetchAudienceResponse]
     """One audience's members as the caller's own surrogate row ids, in chunks; only its recipient may fetch it."""
+    Preview: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.PreviewRequest, _analytics_pb2.QueryResult]
+    """The 95% error bar every cell of a query would have, from the request, the policy and the epsilon alone:
+    nothing is spent and no data is read, so pick epsilon and bounds before spending. One cell per released
+    vector (keys: the vector's name, e.g. `revenue`; measure `error_95`; value: the bar in the released unit,
+    currency for revenue and sums, people for counts). A mean's bar is about sqrt(bar_sum^2 + (mean x
+    bar_count)^2) / count. Refusals are the query's own. Audited as `query.preview`.
+    """
     GetBudget: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.GetBudgetRequest, _analytics_pb2.Budget]
     """Epsilon spent and left per member."""
 
@@ -116,6 +123,13 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     """The audiences released to the caller (the member with `receive_audiences`)."""
     FetchAudience: _aio.UnaryStreamMultiCallable[_analytics_pb2.FetchAudienceRequest, _analytics_pb2.FetchAudienceResponse]  # type: ignore[assignment]
     """One audience's members as the caller's own surrogate row ids, in chunks; only its recipient may fetch it."""
+    Preview: _aio.UnaryUnaryMultiCallable[_analytics_pb2.PreviewRequest, _analytics_pb2.QueryResult]  # type: ignore[assignment]
+    """The 95% error bar every cell of a query would have, from the request, the policy and the epsilon alone:
+    nothing is spent and no data is read, so pick epsilon and bounds before spending. One cell per released
+    vector (keys: the vector's name, e.g. `revenue`; measure `error_95`; value: the bar in the released unit,
+    currency for revenue and sums, people for counts). A mean's bar is about sqrt(bar_sum^2 + (mean x
+    bar_count)^2) / count. Refusals are the query's own. Audited as `query.preview`.
+    """
     GetBudget: _aio.UnaryUnaryMultiCallable[_analytics_pb2.GetBudgetRequest, _analytics_pb2.Budget]  # type: ignore[assignment]
     """Epsilon spent and left per member."""
 
@@ -230,6 +244,19 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_analytics_pb2.FetchAudienceResponse], _abc.AsyncIterator[_analytics_pb2.FetchAudienceResponse]]:
         """One audience's members as the caller's own surrogate row ids, in chunks; only its recipient may fetch it."""
+
+    @_abc_1.abstractmethod
+    def Preview(
+        self,
+        request: _analytics_pb2.PreviewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_pb2.QueryResult, _abc.Awaitable[_analytics_pb2.QueryResult]]:
+        """The 95% error bar every cell of a query would have, from the request, the policy and the epsilon alone:
+        nothing is spent and no data is read, so pick epsilon and bounds before spending. One cell per released
+        vector (keys: the vector's name, e.g. `revenue`; measure `error_95`; value: the bar in the released unit,
+        currency for revenue and sums, people for counts). A mean's bar is about sqrt(bar_sum^2 + (mean x
+        bar_count)^2) / count. Refusals are the query's own. Audited as `query.preview`.
+        """
 
     @_abc_1.abstractmethod
     def GetBudget(

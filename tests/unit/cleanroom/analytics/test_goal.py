@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from cleanroom.privacy import noise as noise_math
 from cleanroom_client import CleanRoomError
 from cleanroom_client.cli import app
 
@@ -143,3 +144,27 @@ def test_the_cli_commands(room, collab, tmp_path):
     )
     assert bad.exit_code != 0
     assert "START:END" in bad.output
+
+
+def test_preview_over_grpc_spends_nothing_and_states_the_revenue_bar(room, collab, tmp_path):
+    brand = room.client("brand")
+    before = brand.budget(collab).set_index("member").loc["brand", "spent"]
+    bars = brand.value(collab, "brand.conversions.value", by=["brand.tier"], epsilon=1.0, preview=True)
+    bar = bars.set_index("vector")["value"]
+    # one identifier type (c = 1), cap 2, bound 100: the sum moves by at most 2 x 10000 cents, at epsilon / 4
+    assert bar["sum"] == pytest.approx(noise_math.error_95(2 * 10_000 / 0.25) / 100)
+    assert bar["people"] == noise_math.error_95(1 / 0.25)
+    assert bars.attrs["epsilon_spent"] == 0
+    assert brand.budget(collab).set_index("member").loc["brand", "spent"] == before
+    env = {
+        "CLEANROOM_TARGET": f"localhost:{room.server.port}",
+        "CLEANROOM_TOKEN": room.tokens["brand"],
+        "CLEANROOM_CA": str(room.pki.ca),
+        "CLEANROOM_STATE_DIR": str(tmp_path / "state"),
+        "COLUMNS": "200",
+    }
+    periods = ["--period1", "2026-10-01:2026-10-15", "--period2", "2026-10-15:2026-11-01"]
+    r = CliRunner().invoke(app, ["-o", "csv", "--preview", "loyalty", collab, *periods, "--epsilon", "0.5"], env=env)
+    assert r.exit_code == 0, r.output
+    assert "error_95" in r.output
+    assert brand.budget(collab).set_index("member").loc["brand", "spent"] == before
