@@ -103,6 +103,7 @@ from .queries import (
     ActivationQuery,
     AttributionQuery,
     DimensionRef,
+    EventFilter,
     FunnelFlowQuery,
     FunnelQuery,
     LiftQuery,
@@ -928,23 +929,25 @@ class QueryEngine:
             if spec is None:
                 raise PermissionDeniedError("the policy does not name activation (recipient, dimensions, min_size)")
             segment = dict(q.segment)
-            _filters(policy, segment, "segment")
+            if segment:
+                _filters(policy, segment, "segment")
             outside = sorted(str(d) for d in segment if str(d) not in spec.dimensions)
             if outside:
                 raise InvalidArgumentError(
                     f"segment: {outside} are not among the policy's activation dimensions {list(spec.dimensions)}"
                 )
-            if all(d.member == spec.recipient for d in segment):
+            times = self._event_filters(policy, q.events)
+            if all(d.member == spec.recipient for d in segment) and all(e.member == spec.recipient for e in q.events):
                 raise InvalidArgumentError(
-                    "segment: use at least one dimension of a member other than the recipient "
-                    f"({spec.recipient}); its own columns alone would hand it the raw intersection"
+                    "segment: use at least one dimension or event table of a member other than the recipient "
+                    f"({spec.recipient}); its own data alone would hand it the raw intersection"
                 )
             if principal.name == spec.recipient:
                 raise PermissionDeniedError("the activation recipient may not request activation lists itself")
             self._delta_for(catalog, delta)
             c = self.stability(policy)
             threshold = spec.min_size + activation_threshold(q.epsilon, delta, c)
-            sql = segment_sql(catalog, segment, spec.recipient)
+            sql = segment_sql(catalog, segment, spec.recipient, q.events, times)
 
             def run(data: MatchedData) -> Outcome:
                 members = np.asarray(data.arrays(sql)["row_id"], dtype=np.int64)
@@ -961,8 +964,32 @@ class QueryEngine:
             charges = (Charge(principal.name, q.epsilon, delta), Charge(spec.recipient, q.epsilon, delta))
             return Plan(charges, run, (Stated("audience_size", q.epsilon, c),))
 
-        params = {"segment": {str(k): v for k, v in q.segment}}
+        params = {"segment": {str(k): v for k, v in q.segment}, "events": [str(e) for e in q.events]}
         return self._release(principal, collab_id, "activation", params, q.epsilon, build, delta=delta, preview=preview)
+
+    @staticmethod
+    def _event_filters(policy: Policy, events: Sequence[EventFilter]) -> dict[str, str]:
+        """Each event filter names a table the policy's activation allows, and declared values of its dimensions.
+
+        Returns the time column of each table named.
+        """
+        spec = policy.activation
+        allowed = spec.events if spec else ()
+        times: dict[str, str] = {}
+        for ev in events:
+            table = policy.table(ev.member, ev.table.partition(".")[2])
+            if ev.table not in allowed or table is None or table.time is None:
+                raise InvalidArgumentError(
+                    f"event filter: {ev.table} is not among the policy's activation events {list(allowed)}"
+                )
+            for column, value in ev.where:
+                if column not in table.dimensions or value not in table.dimensions[column]:
+                    raise InvalidArgumentError(
+                        f"event filter on {ev.table}: {column}={value!r} is not a declared dimension value "
+                        f"(declared: {dict(table.dimensions)})"
+                    )
+            times[ev.table] = table.time
+        return times
 
     def budget(self, principal: Principal, collab_id: str) -> tuple[Collaboration, list[Any]]:
         """Each member's budget status (members and assigned auditors may read it)."""

@@ -197,6 +197,36 @@ class LookalikeQuery:
 
 
 @dataclass(frozen=True)
+class EventFilter:
+    """People with (or, `present` False, without) a row of an event table dated in [start, end).
+
+    Optionally only rows with the given values of the table's declared dimensions count (e.g. campaign c1).
+    """
+
+    table: str
+    start: dt.date
+    end: dt.date
+    present: bool = True
+    where: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        member, dot, table = self.table.partition(".")
+        if not dot or not member or not table:
+            raise InvalidArgumentError("event filter: name the table as member.table, e.g. platform.exposures")
+        if self.start >= self.end:
+            raise InvalidArgumentError(f"event filter on {self.table}: start must come before end (end exclusive)")
+
+    @property
+    def member(self) -> str:
+        """The member whose table it is."""
+        return self.table.partition(".")[0]
+
+    def __str__(self) -> str:
+        where = "".join(f" {k}={v}" for k, v in self.where)
+        return f"{'' if self.present else 'no '}{self.table}{where} in [{self.start}, {self.end})"
+
+
+@dataclass(frozen=True)
 class ActivationQuery:
     """Release the matched people of a segment to the platform; the requester gets a noisy size."""
 
@@ -204,10 +234,12 @@ class ActivationQuery:
     epsilon: float
     #: 0: the policy's per-query maximum.
     delta: float = 0.0
+    #: Conditions on events (retargeting), all of which a person must meet too.
+    events: tuple[EventFilter, ...] = ()
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
-        if not self.segment:
-            raise InvalidArgumentError("name the segment, e.g. {'brand.tier': 'gold'}")
+        if not self.segment and not self.events:
+            raise InvalidArgumentError("name the segment, e.g. {'brand.tier': 'gold'}, or event filters")
         if not (0 <= self.delta < 1):
             raise InvalidArgumentError("delta must lie between 0 and 1 (and far below 1/n), or 0 for the policy's")

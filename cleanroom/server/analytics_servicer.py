@@ -29,7 +29,7 @@ from ..analytics import (
     ValueQuery,
 )
 from ..analytics.audiences import AudienceInfo, Audiences, parse_audience_name
-from ..analytics.queries import DimensionRef
+from ..analytics.queries import DimensionRef, EventFilter
 from ..collaborations import Collaborations, parse_name
 from ..errors import InvalidArgumentError
 from .auth import Authenticator
@@ -200,7 +200,20 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         """A segment's matched people, to the platform."""
         principal = self._auth.principal(context)
         self._engine.authorize(principal, parse_name(request.parent), "activation")
-        q = ActivationQuery(segment=_filters(request.segment), epsilon=request.epsilon, delta=request.delta)
+        date = FunnelFlowQuery.parse_date
+        events = tuple(
+            EventFilter(
+                e.table,
+                date(e.start_date, "events.start_date"),
+                date(e.end_date, "events.end_date"),
+                present=not e.absent,
+                where=tuple(sorted(e.where.items())),
+            )
+            for e in request.events
+        )
+        q = ActivationQuery(
+            segment=_filters(request.segment), epsilon=request.epsilon, delta=request.delta, events=events
+        )
         return answer_to_proto(self._engine.activate(principal, parse_name(request.parent), q, preview=preview))
 
     def Preview(self, request: pb.PreviewRequest, context: grpc.ServicerContext) -> pb.QueryResult:  # noqa: N802

@@ -24,6 +24,7 @@ from cleanroom.analytics.queries import (
     ActivationQuery,
     AttributionQuery,
     DimensionRef,
+    EventFilter,
     FunnelFlowQuery,
     FunnelQuery,
     LiftQuery,
@@ -188,6 +189,13 @@ def _attribution(model: str) -> Callable[[QueryEngine, str], object]:
     return lambda e, c: e.attribution(BRAND, c, q)
 
 
+#: Retargeting: reached by campaign c1 around 2026-11-01, no conversion from then on.
+RETARGET = (
+    EventFilter("platform.exposures", dt.date(2026, 10, 30), dt.date(2026, 11, 6), where=(("campaign", "c1"),)),
+    EventFilter("brand.conversions", DAY1, dt.date(2026, 11, 20), present=False),
+)
+
+
 def every_query() -> list[Callable[[QueryEngine, str], object]]:
     """One call of every query type the engine releases numbers or lists for (lookalike aside), by the brand."""
     d = DimensionRef.parse
@@ -207,6 +215,7 @@ def every_query() -> list[Callable[[QueryEngine, str], object]]:
         lambda e, c: e.attribution(BRAND, c, AttributionQuery("first_touch", 2, "channel", 1.0, click_over_view=True)),
         lambda e, c: e.lift(BRAND, c, LiftQuery("c1", 1.0)),
         lambda e, c: e.activate(BRAND, c, ActivationQuery(((d("brand.tier"), "gold"),), 1.0, 1e-9)),
+        lambda e, c: e.activate(BRAND, c, ActivationQuery((), 1.0, 1e-9, RETARGET)),
     ]
 
 
@@ -226,7 +235,8 @@ tables:
   platform.exposures: {time: ts, dimensions: {campaign: [c1, c2], channel: [search, feed], kind: [impression, click]}}
   platform.test_groups: {dimensions: {campaign: [c1, c2], test_group: [exposed, holdout]}}
 queries: [overlap, funnel, funnel_flow, segment_insight, value, loyalty, attribution, lift, lookalike, activation]
-activation: {recipient: platform, dimensions: [brand.tier, platform.age_band], min_size: 3}
+activation: {recipient: platform, dimensions: [brand.tier, platform.age_band], min_size: 3,
+             events: [platform.exposures, brand.conversions]}
 min_group_size: 1
 epsilon: {per_member_total: 1.0e+6, per_query_max: 1.0e+4, per_query_min: 0.01}
 delta: {per_member_total: 1.0e-5, per_query_max: 1.0e-6}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from privacy_data import BRAND, DAY0, DAY1, PERIOD1, PERIOD2, PRIVACY_POLICY, MemberData
+from privacy_data import BRAND, DAY0, DAY1, PERIOD1, PERIOD2, PRIVACY_POLICY, RETARGET, MemberData
 
 from cleanroom.analytics.queries import (
     ActivationQuery,
@@ -126,6 +126,10 @@ QUERIES = {
     "activation on the recipient's columns alone": lambda e: e.activate(
         BRAND, C, ActivationQuery(((d("platform.age_band"), "old"),), 1.0)
     ),
+    "retargeting: reached by c1, did not buy": lambda e: e.activate(BRAND, C, ActivationQuery((), 1.0, 1e-9, RETARGET)),
+    "retargeting on the recipient's events alone": lambda e: e.activate(
+        BRAND, C, ActivationQuery((), 1.0, 1e-9, RETARGET[:1])
+    ),
     "lookalike": lambda e: e.lookalike(BRAND, C, LookalikeQuery(((d("brand.tier"), "gold"),), 1, 1.0, 1e-9)),
     "lookalike with a delta over the policy's": lambda e: e.lookalike(
         BRAND, C, LookalikeQuery(((d("brand.tier"), "gold"),), 1, 1.0, 1e-5)
@@ -169,3 +173,5 @@ def test_the_edge_queries_cover_both_outcomes(rooms):
     assert classes["value of an undeclared measure"] == "InvalidArgumentError"
     assert classes["value of conversions by three dimensions"] == "ok"
     assert classes["loyalty in years nobody bought in"] == "ok"
+    assert classes["retargeting: reached by c1, did not buy"] == "ok"
+    assert classes["retargeting on the recipient's events alone"] == "InvalidArgumentError"

@@ -350,19 +350,36 @@ class CleanRoomClient:
     def activate(
         self,
         collaboration_id: str,
-        segment: Mapping[str, str],
+        segment: Mapping[str, str] | None = None,
         epsilon: float = 0.1,
         delta: float = 0.0,
         preview: bool = False,
+        events: Sequence[Mapping[str, Any]] = (),
     ) -> pd.DataFrame:
         """Release a segment's matched people (e.g. {"brand.tier": "gold"}) to the policy's activation recipient.
 
         A disclosure the policy names, not a DP aggregate: the list goes out only if the segment's true size is at
         least the policy's minimum and a noisy size clears it with a margin (delta 0: the policy's maximum). You
         receive the noisy size only; your ledger and the recipient's are charged.
+
+        Retargeting: `events` are conditions on event tables the policy's `activation.events` names, each a dict
+        with table, start, end (ISO dates, end exclusive), optional absent (True: no such row) and where, e.g.
+        [{"table": "platform.exposures", "start": "2026-11-01", "end": "2026-11-15", "where": {"campaign": "c1"}},
+        {"table": "brand.conversions", "start": "2026-11-01", "end": "2026-12-01", "absent": True}]: reached by
+        the campaign, did not buy.
         """
+        filters = [
+            qpb.EventFilter(
+                table=e["table"],
+                start_date=e["start"],
+                end_date=e["end"],
+                absent=bool(e.get("absent", False)),
+                where=dict(e.get("where", {})),
+            )
+            for e in events
+        ]
         request = qpb.ActivateRequest(
-            parent=_name(collaboration_id), segment=dict(segment), epsilon=epsilon, delta=delta
+            parent=_name(collaboration_id), segment=dict(segment or {}), epsilon=epsilon, delta=delta, events=filters
         )
         return self._answer(self._analytics.Activate, "activate", request, preview)
 

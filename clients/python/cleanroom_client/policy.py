@@ -115,6 +115,9 @@ class ActivationSpec:
     dimensions: tuple[str, ...]
     #: The smallest segment (true size) whose list may be released.
     min_size: int
+    #: `member.table` event tables (with a time column) a segment may filter on: had / had no rows in a window,
+    #: optionally on the table's declared dimensions (retargeting: "reached by campaign c1, did not buy").
+    events: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -348,7 +351,12 @@ def _activation(
             "(a segment on the recipient's own columns alone would hand it the raw intersection)"
         )
     min_size = raw.get("min_size")
-    return ActivationSpec(str(recipient), tuple(dims), min_size if isinstance(min_size, int) else 1)
+    events = [e for e in _list(raw.get("events")) if isinstance(e, str)]
+    for e in events:
+        spec = tables.get(e)
+        if spec is None or spec.table == "users" or spec.time is None:
+            problems.append(f"activation.events: {e!r} is not a declared event table with a time column")
+    return ActivationSpec(str(recipient), tuple(dims), min_size if isinstance(min_size, int) else 1, tuple(events))
 
 
 def _members(raw: Any) -> tuple[MemberSpec, ...]:

@@ -567,6 +567,7 @@ class ActivateRequest(_message.Message):
     SEGMENT_FIELD_NUMBER: _builtins.int
     EPSILON_FIELD_NUMBER: _builtins.int
     DELTA_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     epsilon: _builtins.float
     """Epsilon of the noisy size the caller receives (and that gates the release)."""
@@ -576,6 +577,12 @@ class ActivateRequest(_message.Message):
     def segment(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Segment filter over the members' users dimensions, e.g. {"platform.stage_4a": "appeal", "brand.tier": "gold"}."""
 
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventFilter]:
+        """Retargeting: conditions on events a person must meet too, e.g. exposed to campaign c1 in October and no
+        conversion since. Each table must be among the policy's `activation.events`.
+        """
+
     def __init__(
         self,
         *,
@@ -583,14 +590,74 @@ class ActivateRequest(_message.Message):
         segment: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         epsilon: _builtins.float = ...,
         delta: _builtins.float = ...,
+        events: _abc.Iterable[Global___EventFilter] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "epsilon", b"epsilon", "parent", b"parent", "segment", b"segment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "epsilon", b"epsilon", "events", b"events", "parent", b"parent", "segment", b"segment"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ActivateRequest: _TypeAlias = ActivateRequest  # noqa: Y015
+
+@_typing.final
+class EventFilter(_message.Message):
+    """People with (or, `absent`, without) a row of an event table dated from `start_date` (inclusive) to `end_date`
+    (exclusive), counting only rows with the given values of the table's declared dimensions.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class WhereEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TABLE_FIELD_NUMBER: _builtins.int
+    START_DATE_FIELD_NUMBER: _builtins.int
+    END_DATE_FIELD_NUMBER: _builtins.int
+    ABSENT_FIELD_NUMBER: _builtins.int
+    WHERE_FIELD_NUMBER: _builtins.int
+    table: _builtins.str
+    """`member.table`, e.g. `platform.exposures` or `brand.conversions`."""
+    start_date: _builtins.str
+    end_date: _builtins.str
+    absent: _builtins.bool
+    @_builtins.property
+    def where(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """e.g. {"campaign": "c-2026-11"} or {"channel": "video"}."""
+
+    def __init__(
+        self,
+        *,
+        table: _builtins.str = ...,
+        start_date: _builtins.str = ...,
+        end_date: _builtins.str = ...,
+        absent: _builtins.bool = ...,
+        where: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["absent", b"absent", "end_date", b"end_date", "start_date", b"start_date", "table", b"table", "where", b"where"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventFilter: _TypeAlias = EventFilter  # noqa: Y015
 
 @_typing.final
 class Audience(_message.Message):
