@@ -282,14 +282,19 @@ def _consistent_tables(tables: Mapping[str, TableSpec], problems: list[str]) -> 
 
 
 def _sensitivities_fit(tables: Mapping[str, TableSpec], c: int, problems: list[str]) -> None:
-    """The largest sensitivity a conversions table's bounds lead to (attribution, lift) must fit MAX_SENSITIVITY."""
+    """The largest sensitivity an event table's bounds lead to must fit MAX_SENSITIVITY.
+
+    A conversions table's in attribution and lift, any capped table's in the value query (cap rows, in cents).
+    """
     for qualified, spec in tables.items():
-        if spec.table != "conversions" or spec.max_per_person is None:
+        if spec.max_per_person is None:
             continue
         cap = spec.max_per_person
         for column, (lo, hi) in spec.measures.items():
             bound = max(abs(lo), abs(hi))
-            largest = c * max(1000 * cap, cap * math.ceil(100 * bound), math.ceil((cap * bound) ** 2) + 1)
+            largest = c * cap * math.ceil(100 * bound)
+            if spec.table == "conversions":
+                largest = max(largest, c * max(1000 * cap, math.ceil((cap * bound) ** 2) + 1))
             if largest > MAX_SENSITIVITY:
                 problems.append(
                     f"tables.{qualified}: max_per_person {cap} x |{column}| up to {bound:g} gives a sensitivity of "
