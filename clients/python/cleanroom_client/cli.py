@@ -403,19 +403,42 @@ def lookalike(
 @app.command()
 def activate(
     collaboration: Collab,
-    segment_filter: Annotated[list[str], typer.Option("--segment", help="member.column=value.")],
+    segment_filter: Annotated[list[str] | None, typer.Option("--segment", help="member.column=value.")] = None,
+    event: Annotated[
+        list[str] | None,
+        typer.Option(help="Had a row: member.table:START:END[:column=value,...] (dates YYYY-MM-DD, end exclusive)."),
+    ] = None,
+    no_event: Annotated[list[str] | None, typer.Option(help="Had no row: same form as --event.")] = None,
     epsilon: Epsilon = 0.1,
 ) -> None:
     """Release a segment's matched people to the platform; you receive a noisy size.
 
     Example: cleanroom-client activate brand-x-2026q4 --segment brand.tier=gold --segment platform.stage_4a=appeal
+
+    Retargeting (reached by a campaign, did not buy): cleanroom-client activate brand-x-2026q4
+    --event platform.exposures:2026-11-01:2026-11-15:campaign=c-2026-11
+    --no-event brand.conversions:2026-11-01:2026-12-01
     """
+    events = [_event(e, False) for e in event or []] + [_event(e, True) for e in no_event or []]
     _query(
         lambda c: c.activate(
-            collaboration, _pairs(segment_filter, "--segment"), epsilon=epsilon, preview=settings.preview
+            collaboration,
+            _pairs(segment_filter or [], "--segment"),
+            epsilon=epsilon,
+            preview=settings.preview,
+            events=events,
         ),
         "activation",
     )
+
+
+def _event(text: str, absent: bool) -> dict[str, object]:
+    parts = text.split(":")
+    flag = "--no-event" if absent else "--event"
+    if len(parts) not in (3, 4) or not all(parts[:3]):
+        raise typer.BadParameter(f"{flag}: give member.table:START:END[:column=value,...], got {text!r}")
+    where = _pairs(parts[3].split(","), flag) if len(parts) == 4 and parts[3] else {}
+    return {"table": parts[0], "start": parts[1], "end": parts[2], "absent": absent, "where": where}
 
 
 @app.command()

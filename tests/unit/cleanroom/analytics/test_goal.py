@@ -1,7 +1,7 @@
 """GOAL value and loyalty over real gRPC and from the CLI, on hand-built people whose answers are known exactly.
 
 The policy's epsilon is enormous, so the noise scale is about 1e-9 and OpenDP's integer noise is zero: the answers
-must equal the hand-computed ones. (The coverage of the error bars at real epsilons is tests/reference/test_goal_reference.py.)
+must equal the hand-computed ones. (The coverage of the error bars at real epsilons: tests/reference.)
 """
 
 from __future__ import annotations
