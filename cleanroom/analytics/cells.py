@@ -73,7 +73,7 @@ def quotient(x: float, ex: float, y: float, ey: float) -> tuple[float, float] | 
     if y <= 0:
         return None
     r = x / y
-    return r, math.sqrt((ex / y) ** 2 + (r * ey / y) ** 2)
+    return r, math.hypot(ex / y, r * ey / y)  # hypot: no overflow from squaring, whatever the magnitudes
 
 
 def ratio(x: float, ex: float, y: float, ey: float) -> tuple[float, float] | None:
