@@ -69,8 +69,11 @@ def share(part: float, total: float, cells_in_total: int, e95: float) -> tuple[f
 
 
 def quotient(x: float, ex: float, y: float, ey: float) -> tuple[float, float] | None:
-    """The quotient x / y of independent noisy values with 95% bounds ex and ey (any x); None unless y > 0."""
-    if y <= 0:
+    """The quotient x / y of independent noisy values with 95% bounds ex and ey (any x).
+
+    None unless y > 0 and the quotient is finite.
+    """
+    if y <= 0 or not math.isfinite(x / y):
         return None
     r = x / y
     return r, math.hypot(ex / y, r * ey / y)  # hypot: no overflow from squaring, whatever the magnitudes
