@@ -105,6 +105,17 @@ def _queries(brand: CleanRoomClient, collab: str) -> dict[str, object]:
             f"attribution, {model}, 7-day lookback (campaign none = unattributed)",
             ("attributed_conversions", "attributed_revenue", "roas"),
         )
+    bars = brand.value(collab, "brand.conversions.value", by=["brand.tier"], epsilon=1.0, preview=True)
+    console.print(
+        "preview (free: no ε, no data) of value by tier at ε 1: ± "
+        + ", ".join(f"{v:,.0f} {k}" for k, v in zip(bars["vector"], bars["value"], strict=True))
+    )
+    value = brand.value(collab, "brand.conversions.value", by=["brand.tier"], epsilon=1.0)
+    _print(value, "GOAL value: spend by tier", ("buyers", "sum", "per_buyer", "per_order"))
+    loyalty = brand.loyalty(
+        collab, ("2026-10-01", "2026-11-01"), ("2026-11-01", "2026-12-01"), by=["brand.tier"], epsilon=1.0
+    )
+    _print(loyalty, "GOAL loyalty: October buyers by tier", ("converters", "repurchase_rate", "retention_rate"))
     lift = brand.lift(collab, LIFT_CAMPAIGN, epsilon=1.0)
     _print(
         lift,
@@ -113,7 +124,15 @@ def _queries(brand: CleanRoomClient, collab: str) -> dict[str, object]:
     )
     budget = brand.budget(collab)
     console.print("budget: " + ", ".join(f"{r.member} spent {r.spent:g} of {r.total:g}" for r in budget.itertuples()))
-    return {"funnel": funnel, "flow": flow, "segment": segment, "attribution": attribution, "lift": lift}
+    return {
+        "funnel": funnel,
+        "flow": flow,
+        "segment": segment,
+        "value": value,
+        "loyalty": loyalty,
+        "attribution": attribution,
+        "lift": lift,
+    }
 
 
 def _audiences(brand: CleanRoomClient, platform: CleanRoomClient, collab: str, data: SyntheticData) -> None:
@@ -122,6 +141,17 @@ def _audiences(brand: CleanRoomClient, platform: CleanRoomClient, collab: str, d
     _print_rows(look, "lookalike of the gold tier (what the brand learns)")
     act = brand.activate(collab, segment={"brand.tier": "gold", "platform.stage_4a": "appeal"}, epsilon=0.2)
     _print_rows(act, "activation: gold customers in the appeal stage (what the brand learns)")
+    reached = {
+        "table": "platform.exposures",
+        "start": "2026-11-01",
+        "end": "2026-11-15",
+        "where": {"campaign": LIFT_CAMPAIGN},
+    }
+    no_purchase = {"table": "brand.conversions", "start": "2026-11-01", "end": "2026-12-01", "absent": True}
+    retarget = brand.activate(collab, epsilon=0.2, events=[reached, no_purchase])
+    _print_rows(
+        retarget, f"retargeting: reached by {LIFT_CAMPAIGN} in early November, no purchase since (brand's view)"
+    )
     audiences = platform.audiences(collab)
     console.print(
         f"the platform received {len(audiences)} audiences: "
@@ -234,6 +264,8 @@ def run_demo(
                         funnel=answers["funnel"],  # type: ignore[arg-type]
                         flow=answers["flow"],  # type: ignore[arg-type]
                         segment=answers["segment"],  # type: ignore[arg-type]
+                        value=answers["value"],  # type: ignore[arg-type]
+                        loyalty=answers["loyalty"],  # type: ignore[arg-type]
                         attribution=answers["attribution"],  # type: ignore[arg-type]
                         lift=answers["lift"],  # type: ignore[arg-type]
                         audit_log=log,

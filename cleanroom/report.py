@@ -1,7 +1,7 @@
 """The visual report: one self-contained HTML file (charts embedded) plus the charts as PNG files.
 
-Every number drawn is one the brand received: noisy values with their 95% error bars; suppressed cells are left
-out (and say so). Nothing here touches exact data.
+Every number drawn is one the brand received: noisy values with their 95% error bars; suppressed cells are labelled
+"withheld" (never drawn as a zero-height bar). Nothing here touches exact data.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ class ReportData:
     lift: pd.DataFrame
     audit_log: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    #: GOAL value and loyalty answers (optional: sessions that asked them).
+    value: pd.DataFrame | None = None
+    loyalty: pd.DataFrame | None = None
 
 
 def _png(fig: plt.Figure) -> bytes:
@@ -46,6 +49,47 @@ def _png(fig: plt.Figure) -> bytes:
 
 def _released(frame: pd.DataFrame, measure: str) -> pd.DataFrame:
     return frame[(frame["measure"] == measure) & ~frame["suppressed"]]
+
+
+def _bars(ax: plt.Axes, x: np.ndarray, part: pd.DataFrame, width: float, **kw: object) -> None:
+    """Bars with 95% error bars; a withheld cell (NaN after reindexing) is labelled "withheld", never drawn as 0."""
+    values, errors = part["value"].to_numpy(dtype=float), part["error_95"].to_numpy(dtype=float)
+    shown = ~np.isnan(values)
+    ax.bar(x[shown], values[shown], width, yerr=errors[shown], capsize=3, **kw)  # type: ignore[arg-type]
+    for xi in x[~shown]:
+        ax.text(xi, 0, "withheld", rotation=90, ha="center", va="bottom", fontsize=8, color="#777")
+
+
+def _grouped(ax: plt.Axes, frame: pd.DataFrame, measures: tuple[str, ...]) -> None:
+    """One group of bars per value of the first dimension, one bar per measure."""
+    dim = frame.columns[0]
+    groups = list(dict.fromkeys(frame[dim]))
+    width = 0.8 / len(measures)
+    for i, measure in enumerate(measures):
+        rows = frame[frame["measure"] == measure].set_index(dim)
+        part = rows.where(~rows["suppressed"].astype(bool)).reindex(groups)
+        _bars(ax, np.arange(len(groups)) + i * width, part, width, label=measure)
+    ax.set_xticks(np.arange(len(groups)) + width * (len(measures) - 1) / 2, groups)
+    ax.legend()
+
+
+def value_chart(frame: pd.DataFrame) -> bytes:
+    """GOAL value: spend per buyer and per order, per group, with 95% error bars; withheld groups are labelled."""
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    _grouped(ax, frame, ("per_buyer", "per_order"))
+    ax.set_ylabel("currency (±95%)")
+    ax.set_title(f"GOAL value by {frame.columns[0]}")
+    return _png(fig)
+
+
+def loyalty_chart(frame: pd.DataFrame) -> bytes:
+    """GOAL loyalty: repurchase and retention rates per group, with 95% error bars."""
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    _grouped(ax, frame, ("repurchase_rate", "retention_rate"))
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("rate (±95%)")
+    ax.set_title(f"GOAL loyalty by {frame.columns[0]}")
+    return _png(fig)
 
 
 def funnel_chart(frame: pd.DataFrame) -> bytes:
@@ -116,8 +160,7 @@ def attribution_chart(frames: Mapping[str, pd.DataFrame]) -> bytes:
     width = 0.8 / max(len(models), 1)
     for i, model in enumerate(models):
         part = _released(frames[model], "attributed_conversions").set_index("campaign").reindex(campaigns)
-        x = np.arange(len(campaigns)) + i * width
-        ax.bar(x, part["value"].fillna(0), width, yerr=part["error_95"].fillna(0), capsize=3, label=model)
+        _bars(ax, np.arange(len(campaigns)) + i * width, part, width, label=model)
     ax.set_xticks(np.arange(len(campaigns)) + width * (len(models) - 1) / 2, campaigns)
     ax.set_ylabel("attributed conversions (±95%)")
     ax.set_title("attribution by campaign (none = unattributed)")
@@ -173,6 +216,10 @@ def render(data: ReportData, out_dir: Path) -> Path:
         "flow": ("4A flow", flow_chart(data.flow), None),
         "tgi": ("Segment insight (TGI)", tgi_chart(data.segment), data.segment),
         "attribution": ("Attribution by campaign", attribution_chart(data.attribution), None),
+        **({"value": ("GOAL value", value_chart(data.value), data.value)} if data.value is not None else {}),
+        **(
+            {"loyalty": ("GOAL loyalty", loyalty_chart(data.loyalty), data.loyalty)} if data.loyalty is not None else {}
+        ),
         "lift": ("Lift against the holdout", lift_chart(data.lift), data.lift),
         "budget": ("Privacy budget spent", budget_chart(data.audit_log), None),
     }

@@ -236,8 +236,9 @@ tables:
   platform.exposures: {time: ts, dimensions: {campaign: [c-always-on, c-2026-10, c-2026-11],
                                               channel: [search, feed, video], kind: [impression, click]}}
   platform.test_groups: {dimensions: {campaign: [c-2026-11], test_group: [exposed, holdout]}}
-queries: [overlap, funnel, funnel_flow, segment_insight, attribution, lift, lookalike, activation]
-activation: {recipient: platform, dimensions: [brand.tier, platform.stage_4a, platform.age_band], min_size: 100}
+queries: [overlap, funnel, funnel_flow, segment_insight, value, loyalty, attribution, lift, lookalike, activation]
+activation: {recipient: platform, dimensions: [brand.tier, platform.stage_4a, platform.age_band], min_size: 100,
+             events: [platform.exposures, brand.conversions]}
 campaign_spend: {c-always-on: 20000, c-2026-10: 15000, c-2026-11: 25000}
 min_group_size: 50
 epsilon: {per_member_total: 10.0, per_query_max: 1.0}

@@ -1,4 +1,4 @@
-"""DP analytics over the matched people: overlap, the 4A funnel and its flow, segment insight."""
+"""DP analytics over the matched people: overlap, funnel, GOAL value and loyalty, attribution, lift, audiences."""
 
 from .engine import QueryAnswer, QueryEngine
 from .queries import (
@@ -8,8 +8,10 @@ from .queries import (
     FunnelQuery,
     LiftQuery,
     LookalikeQuery,
+    LoyaltyQuery,
     OverlapQuery,
     SegmentInsightQuery,
+    ValueQuery,
 )
 
 __all__ = [
@@ -19,8 +21,10 @@ __all__ = [
     "FunnelQuery",
     "LiftQuery",
     "LookalikeQuery",
+    "LoyaltyQuery",
     "OverlapQuery",
     "QueryAnswer",
     "QueryEngine",
     "SegmentInsightQuery",
+    "ValueQuery",
 ]

@@ -6,6 +6,11 @@ method (first-order terms, combined in quadrature), not 1.96 standard deviations
 Laplace-shaped, and when one count dominates a derived value the normal multiplier would cover only about 93%.
 With one dominant term this is the exact 95% bound; with several it is slightly conservative. A derived value
 whose denominator is not positive is suppressed.
+
+Shown values never leave the range the true value must lie in (post-processing of DP output, so free, and it
+never moves a value away from the truth): counts, revenue and ROAS at >= 0 when the policy's value bounds are
+non-negative, shares, rates, penetration and recall within [0, 1], means within the range their bounds allow. The
+error bar is the unclamped one.
 """
 
 from __future__ import annotations
@@ -42,20 +47,40 @@ def withheld(keys: tuple[str, ...], measure: str) -> Cell:
     return Cell(keys, measure, 0.0, 0.0, True)
 
 
+def fraction(part: float, part_cells: int, rest: float, rest_cells: int, e95: float) -> tuple[float, float] | None:
+    """The fraction part / (part + rest): part sums `part_cells` noisy cells, rest `rest_cells`, each bound e95.
+
+    Returns the fraction (clamped to [0, 1]: post-processing, and the true value lies there) and its 95% bound, or
+    None when the total is not positive. Callers pass cells clamped at 0, so part and rest are not negative.
+    """
+    total = part + rest
+    if total <= 0:
+        return None
+    s = part / total
+    return min(max(s, 0.0), 1.0), e95 * math.sqrt(part_cells * (1 - s) ** 2 + rest_cells * s**2) / total
+
+
 def share(part: float, total: float, cells_in_total: int, e95: float) -> tuple[float, float] | None:
     """Share part / total, where total sums `cells_in_total` noisy cells (part among them), each with bound e95.
 
     Returns the share and its 95% bound, or None when total is not positive.
     """
-    if total <= 0:
+    return fraction(part, 1, total - part, cells_in_total - 1, e95)
+
+
+def quotient(x: float, ex: float, y: float, ey: float) -> tuple[float, float] | None:
+    """The quotient x / y of independent noisy values with 95% bounds ex and ey (any x).
+
+    None unless y > 0 and the quotient is finite.
+    """
+    if y <= 0 or not math.isfinite(x / y):
         return None
-    s = part / total
-    return s, e95 * math.sqrt((1 - s) ** 2 + s**2 * (cells_in_total - 1)) / total
+    r = x / y
+    return r, math.hypot(ex / y, r * ey / y)  # hypot: no overflow from squaring, whatever the magnitudes
 
 
 def ratio(x: float, ex: float, y: float, ey: float) -> tuple[float, float] | None:
     """Ratio x / y of independent noisy values with 95% bounds ex and ey; None unless both are positive."""
     if x <= 0 or y <= 0:
         return None
-    r = x / y
-    return r, r * math.sqrt((ex / x) ** 2 + (ey / y) ** 2)
+    return quotient(x, ex, y, ey)

@@ -9,6 +9,8 @@ In this order, the same for every query type:
    read, the sensitivity of every released vector, and what is charged to whom. A refusal here depends on nothing
    but the request, the policy and public metadata, spends nothing, and is written to the audit log with its
    reason;
+   A preview stops here: it answers each released vector's 95% error bar (`Plan.stated`: sensitivity, epsilon and
+   unit, all decided in this step), spends nothing and reads no data;
 3. reserve the plan's charges (the requester's, and the recipient's for audiences) or refuse, spending nothing;
 4. read data (`matched.MatchedData` is opened only now), aggregate exactly, clamp, add OpenDP noise, post-process,
    and debit the reservation with the audit entry in one transaction (with the audience, if any) -> respond.
@@ -24,7 +26,8 @@ users-table row of either member changes at most c pairs. Histograms over all of
 insight's denominator) do not go through the join: sensitivity 1.
 
 How epsilon is split within one query: overlap, funnel and funnel flow release one histogram and spend all of it;
-segment insight releases two (matched people, and all of the member's users) and gives each half; attribution
+segment insight releases two (matched people, and all of the member's users) and gives each half; value quarters
+(people, buyers, orders, sum); loyalty releases one histogram (group x state) and spends all of it; attribution
 halves (conversions, revenue); lift quarters (people, converters, revenue, revenue squared); lookalike spends up to
 a tenth (at most 0.1) on its quality estimate and the rest on DP-SGD; activation spends it all on the noisy size
 that gates the release.
@@ -67,7 +70,8 @@ from .attribution import (
 )
 from .audiences import AudienceInfo
 from .audiences import store as store_audience
-from .cells import Z95, Cell, ratio, share, withheld
+from .cells import Z95, Cell, fraction, quotient, ratio, share, withheld
+from .goal import conversions_table, loyalty_sql, measure_spec, state_axis, value_sql
 from .lookalike import (
     _filters,
     held_out_counts,
@@ -99,12 +103,15 @@ from .queries import (
     ActivationQuery,
     AttributionQuery,
     DimensionRef,
+    EventFilter,
     FunnelFlowQuery,
     FunnelQuery,
     LiftQuery,
     LookalikeQuery,
+    LoyaltyQuery,
     OverlapQuery,
     SegmentInsightQuery,
+    ValueQuery,
 )
 
 log = logging.getLogger(__name__)
@@ -136,13 +143,38 @@ class Noisy:
 
 
 @dataclass(frozen=True)
+class Stated:
+    """What a plan states about one released vector before any data is read.
+
+    Its epsilon, its L1 sensitivity, and the unit its integers count (100: cents, 1000: thousandths), so its 95%
+    error bar is known in advance.
+    """
+
+    name: str
+    epsilon: float
+    sensitivity: int
+    unit: int = 1
+
+    @property
+    def error_95(self) -> float:
+        """The 95% bound of each cell's noise, in the released unit (currency, conversions, people)."""
+        return noise_math.error_95(self.sensitivity / self.epsilon) / self.unit
+
+
+@dataclass(frozen=True)
 class Measurement:
-    """One released vector: how to read its exact values, the epsilon it gets, its L1 sensitivity."""
+    """One released vector: how to read its exact values, the epsilon it gets, its L1 sensitivity, its unit."""
 
     name: str
     read: Callable[[MatchedData], Histogram]
     epsilon: float
     sensitivity: int
+    unit: int = 1
+
+    @property
+    def stated(self) -> Stated:
+        """The vector's statement without its reader."""
+        return Stated(self.name, self.epsilon, self.sensitivity, self.unit)
 
 
 @dataclass(frozen=True)
@@ -170,6 +202,8 @@ class Plan:
 
     charges: tuple[Charge, ...]
     run: Callable[[MatchedData], Outcome]
+    #: Every vector the run releases with noise (for `preview`).
+    stated: tuple[Stated, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -289,6 +323,7 @@ class QueryEngine:
         epsilon: float,
         build: Callable[[Collaboration, Catalog], Plan],
         delta: float = 0.0,
+        preview: bool = False,
     ) -> QueryAnswer:
         action = f"query.{query_type}"
         collab = self.authorize(principal, collab_id, query_type)
@@ -299,6 +334,8 @@ class QueryEngine:
             catalog = Catalog(self._db.cursor(), collab)
             catalog.require_matched()
             plan = build(collab, catalog)
+            if preview:
+                return self._preview(principal, collab, query_type, params, plan)
             reservation = self._budget.reserve(collab.id, plan.charges, self._limits(policy), query_type, params)
         except CleanroomError as exc:
             self._audit.record(collab.id, principal.name, "query.refuse", {**params, "reason": str(exc)})
@@ -342,6 +379,26 @@ class QueryEngine:
             audience=stored[0].name if stored else "",
         )
 
+    def _preview(
+        self, principal: Principal, collab: Collaboration, query_type: str, params: Mapping[str, Any], plan: Plan
+    ) -> QueryAnswer:
+        """The error bar each released vector's cells would have, from the plan alone.
+
+        The plan depends on the request, the policy and the catalog only: nothing is read, nothing is spent, and
+        the answer is the same for any data.
+        """
+        entry = self._audit.record(collab.id, principal.name, "query.preview", {"query": query_type, **params})
+        cells = tuple(Cell((s.name,), "error_95", s.error_95, 0.0, False) for s in plan.stated)
+        status = self._budget.status(collab.id, principal.name, self._limits(collab.policy))
+        return QueryAnswer(
+            dimensions=("vector",),
+            cells=cells,
+            epsilon_spent=0.0,
+            epsilon_remaining=status.remaining,
+            noise_scale={s.name: s.sensitivity / s.epsilon for s in plan.stated},
+            audit_sequence=entry.sequence,
+        )
+
     def _measure(self, data: MatchedData, measurements: Sequence[Measurement]) -> dict[str, Noisy]:
         """Read each vector exactly, add its noise; the exact values end here."""
         noisy: dict[str, Noisy] = {}
@@ -367,7 +424,7 @@ class QueryEngine:
             cells = tuple(finish(noisy, collab.policy.min_group_size))
             return Outcome(dimensions, cells, {name: n.scale for name, n in noisy.items()})
 
-        return Plan((Charge(principal.name, epsilon),), run)
+        return Plan((Charge(principal.name, epsilon),), run, tuple(m.stated for m in measurements))
 
     @staticmethod
     def stability(policy: Policy) -> int:
@@ -375,7 +432,7 @@ class QueryEngine:
         return policy.stability
 
     # -- the queries ----------------------------------------------------------------------------------------------
-    def overlap(self, principal: Principal, collab_id: str, q: OverlapQuery) -> QueryAnswer:
+    def overlap(self, principal: Principal, collab_id: str, q: OverlapQuery, preview: bool = False) -> QueryAnswer:
         """Matched people per combination of up to three dimensions (all cells of the domains, zero-filled)."""
 
         def build(collab: Collaboration, catalog: Catalog) -> Plan:
@@ -392,7 +449,7 @@ class QueryEngine:
             return self._histograms(principal, collab, q.epsilon, (people,), tuple(a.label for a in axes), finish)
 
         params = {"dimensions": [str(d) for d in q.dimensions]}
-        return self._release(principal, collab_id, "overlap", params, q.epsilon, build)
+        return self._release(principal, collab_id, "overlap", params, q.epsilon, build, preview=preview)
 
     def _stage_axis(self, policy: Policy) -> Axis:
         for spec in policy.tables.values():
@@ -420,7 +477,7 @@ class QueryEngine:
 
         return relabelled
 
-    def funnel(self, principal: Principal, collab_id: str, q: FunnelQuery) -> QueryAnswer:
+    def funnel(self, principal: Principal, collab_id: str, q: FunnelQuery, preview: bool = False) -> QueryAnswer:
         """Matched people per 4A stage (and `none`), optionally per value of one more dimension; with shares."""
 
         def build(collab: Collaboration, catalog: Catalog) -> Plan:
@@ -440,9 +497,11 @@ class QueryEngine:
             return self._histograms(principal, collab, q.epsilon, (people,), tuple(a.label for a in axes), finish)
 
         params = {"by": str(q.by) if q.by else "", "labels": q.labels}
-        return self._release(principal, collab_id, "funnel", params, q.epsilon, build)
+        return self._release(principal, collab_id, "funnel", params, q.epsilon, build, preview=preview)
 
-    def funnel_flow(self, principal: Principal, collab_id: str, q: FunnelFlowQuery) -> QueryAnswer:
+    def funnel_flow(
+        self, principal: Principal, collab_id: str, q: FunnelFlowQuery, preview: bool = False
+    ) -> QueryAnswer:
         """Matched people per (stage on start, stage on end), with each row's shares."""
 
         def build(collab: Collaboration, catalog: Catalog) -> Plan:
@@ -466,9 +525,11 @@ class QueryEngine:
             return self._histograms(principal, collab, q.epsilon, (people,), (start.label, end.label), finish)
 
         params = {"start_date": q.start.isoformat(), "end_date": q.end.isoformat(), "labels": q.labels}
-        return self._release(principal, collab_id, "funnel_flow", params, q.epsilon, build)
+        return self._release(principal, collab_id, "funnel_flow", params, q.epsilon, build, preview=preview)
 
-    def segment_insight(self, principal: Principal, collab_id: str, q: SegmentInsightQuery) -> QueryAnswer:
+    def segment_insight(
+        self, principal: Principal, collab_id: str, q: SegmentInsightQuery, preview: bool = False
+    ) -> QueryAnswer:
         """Per value: matched people and all users of the dimension's member, their shares, TGI and penetration.
 
         Epsilon is split in half: one half for the matched histogram (sensitivity c), one for the all-users
@@ -503,15 +564,151 @@ class QueryEngine:
                     tgi = ratio(sm[0], sm[1], sa[0], sa[1]) if sm and sa else None
                     out.append(Cell(keys, "tgi", 100 * tgi[0], 100 * tgi[1], False) if tgi else withheld(keys, "tgi"))
                     pen = ratio(vm, m.error_95, va, a.error_95) if ok_m and ok_a else None
-                    out.append(Cell(keys, "penetration", *pen, False) if pen else withheld(keys, "penetration"))
+                    out.append(
+                        Cell(keys, "penetration", min(pen[0], 1.0), pen[1], False)  # matched people are users
+                        if pen
+                        else withheld(keys, "penetration")
+                    )
                 return out
 
             return self._histograms(principal, collab, q.epsilon, measurements, (ax.label,), finish)
 
         params = {"dimension": str(q.dimension)}
-        return self._release(principal, collab_id, "segment_insight", params, q.epsilon, build)
+        return self._release(principal, collab_id, "segment_insight", params, q.epsilon, build, preview=preview)
 
-    def attribution(self, principal: Principal, collab_id: str, q: AttributionQuery) -> QueryAnswer:
+    def _group_axes(self, policy: Policy, by: tuple[DimensionRef, ...]) -> tuple[Axis, ...]:
+        axes = tuple(axis(str(d), d.member, d.column, _dimension(policy, d)) for d in by)
+        cells_of(axes)
+        return axes
+
+    def value(self, principal: Principal, collab_id: str, q: ValueQuery, preview: bool = False) -> QueryAnswer:
+        """GOAL's "A": per group, people, buyers, orders, the sum of a measure, its means per person, buyer, order.
+
+        Privacy unit: one users row of either member with its events. Epsilon is quartered over four vectors with
+        one cell per group (`goal.py` bounds each person's contribution): people (sensitivity c), buyers (c),
+        orders (c x cap) and the sum in cents (c x cap x ceil(100 x max(|lo|, |hi|))), cap being the measure
+        table's `max_per_person` (1 for a users measure). Post-processing: counts are shown at >= 0, the sum at
+        >= 0 when lo >= 0, each mean within the range its definition allows; the means' bounds propagate the two
+        vectors' bounds (`cells.quotient`).
+        """
+        quarter = q.epsilon / 4
+
+        def build(collab: Collaboration, catalog: Catalog) -> Plan:
+            policy = collab.policy
+            axes = self._group_axes(policy, q.by)
+            measure = measure_spec(policy, q.measure)
+            sql = value_sql(catalog, axes, measure)
+            width = len(axes)
+            cached: dict[str, list[tuple[Any, ...]]] = {}
+
+            def column(i: int) -> Callable[[MatchedData], Histogram]:
+                def read(data: MatchedData) -> Histogram:
+                    if "rows" not in cached:
+                        cached["rows"] = data.rows(sql)
+                    return fill_histogram(axes, [(*r[:width], r[width + i]) for r in cached["rows"]])
+
+                return read
+
+            c = self.stability(policy)
+            measurements = (
+                Measurement("people", column(0), quarter, c),
+                Measurement("buyers", column(1), quarter, c),
+                Measurement("orders", column(2), quarter, c * measure.cap),
+                Measurement("sum", column(3), quarter, c * measure.cap * measure.cents_per_row, CENTS),
+            )
+            lo, hi = measure.lo, measure.hi
+            person_lo, person_hi = measure.per_person_range()
+            means = (
+                ("per_person", "people", person_lo, person_hi),
+                ("per_buyer", "buyers", min(lo, person_lo), max(hi, person_hi)),
+                ("per_order", "orders", lo, hi),
+            )
+
+            def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
+                total = noisy["sum"]
+                out: list[Cell] = []
+                for i, keys in enumerate(total.keys):
+                    if noisy["people"].values[i] < min_group:
+                        out += [withheld(keys, m) for m in ("people", "buyers", "orders", "sum")]
+                        out += [withheld(keys, m) for m, *_ in means]
+                        continue
+                    for name in ("people", "buyers", "orders"):
+                        n = noisy[name]
+                        out.append(Cell(keys, name, float(max(n.values[i], 0)), float(n.error_95), False))
+                    s = total.values[i] / CENTS
+                    shown = max(s, 0.0) if lo >= 0 else s
+                    out.append(Cell(keys, "sum", shown, total.error_95 / CENTS, False))
+                    for name, denominator, low, high in means:
+                        n = noisy[denominator]
+                        mean = quotient(s, total.error_95 / CENTS, n.values[i], n.error_95)
+                        if mean is None or n.values[i] < min_group:
+                            out.append(withheld(keys, name))
+                        else:
+                            out.append(Cell(keys, name, min(max(mean[0], low), high), mean[1], False))
+                return out
+
+            return self._histograms(principal, collab, q.epsilon, measurements, tuple(a.label for a in axes), finish)
+
+        params = {"by": [str(d) for d in q.by], "measure": q.measure}
+        return self._release(principal, collab_id, "value", params, q.epsilon, build, preview=preview)
+
+    def loyalty(self, principal: Principal, collab_id: str, q: LoyaltyQuery, preview: bool = False) -> QueryAnswer:
+        """GOAL's "L": per group, converters, repeaters and the retained; repurchase and retention rates.
+
+        Converters bought in period 1, repeaters two or more times in it, the retained again in period 2.
+
+        Privacy unit: one users row of either member with its events. One histogram over group x loyalty state
+        (`goal.py`: each matched person in exactly one state): sensitivity c, all of epsilon. Counts and rates are
+        post-processing of its cells (each clamped at 0); a count summing k cells has bound sqrt(k) x e95, a rate
+        the bound of `cells.fraction`, within [0, 1].
+        """
+
+        def build(collab: Collaboration, catalog: Catalog) -> Plan:
+            policy = collab.policy
+            axes = self._group_axes(policy, q.by)
+            member, time = conversions_table(policy)
+            state = state_axis(member)
+            full = (*axes, state)
+            cells_of(full)
+            sql = loyalty_sql(catalog, axes, member, time, q.period1, q.period2)
+            people = Measurement("people", _reader(full, sql), q.epsilon, self.stability(policy))
+
+            def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
+                n = noisy["people"]
+                e95 = float(n.error_95)
+                by_group: dict[tuple[str, ...], dict[str, float]] = {}
+                for keys, value in zip(n.keys, n.values, strict=True):
+                    by_group.setdefault(keys[:-1], {})[keys[-1]] = float(max(value, 0))
+                out: list[Cell] = []
+                for keys, v in by_group.items():
+                    repeat = v["repeat"] + v["repeat_retained"]
+                    once = v["once"] + v["once_retained"]
+                    retained = v["once_retained"] + v["repeat_retained"]
+                    converters = repeat + once
+                    if converters < min_group:
+                        names = ("converters", "repeaters", "retained", "repurchase_rate", "retention_rate")
+                        out += [withheld(keys, m) for m in names]
+                        continue
+                    out.append(Cell(keys, "converters", converters, 2 * e95, False))
+                    out.append(Cell(keys, "repeaters", repeat, math.sqrt(2) * e95, False))
+                    out.append(Cell(keys, "retained", retained, math.sqrt(2) * e95, False))
+                    for name, part in (("repurchase_rate", repeat), ("retention_rate", retained)):
+                        f = fraction(part, 2, converters - part, 2, e95)
+                        out.append(withheld(keys, name) if f is None else Cell(keys, name, f[0], f[1], False))
+                return out
+
+            return self._histograms(principal, collab, q.epsilon, (people,), tuple(a.label for a in axes), finish)
+
+        params = {
+            "by": [str(d) for d in q.by],
+            "period1": [d.isoformat() for d in q.period1],
+            "period2": [d.isoformat() for d in q.period2],
+        }
+        return self._release(principal, collab_id, "loyalty", params, q.epsilon, build, preview=preview)
+
+    def attribution(
+        self, principal: Principal, collab_id: str, q: AttributionQuery, preview: bool = False
+    ) -> QueryAnswer:
         """Attributed conversions and revenue (and ROAS where spend is public) per campaign or channel.
 
         Epsilon is split in half between the conversions vector (sensitivity c x 1000 x cap thousandths) and the
@@ -550,10 +747,11 @@ class QueryEngine:
 
             c = self.stability(policy)
             measurements = (
-                Measurement("conversions", conversions, half, c * MILLI * ev.cap),
-                Measurement("revenue", revenue, half, c * ev.cap * ev.cents_per_conversion),
+                Measurement("conversions", conversions, half, c * MILLI * ev.cap, MILLI),
+                Measurement("revenue", revenue, half, c * ev.cap * ev.cents_per_conversion, CENTS),
             )
             spend = policy.campaign_spend if q.by == "campaign" else {}
+            floor = 0.0 if ev.lo >= 0 else -math.inf  # revenue cannot be negative when no value is
 
             def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
                 conv, rev = noisy["conversions"], noisy["revenue"]
@@ -563,10 +761,11 @@ class QueryEngine:
                         out += [withheld(keys, m) for m in ("attributed_conversions", "attributed_revenue", "roas")]
                         continue
                     out.append(Cell(keys, "attributed_conversions", vc / MILLI, conv.error_95 / MILLI, False))
-                    out.append(Cell(keys, "attributed_revenue", vr / CENTS, rev.error_95 / CENTS, False))
+                    revenue = max(vr / CENTS, floor)
+                    out.append(Cell(keys, "attributed_revenue", revenue, rev.error_95 / CENTS, False))
                     cost = spend.get(keys[0])
                     if cost:
-                        out.append(Cell(keys, "roas", vr / CENTS / cost, rev.error_95 / CENTS / cost, False))
+                        out.append(Cell(keys, "roas", revenue / cost, rev.error_95 / CENTS / cost, False))
                     else:
                         out.append(withheld(keys, "roas"))
                 return out
@@ -582,9 +781,9 @@ class QueryEngine:
             "click_over_view": q.click_over_view,
             "half_life_days": q.half_life_days,
         }
-        return self._release(principal, collab_id, "attribution", params, q.epsilon, build)
+        return self._release(principal, collab_id, "attribution", params, q.epsilon, build, preview=preview)
 
-    def lift(self, principal: Principal, collab_id: str, q: LiftQuery) -> QueryAnswer:
+    def lift(self, principal: Principal, collab_id: str, q: LiftQuery, preview: bool = False) -> QueryAnswer:
         """Conversion rate per test group, absolute and relative lift, incremental conversions and revenue.
 
         Epsilon is split in quarters over four vectors with one cell per group (every matched person with a test
@@ -623,12 +822,17 @@ class QueryEngine:
             measurements = (
                 Measurement("people", column(1), quarter, c),
                 Measurement("converters", column(2), quarter, c),
-                Measurement("revenue", column(3), quarter, c * math.ceil(CENTS * bound)),
+                Measurement("revenue", column(3), quarter, c * math.ceil(CENTS * bound), CENTS),
                 Measurement("revenue_sq", column(4), quarter, c * (math.ceil(bound**2) + 1)),
             )
-            return self._histograms(principal, collab, q.epsilon, measurements, ("test_group",), lift_cells)
+            floor = 0.0 if ev.lo >= 0 else -math.inf
 
-        return self._release(principal, collab_id, "lift", {"campaign": q.campaign}, q.epsilon, build)
+            def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
+                return lift_cells(noisy, min_group, floor)
+
+            return self._histograms(principal, collab, q.epsilon, measurements, ("test_group",), finish)
+
+        return self._release(principal, collab_id, "lift", {"campaign": q.campaign}, q.epsilon, build, preview=preview)
 
     # -- audiences --------------------------------------------------------------------------------------------------
     def _recipient(self, policy: Policy, requester: str) -> str:
@@ -646,7 +850,7 @@ class QueryEngine:
                 f"{largest} people of the larger set; try {1 / (10 * max(largest, 1)) / 10:.1e}"
             )
 
-    def lookalike(self, principal: Principal, collab_id: str, q: LookalikeQuery) -> QueryAnswer:
+    def lookalike(self, principal: Principal, collab_id: str, q: LookalikeQuery, preview: bool = False) -> QueryAnswer:
         """Train a DP-SGD model on the seeds and release the top `audience_size` recipient users to the recipient.
 
         The requester receives the audience's name and requested size, the epsilon the accountant charged (for
@@ -682,7 +886,7 @@ class QueryEngine:
                 quality = ratio(float(noisy_hits), e95, float(noisy_pos), e95)
                 cells = (
                     Cell(("audience",), "audience_size", float(q.audience_size), 0.0, False),
-                    Cell(("quality",), "recall_at_top_decile", *quality, False)
+                    Cell(("quality",), "recall_at_top_decile", min(quality[0], 1.0), quality[1], False)
                     if quality and noisy_pos >= policy.min_group_size
                     else withheld(("quality",), "recall_at_top_decile"),
                     Cell(("quality",), "random_baseline", 0.1, 0.0, False),
@@ -695,16 +899,19 @@ class QueryEngine:
 
             # The charge is fixed here, before any data is read: success and failure debit the same amount.
             charge = noise.epsilon + eval_eps
-            return Plan((Charge(principal.name, charge, q.delta), Charge(recipient, charge, q.delta)), run)
+            charges = (Charge(principal.name, charge, q.delta), Charge(recipient, charge, q.delta))
+            return Plan(charges, run, (Stated("quality", eval_eps, 2 * c + 1),))
 
         params = {
             "seed": {str(k): v for k, v in q.seed},
             "audience_size": q.audience_size,
             "model": q.model,
         }
-        return self._release(principal, collab_id, "lookalike", params, q.epsilon, build, delta=q.delta)
+        return self._release(
+            principal, collab_id, "lookalike", params, q.epsilon, build, delta=q.delta, preview=preview
+        )
 
-    def activate(self, principal: Principal, collab_id: str, q: ActivationQuery) -> QueryAnswer:
+    def activate(self, principal: Principal, collab_id: str, q: ActivationQuery, preview: bool = False) -> QueryAnswer:
         """Release the matched people of a segment to the policy's activation recipient: a disclosure, not DP.
 
         The policy names activation (recipient, the dimensions a segment may use, the minimum size k) and every
@@ -722,23 +929,25 @@ class QueryEngine:
             if spec is None:
                 raise PermissionDeniedError("the policy does not name activation (recipient, dimensions, min_size)")
             segment = dict(q.segment)
-            _filters(policy, segment, "segment")
+            if segment:
+                _filters(policy, segment, "segment")
             outside = sorted(str(d) for d in segment if str(d) not in spec.dimensions)
             if outside:
                 raise InvalidArgumentError(
                     f"segment: {outside} are not among the policy's activation dimensions {list(spec.dimensions)}"
                 )
-            if all(d.member == spec.recipient for d in segment):
+            times = self._event_filters(policy, q.events)
+            if all(d.member == spec.recipient for d in segment) and all(e.member == spec.recipient for e in q.events):
                 raise InvalidArgumentError(
-                    "segment: use at least one dimension of a member other than the recipient "
-                    f"({spec.recipient}); its own columns alone would hand it the raw intersection"
+                    "segment: use at least one dimension or event table of a member other than the recipient "
+                    f"({spec.recipient}); its own data alone would hand it the raw intersection"
                 )
             if principal.name == spec.recipient:
                 raise PermissionDeniedError("the activation recipient may not request activation lists itself")
             self._delta_for(catalog, delta)
             c = self.stability(policy)
             threshold = spec.min_size + activation_threshold(q.epsilon, delta, c)
-            sql = segment_sql(catalog, segment, spec.recipient)
+            sql = segment_sql(catalog, segment, spec.recipient, q.events, times)
 
             def run(data: MatchedData) -> Outcome:
                 members = np.asarray(data.arrays(sql)["row_id"], dtype=np.int64)
@@ -753,10 +962,34 @@ class QueryEngine:
                 return Outcome(("part",), (cell,), {"audience_size": scale}, audience=audience)
 
             charges = (Charge(principal.name, q.epsilon, delta), Charge(spec.recipient, q.epsilon, delta))
-            return Plan(charges, run)
+            return Plan(charges, run, (Stated("audience_size", q.epsilon, c),))
 
-        params = {"segment": {str(k): v for k, v in q.segment}}
-        return self._release(principal, collab_id, "activation", params, q.epsilon, build, delta=delta)
+        params = {"segment": {str(k): v for k, v in q.segment}, "events": [str(e) for e in q.events]}
+        return self._release(principal, collab_id, "activation", params, q.epsilon, build, delta=delta, preview=preview)
+
+    @staticmethod
+    def _event_filters(policy: Policy, events: Sequence[EventFilter]) -> dict[str, str]:
+        """Each event filter names a table the policy's activation allows, and declared values of its dimensions.
+
+        Returns the time column of each table named.
+        """
+        spec = policy.activation
+        allowed = spec.events if spec else ()
+        times: dict[str, str] = {}
+        for ev in events:
+            table = policy.table(ev.member, ev.table.partition(".")[2])
+            if ev.table not in allowed or table is None or table.time is None:
+                raise InvalidArgumentError(
+                    f"event filter: {ev.table} is not among the policy's activation events {list(allowed)}"
+                )
+            for column, value in ev.where:
+                if column not in table.dimensions or value not in table.dimensions[column]:
+                    raise InvalidArgumentError(
+                        f"event filter on {ev.table}: {column}={value!r} is not a declared dimension value "
+                        f"(declared: {dict(table.dimensions)})"
+                    )
+            times[ev.table] = table.time
+        return times
 
     def budget(self, principal: Principal, collab_id: str) -> tuple[Collaboration, list[Any]]:
         """Each member's budget status (members and assigned auditors may read it)."""
@@ -787,8 +1020,10 @@ def _mean(n: Noisy, r: Noisy, sq: Noisy, i: int) -> tuple[float, float] | None:
     return mu, sampling + noise
 
 
-def lift_cells(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
+def lift_cells(noisy: Mapping[str, Noisy], min_group: int, revenue_floor: float = -math.inf) -> list[Cell]:
     """Per group: people, converters, conversion rate, revenue per person; then the lift estimates.
+
+    Revenue per person is shown at `revenue_floor` or above (0 when the value bounds are non-negative).
 
     Intervals are normal approximations (1.96 standard deviations) whose variance adds the binomial (or
     empirical) sampling variance to the DP noise variance, by the delta method for the derived ratios. Every
@@ -807,7 +1042,8 @@ def lift_cells(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
         rate, mean = _rate(n, c, i), _mean(n, r, sq, i)
         if group_ok and rate and mean:
             out.append(Cell(keys, "conversion_rate", rate[0], Z95 * math.sqrt(rate[1]), False))
-            out.append(Cell(keys, "revenue_per_person", mean[0], Z95 * math.sqrt(mean[1]), False))
+            per_person = max(mean[0], revenue_floor)
+            out.append(Cell(keys, "revenue_per_person", per_person, Z95 * math.sqrt(mean[1]), False))
         else:
             out += [withheld(keys, "conversion_rate"), withheld(keys, "revenue_per_person")]
     e, h = n.keys.index(("exposed",)), n.keys.index(("holdout",))

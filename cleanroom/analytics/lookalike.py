@@ -26,7 +26,7 @@ import functools
 import math
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +41,7 @@ from ..errors import FailedPreconditionError, InvalidArgumentError
 from ..privacy import accounting
 from ..storage.database import quote_ident
 from .matched import NONE, Catalog, MatchedData, Sql
-from .queries import DimensionRef
+from .queries import DimensionRef, EventFilter
 
 MAX_GRAD_NORM = 1.0
 EPOCHS = 3
@@ -81,20 +81,46 @@ def _filters(policy: Policy, filters: Mapping[DimensionRef, str], what: str) -> 
             raise InvalidArgumentError(f"{what}: {value!r} is not in the domain of {ref}")
 
 
-def segment_sql(catalog: Catalog, filters: Mapping[DimensionRef, str], out_member: str) -> Sql:
-    """SQL for the `out_member` row ids of the matched people passing every filter."""
-    joins, wheres, params = [], [], []
+def segment_sql(
+    catalog: Catalog,
+    filters: Mapping[DimensionRef, str],
+    out_member: str,
+    events: Sequence[EventFilter] = (),
+    times: Mapping[str, str] | None = None,
+) -> Sql:
+    """SQL for the `out_member` row ids of the matched people passing every filter and event condition.
+
+    `times` maps each event table (`member.table`) to its time column (from the policy).
+    """
+    joins: list[str] = []
+    wheres: list[str] = ["m.collab = ?"]
+    params: list[object] = [catalog.id]
     for i, (ref, value) in enumerate(filters.items()):
         alias = f"f{i}"
         table = catalog.table(ref.member, "users", [ref.column])
         joins.append(f"JOIN {table} {alias} ON {alias}.row_id = m.{catalog.side(ref.member)}")
         wheres.append(f"CAST({alias}.{quote_ident(ref.column)} AS VARCHAR) = ?")
         params.append(value)
+    for j, ev in enumerate(events):
+        member, _, name = ev.table.partition(".")
+        time = (times or {})[ev.table]
+        table = catalog.table(member, name, [time, *(k for k, _ in ev.where)])
+        alias = f"e{j}"
+        conds = [
+            f"{alias}.row_id = m.{catalog.side(member)}",
+            f"CAST({alias}.{quote_ident(time)} AS DATE) >= ?",
+            f"CAST({alias}.{quote_ident(time)} AS DATE) < ?",
+            *(f"CAST({alias}.{quote_ident(k)} AS VARCHAR) = ?" for k, _ in ev.where),
+        ]
+        wheres.append(
+            f"{'' if ev.present else 'NOT '}EXISTS (SELECT 1 FROM {table} {alias} WHERE {' AND '.join(conds)})"
+        )
+        params += [ev.start, ev.end, *(v for _, v in ev.where)]
     text = (
         f"SELECT DISTINCT m.{catalog.side(out_member)} AS row_id FROM matches m {' '.join(joins)}"
-        f" WHERE m.collab = ? AND {' AND '.join(wheres)}"
+        f" WHERE {' AND '.join(wheres)}"
     )
-    return Sql(text, [catalog.id, *params])
+    return Sql(text, params)
 
 
 @dataclass(frozen=True)

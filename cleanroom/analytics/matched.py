@@ -154,8 +154,17 @@ class Sql:
     params: Sequence[object] | Mapping[str, object] = ()
 
 
-def histogram_sql(catalog: Catalog, axes: tuple[Axis, ...]) -> Sql:
-    """Matched people per combination of the axes' values."""
+@dataclass(frozen=True)
+class Grouping:
+    """SQL pieces that put each matched pair (`matches m`) in its cell of the axes: joins, key expressions, GROUP BY."""
+
+    joins: str
+    keys: tuple[str, ...]
+    group_by: str
+
+
+def grouping(catalog: Catalog, axes: tuple[Axis, ...]) -> Grouping:
+    """Left joins of the users tables the axes read, onto `matches m`, and the axes' key expressions in order."""
     joins: list[str] = []
     exprs: dict[int, str] = {}
     for member in dict.fromkeys(a.member for a in axes):
@@ -165,9 +174,15 @@ def histogram_sql(catalog: Catalog, axes: tuple[Axis, ...]) -> Sql:
         for i, a in enumerate(axes):
             if a.member == member:
                 exprs[i] = f"{alias}.{quote_ident(a.column)}"
-    select = ", ".join([*(exprs[i] for i in range(len(axes))), "count(*)"])
     group = f"GROUP BY {', '.join(str(i + 1) for i in range(len(axes)))}" if axes else ""
-    return Sql(f"SELECT {select} FROM matches m {' '.join(joins)} WHERE m.collab = ? {group}", [catalog.id])
+    return Grouping(" ".join(joins), tuple(exprs[i] for i in range(len(axes))), group)
+
+
+def histogram_sql(catalog: Catalog, axes: tuple[Axis, ...]) -> Sql:
+    """Matched people per combination of the axes' values."""
+    g = grouping(catalog, axes)
+    select = ", ".join([*g.keys, "count(*)"])
+    return Sql(f"SELECT {select} FROM matches m {g.joins} WHERE m.collab = ? {g.group_by}", [catalog.id])
 
 
 def all_users_sql(catalog: Catalog, ax: Axis) -> Sql:

@@ -52,10 +52,7 @@ class OverlapQuery:
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
-        if len(self.dimensions) > MAX_DIMENSIONS:
-            raise InvalidArgumentError(f"overlap groups by at most {MAX_DIMENSIONS} dimensions")
-        if len(set(self.dimensions)) != len(self.dimensions):
-            raise InvalidArgumentError("a dimension is named twice")
+        check_dimensions(self.dimensions, "overlap")
 
 
 @dataclass(frozen=True)
@@ -93,6 +90,48 @@ class FunnelFlowQuery:
             return dt.date.fromisoformat(text)
         except ValueError:
             raise InvalidArgumentError(f"{field}: expected a date like 2026-11-01, got {text!r}") from None
+
+
+def check_dimensions(dimensions: tuple[DimensionRef, ...], what: str) -> None:
+    """At most MAX_DIMENSIONS, none twice."""
+    if len(dimensions) > MAX_DIMENSIONS:
+        raise InvalidArgumentError(f"{what} groups by at most {MAX_DIMENSIONS} dimensions")
+    if len(set(dimensions)) != len(dimensions):
+        raise InvalidArgumentError("a dimension is named twice")
+
+
+@dataclass(frozen=True)
+class ValueQuery:
+    """GOAL's "A": per group, the sum of a declared measure and its means per person, per buyer and per order."""
+
+    by: tuple[DimensionRef, ...]
+    measure: str
+    epsilon: float
+
+    def __post_init__(self) -> None:
+        check_epsilon(self.epsilon)
+        check_dimensions(self.by, "value")
+        if not self.measure:
+            raise InvalidArgumentError("name the measure as member.table.column, e.g. brand.conversions.value")
+
+
+@dataclass(frozen=True)
+class LoyaltyQuery:
+    """GOAL's "L": per group, repurchase rate in period 1 and retention from period 1 to period 2 (ends exclusive)."""
+
+    by: tuple[DimensionRef, ...]
+    period1: tuple[dt.date, dt.date]
+    period2: tuple[dt.date, dt.date]
+    epsilon: float
+
+    def __post_init__(self) -> None:
+        check_epsilon(self.epsilon)
+        check_dimensions(self.by, "loyalty")
+        for name, (start, end) in (("period 1", self.period1), ("period 2", self.period2)):
+            if start >= end:
+                raise InvalidArgumentError(f"{name}: the start date must come before the end date (end is exclusive)")
+        if self.period2[0] < self.period1[1]:
+            raise InvalidArgumentError("period 2 must start on or after the end of period 1")
 
 
 @dataclass(frozen=True)
@@ -158,6 +197,36 @@ class LookalikeQuery:
 
 
 @dataclass(frozen=True)
+class EventFilter:
+    """People with (or, `present` False, without) a row of an event table dated in [start, end).
+
+    Optionally only rows with the given values of the table's declared dimensions count (e.g. campaign c1).
+    """
+
+    table: str
+    start: dt.date
+    end: dt.date
+    present: bool = True
+    where: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        member, dot, table = self.table.partition(".")
+        if not dot or not member or not table:
+            raise InvalidArgumentError("event filter: name the table as member.table, e.g. platform.exposures")
+        if self.start >= self.end:
+            raise InvalidArgumentError(f"event filter on {self.table}: start must come before end (end exclusive)")
+
+    @property
+    def member(self) -> str:
+        """The member whose table it is."""
+        return self.table.partition(".")[0]
+
+    def __str__(self) -> str:
+        where = "".join(f" {k}={v}" for k, v in self.where)
+        return f"{'' if self.present else 'no '}{self.table}{where} in [{self.start}, {self.end})"
+
+
+@dataclass(frozen=True)
 class ActivationQuery:
     """Release the matched people of a segment to the platform; the requester gets a noisy size."""
 
@@ -165,10 +234,12 @@ class ActivationQuery:
     epsilon: float
     #: 0: the policy's per-query maximum.
     delta: float = 0.0
+    #: Conditions on events (retargeting), all of which a person must meet too.
+    events: tuple[EventFilter, ...] = ()
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
-        if not self.segment:
-            raise InvalidArgumentError("name the segment, e.g. {'brand.tier': 'gold'}")
+        if not self.segment and not self.events:
+            raise InvalidArgumentError("name the segment, e.g. {'brand.tier': 'gold'}, or event filters")
         if not (0 <= self.delta < 1):
             raise InvalidArgumentError("delta must lie between 0 and 1 (and far below 1/n), or 0 for the policy's")

@@ -6,7 +6,7 @@ any argument is looked at). Audiences are listed and fetched only by their recip
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -21,13 +21,15 @@ from ..analytics import (
     FunnelQuery,
     LiftQuery,
     LookalikeQuery,
+    LoyaltyQuery,
     OverlapQuery,
     QueryAnswer,
     QueryEngine,
     SegmentInsightQuery,
+    ValueQuery,
 )
 from ..analytics.audiences import AudienceInfo, Audiences, parse_audience_name
-from ..analytics.queries import DimensionRef
+from ..analytics.queries import DimensionRef, EventFilter
 from ..collaborations import Collaborations, parse_name
 from ..errors import InvalidArgumentError
 from .auth import Authenticator
@@ -82,22 +84,26 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         self._engine = engine
         self._auth = auth
 
-    def Overlap(self, request: pb.OverlapRequest, context: grpc.ServicerContext) -> pb.QueryResult:  # noqa: N802
+    def Overlap(  # noqa: N802
+        self, request: pb.OverlapRequest, context: grpc.ServicerContext, preview: bool = False
+    ) -> pb.QueryResult:
         """Matched people by up to three dimensions."""
         principal = self._auth.principal(context)
         self._engine.authorize(principal, parse_name(request.parent), "overlap")
         q = OverlapQuery(tuple(DimensionRef.parse(d) for d in request.dimensions), request.epsilon)
-        return answer_to_proto(self._engine.overlap(principal, parse_name(request.parent), q))
+        return answer_to_proto(self._engine.overlap(principal, parse_name(request.parent), q, preview=preview))
 
-    def Funnel(self, request: pb.FunnelRequest, context: grpc.ServicerContext) -> pb.QueryResult:  # noqa: N802
+    def Funnel(self, request: pb.FunnelRequest, context: grpc.ServicerContext, preview: bool = False) -> pb.QueryResult:  # noqa: N802
         """The 4A distribution."""
         principal = self._auth.principal(context)
         self._engine.authorize(principal, parse_name(request.parent), "funnel")
         by = DimensionRef.parse(request.by) if request.by else None
         q = FunnelQuery(by, request.epsilon, request.labels or "4a")
-        return answer_to_proto(self._engine.funnel(principal, parse_name(request.parent), q))
+        return answer_to_proto(self._engine.funnel(principal, parse_name(request.parent), q, preview=preview))
 
-    def FunnelFlow(self, request: pb.FunnelFlowRequest, context: grpc.ServicerContext) -> pb.QueryResult:  # noqa: N802
+    def FunnelFlow(  # noqa: N802
+        self, request: pb.FunnelFlowRequest, context: grpc.ServicerContext, preview: bool = False
+    ) -> pb.QueryResult:
         """4A transitions between two dates."""
         principal = self._auth.principal(context)
         self._engine.authorize(principal, parse_name(request.parent), "funnel_flow")
@@ -107,23 +113,45 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             request.epsilon,
             request.labels or "4a",
         )
-        return answer_to_proto(self._engine.funnel_flow(principal, parse_name(request.parent), q))
+        return answer_to_proto(self._engine.funnel_flow(principal, parse_name(request.parent), q, preview=preview))
 
     def SegmentInsight(  # noqa: N802
-        self, request: pb.SegmentInsightRequest, context: grpc.ServicerContext
+        self, request: pb.SegmentInsightRequest, context: grpc.ServicerContext, preview: bool = False
     ) -> pb.QueryResult:
         """Shares, TGI and penetration per value of a dimension."""
         principal = self._auth.principal(context)
         self._engine.authorize(principal, parse_name(request.parent), "segment_insight")
         q = SegmentInsightQuery(DimensionRef.parse(request.dimension), request.epsilon)
-        return answer_to_proto(self._engine.segment_insight(principal, parse_name(request.parent), q))
+        return answer_to_proto(self._engine.segment_insight(principal, parse_name(request.parent), q, preview=preview))
+
+    def Value(self, request: pb.ValueRequest, context: grpc.ServicerContext, preview: bool = False) -> pb.QueryResult:  # noqa: N802
+        """GOAL value: sums and means of a declared measure per group."""
+        principal = self._auth.principal(context)
+        self._engine.authorize(principal, parse_name(request.parent), "value")
+        q = ValueQuery(tuple(DimensionRef.parse(d) for d in request.by), request.measure, request.epsilon)
+        return answer_to_proto(self._engine.value(principal, parse_name(request.parent), q, preview=preview))
+
+    def Loyalty(  # noqa: N802
+        self, request: pb.LoyaltyRequest, context: grpc.ServicerContext, preview: bool = False
+    ) -> pb.QueryResult:
+        """GOAL loyalty: repurchase and retention per group."""
+        principal = self._auth.principal(context)
+        self._engine.authorize(principal, parse_name(request.parent), "loyalty")
+        date = FunnelFlowQuery.parse_date
+        q = LoyaltyQuery(
+            tuple(DimensionRef.parse(d) for d in request.by),
+            (date(request.period1_start, "period1_start"), date(request.period1_end, "period1_end")),
+            (date(request.period2_start, "period2_start"), date(request.period2_end, "period2_end")),
+            request.epsilon,
+        )
+        return answer_to_proto(self._engine.loyalty(principal, parse_name(request.parent), q, preview=preview))
 
     def _not_yet(self, parent: str, context: grpc.ServicerContext, query_type: str) -> None:
         self._engine.authorize(self._auth.principal(context), parse_name(parent), query_type)
         raise NotImplementedError(query_type)
 
     def Attribution(  # noqa: N802
-        self, request: pb.AttributionRequest, context: grpc.ServicerContext
+        self, request: pb.AttributionRequest, context: grpc.ServicerContext, preview: bool = False
     ) -> pb.QueryResult:
         """Multi-touch attribution."""
         principal = self._auth.principal(context)
@@ -142,17 +170,17 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             click_over_view=request.click_over_view,
             half_life_days=request.half_life_days or 7.0,
         )
-        return answer_to_proto(self._engine.attribution(principal, parse_name(request.parent), q))
+        return answer_to_proto(self._engine.attribution(principal, parse_name(request.parent), q, preview=preview))
 
-    def Lift(self, request: pb.LiftRequest, context: grpc.ServicerContext) -> pb.QueryResult:  # noqa: N802
+    def Lift(self, request: pb.LiftRequest, context: grpc.ServicerContext, preview: bool = False) -> pb.QueryResult:  # noqa: N802
         """Lift against the holdout."""
         principal = self._auth.principal(context)
         self._engine.authorize(principal, parse_name(request.parent), "lift")
         q = LiftQuery(request.campaign, request.epsilon)
-        return answer_to_proto(self._engine.lift(principal, parse_name(request.parent), q))
+        return answer_to_proto(self._engine.lift(principal, parse_name(request.parent), q, preview=preview))
 
     def Lookalike(  # noqa: N802
-        self, request: pb.LookalikeRequest, context: grpc.ServicerContext
+        self, request: pb.LookalikeRequest, context: grpc.ServicerContext, preview: bool = False
     ) -> pb.QueryResult:
         """DP-SGD lookalike; the audience goes to the platform."""
         principal = self._auth.principal(context)
@@ -164,14 +192,36 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             delta=request.delta,
             model=request.model or "logistic",
         )
-        return answer_to_proto(self._engine.lookalike(principal, parse_name(request.parent), q))
+        return answer_to_proto(self._engine.lookalike(principal, parse_name(request.parent), q, preview=preview))
 
-    def Activate(self, request: pb.ActivateRequest, context: grpc.ServicerContext) -> pb.QueryResult:  # noqa: N802
+    def Activate(  # noqa: N802
+        self, request: pb.ActivateRequest, context: grpc.ServicerContext, preview: bool = False
+    ) -> pb.QueryResult:
         """A segment's matched people, to the platform."""
         principal = self._auth.principal(context)
         self._engine.authorize(principal, parse_name(request.parent), "activation")
-        q = ActivationQuery(segment=_filters(request.segment), epsilon=request.epsilon, delta=request.delta)
-        return answer_to_proto(self._engine.activate(principal, parse_name(request.parent), q))
+        date = FunnelFlowQuery.parse_date
+        events = tuple(
+            EventFilter(
+                e.table,
+                date(e.start_date, "events.start_date"),
+                date(e.end_date, "events.end_date"),
+                present=not e.absent,
+                where=tuple(sorted(e.where.items())),
+            )
+            for e in request.events
+        )
+        q = ActivationQuery(
+            segment=_filters(request.segment), epsilon=request.epsilon, delta=request.delta, events=events
+        )
+        return answer_to_proto(self._engine.activate(principal, parse_name(request.parent), q, preview=preview))
+
+    def Preview(self, request: pb.PreviewRequest, context: grpc.ServicerContext) -> pb.QueryResult:  # noqa: N802
+        """Each released vector's 95% error bar for the query inside, from the request and the policy alone."""
+        kind = request.WhichOneof("query")
+        if kind is None:
+            raise InvalidArgumentError("name the query to preview, e.g. preview { attribution { ... } }")
+        return _PREVIEWED[kind](self, getattr(request, kind), context, True)
 
     def ListAudiences(  # noqa: N802
         self, request: pb.ListAudiencesRequest, context: grpc.ServicerContext
@@ -216,3 +266,18 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             epsilon_per_query_min=policy.epsilon_per_query_min,
             delta_per_query_max=policy.delta_per_query_max,
         )
+
+
+#: The query a PreviewRequest names -> its handler (called with preview=True).
+_PREVIEWED: dict[str, Callable[..., pb.QueryResult]] = {
+    "overlap": AnalyticsServicer.Overlap,
+    "funnel": AnalyticsServicer.Funnel,
+    "funnel_flow": AnalyticsServicer.FunnelFlow,
+    "segment_insight": AnalyticsServicer.SegmentInsight,
+    "value": AnalyticsServicer.Value,
+    "loyalty": AnalyticsServicer.Loyalty,
+    "attribution": AnalyticsServicer.Attribution,
+    "lift": AnalyticsServicer.Lift,
+    "lookalike": AnalyticsServicer.Lookalike,
+    "activate": AnalyticsServicer.Activate,
+}

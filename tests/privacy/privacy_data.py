@@ -10,28 +10,33 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from cleanroom.analytics.engine import QueryEngine
 from cleanroom.analytics.queries import (
     ActivationQuery,
     AttributionQuery,
     DimensionRef,
+    EventFilter,
     FunnelFlowQuery,
     FunnelQuery,
     LiftQuery,
+    LoyaltyQuery,
     OverlapQuery,
     SegmentInsightQuery,
+    ValueQuery,
 )
 from cleanroom.matching.join import ID_TYPE_CODES, join_matches
 from cleanroom.matching.progress import UploadProgress, save_progress
 from cleanroom.principals import Principal, Role
+from cleanroom.privacy.noise import DiscreteLaplace
 from cleanroom.room import Room
 from cleanroom_client.identity import IdentifierType
 from cleanroom_client.policy import TableSpec
@@ -136,6 +141,24 @@ def build(
     return room
 
 
+@pytest.fixture
+def rooms(tmp_path: Path) -> Iterator[Callable[..., Room]]:
+    """Build rooms in fresh directories (OpenDP's noise unless told otherwise); all closed at the end."""
+    opened: list[Room] = []
+    counter = iter(range(10**6))
+
+    def make(policy: str, data: Mapping[str, MemberData], noise: Any = None) -> Room:
+        room = build(
+            tmp_path / f"room-{next(counter)}", policy, data, noise if noise is not None else DiscreteLaplace()
+        )
+        opened.append(room)
+        return room
+
+    yield make
+    for r in opened:
+        r.close()
+
+
 @dataclass
 class Recorded:
     """A vector handed to the noise: its exact values, stated sensitivity and epsilon."""
@@ -157,11 +180,20 @@ class RecordingNoise:
 
 
 DAY0, DAY1 = dt.date(2026, 10, 1), dt.date(2026, 11, 1)
+#: Loyalty periods (end exclusive) around the conversions the privacy datasets draw near 2026-11-01.
+PERIOD1, PERIOD2 = (dt.date(2026, 10, 30), dt.date(2026, 11, 2)), (dt.date(2026, 11, 2), dt.date(2026, 11, 6))
 
 
 def _attribution(model: str) -> Callable[[QueryEngine, str], object]:
     q = AttributionQuery(model, 3, "campaign", 1.0, DimensionRef.parse("brand.tier"), half_life_days=0.05)
     return lambda e, c: e.attribution(BRAND, c, q)
+
+
+#: Retargeting: reached by campaign c1 around 2026-11-01, no conversion from then on.
+RETARGET = (
+    EventFilter("platform.exposures", dt.date(2026, 10, 30), dt.date(2026, 11, 6), where=(("campaign", "c1"),)),
+    EventFilter("brand.conversions", DAY1, dt.date(2026, 11, 20), present=False),
+)
 
 
 def every_query() -> list[Callable[[QueryEngine, str], object]]:
@@ -174,10 +206,16 @@ def every_query() -> list[Callable[[QueryEngine, str], object]]:
         lambda e, c: e.funnel_flow(BRAND, c, FunnelFlowQuery(DAY0, DAY1, 1.0)),
         lambda e, c: e.segment_insight(BRAND, c, SegmentInsightQuery(d("platform.age_band"), 1.0)),
         lambda e, c: e.segment_insight(BRAND, c, SegmentInsightQuery(d("brand.tier"), 1.0)),
+        lambda e, c: e.value(
+            BRAND, c, ValueQuery((d("brand.tier"), d("platform.age_band")), "brand.conversions.value", 1.0)
+        ),
+        lambda e, c: e.value(BRAND, c, ValueQuery((d("brand.tier"),), "platform.users.visits", 1.0)),
+        lambda e, c: e.loyalty(BRAND, c, LoyaltyQuery((d("platform.stage_4a"),), PERIOD1, PERIOD2, 1.0)),
         *(_attribution(m) for m in ("last_touch", "linear", "time_decay", "position_based")),
         lambda e, c: e.attribution(BRAND, c, AttributionQuery("first_touch", 2, "channel", 1.0, click_over_view=True)),
         lambda e, c: e.lift(BRAND, c, LiftQuery("c1", 1.0)),
         lambda e, c: e.activate(BRAND, c, ActivationQuery(((d("brand.tier"), "gold"),), 1.0, 1e-9)),
+        lambda e, c: e.activate(BRAND, c, ActivationQuery((), 1.0, 1e-9, RETARGET)),
     ]
 
 
@@ -196,8 +234,9 @@ tables:
   platform.stage_history: {time: day, dimensions: {stage_4a: [aware, appeal, act, advocate]}}
   platform.exposures: {time: ts, dimensions: {campaign: [c1, c2], channel: [search, feed], kind: [impression, click]}}
   platform.test_groups: {dimensions: {campaign: [c1, c2], test_group: [exposed, holdout]}}
-queries: [overlap, funnel, funnel_flow, segment_insight, attribution, lift, lookalike, activation]
-activation: {recipient: platform, dimensions: [brand.tier, platform.age_band], min_size: 3}
+queries: [overlap, funnel, funnel_flow, segment_insight, value, loyalty, attribution, lift, lookalike, activation]
+activation: {recipient: platform, dimensions: [brand.tier, platform.age_band], min_size: 3,
+             events: [platform.exposures, brand.conversions]}
 min_group_size: 1
 epsilon: {per_member_total: 1.0e+6, per_query_max: 1.0e+4, per_query_min: 0.01}
 delta: {per_member_total: 1.0e-5, per_query_max: 1.0e-6}

@@ -109,3 +109,66 @@ def test_negative_revenue_over_many_touches_stays_within_its_sensitivity(rooms):
     assert len(revenue) == 3
     for call in revenue:
         assert sum(call.counts) == -4999 - 1  # exactly the two conversions' cents, whatever the 300 touches
+
+
+def retargeting_population(n: int = 300) -> tuple[dict[str, MemberData], set[int]]:
+    """n matched people (and unmatched platform users) with exposures and conversions; the platform rows of the
+    matched people reached by campaign c1 in the window who did not convert afterwards."""
+    brand = MemberData(users=[{"email": f"e{i}", "tier": ("gold", "basic")[i % 2]} for i in range(n)])
+    platform = MemberData(
+        users=[{"email": f"e{i}", "age_band": "young", "stage_4a": "aware", "visits": 1.0} for i in range(n + 50)]
+    )
+    day = dt.timedelta(days=1)
+    platform.events["exposures"] = [
+        {
+            "user": u,
+            "ts": T0 + (u % 9 - 4) * day,
+            "campaign": ("c1", "c2")[u % 3 == 0],
+            "channel": "feed",
+            "kind": "impression",
+        }
+        for u in range(n + 50)
+    ]
+    brand.events["conversions"] = [
+        {"user": u, "ts": T0 + (u % 7 - 2) * day, "value": 10.0} for u in range(n) if u % 4 == 0
+    ]
+    window = (dt.date(2026, 10, 30), dt.date(2026, 11, 6))  # exposures on days -2..+4 from T0
+    expected = {
+        u
+        for u in range(n)
+        if u % 3 != 0  # campaign c1
+        and window[0] <= (T0 + (u % 9 - 4) * day).date() < window[1]
+        and not (u % 4 == 0 and (T0 + (u % 7 - 2) * day).date() >= dt.date(2026, 11, 1))
+    }
+    return {"brand": brand, "platform": platform}, expected
+
+
+def test_retargeting_releases_exactly_the_reached_who_did_not_buy(rooms):
+    from privacy_data import RETARGET
+
+    data, expected = retargeting_population()
+    room = rooms(PRIVACY_POLICY, data)
+    answer = room.queries.activate(BRAND, C, ActivationQuery((), 1.0, 1e-9, RETARGET))
+    assert answer.audience
+    audience = answer.audience.rsplit("/", 1)[-1]
+    rows = room.db.cursor().execute("SELECT row_id FROM audience_members WHERE audience = ?", [audience]).fetchall()
+    assert {r[0] for r in rows} == expected
+    for member in ("brand", "platform"):
+        assert room.budget.status(C, member, LIMITS).spent == pytest.approx(1.0)
+
+
+def test_retargeting_refusals(rooms):
+    from privacy_data import RETARGET
+
+    from cleanroom.analytics.queries import EventFilter
+
+    room = rooms(PRIVACY_POLICY, retargeting_population(20)[0])
+    with pytest.raises(InvalidArgumentError, match="other than the recipient"):
+        room.queries.activate(BRAND, C, ActivationQuery((), 1.0, 1e-9, RETARGET[:1]))
+    stages = EventFilter("platform.stage_history", dt.date(2026, 10, 1), dt.date(2026, 11, 1))
+    with pytest.raises(InvalidArgumentError, match="activation events"):
+        room.queries.activate(BRAND, C, ActivationQuery((), 1.0, 1e-9, (stages, RETARGET[1])))
+    bad = EventFilter("platform.exposures", dt.date(2026, 10, 1), dt.date(2026, 11, 1), where=(("campaign", "c9"),))
+    with pytest.raises(InvalidArgumentError, match="not a declared dimension value"):
+        room.queries.activate(BRAND, C, ActivationQuery((), 1.0, 1e-9, (bad, RETARGET[1])))
+    assert room.budget.status(C, "brand", LIMITS).spent == 0.0

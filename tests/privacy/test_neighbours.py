@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from privacy_data import BRAND, DAY0, DAY1, PRIVACY_POLICY, MemberData
+from privacy_data import BRAND, DAY0, DAY1, PERIOD1, PERIOD2, PRIVACY_POLICY, RETARGET, MemberData
 
 from cleanroom.analytics.queries import (
     ActivationQuery,
@@ -20,8 +20,10 @@ from cleanroom.analytics.queries import (
     FunnelQuery,
     LiftQuery,
     LookalikeQuery,
+    LoyaltyQuery,
     OverlapQuery,
     SegmentInsightQuery,
+    ValueQuery,
 )
 from cleanroom.errors import CleanroomError
 
@@ -93,6 +95,19 @@ QUERIES = {
         BRAND, C, FunnelFlowQuery(dt.date(2020, 1, 1), dt.date(2020, 1, 2), 1.0)
     ),
     "segment insight": lambda e: e.segment_insight(BRAND, C, SegmentInsightQuery(d("platform.age_band"), 1.0)),
+    "value of conversions by three dimensions": lambda e: e.value(
+        BRAND,
+        C,
+        ValueQuery((d("brand.tier"), d("platform.age_band"), d("platform.stage_4a")), "brand.conversions.value", 0.5),
+    ),
+    "value of a users measure": lambda e: e.value(BRAND, C, ValueQuery((), "platform.users.visits", 1.0)),
+    "value of an undeclared measure": lambda e: e.value(BRAND, C, ValueQuery((), "brand.conversions.cost", 1.0)),
+    "loyalty": lambda e: e.loyalty(BRAND, C, LoyaltyQuery((d("brand.tier"),), PERIOD1, PERIOD2, 1.0)),
+    "loyalty in years nobody bought in": lambda e: e.loyalty(
+        BRAND,
+        C,
+        LoyaltyQuery((), (dt.date(2001, 1, 1), dt.date(2002, 1, 1)), (dt.date(2002, 1, 1), dt.date(2003, 1, 1)), 1.0),
+    ),
     "time decay at the shortest half-life, a year back": lambda e: e.attribution(
         BRAND, C, AttributionQuery("time_decay", 365, "campaign", 1.0, d("brand.tier"), half_life_days=1 / 24)
     ),
@@ -110,6 +125,10 @@ QUERIES = {
     ),
     "activation on the recipient's columns alone": lambda e: e.activate(
         BRAND, C, ActivationQuery(((d("platform.age_band"), "old"),), 1.0)
+    ),
+    "retargeting: reached by c1, did not buy": lambda e: e.activate(BRAND, C, ActivationQuery((), 1.0, 1e-9, RETARGET)),
+    "retargeting on the recipient's events alone": lambda e: e.activate(
+        BRAND, C, ActivationQuery((), 1.0, 1e-9, RETARGET[:1])
     ),
     "lookalike": lambda e: e.lookalike(BRAND, C, LookalikeQuery(((d("brand.tier"), "gold"),), 1, 1.0, 1e-9)),
     "lookalike with a delta over the policy's": lambda e: e.lookalike(
@@ -151,3 +170,8 @@ def test_the_edge_queries_cover_both_outcomes(rooms):
     assert classes["time decay at the shortest half-life, a year back"] == "ok"
     assert classes["lift with a one-person holdout"] == "ok"
     assert classes["lookalike"] == "ok"
+    assert classes["value of an undeclared measure"] == "InvalidArgumentError"
+    assert classes["value of conversions by three dimensions"] == "ok"
+    assert classes["loyalty in years nobody bought in"] == "ok"
+    assert classes["retargeting: reached by c1, did not buy"] == "ok"
+    assert classes["retargeting on the recipient's events alone"] == "InvalidArgumentError"

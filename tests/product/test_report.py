@@ -40,7 +40,7 @@ def test_demo_writes_a_report_that_loads_with_all_its_charts(tmp_path):
     run_demo(3000, 5000, 1500, None, report)
     page = report / "index.html"
     assert page.exists()
-    for chart in ("funnel", "flow", "tgi", "attribution", "lift", "budget"):
+    for chart in ("funnel", "flow", "tgi", "value", "loyalty", "attribution", "lift", "budget"):
         assert (report / f"{chart}.png").stat().st_size > 5000, chart
     html = page.read_text()
     assert "http://" not in html
@@ -48,7 +48,7 @@ def test_demo_writes_a_report_that_loads_with_all_its_charts(tmp_path):
 
     dom = _chromium(page, tmp_path / "profile-1", "--dump-dom")
     assert dom.returncode == 0, dom.stderr[-2000:]
-    assert re.search(r'data-charts="6"', dom.stdout), "not every chart rendered in the browser"
+    assert re.search(r'data-charts="8"', dom.stdout), "not every chart rendered in the browser"
     assert "CONSOLE" not in dom.stderr, [line for line in dom.stderr.splitlines() if "CONSOLE" in line]
 
     shot = tmp_path / "report.png"

@@ -41,6 +41,7 @@ class Settings:
     insecure: bool = False
     output: str = "table"
     progress: bool = True
+    preview: bool = False
 
 
 settings = Settings()
@@ -54,12 +55,20 @@ def main(
     insecure: Annotated[bool, typer.Option(help="Plaintext (a development server started --insecure).")] = False,
     output: Annotated[str, typer.Option("--output", "-o", help="table, csv or json.")] = "table",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    preview: Annotated[
+        bool,
+        typer.Option(
+            help="Before a query command: show the 95% error bar of each vector it would release at that epsilon, "
+            "spending nothing and reading no data (e.g. cleanroom-client --preview attribution c --epsilon 0.5)."
+        ),
+    ] = False,
 ) -> None:
     """Connect with your token over TLS."""
     if output not in ("table", "csv", "json"):
         raise typer.BadParameter("--output must be table, csv or json")
     settings.target, settings.token, settings.ca = target, token, ca
     settings.insecure, settings.output, settings.progress = insecure, output, progress
+    settings.preview = preview
 
 
 @contextmanager
@@ -260,7 +269,7 @@ def overlap(
 
     Example: cleanroom-client overlap brand-x-2026q4 --by platform.age_band --epsilon 0.5
     """
-    _query(lambda c: c.overlap(collaboration, by=by or [], epsilon=epsilon), "overlap")
+    _query(lambda c: c.overlap(collaboration, by=by or [], epsilon=epsilon, preview=settings.preview), "overlap")
 
 
 @app.command()
@@ -274,7 +283,9 @@ def funnel(
 
     Example: cleanroom-client funnel brand-x-2026q4 --by brand.tier
     """
-    _query(lambda c: c.funnel(collaboration, by=by, epsilon=epsilon, labels=labels), "4A funnel")
+    _query(
+        lambda c: c.funnel(collaboration, by=by, epsilon=epsilon, labels=labels, preview=settings.preview), "4A funnel"
+    )
 
 
 @app.command()
@@ -288,7 +299,7 @@ def flow(
 
     Example: cleanroom-client flow brand-x-2026q4 --start 2026-10-01 --end 2026-11-01
     """
-    _query(lambda c: c.funnel_flow(collaboration, start, end, epsilon=epsilon), "4A flow")
+    _query(lambda c: c.funnel_flow(collaboration, start, end, epsilon=epsilon, preview=settings.preview), "4A flow")
 
 
 @app.command()
@@ -301,7 +312,49 @@ def segment(
 
     Example: cleanroom-client segment brand-x-2026q4 --dimension platform.age_band
     """
-    _query(lambda c: c.segment_insight(collaboration, dimension, epsilon=epsilon), "segment insight")
+    _query(
+        lambda c: c.segment_insight(collaboration, dimension, epsilon=epsilon, preview=settings.preview),
+        "segment insight",
+    )
+
+
+@app.command()
+def value(
+    collaboration: Collab,
+    measure: Annotated[str, typer.Option(help="member.table.column, e.g. brand.conversions.value.")],
+    by: Annotated[list[str] | None, typer.Option(help="member.column dimension (up to 3).")] = None,
+    epsilon: Epsilon = 1.0,
+) -> None:
+    """GOAL value: sum of a measure and its means per person, buyer and order, per group.
+
+    Example: cleanroom-client value brand-x-2026q4 --measure brand.conversions.value --by brand.tier
+    """
+    _query(lambda c: c.value(collaboration, measure, by=by or [], epsilon=epsilon, preview=settings.preview), "value")
+
+
+@app.command()
+def loyalty(
+    collaboration: Collab,
+    period1: Annotated[str, typer.Option(help="START:END of the repurchase window, YYYY-MM-DD, end exclusive.")],
+    period2: Annotated[str, typer.Option(help="START:END of the retention period, YYYY-MM-DD, end exclusive.")],
+    by: Annotated[list[str] | None, typer.Option(help="member.column dimension (up to 3).")] = None,
+    epsilon: Epsilon = 1.0,
+) -> None:
+    """GOAL loyalty: repurchase rate in period 1 and retention into period 2, per group.
+
+    Example: cleanroom-client loyalty brand-x-2026q4 --period1 2026-10-01:2026-10-16 --period2 2026-10-16:2026-11-01
+    """
+    p1, p2 = _period(period1, "--period1"), _period(period2, "--period2")
+    _query(
+        lambda c: c.loyalty(collaboration, p1, p2, by=by or [], epsilon=epsilon, preview=settings.preview), "loyalty"
+    )
+
+
+def _period(text: str, what: str) -> tuple[str, str]:
+    start, colon, end = text.partition(":")
+    if not colon or not start or not end:
+        raise typer.BadParameter(f"{what}: give START:END, e.g. 2026-10-01:2026-10-16")
+    return start, end
 
 
 @app.command()
@@ -327,6 +380,7 @@ def attribution(
             by=by,
             epsilon=epsilon,
             click_over_view=click_over_view,
+            preview=settings.preview,
         ),
         f"attribution ({model})",
     )
@@ -338,7 +392,7 @@ def lift(collaboration: Collab, campaign: Annotated[str, typer.Option()], epsilo
 
     Example: cleanroom-client lift brand-x-2026q4 --campaign c-2026-11
     """
-    _query(lambda c: c.lift(collaboration, campaign, epsilon=epsilon), f"lift of {campaign}")
+    _query(lambda c: c.lift(collaboration, campaign, epsilon=epsilon, preview=settings.preview), f"lift of {campaign}")
 
 
 @app.command()
@@ -355,7 +409,12 @@ def lookalike(
     """
     _query(
         lambda c: c.lookalike(
-            collaboration, seed=_pairs(seed, "--seed"), audience_size=size, epsilon=epsilon, delta=delta
+            collaboration,
+            seed=_pairs(seed, "--seed"),
+            audience_size=size,
+            epsilon=epsilon,
+            delta=delta,
+            preview=settings.preview,
         ),
         "lookalike",
     )
@@ -364,14 +423,42 @@ def lookalike(
 @app.command()
 def activate(
     collaboration: Collab,
-    segment_filter: Annotated[list[str], typer.Option("--segment", help="member.column=value.")],
+    segment_filter: Annotated[list[str] | None, typer.Option("--segment", help="member.column=value.")] = None,
+    event: Annotated[
+        list[str] | None,
+        typer.Option(help="Had a row: member.table:START:END[:column=value,...] (dates YYYY-MM-DD, end exclusive)."),
+    ] = None,
+    no_event: Annotated[list[str] | None, typer.Option(help="Had no row: same form as --event.")] = None,
     epsilon: Epsilon = 0.1,
 ) -> None:
     """Release a segment's matched people to the platform; you receive a noisy size.
 
     Example: cleanroom-client activate brand-x-2026q4 --segment brand.tier=gold --segment platform.stage_4a=appeal
+
+    Retargeting (reached by a campaign, did not buy): cleanroom-client activate brand-x-2026q4
+    --event platform.exposures:2026-11-01:2026-11-15:campaign=c-2026-11
+    --no-event brand.conversions:2026-11-01:2026-12-01
     """
-    _query(lambda c: c.activate(collaboration, _pairs(segment_filter, "--segment"), epsilon=epsilon), "activation")
+    events = [_event(e, False) for e in event or []] + [_event(e, True) for e in no_event or []]
+    _query(
+        lambda c: c.activate(
+            collaboration,
+            _pairs(segment_filter or [], "--segment"),
+            epsilon=epsilon,
+            preview=settings.preview,
+            events=events,
+        ),
+        "activation",
+    )
+
+
+def _event(text: str, absent: bool) -> dict[str, object]:
+    parts = text.split(":")
+    flag = "--no-event" if absent else "--event"
+    if len(parts) not in (3, 4) or not all(parts[:3]):
+        raise typer.BadParameter(f"{flag}: give member.table:START:END[:column=value,...], got {text!r}")
+    where = _pairs(parts[3].split(","), flag) if len(parts) == 4 and parts[3] else {}
+    return {"table": parts[0], "start": parts[1], "end": parts[2], "absent": absent, "where": where}
 
 
 @app.command()

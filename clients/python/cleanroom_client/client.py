@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -196,31 +196,89 @@ class CleanRoomClient:
         return _info(self._call(self._collabs.ApprovePolicy, request))
 
     # -- analytics ---------------------------------------------------------------------------------------------------
-    def overlap(self, collaboration_id: str, by: Sequence[str] = (), epsilon: float = 0.5) -> pd.DataFrame:
+    # Every query method takes `preview=True`: instead of asking, it returns the 95% error bar each released vector
+    # would have at that epsilon (`measure` error_95, one row per vector), spending nothing and reading no data.
+    def _answer(self, rpc: Callable[..., qpb.QueryResult], field: str, request: Any, preview: bool) -> pd.DataFrame:
+        if preview:
+            return _frame(self._call(self._analytics.Preview, qpb.PreviewRequest(**{field: request})))
+        return _frame(self._call(rpc, request))
+
+    def overlap(
+        self, collaboration_id: str, by: Sequence[str] = (), epsilon: float = 0.5, preview: bool = False
+    ) -> pd.DataFrame:
         """Matched people, grouped by up to three `member.column` dimensions; one row per cell and measure."""
         request = qpb.OverlapRequest(parent=_name(collaboration_id), dimensions=list(by), epsilon=epsilon)
-        return _frame(self._call(self._analytics.Overlap, request))
+        return self._answer(self._analytics.Overlap, "overlap", request, preview)
 
     def funnel(
-        self, collaboration_id: str, by: str | None = None, epsilon: float = 0.5, labels: str = "4a"
+        self,
+        collaboration_id: str,
+        by: str | None = None,
+        epsilon: float = 0.5,
+        labels: str = "4a",
+        preview: bool = False,
     ) -> pd.DataFrame:
         """Matched people per 4A stage (counts and shares), optionally crossed with one dimension."""
         request = qpb.FunnelRequest(parent=_name(collaboration_id), by=by or "", epsilon=epsilon, labels=labels)
-        return _frame(self._call(self._analytics.Funnel, request))
+        return self._answer(self._analytics.Funnel, "funnel", request, preview)
 
     def funnel_flow(
-        self, collaboration_id: str, start: str, end: str, epsilon: float = 0.5, labels: str = "4a"
+        self,
+        collaboration_id: str,
+        start: str,
+        end: str,
+        epsilon: float = 0.5,
+        labels: str = "4a",
+        preview: bool = False,
     ) -> pd.DataFrame:
         """Transitions between 4A stages from the snapshot on `start` to the one on `end` (ISO dates)."""
         request = qpb.FunnelFlowRequest(
             parent=_name(collaboration_id), start_date=start, end_date=end, epsilon=epsilon, labels=labels
         )
-        return _frame(self._call(self._analytics.FunnelFlow, request))
+        return self._answer(self._analytics.FunnelFlow, "funnel_flow", request, preview)
 
-    def segment_insight(self, collaboration_id: str, dimension: str, epsilon: float = 0.5) -> pd.DataFrame:
+    def segment_insight(
+        self, collaboration_id: str, dimension: str, epsilon: float = 0.5, preview: bool = False
+    ) -> pd.DataFrame:
         """Per value of `dimension`: matched and all users, their shares, TGI and penetration."""
         request = qpb.SegmentInsightRequest(parent=_name(collaboration_id), dimension=dimension, epsilon=epsilon)
-        return _frame(self._call(self._analytics.SegmentInsight, request))
+        return self._answer(self._analytics.SegmentInsight, "segment_insight", request, preview)
+
+    def value(
+        self, collaboration_id: str, measure: str, by: Sequence[str] = (), epsilon: float = 1.0, preview: bool = False
+    ) -> pd.DataFrame:
+        """GOAL value of a declared measure (`member.table.column`) per group of up to three dimensions.
+
+        Measures per group: people, buyers, orders, sum, and the means per_person, per_buyer, per_order, each with
+        its 95% bound. Values are clamped to the policy's bounds and each person contributes at most the table's
+        `max_per_person` rows; epsilon is split in four.
+        """
+        request = qpb.ValueRequest(parent=_name(collaboration_id), by=list(by), measure=measure, epsilon=epsilon)
+        return self._answer(self._analytics.Value, "value", request, preview)
+
+    def loyalty(
+        self,
+        collaboration_id: str,
+        period1: tuple[str, str],
+        period2: tuple[str, str],
+        by: Sequence[str] = (),
+        epsilon: float = 1.0,
+        preview: bool = False,
+    ) -> pd.DataFrame:
+        """GOAL loyalty per group: converters in period 1, repeaters, retained; repurchase and retention rates.
+
+        Periods are (start, end) ISO dates, end exclusive; period 2 starts no earlier than period 1 ends.
+        """
+        request = qpb.LoyaltyRequest(
+            parent=_name(collaboration_id),
+            by=list(by),
+            period1_start=period1[0],
+            period1_end=period1[1],
+            period2_start=period2[0],
+            period2_end=period2[1],
+            epsilon=epsilon,
+        )
+        return self._answer(self._analytics.Loyalty, "loyalty", request, preview)
 
     def attribution(
         self,
@@ -232,6 +290,7 @@ class CleanRoomClient:
         brand_dimension: str | None = None,
         click_over_view: bool = False,
         half_life_days: float = 7.0,
+        preview: bool = False,
     ) -> pd.DataFrame:
         """Attributed conversions, revenue and ROAS per campaign or channel; group `none` is unattributed.
 
@@ -256,12 +315,12 @@ class CleanRoomClient:
             half_life_days=half_life_days,
             epsilon=epsilon,
         )
-        return _frame(self._call(self._analytics.Attribution, request))
+        return self._answer(self._analytics.Attribution, "attribution", request, preview)
 
-    def lift(self, collaboration_id: str, campaign: str, epsilon: float = 1.0) -> pd.DataFrame:
+    def lift(self, collaboration_id: str, campaign: str, epsilon: float = 1.0, preview: bool = False) -> pd.DataFrame:
         """Conversion rate per test group, lift, incremental conversions and revenue, with intervals."""
         request = qpb.LiftRequest(parent=_name(collaboration_id), campaign=campaign, epsilon=epsilon)
-        return _frame(self._call(self._analytics.Lift, request))
+        return self._answer(self._analytics.Lift, "lift", request, preview)
 
     def lookalike(
         self,
@@ -271,6 +330,7 @@ class CleanRoomClient:
         epsilon: float = 1.0,
         delta: float | None = None,
         model: str = "logistic",
+        preview: bool = False,
     ) -> pd.DataFrame:
         """Train a DP-SGD lookalike on the seeds (e.g. {"brand.tier": "gold"}); the platform receives the audience.
 
@@ -285,21 +345,43 @@ class CleanRoomClient:
             delta=1e-7 if delta is None else delta,
             model=model,
         )
-        return _frame(self._call(self._analytics.Lookalike, request))
+        return self._answer(self._analytics.Lookalike, "lookalike", request, preview)
 
     def activate(
-        self, collaboration_id: str, segment: Mapping[str, str], epsilon: float = 0.1, delta: float = 0.0
+        self,
+        collaboration_id: str,
+        segment: Mapping[str, str] | None = None,
+        epsilon: float = 0.1,
+        delta: float = 0.0,
+        preview: bool = False,
+        events: Sequence[Mapping[str, Any]] = (),
     ) -> pd.DataFrame:
         """Release a segment's matched people (e.g. {"brand.tier": "gold"}) to the policy's activation recipient.
 
         A disclosure the policy names, not a DP aggregate: the list goes out only if the segment's true size is at
         least the policy's minimum and a noisy size clears it with a margin (delta 0: the policy's maximum). You
         receive the noisy size only; your ledger and the recipient's are charged.
+
+        Retargeting: `events` are conditions on event tables the policy's `activation.events` names, each a dict
+        with table, start, end (ISO dates, end exclusive), optional absent (True: no such row) and where, e.g.
+        [{"table": "platform.exposures", "start": "2026-11-01", "end": "2026-11-15", "where": {"campaign": "c1"}},
+        {"table": "brand.conversions", "start": "2026-11-01", "end": "2026-12-01", "absent": True}]: reached by
+        the campaign, did not buy.
         """
+        filters = [
+            qpb.EventFilter(
+                table=e["table"],
+                start_date=e["start"],
+                end_date=e["end"],
+                absent=bool(e.get("absent", False)),
+                where=dict(e.get("where", {})),
+            )
+            for e in events
+        ]
         request = qpb.ActivateRequest(
-            parent=_name(collaboration_id), segment=dict(segment), epsilon=epsilon, delta=delta
+            parent=_name(collaboration_id), segment=dict(segment or {}), epsilon=epsilon, delta=delta, events=filters
         )
-        return _frame(self._call(self._analytics.Activate, request))
+        return self._answer(self._analytics.Activate, "activate", request, preview)
 
     def audiences(self, collaboration_id: str) -> pd.DataFrame:
         """The audiences released to you (as the member with `receive_audiences`)."""

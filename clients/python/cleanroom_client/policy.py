@@ -115,6 +115,9 @@ class ActivationSpec:
     dimensions: tuple[str, ...]
     #: The smallest segment (true size) whose list may be released.
     min_size: int
+    #: `member.table` event tables (with a time column) a segment may filter on: had / had no rows in a window,
+    #: optionally on the table's declared dimensions (retargeting: "reached by campaign c1, did not buy").
+    events: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -279,14 +282,19 @@ def _consistent_tables(tables: Mapping[str, TableSpec], problems: list[str]) -> 
 
 
 def _sensitivities_fit(tables: Mapping[str, TableSpec], c: int, problems: list[str]) -> None:
-    """The largest sensitivity a conversions table's bounds lead to (attribution, lift) must fit MAX_SENSITIVITY."""
+    """The largest sensitivity an event table's bounds lead to must fit MAX_SENSITIVITY.
+
+    A conversions table's in attribution and lift, any capped table's in the value query (cap rows, in cents).
+    """
     for qualified, spec in tables.items():
-        if spec.table != "conversions" or spec.max_per_person is None:
+        if spec.max_per_person is None:
             continue
         cap = spec.max_per_person
         for column, (lo, hi) in spec.measures.items():
             bound = max(abs(lo), abs(hi))
-            largest = c * max(1000 * cap, cap * math.ceil(100 * bound), math.ceil((cap * bound) ** 2) + 1)
+            largest = c * cap * math.ceil(100 * bound)
+            if spec.table == "conversions":
+                largest = max(largest, c * max(1000 * cap, math.ceil((cap * bound) ** 2) + 1))
             if largest > MAX_SENSITIVITY:
                 problems.append(
                     f"tables.{qualified}: max_per_person {cap} x |{column}| up to {bound:g} gives a sensitivity of "
@@ -348,7 +356,12 @@ def _activation(
             "(a segment on the recipient's own columns alone would hand it the raw intersection)"
         )
     min_size = raw.get("min_size")
-    return ActivationSpec(str(recipient), tuple(dims), min_size if isinstance(min_size, int) else 1)
+    events = [e for e in _list(raw.get("events")) if isinstance(e, str)]
+    for e in events:
+        spec = tables.get(e)
+        if spec is None or spec.table == "users" or spec.time is None:
+            problems.append(f"activation.events: {e!r} is not a declared event table with a time column")
+    return ActivationSpec(str(recipient), tuple(dims), min_size if isinstance(min_size, int) else 1, tuple(events))
 
 
 def _members(raw: Any) -> tuple[MemberSpec, ...]:

@@ -113,7 +113,7 @@ def test_epsilon_minimum_and_delta_caps():
 def test_activation_must_be_named_and_not_on_the_recipients_columns_alone():
     no_section = DEMO_POLICY.replace(
         "activation: {recipient: platform, dimensions: [brand.tier, platform.stage_4a, platform.age_band], "
-        "min_size: 100}\n",
+        "min_size: 100,\n             events: [platform.exposures, brand.conversions]}\n",
         "",
     )
     assert "activation: required when queries allow activation" in _problems(no_section)
@@ -121,3 +121,15 @@ def test_activation_must_be_named_and_not_on_the_recipients_columns_alone():
     assert "name at least one dimension of a member other than the recipient" in _problems(own)
     wrong = DEMO_POLICY.replace("recipient: platform", "recipient: brand")
     assert "activation.recipient: a member of the policy with the ability receive_audiences" in _problems(wrong)
+
+
+def test_activation_events_are_declared_event_tables():
+    activation = parse_policy(DEMO_POLICY).activation
+    assert activation is not None
+    assert activation.events == ("platform.exposures", "brand.conversions")
+    users = DEMO_POLICY.replace("events: [platform.exposures, brand.conversions]", "events: [brand.users]")
+    assert "'brand.users' is not a declared event table with a time column" in _problems(users)
+    groups = DEMO_POLICY.replace("events: [platform.exposures, brand.conversions]", "events: [platform.test_groups]")
+    assert "'platform.test_groups' is not a declared event table" in _problems(groups)
+    scalar = DEMO_POLICY.replace("events: [platform.exposures, brand.conversions]", "events: brand.conversions")
+    assert "activation.events: a list of event tables" in _problems(scalar)

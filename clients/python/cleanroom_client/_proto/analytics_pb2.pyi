@@ -275,6 +275,140 @@ class SegmentInsightRequest(_message.Message):
 Global___SegmentInsightRequest: _TypeAlias = SegmentInsightRequest  # noqa: Y015
 
 @_typing.final
+class ValueRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    BY_FIELD_NUMBER: _builtins.int
+    MEASURE_FIELD_NUMBER: _builtins.int
+    EPSILON_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    measure: _builtins.str
+    """A declared measure, `member.table.column`, e.g. `brand.conversions.value` or `platform.users.visits_30d`."""
+    epsilon: _builtins.float
+    """Split in four: people, buyers, orders, sum."""
+    @_builtins.property
+    def by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Up to three `member.column` dimensions of the members' users tables, e.g. `brand.tier`, `platform.stage_4a`."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        by: _abc.Iterable[_builtins.str] | None = ...,
+        measure: _builtins.str = ...,
+        epsilon: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "epsilon", b"epsilon", "measure", b"measure", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValueRequest: _TypeAlias = ValueRequest  # noqa: Y015
+
+@_typing.final
+class LoyaltyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    BY_FIELD_NUMBER: _builtins.int
+    PERIOD1_START_FIELD_NUMBER: _builtins.int
+    PERIOD1_END_FIELD_NUMBER: _builtins.int
+    PERIOD2_START_FIELD_NUMBER: _builtins.int
+    PERIOD2_END_FIELD_NUMBER: _builtins.int
+    EPSILON_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    period1_start: _builtins.str
+    """Period 1 (repurchase window) and period 2 (retention), ISO dates (YYYY-MM-DD); start inclusive, end
+    exclusive; period 2 starts no earlier than period 1 ends.
+    """
+    period1_end: _builtins.str
+    period2_start: _builtins.str
+    period2_end: _builtins.str
+    epsilon: _builtins.float
+    @_builtins.property
+    def by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Up to three `member.column` dimensions of the members' users tables."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        by: _abc.Iterable[_builtins.str] | None = ...,
+        period1_start: _builtins.str = ...,
+        period1_end: _builtins.str = ...,
+        period2_start: _builtins.str = ...,
+        period2_end: _builtins.str = ...,
+        epsilon: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "epsilon", b"epsilon", "parent", b"parent", "period1_end", b"period1_end", "period1_start", b"period1_start", "period2_end", b"period2_end", "period2_start", b"period2_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoyaltyRequest: _TypeAlias = LoyaltyRequest  # noqa: Y015
+
+@_typing.final
+class PreviewRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OVERLAP_FIELD_NUMBER: _builtins.int
+    FUNNEL_FIELD_NUMBER: _builtins.int
+    FUNNEL_FLOW_FIELD_NUMBER: _builtins.int
+    SEGMENT_INSIGHT_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    LOYALTY_FIELD_NUMBER: _builtins.int
+    ATTRIBUTION_FIELD_NUMBER: _builtins.int
+    LIFT_FIELD_NUMBER: _builtins.int
+    LOOKALIKE_FIELD_NUMBER: _builtins.int
+    ACTIVATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def overlap(self) -> Global___OverlapRequest: ...
+    @_builtins.property
+    def funnel(self) -> Global___FunnelRequest: ...
+    @_builtins.property
+    def funnel_flow(self) -> Global___FunnelFlowRequest: ...
+    @_builtins.property
+    def segment_insight(self) -> Global___SegmentInsightRequest: ...
+    @_builtins.property
+    def value(self) -> Global___ValueRequest: ...
+    @_builtins.property
+    def loyalty(self) -> Global___LoyaltyRequest: ...
+    @_builtins.property
+    def attribution(self) -> Global___AttributionRequest: ...
+    @_builtins.property
+    def lift(self) -> Global___LiftRequest: ...
+    @_builtins.property
+    def lookalike(self) -> Global___LookalikeRequest: ...
+    @_builtins.property
+    def activate(self) -> Global___ActivateRequest: ...
+    def __init__(
+        self,
+        *,
+        overlap: Global___OverlapRequest | None = ...,
+        funnel: Global___FunnelRequest | None = ...,
+        funnel_flow: Global___FunnelFlowRequest | None = ...,
+        segment_insight: Global___SegmentInsightRequest | None = ...,
+        value: Global___ValueRequest | None = ...,
+        loyalty: Global___LoyaltyRequest | None = ...,
+        attribution: Global___AttributionRequest | None = ...,
+        lift: Global___LiftRequest | None = ...,
+        lookalike: Global___LookalikeRequest | None = ...,
+        activate: Global___ActivateRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["activate", b"activate", "attribution", b"attribution", "funnel", b"funnel", "funnel_flow", b"funnel_flow", "lift", b"lift", "lookalike", b"lookalike", "loyalty", b"loyalty", "overlap", b"overlap", "query", b"query", "segment_insight", b"segment_insight", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activate", b"activate", "attribution", b"attribution", "funnel", b"funnel", "funnel_flow", b"funnel_flow", "lift", b"lift", "lookalike", b"lookalike", "loyalty", b"loyalty", "overlap", b"overlap", "query", b"query", "segment_insight", b"segment_insight", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_query: _TypeAlias = _typing.Literal["overlap", "funnel", "funnel_flow", "segment_insight", "value", "loyalty", "attribution", "lift", "lookalike", "activate"]  # noqa: Y015
+    _WhichOneofArgType_query: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_query) -> _WhichOneofReturnType_query | None: ...
+
+Global___PreviewRequest: _TypeAlias = PreviewRequest  # noqa: Y015
+
+@_typing.final
 class AttributionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -433,6 +567,7 @@ class ActivateRequest(_message.Message):
     SEGMENT_FIELD_NUMBER: _builtins.int
     EPSILON_FIELD_NUMBER: _builtins.int
     DELTA_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     epsilon: _builtins.float
     """Epsilon of the noisy size the caller receives (and that gates the release)."""
@@ -442,6 +577,12 @@ class ActivateRequest(_message.Message):
     def segment(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Segment filter over the members' users dimensions, e.g. {"platform.stage_4a": "appeal", "brand.tier": "gold"}."""
 
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventFilter]:
+        """Retargeting: conditions on events a person must meet too, e.g. exposed to campaign c1 in October and no
+        conversion since. Each table must be among the policy's `activation.events`.
+        """
+
     def __init__(
         self,
         *,
@@ -449,14 +590,74 @@ class ActivateRequest(_message.Message):
         segment: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         epsilon: _builtins.float = ...,
         delta: _builtins.float = ...,
+        events: _abc.Iterable[Global___EventFilter] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "epsilon", b"epsilon", "parent", b"parent", "segment", b"segment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "epsilon", b"epsilon", "events", b"events", "parent", b"parent", "segment", b"segment"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ActivateRequest: _TypeAlias = ActivateRequest  # noqa: Y015
+
+@_typing.final
+class EventFilter(_message.Message):
+    """People with (or, `absent`, without) a row of an event table dated from `start_date` (inclusive) to `end_date`
+    (exclusive), counting only rows with the given values of the table's declared dimensions.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class WhereEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TABLE_FIELD_NUMBER: _builtins.int
+    START_DATE_FIELD_NUMBER: _builtins.int
+    END_DATE_FIELD_NUMBER: _builtins.int
+    ABSENT_FIELD_NUMBER: _builtins.int
+    WHERE_FIELD_NUMBER: _builtins.int
+    table: _builtins.str
+    """`member.table`, e.g. `platform.exposures` or `brand.conversions`."""
+    start_date: _builtins.str
+    end_date: _builtins.str
+    absent: _builtins.bool
+    @_builtins.property
+    def where(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """e.g. {"campaign": "c-2026-11"} or {"channel": "video"}."""
+
+    def __init__(
+        self,
+        *,
+        table: _builtins.str = ...,
+        start_date: _builtins.str = ...,
+        end_date: _builtins.str = ...,
+        absent: _builtins.bool = ...,
+        where: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["absent", b"absent", "end_date", b"end_date", "start_date", b"start_date", "table", b"table", "where", b"where"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventFilter: _TypeAlias = EventFilter  # noqa: Y015
 
 @_typing.final
 class Audience(_message.Message):

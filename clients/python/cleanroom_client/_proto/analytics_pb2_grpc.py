@@ -61,6 +61,16 @@ class AnalyticsServiceStub:
                 request_serializer=cleanroom_dot_v1_dot_analytics__pb2.SegmentInsightRequest.SerializeToString,
                 response_deserializer=cleanroom_dot_v1_dot_analytics__pb2.QueryResult.FromString,
                 _registered_method=True)
+        self.Value = channel.unary_unary(
+                '/cleanroom.v1.AnalyticsService/Value',
+                request_serializer=cleanroom_dot_v1_dot_analytics__pb2.ValueRequest.SerializeToString,
+                response_deserializer=cleanroom_dot_v1_dot_analytics__pb2.QueryResult.FromString,
+                _registered_method=True)
+        self.Loyalty = channel.unary_unary(
+                '/cleanroom.v1.AnalyticsService/Loyalty',
+                request_serializer=cleanroom_dot_v1_dot_analytics__pb2.LoyaltyRequest.SerializeToString,
+                response_deserializer=cleanroom_dot_v1_dot_analytics__pb2.QueryResult.FromString,
+                _registered_method=True)
         self.Attribution = channel.unary_unary(
                 '/cleanroom.v1.AnalyticsService/Attribution',
                 request_serializer=cleanroom_dot_v1_dot_analytics__pb2.AttributionRequest.SerializeToString,
@@ -90,6 +100,11 @@ class AnalyticsServiceStub:
                 '/cleanroom.v1.AnalyticsService/FetchAudience',
                 request_serializer=cleanroom_dot_v1_dot_analytics__pb2.FetchAudienceRequest.SerializeToString,
                 response_deserializer=cleanroom_dot_v1_dot_analytics__pb2.FetchAudienceResponse.FromString,
+                _registered_method=True)
+        self.Preview = channel.unary_unary(
+                '/cleanroom.v1.AnalyticsService/Preview',
+                request_serializer=cleanroom_dot_v1_dot_analytics__pb2.PreviewRequest.SerializeToString,
+                response_deserializer=cleanroom_dot_v1_dot_analytics__pb2.QueryResult.FromString,
                 _registered_method=True)
         self.GetBudget = channel.unary_unary(
                 '/cleanroom.v1.AnalyticsService/GetBudget',
@@ -130,6 +145,23 @@ class AnalyticsServiceServicer:
 
     def SegmentInsight(self, request, context):
         """Share among matched people vs. all platform users per value of a platform dimension: TGI and penetration.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Value(self, request, context):
+        """GOAL "A" (value): per group of declared dimensions, people, buyers, orders and the sum of a declared measure
+        (clamped to the policy's bounds, at most `max_per_person` rows per person), and its means per person, per
+        buyer and per order, each with a 95% bound.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Loyalty(self, request, context):
+        """GOAL "L" (loyalty): per group, converters in period 1, repeaters among them (two or more conversions in
+        period 1) and the retained (converted again in period 2); repurchase and retention rates with 95% bounds.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -178,6 +210,17 @@ class AnalyticsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Preview(self, request, context):
+        """The 95% error bar every cell of a query would have, from the request, the policy and the epsilon alone:
+        nothing is spent and no data is read, so pick epsilon and bounds before spending. One cell per released
+        vector (keys: the vector's name, e.g. `revenue`; measure `error_95`; value: the bar in the released unit,
+        currency for revenue and sums, people for counts). A mean's bar is about sqrt(bar_sum^2 + (mean x
+        bar_count)^2) / count. Refusals are the query's own. Audited as `query.preview`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetBudget(self, request, context):
         """Epsilon spent and left per member.
         """
@@ -206,6 +249,16 @@ def add_AnalyticsServiceServicer_to_server(servicer, server):
             'SegmentInsight': grpc.unary_unary_rpc_method_handler(
                     servicer.SegmentInsight,
                     request_deserializer=cleanroom_dot_v1_dot_analytics__pb2.SegmentInsightRequest.FromString,
+                    response_serializer=cleanroom_dot_v1_dot_analytics__pb2.QueryResult.SerializeToString,
+            ),
+            'Value': grpc.unary_unary_rpc_method_handler(
+                    servicer.Value,
+                    request_deserializer=cleanroom_dot_v1_dot_analytics__pb2.ValueRequest.FromString,
+                    response_serializer=cleanroom_dot_v1_dot_analytics__pb2.QueryResult.SerializeToString,
+            ),
+            'Loyalty': grpc.unary_unary_rpc_method_handler(
+                    servicer.Loyalty,
+                    request_deserializer=cleanroom_dot_v1_dot_analytics__pb2.LoyaltyRequest.FromString,
                     response_serializer=cleanroom_dot_v1_dot_analytics__pb2.QueryResult.SerializeToString,
             ),
             'Attribution': grpc.unary_unary_rpc_method_handler(
@@ -237,6 +290,11 @@ def add_AnalyticsServiceServicer_to_server(servicer, server):
                     servicer.FetchAudience,
                     request_deserializer=cleanroom_dot_v1_dot_analytics__pb2.FetchAudienceRequest.FromString,
                     response_serializer=cleanroom_dot_v1_dot_analytics__pb2.FetchAudienceResponse.SerializeToString,
+            ),
+            'Preview': grpc.unary_unary_rpc_method_handler(
+                    servicer.Preview,
+                    request_deserializer=cleanroom_dot_v1_dot_analytics__pb2.PreviewRequest.FromString,
+                    response_serializer=cleanroom_dot_v1_dot_analytics__pb2.QueryResult.SerializeToString,
             ),
             'GetBudget': grpc.unary_unary_rpc_method_handler(
                     servicer.GetBudget,
@@ -357,6 +415,60 @@ class AnalyticsService:
             target,
             '/cleanroom.v1.AnalyticsService/SegmentInsight',
             cleanroom_dot_v1_dot_analytics__pb2.SegmentInsightRequest.SerializeToString,
+            cleanroom_dot_v1_dot_analytics__pb2.QueryResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Value(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cleanroom.v1.AnalyticsService/Value',
+            cleanroom_dot_v1_dot_analytics__pb2.ValueRequest.SerializeToString,
+            cleanroom_dot_v1_dot_analytics__pb2.QueryResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Loyalty(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cleanroom.v1.AnalyticsService/Loyalty',
+            cleanroom_dot_v1_dot_analytics__pb2.LoyaltyRequest.SerializeToString,
             cleanroom_dot_v1_dot_analytics__pb2.QueryResult.FromString,
             options,
             channel_credentials,
@@ -520,6 +632,33 @@ class AnalyticsService:
             '/cleanroom.v1.AnalyticsService/FetchAudience',
             cleanroom_dot_v1_dot_analytics__pb2.FetchAudienceRequest.SerializeToString,
             cleanroom_dot_v1_dot_analytics__pb2.FetchAudienceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Preview(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cleanroom.v1.AnalyticsService/Preview',
+            cleanroom_dot_v1_dot_analytics__pb2.PreviewRequest.SerializeToString,
+            cleanroom_dot_v1_dot_analytics__pb2.QueryResult.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,15 @@ class AnalyticsServiceStub:
     """Transitions between 4A stages from one snapshot date to another."""
     SegmentInsight: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.SegmentInsightRequest, _analytics_pb2.QueryResult]
     """Share among matched people vs. all platform users per value of a platform dimension: TGI and penetration."""
+    Value: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.ValueRequest, _analytics_pb2.QueryResult]
+    """GOAL "A" (value): per group of declared dimensions, people, buyers, orders and the sum of a declared measure
+    (clamped to the policy's bounds, at most `max_per_person` rows per person), and its means per person, per
+    buyer and per order, each with a 95% bound.
+    """
+    Loyalty: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.LoyaltyRequest, _analytics_pb2.QueryResult]
+    """GOAL "L" (loyalty): per group, converters in period 1, repeaters among them (two or more conversions in
+    period 1) and the retained (converted again in period 2); repurchase and retention rates with 95% bounds.
+    """
     Attribution: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.AttributionRequest, _analytics_pb2.QueryResult]
     """Multi-touch attribution of the brand's conversions to the platform's campaigns or channels."""
     Lift: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.LiftRequest, _analytics_pb2.QueryResult]
@@ -62,6 +71,13 @@ class AnalyticsServiceStub:
     """The audiences released to the caller (the member with `receive_audiences`)."""
     FetchAudience: _grpc.UnaryStreamMultiCallable[_analytics_pb2.FetchAudienceRequest, _analytics_pb2.FetchAudienceResponse]
     """One audience's members as the caller's own surrogate row ids, in chunks; only its recipient may fetch it."""
+    Preview: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.PreviewRequest, _analytics_pb2.QueryResult]
+    """The 95% error bar every cell of a query would have, from the request, the policy and the epsilon alone:
+    nothing is spent and no data is read, so pick epsilon and bounds before spending. One cell per released
+    vector (keys: the vector's name, e.g. `revenue`; measure `error_95`; value: the bar in the released unit,
+    currency for revenue and sums, people for counts). A mean's bar is about sqrt(bar_sum^2 + (mean x
+    bar_count)^2) / count. Refusals are the query's own. Audited as `query.preview`.
+    """
     GetBudget: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.GetBudgetRequest, _analytics_pb2.Budget]
     """Epsilon spent and left per member."""
 
@@ -84,6 +100,15 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     """Transitions between 4A stages from one snapshot date to another."""
     SegmentInsight: _aio.UnaryUnaryMultiCallable[_analytics_pb2.SegmentInsightRequest, _analytics_pb2.QueryResult]  # type: ignore[assignment]
     """Share among matched people vs. all platform users per value of a platform dimension: TGI and penetration."""
+    Value: _aio.UnaryUnaryMultiCallable[_analytics_pb2.ValueRequest, _analytics_pb2.QueryResult]  # type: ignore[assignment]
+    """GOAL "A" (value): per group of declared dimensions, people, buyers, orders and the sum of a declared measure
+    (clamped to the policy's bounds, at most `max_per_person` rows per person), and its means per person, per
+    buyer and per order, each with a 95% bound.
+    """
+    Loyalty: _aio.UnaryUnaryMultiCallable[_analytics_pb2.LoyaltyRequest, _analytics_pb2.QueryResult]  # type: ignore[assignment]
+    """GOAL "L" (loyalty): per group, converters in period 1, repeaters among them (two or more conversions in
+    period 1) and the retained (converted again in period 2); repurchase and retention rates with 95% bounds.
+    """
     Attribution: _aio.UnaryUnaryMultiCallable[_analytics_pb2.AttributionRequest, _analytics_pb2.QueryResult]  # type: ignore[assignment]
     """Multi-touch attribution of the brand's conversions to the platform's campaigns or channels."""
     Lift: _aio.UnaryUnaryMultiCallable[_analytics_pb2.LiftRequest, _analytics_pb2.QueryResult]  # type: ignore[assignment]
@@ -98,6 +123,13 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     """The audiences released to the caller (the member with `receive_audiences`)."""
     FetchAudience: _aio.UnaryStreamMultiCallable[_analytics_pb2.FetchAudienceRequest, _analytics_pb2.FetchAudienceResponse]  # type: ignore[assignment]
     """One audience's members as the caller's own surrogate row ids, in chunks; only its recipient may fetch it."""
+    Preview: _aio.UnaryUnaryMultiCallable[_analytics_pb2.PreviewRequest, _analytics_pb2.QueryResult]  # type: ignore[assignment]
+    """The 95% error bar every cell of a query would have, from the request, the policy and the epsilon alone:
+    nothing is spent and no data is read, so pick epsilon and bounds before spending. One cell per released
+    vector (keys: the vector's name, e.g. `revenue`; measure `error_95`; value: the bar in the released unit,
+    currency for revenue and sums, people for counts). A mean's bar is about sqrt(bar_sum^2 + (mean x
+    bar_count)^2) / count. Refusals are the query's own. Audited as `query.preview`.
+    """
     GetBudget: _aio.UnaryUnaryMultiCallable[_analytics_pb2.GetBudgetRequest, _analytics_pb2.Budget]  # type: ignore[assignment]
     """Epsilon spent and left per member."""
 
@@ -141,6 +173,27 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_analytics_pb2.QueryResult, _abc.Awaitable[_analytics_pb2.QueryResult]]:
         """Share among matched people vs. all platform users per value of a platform dimension: TGI and penetration."""
+
+    @_abc_1.abstractmethod
+    def Value(
+        self,
+        request: _analytics_pb2.ValueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_pb2.QueryResult, _abc.Awaitable[_analytics_pb2.QueryResult]]:
+        """GOAL "A" (value): per group of declared dimensions, people, buyers, orders and the sum of a declared measure
+        (clamped to the policy's bounds, at most `max_per_person` rows per person), and its means per person, per
+        buyer and per order, each with a 95% bound.
+        """
+
+    @_abc_1.abstractmethod
+    def Loyalty(
+        self,
+        request: _analytics_pb2.LoyaltyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_pb2.QueryResult, _abc.Awaitable[_analytics_pb2.QueryResult]]:
+        """GOAL "L" (loyalty): per group, converters in period 1, repeaters among them (two or more conversions in
+        period 1) and the retained (converted again in period 2); repurchase and retention rates with 95% bounds.
+        """
 
     @_abc_1.abstractmethod
     def Attribution(
@@ -191,6 +244,19 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_analytics_pb2.FetchAudienceResponse], _abc.AsyncIterator[_analytics_pb2.FetchAudienceResponse]]:
         """One audience's members as the caller's own surrogate row ids, in chunks; only its recipient may fetch it."""
+
+    @_abc_1.abstractmethod
+    def Preview(
+        self,
+        request: _analytics_pb2.PreviewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_pb2.QueryResult, _abc.Awaitable[_analytics_pb2.QueryResult]]:
+        """The 95% error bar every cell of a query would have, from the request, the policy and the epsilon alone:
+        nothing is spent and no data is read, so pick epsilon and bounds before spending. One cell per released
+        vector (keys: the vector's name, e.g. `revenue`; measure `error_95`; value: the bar in the released unit,
+        currency for revenue and sums, people for counts). A mean's bar is about sqrt(bar_sum^2 + (mean x
+        bar_count)^2) / count. Refusals are the query's own. Audited as `query.preview`.
+        """
 
     @_abc_1.abstractmethod
     def GetBudget(

@@ -20,7 +20,8 @@ GENEROUS = DEMO_POLICY.replace("min_group_size: 50", "min_group_size: 5").replac
 )
 TIGHT = DEMO_POLICY.replace("per_member_total: 10.0, per_query_max: 1.0", "per_member_total: 1.0, per_query_max: 0.5")
 TIGHT = TIGHT.replace(
-    "queries: [overlap, funnel, funnel_flow, segment_insight, attribution, lift, lookalike, activation]",
+    "queries: [overlap, funnel, funnel_flow, segment_insight, value, loyalty, attribution, lift, lookalike, "
+    "activation]",
     "queries: [overlap, funnel]",
 )
 assert "queries: [overlap, funnel]\n" in TIGHT

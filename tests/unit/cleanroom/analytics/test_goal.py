@@ -1,0 +1,170 @@
+"""GOAL value and loyalty over real gRPC and from the CLI, on hand-built people whose answers are known exactly.
+
+The policy's epsilon is enormous, so the noise scale is about 1e-9 and OpenDP's integer noise is zero: the answers
+must equal the hand-computed ones. (The coverage of the error bars at real epsilons: tests/reference.)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from cleanroom.privacy import noise as noise_math
+from cleanroom_client import CleanRoomError
+from cleanroom_client.cli import app
+
+POLICY = """\
+name: goal-test
+members:
+  brand:    {abilities: [contribute, query, receive_results]}
+  platform: {abilities: [contribute]}
+identifiers: [email]
+tables:
+  brand.users:        {dimensions: {tier: [gold, basic]}}
+  brand.conversions:  {time: ts, measures: {value: [0, 100]}, max_per_person: 2}
+  platform.users:     {dimensions: {stage_4a: [aware, appeal, act, advocate]}}
+queries: [value, loyalty]
+min_group_size: 1
+epsilon: {per_member_total: 1.0e+15, per_query_max: 1.0e+10}
+"""
+EPS = 1e10
+T = dt.datetime(2026, 10, 1, 12)
+DAY = dt.timedelta(days=1)
+#: person -> (tier, stage)
+PEOPLE = {"a": ("gold", "act"), "b": ("gold", "act"), "c": ("basic", "aware"), "d": ("basic", None), "e": (None, "act")}
+#: (person, time, value): a buys three times (the third is over the cap), one clamped at 100; b once in each period;
+#: c twice in period 1 with a negative value (clamped to 0); d never; e once, in period 2 only.
+CONVERSIONS = [
+    ("a", T, 10.0),
+    ("a", T + DAY, 250.0),
+    ("a", T + 2 * DAY, 30.0),
+    ("b", T, 20.5),
+    ("b", T + 20 * DAY, 5.0),
+    ("c", T + DAY, -3.0),
+    ("c", T + 3 * DAY, 7.25),
+    ("e", T + 17 * DAY, 40.0),
+]
+
+
+@pytest.fixture(scope="module")
+def collab(room) -> str:
+    keys = sorted(PEOPLE)
+    return room.match_frames(
+        "goal-cases",
+        POLICY,
+        brand={
+            "users": pd.DataFrame(
+                {"key": keys, "email": [f"{k}@example.com" for k in keys], "tier": [PEOPLE[k][0] for k in keys]}
+            ),
+            "key": "key",
+            "identifiers": {"email": "email"},
+            "attributes": ["tier"],
+            "events": {"conversions": pd.DataFrame(CONVERSIONS, columns=["key", "ts", "value"])},
+        },
+        platform={
+            "users": pd.DataFrame(
+                {"key": keys, "email": [f"{k}@example.com" for k in keys], "stage_4a": [PEOPLE[k][1] for k in keys]}
+            ),
+            "key": "key",
+            "identifiers": {"email": "email"},
+            "attributes": ["stage_4a"],
+        },
+    )
+
+
+def test_value_by_tier_is_exact(room, collab):
+    f = room.client("brand").value(collab, "brand.conversions.value", by=["brand.tier"], epsilon=EPS)
+    got = f.set_index(["brand.tier", "measure"])["value"]
+    # gold: a (10 + 100, the third over the cap), b (20.5 + 5); basic: c (0 + 7.25), d (none); none: e (40)
+    assert got[("gold", "people")] == 2
+    assert got[("gold", "buyers")] == 2
+    assert got[("gold", "orders")] == 4
+    assert got[("gold", "sum")] == pytest.approx(135.5)
+    assert got[("gold", "per_person")] == pytest.approx(67.75)
+    assert got[("gold", "per_order")] == pytest.approx(135.5 / 4)
+    assert got[("basic", "people")] == 2
+    assert got[("basic", "buyers")] == 1
+    assert got[("basic", "per_buyer")] == pytest.approx(7.25)
+    assert got[("basic", "per_person")] == pytest.approx(3.625)
+    assert got[("none", "sum")] == pytest.approx(40.0)
+    assert f.attrs["epsilon_spent"] == EPS
+    assert set(f.attrs["noise_scale"]) == {"people", "buyers", "orders", "sum"}
+
+
+def test_loyalty_by_stage_is_exact(room, collab):
+    f = room.client("brand").loyalty(
+        collab, ("2026-10-01", "2026-10-15"), ("2026-10-15", "2026-11-01"), by=["platform.stage_4a"], epsilon=EPS
+    )
+    got = f.set_index(["platform.stage_4a", "measure"])["value"]
+    # act: a (3 in period 1, none in 2), b (1 in 1, 1 in 2), e (only in 2: not a converter); aware: c (2 in 1)
+    assert got[("act", "converters")] == 2
+    assert got[("act", "repurchase_rate")] == pytest.approx(0.5)
+    assert got[("act", "retention_rate")] == pytest.approx(0.5)
+    assert got[("aware", "repurchase_rate")] == pytest.approx(1.0)
+    assert got[("aware", "retention_rate")] == pytest.approx(0.0)
+    assert f[(f["platform.stage_4a"] == "advocate") & (f["measure"] == "repurchase_rate")]["suppressed"].all()
+
+
+def test_refusals_say_what_to_fix(room, collab):
+    brand = room.client("brand")
+    with pytest.raises(CleanRoomError) as info:
+        brand.value(collab, "brand.conversions.price", epsilon=1.0)
+    assert info.value.code == "INVALID_ARGUMENT"
+    assert "brand.conversions.value" in str(info.value)
+    with pytest.raises(CleanRoomError) as info:
+        brand.loyalty(collab, ("2026-10-15", "2026-11-01"), ("2026-10-01", "2026-10-15"), epsilon=1.0)
+    assert info.value.code == "INVALID_ARGUMENT"
+    assert "period 2" in str(info.value)
+
+
+def test_the_cli_commands(room, collab, tmp_path):
+    env = {
+        "CLEANROOM_TARGET": f"localhost:{room.server.port}",
+        "CLEANROOM_TOKEN": room.tokens["brand"],
+        "CLEANROOM_CA": str(room.pki.ca),
+        "CLEANROOM_STATE_DIR": str(tmp_path / "state"),
+        "COLUMNS": "200",
+    }
+    runner = CliRunner()
+    eps = str(EPS)
+    value = runner.invoke(
+        app, ["-o", "csv", "value", collab, "--measure", "brand.conversions.value", "--epsilon", eps], env=env
+    )
+    assert value.exit_code == 0, value.output
+    assert "per_buyer" in value.output
+    periods = ["--period1", "2026-10-01:2026-10-15", "--period2", "2026-10-15:2026-11-01"]
+    loyalty = runner.invoke(app, ["-o", "csv", "loyalty", collab, *periods, "--epsilon", eps], env=env)
+    assert loyalty.exit_code == 0, loyalty.output
+    assert "retention_rate" in loyalty.output
+    bad = runner.invoke(
+        app, ["loyalty", collab, "--period1", "2026-10-01", "--period2", "2026-10-15:2026-11-01"], env=env
+    )
+    assert bad.exit_code != 0
+    assert "START:END" in bad.output
+
+
+def test_preview_over_grpc_spends_nothing_and_states_the_revenue_bar(room, collab, tmp_path):
+    brand = room.client("brand")
+    before = brand.budget(collab).set_index("member").loc["brand", "spent"]
+    bars = brand.value(collab, "brand.conversions.value", by=["brand.tier"], epsilon=1.0, preview=True)
+    bar = bars.set_index("vector")["value"]
+    # one identifier type (c = 1), cap 2, bound 100: the sum moves by at most 2 x 10000 cents, at epsilon / 4
+    assert bar["sum"] == pytest.approx(noise_math.error_95(2 * 10_000 / 0.25) / 100)
+    assert bar["people"] == noise_math.error_95(1 / 0.25)
+    assert bars.attrs["epsilon_spent"] == 0
+    assert brand.budget(collab).set_index("member").loc["brand", "spent"] == before
+    env = {
+        "CLEANROOM_TARGET": f"localhost:{room.server.port}",
+        "CLEANROOM_TOKEN": room.tokens["brand"],
+        "CLEANROOM_CA": str(room.pki.ca),
+        "CLEANROOM_STATE_DIR": str(tmp_path / "state"),
+        "COLUMNS": "200",
+    }
+    periods = ["--period1", "2026-10-01:2026-10-15", "--period2", "2026-10-15:2026-11-01"]
+    r = CliRunner().invoke(app, ["-o", "csv", "--preview", "loyalty", collab, *periods, "--epsilon", "0.5"], env=env)
+    assert r.exit_code == 0, r.output
+    assert "error_95" in r.output
+    assert brand.budget(collab).set_index("member").loc["brand", "spent"] == before
