@@ -24,9 +24,9 @@ def _collab(room: Room):
     return room.collaborations.get(BRAND, c.id)
 
 
-def _points(room: Room, collab, total_rows: int) -> None:
+def _points(room: Room, collab, total_rows: int, member: str = "brand") -> None:
     """Commit an (empty) point upload that numbers `total_rows` rows."""
-    room.relay.upload_points(collab, "brand", 0, IdentifierType.EMAIL, 0, b"", b"", last=True, total_rows=total_rows)
+    room.relay.upload_points(collab, member, 0, IdentifierType.EMAIL, 0, b"", b"", last=True, total_rows=total_rows)
 
 
 def test_tables_follow_the_point_upload_use_its_row_numbers_and_are_final(tmp_path):
@@ -85,9 +85,11 @@ def test_physical_names_are_one_to_one_so_no_collaboration_overwrites_another(tm
     )
     room = Room.open(tmp_path)
     victim = _active(room, "acme--platform", DEMO_POLICY)
+    _points(room, victim, 4)
     _upload(room, victim, "brand", "users", pd.DataFrame({"row_id": [1, 2, 3], "tier": ["gold", "gold", "silver"]}))
     attack_policy = DEMO_POLICY.replace("tables:\n", "tables:\n  platform.brand__users: {dimensions: {tier: [junk]}}\n")
     attacker = _active(room, "acme", attack_policy)
+    _points(room, attacker, 4, "platform")
     _upload(room, attacker, "platform", "brand__users", pd.DataFrame({"row_id": [1, 2, 3], "tier": ["junk"] * 3}))
 
     cur = room.db.cursor()
