@@ -84,6 +84,30 @@ def _wrap_stream(fn: Callable[..., Iterator[Any]], method: str) -> Callable[...,
     return handler
 
 
+def rewrap(
+    handler: grpc.RpcMethodHandler, wrap: Callable[[Callable[..., Any], bool, bool], Callable[..., Any]]
+) -> grpc.RpcMethodHandler:
+    """The same method handler with its behaviour replaced by `wrap(behaviour, streams_in, streams_out)`.
+
+    The one place that knows gRPC's four kinds of method (unary or streaming request, unary or streaming response),
+    for every interceptor that wraps a servicer's behaviour.
+    """
+    kinds = (
+        (handler.unary_unary, False, False, grpc.unary_unary_rpc_method_handler),
+        (handler.unary_stream, False, True, grpc.unary_stream_rpc_method_handler),
+        (handler.stream_unary, True, False, grpc.stream_unary_rpc_method_handler),
+        (handler.stream_stream, True, True, grpc.stream_stream_rpc_method_handler),
+    )
+    for fn, streams_in, streams_out, make in kinds:
+        if fn:
+            return make(
+                wrap(fn, streams_in, streams_out),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+    return handler
+
+
 class ErrorMappingInterceptor(grpc.ServerInterceptor):
     """Maps domain errors of every RPC to gRPC status; hides unexpected errors behind INTERNAL."""
 
@@ -97,28 +121,6 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(handler.stream_stream, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return rewrap(
+            handler, lambda fn, _streams_in, streams_out: (_wrap_stream if streams_out else _wrap_unary)(fn, method)
+        )

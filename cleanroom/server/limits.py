@@ -18,6 +18,7 @@ from google.protobuf.message import Message
 
 from ..collaborations import MAX_POLICY_BYTES
 from ..errors import InvalidArgumentError
+from .errors import rewrap
 
 #: Longest string any request field may carry (names, dimensions, filters, tokens, dates...).
 MAX_STRING_CHARS = 1024
@@ -97,17 +98,4 @@ class RequestLimitsInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        kinds: list[tuple[Any, Callable[..., Any], Callable[..., grpc.RpcMethodHandler]]] = [
-            (handler.unary_unary, _unary, grpc.unary_unary_rpc_method_handler),
-            (handler.unary_stream, _unary, grpc.unary_stream_rpc_method_handler),
-            (handler.stream_unary, _streaming, grpc.stream_unary_rpc_method_handler),
-            (handler.stream_stream, _streaming, grpc.stream_stream_rpc_method_handler),
-        ]
-        for fn, wrap, make in kinds:
-            if fn:
-                return make(
-                    wrap(fn),
-                    request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer,
-                )
-        return handler
+        return rewrap(handler, lambda fn, streams_in, _streams_out: (_streaming if streams_in else _unary)(fn))
