@@ -99,15 +99,15 @@ def plain(room: Room, collab: str) -> dict[str, str]:
     b = quote_ident(physical_name(collab, "brand", "users"))
     p = quote_ident(physical_name(collab, "platform", "users"))
     h = quote_ident(physical_name(collab, "platform", "stage_history"))
-    m = f"matches m WHERE m.collab = '{collab}'"
     return {
         "overlap (tier x age band)": f"SELECT b.tier, p.age_band, count(*) FROM matches m JOIN {b} b ON b.row_id = "
         f"m.row_a JOIN {p} p ON p.row_id = m.row_b WHERE m.collab = '{collab}' GROUP BY 1, 2",
         "funnel (x tier)": f"SELECT b.tier, p.stage_4a, count(*) FROM matches m JOIN {b} b ON b.row_id = m.row_a "
         f"JOIN {p} p ON p.row_id = m.row_b WHERE m.collab = '{collab}' GROUP BY 1, 2",
-        "funnel flow": f"WITH s AS (SELECT row_id, arg_max(stage_4a, date) FILTER (WHERE date <= DATE '2026-10-01') "
-        f"s0, arg_max(stage_4a, date) s1 FROM {h} GROUP BY row_id) SELECT s0, s1, count(*) FROM {m.split(' WHERE')[0]}"
-        f" JOIN s ON s.row_id = m.row_b WHERE m.collab = '{collab}' GROUP BY 1, 2",
+        "funnel flow": f"WITH s AS (SELECT row_id, arg_max(stage_4a, date) FILTER (WHERE date = DATE '2026-10-01') s0, "
+        f"arg_max(stage_4a, date) FILTER (WHERE date = DATE '2026-11-01') s1 FROM {h} WHERE date IN "
+        f"(DATE '2026-10-01', DATE '2026-11-01') GROUP BY row_id) SELECT s0, s1, count(*) FROM matches m LEFT JOIN s "
+        f"ON s.row_id = m.row_b WHERE m.collab = '{collab}' GROUP BY 1, 2",
         "segment insight (age band)": f"SELECT p.age_band, count(*) FROM matches m JOIN {p} p ON p.row_id = m.row_b "
         f"WHERE m.collab = '{collab}' GROUP BY 1 UNION ALL SELECT age_band, count(*) FROM {p} GROUP BY 1",
     }
