@@ -1,5 +1,6 @@
 # Two commands for a fresh machine: `make demo` and `make test`. Both create .venv when missing and install both
-# packages editable with the dev tools and the SDK's Ray extra (the tests run a Ray cluster). torch is installed
+# packages editable with the dev tools, the SDK's Ray extra (the tests run a Ray cluster) and the report's matplotlib
+# (the SDK's `report` extra; the server's own install never pulls it). torch is installed
 # first and pinned: it is the CPU build on this machine's disk, and letting opacus pull torch in would fetch a
 # multi-GB CUDA build instead.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -13,7 +14,7 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e "clients/python[ray]" -e ".[dev]"
+	$(BIN)/python -m pip install -q -e "clients/python[ray,report]" -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -23,11 +23,11 @@ import numpy as np
 import pyarrow as pa
 
 from cleanroom.analytics import AttributionQuery
+from cleanroom.devtools.synthetic import DEMO_POLICY, load_direct
 from cleanroom.matching.tables import physical_name
 from cleanroom.principals import Principal, Role
 from cleanroom.room import Room
 from cleanroom.storage.database import quote_ident
-from cleanroom.synthetic import DEMO_POLICY, load_direct
 
 MODELS = ("last_touch", "first_touch", "linear", "time_decay", "position_based")
 POLICY = DEMO_POLICY.replace("per_member_total: 10.0", "per_member_total: 1000.0")

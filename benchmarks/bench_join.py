@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from cleanroom.collaborations import Collaboration
+from cleanroom.devtools.synthetic import DEMO_POLICY
 from cleanroom.matching.progress import UploadProgress, save_progress
 from cleanroom.matching.relay import POINTS
 from cleanroom.principals import Principal, Role
 from cleanroom.room import Room
 from cleanroom.storage import StorageLimits
-from cleanroom.synthetic import DEMO_POLICY
 
 MEMBERS = ("brand", "platform")
 #: The offer's order: pos -> row (pos * STEP + 1) mod n, a permutation since STEP is a prime above any n used here.

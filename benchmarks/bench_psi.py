@@ -36,7 +36,7 @@ from typing import Any
 import pandas as pd
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from cleanroom.synthetic import DEMO_POLICY
+from cleanroom.devtools.synthetic import DEMO_POLICY
 from cleanroom_client.curve import hash_to_u
 
 HERE = Path(__file__).resolve().parent

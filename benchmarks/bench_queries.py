@@ -30,12 +30,12 @@ import pyarrow as pa
 
 from cleanroom.analytics import FunnelFlowQuery, FunnelQuery, OverlapQuery, SegmentInsightQuery
 from cleanroom.analytics.queries import DimensionRef
+from cleanroom.devtools.synthetic import AGE_BANDS, DEMO_POLICY, STAGES, TIERS, load_direct
 from cleanroom.matching.tables import physical_name
 from cleanroom.principals import Principal, Role
 from cleanroom.room import Room
 from cleanroom.storage import StorageLimits
 from cleanroom.storage.database import quote_ident
-from cleanroom.synthetic import AGE_BANDS, DEMO_POLICY, STAGES, TIERS, load_direct
 
 POLICY = DEMO_POLICY.replace("per_member_total: 10.0", "per_member_total: 1000.0")
 BRAND = Principal("brand", Role.MEMBER)

@@ -257,7 +257,7 @@ def make_dev_certs(
 
     Example: cleanroom admin make-dev-certs ./certs --client brand --client platform
     """
-    from .devpki import make_dev_pki
+    from .devtools.devpki import make_dev_pki
 
     pki = make_dev_pki(directory, tuple(client or ()), tuple(host or ()))
     console.print(f"wrote {pki.ca}, {pki.server_cert}, {pki.server_key} and {len(client or [])} client certificates")
@@ -306,7 +306,7 @@ def demo(
 
     Example: cleanroom demo --brand-users 20000 --platform-users 40000 --shared 6000
     """
-    from .demo import run_demo
+    from .devtools.demo import run_demo
 
     run_demo(brand_users, platform_users, shared, data_dir, report_dir)
 

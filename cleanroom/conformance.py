@@ -34,7 +34,7 @@ from cleanroom_client.identity import (
     parse_prehashed,
 )
 
-from .devpki import make_dev_pki
+from .devtools.devpki import make_dev_pki
 from .matching import match_stats
 from .principals import Principal, Role
 from .server import ServerConfig, create_server

@@ -31,7 +31,7 @@ from gmpy2 import mpz
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from cleanroom.synthetic import DEMO_POLICY
+from cleanroom.devtools.synthetic import DEMO_POLICY
 from cleanroom_client._proto import matching_pb2 as pb
 from cleanroom_client.blinding import ZERO_TAG, blind_point, join_tag
 from cleanroom_client.curve import CLEANROOM_DST, POINT_PROBLEMS, P, check_points, hash_to_curve, hash_to_u

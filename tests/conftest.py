@@ -6,11 +6,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cleanroom.devpki import DevPki, make_dev_pki
+from cleanroom.devtools.devpki import DevPki, make_dev_pki
+from cleanroom.devtools.synthetic import DEMO_POLICY
 from cleanroom.principals import Role
 from cleanroom.server import ServerConfig, create_server
 from cleanroom.server.app import RunningServer, TlsConfig
-from cleanroom.synthetic import DEMO_POLICY
 from cleanroom_client import CleanRoomClient, SerialExecutor
 
 PRINCIPALS = {

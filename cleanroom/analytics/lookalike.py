@@ -28,12 +28,9 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from opacus import PrivacyEngine
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from cleanroom_client.policy import Policy, TableSpec
 
@@ -42,6 +39,10 @@ from ..privacy import accounting
 from ..storage.database import quote_ident
 from .matched import NONE, Catalog, MatchedData, Sql
 from .queries import DimensionRef, EventFilter
+
+if TYPE_CHECKING:  # torch and opacus (seconds to import) load when a lookalike is first trained, not at startup
+    import torch
+    from torch import nn
 
 MAX_GRAD_NORM = 1.0
 EPOCHS = 3
@@ -184,6 +185,8 @@ def training_data(data: MatchedData, plan: TrainingPlan) -> TrainingData:
 
 
 def _model(kind: str, d: int) -> nn.Module:
+    from torch import nn
+
     if kind == "logistic":
         linear = nn.Linear(d, 1)
         nn.init.zeros_(linear.weight)  # no random initial ranking: the order comes from what is learned
@@ -196,6 +199,8 @@ def _model(kind: str, d: int) -> nn.Module:
 
 def _generator() -> torch.Generator:
     """A torch generator seeded with 63 bits from the OS CSPRNG."""
+    import torch
+
     return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
 
 
@@ -233,6 +238,11 @@ def train(data: TrainingData, noise: TrainingNoise, kind: str = "logistic") -> T
     `EPOCHS / SAMPLE_RATE` steps, per-example clipping to `MAX_GRAD_NORM`, Gaussian noise of `noise.noise_multiplier`
     times that norm: exactly what `training_noise` accounted for.
     """
+    import torch
+    from opacus import PrivacyEngine
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
     n = len(data.labels)
     generator = _generator()
     held_out = (torch.rand(n, generator=generator) < HELD_OUT).numpy()

@@ -45,9 +45,10 @@ import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from dp_accounting import NeighboringRelation
-from dp_accounting.pld import privacy_loss_distribution as pld
+if TYPE_CHECKING:  # dp_accounting (and scipy under it) loads when a lookalike is first accounted, not at startup
+    from dp_accounting.pld import privacy_loss_distribution as pld
 
 # Discretisation of the privacy loss (pessimistic, so coarser only over-states ε): 2e-3 keeps the replace-one PLD
 # within ~0.001 of the fine figure; the group mixture is far costlier to build and gets 1e-2 (~+0.01 to +0.03).
@@ -180,6 +181,9 @@ def _epsilon(noisy: NoisyDpSgdRun, stop_at: float | None = None) -> float:
 
 @functools.lru_cache(maxsize=64)
 def _replace_pld(sigma: float, sample_rate: float, steps: int) -> pld.PrivacyLossDistribution:
+    from dp_accounting import NeighboringRelation
+    from dp_accounting.pld import privacy_loss_distribution as pld
+
     single = pld.from_gaussian_mechanism(
         standard_deviation=sigma,
         sensitivity=1.0,
@@ -193,6 +197,8 @@ def _replace_pld(sigma: float, sample_rate: float, steps: int) -> pld.PrivacyLos
 
 @functools.lru_cache(maxsize=64)
 def _group_pld(sigma: float, sample_rate: float, steps: int, group: int) -> pld.PrivacyLossDistribution:
+    from dp_accounting.pld import privacy_loss_distribution as pld
+
     ks = list(range(group + 1))
     probs = [math.comb(group, k) * sample_rate**k * (1 - sample_rate) ** (group - k) for k in ks]
     single = pld.from_mixture_gaussian_mechanism(

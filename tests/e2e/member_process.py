@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from cleanroom.synthetic import SyntheticConfig, generate
+from cleanroom.devtools.synthetic import SyntheticConfig, generate
 from cleanroom_client import CleanRoomClient
 
 

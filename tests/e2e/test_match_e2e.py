@@ -18,9 +18,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cleanroom.devtools.synthetic import DEMO_POLICY, SyntheticConfig, generate
 from cleanroom.matching import match_stats
 from cleanroom.storage import Database
-from cleanroom.synthetic import DEMO_POLICY, SyntheticConfig, generate
 from cleanroom_client import CleanRoomClient
 from cleanroom_client._proto import matching_pb2, matching_pb2_grpc
 

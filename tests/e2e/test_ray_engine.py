@@ -27,9 +27,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cleanroom.devpki import DevPki
+from cleanroom.devtools.devpki import DevPki
+from cleanroom.devtools.synthetic import DEMO_POLICY, SyntheticConfig, generate
 from cleanroom.server.app import RunningServer
-from cleanroom.synthetic import DEMO_POLICY, SyntheticConfig, generate
 from cleanroom_client import CleanRoomClient, ProcessPoolChunkExecutor
 from cleanroom_client.blinding import ChunkExecutor
 

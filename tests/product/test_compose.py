@@ -23,7 +23,7 @@ def test_compose_file_is_valid():
     assert "--tls-cert" in doc["services"]["server"]["command"]
     for name, service in doc["services"].items():
         command = service["command"]
-        if command[:3] == ["python", "-m", "cleanroom.compose"]:
+        if command[:3] == ["python", "-m", "cleanroom.devtools.compose"]:
             assert command[3] == name
     assert (ROOT / "Dockerfile").exists()
     docker = shutil.which("docker")
@@ -43,7 +43,7 @@ def _port() -> int:
 def test_every_compose_role_runs_end_to_end(tmp_path):
     shared, data = tmp_path / "shared", tmp_path / "data"
     env = {**os.environ, "CLEANROOM_COMPOSE_SCALE": "0.1"}
-    role = [sys.executable, "-m", "cleanroom.compose"]
+    role = [sys.executable, "-m", "cleanroom.devtools.compose"]
     subprocess.run([*role, "setup", "--shared", str(shared), "--data", str(data)], check=True, env=env, timeout=120)
     port = _port()
     server = subprocess.Popen(

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from cleanroom.demo import run_demo
+from cleanroom.devtools.demo import run_demo
 
 CHROMIUM_FLAGS = [
     "--headless",

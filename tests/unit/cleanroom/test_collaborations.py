@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from cleanroom import collaborations as collaborations_module
+from cleanroom.devtools.synthetic import DEMO_POLICY
 from cleanroom.errors import InvalidArgumentError, PermissionDeniedError, ResourceExhaustedError
 from cleanroom.principals import Principal, Role
 from cleanroom.room import Room
-from cleanroom.synthetic import DEMO_POLICY
 
 BRAND, PLATFORM = Principal("brand", Role.MEMBER), Principal("platform", Role.MEMBER)
 AUDITOR = Principal("nobody-assigned", Role.AUDITOR)

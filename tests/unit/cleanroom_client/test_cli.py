@@ -9,7 +9,7 @@ import sys
 
 from typer.testing import CliRunner
 
-from cleanroom.synthetic import DEMO_POLICY, SyntheticConfig, generate
+from cleanroom.devtools.synthetic import DEMO_POLICY, SyntheticConfig, generate
 from cleanroom_client.cli import app
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from cleanroom.synthetic import DEMO_POLICY
+from cleanroom.devtools.synthetic import DEMO_POLICY
 from cleanroom_client.policy import PolicyError, parse_policy
 
 

@@ -58,7 +58,7 @@ def test_the_schema_is_valid_json_schema_and_names_the_protocols_identifier_type
 
 def test_the_repository_has_policies_to_check():
     places = {where for where, _ in POLICIES}
-    for expected in ("cleanroom/synthetic.py", "cleanroom/conformance.py", "protos/POLICY.md"):
+    for expected in ("cleanroom/devtools/synthetic.py", "cleanroom/conformance.py", "protos/POLICY.md"):
         assert expected in places
     assert len(POLICIES) >= 7
 

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from cleanroom.devpki import make_dev_pki
+from cleanroom.devtools.devpki import make_dev_pki
+from cleanroom.devtools.synthetic import SyntheticData
 from cleanroom.principals import Role
 from cleanroom.server import ServerConfig, create_server
 from cleanroom.server.app import RunningServer, TlsConfig
-from cleanroom.synthetic import SyntheticData
 from cleanroom_client import CleanRoomClient, SerialExecutor
 
 

@@ -240,7 +240,7 @@ def test_bad_requests(room, collab):
 
 
 def test_synthetic_data_within_error_bounds(room):
-    from cleanroom.synthetic import DEMO_POLICY, SyntheticConfig, generate
+    from cleanroom.devtools.synthetic import DEMO_POLICY, SyntheticConfig, generate
 
     data = generate(SyntheticConfig(brand_users=3000, platform_users=4000, shared=2400, seed=21))
     policy = DEMO_POLICY.replace("min_group_size: 50", "min_group_size: 5").replace(

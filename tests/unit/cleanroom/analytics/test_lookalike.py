@@ -10,10 +10,10 @@ import pytest
 
 from cleanroom.analytics import ActivationQuery, LookalikeQuery
 from cleanroom.analytics.queries import DimensionRef
+from cleanroom.devtools.synthetic import load_direct
 from cleanroom.principals import Principal, Role
 from cleanroom.privacy.budget import Limits
 from cleanroom.room import Room
-from cleanroom.synthetic import load_direct
 from cleanroom_client import CleanRoomError
 
 POLICY = """\
@@ -149,7 +149,7 @@ def test_activation_releases_the_segment_to_the_platform_only(tmp_path):
 
 
 def test_lookalike_over_grpc_reaches_the_platform_as_its_own_keys(room):
-    from cleanroom.synthetic import SyntheticConfig, generate
+    from cleanroom.devtools.synthetic import SyntheticConfig, generate
 
     data = generate(SyntheticConfig(brand_users=1500, platform_users=2500, shared=1200, seed=8))
     policy = POLICY.replace("min_group_size: 50", "min_group_size: 20")

@@ -11,7 +11,7 @@ import grpc
 import pandas as pd
 import pytest
 
-from cleanroom.synthetic import DEMO_POLICY, FLOW_END, FLOW_START, SyntheticConfig, SyntheticData, generate
+from cleanroom.devtools.synthetic import DEMO_POLICY, FLOW_END, FLOW_START, SyntheticConfig, SyntheticData, generate
 from cleanroom_client import CleanRoomError
 from cleanroom_client._proto import analytics_pb2, analytics_pb2_grpc
 

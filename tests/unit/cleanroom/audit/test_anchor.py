@@ -11,12 +11,12 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from typer.testing import CliRunner
 
 from cleanroom.cli import app
+from cleanroom.devtools.synthetic import DEMO_POLICY
 from cleanroom.errors import FailedPreconditionError
 from cleanroom.principals import Principal, Role
 from cleanroom.privacy.budget import Charge, Limits
 from cleanroom.room import Room
 from cleanroom.storage.database import DB_FILE
-from cleanroom.synthetic import DEMO_POLICY
 
 BRAND, PLATFORM = Principal("brand", Role.MEMBER), Principal("platform", Role.MEMBER)
 C = "anchored"

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 from cleanroom.audit import AuditEntry, verify_entries
 from cleanroom.audit.keys import KEY_FILE, load_or_create_signing_key, public_pem
 from cleanroom.cli import app
+from cleanroom.devtools.synthetic import DEMO_POLICY
 from cleanroom.principals import Principal, Role
 from cleanroom.room import Room
-from cleanroom.synthetic import DEMO_POLICY
 
 BRAND, PLATFORM = Principal("brand", Role.MEMBER), Principal("platform", Role.MEMBER)
 FIELDS = ("time", "principal", "action", "params_json", "epsilon", "response_sha256", "prev_hash", "hash", "signature")

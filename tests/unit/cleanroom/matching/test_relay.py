@@ -10,12 +10,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cleanroom.collaborations import Collaboration
+from cleanroom.devtools.synthetic import DEMO_POLICY
 from cleanroom.errors import FailedPreconditionError, InvalidArgumentError
 from cleanroom.matching import MatchStage, Relay, match_stats
 from cleanroom.principals import Principal, Role
 from cleanroom.room import Room
 from cleanroom.storage import Database
-from cleanroom.synthetic import DEMO_POLICY
 from cleanroom_client.blinding import blind_point, join_tag
 from cleanroom_client.curve import hash_to_u
 from cleanroom_client.identity import IdentifierType

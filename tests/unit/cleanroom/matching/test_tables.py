@@ -6,11 +6,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from cleanroom.devtools.synthetic import DEMO_POLICY
 from cleanroom.errors import FailedPreconditionError, InvalidArgumentError
 from cleanroom.matching import tables as tables_module
 from cleanroom.principals import Principal, Role
 from cleanroom.room import Room
-from cleanroom.synthetic import DEMO_POLICY
 from cleanroom_client.identity import IdentifierType
 from cleanroom_client.tables import arrow_chunks
 

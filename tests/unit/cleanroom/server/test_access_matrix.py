@@ -12,7 +12,7 @@ from functools import partial
 import grpc
 import pytest
 
-from cleanroom.synthetic import DEMO_POLICY
+from cleanroom.devtools.synthetic import DEMO_POLICY
 from cleanroom_client._proto import (
     analytics_pb2 as an,
 )

@@ -9,8 +9,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from cleanroom.devtools.synthetic import DEMO_POLICY, SyntheticConfig, generate
 from cleanroom.matching import match_stats
-from cleanroom.synthetic import DEMO_POLICY, SyntheticConfig, generate
 from cleanroom_client import CleanRoomError, PolicyError
 from cleanroom_client._proto import matching_pb2, matching_pb2_grpc
 from cleanroom_client.curve import hash_to_u

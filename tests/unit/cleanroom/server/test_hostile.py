@@ -22,12 +22,12 @@ from typer.testing import CliRunner
 
 from cleanroom.audit.log import MAX_PARAMETERS_BYTES
 from cleanroom.cli import app as cli_app
+from cleanroom.devtools.synthetic import DEMO_POLICY
 from cleanroom.principals import Principal, Role
 from cleanroom.room import Room
 from cleanroom.server.app import TlsConfig
 from cleanroom.server.errors import MAX_DETAIL_CHARS
 from cleanroom.storage.database import DB_FILE
-from cleanroom.synthetic import DEMO_POLICY
 from cleanroom_client._proto import analytics_pb2 as an
 from cleanroom_client._proto import analytics_pb2_grpc as an_grpc
 from cleanroom_client._proto import audit_pb2 as au

@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cleanroom.cli import app
+from cleanroom.devtools.synthetic import DEMO_POLICY
 from cleanroom.principals import Principal, Role
 from cleanroom.server import ServerConfig, create_server
-from cleanroom.synthetic import DEMO_POLICY
 from cleanroom_client import CleanRoomClient, CleanRoomError
 from cleanroom_client._proto import matching_pb2 as ma
 from cleanroom_client._proto import matching_pb2_grpc as ma_grpc

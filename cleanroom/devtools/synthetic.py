@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 if TYPE_CHECKING:
-    from .room import Room
+    from ..room import Room
 
 AREA_CODES = (212, 312, 415, 617, 646, 702, 718, 305, 206, 512)
 TIERS = ("gold", "silver", "basic")
@@ -258,8 +258,8 @@ def load_direct(
     For benchmarks and tests of what comes after matching at sizes the PSI would take too long to reach. The
     members must be called `brand` and `platform`; `brand_rows[i]` is matched to `platform_rows[i]`.
     """
-    from .matching.tables import physical_name
-    from .storage.database import quote_ident
+    from ..matching.tables import physical_name
+    from ..storage.database import quote_ident
 
     with room.db.transaction() as cur:
         for (member, name), table in tables.items():

@@ -17,14 +17,14 @@ from rich.console import Console
 from rich.table import Table
 
 from cleanroom_client import CleanRoomClient, MatchSummary
+from cleanroom_client.report import ReportData, render
 
-from .audit.chain import verify_export
+from ..audit.chain import verify_export
+from ..matching import match_stats
+from ..principals import Role
+from ..server import ServerConfig, create_server
+from ..server.app import TlsConfig
 from .devpki import make_dev_pki
-from .matching import match_stats
-from .principals import Role
-from .report import ReportData, render
-from .server import ServerConfig, create_server
-from .server.app import TlsConfig
 from .synthetic import DEMO_POLICY, FLOW_END, FLOW_START, LIFT_CAMPAIGN, SyntheticConfig, SyntheticData, generate
 
 console = Console()

@@ -4,7 +4,7 @@ Each role is what that party would run on its own machine; they share only a vol
 the tokens the operator hands out (in real life: out of band) and, for the operator, the server's data directory.
 Both members generate the same synthetic world (same seed) and each uploads only its own side.
 
-Usage: python -m cleanroom.compose ROLE --shared DIR [--target server:50051] [--data DIR]
+Usage: python -m cleanroom.devtools.compose ROLE --shared DIR [--target server:50051] [--data DIR]
 """
 
 from __future__ import annotations
