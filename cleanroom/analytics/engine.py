@@ -28,9 +28,9 @@ insight's denominator) do not go through the join: sensitivity 1.
 How epsilon is split within one query: overlap, funnel and funnel flow release one histogram and spend all of it;
 segment insight releases two (matched people, and all of the member's users) and gives each half; value quarters
 (people, buyers, orders, sum); loyalty releases one histogram (group x state) and spends all of it; attribution
-halves (conversions, revenue); lift quarters (people, converters, revenue, revenue squared); lookalike spends up to
-a tenth (at most 0.1) on its quality estimate and the rest on DP-SGD; activation spends it all on the noisy size
-that gates the release.
+halves (conversions, revenue); lift quarters (people, converters, revenue, revenue squared); lookalike spends a
+quarter on its quality estimate and the rest on DP-SGD; activation spends it all on the noisy size that gates the
+release.
 """
 
 from __future__ import annotations
@@ -73,8 +73,10 @@ from .audiences import store as store_audience
 from .cells import Z95, Cell, fraction, quotient, ratio, share, withheld
 from .goal import conversions_table, loyalty_sql, measure_spec, state_axis, value_sql
 from .lookalike import (
+    QUALITY_SHARE,
     _filters,
-    held_out_counts,
+    audience_counts,
+    quality_cells,
     segment_sql,
     top,
     train,
@@ -853,14 +855,16 @@ class QueryEngine:
     def lookalike(self, principal: Principal, collab_id: str, q: LookalikeQuery, preview: bool = False) -> QueryAnswer:
         """Train a DP-SGD model on the seeds and release the top `audience_size` recipient users to the recipient.
 
-        The requester receives the audience's name and requested size, the epsilon the accountant charged (for
-        label flips of up to c training examples: replace adjacency through the join), and a DP estimate of
-        quality: the share of held-out seeds that the model ranks in the held-out top decile (a random ranking
-        scores 0.1). Epsilon: up to a tenth (at most 0.1) for that estimate (two counts; one row moves them by at
-        most 2c + 1 together), the rest is DP-SGD's target. The audience goes to the recipient, whose ledger is
-        charged too.
+        The requester receives the audience's name and requested size, the epsilon the accountant charged (for up to
+        c + 1 replace-one changes of training examples: see `lookalike`), and the audience's quality as a DP lift
+        over random: the share of the audience that are seeds over the share of all scored users that are seeds,
+        from three noisy counts (seeds, seeds in the audience, users scored; L1 sensitivity 2c + 2) at a quarter
+        of epsilon (`lookalike.QUALITY_SHARE`); the rest is DP-SGD's target. Its 95% bound is honest: each count is
+        within its 1 - 0.05/3 noise bound with probability at least 1 - 0.05/3 (exact for discrete Laplace), so
+        all three are at once with probability at least 95% (union bound), and the lift's interval is the range
+        of the ratio over that box. The audience goes to the recipient, whose ledger is charged too.
         """
-        eval_eps = min(0.1, q.epsilon / 10)
+        eval_eps = q.epsilon * QUALITY_SHARE
 
         def build(collab: Collaboration, catalog: Catalog) -> Plan:
             policy = collab.policy
@@ -872,24 +876,22 @@ class QueryEngine:
                 )
             plan = training_plan(catalog, policy, recipient, dict(q.seed))
             c = self.stability(policy)
-            noise = training_noise(q.epsilon - eval_eps, q.delta, c)
+            noise = training_noise(q.epsilon - eval_eps, q.delta, c + 1)
+            population = catalog.set_size(recipient)  # disclosed at the match: a public step-size constant
+            sensitivity = 2 * c + 2
 
             def run(data: MatchedData) -> Outcome:
                 training = training_data(data, plan)
-                model = train(training, noise, q.model)
-                positives, hits = held_out_counts(model, training.labels)
-                (noisy_pos, noisy_hits), scale = self._noise.release([positives, hits], 2 * c + 1, eval_eps)
-                audience = training.row_ids[top(model.scores, q.audience_size)]
+                model = train(training, noise, population, q.model)
+                chosen = top(model.scores, q.audience_size)
+                exact = audience_counts(training.labels, chosen)
+                noisy, scale = self._noise.release([exact.seeds, exact.hits, exact.users], sensitivity, eval_eps)
+                audience = training.row_ids[chosen]
                 spent_training, noise_multiplier = model.epsilon, model.noise_multiplier
-                del training, model, positives, hits  # exact labels and counts end here
-                e95 = float(noise_math.error_95(scale))
-                quality = ratio(float(noisy_hits), e95, float(noisy_pos), e95)
+                del training, model, exact  # exact labels and counts end here
                 cells = (
                     Cell(("audience",), "audience_size", float(q.audience_size), 0.0, False),
-                    Cell(("quality",), "recall_at_top_decile", min(quality[0], 1.0), quality[1], False)
-                    if quality and noisy_pos >= policy.min_group_size
-                    else withheld(("quality",), "recall_at_top_decile"),
-                    Cell(("quality",), "random_baseline", 0.1, 0.0, False),
+                    *quality_cells(noisy, scale, q.audience_size, policy.min_group_size),
                     Cell(("training",), "epsilon_accounted", spent_training, 0.0, False),
                     Cell(("training",), "noise_multiplier", noise_multiplier, 0.0, False),
                 )
@@ -900,7 +902,7 @@ class QueryEngine:
             # The charge is fixed here, before any data is read: success and failure debit the same amount.
             charge = noise.epsilon + eval_eps
             charges = (Charge(principal.name, charge, q.delta), Charge(recipient, charge, q.delta))
-            return Plan(charges, run, (Stated("quality", eval_eps, 2 * c + 1),))
+            return Plan(charges, run, (Stated("quality", eval_eps, sensitivity),))
 
         params = {
             "seed": {str(k): v for k, v in q.seed},

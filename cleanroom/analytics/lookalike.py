@@ -1,23 +1,42 @@
 """Lookalike modelling: features from the platform's users, seeds from the join, DP-SGD training with opacus.
 
+Features (`training_plan`), all decided from the policy and the catalog, never from data statistics, and each in
+[0, 1] so the per-example clipping of DP-SGD is the only sensitivity argument needed:
+  * every declared dimension of the recipient's users table, one-hot over its declared domain and `none`;
+  * every declared measure of that table, clamped to its policy bounds and scaled to [0, 1];
+  * per-person aggregates of every event table of the recipient that the policy declares with a time column
+    (exposures, clicks, visits, stage history): the person's row count, and the count per declared value of each
+    of the table's dimensions (e.g. `exposures:kind=click`), each clamped to the table's `max_per_person`
+    (`DEFAULT_EVENT_CAP` when the policy states none) and divided by it. A person's aggregates depend on that
+    person's rows alone.
+
 Privacy: the training set is every user of the recipient (the platform); the label says whether the user is a
-matched person who passes the seed filter (e.g. the brand's gold tier). Removing one row of a member's users table
-changes no training example's presence, only labels: up to `group` of them, the privacy join's stability (one row
-can change up to that many matched pairs). DP-SGD (Poisson sampling with opacus' own sample rate, per-example
-gradient clipping to norm `MAX_GRAD_NORM`, Gaussian noise σ·`MAX_GRAD_NORM`) is accounted for exactly that
-adjacency, up to `group` replace-one changes of training examples, by `cleanroom.privacy.accounting` (PLDs from
-dp_accounting), not by opacus' accountant, whose add/remove-one figure understates it. σ is the smallest that
-accountant allows for the target (ε, δ), and the budget is charged the accountant's ε for that σ. Scoring every
-platform user, and releasing the top of that ranking to the platform, is post-processing of the model: seeds are
-deliberately not removed from the audience, since removing them would release who the seeds are. The quality
-estimate on the held-out split is a separate pair of noisy counts.
+matched person who passes the seed filter (e.g. the brand's gold tier). Removing one brand users row flips up to
+c labels (c the join's stability). Removing one platform users row removes its own example (with its event rows)
+and changes up to c matched pairs of others: up to c label flips. A removed example is the same as one replaced by
+an example whose gradient is zero (the update is the clipped gradient sum, scaled by a constant that does not
+depend on the number of users: `lr_scale`), so both neighbours are at most c + 1 replace-one changes of training
+examples. DP-SGD (Poisson sampling with opacus' own sample rate, per-example gradient clipping to norm
+`MAX_GRAD_NORM`, Gaussian noise σ·`MAX_GRAD_NORM`) is accounted for exactly that adjacency, `group` = c + 1
+replace-one changes, by `cleanroom.privacy.accounting` (PLDs from dp_accounting), not by opacus' accountant, whose
+add/remove-one figure understates it. σ is the smallest that accountant allows for the target (ε, δ), and the
+budget is charged the accountant's ε for that σ. Scoring every platform user, and releasing the top of that
+ranking to the platform, is post-processing of the model: seeds are deliberately not removed from the audience,
+since removing them would release who the seeds are.
+
+Quality (`audience_counts`): three exact counts, given the released model: the seeds among all scored users, the
+seeds in the released audience, and the users scored. The engine releases them with noise and reports the
+audience's lift over random (its precision over the base rate). It is measured on the audience as released, seeds
+included: a held-out split would leave a fraction of the seeds, too few to rise above noise of scale
+(2c + 2)/ε at the sizes a clean room sees, and DP-SGD's guarantee limits how much the model can memorise any one
+seed.
 
 Randomness: opacus' `secure_mode` needs torchcsprng, which has no build for this torch (none on the package index
 for torch 2.x), so it is off. Instead each training gets its own torch generators for the gradient noise
-(`noise_generator`) and for the Poisson sampling and held-out split, each seeded with 63 bits from the OS CSPRNG
-(`os.urandom`): the seed is unpredictable and never reused, but torch's CPU generator (Mersenne Twister) is not a
-CSPRNG, and without secure mode opacus does not harden its floating-point Gaussian samples against the attacks on
-their low-order bits (see the README's known limits).
+(`noise_generator`) and for the Poisson sampling, each seeded with 63 bits from the OS CSPRNG (`os.urandom`): the
+seed is unpredictable and never reused, but torch's CPU generator (Mersenne Twister) is not a CSPRNG, and without
+secure mode opacus does not harden its floating-point Gaussian samples against the attacks on their low-order bits
+(see the README's known limits).
 """
 
 from __future__ import annotations
@@ -36,7 +55,9 @@ from cleanroom_client.policy import Policy, TableSpec
 
 from ..errors import FailedPreconditionError, InvalidArgumentError
 from ..privacy import accounting
+from ..privacy import noise as noise_math
 from ..storage.database import quote_ident
+from .cells import Cell, withheld
 from .matched import NONE, Catalog, MatchedData, Sql
 from .queries import DimensionRef, EventFilter
 
@@ -48,7 +69,14 @@ MAX_GRAD_NORM = 1.0
 EPOCHS = 3
 #: Poisson sampling rate of DP-SGD: a constant, so the accounting never depends on how many users there are.
 SAMPLE_RATE = 0.02
-HELD_OUT = 0.2
+#: SGD's step on the mean clipped gradient of an expected batch.
+LEARNING_RATE = 0.5
+#: The share of a lookalike's epsilon spent on its quality estimate (the rest is DP-SGD's target).
+QUALITY_SHARE = 0.4
+#: The quality estimate's three counts are each bounded at this level, so all three hold at once with 95%.
+QUALITY_ALPHA = 0.05 / 3
+#: The cap on an event feature's count when the policy states no `max_per_person` for its table.
+DEFAULT_EVENT_CAP = 10
 
 
 @dataclass(frozen=True)
@@ -63,10 +91,9 @@ class TrainingData:
 
 @dataclass(frozen=True)
 class TrainedModel:
-    """Scores for every user, which users were held out, the training's accounted epsilon and its noise multiplier."""
+    """Scores for every user, the training's accounted epsilon and its noise multiplier."""
 
     scores: np.ndarray
-    held_out: np.ndarray
     epsilon: float
     noise_multiplier: float
 
@@ -125,6 +152,17 @@ def segment_sql(
 
 
 @dataclass(frozen=True)
+class EventFeatures:
+    """Per-person counts from one event table of the recipient: all rows, and rows per declared dimension value."""
+
+    spec: TableSpec
+    #: Each feature's name and its condition: None (every row) or (dimension, value).
+    counts: tuple[tuple[str, tuple[str, str] | None], ...]
+    #: Counts are clamped to this and divided by it: the policy's `max_per_person`, or `DEFAULT_EVENT_CAP`.
+    cap: int
+
+
+@dataclass(frozen=True)
 class TrainingPlan:
     """What training will read, decided from the policy and the catalog alone."""
 
@@ -132,10 +170,28 @@ class TrainingPlan:
     spec: TableSpec
     dimensions: tuple[str, ...]
     measures: tuple[str, ...]
+    events: tuple[EventFeatures, ...] = ()
+
+
+def event_features(catalog: Catalog, policy: Policy, recipient: str) -> tuple[EventFeatures, ...]:
+    """The recipient's uploaded event tables (declared with a time column), with the declared dimensions present."""
+    out = []
+    for spec in policy.tables.values():
+        if spec.member != recipient or spec.table == "users" or spec.time is None:
+            continue
+        present = set(catalog.columns(recipient, spec.table))
+        if not present:
+            continue  # not uploaded: a fact of the catalog, not of anyone's data
+        counts: list[tuple[str, tuple[str, str] | None]] = [(f"{spec.table}:rows", None)]
+        counts += [
+            (f"{spec.table}:{d}={v}", (d, v)) for d, domain in spec.dimensions.items() if d in present for v in domain
+        ]
+        out.append(EventFeatures(spec, tuple(counts), spec.max_per_person or DEFAULT_EVENT_CAP))
+    return tuple(out)
 
 
 def training_plan(catalog: Catalog, policy: Policy, recipient: str, seed: Mapping[DimensionRef, str]) -> TrainingPlan:
-    """Features: the recipient's declared users dimensions (one-hot with `none`) and measures; seed labels."""
+    """Features (see the module docstring) of every recipient user, and the seed labels."""
     _filters(policy, seed, "seed")
     spec: TableSpec | None = policy.table(recipient, "users")
     if spec is None:
@@ -144,17 +200,34 @@ def training_plan(catalog: Catalog, policy: Policy, recipient: str, seed: Mappin
     present = set(catalog.columns(recipient, "users"))
     dims = tuple(c for c in spec.dimensions if c in present)
     measures = tuple(c for c in spec.measures if c in present)
-    if not dims and not measures:
-        raise FailedPreconditionError(f"{recipient} uploaded no declared dimension or measure to learn from")
+    events = event_features(catalog, policy, recipient)
+    if not dims and not measures and not events:
+        raise FailedPreconditionError(f"{recipient} uploaded no declared dimension, measure or event to learn from")
     seed_sql = segment_sql(catalog, seed, recipient)
+    params: list[object] = list(seed_sql.params)
     cols = [f"CAST(u.{quote_ident(d)} AS VARCHAR)" for d in dims] + [
         f"CAST(u.{quote_ident(m)} AS DOUBLE)" for m in measures
     ]
+    joins = []
+    for i, ev in enumerate(events):
+        aggregates = []
+        for j, (_, condition) in enumerate(ev.counts):
+            if condition is None:
+                aggregates.append(f"COUNT(*) AS n{j}")
+            else:
+                aggregates.append(f"COUNT(*) FILTER (WHERE CAST({quote_ident(condition[0])} AS VARCHAR) = ?) AS n{j}")
+                params.append(condition[1])
+            cols.append(f"COALESCE(e{i}.n{j}, 0)")
+        table = catalog.table(recipient, ev.spec.table)
+        joins.append(
+            f"LEFT JOIN (SELECT row_id, {', '.join(aggregates)} FROM {table} GROUP BY row_id) e{i}"
+            f" ON e{i}.row_id = u.row_id"
+        )
     text = (
         f"SELECT u.row_id, s.row_id IS NOT NULL AS label, {', '.join(cols)} FROM {users} u"
-        f" LEFT JOIN ({seed_sql.text}) s ON s.row_id = u.row_id ORDER BY u.row_id"
+        f" LEFT JOIN ({seed_sql.text}) s ON s.row_id = u.row_id {' '.join(joins)} ORDER BY u.row_id"
     )
-    return TrainingPlan(Sql(text, seed_sql.params), spec, dims, measures)
+    return TrainingPlan(Sql(text, params), spec, dims, measures, events)
 
 
 def training_data(data: MatchedData, plan: TrainingPlan) -> TrainingData:
@@ -162,19 +235,24 @@ def training_data(data: MatchedData, plan: TrainingPlan) -> TrainingData:
     result = data.arrays(plan.sql)
     names: list[str] = []
     blocks: list[np.ndarray] = []
-    keys = list(result)
-    for i, d in enumerate(plan.dimensions):
-        column = np.asarray(result[keys[2 + i]], dtype=object)
+    columns = iter(list(result)[2:])
+    for d in plan.dimensions:
+        column = np.asarray(result[next(columns)], dtype=object)
         values = np.where(np.asarray([v is None for v in column]), NONE, column)
         for value in (*plan.spec.dimensions[d], NONE):
             names.append(f"{d}={value}")
             blocks.append((values == value).astype(np.float32))
-    for j, m in enumerate(plan.measures):
+    for m in plan.measures:
         lo, hi = plan.spec.measures[m]
-        raw = np.asarray(result[keys[2 + len(plan.dimensions) + j]], dtype=np.float64)
+        raw = np.asarray(result[next(columns)], dtype=np.float64)
         raw = np.nan_to_num(raw, nan=lo, posinf=hi, neginf=lo)
         names.append(m)
         blocks.append(((np.clip(raw, lo, hi) - lo) / (hi - lo)).astype(np.float32))
+    for ev in plan.events:
+        for name, _ in ev.counts:
+            raw = np.asarray(result[next(columns)], dtype=np.float64)
+            names.append(name)
+            blocks.append((np.clip(raw, 0, ev.cap) / ev.cap).astype(np.float32))
     rows = len(result["row_id"])
     return TrainingData(
         row_ids=np.asarray(result["row_id"], dtype=np.int64),
@@ -231,12 +309,15 @@ def training_noise(target_epsilon: float, delta: float, group: int) -> TrainingN
     return TrainingNoise(sigma, spent)
 
 
-def train(data: TrainingData, noise: TrainingNoise, kind: str = "logistic") -> TrainedModel:
-    """DP-SGD on the training split with the given noise; scores every user. Total: any data gives a model.
+def train(data: TrainingData, noise: TrainingNoise, population: int, kind: str = "logistic") -> TrainedModel:
+    """DP-SGD on every user with the given noise; scores every user. Total: any data gives a model.
 
     Poisson sampling at the fixed rate `SAMPLE_RATE` (each example in each step with that probability), for
     `EPOCHS / SAMPLE_RATE` steps, per-example clipping to `MAX_GRAD_NORM`, Gaussian noise of `noise.noise_multiplier`
-    times that norm: exactly what `training_noise` accounted for.
+    times that norm: exactly what `training_noise` accounted for. Each step moves the parameters by the noisy sum of
+    clipped gradients times `LEARNING_RATE / (SAMPLE_RATE * population)`, where `population` is a public size (the
+    recipient's set size as disclosed at the match), not the number of examples: opacus' mean reduction would divide
+    by the expected batch size of this very dataset, a factor that differs between neighbours.
     """
     import torch
     from opacus import PrivacyEngine
@@ -244,23 +325,21 @@ def train(data: TrainingData, noise: TrainingNoise, kind: str = "logistic") -> T
     from torch.utils.data import DataLoader, TensorDataset
 
     n = len(data.labels)
-    generator = _generator()
-    held_out = (torch.rand(n, generator=generator) < HELD_OUT).numpy()
-    train_idx = np.flatnonzero(~held_out)
-    # Every feature lies in [0, 1] (one-hot dimensions, measures scaled by their policy bounds): map it to [-1, 1].
-    # The scaling is fixed, not learned from the population, so one platform row more or less changes only its own
-    # example (population statistics would move every example, outside what the accountant covers).
+    # Every feature lies in [0, 1] (one-hot dimensions, measures and event counts scaled by policy bounds): map it to
+    # [-1, 1]. The scaling is fixed, not learned from the population, so one platform row more or less changes only
+    # its own example (population statistics would move every example, outside what the accountant covers).
     x = torch.from_numpy((2 * data.features - 1).astype(np.float32))
     y = torch.from_numpy(data.labels)
     # A loader of exactly 1 / SAMPLE_RATE batches: opacus' Poisson loader then samples at SAMPLE_RATE for that many
     # steps an epoch (DPDataLoader.from_data_loader takes its rate from the loader's length).
     steps_per_epoch = round(1 / SAMPLE_RATE)
     loader = DataLoader(
-        TensorDataset(x[train_idx], y[train_idx]),
-        batch_sampler=[b.tolist() for b in np.array_split(np.arange(len(train_idx)), steps_per_epoch)],
+        TensorDataset(x, y),
+        batch_sampler=[b.tolist() for b in np.array_split(np.arange(n), steps_per_epoch)],
+        generator=_generator(),
     )
     model = _model(kind, x.shape[1])
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr_scale(population))
     with warnings.catch_warnings():
         # opacus warns that secure_mode is off (torchcsprng is not available here) and about hook details
         warnings.simplefilter("ignore", UserWarning)
@@ -272,11 +351,12 @@ def train(data: TrainingData, noise: TrainingNoise, kind: str = "logistic") -> T
             noise_multiplier=noise.noise_multiplier,
             max_grad_norm=MAX_GRAD_NORM,
             poisson_sampling=True,
+            loss_reduction="sum",
             noise_generator=_generator(),
         )
         if len(loader) != steps_per_epoch or getattr(loader, "sample_rate", None) != 1 / steps_per_epoch:
             raise ArithmeticError("opacus' Poisson loader does not sample as accounted")
-        loss = nn.BCEWithLogitsLoss()
+        loss = nn.BCEWithLogitsLoss(reduction="sum")
         model.train()
         for _ in range(EPOCHS):
             for xb, yb in loader:
@@ -288,7 +368,12 @@ def train(data: TrainingData, noise: TrainingNoise, kind: str = "logistic") -> T
     model.eval()
     with torch.no_grad():
         scores = torch.sigmoid(model(x).squeeze(-1)).numpy()
-    return TrainedModel(scores, held_out, noise.epsilon, float(optimizer.noise_multiplier))
+    return TrainedModel(scores, noise.epsilon, float(optimizer.noise_multiplier))
+
+
+def lr_scale(population: int) -> float:
+    """The step size on the sum of clipped gradients: LEARNING_RATE over the expected batch of `population` users."""
+    return LEARNING_RATE / (SAMPLE_RATE * max(population, round(1 / SAMPLE_RATE)))
 
 
 def top(scores: np.ndarray, size: int) -> np.ndarray:
@@ -298,11 +383,69 @@ def top(scores: np.ndarray, size: int) -> np.ndarray:
     return np.argpartition(-scores, size - 1)[:size]
 
 
-def held_out_counts(model: TrainedModel, labels: np.ndarray) -> tuple[int, int]:
-    """Exact (seeds in the held-out split, those of them in the split's top decile by score)."""
-    idx = np.flatnonzero(model.held_out)
-    positives = int(labels[idx].sum())
-    if len(idx) == 0:
-        return 0, 0
-    decile = idx[top(model.scores[idx], max(1, len(idx) // 10))]
-    return positives, int(labels[decile].sum())
+@dataclass(frozen=True)
+class AudienceCounts:
+    """Exact counts behind the quality estimate, given the released model (they end inside the engine's run)."""
+
+    #: Seeds among all scored users.
+    seeds: int
+    #: Seeds in the audience (the top `size` by score).
+    hits: int
+    #: Users scored.
+    users: int
+
+
+def audience_counts(labels: np.ndarray, audience: np.ndarray) -> AudienceCounts:
+    """The seeds overall and in the audience (indices into `labels`), and the number of users.
+
+    L1 sensitivity of the three together, for a fixed model and audience size: 2c + 2. One brand row flips up to c
+    labels (seeds and hits move by up to c each). One platform row removes its own example (users by 1, and the
+    audience takes the next-ranked user in its place, so hits move by 1) and changes up to c pairs of others (c
+    each), or if it was itself a matched seed, c - 1 others besides its own.
+    """
+    return AudienceCounts(int(labels.sum()), int(labels[audience].sum()), len(labels))
+
+
+def quality_cells(noisy: Sequence[int], scale: float, size: int, min_group: int) -> list[Cell]:
+    """The audience's quality from the noisy (seeds, hits, users) (post-processing): lift over random and its parts.
+
+    lift = (hits / audience) / (seeds / users), 1 for a random audience. Each noisy count is within
+    `error_bound(scale, QUALITY_ALPHA)` of its true value with probability at least 1 - QUALITY_ALPHA, so all three
+    are at once with probability at least 95% (union bound); intersected with what the truth must satisfy
+    (0 <= hits <= min(audience, seeds), seeds <= users), that box holds the true counts, and each released interval
+    is the range of its ratio over the box: honest, not a normal approximation. A cell's value is clamped into its
+    interval (post-processing; precision, base rate and recall also to [0, 1]) and its `error_95` is the larger
+    distance to an end, so value ± error_95 covers the interval. Lift is withheld when the noisy seeds are below the
+    policy's minimum group size or the box admits no seeds at all (the lift is then unbounded).
+    """
+    seeds, hits, users = (float(v) for v in noisy)
+    t = float(noise_math.error_bound(scale, QUALITY_ALPHA))
+    u_lo, u_hi = max(users - t, 1.0), max(users + t, 1.0)
+    s_lo, s_hi = max(seeds - t, 0.0), min(max(seeds + t, 0.0), u_hi)
+    h_lo, h_hi = max(hits - t, 0.0), min(max(hits + t, 0.0), float(size), s_hi)
+    s_lo = max(s_lo, h_lo)
+
+    def lift(h: float, s: float, u: float) -> float:
+        return h * u / (min(size, u) * s)
+
+    def cell(measure: str, value: float, lo: float, hi: float) -> Cell:
+        value = min(max(value, lo), hi)
+        return Cell(("quality",), measure, value, max(value - lo, hi - value), False)
+
+    out = [
+        cell("precision", hits / min(size, max(users, 1.0)), h_lo / min(size, u_hi), h_hi / min(size, u_lo)),
+        cell("recall", hits / seeds if seeds > 0 else 0.0, h_lo / s_hi if s_hi > 0 else 0.0, min(h_hi / s_lo, 1.0))
+        if s_lo > 0
+        else withheld(("quality",), "recall"),
+        cell("base_rate", seeds / users if users > 0 else 0.0, s_lo / u_hi, min(s_hi / u_lo, 1.0)),
+    ]
+    if seeds < min_group or s_lo <= 0 or users <= 0:
+        return out + [withheld(("quality",), m) for m in ("lift_over_random", "lift_lower_95", "lift_upper_95")]
+    lo, hi = lift(h_lo, s_hi, u_lo), lift(h_hi, s_lo, u_hi)
+    point = cell("lift_over_random", lift(max(hits, 0.0), seeds, users), lo, hi)
+    return [
+        point,
+        Cell(("quality",), "lift_lower_95", lo, 0.0, False),
+        Cell(("quality",), "lift_upper_95", hi, 0.0, False),
+        *out,
+    ]

@@ -7,6 +7,7 @@ two separate machines would; the operator's exact counts are printed beside the 
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -28,6 +29,10 @@ from .devpki import make_dev_pki
 from .synthetic import DEMO_POLICY, FLOW_END, FLOW_START, LIFT_CAMPAIGN, SyntheticConfig, SyntheticData, generate
 
 console = Console()
+#: The demo's lookalike: the brand's gold customers as seeds, an audience of a tenth of the platform's users.
+LOOKALIKE_SEED = {"brand.tier": "gold"}
+LOOKALIKE_AUDIENCE_SHARE = 0.1
+LOOKALIKE_EPSILON, LOOKALIKE_DELTA = 1.0, 1e-7
 
 
 def _summary_table(member: str, s: MatchSummary) -> Table:
@@ -137,7 +142,13 @@ def _queries(brand: CleanRoomClient, collab: str) -> dict[str, object]:
 
 def _audiences(brand: CleanRoomClient, platform: CleanRoomClient, collab: str, data: SyntheticData) -> None:
     """The brand asks for a lookalike of its gold customers and activates a segment; the platform receives them."""
-    look = brand.lookalike(collab, seed={"brand.tier": "gold"}, audience_size=2000, epsilon=1.0, delta=1e-7)
+    look = brand.lookalike(
+        collab,
+        seed=LOOKALIKE_SEED,
+        audience_size=round(LOOKALIKE_AUDIENCE_SHARE * len(data.platform_users)),
+        epsilon=LOOKALIKE_EPSILON,
+        delta=LOOKALIKE_DELTA,
+    )
     _print_rows(look, "lookalike of the gold tier (what the brand learns)")
     act = brand.activate(collab, segment={"brand.tier": "gold", "platform.stage_4a": "appeal"}, epsilon=0.2)
     _print_rows(act, "activation: gold customers in the appeal stage (what the brand learns)")
@@ -161,9 +172,14 @@ def _audiences(brand: CleanRoomClient, platform: CleanRoomClient, collab: str, d
     gold = set(data.truth.merge(data.brand_users, on="customer_id").query("tier == 'gold'")["user_id"])
     base = len(gold) / len(data.platform_users)
     precision = sum(k in gold for k in keys) / max(len(keys), 1)
+    shown = look[~look["suppressed"]]
+    quality = dict(zip(shown["measure"], shown["value"], strict=True))
+    lower, upper = quality.get("lift_lower_95", math.nan), quality.get("lift_upper_95", math.nan)
     console.print(
         f"ground truth (known only to this demo): {precision:.1%} of the lookalike audience are the brand's gold "
-        f"customers, against {base:.1%} of all platform users"
+        f"customers, against {base:.1%} of all platform users: a lift of {precision / base:.2f}; the brand was told "
+        f"{quality.get('lift_over_random', math.nan):.2f} (95%: {lower:.2f} to {upper:.2f})"
+        + (", which holds the truth" if lower <= precision / base <= upper else ", which misses the truth")
     )
 
 

@@ -144,14 +144,15 @@ def generate(config: SyntheticConfig | None = None) -> SyntheticData:
         ignore_index=True,
     )
     platform_id_of_person = dict(zip(platform_people[platform_order], platform_users["user_id"], strict=True))
-    # The lookalike signal: the brand's gold customers are platform users who visit more and skew to 25-34.
+    # The lookalike signal: the brand's gold customers are platform users who visit a little more, skew to 25-34,
+    # and (below) see more ads, click more often and watch more video; no single feature separates them.
     gold_people = {p for p, t in zip(brand_people[brand_order], brand_users["tier"], strict=True) if t == "gold"}
     is_gold = np.array([p in gold_people for p in platform_people[platform_order]])
     platform_users["visits_30d"] = np.where(
-        is_gold, rng.poisson(20, cfg.platform_users), rng.poisson(8, cfg.platform_users)
+        is_gold, rng.poisson(14, cfg.platform_users), rng.poisson(8, cfg.platform_users)
     )
     age = platform_users["age_band"].to_numpy().copy()
-    age[is_gold & (rng.random(cfg.platform_users) < 0.5)] = "25-34"
+    age[is_gold & (rng.random(cfg.platform_users) < 0.4)] = "25-34"
     platform_users["age_band"] = age
 
     truth = pd.DataFrame(
@@ -165,15 +166,19 @@ def generate(config: SyntheticConfig | None = None) -> SyntheticData:
 
     # Exposures: a few per platform user over both months, from the always-on and the October campaign; the
     # November campaign reaches only its exposed test group. Test groups: 80% exposed, 20% holdout.
-    n_exp = rng.poisson(2.0, cfg.platform_users)
+    # Gold customers (the lookalike's seeds) see twice the ads, mostly video, and click more than twice as often.
+    n_exp = rng.poisson(np.where(is_gold, 5.0, 2.0))
     exp_users = np.repeat(user_ids, n_exp)
+    exp_gold = np.repeat(is_gold, n_exp)
+    channel_p = np.where(exp_gold[:, None], [[0.2, 0.2, 0.6]], [[0.4, 0.4, 0.2]]).cumsum(axis=1)
+    click_p = np.where(exp_gold, 0.5, 0.2)
     exposures = pd.DataFrame(
         {
             "user_id": exp_users,
             "ts": first_day + rng.integers(0, seconds, len(exp_users)).astype("timedelta64[s]"),
             "campaign": rng.choice(np.array(CAMPAIGNS[::2], dtype=object), size=len(exp_users)),
-            "channel": rng.choice(np.array(CHANNELS, dtype=object), size=len(exp_users)),
-            "kind": rng.choice(np.array(KINDS, dtype=object), size=len(exp_users), p=[0.8, 0.2]),
+            "channel": np.array(CHANNELS, dtype=object)[(rng.random((len(exp_users), 1)) > channel_p).sum(axis=1)],
+            "kind": np.where(rng.random(len(exp_users)) < click_p, KINDS[1], KINDS[0]).astype(object),
         }
     )
     group = np.where(rng.random(cfg.platform_users) < 0.8, "exposed", "holdout").astype(object)
@@ -234,7 +239,8 @@ tables:
                       measures: {visits_30d: [0, 60]}}
   platform.stage_history: {time: date, dimensions: {stage_4a: [aware, appeal, act, advocate]}}
   platform.exposures: {time: ts, dimensions: {campaign: [c-always-on, c-2026-10, c-2026-11],
-                                              channel: [search, feed, video], kind: [impression, click]}}
+                                              channel: [search, feed, video], kind: [impression, click]},
+                       max_per_person: 10}
   platform.test_groups: {dimensions: {campaign: [c-2026-11], test_group: [exposed, holdout]}}
 queries: [overlap, funnel, funnel_flow, segment_insight, value, loyalty, attribution, lift, lookalike, activation]
 activation: {recipient: platform, dimensions: [brand.tier, platform.stage_4a, platform.age_band], min_size: 100,
@@ -256,7 +262,8 @@ def load_direct(
     """Write members' tables and a finished match straight into a data directory, skipping the PSI.
 
     For benchmarks and tests of what comes after matching at sizes the PSI would take too long to reach. The
-    members must be called `brand` and `platform`; `brand_rows[i]` is matched to `platform_rows[i]`.
+    members must be called `brand` and `platform`; `brand_rows[i]` is matched to `platform_rows[i]`. Each member's
+    set size (disclosed at a real match) is recorded as its users table's number of rows.
     """
     from ..matching.tables import physical_name
     from ..storage.database import quote_ident
@@ -272,3 +279,9 @@ def load_direct(
         cur.execute("INSERT INTO matches SELECT ?, 'brand', a, 'platform', b, 1 FROM pairs", [collab])
         cur.unregister("pairs")
         cur.execute("INSERT INTO match_results VALUES (?, now()::TIMESTAMP)", [collab])
+        for (member, name), table in tables.items():
+            if name == "users":
+                cur.execute(
+                    "INSERT INTO uploads VALUES (?, ?, 'points', 0, ?, TRUE, ?)",
+                    [collab, member, table.num_rows, table.num_rows],
+                )

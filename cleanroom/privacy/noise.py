@@ -39,10 +39,15 @@ def variance(scale: float) -> float:
 
 def error_95(scale: float) -> int:
     """The smallest t with P(|noise| > t) <= 5%: P(|X| > t) = 2 a^(t+1) / (1 + a), with ln a = -1/scale."""
+    return error_bound(scale, 0.05)
+
+
+def error_bound(scale: float, alpha: float) -> int:
+    """The smallest t with P(|noise| > t) <= alpha (exact for discrete Laplace, as in `error_95`)."""
     if scale <= 0:
         return 0
     a = math.exp(-1.0 / scale)
-    t = -scale * math.log(0.05 * (1 + a) / 2) - 1
+    t = -scale * math.log(alpha * (1 + a) / 2) - 1
     return max(0, math.ceil(t - 1e-9))
 
 
