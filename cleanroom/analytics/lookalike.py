@@ -420,29 +420,36 @@ def quality_cells(noisy: Sequence[int], scale: float, size: int, min_group: int)
     """
     seeds, hits, users = (float(v) for v in noisy)
     t = float(noise_math.error_bound(scale, QUALITY_ALPHA))
-    u_lo, u_hi = max(users - t, 1.0), max(users + t, 1.0)
-    s_lo, s_hi = max(seeds - t, 0.0), min(max(seeds + t, 0.0), u_hi)
-    h_lo, h_hi = max(hits - t, 0.0), min(max(hits + t, 0.0), float(size), s_hi)
-    s_lo = max(s_lo, h_lo)
-
-    def lift(h: float, s: float, u: float) -> float:
-        return h * u / (min(size, u) * s)
+    # The box of true counts consistent with the noisy ones (each within t) and with each other.
+    u_lo = max(users - t, 1.0)
+    u_hi = max(users + t, u_lo)
+    a_lo, a_hi = min(float(size), u_lo), min(float(size), u_hi)  # the audience's true size: all users if fewer
+    s_hi = max(min(seeds + t, u_hi), 0.0)
+    h_hi = max(min(hits + t, a_hi, s_hi), 0.0)
+    h_lo = min(max(hits - t, 0.0), h_hi)
+    s_lo = min(max(seeds - t, h_lo), s_hi)
+    h, s_, u = min(max(hits, h_lo), h_hi), min(max(seeds, s_lo), s_hi), min(max(users, u_lo), u_hi)
 
     def cell(measure: str, value: float, lo: float, hi: float) -> Cell:
         value = min(max(value, lo), hi)
         return Cell(("quality",), measure, value, max(value - lo, hi - value), False)
 
     out = [
-        cell("precision", hits / min(size, max(users, 1.0)), h_lo / min(size, u_hi), h_hi / min(size, u_lo)),
-        cell("recall", hits / seeds if seeds > 0 else 0.0, h_lo / s_hi if s_hi > 0 else 0.0, min(h_hi / s_lo, 1.0))
-        if s_lo > 0
-        else withheld(("quality",), "recall"),
-        cell("base_rate", seeds / users if users > 0 else 0.0, s_lo / u_hi, min(s_hi / u_lo, 1.0)),
+        cell("precision", h / min(float(size), u), h_lo / a_hi, min(h_hi / a_lo, 1.0)),
+        cell(
+            "recall",
+            h / s_ if s_ > 0 else 0.0,
+            h_lo / s_hi if s_hi > 0 else 0.0,
+            min(h_hi / s_lo, 1.0) if s_lo > 0 else 1.0,
+        ),
+        cell("base_rate", s_ / u, s_lo / u_hi, min(s_hi / u_lo, 1.0)),
     ]
-    if seeds < min_group or s_lo <= 0 or users <= 0:
+    if seeds < min_group or s_lo <= 0:
         return out + [withheld(("quality",), m) for m in ("lift_over_random", "lift_lower_95", "lift_upper_95")]
-    lo, hi = lift(h_lo, s_hi, u_lo), lift(h_hi, s_lo, u_hi)
-    point = cell("lift_over_random", lift(max(hits, 0.0), seeds, users), lo, hi)
+    # lift = h u / (min(size, u) s): increasing in h and in u, decreasing in s, so its range is at the box's corners
+    lo = h_lo * u_lo / (a_lo * s_hi)
+    hi = h_hi * u_hi / (a_hi * s_lo)
+    point = cell("lift_over_random", h * u / (min(float(size), u) * s_), lo, hi)
     return [
         point,
         Cell(("quality",), "lift_lower_95", lo, 0.0, False),

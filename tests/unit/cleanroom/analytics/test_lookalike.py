@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cleanroom.analytics import ActivationQuery, LookalikeQuery
 from cleanroom.analytics.lookalike import QUALITY_SHARE
@@ -218,3 +220,130 @@ def test_train_calibrates_noise_for_label_flips_and_reports_that_epsilon():
     assert four.noise_multiplier > 2 * one.noise_multiplier
     small = TrainingData(np.arange(300, dtype=np.int64), features[:300], labels[:300], ("signal", "noise"))
     assert train(small, noise_four, 300).epsilon == four.epsilon  # the same charge for 300 users as for 5,000
+
+
+EVENTS_POLICY = POLICY.replace(
+    "queries: [overlap, lookalike, activation]",
+    """  platform.exposures: {time: ts, dimensions: {kind: [impression, click]}, max_per_person: 4}
+  platform.visits: {time: ts}
+queries: [overlap, lookalike, activation]""",
+)
+
+
+def _plan_and_data(room: Room, events: pa.Table) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    from cleanroom.analytics.lookalike import training_data, training_plan
+    from cleanroom.analytics.matched import Catalog, MatchedData
+
+    c = room.collaborations.create(BRAND, f"features-{events.num_rows}", EVENTS_POLICY)
+    for m in (BRAND, PLATFORM):
+        room.collaborations.approve(m, c.id, c.policy_etag)
+    n = 6
+    tables = {
+        ("brand", "users"): pa.table({"row_id": np.arange(3), "tier": ["gold", "basic", "gold"]}),
+        ("platform", "users"): pa.table(
+            {
+                "row_id": np.arange(n),
+                "age_band": ["18-24", "25-34", None, "45+", "18-24", "35-44"],
+                "stage_4a": ["aware"] * n,
+                "visits_30d": [0.0, 30.0, 90.0, -5.0, 60.0, 15.0],
+            }
+        ),
+        ("platform", "exposures"): events,
+        ("platform", "visits"): pa.table(
+            {"row_id": np.array([], dtype=np.int64), "ts": pa.array([], pa.timestamp("us"))}
+        ),
+    }
+    load_direct(room, c.id, tables, np.arange(3), np.arange(3))
+    collab = room.collaborations.get(BRAND, c.id)
+    catalog = Catalog(room.db.cursor(), collab)
+    plan = training_plan(catalog, collab.policy, "platform", {DimensionRef("brand", "tier"): "gold"})
+    data = training_data(MatchedData(room.db.cursor(), catalog), plan)
+    return data.feature_names, data.features, data.labels
+
+
+def test_features_are_every_declared_platform_column_and_capped_event_counts_named_by_the_policy(tmp_path):
+    room = Room.open(tmp_path)
+    try:
+        ts = pa.array([pd.Timestamp("2026-10-01")] * 9, pa.timestamp("us"))
+        # person 0: 7 exposures, 5 of them clicks (both over the cap of 4); person 2: 2 impressions; others none
+        busy = pa.table({"row_id": [0] * 7 + [2] * 2, "ts": ts, "kind": ["click"] * 5 + ["impression"] * 4})
+        names, x, labels = _plan_and_data(room, busy)
+        quiet_names, quiet, _ = _plan_and_data(room, busy.slice(0, 0))
+    finally:
+        room.close()
+    # the features are named by the policy alone: the same with no event rows at all
+    assert (
+        names
+        == quiet_names
+        == (
+            *(f"age_band={v}" for v in ("18-24", "25-34", "35-44", "45+", "none")),
+            *(f"stage_4a={v}" for v in ("aware", "appeal", "act", "advocate", "none")),
+            "visits_30d",
+            "exposures:rows",
+            "exposures:kind=impression",
+            "exposures:kind=click",
+            "visits:rows",
+        )
+    )
+    col = {name: x[:, i] for i, name in enumerate(names)}
+    assert list(labels) == [1, 0, 1, 0, 0, 0]
+    assert list(col["age_band=none"]) == [0, 0, 1, 0, 0, 0]
+    # measures clamped to the policy bounds [0, 60] and scaled; event counts clamped to max_per_person 4 and scaled
+    assert list(col["visits_30d"]) == pytest.approx([0, 0.5, 1, 0, 1, 0.25])
+    assert list(col["exposures:rows"]) == pytest.approx([1, 0, 0.5, 0, 0, 0])
+    assert list(col["exposures:kind=click"]) == pytest.approx([1, 0, 0, 0, 0, 0])
+    assert list(col["exposures:kind=impression"]) == pytest.approx([0.5, 0, 0.5, 0, 0, 0])
+    assert not col["visits:rows"].any()
+    assert ((x >= 0) & (x <= 1)).all()
+    assert not quiet[:, names.index("exposures:rows") :].any()
+
+
+def test_the_quality_interval_holds_the_true_lift_under_real_noise():
+    from cleanroom.analytics.lookalike import quality_cells
+    from cleanroom.privacy.noise import DiscreteLaplace
+
+    seeds, hits, users, size = 800, 320, 20_000, 2_000  # a lift of 4
+    true_lift = (hits / size) / (seeds / users)
+    noise, missed, lowers = DiscreteLaplace(), 0, []
+    for _ in range(400):
+        noisy, scale = noise.release([seeds, hits, users], 10, 0.4)
+        cells = {c.measure: c for c in quality_cells(noisy, scale, size, 50)}
+        lo, hi = cells["lift_lower_95"].value, cells["lift_upper_95"].value
+        missed += not lo <= true_lift <= hi
+        lowers.append(lo)
+    assert missed <= 0.05 * 400  # a union bound over the three counts: at least 95% (in practice far more)
+    assert np.median(lowers) > 1  # narrow enough to show it at 800 seeds, c = 4, epsilon 0.4
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(-(10**6), 10**6),
+    st.integers(-(10**6), 10**6),
+    st.integers(-(10**6), 10**6),
+    st.integers(1, 10**6),
+    st.floats(0.01, 1e4),
+)
+def test_quality_cells_are_total_and_within_range_for_any_noisy_counts(seeds, hits, users, size, scale):
+    from cleanroom.analytics.lookalike import quality_cells
+
+    cells = quality_cells([seeds, hits, users], scale, size, 50)
+    assert {c.measure for c in cells} == {
+        "lift_over_random",
+        "lift_lower_95",
+        "lift_upper_95",
+        "precision",
+        "recall",
+        "base_rate",
+    }
+    for c in cells:
+        if c.suppressed:
+            continue
+        assert np.isfinite(c.value), c
+        assert np.isfinite(c.error_95), c
+        assert c.error_95 >= 0, c
+        assert c.value >= 0
+        if c.measure in ("precision", "recall", "base_rate"):
+            assert c.value <= 1
+    shown = {c.measure: c.value for c in cells if not c.suppressed}
+    if "lift_over_random" in shown:
+        assert shown["lift_lower_95"] <= shown["lift_over_random"] <= shown["lift_upper_95"]
