@@ -28,8 +28,8 @@ insight's denominator) do not go through the join: sensitivity 1.
 How epsilon is split within one query: overlap, funnel and funnel flow release one histogram and spend all of it;
 segment insight releases two (matched people, and all of the member's users) and gives each half; value quarters
 (people, buyers, orders, sum); loyalty releases one histogram (group x state) and spends all of it; attribution
-halves (conversions, revenue); lift quarters (people, converters, revenue, revenue squared); lookalike spends a
-quarter on its quality estimate and the rest on DP-SGD; activation spends it all on the noisy size that gates the
+halves (conversions, revenue); lift quarters (people, converters, revenue, revenue squared); lookalike spends 40%
+on its quality estimate and the rest on DP-SGD; activation spends it all on the noisy size that gates the
 release.
 """
 
@@ -858,8 +858,8 @@ class QueryEngine:
         The requester receives the audience's name and requested size, the epsilon the accountant charged (for up to
         c + 1 replace-one changes of training examples: see `lookalike`), and the audience's quality as a DP lift
         over random: the share of the audience that are seeds over the share of all scored users that are seeds,
-        from three noisy counts (seeds, seeds in the audience, users scored; L1 sensitivity 2c + 2) at a quarter
-        of epsilon (`lookalike.QUALITY_SHARE`); the rest is DP-SGD's target. Its 95% bound is honest: each count is
+        from three noisy counts (seeds, seeds in the audience, users scored; L1 sensitivity 2c + 2) at a share
+        of epsilon (`lookalike.QUALITY_SHARE`, 40%); the rest is DP-SGD's target. Its 95% bound is honest: each count is
         within its 1 - 0.05/3 noise bound with probability at least 1 - 0.05/3 (exact for discrete Laplace), so
         all three are at once with probability at least 95% (union bound), and the lift's interval is the range
         of the ratio over that box. The audience goes to the recipient, whose ledger is charged too.

@@ -4,9 +4,12 @@ Adjacency. DP-SGD here samples each training example independently with probabil
 every per-example gradient to L2 norm C and adds N(0, (σC)^2 I) to the sum, for `steps` steps. Two datasets are
 neighbours when they differ in the labels of at most `group` examples (the same examples, same features, same
 positions): a flip is a REPLACE-ONE of one training example, so `group` flips are a group of `group` replace-ones.
-That is what removing one users-table row does to the lookalike training set when the privacy join has stability
-`group`. ε is the smallest value with δ ≥ the hockey-stick divergence H_{e^ε} between the outputs on the two
-datasets, in both directions.
+The pairs below hold for any replace-one (any two gradients of norm at most C, a zero gradient among them), so
+they also cover removing an example, as long as removing it is the same as replacing it by a zero-gradient one
+(each step a sum of clipped gradients times a fixed constant). That covers what removing one users-table row does
+to the lookalike training set with `group` = c + 1, c the join's stability (see `cleanroom.analytics.lookalike`).
+ε is the smallest value with δ ≥ the hockey-stick divergence H_{e^ε} between the outputs on the two datasets, in
+both directions.
 
 Dominating pairs (σ in units of C, so the per-example sensitivity is 1):
   * One flip (replace-one), one step: a flip keeps the example's Poisson coin, so conditional on the common rest of

@@ -334,8 +334,10 @@ class CleanRoomClient:
     ) -> pd.DataFrame:
         """Train a DP-SGD lookalike on the seeds (e.g. {"brand.tier": "gold"}); the platform receives the audience.
 
-        You receive the audience's name (`attrs["audience"]`) and size, the epsilon opacus accounted and a DP
-        estimate of quality; never who is in it. `delta` defaults to 1e-7 (it must be below 1/n).
+        You receive the audience's name (`attrs["audience"]`) and size, the epsilon charged for DP-SGD and its
+        noise multiplier, and the audience's quality as a DP lift over random (`lift_over_random` with its 95%
+        interval `lift_lower_95` .. `lift_upper_95`; `precision`, `recall`, `base_rate`); never who is in it.
+        `delta` defaults to 1e-7 (it must be below 1/n).
         """
         request = qpb.LookalikeRequest(
             parent=_name(collaboration_id),
