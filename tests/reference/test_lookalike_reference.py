@@ -16,10 +16,10 @@ import pytest
 from cleanroom.analytics import LookalikeQuery
 from cleanroom.analytics.audiences import Audiences, parse_audience_name
 from cleanroom.analytics.queries import DimensionRef
-from cleanroom.demo import LOOKALIKE_AUDIENCE_SHARE, LOOKALIKE_DELTA, LOOKALIKE_EPSILON, LOOKALIKE_SEED
+from cleanroom.devtools.demo import LOOKALIKE_AUDIENCE_SHARE, LOOKALIKE_DELTA, LOOKALIKE_EPSILON, LOOKALIKE_SEED
+from cleanroom.devtools.synthetic import DEMO_POLICY, SyntheticConfig, SyntheticData, generate, load_direct
 from cleanroom.principals import Principal, Role
 from cleanroom.room import Room
-from cleanroom.synthetic import DEMO_POLICY, SyntheticConfig, SyntheticData, generate, load_direct
 
 BRAND, PLATFORM = Principal("brand", Role.MEMBER), Principal("platform", Role.MEMBER)
 #: `cleanroom demo`'s default sizes.
