@@ -172,34 +172,87 @@ def create(
     """
     with _client() as client:
         c = client.create_collaboration(policy, collaboration_id)
-    out.print(f"created {c.id} (policy revision {c.policy_revision}, etag {c.policy_etag}); now: approve {c.id}")
+    out.print(
+        f"created {c.id} (policy revision {c.policy_revision}, etag {c.policy_etag}); "
+        f"now: approve {c.id} --etag {c.policy_etag}",
+        markup=False,
+        highlight=False,
+    )
+
+
+@app.command()
+def propose(
+    collaboration: Collab,
+    policy: Annotated[Path, typer.Argument(help="The new policy (YAML).")],
+) -> None:
+    """Propose a new policy revision: every member, you included, must review and approve it again.
+
+    Example: cleanroom-client propose brand-x-2026q4 policy-v2.yaml
+    """
+    with _client() as client:
+        c = client.propose_policy(collaboration, policy)
+    out.print(
+        f"proposed revision {c.policy_revision} of {c.id} (etag {c.policy_etag}); every member reviews it with "
+        f"`cleanroom-client show {c.id}` and approves it with `cleanroom-client approve {c.id} --etag "
+        f"{c.policy_etag}`",
+        markup=False,
+        highlight=False,
+    )
 
 
 @app.command()
 def show(collaboration: Collab) -> None:
-    """Show a collaboration's state and policy.
+    """Show a collaboration's state, its policy exactly as proposed, and the etag to approve it by.
 
-    Example: cleanroom-client show brand-x-2026q4
+    Example: cleanroom-client show brand-x-2026q4   (or -o json: the same as one JSON object)
     """
     with _client() as client:
         c = client.get_collaboration(collaboration)
-    out.print(f"{c.id}: {c.state}, revision {c.policy_revision}, etag {c.policy_etag}")
-    out.print("approvals: " + ", ".join(f"{m} {'yes' if ok else 'no'}" for m, ok in c.approvals.items()))
-    out.print(c.policy_yaml)
+    if settings.output == "json":
+        payload = {
+            "id": c.id,
+            "state": c.state,
+            "policy_revision": c.policy_revision,
+            "policy_etag": c.policy_etag,
+            "approvals": dict(c.approvals),
+            "policy_yaml": c.policy_yaml,
+        }
+        sys.stdout.write(json.dumps(payload, indent=1, ensure_ascii=False) + "\n")
+        return
+    # The policy is printed as plain text: rich markup would take YAML lists such as `[a, b]` for style tags.
+    sys.stdout.write(
+        f"{c.id}: {c.state}, revision {c.policy_revision}, etag {c.policy_etag}\n"
+        + "approvals: "
+        + ", ".join(f"{m} {'yes' if ok else 'no'}" for m, ok in c.approvals.items())
+        + "\n\n"
+        + c.policy_yaml.rstrip("\n")
+        + "\n\n"
+        + f"to approve this revision: cleanroom-client approve {c.id} --etag {c.policy_etag}\n"
+    )
 
 
 @app.command()
 def approve(
     collaboration: Collab,
-    etag: Annotated[str | None, typer.Option(help="The etag you reviewed (default: the current one).")] = None,
+    etag: Annotated[
+        str | None, typer.Option(help="The etag `cleanroom-client show` printed with the policy you reviewed.")
+    ] = None,
 ) -> None:
-    """Approve the collaboration's current policy revision.
+    """Approve the policy revision you reviewed, named by its etag; refused if the policy changed since.
 
-    Example: cleanroom-client approve brand-x-2026q4
+    Example: cleanroom-client show brand-x-2026q4, then cleanroom-client approve brand-x-2026q4 --etag 3f9c...
     """
+    if not etag:
+        err.print(
+            f"approve only what you read: run `cleanroom-client show {collaboration}` and pass the etag it prints, "
+            f"`cleanroom-client approve {collaboration} --etag ETAG`",
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(2)
     with _client() as client:
         c = client.approve_policy(collaboration, etag)
-    out.print(f"approved; {c.id} is {c.state}")
+    out.print(f"approved revision {c.policy_revision}; {c.id} is {c.state}", markup=False, highlight=False)
 
 
 @app.command()

@@ -33,7 +33,8 @@ def test_member_cli_end_to_end(server, tokens, pki, tmp_path):
     assert r.exit_code == 0, r.output
     assert "now: approve cli-collab" in r.output
     for env in (brand, platform):
-        r = runner.invoke(app, ["approve", "cli-collab"], env=env)
+        etag = json.loads(runner.invoke(app, ["-o", "json", "show", "cli-collab"], env=env).output)["policy_etag"]
+        r = runner.invoke(app, ["approve", "cli-collab", "--etag", etag], env=env)
         assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["-o", "json", "list"], env=brand)
     assert json.loads(r.output)["rows"][0]["state"] == "active"
@@ -117,3 +118,40 @@ def test_member_cli_errors_say_what_to_do(server, tokens, pki, tmp_path):
     assert r.exit_code != 0
     r = runner.invoke(app, ["match", "--help"], env=env)
     assert "Example" in r.output
+
+
+def test_propose_show_approve_only_what_was_read(server, tokens, pki, tmp_path):
+    """A platform reviewing a policy sees its lists (rich markup must not eat `[...]`) and approves by etag only."""
+    runner = CliRunner()
+    brand, platform = (_env(server, tokens, pki, n, tmp_path) for n in ("brand", "platform"))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(DEMO_POLICY)
+    assert runner.invoke(app, ["create", str(policy), "--id", "cli-review"], env=brand).exit_code == 0
+
+    r = runner.invoke(app, ["show", "cli-review"], env=platform)
+    assert r.exit_code == 0, r.output
+    assert "abilities: [contribute, receive_audiences]" in r.output
+    assert "identifiers: [email, phone]" in r.output
+    first = json.loads(runner.invoke(app, ["-o", "json", "show", "cli-review"], env=platform).output)
+    assert "abilities: [contribute, receive_audiences]" in first["policy_yaml"]
+    assert f"--etag {first['policy_etag']}" in r.output
+
+    r = runner.invoke(app, ["approve", "cli-review"], env=platform)
+    assert r.exit_code == 2
+    assert "cleanroom-client show cli-review" in r.output
+
+    # The brand changes the policy after the platform read it: the old etag no longer approves anything.
+    policy.write_text(DEMO_POLICY.replace("min_group_size: 50", "min_group_size: 80"))
+    r = runner.invoke(app, ["propose", "cli-review", str(policy)], env=brand)
+    assert r.exit_code == 0, r.output
+    assert "revision 2" in r.output
+    r = runner.invoke(app, ["approve", "cli-review", "--etag", first["policy_etag"]], env=platform)
+    assert r.exit_code == 1
+    assert "changed since you read it" in r.output
+    second = json.loads(runner.invoke(app, ["-o", "json", "show", "cli-review"], env=platform).output)
+    assert second["policy_revision"] == 2
+    assert "min_group_size: 80" in second["policy_yaml"]
+    for env in (platform, brand):
+        r = runner.invoke(app, ["approve", "cli-review", "--etag", second["policy_etag"]], env=env)
+        assert r.exit_code == 0, r.output
+    assert "is active" in r.output
