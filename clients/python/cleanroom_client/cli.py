@@ -586,5 +586,35 @@ def export_audit_log(
     err.print(f"exported to {to}")
 
 
+#: Options of the whole command line that a user may also write after the command (`budget c -o csv`).
+_LATE_GLOBALS = ("-o", "--output")
+#: Options of the whole command line that take a value.
+_VALUED_GLOBALS = ("--target", "--token", "--ca", "-o", "--output")
+
+
+def hoist_output(args: list[str]) -> list[str]:
+    """Move `-o X` / `--output X` / `--output=X` written after the command to before it, where typer reads them."""
+    command = 0
+    while command < len(args) and args[command].startswith("-"):
+        command += 2 if args[command] in _VALUED_GLOBALS else 1
+    head, tail = args[:command], args[command:]
+    moved: list[str] = []
+    kept: list[str] = []
+    i = 0
+    while i < len(tail):
+        if tail[i] in _LATE_GLOBALS and i + 1 < len(tail):
+            moved += tail[i : i + 2]
+            i += 2
+            continue
+        (moved if tail[i].startswith("--output=") else kept).append(tail[i])
+        i += 1
+    return head + moved + kept
+
+
+def run() -> None:
+    """The `cleanroom-client` entry point."""
+    app(args=hoist_output(sys.argv[1:]), prog_name="cleanroom-client")
+
+
 if __name__ == "__main__":
-    app()
+    run()

@@ -10,7 +10,7 @@ import sys
 from typer.testing import CliRunner
 
 from cleanroom.devtools.synthetic import DEMO_POLICY, SyntheticConfig, generate
-from cleanroom_client.cli import app
+from cleanroom_client.cli import app, hoist_output
 
 
 def _env(server, tokens, pki, name, tmp_path):
@@ -155,3 +155,20 @@ def test_propose_show_approve_only_what_was_read(server, tokens, pki, tmp_path):
         r = runner.invoke(app, ["approve", "cli-review", "--etag", second["policy_etag"]], env=env)
         assert r.exit_code == 0, r.output
     assert "is active" in r.output
+    # `-o` may come after the command too (it used to say "No such option: -o").
+    r = runner.invoke(app, hoist_output(["budget", "cli-review", "-o", "csv"]), env=brand)
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines()[0].count(",") >= 1
+
+
+def test_output_option_after_the_command_is_moved_before_it():
+    assert hoist_output(["budget", "c", "-o", "csv"]) == ["-o", "csv", "budget", "c"]
+    assert hoist_output(["--target", "h:1", "budget", "c", "--output=json"]) == [
+        "--target",
+        "h:1",
+        "--output=json",
+        "budget",
+        "c",
+    ]
+    assert hoist_output(["-o", "json", "list"]) == ["-o", "json", "list"]
+    assert hoist_output(["match", "c", "--users", "u.csv"]) == ["match", "c", "--users", "u.csv"]
