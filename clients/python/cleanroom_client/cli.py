@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ from rich.table import Table
 
 from .client import CleanRoomClient
 from .errors import CleanRoomError
+from .identity import IdentifierQualityWarning
 from .policy import PolicyError
 
 app = typer.Typer(
@@ -266,7 +268,12 @@ def match(
     ] = None,
     event: Annotated[list[str] | None, typer.Option(help="table=file, e.g. conversions=orders.csv.")] = None,
     prehashed: Annotated[list[str] | None, typer.Option(help="Identifier type given as SHA-256 hex.")] = None,
-    region: Annotated[str, typer.Option(help="Default phone region.")] = "US",
+    region: Annotated[
+        str,
+        typer.Option(
+            help="Region (ISO 3166, e.g. CN) of phone numbers written without a +country code: CN or phone=CN."
+        ),
+    ] = "US",
     ray: Annotated[
         str | None,
         typer.Option(
@@ -290,8 +297,11 @@ def match(
         engine = RayEngine(address=ray)
     paths = _pairs(event or [], "--event")
     try:
-        with _client() as client:
-            client.normalizer = type(client.normalizer)(region)
+        with _client() as client, warnings.catch_warnings():
+            # A column that mostly fails to normalize is said at once, before anything is sent, with its fix.
+            warnings.simplefilter("always", IdentifierQualityWarning)
+            warnings.showwarning = _say_warning
+            client.normalizer = type(client.normalizer)(_phone_region(region))
             summary = client.match(
                 collaboration,
                 users=users if engine else _read(Path(users)),
@@ -310,6 +320,20 @@ def match(
         for t, c in summary.identifiers.items()
     ]
     _show(pd.DataFrame(rows), f"matched: peer's set size {summary.peer_set_size:,}")
+
+
+def _phone_region(text: str) -> str:
+    """`--region CN` or `--region phone=CN` (the phone column is the only one read in a region)."""
+    column, sep, region = text.partition("=")
+    if not sep:
+        return text
+    if column != "phone":
+        raise typer.BadParameter(f"--region {text}: only phone numbers have a region; write --region phone={region}")
+    return region
+
+
+def _say_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+    err.print(f"warning: {message}", style="yellow", markup=False, highlight=False)
 
 
 @app.command()

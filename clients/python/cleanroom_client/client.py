@@ -10,6 +10,7 @@ only by its owner. Auditors use the same client for the audit log.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,13 @@ from ._proto import collaboration_pb2_grpc as cpb_grpc
 from ._proto import matching_pb2_grpc as mpb_grpc
 from .blinding import ChunkExecutor, default_executor
 from .errors import CleanRoomError
-from .identity import IdentifierType, Normalizer
+from .identity import (
+    INVALID_CHECK_SAMPLE,
+    IdentifierQualityWarning,
+    IdentifierType,
+    Normalizer,
+    invalid_share_warning,
+)
 from .matching import MatchPlan, MatchRunner, MatchSummary
 from .policy import parse_policy
 
@@ -543,6 +550,7 @@ class CleanRoomClient:
             for name, table in (events or {}).items()
         }
         plan = self._plan(users_frame, key, identifiers, attributes, event_frames, prehashed)
+        self._warn_invalid_identifiers(users_frame, identifiers, set(prehashed))
         allowed = parse_policy(self.get_collaboration(collaboration_id).policy_yaml).identifiers
         refused = sorted(set(identifiers) - set(allowed))
         if refused:
@@ -565,6 +573,22 @@ class CleanRoomClient:
             return runner.run(plan, state / "blinding.key")
         except grpc.RpcError as err:
             raise CleanRoomError.from_rpc(err) from None
+
+    def _warn_invalid_identifiers(self, users: object, identifiers: Mapping[str, str], prehashed: set[str]) -> None:
+        """Warn (IdentifierQualityWarning) before anything is sent when an identifier column mostly fails to normalize.
+
+        The warning names the likely cause (a phone region) and the fix. Checks a sample of a DataFrame's rows.
+        """
+        if not isinstance(users, pd.DataFrame):
+            return
+        for id_type, column in identifiers.items():
+            if id_type in prehashed or column not in users.columns:
+                continue
+            values = users[column].dropna().astype(str)
+            sample = [v for v in values.head(INVALID_CHECK_SAMPLE * 2) if v.strip()][:INVALID_CHECK_SAMPLE]
+            message = invalid_share_warning(self.normalizer, IdentifierType(id_type), column, sample)
+            if message:
+                warnings.warn(message, IdentifierQualityWarning, stacklevel=3)
 
     def _get_executor(self) -> ChunkExecutor:
         if self._executor is None:
