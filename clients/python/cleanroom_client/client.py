@@ -3,12 +3,14 @@
 Configuration comes from arguments or the environment: `CLEANROOM_TARGET` (host:port), `CLEANROOM_TOKEN` (the
 bearer token the operator issued) and `CLEANROOM_CA` (a PEM file of the CA that signed the server's certificate;
 the system's roots when unset). The connection is TLS unless `insecure=True` (local development only). Local state
-per collaboration (the blinding key, surrogate ids) lives under `state_dir` (default `~/.cleanroom`), readable
-only by its owner. Auditors use the same client for the audit log.
+per collaboration (the blinding key, surrogate ids) lives under `state_dir` (`CLEANROOM_STATE_DIR`; default
+`~/.cleanroom/<server>/<credential digest>`, so members sharing a home directory never share state), readable only
+by its owner. Auditors use the same client for the audit log.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -42,6 +44,19 @@ from .policy import parse_policy
 
 T = TypeVar("T")
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def default_state_dir(target: str, token: str | None, client_certificate: bytes | str | Path | None) -> Path:
+    """`~/.cleanroom/<server>/<credential>`: one member's own state, apart from any other member on this machine.
+
+    Two members (or one person acting as both, as in a trial) sharing a home directory would otherwise share
+    `collaborations/<id>` and overwrite each other's blinding key and surrogate ids. The credential part is a digest
+    of the token or client certificate, never the credential itself; a rotated token starts a new directory, so set
+    `CLEANROOM_STATE_DIR` (or `state_dir=`) to keep one across rotations.
+    """
+    server = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in target)
+    credential = _read(client_certificate) if client_certificate is not None else (token or "").encode()
+    return Path.home() / ".cleanroom" / server / hashlib.sha256(credential or b"").hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -122,7 +137,8 @@ class CleanRoomClient:
             raise ValueError("pass client_certificate and client_key together")
         if not 1 <= chunk_rows <= 65536:
             raise ValueError("chunk_rows must be between 1 and 65536")
-        self.state_dir = Path(state_dir or os.environ.get("CLEANROOM_STATE_DIR") or Path.home() / ".cleanroom")
+        explicit = state_dir or os.environ.get("CLEANROOM_STATE_DIR")
+        self.state_dir = Path(explicit) if explicit else default_state_dir(target, token, client_certificate)
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
