@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -91,6 +92,30 @@ class SerialExecutor:
         """Nothing to release."""
 
 
+def _ready() -> None:
+    """A task that makes the pool start its workers."""
+
+
+@contextlib.contextmanager
+def _main_hidden() -> Iterator[None]:
+    """While processes spawn: do not let them import the caller's main script.
+
+    A spawned child imports the parent's `__main__` (by its file or module name) before running anything, so a
+    plain script without an `if __name__ == "__main__":` guard would run again in every worker and call `match()`
+    from there (`Exception iterating requests!`). The workers only run this package's functions, which need
+    nothing from `__main__`: while they start, `__main__` shows neither a file nor a spec, as in a notebook.
+    """
+    main = sys.modules["__main__"]
+    saved: dict[str, object] = {name: main.__dict__[name] for name in ("__file__", "__spec__") if name in main.__dict__}
+    try:
+        main.__dict__.pop("__file__", None)
+        main.__dict__["__spec__"] = None
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
+
+
 class ProcessPoolChunkExecutor:
     """Runs chunks on a pool of processes, at most `max_in_flight` at a time (the default executor)."""
 
@@ -99,6 +124,12 @@ class ProcessPoolChunkExecutor:
         self.max_in_flight = max_in_flight or 2 * self.workers
         # spawn, not fork: forking a process that holds gRPC channels can deadlock the child.
         self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+        # Start every worker now, with the caller's script out of their sight (see `_main_hidden`): the pool
+        # starts a worker per task submitted while none is idle, and a worker takes far longer to boot than these
+        # submissions, so all of them start here.
+        with _main_hidden():
+            for started in [self._pool.submit(_ready) for _ in range(self.workers)]:
+                started.result()
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
         """Apply `fn` on the pool; yields in input order, keeping at most `max_in_flight` chunks pending."""

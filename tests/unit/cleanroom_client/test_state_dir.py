@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from cleanroom.devtools.synthetic import SyntheticConfig, generate
 from cleanroom_client import CleanRoomClient, SerialExecutor
@@ -34,7 +35,7 @@ def test_two_members_sharing_a_home_directory_both_match(server, active, tokens,
         )
         for name in ("brand", "platform")
     }
-    jobs = {
+    jobs: dict[str, dict[str, Any]] = {
         "brand": {"users": data.brand_users, "key": "customer_id", "identifiers": {"email": "email"}},
         "platform": {"users": data.platform_users, "key": "user_id", "identifiers": {"email": "email"}},
     }
