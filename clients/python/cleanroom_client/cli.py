@@ -89,7 +89,7 @@ def _client() -> Iterator[CleanRoomClient]:
     try:
         yield client
     except CleanRoomError as exc:
-        err.print(f"[red]{exc.code}[/]: {exc.message}")
+        err.print(f"{exc.code}: {exc.message}", style="red", markup=False, highlight=False)
         raise typer.Exit(1) from None
     except (PolicyError, ValueError, FileNotFoundError) as exc:
         err.print(f"[red]{exc}[/]")

@@ -1,4 +1,10 @@
-"""Errors the SDK raises: what went wrong, in words a member can act on."""
+"""Errors the SDK raises: what went wrong, in words a member can act on, typed by gRPC status.
+
+Every error is a `CleanRoomError` (so `except CleanRoomError` keeps working) and, more precisely, the subclass of
+its status (`NotFoundError`, `PermissionDeniedError`, `InvalidArgumentError`, ...), with `code` the status name.
+Connection failures (status UNAVAILABLE) say which of the usual causes it is and how to fix it: a certificate
+that the given CA did not sign, or nothing listening at the address.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +21,97 @@ class CleanRoomError(Exception):
 
     @classmethod
     def from_rpc(cls, err: grpc.RpcError) -> CleanRoomError:
-        """Translate a gRPC error."""
+        """Translate a gRPC error into the subclass of its status."""
         code = err.code() if isinstance(err, grpc.Call) else None
         details = err.details() if isinstance(err, grpc.Call) else str(err)
-        return cls(code.name if code else "UNKNOWN", details or "")
+        name = code.name if code else "UNKNOWN"
+        message = details or ""
+        if name == "UNAVAILABLE":
+            message = unavailable_hint(message)
+        return _BY_CODE.get(name, CleanRoomError)(name, message)
+
+
+class InvalidArgumentError(CleanRoomError):
+    """The request or an uploaded table is malformed or outside the policy; the message says what to change."""
+
+
+class NotFoundError(CleanRoomError):
+    """No such collaboration, audience or upload (or not one you may see)."""
+
+
+class AlreadyExistsError(CleanRoomError):
+    """A collaboration or upload by that name exists already."""
+
+
+class PermissionDeniedError(CleanRoomError):
+    """Your principal may not do this (the policy's abilities, or your role)."""
+
+
+class UnauthenticatedError(CleanRoomError):
+    """The token or client certificate was not accepted: check CLEANROOM_TOKEN, or ask the operator for a new one."""
+
+
+class FailedPreconditionError(CleanRoomError):
+    """Not in this state: e.g. the policy is not approved by everyone yet, or changed since you read it."""
+
+
+class ResourceExhaustedError(CleanRoomError):
+    """A limit was reached: your privacy budget, a request size, or concurrent streams."""
+
+
+class AbortedError(CleanRoomError):
+    """The query was charged and failed (the same for every failure after the charge), or a conflict: retry."""
+
+
+class UnavailableError(CleanRoomError):
+    """The server could not be reached, or TLS failed; the message names the likely cause and its fix."""
+
+
+class DeadlineExceededError(CleanRoomError):
+    """The call took longer than its deadline (e.g. waiting for the peer to match)."""
+
+
+class InternalError(CleanRoomError):
+    """The server failed; it logged the cause. Your data already stored is intact."""
+
+
+class UnimplementedError(CleanRoomError):
+    """The server does not offer this call (an older server)."""
+
+
+_BY_CODE: dict[str, type[CleanRoomError]] = {
+    "INVALID_ARGUMENT": InvalidArgumentError,
+    "OUT_OF_RANGE": InvalidArgumentError,
+    "NOT_FOUND": NotFoundError,
+    "ALREADY_EXISTS": AlreadyExistsError,
+    "PERMISSION_DENIED": PermissionDeniedError,
+    "UNAUTHENTICATED": UnauthenticatedError,
+    "FAILED_PRECONDITION": FailedPreconditionError,
+    "RESOURCE_EXHAUSTED": ResourceExhaustedError,
+    "ABORTED": AbortedError,
+    "UNAVAILABLE": UnavailableError,
+    "DEADLINE_EXCEEDED": DeadlineExceededError,
+    "INTERNAL": InternalError,
+    "UNIMPLEMENTED": UnimplementedError,
+}
+
+
+def unavailable_hint(details: str) -> str:
+    """One line with the likely cause of a connection failure and its fix, then gRPC's own words."""
+    lowered = details.lower()
+    if "handshake" in lowered or "certificate" in lowered or "ssl" in lowered:
+        hint = (
+            "TLS failed: the server's certificate is not signed by the CA you gave (CLEANROOM_CA / --ca), or the "
+            "name you connect to is not in it; pass the CA file your operator sent"
+        )
+    elif "connection refused" in lowered or "failed to connect" in lowered:
+        hint = (
+            "cannot reach the server: nothing answers at that address; check CLEANROOM_TARGET / --target "
+            "(host:port) and that the server is running"
+        )
+    else:
+        hint = "the server is unavailable; retry, and check the address and the network"
+    return f"{hint} ({' '.join(details.split())})"
 
 
 RETRYABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "CANCELLED"})

@@ -1,0 +1,61 @@
+"""SDK errors are typed by status over real gRPC, and connection failures say their cause and fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from cleanroom.devtools.devpki import make_dev_pki
+from cleanroom_client import CleanRoomClient
+from cleanroom_client.errors import (
+    CleanRoomError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+    UnavailableError,
+)
+
+
+def test_each_status_is_its_own_class(make_client, active):
+    brand, stranger = make_client("brand"), make_client("stranger")
+    with pytest.raises(NotFoundError) as info:
+        brand.get_collaboration("no-such-collab")
+    assert info.value.code == "NOT_FOUND"
+    assert isinstance(info.value, CleanRoomError)  # old `except CleanRoomError` code keeps working
+    with pytest.raises((PermissionDeniedError, NotFoundError)):
+        stranger.get_collaboration(active)
+    with pytest.raises(FailedPreconditionError, match="changed since you read it"):
+        brand.approve_policy(active, "0" * 64)
+    with pytest.raises(InvalidArgumentError):
+        brand.overlap(active, by=["brand.tier"], epsilon=1e-9)
+
+
+def test_a_wrong_token_is_unauthenticated(server, pki, tmp_path):
+    client = CleanRoomClient(
+        f"localhost:{server.port}", token="crt_wrong", root_certificates=pki.ca, progress=False, state_dir=tmp_path
+    )
+    with pytest.raises(UnauthenticatedError):
+        client.list_collaborations()
+    client.close()
+
+
+def test_a_wrong_ca_names_the_ca(server, tokens, tmp_path):
+    other = make_dev_pki(tmp_path / "other", clients=())
+    client = CleanRoomClient(
+        f"localhost:{server.port}",
+        token=tokens["brand"],
+        root_certificates=other.ca,
+        progress=False,
+        state_dir=tmp_path,
+    )
+    with pytest.raises(UnavailableError, match="not signed by the CA you gave"):
+        client.list_collaborations()
+    client.close()
+
+
+def test_a_wrong_port_says_nothing_answers(pki, tmp_path):
+    client = CleanRoomClient("localhost:1", token="crt_x", root_certificates=pki.ca, progress=False, state_dir=tmp_path)
+    with pytest.raises(UnavailableError, match="nothing answers at that address"):
+        client.list_collaborations()
+    client.close()
