@@ -268,6 +268,12 @@ def match(
     ] = None,
     event: Annotated[list[str] | None, typer.Option(help="table=file, e.g. conversions=orders.csv.")] = None,
     prehashed: Annotated[list[str] | None, typer.Option(help="Identifier type given as SHA-256 hex.")] = None,
+    time_format: Annotated[
+        str | None,
+        typer.Option(
+            help="strptime format of the event tables' time column when it is not ISO 8601, e.g. '%d/%m/%Y %H:%M'."
+        ),
+    ] = None,
     region: Annotated[
         str,
         typer.Option(
@@ -311,6 +317,7 @@ def match(
                 events={name: path if engine else _read(Path(path)) for name, path in paths.items()},
                 prehashed=prehashed or [],
                 engine=engine,
+                time_format=time_format,
             )
     finally:
         if engine is not None:

@@ -40,7 +40,7 @@ from .identity import (
     invalid_share_warning,
 )
 from .matching import MatchPlan, MatchRunner, MatchSummary
-from .policy import parse_policy
+from .policy import Policy, parse_policy
 
 T = TypeVar("T")
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -57,6 +57,47 @@ def default_state_dir(target: str, token: str | None, client_certificate: bytes 
     server = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in target)
     credential = _read(client_certificate) if client_certificate is not None else (token or "").encode()
     return Path.home() / ".cleanroom" / server / hashlib.sha256(credential or b"").hexdigest()[:16]
+
+
+def parse_time_column(frame: pd.DataFrame, table: str, policy: Policy, time_format: str | None) -> pd.DataFrame:
+    """`frame` with the policy's time column of event table `table` parsed to timestamps when it holds text.
+
+    A CSV brings dates as text, which the server refuses; the error names the column, a value that failed and the
+    fix. Columns already of a date or time type are left as they are.
+    """
+    columns = {spec.time for spec in policy.tables.values() if spec.table == table and spec.time}
+    out = frame
+    for column in sorted(columns & set(frame.columns)):
+        if not (pd.api.types.is_object_dtype(frame[column]) or pd.api.types.is_string_dtype(frame[column])):
+            continue
+        text = frame[column].astype("string").str.strip()
+        try:
+            parsed = pd.to_datetime(text, format=time_format or "ISO8601")
+        except (ValueError, TypeError) as exc:
+            bad = next((v for v in text.dropna() if _unparsable(v, time_format)), None)
+            hint = (
+                f"--time-format / time_format={time_format!r} does not fit"
+                if time_format
+                else (
+                    "write ISO 8601 (2026-10-01 or 2026-10-01 13:45:00), or pass its format: --time-format "
+                    "'%d/%m/%Y %H:%M' (SDK: time_format=...)"
+                )
+            )
+            raise ValueError(
+                f"{table}.{column}: cannot read {bad!r} as a date or time ({exc.__class__.__name__}); {hint}"
+            ) from None
+        if isinstance(parsed.dtype, pd.DatetimeTZDtype):
+            parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+        out = out.assign(**{column: parsed.astype("datetime64[us]")})
+    return out
+
+
+def _unparsable(value: str, time_format: str | None) -> bool:
+    try:
+        pd.to_datetime(value, format=time_format or "ISO8601")
+    except (ValueError, TypeError):
+        return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -547,6 +588,7 @@ class CleanRoomClient:
         prehashed: Iterable[str] = (),
         wait_timeout: float = 3600.0,
         engine: ChunkExecutor | None = None,
+        time_format: str | None = None,
     ) -> MatchSummary:
         """Match this member's `users` with the peer's, and upload attributes and events; resumable.
 
@@ -554,7 +596,9 @@ class CleanRoomClient:
         type (email, phone, device_id, custom) to its column; types in `prehashed` hold SHA-256 hex of the
         normalized identifier instead. `attributes` are users columns to upload; `events` are event tables, each
         with the `key` column. Tables are DataFrames or paths (CSV, or Parquet: a file or a directory), read by
-        the engine. `engine` runs the reading and the blinding (e.g.
+        the engine. An event table's time column (the one the policy declares) may hold text, as a CSV gives it:
+        it is parsed as ISO 8601 dates or date-times, or with `time_format` (strptime, e.g. "%d/%m/%Y %H:%M").
+        `engine` runs the reading and the blinding (e.g.
         `cleanroom_client.ray_engine.RayEngine(address="auto")`); by default the client's executor (a process pool
         over the local cores). The caller keeps ownership of an engine it passes. Returns counts, never the
         intersection.
@@ -565,9 +609,14 @@ class CleanRoomClient:
             name: runs_on.read_table(table) if isinstance(table, (str, Path)) else table
             for name, table in (events or {}).items()
         }
-        plan = self._plan(users_frame, key, identifiers, attributes, event_frames, prehashed)
         self._warn_invalid_identifiers(users_frame, identifiers, set(prehashed))
-        allowed = parse_policy(self.get_collaboration(collaboration_id).policy_yaml).identifiers
+        policy = parse_policy(self.get_collaboration(collaboration_id).policy_yaml)
+        event_frames = {
+            name: parse_time_column(frame, name, policy, time_format) if isinstance(frame, pd.DataFrame) else frame
+            for name, frame in event_frames.items()
+        }
+        plan = self._plan(users_frame, key, identifiers, attributes, event_frames, prehashed)
+        allowed = policy.identifiers
         refused = sorted(set(identifiers) - set(allowed))
         if refused:
             raise ValueError(

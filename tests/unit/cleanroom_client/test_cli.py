@@ -41,6 +41,8 @@ def test_member_cli_end_to_end(server, tokens, pki, tmp_path):
 
     data = generate(SyntheticConfig(brand_users=400, platform_users=500, shared=300, seed=2))
     data.brand_users.to_csv(tmp_path / "crm.csv", index=False)
+    # Times as a CSV holds them: text. The policy names the time column; the CLI parses it.
+    data.brand_conversions.to_csv(tmp_path / "orders.csv", index=False)
     data.platform_users.to_csv(tmp_path / "users.csv", index=False)
     # The platform matches from its own process (CliRunner swaps sys.stdout, so it cannot run in two threads).
     platform_cmd = [
@@ -81,6 +83,8 @@ def test_member_cli_end_to_end(server, tokens, pki, tmp_path):
                 "phone=mobile",
                 "--attribute",
                 "tier",
+                "--event",
+                f"conversions={tmp_path / 'orders.csv'}",
             ],
             env=brand,
         )
@@ -89,6 +93,8 @@ def test_member_cli_end_to_end(server, tokens, pki, tmp_path):
     assert other.returncode == 0, output
     assert results["brand"].exit_code == 0, results["brand"].output
     assert "peer's set size 500" in results["brand"].output
+    r = runner.invoke(app, ["-o", "json", "value", "cli-collab", "--measure", "brand.conversions.value"], env=brand)
+    assert r.exit_code == 0, r.output
 
     r = runner.invoke(app, ["-o", "json", "overlap", "cli-collab", "--by", "platform.age_band"], env=brand)
     assert r.exit_code == 0, r.output
