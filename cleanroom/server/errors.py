@@ -58,6 +58,10 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 
 
 def _abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
+    if not context.is_active():
+        # The client cancelled or went away (e.g. Ctrl-C during a match): routine, nobody to answer.
+        log.info("%s: the client cancelled the call (%s)", method, type(exc).__name__)
+        return
     code, message = status_of(exc)
     if code is grpc.StatusCode.INTERNAL:
         log.exception("unexpected error in %s", method)
