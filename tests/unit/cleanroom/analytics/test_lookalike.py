@@ -94,7 +94,10 @@ def test_200k_lookalike_finds_the_planted_seeds_and_charges_the_accounted_epsilo
         # the brand sees the audience's lift over random, and its 95% interval holds the true lift
         lift = precision / base_rate
         lower, upper = cells[("quality", "lift_lower_95")].value, cells[("quality", "lift_upper_95")].value
-        assert 1 < lower <= lift <= upper, (lower, lift, upper)
+        # (a 95% interval misses the truth in up to 5% of runs, about 1% here: the single run is checked against
+        # twice the interval's half-width; its coverage is measured over many draws in the test below)
+        assert lower > 1, (lower, lift, upper)
+        assert lower - (upper - lower) <= lift <= upper + (upper - lower), (lower, lift, upper)
         assert 0 <= cells[("quality", "recall")].value <= 1
     finally:
         room.close()
@@ -347,3 +350,18 @@ def test_quality_cells_are_total_and_within_range_for_any_noisy_counts(seeds, hi
     shown = {c.measure: c.value for c in cells if not c.suppressed}
     if "lift_over_random" in shown:
         assert shown["lift_lower_95"] <= shown["lift_over_random"] <= shown["lift_upper_95"]
+
+
+def test_the_quality_interval_covers_the_true_lift_in_at_least_95_percent_of_draws():
+    """The interval is honest: over 400 draws of real OpenDP noise it holds the true lift at least 95% of the time."""
+    from cleanroom.analytics.lookalike import quality_cells
+    from cleanroom.privacy.noise import DiscreteLaplace
+
+    users, seeds, size, hits = 200_000, 10_000, 2_000, 1_400
+    truth = (hits / size) / (seeds / users)
+    mechanism, misses = DiscreteLaplace(), 0
+    for _ in range(400):
+        noisy, scale = mechanism.release([seeds, hits, users], 4, 0.8)
+        cells = {c.measure: c.value for c in quality_cells(noisy, scale, size, 50)}
+        misses += not cells["lift_lower_95"] <= truth <= cells["lift_upper_95"]
+    assert misses <= 20, misses  # expected about 4 (the union bound makes it conservative)
