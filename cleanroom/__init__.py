@@ -1,4 +1,4 @@
-"""Cleanroom server: private set intersection over gRPC, the one-to-one join, and (later) DP analytics.
+"""Cleanroom server: private set intersection over gRPC, the stable one-to-one join, and DP analytics on it.
 
 Domain modules (collaborations, matching, storage) never import grpc; `cleanroom.server` wires them to gRPC.
 """

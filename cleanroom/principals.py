@@ -128,8 +128,3 @@ class Principals:
             self._db.cursor().execute("SELECT 1 FROM auditors WHERE auditor = ? AND collab = ?", [auditor, collab_id])
         )
         return row is not None
-
-    def audited(self, auditor: str) -> list[str]:
-        """The collaborations `auditor` is assigned to."""
-        rows = self._db.cursor().execute("SELECT collab FROM auditors WHERE auditor = ? ORDER BY collab", [auditor])
-        return [r[0] for r in rows.fetchall()]

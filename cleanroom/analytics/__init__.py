@@ -1,4 +1,8 @@
-"""DP analytics over the matched people: overlap, funnel, GOAL value and loyalty, attribution, lift, audiences."""
+"""DP analytics over the matched people, every release through `QueryEngine`.
+
+Queries: overlap, segment insight (TGI, penetration), funnel and funnel flow, GOAL value and loyalty, attribution,
+lift, and the lookalike and activation audiences.
+"""
 
 from .engine import QueryAnswer, QueryEngine
 from .queries import (

@@ -23,36 +23,32 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         self._db = db
         self._principals = principals
 
-    def AddPrincipal(  # noqa: N802
-        self, request: pb.AddPrincipalRequest, context: grpc.ServicerContext
-    ) -> pb.AddPrincipalResponse:
+    def AddPrincipal(self, request: pb.AddPrincipalRequest, context: grpc.ServicerContext) -> pb.AddPrincipalResponse:
         """Register a principal."""
         role = _ROLES.get(request.role)
         if role is None:
             raise InvalidArgumentError("role must be member or auditor")
         return pb.AddPrincipalResponse(token=self._principals.add(request.name, role))
 
-    def RevokePrincipal(  # noqa: N802
+    def RevokePrincipal(
         self, request: pb.RevokePrincipalRequest, context: grpc.ServicerContext
     ) -> pb.RevokePrincipalResponse:
         """Revoke a principal."""
         self._principals.revoke(request.name)
         return pb.RevokePrincipalResponse()
 
-    def RotateToken(  # noqa: N802
-        self, request: pb.RotateTokenRequest, context: grpc.ServicerContext
-    ) -> pb.RotateTokenResponse:
+    def RotateToken(self, request: pb.RotateTokenRequest, context: grpc.ServicerContext) -> pb.RotateTokenResponse:
         """Issue a new token."""
         return pb.RotateTokenResponse(token=self._principals.rotate(request.name))
 
-    def AssignAuditor(  # noqa: N802
+    def AssignAuditor(
         self, request: pb.AssignAuditorRequest, context: grpc.ServicerContext
     ) -> pb.AssignAuditorResponse:
         """Assign an auditor to a collaboration."""
         self._principals.assign_auditor(request.auditor, parse_name(request.collaboration))
         return pb.AssignAuditorResponse()
 
-    def GetMatchStats(  # noqa: N802
+    def GetMatchStats(
         self, request: pb.GetMatchStatsRequest, context: grpc.ServicerContext
     ) -> pb.GetMatchStatsResponse:
         """Exact counts."""

@@ -84,7 +84,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         self._engine = engine
         self._auth = auth
 
-    def Overlap(  # noqa: N802
+    def Overlap(
         self, request: pb.OverlapRequest, context: grpc.ServicerContext, preview: bool = False
     ) -> pb.QueryResult:
         """Matched people by up to three dimensions."""
@@ -93,7 +93,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         q = OverlapQuery(tuple(DimensionRef.parse(d) for d in request.dimensions), request.epsilon)
         return answer_to_proto(self._engine.overlap(principal, parse_name(request.parent), q, preview=preview))
 
-    def Funnel(self, request: pb.FunnelRequest, context: grpc.ServicerContext, preview: bool = False) -> pb.QueryResult:  # noqa: N802
+    def Funnel(self, request: pb.FunnelRequest, context: grpc.ServicerContext, preview: bool = False) -> pb.QueryResult:
         """The 4A distribution."""
         principal = self._auth.principal(context)
         self._engine.authorize(principal, parse_name(request.parent), "funnel")
@@ -101,7 +101,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         q = FunnelQuery(by, request.epsilon, request.labels or "4a")
         return answer_to_proto(self._engine.funnel(principal, parse_name(request.parent), q, preview=preview))
 
-    def FunnelFlow(  # noqa: N802
+    def FunnelFlow(
         self, request: pb.FunnelFlowRequest, context: grpc.ServicerContext, preview: bool = False
     ) -> pb.QueryResult:
         """4A transitions between two dates."""
@@ -115,7 +115,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         )
         return answer_to_proto(self._engine.funnel_flow(principal, parse_name(request.parent), q, preview=preview))
 
-    def SegmentInsight(  # noqa: N802
+    def SegmentInsight(
         self, request: pb.SegmentInsightRequest, context: grpc.ServicerContext, preview: bool = False
     ) -> pb.QueryResult:
         """Shares, TGI and penetration per value of a dimension."""
@@ -124,14 +124,14 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         q = SegmentInsightQuery(DimensionRef.parse(request.dimension), request.epsilon)
         return answer_to_proto(self._engine.segment_insight(principal, parse_name(request.parent), q, preview=preview))
 
-    def Value(self, request: pb.ValueRequest, context: grpc.ServicerContext, preview: bool = False) -> pb.QueryResult:  # noqa: N802
+    def Value(self, request: pb.ValueRequest, context: grpc.ServicerContext, preview: bool = False) -> pb.QueryResult:
         """GOAL value: sums and means of a declared measure per group."""
         principal = self._auth.principal(context)
         self._engine.authorize(principal, parse_name(request.parent), "value")
         q = ValueQuery(tuple(DimensionRef.parse(d) for d in request.by), request.measure, request.epsilon)
         return answer_to_proto(self._engine.value(principal, parse_name(request.parent), q, preview=preview))
 
-    def Loyalty(  # noqa: N802
+    def Loyalty(
         self, request: pb.LoyaltyRequest, context: grpc.ServicerContext, preview: bool = False
     ) -> pb.QueryResult:
         """GOAL loyalty: repurchase and retention per group."""
@@ -146,11 +146,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         )
         return answer_to_proto(self._engine.loyalty(principal, parse_name(request.parent), q, preview=preview))
 
-    def _not_yet(self, parent: str, context: grpc.ServicerContext, query_type: str) -> None:
-        self._engine.authorize(self._auth.principal(context), parse_name(parent), query_type)
-        raise NotImplementedError(query_type)
-
-    def Attribution(  # noqa: N802
+    def Attribution(
         self, request: pb.AttributionRequest, context: grpc.ServicerContext, preview: bool = False
     ) -> pb.QueryResult:
         """Multi-touch attribution."""
@@ -172,14 +168,14 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         )
         return answer_to_proto(self._engine.attribution(principal, parse_name(request.parent), q, preview=preview))
 
-    def Lift(self, request: pb.LiftRequest, context: grpc.ServicerContext, preview: bool = False) -> pb.QueryResult:  # noqa: N802
+    def Lift(self, request: pb.LiftRequest, context: grpc.ServicerContext, preview: bool = False) -> pb.QueryResult:
         """Lift against the holdout."""
         principal = self._auth.principal(context)
         self._engine.authorize(principal, parse_name(request.parent), "lift")
         q = LiftQuery(request.campaign, request.epsilon)
         return answer_to_proto(self._engine.lift(principal, parse_name(request.parent), q, preview=preview))
 
-    def Lookalike(  # noqa: N802
+    def Lookalike(
         self, request: pb.LookalikeRequest, context: grpc.ServicerContext, preview: bool = False
     ) -> pb.QueryResult:
         """DP-SGD lookalike; the audience goes to the platform."""
@@ -194,7 +190,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         )
         return answer_to_proto(self._engine.lookalike(principal, parse_name(request.parent), q, preview=preview))
 
-    def Activate(  # noqa: N802
+    def Activate(
         self, request: pb.ActivateRequest, context: grpc.ServicerContext, preview: bool = False
     ) -> pb.QueryResult:
         """A segment's matched people, to the platform."""
@@ -216,14 +212,14 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         )
         return answer_to_proto(self._engine.activate(principal, parse_name(request.parent), q, preview=preview))
 
-    def Preview(self, request: pb.PreviewRequest, context: grpc.ServicerContext) -> pb.QueryResult:  # noqa: N802
+    def Preview(self, request: pb.PreviewRequest, context: grpc.ServicerContext) -> pb.QueryResult:
         """Each released vector's 95% error bar for the query inside, from the request and the policy alone."""
         kind = request.WhichOneof("query")
         if kind is None:
             raise InvalidArgumentError("name the query to preview, e.g. preview { attribution { ... } }")
         return _PREVIEWED[kind](self, getattr(request, kind), context, True)
 
-    def ListAudiences(  # noqa: N802
+    def ListAudiences(
         self, request: pb.ListAudiencesRequest, context: grpc.ServicerContext
     ) -> pb.ListAudiencesResponse:
         """The audiences released to the caller."""
@@ -233,7 +229,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             audiences=[_audience(a) for a in self._audiences.list(collab.id, principal.name)]
         )
 
-    def FetchAudience(  # noqa: N802
+    def FetchAudience(
         self, request: pb.FetchAudienceRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.FetchAudienceResponse]:
         """One audience's row ids, to its recipient only."""
@@ -245,7 +241,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                 return
             yield pb.FetchAudienceResponse(row_ids=chunk)
 
-    def GetBudget(self, request: pb.GetBudgetRequest, context: grpc.ServicerContext) -> pb.Budget:  # noqa: N802
+    def GetBudget(self, request: pb.GetBudgetRequest, context: grpc.ServicerContext) -> pb.Budget:
         """Epsilon and delta total, spent and left per member (members and assigned auditors)."""
         collab, rows = self._engine.budget(self._auth.principal(context), parse_name(request.parent))
         policy = collab.policy

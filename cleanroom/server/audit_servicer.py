@@ -84,7 +84,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             self._collabs.require_auditor(principal, collab_id, action)
         return collab_id
 
-    def ListAuditEntries(  # noqa: N802
+    def ListAuditEntries(
         self, request: pb.ListAuditEntriesRequest, context: grpc.ServicerContext
     ) -> pb.ListAuditEntriesResponse:
         """A page of one chain."""
@@ -109,7 +109,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             entries.append(proto)
         return pb.ListAuditEntriesResponse(entries=entries, next_page_token=str(last) if last else "")
 
-    def VerifyAuditLog(  # noqa: N802
+    def VerifyAuditLog(
         self, request: pb.VerifyAuditLogRequest, context: grpc.ServicerContext
     ) -> pb.VerifyAuditLogResponse:
         """Verify a whole chain on the server."""
@@ -129,7 +129,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             else None,
         )
 
-    def ExportAuditLog(  # noqa: N802
+    def ExportAuditLog(
         self, request: pb.ExportAuditLogRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ExportAuditLogResponse]:
         """A chain as JSON Lines, in chunks of whole lines."""
@@ -153,7 +153,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             if buffer:
                 yield pb.ExportAuditLogResponse(jsonl=b"".join(buffer))
 
-    def GetServerPublicKey(  # noqa: N802
+    def GetServerPublicKey(
         self, request: pb.GetServerPublicKeyRequest, context: grpc.ServicerContext
     ) -> pb.GetServerPublicKeyResponse:
         """The key that signs every entry; any authenticated caller may have it."""

@@ -87,11 +87,6 @@ class StreamLimiter:
             with self._lock:
                 self._open[principal.name] -= 1
 
-    def open_streams(self, name: str) -> int:
-        """How many streams `name` holds now."""
-        with self._lock:
-            return self._open[name]
-
 
 def watch_idle(requests: Iterator[T], context: grpc.ServicerContext, timeout: float) -> Iterator[T]:
     """Yield the client's messages; cancel the call when none arrives for `timeout` seconds.

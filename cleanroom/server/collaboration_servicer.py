@@ -33,21 +33,19 @@ class CollaborationServicer(pb_grpc.CollaborationServiceServicer):
         self._collabs = collaborations
         self._auth = auth
 
-    def CreateCollaboration(  # noqa: N802 - gRPC method name
+    def CreateCollaboration(
         self, request: pb.CreateCollaborationRequest, context: grpc.ServicerContext
     ) -> pb.Collaboration:
         """Create with a proposed policy."""
         principal = self._auth.principal(context)
         return collaboration_to_proto(self._collabs.create(principal, request.collaboration_id, request.policy_yaml))
 
-    def GetCollaboration(  # noqa: N802
-        self, request: pb.GetCollaborationRequest, context: grpc.ServicerContext
-    ) -> pb.Collaboration:
+    def GetCollaboration(self, request: pb.GetCollaborationRequest, context: grpc.ServicerContext) -> pb.Collaboration:
         """Get one."""
         principal = self._auth.principal(context)
         return collaboration_to_proto(self._collabs.get(principal, parse_name(request.name)))
 
-    def ListCollaborations(  # noqa: N802
+    def ListCollaborations(
         self, request: pb.ListCollaborationsRequest, context: grpc.ServicerContext
     ) -> pb.ListCollaborationsResponse:
         """List the caller's."""
@@ -57,16 +55,12 @@ class CollaborationServicer(pb_grpc.CollaborationServiceServicer):
             collaborations=[collaboration_to_proto(c) for c in page], next_page_token=token
         )
 
-    def ProposePolicy(  # noqa: N802
-        self, request: pb.ProposePolicyRequest, context: grpc.ServicerContext
-    ) -> pb.Collaboration:
+    def ProposePolicy(self, request: pb.ProposePolicyRequest, context: grpc.ServicerContext) -> pb.Collaboration:
         """Propose a new revision."""
         principal = self._auth.principal(context)
         return collaboration_to_proto(self._collabs.propose(principal, parse_name(request.name), request.policy_yaml))
 
-    def ApprovePolicy(  # noqa: N802
-        self, request: pb.ApprovePolicyRequest, context: grpc.ServicerContext
-    ) -> pb.Collaboration:
+    def ApprovePolicy(self, request: pb.ApprovePolicyRequest, context: grpc.ServicerContext) -> pb.Collaboration:
         """Approve the current revision."""
         principal = self._auth.principal(context)
         return collaboration_to_proto(self._collabs.approve(principal, parse_name(request.name), request.etag))

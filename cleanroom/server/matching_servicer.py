@@ -97,7 +97,7 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
         self._streams = streams
         self._idle = idle_timeout
 
-    def UploadBlindedPoints(  # noqa: N802 - gRPC method name
+    def UploadBlindedPoints(
         self, request_iterator: Iterator[pb.UploadBlindedPointsRequest], context: grpc.ServicerContext
     ) -> pb.UploadBlindedPointsResponse:
         """Store chunks of singly blinded points."""
@@ -131,7 +131,7 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
             points_received=received, next_chunk_index=progress.next_chunk, committed=progress.committed
         )
 
-    def FetchPeerPoints(  # noqa: N802
+    def FetchPeerPoints(
         self, request: pb.FetchPeerPointsRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.FetchPeerPointsResponse]:
         """Stream the peer's shuffled points."""
@@ -147,7 +147,7 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
                 points = self._relay.fetch_peer_chunk(collab, principal.name, i)
                 yield pb.FetchPeerPointsResponse(chunk_index=i, points=points, total_chunks=total)
 
-    def SubmitDoubleBlindedPoints(  # noqa: N802
+    def SubmitDoubleBlindedPoints(
         self, request_iterator: Iterator[pb.SubmitDoubleBlindedPointsRequest], context: grpc.ServicerContext
     ) -> pb.SubmitDoubleBlindedPointsResponse:
         """Store chunks of tags of doubly blinded points."""
@@ -166,7 +166,7 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
             raise _no_messages()
         return pb.SubmitDoubleBlindedPointsResponse(next_chunk_index=progress.next_chunk, committed=progress.committed)
 
-    def UploadTable(  # noqa: N802
+    def UploadTable(
         self, request_iterator: Iterator[pb.UploadTableRequest], context: grpc.ServicerContext
     ) -> pb.UploadTableResponse:
         """Store chunks of a table."""
@@ -191,9 +191,7 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
             rows_received=progress.rows, next_chunk_index=progress.next_chunk, committed=progress.committed
         )
 
-    def GetMatchStatus(  # noqa: N802
-        self, request: pb.GetMatchStatusRequest, context: grpc.ServicerContext
-    ) -> pb.MatchStatus:
+    def GetMatchStatus(self, request: pb.GetMatchStatusRequest, context: grpc.ServicerContext) -> pb.MatchStatus:
         """The match from the caller's side."""
         principal = self._auth.principal(context)
         collab = self._collabs.require_active(principal, parse_name(request.parent), CONTRIBUTE, "match.status")

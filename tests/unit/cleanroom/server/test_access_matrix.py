@@ -1,7 +1,7 @@
 """Every RPC x every kind of caller, over real gRPC with TLS: allowed, PERMISSION_DENIED or UNAUTHENTICATED.
 
 "Allowed" means the call got past authentication and authorization: it may still fail on its arguments or the
-collaboration's state (and the not-yet-built DP queries answer UNIMPLEMENTED). The README's table is this one.
+collaboration's state. The README's table is this one.
 """
 
 from __future__ import annotations
