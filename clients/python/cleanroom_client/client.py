@@ -609,13 +609,13 @@ class CleanRoomClient:
             name: runs_on.read_table(table) if isinstance(table, (str, Path)) else table
             for name, table in (events or {}).items()
         }
+        plan = self._plan(users_frame, key, identifiers, attributes, event_frames, prehashed)
         self._warn_invalid_identifiers(users_frame, identifiers, set(prehashed))
         policy = parse_policy(self.get_collaboration(collaboration_id).policy_yaml)
-        event_frames = {
+        plan.events = {
             name: parse_time_column(frame, name, policy, time_format) if isinstance(frame, pd.DataFrame) else frame
-            for name, frame in event_frames.items()
+            for name, frame in plan.events.items()
         }
-        plan = self._plan(users_frame, key, identifiers, attributes, event_frames, prehashed)
         allowed = policy.identifiers
         refused = sorted(set(identifiers) - set(allowed))
         if refused:

@@ -174,14 +174,20 @@ class MatchRunner:
 
     # -- plumbing -------------------------------------------------------------------------------------------------
     def _retrying(self, phase: str, fn: Callable[[], T]) -> T:
-        """Run `fn`, re-running it (it resumes from the server's status) while the server is unreachable."""
+        """Run `fn`, re-running it (it resumes from the server's status) while the server is unreachable.
+
+        When the retries run out, the error names the `phase` it stopped in and that calling `match()` again resumes.
+        """
         for attempt in range(self._max_retries + 1):
             try:
                 return fn()
             except grpc.RpcError as err:
                 error = CleanRoomError.from_rpc(err)
-                if error.code not in RETRYABLE or attempt == self._max_retries:
+                if error.code not in RETRYABLE:
                     raise error from None
+                if attempt == self._max_retries:
+                    message = f"{error.message} (stopped in {phase}; call match() again to resume from there)"
+                    raise type(error)(error.code, message) from None
                 time.sleep(min(5.0, 0.2 * 2**attempt))
         raise AssertionError("unreachable")
 

@@ -59,3 +59,25 @@ def test_a_wrong_port_says_nothing_answers(pki, tmp_path):
     with pytest.raises(UnavailableError, match="nothing answers at that address"):
         client.list_collaborations()
     client.close()
+
+
+def test_a_match_that_runs_out_of_retries_names_its_phase(pki, tmp_path):
+    import grpc
+
+    from cleanroom_client._proto import matching_pb2_grpc
+    from cleanroom_client.blinding import SerialExecutor
+    from cleanroom_client.matching import MatchRunner
+
+    channel = grpc.secure_channel("localhost:1", grpc.ssl_channel_credentials(pki.ca.read_bytes()))
+    runner = MatchRunner(
+        matching_pb2_grpc.MatchingServiceStub(channel),
+        (),
+        "collaborations/c",
+        tmp_path,
+        SerialExecutor(),
+        progress=False,
+        max_retries=1,
+    )
+    with pytest.raises(UnavailableError, match=r"stopped in status; call match\(\) again to resume"):
+        runner.status()
+    channel.close()
