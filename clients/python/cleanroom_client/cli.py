@@ -23,7 +23,8 @@ from rich.table import Table
 from .client import CleanRoomClient
 from .errors import CleanRoomError
 from .identity import IdentifierQualityWarning
-from .policy import PolicyError
+from .policy import PolicyError, parse_policy
+from .policy_draft import DISCLOSURE_WARNING, draft_policy
 
 app = typer.Typer(
     help="Member command line of the Cleanroom data clean room. Set CLEANROOM_TARGET, CLEANROOM_TOKEN and "
@@ -199,6 +200,41 @@ def propose(
         f"{c.policy_etag}`",
         markup=False,
         highlight=False,
+    )
+
+
+policy_app = typer.Typer(help="Draft a policy from your own files.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("init")
+def policy_init(
+    users: Annotated[Path, typer.Option(help="Your users file (CSV or Parquet).")],
+    key: Annotated[str, typer.Option(help="Column naming each user locally; never declared, never uploaded.")],
+    identifier: Annotated[list[str], typer.Option(help="type=column, e.g. email=email or phone=mobile.")],
+    event: Annotated[list[str] | None, typer.Option(help="table=file, e.g. conversions=orders.csv.")] = None,
+    member: Annotated[str, typer.Option(help="Your principal name.")] = "brand",
+    peer: Annotated[str, typer.Option(help="The other member's principal name.")] = "platform",
+    to: Annotated[Path, typer.Option(help="Where to write the draft.")] = Path("policy.yaml"),
+) -> None:
+    """Write a starting policy from your files: columns, category domains, number bounds, event caps.
+
+    Example: cleanroom-client policy init --users crm.csv --key customer_id --identifier email=email
+    --event conversions=orders.csv --to policy.yaml
+    """
+    try:
+        events = {name: _read(Path(path)) for name, path in _pairs(event or [], "--event").items()}
+        draft = draft_policy(member, peer, _read(users), key, _pairs(identifier, "--identifier"), events)
+        parse_policy(draft.yaml)
+    except (ValueError, FileNotFoundError, PolicyError) as exc:
+        err.print(str(exc), style="red", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    to.write_text(draft.yaml)
+    err.print(f"warning: {DISCLOSURE_WARNING}", style="yellow", markup=False, highlight=False)
+    for note in draft.notes:
+        err.print(f"note: {note}", markup=False, highlight=False)
+    out.print(
+        f"wrote {to}; review it, then: cleanroom-client create {to} --id <collaboration>", markup=False, highlight=False
     )
 
 

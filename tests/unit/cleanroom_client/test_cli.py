@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 from typer.testing import CliRunner
 
 from cleanroom.devtools.synthetic import DEMO_POLICY, SyntheticConfig, generate
@@ -178,3 +179,47 @@ def test_output_option_after_the_command_is_moved_before_it():
     ]
     assert hoist_output(["-o", "json", "list"]) == ["-o", "json", "list"]
     assert hoist_output(["match", "c", "--users", "u.csv"]) == ["match", "c", "--users", "u.csv"]
+
+
+def test_policy_init_from_csv_files_then_create_show_approve(server, tokens, pki, tmp_path):
+    """A member drafts its policy from its own CSVs, is warned that data-read bounds disclose, and starts with it."""
+    runner = CliRunner()
+    brand, platform = (_env(server, tokens, pki, n, tmp_path) for n in ("brand", "platform"))
+    data = generate(SyntheticConfig(brand_users=600, platform_users=600, shared=300, seed=5))
+    data.brand_users.to_csv(tmp_path / "crm.csv", index=False)
+    data.brand_conversions.to_csv(tmp_path / "orders.csv", index=False)
+    draft = tmp_path / "draft.yaml"
+    r = runner.invoke(
+        app,
+        [
+            "policy", "init", "--users", str(tmp_path / "crm.csv"), "--key", "customer_id",
+            "--identifier", "email=email", "--identifier", "phone=mobile",
+            "--event", f"conversions={tmp_path / 'orders.csv'}", "--to", str(draft),
+        ],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "read from your data" in r.output  # the disclosure warning
+    text = draft.read_text()
+    assert "customer_id" not in text  # the local key and the identifier columns are never declared
+    assert "mobile" not in text
+    assert "tier: [basic, gold, silver]" in text
+    assert "time: ts" in text
+    r = runner.invoke(app, ["create", str(draft), "--id", "cli-drafted"], env=brand)
+    assert r.exit_code == 0, r.output
+    for env in (brand, platform):
+        etag = json.loads(runner.invoke(app, ["-o", "json", "show", "cli-drafted"], env=env).output)["policy_etag"]
+        assert runner.invoke(app, ["approve", "cli-drafted", "--etag", etag], env=env).exit_code == 0
+    assert json.loads(runner.invoke(app, ["-o", "json", "show", "cli-drafted"], env=brand).output)["state"] == "active"
+
+
+def test_policy_init_says_which_file_lacks_a_time_column(tmp_path):
+    pd.DataFrame({"customer_id": [1, 2], "email": ["a@x.com", "b@x.com"]}).to_csv(tmp_path / "u.csv", index=False)
+    pd.DataFrame({"customer_id": [1, 2], "value": [3.0, 4.0]}).to_csv(tmp_path / "o.csv", index=False)
+    r = CliRunner().invoke(
+        app,
+        ["policy", "init", "--users", str(tmp_path / "u.csv"), "--key", "customer_id", "--identifier", "email=email",
+         "--event", f"conversions={tmp_path / 'o.csv'}", "--to", str(tmp_path / "p.yaml")],
+    )  # fmt: skip
+    assert r.exit_code == 2
+    assert "event table conversions: no column reads as dates or times" in r.output
+    assert not (tmp_path / "p.yaml").exists()
