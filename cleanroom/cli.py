@@ -219,16 +219,14 @@ def match_stats_command(
 
     Example: cleanroom admin match-stats --data-dir ./data brand-x-2026q4
     """
-    from .errors import NotFoundError
+    from .collaborations import require_exists
     from .matching import match_stats
-    from .storage.database import first
 
     collab = collaboration.removeprefix("collaborations/")
 
     def direct(room):  # type: ignore[no-untyped-def]
         cur = room.db.cursor()
-        if not first(cur.execute("SELECT 1 FROM collaborations WHERE id = ?", [collab])):
-            raise NotFoundError(f"no collaboration {collab!r} in {data_dir}")
+        require_exists(cur, collab)  # the same check as the server's GetMatchStats
         stats, total = match_stats(cur, collab)
         return [(s.id_type.value, s.shared_keys, s.pairs) for s in stats], total
 

@@ -96,6 +96,12 @@ def not_found(collab_id: str) -> str:
     return f"collaborations/{collab_id} does not exist, or you are not one of its members or auditors"
 
 
+def require_exists(cur: duckdb.DuckDBPyConnection, collab_id: str) -> None:
+    """NotFoundError unless the collaboration exists (for the operator, who may see every collaboration)."""
+    if not first(cur.execute("SELECT 1 FROM collaborations WHERE id = ?", [collab_id])):
+        raise NotFoundError(f"collaborations/{collab_id} does not exist")
+
+
 def _etag(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

@@ -7,7 +7,7 @@ import grpc
 from cleanroom_client._proto import admin_pb2 as pb
 from cleanroom_client._proto import admin_pb2_grpc as pb_grpc
 
-from ..collaborations import parse_name
+from ..collaborations import parse_name, require_exists
 from ..errors import InvalidArgumentError
 from ..matching import match_stats
 from ..principals import Principals, Role
@@ -52,7 +52,10 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         self, request: pb.GetMatchStatsRequest, context: grpc.ServicerContext
     ) -> pb.GetMatchStatsResponse:
         """Exact counts."""
-        stats, total = match_stats(self._db.cursor(), parse_name(request.collaboration))
+        cur = self._db.cursor()
+        collab_id = parse_name(request.collaboration)
+        require_exists(cur, collab_id)
+        stats, total = match_stats(cur, collab_id)
         return pb.GetMatchStatsResponse(
             identifier_types=[
                 pb.IdentifierMatchStats(identifier_type=s.id_type.value, shared_keys=s.shared_keys, pairs=s.pairs)

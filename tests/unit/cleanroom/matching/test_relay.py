@@ -213,3 +213,4 @@ def test_admin_match_stats_prints_exact_counts(tmp_path):
     assert lines["phone"].split("│")[3].strip() == "1"
     missing = CliRunner().invoke(app, ["admin", "match-stats", "--data-dir", str(tmp_path), "nope-nope"])
     assert missing.exit_code == 1
+    assert "collaborations/nope-nope does not exist" in missing.output

@@ -88,6 +88,10 @@ def test_operator_socket_is_private_and_used_by_the_cli_while_the_server_runs(se
     dup = runner.invoke(app, ["admin", "add-principal", "late", "--data-dir", str(server.room.data_dir)])
     assert dup.exit_code == 1
     assert "exists already" in dup.output
+    # through the socket, an unknown collaboration is NotFound, as on the data directory (it used to print zeros)
+    missing = runner.invoke(app, ["admin", "match-stats", "nope-nope", "--data-dir", str(server.room.data_dir)])
+    assert missing.exit_code == 1
+    assert "collaborations/nope-nope does not exist" in missing.output
 
 
 def _hanging_upload(stub, md, parent: str, release: threading.Event, first: ma.UploadTableRequest | None = None):
