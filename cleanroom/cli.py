@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cleanroom_client._proto import admin_pb2, admin_pb2_grpc
+from cleanroom_client.protocol import admin_pb2, admin_pb2_grpc
 
 T = TypeVar("T")
 

@@ -32,7 +32,6 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from cleanroom.devtools.synthetic import DEMO_POLICY
-from cleanroom_client._proto import matching_pb2 as pb
 from cleanroom_client.blinding import ZERO_TAG, blind_point, join_tag
 from cleanroom_client.curve import CLEANROOM_DST, POINT_PROBLEMS, P, check_points, hash_to_curve, hash_to_u
 from cleanroom_client.curve import _add as curve_add
@@ -48,6 +47,7 @@ from cleanroom_client.identity import (
     is_missing,
     parse_prehashed,
 )
+from cleanroom_client.protocol import matching_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTOR_DIR = ROOT / "protos" / "vectors"

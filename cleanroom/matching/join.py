@@ -52,13 +52,11 @@ import duckdb
 
 from cleanroom_client.identity import IdentifierType
 from cleanroom_client.policy import stability_constant
+from cleanroom_client.protocol import ID_TYPE_CODES
 
 from ..storage.database import first
 
 __all__ = ["ID_TYPE_CODES", "MatchStats", "join_matches", "match_stats", "stability_constant"]
-
-#: Wire codes of identifier types (protocol v1): their priority plus one.
-ID_TYPE_CODES = {t: t.priority + 1 for t in IdentifierType}
 
 
 #: A link per (type, key) found on exactly one row of each member: one aggregation over the keys (it spills to disk

@@ -24,16 +24,16 @@ import pyarrow as pa
 from cleanroom_client.blinding import TAG_SIZE
 from cleanroom_client.curve import POINT_PROBLEMS, InvalidPointError, check_points
 from cleanroom_client.identity import IdentifierType
+from cleanroom_client.protocol import ID_TYPE_CODES, POINT_SIZE
 
 from ..audit import AuditLog
 from ..collaborations import Collaboration, check_approved_revision
 from ..errors import FailedPreconditionError, InvalidArgumentError
 from ..storage import Database
 from ..storage.database import first
-from .join import ID_TYPE_CODES, join_matches
+from .join import join_matches
 from .progress import UploadProgress, check_next_chunk, list_progress, read_progress, save_progress
 
-POINT_SIZE = 32
 #: Points per chunk of an offer (1 MiB of points).
 OFFER_CHUNK = 32768
 #: Most points, and row slots, one uploaded chunk may carry (2 MiB of points).

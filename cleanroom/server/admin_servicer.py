@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import grpc
 
-from cleanroom_client._proto import admin_pb2 as pb
-from cleanroom_client._proto import admin_pb2_grpc as pb_grpc
+from cleanroom_client.protocol import admin_pb2 as pb
+from cleanroom_client.protocol import admin_pb2_grpc as pb_grpc
 
 from ..collaborations import parse_name, require_exists
 from ..errors import InvalidArgumentError

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator, Mapping
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from cleanroom_client._proto import analytics_pb2 as pb
-from cleanroom_client._proto import analytics_pb2_grpc as pb_grpc
+from cleanroom_client.protocol import analytics_pb2 as pb
+from cleanroom_client.protocol import analytics_pb2_grpc as pb_grpc
 
 from ..analytics import (
     ActivationQuery,

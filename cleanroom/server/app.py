@@ -19,7 +19,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from cleanroom_client._proto import (
+from cleanroom_client.keyfile import read_private_file
+from cleanroom_client.protocol import (
+    MAX_MESSAGE_BYTES,
     admin_pb2_grpc,
     analytics_pb2,
     analytics_pb2_grpc,
@@ -30,7 +32,6 @@ from cleanroom_client._proto import (
     matching_pb2,
     matching_pb2_grpc,
 )
-from cleanroom_client.keyfile import read_private_file
 
 from ..analytics.audiences import Audiences
 from ..room import Room
@@ -46,8 +47,6 @@ from .matching_servicer import MatchingServicer
 
 log = logging.getLogger(__name__)
 
-#: The transport's hard limit; the servicers refuse anything over 4 MiB with a clear message first.
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 ADMIN_SOCKET = "admin.sock"
 
 

@@ -15,8 +15,8 @@ import grpc
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from cleanroom_client._proto import audit_pb2 as pb
-from cleanroom_client._proto import audit_pb2_grpc as pb_grpc
+from cleanroom_client.protocol import audit_pb2 as pb
+from cleanroom_client.protocol import audit_pb2_grpc as pb_grpc
 
 from ..audit import AuditEntry, AuditLog, canonical_json
 from ..audit.log import SERVER_CHAIN, AuditFilter

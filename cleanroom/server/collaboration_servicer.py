@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from cleanroom_client._proto import collaboration_pb2 as pb
-from cleanroom_client._proto import collaboration_pb2_grpc as pb_grpc
+from cleanroom_client.protocol import collaboration_pb2 as pb
+from cleanroom_client.protocol import collaboration_pb2_grpc as pb_grpc
 
 from ..collaborations import Collaboration, Collaborations, parse_name
 from .auth import Authenticator

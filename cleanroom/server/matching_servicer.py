@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import grpc
 from google.protobuf.message import Message
 
-from cleanroom_client._proto import matching_pb2 as pb
-from cleanroom_client._proto import matching_pb2_grpc as pb_grpc
 from cleanroom_client.identity import IdentifierType
+from cleanroom_client.protocol import matching_pb2 as pb
+from cleanroom_client.protocol import matching_pb2_grpc as pb_grpc
 
 from ..collaborations import Collaboration, Collaborations, parse_name
 from ..errors import InvalidArgumentError, PermissionDeniedError

@@ -22,7 +22,7 @@ from cleanroom.devtools.synthetic import DEMO_POLICY, SyntheticConfig, generate
 from cleanroom.matching import match_stats
 from cleanroom.storage import Database
 from cleanroom_client import CleanRoomClient
-from cleanroom_client._proto import matching_pb2, matching_pb2_grpc
+from cleanroom_client.protocol import matching_pb2, matching_pb2_grpc
 
 N, SHARED = 100_000, 30_000
 HERE = Path(__file__).parent

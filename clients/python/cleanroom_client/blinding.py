@@ -38,8 +38,8 @@ from .identity import (
     parse_prehashed,
 )
 from .keyfile import read_private_file, write_private_file
+from .protocol import POINT_SIZE
 
-POINT_SIZE = 32
 #: Bytes of a doubly blinded point that the join compares (protocol v1: the first 8, see `join_tag`).
 TAG_SIZE = 8
 #: The tag of a point the member rejected: it never matches.

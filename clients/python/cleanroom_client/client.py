@@ -23,13 +23,6 @@ import grpc
 import numpy as np
 import pandas as pd
 
-from ._proto import analytics_pb2 as qpb
-from ._proto import analytics_pb2_grpc as qpb_grpc
-from ._proto import audit_pb2 as apb
-from ._proto import audit_pb2_grpc as apb_grpc
-from ._proto import collaboration_pb2 as cpb
-from ._proto import collaboration_pb2_grpc as cpb_grpc
-from ._proto import matching_pb2_grpc as mpb_grpc
 from .blinding import ChunkExecutor, default_executor
 from .errors import CleanRoomError
 from .identity import (
@@ -41,9 +34,16 @@ from .identity import (
 )
 from .matching import MatchPlan, MatchRunner, MatchSummary
 from .policy import Policy, parse_policy
+from .protocol import MAX_MESSAGE_BYTES
+from .protocol import analytics_pb2 as qpb
+from .protocol import analytics_pb2_grpc as qpb_grpc
+from .protocol import audit_pb2 as apb
+from .protocol import audit_pb2_grpc as apb_grpc
+from .protocol import collaboration_pb2 as cpb
+from .protocol import collaboration_pb2_grpc as cpb_grpc
+from .protocol import matching_pb2_grpc as mpb_grpc
 
 T = TypeVar("T")
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 def default_state_dir(target: str, token: str | None, client_certificate: bytes | str | Path | None) -> Path:

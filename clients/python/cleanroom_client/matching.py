@@ -24,11 +24,11 @@ import pandas as pd
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from ._proto import matching_pb2 as pb
-from ._proto import matching_pb2_grpc as pb_grpc
 from .blinding import BlindJob, ChunkExecutor, ReblindJob, blind_identifiers, load_or_create_key, reblind_points
 from .errors import RETRYABLE, CleanRoomError
 from .identity import IdentifierType, Normalizer
+from .protocol import matching_pb2 as pb
+from .protocol import matching_pb2_grpc as pb_grpc
 from .tables import arrow_chunks
 
 T = TypeVar("T")

@@ -64,9 +64,9 @@ def test_a_wrong_port_says_nothing_answers(pki, tmp_path):
 def test_a_match_that_runs_out_of_retries_names_its_phase(pki, tmp_path):
     import grpc
 
-    from cleanroom_client._proto import matching_pb2_grpc
     from cleanroom_client.blinding import SerialExecutor
     from cleanroom_client.matching import MatchRunner
+    from cleanroom_client.protocol import matching_pb2_grpc
 
     channel = grpc.secure_channel("localhost:1", grpc.ssl_channel_credentials(pki.ca.read_bytes()))
     runner = MatchRunner(

@@ -13,7 +13,7 @@ import pytest
 
 from cleanroom.devtools.synthetic import DEMO_POLICY, FLOW_END, FLOW_START, SyntheticConfig, SyntheticData, generate
 from cleanroom_client import CleanRoomError
-from cleanroom_client._proto import analytics_pb2, analytics_pb2_grpc
+from cleanroom_client.protocol import analytics_pb2, analytics_pb2_grpc
 
 GENEROUS = DEMO_POLICY.replace("min_group_size: 50", "min_group_size: 5").replace(
     "per_member_total: 10.0", "per_member_total: 1000.0"

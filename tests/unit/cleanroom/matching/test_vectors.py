@@ -10,9 +10,9 @@ from google.protobuf import json_format
 
 from cleanroom.matching.relay import _chunk_rows
 from cleanroom.matching.tables import _check, _decode
-from cleanroom_client._proto import matching_pb2 as pb
 from cleanroom_client.curve import check_points
 from cleanroom_client.policy import parse_policy
+from cleanroom_client.protocol import matching_pb2 as pb
 
 VECTORS = files("cleanroom_client") / "vectors"
 WIRE = json.loads((VECTORS / "wire-v1.json").read_text())

@@ -13,28 +13,28 @@ import grpc
 import pytest
 
 from cleanroom.devtools.synthetic import DEMO_POLICY
-from cleanroom_client._proto import (
+from cleanroom_client.protocol import (
     analytics_pb2 as an,
 )
-from cleanroom_client._proto import (
+from cleanroom_client.protocol import (
     analytics_pb2_grpc as an_grpc,
 )
-from cleanroom_client._proto import (
+from cleanroom_client.protocol import (
     audit_pb2 as au,
 )
-from cleanroom_client._proto import (
+from cleanroom_client.protocol import (
     audit_pb2_grpc as au_grpc,
 )
-from cleanroom_client._proto import (
+from cleanroom_client.protocol import (
     collaboration_pb2 as co,
 )
-from cleanroom_client._proto import (
+from cleanroom_client.protocol import (
     collaboration_pb2_grpc as co_grpc,
 )
-from cleanroom_client._proto import (
+from cleanroom_client.protocol import (
     matching_pb2 as ma,
 )
-from cleanroom_client._proto import (
+from cleanroom_client.protocol import (
     matching_pb2_grpc as ma_grpc,
 )
 from cleanroom_client.tables import arrow_chunks

@@ -12,8 +12,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from cleanroom.devtools.synthetic import DEMO_POLICY, SyntheticConfig, generate
 from cleanroom.matching import match_stats
 from cleanroom_client import CleanRoomError, PolicyError
-from cleanroom_client._proto import matching_pb2, matching_pb2_grpc
 from cleanroom_client.curve import hash_to_u
+from cleanroom_client.protocol import matching_pb2, matching_pb2_grpc
 
 
 def _code(fn) -> tuple[grpc.StatusCode, str]:
@@ -215,7 +215,7 @@ def test_match_through_the_sdk_equals_truth_and_is_idempotent(server, active, ma
 def test_audit_list_filters_and_pages(stub_for, active):
     from google.protobuf.timestamp_pb2 import Timestamp
 
-    from cleanroom_client._proto import audit_pb2, audit_pb2_grpc
+    from cleanroom_client.protocol import audit_pb2, audit_pb2_grpc
 
     stub, md = stub_for(audit_pb2_grpc.AuditServiceStub, "auditor")
     parent = f"collaborations/{active}"

@@ -28,15 +28,15 @@ from cleanroom.room import Room
 from cleanroom.server.app import TlsConfig
 from cleanroom.server.errors import MAX_DETAIL_CHARS
 from cleanroom.storage.database import DB_FILE
-from cleanroom_client._proto import analytics_pb2 as an
-from cleanroom_client._proto import analytics_pb2_grpc as an_grpc
-from cleanroom_client._proto import audit_pb2 as au
-from cleanroom_client._proto import audit_pb2_grpc as au_grpc
-from cleanroom_client._proto import collaboration_pb2 as co
-from cleanroom_client._proto import collaboration_pb2_grpc as co_grpc
-from cleanroom_client._proto import matching_pb2 as ma
-from cleanroom_client._proto import matching_pb2_grpc as ma_grpc
 from cleanroom_client.curve import hash_to_u
+from cleanroom_client.protocol import analytics_pb2 as an
+from cleanroom_client.protocol import analytics_pb2_grpc as an_grpc
+from cleanroom_client.protocol import audit_pb2 as au
+from cleanroom_client.protocol import audit_pb2_grpc as au_grpc
+from cleanroom_client.protocol import collaboration_pb2 as co
+from cleanroom_client.protocol import collaboration_pb2_grpc as co_grpc
+from cleanroom_client.protocol import matching_pb2 as ma
+from cleanroom_client.protocol import matching_pb2_grpc as ma_grpc
 
 #: The red team's bomb: 2^30 int64 zeros (8 GiB) compress with zstd to about 262 KB.
 BOMB_ROWS = 2**30

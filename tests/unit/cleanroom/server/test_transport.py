@@ -15,8 +15,8 @@ from cleanroom.devtools.synthetic import DEMO_POLICY
 from cleanroom.principals import Principal, Role
 from cleanroom.server import ServerConfig, create_server
 from cleanroom_client import CleanRoomClient, CleanRoomError
-from cleanroom_client._proto import matching_pb2 as ma
-from cleanroom_client._proto import matching_pb2_grpc as ma_grpc
+from cleanroom_client.protocol import matching_pb2 as ma
+from cleanroom_client.protocol import matching_pb2_grpc as ma_grpc
 
 
 def test_server_refuses_to_start_without_tls(tmp_path):

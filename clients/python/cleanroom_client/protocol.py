@@ -1,0 +1,54 @@
+"""The wire contract, public and written once: the generated protobuf and gRPC modules, and the protocol's constants.
+
+Servers, clients in other processes and tests import the generated code from here (never from the private
+`cleanroom_client._proto`, which `make protos` regenerates from `protos/`). `protos/PROTOCOL.md` is the
+specification these values come from.
+"""
+
+from __future__ import annotations
+
+from ._proto import (
+    admin_pb2,
+    admin_pb2_grpc,
+    analytics_pb2,
+    analytics_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
+    collaboration_pb2,
+    collaboration_pb2_grpc,
+    matching_pb2,
+    matching_pb2_grpc,
+)
+from .identity import IdentifierType
+
+__all__ = [
+    "COLLABORATIONS",
+    "ID_TYPE_CODES",
+    "MAX_MESSAGE_BYTES",
+    "POINT_SIZE",
+    "admin_pb2",
+    "admin_pb2_grpc",
+    "analytics_pb2",
+    "analytics_pb2_grpc",
+    "audit_pb2",
+    "audit_pb2_grpc",
+    "collaboration_name",
+    "collaboration_pb2",
+    "collaboration_pb2_grpc",
+    "matching_pb2",
+    "matching_pb2_grpc",
+]
+
+#: Bytes of one blinded point on the wire (an X25519 u-coordinate, PROTOCOL.md section 2).
+POINT_SIZE = 32
+#: The largest gRPC message either side sends or accepts (a chunk of points or an Arrow table batch).
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+#: Wire codes of identifier types (protocol v1): their priority plus one (0 is "unspecified" in protobuf).
+ID_TYPE_CODES = {t: t.priority + 1 for t in IdentifierType}
+#: The resource-name collection of collaborations: `collaborations/{id}`.
+COLLABORATIONS = "collaborations/"
+
+
+def collaboration_name(collaboration_id: str) -> str:
+    """`collaborations/{id}` for an id (a name is returned as it is)."""
+    return collaboration_id if collaboration_id.startswith(COLLABORATIONS) else COLLABORATIONS + collaboration_id
