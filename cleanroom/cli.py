@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cleanroom_client.protocol import admin_pb2, admin_pb2_grpc
+from cleanroom_client.protocol import COLLABORATIONS, admin_pb2, admin_pb2_grpc
 
 T = TypeVar("T")
 
@@ -199,7 +199,7 @@ def assign_auditor(
 
     Example: cleanroom admin assign-auditor auditor brand-x-2026q4 --data-dir ./data
     """
-    collab = collaboration.removeprefix("collaborations/")
+    collab = collaboration.removeprefix(COLLABORATIONS)
     _operate(
         data_dir,
         lambda s: s.AssignAuditor(
@@ -222,7 +222,7 @@ def match_stats_command(
     from .collaborations import require_exists
     from .matching import match_stats
 
-    collab = collaboration.removeprefix("collaborations/")
+    collab = collaboration.removeprefix(COLLABORATIONS)
 
     def direct(room):  # type: ignore[no-untyped-def]
         cur = room.db.cursor()

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 import duckdb
 
 from cleanroom_client.policy import Policy, PolicyError, parse_policy
+from cleanroom_client.protocol import COLLABORATIONS
 
 from .audit import AuditLog
 from .audit.log import SERVER_CHAIN
@@ -40,7 +41,7 @@ MAX_POLICY_BYTES = 64 * 1024
 MAX_PENDING_PROPOSALS = 20
 #: Parsed policies kept in memory, by etag (the SHA-256 of the text): each text is parsed once, not per read.
 POLICY_CACHE_SIZE = 256
-_NAME_PREFIX = "collaborations/"
+_NAME_PREFIX = COLLABORATIONS
 
 
 @dataclass(frozen=True)

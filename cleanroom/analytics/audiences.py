@@ -15,13 +15,15 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from cleanroom_client.protocol import COLLABORATIONS
+
 from ..audit import AuditLog
 from ..errors import InvalidArgumentError, NotFoundError, PermissionDeniedError
 from ..storage import Database
 from ..storage.database import first
 
 CHUNK_IDS = 262_144  # 2 MiB of row ids per message
-_PREFIX = "collaborations/"
+_PREFIX = COLLABORATIONS
 
 
 @dataclass(frozen=True)

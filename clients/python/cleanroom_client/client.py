@@ -34,7 +34,7 @@ from .identity import (
 )
 from .matching import MatchPlan, MatchRunner, MatchSummary
 from .policy import Policy, parse_policy
-from .protocol import MAX_MESSAGE_BYTES
+from .protocol import COLLABORATIONS, MAX_MESSAGE_BYTES, collaboration_name
 from .protocol import analytics_pb2 as qpb
 from .protocol import analytics_pb2_grpc as qpb_grpc
 from .protocol import audit_pb2 as apb
@@ -121,7 +121,7 @@ class CollaborationInfo:
 def _info(c: cpb.Collaboration) -> CollaborationInfo:
     states = {cpb.COLLABORATION_STATE_ACTIVE: "active", cpb.COLLABORATION_STATE_AWAITING_APPROVAL: "awaiting_approval"}
     return CollaborationInfo(
-        id=c.name.removeprefix("collaborations/"),
+        id=c.name.removeprefix(COLLABORATIONS),
         display_name=c.display_name,
         state=states.get(c.state, "unspecified"),
         policy_yaml=c.policy.yaml,
@@ -623,7 +623,7 @@ class CleanRoomClient:
                 f"the policy lets the join use {', '.join(allowed)}; drop {', '.join(refused)} from identifiers "
                 "(each identifier type the join uses raises the noise of every query, so the policy names them)"
             )
-        collab_id = _name(collaboration_id).removeprefix("collaborations/")
+        collab_id = _name(collaboration_id).removeprefix(COLLABORATIONS)
         state = self.state_dir / "collaborations" / collab_id
         runner = MatchRunner(
             self._matching,
@@ -737,4 +737,4 @@ def _frame(result: qpb.QueryResult) -> pd.DataFrame:
 
 
 def _name(collaboration_id: str) -> str:
-    return collaboration_id if collaboration_id.startswith("collaborations/") else f"collaborations/{collaboration_id}"
+    return collaboration_name(collaboration_id)
