@@ -25,9 +25,11 @@ demo: $(STAMP)
 test: $(STAMP) check browser
 	$(BIN)/pytest
 
-# The report test opens the demo's HTML in headless Chromium: Debian's package (needs root, as on CI here).
+# The report tests open the HTML reports in headless Chromium, the Chinese one with Noto Sans CJK: Debian's packages
+# (needs root, as on CI here).
 browser:
-	@command -v chromium >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q chromium)
+	@command -v chromium >/dev/null 2>&1 && fc-list -q ":lang=zh" || \
+		(apt-get update -q && apt-get install -y -q chromium fonts-noto-cjk)
 
 check: protos-check lint typecheck
 

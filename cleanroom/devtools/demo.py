@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cleanroom_client import CleanRoomClient, MatchSummary
-from cleanroom_client.report import ReportData, render
+from cleanroom_client.report import report_collaboration
 
 from ..audit.chain import verify_export
 from ..matching import match_stats
@@ -93,8 +93,8 @@ def _print_rows(frame: pd.DataFrame, title: str) -> None:
     console.print(f"  ε spent {frame.attrs['epsilon_spent']:.3f}, audience {frame.attrs['audience'] or '—'}")
 
 
-def _queries(brand: CleanRoomClient, collab: str) -> dict[str, object]:
-    """What the brand asks: each answer is differentially private, with its error bars. Returns the answers."""
+def _queries(brand: CleanRoomClient, collab: str) -> None:
+    """What the brand asks: each answer is differentially private, with its error bars."""
     _print(brand.overlap(collab, by=["brand.tier", "platform.age_band"], epsilon=0.5), "overlap", ("people",))
     funnel = brand.funnel(collab, by="brand.tier", epsilon=0.5)
     _print(funnel, "4A funnel by tier", ("people", "share"))
@@ -129,15 +129,6 @@ def _queries(brand: CleanRoomClient, collab: str) -> dict[str, object]:
     )
     budget = brand.budget(collab)
     console.print("budget: " + ", ".join(f"{r.member} spent {r.spent:g} of {r.total:g}" for r in budget.itertuples()))
-    return {
-        "funnel": funnel,
-        "flow": flow,
-        "segment": segment,
-        "value": value,
-        "loyalty": loyalty,
-        "attribution": attribution,
-        "lift": lift,
-    }
 
 
 def _audiences(brand: CleanRoomClient, platform: CleanRoomClient, collab: str, data: SyntheticData) -> None:
@@ -184,9 +175,14 @@ def _audiences(brand: CleanRoomClient, platform: CleanRoomClient, collab: str, d
 
 
 def run_demo(
-    brand_users: int, platform_users: int, shared: int, data_dir: Path | None, report_dir: Path | None = None
+    brand_users: int,
+    platform_users: int,
+    shared: int,
+    data_dir: Path | None,
+    report_dir: Path | None = None,
+    state_dir: Path | None = None,
 ) -> None:
-    """Generate, serve, match and report."""
+    """Generate, serve, match and report; each member keeps its state in `state_dir`/<member> (default: temporary)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     data = generate(SyntheticConfig(brand_users=brand_users, platform_users=platform_users, shared=shared))
     console.print(
@@ -206,7 +202,8 @@ def run_demo(
         console.print(f"embedded server on {target} (TLS; tokens issued to brand, platform and auditor)")
 
         def connect(name: str) -> CleanRoomClient:
-            return CleanRoomClient(target, token=tokens[name], root_certificates=pki.ca, state_dir=root / name)
+            state = (state_dir or root) / name
+            return CleanRoomClient(target, token=tokens[name], root_certificates=pki.ca, state_dir=state)
 
         try:
             brand, platform = connect("brand"), connect("platform")
@@ -254,7 +251,7 @@ def run_demo(
                 f"in {elapsed:.1f} s; by identifier: "
                 + ", ".join(f"{s.id_type.value} {s.pairs:,}" for s in stats if s.pairs)
             )
-            answers = _queries(brand, collab.id)
+            _queries(brand, collab.id)
             _audiences(brand, platform, collab.id, data)
             running.room.principals.assign_auditor("auditor", collab.id)
             with connect("auditor") as auditor:
@@ -274,23 +271,14 @@ def run_demo(
                 f"valid={offline.valid}"
             )
             if report_dir is not None:
-                page = render(
-                    ReportData(
-                        title=f"Cleanroom demo: {collab.id}",
-                        funnel=answers["funnel"],  # type: ignore[arg-type]
-                        flow=answers["flow"],  # type: ignore[arg-type]
-                        segment=answers["segment"],  # type: ignore[arg-type]
-                        value=answers["value"],  # type: ignore[arg-type]
-                        loyalty=answers["loyalty"],  # type: ignore[arg-type]
-                        attribution=answers["attribution"],  # type: ignore[arg-type]
-                        lift=answers["lift"],  # type: ignore[arg-type]
-                        audit_log=log,
-                        notes=[
-                            f"{brand_users:,} brand customers, {platform_users:,} platform users, {shared:,} on both",
-                            f"audit log: {len(log)} entries, verified on the server and offline",
-                        ],
-                    ),
+                page = report_collaboration(
+                    brand.answers(collab.id),
+                    collab.id,
                     report_dir,
+                    notes=[
+                        f"{brand_users:,} brand customers, {platform_users:,} platform users, {shared:,} on both",
+                        f"audit log: {len(log)} entries, verified on the server and offline",
+                    ],
                 )
                 console.print(f"report written to {page} (and the charts as PNG beside it)")
             brand.close()

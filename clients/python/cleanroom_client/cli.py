@@ -8,6 +8,7 @@ do, never a traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -20,7 +21,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .client import CleanRoomClient
+from .answers import load as load_answers
+from .client import CleanRoomClient, collaboration_dir, resolve_state_dir
 from .errors import CleanRoomError
 from .identity import IdentifierQualityWarning
 from .policy import PolicyError, parse_policy
@@ -651,6 +653,45 @@ def export_audit_log(
         if public_key is not None:
             public_key.write_text(client.server_public_key())
     err.print(f"exported to {to}")
+
+
+@app.command()
+def report(
+    collaboration: Collab,
+    to: Annotated[Path, typer.Option(help="Directory for index.html and the charts as PNG.")] = Path(
+        "cleanroom-report"
+    ),
+    lang: Annotated[str, typer.Option(help="en (English) or zh (简体中文).")] = "en",
+) -> None:
+    """Draw the answers you received in a collaboration as an HTML report: no ε is spent, the server is not asked.
+
+    Example: cleanroom-client report brand-x-2026q4 --lang zh --to report-zh
+    """
+    try:
+        from .report import ReportError, report_collaboration
+    except ImportError:
+        err.print("the report draws with matplotlib: pip install 'cleanroom-client[report]'", style="red")
+        raise typer.Exit(2) from None
+    if not (settings.target or os.environ.get("CLEANROOM_STATE_DIR")):
+        err.print(
+            "which member's answers? set CLEANROOM_TARGET and CLEANROOM_TOKEN, or CLEANROOM_STATE_DIR", style="red"
+        )
+        raise typer.Exit(2)
+    state = resolve_state_dir(None, settings.target or "", settings.token, None)
+    directory = collaboration_dir(state, collaboration)
+    answers = load_answers(directory)
+    if not answers:
+        err.print(
+            f"no answers kept for {collaboration} in {directory}: ask a query first (the report draws the answers "
+            "this member received, from the state directory they were kept in; see CLEANROOM_STATE_DIR)",
+            style="yellow",
+        )
+    try:
+        page = report_collaboration(answers, collaboration, to, lang)
+    except (ReportError, ValueError) as exc:
+        err.print(str(exc), style="red", markup=False)
+        raise typer.Exit(2) from None
+    err.print(f"report of {len(answers)} answers written to {page}", markup=False)
 
 
 #: Options of the whole command line that a user may also write after the command (`budget c -o csv`).

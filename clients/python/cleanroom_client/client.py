@@ -23,6 +23,8 @@ import grpc
 import numpy as np
 import pandas as pd
 
+from . import answers
+from .answers import result_frame
 from .blinding import ChunkExecutor, default_executor
 from .errors import CleanRoomError
 from .identity import (
@@ -57,6 +59,19 @@ def default_state_dir(target: str, token: str | None, client_certificate: bytes 
     server = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in target)
     credential = _read(client_certificate) if client_certificate is not None else (token or "").encode()
     return Path.home() / ".cleanroom" / server / hashlib.sha256(credential or b"").hexdigest()[:16]
+
+
+def resolve_state_dir(
+    state_dir: str | Path | None, target: str, token: str | None, client_certificate: bytes | str | Path | None
+) -> Path:
+    """`state_dir`, else `CLEANROOM_STATE_DIR`, else the default for this server and credential."""
+    explicit = state_dir or os.environ.get("CLEANROOM_STATE_DIR")
+    return Path(explicit) if explicit else default_state_dir(target, token, client_certificate)
+
+
+def collaboration_dir(state_dir: Path, collaboration_id: str) -> Path:
+    """A member's own state for one collaboration: blinding key, surrogate ids, the answers received."""
+    return state_dir / "collaborations" / collaboration_id.removeprefix(COLLABORATIONS)
 
 
 def parse_time_column(frame: pd.DataFrame, table: str, policy: Policy, time_format: str | None) -> pd.DataFrame:
@@ -178,8 +193,7 @@ class CleanRoomClient:
             raise ValueError("pass client_certificate and client_key together")
         if not 1 <= chunk_rows <= 65536:
             raise ValueError("chunk_rows must be between 1 and 65536")
-        explicit = state_dir or os.environ.get("CLEANROOM_STATE_DIR")
-        self.state_dir = Path(explicit) if explicit else default_state_dir(target, token, client_certificate)
+        self.state_dir = resolve_state_dir(state_dir, target, token, client_certificate)
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -264,8 +278,18 @@ class CleanRoomClient:
     # would have at that epsilon (`measure` error_95, one row per vector), spending nothing and reading no data.
     def _answer(self, rpc: Callable[..., qpb.QueryResult], field: str, request: Any, preview: bool) -> pd.DataFrame:
         if preview:
-            return _frame(self._call(self._analytics.Preview, qpb.PreviewRequest(**{field: request})))
-        return _frame(self._call(rpc, request))
+            return result_frame(self._call(self._analytics.Preview, qpb.PreviewRequest(**{field: request})))
+        result = self._call(rpc, request)
+        answers.record(self.collaboration_dir(request.parent), field, request, result)
+        return result_frame(result)
+
+    def collaboration_dir(self, collaboration_id: str) -> Path:
+        """This member's own state for one collaboration: blinding key, surrogate ids, the answers received."""
+        return collaboration_dir(self.state_dir, collaboration_id)
+
+    def answers(self, collaboration_id: str) -> list[answers.Answer]:
+        """The answers this member received in a collaboration (kept locally; what `report` draws), oldest first."""
+        return answers.load(self.collaboration_dir(collaboration_id))
 
     def overlap(
         self, collaboration_id: str, by: Sequence[str] = (), epsilon: float = 0.5, preview: bool = False
@@ -471,7 +495,7 @@ class CleanRoomClient:
         parts = audience.split("/")
         if len(parts) != 4:
             raise ValueError("pass an audience name like collaborations/c/audiences/a (see audiences())")
-        rows_path = self.state_dir / "collaborations" / parts[1] / "rows.parquet"
+        rows_path = self.collaboration_dir(parts[1]) / "rows.parquet"
         if not rows_path.exists():
             raise FileNotFoundError(f"{rows_path} is missing: only the machine that matched can map the audience back")
         try:
@@ -624,7 +648,7 @@ class CleanRoomClient:
                 "(each identifier type the join uses raises the noise of every query, so the policy names them)"
             )
         collab_id = _name(collaboration_id).removeprefix(COLLABORATIONS)
-        state = self.state_dir / "collaborations" / collab_id
+        state = self.collaboration_dir(collab_id)
         runner = MatchRunner(
             self._matching,
             self._metadata,
@@ -705,35 +729,6 @@ def _all_distinct(keys: pd.Series) -> bool:
         values = np.sort(keys.to_numpy(dtype=np.int64))
         return not bool((values[1:] == values[:-1]).any())
     return bool(keys.is_unique)
-
-
-def _frame(result: qpb.QueryResult) -> pd.DataFrame:
-    """One row per cell and measure: the dimension values, measure, value, error_95 and suppressed.
-
-    A suppressed cell's value is NaN: the server withheld it. `attrs` carries epsilon spent and left, the noise
-    scale per histogram, the audit entry's sequence number, the caller's own set size and, for lookalike and
-    activation, the name of the audience released to the platform.
-    """
-    rows = []
-    for c in result.cells:
-        row: dict[str, object] = dict(zip(result.dimensions, c.keys, strict=True))
-        row.update(
-            measure=c.measure,
-            value=float("nan") if c.suppressed else c.value,
-            error_95=float("nan") if c.suppressed else c.error_95,
-            suppressed=c.suppressed,
-        )
-        rows.append(row)
-    frame = pd.DataFrame(rows, columns=[*result.dimensions, "measure", "value", "error_95", "suppressed"])
-    frame.attrs.update(
-        epsilon_spent=result.epsilon_spent,
-        epsilon_remaining=result.epsilon_remaining,
-        noise_scale=dict(result.noise_scale),
-        audit_sequence=result.audit_sequence,
-        own_set_size=result.own_set_size,
-        audience=result.audience,
-    )
-    return frame
 
 
 def _name(collaboration_id: str) -> str:

@@ -1,7 +1,10 @@
-"""The visual report: one self-contained HTML file (charts embedded) plus the charts as PNG files.
+"""The member's report: one self-contained HTML file (charts embedded) plus each chart as a PNG, in en or zh.
 
-Every number drawn is one the brand received: noisy values with their 95% error bars; suppressed cells are labelled
-"withheld" (never drawn as a zero-height bar). Nothing here touches exact data.
+It draws the answers this member received in a collaboration (`answers.jsonl` in its state directory): funnel,
+flow, TGI, value and loyalty, attribution with revenue and ROAS, lift, audiences and the budget over queries. Every
+number is one the member already holds — a noisy value with its 95% error bar — so drawing them is post-processing:
+no ε is spent and the server is not asked. Withheld cells are labelled "withheld", never drawn as zero-height bars.
+Each section says in one sentence what its chart shows.
 """
 
 from __future__ import annotations
@@ -9,8 +12,9 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -19,233 +23,454 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib import font_manager
 
-STAGE_ORDER = ("aware", "appeal", "act", "advocate", "none")
+from .answers import Answer
+from .report_text import Text, text_for
+
+STAGE_ORDER = ("aware", "appeal", "act", "advocate", "awareness", "interest", "purchase", "loyalty", "none")
+#: Fonts with Simplified Chinese glyphs, best first; matplotlib falls back through the list glyph by glyph.
+CJK_FONTS = ("Noto Sans CJK SC", "Source Han Sans SC", "WenQuanYi Micro Hei", "Microsoft YaHei", "PingFang SC")
+_COLUMNS = ("measure", "value", "error_95", "suppressed")
+_QUERY_ORDER = ("overlap", "funnel", "funnel_flow", "segment_insight", "value", "loyalty", "attribution", "lift")
 
 
-@dataclass
-class ReportData:
-    """What the brand received in one session of the demo (or any session)."""
+class ReportError(Exception):
+    """The report cannot be drawn as asked (e.g. no Chinese font for `--lang zh`); the message says the fix."""
 
+
+@dataclass(frozen=True)
+class Section:
+    """One part of the report: a title, what it shows in one sentence, a chart and/or the cells."""
+
+    key: str
     title: str
-    funnel: pd.DataFrame
-    flow: pd.DataFrame
-    segment: pd.DataFrame
-    attribution: Mapping[str, pd.DataFrame]
-    lift: pd.DataFrame
-    audit_log: pd.DataFrame
-    notes: list[str] = field(default_factory=list)
-    #: GOAL value and loyalty answers (optional: sessions that asked them).
-    value: pd.DataFrame | None = None
-    loyalty: pd.DataFrame | None = None
+    summary: str
+    chart: bytes | None = None
+    table: str | None = None
+    caption: str = ""
 
 
+# -- fonts ------------------------------------------------------------------------------------------------------------
+def _use_fonts(lang: str) -> None:
+    """Chinese labels need a CJK font; one installed after matplotlib cached its font list is found and added."""
+    families = ["DejaVu Sans"]
+    if lang == "zh":
+        available = {f.name for f in font_manager.fontManager.ttflist}
+        if not available.intersection(CJK_FONTS):
+            for path in font_manager.findSystemFonts():
+                if any(token in Path(path).name for token in ("CJK", "wqy", "SourceHan", "msyh", "PingFang")):
+                    font_manager.fontManager.addfont(path)
+            available = {f.name for f in font_manager.fontManager.ttflist}
+        found = [f for f in CJK_FONTS if f in available]
+        if not found:
+            raise ReportError(
+                "--lang zh needs a font with Chinese characters: install Noto Sans CJK "
+                "(Debian/Ubuntu: apt-get install fonts-noto-cjk; macOS and Windows have one) and run the report again"
+            )
+        families = [*found, *families]
+    plt.rcParams["font.family"] = "sans-serif"
+    plt.rcParams["font.sans-serif"] = families
+    plt.rcParams["axes.unicode_minus"] = False
+
+
+# -- helpers ----------------------------------------------------------------------------------------------------------
 def _png(fig: plt.Figure) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # tight_layout's notes on long labels; the image is still whole
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
 
 
-def _released(frame: pd.DataFrame, measure: str) -> pd.DataFrame:
-    return frame[(frame["measure"] == measure) & ~frame["suppressed"]]
+def _dims(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c not in _COLUMNS]
 
 
-def _bars(ax: plt.Axes, x: np.ndarray, part: pd.DataFrame, width: float, **kw: object) -> None:
-    """Bars with 95% error bars; a withheld cell (NaN after reindexing) is labelled "withheld", never drawn as 0."""
+def _shown(frame: pd.DataFrame, measure: str) -> pd.DataFrame:
+    return frame[(frame["measure"] == measure) & ~frame["suppressed"].astype(bool)]
+
+
+def _pm(t: Text, value: float, error: float, percent: bool = False) -> tuple[str, str]:
+    if percent:
+        return f"{value:.1%}", f"{error:.1%}"
+    return t.number(value), t.number(error)
+
+
+def _top(frame: pd.DataFrame, lowest: bool = False) -> pd.Series:
+    """The row with the largest (or smallest) released value."""
+    values = frame["value"].to_numpy(dtype=float)
+    return frame.iloc[int(np.argmin(values) if lowest else np.argmax(values))]
+
+
+def _colour(i: int) -> str:
+    """One colour per series, fixed by position, so a legend never repeats a colour."""
+    return str(matplotlib.colors.to_hex(matplotlib.colormaps["tab10"](i % 10)))
+
+
+def _cell_name(t: Text, row: pd.Series, dims: Sequence[str]) -> str:
+    return " · ".join(t.label(row[d]) for d in dims) or t("all")
+
+
+def _bars(ax: plt.Axes, t: Text, x: np.ndarray, part: pd.DataFrame, width: float, **kw: object) -> None:
+    """Bars with 95% error bars; a withheld cell (NaN after reindexing) is labelled, never drawn as zero."""
     values, errors = part["value"].to_numpy(dtype=float), part["error_95"].to_numpy(dtype=float)
     shown = ~np.isnan(values)
     ax.bar(x[shown], values[shown], width, yerr=errors[shown], capsize=3, **kw)  # type: ignore[arg-type]
     for xi in x[~shown]:
-        ax.text(xi, 0, "withheld", rotation=90, ha="center", va="bottom", fontsize=8, color="#777")
+        ax.text(xi, 0, t("withheld"), rotation=90, ha="center", va="bottom", fontsize=8, color="#777")
 
 
-def _grouped(ax: plt.Axes, frame: pd.DataFrame, measures: tuple[str, ...]) -> None:
-    """One group of bars per value of the first dimension, one bar per measure."""
-    dim = frame.columns[0]
-    groups = list(dict.fromkeys(frame[dim]))
+def _grouped(ax: plt.Axes, t: Text, frame: pd.DataFrame, measures: Sequence[str]) -> None:
+    """One group of bars per cell of the dimensions, one bar per measure; withheld cells labelled."""
+    dims = _dims(frame)
+    frame = frame.assign(_cell=[_cell_name(t, r, dims) for _, r in frame.iterrows()])
+    groups = list(dict.fromkeys(frame["_cell"]))
     width = 0.8 / len(measures)
     for i, measure in enumerate(measures):
-        rows = frame[frame["measure"] == measure].set_index(dim)
+        rows = frame[frame["measure"] == measure].drop_duplicates("_cell").set_index("_cell")
         part = rows.where(~rows["suppressed"].astype(bool)).reindex(groups)
-        _bars(ax, np.arange(len(groups)) + i * width, part, width, label=measure)
-    ax.set_xticks(np.arange(len(groups)) + width * (len(measures) - 1) / 2, groups)
-    ax.legend()
+        _bars(ax, t, np.arange(len(groups)) + i * width, part, width, label=t.label(measure), color=_colour(i))
+    ax.set_xticks(np.arange(len(groups)) + width * (len(measures) - 1) / 2, groups, rotation=20, ha="right")
+    if len(measures) > 1:
+        ax.legend()
 
 
-def value_chart(frame: pd.DataFrame) -> bytes:
-    """GOAL value: spend per buyer and per order, per group, with 95% error bars; withheld groups are labelled."""
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    _grouped(ax, frame, ("per_buyer", "per_order"))
-    ax.set_ylabel("currency (±95%)")
-    ax.set_title(f"GOAL value by {frame.columns[0]}")
-    return _png(fig)
+def _table(t: Text, frame: pd.DataFrame) -> str:
+    """The cells with readable headers and values: `value ± error` or "withheld"."""
+    shown = frame.copy()
+    dims = _dims(frame)
+    for d in dims:
+        shown[d] = [t.label(v) for v in shown[d]]
+    shown["measure"] = [t.label(m) for m in shown["measure"]]
+    shown["value"] = [
+        t("withheld") if s else f"{t.number(v)} ± {t.number(e)}"
+        for v, e, s in zip(shown["value"], shown["error_95"], shown["suppressed"], strict=True)
+    ]
+    shown = shown.drop(columns=["error_95", "suppressed"]).rename(columns={d: t.label(d) for d in dims})
+    shown = shown.rename(columns={"measure": "", "value": "±95%"})
+    return shown.to_html(index=False, border=0, classes="cells", escape=True)
 
 
-def loyalty_chart(frame: pd.DataFrame) -> bytes:
-    """GOAL loyalty: repurchase and retention rates per group, with 95% error bars."""
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    _grouped(ax, frame, ("repurchase_rate", "retention_rate"))
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("rate (±95%)")
-    ax.set_title(f"GOAL loyalty by {frame.columns[0]}")
-    return _png(fig)
+# -- one section per kind of answer -----------------------------------------------------------------------------------
+def _overlap(t: Text, a: Answer) -> Section:
+    frame, dims = a.frame, _dims(a.frame)
+    people = frame[frame["measure"] == "people"].head(40)
+    names = [_cell_name(t, r, dims) for _, r in people.iterrows()]
+    values = people["value"].where(~people["suppressed"].astype(bool)).to_numpy(dtype=float)
+    errors = people["error_95"].to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(8, 0.8 + 0.28 * len(names)))
+    y = np.arange(len(names))[::-1]
+    shown = ~np.isnan(values)
+    ax.barh(y[shown], values[shown], xerr=errors[shown], capsize=3, color="#4C72B0")
+    for yi in y[~shown]:
+        ax.text(0, yi, " " + t("withheld"), va="center", fontsize=8, color="#777")
+    ax.set_yticks(y, names, fontsize=8)
+    ax.set_xlabel(t("y.people"))
+    released = _shown(frame, "people")
+    if released.empty:
+        summary = t("sum.none")
+    else:
+        top = _top(released)
+        v, e = _pm(t, top["value"], top["error_95"])
+        summary = t("sum.overlap", total=t.number(released["value"].sum()), cell=_cell_name(t, top, dims), v=v, e=e)
+    return Section("overlap", t("s.overlap"), summary, _png(fig), _table(t, frame))
 
 
-def funnel_chart(frame: pd.DataFrame) -> bytes:
-    """People per 4A stage (per group of the first dimension when there are two), with 95% error bars."""
-    people = _released(frame, "people")
-    dims = [c for c in frame.columns if c not in ("measure", "value", "error_95", "suppressed")]
-    stage_col = dims[-1]
-    fig, ax = plt.subplots(figsize=(8, 4))
+def _funnel(t: Text, a: Answer) -> Section:
+    frame = a.frame
+    people = frame[frame["measure"] == "people"]
+    dims = _dims(frame)
+    stage = dims[-1]
+    stages = [s for s in dict.fromkeys([*STAGE_ORDER, *people[stage]]) if s in set(people[stage])]
     groups = list(dict.fromkeys(people[dims[0]])) if len(dims) > 1 else [None]
+    fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / max(len(groups), 1)
-    stages = [s for s in dict.fromkeys(list(STAGE_ORDER) + list(frame[stage_col])) if s in set(frame[stage_col])]
     for i, g in enumerate(groups):
         part = people if g is None else people[people[dims[0]] == g]
-        part = part.set_index(stage_col).reindex(stages)
-        x = np.arange(len(stages)) + i * width
-        ax.bar(x, part["value"].fillna(0), width, yerr=part["error_95"].fillna(0), capsize=3, label=g or "all")
-    ax.set_xticks(np.arange(len(stages)) + width * (len(groups) - 1) / 2, stages)
-    ax.set_ylabel("matched people (±95%)")
-    ax.set_title("4A funnel")
+        part = part.set_index(stage)
+        part = part.where(~part["suppressed"].astype(bool)).reindex(stages)
+        label = t("all") if g is None else t.label(g)
+        _bars(ax, t, np.arange(len(stages)) + i * width, part, width, label=label, color=_colour(i))
+    ax.set_xticks(np.arange(len(stages)) + width * (len(groups) - 1) / 2, [t.label(s) for s in stages])
+    ax.set_ylabel(t("y.people"))
     if groups != [None]:
-        ax.legend(title=dims[0])
-    return _png(fig)
+        ax.legend(title=t.label(dims[0]))
+    released = _shown(frame, "people")
+    if released.empty:
+        summary = t("sum.none")
+    else:
+        top = _top(released)
+        v, e = _pm(t, top["value"], top["error_95"])
+        summary = t("sum.funnel", stage=_cell_name(t, top, [stage, *dims[:-1]]), v=v, e=e)
+    return Section("funnel", t("s.funnel"), summary, _png(fig), _table(t, frame))
 
 
-def flow_chart(frame: pd.DataFrame) -> bytes:
-    """The transition matrix as a heatmap; withheld cells are grey."""
+def _flow(t: Text, a: Answer) -> Section:
+    frame = a.frame
     people = frame[frame["measure"] == "people"]
-    start, end = [c for c in frame.columns if c not in ("measure", "value", "error_95", "suppressed")]
-    labels = [s for s in dict.fromkeys(list(STAGE_ORDER) + list(people[start])) if s in set(people[start])]
+    start, end = _dims(frame)
+    labels = [s for s in dict.fromkeys([*STAGE_ORDER, *people[start], *people[end]]) if s in set(people[start])]
     grid = np.full((len(labels), len(labels)), np.nan)
     for _, row in people.iterrows():
-        if not row["suppressed"]:
+        if not row["suppressed"] and row[start] in labels and row[end] in labels:
             grid[labels.index(row[start]), labels.index(row[end])] = row["value"]
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig, ax = plt.subplots(figsize=(6.5, 5))
     cmap = matplotlib.colormaps["Blues"].with_extremes(bad="#dddddd")
     image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap)
     for i in range(len(labels)):
         for j in range(len(labels)):
-            ax.text(j, i, "—" if np.isnan(grid[i, j]) else f"{grid[i, j]:,.0f}", ha="center", va="center", fontsize=8)
-    ax.set_xticks(range(len(labels)), labels, rotation=30)
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel(f"stage on {end.split('@')[-1]}")
-    ax.set_ylabel(f"stage on {start.split('@')[-1]}")
-    ax.set_title("4A flow (— withheld: below the minimum group size)")
+            shown = "—" if np.isnan(grid[i, j]) else f"{grid[i, j]:,.0f}"
+            ax.text(j, i, shown, ha="center", va="center", fontsize=8)
+    names = [t.label(s) for s in labels]
+    ax.set_xticks(range(len(labels)), names, rotation=30, ha="right")
+    ax.set_yticks(range(len(labels)), names)
+    ax.set_xlabel(t("x.stage_on", date=end.partition("@")[2]))
+    ax.set_ylabel(t("x.stage_on", date=start.partition("@")[2]))
     fig.colorbar(image, ax=ax, shrink=0.8)
-    return _png(fig)
+    released = _shown(frame, "people")
+    moves = released[released[start] != released[end]]
+    if moves.empty:
+        summary = t("sum.none")
+    else:
+        top = _top(moves)
+        v, e = _pm(t, top["value"], top["error_95"])
+        stay = t.number(released[released[start] == released[end]]["value"].sum())
+        summary = t("sum.flow", a=t.label(top[start]), b=t.label(top[end]), v=v, e=e, stay=stay)
+    return Section("flow", t("s.flow"), summary, _png(fig), _table(t, frame))
 
 
-def tgi_chart(frame: pd.DataFrame) -> bytes:
-    """TGI per value with 95% error bars; 100 means as common among matched people as among all users."""
-    tgi = _released(frame, "tgi")
-    dim = frame.columns[0]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.bar(tgi[dim], tgi["value"], yerr=tgi["error_95"], capsize=4, color="#4C72B0")
+def _segment(t: Text, a: Answer) -> Section:
+    frame = a.frame
+    dim = _dims(frame)[0]
+    tgi = frame[frame["measure"] == "tgi"]
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    part = tgi.set_index(dim)
+    part = part.where(~part["suppressed"].astype(bool))
+    _bars(ax, t, np.arange(len(part)), part, 0.7, color="#4C72B0")
+    ax.set_xticks(np.arange(len(part)), [t.label(v) for v in part.index])
     ax.axhline(100, color="black", linewidth=0.8)
-    ax.set_ylabel("TGI (±95%)")
-    ax.set_title(f"segment insight: TGI by {dim}")
-    return _png(fig)
+    ax.set_ylabel(t("y.tgi"))
+    ax.set_title(t.label(dim))
+    released = _shown(frame, "tgi")
+    if released.empty:
+        summary = t("sum.none")
+    else:
+        high, low = _top(released), _top(released, lowest=True)
+        summary = t(
+            "sum.segment",
+            high=t.label(high[dim]),
+            t=f"{high['value']:.0f}",
+            e=f"{high['error_95']:.0f}",
+            low=t.label(low[dim]),
+            t2=f"{low['value']:.0f}",
+            e2=f"{low['error_95']:.0f}",
+        )
+    return Section("segment", t("s.segment"), summary, _png(fig), _table(t, frame))
 
 
-def attribution_chart(frames: Mapping[str, pd.DataFrame]) -> bytes:
-    """Attributed conversions per campaign for each model, with 95% error bars."""
-    fig, ax = plt.subplots(figsize=(8, 4))
-    models = list(frames)
-    campaigns = list(
-        dict.fromkeys(c for f in frames.values() for c in _released(f, "attributed_conversions")["campaign"])
-    )
-    width = 0.8 / max(len(models), 1)
-    for i, model in enumerate(models):
-        part = _released(frames[model], "attributed_conversions").set_index("campaign").reindex(campaigns)
-        _bars(ax, np.arange(len(campaigns)) + i * width, part, width, label=model)
-    ax.set_xticks(np.arange(len(campaigns)) + width * (len(models) - 1) / 2, campaigns)
-    ax.set_ylabel("attributed conversions (±95%)")
-    ax.set_title("attribution by campaign (none = unattributed)")
-    ax.legend()
-    return _png(fig)
+def _value(t: Text, a: Answer) -> Section:
+    frame = a.frame
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    _grouped(ax, t, frame, ("per_buyer", "per_order"))
+    ax.set_ylabel(t("y.currency"))
+    ax.set_title(t.label(a.request.get("measure", "")))
+    released = _shown(frame, "per_buyer")
+    if released.empty:
+        summary = t("sum.none")
+    else:
+        top = _top(released)
+        v, e = _pm(t, top["value"], top["error_95"])
+        summary = t("sum.value", group=_cell_name(t, top, _dims(frame)), v=v, e=e)
+    return Section("value", t("s.value"), summary, _png(fig), _table(t, frame))
 
 
-def lift_chart(frame: pd.DataFrame) -> bytes:
-    """Conversion rate per test group with intervals, and the absolute lift with its interval."""
-    rates = _released(frame, "conversion_rate")
-    lift = _released(frame, "absolute_lift")
+def _loyalty(t: Text, a: Answer) -> Section:
+    frame = a.frame
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    _grouped(ax, t, frame, ("repurchase_rate", "retention_rate"))
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(t("y.rate"))
+    released = _shown(frame, "repurchase_rate")
+    if released.empty:
+        summary = t("sum.none")
+    else:
+        top = _top(released)
+        v, e = _pm(t, top["value"], top["error_95"], percent=True)
+        summary = t("sum.loyalty", group=_cell_name(t, top, _dims(frame)), v=v, e=e)
+    return Section("loyalty", t("s.loyalty"), summary, _png(fig), _table(t, frame))
+
+
+def _model(request: dict[str, object]) -> str:
+    return str(request.get("model", "ATTRIBUTION_MODEL_LAST_TOUCH")).removeprefix("ATTRIBUTION_MODEL_").lower()
+
+
+def _attribution(t: Text, a: Answer) -> Section:
+    frame = a.frame
+    dim = _dims(frame)[0]
+    model = _model(a.request)
+    conversions = frame[frame["measure"] == "attributed_conversions"]
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    part = conversions.set_index(dim)
+    part = part.where(~part["suppressed"].astype(bool))
+    _bars(ax, t, np.arange(len(part)), part, 0.7, color="#55A868")
+    ax.set_xticks(np.arange(len(part)), [t.label(v) for v in part.index], rotation=20, ha="right")
+    ax.set_ylabel(t("y.conversions"))
+    released = _shown(conversions, "attributed_conversions")
+    released = released[released[dim] != "none"]
+    if released.empty:
+        summary = t("sum.none")
+    else:
+        top = _top(released)
+        same = frame[frame[dim] == top[dim]].set_index("measure")
+        v, e = _pm(t, top["value"], top["error_95"])
+        r, re_ = (
+            _pm(t, same.loc["attributed_revenue", "value"], same.loc["attributed_revenue", "error_95"])
+            if "attributed_revenue" in same.index and not same.loc["attributed_revenue", "suppressed"]
+            else (t("withheld"), "—")
+        )
+        roas = (
+            f"{same.loc['roas', 'value']:.2f} ± {same.loc['roas', 'error_95']:.2f}"
+            if "roas" in same.index and not same.loc["roas", "suppressed"]
+            else "—"
+        )
+        summary = t("sum.attribution", campaign=t.label(top[dim]), v=v, e=e, r=r, re=re_, roas=roas)
+    key = f"attribution-{model}"
+    return Section(key, t("s.attribution", model=t.label(model)), summary, _png(fig), _table(t, frame))
+
+
+def _lift(t: Text, a: Answer) -> Section:
+    frame = a.frame
+    rates = _shown(frame, "conversion_rate")
+    lift = _shown(frame, "absolute_lift")
+    dims = _dims(frame)
     fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.5))
-    left.bar(rates["test_group"], rates["value"], yerr=rates["error_95"], capsize=5, color=["#55A868", "#C44E52"])
-    left.set_ylabel("conversion rate (±95%)")
-    left.set_title("exposed vs holdout")
-    if not lift.empty:
+    if not rates.empty:
+        names = [_cell_name(t, r, dims) for _, r in rates.iterrows()]
+        left.bar(names, rates["value"], yerr=rates["error_95"], capsize=5, color=["#55A868", "#C44E52"][: len(names)])
+    left.set_ylabel(t("y.rate"))
+    campaign = str(a.request.get("campaign", ""))
+    if lift.empty:
+        summary = t("sum.none")
+    else:
         value, err = float(lift["value"].iloc[0]), float(lift["error_95"].iloc[0])
         right.errorbar([0], [value], yerr=[err], fmt="o", capsize=6)
         right.axhline(0, color="black", linewidth=0.8)
-        right.set_xticks([0], ["absolute lift"])
-        right.set_title(f"lift {value:+.3f} ± {err:.3f}")
-    return _png(fig)
+        right.set_xticks([0], [t.label("absolute_lift")])
+        verdict = t("lift.clear") if abs(value) > err else t("lift.unclear")
+        summary = t("sum.lift", v=f"{value:+.1%}", e=f"{err:.1%}", verdict=verdict)
+    return Section(f"lift-{campaign}", t("s.lift", campaign=campaign), summary, _png(fig), _table(t, frame))
 
 
-def budget_chart(audit_log: pd.DataFrame) -> bytes:
-    """Cumulative epsilon spent per member over the audit log's time."""
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    spent = audit_log[audit_log["epsilon"] > 0].sort_values("sequence")
-    for member, part in spent.groupby("principal"):
-        ax.step(part["time"], part["epsilon"].cumsum(), where="post", label=str(member))
-    ax.set_ylabel("ε spent (cumulative)")
-    ax.set_title("privacy budget over time")
-    if not spent.empty:
-        ax.legend()
-    fig.autofmt_xdate()
-    return _png(fig)
+def _audiences(t: Text, answers: Sequence[Answer]) -> Section:
+    rows = []
+    for a in answers:
+        cells = a.frame.set_index("measure")
+        sizes = a.frame[(a.frame["measure"] == "audience_size") & ~a.frame["suppressed"].astype(bool)]
+        size = t.number(float(sizes["value"].iloc[0])) if len(sizes) else t("withheld")
+        quality = "—"
+        if {"lift_over_random", "lift_lower_95", "lift_upper_95"} <= set(cells.index):
+            q = cells.loc[["lift_over_random", "lift_lower_95", "lift_upper_95"], "value"].to_numpy(dtype=float)
+            quality = t("withheld") if np.isnan(q).any() else f"{q[0]:.2f} ({q[1]:.2f} – {q[2]:.2f})"
+        rows.append(
+            {
+                t("a.kind"): t(f"a.{a.query}"),
+                t("a.size"): size,
+                t("a.quality"): quality,
+                t("a.asked"): a.received.strftime("%Y-%m-%d %H:%M"),
+            }
+        )
+    table = pd.DataFrame(rows).to_html(index=False, border=0, classes="cells", escape=True)
+    return Section("audiences", t("s.audiences"), t("sum.audiences", n=len(rows)), None, table)
 
 
-def _table(frame: pd.DataFrame) -> str:
-    shown = frame.copy()
-    shown["value"] = [
-        "withheld" if s else (f"{v:,.3f} ± {e:,.3f}" if abs(v) < 10 else f"{v:,.0f} ± {e:,.0f}")
-        for v, e, s in zip(shown["value"], shown["error_95"], shown["suppressed"], strict=True)
+def _budget(t: Text, answers: Sequence[Answer]) -> Section:
+    spent = np.cumsum([a.epsilon_spent for a in answers])
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    x = np.arange(1, len(answers) + 1)
+    ax.step(x, spent, where="post", color="#8172B2")
+    ax.plot(x, spent, "o", color="#8172B2")
+    ax.set_xticks(x, [t(f"q.{a.query}") for a in answers], rotation=40, ha="right", fontsize=8)
+    ax.set_xlabel(t("x.query"))
+    ax.set_ylabel(t("y.epsilon"))
+    left = float(answers[-1].frame.attrs.get("epsilon_remaining", 0.0))
+    summary = t("sum.budget", spent=round(float(spent[-1]), 3), n=len(answers), left=round(left, 3))
+    return Section("budget", t("s.budget"), summary, _png(fig))
+
+
+_BUILDERS: dict[str, Callable[[Text, Answer], Section]] = {
+    "overlap": _overlap,
+    "funnel": _funnel,
+    "funnel_flow": _flow,
+    "segment_insight": _segment,
+    "value": _value,
+    "loyalty": _loyalty,
+    "attribution": _attribution,
+    "lift": _lift,
+}
+
+
+def build_sections(answers: Sequence[Answer], lang: str = "en") -> list[Section]:
+    """The report's sections, in this order.
+
+    The latest answer of each query (per attribution model, per lift campaign), the audiences released, and the
+    budget over every query.
+    """
+    t = text_for(lang)
+    _use_fonts(lang)
+    latest: dict[tuple[str, str], Answer] = {}
+    for a in answers:
+        variant = _model(a.request) if a.query == "attribution" else str(a.request.get("campaign", ""))
+        if a.query in _BUILDERS:
+            latest[(a.query, variant if a.query in ("attribution", "lift") else "")] = a
+    sections = [
+        _BUILDERS[query](t, latest[(query, variant)])
+        for query in _QUERY_ORDER
+        for (kind, variant) in list(latest)
+        if kind == query
     ]
-    return shown.drop(columns=["error_95", "suppressed"]).to_html(index=False, border=0, classes="cells")
+    released = [a for a in answers if a.query in ("lookalike", "activate")]
+    if released:
+        sections.append(_audiences(t, released))
+    if answers:
+        sections.append(_budget(t, answers))
+    return sections
 
 
-def render(data: ReportData, out_dir: Path) -> Path:
-    """Write index.html (self-contained) and one PNG per chart into `out_dir`; returns the HTML's path."""
+def render(title: str, sections: Iterable[Section], out_dir: Path, lang: str = "en", notes: Sequence[str] = ()) -> Path:
+    """Write index.html (self-contained: no network) and one PNG per chart into `out_dir`; returns the HTML's path."""
+    t = text_for(lang)
     out_dir.mkdir(parents=True, exist_ok=True)
-    charts = {
-        "funnel": ("4A funnel", funnel_chart(data.funnel), data.funnel),
-        "flow": ("4A flow", flow_chart(data.flow), None),
-        "tgi": ("Segment insight (TGI)", tgi_chart(data.segment), data.segment),
-        "attribution": ("Attribution by campaign", attribution_chart(data.attribution), None),
-        **({"value": ("GOAL value", value_chart(data.value), data.value)} if data.value is not None else {}),
-        **(
-            {"loyalty": ("GOAL loyalty", loyalty_chart(data.loyalty), data.loyalty)} if data.loyalty is not None else {}
-        ),
-        "lift": ("Lift against the holdout", lift_chart(data.lift), data.lift),
-        "budget": ("Privacy budget spent", budget_chart(data.audit_log), None),
-    }
-    sections = []
-    for key, (title, png, table) in charts.items():
-        (out_dir / f"{key}.png").write_bytes(png)
-        uri = "data:image/png;base64," + base64.b64encode(png).decode()
-        body = f'<img class="chart" alt="{html.escape(title)}" src="{uri}">'
-        if table is not None:
-            body += f"<details><summary>cells</summary>{_table(table)}</details>"
-        sections.append(f"<section><h2>{html.escape(title)}</h2>{body}</section>")
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in data.notes)
+    parts = []
+    for s in sections:
+        body = f'<p class="summary">{html.escape(s.summary)}</p>'
+        if s.chart is not None:
+            (out_dir / f"{s.key}.png").write_bytes(s.chart)
+            uri = "data:image/png;base64," + base64.b64encode(s.chart).decode()
+            body += f'<img class="chart" alt="{html.escape(s.title)}" src="{uri}">'
+        if s.table is not None:
+            body += s.table if s.chart is None else f"<details><summary>{t('cells')}</summary>{s.table}</details>"
+        parts.append(f'<section id="{html.escape(s.key)}"><h2>{html.escape(s.title)}</h2>{body}</section>')
+    items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(data.title)}</title>
+<html lang="{"zh-CN" if lang == "zh" else "en"}"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222; }}
+body {{ font-family: system-ui, "Noto Sans CJK SC", "PingFang SC", "Microsoft YaHei", sans-serif; margin: 2em auto;
+  max-width: 60em; color: #222; }}
 img.chart {{ max-width: 100%; border: 1px solid #eee; }}
+p.summary {{ font-size: 1.05em; }}
+p.explain {{ color: #555; }}
 table.cells {{ border-collapse: collapse; font-size: 0.85em; }}
 table.cells td, table.cells th {{ padding: 0.2em 0.6em; border-bottom: 1px solid #eee; text-align: right; }}
 </style></head>
 <body data-charts="0">
-<h1>{html.escape(data.title)}</h1>
-<p>Every number below is differentially private: a noisy value with its 95% error bar. Withheld cells fell below
-the minimum group size. The brand never saw a row of the platform's data, nor the platform one of the brand's.</p>
-<ul>{notes}</ul>
-{"".join(sections)}
+<h1>{html.escape(title)}</h1>
+<p>{html.escape(t("intro"))}</p>
+<p class="explain">{html.escape(t("epsilon"))}</p>
+<p class="explain">{html.escape(t("tgi"))}</p>
+<ul>{items}</ul>
+{"".join(parts)}
 <script>
 window.addEventListener("load", () => {{
   const shown = [...document.querySelectorAll("img.chart")].filter(i => i.complete && i.naturalWidth > 0);
@@ -255,5 +480,14 @@ window.addEventListener("load", () => {{
 </body></html>
 """
     path = out_dir / "index.html"
-    path.write_text(page)
+    path.write_text(page, encoding="utf-8")
     return path
+
+
+def report_collaboration(
+    answers: Sequence[Answer], collaboration_id: str, out_dir: Path, lang: str = "en", notes: Sequence[str] = ()
+) -> Path:
+    """The member's report of one collaboration from the answers it received; returns index.html's path."""
+    t = text_for(lang)
+    sections = build_sections(answers, lang) or [Section("empty", "", t("empty", collaboration=collaboration_id))]
+    return render(t("title", collaboration=collaboration_id), sections, out_dir, lang, notes)

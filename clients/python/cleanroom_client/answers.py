@@ -1,0 +1,108 @@
+"""The answers a member received, kept on its own machine: what `cleanroom-client report` draws.
+
+Every released answer (never a preview) is appended as one JSON line to `answers.jsonl` in the member's state
+directory for the collaboration: the query, its request, the `QueryResult` and when it arrived. These are
+differentially private outputs the member already holds, so drawing them again is post-processing: it spends no ε
+and asks the server nothing. The file never holds a row of anyone's data.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from .protocol import analytics_pb2 as qpb
+
+#: The file, inside a collaboration's state directory.
+ANSWERS_FILE = "answers.jsonl"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One answer as received: which query, asked how, the cells, and the budget after it."""
+
+    query: str
+    request: dict[str, Any]
+    frame: pd.DataFrame
+    received: datetime
+
+    @property
+    def epsilon_spent(self) -> float:
+        """The ε this answer charged to the member's ledger."""
+        return float(self.frame.attrs.get("epsilon_spent", 0.0))
+
+
+def result_frame(result: qpb.QueryResult) -> pd.DataFrame:
+    """One row per cell and measure: the dimension values, measure, value, error_95 and suppressed.
+
+    A suppressed cell's value is NaN: the server withheld it. `attrs` carries epsilon spent and left, the noise
+    scale per histogram, the audit entry's sequence number, the caller's own set size and, for lookalike and
+    activation, the name of the audience released to the platform.
+    """
+    rows = []
+    for c in result.cells:
+        row: dict[str, object] = dict(zip(result.dimensions, c.keys, strict=True))
+        row.update(
+            measure=c.measure,
+            value=float("nan") if c.suppressed else c.value,
+            error_95=float("nan") if c.suppressed else c.error_95,
+            suppressed=c.suppressed,
+        )
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=[*result.dimensions, "measure", "value", "error_95", "suppressed"])
+    frame.attrs.update(
+        epsilon_spent=result.epsilon_spent,
+        epsilon_remaining=result.epsilon_remaining,
+        noise_scale=dict(result.noise_scale),
+        audit_sequence=result.audit_sequence,
+        own_set_size=result.own_set_size,
+        audience=result.audience,
+    )
+    return frame
+
+
+def record(directory: Path, query: str, request: Message, result: qpb.QueryResult) -> None:
+    """Append one answer. A failure to write warns and loses only this copy: the caller still gets its answer."""
+    line = {
+        "query": query,
+        "received": datetime.now(UTC).isoformat(),
+        "request": json_format.MessageToDict(request, preserving_proto_field_name=True),
+        "result": json_format.MessageToDict(result, preserving_proto_field_name=True),
+    }
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with (directory / ANSWERS_FILE).open("a", encoding="utf-8") as f:
+            f.write(json.dumps(line, ensure_ascii=False) + "\n")
+    except OSError as exc:
+        warnings.warn(f"could not keep this answer for the report ({exc})", RuntimeWarning, stacklevel=3)
+
+
+def load(directory: Path) -> list[Answer]:
+    """Every answer kept for one collaboration, oldest first (an unreadable line, e.g. cut by a crash, is skipped)."""
+    return list(_read(directory / ANSWERS_FILE))
+
+
+def _read(path: Path) -> Iterator[Answer]:
+    if not path.exists():
+        return
+    for text in path.read_text(encoding="utf-8").splitlines():
+        try:
+            line = json.loads(text)
+            result = json_format.ParseDict(line["result"], qpb.QueryResult())
+            yield Answer(
+                query=str(line["query"]),
+                request=dict(line["request"]),
+                frame=result_frame(result),
+                received=datetime.fromisoformat(line["received"]),
+            )
+        except (ValueError, KeyError, TypeError, json_format.ParseError):
+            continue
