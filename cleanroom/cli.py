@@ -309,6 +309,28 @@ def demo(
     run_demo(brand_users, platform_users, shared, data_dir, report_dir)
 
 
+@app.command("demo-data")
+def demo_data(
+    directory: Annotated[Path, typer.Argument(help="Where to write the practice files.")],
+    brand_users: Annotated[int, typer.Option(help="Brand CRM size.")] = 20_000,
+    platform_users: Annotated[int, typer.Option(help="Platform user count.")] = 40_000,
+    shared: Annotated[int, typer.Option(help="People on both sides.")] = 6_000,
+) -> None:
+    """Write practice files: a brand's CRM and orders, a platform's users, 4A history, exposures, a policy.
+
+    Example: cleanroom demo-data trial --brand-users 3000 --platform-users 5000 --shared 1500
+    """
+    from .devtools.synthetic import SyntheticConfig, write_sample_files
+
+    try:
+        config = SyntheticConfig(brand_users=brand_users, platform_users=platform_users, shared=shared)
+        written = write_sample_files(directory, config)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    console.print(f"wrote {', '.join(p.name for p in written)} in {directory}")
+
+
 def _short(value: object) -> str:
     text = json.dumps(value, ensure_ascii=True)
     return text if len(text) <= 70 else text[:67] + "..."

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -250,6 +251,35 @@ min_group_size: 50
 epsilon: {per_member_total: 10.0, per_query_max: 1.0}
 delta: {per_member_total: 1.0e-6, per_query_max: 1.0e-7}
 """
+
+
+#: The practice files `write_sample_files` writes: each member's own tables, named as the walkthrough uses them.
+SAMPLE_FILES = {
+    "crm.csv": "brand_users",
+    "orders.csv": "brand_conversions",
+    "users.csv": "platform_users",
+    "stage_history.csv": "platform_stage_history",
+    "exposures.csv": "platform_exposures",
+    "test_groups.csv": "platform_test_groups",
+}
+
+
+def write_sample_files(directory: Path, config: SyntheticConfig) -> list[Path]:
+    """Write a synthetic world as the CSV files two members would hold, plus `policy.yaml` for them.
+
+    The brand's files are crm.csv (customer_id, email, mobile, tier) and orders.csv; the platform's are users.csv,
+    stage_history.csv, exposures.csv and test_groups.csv. The ground truth is not written.
+    """
+    data = generate(config)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, attr in SAMPLE_FILES.items():
+        path = directory / name
+        getattr(data, attr).to_csv(path, index=False)
+        written.append(path)
+    policy = directory / "policy.yaml"
+    policy.write_text(DEMO_POLICY)
+    return [*written, policy]
 
 
 def load_direct(

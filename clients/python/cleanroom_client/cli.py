@@ -241,13 +241,32 @@ def policy_init(
 
 
 @app.command()
-def show(collaboration: Collab) -> None:
+def ping(
+    wait: Annotated[float, typer.Option(help="Seconds to wait for a server that is starting.")] = 0.0,
+) -> None:
+    """Check the server address, its CA and your token: prints who you are connected as.
+
+    Example: cleanroom-client ping --wait 30
+    """
+    with _client() as client:
+        count = len(client.ping(wait))
+    out.print(f"connected to {settings.target}: {count} collaborations visible to you", markup=False)
+
+
+@app.command()
+def show(
+    collaboration: Collab,
+    etag: Annotated[bool, typer.Option("--etag", help="Print only the etag (for scripts).")] = False,
+) -> None:
     """Show a collaboration's state, its policy exactly as proposed, and the etag to approve it by.
 
     Example: cleanroom-client show brand-x-2026q4   (or -o json: the same as one JSON object)
     """
     with _client() as client:
         c = client.get_collaboration(collaboration)
+    if etag:
+        sys.stdout.write(c.policy_etag + "\n")
+        return
     if settings.output == "json":
         payload = {
             "id": c.id,

@@ -10,6 +10,7 @@ by its owner. Auditors use the same client for the audit log.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import warnings
@@ -248,6 +249,17 @@ class CleanRoomClient:
         return _info(
             self._call(self._collabs.GetCollaboration, cpb.GetCollaborationRequest(name=_name(collaboration_id)))
         )
+
+    def ping(self, wait: float = 0.0) -> list[CollaborationInfo]:
+        """Check the address, CA and credentials, waiting up to `wait` seconds for a server that is starting.
+
+        Returns the collaborations visible to this member; raises the typed error that says what is wrong.
+        """
+        if wait > 0:
+            # On timeout, the call below raises the error that says why.
+            with contextlib.suppress(grpc.FutureTimeoutError):
+                grpc.channel_ready_future(self._channel).result(timeout=wait)
+        return self.list_collaborations()
 
     def list_collaborations(self) -> list[CollaborationInfo]:
         """All collaborations this member belongs to."""
