@@ -1,7 +1,7 @@
 """`cleanroom-client`: every SDK action from the shell, for members (and auditors).
 
 Connection settings come from options or CLEANROOM_TARGET, CLEANROOM_TOKEN and CLEANROOM_CA. Tables are read from
-CSV or Parquet files; answers print as a table, CSV or JSON (`--output`). Errors say what went wrong and what to
+CSV, Parquet or JSON files by DuckDB's readers (types sniffed from the whole file, identifiers as text); answers print as a table, CSV or JSON (`--output`). Errors say what went wrong and what to
 do, never a traceback.
 """
 
@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,6 +24,7 @@ from rich.table import Table
 from .answers import load as load_answers
 from .client import CleanRoomClient, collaboration_dir, resolve_state_dir
 from .errors import CleanRoomError
+from .files import read_table
 from .identity import IdentifierQualityWarning
 from .policy import PolicyError, parse_policy
 from .policy_draft import DISCLOSURE_WARNING, draft_policy
@@ -121,10 +122,8 @@ def _show(frame: pd.DataFrame, title: str = "") -> None:
         out.print("  " + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in extras.items()))
 
 
-def _read(path: Path) -> pd.DataFrame:
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    return pd.read_parquet(path) if path.suffix in (".parquet", ".pq") else pd.read_csv(path)
+def _read(path: Path, text_columns: Collection[str] = ()) -> pd.DataFrame:
+    return read_table(path, text_columns)
 
 
 def _pairs(values: list[str], what: str) -> dict[str, str]:
@@ -225,8 +224,10 @@ def policy_init(
     --event conversions=orders.csv --to policy.yaml
     """
     try:
-        events = {name: _read(Path(path)) for name, path in _pairs(event or [], "--event").items()}
-        draft = draft_policy(member, peer, _read(users), key, _pairs(identifier, "--identifier"), events)
+        identifiers = _pairs(identifier, "--identifier")
+        events = {name: _read(Path(path), {key}) for name, path in _pairs(event or [], "--event").items()}
+        users_frame = _read(users, {key, *identifiers.values()})
+        draft = draft_policy(member, peer, users_frame, key, identifiers, events)
         parse_policy(draft.yaml)
     except (ValueError, FileNotFoundError, PolicyError) as exc:
         err.print(str(exc), style="red", markup=False, highlight=False)
@@ -359,6 +360,7 @@ def match(
 
         engine = RayEngine(address=ray)
     paths = _pairs(event or [], "--event")
+    identifiers = _pairs(identifier, "--identifier")
     try:
         with _client() as client, warnings.catch_warnings():
             # A column that mostly fails to normalize is said at once, before anything is sent, with its fix.
@@ -367,11 +369,11 @@ def match(
             client.normalizer = type(client.normalizer)(_phone_region(region))
             summary = client.match(
                 collaboration,
-                users=users if engine else _read(Path(users)),
+                users=users if engine else _read(Path(users), {key, *identifiers.values()}),
                 key=key,
-                identifiers=_pairs(identifier, "--identifier"),
+                identifiers=identifiers,
                 attributes=attribute or [],
-                events={name: path if engine else _read(Path(path)) for name, path in paths.items()},
+                events={name: path if engine else _read(Path(path), {key}) for name, path in paths.items()},
                 prehashed=prehashed or [],
                 engine=engine,
                 time_format=time_format,
