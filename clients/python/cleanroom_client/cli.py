@@ -1,8 +1,8 @@
 """`cleanroom-client`: every SDK action from the shell, for members (and auditors).
 
 Connection settings come from options or CLEANROOM_TARGET, CLEANROOM_TOKEN and CLEANROOM_CA. Tables are read from
-CSV, Parquet or JSON files by DuckDB's readers (types sniffed from the whole file, identifiers as text); answers print as a table, CSV or JSON (`--output`). Errors say what went wrong and what to
-do, never a traceback.
+CSV, Parquet or JSON files by DuckDB's readers (types sniffed from the whole file, identifiers as text); answers
+print as a table, CSV or JSON (`--output`). Errors say what went wrong and what to do, never a traceback.
 """
 
 from __future__ import annotations
