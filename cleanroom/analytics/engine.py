@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from cleanroom_client.policy import Policy
+from cleanroom_client.policy import Ability, Policy, QueryType
 
 from ..audit import AuditLog
 from ..collaborations import Collaboration, Collaborations
@@ -118,8 +118,6 @@ from .queries import (
 
 log = logging.getLogger(__name__)
 
-QUERY, RECEIVE = "query", "receive_results"
-RECEIVE_AUDIENCES = "receive_audiences"
 STAGE_COLUMNS = ("stage_4a", "stage_aipl")
 _AIPL = dict(zip(STAGE_LABELS_4A, STAGE_LABELS_AIPL, strict=True))
 _4A = {v: k for k, v in _AIPL.items()}
@@ -291,7 +289,7 @@ class QueryEngine:
     def _check_policy(principal: Principal, policy: Policy, query_type: str, epsilon: float, delta: float) -> None:
         """The policy's rules for one query: the caller receives results, the type is allowed, the bounds hold."""
         member = policy.member(principal.name)
-        if member is None or RECEIVE not in member.abilities:
+        if member is None or Ability.RECEIVE_RESULTS not in member.abilities:
             raise PermissionDeniedError(f"the policy does not let you ({principal.name}) receive results")
         if query_type not in policy.queries:
             raise PermissionDeniedError(
@@ -310,7 +308,7 @@ class QueryEngine:
 
     def authorize(self, principal: Principal, collab_id: str, query_type: str) -> Collaboration:
         """Who may ask at all (a member with `query` in an active collaboration): checked before anything else."""
-        return self._collabs.require_active(principal, collab_id, QUERY, f"query.{query_type}")
+        return self._collabs.require_active(principal, collab_id, Ability.QUERY, f"query.{query_type}")
 
     @staticmethod
     def _limits(policy: Policy) -> Limits:
@@ -451,7 +449,7 @@ class QueryEngine:
             return self._histograms(principal, collab, q.epsilon, (people,), tuple(a.label for a in axes), finish)
 
         params = {"dimensions": [str(d) for d in q.dimensions]}
-        return self._release(principal, collab_id, "overlap", params, q.epsilon, build, preview=preview)
+        return self._release(principal, collab_id, QueryType.OVERLAP, params, q.epsilon, build, preview=preview)
 
     def _stage_axis(self, policy: Policy) -> Axis:
         for spec in policy.tables.values():
@@ -499,7 +497,7 @@ class QueryEngine:
             return self._histograms(principal, collab, q.epsilon, (people,), tuple(a.label for a in axes), finish)
 
         params = {"by": str(q.by) if q.by else "", "labels": q.labels}
-        return self._release(principal, collab_id, "funnel", params, q.epsilon, build, preview=preview)
+        return self._release(principal, collab_id, QueryType.FUNNEL, params, q.epsilon, build, preview=preview)
 
     def funnel_flow(
         self, principal: Principal, collab_id: str, q: FunnelFlowQuery, preview: bool = False
@@ -527,7 +525,7 @@ class QueryEngine:
             return self._histograms(principal, collab, q.epsilon, (people,), (start.label, end.label), finish)
 
         params = {"start_date": q.start.isoformat(), "end_date": q.end.isoformat(), "labels": q.labels}
-        return self._release(principal, collab_id, "funnel_flow", params, q.epsilon, build, preview=preview)
+        return self._release(principal, collab_id, QueryType.FUNNEL_FLOW, params, q.epsilon, build, preview=preview)
 
     def segment_insight(
         self, principal: Principal, collab_id: str, q: SegmentInsightQuery, preview: bool = False
@@ -576,7 +574,7 @@ class QueryEngine:
             return self._histograms(principal, collab, q.epsilon, measurements, (ax.label,), finish)
 
         params = {"dimension": str(q.dimension)}
-        return self._release(principal, collab_id, "segment_insight", params, q.epsilon, build, preview=preview)
+        return self._release(principal, collab_id, QueryType.SEGMENT_INSIGHT, params, q.epsilon, build, preview=preview)
 
     def _group_axes(self, policy: Policy, by: tuple[DimensionRef, ...]) -> tuple[Axis, ...]:
         axes = tuple(axis(str(d), d.member, d.column, _dimension(policy, d)) for d in by)
@@ -652,7 +650,7 @@ class QueryEngine:
             return self._histograms(principal, collab, q.epsilon, measurements, tuple(a.label for a in axes), finish)
 
         params = {"by": [str(d) for d in q.by], "measure": q.measure}
-        return self._release(principal, collab_id, "value", params, q.epsilon, build, preview=preview)
+        return self._release(principal, collab_id, QueryType.VALUE, params, q.epsilon, build, preview=preview)
 
     def loyalty(self, principal: Principal, collab_id: str, q: LoyaltyQuery, preview: bool = False) -> QueryAnswer:
         """GOAL's "L": per group, converters, repeaters and the retained; repurchase and retention rates.
@@ -706,7 +704,7 @@ class QueryEngine:
             "period1": [d.isoformat() for d in q.period1],
             "period2": [d.isoformat() for d in q.period2],
         }
-        return self._release(principal, collab_id, "loyalty", params, q.epsilon, build, preview=preview)
+        return self._release(principal, collab_id, QueryType.LOYALTY, params, q.epsilon, build, preview=preview)
 
     def attribution(
         self, principal: Principal, collab_id: str, q: AttributionQuery, preview: bool = False
@@ -783,7 +781,7 @@ class QueryEngine:
             "click_over_view": q.click_over_view,
             "half_life_days": q.half_life_days,
         }
-        return self._release(principal, collab_id, "attribution", params, q.epsilon, build, preview=preview)
+        return self._release(principal, collab_id, QueryType.ATTRIBUTION, params, q.epsilon, build, preview=preview)
 
     def lift(self, principal: Principal, collab_id: str, q: LiftQuery, preview: bool = False) -> QueryAnswer:
         """Conversion rate per test group, absolute and relative lift, incremental conversions and revenue.
@@ -834,11 +832,15 @@ class QueryEngine:
 
             return self._histograms(principal, collab, q.epsilon, measurements, ("test_group",), finish)
 
-        return self._release(principal, collab_id, "lift", {"campaign": q.campaign}, q.epsilon, build, preview=preview)
+        return self._release(
+            principal, collab_id, QueryType.LIFT, {"campaign": q.campaign}, q.epsilon, build, preview=preview
+        )
 
     # -- audiences --------------------------------------------------------------------------------------------------
     def _recipient(self, policy: Policy, requester: str) -> str:
-        recipients = [m.name for m in policy.members if RECEIVE_AUDIENCES in m.abilities and m.name != requester]
+        recipients = [
+            m.name for m in policy.members if Ability.RECEIVE_AUDIENCES in m.abilities and m.name != requester
+        ]
         if not recipients:
             raise PermissionDeniedError("the policy gives no other member the ability receive_audiences")
         return recipients[0]
@@ -910,7 +912,7 @@ class QueryEngine:
             "model": q.model,
         }
         return self._release(
-            principal, collab_id, "lookalike", params, q.epsilon, build, delta=q.delta, preview=preview
+            principal, collab_id, QueryType.LOOKALIKE, params, q.epsilon, build, delta=q.delta, preview=preview
         )
 
     def activate(self, principal: Principal, collab_id: str, q: ActivationQuery, preview: bool = False) -> QueryAnswer:
@@ -923,7 +925,7 @@ class QueryEngine:
         of a member other than the recipient. The requester receives the noisy size (or withheld); both ledgers
         are charged (epsilon, delta).
         """
-        delta = q.delta or self.authorize(principal, collab_id, "activation").policy.delta_per_query_max
+        delta = q.delta or self.authorize(principal, collab_id, QueryType.ACTIVATION).policy.delta_per_query_max
 
         def build(collab: Collaboration, catalog: Catalog) -> Plan:
             policy = collab.policy
@@ -967,7 +969,9 @@ class QueryEngine:
             return Plan(charges, run, (Stated("audience_size", q.epsilon, c),))
 
         params = {"segment": {str(k): v for k, v in q.segment}, "events": [str(e) for e in q.events]}
-        return self._release(principal, collab_id, "activation", params, q.epsilon, build, delta=delta, preview=preview)
+        return self._release(
+            principal, collab_id, QueryType.ACTIVATION, params, q.epsilon, build, delta=delta, preview=preview
+        )
 
     @staticmethod
     def _event_filters(policy: Policy, events: Sequence[EventFilter]) -> dict[str, str]:

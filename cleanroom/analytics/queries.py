@@ -10,6 +10,8 @@ import datetime as dt
 import math
 from dataclasses import dataclass
 
+from cleanroom_client.protocol import DEFAULT_HALF_LIFE_DAYS
+
 from ..errors import InvalidArgumentError
 
 MAX_DIMENSIONS = 3
@@ -155,7 +157,7 @@ class AttributionQuery:
     epsilon: float
     brand_dimension: DimensionRef | None = None
     click_over_view: bool = False
-    half_life_days: float = 7.0
+    half_life_days: float = DEFAULT_HALF_LIFE_DAYS
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)

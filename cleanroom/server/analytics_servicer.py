@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator, Mapping
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from cleanroom_client.policy import Ability, QueryType
+from cleanroom_client.protocol import ATTRIBUTION_MODELS, DEFAULT_HALF_LIFE_DAYS, attribution_model_name
 from cleanroom_client.protocol import analytics_pb2 as pb
 from cleanroom_client.protocol import analytics_pb2_grpc as pb_grpc
 
@@ -33,17 +35,6 @@ from ..analytics.queries import DimensionRef, EventFilter
 from ..collaborations import Collaborations, parse_name
 from ..errors import InvalidArgumentError
 from .auth import Authenticator
-
-_MODELS = {
-    pb.ATTRIBUTION_MODEL_LAST_TOUCH: "last_touch",
-    pb.ATTRIBUTION_MODEL_FIRST_TOUCH: "first_touch",
-    pb.ATTRIBUTION_MODEL_LINEAR: "linear",
-    pb.ATTRIBUTION_MODEL_TIME_DECAY: "time_decay",
-    pb.ATTRIBUTION_MODEL_POSITION_BASED: "position_based",
-}
-
-
-RECEIVE = "receive_audiences"
 
 
 def _filters(raw: Mapping[str, str]) -> tuple[tuple[DimensionRef, str], ...]:
@@ -89,14 +80,14 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
     ) -> pb.QueryResult:
         """Matched people by up to three dimensions."""
         principal = self._auth.principal(context)
-        self._engine.authorize(principal, parse_name(request.parent), "overlap")
+        self._engine.authorize(principal, parse_name(request.parent), QueryType.OVERLAP)
         q = OverlapQuery(tuple(DimensionRef.parse(d) for d in request.dimensions), request.epsilon)
         return answer_to_proto(self._engine.overlap(principal, parse_name(request.parent), q, preview=preview))
 
     def Funnel(self, request: pb.FunnelRequest, context: grpc.ServicerContext, preview: bool = False) -> pb.QueryResult:
         """The 4A distribution."""
         principal = self._auth.principal(context)
-        self._engine.authorize(principal, parse_name(request.parent), "funnel")
+        self._engine.authorize(principal, parse_name(request.parent), QueryType.FUNNEL)
         by = DimensionRef.parse(request.by) if request.by else None
         q = FunnelQuery(by, request.epsilon, request.labels or "4a")
         return answer_to_proto(self._engine.funnel(principal, parse_name(request.parent), q, preview=preview))
@@ -106,7 +97,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
     ) -> pb.QueryResult:
         """4A transitions between two dates."""
         principal = self._auth.principal(context)
-        self._engine.authorize(principal, parse_name(request.parent), "funnel_flow")
+        self._engine.authorize(principal, parse_name(request.parent), QueryType.FUNNEL_FLOW)
         q = FunnelFlowQuery(
             FunnelFlowQuery.parse_date(request.start_date, "start_date"),
             FunnelFlowQuery.parse_date(request.end_date, "end_date"),
@@ -120,14 +111,14 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
     ) -> pb.QueryResult:
         """Shares, TGI and penetration per value of a dimension."""
         principal = self._auth.principal(context)
-        self._engine.authorize(principal, parse_name(request.parent), "segment_insight")
+        self._engine.authorize(principal, parse_name(request.parent), QueryType.SEGMENT_INSIGHT)
         q = SegmentInsightQuery(DimensionRef.parse(request.dimension), request.epsilon)
         return answer_to_proto(self._engine.segment_insight(principal, parse_name(request.parent), q, preview=preview))
 
     def Value(self, request: pb.ValueRequest, context: grpc.ServicerContext, preview: bool = False) -> pb.QueryResult:
         """GOAL value: sums and means of a declared measure per group."""
         principal = self._auth.principal(context)
-        self._engine.authorize(principal, parse_name(request.parent), "value")
+        self._engine.authorize(principal, parse_name(request.parent), QueryType.VALUE)
         q = ValueQuery(tuple(DimensionRef.parse(d) for d in request.by), request.measure, request.epsilon)
         return answer_to_proto(self._engine.value(principal, parse_name(request.parent), q, preview=preview))
 
@@ -136,7 +127,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
     ) -> pb.QueryResult:
         """GOAL loyalty: repurchase and retention per group."""
         principal = self._auth.principal(context)
-        self._engine.authorize(principal, parse_name(request.parent), "loyalty")
+        self._engine.authorize(principal, parse_name(request.parent), QueryType.LOYALTY)
         date = FunnelFlowQuery.parse_date
         q = LoyaltyQuery(
             tuple(DimensionRef.parse(d) for d in request.by),
@@ -151,12 +142,10 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
     ) -> pb.QueryResult:
         """Multi-touch attribution."""
         principal = self._auth.principal(context)
-        self._engine.authorize(principal, parse_name(request.parent), "attribution")
-        model = _MODELS.get(request.model)
-        if model is None:
-            raise InvalidArgumentError(
-                "model must be set: last_touch, first_touch, linear, time_decay or position_based"
-            )
+        self._engine.authorize(principal, parse_name(request.parent), QueryType.ATTRIBUTION)
+        if request.model not in ATTRIBUTION_MODELS.values():
+            raise InvalidArgumentError(f"model must be set: {', '.join(ATTRIBUTION_MODELS)}")
+        model = attribution_model_name(request.model)
         q = AttributionQuery(
             model=model,
             lookback_days=request.lookback_days,
@@ -164,14 +153,14 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             epsilon=request.epsilon,
             brand_dimension=DimensionRef.parse(request.brand_dimension) if request.brand_dimension else None,
             click_over_view=request.click_over_view,
-            half_life_days=request.half_life_days or 7.0,
+            half_life_days=request.half_life_days or DEFAULT_HALF_LIFE_DAYS,
         )
         return answer_to_proto(self._engine.attribution(principal, parse_name(request.parent), q, preview=preview))
 
     def Lift(self, request: pb.LiftRequest, context: grpc.ServicerContext, preview: bool = False) -> pb.QueryResult:
         """Lift against the holdout."""
         principal = self._auth.principal(context)
-        self._engine.authorize(principal, parse_name(request.parent), "lift")
+        self._engine.authorize(principal, parse_name(request.parent), QueryType.LIFT)
         q = LiftQuery(request.campaign, request.epsilon)
         return answer_to_proto(self._engine.lift(principal, parse_name(request.parent), q, preview=preview))
 
@@ -180,7 +169,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
     ) -> pb.QueryResult:
         """DP-SGD lookalike; the audience goes to the platform."""
         principal = self._auth.principal(context)
-        self._engine.authorize(principal, parse_name(request.parent), "lookalike")
+        self._engine.authorize(principal, parse_name(request.parent), QueryType.LOOKALIKE)
         q = LookalikeQuery(
             seed=_filters(request.seed),
             audience_size=request.audience_size,
@@ -195,7 +184,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
     ) -> pb.QueryResult:
         """A segment's matched people, to the platform."""
         principal = self._auth.principal(context)
-        self._engine.authorize(principal, parse_name(request.parent), "activation")
+        self._engine.authorize(principal, parse_name(request.parent), QueryType.ACTIVATION)
         date = FunnelFlowQuery.parse_date
         events = tuple(
             EventFilter(
@@ -224,7 +213,9 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
     ) -> pb.ListAudiencesResponse:
         """The audiences released to the caller."""
         principal = self._auth.principal(context)
-        collab = self._collabs.require_active(principal, parse_name(request.parent), RECEIVE, "audience.list")
+        collab = self._collabs.require_active(
+            principal, parse_name(request.parent), Ability.RECEIVE_AUDIENCES, "audience.list"
+        )
         return pb.ListAudiencesResponse(
             audiences=[_audience(a) for a in self._audiences.list(collab.id, principal.name)]
         )
@@ -235,7 +226,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         """One audience's row ids, to its recipient only."""
         principal = self._auth.principal(context)
         collab_id, audience = parse_audience_name(request.name)
-        self._collabs.require_active(principal, collab_id, RECEIVE, "audience.fetch")
+        self._collabs.require_active(principal, collab_id, Ability.RECEIVE_AUDIENCES, "audience.fetch")
         for chunk in self._audiences.fetch(collab_id, audience, principal.name):
             if not context.is_active():
                 return

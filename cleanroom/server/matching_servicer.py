@@ -13,6 +13,7 @@ import grpc
 from google.protobuf.message import Message
 
 from cleanroom_client.identity import IdentifierType
+from cleanroom_client.policy import Ability
 from cleanroom_client.protocol import matching_pb2 as pb
 from cleanroom_client.protocol import matching_pb2_grpc as pb_grpc
 
@@ -23,7 +24,6 @@ from ..principals import Principal
 from .auth import Authenticator, StreamLimiter, watch_idle
 
 MAX_CHUNK_BYTES = 4 * 1024 * 1024
-CONTRIBUTE = "contribute"
 
 _ID_TYPES = {
     pb.IDENTIFIER_TYPE_EMAIL: IdentifierType.EMAIL,
@@ -60,7 +60,9 @@ class _StreamCollab:
     def resolve(self, parent: str) -> Collaboration:
         if self.collab is None:
             self._parent = parent
-            self.collab = self._collabs.require_active(self._principal, parse_name(parent), CONTRIBUTE, self._action)
+            self.collab = self._collabs.require_active(
+                self._principal, parse_name(parent), Ability.CONTRIBUTE, self._action
+            )
         elif parent != self._parent:
             raise InvalidArgumentError(f"every message of a stream must name {self._parent}, got {parent!r}")
         return self.collab
@@ -136,7 +138,9 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
     ) -> Iterator[pb.FetchPeerPointsResponse]:
         """Stream the peer's shuffled points."""
         principal = self._auth.principal(context)
-        collab = self._collabs.require_active(principal, parse_name(request.parent), CONTRIBUTE, "fetch.peer_points")
+        collab = self._collabs.require_active(
+            principal, parse_name(request.parent), Ability.CONTRIBUTE, "fetch.peer_points"
+        )
         total = self._relay.offer_chunks(collab, principal.name)
         if not 0 <= request.start_chunk <= total:
             raise InvalidArgumentError(f"start_chunk {request.start_chunk} is out of range; the offer has {total}")
@@ -194,7 +198,7 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
     def GetMatchStatus(self, request: pb.GetMatchStatusRequest, context: grpc.ServicerContext) -> pb.MatchStatus:
         """The match from the caller's side."""
         principal = self._auth.principal(context)
-        collab = self._collabs.require_active(principal, parse_name(request.parent), CONTRIBUTE, "match.status")
+        collab = self._collabs.require_active(principal, parse_name(request.parent), Ability.CONTRIBUTE, "match.status")
         status = self._relay.status(collab, principal.name)
         return pb.MatchStatus(
             stage=_STAGES[status.stage],

@@ -22,11 +22,36 @@ def test_no_module_outside_the_sdk_imports_the_private_stubs():
 
 
 def test_the_protocol_constants_have_one_definition():
-    for name in ("POINT_SIZE", "MAX_MESSAGE_BYTES", "ID_TYPE_CODES"):
+    for name in ("POINT_SIZE", "MAX_MESSAGE_BYTES", "ID_TYPE_CODES", "ATTRIBUTION_MODELS", "DEFAULT_HALF_LIFE_DAYS"):
         definitions = [
             str(path.relative_to(ROOT))
             for folder in ("cleanroom", "clients")
             for path in (ROOT / folder).rglob("*.py")
-            if ".venv" not in path.parts and re.search(rf"^{name}\s*=", path.read_text(), re.M)
+            if ".venv" not in path.parts and re.search(rf"^{name}\b[^=]*=", path.read_text(), re.M)
         ]
         assert definitions == ["clients/python/cleanroom_client/protocol.py"], (name, definitions)
+
+
+def _hand_written() -> list[Path]:
+    return [
+        path
+        for folder in ("cleanroom", "clients")
+        for path in (ROOT / folder).rglob("*.py")
+        if ".venv" not in path.parts and "_proto" not in path.parts
+    ]
+
+
+def test_names_of_the_contract_are_not_retyped():
+    """Attribution models come from the generated enum, abilities and query types from the policy's enums."""
+    retyped = {
+        r"ATTRIBUTION_MODEL_[A-Z_]+": "cleanroom_client.protocol.ATTRIBUTION_MODELS",
+        r"\bhalf_life_days\b[^=\n]*=\s*7": "cleanroom_client.protocol.DEFAULT_HALF_LIFE_DAYS",
+        r"[\"'](receive_results|receive_audiences|contribute)[\"']": "cleanroom_client.policy.Ability",
+    }
+    for pattern, owner in retyped.items():
+        offenders = [
+            str(path.relative_to(ROOT))
+            for path in _hand_written()
+            if path.name not in ("protocol.py", "policy.py") and re.search(pattern, path.read_text())
+        ]
+        assert offenders == [], (owner, offenders)

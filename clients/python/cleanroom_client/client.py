@@ -37,7 +37,13 @@ from .identity import (
 )
 from .matching import MatchPlan, MatchRunner, MatchSummary
 from .policy import Policy, parse_policy
-from .protocol import COLLABORATIONS, MAX_MESSAGE_BYTES, collaboration_name
+from .protocol import (
+    ATTRIBUTION_MODELS,
+    COLLABORATIONS,
+    DEFAULT_HALF_LIFE_DAYS,
+    MAX_MESSAGE_BYTES,
+    collaboration_name,
+)
 from .protocol import analytics_pb2 as qpb
 from .protocol import analytics_pb2_grpc as qpb_grpc
 from .protocol import audit_pb2 as apb
@@ -389,25 +395,18 @@ class CleanRoomClient:
         epsilon: float = 1.0,
         brand_dimension: str | None = None,
         click_over_view: bool = False,
-        half_life_days: float = 7.0,
+        half_life_days: float = DEFAULT_HALF_LIFE_DAYS,
         preview: bool = False,
     ) -> pd.DataFrame:
         """Attributed conversions, revenue and ROAS per campaign or channel; group `none` is unattributed.
 
         Models: last_touch, first_touch, linear, time_decay (with half_life_days), position_based (40/20/40).
         """
-        models = {
-            "last_touch": qpb.ATTRIBUTION_MODEL_LAST_TOUCH,
-            "first_touch": qpb.ATTRIBUTION_MODEL_FIRST_TOUCH,
-            "linear": qpb.ATTRIBUTION_MODEL_LINEAR,
-            "time_decay": qpb.ATTRIBUTION_MODEL_TIME_DECAY,
-            "position_based": qpb.ATTRIBUTION_MODEL_POSITION_BASED,
-        }
-        if model not in models:
-            raise ValueError(f"model must be one of {', '.join(models)}")
+        if model not in ATTRIBUTION_MODELS:
+            raise ValueError(f"model must be one of {', '.join(ATTRIBUTION_MODELS)}")
         request = qpb.AttributionRequest(
             parent=_name(collaboration_id),
-            model=models[model],
+            model=ATTRIBUTION_MODELS[model],
             lookback_days=lookback_days,
             by=by,
             brand_dimension=brand_dimension or "",

@@ -24,6 +24,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from importlib.resources import files
 from typing import Any, Final
 
@@ -36,6 +37,37 @@ _VALIDATOR: Final = jsonschema.Draft202012Validator(SCHEMA)
 _DEFS: Final = SCHEMA["$defs"]
 ABILITIES: Final[tuple[str, ...]] = tuple(_DEFS["ability"]["enum"])
 QUERY_TYPES: Final[tuple[str, ...]] = tuple(_DEFS["query_type"]["enum"])
+
+
+class Ability(StrEnum):
+    """What a policy lets a member do (the schema's `ability`; checked equal to it at import)."""
+
+    CONTRIBUTE = "contribute"
+    QUERY = "query"
+    #: Receive the answers of queries the member asks.
+    RECEIVE_RESULTS = "receive_results"
+    #: Receive audiences (lookalike, activation) released to it.
+    RECEIVE_AUDIENCES = "receive_audiences"
+
+
+class QueryType(StrEnum):
+    """The queries a policy may allow (the schema's `query_type`; checked equal to it at import)."""
+
+    OVERLAP = "overlap"
+    FUNNEL = "funnel"
+    FUNNEL_FLOW = "funnel_flow"
+    SEGMENT_INSIGHT = "segment_insight"
+    VALUE = "value"
+    LOYALTY = "loyalty"
+    ATTRIBUTION = "attribution"
+    LIFT = "lift"
+    LOOKALIKE = "lookalike"
+    ACTIVATION = "activation"
+
+
+if set(Ability) != set(ABILITIES) or set(QueryType) != set(QUERY_TYPES):  # pragma: no cover - a packaging error
+    raise ImportError("policy.schema.json and cleanroom_client.policy disagree on abilities or query types")
+
 IDENTIFIER_TYPES: Final[tuple[str, ...]] = tuple(_DEFS["identifier_type"]["enum"])
 TEST_GROUPS = ("exposed", "holdout")
 STAGE_COLUMNS = ("stage_4a", "stage_aipl")
@@ -342,7 +374,7 @@ def _activation(
         return None
     recipient = raw.get("recipient")
     member = next((m for m in members if m.name == recipient), None)
-    if member is None or "receive_audiences" not in member.abilities:
+    if member is None or Ability.RECEIVE_AUDIENCES not in member.abilities:
         problems.append("activation.recipient: a member of the policy with the ability receive_audiences")
     dims = [d for d in _list(raw.get("dimensions")) if isinstance(d, str)]
     for d in dims:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import pandas as pd
 import yaml
 
+from .policy import Ability
+
 #: A text column with at most this many distinct values is drafted as a category with its domain.
 MAX_DOMAIN = 20
 #: Numbers are bounded by these quantiles (clipping the rest), then widened to a round number.
@@ -134,8 +136,8 @@ def draft_policy(
     policy = {
         "name": f"{member}-x-{peer}",
         "members": {
-            member: {"abilities": ["contribute", "query", "receive_results"]},
-            peer: {"abilities": ["contribute", "receive_audiences"]},
+            member: {"abilities": [str(Ability.CONTRIBUTE), str(Ability.QUERY), str(Ability.RECEIVE_RESULTS)]},
+            peer: {"abilities": [str(Ability.CONTRIBUTE), str(Ability.RECEIVE_AUDIENCES)]},
         },
         "identifiers": sorted(identifiers),
         "tables": tables,

@@ -22,7 +22,9 @@ from ._proto import (
 from .identity import IdentifierType
 
 __all__ = [
+    "ATTRIBUTION_MODELS",
     "COLLABORATIONS",
+    "DEFAULT_HALF_LIFE_DAYS",
     "ID_TYPE_CODES",
     "MAX_MESSAGE_BYTES",
     "POINT_SIZE",
@@ -30,6 +32,7 @@ __all__ = [
     "admin_pb2_grpc",
     "analytics_pb2",
     "analytics_pb2_grpc",
+    "attribution_model_name",
     "audit_pb2",
     "audit_pb2_grpc",
     "collaboration_name",
@@ -52,3 +55,21 @@ COLLABORATIONS = "collaborations/"
 def collaboration_name(collaboration_id: str) -> str:
     """`collaborations/{id}` for an id (a name is returned as it is)."""
     return collaboration_id if collaboration_id.startswith(COLLABORATIONS) else COLLABORATIONS + collaboration_id
+
+
+#: Attribution models by name (`last_touch`, `first_touch`, `linear`, `time_decay`, `position_based`) and their wire
+#: values, read from the generated `AttributionModel` enum (0, unspecified, is not a model).
+ATTRIBUTION_MODELS: dict[str, analytics_pb2.AttributionModel.ValueType] = {
+    name.removeprefix("ATTRIBUTION_MODEL_").lower(): value
+    for name, value in analytics_pb2.AttributionModel.items()
+    if value
+}
+#: Half-life of time-decay attribution when a request leaves it unset (0).
+DEFAULT_HALF_LIFE_DAYS = 7.0
+
+
+def attribution_model_name(value: analytics_pb2.AttributionModel.ValueType | int | str) -> str:
+    """`last_touch` for the wire value or its enum name (`ATTRIBUTION_MODEL_LAST_TOUCH`); 0 is `unspecified`."""
+    number = int(analytics_pb2.AttributionModel.Value(value)) if isinstance(value, str) else int(value)
+    names = {int(v): k for k, v in ATTRIBUTION_MODELS.items()}
+    return names.get(number, "unspecified")

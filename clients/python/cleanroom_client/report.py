@@ -26,6 +26,7 @@ import pandas as pd
 from matplotlib import font_manager
 
 from .answers import Answer
+from .protocol import attribution_model_name
 from .report_text import Text, text_for
 
 STAGE_ORDER = ("aware", "appeal", "act", "advocate", "awareness", "interest", "purchase", "loyalty", "none")
@@ -303,7 +304,8 @@ def _loyalty(t: Text, a: Answer) -> Section:
 
 
 def _model(request: dict[str, object]) -> str:
-    return str(request.get("model", "ATTRIBUTION_MODEL_LAST_TOUCH")).removeprefix("ATTRIBUTION_MODEL_").lower()
+    model = request.get("model", 0)
+    return attribution_model_name(model if isinstance(model, (int, str)) else 0)
 
 
 def _attribution(t: Text, a: Answer) -> Section:
