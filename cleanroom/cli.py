@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cleanroom_client.protocol import COLLABORATIONS, admin_pb2, admin_pb2_grpc
+from cleanroom_client.protocol import admin_pb2, admin_pb2_grpc, collaboration_name
 
 T = TypeVar("T")
 
@@ -102,38 +103,50 @@ def serve(
     running.stop()
 
 
-def _operate(
-    data_dir: Path,
-    through_socket: Callable[[admin_pb2_grpc.AdminServiceStub], T],
-    directly: Callable[..., T],
-) -> T:
-    """Run an operator command through the running server's socket, or on the data directory when none runs."""
+def _operate(data_dir: Path, call: Callable[[admin_pb2_grpc.AdminServiceStub], T]) -> T:
+    """Run an operator command through AdminService: the running server's socket, or one served for this command.
+
+    With no server running, the data directory is opened here and the same servicer is served on a private socket
+    for the command's duration: one path, one set of checks and errors, whichever way the operator works.
+    """
     from .server.app import ADMIN_SOCKET
 
     socket = data_dir / ADMIN_SOCKET
     if socket.exists():
-        with grpc.insecure_channel(f"unix:{socket}") as channel:
-            try:
-                return through_socket(admin_pb2_grpc.AdminServiceStub(channel))
-            except grpc.RpcError as err:
-                if err.code() is not grpc.StatusCode.UNAVAILABLE:
-                    console.print(f"[red]{err.details()}[/]")
-                    raise typer.Exit(1) from None
-    from .errors import CleanroomError
+        try:
+            return _call_admin(socket, call)
+        except _StaleSocketError:
+            pass  # a server that died left its socket: open the data directory instead
     from .room import Room
+    from .server.app import serve_admin
 
     try:
         room = Room.open(data_dir)
     except Exception as exc:  # noqa: BLE001 - the lock error of a running server is DuckDB's IOException
         console.print(f"[red]cannot open {data_dir}: {exc}[/]")
         raise typer.Exit(1) from None
-    try:
-        return directly(room)
-    except CleanroomError as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(1) from None
-    finally:
-        room.close()
+    with tempfile.TemporaryDirectory(prefix="cleanroom-admin-") as private:
+        server = serve_admin(room, Path(private) / "admin.sock")
+        try:
+            return _call_admin(Path(private) / "admin.sock", call)
+        finally:
+            server.stop(None)
+            room.close()
+
+
+class _StaleSocketError(Exception):
+    """Nothing answers on the admin socket."""
+
+
+def _call_admin(socket: Path, call: Callable[[admin_pb2_grpc.AdminServiceStub], T]) -> T:
+    with grpc.insecure_channel(f"unix:{socket}") as channel:
+        try:
+            return call(admin_pb2_grpc.AdminServiceStub(channel))
+        except grpc.RpcError as err:
+            if err.code() is grpc.StatusCode.UNAVAILABLE:
+                raise _StaleSocketError from None
+            console.print(f"[red]{err.details()}[/]")
+            raise typer.Exit(1) from None
 
 
 @admin.command("add-principal")
@@ -146,8 +159,6 @@ def add_principal(
 
     Example: cleanroom admin add-principal brand --role member --data-dir ./data
     """
-    from .principals import Role
-
     if role not in ("member", "auditor"):
         console.print("[red]--role must be member or auditor[/]")
         raise typer.Exit(2)
@@ -155,7 +166,6 @@ def add_principal(
     token = _operate(
         data_dir,
         lambda s: s.AddPrincipal(admin_pb2.AddPrincipalRequest(name=name, role=wire)).token,
-        lambda room: room.principals.add(name, Role(role)),
     )
     console.print(f"principal {name} ({role}) added; its token follows. It is not stored and is shown only once.")
     print(token)
@@ -170,7 +180,6 @@ def revoke_principal(name: Annotated[str, typer.Argument()], data_dir: DataDir) 
     _operate(
         data_dir,
         lambda s: s.RevokePrincipal(admin_pb2.RevokePrincipalRequest(name=name)),
-        lambda room: room.principals.revoke(name),
     )
     console.print(f"principal {name} revoked")
 
@@ -184,7 +193,6 @@ def rotate_token(name: Annotated[str, typer.Argument()], data_dir: DataDir) -> N
     token = _operate(
         data_dir,
         lambda s: s.RotateToken(admin_pb2.RotateTokenRequest(name=name)).token,
-        lambda room: room.principals.rotate(name),
     )
     print(token)
 
@@ -199,15 +207,9 @@ def assign_auditor(
 
     Example: cleanroom admin assign-auditor auditor brand-x-2026q4 --data-dir ./data
     """
-    collab = collaboration.removeprefix(COLLABORATIONS)
-    _operate(
-        data_dir,
-        lambda s: s.AssignAuditor(
-            admin_pb2.AssignAuditorRequest(auditor=auditor, collaboration=f"collaborations/{collab}")
-        ),
-        lambda room: room.principals.assign_auditor(auditor, collab),
-    )
-    console.print(f"{auditor} now audits collaborations/{collab}")
+    name = collaboration_name(collaboration)
+    _operate(data_dir, lambda s: s.AssignAuditor(admin_pb2.AssignAuditorRequest(auditor=auditor, collaboration=name)))
+    console.print(f"{auditor} now audits {name}")
 
 
 @admin.command("match-stats")
@@ -219,23 +221,14 @@ def match_stats_command(
 
     Example: cleanroom admin match-stats --data-dir ./data brand-x-2026q4
     """
-    from .collaborations import require_exists
-    from .matching import match_stats
-
-    collab = collaboration.removeprefix(COLLABORATIONS)
-
-    def direct(room):  # type: ignore[no-untyped-def]
-        cur = room.db.cursor()
-        require_exists(cur, collab)  # the same check as the server's GetMatchStats
-        stats, total = match_stats(cur, collab)
-        return [(s.id_type.value, s.shared_keys, s.pairs) for s in stats], total
+    name = collaboration_name(collaboration)
 
     def remote(stub: admin_pb2_grpc.AdminServiceStub) -> tuple[list[tuple[str, int, int]], int]:
-        r = stub.GetMatchStats(admin_pb2.GetMatchStatsRequest(collaboration=f"collaborations/{collab}"))
+        r = stub.GetMatchStats(admin_pb2.GetMatchStatsRequest(collaboration=name))
         return [(s.identifier_type, s.shared_keys, s.pairs) for s in r.identifier_types], r.matched_people
 
-    rows, total = _operate(data_dir, remote, direct)
-    table = Table(title=f"collaborations/{collab}: exact match counts")
+    rows, total = _operate(data_dir, remote)
+    table = Table(title=f"{name}: exact match counts")
     table.add_column("identifier type")
     table.add_column("keys shared", justify="right")
     table.add_column("pairs decided (priority order)", justify="right")

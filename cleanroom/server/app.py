@@ -126,9 +126,12 @@ def _service_names() -> list[str]:
     ]
 
 
-def _admin_server(room: Room) -> grpc.Server:
-    """The operator's AdminService on `<data_dir>/admin.sock`, readable only by the server's user."""
-    path = room.data_dir / ADMIN_SOCKET
+def serve_admin(room: Room, path: Path) -> grpc.Server:
+    """The operator's AdminService on the Unix socket `path`, readable only by this user.
+
+    The running server serves it on `<data_dir>/admin.sock`; an operator command with no server running serves it
+    for itself on a private socket, so every command takes the same path through the same servicer.
+    """
     path.unlink(missing_ok=True)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), interceptors=[ErrorMappingInterceptor()])
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(room.db, room.principals), server)
@@ -194,5 +197,5 @@ def create_server(config: ServerConfig) -> RunningServer:
         room.close()
         raise OSError(f"cannot listen on {config.address}")
     server.start()
-    admin = _admin_server(room)
+    admin = serve_admin(room, room.data_dir / ADMIN_SOCKET)
     return RunningServer(server, port, admin, room)

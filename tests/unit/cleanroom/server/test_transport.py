@@ -138,3 +138,28 @@ def test_streams_per_principal_are_limited_and_idle_streams_are_cut(tmp_path, pk
             assert info.value.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INVALID_ARGUMENT)
     finally:
         release.set()
+
+
+def test_operator_commands_take_one_path_with_or_without_a_running_server(server, tmp_path):
+    """Each command goes through AdminService: the server's socket, or one served for the command when none runs."""
+    runner = CliRunner()
+    stopped = tmp_path / "offline"
+
+    def outputs(data_dir: Path) -> list[tuple[int, str]]:
+        results = []
+        for args in (
+            ["add-principal", "twice"],
+            ["add-principal", "twice"],
+            ["add-principal", "Bad Name!"],
+            ["rotate-token", "nobody-here"],
+            ["assign-auditor", "twice", "nope-nope"],
+            ["match-stats", "nope-nope"],
+        ):
+            r = runner.invoke(app, ["admin", *args, "--data-dir", str(data_dir)], terminal_width=200)
+            results.append((r.exit_code, r.output.splitlines()[0] if r.exit_code else "ok"))
+        return results
+
+    offline = outputs(stopped)
+    assert not list(stopped.glob("admin.sock"))  # the private socket was elsewhere and is gone
+    assert outputs(Path(server.room.data_dir)) == offline
+    assert [code for code, _ in offline] == [0, 1, 1, 1, 1, 1]
