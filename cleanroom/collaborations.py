@@ -291,12 +291,12 @@ class Collaborations:
         if page_size < 0:
             raise InvalidArgumentError("page_size must not be negative")
         size = min(page_size or 50, 1000)
-        sql = (
-            "SELECT collab FROM members WHERE member = ? AND collab > ? ORDER BY collab LIMIT ?"
-            if principal.role is Role.MEMBER
-            else "SELECT collab FROM auditors WHERE auditor = ? AND collab > ? ORDER BY collab LIMIT ?"
-        )
-        ids = [r[0] for r in self._db.cursor().execute(sql, [principal.name, page_token, size + 1]).fetchall()]
+        cur = self._db.cursor()
+        if principal.role is Role.MEMBER:
+            sql = "SELECT collab FROM members WHERE member = ? AND collab > ? ORDER BY collab LIMIT ?"
+            ids = [r[0] for r in cur.execute(sql, [principal.name, page_token, size + 1]).fetchall()]
+        else:
+            ids = self._principals.audited(cur, principal.name, page_token, size + 1)
         page = [self._load(i) for i in ids[:size]]
         return page, (ids[size - 1] if len(ids) > size else "")
 
@@ -311,7 +311,9 @@ class Collaborations:
             )
         etag = _etag(policy_yaml)
         with self._db.transaction() as cur:
-            if first(cur.execute("SELECT 1 FROM uploads WHERE collab = ? LIMIT 1", [collab_id])):
+            from .matching.progress import any_upload  # here: the matching package imports this module
+
+            if any_upload(cur, collab_id):
                 raise FailedPreconditionError(
                     "data has been uploaded under the current policy; it can no longer change. "
                     "Start a new collaboration for new rules."

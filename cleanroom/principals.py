@@ -14,6 +14,8 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import duckdb
+
 from .audit import AuditLog
 from .audit.log import SERVER_CHAIN
 from .errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, UnauthenticatedError
@@ -115,12 +117,18 @@ class Principals:
             row = first(cur.execute("SELECT role FROM principals WHERE name = ? AND revoked IS NULL", [auditor]))
             if row is None or row[0] != Role.AUDITOR.value:
                 raise InvalidArgumentError(f"{auditor!r} is not an active auditor principal")
-            if first(cur.execute("SELECT 1 FROM collaborations WHERE id = ?", [collab_id])) is None:
-                raise NotFoundError(f"collaborations/{collab_id} does not exist")
+            from .collaborations import require_exists  # here: that module imports this one
+
+            require_exists(cur, collab_id)
             if first(cur.execute("SELECT 1 FROM auditors WHERE auditor = ? AND collab = ?", [auditor, collab_id])):
                 return
             cur.execute("INSERT INTO auditors VALUES (?, ?)", [auditor, collab_id])
             self._audit.append(cur, collab_id, OPERATOR, "auditor.assign", {"auditor": auditor})
+
+    def audited(self, cur: duckdb.DuckDBPyConnection, auditor: str, after: str, limit: int) -> list[str]:
+        """The collaborations assigned to `auditor` with ids after `after`, in order, at most `limit`."""
+        sql = "SELECT collab FROM auditors WHERE auditor = ? AND collab > ? ORDER BY collab LIMIT ?"
+        return [str(r[0]) for r in cur.execute(sql, [auditor, after, limit]).fetchall()]
 
     def audits(self, auditor: str, collab_id: str) -> bool:
         """Whether `auditor` is assigned to the collaboration."""

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from cleanroom_client.policy import Policy
 
 from ..errors import FailedPreconditionError, InvalidArgumentError
+from ..matching.join import matched_pairs
 from ..storage.database import quote_ident
 from .attribution import CENTS
 from .matched import NONE, Axis, Catalog, Sql, grouping
@@ -101,8 +102,8 @@ def value_sql(catalog: Catalog, axes: tuple[Axis, ...], measure: MeasureSpec) ->
             FROM r WHERE rn <= $cap GROUP BY row_id
         )
         SELECT {keys}count(*), count(p.row_id), coalesce(sum(p.orders), 0), coalesce(sum(p.cents), 0)
-        FROM matches m {g.joins} LEFT JOIN p ON p.row_id = m.{catalog.side(measure.member)}
-        WHERE m.collab = $collab {g.group_by}
+        FROM {matched_pairs()} m {g.joins} LEFT JOIN p ON p.row_id = m.{catalog.side(measure.member)}
+        {g.group_by}
     """
     return Sql(text, {"collab": catalog.id, "lo": measure.lo, "hi": measure.hi, "cap": measure.cap})
 
@@ -144,8 +145,8 @@ def loyalty_sql(
             FROM p
         )
         SELECT {keys}s.state, count(*)
-        FROM matches m {g.joins} LEFT JOIN s ON s.row_id = m.{catalog.side(member)}
-        WHERE m.collab = $collab {group}
+        FROM {matched_pairs()} m {g.joins} LEFT JOIN s ON s.row_id = m.{catalog.side(member)}
+        {group}
     """
     params = {
         "collab": catalog.id,

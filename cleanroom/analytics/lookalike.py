@@ -54,6 +54,7 @@ import numpy as np
 from cleanroom_client.policy import Policy, TableSpec
 
 from ..errors import FailedPreconditionError, InvalidArgumentError
+from ..matching.join import matched_pairs
 from ..privacy import accounting
 from ..privacy import noise as noise_math
 from ..storage.database import quote_ident
@@ -121,7 +122,7 @@ def segment_sql(
     `times` maps each event table (`member.table`) to its time column (from the policy).
     """
     joins: list[str] = []
-    wheres: list[str] = ["m.collab = ?"]
+    wheres: list[str] = ["TRUE"]
     params: list[object] = [catalog.id]
     for i, (ref, value) in enumerate(filters.items()):
         alias = f"f{i}"
@@ -145,7 +146,7 @@ def segment_sql(
         )
         params += [ev.start, ev.end, *(v for _, v in ev.where)]
     text = (
-        f"SELECT DISTINCT m.{catalog.side(out_member)} AS row_id FROM matches m {' '.join(joins)}"
+        f"SELECT DISTINCT m.{catalog.side(out_member)} AS row_id FROM {matched_pairs('?')} m {' '.join(joins)}"
         f" WHERE {' AND '.join(wheres)}"
     )
     return Sql(text, params)

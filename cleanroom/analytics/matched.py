@@ -23,7 +23,10 @@ import duckdb
 
 from ..collaborations import Collaboration
 from ..errors import FailedPreconditionError, InternalError
-from ..storage.database import first, quote_ident
+from ..matching.join import is_matched, matched_pairs
+from ..matching.progress import committed_set_sizes
+from ..matching.tables import uploaded_tables
+from ..storage.database import quote_ident
 
 NONE = "none"
 #: Most cells one histogram may have (the product of its domains).
@@ -98,16 +101,11 @@ class Catalog:
         self.collab = collab
         self.id = collab.id
         self._members = sorted(m.name for m in collab.members)
-        self._tables = {
-            (r[0], r[1]): r[2]
-            for r in cur.execute(
-                "SELECT member, name, physical FROM data_tables WHERE collab = ?", [collab.id]
-            ).fetchall()
-        }
+        self._tables = uploaded_tables(cur, collab.id)
 
     def require_matched(self) -> None:
         """FAILED_PRECONDITION until the match is complete."""
-        if first(self._cur.execute("SELECT 1 FROM match_results WHERE collab = ?", [self.id])) is None:
+        if not is_matched(self._cur, self.id):
             raise FailedPreconditionError(f"collaborations/{self.id} has not finished matching yet")
 
     def side(self, member: str) -> str:
@@ -137,13 +135,7 @@ class Catalog:
 
     def set_size(self, member: str) -> int:
         """The member's set size as disclosed to both members at the match (rows with an identifier)."""
-        row = first(
-            self._cur.execute(
-                "SELECT set_size FROM uploads WHERE collab = ? AND member = ? AND kind = 'points' AND committed",
-                [self.id, member],
-            )
-        )
-        return int(row[0]) if row and row[0] is not None else 0
+        return committed_set_sizes(self._cur, self.id).get(member, 0)
 
 
 @dataclass(frozen=True)
@@ -182,7 +174,7 @@ def histogram_sql(catalog: Catalog, axes: tuple[Axis, ...]) -> Sql:
     """Matched people per combination of the axes' values."""
     g = grouping(catalog, axes)
     select = ", ".join([*g.keys, "count(*)"])
-    return Sql(f"SELECT {select} FROM matches m {g.joins} WHERE m.collab = ? {g.group_by}", [catalog.id])
+    return Sql(f"SELECT {select} FROM {matched_pairs()} m {g.joins} {g.group_by}", {"collab": catalog.id})
 
 
 def all_users_sql(catalog: Catalog, ax: Axis) -> Sql:
@@ -209,8 +201,8 @@ def flow_sql(catalog: Catalog, start_axis: Axis, history_time: str, start: dt.da
             FROM {history} WHERE CAST({t} AS DATE) IN ($start, $end) GROUP BY row_id
         )
         SELECT s.s0, s.s1, count(*)
-        FROM matches m LEFT JOIN s ON s.row_id = m.{catalog.side(member)}
-        WHERE m.collab = $collab GROUP BY 1, 2
+        FROM {matched_pairs()} m LEFT JOIN s ON s.row_id = m.{catalog.side(member)}
+        GROUP BY 1, 2
         """,
         {"start": start, "end": end, "collab": catalog.id},
     )

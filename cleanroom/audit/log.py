@@ -240,6 +240,23 @@ class AuditLog:
         page = [_row_to_entry(r) for r in rows[:size]]
         return page, (page[-1].sequence if len(rows) > size else 0)
 
+    def charged_units(
+        self, cur: duckdb.DuckDBPyConnection, collaboration: str, principal: str, epsilon_unit: float, delta_unit: float
+    ) -> tuple[int, int]:
+        """The ε and δ the log records as charged to `principal`, each entry rounded to whole units, summed.
+
+        The log is the ledger: the budget reads what was spent from here, never from a copy.
+        """
+        row = first(
+            cur.execute(
+                "SELECT coalesce(sum(CAST(round(epsilon / $eu) AS HUGEINT)), 0),"
+                " coalesce(sum(CAST(round(delta / $du) AS HUGEINT)), 0)"
+                " FROM audit_log WHERE collab = $c AND principal = $m",
+                {"eu": epsilon_unit, "du": delta_unit, "c": collaboration, "m": principal},
+            )
+        )
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
     def digest(self, response: object) -> str:
         """The digest an entry would record for `response` (the server can show which answer an entry holds)."""
         return response_digest(response, self._digest_key)

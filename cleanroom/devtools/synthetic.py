@@ -295,23 +295,19 @@ def load_direct(
     members must be called `brand` and `platform`; `brand_rows[i]` is matched to `platform_rows[i]`. Each member's
     set size (disclosed at a real match) is recorded as its users table's number of rows.
     """
-    from ..matching.tables import physical_name
-    from ..storage.database import quote_ident
+    from ..matching.join import record_pairs
+    from ..matching.progress import UploadProgress, save_progress
+    from ..matching.tables import register_table
 
     with room.db.transaction() as cur:
         for (member, name), table in tables.items():
-            phys = physical_name(collab, member, name)
             cur.register("t", table)
-            cur.execute(f"CREATE TABLE {quote_ident(phys)} AS SELECT * FROM t")
+            register_table(cur, collab, member, name, "t", table.num_rows)
             cur.unregister("t")
-            cur.execute("INSERT INTO data_tables VALUES (?, ?, ?, ?, ?)", [collab, member, name, phys, table.num_rows])
         cur.register("pairs", pa.table({"a": brand_rows.astype(np.int64), "b": platform_rows.astype(np.int64)}))
-        cur.execute("INSERT INTO matches SELECT ?, 'brand', a, 'platform', b, 1 FROM pairs", [collab])
+        record_pairs(cur, collab, ("brand", "platform"), "pairs")
         cur.unregister("pairs")
-        cur.execute("INSERT INTO match_results VALUES (?, now()::TIMESTAMP)", [collab])
         for (member, name), table in tables.items():
             if name == "users":
-                cur.execute(
-                    "INSERT INTO uploads VALUES (?, ?, 'points', 0, ?, TRUE, ?)",
-                    [collab, member, table.num_rows, table.num_rows],
-                )
+                done = UploadProgress("points", 0, table.num_rows, True)
+                save_progress(cur, collab, member, done, set_size=table.num_rows)

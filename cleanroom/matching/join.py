@@ -87,6 +87,34 @@ GROUP BY row_a, row_b
 """
 
 
+def add_keys(cur: duckdb.DuckDBPyConnection, select: str, params: Sequence[object]) -> None:
+    """Store the join's input: `select` yields (collab, member, id_type, row_id, dkey) rows of doubly blinded keys."""
+    cur.execute(f"INSERT INTO match_keys {select}", list(params))
+
+
+def is_matched(cur: duckdb.DuckDBPyConnection, collab: str) -> bool:
+    """Whether the join of the collaboration is done (its pairs are final)."""
+    return first(cur.execute("SELECT 1 FROM match_results WHERE collab = ?", [collab])) is not None
+
+
+def matched_pairs(collab_param: str = "$collab") -> str:
+    """The matched pairs of one collaboration as a relation (`row_a`, `row_b`) for analytics SQL to join against.
+
+    `collab_param` names the query parameter holding the collaboration id. Readers join this relation rather than
+    the `matches` table, whose layout stays this module's business.
+    """
+    return f"(SELECT row_a, row_b FROM matches WHERE collab = {collab_param})"
+
+
+def record_pairs(cur: duckdb.DuckDBPyConnection, collab: str, members: tuple[str, str], pairs: str) -> None:
+    """Store a finished matching given as a registered relation `pairs` (a, b) and mark the collaboration matched.
+
+    For loading a known matching at benchmark sizes without the PSI (`cleanroom.devtools.synthetic.load_direct`).
+    """
+    cur.execute(f"INSERT INTO matches SELECT ?, ?, a, ?, b, 1 FROM {pairs}", [collab, members[0], members[1]])
+    cur.execute("INSERT INTO match_results VALUES (?, ?)", [collab, datetime.now(UTC).replace(tzinfo=None)])
+
+
 def join_matches(
     cur: duckdb.DuckDBPyConnection, collab: str, members: tuple[str, str], types: Sequence[IdentifierType]
 ) -> None:

@@ -1,4 +1,4 @@
-"""Durable progress of a resumable, chunked upload.
+"""Durable progress of a resumable, chunked upload: the owner of the `uploads` table (others read it through here).
 
 Invariant: a chunk's rows and the advance of `next_chunk` are written in one transaction, so after any crash
 `next_chunk` is exactly the number of chunks whose rows are stored, and the member resumes from there.
@@ -42,6 +42,19 @@ def list_progress(cur: duckdb.DuckDBPyConnection, collab: str, member: str) -> l
         [collab, member],
     ).fetchall()
     return [UploadProgress(*r) for r in rows]
+
+
+def committed_set_sizes(cur: duckdb.DuckDBPyConnection, collab: str, kind: str = "points") -> dict[str, int]:
+    """Each member's set size from its committed upload of `kind` (the points upload: disclosed at the match)."""
+    rows = cur.execute(
+        "SELECT member, set_size FROM uploads WHERE collab = ? AND kind = ? AND committed", [collab, kind]
+    ).fetchall()
+    return {str(member): int(size or 0) for member, size in rows}
+
+
+def any_upload(cur: duckdb.DuckDBPyConnection, collab: str) -> bool:
+    """Whether any member has started any upload in the collaboration."""
+    return first(cur.execute("SELECT 1 FROM uploads WHERE collab = ? LIMIT 1", [collab])) is not None
 
 
 def check_next_chunk(progress: UploadProgress | None, chunk_index: int, what: str) -> bool:

@@ -31,8 +31,15 @@ from ..collaborations import Collaboration, check_approved_revision
 from ..errors import FailedPreconditionError, InvalidArgumentError
 from ..storage import Database
 from ..storage.database import first
-from .join import join_matches
-from .progress import UploadProgress, check_next_chunk, list_progress, read_progress, save_progress
+from .join import add_keys, is_matched, join_matches
+from .progress import (
+    UploadProgress,
+    check_next_chunk,
+    committed_set_sizes,
+    list_progress,
+    read_progress,
+    save_progress,
+)
 
 #: Points per chunk of an offer (1 MiB of points).
 OFFER_CHUNK = 32768
@@ -96,7 +103,7 @@ def _point_array(points: bytes) -> pa.FixedSizeBinaryArray:
 
 
 def _ensure_not_matched(cur: duckdb.DuckDBPyConnection, collab: str) -> None:
-    if first(cur.execute("SELECT 1 FROM match_results WHERE collab = ?", [collab])):
+    if is_matched(cur, collab):
         raise FailedPreconditionError(
             f"the match of collaborations/{collab} is complete; a second match is not possible "
             "(start a new collaboration to match new data)"
@@ -316,8 +323,9 @@ class Relay:
         return new
 
     def _unshuffle(self, cur: duckdb.DuckDBPyConnection, collab: str, owner: str) -> None:
-        cur.execute(
-            "INSERT INTO match_keys SELECT o.collab, o.member, o.id_type, o.row_id, d.dkey"
+        add_keys(
+            cur,
+            "SELECT o.collab, o.member, o.id_type, o.row_id, d.dkey"
             " FROM offers o JOIN double_points d ON o.collab = d.collab AND o.member = d.owner AND o.pos = d.pos"
             " WHERE o.collab = ? AND o.member = ? AND d.dkey <> 0",
             [collab, owner],
@@ -336,19 +344,14 @@ class Relay:
         """The match as `member` may see it."""
         cur = self._db.cursor()
         peer = collab.policy.peer_of(member)
-        if first(cur.execute("SELECT 1 FROM match_results WHERE collab = ?", [collab.id])):
+        if is_matched(cur, collab.id):
             stage = MatchStage.MATCHED
         elif all(self._offer_size(cur, collab.id, m.name) is not None for m in collab.members):
             stage = MatchStage.DOUBLE_BLINDING
         else:
             stage = MatchStage.UPLOADING
         peer_size = self._offer_size(cur, collab.id, peer)
-        sizes = dict(
-            cur.execute(
-                "SELECT member, set_size FROM uploads WHERE collab = ? AND kind = ? AND committed",
-                [collab.id, POINTS],
-            ).fetchall()
-        )
+        sizes = committed_set_sizes(cur, collab.id, POINTS)
         return MatchStatus(
             stage=stage,
             uploads=tuple(list_progress(cur, collab.id, member)),

@@ -1,5 +1,7 @@
 """Uploads of the members' pseudonymous tables: users attributes and event tables, as Arrow IPC chunks.
 
+The owner of the `data_tables` registry (others read it through `uploaded_tables`).
+
 Guarantees: a table is stored only if the policy declares it for the uploading member, only after that member's
 point upload is committed, and only with columns the policy declares (plus `row_id`, the user's row number in the
 match, which must be one of the rows 0 .. n-1 the point upload numbered); dimension values lie in their declared
@@ -34,6 +36,25 @@ USERS_TABLE = "users"
 #: is refused at upload, so no comparison or date arithmetic over them can fail at query time.
 TIME_WINDOW = (dt.datetime(1900, 1, 1), dt.datetime(2200, 1, 1))
 _UNIT_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+
+
+def uploaded_tables(cur: duckdb.DuckDBPyConnection, collab: str) -> dict[tuple[str, str], str]:
+    """The physical DuckDB table of each (member, table) uploaded in a collaboration."""
+    rows = cur.execute("SELECT member, name, physical FROM data_tables WHERE collab = ?", [collab]).fetchall()
+    return {(str(member), str(name)): str(physical) for member, name, physical in rows}
+
+
+def register_table(
+    cur: duckdb.DuckDBPyConnection, collab: str, member: str, table: str, source: str, rows: int
+) -> None:
+    """Store `member.table` from a registered relation `source` without the upload checks.
+
+    For loading known data at benchmark sizes (`cleanroom.devtools.synthetic.load_direct`); uploads go through
+    `TableUploads`, which validates every chunk against the policy.
+    """
+    physical = physical_name(collab, member, table)
+    cur.execute(f"CREATE TABLE {quote_ident(physical)} AS SELECT * FROM {source}")
+    cur.execute("INSERT INTO data_tables VALUES (?, ?, ?, ?, ?)", [collab, member, table, physical, rows])
 
 
 def physical_name(collab: str, member: str, table: str, staged: bool = False) -> str:

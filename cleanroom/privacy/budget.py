@@ -118,14 +118,7 @@ class BudgetAccountant:
 
     # -- reading --------------------------------------------------------------------------------------------------
     def _units(self, cur: duckdb.DuckDBPyConnection, collaboration: str, member: str) -> tuple[int, int, int, int]:
-        spent = first(
-            cur.execute(
-                "SELECT coalesce(sum(CAST(round(epsilon / $eu) AS HUGEINT)), 0),"
-                " coalesce(sum(CAST(round(delta / $du) AS HUGEINT)), 0)"
-                " FROM audit_log WHERE collab = $c AND principal = $m",
-                {"eu": EPSILON_UNIT, "du": DELTA_UNIT, "c": collaboration, "m": member},
-            )
-        )
+        spent = self._audit.charged_units(cur, collaboration, member, EPSILON_UNIT, DELTA_UNIT)
         held = first(
             cur.execute(
                 "SELECT coalesce(sum(CAST(round(epsilon / $eu) AS HUGEINT)), 0),"
