@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# gRPC's C core reads GRPC_VERBOSITY once, when imported below: errors only (its INFO lines, such as a closed admin
+# socket's GOAWAY, are not the operator's business). Set GRPC_VERBOSITY to see more.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import json
 import logging
 import signal
@@ -109,7 +115,7 @@ def _operate(data_dir: Path, call: Callable[[admin_pb2_grpc.AdminServiceStub], T
     With no server running, the data directory is opened here and the same servicer is served on a private socket
     for the command's duration: one path, one set of checks and errors, whichever way the operator works.
     """
-    from .server.app import ADMIN_SOCKET
+    from .server.admin_socket import ADMIN_SOCKET
 
     socket = data_dir / ADMIN_SOCKET
     if socket.exists():
@@ -118,7 +124,7 @@ def _operate(data_dir: Path, call: Callable[[admin_pb2_grpc.AdminServiceStub], T
         except _StaleSocketError:
             pass  # a server that died left its socket: open the data directory instead
     from .room import Room
-    from .server.app import serve_admin
+    from .server.admin_socket import serve_admin
 
     try:
         room = Room.open(data_dir)

@@ -92,15 +92,15 @@ def parse_name(name: str) -> str:
     return name[len(_NAME_PREFIX) :]
 
 
-def not_found(collab_id: str) -> str:
+def not_found(collaboration_id: str) -> str:
     """The one answer for a collaboration that does not exist and for one the caller is not part of."""
-    return f"collaborations/{collab_id} does not exist, or you are not one of its members or auditors"
+    return f"collaborations/{collaboration_id} does not exist, or you are not one of its members or auditors"
 
 
-def require_exists(cur: duckdb.DuckDBPyConnection, collab_id: str) -> None:
+def require_exists(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> None:
     """NotFoundError unless the collaboration exists (for the operator, who may see every collaboration)."""
-    if not first(cur.execute("SELECT 1 FROM collaborations WHERE id = ?", [collab_id])):
-        raise NotFoundError(f"collaborations/{collab_id} does not exist")
+    if not first(cur.execute("SELECT 1 FROM collaborations WHERE id = ?", [collaboration_id])):
+        raise NotFoundError(f"collaborations/{collaboration_id} does not exist")
 
 
 def _etag(text: str) -> str:
@@ -115,7 +115,7 @@ def _parse(text: str) -> Policy:
     try:
         return parse_policy(text)
     except PolicyError as exc:
-        raise InvalidArgumentError(str(exc)) from None
+        raise InvalidArgumentError(str(exc), exc.problems) from None
 
 
 class _PolicyCache:
@@ -139,23 +139,24 @@ class _PolicyCache:
         return policy
 
 
-def check_approved_revision(cur: duckdb.DuckDBPyConnection, collab: Collaboration) -> None:
-    """Inside a write transaction: the policy revision `collab` was read under is still current and approved by all.
+def check_approved_revision(cur: duckdb.DuckDBPyConnection, collaboration: Collaboration) -> None:
+    """Inside a write transaction: the revision `collaboration` was read under is still current and approved by all.
 
     Every write of members' data calls this in its own transaction, after the write lock is held, so a proposal
     that lands between the caller's authorization and its write can never let data be stored under a revision
     nobody approved (proposals take the same lock and refuse once any upload exists).
     """
-    row = first(cur.execute("SELECT policy_etag FROM collaborations WHERE id = ?", [collab.id]))
+    row = first(cur.execute("SELECT policy_etag FROM collaborations WHERE id = ?", [collaboration.id]))
     approved = {
         m
         for (m,) in cur.execute(
-            "SELECT member FROM members WHERE collab = ? AND approved_etag = ?", [collab.id, collab.policy_etag]
+            "SELECT member FROM members WHERE collab = ? AND approved_etag = ?",
+            [collaboration.id, collaboration.policy_etag],
         ).fetchall()
     }
-    if row is None or row[0] != collab.policy_etag or approved != {m.name for m in collab.members}:
+    if row is None or row[0] != collaboration.policy_etag or approved != {m.name for m in collaboration.members}:
         raise FailedPreconditionError(
-            f"the policy of {collab.name} changed while your request was in flight; nothing was stored. "
+            f"the policy of {collaboration.name} changed while your request was in flight; nothing was stored. "
             "Review and approve the current revision, then send again"
         )
 
@@ -170,12 +171,12 @@ class Collaborations:
         self._policies = _PolicyCache()
 
     # -- access -------------------------------------------------------------------------------------------------
-    def _refuse(self, collab_id: str, principal: Principal, action: str, reason: str) -> PermissionDeniedError:
+    def _refuse(self, collaboration_id: str, principal: Principal, action: str, reason: str) -> PermissionDeniedError:
         """Record the refusal in the collaboration's chain and return the error to raise."""
-        self._audit.record(collab_id, principal.name, "refused", {"attempted": action, "reason": reason})
+        self._audit.record(collaboration_id, principal.name, "refused", {"attempted": action, "reason": reason})
         return PermissionDeniedError(reason)
 
-    def get(self, principal: Principal, collab_id: str, action: str = "collaboration.get") -> Collaboration:
+    def get(self, principal: Principal, collaboration_id: str, action: str = "collaboration.get") -> Collaboration:
         """The collaboration, if the caller is one of its members or an auditor assigned to it.
 
         Anyone else gets the same NOT_FOUND, with the same message, whether the id exists or not, so ids cannot be
@@ -183,21 +184,21 @@ class Collaborations:
         write into the log of a collaboration it is not part of).
         """
         try:
-            collab = self._load(collab_id)
+            collaboration = self._load(collaboration_id)
         except NotFoundError:
-            collab = None
-        if collab is not None:
-            if principal.role is Role.MEMBER and collab.policy.member(principal.name) is not None:
-                return collab
-            if principal.role is Role.AUDITOR and self._principals.audits(principal.name, collab_id):
-                return collab
+            collaboration = None
+        if collaboration is not None:
+            if principal.role is Role.MEMBER and collaboration.policy.member(principal.name) is not None:
+                return collaboration
+            if principal.role is Role.AUDITOR and self._principals.audits(principal.name, collaboration_id):
+                return collaboration
         self._audit.record(
             SERVER_CHAIN,
             principal.name,
             "refused",
-            {"attempted": action, "collaboration": collab_id, "reason": "not a member or assigned auditor"},
+            {"attempted": action, "collaboration": collaboration_id, "reason": "not a member or assigned auditor"},
         )
-        raise NotFoundError(not_found(collab_id))
+        raise NotFoundError(not_found(collaboration_id))
 
     def require_member_somewhere(self, principal: Principal, action: str) -> None:
         """Refuse, before any collaboration is named, a caller who is a member of none (streams are for members).
@@ -211,36 +212,39 @@ class Collaborations:
             return
         raise PermissionDeniedError(f"{action} is for members of a collaboration; you ({principal.name}) are in none")
 
-    def require_member(self, principal: Principal, collab_id: str, action: str) -> Collaboration:
+    def require_member(self, principal: Principal, collaboration_id: str, action: str) -> Collaboration:
         """The collaboration, if the caller is one of its members."""
-        collab = self.get(principal, collab_id, action)
+        collaboration = self.get(principal, collaboration_id, action)
         if principal.role is not Role.MEMBER:
-            raise self._refuse(collab_id, principal, action, f"{action} is for members; auditors only read")
-        return collab
+            raise self._refuse(collaboration_id, principal, action, f"{action} is for members; auditors only read")
+        return collaboration
 
-    def require_auditor(self, principal: Principal, collab_id: str, action: str) -> Collaboration:
+    def require_auditor(self, principal: Principal, collaboration_id: str, action: str) -> Collaboration:
         """The collaboration, if the caller is an auditor assigned to it."""
-        collab = self.get(principal, collab_id, action)
+        collaboration = self.get(principal, collaboration_id, action)
         if principal.role is not Role.AUDITOR:
-            raise self._refuse(collab_id, principal, action, f"{action} is for the collaboration's auditors")
-        return collab
+            raise self._refuse(collaboration_id, principal, action, f"{action} is for the collaboration's auditors")
+        return collaboration
 
-    def require_active(self, principal: Principal, collab_id: str, ability: str, action: str) -> Collaboration:
+    def require_active(self, principal: Principal, collaboration_id: str, ability: str, action: str) -> Collaboration:
         """The collaboration, if its policy is approved by all and grants the calling member `ability`."""
-        collab = self.require_member(principal, collab_id, action)
-        if not collab.active:
+        collaboration = self.require_member(principal, collaboration_id, action)
+        if not collaboration.active:
             raise FailedPreconditionError(
-                f"the policy of {collab.name} is not yet approved by: {', '.join(collab.awaiting)}"
+                f"the policy of {collaboration.name} is not yet approved by: {', '.join(collaboration.awaiting)}"
             )
-        member = collab.policy.member(principal.name)
+        member = collaboration.policy.member(principal.name)
         if member is None or ability not in member.abilities:
             raise self._refuse(
-                collab_id, principal, action, f"the policy does not give you ({principal.name}) the ability '{ability}'"
+                collaboration_id,
+                principal,
+                action,
+                f"the policy does not give you ({principal.name}) the ability '{ability}'",
             )
-        return collab
+        return collaboration
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
-    def create(self, principal: Principal, collab_id: str, policy_yaml: str) -> Collaboration:
+    def create(self, principal: Principal, collaboration_id: str, policy_yaml: str) -> Collaboration:
         """Create a collaboration proposing `policy_yaml`; the caller must be a member named in it.
 
         Auditors are refused before the text is looked at; the text is size-checked before it is parsed; a
@@ -254,15 +258,16 @@ class Collaborations:
                 f"you ({principal.name}) are not among the policy's members "
                 f"({', '.join(m.name for m in policy.members)})"
             )
-        collab_id = collab_id or "c-" + secrets.token_hex(6)
-        if not _ID.match(collab_id):
+        collaboration_id = collaboration_id or "c-" + secrets.token_hex(6)
+        if not _ID.match(collaboration_id):
             raise InvalidArgumentError(
-                f"collaboration id {collab_id!r}: use 4 to 63 lower-case letters, digits or '-', starting with a letter"
+                f"collaboration id {collaboration_id!r}: use 4 to 63 lower-case letters, digits or '-', "
+                "starting with a letter"
             )
         etag = _etag(policy_yaml)
         with self._db.transaction() as cur:
-            if first(cur.execute("SELECT 1 FROM collaborations WHERE id = ?", [collab_id])):
-                raise AlreadyExistsError(f"collaboration {collab_id!r} exists already")
+            if first(cur.execute("SELECT 1 FROM collaborations WHERE id = ?", [collaboration_id])):
+                raise AlreadyExistsError(f"collaboration {collaboration_id!r} exists already")
             pending = first(
                 cur.execute(
                     "SELECT count(DISTINCT c.id) FROM collaborations c JOIN members m ON m.collab = c.id"
@@ -277,14 +282,26 @@ class Collaborations:
                 )
             cur.execute(
                 "INSERT INTO collaborations VALUES (?, ?, ?, ?, 1, ?, ?)",
-                [collab_id, policy.name, datetime.now(UTC).replace(tzinfo=None), policy_yaml, etag, principal.name],
+                [
+                    collaboration_id,
+                    policy.name,
+                    datetime.now(UTC).replace(tzinfo=None),
+                    policy_yaml,
+                    etag,
+                    principal.name,
+                ],
             )
             for m in policy.members:
-                cur.execute("INSERT INTO members VALUES (?, ?, NULL)", [collab_id, m.name])
+                cur.execute("INSERT INTO members VALUES (?, ?, NULL)", [collaboration_id, m.name])
             self._audit.append(
-                cur, collab_id, principal.name, "collaboration.create", {"revision": 1, "etag": etag}, response=etag
+                cur,
+                collaboration_id,
+                principal.name,
+                "collaboration.create",
+                {"revision": 1, "etag": etag},
+                response=etag,
             )
-        return self._load(collab_id)
+        return self._load(collaboration_id)
 
     def list(self, principal: Principal, page_size: int, page_token: str) -> tuple[list[Collaboration], str]:
         """The caller's collaborations (as member, or as assigned auditor) ordered by id, a page at a time."""
@@ -300,9 +317,9 @@ class Collaborations:
         page = [self._load(i) for i in ids[:size]]
         return page, (ids[size - 1] if len(ids) > size else "")
 
-    def propose(self, principal: Principal, collab_id: str, policy_yaml: str) -> Collaboration:
+    def propose(self, principal: Principal, collaboration_id: str, policy_yaml: str) -> Collaboration:
         """Propose a new revision; clears every approval. Members stay the same; refused once data was uploaded."""
-        current = self.require_member(principal, collab_id, "policy.propose")
+        current = self.require_member(principal, collaboration_id, "policy.propose")
         policy = _parse(policy_yaml)
         if {m.name for m in policy.members} != {m.name for m in current.members}:
             raise InvalidArgumentError(
@@ -313,7 +330,7 @@ class Collaborations:
         with self._db.transaction() as cur:
             from .matching.progress import any_upload  # here: the matching package imports this module
 
-            if any_upload(cur, collab_id):
+            if any_upload(cur, collaboration_id):
                 raise FailedPreconditionError(
                     "data has been uploaded under the current policy; it can no longer change. "
                     "Start a new collaboration for new rules."
@@ -321,22 +338,22 @@ class Collaborations:
             cur.execute(
                 "UPDATE collaborations SET display_name = ?, policy_yaml = ?, policy_revision = policy_revision + 1,"
                 " policy_etag = ?, proposer = ? WHERE id = ?",
-                [policy.name, policy_yaml, etag, principal.name, collab_id],
+                [policy.name, policy_yaml, etag, principal.name, collaboration_id],
             )
-            cur.execute("UPDATE members SET approved_etag = NULL WHERE collab = ?", [collab_id])
+            cur.execute("UPDATE members SET approved_etag = NULL WHERE collab = ?", [collaboration_id])
             self._audit.append(
                 cur,
-                collab_id,
+                collaboration_id,
                 principal.name,
                 "policy.propose",
                 {"revision": current.policy_revision + 1, "etag": etag},
                 response=etag,
             )
-        return self._load(collab_id)
+        return self._load(collaboration_id)
 
-    def approve(self, principal: Principal, collab_id: str, etag: str) -> Collaboration:
+    def approve(self, principal: Principal, collaboration_id: str, etag: str) -> Collaboration:
         """Approve the current revision, named by its etag so nobody approves a text they have not read."""
-        current = self.require_member(principal, collab_id, "policy.approve")
+        current = self.require_member(principal, collaboration_id, "policy.approve")
         if not etag:
             raise InvalidArgumentError(
                 "etag is required: pass the policy etag you reviewed (Collaboration.policy.etag)"
@@ -349,26 +366,30 @@ class Collaborations:
         with self._db.transaction() as cur:
             cur.execute(
                 "UPDATE members SET approved_etag = ? WHERE collab = ? AND member = ?",
-                [etag, collab_id, principal.name],
+                [etag, collaboration_id, principal.name],
             )
             self._audit.append(
-                cur, collab_id, principal.name, "policy.approve", {"revision": current.policy_revision, "etag": etag}
+                cur,
+                collaboration_id,
+                principal.name,
+                "policy.approve",
+                {"revision": current.policy_revision, "etag": etag},
             )
-        return self._load(collab_id)
+        return self._load(collaboration_id)
 
-    def _load(self, collab_id: str) -> Collaboration:
+    def _load(self, collaboration_id: str) -> Collaboration:
         cur = self._db.cursor()
         row = first(
             cur.execute(
                 "SELECT id, display_name, create_time, policy_yaml, policy_revision, policy_etag, proposer"
                 " FROM collaborations WHERE id = ?",
-                [collab_id],
+                [collaboration_id],
             )
         )
         if row is None:
-            raise NotFoundError(not_found(collab_id))
+            raise NotFoundError(not_found(collaboration_id))
         approvals = dict(
-            cur.execute("SELECT member, approved_etag FROM members WHERE collab = ?", [collab_id]).fetchall()
+            cur.execute("SELECT member, approved_etag FROM members WHERE collab = ?", [collaboration_id]).fetchall()
         )
         policy = self._policies.get(row[5], row[3])
         members = tuple(MemberState(m.name, m.abilities, approvals.get(m.name) == row[5]) for m in policy.members)

@@ -377,11 +377,11 @@ def start_session(
             executor=SerialExecutor(),
             progress=False,
         )
-        collab = reference.create_collaboration(CONFORMANCE_POLICY)
-        reference.approve_policy(collab.id)
+        collaboration = reference.create_collaboration(CONFORMANCE_POLICY)
+        reference.approve_policy(collaboration.id)
         if approve:
             with CleanRoomClient(target, token=tokens[PARTNER], root_certificates=pki.ca, progress=False) as other:
-                other.approve_policy(collab.id)
+                other.approve_policy(collaboration.id)
 
         out = directory / "partner"
         out.mkdir(exist_ok=True)
@@ -393,7 +393,7 @@ def start_session(
         files_["ca.pem"].write_bytes(pki.ca.read_bytes())
         session_info = {
             "target": target,
-            "collaboration": f"collaborations/{collab.id}",
+            "collaboration": f"collaborations/{collaboration.id}",
             "member": PARTNER,
             "default_phone_region": "US",
             "identifiers": ID_COLUMNS,
@@ -416,7 +416,7 @@ def start_session(
     def reference_side() -> None:
         try:
             reference.match(
-                collab.id, ref, key="key", identifiers=ID_COLUMNS, attributes=["tier"], wait_timeout=24 * 3600.0
+                collaboration.id, ref, key="key", identifiers=ID_COLUMNS, attributes=["tier"], wait_timeout=24 * 3600.0
             )
         except BaseException as exc:  # noqa: BLE001 - reported by `wait`
             failure.append(exc)
@@ -430,9 +430,9 @@ def start_session(
             return None
         if failure:
             raise RuntimeError(f"the reference member failed: {failure[0]}") from failure[0]
-        stats, _ = match_stats(running.db.cursor(), collab.id)
+        stats, _ = match_stats(running.db.cursor(), collaboration.id)
         status = running.room.relay.status(
-            running.room.collaborations.get(Principal(PARTNER, Role.MEMBER), collab.id), PARTNER
+            running.room.collaborations.get(Principal(PARTNER, Role.MEMBER), collaboration.id), PARTNER
         )
         return RunResult(
             expected,
@@ -445,7 +445,7 @@ def start_session(
         reference.close()
         running.stop(None)
 
-    return Session(directory, target, f"collaborations/{collab.id}", expected, stop, wait, files_)
+    return Session(directory, target, f"collaborations/{collaboration.id}", expected, stop, wait, files_)
 
 
 def run_reference_partner(session: Session) -> None:

@@ -6,13 +6,24 @@ grpc.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 
 class CleanroomError(Exception):
     """Base of all domain errors."""
 
 
 class InvalidArgumentError(CleanroomError):
-    """The request is malformed: fix the request."""
+    """The request is malformed: fix the request.
+
+    `problems` lists each problem as "path: what is wrong" (e.g. every problem of a refused policy); callers receive
+    them as structured details beside the message.
+    """
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems = tuple(problems)
 
 
 class NotFoundError(CleanroomError):
@@ -35,8 +46,26 @@ class UnauthenticatedError(CleanroomError):
     """The caller could not be identified."""
 
 
+@dataclass(frozen=True)
+class BudgetShortfall:
+    """Why a privacy budget refused a query: whose ledger, which resource, what was asked and what is left.
+
+    Figures of the budget the policy set and the queries already charged: never of the data.
+    """
+
+    member: str
+    resource: str  # "epsilon" or "delta"
+    requested: float
+    left: float
+    total: float
+
+
 class ResourceExhaustedError(CleanroomError):
-    """A budget or limit is used up."""
+    """A budget or limit is used up; `shortfall` says by how much when it is a privacy budget."""
+
+    def __init__(self, message: str, shortfall: BudgetShortfall | None = None) -> None:
+        super().__init__(message)
+        self.shortfall = shortfall
 
 
 class QueryFailedError(CleanroomError):

@@ -111,7 +111,7 @@ class Principals:
             )
         return Principal(row[0], Role(row[1]))
 
-    def assign_auditor(self, auditor: str, collab_id: str) -> None:
+    def assign_auditor(self, auditor: str, collaboration_id: str) -> None:
         """Let `auditor` read the policy, budget and audit log of a collaboration."""
         with self._db.transaction() as cur:
             row = first(cur.execute("SELECT role FROM principals WHERE name = ? AND revoked IS NULL", [auditor]))
@@ -119,20 +119,24 @@ class Principals:
                 raise InvalidArgumentError(f"{auditor!r} is not an active auditor principal")
             from .collaborations import require_exists  # here: that module imports this one
 
-            require_exists(cur, collab_id)
-            if first(cur.execute("SELECT 1 FROM auditors WHERE auditor = ? AND collab = ?", [auditor, collab_id])):
+            require_exists(cur, collaboration_id)
+            if first(
+                cur.execute("SELECT 1 FROM auditors WHERE auditor = ? AND collab = ?", [auditor, collaboration_id])
+            ):
                 return
-            cur.execute("INSERT INTO auditors VALUES (?, ?)", [auditor, collab_id])
-            self._audit.append(cur, collab_id, OPERATOR, "auditor.assign", {"auditor": auditor})
+            cur.execute("INSERT INTO auditors VALUES (?, ?)", [auditor, collaboration_id])
+            self._audit.append(cur, collaboration_id, OPERATOR, "auditor.assign", {"auditor": auditor})
 
     def audited(self, cur: duckdb.DuckDBPyConnection, auditor: str, after: str, limit: int) -> list[str]:
         """The collaborations assigned to `auditor` with ids after `after`, in order, at most `limit`."""
         sql = "SELECT collab FROM auditors WHERE auditor = ? AND collab > ? ORDER BY collab LIMIT ?"
         return [str(r[0]) for r in cur.execute(sql, [auditor, after, limit]).fetchall()]
 
-    def audits(self, auditor: str, collab_id: str) -> bool:
+    def audits(self, auditor: str, collaboration_id: str) -> bool:
         """Whether `auditor` is assigned to the collaboration."""
         row = first(
-            self._db.cursor().execute("SELECT 1 FROM auditors WHERE auditor = ? AND collab = ?", [auditor, collab_id])
+            self._db.cursor().execute(
+                "SELECT 1 FROM auditors WHERE auditor = ? AND collab = ?", [auditor, collaboration_id]
+            )
         )
         return row is not None

@@ -1,56 +1,70 @@
 """A data directory opened: the database, the audit key and the domain services over them.
 
 The server and the operator's local commands open a room the same way, so both append to the same chains with
-the same key.
+the same key. The services an operator command needs (principals, collaborations) are built at once; the matching
+and analytics services, with their heavier libraries, when first used, so `cleanroom admin` starts quickly.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .analytics import QueryEngine
 from .audit import AuditLog, load_or_create_signing_key
 from .collaborations import Collaborations
-from .matching import Relay, TableUploads
 from .principals import Principals
-from .privacy import BudgetAccountant, DiscreteLaplace
 from .storage import Database, StorageLimits
 
+if TYPE_CHECKING:
+    from .analytics import QueryEngine
+    from .matching import Relay, TableUploads
+    from .privacy import BudgetAccountant
 
-@dataclass
+
 class Room:
     """Everything a data directory holds, as services."""
 
-    data_dir: Path
-    db: Database
-    audit: AuditLog
-    principals: Principals
-    collaborations: Collaborations
-    relay: Relay
-    tables: TableUploads
-    budget: BudgetAccountant
-    queries: QueryEngine
+    def __init__(self, data_dir: Path, db: Database) -> None:
+        self.data_dir = data_dir
+        self.db = db
+        self.audit = AuditLog(db, load_or_create_signing_key(data_dir), data_dir / "audit-heads")
+        self.principals = Principals(db, self.audit)
+        self.collaborations = Collaborations(db, self.audit, self.principals)
 
     @classmethod
     def open(cls, data_dir: Path, limits: StorageLimits | None = None) -> Room:
         """Open (creating on first use) the database and the signing key of `data_dir`, within `limits`."""
-        db = Database(data_dir, limits)
-        audit = AuditLog(db, load_or_create_signing_key(data_dir), data_dir / "audit-heads")
-        principals = Principals(db, audit)
-        collaborations = Collaborations(db, audit, principals)
-        budget = BudgetAccountant(db, audit)
-        return cls(
-            data_dir=data_dir,
-            db=db,
-            audit=audit,
-            principals=principals,
-            collaborations=collaborations,
-            relay=Relay(db, audit),
-            tables=TableUploads(db, audit),
-            budget=budget,
-            queries=QueryEngine(db, collaborations, budget, audit, DiscreteLaplace()),
-        )
+        return cls(data_dir, Database(data_dir, limits))
+
+    @cached_property
+    def relay(self) -> Relay:
+        """The PSI relay and join."""
+        from .matching import Relay
+
+        return Relay(self.db, self.audit)
+
+    @cached_property
+    def tables(self) -> TableUploads:
+        """The members' table uploads."""
+        from .matching import TableUploads
+
+        return TableUploads(self.db, self.audit)
+
+    @cached_property
+    def budget(self) -> BudgetAccountant:
+        """The privacy budgets, charged before any data is read."""
+        from .privacy import BudgetAccountant
+
+        return BudgetAccountant(self.db, self.audit)
+
+    @cached_property
+    def queries(self) -> QueryEngine:
+        """The DP query engine."""
+        from .analytics import QueryEngine
+        from .privacy import DiscreteLaplace
+
+        return QueryEngine(self.db, self.collaborations, self.budget, self.audit, DiscreteLaplace())
 
     def close(self) -> None:
         """Close the database."""

@@ -53,11 +53,16 @@ def parse_audience_name(name: str) -> tuple[str, str]:
 
 
 def store(
-    cur: duckdb.DuckDBPyConnection, collab: str, kind: str, recipient: str, requester: str, row_ids: np.ndarray
+    cur: duckdb.DuckDBPyConnection,
+    collaboration_id: str,
+    kind: str,
+    recipient: str,
+    requester: str,
+    row_ids: np.ndarray,
 ) -> AudienceInfo:
     """Write an audience (inside the caller's transaction, the one that audits its release)."""
     info = AudienceInfo(
-        collab,
+        collaboration_id,
         f"a-{secrets.token_hex(6)}",
         kind,
         recipient,
@@ -70,7 +75,7 @@ def store(
         [info.collaboration, info.id, info.kind, info.recipient, info.requester, info.size, info.create_time],
     )
     cur.register("ids", pa.table({"row_id": np.asarray(row_ids, dtype=np.int64)}))
-    cur.execute("INSERT INTO audience_members SELECT ?, ?, row_id FROM ids", [collab, info.id])
+    cur.execute("INSERT INTO audience_members SELECT ?, ?, row_id FROM ids", [collaboration_id, info.id])
     cur.unregister("ids")
     return info
 
@@ -82,31 +87,33 @@ class Audiences:
         self._db = db
         self._audit = audit
 
-    def list(self, collab: str, recipient: str) -> list[AudienceInfo]:
+    def list(self, collaboration_id: str, recipient: str) -> list[AudienceInfo]:
         """The audiences released to `recipient`, oldest first."""
         rows = (
             self._db.cursor()
             .execute(
                 "SELECT collab, id, kind, recipient, requester, size, create_time FROM audiences"
                 " WHERE collab = ? AND recipient = ? ORDER BY create_time, id",
-                [collab, recipient],
+                [collaboration_id, recipient],
             )
             .fetchall()
         )
         return [AudienceInfo(*r) for r in rows]
 
-    def fetch(self, collab: str, audience: str, caller: str) -> Iterator[bytes]:
+    def fetch(self, collaboration_id: str, audience: str, caller: str) -> Iterator[bytes]:
         """The members as 8-byte row ids, in chunks; only for the recipient."""
         cur = self._db.cursor()
-        row = first(cur.execute("SELECT recipient FROM audiences WHERE collab = ? AND id = ?", [collab, audience]))
+        row = first(
+            cur.execute("SELECT recipient FROM audiences WHERE collab = ? AND id = ?", [collaboration_id, audience])
+        )
         if row is None:
-            raise NotFoundError(f"{_PREFIX}{collab}/audiences/{audience} does not exist")
+            raise NotFoundError(f"{_PREFIX}{collaboration_id}/audiences/{audience} does not exist")
         if row[0] != caller:
             raise PermissionDeniedError(f"this audience was released to {row[0]}; you ({caller}) may not read it")
-        self._audit.record(collab, caller, "audience.fetch", {"audience": audience})
+        self._audit.record(collaboration_id, caller, "audience.fetch", {"audience": audience})
         table = cur.sql(
             "SELECT row_id FROM audience_members WHERE collab = ? AND audience = ? ORDER BY row_id",
-            params=[collab, audience],
+            params=[collaboration_id, audience],
         ).to_arrow_table()
         ids = table.column("row_id").to_numpy().astype("<i8")
         for start in range(0, max(len(ids), 1), CHUNK_IDS):

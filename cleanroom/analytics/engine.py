@@ -279,7 +279,7 @@ class QueryEngine:
         noise: NoiseMechanism,
     ) -> None:
         self._db = db
-        self._collabs = collaborations
+        self._collaborations = collaborations
         self._budget = budget
         self._audit = audit
         self._noise = noise
@@ -306,9 +306,9 @@ class QueryEngine:
                 + (" (the policy allows no delta: add a delta section)" if not policy.delta_per_query_max else "")
             )
 
-    def authorize(self, principal: Principal, collab_id: str, query_type: str) -> Collaboration:
+    def authorize(self, principal: Principal, collaboration_id: str, query_type: str) -> Collaboration:
         """Who may ask at all (a member with `query` in an active collaboration): checked before anything else."""
-        return self._collabs.require_active(principal, collab_id, Ability.QUERY, f"query.{query_type}")
+        return self._collaborations.require_active(principal, collaboration_id, Ability.QUERY, f"query.{query_type}")
 
     @staticmethod
     def _limits(policy: Policy) -> Limits:
@@ -317,7 +317,7 @@ class QueryEngine:
     def _release(
         self,
         principal: Principal,
-        collab_id: str,
+        collaboration_id: str,
         query_type: str,
         parameters: Mapping[str, Any],
         epsilon: float,
@@ -326,19 +326,19 @@ class QueryEngine:
         preview: bool = False,
     ) -> QueryAnswer:
         action = f"query.{query_type}"
-        collab = self.authorize(principal, collab_id, query_type)
-        policy = collab.policy
+        collaboration = self.authorize(principal, collaboration_id, query_type)
+        policy = collaboration.policy
         params = {**parameters, "epsilon": epsilon} | ({"delta": delta} if delta else {})
         try:
             self._check_policy(principal, policy, query_type, epsilon, delta)
-            catalog = Catalog(self._db.cursor(), collab)
+            catalog = Catalog(self._db.cursor(), collaboration)
             catalog.require_matched()
-            plan = build(collab, catalog)
+            plan = build(collaboration, catalog)
             if preview:
-                return self._preview(principal, collab, query_type, params, plan)
-            reservation = self._budget.reserve(collab.id, plan.charges, self._limits(policy), query_type, params)
+                return self._preview(principal, collaboration, query_type, params, plan)
+            reservation = self._budget.reserve(collaboration.id, plan.charges, self._limits(policy), query_type, params)
         except CleanroomError as exc:
-            self._audit.record(collab.id, principal.name, "query.refuse", {**params, "reason": str(exc)})
+            self._audit.record(collaboration.id, principal.name, "query.refuse", {**params, "reason": str(exc)})
             raise
         # From here on the data is read: every outcome is charged.
         try:
@@ -355,7 +355,7 @@ class QueryEngine:
                 if audience is not None:
                     stored.append(
                         store_audience(
-                            cur, collab.id, audience.kind, audience.recipient, principal.name, audience.row_ids
+                            cur, collaboration.id, audience.kind, audience.recipient, principal.name, audience.row_ids
                         )
                     )
 
@@ -367,7 +367,7 @@ class QueryEngine:
                 f"the {query_type} query failed after its budget was reserved, so it was charged "
                 f"(audit entry {failed.sequence}); nothing was released. The operator's log has the details."
             ) from None
-        status = self._budget.status(collab.id, principal.name, self._limits(policy))
+        status = self._budget.status(collaboration.id, principal.name, self._limits(policy))
         return QueryAnswer(
             dimensions=outcome.dimensions,
             cells=outcome.cells,
@@ -380,16 +380,16 @@ class QueryEngine:
         )
 
     def _preview(
-        self, principal: Principal, collab: Collaboration, query_type: str, params: Mapping[str, Any], plan: Plan
+        self, principal: Principal, collaboration: Collaboration, query_type: str, params: Mapping[str, Any], plan: Plan
     ) -> QueryAnswer:
         """The error bar each released vector's cells would have, from the plan alone.
 
         The plan depends on the request, the policy and the catalog only: nothing is read, nothing is spent, and
         the answer is the same for any data.
         """
-        entry = self._audit.record(collab.id, principal.name, "query.preview", {"query": query_type, **params})
+        entry = self._audit.record(collaboration.id, principal.name, "query.preview", {"query": query_type, **params})
         cells = tuple(Cell((s.name,), "error_95", s.error_95, 0.0, False) for s in plan.stated)
-        status = self._budget.status(collab.id, principal.name, self._limits(collab.policy))
+        status = self._budget.status(collaboration.id, principal.name, self._limits(collaboration.policy))
         return QueryAnswer(
             dimensions=("vector",),
             cells=cells,
@@ -411,7 +411,7 @@ class QueryEngine:
     def _histograms(
         self,
         principal: Principal,
-        collab: Collaboration,
+        collaboration: Collaboration,
         epsilon: float,
         measurements: Sequence[Measurement],
         dimensions: tuple[str, ...],
@@ -421,7 +421,7 @@ class QueryEngine:
 
         def run(data: MatchedData) -> Outcome:
             noisy = self._measure(data, measurements)
-            cells = tuple(finish(noisy, collab.policy.min_group_size))
+            cells = tuple(finish(noisy, collaboration.policy.min_group_size))
             return Outcome(dimensions, cells, {name: n.scale for name, n in noisy.items()})
 
         return Plan((Charge(principal.name, epsilon),), run, tuple(m.stated for m in measurements))
@@ -432,24 +432,28 @@ class QueryEngine:
         return policy.stability
 
     # -- the queries ----------------------------------------------------------------------------------------------
-    def overlap(self, principal: Principal, collab_id: str, q: OverlapQuery, preview: bool = False) -> QueryAnswer:
+    def overlap(
+        self, principal: Principal, collaboration_id: str, q: OverlapQuery, preview: bool = False
+    ) -> QueryAnswer:
         """Matched people per combination of up to three dimensions (all cells of the domains, zero-filled)."""
 
-        def build(collab: Collaboration, catalog: Catalog) -> Plan:
-            axes = tuple(axis(str(d), d.member, d.column, _dimension(collab.policy, d)) for d in q.dimensions)
+        def build(collaboration: Collaboration, catalog: Catalog) -> Plan:
+            axes = tuple(axis(str(d), d.member, d.column, _dimension(collaboration.policy, d)) for d in q.dimensions)
             cells_of(axes)
             people = Measurement(
-                "people", _reader(axes, histogram_sql(catalog, axes)), q.epsilon, self.stability(collab.policy)
+                "people", _reader(axes, histogram_sql(catalog, axes)), q.epsilon, self.stability(collaboration.policy)
             )
 
             def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
                 n = noisy["people"]
                 return [_counts(n, keys, "people", min_group) for keys in n.keys]
 
-            return self._histograms(principal, collab, q.epsilon, (people,), tuple(a.label for a in axes), finish)
+            return self._histograms(
+                principal, collaboration, q.epsilon, (people,), tuple(a.label for a in axes), finish
+            )
 
         params = {"dimensions": [str(d) for d in q.dimensions]}
-        return self._release(principal, collab_id, QueryType.OVERLAP, params, q.epsilon, build, preview=preview)
+        return self._release(principal, collaboration_id, QueryType.OVERLAP, params, q.epsilon, build, preview=preview)
 
     def _stage_axis(self, policy: Policy) -> Axis:
         for spec in policy.tables.values():
@@ -477,36 +481,38 @@ class QueryEngine:
 
         return relabelled
 
-    def funnel(self, principal: Principal, collab_id: str, q: FunnelQuery, preview: bool = False) -> QueryAnswer:
+    def funnel(self, principal: Principal, collaboration_id: str, q: FunnelQuery, preview: bool = False) -> QueryAnswer:
         """Matched people per 4A stage (and `none`), optionally per value of one more dimension; with shares."""
 
-        def build(collab: Collaboration, catalog: Catalog) -> Plan:
-            stage = self._stage_axis(collab.policy)
+        def build(collaboration: Collaboration, catalog: Catalog) -> Plan:
+            stage = self._stage_axis(collaboration.policy)
             axes: tuple[Axis, ...] = (stage,)
             if q.by is not None:
-                axes = (axis(str(q.by), q.by.member, q.by.column, _dimension(collab.policy, q.by)), stage)
+                axes = (axis(str(q.by), q.by.member, q.by.column, _dimension(collaboration.policy, q.by)), stage)
             cells_of(axes)
             read = self._relabel(_reader(axes, histogram_sql(catalog, axes)), q.labels)
-            people = Measurement("people", read, q.epsilon, self.stability(collab.policy))
+            people = Measurement("people", read, q.epsilon, self.stability(collaboration.policy))
 
             def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
                 n = noisy["people"]
                 counts = [_counts(n, keys, "people", min_group) for keys in n.keys]
                 return counts + _shares(n, lambda keys: keys[:-1], "share", min_group)
 
-            return self._histograms(principal, collab, q.epsilon, (people,), tuple(a.label for a in axes), finish)
+            return self._histograms(
+                principal, collaboration, q.epsilon, (people,), tuple(a.label for a in axes), finish
+            )
 
         params = {"by": str(q.by) if q.by else "", "labels": q.labels}
-        return self._release(principal, collab_id, QueryType.FUNNEL, params, q.epsilon, build, preview=preview)
+        return self._release(principal, collaboration_id, QueryType.FUNNEL, params, q.epsilon, build, preview=preview)
 
     def funnel_flow(
-        self, principal: Principal, collab_id: str, q: FunnelFlowQuery, preview: bool = False
+        self, principal: Principal, collaboration_id: str, q: FunnelFlowQuery, preview: bool = False
     ) -> QueryAnswer:
         """Matched people per (stage on start, stage on end), with each row's shares."""
 
-        def build(collab: Collaboration, catalog: Catalog) -> Plan:
-            stage = self._stage_axis(collab.policy)
-            history = collab.policy.table(stage.member, "stage_history")
+        def build(collaboration: Collaboration, catalog: Catalog) -> Plan:
+            stage = self._stage_axis(collaboration.policy)
+            history = collaboration.policy.table(stage.member, "stage_history")
             if history is None or history.time is None or stage.column not in history.dimensions:
                 raise FailedPreconditionError(
                     f"the policy must declare {stage.member}.stage_history with a time column and {stage.column}"
@@ -515,20 +521,22 @@ class QueryEngine:
             end = Axis(f"{stage.label}@{q.end}", stage.member, stage.column, stage.domain)
             sql = flow_sql(catalog, start, history.time, q.start, q.end)
             read = self._relabel(_reader((start, end), sql), q.labels)
-            people = Measurement("people", read, q.epsilon, self.stability(collab.policy))
+            people = Measurement("people", read, q.epsilon, self.stability(collaboration.policy))
 
             def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
                 n = noisy["people"]
                 counts = [_counts(n, keys, "people", min_group) for keys in n.keys]
                 return counts + _shares(n, lambda keys: keys[0], "row_share", min_group)
 
-            return self._histograms(principal, collab, q.epsilon, (people,), (start.label, end.label), finish)
+            return self._histograms(principal, collaboration, q.epsilon, (people,), (start.label, end.label), finish)
 
         params = {"start_date": q.start.isoformat(), "end_date": q.end.isoformat(), "labels": q.labels}
-        return self._release(principal, collab_id, QueryType.FUNNEL_FLOW, params, q.epsilon, build, preview=preview)
+        return self._release(
+            principal, collaboration_id, QueryType.FUNNEL_FLOW, params, q.epsilon, build, preview=preview
+        )
 
     def segment_insight(
-        self, principal: Principal, collab_id: str, q: SegmentInsightQuery, preview: bool = False
+        self, principal: Principal, collaboration_id: str, q: SegmentInsightQuery, preview: bool = False
     ) -> QueryAnswer:
         """Per value: matched people and all users of the dimension's member, their shares, TGI and penetration.
 
@@ -538,11 +546,13 @@ class QueryEngine:
         """
         half = q.epsilon / 2
 
-        def build(collab: Collaboration, catalog: Catalog) -> Plan:
-            ax = axis(str(q.dimension), q.dimension.member, q.dimension.column, _dimension(collab.policy, q.dimension))
+        def build(collaboration: Collaboration, catalog: Catalog) -> Plan:
+            ax = axis(
+                str(q.dimension), q.dimension.member, q.dimension.column, _dimension(collaboration.policy, q.dimension)
+            )
             measurements = (
                 Measurement(
-                    "matched", _reader((ax,), histogram_sql(catalog, (ax,))), half, self.stability(collab.policy)
+                    "matched", _reader((ax,), histogram_sql(catalog, (ax,))), half, self.stability(collaboration.policy)
                 ),
                 Measurement("all_users", _reader((ax,), all_users_sql(catalog, ax)), half, 1),
             )
@@ -571,17 +581,19 @@ class QueryEngine:
                     )
                 return out
 
-            return self._histograms(principal, collab, q.epsilon, measurements, (ax.label,), finish)
+            return self._histograms(principal, collaboration, q.epsilon, measurements, (ax.label,), finish)
 
         params = {"dimension": str(q.dimension)}
-        return self._release(principal, collab_id, QueryType.SEGMENT_INSIGHT, params, q.epsilon, build, preview=preview)
+        return self._release(
+            principal, collaboration_id, QueryType.SEGMENT_INSIGHT, params, q.epsilon, build, preview=preview
+        )
 
     def _group_axes(self, policy: Policy, by: tuple[DimensionRef, ...]) -> tuple[Axis, ...]:
         axes = tuple(axis(str(d), d.member, d.column, _dimension(policy, d)) for d in by)
         cells_of(axes)
         return axes
 
-    def value(self, principal: Principal, collab_id: str, q: ValueQuery, preview: bool = False) -> QueryAnswer:
+    def value(self, principal: Principal, collaboration_id: str, q: ValueQuery, preview: bool = False) -> QueryAnswer:
         """GOAL's "A": per group, people, buyers, orders, the sum of a measure, its means per person, buyer, order.
 
         Privacy unit: one users row of either member with its events. Epsilon is quartered over four vectors with
@@ -593,8 +605,8 @@ class QueryEngine:
         """
         quarter = q.epsilon / 4
 
-        def build(collab: Collaboration, catalog: Catalog) -> Plan:
-            policy = collab.policy
+        def build(collaboration: Collaboration, catalog: Catalog) -> Plan:
+            policy = collaboration.policy
             axes = self._group_axes(policy, q.by)
             measure = measure_spec(policy, q.measure)
             sql = value_sql(catalog, axes, measure)
@@ -647,12 +659,16 @@ class QueryEngine:
                             out.append(Cell(keys, name, min(max(mean[0], low), high), mean[1], False))
                 return out
 
-            return self._histograms(principal, collab, q.epsilon, measurements, tuple(a.label for a in axes), finish)
+            return self._histograms(
+                principal, collaboration, q.epsilon, measurements, tuple(a.label for a in axes), finish
+            )
 
         params = {"by": [str(d) for d in q.by], "measure": q.measure}
-        return self._release(principal, collab_id, QueryType.VALUE, params, q.epsilon, build, preview=preview)
+        return self._release(principal, collaboration_id, QueryType.VALUE, params, q.epsilon, build, preview=preview)
 
-    def loyalty(self, principal: Principal, collab_id: str, q: LoyaltyQuery, preview: bool = False) -> QueryAnswer:
+    def loyalty(
+        self, principal: Principal, collaboration_id: str, q: LoyaltyQuery, preview: bool = False
+    ) -> QueryAnswer:
         """GOAL's "L": per group, converters, repeaters and the retained; repurchase and retention rates.
 
         Converters bought in period 1, repeaters two or more times in it, the retained again in period 2.
@@ -663,8 +679,8 @@ class QueryEngine:
         the bound of `cells.fraction`, within [0, 1].
         """
 
-        def build(collab: Collaboration, catalog: Catalog) -> Plan:
-            policy = collab.policy
+        def build(collaboration: Collaboration, catalog: Catalog) -> Plan:
+            policy = collaboration.policy
             axes = self._group_axes(policy, q.by)
             member, time = conversions_table(policy)
             state = state_axis(member)
@@ -697,17 +713,19 @@ class QueryEngine:
                         out.append(withheld(keys, name) if f is None else Cell(keys, name, f[0], f[1], False))
                 return out
 
-            return self._histograms(principal, collab, q.epsilon, (people,), tuple(a.label for a in axes), finish)
+            return self._histograms(
+                principal, collaboration, q.epsilon, (people,), tuple(a.label for a in axes), finish
+            )
 
         params = {
             "by": [str(d) for d in q.by],
             "period1": [d.isoformat() for d in q.period1],
             "period2": [d.isoformat() for d in q.period2],
         }
-        return self._release(principal, collab_id, QueryType.LOYALTY, params, q.epsilon, build, preview=preview)
+        return self._release(principal, collaboration_id, QueryType.LOYALTY, params, q.epsilon, build, preview=preview)
 
     def attribution(
-        self, principal: Principal, collab_id: str, q: AttributionQuery, preview: bool = False
+        self, principal: Principal, collaboration_id: str, q: AttributionQuery, preview: bool = False
     ) -> QueryAnswer:
         """Attributed conversions and revenue (and ROAS where spend is public) per campaign or channel.
 
@@ -717,9 +735,9 @@ class QueryEngine:
         """
         half = q.epsilon / 2
 
-        def build(collab: Collaboration, catalog: Catalog) -> Plan:
+        def build(collaboration: Collaboration, catalog: Catalog) -> Plan:
             check_attribution(q.model, q.lookback_days, q.half_life_days)
-            policy = collab.policy
+            policy = collaboration.policy
             ev = event_tables(policy)
             group = axis(q.by, ev.exposures.member, q.by, ev.exposures.dimensions[q.by])
             brand = None
@@ -771,7 +789,7 @@ class QueryEngine:
                 return out
 
             dims = (q.by,) if brand is None else (q.by, brand.label)
-            return self._histograms(principal, collab, q.epsilon, measurements, dims, finish)
+            return self._histograms(principal, collaboration, q.epsilon, measurements, dims, finish)
 
         params = {
             "model": q.model,
@@ -781,9 +799,11 @@ class QueryEngine:
             "click_over_view": q.click_over_view,
             "half_life_days": q.half_life_days,
         }
-        return self._release(principal, collab_id, QueryType.ATTRIBUTION, params, q.epsilon, build, preview=preview)
+        return self._release(
+            principal, collaboration_id, QueryType.ATTRIBUTION, params, q.epsilon, build, preview=preview
+        )
 
-    def lift(self, principal: Principal, collab_id: str, q: LiftQuery, preview: bool = False) -> QueryAnswer:
+    def lift(self, principal: Principal, collaboration_id: str, q: LiftQuery, preview: bool = False) -> QueryAnswer:
         """Conversion rate per test group, absolute and relative lift, incremental conversions and revenue.
 
         Epsilon is split in quarters over four vectors with one cell per group (every matched person with a test
@@ -793,8 +813,8 @@ class QueryEngine:
         """
         quarter = q.epsilon / 4
 
-        def build(collab: Collaboration, catalog: Catalog) -> Plan:
-            policy = collab.policy
+        def build(collaboration: Collaboration, catalog: Catalog) -> Plan:
+            policy = collaboration.policy
             ev = event_tables(policy)
             groups = next((t for t in policy.tables.values() if t.table == "test_groups"), None)
             if groups is None:
@@ -830,10 +850,10 @@ class QueryEngine:
             def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
                 return lift_cells(noisy, min_group, floor)
 
-            return self._histograms(principal, collab, q.epsilon, measurements, ("test_group",), finish)
+            return self._histograms(principal, collaboration, q.epsilon, measurements, ("test_group",), finish)
 
         return self._release(
-            principal, collab_id, QueryType.LIFT, {"campaign": q.campaign}, q.epsilon, build, preview=preview
+            principal, collaboration_id, QueryType.LIFT, {"campaign": q.campaign}, q.epsilon, build, preview=preview
         )
 
     # -- audiences --------------------------------------------------------------------------------------------------
@@ -847,14 +867,21 @@ class QueryEngine:
 
     def _delta_for(self, catalog: Catalog, delta: float) -> None:
         """Delta must be positive and far below 1/n for the sets both members were told the size of at the match."""
-        largest = max((catalog.set_size(m.name) for m in catalog.collab.members), default=0)
+        largest = max((catalog.set_size(m.name) for m in catalog.collaboration.members), default=0)
         if not 0 < delta <= 1 / (10 * max(largest, 1)):
             raise InvalidArgumentError(
                 f"delta must be positive and at most 1/(10 n) = {1 / (10 * max(largest, 1)):.2g} for the "
                 f"{largest} people of the larger set; try {1 / (10 * max(largest, 1)) / 10:.1e}"
             )
 
-    def lookalike(self, principal: Principal, collab_id: str, q: LookalikeQuery, preview: bool = False) -> QueryAnswer:
+    def lookalike(
+        self,
+        principal: Principal,
+        collaboration_id: str,
+        q: LookalikeQuery,
+        preview: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> QueryAnswer:
         """Train a DP-SGD model on the seeds and release the top `audience_size` recipient users to the recipient.
 
         The requester receives the audience's name and requested size, the epsilon the accountant charged (for up to
@@ -865,11 +892,14 @@ class QueryEngine:
         within its 1 - 0.05/3 noise bound with probability at least 1 - 0.05/3 (exact for discrete Laplace), so
         all three are at once with probability at least 95% (union bound), and the lift's interval is the range
         of the ratio over that box. The audience goes to the recipient, whose ledger is charged too.
+
+        `progress(step, TRAINING_STEPS)` is called during training, which runs only after the budget is reserved;
+        its total is a constant, so progress tells the caller nothing but that training is under way.
         """
         eval_eps = q.epsilon * QUALITY_SHARE
 
-        def build(collab: Collaboration, catalog: Catalog) -> Plan:
-            policy = collab.policy
+        def build(collaboration: Collaboration, catalog: Catalog) -> Plan:
+            policy = collaboration.policy
             recipient = self._recipient(policy, principal.name)
             self._delta_for(catalog, q.delta)
             if q.audience_size < policy.min_group_size:
@@ -884,7 +914,7 @@ class QueryEngine:
 
             def run(data: MatchedData) -> Outcome:
                 training = training_data(data, plan)
-                model = train(training, noise, population, q.model)
+                model = train(training, noise, population, q.model, on_step=progress)
                 chosen = top(model.scores, q.audience_size)
                 exact = audience_counts(training.labels, chosen)
                 noisy, scale = self._noise.release([exact.seeds, exact.hits, exact.users], sensitivity, eval_eps)
@@ -912,10 +942,12 @@ class QueryEngine:
             "model": q.model,
         }
         return self._release(
-            principal, collab_id, QueryType.LOOKALIKE, params, q.epsilon, build, delta=q.delta, preview=preview
+            principal, collaboration_id, QueryType.LOOKALIKE, params, q.epsilon, build, delta=q.delta, preview=preview
         )
 
-    def activate(self, principal: Principal, collab_id: str, q: ActivationQuery, preview: bool = False) -> QueryAnswer:
+    def activate(
+        self, principal: Principal, collaboration_id: str, q: ActivationQuery, preview: bool = False
+    ) -> QueryAnswer:
         """Release the matched people of a segment to the policy's activation recipient: a disclosure, not DP.
 
         The policy names activation (recipient, the dimensions a segment may use, the minimum size k) and every
@@ -925,10 +957,10 @@ class QueryEngine:
         of a member other than the recipient. The requester receives the noisy size (or withheld); both ledgers
         are charged (epsilon, delta).
         """
-        delta = q.delta or self.authorize(principal, collab_id, QueryType.ACTIVATION).policy.delta_per_query_max
+        delta = q.delta or self.authorize(principal, collaboration_id, QueryType.ACTIVATION).policy.delta_per_query_max
 
-        def build(collab: Collaboration, catalog: Catalog) -> Plan:
-            policy = collab.policy
+        def build(collaboration: Collaboration, catalog: Catalog) -> Plan:
+            policy = collaboration.policy
             spec = policy.activation
             if spec is None:
                 raise PermissionDeniedError("the policy does not name activation (recipient, dimensions, min_size)")
@@ -970,7 +1002,7 @@ class QueryEngine:
 
         params = {"segment": {str(k): v for k, v in q.segment}, "events": [str(e) for e in q.events]}
         return self._release(
-            principal, collab_id, QueryType.ACTIVATION, params, q.epsilon, build, delta=delta, preview=preview
+            principal, collaboration_id, QueryType.ACTIVATION, params, q.epsilon, build, delta=delta, preview=preview
         )
 
     @staticmethod
@@ -997,11 +1029,11 @@ class QueryEngine:
             times[ev.table] = table.time
         return times
 
-    def budget(self, principal: Principal, collab_id: str) -> tuple[Collaboration, list[Any]]:
+    def budget(self, principal: Principal, collaboration_id: str) -> tuple[Collaboration, list[Any]]:
         """Each member's budget status (members and assigned auditors may read it)."""
-        collab = self._collabs.get(principal, collab_id, "budget.get")
-        limits = self._limits(collab.policy)
-        return collab, [self._budget.status(collab.id, m.name, limits) for m in collab.members]
+        collaboration = self._collaborations.get(principal, collaboration_id, "budget.get")
+        limits = self._limits(collaboration.policy)
+        return collaboration, [self._budget.status(collaboration.id, m.name, limits) for m in collaboration.members]
 
 
 def _rate(n: Noisy, c: Noisy, i: int) -> tuple[float, float, float] | None:

@@ -45,7 +45,7 @@ import functools
 import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -310,7 +310,17 @@ def training_noise(target_epsilon: float, delta: float, group: int) -> TrainingN
     return TrainingNoise(sigma, spent)
 
 
-def train(data: TrainingData, noise: TrainingNoise, population: int, kind: str = "logistic") -> TrainedModel:
+#: DP-SGD's steps in all: a constant of the protocol (what progress reports count to), never a function of data.
+TRAINING_STEPS = EPOCHS * round(1 / SAMPLE_RATE)
+
+
+def train(
+    data: TrainingData,
+    noise: TrainingNoise,
+    population: int,
+    kind: str = "logistic",
+    on_step: Callable[[int, int], None] | None = None,
+) -> TrainedModel:
     """DP-SGD on every user with the given noise; scores every user. Total: any data gives a model.
 
     Poisson sampling at the fixed rate `SAMPLE_RATE` (each example in each step with that probability), for
@@ -319,6 +329,9 @@ def train(data: TrainingData, noise: TrainingNoise, population: int, kind: str =
     clipped gradients times `LEARNING_RATE / (SAMPLE_RATE * population)`, where `population` is a public size (the
     recipient's set size as disclosed at the match), not the number of examples: opacus' mean reduction would divide
     by the expected batch size of this very dataset, a factor that differs between neighbours.
+
+    `on_step(done, TRAINING_STEPS)` is called after every step (an empty Poisson batch is a step too), so progress
+    counts to a constant whatever the data.
     """
     import torch
     from opacus import PrivacyEngine
@@ -359,13 +372,16 @@ def train(data: TrainingData, noise: TrainingNoise, population: int, kind: str =
             raise ArithmeticError("opacus' Poisson loader does not sample as accounted")
         loss = nn.BCEWithLogitsLoss(reduction="sum")
         model.train()
+        done = 0
         for _ in range(EPOCHS):
             for xb, yb in loader:
-                if len(xb) == 0:
-                    continue
-                optimizer.zero_grad()
-                loss(model(xb).squeeze(-1), yb).backward()
-                optimizer.step()
+                if len(xb):
+                    optimizer.zero_grad()
+                    loss(model(xb).squeeze(-1), yb).backward()
+                    optimizer.step()
+                done += 1
+                if on_step is not None:
+                    on_step(done, TRAINING_STEPS)
     model.eval()
     with torch.no_grad():
         scores = torch.sigmoid(model(x).squeeze(-1)).numpy()

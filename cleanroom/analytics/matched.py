@@ -96,12 +96,12 @@ def fill_histogram(axes: tuple[Axis, ...], rows: Sequence[Sequence[object]]) -> 
 class Catalog:
     """Metadata of one collaboration: the match's completion, uploaded tables and columns, disclosed set sizes."""
 
-    def __init__(self, cur: duckdb.DuckDBPyConnection, collab: Collaboration) -> None:
+    def __init__(self, cur: duckdb.DuckDBPyConnection, collaboration: Collaboration) -> None:
         self._cur = cur
-        self.collab = collab
-        self.id = collab.id
-        self._members = sorted(m.name for m in collab.members)
-        self._tables = uploaded_tables(cur, collab.id)
+        self.collaboration = collaboration
+        self.id = collaboration.id
+        self._members = sorted(m.name for m in collaboration.members)
+        self._tables = uploaded_tables(cur, collaboration.id)
 
     def require_matched(self) -> None:
         """FAILED_PRECONDITION until the match is complete."""

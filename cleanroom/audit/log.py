@@ -145,7 +145,7 @@ class AuditLog:
     def append(
         self,
         cur: duckdb.DuckDBPyConnection,
-        collaboration: str,
+        collaboration_id: str,
         principal: str,
         action: str,
         parameters: Mapping[str, Any],
@@ -155,10 +155,12 @@ class AuditLog:
     ) -> AuditEntry:
         """Append one signed entry to `collaboration`'s chain, inside the caller's transaction."""
         last = first(
-            cur.execute("SELECT seq, hash FROM audit_log WHERE collab = ? ORDER BY seq DESC LIMIT 1", [collaboration])
+            cur.execute(
+                "SELECT seq, hash FROM audit_log WHERE collab = ? ORDER BY seq DESC LIMIT 1", [collaboration_id]
+            )
         )
         entry = AuditEntry(
-            collaboration=collaboration,
+            collaboration=collaboration_id,
             sequence=(last[0] + 1) if last else 1,
             time=datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
             principal=principal,
@@ -192,13 +194,13 @@ class AuditLog:
         return signed
 
     def record(
-        self, collaboration: str, principal: str, action: str, parameters: Mapping[str, Any], response: object = None
+        self, collaboration_id: str, principal: str, action: str, parameters: Mapping[str, Any], response: object = None
     ) -> AuditEntry:
         """Append in a transaction of its own (for refusals and server actions)."""
         with self._db.transaction() as cur:
-            return self.append(cur, collaboration, principal, action, parameters, response=response)
+            return self.append(cur, collaboration_id, principal, action, parameters, response=response)
 
-    def entries(self, collaboration: str, after: int = 0, limit: int | None = None) -> Iterator[AuditEntry]:
+    def entries(self, collaboration_id: str, after: int = 0, limit: int | None = None) -> Iterator[AuditEntry]:
         """One chain in order, from sequence `after + 1`, streamed in batches."""
         cur = self._db.cursor()
         batch = 1000 if limit is None else min(limit, 1000)
@@ -206,7 +208,7 @@ class AuditLog:
         while limit is None or seen < limit:
             rows = cur.execute(
                 f"SELECT {_COLUMNS} FROM audit_log WHERE collab = ? AND seq > ? ORDER BY seq LIMIT ?",
-                [collaboration, after, batch],
+                [collaboration_id, after, batch],
             ).fetchall()
             if not rows:
                 return
@@ -241,7 +243,12 @@ class AuditLog:
         return page, (page[-1].sequence if len(rows) > size else 0)
 
     def charged_units(
-        self, cur: duckdb.DuckDBPyConnection, collaboration: str, principal: str, epsilon_unit: float, delta_unit: float
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        collaboration_id: str,
+        principal: str,
+        epsilon_unit: float,
+        delta_unit: float,
     ) -> tuple[int, int]:
         """The ε and δ the log records as charged to `principal`, each entry rounded to whole units, summed.
 
@@ -252,7 +259,7 @@ class AuditLog:
                 "SELECT coalesce(sum(CAST(round(epsilon / $eu) AS HUGEINT)), 0),"
                 " coalesce(sum(CAST(round(delta / $du) AS HUGEINT)), 0)"
                 " FROM audit_log WHERE collab = $c AND principal = $m",
-                {"eu": epsilon_unit, "du": delta_unit, "c": collaboration, "m": principal},
+                {"eu": epsilon_unit, "du": delta_unit, "c": collaboration_id, "m": principal},
             )
         )
         return (int(row[0]), int(row[1])) if row else (0, 0)
@@ -262,12 +269,12 @@ class AuditLog:
         return response_digest(response, self._digest_key)
 
     # -- the signed head ------------------------------------------------------------------------------------------
-    def _head_path(self, collaboration: str) -> Path:
-        return self._heads / f"{hashlib.sha256(collaboration.encode('utf-8')).hexdigest()}.json"
+    def _head_path(self, collaboration_id: str) -> Path:
+        return self._heads / f"{hashlib.sha256(collaboration_id.encode('utf-8')).hexdigest()}.json"
 
-    def _sign_head(self, collaboration: str, sequence: int, hash_: str) -> SignedHead:
-        unsigned = SignedHead(collaboration, sequence, hash_)
-        return SignedHead(collaboration, sequence, hash_, self._key.sign(unsigned.message()))
+    def _sign_head(self, collaboration_id: str, sequence: int, hash_: str) -> SignedHead:
+        unsigned = SignedHead(collaboration_id, sequence, hash_)
+        return SignedHead(collaboration_id, sequence, hash_, self._key.sign(unsigned.message()))
 
     def _check_all(self) -> None:
         """Verify every chain once at start, before anything appends: a broken chain stays broken for this run.
@@ -275,9 +282,9 @@ class AuditLog:
         Its head file is then never rewritten, so an append after a cut (a refusal, a charge) cannot sign a head
         for the cut chain and hide it from the next start.
         """
-        for (collab,) in self._db.cursor().execute("SELECT DISTINCT collab FROM audit_log").fetchall():
+        for (collaboration_id,) in self._db.cursor().execute("SELECT DISTINCT collab FROM audit_log").fetchall():
             with contextlib.suppress(FailedPreconditionError):
-                self.require_intact(collab)
+                self.require_intact(collaboration_id)
 
     def _write_head(self, entry: AuditEntry) -> None:
         """Replace the chain's head file atomically (called after the entry's transaction committed)."""
@@ -293,26 +300,26 @@ class AuditLog:
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
-    def stored_head(self, collaboration: str) -> SignedHead | None:
+    def stored_head(self, collaboration_id: str) -> SignedHead | None:
         """The head the server last wrote for a chain (None when it never wrote one), as stored: verify it."""
         try:
-            return SignedHead.from_json(self._head_path(collaboration).read_text())
+            return SignedHead.from_json(self._head_path(collaboration_id).read_text())
         except (OSError, ValueError):
             return None
 
-    def head(self, collaboration: str) -> SignedHead | None:
+    def head(self, collaboration_id: str) -> SignedHead | None:
         """A signed head naming the chain's current last entry (None for an empty chain): for exports and verifiers."""
         last = first(
             self._db.cursor().execute(
-                "SELECT seq, hash FROM audit_log WHERE collab = ? ORDER BY seq DESC LIMIT 1", [collaboration]
+                "SELECT seq, hash FROM audit_log WHERE collab = ? ORDER BY seq DESC LIMIT 1", [collaboration_id]
             )
         )
-        return self._sign_head(collaboration, int(last[0]), str(last[1])) if last else None
+        return self._sign_head(collaboration_id, int(last[0]), str(last[1])) if last else None
 
-    def verify(self, collaboration: str) -> VerifyResult:
+    def verify(self, collaboration_id: str) -> VerifyResult:
         """Verify a whole chain as stored, and its end against the head kept outside the database."""
-        head = self.stored_head(collaboration)
-        entries = self.entries(collaboration)
+        head = self.stored_head(collaboration_id)
+        entries = self.entries(collaboration_id)
         if head is None:
             result = verify_entries(entries, self.public_key)
             if result.valid and result.entries_checked:
@@ -322,40 +329,42 @@ class AuditLog:
             return result
         return verify_entries(entries, self.public_key, head, exact=False)
 
-    def require_intact(self, collaboration: str) -> None:
+    def require_intact(self, collaboration_id: str) -> None:
         """FAILED_PRECONDITION unless the chain verifies (the budget fails closed); incremental within a run."""
         with self._intact_lock:
-            if collaboration in self._broken:
-                raise FailedPreconditionError(self._broken[collaboration])
-            cached = self._intact.get(collaboration)
+            if collaboration_id in self._broken:
+                raise FailedPreconditionError(self._broken[collaboration_id])
+            cached = self._intact.get(collaboration_id)
             last = first(
                 self._db.cursor().execute(
-                    "SELECT seq, hash FROM audit_log WHERE collab = ? ORDER BY seq DESC LIMIT 1", [collaboration]
+                    "SELECT seq, hash FROM audit_log WHERE collab = ? ORDER BY seq DESC LIMIT 1", [collaboration_id]
                 )
             )
             now = (int(last[0]), str(last[1])) if last else (0, GENESIS)
             if cached == now:
                 return
-            result = self._verify_from(collaboration, cached)
+            result = self._verify_from(collaboration_id, cached)
             if not result.valid:
-                self._broken[collaboration] = (
-                    f"the audit log of collaborations/{collaboration} does not verify ({result.reason}); its privacy "
-                    "budget is closed until the operator restores the server's data"
+                self._broken[collaboration_id] = (
+                    f"the audit log of collaborations/{collaboration_id} does not verify ({result.reason}); its "
+                    "privacy budget is closed until the operator restores the server's data"
                 )
-                raise FailedPreconditionError(self._broken[collaboration])
-            self._intact[collaboration] = now
+                raise FailedPreconditionError(self._broken[collaboration_id])
+            self._intact[collaboration_id] = now
 
-    def _verify_from(self, collaboration: str, cached: tuple[int, str] | None) -> VerifyResult:
+    def _verify_from(self, collaboration_id: str, cached: tuple[int, str] | None) -> VerifyResult:
         if cached is None:
-            return self.verify(collaboration)
+            return self.verify(collaboration_id)
         seq, hash_ = cached
         anchor = first(
-            self._db.cursor().execute("SELECT hash FROM audit_log WHERE collab = ? AND seq = ?", [collaboration, seq])
+            self._db.cursor().execute(
+                "SELECT hash FROM audit_log WHERE collab = ? AND seq = ?", [collaboration_id, seq]
+            )
         )
         if anchor is None or anchor[0] != hash_:
             return VerifyResult(False, seq, seq, f"entry {seq}, verified earlier, has changed or gone")
         previous, checked = hash_, seq
-        for entry in self.entries(collaboration, after=seq):
+        for entry in self.entries(collaboration_id, after=seq):
             expected = checked + 1
             if entry.sequence != expected or entry.previous_hash != previous or entry.compute_hash() != entry.hash:
                 return VerifyResult(False, checked, expected, f"entry {expected} does not extend the chain")

@@ -93,55 +93,57 @@ def _print_rows(frame: pd.DataFrame, title: str) -> None:
     console.print(f"  ε spent {frame.attrs['epsilon_spent']:.3f}, audience {frame.attrs['audience'] or '—'}")
 
 
-def _queries(brand: CleanRoomClient, collab: str) -> None:
+def _queries(brand: CleanRoomClient, collaboration_id: str) -> None:
     """What the brand asks: each answer is differentially private, with its error bars."""
-    _print(brand.overlap(collab, by=["brand.tier", "platform.age_band"], epsilon=0.5), "overlap", ("people",))
-    funnel = brand.funnel(collab, by="brand.tier", epsilon=0.5)
+    _print(brand.overlap(collaboration_id, by=["brand.tier", "platform.age_band"], epsilon=0.5), "overlap", ("people",))
+    funnel = brand.funnel(collaboration_id, by="brand.tier", epsilon=0.5)
     _print(funnel, "4A funnel by tier", ("people", "share"))
-    flow = brand.funnel_flow(collab, FLOW_START, FLOW_END, epsilon=0.5)
+    flow = brand.funnel_flow(collaboration_id, FLOW_START, FLOW_END, epsilon=0.5)
     _print(flow, f"4A flow {FLOW_START} → {FLOW_END}", ("people", "row_share"))
-    segment = brand.segment_insight(collab, "platform.age_band", epsilon=0.5)
+    segment = brand.segment_insight(collaboration_id, "platform.age_band", epsilon=0.5)
     _print(segment, "segment insight: age band", ("matched", "all_users", "tgi", "penetration"))
     attribution = {}
     for model in ("last_touch", "position_based"):
-        attribution[model] = brand.attribution(collab, model=model, lookback_days=7, by="campaign", epsilon=1.0)
+        attribution[model] = brand.attribution(
+            collaboration_id, model=model, lookback_days=7, by="campaign", epsilon=1.0
+        )
         _print(
             attribution[model],
             f"attribution, {model}, 7-day lookback (campaign none = unattributed)",
             ("attributed_conversions", "attributed_revenue", "roas"),
         )
-    bars = brand.value(collab, "brand.conversions.value", by=["brand.tier"], epsilon=1.0, preview=True)
+    bars = brand.value(collaboration_id, "brand.conversions.value", by=["brand.tier"], epsilon=1.0, preview=True)
     console.print(
         "preview (free: no ε, no data) of value by tier at ε 1: ± "
         + ", ".join(f"{v:,.0f} {k}" for k, v in zip(bars["vector"], bars["value"], strict=True))
     )
-    value = brand.value(collab, "brand.conversions.value", by=["brand.tier"], epsilon=1.0)
+    value = brand.value(collaboration_id, "brand.conversions.value", by=["brand.tier"], epsilon=1.0)
     _print(value, "GOAL value: spend by tier", ("buyers", "sum", "per_buyer", "per_order"))
     loyalty = brand.loyalty(
-        collab, ("2026-10-01", "2026-11-01"), ("2026-11-01", "2026-12-01"), by=["brand.tier"], epsilon=1.0
+        collaboration_id, ("2026-10-01", "2026-11-01"), ("2026-11-01", "2026-12-01"), by=["brand.tier"], epsilon=1.0
     )
     _print(loyalty, "GOAL loyalty: October buyers by tier", ("converters", "repurchase_rate", "retention_rate"))
-    lift = brand.lift(collab, LIFT_CAMPAIGN, epsilon=1.0)
+    lift = brand.lift(collaboration_id, LIFT_CAMPAIGN, epsilon=1.0)
     _print(
         lift,
         f"lift of {LIFT_CAMPAIGN} against its holdout",
         ("people", "conversion_rate", "absolute_lift", "relative_lift", "incremental_conversions"),
     )
-    budget = brand.budget(collab)
+    budget = brand.budget(collaboration_id)
     console.print("budget: " + ", ".join(f"{r.member} spent {r.spent:g} of {r.total:g}" for r in budget.itertuples()))
 
 
-def _audiences(brand: CleanRoomClient, platform: CleanRoomClient, collab: str, data: SyntheticData) -> None:
+def _audiences(brand: CleanRoomClient, platform: CleanRoomClient, collaboration_id: str, data: SyntheticData) -> None:
     """The brand asks for a lookalike of its gold customers and activates a segment; the platform receives them."""
     look = brand.lookalike(
-        collab,
+        collaboration_id,
         seed=LOOKALIKE_SEED,
         audience_size=round(LOOKALIKE_AUDIENCE_SHARE * len(data.platform_users)),
         epsilon=LOOKALIKE_EPSILON,
         delta=LOOKALIKE_DELTA,
     )
     _print_rows(look, "lookalike of the gold tier (what the brand learns)")
-    act = brand.activate(collab, segment={"brand.tier": "gold", "platform.stage_4a": "appeal"}, epsilon=0.2)
+    act = brand.activate(collaboration_id, segment={"brand.tier": "gold", "platform.stage_4a": "appeal"}, epsilon=0.2)
     _print_rows(act, "activation: gold customers in the appeal stage (what the brand learns)")
     reached = {
         "table": "platform.exposures",
@@ -150,11 +152,11 @@ def _audiences(brand: CleanRoomClient, platform: CleanRoomClient, collab: str, d
         "where": {"campaign": LIFT_CAMPAIGN},
     }
     no_purchase = {"table": "brand.conversions", "start": "2026-11-01", "end": "2026-12-01", "absent": True}
-    retarget = brand.activate(collab, epsilon=0.2, events=[reached, no_purchase])
+    retarget = brand.activate(collaboration_id, epsilon=0.2, events=[reached, no_purchase])
     _print_rows(
         retarget, f"retargeting: reached by {LIFT_CAMPAIGN} in early November, no purchase since (brand's view)"
     )
-    audiences = platform.audiences(collab)
+    audiences = platform.audiences(collaboration_id)
     console.print(
         f"the platform received {len(audiences)} audiences: "
         + ", ".join(f"{r.kind} of {r.size:,}" for r in audiences.itertuples())
@@ -207,15 +209,15 @@ def run_demo(
 
         try:
             brand, platform = connect("brand"), connect("platform")
-            collab = brand.create_collaboration(DEMO_POLICY, collaboration_id=f"demo-{int(time.time())}")
-            brand.approve_policy(collab.id)
-            platform.approve_policy(collab.id)
-            console.print(f"collaboration {collab.id}: policy approved by brand and platform")
+            collaboration = brand.create_collaboration(DEMO_POLICY, collaboration_id=f"demo-{int(time.time())}")
+            brand.approve_policy(collaboration.id)
+            platform.approve_policy(collaboration.id)
+            console.print(f"collaboration {collaboration.id}: policy approved by brand and platform")
             started = time.monotonic()
             with ThreadPoolExecutor(2) as pool:
                 b = pool.submit(
                     brand.match,
-                    collab.id,
+                    collaboration.id,
                     users=data.brand_users,
                     key="customer_id",
                     identifiers={"email": "email", "phone": "mobile"},
@@ -225,7 +227,7 @@ def run_demo(
                 )
                 p = pool.submit(
                     platform.match,
-                    collab.id,
+                    collaboration.id,
                     users=data.platform_users,
                     key="user_id",
                     identifiers={"email": "email", "phone": "phone"},
@@ -245,20 +247,20 @@ def run_demo(
             elapsed = time.monotonic() - started
             console.print(_summary_table("the brand", brand_summary))
             console.print(_summary_table("the platform", platform_summary))
-            stats, total = match_stats(running.db.cursor(), collab.id)
+            stats, total = match_stats(running.db.cursor(), collaboration.id)
             console.print(
                 f"operator's exact count: {total:,} matched people (truth {len(data.truth):,}) "
                 f"in {elapsed:.1f} s; by identifier: "
                 + ", ".join(f"{s.id_type.value} {s.pairs:,}" for s in stats if s.pairs)
             )
-            _queries(brand, collab.id)
-            _audiences(brand, platform, collab.id, data)
-            running.room.principals.assign_auditor("auditor", collab.id)
+            _queries(brand, collaboration.id)
+            _audiences(brand, platform, collaboration.id, data)
+            running.room.principals.assign_auditor("auditor", collaboration.id)
             with connect("auditor") as auditor:
-                online = auditor.verify_audit_log(collab.id)
-                export = auditor.export_audit_log(root / "audit.jsonl", collab.id)
+                online = auditor.verify_audit_log(collaboration.id)
+                export = auditor.export_audit_log(root / "audit.jsonl", collaboration.id)
                 key = auditor.server_public_key()
-                log = auditor.audit_log(collab.id)
+                log = auditor.audit_log(collaboration.id)
             from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
             from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
@@ -272,8 +274,8 @@ def run_demo(
             )
             if report_dir is not None:
                 page = report_collaboration(
-                    brand.answers(collab.id),
-                    collab.id,
+                    brand.answers(collaboration.id),
+                    collaboration.id,
                     report_dir,
                     notes=[
                         f"{brand_users:,} brand customers, {platform_users:,} platform users, {shared:,} on both",

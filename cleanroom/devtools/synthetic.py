@@ -284,7 +284,7 @@ def write_sample_files(directory: Path, config: SyntheticConfig) -> list[Path]:
 
 def load_direct(
     room: Room,
-    collab: str,
+    collaboration_id: str,
     tables: Mapping[tuple[str, str], pa.Table],
     brand_rows: np.ndarray,
     platform_rows: np.ndarray,
@@ -302,12 +302,12 @@ def load_direct(
     with room.db.transaction() as cur:
         for (member, name), table in tables.items():
             cur.register("t", table)
-            register_table(cur, collab, member, name, "t", table.num_rows)
+            register_table(cur, collaboration_id, member, name, "t", table.num_rows)
             cur.unregister("t")
         cur.register("pairs", pa.table({"a": brand_rows.astype(np.int64), "b": platform_rows.astype(np.int64)}))
-        record_pairs(cur, collab, ("brand", "platform"), "pairs")
+        record_pairs(cur, collaboration_id, ("brand", "platform"), "pairs")
         cur.unregister("pairs")
         for (member, name), table in tables.items():
             if name == "users":
                 done = UploadProgress("points", 0, table.num_rows, True)
-                save_progress(cur, collab, member, done, set_size=table.num_rows)
+                save_progress(cur, collaboration_id, member, done, set_size=table.num_rows)

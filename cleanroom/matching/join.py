@@ -92,9 +92,9 @@ def add_keys(cur: duckdb.DuckDBPyConnection, select: str, params: Sequence[objec
     cur.execute(f"INSERT INTO match_keys {select}", list(params))
 
 
-def is_matched(cur: duckdb.DuckDBPyConnection, collab: str) -> bool:
+def is_matched(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> bool:
     """Whether the join of the collaboration is done (its pairs are final)."""
-    return first(cur.execute("SELECT 1 FROM match_results WHERE collab = ?", [collab])) is not None
+    return first(cur.execute("SELECT 1 FROM match_results WHERE collab = ?", [collaboration_id])) is not None
 
 
 def matched_pairs(collab_param: str = "$collab") -> str:
@@ -106,17 +106,17 @@ def matched_pairs(collab_param: str = "$collab") -> str:
     return f"(SELECT row_a, row_b FROM matches WHERE collab = {collab_param})"
 
 
-def record_pairs(cur: duckdb.DuckDBPyConnection, collab: str, members: tuple[str, str], pairs: str) -> None:
+def record_pairs(cur: duckdb.DuckDBPyConnection, collaboration_id: str, members: tuple[str, str], pairs: str) -> None:
     """Store a finished matching given as a registered relation `pairs` (a, b) and mark the collaboration matched.
 
     For loading a known matching at benchmark sizes without the PSI (`cleanroom.devtools.synthetic.load_direct`).
     """
-    cur.execute(f"INSERT INTO matches SELECT ?, ?, a, ?, b, 1 FROM {pairs}", [collab, members[0], members[1]])
-    cur.execute("INSERT INTO match_results VALUES (?, ?)", [collab, datetime.now(UTC).replace(tzinfo=None)])
+    cur.execute(f"INSERT INTO matches SELECT ?, ?, a, ?, b, 1 FROM {pairs}", [collaboration_id, members[0], members[1]])
+    cur.execute("INSERT INTO match_results VALUES (?, ?)", [collaboration_id, datetime.now(UTC).replace(tzinfo=None)])
 
 
 def join_matches(
-    cur: duckdb.DuckDBPyConnection, collab: str, members: tuple[str, str], types: Sequence[IdentifierType]
+    cur: duckdb.DuckDBPyConnection, collaboration_id: str, members: tuple[str, str], types: Sequence[IdentifierType]
 ) -> None:
     """Compute the matching from both members' keys of the allowed `types` and mark the collaboration matched.
 
@@ -126,10 +126,10 @@ def join_matches(
     """
     member_a, member_b = members
     codes = sorted(ID_TYPE_CODES[t] for t in types)
-    cur.execute(_LINKS, {"collab": collab, "ma": member_a, "mb": member_b, "types": codes})
-    cur.execute(_PAIRS, {"collab": collab, "ma": member_a, "mb": member_b})
+    cur.execute(_LINKS, {"collab": collaboration_id, "ma": member_a, "mb": member_b, "types": codes})
+    cur.execute(_PAIRS, {"collab": collaboration_id, "ma": member_a, "mb": member_b})
     cur.execute("DROP TABLE join_links")
-    cur.execute("INSERT INTO match_results VALUES (?, ?)", [collab, datetime.now(UTC).replace(tzinfo=None)])
+    cur.execute("INSERT INTO match_results VALUES (?, ?)", [collaboration_id, datetime.now(UTC).replace(tzinfo=None)])
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ class MatchStats:
     pairs: int
 
 
-def match_stats(cur: duckdb.DuckDBPyConnection, collab: str) -> tuple[list[MatchStats], int]:
+def match_stats(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> tuple[list[MatchStats], int]:
     """Per-type exact counts and the total of matched pairs. Operator-only: members never see exact counts."""
     stats = []
     for t in IdentifierType:
@@ -151,9 +151,11 @@ def match_stats(cur: duckdb.DuckDBPyConnection, collab: str) -> tuple[list[Match
                 "SELECT count(*) FROM (SELECT DISTINCT a.dkey FROM match_keys a JOIN match_keys b"
                 " ON a.dkey = b.dkey AND a.member < b.member"
                 " WHERE a.collab = $c AND b.collab = $c AND a.id_type = $t AND b.id_type = $t)",
-                {"c": collab, "t": code},
+                {"c": collaboration_id, "t": code},
             )
         )
-        pairs = first(cur.execute("SELECT count(*) FROM matches WHERE collab = ? AND id_type = ?", [collab, code]))
+        pairs = first(
+            cur.execute("SELECT count(*) FROM matches WHERE collab = ? AND id_type = ?", [collaboration_id, code])
+        )
         stats.append(MatchStats(t, int(shared[0]) if shared else 0, int(pairs[0]) if pairs else 0))
     return stats, sum(s.pairs for s in stats)

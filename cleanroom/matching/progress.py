@@ -24,37 +24,39 @@ class UploadProgress:
     committed: bool
 
 
-def read_progress(cur: duckdb.DuckDBPyConnection, collab: str, member: str, kind: str) -> UploadProgress | None:
+def read_progress(
+    cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, kind: str
+) -> UploadProgress | None:
     """The progress row of one upload, if it started."""
     row = first(
         cur.execute(
             "SELECT next_chunk, rows, committed FROM uploads WHERE collab = ? AND member = ? AND kind = ?",
-            [collab, member, kind],
+            [collaboration_id, member, kind],
         )
     )
     return UploadProgress(kind, row[0], row[1], row[2]) if row else None
 
 
-def list_progress(cur: duckdb.DuckDBPyConnection, collab: str, member: str) -> list[UploadProgress]:
+def list_progress(cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str) -> list[UploadProgress]:
     """Every upload of a member, by kind."""
     rows = cur.execute(
         "SELECT kind, next_chunk, rows, committed FROM uploads WHERE collab = ? AND member = ? ORDER BY kind",
-        [collab, member],
+        [collaboration_id, member],
     ).fetchall()
     return [UploadProgress(*r) for r in rows]
 
 
-def committed_set_sizes(cur: duckdb.DuckDBPyConnection, collab: str, kind: str = "points") -> dict[str, int]:
+def committed_set_sizes(cur: duckdb.DuckDBPyConnection, collaboration_id: str, kind: str = "points") -> dict[str, int]:
     """Each member's set size from its committed upload of `kind` (the points upload: disclosed at the match)."""
     rows = cur.execute(
-        "SELECT member, set_size FROM uploads WHERE collab = ? AND kind = ? AND committed", [collab, kind]
+        "SELECT member, set_size FROM uploads WHERE collab = ? AND kind = ? AND committed", [collaboration_id, kind]
     ).fetchall()
     return {str(member): int(size or 0) for member, size in rows}
 
 
-def any_upload(cur: duckdb.DuckDBPyConnection, collab: str) -> bool:
+def any_upload(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> bool:
     """Whether any member has started any upload in the collaboration."""
-    return first(cur.execute("SELECT 1 FROM uploads WHERE collab = ? LIMIT 1", [collab])) is not None
+    return first(cur.execute("SELECT 1 FROM uploads WHERE collab = ? LIMIT 1", [collaboration_id])) is not None
 
 
 def check_next_chunk(progress: UploadProgress | None, chunk_index: int, what: str) -> bool:
@@ -77,11 +79,17 @@ def check_next_chunk(progress: UploadProgress | None, chunk_index: int, what: st
 
 
 def save_progress(
-    cur: duckdb.DuckDBPyConnection, collab: str, member: str, progress: UploadProgress, set_size: int | None = None
+    cur: duckdb.DuckDBPyConnection,
+    collaboration_id: str,
+    member: str,
+    progress: UploadProgress,
+    set_size: int | None = None,
 ) -> None:
     """Insert or replace the progress row (call inside the chunk's transaction)."""
-    cur.execute("DELETE FROM uploads WHERE collab = ? AND member = ? AND kind = ?", [collab, member, progress.kind])
+    cur.execute(
+        "DELETE FROM uploads WHERE collab = ? AND member = ? AND kind = ?", [collaboration_id, member, progress.kind]
+    )
     cur.execute(
         "INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [collab, member, progress.kind, progress.next_chunk, progress.rows, progress.committed, set_size],
+        [collaboration_id, member, progress.kind, progress.next_chunk, progress.rows, progress.committed, set_size],
     )

@@ -102,17 +102,19 @@ def _point_array(points: bytes) -> pa.FixedSizeBinaryArray:
     return pa.FixedSizeBinaryArray.from_buffers(pa.binary(POINT_SIZE), n, [None, pa.py_buffer(points)])
 
 
-def _ensure_not_matched(cur: duckdb.DuckDBPyConnection, collab: str) -> None:
-    if is_matched(cur, collab):
+def _ensure_not_matched(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> None:
+    if is_matched(cur, collaboration_id):
         raise FailedPreconditionError(
-            f"the match of collaborations/{collab} is complete; a second match is not possible "
+            f"the match of collaborations/{collaboration_id} is complete; a second match is not possible "
             "(start a new collaboration to match new data)"
         )
 
 
-def total_rows(cur: duckdb.DuckDBPyConnection, collab: str, member: str) -> int | None:
+def total_rows(cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str) -> int | None:
     """The n of `member`'s committed point upload (its rows are 0 .. n-1); None before that upload is committed."""
-    row = first(cur.execute("SELECT total_rows FROM row_counts WHERE collab = ? AND member = ?", [collab, member]))
+    row = first(
+        cur.execute("SELECT total_rows FROM row_counts WHERE collab = ? AND member = ?", [collaboration_id, member])
+    )
     return int(row[0]) if row else None
 
 
@@ -126,7 +128,7 @@ class Relay:
 
     def upload_points(
         self,
-        collab: Collaboration,
+        collaboration: Collaboration,
         member: str,
         chunk_index: int,
         id_type: IdentifierType,
@@ -143,9 +145,10 @@ class Relay:
         """
         what = f"chunk {chunk_index}"
         try:
-            if id_type.value not in collab.policy.identifiers:
+            if id_type.value not in collaboration.policy.identifiers:
                 raise InvalidArgumentError(
-                    f"{what}: the policy lets the join use {', '.join(collab.policy.identifiers)}, not {id_type.value}"
+                    f"{what}: the policy lets the join use {', '.join(collaboration.policy.identifiers)}, "
+                    f"not {id_type.value}"
                 )
             if len(points) % POINT_SIZE:
                 raise InvalidArgumentError(f"{what}: points must be 32 bytes each")
@@ -155,17 +158,17 @@ class Relay:
             row_ids = _chunk_rows(first_row, present, n, what)
             _validate_points(points, what)
         except InvalidArgumentError as exc:
-            self._audit.record(collab.id, member, "refused", {"attempted": "upload.points", "reason": str(exc)})
+            self._audit.record(collaboration.id, member, "refused", {"attempted": "upload.points", "reason": str(exc)})
             raise
         with self._db.transaction() as cur:
-            check_approved_revision(cur, collab)
-            _ensure_not_matched(cur, collab.id)
-            progress = read_progress(cur, collab.id, member, POINTS)
+            check_approved_revision(cur, collaboration)
+            _ensure_not_matched(cur, collaboration.id)
+            progress = read_progress(cur, collaboration.id, member, POINTS)
             if check_next_chunk(progress, chunk_index, "your point upload"):
-                cur.execute("DELETE FROM staged_points WHERE collab = ? AND member = ?", [collab.id, member])
+                cur.execute("DELETE FROM staged_points WHERE collab = ? AND member = ?", [collaboration.id, member])
                 progress = None
             if progress is None:
-                self._audit.append(cur, collab.id, member, "upload.start", {"kind": POINTS})
+                self._audit.append(cur, collaboration.id, member, "upload.start", {"kind": POINTS})
             seq0 = progress.rows if progress else 0
             chunk = pa.table(
                 {
@@ -177,25 +180,32 @@ class Relay:
             )
             cur.register("chunk", chunk)
             cur.execute(
-                "INSERT INTO staged_points SELECT ?, ?, seq, id_type, row_id, point FROM chunk", [collab.id, member]
+                "INSERT INTO staged_points SELECT ?, ?, seq, id_type, row_id, point FROM chunk",
+                [collaboration.id, member],
             )
             cur.unregister("chunk")
             new = UploadProgress(POINTS, chunk_index + 1, seq0 + n, False)
             set_size = None
             if last:
-                set_size = self._commit_points(cur, collab.id, member, seq0 + n, total_rows)
+                set_size = self._commit_points(cur, collaboration.id, member, seq0 + n, total_rows)
                 new = UploadProgress(POINTS, chunk_index + 1, seq0 + n, True)
                 self._audit.append(
-                    cur, collab.id, member, "upload.commit", {"kind": POINTS, "points": seq0 + n, "rows": set_size}
+                    cur,
+                    collaboration.id,
+                    member,
+                    "upload.commit",
+                    {"kind": POINTS, "points": seq0 + n, "rows": set_size},
                 )
-            save_progress(cur, collab.id, member, new, set_size)
+            save_progress(cur, collaboration.id, member, new, set_size)
         return new
 
     def _commit_points(
-        self, cur: duckdb.DuckDBPyConnection, collab: str, member: str, total: int, total_rows: int
+        self, cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, total: int, total_rows: int
     ) -> int:
         top = first(
-            cur.execute("SELECT max(row_id) FROM staged_points WHERE collab = ? AND member = ?", [collab, member])
+            cur.execute(
+                "SELECT max(row_id) FROM staged_points WHERE collab = ? AND member = ?", [collaboration_id, member]
+            )
         )
         highest = -1 if not top or top[0] is None else int(top[0])
         if total_rows < 0 or highest >= total_rows:
@@ -203,13 +213,13 @@ class Relay:
                 f"the last chunk's total_rows is {total_rows}, but a point names row {highest}: set total_rows to the "
                 "number of rows you numbered (every user, with or without an identifier) on the chunk marked `last`"
             )
-        cur.execute("DELETE FROM row_counts WHERE collab = ? AND member = ?", [collab, member])
-        cur.execute("INSERT INTO row_counts VALUES (?, ?, ?)", [collab, member, total_rows])
+        cur.execute("DELETE FROM row_counts WHERE collab = ? AND member = ?", [collaboration_id, member])
+        cur.execute("INSERT INTO row_counts VALUES (?, ?, ?)", [collaboration_id, member, total_rows])
         dupes = first(
             cur.execute(
                 "SELECT count(*) - count(DISTINCT (id_type, row_id)) FROM staged_points"
                 " WHERE collab = ? AND member = ?",
-                [collab, member],
+                [collaboration_id, member],
             )
         )
         if dupes and dupes[0]:
@@ -224,23 +234,25 @@ class Relay:
         cur.execute(
             "INSERT INTO offers SELECT s.collab, s.member, p.pos, s.id_type, s.row_id, s.point"
             " FROM staged_points s JOIN perm p USING (seq) WHERE s.collab = ? AND s.member = ? ORDER BY p.pos",
-            [collab, member],
+            [collaboration_id, member],
         )
         cur.unregister("perm")
-        cur.execute("DELETE FROM staged_points WHERE collab = ? AND member = ?", [collab, member])
+        cur.execute("DELETE FROM staged_points WHERE collab = ? AND member = ?", [collaboration_id, member])
         row = first(
-            cur.execute("SELECT count(DISTINCT row_id) FROM offers WHERE collab = ? AND member = ?", [collab, member])
+            cur.execute(
+                "SELECT count(DISTINCT row_id) FROM offers WHERE collab = ? AND member = ?", [collaboration_id, member]
+            )
         )
         return int(row[0]) if row else 0
 
-    def _offer_size(self, cur: duckdb.DuckDBPyConnection, collab: str, owner: str) -> int | None:
-        progress = read_progress(cur, collab, owner, POINTS)
+    def _offer_size(self, cur: duckdb.DuckDBPyConnection, collaboration_id: str, owner: str) -> int | None:
+        progress = read_progress(cur, collaboration_id, owner, POINTS)
         return progress.rows if progress and progress.committed else None
 
-    def offer_chunks(self, collab: Collaboration, member: str) -> int:
+    def offer_chunks(self, collaboration: Collaboration, member: str) -> int:
         """The number of chunks in the peer's offer; FailedPrecondition while the peer is still uploading."""
-        peer = collab.policy.peer_of(member)
-        size = self._offer_size(self._db.cursor(), collab.id, peer)
+        peer = collaboration.policy.peer_of(member)
+        size = self._offer_size(self._db.cursor(), collaboration.id, peer)
         if size is None:
             raise FailedPreconditionError(f"{peer} has not finished uploading its points yet; retry later")
         return self._chunks(size)
@@ -249,49 +261,49 @@ class Relay:
         """Chunks in an offer of `size` points; an empty offer still has one (empty) chunk to answer."""
         return max(1, -(-size // self.offer_chunk))
 
-    def fetch_peer_chunk(self, collab: Collaboration, member: str, chunk_index: int) -> bytes:
+    def fetch_peer_chunk(self, collaboration: Collaboration, member: str, chunk_index: int) -> bytes:
         """Chunk `chunk_index` of the peer's shuffled points, 32 bytes each."""
-        total = self.offer_chunks(collab, member)
+        total = self.offer_chunks(collaboration, member)
         if not 0 <= chunk_index < total:
             raise InvalidArgumentError(f"chunk {chunk_index} is out of range; the offer has {total} chunks")
         start = chunk_index * self.offer_chunk
         cur = self._db.cursor()
-        if self._double_done(cur, collab.id, member):
+        if self._double_done(cur, collaboration.id, member):
             raise FailedPreconditionError("you have already double-blinded the peer's points")
         table = cur.sql(
             "SELECT point FROM offers WHERE collab = ? AND member = ? AND pos >= ? AND pos < ? ORDER BY pos",
-            params=[collab.id, collab.policy.peer_of(member), start, start + self.offer_chunk],
+            params=[collaboration.id, collaboration.policy.peer_of(member), start, start + self.offer_chunk],
         ).to_arrow_table()
         return b"".join(table.column("point").to_pylist())
 
-    def _double_done(self, cur: duckdb.DuckDBPyConnection, collab: str, member: str) -> bool:
-        progress = read_progress(cur, collab, member, DOUBLE_BLINDED)
+    def _double_done(self, cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str) -> bool:
+        progress = read_progress(cur, collaboration_id, member, DOUBLE_BLINDED)
         return bool(progress and progress.committed)
 
     def submit_double_blinded(
-        self, collab: Collaboration, member: str, chunk_index: int, tags: bytes, last: bool
+        self, collaboration: Collaboration, member: str, chunk_index: int, tags: bytes, last: bool
     ) -> UploadProgress:
         """Store the tags of the caller's blinding of one offered chunk; the last chunk un-shuffles them.
 
         Tags are opaque 64-bit values: there is nothing to validate but their number.
         """
-        peer = collab.policy.peer_of(member)
+        peer = collaboration.policy.peer_of(member)
         what = f"double-blinded chunk {chunk_index}"
         if len(tags) % TAG_SIZE:
             raise InvalidArgumentError(f"{what}: tags must be {TAG_SIZE} bytes each")
         with self._db.transaction() as cur:
-            check_approved_revision(cur, collab)
-            _ensure_not_matched(cur, collab.id)
-            size = self._offer_size(cur, collab.id, peer)
+            check_approved_revision(cur, collaboration)
+            _ensure_not_matched(cur, collaboration.id)
+            size = self._offer_size(cur, collaboration.id, peer)
             if size is None:
                 raise FailedPreconditionError(f"{peer} has not finished uploading its points yet; retry later")
             total = self._chunks(size)
-            progress = read_progress(cur, collab.id, member, DOUBLE_BLINDED)
+            progress = read_progress(cur, collaboration.id, member, DOUBLE_BLINDED)
             if check_next_chunk(progress, chunk_index, "your double-blinded upload"):
-                cur.execute("DELETE FROM double_points WHERE collab = ? AND owner = ?", [collab.id, peer])
+                cur.execute("DELETE FROM double_points WHERE collab = ? AND owner = ?", [collaboration.id, peer])
                 progress = None
             if progress is None:
-                self._audit.append(cur, collab.id, member, "upload.start", {"kind": DOUBLE_BLINDED})
+                self._audit.append(cur, collaboration.id, member, "upload.start", {"kind": DOUBLE_BLINDED})
             if chunk_index >= total:
                 raise InvalidArgumentError(f"{what} is out of range; the offer has {total} chunks")
             start = chunk_index * self.offer_chunk
@@ -311,50 +323,52 @@ class Relay:
                 }
             )
             cur.register("chunk", chunk)
-            cur.execute("INSERT INTO double_points SELECT ?, ?, pos, dkey FROM chunk", [collab.id, peer])
+            cur.execute("INSERT INTO double_points SELECT ?, ?, pos, dkey FROM chunk", [collaboration.id, peer])
             cur.unregister("chunk")
             new = UploadProgress(DOUBLE_BLINDED, chunk_index + 1, start + n, final)
             if final:
-                self._unshuffle(cur, collab.id, peer)
-                self._audit.append(cur, collab.id, member, "upload.commit", {"kind": DOUBLE_BLINDED, "points": size})
-            save_progress(cur, collab.id, member, new)
+                self._unshuffle(cur, collaboration.id, peer)
+                self._audit.append(
+                    cur, collaboration.id, member, "upload.commit", {"kind": DOUBLE_BLINDED, "points": size}
+                )
+            save_progress(cur, collaboration.id, member, new)
             if final:
-                self._join_if_ready(cur, collab, member)
+                self._join_if_ready(cur, collaboration, member)
         return new
 
-    def _unshuffle(self, cur: duckdb.DuckDBPyConnection, collab: str, owner: str) -> None:
+    def _unshuffle(self, cur: duckdb.DuckDBPyConnection, collaboration_id: str, owner: str) -> None:
         add_keys(
             cur,
             "SELECT o.collab, o.member, o.id_type, o.row_id, d.dkey"
             " FROM offers o JOIN double_points d ON o.collab = d.collab AND o.member = d.owner AND o.pos = d.pos"
             " WHERE o.collab = ? AND o.member = ? AND d.dkey <> 0",
-            [collab, owner],
+            [collaboration_id, owner],
         )
-        cur.execute("DELETE FROM offers WHERE collab = ? AND member = ?", [collab, owner])
-        cur.execute("DELETE FROM double_points WHERE collab = ? AND owner = ?", [collab, owner])
+        cur.execute("DELETE FROM offers WHERE collab = ? AND member = ?", [collaboration_id, owner])
+        cur.execute("DELETE FROM double_points WHERE collab = ? AND owner = ?", [collaboration_id, owner])
 
-    def _join_if_ready(self, cur: duckdb.DuckDBPyConnection, collab: Collaboration, member: str) -> None:
-        if all(self._double_done(cur, collab.id, m.name) for m in collab.members):
-            members = tuple(sorted(m.name for m in collab.members))
-            types = [IdentifierType(t) for t in collab.policy.identifiers]
-            join_matches(cur, collab.id, members, types)  # type: ignore[arg-type]
-            self._audit.append(cur, collab.id, member, "match.complete", {})
+    def _join_if_ready(self, cur: duckdb.DuckDBPyConnection, collaboration: Collaboration, member: str) -> None:
+        if all(self._double_done(cur, collaboration.id, m.name) for m in collaboration.members):
+            members = tuple(sorted(m.name for m in collaboration.members))
+            types = [IdentifierType(t) for t in collaboration.policy.identifiers]
+            join_matches(cur, collaboration.id, members, types)  # type: ignore[arg-type]
+            self._audit.append(cur, collaboration.id, member, "match.complete", {})
 
-    def status(self, collab: Collaboration, member: str) -> MatchStatus:
+    def status(self, collaboration: Collaboration, member: str) -> MatchStatus:
         """The match as `member` may see it."""
         cur = self._db.cursor()
-        peer = collab.policy.peer_of(member)
-        if is_matched(cur, collab.id):
+        peer = collaboration.policy.peer_of(member)
+        if is_matched(cur, collaboration.id):
             stage = MatchStage.MATCHED
-        elif all(self._offer_size(cur, collab.id, m.name) is not None for m in collab.members):
+        elif all(self._offer_size(cur, collaboration.id, m.name) is not None for m in collaboration.members):
             stage = MatchStage.DOUBLE_BLINDING
         else:
             stage = MatchStage.UPLOADING
-        peer_size = self._offer_size(cur, collab.id, peer)
-        sizes = committed_set_sizes(cur, collab.id, POINTS)
+        peer_size = self._offer_size(cur, collaboration.id, peer)
+        sizes = committed_set_sizes(cur, collaboration.id, POINTS)
         return MatchStatus(
             stage=stage,
-            uploads=tuple(list_progress(cur, collab.id, member)),
+            uploads=tuple(list_progress(cur, collaboration.id, member)),
             peer_points_ready=peer_size is not None,
             peer_point_chunks=self._chunks(peer_size) if peer_size is not None else 0,
             own_set_size=int(sizes.get(member) or 0),

@@ -38,26 +38,26 @@ TIME_WINDOW = (dt.datetime(1900, 1, 1), dt.datetime(2200, 1, 1))
 _UNIT_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 
 
-def uploaded_tables(cur: duckdb.DuckDBPyConnection, collab: str) -> dict[tuple[str, str], str]:
+def uploaded_tables(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> dict[tuple[str, str], str]:
     """The physical DuckDB table of each (member, table) uploaded in a collaboration."""
-    rows = cur.execute("SELECT member, name, physical FROM data_tables WHERE collab = ?", [collab]).fetchall()
+    rows = cur.execute("SELECT member, name, physical FROM data_tables WHERE collab = ?", [collaboration_id]).fetchall()
     return {(str(member), str(name)): str(physical) for member, name, physical in rows}
 
 
 def register_table(
-    cur: duckdb.DuckDBPyConnection, collab: str, member: str, table: str, source: str, rows: int
+    cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, table: str, source: str, rows: int
 ) -> None:
     """Store `member.table` from a registered relation `source` without the upload checks.
 
     For loading known data at benchmark sizes (`cleanroom.devtools.synthetic.load_direct`); uploads go through
     `TableUploads`, which validates every chunk against the policy.
     """
-    physical = physical_name(collab, member, table)
+    physical = physical_name(collaboration_id, member, table)
     cur.execute(f"CREATE TABLE {quote_ident(physical)} AS SELECT * FROM {source}")
-    cur.execute("INSERT INTO data_tables VALUES (?, ?, ?, ?, ?)", [collab, member, table, physical, rows])
+    cur.execute("INSERT INTO data_tables VALUES (?, ?, ?, ?, ?)", [collaboration_id, member, table, physical, rows])
 
 
-def physical_name(collab: str, member: str, table: str, staged: bool = False) -> str:
+def physical_name(collaboration_id: str, member: str, table: str, staged: bool = False) -> str:
     """The DuckDB table holding `member.table` of a collaboration.
 
     One-to-one: the name is a SHA-256 over the three parts, each length-prefixed, so two different (collaboration,
@@ -65,7 +65,7 @@ def physical_name(collab: str, member: str, table: str, staged: bool = False) ->
     name is always a safe identifier whatever the parts hold.
     """
     digest = hashlib.sha256()
-    for part in (collab, member, table):
+    for part in (collaboration_id, member, table):
         raw = part.encode("utf-8")
         digest.update(len(raw).to_bytes(8, "big") + raw)
     return f"{'stage' if staged else 'data'}_{digest.hexdigest()}"
@@ -210,12 +210,12 @@ class TableUploads:
         self._audit = audit
 
     def upload_chunk(
-        self, collab: Collaboration, member: str, table: str, chunk_index: int, arrow_ipc: bytes, last: bool
+        self, collaboration: Collaboration, member: str, table: str, chunk_index: int, arrow_ipc: bytes, last: bool
     ) -> UploadProgress:
         """Validate and stage one chunk; the last one makes the whole table visible at once."""
-        spec = collab.policy.table(member, table)
+        spec = collaboration.policy.table(member, table)
         if spec is None:
-            declared = sorted(t.table for t in collab.policy.tables.values() if t.member == member)
+            declared = sorted(t.table for t in collaboration.policy.tables.values() if t.member == member)
             raise InvalidArgumentError(
                 f"table {table!r} is not declared for {member} in the policy (declared: {declared or 'none'})"
             )
@@ -224,20 +224,20 @@ class TableUploads:
             data = _check(_decode(arrow_ipc, what), spec, what)
         except InvalidArgumentError as exc:
             self._audit.record(
-                collab.id, member, "refused", {"attempted": "upload.table", "table": table, "reason": str(exc)}
+                collaboration.id, member, "refused", {"attempted": "upload.table", "table": table, "reason": str(exc)}
             )
             raise
         kind = f"table:{table}"
-        stage = quote_ident(physical_name(collab.id, member, table, staged=True))
+        stage = quote_ident(physical_name(collaboration.id, member, table, staged=True))
         with self._db.transaction() as cur:
-            check_approved_revision(cur, collab)
-            _check_rows(data, total_rows(cur, collab.id, member), what)
-            progress = read_progress(cur, collab.id, member, kind)
+            check_approved_revision(cur, collaboration)
+            _check_rows(data, total_rows(cur, collaboration.id, member), what)
+            progress = read_progress(cur, collaboration.id, member, kind)
             restart = check_next_chunk(progress, chunk_index, f"the upload of {member}.{table}")
             if restart or progress is None:
                 progress = None
                 cur.execute(f"DROP TABLE IF EXISTS {stage}")
-                self._audit.append(cur, collab.id, member, "upload.start", {"kind": kind})
+                self._audit.append(cur, collaboration.id, member, "upload.start", {"kind": kind})
             cur.register("chunk", data)
             if progress is None:
                 cur.execute(f"CREATE TABLE {stage} AS SELECT * FROM chunk")
@@ -252,14 +252,16 @@ class TableUploads:
             rows = (progress.rows if progress else 0) + data.num_rows
             new = UploadProgress(kind, chunk_index + 1, rows, last)
             if last:
-                self._commit(cur, collab.id, member, table, rows)
-                self._audit.append(cur, collab.id, member, "upload.commit", {"kind": kind, "rows": rows})
-            save_progress(cur, collab.id, member, new)
+                self._commit(cur, collaboration.id, member, table, rows)
+                self._audit.append(cur, collaboration.id, member, "upload.commit", {"kind": kind, "rows": rows})
+            save_progress(cur, collaboration.id, member, new)
         return new
 
-    def _commit(self, cur: duckdb.DuckDBPyConnection, collab: str, member: str, table: str, rows: int) -> None:
-        stage = physical_name(collab, member, table, staged=True)
-        final = physical_name(collab, member, table)
+    def _commit(
+        self, cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, table: str, rows: int
+    ) -> None:
+        stage = physical_name(collaboration_id, member, table, staged=True)
+        final = physical_name(collaboration_id, member, table)
         if table == USERS_TABLE:
             dupes = first(cur.execute(f"SELECT count(*) - count(DISTINCT row_id) FROM {quote_ident(stage)}"))
             if dupes and dupes[0]:
@@ -269,12 +271,15 @@ class TableUploads:
                 )
         # Replace only what this member registered for this table of this collaboration, never by name alone.
         owners = cur.execute("SELECT collab, member, name FROM data_tables WHERE physical = ?", [final]).fetchall()
-        if any(tuple(o) != (collab, member, table) for o in owners):
+        if any(tuple(o) != (collaboration_id, member, table) for o in owners):
             raise InternalError(f"physical table {final} is registered to another upload; refusing to replace it")
         for (old,) in cur.execute(
-            "SELECT physical FROM data_tables WHERE collab = ? AND member = ? AND name = ?", [collab, member, table]
+            "SELECT physical FROM data_tables WHERE collab = ? AND member = ? AND name = ?",
+            [collaboration_id, member, table],
         ).fetchall():
             cur.execute(f"DROP TABLE IF EXISTS {quote_ident(old)}")
         cur.execute(f"ALTER TABLE {quote_ident(stage)} RENAME TO {quote_ident(final)}")
-        cur.execute("DELETE FROM data_tables WHERE collab = ? AND member = ? AND name = ?", [collab, member, table])
-        cur.execute("INSERT INTO data_tables VALUES (?, ?, ?, ?, ?)", [collab, member, table, final, rows])
+        cur.execute(
+            "DELETE FROM data_tables WHERE collab = ? AND member = ? AND name = ?", [collaboration_id, member, table]
+        )
+        cur.execute("INSERT INTO data_tables VALUES (?, ?, ?, ?, ?)", [collaboration_id, member, table, final, rows])

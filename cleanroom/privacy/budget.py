@@ -30,7 +30,7 @@ import duckdb
 
 from ..audit import AuditEntry, AuditLog
 from ..audit.chain import canonical_json
-from ..errors import InvalidArgumentError, ResourceExhaustedError
+from ..errors import BudgetShortfall, InvalidArgumentError, ResourceExhaustedError
 from ..storage import Database
 from ..storage.database import first
 
@@ -117,22 +117,22 @@ class BudgetAccountant:
         self._charge_interrupted()
 
     # -- reading --------------------------------------------------------------------------------------------------
-    def _units(self, cur: duckdb.DuckDBPyConnection, collaboration: str, member: str) -> tuple[int, int, int, int]:
-        spent = self._audit.charged_units(cur, collaboration, member, EPSILON_UNIT, DELTA_UNIT)
+    def _units(self, cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str) -> tuple[int, int, int, int]:
+        spent = self._audit.charged_units(cur, collaboration_id, member, EPSILON_UNIT, DELTA_UNIT)
         held = first(
             cur.execute(
                 "SELECT coalesce(sum(CAST(round(epsilon / $eu) AS HUGEINT)), 0),"
                 " coalesce(sum(CAST(round(delta / $du) AS HUGEINT)), 0)"
                 " FROM budget_reservations WHERE collab = $c AND member = $m",
-                {"eu": EPSILON_UNIT, "du": DELTA_UNIT, "c": collaboration, "m": member},
+                {"eu": EPSILON_UNIT, "du": DELTA_UNIT, "c": collaboration_id, "m": member},
             )
         )
         return tuple(int(v) for v in (*(spent or (0, 0)), *(held or (0, 0))))  # type: ignore[return-value]
 
-    def status(self, collaboration: str, member: str, limits: Limits) -> BudgetStatus:
+    def status(self, collaboration_id: str, member: str, limits: Limits) -> BudgetStatus:
         """Spent (from the audit log) and reserved budget of a member; FAILED_PRECONDITION if the log is broken."""
-        self._audit.require_intact(collaboration)
-        eps, dlt, eps_held, dlt_held = self._units(self._db.cursor(), collaboration, member)
+        self._audit.require_intact(collaboration_id)
+        eps, dlt, eps_held, dlt_held = self._units(self._db.cursor(), collaboration_id, member)
         return BudgetStatus(
             member,
             limits.epsilon_total,
@@ -146,7 +146,7 @@ class BudgetAccountant:
     # -- the life of a reservation --------------------------------------------------------------------------------
     def reserve(
         self,
-        collaboration: str,
+        collaboration_id: str,
         charges: Sequence[Charge],
         limits: Limits,
         query: str = "",
@@ -155,32 +155,34 @@ class BudgetAccountant:
         """Hold every charge, or RESOURCE_EXHAUSTED naming what was asked and what is left (nothing is held)."""
         if not charges:
             raise InvalidArgumentError("a release charges at least its requester")
-        self._audit.require_intact(collaboration)  # fail closed: a cut or altered ledger spends nothing more
+        self._audit.require_intact(collaboration_id)  # fail closed: a cut or altered ledger spends nothing more
         eps_cap = total_units(limits.epsilon_total, EPSILON_UNIT)
         dlt_cap = total_units(limits.delta_total, DELTA_UNIT)
-        reservation = Reservation(secrets.token_hex(8), collaboration, tuple(charges))
+        reservation = Reservation(secrets.token_hex(8), collaboration_id, tuple(charges))
         with self._db.transaction() as cur:
             for charge in charges:
-                eps, dlt, eps_held, dlt_held = self._units(cur, collaboration, charge.member)
+                eps, dlt, eps_held, dlt_held = self._units(cur, collaboration_id, charge.member)
                 ask_eps, ask_dlt = charge.units
                 who = "you have" if charge.member == reservation.requester else f"the recipient {charge.member} has"
                 if eps + eps_held + ask_eps > eps_cap:
                     left = max(0, eps_cap - eps - eps_held) * EPSILON_UNIT
                     raise ResourceExhaustedError(
                         f"privacy budget exhausted: the query asks epsilon {charge.epsilon:g} but {who} "
-                        f"{left:g} left of {limits.epsilon_total:g} in collaborations/{collaboration}"
+                        f"{left:g} left of {limits.epsilon_total:g} in collaborations/{collaboration_id}",
+                        BudgetShortfall(charge.member, "epsilon", charge.epsilon, left, limits.epsilon_total),
                     )
                 if dlt + dlt_held + ask_dlt > dlt_cap:
                     left = max(0, dlt_cap - dlt - dlt_held) * DELTA_UNIT
                     raise ResourceExhaustedError(
                         f"privacy budget exhausted: the query asks delta {charge.delta:g} but {who} "
-                        f"{left:g} left of {limits.delta_total:g} in collaborations/{collaboration}"
+                        f"{left:g} left of {limits.delta_total:g} in collaborations/{collaboration_id}",
+                        BudgetShortfall(charge.member, "delta", charge.delta, left, limits.delta_total),
                     )
                 cur.execute(
                     "INSERT INTO budget_reservations VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [
                         reservation.id,
-                        collaboration,
+                        collaboration_id,
                         charge.member,
                         ask_eps * EPSILON_UNIT,
                         ask_dlt * DELTA_UNIT,

@@ -9,7 +9,6 @@ from cleanroom_client.protocol import admin_pb2_grpc as pb_grpc
 
 from ..collaborations import parse_name, require_exists
 from ..errors import InvalidArgumentError
-from ..matching import match_stats
 from ..principals import Principals, Role
 from ..storage import Database
 
@@ -52,10 +51,12 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         self, request: pb.GetMatchStatsRequest, context: grpc.ServicerContext
     ) -> pb.GetMatchStatsResponse:
         """Exact counts."""
+        from ..matching import match_stats  # here: the matching package is heavy and other commands never need it
+
         cur = self._db.cursor()
-        collab_id = parse_name(request.collaboration)
-        require_exists(cur, collab_id)
-        stats, total = match_stats(cur, collab_id)
+        collaboration_id = parse_name(request.collaboration)
+        require_exists(cur, collaboration_id)
+        stats, total = match_stats(cur, collaboration_id)
         return pb.GetMatchStatsResponse(
             identifier_types=[
                 pb.IdentifierMatchStats(identifier_type=s.id_type.value, shared_keys=s.shared_keys, pairs=s.pairs)

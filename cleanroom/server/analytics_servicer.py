@@ -6,6 +6,8 @@ any argument is looked at). Audiences are listed and fetched only by their recip
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable, Iterator, Mapping
 
 import grpc
@@ -34,6 +36,7 @@ from ..analytics.audiences import AudienceInfo, Audiences, parse_audience_name
 from ..analytics.queries import DimensionRef, EventFilter
 from ..collaborations import Collaborations, parse_name
 from ..errors import InvalidArgumentError
+from ..principals import Principal
 from .auth import Authenticator
 
 
@@ -70,7 +73,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
     def __init__(
         self, engine: QueryEngine, collaborations: Collaborations, audiences: Audiences, auth: Authenticator
     ) -> None:
-        self._collabs = collaborations
+        self._collaborations = collaborations
         self._audiences = audiences
         self._engine = engine
         self._auth = auth
@@ -169,6 +172,15 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
     ) -> pb.QueryResult:
         """DP-SGD lookalike; the audience goes to the platform."""
         principal = self._auth.principal(context)
+        return self._lookalike(principal, request, preview)
+
+    def _lookalike(
+        self,
+        principal: Principal,
+        request: pb.LookalikeRequest,
+        preview: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> pb.QueryResult:
         self._engine.authorize(principal, parse_name(request.parent), QueryType.LOOKALIKE)
         q = LookalikeQuery(
             seed=_filters(request.seed),
@@ -177,7 +189,36 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             delta=request.delta,
             model=request.model or "logistic",
         )
-        return answer_to_proto(self._engine.lookalike(principal, parse_name(request.parent), q, preview=preview))
+        answer = self._engine.lookalike(principal, parse_name(request.parent), q, preview=preview, progress=progress)
+        return answer_to_proto(answer)
+
+    def LookalikeWithProgress(
+        self, request: pb.LookalikeWithProgressRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.LookalikeUpdate]:
+        """Lookalike with its training's progress streamed first; the answer (or the error) ends the stream."""
+        principal = self._auth.principal(context)
+        updates: queue.Queue[tuple[int, int] | None] = queue.Queue()
+        outcome: dict[str, pb.QueryResult | BaseException] = {}
+
+        def work() -> None:
+            try:
+                outcome["result"] = self._lookalike(principal, request.lookalike, progress=lambda *s: updates.put(s))
+            except BaseException as exc:  # noqa: BLE001 - handed to the stream, which raises it for the mapping
+                outcome["error"] = exc
+            finally:
+                updates.put(None)
+
+        worker = threading.Thread(target=work, name="lookalike", daemon=True)
+        worker.start()
+        while (step := updates.get()) is not None:
+            yield pb.LookalikeUpdate(progress=pb.TrainingProgress(step=step[0], steps=step[1]))
+        worker.join()
+        error = outcome.get("error")
+        if isinstance(error, BaseException):
+            raise error
+        result = outcome["result"]
+        assert isinstance(result, pb.QueryResult)
+        yield pb.LookalikeUpdate(result=result)
 
     def Activate(
         self, request: pb.ActivateRequest, context: grpc.ServicerContext, preview: bool = False
@@ -213,11 +254,11 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
     ) -> pb.ListAudiencesResponse:
         """The audiences released to the caller."""
         principal = self._auth.principal(context)
-        collab = self._collabs.require_active(
+        collaboration = self._collaborations.require_active(
             principal, parse_name(request.parent), Ability.RECEIVE_AUDIENCES, "audience.list"
         )
         return pb.ListAudiencesResponse(
-            audiences=[_audience(a) for a in self._audiences.list(collab.id, principal.name)]
+            audiences=[_audience(a) for a in self._audiences.list(collaboration.id, principal.name)]
         )
 
     def FetchAudience(
@@ -225,17 +266,17 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
     ) -> Iterator[pb.FetchAudienceResponse]:
         """One audience's row ids, to its recipient only."""
         principal = self._auth.principal(context)
-        collab_id, audience = parse_audience_name(request.name)
-        self._collabs.require_active(principal, collab_id, Ability.RECEIVE_AUDIENCES, "audience.fetch")
-        for chunk in self._audiences.fetch(collab_id, audience, principal.name):
+        collaboration_id, audience = parse_audience_name(request.name)
+        self._collaborations.require_active(principal, collaboration_id, Ability.RECEIVE_AUDIENCES, "audience.fetch")
+        for chunk in self._audiences.fetch(collaboration_id, audience, principal.name):
             if not context.is_active():
                 return
             yield pb.FetchAudienceResponse(row_ids=chunk)
 
     def GetBudget(self, request: pb.GetBudgetRequest, context: grpc.ServicerContext) -> pb.Budget:
         """Epsilon and delta total, spent and left per member (members and assigned auditors)."""
-        collab, rows = self._engine.budget(self._auth.principal(context), parse_name(request.parent))
-        policy = collab.policy
+        collaboration, rows = self._engine.budget(self._auth.principal(context), parse_name(request.parent))
+        policy = collaboration.policy
         return pb.Budget(
             members=[
                 pb.MemberBudget(

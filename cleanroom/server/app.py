@@ -10,7 +10,6 @@ commits in the same transaction as its effect, before the response leaves.
 from __future__ import annotations
 
 import logging
-import os
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,6 @@ from grpc_reflection.v1alpha import reflection
 from cleanroom_client.keyfile import read_private_file
 from cleanroom_client.protocol import (
     MAX_MESSAGE_BYTES,
-    admin_pb2_grpc,
     analytics_pb2,
     analytics_pb2_grpc,
     audit_pb2,
@@ -36,7 +34,7 @@ from cleanroom_client.protocol import (
 from ..analytics.audiences import Audiences
 from ..room import Room
 from ..storage import Database, StorageLimits
-from .admin_servicer import AdminServicer
+from .admin_socket import ADMIN_SOCKET, serve_admin
 from .analytics_servicer import AnalyticsServicer
 from .audit_servicer import AuditServicer
 from .auth import StreamLimiter, TokenOrCertificateAuthenticator
@@ -46,8 +44,6 @@ from .limits import RequestLimitsInterceptor
 from .matching_servicer import MatchingServicer
 
 log = logging.getLogger(__name__)
-
-ADMIN_SOCKET = "admin.sock"
 
 
 @dataclass(frozen=True)
@@ -126,25 +122,6 @@ def _service_names() -> list[str]:
     ]
 
 
-def serve_admin(room: Room, path: Path) -> grpc.Server:
-    """The operator's AdminService on the Unix socket `path`, readable only by this user.
-
-    The running server serves it on `<data_dir>/admin.sock`; an operator command with no server running serves it
-    for itself on a private socket, so every command takes the same path through the same servicer.
-    """
-    path.unlink(missing_ok=True)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), interceptors=[ErrorMappingInterceptor()])
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(room.db, room.principals), server)
-    old = os.umask(0o177)
-    try:
-        server.add_insecure_port(f"unix:{path}")
-    finally:
-        os.umask(old)
-    server.start()
-    os.chmod(path, 0o600)
-    return server
-
-
 def create_server(config: ServerConfig) -> RunningServer:
     """Open the data directory, wire every service and start listening on `config.address`."""
     if config.tls is None and not config.insecure:
@@ -167,15 +144,17 @@ def create_server(config: ServerConfig) -> RunningServer:
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ],
     )
-    collabs = room.collaborations
-    collaboration_pb2_grpc.add_CollaborationServiceServicer_to_server(CollaborationServicer(collabs, auth), server)
+    collaborations = room.collaborations
+    collaboration_pb2_grpc.add_CollaborationServiceServicer_to_server(
+        CollaborationServicer(collaborations, auth), server
+    )
     matching_pb2_grpc.add_MatchingServiceServicer_to_server(
-        MatchingServicer(collabs, room.relay, room.tables, auth, streams, config.stream_idle_timeout), server
+        MatchingServicer(collaborations, room.relay, room.tables, auth, streams, config.stream_idle_timeout), server
     )
     analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(
-        AnalyticsServicer(room.queries, collabs, Audiences(room.db, room.audit), auth), server
+        AnalyticsServicer(room.queries, collaborations, Audiences(room.db, room.audit), auth), server
     )
-    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(room.audit, collabs, auth, streams), server)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(room.audit, collaborations, auth, streams), server)
 
     services = _service_names()
     health_servicer = health.HealthServicer()

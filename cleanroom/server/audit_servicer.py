@@ -68,7 +68,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         streams: StreamLimiter,
     ) -> None:
         self._log = log
-        self._collabs = collaborations
+        self._collaborations = collaborations
         self._auth = auth
         self._streams = streams
 
@@ -77,12 +77,12 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             if principal.role is not Role.AUDITOR:
                 raise PermissionDeniedError("the server's own audit chain is for auditors")
             return SERVER_CHAIN
-        collab_id = parse_name(name)
+        collaboration_id = parse_name(name)
         if members_too:
-            self._collabs.get(principal, collab_id, action)
+            self._collaborations.get(principal, collaboration_id, action)
         else:
-            self._collabs.require_auditor(principal, collab_id, action)
-        return collab_id
+            self._collaborations.require_auditor(principal, collaboration_id, action)
+        return collaboration_id
 
     def ListAuditEntries(
         self, request: pb.ListAuditEntriesRequest, context: grpc.ServicerContext

@@ -30,7 +30,7 @@ class CollaborationServicer(pb_grpc.CollaborationServiceServicer):
     """Thin adapter over `Collaborations`."""
 
     def __init__(self, collaborations: Collaborations, auth: Authenticator) -> None:
-        self._collabs = collaborations
+        self._collaborations = collaborations
         self._auth = auth
 
     def CreateCollaboration(
@@ -38,19 +38,21 @@ class CollaborationServicer(pb_grpc.CollaborationServiceServicer):
     ) -> pb.Collaboration:
         """Create with a proposed policy."""
         principal = self._auth.principal(context)
-        return collaboration_to_proto(self._collabs.create(principal, request.collaboration_id, request.policy_yaml))
+        return collaboration_to_proto(
+            self._collaborations.create(principal, request.collaboration_id, request.policy_yaml)
+        )
 
     def GetCollaboration(self, request: pb.GetCollaborationRequest, context: grpc.ServicerContext) -> pb.Collaboration:
         """Get one."""
         principal = self._auth.principal(context)
-        return collaboration_to_proto(self._collabs.get(principal, parse_name(request.name)))
+        return collaboration_to_proto(self._collaborations.get(principal, parse_name(request.name)))
 
     def ListCollaborations(
         self, request: pb.ListCollaborationsRequest, context: grpc.ServicerContext
     ) -> pb.ListCollaborationsResponse:
         """List the caller's."""
         principal = self._auth.principal(context)
-        page, token = self._collabs.list(principal, request.page_size, request.page_token)
+        page, token = self._collaborations.list(principal, request.page_size, request.page_token)
         return pb.ListCollaborationsResponse(
             collaborations=[collaboration_to_proto(c) for c in page], next_page_token=token
         )
@@ -58,9 +60,11 @@ class CollaborationServicer(pb_grpc.CollaborationServiceServicer):
     def ProposePolicy(self, request: pb.ProposePolicyRequest, context: grpc.ServicerContext) -> pb.Collaboration:
         """Propose a new revision."""
         principal = self._auth.principal(context)
-        return collaboration_to_proto(self._collabs.propose(principal, parse_name(request.name), request.policy_yaml))
+        return collaboration_to_proto(
+            self._collaborations.propose(principal, parse_name(request.name), request.policy_yaml)
+        )
 
     def ApprovePolicy(self, request: pb.ApprovePolicyRequest, context: grpc.ServicerContext) -> pb.Collaboration:
         """Approve the current revision."""
         principal = self._auth.principal(context)
-        return collaboration_to_proto(self._collabs.approve(principal, parse_name(request.name), request.etag))
+        return collaboration_to_proto(self._collaborations.approve(principal, parse_name(request.name), request.etag))

@@ -13,6 +13,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from ..errors import (
     AlreadyExistsError,
@@ -30,6 +34,10 @@ log = logging.getLogger(__name__)
 
 #: Longest status message a caller receives; longer ones are cut, so no error echoes a large input back.
 MAX_DETAIL_CHARS = 500
+#: At most this many problems travel as structured details (trailers are small); the message says how many there were.
+MAX_PROBLEMS = 20
+#: The `ErrorInfo` reason and domain of a refused privacy budget (PROTOCOL.md, "Errors").
+BUDGET_REASON, ERROR_DOMAIN = "PRIVACY_BUDGET_EXHAUSTED", "cleanroom"
 
 STATUS: dict[type[CleanroomError], grpc.StatusCode] = {
     InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -57,6 +65,47 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error in the clean room; the operator's log has the details"
 
 
+def details_of(exc: BaseException) -> list[Message]:
+    """Structured details a caller receives with the status (google.rpc types any gRPC language can read).
+
+    INVALID_ARGUMENT with problems: a `BadRequest` with one field violation per problem ("path: what is wrong").
+    RESOURCE_EXHAUSTED of a privacy budget: an `ErrorInfo` (reason PRIVACY_BUDGET_EXHAUSTED, the figures as
+    metadata) and a `QuotaFailure` naming whose ledger. Nothing here depends on data: problems are about the
+    request, budget figures about the queries already charged.
+    """
+    if isinstance(exc, InvalidArgumentError) and exc.problems:
+        violations = []
+        for problem in exc.problems[:MAX_PROBLEMS]:
+            path, sep, what = problem.partition(": ")
+            field, description = (path, what) if sep else ("", problem)
+            violations.append(
+                error_details_pb2.BadRequest.FieldViolation(field=field[:200], description=description[:300])
+            )
+        return [error_details_pb2.BadRequest(field_violations=violations)]
+    if isinstance(exc, ResourceExhaustedError) and exc.shortfall is not None:
+        s = exc.shortfall
+        info = error_details_pb2.ErrorInfo(
+            reason=BUDGET_REASON,
+            domain=ERROR_DOMAIN,
+            metadata={
+                "member": s.member,
+                "resource": s.resource,
+                "requested": f"{s.requested:.17g}",
+                "left": f"{s.left:.17g}",
+                "total": f"{s.total:.17g}",
+            },
+        )
+        quota = error_details_pb2.QuotaFailure(
+            violations=[
+                error_details_pb2.QuotaFailure.Violation(
+                    subject=f"members/{s.member}", description=f"{s.resource} budget: {s.left:g} of {s.total:g} left"
+                )
+            ]
+        )
+        return [info, quota]
+    return []
+
+
 def _abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
     if not context.is_active():
         # The client cancelled or went away (e.g. Ctrl-C during a match): routine, nobody to answer.
@@ -65,7 +114,16 @@ def _abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
     code, message = status_of(exc)
     if code is grpc.StatusCode.INTERNAL:
         log.exception("unexpected error in %s", method)
-    context.abort(code, message)
+    details = details_of(exc)
+    if not details:
+        context.abort(code, message)
+    packed = []
+    for detail in details:
+        holder = any_pb2.Any()
+        holder.Pack(detail)
+        packed.append(holder)
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=packed)
+    context.abort_with_status(rpc_status.to_status(status))
 
 
 def _wrap_unary(fn: Callable[..., Any], method: str) -> Callable[..., Any]:

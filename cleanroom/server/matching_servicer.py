@@ -50,22 +50,22 @@ def _check_size(request: Message, chunk_index: int) -> None:
 class _StreamCollab:
     """Resolves the collaboration of a stream once, and checks every later message names the same one."""
 
-    def __init__(self, collabs: Collaborations, principal: Principal, action: str) -> None:
-        self._collabs = collabs
+    def __init__(self, collaborations: Collaborations, principal: Principal, action: str) -> None:
+        self._collaborations = collaborations
         self._principal = principal
         self._action = action
         self._parent = ""
-        self.collab: Collaboration | None = None
+        self.collaboration: Collaboration | None = None
 
     def resolve(self, parent: str) -> Collaboration:
-        if self.collab is None:
+        if self.collaboration is None:
             self._parent = parent
-            self.collab = self._collabs.require_active(
+            self.collaboration = self._collaborations.require_active(
                 self._principal, parse_name(parent), Ability.CONTRIBUTE, self._action
             )
         elif parent != self._parent:
             raise InvalidArgumentError(f"every message of a stream must name {self._parent}, got {parent!r}")
-        return self.collab
+        return self.collaboration
 
 
 def _own_table(principal: Principal, table: str) -> str:
@@ -92,7 +92,7 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
         streams: StreamLimiter,
         idle_timeout: float,
     ) -> None:
-        self._collabs = collaborations
+        self._collaborations = collaborations
         self._relay = relay
         self._tables = tables
         self._auth = auth
@@ -104,19 +104,19 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
     ) -> pb.UploadBlindedPointsResponse:
         """Store chunks of singly blinded points."""
         principal = self._auth.principal(context)
-        self._collabs.require_member_somewhere(principal, "upload.points")  # outsiders never get a slot
-        stream = _StreamCollab(self._collabs, principal, "upload.points")
+        self._collaborations.require_member_somewhere(principal, "upload.points")  # outsiders never get a slot
+        stream = _StreamCollab(self._collaborations, principal, "upload.points")
         progress: UploadProgress | None = None
         received = 0
         with self._streams.slot(principal):
             for req in watch_idle(request_iterator, context, self._idle):
                 _check_size(req, req.chunk_index)
-                collab = stream.resolve(req.parent)
+                collaboration = stream.resolve(req.parent)
                 id_type = _ID_TYPES.get(req.identifier_type)
                 if id_type is None:
                     raise InvalidArgumentError(f"chunk {req.chunk_index}: identifier_type must be set to a known type")
                 progress = self._relay.upload_points(
-                    collab,
+                    collaboration,
                     principal.name,
                     req.chunk_index,
                     id_type,
@@ -138,17 +138,17 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
     ) -> Iterator[pb.FetchPeerPointsResponse]:
         """Stream the peer's shuffled points."""
         principal = self._auth.principal(context)
-        collab = self._collabs.require_active(
+        collaboration = self._collaborations.require_active(
             principal, parse_name(request.parent), Ability.CONTRIBUTE, "fetch.peer_points"
         )
-        total = self._relay.offer_chunks(collab, principal.name)
+        total = self._relay.offer_chunks(collaboration, principal.name)
         if not 0 <= request.start_chunk <= total:
             raise InvalidArgumentError(f"start_chunk {request.start_chunk} is out of range; the offer has {total}")
         with self._streams.slot(principal):
             for i in range(request.start_chunk, total):
                 if not context.is_active():
                     return
-                points = self._relay.fetch_peer_chunk(collab, principal.name, i)
+                points = self._relay.fetch_peer_chunk(collaboration, principal.name, i)
                 yield pb.FetchPeerPointsResponse(chunk_index=i, points=points, total_chunks=total)
 
     def SubmitDoubleBlindedPoints(
@@ -156,15 +156,15 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
     ) -> pb.SubmitDoubleBlindedPointsResponse:
         """Store chunks of tags of doubly blinded points."""
         principal = self._auth.principal(context)
-        self._collabs.require_member_somewhere(principal, "upload.double_blinded")  # outsiders never get a slot
-        stream = _StreamCollab(self._collabs, principal, "upload.double_blinded")
+        self._collaborations.require_member_somewhere(principal, "upload.double_blinded")  # outsiders never get a slot
+        stream = _StreamCollab(self._collaborations, principal, "upload.double_blinded")
         progress: UploadProgress | None = None
         with self._streams.slot(principal):
             for req in watch_idle(request_iterator, context, self._idle):
                 _check_size(req, req.chunk_index)
-                collab = stream.resolve(req.parent)
+                collaboration = stream.resolve(req.parent)
                 progress = self._relay.submit_double_blinded(
-                    collab, principal.name, req.chunk_index, req.tags, req.last
+                    collaboration, principal.name, req.chunk_index, req.tags, req.last
                 )
         if progress is None:
             raise _no_messages()
@@ -175,19 +175,24 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
     ) -> pb.UploadTableResponse:
         """Store chunks of a table."""
         principal = self._auth.principal(context)
-        self._collabs.require_member_somewhere(principal, "upload.table")  # outsiders never get a slot
-        stream = _StreamCollab(self._collabs, principal, "upload.table")
+        self._collaborations.require_member_somewhere(principal, "upload.table")  # outsiders never get a slot
+        stream = _StreamCollab(self._collaborations, principal, "upload.table")
         progress: UploadProgress | None = None
         table = ""
         with self._streams.slot(principal):
             for req in watch_idle(request_iterator, context, self._idle):
                 _check_size(req, req.chunk_index)
-                collab = stream.resolve(req.parent)
+                collaboration = stream.resolve(req.parent)
                 if table and req.table != table:
                     raise InvalidArgumentError(f"every message of a stream must name table {table!r}")
                 table = req.table
                 progress = self._tables.upload_chunk(
-                    collab, principal.name, _own_table(principal, table), req.chunk_index, req.arrow_ipc, req.last
+                    collaboration,
+                    principal.name,
+                    _own_table(principal, table),
+                    req.chunk_index,
+                    req.arrow_ipc,
+                    req.last,
                 )
         if progress is None:
             raise _no_messages()
@@ -198,8 +203,10 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
     def GetMatchStatus(self, request: pb.GetMatchStatusRequest, context: grpc.ServicerContext) -> pb.MatchStatus:
         """The match from the caller's side."""
         principal = self._auth.principal(context)
-        collab = self._collabs.require_active(principal, parse_name(request.parent), Ability.CONTRIBUTE, "match.status")
-        status = self._relay.status(collab, principal.name)
+        collaboration = self._collaborations.require_active(
+            principal, parse_name(request.parent), Ability.CONTRIBUTE, "match.status"
+        )
+        status = self._relay.status(collaboration, principal.name)
         return pb.MatchStatus(
             stage=_STAGES[status.stage],
             uploads=[

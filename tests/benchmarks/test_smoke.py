@@ -72,3 +72,15 @@ def test_ray_blinding_benchmark_runs(tmp_path):
     assert set(engines) == {"one core", "process pool, 2 workers", "ray, 2 workers"}
     assert all(e["ids_per_second"] > 0 for e in engines.values())
     assert engines["ray, 2 workers"]["vs_pool"] > 0
+
+
+def test_startup_benchmark_runs(tmp_path):
+    result, stdout = _bench("bench_startup.py", tmp_path / "startup.json", "--repeat", "1")
+    assert set(result["seconds"]) == {
+        "floor: python -c 'import grpc, pandas'",
+        "cleanroom admin --help",
+        "cleanroom-client --help",
+        "python -c 'import cleanroom.room'",
+        "cleanroom admin rotate-token (no server)",
+    }
+    assert "x floor" in stdout

@@ -7,27 +7,31 @@ print as a table, CSV or JSON (`--output`). Errors say what went wrong and what 
 
 from __future__ import annotations
 
-import json
 import os
+
+# gRPC's C core logs a failed TLS handshake itself, before the one-line cause and fix this command prints; it reads
+# GRPC_VERBOSITY once, when gRPC is imported below. A user who sets GRPC_VERBOSITY (to debug) keeps their choice.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+import json
 import sys
 import warnings
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from .answers import load as load_answers
-from .client import CleanRoomClient, collaboration_dir, resolve_state_dir
-from .errors import CleanRoomError
-from .files import read_table
-from .identity import IdentifierQualityWarning
-from .policy import PolicyError, parse_policy
-from .policy_draft import DISCLOSURE_WARNING, draft_policy
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .client import CleanRoomClient
+
+# The SDK (grpc, pandas, numpy, jsonschema) is imported by the commands that use it, so `--help` and a mistyped
+# option answer at once.
 
 app = typer.Typer(
     help="Member command line of the Cleanroom data clean room. Set CLEANROOM_TARGET, CLEANROOM_TOKEN and "
@@ -79,6 +83,10 @@ def main(
 
 @contextmanager
 def _client() -> Iterator[CleanRoomClient]:
+    from .client import CleanRoomClient
+    from .errors import CleanRoomError
+    from .policy import PolicyError
+
     try:
         client = CleanRoomClient(
             settings.target,
@@ -103,6 +111,8 @@ def _client() -> Iterator[CleanRoomClient]:
 
 
 def _show(frame: pd.DataFrame, title: str = "") -> None:
+    import pandas as pd
+
     if settings.output == "csv":
         sys.stdout.write(frame.to_csv(index=False))
         return
@@ -122,7 +132,15 @@ def _show(frame: pd.DataFrame, title: str = "") -> None:
         out.print("  " + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in extras.items()))
 
 
+def _table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=columns)
+
+
 def _read(path: Path, text_columns: Collection[str] = ()) -> pd.DataFrame:
+    from .files import read_table
+
     return read_table(path, text_columns)
 
 
@@ -141,7 +159,7 @@ def _query(fn: Callable[[CleanRoomClient], pd.DataFrame], title: str) -> None:
         _show(fn(client), title)
 
 
-Collab = Annotated[str, typer.Argument(help="Collaboration id.")]
+CollaborationId = Annotated[str, typer.Argument(help="Collaboration id.")]
 Epsilon = Annotated[float, typer.Option(help="Privacy budget this query spends.")]
 
 
@@ -162,7 +180,7 @@ def list_collaborations() -> None:
             }
             for c in client.list_collaborations()
         ]
-    _show(pd.DataFrame(rows, columns=["id", "name", "state", "revision", "approved"]), "collaborations")
+    _show(_table(rows, ["id", "name", "state", "revision", "approved"]), "collaborations")
 
 
 @app.command()
@@ -186,7 +204,7 @@ def create(
 
 @app.command()
 def propose(
-    collaboration: Collab,
+    collaboration: CollaborationId,
     policy: Annotated[Path, typer.Argument(help="The new policy (YAML).")],
 ) -> None:
     """Propose a new policy revision: every member, you included, must review and approve it again.
@@ -223,6 +241,9 @@ def policy_init(
     Example: cleanroom-client policy init --users crm.csv --key customer_id --identifier email=email
     --event conversions=orders.csv --to policy.yaml
     """
+    from .policy import PolicyError, parse_policy
+    from .policy_draft import DISCLOSURE_WARNING, draft_policy
+
     try:
         identifiers = _pairs(identifier, "--identifier")
         events = {name: _read(Path(path), {key}) for name, path in _pairs(event or [], "--event").items()}
@@ -256,7 +277,7 @@ def ping(
 
 @app.command()
 def show(
-    collaboration: Collab,
+    collaboration: CollaborationId,
     etag: Annotated[bool, typer.Option("--etag", help="Print only the etag (for scripts).")] = False,
 ) -> None:
     """Show a collaboration's state, its policy exactly as proposed, and the etag to approve it by.
@@ -293,7 +314,7 @@ def show(
 
 @app.command()
 def approve(
-    collaboration: Collab,
+    collaboration: CollaborationId,
     etag: Annotated[
         str | None, typer.Option(help="The etag `cleanroom-client show` printed with the policy you reviewed.")
     ] = None,
@@ -317,7 +338,7 @@ def approve(
 
 @app.command()
 def match(
-    collaboration: Collab,
+    collaboration: CollaborationId,
     users: Annotated[str, typer.Option(help="Users file (CSV or Parquet); with --ray also a directory or lake path.")],
     key: Annotated[str, typer.Option(help="Column naming each user locally; never uploaded.")],
     identifier: Annotated[list[str], typer.Option(help="type=column, e.g. email=email or phone=mobile.")],
@@ -354,6 +375,8 @@ def match(
     On a Ray cluster: cleanroom-client match brand-x-2026q4 --ray auto --users s3://lake/crm/ --key customer_id
     --identifier email=email
     """
+    from .identity import IdentifierQualityWarning
+
     engine = None
     if ray is not None:
         from .ray_engine import RayEngine
@@ -385,7 +408,7 @@ def match(
         {"identifier": t, "blinded": c.sent, "invalid": c.invalid, "empty": c.missing}
         for t, c in summary.identifiers.items()
     ]
-    _show(pd.DataFrame(rows), f"matched: peer's set size {summary.peer_set_size:,}")
+    _show(_table(rows), f"matched: peer's set size {summary.peer_set_size:,}")
 
 
 def _phone_region(text: str) -> str:
@@ -404,7 +427,7 @@ def _say_warning(message: Warning | str, category: type[Warning], *_: object, **
 
 @app.command()
 def overlap(
-    collaboration: Collab,
+    collaboration: CollaborationId,
     by: Annotated[list[str] | None, typer.Option(help="member.column dimension (up to 3).")] = None,
     epsilon: Epsilon = 0.5,
 ) -> None:
@@ -417,7 +440,7 @@ def overlap(
 
 @app.command()
 def funnel(
-    collaboration: Collab,
+    collaboration: CollaborationId,
     by: Annotated[str | None, typer.Option(help="member.column to cross with the stage.")] = None,
     labels: Annotated[str, typer.Option(help="4a or aipl.")] = "4a",
     epsilon: Epsilon = 0.5,
@@ -433,7 +456,7 @@ def funnel(
 
 @app.command()
 def flow(
-    collaboration: Collab,
+    collaboration: CollaborationId,
     start: Annotated[str, typer.Option(help="Start date, YYYY-MM-DD.")],
     end: Annotated[str, typer.Option(help="End date, YYYY-MM-DD.")],
     epsilon: Epsilon = 0.5,
@@ -447,7 +470,7 @@ def flow(
 
 @app.command()
 def segment(
-    collaboration: Collab,
+    collaboration: CollaborationId,
     dimension: Annotated[str, typer.Option(help="member.column, e.g. platform.age_band.")],
     epsilon: Epsilon = 0.5,
 ) -> None:
@@ -463,7 +486,7 @@ def segment(
 
 @app.command()
 def value(
-    collaboration: Collab,
+    collaboration: CollaborationId,
     measure: Annotated[str, typer.Option(help="member.table.column, e.g. brand.conversions.value.")],
     by: Annotated[list[str] | None, typer.Option(help="member.column dimension (up to 3).")] = None,
     epsilon: Epsilon = 1.0,
@@ -477,7 +500,7 @@ def value(
 
 @app.command()
 def loyalty(
-    collaboration: Collab,
+    collaboration: CollaborationId,
     period1: Annotated[str, typer.Option(help="START:END of the repurchase window, YYYY-MM-DD, end exclusive.")],
     period2: Annotated[str, typer.Option(help="START:END of the retention period, YYYY-MM-DD, end exclusive.")],
     by: Annotated[list[str] | None, typer.Option(help="member.column dimension (up to 3).")] = None,
@@ -502,7 +525,7 @@ def _period(text: str, what: str) -> tuple[str, str]:
 
 @app.command()
 def attribution(
-    collaboration: Collab,
+    collaboration: CollaborationId,
     model: Annotated[str, typer.Option(help="last_touch, first_touch, linear, time_decay, position_based.")] = (
         "last_touch"
     ),
@@ -530,7 +553,7 @@ def attribution(
 
 
 @app.command()
-def lift(collaboration: Collab, campaign: Annotated[str, typer.Option()], epsilon: Epsilon = 1.0) -> None:
+def lift(collaboration: CollaborationId, campaign: Annotated[str, typer.Option()], epsilon: Epsilon = 1.0) -> None:
     """Lift of a campaign against its holdout.
 
     Example: cleanroom-client lift brand-x-2026q4 --campaign c-2026-11
@@ -540,7 +563,7 @@ def lift(collaboration: Collab, campaign: Annotated[str, typer.Option()], epsilo
 
 @app.command()
 def lookalike(
-    collaboration: Collab,
+    collaboration: CollaborationId,
     seed: Annotated[list[str], typer.Option(help="member.column=value, e.g. brand.tier=gold.")],
     size: Annotated[int, typer.Option(help="Audience size for the platform.")],
     epsilon: Epsilon = 1.0,
@@ -565,7 +588,7 @@ def lookalike(
 
 @app.command()
 def activate(
-    collaboration: Collab,
+    collaboration: CollaborationId,
     segment_filter: Annotated[list[str] | None, typer.Option("--segment", help="member.column=value.")] = None,
     event: Annotated[
         list[str] | None,
@@ -605,7 +628,7 @@ def _event(text: str, absent: bool) -> dict[str, object]:
 
 
 @app.command()
-def budget(collaboration: Collab) -> None:
+def budget(collaboration: CollaborationId) -> None:
     """Epsilon total, spent and left per member.
 
     Example: cleanroom-client budget brand-x-2026q4
@@ -614,7 +637,7 @@ def budget(collaboration: Collab) -> None:
 
 
 @app.command()
-def audiences(collaboration: Collab) -> None:
+def audiences(collaboration: CollaborationId) -> None:
     """The audiences released to you (platform).
 
     Example: cleanroom-client audiences brand-x-2026q4
@@ -647,21 +670,21 @@ def audit_log(collaboration: Annotated[str, typer.Argument(help="Collaboration i
 
 
 @app.command("verify-audit-log")
-def verify_audit_log(collaboration: Collab) -> None:
+def verify_audit_log(collaboration: CollaborationId) -> None:
     """Ask the server to verify the whole chain.
 
     Example: cleanroom-client verify-audit-log brand-x-2026q4
     """
     with _client() as client:
         result = client.verify_audit_log(collaboration)
-    _show(pd.DataFrame([result]), "audit log verification")
+    _show(_table([result]), "audit log verification")
     if not result["valid"]:
         raise typer.Exit(1)
 
 
 @app.command("export-audit-log")
 def export_audit_log(
-    collaboration: Collab,
+    collaboration: CollaborationId,
     to: Annotated[Path, typer.Option(help="JSON Lines file.")],
     public_key: Annotated[Path | None, typer.Option(help="Also save the server's public key (PEM).")] = None,
 ) -> None:
@@ -678,7 +701,7 @@ def export_audit_log(
 
 @app.command()
 def report(
-    collaboration: Collab,
+    collaboration: CollaborationId,
     to: Annotated[Path, typer.Option(help="Directory for index.html and the charts as PNG.")] = Path(
         "cleanroom-report"
     ),
@@ -688,6 +711,9 @@ def report(
 
     Example: cleanroom-client report brand-x-2026q4 --lang zh --to report-zh
     """
+    from .answers import load as load_answers
+    from .client import collaboration_dir, resolve_state_dir
+
     try:
         from .report import ReportError, report_collaboration
     except ImportError:

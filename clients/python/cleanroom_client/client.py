@@ -23,11 +23,12 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from . import answers
 from .answers import result_frame
 from .blinding import ChunkExecutor, default_executor
-from .errors import CleanRoomError
+from .errors import CleanRoomError, InternalError
 from .identity import (
     INVALID_CHECK_SAMPLE,
     IdentifierQualityWarning,
@@ -215,7 +216,7 @@ class CleanRoomClient:
             )
             self._channel = grpc.secure_channel(target, credentials, options=options)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._collabs = cpb_grpc.CollaborationServiceStub(self._channel)
+        self._collaborations = cpb_grpc.CollaborationServiceStub(self._channel)
         self._matching = mpb_grpc.MatchingServiceStub(self._channel)
         self._audit = apb_grpc.AuditServiceStub(self._channel)
         self._analytics = qpb_grpc.AnalyticsServiceStub(self._channel)
@@ -248,12 +249,12 @@ class CleanRoomClient:
     def create_collaboration(self, policy: str | Path, collaboration_id: str = "") -> CollaborationInfo:
         """Create a collaboration proposing `policy` (a YAML file path or YAML text). Every member then approves."""
         request = cpb.CreateCollaborationRequest(collaboration_id=collaboration_id, policy_yaml=_policy_text(policy))
-        return _info(self._call(self._collabs.CreateCollaboration, request))
+        return _info(self._call(self._collaborations.CreateCollaboration, request))
 
     def get_collaboration(self, collaboration_id: str) -> CollaborationInfo:
         """One collaboration."""
         return _info(
-            self._call(self._collabs.GetCollaboration, cpb.GetCollaborationRequest(name=_name(collaboration_id)))
+            self._call(self._collaborations.GetCollaboration, cpb.GetCollaborationRequest(name=_name(collaboration_id)))
         )
 
     def ping(self, wait: float = 0.0) -> list[CollaborationInfo]:
@@ -273,7 +274,7 @@ class CleanRoomClient:
         token = ""
         while True:
             page = self._call(
-                self._collabs.ListCollaborations, cpb.ListCollaborationsRequest(page_size=200, page_token=token)
+                self._collaborations.ListCollaborations, cpb.ListCollaborationsRequest(page_size=200, page_token=token)
             )
             out.extend(_info(c) for c in page.collaborations)
             token = page.next_page_token
@@ -283,13 +284,13 @@ class CleanRoomClient:
     def propose_policy(self, collaboration_id: str, policy: str | Path) -> CollaborationInfo:
         """Propose a new policy revision; every member must approve it again."""
         request = cpb.ProposePolicyRequest(name=_name(collaboration_id), policy_yaml=_policy_text(policy))
-        return _info(self._call(self._collabs.ProposePolicy, request))
+        return _info(self._call(self._collaborations.ProposePolicy, request))
 
     def approve_policy(self, collaboration_id: str, etag: str | None = None) -> CollaborationInfo:
         """Approve the policy revision with `etag` (default: the current one, as `get_collaboration` shows it)."""
         etag = etag or self.get_collaboration(collaboration_id).policy_etag
         request = cpb.ApprovePolicyRequest(name=_name(collaboration_id), etag=etag)
-        return _info(self._call(self._collabs.ApprovePolicy, request))
+        return _info(self._call(self._collaborations.ApprovePolicy, request))
 
     # -- analytics ---------------------------------------------------------------------------------------------------
     # Every query method takes `preview=True`: instead of asking, it returns the 95% error bar each released vector
@@ -446,7 +447,34 @@ class CleanRoomClient:
             delta=1e-7 if delta is None else delta,
             model=model,
         )
-        return self._answer(self._analytics.Lookalike, "lookalike", request, preview)
+        if preview:
+            return self._answer(self._analytics.Lookalike, "lookalike", request, preview)
+        result = self._train_with_progress(request)
+        answers.record(self.collaboration_dir(request.parent), "lookalike", request, result)
+        return result_frame(result)
+
+    def _train_with_progress(self, request: qpb.LookalikeRequest) -> qpb.QueryResult:
+        """LookalikeWithProgress: a bar over the server's training steps (when `progress`), then the answer."""
+        bar = None
+        try:
+            stream = self._analytics.LookalikeWithProgress(
+                qpb.LookalikeWithProgressRequest(lookalike=request), metadata=self._metadata
+            )
+            for update in stream:
+                if update.HasField("result"):
+                    return update.result
+                if self.progress:
+                    if bar is None:
+                        desc = "training the lookalike (server)"
+                        bar = tqdm(total=update.progress.steps, desc=desc, unit="step", leave=False)
+                    bar.n = update.progress.step
+                    bar.refresh()
+        except grpc.RpcError as err:
+            raise CleanRoomError.from_rpc(err) from None
+        finally:
+            if bar is not None:
+                bar.close()
+        raise InternalError("INTERNAL", "the server ended the lookalike stream without an answer")
 
     def activate(
         self,
@@ -658,12 +686,12 @@ class CleanRoomClient:
                 f"the policy lets the join use {', '.join(allowed)}; drop {', '.join(refused)} from identifiers "
                 "(each identifier type the join uses raises the noise of every query, so the policy names them)"
             )
-        collab_id = _name(collaboration_id).removeprefix(COLLABORATIONS)
-        state = self.collaboration_dir(collab_id)
+        collaboration_id = _name(collaboration_id).removeprefix(COLLABORATIONS)
+        state = self.collaboration_dir(collaboration_id)
         runner = MatchRunner(
             self._matching,
             self._metadata,
-            _name(collab_id),
+            _name(collaboration_id),
             state,
             runs_on,
             progress=self.progress,

@@ -8,7 +8,33 @@ that the given CA did not sign, or nothing listening at the address.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+#: The `ErrorInfo` reason of a refused privacy budget (PROTOCOL.md, "Errors").
+BUDGET_REASON = "PRIVACY_BUDGET_EXHAUSTED"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem of a refused request: the field's path (e.g. `tables.brand.users`) and what is wrong."""
+
+    field: str
+    description: str
+
+
+@dataclass(frozen=True)
+class BudgetShortfall:
+    """A refused privacy budget: whose ledger (`member`), `epsilon` or `delta`, what was asked, left and total."""
+
+    member: str
+    resource: str
+    requested: float
+    left: float
+    total: float
 
 
 class CleanRoomError(Exception):
@@ -21,18 +47,53 @@ class CleanRoomError(Exception):
 
     @classmethod
     def from_rpc(cls, err: grpc.RpcError) -> CleanRoomError:
-        """Translate a gRPC error into the subclass of its status."""
+        """Translate a gRPC error into the subclass of its status, with its structured details as fields."""
         code = err.code() if isinstance(err, grpc.Call) else None
         details = err.details() if isinstance(err, grpc.Call) else str(err)
         name = code.name if code else "UNKNOWN"
         message = details or ""
         if name == "UNAVAILABLE":
             message = unavailable_hint(message)
-        return _BY_CODE.get(name, CleanRoomError)(name, message)
+        error = _BY_CODE.get(name, CleanRoomError)(name, message)
+        if isinstance(err, grpc.Call):
+            _read_details(error, err)
+        return error
+
+
+def _read_details(error: CleanRoomError, call: grpc.Call) -> None:
+    """Fill `problems` and `budget` from the status details (google.rpc BadRequest, ErrorInfo), if sent."""
+    try:
+        status = rpc_status.from_call(call)
+    except ValueError:  # details that do not match the status: ignore them, keep the message
+        return
+    if status is None:
+        return
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR) and isinstance(error, InvalidArgumentError):
+            request = error_details_pb2.BadRequest()
+            detail.Unpack(request)
+            error.problems = tuple(Problem(v.field, v.description) for v in request.field_violations)
+        elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR) and isinstance(error, ResourceExhaustedError):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            if info.reason == BUDGET_REASON:
+                m = info.metadata
+                error.budget = BudgetShortfall(
+                    m.get("member", ""),
+                    m.get("resource", ""),
+                    float(m.get("requested", "nan")),
+                    float(m.get("left", "nan")),
+                    float(m.get("total", "nan")),
+                )
 
 
 class InvalidArgumentError(CleanRoomError):
-    """The request or an uploaded table is malformed or outside the policy; the message says what to change."""
+    """The request or an uploaded table is malformed or outside the policy; the message says what to change.
+
+    `problems`: each problem with its field path when the server sent them (e.g. every problem of a policy).
+    """
+
+    problems: tuple[Problem, ...] = ()
 
 
 class NotFoundError(CleanRoomError):
@@ -56,7 +117,12 @@ class FailedPreconditionError(CleanRoomError):
 
 
 class ResourceExhaustedError(CleanRoomError):
-    """A limit was reached: your privacy budget, a request size, or concurrent streams."""
+    """A limit was reached: your privacy budget, a request size, or concurrent streams.
+
+    `budget`: for a privacy budget, whose ledger and the figures (asked, left, total); None for other limits.
+    """
+
+    budget: BudgetShortfall | None = None
 
 
 class AbortedError(CleanRoomError):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from cleanroom.devtools.devpki import make_dev_pki
@@ -52,6 +56,34 @@ def test_a_wrong_ca_names_the_ca(server, tokens, tmp_path):
     with pytest.raises(UnavailableError, match="not signed by the CA you gave"):
         client.list_collaborations()
     client.close()
+
+
+def test_the_cli_with_a_wrong_ca_prints_one_line_not_grpcs_own_log(server, tokens, tmp_path):
+    """gRPC's C core logs the failed handshake itself unless quieted before gRPC loads; the CLI does that."""
+    other = make_dev_pki(tmp_path / "other", clients=())
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"},
+        "CLEANROOM_TARGET": f"localhost:{server.port}",
+        "CLEANROOM_TOKEN": tokens["brand"],
+        "CLEANROOM_CA": str(other.ca),
+        "CLEANROOM_STATE_DIR": str(tmp_path / "state"),
+    }
+    run = subprocess.run(
+        [sys.executable, "-m", "cleanroom_client.cli", "list"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 1
+    assert "not signed by the CA you gave" in " ".join(run.stderr.split())
+    assert "ssl_transport_security" not in run.stderr, run.stderr
+    assert "Handshake failed" not in run.stderr, run.stderr
+    # A user debugging with GRPC_VERBOSITY set keeps gRPC's own lines.
+    loud = subprocess.run(
+        [sys.executable, "-m", "cleanroom_client.cli", "list"],
+        env={**env, "GRPC_VERBOSITY": "INFO"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "Handshake failed" in loud.stderr
 
 
 def test_a_wrong_port_says_nothing_answers(pki, tmp_path):

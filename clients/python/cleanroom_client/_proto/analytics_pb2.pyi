@@ -510,8 +510,8 @@ class LookalikeRequest(_message.Message):
     audience_size: _builtins.int
     """How many of the platform's users to release, by descending score."""
     epsilon: _builtins.float
-    """Total epsilon: most goes to DP-SGD training (charged as opacus' accountant reports it), a tenth (at most
-    0.1) to the quality estimate.
+    """Total epsilon: 60% is DP-SGD training's target (charged as the accountant reports it), 40% the quality
+    estimate's.
     """
     delta: _builtins.float
     """Delta of the training, below 1 / (number of training examples)."""
@@ -538,6 +538,82 @@ class LookalikeRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LookalikeRequest: _TypeAlias = LookalikeRequest  # noqa: Y015
+
+@_typing.final
+class LookalikeWithProgressRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOOKALIKE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def lookalike(self) -> Global___LookalikeRequest: ...
+    def __init__(
+        self,
+        *,
+        lookalike: Global___LookalikeRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lookalike", b"lookalike"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lookalike", b"lookalike"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LookalikeWithProgressRequest: _TypeAlias = LookalikeWithProgressRequest  # noqa: Y015
+
+@_typing.final
+class LookalikeUpdate(_message.Message):
+    """One message of LookalikeWithProgress."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def progress(self) -> Global___TrainingProgress: ...
+    @_builtins.property
+    def result(self) -> Global___QueryResult:
+        """The answer, as Lookalike returns it; always the last message."""
+
+    def __init__(
+        self,
+        *,
+        progress: Global___TrainingProgress | None = ...,
+        result: Global___QueryResult | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress", "result", b"result", "update", b"update"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress", "result", b"result", "update", b"update"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_update: _TypeAlias = _typing.Literal["progress", "result"]  # noqa: Y015
+    _WhichOneofArgType_update: _TypeAlias = _typing.Literal["update", b"update"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_update) -> _WhichOneofReturnType_update | None: ...
+
+Global___LookalikeUpdate: _TypeAlias = LookalikeUpdate  # noqa: Y015
+
+@_typing.final
+class TrainingProgress(_message.Message):
+    """Steps of DP-SGD done so far and in all. The total is the protocol's (epochs / sampling rate), the same for every
+    collaboration and every dataset, so progress discloses nothing the caller did not know.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEP_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    step: _builtins.int
+    steps: _builtins.int
+    def __init__(
+        self,
+        *,
+        step: _builtins.int = ...,
+        steps: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["step", b"step", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainingProgress: _TypeAlias = TrainingProgress  # noqa: Y015
 
 @_typing.final
 class ActivateRequest(_message.Message):

@@ -86,6 +86,11 @@ class AnalyticsServiceStub:
                 request_serializer=cleanroom_dot_v1_dot_analytics__pb2.LookalikeRequest.SerializeToString,
                 response_deserializer=cleanroom_dot_v1_dot_analytics__pb2.QueryResult.FromString,
                 _registered_method=True)
+        self.LookalikeWithProgress = channel.unary_stream(
+                '/cleanroom.v1.AnalyticsService/LookalikeWithProgress',
+                request_serializer=cleanroom_dot_v1_dot_analytics__pb2.LookalikeWithProgressRequest.SerializeToString,
+                response_deserializer=cleanroom_dot_v1_dot_analytics__pb2.LookalikeUpdate.FromString,
+                _registered_method=True)
         self.Activate = channel.unary_unary(
                 '/cleanroom.v1.AnalyticsService/Activate',
                 request_serializer=cleanroom_dot_v1_dot_analytics__pb2.ActivateRequest.SerializeToString,
@@ -189,6 +194,15 @@ class AnalyticsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LookalikeWithProgress(self, request, context):
+        """The same as Lookalike, with the training's progress streamed before the answer: zero or more `progress`
+        updates (steps done of a total fixed by the protocol, never by data), then exactly one `result`. Errors end
+        the stream with the status Lookalike would return.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Activate(self, request, context):
         """Releases the matched people of a segment to the platform for activation; the caller gets a noisy size.
         """
@@ -275,6 +289,11 @@ def add_AnalyticsServiceServicer_to_server(servicer, server):
                     servicer.Lookalike,
                     request_deserializer=cleanroom_dot_v1_dot_analytics__pb2.LookalikeRequest.FromString,
                     response_serializer=cleanroom_dot_v1_dot_analytics__pb2.QueryResult.SerializeToString,
+            ),
+            'LookalikeWithProgress': grpc.unary_stream_rpc_method_handler(
+                    servicer.LookalikeWithProgress,
+                    request_deserializer=cleanroom_dot_v1_dot_analytics__pb2.LookalikeWithProgressRequest.FromString,
+                    response_serializer=cleanroom_dot_v1_dot_analytics__pb2.LookalikeUpdate.SerializeToString,
             ),
             'Activate': grpc.unary_unary_rpc_method_handler(
                     servicer.Activate,
@@ -551,6 +570,33 @@ class AnalyticsService:
             '/cleanroom.v1.AnalyticsService/Lookalike',
             cleanroom_dot_v1_dot_analytics__pb2.LookalikeRequest.SerializeToString,
             cleanroom_dot_v1_dot_analytics__pb2.QueryResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LookalikeWithProgress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cleanroom.v1.AnalyticsService/LookalikeWithProgress',
+            cleanroom_dot_v1_dot_analytics__pb2.LookalikeWithProgressRequest.SerializeToString,
+            cleanroom_dot_v1_dot_analytics__pb2.LookalikeUpdate.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,6 +65,11 @@ class AnalyticsServiceStub:
     """Trains a DP-SGD lookalike model on matched seeds and releases an audience to the platform. The caller gets
     the audience's name and size and a DP estimate of the model's quality, never who is in it.
     """
+    LookalikeWithProgress: _grpc.UnaryStreamMultiCallable[_analytics_pb2.LookalikeWithProgressRequest, _analytics_pb2.LookalikeUpdate]
+    """The same as Lookalike, with the training's progress streamed before the answer: zero or more `progress`
+    updates (steps done of a total fixed by the protocol, never by data), then exactly one `result`. Errors end
+    the stream with the status Lookalike would return.
+    """
     Activate: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.ActivateRequest, _analytics_pb2.QueryResult]
     """Releases the matched people of a segment to the platform for activation; the caller gets a noisy size."""
     ListAudiences: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.ListAudiencesRequest, _analytics_pb2.ListAudiencesResponse]
@@ -116,6 +121,11 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     Lookalike: _aio.UnaryUnaryMultiCallable[_analytics_pb2.LookalikeRequest, _analytics_pb2.QueryResult]  # type: ignore[assignment]
     """Trains a DP-SGD lookalike model on matched seeds and releases an audience to the platform. The caller gets
     the audience's name and size and a DP estimate of the model's quality, never who is in it.
+    """
+    LookalikeWithProgress: _aio.UnaryStreamMultiCallable[_analytics_pb2.LookalikeWithProgressRequest, _analytics_pb2.LookalikeUpdate]  # type: ignore[assignment]
+    """The same as Lookalike, with the training's progress streamed before the answer: zero or more `progress`
+    updates (steps done of a total fixed by the protocol, never by data), then exactly one `result`. Errors end
+    the stream with the status Lookalike would return.
     """
     Activate: _aio.UnaryUnaryMultiCallable[_analytics_pb2.ActivateRequest, _analytics_pb2.QueryResult]  # type: ignore[assignment]
     """Releases the matched people of a segment to the platform for activation; the caller gets a noisy size."""
@@ -219,6 +229,17 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_analytics_pb2.QueryResult, _abc.Awaitable[_analytics_pb2.QueryResult]]:
         """Trains a DP-SGD lookalike model on matched seeds and releases an audience to the platform. The caller gets
         the audience's name and size and a DP estimate of the model's quality, never who is in it.
+        """
+
+    @_abc_1.abstractmethod
+    def LookalikeWithProgress(
+        self,
+        request: _analytics_pb2.LookalikeWithProgressRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_analytics_pb2.LookalikeUpdate], _abc.AsyncIterator[_analytics_pb2.LookalikeUpdate]]:
+        """The same as Lookalike, with the training's progress streamed before the answer: zero or more `progress`
+        updates (steps done of a total fixed by the protocol, never by data), then exactly one `result`. Errors end
+        the stream with the status Lookalike would return.
         """
 
     @_abc_1.abstractmethod

@@ -198,13 +198,32 @@ def test_lookalike_over_grpc_reaches_the_platform_as_its_own_keys(room):
     assert info.value.code == "PERMISSION_DENIED"
     with pytest.raises(CleanRoomError, match="other than the recipient"):  # the platform's own columns alone
         brand.activate(collab, segment={"platform.age_band": "25-34"}, epsilon=0.5)
+    # Progress streamed by LookalikeWithProgress (what the SDK's bar shows): monotone steps to the protocol's total,
+    # then the answer, shaped as Lookalike's.
+    from cleanroom.analytics.lookalike import TRAINING_STEPS
+    from cleanroom_client.protocol import analytics_pb2, analytics_pb2_grpc
+
+    stub = analytics_pb2_grpc.AnalyticsServiceStub(brand._channel)
+    request = analytics_pb2.LookalikeRequest(
+        parent=f"collaborations/{collab}", seed={"brand.tier": "gold"}, audience_size=200, epsilon=1.0, delta=1e-7
+    )
+    wrapped = analytics_pb2.LookalikeWithProgressRequest(lookalike=request)
+    updates = list(stub.LookalikeWithProgress(wrapped, metadata=brand._metadata))
+    steps = [u.progress.step for u in updates[:-1]]
+    assert steps == sorted(steps)
+    assert steps[-1] == TRAINING_STEPS
+    assert {u.progress.steps for u in updates[:-1]} == {TRAINING_STEPS}
+    assert updates[-1].HasField("result")
+    assert {c.measure for c in updates[-1].result.cells} == set(frame["measure"])
+    kept = [a.query for a in brand.answers(collab)]
+    assert kept.count("lookalike") == 1  # the SDK kept its own lookalike answer for the report
     activated = brand.activate(collab, segment={"brand.tier": "gold"}, epsilon=0.5)
     assert activated.attrs["audience"] in set(platform.audiences(collab)["name"])
     pd.testing.assert_index_equal(activated.columns, pd.Index(["part", "measure", "value", "error_95", "suppressed"]))
 
 
 def test_train_calibrates_noise_for_label_flips_and_reports_that_epsilon():
-    from cleanroom.analytics.lookalike import EPOCHS, SAMPLE_RATE, TrainingData, train, training_noise
+    from cleanroom.analytics.lookalike import EPOCHS, SAMPLE_RATE, TRAINING_STEPS, TrainingData, train, training_noise
     from cleanroom.privacy.accounting import calibrate_noise, dpsgd_epsilon
 
     rng = np.random.default_rng(5)
@@ -222,7 +241,10 @@ def test_train_calibrates_noise_for_label_flips_and_reports_that_epsilon():
         assert model.noise_multiplier == pytest.approx(calibrate_noise(3.0, 1e-6, SAMPLE_RATE, steps, group))
     assert four.noise_multiplier > 2 * one.noise_multiplier
     small = TrainingData(np.arange(300, dtype=np.int64), features[:300], labels[:300], ("signal", "noise"))
-    assert train(small, noise_four, 300).epsilon == four.epsilon  # the same charge for 300 users as for 5,000
+    seen: list[tuple[int, int]] = []
+    assert train(small, noise_four, 300, on_step=lambda *s: seen.append(s)).epsilon == four.epsilon  # any n: same
+    # progress counts every step to a constant total, for 300 users as for 5,000
+    assert seen == [(i, TRAINING_STEPS) for i in range(1, steps + 1)]
 
 
 EVENTS_POLICY = POLICY.replace(

@@ -13,6 +13,7 @@ import pytest
 
 from cleanroom.devtools.synthetic import DEMO_POLICY, FLOW_END, FLOW_START, SyntheticConfig, SyntheticData, generate
 from cleanroom_client import CleanRoomError
+from cleanroom_client.errors import BudgetShortfall, ResourceExhaustedError
 from cleanroom_client.protocol import analytics_pb2, analytics_pb2_grpc
 
 GENEROUS = DEMO_POLICY.replace("min_group_size: 50", "min_group_size: 5").replace(
@@ -206,6 +207,10 @@ def test_tight_budget_admits_exactly_five_of_fifty_parallel_queries_and_survives
     budget = brand.budget(collab).set_index("member").loc["brand"]
     assert budget["spent"] == pytest.approx(1.0)
     assert budget["left"] == pytest.approx(0.0)
+    # The SDK's error carries the figures as fields (sent as google.rpc ErrorInfo), not only in its message.
+    with pytest.raises(ResourceExhaustedError) as refused_info:
+        brand.overlap(collab, epsilon=0.2)
+    assert refused_info.value.budget == BudgetShortfall("brand", "epsilon", 0.2, 0.0, 1.0)
 
 
 def test_small_cells_are_suppressed(room):
