@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test check lint typecheck protos protos-check unit e2e browser clean bench-openmined-venv
+.PHONY: install demo test check lint typecheck protos protos-check unit system e2e browser clean bench-openmined-venv
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ protos-check: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
+
+# Real gRPC over TLS on loopback: the SDK and the servicers against a running server.
+system: $(STAMP)
+	$(BIN)/pytest tests/system
 
 e2e: $(STAMP)
 	$(BIN)/pytest tests/e2e

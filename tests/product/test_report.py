@@ -99,6 +99,7 @@ def test_member_report_of_its_own_collaboration_in_its_language(demo, tmp_path, 
     state = demo / "state" / "brand"
     [collaboration] = [p.name for p in (state / "collaborations").iterdir()]
     kept = load(collaboration_dir(state, collaboration))
+    assert (collaboration_dir(state, collaboration) / "answers.jsonl").stat().st_mode & 0o077 == 0  # private
     asked = {a.query for a in kept}
     assert {"funnel", "funnel_flow", "segment_insight", "value", "loyalty", "attribution", "lift"} <= asked
     assert {"lookalike", "activate"} <= asked

@@ -9,6 +9,7 @@ and asks the server nothing. The file never holds a row of anyone's data.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -79,8 +80,10 @@ def record(directory: Path, query: str, request: Message, result: qpb.QueryResul
         "result": json_format.MessageToDict(result, preserving_proto_field_name=True),
     }
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with (directory / ANSWERS_FILE).open("a", encoding="utf-8") as f:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Private like the blinding key beside it: what this member asked and was told is its own business.
+        fd = os.open(directory / ANSWERS_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as f:
             f.write(json.dumps(line, ensure_ascii=False) + "\n")
     except OSError as exc:
         warnings.warn(f"could not keep this answer for the report ({exc})", RuntimeWarning, stacklevel=3)

@@ -105,6 +105,17 @@ def _top(frame: pd.DataFrame, lowest: bool = False) -> pd.Series:
     return frame.iloc[int(np.argmin(values) if lowest else np.argmax(values))]
 
 
+def _say_top(
+    t: Text, released: pd.DataFrame, key: str, names: Callable[[pd.Series], dict[str, str]], percent: bool = False
+) -> str:
+    """The summary sentence `key` about the largest released cell, or that every cell was withheld."""
+    if released.empty:
+        return t("sum.none")
+    top = _top(released)
+    v, e = _pm(t, top["value"], top["error_95"], percent)
+    return t(key, v=v, e=e, **names(top))
+
+
 def _colour(i: int) -> str:
     """One colour per series, fixed by position, so a legend never repeats a colour."""
     return str(matplotlib.colors.to_hex(matplotlib.colormaps["tab10"](i % 10)))
@@ -170,12 +181,8 @@ def _overlap(t: Text, a: Answer) -> Section:
     ax.set_yticks(y, names, fontsize=8)
     ax.set_xlabel(t("y.people"))
     released = _shown(frame, "people")
-    if released.empty:
-        summary = t("sum.none")
-    else:
-        top = _top(released)
-        v, e = _pm(t, top["value"], top["error_95"])
-        summary = t("sum.overlap", total=t.number(released["value"].sum()), cell=_cell_name(t, top, dims), v=v, e=e)
+    total = t.number(released["value"].sum())
+    summary = _say_top(t, released, "sum.overlap", lambda top: {"cell": _cell_name(t, top, dims), "total": total})
     return Section("overlap", t("s.overlap"), summary, _png(fig), _table(t, frame))
 
 
@@ -199,12 +206,7 @@ def _funnel(t: Text, a: Answer) -> Section:
     if groups != [None]:
         ax.legend(title=t.label(dims[0]))
     released = _shown(frame, "people")
-    if released.empty:
-        summary = t("sum.none")
-    else:
-        top = _top(released)
-        v, e = _pm(t, top["value"], top["error_95"])
-        summary = t("sum.funnel", stage=_cell_name(t, top, [stage, *dims[:-1]]), v=v, e=e)
+    summary = _say_top(t, released, "sum.funnel", lambda top: {"stage": _cell_name(t, top, [stage, *dims[:-1]])})
     return Section("funnel", t("s.funnel"), summary, _png(fig), _table(t, frame))
 
 
@@ -278,12 +280,7 @@ def _value(t: Text, a: Answer) -> Section:
     ax.set_ylabel(t("y.currency"))
     ax.set_title(t.label(a.request.get("measure", "")))
     released = _shown(frame, "per_buyer")
-    if released.empty:
-        summary = t("sum.none")
-    else:
-        top = _top(released)
-        v, e = _pm(t, top["value"], top["error_95"])
-        summary = t("sum.value", group=_cell_name(t, top, _dims(frame)), v=v, e=e)
+    summary = _say_top(t, released, "sum.value", lambda top: {"group": _cell_name(t, top, _dims(frame))})
     return Section("value", t("s.value"), summary, _png(fig), _table(t, frame))
 
 
@@ -294,12 +291,8 @@ def _loyalty(t: Text, a: Answer) -> Section:
     ax.set_ylim(0, 1)
     ax.set_ylabel(t("y.rate"))
     released = _shown(frame, "repurchase_rate")
-    if released.empty:
-        summary = t("sum.none")
-    else:
-        top = _top(released)
-        v, e = _pm(t, top["value"], top["error_95"], percent=True)
-        summary = t("sum.loyalty", group=_cell_name(t, top, _dims(frame)), v=v, e=e)
+    dims = _dims(frame)
+    summary = _say_top(t, released, "sum.loyalty", lambda top: {"group": _cell_name(t, top, dims)}, percent=True)
     return Section("loyalty", t("s.loyalty"), summary, _png(fig), _table(t, frame))
 
 
