@@ -123,11 +123,11 @@ def test_the_demo_lookalike_finds_the_gold_customers_and_the_brand_is_told_so_wi
     from cleanroom.analytics.lookalike import QUALITY_SHARE, quality_cells
     from cleanroom.privacy.noise import DiscreteLaplace
 
-    c = parse_policy(DEMO_POLICY).stability
+    stability = parse_policy(DEMO_POLICY).stability
     exact = [int(gold.sum()), int(gold[rows].sum()), len(gold)]
     mechanism, misses = DiscreteLaplace(), 0
     for _ in range(400):
-        noisy, scale = mechanism.release(exact, 2 * c + 2, LOOKALIKE_EPSILON * QUALITY_SHARE)
+        noisy, scale = mechanism.release(exact, 2 * stability + 2, LOOKALIKE_EPSILON * QUALITY_SHARE)
         drawn = {x.measure: x for x in quality_cells(noisy, scale, size, 50)}
         truths = (("precision", precision), ("base_rate", base_rate))
         held = drawn["lift_lower_95"].value <= true_lift <= drawn["lift_upper_95"].value and all(

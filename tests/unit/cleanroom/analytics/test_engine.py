@@ -23,6 +23,7 @@ from cleanroom.privacy.budget import Limits
 from cleanroom.room import Room
 
 BRAND, PLATFORM = Principal("brand", Role.MEMBER), Principal("platform", Role.MEMBER)
+MIN_GROUP = 5
 TIERS, AGES, STAGES = ["gold", "silver", "basic"], ["18-24", "25-34", "35-44", "45+"], ["aware", "appeal", "act"]
 POLICY = {
     "name": "engine-in-process",
@@ -37,7 +38,7 @@ POLICY = {
         "platform.users": {"dimensions": {"age_band": AGES, "stage_4a": STAGES}},
     },
     "queries": ["overlap", "funnel", "value"],
-    "min_group_size": 5,
+    "min_group_size": MIN_GROUP,
     "epsilon": {"per_member_total": 10.0, "per_query_max": 1.0},
     "delta": {"per_member_total": 1.0e-6, "per_query_max": 1.0e-7},
 }
@@ -115,7 +116,7 @@ def test_overlap_is_the_exact_cross_tab_with_every_declared_cell(world):
     assert set(cells) == {(t, a) for t in [*TIERS, "none"] for a in [*AGES, "none"]}
     for keys, cell in cells.items():
         exact = int(truth.get(keys, 0))
-        assert cell.suppressed == (exact < POLICY["min_group_size"]), keys
+        assert cell.suppressed == (exact < MIN_GROUP), keys
         if not cell.suppressed:
             assert cell.value == exact, keys
     assert _spent(room, cid) == pytest.approx(before + 0.5)
