@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from cleanroom_client.policy import Policy, TableSpec
 
 from ..errors import FailedPreconditionError, InvalidArgumentError
-from ..matching.join import matched_pairs
 from ..storage.database import quote_ident
 from .matched import Axis, Catalog, Sql
 
@@ -101,7 +100,7 @@ def _matched(catalog: Catalog, conv_member: str) -> str:
     exp_side = "row_b" if conv_side == "row_a" else "row_a"
     return (
         f"SELECT {conv_side} AS conv_row, {exp_side} AS exp_row, row_number() OVER (ORDER BY {conv_side}) AS person "
-        f"FROM {matched_pairs()}"
+        f"FROM {catalog.pairs()}"
     )
 
 

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from cleanroom_client.policy import Ability, Policy, QueryType
+from cleanroom_client.policy import Ability, Policy, QueryType, RefreshBudget
 
 from ..audit import AuditLog
 from ..collaborations import Collaboration, Collaborations
@@ -54,6 +54,7 @@ from ..errors import (
     PermissionDeniedError,
     QueryFailedError,
 )
+from ..matching.periods import budget_start
 from ..principals import Principal
 from ..privacy import BudgetAccountant, NoiseMechanism
 from ..privacy import noise as noise_math
@@ -310,9 +311,12 @@ class QueryEngine:
         """Who may ask at all (a member with `query` in an active collaboration): checked before anything else."""
         return self._collaborations.require_active(principal, collaboration_id, Ability.QUERY, f"query.{query_type}")
 
-    @staticmethod
-    def _limits(policy: Policy) -> Limits:
-        return Limits(policy.epsilon_per_member_total, policy.delta_per_member_total)
+    def _limits(self, collaboration: Collaboration) -> Limits:
+        """The budget's caps, and where a per-period budget starts counting (the last completed refresh)."""
+        policy = collaboration.policy
+        per_period = policy.refresh is not None and policy.refresh.budget == RefreshBudget.PER_PERIOD
+        since = budget_start(self._db.cursor(), collaboration.id) if per_period else 0
+        return Limits(policy.epsilon_per_member_total, policy.delta_per_member_total, since)
 
     def _release(
         self,
@@ -324,19 +328,26 @@ class QueryEngine:
         build: Callable[[Collaboration, Catalog], Plan],
         delta: float = 0.0,
         preview: bool = False,
+        period: int | None = None,
     ) -> QueryAnswer:
         action = f"query.{query_type}"
         collaboration = self.authorize(principal, collaboration_id, query_type)
         policy = collaboration.policy
-        params = {**parameters, "epsilon": epsilon} | ({"delta": delta} if delta else {})
+        params = (
+            {**parameters, "epsilon": epsilon}
+            | ({"delta": delta} if delta else {})
+            | ({"refresh_period": period} if period is not None else {})
+        )
         try:
             self._check_policy(principal, policy, query_type, epsilon, delta)
-            catalog = Catalog(self._db.cursor(), collaboration)
+            catalog = Catalog(self._db.cursor(), collaboration, period)
             catalog.require_matched()
             plan = build(collaboration, catalog)
             if preview:
                 return self._preview(principal, collaboration, query_type, params, plan)
-            reservation = self._budget.reserve(collaboration.id, plan.charges, self._limits(policy), query_type, params)
+            reservation = self._budget.reserve(
+                collaboration.id, plan.charges, self._limits(collaboration), query_type, params
+            )
         except CleanroomError as exc:
             self._audit.record(collaboration.id, principal.name, "query.refuse", {**params, "reason": str(exc)})
             raise
@@ -367,7 +378,7 @@ class QueryEngine:
                 f"the {query_type} query failed after its budget was reserved, so it was charged "
                 f"(audit entry {failed.sequence}); nothing was released. The operator's log has the details."
             ) from None
-        status = self._budget.status(collaboration.id, principal.name, self._limits(policy))
+        status = self._budget.status(collaboration.id, principal.name, self._limits(collaboration))
         return QueryAnswer(
             dimensions=outcome.dimensions,
             cells=outcome.cells,
@@ -389,7 +400,7 @@ class QueryEngine:
         """
         entry = self._audit.record(collaboration.id, principal.name, "query.preview", {"query": query_type, **params})
         cells = tuple(Cell((s.name,), "error_95", s.error_95, 0.0, False) for s in plan.stated)
-        status = self._budget.status(collaboration.id, principal.name, self._limits(collaboration.policy))
+        status = self._budget.status(collaboration.id, principal.name, self._limits(collaboration))
         return QueryAnswer(
             dimensions=("vector",),
             cells=cells,
@@ -453,7 +464,16 @@ class QueryEngine:
             )
 
         params = {"dimensions": [str(d) for d in q.dimensions]}
-        return self._release(principal, collaboration_id, QueryType.OVERLAP, params, q.epsilon, build, preview=preview)
+        return self._release(
+            principal,
+            collaboration_id,
+            QueryType.OVERLAP,
+            params,
+            q.epsilon,
+            build,
+            preview=preview,
+            period=q.refresh_period,
+        )
 
     def _stage_axis(self, policy: Policy) -> Axis:
         for spec in policy.tables.values():
@@ -503,7 +523,16 @@ class QueryEngine:
             )
 
         params = {"by": str(q.by) if q.by else "", "labels": q.labels}
-        return self._release(principal, collaboration_id, QueryType.FUNNEL, params, q.epsilon, build, preview=preview)
+        return self._release(
+            principal,
+            collaboration_id,
+            QueryType.FUNNEL,
+            params,
+            q.epsilon,
+            build,
+            preview=preview,
+            period=q.refresh_period,
+        )
 
     def funnel_flow(
         self, principal: Principal, collaboration_id: str, q: FunnelFlowQuery, preview: bool = False
@@ -532,7 +561,14 @@ class QueryEngine:
 
         params = {"start_date": q.start.isoformat(), "end_date": q.end.isoformat(), "labels": q.labels}
         return self._release(
-            principal, collaboration_id, QueryType.FUNNEL_FLOW, params, q.epsilon, build, preview=preview
+            principal,
+            collaboration_id,
+            QueryType.FUNNEL_FLOW,
+            params,
+            q.epsilon,
+            build,
+            preview=preview,
+            period=q.refresh_period,
         )
 
     def segment_insight(
@@ -585,7 +621,14 @@ class QueryEngine:
 
         params = {"dimension": str(q.dimension)}
         return self._release(
-            principal, collaboration_id, QueryType.SEGMENT_INSIGHT, params, q.epsilon, build, preview=preview
+            principal,
+            collaboration_id,
+            QueryType.SEGMENT_INSIGHT,
+            params,
+            q.epsilon,
+            build,
+            preview=preview,
+            period=q.refresh_period,
         )
 
     def _group_axes(self, policy: Policy, by: tuple[DimensionRef, ...]) -> tuple[Axis, ...]:
@@ -664,7 +707,16 @@ class QueryEngine:
             )
 
         params = {"by": [str(d) for d in q.by], "measure": q.measure}
-        return self._release(principal, collaboration_id, QueryType.VALUE, params, q.epsilon, build, preview=preview)
+        return self._release(
+            principal,
+            collaboration_id,
+            QueryType.VALUE,
+            params,
+            q.epsilon,
+            build,
+            preview=preview,
+            period=q.refresh_period,
+        )
 
     def loyalty(
         self, principal: Principal, collaboration_id: str, q: LoyaltyQuery, preview: bool = False
@@ -722,7 +774,16 @@ class QueryEngine:
             "period1": [d.isoformat() for d in q.period1],
             "period2": [d.isoformat() for d in q.period2],
         }
-        return self._release(principal, collaboration_id, QueryType.LOYALTY, params, q.epsilon, build, preview=preview)
+        return self._release(
+            principal,
+            collaboration_id,
+            QueryType.LOYALTY,
+            params,
+            q.epsilon,
+            build,
+            preview=preview,
+            period=q.refresh_period,
+        )
 
     def attribution(
         self, principal: Principal, collaboration_id: str, q: AttributionQuery, preview: bool = False
@@ -800,7 +861,14 @@ class QueryEngine:
             "half_life_days": q.half_life_days,
         }
         return self._release(
-            principal, collaboration_id, QueryType.ATTRIBUTION, params, q.epsilon, build, preview=preview
+            principal,
+            collaboration_id,
+            QueryType.ATTRIBUTION,
+            params,
+            q.epsilon,
+            build,
+            preview=preview,
+            period=q.refresh_period,
         )
 
     def lift(self, principal: Principal, collaboration_id: str, q: LiftQuery, preview: bool = False) -> QueryAnswer:
@@ -853,7 +921,14 @@ class QueryEngine:
             return self._histograms(principal, collaboration, q.epsilon, measurements, ("test_group",), finish)
 
         return self._release(
-            principal, collaboration_id, QueryType.LIFT, {"campaign": q.campaign}, q.epsilon, build, preview=preview
+            principal,
+            collaboration_id,
+            QueryType.LIFT,
+            {"campaign": q.campaign},
+            q.epsilon,
+            build,
+            preview=preview,
+            period=q.refresh_period,
         )
 
     # -- audiences --------------------------------------------------------------------------------------------------
@@ -942,7 +1017,15 @@ class QueryEngine:
             "model": q.model,
         }
         return self._release(
-            principal, collaboration_id, QueryType.LOOKALIKE, params, q.epsilon, build, delta=q.delta, preview=preview
+            principal,
+            collaboration_id,
+            QueryType.LOOKALIKE,
+            params,
+            q.epsilon,
+            build,
+            delta=q.delta,
+            preview=preview,
+            period=q.refresh_period,
         )
 
     def activate(
@@ -1002,7 +1085,15 @@ class QueryEngine:
 
         params = {"segment": {str(k): v for k, v in q.segment}, "events": [str(e) for e in q.events]}
         return self._release(
-            principal, collaboration_id, QueryType.ACTIVATION, params, q.epsilon, build, delta=delta, preview=preview
+            principal,
+            collaboration_id,
+            QueryType.ACTIVATION,
+            params,
+            q.epsilon,
+            build,
+            delta=delta,
+            preview=preview,
+            period=q.refresh_period,
         )
 
     @staticmethod
@@ -1032,7 +1123,7 @@ class QueryEngine:
     def budget(self, principal: Principal, collaboration_id: str) -> tuple[Collaboration, list[Any]]:
         """Each member's budget status (members and assigned auditors may read it)."""
         collaboration = self._collaborations.get(principal, collaboration_id, "budget.get")
-        limits = self._limits(collaboration.policy)
+        limits = self._limits(collaboration)
         return collaboration, [self._budget.status(collaboration.id, m.name, limits) for m in collaboration.members]
 
 

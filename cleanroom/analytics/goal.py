@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from cleanroom_client.policy import Policy
 
 from ..errors import FailedPreconditionError, InvalidArgumentError
-from ..matching.join import matched_pairs
 from ..storage.database import quote_ident
 from .attribution import CENTS
 from .matched import NONE, Axis, Catalog, Sql, grouping
@@ -102,7 +101,7 @@ def value_sql(catalog: Catalog, axes: tuple[Axis, ...], measure: MeasureSpec) ->
             FROM r WHERE rn <= $cap GROUP BY row_id
         )
         SELECT {keys}count(*), count(p.row_id), coalesce(sum(p.orders), 0), coalesce(sum(p.cents), 0)
-        FROM {matched_pairs()} m {g.joins} LEFT JOIN p ON p.row_id = m.{catalog.side(measure.member)}
+        FROM {catalog.pairs()} m {g.joins} LEFT JOIN p ON p.row_id = m.{catalog.side(measure.member)}
         {g.group_by}
     """
     return Sql(text, {"collab": catalog.id, "lo": measure.lo, "hi": measure.hi, "cap": measure.cap})
@@ -145,7 +144,7 @@ def loyalty_sql(
             FROM p
         )
         SELECT {keys}s.state, count(*)
-        FROM {matched_pairs()} m {g.joins} LEFT JOIN s ON s.row_id = m.{catalog.side(member)}
+        FROM {catalog.pairs()} m {g.joins} LEFT JOIN s ON s.row_id = m.{catalog.side(member)}
         {group}
     """
     params = {

@@ -54,7 +54,6 @@ import numpy as np
 from cleanroom_client.policy import Policy, TableSpec
 
 from ..errors import FailedPreconditionError, InvalidArgumentError
-from ..matching.join import matched_pairs
 from ..privacy import accounting
 from ..privacy import noise as noise_math
 from ..storage.database import quote_ident
@@ -146,7 +145,7 @@ def segment_sql(
         )
         params += [ev.start, ev.end, *(v for _, v in ev.where)]
     text = (
-        f"SELECT DISTINCT m.{catalog.side(out_member)} AS row_id FROM {matched_pairs('?')} m {' '.join(joins)}"
+        f"SELECT DISTINCT m.{catalog.side(out_member)} AS row_id FROM {catalog.pairs('?')} m {' '.join(joins)}"
         f" WHERE {' AND '.join(wheres)}"
     )
     return Sql(text, params)

@@ -22,10 +22,11 @@ from typing import Any
 import duckdb
 
 from ..collaborations import Collaboration
-from ..errors import FailedPreconditionError, InternalError
+from ..errors import FailedPreconditionError, InternalError, InvalidArgumentError
+from ..matching import periods
 from ..matching.join import is_matched, matched_pairs
 from ..matching.progress import committed_set_sizes
-from ..matching.tables import uploaded_tables
+from ..matching.tables import PERIOD_COLUMN, uploaded_tables
 from ..storage.database import quote_ident
 
 NONE = "none"
@@ -94,48 +95,81 @@ def fill_histogram(axes: tuple[Axis, ...], rows: Sequence[Sequence[object]]) -> 
 
 
 class Catalog:
-    """Metadata of one collaboration: the match's completion, uploaded tables and columns, disclosed set sizes."""
+    """Metadata of one collaboration: the match's completion, uploaded tables and columns, disclosed set sizes.
 
-    def __init__(self, cur: duckdb.DuckDBPyConnection, collaboration: Collaboration) -> None:
+    A catalog reads one period: the data as it stood when that period completed (by default the last completed
+    one). Its tables and pairs are that period's: later rows are not seen, retired users never are.
+    """
+
+    def __init__(self, cur: duckdb.DuckDBPyConnection, collaboration: Collaboration, period: int | None = None) -> None:
         self._cur = cur
         self.collaboration = collaboration
         self.id = collaboration.id
         self._members = sorted(m.name for m in collaboration.members)
         self._tables = uploaded_tables(cur, collaboration.id)
+        self._requested = period
+        self.period = 0
 
     def require_matched(self) -> None:
-        """FAILED_PRECONDITION until the match is complete."""
-        if not is_matched(self._cur, self.id):
+        """FAILED_PRECONDITION until the match is complete; INVALID_ARGUMENT for a period that has not completed.
+
+        The periods that completed are known to every member (they took part in each), so naming one reveals
+        nothing about anyone's data.
+        """
+        latest = periods.latest_complete(self._cur, self.id, is_matched(self._cur, self.id))
+        if latest is None:
             raise FailedPreconditionError(f"collaborations/{self.id} has not finished matching yet")
+        if self._requested is not None and not 0 <= self._requested <= latest:
+            raise InvalidArgumentError(
+                f"period {self._requested} has not completed; the completed periods are 0 (the match)"
+                + (f" .. {latest}" if latest else "")
+            )
+        self.period = latest if self._requested is None else self._requested
+
+    def pairs(self, collab_param: str = "$collab") -> str:
+        """The pairs of the catalog's period, as a relation (`row_a`, `row_b`)."""
+        return matched_pairs(self.period, collab_param)
 
     def side(self, member: str) -> str:
         """The column of `matches` that holds `member`'s rows: members sorted by name are `row_a`, `row_b`."""
         return "row_a" if member == self._members[0] else "row_b"
 
     def table(self, member: str, table: str, columns: Sequence[str] = ()) -> str:
-        """The quoted physical name of `member.table`; FAILED_PRECONDITION if not uploaded or missing a column."""
+        """`member.table` as of the catalog's period, to read FROM; FAILED_PRECONDITION if absent or short of a column.
+
+        A relation with the table's columns and `rowid` (the stored row's, for deterministic tie-breaks), holding the
+        rows that arrived up to the period.
+        """
         physical = self._tables.get((member, table))
         if physical is None:
             raise FailedPreconditionError(f"{member} has not uploaded its {table} table yet")
-        if columns:
-            present = {r[0] for r in self._cur.execute(f"DESCRIBE {quote_ident(physical)}").fetchall()}
-            missing = [c for c in columns if c not in present]
-            if missing:
-                raise FailedPreconditionError(
-                    f"{member}.{table} was uploaded without the column(s) {missing} this query needs"
-                )
-        return quote_ident(physical)
+        stored = self._stored_columns(physical)
+        missing = [c for c in columns if c not in stored]
+        if missing:
+            raise FailedPreconditionError(
+                f"{member}.{table} was uploaded without the column(s) {missing} this query needs"
+            )
+        if PERIOD_COLUMN not in stored:  # stored before periods existed: all of it is the match's
+            return quote_ident(physical)
+        return (
+            f"(SELECT * EXCLUDE ({PERIOD_COLUMN}), rowid AS rowid FROM {quote_ident(physical)}"
+            f" WHERE {PERIOD_COLUMN} <= {int(self.period)})"
+        )
+
+    def _stored_columns(self, physical: str) -> list[str]:
+        return [r[0] for r in self._cur.execute(f"DESCRIBE {quote_ident(physical)}").fetchall()]
 
     def columns(self, member: str, table: str) -> list[str]:
         """The uploaded columns of `member.table` (empty when it was not uploaded)."""
         physical = self._tables.get((member, table))
         if physical is None:
             return []
-        return [r[0] for r in self._cur.execute(f"DESCRIBE {quote_ident(physical)}").fetchall()]
+        return [c for c in self._stored_columns(physical) if c != PERIOD_COLUMN]
 
     def set_size(self, member: str) -> int:
-        """The member's set size as disclosed to both members at the match (rows with an identifier)."""
-        return committed_set_sizes(self._cur, self.id).get(member, 0)
+        """The member's set size (rows with an identifier) in the catalog's period, as disclosed to both members."""
+        sizes = periods.period_set_sizes(self._cur, self.id, self.period) if self.period else None
+        return (sizes or committed_set_sizes(self._cur, self.id)).get(member, 0)
 
 
 @dataclass(frozen=True)
@@ -174,7 +208,7 @@ def histogram_sql(catalog: Catalog, axes: tuple[Axis, ...]) -> Sql:
     """Matched people per combination of the axes' values."""
     g = grouping(catalog, axes)
     select = ", ".join([*g.keys, "count(*)"])
-    return Sql(f"SELECT {select} FROM {matched_pairs()} m {g.joins} {g.group_by}", {"collab": catalog.id})
+    return Sql(f"SELECT {select} FROM {catalog.pairs()} m {g.joins} {g.group_by}", {"collab": catalog.id})
 
 
 def all_users_sql(catalog: Catalog, ax: Axis) -> Sql:
@@ -201,7 +235,7 @@ def flow_sql(catalog: Catalog, start_axis: Axis, history_time: str, start: dt.da
             FROM {history} WHERE CAST({t} AS DATE) IN ($start, $end) GROUP BY row_id
         )
         SELECT s.s0, s.s1, count(*)
-        FROM {matched_pairs()} m LEFT JOIN s ON s.row_id = m.{catalog.side(member)}
+        FROM {catalog.pairs()} m LEFT JOIN s ON s.row_id = m.{catalog.side(member)}
         GROUP BY 1, 2
         """,
         {"start": start, "end": end, "collab": catalog.id},

@@ -51,6 +51,8 @@ class OverlapQuery:
 
     dimensions: tuple[DimensionRef, ...]
     epsilon: float
+    #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
+    refresh_period: int | None = None
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
@@ -64,6 +66,8 @@ class FunnelQuery:
     by: DimensionRef | None
     epsilon: float
     labels: str = "4a"
+    #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
+    refresh_period: int | None = None
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
@@ -79,6 +83,8 @@ class FunnelFlowQuery:
     end: dt.date
     epsilon: float
     labels: str = "4a"
+    #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
+    refresh_period: int | None = None
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
@@ -109,6 +115,8 @@ class ValueQuery:
     by: tuple[DimensionRef, ...]
     measure: str
     epsilon: float
+    #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
+    refresh_period: int | None = None
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
@@ -125,6 +133,8 @@ class LoyaltyQuery:
     period1: tuple[dt.date, dt.date]
     period2: tuple[dt.date, dt.date]
     epsilon: float
+    #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
+    refresh_period: int | None = None
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
@@ -142,6 +152,8 @@ class SegmentInsightQuery:
 
     dimension: DimensionRef
     epsilon: float
+    #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
+    refresh_period: int | None = None
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
@@ -158,6 +170,8 @@ class AttributionQuery:
     brand_dimension: DimensionRef | None = None
     click_over_view: bool = False
     half_life_days: float = DEFAULT_HALF_LIFE_DAYS
+    #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
+    refresh_period: int | None = None
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
@@ -171,6 +185,8 @@ class LiftQuery:
 
     campaign: str
     epsilon: float
+    #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
+    refresh_period: int | None = None
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
@@ -187,6 +203,8 @@ class LookalikeQuery:
     epsilon: float
     delta: float
     model: str = "logistic"
+    #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
+    refresh_period: int | None = None
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
@@ -238,6 +256,8 @@ class ActivationQuery:
     delta: float = 0.0
     #: Conditions on events (retargeting), all of which a person must meet too.
     events: tuple[EventFilter, ...] = ()
+    #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
+    refresh_period: int | None = None
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)

@@ -249,8 +249,9 @@ class AuditLog:
         principal: str,
         epsilon_unit: float,
         delta_unit: float,
+        since: int = 0,
     ) -> tuple[int, int]:
-        """The ε and δ the log records as charged to `principal`, each entry rounded to whole units, summed.
+        """The ε and δ the log charged to `principal` after entry `since`, each rounded to whole units, summed.
 
         The log is the ledger: the budget reads what was spent from here, never from a copy.
         """
@@ -258,8 +259,8 @@ class AuditLog:
             cur.execute(
                 "SELECT coalesce(sum(CAST(round(epsilon / $eu) AS HUGEINT)), 0),"
                 " coalesce(sum(CAST(round(delta / $du) AS HUGEINT)), 0)"
-                " FROM audit_log WHERE collab = $c AND principal = $m",
-                {"eu": epsilon_unit, "du": delta_unit, "c": collaboration_id, "m": principal},
+                " FROM audit_log WHERE collab = $c AND principal = $m AND seq > $since",
+                {"eu": epsilon_unit, "du": delta_unit, "c": collaboration_id, "m": principal, "since": since},
             )
         )
         return (int(row[0]), int(row[1])) if row else (0, 0)

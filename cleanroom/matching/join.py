@@ -56,7 +56,7 @@ from cleanroom_client.protocol import ID_TYPE_CODES
 
 from ..storage.database import first
 
-__all__ = ["ID_TYPE_CODES", "MatchStats", "join_matches", "match_stats", "stability_constant"]
+__all__ = ["ID_TYPE_CODES", "MatchStats", "forget_rows", "join_matches", "match_stats", "stability_constant"]
 
 
 #: A link per (type, key) found on exactly one row of each member: one aggregation over the keys (it spills to disk
@@ -75,15 +75,28 @@ HAVING count(*) FILTER (WHERE member = $ma) = 1 AND count(*) FILTER (WHERE membe
 
 #: Pairs whose rows link to each other only (min = max: every link of the row goes to one row on the other side).
 _PAIRS = """
-INSERT INTO matches
+CREATE OR REPLACE TEMP TABLE join_pairs AS
 WITH degree_a AS (
     SELECT row_a FROM join_links GROUP BY row_a HAVING min(row_b) = max(row_b)
 ), degree_b AS (
     SELECT row_b FROM join_links GROUP BY row_b HAVING min(row_a) = max(row_a)
 )
-SELECT $collab, $ma, row_a, $mb, row_b, min(id_type)
+SELECT row_a, row_b, min(id_type) AS id_type
 FROM join_links SEMI JOIN degree_a USING (row_a) SEMI JOIN degree_b USING (row_b)
 GROUP BY row_a, row_b
+"""
+
+#: A refresh: pairs that no longer hold end at this period; new pairs start at it; pairs that still hold go on.
+_END_PAIRS = """
+UPDATE matches SET period_to = $period
+WHERE collab = $collab AND period_to IS NULL
+  AND NOT EXISTS (SELECT 1 FROM join_pairs j WHERE j.row_a = matches.row_a AND j.row_b = matches.row_b)
+"""
+_START_PAIRS = """
+INSERT INTO matches
+SELECT $collab, $ma, j.row_a, $mb, j.row_b, j.id_type, $period, NULL
+FROM join_pairs j
+ANTI JOIN (SELECT row_a, row_b FROM matches WHERE collab = $collab AND period_to IS NULL) USING (row_a, row_b)
 """
 
 
@@ -97,13 +110,49 @@ def is_matched(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> bool:
     return first(cur.execute("SELECT 1 FROM match_results WHERE collab = ?", [collaboration_id])) is not None
 
 
-def matched_pairs(collab_param: str = "$collab") -> str:
-    """The matched pairs of one collaboration as a relation (`row_a`, `row_b`) for analytics SQL to join against.
+def matched_pairs(period: int, collab_param: str = "$collab") -> str:
+    """The pairs that hold in `period` of one collaboration as a relation (`row_a`, `row_b`) for analytics SQL.
 
     `collab_param` names the query parameter holding the collaboration id. Readers join this relation rather than
     the `matches` table, whose layout stays this module's business.
     """
-    return f"(SELECT row_a, row_b FROM matches WHERE collab = {collab_param})"
+    p = int(period)
+    return (
+        f"(SELECT row_a, row_b FROM matches WHERE collab = {collab_param}"
+        f" AND period_from <= {p} AND (period_to IS NULL OR period_to > {p}))"
+    )
+
+
+def matched_time(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> datetime | None:
+    """When the match (period 0) completed."""
+    row = first(cur.execute("SELECT matched_time FROM match_results WHERE collab = ?", [collaboration_id]))
+    return row[0] if row else None
+
+
+def forget_rows(
+    cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, rows: str, params: Sequence[object]
+) -> None:
+    """Delete the keys of `member`'s rows in the relation `rows` (`row_id`), and every pair they were in, in any period.
+
+    A retired user is gone from the join's input and from its history: no later query of any period sees them.
+    """
+    cur.execute(
+        f"DELETE FROM match_keys WHERE collab = ? AND member = ? AND row_id IN {rows}",
+        [collaboration_id, member, *params],
+    )
+    for side, member_column in (("row_a", "member_a"), ("row_b", "member_b")):
+        cur.execute(
+            f"DELETE FROM matches WHERE collab = ? AND {member_column} = ? AND {side} IN {rows}",
+            [collaboration_id, member, *params],
+        )
+
+
+def key_set_sizes(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> dict[str, int]:
+    """Each member's rows that carry at least one doubly blinded key (its set size after a refresh)."""
+    rows = cur.execute(
+        "SELECT member, count(DISTINCT row_id) FROM match_keys WHERE collab = ? GROUP BY member", [collaboration_id]
+    ).fetchall()
+    return {str(m): int(n) for m, n in rows}
 
 
 def record_pairs(cur: duckdb.DuckDBPyConnection, collaboration_id: str, members: tuple[str, str], pairs: str) -> None:
@@ -111,25 +160,41 @@ def record_pairs(cur: duckdb.DuckDBPyConnection, collaboration_id: str, members:
 
     For loading a known matching at benchmark sizes without the PSI (`cleanroom.devtools.synthetic.load_direct`).
     """
-    cur.execute(f"INSERT INTO matches SELECT ?, ?, a, ?, b, 1 FROM {pairs}", [collaboration_id, members[0], members[1]])
+    cur.execute(
+        f"INSERT INTO matches SELECT ?, ?, a, ?, b, 1, 0, NULL FROM {pairs}", [collaboration_id, members[0], members[1]]
+    )
     cur.execute("INSERT INTO match_results VALUES (?, ?)", [collaboration_id, datetime.now(UTC).replace(tzinfo=None)])
 
 
 def join_matches(
-    cur: duckdb.DuckDBPyConnection, collaboration_id: str, members: tuple[str, str], types: Sequence[IdentifierType]
+    cur: duckdb.DuckDBPyConnection,
+    collaboration_id: str,
+    members: tuple[str, str],
+    types: Sequence[IdentifierType],
+    period: int = 0,
 ) -> None:
-    """Compute the matching from both members' keys of the allowed `types` and mark the collaboration matched.
+    """Compute the matching from both members' keys of the allowed `types` as the pairs of `period`.
 
-    `members` is sorted by name: the first is `member_a` in the `matches` table. A pair's `id_type` is the
-    highest-priority type that links it (for the operator's statistics). Call inside a transaction: the links
-    live in a temporary table of this connection, dropped before returning.
+    Period 0 is the match: its pairs are stored and the collaboration marked matched. A refresh period recomputes
+    the whole join over the keys as they now are (the rule is global: a new row can break an old pair) and records
+    the difference: pairs that no longer hold end, new pairs start, the rest go on. `members` is sorted by name:
+    the first is `member_a` in the `matches` table. A pair's `id_type` is the highest-priority type that links it
+    (for the operator's statistics). Call inside a transaction: the links live in temporary tables of this
+    connection, dropped before returning.
     """
     member_a, member_b = members
     codes = sorted(ID_TYPE_CODES[t] for t in types)
     cur.execute(_LINKS, {"collab": collaboration_id, "ma": member_a, "mb": member_b, "types": codes})
-    cur.execute(_PAIRS, {"collab": collaboration_id, "ma": member_a, "mb": member_b})
+    cur.execute(_PAIRS)
+    if period:
+        cur.execute(_END_PAIRS, {"collab": collaboration_id, "period": period})
+    cur.execute(_START_PAIRS, {"collab": collaboration_id, "ma": member_a, "mb": member_b, "period": period})
+    cur.execute("DROP TABLE join_pairs")
     cur.execute("DROP TABLE join_links")
-    cur.execute("INSERT INTO match_results VALUES (?, ?)", [collaboration_id, datetime.now(UTC).replace(tzinfo=None)])
+    if not period:
+        cur.execute(
+            "INSERT INTO match_results VALUES (?, ?)", [collaboration_id, datetime.now(UTC).replace(tzinfo=None)]
+        )
 
 
 @dataclass(frozen=True)
@@ -155,7 +220,10 @@ def match_stats(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> tuple[
             )
         )
         pairs = first(
-            cur.execute("SELECT count(*) FROM matches WHERE collab = ? AND id_type = ?", [collaboration_id, code])
+            cur.execute(
+                "SELECT count(*) FROM matches WHERE collab = ? AND id_type = ? AND period_to IS NULL",
+                [collaboration_id, code],
+            )
         )
         stats.append(MatchStats(t, int(shared[0]) if shared else 0, int(pairs[0]) if pairs else 0))
     return stats, sum(s.pairs for s in stats)

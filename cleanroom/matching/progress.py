@@ -1,4 +1,4 @@
-"""Durable progress of a resumable, chunked upload: the owner of the `uploads` table (others read it through here).
+"""Durable progress of resumable, chunked uploads: the owner of the `uploads` and `row_counts` tables.
 
 Invariant: a chunk's rows and the advance of `next_chunk` are written in one transaction, so after any crash
 `next_chunk` is exactly the number of chunks whose rows are stored, and the member resumes from there.
@@ -13,6 +13,11 @@ import duckdb
 from ..errors import FailedPreconditionError
 from ..storage.database import first
 
+#: Upload kinds: a member's singly blinded points, its double-blinding of the peer's, and `table:<name>`.
+POINTS = "points"
+DOUBLE_BLINDED = "double_blinded"
+TABLE_KIND = "table:"
+
 
 @dataclass(frozen=True)
 class UploadProgress:
@@ -22,34 +27,41 @@ class UploadProgress:
     next_chunk: int
     rows: int
     committed: bool
+    #: 0: the match; p >= 1: refresh period p (each period's uploads are separate).
+    period: int = 0
 
 
 def read_progress(
-    cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, kind: str
+    cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, kind: str, period: int = 0
 ) -> UploadProgress | None:
-    """The progress row of one upload, if it started."""
+    """The progress row of one upload of `period`, if it started."""
     row = first(
         cur.execute(
-            "SELECT next_chunk, rows, committed FROM uploads WHERE collab = ? AND member = ? AND kind = ?",
-            [collaboration_id, member, kind],
+            "SELECT next_chunk, rows, committed FROM uploads"
+            " WHERE collab = ? AND member = ? AND kind = ? AND period = ?",
+            [collaboration_id, member, kind, period],
         )
     )
-    return UploadProgress(kind, row[0], row[1], row[2]) if row else None
+    return UploadProgress(kind, row[0], row[1], row[2], period) if row else None
 
 
-def list_progress(cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str) -> list[UploadProgress]:
-    """Every upload of a member, by kind."""
+def list_progress(
+    cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, period: int = 0
+) -> list[UploadProgress]:
+    """Every upload of a member in `period`, by kind."""
     rows = cur.execute(
-        "SELECT kind, next_chunk, rows, committed FROM uploads WHERE collab = ? AND member = ? ORDER BY kind",
-        [collaboration_id, member],
+        "SELECT kind, next_chunk, rows, committed, period FROM uploads"
+        " WHERE collab = ? AND member = ? AND period = ? ORDER BY kind",
+        [collaboration_id, member, period],
     ).fetchall()
     return [UploadProgress(*r) for r in rows]
 
 
 def committed_set_sizes(cur: duckdb.DuckDBPyConnection, collaboration_id: str, kind: str = "points") -> dict[str, int]:
-    """Each member's set size from its committed upload of `kind` (the points upload: disclosed at the match)."""
+    """Each member's set size from its committed upload of `kind` in the match (the points: disclosed at the match)."""
     rows = cur.execute(
-        "SELECT member, set_size FROM uploads WHERE collab = ? AND kind = ? AND committed", [collaboration_id, kind]
+        "SELECT member, set_size FROM uploads WHERE collab = ? AND kind = ? AND committed AND period = 0",
+        [collaboration_id, kind],
     ).fetchall()
     return {str(member): int(size or 0) for member, size in rows}
 
@@ -87,9 +99,62 @@ def save_progress(
 ) -> None:
     """Insert or replace the progress row (call inside the chunk's transaction)."""
     cur.execute(
-        "DELETE FROM uploads WHERE collab = ? AND member = ? AND kind = ?", [collaboration_id, member, progress.kind]
+        "DELETE FROM uploads WHERE collab = ? AND member = ? AND kind = ? AND period = ?",
+        [collaboration_id, member, progress.kind, progress.period],
     )
     cur.execute(
-        "INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [collaboration_id, member, progress.kind, progress.next_chunk, progress.rows, progress.committed, set_size],
+        "INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            collaboration_id,
+            member,
+            progress.kind,
+            progress.next_chunk,
+            progress.rows,
+            progress.committed,
+            set_size,
+            progress.period,
+        ],
     )
+
+
+def sealed(cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, period: int) -> bool:
+    """Whether the member double-blinded the peer's points of `period`: its side of the period is then final."""
+    progress = read_progress(cur, collaboration_id, member, DOUBLE_BLINDED, period)
+    return bool(progress and progress.committed)
+
+
+def appended_rows(cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, period: int) -> dict[str, int]:
+    """Rows of each table the member committed in `period`, by table name."""
+    rows = cur.execute(
+        "SELECT kind, rows FROM uploads WHERE collab = ? AND member = ? AND period = ? AND committed"
+        " AND starts_with(kind, ?) ORDER BY kind",
+        [collaboration_id, member, period, TABLE_KIND],
+    ).fetchall()
+    return {str(k).removeprefix(TABLE_KIND): int(n) for k, n in rows}
+
+
+def total_rows(
+    cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, period: int | None = None
+) -> int | None:
+    """The n of `member`'s committed point uploads up to `period` (all periods when None): its rows are 0 .. n-1.
+
+    None before its first point upload is committed.
+    """
+    row = first(
+        cur.execute(
+            "SELECT arg_max(total_rows, period) FROM row_counts WHERE collab = ? AND member = ?"
+            " AND (? IS NULL OR period <= ?)",
+            [collaboration_id, member, period, period],
+        )
+    )
+    return int(row[0]) if row and row[0] is not None else None
+
+
+def record_total_rows(
+    cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, period: int, rows: int
+) -> None:
+    """Store how many rows the member numbers once its point upload of `period` commits."""
+    cur.execute(
+        "DELETE FROM row_counts WHERE collab = ? AND member = ? AND period = ?", [collaboration_id, member, period]
+    )
+    cur.execute("INSERT INTO row_counts VALUES (?, ?, ?, ?)", [collaboration_id, member, rows, period])

@@ -31,15 +31,23 @@ from ..collaborations import Collaboration, check_approved_revision
 from ..errors import FailedPreconditionError, InvalidArgumentError
 from ..storage import Database
 from ..storage.database import first
-from .join import add_keys, is_matched, join_matches
+from . import periods
+from .join import add_keys, forget_rows, is_matched, join_matches, key_set_sizes, matched_time
 from .progress import (
+    DOUBLE_BLINDED,
+    POINTS,
     UploadProgress,
+    appended_rows,
     check_next_chunk,
     committed_set_sizes,
     list_progress,
     read_progress,
+    record_total_rows,
     save_progress,
+    sealed,
+    total_rows,
 )
+from .tables import forget_table_rows
 
 #: Points per chunk of an offer (1 MiB of points).
 OFFER_CHUNK = 32768
@@ -47,8 +55,6 @@ OFFER_CHUNK = 32768
 MAX_CHUNK_POINTS = 65536
 #: Largest first row of a chunk: its last row slot must still be a non-negative int64 row id.
 MAX_FIRST_ROW = 2**63 - 1 - MAX_CHUNK_POINTS
-POINTS = "points"
-DOUBLE_BLINDED = "double_blinded"
 
 
 class MatchStage(enum.Enum):
@@ -64,6 +70,8 @@ class MatchStatus:
     """The match from one member's side: its uploads, the peer's offer, and both set sizes."""
 
     stage: MatchStage
+    #: The period this status describes: 0 the match, p >= 1 a refresh.
+    period: int
     uploads: tuple[UploadProgress, ...]
     peer_points_ready: bool
     peer_point_chunks: int
@@ -102,20 +110,21 @@ def _point_array(points: bytes) -> pa.FixedSizeBinaryArray:
     return pa.FixedSizeBinaryArray.from_buffers(pa.binary(POINT_SIZE), n, [None, pa.py_buffer(points)])
 
 
-def _ensure_not_matched(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> None:
-    if is_matched(cur, collaboration_id):
-        raise FailedPreconditionError(
-            f"the match of collaborations/{collaboration_id} is complete; a second match is not possible "
-            "(start a new collaboration to match new data)"
-        )
+def ensure_open(cur: duckdb.DuckDBPyConnection, collaboration_id: str, period: int) -> None:
+    """FAILED_PRECONDITION unless uploads of `period` are still taken.
 
-
-def total_rows(cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str) -> int | None:
-    """The n of `member`'s committed point upload (its rows are 0 .. n-1); None before that upload is committed."""
-    row = first(
-        cur.execute("SELECT total_rows FROM row_counts WHERE collab = ? AND member = ?", [collaboration_id, member])
-    )
-    return int(row[0]) if row else None
+    They are while the match (period 0) has not completed, and for the open refresh period.
+    """
+    if period < 0:
+        raise InvalidArgumentError(f"period must be 0 (the match) or a refresh period >= 1, got {period}")
+    if period == 0:
+        if is_matched(cur, collaboration_id):
+            raise FailedPreconditionError(
+                f"the match of collaborations/{collaboration_id} is complete; a second match is not possible "
+                "(a refresh adds new data: OpenRefresh, when the policy allows refreshes)"
+            )
+        return
+    periods.require_open(cur, collaboration_id, period)
 
 
 class Relay:
@@ -137,11 +146,13 @@ class Relay:
         points: bytes,
         last: bool,
         total_rows: int = 0,
+        period: int = 0,
     ) -> UploadProgress:
         """Store one chunk of a member's singly blinded points; the last chunk commits and shuffles them.
 
         `total_rows` (read on the last chunk only) is the number of rows the member numbers; every point's row must
-        be below it, and so must every `row_id` of the member's tables later.
+        be below it, and so must every `row_id` of the member's tables later. In a refresh period only new rows
+        carry points: rows numbered from the member's previous `total_rows` on.
         """
         what = f"chunk {chunk_index}"
         try:
@@ -162,13 +173,15 @@ class Relay:
             raise
         with self._db.transaction() as cur:
             check_approved_revision(cur, collaboration)
-            _ensure_not_matched(cur, collaboration.id)
-            progress = read_progress(cur, collaboration.id, member, POINTS)
+            ensure_open(cur, collaboration.id, period)
+            if period:
+                self._check_new_rows(cur, collaboration, member, row_ids, what)
+            progress = read_progress(cur, collaboration.id, member, POINTS, period)
             if check_next_chunk(progress, chunk_index, "your point upload"):
                 cur.execute("DELETE FROM staged_points WHERE collab = ? AND member = ?", [collaboration.id, member])
                 progress = None
             if progress is None:
-                self._audit.append(cur, collaboration.id, member, "upload.start", {"kind": POINTS})
+                self._audit.append(cur, collaboration.id, member, "upload.start", {"kind": POINTS, "period": period})
             seq0 = progress.rows if progress else 0
             chunk = pa.table(
                 {
@@ -184,23 +197,47 @@ class Relay:
                 [collaboration.id, member],
             )
             cur.unregister("chunk")
-            new = UploadProgress(POINTS, chunk_index + 1, seq0 + n, False)
+            new = UploadProgress(POINTS, chunk_index + 1, seq0 + n, False, period)
             set_size = None
             if last:
-                set_size = self._commit_points(cur, collaboration.id, member, seq0 + n, total_rows)
-                new = UploadProgress(POINTS, chunk_index + 1, seq0 + n, True)
+                set_size = self._commit_points(cur, collaboration.id, member, seq0 + n, total_rows, period)
+                new = UploadProgress(POINTS, chunk_index + 1, seq0 + n, True, period)
                 self._audit.append(
                     cur,
                     collaboration.id,
                     member,
                     "upload.commit",
-                    {"kind": POINTS, "points": seq0 + n, "rows": set_size},
+                    {"kind": POINTS, "points": seq0 + n, "rows": set_size, "period": period},
                 )
             save_progress(cur, collaboration.id, member, new, set_size)
         return new
 
+    @staticmethod
+    def _check_new_rows(
+        cur: duckdb.DuckDBPyConnection, collaboration: Collaboration, member: str, row_ids: np.ndarray, what: str
+    ) -> None:
+        """In a refresh, points may only name new rows, and only when the policy lets the member add users."""
+        spec = collaboration.policy.refresh
+        if len(row_ids) and (spec is None or not spec.allows(member, "users")):
+            raise InvalidArgumentError(
+                f"{what}: the policy's refresh does not list {member}.users, so you may not add users "
+                "(send an empty point upload: one chunk without points, marked `last`)"
+            )
+        before = total_rows(cur, collaboration.id, member) or 0
+        if len(row_ids) and int(row_ids.min()) < before:
+            raise InvalidArgumentError(
+                f"{what}: a refresh carries points of new users only, numbered from {before} (your earlier "
+                f"uploads numbered rows 0 .. {before - 1}); got row {int(row_ids.min())}"
+            )
+
     def _commit_points(
-        self, cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, total: int, total_rows: int
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        collaboration_id: str,
+        member: str,
+        total: int,
+        numbered: int,
+        period: int = 0,
     ) -> int:
         top = first(
             cur.execute(
@@ -208,13 +245,16 @@ class Relay:
             )
         )
         highest = -1 if not top or top[0] is None else int(top[0])
-        if total_rows < 0 or highest >= total_rows:
+        total_rows_before = total_rows(cur, collaboration_id, member, period - 1)
+        before = total_rows_before or 0
+        if numbered < 0 or highest >= numbered or numbered < before:
             raise InvalidArgumentError(
-                f"the last chunk's total_rows is {total_rows}, but a point names row {highest}: set total_rows to the "
-                "number of rows you numbered (every user, with or without an identifier) on the chunk marked `last`"
+                f"the last chunk's total_rows is {numbered}, but a point names row {highest}"
+                + (f" and your earlier uploads numbered {before} rows" if total_rows_before else "")
+                + ": set total_rows to the number of rows you numbered (every user, with or without an identifier, "
+                "the earlier ones included) on the chunk marked `last`"
             )
-        cur.execute("DELETE FROM row_counts WHERE collab = ? AND member = ?", [collaboration_id, member])
-        cur.execute("INSERT INTO row_counts VALUES (?, ?, ?)", [collaboration_id, member, total_rows])
+        record_total_rows(cur, collaboration_id, member, period, numbered)
         dupes = first(
             cur.execute(
                 "SELECT count(*) - count(DISTINCT (id_type, row_id)) FROM staged_points"
@@ -245,14 +285,14 @@ class Relay:
         )
         return int(row[0]) if row else 0
 
-    def _offer_size(self, cur: duckdb.DuckDBPyConnection, collaboration_id: str, owner: str) -> int | None:
-        progress = read_progress(cur, collaboration_id, owner, POINTS)
+    def _offer_size(self, cur: duckdb.DuckDBPyConnection, collaboration_id: str, owner: str, period: int) -> int | None:
+        progress = read_progress(cur, collaboration_id, owner, POINTS, period)
         return progress.rows if progress and progress.committed else None
 
-    def offer_chunks(self, collaboration: Collaboration, member: str) -> int:
+    def offer_chunks(self, collaboration: Collaboration, member: str, period: int = 0) -> int:
         """The number of chunks in the peer's offer; FailedPrecondition while the peer is still uploading."""
         peer = collaboration.policy.peer_of(member)
-        size = self._offer_size(self._db.cursor(), collaboration.id, peer)
+        size = self._offer_size(self._db.cursor(), collaboration.id, peer, period)
         if size is None:
             raise FailedPreconditionError(f"{peer} has not finished uploading its points yet; retry later")
         return self._chunks(size)
@@ -261,14 +301,14 @@ class Relay:
         """Chunks in an offer of `size` points; an empty offer still has one (empty) chunk to answer."""
         return max(1, -(-size // self.offer_chunk))
 
-    def fetch_peer_chunk(self, collaboration: Collaboration, member: str, chunk_index: int) -> bytes:
+    def fetch_peer_chunk(self, collaboration: Collaboration, member: str, chunk_index: int, period: int = 0) -> bytes:
         """Chunk `chunk_index` of the peer's shuffled points, 32 bytes each."""
-        total = self.offer_chunks(collaboration, member)
+        total = self.offer_chunks(collaboration, member, period)
         if not 0 <= chunk_index < total:
             raise InvalidArgumentError(f"chunk {chunk_index} is out of range; the offer has {total} chunks")
         start = chunk_index * self.offer_chunk
         cur = self._db.cursor()
-        if self._double_done(cur, collaboration.id, member):
+        if self._double_done(cur, collaboration.id, member, period):
             raise FailedPreconditionError("you have already double-blinded the peer's points")
         table = cur.sql(
             "SELECT point FROM offers WHERE collab = ? AND member = ? AND pos >= ? AND pos < ? ORDER BY pos",
@@ -276,12 +316,11 @@ class Relay:
         ).to_arrow_table()
         return b"".join(table.column("point").to_pylist())
 
-    def _double_done(self, cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str) -> bool:
-        progress = read_progress(cur, collaboration_id, member, DOUBLE_BLINDED)
-        return bool(progress and progress.committed)
+    def _double_done(self, cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, period: int) -> bool:
+        return sealed(cur, collaboration_id, member, period)
 
     def submit_double_blinded(
-        self, collaboration: Collaboration, member: str, chunk_index: int, tags: bytes, last: bool
+        self, collaboration: Collaboration, member: str, chunk_index: int, tags: bytes, last: bool, period: int = 0
     ) -> UploadProgress:
         """Store the tags of the caller's blinding of one offered chunk; the last chunk un-shuffles them.
 
@@ -293,17 +332,24 @@ class Relay:
             raise InvalidArgumentError(f"{what}: tags must be {TAG_SIZE} bytes each")
         with self._db.transaction() as cur:
             check_approved_revision(cur, collaboration)
-            _ensure_not_matched(cur, collaboration.id)
-            size = self._offer_size(cur, collaboration.id, peer)
+            ensure_open(cur, collaboration.id, period)
+            size = self._offer_size(cur, collaboration.id, peer, period)
             if size is None:
                 raise FailedPreconditionError(f"{peer} has not finished uploading its points yet; retry later")
+            if period and self._offer_size(cur, collaboration.id, member, period) is None:
+                raise FailedPreconditionError(
+                    "upload your own points first (UploadBlindedPoints up to the chunk marked `last`): "
+                    "double-blinding the peer's points seals your side"
+                )
             total = self._chunks(size)
-            progress = read_progress(cur, collaboration.id, member, DOUBLE_BLINDED)
+            progress = read_progress(cur, collaboration.id, member, DOUBLE_BLINDED, period)
             if check_next_chunk(progress, chunk_index, "your double-blinded upload"):
                 cur.execute("DELETE FROM double_points WHERE collab = ? AND owner = ?", [collaboration.id, peer])
                 progress = None
             if progress is None:
-                self._audit.append(cur, collaboration.id, member, "upload.start", {"kind": DOUBLE_BLINDED})
+                self._audit.append(
+                    cur, collaboration.id, member, "upload.start", {"kind": DOUBLE_BLINDED, "period": period}
+                )
             if chunk_index >= total:
                 raise InvalidArgumentError(f"{what} is out of range; the offer has {total} chunks")
             start = chunk_index * self.offer_chunk
@@ -325,15 +371,19 @@ class Relay:
             cur.register("chunk", chunk)
             cur.execute("INSERT INTO double_points SELECT ?, ?, pos, dkey FROM chunk", [collaboration.id, peer])
             cur.unregister("chunk")
-            new = UploadProgress(DOUBLE_BLINDED, chunk_index + 1, start + n, final)
+            new = UploadProgress(DOUBLE_BLINDED, chunk_index + 1, start + n, final, period)
             if final:
                 self._unshuffle(cur, collaboration.id, peer)
                 self._audit.append(
-                    cur, collaboration.id, member, "upload.commit", {"kind": DOUBLE_BLINDED, "points": size}
+                    cur,
+                    collaboration.id,
+                    member,
+                    "upload.commit",
+                    {"kind": DOUBLE_BLINDED, "points": size, "period": period},
                 )
             save_progress(cur, collaboration.id, member, new)
             if final:
-                self._join_if_ready(cur, collaboration, member)
+                self._join_if_ready(cur, collaboration, member, period)
         return new
 
     def _unshuffle(self, cur: duckdb.DuckDBPyConnection, collaboration_id: str, owner: str) -> None:
@@ -347,28 +397,103 @@ class Relay:
         cur.execute("DELETE FROM offers WHERE collab = ? AND member = ?", [collaboration_id, owner])
         cur.execute("DELETE FROM double_points WHERE collab = ? AND owner = ?", [collaboration_id, owner])
 
-    def _join_if_ready(self, cur: duckdb.DuckDBPyConnection, collaboration: Collaboration, member: str) -> None:
-        if all(self._double_done(cur, collaboration.id, m.name) for m in collaboration.members):
-            members = tuple(sorted(m.name for m in collaboration.members))
-            types = [IdentifierType(t) for t in collaboration.policy.identifiers]
+    def _join_if_ready(
+        self, cur: duckdb.DuckDBPyConnection, collaboration: Collaboration, member: str, period: int
+    ) -> None:
+        if not all(self._double_done(cur, collaboration.id, m.name, period) for m in collaboration.members):
+            return
+        members = tuple(sorted(m.name for m in collaboration.members))
+        types = [IdentifierType(t) for t in collaboration.policy.identifiers]
+        if not period:
             join_matches(cur, collaboration.id, members, types)  # type: ignore[arg-type]
             self._audit.append(cur, collaboration.id, member, "match.complete", {})
+            return
+        counts: dict[str, dict[str, int]] = {}
+        for m in members:
+            retired, params = periods.retired_rows(collaboration.id, m, period)
+            counts[m] = {
+                "new_rows": (total_rows(cur, collaboration.id, m, period) or 0)
+                - (total_rows(cur, collaboration.id, m, period - 1) or 0),
+                "retired": periods.retirement_count(cur, collaboration.id, m, period),
+                **{f"rows.{t}": n for t, n in appended_rows(cur, collaboration.id, m, period).items()},
+            }
+            forget_rows(cur, collaboration.id, m, retired, params)
+            forget_table_rows(cur, collaboration.id, m, retired, params)
+        join_matches(cur, collaboration.id, members, types, period)  # type: ignore[arg-type]
+        sizes = key_set_sizes(cur, collaboration.id)
+        sizes = {m: sizes.get(m, 0) for m in members}
+        entry = self._audit.append(
+            cur, collaboration.id, member, "refresh.complete", {"period": period, "members": counts, "set_sizes": sizes}
+        )
+        periods.record_complete(cur, collaboration.id, period, sizes, entry.sequence)
 
-    def status(self, collaboration: Collaboration, member: str) -> MatchStatus:
-        """The match as `member` may see it."""
+    def open_refresh(self, collaboration: Collaboration, member: str) -> int:
+        """Open the next refresh period (or return the open one); FAILED_PRECONDITION before the match completes."""
+        with self._db.transaction() as cur:
+            check_approved_revision(cur, collaboration)
+            when = matched_time(cur, collaboration.id)
+            if when is None:
+                raise FailedPreconditionError(
+                    f"collaborations/{collaboration.id} has not finished matching yet; a refresh follows the match"
+                )
+            period, opened = periods.open_refresh(cur, collaboration, member, when)
+            if opened:
+                self._audit.append(cur, collaboration.id, member, "refresh.open", {"period": period})
+        return period
+
+    def retire(self, collaboration: Collaboration, member: str, period: int, row_ids: np.ndarray) -> int:
+        """Stage the member's users to retire in `period` (replacing any list sent before); returns their number.
+
+        Retired users are deleted everywhere when the period completes: keys, table rows, pairs of every period.
+        """
+        if period < 1:
+            raise InvalidArgumentError("users are retired in a refresh period (>= 1); open one with OpenRefresh")
+        spec = collaboration.policy.refresh
+        if len(row_ids) and (spec is None or not spec.allows(member, "users")):
+            raise InvalidArgumentError(
+                f"the policy's refresh does not list {member}.users, so you may not retire users"
+            )
+        with self._db.transaction() as cur:
+            check_approved_revision(cur, collaboration)
+            periods.require_open(cur, collaboration.id, period)
+            if self._double_done(cur, collaboration.id, member, period):
+                raise FailedPreconditionError(
+                    f"your side of refresh period {period} is sealed (you double-blinded the peer's points); "
+                    "retire these users in the next refresh"
+                )
+            rows = total_rows(cur, collaboration.id, member) or 0
+            if len(row_ids) and (int(row_ids.min()) < 0 or int(row_ids.max()) >= rows):
+                bad = int(row_ids.min()) if int(row_ids.min()) < 0 else int(row_ids.max())
+                raise InvalidArgumentError(f"row {bad} is not one of your rows (0 .. {rows - 1})")
+            periods.stage_retirements(cur, collaboration.id, member, period, [int(r) for r in row_ids])
+            self._audit.append(
+                cur, collaboration.id, member, "refresh.retire", {"period": period, "rows": len(row_ids)}
+            )
+        return len(set(row_ids.tolist()))
+
+    def status(self, collaboration: Collaboration, member: str, period: int | None = None) -> MatchStatus:
+        """The match (period 0) or a refresh period as `member` may see it; by default the current period."""
         cur = self._db.cursor()
         peer = collaboration.policy.peer_of(member)
-        if is_matched(cur, collaboration.id):
+        current = periods.current_period(cur, collaboration.id)
+        period = current if period is None else period
+        if not 0 <= period <= current:
+            raise InvalidArgumentError(f"period {period} has not started; the current period is {current}")
+        done = periods.latest_complete(cur, collaboration.id, is_matched(cur, collaboration.id))
+        if done is not None and done >= period:
             stage = MatchStage.MATCHED
-        elif all(self._offer_size(cur, collaboration.id, m.name) is not None for m in collaboration.members):
+        elif all(self._offer_size(cur, collaboration.id, m.name, period) is not None for m in collaboration.members):
             stage = MatchStage.DOUBLE_BLINDING
         else:
             stage = MatchStage.UPLOADING
-        peer_size = self._offer_size(cur, collaboration.id, peer)
-        sizes = committed_set_sizes(cur, collaboration.id, POINTS)
+        peer_size = self._offer_size(cur, collaboration.id, peer, period)
+        sizes = (periods.period_set_sizes(cur, collaboration.id, period) if period else None) or committed_set_sizes(
+            cur, collaboration.id, POINTS
+        )
         return MatchStatus(
             stage=stage,
-            uploads=tuple(list_progress(cur, collaboration.id, member)),
+            period=period,
+            uploads=tuple(list_progress(cur, collaboration.id, member, period)),
             peer_points_ready=peer_size is not None,
             peer_point_chunks=self._chunks(peer_size) if peer_size is not None else 0,
             own_set_size=int(sizes.get(member) or 0),

@@ -27,11 +27,14 @@ from ..collaborations import Collaboration, check_approved_revision
 from ..errors import FailedPreconditionError, InternalError, InvalidArgumentError
 from ..storage import Database
 from ..storage.database import first, quote_ident
+from . import periods
 from .ipc import IpcLayoutError, declared_size
-from .progress import UploadProgress, check_next_chunk, read_progress, save_progress
-from .relay import total_rows
+from .progress import TABLE_KIND, UploadProgress, check_next_chunk, read_progress, save_progress, sealed, total_rows
 
 USERS_TABLE = "users"
+#: The hidden column of every stored table: the period its row arrived in (0 the match, p a refresh). Queries of
+#: period p read the rows with `_period <= p`; members never see it.
+PERIOD_COLUMN = "_period"
 #: Time columns are stored as timestamps (microseconds, UTC, no time zone) within [start, end): anything outside
 #: is refused at upload, so no comparison or date arithmetic over them can fail at query time.
 TIME_WINDOW = (dt.datetime(1900, 1, 1), dt.datetime(2200, 1, 1))
@@ -53,7 +56,7 @@ def register_table(
     `TableUploads`, which validates every chunk against the policy.
     """
     physical = physical_name(collaboration_id, member, table)
-    cur.execute(f"CREATE TABLE {quote_ident(physical)} AS SELECT * FROM {source}")
+    cur.execute(f"CREATE TABLE {quote_ident(physical)} AS SELECT *, 0 AS {PERIOD_COLUMN} FROM {source}")
     cur.execute("INSERT INTO data_tables VALUES (?, ?, ?, ?, ?)", [collaboration_id, member, table, physical, rows])
 
 
@@ -184,8 +187,8 @@ def _check(table: pa.Table, spec: TableSpec, what: str) -> pa.Table:
     return out
 
 
-def _check_rows(table: pa.Table, rows: int | None, what: str) -> None:
-    """Every `row_id` must name a row of the member's committed point upload (0 .. rows-1)."""
+def _check_rows(table: pa.Table, rows: int | None, what: str, first: int = 0) -> None:
+    """Every `row_id` must name a row of the member's committed point uploads (first .. rows-1)."""
     if rows is None:
         raise FailedPreconditionError(
             f"{what}: upload your blinded points first (UploadBlindedPoints up to the chunk marked `last`); "
@@ -194,8 +197,13 @@ def _check_rows(table: pa.Table, rows: int | None, what: str) -> None:
     if not table.num_rows:
         return
     low, high = pc.min_max(table.column("row_id")).values()
-    if low.as_py() < 0 or high.as_py() >= rows:
-        bad = low.as_py() if low.as_py() < 0 else high.as_py()
+    if low.as_py() < first or high.as_py() >= rows:
+        bad = low.as_py() if low.as_py() < first else high.as_py()
+        if first:
+            raise InvalidArgumentError(
+                f"{what}: row_id {bad} is not a new user of this refresh: the users rows a refresh adds are the new "
+                f"rows {first} .. {rows - 1} of its point upload"
+            )
         raise InvalidArgumentError(
             f"{what}: row_id {bad} was never offered points: your point upload numbered rows 0 .. {rows - 1} "
             "(its total_rows); use the same row numbers in your tables"
@@ -210,9 +218,20 @@ class TableUploads:
         self._audit = audit
 
     def upload_chunk(
-        self, collaboration: Collaboration, member: str, table: str, chunk_index: int, arrow_ipc: bytes, last: bool
+        self,
+        collaboration: Collaboration,
+        member: str,
+        table: str,
+        chunk_index: int,
+        arrow_ipc: bytes,
+        last: bool,
+        period: int = 0,
     ) -> UploadProgress:
-        """Validate and stage one chunk; the last one makes the whole table visible at once."""
+        """Validate and stage one chunk; the last one makes the whole table (or the rows it appends) visible at once.
+
+        In a refresh period (>= 1) the rows are appended to the table, which the policy's refresh must list; a users
+        table takes only the period's new rows, any other table rows of current users (not retired).
+        """
         spec = collaboration.policy.table(member, table)
         if spec is None:
             declared = sorted(t.table for t in collaboration.policy.tables.values() if t.member == member)
@@ -220,6 +239,13 @@ class TableUploads:
                 f"table {table!r} is not declared for {member} in the policy (declared: {declared or 'none'})"
             )
         what = f"{member}.{table} chunk {chunk_index}"
+        refresh = collaboration.policy.refresh
+        if period and (refresh is None or not refresh.allows(member, table)):
+            listed = sorted(refresh.tables) if refresh else []
+            raise InvalidArgumentError(
+                f"{what}: the policy's refresh does not list {member}.{table}, so no rows may be added to it "
+                f"(listed: {listed or 'none'})"
+            )
         try:
             data = _check(_decode(arrow_ipc, what), spec, what)
         except InvalidArgumentError as exc:
@@ -227,17 +253,25 @@ class TableUploads:
                 collaboration.id, member, "refused", {"attempted": "upload.table", "table": table, "reason": str(exc)}
             )
             raise
-        kind = f"table:{table}"
+        kind = f"{TABLE_KIND}{table}"
         stage = quote_ident(physical_name(collaboration.id, member, table, staged=True))
         with self._db.transaction() as cur:
             check_approved_revision(cur, collaboration)
-            _check_rows(data, total_rows(cur, collaboration.id, member), what)
-            progress = read_progress(cur, collaboration.id, member, kind)
+            if period:
+                self._check_refresh(cur, collaboration.id, member, table, period, data, what)
+            else:
+                if periods.current_period(cur, collaboration.id):
+                    raise FailedPreconditionError(
+                        f"{what}: the match's uploads closed when the first refresh opened; send this table's rows in "
+                        "a refresh (period >= 1), which the policy's refresh must list"
+                    )
+                _check_rows(data, total_rows(cur, collaboration.id, member), what)
+            progress = read_progress(cur, collaboration.id, member, kind, period)
             restart = check_next_chunk(progress, chunk_index, f"the upload of {member}.{table}")
             if restart or progress is None:
                 progress = None
                 cur.execute(f"DROP TABLE IF EXISTS {stage}")
-                self._audit.append(cur, collaboration.id, member, "upload.start", {"kind": kind})
+                self._audit.append(cur, collaboration.id, member, "upload.start", {"kind": kind, "period": period})
             cur.register("chunk", data)
             if progress is None:
                 cur.execute(f"CREATE TABLE {stage} AS SELECT * FROM chunk")
@@ -250,12 +284,84 @@ class TableUploads:
                 cur.execute(f"INSERT INTO {stage} BY NAME SELECT * FROM chunk")
             cur.unregister("chunk")
             rows = (progress.rows if progress else 0) + data.num_rows
-            new = UploadProgress(kind, chunk_index + 1, rows, last)
+            new = UploadProgress(kind, chunk_index + 1, rows, last, period)
             if last:
-                self._commit(cur, collaboration.id, member, table, rows)
-                self._audit.append(cur, collaboration.id, member, "upload.commit", {"kind": kind, "rows": rows})
+                if period:
+                    self._append(cur, collaboration.id, member, table, rows, period)
+                else:
+                    self._commit(cur, collaboration.id, member, table, rows)
+                self._audit.append(
+                    cur, collaboration.id, member, "upload.commit", {"kind": kind, "rows": rows, "period": period}
+                )
             save_progress(cur, collaboration.id, member, new)
         return new
+
+    @staticmethod
+    def _check_refresh(
+        cur: duckdb.DuckDBPyConnection,
+        collaboration_id: str,
+        member: str,
+        table: str,
+        period: int,
+        data: pa.Table,
+        what: str,
+    ) -> None:
+        """A refresh's rows: the period is open, the member's side not sealed, rows name current users."""
+        periods.require_open(cur, collaboration_id, period)
+        if sealed(cur, collaboration_id, member, period):
+            raise FailedPreconditionError(
+                f"{what}: your side of refresh period {period} is sealed (you double-blinded the peer's points); "
+                "add these rows in the next refresh"
+            )
+        now = total_rows(cur, collaboration_id, member, period)
+        if read_progress(cur, collaboration_id, member, "points", period) is None or now is None:
+            raise FailedPreconditionError(
+                f"{what}: upload your points of refresh period {period} first (an empty upload if you add no users): "
+                "its total_rows numbers the rows tables may name"
+            )
+        before = total_rows(cur, collaboration_id, member, period - 1) or 0
+        _check_rows(data, now, what, first=before if table == USERS_TABLE else 0)
+        if table != USERS_TABLE and data.num_rows:
+            retired, params = periods.retired_rows(collaboration_id, member)
+            cur.register("chunk_ids", data.select(["row_id"]))
+            row = first(cur.execute(f"SELECT min(row_id) FROM chunk_ids WHERE row_id IN {retired}", params))
+            cur.unregister("chunk_ids")
+            if row and row[0] is not None:
+                raise InvalidArgumentError(
+                    f"{what}: row_id {row[0]} is a user you retired; a retired user's data is deleted and takes no "
+                    "new rows"
+                )
+
+    def _append(
+        self, cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, table: str, rows: int, period: int
+    ) -> None:
+        """Append the staged rows to the stored table (or store it, if the match had none) with their period."""
+        stage = quote_ident(physical_name(collaboration_id, member, table, staged=True))
+        final = physical_name(collaboration_id, member, table)
+        staged_columns = sorted(r[0] for r in cur.execute(f"DESCRIBE {stage}").fetchall())
+        stored = uploaded_tables(cur, collaboration_id).get((member, table))
+        if stored is None:
+            cur.execute(f"CREATE TABLE {quote_ident(final)} AS SELECT *, {int(period)} AS {PERIOD_COLUMN} FROM {stage}")
+            cur.execute(
+                "INSERT INTO data_tables VALUES (?, ?, ?, ?, ?)", [collaboration_id, member, table, final, rows]
+            )
+        else:
+            columns = sorted(r[0] for r in cur.execute(f"DESCRIBE {quote_ident(stored)}").fetchall())
+            if staged_columns != [c for c in columns if c != PERIOD_COLUMN]:
+                raise InvalidArgumentError(
+                    f"{member}.{table}: a refresh appends rows with the columns the table has "
+                    f"({[c for c in columns if c != PERIOD_COLUMN]}), got {staged_columns}. Start again at chunk 0."
+                )
+            if PERIOD_COLUMN not in columns:  # stored before periods existed: all of it is the match's
+                cur.execute(f"ALTER TABLE {quote_ident(stored)} ADD COLUMN {PERIOD_COLUMN} BIGINT DEFAULT 0")
+            cur.execute(
+                f"INSERT INTO {quote_ident(stored)} BY NAME SELECT *, {int(period)} AS {PERIOD_COLUMN} FROM {stage}"
+            )
+            cur.execute(
+                "UPDATE data_tables SET rows = rows + ? WHERE collab = ? AND member = ? AND name = ?",
+                [rows, collaboration_id, member, table],
+            )
+        cur.execute(f"DROP TABLE {stage}")
 
     def _commit(
         self, cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, table: str, rows: int
@@ -278,8 +384,24 @@ class TableUploads:
             [collaboration_id, member, table],
         ).fetchall():
             cur.execute(f"DROP TABLE IF EXISTS {quote_ident(old)}")
+        cur.execute(f"ALTER TABLE {quote_ident(stage)} ADD COLUMN {PERIOD_COLUMN} BIGINT DEFAULT 0")
         cur.execute(f"ALTER TABLE {quote_ident(stage)} RENAME TO {quote_ident(final)}")
         cur.execute(
             "DELETE FROM data_tables WHERE collab = ? AND member = ? AND name = ?", [collaboration_id, member, table]
         )
         cur.execute("INSERT INTO data_tables VALUES (?, ?, ?, ?, ?)", [collaboration_id, member, table, final, rows])
+
+
+def forget_table_rows(
+    cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, rows: str, params: list[object]
+) -> None:
+    """Delete the rows of `member`'s users in the relation `rows` (`row_id`) from every table the member stored."""
+    for name, physical in cur.execute(
+        "SELECT name, physical FROM data_tables WHERE collab = ? AND member = ?", [collaboration_id, member]
+    ).fetchall():
+        cur.execute(f"DELETE FROM {quote_ident(physical)} WHERE row_id IN {rows}", params)
+        count = first(cur.execute(f"SELECT count(*) FROM {quote_ident(physical)}"))
+        cur.execute(
+            "UPDATE data_tables SET rows = ? WHERE collab = ? AND member = ? AND name = ?",
+            [int(count[0]) if count else 0, collaboration_id, member, name],
+        )

@@ -69,6 +69,9 @@ class Limits:
 
     epsilon_total: float
     delta_total: float = 0.0
+    #: Count only what the audit log charged after this sequence number: a per-period budget starts at the entry
+    #: that completed the last refresh (0: the whole life of the collaboration).
+    since_sequence: int = 0
 
 
 @dataclass(frozen=True)
@@ -117,8 +120,10 @@ class BudgetAccountant:
         self._charge_interrupted()
 
     # -- reading --------------------------------------------------------------------------------------------------
-    def _units(self, cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str) -> tuple[int, int, int, int]:
-        spent = self._audit.charged_units(cur, collaboration_id, member, EPSILON_UNIT, DELTA_UNIT)
+    def _units(
+        self, cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, since: int = 0
+    ) -> tuple[int, int, int, int]:
+        spent = self._audit.charged_units(cur, collaboration_id, member, EPSILON_UNIT, DELTA_UNIT, since)
         held = first(
             cur.execute(
                 "SELECT coalesce(sum(CAST(round(epsilon / $eu) AS HUGEINT)), 0),"
@@ -132,7 +137,7 @@ class BudgetAccountant:
     def status(self, collaboration_id: str, member: str, limits: Limits) -> BudgetStatus:
         """Spent (from the audit log) and reserved budget of a member; FAILED_PRECONDITION if the log is broken."""
         self._audit.require_intact(collaboration_id)
-        eps, dlt, eps_held, dlt_held = self._units(self._db.cursor(), collaboration_id, member)
+        eps, dlt, eps_held, dlt_held = self._units(self._db.cursor(), collaboration_id, member, limits.since_sequence)
         return BudgetStatus(
             member,
             limits.epsilon_total,
@@ -161,7 +166,7 @@ class BudgetAccountant:
         reservation = Reservation(secrets.token_hex(8), collaboration_id, tuple(charges))
         with self._db.transaction() as cur:
             for charge in charges:
-                eps, dlt, eps_held, dlt_held = self._units(cur, collaboration_id, charge.member)
+                eps, dlt, eps_held, dlt_held = self._units(cur, collaboration_id, charge.member, limits.since_sequence)
                 ask_eps, ask_dlt = charge.units
                 who = "you have" if charge.member == reservation.requester else f"the recipient {charge.member} has"
                 if eps + eps_held + ask_eps > eps_cap:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -42,6 +43,11 @@ from .auth import Authenticator
 
 def _filters(raw: Mapping[str, str]) -> tuple[tuple[DimensionRef, str], ...]:
     return tuple((DimensionRef.parse(k), v) for k, v in sorted(raw.items()))
+
+
+def _period(request: Any) -> int | None:
+    """The refresh period a query names (`refresh_period`), or None for the latest completed one."""
+    return int(request.refresh_period) if request.HasField("refresh_period") else None
 
 
 def _audience(a: AudienceInfo) -> pb.Audience:
@@ -84,7 +90,9 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         """Matched people by up to three dimensions."""
         principal = self._auth.principal(context)
         self._engine.authorize(principal, parse_name(request.parent), QueryType.OVERLAP)
-        q = OverlapQuery(tuple(DimensionRef.parse(d) for d in request.dimensions), request.epsilon)
+        q = OverlapQuery(
+            tuple(DimensionRef.parse(d) for d in request.dimensions), request.epsilon, refresh_period=_period(request)
+        )
         return answer_to_proto(self._engine.overlap(principal, parse_name(request.parent), q, preview=preview))
 
     def Funnel(self, request: pb.FunnelRequest, context: grpc.ServicerContext, preview: bool = False) -> pb.QueryResult:
@@ -92,7 +100,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         principal = self._auth.principal(context)
         self._engine.authorize(principal, parse_name(request.parent), QueryType.FUNNEL)
         by = DimensionRef.parse(request.by) if request.by else None
-        q = FunnelQuery(by, request.epsilon, request.labels or "4a")
+        q = FunnelQuery(by, request.epsilon, request.labels or "4a", refresh_period=_period(request))
         return answer_to_proto(self._engine.funnel(principal, parse_name(request.parent), q, preview=preview))
 
     def FunnelFlow(
@@ -106,6 +114,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             FunnelFlowQuery.parse_date(request.end_date, "end_date"),
             request.epsilon,
             request.labels or "4a",
+            refresh_period=_period(request),
         )
         return answer_to_proto(self._engine.funnel_flow(principal, parse_name(request.parent), q, preview=preview))
 
@@ -115,14 +124,19 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         """Shares, TGI and penetration per value of a dimension."""
         principal = self._auth.principal(context)
         self._engine.authorize(principal, parse_name(request.parent), QueryType.SEGMENT_INSIGHT)
-        q = SegmentInsightQuery(DimensionRef.parse(request.dimension), request.epsilon)
+        q = SegmentInsightQuery(DimensionRef.parse(request.dimension), request.epsilon, refresh_period=_period(request))
         return answer_to_proto(self._engine.segment_insight(principal, parse_name(request.parent), q, preview=preview))
 
     def Value(self, request: pb.ValueRequest, context: grpc.ServicerContext, preview: bool = False) -> pb.QueryResult:
         """GOAL value: sums and means of a declared measure per group."""
         principal = self._auth.principal(context)
         self._engine.authorize(principal, parse_name(request.parent), QueryType.VALUE)
-        q = ValueQuery(tuple(DimensionRef.parse(d) for d in request.by), request.measure, request.epsilon)
+        q = ValueQuery(
+            tuple(DimensionRef.parse(d) for d in request.by),
+            request.measure,
+            request.epsilon,
+            refresh_period=_period(request),
+        )
         return answer_to_proto(self._engine.value(principal, parse_name(request.parent), q, preview=preview))
 
     def Loyalty(
@@ -137,6 +151,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             (date(request.period1_start, "period1_start"), date(request.period1_end, "period1_end")),
             (date(request.period2_start, "period2_start"), date(request.period2_end, "period2_end")),
             request.epsilon,
+            refresh_period=_period(request),
         )
         return answer_to_proto(self._engine.loyalty(principal, parse_name(request.parent), q, preview=preview))
 
@@ -157,6 +172,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             brand_dimension=DimensionRef.parse(request.brand_dimension) if request.brand_dimension else None,
             click_over_view=request.click_over_view,
             half_life_days=request.half_life_days or DEFAULT_HALF_LIFE_DAYS,
+            refresh_period=_period(request),
         )
         return answer_to_proto(self._engine.attribution(principal, parse_name(request.parent), q, preview=preview))
 
@@ -164,7 +180,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         """Lift against the holdout."""
         principal = self._auth.principal(context)
         self._engine.authorize(principal, parse_name(request.parent), QueryType.LIFT)
-        q = LiftQuery(request.campaign, request.epsilon)
+        q = LiftQuery(request.campaign, request.epsilon, refresh_period=_period(request))
         return answer_to_proto(self._engine.lift(principal, parse_name(request.parent), q, preview=preview))
 
     def Lookalike(
@@ -188,6 +204,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             epsilon=request.epsilon,
             delta=request.delta,
             model=request.model or "logistic",
+            refresh_period=_period(request),
         )
         answer = self._engine.lookalike(principal, parse_name(request.parent), q, preview=preview, progress=progress)
         return answer_to_proto(answer)
@@ -238,7 +255,11 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             for e in request.events
         )
         q = ActivationQuery(
-            segment=_filters(request.segment), epsilon=request.epsilon, delta=request.delta, events=events
+            segment=_filters(request.segment),
+            epsilon=request.epsilon,
+            delta=request.delta,
+            events=events,
+            refresh_period=_period(request),
         )
         return answer_to_proto(self._engine.activate(principal, parse_name(request.parent), q, preview=preview))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import grpc
+import numpy as np
 from google.protobuf.message import Message
 
 from cleanroom_client.identity import IdentifierType
@@ -80,6 +81,24 @@ def _no_messages() -> InvalidArgumentError:
     return InvalidArgumentError("the stream carried no chunks")
 
 
+#: Most row numbers one RetireUsers call may carry.
+MAX_RETIRE_ROWS = 1_000_000
+
+
+class _StreamPeriod:
+    """The period of a stream: set by its first message, the same on every later one."""
+
+    def __init__(self) -> None:
+        self.period: int | None = None
+
+    def check(self, period: int) -> int:
+        if self.period is None:
+            self.period = period
+        elif period != self.period:
+            raise InvalidArgumentError(f"every message of a stream must name period {self.period}, got {period}")
+        return period
+
+
 class MatchingServicer(pb_grpc.MatchingServiceServicer):
     """Thin adapter over the relay and the table uploads."""
 
@@ -106,6 +125,7 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
         principal = self._auth.principal(context)
         self._collaborations.require_member_somewhere(principal, "upload.points")  # outsiders never get a slot
         stream = _StreamCollab(self._collaborations, principal, "upload.points")
+        period = _StreamPeriod()
         progress: UploadProgress | None = None
         received = 0
         with self._streams.slot(principal):
@@ -125,6 +145,7 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
                     req.points,
                     req.last,
                     req.total_rows,
+                    period.check(req.period),
                 )
                 received += len(req.points) // 32
         if progress is None:
@@ -141,14 +162,14 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
         collaboration = self._collaborations.require_active(
             principal, parse_name(request.parent), Ability.CONTRIBUTE, "fetch.peer_points"
         )
-        total = self._relay.offer_chunks(collaboration, principal.name)
+        total = self._relay.offer_chunks(collaboration, principal.name, request.period)
         if not 0 <= request.start_chunk <= total:
             raise InvalidArgumentError(f"start_chunk {request.start_chunk} is out of range; the offer has {total}")
         with self._streams.slot(principal):
             for i in range(request.start_chunk, total):
                 if not context.is_active():
                     return
-                points = self._relay.fetch_peer_chunk(collaboration, principal.name, i)
+                points = self._relay.fetch_peer_chunk(collaboration, principal.name, i, request.period)
                 yield pb.FetchPeerPointsResponse(chunk_index=i, points=points, total_chunks=total)
 
     def SubmitDoubleBlindedPoints(
@@ -158,13 +179,14 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
         principal = self._auth.principal(context)
         self._collaborations.require_member_somewhere(principal, "upload.double_blinded")  # outsiders never get a slot
         stream = _StreamCollab(self._collaborations, principal, "upload.double_blinded")
+        period = _StreamPeriod()
         progress: UploadProgress | None = None
         with self._streams.slot(principal):
             for req in watch_idle(request_iterator, context, self._idle):
                 _check_size(req, req.chunk_index)
                 collaboration = stream.resolve(req.parent)
                 progress = self._relay.submit_double_blinded(
-                    collaboration, principal.name, req.chunk_index, req.tags, req.last
+                    collaboration, principal.name, req.chunk_index, req.tags, req.last, period.check(req.period)
                 )
         if progress is None:
             raise _no_messages()
@@ -177,6 +199,7 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
         principal = self._auth.principal(context)
         self._collaborations.require_member_somewhere(principal, "upload.table")  # outsiders never get a slot
         stream = _StreamCollab(self._collaborations, principal, "upload.table")
+        period = _StreamPeriod()
         progress: UploadProgress | None = None
         table = ""
         with self._streams.slot(principal):
@@ -193,6 +216,7 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
                     req.chunk_index,
                     req.arrow_ipc,
                     req.last,
+                    period.check(req.period),
                 )
         if progress is None:
             raise _no_messages()
@@ -206,9 +230,12 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
         collaboration = self._collaborations.require_active(
             principal, parse_name(request.parent), Ability.CONTRIBUTE, "match.status"
         )
-        status = self._relay.status(collaboration, principal.name)
+        status = self._relay.status(
+            collaboration, principal.name, request.period if request.HasField("period") else None
+        )
         return pb.MatchStatus(
             stage=_STAGES[status.stage],
+            period=status.period,
             uploads=[
                 pb.UploadProgress(kind=u.kind, next_chunk_index=u.next_chunk, rows=u.rows, committed=u.committed)
                 for u in status.uploads
@@ -218,3 +245,24 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
             own_set_size=status.own_set_size,
             peer_set_size=status.peer_set_size,
         )
+
+    def OpenRefresh(self, request: pb.OpenRefreshRequest, context: grpc.ServicerContext) -> pb.OpenRefreshResponse:
+        """Open the next refresh period, or return the open one."""
+        principal = self._auth.principal(context)
+        collaboration = self._collaborations.require_active(
+            principal, parse_name(request.parent), Ability.CONTRIBUTE, "refresh.open"
+        )
+        return pb.OpenRefreshResponse(period=self._relay.open_refresh(collaboration, principal.name))
+
+    def RetireUsers(self, request: pb.RetireUsersRequest, context: grpc.ServicerContext) -> pb.RetireUsersResponse:
+        """Stage the caller's users to retire when the open period completes."""
+        principal = self._auth.principal(context)
+        collaboration = self._collaborations.require_active(
+            principal, parse_name(request.parent), Ability.CONTRIBUTE, "refresh.retire"
+        )
+        if len(request.row_ids) % 8:
+            raise InvalidArgumentError("row_ids must be 8 bytes each (int64, little-endian)")
+        if len(request.row_ids) // 8 > MAX_RETIRE_ROWS:
+            raise InvalidArgumentError(f"at most {MAX_RETIRE_ROWS} row numbers per call; retire the rest next period")
+        rows = np.frombuffer(request.row_ids, dtype="<i8")
+        return pb.RetireUsersResponse(retired=self._relay.retire(collaboration, principal.name, request.period, rows))

@@ -56,13 +56,15 @@ CREATE TABLE IF NOT EXISTS uploads (
     next_chunk BIGINT NOT NULL,
     rows BIGINT NOT NULL,
     committed BOOLEAN NOT NULL,
-    set_size BIGINT
+    set_size BIGINT,
+    period BIGINT NOT NULL DEFAULT 0  -- 0: the match; p >= 1: refresh p
 );
 -- The n of each member's committed point upload: its rows are numbered 0 .. n-1, and so are its tables' row_id.
 CREATE TABLE IF NOT EXISTS row_counts (
     collab VARCHAR NOT NULL,
     member VARCHAR NOT NULL,
-    total_rows BIGINT NOT NULL
+    total_rows BIGINT NOT NULL,
+    period BIGINT NOT NULL DEFAULT 0
 );
 -- Singly blinded points while they are being uploaded (seq: position in upload order).
 CREATE TABLE IF NOT EXISTS staged_points (
@@ -104,7 +106,32 @@ CREATE TABLE IF NOT EXISTS matches (
     row_a BIGINT NOT NULL,
     member_b VARCHAR NOT NULL,
     row_b BIGINT NOT NULL,
-    id_type TINYINT NOT NULL
+    id_type TINYINT NOT NULL,
+    period_from BIGINT NOT NULL DEFAULT 0,  -- the pair holds in periods period_from .. period_to - 1
+    period_to BIGINT  -- NULL: still holds
+);
+-- Refresh periods of living collaborations (period 0, the match, has no row).
+CREATE TABLE IF NOT EXISTS periods (
+    collab VARCHAR NOT NULL,
+    period BIGINT NOT NULL,
+    open_time TIMESTAMP NOT NULL,  -- UTC
+    opener VARCHAR NOT NULL,
+    complete_time TIMESTAMP,
+    audit_sequence BIGINT  -- the audit entry that completed the period (a per-period budget counts from it)
+);
+-- Users a member retires: staged while the period is open, then deleted everywhere when it completes.
+CREATE TABLE IF NOT EXISTS retirements (
+    collab VARCHAR NOT NULL,
+    member VARCHAR NOT NULL,
+    period BIGINT NOT NULL,
+    row_id BIGINT NOT NULL
+);
+-- Each member's set size (rows with a doubly blinded key) once a refresh period completes.
+CREATE TABLE IF NOT EXISTS period_sizes (
+    collab VARCHAR NOT NULL,
+    member VARCHAR NOT NULL,
+    period BIGINT NOT NULL,
+    set_size BIGINT NOT NULL
 );
 -- The members' uploaded tables: one physical table each, named by `data_table_name`.
 CREATE TABLE IF NOT EXISTS data_tables (
@@ -172,6 +199,14 @@ CREATE TABLE IF NOT EXISTS match_results (
 );
 """
 
+#: Columns added after a table's first release, for data directories created before them.
+_MIGRATIONS = """
+ALTER TABLE uploads ADD COLUMN IF NOT EXISTS period BIGINT DEFAULT 0;
+ALTER TABLE row_counts ADD COLUMN IF NOT EXISTS period BIGINT DEFAULT 0;
+ALTER TABLE matches ADD COLUMN IF NOT EXISTS period_from BIGINT DEFAULT 0;
+ALTER TABLE matches ADD COLUMN IF NOT EXISTS period_to BIGINT;
+"""
+
 
 def quote_ident(name: str) -> str:
     """A DuckDB identifier, quoted. Names reaching here were validated, quoting is a second line of defence."""
@@ -218,6 +253,7 @@ class Database:
         self._pending = threading.local()
         with self.transaction() as cur:
             cur.execute(_SCHEMA)
+            cur.execute(_MIGRATIONS)
 
     def _restrict(self) -> None:
         """Keep the database file and its WAL (which DuckDB creates anew after each checkpoint) at 0600."""

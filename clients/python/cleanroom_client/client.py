@@ -26,9 +26,10 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from . import answers
+from . import refresh as refresh_state
 from .answers import result_frame
 from .blinding import ChunkExecutor, default_executor
-from .errors import CleanRoomError, InternalError
+from .errors import CleanRoomError, InternalError, InvalidArgumentError
 from .identity import (
     INVALID_CHECK_SAMPLE,
     IdentifierQualityWarning,
@@ -36,7 +37,7 @@ from .identity import (
     Normalizer,
     invalid_share_warning,
 )
-from .matching import MatchPlan, MatchRunner, MatchSummary
+from .matching import PERIOD, RETIRED, MatchPlan, MatchRunner, MatchSummary
 from .policy import Policy, parse_policy
 from .protocol import (
     ATTRIBUTION_MODELS,
@@ -51,7 +52,9 @@ from .protocol import audit_pb2 as apb
 from .protocol import audit_pb2_grpc as apb_grpc
 from .protocol import collaboration_pb2 as cpb
 from .protocol import collaboration_pb2_grpc as cpb_grpc
+from .protocol import matching_pb2 as mpb
 from .protocol import matching_pb2_grpc as mpb_grpc
+from .refresh import RefreshSummary
 
 T = TypeVar("T")
 
@@ -295,7 +298,17 @@ class CleanRoomClient:
     # -- analytics ---------------------------------------------------------------------------------------------------
     # Every query method takes `preview=True`: instead of asking, it returns the 95% error bar each released vector
     # would have at that epsilon (`measure` error_95, one row per vector), spending nothing and reading no data.
-    def _answer(self, rpc: Callable[..., qpb.QueryResult], field: str, request: Any, preview: bool) -> pd.DataFrame:
+    # A query reads the data as of the last completed refresh period, or as of `refresh_period` (0: the match).
+    def _answer(
+        self,
+        rpc: Callable[..., qpb.QueryResult],
+        field: str,
+        request: Any,
+        preview: bool,
+        refresh_period: int | None = None,
+    ) -> pd.DataFrame:
+        if refresh_period is not None:
+            request.refresh_period = refresh_period
         if preview:
             return result_frame(self._call(self._analytics.Preview, qpb.PreviewRequest(**{field: request})))
         result = self._call(rpc, request)
@@ -311,11 +324,16 @@ class CleanRoomClient:
         return answers.load(self.collaboration_dir(collaboration_id))
 
     def overlap(
-        self, collaboration_id: str, by: Sequence[str] = (), epsilon: float = 0.5, preview: bool = False
+        self,
+        collaboration_id: str,
+        by: Sequence[str] = (),
+        epsilon: float = 0.5,
+        preview: bool = False,
+        refresh_period: int | None = None,
     ) -> pd.DataFrame:
         """Matched people, grouped by up to three `member.column` dimensions; one row per cell and measure."""
         request = qpb.OverlapRequest(parent=_name(collaboration_id), dimensions=list(by), epsilon=epsilon)
-        return self._answer(self._analytics.Overlap, "overlap", request, preview)
+        return self._answer(self._analytics.Overlap, "overlap", request, preview, refresh_period)
 
     def funnel(
         self,
@@ -324,10 +342,11 @@ class CleanRoomClient:
         epsilon: float = 0.5,
         labels: str = "4a",
         preview: bool = False,
+        refresh_period: int | None = None,
     ) -> pd.DataFrame:
         """Matched people per 4A stage (counts and shares), optionally crossed with one dimension."""
         request = qpb.FunnelRequest(parent=_name(collaboration_id), by=by or "", epsilon=epsilon, labels=labels)
-        return self._answer(self._analytics.Funnel, "funnel", request, preview)
+        return self._answer(self._analytics.Funnel, "funnel", request, preview, refresh_period)
 
     def funnel_flow(
         self,
@@ -337,22 +356,34 @@ class CleanRoomClient:
         epsilon: float = 0.5,
         labels: str = "4a",
         preview: bool = False,
+        refresh_period: int | None = None,
     ) -> pd.DataFrame:
         """Transitions between 4A stages from the snapshot on `start` to the one on `end` (ISO dates)."""
         request = qpb.FunnelFlowRequest(
             parent=_name(collaboration_id), start_date=start, end_date=end, epsilon=epsilon, labels=labels
         )
-        return self._answer(self._analytics.FunnelFlow, "funnel_flow", request, preview)
+        return self._answer(self._analytics.FunnelFlow, "funnel_flow", request, preview, refresh_period)
 
     def segment_insight(
-        self, collaboration_id: str, dimension: str, epsilon: float = 0.5, preview: bool = False
+        self,
+        collaboration_id: str,
+        dimension: str,
+        epsilon: float = 0.5,
+        preview: bool = False,
+        refresh_period: int | None = None,
     ) -> pd.DataFrame:
         """Per value of `dimension`: matched and all users, their shares, TGI and penetration."""
         request = qpb.SegmentInsightRequest(parent=_name(collaboration_id), dimension=dimension, epsilon=epsilon)
-        return self._answer(self._analytics.SegmentInsight, "segment_insight", request, preview)
+        return self._answer(self._analytics.SegmentInsight, "segment_insight", request, preview, refresh_period)
 
     def value(
-        self, collaboration_id: str, measure: str, by: Sequence[str] = (), epsilon: float = 1.0, preview: bool = False
+        self,
+        collaboration_id: str,
+        measure: str,
+        by: Sequence[str] = (),
+        epsilon: float = 1.0,
+        preview: bool = False,
+        refresh_period: int | None = None,
     ) -> pd.DataFrame:
         """GOAL value of a declared measure (`member.table.column`) per group of up to three dimensions.
 
@@ -361,7 +392,7 @@ class CleanRoomClient:
         `max_per_person` rows; epsilon is split in four.
         """
         request = qpb.ValueRequest(parent=_name(collaboration_id), by=list(by), measure=measure, epsilon=epsilon)
-        return self._answer(self._analytics.Value, "value", request, preview)
+        return self._answer(self._analytics.Value, "value", request, preview, refresh_period)
 
     def loyalty(
         self,
@@ -371,6 +402,7 @@ class CleanRoomClient:
         by: Sequence[str] = (),
         epsilon: float = 1.0,
         preview: bool = False,
+        refresh_period: int | None = None,
     ) -> pd.DataFrame:
         """GOAL loyalty per group: converters in period 1, repeaters, retained; repurchase and retention rates.
 
@@ -385,7 +417,7 @@ class CleanRoomClient:
             period2_end=period2[1],
             epsilon=epsilon,
         )
-        return self._answer(self._analytics.Loyalty, "loyalty", request, preview)
+        return self._answer(self._analytics.Loyalty, "loyalty", request, preview, refresh_period)
 
     def attribution(
         self,
@@ -398,6 +430,7 @@ class CleanRoomClient:
         click_over_view: bool = False,
         half_life_days: float = DEFAULT_HALF_LIFE_DAYS,
         preview: bool = False,
+        refresh_period: int | None = None,
     ) -> pd.DataFrame:
         """Attributed conversions, revenue and ROAS per campaign or channel; group `none` is unattributed.
 
@@ -415,12 +448,19 @@ class CleanRoomClient:
             half_life_days=half_life_days,
             epsilon=epsilon,
         )
-        return self._answer(self._analytics.Attribution, "attribution", request, preview)
+        return self._answer(self._analytics.Attribution, "attribution", request, preview, refresh_period)
 
-    def lift(self, collaboration_id: str, campaign: str, epsilon: float = 1.0, preview: bool = False) -> pd.DataFrame:
+    def lift(
+        self,
+        collaboration_id: str,
+        campaign: str,
+        epsilon: float = 1.0,
+        preview: bool = False,
+        refresh_period: int | None = None,
+    ) -> pd.DataFrame:
         """Conversion rate per test group, lift, incremental conversions and revenue, with intervals."""
         request = qpb.LiftRequest(parent=_name(collaboration_id), campaign=campaign, epsilon=epsilon)
-        return self._answer(self._analytics.Lift, "lift", request, preview)
+        return self._answer(self._analytics.Lift, "lift", request, preview, refresh_period)
 
     def lookalike(
         self,
@@ -431,6 +471,7 @@ class CleanRoomClient:
         delta: float | None = None,
         model: str = "logistic",
         preview: bool = False,
+        refresh_period: int | None = None,
     ) -> pd.DataFrame:
         """Train a DP-SGD lookalike on the seeds (e.g. {"brand.tier": "gold"}); the platform receives the audience.
 
@@ -448,7 +489,9 @@ class CleanRoomClient:
             model=model,
         )
         if preview:
-            return self._answer(self._analytics.Lookalike, "lookalike", request, preview)
+            return self._answer(self._analytics.Lookalike, "lookalike", request, preview, refresh_period)
+        if refresh_period is not None:
+            request.refresh_period = refresh_period
         result = self._train_with_progress(request)
         answers.record(self.collaboration_dir(request.parent), "lookalike", request, result)
         return result_frame(result)
@@ -483,6 +526,7 @@ class CleanRoomClient:
         epsilon: float = 0.1,
         delta: float = 0.0,
         preview: bool = False,
+        refresh_period: int | None = None,
         events: Sequence[Mapping[str, Any]] = (),
     ) -> pd.DataFrame:
         """Release a segment's matched people (e.g. {"brand.tier": "gold"}) to the policy's activation recipient.
@@ -510,7 +554,7 @@ class CleanRoomClient:
         request = qpb.ActivateRequest(
             parent=_name(collaboration_id), segment=dict(segment or {}), epsilon=epsilon, delta=delta, events=filters
         )
-        return self._answer(self._analytics.Activate, "activate", request, preview)
+        return self._answer(self._analytics.Activate, "activate", request, preview, refresh_period)
 
     def audiences(self, collaboration_id: str) -> pd.DataFrame:
         """The audiences released to you (as the member with `receive_audiences`)."""
@@ -701,6 +745,116 @@ class CleanRoomClient:
             return runner.run(plan, state / "blinding.key")
         except grpc.RpcError as err:
             raise CleanRoomError.from_rpc(err) from None
+
+    def refresh(
+        self,
+        collaboration_id: str,
+        users: pd.DataFrame | str | Path | None = None,
+        key: str = "key",
+        identifiers: Mapping[str, str] | None = None,
+        attributes: Sequence[str] = (),
+        retire: Iterable[object] = (),
+        events: Mapping[str, pd.DataFrame | str | Path] | None = None,
+        prehashed: Iterable[str] = (),
+        wait_timeout: float = 3600.0,
+        engine: ChunkExecutor | None = None,
+        time_format: str | None = None,
+    ) -> RefreshSummary:
+        """Refresh a matched collaboration: add new users, retire users, append event rows; resumable.
+
+        `users` holds only the new users (their `key`, `identifiers` and `attributes` columns, as at the match);
+        `retire` lists the keys of users to delete; `events` holds new event rows, each with the `key` column
+        (of any current user, old or new). Only the new users' blinded points travel, and the peer double-blinds
+        only those. The policy's `refresh` section must list each table that changes (`users` to add or retire).
+        The server completes the period when both members have sent theirs (the peer's side may be empty), then
+        every query reads the refreshed data. Call again with the same arguments to resume. Must run with the
+        state directory that matched (it holds the blinding key and the row numbers).
+        """
+        runs_on = engine or self._get_executor()
+        policy = parse_policy(self.get_collaboration(collaboration_id).policy_yaml)
+        if policy.refresh is None:
+            raise ValueError(
+                "the policy allows no refresh: propose a revision with a `refresh` section naming the tables that "
+                "may change (docs/policy.md), and have every member approve it"
+            )
+        collaboration_id = _name(collaboration_id).removeprefix(COLLABORATIONS)
+        state = self.collaboration_dir(collaboration_id)
+        ledger = refresh_state.read_ledger(state)
+        frame = runs_on.read_table(users) if isinstance(users, (str, Path)) else users
+        if frame is None:
+            frame = pd.DataFrame({key: pd.Series([], dtype=str)})
+        if identifiers is None:
+            if len(frame):
+                raise ValueError("identifiers: name the new users' identifier columns, e.g. {'email': 'email'}")
+            identifiers = {policy.identifiers[0]: key}
+        event_frames = {
+            name: parse_time_column(
+                runs_on.read_table(table) if isinstance(table, (str, Path)) else table, name, policy, time_format
+            )
+            for name, table in (events or {}).items()
+        }
+        plan = self._plan(frame, key, identifiers, attributes, event_frames, prehashed)
+        if len(frame):
+            self._warn_invalid_identifiers(frame, identifiers, set(prehashed))
+        new_keys = plan.users[key].astype(str)
+        retire_keys = sorted({str(k) for k in retire})
+        users_digest = refresh_state.fingerprint(new_keys)
+        whole = refresh_state.fingerprint(new_keys, retire_keys, refresh_state.event_sizes(event_frames))
+        parent = _name(collaboration_id)
+        saved = refresh_state.read_state(state)
+        if saved and not saved.complete:
+            if saved.users != users_digest:
+                raise ValueError(
+                    f"refresh period {saved.period} is in progress here with other new users; call refresh() again "
+                    "with the same users to finish it (add the others in the next refresh)"
+                )
+            period = saved.period
+            refresh_state.check_changes(ledger, new_keys, retire_keys, period)
+        elif saved and saved.whole == whole:
+            period = saved.period  # done before: the calls below find every step complete
+        else:
+            refresh_state.check_changes(ledger, new_keys, retire_keys, -1)
+            period = self._call(self._matching.OpenRefresh, mpb.OpenRefreshRequest(parent=parent)).period
+        refresh_state.write_state(state, refresh_state.RefreshState(period, users_digest, whole, complete=False))
+        ledger = refresh_state.assign_rows(ledger, new_keys, retire_keys, period)
+        refresh_state.write_ledger(state, ledger)
+        ids = ledger.set_index("key")["row_id"]
+        plan.row_ids = ids.loc[list(new_keys)].to_numpy(dtype=np.int64)
+        plan.row_offset = int((ledger[PERIOD] < period).sum())
+        current = ledger[ledger[RETIRED].isna()]
+        plan.known_ids = pd.Series(current["row_id"].to_numpy(), index=current["key"].to_numpy())
+        runner = MatchRunner(
+            self._matching,
+            self._metadata,
+            parent,
+            state,
+            runs_on,
+            self.progress,
+            wait_timeout=wait_timeout,
+            period=period,
+        )
+        retired = ids.loc[retire_keys].to_numpy(dtype=np.int64) if retire_keys else np.empty(0, dtype=np.int64)
+        try:
+            outcome = runner.run_refresh(plan, state / "blinding.key", retired)
+        except grpc.RpcError as err:
+            raise CleanRoomError.from_rpc(err) from None
+        except InvalidArgumentError:
+            points = next((u for u in runner.status().uploads if u.kind == "points"), None)
+            if not (points and points.committed):  # refused before anything counted: forget the period here
+                refresh_state.forget_period(state, period)
+            raise
+        refresh_state.write_state(state, refresh_state.RefreshState(period, users_digest, whole, complete=True))
+        return RefreshSummary(
+            collaboration=parent,
+            period=period,
+            new_rows=len(new_keys),
+            retired=len(retire_keys),
+            identifiers=outcome.identifiers,
+            tables=outcome.tables,
+            dropped_events=outcome.dropped_events,
+            own_set_size=outcome.final.own_set_size,
+            peer_set_size=outcome.final.peer_set_size,
+        )
 
     def _warn_invalid_identifiers(self, users: object, identifiers: Mapping[str, str], prehashed: set[str]) -> None:
         """Warn (IdentifierQualityWarning) before anything is sent when an identifier column mostly fails to normalize.

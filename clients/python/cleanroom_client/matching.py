@@ -40,6 +40,11 @@ _WIRE_TYPES = {
     IdentifierType.CUSTOM: pb.IDENTIFIER_TYPE_CUSTOM,
 }
 USERS_TABLE = "users"
+#: The member's row numbers (`key`, `row_id`, the `period` each row was added in, and the period it was retired in),
+#: kept locally in the collaboration's state directory.
+ROWS_FILE = "rows.parquet"
+PERIOD = "period"
+RETIRED = "retired"
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,16 @@ class MatchSummary:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class RefreshOutcome:
+    """What one member's side of a refresh period sent, and the server's status once the period completed."""
+
+    identifiers: Mapping[str, IdentifierCounts]
+    tables: Mapping[str, int]
+    dropped_events: Mapping[str, int]
+    final: pb.MatchStatus
+
+
 @dataclass
 class MatchPlan:
     """Everything one member sends, prepared locally."""
@@ -85,9 +100,13 @@ class MatchPlan:
     #: row_ids[i]: the row number of users row i; its inverse `order`: the users row of each row number.
     row_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     order: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    #: The first row number of these users: 0 for the match, the rows numbered before for a refresh.
+    row_offset: int = 0
+    #: key -> row number of every current user (earlier periods' included) for event tables; None: these users.
+    known_ids: pd.Series | None = None
 
 
-def _new_row_ids(n: int) -> np.ndarray:
+def new_row_ids(n: int) -> np.ndarray:
     """Row numbers 0 .. n-1 in a uniformly random order (argsort of independent 64-bit keys from the OS CSPRNG).
 
     The protocol names rows by position, so the numbers must not follow the caller's own row order.
@@ -97,9 +116,11 @@ def _new_row_ids(n: int) -> np.ndarray:
 
 def load_or_create_rows(state: Path, keys: pd.Series) -> np.ndarray:
     """The row numbers of `keys`, drawn and saved on the first call, reused (and checked) on resume."""
-    path = state / "rows.parquet"
+    path = state / ROWS_FILE
     if path.exists():
         saved = pd.read_parquet(path)
+        if PERIOD in saved.columns:  # refreshed since: the match's rows are those of period 0
+            saved = saved[saved[PERIOD] == 0].reset_index(drop=True)
         if len(saved) != len(keys) or not saved["key"].astype(str).reset_index(drop=True).equals(
             keys.astype(str).reset_index(drop=True)
         ):
@@ -114,7 +135,7 @@ def load_or_create_rows(state: Path, keys: pd.Series) -> np.ndarray:
                 "start a new collaboration to match with this version"
             )
         return ids
-    ids = _new_row_ids(len(keys))
+    ids = new_row_ids(len(keys))
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(".tmp")
     pd.DataFrame({"key": keys.to_numpy(), "row_id": ids}).to_parquet(tmp, index=False)
@@ -161,7 +182,9 @@ class MatchRunner:
         poll_seconds: float = 0.5,
         wait_timeout: float = 3600.0,
         max_retries: int = 30,
+        period: int = 0,
     ) -> None:
+        self._period = period
         self._stub = stub
         self._md = tuple(metadata)
         self._parent = parent
@@ -195,7 +218,9 @@ class MatchRunner:
         """The server's view of this member's match."""
         return self._retrying(
             "status",
-            lambda: self._stub.GetMatchStatus(pb.GetMatchStatusRequest(parent=self._parent), metadata=self._md),
+            lambda: self._stub.GetMatchStatus(
+                pb.GetMatchStatusRequest(parent=self._parent, period=self._period), metadata=self._md
+            ),
         )
 
     def _upload(self, status: pb.MatchStatus, kind: str) -> pb.UploadProgress | None:
@@ -228,10 +253,44 @@ class MatchRunner:
         )
         return summary
 
+    def run_refresh(self, plan: MatchPlan, key_path: Path, retire: np.ndarray) -> RefreshOutcome:
+        """One refresh period from this member's side; returns once the server has completed the period.
+
+        The retirements go first (they are refused once this side is sealed), then the new users' points, the
+        appended tables, and the double-blinding of the peer's new points, which seals this side. Every step asks
+        the server where it stands first, so a second call resumes.
+        """
+        if not key_path.exists():
+            raise FileNotFoundError(
+                f"{key_path} is missing: a refresh blinds with the match's key, so only the machine (and state "
+                "directory) that matched can refresh"
+            )
+        key = load_or_create_key(key_path)
+        plan.order = np.argsort(plan.row_ids)
+        status = self.status()
+        sealed = self._upload(status, "double_blinded")
+        if status.stage != pb.MatchStatus.STAGE_MATCHED and not (sealed and sealed.committed):
+            request = pb.RetireUsersRequest(
+                parent=self._parent, period=self._period, row_ids=retire.astype("<i8").tobytes()
+            )
+            self._retrying("retirements", lambda: self._stub.RetireUsers(request, metadata=self._md))
+        counts = self._retrying("points", lambda: self._send_points(plan, key))
+        tables, dropped = self._send_tables(plan)
+        self._wait(lambda s: s.peer_points_ready, "waiting for the peer's new points")
+        self._retrying("double-blinding", lambda: self._double_blind(key))
+        final = self._wait(lambda s: s.stage == pb.MatchStatus.STAGE_MATCHED, "waiting for the peer to finish")
+        return RefreshOutcome({t.value: c for t, c in counts.items()}, tables, dropped, final)
+
     def _layout(self, plan: MatchPlan) -> list[tuple[IdentifierType, int]]:
-        """Chunks of the point upload, in order: (identifier type, first row number). Deterministic: resumable."""
+        """Chunks of the point upload, in order: (identifier type, first row relative to the plan's offset).
+
+        Deterministic, so resumable. An empty refresh sends one empty chunk (of the first type) to seal its count.
+        """
+        types = sorted(plan.identifiers, key=lambda t: t.priority)
+        if not len(plan.users) and plan.row_offset:
+            return [(types[0], 0)]
         starts = range(0, max(len(plan.users), 1), plan.chunk_rows)
-        return [(t, s) for t in sorted(plan.identifiers, key=lambda t: t.priority) for s in starts]
+        return [(t, s) for t in types for s in starts]
 
     def _job(self, plan: MatchPlan, key: bytes, id_type: IdentifierType, start: int, count_only: bool) -> BlindJob:
         rows = plan.order[start : start + plan.chunk_rows]
@@ -266,11 +325,12 @@ class MatchRunner:
                         parent=self._parent,
                         chunk_index=index,
                         identifier_type=_WIRE_TYPES[id_type],
-                        first_row=first_row,
+                        first_row=plan.row_offset + first_row,
                         present=result.present,
                         points=result.points,
                         last=index == len(layout) - 1,
-                        total_rows=len(plan.users),
+                        total_rows=plan.row_offset + len(plan.users),
+                        period=self._period,
                     )
 
         if skip == len(layout):
@@ -284,12 +344,17 @@ class MatchRunner:
         """The tables to upload, keyed by row number; events whose key is not a user are dropped and counted."""
         # In row-number order: the row_id column is then 0, 1, 2, ... and compresses to almost nothing.
         users = plan.users[list(plan.attributes)].iloc[plan.order].reset_index(drop=True)
-        users.insert(0, "row_id", np.arange(len(users), dtype=np.int64))
-        tables = {USERS_TABLE: users}
+        users.insert(0, "row_id", plan.row_offset + np.arange(len(users), dtype=np.int64))
+        # A refresh without new users appends no users rows.
+        tables = {USERS_TABLE: users} if len(users) or not plan.row_offset else {}
         dropped: dict[str, int] = {}
         if not plan.events:
             return tables, dropped
-        ids = pd.Series(plan.row_ids, index=plan.users[plan.key].to_numpy())
+        ids = (
+            plan.known_ids
+            if plan.known_ids is not None
+            else pd.Series(plan.row_ids, index=plan.users[plan.key].to_numpy())
+        )
         for name, events in plan.events.items():
             if plan.key not in events.columns:
                 raise ValueError(f"event table {name!r} needs the key column {plan.key!r} to point at users")
@@ -322,7 +387,12 @@ class MatchRunner:
                         continue
                     bar.update(1)
                     yield pb.UploadTableRequest(
-                        parent=self._parent, table=name, chunk_index=index, arrow_ipc=data, last=index == total - 1
+                        parent=self._parent,
+                        table=name,
+                        chunk_index=index,
+                        arrow_ipc=data,
+                        last=index == total - 1,
+                        period=self._period,
                     )
 
         self._stub.UploadTable(requests(), metadata=self._md)
@@ -340,7 +410,7 @@ class MatchRunner:
                 time.sleep(self._poll)
 
     def _rejected_path(self) -> Path:
-        return self._state / "rejected.json"
+        return self._state / ("rejected.json" if not self._period else f"rejected-{self._period}.json")
 
     def _saved_rejected(self) -> int:
         path = self._rejected_path()
@@ -357,7 +427,7 @@ class MatchRunner:
         saved: dict[str, int] = json.loads(path.read_text()) if path.exists() else {}
         saved = {k: v for k, v in saved.items() if int(k) < start}
         fetched = self._stub.FetchPeerPoints(
-            pb.FetchPeerPointsRequest(parent=self._parent, start_chunk=start), metadata=self._md
+            pb.FetchPeerPointsRequest(parent=self._parent, start_chunk=start, period=self._period), metadata=self._md
         )
         indexes: list[int] = []
 
@@ -375,7 +445,11 @@ class MatchRunner:
                     path.write_text(json.dumps(saved))
                     bar.update(1)
                     yield pb.SubmitDoubleBlindedPointsRequest(
-                        parent=self._parent, chunk_index=index, tags=result.tags, last=index == total - 1
+                        parent=self._parent,
+                        chunk_index=index,
+                        tags=result.tags,
+                        last=index == total - 1,
+                        period=self._period,
                     )
 
         self._stub.SubmitDoubleBlindedPoints(requests(), metadata=self._md)

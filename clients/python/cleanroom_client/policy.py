@@ -152,6 +152,31 @@ class ActivationSpec:
     events: tuple[str, ...] = ()
 
 
+class RefreshBudget(StrEnum):
+    """How a living collaboration's budget renews (the schema's `refresh.budget`)."""
+
+    #: epsilon and delta are for the collaboration's whole life.
+    TOTAL = "total"
+    #: Each completed refresh gives every member its per_member_total again.
+    PER_PERIOD = "per_period"
+
+
+@dataclass(frozen=True)
+class RefreshSpec:
+    """Which tables a refresh may change, how often, and how the budget renews.
+
+    Listing `member.users` lets that member add and retire users; another listed table may get new rows.
+    """
+
+    tables: frozenset[str]
+    min_days_between: float = SCHEMA["properties"]["refresh"]["properties"]["min_days_between"]["default"]
+    budget: RefreshBudget = RefreshBudget.TOTAL
+
+    def allows(self, member: str, table: str) -> bool:
+        """Whether a refresh may change `member.table`."""
+        return f"{member}.{table}" in self.tables
+
+
 @dataclass(frozen=True)
 class Policy:
     """A validated policy."""
@@ -171,6 +196,8 @@ class Policy:
     activation: ActivationSpec | None = None
     #: Public spend per campaign (currency units), for ROAS.
     campaign_spend: Mapping[str, float] = field(default_factory=dict)
+    #: A living collaboration's refresh rules; None: the match is final.
+    refresh: RefreshSpec | None = None
 
     def member(self, name: str) -> MemberSpec | None:
         """The member called `name`, or None."""
@@ -211,6 +238,7 @@ def parse_policy(text: str) -> Policy:
     activation = _activation(doc.get("activation"), members, tables, problems)
     if "activation" in queries and "activation" not in doc:
         problems.append("activation: required when queries allow activation (recipient, dimensions, min_size)")
+    refresh = _refresh(doc.get("refresh"), tables, problems)
     spend = doc.get("campaign_spend") or {}
     for campaign, amount in spend.items() if isinstance(spend, dict) else ():
         if _number(amount) is None:
@@ -231,6 +259,7 @@ def parse_policy(text: str) -> Policy:
         delta_per_query_max=delta_per_query,
         activation=activation,
         campaign_spend={str(c): float(a) for c, a in spend.items()},
+        refresh=refresh,
     )
 
 
@@ -394,6 +423,22 @@ def _activation(
         if spec is None or spec.table == "users" or spec.time is None:
             problems.append(f"activation.events: {e!r} is not a declared event table with a time column")
     return ActivationSpec(str(recipient), tuple(dims), min_size if isinstance(min_size, int) else 1, tuple(events))
+
+
+def _refresh(raw: Any, tables: Mapping[str, TableSpec], problems: list[str]) -> RefreshSpec | None:
+    if not isinstance(raw, dict):
+        return None
+    listed = [t for t in _list(raw.get("tables")) if isinstance(t, str)]
+    for t in listed:
+        if t not in tables:
+            problems.append(f"refresh.tables: {t!r} is not a declared table")
+    days = raw.get("min_days_between", RefreshSpec.min_days_between)
+    budget = raw.get("budget", RefreshBudget.TOTAL.value)
+    return RefreshSpec(
+        frozenset(listed),
+        max(0.0, _number(days) or 0.0),
+        RefreshBudget(budget) if budget in set(RefreshBudget) else RefreshBudget.TOTAL,
+    )
 
 
 def _members(raw: Any) -> tuple[MemberSpec, ...]:

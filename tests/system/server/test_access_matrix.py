@@ -139,6 +139,20 @@ MATRIX: list[tuple[str, Callable, str, object, dict[str, str]]] = [
         lambda who: ma.GetMatchStatusRequest(parent=P),
         _row(OK, OK, HIDDEN, DENIED, HIDDEN),
     ),
+    (
+        "MatchingService",
+        ma_grpc.MatchingServiceStub,
+        "OpenRefresh",
+        lambda who: ma.OpenRefreshRequest(parent=P),
+        _row(OK, OK, HIDDEN, DENIED, HIDDEN),
+    ),
+    (
+        "MatchingService",
+        ma_grpc.MatchingServiceStub,
+        "RetireUsers",
+        lambda who: ma.RetireUsersRequest(parent=P, period=1),
+        _row(OK, OK, HIDDEN, DENIED, HIDDEN),
+    ),
     *[
         (
             "AnalyticsService",

@@ -160,8 +160,13 @@ class OverlapRequest(_message.Message):
     PARENT_FIELD_NUMBER: _builtins.int
     DIMENSIONS_FIELD_NUMBER: _builtins.int
     EPSILON_FIELD_NUMBER: _builtins.int
+    REFRESH_PERIOD_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     epsilon: _builtins.float
+    refresh_period: _builtins.int
+    """The refresh period whose data to read: 0 the match, p refresh p (PROTOCOL.md §8). Absent: the last completed
+    period.
+    """
     @_builtins.property
     def dimensions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Up to three `member.column` dimensions of the members' users tables."""
@@ -172,12 +177,15 @@ class OverlapRequest(_message.Message):
         parent: _builtins.str = ...,
         dimensions: _abc.Iterable[_builtins.str] | None = ...,
         epsilon: _builtins.float = ...,
+        refresh_period: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "refresh_period", b"refresh_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimensions", b"dimensions", "epsilon", b"epsilon", "parent", b"parent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "dimensions", b"dimensions", "epsilon", b"epsilon", "parent", b"parent", "refresh_period", b"refresh_period"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__refresh_period: _TypeAlias = _typing.Literal["refresh_period"]  # noqa: Y015
+    _WhichOneofArgType__refresh_period: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__refresh_period) -> _WhichOneofReturnType__refresh_period | None: ...
 
 Global___OverlapRequest: _TypeAlias = OverlapRequest  # noqa: Y015
 
@@ -189,6 +197,7 @@ class FunnelRequest(_message.Message):
     BY_FIELD_NUMBER: _builtins.int
     EPSILON_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    REFRESH_PERIOD_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     by: _builtins.str
     """Optional dimension (`member.column`, e.g. `brand.tier`) to cross with the 4A stage."""
@@ -197,6 +206,10 @@ class FunnelRequest(_message.Message):
     """Stage names in the answer: `4a` (aware, appeal, act, advocate; the default) or `aipl` (awareness, interest,
     purchase, loyalty).
     """
+    refresh_period: _builtins.int
+    """The refresh period whose data to read: 0 the match, p refresh p (PROTOCOL.md §8). Absent: the last completed
+    period.
+    """
     def __init__(
         self,
         *,
@@ -204,12 +217,15 @@ class FunnelRequest(_message.Message):
         by: _builtins.str = ...,
         epsilon: _builtins.float = ...,
         labels: _builtins.str = ...,
+        refresh_period: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "refresh_period", b"refresh_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "epsilon", b"epsilon", "labels", b"labels", "parent", b"parent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "by", b"by", "epsilon", b"epsilon", "labels", b"labels", "parent", b"parent", "refresh_period", b"refresh_period"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__refresh_period: _TypeAlias = _typing.Literal["refresh_period"]  # noqa: Y015
+    _WhichOneofArgType__refresh_period: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__refresh_period) -> _WhichOneofReturnType__refresh_period | None: ...
 
 Global___FunnelRequest: _TypeAlias = FunnelRequest  # noqa: Y015
 
@@ -222,6 +238,7 @@ class FunnelFlowRequest(_message.Message):
     END_DATE_FIELD_NUMBER: _builtins.int
     EPSILON_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    REFRESH_PERIOD_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     start_date: _builtins.str
     """Snapshot dates, ISO 8601 (YYYY-MM-DD)."""
@@ -229,6 +246,10 @@ class FunnelFlowRequest(_message.Message):
     epsilon: _builtins.float
     labels: _builtins.str
     """`4a` (default) or `aipl`, as in FunnelRequest."""
+    refresh_period: _builtins.int
+    """The refresh period whose data to read: 0 the match, p refresh p (PROTOCOL.md §8). Absent: the last completed
+    period.
+    """
     def __init__(
         self,
         *,
@@ -237,12 +258,15 @@ class FunnelFlowRequest(_message.Message):
         end_date: _builtins.str = ...,
         epsilon: _builtins.float = ...,
         labels: _builtins.str = ...,
+        refresh_period: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "refresh_period", b"refresh_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_date", b"end_date", "epsilon", b"epsilon", "labels", b"labels", "parent", b"parent", "start_date", b"start_date"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "end_date", b"end_date", "epsilon", b"epsilon", "labels", b"labels", "parent", b"parent", "refresh_period", b"refresh_period", "start_date", b"start_date"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__refresh_period: _TypeAlias = _typing.Literal["refresh_period"]  # noqa: Y015
+    _WhichOneofArgType__refresh_period: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__refresh_period) -> _WhichOneofReturnType__refresh_period | None: ...
 
 Global___FunnelFlowRequest: _TypeAlias = FunnelFlowRequest  # noqa: Y015
 
@@ -253,24 +277,32 @@ class SegmentInsightRequest(_message.Message):
     PARENT_FIELD_NUMBER: _builtins.int
     DIMENSION_FIELD_NUMBER: _builtins.int
     EPSILON_FIELD_NUMBER: _builtins.int
+    REFRESH_PERIOD_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     dimension: _builtins.str
     """`member.column` of a users table, e.g. `platform.age_band`. Epsilon is split in half between the matched
     histogram and the histogram of all of that member's users.
     """
     epsilon: _builtins.float
+    refresh_period: _builtins.int
+    """The refresh period whose data to read: 0 the match, p refresh p (PROTOCOL.md §8). Absent: the last completed
+    period.
+    """
     def __init__(
         self,
         *,
         parent: _builtins.str = ...,
         dimension: _builtins.str = ...,
         epsilon: _builtins.float = ...,
+        refresh_period: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "refresh_period", b"refresh_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimension", b"dimension", "epsilon", b"epsilon", "parent", b"parent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "dimension", b"dimension", "epsilon", b"epsilon", "parent", b"parent", "refresh_period", b"refresh_period"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__refresh_period: _TypeAlias = _typing.Literal["refresh_period"]  # noqa: Y015
+    _WhichOneofArgType__refresh_period: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__refresh_period) -> _WhichOneofReturnType__refresh_period | None: ...
 
 Global___SegmentInsightRequest: _TypeAlias = SegmentInsightRequest  # noqa: Y015
 
@@ -282,11 +314,16 @@ class ValueRequest(_message.Message):
     BY_FIELD_NUMBER: _builtins.int
     MEASURE_FIELD_NUMBER: _builtins.int
     EPSILON_FIELD_NUMBER: _builtins.int
+    REFRESH_PERIOD_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     measure: _builtins.str
     """A declared measure, `member.table.column`, e.g. `brand.conversions.value` or `platform.users.visits_30d`."""
     epsilon: _builtins.float
     """Split in four: people, buyers, orders, sum."""
+    refresh_period: _builtins.int
+    """The refresh period whose data to read: 0 the match, p refresh p (PROTOCOL.md §8). Absent: the last completed
+    period.
+    """
     @_builtins.property
     def by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Up to three `member.column` dimensions of the members' users tables, e.g. `brand.tier`, `platform.stage_4a`."""
@@ -298,12 +335,15 @@ class ValueRequest(_message.Message):
         by: _abc.Iterable[_builtins.str] | None = ...,
         measure: _builtins.str = ...,
         epsilon: _builtins.float = ...,
+        refresh_period: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "refresh_period", b"refresh_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "epsilon", b"epsilon", "measure", b"measure", "parent", b"parent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "by", b"by", "epsilon", b"epsilon", "measure", b"measure", "parent", b"parent", "refresh_period", b"refresh_period"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__refresh_period: _TypeAlias = _typing.Literal["refresh_period"]  # noqa: Y015
+    _WhichOneofArgType__refresh_period: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__refresh_period) -> _WhichOneofReturnType__refresh_period | None: ...
 
 Global___ValueRequest: _TypeAlias = ValueRequest  # noqa: Y015
 
@@ -318,6 +358,7 @@ class LoyaltyRequest(_message.Message):
     PERIOD2_START_FIELD_NUMBER: _builtins.int
     PERIOD2_END_FIELD_NUMBER: _builtins.int
     EPSILON_FIELD_NUMBER: _builtins.int
+    REFRESH_PERIOD_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     period1_start: _builtins.str
     """Period 1 (repurchase window) and period 2 (retention), ISO dates (YYYY-MM-DD); start inclusive, end
@@ -327,6 +368,10 @@ class LoyaltyRequest(_message.Message):
     period2_start: _builtins.str
     period2_end: _builtins.str
     epsilon: _builtins.float
+    refresh_period: _builtins.int
+    """The refresh period whose data to read: 0 the match, p refresh p (PROTOCOL.md §8). Absent: the last completed
+    period.
+    """
     @_builtins.property
     def by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Up to three `member.column` dimensions of the members' users tables."""
@@ -341,12 +386,15 @@ class LoyaltyRequest(_message.Message):
         period2_start: _builtins.str = ...,
         period2_end: _builtins.str = ...,
         epsilon: _builtins.float = ...,
+        refresh_period: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "refresh_period", b"refresh_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "epsilon", b"epsilon", "parent", b"parent", "period1_end", b"period1_end", "period1_start", b"period1_start", "period2_end", b"period2_end", "period2_start", b"period2_start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "by", b"by", "epsilon", b"epsilon", "parent", b"parent", "period1_end", b"period1_end", "period1_start", b"period1_start", "period2_end", b"period2_end", "period2_start", b"period2_start", "refresh_period", b"refresh_period"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__refresh_period: _TypeAlias = _typing.Literal["refresh_period"]  # noqa: Y015
+    _WhichOneofArgType__refresh_period: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__refresh_period) -> _WhichOneofReturnType__refresh_period | None: ...
 
 Global___LoyaltyRequest: _TypeAlias = LoyaltyRequest  # noqa: Y015
 
@@ -420,6 +468,7 @@ class AttributionRequest(_message.Message):
     CLICK_OVER_VIEW_FIELD_NUMBER: _builtins.int
     HALF_LIFE_DAYS_FIELD_NUMBER: _builtins.int
     EPSILON_FIELD_NUMBER: _builtins.int
+    REFRESH_PERIOD_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     model: Global___AttributionModel.ValueType
     lookback_days: _builtins.int
@@ -431,6 +480,10 @@ class AttributionRequest(_message.Message):
     half_life_days: _builtins.float
     """Half-life for the time-decay model."""
     epsilon: _builtins.float
+    refresh_period: _builtins.int
+    """The refresh period whose data to read: 0 the match, p refresh p (PROTOCOL.md §8). Absent: the last completed
+    period.
+    """
     def __init__(
         self,
         *,
@@ -442,12 +495,15 @@ class AttributionRequest(_message.Message):
         click_over_view: _builtins.bool = ...,
         half_life_days: _builtins.float = ...,
         epsilon: _builtins.float = ...,
+        refresh_period: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "refresh_period", b"refresh_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["brand_dimension", b"brand_dimension", "by", b"by", "click_over_view", b"click_over_view", "epsilon", b"epsilon", "half_life_days", b"half_life_days", "lookback_days", b"lookback_days", "model", b"model", "parent", b"parent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "brand_dimension", b"brand_dimension", "by", b"by", "click_over_view", b"click_over_view", "epsilon", b"epsilon", "half_life_days", b"half_life_days", "lookback_days", b"lookback_days", "model", b"model", "parent", b"parent", "refresh_period", b"refresh_period"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__refresh_period: _TypeAlias = _typing.Literal["refresh_period"]  # noqa: Y015
+    _WhichOneofArgType__refresh_period: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__refresh_period) -> _WhichOneofReturnType__refresh_period | None: ...
 
 Global___AttributionRequest: _TypeAlias = AttributionRequest  # noqa: Y015
 
@@ -458,21 +514,29 @@ class LiftRequest(_message.Message):
     PARENT_FIELD_NUMBER: _builtins.int
     CAMPAIGN_FIELD_NUMBER: _builtins.int
     EPSILON_FIELD_NUMBER: _builtins.int
+    REFRESH_PERIOD_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     campaign: _builtins.str
     epsilon: _builtins.float
+    refresh_period: _builtins.int
+    """The refresh period whose data to read: 0 the match, p refresh p (PROTOCOL.md §8). Absent: the last completed
+    period.
+    """
     def __init__(
         self,
         *,
         parent: _builtins.str = ...,
         campaign: _builtins.str = ...,
         epsilon: _builtins.float = ...,
+        refresh_period: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "refresh_period", b"refresh_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "epsilon", b"epsilon", "parent", b"parent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "campaign", b"campaign", "epsilon", b"epsilon", "parent", b"parent", "refresh_period", b"refresh_period"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__refresh_period: _TypeAlias = _typing.Literal["refresh_period"]  # noqa: Y015
+    _WhichOneofArgType__refresh_period: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__refresh_period) -> _WhichOneofReturnType__refresh_period | None: ...
 
 Global___LiftRequest: _TypeAlias = LiftRequest  # noqa: Y015
 
@@ -506,6 +570,7 @@ class LookalikeRequest(_message.Message):
     EPSILON_FIELD_NUMBER: _builtins.int
     DELTA_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    REFRESH_PERIOD_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     audience_size: _builtins.int
     """How many of the platform's users to release, by descending score."""
@@ -517,6 +582,10 @@ class LookalikeRequest(_message.Message):
     """Delta of the training, below 1 / (number of training examples)."""
     model: _builtins.str
     """`logistic` (default) or `mlp`."""
+    refresh_period: _builtins.int
+    """The refresh period whose data to read: 0 the match, p refresh p (PROTOCOL.md §8). Absent: the last completed
+    period.
+    """
     @_builtins.property
     def seed(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Seed filter: matched people whose `member.column` equals the value, e.g. {"brand.tier": "gold"}."""
@@ -530,12 +599,15 @@ class LookalikeRequest(_message.Message):
         epsilon: _builtins.float = ...,
         delta: _builtins.float = ...,
         model: _builtins.str = ...,
+        refresh_period: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "refresh_period", b"refresh_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_size", b"audience_size", "delta", b"delta", "epsilon", b"epsilon", "model", b"model", "parent", b"parent", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "audience_size", b"audience_size", "delta", b"delta", "epsilon", b"epsilon", "model", b"model", "parent", b"parent", "refresh_period", b"refresh_period", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__refresh_period: _TypeAlias = _typing.Literal["refresh_period"]  # noqa: Y015
+    _WhichOneofArgType__refresh_period: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__refresh_period) -> _WhichOneofReturnType__refresh_period | None: ...
 
 Global___LookalikeRequest: _TypeAlias = LookalikeRequest  # noqa: Y015
 
@@ -644,11 +716,16 @@ class ActivateRequest(_message.Message):
     EPSILON_FIELD_NUMBER: _builtins.int
     DELTA_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    REFRESH_PERIOD_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     epsilon: _builtins.float
     """Epsilon of the noisy size the caller receives (and that gates the release)."""
     delta: _builtins.float
     """Delta of the release gate; 0 means the policy's per-query maximum."""
+    refresh_period: _builtins.int
+    """The refresh period whose data to read: 0 the match, p refresh p (PROTOCOL.md §8). Absent: the last completed
+    period.
+    """
     @_builtins.property
     def segment(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Segment filter over the members' users dimensions, e.g. {"platform.stage_4a": "appeal", "brand.tier": "gold"}."""
@@ -667,12 +744,15 @@ class ActivateRequest(_message.Message):
         epsilon: _builtins.float = ...,
         delta: _builtins.float = ...,
         events: _abc.Iterable[Global___EventFilter] | None = ...,
+        refresh_period: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "refresh_period", b"refresh_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "epsilon", b"epsilon", "events", b"events", "parent", b"parent", "segment", b"segment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "delta", b"delta", "epsilon", b"epsilon", "events", b"events", "parent", b"parent", "refresh_period", b"refresh_period", "segment", b"segment"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__refresh_period: _TypeAlias = _typing.Literal["refresh_period"]  # noqa: Y015
+    _WhichOneofArgType__refresh_period: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__refresh_period) -> _WhichOneofReturnType__refresh_period | None: ...
 
 Global___ActivateRequest: _TypeAlias = ActivateRequest  # noqa: Y015
 

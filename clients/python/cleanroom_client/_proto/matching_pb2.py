@@ -25,39 +25,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63leanroom/v1/matching.proto\x12\x0c\x63leanroom.v1\"\xdd\x01\n\x1aUploadBlindedPointsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x02 \x01(\x03\x12\x35\n\x0fidentifier_type\x18\x03 \x01(\x0e\x32\x1c.cleanroom.v1.IdentifierType\x12\x0e\n\x06points\x18\x05 \x01(\x0c\x12\x0c\n\x04last\x18\x06 \x01(\x08\x12\x11\n\tfirst_row\x18\x07 \x01(\x03\x12\x0f\n\x07present\x18\x08 \x01(\x0c\x12\x12\n\ntotal_rows\x18\t \x01(\x03J\x04\x08\x04\x10\x05R\x07row_ids\"c\n\x1bUploadBlindedPointsResponse\x12\x17\n\x0fpoints_received\x18\x01 \x01(\x03\x12\x18\n\x10next_chunk_index\x18\x02 \x01(\x03\x12\x11\n\tcommitted\x18\x03 \x01(\x08\"=\n\x16\x46\x65tchPeerPointsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x13\n\x0bstart_chunk\x18\x02 \x01(\x03\"T\n\x17\x46\x65tchPeerPointsResponse\x12\x13\n\x0b\x63hunk_index\x18\x01 \x01(\x03\x12\x0e\n\x06points\x18\x02 \x01(\x0c\x12\x14\n\x0ctotal_chunks\x18\x03 \x01(\x03\"q\n SubmitDoubleBlindedPointsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x02 \x01(\x03\x12\x0c\n\x04last\x18\x04 \x01(\x08\x12\x0c\n\x04tags\x18\x05 \x01(\x0cJ\x04\x08\x03\x10\x04R\x06points\"P\n!SubmitDoubleBlindedPointsResponse\x12\x18\n\x10next_chunk_index\x18\x01 \x01(\x03\x12\x11\n\tcommitted\x18\x02 \x01(\x08\"i\n\x12UploadTableRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x03 \x01(\x03\x12\x11\n\tarrow_ipc\x18\x04 \x01(\x0c\x12\x0c\n\x04last\x18\x05 \x01(\x08\"Y\n\x13UploadTableResponse\x12\x15\n\rrows_received\x18\x01 \x01(\x03\x12\x18\n\x10next_chunk_index\x18\x02 \x01(\x03\x12\x11\n\tcommitted\x18\x03 \x01(\x08\"\'\n\x15GetMatchStatusRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\"Y\n\x0eUploadProgress\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x18\n\x10next_chunk_index\x18\x02 \x01(\x03\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12\x11\n\tcommitted\x18\x04 \x01(\x08\"\xb2\x02\n\x0bMatchStatus\x12.\n\x05stage\x18\x01 \x01(\x0e\x32\x1f.cleanroom.v1.MatchStatus.Stage\x12-\n\x07uploads\x18\x02 \x03(\x0b\x32\x1c.cleanroom.v1.UploadProgress\x12\x19\n\x11peer_points_ready\x18\x03 \x01(\x08\x12\x19\n\x11peer_point_chunks\x18\x04 \x01(\x03\x12\x14\n\x0cown_set_size\x18\x05 \x01(\x03\x12\x15\n\rpeer_set_size\x18\x06 \x01(\x03\"a\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTAGE_UPLOADING\x10\x01\x12\x19\n\x15STAGE_DOUBLE_BLINDING\x10\x02\x12\x11\n\rSTAGE_MATCHED\x10\x03*\xa2\x01\n\x0eIdentifierType\x12\x1f\n\x1bIDENTIFIER_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15IDENTIFIER_TYPE_EMAIL\x10\x01\x12\x19\n\x15IDENTIFIER_TYPE_PHONE\x10\x02\x12\x1d\n\x19IDENTIFIER_TYPE_DEVICE_ID\x10\x03\x12\x1a\n\x16IDENTIFIER_TYPE_CUSTOM\x10\x04\x32\x89\x04\n\x0fMatchingService\x12l\n\x13UploadBlindedPoints\x12(.cleanroom.v1.UploadBlindedPointsRequest\x1a).cleanroom.v1.UploadBlindedPointsResponse(\x01\x12`\n\x0f\x46\x65tchPeerPoints\x12$.cleanroom.v1.FetchPeerPointsRequest\x1a%.cleanroom.v1.FetchPeerPointsResponse0\x01\x12~\n\x19SubmitDoubleBlindedPoints\x12..cleanroom.v1.SubmitDoubleBlindedPointsRequest\x1a/.cleanroom.v1.SubmitDoubleBlindedPointsResponse(\x01\x12T\n\x0bUploadTable\x12 .cleanroom.v1.UploadTableRequest\x1a!.cleanroom.v1.UploadTableResponse(\x01\x12P\n\x0eGetMatchStatus\x12#.cleanroom.v1.GetMatchStatusRequest\x1a\x19.cleanroom.v1.MatchStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63leanroom/v1/matching.proto\x12\x0c\x63leanroom.v1\"\xed\x01\n\x1aUploadBlindedPointsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x02 \x01(\x03\x12\x35\n\x0fidentifier_type\x18\x03 \x01(\x0e\x32\x1c.cleanroom.v1.IdentifierType\x12\x0e\n\x06points\x18\x05 \x01(\x0c\x12\x0c\n\x04last\x18\x06 \x01(\x08\x12\x11\n\tfirst_row\x18\x07 \x01(\x03\x12\x0f\n\x07present\x18\x08 \x01(\x0c\x12\x12\n\ntotal_rows\x18\t \x01(\x03\x12\x0e\n\x06period\x18\n \x01(\x03J\x04\x08\x04\x10\x05R\x07row_ids\"c\n\x1bUploadBlindedPointsResponse\x12\x17\n\x0fpoints_received\x18\x01 \x01(\x03\x12\x18\n\x10next_chunk_index\x18\x02 \x01(\x03\x12\x11\n\tcommitted\x18\x03 \x01(\x08\"M\n\x16\x46\x65tchPeerPointsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x13\n\x0bstart_chunk\x18\x02 \x01(\x03\x12\x0e\n\x06period\x18\x03 \x01(\x03\"T\n\x17\x46\x65tchPeerPointsResponse\x12\x13\n\x0b\x63hunk_index\x18\x01 \x01(\x03\x12\x0e\n\x06points\x18\x02 \x01(\x0c\x12\x14\n\x0ctotal_chunks\x18\x03 \x01(\x03\"\x81\x01\n SubmitDoubleBlindedPointsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x02 \x01(\x03\x12\x0c\n\x04last\x18\x04 \x01(\x08\x12\x0c\n\x04tags\x18\x05 \x01(\x0c\x12\x0e\n\x06period\x18\x06 \x01(\x03J\x04\x08\x03\x10\x04R\x06points\"P\n!SubmitDoubleBlindedPointsResponse\x12\x18\n\x10next_chunk_index\x18\x01 \x01(\x03\x12\x11\n\tcommitted\x18\x02 \x01(\x08\"y\n\x12UploadTableRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x03 \x01(\x03\x12\x11\n\tarrow_ipc\x18\x04 \x01(\x0c\x12\x0c\n\x04last\x18\x05 \x01(\x08\x12\x0e\n\x06period\x18\x06 \x01(\x03\"Y\n\x13UploadTableResponse\x12\x15\n\rrows_received\x18\x01 \x01(\x03\x12\x18\n\x10next_chunk_index\x18\x02 \x01(\x03\x12\x11\n\tcommitted\x18\x03 \x01(\x08\"G\n\x15GetMatchStatusRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x13\n\x06period\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\t\n\x07_period\"Y\n\x0eUploadProgress\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x18\n\x10next_chunk_index\x18\x02 \x01(\x03\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12\x11\n\tcommitted\x18\x04 \x01(\x08\"\xc2\x02\n\x0bMatchStatus\x12.\n\x05stage\x18\x01 \x01(\x0e\x32\x1f.cleanroom.v1.MatchStatus.Stage\x12-\n\x07uploads\x18\x02 \x03(\x0b\x32\x1c.cleanroom.v1.UploadProgress\x12\x19\n\x11peer_points_ready\x18\x03 \x01(\x08\x12\x19\n\x11peer_point_chunks\x18\x04 \x01(\x03\x12\x14\n\x0cown_set_size\x18\x05 \x01(\x03\x12\x15\n\rpeer_set_size\x18\x06 \x01(\x03\x12\x0e\n\x06period\x18\x07 \x01(\x03\"a\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTAGE_UPLOADING\x10\x01\x12\x19\n\x15STAGE_DOUBLE_BLINDING\x10\x02\x12\x11\n\rSTAGE_MATCHED\x10\x03\"$\n\x12OpenRefreshRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\"%\n\x13OpenRefreshResponse\x12\x0e\n\x06period\x18\x01 \x01(\x03\"E\n\x12RetireUsersRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x0e\n\x06period\x18\x02 \x01(\x03\x12\x0f\n\x07row_ids\x18\x03 \x01(\x0c\"&\n\x13RetireUsersResponse\x12\x0f\n\x07retired\x18\x01 \x01(\x03*\xa2\x01\n\x0eIdentifierType\x12\x1f\n\x1bIDENTIFIER_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15IDENTIFIER_TYPE_EMAIL\x10\x01\x12\x19\n\x15IDENTIFIER_TYPE_PHONE\x10\x02\x12\x1d\n\x19IDENTIFIER_TYPE_DEVICE_ID\x10\x03\x12\x1a\n\x16IDENTIFIER_TYPE_CUSTOM\x10\x04\x32\xb1\x05\n\x0fMatchingService\x12l\n\x13UploadBlindedPoints\x12(.cleanroom.v1.UploadBlindedPointsRequest\x1a).cleanroom.v1.UploadBlindedPointsResponse(\x01\x12`\n\x0f\x46\x65tchPeerPoints\x12$.cleanroom.v1.FetchPeerPointsRequest\x1a%.cleanroom.v1.FetchPeerPointsResponse0\x01\x12~\n\x19SubmitDoubleBlindedPoints\x12..cleanroom.v1.SubmitDoubleBlindedPointsRequest\x1a/.cleanroom.v1.SubmitDoubleBlindedPointsResponse(\x01\x12T\n\x0bUploadTable\x12 .cleanroom.v1.UploadTableRequest\x1a!.cleanroom.v1.UploadTableResponse(\x01\x12P\n\x0eGetMatchStatus\x12#.cleanroom.v1.GetMatchStatusRequest\x1a\x19.cleanroom.v1.MatchStatus\x12R\n\x0bOpenRefresh\x12 .cleanroom.v1.OpenRefreshRequest\x1a!.cleanroom.v1.OpenRefreshResponse\x12R\n\x0bRetireUsers\x12 .cleanroom.v1.RetireUsersRequest\x1a!.cleanroom.v1.RetireUsersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cleanroom.v1.matching_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IDENTIFIERTYPE']._serialized_start=1356
-  _globals['_IDENTIFIERTYPE']._serialized_end=1518
+  _globals['_IDENTIFIERTYPE']._serialized_start=1657
+  _globals['_IDENTIFIERTYPE']._serialized_end=1819
   _globals['_UPLOADBLINDEDPOINTSREQUEST']._serialized_start=46
-  _globals['_UPLOADBLINDEDPOINTSREQUEST']._serialized_end=267
-  _globals['_UPLOADBLINDEDPOINTSRESPONSE']._serialized_start=269
-  _globals['_UPLOADBLINDEDPOINTSRESPONSE']._serialized_end=368
-  _globals['_FETCHPEERPOINTSREQUEST']._serialized_start=370
-  _globals['_FETCHPEERPOINTSREQUEST']._serialized_end=431
-  _globals['_FETCHPEERPOINTSRESPONSE']._serialized_start=433
-  _globals['_FETCHPEERPOINTSRESPONSE']._serialized_end=517
-  _globals['_SUBMITDOUBLEBLINDEDPOINTSREQUEST']._serialized_start=519
-  _globals['_SUBMITDOUBLEBLINDEDPOINTSREQUEST']._serialized_end=632
-  _globals['_SUBMITDOUBLEBLINDEDPOINTSRESPONSE']._serialized_start=634
-  _globals['_SUBMITDOUBLEBLINDEDPOINTSRESPONSE']._serialized_end=714
-  _globals['_UPLOADTABLEREQUEST']._serialized_start=716
-  _globals['_UPLOADTABLEREQUEST']._serialized_end=821
-  _globals['_UPLOADTABLERESPONSE']._serialized_start=823
-  _globals['_UPLOADTABLERESPONSE']._serialized_end=912
-  _globals['_GETMATCHSTATUSREQUEST']._serialized_start=914
-  _globals['_GETMATCHSTATUSREQUEST']._serialized_end=953
-  _globals['_UPLOADPROGRESS']._serialized_start=955
-  _globals['_UPLOADPROGRESS']._serialized_end=1044
-  _globals['_MATCHSTATUS']._serialized_start=1047
-  _globals['_MATCHSTATUS']._serialized_end=1353
-  _globals['_MATCHSTATUS_STAGE']._serialized_start=1256
-  _globals['_MATCHSTATUS_STAGE']._serialized_end=1353
-  _globals['_MATCHINGSERVICE']._serialized_start=1521
-  _globals['_MATCHINGSERVICE']._serialized_end=2042
+  _globals['_UPLOADBLINDEDPOINTSREQUEST']._serialized_end=283
+  _globals['_UPLOADBLINDEDPOINTSRESPONSE']._serialized_start=285
+  _globals['_UPLOADBLINDEDPOINTSRESPONSE']._serialized_end=384
+  _globals['_FETCHPEERPOINTSREQUEST']._serialized_start=386
+  _globals['_FETCHPEERPOINTSREQUEST']._serialized_end=463
+  _globals['_FETCHPEERPOINTSRESPONSE']._serialized_start=465
+  _globals['_FETCHPEERPOINTSRESPONSE']._serialized_end=549
+  _globals['_SUBMITDOUBLEBLINDEDPOINTSREQUEST']._serialized_start=552
+  _globals['_SUBMITDOUBLEBLINDEDPOINTSREQUEST']._serialized_end=681
+  _globals['_SUBMITDOUBLEBLINDEDPOINTSRESPONSE']._serialized_start=683
+  _globals['_SUBMITDOUBLEBLINDEDPOINTSRESPONSE']._serialized_end=763
+  _globals['_UPLOADTABLEREQUEST']._serialized_start=765
+  _globals['_UPLOADTABLEREQUEST']._serialized_end=886
+  _globals['_UPLOADTABLERESPONSE']._serialized_start=888
+  _globals['_UPLOADTABLERESPONSE']._serialized_end=977
+  _globals['_GETMATCHSTATUSREQUEST']._serialized_start=979
+  _globals['_GETMATCHSTATUSREQUEST']._serialized_end=1050
+  _globals['_UPLOADPROGRESS']._serialized_start=1052
+  _globals['_UPLOADPROGRESS']._serialized_end=1141
+  _globals['_MATCHSTATUS']._serialized_start=1144
+  _globals['_MATCHSTATUS']._serialized_end=1466
+  _globals['_MATCHSTATUS_STAGE']._serialized_start=1369
+  _globals['_MATCHSTATUS_STAGE']._serialized_end=1466
+  _globals['_OPENREFRESHREQUEST']._serialized_start=1468
+  _globals['_OPENREFRESHREQUEST']._serialized_end=1504
+  _globals['_OPENREFRESHRESPONSE']._serialized_start=1506
+  _globals['_OPENREFRESHRESPONSE']._serialized_end=1543
+  _globals['_RETIREUSERSREQUEST']._serialized_start=1545
+  _globals['_RETIREUSERSREQUEST']._serialized_end=1614
+  _globals['_RETIREUSERSRESPONSE']._serialized_start=1616
+  _globals['_RETIREUSERSRESPONSE']._serialized_end=1654
+  _globals['_MATCHINGSERVICE']._serialized_start=1822
+  _globals['_MATCHINGSERVICE']._serialized_end=2511
 # @@protoc_insertion_point(module_scope)

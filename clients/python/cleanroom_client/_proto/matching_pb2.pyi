@@ -64,6 +64,7 @@ class UploadBlindedPointsRequest(_message.Message):
     FIRST_ROW_FIELD_NUMBER: _builtins.int
     PRESENT_FIELD_NUMBER: _builtins.int
     TOTAL_ROWS_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """`collaborations/{collaboration_id}`; required on every message of the stream (and the same on each)."""
     chunk_index: _builtins.int
@@ -87,7 +88,11 @@ class UploadBlindedPointsRequest(_message.Message):
     total_rows: _builtins.int
     """n: how many rows the caller numbers, 0 .. n-1: every one of its users, with or without an identifier. Required
     on the chunk marked `last` (read there only; other chunks may leave it 0). Every point's row and every table's
-    `row_id` must be below it.
+    `row_id` must be below it. In a refresh it counts every row numbered so far, the earlier periods' included.
+    """
+    period: _builtins.int
+    """0 for the match; p >= 1 for refresh period p, whose points are those of new rows only (numbered from the
+    previous total_rows on). Every message of the stream names the same period.
     """
     def __init__(
         self,
@@ -100,10 +105,11 @@ class UploadBlindedPointsRequest(_message.Message):
         first_row: _builtins.int = ...,
         present: _builtins.bytes = ...,
         total_rows: _builtins.int = ...,
+        period: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_index", b"chunk_index", "first_row", b"first_row", "identifier_type", b"identifier_type", "last", b"last", "parent", b"parent", "points", b"points", "present", b"present", "total_rows", b"total_rows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_index", b"chunk_index", "first_row", b"first_row", "identifier_type", b"identifier_type", "last", b"last", "parent", b"parent", "period", b"period", "points", b"points", "present", b"present", "total_rows", b"total_rows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -142,19 +148,23 @@ class FetchPeerPointsRequest(_message.Message):
 
     PARENT_FIELD_NUMBER: _builtins.int
     START_CHUNK_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """`collaborations/{collaboration_id}`."""
     start_chunk: _builtins.int
     """First chunk to send (for resuming)."""
+    period: _builtins.int
+    """0 for the match, p for refresh period p: the peer's points of that period."""
     def __init__(
         self,
         *,
         parent: _builtins.str = ...,
         start_chunk: _builtins.int = ...,
+        period: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent", "start_chunk", b"start_chunk"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent", "period", b"period", "start_chunk", b"start_chunk"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -199,6 +209,7 @@ class SubmitDoubleBlindedPointsRequest(_message.Message):
     CHUNK_INDEX_FIELD_NUMBER: _builtins.int
     LAST_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """`collaborations/{collaboration_id}`; required on every message of the stream."""
     chunk_index: _builtins.int
@@ -209,6 +220,10 @@ class SubmitDoubleBlindedPointsRequest(_message.Message):
     equality of tags matters, and 64 bits keep false matches at n_a * n_b / 2^64 expected pairs (about 5 in a
     million at 10M x 10M).
     """
+    period: _builtins.int
+    """The period of the points fetched (0 the match, p a refresh). Its final chunk seals the caller's side of the
+    period: no more points, tables or retirements for it.
+    """
     def __init__(
         self,
         *,
@@ -216,10 +231,11 @@ class SubmitDoubleBlindedPointsRequest(_message.Message):
         chunk_index: _builtins.int = ...,
         last: _builtins.bool = ...,
         tags: _builtins.bytes = ...,
+        period: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_index", b"chunk_index", "last", b"last", "parent", b"parent", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_index", b"chunk_index", "last", b"last", "parent", b"parent", "period", b"period", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -263,6 +279,7 @@ class UploadTableRequest(_message.Message):
     CHUNK_INDEX_FIELD_NUMBER: _builtins.int
     ARROW_IPC_FIELD_NUMBER: _builtins.int
     LAST_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """`collaborations/{collaboration_id}`; required on every message of the stream."""
     table: _builtins.str
@@ -270,6 +287,10 @@ class UploadTableRequest(_message.Message):
     chunk_index: _builtins.int
     arrow_ipc: _builtins.bytes
     last: _builtins.bool
+    period: _builtins.int
+    """0 for the match; p >= 1 appends the rows to the table in refresh period p (the policy's `refresh.tables` must
+    list it; a users table takes the period's new rows only, other tables rows of users not retired).
+    """
     def __init__(
         self,
         *,
@@ -278,10 +299,11 @@ class UploadTableRequest(_message.Message):
         chunk_index: _builtins.int = ...,
         arrow_ipc: _builtins.bytes = ...,
         last: _builtins.bool = ...,
+        period: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow_ipc", b"arrow_ipc", "chunk_index", b"chunk_index", "last", b"last", "parent", b"parent", "table", b"table"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow_ipc", b"arrow_ipc", "chunk_index", b"chunk_index", "last", b"last", "parent", b"parent", "period", b"period", "table", b"table"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -317,18 +339,24 @@ class GetMatchStatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PARENT_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """`collaborations/{collaboration_id}`."""
+    period: _builtins.int
+    """The period to describe; absent: the current one (the open refresh period, else the last completed)."""
     def __init__(
         self,
         *,
         parent: _builtins.str = ...,
+        period: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_period", b"_period", "period", b"period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_period", b"_period", "parent", b"parent", "period", b"period"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__period: _TypeAlias = _typing.Literal["period"]  # noqa: Y015
+    _WhichOneofArgType__period: _TypeAlias = _typing.Literal["_period", b"_period"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__period) -> _WhichOneofReturnType__period | None: ...
 
 Global___GetMatchStatusRequest: _TypeAlias = GetMatchStatusRequest  # noqa: Y015
 
@@ -401,6 +429,7 @@ class MatchStatus(_message.Message):
     PEER_POINT_CHUNKS_FIELD_NUMBER: _builtins.int
     OWN_SET_SIZE_FIELD_NUMBER: _builtins.int
     PEER_SET_SIZE_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
     stage: Global___MatchStatus.Stage.ValueType
     peer_points_ready: _builtins.bool
     """Whether the peer's shuffled points are ready to fetch, and how many chunks they span."""
@@ -408,6 +437,8 @@ class MatchStatus(_message.Message):
     own_set_size: _builtins.int
     """The number of rows (users) each member uploaded points for: the only thing a member learns of the other's set."""
     peer_set_size: _builtins.int
+    period: _builtins.int
+    """The period this status describes: 0 the match, p refresh period p (STAGE_MATCHED: it completed)."""
     @_builtins.property
     def uploads(self) -> _containers.RepeatedCompositeFieldContainer[Global___UploadProgress]:
         """The caller's uploads."""
@@ -421,11 +452,102 @@ class MatchStatus(_message.Message):
         peer_point_chunks: _builtins.int = ...,
         own_set_size: _builtins.int = ...,
         peer_set_size: _builtins.int = ...,
+        period: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["own_set_size", b"own_set_size", "peer_point_chunks", b"peer_point_chunks", "peer_points_ready", b"peer_points_ready", "peer_set_size", b"peer_set_size", "stage", b"stage", "uploads", b"uploads"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["own_set_size", b"own_set_size", "peer_point_chunks", b"peer_point_chunks", "peer_points_ready", b"peer_points_ready", "peer_set_size", b"peer_set_size", "period", b"period", "stage", b"stage", "uploads", b"uploads"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MatchStatus: _TypeAlias = MatchStatus  # noqa: Y015
+
+@_typing.final
+class OpenRefreshRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """`collaborations/{collaboration_id}`."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenRefreshRequest: _TypeAlias = OpenRefreshRequest  # noqa: Y015
+
+@_typing.final
+class OpenRefreshResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERIOD_FIELD_NUMBER: _builtins.int
+    period: _builtins.int
+    """The open refresh period (1, 2, ...)."""
+    def __init__(
+        self,
+        *,
+        period: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["period", b"period"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenRefreshResponse: _TypeAlias = OpenRefreshResponse  # noqa: Y015
+
+@_typing.final
+class RetireUsersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    ROW_IDS_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """`collaborations/{collaboration_id}`."""
+    period: _builtins.int
+    """The open refresh period."""
+    row_ids: _builtins.bytes
+    """The row numbers of the caller's users to retire, 8 bytes each (int64, little-endian); at most 1,000,000. The
+    list replaces any sent before for this period; an empty list retires no one.
+    """
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        period: _builtins.int = ...,
+        row_ids: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent", "period", b"period", "row_ids", b"row_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetireUsersRequest: _TypeAlias = RetireUsersRequest  # noqa: Y015
+
+@_typing.final
+class RetireUsersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RETIRED_FIELD_NUMBER: _builtins.int
+    retired: _builtins.int
+    """Distinct users staged for retirement in this period."""
+    def __init__(
+        self,
+        *,
+        retired: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["retired", b"retired"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetireUsersResponse: _TypeAlias = RetireUsersResponse  # noqa: Y015

@@ -74,6 +74,16 @@ class MatchingServiceStub:
                 request_serializer=cleanroom_dot_v1_dot_matching__pb2.GetMatchStatusRequest.SerializeToString,
                 response_deserializer=cleanroom_dot_v1_dot_matching__pb2.MatchStatus.FromString,
                 _registered_method=True)
+        self.OpenRefresh = channel.unary_unary(
+                '/cleanroom.v1.MatchingService/OpenRefresh',
+                request_serializer=cleanroom_dot_v1_dot_matching__pb2.OpenRefreshRequest.SerializeToString,
+                response_deserializer=cleanroom_dot_v1_dot_matching__pb2.OpenRefreshResponse.FromString,
+                _registered_method=True)
+        self.RetireUsers = channel.unary_unary(
+                '/cleanroom.v1.MatchingService/RetireUsers',
+                request_serializer=cleanroom_dot_v1_dot_matching__pb2.RetireUsersRequest.SerializeToString,
+                response_deserializer=cleanroom_dot_v1_dot_matching__pb2.RetireUsersResponse.FromString,
+                _registered_method=True)
 
 
 class MatchingServiceServicer:
@@ -122,7 +132,21 @@ class MatchingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetMatchStatus(self, request, context):
-        """Where the match stands, from the caller's side.
+        """Where the match (or a refresh period) stands, from the caller's side.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OpenRefresh(self, request, context):
+        """Opens the next refresh period of a living collaboration, or returns the one that is open (PROTOCOL.md §8).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireUsers(self, request, context):
+        """Names the caller's users to retire when the open refresh period completes (replacing any earlier list).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -155,6 +179,16 @@ def add_MatchingServiceServicer_to_server(servicer, server):
                     servicer.GetMatchStatus,
                     request_deserializer=cleanroom_dot_v1_dot_matching__pb2.GetMatchStatusRequest.FromString,
                     response_serializer=cleanroom_dot_v1_dot_matching__pb2.MatchStatus.SerializeToString,
+            ),
+            'OpenRefresh': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenRefresh,
+                    request_deserializer=cleanroom_dot_v1_dot_matching__pb2.OpenRefreshRequest.FromString,
+                    response_serializer=cleanroom_dot_v1_dot_matching__pb2.OpenRefreshResponse.SerializeToString,
+            ),
+            'RetireUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireUsers,
+                    request_deserializer=cleanroom_dot_v1_dot_matching__pb2.RetireUsersRequest.FromString,
+                    response_serializer=cleanroom_dot_v1_dot_matching__pb2.RetireUsersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -306,6 +340,60 @@ class MatchingService:
             '/cleanroom.v1.MatchingService/GetMatchStatus',
             cleanroom_dot_v1_dot_matching__pb2.GetMatchStatusRequest.SerializeToString,
             cleanroom_dot_v1_dot_matching__pb2.MatchStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenRefresh(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cleanroom.v1.MatchingService/OpenRefresh',
+            cleanroom_dot_v1_dot_matching__pb2.OpenRefreshRequest.SerializeToString,
+            cleanroom_dot_v1_dot_matching__pb2.OpenRefreshResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cleanroom.v1.MatchingService/RetireUsers',
+            cleanroom_dot_v1_dot_matching__pb2.RetireUsersRequest.SerializeToString,
+            cleanroom_dot_v1_dot_matching__pb2.RetireUsersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,7 +57,11 @@ class MatchingServiceStub:
     UploadTable: _grpc.StreamUnaryMultiCallable[_matching_pb2.UploadTableRequest, _matching_pb2.UploadTableResponse]
     """Uploads one of the caller's tables (users attributes or an event table) as Arrow IPC streams, in chunks."""
     GetMatchStatus: _grpc.UnaryUnaryMultiCallable[_matching_pb2.GetMatchStatusRequest, _matching_pb2.MatchStatus]
-    """Where the match stands, from the caller's side."""
+    """Where the match (or a refresh period) stands, from the caller's side."""
+    OpenRefresh: _grpc.UnaryUnaryMultiCallable[_matching_pb2.OpenRefreshRequest, _matching_pb2.OpenRefreshResponse]
+    """Opens the next refresh period of a living collaboration, or returns the one that is open (PROTOCOL.md §8)."""
+    RetireUsers: _grpc.UnaryUnaryMultiCallable[_matching_pb2.RetireUsersRequest, _matching_pb2.RetireUsersResponse]
+    """Names the caller's users to retire when the open refresh period completes (replacing any earlier list)."""
 
 @_typing.type_check_only
 class MatchingServiceAsyncStub(MatchingServiceStub):
@@ -87,7 +91,11 @@ class MatchingServiceAsyncStub(MatchingServiceStub):
     UploadTable: _aio.StreamUnaryMultiCallable[_matching_pb2.UploadTableRequest, _matching_pb2.UploadTableResponse]  # type: ignore[assignment]
     """Uploads one of the caller's tables (users attributes or an event table) as Arrow IPC streams, in chunks."""
     GetMatchStatus: _aio.UnaryUnaryMultiCallable[_matching_pb2.GetMatchStatusRequest, _matching_pb2.MatchStatus]  # type: ignore[assignment]
-    """Where the match stands, from the caller's side."""
+    """Where the match (or a refresh period) stands, from the caller's side."""
+    OpenRefresh: _aio.UnaryUnaryMultiCallable[_matching_pb2.OpenRefreshRequest, _matching_pb2.OpenRefreshResponse]  # type: ignore[assignment]
+    """Opens the next refresh period of a living collaboration, or returns the one that is open (PROTOCOL.md §8)."""
+    RetireUsers: _aio.UnaryUnaryMultiCallable[_matching_pb2.RetireUsersRequest, _matching_pb2.RetireUsersResponse]  # type: ignore[assignment]
+    """Names the caller's users to retire when the open refresh period completes (replacing any earlier list)."""
 
 class MatchingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Private set intersection relayed through the server, and the upload of pseudonymous rows.
@@ -144,6 +152,22 @@ class MatchingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _matching_pb2.GetMatchStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_matching_pb2.MatchStatus, _abc.Awaitable[_matching_pb2.MatchStatus]]:
-        """Where the match stands, from the caller's side."""
+        """Where the match (or a refresh period) stands, from the caller's side."""
+
+    @_abc_1.abstractmethod
+    def OpenRefresh(
+        self,
+        request: _matching_pb2.OpenRefreshRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_matching_pb2.OpenRefreshResponse, _abc.Awaitable[_matching_pb2.OpenRefreshResponse]]:
+        """Opens the next refresh period of a living collaboration, or returns the one that is open (PROTOCOL.md §8)."""
+
+    @_abc_1.abstractmethod
+    def RetireUsers(
+        self,
+        request: _matching_pb2.RetireUsersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_matching_pb2.RetireUsersResponse, _abc.Awaitable[_matching_pb2.RetireUsersResponse]]:
+        """Names the caller's users to retire when the open refresh period completes (replacing any earlier list)."""
 
 def add_MatchingServiceServicer_to_server(servicer: MatchingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,186 @@
+"""Refresh periods of a living collaboration: the owner of the `periods`, `retirements` and `period_sizes` tables.
+
+Period 0 is the match. A refresh opens period p = 1, 2, ... (at most one open at a time, no sooner than the policy's
+`refresh.min_days_between` after the previous one opened), during which each member may upload the points of new
+users (rows numbered after its earlier ones), retire users, and append rows to the tables the policy lists. When
+both members have double-blinded each other's new points, the period completes in one transaction: the retired
+users are deleted everywhere (their keys, their rows in every table, their pairs in every period), the join is
+recomputed over all remaining keys, and each member's new set size is recorded (both members see both sizes, as at
+the match).
+
+Invariant: the pairs that hold in period p are exactly the join (cleanroom.matching.join) of the keys present after
+period p completed, without the retired users: the same pairs a new match of that data would give.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import duckdb
+
+from ..collaborations import Collaboration
+from ..errors import FailedPreconditionError
+from ..storage.database import first
+
+
+@dataclass(frozen=True)
+class Period:
+    """One refresh period."""
+
+    period: int
+    open_time: datetime
+    opener: str
+    complete: bool
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def open_period(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> int | None:
+    """The refresh period that is open (started, not complete), if any."""
+    row = first(
+        cur.execute("SELECT max(period) FROM periods WHERE collab = ? AND complete_time IS NULL", [collaboration_id])
+    )
+    return int(row[0]) if row and row[0] is not None else None
+
+
+def latest_complete(cur: duckdb.DuckDBPyConnection, collaboration_id: str, matched: bool) -> int | None:
+    """The last completed period: None before the match, 0 after it until a refresh completes."""
+    if not matched:
+        return None
+    row = first(
+        cur.execute(
+            "SELECT max(period) FROM periods WHERE collab = ? AND complete_time IS NOT NULL", [collaboration_id]
+        )
+    )
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def current_period(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> int:
+    """The open period, else the last completed one (0 for the match)."""
+    row = first(cur.execute("SELECT max(period) FROM periods WHERE collab = ?", [collaboration_id]))
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def last_start(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> datetime | None:
+    """When the latest refresh period opened (None before the first refresh)."""
+    row = first(cur.execute("SELECT max(open_time) FROM periods WHERE collab = ?", [collaboration_id]))
+    return row[0] if row and row[0] is not None else None
+
+
+def open_refresh(
+    cur: duckdb.DuckDBPyConnection, collaboration: Collaboration, member: str, matched_time: datetime
+) -> tuple[int, bool]:
+    """Open the next period, or return the open one; (period, whether this call opened it).
+
+    FAILED_PRECONDITION when the policy allows no refresh, or when the policy's interval since the previous
+    refresh (or the match, for the first) has not passed: the message says when the next one may start.
+    """
+    spec = collaboration.policy.refresh
+    if spec is None:
+        raise FailedPreconditionError(
+            f"the policy of collaborations/{collaboration.id} allows no refresh (add a `refresh` section naming the "
+            "tables that may change, and have every member approve it)"
+        )
+    already = open_period(cur, collaboration.id)
+    if already is not None:
+        return already, False
+    since = last_start(cur, collaboration.id) or matched_time
+    earliest = since + timedelta(days=spec.min_days_between)
+    if _now() < earliest:
+        raise FailedPreconditionError(
+            f"the policy allows a refresh every {spec.min_days_between:g} days; the next may start at "
+            f"{earliest:%Y-%m-%d %H:%M} UTC"
+        )
+    period = current_period(cur, collaboration.id) + 1
+    cur.execute("INSERT INTO periods VALUES (?, ?, ?, ?, NULL, NULL)", [collaboration.id, period, _now(), member])
+    return period, True
+
+
+def require_open(cur: duckdb.DuckDBPyConnection, collaboration_id: str, period: int) -> None:
+    """FAILED_PRECONDITION unless refresh `period` (>= 1) is the open one."""
+    now_open = open_period(cur, collaboration_id)
+    if now_open != period:
+        state = f"period {now_open} is open" if now_open is not None else "no refresh is open"
+        raise FailedPreconditionError(
+            f"refresh period {period} of collaborations/{collaboration_id} is not open ({state}); "
+            "OpenRefresh starts the next one"
+        )
+
+
+def stage_retirements(
+    cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, period: int, row_ids: list[int]
+) -> None:
+    """Replace the member's retirements staged for `period` (idempotent, so a resumed refresh may send them again)."""
+    cur.execute(
+        "DELETE FROM retirements WHERE collab = ? AND member = ? AND period = ?", [collaboration_id, member, period]
+    )
+    if row_ids:
+        cur.executemany(
+            "INSERT INTO retirements VALUES (?, ?, ?, ?)",
+            [[collaboration_id, member, period, r] for r in sorted(set(row_ids))],
+        )
+
+
+def retired_rows(collaboration_id: str, member: str, period: int | None = None) -> tuple[str, list[object]]:
+    """A relation (`row_id`) of the member's retired users (of one period, or all) and its parameters."""
+    if period is None:
+        return "(SELECT row_id FROM retirements WHERE collab = ? AND member = ?)", [collaboration_id, member]
+    return (
+        "(SELECT row_id FROM retirements WHERE collab = ? AND member = ? AND period = ?)",
+        [collaboration_id, member, period],
+    )
+
+
+def retirement_count(cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, period: int) -> int:
+    """How many users the member retires in `period`."""
+    row = first(
+        cur.execute(
+            "SELECT count(*) FROM retirements WHERE collab = ? AND member = ? AND period = ?",
+            [collaboration_id, member, period],
+        )
+    )
+    return int(row[0]) if row else 0
+
+
+def record_complete(
+    cur: duckdb.DuckDBPyConnection, collaboration_id: str, period: int, sizes: dict[str, int], audit_sequence: int
+) -> None:
+    """Mark `period` complete with each member's set size and the audit entry that completed it."""
+    cur.execute(
+        "UPDATE periods SET complete_time = ?, audit_sequence = ? WHERE collab = ? AND period = ?",
+        [_now(), audit_sequence, collaboration_id, period],
+    )
+    for member, size in sizes.items():
+        cur.execute("INSERT INTO period_sizes VALUES (?, ?, ?, ?)", [collaboration_id, member, period, size])
+
+
+def period_set_sizes(cur: duckdb.DuckDBPyConnection, collaboration_id: str, period: int) -> dict[str, int] | None:
+    """Each member's set size as of `period` (>= 1): the latest completed period at or before it; None if none."""
+    rows = cur.execute(
+        "SELECT member, arg_max(set_size, period) FROM period_sizes WHERE collab = ? AND period <= ? GROUP BY member",
+        [collaboration_id, period],
+    ).fetchall()
+    return {str(m): int(s) for m, s in rows} if rows else None
+
+
+def budget_start(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> int:
+    """The audit sequence a per-period budget counts from: the entry that completed the last period (0 if none)."""
+    row = first(
+        cur.execute(
+            "SELECT max(audit_sequence) FROM periods WHERE collab = ? AND complete_time IS NOT NULL",
+            [collaboration_id],
+        )
+    )
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def list_periods(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> list[Period]:
+    """Every refresh period of a collaboration, oldest first."""
+    rows = cur.execute(
+        "SELECT period, open_time, opener, complete_time IS NOT NULL FROM periods WHERE collab = ? ORDER BY period",
+        [collaboration_id],
+    ).fetchall()
+    return [Period(int(p), t, str(o), bool(c)) for p, t, o, c in rows]

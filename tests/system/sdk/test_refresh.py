@@ -1,0 +1,308 @@
+"""A living collaboration over TLS: three refreshes with new and retired users on both sides, and events appended.
+
+The pairs after the third refresh must be exactly those of a new match of the same final data, pair for pair
+(compared as pairs of the members' own keys, through each member's local ledger); retired users' rows are gone
+from every table; queries read the period they name; a per-period budget renews when a period completes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+
+from cleanroom.devtools.devpki import make_dev_pki
+from cleanroom.principals import Role
+from cleanroom.server import ServerConfig, create_server
+from cleanroom.server.app import RunningServer, TlsConfig
+from cleanroom_client import CleanRoomClient, SerialExecutor
+from cleanroom_client.errors import CleanRoomError, FailedPreconditionError, InvalidArgumentError
+
+POLICY: dict[str, Any] = {
+    "name": "living",
+    "members": {
+        "brand": {"abilities": ["contribute", "query", "receive_results"]},
+        "platform": {"abilities": ["contribute"]},
+    },
+    "identifiers": ["email", "phone"],
+    "tables": {
+        "brand.users": {"dimensions": {"tier": ["gold", "basic"]}},
+        "brand.conversions": {"time": "ts", "measures": {"value": [0, 100]}, "max_per_person": 3},
+        "platform.users": {"dimensions": {"age_band": ["young", "old"]}},
+        "platform.exposures": {"time": "ts", "dimensions": {"campaign": ["c1", "c2"]}, "max_per_person": 5},
+    },
+    "queries": ["overlap"],
+    "min_group_size": 1,
+    "epsilon": {"per_member_total": 2.0, "per_query_max": 1.0},
+    "refresh": {
+        "tables": ["brand.users", "brand.conversions", "platform.users", "platform.exposures"],
+        "min_days_between": 0,
+        "budget": "per_period",
+    },
+}
+
+
+def person(i: int, side: str) -> dict[str, Any]:
+    """Person i as one member holds them: every 7th has a different email at the brand (the phone decides)."""
+    email = f"p{i}@example.com" if side == "platform" or i % 7 else f"alias{i}@example.org"
+    phone = f"+86 138 0013 {i:04d}" if i % 3 else None
+    row: dict[str, Any] = {"key": f"{side[0]}{i}", "email": email, "phone": phone}
+    row["tier" if side == "brand" else "age_band"] = (
+        ("gold", "basic")[i % 2] if side == "brand" else ("young", "old")[i % 2]
+    )
+    return row
+
+
+def users(ids: range | list[int], side: str) -> pd.DataFrame:
+    columns = ["key", "email", "phone", "tier" if side == "brand" else "age_band"]
+    return pd.DataFrame([person(i, side) for i in ids], columns=columns)
+
+
+def events(ids: list[int], side: str, day: int) -> pd.DataFrame:
+    """One event per person on `day` of November 2026."""
+    ts = dt.datetime(2026, 11, day, 12)
+    if side == "brand":
+        return pd.DataFrame({"key": [f"b{i}" for i in ids], "ts": ts, "value": [float(i % 50) for i in ids]})
+    return pd.DataFrame({"key": [f"p{i}" for i in ids], "ts": ts, "campaign": ["c1", "c2"] * (len(ids) // 2)})
+
+
+@pytest.fixture(scope="module")
+def room(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("refresh")
+    pki = make_dev_pki(root / "pki")
+    tls = TlsConfig(pki.server_cert.read_bytes(), pki.server_key.read_bytes())
+    server = create_server(ServerConfig(data_dir=root / "server", tls=tls))
+    tokens = {n: server.room.principals.add(n, Role.MEMBER) for n in ("brand", "platform")}
+    clients = {
+        n: CleanRoomClient(
+            f"localhost:{server.port}",
+            token=t,
+            root_certificates=pki.ca,
+            state_dir=root / n,
+            executor=SerialExecutor(),
+            progress=False,
+            chunk_rows=64,
+        )
+        for n, t in tokens.items()
+    }
+    yield server, clients
+    for c in clients.values():
+        c.close()
+    server.stop(None)
+
+
+def both(*calls: Any) -> list[Any]:
+    """Run the two members' calls at once (each waits for the other)."""
+    with ThreadPoolExecutor(2) as pool:
+        return [f.result() for f in [pool.submit(c) for c in calls]]
+
+
+def start(clients: dict[str, CleanRoomClient], collaboration_id: str, policy: dict[str, Any]) -> str:
+    b, p = clients["brand"], clients["platform"]
+    c = b.create_collaboration(yaml.safe_dump(policy), collaboration_id)
+    b.approve_policy(c.id)
+    p.approve_policy(c.id)
+    return c.id
+
+
+def match(clients: dict[str, CleanRoomClient], cid: str, brand: pd.DataFrame, platform: pd.DataFrame, **ev: Any):
+    ids = {"email": "email", "phone": "phone"}
+    return both(
+        lambda: clients["brand"].match(
+            cid, brand, "key", ids, ["tier"], events={"conversions": ev["bev"]}, wait_timeout=120
+        ),
+        lambda: clients["platform"].match(
+            cid, platform, "key", ids, ["age_band"], events={"exposures": ev["pev"]}, wait_timeout=120
+        ),
+    )
+
+
+def key_pairs(server: RunningServer, clients: dict[str, CleanRoomClient], cid: str) -> set[tuple[str, str]]:
+    """The pairs that hold now, as (brand key, platform key), mapped through each member's local ledger."""
+    rows = (
+        server.room.db.cursor()
+        .execute(
+            "SELECT row_a, row_b FROM matches WHERE collab = ? AND member_a = 'brand' AND period_to IS NULL", [cid]
+        )
+        .fetchall()
+    )
+    ledgers = {
+        n: pd.read_parquet(Path(c.collaboration_dir(cid)) / "rows.parquet").set_index("row_id")["key"]
+        for n, c in clients.items()
+    }
+    return {(str(ledgers["brand"][a]), str(ledgers["platform"][b])) for a, b in rows}
+
+
+def test_three_refreshes_equal_a_full_rematch_pair_for_pair(room) -> None:
+    server, clients = room
+    b, p = clients["brand"], clients["platform"]
+    cid = start(clients, "living", POLICY)
+    brand_ids, platform_ids = set(range(0, 300)), set(range(150, 450))
+    match(
+        clients,
+        cid,
+        users(sorted(brand_ids), "brand"),
+        users(sorted(platform_ids), "platform"),
+        bev=events(sorted(brand_ids)[:100], "brand", 1),
+        pev=events(sorted(platform_ids)[:100], "platform", 1),
+    )
+    steps = [  # (brand new, brand retired, platform new, platform retired)
+        (range(300, 340), range(0, 10), range(450, 480), range(150, 155)),
+        (range(340, 380), [*range(10, 20), *range(300, 305)], range(480, 520), range(450, 455)),
+        (range(0, 0), range(20, 25), range(520, 540), range(0, 0)),
+    ]
+    for period, (bn, br, pn, pr) in enumerate(steps, start=1):
+        brand_ids = (brand_ids | set(bn)) - set(br)
+        platform_ids = (platform_ids | set(pn)) - set(pr)
+        bev = events(sorted(brand_ids)[-20:], "brand", 1 + period)
+        pev = events(sorted(platform_ids)[-20:], "platform", 1 + period)
+        summaries = both(
+            lambda bn=bn, br=br, bev=bev: b.refresh(
+                cid,
+                users(bn, "brand") if len(bn) else None,
+                identifiers={"email": "email", "phone": "phone"} if len(bn) else None,
+                attributes=["tier"] if len(bn) else (),
+                retire=[f"b{i}" for i in br],
+                events={"conversions": bev},
+                wait_timeout=120,
+            ),
+            lambda pn=pn, pr=pr, pev=pev: p.refresh(
+                cid,
+                users(pn, "platform"),
+                identifiers={"email": "email", "phone": "phone"},
+                attributes=["age_band"],
+                retire=[f"p{i}" for i in pr],
+                events={"exposures": pev},
+                wait_timeout=120,
+            ),
+        )
+        assert [s.period for s in summaries] == [period, period]
+        assert summaries[0].own_set_size == len(brand_ids) == summaries[1].peer_set_size
+        assert summaries[1].own_set_size == len(platform_ids) == summaries[0].peer_set_size
+        assert summaries[0].new_rows == len(bn)
+        assert summaries[0].retired == len(br)
+
+    incremental = key_pairs(server, clients, cid)
+    full = start(clients, "rematch", POLICY)
+    match(
+        clients,
+        full,
+        users(sorted(brand_ids), "brand"),
+        users(sorted(platform_ids), "platform"),
+        bev=events(sorted(brand_ids)[:10], "brand", 1),
+        pev=events(sorted(platform_ids)[:10], "platform", 1),
+    )
+    assert incremental == key_pairs(server, clients, full)
+    # And both are the people present on both sides at the end with an email or a phone in common (every 21st has
+    # neither: a brand alias email and no phone).
+    assert {int(k[1:]) for k, _ in incremental} == {i for i in brand_ids & platform_ids if i % 7 or i % 3}
+    assert all(k[1:] == q[1:] for k, q in incremental)
+
+    # Retired users' rows are gone from every table; no row of a retired user remains anywhere.
+    cur = server.room.db.cursor()
+    retired_rows = cur.execute(
+        "SELECT count(*) FROM retirements r JOIN match_keys k ON k.collab = r.collab AND k.member = r.member "
+        "AND k.row_id = r.row_id WHERE r.collab = ?",
+        [cid],
+    ).fetchone()
+    assert retired_rows == (0,)
+    for member, table in (("brand", "users"), ("brand", "conversions"), ("platform", "users")):
+        physical = cur.execute(
+            "SELECT physical FROM data_tables WHERE collab = ? AND member = ? AND name = ?", [cid, member, table]
+        ).fetchone()[0]
+        stale = cur.execute(
+            f'SELECT count(*) FROM "{physical}" WHERE row_id IN '
+            "(SELECT row_id FROM retirements WHERE collab = ? AND member = ?)",
+            [cid, member],
+        ).fetchone()
+        assert stale == (0,), (member, table)
+
+    # Resuming a completed refresh (same arguments) returns its summary and opens nothing.
+    again = b.refresh(cid, None, retire=["b20", "b21", "b22", "b23", "b24"], events={"conversions": bev})
+    assert again.period == 3
+
+
+def test_queries_name_a_period_and_a_per_period_budget_renews(room) -> None:
+    _, clients = room
+    b, p = clients["brand"], clients["platform"]
+    cid = start(clients, "periods", POLICY)
+    match(
+        clients,
+        cid,
+        users(range(0, 200), "brand"),
+        users(range(100, 300), "platform"),
+        bev=events([0, 1], "brand", 1),
+        pev=events([100, 101], "platform", 1),
+    )
+    b.overlap(cid, epsilon=1.0)
+    b.overlap(cid, epsilon=1.0)
+    with pytest.raises(CleanRoomError, match="budget"):
+        b.overlap(cid, epsilon=1.0)
+    with pytest.raises(InvalidArgumentError, match="period 1"):
+        b.overlap(cid, epsilon=1.0, refresh_period=1)
+    both(
+        lambda: b.refresh(cid, users(range(200, 260), "brand"), identifiers={"email": "email"}, attributes=["tier"]),
+        lambda: p.refresh(cid, None),
+    )
+    budget = b.budget(cid).set_index("member")
+    assert budget.loc["brand", "spent"] == 0.0  # a per-period budget starts again when a period completes
+    now = b.overlap(cid, epsilon=0.5)
+    then = b.overlap(cid, epsilon=0.5, refresh_period=0)
+    people = lambda frame: float(frame.loc[frame["measure"] == "people", "value"].sum())  # noqa: E731
+    assert people(now) - people(then) > 20  # the 60 new brand users all match; noise sd ~ 2.8
+
+
+def test_a_refresh_refuses_what_the_policy_does_not_allow(room) -> None:
+    _, clients = room
+    b, p = clients["brand"], clients["platform"]
+    strict = {**POLICY, "refresh": {"tables": ["brand.users", "brand.conversions"], "min_days_between": 0}}
+    cid = start(clients, "strict", strict)
+    match(
+        clients,
+        cid,
+        users(range(0, 50), "brand"),
+        users(range(0, 50), "platform"),
+        bev=events([0, 1], "brand", 1),
+        pev=events([0, 1], "platform", 1),
+    )
+    # The platform may not add users: refused before anything is stored, and this machine forgets the attempt.
+    with pytest.raises(InvalidArgumentError, match=r"platform\.users"):
+        p.refresh(cid, users(range(50, 60), "platform"), identifiers={"email": "email"}, wait_timeout=5)
+    # Nor append exposures (its empty point upload went through; the table is refused).
+    with pytest.raises(InvalidArgumentError, match=r"platform\.exposures"):
+        p.refresh(cid, None, events={"exposures": events([0, 1], "platform", 2)}, wait_timeout=5)
+    # A new user passed twice, or a retired key that is no user: refused locally, naming the key.
+    with pytest.raises(ValueError, match="'b3' was added before"):
+        b.refresh(cid, users([3], "brand"), identifiers={"email": "email"}, attributes=["tier"])
+    with pytest.raises(ValueError, match=r"'b99'.* not one of your users"):
+        b.refresh(cid, None, retire=["b99"])
+    # After the refusals both finish the period: the platform with nothing, the brand with new users.
+    done = both(
+        lambda: b.refresh(
+            cid, users(range(60, 70), "brand"), identifiers={"email": "email"}, attributes=["tier"], retire=["b0"]
+        ),
+        lambda: p.refresh(cid, None),
+    )
+    assert [s.period for s in done] == [1, 1]
+    assert done[0].own_set_size == 59
+    # A user is retired once.
+    with pytest.raises(ValueError, match="'b0': it was retired before"):
+        b.refresh(cid, None, retire=["b0"])
+
+    weekly = {**POLICY, "refresh": {"tables": ["brand.users"]}}  # min_days_between defaults to 7
+    cid = start(clients, "weekly", weekly)
+    match(
+        clients,
+        cid,
+        users(range(0, 50), "brand"),
+        users(range(0, 50), "platform"),
+        bev=events([0, 1], "brand", 1),
+        pev=events([0, 1], "platform", 1),
+    )
+    with pytest.raises(FailedPreconditionError, match="every 7 days"):
+        b.refresh(cid, None, retire=["b1"])
