@@ -52,6 +52,7 @@ class Settings:
     output: str = "table"
     progress: bool = True
     preview: bool = False
+    refresh_period: int | None = None
 
 
 settings = Settings()
@@ -72,6 +73,13 @@ def main(
             "spending nothing and reading no data (e.g. cleanroom-client --preview attribution c --epsilon 0.5)."
         ),
     ] = False,
+    refresh_period: Annotated[
+        int | None,
+        typer.Option(
+            help="Before a query command: read the data as of this refresh period (0: the match; default: the "
+            "latest completed), e.g. cleanroom-client --refresh-period 0 overlap c."
+        ),
+    ] = None,
 ) -> None:
     """Connect with your token over TLS."""
     if output not in ("table", "csv", "json"):
@@ -79,6 +87,7 @@ def main(
     settings.target, settings.token, settings.ca = target, token, ca
     settings.insecure, settings.output, settings.progress = insecure, output, progress
     settings.preview = preview
+    settings.refresh_period = refresh_period
 
 
 @contextmanager
@@ -411,6 +420,77 @@ def match(
     _show(_table(rows), f"matched: peer's set size {summary.peer_set_size:,}")
 
 
+@app.command()
+def refresh(
+    collaboration: CollaborationId,
+    users: Annotated[
+        str | None, typer.Option(help="File of the new users only (CSV or Parquet), columns as at the match.")
+    ] = None,
+    key: Annotated[
+        str, typer.Option(help="Column naming each user locally (as at the match); never uploaded.")
+    ] = "key",
+    identifier: Annotated[
+        list[str] | None, typer.Option(help="type=column of the new users, e.g. email=email.")
+    ] = None,
+    attribute: Annotated[list[str] | None, typer.Option(help="Users column to upload for the new users.")] = None,
+    retire: Annotated[
+        str | None, typer.Option(help="File whose --key column lists the users to retire (deleted everywhere).")
+    ] = None,
+    event: Annotated[
+        list[str] | None, typer.Option(help="table=file of new event rows, e.g. conversions=w48.csv.")
+    ] = None,
+    prehashed: Annotated[list[str] | None, typer.Option(help="Identifier type given as SHA-256 hex.")] = None,
+    time_format: Annotated[
+        str | None, typer.Option(help="strptime format of the event tables' time column when it is not ISO 8601.")
+    ] = None,
+    region: Annotated[
+        str, typer.Option(help="Region of phone numbers without a +country code: CN or phone=CN.")
+    ] = "US",
+) -> None:
+    """Refresh a matched collaboration: add new users, retire users, append events; resumable (run it again).
+
+    Only the new users' blinded points travel. The policy's `refresh` section must list each table that changes.
+
+    Example: cleanroom-client refresh brand-x-2026q4 --users new_crm.csv --key customer_id --identifier email=email
+    --attribute tier --retire unsubscribed.csv --event conversions=orders_w48.csv
+    """
+    from .identity import IdentifierQualityWarning
+
+    identifiers = _pairs(identifier or [], "--identifier")
+    paths = _pairs(event or [], "--event")
+    with _client() as client, warnings.catch_warnings():
+        warnings.simplefilter("always", IdentifierQualityWarning)
+        warnings.showwarning = _say_warning
+        client.normalizer = type(client.normalizer)(_phone_region(region))
+        retired = _read(Path(retire), {key}) if retire else None
+        if retired is not None and key not in retired.columns:
+            raise typer.BadParameter(f"--retire {retire}: it has no {key!r} column (columns: {list(retired.columns)})")
+        summary = client.refresh(
+            collaboration,
+            users=_read(Path(users), {key, *identifiers.values()}) if users else None,
+            key=key,
+            identifiers=identifiers or None,
+            attributes=attribute or [],
+            retire=list(retired[key]) if retired is not None else [],
+            events={name: _read(Path(path), {key}) for name, path in paths.items()},
+            prehashed=prehashed or [],
+            time_format=time_format,
+        )
+    rows = [
+        {"identifier": t, "blinded": c.sent, "invalid": c.invalid, "empty": c.missing}
+        for t, c in summary.identifiers.items()
+    ]
+    frame = _table(rows)
+    frame.attrs.update(
+        {k: getattr(summary, k) for k in ("period", "new_rows", "retired", "own_set_size", "peer_set_size")}
+    )
+    _show(
+        frame,
+        f"refresh period {summary.period}: {summary.new_rows:,} added, {summary.retired:,} retired; your set "
+        f"{summary.own_set_size:,}, the peer's {summary.peer_set_size:,}",
+    )
+
+
 def _phone_region(text: str) -> str:
     """`--region CN` or `--region phone=CN` (the phone column is the only one read in a region)."""
     column, sep, region = text.partition("=")
@@ -435,7 +515,16 @@ def overlap(
 
     Example: cleanroom-client overlap brand-x-2026q4 --by platform.age_band --epsilon 0.5
     """
-    _query(lambda c: c.overlap(collaboration, by=by or [], epsilon=epsilon, preview=settings.preview), "overlap")
+    _query(
+        lambda c: c.overlap(
+            collaboration,
+            by=by or [],
+            epsilon=epsilon,
+            preview=settings.preview,
+            refresh_period=settings.refresh_period,
+        ),
+        "overlap",
+    )
 
 
 @app.command()
@@ -450,7 +539,15 @@ def funnel(
     Example: cleanroom-client funnel brand-x-2026q4 --by brand.tier
     """
     _query(
-        lambda c: c.funnel(collaboration, by=by, epsilon=epsilon, labels=labels, preview=settings.preview), "4A funnel"
+        lambda c: c.funnel(
+            collaboration,
+            by=by,
+            epsilon=epsilon,
+            labels=labels,
+            preview=settings.preview,
+            refresh_period=settings.refresh_period,
+        ),
+        "4A funnel",
     )
 
 
@@ -465,7 +562,12 @@ def flow(
 
     Example: cleanroom-client flow brand-x-2026q4 --start 2026-10-01 --end 2026-11-01
     """
-    _query(lambda c: c.funnel_flow(collaboration, start, end, epsilon=epsilon, preview=settings.preview), "4A flow")
+    _query(
+        lambda c: c.funnel_flow(
+            collaboration, start, end, epsilon=epsilon, preview=settings.preview, refresh_period=settings.refresh_period
+        ),
+        "4A flow",
+    )
 
 
 @app.command()
@@ -479,7 +581,9 @@ def segment(
     Example: cleanroom-client segment brand-x-2026q4 --dimension platform.age_band
     """
     _query(
-        lambda c: c.segment_insight(collaboration, dimension, epsilon=epsilon, preview=settings.preview),
+        lambda c: c.segment_insight(
+            collaboration, dimension, epsilon=epsilon, preview=settings.preview, refresh_period=settings.refresh_period
+        ),
         "segment insight",
     )
 
@@ -495,7 +599,17 @@ def value(
 
     Example: cleanroom-client value brand-x-2026q4 --measure brand.conversions.value --by brand.tier
     """
-    _query(lambda c: c.value(collaboration, measure, by=by or [], epsilon=epsilon, preview=settings.preview), "value")
+    _query(
+        lambda c: c.value(
+            collaboration,
+            measure,
+            by=by or [],
+            epsilon=epsilon,
+            preview=settings.preview,
+            refresh_period=settings.refresh_period,
+        ),
+        "value",
+    )
 
 
 @app.command()
@@ -512,7 +626,16 @@ def loyalty(
     """
     p1, p2 = _period(period1, "--period1"), _period(period2, "--period2")
     _query(
-        lambda c: c.loyalty(collaboration, p1, p2, by=by or [], epsilon=epsilon, preview=settings.preview), "loyalty"
+        lambda c: c.loyalty(
+            collaboration,
+            p1,
+            p2,
+            by=by or [],
+            epsilon=epsilon,
+            preview=settings.preview,
+            refresh_period=settings.refresh_period,
+        ),
+        "loyalty",
     )
 
 
@@ -547,6 +670,7 @@ def attribution(
             epsilon=epsilon,
             click_over_view=click_over_view,
             preview=settings.preview,
+            refresh_period=settings.refresh_period,
         ),
         f"attribution ({model})",
     )
@@ -558,7 +682,12 @@ def lift(collaboration: CollaborationId, campaign: Annotated[str, typer.Option()
 
     Example: cleanroom-client lift brand-x-2026q4 --campaign c-2026-11
     """
-    _query(lambda c: c.lift(collaboration, campaign, epsilon=epsilon, preview=settings.preview), f"lift of {campaign}")
+    _query(
+        lambda c: c.lift(
+            collaboration, campaign, epsilon=epsilon, preview=settings.preview, refresh_period=settings.refresh_period
+        ),
+        f"lift of {campaign}",
+    )
 
 
 @app.command()
@@ -581,6 +710,7 @@ def lookalike(
             epsilon=epsilon,
             delta=delta,
             preview=settings.preview,
+            refresh_period=settings.refresh_period,
         ),
         "lookalike",
     )
@@ -612,6 +742,7 @@ def activate(
             _pairs(segment_filter or [], "--segment"),
             epsilon=epsilon,
             preview=settings.preview,
+            refresh_period=settings.refresh_period,
             events=events,
         ),
         "activation",

@@ -223,3 +223,67 @@ def test_policy_init_says_which_file_lacks_a_time_column(tmp_path):
     assert r.exit_code == 2
     assert "event table conversions: no column reads as dates or times" in r.output
     assert not (tmp_path / "p.yaml").exists()
+
+
+def test_refresh_from_csv_files_then_query_a_period(server, tokens, pki, tmp_path, make_client):
+    """`refresh` adds the users of a CSV file and retires those a second file names; queries can name a period."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    runner = CliRunner()
+    brand = _env(server, tokens, pki, "brand", tmp_path)
+    policy = DEMO_POLICY.replace("min_group_size: 50", "min_group_size: 5") + (
+        "refresh: {tables: [brand.users, brand.conversions], min_days_between: 0}\n"
+    )
+    b, p = make_client("brand"), make_client("platform")
+    b.state_dir = tmp_path / "state-brand"  # the CLI's state directory: a refresh needs the match's key and rows
+    c = b.create_collaboration(policy, "cli-living")
+    b.approve_policy(c.id)
+    p.approve_policy(c.id)
+    data = generate(SyntheticConfig(brand_users=400, platform_users=500, shared=300, seed=3))
+    old, new = data.brand_users.iloc[:350], data.brand_users.iloc[350:]
+    ids = {"email": "email", "phone": "mobile"}
+    with ThreadPoolExecutor(2) as pool:
+        jobs = [
+            pool.submit(b.match, c.id, old, "customer_id", ids, ["tier"], wait_timeout=120),
+            pool.submit(p.match, c.id, data.platform_users, "user_id", {"email": "email"}, ["age_band"]),
+        ]
+        [j.result() for j in jobs]
+        new.to_csv(tmp_path / "new.csv", index=False)
+        old.iloc[:20][["customer_id"]].to_csv(tmp_path / "gone.csv", index=False)
+        platform_side = pool.submit(p.refresh, c.id, None, wait_timeout=120)
+        r = runner.invoke(
+            app,
+            [
+                "--no-progress",
+                "-o",
+                "json",
+                "refresh",
+                "cli-living",
+                "--users",
+                str(tmp_path / "new.csv"),
+                "--key",
+                "customer_id",
+                "--identifier",
+                "email=email",
+                "--identifier",
+                "phone=mobile",
+                "--attribute",
+                "tier",
+                "--retire",
+                str(tmp_path / "gone.csv"),
+            ],
+            env=brand,
+        )
+        platform_side.result()
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output)
+    assert (summary["period"], summary["new_rows"], summary["retired"]) == (1, 50, 20)
+    assert (summary["own_set_size"], summary["peer_set_size"]) == (380, 500)
+    answers = {}
+    for period in ("0", "1"):
+        r = runner.invoke(app, ["-o", "json", "--refresh-period", period, "overlap", "cli-living"], env=brand)
+        assert r.exit_code == 0, r.output
+        answers[period] = json.loads(r.output)["rows"]
+    r = runner.invoke(app, ["--refresh-period", "2", "overlap", "cli-living"], env=brand)
+    assert r.exit_code == 1
+    assert "period 2" in r.output
