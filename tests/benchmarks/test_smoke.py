@@ -84,3 +84,13 @@ def test_startup_benchmark_runs(tmp_path):
         "cleanroom admin rotate-token (no server)",
     }
     assert "x floor" in stdout
+
+
+def test_refresh_benchmark_runs(tmp_path):
+    result, _ = _bench("bench_refresh.py", tmp_path / "refresh.json", "--n", "1000")
+    assert result["new_per_member"] == 10
+    assert result["x25519_ops_refresh"] * 100 == result["x25519_ops_match"]
+    assert result["match_seconds"] > 0
+    assert result["refresh_seconds"] > 0
+    # 1000 - 1 retired + 10 new, on each side
+    assert result["set_sizes_after"] == [1009, 1009]

@@ -398,7 +398,12 @@ class MatchRunner:
         self._stub.UploadTable(requests(), metadata=self._md)
 
     def _wait(self, ready: Callable[[pb.MatchStatus], bool], desc: str) -> pb.MatchStatus:
+        """Poll the status until `ready`: every 50 ms at first, backing off to `poll_seconds`.
+
+        A short wait (a small refresh) then ends soon after the peer; a long one costs one call per `poll_seconds`.
+        """
         deadline = time.monotonic() + self._wait_timeout
+        pause = min(0.05, self._poll)
         with tqdm(desc=desc, disable=not self._progress, leave=False, bar_format="{desc} {elapsed}") as bar:
             while True:
                 status = self.status()
@@ -407,7 +412,8 @@ class MatchRunner:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{desc}: gave up after {self._wait_timeout:.0f} s; run match() again to resume")
                 bar.refresh()
-                time.sleep(self._poll)
+                time.sleep(pause)
+                pause = min(pause * 1.5, self._poll)
 
     def _rejected_path(self) -> Path:
         return self._state / ("rejected.json" if not self._period else f"rejected-{self._period}.json")

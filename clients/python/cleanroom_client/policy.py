@@ -434,6 +434,11 @@ def _refresh(raw: Any, tables: Mapping[str, TableSpec], problems: list[str]) -> 
             problems.append(f"refresh.tables: {t!r} is not a declared table")
     days = raw.get("min_days_between", RefreshSpec.min_days_between)
     budget = raw.get("budget", RefreshBudget.TOTAL.value)
+    if budget == RefreshBudget.PER_PERIOD and (_number(days) or 0.0) < 1:
+        problems.append(
+            "refresh.min_days_between: at least 1 with budget per_period (the budget renews with every period, so "
+            "the interval bounds how fast it grows)"
+        )
     return RefreshSpec(
         frozenset(listed),
         max(0.0, _number(days) or 0.0),

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .matching import PERIOD, RETIRED, ROWS_FILE, IdentifierCounts, new_row_ids
 
@@ -113,21 +115,25 @@ def write_state(state: Path, saved: RefreshState) -> None:
     os.replace(tmp, path)
 
 
+def _member(values: Iterable[str], of: pd.Series) -> np.ndarray:
+    """Whether each of `values` is in `of`: Arrow's hash lookup, not a Python loop (the ledger may hold millions)."""
+    return np.asarray(pc.is_in(pa.array(list(values), pa.string()), value_set=pa.array(of.astype(str), pa.string())))
+
+
 def check_changes(ledger: pd.DataFrame, new_keys: pd.Series, retire_keys: list[str], period: int) -> None:
     """ValueError, naming a key, unless the new users are new and the retired ones current users.
 
     Rows the ledger already holds for `period` (a resumed refresh) count as new there, and retired only there.
     """
     before = ledger[ledger[PERIOD] != period]
-    known = pd.Index(before["key"])
-    seen = new_keys[new_keys.isin(known)]
+    seen = new_keys[_member(new_keys, before["key"])]
     if len(seen):
         added = int(before.loc[before["key"] == seen.iloc[0], PERIOD].iloc[0])
         raise ValueError(f"user {seen.iloc[0]!r} was added before (in period {added}); pass only new users in `users`")
-    current = pd.Index(ledger.loc[ledger[RETIRED].isna() | (ledger[RETIRED] == period), "key"])
-    unknown = [k for k in retire_keys if k not in current]
+    current = ledger.loc[ledger[RETIRED].isna() | (ledger[RETIRED] == period), "key"]
+    unknown = [k for k, ok in zip(retire_keys, _member(retire_keys, current), strict=True) if not ok]
     if unknown:
-        why = "was retired before" if unknown[0] in pd.Index(ledger["key"]) else "is not one of your users"
+        why = "was retired before" if _member(unknown[:1], ledger["key"])[0] else "is not one of your users"
         raise ValueError(f"cannot retire {unknown[0]!r}: it {why}")
     both = set(retire_keys) & set(new_keys)
     if both:
@@ -159,7 +165,7 @@ def assign_rows(ledger: pd.DataFrame, new_keys: pd.Series, retire_keys: list[str
         out = pd.concat([ledger, added], ignore_index=True) if len(ledger) else added
     out[RETIRED] = out[RETIRED].astype("Int64")
     out.loc[out[RETIRED] == period, RETIRED] = pd.NA  # the retirements sent last replace earlier ones, as on the server
-    out.loc[out["key"].isin(retire_keys) & out[RETIRED].isna(), RETIRED] = period
+    out.loc[_member(out["key"], pd.Series(retire_keys, dtype=str)) & out[RETIRED].isna().to_numpy(), RETIRED] = period
     return out
 
 

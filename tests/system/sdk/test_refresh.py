@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from cleanroom.devtools.devpki import make_dev_pki
+from cleanroom.matching import periods
 from cleanroom.principals import Role
 from cleanroom.server import ServerConfig, create_server
 from cleanroom.server.app import RunningServer, TlsConfig
@@ -42,7 +43,6 @@ POLICY: dict[str, Any] = {
     "refresh": {
         "tables": ["brand.users", "brand.conversions", "platform.users", "platform.exposures"],
         "min_days_between": 0,
-        "budget": "per_period",
     },
 }
 
@@ -227,10 +227,11 @@ def test_three_refreshes_equal_a_full_rematch_pair_for_pair(room) -> None:
     assert again.period == 3
 
 
-def test_queries_name_a_period_and_a_per_period_budget_renews(room) -> None:
+def test_queries_name_a_period_and_a_per_period_budget_renews(room, monkeypatch) -> None:
     _, clients = room
     b, p = clients["brand"], clients["platform"]
-    cid = start(clients, "periods", POLICY)
+    weekly = {**POLICY, "refresh": {**POLICY["refresh"], "min_days_between": 7, "budget": "per_period"}}
+    cid = start(clients, "periods", weekly)
     match(
         clients,
         cid,
@@ -245,6 +246,10 @@ def test_queries_name_a_period_and_a_per_period_budget_renews(room) -> None:
         b.overlap(cid, epsilon=1.0)
     with pytest.raises(InvalidArgumentError, match="period 1"):
         b.overlap(cid, epsilon=1.0, refresh_period=1)
+    with pytest.raises(FailedPreconditionError, match="every 7 days"):
+        b.refresh(cid, None)
+    later = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(days=8)
+    monkeypatch.setattr(periods, "_now", lambda: later)  # the server runs in this process: a week passes
     both(
         lambda: b.refresh(cid, users(range(200, 260), "brand"), identifiers={"email": "email"}, attributes=["tier"]),
         lambda: p.refresh(cid, None),

@@ -133,3 +133,17 @@ def test_activation_events_are_declared_event_tables():
     assert "'platform.test_groups' is not a declared event table" in _problems(groups)
     scalar = DEMO_POLICY.replace("events: [platform.exposures, brand.conversions]", "events: brand.conversions")
     assert "activation.events: a list of event tables" in _problems(scalar)
+
+
+def test_refresh_tables_are_declared_and_a_per_period_budget_needs_an_interval():
+    base = DEMO_POLICY + "refresh: {tables: [brand.users, platform.exposures]}\n"
+    spec = parse_policy(base).refresh
+    assert spec is not None
+    assert spec.allows("brand", "users")
+    assert not spec.allows("platform", "users")
+    assert spec.min_days_between == 7
+    assert "'brand.orders' is not a declared table" in _problems(DEMO_POLICY + "refresh: {tables: [brand.orders]}\n")
+    assert "at least 1 with budget per_period" in _problems(
+        DEMO_POLICY + "refresh: {tables: [brand.users], budget: per_period, min_days_between: 0.5}\n"
+    )
+    assert parse_policy(DEMO_POLICY + "refresh: {tables: [brand.users], budget: per_period, min_days_between: 1}\n")
