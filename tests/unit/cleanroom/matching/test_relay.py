@@ -214,3 +214,119 @@ def test_admin_match_stats_prints_exact_counts(tmp_path):
     missing = CliRunner().invoke(app, ["admin", "match-stats", "--data-dir", str(tmp_path), "nope-nope"])
     assert missing.exit_code == 1
     assert "collaborations/nope-nope does not exist" in missing.output
+
+
+# -- refresh periods ----------------------------------------------------------------------------------------------
+REFRESH_POLICY = DEMO_POLICY + "refresh: {tables: [brand.users], min_days_between: 0}\n"
+
+
+def _refresh_points(relay, collab, member, key, rows, total, period=0):
+    first, present, pts = _pack(rows, key, EMAIL)
+    if not rows:
+        first = total
+    return relay.upload_points(
+        collab, member, 0, EMAIL, first, present, pts, last=True, total_rows=total, period=period
+    )
+
+
+def _double_blind_period(relay, collab, member, key, period=0):
+    total = relay.offer_chunks(collab, member, period)
+    for i in range(total):
+        chunk = relay.fetch_peer_chunk(collab, member, i, period)
+        tags = b"".join(join_tag(blind_point(key, chunk[j : j + 32])) for j in range(0, len(chunk), 32))
+        relay.submit_double_blinded(collab, member, i, tags, last=i == total - 1, period=period)
+
+
+def _period_pairs(room, collab, current=True):
+    where = "AND period_to IS NULL" if current else ""
+    return sorted(
+        room.db.cursor()
+        .execute(f"SELECT row_a, row_b, period_from, period_to FROM matches WHERE collab = ? {where}", [collab.id])
+        .fetchall()
+    )
+
+
+@pytest.fixture
+def matched(tmp_path):
+    room = Room.open(tmp_path)
+    c = room.collaborations.create(BRAND, "living", REFRESH_POLICY)
+    for m in (BRAND, PLATFORM):
+        room.collaborations.approve(m, c.id, c.policy_etag)
+    collab = room.collaborations.get(BRAND, c.id)
+    relay = Relay(room.db, room.audit, offer_chunk=2)
+    _refresh_points(relay, collab, "brand", KA, [(0, "a"), (1, "b"), (2, "c"), (3, "d")], 4)
+    _refresh_points(relay, collab, "platform", KB, [(0, "a"), (1, "b"), (2, "x"), (3, "y")], 4)
+    _double_blind_period(relay, collab, "brand", KA)
+    _double_blind_period(relay, collab, "platform", KB)
+    yield room, relay, collab
+    room.db.close()
+
+
+def test_a_period_adds_new_rows_retires_and_rejoins(matched):
+    room, relay, collab = matched
+    assert _period_pairs(room, collab) == [(0, 0, 0, None), (1, 1, 0, None)]
+    assert relay.open_refresh(collab, "brand") == 1
+    assert relay.open_refresh(collab, "platform") == 1  # the open period, not a second one
+
+    # Points of old rows, or from a member whose users the policy does not list, are refused.
+    with pytest.raises(InvalidArgumentError, match="new users only"):
+        _refresh_points(relay, collab, "brand", KA, [(2, "x")], 5, period=1)
+    with pytest.raises(InvalidArgumentError, match=r"platform\.users"):
+        _refresh_points(relay, collab, "platform", KB, [(4, "c")], 5, period=1)
+    with pytest.raises(InvalidArgumentError, match="may not retire"):
+        relay.retire(collab, "platform", 1, np.array([0]))
+    # The match's period is closed, and period 2 is not open.
+    with pytest.raises(FailedPreconditionError, match="second match"):
+        _refresh_points(relay, collab, "brand", KA, [(4, "x")], 5, period=0)
+    with pytest.raises(FailedPreconditionError, match="not open"):
+        _refresh_points(relay, collab, "brand", KA, [(4, "x")], 5, period=2)
+
+    _refresh_points(relay, collab, "brand", KA, [(4, "x")], 5, period=1)
+    assert relay.retire(collab, "brand", 1, np.array([0, 0])) == 1
+    _refresh_points(relay, collab, "platform", KB, [], 4, period=1)
+    assert relay.status(collab, "brand", 1).stage is MatchStage.DOUBLE_BLINDING
+    _double_blind_period(relay, collab, "brand", KA, period=1)  # seals the brand's side
+    with pytest.raises(FailedPreconditionError, match="sealed"):
+        relay.retire(collab, "brand", 1, np.array([1]))
+    assert relay.status(collab, "brand", 1).stage is not MatchStage.MATCHED
+    _double_blind_period(relay, collab, "platform", KB, period=1)
+
+    status = relay.status(collab, "platform", 1)
+    assert status.stage is MatchStage.MATCHED
+    assert (status.own_set_size, status.peer_set_size) == (4, 4)  # brand: 4 + 1 new - 1 retired
+    # Brand row 0 (a) is retired: its pair ended in period 1. New brand row 4 (x) pairs with platform row 2.
+    assert _period_pairs(room, collab) == [(1, 1, 0, None), (4, 2, 1, None)]
+    assert _period_pairs(room, collab, current=False) == [
+        (1, 1, 0, None),
+        (4, 2, 1, None),
+    ]  # retired: gone from history
+    keys = room.db.cursor().execute(
+        "SELECT count(*) FROM match_keys WHERE collab = ? AND member = 'brand' AND row_id = 0", [collab.id]
+    )
+    assert keys.fetchone() == (0,)
+    entry = [e for e in room.audit.entries(collab.id) if e.action == "refresh.complete"][-1]
+    assert entry.parameters["period"] == 1
+    assert entry.parameters["members"]["brand"]["new_rows"] == 1
+    assert entry.parameters["members"]["brand"]["retired"] == 1
+    assert entry.parameters["set_sizes"] == {"brand": 4, "platform": 4}
+    with pytest.raises(InvalidArgumentError, match="has not started"):
+        relay.status(collab, "brand", 2)
+
+
+def test_no_refresh_before_the_match_or_without_a_refresh_policy(tmp_path):
+    room = Room.open(tmp_path)
+    for cid, policy in (("early", REFRESH_POLICY), ("final", DEMO_POLICY)):
+        c = room.collaborations.create(BRAND, cid, policy)
+        for m in (BRAND, PLATFORM):
+            room.collaborations.approve(m, c.id, c.policy_etag)
+    relay = Relay(room.db, room.audit)
+    with pytest.raises(FailedPreconditionError, match="not finished matching"):
+        relay.open_refresh(room.collaborations.get(BRAND, "early"), "brand")
+    final = room.collaborations.get(BRAND, "final")
+    _refresh_points(relay, final, "brand", KA, [(0, "a")], 1)
+    _refresh_points(relay, final, "platform", KB, [(0, "a")], 1)
+    _double_blind_period(relay, final, "brand", KA)
+    _double_blind_period(relay, final, "platform", KB)
+    with pytest.raises(FailedPreconditionError, match="allows no refresh"):
+        relay.open_refresh(final, "brand")
+    room.db.close()
