@@ -34,7 +34,7 @@ from cleanroom.analytics.queries import (
     ValueQuery,
 )
 from cleanroom.matching.join import ID_TYPE_CODES, join_matches
-from cleanroom.matching.progress import UploadProgress, save_progress
+from cleanroom.matching.progress import UploadProgress, record_total_rows, save_progress
 from cleanroom.principals import Principal, Role
 from cleanroom.privacy.noise import DiscreteLaplace
 from cleanroom.room import Room
@@ -114,7 +114,7 @@ def build(
     types = [IdentifierType(t) for t in collab.policy.identifiers]
     for member, md in data.items():
         with room.db.transaction() as cur:  # the numbering of the (simulated) point upload that tables refer to
-            cur.execute("INSERT INTO row_counts VALUES (?, ?, ?)", [c.id, member, len(md.users)])
+            record_total_rows(cur, c.id, member, 0, len(md.users))
         spec = collab.policy.table(member, "users") or TableSpec(member, "users")
         users = _frame(md.users, spec)
         users.insert(0, "row_id", np.arange(len(md.users), dtype=np.int64))
