@@ -40,9 +40,10 @@ class Room:
     @cached_property
     def relay(self) -> Relay:
         """The PSI relay and join."""
+        from .analytics.audiences import forget_members
         from .matching import Relay
 
-        return Relay(self.db, self.audit)
+        return Relay(self.db, self.audit, on_retire=(forget_members,))
 
     @cached_property
     def tables(self) -> TableUploads:

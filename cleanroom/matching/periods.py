@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import duckdb
+import pyarrow as pa
 
 from ..collaborations import Collaboration
 from ..errors import FailedPreconditionError
@@ -117,11 +118,13 @@ def stage_retirements(
     cur.execute(
         "DELETE FROM retirements WHERE collab = ? AND member = ? AND period = ?", [collaboration_id, member, period]
     )
-    if row_ids:
-        cur.executemany(
-            "INSERT INTO retirements VALUES (?, ?, ?, ?)",
-            [[collaboration_id, member, period, r] for r in sorted(set(row_ids))],
+    if row_ids:  # one bulk insert: a million rows take a moment, not minutes, under the write lock
+        staged = pa.table({"row_id": pa.array(sorted(set(row_ids)), pa.int64())})
+        cur.register("retired_chunk", staged)
+        cur.execute(
+            "INSERT INTO retirements SELECT ?, ?, ?, row_id FROM retired_chunk", [collaboration_id, member, period]
         )
+        cur.unregister("retired_chunk")
 
 
 def retired_rows(collaboration_id: str, member: str, period: int | None = None) -> tuple[str, list[object]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import duckdb
@@ -32,7 +33,7 @@ from ..errors import FailedPreconditionError, InvalidArgumentError
 from ..storage import Database
 from ..storage.database import first
 from . import periods
-from .join import add_keys, forget_rows, is_matched, join_matches, key_set_sizes, matched_time
+from .join import add_keys, forget_rows, is_matched, join_matches, key_set_sizes, matched_time, partner_rows
 from .progress import (
     DOUBLE_BLINDED,
     POINTS,
@@ -47,7 +48,11 @@ from .progress import (
     sealed,
     total_rows,
 )
-from .tables import forget_table_rows
+from .tables import discard_staged, forget_table_rows
+
+#: A hook run when a period retires users (see Relay): (cursor, collaboration, member, rows relation, parameters,
+#: audience kinds or None).
+RetireHook = Callable[[duckdb.DuckDBPyConnection, str, str, str, list[object], tuple[str, ...] | None], None]
 
 #: Points per chunk of an offer (1 MiB of points).
 OFFER_CHUNK = 32768
@@ -130,10 +135,15 @@ def ensure_open(cur: duckdb.DuckDBPyConnection, collaboration_id: str, period: i
 class Relay:
     """Relay state of all collaborations, in the server's database."""
 
-    def __init__(self, db: Database, audit: AuditLog, offer_chunk: int = OFFER_CHUNK) -> None:
+    def __init__(
+        self, db: Database, audit: AuditLog, offer_chunk: int = OFFER_CHUNK, on_retire: Sequence[RetireHook] = ()
+    ) -> None:
         self._db = db
         self._audit = audit
         self.offer_chunk = offer_chunk
+        #: Called in the transaction that completes a period, for data the relay does not own (released audiences):
+        #: (cursor, collaboration, member, relation of its rows, parameters, audience kinds or None for all).
+        self._on_retire = tuple(on_retire)
 
     def upload_points(
         self,
@@ -417,8 +427,25 @@ class Relay:
                 "retired": periods.retirement_count(cur, collaboration.id, m, period),
                 **{f"rows.{t}": n for t, n in appended_rows(cur, collaboration.id, m, period).items()},
             }
+            # A peer row paired with a retired user was in an activation audience because of that user's data.
+            partners = partner_rows(cur, collaboration.id, m, retired, params)
+            for hook in self._on_retire:
+                hook(cur, collaboration.id, m, retired, params, None)
+                if partners:
+                    peer = collaboration.policy.peer_of(m)
+                    hook(
+                        cur,
+                        collaboration.id,
+                        peer,
+                        "(SELECT unnest(?::BIGINT[]) AS row_id)",
+                        [partners],
+                        ("activation",),
+                    )
             forget_rows(cur, collaboration.id, m, retired, params)
             forget_table_rows(cur, collaboration.id, m, retired, params)
+            discard_staged(
+                cur, collaboration.id, m, [t.table for t in collaboration.policy.tables.values() if t.member == m]
+            )
         join_matches(cur, collaboration.id, members, types, period)  # type: ignore[arg-type]
         sizes = key_set_sizes(cur, collaboration.id)
         sizes = {m: sizes.get(m, 0) for m in members}

@@ -340,6 +340,8 @@ class TableUploads:
         final = physical_name(collaboration_id, member, table)
         staged_columns = sorted(r[0] for r in cur.execute(f"DESCRIBE {stage}").fetchall())
         stored = uploaded_tables(cur, collaboration_id).get((member, table))
+        if table == USERS_TABLE:
+            _check_one_row_per_user(cur, physical_name(collaboration_id, member, table, staged=True), member, stored)
         if stored is None:
             cur.execute(f"CREATE TABLE {quote_ident(final)} AS SELECT *, {int(period)} AS {PERIOD_COLUMN} FROM {stage}")
             cur.execute(
@@ -369,12 +371,7 @@ class TableUploads:
         stage = physical_name(collaboration_id, member, table, staged=True)
         final = physical_name(collaboration_id, member, table)
         if table == USERS_TABLE:
-            dupes = first(cur.execute(f"SELECT count(*) - count(DISTINCT row_id) FROM {quote_ident(stage)}"))
-            if dupes and dupes[0]:
-                raise InvalidArgumentError(
-                    f"{member}.users: {dupes[0]} duplicate row_id values; each user has one surrogate id. "
-                    "Start the upload again at chunk 0."
-                )
+            _check_one_row_per_user(cur, stage, member)
         # Replace only what this member registered for this table of this collaboration, never by name alone.
         owners = cur.execute("SELECT collab, member, name FROM data_tables WHERE physical = ?", [final]).fetchall()
         if any(tuple(o) != (collaboration_id, member, table) for o in owners):
@@ -392,6 +389,31 @@ class TableUploads:
         cur.execute("INSERT INTO data_tables VALUES (?, ?, ?, ?, ?)", [collaboration_id, member, table, final, rows])
 
 
+def _check_one_row_per_user(cur: duckdb.DuckDBPyConnection, stage: str, member: str, stored: str | None = None) -> None:
+    """A users table holds one row per user: no `row_id` twice in the upload, nor one the stored table has.
+
+    Every query joins the users table on `row_id`: a user on k rows would count k times, past the sensitivity the
+    noise is calibrated for.
+    """
+    dupes = first(cur.execute(f"SELECT count(*) - count(DISTINCT row_id) FROM {quote_ident(stage)}"))
+    if dupes and dupes[0]:
+        raise InvalidArgumentError(
+            f"{member}.users: {dupes[0]} duplicate row_id values; each user has one surrogate id. "
+            "Start the upload again at chunk 0."
+        )
+    if stored is not None:
+        again = first(
+            cur.execute(
+                f"SELECT min(row_id) FROM {quote_ident(stage)} "
+                f"WHERE row_id IN (SELECT row_id FROM {quote_ident(stored)})"
+            )
+        )
+        if again and again[0] is not None:
+            raise InvalidArgumentError(
+                f"{member}.users: row_id {again[0]} already has its users row; a refresh adds rows of new users only"
+            )
+
+
 def forget_table_rows(
     cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, rows: str, params: list[object]
 ) -> None:
@@ -405,3 +427,12 @@ def forget_table_rows(
             "UPDATE data_tables SET rows = ? WHERE collab = ? AND member = ? AND name = ?",
             [int(count[0]) if count else 0, collaboration_id, member, name],
         )
+
+
+def discard_staged(cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, tables: list[str]) -> None:
+    """Drop the member's uploads of these tables that were started and never committed.
+
+    A period that completes closes them: their rows, retired users' among them, are never kept.
+    """
+    for table in tables:
+        cur.execute(f"DROP TABLE IF EXISTS {quote_ident(physical_name(collaboration_id, member, table, staged=True))}")

@@ -4,21 +4,25 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cleanroom.analytics.audiences import Audiences, forget_members, store
 from cleanroom.collaborations import Collaboration
 from cleanroom.devtools.synthetic import DEMO_POLICY
 from cleanroom.errors import FailedPreconditionError, InvalidArgumentError
 from cleanroom.matching import MatchStage, Relay, match_stats
+from cleanroom.matching.tables import physical_name
 from cleanroom.principals import Principal, Role
 from cleanroom.room import Room
 from cleanroom.storage import Database
 from cleanroom_client.blinding import blind_point, join_tag
 from cleanroom_client.curve import hash_to_u
 from cleanroom_client.identity import IdentifierType
+from cleanroom_client.tables import arrow_chunks
 
 KA = X25519PrivateKey.from_private_bytes(bytes(range(32)))
 KB = X25519PrivateKey.from_private_bytes(bytes(range(32, 64)))
@@ -246,6 +250,20 @@ def _period_pairs(room, collab, current=True):
     )
 
 
+def _users(room, collab, rows, period):
+    frame = pd.DataFrame({"row_id": np.array(rows, dtype=np.int64), "tier": ["gold"] * len(rows)})
+    total, chunks = arrow_chunks(frame)
+    for i, chunk in enumerate(chunks):
+        room.tables.upload_chunk(collab, "brand", "users", i, chunk, last=i == total - 1, period=period)
+
+
+def _members(audiences, info):
+    return np.concatenate(
+        [np.frombuffer(c, dtype="<i8") for c in audiences.fetch(info.collaboration, info.id, "platform")]
+        or [np.empty(0)]
+    ).tolist()
+
+
 @pytest.fixture
 def matched(tmp_path):
     room = Room.open(tmp_path)
@@ -253,7 +271,7 @@ def matched(tmp_path):
     for m in (BRAND, PLATFORM):
         room.collaborations.approve(m, c.id, c.policy_etag)
     collab = room.collaborations.get(BRAND, c.id)
-    relay = Relay(room.db, room.audit, offer_chunk=2)
+    relay = Relay(room.db, room.audit, offer_chunk=2, on_retire=(forget_members,))
     _refresh_points(relay, collab, "brand", KA, [(0, "a"), (1, "b"), (2, "c"), (3, "d")], 4)
     _refresh_points(relay, collab, "platform", KB, [(0, "a"), (1, "b"), (2, "x"), (3, "y")], 4)
     _double_blind_period(relay, collab, "brand", KA)
@@ -283,6 +301,20 @@ def test_a_period_adds_new_rows_retires_and_rejoins(matched):
 
     _refresh_points(relay, collab, "brand", KA, [(4, "x")], 5, period=1)
     assert relay.retire(collab, "brand", 1, np.array([0, 0])) == 1
+    # A refresh's users rows are one per new user: a user twice would count twice in every query.
+    with pytest.raises(InvalidArgumentError, match="duplicate row_id"):
+        _users(room, collab, [4, 4], period=1)
+    with pytest.raises(InvalidArgumentError, match="not a new user"):
+        _users(room, collab, [1], period=1)
+    # An upload started and never finished is dropped when the period completes.
+    _, chunks = arrow_chunks(pd.DataFrame({"row_id": np.array([4], dtype=np.int64), "tier": ["gold"]}))
+    room.tables.upload_chunk(collab, "brand", "users", 0, next(iter(chunks)), last=False, period=1)
+    staged = physical_name(collab.id, "brand", "users", staged=True)
+    # Audiences released before: an activation audience of platform rows 0, 1 (paired with brand rows 0, 1) and a
+    # lookalike audience, which no single brand user put anyone in.
+    with room.db.transaction() as cur:
+        activation = store(cur, collab.id, "activation", "platform", "brand", np.array([0, 1, 3]))
+        lookalike = store(cur, collab.id, "lookalike", "platform", "brand", np.array([0, 1, 2, 3]))
     _refresh_points(relay, collab, "platform", KB, [], 4, period=1)
     assert relay.status(collab, "brand", 1).stage is MatchStage.DOUBLE_BLINDING
     _double_blind_period(relay, collab, "brand", KA, period=1)  # seals the brand's side
@@ -304,6 +336,13 @@ def test_a_period_adds_new_rows_retires_and_rejoins(matched):
         "SELECT count(*) FROM match_keys WHERE collab = ? AND member = 'brand' AND row_id = 0", [collab.id]
     )
     assert keys.fetchone() == (0,)
+    assert room.db.cursor().execute(
+        f"SELECT count(*) FROM duckdb_tables() WHERE table_name = '{staged}'"
+    ).fetchone() == (0,)
+    # Platform row 0 was released because of retired brand row 0: no longer served. The lookalike keeps it.
+    audiences = Audiences(room.db, room.audit)
+    assert sorted(_members(audiences, activation)) == [1, 3]
+    assert sorted(_members(audiences, lookalike)) == [0, 1, 2, 3]
     entry = [e for e in room.audit.entries(collab.id) if e.action == "refresh.complete"][-1]
     assert entry.parameters["period"] == 1
     assert entry.parameters["members"]["brand"]["new_rows"] == 1
