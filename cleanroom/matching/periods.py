@@ -187,3 +187,9 @@ def list_periods(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> list[
         [collaboration_id],
     ).fetchall()
     return [Period(int(p), t, str(o), bool(c)) for p, t, o, c in rows]
+
+
+def forget_open(cur: duckdb.DuckDBPyConnection, collaboration_id: str, period: int) -> None:
+    """Remove a cancelled period and its staged retirements; its number is used again by the next period."""
+    cur.execute("DELETE FROM retirements WHERE collab = ? AND period = ?", [collaboration_id, period])
+    cur.execute("DELETE FROM periods WHERE collab = ? AND period = ?", [collaboration_id, period])

@@ -158,3 +158,9 @@ def record_total_rows(
         "DELETE FROM row_counts WHERE collab = ? AND member = ? AND period = ?", [collaboration_id, member, period]
     )
     cur.execute("INSERT INTO row_counts VALUES (?, ?, ?, ?)", [collaboration_id, member, rows, period])
+
+
+def forget_period(cur: duckdb.DuckDBPyConnection, collaboration_id: str, period: int) -> None:
+    """Forget every upload of a cancelled period and the row counts its point uploads set."""
+    cur.execute("DELETE FROM uploads WHERE collab = ? AND period = ?", [collaboration_id, period])
+    cur.execute("DELETE FROM row_counts WHERE collab = ? AND period = ?", [collaboration_id, period])

@@ -41,6 +41,7 @@ from .progress import (
     appended_rows,
     check_next_chunk,
     committed_set_sizes,
+    forget_period,
     list_progress,
     read_progress,
     record_total_rows,
@@ -48,7 +49,7 @@ from .progress import (
     sealed,
     total_rows,
 )
-from .tables import discard_staged, forget_table_rows
+from .tables import discard_staged, forget_period_rows, forget_table_rows
 
 #: A hook run when a period retires users (see Relay): (cursor, collaboration, member, rows relation, parameters,
 #: audience kinds or None).
@@ -468,6 +469,38 @@ class Relay:
                 self._audit.append(cur, collaboration.id, member, "refresh.open", {"period": period})
         return period
 
+    def cancel_refresh(self, collaboration: Collaboration, member: str, period: int) -> None:
+        """Discard the open refresh period, as if it had not opened; either member may, at any time before it completes.
+
+        A member that opens a period and never takes part would otherwise hold the collaboration: no other period
+        can open, and the other member's retirements are never applied. Everything the period received goes: its
+        points and tags, the keys they gave the new rows, the rows appended to tables, the staged retirements and
+        the uploads' progress. Nothing of it was ever read by a query (a period is read only once complete).
+        """
+        with self._db.transaction() as cur:
+            check_approved_revision(cur, collaboration)
+            periods.require_open(cur, collaboration.id, period)
+            for m in collaboration.members:
+                before = total_rows(cur, collaboration.id, m.name, period - 1) or 0
+                now = total_rows(cur, collaboration.id, m.name, period)
+                if now is not None and now > before:
+                    forget_rows(
+                        cur, collaboration.id, m.name, "(SELECT range AS row_id FROM range(?, ?))", [before, now]
+                    )
+                forget_period_rows(cur, collaboration.id, m.name, period)
+                discard_staged(
+                    cur,
+                    collaboration.id,
+                    m.name,
+                    [t.table for t in collaboration.policy.tables.values() if t.member == m.name],
+                )
+            cur.execute("DELETE FROM staged_points WHERE collab = ?", [collaboration.id])
+            cur.execute("DELETE FROM offers WHERE collab = ?", [collaboration.id])
+            cur.execute("DELETE FROM double_points WHERE collab = ?", [collaboration.id])
+            forget_period(cur, collaboration.id, period)
+            periods.forget_open(cur, collaboration.id, period)
+            self._audit.append(cur, collaboration.id, member, "refresh.cancel", {"period": period})
+
     def retire(self, collaboration: Collaboration, member: str, period: int, row_ids: np.ndarray) -> int:
         """Stage the member's users to retire in `period` (replacing any list sent before); returns their number.
 
@@ -505,7 +538,9 @@ class Relay:
         current = periods.current_period(cur, collaboration.id)
         period = current if period is None else period
         if not 0 <= period <= current:
-            raise InvalidArgumentError(f"period {period} has not started; the current period is {current}")
+            raise InvalidArgumentError(
+                f"period {period} has not started (or was cancelled); the current period is {current}"
+            )
         done = periods.latest_complete(cur, collaboration.id, is_matched(cur, collaboration.id))
         if done is not None and done >= period:
             stage = MatchStage.MATCHED

@@ -436,3 +436,16 @@ def discard_staged(cur: duckdb.DuckDBPyConnection, collaboration_id: str, member
     """
     for table in tables:
         cur.execute(f"DROP TABLE IF EXISTS {quote_ident(physical_name(collaboration_id, member, table, staged=True))}")
+
+
+def forget_period_rows(cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, period: int) -> None:
+    """Delete the rows the member appended in a cancelled `period` from every table it stored."""
+    for name, physical in cur.execute(
+        "SELECT name, physical FROM data_tables WHERE collab = ? AND member = ?", [collaboration_id, member]
+    ).fetchall():
+        cur.execute(f"DELETE FROM {quote_ident(physical)} WHERE {PERIOD_COLUMN} = ?", [period])
+        count = first(cur.execute(f"SELECT count(*) FROM {quote_ident(physical)}"))
+        cur.execute(
+            "UPDATE data_tables SET rows = ? WHERE collab = ? AND member = ? AND name = ?",
+            [int(count[0]) if count else 0, collaboration_id, member, name],
+        )

@@ -266,3 +266,14 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
             raise InvalidArgumentError(f"at most {MAX_RETIRE_ROWS} row numbers per call; retire the rest next period")
         rows = np.frombuffer(request.row_ids, dtype="<i8")
         return pb.RetireUsersResponse(retired=self._relay.retire(collaboration, principal.name, request.period, rows))
+
+    def CancelRefresh(
+        self, request: pb.CancelRefreshRequest, context: grpc.ServicerContext
+    ) -> pb.CancelRefreshResponse:
+        """Discard the open refresh period."""
+        principal = self._auth.principal(context)
+        collaboration = self._collaborations.require_active(
+            principal, parse_name(request.parent), Ability.CONTRIBUTE, "refresh.cancel"
+        )
+        self._relay.cancel_refresh(collaboration, principal.name, request.period)
+        return pb.CancelRefreshResponse()

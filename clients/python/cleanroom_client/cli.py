@@ -491,6 +491,14 @@ def refresh(
     )
 
 
+@app.command("cancel-refresh")
+def cancel_refresh(collaboration: CollaborationId) -> None:
+    """Cancel the open refresh period (for one the peer opened and left): everything sent in it is discarded."""
+    with _client() as client:
+        period = client.cancel_refresh(collaboration)
+    out.print(f"refresh period {period} of {collaboration} cancelled; the next refresh starts afresh")
+
+
 def _phone_region(text: str) -> str:
     """`--region CN` or `--region phone=CN` (the phone column is the only one read in a region)."""
     column, sep, region = text.partition("=")

@@ -802,6 +802,9 @@ class CleanRoomClient:
         whole = refresh_state.fingerprint(new_keys, retire_keys, refresh_state.event_sizes(event_frames))
         parent = _name(collaboration_id)
         saved = refresh_state.read_state(state)
+        if saved and not saved.complete and not self._period_exists(parent, saved.period):
+            refresh_state.forget_period(state, saved.period)  # cancelled (CancelRefresh): start afresh
+            ledger, saved = refresh_state.read_ledger(state), None
         if saved and not saved.complete:
             if saved.users != users_digest:
                 raise ValueError(
@@ -855,6 +858,31 @@ class CleanRoomClient:
             own_set_size=outcome.final.own_set_size,
             peer_set_size=outcome.final.peer_set_size,
         )
+
+    def _period_exists(self, parent: str, period: int) -> bool:
+        """Whether refresh `period` is open or complete on the server (not cancelled)."""
+        try:
+            self._call(self._matching.GetMatchStatus, mpb.GetMatchStatusRequest(parent=parent, period=period))
+        except InvalidArgumentError:
+            return False
+        return True
+
+    def cancel_refresh(self, collaboration_id: str) -> int:
+        """Cancel the open refresh period (yours or the peer's): everything sent in it is discarded; returns it.
+
+        For a period the peer opened and never took part in. This machine forgets the period too, so the next
+        `refresh()` starts a new one with the same or other data.
+        """
+        parent = _name(collaboration_id)
+        status = self._call(self._matching.GetMatchStatus, mpb.GetMatchStatusRequest(parent=parent))
+        if status.period == 0 or status.stage == mpb.MatchStatus.STAGE_MATCHED:
+            raise ValueError(f"{parent} has no open refresh period to cancel")
+        self._call(self._matching.CancelRefresh, mpb.CancelRefreshRequest(parent=parent, period=status.period))
+        state = self.collaboration_dir(parent.removeprefix(COLLABORATIONS))
+        saved = refresh_state.read_state(state)
+        if saved and saved.period == status.period and not saved.complete:
+            refresh_state.forget_period(state, status.period)
+        return int(status.period)
 
     def _warn_invalid_identifiers(self, users: object, identifiers: Mapping[str, str], prehashed: set[str]) -> None:
         """Warn (IdentifierQualityWarning) before anything is sent when an identifier column mostly fails to normalize.

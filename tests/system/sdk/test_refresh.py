@@ -311,3 +311,45 @@ def test_a_refresh_refuses_what_the_policy_does_not_allow(room) -> None:
     )
     with pytest.raises(FailedPreconditionError, match="every 7 days"):
         b.refresh(cid, None, retire=["b1"])
+
+
+def test_a_period_the_peer_leaves_open_can_be_cancelled(room) -> None:
+    server, clients = room
+    b, p = clients["brand"], clients["platform"]
+    cid = start(clients, "stalled", POLICY)
+    match(
+        clients,
+        cid,
+        users(range(0, 50), "brand"),
+        users(range(0, 50), "platform"),
+        bev=events([0, 1], "brand", 1),
+        pev=events([0, 1], "platform", 1),
+    )
+    before = key_pairs(server, clients, cid)
+    new = users(range(50, 60), "brand")
+    ids = {"email": "email", "phone": "phone"}
+    # The platform never takes part: the brand's refresh waits for its points, then gives up.
+    with pytest.raises(TimeoutError, match="peer's new points"):
+        b.refresh(cid, new, identifiers=ids, attributes=["tier"], retire=["b0"], wait_timeout=1)
+    assert b.cancel_refresh(cid) == 1
+    with pytest.raises(ValueError, match="no open refresh"):
+        p.cancel_refresh(cid)
+    cur = server.room.db.cursor()
+    # Nothing of the cancelled period remains: no keys of the new rows, no appended rows, no retirement.
+    assert cur.execute(
+        "SELECT count(*) FROM match_keys WHERE collab = ? AND member = 'brand' AND row_id >= 50", [cid]
+    ).fetchone() == (0,)
+    physical = cur.execute(
+        "SELECT physical FROM data_tables WHERE collab = ? AND member = 'brand' AND name = 'users'", [cid]
+    ).fetchone()[0]
+    assert cur.execute(f'SELECT count(*), max(row_id) FROM "{physical}"').fetchone() == (50, 49)
+    assert key_pairs(server, clients, cid) == before
+    # The next refresh reuses the number and completes with both members.
+    done = both(
+        lambda: b.refresh(cid, new, identifiers=ids, attributes=["tier"], retire=["b0"], wait_timeout=60),
+        lambda: p.refresh(cid, None, wait_timeout=60),
+    )
+    assert [s.period for s in done] == [1, 1]
+    assert done[0].own_set_size == 59
+    # The platform holds none of the new users; b0's pair, if it had one, is gone.
+    assert key_pairs(server, clients, cid) == {(k, q) for k, q in before if k != "b0"}

@@ -153,6 +153,13 @@ MATRIX: list[tuple[str, Callable, str, object, dict[str, str]]] = [
         lambda who: ma.RetireUsersRequest(parent=P, period=1),
         _row(OK, OK, HIDDEN, DENIED, HIDDEN),
     ),
+    (
+        "MatchingService",
+        ma_grpc.MatchingServiceStub,
+        "CancelRefresh",
+        lambda who: ma.CancelRefreshRequest(parent=P, period=1),
+        _row(OK, OK, HIDDEN, DENIED, HIDDEN),
+    ),
     *[
         (
             "AnalyticsService",

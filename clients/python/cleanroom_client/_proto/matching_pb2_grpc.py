@@ -84,6 +84,11 @@ class MatchingServiceStub:
                 request_serializer=cleanroom_dot_v1_dot_matching__pb2.RetireUsersRequest.SerializeToString,
                 response_deserializer=cleanroom_dot_v1_dot_matching__pb2.RetireUsersResponse.FromString,
                 _registered_method=True)
+        self.CancelRefresh = channel.unary_unary(
+                '/cleanroom.v1.MatchingService/CancelRefresh',
+                request_serializer=cleanroom_dot_v1_dot_matching__pb2.CancelRefreshRequest.SerializeToString,
+                response_deserializer=cleanroom_dot_v1_dot_matching__pb2.CancelRefreshResponse.FromString,
+                _registered_method=True)
 
 
 class MatchingServiceServicer:
@@ -152,6 +157,13 @@ class MatchingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelRefresh(self, request, context):
+        """Cancels the open refresh period: everything sent in it is discarded, as if it had not opened.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MatchingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -189,6 +201,11 @@ def add_MatchingServiceServicer_to_server(servicer, server):
                     servicer.RetireUsers,
                     request_deserializer=cleanroom_dot_v1_dot_matching__pb2.RetireUsersRequest.FromString,
                     response_serializer=cleanroom_dot_v1_dot_matching__pb2.RetireUsersResponse.SerializeToString,
+            ),
+            'CancelRefresh': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelRefresh,
+                    request_deserializer=cleanroom_dot_v1_dot_matching__pb2.CancelRefreshRequest.FromString,
+                    response_serializer=cleanroom_dot_v1_dot_matching__pb2.CancelRefreshResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -394,6 +411,33 @@ class MatchingService:
             '/cleanroom.v1.MatchingService/RetireUsers',
             cleanroom_dot_v1_dot_matching__pb2.RetireUsersRequest.SerializeToString,
             cleanroom_dot_v1_dot_matching__pb2.RetireUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelRefresh(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cleanroom.v1.MatchingService/CancelRefresh',
+            cleanroom_dot_v1_dot_matching__pb2.CancelRefreshRequest.SerializeToString,
+            cleanroom_dot_v1_dot_matching__pb2.CancelRefreshResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,6 +62,8 @@ class MatchingServiceStub:
     """Opens the next refresh period of a living collaboration, or returns the one that is open (PROTOCOL.md §8)."""
     RetireUsers: _grpc.UnaryUnaryMultiCallable[_matching_pb2.RetireUsersRequest, _matching_pb2.RetireUsersResponse]
     """Names the caller's users to retire when the open refresh period completes (replacing any earlier list)."""
+    CancelRefresh: _grpc.UnaryUnaryMultiCallable[_matching_pb2.CancelRefreshRequest, _matching_pb2.CancelRefreshResponse]
+    """Cancels the open refresh period: everything sent in it is discarded, as if it had not opened."""
 
 @_typing.type_check_only
 class MatchingServiceAsyncStub(MatchingServiceStub):
@@ -96,6 +98,8 @@ class MatchingServiceAsyncStub(MatchingServiceStub):
     """Opens the next refresh period of a living collaboration, or returns the one that is open (PROTOCOL.md §8)."""
     RetireUsers: _aio.UnaryUnaryMultiCallable[_matching_pb2.RetireUsersRequest, _matching_pb2.RetireUsersResponse]  # type: ignore[assignment]
     """Names the caller's users to retire when the open refresh period completes (replacing any earlier list)."""
+    CancelRefresh: _aio.UnaryUnaryMultiCallable[_matching_pb2.CancelRefreshRequest, _matching_pb2.CancelRefreshResponse]  # type: ignore[assignment]
+    """Cancels the open refresh period: everything sent in it is discarded, as if it had not opened."""
 
 class MatchingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Private set intersection relayed through the server, and the upload of pseudonymous rows.
@@ -169,5 +173,13 @@ class MatchingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_matching_pb2.RetireUsersResponse, _abc.Awaitable[_matching_pb2.RetireUsersResponse]]:
         """Names the caller's users to retire when the open refresh period completes (replacing any earlier list)."""
+
+    @_abc_1.abstractmethod
+    def CancelRefresh(
+        self,
+        request: _matching_pb2.CancelRefreshRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_matching_pb2.CancelRefreshResponse, _abc.Awaitable[_matching_pb2.CancelRefreshResponse]]:
+        """Cancels the open refresh period: everything sent in it is discarded, as if it had not opened."""
 
 def add_MatchingServiceServicer_to_server(servicer: MatchingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
