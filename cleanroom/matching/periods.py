@@ -1,8 +1,9 @@
 """Refresh periods of a living collaboration: the owner of the `periods`, `retirements` and `period_sizes` tables.
 
-Period 0 is the match. A refresh opens period p = 1, 2, ... (at most one open at a time, no sooner than the policy's
-`refresh.min_days_between` after the previous one opened), during which each member may upload the points of new
-users (rows numbered after its earlier ones), retire users, and append rows to the tables the policy lists. When
+Period 0 is the match. A refresh opens period p = 1, 2, ... (at most one open at a time, no sooner than the
+policy's `refresh.min_days_between` after the previous one opened or completed), during which each member may
+upload the points of new users (rows numbered after its earlier ones), retire users, and append rows to the tables
+the policy lists. When
 both members have double-blinded each other's new points, the period completes in one transaction: the retired
 users are deleted everywhere (their keys, their rows in every table, their pairs in every period), the join is
 recomputed over all remaining keys, and each member's new set size is recorded (both members see both sizes, as at
@@ -65,9 +66,19 @@ def current_period(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> int
     return int(row[0]) if row and row[0] is not None else 0
 
 
-def last_start(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> datetime | None:
-    """When the latest refresh period opened (None before the first refresh)."""
-    row = first(cur.execute("SELECT max(open_time) FROM periods WHERE collab = ?", [collaboration_id]))
+def last_change(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> datetime | None:
+    """When the latest refresh period opened or completed, the later of the two (None before the first refresh).
+
+    The interval counts from completions too: a per-period budget renews when a period completes, so two
+    completions are never closer than the interval (a period held open, completed, then followed at once by
+    another would otherwise renew the budget twice in a moment).
+    """
+    row = first(
+        cur.execute(
+            "SELECT max(greatest(open_time, coalesce(complete_time, open_time))) FROM periods WHERE collab = ?",
+            [collaboration_id],
+        )
+    )
     return row[0] if row and row[0] is not None else None
 
 
@@ -77,7 +88,8 @@ def open_refresh(
     """Open the next period, or return the open one; (period, whether this call opened it).
 
     FAILED_PRECONDITION when the policy allows no refresh, or when the policy's interval since the previous
-    refresh (or the match, for the first) has not passed: the message says when the next one may start.
+    refresh opened or completed (or the match, for the first) has not passed: the message says when the next one
+    may start.
     """
     spec = collaboration.policy.refresh
     if spec is None:
@@ -88,7 +100,7 @@ def open_refresh(
     already = open_period(cur, collaboration.id)
     if already is not None:
         return already, False
-    since = last_start(cur, collaboration.id) or matched_time
+    since = last_change(cur, collaboration.id) or matched_time
     earliest = since + timedelta(days=spec.min_days_between)
     if _now() < earliest:
         raise FailedPreconditionError(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import tempfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from cleanroom.analytics.audiences import Audiences, forget_members, store
 from cleanroom.collaborations import Collaboration
 from cleanroom.devtools.synthetic import DEMO_POLICY
 from cleanroom.errors import FailedPreconditionError, InvalidArgumentError
-from cleanroom.matching import MatchStage, Relay, match_stats
+from cleanroom.matching import MatchStage, Relay, match_stats, periods
 from cleanroom.matching.tables import physical_name
 from cleanroom.principals import Principal, Role
 from cleanroom.room import Room
@@ -369,3 +370,29 @@ def test_no_refresh_before_the_match_or_without_a_refresh_policy(tmp_path):
     with pytest.raises(FailedPreconditionError, match="allows no refresh"):
         relay.open_refresh(final, "brand")
     room.db.close()
+
+
+def test_the_interval_counts_from_completions_too(matched, monkeypatch):
+    """A period held open then completed cannot be followed at once by another: renewals stay an interval apart."""
+    room, relay, _ = matched
+    weekly = DEMO_POLICY + "refresh: {tables: [brand.users], min_days_between: 7, budget: per_period}\n"
+    c = room.collaborations.create(BRAND, "weekly", weekly)
+    for m in (BRAND, PLATFORM):
+        room.collaborations.approve(m, c.id, c.policy_etag)
+    collab = room.collaborations.get(BRAND, c.id)
+    _refresh_points(relay, collab, "brand", KA, [(0, "a")], 1)
+    _refresh_points(relay, collab, "platform", KB, [(0, "a")], 1)
+    _double_blind_period(relay, collab, "brand", KA)
+    _double_blind_period(relay, collab, "platform", KB)
+    start = datetime.now(UTC).replace(tzinfo=None)
+    monkeypatch.setattr(periods, "_now", lambda: start + timedelta(days=8))
+    assert relay.open_refresh(collab, "brand") == 1
+    monkeypatch.setattr(periods, "_now", lambda: start + timedelta(days=16))  # held open for a week, then completed
+    for member, key, rows in (("brand", KA, 1), ("platform", KB, 1)):
+        _refresh_points(relay, collab, member, key, [], rows, period=1)
+    _double_blind_period(relay, collab, "brand", KA, period=1)
+    _double_blind_period(relay, collab, "platform", KB, period=1)
+    with pytest.raises(FailedPreconditionError, match="every 7 days"):
+        relay.open_refresh(collab, "brand")  # 8 days after period 1 opened, but the moment it completed
+    monkeypatch.setattr(periods, "_now", lambda: start + timedelta(days=23, hours=1))
+    assert relay.open_refresh(collab, "brand") == 2
