@@ -108,7 +108,10 @@ def open_refresh(
             f"{earliest:%Y-%m-%d %H:%M} UTC"
         )
     period = current_period(cur, collaboration.id) + 1
-    cur.execute("INSERT INTO periods VALUES (?, ?, ?, ?, NULL, NULL)", [collaboration.id, period, _now(), member])
+    cur.execute(
+        "INSERT INTO periods (collab, period, open_time, opener) VALUES (?, ?, ?, ?)",
+        [collaboration.id, period, _now(), member],
+    )
     return period, True
 
 
@@ -161,12 +164,21 @@ def retirement_count(cur: duckdb.DuckDBPyConnection, collaboration_id: str, memb
 
 
 def record_complete(
-    cur: duckdb.DuckDBPyConnection, collaboration_id: str, period: int, sizes: dict[str, int], audit_sequence: int
+    cur: duckdb.DuckDBPyConnection,
+    collaboration_id: str,
+    period: int,
+    sizes: dict[str, int],
+    audit_sequence: int,
+    changed: bool,
 ) -> None:
-    """Mark `period` complete with each member's set size and the audit entry that completed it."""
+    """Mark `period` complete with each member's set size and the audit entry that completed it.
+
+    A period in which no member changed anything (no user added or retired, no row appended) does not renew a
+    per-period budget: the same data would otherwise be queried again with a fresh budget at every empty period.
+    """
     cur.execute(
-        "UPDATE periods SET complete_time = ?, audit_sequence = ? WHERE collab = ? AND period = ?",
-        [_now(), audit_sequence, collaboration_id, period],
+        "UPDATE periods SET complete_time = ?, audit_sequence = ?, renews = ? WHERE collab = ? AND period = ?",
+        [_now(), audit_sequence, changed, collaboration_id, period],
     )
     for member, size in sizes.items():
         cur.execute("INSERT INTO period_sizes VALUES (?, ?, ?, ?)", [collaboration_id, member, period, size])
@@ -182,10 +194,13 @@ def period_set_sizes(cur: duckdb.DuckDBPyConnection, collaboration_id: str, peri
 
 
 def budget_start(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> int:
-    """The audit sequence a per-period budget counts from: the entry that completed the last period (0 if none)."""
+    """The audit sequence a per-period budget counts from: the entry that completed the last period that changed data.
+
+    0 while there is none.
+    """
     row = first(
         cur.execute(
-            "SELECT max(audit_sequence) FROM periods WHERE collab = ? AND complete_time IS NOT NULL",
+            "SELECT max(audit_sequence) FROM periods WHERE collab = ? AND complete_time IS NOT NULL AND renews",
             [collaboration_id],
         )
     )

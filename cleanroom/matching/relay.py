@@ -453,7 +453,8 @@ class Relay:
         entry = self._audit.append(
             cur, collaboration.id, member, "refresh.complete", {"period": period, "members": counts, "set_sizes": sizes}
         )
-        periods.record_complete(cur, collaboration.id, period, sizes, entry.sequence)
+        changed = any(n for c in counts.values() for n in c.values())
+        periods.record_complete(cur, collaboration.id, period, sizes, entry.sequence, changed)
 
     def open_refresh(self, collaboration: Collaboration, member: str) -> int:
         """Open the next refresh period (or return the open one); FAILED_PRECONDITION before the match completes."""

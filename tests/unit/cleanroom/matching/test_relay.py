@@ -392,6 +392,8 @@ def test_the_interval_counts_from_completions_too(matched, monkeypatch):
         _refresh_points(relay, collab, member, key, [], rows, period=1)
     _double_blind_period(relay, collab, "brand", KA, period=1)
     _double_blind_period(relay, collab, "platform", KB, period=1)
+    # Nothing changed in period 1: a per-period budget does not renew.
+    assert periods.budget_start(room.db.cursor(), collab.id) == 0
     with pytest.raises(FailedPreconditionError, match="every 7 days"):
         relay.open_refresh(collab, "brand")  # 8 days after period 1 opened, but the moment it completed
     monkeypatch.setattr(periods, "_now", lambda: start + timedelta(days=23, hours=1))
