@@ -16,7 +16,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 import json
 import sys
 import warnings
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from .client import CleanRoomClient
+    from .matching import IdentifierCounts
 
 # The SDK (grpc, pandas, numpy, jsonschema) is imported by the commands that use it, so `--help` and a mistyped
 # option answer at once.
@@ -413,10 +414,7 @@ def match(
     finally:
         if engine is not None:
             engine.close()
-    rows = [
-        {"identifier": t, "blinded": c.sent, "invalid": c.invalid, "empty": c.missing}
-        for t, c in summary.identifiers.items()
-    ]
+    rows = _identifier_rows(summary.identifiers)
     _show(_table(rows), f"matched: peer's set size {summary.peer_set_size:,}")
 
 
@@ -476,10 +474,7 @@ def refresh(
             prehashed=prehashed or [],
             time_format=time_format,
         )
-    rows = [
-        {"identifier": t, "blinded": c.sent, "invalid": c.invalid, "empty": c.missing}
-        for t, c in summary.identifiers.items()
-    ]
+    rows = _identifier_rows(summary.identifiers)
     frame = _table(rows)
     frame.attrs.update(
         {k: getattr(summary, k) for k in ("period", "new_rows", "retired", "own_set_size", "peer_set_size")}
@@ -497,6 +492,13 @@ def cancel_refresh(collaboration: CollaborationId) -> None:
     with _client() as client:
         period = client.cancel_refresh(collaboration)
     out.print(f"refresh period {period} of {collaboration} cancelled; the next refresh starts afresh")
+
+
+def _identifier_rows(identifiers: Mapping[str, IdentifierCounts]) -> list[dict[str, Any]]:
+    """One row per identifier type: values blinded and sent, invalid, empty."""
+    return [
+        {"identifier": t, "blinded": c.sent, "invalid": c.invalid, "empty": c.missing} for t, c in identifiers.items()
+    ]
 
 
 def _phone_region(text: str) -> str:
