@@ -461,7 +461,8 @@ def quality_cells(noisy: Sequence[int], scale: float, size: int, min_group: int)
         cell("base_rate", s_ / u, s_lo / u_hi, min(s_hi / u_lo, 1.0)),
     ]
     if seeds < min_group or s_lo <= 0:
-        return out + [withheld(("quality",), m) for m in ("lift_over_random", "lift_lower_95", "lift_upper_95")]
+        # The same cells in the same order as a released lift: the answer's shape never depends on the noise.
+        return [withheld(("quality",), m) for m in ("lift_over_random", "lift_lower_95", "lift_upper_95")] + out
     # lift = h u / (min(size, u) s): increasing in h and in u, decreasing in s, so its range is at the box's corners
     lo = h_lo * u_lo / (a_lo * s_hi)
     hi = h_hi * u_hi / (a_hi * s_lo)
