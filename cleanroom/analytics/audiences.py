@@ -53,22 +53,17 @@ def parse_audience_name(name: str) -> tuple[str, str]:
 
 
 def forget_members(
-    cur: duckdb.DuckDBPyConnection,
-    collaboration_id: str,
-    recipient: str,
-    rows: str,
-    params: list[object],
-    kinds: tuple[str, ...] | None = None,
+    cur: duckdb.DuckDBPyConnection, collaboration_id: str, recipient: str, rows: str, params: list[object]
 ) -> None:
-    """Delete the recipient's rows in the relation `rows` (`row_id`) from its audiences (of `kinds`, default all).
+    """Delete the recipient's rows in the relation `rows` (`row_id`) from the audiences released to it.
 
-    Called when users are retired: an audience already fetched cannot be recalled, but it is no longer served.
+    Called when the recipient retires users: an audience already fetched cannot be recalled, but it is no longer
+    served with them.
     """
-    kind_filter = f"AND kind IN ({', '.join('?' for _ in kinds)})" if kinds else ""
     cur.execute(
         "DELETE FROM audience_members WHERE collab = ? AND row_id IN " + rows + " AND audience IN "
-        f"(SELECT id FROM audiences WHERE collab = ? AND recipient = ? {kind_filter})",
-        [collaboration_id, *params, collaboration_id, recipient, *(kinds or ())],
+        "(SELECT id FROM audiences WHERE collab = ? AND recipient = ?)",
+        [collaboration_id, *params, collaboration_id, recipient],
     )
 
 

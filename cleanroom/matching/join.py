@@ -147,18 +147,6 @@ def forget_rows(
         )
 
 
-def partner_rows(
-    cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, rows: str, params: Sequence[object]
-) -> list[int]:
-    """The peer's rows paired, in any period, with `member`'s rows in the relation `rows` (`row_id`)."""
-    found = cur.execute(
-        f"SELECT row_b FROM matches WHERE collab = ? AND member_a = ? AND row_a IN {rows} "
-        f"UNION SELECT row_a FROM matches WHERE collab = ? AND member_b = ? AND row_b IN {rows}",
-        [collaboration_id, member, *params, collaboration_id, member, *params],
-    ).fetchall()
-    return sorted(int(r) for (r,) in found)
-
-
 def key_set_sizes(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> dict[str, int]:
     """Each member's rows that carry at least one doubly blinded key (its set size after a refresh)."""
     rows = cur.execute(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from ..collaborations import Collaboration
@@ -75,7 +76,8 @@ def last_change(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> dateti
     """
     row = first(
         cur.execute(
-            "SELECT max(greatest(open_time, coalesce(complete_time, open_time))) FROM periods WHERE collab = ?",
+            "SELECT max(greatest(open_time, coalesce(complete_time, open_time))) FROM periods "
+            "WHERE collab = ? AND NOT retire_only",
             [collaboration_id],
         )
     )
@@ -115,6 +117,32 @@ def open_refresh(
     return period, True
 
 
+def refresh_started(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> bool:
+    """Whether a refresh period (not a retirement alone) has opened: the match's own uploads close then."""
+    row = first(cur.execute("SELECT count(*) FROM periods WHERE collab = ? AND NOT retire_only", [collaboration_id]))
+    return bool(row and row[0])
+
+
+def open_retirement(cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str) -> int:
+    """Open a period for retirements alone, completed in the same transaction; FAILED_PRECONDITION if one is open.
+
+    Deletions must not wait for the peer: such a period needs no PSI (no new points), so one member completes it.
+    It neither counts toward `min_days_between` nor renews a per-period budget.
+    """
+    already = open_period(cur, collaboration_id)
+    if already is not None:
+        raise FailedPreconditionError(
+            f"refresh period {already} is open: send the retirements in it (RetireUsers with its period), or cancel "
+            "it (CancelRefresh) and retire at once"
+        )
+    period = current_period(cur, collaboration_id) + 1
+    cur.execute(
+        "INSERT INTO periods (collab, period, open_time, opener, retire_only) VALUES (?, ?, ?, ?, true)",
+        [collaboration_id, period, _now(), member],
+    )
+    return period
+
+
 def require_open(cur: duckdb.DuckDBPyConnection, collaboration_id: str, period: int) -> None:
     """FAILED_PRECONDITION unless refresh `period` (>= 1) is the open one."""
     now_open = open_period(cur, collaboration_id)
@@ -150,6 +178,22 @@ def retired_rows(collaboration_id: str, member: str, period: int | None = None) 
         "(SELECT row_id FROM retirements WHERE collab = ? AND member = ? AND period = ?)",
         [collaboration_id, member, period],
     )
+
+
+def already_retired(
+    cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, row_ids: np.ndarray, period: int | None
+) -> int | None:
+    """The smallest of `row_ids` the member retired in another period than `period`, if any."""
+    cur.register("asked_rows", pa.table({"row_id": pa.array(np.asarray(row_ids, dtype=np.int64))}))
+    row = first(
+        cur.execute(
+            "SELECT min(a.row_id) FROM asked_rows a JOIN retirements r ON r.row_id = a.row_id "
+            "WHERE r.collab = ? AND r.member = ? AND r.period IS DISTINCT FROM ?",
+            [collaboration_id, member, period],
+        )
+    )
+    cur.unregister("asked_rows")
+    return int(row[0]) if row and row[0] is not None else None
 
 
 def retirement_count(cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, period: int) -> int:

@@ -33,7 +33,7 @@ from ..errors import FailedPreconditionError, InvalidArgumentError
 from ..storage import Database
 from ..storage.database import first
 from . import periods
-from .join import add_keys, forget_rows, is_matched, join_matches, key_set_sizes, matched_time, partner_rows
+from .join import add_keys, forget_rows, is_matched, join_matches, key_set_sizes, matched_time
 from .progress import (
     DOUBLE_BLINDED,
     POINTS,
@@ -51,9 +51,8 @@ from .progress import (
 )
 from .tables import discard_staged, forget_period_rows, forget_table_rows
 
-#: A hook run when a period retires users (see Relay): (cursor, collaboration, member, rows relation, parameters,
-#: audience kinds or None).
-RetireHook = Callable[[duckdb.DuckDBPyConnection, str, str, str, list[object], tuple[str, ...] | None], None]
+#: A hook run when a period retires users (see Relay): (cursor, collaboration, member, rows relation, parameters).
+RetireHook = Callable[[duckdb.DuckDBPyConnection, str, str, str, list[object]], None]
 
 #: Points per chunk of an offer (1 MiB of points).
 OFFER_CHUNK = 32768
@@ -143,7 +142,7 @@ class Relay:
         self._audit = audit
         self.offer_chunk = offer_chunk
         #: Called in the transaction that completes a period, for data the relay does not own (released audiences):
-        #: (cursor, collaboration, member, relation of its rows, parameters, audience kinds or None for all).
+        #: (cursor, collaboration, member, relation of its rows, parameters).
         self._on_retire = tuple(on_retire)
 
     def upload_points(
@@ -419,6 +418,19 @@ class Relay:
             join_matches(cur, collaboration.id, members, types)  # type: ignore[arg-type]
             self._audit.append(cur, collaboration.id, member, "match.complete", {})
             return
+        self._complete(cur, collaboration, member, period)
+
+    def _complete(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        collaboration: Collaboration,
+        member: str,
+        period: int,
+        retire_only: bool = False,
+    ) -> None:
+        """Complete refresh `period`: delete its retired users everywhere, rejoin all keys, record the sizes."""
+        members = tuple(sorted(m.name for m in collaboration.members))
+        types = [IdentifierType(t) for t in collaboration.policy.identifiers]
         counts: dict[str, dict[str, int]] = {}
         for m in members:
             retired, params = periods.retired_rows(collaboration.id, m, period)
@@ -428,32 +440,28 @@ class Relay:
                 "retired": periods.retirement_count(cur, collaboration.id, m, period),
                 **{f"rows.{t}": n for t, n in appended_rows(cur, collaboration.id, m, period).items()},
             }
-            # A peer row paired with a retired user was in an activation audience because of that user's data.
-            partners = partner_rows(cur, collaboration.id, m, retired, params)
+            # The member's own retired users leave the audiences released to it. The peer's users stay in theirs even
+            # when they were paired with a retired user: removing them would tell the peer, exactly and for no
+            # epsilon, which of its users was paired with someone who left.
             for hook in self._on_retire:
-                hook(cur, collaboration.id, m, retired, params, None)
-                if partners:
-                    peer = collaboration.policy.peer_of(m)
-                    hook(
-                        cur,
-                        collaboration.id,
-                        peer,
-                        "(SELECT unnest(?::BIGINT[]) AS row_id)",
-                        [partners],
-                        ("activation",),
-                    )
+                hook(cur, collaboration.id, m, retired, params)
             forget_rows(cur, collaboration.id, m, retired, params)
             forget_table_rows(cur, collaboration.id, m, retired, params)
-            discard_staged(
-                cur, collaboration.id, m, [t.table for t in collaboration.policy.tables.values() if t.member == m]
-            )
+            if not retire_only:  # a retirement alone leaves uploads in progress (the match's, say) alone
+                discard_staged(
+                    cur, collaboration.id, m, [t.table for t in collaboration.policy.tables.values() if t.member == m]
+                )
         join_matches(cur, collaboration.id, members, types, period)  # type: ignore[arg-type]
         sizes = key_set_sizes(cur, collaboration.id)
         sizes = {m: sizes.get(m, 0) for m in members}
         entry = self._audit.append(
-            cur, collaboration.id, member, "refresh.complete", {"period": period, "members": counts, "set_sizes": sizes}
+            cur,
+            collaboration.id,
+            member,
+            "refresh.complete",
+            {"period": period, "members": counts, "set_sizes": sizes} | ({"retire_only": True} if retire_only else {}),
         )
-        changed = any(n for c in counts.values() for n in c.values())
+        changed = not retire_only and any(n for c in counts.values() for n in c.values())
         periods.record_complete(cur, collaboration.id, period, sizes, entry.sequence, changed)
 
     def open_refresh(self, collaboration: Collaboration, member: str) -> int:
@@ -502,13 +510,14 @@ class Relay:
             periods.forget_open(cur, collaboration.id, period)
             self._audit.append(cur, collaboration.id, member, "refresh.cancel", {"period": period})
 
-    def retire(self, collaboration: Collaboration, member: str, period: int, row_ids: np.ndarray) -> int:
-        """Stage the member's users to retire in `period` (replacing any list sent before); returns their number.
+    def retire(self, collaboration: Collaboration, member: str, period: int, row_ids: np.ndarray) -> tuple[int, int]:
+        """Stage the member's users to retire in `period` (replacing any list sent before); (their number, period).
 
         Retired users are deleted everywhere when the period completes: keys, table rows, pairs of every period.
+        With `period` 0 they are retired at once, in a period of their own (no peer needed: nothing to match).
         """
-        if period < 1:
-            raise InvalidArgumentError("users are retired in a refresh period (>= 1); open one with OpenRefresh")
+        if period < 0:
+            raise InvalidArgumentError("period is the open refresh period, or 0 to retire at once")
         spec = collaboration.policy.refresh
         if len(row_ids) and (spec is None or not spec.allows(member, "users")):
             raise InvalidArgumentError(
@@ -516,21 +525,52 @@ class Relay:
             )
         with self._db.transaction() as cur:
             check_approved_revision(cur, collaboration)
+            if period == 0:
+                return self._retire_now(cur, collaboration, member, row_ids)
             periods.require_open(cur, collaboration.id, period)
             if self._double_done(cur, collaboration.id, member, period):
                 raise FailedPreconditionError(
                     f"your side of refresh period {period} is sealed (you double-blinded the peer's points); "
                     "retire these users in the next refresh"
                 )
-            rows = total_rows(cur, collaboration.id, member) or 0
-            if len(row_ids) and (int(row_ids.min()) < 0 or int(row_ids.max()) >= rows):
-                bad = int(row_ids.min()) if int(row_ids.min()) < 0 else int(row_ids.max())
-                raise InvalidArgumentError(f"row {bad} is not one of your rows (0 .. {rows - 1})")
+            self._check_retired_rows(cur, collaboration.id, member, row_ids, period)
             periods.stage_retirements(cur, collaboration.id, member, period, [int(r) for r in row_ids])
             self._audit.append(
                 cur, collaboration.id, member, "refresh.retire", {"period": period, "rows": len(row_ids)}
             )
-        return len(set(row_ids.tolist()))
+        return len(set(row_ids.tolist())), period
+
+    def _retire_now(
+        self, cur: duckdb.DuckDBPyConnection, collaboration: Collaboration, member: str, row_ids: np.ndarray
+    ) -> tuple[int, int]:
+        """Retire at once, in a period of its own that this member opens and completes; (retired, period)."""
+        if not is_matched(cur, collaboration.id):
+            raise FailedPreconditionError(
+                f"collaborations/{collaboration.id} has not finished matching yet; retire users after the match"
+            )
+        if not len(row_ids):
+            raise InvalidArgumentError("name at least one row to retire")
+        self._check_retired_rows(cur, collaboration.id, member, row_ids, None)
+        period = periods.open_retirement(cur, collaboration.id, member)
+        periods.stage_retirements(cur, collaboration.id, member, period, [int(r) for r in row_ids])
+        self._audit.append(cur, collaboration.id, member, "refresh.retire", {"period": period, "rows": len(row_ids)})
+        self._complete(cur, collaboration, member, period, retire_only=True)
+        return len(set(row_ids.tolist())), period
+
+    @staticmethod
+    def _check_retired_rows(
+        cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, row_ids: np.ndarray, period: int | None
+    ) -> None:
+        """INVALID_ARGUMENT unless every row is one of the member's, not retired in an earlier period."""
+        rows = total_rows(cur, collaboration_id, member) or 0
+        if not len(row_ids):
+            return
+        if int(row_ids.min()) < 0 or int(row_ids.max()) >= rows:
+            bad = int(row_ids.min()) if int(row_ids.min()) < 0 else int(row_ids.max())
+            raise InvalidArgumentError(f"row {bad} is not one of your rows (0 .. {rows - 1})")
+        earlier = periods.already_retired(cur, collaboration_id, member, row_ids, period)
+        if earlier is not None:
+            raise InvalidArgumentError(f"row {earlier} was retired before; a row is retired once")
 
     def status(self, collaboration: Collaboration, member: str, period: int | None = None) -> MatchStatus:
         """The match (period 0) or a refresh period as `member` may see it; by default the current period."""

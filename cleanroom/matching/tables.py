@@ -260,12 +260,13 @@ class TableUploads:
             if period:
                 self._check_refresh(cur, collaboration.id, member, table, period, data, what)
             else:
-                if periods.current_period(cur, collaboration.id):
+                if periods.refresh_started(cur, collaboration.id):
                     raise FailedPreconditionError(
                         f"{what}: the match's uploads closed when the first refresh opened; send this table's rows in "
                         "a refresh (period >= 1), which the policy's refresh must list"
                     )
-                _check_rows(data, total_rows(cur, collaboration.id, member), what)
+                _check_rows(data, total_rows(cur, collaboration.id, member, 0), what)
+                _check_not_retired(cur, collaboration.id, member, data, what)
             progress = read_progress(cur, collaboration.id, member, kind, period)
             restart = check_next_chunk(progress, chunk_index, f"the upload of {member}.{table}")
             if restart or progress is None:
@@ -321,16 +322,8 @@ class TableUploads:
             )
         before = total_rows(cur, collaboration_id, member, period - 1) or 0
         _check_rows(data, now, what, first=before if table == USERS_TABLE else 0)
-        if table != USERS_TABLE and data.num_rows:
-            retired, params = periods.retired_rows(collaboration_id, member)
-            cur.register("chunk_ids", data.select(["row_id"]))
-            row = first(cur.execute(f"SELECT min(row_id) FROM chunk_ids WHERE row_id IN {retired}", params))
-            cur.unregister("chunk_ids")
-            if row and row[0] is not None:
-                raise InvalidArgumentError(
-                    f"{what}: row_id {row[0]} is a user you retired; a retired user's data is deleted and takes no "
-                    "new rows"
-                )
+        if table != USERS_TABLE:
+            _check_not_retired(cur, collaboration_id, member, data, what)
 
     def _append(
         self, cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, table: str, rows: int, period: int
@@ -387,6 +380,22 @@ class TableUploads:
             "DELETE FROM data_tables WHERE collab = ? AND member = ? AND name = ?", [collaboration_id, member, table]
         )
         cur.execute("INSERT INTO data_tables VALUES (?, ?, ?, ?, ?)", [collaboration_id, member, table, final, rows])
+
+
+def _check_not_retired(
+    cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, data: pa.Table, what: str
+) -> None:
+    """A retired user's data is deleted: no upload may bring rows of one back."""
+    if not data.num_rows:
+        return
+    retired, params = periods.retired_rows(collaboration_id, member)
+    cur.register("chunk_ids", data.select(["row_id"]))
+    row = first(cur.execute(f"SELECT min(row_id) FROM chunk_ids WHERE row_id IN {retired}", params))
+    cur.unregister("chunk_ids")
+    if row and row[0] is not None:
+        raise InvalidArgumentError(
+            f"{what}: row_id {row[0]} is a user you retired; a retired user's data is deleted and takes no new rows"
+        )
 
 
 def _check_one_row_per_user(cur: duckdb.DuckDBPyConnection, stage: str, member: str, stored: str | None = None) -> None:

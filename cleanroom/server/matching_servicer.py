@@ -265,7 +265,8 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
         if len(request.row_ids) // 8 > MAX_RETIRE_ROWS:
             raise InvalidArgumentError(f"at most {MAX_RETIRE_ROWS} row numbers per call; retire the rest next period")
         rows = np.frombuffer(request.row_ids, dtype="<i8")
-        return pb.RetireUsersResponse(retired=self._relay.retire(collaboration, principal.name, request.period, rows))
+        retired, period = self._relay.retire(collaboration, principal.name, request.period, rows)
+        return pb.RetireUsersResponse(retired=retired, period=period)
 
     def CancelRefresh(
         self, request: pb.CancelRefreshRequest, context: grpc.ServicerContext

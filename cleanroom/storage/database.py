@@ -118,7 +118,8 @@ CREATE TABLE IF NOT EXISTS periods (
     opener VARCHAR NOT NULL,
     complete_time TIMESTAMP,
     audit_sequence BIGINT,  -- the audit entry that completed the period (a per-period budget counts from it)
-    renews BOOLEAN DEFAULT true  -- whether the period changed data, and so renews a per-period budget
+    renews BOOLEAN DEFAULT true,  -- whether the period changed data, and so renews a per-period budget
+    retire_only BOOLEAN DEFAULT false  -- opened and completed at once by RetireUsers outside a period
 );
 -- Users a member retires: staged while the period is open, then deleted everywhere when it completes.
 CREATE TABLE IF NOT EXISTS retirements (
@@ -205,6 +206,7 @@ _MIGRATIONS = """
 ALTER TABLE uploads ADD COLUMN IF NOT EXISTS period BIGINT DEFAULT 0;
 ALTER TABLE row_counts ADD COLUMN IF NOT EXISTS period BIGINT DEFAULT 0;
 ALTER TABLE periods ADD COLUMN IF NOT EXISTS renews BOOLEAN DEFAULT true;
+ALTER TABLE periods ADD COLUMN IF NOT EXISTS retire_only BOOLEAN DEFAULT false;
 ALTER TABLE matches ADD COLUMN IF NOT EXISTS period_from BIGINT DEFAULT 0;
 ALTER TABLE matches ADD COLUMN IF NOT EXISTS period_to BIGINT;
 """

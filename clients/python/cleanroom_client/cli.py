@@ -486,6 +486,24 @@ def refresh(
     )
 
 
+@app.command()
+def retire(
+    collaboration: CollaborationId,
+    users: Annotated[str, typer.Option(help="File whose --key column lists the users to retire (CSV or Parquet).")],
+    key: Annotated[str, typer.Option(help="Column naming each user locally (as at the match).")] = "key",
+) -> None:
+    """Retire users now, without waiting for a refresh: they are deleted everywhere at once.
+
+    Example: cleanroom-client retire brand-x-2026q4 --users unsubscribed.csv --key customer_id
+    """
+    listed = _read(Path(users), {key})
+    if key not in listed.columns:
+        raise typer.BadParameter(f"--users {users}: it has no {key!r} column (columns: {list(listed.columns)})")
+    with _client() as client:
+        period = client.retire(collaboration, list(listed[key]))
+    out.print(f"{len(listed):,} users retired in period {period} of {collaboration}")
+
+
 @app.command("cancel-refresh")
 def cancel_refresh(collaboration: CollaborationId) -> None:
     """Cancel the open refresh period (for one the peer opened and left): everything sent in it is discarded."""

@@ -859,6 +859,26 @@ class CleanRoomClient:
             peer_set_size=outcome.final.peer_set_size,
         )
 
+    def retire(self, collaboration_id: str, keys: Iterable[object]) -> int:
+        """Retire users now, without the peer: they are deleted everywhere at once; returns the period that did it.
+
+        Their keys, table rows and pairs go in every period, and they leave the audiences released to you. No
+        refresh may be open (then pass `retire=` to `refresh()`, or `cancel_refresh()` first). Needs the state
+        directory that matched (it maps keys to row numbers) and a policy whose `refresh.tables` lists your users.
+        """
+        parent = _name(collaboration_id)
+        state = self.collaboration_dir(parent.removeprefix(COLLABORATIONS))
+        ledger = refresh_state.read_ledger(state)
+        retire_keys = sorted({str(k) for k in keys})
+        if not retire_keys:
+            raise ValueError("keys: name at least one user to retire")
+        refresh_state.check_changes(ledger, pd.Series([], dtype=str), retire_keys, -1)
+        rows = ledger.set_index("key")["row_id"].loc[retire_keys].to_numpy(dtype=np.int64)
+        request = mpb.RetireUsersRequest(parent=parent, period=0, row_ids=rows.astype("<i8").tobytes())
+        period = int(self._call(self._matching.RetireUsers, request).period)
+        refresh_state.write_ledger(state, refresh_state.mark_retired(ledger, retire_keys, period))
+        return period
+
     def _period_exists(self, parent: str, period: int) -> bool:
         """Whether refresh `period` is open or complete on the server (not cancelled)."""
         try:

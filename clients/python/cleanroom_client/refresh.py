@@ -165,8 +165,7 @@ def assign_rows(ledger: pd.DataFrame, new_keys: pd.Series, retire_keys: list[str
         out = pd.concat([ledger, added], ignore_index=True) if len(ledger) else added
     out[RETIRED] = out[RETIRED].astype("Int64")
     out.loc[out[RETIRED] == period, RETIRED] = pd.NA  # the retirements sent last replace earlier ones, as on the server
-    out.loc[_member(out["key"], pd.Series(retire_keys, dtype=str)) & out[RETIRED].isna().to_numpy(), RETIRED] = period
-    return out
+    return mark_retired(out, retire_keys, period)
 
 
 def forget_period(state: Path, period: int) -> None:
@@ -179,3 +178,11 @@ def forget_period(state: Path, period: int) -> None:
     ledger.loc[ledger[RETIRED] == period, RETIRED] = pd.NA
     write_ledger(state, ledger)
     (state / STATE_FILE).unlink(missing_ok=True)
+
+
+def mark_retired(ledger: pd.DataFrame, retire_keys: list[str], period: int) -> pd.DataFrame:
+    """The ledger with `retire_keys` retired in `period` (a retirement done at once, outside a refresh)."""
+    out = ledger.copy()
+    out[RETIRED] = out[RETIRED].astype("Int64")
+    out.loc[_member(out["key"], pd.Series(retire_keys, dtype=str)) & out[RETIRED].isna().to_numpy(), RETIRED] = period
+    return out

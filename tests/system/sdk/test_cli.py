@@ -287,3 +287,10 @@ def test_refresh_from_csv_files_then_query_a_period(server, tokens, pki, tmp_pat
     r = runner.invoke(app, ["--refresh-period", "2", "overlap", "cli-living"], env=brand)
     assert r.exit_code == 1
     assert "period 2" in r.output
+    # A deletion at once, without the peer: period 2 completes with it.
+    old.iloc[20:21][["customer_id"]].to_csv(tmp_path / "erase.csv", index=False)
+    r = runner.invoke(
+        app, ["retire", "cli-living", "--users", str(tmp_path / "erase.csv"), "--key", "customer_id"], env=brand
+    )
+    assert r.exit_code == 0, r.output
+    assert "1 users retired in period 2" in r.output

@@ -344,12 +344,18 @@ def test_a_period_the_peer_leaves_open_can_be_cancelled(room) -> None:
     ).fetchone()[0]
     assert cur.execute(f'SELECT count(*), max(row_id) FROM "{physical}"').fetchone() == (50, 49)
     assert key_pairs(server, clients, cid) == before
-    # The next refresh reuses the number and completes with both members.
+    # A deletion need not wait for the peer: retired at once, in a period of its own (number 1, reused).
+    assert b.retire(cid, ["b3"]) == 1
+    assert ("b3", "p3") in before
+    assert key_pairs(server, clients, cid) == before - {("b3", "p3")}
+    with pytest.raises(ValueError, match="retired before"):
+        b.retire(cid, ["b3"])
+    # The next refresh completes with both members.
     done = both(
         lambda: b.refresh(cid, new, identifiers=ids, attributes=["tier"], retire=["b0"], wait_timeout=60),
         lambda: p.refresh(cid, None, wait_timeout=60),
     )
-    assert [s.period for s in done] == [1, 1]
-    assert done[0].own_set_size == 59
+    assert [s.period for s in done] == [2, 2]
+    assert done[0].own_set_size == 58
     # The platform holds none of the new users; b0's pair, if it had one, is gone.
-    assert key_pairs(server, clients, cid) == {(k, q) for k, q in before if k != "b0"}
+    assert key_pairs(server, clients, cid) == {(k, q) for k, q in before if k not in ("b0", "b3")}

@@ -512,7 +512,9 @@ class RetireUsersRequest(_message.Message):
     parent: _builtins.str
     """`collaborations/{collaboration_id}`."""
     period: _builtins.int
-    """The open refresh period."""
+    """The open refresh period; or 0 to retire at once, in a period of their own that completes with this call (no
+    refresh may be open then, and at least one row must be named).
+    """
     row_ids: _builtins.bytes
     """The row numbers of the caller's users to retire, 8 bytes each (int64, little-endian); at most 1,000,000. The
     list replaces any sent before for this period; an empty list retires no one.
@@ -537,16 +539,20 @@ class RetireUsersResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RETIRED_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
     retired: _builtins.int
     """Distinct users staged for retirement in this period."""
+    period: _builtins.int
+    """The period they are retired in (with period 0 in the request: the one that completed at once)."""
     def __init__(
         self,
         *,
         retired: _builtins.int = ...,
+        period: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["retired", b"retired"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["period", b"period", "retired", b"retired"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -301,7 +301,7 @@ def test_a_period_adds_new_rows_retires_and_rejoins(matched):
         _refresh_points(relay, collab, "brand", KA, [(4, "x")], 5, period=2)
 
     _refresh_points(relay, collab, "brand", KA, [(4, "x")], 5, period=1)
-    assert relay.retire(collab, "brand", 1, np.array([0, 0])) == 1
+    assert relay.retire(collab, "brand", 1, np.array([0, 0])) == (1, 1)
     # A refresh's users rows are one per new user: a user twice would count twice in every query.
     with pytest.raises(InvalidArgumentError, match="duplicate row_id"):
         _users(room, collab, [4, 4], period=1)
@@ -340,9 +340,10 @@ def test_a_period_adds_new_rows_retires_and_rejoins(matched):
     assert room.db.cursor().execute(
         f"SELECT count(*) FROM duckdb_tables() WHERE table_name = '{staged}'"
     ).fetchone() == (0,)
-    # Platform row 0 was released because of retired brand row 0: no longer served. The lookalike keeps it.
+    # Platform row 0 was paired with retired brand row 0; it stays in the platform's audiences: removing it would
+    # tell the platform, for no epsilon, that its user's counterpart left the brand.
     audiences = Audiences(room.db, room.audit)
-    assert sorted(_members(audiences, activation)) == [1, 3]
+    assert sorted(_members(audiences, activation)) == [0, 1, 3]
     assert sorted(_members(audiences, lookalike)) == [0, 1, 2, 3]
     entry = [e for e in room.audit.entries(collab.id) if e.action == "refresh.complete"][-1]
     assert entry.parameters["period"] == 1
@@ -398,3 +399,51 @@ def test_the_interval_counts_from_completions_too(matched, monkeypatch):
         relay.open_refresh(collab, "brand")  # 8 days after period 1 opened, but the moment it completed
     monkeypatch.setattr(periods, "_now", lambda: start + timedelta(days=23, hours=1))
     assert relay.open_refresh(collab, "brand") == 2
+
+
+def test_retiring_at_once_needs_no_peer_and_renews_nothing(tmp_path):
+    """RetireUsers with period 0: a period of its own, completed by one member; the match's uploads stay open."""
+    room = Room.open(tmp_path)
+    weekly = DEMO_POLICY + "refresh: {tables: [brand.users], min_days_between: 7, budget: per_period}\n"
+    c = room.collaborations.create(BRAND, "erase", weekly)
+    for m in (BRAND, PLATFORM):
+        room.collaborations.approve(m, c.id, c.policy_etag)
+    collab = room.collaborations.get(BRAND, c.id)
+    relay = Relay(room.db, room.audit, on_retire=(forget_members,))
+    with pytest.raises(FailedPreconditionError, match="not finished matching"):
+        relay.retire(collab, "brand", 0, np.array([0]))
+    _refresh_points(relay, collab, "brand", KA, [(0, "a"), (1, "b"), (2, "c")], 3)
+    _refresh_points(relay, collab, "platform", KB, [(0, "a"), (1, "b"), (2, "x")], 3)
+    _double_blind_period(relay, collab, "brand", KA)
+    _double_blind_period(relay, collab, "platform", KB)
+    with pytest.raises(InvalidArgumentError, match="at least one row"):
+        relay.retire(collab, "brand", 0, np.array([], dtype=np.int64))
+
+    with room.db.transaction() as cur:  # an audience of the brand's own users, released to it
+        own = store(cur, collab.id, "lookalike", "brand", "platform", np.array([0, 1, 2]))
+    assert relay.retire(collab, "brand", 0, np.array([0])) == (1, 1)
+    assert _period_pairs(room, collab) == [(1, 1, 0, None)]
+    audiences = Audiences(room.db, room.audit)
+    assert np.frombuffer(b"".join(audiences.fetch(collab.id, own.id, "brand")), "<i8").tolist() == [1, 2]
+    status = relay.status(collab, "platform", 1)
+    assert status.stage is MatchStage.MATCHED
+    assert status.peer_set_size == 2
+    cur = room.db.cursor()
+    assert periods.budget_start(cur, collab.id) == 0  # no renewal
+    with pytest.raises(InvalidArgumentError, match="retired before"):
+        relay.retire(collab, "brand", 0, np.array([0]))
+    # The match's own uploads are still open (a retirement is no refresh), but take no rows of the retired user.
+    with pytest.raises(InvalidArgumentError, match="a user you retired"):
+        _users(room, collab, [0, 1], period=0)
+    _users(room, collab, [1, 2], period=0)
+    # A retirement does not count toward the interval: the first refresh may still open a week after the match...
+    with pytest.raises(FailedPreconditionError, match="every 7 days"):
+        relay.open_refresh(collab, "brand")
+    later = datetime.now(UTC).replace(tzinfo=None) + timedelta(days=8)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(periods, "_now", lambda: later)
+        assert relay.open_refresh(collab, "brand") == 2
+        # ...and while a refresh is open, retirements go in it.
+        with pytest.raises(FailedPreconditionError, match="period 2 is open"):
+            relay.retire(collab, "brand", 0, np.array([1]))
+    room.db.close()
