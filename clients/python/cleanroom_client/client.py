@@ -813,8 +813,8 @@ class CleanRoomClient:
                 )
             period = saved.period
             refresh_state.check_changes(ledger, new_keys, retire_keys, period)
-        elif saved and saved.whole == whole:
-            period = saved.period  # done before: the calls below find every step complete
+        elif saved and saved.whole == whole and not self._newer_open(parent, saved.period):
+            period = saved.period  # done before (a repeated call): the calls below find every step complete
         else:
             refresh_state.check_changes(ledger, new_keys, retire_keys, -1)
             period = self._call(self._matching.OpenRefresh, mpb.OpenRefreshRequest(parent=parent)).period
@@ -878,6 +878,11 @@ class CleanRoomClient:
         period = int(self._call(self._matching.RetireUsers, request).period)
         refresh_state.write_ledger(state, refresh_state.mark_retired(ledger, retire_keys, period))
         return period
+
+    def _newer_open(self, parent: str, period: int) -> bool:
+        """Whether a refresh period after `period` is open (the peer's, say, which the same input should join)."""
+        status = self._call(self._matching.GetMatchStatus, mpb.GetMatchStatusRequest(parent=parent))
+        return status.period > period and status.stage != mpb.MatchStatus.STAGE_MATCHED
 
     def _period_exists(self, parent: str, period: int) -> bool:
         """Whether refresh `period` is open or complete on the server (not cancelled)."""

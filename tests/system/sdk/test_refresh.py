@@ -8,6 +8,7 @@ from every table; queries read the period they name; a per-period budget renews 
 from __future__ import annotations
 
 import datetime as dt
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -357,5 +358,19 @@ def test_a_period_the_peer_leaves_open_can_be_cancelled(room) -> None:
     )
     assert [s.period for s in done] == [2, 2]
     assert done[0].own_set_size == 58
+    # The same (empty) call again: alone it is the finished period, repeated; once the brand opened another, it joins.
+    assert p.refresh(cid, None).period == 2
+
+    def after_the_brand_opened() -> Any:
+        deadline = time.monotonic() + 30
+        while periods.open_period(server.room.db.cursor(), cid) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return p.refresh(cid, None, wait_timeout=60)
+
+    done = both(
+        lambda: b.refresh(cid, users(range(60, 62), "brand"), identifiers=ids, attributes=["tier"], wait_timeout=60),
+        after_the_brand_opened,
+    )
+    assert [s.period for s in done] == [3, 3]
     # The platform holds none of the new users; b0's pair, if it had one, is gone.
     assert key_pairs(server, clients, cid) == {(k, q) for k, q in before if k not in ("b0", "b3")}
