@@ -868,6 +868,14 @@ class CleanRoomClient:
         """
         parent = _name(collaboration_id)
         state = self.collaboration_dir(parent.removeprefix(COLLABORATIONS))
+        saved = refresh_state.read_state(state)
+        if saved and not saved.complete:
+            if self._period_exists(parent, saved.period):
+                raise ValueError(
+                    f"refresh period {saved.period} is in progress here: pass these keys as retire= to refresh(), "
+                    "or cancel_refresh() first"
+                )
+            refresh_state.forget_period(state, saved.period)  # cancelled by the peer: forget it first
         ledger = refresh_state.read_ledger(state)
         retire_keys = sorted({str(k) for k in keys})
         if not retire_keys:
@@ -885,12 +893,16 @@ class CleanRoomClient:
         return status.period > period and status.stage != mpb.MatchStatus.STAGE_MATCHED
 
     def _period_exists(self, parent: str, period: int) -> bool:
-        """Whether refresh `period` is open or complete on the server (not cancelled)."""
+        """Whether this member's refresh `period` still stands on the server: open, or complete with its points.
+
+        False when it was cancelled, even if its number was used again since (by a retirement done at once).
+        """
         try:
-            self._call(self._matching.GetMatchStatus, mpb.GetMatchStatusRequest(parent=parent, period=period))
+            status = self._call(self._matching.GetMatchStatus, mpb.GetMatchStatusRequest(parent=parent, period=period))
         except InvalidArgumentError:
             return False
-        return True
+        points = next((u for u in status.uploads if u.kind == "points"), None)
+        return status.stage != mpb.MatchStatus.STAGE_MATCHED or bool(points and points.committed)
 
     def cancel_refresh(self, collaboration_id: str) -> int:
         """Cancel the open refresh period (yours or the peer's): everything sent in it is discarded; returns it.
