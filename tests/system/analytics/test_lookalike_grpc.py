@@ -96,6 +96,8 @@ def test_lookalike_over_grpc_reaches_the_platform_as_its_own_keys(room):
     assert {c.measure for c in updates[-1].result.cells} == set(frame["measure"])
     kept = [a.query for a in brand.answers(collab)]
     assert kept.count("lookalike") == 1  # the SDK kept its own lookalike answer for the report
-    activated = brand.activate(collab, segment={"brand.tier": "gold"}, epsilon=0.5)
+    # 84 matched gold people against a gate of 50 + ln(1/delta)/epsilon: at epsilon 0.5 the gate is 77.6 and the noise
+    # withholds the list about once in 50 runs; at 2.0 it is 56.9.
+    activated = brand.activate(collab, segment={"brand.tier": "gold"}, epsilon=2.0)
     assert activated.attrs["audience"] in set(platform.audiences(collab)["name"])
     pd.testing.assert_index_equal(activated.columns, pd.Index(["part", "measure", "value", "error_95", "suppressed"]))
