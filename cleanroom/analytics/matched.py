@@ -109,6 +109,7 @@ class Catalog:
         self._tables = uploaded_tables(cur, collaboration.id)
         self._requested = period
         self.period = 0
+        self._described: dict[str, list[str]] = {}
 
     def require_matched(self) -> None:
         """FAILED_PRECONDITION until the match is complete; INVALID_ARGUMENT for a period that has not completed.
@@ -157,7 +158,12 @@ class Catalog:
         )
 
     def _stored_columns(self, physical: str) -> list[str]:
-        return [r[0] for r in self._cur.execute(f"DESCRIBE {quote_ident(physical)}").fetchall()]
+        """The stored table's columns, described once per catalog (a query names a table several times)."""
+        if physical not in self._described:
+            self._described[physical] = [
+                r[0] for r in self._cur.execute(f"DESCRIBE {quote_ident(physical)}").fetchall()
+            ]
+        return self._described[physical]
 
     def columns(self, member: str, table: str) -> list[str]:
         """The uploaded columns of `member.table` (empty when it was not uploaded)."""
