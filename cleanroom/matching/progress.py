@@ -57,7 +57,7 @@ def list_progress(
     return [UploadProgress(*r) for r in rows]
 
 
-def committed_set_sizes(cur: duckdb.DuckDBPyConnection, collaboration_id: str, kind: str = "points") -> dict[str, int]:
+def committed_set_sizes(cur: duckdb.DuckDBPyConnection, collaboration_id: str, kind: str = POINTS) -> dict[str, int]:
     """Each member's set size from its committed upload of `kind` in the match (the points: disclosed at the match)."""
     rows = cur.execute(
         "SELECT member, set_size FROM uploads WHERE collab = ? AND kind = ? AND committed AND period = 0",

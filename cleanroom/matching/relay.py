@@ -448,9 +448,7 @@ class Relay:
             forget_rows(cur, collaboration.id, m, retired, params)
             forget_table_rows(cur, collaboration.id, m, retired, params)
             if not retire_only:  # a retirement alone leaves uploads in progress (the match's, say) alone
-                discard_staged(
-                    cur, collaboration.id, m, [t.table for t in collaboration.policy.tables.values() if t.member == m]
-                )
+                discard_staged(cur, collaboration, m)
         join_matches(cur, collaboration.id, members, types, period)  # type: ignore[arg-type]
         sizes = key_set_sizes(cur, collaboration.id)
         sizes = {m: sizes.get(m, 0) for m in members}
@@ -497,12 +495,7 @@ class Relay:
                         cur, collaboration.id, m.name, "(SELECT range AS row_id FROM range(?, ?))", [before, now]
                     )
                 forget_period_rows(cur, collaboration.id, m.name, period)
-                discard_staged(
-                    cur,
-                    collaboration.id,
-                    m.name,
-                    [t.table for t in collaboration.policy.tables.values() if t.member == m.name],
-                )
+                discard_staged(cur, collaboration, m.name)
             cur.execute("DELETE FROM staged_points WHERE collab = ?", [collaboration.id])
             cur.execute("DELETE FROM offers WHERE collab = ?", [collaboration.id])
             cur.execute("DELETE FROM double_points WHERE collab = ?", [collaboration.id])

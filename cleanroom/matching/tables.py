@@ -29,7 +29,16 @@ from ..storage import Database
 from ..storage.database import first, quote_ident
 from . import periods
 from .ipc import IpcLayoutError, declared_size
-from .progress import TABLE_KIND, UploadProgress, check_next_chunk, read_progress, save_progress, sealed, total_rows
+from .progress import (
+    POINTS,
+    TABLE_KIND,
+    UploadProgress,
+    check_next_chunk,
+    read_progress,
+    save_progress,
+    sealed,
+    total_rows,
+)
 
 USERS_TABLE = "users"
 #: The hidden column of every stored table: the period its row arrived in (0 the match, p a refresh). Queries of
@@ -315,7 +324,7 @@ class TableUploads:
                 "add these rows in the next refresh"
             )
         now = total_rows(cur, collaboration_id, member, period)
-        if read_progress(cur, collaboration_id, member, "points", period) is None or now is None:
+        if read_progress(cur, collaboration_id, member, POINTS, period) is None or now is None:
             raise FailedPreconditionError(
                 f"{what}: upload your points of refresh period {period} first (an empty upload if you add no users): "
                 "its total_rows numbers the rows tables may name"
@@ -423,38 +432,39 @@ def _check_one_row_per_user(cur: duckdb.DuckDBPyConnection, stage: str, member: 
             )
 
 
+def _delete_rows(
+    cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, where: str, params: list[object]
+) -> None:
+    """Delete the rows matching `where` from every table the member stored, and keep their row counts true."""
+    for name, physical in cur.execute(
+        "SELECT name, physical FROM data_tables WHERE collab = ? AND member = ?", [collaboration_id, member]
+    ).fetchall():
+        cur.execute(f"DELETE FROM {quote_ident(physical)} WHERE {where}", params)
+        count = first(cur.execute(f"SELECT count(*) FROM {quote_ident(physical)}"))
+        cur.execute(
+            "UPDATE data_tables SET rows = ? WHERE collab = ? AND member = ? AND name = ?",
+            [int(count[0]) if count else 0, collaboration_id, member, name],
+        )
+
+
 def forget_table_rows(
     cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, rows: str, params: list[object]
 ) -> None:
     """Delete the rows of `member`'s users in the relation `rows` (`row_id`) from every table the member stored."""
-    for name, physical in cur.execute(
-        "SELECT name, physical FROM data_tables WHERE collab = ? AND member = ?", [collaboration_id, member]
-    ).fetchall():
-        cur.execute(f"DELETE FROM {quote_ident(physical)} WHERE row_id IN {rows}", params)
-        count = first(cur.execute(f"SELECT count(*) FROM {quote_ident(physical)}"))
-        cur.execute(
-            "UPDATE data_tables SET rows = ? WHERE collab = ? AND member = ? AND name = ?",
-            [int(count[0]) if count else 0, collaboration_id, member, name],
-        )
-
-
-def discard_staged(cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, tables: list[str]) -> None:
-    """Drop the member's uploads of these tables that were started and never committed.
-
-    A period that completes closes them: their rows, retired users' among them, are never kept.
-    """
-    for table in tables:
-        cur.execute(f"DROP TABLE IF EXISTS {quote_ident(physical_name(collaboration_id, member, table, staged=True))}")
+    _delete_rows(cur, collaboration_id, member, f"row_id IN {rows}", params)
 
 
 def forget_period_rows(cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, period: int) -> None:
     """Delete the rows the member appended in a cancelled `period` from every table it stored."""
-    for name, physical in cur.execute(
-        "SELECT name, physical FROM data_tables WHERE collab = ? AND member = ?", [collaboration_id, member]
-    ).fetchall():
-        cur.execute(f"DELETE FROM {quote_ident(physical)} WHERE {PERIOD_COLUMN} = ?", [period])
-        count = first(cur.execute(f"SELECT count(*) FROM {quote_ident(physical)}"))
-        cur.execute(
-            "UPDATE data_tables SET rows = ? WHERE collab = ? AND member = ? AND name = ?",
-            [int(count[0]) if count else 0, collaboration_id, member, name],
-        )
+    _delete_rows(cur, collaboration_id, member, f"{PERIOD_COLUMN} = ?", [period])
+
+
+def discard_staged(cur: duckdb.DuckDBPyConnection, collaboration: Collaboration, member: str) -> None:
+    """Drop the member's uploads of its declared tables that were started and never committed.
+
+    A period that completes or is cancelled closes them: their rows, retired users' among them, are never kept.
+    """
+    for spec in collaboration.policy.tables.values():
+        if spec.member == member:
+            staged = physical_name(collaboration.id, member, spec.table, staged=True)
+            cur.execute(f"DROP TABLE IF EXISTS {quote_ident(staged)}")

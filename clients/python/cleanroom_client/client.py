@@ -37,7 +37,7 @@ from .identity import (
     Normalizer,
     invalid_share_warning,
 )
-from .matching import PERIOD, RETIRED, MatchPlan, MatchRunner, MatchSummary
+from .matching import PERIOD, RETIRED, MatchPlan, MatchRunner, MatchSummary, upload_of
 from .policy import Policy, parse_policy
 from .protocol import (
     ATTRIBUTION_MODELS,
@@ -779,7 +779,9 @@ class CleanRoomClient:
             )
         collaboration_id = _name(collaboration_id).removeprefix(COLLABORATIONS)
         state = self.collaboration_dir(collaboration_id)
-        ledger = refresh_state.read_ledger(state)
+        parent = _name(collaboration_id)
+        saved = self._standing_refresh(parent, state)
+        ledger = refresh_state.read_ledger(state)  # before reading the user's files: fails at once on another machine
         frame = runs_on.read_table(users) if isinstance(users, (str, Path)) else users
         if frame is None:
             frame = pd.DataFrame({key: pd.Series([], dtype=str)})
@@ -800,11 +802,6 @@ class CleanRoomClient:
         retire_keys = sorted({str(k) for k in retire})
         users_digest = refresh_state.fingerprint(new_keys)
         whole = refresh_state.fingerprint(new_keys, retire_keys, refresh_state.event_sizes(event_frames))
-        parent = _name(collaboration_id)
-        saved = refresh_state.read_state(state)
-        if saved and not saved.complete and not self._period_exists(parent, saved.period):
-            refresh_state.forget_period(state, saved.period)  # cancelled (CancelRefresh): start afresh
-            ledger, saved = refresh_state.read_ledger(state), None
         if saved and not saved.complete:
             if saved.users != users_digest:
                 raise ValueError(
@@ -842,7 +839,7 @@ class CleanRoomClient:
         except grpc.RpcError as err:
             raise CleanRoomError.from_rpc(err) from None
         except InvalidArgumentError:
-            points = next((u for u in runner.status().uploads if u.kind == "points"), None)
+            points = upload_of(runner.status(), "points")
             if not (points and points.committed):  # refused before anything counted: forget the period here
                 refresh_state.forget_period(state, period)
             raise
@@ -868,14 +865,12 @@ class CleanRoomClient:
         """
         parent = _name(collaboration_id)
         state = self.collaboration_dir(parent.removeprefix(COLLABORATIONS))
-        saved = refresh_state.read_state(state)
+        saved = self._standing_refresh(parent, state)
         if saved and not saved.complete:
-            if self._period_exists(parent, saved.period):
-                raise ValueError(
-                    f"refresh period {saved.period} is in progress here: pass these keys as retire= to refresh(), "
-                    "or cancel_refresh() first"
-                )
-            refresh_state.forget_period(state, saved.period)  # cancelled by the peer: forget it first
+            raise ValueError(
+                f"refresh period {saved.period} is in progress here: pass these keys as retire= to refresh(), "
+                "or cancel_refresh() first"
+            )
         ledger = refresh_state.read_ledger(state)
         retire_keys = sorted({str(k) for k in keys})
         if not retire_keys:
@@ -886,6 +881,14 @@ class CleanRoomClient:
         period = int(self._call(self._matching.RetireUsers, request).period)
         refresh_state.write_ledger(state, refresh_state.mark_retired(ledger, retire_keys, period))
         return period
+
+    def _standing_refresh(self, parent: str, state: Path) -> refresh_state.RefreshState | None:
+        """The last refresh started on this machine, after forgetting it here if it was cancelled on the server."""
+        saved = refresh_state.read_state(state)
+        if saved and not saved.complete and not self._period_exists(parent, saved.period):
+            refresh_state.forget_period(state, saved.period)
+            return None
+        return saved
 
     def _newer_open(self, parent: str, period: int) -> bool:
         """Whether a refresh period after `period` is open (the peer's, say, which the same input should join)."""
@@ -901,7 +904,7 @@ class CleanRoomClient:
             status = self._call(self._matching.GetMatchStatus, mpb.GetMatchStatusRequest(parent=parent, period=period))
         except InvalidArgumentError:
             return False
-        points = next((u for u in status.uploads if u.kind == "points"), None)
+        points = upload_of(status, "points")
         return status.stage != mpb.MatchStatus.STAGE_MATCHED or bool(points and points.committed)
 
     def cancel_refresh(self, collaboration_id: str) -> int:

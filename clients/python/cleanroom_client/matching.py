@@ -168,6 +168,11 @@ def text_at(column: pd.Series, rows: np.ndarray) -> list[str | None]:
     return out
 
 
+def upload_of(status: pb.MatchStatus, kind: str) -> pb.UploadProgress | None:
+    """The progress of one upload (`points`, `double_blinded`, `table:<name>`) in a status, if it started."""
+    return next((u for u in status.uploads if u.kind == kind), None)
+
+
 class MatchRunner:
     """Runs one member's match against a server, phase by phase, resuming after failures."""
 
@@ -224,7 +229,7 @@ class MatchRunner:
         )
 
     def _upload(self, status: pb.MatchStatus, kind: str) -> pb.UploadProgress | None:
-        return next((u for u in status.uploads if u.kind == kind), None)
+        return upload_of(status, kind)
 
     def _bar(self, total: int, desc: str, unit: str = "chunk") -> tqdm:
         return tqdm(total=total, desc=desc, unit=unit, disable=not self._progress, leave=False)
