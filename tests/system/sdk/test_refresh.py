@@ -123,6 +123,18 @@ def match(clients: dict[str, CleanRoomClient], cid: str, brand: pd.DataFrame, pl
     )
 
 
+def match_fifty(clients: dict[str, CleanRoomClient], cid: str) -> None:
+    """Match people 0 .. 49 on both sides, with two events each."""
+    match(
+        clients,
+        cid,
+        users(range(0, 50), "brand"),
+        users(range(0, 50), "platform"),
+        bev=events([0, 1], "brand", 1),
+        pev=events([0, 1], "platform", 1),
+    )
+
+
 def key_pairs(server: RunningServer, clients: dict[str, CleanRoomClient], cid: str) -> set[tuple[str, str]]:
     """The pairs that hold now, as (brand key, platform key), mapped through each member's local ledger."""
     rows = (
@@ -268,14 +280,7 @@ def test_a_refresh_refuses_what_the_policy_does_not_allow(room) -> None:
     b, p = clients["brand"], clients["platform"]
     strict = {**POLICY, "refresh": {"tables": ["brand.users", "brand.conversions"], "min_days_between": 0}}
     cid = start(clients, "strict", strict)
-    match(
-        clients,
-        cid,
-        users(range(0, 50), "brand"),
-        users(range(0, 50), "platform"),
-        bev=events([0, 1], "brand", 1),
-        pev=events([0, 1], "platform", 1),
-    )
+    match_fifty(clients, cid)
     # The platform may not add users: refused before anything is stored, and this machine forgets the attempt.
     with pytest.raises(InvalidArgumentError, match=r"platform\.users"):
         p.refresh(cid, users(range(50, 60), "platform"), identifiers={"email": "email"}, wait_timeout=5)
@@ -302,14 +307,7 @@ def test_a_refresh_refuses_what_the_policy_does_not_allow(room) -> None:
 
     weekly = {**POLICY, "refresh": {"tables": ["brand.users"]}}  # min_days_between defaults to 7
     cid = start(clients, "weekly", weekly)
-    match(
-        clients,
-        cid,
-        users(range(0, 50), "brand"),
-        users(range(0, 50), "platform"),
-        bev=events([0, 1], "brand", 1),
-        pev=events([0, 1], "platform", 1),
-    )
+    match_fifty(clients, cid)
     with pytest.raises(FailedPreconditionError, match="every 7 days"):
         b.refresh(cid, None, retire=["b1"])
 
@@ -318,14 +316,7 @@ def test_a_period_the_peer_leaves_open_can_be_cancelled(room) -> None:
     server, clients = room
     b, p = clients["brand"], clients["platform"]
     cid = start(clients, "stalled", POLICY)
-    match(
-        clients,
-        cid,
-        users(range(0, 50), "brand"),
-        users(range(0, 50), "platform"),
-        bev=events([0, 1], "brand", 1),
-        pev=events([0, 1], "platform", 1),
-    )
+    match_fifty(clients, cid)
     before = key_pairs(server, clients, cid)
     new = users(range(50, 60), "brand")
     ids = {"email": "email", "phone": "phone"}
