@@ -1,7 +1,7 @@
 """DP analytics over the matched people, every release through `QueryEngine`.
 
-Queries: overlap, segment insight (TGI, penetration), funnel and funnel flow, GOAL value and loyalty, attribution,
-lift, and the lookalike and activation audiences.
+Queries: overlap, Venn (three or more members), segment insight (TGI, penetration), funnel and funnel flow, GOAL
+value and loyalty, attribution, lift, and the lookalike and activation audiences.
 """
 
 from .engine import QueryAnswer, QueryEngine
@@ -16,6 +16,7 @@ from .queries import (
     OverlapQuery,
     SegmentInsightQuery,
     ValueQuery,
+    VennQuery,
 )
 
 __all__ = [
@@ -31,4 +32,5 @@ __all__ = [
     "QueryEngine",
     "SegmentInsightQuery",
     "ValueQuery",
+    "VennQuery",
 ]

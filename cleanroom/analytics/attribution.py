@@ -97,7 +97,7 @@ def event_tables(policy: Policy) -> EventTables:
 
 def _matched(catalog: Catalog, conv_member: str) -> str:
     conv_side = catalog.side(conv_member)
-    exp_side = "row_b" if conv_side == "row_a" else "row_a"
+    exp_side = catalog.other_side(conv_member)
     return (
         f"SELECT {conv_side} AS conv_row, {exp_side} AS exp_row, row_number() OVER (ORDER BY {conv_side}) AS person "
         f"FROM {catalog.pairs()}"

@@ -35,6 +35,7 @@ release.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -86,6 +87,7 @@ from .lookalike import (
     training_plan,
 )
 from .matched import (
+    MATCHED,
     NONE,
     Axis,
     Catalog,
@@ -99,6 +101,8 @@ from .matched import (
     fill_histogram,
     flow_sql,
     histogram_sql,
+    venn_axes,
+    venn_sql,
 )
 from .queries import (
     STAGE_LABELS_4A,
@@ -115,6 +119,7 @@ from .queries import (
     OverlapQuery,
     SegmentInsightQuery,
     ValueQuery,
+    VennQuery,
 )
 
 log = logging.getLogger(__name__)
@@ -329,6 +334,7 @@ class QueryEngine:
         delta: float = 0.0,
         preview: bool = False,
         period: int | None = None,
+        population: Sequence[str] = (),
     ) -> QueryAnswer:
         action = f"query.{query_type}"
         collaboration = self.authorize(principal, collaboration_id, query_type)
@@ -337,10 +343,12 @@ class QueryEngine:
             {**parameters, "epsilon": epsilon}
             | ({"delta": delta} if delta else {})
             | ({"refresh_period": period} if period is not None else {})
+            | ({"with_members": sorted(population)} if population else {})
         )
         try:
             self._check_policy(principal, policy, query_type, epsilon, delta)
-            catalog = Catalog(self._db.cursor(), collaboration, period)
+            catalog = Catalog(self._db.cursor(), collaboration, period, population)
+            self._check_reads(principal, policy, catalog)
             catalog.require_matched()
             plan = build(collaboration, catalog)
             if preview:
@@ -438,9 +446,28 @@ class QueryEngine:
         return Plan((Charge(principal.name, epsilon),), run, tuple(m.stated for m in measurements))
 
     @staticmethod
-    def stability(policy: Policy) -> int:
-        """The join's stability constant under this policy."""
-        return policy.stability
+    def stability(catalog: Catalog) -> int:
+        """How many of the query's people one users row can change: the join's stability constant per join.
+
+        The people are the hub's users matched with each member of the population; one row changes at most
+        `stability` pairs in each join it takes part in (`Policy.population_stability`). With two members: the
+        join's stability constant.
+        """
+        return catalog.collaboration.policy.population_stability(len(catalog.spokes))
+
+    @staticmethod
+    def _check_reads(principal: Principal, policy: Policy, catalog: Catalog) -> None:
+        """The policy's `reads`: a member's queries involve only the members it lists.
+
+        A population says who matched them, so naming a member in it reads that member's data.
+        """
+        member = policy.member(principal.name)
+        barred = [m for m in catalog.members if member is None or not member.may_read(m)]
+        if barred:
+            raise PermissionDeniedError(
+                f"the policy does not let your ({principal.name}) queries involve {', '.join(barred)}'s data"
+                + (" (name the members you may read with with_members)" if len(catalog.spokes) > 1 else "")
+            )
 
     # -- the queries ----------------------------------------------------------------------------------------------
     def overlap(
@@ -452,7 +479,7 @@ class QueryEngine:
             axes = tuple(axis(str(d), d.member, d.column, _dimension(collaboration.policy, d)) for d in q.dimensions)
             cells_of(axes)
             people = Measurement(
-                "people", _reader(axes, histogram_sql(catalog, axes)), q.epsilon, self.stability(collaboration.policy)
+                "people", _reader(axes, histogram_sql(catalog, axes)), q.epsilon, self.stability(catalog)
             )
 
             def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
@@ -473,6 +500,92 @@ class QueryEngine:
             build,
             preview=preview,
             period=q.refresh_period,
+            population=q.with_members,
+        )
+
+    @staticmethod
+    def venn_sensitivity(catalog: Catalog) -> int:
+        """L1 sensitivity of the Venn histogram: 1 + 2 k c, over k joins of stability c.
+
+        Its cells partition all the hub's users by the members they are matched with. A hub row added or removed
+        moves its own cell by 1, and each pair that changes in any of the k joins (at most c per join) moves one hub
+        user between two cells (2). A row of another member changes at most c pairs of its one join: 2c.
+        """
+        return 1 + 2 * len(catalog.spokes) * catalog.collaboration.policy.stability
+
+    def venn(self, principal: Principal, collaboration_id: str, q: VennQuery, preview: bool = False) -> QueryAnswer:
+        """The hub's users by the members they are matched with, optionally per value of one hub dimension.
+
+        Every region of the Venn diagram (`people_exactly`), and each intersection (`people`: the hub with A, with
+        B, with A and B, ...), which sums the regions it covers (their error bars in quadrature).
+        """
+
+        def build(collaboration: Collaboration, catalog: Catalog) -> Plan:
+            policy = collaboration.policy
+            by = None
+            if q.by is not None:
+                if q.by.member != catalog.hub:
+                    raise InvalidArgumentError(
+                        f"venn groups by a dimension of the hub ({catalog.hub}), not {q.by.member}: every one of the "
+                        "hub's users is counted, matched or not"
+                    )
+                by = axis(str(q.by), q.by.member, q.by.column, _dimension(policy, q.by))
+            axes = ((by,) if by else ()) + venn_axes(catalog)
+            cells_of(axes)
+            people = Measurement(
+                "people", _reader(axes, venn_sql(catalog, by)), q.epsilon, self.venn_sensitivity(catalog)
+            )
+            spokes = catalog.spokes
+            lead = 1 if by else 0
+
+            def region(members: Sequence[str]) -> str:
+                return "∩".join((catalog.hub, *members))
+
+            def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
+                n = noisy["people"]
+                groups = list(dict.fromkeys(k[:lead] for k in n.keys))
+                out = []
+                for group in groups:
+                    cells = [(k[lead:], v) for k, v in zip(n.keys, n.values, strict=True) if k[:lead] == group]
+                    for pattern, value in cells:
+                        matched = [s for s, flag in zip(spokes, pattern, strict=True) if flag == MATCHED]
+                        keys = (*group, region(matched))
+                        out.append(
+                            withheld(keys, "people_exactly")
+                            if value < min_group
+                            else Cell(keys, "people_exactly", float(value), float(n.error_95), False)
+                        )
+                    for size in range(len(spokes) + 1):
+                        for members in itertools.combinations(spokes, size):
+                            parts = [
+                                v for pattern, v in cells if all(pattern[spokes.index(m)] == MATCHED for m in members)
+                            ]
+                            total = sum(parts)
+                            keys = (*group, region(members))
+                            out.append(
+                                withheld(keys, "people")
+                                if total < min_group
+                                else Cell(
+                                    keys, "people", float(max(total, 0)), n.error_95 * math.sqrt(len(parts)), False
+                                )
+                            )
+                return out
+
+            return self._histograms(
+                principal, collaboration, q.epsilon, (people,), (*((by.label,) if by else ()), "region"), finish
+            )
+
+        params = {"by": str(q.by) if q.by else ""}
+        return self._release(
+            principal,
+            collaboration_id,
+            QueryType.VENN,
+            params,
+            q.epsilon,
+            build,
+            preview=preview,
+            period=q.refresh_period,
+            population=q.with_members,
         )
 
     def _stage_axis(self, policy: Policy) -> Axis:
@@ -511,7 +624,7 @@ class QueryEngine:
                 axes = (axis(str(q.by), q.by.member, q.by.column, _dimension(collaboration.policy, q.by)), stage)
             cells_of(axes)
             read = self._relabel(_reader(axes, histogram_sql(catalog, axes)), q.labels)
-            people = Measurement("people", read, q.epsilon, self.stability(collaboration.policy))
+            people = Measurement("people", read, q.epsilon, self.stability(catalog))
 
             def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
                 n = noisy["people"]
@@ -532,6 +645,7 @@ class QueryEngine:
             build,
             preview=preview,
             period=q.refresh_period,
+            population=q.with_members,
         )
 
     def funnel_flow(
@@ -550,7 +664,7 @@ class QueryEngine:
             end = Axis(f"{stage.label}@{q.end}", stage.member, stage.column, stage.domain)
             sql = flow_sql(catalog, start, history.time, q.start, q.end)
             read = self._relabel(_reader((start, end), sql), q.labels)
-            people = Measurement("people", read, q.epsilon, self.stability(collaboration.policy))
+            people = Measurement("people", read, q.epsilon, self.stability(catalog))
 
             def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
                 n = noisy["people"]
@@ -569,6 +683,7 @@ class QueryEngine:
             build,
             preview=preview,
             period=q.refresh_period,
+            population=q.with_members,
         )
 
     def segment_insight(
@@ -587,9 +702,7 @@ class QueryEngine:
                 str(q.dimension), q.dimension.member, q.dimension.column, _dimension(collaboration.policy, q.dimension)
             )
             measurements = (
-                Measurement(
-                    "matched", _reader((ax,), histogram_sql(catalog, (ax,))), half, self.stability(collaboration.policy)
-                ),
+                Measurement("matched", _reader((ax,), histogram_sql(catalog, (ax,))), half, self.stability(catalog)),
                 Measurement("all_users", _reader((ax,), all_users_sql(catalog, ax)), half, 1),
             )
 
@@ -629,6 +742,7 @@ class QueryEngine:
             build,
             preview=preview,
             period=q.refresh_period,
+            population=q.with_members,
         )
 
     def _group_axes(self, policy: Policy, by: tuple[DimensionRef, ...]) -> tuple[Axis, ...]:
@@ -664,7 +778,7 @@ class QueryEngine:
 
                 return read
 
-            c = self.stability(policy)
+            c = self.stability(catalog)
             measurements = (
                 Measurement("people", column(0), quarter, c),
                 Measurement("buyers", column(1), quarter, c),
@@ -716,6 +830,7 @@ class QueryEngine:
             build,
             preview=preview,
             period=q.refresh_period,
+            population=q.with_members,
         )
 
     def loyalty(
@@ -739,7 +854,7 @@ class QueryEngine:
             full = (*axes, state)
             cells_of(full)
             sql = loyalty_sql(catalog, axes, member, time, q.period1, q.period2)
-            people = Measurement("people", _reader(full, sql), q.epsilon, self.stability(policy))
+            people = Measurement("people", _reader(full, sql), q.epsilon, self.stability(catalog))
 
             def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
                 n = noisy["people"]
@@ -783,6 +898,7 @@ class QueryEngine:
             build,
             preview=preview,
             period=q.refresh_period,
+            population=q.with_members,
         )
 
     def attribution(
@@ -824,7 +940,7 @@ class QueryEngine:
             def revenue(data: MatchedData) -> Histogram:
                 return fill_histogram(axes, [(*r[:width], r[width + 1]) for r in rows(data)])
 
-            c = self.stability(policy)
+            c = self.stability(catalog)
             measurements = (
                 Measurement("conversions", conversions, half, c * MILLI * ev.cap, MILLI),
                 Measurement("revenue", revenue, half, c * ev.cap * ev.cents_per_conversion, CENTS),
@@ -869,6 +985,7 @@ class QueryEngine:
             build,
             preview=preview,
             period=q.refresh_period,
+            population=q.with_members,
         )
 
     def lift(self, principal: Principal, collaboration_id: str, q: LiftQuery, preview: bool = False) -> QueryAnswer:
@@ -906,7 +1023,7 @@ class QueryEngine:
                 return read
 
             bound = ev.cap * ev.value_bound
-            c = self.stability(policy)
+            c = self.stability(catalog)
             measurements = (
                 Measurement("people", column(1), quarter, c),
                 Measurement("converters", column(2), quarter, c),
@@ -929,6 +1046,7 @@ class QueryEngine:
             build,
             preview=preview,
             period=q.refresh_period,
+            population=q.with_members,
         )
 
     # -- audiences --------------------------------------------------------------------------------------------------
@@ -982,7 +1100,7 @@ class QueryEngine:
                     f"audience_size {q.audience_size} is below the policy's minimum group size {policy.min_group_size}"
                 )
             plan = training_plan(catalog, policy, recipient, dict(q.seed))
-            c = self.stability(policy)
+            c = self.stability(catalog)
             noise = training_noise(q.epsilon - eval_eps, q.delta, c + 1)
             population = catalog.set_size(recipient)  # disclosed at the match: a public step-size constant
             sensitivity = 2 * c + 2
@@ -1026,6 +1144,7 @@ class QueryEngine:
             delta=q.delta,
             preview=preview,
             period=q.refresh_period,
+            population=q.with_members,
         )
 
     def activate(
@@ -1064,7 +1183,7 @@ class QueryEngine:
             if principal.name == spec.recipient:
                 raise PermissionDeniedError("the activation recipient may not request activation lists itself")
             self._delta_for(catalog, delta)
-            c = self.stability(policy)
+            c = self.stability(catalog)
             threshold = spec.min_size + activation_threshold(q.epsilon, delta, c)
             sql = segment_sql(catalog, segment, spec.recipient, q.events, times)
 
@@ -1094,6 +1213,7 @@ class QueryEngine:
             delta=delta,
             preview=preview,
             period=q.refresh_period,
+            population=q.with_members,
         )
 
     @staticmethod

@@ -122,7 +122,8 @@ def segment_sql(
     """
     joins: list[str] = []
     wheres: list[str] = ["TRUE"]
-    params: list[object] = [catalog.id]
+    people = catalog.pairs("?")
+    params: list[object] = [catalog.id] * people.count("?")  # the collaboration, once per join the people read
     for i, (ref, value) in enumerate(filters.items()):
         alias = f"f{i}"
         table = catalog.table(ref.member, "users", [ref.column])
@@ -145,7 +146,7 @@ def segment_sql(
         )
         params += [ev.start, ev.end, *(v for _, v in ev.where)]
     text = (
-        f"SELECT DISTINCT m.{catalog.side(out_member)} AS row_id FROM {catalog.pairs('?')} m {' '.join(joins)}"
+        f"SELECT DISTINCT m.{catalog.side(out_member)} AS row_id FROM {people} m {' '.join(joins)}"
         f" WHERE {' AND '.join(wheres)}"
     )
     return Sql(text, params)

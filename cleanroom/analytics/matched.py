@@ -24,7 +24,7 @@ import duckdb
 from ..collaborations import Collaboration
 from ..errors import FailedPreconditionError, InternalError, InvalidArgumentError
 from ..matching import periods
-from ..matching.join import is_matched, matched_pairs
+from ..matching.join import is_matched, matched_people, spoke_pairs
 from ..matching.progress import committed_set_sizes
 from ..matching.tables import PERIOD_COLUMN, uploaded_tables
 from ..storage.database import quote_ident
@@ -101,11 +101,28 @@ class Catalog:
     one). Its tables and pairs are that period's: later rows are not seen, retired users never are.
     """
 
-    def __init__(self, cur: duckdb.DuckDBPyConnection, collaboration: Collaboration, period: int | None = None) -> None:
+    def __init__(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        collaboration: Collaboration,
+        period: int | None = None,
+        population: Sequence[str] = (),
+    ) -> None:
         self._cur = cur
         self.collaboration = collaboration
         self.id = collaboration.id
-        self._members = sorted(m.name for m in collaboration.members)
+        policy = collaboration.policy
+        self.hub = policy.hub
+        unknown = [m for m in population if m not in policy.spokes]
+        if unknown:
+            raise InvalidArgumentError(
+                f"with_members: {unknown[0][:64]!r} is not a member matched with the hub {self.hub} "
+                f"(those are: {', '.join(policy.spokes)})"
+            )
+        if len(set(population)) != len(population):
+            raise InvalidArgumentError("with_members names a member twice")
+        #: The members besides the hub whose matched users are the query's people (the hub's users matched with each).
+        self.spokes: tuple[str, ...] = tuple(sorted(population)) or policy.spokes
         self._tables = uploaded_tables(cur, collaboration.id)
         self._requested = period
         self.period = 0
@@ -127,13 +144,46 @@ class Catalog:
             )
         self.period = latest if self._requested is None else self._requested
 
+    @property
+    def members(self) -> tuple[str, ...]:
+        """The members whose data the query's people involve: the hub, then the others of the population."""
+        return (self.hub, *self.spokes)
+
     def pairs(self, collab_param: str = "$collab") -> str:
-        """The pairs of the catalog's period, as a relation (`row_a`, `row_b`)."""
-        return matched_pairs(self.period, collab_param)
+        """The query's people in the catalog's period: one row per person, a column `side(member)` per member.
+
+        With two members, the matched pairs. With more, the hub's users matched with every member of the
+        population (`spokes`).
+        """
+        return matched_people(self.period, self.hub, self.spokes, collab_param)
+
+    def spoke_pairs(self, spoke: str, collab_param: str = "$collab") -> str:
+        """The pairs of the hub and `spoke` in the catalog's period (`row_<hub>`, `row_<spoke>`)."""
+        self.require_in_population(spoke)
+        return spoke_pairs(self.period, self.hub, spoke, collab_param)
 
     def side(self, member: str) -> str:
-        """The column of `matches` that holds `member`'s rows: members sorted by name are `row_a`, `row_b`."""
-        return "row_a" if member == self._members[0] else "row_b"
+        """The column of `pairs()` that holds `member`'s rows; INVALID_ARGUMENT for a member outside the population."""
+        self.require_in_population(member)
+        return f"row_{member}"
+
+    def other_side(self, member: str) -> str:
+        """With two members, the peer's column of `pairs()`; with more, there is no single other side."""
+        others = [m for m in self.members if m != member]
+        if len(others) != 1:
+            raise InvalidArgumentError(
+                f"this query relates {member} to one other member: name it alone in with_members "
+                f"(one of {', '.join(m for m in self.members if m != member)})"
+            )
+        return self.side(others[0])
+
+    def require_in_population(self, member: str) -> None:
+        """INVALID_ARGUMENT unless `member` is the hub or in the population (a query reads only its people's data)."""
+        if member not in self.members:
+            raise InvalidArgumentError(
+                f"the query reads {member}'s data, but its people are {self.hub}'s users matched with "
+                f"{', '.join(self.spokes)}: add {member} to with_members"
+            )
 
     def table(self, member: str, table: str, columns: Sequence[str] = ()) -> str:
         """`member.table` as of the catalog's period, to read FROM; FAILED_PRECONDITION if absent or short of a column.
@@ -141,6 +191,7 @@ class Catalog:
         A relation with the table's columns and `rowid` (the stored row's, for deterministic tie-breaks), holding the
         rows that arrived up to the period.
         """
+        self.require_in_population(member)
         physical = self._tables.get((member, table))
         if physical is None:
             raise FailedPreconditionError(f"{member} has not uploaded its {table} table yet")
@@ -215,6 +266,32 @@ def histogram_sql(catalog: Catalog, axes: tuple[Axis, ...]) -> Sql:
     g = grouping(catalog, axes)
     select = ", ".join([*g.keys, "count(*)"])
     return Sql(f"SELECT {select} FROM {catalog.pairs()} m {g.joins} {g.group_by}", {"collab": catalog.id})
+
+
+#: The values of a Venn axis: whether a hub user is matched with the axis' member.
+MATCHED, UNMATCHED = "yes", "no"
+
+
+def venn_axes(catalog: Catalog) -> tuple[Axis, ...]:
+    """One axis per member of the population: is the hub's user matched with it (yes, no)."""
+    return tuple(Axis(s, s, "matched", (MATCHED, UNMATCHED)) for s in catalog.spokes)
+
+
+def venn_sql(catalog: Catalog, by: Axis | None) -> Sql:
+    """All the hub's users (matched or not) per pattern of the population's members they are matched with.
+
+    Rows: ([by value,] one yes/no per member of `catalog.spokes`, count). Every users row of the hub counts once.
+    """
+    hub = catalog.hub
+    users = catalog.table(hub, "users", [by.column] if by else [])
+    joins = " ".join(
+        f"LEFT JOIN {catalog.spoke_pairs(s)} p{i} ON p{i}.row_{hub} = u.row_id" for i, s in enumerate(catalog.spokes)
+    )
+    keys = ([f"u.{quote_ident(by.column)}"] if by else []) + [
+        f"CASE WHEN p{i}.row_{hub} IS NULL THEN '{UNMATCHED}' ELSE '{MATCHED}' END" for i in range(len(catalog.spokes))
+    ]
+    group = ", ".join(str(i + 1) for i in range(len(keys)))
+    return Sql(f"SELECT {', '.join(keys)}, count(*) FROM {users} u {joins} GROUP BY {group}", {"collab": catalog.id})
 
 
 def all_users_sql(catalog: Catalog, ax: Axis) -> Sql:

@@ -53,10 +53,27 @@ class OverlapQuery:
     epsilon: float
     #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
     refresh_period: int | None = None
+    #: The members (besides the hub) whose matched users are the query's people; empty: every member.
+    with_members: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
         check_dimensions(self.dimensions, "overlap")
+
+
+@dataclass(frozen=True)
+class VennQuery:
+    """The hub's users by which of the other members they are matched with, optionally by one hub dimension."""
+
+    by: DimensionRef | None
+    epsilon: float
+    #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
+    refresh_period: int | None = None
+    #: The members (besides the hub) whose matches are counted; empty: every member.
+    with_members: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_epsilon(self.epsilon)
 
 
 @dataclass(frozen=True)
@@ -68,6 +85,8 @@ class FunnelQuery:
     labels: str = "4a"
     #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
     refresh_period: int | None = None
+    #: The members (besides the hub) whose matched users are the query's people; empty: every member.
+    with_members: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
@@ -85,6 +104,8 @@ class FunnelFlowQuery:
     labels: str = "4a"
     #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
     refresh_period: int | None = None
+    #: The members (besides the hub) whose matched users are the query's people; empty: every member.
+    with_members: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
@@ -117,6 +138,8 @@ class ValueQuery:
     epsilon: float
     #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
     refresh_period: int | None = None
+    #: The members (besides the hub) whose matched users are the query's people; empty: every member.
+    with_members: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
@@ -135,6 +158,8 @@ class LoyaltyQuery:
     epsilon: float
     #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
     refresh_period: int | None = None
+    #: The members (besides the hub) whose matched users are the query's people; empty: every member.
+    with_members: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
@@ -154,6 +179,8 @@ class SegmentInsightQuery:
     epsilon: float
     #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
     refresh_period: int | None = None
+    #: The members (besides the hub) whose matched users are the query's people; empty: every member.
+    with_members: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
@@ -172,6 +199,8 @@ class AttributionQuery:
     half_life_days: float = DEFAULT_HALF_LIFE_DAYS
     #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
     refresh_period: int | None = None
+    #: The members (besides the hub) whose matched users are the query's people; empty: every member.
+    with_members: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
@@ -187,6 +216,8 @@ class LiftQuery:
     epsilon: float
     #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
     refresh_period: int | None = None
+    #: The members (besides the hub) whose matched users are the query's people; empty: every member.
+    with_members: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
@@ -205,6 +236,8 @@ class LookalikeQuery:
     model: str = "logistic"
     #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
     refresh_period: int | None = None
+    #: The members (besides the hub) whose matched users are the query's people; empty: every member.
+    with_members: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
@@ -258,6 +291,8 @@ class ActivationQuery:
     events: tuple[EventFilter, ...] = ()
     #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
     refresh_period: int | None = None
+    #: The members (besides the hub) whose matched users are the query's people; empty: every member.
+    with_members: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)

@@ -1,4 +1,10 @@
-"""The join: rows of the two members whose doubly blinded keys agree, resolved to a one-to-one matching that is stable.
+"""The join: rows of two members whose fully blinded keys agree, resolved to a one-to-one matching that is stable.
+
+With three or more members, every other member is joined this way with the hub (the brand); a person of the hub
+is then linked to at most one row of each other member. What one row changes then: a row of a member other than
+the hub takes part in one join (at most c pairs change), a row of the hub in each of the N - 1 joins (at most c
+pairs in each). A query over the hub's users matched with k members therefore sees at most k * c of its people
+change (`cleanroom_client.policy.population_stability`).
 
 Rule. For each identifier type the policy allows, a key *links* a row of A to a row of B when the key occurs on
 exactly one row of A and exactly one row of B for that type (each row carries at most one key per type). A pair
@@ -89,14 +95,16 @@ GROUP BY row_a, row_b
 #: A refresh: pairs that no longer hold end at this period; new pairs start at it; pairs that still hold go on.
 _END_PAIRS = """
 UPDATE matches SET period_to = $period
-WHERE collab = $collab AND period_to IS NULL
+WHERE collab = $collab AND member_a = $ma AND member_b = $mb AND period_to IS NULL
   AND NOT EXISTS (SELECT 1 FROM join_pairs j WHERE j.row_a = matches.row_a AND j.row_b = matches.row_b)
 """
 _START_PAIRS = """
 INSERT INTO matches
 SELECT $collab, $ma, j.row_a, $mb, j.row_b, j.id_type, $period, NULL
 FROM join_pairs j
-ANTI JOIN (SELECT row_a, row_b FROM matches WHERE collab = $collab AND period_to IS NULL) USING (row_a, row_b)
+ANTI JOIN (
+    SELECT row_a, row_b FROM matches WHERE collab = $collab AND member_a = $ma AND member_b = $mb AND period_to IS NULL
+) USING (row_a, row_b)
 """
 
 
@@ -110,17 +118,40 @@ def is_matched(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> bool:
     return first(cur.execute("SELECT 1 FROM match_results WHERE collab = ?", [collaboration_id])) is not None
 
 
-def matched_pairs(period: int, collab_param: str = "$collab") -> str:
-    """The pairs that hold in `period` of one collaboration as a relation (`row_a`, `row_b`) for analytics SQL.
+def _member_name(name: str) -> str:
+    """A member name, checked again before it goes into SQL (policy-validated: lower-case letters, digits, '_')."""
+    if not name or not name.replace("_", "").isalnum() or not name.isascii() or name != name.lower():
+        raise ValueError(f"not a member name: {name!r}")
+    return name
 
-    `collab_param` names the query parameter holding the collaboration id. Readers join this relation rather than
-    the `matches` table, whose layout stays this module's business.
-    """
+
+def spoke_pairs(period: int, hub: str, spoke: str, collab_param: str = "$collab") -> str:
+    """The pairs of the hub and one other member that hold in `period`, as a relation (`row_<hub>`, `row_<spoke>`)."""
     p = int(period)
+    hub, spoke = _member_name(hub), _member_name(spoke)
     return (
-        f"(SELECT row_a, row_b FROM matches WHERE collab = {collab_param}"
-        f" AND period_from <= {p} AND (period_to IS NULL OR period_to > {p}))"
+        f"(SELECT row_a AS row_{hub}, row_b AS row_{spoke} FROM matches WHERE collab = {collab_param}"
+        f" AND member_a = '{hub}' AND member_b = '{spoke}' AND period_from <= {p}"
+        f" AND (period_to IS NULL OR period_to > {p}))"
     )
+
+
+def matched_people(period: int, hub: str, spokes: Sequence[str], collab_param: str = "$collab") -> str:
+    """The people of `period`: the hub's rows matched with a row of every member in `spokes`, as a relation.
+
+    One row per such hub row, with one column per member, `row_<member>`: its row in that member's data (the hub's
+    included). With two members and the peer as the one spoke this is the matching's pairs. `collab_param` names
+    the query parameter holding the collaboration id. Readers join this relation rather than the `matches` table,
+    whose layout stays this module's business.
+    """
+    if not spokes:
+        raise ValueError("a population names at least one member besides the hub")
+    sources = [spoke_pairs(period, hub, s, collab_param) for s in spokes]
+    if len(sources) == 1:
+        return sources[0]
+    columns = ", ".join([f"p0.row_{hub}", *(f"p{i}.row_{s}" for i, s in enumerate(spokes))])
+    joins = " ".join(f"JOIN {src} p{i} USING (row_{hub})" for i, src in enumerate(sources) if i)
+    return f"(SELECT {columns} FROM {sources[0]} p0 {joins})"
 
 
 def matched_time(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> datetime | None:
@@ -158,6 +189,8 @@ def key_set_sizes(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> dict
 def record_pairs(cur: duckdb.DuckDBPyConnection, collaboration_id: str, members: tuple[str, str], pairs: str) -> None:
     """Store a finished matching given as a registered relation `pairs` (a, b) and mark the collaboration matched.
 
+    `members` is (hub, other): `a` holds the hub's rows.
+
     For loading a known matching at benchmark sizes without the PSI (`cleanroom.devtools.synthetic.load_direct`).
     """
     cur.execute(
@@ -169,28 +202,31 @@ def record_pairs(cur: duckdb.DuckDBPyConnection, collaboration_id: str, members:
 def join_matches(
     cur: duckdb.DuckDBPyConnection,
     collaboration_id: str,
-    members: tuple[str, str],
+    members: Sequence[str],
     types: Sequence[IdentifierType],
     period: int = 0,
 ) -> None:
-    """Compute the matching from both members' keys of the allowed `types` as the pairs of `period`.
+    """Compute the matching of `period` from the members' keys of the allowed `types`.
 
-    Period 0 is the match: its pairs are stored and the collaboration marked matched. A refresh period recomputes
-    the whole join over the keys as they now are (the rule is global: a new row can break an old pair) and records
-    the difference: pairs that no longer hold end, new pairs start, the rest go on. `members` is sorted by name:
-    the first is `member_a` in the `matches` table. A pair's `id_type` is the highest-priority type that links it
-    (for the operator's statistics). Call inside a transaction: the links live in temporary tables of this
-    connection, dropped before returning.
+    `members` is the hub first, then every other member: each other member is joined with the hub, one to one, by
+    the rule above (a third member's keys never affect the pairs of two others: links count rows per member). With
+    two members, the one join is the collaboration's. Period 0 is the match: its pairs are stored and the
+    collaboration marked matched. A refresh period recomputes the whole join over the keys as they now are (the
+    rule is global: a new row can break an old pair) and records the difference: pairs that no longer hold end,
+    new pairs start, the rest go on. In the `matches` table `member_a` is the hub. A pair's `id_type` is the
+    highest-priority type that links it (for the operator's statistics). Call inside a transaction: the links live
+    in temporary tables of this connection, dropped before returning.
     """
-    member_a, member_b = members
+    hub, *spokes = members
     codes = sorted(ID_TYPE_CODES[t] for t in types)
-    cur.execute(_LINKS, {"collab": collaboration_id, "ma": member_a, "mb": member_b, "types": codes})
-    cur.execute(_PAIRS)
-    if period:
-        cur.execute(_END_PAIRS, {"collab": collaboration_id, "period": period})
-    cur.execute(_START_PAIRS, {"collab": collaboration_id, "ma": member_a, "mb": member_b, "period": period})
-    cur.execute("DROP TABLE join_pairs")
-    cur.execute("DROP TABLE join_links")
+    for spoke in spokes:
+        cur.execute(_LINKS, {"collab": collaboration_id, "ma": hub, "mb": spoke, "types": codes})
+        cur.execute(_PAIRS)
+        if period:
+            cur.execute(_END_PAIRS, {"collab": collaboration_id, "ma": hub, "mb": spoke, "period": period})
+        cur.execute(_START_PAIRS, {"collab": collaboration_id, "ma": hub, "mb": spoke, "period": period})
+        cur.execute("DROP TABLE join_pairs")
+        cur.execute("DROP TABLE join_links")
     if not period:
         cur.execute(
             "INSERT INTO match_results VALUES (?, ?)", [collaboration_id, datetime.now(UTC).replace(tzinfo=None)]

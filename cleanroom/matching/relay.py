@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import duckdb
 import numpy as np
@@ -33,9 +33,9 @@ from ..errors import FailedPreconditionError, InvalidArgumentError
 from ..storage import Database
 from ..storage.database import first
 from . import periods
+from .chain import Chain
 from .join import add_keys, forget_rows, is_matched, join_matches, key_set_sizes, matched_time
 from .progress import (
-    DOUBLE_BLINDED,
     POINTS,
     UploadProgress,
     appended_rows,
@@ -82,6 +82,27 @@ class MatchStatus:
     peer_point_chunks: int
     own_set_size: int
     peer_set_size: int
+    #: The caller's hop in each other member's chain.
+    offers: tuple[ChainOffer, ...] = ()
+    #: Every member's set size (0 until its points are committed).
+    set_sizes: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChainOffer:
+    """The caller's place in one other member's chain: its hop, and whether the points are ready or done."""
+
+    origin: str
+    hop: int
+    hops: int
+    ready: bool
+    chunks: int
+    done: bool
+
+    @property
+    def last_hop(self) -> bool:
+        """The caller's hop is the last: it answers with tags."""
+        return self.hop == self.hops
 
 
 def _validate_points(points: bytes, what: str) -> None:
@@ -108,6 +129,26 @@ def _chunk_rows(first_row: int, present: bytes, n: int, what: str) -> np.ndarray
     if len(slots) != n:
         raise InvalidArgumentError(f"{what}: `present` marks {len(slots)} rows for {n} points")
     return first_row + slots.astype(np.int64)
+
+
+def _validate_hop_points(points: bytes, what: str) -> None:
+    """A hop's points: each a valid point (protocol step 4's checks) or 32 zero bytes, a point the member rejected."""
+    try:
+        codes = check_points(points)
+    except InvalidPointError as exc:
+        raise InvalidArgumentError(f"{what}: {exc}") from None
+    zero = np.all(np.frombuffer(points, dtype=np.uint8).reshape(-1, POINT_SIZE) == 0, axis=1) if points else codes == 0
+    bad = np.flatnonzero((codes != 0) & ~zero)
+    if len(bad):
+        raise InvalidArgumentError(
+            f"{what}, point {bad[0]}: {POINT_PROBLEMS[codes[bad[0]]]} ({len(bad)} invalid points in this chunk; "
+            "send 32 zero bytes for a point you rejected)"
+        )
+
+
+def _joined(collaboration: Collaboration) -> tuple[str, ...]:
+    """The members as the join takes them: the hub first, then every other member (each joined with the hub)."""
+    return (collaboration.policy.hub, *collaboration.policy.spokes)
 
 
 def _point_array(points: bytes) -> pa.FixedSizeBinaryArray:
@@ -299,30 +340,83 @@ class Relay:
         progress = read_progress(cur, collaboration_id, owner, POINTS, period)
         return progress.rows if progress and progress.committed else None
 
-    def offer_chunks(self, collaboration: Collaboration, member: str, period: int = 0) -> int:
-        """The number of chunks in the peer's offer; FailedPrecondition while the peer is still uploading."""
-        peer = collaboration.policy.peer_of(member)
-        size = self._offer_size(self._db.cursor(), collaboration.id, peer, period)
+    def _origin(self, collaboration: Collaboration, member: str, origin: str) -> str:
+        """The member whose points `member` names: `origin`, or (two members, `origin` empty) the peer."""
+        names = collaboration.policy.chain
+        if not origin:
+            if len(names) != 2:
+                raise InvalidArgumentError(
+                    "name the origin, the member whose points these are (GetMatchStatus lists them in `offers`)"
+                )
+            return collaboration.policy.peer_of(member)
+        if origin not in names or origin == member:
+            others = ", ".join(n for n in names if n != member)
+            raise InvalidArgumentError(f"origin {origin[:64]!r} is not another member of the collaboration ({others})")
+        return origin
+
+    def _ready_size(
+        self, cur: duckdb.DuckDBPyConnection, collaboration: Collaboration, origin: str, hop: int, period: int
+    ) -> int | None:
+        """The size of `origin`'s offer once it stands at `hop` (its points and every earlier hop committed)."""
+        size = self._offer_size(cur, collaboration.id, origin, period)
         if size is None:
-            raise FailedPreconditionError(f"{peer} has not finished uploading its points yet; retry later")
-        return self._chunks(size)
+            return None
+        chain = Chain(collaboration.policy.chain)
+        for h in range(1, hop):
+            done = read_progress(cur, collaboration.id, chain.at(origin, h), chain.kind(origin), period)
+            if not (done and done.committed):
+                return None
+        return size
+
+    def _require_ready(
+        self, cur: duckdb.DuckDBPyConnection, collaboration: Collaboration, member: str, origin: str, period: int
+    ) -> int:
+        size = self._ready_size(
+            cur, collaboration, origin, Chain(collaboration.policy.chain).hop(origin, member), period
+        )
+        if size is not None:
+            return size
+        if self._offer_size(cur, collaboration.id, origin, period) is None:
+            raise FailedPreconditionError(f"{origin} has not finished uploading its points yet; retry later")
+        raise FailedPreconditionError(
+            f"{origin}'s points are still with the members before you in its chain; retry later"
+        )
+
+    def _chain_done(
+        self, cur: duckdb.DuckDBPyConnection, collaboration: Collaboration, member: str, origin: str, period: int
+    ) -> bool:
+        """Whether `member` committed its hop in `origin`'s chain."""
+        done = read_progress(cur, collaboration.id, member, Chain(collaboration.policy.chain).kind(origin), period)
+        return bool(done and done.committed)
+
+    def offer_chunks(self, collaboration: Collaboration, member: str, period: int = 0, origin: str = "") -> int:
+        """The chunks of `origin`'s offer at `member`'s hop; FailedPrecondition until the earlier hops are done."""
+        origin = self._origin(collaboration, member, origin)
+        return self._chunks(self._require_ready(self._db.cursor(), collaboration, member, origin, period))
 
     def _chunks(self, size: int) -> int:
         """Chunks in an offer of `size` points; an empty offer still has one (empty) chunk to answer."""
         return max(1, -(-size // self.offer_chunk))
 
-    def fetch_peer_chunk(self, collaboration: Collaboration, member: str, chunk_index: int, period: int = 0) -> bytes:
-        """Chunk `chunk_index` of the peer's shuffled points, 32 bytes each."""
-        total = self.offer_chunks(collaboration, member, period)
+    def fetch_peer_chunk(
+        self, collaboration: Collaboration, member: str, chunk_index: int, period: int = 0, origin: str = ""
+    ) -> bytes:
+        """Chunk `chunk_index` of `origin`'s shuffled points at `member`'s hop, 32 bytes each."""
+        origin = self._origin(collaboration, member, origin)
+        total = self.offer_chunks(collaboration, member, period, origin)
         if not 0 <= chunk_index < total:
             raise InvalidArgumentError(f"chunk {chunk_index} is out of range; the offer has {total} chunks")
         start = chunk_index * self.offer_chunk
         cur = self._db.cursor()
-        if self._double_done(cur, collaboration.id, member, period):
-            raise FailedPreconditionError("you have already double-blinded the peer's points")
+        if self._chain_done(cur, collaboration, member, origin, period):
+            raise FailedPreconditionError(
+                "you have already double-blinded the peer's points"
+                if len(collaboration.members) == 2
+                else f"you have already blinded {origin}'s points"
+            )
         table = cur.sql(
             "SELECT point FROM offers WHERE collab = ? AND member = ? AND pos >= ? AND pos < ? ORDER BY pos",
-            params=[collaboration.id, collaboration.policy.peer_of(member), start, start + self.offer_chunk],
+            params=[collaboration.id, origin, start, start + self.offer_chunk],
         ).to_arrow_table()
         return b"".join(table.column("point").to_pylist())
 
@@ -330,71 +424,122 @@ class Relay:
         return sealed(cur, collaboration_id, member, period)
 
     def submit_double_blinded(
-        self, collaboration: Collaboration, member: str, chunk_index: int, tags: bytes, last: bool, period: int = 0
+        self,
+        collaboration: Collaboration,
+        member: str,
+        chunk_index: int,
+        tags: bytes,
+        last: bool,
+        period: int = 0,
+        origin: str = "",
+        points: bytes = b"",
     ) -> UploadProgress:
-        """Store the tags of the caller's blinding of one offered chunk; the last chunk un-shuffles them.
+        """Store the caller's blinding of one offered chunk of `origin`'s points; the last chunk passes them on.
 
-        Tags are opaque 64-bit values: there is nothing to validate but their number.
+        At the last hop of the chain (the only hop with two members) the caller sends 8-byte tags, opaque 64-bit
+        values with nothing to validate but their number, and the final chunk un-shuffles them onto the origin's
+        rows. At an earlier hop it sends 32-byte points, each a valid point or 32 zero bytes (a point it
+        rejected), and the final chunk shuffles them again for the next member.
         """
-        peer = collaboration.policy.peer_of(member)
-        what = f"double-blinded chunk {chunk_index}"
-        if len(tags) % TAG_SIZE:
-            raise InvalidArgumentError(f"{what}: tags must be {TAG_SIZE} bytes each")
+        origin = self._origin(collaboration, member, origin)
+        chain = Chain(collaboration.policy.chain)
+        hop = chain.hop(origin, member)
+        last_hop = hop == chain.hops
+        kind = chain.kind(origin)
+        what = (
+            f"double-blinded chunk {chunk_index}"
+            if len(chain.members) == 2
+            else f"chunk {chunk_index} of {origin}'s points"
+        )
+        if last_hop:
+            if points:
+                raise InvalidArgumentError(f"{what}: yours is the last hop of {origin}'s chain: send `tags`")
+            if len(tags) % TAG_SIZE:
+                raise InvalidArgumentError(f"{what}: tags must be {TAG_SIZE} bytes each")
+            n = len(tags) // TAG_SIZE
+        else:
+            if tags:
+                raise InvalidArgumentError(
+                    f"{what}: yours is hop {hop} of {chain.hops} in {origin}'s chain: send `blinded_points`, not tags"
+                )
+            if len(points) % POINT_SIZE:
+                raise InvalidArgumentError(f"{what}: blinded_points must be {POINT_SIZE} bytes each")
+            n = len(points) // POINT_SIZE
+            _validate_hop_points(points, what)
         with self._db.transaction() as cur:
             check_approved_revision(cur, collaboration)
             ensure_open(cur, collaboration.id, period)
-            size = self._offer_size(cur, collaboration.id, peer, period)
-            if size is None:
-                raise FailedPreconditionError(f"{peer} has not finished uploading its points yet; retry later")
+            size = self._require_ready(cur, collaboration, member, origin, period)
             if period and self._offer_size(cur, collaboration.id, member, period) is None:
                 raise FailedPreconditionError(
                     "upload your own points first (UploadBlindedPoints up to the chunk marked `last`): "
                     "double-blinding the peer's points seals your side"
                 )
             total = self._chunks(size)
-            progress = read_progress(cur, collaboration.id, member, DOUBLE_BLINDED, period)
+            progress = read_progress(cur, collaboration.id, member, kind, period)
             if check_next_chunk(progress, chunk_index, "your double-blinded upload"):
-                cur.execute("DELETE FROM double_points WHERE collab = ? AND owner = ?", [collaboration.id, peer])
+                cur.execute("DELETE FROM double_points WHERE collab = ? AND owner = ?", [collaboration.id, origin])
+                cur.execute("DELETE FROM chain_points WHERE collab = ? AND owner = ?", [collaboration.id, origin])
                 progress = None
             if progress is None:
-                self._audit.append(
-                    cur, collaboration.id, member, "upload.start", {"kind": DOUBLE_BLINDED, "period": period}
-                )
+                self._audit.append(cur, collaboration.id, member, "upload.start", {"kind": kind, "period": period})
             if chunk_index >= total:
                 raise InvalidArgumentError(f"{what} is out of range; the offer has {total} chunks")
             start = chunk_index * self.offer_chunk
             expected = min(self.offer_chunk, size - start)
-            n = len(tags) // TAG_SIZE
             if n != expected:
-                raise InvalidArgumentError(f"{what}: carries {n} tags; the offered chunk had {expected} points")
+                unit = "tags" if last_hop else "points"
+                raise InvalidArgumentError(f"{what}: carries {n} {unit}; the offered chunk had {expected} points")
             final = chunk_index == total - 1
             if last != final:
                 raise InvalidArgumentError(
                     f"{what}: `last` must be set on chunk {total - 1}, the final chunk of the offer, and only there"
                 )
-            chunk = pa.table(
-                {
-                    "pos": pa.array(np.arange(start, start + n, dtype=np.int64)),
-                    "dkey": pa.array(np.frombuffer(tags, dtype="<i8")),
-                }
-            )
-            cur.register("chunk", chunk)
-            cur.execute("INSERT INTO double_points SELECT ?, ?, pos, dkey FROM chunk", [collaboration.id, peer])
+            positions = pa.array(np.arange(start, start + n, dtype=np.int64))
+            if last_hop:
+                chunk = pa.table({"pos": positions, "dkey": pa.array(np.frombuffer(tags, dtype="<i8"))})
+                cur.register("chunk", chunk)
+                cur.execute("INSERT INTO double_points SELECT ?, ?, pos, dkey FROM chunk", [collaboration.id, origin])
+            else:
+                chunk = pa.table({"pos": positions, "point": _point_array(points)})
+                cur.register("chunk", chunk)
+                cur.execute("INSERT INTO chain_points SELECT ?, ?, pos, point FROM chunk", [collaboration.id, origin])
             cur.unregister("chunk")
-            new = UploadProgress(DOUBLE_BLINDED, chunk_index + 1, start + n, final, period)
+            new = UploadProgress(kind, chunk_index + 1, start + n, final, period)
             if final:
-                self._unshuffle(cur, collaboration.id, peer)
+                if last_hop:
+                    self._unshuffle(cur, collaboration.id, origin)
+                else:
+                    self._reshuffle(cur, collaboration.id, origin, size)
                 self._audit.append(
                     cur,
                     collaboration.id,
                     member,
                     "upload.commit",
-                    {"kind": DOUBLE_BLINDED, "points": size, "period": period},
+                    {"kind": kind, "points": size, "period": period},
                 )
             save_progress(cur, collaboration.id, member, new)
-            if final:
+            if final and last_hop:
                 self._join_if_ready(cur, collaboration, member, period)
         return new
+
+    def _reshuffle(self, cur: duckdb.DuckDBPyConnection, collaboration_id: str, origin: str, size: int) -> None:
+        """Replace `origin`'s offered points by the hop's blinding of them, in a new uniformly random order."""
+        keys = np.frombuffer(os.urandom(8 * size), dtype=np.uint64)
+        perm = pd.DataFrame({"pos": np.arange(size, dtype=np.int64), "new_pos": np.argsort(keys).astype(np.int64)})
+        cur.register("perm", perm)
+        cur.execute(
+            "CREATE OR REPLACE TEMP TABLE reshuffled AS"
+            " SELECT o.collab, o.member, p.new_pos AS pos, o.id_type, o.row_id, c.point"
+            " FROM offers o JOIN chain_points c ON c.collab = o.collab AND c.owner = o.member AND c.pos = o.pos"
+            " JOIN perm p ON p.pos = o.pos WHERE o.collab = ? AND o.member = ?",
+            [collaboration_id, origin],
+        )
+        cur.unregister("perm")
+        cur.execute("DELETE FROM offers WHERE collab = ? AND member = ?", [collaboration_id, origin])
+        cur.execute("INSERT INTO offers SELECT * FROM reshuffled ORDER BY pos")
+        cur.execute("DROP TABLE reshuffled")
+        cur.execute("DELETE FROM chain_points WHERE collab = ? AND owner = ?", [collaboration_id, origin])
 
     def _unshuffle(self, cur: duckdb.DuckDBPyConnection, collaboration_id: str, owner: str) -> None:
         add_keys(
@@ -410,12 +555,15 @@ class Relay:
     def _join_if_ready(
         self, cur: duckdb.DuckDBPyConnection, collaboration: Collaboration, member: str, period: int
     ) -> None:
-        if not all(self._double_done(cur, collaboration.id, m.name, period) for m in collaboration.members):
+        chain = Chain(collaboration.policy.chain)
+        if not all(
+            self._chain_done(cur, collaboration, chain.at(origin, chain.hops), origin, period)
+            for origin in chain.members
+        ):
             return
-        members = tuple(sorted(m.name for m in collaboration.members))
         types = [IdentifierType(t) for t in collaboration.policy.identifiers]
         if not period:
-            join_matches(cur, collaboration.id, members, types)  # type: ignore[arg-type]
+            join_matches(cur, collaboration.id, _joined(collaboration), types)
             self._audit.append(cur, collaboration.id, member, "match.complete", {})
             return
         self._complete(cur, collaboration, member, period)
@@ -449,7 +597,7 @@ class Relay:
             forget_table_rows(cur, collaboration.id, m, retired, params)
             if not retire_only:  # a retirement alone leaves uploads in progress (the match's, say) alone
                 discard_staged(cur, collaboration, m)
-        join_matches(cur, collaboration.id, members, types, period)  # type: ignore[arg-type]
+        join_matches(cur, collaboration.id, _joined(collaboration), types, period)
         sizes = key_set_sizes(cur, collaboration.id)
         sizes = {m: sizes.get(m, 0) for m in members}
         entry = self._audit.append(
@@ -568,7 +716,7 @@ class Relay:
     def status(self, collaboration: Collaboration, member: str, period: int | None = None) -> MatchStatus:
         """The match (period 0) or a refresh period as `member` may see it; by default the current period."""
         cur = self._db.cursor()
-        peer = collaboration.policy.peer_of(member)
+        chain = Chain(collaboration.policy.chain)
         current = periods.current_period(cur, collaboration.id)
         period = current if period is None else period
         if not 0 <= period <= current:
@@ -582,16 +730,28 @@ class Relay:
             stage = MatchStage.DOUBLE_BLINDING
         else:
             stage = MatchStage.UPLOADING
-        peer_size = self._offer_size(cur, collaboration.id, peer, period)
+        offers = []
+        for origin in chain.origins(member):
+            hop = chain.hop(origin, member)
+            size = self._ready_size(cur, collaboration, origin, hop, period)
+            finished = self._chain_done(cur, collaboration, member, origin, period)
+            offers.append(
+                ChainOffer(
+                    origin, hop, chain.hops, size is not None, self._chunks(size) if size is not None else 0, finished
+                )
+            )
         sizes = (periods.period_set_sizes(cur, collaboration.id, period) if period else None) or committed_set_sizes(
             cur, collaboration.id, POINTS
         )
+        peer = offers[0] if len(offers) == 1 else None
         return MatchStatus(
             stage=stage,
             period=period,
             uploads=tuple(list_progress(cur, collaboration.id, member, period)),
-            peer_points_ready=peer_size is not None,
-            peer_point_chunks=self._chunks(peer_size) if peer_size is not None else 0,
+            peer_points_ready=peer is not None and peer.ready,
+            peer_point_chunks=peer.chunks if peer is not None else 0,
             own_set_size=int(sizes.get(member) or 0),
-            peer_set_size=int(sizes.get(peer) or 0),
+            peer_set_size=int(sizes.get(peer.origin) or 0) if peer is not None else 0,
+            offers=tuple(offers),
+            set_sizes={m: int(sizes.get(m) or 0) for m in chain.members},
         )

@@ -32,6 +32,7 @@ from ..analytics import (
     QueryEngine,
     SegmentInsightQuery,
     ValueQuery,
+    VennQuery,
 )
 from ..analytics.audiences import AudienceInfo, Audiences, parse_audience_name
 from ..analytics.queries import DimensionRef, EventFilter
@@ -91,16 +92,33 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         principal = self._auth.principal(context)
         self._engine.authorize(principal, parse_name(request.parent), QueryType.OVERLAP)
         q = OverlapQuery(
-            tuple(DimensionRef.parse(d) for d in request.dimensions), request.epsilon, refresh_period=_period(request)
+            tuple(DimensionRef.parse(d) for d in request.dimensions),
+            request.epsilon,
+            refresh_period=_period(request),
+            with_members=tuple(request.with_members),
         )
         return answer_to_proto(self._engine.overlap(principal, parse_name(request.parent), q, preview=preview))
+
+    def Venn(self, request: pb.VennRequest, context: grpc.ServicerContext, preview: bool = False) -> pb.QueryResult:
+        """The hub's users by the members they are matched with."""
+        principal = self._auth.principal(context)
+        self._engine.authorize(principal, parse_name(request.parent), QueryType.VENN)
+        by = DimensionRef.parse(request.by) if request.by else None
+        q = VennQuery(by, request.epsilon, refresh_period=_period(request), with_members=tuple(request.with_members))
+        return answer_to_proto(self._engine.venn(principal, parse_name(request.parent), q, preview=preview))
 
     def Funnel(self, request: pb.FunnelRequest, context: grpc.ServicerContext, preview: bool = False) -> pb.QueryResult:
         """The 4A distribution."""
         principal = self._auth.principal(context)
         self._engine.authorize(principal, parse_name(request.parent), QueryType.FUNNEL)
         by = DimensionRef.parse(request.by) if request.by else None
-        q = FunnelQuery(by, request.epsilon, request.labels or "4a", refresh_period=_period(request))
+        q = FunnelQuery(
+            by,
+            request.epsilon,
+            request.labels or "4a",
+            refresh_period=_period(request),
+            with_members=tuple(request.with_members),
+        )
         return answer_to_proto(self._engine.funnel(principal, parse_name(request.parent), q, preview=preview))
 
     def FunnelFlow(
@@ -115,6 +133,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             request.epsilon,
             request.labels or "4a",
             refresh_period=_period(request),
+            with_members=tuple(request.with_members),
         )
         return answer_to_proto(self._engine.funnel_flow(principal, parse_name(request.parent), q, preview=preview))
 
@@ -124,7 +143,12 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         """Shares, TGI and penetration per value of a dimension."""
         principal = self._auth.principal(context)
         self._engine.authorize(principal, parse_name(request.parent), QueryType.SEGMENT_INSIGHT)
-        q = SegmentInsightQuery(DimensionRef.parse(request.dimension), request.epsilon, refresh_period=_period(request))
+        q = SegmentInsightQuery(
+            DimensionRef.parse(request.dimension),
+            request.epsilon,
+            refresh_period=_period(request),
+            with_members=tuple(request.with_members),
+        )
         return answer_to_proto(self._engine.segment_insight(principal, parse_name(request.parent), q, preview=preview))
 
     def Value(self, request: pb.ValueRequest, context: grpc.ServicerContext, preview: bool = False) -> pb.QueryResult:
@@ -136,6 +160,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             request.measure,
             request.epsilon,
             refresh_period=_period(request),
+            with_members=tuple(request.with_members),
         )
         return answer_to_proto(self._engine.value(principal, parse_name(request.parent), q, preview=preview))
 
@@ -152,6 +177,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             (date(request.period2_start, "period2_start"), date(request.period2_end, "period2_end")),
             request.epsilon,
             refresh_period=_period(request),
+            with_members=tuple(request.with_members),
         )
         return answer_to_proto(self._engine.loyalty(principal, parse_name(request.parent), q, preview=preview))
 
@@ -173,6 +199,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             click_over_view=request.click_over_view,
             half_life_days=request.half_life_days or DEFAULT_HALF_LIFE_DAYS,
             refresh_period=_period(request),
+            with_members=tuple(request.with_members),
         )
         return answer_to_proto(self._engine.attribution(principal, parse_name(request.parent), q, preview=preview))
 
@@ -180,7 +207,9 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         """Lift against the holdout."""
         principal = self._auth.principal(context)
         self._engine.authorize(principal, parse_name(request.parent), QueryType.LIFT)
-        q = LiftQuery(request.campaign, request.epsilon, refresh_period=_period(request))
+        q = LiftQuery(
+            request.campaign, request.epsilon, refresh_period=_period(request), with_members=tuple(request.with_members)
+        )
         return answer_to_proto(self._engine.lift(principal, parse_name(request.parent), q, preview=preview))
 
     def Lookalike(
@@ -205,6 +234,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             delta=request.delta,
             model=request.model or "logistic",
             refresh_period=_period(request),
+            with_members=tuple(request.with_members),
         )
         answer = self._engine.lookalike(principal, parse_name(request.parent), q, preview=preview, progress=progress)
         return answer_to_proto(answer)
@@ -260,6 +290,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             delta=request.delta,
             events=events,
             refresh_period=_period(request),
+            with_members=tuple(request.with_members),
         )
         return answer_to_proto(self._engine.activate(principal, parse_name(request.parent), q, preview=preview))
 
@@ -320,6 +351,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
 #: The query a PreviewRequest names -> its handler (called with preview=True).
 _PREVIEWED: dict[str, Callable[..., pb.QueryResult]] = {
     "overlap": AnalyticsServicer.Overlap,
+    "venn": AnalyticsServicer.Venn,
     "funnel": AnalyticsServicer.Funnel,
     "funnel_flow": AnalyticsServicer.FunnelFlow,
     "segment_insight": AnalyticsServicer.SegmentInsight,

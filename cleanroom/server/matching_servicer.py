@@ -162,14 +162,14 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
         collaboration = self._collaborations.require_active(
             principal, parse_name(request.parent), Ability.CONTRIBUTE, "fetch.peer_points"
         )
-        total = self._relay.offer_chunks(collaboration, principal.name, request.period)
+        total = self._relay.offer_chunks(collaboration, principal.name, request.period, request.origin)
         if not 0 <= request.start_chunk <= total:
             raise InvalidArgumentError(f"start_chunk {request.start_chunk} is out of range; the offer has {total}")
         with self._streams.slot(principal):
             for i in range(request.start_chunk, total):
                 if not context.is_active():
                     return
-                points = self._relay.fetch_peer_chunk(collaboration, principal.name, i, request.period)
+                points = self._relay.fetch_peer_chunk(collaboration, principal.name, i, request.period, request.origin)
                 yield pb.FetchPeerPointsResponse(chunk_index=i, points=points, total_chunks=total)
 
     def SubmitDoubleBlindedPoints(
@@ -181,12 +181,23 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
         stream = _StreamCollab(self._collaborations, principal, "upload.double_blinded")
         period = _StreamPeriod()
         progress: UploadProgress | None = None
+        origin: str | None = None
         with self._streams.slot(principal):
             for req in watch_idle(request_iterator, context, self._idle):
                 _check_size(req, req.chunk_index)
                 collaboration = stream.resolve(req.parent)
+                if origin is not None and req.origin != origin:
+                    raise InvalidArgumentError(f"every message of a stream must name origin {origin!r}")
+                origin = req.origin
                 progress = self._relay.submit_double_blinded(
-                    collaboration, principal.name, req.chunk_index, req.tags, req.last, period.check(req.period)
+                    collaboration,
+                    principal.name,
+                    req.chunk_index,
+                    req.tags,
+                    req.last,
+                    period.check(req.period),
+                    req.origin,
+                    req.blinded_points,
                 )
         if progress is None:
             raise _no_messages()
@@ -244,6 +255,19 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
             peer_point_chunks=status.peer_point_chunks,
             own_set_size=status.own_set_size,
             peer_set_size=status.peer_set_size,
+            offers=[
+                pb.ChainOffer(
+                    origin=o.origin,
+                    hop=o.hop,
+                    hops=o.hops,
+                    ready=o.ready,
+                    chunks=o.chunks,
+                    last_hop=o.last_hop,
+                    done=o.done,
+                )
+                for o in status.offers
+            ],
+            set_sizes=dict(status.set_sizes),
         )
 
     def OpenRefresh(self, request: pb.OpenRefreshRequest, context: grpc.ServicerContext) -> pb.OpenRefreshResponse:

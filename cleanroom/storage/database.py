@@ -91,6 +91,13 @@ CREATE TABLE IF NOT EXISTS double_points (
     pos BIGINT NOT NULL,
     dkey BIGINT NOT NULL
 );
+-- Three or more members: a hop's blinding of an offer before the last hop, by position, until it is re-shuffled.
+CREATE TABLE IF NOT EXISTS chain_points (
+    collab VARCHAR NOT NULL,
+    owner VARCHAR NOT NULL,
+    pos BIGINT NOT NULL,
+    point BLOB NOT NULL
+);
 -- Doubly blinded join keys on the owner's rows.
 CREATE TABLE IF NOT EXISTS match_keys (
     collab VARCHAR NOT NULL,
@@ -99,7 +106,7 @@ CREATE TABLE IF NOT EXISTS match_keys (
     row_id BIGINT NOT NULL,
     dkey BIGINT NOT NULL
 );
--- The one-to-one join: member_a < member_b by name; id_type is the identifier that decided the pair.
+-- The one-to-one join of the hub (member_a) with each other member (member_b); id_type: the identifier that decided it.
 CREATE TABLE IF NOT EXISTS matches (
     collab VARCHAR NOT NULL,
     member_a VARCHAR NOT NULL,

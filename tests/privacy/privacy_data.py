@@ -89,7 +89,7 @@ def _frame(rows: list[dict[str, Any]], spec: TableSpec) -> pd.DataFrame:
 
 
 def _upload(room: Room, collab_id: str, member: str, name: str, frame: pd.DataFrame) -> None:
-    collab = room.collaborations.get(MEMBERS[member], collab_id)
+    collab = room.collaborations.get(Principal(member, Role.MEMBER), collab_id)
     _, stream = arrow_chunks(frame)
     chunks = list(stream)
     for i, chunk in enumerate(chunks):
@@ -103,13 +103,13 @@ def build(
     noise: Any = None,
     collab_id: str = "privacy-test",
 ) -> Room:
-    """A fresh room holding one matched collaboration of `data` (members `brand` and `platform`)."""
+    """A fresh room holding one matched collaboration of `data` (the policy's members; `brand` proposes)."""
     room = Room.open(root)
     if noise is not None:
         room.queries._noise = noise
     c = room.collaborations.create(BRAND, collab_id, policy)
-    for m in MEMBERS.values():
-        room.collaborations.approve(m, c.id, c.policy_etag)
+    for m in c.members:
+        room.collaborations.approve(Principal(m.name, Role.MEMBER), c.id, c.policy_etag)
     collab = room.collaborations.get(BRAND, c.id)
     types = [IdentifierType(t) for t in collab.policy.identifiers]
     for member, md in data.items():
@@ -137,7 +137,7 @@ def build(
             rows_with_keys = len({k[3] for k in keys})
             save_progress(cur, c.id, member, UploadProgress("points", 1, len(keys), True), rows_with_keys)
     with room.db.transaction() as cur:
-        join_matches(cur, c.id, ("brand", "platform"), types)
+        join_matches(cur, c.id, (collab.policy.hub, *collab.policy.spokes), types)
     return room
 
 

@@ -44,6 +44,8 @@ from .protocol import POINT_SIZE
 TAG_SIZE = 8
 #: The tag of a point the member rejected: it never matches.
 ZERO_TAG = bytes(TAG_SIZE)
+#: What a hop before the last sends for a point it rejected (three or more members): it never matches.
+ZERO_POINT = bytes(POINT_SIZE)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -244,18 +246,23 @@ def blind_identifiers(job: BlindJob) -> BlindResult:
 
 @dataclass(frozen=True)
 class ReblindJob:
-    """One chunk of the peer's singly blinded points."""
+    """One chunk of another member's blinded points; `last_hop`: answer with tags, else with whole points."""
 
     key: bytes
     points: bytes
+    last_hop: bool = True
 
 
 @dataclass(frozen=True)
 class ReblindResult:
-    """The join tag of the caller's blinding of each point; rejected points come back as ZERO_TAG."""
+    """The caller's blinding of each point.
+
+    At the last hop `tags` (ZERO_TAG for a rejected point), else 32-byte `points` (32 zero bytes for a rejected one).
+    """
 
     tags: bytes
     rejected: int
+    points: bytes = b""
 
 
 def reblind_points(job: ReblindJob) -> ReblindResult:
@@ -266,13 +273,17 @@ def reblind_points(job: ReblindJob) -> ReblindResult:
     codes = check_points(job.points)
     out = bytearray()
     rejected = 0
+    zero = ZERO_TAG if job.last_hop else ZERO_POINT
     for i, code in enumerate(codes.tolist()):
-        tag = ZERO_TAG
+        value = zero
         # ValueError: an all-zero shared secret; cannot happen after validation, but never crash on it.
         with contextlib.suppress(ValueError):
             if not code:
-                tag = join_tag(blind_point(key, job.points[i * POINT_SIZE : (i + 1) * POINT_SIZE]))
-        if tag == ZERO_TAG:
+                blinded = blind_point(key, job.points[i * POINT_SIZE : (i + 1) * POINT_SIZE])
+                value = join_tag(blinded) if job.last_hop else blinded
+        if value == zero:
             rejected += 1
-        out += tag
-    return ReblindResult(bytes(out), rejected)
+        out += value
+    if job.last_hop:
+        return ReblindResult(bytes(out), rejected)
+    return ReblindResult(b"", rejected, bytes(out))

@@ -299,6 +299,8 @@ class CleanRoomClient:
     # Every query method takes `preview=True`: instead of asking, it returns the 95% error bar each released vector
     # would have at that epsilon (`measure` error_95, one row per vector), spending nothing and reading no data.
     # A query reads the data as of the last completed refresh period, or as of `refresh_period` (0: the match).
+    # With three or more members its people are the hub's users matched with every other member, or with those named
+    # in `with_members`.
     def _answer(
         self,
         rpc: Callable[..., qpb.QueryResult],
@@ -306,9 +308,11 @@ class CleanRoomClient:
         request: Any,
         preview: bool,
         refresh_period: int | None = None,
+        with_members: Sequence[str] = (),
     ) -> pd.DataFrame:
         if refresh_period is not None:
             request.refresh_period = refresh_period
+        request.with_members.extend(with_members)
         if preview:
             return result_frame(self._call(self._analytics.Preview, qpb.PreviewRequest(**{field: request})))
         result = self._call(rpc, request)
@@ -330,10 +334,28 @@ class CleanRoomClient:
         epsilon: float = 0.5,
         preview: bool = False,
         refresh_period: int | None = None,
+        with_members: Sequence[str] = (),
     ) -> pd.DataFrame:
         """Matched people, grouped by up to three `member.column` dimensions; one row per cell and measure."""
         request = qpb.OverlapRequest(parent=_name(collaboration_id), dimensions=list(by), epsilon=epsilon)
-        return self._answer(self._analytics.Overlap, "overlap", request, preview, refresh_period)
+        return self._answer(self._analytics.Overlap, "overlap", request, preview, refresh_period, with_members)
+
+    def venn(
+        self,
+        collaboration_id: str,
+        by: str | None = None,
+        epsilon: float = 0.5,
+        preview: bool = False,
+        refresh_period: int | None = None,
+        with_members: Sequence[str] = (),
+    ) -> pd.DataFrame:
+        """The hub's users by the other members they are matched with, optionally per value of one hub dimension.
+
+        One row per region and measure: `people` for each intersection (`brand∩jd`: the brand's users matched with
+        jd, whatever else), `people_exactly` for each region of the diagram (matched with exactly those members).
+        """
+        request = qpb.VennRequest(parent=_name(collaboration_id), by=by or "", epsilon=epsilon)
+        return self._answer(self._analytics.Venn, "venn", request, preview, refresh_period, with_members)
 
     def funnel(
         self,
@@ -343,10 +365,11 @@ class CleanRoomClient:
         labels: str = "4a",
         preview: bool = False,
         refresh_period: int | None = None,
+        with_members: Sequence[str] = (),
     ) -> pd.DataFrame:
         """Matched people per 4A stage (counts and shares), optionally crossed with one dimension."""
         request = qpb.FunnelRequest(parent=_name(collaboration_id), by=by or "", epsilon=epsilon, labels=labels)
-        return self._answer(self._analytics.Funnel, "funnel", request, preview, refresh_period)
+        return self._answer(self._analytics.Funnel, "funnel", request, preview, refresh_period, with_members)
 
     def funnel_flow(
         self,
@@ -357,12 +380,13 @@ class CleanRoomClient:
         labels: str = "4a",
         preview: bool = False,
         refresh_period: int | None = None,
+        with_members: Sequence[str] = (),
     ) -> pd.DataFrame:
         """Transitions between 4A stages from the snapshot on `start` to the one on `end` (ISO dates)."""
         request = qpb.FunnelFlowRequest(
             parent=_name(collaboration_id), start_date=start, end_date=end, epsilon=epsilon, labels=labels
         )
-        return self._answer(self._analytics.FunnelFlow, "funnel_flow", request, preview, refresh_period)
+        return self._answer(self._analytics.FunnelFlow, "funnel_flow", request, preview, refresh_period, with_members)
 
     def segment_insight(
         self,
@@ -371,10 +395,13 @@ class CleanRoomClient:
         epsilon: float = 0.5,
         preview: bool = False,
         refresh_period: int | None = None,
+        with_members: Sequence[str] = (),
     ) -> pd.DataFrame:
         """Per value of `dimension`: matched and all users, their shares, TGI and penetration."""
         request = qpb.SegmentInsightRequest(parent=_name(collaboration_id), dimension=dimension, epsilon=epsilon)
-        return self._answer(self._analytics.SegmentInsight, "segment_insight", request, preview, refresh_period)
+        return self._answer(
+            self._analytics.SegmentInsight, "segment_insight", request, preview, refresh_period, with_members
+        )
 
     def value(
         self,
@@ -384,6 +411,7 @@ class CleanRoomClient:
         epsilon: float = 1.0,
         preview: bool = False,
         refresh_period: int | None = None,
+        with_members: Sequence[str] = (),
     ) -> pd.DataFrame:
         """GOAL value of a declared measure (`member.table.column`) per group of up to three dimensions.
 
@@ -392,7 +420,7 @@ class CleanRoomClient:
         `max_per_person` rows; epsilon is split in four.
         """
         request = qpb.ValueRequest(parent=_name(collaboration_id), by=list(by), measure=measure, epsilon=epsilon)
-        return self._answer(self._analytics.Value, "value", request, preview, refresh_period)
+        return self._answer(self._analytics.Value, "value", request, preview, refresh_period, with_members)
 
     def loyalty(
         self,
@@ -403,6 +431,7 @@ class CleanRoomClient:
         epsilon: float = 1.0,
         preview: bool = False,
         refresh_period: int | None = None,
+        with_members: Sequence[str] = (),
     ) -> pd.DataFrame:
         """GOAL loyalty per group: converters in period 1, repeaters, retained; repurchase and retention rates.
 
@@ -417,7 +446,7 @@ class CleanRoomClient:
             period2_end=period2[1],
             epsilon=epsilon,
         )
-        return self._answer(self._analytics.Loyalty, "loyalty", request, preview, refresh_period)
+        return self._answer(self._analytics.Loyalty, "loyalty", request, preview, refresh_period, with_members)
 
     def attribution(
         self,
@@ -431,6 +460,7 @@ class CleanRoomClient:
         half_life_days: float = DEFAULT_HALF_LIFE_DAYS,
         preview: bool = False,
         refresh_period: int | None = None,
+        with_members: Sequence[str] = (),
     ) -> pd.DataFrame:
         """Attributed conversions, revenue and ROAS per campaign or channel; group `none` is unattributed.
 
@@ -448,7 +478,7 @@ class CleanRoomClient:
             half_life_days=half_life_days,
             epsilon=epsilon,
         )
-        return self._answer(self._analytics.Attribution, "attribution", request, preview, refresh_period)
+        return self._answer(self._analytics.Attribution, "attribution", request, preview, refresh_period, with_members)
 
     def lift(
         self,
@@ -457,10 +487,11 @@ class CleanRoomClient:
         epsilon: float = 1.0,
         preview: bool = False,
         refresh_period: int | None = None,
+        with_members: Sequence[str] = (),
     ) -> pd.DataFrame:
         """Conversion rate per test group, lift, incremental conversions and revenue, with intervals."""
         request = qpb.LiftRequest(parent=_name(collaboration_id), campaign=campaign, epsilon=epsilon)
-        return self._answer(self._analytics.Lift, "lift", request, preview, refresh_period)
+        return self._answer(self._analytics.Lift, "lift", request, preview, refresh_period, with_members)
 
     def lookalike(
         self,
@@ -472,6 +503,7 @@ class CleanRoomClient:
         model: str = "logistic",
         preview: bool = False,
         refresh_period: int | None = None,
+        with_members: Sequence[str] = (),
     ) -> pd.DataFrame:
         """Train a DP-SGD lookalike on the seeds (e.g. {"brand.tier": "gold"}); the platform receives the audience.
 
@@ -489,9 +521,10 @@ class CleanRoomClient:
             model=model,
         )
         if preview:
-            return self._answer(self._analytics.Lookalike, "lookalike", request, preview, refresh_period)
+            return self._answer(self._analytics.Lookalike, "lookalike", request, preview, refresh_period, with_members)
         if refresh_period is not None:
             request.refresh_period = refresh_period
+        request.with_members.extend(with_members)
         result = self._train_with_progress(request)
         answers.record(self.collaboration_dir(request.parent), "lookalike", request, result)
         return result_frame(result)
@@ -528,6 +561,7 @@ class CleanRoomClient:
         preview: bool = False,
         refresh_period: int | None = None,
         events: Sequence[Mapping[str, Any]] = (),
+        with_members: Sequence[str] = (),
     ) -> pd.DataFrame:
         """Release a segment's matched people (e.g. {"brand.tier": "gold"}) to the policy's activation recipient.
 
@@ -554,7 +588,7 @@ class CleanRoomClient:
         request = qpb.ActivateRequest(
             parent=_name(collaboration_id), segment=dict(segment or {}), epsilon=epsilon, delta=delta, events=filters
         )
-        return self._answer(self._analytics.Activate, "activate", request, preview, refresh_period)
+        return self._answer(self._analytics.Activate, "activate", request, preview, refresh_period, with_members)
 
     def audiences(self, collaboration_id: str) -> pd.DataFrame:
         """The audiences released to you (as the member with `receive_audiences`)."""

@@ -10,6 +10,7 @@ about the member's own rows (audiences) can be mapped back to its keys.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -69,6 +70,8 @@ class MatchSummary:
     own_set_size: int
     peer_set_size: int
     matched: bool
+    #: Every member's set size, by name (with three or more members there is no single peer).
+    set_sizes: Mapping[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         """Plain data, for JSON."""
@@ -242,8 +245,7 @@ class MatchRunner:
         plan.order = np.argsort(plan.row_ids)
         counts = self._retrying("points", lambda: self._send_points(plan, key))
         tables, dropped = self._send_tables(plan)
-        self._wait(lambda s: s.peer_points_ready, "waiting for the peer's points")
-        self._retrying("double-blinding", lambda: self._double_blind(key))
+        self._blind_offers(key)
         final = self._wait(lambda s: s.stage == pb.MatchStatus.STAGE_MATCHED, "waiting for the peer to finish")
         summary = MatchSummary(
             collaboration=self._parent,
@@ -255,6 +257,7 @@ class MatchRunner:
             own_set_size=final.own_set_size,
             peer_set_size=final.peer_set_size,
             matched=True,
+            set_sizes=dict(final.set_sizes),
         )
         return summary
 
@@ -281,8 +284,7 @@ class MatchRunner:
             self._retrying("retirements", lambda: self._stub.RetireUsers(request, metadata=self._md))
         counts = self._retrying("points", lambda: self._send_points(plan, key))
         tables, dropped = self._send_tables(plan)
-        self._wait(lambda s: s.peer_points_ready, "waiting for the peer's new points")
-        self._retrying("double-blinding", lambda: self._double_blind(key))
+        self._blind_offers(key)
         final = self._wait(lambda s: s.stage == pb.MatchStatus.STAGE_MATCHED, "waiting for the peer to finish")
         return RefreshOutcome({t.value: c for t, c in counts.items()}, tables, dropped, final)
 
@@ -420,35 +422,70 @@ class MatchRunner:
                 time.sleep(pause)
                 pause = min(pause * 1.5, self._poll)
 
-    def _rejected_path(self) -> Path:
-        return self._state / ("rejected.json" if not self._period else f"rejected-{self._period}.json")
+    def _rejected_path(self, origin: str = "") -> Path:
+        name = "rejected" + (f"-{self._period}" if self._period else "") + (f"-from-{origin}" if origin else "")
+        return self._state / f"{name}.json"
 
     def _saved_rejected(self) -> int:
-        path = self._rejected_path()
-        return sum(json.loads(path.read_text()).values()) if path.exists() else 0
+        paths = [self._rejected_path(), *self._state.glob(self._rejected_path("*").name)]
+        return sum(sum(json.loads(p.read_text()).values()) for p in paths if p.exists())
 
-    def _double_blind(self, key: bytes) -> None:
+    def _blind_offers(self, key: bytes) -> None:
+        """Blind every other member's points at this member's hop, each as soon as the hops before are done.
+
+        With two members that is the peer's points, once (the double-blinding); with more, one hop in each other
+        member's chain, the last of which answers with tags (PROTOCOL.md, "Three or more members").
+        """
+        while True:
+            status = self.status()
+            waiting = [o for o in status.offers if not o.done]
+            if not waiting:
+                return
+            ready = [o for o in waiting if o.ready]
+            if not ready:
+                desc = (
+                    f"waiting for the peer's {'new ' if self._period else ''}points"
+                    if len(status.offers) == 1
+                    else "waiting for " + ", ".join(o.origin for o in waiting) + " (their points reach you in turn)"
+                )
+                self._wait(
+                    lambda s: any(o.ready and not o.done for o in s.offers) or all(o.done for o in s.offers), desc
+                )
+                continue
+            for offer in ready:
+                self._retrying("double-blinding", functools.partial(self._blind_offer, key, offer))
+
+    def _blind_offer(self, key: bytes, offer: pb.ChainOffer) -> None:
+        """Fetch one offer from where the server stands, blind it, and submit it chunk by chunk (resumable)."""
         status = self.status()
-        done = self._upload(status, "double_blinded")
-        if done and done.committed:
+        current = next(o for o in status.offers if o.origin == offer.origin)
+        if current.done:
             return
+        several = len(status.offers) > 1
+        done = self._upload(status, f"blinded:{offer.origin}" if several else "double_blinded")
         start = done.next_chunk_index if done else 0
-        total = status.peer_point_chunks
-        path = self._rejected_path()
+        total = current.chunks
+        origin = offer.origin if several else ""
+        path = self._rejected_path(origin)
         saved: dict[str, int] = json.loads(path.read_text()) if path.exists() else {}
         saved = {k: v for k, v in saved.items() if int(k) < start}
         fetched = self._stub.FetchPeerPoints(
-            pb.FetchPeerPointsRequest(parent=self._parent, start_chunk=start, period=self._period), metadata=self._md
+            pb.FetchPeerPointsRequest(parent=self._parent, start_chunk=start, period=self._period, origin=origin),
+            metadata=self._md,
         )
         indexes: list[int] = []
 
         def jobs() -> Iterator[ReblindJob]:
             for chunk in fetched:
                 indexes.append(chunk.chunk_index)
-                yield ReblindJob(key=key, points=chunk.points)
+                yield ReblindJob(key=key, points=chunk.points, last_hop=current.last_hop)
+
+        desc = "double-blinding the peer's points" if not several else f"blinding {offer.origin}'s points"
+        if several:
+            desc += f" (hop {current.hop} of {current.hops})"
 
         def requests() -> Iterator[pb.SubmitDoubleBlindedPointsRequest]:
-            with self._bar(total, "double-blinding the peer's points") as bar:
+            with self._bar(total, desc) as bar:
                 bar.update(start)
                 for result in self._executor.map(reblind_points, jobs()):
                     index = indexes.pop(0)
@@ -459,8 +496,10 @@ class MatchRunner:
                         parent=self._parent,
                         chunk_index=index,
                         tags=result.tags,
+                        blinded_points=result.points,
                         last=index == total - 1,
                         period=self._period,
+                        origin=origin,
                     )
 
         self._stub.SubmitDoubleBlindedPoints(requests(), metadata=self._md)

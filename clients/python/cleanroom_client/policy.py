@@ -6,7 +6,8 @@ then checks the rules that relate fields to each other (the schema's `x-rules`).
 problem at once, each with the path of the offending field, so a member can fix a policy in one go. The server runs
 the same validation on every proposal; a member may run it locally first (`cleanroom_client.parse_policy`).
 
-Guarantees of a parsed `Policy`: exactly two members; every table belongs to a declared member; every dimension
+Guarantees of a parsed `Policy`: two to eight members (with three or more, a `hub` among them, and no refresh);
+every member a `reads` list names is another member; every table belongs to a declared member; every dimension
 has a non-empty domain of distinct string values (released cells are the whole domain, zero-filled); every
 measure has finite bounds lo < hi; 0 < per_query_min <= per_query_max <= per_member_total; 0 < delta
 per_query_max <= per_member_total <= MAX_DELTA; min_group_size >= 1; at least one identifier type for the join.
@@ -54,6 +55,8 @@ class QueryType(StrEnum):
     """The queries a policy may allow (the schema's `query_type`; checked equal to it at import)."""
 
     OVERLAP = "overlap"
+    #: The hub's users by which other members they are matched with (brand, brand with A, with B, with A and B).
+    VENN = "venn"
     FUNNEL = "funnel"
     FUNNEL_FLOW = "funnel_flow"
     SEGMENT_INSIGHT = "segment_insight"
@@ -113,6 +116,12 @@ class MemberSpec:
 
     name: str
     abilities: frozenset[str]
+    #: The other members whose data this member's queries may involve; None: every member.
+    reads: frozenset[str] | None = None
+
+    def may_read(self, member: str) -> bool:
+        """Whether this member's queries may involve `member`'s data (its own always)."""
+        return member == self.name or self.reads is None or member in self.reads
 
 
 @dataclass(frozen=True)
@@ -198,13 +207,36 @@ class Policy:
     campaign_spend: Mapping[str, float] = field(default_factory=dict)
     #: A living collaboration's refresh rules; None: the match is final.
     refresh: RefreshSpec | None = None
+    #: The member every other one is joined with, as declared (required with three or more members).
+    declared_hub: str | None = None
+
+    @property
+    def hub(self) -> str:
+        """The member every other member is joined with: the declared hub, else the first member by name.
+
+        With two members either choice gives the same pairs (the join is symmetric); with more, every other
+        member is joined to the hub one to one, and a query's people are hub users matched with each member named.
+        """
+        return self.declared_hub or min(m.name for m in self.members)
+
+    @property
+    def spokes(self) -> tuple[str, ...]:
+        """The members other than the hub, by name: each is joined with the hub."""
+        return tuple(sorted(m.name for m in self.members if m.name != self.hub))
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        """The members by name: the order of the blinding chain (PROTOCOL.md, "Three or more members")."""
+        return tuple(sorted(m.name for m in self.members))
 
     def member(self, name: str) -> MemberSpec | None:
         """The member called `name`, or None."""
         return next((m for m in self.members if m.name == name), None)
 
     def peer_of(self, name: str) -> str:
-        """The other member's name."""
+        """The other member's name (two members only: with more there is no single peer)."""
+        if len(self.members) != 2:
+            raise ValueError(f"{self.name} has {len(self.members)} members: name the member you mean")
         return next(m.name for m in self.members if m.name != name)
 
     def table(self, member: str, table: str) -> TableSpec | None:
@@ -215,6 +247,16 @@ class Policy:
     def stability(self) -> int:
         """The join's stability constant under this policy (see `stability_constant`)."""
         return stability_constant(len(self.identifiers))
+
+    def population_stability(self, joins: int) -> int:
+        """How many people of a population can change with one users row, when it spans `joins` joins with the hub.
+
+        A population is the hub's users matched with each of `joins` other members. A row of another member is in
+        one join (at most `stability` pairs change), a row of the hub in every join (at most `stability` in each);
+        each person that appears, disappears or changes needs at least one pair of its joins to change (two, for a
+        change). Hence `joins` x `stability`; with two members, `stability`.
+        """
+        return max(1, joins) * self.stability
 
 
 def parse_policy(text: str) -> Policy:
@@ -239,6 +281,7 @@ def parse_policy(text: str) -> Policy:
     if "activation" in queries and "activation" not in doc:
         problems.append("activation: required when queries allow activation (recipient, dimensions, min_size)")
     refresh = _refresh(doc.get("refresh"), tables, problems)
+    hub = _hub(doc, members, refresh, problems)
     spend = doc.get("campaign_spend") or {}
     for campaign, amount in spend.items() if isinstance(spend, dict) else ():
         if _number(amount) is None:
@@ -260,7 +303,31 @@ def parse_policy(text: str) -> Policy:
         activation=activation,
         campaign_spend={str(c): float(a) for c, a in spend.items()},
         refresh=refresh,
+        declared_hub=hub,
     )
+
+
+def _hub(
+    doc: dict[str, Any], members: tuple[MemberSpec, ...], refresh: RefreshSpec | None, problems: list[str]
+) -> str | None:
+    """The declared hub, checked; the rules that come with three or more members; `reads` names other members."""
+    names = {m.name for m in members}
+    for m in members:
+        for other in sorted(m.reads or ()):
+            if other not in names or other == m.name:
+                problems.append(f"members.{m.name}.reads: {other!r} is not another member of the policy")
+    hub = doc.get("hub")
+    if hub is not None and hub not in names:
+        problems.append(f"hub: {hub!r} is not one of the members ({', '.join(sorted(names))})")
+        return None
+    if len(members) > 2:
+        if hub is None:
+            problems.append(
+                "hub: required with three or more members: the member every other one is matched with (the brand)"
+            )
+        if refresh is not None:
+            problems.append("refresh: available to two-member collaborations only; leave it out with three or more")
+    return hub if isinstance(hub, str) else None
 
 
 def schema_problems(doc: Any) -> list[str]:
@@ -451,7 +518,11 @@ def _members(raw: Any) -> tuple[MemberSpec, ...]:
     if not isinstance(raw, dict):
         return ()
     return tuple(
-        MemberSpec(name, frozenset(a for a in spec["abilities"] if a in ABILITIES))
+        MemberSpec(
+            name,
+            frozenset(a for a in spec["abilities"] if a in ABILITIES),
+            frozenset(r for r in spec["reads"] if isinstance(r, str)) if isinstance(spec.get("reads"), list) else None,
+        )
         for name, spec in raw.items()
         if isinstance(name, str)
         and _NAME.fullmatch(name)

@@ -20,6 +20,7 @@ OWNERS = {
     "staged_points": "matching/relay.py",
     "offers": "matching/relay.py",
     "double_points": "matching/relay.py",
+    "chain_points": "matching/relay.py",
     "match_keys": "matching/join.py",
     "matches": "matching/join.py",
     "match_results": "matching/join.py",

@@ -80,7 +80,7 @@ def test_every_policy_in_the_repository_agrees_with_the_schema(where, doc):
 
 def test_structural_problems_come_from_the_schema_with_their_paths():
     problems = schema_problems({"name": "x", "members": {"brand": {"abilities": ["fly"]}}, "colour": 1})
-    assert "members: required, a mapping of exactly two members (a brand and a platform)" in problems
+    assert "members: required, a mapping of two to eight members (a brand and its platforms)" in problems
     assert any(p.startswith("members.brand.abilities: unknown ability 'fly'") for p in problems)
     assert any(p.startswith("colour: unknown key") for p in problems)
     assert "min_group_size: required, an integer >= 1" in problems

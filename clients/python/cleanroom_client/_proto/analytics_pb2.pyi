@@ -161,6 +161,7 @@ class OverlapRequest(_message.Message):
     DIMENSIONS_FIELD_NUMBER: _builtins.int
     EPSILON_FIELD_NUMBER: _builtins.int
     REFRESH_PERIOD_FIELD_NUMBER: _builtins.int
+    WITH_MEMBERS_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     epsilon: _builtins.float
     refresh_period: _builtins.int
@@ -171,6 +172,13 @@ class OverlapRequest(_message.Message):
     def dimensions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Up to three `member.column` dimensions of the members' users tables."""
 
+    @_builtins.property
+    def with_members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """With three or more members: the members (besides the hub) whose matched users form the query's people, the
+        hub's users matched with each of them. Empty: every member (with two members, the peer). Every member whose
+        data the query reads must be among them.
+        """
+
     def __init__(
         self,
         *,
@@ -178,16 +186,57 @@ class OverlapRequest(_message.Message):
         dimensions: _abc.Iterable[_builtins.str] | None = ...,
         epsilon: _builtins.float = ...,
         refresh_period: _builtins.int | None = ...,
+        with_members: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "refresh_period", b"refresh_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "dimensions", b"dimensions", "epsilon", b"epsilon", "parent", b"parent", "refresh_period", b"refresh_period"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "dimensions", b"dimensions", "epsilon", b"epsilon", "parent", b"parent", "refresh_period", b"refresh_period", "with_members", b"with_members"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__refresh_period: _TypeAlias = _typing.Literal["refresh_period"]  # noqa: Y015
     _WhichOneofArgType__refresh_period: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__refresh_period) -> _WhichOneofReturnType__refresh_period | None: ...
 
 Global___OverlapRequest: _TypeAlias = OverlapRequest  # noqa: Y015
+
+@_typing.final
+class VennRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    BY_FIELD_NUMBER: _builtins.int
+    EPSILON_FIELD_NUMBER: _builtins.int
+    REFRESH_PERIOD_FIELD_NUMBER: _builtins.int
+    WITH_MEMBERS_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    by: _builtins.str
+    """Optional dimension of the hub's users table (`member.column`, e.g. `brand.tier`)."""
+    epsilon: _builtins.float
+    refresh_period: _builtins.int
+    """The refresh period whose data to read: 0 the match, p refresh p (PROTOCOL.md §8). Absent: the last completed
+    period.
+    """
+    @_builtins.property
+    def with_members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The members (besides the hub) whose matches the diagram counts. Empty: every member."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        by: _builtins.str = ...,
+        epsilon: _builtins.float = ...,
+        refresh_period: _builtins.int | None = ...,
+        with_members: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "refresh_period", b"refresh_period"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "by", b"by", "epsilon", b"epsilon", "parent", b"parent", "refresh_period", b"refresh_period", "with_members", b"with_members"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__refresh_period: _TypeAlias = _typing.Literal["refresh_period"]  # noqa: Y015
+    _WhichOneofArgType__refresh_period: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__refresh_period) -> _WhichOneofReturnType__refresh_period | None: ...
+
+Global___VennRequest: _TypeAlias = VennRequest  # noqa: Y015
 
 @_typing.final
 class FunnelRequest(_message.Message):
@@ -198,6 +247,7 @@ class FunnelRequest(_message.Message):
     EPSILON_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     REFRESH_PERIOD_FIELD_NUMBER: _builtins.int
+    WITH_MEMBERS_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     by: _builtins.str
     """Optional dimension (`member.column`, e.g. `brand.tier`) to cross with the 4A stage."""
@@ -210,6 +260,13 @@ class FunnelRequest(_message.Message):
     """The refresh period whose data to read: 0 the match, p refresh p (PROTOCOL.md §8). Absent: the last completed
     period.
     """
+    @_builtins.property
+    def with_members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """With three or more members: the members (besides the hub) whose matched users form the query's people, the
+        hub's users matched with each of them. Empty: every member (with two members, the peer). Every member whose
+        data the query reads must be among them.
+        """
+
     def __init__(
         self,
         *,
@@ -218,10 +275,11 @@ class FunnelRequest(_message.Message):
         epsilon: _builtins.float = ...,
         labels: _builtins.str = ...,
         refresh_period: _builtins.int | None = ...,
+        with_members: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "refresh_period", b"refresh_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "by", b"by", "epsilon", b"epsilon", "labels", b"labels", "parent", b"parent", "refresh_period", b"refresh_period"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "by", b"by", "epsilon", b"epsilon", "labels", b"labels", "parent", b"parent", "refresh_period", b"refresh_period", "with_members", b"with_members"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__refresh_period: _TypeAlias = _typing.Literal["refresh_period"]  # noqa: Y015
     _WhichOneofArgType__refresh_period: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period"]  # noqa: Y015
@@ -239,6 +297,7 @@ class FunnelFlowRequest(_message.Message):
     EPSILON_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     REFRESH_PERIOD_FIELD_NUMBER: _builtins.int
+    WITH_MEMBERS_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     start_date: _builtins.str
     """Snapshot dates, ISO 8601 (YYYY-MM-DD)."""
@@ -250,6 +309,13 @@ class FunnelFlowRequest(_message.Message):
     """The refresh period whose data to read: 0 the match, p refresh p (PROTOCOL.md §8). Absent: the last completed
     period.
     """
+    @_builtins.property
+    def with_members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """With three or more members: the members (besides the hub) whose matched users form the query's people, the
+        hub's users matched with each of them. Empty: every member (with two members, the peer). Every member whose
+        data the query reads must be among them.
+        """
+
     def __init__(
         self,
         *,
@@ -259,10 +325,11 @@ class FunnelFlowRequest(_message.Message):
         epsilon: _builtins.float = ...,
         labels: _builtins.str = ...,
         refresh_period: _builtins.int | None = ...,
+        with_members: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "refresh_period", b"refresh_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "end_date", b"end_date", "epsilon", b"epsilon", "labels", b"labels", "parent", b"parent", "refresh_period", b"refresh_period", "start_date", b"start_date"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "end_date", b"end_date", "epsilon", b"epsilon", "labels", b"labels", "parent", b"parent", "refresh_period", b"refresh_period", "start_date", b"start_date", "with_members", b"with_members"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__refresh_period: _TypeAlias = _typing.Literal["refresh_period"]  # noqa: Y015
     _WhichOneofArgType__refresh_period: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period"]  # noqa: Y015
@@ -278,6 +345,7 @@ class SegmentInsightRequest(_message.Message):
     DIMENSION_FIELD_NUMBER: _builtins.int
     EPSILON_FIELD_NUMBER: _builtins.int
     REFRESH_PERIOD_FIELD_NUMBER: _builtins.int
+    WITH_MEMBERS_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     dimension: _builtins.str
     """`member.column` of a users table, e.g. `platform.age_band`. Epsilon is split in half between the matched
@@ -288,6 +356,13 @@ class SegmentInsightRequest(_message.Message):
     """The refresh period whose data to read: 0 the match, p refresh p (PROTOCOL.md §8). Absent: the last completed
     period.
     """
+    @_builtins.property
+    def with_members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """With three or more members: the members (besides the hub) whose matched users form the query's people, the
+        hub's users matched with each of them. Empty: every member (with two members, the peer). Every member whose
+        data the query reads must be among them.
+        """
+
     def __init__(
         self,
         *,
@@ -295,10 +370,11 @@ class SegmentInsightRequest(_message.Message):
         dimension: _builtins.str = ...,
         epsilon: _builtins.float = ...,
         refresh_period: _builtins.int | None = ...,
+        with_members: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "refresh_period", b"refresh_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "dimension", b"dimension", "epsilon", b"epsilon", "parent", b"parent", "refresh_period", b"refresh_period"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "dimension", b"dimension", "epsilon", b"epsilon", "parent", b"parent", "refresh_period", b"refresh_period", "with_members", b"with_members"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__refresh_period: _TypeAlias = _typing.Literal["refresh_period"]  # noqa: Y015
     _WhichOneofArgType__refresh_period: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period"]  # noqa: Y015
@@ -315,6 +391,7 @@ class ValueRequest(_message.Message):
     MEASURE_FIELD_NUMBER: _builtins.int
     EPSILON_FIELD_NUMBER: _builtins.int
     REFRESH_PERIOD_FIELD_NUMBER: _builtins.int
+    WITH_MEMBERS_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     measure: _builtins.str
     """A declared measure, `member.table.column`, e.g. `brand.conversions.value` or `platform.users.visits_30d`."""
@@ -328,6 +405,13 @@ class ValueRequest(_message.Message):
     def by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Up to three `member.column` dimensions of the members' users tables, e.g. `brand.tier`, `platform.stage_4a`."""
 
+    @_builtins.property
+    def with_members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """With three or more members: the members (besides the hub) whose matched users form the query's people, the
+        hub's users matched with each of them. Empty: every member (with two members, the peer). Every member whose
+        data the query reads must be among them.
+        """
+
     def __init__(
         self,
         *,
@@ -336,10 +420,11 @@ class ValueRequest(_message.Message):
         measure: _builtins.str = ...,
         epsilon: _builtins.float = ...,
         refresh_period: _builtins.int | None = ...,
+        with_members: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "refresh_period", b"refresh_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "by", b"by", "epsilon", b"epsilon", "measure", b"measure", "parent", b"parent", "refresh_period", b"refresh_period"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "by", b"by", "epsilon", b"epsilon", "measure", b"measure", "parent", b"parent", "refresh_period", b"refresh_period", "with_members", b"with_members"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__refresh_period: _TypeAlias = _typing.Literal["refresh_period"]  # noqa: Y015
     _WhichOneofArgType__refresh_period: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period"]  # noqa: Y015
@@ -359,6 +444,7 @@ class LoyaltyRequest(_message.Message):
     PERIOD2_END_FIELD_NUMBER: _builtins.int
     EPSILON_FIELD_NUMBER: _builtins.int
     REFRESH_PERIOD_FIELD_NUMBER: _builtins.int
+    WITH_MEMBERS_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     period1_start: _builtins.str
     """Period 1 (repurchase window) and period 2 (retention), ISO dates (YYYY-MM-DD); start inclusive, end
@@ -376,6 +462,13 @@ class LoyaltyRequest(_message.Message):
     def by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Up to three `member.column` dimensions of the members' users tables."""
 
+    @_builtins.property
+    def with_members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """With three or more members: the members (besides the hub) whose matched users form the query's people, the
+        hub's users matched with each of them. Empty: every member (with two members, the peer). Every member whose
+        data the query reads must be among them.
+        """
+
     def __init__(
         self,
         *,
@@ -387,10 +480,11 @@ class LoyaltyRequest(_message.Message):
         period2_end: _builtins.str = ...,
         epsilon: _builtins.float = ...,
         refresh_period: _builtins.int | None = ...,
+        with_members: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "refresh_period", b"refresh_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "by", b"by", "epsilon", b"epsilon", "parent", b"parent", "period1_end", b"period1_end", "period1_start", b"period1_start", "period2_end", b"period2_end", "period2_start", b"period2_start", "refresh_period", b"refresh_period"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "by", b"by", "epsilon", b"epsilon", "parent", b"parent", "period1_end", b"period1_end", "period1_start", b"period1_start", "period2_end", b"period2_end", "period2_start", b"period2_start", "refresh_period", b"refresh_period", "with_members", b"with_members"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__refresh_period: _TypeAlias = _typing.Literal["refresh_period"]  # noqa: Y015
     _WhichOneofArgType__refresh_period: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period"]  # noqa: Y015
@@ -412,6 +506,7 @@ class PreviewRequest(_message.Message):
     LIFT_FIELD_NUMBER: _builtins.int
     LOOKALIKE_FIELD_NUMBER: _builtins.int
     ACTIVATE_FIELD_NUMBER: _builtins.int
+    VENN_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def overlap(self) -> Global___OverlapRequest: ...
     @_builtins.property
@@ -432,6 +527,8 @@ class PreviewRequest(_message.Message):
     def lookalike(self) -> Global___LookalikeRequest: ...
     @_builtins.property
     def activate(self) -> Global___ActivateRequest: ...
+    @_builtins.property
+    def venn(self) -> Global___VennRequest: ...
     def __init__(
         self,
         *,
@@ -445,12 +542,13 @@ class PreviewRequest(_message.Message):
         lift: Global___LiftRequest | None = ...,
         lookalike: Global___LookalikeRequest | None = ...,
         activate: Global___ActivateRequest | None = ...,
+        venn: Global___VennRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["activate", b"activate", "attribution", b"attribution", "funnel", b"funnel", "funnel_flow", b"funnel_flow", "lift", b"lift", "lookalike", b"lookalike", "loyalty", b"loyalty", "overlap", b"overlap", "query", b"query", "segment_insight", b"segment_insight", "value", b"value"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["activate", b"activate", "attribution", b"attribution", "funnel", b"funnel", "funnel_flow", b"funnel_flow", "lift", b"lift", "lookalike", b"lookalike", "loyalty", b"loyalty", "overlap", b"overlap", "query", b"query", "segment_insight", b"segment_insight", "value", b"value", "venn", b"venn"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activate", b"activate", "attribution", b"attribution", "funnel", b"funnel", "funnel_flow", b"funnel_flow", "lift", b"lift", "lookalike", b"lookalike", "loyalty", b"loyalty", "overlap", b"overlap", "query", b"query", "segment_insight", b"segment_insight", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activate", b"activate", "attribution", b"attribution", "funnel", b"funnel", "funnel_flow", b"funnel_flow", "lift", b"lift", "lookalike", b"lookalike", "loyalty", b"loyalty", "overlap", b"overlap", "query", b"query", "segment_insight", b"segment_insight", "value", b"value", "venn", b"venn"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_query: _TypeAlias = _typing.Literal["overlap", "funnel", "funnel_flow", "segment_insight", "value", "loyalty", "attribution", "lift", "lookalike", "activate"]  # noqa: Y015
+    _WhichOneofReturnType_query: _TypeAlias = _typing.Literal["overlap", "funnel", "funnel_flow", "segment_insight", "value", "loyalty", "attribution", "lift", "lookalike", "activate", "venn"]  # noqa: Y015
     _WhichOneofArgType_query: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_query) -> _WhichOneofReturnType_query | None: ...
 
@@ -469,6 +567,7 @@ class AttributionRequest(_message.Message):
     HALF_LIFE_DAYS_FIELD_NUMBER: _builtins.int
     EPSILON_FIELD_NUMBER: _builtins.int
     REFRESH_PERIOD_FIELD_NUMBER: _builtins.int
+    WITH_MEMBERS_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     model: Global___AttributionModel.ValueType
     lookback_days: _builtins.int
@@ -484,6 +583,13 @@ class AttributionRequest(_message.Message):
     """The refresh period whose data to read: 0 the match, p refresh p (PROTOCOL.md §8). Absent: the last completed
     period.
     """
+    @_builtins.property
+    def with_members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """With three or more members: the members (besides the hub) whose matched users form the query's people, the
+        hub's users matched with each of them. Empty: every member (with two members, the peer). Every member whose
+        data the query reads must be among them.
+        """
+
     def __init__(
         self,
         *,
@@ -496,10 +602,11 @@ class AttributionRequest(_message.Message):
         half_life_days: _builtins.float = ...,
         epsilon: _builtins.float = ...,
         refresh_period: _builtins.int | None = ...,
+        with_members: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "refresh_period", b"refresh_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "brand_dimension", b"brand_dimension", "by", b"by", "click_over_view", b"click_over_view", "epsilon", b"epsilon", "half_life_days", b"half_life_days", "lookback_days", b"lookback_days", "model", b"model", "parent", b"parent", "refresh_period", b"refresh_period"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "brand_dimension", b"brand_dimension", "by", b"by", "click_over_view", b"click_over_view", "epsilon", b"epsilon", "half_life_days", b"half_life_days", "lookback_days", b"lookback_days", "model", b"model", "parent", b"parent", "refresh_period", b"refresh_period", "with_members", b"with_members"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__refresh_period: _TypeAlias = _typing.Literal["refresh_period"]  # noqa: Y015
     _WhichOneofArgType__refresh_period: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period"]  # noqa: Y015
@@ -515,6 +622,7 @@ class LiftRequest(_message.Message):
     CAMPAIGN_FIELD_NUMBER: _builtins.int
     EPSILON_FIELD_NUMBER: _builtins.int
     REFRESH_PERIOD_FIELD_NUMBER: _builtins.int
+    WITH_MEMBERS_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     campaign: _builtins.str
     epsilon: _builtins.float
@@ -522,6 +630,13 @@ class LiftRequest(_message.Message):
     """The refresh period whose data to read: 0 the match, p refresh p (PROTOCOL.md §8). Absent: the last completed
     period.
     """
+    @_builtins.property
+    def with_members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """With three or more members: the members (besides the hub) whose matched users form the query's people, the
+        hub's users matched with each of them. Empty: every member (with two members, the peer). Every member whose
+        data the query reads must be among them.
+        """
+
     def __init__(
         self,
         *,
@@ -529,10 +644,11 @@ class LiftRequest(_message.Message):
         campaign: _builtins.str = ...,
         epsilon: _builtins.float = ...,
         refresh_period: _builtins.int | None = ...,
+        with_members: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "refresh_period", b"refresh_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "campaign", b"campaign", "epsilon", b"epsilon", "parent", b"parent", "refresh_period", b"refresh_period"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "campaign", b"campaign", "epsilon", b"epsilon", "parent", b"parent", "refresh_period", b"refresh_period", "with_members", b"with_members"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__refresh_period: _TypeAlias = _typing.Literal["refresh_period"]  # noqa: Y015
     _WhichOneofArgType__refresh_period: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period"]  # noqa: Y015
@@ -571,6 +687,7 @@ class LookalikeRequest(_message.Message):
     DELTA_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     REFRESH_PERIOD_FIELD_NUMBER: _builtins.int
+    WITH_MEMBERS_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     audience_size: _builtins.int
     """How many of the platform's users to release, by descending score."""
@@ -590,6 +707,13 @@ class LookalikeRequest(_message.Message):
     def seed(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Seed filter: matched people whose `member.column` equals the value, e.g. {"brand.tier": "gold"}."""
 
+    @_builtins.property
+    def with_members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """With three or more members: the members (besides the hub) whose matched users form the query's people, the
+        hub's users matched with each of them. Empty: every member (with two members, the peer). Every member whose
+        data the query reads must be among them.
+        """
+
     def __init__(
         self,
         *,
@@ -600,10 +724,11 @@ class LookalikeRequest(_message.Message):
         delta: _builtins.float = ...,
         model: _builtins.str = ...,
         refresh_period: _builtins.int | None = ...,
+        with_members: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "refresh_period", b"refresh_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "audience_size", b"audience_size", "delta", b"delta", "epsilon", b"epsilon", "model", b"model", "parent", b"parent", "refresh_period", b"refresh_period", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "audience_size", b"audience_size", "delta", b"delta", "epsilon", b"epsilon", "model", b"model", "parent", b"parent", "refresh_period", b"refresh_period", "seed", b"seed", "with_members", b"with_members"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__refresh_period: _TypeAlias = _typing.Literal["refresh_period"]  # noqa: Y015
     _WhichOneofArgType__refresh_period: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period"]  # noqa: Y015
@@ -717,6 +842,7 @@ class ActivateRequest(_message.Message):
     DELTA_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
     REFRESH_PERIOD_FIELD_NUMBER: _builtins.int
+    WITH_MEMBERS_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     epsilon: _builtins.float
     """Epsilon of the noisy size the caller receives (and that gates the release)."""
@@ -736,6 +862,13 @@ class ActivateRequest(_message.Message):
         conversion since. Each table must be among the policy's `activation.events`.
         """
 
+    @_builtins.property
+    def with_members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """With three or more members: the members (besides the hub) whose matched users form the query's people, the
+        hub's users matched with each of them. Empty: every member (with two members, the peer). Every member whose
+        data the query reads must be among them.
+        """
+
     def __init__(
         self,
         *,
@@ -745,10 +878,11 @@ class ActivateRequest(_message.Message):
         delta: _builtins.float = ...,
         events: _abc.Iterable[Global___EventFilter] | None = ...,
         refresh_period: _builtins.int | None = ...,
+        with_members: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "refresh_period", b"refresh_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "delta", b"delta", "epsilon", b"epsilon", "events", b"events", "parent", b"parent", "refresh_period", b"refresh_period", "segment", b"segment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "delta", b"delta", "epsilon", b"epsilon", "events", b"events", "parent", b"parent", "refresh_period", b"refresh_period", "segment", b"segment", "with_members", b"with_members"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__refresh_period: _TypeAlias = _typing.Literal["refresh_period"]  # noqa: Y015
     _WhichOneofArgType__refresh_period: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period"]  # noqa: Y015

@@ -46,6 +46,11 @@ class AnalyticsServiceStub:
                 request_serializer=cleanroom_dot_v1_dot_analytics__pb2.OverlapRequest.SerializeToString,
                 response_deserializer=cleanroom_dot_v1_dot_analytics__pb2.QueryResult.FromString,
                 _registered_method=True)
+        self.Venn = channel.unary_unary(
+                '/cleanroom.v1.AnalyticsService/Venn',
+                request_serializer=cleanroom_dot_v1_dot_analytics__pb2.VennRequest.SerializeToString,
+                response_deserializer=cleanroom_dot_v1_dot_analytics__pb2.QueryResult.FromString,
+                _registered_method=True)
         self.Funnel = channel.unary_unary(
                 '/cleanroom.v1.AnalyticsService/Funnel',
                 request_serializer=cleanroom_dot_v1_dot_analytics__pb2.FunnelRequest.SerializeToString,
@@ -129,6 +134,15 @@ class AnalyticsServiceServicer:
 
     def Overlap(self, request, context):
         """Matched people, optionally grouped by up to three declared dimensions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Venn(self, request, context):
+        """The hub's users (all of them, matched or not) by the other members they are matched with: every region of the
+        Venn diagram (`people_exactly`) and every intersection (`people`: the hub with A, with B, with A and B, ...),
+        optionally per value of one hub dimension. Chiefly for three or more members; with two, the hub and its peer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -250,6 +264,11 @@ def add_AnalyticsServiceServicer_to_server(servicer, server):
                     request_deserializer=cleanroom_dot_v1_dot_analytics__pb2.OverlapRequest.FromString,
                     response_serializer=cleanroom_dot_v1_dot_analytics__pb2.QueryResult.SerializeToString,
             ),
+            'Venn': grpc.unary_unary_rpc_method_handler(
+                    servicer.Venn,
+                    request_deserializer=cleanroom_dot_v1_dot_analytics__pb2.VennRequest.FromString,
+                    response_serializer=cleanroom_dot_v1_dot_analytics__pb2.QueryResult.SerializeToString,
+            ),
             'Funnel': grpc.unary_unary_rpc_method_handler(
                     servicer.Funnel,
                     request_deserializer=cleanroom_dot_v1_dot_analytics__pb2.FunnelRequest.FromString,
@@ -353,6 +372,33 @@ class AnalyticsService:
             target,
             '/cleanroom.v1.AnalyticsService/Overlap',
             cleanroom_dot_v1_dot_analytics__pb2.OverlapRequest.SerializeToString,
+            cleanroom_dot_v1_dot_analytics__pb2.QueryResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Venn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cleanroom.v1.AnalyticsService/Venn',
+            cleanroom_dot_v1_dot_analytics__pb2.VennRequest.SerializeToString,
             cleanroom_dot_v1_dot_analytics__pb2.QueryResult.FromString,
             options,
             channel_credentials,

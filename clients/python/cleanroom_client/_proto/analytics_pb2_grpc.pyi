@@ -42,6 +42,11 @@ class AnalyticsServiceStub:
     def __new__(cls, channel: _aio.Channel) -> AnalyticsServiceAsyncStub: ...
     Overlap: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.OverlapRequest, _analytics_pb2.QueryResult]
     """Matched people, optionally grouped by up to three declared dimensions."""
+    Venn: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.VennRequest, _analytics_pb2.QueryResult]
+    """The hub's users (all of them, matched or not) by the other members they are matched with: every region of the
+    Venn diagram (`people_exactly`) and every intersection (`people`: the hub with A, with B, with A and B, ...),
+    optionally per value of one hub dimension. Chiefly for three or more members; with two, the hub and its peer.
+    """
     Funnel: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.FunnelRequest, _analytics_pb2.QueryResult]
     """Matched people over the platform's 4A stage, optionally crossed with a brand dimension."""
     FunnelFlow: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.FunnelFlowRequest, _analytics_pb2.QueryResult]
@@ -99,6 +104,11 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Overlap: _aio.UnaryUnaryMultiCallable[_analytics_pb2.OverlapRequest, _analytics_pb2.QueryResult]  # type: ignore[assignment]
     """Matched people, optionally grouped by up to three declared dimensions."""
+    Venn: _aio.UnaryUnaryMultiCallable[_analytics_pb2.VennRequest, _analytics_pb2.QueryResult]  # type: ignore[assignment]
+    """The hub's users (all of them, matched or not) by the other members they are matched with: every region of the
+    Venn diagram (`people_exactly`) and every intersection (`people`: the hub with A, with B, with A and B, ...),
+    optionally per value of one hub dimension. Chiefly for three or more members; with two, the hub and its peer.
+    """
     Funnel: _aio.UnaryUnaryMultiCallable[_analytics_pb2.FunnelRequest, _analytics_pb2.QueryResult]  # type: ignore[assignment]
     """Matched people over the platform's 4A stage, optionally crossed with a brand dimension."""
     FunnelFlow: _aio.UnaryUnaryMultiCallable[_analytics_pb2.FunnelFlowRequest, _analytics_pb2.QueryResult]  # type: ignore[assignment]
@@ -159,6 +169,17 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_analytics_pb2.QueryResult, _abc.Awaitable[_analytics_pb2.QueryResult]]:
         """Matched people, optionally grouped by up to three declared dimensions."""
+
+    @_abc_1.abstractmethod
+    def Venn(
+        self,
+        request: _analytics_pb2.VennRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_pb2.QueryResult, _abc.Awaitable[_analytics_pb2.QueryResult]]:
+        """The hub's users (all of them, matched or not) by the other members they are matched with: every region of the
+        Venn diagram (`people_exactly`) and every intersection (`people`: the hub with A, with B, with A and B, ...),
+        optionally per value of one hub dimension. Chiefly for three or more members; with two, the hub and its peer.
+        """
 
     @_abc_1.abstractmethod
     def Funnel(

@@ -149,22 +149,26 @@ class FetchPeerPointsRequest(_message.Message):
     PARENT_FIELD_NUMBER: _builtins.int
     START_CHUNK_FIELD_NUMBER: _builtins.int
     PERIOD_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """`collaborations/{collaboration_id}`."""
     start_chunk: _builtins.int
     """First chunk to send (for resuming)."""
     period: _builtins.int
     """0 for the match, p for refresh period p: the peer's points of that period."""
+    origin: _builtins.str
+    """Whose points: the member that uploaded them (MatchStatus.offers). Empty: the peer, with two members."""
     def __init__(
         self,
         *,
         parent: _builtins.str = ...,
         start_chunk: _builtins.int = ...,
         period: _builtins.int = ...,
+        origin: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent", "period", b"period", "start_chunk", b"start_chunk"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["origin", b"origin", "parent", b"parent", "period", b"period", "start_chunk", b"start_chunk"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -210,6 +214,8 @@ class SubmitDoubleBlindedPointsRequest(_message.Message):
     LAST_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
     PERIOD_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    BLINDED_POINTS_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """`collaborations/{collaboration_id}`; required on every message of the stream."""
     chunk_index: _builtins.int
@@ -224,6 +230,13 @@ class SubmitDoubleBlindedPointsRequest(_message.Message):
     """The period of the points fetched (0 the match, p a refresh). Its final chunk seals the caller's side of the
     period: no more points, tables or retirements for it.
     """
+    origin: _builtins.str
+    """Whose points these are (as in FetchPeerPointsRequest.origin); empty: the peer, with two members."""
+    blinded_points: _builtins.bytes
+    """Three or more members, a hop before the last (ChainOffer.last_hop false): the caller's blinding of each fetched
+    point, 32 bytes each (the whole u-coordinate, X25519(k, point)), instead of `tags`. 32 zero bytes mark a point
+    the caller rejected; it is passed on and never matches.
+    """
     def __init__(
         self,
         *,
@@ -232,10 +245,12 @@ class SubmitDoubleBlindedPointsRequest(_message.Message):
         last: _builtins.bool = ...,
         tags: _builtins.bytes = ...,
         period: _builtins.int = ...,
+        origin: _builtins.str = ...,
+        blinded_points: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_index", b"chunk_index", "last", b"last", "parent", b"parent", "period", b"period", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blinded_points", b"blinded_points", "chunk_index", b"chunk_index", "last", b"last", "origin", b"origin", "parent", b"parent", "period", b"period", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -371,7 +386,9 @@ class UploadProgress(_message.Message):
     ROWS_FIELD_NUMBER: _builtins.int
     COMMITTED_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
-    """`points`, `double_blinded`, or `table:` followed by the table's name (for example `table:users`)."""
+    """`points`, `double_blinded`, `blinded:` followed by an origin member's name (three or more members: the
+    caller's hop in that member's chain), or `table:` followed by the table's name (for example `table:users`).
+    """
     next_chunk_index: _builtins.int
     """The chunk index the server expects next: the number of chunks stored."""
     rows: _builtins.int
@@ -423,6 +440,26 @@ class MatchStatus(_message.Message):
     STAGE_MATCHED: MatchStatus.Stage.ValueType  # 3
     """The join is done."""
 
+    @_typing.final
+    class SetSizesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     STAGE_FIELD_NUMBER: _builtins.int
     UPLOADS_FIELD_NUMBER: _builtins.int
     PEER_POINTS_READY_FIELD_NUMBER: _builtins.int
@@ -430,6 +467,8 @@ class MatchStatus(_message.Message):
     OWN_SET_SIZE_FIELD_NUMBER: _builtins.int
     PEER_SET_SIZE_FIELD_NUMBER: _builtins.int
     PERIOD_FIELD_NUMBER: _builtins.int
+    OFFERS_FIELD_NUMBER: _builtins.int
+    SET_SIZES_FIELD_NUMBER: _builtins.int
     stage: Global___MatchStatus.Stage.ValueType
     peer_points_ready: _builtins.bool
     """Whether the peer's shuffled points are ready to fetch, and how many chunks they span."""
@@ -443,6 +482,14 @@ class MatchStatus(_message.Message):
     def uploads(self) -> _containers.RepeatedCompositeFieldContainer[Global___UploadProgress]:
         """The caller's uploads."""
 
+    @_builtins.property
+    def offers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChainOffer]:
+        """The other members' points the caller blinds, one per other member (its hop in their chain)."""
+
+    @_builtins.property
+    def set_sizes(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Every member's set size, by member name (with two members the same as own and peer_set_size)."""
+
     def __init__(
         self,
         *,
@@ -453,14 +500,62 @@ class MatchStatus(_message.Message):
         own_set_size: _builtins.int = ...,
         peer_set_size: _builtins.int = ...,
         period: _builtins.int = ...,
+        offers: _abc.Iterable[Global___ChainOffer] | None = ...,
+        set_sizes: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["own_set_size", b"own_set_size", "peer_point_chunks", b"peer_point_chunks", "peer_points_ready", b"peer_points_ready", "peer_set_size", b"peer_set_size", "period", b"period", "stage", b"stage", "uploads", b"uploads"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offers", b"offers", "own_set_size", b"own_set_size", "peer_point_chunks", b"peer_point_chunks", "peer_points_ready", b"peer_points_ready", "peer_set_size", b"peer_set_size", "period", b"period", "set_sizes", b"set_sizes", "stage", b"stage", "uploads", b"uploads"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MatchStatus: _TypeAlias = MatchStatus  # noqa: Y015
+
+@_typing.final
+class ChainOffer(_message.Message):
+    """The caller's place in one other member's chain (PROTOCOL.md, "Three or more members")."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    HOP_FIELD_NUMBER: _builtins.int
+    HOPS_FIELD_NUMBER: _builtins.int
+    READY_FIELD_NUMBER: _builtins.int
+    CHUNKS_FIELD_NUMBER: _builtins.int
+    LAST_HOP_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    origin: _builtins.str
+    """The member whose points these are."""
+    hop: _builtins.int
+    """The caller's hop, 1 .. hops: how many members blinded the points before the caller, plus one."""
+    hops: _builtins.int
+    """Hops in every chain: the number of members less one."""
+    ready: _builtins.bool
+    """Whether the points are ready for the caller to fetch (every earlier hop is done)."""
+    chunks: _builtins.int
+    """Chunks of the offer (once ready)."""
+    last_hop: _builtins.bool
+    """The caller's hop is the last: it submits 8-byte `tags`; before the last, 32-byte `blinded_points`."""
+    done: _builtins.bool
+    """The caller's submission for this offer is committed."""
+    def __init__(
+        self,
+        *,
+        origin: _builtins.str = ...,
+        hop: _builtins.int = ...,
+        hops: _builtins.int = ...,
+        ready: _builtins.bool = ...,
+        chunks: _builtins.int = ...,
+        last_hop: _builtins.bool = ...,
+        done: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "done", b"done", "hop", b"hop", "hops", b"hops", "last_hop", b"last_hop", "origin", b"origin", "ready", b"ready"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChainOffer: _TypeAlias = ChainOffer  # noqa: Y015
 
 @_typing.final
 class OpenRefreshRequest(_message.Message):
