@@ -83,7 +83,10 @@ def room(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Three]:
     server.room.principals.assign_auditor("auditor", c.id)
     arguments = sp.match_arguments(data)
     with ThreadPoolExecutor(3) as pool:
-        jobs = {m: pool.submit(clients[m].match, c.id, wait_timeout=120, **arguments[m]) for m in MEMBERS}
+        jobs = {
+            m: pool.submit(clients[m].match, c.id, wait_timeout=120, **arguments[m])  # type: ignore[arg-type]
+            for m in MEMBERS
+        }
         summaries = {m: j.result() for m, j in jobs.items()}
     yield Three(server, clients, tokens, pki.ca.read_bytes(), c.id, data, summaries)
     for client in clients.values():
@@ -147,8 +150,10 @@ def test_the_venn_diagram_is_within_its_bounds_of_the_truth(room: Three) -> None
     t = data.truth
     jd, wx = t["jd_user"].notna(), t["tencent_user"].notna()
     regions = {"brand": ~jd & ~wx, "brand∩jd": jd & ~wx, "brand∩tencent": ~jd & wx, "brand∩jd∩tencent": jd & wx}
+    values, bounds = exactly["value"].to_dict(), exactly["error_95"].to_dict()
     for region, mask in regions.items():
-        assert abs(exactly.loc[region, "value"] - int(mask.sum())) <= 3 * exactly.loc[region, "error_95"]
+        value, bound = values[region], bounds[region]
+        assert abs(value - int(mask.sum())) <= 3 * bound, (region, value, bound)
 
 
 def test_one_platforms_stages_cross_the_other_platforms_dimensions(room: Three) -> None:
@@ -240,8 +245,10 @@ def test_the_relay_refuses_hops_out_of_turn_and_malformed_blinding(tmp_path: Pat
                 metadata=md[m],
             )
 
-        def submit(member: str, origin: str, **kw: bytes) -> None:
-            request = pb.SubmitDoubleBlindedPointsRequest(parent=parent, chunk_index=0, last=True, origin=origin, **kw)
+        def submit(member: str, origin: str, tags: bytes = b"", blinded_points: bytes = b"") -> None:
+            request = pb.SubmitDoubleBlindedPointsRequest(
+                parent=parent, chunk_index=0, last=True, origin=origin, tags=tags, blinded_points=blinded_points
+            )
             stub.SubmitDoubleBlindedPoints(iter([request]), metadata=md[member])
 
         # chain order by name: brand -> jd -> tencent -> brand. tencent's hop in brand's chain is the second.
