@@ -170,6 +170,7 @@ MATRIX: list[tuple[str, Callable, str, object, dict[str, str]]] = [
         )
         for method, req in [
             ("Overlap", an.OverlapRequest),
+            ("Venn", an.VennRequest),
             ("Funnel", an.FunnelRequest),
             ("FunnelFlow", an.FunnelFlowRequest),
             ("SegmentInsight", an.SegmentInsightRequest),
