@@ -56,7 +56,11 @@ SECTIONS: Mapping[str, tuple[str, str, tuple[str, ...], tuple[str, ...]]] = {
         ("normalized", "digest", "msg", "point", "blinded_a", "blinded_b", "double_blinded", "tag"),
     ),
     "points": ("points-v1.json", "cases", ("point",), ("accept", "tag")),
+    "chain": ("chain-v1.json", "vectors", ("id_type", "raw", "origin", "hop"), ("blinded",)),
 }
+#: Sections checked only when the file has them: the chain of three or more members (PROTOCOL.md section 9) is not
+#: needed by an implementation that joins two-member collaborations only.
+OPTIONAL_SECTIONS = frozenset({"chain"})
 
 
 class ConformanceInputError(ValueError):
@@ -122,6 +126,8 @@ def check(partner: Any) -> Report:
     report = Report()
     report.unknown = sorted(set(partner) - set(SECTIONS))
     for section, (file, key, ident, compared) in SECTIONS.items():
+        if section in OPTIONAL_SECTIONS and section not in partner:
+            continue
         entries = partner.get(section, [])
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
             raise ConformanceInputError(f"`{section}` must be a list of JSON objects")
@@ -157,7 +163,7 @@ def reference_outputs(normalize: Callable[[str, str, str], tuple[str, str | None
 
     `normalize(id_type, region, raw) -> (result, normalized)` is step 1; tests swap in a wrong one.
     """
-    out: dict[str, Any] = {"normalization": [], "prehashed": [], "pipeline": [], "points": []}
+    out: dict[str, Any] = {"normalization": [], "prehashed": [], "pipeline": [], "points": [], "chain": []}
     for case in vectors("normalization-v1.json")["cases"]:
         result, norm = normalize(case["id_type"], case["region"], case["raw"])
         out["normalization"].append(
@@ -207,6 +213,16 @@ def reference_outputs(normalize: Callable[[str, str, str], tuple[str, str | None
         [code] = check_points(point).tolist()
         tag = join_tag(blind_point(key, point)) if code == 0 else ZERO_TAG
         out["points"].append({"point": case["point"], "accept": code == 0, "tag": tag.hex()})
+    chain = vectors("chain-v1.json")
+    keys = {m: X25519PrivateKey.from_private_bytes(bytes.fromhex(k)) for m, k in chain["members"].items()}
+    order = chain["chain_order"]
+    for case in chain["vectors"]:
+        _, norm = normalize(case["id_type"], chain["default_phone_region"], case["raw"])
+        value = hash_to_u(curve_message(IdentifierType(case["id_type"]), digest(norm or "")))
+        start = order.index(case["origin"])
+        for hop in range(case["hop"] + 1):
+            value = blind_point(keys[order[(start + hop) % len(order)]], value)
+        out["chain"].append({k: case[k] for k in ("id_type", "raw", "origin", "hop")} | {"blinded": value.hex()})
     return out
 
 

@@ -37,7 +37,23 @@ def test_the_sdks_own_outputs_pass_every_field():
     report = check(reference_outputs())
     assert report.passed
     assert len(report.results) > 250
-    assert {section for section, _ in report.by_field()} == {"normalization", "prehashed", "pipeline", "points"}
+    assert {section for section, _ in report.by_field()} == {
+        "normalization",
+        "prehashed",
+        "pipeline",
+        "points",
+        "chain",
+    }
+
+
+def test_the_chain_section_is_optional_and_checked_when_present():
+    outputs = reference_outputs()
+    two_members_only = {k: v for k, v in outputs.items() if k != "chain"}
+    assert check(two_members_only).passed
+    assert "chain" not in {section for section, _ in check(two_members_only).by_field()}
+    wrong = [dict(e, blinded="00" * 32) if e["hop"] == 1 and e["origin"] == "jd" else e for e in outputs["chain"]]
+    report = check({**outputs, "chain": wrong})
+    assert {(r.case[2], r.case[3]) for r in report.failures()} == {("jd", 1)}
 
 
 def test_a_wrong_normalization_fails_exactly_where_it_differs():
