@@ -21,7 +21,7 @@ def members(data: sp.PlatformsData) -> dict[str, MemberData]:
     """Each member's users as the in-process builder takes them: normalized identifiers, declared attributes."""
     normalizer = Normalizer("US")
 
-    def norm(id_type: IdentifierType, value: object) -> str | None:
+    def norm(id_type: IdentifierType, value: str | float | None) -> str | None:
         return None if value is None or pd.isna(value) else normalizer.normalize(id_type, str(value))
 
     def rows(frame: pd.DataFrame, email: str, phone: str, attributes: list[str]) -> MemberData:
