@@ -35,6 +35,7 @@ Time columns are timestamps within a fixed window (checked at upload), per-perso
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cleanroom_client.policy import Policy, TableSpec
@@ -54,7 +55,12 @@ MIN_HALF_LIFE_DAYS = 1 / 24
 
 @dataclass(frozen=True)
 class EventTables:
-    """Where conversions and exposures live, and the bounds the policy sets on them."""
+    """Where conversions and exposures live, and the bounds the policy sets on them.
+
+    With three or more members, `exposures` is the first of `every_exposures`: the exposures tables of every member
+    in the query's population, whose touches are credited together (one person, however many platforms reached
+    them).
+    """
 
     conversions: TableSpec
     exposures: TableSpec
@@ -62,6 +68,7 @@ class EventTables:
     lo: float
     hi: float
     cap: int
+    every_exposures: tuple[TableSpec, ...] = ()
 
     @property
     def value_bound(self) -> float:
@@ -74,10 +81,19 @@ class EventTables:
         return math.ceil(CENTS * self.value_bound)
 
 
-def event_tables(policy: Policy) -> EventTables:
-    """The conversions and exposures tables the policy declares, with their time columns, bounds and cap."""
+def event_tables(policy: Policy, members: Sequence[str] | None = None) -> EventTables:
+    """The conversions and exposures tables the policy declares, with their time columns, bounds and cap.
+
+    `members`: the query's population (the hub first); exposures tables of these members only, in this order.
+    """
     conv = next((t for t in policy.tables.values() if t.table == "conversions"), None)
-    expo = next((t for t in policy.tables.values() if t.table == "exposures"), None)
+    every = tuple(
+        t
+        for m in (members if members is not None else [m.name for m in policy.members])
+        for t in policy.tables.values()
+        if t.table == "exposures" and t.member == m
+    )
+    expo = every[0] if every else None
     if conv is None or conv.time is None or not conv.measures:
         raise FailedPreconditionError(
             "the policy must declare a conversions table with a time column and a value measure"
@@ -90,17 +106,32 @@ def event_tables(policy: Policy) -> EventTables:
         raise FailedPreconditionError(
             "the policy must declare an exposures table with a time column and campaign, channel and kind dimensions"
         )
+    for t in every:
+        if t.time is None or not {"campaign", "channel", "kind"} <= set(t.dimensions):
+            raise FailedPreconditionError(
+                f"{t.qualified_name} needs a time column and campaign, channel and kind dimensions for attribution"
+            )
     column = "value" if "value" in conv.measures else next(iter(conv.measures))
     lo, hi = conv.measures[column]
-    return EventTables(conv, expo, column, lo, hi, conv.max_per_person)
+    return EventTables(conv, expo, column, lo, hi, conv.max_per_person, every)
+
+
+def exposure_domain(ev: EventTables, column: str) -> tuple[str, ...]:
+    """The values of an exposures dimension across every exposures table of the population, in order, once each."""
+    return tuple(dict.fromkeys(v for t in ev.every_exposures or (ev.exposures,) for v in t.dimensions[column]))
 
 
 def _matched(catalog: Catalog, conv_member: str) -> str:
+    """The people with their rows: `conv_row` (the conversions' member), `row_<member>` for every member, `person`.
+
+    With three or more members, the hub's users matched with any member of the population: one person however many
+    platforms know them, so the touches of every platform are credited together (de-duplicated reach).
+    """
     conv_side = catalog.side(conv_member)
-    exp_side = catalog.other_side(conv_member)
+    rows = ", ".join(catalog.side(m) for m in catalog.members)
     return (
-        f"SELECT {conv_side} AS conv_row, {exp_side} AS exp_row, row_number() OVER (ORDER BY {conv_side}) AS person "
-        f"FROM {catalog.pairs()}"
+        f"SELECT {conv_side} AS conv_row, {rows}, row_number() OVER (ORDER BY {conv_side}) AS person "
+        f"FROM {catalog.pairs(any_of=True)}"
     )
 
 
@@ -130,10 +161,17 @@ def attribution_sql(
 
     Rows: (group, [brand value,] thousandths, cents).
     """
-    et_name = ev.exposures.time or ""
-    expo = catalog.table(ev.exposures.member, "exposures", [et_name, group.column, "campaign", "channel", "kind"])
-    et = quote_ident(et_name)
-    g = quote_ident(group.column)
+    touch_sources = []
+    for spec in ev.every_exposures or (ev.exposures,):
+        et, g = quote_ident(spec.time or ""), quote_ident(group.column)
+        expo = catalog.table(spec.member, "exposures", [spec.time or "", group.column, "campaign", "channel", "kind"])
+        touch_sources.append(
+            f"""SELECT c.person, c.rn, c.cts, c.value, e.{et} AS ets, CAST(e.{g} AS VARCHAR) AS g,
+                   e.kind = 'click' AS is_click, CAST(e.campaign AS VARCHAR) AS campaign,
+                   CAST(e.channel AS VARCHAR) AS channel
+            FROM capped c JOIN m ON m.person = c.person JOIN {expo} e ON e.row_id = m.{catalog.side(spec.member)}
+            WHERE e.{et} <= c.cts AND e.{et} >= c.cts - to_days(CAST($lookback AS INTEGER))"""
+        )
     weight = {
         "last_touch": "CASE WHEN pos = n THEN 1.0 ELSE 0.0 END",
         "first_touch": "CASE WHEN pos = 1 THEN 1.0 ELSE 0.0 END",
@@ -146,21 +184,15 @@ def attribution_sql(
     brand_join = brand_select = brand_group = ""
     if brand_axis is not None:
         users = catalog.table(brand_axis.member, "users", [brand_axis.column])
-        side = "conv_row" if brand_axis.member == ev.conversions.member else "exp_row"
-        brand_join = f"JOIN m mm ON mm.person = credits.person LEFT JOIN {users} u ON u.row_id = mm.{side}"
+        row = catalog.side(brand_axis.member)
+        brand_join = f"JOIN m mm ON mm.person = credits.person LEFT JOIN {users} u ON u.row_id = mm.{row}"
         brand_select = f", u.{quote_ident(brand_axis.column)}"
         brand_group = ", 2"
     text = f"""
         WITH m AS ({_matched(catalog, ev.conversions.member)}),
         conv AS ({_capped(catalog, ev)}),
         capped AS (SELECT * FROM conv WHERE rn <= $cap),
-        touches AS (
-            SELECT c.person, c.rn, c.cts, c.value, e.{et} AS ets, CAST(e.{g} AS VARCHAR) AS g,
-                   e.kind = 'click' AS is_click, CAST(e.campaign AS VARCHAR) AS campaign,
-                   CAST(e.channel AS VARCHAR) AS channel
-            FROM capped c JOIN m ON m.person = c.person JOIN {expo} e ON e.row_id = m.exp_row
-            WHERE e.{et} <= c.cts AND e.{et} >= c.cts - to_days(CAST($lookback AS INTEGER))
-        ),
+        touches AS ({" UNION ALL ".join(touch_sources)}),
         kept AS (
             SELECT *, max(CAST(is_click AS INTEGER)) OVER (PARTITION BY person, rn) AS any_click FROM touches
         ),
@@ -230,7 +262,7 @@ def check_attribution(model: str, lookback_days: int, half_life_days: float) -> 
 def lift_sql(catalog: Catalog, ev: EventTables, groups: TableSpec, campaign: str) -> Sql:
     """Per test group: people, converters, revenue (cents) and revenue squared (currency units squared)."""
     tg = catalog.table(groups.member, "test_groups", ["campaign", "test_group"])
-    side = "conv_row" if groups.member == ev.conversions.member else "exp_row"
+    side = catalog.side(groups.member)
     text = f"""
         WITH m AS ({_matched(catalog, ev.conversions.member)}),
         conv AS ({_capped(catalog, ev)}),

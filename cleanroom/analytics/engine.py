@@ -67,6 +67,7 @@ from .attribution import (
     attribution_sql,
     check_attribution,
     event_tables,
+    exposure_domain,
     group_axis,
     lift_sql,
 )
@@ -915,8 +916,8 @@ class QueryEngine:
         def build(collaboration: Collaboration, catalog: Catalog) -> Plan:
             check_attribution(q.model, q.lookback_days, q.half_life_days)
             policy = collaboration.policy
-            ev = event_tables(policy)
-            group = axis(q.by, ev.exposures.member, q.by, ev.exposures.dimensions[q.by])
+            ev = event_tables(policy, catalog.members)
+            group = axis(q.by, ev.exposures.member, q.by, exposure_domain(ev, q.by))
             brand = None
             if q.brand_dimension is not None:
                 d = q.brand_dimension
@@ -1000,7 +1001,7 @@ class QueryEngine:
 
         def build(collaboration: Collaboration, catalog: Catalog) -> Plan:
             policy = collaboration.policy
-            ev = event_tables(policy)
+            ev = event_tables(policy, catalog.members)
             groups = next((t for t in policy.tables.values() if t.table == "test_groups"), None)
             if groups is None:
                 raise FailedPreconditionError(

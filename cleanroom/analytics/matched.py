@@ -149,13 +149,13 @@ class Catalog:
         """The members whose data the query's people involve: the hub, then the others of the population."""
         return (self.hub, *self.spokes)
 
-    def pairs(self, collab_param: str = "$collab") -> str:
+    def pairs(self, collab_param: str = "$collab", any_of: bool = False) -> str:
         """The query's people in the catalog's period: one row per person, a column `side(member)` per member.
 
         With two members, the matched pairs. With more, the hub's users matched with every member of the
-        population (`spokes`).
+        population (`spokes`), or with `any_of`, with at least one of them (the others' columns NULL).
         """
-        return matched_people(self.period, self.hub, self.spokes, collab_param)
+        return matched_people(self.period, self.hub, self.spokes, collab_param, any_of)
 
     def spoke_pairs(self, spoke: str, collab_param: str = "$collab") -> str:
         """The pairs of the hub and `spoke` in the catalog's period (`row_<hub>`, `row_<spoke>`)."""

@@ -68,7 +68,7 @@ tables:
 queries: [overlap, venn, funnel, segment_insight, value, attribution]
 min_group_size: 10
 epsilon:
-  per_member_total: 20
+  per_member_total: 50
   per_query_max: 5
 """
 

@@ -136,13 +136,16 @@ def spoke_pairs(period: int, hub: str, spoke: str, collab_param: str = "$collab"
     )
 
 
-def matched_people(period: int, hub: str, spokes: Sequence[str], collab_param: str = "$collab") -> str:
+def matched_people(
+    period: int, hub: str, spokes: Sequence[str], collab_param: str = "$collab", any_of: bool = False
+) -> str:
     """The people of `period`: the hub's rows matched with a row of every member in `spokes`, as a relation.
 
     One row per such hub row, with one column per member, `row_<member>`: its row in that member's data (the hub's
-    included). With two members and the peer as the one spoke this is the matching's pairs. `collab_param` names
-    the query parameter holding the collaboration id. Readers join this relation rather than the `matches` table,
-    whose layout stays this module's business.
+    included). With `any_of`, the hub's rows matched with at least one of them instead, the others' columns NULL
+    where there is no match (one person however many members know them). With two members and the peer as the one
+    spoke both are the matching's pairs. `collab_param` names the query parameter holding the collaboration id.
+    Readers join this relation rather than the `matches` table, whose layout stays this module's business.
     """
     if not spokes:
         raise ValueError("a population names at least one member besides the hub")
@@ -150,6 +153,11 @@ def matched_people(period: int, hub: str, spokes: Sequence[str], collab_param: s
     if len(sources) == 1:
         return sources[0]
     columns = ", ".join([f"p0.row_{hub}", *(f"p{i}.row_{s}" for i, s in enumerate(spokes))])
+    if any_of:
+        hubs = " UNION ".join(f"SELECT row_{hub} FROM {src}" for src in sources)
+        columns = ", ".join([f"h.row_{hub}", *(f"p{i}.row_{s}" for i, s in enumerate(spokes))])
+        joins = " ".join(f"LEFT JOIN {src} p{i} ON p{i}.row_{hub} = h.row_{hub}" for i, src in enumerate(sources))
+        return f"(SELECT {columns} FROM ({hubs}) h {joins})"
     joins = " ".join(f"JOIN {src} p{i} USING (row_{hub})" for i, src in enumerate(sources) if i)
     return f"(SELECT {columns} FROM {sources[0]} p0 {joins})"
 

@@ -179,6 +179,20 @@ def test_one_platforms_stages_cross_the_other_platforms_dimensions(room: Three) 
     assert abs(total - data.truth["jd_user"].notna().sum()) <= 3 * one["error_95"].max() * np.sqrt(5)
 
 
+def test_attribution_credits_both_platforms_and_tgi_reads_the_social_platform(room: Three) -> None:
+    clients, cid = room.clients, room.cid
+    answer = clients[sp.HUB].attribution(cid, model="linear", lookback_days=30, by="campaign", epsilon=4)
+    credited = answer[answer["measure"] == "attributed_conversions"]
+    campaigns = set(credited["campaign"])
+    assert {*sp.PLATFORM_CAMPAIGNS[sp.COMMERCE], *sp.PLATFORM_CAMPAIGNS[sp.SOCIAL], "none"} == campaigns
+    assert (credited[credited["campaign"] != "none"]["value"] > 0).all()
+    tgi = clients[sp.HUB].segment_insight(cid, "tencent.interest", epsilon=4, with_members=["tencent"])
+    assert set(tgi["tencent.interest"]) >= set(sp.INTERESTS)
+    assert {"tgi", "penetration"} <= set(tgi["measure"])
+    funnel = clients[sp.HUB].funnel(cid, by="tencent.age_band", epsilon=4)
+    assert len(funnel[funnel["measure"] == "people"]) == 5 * 5  # jd's stages crossed with tencent's age bands
+
+
 def test_the_policy_says_whose_data_each_member_may_involve(room: Three) -> None:
     clients, cid = room.clients, room.cid
     jd = clients[sp.COMMERCE]
