@@ -1051,12 +1051,26 @@ class QueryEngine:
         )
 
     # -- audiences --------------------------------------------------------------------------------------------------
-    def _recipient(self, policy: Policy, requester: str) -> str:
+    def _recipient(self, policy: Policy, requester: str, catalog: Catalog) -> str:
+        """The member a lookalike audience goes to: the one other member with receive_audiences in the population.
+
+        With two members, the peer (if the policy lets it receive audiences). With more, the population must hold
+        exactly one such member: name it in with_members.
+        """
         recipients = [
-            m.name for m in policy.members if Ability.RECEIVE_AUDIENCES in m.abilities and m.name != requester
+            m.name
+            for m in policy.members
+            if Ability.RECEIVE_AUDIENCES in m.abilities and m.name != requester and m.name in catalog.members
         ]
         if not recipients:
-            raise PermissionDeniedError("the policy gives no other member the ability receive_audiences")
+            raise PermissionDeniedError(
+                "the policy gives no other member of the query's population the ability receive_audiences"
+            )
+        if len(recipients) > 1:
+            raise InvalidArgumentError(
+                f"an audience goes to one member, and {', '.join(recipients)} may each receive it: name the one in "
+                "with_members"
+            )
         return recipients[0]
 
     def _delta_for(self, catalog: Catalog, delta: float) -> None:
@@ -1094,7 +1108,7 @@ class QueryEngine:
 
         def build(collaboration: Collaboration, catalog: Catalog) -> Plan:
             policy = collaboration.policy
-            recipient = self._recipient(policy, principal.name)
+            recipient = self._recipient(policy, principal.name, catalog)
             self._delta_for(catalog, q.delta)
             if q.audience_size < policy.min_group_size:
                 raise InvalidArgumentError(

@@ -24,7 +24,8 @@ PLATFORMS = (COMMERCE, SOCIAL)
 INTERESTS = ("beauty", "sports", "gaming", "travel")
 PLATFORM_CAMPAIGNS = {COMMERCE: ("jd-618", "jd-1111"), SOCIAL: ("wx-moments", "wx-channels")}
 
-#: A policy for the brand and both platforms: the brand is the hub; jd may query with the brand's data only.
+#: A policy for the brand and both platforms: the brand is the hub; jd may query with the brand's data only;
+#: activation lists go to tencent.
 POLICY = """\
 name: Brand x JD x Tencent (demo)
 members:
@@ -65,11 +66,18 @@ tables:
       campaign: [wx-moments, wx-channels]
       channel: [search, feed, video]
       kind: [impression, click]
-queries: [overlap, venn, funnel, segment_insight, value, attribution]
+queries: [overlap, venn, funnel, segment_insight, value, attribution, lookalike, activation]
+activation:
+  recipient: tencent
+  dimensions: [brand.tier, jd.stage_4a]
+  min_size: 50
 min_group_size: 10
 epsilon:
   per_member_total: 50
   per_query_max: 5
+delta:
+  per_member_total: 1.0e-6
+  per_query_max: 1.0e-7
 """
 
 

@@ -193,6 +193,19 @@ def test_attribution_credits_both_platforms_and_tgi_reads_the_social_platform(ro
     assert len(funnel[funnel["measure"] == "people"]) == 5 * 5  # jd's stages crossed with tencent's age bands
 
 
+def test_an_activation_list_goes_to_the_member_the_policy_names(room: Three) -> None:
+    clients, cid, data = room.clients, room.cid, room.data
+    answer = clients[sp.HUB].activate(cid, {"brand.tier": "basic"}, epsilon=5, delta=1e-7)
+    assert not answer["suppressed"].any()
+    listed = clients[sp.SOCIAL].audiences(cid)
+    assert len(listed) == 1
+    got = set(clients[sp.SOCIAL].fetch_audience(listed["name"].iloc[0]))
+    t = data.truth
+    everywhere = t[(t["tier"] == "basic") & t["jd_user"].notna() & t["tencent_user"].notna()]
+    assert got == set(everywhere["tencent_user"])  # the people of every platform, as tencent's own keys
+    assert clients[sp.COMMERCE].audiences(cid).empty  # jd may receive audiences, but this one is not its
+
+
 def test_the_policy_says_whose_data_each_member_may_involve(room: Three) -> None:
     clients, cid = room.clients, room.cid
     jd = clients[sp.COMMERCE]
