@@ -21,6 +21,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/cleanroom demo
+	$(BIN)/cleanroom demo --platforms 2 --brand-users 5000
 
 test: $(STAMP) check browser
 	$(BIN)/pytest

@@ -298,11 +298,24 @@ def demo(
     report_dir: Annotated[Path, typer.Option(help="Where to write the HTML report and its charts.")] = Path(
         "cleanroom-report"
     ),
+    platforms: Annotated[
+        int, typer.Option(help="1: a brand and a platform; 2: a brand with a commerce and a social platform.")
+    ] = 1,
 ) -> None:
     """Run the whole story on synthetic data with an embedded server (TLS and tokens on), and write a report.
 
+    With --platforms 2, three members: the brand, jd and tencent, matched through a chain of blindings, with the
+    Venn diagram, queries across both platforms and an activation list to the member the policy names.
+
     Example: cleanroom demo --brand-users 20000 --platform-users 40000 --shared 6000
     """
+    if platforms == 2:
+        from .devtools.demo_platforms import run_platforms_demo
+
+        run_platforms_demo(brand_users, data_dir)
+        return
+    if platforms != 1:
+        raise typer.BadParameter("1 (brand and platform) or 2 (brand, jd and tencent)", param_hint="--platforms")
     from .devtools.demo import run_demo
 
     run_demo(brand_users, platform_users, shared, data_dir, report_dir)
