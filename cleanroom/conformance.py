@@ -214,14 +214,20 @@ def reference_outputs(normalize: Callable[[str, str, str], tuple[str, str | None
         tag = join_tag(blind_point(key, point)) if code == 0 else ZERO_TAG
         out["points"].append({"point": case["point"], "accept": code == 0, "tag": tag.hex()})
     chain = vectors("chain-v1.json")
-    keys = {m: X25519PrivateKey.from_private_bytes(bytes.fromhex(k)) for m, k in chain["members"].items()}
     order = chain["chain_order"]
     for case in chain["vectors"]:
         _, norm = normalize(case["id_type"], chain["default_phone_region"], case["raw"])
         value = hash_to_u(curve_message(IdentifierType(case["id_type"]), digest(norm or "")))
         start = order.index(case["origin"])
+        origin = chain["members"][case["origin"]]
         for hop in range(case["hop"] + 1):
-            value = blind_point(keys[order[(start + hop) % len(order)]], value)
+            if hop == 0:
+                scalar = origin["upload_scalar"]
+            elif hop == len(order):
+                scalar = origin["unmask_scalar"]
+            else:
+                scalar = chain["members"][order[(start + hop) % len(order)]]["key"]
+            value = blind_point(X25519PrivateKey.from_private_bytes(bytes.fromhex(scalar)), value)
         out["chain"].append({k: case[k] for k in ("id_type", "raw", "origin", "hop")} | {"blinded": value.hex()})
     return out
 

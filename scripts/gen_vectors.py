@@ -33,6 +33,7 @@ from google.protobuf.message import Message
 
 from cleanroom.devtools.synthetic import DEMO_POLICY
 from cleanroom_client.blinding import ZERO_TAG, blind_point, join_tag
+from cleanroom_client.chain_mask import chain_scalars
 from cleanroom_client.curve import CLEANROOM_DST, POINT_PROBLEMS, P, check_points, hash_to_curve, hash_to_u
 from cleanroom_client.curve import _add as curve_add
 from cleanroom_client.curve import _curve_rhs as curve_rhs
@@ -399,10 +400,9 @@ def wire_vectors() -> dict[str, object]:
         _message(
             "hop chunk before the last, three or more members",
             pb.SubmitDoubleBlindedPointsRequest(
-                parent=parent, chunk_index=0, origin="brand", blinded_points=blinded(emails) + bytes(32), last=True
+                parent=parent, chunk_index=0, origin="brand", blinded_points=blinded(emails), last=True
             ),
-            "the caller's key (A) applied to three offered points of brand's chain, whole: two accepted points and "
-            "32 zero bytes for one it rejected",
+            "the caller's key (A) applied to two offered points of brand's chain, whole",
         ),
     ]
     for table, (member, data) in _tables().items():
@@ -444,17 +444,19 @@ def wire_vectors() -> dict[str, object]:
             pb.MatchStatus(
                 stage=pb.MatchStatus.STAGE_DOUBLE_BLINDING,
                 uploads=[
-                    pb.UploadProgress(kind="blinded:tencent", next_chunk_index=1, rows=12, committed=True),
-                    pb.UploadProgress(kind="points", next_chunk_index=2, rows=4, committed=True),
+                    pb.UploadProgress(kind="blinded:brand", next_chunk_index=1, rows=4, committed=True),
+                    pb.UploadProgress(kind="points", next_chunk_index=2, rows=3, committed=True),
                 ],
                 offers=[
-                    pb.ChainOffer(origin="brand", hop=2, hops=2, ready=False, chunks=0, last_hop=True, done=False),
-                    pb.ChainOffer(origin="tencent", hop=1, hops=2, ready=True, chunks=1, last_hop=False, done=True),
+                    pb.ChainOffer(origin="brand", hop=1, hops=3, ready=True, chunks=1, last_hop=False, done=True),
+                    pb.ChainOffer(origin="jd", hop=3, hops=3, ready=False, chunks=0, last_hop=True, done=False),
+                    pb.ChainOffer(origin="tencent", hop=2, hops=3, ready=False, chunks=0, last_hop=False, done=False),
                 ],
                 own_set_size=3,
                 set_sizes={"brand": 4, "jd": 3, "tencent": 12},
             ),
-            "jd's view: it blinded tencent's points (its first hop); brand's points are still with tencent",
+            "jd's view: it blinded brand's points (hop 1 of brand's chain); tencent's points are still with brand "
+            "(hop 1 of tencent's chain), and its own with tencent",
         ),
     ]
     return {
@@ -509,23 +511,30 @@ CHAIN_MEMBERS = {"brand": KEY_A, "jd": KEY_B, "tencent": KEY_C}
 
 
 def chain_vectors() -> dict[str, object]:
-    """Three members: each member's point through its chain (members by name, N - 1 = 2 hops), to one tag.
+    """Three members: each member's point through its chain (members by name), to one tag.
 
-    One entry per (identifier, origin, hop): the point as it leaves that hop's member. The last hop's first 8 bytes
-    are the tag; they agree for every origin.
+    One entry per (identifier, origin, hop): the point as it leaves that hop. Hop 0 is the origin's upload (its key
+    times its one-time mask), hops 1 .. N-1 the other members' keys, hop N the origin removing its mask; the tag
+    is the first 8 bytes of hop N's point, the same for every origin.
     """
     normalizer = Normalizer("US")
-    keys = {m: X25519PrivateKey.from_private_bytes(k) for m, k in CHAIN_MEMBERS.items()}
     order = sorted(CHAIN_MEMBERS)
+    scalars = {m: chain_scalars(k) for m, k in CHAIN_MEMBERS.items()}
     out = []
     for id_type, raw in INPUTS[:3]:
         point = hash_to_u(curve_message(id_type, digest(normalizer.normalize(id_type, raw))))
         tags = set()
         for i, origin in enumerate(order):
             value = point
-            for hop in range(len(order)):
+            for hop in range(len(order) + 1):
                 member = order[(i + hop) % len(order)]
-                value = blind_point(keys[member], value)
+                if hop == 0:
+                    scalar = scalars[origin][0]
+                elif hop == len(order):
+                    scalar = scalars[origin][1]
+                else:
+                    scalar = CHAIN_MEMBERS[member]
+                value = blind_point(X25519PrivateKey.from_private_bytes(scalar), value)
                 out.append(
                     {
                         "id_type": id_type.value,
@@ -542,19 +551,30 @@ def chain_vectors() -> dict[str, object]:
             raise AssertionError("the chains of one identifier end at different tags")
     return {
         "protocol": "cleanroom matching v1, three or more members",
-        "members": {m: k.hex() for m, k in CHAIN_MEMBERS.items()},
+        "members": {
+            m: {"key": k.hex(), "upload_scalar": scalars[m][0].hex(), "unmask_scalar": scalars[m][1].hex()}
+            for m, k in CHAIN_MEMBERS.items()
+        },
         "chain_order": order,
         "default_phone_region": "US",
-        "note": "hop 0 is the origin's own blinding (its upload); the hops before the last are sent as 32-byte "
-        "blinded_points; the last hop's first 8 bytes are the tag, the same for every origin",
+        "note": "hop 0: the origin's upload (X25519 with its upload_scalar, its key times its one-time mask); hops "
+        "1 .. N-1: the other members' keys, sent as 32-byte blinded_points; hop N: the origin's unmask_scalar, whose "
+        "first 8 bytes are the tag, the same for every origin. Scalars are X25519 inputs (RFC 7748 clamps them; "
+        "these are already in clamped form)",
         "vectors": out,
     }
 
 
 def chain_markdown(data: dict) -> list[str]:
-    lines = [f"key of {m} = `{k}`  " for m, k in data["members"].items()]
-    lines += ["", f"Chain order (by name): {' → '.join(data['chain_order'])} → {data['chain_order'][0]}.", ""]
-    last = len(data["chain_order"]) - 1
+    lines = []
+    for m, v in data["members"].items():
+        lines += [
+            f"{m}: key `{v['key']}`  ",
+            f"{' ' * len(m)}  upload scalar `{v['upload_scalar']}`  ",
+            f"{' ' * len(m)}  unmask scalar `{v['unmask_scalar']}`  ",
+        ]
+    lines += ["", f"Chain order (by name): {' → '.join(data['chain_order'])}.", ""]
+    last = len(data["chain_order"])
     seen: set[tuple[str, str]] = set()
     for v in data["vectors"]:
         if (v["id_type"], v["raw"]) not in seen:

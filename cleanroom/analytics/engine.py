@@ -1052,26 +1052,45 @@ class QueryEngine:
 
     # -- audiences --------------------------------------------------------------------------------------------------
     def _recipient(self, policy: Policy, requester: str, catalog: Catalog) -> str:
-        """The member a lookalike audience goes to: the one other member with receive_audiences in the population.
+        """The member a lookalike audience goes to, as the policy names it.
 
-        With two members, the peer (if the policy lets it receive audiences). With more, the population must hold
-        exactly one such member: name it in with_members.
+        With two members, the peer, if the policy lets it receive audiences. With more, the member the policy names
+        in `activation.recipient` (never whichever comes first: an audience charges its recipient's budget), which
+        must be in the query's population and may read every member of it (`_check_recipient_reads`).
         """
+        if len(policy.members) > 2:
+            named = policy.activation.recipient if policy.activation is not None else None
+            if named is None:
+                raise PermissionDeniedError(
+                    "with three or more members, the policy names the member that receives audiences "
+                    "(activation.recipient); this policy names none"
+                )
+            if named == requester:
+                raise PermissionDeniedError("the audience recipient may not request audiences itself")
+            catalog.require_in_population(named)
+            self._check_recipient_reads(policy, named, catalog)
+            return named
         recipients = [
-            m.name
-            for m in policy.members
-            if Ability.RECEIVE_AUDIENCES in m.abilities and m.name != requester and m.name in catalog.members
+            m.name for m in policy.members if Ability.RECEIVE_AUDIENCES in m.abilities and m.name != requester
         ]
         if not recipients:
-            raise PermissionDeniedError(
-                "the policy gives no other member of the query's population the ability receive_audiences"
-            )
-        if len(recipients) > 1:
-            raise InvalidArgumentError(
-                f"an audience goes to one member, and {', '.join(recipients)} may each receive it: name the one in "
-                "with_members"
-            )
+            raise PermissionDeniedError("the policy gives no other member the ability receive_audiences")
         return recipients[0]
+
+    @staticmethod
+    def _check_recipient_reads(policy: Policy, recipient: str, catalog: Catalog) -> None:
+        """The recipient may read every member of the query's population (the policy's `reads`).
+
+        An audience tells its recipient, row by row, which of its users are among the query's people.
+        """
+        spec = policy.member(recipient)
+        barred = [m for m in catalog.members if spec is None or not spec.may_read(m)]
+        if barred:
+            raise PermissionDeniedError(
+                f"the audience goes to {recipient}, whom the policy does not let read {', '.join(barred)}'s data; "
+                f"its list would say which of its users {', '.join(barred)} also has: name with_members without "
+                + ("them" if len(barred) > 1 else "it")
+            )
 
     def _delta_for(self, catalog: Catalog, delta: float) -> None:
         """Delta must be positive and far below 1/n for the sets both members were told the size of at the match."""
@@ -1197,6 +1216,7 @@ class QueryEngine:
                 )
             if principal.name == spec.recipient:
                 raise PermissionDeniedError("the activation recipient may not request activation lists itself")
+            self._check_recipient_reads(policy, spec.recipient, catalog)
             self._delta_for(catalog, delta)
             c = self.stability(catalog)
             threshold = spec.min_size + activation_threshold(q.epsilon, delta, c)

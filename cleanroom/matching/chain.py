@@ -1,11 +1,13 @@
-"""The blinding chain: which member blinds whose points at which hop (PROTOCOL.md, "Three or more members").
+"""The blinding chain: which member blinds whose points at which hop (PROTOCOL.md, section 9).
 
-Members are ordered by name: m_0, m_1, ..., m_{N-1}. The points member m_i uploads (blinded once, by itself) pass to
-m_{i+1}, m_{i+2}, ... (indexes mod N), each applying its key, N - 1 hops in all; the server shuffles the points
-before every hop. Hops before the last return 32-byte points; the last returns 8-byte tags, which the server
-un-shuffles onto m_i's rows. With two members this is the two-party protocol: one hop, the peer's, returning tags.
+Members are ordered by name: m_0, m_1, ..., m_{N-1}. With two members this is the two-party protocol: each member's
+points (blinded by itself, hop 0) go to the peer (hop 1), which answers with tags.
 
-Every member's points end blinded by all N keys, so tags of the same identifier agree whoever uploaded it.
+With three or more, the points member m_i uploads, blinded by k_i x r_i (its key and a one-time mask, hop 0), pass
+to m_{i+1}, m_{i+2}, ... (indexes mod N), each applying its key and returning whole points (hops 1 .. N-1); then
+they come back to m_i, which removes its mask and answers with tags (the final hop, N). The server shuffles the
+points before every hop. Every point ends blinded by all N keys, so tags of the same identifier agree whoever
+uploaded it; and no member ever sees another member's points without that member's one-time mask on them.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 from .progress import DOUBLE_BLINDED
 
-#: Upload kind of a member's hop in another member's chain, with three or more members: `blinded:<origin>`.
+#: Upload kind of a member's hop in a chain, with three or more members: `blinded:<origin>`.
 CHAIN_KIND = "blinded:"
 
 
@@ -25,17 +27,18 @@ class Chain:
     members: tuple[str, ...]
 
     @property
-    def hops(self) -> int:
-        """Hops in every member's chain: N - 1."""
-        return len(self.members) - 1
+    def final(self) -> int:
+        """The hop that answers with tags: the peer's (1) with two members, the origin's own (N) with more."""
+        return 1 if len(self.members) == 2 else len(self.members)
 
     def hop(self, origin: str, member: str) -> int:
-        """`member`'s hop (1 .. N-1) in the chain of `origin`'s points."""
+        """`member`'s hop in the chain of `origin`'s points: 1 .. N-1 for another member, N for the origin itself."""
         n = len(self.members)
-        return (self.members.index(member) - self.members.index(origin)) % n
+        step = (self.members.index(member) - self.members.index(origin)) % n
+        return step or n
 
     def at(self, origin: str, hop: int) -> str:
-        """The member that blinds `origin`'s points at `hop` (hop 0: the origin itself, which uploads them)."""
+        """The member that blinds `origin`'s points at `hop` (hop 0 and hop N: the origin itself)."""
         n = len(self.members)
         return self.members[(self.members.index(origin) + hop) % n]
 
@@ -44,5 +47,10 @@ class Chain:
         return DOUBLE_BLINDED if len(self.members) == 2 else CHAIN_KIND + origin
 
     def origins(self, member: str) -> tuple[str, ...]:
-        """The members whose points `member` blinds: every other member."""
-        return tuple(m for m in self.members if m != member)
+        """The chains `member` takes part in after its upload.
+
+        Every other member's; with three or more members, its own too (the final hop).
+        """
+        if len(self.members) == 2:
+            return tuple(m for m in self.members if m != member)
+        return self.members

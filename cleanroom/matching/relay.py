@@ -82,7 +82,8 @@ class MatchStatus:
     peer_point_chunks: int
     own_set_size: int
     peer_set_size: int
-    #: The caller's hop in each other member's chain.
+    #: The caller's hop in each chain it takes part in after its upload (another member's; with three or more, its
+    #: own final hop too).
     offers: tuple[ChainOffer, ...] = ()
     #: Every member's set size (0 until its points are committed).
     set_sizes: Mapping[str, int] = field(default_factory=dict)
@@ -90,7 +91,7 @@ class MatchStatus:
 
 @dataclass(frozen=True)
 class ChainOffer:
-    """The caller's place in one other member's chain: its hop, and whether the points are ready or done."""
+    """The caller's place in one chain: its hop, and whether the points are ready for it or done."""
 
     origin: str
     hop: int
@@ -101,7 +102,7 @@ class ChainOffer:
 
     @property
     def last_hop(self) -> bool:
-        """The caller's hop is the last: it answers with tags."""
+        """The caller's hop is the final one: it answers with tags."""
         return self.hop == self.hops
 
 
@@ -132,18 +133,15 @@ def _chunk_rows(first_row: int, present: bytes, n: int, what: str) -> np.ndarray
 
 
 def _validate_hop_points(points: bytes, what: str) -> None:
-    """A hop's points: each a valid point (protocol step 4's checks) or 32 zero bytes, a point the member rejected."""
+    """A hop's points, each valid by protocol step 4's checks (a zero point, which never matches, included as invalid).
+
+    Every point the server offers was validated, and blinding a valid point gives a valid point: an honest member
+    has nothing to reject, so an invalid or zero point here can only drop one of the origin's rows unseen.
+    """
     try:
-        codes = check_points(points)
-    except InvalidPointError as exc:
-        raise InvalidArgumentError(f"{what}: {exc}") from None
-    zero = np.all(np.frombuffer(points, dtype=np.uint8).reshape(-1, POINT_SIZE) == 0, axis=1) if points else codes == 0
-    bad = np.flatnonzero((codes != 0) & ~zero)
-    if len(bad):
-        raise InvalidArgumentError(
-            f"{what}, point {bad[0]}: {POINT_PROBLEMS[codes[bad[0]]]} ({len(bad)} invalid points in this chunk; "
-            "send 32 zero bytes for a point you rejected)"
-        )
+        _validate_points(points, what)
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"{exc}; every point offered to you was valid, so its blinding is too") from None
 
 
 def _joined(collaboration: Collaboration) -> tuple[str, ...]:
@@ -341,7 +339,10 @@ class Relay:
         return progress.rows if progress and progress.committed else None
 
     def _origin(self, collaboration: Collaboration, member: str, origin: str) -> str:
-        """The member whose points `member` names: `origin`, or (two members, `origin` empty) the peer."""
+        """The member whose points `member` names: `origin`, or (two members, `origin` empty) the peer.
+
+        With three or more members a member names itself for the final hop of its own chain.
+        """
         names = collaboration.policy.chain
         if not origin:
             if len(names) != 2:
@@ -349,9 +350,11 @@ class Relay:
                     "name the origin, the member whose points these are (GetMatchStatus lists them in `offers`)"
                 )
             return collaboration.policy.peer_of(member)
-        if origin not in names or origin == member:
-            others = ", ".join(n for n in names if n != member)
-            raise InvalidArgumentError(f"origin {origin[:64]!r} is not another member of the collaboration ({others})")
+        allowed = Chain(names).origins(member)
+        if origin not in allowed:
+            raise InvalidArgumentError(
+                f"origin {origin[:64]!r} is not one of the chains you take part in ({', '.join(allowed)})"
+            )
         return origin
 
     def _ready_size(
@@ -436,15 +439,16 @@ class Relay:
     ) -> UploadProgress:
         """Store the caller's blinding of one offered chunk of `origin`'s points; the last chunk passes them on.
 
-        At the last hop of the chain (the only hop with two members) the caller sends 8-byte tags, opaque 64-bit
-        values with nothing to validate but their number, and the final chunk un-shuffles them onto the origin's
-        rows. At an earlier hop it sends 32-byte points, each a valid point or 32 zero bytes (a point it
-        rejected), and the final chunk shuffles them again for the next member.
+        At the final hop (the peer's with two members, the origin's own with more) the caller sends 8-byte tags,
+        opaque 64-bit values with nothing to validate but their number, and the final chunk un-shuffles them onto
+        the origin's rows. At a hop before it (three or more members) the caller sends 32-byte points, each a valid
+        point (the server validated every point it offered, so an honest member rejects none: a zero point, which
+        would silently drop the origin's row, is refused), and the final chunk shuffles them again for the next.
         """
         origin = self._origin(collaboration, member, origin)
         chain = Chain(collaboration.policy.chain)
         hop = chain.hop(origin, member)
-        last_hop = hop == chain.hops
+        last_hop = hop == chain.final
         kind = chain.kind(origin)
         what = (
             f"double-blinded chunk {chunk_index}"
@@ -453,14 +457,14 @@ class Relay:
         )
         if last_hop:
             if points:
-                raise InvalidArgumentError(f"{what}: yours is the last hop of {origin}'s chain: send `tags`")
+                raise InvalidArgumentError(f"{what}: yours is the final hop of {origin}'s chain: send `tags`")
             if len(tags) % TAG_SIZE:
                 raise InvalidArgumentError(f"{what}: tags must be {TAG_SIZE} bytes each")
             n = len(tags) // TAG_SIZE
         else:
             if tags:
                 raise InvalidArgumentError(
-                    f"{what}: yours is hop {hop} of {chain.hops} in {origin}'s chain: send `blinded_points`, not tags"
+                    f"{what}: yours is hop {hop} of {chain.final} in {origin}'s chain: send `blinded_points`, not tags"
                 )
             if len(points) % POINT_SIZE:
                 raise InvalidArgumentError(f"{what}: blinded_points must be {POINT_SIZE} bytes each")
@@ -557,7 +561,7 @@ class Relay:
     ) -> None:
         chain = Chain(collaboration.policy.chain)
         if not all(
-            self._chain_done(cur, collaboration, chain.at(origin, chain.hops), origin, period)
+            self._chain_done(cur, collaboration, chain.at(origin, chain.final), origin, period)
             for origin in chain.members
         ):
             return
@@ -737,7 +741,7 @@ class Relay:
             finished = self._chain_done(cur, collaboration, member, origin, period)
             offers.append(
                 ChainOffer(
-                    origin, hop, chain.hops, size is not None, self._chunks(size) if size is not None else 0, finished
+                    origin, hop, chain.final, size is not None, self._chunks(size) if size is not None else 0, finished
                 )
             )
         sizes = (periods.period_set_sizes(cur, collaboration.id, period) if period else None) or committed_set_sizes(

@@ -12,7 +12,7 @@ import pytest
 from privacy_data import BRAND, MemberData
 
 from cleanroom.analytics.engine import QueryEngine
-from cleanroom.analytics.queries import DimensionRef, LookalikeQuery, OverlapQuery, VennQuery
+from cleanroom.analytics.queries import ActivationQuery, DimensionRef, LookalikeQuery, OverlapQuery, VennQuery
 from cleanroom.errors import CleanroomError, InvalidArgumentError, PermissionDeniedError
 from cleanroom.principals import Principal, Role
 from cleanroom.privacy.budget import Limits
@@ -33,15 +33,16 @@ tables:
   brand.users:   {dimensions: {tier: [gold, basic]}}
   jd.users:      {dimensions: {stage_4a: [aware, act]}}
   tencent.users: {dimensions: {age_band: [young, old]}}
-queries: [overlap, venn, lookalike]
+queries: [overlap, venn, lookalike, activation]
+activation: {recipient: jd, dimensions: [brand.tier], min_size: 1}
 min_group_size: 1
 epsilon: {per_member_total: 10, per_query_max: 1}
 delta: {per_member_total: 1.0e-6, per_query_max: 1.0e-7}
 """
 
 
-def data() -> dict[str, MemberData]:
-    people = range(20)
+def data(n: int = 20) -> dict[str, MemberData]:
+    people = range(n)
     return {
         "brand": MemberData([{"email": f"e{i}", "tier": "gold"} for i in people]),
         "jd": MemberData([{"email": f"e{i}", "stage_4a": "act"} for i in people if i % 2]),
@@ -67,8 +68,28 @@ REFUSED: list[tuple[Principal, Callable[[QueryEngine], object], type[CleanroomEr
     (
         BRAND,
         lambda e: e.lookalike(BRAND, C, LookalikeQuery(((d("brand.tier"), "gold"),), 5, 1.0, 1e-7)),
+        PermissionDeniedError,
+        "which of its users tencent also has",  # jd, the recipient, may not read tencent: no list filtered by it
+    ),
+    (
+        BRAND,
+        lambda e: e.activate(BRAND, C, ActivationQuery(((d("brand.tier"), "gold"),), 1.0, 1e-7)),
+        PermissionDeniedError,
+        "which of its users tencent also has",
+    ),
+    (
+        BRAND,
+        lambda e: e.lookalike(
+            BRAND, C, LookalikeQuery(((d("brand.tier"), "gold"),), 5, 1.0, 1e-7, with_members=("tencent",))
+        ),
         InvalidArgumentError,
-        "name the one in with_members",
+        "add jd to with_members",  # the policy's recipient must be among the people
+    ),
+    (
+        JD,
+        lambda e: e.lookalike(JD, C, LookalikeQuery(((d("brand.tier"), "gold"),), 5, 1.0, 1e-7, with_members=("jd",))),
+        PermissionDeniedError,
+        "may not request audiences itself",
     ),
     (JD, lambda e: e.overlap(JD, C, OverlapQuery((d("jd.stage_4a"),), 1.0)), PermissionDeniedError, "tencent"),
     (JD, lambda e: e.venn(JD, C, VennQuery(None, 1.0)), PermissionDeniedError, "tencent"),
@@ -86,13 +107,28 @@ def test_refused_before_any_epsilon(rooms, who, query, error, message):
 
 
 def test_the_same_queries_answer_once_the_population_allows_them(rooms):
-    room = rooms(POLICY, data())
+    room = rooms(POLICY, data(100))
     answer = room.queries.overlap(JD, C, OverlapQuery((d("jd.stage_4a"),), 1.0, with_members=("jd",)))
     assert [c.keys for c in answer.cells] == [("aware",), ("act",), ("none",)]
     preview = room.queries.lookalike(
-        BRAND, C, LookalikeQuery(((d("brand.tier"), "gold"),), 5, 1.0, 1e-7, with_members=("tencent",)), preview=True
+        BRAND, C, LookalikeQuery(((d("brand.tier"), "gold"),), 5, 1.0, 1e-7, with_members=("jd",)), preview=True
     )
     assert preview.epsilon_spent == 0
+    answer = room.queries.activate(
+        BRAND, C, ActivationQuery(((d("brand.tier"), "gold"),), 1.0, 1e-7, with_members=("jd",))
+    )
+    assert answer.audience  # jd's users matched with the brand's gold customers, whatever tencent has
+    released = room.db.cursor().execute("SELECT count(*) FROM audience_members").fetchone()
+    assert released == (50,)  # every jd user (the odd half) is a gold customer of the brand
+
+
+def test_without_an_activation_recipient_no_lookalike_goes_anywhere(rooms):
+    policy = POLICY.replace("activation: {recipient: jd, dimensions: [brand.tier], min_size: 1}\n", "").replace(
+        ", activation]", "]"
+    )
+    room = rooms(policy, data())
+    with pytest.raises(PermissionDeniedError, match=r"activation\.recipient"):
+        room.queries.lookalike(BRAND, C, LookalikeQuery(((d("brand.tier"), "gold"),), 5, 1.0, 1e-7))
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from .blinding import BlindJob, ChunkExecutor, ReblindJob, blind_identifiers, load_or_create_key, reblind_points
+from .chain_mask import chain_scalars
 from .errors import RETRYABLE, CleanRoomError
 from .identity import IdentifierType, Normalizer
 from .protocol import matching_pb2 as pb
@@ -243,7 +244,9 @@ class MatchRunner:
         key = load_or_create_key(key_path)
         plan.row_ids = load_or_create_rows(self._state, plan.users[plan.key])
         plan.order = np.argsort(plan.row_ids)
-        counts = self._retrying("points", lambda: self._send_points(plan, key))
+        # With three or more members the own points carry a one-time mask, removed at the chain's final hop.
+        upload = chain_scalars(key)[0] if len(self.status().offers) > 1 else key
+        counts = self._retrying("points", lambda: self._send_points(plan, upload))
         tables, dropped = self._send_tables(plan)
         self._blind_offers(key)
         final = self._wait(lambda s: s.stage == pb.MatchStatus.STAGE_MATCHED, "waiting for the peer to finish")
@@ -434,7 +437,8 @@ class MatchRunner:
         """Blind every other member's points at this member's hop, each as soon as the hops before are done.
 
         With two members that is the peer's points, once (the double-blinding); with more, one hop in each other
-        member's chain, the last of which answers with tags (PROTOCOL.md, "Three or more members").
+        member's chain, then the final hop of its own chain: its points come back blinded by everyone, it removes
+        its one-time mask and answers with tags (PROTOCOL.md section 9).
         """
         while True:
             status = self.status()
@@ -462,6 +466,8 @@ class MatchRunner:
         if current.done:
             return
         several = len(status.offers) > 1
+        # the final hop of a chain of three or more is the member's own: it removes its mask (protocol section 9)
+        scalar = chain_scalars(key)[1] if several and current.last_hop else key
         done = self._upload(status, f"blinded:{offer.origin}" if several else "double_blinded")
         start = done.next_chunk_index if done else 0
         total = current.chunks
@@ -478,11 +484,15 @@ class MatchRunner:
         def jobs() -> Iterator[ReblindJob]:
             for chunk in fetched:
                 indexes.append(chunk.chunk_index)
-                yield ReblindJob(key=key, points=chunk.points, last_hop=current.last_hop)
+                yield ReblindJob(key=scalar, points=chunk.points, last_hop=current.last_hop)
 
         desc = "double-blinding the peer's points" if not several else f"blinding {offer.origin}'s points"
         if several:
-            desc += f" (hop {current.hop} of {current.hops})"
+            desc = (
+                "unmasking this member's points and taking their tags"
+                if current.last_hop
+                else f"{desc} (hop {current.hop} of {current.hops})"
+            )
 
         def requests() -> Iterator[pb.SubmitDoubleBlindedPointsRequest]:
             with self._bar(total, desc) as bar:

@@ -233,9 +233,9 @@ class SubmitDoubleBlindedPointsRequest(_message.Message):
     origin: _builtins.str
     """Whose points these are (as in FetchPeerPointsRequest.origin); empty: the peer, with two members."""
     blinded_points: _builtins.bytes
-    """Three or more members, a hop before the last (ChainOffer.last_hop false): the caller's blinding of each fetched
-    point, 32 bytes each (the whole u-coordinate, X25519(k, point)), instead of `tags`. 32 zero bytes mark a point
-    the caller rejected; it is passed on and never matches.
+    """Three or more members, a hop before the final one (ChainOffer.last_hop false): the caller's blinding of each
+    fetched point, 32 bytes each (the whole u-coordinate, X25519(k, point)), instead of `tags`. Every point must be
+    valid (section 4): the server validated each point it offered, so an honest member rejects none.
     """
     def __init__(
         self,
@@ -484,7 +484,9 @@ class MatchStatus(_message.Message):
 
     @_builtins.property
     def offers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChainOffer]:
-        """The other members' points the caller blinds, one per other member (its hop in their chain)."""
+        """The chains the caller takes part in after its upload: one per other member (its hop in their chain) and, with
+        three or more members, its own (the final hop, where it removes its mask and answers with tags).
+        """
 
     @_builtins.property
     def set_sizes(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
@@ -513,7 +515,7 @@ Global___MatchStatus: _TypeAlias = MatchStatus  # noqa: Y015
 
 @_typing.final
 class ChainOffer(_message.Message):
-    """The caller's place in one other member's chain (PROTOCOL.md, "Three or more members")."""
+    """The caller's place in one chain (PROTOCOL.md section 9)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -525,17 +527,19 @@ class ChainOffer(_message.Message):
     LAST_HOP_FIELD_NUMBER: _builtins.int
     DONE_FIELD_NUMBER: _builtins.int
     origin: _builtins.str
-    """The member whose points these are."""
+    """The member whose points these are (the caller itself for the final hop of its own chain)."""
     hop: _builtins.int
-    """The caller's hop, 1 .. hops: how many members blinded the points before the caller, plus one."""
+    """The caller's hop, 1 .. hops: how many hops came before the caller's, plus one."""
     hops: _builtins.int
-    """Hops in every chain: the number of members less one."""
+    """Hops in every chain after the upload: 1 with two members (the peer's), N with N >= 3 (the others', then the
+    origin's own).
+    """
     ready: _builtins.bool
     """Whether the points are ready for the caller to fetch (every earlier hop is done)."""
     chunks: _builtins.int
     """Chunks of the offer (once ready)."""
     last_hop: _builtins.bool
-    """The caller's hop is the last: it submits 8-byte `tags`; before the last, 32-byte `blinded_points`."""
+    """The caller's hop is the final one: it submits 8-byte `tags`; before it, 32-byte `blinded_points`."""
     done: _builtins.bool
     """The caller's submission for this offer is committed."""
     def __init__(

@@ -35,9 +35,9 @@ class MatchingServiceStub:
     the order received as 8-byte tags of k_P(k_M(point)) (SubmitDoubleBlindedPoints); the server un-shuffles
     and stores each tag on M's row.
     3. When both directions are done, rows whose tags agree are joined, one to one.
-    With three or more members each member's points pass through every other member in turn (a chain of N-1
-    hops, members in order of name, shuffled by the server at each hop); only the last hop returns tags
-    (PROTOCOL.md, "Three or more members").
+    With three or more members each member's points, masked with a one-time secret, pass through every other member
+    in turn (members in order of name, shuffled by the server before each hop) and back to their origin, which removes
+    its mask and returns tags (PROTOCOL.md section 9).
     Rows are numbered 0 .. n-1 in an order the member draws uniformly at random for this upload (so the numbers say
     nothing about its own order, and are never derived from an identifier); chunks name rows by position.
 
@@ -103,9 +103,9 @@ class MatchingServiceServicer:
     the order received as 8-byte tags of k_P(k_M(point)) (SubmitDoubleBlindedPoints); the server un-shuffles
     and stores each tag on M's row.
     3. When both directions are done, rows whose tags agree are joined, one to one.
-    With three or more members each member's points pass through every other member in turn (a chain of N-1
-    hops, members in order of name, shuffled by the server at each hop); only the last hop returns tags
-    (PROTOCOL.md, "Three or more members").
+    With three or more members each member's points, masked with a one-time secret, pass through every other member
+    in turn (members in order of name, shuffled by the server before each hop) and back to their origin, which removes
+    its mask and returns tags (PROTOCOL.md section 9).
     Rows are numbered 0 .. n-1 in an order the member draws uniformly at random for this upload (so the numbers say
     nothing about its own order, and are never derived from an identifier); chunks name rows by position.
 
@@ -230,9 +230,9 @@ class MatchingService:
     the order received as 8-byte tags of k_P(k_M(point)) (SubmitDoubleBlindedPoints); the server un-shuffles
     and stores each tag on M's row.
     3. When both directions are done, rows whose tags agree are joined, one to one.
-    With three or more members each member's points pass through every other member in turn (a chain of N-1
-    hops, members in order of name, shuffled by the server at each hop); only the last hop returns tags
-    (PROTOCOL.md, "Three or more members").
+    With three or more members each member's points, masked with a one-time secret, pass through every other member
+    in turn (members in order of name, shuffled by the server before each hop) and back to their origin, which removes
+    its mask and returns tags (PROTOCOL.md section 9).
     Rows are numbered 0 .. n-1 in an order the member draws uniformly at random for this upload (so the numbers say
     nothing about its own order, and are never derived from an identifier); chunks name rows by position.
 
