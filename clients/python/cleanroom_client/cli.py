@@ -54,6 +54,7 @@ class Settings:
     progress: bool = True
     preview: bool = False
     refresh_period: int | None = None
+    with_members: tuple[str, ...] = ()
 
 
 settings = Settings()
@@ -81,6 +82,15 @@ def main(
             "latest completed), e.g. cleanroom-client --refresh-period 0 overlap c."
         ),
     ] = None,
+    with_members: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--with",
+            help="Before a query command, with three or more members: the members (besides the hub) whose matched "
+            "users are the query's people; repeat it (default: every member), e.g. cleanroom-client --with jd "
+            "overlap c --by jd.stage_4a.",
+        ),
+    ] = None,
 ) -> None:
     """Connect with your token over TLS."""
     if output not in ("table", "csv", "json"):
@@ -89,6 +99,7 @@ def main(
     settings.insecure, settings.output, settings.progress = insecure, output, progress
     settings.preview = preview
     settings.refresh_period = refresh_period
+    settings.with_members = tuple(with_members or ())
 
 
 @contextmanager
@@ -550,8 +561,32 @@ def overlap(
             epsilon=epsilon,
             preview=settings.preview,
             refresh_period=settings.refresh_period,
+            with_members=settings.with_members,
         ),
         "overlap",
+    )
+
+
+@app.command()
+def venn(
+    collaboration: CollaborationId,
+    by: Annotated[str | None, typer.Option(help="A dimension of the hub's users table (member.column).")] = None,
+    epsilon: Epsilon = 0.5,
+) -> None:
+    """The hub's users by the other members they are matched with: every intersection and region of the diagram.
+
+    Example: cleanroom-client venn brand-jd-tencent --by brand.tier --epsilon 1
+    """
+    _query(
+        lambda c: c.venn(
+            collaboration,
+            by=by,
+            epsilon=epsilon,
+            preview=settings.preview,
+            refresh_period=settings.refresh_period,
+            with_members=settings.with_members,
+        ),
+        "Venn",
     )
 
 
@@ -574,6 +609,7 @@ def funnel(
             labels=labels,
             preview=settings.preview,
             refresh_period=settings.refresh_period,
+            with_members=settings.with_members,
         ),
         "4A funnel",
     )
@@ -592,7 +628,13 @@ def flow(
     """
     _query(
         lambda c: c.funnel_flow(
-            collaboration, start, end, epsilon=epsilon, preview=settings.preview, refresh_period=settings.refresh_period
+            collaboration,
+            start,
+            end,
+            epsilon=epsilon,
+            preview=settings.preview,
+            refresh_period=settings.refresh_period,
+            with_members=settings.with_members,
         ),
         "4A flow",
     )
@@ -610,7 +652,12 @@ def segment(
     """
     _query(
         lambda c: c.segment_insight(
-            collaboration, dimension, epsilon=epsilon, preview=settings.preview, refresh_period=settings.refresh_period
+            collaboration,
+            dimension,
+            epsilon=epsilon,
+            preview=settings.preview,
+            refresh_period=settings.refresh_period,
+            with_members=settings.with_members,
         ),
         "segment insight",
     )
@@ -635,6 +682,7 @@ def value(
             epsilon=epsilon,
             preview=settings.preview,
             refresh_period=settings.refresh_period,
+            with_members=settings.with_members,
         ),
         "value",
     )
@@ -662,6 +710,7 @@ def loyalty(
             epsilon=epsilon,
             preview=settings.preview,
             refresh_period=settings.refresh_period,
+            with_members=settings.with_members,
         ),
         "loyalty",
     )
@@ -699,6 +748,7 @@ def attribution(
             click_over_view=click_over_view,
             preview=settings.preview,
             refresh_period=settings.refresh_period,
+            with_members=settings.with_members,
         ),
         f"attribution ({model})",
     )
@@ -712,7 +762,12 @@ def lift(collaboration: CollaborationId, campaign: Annotated[str, typer.Option()
     """
     _query(
         lambda c: c.lift(
-            collaboration, campaign, epsilon=epsilon, preview=settings.preview, refresh_period=settings.refresh_period
+            collaboration,
+            campaign,
+            epsilon=epsilon,
+            preview=settings.preview,
+            refresh_period=settings.refresh_period,
+            with_members=settings.with_members,
         ),
         f"lift of {campaign}",
     )
@@ -739,6 +794,7 @@ def lookalike(
             delta=delta,
             preview=settings.preview,
             refresh_period=settings.refresh_period,
+            with_members=settings.with_members,
         ),
         "lookalike",
     )
@@ -771,6 +827,7 @@ def activate(
             epsilon=epsilon,
             preview=settings.preview,
             refresh_period=settings.refresh_period,
+            with_members=settings.with_members,
             events=events,
         ),
         "activation",

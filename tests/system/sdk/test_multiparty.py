@@ -9,6 +9,7 @@ out of turn, tags before the last hop and invalid points.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,13 +19,15 @@ import grpc
 import numpy as np
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
 from cleanroom.devtools import synthetic_platforms as sp
 from cleanroom.devtools.devpki import make_dev_pki
+from cleanroom.devtools.synthetic import STAGES
 from cleanroom.principals import Role
 from cleanroom.server import ServerConfig, create_server
 from cleanroom.server.app import RunningServer, TlsConfig
-from cleanroom_client import CleanRoomClient, SerialExecutor
+from cleanroom_client import CleanRoomClient, SerialExecutor, cli
 from cleanroom_client.errors import CleanRoomError, PermissionDeniedError
 from cleanroom_client.matching import MatchSummary
 from cleanroom_client.protocol import matching_pb2 as pb
@@ -42,6 +45,7 @@ class Three:
     cid: str
     data: sp.PlatformsData
     summaries: dict[str, MatchSummary]
+    ca_path: Path
 
     def stub(self) -> pb_grpc.MatchingServiceStub:
         channel = grpc.secure_channel(
@@ -88,7 +92,7 @@ def room(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Three]:
             for m in MEMBERS
         }
         summaries = {m: j.result() for m, j in jobs.items()}
-    yield Three(server, clients, tokens, pki.ca.read_bytes(), c.id, data, summaries)
+    yield Three(server, clients, tokens, pki.ca.read_bytes(), c.id, data, summaries, pki.ca)
     for client in clients.values():
         client.close()
     server.stop(None)
@@ -209,6 +213,28 @@ def test_an_activation_list_goes_to_the_member_the_policy_names(room: Three) -> 
     everywhere = t[(t["tier"] == "basic") & t["jd_user"].notna() & t["tencent_user"].notna()]
     assert got == set(everywhere["tencent_user"])  # the people of every platform, as tencent's own keys
     assert clients[sp.COMMERCE].audiences(cid).empty  # jd may receive audiences, but this one is not its
+
+
+def test_the_command_line_draws_the_venn_and_names_the_population(room: Three, tmp_path: Path) -> None:
+    env = {
+        "CLEANROOM_TARGET": f"localhost:{room.server.port}",
+        "CLEANROOM_TOKEN": room.tokens[sp.COMMERCE],
+        "CLEANROOM_CA": str(room.ca_path),
+        "CLEANROOM_STATE_DIR": str(tmp_path),
+        "COLUMNS": "200",
+    }
+    runner = CliRunner()
+    r = runner.invoke(cli.app, ["-o", "json", "--with", "jd", "overlap", room.cid, "--by", "jd.stage_4a"], env=env)
+    assert r.exit_code == 0, r.output
+    assert {row["jd.stage_4a"] for row in json.loads(r.output)["rows"]} == {*STAGES, "none"}
+    r = runner.invoke(cli.app, ["venn", room.cid, "--epsilon", "1"], env=env)  # jd may not read tencent's data
+    assert r.exit_code != 0
+    assert "tencent" in r.output
+    env["CLEANROOM_TOKEN"] = room.tokens[sp.HUB]
+    r = runner.invoke(cli.app, ["-o", "json", "venn", room.cid, "--by", "brand.tier", "--epsilon", "1"], env=env)
+    assert r.exit_code == 0, r.output
+    regions = {row["region"] for row in json.loads(r.output)["rows"]}
+    assert regions == {"brand", "brand∩jd", "brand∩tencent", "brand∩jd∩tencent"}
 
 
 def test_the_policy_says_whose_data_each_member_may_involve(room: Three) -> None:
