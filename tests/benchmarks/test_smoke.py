@@ -94,3 +94,10 @@ def test_refresh_benchmark_runs(tmp_path):
     assert result["refresh_seconds"] > 0
     # 1000 - 1 retired + 10 new, on each side
     assert result["set_sizes_after"] == [1009, 1009]
+
+
+def test_chain_benchmark_runs(tmp_path):
+    result, _ = _bench("bench_chain.py", tmp_path / "chain.json", "--n", "800")
+    assert result["ops_three_over_two"] == 3
+    assert result["pairs_two"] == {"platform": 400}
+    assert result["pairs_three"] == {"jd": 400, "tencent": 600}
