@@ -2,8 +2,8 @@
 
 A server (TLS on loopback) and its members (each with its process pool of blinding workers) in one process; every
 member holds N users with one identifier (email). Matched once with two members (brand, platform: half in common)
-and once with three (brand, jd, tencent: jd shares half with the brand, tencent three quarters), wall-clock, and the members' PSI seconds (blind
-and send their points, blind the offers: summed over members).
+and once with three (brand, jd, tencent: jd shares half with the brand, tencent three quarters), wall-clock, and
+the members' PSI seconds (blind and send their points, blind the offers: summed over members).
 
 X25519 operations: with two members each point is blinded by its owner and by the peer (2 per point, 4N in all);
 with three, by its owner with its key and mask, by both others, and by its owner again to remove the mask (4 per
