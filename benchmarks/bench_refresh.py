@@ -66,8 +66,9 @@ def both(*calls: Any) -> tuple[float, list[Any]]:
 class PsiClock:
     """Seconds the members spend in the PSI steps (blind and upload their points, double-blind the peer's), summed.
 
-    It wraps the two MatchRunner steps (blind and send the points, blind the offers) for the benchmark's duration; the rest of a match or refresh (tables, status
-    polls, the local ledger, the server's join) is what the wall-clock figures add.
+    It wraps the two MatchRunner steps (blind and send the points, blind the offers) for the benchmark's duration;
+    the rest of a match or refresh (tables, status polls, the local ledger, the server's join) is what the
+    wall-clock figures add.
     """
 
     def __init__(self) -> None:
