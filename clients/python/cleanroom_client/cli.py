@@ -426,7 +426,11 @@ def match(
         if engine is not None:
             engine.close()
     rows = _identifier_rows(summary.identifiers)
-    _show(_table(rows), f"matched: peer's set size {summary.peer_set_size:,}")
+    if len(summary.set_sizes) > 2:
+        sizes = ", ".join(f"{m} {n:,}" for m, n in sorted(summary.set_sizes.items()))
+        _show(_table(rows), f"matched: set sizes {sizes}")
+    else:
+        _show(_table(rows), f"matched: peer's set size {summary.peer_set_size:,}")
 
 
 @app.command()
