@@ -49,6 +49,9 @@ CENTS = 100
 MODELS = ("last_touch", "first_touch", "linear", "time_decay", "position_based")
 #: Most touchpoints credited per conversion (the latest ones).
 MAX_TOUCHES = 100
+#: Attribution and lift count the hub's users matched with any member of the population, not every member: one
+#: person however many platforms reached them (the engine states their sensitivity for that population).
+ANY_OF = True
 #: The shortest half-life time decay accepts (an hour).
 MIN_HALF_LIFE_DAYS = 1 / 24
 
@@ -131,7 +134,7 @@ def _matched(catalog: Catalog, conv_member: str) -> str:
     rows = ", ".join(catalog.side(m) for m in catalog.members)
     return (
         f"SELECT {conv_side} AS conv_row, {rows}, row_number() OVER (ORDER BY {conv_side}) AS person "
-        f"FROM {catalog.pairs(any_of=True)}"
+        f"FROM {catalog.pairs(any_of=ANY_OF)}"
     )
 
 

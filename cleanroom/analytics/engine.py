@@ -62,6 +62,7 @@ from ..privacy import noise as noise_math
 from ..privacy.budget import Charge, Limits
 from ..storage import Database
 from .attribution import (
+    ANY_OF,
     CENTS,
     MILLI,
     attribution_sql,
@@ -447,14 +448,14 @@ class QueryEngine:
         return Plan((Charge(principal.name, epsilon),), run, tuple(m.stated for m in measurements))
 
     @staticmethod
-    def stability(catalog: Catalog) -> int:
+    def stability(catalog: Catalog, any_of: bool = False) -> int:
         """How many of the query's people one users row can change: the join's stability constant per join.
 
-        The people are the hub's users matched with each member of the population; one row changes at most
-        `stability` pairs in each join it takes part in (`Policy.population_stability`). With two members: the
-        join's stability constant.
+        The people are the hub's users matched with each member of the population (with `any_of`, with at least
+        one: attribution and lift); one row changes at most `stability` pairs in each join it takes part in
+        (`Policy.population_stability`). With two members: the join's stability constant.
         """
-        return catalog.collaboration.policy.population_stability(len(catalog.spokes))
+        return catalog.collaboration.policy.population_stability(len(catalog.spokes), any_of)
 
     @staticmethod
     def _check_reads(principal: Principal, policy: Policy, catalog: Catalog) -> None:
@@ -941,7 +942,7 @@ class QueryEngine:
             def revenue(data: MatchedData) -> Histogram:
                 return fill_histogram(axes, [(*r[:width], r[width + 1]) for r in rows(data)])
 
-            c = self.stability(catalog)
+            c = self.stability(catalog, any_of=ANY_OF)
             measurements = (
                 Measurement("conversions", conversions, half, c * MILLI * ev.cap, MILLI),
                 Measurement("revenue", revenue, half, c * ev.cap * ev.cents_per_conversion, CENTS),
@@ -1024,7 +1025,7 @@ class QueryEngine:
                 return read
 
             bound = ev.cap * ev.value_bound
-            c = self.stability(catalog)
+            c = self.stability(catalog, any_of=ANY_OF)
             measurements = (
                 Measurement("people", column(1), quarter, c),
                 Measurement("converters", column(2), quarter, c),

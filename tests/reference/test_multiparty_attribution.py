@@ -81,5 +81,6 @@ def test_last_touch_credits_both_platforms_campaigns_as_one_reach(rooms):
     assert set(got) == {*sp.PLATFORM_CAMPAIGNS["jd"], *sp.PLATFORM_CAMPAIGNS["tencent"], "none"}
     assert got == {k: float(expected.get(k, 0)) if expected.get(k, 0) >= 10 else 0.0 for k in got}
     assert all(expected.get(c, 0) >= 10 for cs in sp.PLATFORM_CAMPAIGNS.values() for c in cs)  # both platforms credited
-    # the stated sensitivity is that of the population: the hub's users matched with either of two platforms
-    assert {call.sensitivity for call in noise.calls} == {2 * 4 * 1000 * 3, 2 * 4 * 3 * 50000}
+    # the stated sensitivity is that of the population, the hub's users matched with either of two platforms:
+    # 2 x k x c people (k = 2 joins, c = 4 for email and phone), times 1000 x cap thousandths or cap x 50000 cents
+    assert {call.sensitivity for call in noise.calls} == {2 * 2 * 4 * 1000 * 3, 2 * 2 * 4 * 3 * 50000}

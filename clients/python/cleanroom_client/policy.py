@@ -248,15 +248,20 @@ class Policy:
         """The join's stability constant under this policy (see `stability_constant`)."""
         return stability_constant(len(self.identifiers))
 
-    def population_stability(self, joins: int) -> int:
+    def population_stability(self, joins: int, any_of: bool = False) -> int:
         """How many people of a population can change with one users row, when it spans `joins` joins with the hub.
 
         A population is the hub's users matched with each of `joins` other members. A row of another member is in
         one join (at most `stability` pairs change), a row of the hub in every join (at most `stability` in each);
         each person that appears, disappears or changes needs at least one pair of its joins to change (two, for a
         change). Hence `joins` x `stability`; with two members, `stability`.
+
+        `any_of`: the hub's users matched with at least one of them (attribution, lift). There one pair can change
+        a person without removing it (it loses one member and keeps another): a change, which counts twice, for a
+        single pair. Hence 2 x `joins` x `stability` when `joins` >= 2 (with one join the two are the same).
         """
-        return max(1, joins) * self.stability
+        joins = max(1, joins)
+        return (2 if any_of and joins > 1 else 1) * joins * self.stability
 
 
 def parse_policy(text: str) -> Policy:

@@ -80,7 +80,7 @@ def room(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Three]:
         )
         for m in MEMBERS
     }
-    data = sp.generate(brand_users=1500)
+    data = sp.generate(brand_users=3000)
     c = clients[sp.HUB].create_collaboration(sp.POLICY, "brand-jd-tencent")
     for m in MEMBERS:
         clients[m].approve_policy(c.id)
@@ -186,12 +186,13 @@ def test_one_platforms_stages_cross_the_other_platforms_dimensions(room: Three) 
 
 def test_attribution_credits_both_platforms_and_tgi_reads_the_social_platform(room: Three) -> None:
     clients, cid = room.clients, room.cid
-    answer = clients[sp.HUB].attribution(cid, model="linear", lookback_days=30, by="campaign", epsilon=4)
+    answer = clients[sp.HUB].attribution(cid, model="linear", lookback_days=30, by="campaign", epsilon=5)
     credited = answer[answer["measure"] == "attributed_conversions"]
     campaigns = set(credited["campaign"])
     assert {*sp.PLATFORM_CAMPAIGNS[sp.COMMERCE], *sp.PLATFORM_CAMPAIGNS[sp.SOCIAL], "none"} == campaigns
     # numbers are checked exactly against pandas in-process (tests/reference/test_multiparty_attribution.py); here,
-    # that both platforms' touches reach the answer (a cell of ~50 conversions withheld by noise: about 2%)
+    # that both platforms' touches reach the answer (each campaign holds 96 to 137 conversions here; withheld below
+    # 10, by noise of scale 19 at epsilon 5: about 1% for one campaign, both of a platform's about 0.01%)
     for platform in (sp.COMMERCE, sp.SOCIAL):
         mine = credited[credited["campaign"].isin(sp.PLATFORM_CAMPAIGNS[platform])]
         assert not mine["suppressed"].all(), mine
