@@ -19,22 +19,20 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
+from psi_clock import PsiClock  # benchmarks/psi_clock.py, beside this script
 
 from cleanroom.devtools.devpki import make_dev_pki
 from cleanroom.principals import Role
 from cleanroom.server import ServerConfig, create_server
 from cleanroom.server.app import TlsConfig
 from cleanroom_client import CleanRoomClient
-from cleanroom_client.matching import MatchRunner
 
 
 def policy(members: tuple[str, ...]) -> str:
@@ -55,32 +53,6 @@ def policy(members: tuple[str, ...]) -> str:
 def people(ids: range, side: str) -> pd.DataFrame:
     """Users `ids` as one member holds them (its own key; the email shared across members)."""
     return pd.DataFrame({"key": [f"{side}{i}" for i in ids], "email": [f"user{i}@example.com" for i in ids]})
-
-
-class PsiClock:
-    """Seconds the members spend blinding and sending their points and blinding the offers, summed over members."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self._lock = threading.Lock()
-        for name in ("_send_points", "_blind_offers"):
-            setattr(MatchRunner, name, self._timed(getattr(MatchRunner, name)))
-
-    def _timed(self, step: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return step(*args, **kwargs)
-            finally:
-                with self._lock:
-                    self.seconds += time.perf_counter() - start
-
-        return timed
-
-    def lap(self) -> float:
-        with self._lock:
-            seconds, self.seconds = self.seconds, 0.0
-        return seconds
 
 
 def match(root: Path, members: tuple[str, ...], n: int, psi: PsiClock) -> tuple[float, float, dict[str, int]]:

@@ -18,22 +18,20 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
+from psi_clock import PsiClock  # benchmarks/psi_clock.py, beside this script
 
 from cleanroom.devtools.devpki import make_dev_pki
 from cleanroom.principals import Role
 from cleanroom.server import ServerConfig, create_server
 from cleanroom.server.app import TlsConfig
 from cleanroom_client import CleanRoomClient
-from cleanroom_client.matching import MatchRunner
 
 POLICY = {
     "name": "refresh-bench",
@@ -61,38 +59,6 @@ def both(*calls: Any) -> tuple[float, list[Any]]:
     with ThreadPoolExecutor(2) as pool:
         results = [f.result() for f in [pool.submit(c) for c in calls]]
     return time.perf_counter() - start, results
-
-
-class PsiClock:
-    """Seconds the members spend in the PSI steps (blind and upload their points, double-blind the peer's), summed.
-
-    It wraps the two MatchRunner steps (blind and send the points, blind the offers) for the benchmark's duration;
-    the rest of a match or refresh (tables, status polls, the local ledger, the server's join) is what the
-    wall-clock figures add.
-    """
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self._lock = threading.Lock()
-        for name in ("_send_points", "_blind_offers"):
-            setattr(MatchRunner, name, self._timed(getattr(MatchRunner, name)))
-
-    def _timed(self, step: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return step(*args, **kwargs)
-            finally:
-                with self._lock:
-                    self.seconds += time.perf_counter() - start
-
-        return timed
-
-    def lap(self) -> float:
-        """Seconds since the last lap."""
-        with self._lock:
-            seconds, self.seconds = self.seconds, 0.0
-        return seconds
 
 
 def run(n: int) -> dict[str, Any]:
