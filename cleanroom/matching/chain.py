@@ -14,10 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .progress import DOUBLE_BLINDED
-
-#: Upload kind of a member's hop in a chain, with three or more members: `blinded:<origin>`.
-CHAIN_KIND = "blinded:"
+from cleanroom_client.protocol import CHAIN_KIND, DOUBLE_BLINDED
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,12 @@ from dataclasses import dataclass
 
 import duckdb
 
+from cleanroom_client.protocol import DOUBLE_BLINDED, POINTS, TABLE_KIND
+
 from ..errors import FailedPreconditionError
 from ..storage.database import first
 
-#: Upload kinds: a member's singly blinded points, its double-blinding of the peer's, and `table:<name>`.
-POINTS = "points"
-DOUBLE_BLINDED = "double_blinded"
-TABLE_KIND = "table:"
+__all__ = ["DOUBLE_BLINDED", "POINTS", "TABLE_KIND"]
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from .protocol import (
     COLLABORATIONS,
     DEFAULT_HALF_LIFE_DAYS,
     MAX_MESSAGE_BYTES,
+    POINTS,
     collaboration_name,
 )
 from .protocol import analytics_pb2 as qpb
@@ -873,7 +874,7 @@ class CleanRoomClient:
         except grpc.RpcError as err:
             raise CleanRoomError.from_rpc(err) from None
         except InvalidArgumentError:
-            points = upload_of(runner.status(), "points")
+            points = upload_of(runner.status(), POINTS)
             if not (points and points.committed):  # refused before anything counted: forget the period here
                 refresh_state.forget_period(state, period)
             raise
@@ -938,7 +939,7 @@ class CleanRoomClient:
             status = self._call(self._matching.GetMatchStatus, mpb.GetMatchStatusRequest(parent=parent, period=period))
         except InvalidArgumentError:
             return False
-        points = upload_of(status, "points")
+        points = upload_of(status, POINTS)
         return status.stage != mpb.MatchStatus.STAGE_MATCHED or bool(points and points.committed)
 
     def cancel_refresh(self, collaboration_id: str) -> int:

@@ -29,6 +29,7 @@ from .blinding import BlindJob, ChunkExecutor, ReblindJob, blind_identifiers, lo
 from .chain_mask import chain_scalars
 from .errors import RETRYABLE, CleanRoomError
 from .identity import IdentifierType, Normalizer
+from .protocol import CHAIN_KIND, DOUBLE_BLINDED, POINTS, TABLE_KIND
 from .protocol import matching_pb2 as pb
 from .protocol import matching_pb2_grpc as pb_grpc
 from .tables import arrow_chunks
@@ -279,7 +280,7 @@ class MatchRunner:
         key = load_or_create_key(key_path)
         plan.order = np.argsort(plan.row_ids)
         status = self.status()
-        sealed = self._upload(status, "double_blinded")
+        sealed = self._upload(status, DOUBLE_BLINDED)
         if status.stage != pb.MatchStatus.STAGE_MATCHED and not (sealed and sealed.committed):
             request = pb.RetireUsersRequest(
                 parent=self._parent, period=self._period, row_ids=retire.astype("<i8").tobytes()
@@ -314,7 +315,7 @@ class MatchRunner:
         )
 
     def _send_points(self, plan: MatchPlan, key: bytes) -> dict[IdentifierType, IdentifierCounts]:
-        done = self._upload(self.status(), "points")
+        done = self._upload(self.status(), POINTS)
         layout = self._layout(plan)
         skip = len(layout) if done and done.committed else (done.next_chunk_index if done else 0)
         totals = {t: [0, 0, 0] for t in plan.identifiers}
@@ -383,7 +384,7 @@ class MatchRunner:
         return {name: len(df) for name, df in tables.items()}, dropped
 
     def _send_table(self, name: str, df: pd.DataFrame) -> None:
-        done = self._upload(self.status(), f"table:{name}")
+        done = self._upload(self.status(), TABLE_KIND + name)
         if done and done.committed:
             return
         skip = done.next_chunk_index if done else 0
@@ -468,7 +469,7 @@ class MatchRunner:
         several = len(status.offers) > 1
         # the final hop of a chain of three or more is the member's own: it removes its mask (protocol section 9)
         scalar = chain_scalars(key)[1] if several and current.last_hop else key
-        done = self._upload(status, f"blinded:{offer.origin}" if several else "double_blinded")
+        done = self._upload(status, CHAIN_KIND + offer.origin if several else DOUBLE_BLINDED)
         start = done.next_chunk_index if done else 0
         total = current.chunks
         origin = offer.origin if several else ""

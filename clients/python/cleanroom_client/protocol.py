@@ -23,11 +23,15 @@ from .identity import IdentifierType
 
 __all__ = [
     "ATTRIBUTION_MODELS",
+    "CHAIN_KIND",
     "COLLABORATIONS",
     "DEFAULT_HALF_LIFE_DAYS",
+    "DOUBLE_BLINDED",
     "ID_TYPE_CODES",
     "MAX_MESSAGE_BYTES",
+    "POINTS",
     "POINT_SIZE",
+    "TABLE_KIND",
     "admin_pb2",
     "admin_pb2_grpc",
     "analytics_pb2",
@@ -48,6 +52,12 @@ POINT_SIZE = 32
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 #: Wire codes of identifier types (protocol v1): their priority plus one (0 is "unspecified" in protobuf).
 ID_TYPE_CODES = {t: t.priority + 1 for t in IdentifierType}
+#: Upload kinds in `MatchStatus.uploads` (PROTOCOL.md sections 5 and 9): a member's points, its double-blinding of
+#: the peer's (two members), its hop in a chain (`blinded:<origin>`, three or more), a table (`table:<name>`).
+POINTS = "points"
+DOUBLE_BLINDED = "double_blinded"
+CHAIN_KIND = "blinded:"
+TABLE_KIND = "table:"
 #: The resource-name collection of collaborations: `collaborations/{id}`.
 COLLABORATIONS = "collaborations/"
 
