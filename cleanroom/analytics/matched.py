@@ -167,16 +167,6 @@ class Catalog:
         self.require_in_population(member)
         return f"row_{member}"
 
-    def other_side(self, member: str) -> str:
-        """With two members, the peer's column of `pairs()`; with more, there is no single other side."""
-        others = [m for m in self.members if m != member]
-        if len(others) != 1:
-            raise InvalidArgumentError(
-                f"this query relates {member} to one other member: name it alone in with_members "
-                f"(one of {', '.join(m for m in self.members if m != member)})"
-            )
-        return self.side(others[0])
-
     def require_in_population(self, member: str) -> None:
         """INVALID_ARGUMENT unless `member` is the hub or in the population (a query reads only its people's data)."""
         if member not in self.members:
