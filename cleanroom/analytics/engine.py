@@ -1057,7 +1057,8 @@ class QueryEngine:
 
         With two members, the peer, if the policy lets it receive audiences. With more, the member the policy names
         in `activation.recipient` (never whichever comes first: an audience charges its recipient's budget), which
-        must be in the query's population and may read every member of it (`_check_recipient_reads`).
+        must be in the query's population. Either way the recipient may read every member of the population
+        (`_check_recipient_reads`): its audience is learned from them.
         """
         if len(policy.members) > 2:
             named = policy.activation.recipient if policy.activation is not None else None
@@ -1076,6 +1077,7 @@ class QueryEngine:
         ]
         if not recipients:
             raise PermissionDeniedError("the policy gives no other member the ability receive_audiences")
+        self._check_recipient_reads(policy, recipients[0], catalog)
         return recipients[0]
 
     @staticmethod

@@ -102,6 +102,22 @@ def stability_constant(identifier_types: int) -> int:
     return 1 if identifier_types == 1 else 2 * identifier_types
 
 
+def population_stability(identifier_types: int, joins: int, any_of: bool = False) -> int:
+    """How many people of a population can change with one users row, when it spans `joins` joins with the hub.
+
+    A population is the hub's users matched with each of `joins` other members. A row of another member is in one
+    join (at most c = `stability_constant` pairs change), a row of the hub in every join (at most c in each); each
+    person that appears, disappears or changes needs at least one pair of its joins to change (two, for a change).
+    Hence `joins` x c; with two members, c.
+
+    `any_of`: the hub's users matched with at least one of them (attribution, lift). There one pair can change a
+    person without removing it (it loses one member and keeps another): a change, which counts twice, for a single
+    pair. Hence 2 x `joins` x c when `joins` >= 2 (with one join the two are the same).
+    """
+    joins = max(1, joins)
+    return (2 if any_of and joins > 1 else 1) * joins * stability_constant(identifier_types)
+
+
 class PolicyError(ValueError):
     """A policy that cannot be accepted; `problems` lists each one with the path of its field."""
 
@@ -249,19 +265,8 @@ class Policy:
         return stability_constant(len(self.identifiers))
 
     def population_stability(self, joins: int, any_of: bool = False) -> int:
-        """How many people of a population can change with one users row, when it spans `joins` joins with the hub.
-
-        A population is the hub's users matched with each of `joins` other members. A row of another member is in
-        one join (at most `stability` pairs change), a row of the hub in every join (at most `stability` in each);
-        each person that appears, disappears or changes needs at least one pair of its joins to change (two, for a
-        change). Hence `joins` x `stability`; with two members, `stability`.
-
-        `any_of`: the hub's users matched with at least one of them (attribution, lift). There one pair can change
-        a person without removing it (it loses one member and keeps another): a change, which counts twice, for a
-        single pair. Hence 2 x `joins` x `stability` when `joins` >= 2 (with one join the two are the same).
-        """
-        joins = max(1, joins)
-        return (2 if any_of and joins > 1 else 1) * joins * self.stability
+        """How many people of a population spanning `joins` joins one users row can change (`population_stability`)."""
+        return population_stability(len(self.identifiers), joins, any_of)
 
 
 def parse_policy(text: str) -> Policy:
@@ -278,7 +283,9 @@ def parse_policy(text: str) -> Policy:
     _consistent_tables(tables, problems)
     identifiers = tuple(t for t in IDENTIFIER_TYPES if t in _list(doc.get("identifiers")))
     if identifiers:
-        _sensitivities_fit(tables, stability_constant(len(identifiers)), problems)
+        # the largest factor any query states: attribution and lift over people matched with any of the others
+        largest = population_stability(len(identifiers), len(members) - 1, any_of=True)
+        _sensitivities_fit(tables, largest, problems)
     queries = [q for q in _list(doc.get("queries")) if q in QUERY_TYPES]
     total, per_query, per_query_min = _epsilon(doc.get("epsilon"), problems)
     delta_total, delta_per_query = _delta(doc.get("delta"), problems)
@@ -431,7 +438,8 @@ def _sensitivities_fit(tables: Mapping[str, TableSpec], c: int, problems: list[s
             if largest > MAX_SENSITIVITY:
                 problems.append(
                     f"tables.{qualified}: max_per_person {cap} x |{column}| up to {bound:g} gives a sensitivity of "
-                    f"{largest:.3g} (with the join's stability {c}), above {MAX_SENSITIVITY:.3g}: lower the bounds "
+                    f"{largest:.3g} (with the largest stability a query states, {c}), above {MAX_SENSITIVITY:.3g}: "
+                    "lower the bounds "
                     "or the cap (the noise would also drown every answer)"
                 )
 

@@ -1,0 +1,63 @@
+"""The policy's cap on sensitivities (2^53) holds with N members: checked with the largest factor a query states.
+
+Found in red-team review: the cap was checked with the join's constant c alone, while with N members attribution
+and lift state 2 (N - 1) c; a policy whose lift sensitivity passed 2^53 was accepted. Now it is refused, and an
+accepted one states nothing above the cap.
+"""
+
+from __future__ import annotations
+
+import pytest
+from privacy_data import BRAND, MemberData
+
+from cleanroom.analytics.queries import LiftQuery
+from cleanroom_client.policy import MAX_SENSITIVITY, PolicyError, parse_policy
+
+EXPO = "{time: ts, dimensions: {campaign: [c1], channel: [search], kind: [impression, click]}}"
+TEMPLATE = """\
+name: big-bounds
+members:
+  brand:   {{abilities: [contribute, query, receive_results]}}
+  jd:      {{abilities: [contribute]}}
+  tencent: {{abilities: [contribute]}}
+  xhs:     {{abilities: [contribute]}}
+hub: brand
+identifiers: [email, phone]
+tables:
+  brand.users:       {{dimensions: {{tier: [gold, basic]}}}}
+  brand.conversions: {{time: ts, measures: {{value: [0, {bound}]}}, max_per_person: 1}}
+  jd.users:          {{dimensions: {{a: [x, y]}}}}
+  jd.exposures:      {expo}
+  jd.test_groups:    {{dimensions: {{campaign: [c1], test_group: [exposed, holdout]}}}}
+  tencent.users:     {{dimensions: {{a: [x, y]}}}}
+  xhs.users:         {{dimensions: {{a: [x, y]}}}}
+queries: [lift]
+min_group_size: 1
+epsilon: {{per_member_total: 100, per_query_max: 10, per_query_min: 0.01}}
+"""
+
+
+def policy(bound: int) -> str:
+    """Four members (three joins with the hub), two identifier types, conversions bounded by `bound`."""
+    return TEMPLATE.format(bound=bound, expo=EXPO)
+
+
+def test_the_policy_is_refused_when_a_query_would_pass_the_cap():
+    with pytest.raises(PolicyError, match=r"largest stability a query states, 24"):
+        parse_policy(policy(45_000_000))  # 2 x 3 joins x c 4 = 24, times (ceil(45e6^2) + 1), is above 2^53
+
+
+def test_no_stated_sensitivity_of_an_accepted_policy_passes_the_cap(rooms):
+    text = policy(15_000_000)
+    parse_policy(text)  # accepted: 24 x (ceil(15e6^2) + 1) < 2^53
+    people = [{"email": f"e{i}", "phone": None, "tier": "gold", "a": "x"} for i in range(3)]
+    data = {
+        "brand": MemberData(list(people), {"conversions": [{"user": 0, "ts": "2026-11-01 10:00:00", "value": 1.0}]}),
+        "jd": MemberData(list(people), {"exposures": [], "test_groups": []}),
+        "tencent": MemberData(list(people)),
+        "xhs": MemberData(list(people)),
+    }
+    room = rooms(text, data)
+    preview = room.queries.lift(BRAND, "privacy-test", LiftQuery("c1", 1.0), preview=True)
+    worst = max(scale * 0.25 for scale in preview.noise_scale.values())  # scale x epsilon/4 = the sensitivity
+    assert worst <= MAX_SENSITIVITY, f"stated sensitivity {worst:.3g} > 2^53 = {MAX_SENSITIVITY:.3g}"
