@@ -119,6 +119,7 @@ from .queries import (
     LookalikeQuery,
     LoyaltyQuery,
     OverlapQuery,
+    Scoped,
     SegmentInsightQuery,
     ValueQuery,
     VennQuery,
@@ -335,10 +336,11 @@ class QueryEngine:
         build: Callable[[Collaboration, Catalog], Plan],
         delta: float = 0.0,
         preview: bool = False,
-        period: int | None = None,
-        population: Sequence[str] = (),
+        scope: Scoped | None = None,
     ) -> QueryAnswer:
         action = f"query.{query_type}"
+        period = scope.refresh_period if scope is not None else None
+        population = scope.with_members if scope is not None else ()
         collaboration = self.authorize(principal, collaboration_id, query_type)
         policy = collaboration.policy
         params = (
@@ -501,8 +503,7 @@ class QueryEngine:
             q.epsilon,
             build,
             preview=preview,
-            period=q.refresh_period,
-            population=q.with_members,
+            scope=q,
         )
 
     @staticmethod
@@ -586,8 +587,7 @@ class QueryEngine:
             q.epsilon,
             build,
             preview=preview,
-            period=q.refresh_period,
-            population=q.with_members,
+            scope=q,
         )
 
     def _stage_axis(self, policy: Policy) -> Axis:
@@ -646,8 +646,7 @@ class QueryEngine:
             q.epsilon,
             build,
             preview=preview,
-            period=q.refresh_period,
-            population=q.with_members,
+            scope=q,
         )
 
     def funnel_flow(
@@ -684,8 +683,7 @@ class QueryEngine:
             q.epsilon,
             build,
             preview=preview,
-            period=q.refresh_period,
-            population=q.with_members,
+            scope=q,
         )
 
     def segment_insight(
@@ -743,8 +741,7 @@ class QueryEngine:
             q.epsilon,
             build,
             preview=preview,
-            period=q.refresh_period,
-            population=q.with_members,
+            scope=q,
         )
 
     def _group_axes(self, policy: Policy, by: tuple[DimensionRef, ...]) -> tuple[Axis, ...]:
@@ -831,8 +828,7 @@ class QueryEngine:
             q.epsilon,
             build,
             preview=preview,
-            period=q.refresh_period,
-            population=q.with_members,
+            scope=q,
         )
 
     def loyalty(
@@ -899,8 +895,7 @@ class QueryEngine:
             q.epsilon,
             build,
             preview=preview,
-            period=q.refresh_period,
-            population=q.with_members,
+            scope=q,
         )
 
     def attribution(
@@ -986,8 +981,7 @@ class QueryEngine:
             q.epsilon,
             build,
             preview=preview,
-            period=q.refresh_period,
-            population=q.with_members,
+            scope=q,
         )
 
     def lift(self, principal: Principal, collaboration_id: str, q: LiftQuery, preview: bool = False) -> QueryAnswer:
@@ -1047,8 +1041,7 @@ class QueryEngine:
             q.epsilon,
             build,
             preview=preview,
-            period=q.refresh_period,
-            population=q.with_members,
+            scope=q,
         )
 
     # -- audiences --------------------------------------------------------------------------------------------------
@@ -1180,8 +1173,7 @@ class QueryEngine:
             build,
             delta=q.delta,
             preview=preview,
-            period=q.refresh_period,
-            population=q.with_members,
+            scope=q,
         )
 
     def activate(
@@ -1250,8 +1242,7 @@ class QueryEngine:
             build,
             delta=delta,
             preview=preview,
-            period=q.refresh_period,
-            population=q.with_members,
+            scope=q,
         )
 
     @staticmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 from cleanroom_client.protocol import DEFAULT_HALF_LIFE_DAYS
 
@@ -36,6 +37,20 @@ class DimensionRef:
 
     def __str__(self) -> str:
         return f"{self.member}.{self.column}"
+
+
+class Scoped(Protocol):
+    """What every query names of the data it reads: the refresh period and the population (`with_members`)."""
+
+    @property
+    def refresh_period(self) -> int | None:
+        """The refresh period to read (0: the match); None: the last completed one."""
+        ...
+
+    @property
+    def with_members(self) -> tuple[str, ...]:
+        """The members (besides the hub) whose matched users are the query's people; empty: every member."""
+        ...
 
 
 def check_epsilon(epsilon: float) -> float:

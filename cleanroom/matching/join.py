@@ -153,11 +153,12 @@ def matched_people(
     if len(sources) == 1:
         return sources[0]
     columns = ", ".join([f"p0.row_{hub}", *(f"p{i}.row_{s}" for i, s in enumerate(spokes))])
-    if any_of:
-        hubs = " UNION ".join(f"SELECT row_{hub} FROM {src}" for src in sources)
+    if any_of:  # each join's pairs read once, as a CTE: once for the hub rows, once for the member's column
+        ctes = ", ".join(f"p{i} AS MATERIALIZED {src}" for i, src in enumerate(sources))
+        hubs = " UNION ".join(f"SELECT row_{hub} FROM p{i}" for i in range(len(sources)))
         columns = ", ".join([f"h.row_{hub}", *(f"p{i}.row_{s}" for i, s in enumerate(spokes))])
-        joins = " ".join(f"LEFT JOIN {src} p{i} ON p{i}.row_{hub} = h.row_{hub}" for i, src in enumerate(sources))
-        return f"(SELECT {columns} FROM ({hubs}) h {joins})"
+        joins = " ".join(f"LEFT JOIN p{i} ON p{i}.row_{hub} = h.row_{hub}" for i in range(len(sources)))
+        return f"(WITH {ctes} SELECT {columns} FROM ({hubs}) h {joins})"
     joins = " ".join(f"JOIN {src} p{i} USING (row_{hub})" for i, src in enumerate(sources) if i)
     return f"(SELECT {columns} FROM {sources[0]} p0 {joins})"
 
