@@ -1,10 +1,12 @@
 """Conformance kit for a partner's own implementation of the matching protocol (PROTOCOL.md section 7).
 
 `check` compares a partner's outputs for the published vector inputs with the expected values, field by field:
-every expected case must be present, every field equal. `reference_outputs` is what the Python SDK computes for
-the same inputs (the file a correct implementation writes). `run` starts a local TLS server with a Python
-reference member on the other side, writes the partner's data with a known exact overlap, and checks the server's
-join once the partner's client has matched.
+every expected case must be present, every field equal (the phone numbers of `phone-metadata-v1.json` included:
+the one way a partner shows that its libphonenumber has the pinned metadata). `reference_outputs` is what the
+Python SDK computes for the same inputs (the file a correct implementation writes). `run` starts a local TLS server
+with a Python reference member on the other side, writes the partner's data with a known exact overlap, and checks
+the server's join once the partner's client has matched: set sizes, pairs per type, and the partner's attribute on
+every matched pair.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ SECTIONS: Mapping[str, tuple[str, str, tuple[str, ...], tuple[str, ...]]] = {
     ),
     "points": ("points-v1.json", "cases", ("point",), ("accept", "tag")),
     "chain": ("chain-v1.json", "vectors", ("id_type", "raw", "origin", "hop"), ("blinded",)),
+    "phone_metadata": ("phone-metadata-v1.json", "cases", ("region", "raw"), ("result", "normalized")),
 }
 #: Sections checked only when the file has them: the chain of three or more members (PROTOCOL.md section 9) is not
 #: needed by an implementation that joins two-member collaborations only.
@@ -169,7 +172,7 @@ def reference_outputs(normalize: Callable[[str, str, str], tuple[str, str | None
 
     `normalize(id_type, region, raw) -> (result, normalized)` is step 1; tests swap in a wrong one.
     """
-    out: dict[str, Any] = {"normalization": [], "prehashed": [], "pipeline": [], "points": [], "chain": []}
+    out: dict[str, Any] = {section: [] for section in SECTIONS}
     for case in vectors("normalization-v1.json")["cases"]:
         result, norm = normalize(case["id_type"], case["region"], case["raw"])
         out["normalization"].append(
@@ -235,6 +238,11 @@ def reference_outputs(normalize: Callable[[str, str, str], tuple[str, str | None
                 scalar = chain["members"][order[(start + hop) % len(order)]]["key"]
             value = blind_point(X25519PrivateKey.from_private_bytes(bytes.fromhex(scalar)), value)
         out["chain"].append({k: case[k] for k in ("id_type", "raw", "origin", "hop")} | {"blinded": value.hex()})
+    for case in vectors("phone-metadata-v1.json")["cases"]:
+        result, norm = normalize("phone", case["region"], case["raw"])
+        out["phone_metadata"].append(
+            {"region": case["region"], "raw": case["raw"], "result": result, "normalized": norm}
+        )
     return out
 
 

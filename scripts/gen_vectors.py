@@ -5,6 +5,8 @@
 - `normalization-v1.json`: what step 1 makes of edge cases: valid (with the normalized form and digest), invalid
   or missing, for every identifier type, phone numbers of several regions, and pre-hashed input;
 - `points-v1.json`: points a member receives, which to accept and which to reject, with the tag to answer;
+- `phone-metadata-v1.json`: the example number of every number type of every region in the pinned phone metadata,
+  and two neighbours of each, with the result that metadata gives (a partner shows it uses the same metadata);
 - `join-v1.json`: small joins (section 6), duplicate and conflicting keys among them, with the pairs the server's
   own join statements find (run on an in-memory database);
 - `wire-v1.json`: one example of each MatchingService message, as proto3 JSON and as serialized bytes, including
@@ -28,6 +30,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import phonenumbers
 import pyarrow as pa
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from gmpy2 import mpz
@@ -221,6 +224,57 @@ def normalization_vectors() -> dict[str, object]:
         "cases": cases,
         "prehashed": prehashed,
     }
+
+
+def _outcome(region: str, raw: str) -> tuple[str, str | None]:
+    try:
+        return "valid", Normalizer(region).normalize(IdentifierType.PHONE, raw)
+    except InvalidIdentifierError:
+        return "invalid", None
+
+
+def phone_metadata_vectors() -> dict[str, object]:
+    """Per region and number type, the metadata's example number (national format, that region as the default) and
+    two neighbours in international format (the national number's second digit plus one mod 10; its last digit
+    dropped), with the outcome under the pinned metadata: where another release's patterns or lengths differ, some
+    of these differ too."""
+    cases = []
+    seen: set[tuple[str, str]] = set()
+    types = sorted(
+        (v for k, v in vars(phonenumbers.PhoneNumberType).items() if k.isupper() and k != "UNKNOWN"), key=int
+    )
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        for number_type in types:
+            example = phonenumbers.example_number_for_type(region, number_type)
+            if example is None:
+                continue
+            national = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.NATIONAL)
+            nsn = phonenumbers.national_significant_number(example)
+            i = min(1, len(nsn) - 1)
+            changed = f"{nsn[:i]}{(int(nsn[i]) + 1) % 10}{nsn[i + 1 :]}"
+            for raw in (national, f"+{example.country_code} {changed}", f"+{example.country_code} {nsn[:-1]}"):
+                if (region, raw) in seen:
+                    continue
+                seen.add((region, raw))
+                result, normalized = _outcome(region, raw)
+                cases.append({"region": region, "raw": raw, "result": result, "normalized": normalized})
+    return {
+        "protocol": "cleanroom matching v1",
+        "phone_metadata": f"libphonenumber metadata of phonenumbers {PHONE_METADATA_VERSION}",
+        "note": "phone numbers (PROTOCOL.md section 1.3) with the default region `region`: result valid (with the "
+        "E.164 normalized form) or invalid under the pinned metadata",
+        "cases": cases,
+    }
+
+
+def _json(data: dict[str, object]) -> str:
+    """A vector file's text: indented, except that a `cases` list of many entries takes one line per case."""
+    cases = data.get("cases")
+    if not isinstance(cases, list) or len(cases) < 1000:
+        return json.dumps(data, indent=1) + "\n"
+    head = json.dumps({k: v for k, v in data.items() if k != "cases"}, indent=1)[:-2]
+    lines = ",\n".join("  " + json.dumps(c, separators=(", ", ": ")) for c in cases)
+    return f'{head},\n "cases": [\n{lines}\n ]\n}}\n'
 
 
 def _point_cases() -> list[tuple[str, bytes]]:
@@ -709,6 +763,7 @@ GENERATED: dict[str, tuple[Callable[[], dict[str, object]], Callable[[dict], lis
     "points-v1.json": (point_vectors, points_markdown, "points"),
     "chain-v1.json": (chain_vectors, chain_markdown, "chain"),
     "join-v1.json": (join_vectors, join_markdown, "join"),
+    "phone-metadata-v1.json": (phone_metadata_vectors, None, None),
     "wire-v1.json": (wire_vectors, None, None),
 }
 
@@ -719,7 +774,7 @@ def render() -> dict[Path, str]:
     doc = DOC_PATH.read_text()
     for name, (make, markdown, block) in GENERATED.items():
         data = make()
-        text = json.dumps(data, indent=1) + "\n"
+        text = _json(data)
         files[VECTOR_DIR / name] = files[SDK_COPY / name] = text
         if markdown and block:
             begin, end = MARKERS[block]

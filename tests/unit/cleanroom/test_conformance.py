@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import phonenumbers
 import pytest
 from typer.testing import CliRunner
 
@@ -16,7 +17,9 @@ from cleanroom.conformance import (
     expected_overlap,
     first_wrong_pair,
     reference_outputs,
+    vectors,
 )
+from cleanroom.conformance import _normalized as reference_normalize
 from cleanroom_client.identity import IdentifierType, InvalidIdentifierError, Normalizer
 
 _LAX_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -50,6 +53,7 @@ def test_the_sdks_own_outputs_pass_every_field():
         "pipeline",
         "points",
         "chain",
+        "phone_metadata",
     }
 
 
@@ -136,3 +140,23 @@ def test_first_wrong_pair_names_the_first_pair_in_reference_order_whose_segment_
     missing = first_wrong_pair(pairs, reference_rows, {10: "a", 11: "b"}, expected, truth, order)
     assert missing is not None
     assert "your row 12 (no row)" in missing or "your row 12, whose users-table row gives no row" in missing
+
+
+def _metadata_without_uk_mobiles(id_type: str, region: str, raw: str) -> tuple[str, str | None]:
+    """Another metadata release, as a partner might have it: the same, except that UK mobile numbers are invalid."""
+    result, normalized = reference_normalize(id_type, region, raw)
+    if id_type == "phone" and normalized is not None and normalized.startswith("+447"):
+        return "invalid", None
+    return result, normalized
+
+
+def test_the_phone_metadata_section_covers_every_region_and_catches_other_metadata():
+    cases = vectors("phone-metadata-v1.json")["cases"]
+    assert vectors("phone-metadata-v1.json")["phone_metadata"] == "libphonenumber metadata of phonenumbers 9.0.43"
+    assert {c["region"] for c in cases} == set(phonenumbers.SUPPORTED_REGIONS)
+    assert {c["result"] for c in cases} == {"valid", "invalid"}
+    report = check(reference_outputs(_metadata_without_uk_mobiles))
+    failed = {r.case for r in report.failures()}
+    assert failed
+    assert {r.section for r in report.failures()} == {"phone_metadata"}
+    assert all(c[0] in ("GB", "GG", "IM", "JE") for c in failed)
