@@ -266,6 +266,8 @@ ID_COLUMNS = {"email": "email", "phone": "phone", "device_id": "device_id"}
 
 
 MAX_ROWS = 10_000
+#: Seconds `run` waits after the match for the partner's users table, which may follow the match (section 5).
+USERS_TABLE_GRACE = 60.0
 
 
 def _phone(area: int, i: int) -> tuple[str, str]:
@@ -436,7 +438,13 @@ class Session:
 
 
 def start_session(
-    directory: Path, host: str = "127.0.0.1", port: int = 0, rows: int = 1000, seed: int = 15, approve: bool = True
+    directory: Path,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    rows: int = 1000,
+    seed: int = 15,
+    approve: bool = True,
+    users_table_grace: float = USERS_TABLE_GRACE,
 ) -> Session:
     """Start the server and the reference member, write the partner's files, and return at once.
 
@@ -521,11 +529,14 @@ def start_session(
     def wrong_pair(deadline: float) -> str | None:
         cur = running.db.cursor()
         attributes = partner_users(cur)
-        while attributes is None and time.monotonic() < deadline:  # tables may follow the match (section 5)
+        while attributes is None and time.monotonic() < deadline:  # a table may follow the match (section 5)
             time.sleep(0.2)
             attributes = partner_users(cur)
         if attributes is None:
-            return "your users table (with `segment`) was not uploaded: the attributes of the pairs cannot be checked"
+            return (
+                f"your users table (with `segment`) was not uploaded within {users_table_grace:g} s of the match: "
+                "the attributes of the pairs cannot be checked"
+            )
         ledger = pd.read_parquet(reference.collaboration_dir(collaboration.id) / ROWS_FILE)
         reference_rows = dict(zip(ledger["row_id"].astype(int), ledger["key"].astype(str), strict=True))
         server_pairs = cur.execute(
@@ -542,7 +553,6 @@ def start_session(
         )
 
     def wait(timeout: float) -> RunResult | None:
-        deadline = time.monotonic() + timeout
         thread.join(timeout)
         if thread.is_alive():
             return None
@@ -557,7 +567,7 @@ def start_session(
             {s.id_type.value: s.pairs for s in stats if s.id_type.value in ID_COLUMNS},
             status.peer_set_size,
             status.own_set_size,
-            wrong_pair(deadline),
+            wrong_pair(time.monotonic() + users_table_grace),
         )
 
     def stop() -> None:

@@ -17,6 +17,13 @@ from cleanroom_client import CleanRoomClient, SerialExecutor
 from cleanroom_client.matching import MatchPlan, MatchRunner
 
 
+class _NoTables(MatchRunner):
+    """A member that matches and never uploads its users table."""
+
+    def _send_tables(self, plan: MatchPlan) -> tuple[dict[str, int], dict[str, int]]:
+        return {}, {}
+
+
 class _UsersInFileOrder(MatchRunner):
     """A misbehaving member: its points carry random row numbers, but its users table numbers rows by file order.
 
@@ -84,25 +91,30 @@ def test_run_reference_partner_is_what_self_test_plays(tmp_path):
         session.stop()
 
 
+def _play(session, tmp_path, runner_class) -> None:
+    """The partner's side with the SDK's plan and `runner_class` in place of its runner."""
+    info = json.loads(session.partner_files["session.json"].read_text())
+    users = pd.read_json(session.partner_files["users.jsonl"], lines=True, dtype=False)
+    with CleanRoomClient(
+        info["target"],
+        token=session.partner_files["token"].read_text().strip(),
+        root_certificates=session.partner_files["ca.pem"],
+        state_dir=tmp_path / "misbehaving-partner",
+        executor=SerialExecutor(),
+        progress=False,
+    ) as client:
+        plan = client._plan(users, info["key_column"], info["identifiers"], info["attributes"], {}, ())
+        state = client.collaboration_dir(info["collaboration"].removeprefix("collaborations/"))
+        runner = runner_class(
+            client._matching, client._metadata, info["collaboration"], state, SerialExecutor(), progress=False
+        )
+        runner.run(plan, state / "blinding.key")
+
+
 def test_a_partner_whose_users_table_is_not_in_row_number_order_fails_naming_the_first_wrong_pair(tmp_path):
     session = start_session(tmp_path, rows=60, seed=5)
     try:
-        info = json.loads(session.partner_files["session.json"].read_text())
-        users = pd.read_json(session.partner_files["users.jsonl"], lines=True, dtype=False)
-        with CleanRoomClient(
-            info["target"],
-            token=session.partner_files["token"].read_text().strip(),
-            root_certificates=session.partner_files["ca.pem"],
-            state_dir=tmp_path / "misplaced-partner",
-            executor=SerialExecutor(),
-            progress=False,
-        ) as client:
-            plan = client._plan(users, info["key_column"], info["identifiers"], info["attributes"], {}, ())
-            state = client.collaboration_dir(info["collaboration"].removeprefix("collaborations/"))
-            runner = _UsersInFileOrder(
-                client._matching, client._metadata, info["collaboration"], state, SerialExecutor(), progress=False
-            )
-            runner.run(plan, state / "blinding.key")
+        _play(session, tmp_path, _UsersInFileOrder)
         result = session.wait(300)
         assert result is not None
         # what the kit checked before: all of it right
@@ -118,5 +130,19 @@ def test_a_partner_whose_users_table_is_not_in_row_number_order_fails_naming_the
         assert "segment" in first
         ref_key = first.split()[2]  # the pair named: the reference user and the partner's user it should be
         assert f"your user {session.expected.partner_of[ref_key]}, segment" in first
+    finally:
+        session.stop()
+
+
+def test_a_partner_that_never_uploads_its_users_table_fails_after_the_grace(tmp_path):
+    session = start_session(tmp_path, rows=20, seed=6, users_table_grace=0.5)
+    try:
+        _play(session, tmp_path, _NoTables)
+        result = session.wait(300)
+        assert result is not None
+        assert result.pairs == session.expected.pairs
+        assert not result.passed
+        assert result.wrong_pair is not None
+        assert "users table (with `segment`) was not uploaded within 0.5 s" in result.wrong_pair
     finally:
         session.stop()
