@@ -93,17 +93,11 @@ IDNA_VERSION: Final = idna.__version__
 
 #: Why an email address is invalid: the reasons InvalidIdentifierError carries for the email type.
 NO_AT = "not an email address: no @"
-BAD_LOCAL = (
-    "not an email address: the part before the @ is not atoms separated by single dots (letters, digits, "
-    "!#$%&'*+/=?^_`{|}~- and non-ASCII letters, marks, numbers, punctuation or symbols)"
-)
-LONG_LOCAL = f"not an email address: the part before the @ is longer than {MAX_LOCAL} bytes of UTF-8"
-BAD_IDN = "not an email address: the domain is not a valid internationalized domain name (UTS #46, IDNA2008)"
-BAD_DOMAIN = (
-    "not an email address: the domain is not two or more labels of letters, digits and inner hyphens, "
-    "the last starting with a letter"
-)
-LONG_EMAIL = f"not an email address: longer than {MAX_EMAIL} bytes of UTF-8"
+BAD_LOCAL = "not an email address: a space, control or other character not allowed before the @, or a stray dot"
+LONG_LOCAL = f"not an email address: more than {MAX_LOCAL} bytes (UTF-8) before the @"
+BAD_IDN = "not an email address: the domain is not a valid internationalized domain name (IDNA2008)"
+BAD_DOMAIN = "not an email address: the domain is not a host name (dot-separated letters, digits, inner hyphens)"
+LONG_EMAIL = f"not an email address: longer than {MAX_EMAIL} bytes (UTF-8)"
 _HEX64 = re.compile(r"[0-9a-f]{64}", re.ASCII)
 
 
@@ -115,6 +109,15 @@ def trim(raw: str) -> str:
 def ascii_lower(text: str) -> str:
     """`text` with A-Z mapped to a-z; every other code point unchanged."""
     return text.translate(_ASCII_LOWER)
+
+
+def redact(value: str) -> str:
+    """An invalid value as reports show it: its first character and its length, never more (`张… (11 characters)`).
+
+    Enough to find the rows in one's own data (and see the kind of problem), too little to leak an identifier.
+    """
+    text = trim(value)
+    return f"{text[:1]}… ({len(text)} characters)"
 
 
 def is_missing(raw: str | None) -> bool:
