@@ -8,6 +8,7 @@ from every table; queries read the period they name; a per-period budget renews 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +24,7 @@ from cleanroom.principals import Role
 from cleanroom.server import ServerConfig, create_server
 from cleanroom.server.app import RunningServer, TlsConfig
 from cleanroom_client import CleanRoomClient, SerialExecutor
+from cleanroom_client import refresh as refresh_state
 from cleanroom_client.errors import (
     CleanRoomError,
     FailedPreconditionError,
@@ -402,6 +404,17 @@ def test_a_refresh_with_as_many_but_other_event_rows_is_sent_not_taken_for_a_rep
     assert stored_rows(server, cid, "brand", "conversions") == 4
     # The very same call again is a repeat: its summary, nothing opened, nothing appended.
     assert b.refresh(cid, None, events={"conversions": second}, wait_timeout=5).period == 2
+    assert periods.open_period(server.room.db.cursor(), cid) is None
+    assert stored_rows(server, cid, "brand", "conversions") == 4
+
+    # A refresh.json of an older SDK (no scheme; names and counts) still reads. Where it cannot tell a repeat from
+    # new rows of the same count, it refuses, sending nothing, and says what to do.
+    state = Path(b.collaboration_dir(cid)) / "refresh.json"
+    saved = json.loads(state.read_text())
+    legacy = refresh_state.legacy_fingerprint([], [], {"conversions": second})
+    state.write_text(json.dumps({k: v for k, v in saved.items() if k != "scheme"} | {"whole": legacy}))
+    with pytest.raises(ValueError, match=r"older SDK.*delete .*refresh\.json"):
+        b.refresh(cid, None, events={"conversions": events([4], "brand", 4)}, wait_timeout=5)
     assert periods.open_period(server.room.db.cursor(), cid) is None
     assert stored_rows(server, cid, "brand", "conversions") == 4
 
