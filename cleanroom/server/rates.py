@@ -1,0 +1,81 @@
+"""Rate limits per principal: every limit on how often a caller may do something lives here.
+
+Each limit is a token bucket per principal: `burst` calls at once, then `per_second` on average. A call over
+its limit is RESOURCE_EXHAUSTED at the front door, before it is authorized or touches data, and it writes no
+audit entry: a refusal that wrote an entry would let a caller grow the log at its own pace, which is what these
+limits exist to stop. Buckets are kept per authenticated principal only (names the operator issued), so their
+number is bounded by the principals.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from ..errors import ResourceExhaustedError
+
+
+@dataclass(frozen=True)
+class Rate:
+    """`burst` calls at once, refilled at `per_second`."""
+
+    burst: int
+    per_second: float
+
+
+#: Previews cost no ε but each writes an audit entry: 20 at once, then one a second.
+PREVIEW_RATE = Rate(burst=20, per_second=1.0)
+#: Collaborations created (each one a chain of its own): 5 at once, then one a minute.
+CREATE_RATE = Rate(burst=5, per_second=1 / 60)
+#: Refused calls (each one an audit entry, in a collaboration's chain or the server's): 20 at once, then one
+#: every two seconds; once used up, every call of the principal is RESOURCE_EXHAUSTED until it refills.
+REFUSAL_RATE = Rate(burst=20, per_second=0.5)
+
+#: Methods with a rate of their own, by full method name.
+METHOD_RATES: dict[str, tuple[str, Rate]] = {
+    "/cleanroom.v1.AnalyticsService/Preview": ("previews", PREVIEW_RATE),
+    "/cleanroom.v1.CollaborationService/CreateCollaboration": ("collaborations created", CREATE_RATE),
+}
+
+
+class RateLimiter:
+    """The buckets of every principal; thread-safe."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def _level(self, key: tuple[str, str], rate: Rate, now: float) -> float:
+        tokens, last = self._buckets.get(key, (float(rate.burst), now))
+        return min(float(rate.burst), tokens + (now - last) * rate.per_second)
+
+    def _refuse(self, principal: str, what: str, rate: Rate, level: float) -> ResourceExhaustedError:
+        wait = (1.0 - level) / rate.per_second
+        return ResourceExhaustedError(
+            f"you ({principal}) are over the limit on {what} ({rate.burst} at once, then one every "
+            f"{1 / rate.per_second:g} s); try again in {max(1, round(wait))} s"
+        )
+
+    def admit(self, principal: str, method: str) -> None:
+        """Raise ResourceExhaustedError when `principal` has used up its refusals, or its rate for `method`."""
+        now = time.monotonic()
+        with self._lock:
+            refusals = self._level((principal, "refusals"), REFUSAL_RATE, now)
+            if refusals < 1.0:
+                raise self._refuse(principal, "refused calls", REFUSAL_RATE, refusals)
+            rated = METHOD_RATES.get(method)
+            if rated is None:
+                return
+            what, rate = rated
+            level = self._level((principal, what), rate, now)
+            if level < 1.0:
+                raise self._refuse(principal, what, rate, level)
+            self._buckets[(principal, what)] = (level - 1.0, now)
+
+    def refused(self, principal: str) -> None:
+        """Count one refused call of `principal`."""
+        now = time.monotonic()
+        with self._lock:
+            level = self._level((principal, "refusals"), REFUSAL_RATE, now)
+            self._buckets[(principal, "refusals")] = (max(0.0, level - 1.0), now)
