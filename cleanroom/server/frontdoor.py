@@ -8,9 +8,10 @@ Guarantees, for every RPC of every service (the clean room's, health, reflection
   costs the server at most the HTTP/2 flow-control window (BDP probing is off, so that window stays small).
 - Every method is served in request-streaming form, so no worker is tied to a call before the gate: a unary
   request that does not arrive within `request_timeout` cancels the call (a half-open call).
-- Every stream is cut (CANCELLED) after `idle_timeout` seconds in which no message moved either way: uploads
-  whose client went quiet, and downloads (FetchPeerPoints, exports, health Watch, reflection) whose client
-  stopped reading. A cut stream frees its worker and its stream slot.
+- Every stream is cut (CANCELLED) after `idle_timeout` seconds in which the client moved no message: an upload
+  whose client went quiet, a download (FetchPeerPoints, exports, audiences) whose client stopped reading. The
+  server's own work between two responses does not count; a built-in stream (health Watch, reflection) is cut
+  after `idle_timeout` without any message either way. A cut stream frees its worker and its stream slot.
 - Streams of the server's own services take slots like any other (`SERVER_SERVICES` share).
 - Each principal's previews, collaboration creations and refused calls are rate-limited (`rates.py`).
 
@@ -58,6 +59,10 @@ class Watch:
     def kick(self, timeout: float) -> None:
         """A message moved: the next one has `timeout` seconds."""
         self.deadline = time.monotonic() + timeout
+
+    def pause(self) -> None:
+        """The server's turn (it computes the next response): no deadline until the next kick."""
+        self.deadline = float("inf")
 
     def stop(self) -> None:
         """Nothing more to watch (the call ends, or only the server works from here)."""
@@ -166,7 +171,14 @@ class FrontDoorInterceptor(grpc.ServerInterceptor):
     def _guarded(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         inner = _behaviour(handler)
         streams_in, streams_out = handler.request_streaming, handler.response_streaming
-        built_in_stream = method.startswith(BUILT_IN_PREFIX) and (streams_in or streams_out)
+        built_in = method.startswith(BUILT_IN_PREFIX)
+        built_in_stream = built_in and (streams_in or streams_out)
+
+        def servers_turn(watch: Watch) -> None:
+            # The clean room's own work between two responses (a query, a training step) is not the client's
+            # idleness; the built-in services do no work, so their silence is idleness (an idle health Watch).
+            if not built_in:
+                watch.pause()
 
         def start(requests: Iterator[Any], context: grpc.ServicerContext) -> tuple[Principal, Watch, Any]:
             principal = self._auth.principal(context)  # a certificate's principal, or a token revoked meanwhile
@@ -181,6 +193,7 @@ class FrontDoorInterceptor(grpc.ServerInterceptor):
                 raise InvalidArgumentError("the call carried no request message")
             if streams_out:
                 watch.kick(self._idle)
+                servers_turn(watch)  # until the first response
             else:
                 watch.stop()  # the client now waits for the one answer: nothing to watch
             return principal, watch, request
@@ -204,8 +217,9 @@ class FrontDoorInterceptor(grpc.ServerInterceptor):
             try:
                 with slot(principal):
                     for response in inner(argument, context):
-                        watch.kick(self._idle)
+                        watch.kick(self._idle)  # the client has that long to take it
                         yield response
+                        servers_turn(watch)
             except REFUSALS:
                 self._rates.refused(principal.name)
                 raise
@@ -215,9 +229,10 @@ class FrontDoorInterceptor(grpc.ServerInterceptor):
         return _handler(handler, stream_out if streams_out else unary_out)
 
     def _watched(self, requests: Iterator[Any], watch: Watch, streams_out: bool) -> Iterator[Any]:
-        for request in requests:
-            watch.kick(self._idle)
+        for request in requests:  # the client's turn: the watch runs
+            watch.pause()  # the server's turn: storing a chunk is not the client's idleness
             yield request
+            watch.kick(self._idle)
         if not streams_out:
             watch.stop()  # all of the upload is in; the server's commit is not the client's idleness
 

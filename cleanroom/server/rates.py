@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import ResourceExhaustedError
@@ -26,11 +27,11 @@ class Rate:
 
 #: Previews cost no ε but each writes an audit entry: 20 at once, then one a second.
 PREVIEW_RATE = Rate(burst=20, per_second=1.0)
-#: Collaborations created (each one a chain of its own): 5 at once, then one a minute.
-CREATE_RATE = Rate(burst=5, per_second=1 / 60)
-#: Refused calls (each one an audit entry, in a collaboration's chain or the server's): 20 at once, then one
-#: every two seconds; once used up, every call of the principal is RESOURCE_EXHAUSTED until it refills.
-REFUSAL_RATE = Rate(burst=20, per_second=0.5)
+#: Collaborations created (each one a chain and a policy of its own): 30 at once, then one every 10 s.
+CREATE_RATE = Rate(burst=30, per_second=0.1)
+#: Refused calls (each one an audit entry, in a collaboration's chain or the server's): 20 at once, then one a
+#: second; once used up, every call of the principal is RESOURCE_EXHAUSTED until it refills.
+REFUSAL_RATE = Rate(burst=20, per_second=1.0)
 
 #: Methods with a rate of their own, by full method name.
 METHOD_RATES: dict[str, tuple[str, Rate]] = {
@@ -42,9 +43,10 @@ METHOD_RATES: dict[str, tuple[str, Rate]] = {
 class RateLimiter:
     """The buckets of every principal; thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
         self._lock = threading.Lock()
+        self._clock = clock
 
     def _level(self, key: tuple[str, str], rate: Rate, now: float) -> float:
         tokens, last = self._buckets.get(key, (float(rate.burst), now))
@@ -59,7 +61,7 @@ class RateLimiter:
 
     def admit(self, principal: str, method: str) -> None:
         """Raise ResourceExhaustedError when `principal` has used up its refusals, or its rate for `method`."""
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             refusals = self._level((principal, "refusals"), REFUSAL_RATE, now)
             if refusals < 1.0:
@@ -75,7 +77,7 @@ class RateLimiter:
 
     def refused(self, principal: str) -> None:
         """Count one refused call of `principal`."""
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             level = self._level((principal, "refusals"), REFUSAL_RATE, now)
             self._buckets[(principal, "refusals")] = (max(0.0, level - 1.0), now)
