@@ -7,7 +7,9 @@ Guarantees, for every RPC of every service (the clean room's, health, reflection
   message is read. A refused call holds a worker thread for microseconds and reads nothing, so an unread message
   costs the server at most the HTTP/2 flow-control window (BDP probing is off, so that window stays small).
 - Every method is served in request-streaming form, so no worker is tied to a call before the gate: a unary
-  request that does not arrive within `request_timeout` cancels the call (a half-open call).
+  request that does not arrive within `request_timeout` cancels the call (a half-open call), and a principal's
+  half-open calls beyond `HALF_OPEN_PER_PRINCIPAL` are cancelled at once, so a member holds at most that many
+  workers waiting.
 - Every stream is cut (CANCELLED) after `idle_timeout` seconds in which the client moved no message: an upload
   whose client went quiet, a download (FetchPeerPoints, exports, audiences) whose client stopped reading. The
   server's own work between two responses does not count; a built-in stream (health Watch, reflection) is cut
@@ -44,6 +46,11 @@ from .rates import RateLimiter
 BUILT_IN_PREFIX = "/grpc."
 #: How often the watchdog looks for calls to cut (seconds); a cut comes at most this late.
 WATCH_TICK = 0.1
+#: Calls one principal may have waiting for their request message, past `HALF_OPEN_GRACE` seconds after their
+#: headers; the watchdog cancels the later ones at once. Real clients send the message with the headers, so only a
+#: half-open call ever waits that long.
+HALF_OPEN_PER_PRINCIPAL = 2
+HALF_OPEN_GRACE = 0.5
 #: Outcomes that count against a principal's refusals (each one wrote an audit entry).
 REFUSALS = (PermissionDeniedError, NotFoundError)
 
@@ -51,10 +58,20 @@ REFUSALS = (PermissionDeniedError, NotFoundError)
 class Watch:
     """One call's deadline for its next message, either way; `kick` moves it, `stop` ends the watch."""
 
-    def __init__(self, watchdog: Watchdog, context: grpc.ServicerContext, timeout: float) -> None:
+    def __init__(
+        self, watchdog: Watchdog, context: grpc.ServicerContext, timeout: float, principal: str, waiting: bool
+    ) -> None:
         self._watchdog = watchdog
         self.context = context
-        self.deadline = time.monotonic() + timeout
+        self.principal = principal
+        now = time.monotonic()
+        self.deadline = now + timeout
+        #: When the call began to wait for its (unary) request message; None once it came.
+        self.waiting_since: float | None = now if waiting else None
+
+    def received(self) -> None:
+        """The request message came: the call is no longer half-open."""
+        self.waiting_since = None
 
     def kick(self, timeout: float) -> None:
         """A message moved: the next one has `timeout` seconds."""
@@ -84,9 +101,13 @@ class Watchdog:
         self._thread = threading.Thread(target=self._run, name="cleanroom-watchdog", daemon=True)
         self._thread.start()
 
-    def watch(self, context: grpc.ServicerContext, timeout: float) -> Watch:
-        """Cancel the call of `context` unless it is kicked within `timeout` seconds."""
-        watch = Watch(self, context, timeout)
+    def watch(self, context: grpc.ServicerContext, timeout: float, principal: str, waiting: bool = False) -> Watch:
+        """Cancel the call of `context` unless it is kicked within `timeout` seconds.
+
+        `waiting`: the call waits for its one request message, and counts as half-open (see
+        `HALF_OPEN_PER_PRINCIPAL`) until `Watch.received`.
+        """
+        watch = Watch(self, context, timeout, principal, waiting)
         with self._lock:
             self._watches.add(watch)
         return watch
@@ -101,11 +122,23 @@ class Watchdog:
         self._stopped.set()
         self._thread.join()
 
+    def _half_open_beyond_limit(self, now: float) -> list[Watch]:
+        half_open: dict[str, list[Watch]] = {}
+        for w in self._watches:
+            if w.waiting_since is not None and now - w.waiting_since >= HALF_OPEN_GRACE and w.deadline > now:
+                half_open.setdefault(w.principal, []).append(w)
+        beyond: list[Watch] = []
+        for calls in half_open.values():
+            calls.sort(key=lambda w: w.waiting_since or 0.0)
+            beyond += calls[HALF_OPEN_PER_PRINCIPAL:]
+        return beyond
+
     def _run(self) -> None:
         while not self._stopped.wait(self._tick):
             now = time.monotonic()
             with self._lock:
                 late = [w for w in self._watches if w.deadline <= now]
+                late += self._half_open_beyond_limit(now)
                 self._watches.difference_update(late)
             for watch in late:
                 watch.context.cancel()
@@ -184,10 +217,11 @@ class FrontDoorInterceptor(grpc.ServerInterceptor):
             principal = self._auth.principal(context)  # a certificate's principal, or a token revoked meanwhile
             self._rates.admit(principal.name, method)
             if streams_in:
-                watch = self._watchdog.watch(context, self._idle)
+                watch = self._watchdog.watch(context, self._idle, principal.name)
                 return principal, watch, self._watched(requests, watch, streams_out)
-            watch = self._watchdog.watch(context, self._request_timeout)
+            watch = self._watchdog.watch(context, self._request_timeout, principal.name, waiting=True)
             request = next(requests, None)
+            watch.received()
             if request is None:
                 watch.stop()
                 raise InvalidArgumentError("the call carried no request message")

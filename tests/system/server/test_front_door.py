@@ -115,6 +115,28 @@ def test_half_open_unary_calls_hold_no_worker_and_time_out(tmp_path, pki, start)
             release.set()
 
 
+def test_a_members_half_open_calls_beyond_two_are_cut_at_once(tmp_path, pki, start):
+    running = start(tmp_path / "member-half-open", max_workers=4, request_timeout=30.0)
+    tokens, collab = _room(running, "brand", "platform")
+    release = threading.Event()
+    with _channel(running, pki) as attack, _channel(running, pki) as member:
+        half_open = attack.stream_unary(GET_BUDGET, request_serializer=_ident, response_deserializer=_ident)
+        started = time.monotonic()
+        held = [half_open.future(_never(release), metadata=_md(tokens["platform"])) for _ in range(10)]
+        try:
+            time.sleep(0.5)
+            _assert_prompt(member, tokens["brand"], collab)
+            waited = time.monotonic() + PROMPT
+            while sum(f.done() for f in held) < 8 and time.monotonic() < waited:
+                time.sleep(0.05)
+            cut = [f for f in held if f.done()]
+            assert len(cut) == 8, "a member's half-open calls held the workers"
+            assert {f.code() for f in cut} == {grpc.StatusCode.CANCELLED}
+            assert time.monotonic() - started < 10  # long before the 30 s request timeout
+        finally:
+            release.set()
+
+
 def test_idle_reflection_and_health_watch_streams_count_against_the_caps(tmp_path, pki, start):
     running = start(tmp_path / "built-ins", max_workers=4, stream_idle_timeout=1.0)
     tokens, collab = _room(running, "brand", "platform")
