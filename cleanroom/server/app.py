@@ -1,9 +1,10 @@
 """Server assembly: a room, the servicers, health, reflection, TLS, and the operator's local socket.
 
 `create_server` binds and starts; tests pass port 0 and read the port back. The request path of every RPC is:
-the front door (credentials from the headers, before any message; timeouts; rates; see `frontdoor.py`) ->
-error mapping (interceptor) -> length limits on every request string (interceptor) -> authenticate (token or
-client certificate) -> servicer parses the request ->
+error mapping (interceptor, outermost, so it answers the front door's refusals too) -> the front door
+(credentials from the headers, before any message is read; half-open and idle calls cut; rates; `frontdoor.py`) ->
+length limits on every request string (interceptor) -> authenticate (token or client certificate) -> servicer
+parses the request ->
 authorize in the domain (member, ability, auditor assignment; refusals audited) -> domain call, whose audit entry
 commits in the same transaction as its effect, before the response leaves.
 """

@@ -6,10 +6,10 @@ Guarantees, for every RPC of every service (the clean room's, health, reflection
   checked (or, on a mutual-TLS server, the TLS handshake has verified a client certificate) before any request
   message is read. A refused call holds a worker thread for microseconds and reads nothing, so an unread message
   costs the server at most the HTTP/2 flow-control window (BDP probing is off, so that window stays small).
-- Every method is served in request-streaming form, so no worker is tied to a call before the gate: a unary
-  request that does not arrive within `request_timeout` cancels the call (a half-open call), and a principal's
-  half-open calls beyond `HALF_OPEN_PER_PRINCIPAL` are cancelled at once, so a member holds at most that many
-  workers waiting.
+- Every method is served in request-streaming form, so the server, not the transport, decides when to read the
+  request: a refused call never reads it, and an authenticated unary call waits for it under watch. One that does
+  not arrive within `request_timeout` cancels the call (a half-open call), and a principal's half-open calls
+  beyond `HALF_OPEN_PER_PRINCIPAL` are cancelled at once, so a member holds at most that many workers waiting.
 - Every stream is cut (CANCELLED) after `idle_timeout` seconds in which the client moved no message: an upload
   whose client went quiet, a download (FetchPeerPoints, exports, audiences) whose client stopped reading. The
   server's own work between two responses does not count; a built-in stream (health Watch, reflection) is cut
@@ -17,14 +17,15 @@ Guarantees, for every RPC of every service (the clean room's, health, reflection
 - Streams of the server's own services take slots like any other (`SERVER_SERVICES` share).
 - Each principal's previews, collaboration creations and refused calls are rate-limited (`rates.py`).
 
-Why the synchronous `grpc.server` and not `grpc.aio`: grpc.aio would not tie a thread to a call waiting for its
-message, but its servicer context cannot cancel a call. A response stuck behind a client that stopped reading
-stays pending, and `abort` queues its status behind that data, so a stalled FetchPeerPoints could never be cut:
-its call, its memory and its place under the concurrency cap would stay until the client read or left.
-(Checked with grpcio 1.85: `context.abort` after a timed-out `context.write` returned only once the client read.)
-The sync server's `context.cancel()` resets the HTTP/2 stream at once. The gate runs in the interceptor, on the
-server's polling thread, before a worker is chosen, so the thread-per-call model costs an unauthenticated caller
-nothing; authenticated callers are bounded by the stream limits, the timeouts above and the rates.
+Why the synchronous `grpc.server` and not `grpc.aio`: grpc.aio reads a unary request before it calls the handler
+(a sync handler then runs in its thread pool), so waiting costs no thread; but its servicer context cannot cancel
+a call. A response stuck behind a client that stopped reading stays pending, and `abort` queues its status behind
+that data, so a stalled FetchPeerPoints could never be cut: its call, its memory and its place under the
+concurrency cap would stay until the client read or left. (Checked with grpcio 1.85: `context.abort` after a
+timed-out `context.write` returned only once the client read again.) The sync server's `context.cancel()` resets
+the HTTP/2 stream at once. The gate runs in the interceptor, on the server's polling thread, before a worker is
+chosen, so thread-per-call costs a caller without credentials a few microseconds of one worker; authenticated
+callers are bounded by the stream limits, the half-open rule, the timeouts above and the rates.
 """
 
 from __future__ import annotations
