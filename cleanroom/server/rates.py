@@ -3,18 +3,21 @@
 Each limit is a token bucket per principal: `burst` calls at once, then `per_second` on average. A call over
 its limit is RESOURCE_EXHAUSTED at the front door, before it is authorized or touches data, and it writes no
 audit entry: a refusal that wrote an entry would let a caller grow the log at its own pace, which is what these
-limits exist to stop. Buckets are kept per authenticated principal only (names the operator issued), so their
-number is bounded by the principals.
+limits exist to stop; the operator's log says once when a principal goes over a limit. Buckets are kept per
+authenticated principal only (names the operator issued), so their number is bounded by the principals.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import ResourceExhaustedError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,12 +50,17 @@ class RateLimiter:
         self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
         self._lock = threading.Lock()
         self._clock = clock
+        #: (principal, what) over its limit now: logged once when it goes over, not once per refused call.
+        self._over: set[tuple[str, str]] = set()
 
     def _level(self, key: tuple[str, str], rate: Rate, now: float) -> float:
         tokens, last = self._buckets.get(key, (float(rate.burst), now))
         return min(float(rate.burst), tokens + (now - last) * rate.per_second)
 
     def _refuse(self, principal: str, what: str, rate: Rate, level: float) -> ResourceExhaustedError:
+        if (principal, what) not in self._over:
+            self._over.add((principal, what))
+            log.warning("%s is over the limit on %s; its calls are refused until it slows down", principal, what)
         wait = (1.0 - level) / rate.per_second
         return ResourceExhaustedError(
             f"you ({principal}) are over the limit on {what} ({rate.burst} at once, then one every "
@@ -66,6 +74,7 @@ class RateLimiter:
             refusals = self._level((principal, "refusals"), REFUSAL_RATE, now)
             if refusals < 1.0:
                 raise self._refuse(principal, "refused calls", REFUSAL_RATE, refusals)
+            self._over.discard((principal, "refused calls"))
             rated = METHOD_RATES.get(method)
             if rated is None:
                 return
@@ -73,6 +82,7 @@ class RateLimiter:
             level = self._level((principal, what), rate, now)
             if level < 1.0:
                 raise self._refuse(principal, what, rate, level)
+            self._over.discard((principal, what))
             self._buckets[(principal, what)] = (level - 1.0, now)
 
     def refused(self, principal: str) -> None:
