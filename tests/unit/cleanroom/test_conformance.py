@@ -107,3 +107,19 @@ def test_conformance_data_has_overlap_on_every_type_and_traps():
     assert expected.peer_set_size == 100
     with pytest.raises(ValueError, match="rows must be between"):
         conformance_data(5, seed=1)
+
+
+def test_a_directory_used_before_starts_a_new_run(tmp_path):
+    from cleanroom.conformance import start_session
+
+    first = start_session(tmp_path, rows=20, seed=1)
+    first.stop()
+    first_token = first.partner_files["token"].read_text()
+    second = start_session(tmp_path, rows=20, seed=2)  # it ended in AlreadyExistsError (a traceback from the CLI)
+    try:
+        assert second.collaboration != first.collaboration
+        info = json.loads(second.partner_files["session.json"].read_text())
+        assert info["collaboration"] == second.collaboration
+        assert second.partner_files["token"].read_text() != first_token  # rotated: the old one works no more
+    finally:
+        second.stop()
