@@ -7,12 +7,15 @@ from every table; queries read the period they name; a per-period budget renews 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pandas as pd
 import pytest
 import yaml
@@ -24,6 +27,10 @@ from cleanroom.server import ServerConfig, create_server
 from cleanroom.server.app import RunningServer, TlsConfig
 from cleanroom_client import CleanRoomClient, SerialExecutor
 from cleanroom_client.errors import CleanRoomError, FailedPreconditionError, InvalidArgumentError
+from cleanroom_client.protocol import matching_pb2 as mpb
+
+#: What docs/security.md promises for one RetireUsers call, whatever the peer does (here: a few users, a small room).
+RETIRE_BOUND_SECONDS = 5.0
 
 POLICY: dict[str, Any] = {
     "name": "living",
@@ -367,3 +374,63 @@ def test_a_period_the_peer_leaves_open_can_be_cancelled(room) -> None:
     assert [s.period for s in done] == [3, 3]
     # The platform holds none of the new users; b0's pair, if it had one, is gone.
     assert key_pairs(server, clients, cid) == {(k, q) for k, q in before if k not in ("b0", "b3")}
+
+
+def test_a_claimed_total_rows_of_2_62_is_cancelled_at_once(room) -> None:
+    """The red team's freeze: an empty point chunk claiming 2^62 rows, then CancelRefresh, over gRPC.
+
+    The cancel ran a range delete up to 2^62 under the write lock; it must delete only what was stored.
+    """
+    server, clients = room
+    b, p = clients["brand"], clients["platform"]
+    cid = start(clients, "claimed", POLICY)
+    match_fifty(clients, cid)
+    before = key_pairs(server, clients, cid)
+    parent = f"collaborations/{cid}"
+    period = p._matching.OpenRefresh(mpb.OpenRefreshRequest(parent=parent), metadata=p._metadata).period
+    claim = mpb.UploadBlindedPointsRequest(
+        parent=parent, chunk_index=0, identifier_type=mpb.IDENTIFIER_TYPE_EMAIL, last=True, total_rows=2**62
+    )
+    claim.period = period
+    p._matching.UploadBlindedPoints(iter([claim]), metadata=p._metadata)
+    started = time.monotonic()
+    p._matching.CancelRefresh(mpb.CancelRefreshRequest(parent=parent, period=period), metadata=p._metadata, timeout=10)
+    assert time.monotonic() - started < 1.0
+    assert periods.open_period(server.room.db.cursor(), cid) is None
+    assert key_pairs(server, clients, cid) == before
+    # the collaboration goes on: the brand deletes a user at once
+    assert b.retire(cid, ["b5"]) == period
+
+
+def test_a_peer_that_reopens_every_cancelled_refresh_cannot_block_a_deletion(room) -> None:
+    """The peer opens a refresh whenever none is open and never takes part; every retirement still completes."""
+    server, clients = room
+    b, p = clients["brand"], clients["platform"]
+    cid = start(clients, "reopened", POLICY)
+    match_fifty(clients, cid)
+    before = key_pairs(server, clients, cid)
+    parent = f"collaborations/{cid}"
+    stop = threading.Event()
+    opened: list[int] = []
+
+    def reopen() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(grpc.RpcError):
+                request = mpb.OpenRefreshRequest(parent=parent)
+                opened.append(p._matching.OpenRefresh(request, metadata=p._metadata).period)
+            time.sleep(0.002)
+
+    peer = threading.Thread(target=reopen, daemon=True)
+    peer.start()
+    try:
+        while not opened:
+            time.sleep(0.01)
+        for i in range(10):
+            started = time.monotonic()
+            b.retire(cid, [f"b{i}"])  # a period of the peer's is open at (nearly) every call
+            assert time.monotonic() - started < RETIRE_BOUND_SECONDS
+    finally:
+        stop.set()
+        peer.join()
+    assert len(set(opened)) > 1  # the peer did reopen after the retirements closed its periods
+    assert key_pairs(server, clients, cid) == {(k, q) for k, q in before if k not in {f"b{i}" for i in range(10)}}

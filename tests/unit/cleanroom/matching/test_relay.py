@@ -443,7 +443,10 @@ def test_retiring_at_once_needs_no_peer_and_renews_nothing(tmp_path):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(periods, "_now", lambda: later)
         assert relay.open_refresh(collab, "brand") == 2
-        # ...and while a refresh is open, retirements go in it.
-        with pytest.raises(FailedPreconditionError, match="period 2 is open"):
-            relay.retire(collab, "brand", 0, np.array([1]))
+        # ...and a retirement at once while a refresh is open cancels it in the same transaction (it never waits on
+        # the peer): the retirement takes the cancelled period's number.
+        assert relay.retire(collab, "brand", 0, np.array([1])) == (1, 2)
+    actions = [(e.action, e.parameters.get("period")) for e in room.audit.entries(collab.id)][-4:]
+    assert actions == [("refresh.open", 2), ("refresh.cancel", 2), ("refresh.retire", 2), ("refresh.complete", 2)]
+    assert periods.open_period(room.db.cursor(), collab.id) is None
     room.db.close()
