@@ -203,6 +203,17 @@ def forget_rows_from(cur: duckdb.DuckDBPyConnection, collaboration_id: str, memb
         )
 
 
+def keyed_rows_from(cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, first_row: int) -> int:
+    """How many of `member`'s rows numbered `first_row` and above carry a stored key (counted, never claimed)."""
+    row = first(
+        cur.execute(
+            "SELECT count(DISTINCT row_id) FROM match_keys WHERE collab = ? AND member = ? AND row_id >= ?",
+            [collaboration_id, member, first_row],
+        )
+    )
+    return int(row[0]) if row else 0
+
+
 def key_set_sizes(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> dict[str, int]:
     """Each member's rows that carry at least one doubly blinded key (its set size after a refresh)."""
     rows = cur.execute(

@@ -34,7 +34,16 @@ from ..storage import Database
 from ..storage.database import first
 from . import periods
 from .chain import Chain
-from .join import add_keys, forget_rows, forget_rows_from, is_matched, join_matches, key_set_sizes, matched_time
+from .join import (
+    add_keys,
+    forget_rows,
+    forget_rows_from,
+    is_matched,
+    join_matches,
+    key_set_sizes,
+    keyed_rows_from,
+    matched_time,
+)
 from .progress import (
     POINTS,
     UploadProgress,
@@ -587,8 +596,10 @@ class Relay:
         for m in members:
             retired, params = periods.retired_rows(collaboration.id, m, period)
             counts[m] = {
-                "new_rows": (total_rows(cur, collaboration.id, m, period) or 0)
-                - (total_rows(cur, collaboration.id, m, period - 1) or 0),
+                # what was stored, never the difference of claimed totals (a claim of 2^62 rows changes nothing)
+                "new_rows": keyed_rows_from(
+                    cur, collaboration.id, m, total_rows(cur, collaboration.id, m, period - 1) or 0
+                ),
                 "retired": periods.retirement_count(cur, collaboration.id, m, period),
                 **{f"rows.{t}": n for t, n in appended_rows(cur, collaboration.id, m, period).items()},
             }
