@@ -15,7 +15,7 @@ Invariants:
   this run first appends to it: before the append, the stored chain must still reach the signed head (the entry at
   the head's sequence, with the head's hash; the head's signature the server's). A chain that does not (a tail cut
   while the server was stopped, a head deleted or forged) is broken for the run and its head is never rewritten,
-  so no later append can sign a head over the cut. That check is O(1) per chain.
+  so no later append can sign a head over the cut. That check reads one entry, whatever the chain's length.
 
 What an attacker with the disk can do that start-up alone no longer catches: alter an entry before the head (say,
 zero an ε). It is still caught before it matters: `require_intact` verifies the whole chain (every link, hash and
@@ -141,6 +141,7 @@ class AuditLog:
         self._broken: dict[str, str] = {}
         #: Chains checked against their signed head in this run (`_anchor`).
         self._anchored: set[str] = set()
+        self._anchor_lock = threading.Lock()
         self._intact_lock = threading.Lock()
         raw = key.private_bytes(
             serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
@@ -291,11 +292,14 @@ class AuditLog:
     def _anchor(self, cur: duckdb.DuckDBPyConnection, collaboration_id: str, last: tuple[Any, ...] | None) -> None:
         """Before this run's first append to a chain: the stored chain must still reach its signed head.
 
-        O(1): the head file, its signature, and one indexed lookup of the entry it names. A chain that fails is
-        broken for the run (its head file is never rewritten, so an append cannot sign a head over a cut tail).
-        Entries before the head are verified by `require_intact` and `verify`, which read the whole chain.
+        Reads no entry but the one the head names (one lookup, as each append makes for the last entry), the head
+        file and its signature. A chain that fails is broken for the run (its head file is never rewritten, so an
+        append cannot sign a head over a cut tail). Entries before the head are verified by `require_intact` and
+        `verify`, which read the whole chain.
         """
-        with self._intact_lock:
+        if collaboration_id in self._anchored:  # every append but a chain's first of the run stops here
+            return
+        with self._anchor_lock:  # not `_intact_lock`: a long verification never holds up an append (and its lock)
             if collaboration_id in self._anchored:
                 return
             reason = self._anchor_problem(cur, collaboration_id, last)
