@@ -1,6 +1,8 @@
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cleanroom.devtools.synthetic import DEMO_POLICY
 from cleanroom_client.policy import RESERVED_NAMES, SCHEMA, PolicyError, parse_policy
@@ -175,3 +177,15 @@ def test_a_reserved_name_is_refused_as_a_member(name):
     problems = _problems(DEMO_POLICY.replace("platform", name))
     assert f"members.{name}: the name {name!r} is reserved" in problems
     assert name in " ".join(SCHEMA["x-rules"])  # the readable rules (protos/POLICY.md) name the same list
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(sorted(RESERVED_NAMES)) | st.from_regex(r"[a-z][a-z0-9_]{0,12}", fullmatch=True))
+def test_a_member_name_is_refused_as_reserved_exactly_when_it_is_in_the_list(name):
+    text = DEMO_POLICY.replace("platform", name)
+    try:
+        parse_policy(text)
+        problems = ""
+    except PolicyError as exc:
+        problems = "\n".join(exc.problems)
+    assert ("is reserved" in problems) == (name in RESERVED_NAMES)
