@@ -16,7 +16,7 @@ import itertools
 import duckdb
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, example, given, settings
-from privacy_data import DAY0, DAY1, PRIVACY_POLICY, MemberData, RecordingNoise, every_query, tag
+from privacy_data import DAY0, DAY1, PRIVACY_POLICY, MemberData, RecordingNoise, every_query, insert_match_keys, tag
 
 from cleanroom.matching.join import ID_TYPE_CODES, join_matches, stability_constant
 from cleanroom.storage.database import _SCHEMA
@@ -64,8 +64,7 @@ def sql_pairs(a: list[Row], b: list[Row], types: tuple[str, ...]) -> set[tuple[i
         for t in types
         if r.get(t) is not None
     ]
-    if keys:
-        con.executemany("INSERT INTO match_keys VALUES (?, ?, ?, ?, ?)", keys)
+    insert_match_keys(con, keys)
     join_matches(con, "c", ("brand", "platform"), [IdentifierType(t) for t in types])
     pairs = {(int(x), int(y)) for x, y in con.execute("SELECT row_a, row_b FROM matches").fetchall()}
     con.close()
