@@ -452,7 +452,7 @@ def start_session(
             return None
         if failure:
             raise RuntimeError(f"the reference member failed: {failure[0]}") from failure[0]
-        stats, _ = match_stats(running.db.cursor(), collaboration.id)
+        stats, _ = match_stats(running.store.of(collaboration.id).cursor(), collaboration.id)
         status = running.room.relay.status(
             running.room.collaborations.get(Principal(PARTNER, Role.MEMBER), collaboration.id), PARTNER
         )

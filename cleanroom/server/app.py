@@ -33,7 +33,7 @@ from cleanroom_client.protocol import (
 
 from ..analytics.audiences import Audiences
 from ..room import Room
-from ..storage import Database, StorageLimits
+from ..storage import StorageLimits, Store
 from .admin_socket import ADMIN_SOCKET, serve_admin
 from .analytics_servicer import AnalyticsServicer
 from .audit_servicer import AuditServicer
@@ -92,6 +92,10 @@ def unary_reserve(max_workers: int) -> int:
     return max(2, max_workers // 4)
 
 
+#: Seconds `RunningServer.stop` waits, after the grace period and the interrupt, for the files to close.
+STOP_TIMEOUT = 5.0
+
+
 @dataclass
 class RunningServer:
     """A started server: the public gRPC server and port, the operator's socket server, and the room."""
@@ -102,15 +106,24 @@ class RunningServer:
     room: Room
 
     @property
-    def db(self) -> Database:
-        """The room's database."""
-        return self.room.db
+    def store(self) -> Store:
+        """The room's files: the catalogue and the collaborations'."""
+        return self.room.store
 
-    def stop(self, grace: float | None = 1.0) -> None:
-        """Stop serving, then close the database."""
-        self.server.stop(grace).wait()
-        self.admin.stop(None).wait()
-        self.room.close()
+    def stop(self, grace: float | None = 1.0, timeout: float = STOP_TIMEOUT) -> bool:
+        """Stop serving and close the files, within `grace` + `timeout` seconds whatever is running.
+
+        New calls are refused at once; calls in flight have `grace` seconds to finish; then every running statement
+        is interrupted (its transaction rolls back; a query whose data was read is charged at the next open) and
+        the files are checkpointed and closed, waiting at most `timeout` for handlers to let go. Returns False when
+        a file stayed open (a handler busy outside the database): the caller exits anyway, and what was committed
+        replays from the write-ahead log at the next start.
+        """
+        stopped = self.server.stop(grace)
+        stopped.wait(grace)
+        self.room.interrupt()
+        self.admin.stop(None)
+        return self.room.close(timeout)
 
 
 def _service_names() -> list[str]:
@@ -152,7 +165,7 @@ def create_server(config: ServerConfig) -> RunningServer:
         MatchingServicer(collaborations, room.relay, room.tables, auth, streams, config.stream_idle_timeout), server
     )
     analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(
-        AnalyticsServicer(room.queries, collaborations, Audiences(room.db, room.audit), auth), server
+        AnalyticsServicer(room.queries, collaborations, Audiences(room.store, room.audit), auth), server
     )
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(room.audit, collaborations, auth, streams), server)
 

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, example, given, settings
 from privacy_data import DAY0, DAY1, PRIVACY_POLICY, MemberData, RecordingNoise, every_query, tag
 
 from cleanroom.matching.join import ID_TYPE_CODES, join_matches, stability_constant
-from cleanroom.storage.database import _SCHEMA
+from cleanroom.storage.database import COLLABORATION_SCHEMA
 from cleanroom_client.identity import IdentifierType
 
 Row = dict[str, str | None]
@@ -56,7 +56,7 @@ def reference_pairs(a: list[Row], b: list[Row], types: tuple[str, ...]) -> set[t
 def sql_pairs(a: list[Row], b: list[Row], types: tuple[str, ...]) -> set[tuple[int, int]]:
     """The server's join on the same rows (an in-memory DuckDB with the server's schema)."""
     con = duckdb.connect()
-    con.execute(_SCHEMA)
+    con.execute(COLLABORATION_SCHEMA)
     keys = [
         ("c", member, ID_TYPE_CODES[IdentifierType(t)], i, tag(str(r[t]), t))
         for member, rows in (("brand", a), ("platform", b))

@@ -138,7 +138,8 @@ def match_fifty(clients: dict[str, CleanRoomClient], cid: str) -> None:
 def key_pairs(server: RunningServer, clients: dict[str, CleanRoomClient], cid: str) -> set[tuple[str, str]]:
     """The pairs that hold now, as (brand key, platform key), mapped through each member's local ledger."""
     rows = (
-        server.room.db.cursor()
+        server.room.store.of(cid)
+        .cursor()
         .execute(
             "SELECT row_a, row_b FROM matches WHERE collab = ? AND member_a = 'brand' AND period_to IS NULL", [cid]
         )
@@ -217,7 +218,7 @@ def test_three_refreshes_equal_a_full_rematch_pair_for_pair(room) -> None:
     assert all(k[1:] == q[1:] for k, q in incremental)
 
     # Retired users' rows are gone from every table; no row of a retired user remains anywhere.
-    cur = server.room.db.cursor()
+    cur = server.room.store.of(cid).cursor()
     retired_rows = cur.execute(
         "SELECT count(*) FROM retirements r JOIN match_keys k ON k.collab = r.collab AND k.member = r.member "
         "AND k.row_id = r.row_id WHERE r.collab = ?",
@@ -328,7 +329,7 @@ def test_a_period_the_peer_leaves_open_can_be_cancelled(room) -> None:
     assert p.cancel_refresh(cid) == 1  # the peer may cancel too; the brand's machine learns of it on its next call
     with pytest.raises(ValueError, match="no open refresh"):
         b.cancel_refresh(cid)
-    cur = server.room.db.cursor()
+    cur = server.room.store.of(cid).cursor()
     # Nothing of the cancelled period remains: no keys of the new rows, no appended rows, no retirement.
     assert cur.execute(
         "SELECT count(*) FROM match_keys WHERE collab = ? AND member = 'brand' AND row_id >= 50", [cid]
@@ -356,7 +357,7 @@ def test_a_period_the_peer_leaves_open_can_be_cancelled(room) -> None:
 
     def after_the_brand_opened() -> Any:
         deadline = time.monotonic() + 30
-        while periods.open_period(server.room.db.cursor(), cid) is None and time.monotonic() < deadline:
+        while periods.open_period(server.room.store.of(cid).cursor(), cid) is None and time.monotonic() < deadline:
             time.sleep(0.05)
         return p.refresh(cid, None, wait_timeout=60)
 
