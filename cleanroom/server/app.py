@@ -94,6 +94,10 @@ def unary_reserve(max_workers: int) -> int:
 
 #: Seconds `RunningServer.stop` waits, after the grace period and the interrupt, for the files to close.
 STOP_TIMEOUT = 5.0
+#: SIGTERM's promise: `cleanroom serve` has exited this many seconds after the signal, whatever was running
+#: (1 s grace for calls in flight + the interrupt + at most `STOP_TIMEOUT` to close; past it, the process exits
+#: anyway, and what was committed replays from the write-ahead logs at the next start).
+STOP_DEADLINE = 10.0
 
 
 @dataclass
