@@ -61,7 +61,8 @@ def serve(
         str | None, typer.Option(help="DuckDB's memory cap, e.g. 3GB (default: 80% of RAM); joins spill past it.")
     ] = None,
     spill_dir: Annotated[
-        Path | None, typer.Option(help="Where DuckDB spills past --memory-limit (default: next to the database).")
+        Path | None,
+        typer.Option(help="Where DuckDB spills past --memory-limit, a directory per file (default: beside each)."),
     ] = None,
 ) -> None:
     """Serve the clean room until SIGTERM or Ctrl-C (which stop it within 10 s, whatever runs); TLS unless --insecure.
@@ -71,7 +72,7 @@ def serve(
     """
     from .server import ServerConfig, create_server
     from .server.app import STOP_DEADLINE, TlsConfig
-    from .storage import StorageLimits
+    from .storage import LegacyLayoutError, StorageLimits
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tls = None
@@ -100,8 +101,6 @@ def serve(
         stream_idle_timeout=idle_timeout,
         storage=StorageLimits(memory_limit=memory_limit, temp_directory=spill_dir),
     )
-    from .storage import LegacyLayoutError
-
     try:
         running = create_server(config)
     except LegacyLayoutError as exc:
