@@ -61,7 +61,7 @@ from ..principals import Principal
 from ..privacy import BudgetAccountant, NoiseMechanism
 from ..privacy import noise as noise_math
 from ..privacy.budget import Charge, Limits
-from ..storage import Database
+from ..storage import Store
 from .attribution import (
     ANY_OF,
     CENTS,
@@ -283,13 +283,13 @@ class QueryEngine:
 
     def __init__(
         self,
-        db: Database,
+        store: Store,
         collaborations: Collaborations,
         budget: BudgetAccountant,
         audit: AuditLog,
         noise: NoiseMechanism,
     ) -> None:
-        self._db = db
+        self._store = store
         self._collaborations = collaborations
         self._budget = budget
         self._audit = audit
@@ -325,7 +325,7 @@ class QueryEngine:
         """The budget's caps, and where a per-period budget starts counting (the last completed refresh)."""
         policy = collaboration.policy
         per_period = policy.refresh is not None and policy.refresh.budget == RefreshBudget.PER_PERIOD
-        since = budget_start(self._db.cursor(), collaboration.id) if per_period else 0
+        since = budget_start(self._store.of(collaboration.id).cursor(), collaboration.id) if per_period else 0
         return Limits(policy.epsilon_per_member_total, policy.delta_per_member_total, since)
 
     def _release(
@@ -353,7 +353,7 @@ class QueryEngine:
         )
         try:
             self._check_policy(principal, policy, query_type, epsilon, delta)
-            catalog = Catalog(self._db.cursor(), collaboration, period, population)
+            catalog = Catalog(self._store.of(collaboration.id).cursor(), collaboration, period, population)
             self._check_reads(principal, policy, catalog)
             catalog.require_matched()
             plan = build(collaboration, catalog)
@@ -367,7 +367,7 @@ class QueryEngine:
             raise
         # From here on the data is read: every outcome is charged.
         try:
-            outcome = plan.run(MatchedData(self._db.cursor(), catalog))
+            outcome = plan.run(MatchedData(self._store.of(collaboration.id).cursor(), catalog))
             released = {
                 "dimensions": list(outcome.dimensions),
                 "cells": [c.to_dict() for c in outcome.cells],

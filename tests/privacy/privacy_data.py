@@ -139,7 +139,9 @@ def build(
     collab = room.collaborations.get(BRAND, c.id)
     types = [IdentifierType(t) for t in collab.policy.identifiers]
     for member, md in data.items():
-        with room.db.transaction() as cur:  # the numbering of the (simulated) point upload that tables refer to
+        with room.store.of(
+            collab.id
+        ).transaction() as cur:  # the numbering of the (simulated) point upload that tables refer to
             record_total_rows(cur, c.id, member, 0, len(md.users))
         spec = collab.policy.table(member, "users") or TableSpec(member, "users")
         users = _frame(md.users, spec)
@@ -157,11 +159,11 @@ def build(
             for t in types
             if u.get(t.value) is not None
         ]
-        with room.db.transaction() as cur:
+        with room.store.of(collab.id).transaction() as cur:
             insert_match_keys(cur, keys)
             rows_with_keys = len({k[3] for k in keys})
             save_progress(cur, c.id, member, UploadProgress("points", 1, len(keys), True), rows_with_keys)
-    with room.db.transaction() as cur:
+    with room.store.of(collab.id).transaction() as cur:
         join_matches(cur, c.id, (collab.policy.hub, *collab.policy.spokes), types)
     return room
 

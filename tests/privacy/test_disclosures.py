@@ -43,7 +43,7 @@ def test_a_one_person_segment_is_never_released(rooms):
         status = room.budget.status(C, member, LIMITS)
         assert status.spent == pytest.approx(0.4)
         assert status.delta_spent == pytest.approx(40 * 1e-9)
-    assert not list(room.db.cursor().execute("SELECT * FROM audiences").fetchall())
+    assert not list(room.store.of(C).cursor().execute("SELECT * FROM audiences").fetchall())
 
 
 def test_activation_releases_a_large_segment_and_charges_both_ledgers(rooms):
@@ -151,7 +151,12 @@ def test_retargeting_releases_exactly_the_reached_who_did_not_buy(rooms):
     answer = room.queries.activate(BRAND, C, ActivationQuery((), 1.0, 1e-9, RETARGET))
     assert answer.audience
     audience = answer.audience.rsplit("/", 1)[-1]
-    rows = room.db.cursor().execute("SELECT row_id FROM audience_members WHERE audience = ?", [audience]).fetchall()
+    rows = (
+        room.store.of(C)
+        .cursor()
+        .execute("SELECT row_id FROM audience_members WHERE audience = ?", [audience])
+        .fetchall()
+    )
     assert {r[0] for r in rows} == expected
     for member in ("brand", "platform"):
         assert room.budget.status(C, member, LIMITS).spent == pytest.approx(1.0)

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from privacy_data import DAY0, DAY1, PRIVACY_POLICY, MemberData, RecordingNoise, every_query, insert_match_keys, tag
 
 from cleanroom.matching.join import ID_TYPE_CODES, join_matches, stability_constant
-from cleanroom.storage.database import _SCHEMA
+from cleanroom.storage.database import COLLABORATION_SCHEMA
 from cleanroom_client.identity import IdentifierType
 
 Row = dict[str, str | None]
@@ -59,7 +59,7 @@ def _server_db() -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the server's schema, made once: making one takes about 0.1 s, and the join property
     asks for a join hundreds of times."""
     con = duckdb.connect()
-    con.execute(_SCHEMA)
+    con.execute(COLLABORATION_SCHEMA)
     return con
 
 

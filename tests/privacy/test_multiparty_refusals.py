@@ -118,7 +118,7 @@ def test_the_same_queries_answer_once_the_population_allows_them(rooms):
         BRAND, C, ActivationQuery(((d("brand.tier"), "gold"),), 1.0, 1e-7, with_members=("jd",))
     )
     assert answer.audience  # jd's users matched with the brand's gold customers, whatever tencent has
-    released = room.db.cursor().execute("SELECT count(*) FROM audience_members").fetchone()
+    released = room.store.of(C).cursor().execute("SELECT count(*) FROM audience_members").fetchone()
     assert released == (50,)  # every jd user (the odd half) is a gold customer of the brand
 
 

@@ -46,7 +46,7 @@ def _refused_before_any_budget(room, who: str, query: ActivationQuery, message: 
     assert message.split("(")[0].strip() in last.parameters["reason"]
     for member in {m.name for m in room.collaborations.get(BRAND, C).members}:
         assert room.budget.status(C, member, LIMITS).spent == 0.0
-    assert not room.db.cursor().execute("SELECT * FROM audiences").fetchall()
+    assert not room.store.of(C).cursor().execute("SELECT * FROM audiences").fetchall()
 
 
 def test_an_absent_filter_over_a_window_no_row_can_be_in_is_refused(rooms):

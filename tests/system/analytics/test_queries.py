@@ -228,8 +228,9 @@ def test_budget_survives_a_restart(tmp_path, data):
     from cleanroom.room import Room as DataRoom
 
     r = DataRoom.open(tmp_path)
+    r.store.create("c-x")  # the collaboration's file (the ledger lives there)
     r.audit.record("c-x", "brand", "query.overlap", {})
-    with r.db.transaction() as cur:
+    with r.store.of("c-x").transaction() as cur:
         r.audit.append(cur, "c-x", "brand", "query.overlap", {}, epsilon=0.3)
     limits = Limits(1.0)
     hold = r.budget.reserve("c-x", [Charge("brand", 0.5)], limits, "overlap", {"dimensions": []})
@@ -239,7 +240,7 @@ def test_budget_survives_a_restart(tmp_path, data):
     # A reservation still open at start-up belongs to a query stopped in the middle: its data may have been read,
     # so it is charged, as an interrupted query.
     r = DataRoom.open(tmp_path)
-    status = BudgetAccountant(r.db, r.audit).status("c-x", "brand", limits)
+    status = BudgetAccountant(r.store, r.audit).status("c-x", "brand", limits)
     assert (status.spent, status.reserved) == (pytest.approx(0.8), 0.0)
     last = list(r.audit.entries("c-x"))[-1]
     assert (last.action, last.epsilon, last.parameters["query"]) == ("query.interrupted", 0.5, "overlap")
