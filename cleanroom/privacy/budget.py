@@ -7,9 +7,10 @@ Invariants:
   form (`repr`, what the member typed and the audit log shows), divided by the unit exactly (decimal arithmetic), a
   charge rounded *up* to a whole unit and a total *down*; reserving checks spent + reserved + asked <= total in
   integers, under the write lock of the collaboration's file. So spends that sum to the cap exactly are all
-  admitted, anything more is refused, and concurrent queries cannot overspend together. The one tolerance: a float's decimal form differs
-  from its binary value (which the noise is calibrated with) by less than 2^-53 of it, so a charge may fall short
-  of the binary amount by at most that relative hair (about 1.1e-16 of the amount), never by a unit.
+  admitted, anything more is refused, and concurrent queries cannot overspend together. The one tolerance: a
+  float's decimal form differs from its binary value (which the noise is calibrated with) by less than 2^-53 of it,
+  so a charge may fall short of the binary amount by at most that relative hair (about 1.1e-16 of the amount),
+  never by a unit.
 - One release may charge several members (an audience is charged to its requester and to its recipient): each
   charged member must have room, or nothing is reserved.
 - The debit is written in the same transaction that drops the reservation: the query's entry for the requester,
