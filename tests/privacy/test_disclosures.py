@@ -47,7 +47,8 @@ def test_a_one_person_segment_is_never_released(rooms):
 
 
 def test_activation_releases_a_large_segment_and_charges_both_ledgers(rooms):
-    data = one_gold_person(200)
+    # 150 gold of 400: the segment's size and the 250 its condition excludes both clear the threshold (86 here)
+    data = one_gold_person(400)
     for u in data["brand"].users[:150]:
         u["tier"] = "gold"
     room = rooms(PRIVACY_POLICY, data)
