@@ -38,7 +38,15 @@ from typing import Any
 
 import grpc
 
-from ..errors import InvalidArgumentError, NotFoundError, PermissionDeniedError, UnauthenticatedError
+from ..errors import (
+    CleanroomError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+)
 from ..principals import Principal
 from .auth import SERVER_SERVICES, StreamLimiter, TokenOrCertificateAuthenticator, no_credentials
 from .rates import RateLimiter
@@ -52,8 +60,15 @@ WATCH_TICK = 0.1
 #: half-open call ever waits that long.
 HALF_OPEN_PER_PRINCIPAL = 2
 HALF_OPEN_GRACE = 0.5
-#: Outcomes that count against a principal's refusals (each one wrote an audit entry).
-REFUSALS = (PermissionDeniedError, NotFoundError)
+#: Outcomes that count against a principal's refusals: every kind a servicer or the edge audits (access, a request
+#: the edge or a query's rules refuse, a state that does not allow it). Counting only some would let a member write
+#: entries into its collaboration's shared chain as fast as it can send requests of the others.
+REFUSALS = (PermissionDeniedError, NotFoundError, InvalidArgumentError, FailedPreconditionError)
+
+
+def counts_as_refusal(exc: CleanroomError) -> bool:
+    """Whether `exc` ends a call as an audited refusal: one of `REFUSALS`, or a privacy budget's shortfall."""
+    return isinstance(exc, REFUSALS) or (isinstance(exc, ResourceExhaustedError) and exc.shortfall is not None)
 
 
 class Watch:
@@ -241,8 +256,9 @@ class FrontDoorInterceptor(grpc.ServerInterceptor):
             try:
                 with slot(principal):
                     return inner(argument, context)
-            except REFUSALS:
-                self._rates.refused(principal.name)
+            except CleanroomError as exc:
+                if counts_as_refusal(exc):
+                    self._rates.refused(principal.name)
                 raise
             finally:
                 watch.stop()
@@ -255,8 +271,9 @@ class FrontDoorInterceptor(grpc.ServerInterceptor):
                         watch.kick(self._idle)  # the client has that long to take it
                         yield response
                         servers_turn(watch)
-            except REFUSALS:
-                self._rates.refused(principal.name)
+            except CleanroomError as exc:
+                if counts_as_refusal(exc):
+                    self._rates.refused(principal.name)
                 raise
             finally:
                 watch.stop()
