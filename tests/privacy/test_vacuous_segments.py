@@ -148,9 +148,30 @@ def test_an_absent_filter_over_a_window_the_table_can_hold_but_nobody_is_in_hand
 
 def test_a_filter_excluding_only_a_few_matched_people_hands_over_nothing(rooms):
     """Near-exact: the brand's condition excludes 1 of 200 matched people, so the list would be the intersection
-    but one. The others' conditions must (noisily) exclude as many people as a released list must hold."""
+    but one. The others' conditions must (noisily) exclude at least c ln(1/delta)/epsilon + c - 1 people."""
     data = brand_and_platform()
     data["brand"].events["conversions"].append({"user": 0, "ts": dt.datetime(2026, 10, 5), "value": 1.0})
     room = rooms(PRIVACY_POLICY, data)
     october = EventFilter("brand.conversions", dt.date(2026, 10, 1), dt.date(2026, 10, 31), present=False)
     assert room.queries.activate(BRAND, C, ActivationQuery((), 1.0, 1e-9, (october,))).audience == ""
+
+
+def test_with_three_members_a_quiet_window_on_the_hubs_table_hands_p2_nothing(rooms):
+    """P1 asks for P2's list with `absent brand.conversions` on 1900-01-01: the rule admits the window, nobody is in
+    it, so the three-way intersection would go to P2 exactly. Withheld, charged to P1 and P2."""
+    people = range(120)
+    data = {
+        "brand": MemberData(
+            [{"email": f"e{i}", "tier": "gold"} for i in people],
+            {"conversions": [{"user": i, "ts": dt.datetime(2026, 11, 2), "value": 1.0} for i in people]},
+        ),
+        "p1": MemberData([{"email": f"e{i}", "age_band": "old"} for i in people if i % 2]),
+        "p2": MemberData([{"email": f"e{i}", "age_band": "old"} for i in people if i % 3]),
+    }
+    room = rooms(THREE, data)
+    quiet = EventFilter("brand.conversions", dt.date(1900, 1, 1), dt.date(1900, 1, 2), present=False)
+    assert (
+        room.queries.activate(Principal("p1", Role.MEMBER), C, ActivationQuery((), 1.0, 1e-7, (quiet,))).audience == ""
+    )
+    assert not room.db.cursor().execute("SELECT * FROM audiences").fetchall()
+    assert [room.budget.status(C, m, LIMITS).spent for m in ("p1", "p2")] == [1.0, 1.0]
