@@ -39,12 +39,10 @@ from typing import Any
 import grpc
 
 from ..errors import (
-    CleanroomError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
-    ResourceExhaustedError,
     UnauthenticatedError,
 )
 from ..principals import Principal
@@ -60,15 +58,12 @@ WATCH_TICK = 0.1
 #: half-open call ever waits that long.
 HALF_OPEN_PER_PRINCIPAL = 2
 HALF_OPEN_GRACE = 0.5
-#: Outcomes that count against a principal's refusals: every kind a servicer or the edge audits (access, a request
-#: the edge or a query's rules refuse, a state that does not allow it). Counting only some would let a member write
-#: entries into its collaboration's shared chain as fast as it can send requests of the others.
+#: Outcomes that count against a principal's refusals: each wrote an audit entry (access; a request the edge or a
+#: query's rules refuse; a state that does not allow it). Counting only some let a member write entries into its
+#: collaboration's shared chain as fast as it could send requests of the others. A budget's RESOURCE_EXHAUSTED does
+#: not count: many parallel queries against a nearly spent budget are ordinary use, and each is refused by figures
+#: the member can read (GetBudget).
 REFUSALS = (PermissionDeniedError, NotFoundError, InvalidArgumentError, FailedPreconditionError)
-
-
-def counts_as_refusal(exc: CleanroomError) -> bool:
-    """Whether `exc` ends a call as an audited refusal: one of `REFUSALS`, or a privacy budget's shortfall."""
-    return isinstance(exc, REFUSALS) or (isinstance(exc, ResourceExhaustedError) and exc.shortfall is not None)
 
 
 class Watch:
@@ -256,9 +251,8 @@ class FrontDoorInterceptor(grpc.ServerInterceptor):
             try:
                 with slot(principal):
                     return inner(argument, context)
-            except CleanroomError as exc:
-                if counts_as_refusal(exc):
-                    self._rates.refused(principal.name)
+            except REFUSALS:
+                self._rates.refused(principal.name)
                 raise
             finally:
                 watch.stop()
@@ -271,9 +265,8 @@ class FrontDoorInterceptor(grpc.ServerInterceptor):
                         watch.kick(self._idle)  # the client has that long to take it
                         yield response
                         servers_turn(watch)
-            except CleanroomError as exc:
-                if counts_as_refusal(exc):
-                    self._rates.refused(principal.name)
+            except REFUSALS:
+                self._rates.refused(principal.name)
                 raise
             finally:
                 watch.stop()
