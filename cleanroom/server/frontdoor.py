@@ -38,7 +38,13 @@ from typing import Any
 
 import grpc
 
-from ..errors import InvalidArgumentError, NotFoundError, PermissionDeniedError, UnauthenticatedError
+from ..errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
 from ..principals import Principal
 from .auth import SERVER_SERVICES, StreamLimiter, TokenOrCertificateAuthenticator, no_credentials
 from .rates import RateLimiter
@@ -52,8 +58,12 @@ WATCH_TICK = 0.1
 #: half-open call ever waits that long.
 HALF_OPEN_PER_PRINCIPAL = 2
 HALF_OPEN_GRACE = 0.5
-#: Outcomes that count against a principal's refusals (each one wrote an audit entry).
-REFUSALS = (PermissionDeniedError, NotFoundError)
+#: Outcomes that count against a principal's refusals: each wrote an audit entry (access; a request the edge or a
+#: query's rules refuse; a state that does not allow it). Counting only some let a member write entries into its
+#: collaboration's shared chain as fast as it could send requests of the others. A budget's RESOURCE_EXHAUSTED does
+#: not count: many parallel queries against a nearly spent budget are ordinary use, and each is refused by figures
+#: the member can read (GetBudget).
+REFUSALS = (PermissionDeniedError, NotFoundError, InvalidArgumentError, FailedPreconditionError)
 
 
 class Watch:

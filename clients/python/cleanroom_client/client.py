@@ -896,10 +896,10 @@ class CleanRoomClient:
             and not empty
             and saved.scheme == refresh_state.LEGACY_SCHEME
             and saved.whole == refresh_state.legacy_fingerprint(new_keys, retire_keys, event_frames)
-        ):
+        ) or (saved and not empty and saved.scheme == refresh_state.ORDERED_SCHEME):
             raise ValueError(
                 f"refresh period {saved.period} was recorded by an older SDK, which compared event tables by row "
-                "count only, and had as many rows as this call: it cannot tell whether this call repeats it. If it "
+                "count, or by content in row order: it cannot tell whether this call repeats it. If it "
                 f"does, there is nothing to do. If this is new data, delete {state / refresh_state.STATE_FILE} (it "
                 "only records the last refresh; the row numbers are in rows.parquet) and call again"
             )

@@ -399,17 +399,21 @@ def test_a_refresh_with_as_many_but_other_event_rows_is_sent_not_taken_for_a_rep
     assert [s.period for s in done] == [1, 1]
     # One other row: the same table name and row count as the last refresh, other content. Once it was taken for a
     # repeat (the fingerprint held names and counts only): nothing was sent and both calls reported period 1.
-    second = events([3], "brand", 3)
+    second = events([3, 4], "brand", 3)
     done = both(
         lambda: b.refresh(cid, None, events={"conversions": second}, wait_timeout=60),
         lambda: p.refresh(cid, None, wait_timeout=60),
     )
     assert [s.period for s in done] == [2, 2]
-    assert stored_rows(server, cid, "brand", "conversions") == 4
-    # The very same call again is a repeat: its summary, nothing opened, nothing appended.
+    assert stored_rows(server, cid, "brand", "conversions") == 5
+    # The very same call again is a repeat: its summary, nothing opened, nothing appended. So is the same call
+    # with its rows in another order and its values read back as another dtype (a re-run of a query without ORDER
+    # BY, a CSV): once it opened period 3 and appended both rows again.
     assert b.refresh(cid, None, events={"conversions": second}, wait_timeout=5).period == 2
+    again = second.iloc[::-1].reset_index(drop=True).astype({"value": "int64"})
+    assert b.refresh(cid, None, events={"conversions": again}, wait_timeout=5).period == 2
     assert periods.open_period(server.room.store.of(cid).cursor(), cid) is None
-    assert stored_rows(server, cid, "brand", "conversions") == 4
+    assert stored_rows(server, cid, "brand", "conversions") == 5
 
     # A refresh.json of an older SDK (no scheme; names and counts) still reads. Where it cannot tell a repeat from
     # new rows of the same count, it refuses, sending nothing, and says what to do.
@@ -418,9 +422,13 @@ def test_a_refresh_with_as_many_but_other_event_rows_is_sent_not_taken_for_a_rep
     legacy = refresh_state.legacy_fingerprint([], [], {"conversions": second})
     state.write_text(json.dumps({k: v for k, v in saved.items() if k != "scheme"} | {"whole": legacy}))
     with pytest.raises(ValueError, match=r"older SDK.*delete .*refresh\.json"):
-        b.refresh(cid, None, events={"conversions": events([4], "brand", 4)}, wait_timeout=5)
+        b.refresh(cid, None, events={"conversions": events([5, 6], "brand", 4)}, wait_timeout=5)
+    # ... and one of the SDK that hashed content in row order: it cannot tell either, so it refuses too.
+    state.write_text(json.dumps(saved | {"scheme": refresh_state.ORDERED_SCHEME}))
+    with pytest.raises(ValueError, match=r"older SDK.*delete .*refresh\.json"):
+        b.refresh(cid, None, events={"conversions": again}, wait_timeout=5)
     assert periods.open_period(server.room.store.of(cid).cursor(), cid) is None
-    assert stored_rows(server, cid, "brand", "conversions") == 4
+    assert stored_rows(server, cid, "brand", "conversions") == 5
 
 
 def test_an_empty_refresh_joins_the_peers_period_whoever_calls_first(room) -> None:
