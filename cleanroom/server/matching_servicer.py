@@ -7,9 +7,7 @@ INVALID_ARGUMENT rather than a transport error (the transport's own limit sits a
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
-from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -83,21 +81,6 @@ def _no_messages() -> InvalidArgumentError:
     return InvalidArgumentError("the stream carried no chunks")
 
 
-_Chunk = TypeVar("_Chunk", bound=Message)
-
-
-def _first(requests: Iterator[_Chunk]) -> tuple[_Chunk, Iterator[_Chunk]]:
-    """A stream's first message, and the stream from it on.
-
-    An upload takes its stream slot only once this message names its collaboration, so a stream that never says
-    what it is for holds no slot; its wait is the front door's to watch (a half-open call: `frontdoor.py`).
-    """
-    first = next(requests, None)
-    if first is None:
-        raise _no_messages()
-    return first, itertools.chain([first], requests)
-
-
 #: Most row numbers one RetireUsers call may carry.
 MAX_RETIRE_ROWS = 1_000_000
 
@@ -143,10 +126,8 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
         period = _StreamPeriod()
         progress: UploadProgress | None = None
         received = 0
-        first, requests = _first(request_iterator)
-        _check_size(first, first.chunk_index)
-        with self._streams.slot(principal, stream.resolve(first.parent).id) as held:
-            for req in requests:
+        with self._streams.slot(principal) as held:
+            for req in request_iterator:
                 _check_size(req, req.chunk_index)
                 collaboration = stream.resolve(req.parent)
                 held.bind(collaboration.id)
@@ -200,10 +181,8 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
         period = _StreamPeriod()
         progress: UploadProgress | None = None
         origin: str | None = None
-        first, requests = _first(request_iterator)
-        _check_size(first, first.chunk_index)
-        with self._streams.slot(principal, stream.resolve(first.parent).id) as held:
-            for req in requests:
+        with self._streams.slot(principal) as held:
+            for req in request_iterator:
                 _check_size(req, req.chunk_index)
                 collaboration = stream.resolve(req.parent)
                 held.bind(collaboration.id)
@@ -234,10 +213,8 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
         period = _StreamPeriod()
         progress: UploadProgress | None = None
         table = ""
-        first, requests = _first(request_iterator)
-        _check_size(first, first.chunk_index)
-        with self._streams.slot(principal, stream.resolve(first.parent).id) as held:
-            for req in requests:
+        with self._streams.slot(principal) as held:
+            for req in request_iterator:
                 _check_size(req, req.chunk_index)
                 collaboration = stream.resolve(req.parent)
                 held.bind(collaboration.id)

@@ -419,39 +419,3 @@ def test_audited_refusals_of_every_kind_are_rate_limited(server, stub_for, activ
     assert written <= REFUSAL_RATE.burst + REFUSAL_RATE.per_second * elapsed + 1, f"{written} in {elapsed:.1f} s"
     assert grpc.StatusCode.INVALID_ARGUMENT in codes[: REFUSAL_RATE.burst]
     assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 80 - written - 1
-
-
-def test_upload_streams_that_never_name_a_collaboration_take_no_slot(tmp_path, pki, start):
-    # A stream counted against its collaboration only from its first message, but took its slot before: two members
-    # who open streams and send nothing held every slot of the server (6: 3 each) without being counted against
-    # their share. Now a stream waits for its first message as a half-open call (at most two per principal past
-    # 0.5 s) and takes its slot only once that message names its collaboration.
-    running = start(tmp_path / "unbound", max_workers=8, streams_per_principal=3, request_timeout=30.0)
-    tokens, greedy = _room(running, "brand", "platform")
-    other_tokens, other = _room(running, "carol", "dave")
-    release = threading.Event()
-    try:
-        with _channel(running, pki) as channel:
-            upload = channel.stream_unary(UPLOAD_POINTS, request_serializer=_ident, response_deserializer=_ident)
-            silent = [
-                upload.future(_never(release), metadata=_md(tokens[n])) for n in ("brand", "platform") for _ in "ab"
-            ]
-            silent.append(upload.future(_never(release), metadata=_md(tokens["brand"])))
-            time.sleep(1.5)
-            cut = [f for f in silent if f.done()]
-            assert len(cut) == 1, "a principal's third silent stream was not cut"
-            assert cut[0].code() is grpc.StatusCode.CANCELLED
-            # the four silent streams left hold no slot: the other collaboration takes its share (2 of 6), and the
-            # greedy one still finds a slot for an upload that names it
-            stub = ma_grpc.MatchingServiceStub(channel)
-            named = [
-                _hanging_points(stub, other_tokens["carol"], f"collaborations/{other}", release),
-                _hanging_points(stub, other_tokens["dave"], f"collaborations/{other}", release),
-                _hanging_points(stub, tokens["platform"], f"collaborations/{greedy}", release),
-            ]
-            time.sleep(0.5)
-            for f in named:
-                assert not f.done(), f.details()
-            _assert_prompt(channel, other_tokens["dave"], other)
-    finally:
-        release.set()
