@@ -419,3 +419,30 @@ def test_audited_refusals_of_every_kind_are_rate_limited(server, stub_for, activ
     assert written <= REFUSAL_RATE.burst + REFUSAL_RATE.per_second * elapsed + 1, f"{written} in {elapsed:.1f} s"
     assert grpc.StatusCode.INVALID_ARGUMENT in codes[: REFUSAL_RATE.burst]
     assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 80 - written - 1
+
+
+def test_silent_upload_streams_beyond_two_per_principal_are_cut_and_leave_slots_for_others(tmp_path, pki, start):
+    # A stream takes its slot when it opens and counts against its collaboration from its first message; two
+    # members who opened streams and sent nothing held every slot of the server (6: 3 each) outside their share.
+    # Now a stream waiting for its first message is half-open: beyond two per principal, cut after 0.5 s.
+    running = start(tmp_path / "unbound", max_workers=8, streams_per_principal=3, request_timeout=30.0)
+    tokens, _greedy = _room(running, "brand", "platform")
+    other_tokens, other = _room(running, "carol", "dave")
+    release = threading.Event()
+    try:
+        with _channel(running, pki) as channel:
+            upload = channel.stream_unary(UPLOAD_POINTS, request_serializer=_ident, response_deserializer=_ident)
+            silent = [
+                upload.future(_never(release), metadata=_md(tokens[n])) for n in ("brand", "platform") for _ in "abc"
+            ]
+            time.sleep(1.5)
+            cut = [f for f in silent if f.done()]
+            assert len(cut) == 2, "a principal's third silent stream was not cut"
+            assert {f.code() for f in cut} == {grpc.StatusCode.CANCELLED}
+            stub = ma_grpc.MatchingServiceStub(channel)
+            theirs = _hanging_points(stub, other_tokens["carol"], f"collaborations/{other}", release)
+            time.sleep(0.5)
+            assert not theirs.done(), theirs.details() if theirs.done() else ""
+            _assert_prompt(channel, other_tokens["dave"], other)
+    finally:
+        release.set()
