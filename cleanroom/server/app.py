@@ -189,12 +189,13 @@ def create_server(config: ServerConfig) -> RunningServer:
         total_streams,
         config.streams_per_collaboration or collaboration_share(total_streams),
     )
-    watchdog = Watchdog()
+    rates = RateLimiter()
+    watchdog = Watchdog(on_cut=rates.refused)
     front_door = FrontDoorInterceptor(
         auth,
         certificates=config.tls is not None and config.tls.client_ca is not None,
         streams=streams,
-        rates=RateLimiter(),
+        rates=rates,
         watchdog=watchdog,
         request_timeout=config.request_timeout,
         idle_timeout=config.stream_idle_timeout,

@@ -170,7 +170,8 @@ def test_idle_streams_of_outsiders_and_members_never_starve_a_members_unary_call
                 time.sleep(0.05)
             done = [f for f in held[32:] if f.done()]
             assert len(done) >= 10
-            assert {f.code() for f in done} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+            # refused a slot, or (sending nothing) cut as a principal's third half-open call (front door)
+            assert {f.code() for f in done} <= {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
         finally:
             release.set()
             for f in held:
