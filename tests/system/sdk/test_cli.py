@@ -212,6 +212,78 @@ def test_policy_init_from_csv_files_then_create_show_approve(server, tokens, pki
     assert json.loads(runner.invoke(app, ["-o", "json", "show", "cli-drafted"], env=brand).output)["state"] == "active"
 
 
+def test_each_member_drafts_its_side_and_policy_merge_gives_the_room(server, tokens, pki, tmp_path):
+    """Issue 32 item 3: the platform's own run gives it the platform's abilities, test groups need no time column,
+    the stages keep the funnel's order, and the merged drafts enable every query the files support."""
+    runner = CliRunner()
+    data = generate(SyntheticConfig(brand_users=400, platform_users=500, shared=200, seed=6))
+    files = {
+        "crm.csv": data.brand_users,
+        "orders.csv": data.brand_conversions,
+        "users.csv": data.platform_users,
+        "stage_history.csv": data.platform_stage_history,
+        "exposures.csv": data.platform_exposures,
+        "test_groups.csv": data.platform_test_groups,
+    }
+    for name, frame in files.items():
+        frame.to_csv(tmp_path / name, index=False)
+    r = runner.invoke(
+        app,
+        [
+            "policy", "init", "--member", "platform", "--users", str(tmp_path / "users.csv"), "--key", "user_id",
+            "--identifier", "email=email", "--identifier", "phone=phone",
+            "--event", f"stage_history={tmp_path / 'stage_history.csv'}",
+            "--event", f"exposures={tmp_path / 'exposures.csv'}",
+            "--event", f"test_groups={tmp_path / 'test_groups.csv'}", "--to", str(tmp_path / "platform.yaml"),
+        ],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "platform drafted as the platform (contribute, receive_audiences)" in r.output
+    r = runner.invoke(
+        app,
+        [
+            "policy", "init", "--users", str(tmp_path / "crm.csv"), "--key", "customer_id",
+            "--identifier", "email=email", "--identifier", "phone=mobile",
+            "--event", f"conversions={tmp_path / 'orders.csv'}", "--to", str(tmp_path / "brand.yaml"),
+        ],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    policy = tmp_path / "policy.yaml"
+    r = runner.invoke(
+        app, ["policy", "merge", str(tmp_path / "brand.yaml"), str(tmp_path / "platform.yaml"), "--to", str(policy)]
+    )
+    assert r.exit_code == 0, r.output
+    text = policy.read_text()
+    assert "brand:\n    abilities: [contribute, query, receive_results]" in text
+    assert "platform:\n    abilities: [contribute, receive_audiences]" in text
+    assert "stage_4a: [aware, appeal, act, advocate]" in text
+    assert (
+        "queries: [overlap, funnel, funnel_flow, segment_insight, value, loyalty, attribution, lift, lookalike, "
+        "activation]"
+    ) in text
+    brand, platform = (_env(server, tokens, pki, n, tmp_path) for n in ("brand", "platform"))
+    r = runner.invoke(app, ["create", str(policy), "--id", "cli-merged"], env=brand)
+    assert r.exit_code == 0, r.output
+    for env in (brand, platform):
+        etag = json.loads(runner.invoke(app, ["-o", "json", "show", "cli-merged"], env=env).output)["policy_etag"]
+        assert runner.invoke(app, ["approve", "cli-merged", "--etag", etag], env=env).exit_code == 0
+    # Two drafts of one member, or a role that is none: one line that says what to do, nothing written.
+    (tmp_path / "brand-again.yaml").write_text((tmp_path / "brand.yaml").read_text())
+    r = runner.invoke(
+        app, ["policy", "merge", str(tmp_path / "brand.yaml"), str(tmp_path / "brand-again.yaml"), "--to", str(policy)]
+    )
+    assert r.exit_code == 2
+    assert "both declare brand's tables" in r.output
+    r = runner.invoke(
+        app,
+        ["policy", "init", "--users", str(tmp_path / "crm.csv"), "--key", "customer_id", "--identifier",
+         "email=email", "--role", "retailer", "--to", str(tmp_path / "x.yaml")],
+    )  # fmt: skip
+    assert r.exit_code == 2
+    assert "--role: 'retailer' is no role; write one of brand, platform" in r.output
+    assert not (tmp_path / "x.yaml").exists()
+
+
 def test_policy_init_says_which_file_lacks_a_time_column(tmp_path):
     pd.DataFrame({"customer_id": [1, 2], "email": ["a@x.com", "b@x.com"]}).to_csv(tmp_path / "u.csv", index=False)
     pd.DataFrame({"customer_id": [1, 2], "value": [3.0, 4.0]}).to_csv(tmp_path / "o.csv", index=False)
