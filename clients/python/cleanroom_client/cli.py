@@ -359,7 +359,12 @@ def ping(
     """
     with _client() as client:
         count = len(client.ping(wait))
-    out.print(f"connected to {settings.target}: {count} collaborations visible to you", markup=False)
+        name, role = client.whoami()
+    out.print(
+        f"connected to {settings.target} as {name} ({role}): {count} collaborations visible to you",
+        markup=False,
+        highlight=False,
+    )
 
 
 @app.command()

@@ -181,6 +181,19 @@ def test_output_option_after_the_command_is_moved_before_it():
     assert hoist_output(["match", "c", "--users", "u.csv"]) == ["match", "c", "--users", "u.csv"]
 
 
+def test_ping_says_who_you_are(server, tokens, pki, tmp_path, make_client):
+    """Issue 32 item 5: the token's principal and role, as the server authenticated it, not only a count."""
+    runner = CliRunner()
+    r = runner.invoke(app, ["ping"], env=_env(server, tokens, pki, "brand", tmp_path))
+    assert r.exit_code == 0, r.output
+    assert f"connected to localhost:{server.port} as brand (member): 0 collaborations" in r.output
+    r = runner.invoke(
+        app, ["ping"], env={**_env(server, tokens, pki, "brand", tmp_path), "CLEANROOM_TOKEN": tokens["auditor"]}
+    )
+    assert "as auditor (auditor)" in r.output
+    assert make_client("platform").whoami() == ("platform", "member")
+
+
 def test_policy_init_from_csv_files_then_create_show_approve(server, tokens, pki, tmp_path):
     """A member drafts its policy from its own CSVs, is warned that data-read bounds disclose, and starts with it."""
     runner = CliRunner()
