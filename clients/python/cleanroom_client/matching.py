@@ -23,7 +23,6 @@ import grpc
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from .blinding import BlindJob, ChunkExecutor, ReblindJob, blind_identifiers, load_or_create_key, reblind_points
@@ -56,6 +55,8 @@ KEY_COLUMN = b"cleanroom.key_column"
 
 def write_rows(path: Path, ledger: pd.DataFrame, key_column: str) -> None:
     """Write a ledger atomically, private to this user (it maps row numbers back to keys), naming the key column."""
+    import pyarrow.parquet as pq
+
     table = pa.Table.from_pandas(ledger, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), KEY_COLUMN: key_column.encode()})
     tmp = path.with_suffix(".tmp")
@@ -66,6 +67,8 @@ def write_rows(path: Path, ledger: pd.DataFrame, key_column: str) -> None:
 
 def key_column(path: Path) -> str:
     """The member's key column the ledger at `path` was written with (`key` for a ledger of an older SDK)."""
+    import pyarrow.parquet as pq
+
     metadata = pq.read_schema(path).metadata or {}
     return metadata.get(KEY_COLUMN, b"key").decode()
 
