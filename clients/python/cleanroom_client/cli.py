@@ -312,7 +312,7 @@ def policy_init(
         err.print(f"note: {note}", markup=False, highlight=False)
     out.print(
         f"wrote {to}; merge it with the other members' drafts (cleanroom-client policy merge {to} <theirs> --to "
-        "policy.yaml), or review it and: cleanroom-client create " + f"{to} --id <collaboration>",
+        "policy.yaml), then review the result and create the collaboration with it",
         markup=False,
         highlight=False,
     )
