@@ -37,7 +37,7 @@ from .identity import (
     Normalizer,
     invalid_share_warning,
 )
-from .matching import PERIOD, RETIRED, MatchPlan, MatchRunner, MatchSummary, upload_of
+from .matching import PERIOD, RETIRED, MatchPlan, MatchRunner, MatchSummary, key_column, upload_of
 from .policy import Policy, parse_policy
 from .protocol import (
     ATTRIBUTION_MODELS,
@@ -271,6 +271,11 @@ class CleanRoomClient:
             with contextlib.suppress(grpc.FutureTimeoutError):
                 grpc.channel_ready_future(self._channel).result(timeout=wait)
         return self.list_collaborations()
+
+    def whoami(self) -> tuple[str, str]:
+        """(principal name, role) of these credentials, as the server authenticated them: which token is in use."""
+        page = self._call(self._collaborations.ListCollaborations, cpb.ListCollaborationsRequest(page_size=1))
+        return page.caller, page.caller_role
 
     def list_collaborations(self) -> list[CollaborationInfo]:
         """All collaborations this member belongs to."""
@@ -609,7 +614,11 @@ class CleanRoomClient:
         )
 
     def fetch_audience(self, audience: str) -> pd.Series:
-        """The members of an audience released to you, as your own user keys (mapped locally, never uploaded)."""
+        """The members of an audience released to you, as your own user keys (mapped locally, never uploaded).
+
+        The Series is named after your key column at the match (`user_id`, say), so a file written from it has
+        your column's name as its header.
+        """
         parts = audience.split("/")
         if len(parts) != 4:
             raise ValueError("pass an audience name like collaborations/c/audiences/a (see audiences())")
@@ -626,7 +635,7 @@ class CleanRoomClient:
         ids = np.frombuffer(b"".join(chunks), dtype="<i8")
         rows = pd.read_parquet(rows_path)
         keys = rows.set_index("row_id")["key"]
-        return keys.loc[keys.index.intersection(pd.Index(ids))].reset_index(drop=True).rename("key")
+        return keys.loc[keys.index.intersection(pd.Index(ids))].reset_index(drop=True).rename(key_column(rows_path))
 
     def budget(self, collaboration_id: str) -> pd.DataFrame:
         """Epsilon total, spent and left per member."""

@@ -181,6 +181,19 @@ def test_output_option_after_the_command_is_moved_before_it():
     assert hoist_output(["match", "c", "--users", "u.csv"]) == ["match", "c", "--users", "u.csv"]
 
 
+def test_ping_says_who_you_are(server, tokens, pki, tmp_path, make_client):
+    """Issue 32 item 5: the token's principal and role, as the server authenticated it, not only a count."""
+    runner = CliRunner()
+    r = runner.invoke(app, ["ping"], env=_env(server, tokens, pki, "brand", tmp_path))
+    assert r.exit_code == 0, r.output
+    assert f"connected to localhost:{server.port} as brand (member): 0 collaborations" in r.output
+    r = runner.invoke(
+        app, ["ping"], env={**_env(server, tokens, pki, "brand", tmp_path), "CLEANROOM_TOKEN": tokens["auditor"]}
+    )
+    assert "as auditor (auditor)" in r.output
+    assert make_client("platform").whoami() == ("platform", "member")
+
+
 def test_policy_init_from_csv_files_then_create_show_approve(server, tokens, pki, tmp_path):
     """A member drafts its policy from its own CSVs, is warned that data-read bounds disclose, and starts with it."""
     runner = CliRunner()
@@ -210,6 +223,78 @@ def test_policy_init_from_csv_files_then_create_show_approve(server, tokens, pki
         etag = json.loads(runner.invoke(app, ["-o", "json", "show", "cli-drafted"], env=env).output)["policy_etag"]
         assert runner.invoke(app, ["approve", "cli-drafted", "--etag", etag], env=env).exit_code == 0
     assert json.loads(runner.invoke(app, ["-o", "json", "show", "cli-drafted"], env=brand).output)["state"] == "active"
+
+
+def test_each_member_drafts_its_side_and_policy_merge_gives_the_room(server, tokens, pki, tmp_path):
+    """Issue 32 item 3: the platform's own run gives it the platform's abilities, test groups need no time column,
+    the stages keep the funnel's order, and the merged drafts enable every query the files support."""
+    runner = CliRunner()
+    data = generate(SyntheticConfig(brand_users=400, platform_users=500, shared=200, seed=6))
+    files = {
+        "crm.csv": data.brand_users,
+        "orders.csv": data.brand_conversions,
+        "users.csv": data.platform_users,
+        "stage_history.csv": data.platform_stage_history,
+        "exposures.csv": data.platform_exposures,
+        "test_groups.csv": data.platform_test_groups,
+    }
+    for name, frame in files.items():
+        frame.to_csv(tmp_path / name, index=False)
+    r = runner.invoke(
+        app,
+        [
+            "policy", "init", "--member", "platform", "--users", str(tmp_path / "users.csv"), "--key", "user_id",
+            "--identifier", "email=email", "--identifier", "phone=phone",
+            "--event", f"stage_history={tmp_path / 'stage_history.csv'}",
+            "--event", f"exposures={tmp_path / 'exposures.csv'}",
+            "--event", f"test_groups={tmp_path / 'test_groups.csv'}", "--to", str(tmp_path / "platform.yaml"),
+        ],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "platform drafted as the platform (contribute, receive_audiences)" in r.output
+    r = runner.invoke(
+        app,
+        [
+            "policy", "init", "--users", str(tmp_path / "crm.csv"), "--key", "customer_id",
+            "--identifier", "email=email", "--identifier", "phone=mobile",
+            "--event", f"conversions={tmp_path / 'orders.csv'}", "--to", str(tmp_path / "brand.yaml"),
+        ],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    policy = tmp_path / "policy.yaml"
+    r = runner.invoke(
+        app, ["policy", "merge", str(tmp_path / "brand.yaml"), str(tmp_path / "platform.yaml"), "--to", str(policy)]
+    )
+    assert r.exit_code == 0, r.output
+    text = policy.read_text()
+    assert "brand:\n    abilities: [contribute, query, receive_results]" in text
+    assert "platform:\n    abilities: [contribute, receive_audiences]" in text
+    assert "stage_4a: [aware, appeal, act, advocate]" in text
+    assert (
+        "queries: [overlap, funnel, funnel_flow, segment_insight, value, loyalty, attribution, lift, lookalike, "
+        "activation]"
+    ) in text
+    brand, platform = (_env(server, tokens, pki, n, tmp_path) for n in ("brand", "platform"))
+    r = runner.invoke(app, ["create", str(policy), "--id", "cli-merged"], env=brand)
+    assert r.exit_code == 0, r.output
+    for env in (brand, platform):
+        etag = json.loads(runner.invoke(app, ["-o", "json", "show", "cli-merged"], env=env).output)["policy_etag"]
+        assert runner.invoke(app, ["approve", "cli-merged", "--etag", etag], env=env).exit_code == 0
+    # Two drafts of one member, or a role that is none: one line that says what to do, nothing written.
+    (tmp_path / "brand-again.yaml").write_text((tmp_path / "brand.yaml").read_text())
+    r = runner.invoke(
+        app, ["policy", "merge", str(tmp_path / "brand.yaml"), str(tmp_path / "brand-again.yaml"), "--to", str(policy)]
+    )
+    assert r.exit_code == 2
+    assert "both declare brand's tables" in r.output
+    r = runner.invoke(
+        app,
+        ["policy", "init", "--users", str(tmp_path / "crm.csv"), "--key", "customer_id", "--identifier",
+         "email=email", "--role", "retailer", "--to", str(tmp_path / "x.yaml")],
+    )  # fmt: skip
+    assert r.exit_code == 2
+    assert "--role: 'retailer' is no role; write one of brand, platform" in r.output
+    assert not (tmp_path / "x.yaml").exists()
 
 
 def test_policy_init_says_which_file_lacks_a_time_column(tmp_path):
