@@ -9,7 +9,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -76,6 +76,9 @@ def answer_to_proto(a: QueryAnswer) -> pb.QueryResult:
 
 class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
     """Thin adapter over `QueryEngine`."""
+
+    #: Each query's name (its `PreviewRequest` field, `cleanroom_client.query_types`) -> its handler.
+    QUERIES: ClassVar[Mapping[str, Callable[..., pb.QueryResult]]]
 
     def __init__(
         self, engine: QueryEngine, collaborations: Collaborations, audiences: Audiences, auth: Authenticator
@@ -299,7 +302,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         kind = request.WhichOneof("query")
         if kind is None:
             raise InvalidArgumentError("name the query to preview, e.g. preview { attribution { ... } }")
-        return _PREVIEWED[kind](self, getattr(request, kind), context, True)
+        return self.QUERIES[kind](self, getattr(request, kind), context, True)
 
     def ListAudiences(
         self, request: pb.ListAudiencesRequest, context: grpc.ServicerContext
@@ -348,8 +351,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         )
 
 
-#: The query a PreviewRequest names -> its handler (called with preview=True).
-_PREVIEWED: dict[str, Callable[..., pb.QueryResult]] = {
+AnalyticsServicer.QUERIES = {
     "overlap": AnalyticsServicer.Overlap,
     "venn": AnalyticsServicer.Venn,
     "funnel": AnalyticsServicer.Funnel,
