@@ -228,6 +228,8 @@ class QueryAnswer:
     own_set_size: int = field(default=0)
     #: The audience released to the recipient (lookalike, activation).
     audience: str = ""
+    #: The refresh period whose data was read (0: the match); None for a preview, which reads none.
+    refresh_period: int | None = None
 
 
 def _dimension(policy: Policy, ref: DimensionRef) -> tuple[str, ...]:
@@ -400,6 +402,7 @@ class QueryEngine:
             audit_sequence=entry.sequence,
             own_set_size=catalog.set_size(principal.name),
             audience=stored[0].name if stored else "",
+            refresh_period=catalog.period,
         )
 
     def _preview(

@@ -59,7 +59,7 @@ def _audience(a: AudienceInfo) -> pb.Audience:
 
 def answer_to_proto(a: QueryAnswer) -> pb.QueryResult:
     """The wire form of an answer."""
-    return pb.QueryResult(
+    result = pb.QueryResult(
         dimensions=list(a.dimensions),
         cells=[
             pb.Cell(keys=list(c.keys), measure=c.measure, value=c.value, error_95=c.error_95, suppressed=c.suppressed)
@@ -72,6 +72,9 @@ def answer_to_proto(a: QueryAnswer) -> pb.QueryResult:
         own_set_size=a.own_set_size,
         audience=a.audience,
     )
+    if a.refresh_period is not None:
+        result.refresh_period = a.refresh_period
+    return result
 
 
 class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):

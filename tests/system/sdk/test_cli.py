@@ -284,6 +284,7 @@ def test_refresh_from_csv_files_then_query_a_period(server, tokens, pki, tmp_pat
         r = runner.invoke(app, ["-o", "json", "--refresh-period", period, "overlap", "cli-living"], env=brand)
         assert r.exit_code == 0, r.output
         answers[period] = json.loads(r.output)["rows"]
+        assert json.loads(r.output)["refresh_period"] == int(period)  # the answer says whose data it read
     r = runner.invoke(app, ["--refresh-period", "2", "overlap", "cli-living"], env=brand)
     assert r.exit_code == 1
     assert "period 2" in r.output
@@ -294,3 +295,13 @@ def test_refresh_from_csv_files_then_query_a_period(server, tokens, pki, tmp_pat
     )
     assert r.exit_code == 0, r.output
     assert "1 users retired in period 2" in r.output
+    # Asked without a period, the answer reads the latest (2) and says so; the report shows every answer, by period.
+    r = runner.invoke(app, ["-o", "json", "overlap", "cli-living", "--by", "brand.tier"], env=brand)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["refresh_period"] == 2
+    r = runner.invoke(app, ["report", "cli-living", "--to", str(tmp_path / "report")], env=brand)
+    assert r.exit_code == 0, r.output
+    page = (tmp_path / "report" / "index.html").read_text()
+    headings = ["Data of the match (period 0)", "Data of refresh period 1", "Data of refresh period 2"]
+    assert [page.index(h) for h in headings] == sorted(page.index(h) for h in headings)
+    assert page.count('<section id="overlap') == 3
