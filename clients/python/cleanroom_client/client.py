@@ -55,6 +55,7 @@ from .protocol import collaboration_pb2 as cpb
 from .protocol import collaboration_pb2_grpc as cpb_grpc
 from .protocol import matching_pb2 as mpb
 from .protocol import matching_pb2_grpc as mpb_grpc
+from .query_types import declaration
 from .refresh import RefreshSummary
 
 T = TypeVar("T")
@@ -302,22 +303,32 @@ class CleanRoomClient:
     # A query reads the data as of the last completed refresh period, or as of `refresh_period` (0: the match).
     # With three or more members its people are the hub's users matched with every other member, or with those named
     # in `with_members`.
-    def _answer(
+    def _ask(
         self,
-        rpc: Callable[..., qpb.QueryResult],
-        field: str,
-        request: Any,
-        preview: bool,
-        refresh_period: int | None = None,
-        with_members: Sequence[str] = (),
+        name: str,
+        collaboration_id: str,
+        scope: tuple[bool, int | None, Sequence[str]],
+        **fields: Any,
     ) -> pd.DataFrame:
-        if refresh_period is not None:
-            request.refresh_period = refresh_period
-        request.with_members.extend(with_members)
+        """Declared query `name` (`query_types`): its request from `fields`, asked (or previewed), kept, as a frame.
+
+        `scope` is (preview, refresh_period, with_members), as every query method takes them.
+        """
+        preview, refresh_period, with_members = scope
+        declared = declaration(name)
+        parent = _name(collaboration_id)
+        period = {} if refresh_period is None else {"refresh_period": refresh_period}
+        build: Callable[..., Any] = declared.request
+        request = build(parent=parent, with_members=list(with_members), **period, **fields)
         if preview:
-            return result_frame(self._call(self._analytics.Preview, qpb.PreviewRequest(**{field: request})))
-        result = self._call(rpc, request)
-        answers.record(self.collaboration_dir(request.parent), field, request, result)
+            previewed = qpb.PreviewRequest()
+            getattr(previewed, name).CopyFrom(request)
+            return result_frame(self._call(self._analytics.Preview, previewed))
+        if declared.name == "lookalike":
+            result = self._train_with_progress(request)
+        else:
+            result = self._call(getattr(self._analytics, declared.rpc), request)
+        answers.record(self.collaboration_dir(parent), name, request, result)
         return result_frame(result)
 
     def collaboration_dir(self, collaboration_id: str) -> Path:
@@ -338,8 +349,8 @@ class CleanRoomClient:
         with_members: Sequence[str] = (),
     ) -> pd.DataFrame:
         """Matched people, grouped by up to three `member.column` dimensions; one row per cell and measure."""
-        request = qpb.OverlapRequest(parent=_name(collaboration_id), dimensions=list(by), epsilon=epsilon)
-        return self._answer(self._analytics.Overlap, "overlap", request, preview, refresh_period, with_members)
+        scope = (preview, refresh_period, with_members)
+        return self._ask("overlap", collaboration_id, scope, dimensions=list(by), epsilon=epsilon)
 
     def venn(
         self,
@@ -355,8 +366,8 @@ class CleanRoomClient:
         One row per region and measure: `people` for each intersection (`brand∩jd`: the brand's users matched with
         jd, whatever else), `people_exactly` for each region of the diagram (matched with exactly those members).
         """
-        request = qpb.VennRequest(parent=_name(collaboration_id), by=by or "", epsilon=epsilon)
-        return self._answer(self._analytics.Venn, "venn", request, preview, refresh_period, with_members)
+        scope = (preview, refresh_period, with_members)
+        return self._ask("venn", collaboration_id, scope, by=by or "", epsilon=epsilon)
 
     def funnel(
         self,
@@ -369,8 +380,8 @@ class CleanRoomClient:
         with_members: Sequence[str] = (),
     ) -> pd.DataFrame:
         """Matched people per 4A stage (counts and shares), optionally crossed with one dimension."""
-        request = qpb.FunnelRequest(parent=_name(collaboration_id), by=by or "", epsilon=epsilon, labels=labels)
-        return self._answer(self._analytics.Funnel, "funnel", request, preview, refresh_period, with_members)
+        scope = (preview, refresh_period, with_members)
+        return self._ask("funnel", collaboration_id, scope, by=by or "", epsilon=epsilon, labels=labels)
 
     def funnel_flow(
         self,
@@ -384,10 +395,9 @@ class CleanRoomClient:
         with_members: Sequence[str] = (),
     ) -> pd.DataFrame:
         """Transitions between 4A stages from the snapshot on `start` to the one on `end` (ISO dates)."""
-        request = qpb.FunnelFlowRequest(
-            parent=_name(collaboration_id), start_date=start, end_date=end, epsilon=epsilon, labels=labels
-        )
-        return self._answer(self._analytics.FunnelFlow, "funnel_flow", request, preview, refresh_period, with_members)
+        dates = {"start_date": start, "end_date": end}
+        scope = (preview, refresh_period, with_members)
+        return self._ask("funnel_flow", collaboration_id, scope, **dates, epsilon=epsilon, labels=labels)
 
     def segment_insight(
         self,
@@ -399,10 +409,8 @@ class CleanRoomClient:
         with_members: Sequence[str] = (),
     ) -> pd.DataFrame:
         """Per value of `dimension`: matched and all users, their shares, TGI and penetration."""
-        request = qpb.SegmentInsightRequest(parent=_name(collaboration_id), dimension=dimension, epsilon=epsilon)
-        return self._answer(
-            self._analytics.SegmentInsight, "segment_insight", request, preview, refresh_period, with_members
-        )
+        scope = (preview, refresh_period, with_members)
+        return self._ask("segment_insight", collaboration_id, scope, dimension=dimension, epsilon=epsilon)
 
     def value(
         self,
@@ -420,8 +428,8 @@ class CleanRoomClient:
         its 95% bound. Values are clamped to the policy's bounds and each person contributes at most the table's
         `max_per_person` rows; epsilon is split in four.
         """
-        request = qpb.ValueRequest(parent=_name(collaboration_id), by=list(by), measure=measure, epsilon=epsilon)
-        return self._answer(self._analytics.Value, "value", request, preview, refresh_period, with_members)
+        scope = (preview, refresh_period, with_members)
+        return self._ask("value", collaboration_id, scope, by=list(by), measure=measure, epsilon=epsilon)
 
     def loyalty(
         self,
@@ -438,16 +446,10 @@ class CleanRoomClient:
 
         Periods are (start, end) ISO dates, end exclusive; period 2 starts no earlier than period 1 ends.
         """
-        request = qpb.LoyaltyRequest(
-            parent=_name(collaboration_id),
-            by=list(by),
-            period1_start=period1[0],
-            period1_end=period1[1],
-            period2_start=period2[0],
-            period2_end=period2[1],
-            epsilon=epsilon,
-        )
-        return self._answer(self._analytics.Loyalty, "loyalty", request, preview, refresh_period, with_members)
+        periods = {"period1_start": period1[0], "period1_end": period1[1]}
+        periods |= {"period2_start": period2[0], "period2_end": period2[1]}
+        scope = (preview, refresh_period, with_members)
+        return self._ask("loyalty", collaboration_id, scope, by=list(by), **periods, epsilon=epsilon)
 
     def attribution(
         self,
@@ -469,8 +471,10 @@ class CleanRoomClient:
         """
         if model not in ATTRIBUTION_MODELS:
             raise ValueError(f"model must be one of {', '.join(ATTRIBUTION_MODELS)}")
-        request = qpb.AttributionRequest(
-            parent=_name(collaboration_id),
+        return self._ask(
+            "attribution",
+            collaboration_id,
+            (preview, refresh_period, with_members),
             model=ATTRIBUTION_MODELS[model],
             lookback_days=lookback_days,
             by=by,
@@ -479,7 +483,6 @@ class CleanRoomClient:
             half_life_days=half_life_days,
             epsilon=epsilon,
         )
-        return self._answer(self._analytics.Attribution, "attribution", request, preview, refresh_period, with_members)
 
     def lift(
         self,
@@ -491,8 +494,8 @@ class CleanRoomClient:
         with_members: Sequence[str] = (),
     ) -> pd.DataFrame:
         """Conversion rate per test group, lift, incremental conversions and revenue, with intervals."""
-        request = qpb.LiftRequest(parent=_name(collaboration_id), campaign=campaign, epsilon=epsilon)
-        return self._answer(self._analytics.Lift, "lift", request, preview, refresh_period, with_members)
+        scope = (preview, refresh_period, with_members)
+        return self._ask("lift", collaboration_id, scope, campaign=campaign, epsilon=epsilon)
 
     def lookalike(
         self,
@@ -513,22 +516,16 @@ class CleanRoomClient:
         interval `lift_lower_95` .. `lift_upper_95`; `precision`, `recall`, `base_rate`); never who is in it.
         `delta` defaults to 1e-7 (it must be below 1/n).
         """
-        request = qpb.LookalikeRequest(
-            parent=_name(collaboration_id),
+        return self._ask(
+            "lookalike",
+            collaboration_id,
+            (preview, refresh_period, with_members),
             seed=dict(seed),
             audience_size=audience_size,
             epsilon=epsilon,
             delta=1e-7 if delta is None else delta,
             model=model,
         )
-        if preview:
-            return self._answer(self._analytics.Lookalike, "lookalike", request, preview, refresh_period, with_members)
-        if refresh_period is not None:
-            request.refresh_period = refresh_period
-        request.with_members.extend(with_members)
-        result = self._train_with_progress(request)
-        answers.record(self.collaboration_dir(request.parent), "lookalike", request, result)
-        return result_frame(result)
 
     def _train_with_progress(self, request: qpb.LookalikeRequest) -> qpb.QueryResult:
         """LookalikeWithProgress: a bar over the server's training steps (when `progress`), then the answer."""
@@ -586,10 +583,16 @@ class CleanRoomClient:
             )
             for e in events
         ]
-        request = qpb.ActivateRequest(
-            parent=_name(collaboration_id), segment=dict(segment or {}), epsilon=epsilon, delta=delta, events=filters
+        scope = (preview, refresh_period, with_members)
+        return self._ask(
+            "activate",
+            collaboration_id,
+            scope,
+            segment=dict(segment or {}),
+            epsilon=epsilon,
+            delta=delta,
+            events=filters,
         )
-        return self._answer(self._analytics.Activate, "activate", request, preview, refresh_period, with_members)
 
     def audiences(self, collaboration_id: str) -> pd.DataFrame:
         """The audiences released to you (as the member with `receive_audiences`)."""

@@ -442,7 +442,9 @@ QUERIES: Final[tuple[QueryDeclaration, ...]] = (
         qpb.ActivateRequest,
         "activate",
         "activation",
-        "Release a segment's matched people to the platform; you receive a noisy size.",
+        "Release a segment's matched people to the platform; you receive a noisy size. Retargeting, reached by a "
+        "campaign and did not buy: --event platform.exposures:2026-11-01:2026-11-15:campaign=c-2026-11 "
+        "--no-event brand.conversions:2026-11-01:2026-12-01",
         "cleanroom-client activate brand-x-2026q4 --segment brand.tier=gold --segment platform.stage_4a=appeal",
         (
             Option("--segment", "segment", "member.column=value.", many=True, parse="pairs"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 
 from cleanroom.devtools.synthetic import DEMO_POLICY, SyntheticConfig, generate
 from cleanroom_client.cli import app, hoist_output
+from cleanroom_client.query_types import BY_NAME, QUERIES
 
 
 def _env(server, tokens, pki, name, tmp_path):
@@ -28,7 +30,11 @@ def test_member_cli_end_to_end(server, tokens, pki, tmp_path):
     runner = CliRunner()
     brand, platform = (_env(server, tokens, pki, n, tmp_path) for n in ("brand", "platform"))
     policy = tmp_path / "policy.yaml"
-    policy.write_text(DEMO_POLICY.replace("min_group_size: 50", "min_group_size: 5"))
+    policy.write_text(
+        DEMO_POLICY.replace("min_group_size: 50", "min_group_size: 5").replace(
+            "queries: [overlap,", "queries: [overlap, venn,"
+        )
+    )
 
     r = runner.invoke(app, ["create", str(policy), "--id", "cli-collab"], env=brand)
     assert r.exit_code == 0, r.output
@@ -108,6 +114,21 @@ def test_member_cli_end_to_end(server, tokens, pki, tmp_path):
     assert r.exit_code == 1
     assert "INVALID_ARGUMENT" in r.output
     assert "Traceback" not in r.output
+
+    # Every declared query's command, as its help's example writes it, reaches the server through the SDK (previews:
+    # nothing spent). Where this collaboration lacks the data a query needs, the server says so; never UNIMPLEMENTED.
+    previewed = {}
+    for q in QUERIES:
+        words = shlex.split(q.example)[1:]
+        words[1] = "cli-collab"
+        r = runner.invoke(app, ["-o", "json", "--preview", *words], env=brand)
+        assert r.exit_code in (0, 1), (q.command, r.output)
+        assert "UNIMPLEMENTED" not in r.output, q.command
+        assert "Traceback" not in r.output, q.command
+        if r.exit_code == 0:
+            previewed[q.name] = {row["vector"] for row in json.loads(r.output)["rows"]}
+    for name in ("overlap", "venn", "segment_insight", "value", "loyalty", "lookalike"):
+        assert previewed[name] == set(BY_NAME[name].vectors), name
 
 
 def test_member_cli_errors_say_what_to_do(server, tokens, pki, tmp_path):
