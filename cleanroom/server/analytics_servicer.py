@@ -22,30 +22,16 @@ from cleanroom_client.protocol import analytics_pb2 as pb
 from cleanroom_client.protocol import analytics_pb2_grpc as pb_grpc
 from cleanroom_client.query_types import BY_NAME, QUERIES
 
-from ..analytics import (
-    ActivationQuery,
-    AttributionQuery,
-    FunnelFlowQuery,
-    FunnelQuery,
-    LiftQuery,
-    LookalikeQuery,
-    LoyaltyQuery,
-    OverlapQuery,
-    QueryAnswer,
-    QueryEngine,
-    SegmentInsightQuery,
-    ValueQuery,
-    VennQuery,
-)
+from ..analytics import QueryAnswer, QueryEngine
+from ..analytics import queries as q
 from ..analytics.audiences import AudienceInfo, Audiences, parse_audience_name
-from ..analytics.queries import DimensionRef, EventFilter
 from ..collaborations import Collaborations, parse_name
 from ..errors import InvalidArgumentError
 from .auth import Authenticator
 
 
-def _filters(raw: Mapping[str, str]) -> tuple[tuple[DimensionRef, str], ...]:
-    return tuple((DimensionRef.parse(k), v) for k, v in sorted(raw.items()))
+def _filters(raw: Mapping[str, str]) -> tuple[tuple[q.DimensionRef, str], ...]:
+    return tuple((q.DimensionRef.parse(k), v) for k, v in sorted(raw.items()))
 
 
 def _period(request: Any) -> int | None:
@@ -223,18 +209,18 @@ def _scope(request: Any) -> dict[str, Any]:
     return {"refresh_period": _period(request), "with_members": tuple(request.with_members)}
 
 
-def _dimensions(names: Iterable[str]) -> tuple[DimensionRef, ...]:
-    return tuple(DimensionRef.parse(d) for d in names)
+def _dimensions(names: Iterable[str]) -> tuple[q.DimensionRef, ...]:
+    return tuple(q.DimensionRef.parse(d) for d in names)
 
 
-def _optional(name: str) -> DimensionRef | None:
-    return DimensionRef.parse(name) if name else None
+def _optional(name: str) -> q.DimensionRef | None:
+    return q.DimensionRef.parse(name) if name else None
 
 
-def _attribution(r: pb.AttributionRequest) -> AttributionQuery:
+def _attribution(r: pb.AttributionRequest) -> q.AttributionQuery:
     if r.model not in ATTRIBUTION_MODELS.values():
         raise InvalidArgumentError(f"model must be set: {', '.join(ATTRIBUTION_MODELS)}")
-    return AttributionQuery(
+    return q.AttributionQuery(
         model=attribution_model_name(r.model),
         lookback_days=r.lookback_days,
         by=r.by or "campaign",
@@ -246,28 +232,28 @@ def _attribution(r: pb.AttributionRequest) -> AttributionQuery:
     )
 
 
-def _event(e: pb.EventFilter) -> EventFilter:
-    date = FunnelFlowQuery.parse_date
+def _event(e: pb.EventFilter) -> q.EventFilter:
+    date = q.FunnelFlowQuery.parse_date
     start, end = date(e.start_date, "events.start_date"), date(e.end_date, "events.end_date")
-    return EventFilter(e.table, start, end, present=not e.absent, where=tuple(sorted(e.where.items())))
+    return q.EventFilter(e.table, start, end, present=not e.absent, where=tuple(sorted(e.where.items())))
 
 
 def _date(text: str, field: str) -> Any:
-    return FunnelFlowQuery.parse_date(text, field)
+    return q.FunnelFlowQuery.parse_date(text, field)
 
 
 #: Each declared query (`cleanroom_client.query_types`) -> its domain query, read from the request. Reading
 #: refuses what is malformed (INVALID_ARGUMENT); the engine checks the rest against the policy.
 _READ: dict[str, Callable[[Any], Any]] = {
-    "overlap": lambda r: OverlapQuery(_dimensions(r.dimensions), r.epsilon, **_scope(r)),
-    "venn": lambda r: VennQuery(_optional(r.by), r.epsilon, **_scope(r)),
-    "funnel": lambda r: FunnelQuery(_optional(r.by), r.epsilon, r.labels or "4a", **_scope(r)),
-    "funnel_flow": lambda r: FunnelFlowQuery(
+    "overlap": lambda r: q.OverlapQuery(_dimensions(r.dimensions), r.epsilon, **_scope(r)),
+    "venn": lambda r: q.VennQuery(_optional(r.by), r.epsilon, **_scope(r)),
+    "funnel": lambda r: q.FunnelQuery(_optional(r.by), r.epsilon, r.labels or "4a", **_scope(r)),
+    "funnel_flow": lambda r: q.FunnelFlowQuery(
         _date(r.start_date, "start_date"), _date(r.end_date, "end_date"), r.epsilon, r.labels or "4a", **_scope(r)
     ),
-    "segment_insight": lambda r: SegmentInsightQuery(DimensionRef.parse(r.dimension), r.epsilon, **_scope(r)),
-    "value": lambda r: ValueQuery(_dimensions(r.by), r.measure, r.epsilon, **_scope(r)),
-    "loyalty": lambda r: LoyaltyQuery(
+    "segment_insight": lambda r: q.SegmentInsightQuery(q.DimensionRef.parse(r.dimension), r.epsilon, **_scope(r)),
+    "value": lambda r: q.ValueQuery(_dimensions(r.by), r.measure, r.epsilon, **_scope(r)),
+    "loyalty": lambda r: q.LoyaltyQuery(
         _dimensions(r.by),
         (_date(r.period1_start, "period1_start"), _date(r.period1_end, "period1_end")),
         (_date(r.period2_start, "period2_start"), _date(r.period2_end, "period2_end")),
@@ -275,8 +261,8 @@ _READ: dict[str, Callable[[Any], Any]] = {
         **_scope(r),
     ),
     "attribution": _attribution,
-    "lift": lambda r: LiftQuery(r.campaign, r.epsilon, **_scope(r)),
-    "lookalike": lambda r: LookalikeQuery(
+    "lift": lambda r: q.LiftQuery(r.campaign, r.epsilon, **_scope(r)),
+    "lookalike": lambda r: q.LookalikeQuery(
         seed=_filters(r.seed),
         audience_size=r.audience_size,
         epsilon=r.epsilon,
@@ -284,7 +270,7 @@ _READ: dict[str, Callable[[Any], Any]] = {
         model=r.model or "logistic",
         **_scope(r),
     ),
-    "activate": lambda r: ActivationQuery(
+    "activate": lambda r: q.ActivationQuery(
         segment=_filters(r.segment),
         epsilon=r.epsilon,
         delta=r.delta,
@@ -294,4 +280,4 @@ _READ: dict[str, Callable[[Any], Any]] = {
 }
 
 
-AnalyticsServicer.QUERIES = {q.name: getattr(AnalyticsServicer, q.rpc) for q in QUERIES}
+AnalyticsServicer.QUERIES = {d.name: getattr(AnalyticsServicer, d.rpc) for d in QUERIES}
