@@ -13,7 +13,6 @@ import os
 # GRPC_VERBOSITY once, when gRPC is imported below. A user who sets GRPC_VERBOSITY (to debug) keeps their choice.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
-import inspect
 import json
 import sys
 import warnings
@@ -26,7 +25,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .query_types import QUERIES, QueryDeclaration
+from .cli_queries import pairs as _pairs
+from .cli_queries import query_command
+from .query_types import QUERIES
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -166,16 +167,6 @@ def _read(path: Path, text_columns: Collection[str] = ()) -> pd.DataFrame:
     from .files import read_table
 
     return read_table(path, text_columns)
-
-
-def _pairs(values: list[str], what: str) -> dict[str, str]:
-    pairs = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"{what}: write name=value, got {item!r}")
-        pairs[key] = value
-    return pairs
 
 
 def _query(fn: Callable[[CleanRoomClient], pd.DataFrame], title: str) -> None:
@@ -577,78 +568,19 @@ def _say_warning(message: Warning | str, category: type[Warning], *_: object, **
     err.print(f"warning: {message}", style="yellow", markup=False, highlight=False)
 
 
-def _query_command(q: QueryDeclaration) -> Callable[..., None]:
-    """The command of declared query `q`: its options (from the declaration) to the SDK method's arguments."""
-    names = {o.flag: o.flag.lstrip("-").replace("-", "_") for o in q.options}
-
-    def command(collaboration: str, epsilon: float, **given: Any) -> None:
-        arguments: dict[str, Any] = {}
-        for o in q.options:
-            value = given[names[o.flag]]
-            if o.parse == "period":
-                value = _period(value, o.flag)
-            elif o.parse == "pairs":
-                value = _pairs(value or [], o.flag)
-            elif o.parse in ("events", "no_events"):
-                value = arguments.get(o.argument, []) + [_event(e, o.parse == "no_events") for e in value or []]
-            elif o.many:
-                value = list(value or [])
-            arguments[o.argument] = value
-        scope = {
-            "preview": settings.preview,
-            "refresh_period": settings.refresh_period,
-            "with_members": settings.with_members,
-        }
-        method = q.method
-        _query(
-            lambda c: getattr(c, method)(collaboration, epsilon=epsilon, **arguments, **scope),
-            q.heading.format(**arguments),
-        )
-
-    parameters = [
-        inspect.Parameter("collaboration", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=CollaborationId)
-    ]
-    for o in q.options:
-        kind: Any = list[o.kind] if o.many else o.kind  # type: ignore[name-defined]
-        default: Any = inspect.Parameter.empty
-        if not o.required:
-            default = bool(o.default) if o.kind is bool else o.default
-            kind = kind | None if default is None else kind
-        option = typer.Option(o.flag, help=o.help)
-        parameters.append(
-            inspect.Parameter(
-                names[o.flag], inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[kind, option], default=default
-            )
-        )
-    parameters.append(
-        inspect.Parameter("epsilon", inspect.Parameter.KEYWORD_ONLY, annotation=Epsilon, default=q.epsilon)
-    )
-    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
-    command.__annotations__ = {}
-    command.__name__ = q.command
-    command.__doc__ = f"{q.what}\n\nExample: {q.example}"
-    return command
+def _ask(method: str, collaboration: str, arguments: dict[str, Any], heading: str) -> None:
+    """Ask a declared query through the SDK method `method`, with the global options that scope every query."""
+    scope = {
+        "preview": settings.preview,
+        "refresh_period": settings.refresh_period,
+        "with_members": settings.with_members,
+    }
+    _query(lambda c: getattr(c, method)(collaboration, **arguments, **scope), heading)
 
 
 # One command per declared query (`cleanroom_client.query_types`): names, options and help come from there.
 for _declared in QUERIES:
-    app.command(_declared.command)(_query_command(_declared))
-
-
-def _period(text: str, what: str) -> tuple[str, str]:
-    start, colon, end = text.partition(":")
-    if not colon or not start or not end:
-        raise typer.BadParameter(f"{what}: give START:END, e.g. 2026-10-01:2026-10-16")
-    return start, end
-
-
-def _event(text: str, absent: bool) -> dict[str, object]:
-    parts = text.split(":")
-    flag = "--no-event" if absent else "--event"
-    if len(parts) not in (3, 4) or not all(parts[:3]):
-        raise typer.BadParameter(f"{flag}: give member.table:START:END[:column=value,...], got {text!r}")
-    where = _pairs(parts[3].split(","), flag) if len(parts) == 4 and parts[3] else {}
-    return {"table": parts[0], "start": parts[1], "end": parts[2], "absent": absent, "where": where}
+    app.command(_declared.command)(query_command(_declared, _ask, CollaborationId, Epsilon))
 
 
 @app.command()
