@@ -25,8 +25,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_queries import Preview, RefreshPeriod, WithMembers, query_command
 from .cli_queries import pairs as _pairs
-from .cli_queries import query_command
 from .query_types import QUERIES
 
 if TYPE_CHECKING:
@@ -72,29 +72,9 @@ def main(
     insecure: Annotated[bool, typer.Option(help="Plaintext (a development server started --insecure).")] = False,
     output: Annotated[str, typer.Option("--output", "-o", help="table, csv or json.")] = "table",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-    preview: Annotated[
-        bool,
-        typer.Option(
-            help="Before a query command: show the 95% error bar of each vector it would release at that epsilon, "
-            "spending nothing and reading no data (e.g. cleanroom-client --preview attribution c --epsilon 0.5)."
-        ),
-    ] = False,
-    refresh_period: Annotated[
-        int | None,
-        typer.Option(
-            help="Before a query command: read the data as of this refresh period (0: the match; default: the "
-            "latest completed), e.g. cleanroom-client --refresh-period 0 overlap c."
-        ),
-    ] = None,
-    with_members: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--with",
-            help="Before a query command, with three or more members: the members (besides the hub) whose matched "
-            "users are the query's people; repeat it (default: every member), e.g. cleanroom-client --with jd "
-            "overlap c --by jd.stage_4a.",
-        ),
-    ] = None,
+    preview: Preview = False,
+    refresh_period: RefreshPeriod = None,
+    with_members: WithMembers = None,
 ) -> None:
     """Connect with your token over TLS."""
     if output not in ("table", "csv", "json"):
@@ -175,7 +155,6 @@ def _query(fn: Callable[[CleanRoomClient], pd.DataFrame], title: str) -> None:
 
 
 CollaborationId = Annotated[str, typer.Argument(help="Collaboration id.")]
-Epsilon = Annotated[float, typer.Option(help="Privacy budget this query spends.")]
 
 
 @app.command("list")
@@ -570,17 +549,14 @@ def _say_warning(message: Warning | str, category: type[Warning], *_: object, **
 
 def _ask(method: str, collaboration: str, arguments: dict[str, Any], heading: str) -> None:
     """Ask a declared query through the SDK method `method`, with the global options that scope every query."""
-    scope = {
-        "preview": settings.preview,
-        "refresh_period": settings.refresh_period,
-        "with_members": settings.with_members,
-    }
+    s = settings
+    scope = {"preview": s.preview, "refresh_period": s.refresh_period, "with_members": s.with_members}
     _query(lambda c: getattr(c, method)(collaboration, **arguments, **scope), heading)
 
 
 # One command per declared query (`cleanroom_client.query_types`): names, options and help come from there.
 for _declared in QUERIES:
-    app.command(_declared.command)(query_command(_declared, _ask, CollaborationId, Epsilon))
+    app.command(_declared.command)(query_command(_declared, _ask, CollaborationId))
 
 
 @app.command()

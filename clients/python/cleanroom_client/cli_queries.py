@@ -15,6 +15,33 @@ import typer
 
 from .query_types import QueryDeclaration
 
+#: The options of the whole command line that scope any query command (written before it).
+Preview = Annotated[
+    bool,
+    typer.Option(
+        help="Before a query command: show the 95% error bar of each vector it would release at that epsilon, "
+        "spending nothing and reading no data (e.g. cleanroom-client --preview attribution c --epsilon 0.5)."
+    ),
+]
+RefreshPeriod = Annotated[
+    int | None,
+    typer.Option(
+        help="Before a query command: read the data as of this refresh period (0: the match; default: the "
+        "latest completed), e.g. cleanroom-client --refresh-period 0 overlap c."
+    ),
+]
+WithMembers = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--with",
+        help="Before a query command, with three or more members: the members (besides the hub) whose matched "
+        "users are the query's people; repeat it (default: every member), e.g. cleanroom-client --with jd "
+        "overlap c --by jd.stage_4a.",
+    ),
+]
+
+Epsilon = Annotated[float, typer.Option(help="Privacy budget this query spends.")]
+
 #: How a command asks: (SDK method, collaboration, its arguments, the table's title).
 Ask = Callable[[str, str, dict[str, Any], str], None]
 
@@ -58,8 +85,8 @@ def _argument(option: Any, value: Any, so_far: dict[str, Any]) -> Any:
     return list(value or []) if option.many else value
 
 
-def query_command(q: QueryDeclaration, ask: Ask, collaboration: Any, epsilon: Any) -> Callable[..., None]:
-    """The command of declared query `q`; `collaboration` and `epsilon` are the CLI's annotated parameter types."""
+def query_command(q: QueryDeclaration, ask: Ask, collaboration: Any) -> Callable[..., None]:
+    """The command of declared query `q`; `collaboration` is the CLI's annotated type of a collaboration id."""
     names = {o.flag: o.flag.lstrip("-").replace("-", "_") for o in q.options}
 
     def command(collaboration: str, epsilon: float, **given: Any) -> None:
@@ -80,7 +107,7 @@ def query_command(q: QueryDeclaration, ask: Ask, collaboration: Any, epsilon: An
             inspect.Parameter(names[o.flag], inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
         )
     parameters.append(
-        inspect.Parameter("epsilon", inspect.Parameter.KEYWORD_ONLY, annotation=epsilon, default=q.epsilon)
+        inspect.Parameter("epsilon", inspect.Parameter.KEYWORD_ONLY, annotation=Epsilon, default=q.epsilon)
     )
     command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     command.__annotations__ = {}
