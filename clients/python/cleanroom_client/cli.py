@@ -25,6 +25,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_queries import Preview, RefreshPeriod, WithMembers, query_command
+from .cli_queries import pairs as _pairs
+from .query_types import QUERIES
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -68,29 +72,9 @@ def main(
     insecure: Annotated[bool, typer.Option(help="Plaintext (a development server started --insecure).")] = False,
     output: Annotated[str, typer.Option("--output", "-o", help="table, csv or json.")] = "table",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-    preview: Annotated[
-        bool,
-        typer.Option(
-            help="Before a query command: show the 95% error bar of each vector it would release at that epsilon, "
-            "spending nothing and reading no data (e.g. cleanroom-client --preview attribution c --epsilon 0.5)."
-        ),
-    ] = False,
-    refresh_period: Annotated[
-        int | None,
-        typer.Option(
-            help="Before a query command: read the data as of this refresh period (0: the match; default: the "
-            "latest completed), e.g. cleanroom-client --refresh-period 0 overlap c."
-        ),
-    ] = None,
-    with_members: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--with",
-            help="Before a query command, with three or more members: the members (besides the hub) whose matched "
-            "users are the query's people; repeat it (default: every member), e.g. cleanroom-client --with jd "
-            "overlap c --by jd.stage_4a.",
-        ),
-    ] = None,
+    preview: Preview = False,
+    refresh_period: RefreshPeriod = None,
+    with_members: WithMembers = None,
 ) -> None:
     """Connect with your token over TLS."""
     if output not in ("table", "csv", "json"):
@@ -165,23 +149,12 @@ def _read(path: Path, text_columns: Collection[str] = ()) -> pd.DataFrame:
     return read_table(path, text_columns)
 
 
-def _pairs(values: list[str], what: str) -> dict[str, str]:
-    pairs = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"{what}: write name=value, got {item!r}")
-        pairs[key] = value
-    return pairs
-
-
 def _query(fn: Callable[[CleanRoomClient], pd.DataFrame], title: str) -> None:
     with _client() as client:
         _show(fn(client), title)
 
 
 CollaborationId = Annotated[str, typer.Argument(help="Collaboration id.")]
-Epsilon = Annotated[float, typer.Option(help="Privacy budget this query spends.")]
 
 
 @app.command("list")
@@ -645,303 +618,16 @@ def _say_warning(message: Warning | str, category: type[Warning], *_: object, **
     err.print(f"warning: {message}", style="yellow", markup=False, highlight=False)
 
 
-@app.command()
-def overlap(
-    collaboration: CollaborationId,
-    by: Annotated[list[str] | None, typer.Option(help="member.column dimension (up to 3).")] = None,
-    epsilon: Epsilon = 0.5,
-) -> None:
-    """Matched people by up to three dimensions.
-
-    Example: cleanroom-client overlap brand-x-2026q4 --by platform.age_band --epsilon 0.5
-    """
-    _query(
-        lambda c: c.overlap(
-            collaboration,
-            by=by or [],
-            epsilon=epsilon,
-            preview=settings.preview,
-            refresh_period=settings.refresh_period,
-            with_members=settings.with_members,
-        ),
-        "overlap",
-    )
+def _ask(method: str, collaboration: str, arguments: dict[str, Any], heading: str) -> None:
+    """Ask a declared query through the SDK method `method`, with the global options that scope every query."""
+    s = settings
+    scope = {"preview": s.preview, "refresh_period": s.refresh_period, "with_members": s.with_members}
+    _query(lambda c: getattr(c, method)(collaboration, **arguments, **scope), heading)
 
 
-@app.command()
-def venn(
-    collaboration: CollaborationId,
-    by: Annotated[str | None, typer.Option(help="A dimension of the hub's users table (member.column).")] = None,
-    epsilon: Epsilon = 0.5,
-) -> None:
-    """The hub's users by the other members they are matched with: every intersection and region of the diagram.
-
-    Example: cleanroom-client venn brand-jd-tencent --by brand.tier --epsilon 1
-    """
-    _query(
-        lambda c: c.venn(
-            collaboration,
-            by=by,
-            epsilon=epsilon,
-            preview=settings.preview,
-            refresh_period=settings.refresh_period,
-            with_members=settings.with_members,
-        ),
-        "Venn",
-    )
-
-
-@app.command()
-def funnel(
-    collaboration: CollaborationId,
-    by: Annotated[str | None, typer.Option(help="member.column to cross with the stage.")] = None,
-    labels: Annotated[str, typer.Option(help="4a or aipl.")] = "4a",
-    epsilon: Epsilon = 0.5,
-) -> None:
-    """The 4A funnel (counts and shares).
-
-    Example: cleanroom-client funnel brand-x-2026q4 --by brand.tier
-    """
-    _query(
-        lambda c: c.funnel(
-            collaboration,
-            by=by,
-            epsilon=epsilon,
-            labels=labels,
-            preview=settings.preview,
-            refresh_period=settings.refresh_period,
-            with_members=settings.with_members,
-        ),
-        "4A funnel",
-    )
-
-
-@app.command()
-def flow(
-    collaboration: CollaborationId,
-    start: Annotated[str, typer.Option(help="Start date, YYYY-MM-DD.")],
-    end: Annotated[str, typer.Option(help="End date, YYYY-MM-DD.")],
-    epsilon: Epsilon = 0.5,
-) -> None:
-    """Movement between 4A stages from one date to another.
-
-    Example: cleanroom-client flow brand-x-2026q4 --start 2026-10-01 --end 2026-11-01
-    """
-    _query(
-        lambda c: c.funnel_flow(
-            collaboration,
-            start,
-            end,
-            epsilon=epsilon,
-            preview=settings.preview,
-            refresh_period=settings.refresh_period,
-            with_members=settings.with_members,
-        ),
-        "4A flow",
-    )
-
-
-@app.command()
-def segment(
-    collaboration: CollaborationId,
-    dimension: Annotated[str, typer.Option(help="member.column, e.g. platform.age_band.")],
-    epsilon: Epsilon = 0.5,
-) -> None:
-    """Shares, TGI and penetration per value of a dimension.
-
-    Example: cleanroom-client segment brand-x-2026q4 --dimension platform.age_band
-    """
-    _query(
-        lambda c: c.segment_insight(
-            collaboration,
-            dimension,
-            epsilon=epsilon,
-            preview=settings.preview,
-            refresh_period=settings.refresh_period,
-            with_members=settings.with_members,
-        ),
-        "segment insight",
-    )
-
-
-@app.command()
-def value(
-    collaboration: CollaborationId,
-    measure: Annotated[str, typer.Option(help="member.table.column, e.g. brand.conversions.value.")],
-    by: Annotated[list[str] | None, typer.Option(help="member.column dimension (up to 3).")] = None,
-    epsilon: Epsilon = 1.0,
-) -> None:
-    """GOAL value: sum of a measure and its means per person, buyer and order, per group.
-
-    Example: cleanroom-client value brand-x-2026q4 --measure brand.conversions.value --by brand.tier
-    """
-    _query(
-        lambda c: c.value(
-            collaboration,
-            measure,
-            by=by or [],
-            epsilon=epsilon,
-            preview=settings.preview,
-            refresh_period=settings.refresh_period,
-            with_members=settings.with_members,
-        ),
-        "value",
-    )
-
-
-@app.command()
-def loyalty(
-    collaboration: CollaborationId,
-    period1: Annotated[str, typer.Option(help="START:END of the repurchase window, YYYY-MM-DD, end exclusive.")],
-    period2: Annotated[str, typer.Option(help="START:END of the retention period, YYYY-MM-DD, end exclusive.")],
-    by: Annotated[list[str] | None, typer.Option(help="member.column dimension (up to 3).")] = None,
-    epsilon: Epsilon = 1.0,
-) -> None:
-    """GOAL loyalty: repurchase rate in period 1 and retention into period 2, per group.
-
-    Example: cleanroom-client loyalty brand-x-2026q4 --period1 2026-10-01:2026-10-16 --period2 2026-10-16:2026-11-01
-    """
-    p1, p2 = _period(period1, "--period1"), _period(period2, "--period2")
-    _query(
-        lambda c: c.loyalty(
-            collaboration,
-            p1,
-            p2,
-            by=by or [],
-            epsilon=epsilon,
-            preview=settings.preview,
-            refresh_period=settings.refresh_period,
-            with_members=settings.with_members,
-        ),
-        "loyalty",
-    )
-
-
-def _period(text: str, what: str) -> tuple[str, str]:
-    start, colon, end = text.partition(":")
-    if not colon or not start or not end:
-        raise typer.BadParameter(f"{what}: give START:END, e.g. 2026-10-01:2026-10-16")
-    return start, end
-
-
-@app.command()
-def attribution(
-    collaboration: CollaborationId,
-    model: Annotated[str, typer.Option(help="last_touch, first_touch, linear, time_decay, position_based.")] = (
-        "last_touch"
-    ),
-    lookback_days: Annotated[int, typer.Option(help="Lookback window in days.")] = 7,
-    by: Annotated[str, typer.Option(help="campaign or channel.")] = "campaign",
-    click_over_view: Annotated[bool, typer.Option(help="Clicks in the window beat impressions.")] = False,
-    epsilon: Epsilon = 1.0,
-) -> None:
-    """Attributed conversions, revenue and ROAS.
-
-    Example: cleanroom-client attribution brand-x-2026q4 --model time_decay --lookback-days 7
-    """
-    _query(
-        lambda c: c.attribution(
-            collaboration,
-            model=model,
-            lookback_days=lookback_days,
-            by=by,
-            epsilon=epsilon,
-            click_over_view=click_over_view,
-            preview=settings.preview,
-            refresh_period=settings.refresh_period,
-            with_members=settings.with_members,
-        ),
-        f"attribution ({model})",
-    )
-
-
-@app.command()
-def lift(collaboration: CollaborationId, campaign: Annotated[str, typer.Option()], epsilon: Epsilon = 1.0) -> None:
-    """Lift of a campaign against its holdout.
-
-    Example: cleanroom-client lift brand-x-2026q4 --campaign c-2026-11
-    """
-    _query(
-        lambda c: c.lift(
-            collaboration,
-            campaign,
-            epsilon=epsilon,
-            preview=settings.preview,
-            refresh_period=settings.refresh_period,
-            with_members=settings.with_members,
-        ),
-        f"lift of {campaign}",
-    )
-
-
-@app.command()
-def lookalike(
-    collaboration: CollaborationId,
-    seed: Annotated[list[str], typer.Option(help="member.column=value, e.g. brand.tier=gold.")],
-    size: Annotated[int, typer.Option(help="Audience size for the platform.")],
-    epsilon: Epsilon = 1.0,
-    delta: Annotated[float, typer.Option(help="Below 1/n.")] = 1e-7,
-) -> None:
-    """Train a DP-SGD lookalike; the platform receives the audience, you its size and quality.
-
-    Example: cleanroom-client lookalike brand-x-2026q4 --seed brand.tier=gold --size 2000
-    """
-    _query(
-        lambda c: c.lookalike(
-            collaboration,
-            seed=_pairs(seed, "--seed"),
-            audience_size=size,
-            epsilon=epsilon,
-            delta=delta,
-            preview=settings.preview,
-            refresh_period=settings.refresh_period,
-            with_members=settings.with_members,
-        ),
-        "lookalike",
-    )
-
-
-@app.command()
-def activate(
-    collaboration: CollaborationId,
-    segment_filter: Annotated[list[str] | None, typer.Option("--segment", help="member.column=value.")] = None,
-    event: Annotated[
-        list[str] | None,
-        typer.Option(help="Had a row: member.table:START:END[:column=value,...] (dates YYYY-MM-DD, end exclusive)."),
-    ] = None,
-    no_event: Annotated[list[str] | None, typer.Option(help="Had no row: same form as --event.")] = None,
-    epsilon: Epsilon = 0.1,
-) -> None:
-    """Release a segment's matched people to the platform; you receive a noisy size.
-
-    Example: cleanroom-client activate brand-x-2026q4 --segment brand.tier=gold --segment platform.stage_4a=appeal
-
-    Retargeting (reached by a campaign, did not buy): cleanroom-client activate brand-x-2026q4
-    --event platform.exposures:2026-11-01:2026-11-15:campaign=c-2026-11
-    --no-event brand.conversions:2026-11-01:2026-12-01
-    """
-    events = [_event(e, False) for e in event or []] + [_event(e, True) for e in no_event or []]
-    _query(
-        lambda c: c.activate(
-            collaboration,
-            _pairs(segment_filter or [], "--segment"),
-            epsilon=epsilon,
-            preview=settings.preview,
-            refresh_period=settings.refresh_period,
-            with_members=settings.with_members,
-            events=events,
-        ),
-        "activation",
-    )
-
-
-def _event(text: str, absent: bool) -> dict[str, object]:
-    parts = text.split(":")
-    flag = "--no-event" if absent else "--event"
-    if len(parts) not in (3, 4) or not all(parts[:3]):
-        raise typer.BadParameter(f"{flag}: give member.table:START:END[:column=value,...], got {text!r}")
-    where = _pairs(parts[3].split(","), flag) if len(parts) == 4 and parts[3] else {}
-    return {"table": parts[0], "start": parts[1], "end": parts[2], "absent": absent, "where": where}
+# One command per declared query (`cleanroom_client.query_types`): names, options and help come from there.
+for _declared in QUERIES:
+    app.command(_declared.command)(query_command(_declared, _ask, CollaborationId))
 
 
 @app.command()

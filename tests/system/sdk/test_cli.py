@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 
 from cleanroom.devtools.synthetic import DEMO_POLICY, SyntheticConfig, generate
 from cleanroom_client.cli import app, hoist_output
+from cleanroom_client.query_types import BY_NAME, QUERIES
 
 
 def _env(server, tokens, pki, name, tmp_path):
@@ -28,7 +30,11 @@ def test_member_cli_end_to_end(server, tokens, pki, tmp_path):
     runner = CliRunner()
     brand, platform = (_env(server, tokens, pki, n, tmp_path) for n in ("brand", "platform"))
     policy = tmp_path / "policy.yaml"
-    policy.write_text(DEMO_POLICY.replace("min_group_size: 50", "min_group_size: 5"))
+    policy.write_text(
+        DEMO_POLICY.replace("min_group_size: 50", "min_group_size: 5").replace(
+            "queries: [overlap,", "queries: [overlap, venn,"
+        )
+    )
 
     r = runner.invoke(app, ["create", str(policy), "--id", "cli-collab"], env=brand)
     assert r.exit_code == 0, r.output
@@ -108,6 +114,21 @@ def test_member_cli_end_to_end(server, tokens, pki, tmp_path):
     assert r.exit_code == 1
     assert "INVALID_ARGUMENT" in r.output
     assert "Traceback" not in r.output
+
+    # Every declared query's command, as its help's example writes it, reaches the server through the SDK (previews:
+    # nothing spent). Where this collaboration lacks the data a query needs, the server says so; never UNIMPLEMENTED.
+    previewed = {}
+    for q in QUERIES:
+        words = shlex.split(q.example)[1:]
+        words[1] = "cli-collab"
+        r = runner.invoke(app, ["-o", "json", "--preview", *words], env=brand)
+        assert r.exit_code in (0, 1), (q.command, r.output)
+        assert "UNIMPLEMENTED" not in r.output, q.command
+        assert "Traceback" not in r.output, q.command
+        if r.exit_code == 0:
+            previewed[q.name] = {row["vector"] for row in json.loads(r.output)["rows"]}
+    for name in ("overlap", "venn", "segment_insight", "value", "loyalty", "lookalike"):
+        assert previewed[name] == set(BY_NAME[name].vectors), name
 
 
 def test_member_cli_errors_say_what_to_do(server, tokens, pki, tmp_path):
@@ -369,6 +390,7 @@ def test_refresh_from_csv_files_then_query_a_period(server, tokens, pki, tmp_pat
         r = runner.invoke(app, ["-o", "json", "--refresh-period", period, "overlap", "cli-living"], env=brand)
         assert r.exit_code == 0, r.output
         answers[period] = json.loads(r.output)["rows"]
+        assert json.loads(r.output)["refresh_period"] == int(period)  # the answer says whose data it read
     r = runner.invoke(app, ["--refresh-period", "2", "overlap", "cli-living"], env=brand)
     assert r.exit_code == 1
     assert "period 2" in r.output
@@ -379,3 +401,13 @@ def test_refresh_from_csv_files_then_query_a_period(server, tokens, pki, tmp_pat
     )
     assert r.exit_code == 0, r.output
     assert "1 users retired in period 2" in r.output
+    # Asked without a period, the answer reads the latest (2) and says so; the report shows every answer, by period.
+    r = runner.invoke(app, ["-o", "json", "overlap", "cli-living", "--by", "brand.tier"], env=brand)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["refresh_period"] == 2
+    r = runner.invoke(app, ["report", "cli-living", "--to", str(tmp_path / "report")], env=brand)
+    assert r.exit_code == 0, r.output
+    page = (tmp_path / "report" / "index.html").read_text()
+    headings = ["Data of the match (period 0)", "Data of refresh period 1", "Data of refresh period 2"]
+    assert [page.index(h) for h in headings] == sorted(page.index(h) for h in headings)
+    assert page.count('<section id="overlap') == 3
