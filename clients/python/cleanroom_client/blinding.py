@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from .curve import check_points, hash_to_u
+from .curve import check_points, hash_to_u_batch
 from .identity import (
     IdentifierType,
     InvalidIdentifierError,
@@ -219,12 +219,15 @@ def join_tag(double_blinded: bytes) -> bytes:
 
 
 def blind_identifiers(job: BlindJob) -> BlindResult:
-    """Steps 1-4 for one chunk: normalize, digest, hash to curve, blind with the member's key."""
-    key = X25519PrivateKey.from_private_bytes(job.key)
-    points = bytearray()
+    """Steps 1-4 for one chunk: normalize, digest, hash to curve, blind with the member's key.
+
+    The chunk's messages are hashed to the curve in one batch (natively where the extension is built), then blinded
+    one X25519 each; the points are joined once at the end.
+    """
     present = np.zeros(len(job.values), dtype=bool)
     invalid = missing = 0
     values = job.values.to_pylist() if isinstance(job.values, pa.Array) else job.values
+    messages: list[bytes] = []
     for i, value in enumerate(values):
         if value is None or is_missing(value):
             missing += 1
@@ -235,13 +238,19 @@ def blind_identifiers(job: BlindJob) -> BlindResult:
             invalid += 1
             continue
         present[i] = True
-        if not job.count_only:
-            points += blind_point(key, hash_to_u(curve_message(job.id_type, d)))
-    valid = int(present.sum())
+        messages.append(curve_message(job.id_type, d))
+    valid = len(messages)
     if job.count_only:
         return BlindResult(b"", b"", valid, invalid, missing)
     bitmap = b"" if valid == len(job.values) else np.packbits(present, bitorder="little").tobytes()
-    return BlindResult(bytes(points), bitmap, valid, invalid, missing)
+    return BlindResult(blind_many(job.key, hash_to_u_batch(messages)), bitmap, valid, invalid, missing)
+
+
+def blind_many(key: bytes, points: bytes) -> bytes:
+    """X25519(key, u) for each 32-byte u of `points` (all valid curve points), packed in the same order."""
+    exchange = X25519PrivateKey.from_private_bytes(key).exchange
+    public = X25519PublicKey.from_public_bytes
+    return b"".join([exchange(public(points[i : i + POINT_SIZE])) for i in range(0, len(points), POINT_SIZE)])
 
 
 @dataclass(frozen=True)
@@ -269,21 +278,23 @@ def reblind_points(job: ReblindJob) -> ReblindResult:
     """Step 5: apply the member's key to the peer's points, validating each one first; keep each result's tag."""
     if len(job.points) % POINT_SIZE:
         raise ValueError(f"peer chunk of {len(job.points)} bytes is not a whole number of 32-byte points")
-    key = X25519PrivateKey.from_private_bytes(job.key)
-    codes = check_points(job.points)
-    out = bytearray()
-    rejected = 0
+    exchange = X25519PrivateKey.from_private_bytes(job.key).exchange
+    public = X25519PublicKey.from_public_bytes
+    points = job.points
     zero = ZERO_TAG if job.last_hop else ZERO_POINT
-    for i, code in enumerate(codes.tolist()):
+    out: list[bytes] = []
+    rejected = 0
+    for i, code in enumerate(check_points(points).tolist()):
         value = zero
-        # ValueError: an all-zero shared secret; cannot happen after validation, but never crash on it.
-        with contextlib.suppress(ValueError):
-            if not code:
-                blinded = blind_point(key, job.points[i * POINT_SIZE : (i + 1) * POINT_SIZE])
+        if not code:
+            try:
+                blinded = exchange(public(points[i * POINT_SIZE : (i + 1) * POINT_SIZE]))
                 value = join_tag(blinded) if job.last_hop else blinded
+            except ValueError:  # an all-zero shared secret; cannot happen after validation, but never crash on it
+                pass
         if value == zero:
             rejected += 1
-        out += value
+        out.append(value)
     if job.last_hop:
-        return ReblindResult(bytes(out), rejected)
-    return ReblindResult(b"", rejected, bytes(out))
+        return ReblindResult(b"".join(out), rejected)
+    return ReblindResult(b"", rejected, b"".join(out))
