@@ -8,7 +8,9 @@ the peak RSS of every process. Beside it, in the same run:
 - the limit: `cryptography`'s X25519 operations per second on all cores, times the 4 operations one matched pair
   needs (each member blinds its own identifier and the peer's);
 - the protocol's floor: the limit plus the RFC 9380 hash to curve each member owes for each of its identifiers,
-  measured the same way (what any implementation of this protocol in this Python would pay);
+  measured the same way (natively when `native_hash_to_curve` is True, else in Python);
+- where each member's time went: seconds per phase of its match (blind and upload its points, its tables, wait for
+  and double-blind the peer's points, wait for the join, and start-up before the match);
 - OpenMined's PSI on the same sets (benchmarks/openmined_peer.py), when its venv exists
   (`make bench-openmined-venv`).
 
@@ -37,7 +39,7 @@ import pandas as pd
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from cleanroom.devtools.synthetic import DEMO_POLICY
-from cleanroom_client.curve import hash_to_u
+from cleanroom_client.curve import NATIVE, hash_to_u_batch
 
 HERE = Path(__file__).resolve().parent
 OPENMINED_PYTHON = HERE / ".venv-openmined" / "bin" / "python"
@@ -53,9 +55,11 @@ def _x25519_ops(count: int) -> float:
 
 
 def _hash_to_curve_ops(count: int) -> float:
+    """Hashes to the curve per second, in batches of the SDK's chunk size as a match runs them."""
+    messages = [b"email\x00" + i.to_bytes(32, "little") for i in range(count)]
     start = time.perf_counter()
-    for i in range(count):
-        hash_to_u(b"email\x00" + i.to_bytes(32, "little"))
+    for first in range(0, count, 16_384):
+        hash_to_u_batch(messages[first : first + 16_384])
     return count / (time.perf_counter() - start)
 
 
@@ -71,9 +75,25 @@ def machine_limit(cores: int, per_core: int = 20_000) -> float:
 
 
 MEMBER = r"""
-import json, os, resource, sys
+import json, os, resource, sys, time
 import pandas as pd
 from cleanroom_client import CleanRoomClient
+from cleanroom_client.matching import MatchRunner
+
+stages = {}  # seconds in each phase of MatchRunner.run, by the method's name
+
+def timed(name):
+    step = getattr(MatchRunner, name)
+    def run(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return step(*args, **kwargs)
+        finally:
+            stages[name] = stages.get(name, 0.0) + time.perf_counter() - start
+    setattr(MatchRunner, name, run)
+
+for name in ("_send_points", "_send_tables", "_blind_offers", "run"):
+    timed(name)
 
 def hwm_mb(pid):  # VmHWM: the peak of this process since exec (ru_maxrss would count the parent's pages at fork)
     for line in open(f"/proc/{pid}/status"):
@@ -95,7 +115,7 @@ with CleanRoomClient(state_dir=state, progress=False) as c:
     s = c.match(collab, users=frame, key="key", identifiers={"email": "email"}, wait_timeout=3600)
     workers = [hwm_mb(pid) for pid in children()]  # the blinding pool, before the client shuts it down
 own, pool = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-json.dump({"rss_main_mb": hwm_mb("self"), "rss_worker_mb": max(workers, default=0.0),
+json.dump({"stages": stages, "rss_main_mb": hwm_mb("self"), "rss_worker_mb": max(workers, default=0.0),
            "rss_workers_sum_mb": sum(workers),
            "cpu_main_s": own.ru_utime + own.ru_stime, "cpu_workers_s": pool.ru_utime + pool.ru_stime,
            "peer_set_size": s.peer_set_size}, open(out, "w"))
@@ -147,7 +167,7 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-def run(n: int, tmp: Path) -> dict[str, float]:
+def run(n: int, tmp: Path) -> dict[str, Any]:
     """One N x N match end to end; returns its figures."""
     cli = [sys.executable, "-m", "cleanroom.cli"]
     data = tmp / "data"
@@ -228,7 +248,7 @@ def run(n: int, tmp: Path) -> dict[str, float]:
     server.send_signal(signal.SIGTERM)
     server.wait()
     members = {m: json.loads((tmp / f"{m}.json").read_text()) for m in ("brand", "platform")}
-    result: dict[str, float] = {
+    result: dict[str, Any] = {
         "n": n,
         "seconds": round(seconds, 2),
         "identifiers_per_second": round(2 * n / seconds),
@@ -243,6 +263,16 @@ def run(n: int, tmp: Path) -> dict[str, float]:
         result[f"peak_rss_mb_{m}_total"] = round(members[m]["rss_main_mb"] + members[m]["rss_workers_sum_mb"])
         result[f"cpu_seconds_{m}_main"] = round(members[m]["cpu_main_s"], 1)
         result[f"cpu_seconds_{m}_workers"] = round(members[m]["cpu_workers_s"], 1)
+        stages = members[m]["stages"]
+        # the member's match by phase: blind and upload its points; its tables; wait for the peer's points and
+        # double-blind them; wait for the server's join (the rest of MatchRunner.run)
+        result[f"stage_s_{m}_points"] = round(stages["_send_points"], 2)
+        result[f"stage_s_{m}_tables"] = round(stages["_send_tables"], 2)
+        result[f"stage_s_{m}_double_blind"] = round(stages["_blind_offers"], 2)
+        result[f"stage_s_{m}_join_wait"] = round(
+            stages["run"] - stages["_send_points"] - stages["_send_tables"] - stages["_blind_offers"], 2
+        )
+        result[f"stage_s_{m}_outside_run"] = round(seconds - stages["run"], 2)  # start-up, reading the users
     return result
 
 
@@ -273,17 +303,19 @@ def main() -> int:
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     ops = machine_limit(cores)
-    h2c = per_second(_hash_to_curve_ops, cores, 5_000)
+    h2c = per_second(_hash_to_curve_ops, cores, 20_000 if NATIVE else 5_000)
     limit_seconds = 4 * args.n / ops
     floor_seconds = limit_seconds + 2 * args.n / h2c
     with tempfile.TemporaryDirectory() as tmp:
         result = run(args.n, Path(tmp))
     result.update(openmined(args.openmined_python, args.n))
     result.update(
+        native_hash_to_curve=NATIVE,
         x25519_ops_per_second=round(ops),
         hash_to_curve_per_second=round(h2c),
         limit_seconds=round(limit_seconds, 2),
         ratio_to_limit=round(result["seconds"] / limit_seconds, 2),
+        hash_to_curve_per_x25519=round(ops / h2c, 3),
         floor_seconds=round(floor_seconds, 2),
         ratio_to_floor=round(result["seconds"] / floor_seconds, 2),
     )
@@ -291,7 +323,7 @@ def main() -> int:
         result["speedup_over_openmined"] = round(result["openmined_seconds"] / result["seconds"], 2)
     print(f"{args.n:,} x {args.n:,} (email, half in common) on {cores} cores")
     for key, value in result.items():
-        print(f"  {key:<44}{value:>14,}")
+        print(f"  {key:<44}{value!s:>14}" if isinstance(value, bool) else f"  {key:<44}{value:>14,}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return 0

@@ -55,6 +55,13 @@ def test_psi_benchmark_runs(tmp_path):
         assert result[f"bytes_per_identifier_up_{member}"] >= 40
         assert result[f"bytes_per_identifier_down_{member}"] >= 32
         assert result[f"peak_rss_mb_{member}_main"] > 0
+        # the phases of the member's match, each timed, add up to the match's wall time
+        phases = ("points", "tables", "double_blind", "join_wait", "outside_run")
+        assert all(result[f"stage_s_{member}_{p}"] >= 0 for p in phases)
+        assert sum(result[f"stage_s_{member}_{p}"] for p in phases) <= result["seconds"] + 0.05
+    from cleanroom_client.curve import NATIVE
+
+    assert result["native_hash_to_curve"] is NATIVE  # the run says which hash to curve it measured
 
 
 def test_join_benchmark_runs(tmp_path):
