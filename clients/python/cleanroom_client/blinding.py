@@ -128,10 +128,12 @@ class ProcessPoolChunkExecutor:
         self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
         # Start every worker now, with the caller's script out of their sight (see `_main_hidden`): the pool
         # starts a worker per task submitted while none is idle, and a worker takes far longer to boot than these
-        # submissions, so all of them start here.
+        # submissions, so all of them start here. A spawned worker is handed the main module's path during
+        # `submit` (Process.start), so nothing waits for the workers to boot: they import while the caller reads
+        # its tables and plans the match.
         with _main_hidden():
-            for started in [self._pool.submit(_ready) for _ in range(self.workers)]:
-                started.result()
+            for _ in range(self.workers):
+                self._pool.submit(_ready)
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
         """Apply `fn` on the pool; yields in input order, keeping at most `max_in_flight` chunks pending."""
