@@ -8,6 +8,8 @@ the peak RSS of every process. Beside it, in the same run:
 - the limit: `cryptography`'s X25519 operations per second on all cores, times the 4 operations one matched pair
   needs (each member blinds its own identifier and the peer's), measured before and after the match (their mean:
   on a shared machine the rate drifts);
+- the same in CPU time, which a shared machine's load barely moves: the CPU seconds of every process of the match
+  (server, members, their workers) over those of the 4 X25519 operations per pair (`cpu_ratio_to_limit`);
 - the protocol's floor: the limit plus the RFC 9380 hash to curve each member owes for each of its identifiers,
   measured the same way (natively when `native_hash_to_curve` is True, else in Python);
 - where each member's time went: seconds per phase of its match (blind and upload its points, its tables, wait for
@@ -53,6 +55,17 @@ def _x25519_ops(count: int) -> float:
     for _ in range(count):
         key.exchange(X25519PublicKey.from_public_bytes(peer))
     return count / (time.perf_counter() - start)
+
+
+def x25519_cpu_seconds(count: int = 5_000) -> float:
+    """CPU seconds of one X25519 operation (key objects included) in this process: unlike a rate, the load of a
+    shared machine barely moves it."""
+    key = X25519PrivateKey.generate()
+    peer = X25519PrivateKey.generate().public_key().public_bytes_raw()
+    start = time.process_time()
+    for _ in range(count):
+        key.exchange(X25519PublicKey.from_public_bytes(peer))
+    return (time.process_time() - start) / count
 
 
 def _hash_to_curve_ops(count: int) -> float:
@@ -311,6 +324,10 @@ def main() -> int:
     # On a shared machine the rate drifts while the match runs: the limit is taken before and after it.
     ops_after = machine_limit(cores)
     ops = (ops_before + ops_after) / 2
+    x25519_cpu = x25519_cpu_seconds()
+    cpu = result["cpu_seconds_server"] + sum(
+        result[f"cpu_seconds_{m}_{part}"] for m in ("brand", "platform") for part in ("main", "workers")
+    )
     limit_seconds = 4 * args.n / ops
     floor_seconds = limit_seconds + 2 * args.n / h2c * h2c_ops / ops
     result.update(openmined(args.openmined_python, args.n))
@@ -322,6 +339,9 @@ def main() -> int:
         hash_to_curve_per_second=round(h2c),
         limit_seconds=round(limit_seconds, 2),
         ratio_to_limit=round(result["seconds"] / limit_seconds, 2),
+        x25519_cpu_us=round(x25519_cpu * 1e6, 1),
+        cpu_seconds_all=round(cpu, 1),
+        cpu_ratio_to_limit=round(cpu / (4 * args.n * x25519_cpu), 2),
         hash_to_curve_per_x25519=round(h2c_ops / h2c, 3),
         floor_seconds=round(floor_seconds, 2),
         ratio_to_floor=round(result["seconds"] / floor_seconds, 2),
