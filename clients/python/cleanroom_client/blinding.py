@@ -18,12 +18,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
@@ -39,6 +37,9 @@ from .identity import (
 )
 from .keyfile import read_private_file, write_private_file
 from .protocol import POINT_SIZE
+
+if TYPE_CHECKING:  # pandas loads where tables are read, not in the blinding workers (a second of start-up each)
+    import pandas as pd
 
 #: Bytes of a doubly blinded point that the join compares (protocol v1: the first 8, see `join_tag`).
 TAG_SIZE = 8
@@ -73,6 +74,9 @@ class ChunkExecutor(Protocol):
 
 def read_local_table(source: str | Path) -> pd.DataFrame:
     """A CSV file (by its suffix) or Parquet file or directory, read on this machine."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")

@@ -124,3 +124,14 @@ def test_batched_blinding_equals_blinding_each_identifier_alone(values):
             X25519PrivateKey.from_private_bytes(key), hash_to_u(curve_message(IdentifierType.EMAIL, d))
         )
     assert blind_identifiers(BlindJob(key=key, id_type=IdentifierType.EMAIL, values=values)).points == expected
+
+
+def test_a_blinding_worker_does_not_load_pandas():
+    # Every worker of the pool imports this module before its first chunk; pandas alone doubled that start-up, which
+    # each member pays once per worker at every match (benchmarks/README.md, "With the native hash to curve").
+    import subprocess
+    import sys
+
+    script = "import sys, cleanroom_client.blinding; print(sorted({'pandas', 'pyarrow.parquet'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
