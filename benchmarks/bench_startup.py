@@ -82,10 +82,12 @@ def build(data: Path, entries: int, chains: int = 10) -> int:
             files = [room.store.catalog, *(room.store.of(i) for i in ids)]
             return sum(int(f.cursor().execute("SELECT count(*) FROM audit_log").fetchall()[0][0]) for f in files)
 
-        while (left := entries - count()) > 0:
-            for chain in ids:  # each collaboration's chain lives in its own file: one transaction per file
+        left = entries - count()
+        for i, chain in enumerate(ids):  # each collaboration's chain lives in its own file: its own transactions
+            share = left // chains + (1 if i < left % chains else 0)
+            for start in range(0, share, 1000):
                 with room.store.of(chain).transaction() as cur:
-                    for _ in range(min(left, 1000) // chains + 1):
+                    for _ in range(min(1000, share - start)):
                         params = {"attempted": "query.overlap", "reason": "bench"}
                         room.audit.append(cur, chain, "brand", "refused", params)
         return count()

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from cleanroom.storage.store import CATALOG_FILE
+
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "opacus", "ray", "matplotlib", "dp_accounting")
 
@@ -52,7 +54,7 @@ except SystemExit as exit:
     assert exit.code in (0, None), exit.code
 """
     assert _heavy_after(body) == []
-    assert (tmp_path / "cleanroom.duckdb").exists()
+    assert (tmp_path / CATALOG_FILE).exists()  # the catalogue, where the principal was added
 
 
 def test_server_install_does_not_pull_matplotlib():
