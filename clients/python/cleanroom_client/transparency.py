@@ -1,0 +1,329 @@
+"""The transparency log as a member or an auditor checks it: signed tree heads, receipts and what the SDK remembers.
+
+Why: the server's disk holds the audit log, so whoever holds the disk could go back in time (restore an older
+database, cut the newest entries and the head that names them) and refund privacy budget unseen. Following
+Certificate Transparency (RFC 9162), the server signs the Merkle tree head of each chain; every response that
+appended an entry carries a *receipt* (the entry, the head after it, the entry's inclusion proof); and the SDK
+remembers, per server and collaboration, the latest head it verified and every receipt. A new head must extend
+the remembered one (a consistency proof), so a rollback, a rewritten entry or a fork shown to this client raises
+`HistoryRewrittenError` with both heads, and the collaboration stays refused until the user acknowledges it.
+
+What is detected, and by whom: a member or auditor catches any history that does not extend a head *it saw*;
+members comparing their heads (`compare`) catch a fork between them. Not detected: a rollback before anyone saw
+the later head (nothing remembered it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from . import merkle
+from .errors import CleanRoomError
+from .protocol import audit_pb2 as apb
+
+TREE_HEAD_KIND = "cleanroom.audit.tree-head.v1"
+#: The trailing metadata key of the receipts a response carries (a serialized `Receipts`).
+RECEIPTS_METADATA = "cleanroom-receipts-bin"
+GENESIS = "0" * 64
+
+
+def canonical_json(value: Any) -> str:
+    """Deterministic JSON: sorted keys, no whitespace, UTF-8 kept as is (the audit log's one encoding)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+class HistoryRewrittenError(CleanRoomError):
+    """The server showed a history that does not extend one this client verified before: a rollback or a fork.
+
+    `remembered` and `shown` are the two tree heads (as dicts). Nothing more is sent for this collaboration until the
+    user acknowledges the incident (`CleanRoomClient.acknowledge_history_rewrite`).
+    """
+
+    def __init__(self, collaboration: str, message: str, remembered: TreeHead | None, shown: TreeHead | None) -> None:
+        self.collaboration = collaboration
+        self.remembered = remembered
+        self.shown = shown
+        both = f" (remembered: {remembered.describe() if remembered else 'none'}; shown: "
+        both += f"{shown.describe() if shown else 'none'})"
+        super().__init__(
+            "DATA_LOSS", f"the audit log of {collaboration or 'the server'} was rewritten: {message}{both}"
+        )
+
+
+@dataclass(frozen=True)
+class TreeHead:
+    """A chain's Merkle tree head, signed by the server: collaboration ("" for the server's chain), size, root, time."""
+
+    collaboration: str
+    size: int
+    root: bytes
+    time: str
+    signature: bytes = b""
+
+    def message(self) -> bytes:
+        """The bytes the server signs."""
+        body = {
+            "collaboration": self.collaboration,
+            "kind": TREE_HEAD_KIND,
+            "root": self.root.hex(),
+            "size": self.size,
+            "time": self.time,
+        }
+        return canonical_json(body).encode("utf-8")
+
+    def is_signed_by(self, key: Ed25519PublicKey) -> bool:
+        """Whether the server's key signed this head."""
+        try:
+            key.verify(self.signature, self.message())
+        except InvalidSignature:
+            return False
+        return True
+
+    def describe(self) -> str:
+        """One line for a person: size, the root's first hex digits, time."""
+        return f"{self.size} entries, root {self.root.hex()[:16]}…, signed {self.time}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (`cleanroom-client audit head` writes it)."""
+        return {
+            "collaboration": self.collaboration,
+            "size": self.size,
+            "root": self.root.hex(),
+            "time": self.time,
+            "signature": self.signature.hex(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TreeHead:
+        """Parse `to_dict`'s form; ValueError when it is not one."""
+        try:
+            return cls(
+                str(d["collaboration"]),
+                int(d["size"]),
+                bytes.fromhex(d["root"]),
+                str(d["time"]),
+                bytes.fromhex(d["signature"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a tree head: {exc}") from None
+
+    def to_proto(self) -> apb.TreeHead:
+        """Wire form."""
+        return apb.TreeHead(
+            collaboration=self.collaboration, size=self.size, root=self.root, time=self.time, signature=self.signature
+        )
+
+    @classmethod
+    def from_proto(cls, p: apb.TreeHead) -> TreeHead:
+        """From the wire (`collaboration` is a bare id)."""
+        return cls(p.collaboration, int(p.size), bytes(p.root), p.time, bytes(p.signature))
+
+
+def entry_body(entry: apb.AuditEntry) -> dict[str, Any]:
+    """The body an entry's hash covers, rebuilt from its wire form (PROTOCOL.md, "The audit log")."""
+    collaboration = entry.collaboration.removeprefix("collaborations/")
+    when = ""
+    if entry.HasField("time"):
+        when = entry.time.ToDatetime().isoformat(timespec="microseconds") + "Z"
+    return {
+        "collaboration": collaboration,
+        "sequence": entry.sequence,
+        "time": when,
+        "principal": entry.principal,
+        "action": entry.action,
+        "parameters": json.loads(entry.parameters_json or "{}"),
+        "epsilon": entry.epsilon,
+        "delta": entry.delta,
+        "response_sha256": entry.response_sha256,
+        "previous_hash": entry.previous_hash,
+    }
+
+
+def leaf_data(hash_hex: str, signature: bytes) -> bytes:
+    """An entry's leaf data in its chain's Merkle tree: the 32 bytes of its hash, then its 64-byte signature.
+
+    The signature is part of the leaf so that a member holding an inclusion proof cannot test guesses of another
+    member's entry against the sibling hashes: it would need the server's signature of each guess.
+    """
+    return bytes.fromhex(hash_hex) + signature
+
+
+def entry_leaf(entry: apb.AuditEntry, key: Ed25519PublicKey) -> bytes:
+    """The entry's Merkle leaf hash, from its fields (never from the hash it claims).
+
+    ProofError when the fields do not match the hash or the server did not sign it.
+    """
+    digest = hashlib.sha256(canonical_json(entry_body(entry)).encode("utf-8")).hexdigest()
+    if digest != entry.hash:
+        raise merkle.ProofError(f"entry {entry.sequence}'s fields do not match its hash")
+    try:
+        key.verify(entry.signature, bytes.fromhex(digest))
+    except InvalidSignature:
+        raise merkle.ProofError(f"entry {entry.sequence} is not signed by the server's audit key") from None
+    return merkle.leaf_hash(leaf_data(digest, bytes(entry.signature)))
+
+
+#: Fetches a consistency proof (collaboration, first, second) from the server.
+ConsistencyFetch = Callable[[str, int, int], Sequence[bytes]]
+
+
+class HeadMemory:
+    """What this client verified of each chain of one server: the latest head and every receipt, on disk.
+
+    One directory per server key (a new key is a new server, never silently trusted in place of the old), one JSON
+    file of heads per collaboration and one JSON Lines file of receipts. Files are written atomically (0600).
+    """
+
+    def __init__(self, state_dir: Path, server_key: Ed25519PublicKey, server_key_raw: bytes) -> None:
+        self._dir = state_dir / "transparency" / hashlib.sha256(server_key_raw).hexdigest()[:32]
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._key = server_key
+        self._lock = threading.Lock()
+
+    def _file(self, collaboration: str, suffix: str) -> Path:
+        return self._dir / f"{hashlib.sha256(collaboration.encode()).hexdigest()[:32]}{suffix}"
+
+    def _state(self, collaboration: str) -> dict[str, Any]:
+        path = self._file(collaboration, ".json")
+        try:
+            return dict(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def _save(self, collaboration: str, state: dict[str, Any]) -> None:
+        path = self._file(collaboration, ".json")
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(state, indent=1))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def head(self, collaboration: str) -> TreeHead | None:
+        """The latest head verified for this chain, if any."""
+        d = self._state(collaboration).get("head")
+        return TreeHead.from_dict(d) if d else None
+
+    def incident(self, collaboration: str) -> dict[str, Any] | None:
+        """An unacknowledged rewrite of this chain, if one was found."""
+        value = self._state(collaboration).get("incident")
+        return dict(value) if value else None
+
+    def require_no_incident(self, collaboration: str) -> None:
+        """HistoryRewrittenError while an incident on this chain is unacknowledged."""
+        found = self.incident(collaboration)
+        if found:
+            raise HistoryRewrittenError(
+                collaboration,
+                f"{found['reason']} (found {found['when']}; acknowledge it to go on)",
+                TreeHead.from_dict(found["remembered"]) if found.get("remembered") else None,
+                TreeHead.from_dict(found["shown"]) if found.get("shown") else None,
+            )
+
+    def acknowledge(self, collaboration: str) -> dict[str, Any] | None:
+        """Clear the incident; the shown head becomes the remembered one. Returns the incident acknowledged."""
+        with self._lock:
+            state = self._state(collaboration)
+            found = state.pop("incident", None)
+            if found:
+                state.setdefault("acknowledged", []).append(found)
+                if found.get("shown"):
+                    state["head"] = found["shown"]
+                self._save(collaboration, state)
+            return dict(found) if found else None
+
+    def receipts(self, collaboration: str) -> list[dict[str, Any]]:
+        """Every receipt kept for this chain, oldest first (entry fields as JSON, and the head)."""
+        path = self._file(collaboration, ".receipts.jsonl")
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def accept(self, collaboration: str, shown: TreeHead, fetch: ConsistencyFetch) -> None:
+        """Check that `shown` is the server's and extends the remembered head, then remember it.
+
+        Raises HistoryRewrittenError (and records the incident) when it does not; a bad signature is the same.
+        """
+        with self._lock:
+            state = self._state(collaboration)
+            remembered = TreeHead.from_dict(state["head"]) if state.get("head") else None
+            reason = ""
+            if shown.collaboration != collaboration:
+                reason = f"a head of another chain ({shown.collaboration!r}) was shown"
+            elif not shown.is_signed_by(self._key):
+                reason = "the tree head is not signed by the server's audit key"
+            elif remembered is not None:
+                if shown.size < remembered.size:
+                    reason = f"the log shrank from {remembered.size} to {shown.size} entries"
+                else:
+                    try:
+                        proof = (
+                            [] if shown.size == remembered.size else fetch(collaboration, remembered.size, shown.size)
+                        )
+                        merkle.verify_consistency(remembered.size, shown.size, remembered.root, shown.root, proof)
+                    except merkle.ProofError as exc:
+                        reason = str(exc)
+            if reason:
+                state["incident"] = {
+                    "reason": reason,
+                    "when": datetime.now().astimezone().isoformat(timespec="seconds"),
+                    "remembered": remembered.to_dict() if remembered else None,
+                    "shown": shown.to_dict(),
+                }
+                self._save(collaboration, state)
+                raise HistoryRewrittenError(collaboration, reason, remembered, shown)
+            if remembered is None or shown.size > remembered.size:
+                state["head"] = shown.to_dict()
+                self._save(collaboration, state)
+
+    def keep_receipts(self, collaboration: str, receipts: Iterable[apb.Receipt]) -> None:
+        """Append receipts (already verified) to this chain's file."""
+        path = self._file(collaboration, ".receipts.jsonl")
+        lines = []
+        for r in receipts:
+            body = entry_body(r.entry)
+            lines.append(
+                canonical_json({"entry": body, "hash": r.entry.hash, "head": TreeHead.from_proto(r.head).to_dict()})
+            )
+        if not lines:
+            return
+        with self._lock:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            with os.fdopen(fd, "a") as f:
+                f.write("\n".join(lines) + "\n")
+
+
+def check_receipt(receipt: apb.Receipt, key: Ed25519PublicKey) -> TreeHead:
+    """The head of a receipt whose entry is signed and in its head's tree; ProofError otherwise.
+
+    The head's own signature and its consistency with what this client saw are `HeadMemory.accept`'s to check.
+    """
+    head = TreeHead.from_proto(receipt.head)
+    leaf = entry_leaf(receipt.entry, key)
+    merkle.verify_inclusion(leaf, receipt.entry.sequence - 1, head.size, list(receipt.inclusion_proof), head.root)
+    return head
+
+
+def parse_receipts(trailing: Sequence[tuple[str, str | bytes]] | None) -> list[apb.Receipt]:
+    """The receipts in a call's trailing metadata (none when the call appended nothing)."""
+    out: list[apb.Receipt] = []
+    for key, value in trailing or ():
+        if key == RECEIPTS_METADATA and isinstance(value, bytes):
+            message = apb.Receipts()
+            message.ParseFromString(value)
+            out.extend(message.receipts)
+    return out
