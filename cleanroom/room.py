@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .audit import AuditLog, load_or_create_signing_key
+from .audit.transparency import AuditTrees
 from .collaborations import Collaborations
 from .principals import Principals
 from .storage import Database, StorageLimits
@@ -29,6 +30,7 @@ class Room:
         self.data_dir = data_dir
         self.db = db
         self.audit = AuditLog(db, load_or_create_signing_key(data_dir), data_dir / "audit-heads")
+        self.trees = AuditTrees(self.audit)
         self.principals = Principals(db, self.audit)
         self.collaborations = Collaborations(db, self.audit, self.principals)
 

@@ -339,6 +339,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                     delta_total=s.delta_total,
                     delta_spent=s.delta_spent,
                     delta_remaining=s.delta_remaining,
+                    since_sequence=s.since_sequence,
                 )
                 for s in rows
             ],

@@ -42,6 +42,7 @@ from .collaboration_servicer import CollaborationServicer
 from .errors import ErrorMappingInterceptor
 from .limits import RequestLimitsInterceptor
 from .matching_servicer import MatchingServicer
+from .receipts import ReceiptInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def create_server(config: ServerConfig) -> RunningServer:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers),
         maximum_concurrent_rpcs=config.max_concurrent_rpcs or RPC_QUEUE_FACTOR * config.max_workers,
-        interceptors=[ErrorMappingInterceptor(), RequestLimitsInterceptor()],
+        interceptors=[ErrorMappingInterceptor(), ReceiptInterceptor(room.trees), RequestLimitsInterceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -154,7 +155,9 @@ def create_server(config: ServerConfig) -> RunningServer:
     analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(
         AnalyticsServicer(room.queries, collaborations, Audiences(room.db, room.audit), auth), server
     )
-    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(room.audit, collaborations, auth, streams), server)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(
+        AuditServicer(room.audit, collaborations, auth, streams, room.trees), server
+    )
 
     services = _service_names()
     health_servicer = health.HealthServicer()

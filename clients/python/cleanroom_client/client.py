@@ -56,6 +56,7 @@ from .protocol import collaboration_pb2_grpc as cpb_grpc
 from .protocol import matching_pb2 as mpb
 from .protocol import matching_pb2_grpc as mpb_grpc
 from .refresh import RefreshSummary
+from .transparency import TreeHead, Witness
 
 T = TypeVar("T")
 
@@ -224,6 +225,7 @@ class CleanRoomClient:
         self._matching = mpb_grpc.MatchingServiceStub(self._channel)
         self._audit = apb_grpc.AuditServiceStub(self._channel)
         self._analytics = qpb_grpc.AnalyticsServiceStub(self._channel)
+        self._witness = Witness(self.state_dir / "transparency", self._audit, self._metadata)
         self._executor = executor
         self._owns_executor = executor is None
         self.progress = progress
@@ -244,10 +246,20 @@ class CleanRoomClient:
         self.close()
 
     def _call(self, fn: Callable[..., T], request: object) -> T:
+        """One unary call, with the transparency log's checks around it.
+
+        Refused while its collaboration has an unacknowledged history incident; the receipts the call brings back
+        (answered or refused) are checked against the heads this client remembers, and kept.
+        """
+        self._witness.before(request)
         try:
-            return fn(request, metadata=self._metadata)
+            response, call = fn.with_call(request, metadata=self._metadata)  # type: ignore[attr-defined]
         except grpc.RpcError as err:
-            raise CleanRoomError.from_rpc(err) from None
+            error = CleanRoomError.from_rpc(err)
+            self._witness.after(err.trailing_metadata() if isinstance(err, grpc.Call) else None)
+            raise error from None
+        self._witness.after(call.trailing_metadata())
+        return response
 
     # -- collaborations ----------------------------------------------------------------------------------------------
     def create_collaboration(self, policy: str | Path, collaboration_id: str = "") -> CollaborationInfo:
@@ -648,6 +660,7 @@ class CleanRoomClient:
         frame.attrs["epsilon_per_query_max"] = b.epsilon_per_query_max
         frame.attrs["epsilon_per_query_min"] = b.epsilon_per_query_min
         frame.attrs["delta_per_query_max"] = b.delta_per_query_max
+        frame.attrs["since_sequence"] = {m.member: m.since_sequence for m in b.members}
         return frame
 
     # -- audit -------------------------------------------------------------------------------------------------------
@@ -682,7 +695,12 @@ class CleanRoomClient:
                 return pd.DataFrame(rows)
 
     def verify_audit_log(self, collaboration_id: str = "") -> dict[str, object]:
-        """Ask the server to verify a whole chain: valid, entries checked, and the first broken entry if any."""
+        """Ask the server to verify a whole chain: valid, entries checked, and the first broken entry if any.
+
+        First the chain's tree head is checked to extend the last one this client saw (HistoryRewrittenError if it
+        does not: the server's own verification cannot see a rollback of its whole disk).
+        """
+        self._witness.head(collaboration_id)
         parent = _name(collaboration_id) if collaboration_id else ""
         r = self._call(self._audit.VerifyAuditLog, apb.VerifyAuditLogRequest(collaboration=parent))
         return {
@@ -713,6 +731,72 @@ class CleanRoomClient:
         except grpc.RpcError as err:
             raise CleanRoomError.from_rpc(err) from None
         return out
+
+    def audit_head(self, collaboration_id: str = "") -> dict[str, object]:
+        """The chain's signed tree head now, checked to extend the last one this client saw (and remembered).
+
+        Write it to a file and give it to the other members: `compare_audit_head` on their side proves both of you
+        were shown one history. HistoryRewrittenError when the server's log does not extend what you saw.
+        """
+        return self._witness.head(collaboration_id).to_dict()
+
+    def compare_audit_head(self, collaboration_id: str, other: Mapping[str, object]) -> dict[str, object]:
+        """Check another member's exported head (`audit_head`) against yours: HistoryRewrittenError on a fork."""
+        head = TreeHead.from_dict(dict(other))
+        mine = self._witness.compare(collaboration_id, head)
+        return {"consistent": True, "mine": mine.to_dict(), "theirs": head.to_dict()}
+
+    def acknowledge_history_rewrite(self, collaboration_id: str) -> dict[str, object] | None:
+        """Accept, after looking into it, a history incident of a collaboration, so the SDK serves it again.
+
+        The head the server showed becomes the remembered one; the incident is kept in the state file with both
+        heads. Returns the incident acknowledged (None if there was none).
+        """
+        return self._witness.memory.acknowledge(collaboration_id)
+
+    def check_budget(self, collaboration_id: str) -> pd.DataFrame:
+        """Recompute your own spend from the receipts you kept and compare it with what the server reports.
+
+        Every receipt's entry must still be in the log (inclusion proofs against the current head), and the server's
+        spent ε and δ for you must be at least what your receipts charged since the budget's period began: a lower
+        figure means charged entries were removed (HistoryRewrittenError).
+        """
+        head, kept = self._witness.check_receipts(collaboration_id)
+        frame = self.budget(collaboration_id)
+        me = {str(r["entry"]["principal"]) for r in kept}
+        since_of: dict[str, int] = frame.attrs["since_sequence"]
+        rows = []
+        for record in frame.to_dict("records"):
+            member = str(record["member"])
+            if member not in me:
+                continue
+            since = int(since_of.get(member, 0))
+            mine = [
+                r["entry"] for r in kept if r["entry"]["principal"] == member and int(r["entry"]["sequence"]) > since
+            ]
+            eps = sum(float(e["epsilon"]) for e in mine)
+            dlt = sum(float(e["delta"]) for e in mine)
+            server_eps, server_dlt = float(record["spent"]), float(record["delta_spent"])
+            ok = server_eps + 1e-9 >= eps and server_dlt + 1e-15 >= dlt
+            rows.append(
+                {
+                    "member": member,
+                    "server_spent": server_eps,
+                    "receipts_spent": eps,
+                    "server_delta_spent": server_dlt,
+                    "receipts_delta_spent": dlt,
+                    "receipts": len(mine),
+                    "log_size": head.size,
+                    "consistent": ok,
+                }
+            )
+            if not ok:
+                reason = (
+                    f"the server reports {server_eps:g} ε and {server_dlt:g} δ spent by {member} but the receipts "
+                    f"held since entry {since} charge {eps:g} ε and {dlt:g} δ: charged entries were removed"
+                )
+                self._witness.memory.record_incident(collaboration_id, reason, head)
+        return pd.DataFrame(rows)
 
     def server_public_key(self) -> str:
         """The server's Ed25519 audit key, PEM."""

@@ -181,12 +181,12 @@ ConsistencyFetch = Callable[[str, int, int], Sequence[bytes]]
 class HeadMemory:
     """What this client verified of each chain of one server: the latest head and every receipt, on disk.
 
-    One directory per server key (a new key is a new server, never silently trusted in place of the old), one JSON
-    file of heads per collaboration and one JSON Lines file of receipts. Files are written atomically (0600).
+    One JSON file of state per collaboration (the head, an unacknowledged incident, acknowledged ones) and one JSON
+    Lines file of receipts, under `<state_dir>/transparency/`, written atomically and readable by the owner only.
     """
 
-    def __init__(self, state_dir: Path, server_key: Ed25519PublicKey, server_key_raw: bytes) -> None:
-        self._dir = state_dir / "transparency" / hashlib.sha256(server_key_raw).hexdigest()[:32]
+    def __init__(self, directory: Path, server_key: Ed25519PublicKey) -> None:
+        self._dir = directory
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._key = server_key
         self._lock = threading.Lock()
@@ -254,9 +254,11 @@ class HeadMemory:
         return [json.loads(line) for line in lines if line.strip()]
 
     def accept(self, collaboration: str, shown: TreeHead, fetch: ConsistencyFetch) -> None:
-        """Check that `shown` is the server's and extends the remembered head, then remember it.
+        """Check that `shown` is the server's and consistent with the remembered head; remember the larger.
 
-        Raises HistoryRewrittenError (and records the incident) when it does not; a bad signature is the same.
+        A larger head must extend the remembered one; a smaller one (a concurrent call's answer, signed a moment
+        earlier) must be a prefix of it, which only a server that still holds the remembered tree can prove; a head
+        of the same size must be the same. Otherwise HistoryRewrittenError, and the incident is recorded.
         """
         with self._lock:
             state = self._state(collaboration)
@@ -267,28 +269,38 @@ class HeadMemory:
             elif not shown.is_signed_by(self._key):
                 reason = "the tree head is not signed by the server's audit key"
             elif remembered is not None:
-                if shown.size < remembered.size:
-                    reason = f"the log shrank from {remembered.size} to {shown.size} entries"
-                else:
-                    try:
-                        proof = (
-                            [] if shown.size == remembered.size else fetch(collaboration, remembered.size, shown.size)
-                        )
-                        merkle.verify_consistency(remembered.size, shown.size, remembered.root, shown.root, proof)
-                    except merkle.ProofError as exc:
-                        reason = str(exc)
-            if reason:
-                state["incident"] = {
-                    "reason": reason,
-                    "when": datetime.now().astimezone().isoformat(timespec="seconds"),
-                    "remembered": remembered.to_dict() if remembered else None,
-                    "shown": shown.to_dict(),
-                }
-                self._save(collaboration, state)
-                raise HistoryRewrittenError(collaboration, reason, remembered, shown)
-            if remembered is None or shown.size > remembered.size:
-                state["head"] = shown.to_dict()
-                self._save(collaboration, state)
+                older, newer = sorted((remembered, shown), key=lambda h: h.size)
+                try:
+                    proof = [] if older.size == newer.size else fetch(collaboration, older.size, newer.size)
+                    merkle.verify_consistency(older.size, newer.size, older.root, newer.root, proof)
+                except (merkle.ProofError, CleanRoomError) as exc:
+                    shrank = shown.size < remembered.size
+                    reason = f"the log shrank from {remembered.size} to {shown.size} entries" if shrank else str(exc)
+            if not reason:
+                if remembered is None or shown.size > remembered.size:
+                    state["head"] = shown.to_dict()
+                    self._save(collaboration, state)
+                return
+        self.record_incident(collaboration, reason, shown)
+
+    def record_incident(self, collaboration: str, reason: str, shown: TreeHead | None) -> None:
+        """Record an incident found outside `accept` and raise it."""
+        with self._lock:
+            state = self._state(collaboration)
+            remembered = TreeHead.from_dict(state["head"]) if state.get("head") else None
+            state["incident"] = {
+                "reason": reason,
+                "when": datetime.now().astimezone().isoformat(timespec="seconds"),
+                "remembered": remembered.to_dict() if remembered else None,
+                "shown": shown.to_dict() if shown else None,
+            }
+            self._save(collaboration, state)
+        raise HistoryRewrittenError(collaboration, reason, remembered, shown)
+
+    @property
+    def key(self) -> Ed25519PublicKey:
+        """The server's audit key this memory trusts."""
+        return self._key
 
     def keep_receipts(self, collaboration: str, receipts: Iterable[apb.Receipt]) -> None:
         """Append receipts (already verified) to this chain's file."""
@@ -327,3 +339,144 @@ def parse_receipts(trailing: Sequence[tuple[str, str | bytes]] | None) -> list[a
             message.ParseFromString(value)
             out.extend(message.receipts)
     return out
+
+
+def chain_of(request: object) -> str | None:
+    """The collaboration a request is about (its `name`, `parent` or `collaboration` field), if any."""
+    for field in ("parent", "name", "collaboration"):
+        value = getattr(request, field, None)
+        if isinstance(value, str) and value.startswith("collaborations/"):
+            return value.removeprefix("collaborations/").split("/", 1)[0]
+    return None
+
+
+class Witness:
+    """The SDK's side of the transparency log for one server and credential: checks every receipt and head.
+
+    `before` refuses a collaboration with an unacknowledged incident; `after` checks the receipts a call brought
+    (the entry is the server's and in the head's tree, the head extends what was seen) and keeps them. The server's
+    audit key is pinned the first time it is needed; a different key later is itself an incident.
+    """
+
+    def __init__(self, directory: Path, stub: Any, metadata: Sequence[tuple[str, str]]) -> None:
+        self._dir = directory
+        self._stub = stub
+        self._metadata = metadata
+        self._memory: HeadMemory | None = None
+        self._lock = threading.Lock()
+
+    def _rpc(self, fn: Callable[..., Any], request: object) -> Any:
+        import grpc
+
+        try:
+            return fn(request, metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise CleanRoomError.from_rpc(err) from None
+
+    @property
+    def memory(self) -> HeadMemory:
+        """The remembered heads and receipts, with the server's pinned key."""
+        with self._lock:
+            if self._memory is None:
+                from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+                self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                pinned = self._dir / "server-key.pem"
+                pem = self._rpc(self._stub.GetServerPublicKey, apb.GetServerPublicKeyRequest()).pem
+                if pinned.exists() and pinned.read_text() != pem:
+                    raise HistoryRewrittenError(
+                        "",
+                        f"the server's audit key changed (pinned in {pinned}); a new key is a new history",
+                        None,
+                        None,
+                    )
+                if not pinned.exists():
+                    fd = os.open(pinned, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    with os.fdopen(fd, "w") as f:
+                        f.write(pem)
+                key = load_pem_public_key(pem.encode())
+                if not isinstance(key, Ed25519PublicKey):
+                    raise CleanRoomError("INTERNAL", "the server's audit key is not an Ed25519 key")
+                self._memory = HeadMemory(self._dir, key)
+            return self._memory
+
+    def _name(self, collaboration: str) -> str:
+        return f"collaborations/{collaboration}" if collaboration else ""
+
+    def consistency(self, collaboration: str, first: int, second: int) -> list[bytes]:
+        """The server's consistency proof between two sizes of a chain."""
+        request = apb.GetConsistencyProofRequest(collaboration=self._name(collaboration), first=first, second=second)
+        return list(self._rpc(self._stub.GetConsistencyProof, request).proof)
+
+    def before(self, request: object) -> None:
+        """HistoryRewrittenError when the request's collaboration has an unacknowledged incident."""
+        chain = chain_of(request)
+        if (
+            chain is not None
+            and self._dir.exists()
+            and (self._memory is not None or (self._dir / "server-key.pem").exists())
+        ):
+            self.memory.require_no_incident(chain)
+
+    def after(self, trailing: Sequence[tuple[str, str | bytes]] | None) -> None:
+        """Check and keep the receipts of a call's trailing metadata."""
+        receipts = parse_receipts(trailing)
+        if not receipts:
+            return
+        memory = self.memory
+        by_chain: dict[str, list[apb.Receipt]] = {}
+        for receipt in receipts:
+            head = TreeHead.from_proto(receipt.head)
+            try:
+                check_receipt(receipt, memory.key)
+            except merkle.ProofError as exc:
+                memory.record_incident(head.collaboration, f"a receipt does not prove its entry: {exc}", head)
+            by_chain.setdefault(head.collaboration, []).append(receipt)
+        for chain, kept in by_chain.items():
+            memory.accept(chain, TreeHead.from_proto(kept[-1].head), self.consistency)
+            memory.keep_receipts(chain, kept)
+
+    def head(self, collaboration: str) -> TreeHead:
+        """The chain's head now, checked against the remembered one (and remembered)."""
+        response = self._rpc(self._stub.GetTreeHead, apb.GetTreeHeadRequest(collaboration=self._name(collaboration)))
+        head = TreeHead.from_proto(response.head)
+        self.memory.require_no_incident(collaboration)
+        self.memory.accept(collaboration, head, self.consistency)
+        return head
+
+    def compare(self, collaboration: str, other: TreeHead) -> TreeHead:
+        """Check another member's exported head against this client's: both must lie on one history."""
+        mine = self.head(collaboration)
+        if not other.is_signed_by(self.memory.key):
+            raise HistoryRewrittenError(collaboration, "the other head is not signed by this server's key", mine, other)
+        if other.collaboration != collaboration:
+            raise ValueError(f"that head is of {other.collaboration!r}, not {collaboration!r}")
+        older, newer = sorted((mine, other), key=lambda h: h.size)
+        try:
+            proof = [] if older.size == newer.size else self.consistency(collaboration, older.size, newer.size)
+            merkle.verify_consistency(older.size, newer.size, older.root, newer.root, proof)
+        except (merkle.ProofError, CleanRoomError) as exc:
+            reason = f"the two members were shown different histories (a fork): {exc}"
+            self.memory.record_incident(collaboration, reason, other)
+        return mine
+
+    def check_receipts(self, collaboration: str) -> tuple[TreeHead, list[dict[str, Any]]]:
+        """Every kept receipt's entry is still in the chain's current tree; returns the head and the receipts."""
+        head = self.head(collaboration)
+        kept = self.memory.receipts(collaboration)
+        for r in kept:
+            sequence = int(r["entry"]["sequence"])
+            request = apb.GetInclusionProofRequest(
+                collaboration=self._name(collaboration), sequence=sequence, tree_size=head.size
+            )
+            try:
+                response = self._rpc(self._stub.GetInclusionProof, request)
+                if response.entry.hash != r["hash"]:
+                    raise merkle.ProofError(f"entry {sequence} is not the one the receipt holds")
+                leaf = entry_leaf(response.entry, self.memory.key)
+                merkle.verify_inclusion(leaf, sequence - 1, head.size, list(response.proof), head.root)
+            except (merkle.ProofError, CleanRoomError) as exc:
+                reason = f"entry {sequence}, of a receipt this member holds, is missing from the log: {exc}"
+                self.memory.record_incident(collaboration, reason, head)
+                raise HistoryRewrittenError(collaboration, reason, self.memory.head(collaboration), head) from None
+        return head, kept

@@ -1,0 +1,225 @@
+"""The operator goes back in time: members and auditors who remember the tree heads they saw catch it.
+
+Each test is an attack from issue 30 run with the server stopped (as whoever holds the disk would): delete a
+collaboration's entries and its head file; restore an older head and cut the tail to match; roll back the whole
+data directory; show two members two different histories (a fork). The brand's SDK and the auditor's verify must
+raise HistoryRewrittenError naming both heads, and refuse to go on until acknowledged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from cleanroom.devtools.devpki import DevPki
+from cleanroom.devtools.synthetic import DEMO_POLICY, SyntheticConfig, generate
+from cleanroom.principals import Role
+from cleanroom.server.app import RunningServer
+from cleanroom.storage.database import DB_FILE
+from cleanroom_client import CleanRoomClient, SerialExecutor
+from cleanroom_client.errors import PermissionDeniedError
+from cleanroom_client.transparency import HistoryRewrittenError
+from tests.conftest import start_server
+
+COLLAB = "translog"
+
+
+class Operator:
+    """A server on a data directory that the test stops, edits and restarts, and the clients that remember."""
+
+    def __init__(self, root: Path, pki: DevPki) -> None:
+        self.root, self.pki = root, pki
+        self.data = root / "server"
+        self.server: RunningServer | None = start_server(self.data, pki)
+        self.tokens = {
+            n: self.server.room.principals.add(n, r)
+            for n, r in (("brand", Role.MEMBER), ("platform", Role.MEMBER), ("auditor", Role.AUDITOR))
+        }
+        self.clients: dict[str, CleanRoomClient] = {}
+
+    def client(self, name: str, state: str = "") -> CleanRoomClient:
+        key = name + state
+        if key not in self.clients:
+            assert self.server is not None
+            self.clients[key] = CleanRoomClient(
+                f"localhost:{self.server.port}",
+                token=self.tokens[name],
+                root_certificates=self.pki.ca,
+                state_dir=self.root / f"state-{key}",
+                executor=SerialExecutor(),
+                progress=False,
+            )
+        return self.clients[key]
+
+    def stop(self) -> None:
+        for c in self.clients.values():
+            c.close()
+        self.clients.clear()
+        assert self.server is not None
+        self.server.stop(None)
+        self.server = None
+
+    def start(self) -> None:
+        self.server = start_server(self.data, self.pki)
+
+    def sql(self, statement: str, *args: object) -> None:
+        con = duckdb.connect(str(self.data / DB_FILE))
+        con.execute(statement, list(args))
+        con.close()
+
+
+@pytest.fixture
+def operator(tmp_path: Path, pki: DevPki):
+    op = Operator(tmp_path, pki)
+    brand, platform = op.client("brand"), op.client("platform")
+    c = brand.create_collaboration(DEMO_POLICY, COLLAB)
+    brand.approve_policy(c.id)
+    platform.approve_policy(c.id)
+    assert op.server is not None
+    op.server.room.principals.assign_auditor("auditor", COLLAB)
+    data = generate(SyntheticConfig(brand_users=300, platform_users=400, shared=200))
+    import threading
+
+    t = threading.Thread(
+        target=platform.match,
+        args=(COLLAB,),
+        kwargs={
+            "users": data.platform_users,
+            "key": "user_id",
+            "identifiers": {"email": "email", "phone": "phone"},
+            "attributes": ["age_band", "stage_4a"],
+            "wait_timeout": 120,
+        },
+    )
+    t.start()
+    brand.match(
+        COLLAB,
+        users=data.brand_users,
+        key="customer_id",
+        identifiers={"email": "email", "phone": "mobile"},
+        attributes=["tier"],
+        wait_timeout=120,
+    )
+    t.join()
+    yield op
+    if op.server is not None:
+        op.stop()
+
+
+def _spend(op: Operator, times: int = 1) -> None:
+    for _ in range(times):
+        op.client("brand").overlap(COLLAB, epsilon=0.5)
+
+
+def _head_files(op: Operator) -> Path:
+    return op.data / "audit-heads"
+
+
+def test_receipts_come_back_with_every_charge_and_budget_check_agrees(operator: Operator) -> None:
+    _spend(operator, 2)
+    check = operator.client("brand").check_budget(COLLAB)
+    row = check.iloc[0]
+    assert row["member"] == "brand"
+    assert row["receipts_spent"] == pytest.approx(1.0)
+    assert row["server_spent"] == pytest.approx(1.0)
+    assert bool(row["consistent"])
+
+
+def test_deleting_a_collaborations_entries_and_head_is_caught_by_member_and_auditor(operator: Operator) -> None:
+    _spend(operator, 3)
+    operator.client("auditor").verify_audit_log(COLLAB)  # the auditor remembers the head it verified
+    operator.stop()
+    operator.sql("DELETE FROM audit_log WHERE collab = ?", COLLAB)
+    shutil.rmtree(_head_files(operator))
+    operator.start()
+    with pytest.raises(HistoryRewrittenError, match="shrank") as caught:
+        operator.client("brand").check_budget(COLLAB)
+    remembered, shown = caught.value.remembered, caught.value.shown
+    assert remembered is not None
+    assert remembered.size > 0
+    assert shown is not None
+    assert shown.size == 0
+    with pytest.raises(HistoryRewrittenError):
+        operator.client("auditor").verify_audit_log(COLLAB)
+    # the brand's SDK refuses the collaboration until the user acknowledges the incident
+    with pytest.raises(HistoryRewrittenError, match="acknowledge"):
+        operator.client("brand").budget(COLLAB)
+    assert operator.client("brand").acknowledge_history_rewrite(COLLAB) is not None
+    operator.client("brand").budget(COLLAB)
+
+
+def test_an_older_head_and_a_cut_tail_are_caught(operator: Operator) -> None:
+    _spend(operator)
+    saved = operator.root / "old-heads"
+    shutil.copytree(_head_files(operator), saved)
+    assert operator.server is not None
+    keep = operator.server.room.audit.last_sequence(COLLAB)
+    _spend(operator, 3)
+    operator.stop()
+    operator.sql("DELETE FROM audit_log WHERE collab = ? AND seq > ?", COLLAB, keep)
+    shutil.rmtree(_head_files(operator))
+    shutil.copytree(saved, _head_files(operator))
+    operator.start()
+    assert operator.server is not None
+    assert operator.server.room.audit.verify(COLLAB).valid  # the server's own check is fooled
+    with pytest.raises(HistoryRewrittenError, match="shrank"):
+        _spend(operator)  # the next charge's receipt shows a smaller tree
+
+
+def test_rolling_back_the_whole_data_directory_is_caught_even_after_the_log_grows_again(operator: Operator) -> None:
+    operator.stop()
+    snapshot = operator.root / "snapshot"
+    shutil.copytree(operator.data, snapshot)
+    operator.start()
+    _spend(operator, 2)
+    operator.client("auditor").verify_audit_log(COLLAB)
+    operator.stop()
+    shutil.rmtree(operator.data)
+    shutil.copytree(snapshot, operator.data)
+    operator.start()
+    # another member's actions (refusals are logged too) grow the rolled-back log past what the brand saw: sizes
+    # alone would not tell
+    for _ in range(6):
+        with contextlib.suppress(PermissionDeniedError):
+            operator.client("platform").overlap(COLLAB, epsilon=0.1)
+    with pytest.raises(HistoryRewrittenError, match="does not extend"):
+        _spend(operator)
+    with pytest.raises(HistoryRewrittenError):
+        operator.client("auditor").verify_audit_log(COLLAB)
+
+
+def test_two_members_shown_two_histories_find_the_fork_by_comparing_heads(operator: Operator, pki: DevPki) -> None:
+    operator.stop()
+    fork = operator.root / "fork"
+    shutil.copytree(operator.data, fork)
+    operator.start()
+    other = start_server(fork, pki)
+    try:
+        _spend(operator)  # the brand's history
+        platform = CleanRoomClient(
+            f"localhost:{other.port}",
+            token=operator.tokens["platform"],
+            root_certificates=pki.ca,
+            state_dir=operator.root / "state-platform-forked",
+            executor=SerialExecutor(),
+            progress=False,
+        )
+        try:
+            with contextlib.suppress(PermissionDeniedError):  # the platform's refusal, on the forked copy
+                platform.overlap(COLLAB, epsilon=0.2)
+            brand_head = operator.client("brand").audit_head(COLLAB)
+            assert brand_head["size"] == platform.audit_head(COLLAB)["size"]  # same length, different entries
+            with pytest.raises(HistoryRewrittenError, match="fork"):
+                platform.compare_audit_head(COLLAB, brand_head)
+        finally:
+            platform.close()
+        # on one history, heads of different sizes compare fine
+        older = operator.client("brand").audit_head(COLLAB)
+        _spend(operator)
+        assert operator.client("platform").compare_audit_head(COLLAB, older)["consistent"]
+    finally:
+        other.stop(None)
