@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime
 
 import grpc
@@ -140,6 +141,8 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         chain = self._chain(principal, request.collaboration, "audit.export")
         with self._streams.slot(principal):
             head = self._log.head(chain)  # taken first: the export ends exactly at it, whatever is appended meanwhile
+            if head is not None:
+                head = replace(head, tree=self._trees.head(chain, size=head.sequence))
             buffer: list[bytes] = []
             size = 0
             for entry in self._log.entries(chain, limit=head.sequence if head else 0):

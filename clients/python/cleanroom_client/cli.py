@@ -848,12 +848,85 @@ def _event(text: str, absent: bool) -> dict[str, object]:
 
 
 @app.command()
-def budget(collaboration: CollaborationId) -> None:
+def budget(
+    collaboration: CollaborationId,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Recompute your own spend from the receipts you kept, check that each is still in the audit log, "
+            "and compare with what the server reports (exit 1 on a mismatch).",
+        ),
+    ] = False,
+) -> None:
     """Epsilon total, spent and left per member.
 
-    Example: cleanroom-client budget brand-x-2026q4
+    Example: cleanroom-client budget brand-x-2026q4 --check
     """
-    _query(lambda c: c.budget(collaboration), "budget")
+    if not check:
+        _query(lambda c: c.budget(collaboration), "budget")
+        return
+    with _client() as client:
+        frame = client.check_budget(collaboration)
+    _show(frame, "budget against your receipts")
+
+
+audit_app = typer.Typer(
+    help="The transparency log: heads you remember, compared with other members' (catches a rollback or a fork).",
+    no_args_is_help=True,
+)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("head")
+def audit_head(
+    collaboration: Annotated[str, typer.Argument(help="Collaboration id ('' for the server's chain, auditors).")],
+    to: Annotated[
+        Path | None, typer.Option(help="Also write the head as JSON here, to give the other members.")
+    ] = None,
+) -> None:
+    """The audit log's signed tree head now, checked to extend the one you last saw.
+
+    Example: cleanroom-client audit head brand-x-2026q4 --to brand-head.json
+    """
+    with _client() as client:
+        head = client.audit_head(collaboration)
+    if to is not None:
+        to.write_text(json.dumps(head, indent=1) + "\n")
+        err.print(f"head of {head['size']} entries written to {to}")
+    _show(_table([head]), "audit head")
+
+
+@audit_app.command("compare")
+def audit_compare(
+    collaboration: CollaborationId,
+    file: Annotated[Path, typer.Argument(help="Another member's head (cleanroom-client audit head --to FILE).")],
+) -> None:
+    """Check that another member was shown the same history as you (exit 1 and both heads on a fork).
+
+    Example: cleanroom-client audit compare brand-x-2026q4 platform-head.json
+    """
+    other = json.loads(file.read_text())
+    with _client() as client:
+        result = client.compare_audit_head(collaboration, other)
+    sizes = {k: v["size"] for k, v in result.items() if isinstance(v, dict)}
+    out.print(
+        f"consistent: your head ({sizes['mine']} entries) and theirs ({sizes['theirs']} entries) lie on one history"
+    )
+
+
+@audit_app.command("acknowledge")
+def audit_acknowledge(collaboration: CollaborationId) -> None:
+    """After looking into a history incident, let the SDK serve the collaboration again (the incident is kept).
+
+    Example: cleanroom-client audit acknowledge brand-x-2026q4
+    """
+    with _client() as client:
+        found = client.acknowledge_history_rewrite(collaboration)
+    if found is None:
+        out.print("no incident to acknowledge")
+        return
+    out.print(f"acknowledged: {found['reason']} (found {found['when']})")
 
 
 @app.command()
