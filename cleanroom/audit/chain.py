@@ -180,19 +180,25 @@ class SignedHead:
 
 
 def verify_entries(
-    entries: Iterable[AuditEntry], public_key: Ed25519PublicKey, head: SignedHead | None = None, exact: bool = True
+    entries: Iterable[AuditEntry],
+    public_key: Ed25519PublicKey,
+    head: SignedHead | None = None,
+    exact: bool = True,
+    signed_prefix: int = 0,
 ) -> VerifyResult:
     """Check one chain in order: sequence, links, hashes and signatures; then its end against a signed head.
 
     With a head, the chain must reach the head's sequence with the head's hash (`exact`: and end there, as an
     export does; otherwise entries after the head are allowed, as on a server that stopped between writing an entry
-    and its head). An empty chain verifies only without a head.
+    and its head). An empty chain verifies only without a head. The signatures of the first `signed_prefix` entries
+    are not checked again: the caller has shown that their (hash, signature) pairs are the ones it verified before
+    (a remembered Merkle root); their contents are still checked against their hashes.
     """
     previous = GENESIS
     checked = 0
     at_head = head is None
     for expected, entry in enumerate(entries, start=1):
-        reason = _first_problem(entry, expected, previous, public_key)
+        reason = _first_problem(entry, expected, previous, None if expected <= signed_prefix else public_key)
         if reason:
             return VerifyResult(False, checked, expected, f"entry {expected}: {reason}")
         previous = entry.hash
@@ -218,13 +224,15 @@ def verify_entries(
     return VerifyResult(True, checked)
 
 
-def _first_problem(entry: AuditEntry, expected: int, previous: str, public_key: Ed25519PublicKey) -> str:
+def _first_problem(entry: AuditEntry, expected: int, previous: str, public_key: Ed25519PublicKey | None) -> str:
     if entry.sequence != expected:
         return f"expected sequence {expected}, found {entry.sequence} (an entry was deleted or reordered)"
     if entry.previous_hash != previous:
         return f"previous_hash does not match entry {expected - 1}'s hash"
     if entry.compute_hash() != entry.hash:
         return "its contents do not match its hash (altered)"
+    if public_key is None:
+        return ""
     try:
         public_key.verify(entry.signature, bytes.fromhex(entry.hash))
     except (InvalidSignature, ValueError):
@@ -273,12 +281,15 @@ def verify_export(text: str, public_key: Ed25519PublicKey, remembered: TreeHead 
             len(entries) + 1,
             "the export does not end with the server's signed head: it is incomplete or cut",
         )
-    result = verify_entries(entries, public_key, head)
-    if not result.valid or (head.tree is None and remembered is None):
-        return result
     nodes = merkle.MerkleNodes()
     for entry in entries:
         nodes.append(merkle.leaf_hash(leaf_data(entry.hash, entry.signature)))
+    extends = (
+        remembered is not None and remembered.size <= nodes.size and nodes.root(remembered.size) == remembered.root
+    )
+    result = verify_entries(entries, public_key, head, signed_prefix=remembered.size if remembered and extends else 0)
+    if not result.valid or (head.tree is None and remembered is None):
+        return result
     return check_tree(nodes, head.tree, public_key, remembered, result)
 
 

@@ -9,6 +9,7 @@ raise HistoryRewrittenError naming both heads, and refuse to go on until acknowl
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 from pathlib import Path
 
@@ -223,3 +224,52 @@ def test_two_members_shown_two_histories_find_the_fork_by_comparing_heads(operat
         assert operator.client("platform").compare_audit_head(COLLAB, older)["consistent"]
     finally:
         other.stop(None)
+
+
+def _cli_env(op: Operator, name: str) -> dict[str, str]:
+    assert op.server is not None
+    return {
+        "CLEANROOM_TARGET": f"localhost:{op.server.port}",
+        "CLEANROOM_TOKEN": op.tokens[name],
+        "CLEANROOM_CA": str(op.pki.ca),
+        "CLEANROOM_STATE_DIR": str(op.root / f"cli-state-{name}"),
+    }
+
+
+def test_the_cli_exports_compares_and_checks_heads_and_an_auditor_offline_catches_a_rollback(
+    operator: Operator,
+) -> None:
+    from typer.testing import CliRunner
+
+    from cleanroom.cli import app as operator_app
+    from cleanroom_client.cli import app
+
+    runner = CliRunner()
+    brand, platform = _cli_env(operator, "brand"), _cli_env(operator, "platform")
+    assert runner.invoke(app, ["overlap", COLLAB, "--epsilon", "0.5"], env=brand).exit_code == 0
+    checked = runner.invoke(app, ["-o", "json", "budget", COLLAB, "--check"], env=brand)
+    assert checked.exit_code == 0, checked.output
+    row = json.loads(checked.output)["rows"][0]
+    assert (row["receipts_spent"], row["consistent"]) == (0.5, True)
+    head_file = operator.root / "brand-head.json"
+    r = runner.invoke(app, ["audit", "head", COLLAB, "--to", str(head_file)], env=brand)
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["audit", "compare", COLLAB, str(head_file)], env=platform)
+    assert r.exit_code == 0, r.output
+    assert "consistent" in r.output
+
+    # the auditor verifies exports offline and remembers the tree head; a rolled-back export then fails
+    auditor = operator.client("auditor")
+    key, remember = operator.root / "server.pem", operator.root / "auditor-head.json"
+    key.write_text(auditor.server_public_key())
+    early = auditor.export_audit_log(operator.root / "early.jsonl", COLLAB)
+    _spend(operator, 2)
+    late = auditor.export_audit_log(operator.root / "late.jsonl", COLLAB)
+    verify = ["audit", "verify", "--public-key", str(key), "--remember", str(remember)]
+    r = runner.invoke(operator_app, [*verify, str(late)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(remember.read_text())["size"] == len(late.read_text().splitlines()) - 1
+    r = runner.invoke(operator_app, [*verify, str(early)])
+    assert r.exit_code == 1
+    assert "shrank" in r.output
+    assert "VALID" in runner.invoke(operator_app, ["audit", "verify", "--public-key", str(key), str(early)]).output
