@@ -649,7 +649,7 @@ def transparency_vectors() -> dict[str, object]:
     from cleanroom_client.transparency import TreeHead, leaf_data
 
     key = Ed25519PrivateKey.from_private_bytes(AUDIT_SEED)
-    actions = [
+    actions: list[tuple[str, str, dict[str, object], float, float]] = [
         ("brand", "collaboration.create", {"policy_etag": "e1"}, 0.0, 0.0),
         ("brand", "policy.approve", {"etag": "e1"}, 0.0, 0.0),
         ("platform", "policy.approve", {"etag": "e1"}, 0.0, 0.0),
