@@ -128,6 +128,14 @@ def test_receipts_come_back_with_every_charge_and_budget_check_agrees(operator: 
     assert row["receipts_spent"] == pytest.approx(1.0)
     assert row["server_spent"] == pytest.approx(1.0)
     assert bool(row["consistent"])
+    # a refusal is logged, and its receipt comes back with the error
+    platform = operator.client("platform")
+    before = len(platform._witness.memory.receipts(COLLAB))
+    with pytest.raises(PermissionDeniedError):
+        platform.overlap(COLLAB, epsilon=0.1)
+    kept = platform._witness.memory.receipts(COLLAB)
+    assert len(kept) == before + 1
+    assert kept[-1]["entry"]["action"] == "refused"
 
 
 def test_deleting_a_collaborations_entries_and_head_is_caught_by_member_and_auditor(operator: Operator) -> None:
