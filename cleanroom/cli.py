@@ -481,7 +481,16 @@ def conformance_run(
     ]
     for item, want, got in rows_:
         table.add_row(item, str(want), str(got), "[green]PASS[/]" if want == got else "[red]FAIL[/]")
+    ok = result.wrong_pair is None
+    table.add_row(
+        "segment of every pair",
+        "your user's",
+        "as expected" if ok else "wrong",
+        "[green]PASS[/]" if ok else "[red]FAIL[/]",
+    )
     out.print(table)
+    if not ok:
+        out.print(f"first wrong pair: {result.wrong_pair}", markup=False)
     raise typer.Exit(0 if result.passed else 1)
 
 

@@ -1,17 +1,21 @@
 """Conformance kit for a partner's own implementation of the matching protocol (PROTOCOL.md section 7).
 
 `check` compares a partner's outputs for the published vector inputs with the expected values, field by field:
-every expected case must be present, every field equal. `reference_outputs` is what the Python SDK computes for
-the same inputs (the file a correct implementation writes). `run` starts a local TLS server with a Python
-reference member on the other side, writes the partner's data with a known exact overlap, and checks the server's
-join once the partner's client has matched.
+every expected case must be present, every field equal (the phone numbers of `phone-metadata-v1.json` included:
+the one way a partner shows that its libphonenumber has the pinned metadata). `reference_outputs` is what the
+Python SDK computes for the same inputs (the file a correct implementation writes). `run` starts a local TLS server
+with a Python reference member on the other side, writes the partner's data with a known exact overlap, and checks
+the server's join once the partner's client has matched: set sizes, pairs per type, and the partner's attribute on
+every matched pair.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -33,12 +37,16 @@ from cleanroom_client.identity import (
     is_missing,
     parse_prehashed,
 )
+from cleanroom_client.matching import ROWS_FILE
 
 from .devtools.devpki import make_dev_pki
 from .matching import match_stats
+from .matching.join import join_of_rows, spoke_pairs
+from .matching.tables import USERS_TABLE, uploaded_tables
 from .principals import Principal, Role
 from .server import ServerConfig, create_server
 from .server.app import TlsConfig
+from .storage.database import quote_ident
 
 #: Sections of a partner's file: (vector file, list in it, fields that identify a case, fields to compare).
 SECTIONS: Mapping[str, tuple[str, str, tuple[str, ...], tuple[str, ...]]] = {
@@ -57,6 +65,7 @@ SECTIONS: Mapping[str, tuple[str, str, tuple[str, ...], tuple[str, ...]]] = {
     ),
     "points": ("points-v1.json", "cases", ("point",), ("accept", "tag")),
     "chain": ("chain-v1.json", "vectors", ("id_type", "raw", "origin", "hop"), ("blinded",)),
+    "phone_metadata": ("phone-metadata-v1.json", "cases", ("region", "raw"), ("result", "normalized")),
 }
 #: Sections checked only when the file has them: the chain of three or more members (PROTOCOL.md section 9) is not
 #: needed by an implementation that joins two-member collaborations only.
@@ -163,7 +172,7 @@ def reference_outputs(normalize: Callable[[str, str, str], tuple[str, str | None
 
     `normalize(id_type, region, raw) -> (result, normalized)` is step 1; tests swap in a wrong one.
     """
-    out: dict[str, Any] = {"normalization": [], "prehashed": [], "pipeline": [], "points": [], "chain": []}
+    out: dict[str, Any] = {section: [] for section in SECTIONS}
     for case in vectors("normalization-v1.json")["cases"]:
         result, norm = normalize(case["id_type"], case["region"], case["raw"])
         out["normalization"].append(
@@ -229,6 +238,11 @@ def reference_outputs(normalize: Callable[[str, str, str], tuple[str, str | None
                 scalar = chain["members"][order[(start + hop) % len(order)]]["key"]
             value = blind_point(X25519PrivateKey.from_private_bytes(bytes.fromhex(scalar)), value)
         out["chain"].append({k: case[k] for k in ("id_type", "raw", "origin", "hop")} | {"blinded": value.hex()})
+    for case in vectors("phone-metadata-v1.json")["cases"]:
+        result, norm = normalize("phone", case["region"], case["raw"])
+        out["phone_metadata"].append(
+            {"region": case["region"], "raw": case["raw"], "result": result, "normalized": norm}
+        )
     return out
 
 
@@ -252,6 +266,8 @@ ID_COLUMNS = {"email": "email", "phone": "phone", "device_id": "device_id"}
 
 
 MAX_ROWS = 10_000
+#: Seconds `run` waits after the match for the partner's users table, which may follow the match (section 5).
+USERS_TABLE_GRACE = 60.0
 
 
 def _phone(area: int, i: int) -> tuple[str, str]:
@@ -302,11 +318,15 @@ def conformance_data(rows: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 @dataclass(frozen=True)
 class Expected:
-    """What a correct partner gets: both set sizes, and the pairs the join finds per identifier type."""
+    """What a correct partner gets: both set sizes, the pairs the join finds per identifier type, and who pairs.
+
+    `partner_of` maps each matched reference user's key to the key of the partner's user it is paired with.
+    """
 
     own_set_size: int
     peer_set_size: int
     pairs: dict[str, int]
+    partner_of: dict[str, str] = field(default_factory=dict)
 
     @property
     def total_pairs(self) -> int:
@@ -320,45 +340,88 @@ def _normalized_column(users: pd.DataFrame, id_type: str) -> list[str | None]:
     ]
 
 
+def _join_key(id_type: str, normalized: str) -> int:
+    """A stand-in for the doubly blinded tag: equal exactly when type and normalized value are (never 0)."""
+    return int.from_bytes(hashlib.sha256(f"{id_type}\0{normalized}".encode()).digest()[:8], "little", signed=True) or 1
+
+
 def expected_overlap(ref: pd.DataFrame, partner: pd.DataFrame) -> Expected:
-    """The join of PROTOCOL.md section 6 on the normalized values (every value here is unique within its side)."""
+    """The server's join (PROTOCOL.md section 6, `join_of_rows`) on the correctly normalized values of both sides."""
     norm = {side: {t: _normalized_column(df, t) for t in ID_COLUMNS} for side, df in (("r", ref), ("p", partner))}
-    used_r: set[int] = set()
-    used_p: set[int] = set()
-    pairs: dict[str, int] = {}
-    for id_type in ID_COLUMNS:  # priority order
-        index = {v: i for i, v in enumerate(norm["r"][id_type]) if v is not None and i not in used_r}
-        found = 0
-        for j, v in enumerate(norm["p"][id_type]):
-            if v is not None and j not in used_p and v in index and index[v] not in used_r:
-                used_r.add(index.pop(v))
-                used_p.add(j)
-                found += 1
-        pairs[id_type] = found
+
+    def rows(side: str, n: int) -> list[dict[IdentifierType, int]]:
+        return [
+            {IdentifierType(t): _join_key(t, v) for t in ID_COLUMNS if (v := norm[side][t][i]) is not None}
+            for i in range(n)
+        ]
+
+    found = join_of_rows(rows("r", len(ref)), rows("p", len(partner)), [IdentifierType(t) for t in ID_COLUMNS])
+    pairs = {t: sum(1 for kind in found.values() if kind.value == t) for t in ID_COLUMNS}
+    ref_keys, partner_keys = ref["key"].tolist(), partner["key"].tolist()
+    partner_of = {str(ref_keys[i]): str(partner_keys[j]) for i, j in sorted(found)}
 
     def set_size(side: str, n: int) -> int:
         return sum(any(norm[side][t][i] is not None for t in ID_COLUMNS) for i in range(n))
 
-    return Expected(set_size("p", len(partner)), set_size("r", len(ref)), pairs)
+    return Expected(set_size("p", len(partner)), set_size("r", len(ref)), pairs, partner_of)
 
 
 @dataclass(frozen=True)
 class RunResult:
-    """The server's join against the expectation."""
+    """The server's join against the expectation.
+
+    `wrong_pair` names the first matched pair (in the reference member's user order) whose partner-side attribute
+    is not the one of the partner's user the reference user should be paired with, or None when every pair holds
+    the right one. It catches a partner whose points and users table number rows differently: every count right,
+    every attribute on the wrong person.
+    """
 
     expected: Expected
     pairs: dict[str, int]
     peer_set_size: int
     own_set_size: int
+    wrong_pair: str | None = None
 
     @property
     def passed(self) -> bool:
-        """Whether the server joined exactly the expected pairs and saw the expected set sizes."""
+        """Whether the join, the pairs' attributes and both set sizes are exactly as expected."""
         return (
             self.pairs == self.expected.pairs
             and self.own_set_size == self.expected.own_set_size
             and self.peer_set_size == self.expected.peer_set_size
+            and self.wrong_pair is None
         )
+
+
+def first_wrong_pair(
+    server_pairs: list[tuple[int, int]],
+    reference_rows: Mapping[int, str],
+    partner_attributes: Mapping[int, str | None],
+    expected: Expected,
+    truth: Mapping[str, str],
+    order: list[str],
+) -> str | None:
+    """The first stored pair (by `order`, the reference users' keys) whose partner attribute is wrong, described.
+
+    `server_pairs` are (reference row number, partner row number); `reference_rows` maps the reference member's row
+    numbers to its keys; `partner_attributes` is the partner's uploaded users table (row number -> `segment`);
+    `truth` maps each partner key to its `segment`.
+    """
+    position = {key: i for i, key in enumerate(order)}
+    named = sorted(((reference_rows[a], b) for a, b in server_pairs), key=lambda p: position[p[0]])
+    for ref_key, row in named:
+        got = partner_attributes.get(row)
+        shown = "no row" if row not in partner_attributes else f"segment {got!r}"
+        want_key = expected.partner_of.get(ref_key)
+        if want_key is None:
+            return f"reference user {ref_key} is paired with your row {row} ({shown}) but should match none of yours"
+        if got != truth[want_key]:
+            return (
+                f"reference user {ref_key} is paired with your row {row}, whose users-table row gives {shown}; "
+                f"it should be your user {want_key}, segment {truth[want_key]!r} (is your users table numbered "
+                "with the same row numbers as your points?)"
+            )
+    return None
 
 
 @dataclass
@@ -375,7 +438,13 @@ class Session:
 
 
 def start_session(
-    directory: Path, host: str = "127.0.0.1", port: int = 0, rows: int = 1000, seed: int = 15, approve: bool = True
+    directory: Path,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    rows: int = 1000,
+    seed: int = 15,
+    approve: bool = True,
+    users_table_grace: float = USERS_TABLE_GRACE,
 ) -> Session:
     """Start the server and the reference member, write the partner's files, and return at once.
 
@@ -446,6 +515,43 @@ def start_session(
     thread = threading.Thread(target=reference_side, name="conformance-reference", daemon=True)
     thread.start()
 
+    truth = dict(zip(partner["key"].astype(str), partner["segment"], strict=True))
+
+    def partner_users(cur: Any) -> dict[int, str | None] | None:
+        physical = uploaded_tables(cur, collaboration.id).get((PARTNER, USERS_TABLE))
+        if physical is None:
+            return None
+        columns = [d[0] for d in cur.execute(f"SELECT * FROM {quote_ident(physical)} LIMIT 0").description]
+        segment = "segment" if "segment" in columns else "NULL"  # a table without it: every pair is wrong
+        rows = cur.execute(f"SELECT row_id, {segment} FROM {quote_ident(physical)}").fetchall()
+        return {int(r): s for r, s in rows}
+
+    def wrong_pair(deadline: float) -> str | None:
+        cur = running.db.cursor()
+        attributes = partner_users(cur)
+        while attributes is None and time.monotonic() < deadline:  # a table may follow the match (section 5)
+            time.sleep(0.2)
+            attributes = partner_users(cur)
+        if attributes is None:
+            return (
+                f"your users table (with `segment`) was not uploaded within {users_table_grace:g} s of the match: "
+                "the attributes of the pairs cannot be checked"
+            )
+        ledger = pd.read_parquet(reference.collaboration_dir(collaboration.id) / ROWS_FILE)
+        reference_rows = dict(zip(ledger["row_id"].astype(int), ledger["key"].astype(str), strict=True))
+        server_pairs = cur.execute(
+            f"SELECT row_{REFERENCE}, row_{PARTNER} FROM {spoke_pairs(0, REFERENCE, PARTNER, '?')}",
+            [collaboration.id],
+        ).fetchall()
+        return first_wrong_pair(
+            [(int(a), int(b)) for a, b in server_pairs],
+            reference_rows,
+            attributes,
+            expected,
+            truth,
+            ref["key"].astype(str).tolist(),
+        )
+
     def wait(timeout: float) -> RunResult | None:
         thread.join(timeout)
         if thread.is_alive():
@@ -461,6 +567,7 @@ def start_session(
             {s.id_type.value: s.pairs for s in stats if s.id_type.value in ID_COLUMNS},
             status.peer_set_size,
             status.own_set_size,
+            wrong_pair(time.monotonic() + users_table_grace),
         )
 
     def stop() -> None:

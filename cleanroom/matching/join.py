@@ -50,7 +50,7 @@ module is its proof.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -60,9 +60,17 @@ from cleanroom_client.identity import IdentifierType
 from cleanroom_client.policy import stability_constant
 from cleanroom_client.protocol import ID_TYPE_CODES
 
-from ..storage.database import first
+from ..storage.database import first, in_memory
 
-__all__ = ["ID_TYPE_CODES", "MatchStats", "forget_rows", "join_matches", "match_stats", "stability_constant"]
+__all__ = [
+    "ID_TYPE_CODES",
+    "MatchStats",
+    "forget_rows",
+    "join_matches",
+    "join_of_rows",
+    "match_stats",
+    "stability_constant",
+]
 
 
 #: A link per (type, key) found on exactly one row of each member: one aggregation over the keys (it spills to disk
@@ -240,6 +248,37 @@ def join_matches(
         cur.execute(
             "INSERT INTO match_results VALUES (?, ?)", [collaboration_id, datetime.now(UTC).replace(tzinfo=None)]
         )
+
+
+def join_of_rows(
+    rows_a: Sequence[Mapping[IdentifierType, int]],
+    rows_b: Sequence[Mapping[IdentifierType, int]],
+    types: Sequence[IdentifierType],
+) -> dict[tuple[int, int], IdentifierType]:
+    """The pairs `join_matches` finds between two members given row by row: rows_a[i] is row i's key per type.
+
+    Keys are the doubly blinded tags read as signed 64-bit integers (0, the rejected point's tag, never links).
+    Returns (row of A, row of B) -> the pair's highest-priority linking type. It runs the server's own statements on
+    an in-memory database, so the conformance kit's expectation and the join vectors of PROTOCOL.md section 6 are
+    the server's rule itself, not a restatement of it.
+    """
+    con = in_memory()
+    try:
+        keys = [
+            ("c", member, ID_TYPE_CODES[t], i, key)
+            for member, rows in (("a", rows_a), ("b", rows_b))
+            for i, row in enumerate(rows)
+            for t, key in row.items()
+            if key != 0
+        ]
+        if keys:
+            con.executemany("INSERT INTO match_keys VALUES (?, ?, ?, ?, ?)", keys)
+        join_matches(con, "c", ("a", "b"), types)
+        by_code = {code: t for t, code in ID_TYPE_CODES.items()}
+        found = con.execute("SELECT row_a, row_b, id_type FROM matches").fetchall()
+        return {(int(a), int(b)): by_code[int(code)] for a, b, code in found}
+    finally:
+        con.close()
 
 
 @dataclass(frozen=True)

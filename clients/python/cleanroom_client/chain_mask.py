@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from dataclasses import dataclass
 
 #: The order of curve25519's prime-order subgroup.
 ORDER = 2**252 + 27742317777372353535851937790883648493
@@ -42,11 +43,23 @@ def as_scalar(value: int) -> bytes | None:
     return (8 * m).to_bytes(32, "little")
 
 
-def chain_scalars(key: bytes) -> tuple[bytes, bytes]:
-    """(upload, unmask) for a member's own points: k x r and r^-1 as X25519 scalars, r derived from `key`.
+@dataclass(frozen=True)
+class Mask:
+    """A member's one-time mask r and how it was found (PROTOCOL.md section 9 publishes the derivation).
 
-    Deterministic, so a member resuming a match derives the same mask; secret, as the key is.
+    `digest` is SHA-512(domain || key || counter as 4 bytes big-endian); r is `digest` read as an unsigned integer
+    little-endian, modulo ORDER. `upload` (k x r) and `unmask` (r^-1) are its X25519 scalars.
     """
+
+    counter: int
+    digest: bytes
+    r: int
+    upload: bytes
+    unmask: bytes
+
+
+def derive_mask(key: bytes) -> Mask:
+    """The mask of the member whose key is `key`: the first counter whose k x r and r^-1 both have a clamped form."""
     k = clamp(key)
     for counter in itertools.count():
         digest = hashlib.sha512(_DOMAIN + key + counter.to_bytes(4, "big")).digest()
@@ -55,5 +68,14 @@ def chain_scalars(key: bytes) -> tuple[bytes, bytes]:
             continue
         upload, unmask = as_scalar(k * r), as_scalar(pow(r, -1, ORDER))
         if upload is not None and unmask is not None:
-            return upload, unmask
+            return Mask(counter, digest, r, upload, unmask)
     raise AssertionError("unreachable")
+
+
+def chain_scalars(key: bytes) -> tuple[bytes, bytes]:
+    """(upload, unmask) for a member's own points: k x r and r^-1 as X25519 scalars, r derived from `key`.
+
+    Deterministic, so a member resuming a match derives the same mask; secret, as the key is.
+    """
+    mask = derive_mask(key)
+    return mask.upload, mask.unmask

@@ -5,11 +5,21 @@ from __future__ import annotations
 import json
 import re
 
+import phonenumbers
 import pytest
 from typer.testing import CliRunner
 
 from cleanroom.cli import app
-from cleanroom.conformance import check, conformance_data, expected_overlap, reference_outputs
+from cleanroom.conformance import (
+    Expected,
+    check,
+    conformance_data,
+    expected_overlap,
+    first_wrong_pair,
+    reference_outputs,
+    vectors,
+)
+from cleanroom.conformance import _normalized as reference_normalize
 from cleanroom_client.identity import IdentifierType, InvalidIdentifierError, Normalizer
 
 _LAX_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -43,6 +53,7 @@ def test_the_sdks_own_outputs_pass_every_field():
         "pipeline",
         "points",
         "chain",
+        "phone_metadata",
     }
 
 
@@ -107,3 +118,45 @@ def test_conformance_data_has_overlap_on_every_type_and_traps():
     assert expected.peer_set_size == 100
     with pytest.raises(ValueError, match="rows must be between"):
         conformance_data(5, seed=1)
+
+
+def test_first_wrong_pair_names_the_first_pair_in_reference_order_whose_segment_is_wrong():
+    expected = Expected(3, 3, {"email": 3}, {"r0": "p0", "r1": "p1", "r2": "p2"})
+    truth = {"p0": "a", "p1": "b", "p2": "c"}
+    reference_rows = {7: "r0", 3: "r1", 5: "r2", 1: "r3"}
+    right = {10: "a", 11: "b", 12: "c"}
+    pairs = [(5, 12), (3, 11), (7, 10)]
+    order = ["r0", "r1", "r2", "r3"]
+    assert first_wrong_pair(pairs, reference_rows, right, expected, truth, order) is None
+    swapped = {10: "a", 11: "c", 12: "b"}  # r1's and r2's partners carry each other's segment
+    message = first_wrong_pair(pairs, reference_rows, swapped, expected, truth, order)
+    assert message is not None
+    assert message.startswith("reference user r1 is paired with your row 11")
+    assert "your user p1, segment 'b'" in message
+    unexpected = first_wrong_pair([*pairs, (1, 13)], reference_rows, right | {13: "a"}, expected, truth, order)
+    assert unexpected is not None
+    assert unexpected.startswith("reference user r3")
+    assert "should match none" in unexpected
+    missing = first_wrong_pair(pairs, reference_rows, {10: "a", 11: "b"}, expected, truth, order)
+    assert missing is not None
+    assert "your row 12 (no row)" in missing or "your row 12, whose users-table row gives no row" in missing
+
+
+def _metadata_without_uk_mobiles(id_type: str, region: str, raw: str) -> tuple[str, str | None]:
+    """Another metadata release, as a partner might have it: the same, except that UK mobile numbers are invalid."""
+    result, normalized = reference_normalize(id_type, region, raw)
+    if id_type == "phone" and normalized is not None and normalized.startswith("+447"):
+        return "invalid", None
+    return result, normalized
+
+
+def test_the_phone_metadata_section_covers_every_region_and_catches_other_metadata():
+    cases = vectors("phone-metadata-v1.json")["cases"]
+    assert vectors("phone-metadata-v1.json")["phone_metadata"] == "libphonenumber metadata of phonenumbers 9.0.43"
+    assert {c["region"] for c in cases} == set(phonenumbers.SUPPORTED_REGIONS)
+    assert {c["result"] for c in cases} == {"valid", "invalid"}
+    report = check(reference_outputs(_metadata_without_uk_mobiles))
+    failed = {r.case for r in report.failures()}
+    assert failed
+    assert {r.section for r in report.failures()} == {"phone_metadata"}
+    assert all(c[0] in ("GB", "GG", "IM", "JE") for c in failed)
