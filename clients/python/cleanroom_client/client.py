@@ -56,7 +56,7 @@ from .protocol import collaboration_pb2_grpc as cpb_grpc
 from .protocol import matching_pb2 as mpb
 from .protocol import matching_pb2_grpc as mpb_grpc
 from .refresh import RefreshSummary
-from .transparency import TreeHead, Witness
+from .transparency import TreeHead, Witness, witnessed
 
 T = TypeVar("T")
 
@@ -221,11 +221,14 @@ class CleanRoomClient:
             )
             self._channel = grpc.secure_channel(target, credentials, options=options)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._collaborations = cpb_grpc.CollaborationServiceStub(self._channel)
-        self._matching = mpb_grpc.MatchingServiceStub(self._channel)
         self._audit = apb_grpc.AuditServiceStub(self._channel)
-        self._analytics = qpb_grpc.AnalyticsServiceStub(self._channel)
+        # Every call of the services that change state goes through the transparency log's checks: a collaboration
+        # with an unacknowledged history incident is refused, and the receipts each call brings back are checked
+        # against the heads this client remembers, and kept (cleanroom_client.transparency).
         self._witness = Witness(self.state_dir / "transparency", self._audit, self._metadata)
+        self._collaborations = witnessed(self._witness, cpb_grpc.CollaborationServiceStub(self._channel))
+        self._matching = witnessed(self._witness, mpb_grpc.MatchingServiceStub(self._channel))
+        self._analytics = witnessed(self._witness, qpb_grpc.AnalyticsServiceStub(self._channel))
         self._executor = executor
         self._owns_executor = executor is None
         self.progress = progress
@@ -246,20 +249,10 @@ class CleanRoomClient:
         self.close()
 
     def _call(self, fn: Callable[..., T], request: object) -> T:
-        """One unary call, with the transparency log's checks around it.
-
-        Refused while its collaboration has an unacknowledged history incident; the receipts the call brings back
-        (answered or refused) are checked against the heads this client remembers, and kept.
-        """
-        self._witness.before(request)
         try:
-            response, call = fn.with_call(request, metadata=self._metadata)  # type: ignore[attr-defined]
+            return fn(request, metadata=self._metadata)
         except grpc.RpcError as err:
-            error = CleanRoomError.from_rpc(err)
-            self._witness.after(err.trailing_metadata() if isinstance(err, grpc.Call) else None)
-            raise error from None
-        self._witness.after(call.trailing_metadata())
-        return response
+            raise CleanRoomError.from_rpc(err) from None
 
     # -- collaborations ----------------------------------------------------------------------------------------------
     def create_collaboration(self, policy: str | Path, collaboration_id: str = "") -> CollaborationInfo:

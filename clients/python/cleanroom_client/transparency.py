@@ -19,11 +19,11 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -480,3 +480,57 @@ class Witness:
                 self.memory.record_incident(collaboration, reason, head)
                 raise HistoryRewrittenError(collaboration, reason, self.memory.head(collaboration), head) from None
         return head, kept
+
+
+class _Witnessed:
+    """A gRPC multicallable whose calls go through a `Witness` (receipts checked and kept, incidents refused)."""
+
+    def __init__(self, witness: Witness, callable_: Any, streams_out: bool) -> None:
+        self._witness = witness
+        self._callable = callable_
+        self._streams_out = streams_out
+
+    def __call__(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        import grpc
+
+        self._witness.before(request)
+        if self._streams_out:
+            return self._stream(self._callable(request, *args, **kwargs))
+        try:
+            response, call = self._callable.with_call(request, *args, **kwargs)
+        except grpc.RpcError as err:
+            self._witness.after(err.trailing_metadata() if isinstance(err, grpc.Call) else None)
+            raise
+        self._witness.after(call.trailing_metadata())
+        return response
+
+    def _stream(self, responses: Any) -> Iterator[Any]:
+        import grpc
+
+        try:
+            yield from responses
+        except grpc.RpcError as err:
+            self._witness.after(err.trailing_metadata() if isinstance(err, grpc.Call) else None)
+            raise
+        self._witness.after(responses.trailing_metadata())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._callable, name)
+
+
+S = TypeVar("S")
+
+
+def witnessed(witness: Witness, stub: S) -> S:
+    """`stub` with every method witnessed (its multicallables replaced in place).
+
+    What the SDK uses for the services that change state, so that no call path can skip the checks.
+    """
+    import grpc
+
+    for name, value in list(vars(stub).items()):
+        if isinstance(value, grpc.UnaryUnaryMultiCallable | grpc.StreamUnaryMultiCallable):
+            setattr(stub, name, _Witnessed(witness, value, streams_out=False))
+        elif isinstance(value, grpc.UnaryStreamMultiCallable | grpc.StreamStreamMultiCallable):
+            setattr(stub, name, _Witnessed(witness, value, streams_out=True))
+    return stub
