@@ -176,6 +176,27 @@ class Collaborations:
         self._audit.record(collaboration_id, principal.name, "refused", {"attempted": action, "reason": reason})
         return PermissionDeniedError(reason)
 
+    def record_refusal(self, principal: Principal, collaboration_name: str | None, action: str, reason: str) -> None:
+        """Audit a request refused before any servicer read it (at the edge: a value no field may hold).
+
+        Into the named collaboration's chain when the caller is one of its members or its assigned auditor, as every
+        refusal there is; otherwise into the server's own chain, naming what was asked for (an outsider never writes
+        into a collaboration's log, and the entry is the same whether that collaboration exists or not).
+        """
+        try:
+            collaboration_id = parse_name(collaboration_name) if collaboration_name is not None else None
+            collaboration = self._load(collaboration_id) if collaboration_id is not None else None
+        except (InvalidArgumentError, NotFoundError):
+            collaboration_id, collaboration = None, None
+        if collaboration is not None and (
+            (principal.role is Role.MEMBER and collaboration.policy.member(principal.name) is not None)
+            or (principal.role is Role.AUDITOR and self._principals.audits(principal.name, collaboration.id))
+        ):
+            self._audit.record(collaboration.id, principal.name, "refused", {"attempted": action, "reason": reason})
+            return
+        named = {"collaboration": collaboration_name} if collaboration_name is not None else {}
+        self._audit.record(SERVER_CHAIN, principal.name, "refused", {"attempted": action, **named, "reason": reason})
+
     def get(self, principal: Principal, collaboration_id: str, action: str = "collaboration.get") -> Collaboration:
         """The collaboration, if the caller is one of its members or an auditor assigned to it.
 

@@ -304,9 +304,16 @@ def conformance_data(rows: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
             a["phone"], b["phone"] = e164, rng.choice(spaces) + national
         elif kind == 3:  # device overlap only
             b["device_id"] = a["device_id"].upper()
-        elif kind == 4:  # traps: each would match under a wrong rule only
-            a["email"] = f"k{i}@example.com"
-            b["email"] = rng.choice([f"\u212a{i}@example.com", f"\u001ck{i}@example.com", f"k{i}@example.com."])
+        elif (
+            kind == 4
+        ):  # traps: each would match under a wrong rule only (Unicode lower-casing, strip(), a lax grammar)
+            a["email"], b["email"] = rng.choice(
+                [
+                    (f"\u00e4{i}@example.com", f"\u00c4{i}@example.com"),
+                    (f"k{i}@example.com", f"\u001ck{i}@example.com"),
+                    (f"k{i}@example.com", f"k{i}@example.com."),
+                ]
+            )
         elif kind == 5:  # missing and invalid values on the partner's side
             b["email"], b["phone"], b["device_id"] = rng.choice(["", "   ", None]), "12", None
         elif kind == 6:  # partner without any identifier: numbered, never matched

@@ -46,6 +46,7 @@ from cleanroom_client.curve import _add as curve_add
 from cleanroom_client.curve import _curve_rhs as curve_rhs
 from cleanroom_client.curve import _sqrt as curve_sqrt
 from cleanroom_client.identity import (
+    IDNA_VERSION,
     PHONE_METADATA_VERSION,
     IdentifierType,
     InvalidIdentifierError,
@@ -120,6 +121,24 @@ NORMALIZATION_INPUTS: list[tuple[str, str, str]] = [
             "alice@exämple.com",
             "\u212a@example.com",
             "\u0130@example.com",
+            # Internationalized addresses (RFC 6531): local part NFC, ASCII lower-cased, NFC; domain to A-labels.
+            "张三@例子.中国",
+            "张三@例子。中国",
+            "张三@xn--fsqu00a.xn--fiqs8s",
+            "用户@QQ.com",
+            "用户@ＱＱ．ｃｏｍ",
+            "Zhang.San@例子.中国",
+            "E\u0301lodie@example.com",
+            "\u00c9lodie@example.com",
+            "W\u030a@example.com",
+            "王小明+购物@163.com",
+            "张 三@例子.中国",
+            "张三\u200b@例子.中国",
+            "张三@例子..中国",
+            "a@ex_ample.中国",
+            "张" * 21 + "@example.com",
+            "张" * 22 + "@example.com",
+            "\U000e0fff@example.com",
             "",
             "   ",
             "\u3000\ufeff",
@@ -220,6 +239,7 @@ def normalization_vectors() -> dict[str, object]:
     return {
         "protocol": "cleanroom matching v1",
         "phone_metadata": f"libphonenumber metadata of phonenumbers {PHONE_METADATA_VERSION}",
+        "email_domains": f"UTS #46 and IDNA2008 tables of idna {IDNA_VERSION}",
         "note": "result: valid (normalized and digest given), invalid or missing; see PROTOCOL.md section 1",
         "cases": cases,
         "prehashed": prehashed,

@@ -35,6 +35,7 @@ release.
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import logging
 import math
@@ -124,6 +125,7 @@ from .queries import (
     ValueQuery,
     VennQuery,
 )
+from .segments import check_segment
 
 log = logging.getLogger(__name__)
 
@@ -1184,9 +1186,9 @@ class QueryEngine:
         The policy names activation (recipient, the dimensions a segment may use, the minimum size k) and every
         member approved it. The list is released only when the segment's true size is at least k and its noisy
         size (sensitivity c) at least k + `activation_threshold`; so whether a list is released is (epsilon,
-        delta)-DP, while the list itself is the disclosure the members agreed to. A segment must use a dimension
-        of a member other than the recipient. The requester receives the noisy size (or withheld); both ledgers
-        are charged (epsilon, delta).
+        delta)-DP, while the list itself is the disclosure the members agreed to. A segment must be decided by a
+        member other than the recipient, with conditions that can exclude people (`segments.check_segment`). The
+        requester receives the noisy size (or withheld); both ledgers are charged (epsilon, delta).
         """
         delta = q.delta or self.authorize(principal, collaboration_id, QueryType.ACTIVATION).policy.delta_per_query_max
 
@@ -1204,11 +1206,7 @@ class QueryEngine:
                     f"segment: {outside} are not among the policy's activation dimensions {list(spec.dimensions)}"
                 )
             times = self._event_filters(policy, q.events)
-            if all(d.member == spec.recipient for d in segment) and all(e.member == spec.recipient for e in q.events):
-                raise InvalidArgumentError(
-                    "segment: use at least one dimension or event table of a member other than the recipient "
-                    f"({spec.recipient}); its own data alone would hand it the raw intersection"
-                )
+            check_segment(spec.recipient, segment, q.events, dt.datetime.now(dt.UTC).date())
             if principal.name == spec.recipient:
                 raise PermissionDeniedError("the activation recipient may not request activation lists itself")
             self._check_recipient_reads(policy, spec.recipient, catalog)

@@ -283,6 +283,9 @@ class EventFilter:
             raise InvalidArgumentError("event filter: name the table as member.table, e.g. platform.exposures")
         if self.start >= self.end:
             raise InvalidArgumentError(f"event filter on {self.table}: start must come before end (end exclusive)")
+        columns = [column for column, _ in self.where]
+        if len(set(columns)) != len(columns):  # two values of one column: no row matches, and `absent` keeps everyone
+            raise InvalidArgumentError(f"event filter on {self.table}: name each column once in `where`")
 
     @property
     def member(self) -> str:

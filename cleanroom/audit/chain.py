@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,9 +28,31 @@ from cleanroom_client.transparency import TreeHead, leaf_data
 GENESIS = "0" * 64
 
 
+#: How a non-finite float is written (JSON has no number for it): as text, the name JavaScript and Python give it.
+NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by its name (`NON_FINITE`), so it is valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return NON_FINITE[repr(float(value))]
+    if isinstance(value, Mapping):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def canonical_json(value: Any) -> str:
-    """Deterministic JSON: sorted keys, no whitespace, UTF-8 kept as is."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    """Deterministic JSON: sorted keys, no whitespace, UTF-8 kept as is; never fails on a non-finite float.
+
+    A NaN or an infinity is written as its name (`json_safe`), so the result is strict JSON any verifier parses,
+    and the same text as for a value that held the name already.
+    """
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        return json.dumps(json_safe(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def sha256_hex(text: str) -> str:

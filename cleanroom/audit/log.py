@@ -39,7 +39,7 @@ from cleanroom_client.transparency import leaf_data
 from ..errors import FailedPreconditionError
 from ..storage import Database
 from ..storage.database import first
-from .chain import GENESIS, AuditEntry, SignedHead, VerifyResult, canonical_json, verify_entries
+from .chain import GENESIS, AuditEntry, SignedHead, VerifyResult, canonical_json, json_safe, verify_entries
 
 SERVER_CHAIN = ""
 #: Longest string kept in an entry's parameters; longer ones are cut and marked with their length.
@@ -112,6 +112,9 @@ def _row_to_entry(row: tuple[Any, ...]) -> AuditEntry:
 
 
 def _cut(value: Any) -> Any:
+    """Long strings cut; non-finite floats named (`json_safe`): what the entry stores, as it will read back."""
+    if isinstance(value, float):
+        return json_safe(value)
     if isinstance(value, str) and len(value) > MAX_PARAMETER_CHARS:
         return f"{value[:MAX_PARAMETER_CHARS]}… ({len(value)} characters)"
     if isinstance(value, Mapping):

@@ -3,9 +3,13 @@
 Invariants:
 - What a member has spent is the sum of epsilon and of delta over its entries in the collaboration's audit chain:
   the ledger *is* the audit log, so the two can never disagree, and it survives restarts with the database.
-- Amounts are counted in integer units (`EPSILON_UNIT`, `DELTA_UNIT`): a charge is rounded *up* to a whole unit and
-  a total *down*, and reserving checks spent + reserved + asked <= total exactly, under the database's write lock.
-  So no float rounding can ever let spending pass the cap, and concurrent queries cannot overspend together.
+- Amounts are counted in integer units (`EPSILON_UNIT`, `DELTA_UNIT`): each float is read as its shortest decimal
+  form (`repr`, what the member typed and the audit log shows), divided by the unit exactly (decimal arithmetic), a
+  charge rounded *up* to a whole unit and a total *down*; reserving checks spent + reserved + asked <= total in
+  integers, under the database's write lock. So spends that sum to the cap exactly are all admitted, anything more
+  is refused, and concurrent queries cannot overspend together. The one tolerance: a float's decimal form differs
+  from its binary value (which the noise is calibrated with) by less than 2^-53 of it, so a charge may fall short
+  of the binary amount by at most that relative hair (about 1.1e-16 of the amount), never by a unit.
 - One release may charge several members (an audience is charged to its requester and to its recipient): each
   charged member must have room, or nothing is reserved.
 - The debit is written in the same transaction that drops the reservation: the query's entry for the requester,
@@ -24,6 +28,7 @@ import math
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal, localcontext
 from typing import Any
 
 import duckdb
@@ -39,14 +44,28 @@ EPSILON_UNIT = 1e-9
 DELTA_UNIT = 1e-18
 
 
+def _in_units(amount: float, unit: float) -> Decimal:
+    """`amount / unit` exactly, reading each float as its shortest decimal form (`repr`: what a member typed).
+
+    Exact decimal division of two such numbers (at most 17 significant digits each, the unit a power of ten) needs
+    no rounding, so an amount equal to a cap is equal to it here, whatever float division would say (1e-6 / 1e-18
+    is 1000000000000.0001 in binary floating point).
+    """
+    if not math.isfinite(amount):
+        raise InvalidArgumentError(f"a privacy charge or cap must be a finite number, not {amount!r}")
+    with localcontext() as ctx:
+        ctx.prec = 60
+        return Decimal(repr(float(amount))) / Decimal(repr(float(unit)))
+
+
 def charge_units(amount: float, unit: float) -> int:
-    """A charge in whole units, rounded up (a hair of float noise below a unit is not rounded up)."""
-    return max(0, math.ceil(amount / unit - 1e-6))
+    """A charge in whole units: its decimal amount, rounded up."""
+    return max(0, math.ceil(_in_units(amount, unit)))
 
 
 def total_units(amount: float, unit: float) -> int:
-    """A cap in whole units, rounded down."""
-    return max(0, math.floor(amount / unit + 1e-6))
+    """A cap in whole units: its decimal amount, rounded down."""
+    return max(0, math.floor(_in_units(amount, unit)))
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Server assembly: a room, the servicers, health, reflection, TLS, and the operator's local socket.
 
 `create_server` binds and starts; tests pass port 0 and read the port back. The request path of every RPC is:
-error mapping (interceptor) -> length limits on every request string (interceptor) -> authenticate (token or
-client certificate) -> servicer parses the request ->
+error mapping (interceptor) -> limits on every request string and float (interceptor; refusals audited) ->
+authenticate (token or client certificate) -> servicer parses the request ->
 authorize in the domain (member, ability, auditor assignment; refusals audited) -> domain call, whose audit entry
 commits in the same transaction as its effect, before the response leaves.
 """
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -32,15 +33,17 @@ from cleanroom_client.protocol import (
 )
 
 from ..analytics.audiences import Audiences
+from ..collaborations import Collaborations
+from ..errors import InvalidArgumentError, UnauthenticatedError
 from ..room import Room
 from ..storage import Database, StorageLimits
 from .admin_socket import ADMIN_SOCKET, serve_admin
 from .analytics_servicer import AnalyticsServicer
 from .audit_servicer import AuditServicer
-from .auth import StreamLimiter, TokenOrCertificateAuthenticator
+from .auth import Authenticator, StreamLimiter, TokenOrCertificateAuthenticator
 from .collaboration_servicer import CollaborationServicer
 from .errors import ErrorMappingInterceptor
-from .limits import RequestLimitsInterceptor
+from .limits import OnRefusal, RequestLimitsInterceptor, named_collaboration
 from .matching_servicer import MatchingServicer
 from .receipts import ReceiptInterceptor
 
@@ -123,6 +126,23 @@ def _service_names() -> list[str]:
     ]
 
 
+def _audit_refusal(auth: Authenticator, collaborations: Collaborations) -> OnRefusal:
+    """Audit a request refused at the edge, as the servicers' refusals are: by whom, what was asked, why.
+
+    A caller without valid credentials is named by nobody, so its refusal is not recorded (it is refused all the
+    same); a caller's refusal goes to the chain of the collaboration it names when it belongs there.
+    """
+
+    def record(context: grpc.ServicerContext, method: str, request: Message, exc: InvalidArgumentError) -> None:
+        try:
+            principal = auth.principal(context)
+        except UnauthenticatedError:
+            return
+        collaborations.record_refusal(principal, named_collaboration(request), method, str(exc))
+
+    return record
+
+
 def create_server(config: ServerConfig) -> RunningServer:
     """Open the data directory, wire every service and start listening on `config.address`."""
     if config.tls is None and not config.insecure:
@@ -136,7 +156,11 @@ def create_server(config: ServerConfig) -> RunningServer:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers),
         maximum_concurrent_rpcs=config.max_concurrent_rpcs or RPC_QUEUE_FACTOR * config.max_workers,
-        interceptors=[ErrorMappingInterceptor(), ReceiptInterceptor(room.trees), RequestLimitsInterceptor()],
+        interceptors=[
+            ErrorMappingInterceptor(),
+            ReceiptInterceptor(room.trees),
+            RequestLimitsInterceptor(_audit_refusal(auth, room.collaborations)),
+        ],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

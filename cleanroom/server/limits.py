@@ -1,14 +1,22 @@
-"""Length limits on every string of every request, checked at the edge before any servicer sees the request.
+"""Limits on every request, checked at the edge before any servicer sees the request.
 
-Guarantee: no request string (plain, repeated, or a map's key or value, at any depth) longer than
-`MAX_STRING_CHARS` reaches a servicer, except the fields in `LONG_FIELDS`, which have limits of their own; no
-repeated field or map holds more than `MAX_REPEATED_ITEMS` items. Bytes fields are bounded where their meaning is
-known (chunks: `MAX_CHUNK_BYTES` in the matching servicer; the transport's own cap above that). The refusal is
-INVALID_ARGUMENT naming the field and the limit, never echoing the value.
+Guarantees, for every request message of every RPC, found from the message descriptors (a new field is covered
+without being named here):
+- no string (plain, repeated, or a map's key or value, at any depth) longer than `MAX_STRING_CHARS` reaches a
+  servicer, except the fields in `LONG_FIELDS`, which have limits of their own; no repeated field or map holds
+  more than `MAX_REPEATED_ITEMS` items. Bytes fields are bounded where their meaning is known (chunks:
+  `MAX_CHUNK_BYTES` in the matching servicer; the transport's own cap above that);
+- no float or double (plain, repeated, or a map's value, at any depth) is NaN or infinite: nothing past the edge
+  has to reason about them (a NaN fails every comparison, so a check written `x > limit` would let it through).
+The refusal is INVALID_ARGUMENT naming the field and the rule, never echoing a long value. It is audited as every
+refusal is (`on_refusal`, wired by the server: the caller's collaboration chain, else the server's), when the caller
+authenticates; it spends nothing, since nothing past the edge ran.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,9 +24,13 @@ import grpc
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from cleanroom_client.protocol import COLLABORATIONS
+
 from ..collaborations import MAX_POLICY_BYTES
 from ..errors import InvalidArgumentError
 from .errors import rewrap
+
+log = logging.getLogger(__name__)
 
 #: Longest string any request field may carry (names, dimensions, filters, tokens, dates...).
 MAX_STRING_CHARS = 1024
@@ -31,6 +43,17 @@ LONG_FIELDS: dict[str, int] = {
 }
 
 
+#: Field types that hold floating-point numbers.
+_FLOATS = (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT)
+#: Fields that name the collaboration a request is about, as `collaborations/{id}`.
+_NAMING_FIELDS = ("parent", "collaboration", "name")
+
+
+def _check_float(value: float, path: str) -> None:
+    if not math.isfinite(value):
+        raise InvalidArgumentError(f"`{path}` must be a finite number, not {value}")
+
+
 def _check_string(field: FieldDescriptor, value: str, path: str) -> None:
     limit = LONG_FIELDS.get(field.full_name, MAX_STRING_CHARS)
     if len(value) > limit:
@@ -38,7 +61,7 @@ def _check_string(field: FieldDescriptor, value: str, path: str) -> None:
 
 
 def check_request(message: Message, path: str = "") -> None:
-    """Raise InvalidArgumentError when any string or repeated field of `message` is over its limit."""
+    """InvalidArgumentError when a string or repeated field of `message` is over its limit, or a float not finite."""
     for field, value in message.ListFields():
         where = f"{path}{field.name}"
         if field.is_repeated:
@@ -52,6 +75,8 @@ def check_request(message: Message, path: str = "") -> None:
                         _check_string(key_field, key, f"{where} key")
                     if isinstance(item, str):
                         _check_string(value_field, item, f"{where}[…]")
+                    elif value_field.type in _FLOATS:
+                        _check_float(item, f"{where}[…]")
                     elif isinstance(item, Message):
                         check_request(item, f"{where}[…].")
                 continue
@@ -61,33 +86,73 @@ def check_request(message: Message, path: str = "") -> None:
         for item in items:
             if field.type == FieldDescriptor.TYPE_STRING:
                 _check_string(field, item, where)
+            elif field.type in _FLOATS:
+                _check_float(item, where)
             elif field.type == FieldDescriptor.TYPE_MESSAGE:
                 check_request(item, f"{where}.")
 
 
-def _checked(requests: Iterator[Message]) -> Iterator[Message]:
-    for request in requests:
-        check_request(request)
-        yield request
+def named_collaboration(message: Message) -> str | None:
+    """The `collaborations/{id}` a request names, or None: to audit a refusal in the right chain.
+
+    Its own `parent`, `collaboration` or `name`, else a nested message's (a preview's query).
+    """
+    for field_name in _NAMING_FIELDS:
+        field = message.DESCRIPTOR.fields_by_name.get(field_name)
+        if field is not None and field.type == FieldDescriptor.TYPE_STRING and not field.is_repeated:
+            value = getattr(message, field_name)
+            if value.startswith(COLLABORATIONS):
+                return str(value)
+    for field, value in message.ListFields():
+        if field.type == FieldDescriptor.TYPE_MESSAGE and not field.is_repeated:
+            found = named_collaboration(value)
+            if found is not None:
+                return found
+    return None
 
 
-def _unary(fn: Callable[..., Any]) -> Callable[..., Any]:
-    def handler(request: Message, context: grpc.ServicerContext) -> Any:
-        check_request(request)
-        return fn(request, context)
-
-    return handler
-
-
-def _streaming(fn: Callable[..., Any]) -> Callable[..., Any]:
-    def handler(requests: Iterator[Message], context: grpc.ServicerContext) -> Any:
-        return fn(_checked(requests), context)
-
-    return handler
+#: Called with the call's context, its method and the refused request before the refusal is raised.
+OnRefusal = Callable[[grpc.ServicerContext, str, Message, InvalidArgumentError], None]
 
 
 class RequestLimitsInterceptor(grpc.ServerInterceptor):
-    """Checks every request message against the limits above; install inside `ErrorMappingInterceptor`."""
+    """Checks every request message against the limits above; install inside `ErrorMappingInterceptor`.
+
+    `on_refusal` records a refusal (the server audits it); whatever it does, the refusal stands, and an error of
+    its own is logged, never answered in place of the refusal.
+    """
+
+    def __init__(self, on_refusal: OnRefusal | None = None) -> None:
+        self._on_refusal = on_refusal
+
+    def _check(self, request: Message, context: grpc.ServicerContext, method: str) -> None:
+        try:
+            check_request(request)
+        except InvalidArgumentError as exc:
+            if self._on_refusal is not None:
+                try:
+                    self._on_refusal(context, method, request, exc)
+                except Exception:  # the refusal is the answer; its audit failing is for the operator's log
+                    log.exception("could not audit a refusal at the edge of %s", method)
+            raise
+
+    def _unary(self, fn: Callable[..., Any], method: str) -> Callable[..., Any]:
+        def handler(request: Message, context: grpc.ServicerContext) -> Any:
+            self._check(request, context, method)
+            return fn(request, context)
+
+        return handler
+
+    def _streaming(self, fn: Callable[..., Any], method: str) -> Callable[..., Any]:
+        def checked(requests: Iterator[Message], context: grpc.ServicerContext) -> Iterator[Message]:
+            for request in requests:
+                self._check(request, context, method)
+                yield request
+
+        def handler(requests: Iterator[Message], context: grpc.ServicerContext) -> Any:
+            return fn(checked(requests, context), context)
+
+        return handler
 
     def intercept_service(
         self,
@@ -98,4 +163,8 @@ class RequestLimitsInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        return rewrap(handler, lambda fn, streams_in, _streams_out: (_streaming if streams_in else _unary)(fn))
+        method = handler_call_details.method
+        return rewrap(
+            handler,
+            lambda fn, streams_in, _streams_out: (self._streaming if streams_in else self._unary)(fn, method),
+        )

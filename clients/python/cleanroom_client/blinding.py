@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,7 @@ from .identity import (
     digest,
     is_missing,
     parse_prehashed,
+    redact,
 )
 from .keyfile import read_private_file, write_private_file
 from .protocol import POINT_SIZE
@@ -202,6 +203,8 @@ class BlindResult:
     valid: int
     invalid: int
     missing: int
+    #: Per reason a value was invalid (InvalidIdentifierError's message): (reason, count, first example redacted).
+    rejected: tuple[tuple[str, int, str], ...] = ()
 
 
 def blind_point(key: X25519PrivateKey, u: bytes) -> bytes:
@@ -224,6 +227,7 @@ def blind_identifiers(job: BlindJob) -> BlindResult:
     points = bytearray()
     present = np.zeros(len(job.values), dtype=bool)
     invalid = missing = 0
+    rejected: dict[str, list[Any]] = {}
     values = job.values.to_pylist() if isinstance(job.values, pa.Array) else job.values
     for i, value in enumerate(values):
         if value is None or is_missing(value):
@@ -231,17 +235,19 @@ def blind_identifiers(job: BlindJob) -> BlindResult:
             continue
         try:
             d = parse_prehashed(value) if job.prehashed else digest(job.normalizer.normalize(job.id_type, value))
-        except InvalidIdentifierError:
+        except InvalidIdentifierError as why:
             invalid += 1
+            rejected.setdefault(str(why), [0, redact(value)])[0] += 1
             continue
         present[i] = True
         if not job.count_only:
             points += blind_point(key, hash_to_u(curve_message(job.id_type, d)))
     valid = int(present.sum())
+    reasons = tuple((reason, count, example) for reason, (count, example) in rejected.items())
     if job.count_only:
-        return BlindResult(b"", b"", valid, invalid, missing)
+        return BlindResult(b"", b"", valid, invalid, missing, reasons)
     bitmap = b"" if valid == len(job.values) else np.packbits(present, bitorder="little").tobytes()
-    return BlindResult(bytes(points), bitmap, valid, invalid, missing)
+    return BlindResult(bytes(points), bitmap, valid, invalid, missing, reasons)
 
 
 @dataclass(frozen=True)

@@ -425,12 +425,11 @@ def match(
     finally:
         if engine is not None:
             engine.close()
-    rows = _identifier_rows(summary.identifiers)
     if len(summary.set_sizes) > 2:
         sizes = ", ".join(f"{m} {n:,}" for m, n in sorted(summary.set_sizes.items()))
-        _show(_table(rows), f"matched: set sizes {sizes}")
+        _show_identifiers(summary.identifiers, f"matched: set sizes {sizes}")
     else:
-        _show(_table(rows), f"matched: peer's set size {summary.peer_set_size:,}")
+        _show_identifiers(summary.identifiers, f"matched: peer's set size {summary.peer_set_size:,}")
 
 
 @app.command()
@@ -489,15 +488,11 @@ def refresh(
             prehashed=prehashed or [],
             time_format=time_format,
         )
-    rows = _identifier_rows(summary.identifiers)
-    frame = _table(rows)
-    frame.attrs.update(
-        {k: getattr(summary, k) for k in ("period", "new_rows", "retired", "own_set_size", "peer_set_size")}
-    )
-    _show(
-        frame,
+    _show_identifiers(
+        summary.identifiers,
         f"refresh period {summary.period}: {summary.new_rows:,} added, {summary.retired:,} retired; your set "
         f"{summary.own_set_size:,}, the peer's {summary.peer_set_size:,}",
+        {k: getattr(summary, k) for k in ("period", "new_rows", "retired", "own_set_size", "peer_set_size")},
     )
 
 
@@ -527,11 +522,42 @@ def cancel_refresh(collaboration: CollaborationId) -> None:
     out.print(f"refresh period {period} of {collaboration} cancelled; the next refresh starts afresh")
 
 
-def _identifier_rows(identifiers: Mapping[str, IdentifierCounts]) -> list[dict[str, Any]]:
-    """One row per identifier type: values blinded and sent, invalid, empty."""
-    return [
-        {"identifier": t, "blinded": c.sent, "invalid": c.invalid, "empty": c.missing} for t, c in identifiers.items()
+def _show_identifiers(
+    identifiers: Mapping[str, IdentifierCounts], title: str, attrs: Mapping[str, Any] | None = None
+) -> None:
+    """One row per identifier type (values blinded and sent, invalid, empty), then why values were invalid.
+
+    As a table, each reason is a line below it (`email: 153 invalid: <reason> (e.g. 张… (11 characters))`); as JSON
+    or CSV, a `rejected` column lists {reason, count, example}. Examples are redacted: first character and length.
+    """
+    import dataclasses
+
+    rows = [
+        {
+            "identifier": t,
+            "blinded": c.sent,
+            "invalid": c.invalid,
+            "empty": c.missing,
+            "rejected": [dataclasses.asdict(r) for r in c.rejected],
+        }
+        for t, c in identifiers.items()
     ]
+    frame = _table(rows)
+    frame.attrs.update(attrs or {})
+    if settings.output == "csv":  # one cell per row: the list as JSON
+        frame["rejected"] = frame["rejected"].map(lambda entries: json.dumps(entries, ensure_ascii=False))
+    if settings.output != "table":
+        _show(frame, title)
+        return
+    _show(frame.drop(columns=["rejected"]), title)
+    for t, c in identifiers.items():
+        for r in c.rejected:
+            out.print(
+                f"{t}: {r.count:,} invalid: {r.reason} (e.g. {r.example})",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
 
 
 def _phone_region(text: str) -> str:

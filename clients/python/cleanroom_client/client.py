@@ -881,6 +881,12 @@ class CleanRoomClient:
         The server completes the period when both members have sent theirs (the peer's side may be empty), then
         every query reads the refreshed data. Call again with the same arguments to resume. Must run with the
         state directory that matched (it holds the blinding key and the row numbers).
+
+        Once a refresh completed, a call with exactly the same input (compared by content: every value of the new
+        users, retired keys and appended rows) returns its summary and sends nothing; any other input is a new
+        period. A call with nothing to add, retire or append joins the open period, or opens the next for the peer
+        to join. One refresh, retirement or cancellation of a collaboration at a time on a machine: another
+        raises RefreshInProgressError at once.
         """
         runs_on = engine or self._get_executor()
         policy = parse_policy(self.get_collaboration(collaboration_id).policy_yaml)
@@ -892,6 +898,40 @@ class CleanRoomClient:
         collaboration_id = _name(collaboration_id).removeprefix(COLLABORATIONS)
         state = self.collaboration_dir(collaboration_id)
         parent = _name(collaboration_id)
+        with refresh_state.locked(state, parent):
+            return self._refresh(
+                parent,
+                state,
+                policy,
+                runs_on,
+                users,
+                key,
+                identifiers,
+                attributes,
+                retire,
+                events,
+                prehashed,
+                wait_timeout,
+                time_format,
+            )
+
+    def _refresh(
+        self,
+        parent: str,
+        state: Path,
+        policy: Policy,
+        runs_on: ChunkExecutor,
+        users: pd.DataFrame | str | Path | None,
+        key: str,
+        identifiers: Mapping[str, str] | None,
+        attributes: Sequence[str],
+        retire: Iterable[object],
+        events: Mapping[str, pd.DataFrame | str | Path] | None,
+        prehashed: Iterable[str],
+        wait_timeout: float,
+        time_format: str | None,
+    ) -> RefreshSummary:
+        """`refresh()` under the collaboration's lock."""
         saved = self._standing_refresh(parent, state)
         ledger = refresh_state.read_ledger(state)  # before reading the user's files: fails at once on another machine
         frame = runs_on.read_table(users) if isinstance(users, (str, Path)) else users
@@ -913,7 +953,10 @@ class CleanRoomClient:
         new_keys = plan.users[key].astype(str)
         retire_keys = sorted({str(k) for k in retire})
         users_digest = refresh_state.fingerprint(new_keys)
-        whole = refresh_state.fingerprint(new_keys, retire_keys, refresh_state.event_sizes(event_frames))
+        sent = {"key": key} | {f"attribute:{a}": a for a in plan.attributes}
+        sent |= {f"identifier:{t.value}{'+prehashed' * (t in plan.prehashed)}": c for t, c in plan.identifiers.items()}
+        whole = refresh_state.content_fingerprint(plan.users, sent, retire_keys, event_frames)
+        empty = not len(new_keys) and not retire_keys and not any(len(f) for f in event_frames.values())
         if saved and not saved.complete:
             if saved.users != users_digest:
                 raise ValueError(
@@ -922,8 +965,20 @@ class CleanRoomClient:
                 )
             period = saved.period
             refresh_state.check_changes(ledger, new_keys, retire_keys, period)
-        elif saved and saved.whole == whole and not self._newer_open(parent, saved.period):
+        elif saved and not empty and saved.scheme == refresh_state.CONTENT_SCHEME and saved.whole == whole:
             period = saved.period  # done before (a repeated call): the calls below find every step complete
+        elif (
+            saved
+            and not empty
+            and saved.scheme == refresh_state.LEGACY_SCHEME
+            and saved.whole == refresh_state.legacy_fingerprint(new_keys, retire_keys, event_frames)
+        ):
+            raise ValueError(
+                f"refresh period {saved.period} was recorded by an older SDK, which compared event tables by row "
+                "count only, and had as many rows as this call: it cannot tell whether this call repeats it. If it "
+                f"does, there is nothing to do. If this is new data, delete {state / refresh_state.STATE_FILE} (it "
+                "only records the last refresh; the row numbers are in rows.parquet) and call again"
+            )
         else:
             refresh_state.check_changes(ledger, new_keys, retire_keys, -1)
             period = self._call(self._matching.OpenRefresh, mpb.OpenRefreshRequest(parent=parent)).period
@@ -977,6 +1032,11 @@ class CleanRoomClient:
         """
         parent = _name(collaboration_id)
         state = self.collaboration_dir(parent.removeprefix(COLLABORATIONS))
+        with refresh_state.locked(state, parent):
+            return self._retire(parent, state, keys)
+
+    def _retire(self, parent: str, state: Path, keys: Iterable[object]) -> int:
+        """`retire()` under the collaboration's lock."""
         saved = self._standing_refresh(parent, state)
         if saved and not saved.complete:
             raise ValueError(
@@ -1002,11 +1062,6 @@ class CleanRoomClient:
             return None
         return saved
 
-    def _newer_open(self, parent: str, period: int) -> bool:
-        """Whether a refresh period after `period` is open (the peer's, say, which the same input should join)."""
-        status = self._call(self._matching.GetMatchStatus, mpb.GetMatchStatusRequest(parent=parent))
-        return status.period > period and status.stage != mpb.MatchStatus.STAGE_MATCHED
-
     def _period_exists(self, parent: str, period: int) -> bool:
         """Whether this member's refresh `period` still stands on the server: open, or complete with its points.
 
@@ -1029,11 +1084,12 @@ class CleanRoomClient:
         status = self._call(self._matching.GetMatchStatus, mpb.GetMatchStatusRequest(parent=parent))
         if status.period == 0 or status.stage == mpb.MatchStatus.STAGE_MATCHED:
             raise ValueError(f"{parent} has no open refresh period to cancel")
-        self._call(self._matching.CancelRefresh, mpb.CancelRefreshRequest(parent=parent, period=status.period))
         state = self.collaboration_dir(parent.removeprefix(COLLABORATIONS))
-        saved = refresh_state.read_state(state)
-        if saved and saved.period == status.period and not saved.complete:
-            refresh_state.forget_period(state, status.period)
+        with refresh_state.locked(state, parent):
+            self._call(self._matching.CancelRefresh, mpb.CancelRefreshRequest(parent=parent, period=status.period))
+            saved = refresh_state.read_state(state)
+            if saved and saved.period == status.period and not saved.complete:
+                refresh_state.forget_period(state, status.period)
         return int(status.period)
 
     def _warn_invalid_identifiers(self, users: object, identifiers: Mapping[str, str], prehashed: set[str]) -> None:

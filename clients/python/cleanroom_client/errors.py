@@ -181,3 +181,15 @@ def unavailable_hint(details: str) -> str:
 
 
 RETRYABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "CANCELLED"})
+
+
+class RefreshInProgressError(AbortedError):
+    """Another `refresh()`, `retire()` or `cancel_refresh()` of this collaboration runs now on this machine.
+
+    Raised by the SDK itself, before anything is read or sent: one such call at a time holds the collaboration's
+    lock file in the state directory. Wait for the other call to return, then call again (a repeat of a completed
+    refresh returns its summary).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__("ABORTED", message)

@@ -1,11 +1,13 @@
 """Identifiers: normalization per type, digests, and the message that is hashed to the curve.
 
 Protocol v1 steps 1 and 2; protos/PROTOCOL.md section 1 is the specification and this module implements exactly
-it. Normalization decides which records match, so it is deterministic, idempotent (normalizing a normalized
-identifier returns it unchanged) and independent of the Unicode tables of any language runtime: trimming uses a
-fixed list of code points and lower-casing maps ASCII A-Z only. A value is *missing* when it is absent or holds
-only trimmed code points; a present value that cannot be normalized is *invalid*. Both are counted per type and
-reported, never silently dropped and never fatal.
+it. Normalization decides which records match, so it is deterministic and idempotent (normalizing a normalized
+identifier returns it unchanged): trimming uses a fixed list of code points and lower-casing maps ASCII A-Z only.
+Internationalized email addresses (RFC 6531) are the one place Unicode tables enter: the local part is put in NFC
+(stable across Unicode versions for assigned code points) and a non-ASCII domain is converted to A-labels by UTS #46
+(the pinned `idna` package). A value is *missing* when it is absent or holds only trimmed code points; a present
+value that cannot be normalized is *invalid*, with a reason (`InvalidIdentifierError`'s message, one of a few fixed
+texts). Both are counted per type and reported, never silently dropped and never fatal.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Final
 
+import idna
 import phonenumbers
 
 
@@ -69,13 +73,31 @@ _ASCII_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklm
 #: The libphonenumber metadata release phone numbers are validated with (the `phonenumbers` port's version).
 PHONE_METADATA_VERSION: Final = phonenumbers.__version__
 
-# PROTOCOL.md section 1.3, after trimming and ASCII lower-casing: dot-atom local part @ two or more DNS labels,
-# the last of which starts with a letter and has at least two characters.
-_ATEXT = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]"
+# PROTOCOL.md section 1.3, after normalizing: a dot-atom local part whose atoms may hold any non-ASCII code point
+# (RFC 6532's UTF8-non-ascii, less the categories in _BANNED_CATEGORIES) @ two or more ASCII DNS labels, the last of
+# which starts with a letter and has at least two characters.
+_ATEXT = r"[a-z0-9!#$%&'*+/=?^_`{|}~\x80-\U0010ffff-]"
+_LOCAL = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*")
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _TLD = r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])"
-_EMAIL = re.compile(rf"(?P<local>{_ATEXT}+(?:\.{_ATEXT}+)*)@(?:{_LABEL}\.)+{_TLD}", re.ASCII)
+_DOMAIN = re.compile(rf"(?:{_LABEL}\.)+{_TLD}", re.ASCII)
+#: Limits in UTF-8 bytes (RFC 5321 counts octets; for an ASCII address, characters).
 MAX_LOCAL, MAX_EMAIL = 64, 254
+#: General categories a non-ASCII code point of a local part may not have: controls, format characters,
+#: surrogates, private use, unassigned, and separators (spaces, line and paragraph separators).
+_BANNED_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
+#: The Unicode version of the tables NFC and the categories are read from (Python's `unicodedata`).
+UNICODE_VERSION: Final = unicodedata.unidata_version
+#: The `idna` release whose UTS #46 tables convert internationalized domains (pinned: they decide who matches).
+IDNA_VERSION: Final = idna.__version__
+
+#: Why an email address is invalid: the reasons InvalidIdentifierError carries for the email type.
+NO_AT = "not an email address: no @"
+BAD_LOCAL = "not an email address: a space, control or other character not allowed before the @, or a stray dot"
+LONG_LOCAL = f"not an email address: more than {MAX_LOCAL} bytes (UTF-8) before the @"
+BAD_IDN = "not an email address: the domain is not a valid internationalized domain name (IDNA2008)"
+BAD_DOMAIN = "not an email address: the domain is not a host name (dot-separated letters, digits, inner hyphens)"
+LONG_EMAIL = f"not an email address: longer than {MAX_EMAIL} bytes (UTF-8)"
 _HEX64 = re.compile(r"[0-9a-f]{64}", re.ASCII)
 
 
@@ -89,15 +111,72 @@ def ascii_lower(text: str) -> str:
     return text.translate(_ASCII_LOWER)
 
 
+def redact(value: str) -> str:
+    """An invalid value as reports show it: its first character and its length, never more (`张… (11 characters)`).
+
+    Enough to find the rows in one's own data (and see the kind of problem), too little to leak an identifier.
+    """
+    text = trim(value)
+    return f"{text[:1]}… ({len(text)} characters)"
+
+
 def is_missing(raw: str | None) -> bool:
     """Whether a value counts as missing: absent, empty, or only TRIMMED code points (for every type)."""
     return raw is None or not trim(raw)
 
 
 def is_email(value: str) -> bool:
-    """Whether an already trimmed and lower-cased `value` matches the email grammar of PROTOCOL.md."""
-    match = _EMAIL.fullmatch(value)
-    return match is not None and len(match["local"]) <= MAX_LOCAL and len(value) <= MAX_EMAIL
+    """Whether an already normalized `value` matches the email grammar of PROTOCOL.md section 1.3."""
+    return email_problem(value) is None
+
+
+def email_problem(value: str) -> str | None:
+    """Why a normalized address breaks the grammar of PROTOCOL.md section 1.3 (one of the reasons above), or None."""
+    local, at, domain = value.rpartition("@")
+    if not at:
+        return NO_AT
+    if not _LOCAL.fullmatch(local) or any(
+        not c.isascii() and unicodedata.category(c) in _BANNED_CATEGORIES for c in local
+    ):
+        return BAD_LOCAL
+    if len(local.encode("utf-8")) > MAX_LOCAL:
+        return LONG_LOCAL
+    if not _DOMAIN.fullmatch(domain):
+        return BAD_DOMAIN
+    if len(value.encode("utf-8")) > MAX_EMAIL:
+        return LONG_EMAIL
+    return None
+
+
+def normalize_email(value: str) -> str:
+    """A trimmed address in its normalized form (PROTOCOL.md section 1.3); InvalidIdentifierError with the reason.
+
+    The local part: NFC, ASCII lower-casing, NFC again (lower-casing can let a letter compose with a following
+    mark: W + ring stays two code points, w + ring is U+1E98), so canonically equivalent inputs give one form and
+    normalizing twice changes nothing. The domain: ASCII lower-casing when it is ASCII; otherwise UTS #46 to
+    A-labels (`xn--...`), which also maps full-width letters and the ideographic full stop.
+    """
+    local, at, domain = value.rpartition("@")
+    if not at:
+        raise InvalidIdentifierError(NO_AT)
+    if not local.isascii():
+        if any(0xD800 <= ord(c) <= 0xDFFF for c in local):  # not text: cannot be put in NFC nor in UTF-8
+            raise InvalidIdentifierError(BAD_LOCAL)
+        local = unicodedata.normalize("NFC", ascii_lower(unicodedata.normalize("NFC", local)))
+    else:
+        local = ascii_lower(local)
+    if domain.isascii():
+        domain = ascii_lower(domain)
+    else:
+        try:
+            domain = idna.encode(domain, uts46=True, std3_rules=True, transitional=False).decode("ascii")
+        except (UnicodeError, ValueError):  # idna.IDNAError is a UnicodeError
+            raise InvalidIdentifierError(BAD_IDN) from None
+    normalized = f"{local}@{domain}"
+    problem = email_problem(normalized)
+    if problem:
+        raise InvalidIdentifierError(problem)
+    return normalized
 
 
 @dataclass(frozen=True)
@@ -119,10 +198,9 @@ class Normalizer:
         value = trim(raw)
         if id_type is IdentifierType.PHONE:
             return self._phone(value)
-        value = ascii_lower(value)
-        if id_type is IdentifierType.EMAIL and not is_email(value):
-            raise InvalidIdentifierError("not an email address (see PROTOCOL.md section 1.3)")
-        return value
+        if id_type is IdentifierType.EMAIL:
+            return normalize_email(value)
+        return ascii_lower(value)
 
     def _phone(self, value: str) -> str:
         try:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -51,12 +51,30 @@ RETIRED = "retired"
 
 
 @dataclass(frozen=True)
+class Rejected:
+    """Values of one identifier type that could not be normalized for one `reason`: how many, and one of them.
+
+    `example` is redacted (`identity.redact`: its first character and its length), enough to find such rows in
+    one's own data, never the identifier.
+    """
+
+    reason: str
+    count: int
+    example: str
+
+
+@dataclass(frozen=True)
 class IdentifierCounts:
-    """Per identifier type: values blinded and sent, values that could not be normalized, and empty values."""
+    """Per identifier type: values blinded and sent, values that could not be normalized, and empty values.
+
+    `rejected` says why the `invalid` ones were: one entry per reason, the most frequent first; counts sum to
+    `invalid`. Nothing invalid is ever sent, so these people cannot match by this type.
+    """
 
     sent: int = 0
     invalid: int = 0
     missing: int = 0
+    rejected: tuple[Rejected, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -319,6 +337,7 @@ class MatchRunner:
         layout = self._layout(plan)
         skip = len(layout) if done and done.committed else (done.next_chunk_index if done else 0)
         totals = {t: [0, 0, 0] for t in plan.identifiers}
+        reasons: dict[IdentifierType, dict[str, list[Any]]] = {t: {} for t in plan.identifiers}
         jobs = (self._job(plan, key, t, s, count_only=i < skip) for i, (t, s) in enumerate(layout))
         results = self._executor.map(blind_identifiers, jobs)
 
@@ -329,6 +348,8 @@ class MatchRunner:
                     totals[id_type][0] += result.valid
                     totals[id_type][1] += result.invalid
                     totals[id_type][2] += result.missing
+                    for reason, count, example in result.rejected:
+                        reasons[id_type].setdefault(reason, [0, example])[0] += count
                     if index < skip:
                         continue
                     bar.update(1)
@@ -349,7 +370,7 @@ class MatchRunner:
                 pass
         else:
             self._stub.UploadBlindedPoints(requests(), metadata=self._md)
-        return {t: IdentifierCounts(sent=v[0], invalid=v[1], missing=v[2]) for t, v in totals.items()}
+        return {t: IdentifierCounts(v[0], v[1], v[2], rejected_by_reason(reasons[t])) for t, v in totals.items()}
 
     def _tables(self, plan: MatchPlan) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
         """The tables to upload, keyed by row number; events whose key is not a user are dropped and counted."""
@@ -514,3 +535,9 @@ class MatchRunner:
                     )
 
         self._stub.SubmitDoubleBlindedPoints(requests(), metadata=self._md)
+
+
+def rejected_by_reason(reasons: Mapping[str, Sequence[Any]]) -> tuple[Rejected, ...]:
+    """`Rejected` entries from {reason: (count, example)}, the most frequent first (then by reason)."""
+    entries = [Rejected(reason, int(count), str(example)) for reason, (count, example) in reasons.items()]
+    return tuple(sorted(entries, key=lambda r: (-r.count, r.reason)))

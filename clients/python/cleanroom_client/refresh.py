@@ -9,7 +9,11 @@ A refresh is resumable: `refresh.json` records the open period and fingerprints 
 While the period is open, a call with the same new users continues it (the retirements sent last replace earlier
 ones; a table already appended in the period is not sent again), and a call with other new users is refused rather
 than mixed into it. Once it completed, a call with exactly the same input returns its summary instead of opening
-another period.
+another period. "The same" is decided by content (`content_fingerprint`: every value of the new users' sent columns,
+the retired keys and every appended row), never by counts, so new rows are never taken for a repeat; an empty call
+(nothing to add, retire or append) is never a repeat: it joins the open period or opens the next, so two members'
+empty calls meet in one period whichever comes first. The decision reads only this machine's state, never the
+server's timing. One such call at a time per collaboration and machine (`locked`): a second is refused at once.
 """
 
 from __future__ import annotations
@@ -17,18 +21,28 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .errors import RefreshInProgressError
 from .matching import PERIOD, RETIRED, ROWS_FILE, IdentifierCounts, new_row_ids
 
 STATE_FILE = "refresh.json"
+LOCK_FILE = "refresh.lock"
+#: How `RefreshState.whole` was computed: 0 (files written before it was recorded) from the event tables' names
+#: and row counts only (`legacy_fingerprint`), 1 from the content (`content_fingerprint`).
+LEGACY_SCHEME, CONTENT_SCHEME = 0, 1
+#: Rows hashed at a time: the fingerprint streams over a table, it never holds a second copy of it.
+FINGERPRINT_ROWS = 65_536
 
 
 @dataclass(frozen=True)
@@ -86,25 +100,148 @@ def fingerprint(keys: Iterable[str], *more: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
-def event_sizes(events: Mapping[str, pd.DataFrame]) -> list[str]:
-    """Each event table's name and row count, for a refresh's fingerprint."""
-    return [f"{name}:{len(frame)}" for name, frame in events.items()]
+def legacy_fingerprint(new_keys: Iterable[str], retire_keys: Iterable[str], events: Mapping[str, pd.DataFrame]) -> str:
+    """The fingerprint `refresh.json` held before `CONTENT_SCHEME`: keys, and each event table's name and row count.
+
+    Only to recognise a state file written then; it cannot tell two tables of as many rows apart.
+    """
+    return fingerprint(new_keys, retire_keys, [f"{name}:{len(frame)}" for name, frame in events.items()])
+
+
+def content_fingerprint(
+    users: pd.DataFrame, columns: Mapping[str, str], retire_keys: Iterable[str], events: Mapping[str, pd.DataFrame]
+) -> str:
+    """SHA-256 over everything a refresh would send, in a canonical form: equal exactly when the input is.
+
+    `columns` names the users' columns that count (role -> column, e.g. `key`, `identifier:email`,
+    `attribute:tier`); then the sorted retired keys; then each event table by name, all its columns. A table is
+    hashed `FINGERPRINT_ROWS` rows at a time (`_hash_frame`), in its row order.
+    """
+    digest = hashlib.sha256(b"cleanroom refresh content v1\0")
+    roles = sorted(columns.items())
+    _hash_text(digest, json.dumps([[role, column] for role, column in roles]))
+    _hash_frame(digest, users[[column for _, column in roles]])
+    retired = sorted(retire_keys)
+    _hash_text(digest, f"retire:{len(retired)}")
+    for value in retired:
+        _hash_text(digest, value)
+    for name in sorted(events):
+        _hash_text(digest, f"table:{name}")
+        _hash_frame(digest, events[name])
+    return digest.hexdigest()
+
+
+def _hash_text(digest: hashlib._Hash, text: str) -> None:
+    data = text.encode("utf-8", "surrogatepass")
+    digest.update(len(data).to_bytes(8, "little") + data)
+
+
+def _hash_frame(digest: hashlib._Hash, frame: pd.DataFrame) -> None:
+    """Feed `frame` in canonical form: its column names and row count, then one digest per column.
+
+    A column's digest covers three streams, each over all its rows in order: the null mask (a byte a row), the
+    fixed-width values (int64 for integers, booleans and times as nanoseconds; float64 for floats; the UTF-8 length
+    of anything else, as its text) and the text bytes. Values under a null are zero or empty. So the digest depends
+    on the values only: not on dtype widths, memory layout, or the `FINGERPRINT_ROWS` chunks it is read in.
+    """
+    _hash_text(digest, json.dumps([str(c) for c in frame.columns]))
+    digest.update(len(frame).to_bytes(8, "little"))
+    streams = [(hashlib.sha256(), hashlib.sha256(), hashlib.sha256()) for _ in frame.columns]
+    for start in range(0, len(frame), FINGERPRINT_ROWS):
+        chunk = frame.iloc[start : start + FINGERPRINT_ROWS]
+        for position, column in enumerate(streams):
+            _hash_values(*column, chunk.iloc[:, position])
+    for nulls, fixed, text in streams:
+        digest.update(nulls.digest() + fixed.digest() + text.digest())
+
+
+def _hash_values(nulls: hashlib._Hash, fixed: hashlib._Hash, text: hashlib._Hash, values: pd.Series) -> None:
+    try:
+        array = pa.array(values, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed Python objects: their text
+        array = pa.array(values.map(lambda v: None if v is None or v is pd.NA else str(v)), pa.large_string())
+    nulls.update(array.is_null().to_numpy(zero_copy_only=False).astype(np.uint8).tobytes())
+    kind = array.type
+    if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
+        array = pc.cast(pc.cast(array, pa.timestamp("ns")), pa.int64())
+    elif pa.types.is_duration(kind):
+        array = pc.cast(pc.cast(array, pa.duration("ns")), pa.int64())
+    kind = array.type
+    if pa.types.is_integer(kind) or pa.types.is_boolean(kind):
+        fixed.update(pc.fill_null(pc.cast(array, pa.int64()), 0).to_numpy().astype("<i8").tobytes())
+    elif pa.types.is_floating(kind):
+        fixed.update(pc.fill_null(pc.cast(array, pa.float64()), 0.0).to_numpy().astype("<f8").tobytes())
+    else:
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            array = pa.array([None if v is None else str(v) for v in array.to_pylist()], pa.large_string())
+        binary = pc.fill_null(pc.cast(array, pa.large_binary()), b"")
+        offsets = np.frombuffer(binary.buffers()[1], dtype="<i8")[binary.offset : binary.offset + len(binary) + 1]
+        fixed.update(np.diff(offsets).astype("<i8").tobytes())
+        data = binary.buffers()[2]
+        if len(offsets) and data is not None:
+            text.update(memoryview(data)[int(offsets[0]) : int(offsets[-1])])
 
 
 @dataclass(frozen=True)
 class RefreshState:
-    """The last refresh this member started here: its period, what it sent, and whether it completed."""
+    """The last refresh this member started here: its period, what it sent, and whether it completed.
+
+    `users` fingerprints the new users' keys (`fingerprint`), `whole` the whole input by `scheme`.
+    """
 
     period: int
     users: str
     whole: str
     complete: bool
+    scheme: int = CONTENT_SCHEME
 
 
 def read_state(state: Path) -> RefreshState | None:
-    """The last refresh started on this machine, if any."""
+    """The last refresh started on this machine, if any (a file of an older SDK reads as `LEGACY_SCHEME`)."""
     path = state / STATE_FILE
-    return RefreshState(**json.loads(path.read_text())) if path.exists() else None
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    data.setdefault("scheme", LEGACY_SCHEME)
+    return RefreshState(**data)
+
+
+@contextmanager
+def locked(state: Path, collaboration: str) -> Iterator[None]:
+    """Hold this collaboration's refresh lock on this machine; RefreshInProgressError at once if another call does.
+
+    Two calls at once would both number new users in the ledger and both upload into one period (the second's rows
+    clash with the first's on the server). The lock is an OS file lock (released when the process ends, even if
+    it crashed), so no stale lock outlives its holder.
+    """
+    if not state.is_dir():  # no state here (this machine did not match): nothing local to guard
+        yield
+        return
+    handle = open(state / LOCK_FILE, "a+")  # noqa: SIM115 - held for the with-block below
+    try:
+        try:
+            _try_lock(handle)
+        except OSError:
+            raise RefreshInProgressError(
+                f"another refresh, retirement or cancellation of {collaboration} is running on this machine (state "
+                f"directory {state}); wait for it to return, then call again"
+            ) from None
+        yield
+    finally:
+        handle.close()  # closing the file releases the lock
+
+
+def _try_lock(handle: IO[str]) -> None:
+    """An exclusive, non-blocking lock on an open file; OSError when another process or thread holds it."""
+    fileno = handle.fileno()
+    if sys.platform == "win32":  # pragma: no cover - Windows
+        import msvcrt
+
+        msvcrt.locking(fileno, msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(fileno, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def write_state(state: Path, saved: RefreshState) -> None:

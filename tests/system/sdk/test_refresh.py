@@ -8,6 +8,7 @@ from every table; queries read the period they name; a per-period budget renews 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,7 +24,13 @@ from cleanroom.principals import Role
 from cleanroom.server import ServerConfig, create_server
 from cleanroom.server.app import RunningServer, TlsConfig
 from cleanroom_client import CleanRoomClient, SerialExecutor
-from cleanroom_client.errors import CleanRoomError, FailedPreconditionError, InvalidArgumentError
+from cleanroom_client import refresh as refresh_state
+from cleanroom_client.errors import (
+    CleanRoomError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    RefreshInProgressError,
+)
 
 POLICY: dict[str, Any] = {
     "name": "living",
@@ -351,19 +358,118 @@ def test_a_period_the_peer_leaves_open_can_be_cancelled(room) -> None:
     )
     assert [s.period for s in done] == [2, 2]
     assert done[0].own_set_size == 58
-    # The same (empty) call again: alone it is the finished period, repeated; once the brand opened another, it joins.
-    assert p.refresh(cid, None).period == 2
-
-    def after_the_brand_opened() -> Any:
-        deadline = time.monotonic() + 30
-        while periods.open_period(server.room.db.cursor(), cid) is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return p.refresh(cid, None, wait_timeout=60)
-
+    # The brand's same call again is the finished period, repeated (it sends nothing). An empty call is never a
+    # repeat: the platform's joins the brand's next period, whoever of them comes first.
+    assert b.refresh(cid, new, identifiers=ids, attributes=["tier"], retire=["b0"]).period == 2
     done = both(
         lambda: b.refresh(cid, users(range(60, 62), "brand"), identifiers=ids, attributes=["tier"], wait_timeout=60),
-        after_the_brand_opened,
+        lambda: p.refresh(cid, None, wait_timeout=60),
     )
     assert [s.period for s in done] == [3, 3]
     # The platform holds none of the new users; b0's pair, if it had one, is gone.
     assert key_pairs(server, clients, cid) == {(k, q) for k, q in before if k not in ("b0", "b3")}
+
+
+def stored_rows(server: RunningServer, cid: str, member: str, table: str) -> int:
+    cur = server.room.db.cursor()
+    physical = cur.execute(
+        "SELECT physical FROM data_tables WHERE collab = ? AND member = ? AND name = ?", [cid, member, table]
+    ).fetchone()
+    assert physical is not None
+    count = cur.execute(f'SELECT count(*) FROM "{physical[0]}"').fetchone()
+    assert count is not None
+    return int(count[0])
+
+
+def test_a_refresh_with_as_many_but_other_event_rows_is_sent_not_taken_for_a_repeat(room) -> None:
+    server, clients = room
+    b, p = clients["brand"], clients["platform"]
+    cid = start(clients, "content", POLICY)
+    match_fifty(clients, cid)
+    assert stored_rows(server, cid, "brand", "conversions") == 2
+    first = events([2], "brand", 2)
+    done = both(
+        lambda: b.refresh(cid, None, events={"conversions": first}, wait_timeout=60),
+        lambda: p.refresh(cid, None, wait_timeout=60),
+    )
+    assert [s.period for s in done] == [1, 1]
+    # One other row: the same table name and row count as the last refresh, other content. Once it was taken for a
+    # repeat (the fingerprint held names and counts only): nothing was sent and both calls reported period 1.
+    second = events([3], "brand", 3)
+    done = both(
+        lambda: b.refresh(cid, None, events={"conversions": second}, wait_timeout=60),
+        lambda: p.refresh(cid, None, wait_timeout=60),
+    )
+    assert [s.period for s in done] == [2, 2]
+    assert stored_rows(server, cid, "brand", "conversions") == 4
+    # The very same call again is a repeat: its summary, nothing opened, nothing appended.
+    assert b.refresh(cid, None, events={"conversions": second}, wait_timeout=5).period == 2
+    assert periods.open_period(server.room.db.cursor(), cid) is None
+    assert stored_rows(server, cid, "brand", "conversions") == 4
+
+    # A refresh.json of an older SDK (no scheme; names and counts) still reads. Where it cannot tell a repeat from
+    # new rows of the same count, it refuses, sending nothing, and says what to do.
+    state = Path(b.collaboration_dir(cid)) / "refresh.json"
+    saved = json.loads(state.read_text())
+    legacy = refresh_state.legacy_fingerprint([], [], {"conversions": second})
+    state.write_text(json.dumps({k: v for k, v in saved.items() if k != "scheme"} | {"whole": legacy}))
+    with pytest.raises(ValueError, match=r"older SDK.*delete .*refresh\.json"):
+        b.refresh(cid, None, events={"conversions": events([4], "brand", 4)}, wait_timeout=5)
+    assert periods.open_period(server.room.db.cursor(), cid) is None
+    assert stored_rows(server, cid, "brand", "conversions") == 4
+
+
+def test_an_empty_refresh_joins_the_peers_period_whoever_calls_first(room) -> None:
+    server, clients = room
+    b, p = clients["brand"], clients["platform"]
+    cid = start(clients, "empty-race", POLICY)
+    match_fifty(clients, cid)
+    ids = {"email": "email", "phone": "phone"}
+    both(
+        lambda: b.refresh(cid, users([50], "brand"), identifiers=ids, attributes=["tier"], wait_timeout=60),
+        lambda: p.refresh(cid, None, wait_timeout=60),
+    )
+    # Now the platform repeats its empty call first, the brand comes once a period is open. Once the platform's
+    # call was taken for a repeat of period 1 (its input had not changed) and returned at once, and the brand's
+    # period waited for the platform until it timed out: which happened depended on who asked first.
+
+    def brand_once_a_period_is_open() -> Any:
+        deadline = time.monotonic() + 15
+        while periods.open_period(server.room.db.cursor(), cid) is None:
+            assert time.monotonic() < deadline, "the platform's empty refresh opened no period"
+            time.sleep(0.05)
+        return b.refresh(cid, None, retire=["b1"], wait_timeout=60)
+
+    done = both(lambda: p.refresh(cid, None, wait_timeout=60), brand_once_a_period_is_open)
+    assert [s.period for s in done] == [2, 2]
+    assert done[1].retired == 1
+
+
+def test_two_refreshes_of_one_member_at_once_one_is_refused_the_other_completes(room) -> None:
+    server, clients = room
+    b, p = clients["brand"], clients["platform"]
+    cid = start(clients, "one-at-a-time", POLICY)
+    match_fifty(clients, cid)
+    before = key_pairs(server, clients, cid)
+    ids = {"email": "email", "phone": "phone"}
+    call = lambda: b.refresh(  # noqa: E731
+        cid, users(range(50, 55), "brand"), identifiers=ids, attributes=["tier"], retire=["b2"], wait_timeout=30
+    )
+    with ThreadPoolExecutor(3) as pool:
+        first, second = pool.submit(call), pool.submit(call)
+        peer = pool.submit(lambda: p.refresh(cid, None, wait_timeout=30))
+        outcomes = []
+        for f in (first, second):
+            try:
+                outcomes.append(f.result())
+            except RefreshInProgressError as err:
+                outcomes.append(err)
+        assert peer.result().period == 1
+    refused = [o for o in outcomes if isinstance(o, RefreshInProgressError)]
+    assert len(refused) == 1, outcomes
+    assert "another refresh" in str(refused[0])
+    assert [o.period for o in outcomes if not isinstance(o, Exception)] == [1]
+    assert periods.open_period(server.room.db.cursor(), cid) is None
+    # Exactly one refresh's changes: b2 retired, the new users (whom the platform lacks) unpaired.
+    assert key_pairs(server, clients, cid) == {(k, q) for k, q in before if k != "b2"}
+    assert sorted(pd.read_parquet(Path(b.collaboration_dir(cid)) / "rows.parquet")["row_id"]) == list(range(55))

@@ -72,7 +72,7 @@ def test_a_wrong_normalization_fails_exactly_where_it_differs():
     assert not report.passed
     failed = {(r.section, r.case[2], r.field) for r in report.failures() if r.section == "normalization"}
     assert ("normalization", "\u001calice@example.com", "result") in failed  # Python strips U+001C
-    assert ("normalization", "\u212a@example.com", "normalized") in failed  # Unicode lower-cases the Kelvin sign
+    assert ("normalization", "\u00c4LICE@example.com", "normalized") in failed  # Unicode lower-cases the Ä
     assert ("normalization", "a@b.c.", "result") in failed  # the lax grammar takes a trailing dot
     assert ("normalization", "ÉCOLE-\u0130D-\u212a", "digest") in failed
     passed = {r.case[2] for r in report.results if r.passed and r.section == "normalization"}

@@ -1,0 +1,109 @@
+"""The refresh's local state: the content fingerprint that decides a repeat, and the state file of older SDKs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cleanroom_client import refresh
+from cleanroom_client.errors import RefreshInProgressError
+
+COLUMNS = {"key": "key", "identifier:email": "email"}
+
+
+def frames(rows: list[tuple[int, str | None, float]]) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    users = pd.DataFrame({"key": [f"k{i}" for i, _, _ in rows], "email": [e for _, e, _ in rows]})
+    ts = [dt.datetime(2026, 11, 1) + dt.timedelta(seconds=i) for i, _, _ in rows]
+    events = {"conversions": pd.DataFrame({"key": users["key"], "ts": ts, "value": [v for _, _, v in rows]})}
+    return users, events
+
+
+def digest(rows: list[tuple[int, str | None, float]], retire: list[str] = ()) -> str:  # type: ignore[assignment]
+    users, events = frames(rows)
+    return refresh.content_fingerprint(users, COLUMNS, retire, events)
+
+
+ROWS = st.lists(
+    st.tuples(
+        st.integers(0, 10**6),
+        st.one_of(st.none(), st.text(max_size=8)),
+        st.floats(-1e6, 1e6, allow_nan=False),
+    ),
+    min_size=1,
+    max_size=20,
+)
+
+
+@given(ROWS, st.data())
+@settings(max_examples=150, deadline=None)
+def test_any_changed_value_changes_the_fingerprint_and_equal_input_keeps_it(rows, data) -> None:
+    assert digest(rows) == digest(list(rows))
+    at = data.draw(st.integers(0, len(rows) - 1))
+    i, email, value = rows[at]
+    field = data.draw(st.sampled_from(["key", "email", "value"]))
+    changed = {
+        "key": (i + 1, email, value),
+        "email": (i, (email or "") + "x", value),
+        "value": (i, email, value + 1.0),
+    }[field]
+    assert digest([*rows[:at], changed, *rows[at + 1 :]]) != digest(rows)
+
+
+@given(ROWS)
+@settings(max_examples=50, deadline=None)
+def test_retired_keys_and_boundaries_count(rows) -> None:
+    assert digest(rows, ["k1"]) != digest(rows)
+    assert digest(rows, ["k1", "k2"]) == digest(rows, ["k2", "k1"])
+    # Values cannot run into each other: "ab" + "c" differs from "a" + "bc".
+    a = pd.DataFrame({"key": ["ab", "c"]})
+    b = pd.DataFrame({"key": ["a", "bc"]})
+    assert refresh.content_fingerprint(a, {"key": "key"}, [], {}) != refresh.content_fingerprint(
+        b, {"key": "key"}, [], {}
+    )
+
+
+def test_a_value_is_hashed_by_what_it_is_not_by_its_dtype_or_layout(monkeypatch) -> None:
+    narrow = pd.DataFrame({"key": pd.Series([1, 2, 3], dtype="int32"), "ts": pd.to_datetime(["2026-11-01"] * 3)})
+    wide = pd.DataFrame({"key": [1, 2, 3], "ts": pd.to_datetime(["2026-11-01"] * 3).astype("datetime64[us]")})
+    assert refresh.content_fingerprint(narrow, {"key": "key"}, [], {"t": narrow}) == refresh.content_fingerprint(
+        wide, {"key": "key"}, [], {"t": wide}
+    )
+    # Streamed in chunks: the chunk size changes nothing, and a slice (an offset into Arrow buffers) hashes alike.
+    big = pd.DataFrame({"key": [f"k{i}" for i in range(1000)], "v": range(1000)})
+    whole = refresh.content_fingerprint(big, {"key": "key"}, [], {"t": big})
+    monkeypatch.setattr(refresh, "FINGERPRINT_ROWS", 7)
+    assert refresh.content_fingerprint(big, {"key": "key"}, [], {"t": big}) == whole
+    tail = big.iloc[500:]
+    assert refresh.content_fingerprint(tail, {"key": "key"}, [], {}) == refresh.content_fingerprint(
+        tail.reset_index(drop=True).copy(), {"key": "key"}, [], {}
+    )
+    # A missing value is not the empty string nor zero.
+    assert refresh.content_fingerprint(pd.DataFrame({"key": [None]}), {"key": "key"}, [], {}) != (
+        refresh.content_fingerprint(pd.DataFrame({"key": [""]}), {"key": "key"}, [], {})
+    )
+
+
+def test_a_state_file_of_an_older_sdk_reads_as_the_legacy_scheme(tmp_path: Path) -> None:
+    old = {"period": 3, "users": "u" * 64, "whole": "w" * 64, "complete": True}
+    (tmp_path / refresh.STATE_FILE).write_text(json.dumps(old))
+    saved = refresh.read_state(tmp_path)
+    assert saved == refresh.RefreshState(3, "u" * 64, "w" * 64, True, refresh.LEGACY_SCHEME)
+    refresh.write_state(tmp_path, refresh.RefreshState(4, "u" * 64, "x" * 64, False))
+    assert refresh.read_state(tmp_path) == refresh.RefreshState(4, "u" * 64, "x" * 64, False, refresh.CONTENT_SCHEME)
+
+
+def test_the_lock_refuses_a_second_holder_and_is_released(tmp_path: Path) -> None:
+    with (
+        refresh.locked(tmp_path, "collaborations/c"),
+        pytest.raises(RefreshInProgressError, match="another refresh"),
+        refresh.locked(tmp_path, "collaborations/c"),
+    ):
+        pass
+    with refresh.locked(tmp_path, "collaborations/c"):
+        pass
