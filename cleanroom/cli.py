@@ -54,7 +54,7 @@ def serve(
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key of the server.")] = None,
     client_ca: Annotated[Path | None, typer.Option(help="CA for client certificates: turns on mutual TLS.")] = None,
     insecure: Annotated[bool, typer.Option(help="Plaintext, for local development only.")] = False,
-    idle_timeout: Annotated[float, typer.Option(help="Seconds an upload stream may stay silent.")] = 120.0,
+    idle_timeout: Annotated[float, typer.Option(help="Seconds a stream may wait on its client.")] = 120.0,
     memory_limit: Annotated[
         str | None, typer.Option(help="DuckDB's memory cap, e.g. 3GB (default: 80% of RAM); joins spill past it.")
     ] = None,

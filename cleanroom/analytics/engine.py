@@ -523,6 +523,11 @@ class QueryEngine:
 
         Every region of the Venn diagram (`people_exactly`), and each intersection (`people`: the hub with A, with
         B, with A and B, ...), which sums the regions it covers (their error bars in quadrature).
+
+        The noisy vector is the regions' histogram, so its scale is stated under `people_exactly`, the measure whose
+        cells each carry one draw of it. An intersection sums up to 2^k regions and so up to 2^k draws: it has no
+        single scale. Stating the histogram's under `people` (as before issue 28) told every reader of the answer
+        that those cells carry a k-th of the noise they do: (deviation / scale)^2 averages 2k over k regions, not 2.
         """
 
         def build(collaboration: Collaboration, catalog: Catalog) -> Plan:
@@ -537,8 +542,8 @@ class QueryEngine:
                 by = axis(str(q.by), q.by.member, q.by.column, _dimension(policy, q.by))
             axes = ((by,) if by else ()) + venn_axes(catalog)
             cells_of(axes)
-            people = Measurement(
-                "people", _reader(axes, venn_sql(catalog, by)), q.epsilon, self.venn_sensitivity(catalog)
+            regions = Measurement(
+                "people_exactly", _reader(axes, venn_sql(catalog, by)), q.epsilon, self.venn_sensitivity(catalog)
             )
             spokes = catalog.spokes
             lead = 1 if by else 0
@@ -547,7 +552,7 @@ class QueryEngine:
                 return "∩".join((catalog.hub, *members))
 
             def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
-                n = noisy["people"]
+                n = noisy["people_exactly"]
                 groups = list(dict.fromkeys(k[:lead] for k in n.keys))
                 out = []
                 for group in groups:
@@ -577,7 +582,7 @@ class QueryEngine:
                 return out
 
             return self._histograms(
-                principal, collaboration, q.epsilon, (people,), (*((by.label,) if by else ()), "region"), finish
+                principal, collaboration, q.epsilon, (regions,), (*((by.label,) if by else ()), "region"), finish
             )
 
         params = {"by": str(q.by) if q.by else ""}

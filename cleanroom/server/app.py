@@ -1,8 +1,10 @@
 """Server assembly: a room, the servicers, health, reflection, TLS, and the operator's local socket.
 
 `create_server` binds and starts; tests pass port 0 and read the port back. The request path of every RPC is:
-error mapping (interceptor) -> limits on every request string and float (interceptor; refusals audited) ->
-authenticate (token or client certificate) -> servicer parses the request ->
+error mapping (interceptor, outermost, so it answers the front door's refusals too) -> the front door
+(credentials from the headers, before any message is read; half-open and idle calls cut; rates; `frontdoor.py`) ->
+limits on every request string and float (interceptor; refusals audited) -> authenticate (token or client
+certificate) -> servicer parses the request ->
 authorize in the domain (member, ability, auditor assignment; refusals audited) -> domain call, whose audit entry
 commits in the same transaction as its effect, before the response leaves.
 """
@@ -43,8 +45,10 @@ from .audit_servicer import AuditServicer
 from .auth import Authenticator, StreamLimiter, TokenOrCertificateAuthenticator
 from .collaboration_servicer import CollaborationServicer
 from .errors import ErrorMappingInterceptor
+from .frontdoor import FrontDoorInterceptor, Watchdog
 from .limits import OnRefusal, RequestLimitsInterceptor, named_collaboration
 from .matching_servicer import MatchingServicer
+from .rates import RateLimiter
 from .receipts import ReceiptInterceptor
 
 log = logging.getLogger(__name__)
@@ -77,11 +81,16 @@ class ServerConfig:
     insecure: bool = False
     max_workers: int = 32
     streams_per_principal: int = 8
+    #: Seconds a stream may go without a message either way (an upload's next chunk, a download's next read).
     stream_idle_timeout: float = 120.0
+    #: Seconds a unary call may wait for its request message after its headers (a half-open call).
+    request_timeout: float = 10.0
     #: DuckDB's memory cap and spill directory (see `StorageLimits`); the defaults are DuckDB's.
     storage: StorageLimits = field(default_factory=StorageLimits)
     #: Streams open at once, all principals together; None: all workers but `unary_reserve(max_workers)`.
     max_streams: int | None = None
+    #: Streams open at once for one collaboration, all its members together; None: `collaboration_share(max_streams)`.
+    streams_per_collaboration: int | None = None
     #: RPCs accepted at once (running or queued for a worker); beyond, RESOURCE_EXHAUSTED at once.
     #: None: `RPC_QUEUE_FACTOR` times `max_workers`.
     max_concurrent_rpcs: int | None = None
@@ -89,6 +98,11 @@ class ServerConfig:
 
 #: RPCs accepted per worker thread (the rest of the queue beyond the running ones) before refusing new ones.
 RPC_QUEUE_FACTOR = 4
+
+
+def collaboration_share(total_streams: int) -> int:
+    """Streams one collaboration may hold: a third of all, so two others always find slots beside it."""
+    return max(1, total_streams // 3)
 
 
 def unary_reserve(max_workers: int) -> int:
@@ -104,6 +118,7 @@ class RunningServer:
     port: int
     admin: grpc.Server
     room: Room
+    watchdog: Watchdog
 
     @property
     def db(self) -> Database:
@@ -113,6 +128,7 @@ class RunningServer:
     def stop(self, grace: float | None = 1.0) -> None:
         """Stop serving, then close the database."""
         self.server.stop(grace).wait()
+        self.watchdog.close()
         self.admin.stop(None).wait()
         self.room.close()
 
@@ -152,16 +168,33 @@ def create_server(config: ServerConfig) -> RunningServer:
     total_streams = config.max_streams
     if total_streams is None:
         total_streams = max(1, config.max_workers - unary_reserve(config.max_workers))
-    streams = StreamLimiter(config.streams_per_principal, total_streams)
+    streams = StreamLimiter(
+        config.streams_per_principal,
+        total_streams,
+        config.streams_per_collaboration or collaboration_share(total_streams),
+    )
+    watchdog = Watchdog()
+    front_door = FrontDoorInterceptor(
+        auth,
+        certificates=config.tls is not None and config.tls.client_ca is not None,
+        streams=streams,
+        rates=RateLimiter(),
+        watchdog=watchdog,
+        request_timeout=config.request_timeout,
+        idle_timeout=config.stream_idle_timeout,
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers),
         maximum_concurrent_rpcs=config.max_concurrent_rpcs or RPC_QUEUE_FACTOR * config.max_workers,
         interceptors=[
             ErrorMappingInterceptor(),
+            front_door,
             ReceiptInterceptor(room.trees),
             RequestLimitsInterceptor(_audit_refusal(auth, room.collaborations)),
         ],
         options=[
+            # windows stay at their initial size, so a message the server never reads costs it little memory
+            ("grpc.http2.bdp_probe", 0),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.keepalive_time_ms", 30_000),
@@ -174,7 +207,7 @@ def create_server(config: ServerConfig) -> RunningServer:
         CollaborationServicer(collaborations, auth), server
     )
     matching_pb2_grpc.add_MatchingServiceServicer_to_server(
-        MatchingServicer(collaborations, room.relay, room.tables, auth, streams, config.stream_idle_timeout), server
+        MatchingServicer(collaborations, room.relay, room.tables, auth, streams), server
     )
     analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(
         AnalyticsServicer(room.queries, collaborations, Audiences(room.db, room.audit), auth), server
@@ -200,8 +233,9 @@ def create_server(config: ServerConfig) -> RunningServer:
         )
         port = server.add_secure_port(config.address, credentials)
     if port == 0:
+        watchdog.close()
         room.close()
         raise OSError(f"cannot listen on {config.address}")
     server.start()
     admin = serve_admin(room, room.data_dir / ADMIN_SOCKET)
-    return RunningServer(server, port, admin, room)
+    return RunningServer(server, port, admin, room, watchdog)

@@ -139,7 +139,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         """A chain as JSON Lines, in chunks of whole lines."""
         principal = self._auth.principal(context)
         chain = self._chain(principal, request.collaboration, "audit.export")
-        with self._streams.slot(principal):
+        with self._streams.slot(principal, chain):
             head = self._log.head(chain)  # taken first: the export ends exactly at it, whatever is appended meanwhile
             if head is not None:
                 head = replace(head, tree=self._trees.head(chain, size=head.sequence))

@@ -22,7 +22,7 @@ from ..collaborations import Collaboration, Collaborations, parse_name
 from ..errors import InvalidArgumentError, PermissionDeniedError
 from ..matching import MatchStage, Relay, TableUploads, UploadProgress
 from ..principals import Principal
-from .auth import Authenticator, StreamLimiter, watch_idle
+from .auth import Authenticator, StreamLimiter
 
 MAX_CHUNK_BYTES = 4 * 1024 * 1024
 
@@ -109,14 +109,12 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
         tables: TableUploads,
         auth: Authenticator,
         streams: StreamLimiter,
-        idle_timeout: float,
     ) -> None:
         self._collaborations = collaborations
         self._relay = relay
         self._tables = tables
         self._auth = auth
         self._streams = streams
-        self._idle = idle_timeout
 
     def UploadBlindedPoints(
         self, request_iterator: Iterator[pb.UploadBlindedPointsRequest], context: grpc.ServicerContext
@@ -128,10 +126,11 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
         period = _StreamPeriod()
         progress: UploadProgress | None = None
         received = 0
-        with self._streams.slot(principal):
-            for req in watch_idle(request_iterator, context, self._idle):
+        with self._streams.slot(principal) as held:
+            for req in request_iterator:
                 _check_size(req, req.chunk_index)
                 collaboration = stream.resolve(req.parent)
+                held.bind(collaboration.id)
                 id_type = _ID_TYPES.get(req.identifier_type)
                 if id_type is None:
                     raise InvalidArgumentError(f"chunk {req.chunk_index}: identifier_type must be set to a known type")
@@ -165,7 +164,7 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
         total = self._relay.offer_chunks(collaboration, principal.name, request.period, request.origin)
         if not 0 <= request.start_chunk <= total:
             raise InvalidArgumentError(f"start_chunk {request.start_chunk} is out of range; the offer has {total}")
-        with self._streams.slot(principal):
+        with self._streams.slot(principal, collaboration.id):
             for i in range(request.start_chunk, total):
                 if not context.is_active():
                     return
@@ -182,10 +181,11 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
         period = _StreamPeriod()
         progress: UploadProgress | None = None
         origin: str | None = None
-        with self._streams.slot(principal):
-            for req in watch_idle(request_iterator, context, self._idle):
+        with self._streams.slot(principal) as held:
+            for req in request_iterator:
                 _check_size(req, req.chunk_index)
                 collaboration = stream.resolve(req.parent)
+                held.bind(collaboration.id)
                 if origin is not None and req.origin != origin:
                     raise InvalidArgumentError(f"every message of a stream must name origin {origin!r}")
                 origin = req.origin
@@ -213,10 +213,11 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
         period = _StreamPeriod()
         progress: UploadProgress | None = None
         table = ""
-        with self._streams.slot(principal):
-            for req in watch_idle(request_iterator, context, self._idle):
+        with self._streams.slot(principal) as held:
+            for req in request_iterator:
                 _check_size(req, req.chunk_index)
                 collaboration = stream.resolve(req.parent)
+                held.bind(collaboration.id)
                 if table and req.table != table:
                     raise InvalidArgumentError(f"every message of a stream must name table {table!r}")
                 table = req.table

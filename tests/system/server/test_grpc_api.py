@@ -22,18 +22,24 @@ def _code(fn) -> tuple[grpc.StatusCode, str]:
     return info.value.code(), info.value.details() or ""
 
 
-def test_health_and_reflection(server, pki):
+def test_health_and_reflection(server, pki, tokens):
+    """Both answer any principal; without credentials they answer UNAUTHENTICATED, like every service (issue 29)."""
     channel = grpc.secure_channel(
         f"localhost:{server.port}", grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes())
     )
+    md = (("authorization", f"Bearer {tokens['stranger']}"),)
     health = health_pb2_grpc.HealthStub(channel)
     for service in ("", "cleanroom.v1.MatchingService"):
         assert (
-            health.Check(health_pb2.HealthCheckRequest(service=service)).status
+            health.Check(health_pb2.HealthCheckRequest(service=service), metadata=md).status
             == health_pb2.HealthCheckResponse.SERVING
         )
+    with pytest.raises(grpc.RpcError) as info:
+        health.Check(health_pb2.HealthCheckRequest(service=""))
+    assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
     refl = reflection_pb2_grpc.ServerReflectionStub(channel)
-    [answer] = list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    [answer] = list(refl.ServerReflectionInfo(iter([request]), metadata=md))
     names = {s.name for s in answer.list_services_response.service}
     assert {"cleanroom.v1.CollaborationService", "cleanroom.v1.AnalyticsService", "grpc.health.v1.Health"} <= names
 

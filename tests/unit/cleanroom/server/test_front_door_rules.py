@@ -1,0 +1,89 @@
+"""Issue 29: the rules behind the front door, for any sequence of calls (hypothesis)."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cleanroom.errors import ResourceExhaustedError
+from cleanroom.principals import Principal, Role
+from cleanroom.server.auth import StreamLimiter
+from cleanroom.server.rates import METHOD_RATES, PREVIEW_RATE, REFUSAL_RATE, RateLimiter
+
+PREVIEW = next(method for method, (what, _) in METHOD_RATES.items() if what == "previews")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@given(st.lists(st.floats(min_value=0.0, max_value=5.0), min_size=1, max_size=200))
+def test_previews_admitted_never_exceed_the_burst_plus_the_rate(gaps):
+    clock = Clock()
+    rates = RateLimiter(clock)
+    admitted: list[float] = []
+    for gap in gaps:
+        clock.now += gap
+        try:
+            rates.admit("brand", PREVIEW)
+            admitted.append(clock.now)
+        except ResourceExhaustedError as exc:
+            message = str(exc)
+            assert "try again in" in message
+    for i, start in enumerate(admitted):
+        for j in range(i, len(admitted)):
+            window = admitted[j] - start
+            assert j - i + 1 <= PREVIEW_RATE.burst + PREVIEW_RATE.per_second * window + 1e-9
+    assert admitted[: PREVIEW_RATE.burst] == [sum(gaps[: k + 1]) for k in range(min(len(gaps), PREVIEW_RATE.burst))]
+
+
+@given(st.integers(min_value=0, max_value=100), st.floats(min_value=0.0, max_value=60.0))
+def test_used_up_refusals_shut_the_door_until_they_refill_and_only_for_that_principal(refusals, wait):
+    clock = Clock()
+    rates = RateLimiter(clock)
+    for _ in range(refusals):
+        rates.refused("stranger")
+    clock.now += wait
+    level = min(REFUSAL_RATE.burst, max(0, REFUSAL_RATE.burst - refusals) + REFUSAL_RATE.per_second * wait)
+    try:
+        rates.admit("stranger", "/cleanroom.v1.AnalyticsService/GetBudget")
+        assert level >= 1.0 - 1e-9
+    except ResourceExhaustedError:
+        assert level < 1.0 + 1e-9
+    rates.admit("brand", "/cleanroom.v1.AnalyticsService/GetBudget")  # another principal is never affected
+
+
+slot_requests = st.lists(st.tuples(st.sampled_from("abcd"), st.sampled_from("xyz")), max_size=40)
+
+
+@given(slot_requests, st.integers(1, 4), st.integers(1, 12), st.integers(1, 6))
+def test_no_principal_collaboration_or_server_holds_more_than_its_share(requests, limit, total, share):
+    streams = StreamLimiter(limit, total, share)
+    held: list[tuple[str, str]] = []
+    with ExitStack() as stack:
+        for principal, collaboration in requests:
+            try:
+                slot = stack.enter_context(streams.slot(Principal(principal, Role.MEMBER)))
+            except ResourceExhaustedError:
+                assert sum(p == principal for p, _ in held) >= limit or len(held) >= total
+                continue
+            try:
+                slot.bind(collaboration)
+                held.append((principal, collaboration))
+            except ResourceExhaustedError as exc:
+                message = str(exc)
+                assert sum(c == collaboration for _, c in held) >= share
+                assert "its share" in message
+                held.append((principal, ""))  # still open, bound to nothing
+            assert sum(p == principal for p, _ in held) <= limit
+            assert len(held) <= total
+            assert all(sum(c == k for _, c in held) <= share for k in "xyz")
+    # every slot is given back when its block ends
+    with streams.slot(Principal("a", Role.MEMBER)) as again:
+        again.bind("x")
