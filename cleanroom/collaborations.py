@@ -107,17 +107,6 @@ def _etag(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _parse(text: str) -> Policy:
-    """A proposed policy text, parsed; refused before parsing when over `MAX_POLICY_BYTES`."""
-    size = len(text.encode("utf-8"))
-    if size > MAX_POLICY_BYTES:
-        raise InvalidArgumentError(f"the policy is {size} bytes; the limit is {MAX_POLICY_BYTES}")
-    try:
-        return parse_policy(text)
-    except PolicyError as exc:
-        raise InvalidArgumentError(str(exc), exc.problems) from None
-
-
 class _PolicyCache:
     """Stored policies parsed once each, by etag, the least recently used dropped beyond `POLICY_CACHE_SIZE`."""
 
@@ -169,6 +158,23 @@ class Collaborations:
         self._audit = audit
         self._principals = principals
         self._policies = _PolicyCache()
+
+    def _parse(self, principal: Principal, chain: str, action: str, text: str) -> Policy:
+        """A proposed policy text, parsed, or refused with INVALID_ARGUMENT and the refusal audited in `chain`.
+
+        Called only once the caller may propose. Over `MAX_POLICY_BYTES` is refused before parsing; parsing costs
+        time in proportion to the text (`parse_policy` refuses YAML anchors and aliases before they expand).
+        """
+        size = len(text.encode("utf-8"))
+        if size > MAX_POLICY_BYTES:
+            error = InvalidArgumentError(f"the policy is {size} bytes; the limit is {MAX_POLICY_BYTES}")
+        else:
+            try:
+                return parse_policy(text)
+            except PolicyError as exc:
+                error = InvalidArgumentError(str(exc), exc.problems)
+        self._audit.record(chain, principal.name, "refused", {"attempted": action, "reason": str(error)})
+        raise error
 
     # -- access -------------------------------------------------------------------------------------------------
     def _refuse(self, collaboration_id: str, principal: Principal, action: str, reason: str) -> PermissionDeniedError:
@@ -268,12 +274,14 @@ class Collaborations:
     def create(self, principal: Principal, collaboration_id: str, policy_yaml: str) -> Collaboration:
         """Create a collaboration proposing `policy_yaml`; the caller must be a member named in it.
 
-        Auditors are refused before the text is looked at; the text is size-checked before it is parsed; a
-        principal with `MAX_PENDING_PROPOSALS` proposals still awaiting approval must wait before proposing more.
+        Auditors, and a principal with `MAX_PENDING_PROPOSALS` proposals still awaiting approval, are refused
+        before the text is looked at (the quota is checked again under the write lock); the text is size-checked
+        before it is parsed, and a refused text is audited in the server's chain.
         """
         if principal.role is not Role.MEMBER:
             raise PermissionDeniedError(f"you ({principal.name}) are an auditor; only members create collaborations")
-        policy = _parse(policy_yaml)
+        self._check_quota(self._db.cursor(), principal)
+        policy = self._parse(principal, SERVER_CHAIN, "collaboration.create", policy_yaml)
         if policy.member(principal.name) is None:
             raise PermissionDeniedError(
                 f"you ({principal.name}) are not among the policy's members "
@@ -289,18 +297,7 @@ class Collaborations:
         with self._db.transaction() as cur:
             if first(cur.execute("SELECT 1 FROM collaborations WHERE id = ?", [collaboration_id])):
                 raise AlreadyExistsError(f"collaboration {collaboration_id!r} exists already")
-            pending = first(
-                cur.execute(
-                    "SELECT count(DISTINCT c.id) FROM collaborations c JOIN members m ON m.collab = c.id"
-                    " WHERE c.proposer = ? AND m.approved_etag IS DISTINCT FROM c.policy_etag",
-                    [principal.name],
-                )
-            )
-            if pending and pending[0] >= MAX_PENDING_PROPOSALS:
-                raise ResourceExhaustedError(
-                    f"you ({principal.name}) have {pending[0]} proposals awaiting approval, the most allowed; "
-                    "wait for them to be approved before proposing more"
-                )
+            self._check_quota(cur, principal)
             cur.execute(
                 "INSERT INTO collaborations VALUES (?, ?, ?, ?, 1, ?, ?)",
                 [
@@ -324,6 +321,21 @@ class Collaborations:
             )
         return self._load(collaboration_id)
 
+    def _check_quota(self, cur: duckdb.DuckDBPyConnection, principal: Principal) -> None:
+        """RESOURCE_EXHAUSTED when `principal` has `MAX_PENDING_PROPOSALS` proposals awaiting someone's approval."""
+        pending = first(
+            cur.execute(
+                "SELECT count(DISTINCT c.id) FROM collaborations c JOIN members m ON m.collab = c.id"
+                " WHERE c.proposer = ? AND m.approved_etag IS DISTINCT FROM c.policy_etag",
+                [principal.name],
+            )
+        )
+        if pending and pending[0] >= MAX_PENDING_PROPOSALS:
+            raise ResourceExhaustedError(
+                f"you ({principal.name}) have {pending[0]} proposals awaiting approval, the most allowed; "
+                "wait for them to be approved before proposing more"
+            )
+
     def list(self, principal: Principal, page_size: int, page_token: str) -> tuple[list[Collaboration], str]:
         """The caller's collaborations (as member, or as assigned auditor) ordered by id, a page at a time."""
         if page_size < 0:
@@ -341,7 +353,7 @@ class Collaborations:
     def propose(self, principal: Principal, collaboration_id: str, policy_yaml: str) -> Collaboration:
         """Propose a new revision; clears every approval. Members stay the same; refused once data was uploaded."""
         current = self.require_member(principal, collaboration_id, "policy.propose")
-        policy = _parse(policy_yaml)
+        policy = self._parse(principal, collaboration_id, "policy.propose", policy_yaml)
         if {m.name for m in policy.members} != {m.name for m in current.members}:
             raise InvalidArgumentError(
                 "a new policy revision must name the same members "

@@ -40,10 +40,11 @@ from cleanroom_client.identity import (
 from cleanroom_client.matching import ROWS_FILE
 
 from .devtools.devpki import make_dev_pki
+from .errors import AlreadyExistsError
 from .matching import match_stats
 from .matching.join import join_of_rows, spoke_pairs
 from .matching.tables import USERS_TABLE, uploaded_tables
-from .principals import Principal, Role
+from .principals import Principal, Principals, Role
 from .server import ServerConfig, create_server
 from .server.app import TlsConfig
 from .storage.database import quote_ident
@@ -444,6 +445,14 @@ class Session:
     partner_files: dict[str, Path]
 
 
+def _member_token(principals: Principals, name: str) -> str:
+    """A fresh token for the member `name`: registered on a new directory, rotated on one a run used before."""
+    try:
+        return principals.add(name, Role.MEMBER)
+    except AlreadyExistsError:
+        return principals.rotate(name)
+
+
 def start_session(
     directory: Path,
     host: str = "127.0.0.1",
@@ -454,6 +463,9 @@ def start_session(
     users_table_grace: float = USERS_TABLE_GRACE,
 ) -> Session:
     """Start the server and the reference member, write the partner's files, and return at once.
+
+    A directory used by an earlier run is reused: its server keeps its data, the two members get new tokens and a
+    new collaboration, and the partner's files are rewritten for it.
 
     The partner's directory (`directory/partner`) gets `users.jsonl` (its users, JSON escapes for every code point
     outside ASCII), `token`, `ca.pem` and `session.json` (target, collaboration, member, expected overlap).
@@ -466,7 +478,7 @@ def start_session(
     running = create_server(ServerConfig(data_dir=directory / "server", address=f"{host}:{port}", tls=tls))
     try:
         target = f"localhost:{running.port}"
-        tokens = {name: running.room.principals.add(name, Role.MEMBER) for name in (REFERENCE, PARTNER)}
+        tokens = {name: _member_token(running.room.principals, name) for name in (REFERENCE, PARTNER)}
         reference = CleanRoomClient(
             target,
             token=tokens[REFERENCE],

@@ -2,7 +2,8 @@
 
 Guarantees: a token is shown once, when made, and the server keeps only its SHA-256 (tokens are 256-bit random,
 so a plain hash suffices); a revoked principal authenticates no more, by token or certificate; principal names
-are unique. Adding, revoking and assigning are audited in the server's own chain.
+are unique and never one of the reserved names (`RESERVED_NAMES`: the operator's and the server's). Adding,
+revoking and assigning are audited in the server's own chain.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from datetime import UTC, datetime
 
 import duckdb
 
+from cleanroom_client.policy import OPERATOR, RESERVED_NAMES
+
 from .audit import AuditLog
 from .audit.log import SERVER_CHAIN
 from .errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, UnauthenticatedError
 from .storage import Database
 from .storage.database import first
 
-OPERATOR = "operator"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 TOKEN_PREFIX = "crt_"
 
@@ -57,6 +59,10 @@ class Principals:
         """Register `name` and return its new token (shown this once)."""
         if not _NAME.match(name):
             raise InvalidArgumentError(f"principal name {name!r}: lower-case letters, digits and '_', from a letter")
+        if name in RESERVED_NAMES:
+            raise InvalidArgumentError(
+                f"principal name {name!r} is reserved (reserved: {', '.join(sorted(RESERVED_NAMES))}); choose another"
+            )
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         with self._db.transaction() as cur:
             if first(cur.execute("SELECT 1 FROM principals WHERE name = ?", [name])):

@@ -10,12 +10,21 @@ Invariants:
   the head. A crash between the commit and the head's write leaves the head one step behind, which verifies.
 - `require_intact` is the budget's gate: a chain that does not verify (altered, cut, head missing) closes the
   collaboration's budget until the operator restores the data. The check is incremental: each entry is verified
-  once per server run.
+  once per server run, the whole chain before the first budget use of the run.
+- Start-up reads no entry, so it takes the same time whatever the log's length. Each chain is instead anchored when
+  this run first appends to it: before the append, the stored chain must still reach the signed head (the entry at
+  the head's sequence, with the head's hash; the head's signature the server's). A chain that does not (a tail cut
+  while the server was stopped, a head deleted or forged) is broken for the run and its head is never rewritten,
+  so no later append can sign a head over the cut. That check reads one entry, whatever the chain's length.
+
+What an attacker with the disk can do that start-up alone no longer catches: alter an entry before the head (say,
+zero an ε). It is still caught before it matters: `require_intact` verifies the whole chain (every link, hash and
+signature, and its end against the head) before the collaboration's budget is read or spent in this run, and
+`verify` (VerifyAuditLog, auditors' exports verified offline) verifies it in full at any time.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
@@ -159,8 +168,10 @@ class AuditLog:
         heads_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._intact: dict[str, tuple[int, str]] = {}
         self._broken: dict[str, str] = {}
+        #: Chains checked against their signed head in this run (`_anchor`).
+        self._anchored: set[str] = set()
+        self._anchor_lock = threading.Lock()
         self._intact_lock = threading.Lock()
-        self._check_all()
         raw = key.private_bytes(
             serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
         )
@@ -188,6 +199,7 @@ class AuditLog:
                 "SELECT seq, hash FROM audit_log WHERE collab = ? ORDER BY seq DESC LIMIT 1", [collaboration_id]
             )
         )
+        self._anchor(cur, collaboration_id, last)
         entry = AuditEntry(
             collaboration=collaboration_id,
             sequence=(last[0] + 1) if last else 1,
@@ -339,15 +351,47 @@ class AuditLog:
         unsigned = SignedHead(collaboration_id, sequence, hash_)
         return SignedHead(collaboration_id, sequence, hash_, self._key.sign(unsigned.message()))
 
-    def _check_all(self) -> None:
-        """Verify every chain once at start, before anything appends: a broken chain stays broken for this run.
+    def _anchor(self, cur: duckdb.DuckDBPyConnection, collaboration_id: str, last: tuple[Any, ...] | None) -> None:
+        """Before this run's first append to a chain: the stored chain must still reach its signed head.
 
-        Its head file is then never rewritten, so an append after a cut (a refusal, a charge) cannot sign a head
-        for the cut chain and hide it from the next start.
+        Reads no entry but the one the head names (one lookup, as each append makes for the last entry), the head
+        file and its signature. A chain that fails is broken for the run (its head file is never rewritten, so an
+        append cannot sign a head over a cut tail). Entries before the head are verified by `require_intact` and
+        `verify`, which read the whole chain.
         """
-        for (collaboration_id,) in self._db.cursor().execute("SELECT DISTINCT collab FROM audit_log").fetchall():
-            with contextlib.suppress(FailedPreconditionError):
-                self.require_intact(collaboration_id)
+        if collaboration_id in self._anchored:  # every append but a chain's first of the run stops here
+            return
+        with self._anchor_lock:  # not `_intact_lock`: a long verification never holds up an append (and its lock)
+            if collaboration_id in self._anchored:
+                return
+            reason = self._anchor_problem(cur, collaboration_id, last)
+            if reason is not None and collaboration_id not in self._broken:
+                self._broken[collaboration_id] = (
+                    f"the audit log of collaborations/{collaboration_id} does not verify ({reason}); its privacy "
+                    "budget is closed until the operator restores the server's data"
+                )
+            self._anchored.add(collaboration_id)
+
+    def _anchor_problem(
+        self, cur: duckdb.DuckDBPyConnection, collaboration_id: str, last: tuple[Any, ...] | None
+    ) -> str | None:
+        """Why the stored chain does not reach its signed head, or None when it does (an empty chain has none)."""
+        try:
+            head = SignedHead.from_json(self._head_path(collaboration_id).read_text())
+        except FileNotFoundError:
+            head = None
+        except (OSError, ValueError):
+            return "the server's signed head of this chain is unreadable"
+        if head is None:
+            return "the server's signed head of this chain is missing" if last is not None else None
+        if head.collaboration != collaboration_id or not head.is_signed_by(self.public_key):
+            return "the signed head of this chain is not the server's"
+        named = first(
+            cur.execute("SELECT hash FROM audit_log WHERE collab = ? AND seq = ?", [collaboration_id, head.sequence])
+        )
+        if named is None or named[0] != head.hash:
+            return f"entry {head.sequence}, which the signed head names, was cut from its end or changed"
+        return None
 
     def _write_head(self, entry: AuditEntry) -> None:
         """Replace the chain's head file atomically (called after the entry's transaction committed)."""

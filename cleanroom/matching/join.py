@@ -195,6 +195,33 @@ def forget_rows(
         )
 
 
+def forget_rows_from(cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, first_row: int) -> None:
+    """Delete the keys of `member`'s rows numbered `first_row` and above, and every pair they were in.
+
+    A condition on what is stored, never a list of row numbers: its cost is that of the stored keys, whatever
+    number of rows a member claimed (`total_rows` is the member's word, and may say 2^62).
+    """
+    cur.execute(
+        "DELETE FROM match_keys WHERE collab = ? AND member = ? AND row_id >= ?", [collaboration_id, member, first_row]
+    )
+    for side, member_column in (("row_a", "member_a"), ("row_b", "member_b")):
+        cur.execute(
+            f"DELETE FROM matches WHERE collab = ? AND {member_column} = ? AND {side} >= ?",
+            [collaboration_id, member, first_row],
+        )
+
+
+def keyed_rows_from(cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, first_row: int) -> int:
+    """How many of `member`'s rows numbered `first_row` and above carry a stored key (counted, never claimed)."""
+    row = first(
+        cur.execute(
+            "SELECT count(DISTINCT row_id) FROM match_keys WHERE collab = ? AND member = ? AND row_id >= ?",
+            [collaboration_id, member, first_row],
+        )
+    )
+    return int(row[0]) if row else 0
+
+
 def key_set_sizes(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> dict[str, int]:
     """Each member's rows that carry at least one doubly blinded key (its set size after a refresh)."""
     rows = cur.execute(

@@ -124,17 +124,15 @@ def refresh_started(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> bo
 
 
 def open_retirement(cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str) -> int:
-    """Open a period for retirements alone, completed in the same transaction; FAILED_PRECONDITION if one is open.
+    """Open a period for retirements alone, completed in the same transaction by the caller.
 
     Deletions must not wait for the peer: such a period needs no PSI (no new points), so one member completes it.
-    It neither counts toward `min_days_between` nor renews a per-period budget.
+    It neither counts toward `min_days_between` nor renews a per-period budget. The caller cancels an open refresh
+    period first, in the same transaction (the relay's `_retire_now`); one still open here is a bug, refused.
     """
     already = open_period(cur, collaboration_id)
     if already is not None:
-        raise FailedPreconditionError(
-            f"refresh period {already} is open: send the retirements in it (RetireUsers with its period), or cancel "
-            "it (CancelRefresh) and retire at once"
-        )
+        raise FailedPreconditionError(f"refresh period {already} is open; a retirement must cancel it first")
     period = current_period(cur, collaboration_id) + 1
     cur.execute(
         "INSERT INTO periods (collab, period, open_time, opener, retire_only) VALUES (?, ?, ?, ?, true)",

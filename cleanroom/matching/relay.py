@@ -34,7 +34,16 @@ from ..storage import Database
 from ..storage.database import first
 from . import periods
 from .chain import Chain
-from .join import add_keys, forget_rows, is_matched, join_matches, key_set_sizes, matched_time
+from .join import (
+    add_keys,
+    forget_rows,
+    forget_rows_from,
+    is_matched,
+    join_matches,
+    key_set_sizes,
+    keyed_rows_from,
+    matched_time,
+)
 from .progress import (
     POINTS,
     UploadProgress,
@@ -587,8 +596,10 @@ class Relay:
         for m in members:
             retired, params = periods.retired_rows(collaboration.id, m, period)
             counts[m] = {
-                "new_rows": (total_rows(cur, collaboration.id, m, period) or 0)
-                - (total_rows(cur, collaboration.id, m, period - 1) or 0),
+                # what was stored, never the difference of claimed totals (a claim of 2^62 rows changes nothing)
+                "new_rows": keyed_rows_from(
+                    cur, collaboration.id, m, total_rows(cur, collaboration.id, m, period - 1) or 0
+                ),
                 "retired": periods.retirement_count(cur, collaboration.id, m, period),
                 **{f"rows.{t}": n for t, n in appended_rows(cur, collaboration.id, m, period).items()},
             }
@@ -639,27 +650,40 @@ class Relay:
         with self._db.transaction() as cur:
             check_approved_revision(cur, collaboration)
             periods.require_open(cur, collaboration.id, period)
-            for m in collaboration.members:
-                before = total_rows(cur, collaboration.id, m.name, period - 1) or 0
-                now = total_rows(cur, collaboration.id, m.name, period)
-                if now is not None and now > before:
-                    forget_rows(
-                        cur, collaboration.id, m.name, "(SELECT range AS row_id FROM range(?, ?))", [before, now]
-                    )
-                forget_period_rows(cur, collaboration.id, m.name, period)
-                discard_staged(cur, collaboration, m.name)
-            cur.execute("DELETE FROM staged_points WHERE collab = ?", [collaboration.id])
-            cur.execute("DELETE FROM offers WHERE collab = ?", [collaboration.id])
-            cur.execute("DELETE FROM double_points WHERE collab = ?", [collaboration.id])
-            forget_period(cur, collaboration.id, period)
-            periods.forget_open(cur, collaboration.id, period)
-            self._audit.append(cur, collaboration.id, member, "refresh.cancel", {"period": period})
+            self._discard(cur, collaboration, member, period, {"period": period})
+
+    def _discard(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        collaboration: Collaboration,
+        member: str,
+        period: int,
+        parameters: dict[str, object],
+    ) -> None:
+        """Inside a write transaction: discard open `period` (see `cancel_refresh`) and audit it as `refresh.cancel`.
+
+        Every delete is a condition on what is stored (keys of rows numbered from the previous period's count on,
+        rows tagged with the period), never a range of the counts a member claimed: a claimed `total_rows` of 2^62
+        costs what the member actually stored.
+        """
+        for m in collaboration.members:
+            forget_rows_from(cur, collaboration.id, m.name, total_rows(cur, collaboration.id, m.name, period - 1) or 0)
+            forget_period_rows(cur, collaboration.id, m.name, period)
+            discard_staged(cur, collaboration, m.name)
+        cur.execute("DELETE FROM staged_points WHERE collab = ?", [collaboration.id])
+        cur.execute("DELETE FROM offers WHERE collab = ?", [collaboration.id])
+        cur.execute("DELETE FROM double_points WHERE collab = ?", [collaboration.id])
+        forget_period(cur, collaboration.id, period)
+        periods.forget_open(cur, collaboration.id, period)
+        self._audit.append(cur, collaboration.id, member, "refresh.cancel", parameters)
 
     def retire(self, collaboration: Collaboration, member: str, period: int, row_ids: np.ndarray) -> tuple[int, int]:
         """Stage the member's users to retire in `period` (replacing any list sent before); (their number, period).
 
         Retired users are deleted everywhere when the period completes: keys, table rows, pairs of every period.
-        With `period` 0 they are retired at once, in a period of their own (no peer needed: nothing to match).
+        With `period` 0 they are retired at once, in a period of their own (no peer needed: nothing to match); a
+        refresh period open then is cancelled by the same transaction (`_retire_now`), so a deletion never waits on
+        the peer, and no period can reopen in between.
         """
         if period < 0:
             raise InvalidArgumentError("period is the open refresh period, or 0 to retire at once")
@@ -688,13 +712,23 @@ class Relay:
     def _retire_now(
         self, cur: duckdb.DuckDBPyConnection, collaboration: Collaboration, member: str, row_ids: np.ndarray
     ) -> tuple[int, int]:
-        """Retire at once, in a period of its own that this member opens and completes; (retired, period)."""
+        """Retire at once, in a period of its own that this member opens and completes; (retired, period).
+
+        A refresh period that is open (the peer's, say, opened again as soon as the last was cancelled, and never
+        taken part in) is cancelled first, in this same transaction, under the write lock: a member's deletion of
+        its own users completes in this one call whatever the peer does, and nothing can open in between. The rows
+        are checked after the cancel, so a row only the cancelled period numbered is refused, and a refusal rolls
+        the cancel back with everything else.
+        """
         if not is_matched(cur, collaboration.id):
             raise FailedPreconditionError(
                 f"collaborations/{collaboration.id} has not finished matching yet; retire users after the match"
             )
         if not len(row_ids):
             raise InvalidArgumentError("name at least one row to retire")
+        already = periods.open_period(cur, collaboration.id)
+        if already is not None:
+            self._discard(cur, collaboration, member, already, {"period": already, "for": "refresh.retire"})
         self._check_retired_rows(cur, collaboration.id, member, row_ids, None)
         period = periods.open_retirement(cur, collaboration.id, member)
         periods.stage_retirements(cur, collaboration.id, member, period, [int(r) for r in row_ids])

@@ -75,7 +75,8 @@ def test_ray_blinding_benchmark_runs(tmp_path):
 
 
 def test_startup_benchmark_runs(tmp_path):
-    result, stdout = _bench("bench_startup.py", tmp_path / "startup.json", "--repeat", "1")
+    result, stdout = _bench("bench_startup.py", tmp_path / "startup.json", "--repeat", "1", "--log-entries", "40")
+    assert [int(n) for n in result["server_start"]] == [40]
     assert set(result["seconds"]) == {
         "floor: python -c 'import grpc, pandas'",
         "cleanroom admin --help",

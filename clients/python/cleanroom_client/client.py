@@ -1027,7 +1027,9 @@ class CleanRoomClient:
         """Retire users now, without the peer: they are deleted everywhere at once; returns the period that did it.
 
         Their keys, table rows and pairs go in every period, and they leave the audiences released to you. No
-        refresh may be open (then pass `retire=` to `refresh()`, or `cancel_refresh()` first). Needs the state
+        refresh of this machine's may be in progress (then pass `retire=` to `refresh()`, or `cancel_refresh()`
+        first); a period open on the server that this machine is not taking part in (the peer's) is cancelled by the
+        retirement itself, so a deletion never waits on the peer. Needs the state
         directory that matched (it maps keys to row numbers) and a policy whose `refresh.tables` lists your users.
         """
         parent = _name(collaboration_id)

@@ -84,11 +84,17 @@ MAX_MEASURE: Final[float] = _DEFS["measure_bound"]["maximum"]
 #: noise, and noise is drawn on 64-bit integers, so larger bounds could not be honoured.
 MAX_SENSITIVITY = 2**53
 RESERVED_COLUMNS = frozenset({"row_id"})
+#: The name the server's audit log gives the operator (adding principals, assigning auditors).
+OPERATOR: Final = "operator"
+#: Names no principal and no policy member may take, so that nobody can pass for the operator or the server in an
+#: audit log or a policy: the one list, used by the server when it adds a principal and by `parse_policy`.
+RESERVED_NAMES: Final = frozenset({OPERATOR, "server", "system", "admin", "root", "anonymous"})
 #: The cell every dimension gets for people without a value.
 NONE_VALUE = "none"
 _NAME = re.compile(_DEFS["name"]["pattern"])
 _MEASURE_PROBLEM: Final[str] = _DEFS["table"]["properties"]["measures"]["additionalProperties"]["x-problem"]
 _TOP_KEYS = frozenset(SCHEMA["properties"])
+_RESERVED_LIST: Final = ", ".join(sorted(RESERVED_NAMES))
 
 
 def stability_constant(identifier_types: int) -> int:
@@ -269,16 +275,51 @@ class Policy:
         return population_stability(len(self.identifiers), joins, any_of)
 
 
-def parse_policy(text: str) -> Policy:
-    """Parse and validate a YAML policy; raises PolicyError listing every problem."""
+class _PlainLoader(yaml.SafeLoader):
+    """YAML without anchors and aliases: the text is the tree, so parsing costs what the text weighs.
+
+    An alias repeats a subtree without repeating its text; nested aliases grow a few hundred bytes into billions of
+    values for anything that walks the tree (validation, error messages). A policy is a page written by people and
+    never needs them, so the first anchor or alias is refused, before anything is built from it.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.MarkedYAMLError(
+                None,
+                None,
+                "YAML anchors and aliases (&name, *name) are not allowed in a policy: write each value out",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str) -> Any:
+    """The YAML document in `text`, refusing anchors and aliases (`_PlainLoader`); yaml.YAMLError otherwise."""
+    loader = _PlainLoader(text)
     try:
-        doc = yaml.safe_load(text)
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def parse_policy(text: str) -> Policy:
+    """Parse and validate a YAML policy; raises PolicyError listing every problem.
+
+    Costs time in proportion to the text: anchors and aliases are refused before anything expands.
+    """
+    try:
+        doc = load_yaml(text)
     except yaml.YAMLError as exc:
         raise PolicyError([f"not valid YAML: {exc}"]) from None
     if not isinstance(doc, dict):
         raise PolicyError(["the policy must be a YAML mapping with keys: " + ", ".join(sorted(_TOP_KEYS))])
     problems = schema_problems(doc)
     members = _members(doc.get("members"))
+    for m in members:
+        if m.name in RESERVED_NAMES:
+            problems.append(f"members.{m.name}: the name {m.name!r} is reserved (reserved: {_RESERVED_LIST})")
     tables = _tables(doc.get("tables"), {m.name for m in members}, problems)
     _consistent_tables(tables, problems)
     identifiers = tuple(t for t in IDENTIFIER_TYPES if t in _list(doc.get("identifiers")))

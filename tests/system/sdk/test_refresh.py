@@ -32,6 +32,9 @@ from cleanroom_client.errors import (
     RefreshInProgressError,
 )
 
+#: What docs/security.md promises for one RetireUsers call, whatever the peer does (here: a few users, a small room).
+RETIRE_BOUND_SECONDS = 5.0
+
 POLICY: dict[str, Any] = {
     "name": "living",
     "members": {
@@ -473,3 +476,8 @@ def test_two_refreshes_of_one_member_at_once_one_is_refused_the_other_completes(
     # Exactly one refresh's changes: b2 retired, the new users (whom the platform lacks) unpaired.
     assert key_pairs(server, clients, cid) == {(k, q) for k, q in before if k != "b2"}
     assert sorted(pd.read_parquet(Path(b.collaboration_dir(cid)) / "rows.parquet")["row_id"]) == list(range(55))
+
+
+
+#: What docs/security.md promises for one RetireUsers call, whatever the peer does (here: a few users, a small room).
+RETIRE_BOUND_SECONDS = 5.0

@@ -160,3 +160,19 @@ def test_the_phone_metadata_section_covers_every_region_and_catches_other_metada
     assert failed
     assert {r.section for r in report.failures()} == {"phone_metadata"}
     assert all(c[0] in ("GB", "GG", "IM", "JE") for c in failed)
+
+
+def test_a_directory_used_before_starts_a_new_run(tmp_path):
+    from cleanroom.conformance import start_session
+
+    first = start_session(tmp_path, rows=20, seed=1)
+    first.stop()
+    first_token = first.partner_files["token"].read_text()
+    second = start_session(tmp_path, rows=20, seed=2)  # it ended in AlreadyExistsError (a traceback from the CLI)
+    try:
+        assert second.collaboration != first.collaboration
+        info = json.loads(second.partner_files["session.json"].read_text())
+        assert info["collaboration"] == second.collaboration
+        assert second.partner_files["token"].read_text() != first_token  # rotated: the old one works no more
+    finally:
+        second.stop()

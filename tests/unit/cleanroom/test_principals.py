@@ -14,6 +14,7 @@ from cleanroom.audit.log import SERVER_CHAIN
 from cleanroom.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, UnauthenticatedError
 from cleanroom.principals import _NAME, Principal, Role
 from cleanroom.room import Room
+from cleanroom_client.policy import RESERVED_NAMES
 
 POLICY = {
     "name": "principals",
@@ -91,3 +92,10 @@ def test_auditors_are_assigned_only_to_existing_collaborations_and_listed_in_ord
     assert room.principals.audited(cur, "acme_audit", "collab-a", 1) == ["collab-b"]
     assert room.principals.audits("acme_audit", "collab-c")
     assert [e.action for e in room.audit.entries("collab-a")].count("auditor.assign") == 1
+
+
+@pytest.mark.parametrize("name", sorted(RESERVED_NAMES))
+def test_a_reserved_name_is_refused_as_a_principal(room, name):
+    with pytest.raises(InvalidArgumentError, match="reserved"):
+        room.principals.add(name, Role.MEMBER)
+    assert [e.action for e in room.audit.entries(SERVER_CHAIN)] == []

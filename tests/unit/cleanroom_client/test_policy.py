@@ -1,7 +1,11 @@
+import time
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cleanroom.devtools.synthetic import DEMO_POLICY
-from cleanroom_client.policy import PolicyError, parse_policy
+from cleanroom_client.policy import RESERVED_NAMES, SCHEMA, PolicyError, parse_policy
 
 
 def test_demo_policy_parses():
@@ -147,3 +151,41 @@ def test_refresh_tables_are_declared_and_a_per_period_budget_needs_an_interval()
         DEMO_POLICY + "refresh: {tables: [brand.users], budget: per_period, min_days_between: 0.5}\n"
     )
     assert parse_policy(DEMO_POLICY + "refresh: {tables: [brand.users], budget: per_period, min_days_between: 1}\n")
+
+
+def billion_laughs(levels: int) -> str:
+    """The demo policy whose name is `levels` nested aliases, each nine of the one before: 9**levels strings."""
+    lines = ['x0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, levels):
+        lines.append(f"x{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]")
+    body = DEMO_POLICY.replace("name: brand-x-platform-demo", f"name: *a{levels - 1}")
+    return "\n".join(lines) + "\n" + body
+
+
+def test_yaml_aliases_and_anchors_are_refused_before_they_expand():
+    bomb = billion_laughs(8)  # about 400 bytes; 43 million strings expanded (it took 10 s before this rule)
+    started = time.perf_counter()
+    problems = _problems(bomb)
+    assert time.perf_counter() - started < 0.1
+    assert "anchors and aliases" in problems
+    # an anchor alone (no alias) is refused too: the rule is about the text, not what it costs
+    assert "anchors and aliases" in _problems("base: &b {abilities: [query]}\n" + DEMO_POLICY)
+
+
+@pytest.mark.parametrize("name", sorted(RESERVED_NAMES))
+def test_a_reserved_name_is_refused_as_a_member(name):
+    problems = _problems(DEMO_POLICY.replace("platform", name))
+    assert f"members.{name}: the name {name!r} is reserved" in problems
+    assert name in " ".join(SCHEMA["x-rules"])  # the readable rules (protos/POLICY.md) name the same list
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(sorted(RESERVED_NAMES)) | st.from_regex(r"[a-z][a-z0-9_]{0,12}", fullmatch=True))
+def test_a_member_name_is_refused_as_reserved_exactly_when_it_is_in_the_list(name):
+    text = DEMO_POLICY.replace("platform", name)
+    try:
+        parse_policy(text)
+        problems = ""
+    except PolicyError as exc:
+        problems = "\n".join(exc.problems)
+    assert ("is reserved" in problems) == (name in RESERVED_NAMES)

@@ -611,8 +611,8 @@ class RetireUsersRequest(_message.Message):
     parent: _builtins.str
     """`collaborations/{collaboration_id}`."""
     period: _builtins.int
-    """The open refresh period; or 0 to retire at once, in a period of their own that completes with this call (no
-    refresh may be open then, and at least one row must be named).
+    """The open refresh period; or 0 to retire at once, in a period of their own that completes with this call (at
+    least one row must be named; a refresh period open then is cancelled first, in the same transaction).
     """
     row_ids: _builtins.bytes
     """The row numbers of the caller's users to retire, 8 bytes each (int64, little-endian); at most 1,000,000. The

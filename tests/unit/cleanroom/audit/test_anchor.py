@@ -3,6 +3,8 @@ and the budget fails closed when the chain does not verify."""
 
 from __future__ import annotations
 
+import base64
+import json
 from pathlib import Path
 
 import duckdb
@@ -10,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from typer.testing import CliRunner
 
+from cleanroom.audit import AuditLog
 from cleanroom.cli import app
 from cleanroom.devtools.synthetic import DEMO_POLICY
 from cleanroom.errors import FailedPreconditionError
@@ -134,6 +137,67 @@ def test_a_missing_head_file_closes_the_budget_and_a_crash_before_the_head_is_wr
     try:
         assert "signed head of this chain is missing" in room.audit.verify(C).reason
         with pytest.raises(FailedPreconditionError):
+            room.budget.reserve(C, [Charge("brand", 0.1)], LIMITS)
+    finally:
+        room.close()
+
+
+def test_start_up_reads_no_entry_whatever_the_log_length(tmp_path, monkeypatch):
+    """Start-up checks nothing per entry: a chain is checked against its signed head when first touched."""
+    data = tmp_path / "data"
+    room = _room(data, entries=30)
+    for i in range(5):
+        room.collaborations.create(BRAND, f"other-{i}", DEMO_POLICY)
+    room.close()
+    read: list[str] = []
+    real = AuditLog.entries
+
+    def counting(self, collaboration_id, after=0, limit=None):
+        for entry in real(self, collaboration_id, after, limit):
+            read.append(collaboration_id)
+            yield entry
+
+    monkeypatch.setattr(AuditLog, "entries", counting)
+    room = Room.open(data)
+    try:
+        assert read == []
+        assert room.budget.status(C, "brand", LIMITS).spent == pytest.approx(3.0)  # the budget verifies its chain
+        assert len(read) == 33
+    finally:
+        room.close()
+
+
+def test_an_append_after_a_cut_never_re_signs_the_head(tmp_path):
+    """Entries cut while stopped, then a refusal appended before anything verifies: the cut stays caught."""
+    data = tmp_path / "data"
+    room = _room(data, entries=20)
+    room.close()
+    _edit_while_stopped(data, f"DELETE FROM audit_log WHERE collab = '{C}' AND seq > 13")
+    room = Room.open(data)
+    room.audit.record(C, "platform", "refused", {"attempted": "query.overlap"})  # the first touch is an append
+    room.close()
+    room = Room.open(data)
+    try:
+        assert not room.audit.verify(C).valid
+        with pytest.raises(FailedPreconditionError, match="budget is closed"):
+            room.budget.reserve(C, [Charge("brand", 0.1)], LIMITS)
+    finally:
+        room.close()
+
+
+def test_a_forged_head_is_caught_at_the_first_append(tmp_path):
+    data = tmp_path / "data"
+    room = _room(data, entries=2)
+    head_file = room.audit._head_path(C)
+    room.close()
+    forged = json.loads(head_file.read_text())
+    forged["head"]["signature"] = base64.b64encode(bytes(64)).decode()
+    head_file.write_text(json.dumps(forged))
+    room = Room.open(data)
+    try:
+        room.audit.record(C, "platform", "refused", {"attempted": "query.overlap"})
+        assert head_file.read_text() == json.dumps(forged)  # never re-signed over
+        with pytest.raises(FailedPreconditionError, match="budget is closed"):
             room.budget.reserve(C, [Charge("brand", 0.1)], LIMITS)
     finally:
         room.close()

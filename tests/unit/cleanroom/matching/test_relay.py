@@ -443,7 +443,28 @@ def test_retiring_at_once_needs_no_peer_and_renews_nothing(tmp_path):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(periods, "_now", lambda: later)
         assert relay.open_refresh(collab, "brand") == 2
-        # ...and while a refresh is open, retirements go in it.
-        with pytest.raises(FailedPreconditionError, match="period 2 is open"):
-            relay.retire(collab, "brand", 0, np.array([1]))
+        # ...and a retirement at once while a refresh is open cancels it in the same transaction (it never waits on
+        # the peer): the retirement takes the cancelled period's number.
+        assert relay.retire(collab, "brand", 0, np.array([1])) == (1, 2)
+    actions = [(e.action, e.parameters.get("period")) for e in room.audit.entries(collab.id)][-4:]
+    assert actions == [("refresh.open", 2), ("refresh.cancel", 2), ("refresh.retire", 2), ("refresh.complete", 2)]
+    assert periods.open_period(room.db.cursor(), collab.id) is None
     room.db.close()
+
+
+def test_a_claimed_count_is_no_change_and_renews_no_budget(matched):
+    """A period whose only 'change' is a larger claimed total_rows (no point, no row stored) changed nothing.
+
+    The per-period budget renews only when a period changed data; the claim is the member's word, not data.
+    """
+    room, relay, collab = matched
+    assert relay.open_refresh(collab, "brand") == 1
+    _refresh_points(relay, collab, "brand", KA, [], 2**62, period=1)  # claims 2^62 rows, sends none
+    _refresh_points(relay, collab, "platform", KB, [], 4, period=1)
+    _double_blind_period(relay, collab, "brand", KA, period=1)
+    _double_blind_period(relay, collab, "platform", KB, period=1)
+    cur = room.db.cursor()
+    assert periods.latest_complete(cur, collab.id, True) == 1
+    complete = [e for e in room.audit.entries(collab.id) if e.action == "refresh.complete"][-1]
+    assert complete.parameters["members"]["brand"]["new_rows"] == 0
+    assert periods.budget_start(cur, collab.id) == 0  # no renewal
