@@ -634,7 +634,12 @@ class CleanRoomClient:
         return keys.loc[keys.index.intersection(pd.Index(ids))].reset_index(drop=True).rename("key")
 
     def budget(self, collaboration_id: str) -> pd.DataFrame:
-        """Epsilon total, spent and left per member."""
+        """Epsilon total, spent and left per member.
+
+        The audit log's head is checked first against the one this client remembers, so budget that reappears
+        because the server's history was rolled back raises HistoryRewrittenError instead of being shown.
+        """
+        self._witness.head(collaboration_id)
         b = self._call(self._analytics.GetBudget, qpb.GetBudgetRequest(parent=_name(collaboration_id)))
         frame = pd.DataFrame(
             [

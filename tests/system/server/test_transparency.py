@@ -175,8 +175,28 @@ def test_an_older_head_and_a_cut_tail_are_caught(operator: Operator) -> None:
     operator.start()
     assert operator.server is not None
     assert operator.server.room.audit.verify(COLLAB).valid  # the server's own check is fooled
+    # the refunded budget is not shown to the member who saw the charges: reading it checks the head first
     with pytest.raises(HistoryRewrittenError, match="shrank"):
-        _spend(operator)  # the next charge's receipt shows a smaller tree
+        operator.client("brand").budget(COLLAB)
+    # ... while a client that remembers nothing (a new state directory) cannot tell: the documented limit
+    operator.client("brand", state="-fresh").budget(COLLAB)
+
+
+def test_the_next_charge_after_a_cut_tail_is_refused_by_its_receipt(operator: Operator) -> None:
+    assert operator.server is not None
+    keep = operator.server.room.audit.last_sequence(COLLAB)
+    saved = operator.root / "old-heads"
+    shutil.copytree(_head_files(operator), saved)
+    _spend(operator, 2)
+    operator.stop()
+    operator.sql("DELETE FROM audit_log WHERE collab = ? AND seq > ?", COLLAB, keep)
+    shutil.rmtree(_head_files(operator))
+    shutil.copytree(saved, _head_files(operator))
+    operator.start()
+    with pytest.raises(HistoryRewrittenError, match="shrank"):
+        _spend(operator)  # the charge's receipt shows a smaller tree than the brand saw
+    with pytest.raises(HistoryRewrittenError, match="acknowledge"):
+        _spend(operator)  # and the collaboration stays refused until the incident is acknowledged
 
 
 def test_rolling_back_the_whole_data_directory_is_caught_even_after_the_log_grows_again(operator: Operator) -> None:
