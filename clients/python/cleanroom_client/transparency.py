@@ -18,8 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -183,6 +185,11 @@ class HeadMemory:
 
     One JSON file of state per collaboration (the head, an unacknowledged incident, acknowledged ones) and one JSON
     Lines file of receipts, under `<state_dir>/transparency/`, written atomically and readable by the owner only.
+
+    Several SDK processes may share a state directory: every read-modify-write of a collaboration's state holds an
+    exclusive lock on its `.lock` file (across processes) for the whole step, the consistency fetch included, so an
+    incident one process records is never overwritten by another's older view, and a remembered head never moves
+    back. A state file that cannot be parsed is an error, never read as "nothing remembered".
     """
 
     def __init__(self, directory: Path, server_key: Ed25519PublicKey) -> None:
@@ -194,16 +201,42 @@ class HeadMemory:
     def _file(self, collaboration: str, suffix: str) -> Path:
         return self._dir / f"{hashlib.sha256(collaboration.encode()).hexdigest()[:32]}{suffix}"
 
+    @contextmanager
+    def _locked(self, collaboration: str) -> Iterator[None]:
+        """This process's threads and other processes wait while one of them changes the collaboration's files."""
+        with self._lock:
+            fd = os.open(self._file(collaboration, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                _lock_file(fd)
+                yield
+            finally:
+                os.close(fd)  # closing the descriptor releases the lock
+
     def _state(self, collaboration: str) -> dict[str, Any]:
         path = self._file(collaboration, ".json")
         try:
-            return dict(json.loads(path.read_text()))
-        except (OSError, ValueError):
+            text = path.read_text()
+        except FileNotFoundError:
             return {}
+        except OSError as exc:
+            raise CleanRoomError(
+                "FAILED_PRECONDITION", f"the transparency state {path} cannot be read: {exc}"
+            ) from None
+        try:
+            state = json.loads(text)
+            if not isinstance(state, dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            raise CleanRoomError(
+                "FAILED_PRECONDITION",
+                f"the transparency state {path} cannot be read ({exc}); it is left as it is: restore it from a backup "
+                "or move it away to start remembering afresh",
+            ) from None
+        return state
 
     def _save(self, collaboration: str, state: dict[str, Any]) -> None:
         path = self._file(collaboration, ".json")
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(state, indent=1))
@@ -234,7 +267,7 @@ class HeadMemory:
 
     def acknowledge(self, collaboration: str) -> dict[str, Any] | None:
         """Clear the incident; the shown head becomes the remembered one. Returns the incident acknowledged."""
-        with self._lock:
+        with self._locked(collaboration):
             state = self._state(collaboration)
             found = state.pop("incident", None)
             if found:
@@ -260,7 +293,7 @@ class HeadMemory:
         earlier) must be a prefix of it, which only a server that still holds the remembered tree can prove; a head
         of the same size must be the same. Otherwise HistoryRewrittenError, and the incident is recorded.
         """
-        with self._lock:
+        with self._locked(collaboration):
             state = self._state(collaboration)
             remembered = TreeHead.from_dict(state["head"]) if state.get("head") else None
             reason = ""
@@ -281,20 +314,24 @@ class HeadMemory:
                     state["head"] = shown.to_dict()
                     self._save(collaboration, state)
                 return
-        self.record_incident(collaboration, reason, shown)
+            self._record(collaboration, reason, shown)
 
     def record_incident(self, collaboration: str, reason: str, shown: TreeHead | None) -> None:
         """Record an incident found outside `accept` and raise it."""
-        with self._lock:
-            state = self._state(collaboration)
-            remembered = TreeHead.from_dict(state["head"]) if state.get("head") else None
-            state["incident"] = {
-                "reason": reason,
-                "when": datetime.now().astimezone().isoformat(timespec="seconds"),
-                "remembered": remembered.to_dict() if remembered else None,
-                "shown": shown.to_dict() if shown else None,
-            }
-            self._save(collaboration, state)
+        with self._locked(collaboration):
+            self._record(collaboration, reason, shown)
+
+    def _record(self, collaboration: str, reason: str, shown: TreeHead | None) -> None:
+        """Record an incident and raise it; the caller holds the collaboration's lock."""
+        state = self._state(collaboration)
+        remembered = TreeHead.from_dict(state["head"]) if state.get("head") else None
+        state["incident"] = {
+            "reason": reason,
+            "when": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "remembered": remembered.to_dict() if remembered else None,
+            "shown": shown.to_dict() if shown else None,
+        }
+        self._save(collaboration, state)
         raise HistoryRewrittenError(collaboration, reason, remembered, shown)
 
     @property
@@ -313,10 +350,22 @@ class HeadMemory:
             )
         if not lines:
             return
-        with self._lock:
+        with self._locked(collaboration):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             with os.fdopen(fd, "a") as f:
                 f.write("\n".join(lines) + "\n")
+
+
+def _lock_file(fd: int) -> None:
+    """Wait for an exclusive lock on an open file (released when the descriptor is closed)."""
+    if sys.platform == "win32":  # pragma: no cover - Windows
+        import msvcrt
+
+        msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX)
 
 
 def check_receipt(receipt: apb.Receipt, key: Ed25519PublicKey) -> TreeHead:
