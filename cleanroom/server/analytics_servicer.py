@@ -6,6 +6,7 @@ any argument is looked at). Audiences are listed and fetched only by their recip
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -255,7 +256,8 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             finally:
                 updates.put(None)
 
-        worker = threading.Thread(target=work, name="lookalike", daemon=True)
+        # the worker runs in a copy of the call's context, so the entries it commits are the call's receipts
+        worker = threading.Thread(target=contextvars.copy_context().run, args=(work,), name="lookalike", daemon=True)
         worker.start()
         while (step := updates.get()) is not None:
             yield pb.LookalikeUpdate(progress=pb.TrainingProgress(step=step[0], steps=step[1]))

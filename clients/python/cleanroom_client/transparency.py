@@ -25,19 +25,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from google.protobuf.message import DecodeError
 
 from . import merkle
 from .errors import CleanRoomError
+from .protocol import analytics_pb2 as anpb
 from .protocol import audit_pb2 as apb
 
 TREE_HEAD_KIND = "cleanroom.audit.tree-head.v1"
 #: The trailing metadata key of the receipts a response carries (a serialized `Receipts`).
 RECEIPTS_METADATA = "cleanroom-receipts-bin"
 GENESIS = "0" * 64
+#: How far below the ε a query asked for its entry may record it: float noise only (the ledger rounds charges up).
+EPSILON_SLACK = 1e-12
 
 
 def canonical_json(value: Any) -> str:
@@ -164,9 +168,12 @@ def leaf_data(hash_hex: str, signature: bytes) -> bytes:
 def entry_leaf(entry: apb.AuditEntry, key: Ed25519PublicKey) -> bytes:
     """The entry's Merkle leaf hash, from its fields (never from the hash it claims).
 
-    ProofError when the fields do not match the hash or the server did not sign it.
+    ProofError when the fields cannot be read, do not match the hash, or the server did not sign them.
     """
-    digest = hashlib.sha256(canonical_json(entry_body(entry)).encode("utf-8")).hexdigest()
+    try:
+        digest = hashlib.sha256(canonical_json(entry_body(entry)).encode("utf-8")).hexdigest()
+    except (ValueError, OverflowError) as exc:
+        raise merkle.ProofError(f"entry {entry.sequence}'s fields cannot be read: {exc}") from None
     if digest != entry.hash:
         raise merkle.ProofError(f"entry {entry.sequence}'s fields do not match its hash")
     try:
@@ -316,12 +323,12 @@ class HeadMemory:
                 return
             self._record(collaboration, reason, shown)
 
-    def record_incident(self, collaboration: str, reason: str, shown: TreeHead | None) -> None:
+    def record_incident(self, collaboration: str, reason: str, shown: TreeHead | None) -> NoReturn:
         """Record an incident found outside `accept` and raise it."""
         with self._locked(collaboration):
             self._record(collaboration, reason, shown)
 
-    def _record(self, collaboration: str, reason: str, shown: TreeHead | None) -> None:
+    def _record(self, collaboration: str, reason: str, shown: TreeHead | None) -> NoReturn:
         """Record an incident and raise it; the caller holds the collaboration's lock."""
         state = self._state(collaboration)
         remembered = TreeHead.from_dict(state["head"]) if state.get("head") else None
@@ -374,6 +381,12 @@ def check_receipt(receipt: apb.Receipt, key: Ed25519PublicKey) -> TreeHead:
     The head's own signature and its consistency with what this client saw are `HeadMemory.accept`'s to check.
     """
     head = TreeHead.from_proto(receipt.head)
+    chain = receipt.entry.collaboration.removeprefix("collaborations/")
+    if chain != head.collaboration or receipt.entry.collaboration != (f"collaborations/{chain}" if chain else ""):
+        raise merkle.ProofError(
+            f"entry {receipt.entry.sequence} belongs to another chain ({chain!r}) than its head "
+            f"({head.collaboration!r})"
+        )
     leaf = entry_leaf(receipt.entry, key)
     merkle.verify_inclusion(leaf, receipt.entry.sequence - 1, head.size, list(receipt.inclusion_proof), head.root)
     return head
@@ -390,12 +403,31 @@ def parse_receipts(trailing: Sequence[tuple[str, str | bytes]] | None) -> list[a
     return out
 
 
+def answer_of(response: object) -> anpb.QueryResult | None:
+    """The query answer a response is or carries (`LookalikeUpdate`'s last message), if any."""
+    if isinstance(response, anpb.QueryResult):
+        return response
+    if isinstance(response, anpb.LookalikeUpdate) and response.WhichOneof("update") == "result":
+        return response.result
+    return None
+
+
 def chain_of(request: object) -> str | None:
-    """The collaboration a request is about (its `name`, `parent` or `collaboration` field), if any."""
+    """The collaboration a request is about, if any.
+
+    Its `name`, `parent` or `collaboration` field, or that of the message it wraps (as `PreviewRequest` wraps a query).
+    """
     for field in ("parent", "name", "collaboration"):
         value = getattr(request, field, None)
         if isinstance(value, str) and value.startswith("collaborations/"):
             return value.removeprefix("collaborations/").split("/", 1)[0]
+    list_fields = getattr(request, "ListFields", None)
+    if callable(list_fields):
+        for _, value in list_fields():
+            if hasattr(value, "ListFields"):
+                found = chain_of(value)
+                if found is not None:
+                    return found
     return None
 
 
@@ -457,8 +489,11 @@ class Witness:
         request = apb.GetConsistencyProofRequest(collaboration=self._name(collaboration), first=first, second=second)
         return list(self._rpc(self._stub.GetConsistencyProof, request).proof)
 
-    def before(self, request: object) -> None:
-        """HistoryRewrittenError when the request's collaboration has an unacknowledged incident."""
+    def before(self, request: object) -> int:
+        """HistoryRewrittenError when the request's collaboration has an unacknowledged incident.
+
+        Returns the size of the chain's head remembered now (0 if none): every entry the call appends comes after it.
+        """
         chain = chain_of(request)
         if (
             chain is not None
@@ -466,24 +501,105 @@ class Witness:
             and (self._memory is not None or (self._dir / "server-key.pem").exists())
         ):
             self.memory.require_no_incident(chain)
+            remembered = self.memory.head(chain)
+            return remembered.size if remembered else 0
+        return 0
 
-    def after(self, trailing: Sequence[tuple[str, str | bytes]] | None) -> None:
-        """Check and keep the receipts of a call's trailing metadata."""
-        receipts = parse_receipts(trailing)
+    def after(
+        self, trailing: Sequence[tuple[str, str | bytes]] | None, request: object = None, floor: int = 0
+    ) -> list[apb.Receipt]:
+        """Check and keep the receipts of a call's trailing metadata.
+
+        `request` is the call's (to know its chain) and `floor` what `before` returned for it: the call's entries
+        were appended after the client had seen a head of that size, so each must have a larger sequence (an older
+        entry, anyone's, replayed in a head that is a prefix of the remembered one is refused).
+
+        Each receipt must be readable, its entry the server's, of the head's chain (and of the call's collaboration
+        when the request names one), in its head's tree, and new: an entry this client already holds a receipt
+        for is a replay (an old receipt answering a call the log did not record). Every head the call brought must
+        extend what was seen, not only the last one. Anything else is an incident of the call's chain.
+        """
+        expected = chain_of(request)
+        try:
+            receipts = parse_receipts(trailing)
+        except DecodeError as exc:
+            if expected is None:
+                raise CleanRoomError("DATA_LOSS", f"the server's receipts cannot be read: {exc}") from None
+            self.memory.record_incident(expected, f"the receipts of a call cannot be read: {exc}", None)
         if not receipts:
-            return
+            return []
         memory = self.memory
         by_chain: dict[str, list[apb.Receipt]] = {}
         for receipt in receipts:
             head = TreeHead.from_proto(receipt.head)
+            if expected is not None and head.collaboration != expected:
+                memory.record_incident(
+                    expected, f"a receipt of another chain ({head.collaboration!r}) came with a call on this one", head
+                )
             try:
                 check_receipt(receipt, memory.key)
             except merkle.ProofError as exc:
                 memory.record_incident(head.collaboration, f"a receipt does not prove its entry: {exc}", head)
             by_chain.setdefault(head.collaboration, []).append(receipt)
         for chain, kept in by_chain.items():
-            memory.accept(chain, TreeHead.from_proto(kept[-1].head), self.consistency)
+            seen = {str(r["hash"]) for r in memory.receipts(chain)}
+            for receipt in kept:
+                if chain == expected and receipt.entry.sequence <= floor:
+                    memory.record_incident(
+                        chain,
+                        f"the receipt of entry {receipt.entry.sequence} was replayed: this client had seen {floor} "
+                        "entries before the call, so it does not record this call",
+                        TreeHead.from_proto(receipt.head),
+                    )
+                if receipt.entry.hash in seen:
+                    memory.record_incident(
+                        chain,
+                        f"the receipt of entry {receipt.entry.sequence} was replayed: this client was given it before, "
+                        "so it does not record this call",
+                        TreeHead.from_proto(receipt.head),
+                    )
+                seen.add(receipt.entry.hash)
+            heads = {TreeHead.from_proto(r.head) for r in kept}
+            for head in sorted(heads, key=lambda h: (h.size, h.time, h.root)):
+                memory.accept(chain, head, self.consistency)
             memory.keep_receipts(chain, kept)
+        return receipts
+
+    def answered(self, request: object, response: object, receipts: Sequence[apb.Receipt]) -> None:
+        """A query's answer names the audit entry that records it: a receipt of that entry must have come with it.
+
+        Its entry must be of the query's collaboration, charge exactly the ε the answer says was spent, and no less
+        than the request asked for. So an answer whose receipt was withheld (the trailer stripped), or whose entry
+        records less than was spent (the log under-charged, and `budget --check` would then agree with it), is an
+        incident, not an answer.
+        """
+        response = answer_of(response)
+        if response is None:
+            return
+        chain = chain_of(request)
+        sequence = response.audit_sequence
+        mine = [
+            r
+            for r in receipts
+            if r.entry.sequence == sequence and (chain is None or TreeHead.from_proto(r.head).collaboration == chain)
+        ]
+        asked = getattr(request, "epsilon", None)
+        if not mine:
+            reason = f"the answer names audit entry {sequence} but no receipt of it came back (withheld)"
+        elif mine[0].entry.epsilon != response.epsilon_spent:
+            reason = (
+                f"the answer spent {response.epsilon_spent:g} ε but its audit entry {sequence} records "
+                f"{mine[0].entry.epsilon:g} ε"
+            )
+        elif isinstance(asked, float) and mine[0].entry.epsilon < asked - EPSILON_SLACK:
+            reason = (
+                f"the query asked for {asked:g} ε but its audit entry {sequence} records {mine[0].entry.epsilon:g} ε"
+            )
+        else:
+            return
+        if chain is None:
+            raise CleanRoomError("DATA_LOSS", f"the server's audit log does not record this answer: {reason}")
+        self.memory.record_incident(chain, reason, None)
 
     def head(self, collaboration: str) -> TreeHead:
         """The chain's head now, checked against the remembered one (and remembered)."""
@@ -542,26 +658,35 @@ class _Witnessed:
     def __call__(self, request: Any, *args: Any, **kwargs: Any) -> Any:
         import grpc
 
-        self._witness.before(request)
+        floor = self._witness.before(request)
         if self._streams_out:
-            return self._stream(self._callable(request, *args, **kwargs))
+            return self._stream(self._callable(request, *args, **kwargs), request, floor)
         try:
             response, call = self._callable.with_call(request, *args, **kwargs)
         except grpc.RpcError as err:
-            self._witness.after(err.trailing_metadata() if isinstance(err, grpc.Call) else None)
+            self._witness.after(err.trailing_metadata() if isinstance(err, grpc.Call) else None, request, floor)
             raise
-        self._witness.after(call.trailing_metadata())
+        self._witness.answered(request, response, self._witness.after(call.trailing_metadata(), request, floor))
         return response
 
-    def _stream(self, responses: Any) -> Iterator[Any]:
+    def _stream(self, responses: Any, request: object, floor: int) -> Iterator[Any]:
+        """The responses as they come, but a query's answer only once the trailer's receipts show it was recorded."""
         import grpc
 
+        answer: Any = None
         try:
-            yield from responses
+            for response in responses:
+                if answer_of(response) is None:
+                    yield response
+                else:
+                    answer = response
         except grpc.RpcError as err:
-            self._witness.after(err.trailing_metadata() if isinstance(err, grpc.Call) else None)
+            self._witness.after(err.trailing_metadata() if isinstance(err, grpc.Call) else None, request, floor)
             raise
-        self._witness.after(responses.trailing_metadata())
+        receipts = self._witness.after(responses.trailing_metadata(), request, floor)
+        if answer is not None:
+            self._witness.answered(request, answer, receipts)
+            yield answer
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._callable, name)

@@ -20,6 +20,7 @@ from cleanroom.devtools.devpki import DevPki
 from cleanroom.devtools.synthetic import DEMO_POLICY, SyntheticConfig, generate
 from cleanroom.principals import Role
 from cleanroom.server.app import RunningServer
+from cleanroom.server.receipts import ReceiptInterceptor
 from cleanroom.storage.database import DB_FILE
 from cleanroom_client import CleanRoomClient, SerialExecutor
 from cleanroom_client.errors import PermissionDeniedError
@@ -136,6 +137,20 @@ def test_receipts_come_back_with_every_charge_and_budget_check_agrees(operator: 
     kept = platform._witness.memory.receipts(COLLAB)
     assert len(kept) == before + 1
     assert kept[-1]["entry"]["action"] == "refused"
+
+
+def test_a_charge_whose_receipt_is_withheld_is_refused_when_it_is_answered(
+    operator: Operator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _spend(operator)
+    # the operator's server strips the trailer: the charge and the answer stay, the receipt does not come, and
+    # budget --check alone could not tell (the server's figure is still at least what the receipts charge)
+    monkeypatch.setattr(ReceiptInterceptor, "_attach", lambda self, context, entries: None)
+    with pytest.raises(HistoryRewrittenError, match="withheld"):
+        _spend(operator)
+    monkeypatch.undo()
+    with pytest.raises(HistoryRewrittenError, match="acknowledge"):
+        _spend(operator)
 
 
 def test_deleting_a_collaborations_entries_and_head_is_caught_by_member_and_auditor(operator: Operator) -> None:
