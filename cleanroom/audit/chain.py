@@ -304,6 +304,14 @@ def verify_export(text: str, public_key: Ed25519PublicKey, remembered: TreeHead 
             len(entries) + 1,
             "the export does not end with the server's signed head: it is incomplete or cut",
         )
+    if remembered is not None and remembered.collaboration != head.collaboration:
+        return VerifyResult(
+            False,
+            0,
+            1,
+            f"the head remembered for collaboration {remembered.collaboration!r} cannot vouch for an export of "
+            f"{head.collaboration!r}: pass the head this auditor remembered for {head.collaboration!r}",
+        )
     nodes = merkle.MerkleNodes()
     for entry in entries:
         nodes.append(merkle.leaf_hash(leaf_data(entry.hash, entry.signature)))

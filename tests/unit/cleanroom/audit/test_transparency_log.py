@@ -93,3 +93,13 @@ def test_an_incremental_check_skips_the_remembered_signatures_but_not_the_conten
     result = verify_export("\n".join(lines), room.audit.public_key, remembered)
     assert not result.valid
     assert "entry 2" in result.reason
+
+
+def test_a_remembered_head_of_another_collaboration_is_refused_not_taken_as_a_start(room: Room) -> None:
+    other = room.collaborations.create(BRAND, "other", DEMO_POLICY)
+    text = _export(room, list(room.audit.entries("audited")))
+    key = room.audit.public_key
+    for remembered in (room.trees.head(other.id), room.trees.head(other.id, size=0)):
+        result = verify_export(text, key, remembered)
+        assert not result.valid
+        assert "remembered for collaboration 'other'" in result.reason
