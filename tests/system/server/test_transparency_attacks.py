@@ -178,3 +178,23 @@ def test_an_older_entry_of_another_member_is_no_receipt_for_a_new_call(
     replayed = receipts_message(server.room.trees, [old]).receipts[0]  # the current head: every proof verifies
     with pytest.raises(HistoryRewrittenError, match="replayed"):
         brand._witness.after(_trailer(replayed), request, floor)
+
+
+@pytest.mark.parametrize("craft", ["proof of another entry", "fields differ from the hash"])
+def test_a_receipt_that_does_not_prove_its_own_entry_is_refused(
+    make_client, server: RunningServer, active: str, craft: str
+) -> None:
+    brand = make_client("brand")
+    brand.audit_head(active)
+    first, second = _honest(server, active), _honest(server, active)
+    receipt = apb.Receipt()
+    receipt.CopyFrom(second)
+    if craft == "proof of another entry":
+        (entry,) = server.room.audit.entries(active, after=first.entry.sequence - 1, limit=1)
+        other = receipts_message(server.room.trees, [entry]).receipts[0]  # the same head, the other entry's path
+        del receipt.inclusion_proof[:]
+        receipt.inclusion_proof.extend(other.inclusion_proof)
+    else:
+        receipt.entry.epsilon = 0.25  # hash and signature kept
+    with pytest.raises(HistoryRewrittenError, match="does not prove its entry"):
+        brand._witness.after(_trailer(receipt), _request(active), brand._witness.before(_request(active)))
