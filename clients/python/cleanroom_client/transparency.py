@@ -542,6 +542,9 @@ class Witness:
                 memory.record_incident(head.collaboration, f"a receipt does not prove its entry: {exc}", head)
             by_chain.setdefault(head.collaboration, []).append(receipt)
         for chain, kept in by_chain.items():
+            heads = {TreeHead.from_proto(r.head) for r in kept}
+            for head in sorted(heads, key=lambda h: (h.size, h.time, h.root)):
+                memory.accept(chain, head, self.consistency)
             seen = {str(r["hash"]) for r in memory.receipts(chain)}
             for receipt in kept:
                 if chain == expected and receipt.entry.sequence <= floor:
@@ -559,9 +562,6 @@ class Witness:
                         TreeHead.from_proto(receipt.head),
                     )
                 seen.add(receipt.entry.hash)
-            heads = {TreeHead.from_proto(r.head) for r in kept}
-            for head in sorted(heads, key=lambda h: (h.size, h.time, h.root)):
-                memory.accept(chain, head, self.consistency)
             memory.keep_receipts(chain, kept)
         return receipts
 
