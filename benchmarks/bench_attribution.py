@@ -77,7 +77,7 @@ def floor_query(room: Room, collab: str) -> float:
         WHERE e.ts <= c.ts AND e.ts >= c.ts - INTERVAL 7 DAY GROUP BY 1
     """
     t = time.perf_counter()
-    room.db.cursor().execute(sql).fetchall()
+    room.store.of(collab).cursor().execute(sql).fetchall()
     return time.perf_counter() - t
 
 

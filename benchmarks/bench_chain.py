@@ -84,7 +84,8 @@ def match(root: Path, members: tuple[str, ...], n: int, psi: PsiClock) -> tuple[
                 job.result()
         wall = time.perf_counter() - start
         pairs = dict(
-            server.room.db.cursor()
+            server.room.store.of(c.id)
+            .cursor()
             .execute("SELECT member_b, count(*) FROM matches WHERE collab = ? GROUP BY 1", [c.id])
             .fetchall()
         )

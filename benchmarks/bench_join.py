@@ -78,7 +78,7 @@ def setup(args: argparse.Namespace) -> dict[str, object]:
         room.collaborations.approve(Principal(m, Role.MEMBER), c.id, c.policy_etag)
     t = time.perf_counter()
     for member in MEMBERS:
-        with room.db.transaction() as cur:
+        with room.store.of(c.id).transaction() as cur:
             cur.execute(
                 "INSERT INTO offers SELECT $c, $m, i, 1, (i * $step + 1) % $n,"
                 " unhex(md5(i::VARCHAR || $m) || md5((i + $n)::VARCHAR || $m)) FROM range($n) t(i)",
@@ -110,7 +110,12 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         out[f"{member}_seconds"] = round(time.perf_counter() - t, 1)
         # the last chunk un-shuffles the peer's offer; the second member's also runs the join
         out[f"{member}_last_chunk_seconds"] = round(last_chunk_seconds, 1)
-    row = room.db.cursor().execute("SELECT count(*) FROM matches WHERE collab = ?", [collab.id]).fetchone()
+    row = (
+        room.store.of(collab.id)
+        .cursor()
+        .execute("SELECT count(*) FROM matches WHERE collab = ?", [collab.id])
+        .fetchone()
+    )
     pairs = int(row[0]) if row else 0
     room.close()
     out.update({"pairs": pairs, "run_peak_rss_mb": round(peak_rss_mb())})

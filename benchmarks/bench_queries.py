@@ -79,7 +79,7 @@ def build(room: Room, people: int, seed: int = 1, slice_people: int = 5_000_000)
         if start == 0:
             load_direct(room, c.id, tables, ids, ids)
             continue
-        with room.db.transaction() as cur:  # the rest appended to what load_direct made
+        with room.store.of(c.id).transaction() as cur:  # the rest appended to what load_direct made
             for (member, name), table in tables.items():
                 cur.register("t", table)
                 cur.execute(f"INSERT INTO {quote_ident(physical_name(c.id, member, name))} SELECT * FROM t")
@@ -156,7 +156,7 @@ def main() -> int:
             ),
         }
         sql = plain(room, collab)
-        cur = room.db.cursor()
+        cur = room.store.of(collab).cursor()
         results = {
             "people": args.people,
             "memory_limit": args.memory_limit,

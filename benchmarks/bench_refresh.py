@@ -110,7 +110,7 @@ def run(n: int) -> dict[str, Any]:
             )
             refresh_psi = psi.lap()
             empty_s, _ = both(lambda: b.refresh(c.id, None), lambda: p.refresh(c.id, None))
-            cur = server.room.db.cursor()
+            cur = server.room.store.of(c.id).cursor()
             rejoin = time.perf_counter()
             from cleanroom.matching.join import join_matches
             from cleanroom_client.identity import IdentifierType

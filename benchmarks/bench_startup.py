@@ -79,13 +79,15 @@ def build(data: Path, entries: int, chains: int = 10) -> int:
             ids.append(c.id)
 
         def count() -> int:
-            return int(room.db.cursor().execute("SELECT count(*) FROM audit_log").fetchall()[0][0])
+            files = [room.store.catalog, *(room.store.of(i) for i in ids)]
+            return sum(int(f.cursor().execute("SELECT count(*) FROM audit_log").fetchall()[0][0]) for f in files)
 
         while (left := entries - count()) > 0:
-            with room.db.transaction() as cur:
-                for k in range(min(left, 1000)):
-                    params = {"attempted": "query.overlap", "reason": "bench"}
-                    room.audit.append(cur, ids[k % chains], "brand", "refused", params)
+            for chain in ids:  # each collaboration's chain lives in its own file: one transaction per file
+                with room.store.of(chain).transaction() as cur:
+                    for _ in range(min(left, 1000) // chains + 1):
+                        params = {"attempted": "query.overlap", "reason": "bench"}
+                        room.audit.append(cur, chain, "brand", "refused", params)
         return count()
     finally:
         room.close()

@@ -42,7 +42,9 @@ app.add_typer(conformance, name="conformance")
 console = Console(stderr=True)
 out = Console()
 
-DataDir = Annotated[Path, typer.Option("--data-dir", help="Directory holding cleanroom.duckdb.")]
+DataDir = Annotated[
+    Path, typer.Option("--data-dir", help="The server's data directory (catalog.duckdb, collaborations/).")
+]
 
 
 @app.command()
@@ -59,17 +61,18 @@ def serve(
         str | None, typer.Option(help="DuckDB's memory cap, e.g. 3GB (default: 80% of RAM); joins spill past it.")
     ] = None,
     spill_dir: Annotated[
-        Path | None, typer.Option(help="Where DuckDB spills past --memory-limit (default: next to the database).")
+        Path | None,
+        typer.Option(help="Where DuckDB spills past --memory-limit, a directory per file (default: beside each)."),
     ] = None,
 ) -> None:
-    """Serve the clean room until interrupted (TLS required unless --insecure).
+    """Serve the clean room until SIGTERM or Ctrl-C (which stop it within 10 s, whatever runs); TLS unless --insecure.
 
     Example: cleanroom serve --data-dir ./data --port 50051 --tls-cert server.pem --tls-key server.key
     --memory-limit 3GB --spill-dir /fast-disk/cleanroom-spill
     """
     from .server import ServerConfig, create_server
-    from .server.app import TlsConfig
-    from .storage import StorageLimits
+    from .server.app import STOP_DEADLINE, TlsConfig
+    from .storage import LegacyLayoutError, StorageLimits
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tls = None
@@ -98,7 +101,11 @@ def serve(
         stream_idle_timeout=idle_timeout,
         storage=StorageLimits(memory_limit=memory_limit, temp_directory=spill_dir),
     )
-    running = create_server(config)
+    try:
+        running = create_server(config)
+    except LegacyLayoutError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
     mode = "plaintext" if insecure else ("mutual TLS" if client_ca else "TLS")
     console.print(f"cleanroom serving on {host}:{running.port} ({mode}), data in {data_dir}")
     print(running.port, flush=True)
@@ -106,7 +113,19 @@ def serve(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
-    running.stop()
+    # Whatever is running, the process is gone within STOP_DEADLINE: statements are interrupted, and should a
+    # handler still hold a file after that, the watchdog ends the process (committed work is in the WAL).
+    watchdog = threading.Timer(STOP_DEADLINE, _exit_now)
+    watchdog.daemon = True
+    watchdog.start()
+    if not running.stop():
+        _exit_now()
+
+
+def _exit_now() -> None:
+    logging.getLogger(__name__).warning("stopping: a request still held the database; exiting without waiting")
+    logging.shutdown()
+    os._exit(1)
 
 
 def _operate(data_dir: Path, call: Callable[[admin_pb2_grpc.AdminServiceStub], T]) -> T:

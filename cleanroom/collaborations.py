@@ -31,7 +31,7 @@ from .errors import (
     ResourceExhaustedError,
 )
 from .principals import Principal, Principals, Role
-from .storage import Database
+from .storage import Store
 from .storage.database import first
 
 _ID = re.compile(r"^[a-z][a-z0-9-]{3,62}$")
@@ -98,8 +98,8 @@ def not_found(collaboration_id: str) -> str:
 
 
 def require_exists(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> None:
-    """NotFoundError unless the collaboration exists (for the operator, who may see every collaboration)."""
-    if not first(cur.execute("SELECT 1 FROM collaborations WHERE id = ?", [collaboration_id])):
+    """NotFoundError unless the catalogue (`cur`) lists the collaboration (for the operator, who sees them all)."""
+    if not first(cur.execute("SELECT 1 FROM collaboration_index WHERE id = ?", [collaboration_id])):
         raise NotFoundError(f"collaborations/{collaboration_id} does not exist")
 
 
@@ -151,10 +151,17 @@ def check_approved_revision(cur: duckdb.DuckDBPyConnection, collaboration: Colla
 
 
 class Collaborations:
-    """Create, read and approve collaborations; decide who may see or act in each (audited refusals)."""
+    """Create, read and approve collaborations; decide who may see or act in each (audited refusals).
 
-    def __init__(self, db: Database, audit: AuditLog, principals: Principals) -> None:
-        self._db = db
+    A collaboration's policy, approvals and their audit entries live in its own file; the catalogue indexes its id,
+    members, proposer and whether it awaits approvals, for what crosses collaborations (listing a principal's, the
+    limit on pending proposals). The index follows each commit in the collaboration's file (under its write lock,
+    so in commit order); a collaboration appears to anyone only once indexed.
+    """
+
+    def __init__(self, store: Store, audit: AuditLog, principals: Principals) -> None:
+        self._store = store
+        self._catalog = store.catalog
         self._audit = audit
         self._principals = principals
         self._policies = _PolicyCache()
@@ -234,7 +241,7 @@ class Collaborations:
         before it gives them a stream slot and waits for their first message.
         """
         if principal.role is Role.MEMBER and first(
-            self._db.cursor().execute("SELECT 1 FROM members WHERE member = ? LIMIT 1", [principal.name])
+            self._catalog.cursor().execute("SELECT 1 FROM memberships WHERE member = ? LIMIT 1", [principal.name])
         ):
             return
         raise PermissionDeniedError(f"{action} is for members of a collaboration; you ({principal.name}) are in none")
@@ -280,7 +287,7 @@ class Collaborations:
         """
         if principal.role is not Role.MEMBER:
             raise PermissionDeniedError(f"you ({principal.name}) are an auditor; only members create collaborations")
-        self._check_quota(self._db.cursor(), principal)
+        self._check_quota(principal)
         policy = self._parse(principal, SERVER_CHAIN, "collaboration.create", policy_yaml)
         if policy.member(principal.name) is None:
             raise PermissionDeniedError(
@@ -294,40 +301,43 @@ class Collaborations:
                 "starting with a letter"
             )
         etag = _etag(policy_yaml)
-        with self._db.transaction() as cur:
-            if first(cur.execute("SELECT 1 FROM collaborations WHERE id = ?", [collaboration_id])):
+        created = datetime.now(UTC).replace(tzinfo=None)
+        with self._catalog.write_lock:  # one creation at a time: the id and the pending count stay true until indexed
+            cur = self._catalog.cursor()
+            if first(cur.execute("SELECT 1 FROM collaboration_index WHERE id = ?", [collaboration_id])):
                 raise AlreadyExistsError(f"collaboration {collaboration_id!r} exists already")
-            self._check_quota(cur, principal)
-            cur.execute(
-                "INSERT INTO collaborations VALUES (?, ?, ?, ?, 1, ?, ?)",
-                [
-                    collaboration_id,
-                    policy.name,
-                    datetime.now(UTC).replace(tzinfo=None),
-                    policy_yaml,
-                    etag,
-                    principal.name,
-                ],
-            )
-            for m in policy.members:
-                cur.execute("INSERT INTO members VALUES (?, ?, NULL)", [collaboration_id, m.name])
-            self._audit.append(
-                cur,
-                collaboration_id,
-                principal.name,
-                "collaboration.create",
-                {"revision": 1, "etag": etag},
-                response=etag,
-            )
+            self._check_quota(principal)
+            # A file without an index entry is a creation a crash cut short: never visible, so it is replaced.
+            self._audit.forget(collaboration_id)
+            room = self._store.create(collaboration_id)
+            try:
+                with room.transaction() as rcur:
+                    rcur.execute(
+                        "INSERT INTO collaborations VALUES (?, ?, ?, ?, 1, ?, ?)",
+                        [collaboration_id, policy.name, created, policy_yaml, etag, principal.name],
+                    )
+                    for m in policy.members:
+                        rcur.execute("INSERT INTO members VALUES (?, ?, NULL)", [collaboration_id, m.name])
+                    self._audit.append(
+                        rcur,
+                        collaboration_id,
+                        principal.name,
+                        "collaboration.create",
+                        {"revision": 1, "etag": etag},
+                        response=etag,
+                    )
+                    room.after_commit(lambda: self._index(collaboration_id, created, principal.name, policy))
+            except BaseException:
+                self._store.discard(collaboration_id)
+                self._audit.forget(collaboration_id)
+                raise
         return self._load(collaboration_id)
 
-    def _check_quota(self, cur: duckdb.DuckDBPyConnection, principal: Principal) -> None:
+    def _check_quota(self, principal: Principal) -> None:
         """RESOURCE_EXHAUSTED when `principal` has `MAX_PENDING_PROPOSALS` proposals awaiting someone's approval."""
         pending = first(
-            cur.execute(
-                "SELECT count(DISTINCT c.id) FROM collaborations c JOIN members m ON m.collab = c.id"
-                " WHERE c.proposer = ? AND m.approved_etag IS DISTINCT FROM c.policy_etag",
-                [principal.name],
+            self._catalog.cursor().execute(
+                "SELECT count(*) FROM collaboration_index WHERE proposer = ? AND awaiting", [principal.name]
             )
         )
         if pending and pending[0] >= MAX_PENDING_PROPOSALS:
@@ -336,14 +346,30 @@ class Collaborations:
                 "wait for them to be approved before proposing more"
             )
 
+    def _index(self, collaboration_id: str, created: datetime, proposer: str, policy: Policy) -> None:
+        """List a new collaboration in the catalogue: from here on it exists for everyone."""
+        with self._catalog.transaction() as cur:
+            cur.execute("INSERT INTO collaboration_index VALUES (?, ?, ?, true)", [collaboration_id, created, proposer])
+            for m in policy.members:
+                cur.execute("INSERT INTO memberships VALUES (?, ?)", [collaboration_id, m.name])
+
+    def _reindex(self, collaboration_id: str) -> None:
+        """Bring the catalogue's proposer and awaiting flag in line with the collaboration's committed state."""
+        current = self._load(collaboration_id)
+        with self._catalog.transaction() as cur:
+            cur.execute(
+                "UPDATE collaboration_index SET proposer = ?, awaiting = ? WHERE id = ?",
+                [current.proposer, not current.active, collaboration_id],
+            )
+
     def list(self, principal: Principal, page_size: int, page_token: str) -> tuple[list[Collaboration], str]:
         """The caller's collaborations (as member, or as assigned auditor) ordered by id, a page at a time."""
         if page_size < 0:
             raise InvalidArgumentError("page_size must not be negative")
         size = min(page_size or 50, 1000)
-        cur = self._db.cursor()
+        cur = self._catalog.cursor()
         if principal.role is Role.MEMBER:
-            sql = "SELECT collab FROM members WHERE member = ? AND collab > ? ORDER BY collab LIMIT ?"
+            sql = "SELECT collab FROM memberships WHERE member = ? AND collab > ? ORDER BY collab LIMIT ?"
             ids = [r[0] for r in cur.execute(sql, [principal.name, page_token, size + 1]).fetchall()]
         else:
             ids = self._principals.audited(cur, principal.name, page_token, size + 1)
@@ -360,7 +386,8 @@ class Collaborations:
                 f"({', '.join(sorted(m.name for m in current.members))}); start a new collaboration to change them"
             )
         etag = _etag(policy_yaml)
-        with self._db.transaction() as cur:
+        room = self._store.of(collaboration_id)
+        with room.transaction() as cur:
             from .matching.progress import any_upload  # here: the matching package imports this module
 
             if any_upload(cur, collaboration_id):
@@ -382,6 +409,7 @@ class Collaborations:
                 {"revision": current.policy_revision + 1, "etag": etag},
                 response=etag,
             )
+            room.after_commit(lambda: self._reindex(collaboration_id))
         return self._load(collaboration_id)
 
     def approve(self, principal: Principal, collaboration_id: str, etag: str) -> Collaboration:
@@ -396,7 +424,8 @@ class Collaborations:
                 f"the policy changed since you read it: current revision {current.policy_revision} has etag "
                 f"{current.policy_etag}; review it and approve that etag"
             )
-        with self._db.transaction() as cur:
+        room = self._store.of(collaboration_id)
+        with room.transaction() as cur:
             cur.execute(
                 "UPDATE members SET approved_etag = ? WHERE collab = ? AND member = ?",
                 [etag, collaboration_id, principal.name],
@@ -408,10 +437,15 @@ class Collaborations:
                 "policy.approve",
                 {"revision": current.policy_revision, "etag": etag},
             )
+            room.after_commit(lambda: self._reindex(collaboration_id))
         return self._load(collaboration_id)
 
     def _load(self, collaboration_id: str) -> Collaboration:
-        cur = self._db.cursor()
+        """The collaboration as its file holds it; NotFoundError unless the catalogue lists it."""
+        indexed = self._catalog.cursor().execute("SELECT 1 FROM collaboration_index WHERE id = ?", [collaboration_id])
+        if first(indexed) is None:
+            raise NotFoundError(not_found(collaboration_id))
+        cur = self._store.of(collaboration_id).cursor()
         row = first(
             cur.execute(
                 "SELECT id, display_name, create_time, policy_yaml, policy_revision, policy_etag, proposer"

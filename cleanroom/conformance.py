@@ -546,7 +546,7 @@ def start_session(
         return {int(r): s for r, s in rows}
 
     def wrong_pair(deadline: float) -> str | None:
-        cur = running.db.cursor()
+        cur = running.room.store.of(collaboration.id).cursor()
         attributes = partner_users(cur)
         while attributes is None and time.monotonic() < deadline:  # a table may follow the match (section 5)
             time.sleep(0.2)
@@ -577,7 +577,7 @@ def start_session(
             return None
         if failure:
             raise RuntimeError(f"the reference member failed: {failure[0]}") from failure[0]
-        stats, _ = match_stats(running.db.cursor(), collaboration.id)
+        stats, _ = match_stats(running.store.of(collaboration.id).cursor(), collaboration.id)
         status = running.room.relay.status(
             running.room.collaborations.get(Principal(PARTNER, Role.MEMBER), collaboration.id), PARTNER
         )

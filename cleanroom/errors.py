@@ -77,3 +77,7 @@ class QueryFailedError(CleanroomError):
 
 class InternalError(CleanroomError):
     """A bug in the clean room, never the caller's fault."""
+
+
+class UnavailableError(CleanroomError):
+    """The server is stopping: the request did nothing and may be sent again once it is back."""

@@ -3,7 +3,8 @@
 Guarantees: a token is shown once, when made, and the server keeps only its SHA-256 (tokens are 256-bit random,
 so a plain hash suffices); a revoked principal authenticates no more, by token or certificate; principal names
 are unique and never one of the reserved names (`RESERVED_NAMES`: the operator's and the server's). Adding,
-revoking and assigning are audited in the server's own chain.
+revoking and rotating are audited in the server's own chain (in the catalogue), assigning an auditor in the
+collaboration's (in its file).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from cleanroom_client.policy import OPERATOR, RESERVED_NAMES
 from .audit import AuditLog
 from .audit.log import SERVER_CHAIN
 from .errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, UnauthenticatedError
-from .storage import Database
+from .storage import Store
 from .storage.database import first
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -51,8 +52,9 @@ def _hash(token: str) -> str:
 class Principals:
     """The principals table."""
 
-    def __init__(self, db: Database, audit: AuditLog) -> None:
-        self._db = db
+    def __init__(self, store: Store, audit: AuditLog) -> None:
+        self._store = store
+        self._db = store.catalog
         self._audit = audit
 
     def add(self, name: str, role: Role) -> str:
@@ -118,31 +120,45 @@ class Principals:
         return Principal(row[0], Role(row[1]))
 
     def assign_auditor(self, auditor: str, collaboration_id: str) -> None:
-        """Let `auditor` read the policy, budget and audit log of a collaboration."""
-        with self._db.transaction() as cur:
-            row = first(cur.execute("SELECT role FROM principals WHERE name = ? AND revoked IS NULL", [auditor]))
-            if row is None or row[0] != Role.AUDITOR.value:
-                raise InvalidArgumentError(f"{auditor!r} is not an active auditor principal")
-            from .collaborations import require_exists  # here: that module imports this one
+        """Let `auditor` read the policy, budget and audit log of a collaboration.
 
-            require_exists(cur, collaboration_id)
-            if first(
+        The assignment and its audit entry commit together in the collaboration's file; the catalogue's index (for
+        listing an auditor's collaborations) follows after the commit, and assigning again repairs it if a crash
+        came between.
+        """
+        cur = self._db.cursor()
+        row = first(cur.execute("SELECT role FROM principals WHERE name = ? AND revoked IS NULL", [auditor]))
+        if row is None or row[0] != Role.AUDITOR.value:
+            raise InvalidArgumentError(f"{auditor!r} is not an active auditor principal")
+        from .collaborations import require_exists  # here: that module imports this one
+
+        require_exists(cur, collaboration_id)
+        room = self._store.of(collaboration_id)
+        with room.transaction() as rcur:
+            if not first(
+                rcur.execute("SELECT 1 FROM auditors WHERE auditor = ? AND collab = ?", [auditor, collaboration_id])
+            ):
+                rcur.execute("INSERT INTO auditors VALUES (?, ?)", [auditor, collaboration_id])
+                self._audit.append(rcur, collaboration_id, OPERATOR, "auditor.assign", {"auditor": auditor})
+            room.after_commit(lambda: self._index_auditor(auditor, collaboration_id))
+
+    def _index_auditor(self, auditor: str, collaboration_id: str) -> None:
+        with self._db.transaction() as cur:
+            if not first(
                 cur.execute("SELECT 1 FROM auditors WHERE auditor = ? AND collab = ?", [auditor, collaboration_id])
             ):
-                return
-            cur.execute("INSERT INTO auditors VALUES (?, ?)", [auditor, collaboration_id])
-            self._audit.append(cur, collaboration_id, OPERATOR, "auditor.assign", {"auditor": auditor})
+                cur.execute("INSERT INTO auditors VALUES (?, ?)", [auditor, collaboration_id])
 
     def audited(self, cur: duckdb.DuckDBPyConnection, auditor: str, after: str, limit: int) -> list[str]:
-        """The collaborations assigned to `auditor` with ids after `after`, in order, at most `limit`."""
+        """The collaborations assigned to `auditor` after id `after`, in order, at most `limit` (`cur`: catalogue's)."""
         sql = "SELECT collab FROM auditors WHERE auditor = ? AND collab > ? ORDER BY collab LIMIT ?"
         return [str(r[0]) for r in cur.execute(sql, [auditor, after, limit]).fetchall()]
 
     def audits(self, auditor: str, collaboration_id: str) -> bool:
-        """Whether `auditor` is assigned to the collaboration."""
+        """Whether `auditor` is assigned to the collaboration (as its own file records)."""
         row = first(
-            self._db.cursor().execute(
-                "SELECT 1 FROM auditors WHERE auditor = ? AND collab = ?", [auditor, collaboration_id]
-            )
+            self._store.of(collaboration_id)
+            .cursor()
+            .execute("SELECT 1 FROM auditors WHERE auditor = ? AND collab = ?", [auditor, collaboration_id])
         )
         return row is not None

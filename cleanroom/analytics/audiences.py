@@ -19,7 +19,7 @@ from cleanroom_client.protocol import COLLABORATIONS
 
 from ..audit import AuditLog
 from ..errors import InvalidArgumentError, NotFoundError, PermissionDeniedError
-from ..storage import Database
+from ..storage import Store
 from ..storage.database import first
 
 CHUNK_IDS = 262_144  # 2 MiB of row ids per message
@@ -98,14 +98,15 @@ def store(
 class Audiences:
     """Reading released audiences; every fetch is audited."""
 
-    def __init__(self, db: Database, audit: AuditLog) -> None:
-        self._db = db
+    def __init__(self, store: Store, audit: AuditLog) -> None:
+        self._store = store
         self._audit = audit
 
     def list(self, collaboration_id: str, recipient: str) -> list[AudienceInfo]:
         """The audiences released to `recipient`, oldest first."""
         rows = (
-            self._db.cursor()
+            self._store.of(collaboration_id)
+            .cursor()
             .execute(
                 "SELECT collab, id, kind, recipient, requester, size, create_time FROM audiences"
                 " WHERE collab = ? AND recipient = ? ORDER BY create_time, id",
@@ -117,7 +118,7 @@ class Audiences:
 
     def fetch(self, collaboration_id: str, audience: str, caller: str) -> Iterator[bytes]:
         """The members as 8-byte row ids, in chunks; only for the recipient."""
-        cur = self._db.cursor()
+        cur = self._store.of(collaboration_id).cursor()
         row = first(
             cur.execute("SELECT recipient FROM audiences WHERE collab = ? AND id = ?", [collaboration_id, audience])
         )

@@ -61,7 +61,7 @@ from ..principals import Principal
 from ..privacy import BudgetAccountant, NoiseMechanism
 from ..privacy import noise as noise_math
 from ..privacy.budget import Charge, Limits
-from ..storage import Database
+from ..storage import Store
 from .attribution import (
     ANY_OF,
     CENTS,
@@ -283,13 +283,13 @@ class QueryEngine:
 
     def __init__(
         self,
-        db: Database,
+        store: Store,
         collaborations: Collaborations,
         budget: BudgetAccountant,
         audit: AuditLog,
         noise: NoiseMechanism,
     ) -> None:
-        self._db = db
+        self._store = store
         self._collaborations = collaborations
         self._budget = budget
         self._audit = audit
@@ -325,7 +325,7 @@ class QueryEngine:
         """The budget's caps, and where a per-period budget starts counting (the last completed refresh)."""
         policy = collaboration.policy
         per_period = policy.refresh is not None and policy.refresh.budget == RefreshBudget.PER_PERIOD
-        since = budget_start(self._db.cursor(), collaboration.id) if per_period else 0
+        since = budget_start(self._store.of(collaboration.id).cursor(), collaboration.id) if per_period else 0
         return Limits(policy.epsilon_per_member_total, policy.delta_per_member_total, since)
 
     def _release(
@@ -353,7 +353,7 @@ class QueryEngine:
         )
         try:
             self._check_policy(principal, policy, query_type, epsilon, delta)
-            catalog = Catalog(self._db.cursor(), collaboration, period, population)
+            catalog = Catalog(self._store.of(collaboration.id).cursor(), collaboration, period, population)
             self._check_reads(principal, policy, catalog)
             catalog.require_matched()
             plan = build(collaboration, catalog)
@@ -367,7 +367,7 @@ class QueryEngine:
             raise
         # From here on the data is read: every outcome is charged.
         try:
-            outcome = plan.run(MatchedData(self._db.cursor(), catalog))
+            outcome = plan.run(MatchedData(self._store.of(collaboration.id).cursor(), catalog))
             released = {
                 "dimensions": list(outcome.dimensions),
                 "cells": [c.to_dict() for c in outcome.cells],
@@ -1192,8 +1192,11 @@ class QueryEngine:
         member approved it. The list is released only when the segment's true size is at least k and its noisy
         size (sensitivity c) at least k + `activation_threshold`; so whether a list is released is (epsilon,
         delta)-DP, while the list itself is the disclosure the members agreed to. A segment must be decided by a
-        member other than the recipient, with conditions that can exclude people (`segments.check_segment`). The
-        requester receives the noisy size (or withheld); both ledgers are charged (epsilon, delta).
+        member other than the recipient, with conditions that can exclude people (`segments.check_segment`), and
+        those conditions must in fact exclude people: the list is withheld unless the noisy number of matched people
+        they cut from what the recipient's own conditions keep is at least `activation_threshold` (a window the
+        table can hold but nobody is in, or one person in, would otherwise hand over the intersection, or all of
+        it but one). The requester receives the noisy size (or withheld); both ledgers are charged (epsilon, delta).
         """
         delta = q.delta or self.authorize(principal, collaboration_id, QueryType.ACTIVATION).policy.delta_per_query_max
 
@@ -1219,11 +1222,21 @@ class QueryEngine:
             c = self.stability(catalog)
             threshold = spec.min_size + activation_threshold(q.epsilon, delta, c)
             sql = segment_sql(catalog, segment, spec.recipient, q.events, times)
+            # The matched people the recipient's own conditions keep: what the others' conditions must cut down.
+            own = {d: v for d, v in segment.items() if d.member == spec.recipient}
+            own_events = [e for e in q.events if e.member == spec.recipient]
+            base_sql = segment_sql(catalog, own, spec.recipient, own_events, times)
+            excluded_threshold = activation_threshold(q.epsilon, delta, c)
 
             def run(data: MatchedData) -> Outcome:
                 members = np.asarray(data.arrays(sql)["row_id"], dtype=np.int64)
-                (noisy,), scale = self._noise.release([clamp(len(members))], c, q.epsilon)
-                released = len(members) >= spec.min_size and noisy >= threshold
+                base = len(data.arrays(base_sql)["row_id"])
+                # Two cells of one partition of the base (in the segment; excluded by the others' conditions): one
+                # person's rows move at most c matched people in it, so both are drawn at the scale c / epsilon.
+                (noisy, noisy_excluded), scale = self._noise.release(
+                    [clamp(len(members)), clamp(base - len(members))], c, q.epsilon
+                )
+                released = len(members) >= spec.min_size and noisy >= threshold and noisy_excluded >= excluded_threshold
                 cell = (
                     Cell(("audience",), "audience_size", float(noisy), float(noise_math.error_95(scale)), False)
                     if released

@@ -1,9 +1,10 @@
-"""Appending to and reading the audit log in the server's database, anchored by signed heads kept outside it.
+"""Appending to and reading the audit chains in the server's database files, anchored by signed heads kept outside it.
 
 Invariants:
 - `append` runs inside the caller's transaction, the same one that changes the state it records, so an action and
   its entry commit together or not at all; if the entry cannot be written, the action fails and nothing is
-  released. Appends are serialized by the database's write lock, so sequences never fork.
+  released. Appends are serialized by the write lock of the chain's file (the collaboration's own,
+  or the catalogue's for the server's chain), so sequences never fork.
 - After each commit, the chain's signed head (collaboration, sequence, hash, Ed25519 signature) is written to
   `<heads_dir>/<sha256 of the collaboration>.json`, outside the database file. Verification checks the stored chain
   against it: entries cut from the end of the chain in the database (while the server was stopped) no longer reach
@@ -46,7 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cleanroom_client.transparency import leaf_data
 
 from ..errors import FailedPreconditionError
-from ..storage import Database
+from ..storage import Database, Store
 from ..storage.database import first
 from .chain import GENESIS, AuditEntry, SignedHead, VerifyResult, canonical_json, json_safe, verify_entries
 
@@ -159,10 +160,10 @@ def response_digest(response: object, key: bytes) -> str:
 
 
 class AuditLog:
-    """The chains in the database, signed with the server's key."""
+    """The chains, signed with the server's key: the server's own in the catalogue, each collaboration's in its file."""
 
-    def __init__(self, db: Database, key: Ed25519PrivateKey, heads_dir: Path) -> None:
-        self._db = db
+    def __init__(self, store: Store, key: Ed25519PrivateKey, heads_dir: Path) -> None:
+        self._store = store
         self._key = key
         self._heads = heads_dir
         heads_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -171,11 +172,16 @@ class AuditLog:
         #: Chains checked against their signed head in this run (`_anchor`).
         self._anchored: set[str] = set()
         self._anchor_lock = threading.Lock()
-        self._intact_lock = threading.Lock()
+        self._locks: dict[str, threading.RLock] = {}  # per chain: one chain's check never waits on another's
+        self._locks_lock = threading.Lock()
         raw = key.private_bytes(
             serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
         )
         self._digest_key = hashlib.sha256(b"cleanroom response digest v1\x00" + raw).digest()
+
+    def _file(self, collaboration_id: str) -> Database:
+        """The file holding a chain: the catalogue for the server's own, else the collaboration's."""
+        return self._store.catalog if collaboration_id == SERVER_CHAIN else self._store.of(collaboration_id)
 
     @property
     def public_key(self) -> Ed25519PublicKey:
@@ -214,7 +220,7 @@ class AuditLog:
         )
         digest = entry.compute_hash()
         signed = AuditEntry(**{**entry.__dict__, "hash": digest, "signature": self._key.sign(bytes.fromhex(digest))})
-        self._db.after_commit(lambda: self._committed(signed))
+        self._file(collaboration_id).after_commit(lambda: self._committed(signed))
         cur.execute(
             f"INSERT INTO audit_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
@@ -245,9 +251,9 @@ class AuditLog:
     def last_sequence(self, collaboration_id: str) -> int:
         """The chain's last sequence (0 when empty)."""
         row = first(
-            self._db.cursor().execute(
-                "SELECT coalesce(max(seq), 0) FROM audit_log WHERE collab = ?", [collaboration_id]
-            )
+            self._file(collaboration_id)
+            .cursor()
+            .execute("SELECT coalesce(max(seq), 0) FROM audit_log WHERE collab = ?", [collaboration_id])
         )
         return int(row[0]) if row else 0
 
@@ -258,7 +264,8 @@ class AuditLog:
         member's entry against the sibling hashes (it would need the server's signature of each guess).
         """
         rows = (
-            self._db.cursor()
+            self._file(collaboration_id)
+            .cursor()
             .execute(
                 "SELECT hash, signature FROM audit_log WHERE collab = ? AND seq > ? ORDER BY seq",
                 [collaboration_id, after],
@@ -271,12 +278,12 @@ class AuditLog:
         self, collaboration_id: str, principal: str, action: str, parameters: Mapping[str, Any], response: object = None
     ) -> AuditEntry:
         """Append in a transaction of its own (for refusals and server actions)."""
-        with self._db.transaction() as cur:
+        with self._file(collaboration_id).transaction() as cur:
             return self.append(cur, collaboration_id, principal, action, parameters, response=response)
 
     def entries(self, collaboration_id: str, after: int = 0, limit: int | None = None) -> Iterator[AuditEntry]:
         """One chain in order, from sequence `after + 1`, streamed in batches."""
-        cur = self._db.cursor()
+        cur = self._file(collaboration_id).cursor()
         batch = 1000 if limit is None else min(limit, 1000)
         seen = 0
         while limit is None or seen < limit:
@@ -306,7 +313,8 @@ class AuditLog:
             clauses.append("time < ?")
             params.append(flt.end_time)
         rows = (
-            self._db.cursor()
+            self._file(flt.collaboration)
+            .cursor()
             .execute(
                 f"SELECT {_COLUMNS} FROM audit_log WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?",
                 [*params, size + 1],
@@ -393,6 +401,19 @@ class AuditLog:
             return f"entry {head.sequence}, which the signed head names, was cut from its end or changed"
         return None
 
+    def _chain_lock(self, collaboration_id: str) -> threading.RLock:
+        with self._locks_lock:
+            return self._locks.setdefault(collaboration_id, threading.RLock())
+
+    def forget(self, collaboration_id: str) -> None:
+        """Drop what is known of a chain whose file was discarded before it was ever indexed (its head, its checks)."""
+        with self._chain_lock(collaboration_id):
+            self._intact.pop(collaboration_id, None)
+            self._broken.pop(collaboration_id, None)
+        with self._anchor_lock:
+            self._anchored.discard(collaboration_id)
+        self._head_path(collaboration_id).unlink(missing_ok=True)
+
     def _write_head(self, entry: AuditEntry) -> None:
         """Replace the chain's head file atomically (called after the entry's transaction committed)."""
         if entry.collaboration in self._broken:
@@ -417,9 +438,9 @@ class AuditLog:
     def head(self, collaboration_id: str) -> SignedHead | None:
         """A signed head naming the chain's current last entry (None for an empty chain): for exports and verifiers."""
         last = first(
-            self._db.cursor().execute(
-                "SELECT seq, hash FROM audit_log WHERE collab = ? ORDER BY seq DESC LIMIT 1", [collaboration_id]
-            )
+            self._file(collaboration_id)
+            .cursor()
+            .execute("SELECT seq, hash FROM audit_log WHERE collab = ? ORDER BY seq DESC LIMIT 1", [collaboration_id])
         )
         return self._sign_head(collaboration_id, int(last[0]), str(last[1])) if last else None
 
@@ -438,12 +459,14 @@ class AuditLog:
 
     def require_intact(self, collaboration_id: str) -> None:
         """FAILED_PRECONDITION unless the chain verifies (the budget fails closed); incremental within a run."""
-        with self._intact_lock:
+        with self._chain_lock(collaboration_id):
             if collaboration_id in self._broken:
                 raise FailedPreconditionError(self._broken[collaboration_id])
             cached = self._intact.get(collaboration_id)
             last = first(
-                self._db.cursor().execute(
+                self._file(collaboration_id)
+                .cursor()
+                .execute(
                     "SELECT seq, hash FROM audit_log WHERE collab = ? ORDER BY seq DESC LIMIT 1", [collaboration_id]
                 )
             )
@@ -460,13 +483,13 @@ class AuditLog:
             self._intact[collaboration_id] = now
 
     def _verify_from(self, collaboration_id: str, cached: tuple[int, str] | None) -> VerifyResult:
-        if cached is None:
+        if cached is None or cached[0] == 0:  # never checked, or checked while still empty
             return self.verify(collaboration_id)
         seq, hash_ = cached
         anchor = first(
-            self._db.cursor().execute(
-                "SELECT hash FROM audit_log WHERE collab = ? AND seq = ?", [collaboration_id, seq]
-            )
+            self._file(collaboration_id)
+            .cursor()
+            .execute("SELECT hash FROM audit_log WHERE collab = ? AND seq = ?", [collaboration_id, seq])
         )
         if anchor is None or anchor[0] != hash_:
             return VerifyResult(False, seq, seq, f"entry {seq}, verified earlier, has changed or gone")

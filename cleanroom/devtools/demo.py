@@ -247,7 +247,7 @@ def run_demo(
             elapsed = time.monotonic() - started
             console.print(_summary_table("the brand", brand_summary))
             console.print(_summary_table("the platform", platform_summary))
-            stats, total = match_stats(running.db.cursor(), collaboration.id)
+            stats, total = match_stats(running.store.of(collaboration.id).cursor(), collaboration.id)
             console.print(
                 f"operator's exact count: {total:,} matched people (truth {len(data.truth):,}) "
                 f"in {elapsed:.1f} s; by identifier: "

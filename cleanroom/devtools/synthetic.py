@@ -299,7 +299,7 @@ def load_direct(
     from ..matching.progress import UploadProgress, save_progress
     from ..matching.tables import register_table
 
-    with room.db.transaction() as cur:
+    with room.store.of(collaboration_id).transaction() as cur:
         for (member, name), table in tables.items():
             cur.register("t", table)
             register_table(cur, collaboration_id, member, name, "t", table.num_rows)

@@ -30,7 +30,7 @@ from cleanroom_client.protocol import ID_TYPE_CODES, POINT_SIZE
 from ..audit import AuditLog
 from ..collaborations import Collaboration, check_approved_revision
 from ..errors import FailedPreconditionError, InvalidArgumentError
-from ..storage import Database
+from ..storage import Store
 from ..storage.database import first
 from . import periods
 from .chain import Chain
@@ -181,12 +181,12 @@ def ensure_open(cur: duckdb.DuckDBPyConnection, collaboration_id: str, period: i
 
 
 class Relay:
-    """Relay state of all collaborations, in the server's database."""
+    """Relay state of all collaborations, each in its collaboration's file."""
 
     def __init__(
-        self, db: Database, audit: AuditLog, offer_chunk: int = OFFER_CHUNK, on_retire: Sequence[RetireHook] = ()
+        self, store: Store, audit: AuditLog, offer_chunk: int = OFFER_CHUNK, on_retire: Sequence[RetireHook] = ()
     ) -> None:
-        self._db = db
+        self._store = store
         self._audit = audit
         self.offer_chunk = offer_chunk
         #: Called in the transaction that completes a period, for data the relay does not own (released audiences):
@@ -229,7 +229,7 @@ class Relay:
         except InvalidArgumentError as exc:
             self._audit.record(collaboration.id, member, "refused", {"attempted": "upload.points", "reason": str(exc)})
             raise
-        with self._db.transaction() as cur:
+        with self._store.of(collaboration.id).transaction() as cur:
             check_approved_revision(cur, collaboration)
             ensure_open(cur, collaboration.id, period)
             if period:
@@ -404,7 +404,9 @@ class Relay:
     def offer_chunks(self, collaboration: Collaboration, member: str, period: int = 0, origin: str = "") -> int:
         """The chunks of `origin`'s offer at `member`'s hop; FailedPrecondition until the earlier hops are done."""
         origin = self._origin(collaboration, member, origin)
-        return self._chunks(self._require_ready(self._db.cursor(), collaboration, member, origin, period))
+        return self._chunks(
+            self._require_ready(self._store.of(collaboration.id).cursor(), collaboration, member, origin, period)
+        )
 
     def _chunks(self, size: int) -> int:
         """Chunks in an offer of `size` points; an empty offer still has one (empty) chunk to answer."""
@@ -419,7 +421,7 @@ class Relay:
         if not 0 <= chunk_index < total:
             raise InvalidArgumentError(f"chunk {chunk_index} is out of range; the offer has {total} chunks")
         start = chunk_index * self.offer_chunk
-        cur = self._db.cursor()
+        cur = self._store.of(collaboration.id).cursor()
         if self._chain_done(cur, collaboration, member, origin, period):
             raise FailedPreconditionError(
                 "you have already double-blinded the peer's points"
@@ -479,7 +481,7 @@ class Relay:
                 raise InvalidArgumentError(f"{what}: blinded_points must be {POINT_SIZE} bytes each")
             n = len(points) // POINT_SIZE
             _validate_hop_points(points, what)
-        with self._db.transaction() as cur:
+        with self._store.of(collaboration.id).transaction() as cur:
             check_approved_revision(cur, collaboration)
             ensure_open(cur, collaboration.id, period)
             size = self._require_ready(cur, collaboration, member, origin, period)
@@ -627,7 +629,7 @@ class Relay:
 
     def open_refresh(self, collaboration: Collaboration, member: str) -> int:
         """Open the next refresh period (or return the open one); FAILED_PRECONDITION before the match completes."""
-        with self._db.transaction() as cur:
+        with self._store.of(collaboration.id).transaction() as cur:
             check_approved_revision(cur, collaboration)
             when = matched_time(cur, collaboration.id)
             if when is None:
@@ -647,7 +649,7 @@ class Relay:
         points and tags, the keys they gave the new rows, the rows appended to tables, the staged retirements and
         the uploads' progress. Nothing of it was ever read by a query (a period is read only once complete).
         """
-        with self._db.transaction() as cur:
+        with self._store.of(collaboration.id).transaction() as cur:
             check_approved_revision(cur, collaboration)
             periods.require_open(cur, collaboration.id, period)
             self._discard(cur, collaboration, member, period, {"period": period})
@@ -692,7 +694,7 @@ class Relay:
             raise InvalidArgumentError(
                 f"the policy's refresh does not list {member}.users, so you may not retire users"
             )
-        with self._db.transaction() as cur:
+        with self._store.of(collaboration.id).transaction() as cur:
             check_approved_revision(cur, collaboration)
             if period == 0:
                 return self._retire_now(cur, collaboration, member, row_ids)
@@ -753,7 +755,7 @@ class Relay:
 
     def status(self, collaboration: Collaboration, member: str, period: int | None = None) -> MatchStatus:
         """The match (period 0) or a refresh period as `member` may see it; by default the current period."""
-        cur = self._db.cursor()
+        cur = self._store.of(collaboration.id).cursor()
         chain = Chain(collaboration.policy.chain)
         current = periods.current_period(cur, collaboration.id)
         period = current if period is None else period

@@ -25,7 +25,7 @@ from cleanroom_client.policy import TableSpec
 from ..audit import AuditLog
 from ..collaborations import Collaboration, check_approved_revision
 from ..errors import FailedPreconditionError, InternalError, InvalidArgumentError
-from ..storage import Database
+from ..storage import Store
 from ..storage.database import first, quote_ident
 from . import periods
 from .ipc import IpcLayoutError, declared_size
@@ -222,8 +222,8 @@ def _check_rows(table: pa.Table, rows: int | None, what: str, first: int = 0) ->
 class TableUploads:
     """Chunked, resumable uploads of the members' tables."""
 
-    def __init__(self, db: Database, audit: AuditLog) -> None:
-        self._db = db
+    def __init__(self, store: Store, audit: AuditLog) -> None:
+        self._store = store
         self._audit = audit
 
     def upload_chunk(
@@ -264,7 +264,7 @@ class TableUploads:
             raise
         kind = f"{TABLE_KIND}{table}"
         stage = quote_ident(physical_name(collaboration.id, member, table, staged=True))
-        with self._db.transaction() as cur:
+        with self._store.of(collaboration.id).transaction() as cur:
             check_approved_revision(cur, collaboration)
             if period:
                 self._check_refresh(cur, collaboration.id, member, table, period, data, what)

@@ -6,10 +6,11 @@ Invariants:
 - Amounts are counted in integer units (`EPSILON_UNIT`, `DELTA_UNIT`): each float is read as its shortest decimal
   form (`repr`, what the member typed and the audit log shows), divided by the unit exactly (decimal arithmetic), a
   charge rounded *up* to a whole unit and a total *down*; reserving checks spent + reserved + asked <= total in
-  integers, under the database's write lock. So spends that sum to the cap exactly are all admitted, anything more
-  is refused, and concurrent queries cannot overspend together. The one tolerance: a float's decimal form differs
-  from its binary value (which the noise is calibrated with) by less than 2^-53 of it, so a charge may fall short
-  of the binary amount by at most that relative hair (about 1.1e-16 of the amount), never by a unit.
+  integers, under the write lock of the collaboration's file. So spends that sum to the cap exactly are all
+  admitted, anything more is refused, and concurrent queries cannot overspend together. The one tolerance: a
+  float's decimal form differs from its binary value (which the noise is calibrated with) by less than 2^-53 of it,
+  so a charge may fall short of the binary amount by at most that relative hair (about 1.1e-16 of the amount),
+  never by a unit.
 - One release may charge several members (an audience is charged to its requester and to its recipient): each
   charged member must have room, or nothing is reserved.
 - The debit is written in the same transaction that drops the reservation: the query's entry for the requester,
@@ -17,8 +18,10 @@ Invariants:
 - The budget fails closed: when the collaboration's audit chain does not verify (an entry altered, entries cut
   from its end, its signed head missing), nothing can be reserved and the status is refused.
 - A query whose data was read is always charged: `charge_failure` debits the whole reservation of a query that
-  failed after reserving. Reservations still open at start-up belong to queries the server stopped in the middle
-  of (a crash, a kill): they are charged too, as `query.interrupted`, since their data may have been read.
+  failed after reserving. Reservations still open when a collaboration's file is first opened in a run belong to
+  queries the server stopped in the middle of (a crash, a kill, a stop that interrupted them): they are charged
+  too, as `query.interrupted` (`charge_interrupted`, run before anything else may use the file), since their data
+  may have been read.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import duckdb
 from ..audit import AuditEntry, AuditLog
 from ..audit.chain import canonical_json
 from ..errors import BudgetShortfall, InvalidArgumentError, ResourceExhaustedError
-from ..storage import Database
+from ..storage import Database, Store
 from ..storage.database import first
 
 #: The ledger's units: epsilon in billionths, delta in 1e-18.
@@ -135,10 +138,9 @@ class BudgetStatus:
 class BudgetAccountant:
     """Reserve, debit and (before any data was read) release budget."""
 
-    def __init__(self, db: Database, audit: AuditLog) -> None:
-        self._db = db
+    def __init__(self, store: Store, audit: AuditLog) -> None:
+        self._store = store
         self._audit = audit
-        self._charge_interrupted()
 
     # -- reading --------------------------------------------------------------------------------------------------
     def _units(
@@ -158,7 +160,9 @@ class BudgetAccountant:
     def status(self, collaboration_id: str, member: str, limits: Limits) -> BudgetStatus:
         """Spent (from the audit log) and reserved budget of a member; FAILED_PRECONDITION if the log is broken."""
         self._audit.require_intact(collaboration_id)
-        eps, dlt, eps_held, dlt_held = self._units(self._db.cursor(), collaboration_id, member, limits.since_sequence)
+        eps, dlt, eps_held, dlt_held = self._units(
+            self._store.of(collaboration_id).cursor(), collaboration_id, member, limits.since_sequence
+        )
         return BudgetStatus(
             member,
             limits.epsilon_total,
@@ -186,7 +190,7 @@ class BudgetAccountant:
         eps_cap = total_units(limits.epsilon_total, EPSILON_UNIT)
         dlt_cap = total_units(limits.delta_total, DELTA_UNIT)
         reservation = Reservation(secrets.token_hex(8), collaboration_id, tuple(charges))
-        with self._db.transaction() as cur:
+        with self._store.of(collaboration_id).transaction() as cur:
             for charge in charges:
                 eps, dlt, eps_held, dlt_held = self._units(cur, collaboration_id, charge.member, limits.since_sequence)
                 ask_eps, ask_dlt = charge.units
@@ -231,71 +235,78 @@ class BudgetAccountant:
 
         `also` writes what the query releases (an audience) in the same transaction. Returns the requester's entry.
         """
-        with self._db.transaction() as cur:
+        with self._store.of(reservation.collaboration).transaction() as cur:
             cur.execute("DELETE FROM budget_reservations WHERE id = ?", [reservation.id])
             if also is not None:
                 also(cur)
-            return self._debit(cur, reservation, action, parameters, response)
+            return _debit(self._audit, cur, reservation, action, parameters, response)
 
     def charge_failure(self, reservation: Reservation, action: str, parameters: Mapping[str, Any]) -> AuditEntry:
         """Debit the whole reservation of a query that failed after reserving (its data may have been read)."""
-        with self._db.transaction() as cur:
+        with self._store.of(reservation.collaboration).transaction() as cur:
             cur.execute("DELETE FROM budget_reservations WHERE id = ?", [reservation.id])
-            return self._debit(cur, reservation, action, parameters, None)
+            return _debit(self._audit, cur, reservation, action, parameters, None)
 
     def release(self, reservation: Reservation) -> None:
         """Drop a reservation whose query read no data and released nothing."""
-        with self._db.transaction() as cur:
+        with self._store.of(reservation.collaboration).transaction() as cur:
             cur.execute("DELETE FROM budget_reservations WHERE id = ?", [reservation.id])
 
-    def _debit(
-        self,
-        cur: duckdb.DuckDBPyConnection,
-        reservation: Reservation,
-        action: str,
-        parameters: Mapping[str, Any],
-        response: object,
-    ) -> AuditEntry:
-        entries = []
-        for i, charge in enumerate(reservation.charges):
-            eps_units, dlt_units = charge.units
-            if i == 0:
-                entries.append(
-                    self._audit.append(
-                        cur,
-                        reservation.collaboration,
-                        charge.member,
-                        action,
-                        parameters,
-                        epsilon=eps_units * EPSILON_UNIT,
-                        delta=dlt_units * DELTA_UNIT,
-                        response=response,
-                    )
-                )
-            else:
-                self._audit.append(
+
+def _debit(
+    audit: AuditLog,
+    cur: duckdb.DuckDBPyConnection,
+    reservation: Reservation,
+    action: str,
+    parameters: Mapping[str, Any],
+    response: object,
+) -> AuditEntry:
+    """Append a reservation's debit in `cur`'s transaction: the requester's entry, a `budget.charge` for the others."""
+    entries = []
+    for i, charge in enumerate(reservation.charges):
+        eps_units, dlt_units = charge.units
+        if i == 0:
+            entries.append(
+                audit.append(
                     cur,
                     reservation.collaboration,
                     charge.member,
-                    "budget.charge",
-                    {"for": action, "requester": reservation.requester, "sequence": entries[0].sequence},
+                    action,
+                    parameters,
                     epsilon=eps_units * EPSILON_UNIT,
                     delta=dlt_units * DELTA_UNIT,
+                    response=response,
                 )
-        return entries[0]
+            )
+        else:
+            audit.append(
+                cur,
+                reservation.collaboration,
+                charge.member,
+                "budget.charge",
+                {"for": action, "requester": reservation.requester, "sequence": entries[0].sequence},
+                epsilon=eps_units * EPSILON_UNIT,
+                delta=dlt_units * DELTA_UNIT,
+            )
+    return entries[0]
 
-    def _charge_interrupted(self) -> None:
-        """Charge every reservation left open by a stop in the middle of a query (see the module docstring)."""
-        with self._db.transaction() as cur:
-            rows = cur.execute(
-                "SELECT id, collab, member, epsilon, delta, query, parameters_json FROM budget_reservations"
-                " ORDER BY id, rowid"
-            ).fetchall()
-            by_id: dict[str, list[tuple[Any, ...]]] = {}
-            for row in rows:
-                by_id.setdefault(row[0], []).append(row)
-            for rid, group in by_id.items():
-                reservation = Reservation(rid, group[0][1], tuple(Charge(r[2], r[3], r[4]) for r in group))
-                params = {**json.loads(group[0][6]), "query": group[0][5]}
-                self._debit(cur, reservation, "query.interrupted", params, None)
-            cur.execute("DELETE FROM budget_reservations")
+
+def charge_interrupted(audit: AuditLog, collaboration_id: str, db: Database) -> None:
+    """Charge every reservation a stop left open in a collaboration's file (see the module docstring).
+
+    A `Store.on_open` hook: it runs when the file is first opened in a run, before any query can reserve there, so
+    every reservation it finds belongs to an earlier run.
+    """
+    with db.transaction() as cur:
+        rows = cur.execute(
+            "SELECT id, collab, member, epsilon, delta, query, parameters_json FROM budget_reservations"
+            " ORDER BY id, rowid"
+        ).fetchall()
+        by_id: dict[str, list[tuple[Any, ...]]] = {}
+        for row in rows:
+            by_id.setdefault(row[0], []).append(row)
+        for rid, group in by_id.items():
+            reservation = Reservation(rid, group[0][1], tuple(Charge(r[2], r[3], r[4]) for r in group))
+            params = {**json.loads(group[0][6]), "query": group[0][5]}
+            _debit(audit, cur, reservation, "query.interrupted", params, None)
+        cur.execute("DELETE FROM budget_reservations")

@@ -10,7 +10,7 @@ from cleanroom_client.protocol import admin_pb2_grpc as pb_grpc
 from ..collaborations import parse_name, require_exists
 from ..errors import InvalidArgumentError
 from ..principals import Principals, Role
-from ..storage import Database
+from ..storage import Store
 
 _ROLES = {pb.ROLE_MEMBER: Role.MEMBER, pb.ROLE_AUDITOR: Role.AUDITOR}
 
@@ -18,8 +18,8 @@ _ROLES = {pb.ROLE_MEMBER: Role.MEMBER, pb.ROLE_AUDITOR: Role.AUDITOR}
 class AdminServicer(pb_grpc.AdminServiceServicer):
     """Thin adapter over `Principals` and the match statistics."""
 
-    def __init__(self, db: Database, principals: Principals) -> None:
-        self._db = db
+    def __init__(self, store: Store, principals: Principals) -> None:
+        self._store = store
         self._principals = principals
 
     def AddPrincipal(self, request: pb.AddPrincipalRequest, context: grpc.ServicerContext) -> pb.AddPrincipalResponse:
@@ -53,10 +53,9 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         """Exact counts."""
         from ..matching import match_stats  # here: the matching package is heavy and other commands never need it
 
-        cur = self._db.cursor()
         collaboration_id = parse_name(request.collaboration)
-        require_exists(cur, collaboration_id)
-        stats, total = match_stats(cur, collaboration_id)
+        require_exists(self._store.catalog.cursor(), collaboration_id)
+        stats, total = match_stats(self._store.of(collaboration_id).cursor(), collaboration_id)
         return pb.GetMatchStatsResponse(
             identifier_types=[
                 pb.IdentifierMatchStats(identifier_type=s.id_type.value, shared_keys=s.shared_keys, pairs=s.pairs)

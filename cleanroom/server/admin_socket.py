@@ -32,7 +32,7 @@ def serve_admin(room: Room, path: Path) -> grpc.Server:
     """
     path.unlink(missing_ok=True)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), interceptors=[ErrorMappingInterceptor()])
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(room.db, room.principals), server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(room.store, room.principals), server)
     old = os.umask(0o177)
     try:
         server.add_insecure_port(f"unix:{path}")

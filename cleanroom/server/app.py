@@ -38,7 +38,7 @@ from ..analytics.audiences import Audiences
 from ..collaborations import Collaborations
 from ..errors import InvalidArgumentError, UnauthenticatedError
 from ..room import Room
-from ..storage import Database, StorageLimits
+from ..storage import StorageLimits, Store
 from .admin_socket import ADMIN_SOCKET, serve_admin
 from .analytics_servicer import AnalyticsServicer
 from .audit_servicer import AuditServicer
@@ -110,6 +110,14 @@ def unary_reserve(max_workers: int) -> int:
     return max(2, max_workers // 4)
 
 
+#: Seconds `RunningServer.stop` waits, after the grace period and the interrupt, for the files to close.
+STOP_TIMEOUT = 5.0
+#: SIGTERM's promise: `cleanroom serve` has exited this many seconds after the signal, whatever was running
+#: (1 s grace for calls in flight + the interrupt + at most `STOP_TIMEOUT` to close; past it, the process exits
+#: anyway, and what was committed replays from the write-ahead logs at the next start).
+STOP_DEADLINE = 10.0
+
+
 @dataclass
 class RunningServer:
     """A started server: the public gRPC server and port, the operator's socket server, and the room."""
@@ -121,16 +129,25 @@ class RunningServer:
     watchdog: Watchdog
 
     @property
-    def db(self) -> Database:
-        """The room's database."""
-        return self.room.db
+    def store(self) -> Store:
+        """The room's files: the catalogue and the collaborations'."""
+        return self.room.store
 
-    def stop(self, grace: float | None = 1.0) -> None:
-        """Stop serving, then close the database."""
-        self.server.stop(grace).wait()
+    def stop(self, grace: float | None = 1.0, timeout: float = STOP_TIMEOUT) -> bool:
+        """Stop serving and close the files, within `grace` + `timeout` seconds whatever is running.
+
+        New calls are refused at once; calls in flight have `grace` seconds to finish; then every running statement
+        is interrupted (its transaction rolls back; a query whose data was read is charged at the next open) and
+        the files are checkpointed and closed, waiting at most `timeout` for handlers to let go. Returns False when
+        a file stayed open (a handler busy outside the database): the caller exits anyway, and what was committed
+        replays from the write-ahead log at the next start.
+        """
+        stopped = self.server.stop(grace)
+        stopped.wait(grace)
         self.watchdog.close()
-        self.admin.stop(None).wait()
-        self.room.close()
+        self.room.interrupt()
+        self.admin.stop(None)
+        return self.room.close(timeout)
 
 
 def _service_names() -> list[str]:
@@ -173,12 +190,13 @@ def create_server(config: ServerConfig) -> RunningServer:
         total_streams,
         config.streams_per_collaboration or collaboration_share(total_streams),
     )
-    watchdog = Watchdog()
+    rates = RateLimiter()
+    watchdog = Watchdog(on_cut=rates.refused)
     front_door = FrontDoorInterceptor(
         auth,
         certificates=config.tls is not None and config.tls.client_ca is not None,
         streams=streams,
-        rates=RateLimiter(),
+        rates=rates,
         watchdog=watchdog,
         request_timeout=config.request_timeout,
         idle_timeout=config.stream_idle_timeout,
@@ -210,7 +228,7 @@ def create_server(config: ServerConfig) -> RunningServer:
         MatchingServicer(collaborations, room.relay, room.tables, auth, streams), server
     )
     analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(
-        AnalyticsServicer(room.queries, collaborations, Audiences(room.db, room.audit), auth), server
+        AnalyticsServicer(room.queries, collaborations, Audiences(room.store, room.audit), auth), server
     )
     audit_pb2_grpc.add_AuditServiceServicer_to_server(
         AuditServicer(room.audit, collaborations, auth, streams, room.trees), server

@@ -28,6 +28,7 @@ from ..errors import (
     QueryFailedError,
     ResourceExhaustedError,
     UnauthenticatedError,
+    UnavailableError,
 )
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ STATUS: dict[type[CleanroomError], grpc.StatusCode] = {
     UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
     ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     QueryFailedError: grpc.StatusCode.ABORTED,
+    UnavailableError: grpc.StatusCode.UNAVAILABLE,
 }
 
 

@@ -10,6 +10,14 @@ Guarantees, for every RPC of every service (the clean room's, health, reflection
   request: a refused call never reads it, and an authenticated unary call waits for it under watch. One that does
   not arrive within `request_timeout` cancels the call (a half-open call), and a principal's half-open calls
   beyond `HALF_OPEN_PER_PRINCIPAL` are cancelled at once, so a member holds at most that many workers waiting.
+  While a principal has that many unary calls half-open, its next unary calls are refused (RESOURCE_EXHAUSTED)
+  before they wait at all: fresh half-open calls, opened as fast as the old ones are cut, hold no worker either.
+  A request stream waiting for its first message counts as half-open too (its deadline is `idle_timeout`: a
+  client may compute its first chunk after opening the stream), so streams that never say what they are for
+  cannot pile up either.
+- Every call the watchdog cuts counts as one of its principal's refused calls (`rates.py`), like every call
+  answered with a refusal (`REFUSALS`): a principal that keeps opening calls only to have them cut, or keeps
+  asking for what is refused, is soon refused at the door, before it waits for anything.
 - Every stream is cut (CANCELLED) after `idle_timeout` seconds in which the client moved no message: an upload
   whose client went quiet, a download (FetchPeerPoints, exports, audiences) whose client stopped reading. The
   server's own work between two responses does not count; a built-in stream (health Watch, reflection) is cut
@@ -30,6 +38,7 @@ callers are bounded by the stream limits, the half-open rule, the timeouts above
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,10 +47,20 @@ from typing import Any
 
 import grpc
 
-from ..errors import InvalidArgumentError, NotFoundError, PermissionDeniedError, UnauthenticatedError
+from ..errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+)
 from ..principals import Principal
 from .auth import SERVER_SERVICES, StreamLimiter, TokenOrCertificateAuthenticator, no_credentials
 from .rates import RateLimiter
+
+log = logging.getLogger(__name__)
 
 #: Methods of the server's own services (health, reflection) start with this.
 BUILT_IN_PREFIX = "/grpc."
@@ -52,15 +71,30 @@ WATCH_TICK = 0.1
 #: half-open call ever waits that long.
 HALF_OPEN_PER_PRINCIPAL = 2
 HALF_OPEN_GRACE = 0.5
-#: Outcomes that count against a principal's refusals (each one wrote an audit entry).
-REFUSALS = (PermissionDeniedError, NotFoundError)
+#: Outcomes that count against a principal's refusals: every refusal past the door (most of them write an audit
+#: entry: the edge's INVALID_ARGUMENT, the domain's PERMISSION_DENIED and NOT_FOUND, a query refused for its
+#: arguments, its state or the budget). An outcome after data was read (ABORTED) is charged, not refused.
+REFUSALS = (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+)
 
 
 class Watch:
     """One call's deadline for its next message, either way; `kick` moves it, `stop` ends the watch."""
 
     def __init__(
-        self, watchdog: Watchdog, context: grpc.ServicerContext, timeout: float, principal: str, waiting: bool
+        self,
+        watchdog: Watchdog,
+        context: grpc.ServicerContext,
+        timeout: float,
+        principal: str,
+        waiting: bool,
+        unary: bool,
     ) -> None:
         self._watchdog = watchdog
         self.context = context
@@ -69,6 +103,12 @@ class Watch:
         self.deadline = now + timeout
         #: When the call began to wait for its (unary) request message; None once it came.
         self.waiting_since: float | None = now if waiting else None
+        #: A unary call's message comes with its headers; a stream's first may come later (computed after opening).
+        self.unary = unary
+
+    def half_open(self, now: float) -> bool:
+        """Still waiting for its request message `HALF_OPEN_GRACE` after its headers, and not yet cut."""
+        return self.waiting_since is not None and now - self.waiting_since >= HALF_OPEN_GRACE and self.deadline > now
 
     def received(self) -> None:
         """The request message came: the call is no longer half-open."""
@@ -91,10 +131,11 @@ class Watchdog:
     """One thread that cancels every watched call whose deadline has passed.
 
     One thread for all calls (rather than a timer per call or per message) keeps a flood of calls from costing
-    threads of its own.
+    threads of its own. `on_cut` is told the principal of every call it cuts (the server counts it as a refusal).
     """
 
-    def __init__(self, tick: float = WATCH_TICK) -> None:
+    def __init__(self, tick: float = WATCH_TICK, on_cut: Callable[[str], None] | None = None) -> None:
+        self._on_cut = on_cut
         self._watches: set[Watch] = set()
         self._lock = threading.Lock()
         self._stopped = threading.Event()
@@ -102,15 +143,38 @@ class Watchdog:
         self._thread = threading.Thread(target=self._run, name="cleanroom-watchdog", daemon=True)
         self._thread.start()
 
-    def watch(self, context: grpc.ServicerContext, timeout: float, principal: str, waiting: bool = False) -> Watch:
+    def watch(
+        self,
+        context: grpc.ServicerContext,
+        timeout: float,
+        principal: str,
+        waiting: bool = False,
+        unary: bool = False,
+    ) -> Watch:
         """Cancel the call of `context` unless it is kicked within `timeout` seconds.
 
-        `waiting`: the call waits for its one request message, and counts as half-open (see
-        `HALF_OPEN_PER_PRINCIPAL`) until `Watch.received`.
+        `waiting`: the call waits for its request message (`unary`: its one message), and counts as half-open (see
+        `HALF_OPEN_PER_PRINCIPAL`) until `Watch.received`. ResourceExhaustedError, before anything is watched, for a
+        unary call of a principal that already has `HALF_OPEN_PER_PRINCIPAL` unary calls half-open.
         """
-        watch = Watch(self, context, timeout, principal, waiting)
+        watch = Watch(self, context, timeout, principal, waiting, unary)
         with self._lock:
-            self._watches.add(watch)
+            now = time.monotonic()
+            refused = (
+                waiting
+                and unary
+                and sum(1 for w in self._watches if w.unary and w.principal == principal and w.half_open(now))
+                >= HALF_OPEN_PER_PRINCIPAL
+            )
+            if not refused:
+                self._watches.add(watch)
+        if refused:
+            if self._on_cut is not None:
+                self._on_cut(principal)
+            raise ResourceExhaustedError(
+                f"you ({principal}) have {HALF_OPEN_PER_PRINCIPAL} calls that sent their headers and no message "
+                f"for {HALF_OPEN_GRACE:g} s; send their requests or cancel them first"
+            )
         return watch
 
     def forget(self, watch: Watch) -> None:
@@ -126,7 +190,7 @@ class Watchdog:
     def _half_open_beyond_limit(self, now: float) -> list[Watch]:
         half_open: dict[str, list[Watch]] = {}
         for w in self._watches:
-            if w.waiting_since is not None and now - w.waiting_since >= HALF_OPEN_GRACE and w.deadline > now:
+            if w.half_open(now):
                 half_open.setdefault(w.principal, []).append(w)
         beyond: list[Watch] = []
         for calls in half_open.values():
@@ -142,7 +206,12 @@ class Watchdog:
                 late += self._half_open_beyond_limit(now)
                 self._watches.difference_update(late)
             for watch in late:
-                watch.context.cancel()
+                try:
+                    watch.context.cancel()
+                    if self._on_cut is not None:
+                        self._on_cut(watch.principal)
+                except Exception:  # the one thread that cuts calls must outlive any one call
+                    log.exception("the watchdog could not cut a call of %s", watch.principal)
 
 
 def _handler(
@@ -218,9 +287,9 @@ class FrontDoorInterceptor(grpc.ServerInterceptor):
             principal = self._auth.principal(context)  # a certificate's principal, or a token revoked meanwhile
             self._rates.admit(principal.name, method)
             if streams_in:
-                watch = self._watchdog.watch(context, self._idle, principal.name)
+                watch = self._watchdog.watch(context, self._idle, principal.name, waiting=True)
                 return principal, watch, self._watched(requests, watch, streams_out)
-            watch = self._watchdog.watch(context, self._request_timeout, principal.name, waiting=True)
+            watch = self._watchdog.watch(context, self._request_timeout, principal.name, waiting=True, unary=True)
             request = next(requests, None)
             watch.received()
             if request is None:
@@ -265,6 +334,7 @@ class FrontDoorInterceptor(grpc.ServerInterceptor):
 
     def _watched(self, requests: Iterator[Any], watch: Watch, streams_out: bool) -> Iterator[Any]:
         for request in requests:  # the client's turn: the watch runs
+            watch.received()  # no longer half-open once a message came
             watch.pause()  # the server's turn: storing a chunk is not the client's idleness
             yield request
             watch.kick(self._idle)

@@ -1,5 +1,6 @@
-"""Persistence: one DuckDB file per data directory."""
+"""Persistence: a data directory's catalogue and one DuckDB file per collaboration (see `store`)."""
 
 from .database import Database, StorageLimits
+from .store import LegacyLayoutError, Store
 
-__all__ = ["Database", "StorageLimits"]
+__all__ = ["Database", "LegacyLayoutError", "StorageLimits", "Store"]

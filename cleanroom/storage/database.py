@@ -1,23 +1,31 @@
-"""The server's single DuckDB file: schema, connections and the write lock.
+"""One DuckDB file: its schema, its connections, its write lock, and stopping it on demand.
 
-Everything durable lives in `<data_dir>/cleanroom.duckdb`: collaborations, approvals, upload progress, relay state,
-doubly blinded keys, the join and the members' uploaded tables. Only the server's user may read any of it: the
-directory is kept at 0700, the file and its write-ahead log at 0600. A write that spans several statements runs in one
-transaction (`Database.transaction`), so a crash (even `kill -9`) leaves either all of it or none of it: a
-half-finished upload is never visible as finished.
+A data directory holds several of these files (`cleanroom.storage.store` says which and why): a small catalogue and
+one file per collaboration. Each `Database` is one DuckDB instance with its own buffer pool, write-ahead log and
+write lock, so nothing one file does (a long statement, a checkpoint, a held lock) waits on, or makes wait,
+another file's work. Only the server's user may read any of it: files and write-ahead logs are kept at 0600. A
+write that spans several statements runs in one transaction (`Database.transaction`), so a crash (even `kill -9`)
+leaves either all of it or none of it: a half-finished upload is never visible as finished.
 
-DuckDB allows one writer at a time; writers take `write_lock` so concurrent RPCs queue instead of conflicting.
-Readers use their own cursor and see the last committed state.
+DuckDB allows one writer at a time per file; writers take the file's `write_lock` so concurrent RPCs on the same
+file queue instead of conflicting. Readers use their own cursor and see the last committed state.
+
+Stopping: every cursor a `Database` hands out is remembered (weakly), so `interrupt` can cancel whatever statement
+is running on the file; after `interrupt` the file refuses new work (UnavailableError), the interrupted
+transaction rolls back, and `close` checkpoints what was committed.
 
 Memory: `StorageLimits` caps what DuckDB may hold in memory (`memory_limit`) and names the directory it spills to
 when a join, sort or aggregate needs more (`temp_directory`); with both set, the 100M x 100M join runs within the
-cap (benchmarks/bench_join.py). DuckDB's own defaults are 80% of RAM and `<database file>.tmp`.
+cap (benchmarks/bench_join.py). The cap is per open file (each is its own DuckDB instance). DuckDB's own
+defaults are 80% of RAM and `<database file>.tmp`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,13 +34,72 @@ from typing import Any
 
 import duckdb
 
-DB_FILE = "cleanroom.duckdb"
+from ..errors import UnavailableError
+
 #: The data directory: only the server's user may list or enter it (it holds tags, tables, the log, token hashes).
 DATA_DIR_MODE = 0o700
 #: The database file and its write-ahead log: only the server's user may read them.
 DB_FILE_MODE = 0o600
 
-_SCHEMA = """
+#: Both kinds of file keep auditor assignments (the catalogue as an index for listing) and an audit chain.
+_AUDITORS = """
+CREATE TABLE IF NOT EXISTS auditors (
+    auditor VARCHAR NOT NULL,
+    collab VARCHAR NOT NULL
+);
+"""
+_AUDIT_LOG = """
+-- An audit chain (collab: the collaboration, '' for the server's own chain); time is the exact ISO text hashed.
+CREATE TABLE IF NOT EXISTS audit_log (
+    collab VARCHAR NOT NULL,
+    seq BIGINT NOT NULL,
+    time VARCHAR NOT NULL,
+    principal VARCHAR NOT NULL,
+    action VARCHAR NOT NULL,
+    params_json VARCHAR NOT NULL,
+    epsilon DOUBLE NOT NULL,
+    response_sha256 VARCHAR NOT NULL,
+    prev_hash VARCHAR NOT NULL,
+    hash VARCHAR NOT NULL,
+    signature BLOB NOT NULL,
+    delta DOUBLE NOT NULL DEFAULT 0
+);
+"""
+
+#: The catalogue: who may call, which collaborations exist and who is in them, and the server's own audit chain.
+CATALOG_SCHEMA = (
+    """
+-- Who may call: token_hash is SHA-256 of the bearer token; revoked is set once revoked.
+CREATE TABLE IF NOT EXISTS principals (
+    name VARCHAR NOT NULL,
+    role VARCHAR NOT NULL,
+    token_hash VARCHAR NOT NULL,
+    created TIMESTAMP NOT NULL,
+    revoked TIMESTAMP
+);
+-- The index of collaborations (their policy and approvals live in each collaboration's own file), kept in step
+-- after each commit there; proposer and awaiting serve the limit on pending proposals.
+CREATE TABLE IF NOT EXISTS collaboration_index (
+    id VARCHAR PRIMARY KEY,
+    create_time TIMESTAMP NOT NULL,  -- UTC
+    proposer VARCHAR NOT NULL,
+    awaiting BOOLEAN NOT NULL  -- some member has not approved the current revision
+);
+-- The members of each collaboration (fixed when it is created).
+CREATE TABLE IF NOT EXISTS memberships (
+    collab VARCHAR NOT NULL,
+    member VARCHAR NOT NULL
+);
+-- The index of auditor assignments (the assignment itself, and its audit entry, is in the collaboration's file).
+"""
+    + _AUDITORS
+    + _AUDIT_LOG
+)
+
+#: One collaboration's file: its policy and approvals, uploads, relay state, tags, the join, the members' tables,
+#: the budget's reservations, released audiences and its audit chain (the budget's ledger).
+COLLABORATION_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS collaborations (
     id VARCHAR PRIMARY KEY,
     display_name VARCHAR NOT NULL,
@@ -150,33 +217,6 @@ CREATE TABLE IF NOT EXISTS data_tables (
     physical VARCHAR NOT NULL,
     rows BIGINT NOT NULL
 );
--- Who may call: token_hash is SHA-256 of the bearer token; revoked is set once revoked.
-CREATE TABLE IF NOT EXISTS principals (
-    name VARCHAR NOT NULL,
-    role VARCHAR NOT NULL,
-    token_hash VARCHAR NOT NULL,
-    created TIMESTAMP NOT NULL,
-    revoked TIMESTAMP
-);
-CREATE TABLE IF NOT EXISTS auditors (
-    auditor VARCHAR NOT NULL,
-    collab VARCHAR NOT NULL
-);
--- The audit chains; collab '' is the server's own chain. time is kept as the exact ISO text that was hashed.
-CREATE TABLE IF NOT EXISTS audit_log (
-    collab VARCHAR NOT NULL,
-    seq BIGINT NOT NULL,
-    time VARCHAR NOT NULL,
-    principal VARCHAR NOT NULL,
-    action VARCHAR NOT NULL,
-    params_json VARCHAR NOT NULL,
-    epsilon DOUBLE NOT NULL,
-    response_sha256 VARCHAR NOT NULL,
-    prev_hash VARCHAR NOT NULL,
-    hash VARCHAR NOT NULL,
-    signature BLOB NOT NULL,
-    delta DOUBLE NOT NULL DEFAULT 0
-);
 -- Budget held by queries in flight, per charged member (spent budget is the sum over the audit log).
 CREATE TABLE IF NOT EXISTS budget_reservations (
     id VARCHAR NOT NULL,
@@ -202,21 +242,16 @@ CREATE TABLE IF NOT EXISTS audience_members (
     audience VARCHAR NOT NULL,
     row_id BIGINT NOT NULL
 );
+"""
+    + _AUDITORS
+    + _AUDIT_LOG
+    + """
 CREATE TABLE IF NOT EXISTS match_results (
     collab VARCHAR PRIMARY KEY,
     matched_time TIMESTAMP NOT NULL
 );
 """
-
-#: Columns added after a table's first release, for data directories created before them.
-_MIGRATIONS = """
-ALTER TABLE uploads ADD COLUMN IF NOT EXISTS period BIGINT DEFAULT 0;
-ALTER TABLE row_counts ADD COLUMN IF NOT EXISTS period BIGINT DEFAULT 0;
-ALTER TABLE periods ADD COLUMN IF NOT EXISTS renews BOOLEAN DEFAULT true;
-ALTER TABLE periods ADD COLUMN IF NOT EXISTS retire_only BOOLEAN DEFAULT false;
-ALTER TABLE matches ADD COLUMN IF NOT EXISTS period_from BIGINT DEFAULT 0;
-ALTER TABLE matches ADD COLUMN IF NOT EXISTS period_to BIGINT;
-"""
+)
 
 
 def in_memory() -> duckdb.DuckDBPyConnection:
@@ -226,8 +261,7 @@ def in_memory() -> duckdb.DuckDBPyConnection:
     that no second statement of a rule is needed.
     """
     con = duckdb.connect()
-    con.execute(_SCHEMA)
-    con.execute(_MIGRATIONS)
+    con.execute(COLLABORATION_SCHEMA)
     return con
 
 
@@ -262,21 +296,22 @@ class StorageLimits:
 
 
 class Database:
-    """The DuckDB file of a data directory, created with its schema on first open."""
+    """One DuckDB file, created with `schema` on first open (the directory must exist)."""
 
-    def __init__(self, data_dir: Path, limits: StorageLimits | None = None) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True, mode=DATA_DIR_MODE)
-        os.chmod(data_dir, DATA_DIR_MODE)  # also an existing directory made before this rule
-        self.path = data_dir / DB_FILE
+    def __init__(self, path: Path, schema: str, limits: StorageLimits | None = None) -> None:
+        self.path = path
         self.limits = limits or StorageLimits()
         if self.limits.temp_directory is not None:
-            self.limits.temp_directory.mkdir(parents=True, exist_ok=True)
+            self.limits.temp_directory.mkdir(parents=True, exist_ok=True, mode=DATA_DIR_MODE)
         self._con = duckdb.connect(str(self.path), config=self.limits.config())
         self.write_lock = threading.RLock()
         self._pending = threading.local()
+        self._cursors: weakref.WeakSet[duckdb.DuckDBPyConnection] = weakref.WeakSet()
+        self._cursors_lock = threading.Lock()
+        self._stopping = False
+        self._closed = False
         with self.transaction() as cur:
-            cur.execute(_SCHEMA)
-            cur.execute(_MIGRATIONS)
+            cur.execute(schema)
 
     def _restrict(self) -> None:
         """Keep the database file and its WAL (which DuckDB creates anew after each checkpoint) at 0600."""
@@ -287,9 +322,17 @@ class Database:
             except FileNotFoundError:
                 pass
 
+    def _check_running(self) -> None:
+        if self._stopping:
+            raise UnavailableError("the server is stopping; send the request again once it is back")
+
     def cursor(self) -> duckdb.DuckDBPyConnection:
-        """A cursor for reading (and, under `write_lock`, writing) from the calling thread."""
-        return self._con.cursor()
+        """A cursor for reading (and, under `write_lock`, writing) from the calling thread; `interrupt` stops it."""
+        self._check_running()
+        cur = self._con.cursor()
+        with self._cursors_lock:
+            self._cursors.add(cur)
+        return cur
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -299,14 +342,15 @@ class Database:
         (so in commit order); a rolled back transaction drops them.
         """
         with self.write_lock:
-            cur = self._con.cursor()
+            cur = self.cursor()
             self._pending.callbacks = []
             cur.execute("BEGIN TRANSACTION")
             try:
                 yield cur
             except BaseException:
                 self._pending.callbacks = None
-                cur.execute("ROLLBACK")
+                with contextlib.suppress(duckdb.Error):  # an interrupted or closed connection rolled back already
+                    cur.execute("ROLLBACK")
                 raise
             else:
                 cur.execute("COMMIT")
@@ -325,11 +369,36 @@ class Database:
             raise RuntimeError("after_commit outside a transaction")
         callbacks.append(callback)
 
-    def close(self) -> None:
-        """Checkpoint and close the file."""
-        with self.write_lock:
-            self._con.execute("CHECKPOINT")
-            self._con.close()
+    def interrupt(self) -> None:
+        """Refuse new work and cancel every statement running on this file (their transactions roll back).
+
+        DuckDB checks for an interrupt between vectors, so even a statement over 2^62 rows stops within
+        milliseconds; a cancelled statement raises in its caller, whose transaction then rolls back.
+        """
+        self._stopping = True
+        with self._cursors_lock:
+            cursors = list(self._cursors)
+        for cur in (self._con, *cursors):
+            with contextlib.suppress(duckdb.Error):
+                cur.interrupt()
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Checkpoint and close the file, once no transaction holds it (waiting at most `timeout` seconds).
+
+        Returns False, leaving the file open, when a transaction still held it after `timeout`: what was committed
+        is in the write-ahead log and replays at the next open, so nothing committed is lost either way.
+        """
+        if not self.write_lock.acquire(timeout=-1 if timeout is None else timeout):
+            return False
+        try:
+            if not self._closed:
+                self._closed = self._stopping = True
+                with contextlib.suppress(duckdb.Error):
+                    self._con.execute("CHECKPOINT")
+                self._con.close()
+            return True
+        finally:
+            self.write_lock.release()
 
 
 def first(result: duckdb.DuckDBPyConnection) -> tuple[Any, ...] | None:

@@ -20,7 +20,7 @@ import pytest
 
 from cleanroom.devtools.synthetic import DEMO_POLICY, SyntheticConfig, generate
 from cleanroom.matching import match_stats
-from cleanroom.storage import Database
+from cleanroom.storage import Store
 from cleanroom_client import CleanRoomClient
 from cleanroom_client.protocol import matching_pb2, matching_pb2_grpc
 
@@ -171,7 +171,8 @@ def test_match_100k_with_server_killed_mid_upload(tmp_path):
     assert brand_summary["matched"]
 
     # the exact join in the server's DuckDB equals the truth, pair for pair
-    db = Database(data_dir)
+    store = Store(data_dir)
+    db = store.of(collab)
     try:
         _stats, total = match_stats(db.cursor(), collab)
         assert total == SHARED
@@ -182,7 +183,7 @@ def test_match_100k_with_server_killed_mid_upload(tmp_path):
         )
         assert db.cursor().execute("SELECT count(*) FROM offers").fetchall() == [(0,)]
     finally:
-        db.close()
+        store.close()
     data = generate(SyntheticConfig(brand_users=N, platform_users=N, shared=SHARED, seed=11))
     brand_rows = pd.read_parquet(tmp_path / "brand" / "collaborations" / collab / "rows.parquet")
     platform_rows = pd.read_parquet(tmp_path / "platform" / "collaborations" / collab / "rows.parquet")

@@ -126,7 +126,7 @@ def _match_both(
 
 def _result(server: RunningServer, tmp_path: Path, collab: str) -> tuple[set[tuple], set[tuple]]:
     """(member, id_type, user key, tag) of every member row the server holds a tag for; the pairs as user keys."""
-    cur = server.db.cursor()
+    cur = server.store.of(collab).cursor()
     keys = {
         m: pd.read_parquet(_state(tmp_path, m) / "collaborations" / collab / "rows.parquet").set_index("row_id")["key"]
         for m in ("brand", "platform")
@@ -259,7 +259,9 @@ def ray_cluster(tmp_path: Path) -> Iterator[str]:
                 os.killpg(node.pid, signal.SIGTERM)
         for node in reversed(nodes):
             try:
-                node.wait(timeout=30)
+                # a test cluster needs no graceful shutdown: a node still up after a few seconds gets SIGKILL (a
+                # 30 s wait here used to cost every run half a minute)
+                node.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 os.killpg(node.pid, signal.SIGKILL)
                 node.wait()
@@ -312,7 +314,7 @@ def test_ray_cluster_of_processes_gives_the_process_pool_tags_and_resumes_a_kill
         "brand": _driver("brand", collab, tmp_path, lake, spec, env["brand"]),
         "platform": _cli_driver("platform", collab, tmp_path, lake, ray_cluster, env["platform"]),
     }
-    cur = server.db.cursor()
+    cur = server.store.of(collab).cursor()
     try:
         # kill -9 the brand's driver once some of its chunks are on the server, before its upload commits
         deadline = time.monotonic() + 180

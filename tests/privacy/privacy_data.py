@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from cleanroom.analytics.engine import QueryEngine
@@ -96,6 +98,30 @@ def _upload(room: Room, collab_id: str, member: str, name: str, frame: pd.DataFr
         room.tables.upload_chunk(collab, member, name, i, chunk, last=i == len(chunks) - 1)
 
 
+def insert_match_keys(cur: duckdb.DuckDBPyConnection, keys: list[tuple[str, str, int, int, int]]) -> None:
+    """Add (collab, member, id_type, row_id, dkey) rows to match_keys as one Arrow table in one statement.
+
+    DuckDB's `executemany` runs the statement once a row: thousands of keys took most of a build's time.
+    """
+    if not keys:
+        return
+    collab, member, id_type, row_id, dkey = zip(*keys, strict=True)
+    table = pa.table(
+        {
+            "collab": pa.array(collab, pa.string()),
+            "member": pa.array(member, pa.string()),
+            "id_type": pa.array(id_type, pa.int8()),
+            "row_id": pa.array(row_id, pa.int64()),
+            "dkey": pa.array(dkey, pa.int64()),
+        }
+    )
+    cur.register("new_match_keys", table)
+    try:
+        cur.execute("INSERT INTO match_keys SELECT * FROM new_match_keys")
+    finally:
+        cur.unregister("new_match_keys")
+
+
 def build(
     root: Path,
     policy: str,
@@ -113,7 +139,9 @@ def build(
     collab = room.collaborations.get(BRAND, c.id)
     types = [IdentifierType(t) for t in collab.policy.identifiers]
     for member, md in data.items():
-        with room.db.transaction() as cur:  # the numbering of the (simulated) point upload that tables refer to
+        with room.store.of(
+            collab.id
+        ).transaction() as cur:  # the numbering of the (simulated) point upload that tables refer to
             record_total_rows(cur, c.id, member, 0, len(md.users))
         spec = collab.policy.table(member, "users") or TableSpec(member, "users")
         users = _frame(md.users, spec)
@@ -131,12 +159,11 @@ def build(
             for t in types
             if u.get(t.value) is not None
         ]
-        with room.db.transaction() as cur:
-            if keys:
-                cur.executemany("INSERT INTO match_keys VALUES (?, ?, ?, ?, ?)", keys)
+        with room.store.of(collab.id).transaction() as cur:
+            insert_match_keys(cur, keys)
             rows_with_keys = len({k[3] for k in keys})
             save_progress(cur, c.id, member, UploadProgress("points", 1, len(keys), True), rows_with_keys)
-    with room.db.transaction() as cur:
+    with room.store.of(collab.id).transaction() as cur:
         join_matches(cur, c.id, (collab.policy.hub, *collab.policy.spokes), types)
     return room
 

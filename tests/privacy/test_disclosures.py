@@ -43,11 +43,12 @@ def test_a_one_person_segment_is_never_released(rooms):
         status = room.budget.status(C, member, LIMITS)
         assert status.spent == pytest.approx(0.4)
         assert status.delta_spent == pytest.approx(40 * 1e-9)
-    assert not list(room.db.cursor().execute("SELECT * FROM audiences").fetchall())
+    assert not list(room.store.of(C).cursor().execute("SELECT * FROM audiences").fetchall())
 
 
 def test_activation_releases_a_large_segment_and_charges_both_ledgers(rooms):
-    data = one_gold_person(200)
+    # 150 gold of 400: the segment's size and the 250 its condition excludes both clear the threshold (86 here)
+    data = one_gold_person(400)
     for u in data["brand"].users[:150]:
         u["tier"] = "gold"
     room = rooms(PRIVACY_POLICY, data)
@@ -146,12 +147,18 @@ def retargeting_population(n: int = 300) -> tuple[dict[str, MemberData], set[int
 def test_retargeting_releases_exactly_the_reached_who_did_not_buy(rooms):
     from privacy_data import RETARGET
 
-    data, expected = retargeting_population()
+    # 2,000 people: 198 of the 1,110 reached bought, well above the 86 the brand's condition must exclude
+    data, expected = retargeting_population(2000)
     room = rooms(PRIVACY_POLICY, data)
     answer = room.queries.activate(BRAND, C, ActivationQuery((), 1.0, 1e-9, RETARGET))
     assert answer.audience
     audience = answer.audience.rsplit("/", 1)[-1]
-    rows = room.db.cursor().execute("SELECT row_id FROM audience_members WHERE audience = ?", [audience]).fetchall()
+    rows = (
+        room.store.of(C)
+        .cursor()
+        .execute("SELECT row_id FROM audience_members WHERE audience = ?", [audience])
+        .fetchall()
+    )
     assert {r[0] for r in rows} == expected
     for member in ("brand", "platform"):
         assert room.budget.status(C, member, LIMITS).spent == pytest.approx(1.0)

@@ -107,7 +107,10 @@ def test_refused_before_any_epsilon(rooms, who, query, error, message):
 
 
 def test_the_same_queries_answer_once_the_population_allows_them(rooms):
-    room = rooms(POLICY, data(100))
+    people = data(600)
+    for user in people["brand"].users[300:]:  # the segment must exclude people, not only name a condition
+        user["tier"] = "basic"
+    room = rooms(POLICY, people)
     answer = room.queries.overlap(JD, C, OverlapQuery((d("jd.stage_4a"),), 1.0, with_members=("jd",)))
     assert [c.keys for c in answer.cells] == [("aware",), ("act",), ("none",)]
     preview = room.queries.lookalike(
@@ -118,8 +121,8 @@ def test_the_same_queries_answer_once_the_population_allows_them(rooms):
         BRAND, C, ActivationQuery(((d("brand.tier"), "gold"),), 1.0, 1e-7, with_members=("jd",))
     )
     assert answer.audience  # jd's users matched with the brand's gold customers, whatever tencent has
-    released = room.db.cursor().execute("SELECT count(*) FROM audience_members").fetchone()
-    assert released == (50,)  # every jd user (the odd half) is a gold customer of the brand
+    released = room.store.of(C).cursor().execute("SELECT count(*) FROM audience_members").fetchone()
+    assert released == (150,)  # the jd users (the odd half) who are gold customers of the brand (the first 300)
 
 
 def test_without_an_activation_recipient_no_lookalike_goes_anywhere(rooms):

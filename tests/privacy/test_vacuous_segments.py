@@ -46,7 +46,7 @@ def _refused_before_any_budget(room, who: str, query: ActivationQuery, message: 
     assert message.split("(")[0].strip() in last.parameters["reason"]
     for member in {m.name for m in room.collaborations.get(BRAND, C).members}:
         assert room.budget.status(C, member, LIMITS).spent == 0.0
-    assert not room.db.cursor().execute("SELECT * FROM audiences").fetchall()
+    assert not room.store.of(C).cursor().execute("SELECT * FROM audiences").fetchall()
 
 
 def test_an_absent_filter_over_a_window_no_row_can_be_in_is_refused(rooms):
@@ -79,13 +79,20 @@ def test_windows_outside_the_tables_time_range_are_refused(rooms, window, presen
 
 
 def test_a_brand_filter_that_can_exclude_people_is_still_released(rooms):
-    """The rule refuses vacuous filters only: the same shape over a window the brand's rows can be in works."""
-    room = rooms(PRIVACY_POLICY, brand_and_platform())
+    """The rule refuses vacuous filters only: the same shape over a window the brand's rows can be in works.
+
+    Half of the matched people bought in the window (the others a month before), so either way the brand's
+    condition excludes a hundred of them.
+    """
+    data = brand_and_platform()
+    for row in data["brand"].events["conversions"][100:]:
+        row["ts"] = dt.datetime(2026, 10, 2)
+    room = rooms(PRIVACY_POLICY, data)
     bought = EventFilter("brand.conversions", dt.date(2026, 11, 1), dt.date(2026, 11, 3))
     answer = room.queries.activate(BRAND, C, ActivationQuery((), 1.0, 1e-9, (bought,)))
     assert answer.audience
-    nobody = EventFilter("brand.conversions", dt.date(2026, 11, 1), dt.date(2026, 11, 3), present=False)
-    assert room.queries.activate(BRAND, C, ActivationQuery((), 1.0, 1e-9, (nobody,))).audience == ""
+    did_not = EventFilter("brand.conversions", dt.date(2026, 11, 1), dt.date(2026, 11, 3), present=False)
+    assert room.queries.activate(BRAND, C, ActivationQuery((), 1.0, 1e-9, (did_not,))).audience
 
 
 THREE = """\
@@ -121,3 +128,50 @@ def test_with_three_members_p1_cannot_hand_p2_the_exact_three_way_intersection(r
     }
     room = rooms(THREE, data)
     _refused_before_any_budget(room, "p1", ActivationQuery((), 1.0, 1e-7, (FAR_FUTURE,)), "no row of brand.conversions")
+
+
+def test_an_absent_filter_over_a_window_the_table_can_hold_but_nobody_is_in_hands_over_nothing(rooms):
+    """The attack after the fix: a window the rule admits (1900 is in the stored domain) where no row is, in fact.
+
+    `absent brand.conversions in [1900-01-01, 1900-01-02)` is decided by no row of this brand's data, as surely as
+    the far future was: it must not hand the platform every matched user. The list is withheld (charged, as every
+    outcome after the reservation), whatever the noise: the others' conditions excluded nobody.
+    """
+    room = rooms(PRIVACY_POLICY, brand_and_platform())
+    for start in (dt.date(1900, 1, 1), dt.date(2026, 11, 3)):  # the first day a row can have; the quiet after it
+        quiet = EventFilter("brand.conversions", start, start + dt.timedelta(days=1), present=False)
+        answer = room.queries.activate(BRAND, C, ActivationQuery((), 1.0, 1e-9, (quiet,)))
+        assert answer.audience == ""
+    assert not room.store.of(C).cursor().execute("SELECT * FROM audiences").fetchall()
+    assert room.budget.status(C, "platform", LIMITS).spent == 2.0  # charged: an outcome after the reservation
+
+
+def test_a_filter_excluding_only_a_few_matched_people_hands_over_nothing(rooms):
+    """Near-exact: the brand's condition excludes 1 of 200 matched people, so the list would be the intersection
+    but one. The others' conditions must (noisily) exclude at least c ln(1/delta)/epsilon + c - 1 people."""
+    data = brand_and_platform()
+    data["brand"].events["conversions"].append({"user": 0, "ts": dt.datetime(2026, 10, 5), "value": 1.0})
+    room = rooms(PRIVACY_POLICY, data)
+    october = EventFilter("brand.conversions", dt.date(2026, 10, 1), dt.date(2026, 10, 31), present=False)
+    assert room.queries.activate(BRAND, C, ActivationQuery((), 1.0, 1e-9, (october,))).audience == ""
+
+
+def test_with_three_members_a_quiet_window_on_the_hubs_table_hands_p2_nothing(rooms):
+    """P1 asks for P2's list with `absent brand.conversions` on 1900-01-01: the rule admits the window, nobody is in
+    it, so the three-way intersection would go to P2 exactly. Withheld, charged to P1 and P2."""
+    people = range(120)
+    data = {
+        "brand": MemberData(
+            [{"email": f"e{i}", "tier": "gold"} for i in people],
+            {"conversions": [{"user": i, "ts": dt.datetime(2026, 11, 2), "value": 1.0} for i in people]},
+        ),
+        "p1": MemberData([{"email": f"e{i}", "age_band": "old"} for i in people if i % 2]),
+        "p2": MemberData([{"email": f"e{i}", "age_band": "old"} for i in people if i % 3]),
+    }
+    room = rooms(THREE, data)
+    quiet = EventFilter("brand.conversions", dt.date(1900, 1, 1), dt.date(1900, 1, 2), present=False)
+    assert (
+        room.queries.activate(Principal("p1", Role.MEMBER), C, ActivationQuery((), 1.0, 1e-7, (quiet,))).audience == ""
+    )
+    assert not room.store.of(C).cursor().execute("SELECT * FROM audiences").fetchall()
+    assert [room.budget.status(C, m, LIMITS).spent for m in ("p1", "p2")] == [1.0, 1.0]

@@ -93,7 +93,7 @@ def test_the_demo_lookalike_finds_the_gold_customers_and_the_brand_is_told_so_wi
         BRAND, collab, LookalikeQuery(seed, size, epsilon=LOOKALIKE_EPSILON, delta=LOOKALIKE_DELTA)
     )
     c, a = parse_audience_name(answer.audience)
-    rows = np.frombuffer(b"".join(Audiences(room.db, room.audit).fetch(c, a, "platform")), dtype="<i8")
+    rows = np.frombuffer(b"".join(Audiences(room.store, room.audit).fetch(c, a, "platform")), dtype="<i8")
     # the truth: platform users who are the brand's gold customers (the seeds, known here from the generator)
     gold_users = set(data.truth.merge(data.brand_users, on="customer_id").query("tier == 'gold'")["user_id"])
     gold = data.platform_users["user_id"].isin(gold_users).to_numpy()

@@ -827,10 +827,9 @@ class CleanRoomClient:
         over the local cores). The caller keeps ownership of an engine it passes. Returns counts, never the
         intersection.
         """
-        runs_on = engine or self._get_executor()
-        users_frame = runs_on.read_table(users) if isinstance(users, (str, Path)) else users
+        users_frame = self._engine(engine).read_table(users) if isinstance(users, (str, Path)) else users
         event_frames = {
-            name: runs_on.read_table(table) if isinstance(table, (str, Path)) else table
+            name: self._engine(engine).read_table(table) if isinstance(table, (str, Path)) else table
             for name, table in (events or {}).items()
         }
         plan = self._plan(users_frame, key, identifiers, attributes, event_frames, prehashed)
@@ -854,7 +853,7 @@ class CleanRoomClient:
             self._metadata,
             _name(collaboration_id),
             state,
-            runs_on,
+            self._engine(engine),
             progress=self.progress,
             wait_timeout=wait_timeout,
         )
@@ -893,7 +892,6 @@ class CleanRoomClient:
         to join. One refresh, retirement or cancellation of a collaboration at a time on a machine: another
         raises RefreshInProgressError at once.
         """
-        runs_on = engine or self._get_executor()
         policy = parse_policy(self.get_collaboration(collaboration_id).policy_yaml)
         if policy.refresh is None:
             raise ValueError(
@@ -908,7 +906,7 @@ class CleanRoomClient:
                 parent,
                 state,
                 policy,
-                runs_on,
+                engine,
                 users,
                 key,
                 identifiers,
@@ -925,7 +923,7 @@ class CleanRoomClient:
         parent: str,
         state: Path,
         policy: Policy,
-        runs_on: ChunkExecutor,
+        engine: ChunkExecutor | None,
         users: pd.DataFrame | str | Path | None,
         key: str,
         identifiers: Mapping[str, str] | None,
@@ -939,7 +937,7 @@ class CleanRoomClient:
         """`refresh()` under the collaboration's lock."""
         saved = self._standing_refresh(parent, state)
         ledger = refresh_state.read_ledger(state)  # before reading the user's files: fails at once on another machine
-        frame = runs_on.read_table(users) if isinstance(users, (str, Path)) else users
+        frame = self._engine(engine).read_table(users) if isinstance(users, (str, Path)) else users
         if frame is None:
             frame = pd.DataFrame({key: pd.Series([], dtype=str)})
         if identifiers is None:
@@ -948,7 +946,10 @@ class CleanRoomClient:
             identifiers = {policy.identifiers[0]: key}
         event_frames = {
             name: parse_time_column(
-                runs_on.read_table(table) if isinstance(table, (str, Path)) else table, name, policy, time_format
+                self._engine(engine).read_table(table) if isinstance(table, (str, Path)) else table,
+                name,
+                policy,
+                time_format,
             )
             for name, table in (events or {}).items()
         }
@@ -977,10 +978,10 @@ class CleanRoomClient:
             and not empty
             and saved.scheme == refresh_state.LEGACY_SCHEME
             and saved.whole == refresh_state.legacy_fingerprint(new_keys, retire_keys, event_frames)
-        ):
+        ) or (saved and not empty and saved.scheme == refresh_state.ORDERED_SCHEME):
             raise ValueError(
                 f"refresh period {saved.period} was recorded by an older SDK, which compared event tables by row "
-                "count only, and had as many rows as this call: it cannot tell whether this call repeats it. If it "
+                "count, or by content in row order: it cannot tell whether this call repeats it. If it "
                 f"does, there is nothing to do. If this is new data, delete {state / refresh_state.STATE_FILE} (it "
                 "only records the last refresh; the row numbers are in rows.parquet) and call again"
             )
@@ -1000,7 +1001,7 @@ class CleanRoomClient:
             self._metadata,
             parent,
             state,
-            runs_on,
+            self._engine(engine),
             self.progress,
             wait_timeout=wait_timeout,
             period=period,
@@ -1114,6 +1115,10 @@ class CleanRoomClient:
             message = invalid_share_warning(self.normalizer, IdentifierType(id_type), column, sample)
             if message:
                 warnings.warn(message, IdentifierQualityWarning, stacklevel=3)
+
+    def _engine(self, engine: ChunkExecutor | None) -> ChunkExecutor:
+        """The caller's engine, else the client's executor: started on first use, so a refused call starts none."""
+        return engine or self._get_executor()
 
     def _get_executor(self) -> ChunkExecutor:
         if self._executor is None:

@@ -10,7 +10,8 @@ While the period is open, a call with the same new users continues it (the retir
 ones; a table already appended in the period is not sent again), and a call with other new users is refused rather
 than mixed into it. Once it completed, a call with exactly the same input returns its summary instead of opening
 another period. "The same" is decided by content (`content_fingerprint`: every value of the new users' sent columns,
-the retired keys and every appended row), never by counts, so new rows are never taken for a repeat; an empty call
+the retired keys and every appended row, as a multiset of rows, by value not dtype), never by counts, so new rows
+are never taken for a repeat and the same rows in another order are; an empty call
 (nothing to add, retire or append) is never a repeat: it joins the open period or opens the next, so two members'
 empty calls meet in one period whichever comes first. The decision reads only this machine's state, never the
 server's timing. One such call at a time per collaboration and machine (`locked`): a second is refused at once.
@@ -39,8 +40,9 @@ from .matching import PERIOD, RETIRED, ROWS_FILE, IdentifierCounts, new_row_ids
 STATE_FILE = "refresh.json"
 LOCK_FILE = "refresh.lock"
 #: How `RefreshState.whole` was computed: 0 (files written before it was recorded) from the event tables' names
-#: and row counts only (`legacy_fingerprint`), 1 from the content (`content_fingerprint`).
-LEGACY_SCHEME, CONTENT_SCHEME = 0, 1
+#: and row counts only (`legacy_fingerprint`), 1 from the content in row order and by dtype (no longer computed),
+#: 2 from the content (`content_fingerprint`).
+LEGACY_SCHEME, ORDERED_SCHEME, CONTENT_SCHEME = 0, 1, 2
 #: Rows hashed at a time: the fingerprint streams over a table, it never holds a second copy of it.
 FINGERPRINT_ROWS = 65_536
 
@@ -139,47 +141,71 @@ def _hash_text(digest: hashlib._Hash, text: str) -> None:
 def _hash_frame(digest: hashlib._Hash, frame: pd.DataFrame) -> None:
     """Feed `frame` in canonical form: its column names and row count, then one digest per column.
 
-    A column's digest covers three streams, each over all its rows in order: the null mask (a byte a row), the
-    fixed-width values (int64 for integers, booleans and times as nanoseconds; float64 for floats; the UTF-8 length
-    of anything else, as its text) and the text bytes. Values under a null are zero or empty. So the digest depends
-    on the values only: not on dtype widths, memory layout, or the `FINGERPRINT_ROWS` chunks it is read in.
+    Rows are a multiset: they are put in a canonical order first (sorted by their canonical values, column by
+    column), so a table read back in another order is the same input, while a duplicated row still counts. A
+    column's digest covers three streams, each over all its rows in that order: a tag a row (0 missing, 1 an
+    integer, 2 any other float, 3 text), the fixed-width values (int64 for integers, booleans, times as
+    nanoseconds and floats holding an integer; float64 bits for other floats; the UTF-8 length of anything else, as
+    its text) and the text bytes. Values under a null are zero or empty. So the digest depends on the values only:
+    not on dtype widths (2.0 in a float column is the 2 of an integer column), memory layout, row order or the
+    `FINGERPRINT_ROWS` chunks it is hashed in. The canonical columns are one copy of the table, held while hashing.
     """
     _hash_text(digest, json.dumps([str(c) for c in frame.columns]))
     digest.update(len(frame).to_bytes(8, "little"))
-    streams = [(hashlib.sha256(), hashlib.sha256(), hashlib.sha256()) for _ in frame.columns]
-    for start in range(0, len(frame), FINGERPRINT_ROWS):
-        chunk = frame.iloc[start : start + FINGERPRINT_ROWS]
-        for position, column in enumerate(streams):
-            _hash_values(*column, chunk.iloc[:, position])
-    for nulls, fixed, text in streams:
-        digest.update(nulls.digest() + fixed.digest() + text.digest())
+    columns = [_canonical(frame.iloc[:, position]) for position in range(frame.shape[1])]
+    if len(frame) and columns:
+        keys = pa.table({f"{i}.{part}": array for i, arrays in enumerate(columns) for part, array in enumerate(arrays)})
+        order = pc.sort_indices(keys, sort_keys=[(name, "ascending") for name in keys.column_names])
+        columns = [tuple(array.take(order) for array in arrays) for arrays in columns]
+    for tags, fixed, text in columns:
+        streams = (hashlib.sha256(), hashlib.sha256(), hashlib.sha256())
+        for start in range(0, len(frame), FINGERPRINT_ROWS):
+            stop = start + FINGERPRINT_ROWS
+            streams[0].update(tags[start:stop].to_numpy(zero_copy_only=False).astype(np.uint8).tobytes())
+            streams[1].update(fixed[start:stop].to_numpy(zero_copy_only=False).astype("<i8").tobytes())
+            chunk = text[start:stop]
+            offsets = np.frombuffer(chunk.buffers()[1], dtype="<i8")[chunk.offset : chunk.offset + len(chunk) + 1]
+            data = chunk.buffers()[2]
+            if len(offsets) and data is not None:
+                streams[2].update(memoryview(data)[int(offsets[0]) : int(offsets[-1])])
+        digest.update(b"".join(stream.digest() for stream in streams))
 
 
-def _hash_values(nulls: hashlib._Hash, fixed: hashlib._Hash, text: hashlib._Hash, values: pd.Series) -> None:
+#: The tags of `_canonical`: what kind of value a row holds.
+_MISSING, _INTEGER, _FLOAT, _TEXT = 0, 1, 2, 3
+
+
+def _canonical(values: pd.Series) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """A column's values as (tag int8, fixed int64, text large_binary) arrays, by what each value is (see above)."""
     try:
         array = pa.array(values, from_pandas=True)
     except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed Python objects: their text
         array = pa.array(values.map(lambda v: None if v is None or v is pd.NA else str(v)), pa.large_string())
-    nulls.update(array.is_null().to_numpy(zero_copy_only=False).astype(np.uint8).tobytes())
+    missing = array.is_null().to_numpy(zero_copy_only=False)
     kind = array.type
     if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
         array = pc.cast(pc.cast(array, pa.timestamp("ns")), pa.int64())
     elif pa.types.is_duration(kind):
         array = pc.cast(pc.cast(array, pa.duration("ns")), pa.int64())
     kind = array.type
+    empty_text = pa.array([b""] * len(array), pa.large_binary())
     if pa.types.is_integer(kind) or pa.types.is_boolean(kind):
-        fixed.update(pc.fill_null(pc.cast(array, pa.int64()), 0).to_numpy().astype("<i8").tobytes())
-    elif pa.types.is_floating(kind):
-        fixed.update(pc.fill_null(pc.cast(array, pa.float64()), 0.0).to_numpy().astype("<f8").tobytes())
-    else:
-        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-            array = pa.array([None if v is None else str(v) for v in array.to_pylist()], pa.large_string())
-        binary = pc.fill_null(pc.cast(array, pa.large_binary()), b"")
-        offsets = np.frombuffer(binary.buffers()[1], dtype="<i8")[binary.offset : binary.offset + len(binary) + 1]
-        fixed.update(np.diff(offsets).astype("<i8").tobytes())
-        data = binary.buffers()[2]
-        if len(offsets) and data is not None:
-            text.update(memoryview(data)[int(offsets[0]) : int(offsets[-1])])
+        fixed = pc.fill_null(pc.cast(array, pa.int64()), 0).to_numpy().astype("<i8")
+        tags = np.where(missing, _MISSING, _INTEGER).astype(np.int8)
+        return pa.array(tags), pa.array(fixed), empty_text
+    if pa.types.is_floating(kind):
+        floats = pc.fill_null(pc.cast(array, pa.float64()), 0.0).to_numpy().astype("<f8")
+        # an integer below 2^63 in magnitude: exactly representable in int64, hashed as that integer
+        integral = np.isfinite(floats) & (np.abs(floats) < 2.0**63) & (floats == np.trunc(floats))
+        fixed = np.where(integral, np.where(integral, floats, 0.0).astype("<i8"), floats.view("<i8"))
+        tags = np.where(missing, _MISSING, np.where(integral, _INTEGER, _FLOAT)).astype(np.int8)
+        return pa.array(tags), pa.array(fixed.astype("<i8")), empty_text
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        array = pa.array([None if v is None else str(v) for v in array.to_pylist()], pa.large_string())
+    binary = pc.fill_null(pc.cast(array, pa.large_binary()), b"")
+    lengths = pc.binary_length(binary).to_numpy(zero_copy_only=False).astype("<i8")
+    tags = np.where(missing, _MISSING, _TEXT).astype(np.int8)
+    return pa.array(tags), pa.array(lengths), binary
 
 
 @dataclass(frozen=True)

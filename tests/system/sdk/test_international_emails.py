@@ -58,7 +58,8 @@ def start(client: Any, other: Any, name: str) -> str:
 
 def pairs(server: Any, cid: str) -> int:
     row = (
-        server.room.db.cursor()
+        server.room.store.of(cid)
+        .cursor()
         .execute("SELECT count(*) FROM matches WHERE collab = ? AND period_to IS NULL", [cid])
         .fetchone()
     )

@@ -101,7 +101,8 @@ def room(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Three]:
 def pairs(server: RunningServer, clients: dict[str, CleanRoomClient], cid: str, spoke: str) -> set[tuple[str, str]]:
     """The server's pairs of the hub and `spoke`, as (brand key, platform key) through each member's own ledger."""
     rows = (
-        server.room.db.cursor()
+        server.room.store.of(cid)
+        .cursor()
         .execute(
             "SELECT row_a, row_b FROM matches WHERE collab = ? AND member_a = ? AND member_b = ?", [cid, sp.HUB, spoke]
         )
@@ -137,7 +138,7 @@ def test_every_member_blinds_every_other_members_points_and_the_join_equals_the_
         (sp.SOCIAL, 2, False, True),  # and tencent's second
         (sp.COMMERCE, 3, True, True),  # then removes its own mask from its points and answers with their tags
     }
-    cur = server.room.db.cursor()
+    cur = server.room.store.of(cid).cursor()
     for table in ("offers", "chain_points", "double_points", "staged_points"):
         assert cur.execute(f"SELECT count(*) FROM {table} WHERE collab = ?", [cid]).fetchone() == (0,)
 

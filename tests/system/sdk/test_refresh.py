@@ -148,7 +148,8 @@ def match_fifty(clients: dict[str, CleanRoomClient], cid: str) -> None:
 def key_pairs(server: RunningServer, clients: dict[str, CleanRoomClient], cid: str) -> set[tuple[str, str]]:
     """The pairs that hold now, as (brand key, platform key), mapped through each member's local ledger."""
     rows = (
-        server.room.db.cursor()
+        server.room.store.of(cid)
+        .cursor()
         .execute(
             "SELECT row_a, row_b FROM matches WHERE collab = ? AND member_a = 'brand' AND period_to IS NULL", [cid]
         )
@@ -227,7 +228,7 @@ def test_three_refreshes_equal_a_full_rematch_pair_for_pair(room) -> None:
     assert all(k[1:] == q[1:] for k, q in incremental)
 
     # Retired users' rows are gone from every table; no row of a retired user remains anywhere.
-    cur = server.room.db.cursor()
+    cur = server.room.store.of(cid).cursor()
     retired_rows = cur.execute(
         "SELECT count(*) FROM retirements r JOIN match_keys k ON k.collab = r.collab AND k.member = r.member "
         "AND k.row_id = r.row_id WHERE r.collab = ?",
@@ -338,7 +339,7 @@ def test_a_period_the_peer_leaves_open_can_be_cancelled(room) -> None:
     assert p.cancel_refresh(cid) == 1  # the peer may cancel too; the brand's machine learns of it on its next call
     with pytest.raises(ValueError, match="no open refresh"):
         b.cancel_refresh(cid)
-    cur = server.room.db.cursor()
+    cur = server.room.store.of(cid).cursor()
     # Nothing of the cancelled period remains: no keys of the new rows, no appended rows, no retirement.
     assert cur.execute(
         "SELECT count(*) FROM match_keys WHERE collab = ? AND member = 'brand' AND row_id >= 50", [cid]
@@ -374,7 +375,7 @@ def test_a_period_the_peer_leaves_open_can_be_cancelled(room) -> None:
 
 
 def stored_rows(server: RunningServer, cid: str, member: str, table: str) -> int:
-    cur = server.room.db.cursor()
+    cur = server.room.store.of(cid).cursor()
     physical = cur.execute(
         "SELECT physical FROM data_tables WHERE collab = ? AND member = ? AND name = ?", [cid, member, table]
     ).fetchone()
@@ -398,17 +399,21 @@ def test_a_refresh_with_as_many_but_other_event_rows_is_sent_not_taken_for_a_rep
     assert [s.period for s in done] == [1, 1]
     # One other row: the same table name and row count as the last refresh, other content. Once it was taken for a
     # repeat (the fingerprint held names and counts only): nothing was sent and both calls reported period 1.
-    second = events([3], "brand", 3)
+    second = events([3, 4], "brand", 3)
     done = both(
         lambda: b.refresh(cid, None, events={"conversions": second}, wait_timeout=60),
         lambda: p.refresh(cid, None, wait_timeout=60),
     )
     assert [s.period for s in done] == [2, 2]
-    assert stored_rows(server, cid, "brand", "conversions") == 4
-    # The very same call again is a repeat: its summary, nothing opened, nothing appended.
+    assert stored_rows(server, cid, "brand", "conversions") == 5
+    # The very same call again is a repeat: its summary, nothing opened, nothing appended. So is the same call
+    # with its rows in another order and its values read back as another dtype (a re-run of a query without ORDER
+    # BY, a CSV): once it opened period 3 and appended both rows again.
     assert b.refresh(cid, None, events={"conversions": second}, wait_timeout=5).period == 2
-    assert periods.open_period(server.room.db.cursor(), cid) is None
-    assert stored_rows(server, cid, "brand", "conversions") == 4
+    again = second.iloc[::-1].reset_index(drop=True).astype({"value": "int64"})
+    assert b.refresh(cid, None, events={"conversions": again}, wait_timeout=5).period == 2
+    assert periods.open_period(server.room.store.of(cid).cursor(), cid) is None
+    assert stored_rows(server, cid, "brand", "conversions") == 5
 
     # A refresh.json of an older SDK (no scheme; names and counts) still reads. Where it cannot tell a repeat from
     # new rows of the same count, it refuses, sending nothing, and says what to do.
@@ -417,9 +422,13 @@ def test_a_refresh_with_as_many_but_other_event_rows_is_sent_not_taken_for_a_rep
     legacy = refresh_state.legacy_fingerprint([], [], {"conversions": second})
     state.write_text(json.dumps({k: v for k, v in saved.items() if k != "scheme"} | {"whole": legacy}))
     with pytest.raises(ValueError, match=r"older SDK.*delete .*refresh\.json"):
-        b.refresh(cid, None, events={"conversions": events([4], "brand", 4)}, wait_timeout=5)
-    assert periods.open_period(server.room.db.cursor(), cid) is None
-    assert stored_rows(server, cid, "brand", "conversions") == 4
+        b.refresh(cid, None, events={"conversions": events([5, 6], "brand", 4)}, wait_timeout=5)
+    # ... and one of the SDK that hashed content in row order: it cannot tell either, so it refuses too.
+    state.write_text(json.dumps(saved | {"scheme": refresh_state.ORDERED_SCHEME}))
+    with pytest.raises(ValueError, match=r"older SDK.*delete .*refresh\.json"):
+        b.refresh(cid, None, events={"conversions": again}, wait_timeout=5)
+    assert periods.open_period(server.room.store.of(cid).cursor(), cid) is None
+    assert stored_rows(server, cid, "brand", "conversions") == 5
 
 
 def test_an_empty_refresh_joins_the_peers_period_whoever_calls_first(room) -> None:
@@ -438,7 +447,7 @@ def test_an_empty_refresh_joins_the_peers_period_whoever_calls_first(room) -> No
 
     def brand_once_a_period_is_open() -> Any:
         deadline = time.monotonic() + 15
-        while periods.open_period(server.room.db.cursor(), cid) is None:
+        while periods.open_period(server.room.store.of(cid).cursor(), cid) is None:
             assert time.monotonic() < deadline, "the platform's empty refresh opened no period"
             time.sleep(0.05)
         return b.refresh(cid, None, retire=["b1"], wait_timeout=60)
@@ -472,11 +481,10 @@ def test_two_refreshes_of_one_member_at_once_one_is_refused_the_other_completes(
     assert len(refused) == 1, outcomes
     assert "another refresh" in str(refused[0])
     assert [o.period for o in outcomes if not isinstance(o, Exception)] == [1]
-    assert periods.open_period(server.room.db.cursor(), cid) is None
+    assert periods.open_period(server.room.store.of(cid).cursor(), cid) is None
     # Exactly one refresh's changes: b2 retired, the new users (whom the platform lacks) unpaired.
     assert key_pairs(server, clients, cid) == {(k, q) for k, q in before if k != "b2"}
     assert sorted(pd.read_parquet(Path(b.collaboration_dir(cid)) / "rows.parquet")["row_id"]) == list(range(55))
-
 
 
 #: What docs/security.md promises for one RetireUsers call, whatever the peer does (here: a few users, a small room).

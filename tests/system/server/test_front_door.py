@@ -131,7 +131,8 @@ def test_a_members_half_open_calls_beyond_two_are_cut_at_once(tmp_path, pki, sta
                 time.sleep(0.05)
             cut = [f for f in held if f.done()]
             assert len(cut) == 8, "a member's half-open calls held the workers"
-            assert {f.code() for f in cut} == {grpc.StatusCode.CANCELLED}
+            # cut once half-open, or refused at once when two of its calls already were
+            assert {f.code() for f in cut} <= {grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED}
             assert time.monotonic() - started < 10  # long before the 30 s request timeout
         finally:
             release.set()
@@ -354,3 +355,94 @@ def test_preview_and_refusal_floods_are_rate_limited(server, stub_for, make_clie
     # the member the outsider probed answers promptly all along
     budget = analytics.GetBudget(an.GetBudgetRequest(parent=parent), metadata=md, timeout=PROMPT)
     assert budget.members
+
+
+# -- the red team's attacks (issue 29 items 1 and 6, round two) --------------------------------------------------
+
+UPLOAD_POINTS = "/cleanroom.v1.MatchingService/UploadBlindedPoints"
+
+
+def test_a_members_stream_of_fresh_half_open_calls_cannot_hold_the_workers(tmp_path, pki, start):
+    # Each half-open call beyond two is cut 0.5 s after its headers, so a member that keeps opening new ones (15 in
+    # flight, each replaced as soon as it is cut) held every worker: GetBudget took 3.4 s. Now a principal with two
+    # calls half-open is refused at once, and every cut counts against its refusals.
+    running = start(tmp_path / "churn", max_workers=4, request_timeout=30.0)
+    tokens, collab = _room(running, "brand", "platform")
+    release, stop = threading.Event(), threading.Event()
+
+    def attack(channel: grpc.Channel) -> None:
+        half_open = channel.stream_unary(GET_BUDGET, request_serializer=_ident, response_deserializer=_ident)
+        flight: list[grpc.Future] = []
+        while not stop.is_set():
+            flight = [f for f in flight if not f.done()]
+            while len(flight) < 15:
+                flight.append(half_open.future(_never(release), metadata=_md(tokens["platform"])))
+            time.sleep(0.01)
+        for f in flight:
+            f.cancel()
+
+    with _channel(running, pki) as attack_channel, _channel(running, pki) as member:
+        attacker = threading.Thread(target=attack, args=(attack_channel,))
+        attacker.start()
+        try:
+            time.sleep(2.0)
+            stub = an_grpc.AnalyticsServiceStub(member)
+            request = an.GetBudgetRequest(parent=f"collaborations/{collab}")
+            took = []
+            for _ in range(10):
+                started = time.monotonic()
+                stub.GetBudget(request, metadata=_md(tokens["brand"]), timeout=PROMPT)
+                took.append(time.monotonic() - started)
+            assert max(took) < 1.5, f"GetBudget took {max(took):.2f} s while the member churned half-open calls"
+        finally:
+            stop.set()
+            release.set()
+            attacker.join()
+
+
+def test_audited_refusals_of_every_kind_are_rate_limited(server, stub_for, active):
+    # An edge refusal (a NaN: INVALID_ARGUMENT) and an engine refusal (ε over the policy's per-query maximum) each
+    # write an entry in the collaboration's chain, like PERMISSION_DENIED and NOT_FOUND do.
+    analytics, md = stub_for(an_grpc.AnalyticsServiceStub, "brand")
+    log = server.room.audit
+    parent = f"collaborations/{active}"
+    before = log.head(active).sequence
+    started = time.monotonic()
+    codes = []
+    for i in range(80):
+        request = an.OverlapRequest(parent=parent, epsilon=float("nan") if i % 2 else 1e6)
+        with pytest.raises(grpc.RpcError) as info:
+            analytics.Overlap(request, metadata=md, timeout=PROMPT)
+        codes.append(info.value.code())
+    elapsed = time.monotonic() - started
+    written = log.head(active).sequence - before
+    assert written <= REFUSAL_RATE.burst + REFUSAL_RATE.per_second * elapsed + 1, f"{written} in {elapsed:.1f} s"
+    assert grpc.StatusCode.INVALID_ARGUMENT in codes[: REFUSAL_RATE.burst]
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 80 - written - 1
+
+
+def test_silent_upload_streams_beyond_two_per_principal_are_cut_and_leave_slots_for_others(tmp_path, pki, start):
+    # A stream takes its slot when it opens and counts against its collaboration from its first message; two
+    # members who opened streams and sent nothing held every slot of the server (6: 3 each) outside their share.
+    # Now a stream waiting for its first message is half-open: beyond two per principal, cut after 0.5 s.
+    running = start(tmp_path / "unbound", max_workers=8, streams_per_principal=3, request_timeout=30.0)
+    tokens, _greedy = _room(running, "brand", "platform")
+    other_tokens, other = _room(running, "carol", "dave")
+    release = threading.Event()
+    try:
+        with _channel(running, pki) as channel:
+            upload = channel.stream_unary(UPLOAD_POINTS, request_serializer=_ident, response_deserializer=_ident)
+            silent = [
+                upload.future(_never(release), metadata=_md(tokens[n])) for n in ("brand", "platform") for _ in "abc"
+            ]
+            time.sleep(1.5)
+            cut = [f for f in silent if f.done()]
+            assert len(cut) == 2, "a principal's third silent stream was not cut"
+            assert {f.code() for f in cut} == {grpc.StatusCode.CANCELLED}
+            stub = ma_grpc.MatchingServiceStub(channel)
+            theirs = _hanging_points(stub, other_tokens["carol"], f"collaborations/{other}", release)
+            time.sleep(0.5)
+            assert not theirs.done(), theirs.details() if theirs.done() else ""
+            _assert_prompt(channel, other_tokens["dave"], other)
+    finally:
+        release.set()

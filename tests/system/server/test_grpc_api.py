@@ -202,7 +202,7 @@ def test_match_through_the_sdk_equals_truth_and_is_idempotent(server, active, ma
     assert b.identifiers["email"].invalid == (data.brand_users["email"] == "not-an-email").sum()
     assert p.identifiers["phone"].missing == data.platform_users["phone"].isna().sum()
     assert b.tables == {"users": 300, "conversions": len(data.brand_conversions)}
-    _, total = match_stats(server.db.cursor(), active)
+    _, total = match_stats(server.store.of(active).cursor(), active)
     assert total == len(data.truth)
     # the summary never carries the intersection; a second call returns the same summary without re-sending
     assert not hasattr(b, "matched_rows")

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import grpc
 import pytest
 
+from cleanroom.server.rates import REFUSAL_RATE
 from cleanroom_client.protocol import analytics_pb2 as an
 from cleanroom_client.protocol import analytics_pb2_grpc as an_grpc
 from cleanroom_client.protocol import audit_pb2 as au
@@ -99,3 +101,32 @@ def test_the_audit_writer_never_fails_on_a_non_finite_float(server, stub_for, ac
     assert audit.VerifyAuditLog(au.VerifyAuditLogRequest(collaboration=parent), metadata=amd).valid
     exported = list(audit.ExportAuditLog(au.ExportAuditLogRequest(collaboration=parent), metadata=amd))
     assert all(_strict(line) for line in b"".join(c.jsonl for c in exported).splitlines())
+
+
+def test_a_member_cannot_flood_its_collaborations_log_with_refused_requests(server, stub_for, active):
+    """Every refusal writes an entry (at the edge: `refused`; in a query: `query.refuse`), so each kind counts
+    against the caller's refusals: a NaN at the edge, an epsilon outside the policy's range, a query before the
+    match (INVALID_ARGUMENT, FAILED_PRECONDITION). Before, only PERMISSION_DENIED and NOT_FOUND counted, and a
+    member wrote an entry into the shared chain per call, as fast as it could send them."""
+    parent = f"collaborations/{active}"
+    stub, md = stub_for(an_grpc.AnalyticsServiceStub, "brand")
+    kinds = (
+        an.OverlapRequest(parent=parent, epsilon=math.nan),  # refused at the edge
+        an.OverlapRequest(parent=parent, epsilon=1e9),  # refused by the query's rules
+        an.OverlapRequest(parent=parent, epsilon=0.5),  # refused: no match yet
+    )
+    log = server.room.audit
+    before = log.head(active).sequence
+    started = time.monotonic()
+    codes = []
+    for i in range(90):
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Overlap(kinds[i % 3], metadata=md, timeout=5.0)
+        codes.append(info.value.code())
+    elapsed = time.monotonic() - started
+    written = log.head(active).sequence - before
+    assert written <= REFUSAL_RATE.burst + REFUSAL_RATE.per_second * elapsed + 1, f"{written} in {elapsed:.1f} s"
+    assert {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION} <= set(codes[:3])
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 90 - written - 1
+    audit, amd = stub_for(au_grpc.AuditServiceStub, "auditor")
+    assert audit.VerifyAuditLog(au.VerifyAuditLogRequest(collaboration=parent), metadata=amd).valid

@@ -11,21 +11,24 @@ from cleanroom.storage import StorageLimits
 def test_server_applies_memory_limit_and_spill_directory(start, tmp_path):
     spill = tmp_path / "spill"
     server = start(tmp_path / "data", storage=StorageLimits(memory_limit="256MiB", temp_directory=spill))
-    cur = server.db.cursor()
-    limit = cur.execute("SELECT current_setting('memory_limit')").fetchone()
-    directory = cur.execute("SELECT current_setting('temp_directory')").fetchone()
-    assert limit is not None
-    assert limit[0] == "256.0 MiB"
-    assert directory is not None
-    assert directory[0] == str(spill)
-    assert spill.is_dir()
+    # the catalogue and every collaboration's file: the same cap, a spill directory of their own
+    for name, db in (("catalog", server.store.catalog), ("c-limits", server.store.create("c-limits"))):
+        cur = db.cursor()
+        limit = cur.execute("SELECT current_setting('memory_limit')").fetchone()
+        directory = cur.execute("SELECT current_setting('temp_directory')").fetchone()
+        assert limit is not None
+        assert limit[0] == "256.0 MiB"
+        assert directory is not None
+        assert directory[0] == str(spill / name)
+        assert (spill / name).is_dir()
 
 
 def test_default_storage_keeps_duckdb_defaults(start, tmp_path):
     server = start(tmp_path / "data")
-    directory = server.db.cursor().execute("SELECT current_setting('temp_directory')").fetchone()
-    assert directory is not None
-    assert directory[0].endswith("cleanroom.duckdb.tmp")
+    for db, file in ((server.store.catalog, "catalog.duckdb"), (server.store.create("c-limits"), "c-limits.duckdb")):
+        directory = db.cursor().execute("SELECT current_setting('temp_directory')").fetchone()
+        assert directory is not None
+        assert directory[0].endswith(file + ".tmp")
 
 
 def test_serve_documents_the_options():

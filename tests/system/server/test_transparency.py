@@ -21,7 +21,7 @@ from cleanroom.devtools.synthetic import DEMO_POLICY, SyntheticConfig, generate
 from cleanroom.principals import Role
 from cleanroom.server.app import RunningServer
 from cleanroom.server.receipts import ReceiptInterceptor
-from cleanroom.storage.database import DB_FILE
+from cleanroom.storage.store import COLLABORATIONS_DIR
 from cleanroom_client import CleanRoomClient, SerialExecutor
 from cleanroom_client.errors import PermissionDeniedError
 from cleanroom_client.transparency import HistoryRewrittenError
@@ -69,7 +69,7 @@ class Operator:
         self.server = start_server(self.data, self.pki)
 
     def sql(self, statement: str, *args: object) -> None:
-        con = duckdb.connect(str(self.data / DB_FILE))
+        con = duckdb.connect(str(self.data / COLLABORATIONS_DIR / f"{COLLAB}.duckdb"))
         con.execute(statement, list(args))
         con.close()
 

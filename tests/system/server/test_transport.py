@@ -33,7 +33,7 @@ def test_plaintext_client_cannot_talk_to_a_tls_server(server, tokens, tmp_path):
 
 
 def test_tokens_are_stored_only_as_hashes_and_revocation_is_immediate(server, tokens, make_client):
-    rows = server.db.cursor().execute("SELECT * FROM principals").fetchall()
+    rows = server.store.catalog.cursor().execute("SELECT * FROM principals").fetchall()
     assert not any(tokens["brand"] in str(col) for row in rows for col in row)
     brand = make_client("brand")
     assert brand.list_collaborations() == []
@@ -127,7 +127,7 @@ def test_streams_per_principal_are_limited_and_idle_streams_are_cut(tmp_path, pk
                 with pytest.raises(grpc.RpcError) as info:
                     f.result(timeout=10)
                 assert info.value.code() is grpc.StatusCode.CANCELLED
-            assert running.room.db is not None
+            assert running.room.store is not None
             again = _hanging_upload(stub, md, parent, release)
             with pytest.raises(grpc.RpcError) as info:
                 again.result(timeout=10)

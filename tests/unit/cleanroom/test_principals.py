@@ -37,7 +37,7 @@ def room(tmp_path):
 def test_a_token_is_shown_once_stored_as_its_hash_and_stops_at_revocation(room):
     token = room.principals.add("brand", Role.MEMBER)
     assert room.principals.by_token(token) == Principal("brand", Role.MEMBER)
-    stored = [r[0] for r in room.db.cursor().execute("SELECT token_hash FROM principals").fetchall()]
+    stored = [r[0] for r in room.store.catalog.cursor().execute("SELECT token_hash FROM principals").fetchall()]
     assert stored == [hashlib.sha256(token.encode()).hexdigest()]
     room.principals.revoke("brand")
     with pytest.raises(UnauthenticatedError):
@@ -87,7 +87,7 @@ def test_auditors_are_assigned_only_to_existing_collaborations_and_listed_in_ord
         room.collaborations.create(brand, cid, yaml.safe_dump(POLICY))
         room.principals.assign_auditor("acme_audit", cid)
     room.principals.assign_auditor("acme_audit", "collab-a")  # twice: no error, no second entry
-    cur = room.db.cursor()
+    cur = room.store.catalog.cursor()
     assert room.principals.audited(cur, "acme_audit", "", 10) == ["collab-a", "collab-b", "collab-c"]
     assert room.principals.audited(cur, "acme_audit", "collab-a", 1) == ["collab-b"]
     assert room.principals.audits("acme_audit", "collab-c")

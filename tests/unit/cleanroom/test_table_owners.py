@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parents[3] / "cleanroom"
 OWNERS = {
     "collaborations": "collaborations.py",
     "members": "collaborations.py",
+    "collaboration_index": "collaborations.py",
+    "memberships": "collaborations.py",
     "principals": "principals.py",
     "auditors": "principals.py",
     "uploads": "matching/progress.py",

@@ -64,3 +64,5 @@ def test_match_refuses_repeated_or_missing_keys_before_touching_the_network(keys
             client.match("c", users=users, key="key", identifiers={"email": "email"})
         distinct = users.drop_duplicates("key").dropna()
         assert client._plan(distinct, "key", {"email": "email"}, [], {}, []).users["key"].is_unique
+        # a refusal of the caller's frame starts no process pool (seconds of worker start-up for nothing)
+        assert client._executor is None

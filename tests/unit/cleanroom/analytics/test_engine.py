@@ -98,7 +98,7 @@ def world(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _engine(room: Room, noise: object) -> QueryEngine:
-    return QueryEngine(room.db, room.collaborations, room.budget, room.audit, noise)  # type: ignore[arg-type]
+    return QueryEngine(room.store, room.collaborations, room.budget, room.audit, noise)  # type: ignore[arg-type]
 
 
 def _spent(room: Room, collaboration_id: str) -> float:

@@ -107,7 +107,7 @@ def _fetch(room: Room, collab: str, audience: str) -> list[bytes]:
 
     c, a = parse_audience_name(audience)
     assert c == collab
-    return list(Audiences(room.db, room.audit).fetch(c, a, "platform"))
+    return list(Audiences(room.store, room.audit).fetch(c, a, "platform"))
 
 
 def test_lookalike_refusals_spend_nothing(tmp_path):
@@ -147,7 +147,7 @@ def test_activation_releases_the_segment_to_the_platform_only(tmp_path):
 
         c, a = parse_audience_name(answer.audience)
         with pytest.raises(Exception, match="released to platform"):
-            list(Audiences(room.db, room.audit).fetch(c, a, "brand"))
+            list(Audiences(room.store, room.audit).fetch(c, a, "brand"))
         tiny = ((DimensionRef("brand", "tier"), "gold"), (DimensionRef("platform", "visits_30d"), "3"))
         with pytest.raises(Exception, match="not a declared dimension"):
             room.queries.activate(BRAND, collab, ActivationQuery(tiny, epsilon=0.5))
@@ -213,9 +213,9 @@ def _plan_and_data(room: Room, events: pa.Table) -> tuple[tuple[str, ...], np.nd
     }
     load_direct(room, c.id, tables, np.arange(3), np.arange(3))
     collab = room.collaborations.get(BRAND, c.id)
-    catalog = Catalog(room.db.cursor(), collab)
+    catalog = Catalog(room.store.of(c.id).cursor(), collab)
     plan = training_plan(catalog, collab.policy, "platform", {DimensionRef("brand", "tier"): "gold"})
-    data = training_data(MatchedData(room.db.cursor(), catalog), plan)
+    data = training_data(MatchedData(room.store.of(c.id).cursor(), catalog), plan)
     return data.feature_names, data.features, data.labels
 
 

@@ -19,7 +19,7 @@ from cleanroom.errors import FailedPreconditionError
 from cleanroom.principals import Principal, Role
 from cleanroom.privacy.budget import Charge, Limits
 from cleanroom.room import Room
-from cleanroom.storage.database import DB_FILE
+from cleanroom.storage.store import COLLABORATIONS_DIR
 
 BRAND, PLATFORM = Principal("brand", Role.MEMBER), Principal("platform", Role.MEMBER)
 C = "anchored"
@@ -82,7 +82,7 @@ def test_an_export_cut_at_its_end_is_invalid_offline(tmp_path):
 
 
 def _edit_while_stopped(path: Path, sql: str) -> None:
-    con = duckdb.connect(str(path / DB_FILE))
+    con = duckdb.connect(str(path / COLLABORATIONS_DIR / f"{C}.duckdb"))
     con.execute(sql)
     con.close()
 

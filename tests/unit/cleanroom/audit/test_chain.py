@@ -12,6 +12,7 @@ from cleanroom.audit import AuditEntry, verify_entries
 from cleanroom.audit.keys import KEY_FILE, load_or_create_signing_key, public_pem
 from cleanroom.cli import app
 from cleanroom.devtools.synthetic import DEMO_POLICY
+from cleanroom.errors import NotFoundError
 from cleanroom.principals import Principal, Role
 from cleanroom.room import Room
 
@@ -55,7 +56,7 @@ def test_key_file_is_private_reused_and_refused_when_readable(room, tmp_path):
 @pytest.mark.parametrize("field", FIELDS)
 @pytest.mark.parametrize("seq", [1, 3, 4])
 def test_changing_one_byte_of_any_field_is_caught_and_named(room, field, seq):
-    cur = room.db.cursor()
+    cur = room.store.of("audited").cursor()
     if field == "signature":
         cur.execute(
             # the first character becomes another one (a signature that already began with 'x' stayed unchanged)
@@ -81,7 +82,7 @@ def test_changing_one_byte_of_any_field_is_caught_and_named(room, field, seq):
 
 
 def test_deleting_or_reordering_entries_is_caught(room):
-    cur = room.db.cursor()
+    cur = room.store.of("audited").cursor()
     cur.execute("DELETE FROM audit_log WHERE collab = 'audited' AND seq = 2")
     result = room.audit.verify("audited")
     assert (result.valid, result.first_invalid_sequence) == (False, 2)
@@ -89,7 +90,7 @@ def test_deleting_or_reordering_entries_is_caught(room):
 
 
 def test_swapping_two_entries_is_caught(room):
-    cur = room.db.cursor()
+    cur = room.store.of("audited").cursor()
     cur.execute("UPDATE audit_log SET seq = -1 WHERE collab = 'audited' AND seq = 2")
     cur.execute("UPDATE audit_log SET seq = 2 WHERE collab = 'audited' AND seq = 3")
     cur.execute("UPDATE audit_log SET seq = 3 WHERE collab = 'audited' AND seq = -1")
@@ -154,4 +155,8 @@ def test_an_action_whose_entry_cannot_be_written_does_not_happen(room, monkeypat
     with pytest.raises(OSError, match="disk full"):
         room.collaborations.create(BRAND, "never-made", DEMO_POLICY)
     monkeypatch.undo()
-    assert room.db.cursor().execute("SELECT count(*) FROM collaborations WHERE id = 'never-made'").fetchall() == [(0,)]
+    catalog = room.store.catalog.cursor()
+    assert catalog.execute("SELECT count(*) FROM collaboration_index WHERE id = 'never-made'").fetchall() == [(0,)]
+    assert not room.store.exists("never-made")  # the file the creation began is gone with it
+    with pytest.raises(NotFoundError):
+        room.collaborations.get(BRAND, "never-made")

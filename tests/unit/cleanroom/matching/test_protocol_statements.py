@@ -37,7 +37,7 @@ BRAND, PLATFORM = Principal("brand", Role.MEMBER), Principal("platform", Role.ME
 def room(tmp_path: Path):
     opened = Room.open(tmp_path)
     yield opened
-    opened.db.close()
+    opened.close()
 
 
 def _collab(room: Room, policy: str = DEMO_POLICY) -> Collaboration:
@@ -61,7 +61,7 @@ def _double_blind(relay: Relay, collab: Collaboration, member: str, key: X25519P
 
 def test_in_the_match_a_member_may_double_blind_the_peers_points_before_uploading_its_own(room):
     collab = _collab(room)
-    relay = Relay(room.db, room.audit)
+    relay = Relay(room.store, room.audit)
     relay.upload_points(collab, "brand", 0, EMAIL, 0, b"", _points(KA, ["a", "b"]), last=True, total_rows=2)
     assert relay.status(collab, "platform").peer_points_ready
     _double_blind(relay, collab, "platform", KB)  # platform has uploaded nothing yet
@@ -69,12 +69,12 @@ def test_in_the_match_a_member_may_double_blind_the_peers_points_before_uploadin
     relay.upload_points(collab, "platform", 0, EMAIL, 0, b"", _points(KB, ["b", "c"]), last=True, total_rows=2)
     _double_blind(relay, collab, "brand", KA)
     assert relay.status(collab, "brand").stage is MatchStage.MATCHED
-    assert room.db.cursor().execute("SELECT row_a, row_b FROM matches").fetchall() == [(1, 0)]
+    assert room.store.of(collab.id).cursor().execute("SELECT row_a, row_b FROM matches").fetchall() == [(1, 0)]
 
 
 def test_a_member_without_any_valid_identifier_sends_a_chunk_without_points_and_is_matched_with_nobody(room):
     collab = _collab(room)
-    relay = Relay(room.db, room.audit)
+    relay = Relay(room.store, room.audit)
     relay.upload_points(collab, "brand", 0, EMAIL, 0, b"", _points(KA, ["a"]), last=True, total_rows=1)
     # As the SDK sends it: its chunk of each type, no points, every slot of `present` clear; total_rows all rows.
     relay.upload_points(collab, "platform", 0, EMAIL, 0, bytes(1), b"", last=False)
@@ -83,7 +83,7 @@ def test_a_member_without_any_valid_identifier_sends_a_chunk_without_points_and_
     _double_blind(relay, collab, "platform", KB)  # still double-blinds the brand's points
     _double_blind(relay, collab, "brand", KA)  # an offer of no points is one empty chunk
     assert relay.status(collab, "brand").stage is MatchStage.MATCHED
-    assert room.db.cursor().execute("SELECT count(*) FROM matches").fetchall() == [(0,)]
+    assert room.store.of(collab.id).cursor().execute("SELECT count(*) FROM matches").fetchall() == [(0,)]
     # and its users table may still be uploaded: rows 0 .. 4 are numbered
     frame = pd.DataFrame({"row_id": np.arange(5, dtype=np.int64), "age_band": ["18-24"] * 5})
     _, chunks = arrow_chunks(frame)
@@ -92,11 +92,11 @@ def test_a_member_without_any_valid_identifier_sends_a_chunk_without_points_and_
 
 def test_a_chunk_of_a_type_the_policy_does_not_list_is_refused_and_the_upload_goes_on(room):
     collab = _collab(room)  # identifiers: [email, phone]
-    relay = Relay(room.db, room.audit)
+    relay = Relay(room.store, room.audit)
     relay.upload_points(collab, "brand", 0, EMAIL, 0, b"", _points(KA, ["a"]), last=False)
     with pytest.raises(InvalidArgumentError, match="lets the join use email, phone, not device_id"):
         relay.upload_points(collab, "brand", 1, IdentifierType.DEVICE_ID, 1, b"", _points(KA, ["d"]), last=True)
-    progress = read_progress(room.db.cursor(), collab.id, "brand", POINTS, 0)
+    progress = read_progress(room.store.of(collab.id).cursor(), collab.id, "brand", POINTS, 0)
     assert progress is not None
     assert (progress.next_chunk, progress.committed) == (1, False)
     assert [e.action for e in room.audit.entries(collab.id)][-1] == "refused"
@@ -115,7 +115,7 @@ def test_present_has_eight_slots_a_byte_up_to_65536_and_its_set_bits_count_the_p
 
 def test_retire_users_without_a_refresh_in_the_policy_is_invalid_argument(room):
     collab = _collab(room)  # DEMO_POLICY has no `refresh`
-    relay = Relay(room.db, room.audit)
+    relay = Relay(room.store, room.audit)
     for period in (0, 1):
         with pytest.raises(InvalidArgumentError, match=r"does not list brand\.users, so you may not retire"):
             relay.retire(collab, "brand", period, np.array([0], dtype=np.int64))
@@ -130,7 +130,7 @@ def _users_chunks(room: Room, collab: Collaboration, chunks: list[list[int]]) ->
 
 def test_a_duplicate_row_id_of_a_users_table_is_refused_at_its_last_chunk_and_events_may_repeat(room):
     collab = _collab(room)
-    relay = Relay(room.db, room.audit)
+    relay = Relay(room.store, room.audit)
     relay.upload_points(collab, "brand", 0, EMAIL, 0, b"", _points(KA, ["a", "b", "c"]), last=True, total_rows=3)
     with pytest.raises(InvalidArgumentError, match="1 duplicate row_id values"):
         _users_chunks(room, collab, [[0, 1], [1, 2]])  # chunk 0 is staged unchecked; the last one is refused
@@ -145,4 +145,4 @@ def test_a_duplicate_row_id_of_a_users_table_is_refused_at_its_last_chunk_and_ev
 def test_before_the_match_completes_a_refresh_cannot_open(room):
     collab = _collab(room)
     with pytest.raises(FailedPreconditionError, match="not finished matching"):
-        Relay(room.db, room.audit).open_refresh(collab, "brand")
+        Relay(room.store, room.audit).open_refresh(collab, "brand")

@@ -39,7 +39,7 @@ def _setup(path: Path, chunk: int = 4) -> tuple[Database, Relay, Collaboration]:
     c = collabs.create(BRAND, "relay-test", DEMO_POLICY)
     for m in (BRAND, PLATFORM):
         collabs.approve(m, c.id, c.policy_etag)
-    return room.db, Relay(room.db, room.audit, offer_chunk=chunk), collabs.get(BRAND, c.id)
+    return room.store.of(c.id), Relay(room.store, room.audit, offer_chunk=chunk), collabs.get(BRAND, c.id)
 
 
 def _pack(rows: list[tuple[int, str]], key: X25519PrivateKey, id_type: IdentifierType) -> tuple[int, bytes, bytes]:
@@ -143,7 +143,7 @@ def test_half_upload_is_invisible_and_resumable(tmp_path):
     db.close()
     # reopen (a restart): progress survived, chunk 2 is out of order, chunk 1 resumes
     room = Room.open(tmp_path)
-    db, relay = room.db, Relay(room.db, room.audit, offer_chunk=4)
+    db, relay = room.store.of(collab.id), Relay(room.store, room.audit, offer_chunk=4)
     [progress] = relay.status(collab, "brand").uploads
     assert (progress.next_chunk, progress.committed) == (1, False)
     with pytest.raises(FailedPreconditionError, match="expects chunk 1"):
@@ -245,7 +245,8 @@ def _double_blind_period(relay, collab, member, key, period=0):
 def _period_pairs(room, collab, current=True):
     where = "AND period_to IS NULL" if current else ""
     return sorted(
-        room.db.cursor()
+        room.store.of(collab.id)
+        .cursor()
         .execute(f"SELECT row_a, row_b, period_from, period_to FROM matches WHERE collab = ? {where}", [collab.id])
         .fetchall()
     )
@@ -272,13 +273,13 @@ def matched(tmp_path):
     for m in (BRAND, PLATFORM):
         room.collaborations.approve(m, c.id, c.policy_etag)
     collab = room.collaborations.get(BRAND, c.id)
-    relay = Relay(room.db, room.audit, offer_chunk=2, on_retire=(forget_members,))
+    relay = Relay(room.store, room.audit, offer_chunk=2, on_retire=(forget_members,))
     _refresh_points(relay, collab, "brand", KA, [(0, "a"), (1, "b"), (2, "c"), (3, "d")], 4)
     _refresh_points(relay, collab, "platform", KB, [(0, "a"), (1, "b"), (2, "x"), (3, "y")], 4)
     _double_blind_period(relay, collab, "brand", KA)
     _double_blind_period(relay, collab, "platform", KB)
     yield room, relay, collab
-    room.db.close()
+    room.close()
 
 
 def test_a_period_adds_new_rows_retires_and_rejoins(matched):
@@ -313,7 +314,7 @@ def test_a_period_adds_new_rows_retires_and_rejoins(matched):
     staged = physical_name(collab.id, "brand", "users", staged=True)
     # Audiences released before: an activation audience of platform rows 0, 1 (paired with brand rows 0, 1) and a
     # lookalike audience, which no single brand user put anyone in.
-    with room.db.transaction() as cur:
+    with room.store.of(collab.id).transaction() as cur:
         activation = store(cur, collab.id, "activation", "platform", "brand", np.array([0, 1, 3]))
         lookalike = store(cur, collab.id, "lookalike", "platform", "brand", np.array([0, 1, 2, 3]))
     _refresh_points(relay, collab, "platform", KB, [], 4, period=1)
@@ -333,16 +334,18 @@ def test_a_period_adds_new_rows_retires_and_rejoins(matched):
         (1, 1, 0, None),
         (4, 2, 1, None),
     ]  # retired: gone from history
-    keys = room.db.cursor().execute(
-        "SELECT count(*) FROM match_keys WHERE collab = ? AND member = 'brand' AND row_id = 0", [collab.id]
+    keys = (
+        room.store.of(collab.id)
+        .cursor()
+        .execute("SELECT count(*) FROM match_keys WHERE collab = ? AND member = 'brand' AND row_id = 0", [collab.id])
     )
     assert keys.fetchone() == (0,)
-    assert room.db.cursor().execute(
+    assert room.store.of(collab.id).cursor().execute(
         f"SELECT count(*) FROM duckdb_tables() WHERE table_name = '{staged}'"
     ).fetchone() == (0,)
     # Platform row 0 was paired with retired brand row 0; it stays in the platform's audiences: removing it would
     # tell the platform, for no epsilon, that its user's counterpart left the brand.
-    audiences = Audiences(room.db, room.audit)
+    audiences = Audiences(room.store, room.audit)
     assert sorted(_members(audiences, activation)) == [0, 1, 3]
     assert sorted(_members(audiences, lookalike)) == [0, 1, 2, 3]
     entry = [e for e in room.audit.entries(collab.id) if e.action == "refresh.complete"][-1]
@@ -360,7 +363,7 @@ def test_no_refresh_before_the_match_or_without_a_refresh_policy(tmp_path):
         c = room.collaborations.create(BRAND, cid, policy)
         for m in (BRAND, PLATFORM):
             room.collaborations.approve(m, c.id, c.policy_etag)
-    relay = Relay(room.db, room.audit)
+    relay = Relay(room.store, room.audit)
     with pytest.raises(FailedPreconditionError, match="not finished matching"):
         relay.open_refresh(room.collaborations.get(BRAND, "early"), "brand")
     final = room.collaborations.get(BRAND, "final")
@@ -370,7 +373,7 @@ def test_no_refresh_before_the_match_or_without_a_refresh_policy(tmp_path):
     _double_blind_period(relay, final, "platform", KB)
     with pytest.raises(FailedPreconditionError, match="allows no refresh"):
         relay.open_refresh(final, "brand")
-    room.db.close()
+    room.close()
 
 
 def test_the_interval_counts_from_completions_too(matched, monkeypatch):
@@ -394,7 +397,7 @@ def test_the_interval_counts_from_completions_too(matched, monkeypatch):
     _double_blind_period(relay, collab, "brand", KA, period=1)
     _double_blind_period(relay, collab, "platform", KB, period=1)
     # Nothing changed in period 1: a per-period budget does not renew.
-    assert periods.budget_start(room.db.cursor(), collab.id) == 0
+    assert periods.budget_start(room.store.of(collab.id).cursor(), collab.id) == 0
     with pytest.raises(FailedPreconditionError, match="every 7 days"):
         relay.open_refresh(collab, "brand")  # 8 days after period 1 opened, but the moment it completed
     monkeypatch.setattr(periods, "_now", lambda: start + timedelta(days=23, hours=1))
@@ -409,7 +412,7 @@ def test_retiring_at_once_needs_no_peer_and_renews_nothing(tmp_path):
     for m in (BRAND, PLATFORM):
         room.collaborations.approve(m, c.id, c.policy_etag)
     collab = room.collaborations.get(BRAND, c.id)
-    relay = Relay(room.db, room.audit, on_retire=(forget_members,))
+    relay = Relay(room.store, room.audit, on_retire=(forget_members,))
     with pytest.raises(FailedPreconditionError, match="not finished matching"):
         relay.retire(collab, "brand", 0, np.array([0]))
     _refresh_points(relay, collab, "brand", KA, [(0, "a"), (1, "b"), (2, "c")], 3)
@@ -419,16 +422,16 @@ def test_retiring_at_once_needs_no_peer_and_renews_nothing(tmp_path):
     with pytest.raises(InvalidArgumentError, match="at least one row"):
         relay.retire(collab, "brand", 0, np.array([], dtype=np.int64))
 
-    with room.db.transaction() as cur:  # an audience of the brand's own users, released to it
+    with room.store.of(collab.id).transaction() as cur:  # an audience of the brand's own users, released to it
         own = store(cur, collab.id, "lookalike", "brand", "platform", np.array([0, 1, 2]))
     assert relay.retire(collab, "brand", 0, np.array([0])) == (1, 1)
     assert _period_pairs(room, collab) == [(1, 1, 0, None)]
-    audiences = Audiences(room.db, room.audit)
+    audiences = Audiences(room.store, room.audit)
     assert np.frombuffer(b"".join(audiences.fetch(collab.id, own.id, "brand")), "<i8").tolist() == [1, 2]
     status = relay.status(collab, "platform", 1)
     assert status.stage is MatchStage.MATCHED
     assert status.peer_set_size == 2
-    cur = room.db.cursor()
+    cur = room.store.of(collab.id).cursor()
     assert periods.budget_start(cur, collab.id) == 0  # no renewal
     with pytest.raises(InvalidArgumentError, match="retired before"):
         relay.retire(collab, "brand", 0, np.array([0]))
@@ -448,8 +451,8 @@ def test_retiring_at_once_needs_no_peer_and_renews_nothing(tmp_path):
         assert relay.retire(collab, "brand", 0, np.array([1])) == (1, 2)
     actions = [(e.action, e.parameters.get("period")) for e in room.audit.entries(collab.id)][-4:]
     assert actions == [("refresh.open", 2), ("refresh.cancel", 2), ("refresh.retire", 2), ("refresh.complete", 2)]
-    assert periods.open_period(room.db.cursor(), collab.id) is None
-    room.db.close()
+    assert periods.open_period(room.store.of(collab.id).cursor(), collab.id) is None
+    room.close()
 
 
 def test_a_claimed_count_is_no_change_and_renews_no_budget(matched):
@@ -463,7 +466,7 @@ def test_a_claimed_count_is_no_change_and_renews_no_budget(matched):
     _refresh_points(relay, collab, "platform", KB, [], 4, period=1)
     _double_blind_period(relay, collab, "brand", KA, period=1)
     _double_blind_period(relay, collab, "platform", KB, period=1)
-    cur = room.db.cursor()
+    cur = room.store.of(collab.id).cursor()
     assert periods.latest_complete(cur, collab.id, True) == 1
     complete = [e for e in room.audit.entries(collab.id) if e.action == "refresh.complete"][-1]
     assert complete.parameters["members"]["brand"]["new_rows"] == 0

@@ -45,7 +45,7 @@ def test_tables_follow_the_point_upload_use_its_row_numbers_and_are_final(tmp_pa
     assert room.tables.upload_chunk(collab, "brand", "users", 0, fits, last=True).committed
     with pytest.raises(FailedPreconditionError, match="already complete"):
         room.tables.upload_chunk(collab, "brand", "users", 0, fits, last=True)
-    room.db.close()
+    room.close()
 
 
 def test_compressed_chunks_are_accepted_and_a_decompression_bomb_is_refused(tmp_path, monkeypatch):
@@ -63,7 +63,7 @@ def test_compressed_chunks_are_accepted_and_a_decompression_bomb_is_refused(tmp_
     monkeypatch.setattr(tables_module, "MAX_CHUNK_DECODED", 64 * 2**20)
     progress = room.tables.upload_chunk(collab, "brand", "users", 0, chunk, last=True)
     assert progress.committed
-    room.db.close()
+    room.close()
 
 
 def _active(room: Room, collab_id: str, policy: str):
@@ -92,12 +92,17 @@ def test_physical_names_are_one_to_one_so_no_collaboration_overwrites_another(tm
     _points(room, attacker, 4, "platform")
     _upload(room, attacker, "platform", "brand__users", pd.DataFrame({"row_id": [1, 2, 3], "tier": ["junk"] * 3}))
 
-    cur = room.db.cursor()
-    rows = cur.execute("SELECT collab, member, name, physical FROM data_tables ORDER BY collab").fetchall()
-    assert len({r[3] for r in rows}) == len(rows) == 2
-    [physical] = [r[3] for r in rows if r[:3] == ("acme--platform", "brand", "users")]
+    physicals = set()
+    for collab in (victim, attacker):  # each collaboration's tables are in its own file; the names differ anyway
+        cur = room.store.of(collab.id).cursor()
+        rows = cur.execute("SELECT collab, member, name, physical FROM data_tables").fetchall()
+        assert len(rows) == 1
+        physicals.add(rows[0][3])
+    assert len(physicals) == 2
+    cur = room.store.of(victim.id).cursor()
+    [(physical,)] = cur.execute("SELECT physical FROM data_tables").fetchall()
     assert sorted(cur.execute(f'SELECT tier FROM "{physical}"').fetchall()) == [("gold",), ("gold",), ("silver",)]
-    room.db.close()
+    room.close()
 
 
 def test_a_proposal_landing_while_the_first_chunk_is_processed_stores_nothing(tmp_path, monkeypatch):
@@ -118,10 +123,10 @@ def test_a_proposal_landing_while_the_first_chunk_is_processed_stores_nothing(tm
     now = room.collaborations.get(BRAND, collab.id)
     assert now.policy_revision == 2
     assert not now.active
-    cur = room.db.cursor()
+    cur = room.store.of(collab.id).cursor()
     assert cur.execute("SELECT count(*) FROM uploads").fetchall() == [(0,)]
     assert cur.execute("SELECT count(*) FROM data_tables").fetchall() == [(0,)]
-    room.db.close()
+    room.close()
 
 
 def test_points_are_not_stored_under_a_revision_proposed_after_authorization(tmp_path, monkeypatch):
@@ -133,5 +138,5 @@ def test_points_are_not_stored_under_a_revision_proposed_after_authorization(tmp
     room.collaborations.propose(PLATFORM, collab.id, DEMO_POLICY.replace("min_group_size: 50", "min_group_size: 60"))
     with pytest.raises(FailedPreconditionError, match="changed while your request was in flight"):
         room.relay.upload_points(collab, "brand", 0, IdentifierType.EMAIL, 0, b"", hash_to_u(b"p"), True)
-    assert room.db.cursor().execute("SELECT count(*) FROM uploads").fetchall() == [(0,)]
-    room.db.close()
+    assert room.store.of(collab.id).cursor().execute("SELECT count(*) FROM uploads").fetchall() == [(0,)]
+    room.close()

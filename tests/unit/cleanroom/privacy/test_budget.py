@@ -37,6 +37,7 @@ def test_a_delta_equal_to_the_whole_budget_is_admitted(room):
     """The attack's shape: delta 1e-6 per query and in total, nothing spent, asking 1e-6 was refused ("asks 1e-06
     but you have 1e-06 left of 1e-06") because 1e-6 / 1e-18 is 1000000000000.0001 in floating point."""
     limits = Limits(1.0, 1e-6)
+    room.store.create("c-d")
     held = room.budget.reserve("c-d", [Charge("brand", 1.0, 1e-6), Charge("platform", 1.0, 1e-6)], limits)
     assert held.charges[0].units == (10**9, 10**12)
     with pytest.raises(ResourceExhaustedError, match="asks epsilon"):
@@ -55,6 +56,7 @@ def _spend_until_full(room: Room, collab: str, amounts: list[Decimal], which: st
     total = sum(amounts)
     assume(Decimal(repr(float(total))) == total)  # a cap a float can state (at most 15 significant digits)
     cap = float(total)
+    room.store.create(collab)  # the collaboration's own file (as creating it makes)
     room.audit.record(collab, "m", "collaboration.create", {})  # a collaboration's chain starts with its creation
     limits = Limits(cap, 1.0) if which == "epsilon" else Limits(1.0, cap)
     for amount in amounts:

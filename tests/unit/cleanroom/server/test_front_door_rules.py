@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from contextlib import ExitStack
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from cleanroom.errors import ResourceExhaustedError
 from cleanroom.principals import Principal, Role
 from cleanroom.server.auth import StreamLimiter
+from cleanroom.server.frontdoor import HALF_OPEN_GRACE, HALF_OPEN_PER_PRINCIPAL, Watchdog
 from cleanroom.server.rates import METHOD_RATES, PREVIEW_RATE, REFUSAL_RATE, RateLimiter
 
 PREVIEW = next(method for method, (what, _) in METHOD_RATES.items() if what == "previews")
@@ -87,3 +91,48 @@ def test_no_principal_collaboration_or_server_holds_more_than_its_share(requests
     # every slot is given back when its block ends
     with streams.slot(Principal("a", Role.MEMBER)) as again:
         again.bind("x")
+
+
+class FakeContext:
+    """What the watchdog needs of a call: `cancel` (the only stand-in here: a call the server cannot fail to cut)."""
+
+    def __init__(self, fails: bool = False) -> None:
+        self.fails = fails
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        if self.fails:
+            raise RuntimeError("the call had already ended")
+        self.cancelled.set()
+
+
+def test_the_watchdog_outlives_a_call_it_cannot_cut():
+    cut: list[str] = []
+    watchdog = Watchdog(tick=0.01, on_cut=cut.append)
+    try:
+        watchdog.watch(FakeContext(fails=True), 0.0, "mallory")  # type: ignore[arg-type]
+        time.sleep(0.1)
+        later = FakeContext()
+        watchdog.watch(later, 0.05, "brand")  # type: ignore[arg-type]
+        assert later.cancelled.wait(2), "the watchdog stopped after one failed cut"
+        assert "brand" in cut
+    finally:
+        watchdog.close()
+
+
+def test_a_principal_with_two_half_open_calls_is_refused_before_its_next_one_waits():
+    refused: list[str] = []
+    watchdog = Watchdog(tick=0.01, on_cut=refused.append)
+    try:
+        for _ in range(HALF_OPEN_PER_PRINCIPAL):
+            watchdog.watch(FakeContext(), 30.0, "mallory", waiting=True, unary=True)  # type: ignore[arg-type]
+        watchdog.watch(FakeContext(), 30.0, "brand", waiting=True, unary=True)  # type: ignore[arg-type]
+        time.sleep(HALF_OPEN_GRACE + 0.1)
+        with pytest.raises(ResourceExhaustedError, match="no message"):
+            watchdog.watch(FakeContext(), 30.0, "mallory", waiting=True, unary=True)  # type: ignore[arg-type]
+        assert refused == ["mallory"]
+        # another principal, and mallory's streams (whose first message may come later), still wait
+        watchdog.watch(FakeContext(), 30.0, "brand", waiting=True, unary=True)  # type: ignore[arg-type]
+        watchdog.watch(FakeContext(), 30.0, "mallory", waiting=True)  # type: ignore[arg-type]
+    finally:
+        watchdog.close()
