@@ -6,9 +6,14 @@ For N x N users (one identifier type, email, with N/2 in common) it reports the 
 on the wire and received (counted by a TCP relay between member and server: TLS records, HTTP/2 frames and all), and
 the peak RSS of every process. Beside it, in the same run:
 - the limit: `cryptography`'s X25519 operations per second on all cores, times the 4 operations one matched pair
-  needs (each member blinds its own identifier and the peer's);
+  needs (each member blinds its own identifier and the peer's), measured before and after the match (their mean:
+  on a shared machine the rate drifts);
+- the same in CPU time, which a shared machine's load barely moves: the CPU seconds of every process of the match
+  (server, members, their workers) over those of the 4 X25519 operations per pair (`cpu_ratio_to_limit`);
 - the protocol's floor: the limit plus the RFC 9380 hash to curve each member owes for each of its identifiers,
-  measured the same way (what any implementation of this protocol in this Python would pay);
+  measured the same way (natively when `native_hash_to_curve` is True, else in Python);
+- where each member's time went: seconds per phase of its match (blind and upload its points, its tables, wait for
+  and double-blind the peer's points, wait for the join, and start-up before the match);
 - OpenMined's PSI on the same sets (benchmarks/openmined_peer.py), when its venv exists
   (`make bench-openmined-venv`).
 
@@ -37,7 +42,7 @@ import pandas as pd
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from cleanroom.devtools.synthetic import DEMO_POLICY
-from cleanroom_client.curve import hash_to_u
+from cleanroom_client.curve import NATIVE, hash_to_u_batch
 
 HERE = Path(__file__).resolve().parent
 OPENMINED_PYTHON = HERE / ".venv-openmined" / "bin" / "python"
@@ -52,10 +57,23 @@ def _x25519_ops(count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
+def x25519_cpu_seconds(count: int = 5_000) -> float:
+    """CPU seconds of one X25519 operation (key objects included) in this process: unlike a rate, the load of a
+    shared machine barely moves it."""
+    key = X25519PrivateKey.generate()
+    peer = X25519PrivateKey.generate().public_key().public_bytes_raw()
+    start = time.process_time()
+    for _ in range(count):
+        key.exchange(X25519PublicKey.from_public_bytes(peer))
+    return (time.process_time() - start) / count
+
+
 def _hash_to_curve_ops(count: int) -> float:
+    """Hashes to the curve per second, in batches of the SDK's chunk size as a match runs them."""
+    messages = [b"email\x00" + i.to_bytes(32, "little") for i in range(count)]
     start = time.perf_counter()
-    for i in range(count):
-        hash_to_u(b"email\x00" + i.to_bytes(32, "little"))
+    for first in range(0, count, 16_384):
+        hash_to_u_batch(messages[first : first + 16_384])
     return count / (time.perf_counter() - start)
 
 
@@ -71,9 +89,25 @@ def machine_limit(cores: int, per_core: int = 20_000) -> float:
 
 
 MEMBER = r"""
-import json, os, resource, sys
+import json, os, resource, sys, time
 import pandas as pd
 from cleanroom_client import CleanRoomClient
+from cleanroom_client.matching import MatchRunner
+
+stages = {}  # seconds in each phase of MatchRunner.run, by the method's name
+
+def timed(name):
+    step = getattr(MatchRunner, name)
+    def run(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return step(*args, **kwargs)
+        finally:
+            stages[name] = stages.get(name, 0.0) + time.perf_counter() - start
+    setattr(MatchRunner, name, run)
+
+for name in ("_send_points", "_send_tables", "_blind_offers", "run"):
+    timed(name)
 
 def hwm_mb(pid):  # VmHWM: the peak of this process since exec (ru_maxrss would count the parent's pages at fork)
     for line in open(f"/proc/{pid}/status"):
@@ -95,7 +129,7 @@ with CleanRoomClient(state_dir=state, progress=False) as c:
     s = c.match(collab, users=frame, key="key", identifiers={"email": "email"}, wait_timeout=3600)
     workers = [hwm_mb(pid) for pid in children()]  # the blinding pool, before the client shuts it down
 own, pool = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-json.dump({"rss_main_mb": hwm_mb("self"), "rss_worker_mb": max(workers, default=0.0),
+json.dump({"stages": stages, "rss_main_mb": hwm_mb("self"), "rss_worker_mb": max(workers, default=0.0),
            "rss_workers_sum_mb": sum(workers),
            "cpu_main_s": own.ru_utime + own.ru_stime, "cpu_workers_s": pool.ru_utime + pool.ru_stime,
            "peer_set_size": s.peer_set_size}, open(out, "w"))
@@ -147,7 +181,7 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-def run(n: int, tmp: Path) -> dict[str, float]:
+def run(n: int, tmp: Path) -> dict[str, Any]:
     """One N x N match end to end; returns its figures."""
     cli = [sys.executable, "-m", "cleanroom.cli"]
     data = tmp / "data"
@@ -228,7 +262,7 @@ def run(n: int, tmp: Path) -> dict[str, float]:
     server.send_signal(signal.SIGTERM)
     server.wait()
     members = {m: json.loads((tmp / f"{m}.json").read_text()) for m in ("brand", "platform")}
-    result: dict[str, float] = {
+    result: dict[str, Any] = {
         "n": n,
         "seconds": round(seconds, 2),
         "identifiers_per_second": round(2 * n / seconds),
@@ -243,6 +277,16 @@ def run(n: int, tmp: Path) -> dict[str, float]:
         result[f"peak_rss_mb_{m}_total"] = round(members[m]["rss_main_mb"] + members[m]["rss_workers_sum_mb"])
         result[f"cpu_seconds_{m}_main"] = round(members[m]["cpu_main_s"], 1)
         result[f"cpu_seconds_{m}_workers"] = round(members[m]["cpu_workers_s"], 1)
+        stages = members[m]["stages"]
+        # the member's match by phase: blind and upload its points; its tables; wait for the peer's points and
+        # double-blind them; wait for the server's join (the rest of MatchRunner.run)
+        result[f"stage_s_{m}_points"] = round(stages["_send_points"], 2)
+        result[f"stage_s_{m}_tables"] = round(stages["_send_tables"], 2)
+        result[f"stage_s_{m}_double_blind"] = round(stages["_blind_offers"], 2)
+        result[f"stage_s_{m}_join_wait"] = round(
+            stages["run"] - stages["_send_points"] - stages["_send_tables"] - stages["_blind_offers"], 2
+        )
+        result[f"stage_s_{m}_outside_run"] = round(seconds - stages["run"], 2)  # start-up, reading the users
     return result
 
 
@@ -272,18 +316,33 @@ def main() -> int:
     parser.add_argument("--openmined-python", type=Path, default=OPENMINED_PYTHON)
     args = parser.parse_args()
     cores = os.cpu_count() or 1
-    ops = machine_limit(cores)
-    h2c = per_second(_hash_to_curve_ops, cores, 5_000)
-    limit_seconds = 4 * args.n / ops
-    floor_seconds = limit_seconds + 2 * args.n / h2c
+    ops_before = machine_limit(cores)
+    h2c = per_second(_hash_to_curve_ops, cores, 16_384 if NATIVE else 5_000)
+    h2c_ops = machine_limit(cores, 5_000)  # X25519 measured again beside the hashes, for their ratio
     with tempfile.TemporaryDirectory() as tmp:
         result = run(args.n, Path(tmp))
+    # On a shared machine the rate drifts while the match runs: the limit is taken before and after it.
+    ops_after = machine_limit(cores)
+    ops = (ops_before + ops_after) / 2
+    x25519_cpu = x25519_cpu_seconds()
+    cpu = result["cpu_seconds_server"] + sum(
+        result[f"cpu_seconds_{m}_{part}"] for m in ("brand", "platform") for part in ("main", "workers")
+    )
+    limit_seconds = 4 * args.n / ops
+    floor_seconds = limit_seconds + 2 * args.n / h2c * h2c_ops / ops
     result.update(openmined(args.openmined_python, args.n))
     result.update(
+        native_hash_to_curve=NATIVE,
         x25519_ops_per_second=round(ops),
+        x25519_ops_per_second_before=round(ops_before),
+        x25519_ops_per_second_after=round(ops_after),
         hash_to_curve_per_second=round(h2c),
         limit_seconds=round(limit_seconds, 2),
         ratio_to_limit=round(result["seconds"] / limit_seconds, 2),
+        x25519_cpu_us=round(x25519_cpu * 1e6, 1),
+        cpu_seconds_all=round(cpu, 1),
+        cpu_ratio_to_limit=round(cpu / (4 * args.n * x25519_cpu), 2),
+        hash_to_curve_per_x25519=round(h2c_ops / h2c, 3),
         floor_seconds=round(floor_seconds, 2),
         ratio_to_floor=round(result["seconds"] / floor_seconds, 2),
     )
@@ -291,7 +350,7 @@ def main() -> int:
         result["speedup_over_openmined"] = round(result["openmined_seconds"] / result["seconds"], 2)
     print(f"{args.n:,} x {args.n:,} (email, half in common) on {cores} cores")
     for key, value in result.items():
-        print(f"  {key:<44}{value:>14,}")
+        print(f"  {key:<44}{value!s:>14}" if isinstance(value, bool) else f"  {key:<44}{value:>14,}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return 0

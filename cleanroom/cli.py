@@ -365,20 +365,46 @@ def demo(
 def demo_data(
     directory: Annotated[Path, typer.Argument(help="Where to write the practice files.")],
     brand_users: Annotated[int, typer.Option(help="Brand CRM size.")] = 20_000,
-    platform_users: Annotated[int, typer.Option(help="Platform user count.")] = 40_000,
-    shared: Annotated[int, typer.Option(help="People on both sides.")] = 6_000,
+    platform_users: Annotated[int | None, typer.Option(help="Platform user count (default 40000).")] = None,
+    shared: Annotated[int | None, typer.Option(help="People on both sides (default 6000).")] = None,
+    refresh_users: Annotated[
+        int, typer.Option(help="Brand customers held back into crm_new.csv (and their orders) for a refresh.")
+    ] = 0,
+    platforms: Annotated[
+        int, typer.Option(help="2: a brand and two platforms (jd, tencent), each member's files, no policy.")
+    ] = 1,
 ) -> None:
     """Write practice files: a brand's CRM and orders, a platform's users, 4A history, exposures, a policy.
 
-    Example: cleanroom demo-data trial --brand-users 3000 --platform-users 5000 --shared 1500
-    """
-    from .devtools.synthetic import SyntheticConfig, write_sample_files
+    Example: cleanroom demo-data trial --brand-users 3000 --platform-users 5000 --shared 1500 --refresh-users 150
 
+    With --platforms 2: crm.csv and orders.csv of the brand, and each platform's users and exposures; every member
+    then drafts its side (cleanroom-client policy init) and the drafts merge (policy merge).
+    """
     try:
-        config = SyntheticConfig(brand_users=brand_users, platform_users=platform_users, shared=shared)
-        written = write_sample_files(directory, config)
+        if platforms == 2:
+            from .devtools.synthetic_platforms import write_sample_files as write_platforms
+
+            given = [n for n, v in (("--platform-users", platform_users), ("--shared", shared)) if v is not None]
+            if given or refresh_users:
+                raise ValueError(
+                    f"{', '.join(given) or '--refresh-users'}: for the two-member files only; with --platforms 2 "
+                    "the brand's size (--brand-users) sets the others (about half its customers on each platform)"
+                )
+            written = write_platforms(directory, brand_users)
+        elif platforms == 1:
+            from .devtools.synthetic import SyntheticConfig, write_sample_files
+
+            config = SyntheticConfig(
+                brand_users=brand_users,
+                platform_users=40_000 if platform_users is None else platform_users,
+                shared=6_000 if shared is None else shared,
+            )
+            written = write_sample_files(directory, config, refresh_users)
+        else:
+            raise ValueError(f"--platforms {platforms}: 1 (a brand and a platform) or 2 (and a second platform)")
     except ValueError as exc:
-        console.print(f"[red]{exc}[/]")
+        console.print(f"[red]{exc}[/]", highlight=False)
         raise typer.Exit(2) from None
     console.print(f"wrote {', '.join(p.name for p in written)} in {directory}")
 

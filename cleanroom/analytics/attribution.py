@@ -1,4 +1,6 @@
-"""Attribution and lift as DuckDB SQL over the join: exact, un-noised, and never leaving the engine.
+"""Attribution and lift: their DuckDB SQL over the join (exact, un-noised, never leaving the engine) and their plans.
+
+`attribution`, `lift` and `lift_cells` at the end are the queries' plans for `QueryEngine.release`.
 
 Contribution bounding, which makes the sensitivities exact (per matched pair; the engine multiplies them by the
 join's stability constant):
@@ -35,14 +37,23 @@ Time columns are timestamps within a fixed window (checked at upload), per-perso
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from cleanroom_client.policy import Policy, TableSpec
+from cleanroom_client.policy import Policy, QueryType, TableSpec
 
+from ..collaborations import Collaboration
 from ..errors import FailedPreconditionError, InvalidArgumentError
+from ..principals import Principal
 from ..storage.database import quote_ident
-from .matched import Axis, Catalog, Sql
+from .cells import Z95, Cell, withheld
+from .matched import Axis, Catalog, Histogram, MatchedData, Sql, axis, cells_of, fill_histogram
+from .plan import Measurement, Noisy, Plan, QueryAnswer, dimension_domain
+from .queries import AttributionQuery, LiftQuery
+
+if TYPE_CHECKING:
+    from .engine import QueryEngine
 
 MILLI = 1000
 CENTS = 100
@@ -288,3 +299,206 @@ def lift_sql(catalog: Catalog, ev: EventTables, groups: TableSpec, campaign: str
 def group_axis(groups: TableSpec) -> Axis:
     """The test groups, in the policy's fixed order (exposed, holdout)."""
     return Axis("test_group", groups.member, "test_group", ("exposed", "holdout"))
+
+
+# -- the queries ------------------------------------------------------------------------------------------------
+def attribution(
+    engine: QueryEngine, principal: Principal, collaboration_id: str, q: AttributionQuery, preview: bool = False
+) -> QueryAnswer:
+    """Attributed conversions and revenue (and ROAS where spend is public) per campaign or channel.
+
+    Epsilon is split in half between the conversions vector (sensitivity c x 1000 x cap thousandths) and the
+    revenue vector (c x cap x ceil(100 x max|value|) cents); see `attribution.py` for the bounding. The
+    group `none` holds the unattributed conversions.
+    """
+    half = q.epsilon / 2
+
+    def build(collaboration: Collaboration, catalog: Catalog) -> Plan:
+        check_attribution(q.model, q.lookback_days, q.half_life_days)
+        policy = collaboration.policy
+        ev = event_tables(policy, catalog.members)
+        group = axis(q.by, ev.exposures.member, q.by, exposure_domain(ev, q.by))
+        brand = None
+        if q.brand_dimension is not None:
+            d = q.brand_dimension
+            brand = axis(str(d), d.member, d.column, dimension_domain(policy, d))
+        axes = (group,) if brand is None else (group, brand)
+        cells_of(axes)
+        sql = attribution_sql(catalog, ev, group, brand, q.model, q.lookback_days, q.click_over_view, q.half_life_days)
+        width = len(axes)
+        cached: dict[str, list[tuple[Any, ...]]] = {}
+
+        def rows(data: MatchedData) -> list[tuple[Any, ...]]:
+            if "rows" not in cached:
+                cached["rows"] = data.rows(sql)
+            return cached["rows"]
+
+        def conversions(data: MatchedData) -> Histogram:
+            return fill_histogram(axes, [(*r[:width], r[width]) for r in rows(data)])
+
+        def revenue(data: MatchedData) -> Histogram:
+            return fill_histogram(axes, [(*r[:width], r[width + 1]) for r in rows(data)])
+
+        c = engine.stability(catalog, any_of=ANY_OF)
+        measurements = (
+            Measurement("conversions", conversions, half, c * MILLI * ev.cap, MILLI),
+            Measurement("revenue", revenue, half, c * ev.cap * ev.cents_per_conversion, CENTS),
+        )
+        spend = policy.campaign_spend if q.by == "campaign" else {}
+        floor = 0.0 if ev.lo >= 0 else -math.inf  # revenue cannot be negative when no value is
+
+        def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
+            conv, rev = noisy["conversions"], noisy["revenue"]
+            out: list[Cell] = []
+            for keys, vc, vr in zip(conv.keys, conv.values, rev.values, strict=True):
+                if vc / MILLI < min_group:
+                    out += [withheld(keys, m) for m in ("attributed_conversions", "attributed_revenue", "roas")]
+                    continue
+                out.append(Cell(keys, "attributed_conversions", vc / MILLI, conv.error_95 / MILLI, False))
+                revenue = max(vr / CENTS, floor)
+                out.append(Cell(keys, "attributed_revenue", revenue, rev.error_95 / CENTS, False))
+                cost = spend.get(keys[0])
+                if cost:
+                    out.append(Cell(keys, "roas", revenue / cost, rev.error_95 / CENTS / cost, False))
+                else:
+                    out.append(withheld(keys, "roas"))
+            return out
+
+        dims = (q.by,) if brand is None else (q.by, brand.label)
+        return engine.histograms(principal, collaboration, q.epsilon, measurements, dims, finish)
+
+    params = {
+        "model": q.model,
+        "lookback_days": q.lookback_days,
+        "by": q.by,
+        "brand_dimension": str(q.brand_dimension or ""),
+        "click_over_view": q.click_over_view,
+        "half_life_days": q.half_life_days,
+    }
+    return engine.release(principal, collaboration_id, q, QueryType.ATTRIBUTION, params, build, preview=preview)
+
+
+def lift(
+    engine: QueryEngine, principal: Principal, collaboration_id: str, q: LiftQuery, preview: bool = False
+) -> QueryAnswer:
+    """Conversion rate per test group, absolute and relative lift, incremental conversions and revenue.
+
+    Epsilon is split in quarters over four vectors with one cell per group (every matched person with a test
+    group is in one): people (sensitivity c), converters (c), revenue in cents (c x ceil(100 x cap x max|value|))
+    and revenue squared in currency units squared (c x (ceil((cap x max|value|)^2) + 1)). Intervals combine
+    sampling error and DP noise.
+    """
+    quarter = q.epsilon / 4
+
+    def build(collaboration: Collaboration, catalog: Catalog) -> Plan:
+        policy = collaboration.policy
+        ev = event_tables(policy, catalog.members)
+        groups = next((t for t in policy.tables.values() if t.table == "test_groups"), None)
+        if groups is None:
+            raise FailedPreconditionError("the policy must declare a test_groups table with campaign and test_group")
+        if q.campaign not in groups.dimensions["campaign"]:
+            raise InvalidArgumentError(
+                f"campaign {q.campaign!r} is not in the declared domain {list(groups.dimensions['campaign'])}"
+            )
+        ax = group_axis(groups)
+        sql = lift_sql(catalog, ev, groups, q.campaign)
+        cached: dict[str, list[tuple[Any, ...]]] = {}
+
+        def column(i: int) -> Callable[[MatchedData], Histogram]:
+            def read(data: MatchedData) -> Histogram:
+                if "rows" not in cached:
+                    cached["rows"] = data.rows(sql)
+                return fill_histogram((ax,), [(r[0], r[i]) for r in cached["rows"]])
+
+            return read
+
+        bound = ev.cap * ev.value_bound
+        c = engine.stability(catalog, any_of=ANY_OF)
+        measurements = (
+            Measurement("people", column(1), quarter, c),
+            Measurement("converters", column(2), quarter, c),
+            Measurement("revenue", column(3), quarter, c * math.ceil(CENTS * bound), CENTS),
+            Measurement("revenue_sq", column(4), quarter, c * (math.ceil(bound**2) + 1)),
+        )
+        floor = 0.0 if ev.lo >= 0 else -math.inf
+
+        def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
+            return lift_cells(noisy, min_group, floor)
+
+        return engine.histograms(principal, collaboration, q.epsilon, measurements, ("test_group",), finish)
+
+    return engine.release(
+        principal, collaboration_id, q, QueryType.LIFT, {"campaign": q.campaign}, build, preview=preview
+    )
+
+
+def _rate(n: Noisy, c: Noisy, i: int) -> tuple[float, float, float] | None:
+    """Conversion rate of group i with its variance (sampling + noise), and the group size; None if empty."""
+    people, conv = n.values[i], max(c.values[i], 0)
+    if people <= 0:
+        return None
+    p = min(conv / people, 1.0)
+    var = p * (1 - p) / people + (c.variance + p**2 * n.variance) / people**2
+    return p, var, float(people)
+
+
+def _mean(n: Noisy, r: Noisy, sq: Noisy, i: int) -> tuple[float, float] | None:
+    """Revenue per person of group i (currency units) with its variance (sampling + noise)."""
+    people = n.values[i]
+    if people <= 0:
+        return None
+    mu = r.values[i] / CENTS / people
+    second = max(sq.values[i], 0) / people
+    sampling = max(second - mu**2, 0.0) / people
+    noise = (r.variance / CENTS**2 + mu**2 * n.variance) / people**2
+    return mu, sampling + noise
+
+
+def lift_cells(noisy: Mapping[str, Noisy], min_group: int, revenue_floor: float = -math.inf) -> list[Cell]:
+    """Per group: people, converters, conversion rate, revenue per person; then the lift estimates.
+
+    Revenue per person is shown at `revenue_floor` or above (0 when the value bounds are non-negative).
+
+    Intervals are normal approximations (1.96 standard deviations) whose variance adds the binomial (or
+    empirical) sampling variance to the DP noise variance, by the delta method for the derived ratios. Every
+    division is guarded, so any noisy input gives cells (withheld where a denominator is not positive).
+    """
+    n, c, r, sq = noisy["people"], noisy["converters"], noisy["revenue"], noisy["revenue_sq"]
+    out: list[Cell] = []
+    ok = {}
+    for i, keys in enumerate(n.keys):
+        group_ok = n.values[i] >= min_group and c.values[i] >= min_group
+        ok[keys[0]] = group_ok
+        out.append(Cell(keys, "people", n.values[i], n.error_95, False) if group_ok else withheld(keys, "people"))
+        out.append(
+            Cell(keys, "converters", c.values[i], c.error_95, False) if group_ok else withheld(keys, "converters")
+        )
+        rate, mean = _rate(n, c, i), _mean(n, r, sq, i)
+        if group_ok and rate and mean:
+            out.append(Cell(keys, "conversion_rate", rate[0], Z95 * math.sqrt(rate[1]), False))
+            per_person = max(mean[0], revenue_floor)
+            out.append(Cell(keys, "revenue_per_person", per_person, Z95 * math.sqrt(mean[1]), False))
+        else:
+            out += [withheld(keys, "conversion_rate"), withheld(keys, "revenue_per_person")]
+    e, h = n.keys.index(("exposed",)), n.keys.index(("holdout",))
+    re_, rh = _rate(n, c, e), _rate(n, c, h)
+    me, mh = _mean(n, r, sq, e), _mean(n, r, sq, h)
+    key = ("lift",)
+    names = ("absolute_lift", "relative_lift", "incremental_conversions", "incremental_revenue")
+    if not (ok["exposed"] and ok["holdout"] and re_ and rh and me and mh and rh[0] > 0):
+        return out + [withheld(key, m) for m in names]
+    diff, var_diff = re_[0] - rh[0], re_[1] + rh[1]
+    rel = re_[0] / rh[0] - 1
+    var_rel = re_[1] / rh[0] ** 2 + (re_[0] / rh[0] ** 2) ** 2 * rh[1]
+    exposed = re_[2]
+    inc_conv, var_inc_conv = diff * exposed, exposed**2 * var_diff + diff**2 * n.variance
+    mdiff, var_mdiff = me[0] - mh[0], me[1] + mh[1]
+    inc_rev, var_inc_rev = mdiff * exposed, exposed**2 * var_mdiff + mdiff**2 * n.variance
+    for measure, value, var in (
+        ("absolute_lift", diff, var_diff),
+        ("relative_lift", rel, var_rel),
+        ("incremental_conversions", inc_conv, var_inc_conv),
+        ("incremental_revenue", inc_rev, var_inc_rev),
+    ):
+        out.append(Cell(key, measure, value, Z95 * math.sqrt(max(var, 0.0)), False))
+    return out

@@ -1,4 +1,7 @@
-"""The second half of the GOAL method as SQL over the join: value ("A") and loyalty ("L"), exact and un-noised.
+"""The second half of the GOAL method: value ("A") and loyalty ("L"), their SQL over the join and their plans.
+
+The SQL is exact and un-noised; `value` and `loyalty` at the end are the queries' plans for `QueryEngine.release`
+(vectors, epsilon split, sensitivities, derived cells).
 
 Value, per group of declared dimensions: the matched people, the buyers among them (people with at least one row of
 the measure's table), their orders (rows, at most the table's `max_per_person` each: the earliest, ties broken by
@@ -22,14 +25,24 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from cleanroom_client.policy import Policy
+from cleanroom_client.policy import Policy, QueryType
 
+from ..collaborations import Collaboration
 from ..errors import FailedPreconditionError, InvalidArgumentError
+from ..principals import Principal
 from ..storage.database import quote_ident
 from .attribution import CENTS
-from .matched import NONE, Axis, Catalog, Sql, grouping
+from .cells import Cell, fraction, quotient, withheld
+from .matched import NONE, Axis, Catalog, Histogram, MatchedData, Sql, axis, cells_of, fill_histogram, grouping
+from .plan import Measurement, Noisy, Plan, QueryAnswer, dimension_domain, reader
+from .queries import DimensionRef, LoyaltyQuery, ValueQuery
+
+if TYPE_CHECKING:
+    from .engine import QueryEngine
 
 #: Loyalty states of a matched person, in release order (then `none`: no conversion in period 1).
 LOYALTY_STATES = ("once", "once_retained", "repeat", "repeat_retained")
@@ -160,3 +173,144 @@ def loyalty_sql(
 def state_axis(member: str) -> Axis:
     """The loyalty states, fixed (not data): `none` last."""
     return Axis("loyalty_state", member, "state", (*LOYALTY_STATES, NONE))
+
+
+# -- the queries ------------------------------------------------------------------------------------------------
+def group_axes(policy: Policy, by: tuple[DimensionRef, ...]) -> tuple[Axis, ...]:
+    """The axes of up to three grouping dimensions, each declared, their cells within the limit."""
+    axes = tuple(axis(str(d), d.member, d.column, dimension_domain(policy, d)) for d in by)
+    cells_of(axes)
+    return axes
+
+
+def value(
+    engine: QueryEngine, principal: Principal, collaboration_id: str, q: ValueQuery, preview: bool = False
+) -> QueryAnswer:
+    """GOAL's "A": per group, people, buyers, orders, the sum of a measure, its means per person, buyer, order.
+
+    Privacy unit: one users row of either member with its events. Epsilon is quartered over four vectors with
+    one cell per group (`goal.py` bounds each person's contribution): people (sensitivity c), buyers (c),
+    orders (c x cap) and the sum in cents (c x cap x ceil(100 x max(|lo|, |hi|))), cap being the measure
+    table's `max_per_person` (1 for a users measure). Post-processing: counts are shown at >= 0, the sum at
+    >= 0 when lo >= 0, each mean within the range its definition allows; the means' bounds propagate the two
+    vectors' bounds (`cells.quotient`).
+    """
+    quarter = q.epsilon / 4
+
+    def build(collaboration: Collaboration, catalog: Catalog) -> Plan:
+        policy = collaboration.policy
+        axes = group_axes(policy, q.by)
+        measure = measure_spec(policy, q.measure)
+        sql = value_sql(catalog, axes, measure)
+        width = len(axes)
+        cached: dict[str, list[tuple[Any, ...]]] = {}
+
+        def column(i: int) -> Callable[[MatchedData], Histogram]:
+            def read(data: MatchedData) -> Histogram:
+                if "rows" not in cached:
+                    cached["rows"] = data.rows(sql)
+                return fill_histogram(axes, [(*r[:width], r[width + i]) for r in cached["rows"]])
+
+            return read
+
+        c = engine.stability(catalog)
+        measurements = (
+            Measurement("people", column(0), quarter, c),
+            Measurement("buyers", column(1), quarter, c),
+            Measurement("orders", column(2), quarter, c * measure.cap),
+            Measurement("sum", column(3), quarter, c * measure.cap * measure.cents_per_row, CENTS),
+        )
+        lo, hi = measure.lo, measure.hi
+        person_lo, person_hi = measure.per_person_range()
+        means = (
+            ("per_person", "people", person_lo, person_hi),
+            ("per_buyer", "buyers", min(lo, person_lo), max(hi, person_hi)),
+            ("per_order", "orders", lo, hi),
+        )
+
+        def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
+            total = noisy["sum"]
+            out: list[Cell] = []
+            for i, keys in enumerate(total.keys):
+                if noisy["people"].values[i] < min_group:
+                    out += [withheld(keys, m) for m in ("people", "buyers", "orders", "sum")]
+                    out += [withheld(keys, m) for m, *_ in means]
+                    continue
+                for name in ("people", "buyers", "orders"):
+                    n = noisy[name]
+                    out.append(Cell(keys, name, float(max(n.values[i], 0)), float(n.error_95), False))
+                s = total.values[i] / CENTS
+                shown = max(s, 0.0) if lo >= 0 else s
+                out.append(Cell(keys, "sum", shown, total.error_95 / CENTS, False))
+                for name, denominator, low, high in means:
+                    n = noisy[denominator]
+                    mean = quotient(s, total.error_95 / CENTS, n.values[i], n.error_95)
+                    if mean is None or n.values[i] < min_group:
+                        out.append(withheld(keys, name))
+                    else:
+                        out.append(Cell(keys, name, min(max(mean[0], low), high), mean[1], False))
+            return out
+
+        return engine.histograms(
+            principal, collaboration, q.epsilon, measurements, tuple(a.label for a in axes), finish
+        )
+
+    params = {"by": [str(d) for d in q.by], "measure": q.measure}
+    return engine.release(principal, collaboration_id, q, QueryType.VALUE, params, build, preview=preview)
+
+
+def loyalty(
+    engine: QueryEngine, principal: Principal, collaboration_id: str, q: LoyaltyQuery, preview: bool = False
+) -> QueryAnswer:
+    """GOAL's "L": per group, converters, repeaters and the retained; repurchase and retention rates.
+
+    Converters bought in period 1, repeaters two or more times in it, the retained again in period 2.
+
+    Privacy unit: one users row of either member with its events. One histogram over group x loyalty state
+    (`goal.py`: each matched person in exactly one state): sensitivity c, all of epsilon. Counts and rates are
+    post-processing of its cells (each clamped at 0); a count summing k cells has bound sqrt(k) x e95, a rate
+    the bound of `cells.fraction`, within [0, 1].
+    """
+
+    def build(collaboration: Collaboration, catalog: Catalog) -> Plan:
+        policy = collaboration.policy
+        axes = group_axes(policy, q.by)
+        member, time = conversions_table(policy)
+        state = state_axis(member)
+        full = (*axes, state)
+        cells_of(full)
+        sql = loyalty_sql(catalog, axes, member, time, q.period1, q.period2)
+        people = Measurement("people", reader(full, sql), q.epsilon, engine.stability(catalog))
+
+        def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
+            n = noisy["people"]
+            e95 = float(n.error_95)
+            by_group: dict[tuple[str, ...], dict[str, float]] = {}
+            for keys, value in zip(n.keys, n.values, strict=True):
+                by_group.setdefault(keys[:-1], {})[keys[-1]] = float(max(value, 0))
+            out: list[Cell] = []
+            for keys, v in by_group.items():
+                repeat = v["repeat"] + v["repeat_retained"]
+                once = v["once"] + v["once_retained"]
+                retained = v["once_retained"] + v["repeat_retained"]
+                converters = repeat + once
+                if converters < min_group:
+                    names = ("converters", "repeaters", "retained", "repurchase_rate", "retention_rate")
+                    out += [withheld(keys, m) for m in names]
+                    continue
+                out.append(Cell(keys, "converters", converters, 2 * e95, False))
+                out.append(Cell(keys, "repeaters", repeat, math.sqrt(2) * e95, False))
+                out.append(Cell(keys, "retained", retained, math.sqrt(2) * e95, False))
+                for name, part in (("repurchase_rate", repeat), ("retention_rate", retained)):
+                    f = fraction(part, 2, converters - part, 2, e95)
+                    out.append(withheld(keys, name) if f is None else Cell(keys, name, f[0], f[1], False))
+            return out
+
+        return engine.histograms(principal, collaboration, q.epsilon, (people,), tuple(a.label for a in axes), finish)
+
+    params = {
+        "by": [str(d) for d in q.by],
+        "period1": [d.isoformat() for d in q.period1],
+        "period2": [d.isoformat() for d in q.period2],
+    }
+    return engine.release(principal, collaboration_id, q, QueryType.LOYALTY, params, build, preview=preview)

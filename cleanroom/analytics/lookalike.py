@@ -1,5 +1,7 @@
 """Lookalike modelling: features from the platform's users, seeds from the join, DP-SGD training with opacus.
 
+`lookalike` at the end is the query's plan for `QueryEngine.release`.
+
 Features (`training_plan`), all decided from the policy and the catalog, never from data statistics, and each in
 [0, 1] so the per-example clipping of DP-SGD is the only sensitivity argument needed:
   * every declared dimension of the recipient's users table, one-hot over its declared domain and `none`;
@@ -51,19 +53,26 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cleanroom_client.policy import Policy, TableSpec
+from cleanroom_client.policy import Policy, QueryType, TableSpec
 
+from ..collaborations import Collaboration
 from ..errors import FailedPreconditionError, InvalidArgumentError
+from ..principals import Principal
 from ..privacy import accounting
 from ..privacy import noise as noise_math
+from ..privacy.budget import Charge
 from ..storage.database import quote_ident
+from .audiences import audience_recipient, delta_for
 from .cells import Cell, withheld
 from .matched import NONE, Catalog, MatchedData, Sql
-from .queries import DimensionRef, EventFilter
+from .plan import AudienceRelease, Outcome, Plan, QueryAnswer, Stated
+from .queries import DimensionRef, EventFilter, LookalikeQuery
 
 if TYPE_CHECKING:  # torch and opacus (seconds to import) load when a lookalike is first trained, not at startup
     import torch
     from torch import nn
+
+    from .engine import QueryEngine
 
 MAX_GRAD_NORM = 1.0
 EPOCHS = 3
@@ -474,3 +483,76 @@ def quality_cells(noisy: Sequence[int], scale: float, size: int, min_group: int)
         Cell(("quality",), "lift_upper_95", hi, 0.0, False),
         *out,
     ]
+
+
+# -- the queries ------------------------------------------------------------------------------------------------
+def lookalike(
+    engine: QueryEngine,
+    principal: Principal,
+    collaboration_id: str,
+    q: LookalikeQuery,
+    preview: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> QueryAnswer:
+    """Train a DP-SGD model on the seeds and release the top `audience_size` recipient users to the recipient.
+
+    The requester receives the audience's name and requested size, the epsilon the accountant charged (for up to
+    c + 1 replace-one changes of training examples: see `lookalike`), and the audience's quality as a DP lift
+    over random: the share of the audience that are seeds over the share of all scored users that are seeds,
+    from three noisy counts (seeds, seeds in the audience, users scored; L1 sensitivity 2c + 2) at a share
+    of epsilon (`lookalike.QUALITY_SHARE`, 40%); the rest is DP-SGD's target. Its 95% bound is honest: each count is
+    within its 1 - 0.05/3 noise bound with probability at least 1 - 0.05/3 (exact for discrete Laplace), so
+    all three are at once with probability at least 95% (union bound), and the lift's interval is the range
+    of the ratio over that box. The audience goes to the recipient, whose ledger is charged too.
+
+    `progress(step, TRAINING_STEPS)` is called during training, which runs only after the budget is reserved;
+    its total is a constant, so progress tells the caller nothing but that training is under way.
+    """
+    eval_eps = q.epsilon * QUALITY_SHARE
+
+    def build(collaboration: Collaboration, catalog: Catalog) -> Plan:
+        policy = collaboration.policy
+        recipient = audience_recipient(policy, principal.name, catalog)
+        delta_for(catalog, q.delta)
+        if q.audience_size < policy.min_group_size:
+            raise InvalidArgumentError(
+                f"audience_size {q.audience_size} is below the policy's minimum group size {policy.min_group_size}"
+            )
+        plan = training_plan(catalog, policy, recipient, dict(q.seed))
+        c = engine.stability(catalog)
+        noise = training_noise(q.epsilon - eval_eps, q.delta, c + 1)
+        population = catalog.set_size(recipient)  # disclosed at the match: a public step-size constant
+        sensitivity = 2 * c + 2
+
+        def run(data: MatchedData) -> Outcome:
+            training = training_data(data, plan)
+            model = train(training, noise, population, q.model, on_step=progress)
+            chosen = top(model.scores, q.audience_size)
+            exact = audience_counts(training.labels, chosen)
+            noisy, scale = engine.noise.release([exact.seeds, exact.hits, exact.users], sensitivity, eval_eps)
+            audience = training.row_ids[chosen]
+            spent_training, noise_multiplier = model.epsilon, model.noise_multiplier
+            del training, model, exact  # exact labels and counts end here
+            cells = (
+                Cell(("audience",), "audience_size", float(q.audience_size), 0.0, False),
+                *quality_cells(noisy, scale, q.audience_size, policy.min_group_size),
+                Cell(("training",), "epsilon_accounted", spent_training, 0.0, False),
+                Cell(("training",), "noise_multiplier", noise_multiplier, 0.0, False),
+            )
+            return Outcome(
+                ("part",), cells, {"quality": scale}, audience=AudienceRelease("lookalike", recipient, audience)
+            )
+
+        # The charge is fixed here, before any data is read: success and failure debit the same amount.
+        charge = noise.epsilon + eval_eps
+        charges = (Charge(principal.name, charge, q.delta), Charge(recipient, charge, q.delta))
+        return Plan(charges, run, (Stated("quality", eval_eps, sensitivity),))
+
+    params = {
+        "seed": {str(k): v for k, v in q.seed},
+        "audience_size": q.audience_size,
+        "model": q.model,
+    }
+    return engine.release(
+        principal, collaboration_id, q, QueryType.LOOKALIKE, params, build, delta=q.delta, preview=preview
+    )

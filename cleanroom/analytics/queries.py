@@ -1,7 +1,8 @@
 """Queries as values: what a member asks, validated against nothing but its own shape.
 
-The representation never runs anything; `engine.py` checks it against the policy and compiles it. Dimensions are
-named `member.column` and refer to a column of that member's `users` table.
+The representation never runs anything; its family's module (`overlap`, `funnel`, `goal`, `attribution`,
+`lookalike`, `activation`) checks it against the policy and compiles it into a plan for `engine.QueryEngine`.
+Dimensions are named `member.column` and refer to a column of that member's `users` table.
 """
 
 from __future__ import annotations
@@ -40,7 +41,12 @@ class DimensionRef:
 
 
 class Scoped(Protocol):
-    """What every query names of the data it reads: the refresh period and the population (`with_members`)."""
+    """What every query names: its epsilon, and of the data it reads the refresh period and the population."""
+
+    @property
+    def epsilon(self) -> float:
+        """The epsilon the query spends."""
+        ...
 
     @property
     def refresh_period(self) -> int | None:

@@ -19,13 +19,14 @@ from pathlib import Path
 from rich.table import Table
 
 from cleanroom_client import CleanRoomClient
+from cleanroom_client.blinding import ProcessPoolChunkExecutor
 from cleanroom_client.errors import PermissionDeniedError
 
 from ..principals import Role
 from ..server import ServerConfig, create_server
 from ..server.app import TlsConfig
 from . import synthetic_platforms as sp
-from .demo import _print, console
+from .demo import StepClock, _print, console
 from .devpki import make_dev_pki
 
 MEMBERS = (sp.HUB, sp.COMMERCE, sp.SOCIAL)
@@ -34,8 +35,10 @@ MEMBERS = (sp.HUB, sp.COMMERCE, sp.SOCIAL)
 def run_platforms_demo(brand_users: int, data_dir: Path | None = None, state_dir: Path | None = None) -> None:
     """Generate, serve, match three members and query across them; state in `state_dir`/<member> (default: temp)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    data = sp.generate(brand_users=brand_users)
-    truth = sp.venn_truth(data)
+    clock = StepClock()
+    with clock.step("synthetic data"):
+        data = sp.generate(brand_users=brand_users)
+        truth = sp.venn_truth(data)
     console.print(
         f"synthetic data: brand {len(data.brand_users):,} customers, jd {len(data.jd_users):,} users, "
         f"tencent {len(data.tencent_users):,} users; truth: "
@@ -43,29 +46,34 @@ def run_platforms_demo(brand_users: int, data_dir: Path | None = None, state_dir
     )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        pki = make_dev_pki(root / "pki", clients=MEMBERS)
-        tls = TlsConfig(pki.server_cert.read_bytes(), pki.server_key.read_bytes())
-        running = create_server(ServerConfig(data_dir=data_dir or root / "server", tls=tls))
-        target = f"localhost:{running.port}"
-        roles = [*((m, Role.MEMBER) for m in MEMBERS), ("auditor", Role.AUDITOR)]
-        tokens = {name: running.room.principals.add(name, role) for name, role in roles}
+        with clock.step("embedded server"):
+            pki = make_dev_pki(root / "pki", clients=MEMBERS)
+            tls = TlsConfig(pki.server_cert.read_bytes(), pki.server_key.read_bytes())
+            running = create_server(ServerConfig(data_dir=data_dir or root / "server", tls=tls))
+            target = f"localhost:{running.port}"
+            roles = [*((m, Role.MEMBER) for m in MEMBERS), ("auditor", Role.AUDITOR)]
+            tokens = {name: running.room.principals.add(name, role) for name, role in roles}
         console.print(f"embedded server on {target} (TLS; tokens issued to {', '.join(tokens)})")
+        workers = ProcessPoolChunkExecutor()  # one pool for the members on this machine's cores (see demo.py)
 
         def connect(name: str) -> CleanRoomClient:
             state = (state_dir or root) / name
-            return CleanRoomClient(target, token=tokens[name], root_certificates=pki.ca, state_dir=state)
+            return CleanRoomClient(
+                target, token=tokens[name], root_certificates=pki.ca, state_dir=state, executor=workers
+            )
 
         clients = {m: connect(m) for m in MEMBERS}
         try:
-            collaboration = clients[sp.HUB].create_collaboration(
-                sp.POLICY, collaboration_id=f"three-{int(time.time())}"
-            )
-            for m in MEMBERS:
-                clients[m].approve_policy(collaboration.id)
+            with clock.step("clients and policy"):
+                collaboration = clients[sp.HUB].create_collaboration(
+                    sp.POLICY, collaboration_id=f"three-{int(time.time())}"
+                )
+                for m in MEMBERS:
+                    clients[m].approve_policy(collaboration.id)
             console.print(f"collaboration {collaboration.id}: policy approved by {', '.join(MEMBERS)} (hub: brand)")
             arguments = sp.match_arguments(data)
             started = time.monotonic()
-            with ThreadPoolExecutor(len(MEMBERS)) as pool:
+            with clock.step("match"), ThreadPoolExecutor(len(MEMBERS)) as pool:
                 jobs = {
                     m: pool.submit(clients[m].match, collaboration.id, wait_timeout=300, **arguments[m])  # type: ignore[arg-type]
                     for m in MEMBERS
@@ -82,16 +90,20 @@ def run_platforms_demo(brand_users: int, data_dir: Path | None = None, state_dir
             for m, s in summaries.items():
                 table.add_row(m, f"{s.rows:,}", ", ".join(f"{k} {v:,}" for k, v in sorted(s.set_sizes.items())))
             console.print(table)
-            _queries(clients, collaboration.id)
-            running.room.principals.assign_auditor("auditor", collaboration.id)
-            with connect("auditor") as auditor:
-                verdict = auditor.verify_audit_log(collaboration.id)
-                log = auditor.audit_log(collaboration.id)
+            with clock.step("queries"):
+                _queries(clients, collaboration.id)
+            with clock.step("audit"):
+                running.room.principals.assign_auditor("auditor", collaboration.id)
+                with connect("auditor") as auditor:
+                    verdict = auditor.verify_audit_log(collaboration.id)
+                    log = auditor.audit_log(collaboration.id)
             console.print(f"auditor: {len(log)} audit entries; the log verifies: {verdict['valid']}")
         finally:
             for client in clients.values():
                 client.close()
+            workers.close()
             running.stop()
+    clock.total("the demo with two platforms (brand, jd and tencent)")
 
 
 def _queries(clients: dict[str, CleanRoomClient], collaboration_id: str) -> None:

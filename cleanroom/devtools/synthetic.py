@@ -264,21 +264,40 @@ SAMPLE_FILES = {
 }
 
 
-def write_sample_files(directory: Path, config: SyntheticConfig) -> list[Path]:
+#: The refresh section of the practice policy when it has new customers to add (`write_sample_files`).
+DEMO_REFRESH = "refresh: {tables: [brand.users, brand.conversions], min_days_between: 7}\n"
+
+
+def write_sample_files(directory: Path, config: SyntheticConfig, refresh_users: int = 0) -> list[Path]:
     """Write a synthetic world as the CSV files two members would hold, plus `policy.yaml` for them.
 
     The brand's files are crm.csv (customer_id, email, mobile, tier) and orders.csv; the platform's are users.csv,
-    stage_history.csv, exposures.csv and test_groups.csv. The ground truth is not written.
+    stage_history.csv, exposures.csv and test_groups.csv. The ground truth is not written. With `refresh_users`,
+    the last that many of the brand's customers (shared people among them, as anywhere) are held back from
+    crm.csv into crm_new.csv, their orders into orders_new.csv, for a refresh; the policy then allows one.
     """
+    if not 0 <= refresh_users < config.brand_users:
+        raise ValueError(f"refresh users must lie in [0, {config.brand_users}) (the brand's customers)")
     data = generate(config)
     directory.mkdir(parents=True, exist_ok=True)
+    frames = {name: getattr(data, attr) for name, attr in SAMPLE_FILES.items()}
+    if refresh_users:
+        crm, orders = frames["crm.csv"], frames["orders.csv"]
+        later = crm["customer_id"].isin(crm["customer_id"].iloc[-refresh_users:])
+        held = orders["customer_id"].isin(crm.loc[later, "customer_id"])
+        frames |= {
+            "crm.csv": crm[~later],
+            "orders.csv": orders[~held],
+            "crm_new.csv": crm[later],
+            "orders_new.csv": orders[held],
+        }
     written = []
-    for name, attr in SAMPLE_FILES.items():
+    for name, frame in frames.items():
         path = directory / name
-        getattr(data, attr).to_csv(path, index=False)
+        frame.to_csv(path, index=False)
         written.append(path)
     policy = directory / "policy.yaml"
-    policy.write_text(DEMO_POLICY)
+    policy.write_text(DEMO_POLICY + (DEMO_REFRESH if refresh_users else ""))
     return [*written, policy]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -206,6 +207,28 @@ def match_arguments(data: PlatformsData) -> dict[str, dict[str, object]]:
             "events": {"exposures": data.tencent_exposures},
         },
     }
+
+
+def write_sample_files(directory: Path, brand_users: int) -> list[Path]:
+    """Write each member's files as it would hold them, and no policy: each member drafts its side from its files.
+
+    The brand's crm.csv (customer_id, email, mobile, tier) and orders.csv; jd's jd_users.csv (user_id, email, phone,
+    stage_4a) and jd_exposures.csv; tencent's tencent_users.csv (openid, email, phone, age_band, interest) and
+    tencent_exposures.csv. The truth is not written.
+    """
+    data = generate(brand_users=brand_users)
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {
+        "crm.csv": data.brand_users,
+        "orders.csv": data.brand_conversions,
+        f"{COMMERCE}_users.csv": data.jd_users,
+        f"{COMMERCE}_exposures.csv": data.jd_exposures,
+        f"{SOCIAL}_users.csv": data.tencent_users,
+        f"{SOCIAL}_exposures.csv": data.tencent_exposures,
+    }
+    for name, frame in files.items():
+        frame.to_csv(directory / name, index=False)
+    return [directory / name for name in files]
 
 
 def venn_truth(data: PlatformsData) -> dict[str, int]:

@@ -1,7 +1,8 @@
 """Refresh periods of a living collaboration: the owner of the `periods`, `retirements` and `period_sizes` tables.
 
 Period 0 is the match. A refresh opens period p = 1, 2, ... (at most one open at a time, no sooner than the
-policy's `refresh.min_days_between` after the previous one opened or completed), during which each member may
+policy's `refresh.min_days_between` after the previous refresh opened or completed; the first may follow the match
+at once unless the budget renews per period, when the match starts the clock), during which each member may
 upload the points of new users (rows numbered after its earlier ones), retire users, and append rows to the tables
 the policy lists. When
 both members have double-blinded each other's new points, the period completes in one transaction: the retired
@@ -21,6 +22,8 @@ from datetime import UTC, datetime, timedelta
 import duckdb
 import numpy as np
 import pyarrow as pa
+
+from cleanroom_client.policy import RefreshBudget
 
 from ..collaborations import Collaboration
 from ..errors import FailedPreconditionError
@@ -89,9 +92,11 @@ def open_refresh(
 ) -> tuple[int, bool]:
     """Open the next period, or return the open one; (period, whether this call opened it).
 
-    FAILED_PRECONDITION when the policy allows no refresh, or when the policy's interval since the previous
-    refresh opened or completed (or the match, for the first) has not passed: the message says when the next one
-    may start.
+    FAILED_PRECONDITION when the policy allows no refresh, or when the policy's interval has not passed since the
+    last refresh opened or completed: the message says when the next one may start. Before the first refresh the
+    clock is the match's only with `budget: per_period`: the match opens the first budget period, so a refresh
+    straight after it would renew every member's budget at once. With one budget for life nothing renews, and
+    the first refresh may follow the match at once (a member trying one need not wait a week).
     """
     spec = collaboration.policy.refresh
     if spec is None:
@@ -102,13 +107,17 @@ def open_refresh(
     already = open_period(cur, collaboration.id)
     if already is not None:
         return already, False
-    since = last_change(cur, collaboration.id) or matched_time
-    earliest = since + timedelta(days=spec.min_days_between)
-    if _now() < earliest:
-        raise FailedPreconditionError(
-            f"the policy allows a refresh every {spec.min_days_between:g} days; the next may start at "
-            f"{earliest:%Y-%m-%d %H:%M} UTC"
-        )
+    last = last_change(cur, collaboration.id)
+    renews = spec.budget is RefreshBudget.PER_PERIOD
+    since = last if last is not None else (matched_time if renews else None)
+    if since is not None:
+        earliest = since + timedelta(days=spec.min_days_between)
+        if _now() < earliest:
+            what = "the last refresh" if last is not None else "the match (a per-period budget renews at a refresh)"
+            raise FailedPreconditionError(
+                f"the policy allows a refresh every {spec.min_days_between:g} days after {what}; the next may "
+                f"start at {earliest:%Y-%m-%d %H:%M} UTC"
+            )
     period = current_period(cur, collaboration.id) + 1
     cur.execute(
         "INSERT INTO periods (collab, period, open_time, opener) VALUES (?, ?, ?, ?)",

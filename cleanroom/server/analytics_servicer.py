@@ -1,7 +1,9 @@
 """AnalyticsService: protobuf in, the query engine, protobuf out.
 
-Every query runs the DP pipeline of `cleanroom.analytics`, after `authorize` (so the access matrix holds before
-any argument is looked at). Audiences are listed and fetched only by their recipient.
+Every query declared in `cleanroom_client.query_types` is answered by one handler, `_ask`: `authorize` (so the
+access matrix holds before any argument is looked at), the request read into its domain query (`_READ`), then the
+DP pipeline of `cleanroom.analytics`. Preview is the same handler with `preview`. Audiences are listed and fetched
+only by their recipient.
 """
 
 from __future__ import annotations
@@ -9,42 +11,28 @@ from __future__ import annotations
 import contextvars
 import queue
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, ClassVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from cleanroom_client.policy import Ability, QueryType
+from cleanroom_client.policy import Ability
 from cleanroom_client.protocol import ATTRIBUTION_MODELS, DEFAULT_HALF_LIFE_DAYS, attribution_model_name
 from cleanroom_client.protocol import analytics_pb2 as pb
 from cleanroom_client.protocol import analytics_pb2_grpc as pb_grpc
+from cleanroom_client.query_types import BY_NAME, QUERIES
 
-from ..analytics import (
-    ActivationQuery,
-    AttributionQuery,
-    FunnelFlowQuery,
-    FunnelQuery,
-    LiftQuery,
-    LookalikeQuery,
-    LoyaltyQuery,
-    OverlapQuery,
-    QueryAnswer,
-    QueryEngine,
-    SegmentInsightQuery,
-    ValueQuery,
-    VennQuery,
-)
+from ..analytics import QueryAnswer, QueryEngine
+from ..analytics import queries as q
 from ..analytics.audiences import AudienceInfo, Audiences, parse_audience_name
-from ..analytics.queries import DimensionRef, EventFilter
 from ..collaborations import Collaborations, parse_name
 from ..errors import InvalidArgumentError
-from ..principals import Principal
 from .auth import Authenticator
 
 
-def _filters(raw: Mapping[str, str]) -> tuple[tuple[DimensionRef, str], ...]:
-    return tuple((DimensionRef.parse(k), v) for k, v in sorted(raw.items()))
+def _filters(raw: Mapping[str, str]) -> tuple[tuple[q.DimensionRef, str], ...]:
+    return tuple((q.DimensionRef.parse(k), v) for k, v in sorted(raw.items()))
 
 
 def _period(request: Any) -> int | None:
@@ -60,7 +48,7 @@ def _audience(a: AudienceInfo) -> pb.Audience:
 
 def answer_to_proto(a: QueryAnswer) -> pb.QueryResult:
     """The wire form of an answer."""
-    return pb.QueryResult(
+    result = pb.QueryResult(
         dimensions=list(a.dimensions),
         cells=[
             pb.Cell(keys=list(c.keys), measure=c.measure, value=c.value, error_95=c.error_95, suppressed=c.suppressed)
@@ -73,10 +61,27 @@ def answer_to_proto(a: QueryAnswer) -> pb.QueryResult:
         own_set_size=a.own_set_size,
         audience=a.audience,
     )
+    if a.refresh_period is not None:
+        result.refresh_period = a.refresh_period
+    return result
+
+
+def _handler(name: str) -> Callable[..., pb.QueryResult]:
+    """The RPC handler of declared query `name`: `AnalyticsServicer._ask` with its name."""
+
+    def handle(self: AnalyticsServicer, request: Any, context: grpc.ServicerContext) -> pb.QueryResult:
+        return self._ask(name, request, context)
+
+    handle.__name__ = handle.__qualname__ = BY_NAME[name].rpc
+    handle.__doc__ = BY_NAME[name].what
+    return handle
 
 
 class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
     """Thin adapter over `QueryEngine`."""
+
+    #: Each query's name (its `PreviewRequest` field, `cleanroom_client.query_types`) -> its handler.
+    QUERIES: ClassVar[Mapping[str, Callable[..., pb.QueryResult]]]
 
     def __init__(
         self, engine: QueryEngine, collaborations: Collaborations, audiences: Audiences, auth: Authenticator
@@ -86,171 +91,49 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         self._engine = engine
         self._auth = auth
 
-    def Overlap(
-        self, request: pb.OverlapRequest, context: grpc.ServicerContext, preview: bool = False
-    ) -> pb.QueryResult:
-        """Matched people by up to three dimensions."""
-        principal = self._auth.principal(context)
-        self._engine.authorize(principal, parse_name(request.parent), QueryType.OVERLAP)
-        q = OverlapQuery(
-            tuple(DimensionRef.parse(d) for d in request.dimensions),
-            request.epsilon,
-            refresh_period=_period(request),
-            with_members=tuple(request.with_members),
-        )
-        return answer_to_proto(self._engine.overlap(principal, parse_name(request.parent), q, preview=preview))
+    # One handler per declared query, under its RPC's name (tests/unit/test_query_types.py checks each has one).
+    Overlap = _handler("overlap")
+    Venn = _handler("venn")
+    Funnel = _handler("funnel")
+    FunnelFlow = _handler("funnel_flow")
+    SegmentInsight = _handler("segment_insight")
+    Value = _handler("value")
+    Loyalty = _handler("loyalty")
+    Attribution = _handler("attribution")
+    Lift = _handler("lift")
+    Lookalike = _handler("lookalike")
+    Activate = _handler("activate")
 
-    def Venn(self, request: pb.VennRequest, context: grpc.ServicerContext, preview: bool = False) -> pb.QueryResult:
-        """The hub's users by the members they are matched with."""
-        principal = self._auth.principal(context)
-        self._engine.authorize(principal, parse_name(request.parent), QueryType.VENN)
-        by = DimensionRef.parse(request.by) if request.by else None
-        q = VennQuery(by, request.epsilon, refresh_period=_period(request), with_members=tuple(request.with_members))
-        return answer_to_proto(self._engine.venn(principal, parse_name(request.parent), q, preview=preview))
-
-    def Funnel(self, request: pb.FunnelRequest, context: grpc.ServicerContext, preview: bool = False) -> pb.QueryResult:
-        """The 4A distribution."""
-        principal = self._auth.principal(context)
-        self._engine.authorize(principal, parse_name(request.parent), QueryType.FUNNEL)
-        by = DimensionRef.parse(request.by) if request.by else None
-        q = FunnelQuery(
-            by,
-            request.epsilon,
-            request.labels or "4a",
-            refresh_period=_period(request),
-            with_members=tuple(request.with_members),
-        )
-        return answer_to_proto(self._engine.funnel(principal, parse_name(request.parent), q, preview=preview))
-
-    def FunnelFlow(
-        self, request: pb.FunnelFlowRequest, context: grpc.ServicerContext, preview: bool = False
-    ) -> pb.QueryResult:
-        """4A transitions between two dates."""
-        principal = self._auth.principal(context)
-        self._engine.authorize(principal, parse_name(request.parent), QueryType.FUNNEL_FLOW)
-        q = FunnelFlowQuery(
-            FunnelFlowQuery.parse_date(request.start_date, "start_date"),
-            FunnelFlowQuery.parse_date(request.end_date, "end_date"),
-            request.epsilon,
-            request.labels or "4a",
-            refresh_period=_period(request),
-            with_members=tuple(request.with_members),
-        )
-        return answer_to_proto(self._engine.funnel_flow(principal, parse_name(request.parent), q, preview=preview))
-
-    def SegmentInsight(
-        self, request: pb.SegmentInsightRequest, context: grpc.ServicerContext, preview: bool = False
-    ) -> pb.QueryResult:
-        """Shares, TGI and penetration per value of a dimension."""
-        principal = self._auth.principal(context)
-        self._engine.authorize(principal, parse_name(request.parent), QueryType.SEGMENT_INSIGHT)
-        q = SegmentInsightQuery(
-            DimensionRef.parse(request.dimension),
-            request.epsilon,
-            refresh_period=_period(request),
-            with_members=tuple(request.with_members),
-        )
-        return answer_to_proto(self._engine.segment_insight(principal, parse_name(request.parent), q, preview=preview))
-
-    def Value(self, request: pb.ValueRequest, context: grpc.ServicerContext, preview: bool = False) -> pb.QueryResult:
-        """GOAL value: sums and means of a declared measure per group."""
-        principal = self._auth.principal(context)
-        self._engine.authorize(principal, parse_name(request.parent), QueryType.VALUE)
-        q = ValueQuery(
-            tuple(DimensionRef.parse(d) for d in request.by),
-            request.measure,
-            request.epsilon,
-            refresh_period=_period(request),
-            with_members=tuple(request.with_members),
-        )
-        return answer_to_proto(self._engine.value(principal, parse_name(request.parent), q, preview=preview))
-
-    def Loyalty(
-        self, request: pb.LoyaltyRequest, context: grpc.ServicerContext, preview: bool = False
-    ) -> pb.QueryResult:
-        """GOAL loyalty: repurchase and retention per group."""
-        principal = self._auth.principal(context)
-        self._engine.authorize(principal, parse_name(request.parent), QueryType.LOYALTY)
-        date = FunnelFlowQuery.parse_date
-        q = LoyaltyQuery(
-            tuple(DimensionRef.parse(d) for d in request.by),
-            (date(request.period1_start, "period1_start"), date(request.period1_end, "period1_end")),
-            (date(request.period2_start, "period2_start"), date(request.period2_end, "period2_end")),
-            request.epsilon,
-            refresh_period=_period(request),
-            with_members=tuple(request.with_members),
-        )
-        return answer_to_proto(self._engine.loyalty(principal, parse_name(request.parent), q, preview=preview))
-
-    def Attribution(
-        self, request: pb.AttributionRequest, context: grpc.ServicerContext, preview: bool = False
-    ) -> pb.QueryResult:
-        """Multi-touch attribution."""
-        principal = self._auth.principal(context)
-        self._engine.authorize(principal, parse_name(request.parent), QueryType.ATTRIBUTION)
-        if request.model not in ATTRIBUTION_MODELS.values():
-            raise InvalidArgumentError(f"model must be set: {', '.join(ATTRIBUTION_MODELS)}")
-        model = attribution_model_name(request.model)
-        q = AttributionQuery(
-            model=model,
-            lookback_days=request.lookback_days,
-            by=request.by or "campaign",
-            epsilon=request.epsilon,
-            brand_dimension=DimensionRef.parse(request.brand_dimension) if request.brand_dimension else None,
-            click_over_view=request.click_over_view,
-            half_life_days=request.half_life_days or DEFAULT_HALF_LIFE_DAYS,
-            refresh_period=_period(request),
-            with_members=tuple(request.with_members),
-        )
-        return answer_to_proto(self._engine.attribution(principal, parse_name(request.parent), q, preview=preview))
-
-    def Lift(self, request: pb.LiftRequest, context: grpc.ServicerContext, preview: bool = False) -> pb.QueryResult:
-        """Lift against the holdout."""
-        principal = self._auth.principal(context)
-        self._engine.authorize(principal, parse_name(request.parent), QueryType.LIFT)
-        q = LiftQuery(
-            request.campaign, request.epsilon, refresh_period=_period(request), with_members=tuple(request.with_members)
-        )
-        return answer_to_proto(self._engine.lift(principal, parse_name(request.parent), q, preview=preview))
-
-    def Lookalike(
-        self, request: pb.LookalikeRequest, context: grpc.ServicerContext, preview: bool = False
-    ) -> pb.QueryResult:
-        """DP-SGD lookalike; the audience goes to the platform."""
-        principal = self._auth.principal(context)
-        return self._lookalike(principal, request, preview)
-
-    def _lookalike(
+    def _ask(
         self,
-        principal: Principal,
-        request: pb.LookalikeRequest,
+        name: str,
+        request: Any,
+        context: grpc.ServicerContext,
         preview: bool = False,
         progress: Callable[[int, int], None] | None = None,
     ) -> pb.QueryResult:
-        self._engine.authorize(principal, parse_name(request.parent), QueryType.LOOKALIKE)
-        q = LookalikeQuery(
-            seed=_filters(request.seed),
-            audience_size=request.audience_size,
-            epsilon=request.epsilon,
-            delta=request.delta,
-            model=request.model or "logistic",
-            refresh_period=_period(request),
-            with_members=tuple(request.with_members),
-        )
-        answer = self._engine.lookalike(principal, parse_name(request.parent), q, preview=preview, progress=progress)
-        return answer_to_proto(answer)
+        """Any declared query: authorize (before any argument is looked at), read the request, run the engine."""
+        declared = BY_NAME[name]
+        principal = self._auth.principal(context)
+        collaboration_id = parse_name(request.parent)
+        self._engine.authorize(principal, collaboration_id, declared.policy_type)
+        query = _READ[name](request)
+        run = getattr(self._engine, declared.method)
+        extra = {"progress": progress} if progress is not None else {}
+        return answer_to_proto(run(principal, collaboration_id, query, preview=preview, **extra))
 
     def LookalikeWithProgress(
         self, request: pb.LookalikeWithProgressRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.LookalikeUpdate]:
         """Lookalike with its training's progress streamed first; the answer (or the error) ends the stream."""
-        principal = self._auth.principal(context)
         updates: queue.Queue[tuple[int, int] | None] = queue.Queue()
         outcome: dict[str, pb.QueryResult | BaseException] = {}
 
         def work() -> None:
             try:
-                outcome["result"] = self._lookalike(principal, request.lookalike, progress=lambda *s: updates.put(s))
+                outcome["result"] = self._ask(
+                    "lookalike", request.lookalike, context, progress=lambda *s: updates.put(s)
+                )
             except BaseException as exc:  # noqa: BLE001 - handed to the stream, which raises it for the mapping
                 outcome["error"] = exc
             finally:
@@ -269,39 +152,12 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         assert isinstance(result, pb.QueryResult)
         yield pb.LookalikeUpdate(result=result)
 
-    def Activate(
-        self, request: pb.ActivateRequest, context: grpc.ServicerContext, preview: bool = False
-    ) -> pb.QueryResult:
-        """A segment's matched people, to the platform."""
-        principal = self._auth.principal(context)
-        self._engine.authorize(principal, parse_name(request.parent), QueryType.ACTIVATION)
-        date = FunnelFlowQuery.parse_date
-        events = tuple(
-            EventFilter(
-                e.table,
-                date(e.start_date, "events.start_date"),
-                date(e.end_date, "events.end_date"),
-                present=not e.absent,
-                where=tuple(sorted(e.where.items())),
-            )
-            for e in request.events
-        )
-        q = ActivationQuery(
-            segment=_filters(request.segment),
-            epsilon=request.epsilon,
-            delta=request.delta,
-            events=events,
-            refresh_period=_period(request),
-            with_members=tuple(request.with_members),
-        )
-        return answer_to_proto(self._engine.activate(principal, parse_name(request.parent), q, preview=preview))
-
     def Preview(self, request: pb.PreviewRequest, context: grpc.ServicerContext) -> pb.QueryResult:
         """Each released vector's 95% error bar for the query inside, from the request and the policy alone."""
         kind = request.WhichOneof("query")
         if kind is None:
             raise InvalidArgumentError("name the query to preview, e.g. preview { attribution { ... } }")
-        return _PREVIEWED[kind](self, getattr(request, kind), context, True)
+        return self._ask(kind, getattr(request, kind), context, preview=True)
 
     def ListAudiences(
         self, request: pb.ListAudiencesRequest, context: grpc.ServicerContext
@@ -351,17 +207,80 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         )
 
 
-#: The query a PreviewRequest names -> its handler (called with preview=True).
-_PREVIEWED: dict[str, Callable[..., pb.QueryResult]] = {
-    "overlap": AnalyticsServicer.Overlap,
-    "venn": AnalyticsServicer.Venn,
-    "funnel": AnalyticsServicer.Funnel,
-    "funnel_flow": AnalyticsServicer.FunnelFlow,
-    "segment_insight": AnalyticsServicer.SegmentInsight,
-    "value": AnalyticsServicer.Value,
-    "loyalty": AnalyticsServicer.Loyalty,
-    "attribution": AnalyticsServicer.Attribution,
-    "lift": AnalyticsServicer.Lift,
-    "lookalike": AnalyticsServicer.Lookalike,
-    "activate": AnalyticsServicer.Activate,
+def _scope(request: Any) -> dict[str, Any]:
+    """What every query names of the data it reads: the refresh period and the population."""
+    return {"refresh_period": _period(request), "with_members": tuple(request.with_members)}
+
+
+def _dimensions(names: Iterable[str]) -> tuple[q.DimensionRef, ...]:
+    return tuple(q.DimensionRef.parse(d) for d in names)
+
+
+def _optional(name: str) -> q.DimensionRef | None:
+    return q.DimensionRef.parse(name) if name else None
+
+
+def _attribution(r: pb.AttributionRequest) -> q.AttributionQuery:
+    if r.model not in ATTRIBUTION_MODELS.values():
+        raise InvalidArgumentError(f"model must be set: {', '.join(ATTRIBUTION_MODELS)}")
+    return q.AttributionQuery(
+        model=attribution_model_name(r.model),
+        lookback_days=r.lookback_days,
+        by=r.by or "campaign",
+        epsilon=r.epsilon,
+        brand_dimension=_optional(r.brand_dimension),
+        click_over_view=r.click_over_view,
+        half_life_days=r.half_life_days or DEFAULT_HALF_LIFE_DAYS,
+        **_scope(r),
+    )
+
+
+def _event(e: pb.EventFilter) -> q.EventFilter:
+    date = q.FunnelFlowQuery.parse_date
+    start, end = date(e.start_date, "events.start_date"), date(e.end_date, "events.end_date")
+    return q.EventFilter(e.table, start, end, present=not e.absent, where=tuple(sorted(e.where.items())))
+
+
+def _date(text: str, field: str) -> Any:
+    return q.FunnelFlowQuery.parse_date(text, field)
+
+
+#: Each declared query (`cleanroom_client.query_types`) -> its domain query, read from the request. Reading
+#: refuses what is malformed (INVALID_ARGUMENT); the engine checks the rest against the policy.
+_READ: dict[str, Callable[[Any], Any]] = {
+    "overlap": lambda r: q.OverlapQuery(_dimensions(r.dimensions), r.epsilon, **_scope(r)),
+    "venn": lambda r: q.VennQuery(_optional(r.by), r.epsilon, **_scope(r)),
+    "funnel": lambda r: q.FunnelQuery(_optional(r.by), r.epsilon, r.labels or "4a", **_scope(r)),
+    "funnel_flow": lambda r: q.FunnelFlowQuery(
+        _date(r.start_date, "start_date"), _date(r.end_date, "end_date"), r.epsilon, r.labels or "4a", **_scope(r)
+    ),
+    "segment_insight": lambda r: q.SegmentInsightQuery(q.DimensionRef.parse(r.dimension), r.epsilon, **_scope(r)),
+    "value": lambda r: q.ValueQuery(_dimensions(r.by), r.measure, r.epsilon, **_scope(r)),
+    "loyalty": lambda r: q.LoyaltyQuery(
+        _dimensions(r.by),
+        (_date(r.period1_start, "period1_start"), _date(r.period1_end, "period1_end")),
+        (_date(r.period2_start, "period2_start"), _date(r.period2_end, "period2_end")),
+        r.epsilon,
+        **_scope(r),
+    ),
+    "attribution": _attribution,
+    "lift": lambda r: q.LiftQuery(r.campaign, r.epsilon, **_scope(r)),
+    "lookalike": lambda r: q.LookalikeQuery(
+        seed=_filters(r.seed),
+        audience_size=r.audience_size,
+        epsilon=r.epsilon,
+        delta=r.delta,
+        model=r.model or "logistic",
+        **_scope(r),
+    ),
+    "activate": lambda r: q.ActivationQuery(
+        segment=_filters(r.segment),
+        epsilon=r.epsilon,
+        delta=r.delta,
+        events=tuple(_event(e) for e in r.events),
+        **_scope(r),
+    ),
 }
+
+
+AnalyticsServicer.QUERIES = {d.name: getattr(AnalyticsServicer, d.rpc) for d in QUERIES}

@@ -54,7 +54,10 @@ class CollaborationServicer(pb_grpc.CollaborationServiceServicer):
         principal = self._auth.principal(context)
         page, token = self._collaborations.list(principal, request.page_size, request.page_token)
         return pb.ListCollaborationsResponse(
-            collaborations=[collaboration_to_proto(c) for c in page], next_page_token=token
+            collaborations=[collaboration_to_proto(c) for c in page],
+            next_page_token=token,
+            caller=principal.name,
+            caller_role=principal.role.value,
         )
 
     def ProposePolicy(self, request: pb.ProposePolicyRequest, context: grpc.ServicerContext) -> pb.Collaboration:

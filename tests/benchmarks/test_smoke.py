@@ -50,11 +50,20 @@ def test_psi_benchmark_runs(tmp_path):
     assert result["seconds"] > 0
     assert result["x25519_ops_per_second"] > 0
     assert result["floor_seconds"] > result["limit_seconds"] > 0
+    assert result["cpu_ratio_to_limit"] > 0
+    assert result["x25519_cpu_us"] > 0
     for member in ("brand", "platform"):
         # the relay saw at least the protocol's payload: 32-byte points plus 8-byte tags up, 32-byte points down
         assert result[f"bytes_per_identifier_up_{member}"] >= 40
         assert result[f"bytes_per_identifier_down_{member}"] >= 32
         assert result[f"peak_rss_mb_{member}_main"] > 0
+        # the phases of the member's match, each timed, add up to the match's wall time
+        phases = ("points", "tables", "double_blind", "join_wait", "outside_run")
+        assert all(result[f"stage_s_{member}_{p}"] >= 0 for p in phases)
+        assert sum(result[f"stage_s_{member}_{p}"] for p in phases) <= result["seconds"] + 0.05
+    from cleanroom_client.curve import NATIVE
+
+    assert result["native_hash_to_curve"] is NATIVE  # the run says which hash to curve it measured
 
 
 def test_join_benchmark_runs(tmp_path):

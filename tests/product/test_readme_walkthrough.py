@@ -2,7 +2,9 @@
 
 The block after `<!-- walkthrough -->` is extracted verbatim and run by bash (`set -euo pipefail`) in an empty
 directory, with the project's virtualenv first on PATH (what `source .venv/bin/activate` does). It starts a real
-server on port 50051, matches both members over TLS from CSV files, asks queries and writes both reports.
+server on port 50051, matches both members over TLS from CSV files, asks queries, releases an audience to the
+platform, refreshes the room with new customers and writes both reports; then three members draft their sides of
+a policy, merge them, match and ask (issue 32).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def test_readme_walkthrough_runs_verbatim(tmp_path):
     # Whatever happens, the background server does not outlive the test.
     wrapped = f"set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n{script}\n"
     run = subprocess.run(
-        ["bash", "-c", wrapped], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400, check=False
+        ["bash", "-c", wrapped], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False
     )
     shown = f"stdout:\n{run.stdout[-4000:]}\nstderr:\n{run.stderr[-4000:]}"
     assert run.returncode == 0, shown
@@ -46,3 +48,12 @@ def test_readme_walkthrough_runs_verbatim(tmp_path):
     assert "4A 人群资产" in (trial / "report-zh" / "index.html").read_text(encoding="utf-8")
     assert "active" in run.stdout  # both approved the revision they read
     assert "spent" in run.stdout  # the budget table
+    assert "connected to localhost:50051 as brand (member)" in run.stdout  # ping says who you are
+    audience = (trial / "audience.csv").read_text(encoding="utf-8").splitlines()
+    assert audience[0] == "user_id"  # the platform's own key column...
+    assert len(audience) > 100  # ...over its own ids
+    assert "refresh period 1: 150 added" in run.stdout  # straight after the match
+    merged = (trial / "room3" / "policy.yaml").read_text(encoding="utf-8")
+    assert "hub: brand" in merged
+    assert "jd:\n    abilities: [contribute, receive_audiences]" in merged
+    assert "Venn" in run.stdout

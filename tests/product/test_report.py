@@ -3,6 +3,7 @@ each opened in headless Chromium (Debian's package) with a screenshot."""
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cleanroom.devtools.demo import console as demo_console
 from cleanroom.devtools.demo import run_demo
 from cleanroom_client.answers import load
 from cleanroom_client.cli import app
@@ -59,8 +61,32 @@ def _chromium(page: Path, profile: Path, *extra: str) -> subprocess.CompletedPro
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo run once; its members' state (the answers they received) kept under the returned directory."""
     root = tmp_path_factory.mktemp("demo")
-    run_demo(3000, 5000, 1500, None, root / "report", state_dir=root / "state")
+    printed = io.StringIO()
+    saved, demo_console.file = demo_console.file, printed
+    try:
+        run_demo(3000, 5000, 1500, None, root / "report", state_dir=root / "state")
+    finally:
+        demo_console.file = saved
+    (root / "printed.txt").write_text(printed.getvalue())
     return root
+
+
+def test_demo_prints_the_elapsed_time_of_each_step_and_in_all(demo):
+    printed = (demo / "printed.txt").read_text()
+    steps = re.findall(r"⏱ ([a-z ,]+): (\d+\.\d) s$", printed, flags=re.MULTILINE)
+    assert [name for name, _ in steps] == [
+        "synthetic data",
+        "embedded server",
+        "clients and policy",
+        "match",
+        "queries",
+        "lookalike and activation",
+        "audit",
+        "report",
+    ]
+    total = re.search(r"⏱ the demo \(a brand and a platform\): (\d+\.\d) s in all", printed)
+    assert total is not None
+    assert float(total[1]) >= sum(float(s) for _, s in steps) - 0.1 * len(steps)
 
 
 def _open_in_chromium(page: Path, profile: Path, charts: int, shot: Path) -> str:

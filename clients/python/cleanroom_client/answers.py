@@ -41,13 +41,32 @@ class Answer:
         """The ε this answer charged to the member's ledger."""
         return float(self.frame.attrs.get("epsilon_spent", 0.0))
 
+    @property
+    def refresh_period(self) -> int | None:
+        """The refresh period whose data the answer read (0: the match).
+
+        The server's word, else the period the request named; None when neither says (an answer kept from a
+        server that did not state it, asked for the latest completed period).
+        """
+        stated = self.frame.attrs.get("refresh_period")
+        if stated is not None:
+            return int(stated)
+        asked = self.request.get("refresh_period")
+        return int(asked) if asked is not None else None
+
+    @property
+    def population(self) -> tuple[str, ...]:
+        """The members (besides the hub) whose matched users were the query's people; empty: every member."""
+        return tuple(sorted(str(m) for m in self.request.get("with_members", ())))
+
 
 def result_frame(result: qpb.QueryResult) -> pd.DataFrame:
     """One row per cell and measure: the dimension values, measure, value, error_95 and suppressed.
 
     A suppressed cell's value is NaN: the server withheld it. `attrs` carries epsilon spent and left, the noise
     scale per histogram, the audit entry's sequence number, the caller's own set size and, for lookalike and
-    activation, the name of the audience released to the platform.
+    activation, the name of the audience released to the platform, and the refresh period whose data was read
+    (None from a server that does not say, and in a preview).
     """
     rows = []
     for c in result.cells:
@@ -67,6 +86,7 @@ def result_frame(result: qpb.QueryResult) -> pd.DataFrame:
         audit_sequence=result.audit_sequence,
         own_set_size=result.own_set_size,
         audience=result.audience,
+        refresh_period=result.refresh_period if result.HasField("refresh_period") else None,
     )
     return frame
 

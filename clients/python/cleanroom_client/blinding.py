@@ -18,16 +18,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from .curve import check_points, hash_to_u
+from .curve import check_points, hash_to_u_batch
 from .identity import (
     IdentifierType,
     InvalidIdentifierError,
@@ -40,6 +38,9 @@ from .identity import (
 )
 from .keyfile import read_private_file, write_private_file
 from .protocol import POINT_SIZE
+
+if TYPE_CHECKING:  # pandas loads where tables are read, not in the blinding workers (a second of start-up each)
+    import pandas as pd
 
 #: Bytes of a doubly blinded point that the join compares (protocol v1: the first 8, see `join_tag`).
 TAG_SIZE = 8
@@ -74,6 +75,9 @@ class ChunkExecutor(Protocol):
 
 def read_local_table(source: str | Path) -> pd.DataFrame:
     """A CSV file (by its suffix) or Parquet file or directory, read on this machine."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
@@ -129,10 +133,12 @@ class ProcessPoolChunkExecutor:
         self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
         # Start every worker now, with the caller's script out of their sight (see `_main_hidden`): the pool
         # starts a worker per task submitted while none is idle, and a worker takes far longer to boot than these
-        # submissions, so all of them start here.
+        # submissions, so all of them start here. A spawned worker is handed the main module's path during
+        # `submit` (Process.start), so nothing waits for the workers to boot: they import while the caller reads
+        # its tables and plans the match.
         with _main_hidden():
-            for started in [self._pool.submit(_ready) for _ in range(self.workers)]:
-                started.result()
+            for _ in range(self.workers):
+                self._pool.submit(_ready)
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
         """Apply `fn` on the pool; yields in input order, keeping at most `max_in_flight` chunks pending."""
@@ -222,13 +228,16 @@ def join_tag(double_blinded: bytes) -> bytes:
 
 
 def blind_identifiers(job: BlindJob) -> BlindResult:
-    """Steps 1-4 for one chunk: normalize, digest, hash to curve, blind with the member's key."""
-    key = X25519PrivateKey.from_private_bytes(job.key)
-    points = bytearray()
+    """Steps 1-4 for one chunk: normalize, digest, hash to curve, blind with the member's key.
+
+    The chunk's messages are hashed to the curve in one batch (natively where the extension is built), then blinded
+    one X25519 each; the points are joined once at the end.
+    """
     present = np.zeros(len(job.values), dtype=bool)
     invalid = missing = 0
     rejected: dict[str, list[Any]] = {}
     values = job.values.to_pylist() if isinstance(job.values, pa.Array) else job.values
+    messages: list[bytes] = []
     for i, value in enumerate(values):
         if value is None or is_missing(value):
             missing += 1
@@ -241,13 +250,20 @@ def blind_identifiers(job: BlindJob) -> BlindResult:
             continue
         present[i] = True
         if not job.count_only:
-            points += blind_point(key, hash_to_u(curve_message(job.id_type, d)))
+            messages.append(curve_message(job.id_type, d))
     valid = int(present.sum())
     reasons = tuple((reason, count, example) for reason, (count, example) in rejected.items())
     if job.count_only:
         return BlindResult(b"", b"", valid, invalid, missing, reasons)
     bitmap = b"" if valid == len(job.values) else np.packbits(present, bitorder="little").tobytes()
-    return BlindResult(bytes(points), bitmap, valid, invalid, missing, reasons)
+    return BlindResult(blind_many(job.key, hash_to_u_batch(messages)), bitmap, valid, invalid, missing, reasons)
+
+
+def blind_many(key: bytes, points: bytes) -> bytes:
+    """X25519(key, u) for each 32-byte u of `points` (all valid curve points), packed in the same order."""
+    exchange = X25519PrivateKey.from_private_bytes(key).exchange
+    public = X25519PublicKey.from_public_bytes
+    return b"".join([exchange(public(points[i : i + POINT_SIZE])) for i in range(0, len(points), POINT_SIZE)])
 
 
 @dataclass(frozen=True)
@@ -275,21 +291,23 @@ def reblind_points(job: ReblindJob) -> ReblindResult:
     """Step 5: apply the member's key to the peer's points, validating each one first; keep each result's tag."""
     if len(job.points) % POINT_SIZE:
         raise ValueError(f"peer chunk of {len(job.points)} bytes is not a whole number of 32-byte points")
-    key = X25519PrivateKey.from_private_bytes(job.key)
-    codes = check_points(job.points)
-    out = bytearray()
-    rejected = 0
+    exchange = X25519PrivateKey.from_private_bytes(job.key).exchange
+    public = X25519PublicKey.from_public_bytes
+    points = job.points
     zero = ZERO_TAG if job.last_hop else ZERO_POINT
-    for i, code in enumerate(codes.tolist()):
+    out: list[bytes] = []
+    rejected = 0
+    for i, code in enumerate(check_points(points).tolist()):
         value = zero
-        # ValueError: an all-zero shared secret; cannot happen after validation, but never crash on it.
-        with contextlib.suppress(ValueError):
-            if not code:
-                blinded = blind_point(key, job.points[i * POINT_SIZE : (i + 1) * POINT_SIZE])
+        if not code:
+            try:
+                blinded = exchange(public(points[i * POINT_SIZE : (i + 1) * POINT_SIZE]))
                 value = join_tag(blinded) if job.last_hop else blinded
+            except ValueError:  # an all-zero shared secret; cannot happen after validation, but never crash on it
+                pass
         if value == zero:
             rejected += 1
-        out += value
+        out.append(value)
     if job.last_hop:
-        return ReblindResult(bytes(out), rejected)
-    return ReblindResult(b"", rejected, bytes(out))
+        return ReblindResult(b"".join(out), rejected)
+    return ReblindResult(b"", rejected, b"".join(out))

@@ -25,6 +25,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_queries import Preview, RefreshPeriod, WithMembers, query_command
+from .cli_queries import pairs as _pairs
+from .query_types import QUERIES
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -68,29 +72,9 @@ def main(
     insecure: Annotated[bool, typer.Option(help="Plaintext (a development server started --insecure).")] = False,
     output: Annotated[str, typer.Option("--output", "-o", help="table, csv or json.")] = "table",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-    preview: Annotated[
-        bool,
-        typer.Option(
-            help="Before a query command: show the 95% error bar of each vector it would release at that epsilon, "
-            "spending nothing and reading no data (e.g. cleanroom-client --preview attribution c --epsilon 0.5)."
-        ),
-    ] = False,
-    refresh_period: Annotated[
-        int | None,
-        typer.Option(
-            help="Before a query command: read the data as of this refresh period (0: the match; default: the "
-            "latest completed), e.g. cleanroom-client --refresh-period 0 overlap c."
-        ),
-    ] = None,
-    with_members: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--with",
-            help="Before a query command, with three or more members: the members (besides the hub) whose matched "
-            "users are the query's people; repeat it (default: every member), e.g. cleanroom-client --with jd "
-            "overlap c --by jd.stage_4a.",
-        ),
-    ] = None,
+    preview: Preview = False,
+    refresh_period: RefreshPeriod = None,
+    with_members: WithMembers = None,
 ) -> None:
     """Connect with your token over TLS."""
     if output not in ("table", "csv", "json"):
@@ -165,23 +149,12 @@ def _read(path: Path, text_columns: Collection[str] = ()) -> pd.DataFrame:
     return read_table(path, text_columns)
 
 
-def _pairs(values: list[str], what: str) -> dict[str, str]:
-    pairs = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"{what}: write name=value, got {item!r}")
-        pairs[key] = value
-    return pairs
-
-
 def _query(fn: Callable[[CleanRoomClient], pd.DataFrame], title: str) -> None:
     with _client() as client:
         _show(fn(client), title)
 
 
 CollaborationId = Annotated[str, typer.Argument(help="Collaboration id.")]
-Epsilon = Annotated[float, typer.Option(help="Privacy budget this query spends.")]
 
 
 @app.command("list")
@@ -243,7 +216,9 @@ def propose(
     )
 
 
-policy_app = typer.Typer(help="Draft a policy from your own files.", no_args_is_help=True)
+policy_app = typer.Typer(
+    help="Draft a policy from your own files, and merge the members' drafts.", no_args_is_help=True
+)
 app.add_typer(policy_app, name="policy")
 
 
@@ -254,22 +229,52 @@ def policy_init(
     identifier: Annotated[list[str], typer.Option(help="type=column, e.g. email=email or phone=mobile.")],
     event: Annotated[list[str] | None, typer.Option(help="table=file, e.g. conversions=orders.csv.")] = None,
     member: Annotated[str, typer.Option(help="Your principal name.")] = "brand",
-    peer: Annotated[str, typer.Option(help="The other member's principal name.")] = "platform",
+    role: Annotated[
+        str | None,
+        typer.Option(
+            help="brand (queries, receives results) or platform (receives audiences); default: from your files."
+        ),
+    ] = None,
+    peer: Annotated[
+        list[str] | None,
+        typer.Option(help="Another member, as name or name=role (repeat for each); default: platform, or brand."),
+    ] = None,
+    order: Annotated[
+        list[str] | None, typer.Option(help="A category's domain in your order: column=a,b,c (repeat per column).")
+    ] = None,
     to: Annotated[Path, typer.Option(help="Where to write the draft.")] = Path("policy.yaml"),
 ) -> None:
-    """Write a starting policy from your files: columns, category domains, number bounds, event caps.
+    """Draft your side of the room from your files: columns, domains, bounds, event caps, roles, every query they allow.
+
+    Each member drafts from its own files; `policy merge` then puts the drafts together (no member reads another's
+    data). Your role comes from your files (stage history, exposures or test groups: a platform) unless --role.
 
     Example: cleanroom-client policy init --users crm.csv --key customer_id --identifier email=email
-    --event conversions=orders.csv --to policy.yaml
+    --event conversions=orders.csv --to brand.yaml
     """
     from .policy import PolicyError, parse_policy
-    from .policy_draft import DISCLOSURE_WARNING, draft_policy
+    from .policy_draft import DISCLOSURE_WARNING, Role, draft_policy
 
     try:
         identifiers = _pairs(identifier, "--identifier")
+        roles = {str(r) for r in Role}
+
+        def parse_role(text: str, what: str) -> Role:
+            if text not in roles:
+                raise ValueError(f"{what}: {text!r} is no role; write one of {', '.join(sorted(roles))}")
+            return Role(text)
+
+        peers: dict[str, Role | None] = {}
+        for item in peer or []:
+            name, _, peer_role = item.partition("=")
+            peers[name] = parse_role(peer_role, f"--peer {item}") if peer_role else None
+        orders = {column: values.split(",") for column, values in _pairs(order or [], "--order").items()}
         events = {name: _read(Path(path), {key}) for name, path in _pairs(event or [], "--event").items()}
         users_frame = _read(users, {key, *identifiers.values()})
-        draft = draft_policy(member, peer, users_frame, key, identifiers, events)
+        draft = draft_policy(
+            member, users_frame, key, identifiers, events, role=parse_role(role, "--role") if role else None,
+            peers=peers or None, orders=orders,
+        )  # fmt: skip
         parse_policy(draft.yaml)
     except (ValueError, FileNotFoundError, PolicyError) as exc:
         err.print(str(exc), style="red", markup=False, highlight=False)
@@ -279,7 +284,41 @@ def policy_init(
     for note in draft.notes:
         err.print(f"note: {note}", markup=False, highlight=False)
     out.print(
-        f"wrote {to}; review it, then: cleanroom-client create {to} --id <collaboration>", markup=False, highlight=False
+        f"wrote {to}; merge it with the other members' drafts (cleanroom-client policy merge {to} <theirs> --to "
+        "policy.yaml), then review the result and create the collaboration with it",
+        markup=False,
+        highlight=False,
+    )
+
+
+@policy_app.command("merge")
+def policy_merge(
+    drafts: Annotated[list[Path], typer.Argument(help="Each member's draft (from policy init), or any policy.")],
+    to: Annotated[Path, typer.Option(help="Where to write the merged policy.")] = Path("policy.yaml"),
+) -> None:
+    """Merge the members' drafts into the whole room's policy, checked as the server will check it.
+
+    Each member's tables come from its own draft; the identifiers are those every member holds; the queries are
+    every one the merged tables support; the strictest budget and group size of the drafts win.
+
+    Example: cleanroom-client policy merge brand.yaml platform.yaml --to policy.yaml
+    """
+    from .policy import PolicyError, parse_policy
+    from .policy_draft import merge_drafts
+
+    try:
+        merged = merge_drafts({str(p): p.read_text(encoding="utf-8") for p in drafts})
+        parse_policy(merged.yaml)
+    except (ValueError, OSError, PolicyError) as exc:
+        err.print(str(exc), style="red", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    to.write_text(merged.yaml, encoding="utf-8")
+    for note in merged.notes:
+        err.print(f"note: {note}", markup=False, highlight=False)
+    out.print(
+        f"wrote {to} ({len(drafts)} drafts); review it, then: cleanroom-client create {to} --id <collaboration>",
+        markup=False,
+        highlight=False,
     )
 
 
@@ -293,7 +332,12 @@ def ping(
     """
     with _client() as client:
         count = len(client.ping(wait))
-    out.print(f"connected to {settings.target}: {count} collaborations visible to you", markup=False)
+        name, role = client.whoami()
+    out.print(
+        f"connected to {settings.target} as {name} ({role}): {count} collaborations visible to you",
+        markup=False,
+        highlight=False,
+    )
 
 
 @app.command()
@@ -574,303 +618,16 @@ def _say_warning(message: Warning | str, category: type[Warning], *_: object, **
     err.print(f"warning: {message}", style="yellow", markup=False, highlight=False)
 
 
-@app.command()
-def overlap(
-    collaboration: CollaborationId,
-    by: Annotated[list[str] | None, typer.Option(help="member.column dimension (up to 3).")] = None,
-    epsilon: Epsilon = 0.5,
-) -> None:
-    """Matched people by up to three dimensions.
-
-    Example: cleanroom-client overlap brand-x-2026q4 --by platform.age_band --epsilon 0.5
-    """
-    _query(
-        lambda c: c.overlap(
-            collaboration,
-            by=by or [],
-            epsilon=epsilon,
-            preview=settings.preview,
-            refresh_period=settings.refresh_period,
-            with_members=settings.with_members,
-        ),
-        "overlap",
-    )
+def _ask(method: str, collaboration: str, arguments: dict[str, Any], heading: str) -> None:
+    """Ask a declared query through the SDK method `method`, with the global options that scope every query."""
+    s = settings
+    scope = {"preview": s.preview, "refresh_period": s.refresh_period, "with_members": s.with_members}
+    _query(lambda c: getattr(c, method)(collaboration, **arguments, **scope), heading)
 
 
-@app.command()
-def venn(
-    collaboration: CollaborationId,
-    by: Annotated[str | None, typer.Option(help="A dimension of the hub's users table (member.column).")] = None,
-    epsilon: Epsilon = 0.5,
-) -> None:
-    """The hub's users by the other members they are matched with: every intersection and region of the diagram.
-
-    Example: cleanroom-client venn brand-jd-tencent --by brand.tier --epsilon 1
-    """
-    _query(
-        lambda c: c.venn(
-            collaboration,
-            by=by,
-            epsilon=epsilon,
-            preview=settings.preview,
-            refresh_period=settings.refresh_period,
-            with_members=settings.with_members,
-        ),
-        "Venn",
-    )
-
-
-@app.command()
-def funnel(
-    collaboration: CollaborationId,
-    by: Annotated[str | None, typer.Option(help="member.column to cross with the stage.")] = None,
-    labels: Annotated[str, typer.Option(help="4a or aipl.")] = "4a",
-    epsilon: Epsilon = 0.5,
-) -> None:
-    """The 4A funnel (counts and shares).
-
-    Example: cleanroom-client funnel brand-x-2026q4 --by brand.tier
-    """
-    _query(
-        lambda c: c.funnel(
-            collaboration,
-            by=by,
-            epsilon=epsilon,
-            labels=labels,
-            preview=settings.preview,
-            refresh_period=settings.refresh_period,
-            with_members=settings.with_members,
-        ),
-        "4A funnel",
-    )
-
-
-@app.command()
-def flow(
-    collaboration: CollaborationId,
-    start: Annotated[str, typer.Option(help="Start date, YYYY-MM-DD.")],
-    end: Annotated[str, typer.Option(help="End date, YYYY-MM-DD.")],
-    epsilon: Epsilon = 0.5,
-) -> None:
-    """Movement between 4A stages from one date to another.
-
-    Example: cleanroom-client flow brand-x-2026q4 --start 2026-10-01 --end 2026-11-01
-    """
-    _query(
-        lambda c: c.funnel_flow(
-            collaboration,
-            start,
-            end,
-            epsilon=epsilon,
-            preview=settings.preview,
-            refresh_period=settings.refresh_period,
-            with_members=settings.with_members,
-        ),
-        "4A flow",
-    )
-
-
-@app.command()
-def segment(
-    collaboration: CollaborationId,
-    dimension: Annotated[str, typer.Option(help="member.column, e.g. platform.age_band.")],
-    epsilon: Epsilon = 0.5,
-) -> None:
-    """Shares, TGI and penetration per value of a dimension.
-
-    Example: cleanroom-client segment brand-x-2026q4 --dimension platform.age_band
-    """
-    _query(
-        lambda c: c.segment_insight(
-            collaboration,
-            dimension,
-            epsilon=epsilon,
-            preview=settings.preview,
-            refresh_period=settings.refresh_period,
-            with_members=settings.with_members,
-        ),
-        "segment insight",
-    )
-
-
-@app.command()
-def value(
-    collaboration: CollaborationId,
-    measure: Annotated[str, typer.Option(help="member.table.column, e.g. brand.conversions.value.")],
-    by: Annotated[list[str] | None, typer.Option(help="member.column dimension (up to 3).")] = None,
-    epsilon: Epsilon = 1.0,
-) -> None:
-    """GOAL value: sum of a measure and its means per person, buyer and order, per group.
-
-    Example: cleanroom-client value brand-x-2026q4 --measure brand.conversions.value --by brand.tier
-    """
-    _query(
-        lambda c: c.value(
-            collaboration,
-            measure,
-            by=by or [],
-            epsilon=epsilon,
-            preview=settings.preview,
-            refresh_period=settings.refresh_period,
-            with_members=settings.with_members,
-        ),
-        "value",
-    )
-
-
-@app.command()
-def loyalty(
-    collaboration: CollaborationId,
-    period1: Annotated[str, typer.Option(help="START:END of the repurchase window, YYYY-MM-DD, end exclusive.")],
-    period2: Annotated[str, typer.Option(help="START:END of the retention period, YYYY-MM-DD, end exclusive.")],
-    by: Annotated[list[str] | None, typer.Option(help="member.column dimension (up to 3).")] = None,
-    epsilon: Epsilon = 1.0,
-) -> None:
-    """GOAL loyalty: repurchase rate in period 1 and retention into period 2, per group.
-
-    Example: cleanroom-client loyalty brand-x-2026q4 --period1 2026-10-01:2026-10-16 --period2 2026-10-16:2026-11-01
-    """
-    p1, p2 = _period(period1, "--period1"), _period(period2, "--period2")
-    _query(
-        lambda c: c.loyalty(
-            collaboration,
-            p1,
-            p2,
-            by=by or [],
-            epsilon=epsilon,
-            preview=settings.preview,
-            refresh_period=settings.refresh_period,
-            with_members=settings.with_members,
-        ),
-        "loyalty",
-    )
-
-
-def _period(text: str, what: str) -> tuple[str, str]:
-    start, colon, end = text.partition(":")
-    if not colon or not start or not end:
-        raise typer.BadParameter(f"{what}: give START:END, e.g. 2026-10-01:2026-10-16")
-    return start, end
-
-
-@app.command()
-def attribution(
-    collaboration: CollaborationId,
-    model: Annotated[str, typer.Option(help="last_touch, first_touch, linear, time_decay, position_based.")] = (
-        "last_touch"
-    ),
-    lookback_days: Annotated[int, typer.Option(help="Lookback window in days.")] = 7,
-    by: Annotated[str, typer.Option(help="campaign or channel.")] = "campaign",
-    click_over_view: Annotated[bool, typer.Option(help="Clicks in the window beat impressions.")] = False,
-    epsilon: Epsilon = 1.0,
-) -> None:
-    """Attributed conversions, revenue and ROAS.
-
-    Example: cleanroom-client attribution brand-x-2026q4 --model time_decay --lookback-days 7
-    """
-    _query(
-        lambda c: c.attribution(
-            collaboration,
-            model=model,
-            lookback_days=lookback_days,
-            by=by,
-            epsilon=epsilon,
-            click_over_view=click_over_view,
-            preview=settings.preview,
-            refresh_period=settings.refresh_period,
-            with_members=settings.with_members,
-        ),
-        f"attribution ({model})",
-    )
-
-
-@app.command()
-def lift(collaboration: CollaborationId, campaign: Annotated[str, typer.Option()], epsilon: Epsilon = 1.0) -> None:
-    """Lift of a campaign against its holdout.
-
-    Example: cleanroom-client lift brand-x-2026q4 --campaign c-2026-11
-    """
-    _query(
-        lambda c: c.lift(
-            collaboration,
-            campaign,
-            epsilon=epsilon,
-            preview=settings.preview,
-            refresh_period=settings.refresh_period,
-            with_members=settings.with_members,
-        ),
-        f"lift of {campaign}",
-    )
-
-
-@app.command()
-def lookalike(
-    collaboration: CollaborationId,
-    seed: Annotated[list[str], typer.Option(help="member.column=value, e.g. brand.tier=gold.")],
-    size: Annotated[int, typer.Option(help="Audience size for the platform.")],
-    epsilon: Epsilon = 1.0,
-    delta: Annotated[float, typer.Option(help="Below 1/n.")] = 1e-7,
-) -> None:
-    """Train a DP-SGD lookalike; the platform receives the audience, you its size and quality.
-
-    Example: cleanroom-client lookalike brand-x-2026q4 --seed brand.tier=gold --size 2000
-    """
-    _query(
-        lambda c: c.lookalike(
-            collaboration,
-            seed=_pairs(seed, "--seed"),
-            audience_size=size,
-            epsilon=epsilon,
-            delta=delta,
-            preview=settings.preview,
-            refresh_period=settings.refresh_period,
-            with_members=settings.with_members,
-        ),
-        "lookalike",
-    )
-
-
-@app.command()
-def activate(
-    collaboration: CollaborationId,
-    segment_filter: Annotated[list[str] | None, typer.Option("--segment", help="member.column=value.")] = None,
-    event: Annotated[
-        list[str] | None,
-        typer.Option(help="Had a row: member.table:START:END[:column=value,...] (dates YYYY-MM-DD, end exclusive)."),
-    ] = None,
-    no_event: Annotated[list[str] | None, typer.Option(help="Had no row: same form as --event.")] = None,
-    epsilon: Epsilon = 0.1,
-) -> None:
-    """Release a segment's matched people to the platform; you receive a noisy size.
-
-    Example: cleanroom-client activate brand-x-2026q4 --segment brand.tier=gold --segment platform.stage_4a=appeal
-
-    Retargeting (reached by a campaign, did not buy): cleanroom-client activate brand-x-2026q4
-    --event platform.exposures:2026-11-01:2026-11-15:campaign=c-2026-11
-    --no-event brand.conversions:2026-11-01:2026-12-01
-    """
-    events = [_event(e, False) for e in event or []] + [_event(e, True) for e in no_event or []]
-    _query(
-        lambda c: c.activate(
-            collaboration,
-            _pairs(segment_filter or [], "--segment"),
-            epsilon=epsilon,
-            preview=settings.preview,
-            refresh_period=settings.refresh_period,
-            with_members=settings.with_members,
-            events=events,
-        ),
-        "activation",
-    )
-
-
-def _event(text: str, absent: bool) -> dict[str, object]:
-    parts = text.split(":")
-    flag = "--no-event" if absent else "--event"
-    if len(parts) not in (3, 4) or not all(parts[:3]):
-        raise typer.BadParameter(f"{flag}: give member.table:START:END[:column=value,...], got {text!r}")
-    where = _pairs(parts[3].split(","), flag) if len(parts) == 4 and parts[3] else {}
-    return {"table": parts[0], "start": parts[1], "end": parts[2], "absent": absent, "where": where}
+# One command per declared query (`cleanroom_client.query_types`): names, options and help come from there.
+for _declared in QUERIES:
+    app.command(_declared.command)(query_command(_declared, _ask, CollaborationId))
 
 
 @app.command()

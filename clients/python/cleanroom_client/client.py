@@ -14,22 +14,22 @@ import contextlib
 import hashlib
 import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
-from . import answers
 from . import refresh as refresh_state
-from .answers import result_frame
+from .asking import QueryMethods
+from .asking import collaboration_dir as collaboration_dir  # where the CLI, tests and users have imported it from
 from .blinding import ChunkExecutor, default_executor
-from .errors import CleanRoomError, InternalError, InvalidArgumentError
+from .errors import CleanRoomError, InvalidArgumentError
+from .files import parse_time_column as parse_time_column  # tests and users have imported it from here
 from .identity import (
     INVALID_CHECK_SAMPLE,
     IdentifierQualityWarning,
@@ -40,14 +40,11 @@ from .identity import (
 from .matching import PERIOD, RETIRED, MatchPlan, MatchRunner, MatchSummary, upload_of
 from .policy import Policy, parse_policy
 from .protocol import (
-    ATTRIBUTION_MODELS,
     COLLABORATIONS,
-    DEFAULT_HALF_LIFE_DAYS,
     MAX_MESSAGE_BYTES,
     POINTS,
     collaboration_name,
 )
-from .protocol import analytics_pb2 as qpb
 from .protocol import analytics_pb2_grpc as qpb_grpc
 from .protocol import audit_pb2 as apb
 from .protocol import audit_pb2_grpc as apb_grpc
@@ -80,52 +77,6 @@ def resolve_state_dir(
     """`state_dir`, else `CLEANROOM_STATE_DIR`, else the default for this server and credential."""
     explicit = state_dir or os.environ.get("CLEANROOM_STATE_DIR")
     return Path(explicit) if explicit else default_state_dir(target, token, client_certificate)
-
-
-def collaboration_dir(state_dir: Path, collaboration_id: str) -> Path:
-    """A member's own state for one collaboration: blinding key, surrogate ids, the answers received."""
-    return state_dir / "collaborations" / collaboration_id.removeprefix(COLLABORATIONS)
-
-
-def parse_time_column(frame: pd.DataFrame, table: str, policy: Policy, time_format: str | None) -> pd.DataFrame:
-    """`frame` with the policy's time column of event table `table` parsed to timestamps when it holds text.
-
-    A CSV brings dates as text, which the server refuses; the error names the column, a value that failed and the
-    fix. Columns already of a date or time type are left as they are.
-    """
-    columns = {spec.time for spec in policy.tables.values() if spec.table == table and spec.time}
-    out = frame
-    for column in sorted(columns & set(frame.columns)):
-        if not (pd.api.types.is_object_dtype(frame[column]) or pd.api.types.is_string_dtype(frame[column])):
-            continue
-        text = frame[column].astype("string").str.strip()
-        try:
-            parsed = pd.to_datetime(text, format=time_format or "ISO8601")
-        except (ValueError, TypeError) as exc:
-            bad = next((v for v in text.dropna() if _unparsable(v, time_format)), None)
-            hint = (
-                f"--time-format / time_format={time_format!r} does not fit"
-                if time_format
-                else (
-                    "write ISO 8601 (2026-10-01 or 2026-10-01 13:45:00), or pass its format: --time-format "
-                    "'%d/%m/%Y %H:%M' (SDK: time_format=...)"
-                )
-            )
-            raise ValueError(
-                f"{table}.{column}: cannot read {bad!r} as a date or time ({exc.__class__.__name__}); {hint}"
-            ) from None
-        if isinstance(parsed.dtype, pd.DatetimeTZDtype):
-            parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
-        out = out.assign(**{column: parsed.astype("datetime64[us]")})
-    return out
-
-
-def _unparsable(value: str, time_format: str | None) -> bool:
-    try:
-        pd.to_datetime(value, format=time_format or "ISO8601")
-    except (ValueError, TypeError):
-        return True
-    return False
 
 
 @dataclass(frozen=True)
@@ -177,7 +128,7 @@ def _policy_text(policy: str | Path) -> str:
     return text
 
 
-class CleanRoomClient:
+class CleanRoomClient(QueryMethods):
     """A member's connection to a clean room server."""
 
     def __init__(
@@ -248,12 +199,6 @@ class CleanRoomClient:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
-    def _call(self, fn: Callable[..., T], request: object) -> T:
-        try:
-            return fn(request, metadata=self._metadata)
-        except grpc.RpcError as err:
-            raise CleanRoomError.from_rpc(err) from None
-
     # -- collaborations ----------------------------------------------------------------------------------------------
     def create_collaboration(self, policy: str | Path, collaboration_id: str = "") -> CollaborationInfo:
         """Create a collaboration proposing `policy` (a YAML file path or YAML text). Every member then approves."""
@@ -276,6 +221,11 @@ class CleanRoomClient:
             with contextlib.suppress(grpc.FutureTimeoutError):
                 grpc.channel_ready_future(self._channel).result(timeout=wait)
         return self.list_collaborations()
+
+    def whoami(self) -> tuple[str, str]:
+        """(principal name, role) of these credentials, as the server authenticated them: which token is in use."""
+        page = self._call(self._collaborations.ListCollaborations, cpb.ListCollaborationsRequest(page_size=1))
+        return page.caller, page.caller_role
 
     def list_collaborations(self) -> list[CollaborationInfo]:
         """All collaborations this member belongs to."""
@@ -301,367 +251,7 @@ class CleanRoomClient:
         request = cpb.ApprovePolicyRequest(name=_name(collaboration_id), etag=etag)
         return _info(self._call(self._collaborations.ApprovePolicy, request))
 
-    # -- analytics ---------------------------------------------------------------------------------------------------
-    # Every query method takes `preview=True`: instead of asking, it returns the 95% error bar each released vector
-    # would have at that epsilon (`measure` error_95, one row per vector), spending nothing and reading no data.
-    # A query reads the data as of the last completed refresh period, or as of `refresh_period` (0: the match).
-    # With three or more members its people are the hub's users matched with every other member, or with those named
-    # in `with_members`.
-    def _answer(
-        self,
-        rpc: Callable[..., qpb.QueryResult],
-        field: str,
-        request: Any,
-        preview: bool,
-        refresh_period: int | None = None,
-        with_members: Sequence[str] = (),
-    ) -> pd.DataFrame:
-        if refresh_period is not None:
-            request.refresh_period = refresh_period
-        request.with_members.extend(with_members)
-        if preview:
-            return result_frame(self._call(self._analytics.Preview, qpb.PreviewRequest(**{field: request})))
-        result = self._call(rpc, request)
-        answers.record(self.collaboration_dir(request.parent), field, request, result)
-        return result_frame(result)
-
-    def collaboration_dir(self, collaboration_id: str) -> Path:
-        """This member's own state for one collaboration: blinding key, surrogate ids, the answers received."""
-        return collaboration_dir(self.state_dir, collaboration_id)
-
-    def answers(self, collaboration_id: str) -> list[answers.Answer]:
-        """The answers this member received in a collaboration (kept locally; what `report` draws), oldest first."""
-        return answers.load(self.collaboration_dir(collaboration_id))
-
-    def overlap(
-        self,
-        collaboration_id: str,
-        by: Sequence[str] = (),
-        epsilon: float = 0.5,
-        preview: bool = False,
-        refresh_period: int | None = None,
-        with_members: Sequence[str] = (),
-    ) -> pd.DataFrame:
-        """Matched people, grouped by up to three `member.column` dimensions; one row per cell and measure."""
-        request = qpb.OverlapRequest(parent=_name(collaboration_id), dimensions=list(by), epsilon=epsilon)
-        return self._answer(self._analytics.Overlap, "overlap", request, preview, refresh_period, with_members)
-
-    def venn(
-        self,
-        collaboration_id: str,
-        by: str | None = None,
-        epsilon: float = 0.5,
-        preview: bool = False,
-        refresh_period: int | None = None,
-        with_members: Sequence[str] = (),
-    ) -> pd.DataFrame:
-        """The hub's users by the other members they are matched with, optionally per value of one hub dimension.
-
-        One row per region and measure: `people` for each intersection (`brand∩jd`: the brand's users matched with
-        jd, whatever else), `people_exactly` for each region of the diagram (matched with exactly those members).
-        """
-        request = qpb.VennRequest(parent=_name(collaboration_id), by=by or "", epsilon=epsilon)
-        return self._answer(self._analytics.Venn, "venn", request, preview, refresh_period, with_members)
-
-    def funnel(
-        self,
-        collaboration_id: str,
-        by: str | None = None,
-        epsilon: float = 0.5,
-        labels: str = "4a",
-        preview: bool = False,
-        refresh_period: int | None = None,
-        with_members: Sequence[str] = (),
-    ) -> pd.DataFrame:
-        """Matched people per 4A stage (counts and shares), optionally crossed with one dimension."""
-        request = qpb.FunnelRequest(parent=_name(collaboration_id), by=by or "", epsilon=epsilon, labels=labels)
-        return self._answer(self._analytics.Funnel, "funnel", request, preview, refresh_period, with_members)
-
-    def funnel_flow(
-        self,
-        collaboration_id: str,
-        start: str,
-        end: str,
-        epsilon: float = 0.5,
-        labels: str = "4a",
-        preview: bool = False,
-        refresh_period: int | None = None,
-        with_members: Sequence[str] = (),
-    ) -> pd.DataFrame:
-        """Transitions between 4A stages from the snapshot on `start` to the one on `end` (ISO dates)."""
-        request = qpb.FunnelFlowRequest(
-            parent=_name(collaboration_id), start_date=start, end_date=end, epsilon=epsilon, labels=labels
-        )
-        return self._answer(self._analytics.FunnelFlow, "funnel_flow", request, preview, refresh_period, with_members)
-
-    def segment_insight(
-        self,
-        collaboration_id: str,
-        dimension: str,
-        epsilon: float = 0.5,
-        preview: bool = False,
-        refresh_period: int | None = None,
-        with_members: Sequence[str] = (),
-    ) -> pd.DataFrame:
-        """Per value of `dimension`: matched and all users, their shares, TGI and penetration."""
-        request = qpb.SegmentInsightRequest(parent=_name(collaboration_id), dimension=dimension, epsilon=epsilon)
-        return self._answer(
-            self._analytics.SegmentInsight, "segment_insight", request, preview, refresh_period, with_members
-        )
-
-    def value(
-        self,
-        collaboration_id: str,
-        measure: str,
-        by: Sequence[str] = (),
-        epsilon: float = 1.0,
-        preview: bool = False,
-        refresh_period: int | None = None,
-        with_members: Sequence[str] = (),
-    ) -> pd.DataFrame:
-        """GOAL value of a declared measure (`member.table.column`) per group of up to three dimensions.
-
-        Measures per group: people, buyers, orders, sum, and the means per_person, per_buyer, per_order, each with
-        its 95% bound. Values are clamped to the policy's bounds and each person contributes at most the table's
-        `max_per_person` rows; epsilon is split in four.
-        """
-        request = qpb.ValueRequest(parent=_name(collaboration_id), by=list(by), measure=measure, epsilon=epsilon)
-        return self._answer(self._analytics.Value, "value", request, preview, refresh_period, with_members)
-
-    def loyalty(
-        self,
-        collaboration_id: str,
-        period1: tuple[str, str],
-        period2: tuple[str, str],
-        by: Sequence[str] = (),
-        epsilon: float = 1.0,
-        preview: bool = False,
-        refresh_period: int | None = None,
-        with_members: Sequence[str] = (),
-    ) -> pd.DataFrame:
-        """GOAL loyalty per group: converters in period 1, repeaters, retained; repurchase and retention rates.
-
-        Periods are (start, end) ISO dates, end exclusive; period 2 starts no earlier than period 1 ends.
-        """
-        request = qpb.LoyaltyRequest(
-            parent=_name(collaboration_id),
-            by=list(by),
-            period1_start=period1[0],
-            period1_end=period1[1],
-            period2_start=period2[0],
-            period2_end=period2[1],
-            epsilon=epsilon,
-        )
-        return self._answer(self._analytics.Loyalty, "loyalty", request, preview, refresh_period, with_members)
-
-    def attribution(
-        self,
-        collaboration_id: str,
-        model: str = "last_touch",
-        lookback_days: int = 7,
-        by: str = "campaign",
-        epsilon: float = 1.0,
-        brand_dimension: str | None = None,
-        click_over_view: bool = False,
-        half_life_days: float = DEFAULT_HALF_LIFE_DAYS,
-        preview: bool = False,
-        refresh_period: int | None = None,
-        with_members: Sequence[str] = (),
-    ) -> pd.DataFrame:
-        """Attributed conversions, revenue and ROAS per campaign or channel; group `none` is unattributed.
-
-        Models: last_touch, first_touch, linear, time_decay (with half_life_days), position_based (40/20/40).
-        """
-        if model not in ATTRIBUTION_MODELS:
-            raise ValueError(f"model must be one of {', '.join(ATTRIBUTION_MODELS)}")
-        request = qpb.AttributionRequest(
-            parent=_name(collaboration_id),
-            model=ATTRIBUTION_MODELS[model],
-            lookback_days=lookback_days,
-            by=by,
-            brand_dimension=brand_dimension or "",
-            click_over_view=click_over_view,
-            half_life_days=half_life_days,
-            epsilon=epsilon,
-        )
-        return self._answer(self._analytics.Attribution, "attribution", request, preview, refresh_period, with_members)
-
-    def lift(
-        self,
-        collaboration_id: str,
-        campaign: str,
-        epsilon: float = 1.0,
-        preview: bool = False,
-        refresh_period: int | None = None,
-        with_members: Sequence[str] = (),
-    ) -> pd.DataFrame:
-        """Conversion rate per test group, lift, incremental conversions and revenue, with intervals."""
-        request = qpb.LiftRequest(parent=_name(collaboration_id), campaign=campaign, epsilon=epsilon)
-        return self._answer(self._analytics.Lift, "lift", request, preview, refresh_period, with_members)
-
-    def lookalike(
-        self,
-        collaboration_id: str,
-        seed: Mapping[str, str],
-        audience_size: int,
-        epsilon: float = 1.0,
-        delta: float | None = None,
-        model: str = "logistic",
-        preview: bool = False,
-        refresh_period: int | None = None,
-        with_members: Sequence[str] = (),
-    ) -> pd.DataFrame:
-        """Train a DP-SGD lookalike on the seeds (e.g. {"brand.tier": "gold"}); the platform receives the audience.
-
-        You receive the audience's name (`attrs["audience"]`) and size, the epsilon charged for DP-SGD and its
-        noise multiplier, and the audience's quality as a DP lift over random (`lift_over_random` with its 95%
-        interval `lift_lower_95` .. `lift_upper_95`; `precision`, `recall`, `base_rate`); never who is in it.
-        `delta` defaults to 1e-7 (it must be below 1/n).
-        """
-        request = qpb.LookalikeRequest(
-            parent=_name(collaboration_id),
-            seed=dict(seed),
-            audience_size=audience_size,
-            epsilon=epsilon,
-            delta=1e-7 if delta is None else delta,
-            model=model,
-        )
-        if preview:
-            return self._answer(self._analytics.Lookalike, "lookalike", request, preview, refresh_period, with_members)
-        if refresh_period is not None:
-            request.refresh_period = refresh_period
-        request.with_members.extend(with_members)
-        result = self._train_with_progress(request)
-        answers.record(self.collaboration_dir(request.parent), "lookalike", request, result)
-        return result_frame(result)
-
-    def _train_with_progress(self, request: qpb.LookalikeRequest) -> qpb.QueryResult:
-        """LookalikeWithProgress: a bar over the server's training steps (when `progress`), then the answer."""
-        bar = None
-        try:
-            stream = self._analytics.LookalikeWithProgress(
-                qpb.LookalikeWithProgressRequest(lookalike=request), metadata=self._metadata
-            )
-            for update in stream:
-                if update.HasField("result"):
-                    return update.result
-                if self.progress:
-                    if bar is None:
-                        desc = "training the lookalike (server)"
-                        bar = tqdm(total=update.progress.steps, desc=desc, unit="step", leave=False)
-                    bar.n = update.progress.step
-                    bar.refresh()
-        except grpc.RpcError as err:
-            raise CleanRoomError.from_rpc(err) from None
-        finally:
-            if bar is not None:
-                bar.close()
-        raise InternalError("INTERNAL", "the server ended the lookalike stream without an answer")
-
-    def activate(
-        self,
-        collaboration_id: str,
-        segment: Mapping[str, str] | None = None,
-        epsilon: float = 0.1,
-        delta: float = 0.0,
-        preview: bool = False,
-        refresh_period: int | None = None,
-        events: Sequence[Mapping[str, Any]] = (),
-        with_members: Sequence[str] = (),
-    ) -> pd.DataFrame:
-        """Release a segment's matched people (e.g. {"brand.tier": "gold"}) to the policy's activation recipient.
-
-        A disclosure the policy names, not a DP aggregate: the list goes out only if the segment's true size is at
-        least the policy's minimum and a noisy size clears it with a margin (delta 0: the policy's maximum). You
-        receive the noisy size only; your ledger and the recipient's are charged.
-
-        Retargeting: `events` are conditions on event tables the policy's `activation.events` names, each a dict
-        with table, start, end (ISO dates, end exclusive), optional absent (True: no such row) and where, e.g.
-        [{"table": "platform.exposures", "start": "2026-11-01", "end": "2026-11-15", "where": {"campaign": "c1"}},
-        {"table": "brand.conversions", "start": "2026-11-01", "end": "2026-12-01", "absent": True}]: reached by
-        the campaign, did not buy.
-        """
-        filters = [
-            qpb.EventFilter(
-                table=e["table"],
-                start_date=e["start"],
-                end_date=e["end"],
-                absent=bool(e.get("absent", False)),
-                where=dict(e.get("where", {})),
-            )
-            for e in events
-        ]
-        request = qpb.ActivateRequest(
-            parent=_name(collaboration_id), segment=dict(segment or {}), epsilon=epsilon, delta=delta, events=filters
-        )
-        return self._answer(self._analytics.Activate, "activate", request, preview, refresh_period, with_members)
-
-    def audiences(self, collaboration_id: str) -> pd.DataFrame:
-        """The audiences released to you (as the member with `receive_audiences`)."""
-        response = self._call(self._analytics.ListAudiences, qpb.ListAudiencesRequest(parent=_name(collaboration_id)))
-        return pd.DataFrame(
-            [
-                {
-                    "name": a.name,
-                    "kind": a.kind,
-                    "size": a.size,
-                    "requester": a.requester,
-                    "create_time": a.create_time.ToDatetime(),
-                }
-                for a in response.audiences
-            ],
-            columns=["name", "kind", "size", "requester", "create_time"],
-        )
-
-    def fetch_audience(self, audience: str) -> pd.Series:
-        """The members of an audience released to you, as your own user keys (mapped locally, never uploaded)."""
-        parts = audience.split("/")
-        if len(parts) != 4:
-            raise ValueError("pass an audience name like collaborations/c/audiences/a (see audiences())")
-        rows_path = self.collaboration_dir(parts[1]) / "rows.parquet"
-        if not rows_path.exists():
-            raise FileNotFoundError(f"{rows_path} is missing: only the machine that matched can map the audience back")
-        try:
-            chunks = [
-                c.row_ids
-                for c in self._analytics.FetchAudience(qpb.FetchAudienceRequest(name=audience), metadata=self._metadata)
-            ]
-        except grpc.RpcError as err:
-            raise CleanRoomError.from_rpc(err) from None
-        ids = np.frombuffer(b"".join(chunks), dtype="<i8")
-        rows = pd.read_parquet(rows_path)
-        keys = rows.set_index("row_id")["key"]
-        return keys.loc[keys.index.intersection(pd.Index(ids))].reset_index(drop=True).rename("key")
-
-    def budget(self, collaboration_id: str) -> pd.DataFrame:
-        """Epsilon total, spent and left per member.
-
-        The audit log's head is checked first against the one this client remembers, so budget that reappears
-        because the server's history was rolled back raises HistoryRewrittenError instead of being shown.
-        """
-        self._witness.head(collaboration_id)
-        b = self._call(self._analytics.GetBudget, qpb.GetBudgetRequest(parent=_name(collaboration_id)))
-        frame = pd.DataFrame(
-            [
-                {
-                    "member": m.member,
-                    "total": m.epsilon_total,
-                    "spent": m.epsilon_spent,
-                    "left": m.epsilon_remaining,
-                    "delta_total": m.delta_total,
-                    "delta_spent": m.delta_spent,
-                    "delta_left": m.delta_remaining,
-                }
-                for m in b.members
-            ]
-        )
-        frame.attrs["epsilon_per_query_max"] = b.epsilon_per_query_max
-        frame.attrs["epsilon_per_query_min"] = b.epsilon_per_query_min
-        frame.attrs["delta_per_query_max"] = b.delta_per_query_max
-        frame.attrs["since_sequence"] = {m.member: m.since_sequence for m in b.members}
-        return frame
-
-    # -- audit -------------------------------------------------------------------------------------------------------
+    # -- analytics: the query methods are `QueryMethods`' (asking.py) ---------------------------------------------
     def audit_log(self, collaboration_id: str = "", *, principal: str = "", action: str = "") -> pd.DataFrame:
         """A collaboration's audit chain (auditors), or the server's own chain with no id; one row per entry."""
         rows = []

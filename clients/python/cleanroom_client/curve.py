@@ -6,18 +6,32 @@ directly as an X25519 u-coordinate: half of all 32-byte strings lie on the quadr
 on the curve or twist it started on, and so every blinded value would tell the peer one bit of the hash.
 Mapping through Elligator 2 puts every identifier on the curve, in the prime-order subgroup.
 
-Field arithmetic uses gmpy2. This module holds no secrets: it runs on public values and on inputs the caller
-then blinds, so it makes no constant-time promise.
+Two implementations of the hash, chosen once at import: the compiled extension `_curve25519` (built by the SDK's
+install where a C compiler exists; `NATIVE` is True) and the pure-Python one below with gmpy2, kept as the
+reference and the fallback. Both give the same bytes (tested against each other and the RFC vectors). Neither holds
+a secret: they run on public values and on the RFC 9380 messages of the member's own identifiers before the caller
+blinds them, so neither makes a constant-time promise.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from types import ModuleType
 from typing import Final
 
 import gmpy2
 import numpy as np
 from gmpy2 import mpz
+
+_native: ModuleType | None
+try:
+    from . import _curve25519 as _native
+except ImportError:  # no compiler at install time: the Python path below
+    _native = None
+
+#: Whether hashing to the curve runs in the compiled extension (else in Python with gmpy2).
+NATIVE: Final = _native is not None
 
 P: Final = mpz(2**255 - 19)
 A: Final = mpz(486662)
@@ -192,7 +206,32 @@ def _elligator2(r: mpz) -> tuple[mpz, mpz]:
 
 
 def hash_to_u(msg: bytes, dst: bytes = CLEANROOM_DST) -> bytes:
-    """The u-coordinate of `hash_to_curve(msg, dst)` as 32 bytes little-endian: the X25519 input.
+    """The u-coordinate of `hash_to_curve(msg, dst)` as 32 bytes little-endian: the X25519 input."""
+    return hash_to_u_batch([msg], dst)
+
+
+def hash_to_u_batch(msgs: Sequence[bytes], dst: bytes = CLEANROOM_DST) -> bytes:
+    """`hash_to_u` of each message, packed: 32 bytes per message, in order.
+
+    Natively when the extension is built (about 0.2 X25519 operations per message, one field inversion per batch),
+    else in Python. The native path hands the few messages it does not finish (the two mapped points share u:
+    probability ~2^-250) to the Python path, so the result is always complete.
+    """
+    if len(dst) > 255:
+        raise ValueError("DST longer than 255 bytes")
+    if _native is None:
+        return b"".join([_hash_to_u_python(m, dst) for m in msgs])
+    packed, unfinished = _native.hash_to_u_batch(msgs, dst)
+    if not unfinished:
+        return bytes(packed)
+    out = bytearray(packed)
+    for i in unfinished:
+        out[32 * i : 32 * i + 32] = _hash_to_u_python(msgs[i], dst)
+    return bytes(out)
+
+
+def _hash_to_u_python(msg: bytes, dst: bytes = CLEANROOM_DST) -> bytes:
+    """`hash_to_u` in Python with gmpy2: the fallback, and the reference the native path is tested against.
 
     Same result as `hash_to_curve` (tested against it and the RFC vectors) at about two thirds of the cost: the
     sum of the two mapped points is kept as a fraction, the cofactor is cleared by doubling on the u-line in

@@ -5,6 +5,7 @@ arrives as a timestamp rather than text. Identifier and key columns are read as 
 phone number's leading zero or a customer number's zeros must survive. Types are sniffed from the whole file, not
 its first rows: from a sample, DuckDB would type a column BIGINT and then round a 12.5 further down to 13 without a
 word. A value that cannot be read gets an error naming the file, line, column and value, and how to fix it.
+Time columns a frame holds as text (a CSV read by pandas) are parsed to timestamps by `parse_time_column`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import pandas as pd
 
 if TYPE_CHECKING:
     import duckdb
+
+    from .policy import Policy
 
 #: File name endings and DuckDB's reader for each.
 READERS = {
@@ -104,3 +107,44 @@ def read_table(path: Path, text_columns: Collection[str] = ()) -> pd.DataFrame:
         raise (_ragged(path, kind) or _explain(path, exc)) from None
     finally:
         con.close()
+
+
+def parse_time_column(frame: pd.DataFrame, table: str, policy: Policy, time_format: str | None) -> pd.DataFrame:
+    """`frame` with the policy's time column of event table `table` parsed to timestamps when it holds text.
+
+    A CSV brings dates as text, which the server refuses; the error names the column, a value that failed and the
+    fix. Columns already of a date or time type are left as they are.
+    """
+    columns = {spec.time for spec in policy.tables.values() if spec.table == table and spec.time}
+    out = frame
+    for column in sorted(columns & set(frame.columns)):
+        if not (pd.api.types.is_object_dtype(frame[column]) or pd.api.types.is_string_dtype(frame[column])):
+            continue
+        text = frame[column].astype("string").str.strip()
+        try:
+            parsed = pd.to_datetime(text, format=time_format or "ISO8601")
+        except (ValueError, TypeError) as exc:
+            bad = next((v for v in text.dropna() if _unparsable(v, time_format)), None)
+            hint = (
+                f"--time-format / time_format={time_format!r} does not fit"
+                if time_format
+                else (
+                    "write ISO 8601 (2026-10-01 or 2026-10-01 13:45:00), or pass its format: --time-format "
+                    "'%d/%m/%Y %H:%M' (SDK: time_format=...)"
+                )
+            )
+            raise ValueError(
+                f"{table}.{column}: cannot read {bad!r} as a date or time ({exc.__class__.__name__}); {hint}"
+            ) from None
+        if isinstance(parsed.dtype, pd.DatetimeTZDtype):
+            parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+        out = out.assign(**{column: parsed.astype("datetime64[us]")})
+    return out
+
+
+def _unparsable(value: str, time_format: str | None) -> bool:
+    try:
+        pd.to_datetime(value, format=time_format or "ISO8601")
+    except (ValueError, TypeError):
+        return True
+    return False

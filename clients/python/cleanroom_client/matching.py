@@ -48,6 +48,29 @@ USERS_TABLE = "users"
 ROWS_FILE = "rows.parquet"
 PERIOD = "period"
 RETIRED = "retired"
+#: The ledger's metadata entry naming the member's own key column (e.g. `user_id`), so what maps back to keys
+#: (an audience file) carries the member's column name, not the ledger's `key`.
+KEY_COLUMN = b"cleanroom.key_column"
+
+
+def write_rows(path: Path, ledger: pd.DataFrame, key_column: str) -> None:
+    """Write a ledger atomically, private to this user (it maps row numbers back to keys), naming the key column."""
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(ledger, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), KEY_COLUMN: key_column.encode()})
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(table, tmp)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def key_column(path: Path) -> str:
+    """The member's key column the ledger at `path` was written with (`key` for a ledger of an older SDK)."""
+    import pyarrow.parquet as pq
+
+    metadata = pq.read_schema(path).metadata or {}
+    return metadata.get(KEY_COLUMN, b"key").decode()
 
 
 @dataclass(frozen=True)
@@ -160,10 +183,7 @@ def load_or_create_rows(state: Path, keys: pd.Series) -> np.ndarray:
         return ids
     ids = new_row_ids(len(keys))
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    pd.DataFrame({"key": keys.to_numpy(), "row_id": ids}).to_parquet(tmp, index=False)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    write_rows(path, pd.DataFrame({"key": keys.to_numpy(), "row_id": ids}), str(keys.name or "key"))
     return ids
 
 

@@ -74,6 +74,11 @@ if set(Ability) != set(ABILITIES) or set(QueryType) != set(QUERY_TYPES):  # prag
 IDENTIFIER_TYPES: Final[tuple[str, ...]] = tuple(_DEFS["identifier_type"]["enum"])
 TEST_GROUPS = ("exposed", "holdout")
 STAGE_COLUMNS = ("stage_4a", "stage_aipl")
+#: Each stage column's values in the funnel's order (4A: aware, appeal, act, advocate; AIPL likewise).
+STAGE_LABELS: Final[Mapping[str, tuple[str, ...]]] = {
+    "stage_4a": ("aware", "appeal", "act", "advocate"),
+    "stage_aipl": ("awareness", "interest", "purchase", "loyalty"),
+}
 #: Default smallest epsilon one query may spend, so that "does it succeed" is never bought for almost nothing.
 DEFAULT_EPSILON_PER_QUERY_MIN: Final[float] = SCHEMA["properties"]["epsilon"]["properties"]["per_query_min"]["default"]
 #: The largest delta a policy may allow in total: far below 1/n for the populations a clean room serves.

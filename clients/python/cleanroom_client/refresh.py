@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import RefreshInProgressError
-from .matching import PERIOD, RETIRED, ROWS_FILE, IdentifierCounts, new_row_ids
+from .matching import PERIOD, RETIRED, ROWS_FILE, IdentifierCounts, key_column, new_row_ids, write_rows
 
 STATE_FILE = "refresh.json"
 LOCK_FILE = "refresh.lock"
@@ -86,10 +86,7 @@ def read_ledger(state: Path) -> pd.DataFrame:
 def write_ledger(state: Path, ledger: pd.DataFrame) -> None:
     """Replace the ledger atomically (private to this user: it maps row numbers back to keys)."""
     path = state / ROWS_FILE
-    tmp = path.with_suffix(".tmp")
-    ledger.to_parquet(tmp, index=False)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    write_rows(path, ledger, key_column(path))
 
 
 def fingerprint(keys: Iterable[str], *more: Iterable[str]) -> str:

@@ -1,10 +1,12 @@
 """The member's report: one self-contained HTML file (charts embedded) plus each chart as a PNG, in en or zh.
 
-It draws the answers this member received in a collaboration (`answers.jsonl` in its state directory): funnel,
-flow, TGI, value and loyalty, attribution with revenue and ROAS, lift, audiences and the budget over queries. Every
-number is one the member already holds — a noisy value with its 95% error bar — so drawing them is post-processing:
-no ε is spent and the server is not asked. Withheld cells are labelled "withheld", never drawn as zero-height bars.
-Each section says in one sentence what its chart shows.
+It draws every answer this member received in a collaboration (`answers.jsonl` in its state directory), one
+section each, grouped by the refresh period whose data it read and by its population (`with_members`): every query
+type of `query_types` (overlap, Venn, funnel, flow, TGI, value and loyalty, attribution with revenue and ROAS, lift),
+the audiences asked for (released or withheld) and the budget over queries. Every number is one the member already
+holds — a noisy value with its 95% error bar — so drawing them is post-processing: no ε is spent and the server is
+not asked. Withheld cells are labelled "withheld", never drawn as zero-height bars; a cell that does not apply (ROAS
+without a public spend) says so. Each section says in one sentence what its chart shows.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import base64
 import html
 import io
 import warnings
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -27,13 +30,13 @@ from matplotlib import font_manager
 
 from .answers import Answer
 from .protocol import attribution_model_name
+from .query_types import BY_NAME, QUERIES
 from .report_text import Text, text_for
 
 STAGE_ORDER = ("aware", "appeal", "act", "advocate", "awareness", "interest", "purchase", "loyalty", "none")
 #: Fonts with Simplified Chinese glyphs, best first; matplotlib falls back through the list glyph by glyph.
 CJK_FONTS = ("Noto Sans CJK SC", "Source Han Sans SC", "WenQuanYi Micro Hei", "Microsoft YaHei", "PingFang SC")
 _COLUMNS = ("measure", "value", "error_95", "suppressed")
-_QUERY_ORDER = ("overlap", "funnel", "funnel_flow", "segment_insight", "value", "loyalty", "attribution", "lift")
 
 
 class ReportError(Exception):
@@ -50,6 +53,8 @@ class Section:
     chart: bytes | None = None
     table: str | None = None
     caption: str = ""
+    #: The refresh period and population of the answers it draws (a heading above the first section of each).
+    group: str = ""
 
 
 # -- fonts ------------------------------------------------------------------------------------------------------------
@@ -116,9 +121,11 @@ def _say_top(
     return t(key, v=v, e=e, **names(top))
 
 
-def _colour(i: int) -> str:
-    """One colour per series, fixed by position, so a legend never repeats a colour."""
-    return str(matplotlib.colors.to_hex(matplotlib.colormaps["tab10"](i % 10)))
+def _colour(i: int, n: int = 10) -> str:
+    """Series i of n: tab10 up to ten series, else n evenly spaced hues, so a legend never repeats a colour."""
+    if n <= 10:
+        return str(matplotlib.colors.to_hex(matplotlib.colormaps["tab10"](i)))
+    return str(matplotlib.colors.to_hex(matplotlib.colormaps["hsv"](i / n)))
 
 
 def _cell_name(t: Text, row: pd.Series, dims: Sequence[str]) -> str:
@@ -129,9 +136,15 @@ def _bars(ax: plt.Axes, t: Text, x: np.ndarray, part: pd.DataFrame, width: float
     """Bars with 95% error bars; a withheld cell (NaN after reindexing) is labelled, never drawn as zero."""
     values, errors = part["value"].to_numpy(dtype=float), part["error_95"].to_numpy(dtype=float)
     shown = ~np.isnan(values)
-    ax.bar(x[shown], values[shown], width, yerr=errors[shown], capsize=3, **kw)  # type: ignore[arg-type]
+    ax.bar(x[shown], values[shown], width, yerr=_yerr(values[shown], errors[shown]), capsize=3, **kw)  # type: ignore[arg-type]
     for xi in x[~shown]:
         ax.text(xi, 0, t("withheld"), rotation=90, ha="center", va="bottom", fontsize=8, color="#777")
+
+
+def _yerr(values: np.ndarray, errors: np.ndarray) -> np.ndarray:
+    """Error bars that stop at zero under a non-negative value (a count, sum or mean is never below it)."""
+    below = np.where(values >= 0, np.minimum(errors, values), errors)
+    return np.vstack([below, errors])
 
 
 def _grouped(ax: plt.Axes, t: Text, frame: pd.DataFrame, measures: Sequence[str]) -> None:
@@ -143,10 +156,29 @@ def _grouped(ax: plt.Axes, t: Text, frame: pd.DataFrame, measures: Sequence[str]
     for i, measure in enumerate(measures):
         rows = frame[frame["measure"] == measure].drop_duplicates("_cell").set_index("_cell")
         part = rows.where(~rows["suppressed"].astype(bool)).reindex(groups)
-        _bars(ax, t, np.arange(len(groups)) + i * width, part, width, label=t.label(measure), color=_colour(i))
+        colour = _colour(i, len(measures))
+        _bars(ax, t, np.arange(len(groups)) + i * width, part, width, label=t.label(measure), color=colour)
     ax.set_xticks(np.arange(len(groups)) + width * (len(measures) - 1) / 2, groups, rotation=20, ha="right")
     if len(measures) > 1:
         ax.legend()
+
+
+def _not_applicable(frame: pd.DataFrame) -> pd.Series:
+    """Cells with no value because none applies, not because too few people.
+
+    ROAS where the revenue was released: the group has no public spend (a channel, `none`, a campaign without one).
+    """
+    dims = _dims(frame)
+    revenue = frame[(frame["measure"] == "attributed_revenue") & ~frame["suppressed"].astype(bool)]
+    shown = {tuple(r) for r in revenue[dims].itertuples(index=False)}
+    return pd.Series(
+        [
+            m == "roas" and bool(s) and tuple(r) in shown
+            for m, s, r in zip(frame["measure"], frame["suppressed"], frame[dims].itertuples(index=False), strict=True)
+        ],
+        index=frame.index,
+        dtype=bool,
+    )
 
 
 def _table(t: Text, frame: pd.DataFrame) -> str:
@@ -155,10 +187,11 @@ def _table(t: Text, frame: pd.DataFrame) -> str:
     dims = _dims(frame)
     for d in dims:
         shown[d] = [t.label(v) for v in shown[d]]
+    applies = ~_not_applicable(frame).to_numpy()
     shown["measure"] = [t.label(m) for m in shown["measure"]]
     shown["value"] = [
-        t("withheld") if s else f"{t.number(v)} ± {t.number(e)}"
-        for v, e, s in zip(shown["value"], shown["error_95"], shown["suppressed"], strict=True)
+        (t("withheld") if ok else t("na")) if s else f"{t.number(v)} ± {t.number(e)}"
+        for v, e, s, ok in zip(shown["value"], shown["error_95"], shown["suppressed"], applies, strict=True)
     ]
     shown = shown.drop(columns=["error_95", "suppressed"]).rename(columns={d: t.label(d) for d in dims})
     shown = shown.rename(columns={"measure": "", "value": "±95%"})
@@ -166,24 +199,52 @@ def _table(t: Text, frame: pd.DataFrame) -> str:
 
 
 # -- one section per kind of answer -----------------------------------------------------------------------------------
-def _overlap(t: Text, a: Answer) -> Section:
-    frame, dims = a.frame, _dims(a.frame)
-    people = frame[frame["measure"] == "people"].head(40)
+def _hbars(t: Text, frame: pd.DataFrame, measure: str) -> bytes:
+    """Horizontal bars of one measure per cell (at most 40), withheld cells labelled; people on the x axis."""
+    dims = _dims(frame)
+    people = frame[frame["measure"] == measure].head(40)
     names = [_cell_name(t, r, dims) for _, r in people.iterrows()]
     values = people["value"].where(~people["suppressed"].astype(bool)).to_numpy(dtype=float)
     errors = people["error_95"].to_numpy(dtype=float)
     fig, ax = plt.subplots(figsize=(8, 0.8 + 0.28 * len(names)))
     y = np.arange(len(names))[::-1]
     shown = ~np.isnan(values)
-    ax.barh(y[shown], values[shown], xerr=errors[shown], capsize=3, color="#4C72B0")
+    ax.barh(y[shown], values[shown], xerr=_yerr(values[shown], errors[shown]), capsize=3, color=_colour(0))
     for yi in y[~shown]:
         ax.text(0, yi, " " + t("withheld"), va="center", fontsize=8, color="#777")
     ax.set_yticks(y, names, fontsize=8)
     ax.set_xlabel(t("y.people"))
+    return _png(fig)
+
+
+def _overlap(t: Text, a: Answer) -> Section:
+    frame, dims = a.frame, _dims(a.frame)
     released = _shown(frame, "people")
     total = t.number(released["value"].sum())
     summary = _say_top(t, released, "sum.overlap", lambda top: {"cell": _cell_name(t, top, dims), "total": total})
-    return Section("overlap", t("s.overlap"), summary, _png(fig), _table(t, frame))
+    return Section("overlap", t("s.overlap"), summary, _hbars(t, frame, "people"), _table(t, frame))
+
+
+def _venn(t: Text, a: Answer) -> Section:
+    """Every region of the diagram as a bar (`people_exactly`); the intersections (`people`) in the cells."""
+    frame = a.frame
+    dims = _dims(frame)
+    regions = _shown(frame, "people_exactly")
+    intersections = _shown(frame, "people")
+    if regions.empty or intersections.empty:
+        summary = t("sum.none")
+    else:
+        widest = intersections[dims[-1]].map(lambda r: str(r).count("∩"))
+        both, largest = intersections[widest == widest.max()].iloc[0], _top(regions)
+        summary = t(
+            "sum.venn",
+            both=t.number(both["value"]),
+            e=t.number(both["error_95"]),
+            cell=_cell_name(t, largest, dims),
+            v=t.number(largest["value"]),
+            ev=t.number(largest["error_95"]),
+        )
+    return Section("venn", t("s.venn"), summary, _hbars(t, frame, "people_exactly"), _table(t, frame))
 
 
 def _funnel(t: Text, a: Answer) -> Section:
@@ -200,7 +261,7 @@ def _funnel(t: Text, a: Answer) -> Section:
         part = part.set_index(stage)
         part = part.where(~part["suppressed"].astype(bool)).reindex(stages)
         label = t("all") if g is None else t.label(g)
-        _bars(ax, t, np.arange(len(stages)) + i * width, part, width, label=label, color=_colour(i))
+        _bars(ax, t, np.arange(len(stages)) + i * width, part, width, label=label, color=_colour(i, len(groups)))
     ax.set_xticks(np.arange(len(stages)) + width * (len(groups) - 1) / 2, [t.label(s) for s in stages])
     ax.set_ylabel(t("y.people"))
     if groups != [None]:
@@ -240,8 +301,8 @@ def _flow(t: Text, a: Answer) -> Section:
         top = _top(moves)
         v, e = _pm(t, top["value"], top["error_95"])
         stay = t.number(released[released[start] == released[end]]["value"].sum())
-        summary = t("sum.flow", a=t.label(top[start]), b=t.label(top[end]), v=v, e=e, stay=stay)
-    return Section("flow", t("s.flow"), summary, _png(fig), _table(t, frame))
+        summary = t("sum.funnel_flow", a=t.label(top[start]), b=t.label(top[end]), v=v, e=e, stay=stay)
+    return Section("flow", t("s.funnel_flow"), summary, _png(fig), _table(t, frame))
 
 
 def _segment(t: Text, a: Answer) -> Section:
@@ -262,7 +323,7 @@ def _segment(t: Text, a: Answer) -> Section:
     else:
         high, low = _top(released), _top(released, lowest=True)
         summary = t(
-            "sum.segment",
+            "sum.segment_insight",
             high=t.label(high[dim]),
             t=f"{high['value']:.0f}",
             e=f"{high['error_95']:.0f}",
@@ -270,7 +331,7 @@ def _segment(t: Text, a: Answer) -> Section:
             t2=f"{low['value']:.0f}",
             e2=f"{low['error_95']:.0f}",
         )
-    return Section("segment", t("s.segment"), summary, _png(fig), _table(t, frame))
+    return Section("segment", t("s.segment_insight"), summary, _png(fig), _table(t, frame))
 
 
 def _value(t: Text, a: Answer) -> Section:
@@ -358,11 +419,33 @@ def _lift(t: Text, a: Answer) -> Section:
     return Section(f"lift-{campaign}", t("s.lift", campaign=campaign), summary, _png(fig), _table(t, frame))
 
 
+def _segment_of(t: Text, request: Mapping[str, Any]) -> str:
+    """Who an audience was asked for, in words: the seed or segment filters and the event conditions."""
+    filters = request.get("seed") or request.get("segment") or {}
+    parts = [f"{t.label(k)} = {t.label(v)}" for k, v in dict(filters).items()]
+    for e in request.get("events") or ():
+        event = dict(e)
+        words = {
+            "table": t.label(event.get("table", "")),
+            "start": event.get("start_date", ""),
+            "end": event.get("end_date", ""),
+        }
+        parts.append(t("a.no_event" if event.get("absent") else "a.event", **words))
+    return "; ".join(parts) or t("a.every")
+
+
 def _audiences(t: Text, answers: Sequence[Answer]) -> Section:
+    """Every audience asked for: its segment, size and quality, and whether it was released.
+
+    A withheld one (its noisy size did not clear the gate) is counted as asked, never as released.
+    """
     rows = []
+    released = 0
     for a in answers:
         cells = a.frame.set_index("measure")
         sizes = a.frame[(a.frame["measure"] == "audience_size") & ~a.frame["suppressed"].astype(bool)]
+        out = bool(a.frame.attrs.get("audience"))
+        released += out
         size = t.number(float(sizes["value"].iloc[0])) if len(sizes) else t("withheld")
         quality = "—"
         if {"lift_over_random", "lift_lower_95", "lift_upper_95"} <= set(cells.index):
@@ -370,14 +453,16 @@ def _audiences(t: Text, answers: Sequence[Answer]) -> Section:
             quality = t("withheld") if np.isnan(q).any() else f"{q[0]:.2f} ({q[1]:.2f} – {q[2]:.2f})"
         rows.append(
             {
-                t("a.kind"): t(f"a.{a.query}"),
+                t("a.kind"): t.query(a.query),
+                t("a.segment"): _segment_of(t, a.request),
                 t("a.size"): size,
                 t("a.quality"): quality,
+                t("a.released"): t("a.yes") if out else t("withheld"),
                 t("a.asked"): a.received.strftime("%Y-%m-%d %H:%M"),
             }
         )
     table = pd.DataFrame(rows).to_html(index=False, border=0, classes="cells", escape=True)
-    return Section("audiences", t("s.audiences"), t("sum.audiences", n=len(rows)), None, table)
+    return Section("audiences", t("s.audiences"), t("sum.audiences", n=released, m=len(rows)), None, table)
 
 
 def _budget(t: Text, answers: Sequence[Answer]) -> Section:
@@ -386,7 +471,7 @@ def _budget(t: Text, answers: Sequence[Answer]) -> Section:
     x = np.arange(1, len(answers) + 1)
     ax.step(x, spent, where="post", color="#8172B2")
     ax.plot(x, spent, "o", color="#8172B2")
-    ax.set_xticks(x, [t(f"q.{a.query}") for a in answers], rotation=40, ha="right", fontsize=8)
+    ax.set_xticks(x, [t.query(a.query) for a in answers], rotation=40, ha="right", fontsize=8)
     ax.set_xlabel(t("x.query"))
     ax.set_ylabel(t("y.epsilon"))
     left = float(answers[-1].frame.attrs.get("epsilon_remaining", 0.0))
@@ -394,40 +479,54 @@ def _budget(t: Text, answers: Sequence[Answer]) -> Section:
     return Section("budget", t("s.budget"), summary, _png(fig))
 
 
+#: One section builder per declared chart kind (`QueryDeclaration.chart`); `audience` ones are listed together.
 _BUILDERS: dict[str, Callable[[Text, Answer], Section]] = {
     "overlap": _overlap,
+    "venn": _venn,
     "funnel": _funnel,
-    "funnel_flow": _flow,
-    "segment_insight": _segment,
+    "flow": _flow,
+    "segment": _segment,
     "value": _value,
     "loyalty": _loyalty,
     "attribution": _attribution,
     "lift": _lift,
 }
+_ORDER = {q.name: i for i, q in enumerate(QUERIES)}
+
+
+def _group_heading(t: Text, period: int | None, population: tuple[str, ...]) -> str:
+    when = t("g.latest") if period is None else t("g.match") if period == 0 else t("g.period", p=period)
+    who = t("g.with", members=", ".join(population)) if population else t("g.all")
+    return f"{when} · {who}"
 
 
 def build_sections(answers: Sequence[Answer], lang: str = "en") -> list[Section]:
-    """The report's sections, in this order.
+    """The report's sections: every answer, grouped by refresh period and population, then the budget.
 
-    The latest answer of each query (per attribution model, per lift campaign), the audiences released, and the
-    budget over every query.
+    Within a group, the queries in their declared order (several answers of one query in the order asked), then
+    the audiences asked for. Groups run from the match to the latest period; an answer whose period nobody stated
+    (kept from an older server) goes last. A query this SDK does not declare is only on the budget chart.
     """
     t = text_for(lang)
     _use_fonts(lang)
-    latest: dict[tuple[str, str], Answer] = {}
+    groups: dict[tuple[int | None, tuple[str, ...]], list[Answer]] = {}
     for a in answers:
-        variant = _model(a.request) if a.query == "attribution" else str(a.request.get("campaign", ""))
-        if a.query in _BUILDERS:
-            latest[(a.query, variant if a.query in ("attribution", "lift") else "")] = a
-    sections = [
-        _BUILDERS[query](t, latest[(query, variant)])
-        for query in _QUERY_ORDER
-        for (kind, variant) in list(latest)
-        if kind == query
-    ]
-    released = [a for a in answers if a.query in ("lookalike", "activate")]
-    if released:
-        sections.append(_audiences(t, released))
+        if a.query in BY_NAME:
+            groups.setdefault((a.refresh_period, a.population), []).append(a)
+    sections: list[Section] = []
+    keys: dict[str, int] = {}
+    for period, population in sorted(groups, key=lambda g: (g[0] is None, g[0] or 0, g[1])):
+        kept = groups[(period, population)]
+        heading = _group_heading(t, period, population)
+        drawn = sorted((a for a in kept if not BY_NAME[a.query].audience), key=lambda a: _ORDER[a.query])
+        built = [_BUILDERS[BY_NAME[a.query].chart](t, a) for a in drawn]
+        audiences = [a for a in kept if BY_NAME[a.query].audience]
+        if audiences:
+            built.append(_audiences(t, audiences))
+        for section in built:
+            keys[section.key] = keys.get(section.key, 0) + 1
+            key = section.key if keys[section.key] == 1 else f"{section.key}-{keys[section.key]}"
+            sections.append(replace(section, key=key, group=heading))
     if answers:
         sections.append(_budget(t, answers))
     return sections
@@ -438,7 +537,11 @@ def render(title: str, sections: Iterable[Section], out_dir: Path, lang: str = "
     t = text_for(lang)
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = []
+    group = ""
     for s in sections:
+        if s.group and s.group != group:
+            parts.append(f'<h2 class="group">{html.escape(s.group)}</h2>')
+        group = s.group
         body = f'<p class="summary">{html.escape(s.summary)}</p>'
         if s.chart is not None:
             (out_dir / f"{s.key}.png").write_bytes(s.chart)
@@ -446,7 +549,7 @@ def render(title: str, sections: Iterable[Section], out_dir: Path, lang: str = "
             body += f'<img class="chart" alt="{html.escape(s.title)}" src="{uri}">'
         if s.table is not None:
             body += s.table if s.chart is None else f"<details><summary>{t('cells')}</summary>{s.table}</details>"
-        parts.append(f'<section id="{html.escape(s.key)}"><h2>{html.escape(s.title)}</h2>{body}</section>')
+        parts.append(f'<section id="{html.escape(s.key)}"><h3>{html.escape(s.title)}</h3>{body}</section>')
     items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     page = f"""<!doctype html>
 <html lang="{"zh-CN" if lang == "zh" else "en"}"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -455,6 +558,7 @@ body {{ font-family: system-ui, "Noto Sans CJK SC", "PingFang SC", "Microsoft Ya
   max-width: 60em; color: #222; }}
 img.chart {{ max-width: 100%; border: 1px solid #eee; }}
 p.summary {{ font-size: 1.05em; }}
+h2.group {{ border-bottom: 2px solid #ccc; margin-top: 2em; }}
 p.explain {{ color: #555; }}
 table.cells {{ border-collapse: collapse; font-size: 0.85em; }}
 table.cells td, table.cells th {{ padding: 0.2em 0.6em; border-bottom: 1px solid #eee; text-align: right; }}

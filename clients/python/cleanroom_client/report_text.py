@@ -1,13 +1,16 @@
 """The report's words in English and Simplified Chinese: titles, one-line explanations, summaries and labels.
 
 The methods come from Chinese retail and social platforms, whose teams work in Chinese; every word the report shows
-comes from here, so a language is one table. Labels turn `platform.stage_4a` into "4A stage (platform)" /
+comes from here or, for each query's title and summary, from its declaration (`query_types`), so a language is one
+table. Labels turn `platform.stage_4a` into "4A stage (platform)" /
 "4A 阶段（平台方）"; a column or value the table does not know is shown as it is (underscores as spaces).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from .query_types import QUERIES
 
 LANGUAGES = ("en", "zh")
 
@@ -27,14 +30,6 @@ _EN: dict[str, str] = {
     "withheld": "withheld",
     "group": "group",
     "all": "all",
-    "s.overlap": "Overlap by segment",
-    "s.funnel": "4A funnel",
-    "s.flow": "4A flow",
-    "s.segment": "Segment insight (TGI)",
-    "s.value": "GOAL value",
-    "s.loyalty": "GOAL loyalty",
-    "s.attribution": "Attribution: {model}",
-    "s.lift": "Lift against the holdout: {campaign}",
     "s.audiences": "Audiences released",
     "s.budget": "Privacy budget over your queries",
     "y.people": "matched people (±95%)",
@@ -45,36 +40,28 @@ _EN: dict[str, str] = {
     "y.epsilon": "ε spent (cumulative)",
     "x.query": "query (in the order asked)",
     "x.stage_on": "stage on {date}",
-    "sum.overlap": "About {total} matched people over the released cells; the largest cell is {cell} ({v} ± {e}).",
-    "sum.funnel": "The largest cell is {stage} with {v} ± {e} matched people.",
-    "sum.flow": "The largest move between stages is {a} → {b} ({v} ± {e} people); {stay} stayed in their stage.",
-    "sum.segment": "Most over-represented: {high} (TGI {t} ± {e}); least: {low} (TGI {t2} ± {e2}).",
-    "sum.value": "Highest spend per buyer: {group} ({v} ± {e}).",
-    "sum.loyalty": "Highest repurchase rate: {group} ({v} ± {e}).",
-    "sum.attribution": "{campaign} has the most attributed conversions ({v} ± {e}), revenue {r} ± {re}, ROAS {roas}.",
-    "sum.lift": "Exposed people's conversion rate differs from the holdout's by {v} ± {e} (absolute): {verdict}.",
     "lift.clear": "the interval excludes zero",
     "lift.unclear": "the interval includes zero, so no clear effect",
-    "sum.audiences": "{n} audiences released to the receiving member; you see their sizes and quality, never who "
-    "is in them.",
+    "sum.audiences": "{n} of the {m} audiences asked for were released to the receiving member (a withheld one was "
+    "too small to release); you see their sizes and quality, never who is in them.",
     "sum.budget": "You spent ε {spent:g} over {n} queries; ε {left:g} remains.",
     "sum.none": "Every cell was withheld.",
     "a.kind": "kind",
     "a.size": "people",
     "a.quality": "quality: lift over random (95%)",
     "a.asked": "asked",
-    "a.lookalike": "lookalike",
-    "a.activate": "activation",
-    "q.overlap": "overlap",
-    "q.funnel": "funnel",
-    "q.funnel_flow": "flow",
-    "q.segment_insight": "TGI",
-    "q.value": "value",
-    "q.loyalty": "loyalty",
-    "q.attribution": "attribution",
-    "q.lift": "lift",
-    "q.lookalike": "lookalike",
-    "q.activate": "activation",
+    "a.segment": "segment",
+    "a.released": "released",
+    "a.yes": "yes",
+    "a.every": "every matched person",
+    "a.no_event": "no {table} {start} – {end}",
+    "a.event": "{table} {start} – {end}",
+    "na": "n/a",
+    "g.period": "Data of refresh period {p}",
+    "g.match": "Data of the match (period 0)",
+    "g.latest": "Data of the latest completed period when asked",
+    "g.with": "people: the hub's users matched with {members}",
+    "g.all": "people: the hub's users matched with every other member",
     "member.brand": "brand",
     "member.platform": "platform",
 }
@@ -93,14 +80,6 @@ _ZH: dict[str, str] = {
     "withheld": "已隐藏",
     "group": "分组",
     "all": "全部",
-    "s.overlap": "交集人群分布",
-    "s.funnel": "4A 人群资产",
-    "s.flow": "4A 人群流转",
-    "s.segment": "人群洞察（TGI）",
-    "s.value": "GOAL 价值",
-    "s.loyalty": "GOAL 忠诚",
-    "s.attribution": "多触点归因：{model}",
-    "s.lift": "增量提升（对照组）：{campaign}",
     "s.audiences": "已发布的人群包",
     "s.budget": "隐私预算消耗（按查询）",
     "y.people": "匹配人数（±95%）",
@@ -111,35 +90,28 @@ _ZH: dict[str, str] = {
     "y.epsilon": "累计消耗 ε",
     "x.query": "查询（按提问顺序）",
     "x.stage_on": "{date} 的阶段",
-    "sum.overlap": "已发布格子合计约 {total} 名匹配用户；最大的格子是 {cell}（{v} ± {e}）。",
-    "sum.funnel": "人数最多的是 {stage}，共 {v} ± {e} 名匹配用户。",
-    "sum.flow": "最大的阶段流转是 {a} → {b}（{v} ± {e} 人）；{stay} 人停留在原阶段。",
-    "sum.segment": "最集中：{high}（TGI {t} ± {e}）；最不集中：{low}（TGI {t2} ± {e2}）。",
-    "sum.value": "每位买家消费最高：{group}（{v} ± {e}）。",
-    "sum.loyalty": "复购率最高：{group}（{v} ± {e}）。",
-    "sum.attribution": "{campaign} 的归因转化最多（{v} ± {e}），收入 {r} ± {re}，ROAS {roas}。",
-    "sum.lift": "曝光组与对照组的转化率之差为 {v} ± {e}（绝对值）：{verdict}。",
     "lift.clear": "置信区间不含零",
     "lift.unclear": "置信区间包含零，效果不明确",
-    "sum.audiences": "已向接收方发布 {n} 个人群包；您只看到规模和质量，看不到其中是谁。",
+    "sum.audiences": "申请的 {m} 个人群包中有 {n} 个已发布给接收方（已隐藏的人数太少，未发布）；您只看到规模和质量，"
+    "看不到其中是谁。",
     "sum.budget": "您在 {n} 次查询中共消耗 ε {spent:g}；剩余 ε {left:g}。",
     "sum.none": "所有格子均已隐藏。",
     "a.kind": "类型",
     "a.size": "人数",
     "a.quality": "质量：相对随机的提升（95%）",
     "a.asked": "查询时间",
-    "a.lookalike": "相似人群扩展",
-    "a.activate": "人群圈选",
-    "q.overlap": "交集",
-    "q.funnel": "4A 人群",
-    "q.funnel_flow": "4A 流转",
-    "q.segment_insight": "TGI",
-    "q.value": "价值",
-    "q.loyalty": "忠诚",
-    "q.attribution": "归因",
-    "q.lift": "提升",
-    "q.lookalike": "相似人群",
-    "q.activate": "人群圈选",
+    "a.segment": "人群条件",
+    "a.released": "已发布",
+    "a.yes": "是",
+    "a.every": "全部匹配用户",
+    "a.no_event": "{start} – {end} 无 {table}",
+    "a.event": "{start} – {end} 有 {table}",
+    "na": "不适用",
+    "g.period": "刷新周期 {p} 的数据",
+    "g.match": "首次匹配（周期 0）的数据",
+    "g.latest": "提问时最新完成周期的数据",
+    "g.with": "人群：主方与 {members} 匹配的用户",
+    "g.all": "人群：主方与所有其他成员匹配的用户",
     "member.brand": "品牌方",
     "member.platform": "平台方",
 }
@@ -241,6 +213,10 @@ class Text:
         """The string `key` with `values` filled in."""
         return self.strings[key].format(**values)
 
+    def query(self, name: str) -> str:
+        """The short name of query `name` (one a newer SDK kept and this one does not know: as written)."""
+        return self.strings.get(f"q.{name}", name)
+
     def label(self, name: object) -> str:
         """A readable label for a dimension (`member.column`, or `column@date` in a flow), a measure or a value."""
         text = str(name)
@@ -262,10 +238,19 @@ class Text:
         return f"{value:,.3f}" if abs(value) < 10 and value != round(value) else f"{value:,.0f}"
 
 
+def _with_queries(lang: str, strings: dict[str, str]) -> dict[str, str]:
+    """`strings` and each query's words from its declaration: `s.<query>` title, `sum.<query>`, `q.<query>`."""
+    words = dict(strings)
+    for q in QUERIES:
+        reading = q.reading[lang]
+        words |= {f"s.{q.name}": reading.title, f"sum.{q.name}": reading.summary, f"q.{q.name}": reading.short}
+    return words
+
+
 def text_for(lang: str) -> Text:
     """The words for `lang` (`en` or `zh`)."""
     if lang == "en":
-        return Text("en", _EN, _LABELS_EN)
+        return Text("en", _with_queries("en", _EN), _LABELS_EN)
     if lang == "zh":
-        return Text("zh", _ZH, _LABELS_ZH)
+        return Text("zh", _with_queries("zh", _ZH), _LABELS_ZH)
     raise ValueError(f"language {lang!r}: choose one of {', '.join(LANGUAGES)}")

@@ -66,6 +66,7 @@ def test_lookalike_over_grpc_reaches_the_platform_as_its_own_keys(room):
     assert listed["size"].iloc[0] == 300
     keys = platform.fetch_audience(name)
     assert len(keys) == 300
+    assert keys.name == "user_id"  # the member's own key column, as at the match (issue 32 item 5)
     assert set(keys) <= set(data.platform_users["user_id"])
     fetched = room.client("auditor").audit_log(collab, action="audience.fetch")
     assert list(fetched["principal"]) == ["platform"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 
 from cleanroom.devtools.synthetic import DEMO_POLICY, SyntheticConfig, generate
 from cleanroom_client.cli import app, hoist_output
+from cleanroom_client.query_types import BY_NAME, QUERIES
 
 
 def _env(server, tokens, pki, name, tmp_path):
@@ -28,7 +30,11 @@ def test_member_cli_end_to_end(server, tokens, pki, tmp_path):
     runner = CliRunner()
     brand, platform = (_env(server, tokens, pki, n, tmp_path) for n in ("brand", "platform"))
     policy = tmp_path / "policy.yaml"
-    policy.write_text(DEMO_POLICY.replace("min_group_size: 50", "min_group_size: 5"))
+    policy.write_text(
+        DEMO_POLICY.replace("min_group_size: 50", "min_group_size: 5").replace(
+            "queries: [overlap,", "queries: [overlap, venn,"
+        )
+    )
 
     r = runner.invoke(app, ["create", str(policy), "--id", "cli-collab"], env=brand)
     assert r.exit_code == 0, r.output
@@ -109,6 +115,21 @@ def test_member_cli_end_to_end(server, tokens, pki, tmp_path):
     assert "INVALID_ARGUMENT" in r.output
     assert "Traceback" not in r.output
 
+    # Every declared query's command, as its help's example writes it, reaches the server through the SDK (previews:
+    # nothing spent). Where this collaboration lacks the data a query needs, the server says so; never UNIMPLEMENTED.
+    previewed = {}
+    for q in QUERIES:
+        words = shlex.split(q.example)[1:]
+        words[1] = "cli-collab"
+        r = runner.invoke(app, ["-o", "json", "--preview", *words], env=brand)
+        assert r.exit_code in (0, 1), (q.command, r.output)
+        assert "UNIMPLEMENTED" not in r.output, q.command
+        assert "Traceback" not in r.output, q.command
+        if r.exit_code == 0:
+            previewed[q.name] = {row["vector"] for row in json.loads(r.output)["rows"]}
+    for name in ("overlap", "venn", "segment_insight", "value", "loyalty", "lookalike"):
+        assert previewed[name] == set(BY_NAME[name].vectors), name
+
 
 def test_member_cli_errors_say_what_to_do(server, tokens, pki, tmp_path):
     runner = CliRunner()
@@ -181,6 +202,19 @@ def test_output_option_after_the_command_is_moved_before_it():
     assert hoist_output(["match", "c", "--users", "u.csv"]) == ["match", "c", "--users", "u.csv"]
 
 
+def test_ping_says_who_you_are(server, tokens, pki, tmp_path, make_client):
+    """Issue 32 item 5: the token's principal and role, as the server authenticated it, not only a count."""
+    runner = CliRunner()
+    r = runner.invoke(app, ["ping"], env=_env(server, tokens, pki, "brand", tmp_path))
+    assert r.exit_code == 0, r.output
+    assert f"connected to localhost:{server.port} as brand (member): 0 collaborations" in r.output
+    r = runner.invoke(
+        app, ["ping"], env={**_env(server, tokens, pki, "brand", tmp_path), "CLEANROOM_TOKEN": tokens["auditor"]}
+    )
+    assert "as auditor (auditor)" in r.output
+    assert make_client("platform").whoami() == ("platform", "member")
+
+
 def test_policy_init_from_csv_files_then_create_show_approve(server, tokens, pki, tmp_path):
     """A member drafts its policy from its own CSVs, is warned that data-read bounds disclose, and starts with it."""
     runner = CliRunner()
@@ -210,6 +244,78 @@ def test_policy_init_from_csv_files_then_create_show_approve(server, tokens, pki
         etag = json.loads(runner.invoke(app, ["-o", "json", "show", "cli-drafted"], env=env).output)["policy_etag"]
         assert runner.invoke(app, ["approve", "cli-drafted", "--etag", etag], env=env).exit_code == 0
     assert json.loads(runner.invoke(app, ["-o", "json", "show", "cli-drafted"], env=brand).output)["state"] == "active"
+
+
+def test_each_member_drafts_its_side_and_policy_merge_gives_the_room(server, tokens, pki, tmp_path):
+    """Issue 32 item 3: the platform's own run gives it the platform's abilities, test groups need no time column,
+    the stages keep the funnel's order, and the merged drafts enable every query the files support."""
+    runner = CliRunner()
+    data = generate(SyntheticConfig(brand_users=400, platform_users=500, shared=200, seed=6))
+    files = {
+        "crm.csv": data.brand_users,
+        "orders.csv": data.brand_conversions,
+        "users.csv": data.platform_users,
+        "stage_history.csv": data.platform_stage_history,
+        "exposures.csv": data.platform_exposures,
+        "test_groups.csv": data.platform_test_groups,
+    }
+    for name, frame in files.items():
+        frame.to_csv(tmp_path / name, index=False)
+    r = runner.invoke(
+        app,
+        [
+            "policy", "init", "--member", "platform", "--users", str(tmp_path / "users.csv"), "--key", "user_id",
+            "--identifier", "email=email", "--identifier", "phone=phone",
+            "--event", f"stage_history={tmp_path / 'stage_history.csv'}",
+            "--event", f"exposures={tmp_path / 'exposures.csv'}",
+            "--event", f"test_groups={tmp_path / 'test_groups.csv'}", "--to", str(tmp_path / "platform.yaml"),
+        ],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "platform drafted as the platform (contribute, receive_audiences)" in r.output
+    r = runner.invoke(
+        app,
+        [
+            "policy", "init", "--users", str(tmp_path / "crm.csv"), "--key", "customer_id",
+            "--identifier", "email=email", "--identifier", "phone=mobile",
+            "--event", f"conversions={tmp_path / 'orders.csv'}", "--to", str(tmp_path / "brand.yaml"),
+        ],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    policy = tmp_path / "policy.yaml"
+    r = runner.invoke(
+        app, ["policy", "merge", str(tmp_path / "brand.yaml"), str(tmp_path / "platform.yaml"), "--to", str(policy)]
+    )
+    assert r.exit_code == 0, r.output
+    text = policy.read_text()
+    assert "brand:\n    abilities: [contribute, query, receive_results]" in text
+    assert "platform:\n    abilities: [contribute, receive_audiences]" in text
+    assert "stage_4a: [aware, appeal, act, advocate]" in text
+    assert (
+        "queries: [overlap, funnel, funnel_flow, segment_insight, value, loyalty, attribution, lift, lookalike, "
+        "activation]"
+    ) in text
+    brand, platform = (_env(server, tokens, pki, n, tmp_path) for n in ("brand", "platform"))
+    r = runner.invoke(app, ["create", str(policy), "--id", "cli-merged"], env=brand)
+    assert r.exit_code == 0, r.output
+    for env in (brand, platform):
+        etag = json.loads(runner.invoke(app, ["-o", "json", "show", "cli-merged"], env=env).output)["policy_etag"]
+        assert runner.invoke(app, ["approve", "cli-merged", "--etag", etag], env=env).exit_code == 0
+    # Two drafts of one member, or a role that is none: one line that says what to do, nothing written.
+    (tmp_path / "brand-again.yaml").write_text((tmp_path / "brand.yaml").read_text())
+    r = runner.invoke(
+        app, ["policy", "merge", str(tmp_path / "brand.yaml"), str(tmp_path / "brand-again.yaml"), "--to", str(policy)]
+    )
+    assert r.exit_code == 2
+    assert "both declare brand's tables" in r.output
+    r = runner.invoke(
+        app,
+        ["policy", "init", "--users", str(tmp_path / "crm.csv"), "--key", "customer_id", "--identifier",
+         "email=email", "--role", "retailer", "--to", str(tmp_path / "x.yaml")],
+    )  # fmt: skip
+    assert r.exit_code == 2
+    assert "--role: 'retailer' is no role; write one of brand, platform" in r.output
+    assert not (tmp_path / "x.yaml").exists()
 
 
 def test_policy_init_says_which_file_lacks_a_time_column(tmp_path):
@@ -284,6 +390,7 @@ def test_refresh_from_csv_files_then_query_a_period(server, tokens, pki, tmp_pat
         r = runner.invoke(app, ["-o", "json", "--refresh-period", period, "overlap", "cli-living"], env=brand)
         assert r.exit_code == 0, r.output
         answers[period] = json.loads(r.output)["rows"]
+        assert json.loads(r.output)["refresh_period"] == int(period)  # the answer says whose data it read
     r = runner.invoke(app, ["--refresh-period", "2", "overlap", "cli-living"], env=brand)
     assert r.exit_code == 1
     assert "period 2" in r.output
@@ -294,3 +401,13 @@ def test_refresh_from_csv_files_then_query_a_period(server, tokens, pki, tmp_pat
     )
     assert r.exit_code == 0, r.output
     assert "1 users retired in period 2" in r.output
+    # Asked without a period, the answer reads the latest (2) and says so; the report shows every answer, by period.
+    r = runner.invoke(app, ["-o", "json", "overlap", "cli-living", "--by", "brand.tier"], env=brand)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["refresh_period"] == 2
+    r = runner.invoke(app, ["report", "cli-living", "--to", str(tmp_path / "report")], env=brand)
+    assert r.exit_code == 0, r.output
+    page = (tmp_path / "report" / "index.html").read_text()
+    headings = ["Data of the match (period 0)", "Data of refresh period 1", "Data of refresh period 2"]
+    assert [page.index(h) for h in headings] == sorted(page.index(h) for h in headings)
+    assert page.count('<section id="overlap') == 3

@@ -318,7 +318,8 @@ def test_a_refresh_refuses_what_the_policy_does_not_allow(room) -> None:
     with pytest.raises(ValueError, match="'b0': it was retired before"):
         b.refresh(cid, None, retire=["b0"])
 
-    weekly = {**POLICY, "refresh": {"tables": ["brand.users"]}}  # min_days_between defaults to 7
+    # min_days_between defaults to 7; a per-period budget renews at a refresh, so the match starts that clock.
+    weekly = {**POLICY, "refresh": {"tables": ["brand.users"], "budget": "per_period"}}
     cid = start(clients, "weekly", weekly)
     match_fifty(clients, cid)
     with pytest.raises(FailedPreconditionError, match="every 7 days"):

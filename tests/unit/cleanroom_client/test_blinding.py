@@ -102,3 +102,36 @@ def test_process_pool_bounds_chunks_in_flight():
         assert done == 20
     finally:
         pool.close()
+
+
+@settings(max_examples=25)
+@given(st.lists(st.one_of(st.none(), st.just(""), st.text(max_size=12), st.emails()), max_size=12))
+def test_batched_blinding_equals_blinding_each_identifier_alone(values):
+    # The chunk is hashed to the curve in one batch and blinded in one pass: the points must be exactly what the
+    # protocol's steps give one identifier at a time (PROTOCOL.md section 2), in row order.
+    from cleanroom_client.identity import InvalidIdentifierError, Normalizer, curve_message, digest, is_missing
+
+    key = _key(bytes(range(32)))
+    expected = b""
+    for value in values:
+        if value is None or is_missing(value):
+            continue
+        try:
+            d = digest(Normalizer().normalize(IdentifierType.EMAIL, value))
+        except InvalidIdentifierError:
+            continue
+        expected += blind_point(
+            X25519PrivateKey.from_private_bytes(key), hash_to_u(curve_message(IdentifierType.EMAIL, d))
+        )
+    assert blind_identifiers(BlindJob(key=key, id_type=IdentifierType.EMAIL, values=values)).points == expected
+
+
+def test_a_blinding_worker_does_not_load_pandas():
+    # Every worker of the pool imports this module before its first chunk; pandas alone doubled that start-up, which
+    # each member pays once per worker at every match (benchmarks/README.md, "With the native hash to curve").
+    import subprocess
+    import sys
+
+    script = "import sys, cleanroom_client.blinding; print(sorted({'pandas', 'pyarrow.parquet'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -66,3 +66,17 @@ def test_match_refuses_repeated_or_missing_keys_before_touching_the_network(keys
         assert client._plan(distinct, "key", {"email": "email"}, [], {}, []).users["key"].is_unique
         # a refusal of the caller's frame starts no process pool (seconds of worker start-up for nothing)
         assert client._executor is None
+
+
+def test_the_ledger_names_the_members_key_column_through_a_refresh(tmp_path):
+    """An audience file's header is the member's key column (issue 32 item 5), kept when a refresh rewrites it."""
+    from cleanroom_client.matching import ROWS_FILE, key_column, load_or_create_rows
+    from cleanroom_client.refresh import read_ledger, write_ledger
+
+    load_or_create_rows(tmp_path, pd.Series(["u1", "u2", "u3"], name="user_id"))
+    assert key_column(tmp_path / ROWS_FILE) == "user_id"
+    ledger = read_ledger(tmp_path)
+    write_ledger(tmp_path, ledger.assign(retired=pd.array([pd.NA, 1, pd.NA], dtype="Int64")))
+    assert key_column(tmp_path / ROWS_FILE) == "user_id"
+    pd.DataFrame({"key": ["a"], "row_id": [0]}).to_parquet(tmp_path / "old.parquet")  # an older SDK's ledger
+    assert key_column(tmp_path / "old.parquet") == "key"

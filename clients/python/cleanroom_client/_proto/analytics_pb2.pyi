@@ -117,6 +117,7 @@ class QueryResult(_message.Message):
     AUDIT_SEQUENCE_FIELD_NUMBER: _builtins.int
     OWN_SET_SIZE_FIELD_NUMBER: _builtins.int
     AUDIENCE_FIELD_NUMBER: _builtins.int
+    REFRESH_PERIOD_FIELD_NUMBER: _builtins.int
     epsilon_spent: _builtins.float
     epsilon_remaining: _builtins.float
     audit_sequence: _builtins.int
@@ -125,6 +126,11 @@ class QueryResult(_message.Message):
     """The caller's own set size (users with at least one valid identifier), exact: it is the caller's own data."""
     audience: _builtins.str
     """Lookalike and Activate: the audience released to the platform, `collaborations/{c}/audiences/{a}`."""
+    refresh_period: _builtins.int
+    """The refresh period whose data the answer read: 0 the match, p refresh p (PROTOCOL.md §8); the one the request
+    named, else the last completed when it was asked; unset in a preview, which reads no data. Known to every
+    member (each took part in every period).
+    """
     @_builtins.property
     def dimensions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -144,12 +150,15 @@ class QueryResult(_message.Message):
         audit_sequence: _builtins.int = ...,
         own_set_size: _builtins.int = ...,
         audience: _builtins.str = ...,
+        refresh_period: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "refresh_period", b"refresh_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "audit_sequence", b"audit_sequence", "cells", b"cells", "dimensions", b"dimensions", "epsilon_remaining", b"epsilon_remaining", "epsilon_spent", b"epsilon_spent", "noise_scale", b"noise_scale", "own_set_size", b"own_set_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "audience", b"audience", "audit_sequence", b"audit_sequence", "cells", b"cells", "dimensions", b"dimensions", "epsilon_remaining", b"epsilon_remaining", "epsilon_spent", b"epsilon_spent", "noise_scale", b"noise_scale", "own_set_size", b"own_set_size", "refresh_period", b"refresh_period"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__refresh_period: _TypeAlias = _typing.Literal["refresh_period"]  # noqa: Y015
+    _WhichOneofArgType__refresh_period: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__refresh_period) -> _WhichOneofReturnType__refresh_period | None: ...
 
 Global___QueryResult: _TypeAlias = QueryResult  # noqa: Y015
 

@@ -26,15 +26,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n cleanroom/v1/collaboration.proto\x12\x0c\x63leanroom.v1\x1a\x1fgoogle/protobuf/timestamp.proto\";\n\x06Member\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tabilities\x18\x02 \x03(\t\x12\x10\n\x08\x61pproved\x18\x03 \x01(\x08\"H\n\x06Policy\x12\x0c\n\x04yaml\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12\x10\n\x08proposer\x18\x04 \x01(\t\"\xe2\x01\n\rCollaboration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12/\n\x05state\x18\x03 \x01(\x0e\x32 .cleanroom.v1.CollaborationState\x12$\n\x06policy\x18\x04 \x01(\x0b\x32\x14.cleanroom.v1.Policy\x12%\n\x07members\x18\x05 \x03(\x0b\x32\x14.cleanroom.v1.Member\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x1a\x43reateCollaborationRequest\x12\x18\n\x10\x63ollaboration_id\x18\x01 \x01(\t\x12\x13\n\x0bpolicy_yaml\x18\x02 \x01(\t\"\'\n\x17GetCollaborationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"B\n\x19ListCollaborationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"j\n\x1aListCollaborationsResponse\x12\x33\n\x0e\x63ollaborations\x18\x01 \x03(\x0b\x32\x1b.cleanroom.v1.Collaboration\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"9\n\x14ProposePolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bpolicy_yaml\x18\x02 \x01(\t\"2\n\x14\x41pprovePolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t*\x84\x01\n\x12\x43ollaborationState\x12#\n\x1f\x43OLLABORATION_STATE_UNSPECIFIED\x10\x00\x12)\n%COLLABORATION_STATE_AWAITING_APPROVAL\x10\x01\x12\x1e\n\x1a\x43OLLABORATION_STATE_ACTIVE\x10\x02\x32\xd9\x03\n\x14\x43ollaborationService\x12\\\n\x13\x43reateCollaboration\x12(.cleanroom.v1.CreateCollaborationRequest\x1a\x1b.cleanroom.v1.Collaboration\x12V\n\x10GetCollaboration\x12%.cleanroom.v1.GetCollaborationRequest\x1a\x1b.cleanroom.v1.Collaboration\x12g\n\x12ListCollaborations\x12\'.cleanroom.v1.ListCollaborationsRequest\x1a(.cleanroom.v1.ListCollaborationsResponse\x12P\n\rProposePolicy\x12\".cleanroom.v1.ProposePolicyRequest\x1a\x1b.cleanroom.v1.Collaboration\x12P\n\rApprovePolicy\x12\".cleanroom.v1.ApprovePolicyRequest\x1a\x1b.cleanroom.v1.Collaborationb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n cleanroom/v1/collaboration.proto\x12\x0c\x63leanroom.v1\x1a\x1fgoogle/protobuf/timestamp.proto\";\n\x06Member\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tabilities\x18\x02 \x03(\t\x12\x10\n\x08\x61pproved\x18\x03 \x01(\x08\"H\n\x06Policy\x12\x0c\n\x04yaml\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12\x10\n\x08proposer\x18\x04 \x01(\t\"\xe2\x01\n\rCollaboration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12/\n\x05state\x18\x03 \x01(\x0e\x32 .cleanroom.v1.CollaborationState\x12$\n\x06policy\x18\x04 \x01(\x0b\x32\x14.cleanroom.v1.Policy\x12%\n\x07members\x18\x05 \x03(\x0b\x32\x14.cleanroom.v1.Member\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x1a\x43reateCollaborationRequest\x12\x18\n\x10\x63ollaboration_id\x18\x01 \x01(\t\x12\x13\n\x0bpolicy_yaml\x18\x02 \x01(\t\"\'\n\x17GetCollaborationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"B\n\x19ListCollaborationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\x8f\x01\n\x1aListCollaborationsResponse\x12\x33\n\x0e\x63ollaborations\x18\x01 \x03(\x0b\x32\x1b.cleanroom.v1.Collaboration\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\x12\x13\n\x0b\x63\x61ller_role\x18\x04 \x01(\t\"9\n\x14ProposePolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bpolicy_yaml\x18\x02 \x01(\t\"2\n\x14\x41pprovePolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t*\x84\x01\n\x12\x43ollaborationState\x12#\n\x1f\x43OLLABORATION_STATE_UNSPECIFIED\x10\x00\x12)\n%COLLABORATION_STATE_AWAITING_APPROVAL\x10\x01\x12\x1e\n\x1a\x43OLLABORATION_STATE_ACTIVE\x10\x02\x32\xd9\x03\n\x14\x43ollaborationService\x12\\\n\x13\x43reateCollaboration\x12(.cleanroom.v1.CreateCollaborationRequest\x1a\x1b.cleanroom.v1.Collaboration\x12V\n\x10GetCollaboration\x12%.cleanroom.v1.GetCollaborationRequest\x1a\x1b.cleanroom.v1.Collaboration\x12g\n\x12ListCollaborations\x12\'.cleanroom.v1.ListCollaborationsRequest\x1a(.cleanroom.v1.ListCollaborationsResponse\x12P\n\rProposePolicy\x12\".cleanroom.v1.ProposePolicyRequest\x1a\x1b.cleanroom.v1.Collaboration\x12P\n\rApprovePolicy\x12\".cleanroom.v1.ApprovePolicyRequest\x1a\x1b.cleanroom.v1.Collaborationb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cleanroom.v1.collaboration_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COLLABORATIONSTATE']._serialized_start=853
-  _globals['_COLLABORATIONSTATE']._serialized_end=985
+  _globals['_COLLABORATIONSTATE']._serialized_start=891
+  _globals['_COLLABORATIONSTATE']._serialized_end=1023
   _globals['_MEMBER']._serialized_start=83
   _globals['_MEMBER']._serialized_end=142
   _globals['_POLICY']._serialized_start=144
@@ -47,12 +47,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETCOLLABORATIONREQUEST']._serialized_end=563
   _globals['_LISTCOLLABORATIONSREQUEST']._serialized_start=565
   _globals['_LISTCOLLABORATIONSREQUEST']._serialized_end=631
-  _globals['_LISTCOLLABORATIONSRESPONSE']._serialized_start=633
-  _globals['_LISTCOLLABORATIONSRESPONSE']._serialized_end=739
-  _globals['_PROPOSEPOLICYREQUEST']._serialized_start=741
-  _globals['_PROPOSEPOLICYREQUEST']._serialized_end=798
-  _globals['_APPROVEPOLICYREQUEST']._serialized_start=800
-  _globals['_APPROVEPOLICYREQUEST']._serialized_end=850
-  _globals['_COLLABORATIONSERVICE']._serialized_start=988
-  _globals['_COLLABORATIONSERVICE']._serialized_end=1461
+  _globals['_LISTCOLLABORATIONSRESPONSE']._serialized_start=634
+  _globals['_LISTCOLLABORATIONSRESPONSE']._serialized_end=777
+  _globals['_PROPOSEPOLICYREQUEST']._serialized_start=779
+  _globals['_PROPOSEPOLICYREQUEST']._serialized_end=836
+  _globals['_APPROVEPOLICYREQUEST']._serialized_start=838
+  _globals['_APPROVEPOLICYREQUEST']._serialized_end=888
+  _globals['_COLLABORATIONSERVICE']._serialized_start=1026
+  _globals['_COLLABORATIONSERVICE']._serialized_end=1499
 # @@protoc_insertion_point(module_scope)

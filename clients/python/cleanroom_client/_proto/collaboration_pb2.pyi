@@ -226,7 +226,15 @@ class ListCollaborationsResponse(_message.Message):
 
     COLLABORATIONS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    CALLER_ROLE_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    caller: _builtins.str
+    """The caller's principal name, as the server authenticated its token or client certificate (what
+    `cleanroom-client ping` prints, so a member knows which credentials it is using).
+    """
+    caller_role: _builtins.str
+    """The caller's role: `member` or `auditor`."""
     @_builtins.property
     def collaborations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Collaboration]: ...
     def __init__(
@@ -234,10 +242,12 @@ class ListCollaborationsResponse(_message.Message):
         *,
         collaborations: _abc.Iterable[Global___Collaboration] | None = ...,
         next_page_token: _builtins.str = ...,
+        caller: _builtins.str = ...,
+        caller_role: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collaborations", b"collaborations", "next_page_token", b"next_page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "caller_role", b"caller_role", "collaborations", b"collaborations", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -404,6 +404,34 @@ def test_the_interval_counts_from_completions_too(matched, monkeypatch):
     assert relay.open_refresh(collab, "brand") == 2
 
 
+def test_the_first_refresh_needs_no_wait_after_the_match_the_second_waits_from_the_first(matched, monkeypatch):
+    """With one budget for life, the match starts no clock: a refresh may follow it at once (issue 32 item 4).
+
+    The interval then counts from the last refresh (its opening or completion, the later); with `per_period`
+    the match does start it, since the match opens the first budget period (see the next test).
+    """
+    room, relay, _ = matched
+    weekly = DEMO_POLICY + "refresh: {tables: [brand.users], min_days_between: 7}\n"
+    c = room.collaborations.create(BRAND, "weekly-total", weekly)
+    for m in (BRAND, PLATFORM):
+        room.collaborations.approve(m, c.id, c.policy_etag)
+    collab = room.collaborations.get(BRAND, c.id)
+    _refresh_points(relay, collab, "brand", KA, [(0, "a")], 1)
+    _refresh_points(relay, collab, "platform", KB, [(0, "a")], 1)
+    _double_blind_period(relay, collab, "brand", KA)
+    _double_blind_period(relay, collab, "platform", KB)
+    assert relay.open_refresh(collab, "brand") == 1  # straight after the match
+    for member, key in (("brand", KA), ("platform", KB)):
+        _refresh_points(relay, collab, member, key, [], 1, period=1)
+    _double_blind_period(relay, collab, "brand", KA, period=1)
+    _double_blind_period(relay, collab, "platform", KB, period=1)
+    with pytest.raises(FailedPreconditionError, match=r"every 7 days.*after the last refresh"):
+        relay.open_refresh(collab, "brand")
+    start = datetime.now(UTC).replace(tzinfo=None)
+    monkeypatch.setattr(periods, "_now", lambda: start + timedelta(days=7, minutes=1))
+    assert relay.open_refresh(collab, "brand") == 2
+
+
 def test_retiring_at_once_needs_no_peer_and_renews_nothing(tmp_path):
     """RetireUsers with period 0: a period of its own, completed by one member; the match's uploads stay open."""
     room = Room.open(tmp_path)

@@ -1,0 +1,636 @@
+/*
+ * Native RFC 9380 hash to curve for curve25519 (suite curve25519_XMD:SHA-512_ELL2_RO_) over whole batches: the
+ * compiled twin of cleanroom_client/curve.py, which stays as the fallback and the reference.
+ *
+ * What it computes (tested equal to the Python code and to the RFC vectors in
+ * tests/unit/cleanroom_client/test_curve.py):
+ *   hash_to_u_batch(msgs, dst) -> (bytes, list[int])
+ *       For each message: expand_message_xmd with SHA-512 (96 bytes), two field elements, Elligator 2 on each
+ *       (RFC 9380 appendix G.2.1, one exponentiation per map), the sum of the two points as a fraction, the
+ *       cofactor cleared by three doublings on the u-line, and u = X / Z with one inversion for the whole batch
+ *       (Montgomery's trick). Output: 32 bytes little-endian per message, packed. The second item lists the
+ *       indices the native path did not finish (the two mapped points share u, or the result is the identity:
+ *       probability about 2^-250 per message); their 32 bytes are zero and the caller computes them in Python.
+ *
+ * Secrets: none. Its input is the RFC 9380 message of each identifier (type, 0x00, SHA-256 of the normalized
+ * identifier), the same value curve.py hashes, on the member's own machine, before any blinding; blinding keys
+ * never enter it (X25519 stays with `cryptography`). So, like curve.py, it makes no constant-time promise and
+ * branches on data where that is simpler.
+ *
+ * Field arithmetic mod p = 2^255 - 19 in radix 2^51 (five 64-bit limbs, products in unsigned __int128); SHA-512 is
+ * the FIPS 180-4 algorithm written out below, so the extension needs nothing beyond a C compiler and Python's
+ * headers.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------- SHA-512 (FIPS 180-4) */
+
+typedef struct {
+    uint64_t h[8];
+    uint8_t buf[128];
+    size_t buflen;
+    uint64_t total; /* bytes absorbed; messages here are far below 2^61 bytes */
+} sha512_ctx;
+
+static const uint64_t K512[80] = {
+    0x428a2f98d728ae22ULL, 0x7137449123ef65cdULL, 0xb5c0fbcfec4d3b2fULL, 0xe9b5dba58189dbbcULL,
+    0x3956c25bf348b538ULL, 0x59f111f1b605d019ULL, 0x923f82a4af194f9bULL, 0xab1c5ed5da6d8118ULL,
+    0xd807aa98a3030242ULL, 0x12835b0145706fbeULL, 0x243185be4ee4b28cULL, 0x550c7dc3d5ffb4e2ULL,
+    0x72be5d74f27b896fULL, 0x80deb1fe3b1696b1ULL, 0x9bdc06a725c71235ULL, 0xc19bf174cf692694ULL,
+    0xe49b69c19ef14ad2ULL, 0xefbe4786384f25e3ULL, 0x0fc19dc68b8cd5b5ULL, 0x240ca1cc77ac9c65ULL,
+    0x2de92c6f592b0275ULL, 0x4a7484aa6ea6e483ULL, 0x5cb0a9dcbd41fbd4ULL, 0x76f988da831153b5ULL,
+    0x983e5152ee66dfabULL, 0xa831c66d2db43210ULL, 0xb00327c898fb213fULL, 0xbf597fc7beef0ee4ULL,
+    0xc6e00bf33da88fc2ULL, 0xd5a79147930aa725ULL, 0x06ca6351e003826fULL, 0x142929670a0e6e70ULL,
+    0x27b70a8546d22ffcULL, 0x2e1b21385c26c926ULL, 0x4d2c6dfc5ac42aedULL, 0x53380d139d95b3dfULL,
+    0x650a73548baf63deULL, 0x766a0abb3c77b2a8ULL, 0x81c2c92e47edaee6ULL, 0x92722c851482353bULL,
+    0xa2bfe8a14cf10364ULL, 0xa81a664bbc423001ULL, 0xc24b8b70d0f89791ULL, 0xc76c51a30654be30ULL,
+    0xd192e819d6ef5218ULL, 0xd69906245565a910ULL, 0xf40e35855771202aULL, 0x106aa07032bbd1b8ULL,
+    0x19a4c116b8d2d0c8ULL, 0x1e376c085141ab53ULL, 0x2748774cdf8eeb99ULL, 0x34b0bcb5e19b48a8ULL,
+    0x391c0cb3c5c95a63ULL, 0x4ed8aa4ae3418acbULL, 0x5b9cca4f7763e373ULL, 0x682e6ff3d6b2b8a3ULL,
+    0x748f82ee5defb2fcULL, 0x78a5636f43172f60ULL, 0x84c87814a1f0ab72ULL, 0x8cc702081a6439ecULL,
+    0x90befffa23631e28ULL, 0xa4506cebde82bde9ULL, 0xbef9a3f7b2c67915ULL, 0xc67178f2e372532bULL,
+    0xca273eceea26619cULL, 0xd186b8c721c0c207ULL, 0xeada7dd6cde0eb1eULL, 0xf57d4f7fee6ed178ULL,
+    0x06f067aa72176fbaULL, 0x0a637dc5a2c898a6ULL, 0x113f9804bef90daeULL, 0x1b710b35131c471bULL,
+    0x28db77f523047d84ULL, 0x32caab7b40c72493ULL, 0x3c9ebe0a15c9bebcULL, 0x431d67c49c100d4cULL,
+    0x4cc5d4becb3e42b6ULL, 0x597f299cfc657e2aULL, 0x5fcb6fab3ad6faecULL, 0x6c44198c4a475817ULL,
+};
+
+#define ROTR64(x, n) (((x) >> (n)) | ((x) << (64 - (n))))
+
+static uint64_t load64_be(const uint8_t *p) {
+    return ((uint64_t)p[0] << 56) | ((uint64_t)p[1] << 48) | ((uint64_t)p[2] << 40) | ((uint64_t)p[3] << 32) |
+           ((uint64_t)p[4] << 24) | ((uint64_t)p[5] << 16) | ((uint64_t)p[6] << 8) | (uint64_t)p[7];
+}
+
+static void store64_be(uint8_t *p, uint64_t v) {
+    for (int i = 7; i >= 0; i--) {
+        p[i] = (uint8_t)v;
+        v >>= 8;
+    }
+}
+
+static void sha512_block(uint64_t h[8], const uint8_t *block) {
+    uint64_t w[80];
+    for (int i = 0; i < 16; i++) w[i] = load64_be(block + 8 * i);
+    for (int i = 16; i < 80; i++) {
+        uint64_t s0 = ROTR64(w[i - 15], 1) ^ ROTR64(w[i - 15], 8) ^ (w[i - 15] >> 7);
+        uint64_t s1 = ROTR64(w[i - 2], 19) ^ ROTR64(w[i - 2], 61) ^ (w[i - 2] >> 6);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    uint64_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], hh = h[7];
+    for (int i = 0; i < 80; i++) {
+        uint64_t S1 = ROTR64(e, 14) ^ ROTR64(e, 18) ^ ROTR64(e, 41);
+        uint64_t ch = (e & f) ^ (~e & g);
+        uint64_t t1 = hh + S1 + ch + K512[i] + w[i];
+        uint64_t S0 = ROTR64(a, 28) ^ ROTR64(a, 34) ^ ROTR64(a, 39);
+        uint64_t maj = (a & b) ^ (a & c) ^ (b & c);
+        uint64_t t2 = S0 + maj;
+        hh = g;
+        g = f;
+        f = e;
+        e = d + t1;
+        d = c;
+        c = b;
+        b = a;
+        a = t1 + t2;
+    }
+    h[0] += a;
+    h[1] += b;
+    h[2] += c;
+    h[3] += d;
+    h[4] += e;
+    h[5] += f;
+    h[6] += g;
+    h[7] += hh;
+}
+
+static void sha512_init(sha512_ctx *c) {
+    static const uint64_t iv[8] = {
+        0x6a09e667f3bcc908ULL, 0xbb67ae8584caa73bULL, 0x3c6ef372fe94f82bULL, 0xa54ff53a5f1d36f1ULL,
+        0x510e527fade682d1ULL, 0x9b05688c2b3e6c1fULL, 0x1f83d9abfb41bd6bULL, 0x5be0cd19137e2179ULL,
+    };
+    memcpy(c->h, iv, sizeof iv);
+    c->buflen = 0;
+    c->total = 0;
+}
+
+static void sha512_update(sha512_ctx *c, const uint8_t *data, size_t len) {
+    c->total += len;
+    if (c->buflen) {
+        size_t take = 128 - c->buflen < len ? 128 - c->buflen : len;
+        memcpy(c->buf + c->buflen, data, take);
+        c->buflen += take;
+        data += take;
+        len -= take;
+        if (c->buflen == 128) {
+            sha512_block(c->h, c->buf);
+            c->buflen = 0;
+        }
+    }
+    while (len >= 128) {
+        sha512_block(c->h, data);
+        data += 128;
+        len -= 128;
+    }
+    if (len) {
+        memcpy(c->buf, data, len);
+        c->buflen = len;
+    }
+}
+
+static void sha512_final(sha512_ctx *c, uint8_t out[64]) {
+    uint64_t bits = c->total * 8;
+    c->buf[c->buflen++] = 0x80;
+    if (c->buflen > 112) {
+        memset(c->buf + c->buflen, 0, 128 - c->buflen);
+        sha512_block(c->h, c->buf);
+        c->buflen = 0;
+    }
+    memset(c->buf + c->buflen, 0, 120 - c->buflen);
+    store64_be(c->buf + 120, bits); /* the upper 64 bits of the 128-bit length are zero */
+    sha512_block(c->h, c->buf);
+    for (int i = 0; i < 8; i++) store64_be(out + 8 * i, c->h[i]);
+}
+
+/* ---------------------------------------------------------------- GF(2^255 - 19), radix 2^51 */
+
+typedef uint64_t fe[5];
+typedef unsigned __int128 u128;
+#define MASK51 0x7ffffffffffffULL
+
+static void fe_copy(fe h, const fe f) { memcpy(h, f, sizeof(fe)); }
+
+static void fe_set_small(fe h, uint64_t v) {
+    h[0] = v;
+    h[1] = h[2] = h[3] = h[4] = 0;
+}
+
+/* Limbs below 2^51 plus a little; the value unchanged mod p. */
+static void fe_carry(fe h) {
+    h[1] += h[0] >> 51;
+    h[0] &= MASK51;
+    h[2] += h[1] >> 51;
+    h[1] &= MASK51;
+    h[3] += h[2] >> 51;
+    h[2] &= MASK51;
+    h[4] += h[3] >> 51;
+    h[3] &= MASK51;
+    h[0] += 19 * (h[4] >> 51);
+    h[4] &= MASK51;
+}
+
+static void fe_add(fe h, const fe f, const fe g) {
+    for (int i = 0; i < 5; i++) h[i] = f[i] + g[i];
+    fe_carry(h);
+}
+
+/* f - g, for carried inputs (limbs below 2^52): adds 4p first so no limb goes negative. */
+static void fe_sub(fe h, const fe f, const fe g) {
+    h[0] = f[0] + 0x1fffffffffffb4ULL - g[0];
+    for (int i = 1; i < 5; i++) h[i] = f[i] + 0x1ffffffffffffcULL - g[i];
+    fe_carry(h);
+}
+
+static void fe_neg(fe h, const fe f) {
+    fe zero = {0, 0, 0, 0, 0};
+    fe_sub(h, zero, f);
+}
+
+static void fe_mul(fe h, const fe f, const fe g) {
+    uint64_t f0 = f[0], f1 = f[1], f2 = f[2], f3 = f[3], f4 = f[4];
+    uint64_t g0 = g[0], g1 = g[1], g2 = g[2], g3 = g[3], g4 = g[4];
+    uint64_t g1_19 = 19 * g1, g2_19 = 19 * g2, g3_19 = 19 * g3, g4_19 = 19 * g4;
+    u128 r0 = (u128)f0 * g0 + (u128)f1 * g4_19 + (u128)f2 * g3_19 + (u128)f3 * g2_19 + (u128)f4 * g1_19;
+    u128 r1 = (u128)f0 * g1 + (u128)f1 * g0 + (u128)f2 * g4_19 + (u128)f3 * g3_19 + (u128)f4 * g2_19;
+    u128 r2 = (u128)f0 * g2 + (u128)f1 * g1 + (u128)f2 * g0 + (u128)f3 * g4_19 + (u128)f4 * g3_19;
+    u128 r3 = (u128)f0 * g3 + (u128)f1 * g2 + (u128)f2 * g1 + (u128)f3 * g0 + (u128)f4 * g4_19;
+    u128 r4 = (u128)f0 * g4 + (u128)f1 * g3 + (u128)f2 * g2 + (u128)f3 * g1 + (u128)f4 * g0;
+    r1 += (uint64_t)(r0 >> 51);
+    uint64_t h0 = (uint64_t)r0 & MASK51;
+    r2 += (uint64_t)(r1 >> 51);
+    uint64_t h1 = (uint64_t)r1 & MASK51;
+    r3 += (uint64_t)(r2 >> 51);
+    uint64_t h2 = (uint64_t)r2 & MASK51;
+    r4 += (uint64_t)(r3 >> 51);
+    uint64_t h3 = (uint64_t)r3 & MASK51;
+    uint64_t carry = (uint64_t)(r4 >> 51);
+    uint64_t h4 = (uint64_t)r4 & MASK51;
+    h0 += carry * 19;
+    h1 += h0 >> 51;
+    h0 &= MASK51;
+    h[0] = h0;
+    h[1] = h1;
+    h[2] = h2;
+    h[3] = h3;
+    h[4] = h4;
+}
+
+static void fe_sq(fe h, const fe f) {
+    uint64_t f0 = f[0], f1 = f[1], f2 = f[2], f3 = f[3], f4 = f[4];
+    uint64_t d0 = 2 * f0, d1 = 2 * f1, d2 = 2 * f2;
+    uint64_t f3_19 = 19 * f3, f4_19 = 19 * f4;
+    u128 r0 = (u128)f0 * f0 + (u128)d1 * f4_19 + (u128)d2 * f3_19;
+    u128 r1 = (u128)d0 * f1 + (u128)d2 * f4_19 + (u128)f3 * f3_19;
+    u128 r2 = (u128)d0 * f2 + (u128)f1 * f1 + (u128)(2 * f3) * f4_19;
+    u128 r3 = (u128)d0 * f3 + (u128)d1 * f2 + (u128)f4 * f4_19;
+    u128 r4 = (u128)d0 * f4 + (u128)d1 * f3 + (u128)f2 * f2;
+    r1 += (uint64_t)(r0 >> 51);
+    uint64_t h0 = (uint64_t)r0 & MASK51;
+    r2 += (uint64_t)(r1 >> 51);
+    uint64_t h1 = (uint64_t)r1 & MASK51;
+    r3 += (uint64_t)(r2 >> 51);
+    uint64_t h2 = (uint64_t)r2 & MASK51;
+    r4 += (uint64_t)(r3 >> 51);
+    uint64_t h3 = (uint64_t)r3 & MASK51;
+    uint64_t carry = (uint64_t)(r4 >> 51);
+    uint64_t h4 = (uint64_t)r4 & MASK51;
+    h0 += carry * 19;
+    h1 += h0 >> 51;
+    h0 &= MASK51;
+    h[0] = h0;
+    h[1] = h1;
+    h[2] = h2;
+    h[3] = h3;
+    h[4] = h4;
+}
+
+static void fe_sqn(fe h, const fe f, int n) {
+    fe_sq(h, f);
+    for (int i = 1; i < n; i++) fe_sq(h, h);
+}
+
+static void fe_mul_small(fe h, const fe f, uint64_t s) {
+    u128 c = 0;
+    for (int i = 0; i < 5; i++) {
+        c += (u128)f[i] * s;
+        h[i] = (uint64_t)c & MASK51;
+        c >>= 51;
+    }
+    h[0] += 19 * (uint64_t)c;
+    fe_carry(h);
+}
+
+/* The 32 little-endian bytes of f's canonical value (below p). */
+static void fe_tobytes(uint8_t out[32], const fe f) {
+    uint64_t t[5];
+    memcpy(t, f, sizeof t);
+    fe_carry(t);
+    fe_carry(t); /* now below 2^255, each limb below 2^51 */
+    t[0] += 19;  /* wraps past 2^255 exactly when the value is at least p */
+    fe_carry(t);
+    t[0] += 0x8000000000000ULL - 19;
+    for (int i = 1; i < 5; i++) t[i] += 0x8000000000000ULL - 1;
+    t[1] += t[0] >> 51;
+    t[0] &= MASK51;
+    t[2] += t[1] >> 51;
+    t[1] &= MASK51;
+    t[3] += t[2] >> 51;
+    t[2] &= MASK51;
+    t[4] += t[3] >> 51;
+    t[3] &= MASK51;
+    t[4] &= MASK51;
+    uint64_t w[4] = {t[0] | (t[1] << 51), (t[1] >> 13) | (t[2] << 38), (t[2] >> 26) | (t[3] << 25),
+                     (t[3] >> 39) | (t[4] << 12)};
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 8; j++) out[8 * i + j] = (uint8_t)(w[i] >> (8 * j));
+}
+
+static uint64_t load64_le(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+
+/* The low 255 bits of 32 little-endian bytes; returns bit 255. */
+static uint64_t fe_frombytes(fe h, const uint8_t in[32]) {
+    uint64_t w0 = load64_le(in), w1 = load64_le(in + 8), w2 = load64_le(in + 16), w3 = load64_le(in + 24);
+    h[0] = w0 & MASK51;
+    h[1] = ((w0 >> 51) | (w1 << 13)) & MASK51;
+    h[2] = ((w1 >> 38) | (w2 << 26)) & MASK51;
+    h[3] = ((w2 >> 25) | (w3 << 39)) & MASK51;
+    h[4] = (w3 >> 12) & MASK51;
+    return w3 >> 63;
+}
+
+/* A 48-byte big-endian integer mod p (hash_to_field's OS2IP then mod p): v = H 2^256 + L = L + 38 H (mod p). */
+static void fe_from48_be(fe h, const uint8_t in[48]) {
+    uint8_t low_le[32];
+    for (int i = 0; i < 32; i++) low_le[i] = in[47 - i];
+    uint64_t top = fe_frombytes(h, low_le);
+    uint64_t hi = load64_be(in), lo = load64_be(in + 8); /* H = hi 2^64 + lo, 128 bits */
+    h[0] += 19 * top + 38 * (lo & MASK51);
+    h[1] += 38 * (((lo >> 51) | (hi << 13)) & MASK51);
+    h[2] += 38 * (hi >> 38);
+    fe_carry(h);
+}
+
+static int fe_iszero(const fe f) {
+    uint8_t b[32];
+    fe_tobytes(b, f);
+    uint8_t acc = 0;
+    for (int i = 0; i < 32; i++) acc |= b[i];
+    return acc == 0;
+}
+
+static int fe_equal(const fe f, const fe g) {
+    uint8_t a[32], b[32];
+    fe_tobytes(a, f);
+    fe_tobytes(b, g);
+    return memcmp(a, b, 32) == 0;
+}
+
+static int fe_isodd(const fe f) {
+    uint8_t b[32];
+    fe_tobytes(b, f);
+    return b[0] & 1;
+}
+
+/* z^(2^250 - 1) into t250 and z^11 into z11: the shared start of inversion and the square-root exponent. */
+static void fe_pow_2_250_1(fe t250, fe z11, const fe z) {
+    fe z2, z9, t0, t1, t2;
+    fe_sq(z2, z);
+    fe_sqn(t1, z2, 2);    /* z^8 */
+    fe_mul(z9, t1, z);    /* z^9 */
+    fe_mul(z11, z9, z2);  /* z^11 */
+    fe_sq(t0, z11);       /* z^22 */
+    fe_mul(t0, t0, z9);   /* z^31 = z^(2^5 - 1) */
+    fe_sqn(t1, t0, 5);
+    fe_mul(t0, t1, t0);   /* 2^10 - 1 */
+    fe_sqn(t1, t0, 10);
+    fe_mul(t1, t1, t0);   /* 2^20 - 1 */
+    fe_sqn(t2, t1, 20);
+    fe_mul(t1, t2, t1);   /* 2^40 - 1 */
+    fe_sqn(t1, t1, 10);
+    fe_mul(t0, t1, t0);   /* 2^50 - 1 */
+    fe_sqn(t1, t0, 50);
+    fe_mul(t1, t1, t0);   /* 2^100 - 1 */
+    fe_sqn(t2, t1, 100);
+    fe_mul(t1, t2, t1);   /* 2^200 - 1 */
+    fe_sqn(t1, t1, 50);
+    fe_mul(t250, t1, t0); /* 2^250 - 1 */
+}
+
+/* z^(p - 2) = z^(2^255 - 21): 1/z for nonzero z. */
+static void fe_invert(fe out, const fe z) {
+    fe t, z11;
+    fe_pow_2_250_1(t, z11, z);
+    fe_sqn(t, t, 5); /* 2^255 - 32 */
+    fe_mul(out, t, z11);
+}
+
+/* z^((p - 5) / 8) = z^(2^252 - 3). */
+static void fe_pow22523(fe out, const fe z) {
+    fe t, z11;
+    fe_pow_2_250_1(t, z11, z);
+    fe_sqn(t, t, 2); /* 2^252 - 4 */
+    fe_mul(out, t, z);
+}
+
+static fe SQRT_M1; /* c3 of RFC 9380 G.2.1: sqrt(-1) */
+static fe C2;      /* c2: 2^((p + 3) / 8) */
+static const uint64_t J = 486662;
+
+static const uint8_t SQRT_M1_BYTES[32] = {
+    0xb0, 0xa0, 0x0e, 0x4a, 0x27, 0x1b, 0xee, 0xc4, 0x78, 0xe4, 0x2f, 0xad, 0x06, 0x18, 0x43, 0x2f,
+    0xa7, 0xd7, 0xfb, 0x3d, 0x99, 0x00, 0x4d, 0x2b, 0x0b, 0xdf, 0xc1, 0x4f, 0x80, 0x24, 0x83, 0x2b};
+static const uint8_t C2_BYTES[32] = {
+    0xb1, 0xa0, 0x0e, 0x4a, 0x27, 0x1b, 0xee, 0xc4, 0x78, 0xe4, 0x2f, 0xad, 0x06, 0x18, 0x43, 0x2f,
+    0xa7, 0xd7, 0xfb, 0x3d, 0x99, 0x00, 0x4d, 0x2b, 0x0b, 0xdf, 0xc1, 0x4f, 0x80, 0x24, 0x83, 0x2b};
+
+/* RFC 9380 appendix G.2.1, map_to_curve_elligator2_curve25519: the point (xn / xd, y). */
+static void elligator2(fe xn, fe xd, fe y, const fe u) {
+    fe tv1, tv2, tv3, x1n, gxd, gx1, gx2, y11, y12, y21, y22, y1, y2, x2n;
+    fe_sq(tv1, u);
+    fe_add(tv1, tv1, tv1); /* 2 u^2 */
+    fe one;
+    fe_set_small(one, 1);
+    fe_add(xd, tv1, one); /* nonzero: -1/2 is not a square */
+    fe_set_small(x1n, J);
+    fe_neg(x1n, x1n);
+    fe_sq(tv2, xd);
+    fe_mul(gxd, tv2, xd);
+    fe_mul_small(gx1, tv1, J);
+    fe_mul(gx1, gx1, x1n);
+    fe_add(gx1, gx1, tv2);
+    fe_mul(gx1, gx1, x1n);
+    fe_sq(tv3, gxd);
+    fe_sq(tv2, tv3);
+    fe_mul(tv3, tv3, gxd);
+    fe_mul(tv3, tv3, gx1);
+    fe_mul(tv2, tv2, tv3);
+    fe_pow22523(y11, tv2);
+    fe_mul(y11, y11, tv3);
+    fe_mul(y12, y11, SQRT_M1);
+    fe_sq(tv2, y11);
+    fe_mul(tv2, tv2, gxd);
+    if (fe_equal(tv2, gx1))
+        fe_copy(y1, y11);
+    else
+        fe_copy(y1, y12);
+    fe_mul(x2n, x1n, tv1);
+    fe_mul(y21, y11, u);
+    fe_mul(y21, y21, C2);
+    fe_mul(y22, y21, SQRT_M1);
+    fe_mul(gx2, gx1, tv1);
+    fe_sq(tv2, y21);
+    fe_mul(tv2, tv2, gxd);
+    if (fe_equal(tv2, gx2))
+        fe_copy(y2, y21);
+    else
+        fe_copy(y2, y22);
+    fe_sq(tv2, y1);
+    fe_mul(tv2, tv2, gxd);
+    int e3 = fe_equal(tv2, gx1);
+    if (e3) {
+        fe_copy(xn, x1n);
+        fe_copy(y, y1);
+    } else {
+        fe_copy(xn, x2n);
+        fe_copy(y, y2);
+    }
+    if (e3 ^ fe_isodd(y)) fe_neg(y, y);
+}
+
+/* expand_message_xmd(msg, dst, 96) and the two field elements of hash_to_field; `zpad` has absorbed Z_pad. */
+static void hash_to_field2(fe u0, fe u1, const sha512_ctx *zpad, const uint8_t *msg, size_t msg_len,
+                           const uint8_t *dst_prime, size_t dst_prime_len) {
+    static const uint8_t b0_tail[3] = {0x00, 0x60, 0x00}; /* I2OSP(96, 2) || I2OSP(0, 1) */
+    uint8_t b0[64], b1[64], b2[64], x[64], uniform[128];
+    sha512_ctx c = *zpad;
+    sha512_update(&c, msg, msg_len);
+    sha512_update(&c, b0_tail, 3);
+    sha512_update(&c, dst_prime, dst_prime_len);
+    sha512_final(&c, b0);
+    uint8_t idx = 1;
+    sha512_init(&c);
+    sha512_update(&c, b0, 64);
+    sha512_update(&c, &idx, 1);
+    sha512_update(&c, dst_prime, dst_prime_len);
+    sha512_final(&c, b1);
+    for (int i = 0; i < 64; i++) x[i] = b0[i] ^ b1[i];
+    idx = 2;
+    sha512_init(&c);
+    sha512_update(&c, x, 64);
+    sha512_update(&c, &idx, 1);
+    sha512_update(&c, dst_prime, dst_prime_len);
+    sha512_final(&c, b2);
+    memcpy(uniform, b1, 64);
+    memcpy(uniform + 64, b2, 64);
+    fe_from48_be(u0, uniform);
+    fe_from48_be(u1, uniform + 48);
+}
+
+/* hash_to_curve's u as a fraction X / Z; returns 0 when the native path does not apply (see the top comment). */
+static int hash_to_uz(fe X, fe Z, const sha512_ctx *zpad, const uint8_t *msg, size_t msg_len, const uint8_t *dst_prime,
+                      size_t dst_prime_len) {
+    fe r0, r1, xn1, xd1, y1, xn2, xd2, y2, D, E, t, s, dy;
+    hash_to_field2(r0, r1, zpad, msg, msg_len, dst_prime, dst_prime_len);
+    elligator2(xn1, xd1, y1, r0);
+    elligator2(xn2, xd2, y2, r1);
+    /* x2 - x1 = D / E; u3 = lam^2 - A - x1 - x2 with lam = dy E / D gives
+       X = dy^2 E^3 - (A E + xn1 xd2 + xn2 xd1) D^2 and Z = E D^2. */
+    fe a, b;
+    fe_mul(a, xn2, xd1);
+    fe_mul(b, xn1, xd2);
+    fe_sub(D, a, b);
+    if (fe_iszero(D)) return 0;
+    fe_mul(E, xd1, xd2);
+    fe_sub(dy, y2, y1);
+    fe_add(s, a, b);
+    fe_mul_small(t, E, J);
+    fe_add(s, s, t); /* A E + xn1 xd2 + xn2 xd1 */
+    fe D2;
+    fe_sq(D2, D);
+    fe_mul(s, s, D2);
+    fe E3;
+    fe_sq(E3, E);
+    fe_mul(E3, E3, E);
+    fe_sq(t, dy);
+    fe_mul(t, t, E3);
+    fe_sub(X, t, s);
+    fe_mul(Z, E, D2);
+    for (int i = 0; i < 3; i++) { /* clear_cofactor, h_eff = 8: x' = (xx - zz)^2, z' = 4 xz (xx + A xz + zz) */
+        fe xx, zz, xz, w;
+        fe_sq(xx, X);
+        fe_sq(zz, Z);
+        fe_mul(xz, X, Z);
+        fe_sub(w, xx, zz);
+        fe_sq(X, w);
+        fe_mul_small(w, xz, J);
+        fe_add(w, w, xx);
+        fe_add(w, w, zz);
+        fe_mul(w, w, xz);
+        fe_mul_small(Z, w, 4);
+    }
+    return !fe_iszero(Z);
+}
+
+/* ---------------------------------------------------------------- Python functions */
+
+static PyObject *py_hash_to_u_batch(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *msgs;
+    Py_buffer dst;
+    if (!PyArg_ParseTuple(args, "Oy*", &msgs, &dst)) return NULL;
+    PyObject *result = NULL, *seq = NULL, *fallback = NULL, *out = NULL;
+    fe *xs = NULL, *zs = NULL;
+    uint8_t *ok = NULL;
+    if (dst.len > 255) {
+        PyErr_SetString(PyExc_ValueError, "DST longer than 255 bytes");
+        goto done;
+    }
+    seq = PySequence_Fast(msgs, "hash_to_u_batch takes a sequence of bytes");
+    if (!seq) goto done;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    uint8_t dst_prime[256];
+    memcpy(dst_prime, dst.buf, (size_t)dst.len);
+    dst_prime[dst.len] = (uint8_t)dst.len;
+    size_t dst_prime_len = (size_t)dst.len + 1;
+    sha512_ctx zpad;
+    uint8_t zeros[128] = {0};
+    sha512_init(&zpad);
+    sha512_update(&zpad, zeros, 128);
+    xs = PyMem_Malloc(sizeof(fe) * (size_t)(n ? n : 1));
+    zs = PyMem_Malloc(sizeof(fe) * (size_t)(n ? n : 1));
+    ok = PyMem_Malloc((size_t)(n ? n : 1));
+    out = PyBytes_FromStringAndSize(NULL, 32 * n);
+    fallback = PyList_New(0);
+    if (!xs || !zs || !ok || !out || !fallback) {
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char *data;
+        Py_ssize_t len;
+        if (PyBytes_AsStringAndSize(items[i], &data, &len) < 0) goto done;
+        ok[i] = (uint8_t)hash_to_uz(xs[i], zs[i], &zpad, (const uint8_t *)data, (size_t)len, dst_prime, dst_prime_len);
+        if (!ok[i]) fe_set_small(zs[i], 1);
+    }
+    /* One inversion for the batch: prefix products, invert the total, walk back. */
+    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+    if (n > 0) {
+        fe acc, inv, tmp;
+        fe *pre = PyMem_Malloc(sizeof(fe) * (size_t)n);
+        if (!pre) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        fe_set_small(acc, 1);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            fe_copy(pre[i], acc); /* product of zs[0..i-1] */
+            fe_mul(acc, acc, zs[i]);
+        }
+        fe_invert(inv, acc); /* 1 / (z_0 ... z_{n-1}) */
+        for (Py_ssize_t i = n - 1; i >= 0; i--) {
+            fe zi_inv;
+            fe_mul(zi_inv, inv, pre[i]); /* 1 / z_i */
+            fe_mul(inv, inv, zs[i]);
+            fe_mul(tmp, xs[i], zi_inv);
+            if (ok[i])
+                fe_tobytes(o + 32 * i, tmp);
+            else
+                memset(o + 32 * i, 0, 32);
+        }
+        PyMem_Free(pre);
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!ok[i]) {
+            PyObject *index = PyLong_FromSsize_t(i);
+            if (!index || PyList_Append(fallback, index) < 0) {
+                Py_XDECREF(index);
+                goto done;
+            }
+            Py_DECREF(index);
+        }
+    }
+    result = PyTuple_Pack(2, out, fallback);
+done:
+    PyBuffer_Release(&dst);
+    Py_XDECREF(seq);
+    Py_XDECREF(out);
+    Py_XDECREF(fallback);
+    PyMem_Free(xs);
+    PyMem_Free(zs);
+    PyMem_Free(ok);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"hash_to_u_batch", py_hash_to_u_batch, METH_VARARGS,
+     "hash_to_u_batch(msgs, dst) -> (packed 32-byte u per message, indices left to the Python path)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_curve25519", "Native RFC 9380 hash to curve for curve25519 (no secrets).", -1, methods,
+    NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__curve25519(void) {
+    fe_frombytes(SQRT_M1, SQRT_M1_BYTES);
+    fe_frombytes(C2, C2_BYTES);
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,4 @@
+# Types of the compiled extension built from _curve25519.c (see cleanroom_client.curve).
+from collections.abc import Sequence
+
+def hash_to_u_batch(msgs: Sequence[bytes], dst: bytes, /) -> tuple[bytes, list[int]]: ...

@@ -1,0 +1,154 @@
+"""Every query type of the proto has every surface: declaration, servicer handler and preview, SDK method, CLI
+command with its options, report section in English and Chinese, and a row in the docs' table.
+
+It walks `AnalyticsService` (each unary RPC answering a `QueryResult`, Preview aside) and `PreviewRequest`'s oneof,
+so a query added to the proto without one of its surfaces fails here, and a surface that lacks a query does too.
+"""
+
+from __future__ import annotations
+
+import inspect
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import typer.main
+
+from cleanroom.server.analytics_servicer import AnalyticsServicer
+from cleanroom_client.answers import Answer
+from cleanroom_client.cli import app
+from cleanroom_client.client import CleanRoomClient
+from cleanroom_client.policy import QueryType
+from cleanroom_client.protocol import analytics_pb2 as qpb
+from cleanroom_client.query_types import BY_NAME, BY_RPC, QUERIES, QueryDeclaration, docs_table
+from cleanroom_client.report import build_sections
+from cleanroom_client.report_text import LANGUAGES, text_for
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICE = qpb.DESCRIPTOR.services_by_name["AnalyticsService"]
+QUERY_RPCS = sorted(
+    m.name
+    for m in SERVICE.methods
+    if m.output_type is not None
+    and m.output_type.name == "QueryResult"
+    and not m.server_streaming
+    and m.name != "Preview"
+)
+PREVIEWED = {
+    f.name: f.message_type.name if f.message_type is not None else ""
+    for f in qpb.PreviewRequest.DESCRIPTOR.oneofs_by_name["query"].fields
+}
+
+
+def test_every_query_rpc_and_previewed_query_is_declared_and_nothing_else():
+    assert sorted(BY_RPC) == QUERY_RPCS
+    assert {q.name: q.request.DESCRIPTOR.name for q in QUERIES} == PREVIEWED
+    for q in QUERIES:
+        assert SERVICE.methods_by_name[q.rpc].input_type.name == q.request.DESCRIPTOR.name
+        assert q.policy_type in set(QueryType)
+        for option in q.options:
+            assert option.flag.startswith("--")
+        assert q.vectors
+        assert q.measures
+
+
+@pytest.mark.parametrize("rpc", QUERY_RPCS)
+def test_the_servicer_answers_and_previews_it(rpc):
+    q = BY_RPC[rpc]
+    assert rpc in vars(AnalyticsServicer), f"{rpc}: no handler, the generated base answers UNIMPLEMENTED"
+    assert q.name in AnalyticsServicer.QUERIES, f"{q.name}: Preview cannot dispatch it"
+
+
+@pytest.mark.parametrize("rpc", QUERY_RPCS)
+def test_the_sdk_has_its_method_taking_every_option(rpc):
+    q = BY_RPC[rpc]
+    method = getattr(CleanRoomClient, q.method, None)
+    assert callable(method), q.method
+    parameters = inspect.signature(method).parameters
+    for name in ("collaboration_id", "epsilon", "preview", "refresh_period", "with_members"):
+        assert name in parameters, (q.method, name)
+    for option in q.options:
+        assert option.argument in parameters, (q.method, option.argument)
+
+
+@pytest.mark.parametrize("rpc", QUERY_RPCS)
+def test_the_cli_has_its_command_with_every_option(rpc):
+    q = BY_RPC[rpc]
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    assert q.command in commands, q.command
+    flags = {flag for p in commands[q.command].params for flag in p.opts}
+    assert {o.flag for o in q.options} | {"--epsilon"} <= flags, q.command
+
+
+def _synthetic(q: QueryDeclaration, period: int | None = None, members: tuple[str, ...] = ()) -> Answer:
+    """An answer shaped as the declaration says (dimensions, measures), with one withheld cell."""
+    dims = [d for d in q.dimensions if not d.startswith("[")]
+    dims = ["brand.tier" if d == "..." else d for d in dims]
+    values = {
+        "region": ["brand", "brand∩jd"],
+        "stage": ["aware", "appeal"],
+        "stage@start": ["aware", "appeal"],
+        "stage@end": ["aware", "appeal"],
+        "test_group": ["exposed", "holdout"],
+        "campaign|channel": ["c1", "none"],
+        "quality": ["quality"],
+        "segment": ["segment"],
+    }
+    rows = []
+    keysets: list[list[str]] = [[]]
+    for d in dims:
+        keysets = [[*k, v] for k in keysets for v in values.get(d, ["gold", "silver"])]
+    for i, keys in enumerate(keysets):
+        for measure in q.measures:
+            suppressed = i == 0 and measure == q.measures[0] and len(keysets) > 1
+            value = 0.5 if "rate" in measure or "share" in measure or "lift" in measure else 120.0 + i
+            rows.append(
+                {
+                    **dict(zip(dims, keys, strict=True)),
+                    "measure": measure,
+                    "value": float("nan") if suppressed else value,
+                    "error_95": float("nan") if suppressed else 3.0,
+                    "suppressed": suppressed,
+                }
+            )
+    if q.name == "lift":
+        rows += [
+            {"test_group": "lift", "measure": m, "value": 0.01, "error_95": 0.005, "suppressed": False}
+            for m in ("absolute_lift", "relative_lift")
+        ]
+    frame = pd.DataFrame(rows, columns=[*dims, "measure", "value", "error_95", "suppressed"])
+    frame.attrs.update(epsilon_spent=0.5, epsilon_remaining=2.0, audience="collaborations/c/audiences/a")
+    request: dict[str, object] = {"epsilon": 0.5, "campaign": "c1", "model": "ATTRIBUTION_MODEL_LINEAR"}
+    if period is not None:
+        request["refresh_period"] = str(period)
+    if members:
+        request["with_members"] = list(members)
+    return Answer(query=q.name, request=request, frame=frame, received=datetime(2026, 12, 1, tzinfo=UTC))
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_the_report_draws_every_query_in_every_language(lang):
+    """One section per answer, every query type (Venn included), titled in the language, never a KeyError."""
+    t = text_for(lang)
+    answers = [_synthetic(q) for q in QUERIES]
+    sections = build_sections(answers, lang)
+    titles = " ".join(s.title + " " + (s.table or "") for s in sections)
+    for q in QUERIES:
+        reading = q.reading[lang]
+        assert reading.title, (q.name, lang)
+        assert reading.short, (q.name, lang)
+        assert t(f"q.{q.name}") == reading.short
+        if q.audience:
+            assert t(f"q.{q.name}") in titles, (q.name, lang)
+        else:
+            assert reading.title.split("{")[0].strip() in titles, (q.name, lang)
+
+
+def test_the_docs_table_lists_every_query_as_declared():
+    page = (ROOT / "docs" / "queries.md").read_text(encoding="utf-8")
+    assert docs_table() in page, "docs/queries.md is stale: run python scripts/gen_query_docs.py"
+    for q in QUERIES:
+        assert f"`cleanroom-client {q.command}`" in page
+        assert f"`client.{q.method}(...)`" in page
+    assert BY_NAME["venn"].command in page
