@@ -26,7 +26,7 @@ from .protocol import ATTRIBUTION_MODELS, COLLABORATIONS, DEFAULT_HALF_LIFE_DAYS
 from .protocol import analytics_pb2 as qpb
 from .protocol import analytics_pb2_grpc as qpb_grpc
 from .query_types import declaration
-from .transparency import Witness
+from .witness import Witness
 
 T = TypeVar("T")
 

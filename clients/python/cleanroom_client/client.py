@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from . import refresh as refresh_state
-from .asking import QueryMethods
 from .asking import collaboration_dir as collaboration_dir  # where the CLI, tests and users have imported it from
+from .auditing import AuditMethods
 from .blinding import ChunkExecutor, default_executor
 from .errors import CleanRoomError, InvalidArgumentError
 from .files import parse_time_column as parse_time_column  # tests and users have imported it from here
@@ -46,14 +46,13 @@ from .protocol import (
     collaboration_name,
 )
 from .protocol import analytics_pb2_grpc as qpb_grpc
-from .protocol import audit_pb2 as apb
 from .protocol import audit_pb2_grpc as apb_grpc
 from .protocol import collaboration_pb2 as cpb
 from .protocol import collaboration_pb2_grpc as cpb_grpc
 from .protocol import matching_pb2 as mpb
 from .protocol import matching_pb2_grpc as mpb_grpc
 from .refresh import RefreshSummary
-from .transparency import TreeHead, Witness, witnessed
+from .witness import Witness, witnessed
 
 T = TypeVar("T")
 
@@ -128,7 +127,7 @@ def _policy_text(policy: str | Path) -> str:
     return text
 
 
-class CleanRoomClient(QueryMethods):
+class CleanRoomClient(AuditMethods):
     """A member's connection to a clean room server."""
 
     def __init__(
@@ -251,145 +250,8 @@ class CleanRoomClient(QueryMethods):
         request = cpb.ApprovePolicyRequest(name=_name(collaboration_id), etag=etag)
         return _info(self._call(self._collaborations.ApprovePolicy, request))
 
-    # -- analytics: the query methods are `QueryMethods`' (asking.py) ---------------------------------------------
-    def audit_log(self, collaboration_id: str = "", *, principal: str = "", action: str = "") -> pd.DataFrame:
-        """A collaboration's audit chain (auditors), or the server's own chain with no id; one row per entry."""
-        rows = []
-        token = ""
-        parent = _name(collaboration_id) if collaboration_id else ""
-        while True:
-            page = self._call(
-                self._audit.ListAuditEntries,
-                apb.ListAuditEntriesRequest(
-                    collaboration=parent, principal=principal, action=action, page_size=1000, page_token=token
-                ),
-            )
-            rows += [
-                {
-                    "sequence": e.sequence,
-                    "time": e.time.ToDatetime(),
-                    "principal": e.principal,
-                    "action": e.action,
-                    "parameters": e.parameters_json,
-                    "epsilon": e.epsilon,
-                    "delta": e.delta,
-                    "response_sha256": e.response_sha256,
-                    "hash": e.hash,
-                }
-                for e in page.entries
-            ]
-            token = page.next_page_token
-            if not token:
-                return pd.DataFrame(rows)
-
-    def verify_audit_log(self, collaboration_id: str = "") -> dict[str, object]:
-        """Ask the server to verify a whole chain: valid, entries checked, and the first broken entry if any.
-
-        First the chain's tree head is checked to extend the last one this client saw (HistoryRewrittenError if it
-        does not: the server's own verification cannot see a rollback of its whole disk).
-        """
-        self._witness.head(collaboration_id)
-        parent = _name(collaboration_id) if collaboration_id else ""
-        r = self._call(self._audit.VerifyAuditLog, apb.VerifyAuditLogRequest(collaboration=parent))
-        return {
-            "valid": r.valid,
-            "entries_checked": r.entries_checked,
-            "first_invalid_sequence": r.first_invalid_sequence,
-            "reason": r.reason,
-            "head": {
-                "collaboration": r.head.collaboration,
-                "sequence": r.head.sequence,
-                "hash": r.head.hash,
-                "signature": r.head.signature.hex(),
-            }
-            if r.HasField("head")
-            else None,
-        }
-
-    def export_audit_log(self, path: str | Path, collaboration_id: str = "") -> Path:
-        """Write a chain as JSON Lines to `path`, for offline verification (`cleanroom audit verify`)."""
-        parent = _name(collaboration_id) if collaboration_id else ""
-        out = Path(path)
-        try:
-            with out.open("wb") as f:
-                for chunk in self._audit.ExportAuditLog(
-                    apb.ExportAuditLogRequest(collaboration=parent), metadata=self._metadata
-                ):
-                    f.write(chunk.jsonl)
-        except grpc.RpcError as err:
-            raise CleanRoomError.from_rpc(err) from None
-        return out
-
-    def audit_head(self, collaboration_id: str = "") -> dict[str, object]:
-        """The chain's signed tree head now, checked to extend the last one this client saw (and remembered).
-
-        Write it to a file and give it to the other members: `compare_audit_head` on their side proves both of you
-        were shown one history. HistoryRewrittenError when the server's log does not extend what you saw.
-        """
-        return self._witness.head(collaboration_id).to_dict()
-
-    def compare_audit_head(self, collaboration_id: str, other: Mapping[str, object]) -> dict[str, object]:
-        """Check another member's exported head (`audit_head`) against yours: HistoryRewrittenError on a fork."""
-        head = TreeHead.from_dict(dict(other))
-        mine = self._witness.compare(collaboration_id, head)
-        return {"consistent": True, "mine": mine.to_dict(), "theirs": head.to_dict()}
-
-    def acknowledge_history_rewrite(self, collaboration_id: str) -> dict[str, object] | None:
-        """Accept, after looking into it, a history incident of a collaboration, so the SDK serves it again.
-
-        The head the server showed becomes the remembered one; the incident is kept in the state file with both
-        heads. Returns the incident acknowledged (None if there was none).
-        """
-        return self._witness.memory.acknowledge(collaboration_id)
-
-    def check_budget(self, collaboration_id: str) -> pd.DataFrame:
-        """Recompute your own spend from the receipts you kept and compare it with what the server reports.
-
-        Every receipt's entry must still be in the log (inclusion proofs against the current head), and the server's
-        spent ε and δ for you must be at least what your receipts charged since the budget's period began: a lower
-        figure means charged entries were removed (HistoryRewrittenError).
-        """
-        head, kept = self._witness.check_receipts(collaboration_id)
-        frame = self.budget(collaboration_id)
-        me = {str(r["entry"]["principal"]) for r in kept}
-        since_of: dict[str, int] = frame.attrs["since_sequence"]
-        rows = []
-        for record in frame.to_dict("records"):
-            member = str(record["member"])
-            if member not in me:
-                continue
-            since = int(since_of.get(member, 0))
-            mine = [
-                r["entry"] for r in kept if r["entry"]["principal"] == member and int(r["entry"]["sequence"]) > since
-            ]
-            eps = sum(float(e["epsilon"]) for e in mine)
-            dlt = sum(float(e["delta"]) for e in mine)
-            server_eps, server_dlt = float(record["spent"]), float(record["delta_spent"])
-            ok = server_eps + 1e-9 >= eps and server_dlt + 1e-15 >= dlt
-            rows.append(
-                {
-                    "member": member,
-                    "server_spent": server_eps,
-                    "receipts_spent": eps,
-                    "server_delta_spent": server_dlt,
-                    "receipts_delta_spent": dlt,
-                    "receipts": len(mine),
-                    "log_size": head.size,
-                    "consistent": ok,
-                }
-            )
-            if not ok:
-                reason = (
-                    f"the server reports {server_eps:g} ε and {server_dlt:g} δ spent by {member} but the receipts "
-                    f"held since entry {since} charge {eps:g} ε and {dlt:g} δ: charged entries were removed"
-                )
-                self._witness.memory.record_incident(collaboration_id, reason, head)
-        return pd.DataFrame(rows)
-
-    def server_public_key(self) -> str:
-        """The server's Ed25519 audit key, PEM."""
-        return self._call(self._audit.GetServerPublicKey, apb.GetServerPublicKeyRequest()).pem
-
+    # -- analytics and audit: the query methods are `QueryMethods`' (asking.py), the audit log's `AuditMethods'`
+    # (auditing.py)
     # -- matching ----------------------------------------------------------------------------------------------------
     def match(
         self,

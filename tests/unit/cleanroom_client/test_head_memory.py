@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cleanroom_client import merkle
 from cleanroom_client.errors import CleanRoomError
-from cleanroom_client.transparency import HeadMemory, HistoryRewrittenError, TreeHead
+from cleanroom_client.head_memory import HeadMemory
+from cleanroom_client.transparency import HistoryRewrittenError, TreeHead
 
 COLLAB = "c"
 
