@@ -283,26 +283,47 @@ def make_dev_certs(
 def audit_verify(
     file: Annotated[Path, typer.Argument(help="A JSON Lines export (ExportAuditLog / export_audit_log).")],
     public_key: Annotated[Path, typer.Option(help="The server's Ed25519 public key, PEM.")],
+    remember: Annotated[
+        Path | None,
+        typer.Option(
+            help="A file where this auditor keeps the chain's last verified tree head: the export must extend it "
+            "(a rollback or rewrite fails), and a valid export's head replaces it."
+        ),
+    ] = None,
 ) -> None:
     """Verify an exported audit chain offline with the server's public key alone; names the first broken entry.
 
-    Example: cleanroom audit verify brand-x.jsonl --public-key server-audit.pem
+    Example: cleanroom audit verify brand-x.jsonl --public-key server-audit.pem --remember brand-x.head.json
     """
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-    from .audit.chain import verify_export
+    from cleanroom_client.transparency import TreeHead
+
+    from .audit.chain import SignedHead, verify_export
 
     key = load_pem_public_key(public_key.read_bytes())
     if not isinstance(key, Ed25519PublicKey):
         console.print("[red]the public key is not an Ed25519 key[/]")
         raise typer.Exit(2)
-    result = verify_export(file.read_text(), key)
+    remembered = None
+    if remember is not None and remember.exists():
+        try:
+            remembered = TreeHead.from_dict(json.loads(remember.read_text()))
+        except ValueError as exc:
+            console.print(f"[red]{remember} is not a remembered tree head: {exc}[/]")
+            raise typer.Exit(2) from None
+    text = file.read_text()
+    result = verify_export(text, key, remembered)
     if result.valid:
+        saw = f"; it extends the {remembered.size} entries remembered in {remember}" if remembered else ""
         out.print(
             f"[green]VALID[/]: {result.entries_checked} entries, chain intact, every signature the server's, "
-            "ending at the server's signed head"
+            f"ending at the server's signed head{saw}"
         )
+        last = SignedHead.from_json(text.rstrip().splitlines()[-1]) if text.strip() else None
+        if remember is not None and last is not None and last.tree is not None:
+            remember.write_text(json.dumps(last.tree.to_dict(), indent=1) + "\n")
         return
     out.print(f"[red]INVALID[/]: {result.reason} (after {result.entries_checked} good entries)")
     raise typer.Exit(1)

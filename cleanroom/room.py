@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .audit import AuditLog, load_or_create_signing_key
+from .audit.transparency import AuditTrees
 from .collaborations import Collaborations
 from .principals import Principals
 from .storage import Database, StorageLimits, Store
@@ -34,6 +35,7 @@ class Room:
         self.data_dir = data_dir
         self.store = store
         self.audit = AuditLog(store, load_or_create_signing_key(data_dir), data_dir / "audit-heads")
+        self.trees = AuditTrees(self.audit)
         store.on_open(self._charge_interrupted)
         self.principals = Principals(store, self.audit)
         self.collaborations = Collaborations(store, self.audit, self.principals)

@@ -777,6 +777,90 @@ def points_markdown(data: dict) -> list[str]:
     return [*lines, ""]
 
 
+#: The transparency vectors' audit key (an Ed25519 seed: signatures are deterministic) and collaboration.
+AUDIT_SEED = bytes(range(32, 64))
+AUDIT_COLLABORATION = "vectors-collab"
+
+
+def transparency_vectors() -> dict[str, object]:
+    """A seven-entry chain: its entries, Merkle leaves, signed tree heads, and inclusion and consistency proofs.
+
+    What a partner needs to verify receipts and heads in another language: every hash is recomputed from the
+    entries (canonical JSON, then SHA-256), every leaf from an entry's hash and signature, every proof checked with
+    RFC 9162's algorithms, every head's signature with the public key.
+    """
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from cleanroom.audit.chain import GENESIS, AuditEntry
+    from cleanroom_client import merkle
+    from cleanroom_client.transparency import TreeHead, leaf_data
+
+    key = Ed25519PrivateKey.from_private_bytes(AUDIT_SEED)
+    actions: list[tuple[str, str, dict[str, object], float, float]] = [
+        ("brand", "collaboration.create", {"policy_etag": "e1"}, 0.0, 0.0),
+        ("brand", "policy.approve", {"etag": "e1"}, 0.0, 0.0),
+        ("platform", "policy.approve", {"etag": "e1"}, 0.0, 0.0),
+        ("brand", "query.overlap", {"dimensions": ["brand.tier"]}, 0.5, 0.0),
+        ("platform", "query.refused", {"reason": "no ability 'query'"}, 0.0, 0.0),
+        ("brand", "query.funnel", {"dimensions": []}, 0.25, 0.0),
+        ("brand", "audience.activate", {"segment": {"brand.tier": "gold"}}, 1.0, 1e-7),
+    ]
+    entries: list[AuditEntry] = []
+    previous = GENESIS
+    for i, (principal, action, parameters, epsilon, delta) in enumerate(actions, start=1):
+        body = AuditEntry(
+            collaboration=AUDIT_COLLABORATION,
+            sequence=i,
+            time=f"2026-12-01T10:00:{i:02d}.000000Z",
+            principal=principal,
+            action=action,
+            parameters=parameters,
+            epsilon=epsilon,
+            response_sha256="",
+            previous_hash=previous,
+            delta=delta,
+        )
+        digest = body.compute_hash()
+        entries.append(AuditEntry(**{**body.__dict__, "hash": digest, "signature": key.sign(bytes.fromhex(digest))}))
+        previous = digest
+    nodes = merkle.MerkleNodes()
+    for e in entries:
+        nodes.append(merkle.leaf_hash(leaf_data(e.hash, e.signature)))
+    heads = []
+    for size in range(len(entries) + 1):
+        unsigned = TreeHead(AUDIT_COLLABORATION, size, nodes.root(size), f"2026-12-01T10:01:{size:02d}Z")
+        signed = TreeHead(unsigned.collaboration, size, unsigned.root, unsigned.time, key.sign(unsigned.message()))
+        heads.append({**signed.to_dict(), "signed_message": signed.message().decode()})
+    n = len(entries)
+    inclusion = [
+        {
+            "sequence": m + 1,
+            "tree_size": size,
+            "proof": [h.hex() for h in merkle.inclusion_proof(nodes.perfect, m, size)],
+        }
+        for size in (5, n)
+        for m in range(size)
+    ]
+    consistency = [
+        {"first": a, "second": b, "proof": [h.hex() for h in merkle.consistency_proof(nodes.perfect, a, b)]}
+        for a, b in [(a, n) for a in range(1, n + 1)] + [(3, 5), (4, 6), (2, 4)]
+    ]
+    return {
+        "protocol": "cleanroom audit transparency log v1 (RFC 9162 Merkle trees over a chain)",
+        "public_key": key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex(),
+        "note": "entries are export lines (their hash is SHA-256 of the canonical JSON of every field but hash and "
+        "signature); leaf = SHA-256(0x00 || hash bytes || signature bytes); node = SHA-256(0x01 || left || right); "
+        "heads[n] is the signed tree head of the first n entries (Ed25519 over signed_message); proofs are RFC 9162 "
+        "section 2.1.3 (inclusion of entry `sequence`, leaf index sequence - 1) and 2.1.4 (consistency)",
+        "entries": [json.loads(e.to_json()) for e in entries],
+        "leaves": [merkle.leaf_hash(leaf_data(e.hash, e.signature)).hex() for e in entries],
+        "heads": heads,
+        "inclusion": inclusion,
+        "consistency": consistency,
+    }
+
+
 GENERATED: dict[str, tuple[Callable[[], dict[str, object]], Callable[[dict], list[str]] | None, str | None]] = {
     "matching-v1.json": (matching_vectors, matching_markdown, "vectors"),
     "normalization-v1.json": (normalization_vectors, normalization_markdown, "normalization"),
@@ -785,6 +869,7 @@ GENERATED: dict[str, tuple[Callable[[], dict[str, object]], Callable[[dict], lis
     "join-v1.json": (join_vectors, join_markdown, "join"),
     "phone-metadata-v1.json": (phone_metadata_vectors, None, None),
     "wire-v1.json": (wire_vectors, None, None),
+    "transparency-v1.json": (transparency_vectors, None, None),
 }
 
 

@@ -22,6 +22,9 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from cleanroom_client import merkle
+from cleanroom_client.transparency import TreeHead, leaf_data
+
 GENESIS = "0" * 64
 
 
@@ -149,6 +152,8 @@ class SignedHead:
     sequence: int
     hash: str
     signature: bytes = b""
+    #: The chain's signed Merkle tree head at the same entry (exports carry it; `cleanroom_client.transparency`).
+    tree: TreeHead | None = None
 
     def message(self) -> bytes:
         """The bytes the server signs."""
@@ -165,16 +170,15 @@ class SignedHead:
 
     def to_json(self) -> str:
         """The export's last line."""
-        return canonical_json(
-            {
-                "head": {
-                    "collaboration": self.collaboration,
-                    "sequence": self.sequence,
-                    "hash": self.hash,
-                    "signature": base64.b64encode(self.signature).decode(),
-                }
-            }
-        )
+        head: dict[str, Any] = {
+            "collaboration": self.collaboration,
+            "sequence": self.sequence,
+            "hash": self.hash,
+            "signature": base64.b64encode(self.signature).decode(),
+        }
+        if self.tree is not None:
+            head["tree"] = self.tree.to_dict()
+        return canonical_json({"head": head})
 
     @classmethod
     def from_json(cls, line: str) -> SignedHead | None:
@@ -192,25 +196,32 @@ class SignedHead:
                 int(h["sequence"]),
                 str(h["hash"]),
                 base64.b64decode(h["signature"], validate=True),
+                TreeHead.from_dict(h["tree"]) if h.get("tree") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a signed head: {exc}") from None
 
 
 def verify_entries(
-    entries: Iterable[AuditEntry], public_key: Ed25519PublicKey, head: SignedHead | None = None, exact: bool = True
+    entries: Iterable[AuditEntry],
+    public_key: Ed25519PublicKey,
+    head: SignedHead | None = None,
+    exact: bool = True,
+    signed_prefix: int = 0,
 ) -> VerifyResult:
     """Check one chain in order: sequence, links, hashes and signatures; then its end against a signed head.
 
     With a head, the chain must reach the head's sequence with the head's hash (`exact`: and end there, as an
     export does; otherwise entries after the head are allowed, as on a server that stopped between writing an entry
-    and its head). An empty chain verifies only without a head.
+    and its head). An empty chain verifies only without a head. The signatures of the first `signed_prefix` entries
+    are not checked again: the caller has shown that their (hash, signature) pairs are the ones it verified before
+    (a remembered Merkle root); their contents are still checked against their hashes.
     """
     previous = GENESIS
     checked = 0
     at_head = head is None
     for expected, entry in enumerate(entries, start=1):
-        reason = _first_problem(entry, expected, previous, public_key)
+        reason = _first_problem(entry, expected, previous, None if expected <= signed_prefix else public_key)
         if reason:
             return VerifyResult(False, checked, expected, f"entry {expected}: {reason}")
         previous = entry.hash
@@ -236,13 +247,15 @@ def verify_entries(
     return VerifyResult(True, checked)
 
 
-def _first_problem(entry: AuditEntry, expected: int, previous: str, public_key: Ed25519PublicKey) -> str:
+def _first_problem(entry: AuditEntry, expected: int, previous: str, public_key: Ed25519PublicKey | None) -> str:
     if entry.sequence != expected:
         return f"expected sequence {expected}, found {entry.sequence} (an entry was deleted or reordered)"
     if entry.previous_hash != previous:
         return f"previous_hash does not match entry {expected - 1}'s hash"
     if entry.compute_hash() != entry.hash:
         return "its contents do not match its hash (altered)"
+    if public_key is None:
+        return ""
     try:
         public_key.verify(entry.signature, bytes.fromhex(entry.hash))
     except (InvalidSignature, ValueError):
@@ -250,11 +263,8 @@ def _first_problem(entry: AuditEntry, expected: int, previous: str, public_key: 
     return ""
 
 
-def verify_export(text: str, public_key: Ed25519PublicKey) -> VerifyResult:
-    """Verify an export (JSON Lines of entries, then the signed head): what an auditor runs offline.
-
-    An export that does not end with a signed head is invalid: it is incomplete, or its end was cut with the head.
-    """
+def parse_export(text: str) -> tuple[list[AuditEntry], SignedHead | None, VerifyResult | None]:
+    """The entries and the signed head of an export, or the result that says which line is not one."""
     entries: list[AuditEntry] = []
     head: SignedHead | None = None
     for number, line in enumerate(text.splitlines(), start=1):
@@ -267,7 +277,26 @@ def verify_export(text: str, public_key: Ed25519PublicKey) -> VerifyResult:
             if head is None:
                 entries.append(AuditEntry.from_json(line))
         except ValueError as exc:
-            return VerifyResult(False, len(entries), len(entries) + 1, f"line {number} is not an audit entry ({exc})")
+            return (
+                entries,
+                head,
+                VerifyResult(False, len(entries), len(entries) + 1, f"line {number} is not an audit entry ({exc})"),
+            )
+    return entries, head, None
+
+
+def verify_export(text: str, public_key: Ed25519PublicKey, remembered: TreeHead | None = None) -> VerifyResult:
+    """Verify an export (JSON Lines of entries, then the signed head): what an auditor runs offline.
+
+    An export that does not end with a signed head is invalid: it is incomplete, or its end was cut with the head.
+    When the head carries the chain's signed tree head, its root must be the Merkle root of the entries; with a
+    `remembered` tree head (one this auditor verified before), the export must extend it: the first
+    `remembered.size` entries must have exactly its root (a rollback or a rewrite fails here, even when the export
+    is otherwise perfect).
+    """
+    entries, head, broken = parse_export(text)
+    if broken is not None:
+        return broken
     if head is None:
         return VerifyResult(
             False,
@@ -275,4 +304,51 @@ def verify_export(text: str, public_key: Ed25519PublicKey) -> VerifyResult:
             len(entries) + 1,
             "the export does not end with the server's signed head: it is incomplete or cut",
         )
-    return verify_entries(entries, public_key, head)
+    if remembered is not None and remembered.collaboration != head.collaboration:
+        return VerifyResult(
+            False,
+            0,
+            1,
+            f"the head remembered for collaboration {remembered.collaboration!r} cannot vouch for an export of "
+            f"{head.collaboration!r}: pass the head this auditor remembered for {head.collaboration!r}",
+        )
+    nodes = merkle.MerkleNodes()
+    for entry in entries:
+        nodes.append(merkle.leaf_hash(leaf_data(entry.hash, entry.signature)))
+    extends = (
+        remembered is not None and remembered.size <= nodes.size and nodes.root(remembered.size) == remembered.root
+    )
+    result = verify_entries(entries, public_key, head, signed_prefix=remembered.size if remembered and extends else 0)
+    if not result.valid or (head.tree is None and remembered is None):
+        return result
+    return check_tree(nodes, head.tree, public_key, remembered, result)
+
+
+def check_tree(
+    nodes: merkle.MerkleNodes,
+    tree: TreeHead | None,
+    public_key: Ed25519PublicKey,
+    remembered: TreeHead | None,
+    result: VerifyResult,
+) -> VerifyResult:
+    """The export's tree head against its entries' tree, and the remembered head against both."""
+    n = nodes.size
+    if tree is not None:
+        if not tree.is_signed_by(public_key):
+            return VerifyResult(False, n, n + 1, "the export's tree head is not signed by the server's key")
+        if tree.size != n or tree.root != nodes.root():
+            return VerifyResult(False, n, n + 1, "the export's tree head does not match its entries")
+    if remembered is not None:
+        if remembered.size > n:
+            return VerifyResult(
+                False, n, n + 1, f"the log shrank: this auditor saw {remembered.size} entries, the export has {n}"
+            )
+        if nodes.root(remembered.size) != remembered.root:
+            return VerifyResult(
+                False,
+                n,
+                1,
+                f"the first {remembered.size} entries are not the ones this auditor saw before (the log was "
+                "rewritten or rolled back)",
+            )
+    return result

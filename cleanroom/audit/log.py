@@ -32,6 +32,8 @@ import json
 import os
 import threading
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +43,8 @@ import duckdb
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from cleanroom_client.transparency import leaf_data
 
 from ..errors import FailedPreconditionError
 from ..storage import Database, Store
@@ -56,6 +60,28 @@ MAX_PARAMETERS_BYTES = 32 * 1024
 _COLUMNS = (
     "collab, seq, time, principal, action, params_json, epsilon, response_sha256, prev_hash, hash, signature, delta"
 )
+
+
+#: The entries the current call appended and committed (set by `collecting`; None outside a call).
+_APPENDED: ContextVar[list[AuditEntry] | None] = ContextVar("cleanroom_audit_appended", default=None)
+
+
+@contextmanager
+def collecting() -> Iterator[list[AuditEntry]]:
+    """Collect the entries committed while the block runs (in this thread), for the call's receipts."""
+    bucket: list[AuditEntry] = []
+    token = _APPENDED.set(bucket)
+    try:
+        yield bucket
+    finally:
+        _APPENDED.reset(token)
+
+
+def note_committed(entry: AuditEntry) -> None:
+    """Called after an entry's transaction committed: it goes into the current call's receipts, if any."""
+    bucket = _APPENDED.get()
+    if bucket is not None:
+        bucket.append(entry)
 
 
 @dataclass(frozen=True)
@@ -194,7 +220,7 @@ class AuditLog:
         )
         digest = entry.compute_hash()
         signed = AuditEntry(**{**entry.__dict__, "hash": digest, "signature": self._key.sign(bytes.fromhex(digest))})
-        self._file(collaboration_id).after_commit(lambda: self._write_head(signed))
+        self._file(collaboration_id).after_commit(lambda: self._committed(signed))
         cur.execute(
             f"INSERT INTO audit_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
@@ -213,6 +239,40 @@ class AuditLog:
             ],
         )
         return signed
+
+    def _committed(self, entry: AuditEntry) -> None:
+        self._write_head(entry)
+        note_committed(entry)
+
+    def sign(self, message: bytes) -> bytes:
+        """Ed25519 signature of `message` with the audit key (tree heads)."""
+        return self._key.sign(message)
+
+    def last_sequence(self, collaboration_id: str) -> int:
+        """The chain's last sequence (0 when empty)."""
+        row = first(
+            self._file(collaboration_id)
+            .cursor()
+            .execute("SELECT coalesce(max(seq), 0) FROM audit_log WHERE collab = ?", [collaboration_id])
+        )
+        return int(row[0]) if row else 0
+
+    def leaves(self, collaboration_id: str, after: int) -> list[bytes]:
+        """The Merkle leaf data of the chain's entries with sequence > `after`, in order: hash then signature.
+
+        The signature is part of the leaf so that a member holding an inclusion proof cannot test guesses of another
+        member's entry against the sibling hashes (it would need the server's signature of each guess).
+        """
+        rows = (
+            self._file(collaboration_id)
+            .cursor()
+            .execute(
+                "SELECT hash, signature FROM audit_log WHERE collab = ? AND seq > ? ORDER BY seq",
+                [collaboration_id, after],
+            )
+            .fetchall()
+        )
+        return [leaf_data(str(r[0]), bytes(r[1])) for r in rows]
 
     def record(
         self, collaboration_id: str, principal: str, action: str, parameters: Mapping[str, Any], response: object = None

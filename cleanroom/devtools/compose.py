@@ -37,14 +37,17 @@ def _brand_done(shared: Path) -> bool:
 
 
 def _wait(what: str, ready: Callable[[], bool], timeout: float = 600.0) -> None:
+    """Poll `ready` every 50 ms at first, backing off to once a second: a role goes on soon after what it waits for."""
     deadline = time.monotonic() + timeout
+    pause = 0.05
     while time.monotonic() < deadline:
         try:
             if ready():
                 return
         except CleanRoomError:
             pass
-        time.sleep(1.0)
+        time.sleep(pause)
+        pause = min(pause * 1.5, 1.0)
     raise SystemExit(f"gave up waiting for {what}")
 
 

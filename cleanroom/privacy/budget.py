@@ -121,6 +121,8 @@ class BudgetStatus:
     delta_total: float = 0.0
     delta_spent: float = 0.0
     delta_reserved: float = 0.0
+    #: The budget counts what the log charged after this entry (0: the whole life of the collaboration).
+    since_sequence: int = 0
 
     @property
     def remaining(self) -> float:
@@ -169,6 +171,7 @@ class BudgetAccountant:
             limits.delta_total,
             dlt * DELTA_UNIT,
             dlt_held * DELTA_UNIT,
+            limits.since_sequence,
         )
 
     # -- the life of a reservation --------------------------------------------------------------------------------

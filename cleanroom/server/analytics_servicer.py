@@ -8,6 +8,7 @@ only by their recipient.
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -138,7 +139,8 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             finally:
                 updates.put(None)
 
-        worker = threading.Thread(target=work, name="lookalike", daemon=True)
+        # the worker runs in a copy of the call's context, so the entries it commits are the call's receipts
+        worker = threading.Thread(target=contextvars.copy_context().run, args=(work,), name="lookalike", daemon=True)
         worker.start()
         while (step := updates.get()) is not None:
             yield pb.LookalikeUpdate(progress=pb.TrainingProgress(step=step[0], steps=step[1]))
@@ -195,6 +197,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                     delta_total=s.delta_total,
                     delta_spent=s.delta_spent,
                     delta_remaining=s.delta_remaining,
+                    since_sequence=s.since_sequence,
                 )
                 for s in rows
             ],

@@ -49,6 +49,7 @@ from .frontdoor import FrontDoorInterceptor, Watchdog
 from .limits import OnRefusal, RequestLimitsInterceptor, named_collaboration
 from .matching_servicer import MatchingServicer
 from .rates import RateLimiter
+from .receipts import ReceiptInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,7 @@ def create_server(config: ServerConfig) -> RunningServer:
         interceptors=[
             ErrorMappingInterceptor(),
             front_door,
+            ReceiptInterceptor(room.trees),
             RequestLimitsInterceptor(_audit_refusal(auth, room.collaborations)),
         ],
         options=[
@@ -228,7 +230,9 @@ def create_server(config: ServerConfig) -> RunningServer:
     analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(
         AnalyticsServicer(room.queries, collaborations, Audiences(room.store, room.audit), auth), server
     )
-    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(room.audit, collaborations, auth, streams), server)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(
+        AuditServicer(room.audit, collaborations, auth, streams, room.trees), server
+    )
 
     services = _service_names()
     health_servicer = health.HealthServicer()

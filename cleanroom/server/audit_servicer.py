@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime
 
 import grpc
@@ -20,6 +21,7 @@ from cleanroom_client.protocol import audit_pb2_grpc as pb_grpc
 
 from ..audit import AuditEntry, AuditLog, canonical_json
 from ..audit.log import SERVER_CHAIN, AuditFilter
+from ..audit.transparency import AuditTrees
 from ..collaborations import Collaborations, parse_name
 from ..errors import InvalidArgumentError, PermissionDeniedError
 from ..principals import Principal, Role
@@ -66,8 +68,10 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         collaborations: Collaborations,
         auth: Authenticator,
         streams: StreamLimiter,
+        trees: AuditTrees,
     ) -> None:
         self._log = log
+        self._trees = trees
         self._collaborations = collaborations
         self._auth = auth
         self._streams = streams
@@ -137,6 +141,8 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         chain = self._chain(principal, request.collaboration, "audit.export")
         with self._streams.slot(principal, chain):
             head = self._log.head(chain)  # taken first: the export ends exactly at it, whatever is appended meanwhile
+            if head is not None:
+                head = replace(head, tree=self._trees.head(chain, size=head.sequence))
             buffer: list[bytes] = []
             size = 0
             for entry in self._log.entries(chain, limit=head.sequence if head else 0):
@@ -163,3 +169,28 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             ed25519_public_key=key.public_bytes(Encoding.Raw, PublicFormat.Raw),
             pem=key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode(),
         )
+
+    def GetTreeHead(self, request: pb.GetTreeHeadRequest, context: grpc.ServicerContext) -> pb.GetTreeHeadResponse:
+        """The chain's signed Merkle tree head now (members and assigned auditors; the server's chain: auditors)."""
+        principal = self._auth.principal(context)
+        chain = self._chain(principal, request.collaboration, "audit.tree_head", members_too=True)
+        return pb.GetTreeHeadResponse(head=self._trees.head(chain).to_proto())
+
+    def GetConsistencyProof(
+        self, request: pb.GetConsistencyProofRequest, context: grpc.ServicerContext
+    ) -> pb.GetConsistencyProofResponse:
+        """Proof that the chain's tree of `second` entries extends its tree of `first`."""
+        principal = self._auth.principal(context)
+        chain = self._chain(principal, request.collaboration, "audit.consistency", members_too=True)
+        return pb.GetConsistencyProofResponse(proof=self._trees.consistency(chain, request.first, request.second))
+
+    def GetInclusionProof(
+        self, request: pb.GetInclusionProofRequest, context: grpc.ServicerContext
+    ) -> pb.GetInclusionProofResponse:
+        """An entry and its inclusion proof: for members, only their own entries (a receipt they hold)."""
+        principal = self._auth.principal(context)
+        chain = self._chain(principal, request.collaboration, "audit.inclusion", members_too=True)
+        entry, proof = self._trees.inclusion(chain, request.sequence, request.tree_size)
+        if principal.role is not Role.AUDITOR and entry.principal != principal.name:
+            raise PermissionDeniedError("a member may ask for the inclusion proofs of its own entries only")
+        return pb.GetInclusionProofResponse(entry=entry_to_proto(entry), proof=proof)

@@ -86,6 +86,13 @@ def _points_progress(target: str, collab: str, token: str, ca: Path) -> tuple[in
 
 @pytest.mark.slow
 def test_match_100k_with_server_killed_mid_upload(tmp_path):
+    """The join of 100,000 x 100,000 survives a kill -9 of the server while the brand's points are uploading.
+
+    Why 100,000 rows: it is the scale this test vouches for, and at the client's default chunk size (16,384 rows)
+    it gives the points upload enough chunks for the poll (every 0.2 s) to see three of them stored and the upload
+    not yet committed, so the kill lands mid-upload (fewer rows: the test fails with "use more rows"). The time goes
+    to blinding (hash to curve and scalar multiplications on both sides), not to the test's own set-up.
+    """
     port = _free_port()
     target = f"localhost:{port}"
     data_dir, log, certs = tmp_path / "server", tmp_path / "server.log", tmp_path / "certs"

@@ -3,7 +3,9 @@
 Real parts: the server over gRPC with TLS (tests/conftest.py), real Ray clusters (one started in this process with
 `ray.init(num_cpus=2)`; one made of separate processes, `ray start --head` plus a worker node), tables read from
 Parquet by Ray Data. Each run of a collaboration reuses the blinding keys of the process-pool run (copied into its
-state directory), so the server must end up with the same 8-byte tag on every member row and the same pairs.
+state directory), so the server must end up with the same 8-byte tag on every member row and the same pairs. The
+process-pool run is the same for both tests, so it runs once per module (on a server of its own) and each test
+starts from its blinding keys.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ import pytest
 
 from cleanroom.devtools.devpki import DevPki
 from cleanroom.devtools.synthetic import DEMO_POLICY, SyntheticConfig, generate
-from cleanroom.server.app import RunningServer
-from cleanroom_client import CleanRoomClient, ProcessPoolChunkExecutor
+from cleanroom.principals import Role
+from cleanroom.server import ServerConfig, create_server
+from cleanroom.server.app import RunningServer, TlsConfig
+from cleanroom_client import CleanRoomClient, ProcessPoolChunkExecutor, SerialExecutor
 from cleanroom_client.blinding import ChunkExecutor
 
 N, SHARED, CHUNK_ROWS = 3000, 1000, 64
@@ -90,16 +94,25 @@ def _new_collab(make_client: Callable[[str], CleanRoomClient], collab_id: str) -
     return collab
 
 
-def _state(tmp_path: Path, member: str) -> Path:
-    return tmp_path / f"state-{member}"  # the make_client fixture's state directory
+def _state(root: Path, member: str) -> Path:
+    return root / f"state-{member}"  # the make_client fixture's state directory under its tmp_path
 
 
-def _reuse_keys(tmp_path: Path, source: str, target: str) -> None:
-    """Give `target` the blinding keys `source` used, so its tags must come out equal."""
-    for member in ("brand", "platform"):
-        state = _state(tmp_path, member) / "collaborations"
-        (state / target).mkdir(parents=True, mode=0o700)
-        shutil.copy2(state / source / "blinding.key", state / target / "blinding.key")
+@dataclass(frozen=True)
+class Reference:
+    """The process pool's result on the lake's data, and the blinding keys that produced it."""
+
+    tags: set[tuple]
+    pairs: set[tuple]
+    keys: dict[str, Path]  # member -> its blinding.key of the process-pool run
+
+
+def _reuse_keys(tmp_path: Path, reference: Reference, target: str) -> None:
+    """Give `target` the blinding keys of the process-pool run, so its tags must come out equal."""
+    for member in MEMBERS:
+        state = _state(tmp_path, member) / "collaborations" / target
+        state.mkdir(parents=True, mode=0o700)
+        shutil.copy2(reference.keys[member], state / "blinding.key")
 
 
 def _match_both(
@@ -124,11 +137,14 @@ def _match_both(
             f.result()
 
 
-def _result(server: RunningServer, tmp_path: Path, collab: str) -> tuple[set[tuple], set[tuple]]:
-    """(member, id_type, user key, tag) of every member row the server holds a tag for; the pairs as user keys."""
+def _result(server: RunningServer, root: Path, collab: str) -> tuple[set[tuple], set[tuple]]:
+    """(member, id_type, user key, tag) of every member row the server holds a tag for; the pairs as user keys.
+
+    `root` holds the members' state directories (`_state`).
+    """
     cur = server.store.of(collab).cursor()
     keys = {
-        m: pd.read_parquet(_state(tmp_path, m) / "collaborations" / collab / "rows.parquet").set_index("row_id")["key"]
+        m: pd.read_parquet(_state(root, m) / "collaborations" / collab / "rows.parquet").set_index("row_id")["key"]
         for m in ("brand", "platform")
     }
     tags = cur.execute("SELECT member, id_type, row_id, dkey FROM match_keys WHERE collab = ?", [collab]).fetchall()
@@ -139,33 +155,62 @@ def _result(server: RunningServer, tmp_path: Path, collab: str) -> tuple[set[tup
     )
 
 
-def _pool_reference(make_client, server, tmp_path: Path, lake: Path) -> tuple[set[tuple], set[tuple]]:
-    """The default engine's result on the lake's data (read locally), in collaboration `pool-run`."""
-    collab = _new_collab(make_client, "pool-run")
-    pool = ProcessPoolChunkExecutor(2)
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, pki: DevPki, lake: Path) -> Iterator[Reference]:
+    """The default engine's result on the lake's data (read locally), computed once for the module.
+
+    Its own server and state directories: the 3,000-row match is the same for every test here, and a tag depends
+    only on the identifier and the two members' blinding keys, which each test copies into its own collaboration.
+    """
+    root = tmp_path_factory.mktemp("pool-reference")
+    tls = TlsConfig(pki.server_cert.read_bytes(), pki.server_key.read_bytes(), None)
+    server = create_server(ServerConfig(data_dir=root / "server", tls=tls))
+    clients: list[CleanRoomClient] = []
     try:
-        _match_both(make_client, collab, pool, {m: lake / m / "users" for m in MEMBERS})
+        tokens = {m: server.room.principals.add(m, Role.MEMBER) for m in MEMBERS}
+
+        def make(member: str) -> CleanRoomClient:
+            client = CleanRoomClient(
+                f"localhost:{server.port}",
+                token=tokens[member],
+                root_certificates=pki.ca,
+                state_dir=_state(root, member),
+                executor=SerialExecutor(),
+                progress=False,
+                chunk_rows=64,
+            )
+            clients.append(client)
+            return client
+
+        collab = _new_collab(make, "pool-run")
+        pool = ProcessPoolChunkExecutor(2)
+        try:
+            _match_both(make, collab, pool, {m: lake / m / "users" for m in MEMBERS})
+        finally:
+            pool.close()
+        tags, pairs = _result(server, root, collab)
+        truth = pd.read_parquet(lake / "truth.parquet")
+        assert pairs == set(zip(truth["customer_id"], truth["user_id"], strict=True))
+        assert len(tags) > 2 * N  # email and phone tags of most rows
+        keys = {m: _state(root, m) / "collaborations" / collab / "blinding.key" for m in MEMBERS}
+        yield Reference(tags, pairs, keys)
     finally:
-        pool.close()
-    tags, pairs = _result(server, tmp_path, collab)
-    truth = pd.read_parquet(lake / "truth.parquet")
-    assert pairs == set(zip(truth["customer_id"], truth["user_id"], strict=True))
-    assert len(tags) > 2 * N  # email and phone tags of most rows
-    return tags, pairs
+        for c in clients:
+            c.close()
+        server.stop(None)
 
 
-def test_local_ray_cluster_gives_the_process_pool_tags(make_client, server, tokens, pki, tmp_path, lake):
+def test_local_ray_cluster_gives_the_process_pool_tags(make_client, server, tokens, pki, tmp_path, lake, reference):
     """The brand's driver starts a local Ray cluster (`ray.init(num_cpus=2)`); the platform runs the process pool."""
-    reference = _pool_reference(make_client, server, tmp_path, lake)
     collab = _new_collab(make_client, "ray-local-run")
-    _reuse_keys(tmp_path, "pool-run", collab)
+    _reuse_keys(tmp_path, reference, collab)
     env = _env(server, tokens, pki)
     drivers = {
         "brand": _driver("brand", collab, tmp_path, lake, "ray-local", env["brand"]),
         "platform": _driver("platform", collab, tmp_path, lake, "pool", env["platform"]),
     }
     _wait(drivers, tmp_path, collab)
-    assert _result(server, tmp_path, collab) == reference
+    assert _result(server, tmp_path, collab) == (reference.tags, reference.pairs)
 
 
 def _env(server: RunningServer, tokens: dict[str, str], pki: DevPki) -> dict[str, dict[str, str]]:
@@ -303,11 +348,10 @@ def _cli_driver(
 
 
 def test_ray_cluster_of_processes_gives_the_process_pool_tags_and_resumes_a_killed_driver(
-    make_client, server, tokens, pki, tmp_path, lake, ray_cluster
+    make_client, server, tokens, pki, tmp_path, lake, reference, ray_cluster
 ):
-    reference = _pool_reference(make_client, server, tmp_path, lake)
     collab = _new_collab(make_client, "ray-cluster-run")
-    _reuse_keys(tmp_path, "pool-run", collab)
+    _reuse_keys(tmp_path, reference, collab)
     env = _env(server, tokens, pki)
     spec = f"ray:{ray_cluster}"
     drivers = {
@@ -344,4 +388,4 @@ def test_ray_cluster_of_processes_gives_the_process_pool_tags_and_resumes_a_kill
     summary = json.loads((tmp_path / f"brand-{collab}.json").read_text())
     assert summary["rows"] == N
     assert summary["peer_set_size"] == N
-    assert _result(server, tmp_path, collab) == reference
+    assert _result(server, tmp_path, collab) == (reference.tags, reference.pairs)

@@ -26,6 +26,7 @@ from .protocol import ATTRIBUTION_MODELS, COLLABORATIONS, DEFAULT_HALF_LIFE_DAYS
 from .protocol import analytics_pb2 as qpb
 from .protocol import analytics_pb2_grpc as qpb_grpc
 from .query_types import declaration
+from .witness import Witness
 
 T = TypeVar("T")
 
@@ -40,6 +41,7 @@ class QueryMethods:
 
     _analytics: qpb_grpc.AnalyticsServiceStub
     _metadata: tuple[tuple[str, str], ...]
+    _witness: Witness
     progress: bool
     state_dir: Path
 
@@ -390,7 +392,12 @@ class QueryMethods:
         return keys.loc[keys.index.intersection(pd.Index(ids))].reset_index(drop=True).rename(key_column(rows_path))
 
     def budget(self, collaboration_id: str) -> pd.DataFrame:
-        """Epsilon total, spent and left per member."""
+        """Epsilon total, spent and left per member.
+
+        The audit log's head is checked first against the one this client remembers, so budget that reappears
+        because the server's history was rolled back raises HistoryRewrittenError instead of being shown.
+        """
+        self._witness.head(collaboration_id)
         b = self._call(self._analytics.GetBudget, qpb.GetBudgetRequest(parent=collaboration_name(collaboration_id)))
         frame = pd.DataFrame(
             [
@@ -409,6 +416,7 @@ class QueryMethods:
         frame.attrs["epsilon_per_query_max"] = b.epsilon_per_query_max
         frame.attrs["epsilon_per_query_min"] = b.epsilon_per_query_min
         frame.attrs["delta_per_query_max"] = b.delta_per_query_max
+        frame.attrs["since_sequence"] = {m.member: m.since_sequence for m in b.members}
         return frame
 
     # -- audit -------------------------------------------------------------------------------------------------------

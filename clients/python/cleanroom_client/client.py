@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from . import refresh as refresh_state
-from .asking import QueryMethods
 from .asking import collaboration_dir as collaboration_dir  # where the CLI, tests and users have imported it from
+from .auditing import AuditMethods
 from .blinding import ChunkExecutor, default_executor
 from .errors import CleanRoomError, InvalidArgumentError
 from .files import parse_time_column as parse_time_column  # tests and users have imported it from here
@@ -46,13 +46,13 @@ from .protocol import (
     collaboration_name,
 )
 from .protocol import analytics_pb2_grpc as qpb_grpc
-from .protocol import audit_pb2 as apb
 from .protocol import audit_pb2_grpc as apb_grpc
 from .protocol import collaboration_pb2 as cpb
 from .protocol import collaboration_pb2_grpc as cpb_grpc
 from .protocol import matching_pb2 as mpb
 from .protocol import matching_pb2_grpc as mpb_grpc
 from .refresh import RefreshSummary
+from .witness import Witness, witnessed
 
 T = TypeVar("T")
 
@@ -127,7 +127,7 @@ def _policy_text(policy: str | Path) -> str:
     return text
 
 
-class CleanRoomClient(QueryMethods):
+class CleanRoomClient(AuditMethods):
     """A member's connection to a clean room server."""
 
     def __init__(
@@ -171,10 +171,14 @@ class CleanRoomClient(QueryMethods):
             )
             self._channel = grpc.secure_channel(target, credentials, options=options)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._collaborations = cpb_grpc.CollaborationServiceStub(self._channel)
-        self._matching = mpb_grpc.MatchingServiceStub(self._channel)
         self._audit = apb_grpc.AuditServiceStub(self._channel)
-        self._analytics = qpb_grpc.AnalyticsServiceStub(self._channel)
+        # Every call of the services that change state goes through the transparency log's checks: a collaboration
+        # with an unacknowledged history incident is refused, and the receipts each call brings back are checked
+        # against the heads this client remembers, and kept (cleanroom_client.transparency).
+        self._witness = Witness(self.state_dir / "transparency", self._audit, self._metadata)
+        self._collaborations = witnessed(self._witness, cpb_grpc.CollaborationServiceStub(self._channel))
+        self._matching = witnessed(self._witness, mpb_grpc.MatchingServiceStub(self._channel))
+        self._analytics = witnessed(self._witness, qpb_grpc.AnalyticsServiceStub(self._channel))
         self._executor = executor
         self._owns_executor = executor is None
         self.progress = progress
@@ -246,74 +250,8 @@ class CleanRoomClient(QueryMethods):
         request = cpb.ApprovePolicyRequest(name=_name(collaboration_id), etag=etag)
         return _info(self._call(self._collaborations.ApprovePolicy, request))
 
-    # -- analytics: the query methods are `QueryMethods`' (asking.py) ---------------------------------------------
-    def audit_log(self, collaboration_id: str = "", *, principal: str = "", action: str = "") -> pd.DataFrame:
-        """A collaboration's audit chain (auditors), or the server's own chain with no id; one row per entry."""
-        rows = []
-        token = ""
-        parent = _name(collaboration_id) if collaboration_id else ""
-        while True:
-            page = self._call(
-                self._audit.ListAuditEntries,
-                apb.ListAuditEntriesRequest(
-                    collaboration=parent, principal=principal, action=action, page_size=1000, page_token=token
-                ),
-            )
-            rows += [
-                {
-                    "sequence": e.sequence,
-                    "time": e.time.ToDatetime(),
-                    "principal": e.principal,
-                    "action": e.action,
-                    "parameters": e.parameters_json,
-                    "epsilon": e.epsilon,
-                    "delta": e.delta,
-                    "response_sha256": e.response_sha256,
-                    "hash": e.hash,
-                }
-                for e in page.entries
-            ]
-            token = page.next_page_token
-            if not token:
-                return pd.DataFrame(rows)
-
-    def verify_audit_log(self, collaboration_id: str = "") -> dict[str, object]:
-        """Ask the server to verify a whole chain: valid, entries checked, and the first broken entry if any."""
-        parent = _name(collaboration_id) if collaboration_id else ""
-        r = self._call(self._audit.VerifyAuditLog, apb.VerifyAuditLogRequest(collaboration=parent))
-        return {
-            "valid": r.valid,
-            "entries_checked": r.entries_checked,
-            "first_invalid_sequence": r.first_invalid_sequence,
-            "reason": r.reason,
-            "head": {
-                "collaboration": r.head.collaboration,
-                "sequence": r.head.sequence,
-                "hash": r.head.hash,
-                "signature": r.head.signature.hex(),
-            }
-            if r.HasField("head")
-            else None,
-        }
-
-    def export_audit_log(self, path: str | Path, collaboration_id: str = "") -> Path:
-        """Write a chain as JSON Lines to `path`, for offline verification (`cleanroom audit verify`)."""
-        parent = _name(collaboration_id) if collaboration_id else ""
-        out = Path(path)
-        try:
-            with out.open("wb") as f:
-                for chunk in self._audit.ExportAuditLog(
-                    apb.ExportAuditLogRequest(collaboration=parent), metadata=self._metadata
-                ):
-                    f.write(chunk.jsonl)
-        except grpc.RpcError as err:
-            raise CleanRoomError.from_rpc(err) from None
-        return out
-
-    def server_public_key(self) -> str:
-        """The server's Ed25519 audit key, PEM."""
-        return self._call(self._audit.GetServerPublicKey, apb.GetServerPublicKeyRequest()).pem
-
+    # -- analytics and audit: the query methods are `QueryMethods`' (asking.py), the audit log's `AuditMethods'`
+    # (auditing.py)
     # -- matching ----------------------------------------------------------------------------------------------------
     def match(
         self,

@@ -1106,6 +1106,7 @@ class MemberBudget(_message.Message):
     DELTA_TOTAL_FIELD_NUMBER: _builtins.int
     DELTA_SPENT_FIELD_NUMBER: _builtins.int
     DELTA_REMAINING_FIELD_NUMBER: _builtins.int
+    SINCE_SEQUENCE_FIELD_NUMBER: _builtins.int
     member: _builtins.str
     epsilon_total: _builtins.float
     epsilon_spent: _builtins.float
@@ -1113,6 +1114,11 @@ class MemberBudget(_message.Message):
     delta_total: _builtins.float
     delta_spent: _builtins.float
     delta_remaining: _builtins.float
+    since_sequence: _builtins.int
+    """The spent figures count the audit entries charged to this member after this sequence (0: the collaboration's
+    whole life; a refresh period's budget starts at the entry that completed the refresh). A member recomputes its
+    own spend from its receipts of later entries and compares (`cleanroom-client budget --check`).
+    """
     def __init__(
         self,
         *,
@@ -1123,10 +1129,11 @@ class MemberBudget(_message.Message):
         delta_total: _builtins.float = ...,
         delta_spent: _builtins.float = ...,
         delta_remaining: _builtins.float = ...,
+        since_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta_remaining", b"delta_remaining", "delta_spent", b"delta_spent", "delta_total", b"delta_total", "epsilon_remaining", b"epsilon_remaining", "epsilon_spent", b"epsilon_spent", "epsilon_total", b"epsilon_total", "member", b"member"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta_remaining", b"delta_remaining", "delta_spent", b"delta_spent", "delta_total", b"delta_total", "epsilon_remaining", b"epsilon_remaining", "epsilon_spent", b"epsilon_spent", "epsilon_total", b"epsilon_total", "member", b"member", "since_sequence", b"since_sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -59,6 +59,21 @@ class AuditServiceStub:
                 request_serializer=cleanroom_dot_v1_dot_audit__pb2.GetServerPublicKeyRequest.SerializeToString,
                 response_deserializer=cleanroom_dot_v1_dot_audit__pb2.GetServerPublicKeyResponse.FromString,
                 _registered_method=True)
+        self.GetTreeHead = channel.unary_unary(
+                '/cleanroom.v1.AuditService/GetTreeHead',
+                request_serializer=cleanroom_dot_v1_dot_audit__pb2.GetTreeHeadRequest.SerializeToString,
+                response_deserializer=cleanroom_dot_v1_dot_audit__pb2.GetTreeHeadResponse.FromString,
+                _registered_method=True)
+        self.GetConsistencyProof = channel.unary_unary(
+                '/cleanroom.v1.AuditService/GetConsistencyProof',
+                request_serializer=cleanroom_dot_v1_dot_audit__pb2.GetConsistencyProofRequest.SerializeToString,
+                response_deserializer=cleanroom_dot_v1_dot_audit__pb2.GetConsistencyProofResponse.FromString,
+                _registered_method=True)
+        self.GetInclusionProof = channel.unary_unary(
+                '/cleanroom.v1.AuditService/GetInclusionProof',
+                request_serializer=cleanroom_dot_v1_dot_audit__pb2.GetInclusionProofRequest.SerializeToString,
+                response_deserializer=cleanroom_dot_v1_dot_audit__pb2.GetInclusionProofResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
@@ -96,6 +111,27 @@ class AuditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTreeHead(self, request, context):
+        """The chain's Merkle tree head now, signed (PROTOCOL.md, "The transparency log").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConsistencyProof(self, request, context):
+        """Proof that the tree of `second` entries extends the tree of `first` entries (RFC 9162, section 2.1.4).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetInclusionProof(self, request, context):
+        """An entry and the proof that it is leaf `sequence - 1` of the tree of `tree_size` entries (RFC 9162, 2.1.3).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -118,6 +154,21 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.GetServerPublicKey,
                     request_deserializer=cleanroom_dot_v1_dot_audit__pb2.GetServerPublicKeyRequest.FromString,
                     response_serializer=cleanroom_dot_v1_dot_audit__pb2.GetServerPublicKeyResponse.SerializeToString,
+            ),
+            'GetTreeHead': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTreeHead,
+                    request_deserializer=cleanroom_dot_v1_dot_audit__pb2.GetTreeHeadRequest.FromString,
+                    response_serializer=cleanroom_dot_v1_dot_audit__pb2.GetTreeHeadResponse.SerializeToString,
+            ),
+            'GetConsistencyProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConsistencyProof,
+                    request_deserializer=cleanroom_dot_v1_dot_audit__pb2.GetConsistencyProofRequest.FromString,
+                    response_serializer=cleanroom_dot_v1_dot_audit__pb2.GetConsistencyProofResponse.SerializeToString,
+            ),
+            'GetInclusionProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInclusionProof,
+                    request_deserializer=cleanroom_dot_v1_dot_audit__pb2.GetInclusionProofRequest.FromString,
+                    response_serializer=cleanroom_dot_v1_dot_audit__pb2.GetInclusionProofResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -232,6 +283,87 @@ class AuditService:
             '/cleanroom.v1.AuditService/GetServerPublicKey',
             cleanroom_dot_v1_dot_audit__pb2.GetServerPublicKeyRequest.SerializeToString,
             cleanroom_dot_v1_dot_audit__pb2.GetServerPublicKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTreeHead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cleanroom.v1.AuditService/GetTreeHead',
+            cleanroom_dot_v1_dot_audit__pb2.GetTreeHeadRequest.SerializeToString,
+            cleanroom_dot_v1_dot_audit__pb2.GetTreeHeadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConsistencyProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cleanroom.v1.AuditService/GetConsistencyProof',
+            cleanroom_dot_v1_dot_audit__pb2.GetConsistencyProofRequest.SerializeToString,
+            cleanroom_dot_v1_dot_audit__pb2.GetConsistencyProofResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInclusionProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cleanroom.v1.AuditService/GetInclusionProof',
+            cleanroom_dot_v1_dot_audit__pb2.GetInclusionProofRequest.SerializeToString,
+            cleanroom_dot_v1_dot_audit__pb2.GetInclusionProofResponse.FromString,
             options,
             channel_credentials,
             insecure,

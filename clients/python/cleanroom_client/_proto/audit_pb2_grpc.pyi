@@ -46,6 +46,12 @@ class AuditServiceStub:
     """Exports entries as JSON Lines, in chunks."""
     GetServerPublicKey: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetServerPublicKeyRequest, _audit_pb2.GetServerPublicKeyResponse]
     """The server's Ed25519 public key."""
+    GetTreeHead: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetTreeHeadRequest, _audit_pb2.GetTreeHeadResponse]
+    """The chain's Merkle tree head now, signed (PROTOCOL.md, "The transparency log")."""
+    GetConsistencyProof: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetConsistencyProofRequest, _audit_pb2.GetConsistencyProofResponse]
+    """Proof that the tree of `second` entries extends the tree of `first` entries (RFC 9162, section 2.1.4)."""
+    GetInclusionProof: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetInclusionProofRequest, _audit_pb2.GetInclusionProofResponse]
+    """An entry and the proof that it is leaf `sequence - 1` of the tree of `tree_size` entries (RFC 9162, 2.1.3)."""
 
 @_typing.type_check_only
 class AuditServiceAsyncStub(AuditServiceStub):
@@ -64,6 +70,12 @@ class AuditServiceAsyncStub(AuditServiceStub):
     """Exports entries as JSON Lines, in chunks."""
     GetServerPublicKey: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetServerPublicKeyRequest, _audit_pb2.GetServerPublicKeyResponse]  # type: ignore[assignment]
     """The server's Ed25519 public key."""
+    GetTreeHead: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetTreeHeadRequest, _audit_pb2.GetTreeHeadResponse]  # type: ignore[assignment]
+    """The chain's Merkle tree head now, signed (PROTOCOL.md, "The transparency log")."""
+    GetConsistencyProof: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetConsistencyProofRequest, _audit_pb2.GetConsistencyProofResponse]  # type: ignore[assignment]
+    """Proof that the tree of `second` entries extends the tree of `first` entries (RFC 9162, section 2.1.4)."""
+    GetInclusionProof: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetInclusionProofRequest, _audit_pb2.GetInclusionProofResponse]  # type: ignore[assignment]
+    """An entry and the proof that it is leaf `sequence - 1` of the tree of `tree_size` entries (RFC 9162, 2.1.3)."""
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     """The signed, hash-chained log of everything that happened in the clean room.
@@ -103,5 +115,29 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.GetServerPublicKeyResponse, _abc.Awaitable[_audit_pb2.GetServerPublicKeyResponse]]:
         """The server's Ed25519 public key."""
+
+    @_abc_1.abstractmethod
+    def GetTreeHead(
+        self,
+        request: _audit_pb2.GetTreeHeadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.GetTreeHeadResponse, _abc.Awaitable[_audit_pb2.GetTreeHeadResponse]]:
+        """The chain's Merkle tree head now, signed (PROTOCOL.md, "The transparency log")."""
+
+    @_abc_1.abstractmethod
+    def GetConsistencyProof(
+        self,
+        request: _audit_pb2.GetConsistencyProofRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.GetConsistencyProofResponse, _abc.Awaitable[_audit_pb2.GetConsistencyProofResponse]]:
+        """Proof that the tree of `second` entries extends the tree of `first` entries (RFC 9162, section 2.1.4)."""
+
+    @_abc_1.abstractmethod
+    def GetInclusionProof(
+        self,
+        request: _audit_pb2.GetInclusionProofRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.GetInclusionProofResponse, _abc.Awaitable[_audit_pb2.GetInclusionProofResponse]]:
+        """An entry and the proof that it is leaf `sequence - 1` of the tree of `tree_size` entries (RFC 9162, 2.1.3)."""
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
