@@ -10,6 +10,8 @@ is audited.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import duckdb
 import numpy as np
 
@@ -32,18 +34,10 @@ class RefreshPeriods:
     _store: Store
     _audit: AuditLog
 
-    def _complete(
-        self,
-        cur: duckdb.DuckDBPyConnection,
-        collaboration: Collaboration,
-        member: str,
-        period: int,
-        retire_only: bool = False,
-    ) -> None:
-        raise NotImplementedError  # Relay's
-
-    def _forget_points(self, cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> None:
-        raise NotImplementedError  # Relay's
+    #: Relay's: complete the period in the open transaction (cursor, collaboration, member, period, retire only).
+    _complete: Callable[[duckdb.DuckDBPyConnection, Collaboration, str, int, bool], None]
+    #: Relay's: delete every point and tag it holds for the collaboration's open period.
+    _forget_points: Callable[[duckdb.DuckDBPyConnection, str], None]
 
     def open_refresh(self, collaboration: Collaboration, member: str) -> int:
         """Open the next refresh period (or return the open one); FAILED_PRECONDITION before the match completes."""
@@ -151,7 +145,7 @@ class RefreshPeriods:
         period = periods.open_retirement(cur, collaboration.id, member)
         periods.stage_retirements(cur, collaboration.id, member, period, [int(r) for r in row_ids])
         self._audit.append(cur, collaboration.id, member, "refresh.retire", {"period": period, "rows": len(row_ids)})
-        self._complete(cur, collaboration, member, period, retire_only=True)
+        self._complete(cur, collaboration, member, period, True)  # retire only
         return len(set(row_ids.tolist())), period
 
     @staticmethod
