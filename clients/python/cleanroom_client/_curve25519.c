@@ -320,45 +320,43 @@ static int fe_isodd(const fe f) {
     return b[0] & 1;
 }
 
+/* out = a^(2^n) b: one step of an addition chain (out may be a or b). */
+static void fe_sqn_mul(fe out, const fe a, int n, const fe b) {
+    fe t;
+    fe_sqn(t, a, n);
+    fe_mul(out, t, b);
+}
+
 /* z^(2^250 - 1) into t250 and z^11 into z11: the shared start of inversion and the square-root exponent. */
 static void fe_pow_2_250_1(fe t250, fe z11, const fe z) {
-    fe z2, z9, t0, t1, t2;
+    fe z2, z9, t0, t1;
     fe_sq(z2, z);
     fe_sqn(t1, z2, 2);    /* z^8 */
     fe_mul(z9, t1, z);    /* z^9 */
     fe_mul(z11, z9, z2);  /* z^11 */
     fe_sq(t0, z11);       /* z^22 */
     fe_mul(t0, t0, z9);   /* z^31 = z^(2^5 - 1) */
-    fe_sqn(t1, t0, 5);
-    fe_mul(t0, t1, t0);   /* 2^10 - 1 */
-    fe_sqn(t1, t0, 10);
-    fe_mul(t1, t1, t0);   /* 2^20 - 1 */
-    fe_sqn(t2, t1, 20);
-    fe_mul(t1, t2, t1);   /* 2^40 - 1 */
-    fe_sqn(t1, t1, 10);
-    fe_mul(t0, t1, t0);   /* 2^50 - 1 */
-    fe_sqn(t1, t0, 50);
-    fe_mul(t1, t1, t0);   /* 2^100 - 1 */
-    fe_sqn(t2, t1, 100);
-    fe_mul(t1, t2, t1);   /* 2^200 - 1 */
-    fe_sqn(t1, t1, 50);
-    fe_mul(t250, t1, t0); /* 2^250 - 1 */
+    fe_sqn_mul(t0, t0, 5, t0);    /* 2^10 - 1 */
+    fe_sqn_mul(t1, t0, 10, t0);   /* 2^20 - 1 */
+    fe_sqn_mul(t1, t1, 20, t1);   /* 2^40 - 1 */
+    fe_sqn_mul(t0, t1, 10, t0);   /* 2^50 - 1 */
+    fe_sqn_mul(t1, t0, 50, t0);   /* 2^100 - 1 */
+    fe_sqn_mul(t1, t1, 100, t1);  /* 2^200 - 1 */
+    fe_sqn_mul(t250, t1, 50, t0); /* 2^250 - 1 */
 }
 
 /* z^(p - 2) = z^(2^255 - 21): 1/z for nonzero z. */
 static void fe_invert(fe out, const fe z) {
     fe t, z11;
     fe_pow_2_250_1(t, z11, z);
-    fe_sqn(t, t, 5); /* 2^255 - 32 */
-    fe_mul(out, t, z11);
+    fe_sqn_mul(out, t, 5, z11); /* 2^255 - 32, times z^11 */
 }
 
 /* z^((p - 5) / 8) = z^(2^252 - 3). */
 static void fe_pow22523(fe out, const fe z) {
     fe t, z11;
     fe_pow_2_250_1(t, z11, z);
-    fe_sqn(t, t, 2); /* 2^252 - 4 */
-    fe_mul(out, t, z);
+    fe_sqn_mul(out, t, 2, z); /* 2^252 - 4, times z */
 }
 
 static fe SQRT_M1; /* c3 of RFC 9380 G.2.1: sqrt(-1) */
