@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from cleanroom_client.protocol import DEFAULT_HALF_LIFE_DAYS
@@ -59,6 +59,19 @@ class Scoped(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class ReadsPeriod:
+    """The fields every query shares (see `Scoped`): which refresh period it reads, and whose matched users.
+
+    Keyword-only, so that each query's own fields keep their order and their positions.
+    """
+
+    #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
+    refresh_period: int | None = field(default=None, kw_only=True)
+    #: The members (besides the hub) whose matched users are the query's people; empty: every member.
+    with_members: tuple[str, ...] = field(default=(), kw_only=True)
+
+
 def check_epsilon(epsilon: float) -> float:
     """A positive, finite epsilon."""
     if not (epsilon > 0 and math.isfinite(epsilon)):
@@ -67,15 +80,11 @@ def check_epsilon(epsilon: float) -> float:
 
 
 @dataclass(frozen=True)
-class OverlapQuery:
+class OverlapQuery(ReadsPeriod):
     """Matched people, grouped by up to three dimensions."""
 
     dimensions: tuple[DimensionRef, ...]
     epsilon: float
-    #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
-    refresh_period: int | None = None
-    #: The members (besides the hub) whose matched users are the query's people; empty: every member.
-    with_members: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
@@ -83,31 +92,23 @@ class OverlapQuery:
 
 
 @dataclass(frozen=True)
-class VennQuery:
+class VennQuery(ReadsPeriod):
     """The hub's users by which of the other members they are matched with, optionally by one hub dimension."""
 
     by: DimensionRef | None
     epsilon: float
-    #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
-    refresh_period: int | None = None
-    #: The members (besides the hub) whose matches are counted; empty: every member.
-    with_members: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
 
 
 @dataclass(frozen=True)
-class FunnelQuery:
+class FunnelQuery(ReadsPeriod):
     """Matched people over the 4A stage, optionally crossed with one dimension; labels '4a' or 'aipl'."""
 
     by: DimensionRef | None
     epsilon: float
     labels: str = "4a"
-    #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
-    refresh_period: int | None = None
-    #: The members (besides the hub) whose matched users are the query's people; empty: every member.
-    with_members: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
@@ -116,17 +117,13 @@ class FunnelQuery:
 
 
 @dataclass(frozen=True)
-class FunnelFlowQuery:
+class FunnelFlowQuery(ReadsPeriod):
     """Transitions between 4A stages from the snapshot on `start` to the one on `end`."""
 
     start: dt.date
     end: dt.date
     epsilon: float
     labels: str = "4a"
-    #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
-    refresh_period: int | None = None
-    #: The members (besides the hub) whose matched users are the query's people; empty: every member.
-    with_members: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
@@ -151,16 +148,12 @@ def check_dimensions(dimensions: tuple[DimensionRef, ...], what: str) -> None:
 
 
 @dataclass(frozen=True)
-class ValueQuery:
+class ValueQuery(ReadsPeriod):
     """GOAL's "A": per group, the sum of a declared measure and its means per person, per buyer and per order."""
 
     by: tuple[DimensionRef, ...]
     measure: str
     epsilon: float
-    #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
-    refresh_period: int | None = None
-    #: The members (besides the hub) whose matched users are the query's people; empty: every member.
-    with_members: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
@@ -170,17 +163,13 @@ class ValueQuery:
 
 
 @dataclass(frozen=True)
-class LoyaltyQuery:
+class LoyaltyQuery(ReadsPeriod):
     """GOAL's "L": per group, repurchase rate in period 1 and retention from period 1 to period 2 (ends exclusive)."""
 
     by: tuple[DimensionRef, ...]
     period1: tuple[dt.date, dt.date]
     period2: tuple[dt.date, dt.date]
     epsilon: float
-    #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
-    refresh_period: int | None = None
-    #: The members (besides the hub) whose matched users are the query's people; empty: every member.
-    with_members: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
@@ -193,22 +182,18 @@ class LoyaltyQuery:
 
 
 @dataclass(frozen=True)
-class SegmentInsightQuery:
+class SegmentInsightQuery(ReadsPeriod):
     """Per value of one dimension: share among matched people vs. among all of that member's users; TGI."""
 
     dimension: DimensionRef
     epsilon: float
-    #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
-    refresh_period: int | None = None
-    #: The members (besides the hub) whose matched users are the query's people; empty: every member.
-    with_members: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
 
 
 @dataclass(frozen=True)
-class AttributionQuery:
+class AttributionQuery(ReadsPeriod):
     """Credit for the matched people's conversions, by campaign or channel (and optionally one more dimension)."""
 
     model: str
@@ -218,10 +203,6 @@ class AttributionQuery:
     brand_dimension: DimensionRef | None = None
     click_over_view: bool = False
     half_life_days: float = DEFAULT_HALF_LIFE_DAYS
-    #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
-    refresh_period: int | None = None
-    #: The members (besides the hub) whose matched users are the query's people; empty: every member.
-    with_members: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
@@ -230,15 +211,11 @@ class AttributionQuery:
 
 
 @dataclass(frozen=True)
-class LiftQuery:
+class LiftQuery(ReadsPeriod):
     """Conversion lift of one campaign: its exposed group against its holdout."""
 
     campaign: str
     epsilon: float
-    #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
-    refresh_period: int | None = None
-    #: The members (besides the hub) whose matched users are the query's people; empty: every member.
-    with_members: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
@@ -247,7 +224,7 @@ class LiftQuery:
 
 
 @dataclass(frozen=True)
-class LookalikeQuery:
+class LookalikeQuery(ReadsPeriod):
     """Train on seeds (matched people passing `seed`), release the top `audience_size` platform users."""
 
     seed: tuple[tuple[DimensionRef, str], ...]
@@ -255,10 +232,6 @@ class LookalikeQuery:
     epsilon: float
     delta: float
     model: str = "logistic"
-    #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
-    refresh_period: int | None = None
-    #: The members (besides the hub) whose matched users are the query's people; empty: every member.
-    with_members: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)
@@ -304,7 +277,7 @@ class EventFilter:
 
 
 @dataclass(frozen=True)
-class ActivationQuery:
+class ActivationQuery(ReadsPeriod):
     """Release the matched people of a segment to the platform; the requester gets a noisy size."""
 
     segment: tuple[tuple[DimensionRef, str], ...]
@@ -313,10 +286,6 @@ class ActivationQuery:
     delta: float = 0.0
     #: Conditions on events (retargeting), all of which a person must meet too.
     events: tuple[EventFilter, ...] = ()
-    #: The refresh period whose data to read (0: the match, p: refresh p); None: the last completed one.
-    refresh_period: int | None = None
-    #: The members (besides the hub) whose matched users are the query's people; empty: every member.
-    with_members: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_epsilon(self.epsilon)

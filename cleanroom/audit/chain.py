@@ -23,7 +23,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cleanroom_client import merkle
-from cleanroom_client.transparency import TreeHead, leaf_data
+from cleanroom_client.transparency import TreeHead, leaf_data, signed_by
 
 GENESIS = "0" * 64
 
@@ -162,11 +162,7 @@ class SignedHead:
 
     def is_signed_by(self, public_key: Ed25519PublicKey) -> bool:
         """Whether the signature is the server's."""
-        try:
-            public_key.verify(self.signature, self.message())
-        except InvalidSignature:
-            return False
-        return True
+        return signed_by(public_key, self.signature, self.message())
 
     def to_json(self) -> str:
         """The export's last line."""

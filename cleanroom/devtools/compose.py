@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cleanroom_client import CleanRoomClient, CleanRoomError
 
-from .synthetic import DEMO_POLICY, FLOW_END, FLOW_START, LIFT_CAMPAIGN, SyntheticConfig, generate
+from .synthetic import DEMO_POLICY, FLOW_END, FLOW_START, LIFT_CAMPAIGN, SyntheticConfig, generate, match_arguments
 
 COLLAB = "compose-demo"
 #: The synthetic world; CLEANROOM_COMPOSE_SCALE shrinks it (the test runs every role at a tenth).
@@ -89,14 +89,7 @@ def brand(shared: Path, target: str) -> None:
             room.create_collaboration(DEMO_POLICY, COLLAB)
         room.approve_policy(COLLAB)
         _wait("the platform's approval", lambda: room.get_collaboration(COLLAB).active)
-        summary = room.match(
-            COLLAB,
-            users=world.brand_users,
-            key="customer_id",
-            identifiers={"email": "email", "phone": "mobile"},
-            attributes=["tier"],
-            events={"conversions": world.brand_conversions},
-        )
+        summary = room.match(COLLAB, **match_arguments(world)["brand"])
         print(f"brand: matched; the platform has {summary.peer_set_size:,} users")
         print(room.funnel(COLLAB, by="brand.tier", epsilon=0.5).to_string())
         print(room.funnel_flow(COLLAB, FLOW_START, FLOW_END, epsilon=0.5).to_string())
@@ -116,18 +109,7 @@ def platform(shared: Path, target: str) -> None:
         _wait("the collaboration", lambda: COLLAB in {c.id for c in room.list_collaborations()})
         room.approve_policy(COLLAB)
         _wait("the brand's approval", lambda: room.get_collaboration(COLLAB).active)
-        room.match(
-            COLLAB,
-            users=world.platform_users,
-            key="user_id",
-            identifiers={"email": "email", "phone": "phone"},
-            attributes=["age_band", "stage_4a", "visits_30d"],
-            events={
-                "stage_history": world.platform_stage_history,
-                "exposures": world.platform_exposures,
-                "test_groups": world.platform_test_groups,
-            },
-        )
+        room.match(COLLAB, **match_arguments(world)["platform"])
         _wait("the brand's questions", lambda: _brand_done(shared), timeout=1800)
         for name, kind in room.audiences(COLLAB)[["name", "kind"]].itertuples(index=False):
             keys = room.fetch_audience(str(name))

@@ -31,7 +31,16 @@ from ..principals import Role
 from ..server import ServerConfig, create_server
 from ..server.app import TlsConfig
 from .devpki import make_dev_pki
-from .synthetic import DEMO_POLICY, FLOW_END, FLOW_START, LIFT_CAMPAIGN, SyntheticConfig, SyntheticData, generate
+from .synthetic import (
+    DEMO_POLICY,
+    FLOW_END,
+    FLOW_START,
+    LIFT_CAMPAIGN,
+    SyntheticConfig,
+    SyntheticData,
+    generate,
+    match_arguments,
+)
 
 console = Console()
 #: The demo's lookalike: the brand's gold customers as seeds, an audience of a tenth of the platform's users.
@@ -274,30 +283,9 @@ def run_demo(
             console.print(f"collaboration {collaboration.id}: policy approved by brand and platform")
             started = time.monotonic()
             with clock.step("match"), ThreadPoolExecutor(2) as pool:
-                b = pool.submit(
-                    brand.match,
-                    collaboration.id,
-                    users=data.brand_users,
-                    key="customer_id",
-                    identifiers={"email": "email", "phone": "mobile"},
-                    attributes=["tier"],
-                    events={"conversions": data.brand_conversions},
-                    wait_timeout=300,
-                )
-                p = pool.submit(
-                    platform.match,
-                    collaboration.id,
-                    users=data.platform_users,
-                    key="user_id",
-                    identifiers={"email": "email", "phone": "phone"},
-                    attributes=["age_band", "stage_4a", "visits_30d"],
-                    events={
-                        "stage_history": data.platform_stage_history,
-                        "exposures": data.platform_exposures,
-                        "test_groups": data.platform_test_groups,
-                    },
-                    wait_timeout=300,
-                )
+                arguments = match_arguments(data)
+                b = pool.submit(brand.match, collaboration.id, wait_timeout=300, **arguments["brand"])
+                p = pool.submit(platform.match, collaboration.id, wait_timeout=300, **arguments["platform"])
                 wait([b, p], return_when=FIRST_EXCEPTION)  # a failing member must not leave the other waiting
                 for future in (b, p):
                     if future.done() and future.exception():

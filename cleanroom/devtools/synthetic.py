@@ -15,7 +15,7 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -251,6 +251,30 @@ min_group_size: 50
 epsilon: {per_member_total: 10.0, per_query_max: 1.0}
 delta: {per_member_total: 1.0e-6, per_query_max: 1.0e-7}
 """
+
+
+def match_arguments(data: SyntheticData) -> dict[str, dict[str, Any]]:
+    """Each member's `CleanRoomClient.match()` keyword arguments for this world (the demo's and compose's)."""
+    return {
+        "brand": {
+            "users": data.brand_users,
+            "key": "customer_id",
+            "identifiers": {"email": "email", "phone": "mobile"},
+            "attributes": ["tier"],
+            "events": {"conversions": data.brand_conversions},
+        },
+        "platform": {
+            "users": data.platform_users,
+            "key": "user_id",
+            "identifiers": {"email": "email", "phone": "phone"},
+            "attributes": ["age_band", "stage_4a", "visits_30d"],
+            "events": {
+                "stage_history": data.platform_stage_history,
+                "exposures": data.platform_exposures,
+                "test_groups": data.platform_test_groups,
+            },
+        },
+    }
 
 
 #: The practice files `write_sample_files` writes: each member's own tables, named as the walkthrough uses them.

@@ -195,20 +195,18 @@ class BudgetAccountant:
                 eps, dlt, eps_held, dlt_held = self._units(cur, collaboration_id, charge.member, limits.since_sequence)
                 ask_eps, ask_dlt = charge.units
                 who = "you have" if charge.member == reservation.requester else f"the recipient {charge.member} has"
-                if eps + eps_held + ask_eps > eps_cap:
-                    left = max(0, eps_cap - eps - eps_held) * EPSILON_UNIT
-                    raise ResourceExhaustedError(
-                        f"privacy budget exhausted: the query asks epsilon {charge.epsilon:g} but {who} "
-                        f"{left:g} left of {limits.epsilon_total:g} in collaborations/{collaboration_id}",
-                        BudgetShortfall(charge.member, "epsilon", charge.epsilon, left, limits.epsilon_total),
-                    )
-                if dlt + dlt_held + ask_dlt > dlt_cap:
-                    left = max(0, dlt_cap - dlt - dlt_held) * DELTA_UNIT
-                    raise ResourceExhaustedError(
-                        f"privacy budget exhausted: the query asks delta {charge.delta:g} but {who} "
-                        f"{left:g} left of {limits.delta_total:g} in collaborations/{collaboration_id}",
-                        BudgetShortfall(charge.member, "delta", charge.delta, left, limits.delta_total),
-                    )
+                ledgers = (
+                    ("epsilon", eps + eps_held, ask_eps, eps_cap, EPSILON_UNIT, charge.epsilon, limits.epsilon_total),
+                    ("delta", dlt + dlt_held, ask_dlt, dlt_cap, DELTA_UNIT, charge.delta, limits.delta_total),
+                )
+                for what, used, ask, cap, unit, asked, total in ledgers:  # epsilon first, as the message names it
+                    if used + ask > cap:
+                        left = max(0, cap - used) * unit
+                        raise ResourceExhaustedError(
+                            f"privacy budget exhausted: the query asks {what} {asked:g} but {who} "
+                            f"{left:g} left of {total:g} in collaborations/{collaboration_id}",
+                            BudgetShortfall(charge.member, what, asked, left, total),
+                        )
                 cur.execute(
                     "INSERT INTO budget_reservations VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [

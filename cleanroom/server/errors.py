@@ -172,19 +172,38 @@ def rewrap(
     return handler
 
 
-class ErrorMappingInterceptor(grpc.ServerInterceptor):
-    """Maps domain errors of every RPC to gRPC status; hides unexpected errors behind INTERNAL."""
+class BehaviourInterceptor(grpc.ServerInterceptor):
+    """An interceptor that serves every method through its own `wrap` of the method's behaviour.
+
+    The one `intercept_service`: an unknown method stays unknown (None), every other handler is rebuilt by
+    `serve`, which by default wraps its behaviour with `wrap(fn, method, streams_in, streams_out)` through
+    `rewrap` (so no subclass repeats gRPC's four kinds of method).
+    """
 
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
-        """Wrap the method's behaviour in the error mapping."""
+        """Serve the method through `serve`; None (an unknown method) passes through."""
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method
-        return rewrap(
-            handler, lambda fn, _streams_in, streams_out: (_wrap_stream if streams_out else _wrap_unary)(fn, method)
-        )
+        return self.serve(handler, handler_call_details)
+
+    def serve(self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        """The handler that serves the call: by default, `handler` with its behaviour wrapped by `wrap`."""
+        method = details.method
+        return rewrap(handler, lambda fn, streams_in, streams_out: self.wrap(fn, method, streams_in, streams_out))
+
+    def wrap(self, fn: Callable[..., Any], method: str, streams_in: bool, streams_out: bool) -> Callable[..., Any]:
+        """The behaviour `fn` of `method`, wrapped; a subclass that keeps the default `serve` defines it."""
+        raise NotImplementedError
+
+
+class ErrorMappingInterceptor(BehaviourInterceptor):
+    """Maps domain errors of every RPC to gRPC status; hides unexpected errors behind INTERNAL."""
+
+    def wrap(self, fn: Callable[..., Any], method: str, streams_in: bool, streams_out: bool) -> Callable[..., Any]:
+        """Wrap the method's behaviour in the error mapping."""
+        return (_wrap_stream if streams_out else _wrap_unary)(fn, method)

@@ -58,6 +58,7 @@ from ..errors import (
 )
 from ..principals import Principal
 from .auth import SERVER_SERVICES, StreamLimiter, TokenOrCertificateAuthenticator, no_credentials
+from .errors import BehaviourInterceptor
 from .rates import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -229,7 +230,7 @@ def _behaviour(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
     raise AssertionError("a method handler without behaviour")
 
 
-class FrontDoorInterceptor(grpc.ServerInterceptor):
+class FrontDoorInterceptor(BehaviourInterceptor):
     """The gate (credentials from the headers), the timeouts, the built-in services' slots, and the rates.
 
     Install inside `ErrorMappingInterceptor` (whose mapping turns this module's domain errors into statuses)
@@ -254,15 +255,10 @@ class FrontDoorInterceptor(grpc.ServerInterceptor):
         self._request_timeout = request_timeout
         self._idle = idle_timeout
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    def serve(
+        self, handler: grpc.RpcMethodHandler, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
         """Refuse a call without valid credentials from its headers; serve the others under watch."""
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
         try:
             token_holder = self._auth.by_metadata(handler_call_details.invocation_metadata or ())
             if token_holder is None and not self._certificates:

@@ -28,7 +28,7 @@ from cleanroom_client.protocol import COLLABORATIONS
 
 from ..collaborations import MAX_POLICY_BYTES
 from ..errors import InvalidArgumentError
-from .errors import rewrap
+from .errors import BehaviourInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def named_collaboration(message: Message) -> str | None:
 OnRefusal = Callable[[grpc.ServicerContext, str, Message, InvalidArgumentError], None]
 
 
-class RequestLimitsInterceptor(grpc.ServerInterceptor):
+class RequestLimitsInterceptor(BehaviourInterceptor):
     """Checks every request message against the limits above; install inside `ErrorMappingInterceptor`.
 
     `on_refusal` records a refusal (the server audits it); whatever it does, the refusal stands, and an error of
@@ -154,17 +154,6 @@ class RequestLimitsInterceptor(grpc.ServerInterceptor):
 
         return handler
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    def wrap(self, fn: Callable[..., Any], method: str, streams_in: bool, streams_out: bool) -> Callable[..., Any]:
         """Wrap the method so its request(s) are checked before the servicer reads them."""
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        return rewrap(
-            handler,
-            lambda fn, streams_in, _streams_out: (self._streaming if streams_in else self._unary)(fn, method),
-        )
+        return (self._streaming if streams_in else self._unary)(fn, method)

@@ -8,6 +8,8 @@ INVALID_ARGUMENT rather than a transport error (the transport's own limit sits a
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import grpc
 import numpy as np
@@ -22,7 +24,7 @@ from ..collaborations import Collaboration, Collaborations, parse_name
 from ..errors import InvalidArgumentError, PermissionDeniedError
 from ..matching import MatchStage, Relay, TableUploads, UploadProgress
 from ..principals import Principal
-from .auth import Authenticator, StreamLimiter
+from .auth import Authenticator, StreamLimiter, StreamSlot
 
 MAX_CHUNK_BYTES = 4 * 1024 * 1024
 
@@ -48,25 +50,55 @@ def _check_size(request: Message, chunk_index: int) -> None:
         )
 
 
-class _StreamCollab:
-    """Resolves the collaboration of a stream once, and checks every later message names the same one."""
+class _UploadStream:
+    """The messages of one upload stream, held under one stream slot (see `MatchingServicer._upload`).
 
-    def __init__(self, collaborations: Collaborations, principal: Principal, action: str) -> None:
+    Guarantees, for every message it yields, in this order: the message is within `MAX_CHUNK_BYTES`; it names the
+    stream's one collaboration (resolved, and the caller's ability checked, on the first message); the slot is bound
+    to that collaboration. `period` checks that every message names the period of the first.
+    """
+
+    def __init__(
+        self,
+        collaborations: Collaborations,
+        principal: Principal,
+        action: str,
+        requests: Iterator[Any],
+        held: StreamSlot,
+    ) -> None:
         self._collaborations = collaborations
-        self._principal = principal
+        self.principal = principal
         self._action = action
+        self._requests = requests
+        self._held = held
         self._parent = ""
-        self.collaboration: Collaboration | None = None
+        self._collaboration: Collaboration | None = None
+        self._period: int | None = None
 
-    def resolve(self, parent: str) -> Collaboration:
-        if self.collaboration is None:
+    def __iter__(self) -> Iterator[tuple[Collaboration, Any]]:
+        for req in self._requests:
+            _check_size(req, req.chunk_index)
+            collaboration = self._resolve(req.parent)
+            self._held.bind(collaboration.id)
+            yield collaboration, req
+
+    def _resolve(self, parent: str) -> Collaboration:
+        if self._collaboration is None:
             self._parent = parent
-            self.collaboration = self._collaborations.require_active(
-                self._principal, parse_name(parent), Ability.CONTRIBUTE, self._action
+            self._collaboration = self._collaborations.require_active(
+                self.principal, parse_name(parent), Ability.CONTRIBUTE, self._action
             )
         elif parent != self._parent:
             raise InvalidArgumentError(f"every message of a stream must name {self._parent}, got {parent!r}")
-        return self.collaboration
+        return self._collaboration
+
+    def period(self, period: int) -> int:
+        """`period`, if it is the stream's (the first message's); INVALID_ARGUMENT otherwise."""
+        if self._period is None:
+            self._period = period
+        elif period != self._period:
+            raise InvalidArgumentError(f"every message of a stream must name period {self._period}, got {period}")
+        return period
 
 
 def _own_table(principal: Principal, table: str) -> str:
@@ -83,20 +115,6 @@ def _no_messages() -> InvalidArgumentError:
 
 #: Most row numbers one RetireUsers call may carry.
 MAX_RETIRE_ROWS = 1_000_000
-
-
-class _StreamPeriod:
-    """The period of a stream: set by its first message, the same on every later one."""
-
-    def __init__(self) -> None:
-        self.period: int | None = None
-
-    def check(self, period: int) -> int:
-        if self.period is None:
-            self.period = period
-        elif period != self.period:
-            raise InvalidArgumentError(f"every message of a stream must name period {self.period}, got {period}")
-        return period
 
 
 class MatchingServicer(pb_grpc.MatchingServiceServicer):
@@ -116,27 +134,31 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
         self._auth = auth
         self._streams = streams
 
+    @contextmanager
+    def _upload(self, requests: Iterator[Any], context: grpc.ServicerContext, action: str) -> Iterator[_UploadStream]:
+        """Hold a stream slot for an upload stream of `action`, whose messages it checks (`_UploadStream`).
+
+        A caller that is no member of any collaboration is refused before it gets a slot.
+        """
+        principal = self._auth.principal(context)
+        self._collaborations.require_member_somewhere(principal, action)  # outsiders never get a slot
+        with self._streams.slot(principal) as held:
+            yield _UploadStream(self._collaborations, principal, action, requests, held)
+
     def UploadBlindedPoints(
         self, request_iterator: Iterator[pb.UploadBlindedPointsRequest], context: grpc.ServicerContext
     ) -> pb.UploadBlindedPointsResponse:
         """Store chunks of singly blinded points."""
-        principal = self._auth.principal(context)
-        self._collaborations.require_member_somewhere(principal, "upload.points")  # outsiders never get a slot
-        stream = _StreamCollab(self._collaborations, principal, "upload.points")
-        period = _StreamPeriod()
         progress: UploadProgress | None = None
         received = 0
-        with self._streams.slot(principal) as held:
-            for req in request_iterator:
-                _check_size(req, req.chunk_index)
-                collaboration = stream.resolve(req.parent)
-                held.bind(collaboration.id)
+        with self._upload(request_iterator, context, "upload.points") as stream:
+            for collaboration, req in stream:
                 id_type = _ID_TYPES.get(req.identifier_type)
                 if id_type is None:
                     raise InvalidArgumentError(f"chunk {req.chunk_index}: identifier_type must be set to a known type")
                 progress = self._relay.upload_points(
                     collaboration,
-                    principal.name,
+                    stream.principal.name,
                     req.chunk_index,
                     id_type,
                     req.first_row,
@@ -144,7 +166,7 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
                     req.points,
                     req.last,
                     req.total_rows,
-                    period.check(req.period),
+                    stream.period(req.period),
                 )
                 received += len(req.points) // 32
         if progress is None:
@@ -175,27 +197,20 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
         self, request_iterator: Iterator[pb.SubmitDoubleBlindedPointsRequest], context: grpc.ServicerContext
     ) -> pb.SubmitDoubleBlindedPointsResponse:
         """Store chunks of tags of doubly blinded points."""
-        principal = self._auth.principal(context)
-        self._collaborations.require_member_somewhere(principal, "upload.double_blinded")  # outsiders never get a slot
-        stream = _StreamCollab(self._collaborations, principal, "upload.double_blinded")
-        period = _StreamPeriod()
         progress: UploadProgress | None = None
         origin: str | None = None
-        with self._streams.slot(principal) as held:
-            for req in request_iterator:
-                _check_size(req, req.chunk_index)
-                collaboration = stream.resolve(req.parent)
-                held.bind(collaboration.id)
+        with self._upload(request_iterator, context, "upload.double_blinded") as stream:
+            for collaboration, req in stream:
                 if origin is not None and req.origin != origin:
                     raise InvalidArgumentError(f"every message of a stream must name origin {origin!r}")
                 origin = req.origin
                 progress = self._relay.submit_double_blinded(
                     collaboration,
-                    principal.name,
+                    stream.principal.name,
                     req.chunk_index,
                     req.tags,
                     req.last,
-                    period.check(req.period),
+                    stream.period(req.period),
                     req.origin,
                     req.blinded_points,
                 )
@@ -207,28 +222,21 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
         self, request_iterator: Iterator[pb.UploadTableRequest], context: grpc.ServicerContext
     ) -> pb.UploadTableResponse:
         """Store chunks of a table."""
-        principal = self._auth.principal(context)
-        self._collaborations.require_member_somewhere(principal, "upload.table")  # outsiders never get a slot
-        stream = _StreamCollab(self._collaborations, principal, "upload.table")
-        period = _StreamPeriod()
         progress: UploadProgress | None = None
         table = ""
-        with self._streams.slot(principal) as held:
-            for req in request_iterator:
-                _check_size(req, req.chunk_index)
-                collaboration = stream.resolve(req.parent)
-                held.bind(collaboration.id)
+        with self._upload(request_iterator, context, "upload.table") as stream:
+            for collaboration, req in stream:
                 if table and req.table != table:
                     raise InvalidArgumentError(f"every message of a stream must name table {table!r}")
                 table = req.table
                 progress = self._tables.upload_chunk(
                     collaboration,
-                    principal.name,
-                    _own_table(principal, table),
+                    stream.principal.name,
+                    _own_table(stream.principal, table),
                     req.chunk_index,
                     req.arrow_ipc,
                     req.last,
-                    period.check(req.period),
+                    stream.period(req.period),
                 )
         if progress is None:
             raise _no_messages()

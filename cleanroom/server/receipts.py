@@ -20,7 +20,7 @@ from cleanroom_client.transparency import RECEIPTS_METADATA
 from ..audit.log import SERVER_CHAIN, collecting
 from ..audit.transparency import AuditTrees
 from .audit_servicer import entry_to_proto
-from .errors import rewrap
+from .errors import BehaviourInterceptor
 
 
 def receipts_message(trees: AuditTrees, entries: list[Any]) -> apb.Receipts:
@@ -34,7 +34,7 @@ def receipts_message(trees: AuditTrees, entries: list[Any]) -> apb.Receipts:
     )
 
 
-class ReceiptInterceptor(grpc.ServerInterceptor):
+class ReceiptInterceptor(BehaviourInterceptor):
     """Attaches the receipts of the entries each call committed to its trailing metadata."""
 
     def __init__(self, trees: AuditTrees) -> None:
@@ -65,13 +65,6 @@ class ReceiptInterceptor(grpc.ServerInterceptor):
 
         return handler
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    def wrap(self, fn: Callable[..., Any], method: str, streams_in: bool, streams_out: bool) -> Callable[..., Any]:
         """Wrap the method's behaviour so its committed entries come back as receipts."""
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        return rewrap(handler, lambda fn, _in, streams_out: self._stream(fn) if streams_out else self._unary(fn))
+        return self._stream(fn) if streams_out else self._unary(fn)

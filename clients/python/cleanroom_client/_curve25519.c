@@ -168,19 +168,20 @@ static void fe_set_small(fe h, uint64_t v) {
     h[1] = h[2] = h[3] = h[4] = 0;
 }
 
-/* Limbs below 2^51 plus a little; the value unchanged mod p. */
-static void fe_carry(fe h) {
-    h[1] += h[0] >> 51;
-    h[0] &= MASK51;
-    h[2] += h[1] >> 51;
-    h[1] &= MASK51;
-    h[3] += h[2] >> 51;
-    h[2] &= MASK51;
-    h[4] += h[3] >> 51;
-    h[3] &= MASK51;
-    h[0] += 19 * (h[4] >> 51);
-    h[4] &= MASK51;
+/* Carries limbs 0..3 each into the next, every limb left below 2^51; returns what stood above bit 51 of limb 4
+   (the multiple of 2^255 it cleared). */
+static uint64_t fe_carry_chain(uint64_t t[5]) {
+    for (int i = 0; i < 4; i++) {
+        t[i + 1] += t[i] >> 51;
+        t[i] &= MASK51;
+    }
+    uint64_t top = t[4] >> 51;
+    t[4] &= MASK51;
+    return top;
 }
+
+/* Limbs below 2^51 plus a little; the value unchanged mod p (2^255 = 19). */
+static void fe_carry(fe h) { h[0] += 19 * fe_carry_chain(h); }
 
 static void fe_add(fe h, const fe f, const fe g) {
     for (int i = 0; i < 5; i++) h[i] = f[i] + g[i];
@@ -199,6 +200,19 @@ static void fe_neg(fe h, const fe f) {
     fe_sub(h, zero, f);
 }
 
+/* h = r[0] + r[1] 2^51 + ... + r[4] 2^204 mod p, from a product's 128-bit column sums (fe_mul's and fe_sq's
+   common end): each column carried into the next, the top carry folded back as 19, limbs left below 2^51 + 2^13. */
+static void fe_from_columns(fe h, u128 r[5]) {
+    for (int i = 0; i < 4; i++) {
+        r[i + 1] += (uint64_t)(r[i] >> 51);
+        h[i] = (uint64_t)r[i] & MASK51;
+    }
+    h[4] = (uint64_t)r[4] & MASK51;
+    h[0] += 19 * (uint64_t)(r[4] >> 51);
+    h[1] += h[0] >> 51;
+    h[0] &= MASK51;
+}
+
 static void fe_mul(fe h, const fe f, const fe g) {
     uint64_t f0 = f[0], f1 = f[1], f2 = f[2], f3 = f[3], f4 = f[4];
     uint64_t g0 = g[0], g1 = g[1], g2 = g[2], g3 = g[3], g4 = g[4];
@@ -208,24 +222,7 @@ static void fe_mul(fe h, const fe f, const fe g) {
     u128 r2 = (u128)f0 * g2 + (u128)f1 * g1 + (u128)f2 * g0 + (u128)f3 * g4_19 + (u128)f4 * g3_19;
     u128 r3 = (u128)f0 * g3 + (u128)f1 * g2 + (u128)f2 * g1 + (u128)f3 * g0 + (u128)f4 * g4_19;
     u128 r4 = (u128)f0 * g4 + (u128)f1 * g3 + (u128)f2 * g2 + (u128)f3 * g1 + (u128)f4 * g0;
-    r1 += (uint64_t)(r0 >> 51);
-    uint64_t h0 = (uint64_t)r0 & MASK51;
-    r2 += (uint64_t)(r1 >> 51);
-    uint64_t h1 = (uint64_t)r1 & MASK51;
-    r3 += (uint64_t)(r2 >> 51);
-    uint64_t h2 = (uint64_t)r2 & MASK51;
-    r4 += (uint64_t)(r3 >> 51);
-    uint64_t h3 = (uint64_t)r3 & MASK51;
-    uint64_t carry = (uint64_t)(r4 >> 51);
-    uint64_t h4 = (uint64_t)r4 & MASK51;
-    h0 += carry * 19;
-    h1 += h0 >> 51;
-    h0 &= MASK51;
-    h[0] = h0;
-    h[1] = h1;
-    h[2] = h2;
-    h[3] = h3;
-    h[4] = h4;
+    fe_from_columns(h, (u128[5]){r0, r1, r2, r3, r4});
 }
 
 static void fe_sq(fe h, const fe f) {
@@ -237,24 +234,7 @@ static void fe_sq(fe h, const fe f) {
     u128 r2 = (u128)d0 * f2 + (u128)f1 * f1 + (u128)(2 * f3) * f4_19;
     u128 r3 = (u128)d0 * f3 + (u128)d1 * f2 + (u128)f4 * f4_19;
     u128 r4 = (u128)d0 * f4 + (u128)d1 * f3 + (u128)f2 * f2;
-    r1 += (uint64_t)(r0 >> 51);
-    uint64_t h0 = (uint64_t)r0 & MASK51;
-    r2 += (uint64_t)(r1 >> 51);
-    uint64_t h1 = (uint64_t)r1 & MASK51;
-    r3 += (uint64_t)(r2 >> 51);
-    uint64_t h2 = (uint64_t)r2 & MASK51;
-    r4 += (uint64_t)(r3 >> 51);
-    uint64_t h3 = (uint64_t)r3 & MASK51;
-    uint64_t carry = (uint64_t)(r4 >> 51);
-    uint64_t h4 = (uint64_t)r4 & MASK51;
-    h0 += carry * 19;
-    h1 += h0 >> 51;
-    h0 &= MASK51;
-    h[0] = h0;
-    h[1] = h1;
-    h[2] = h2;
-    h[3] = h3;
-    h[4] = h4;
+    fe_from_columns(h, (u128[5]){r0, r1, r2, r3, r4});
 }
 
 static void fe_sqn(fe h, const fe f, int n) {
@@ -283,15 +263,7 @@ static void fe_tobytes(uint8_t out[32], const fe f) {
     fe_carry(t);
     t[0] += 0x8000000000000ULL - 19;
     for (int i = 1; i < 5; i++) t[i] += 0x8000000000000ULL - 1;
-    t[1] += t[0] >> 51;
-    t[0] &= MASK51;
-    t[2] += t[1] >> 51;
-    t[1] &= MASK51;
-    t[3] += t[2] >> 51;
-    t[2] &= MASK51;
-    t[4] += t[3] >> 51;
-    t[3] &= MASK51;
-    t[4] &= MASK51;
+    fe_carry_chain(t); /* what passes 2^255 is the 2^255 added above: dropped */
     uint64_t w[4] = {t[0] | (t[1] << 51), (t[1] >> 13) | (t[2] << 38), (t[2] >> 26) | (t[3] << 25),
                      (t[3] >> 39) | (t[4] << 12)};
     for (int i = 0; i < 4; i++)
@@ -348,45 +320,43 @@ static int fe_isodd(const fe f) {
     return b[0] & 1;
 }
 
+/* out = a^(2^n) b: one step of an addition chain (out may be a or b). */
+static void fe_sqn_mul(fe out, const fe a, int n, const fe b) {
+    fe t;
+    fe_sqn(t, a, n);
+    fe_mul(out, t, b);
+}
+
 /* z^(2^250 - 1) into t250 and z^11 into z11: the shared start of inversion and the square-root exponent. */
 static void fe_pow_2_250_1(fe t250, fe z11, const fe z) {
-    fe z2, z9, t0, t1, t2;
+    fe z2, z9, t0, t1;
     fe_sq(z2, z);
     fe_sqn(t1, z2, 2);    /* z^8 */
     fe_mul(z9, t1, z);    /* z^9 */
     fe_mul(z11, z9, z2);  /* z^11 */
     fe_sq(t0, z11);       /* z^22 */
     fe_mul(t0, t0, z9);   /* z^31 = z^(2^5 - 1) */
-    fe_sqn(t1, t0, 5);
-    fe_mul(t0, t1, t0);   /* 2^10 - 1 */
-    fe_sqn(t1, t0, 10);
-    fe_mul(t1, t1, t0);   /* 2^20 - 1 */
-    fe_sqn(t2, t1, 20);
-    fe_mul(t1, t2, t1);   /* 2^40 - 1 */
-    fe_sqn(t1, t1, 10);
-    fe_mul(t0, t1, t0);   /* 2^50 - 1 */
-    fe_sqn(t1, t0, 50);
-    fe_mul(t1, t1, t0);   /* 2^100 - 1 */
-    fe_sqn(t2, t1, 100);
-    fe_mul(t1, t2, t1);   /* 2^200 - 1 */
-    fe_sqn(t1, t1, 50);
-    fe_mul(t250, t1, t0); /* 2^250 - 1 */
+    fe_sqn_mul(t0, t0, 5, t0);    /* 2^10 - 1 */
+    fe_sqn_mul(t1, t0, 10, t0);   /* 2^20 - 1 */
+    fe_sqn_mul(t1, t1, 20, t1);   /* 2^40 - 1 */
+    fe_sqn_mul(t0, t1, 10, t0);   /* 2^50 - 1 */
+    fe_sqn_mul(t1, t0, 50, t0);   /* 2^100 - 1 */
+    fe_sqn_mul(t1, t1, 100, t1);  /* 2^200 - 1 */
+    fe_sqn_mul(t250, t1, 50, t0); /* 2^250 - 1 */
 }
 
 /* z^(p - 2) = z^(2^255 - 21): 1/z for nonzero z. */
 static void fe_invert(fe out, const fe z) {
     fe t, z11;
     fe_pow_2_250_1(t, z11, z);
-    fe_sqn(t, t, 5); /* 2^255 - 32 */
-    fe_mul(out, t, z11);
+    fe_sqn_mul(out, t, 5, z11); /* 2^255 - 32, times z^11 */
 }
 
 /* z^((p - 5) / 8) = z^(2^252 - 3). */
 static void fe_pow22523(fe out, const fe z) {
     fe t, z11;
     fe_pow_2_250_1(t, z11, z);
-    fe_sqn(t, t, 2); /* 2^252 - 4 */
-    fe_mul(out, t, z);
+    fe_sqn_mul(out, t, 2, z); /* 2^252 - 4, times z */
 }
 
 static fe SQRT_M1; /* c3 of RFC 9380 G.2.1: sqrt(-1) */
@@ -399,6 +369,15 @@ static const uint8_t SQRT_M1_BYTES[32] = {
 static const uint8_t C2_BYTES[32] = {
     0xb1, 0xa0, 0x0e, 0x4a, 0x27, 0x1b, 0xee, 0xc4, 0x78, 0xe4, 0x2f, 0xad, 0x06, 0x18, 0x43, 0x2f,
     0xa7, 0xd7, 0xfb, 0x3d, 0x99, 0x00, 0x4d, 0x2b, 0x0b, 0xdf, 0xc1, 0x4f, 0x80, 0x24, 0x83, 0x2b};
+
+/* Whether y^2 = gx / gxd, i.e. y is a square root of the fraction (RFC 9380's is_square tests, variable time: the
+   inputs here are public). */
+static int fe_is_root(const fe y, const fe gxd, const fe gx) {
+    fe t;
+    fe_sq(t, y);
+    fe_mul(t, t, gxd);
+    return fe_equal(t, gx);
+}
 
 /* RFC 9380 appendix G.2.1, map_to_curve_elligator2_curve25519: the point (xn / xd, y). */
 static void elligator2(fe xn, fe xd, fe y, const fe u) {
@@ -424,26 +403,14 @@ static void elligator2(fe xn, fe xd, fe y, const fe u) {
     fe_pow22523(y11, tv2);
     fe_mul(y11, y11, tv3);
     fe_mul(y12, y11, SQRT_M1);
-    fe_sq(tv2, y11);
-    fe_mul(tv2, tv2, gxd);
-    if (fe_equal(tv2, gx1))
-        fe_copy(y1, y11);
-    else
-        fe_copy(y1, y12);
+    fe_copy(y1, fe_is_root(y11, gxd, gx1) ? y11 : y12);
     fe_mul(x2n, x1n, tv1);
     fe_mul(y21, y11, u);
     fe_mul(y21, y21, C2);
     fe_mul(y22, y21, SQRT_M1);
     fe_mul(gx2, gx1, tv1);
-    fe_sq(tv2, y21);
-    fe_mul(tv2, tv2, gxd);
-    if (fe_equal(tv2, gx2))
-        fe_copy(y2, y21);
-    else
-        fe_copy(y2, y22);
-    fe_sq(tv2, y1);
-    fe_mul(tv2, tv2, gxd);
-    int e3 = fe_equal(tv2, gx1);
+    fe_copy(y2, fe_is_root(y21, gxd, gx2) ? y21 : y22);
+    int e3 = fe_is_root(y1, gxd, gx1);
     if (e3) {
         fe_copy(xn, x1n);
         fe_copy(y, y1);
@@ -452,6 +419,17 @@ static void elligator2(fe xn, fe xd, fe y, const fe u) {
         fe_copy(y, y2);
     }
     if (e3 ^ fe_isodd(y)) fe_neg(y, y);
+}
+
+/* b_i = H(in || I2OSP(i, 1) || DST_prime): a block of expand_message_xmd after b_0 (in is b_0, or b_0 xor b_(i-1)). */
+static void xmd_block(uint8_t out[64], const uint8_t in[64], uint8_t i, const uint8_t *dst_prime,
+                      size_t dst_prime_len) {
+    sha512_ctx c;
+    sha512_init(&c);
+    sha512_update(&c, in, 64);
+    sha512_update(&c, &i, 1);
+    sha512_update(&c, dst_prime, dst_prime_len);
+    sha512_final(&c, out);
 }
 
 /* expand_message_xmd(msg, dst, 96) and the two field elements of hash_to_field; `zpad` has absorbed Z_pad. */
@@ -464,19 +442,9 @@ static void hash_to_field2(fe u0, fe u1, const sha512_ctx *zpad, const uint8_t *
     sha512_update(&c, b0_tail, 3);
     sha512_update(&c, dst_prime, dst_prime_len);
     sha512_final(&c, b0);
-    uint8_t idx = 1;
-    sha512_init(&c);
-    sha512_update(&c, b0, 64);
-    sha512_update(&c, &idx, 1);
-    sha512_update(&c, dst_prime, dst_prime_len);
-    sha512_final(&c, b1);
+    xmd_block(b1, b0, 1, dst_prime, dst_prime_len);
     for (int i = 0; i < 64; i++) x[i] = b0[i] ^ b1[i];
-    idx = 2;
-    sha512_init(&c);
-    sha512_update(&c, x, 64);
-    sha512_update(&c, &idx, 1);
-    sha512_update(&c, dst_prime, dst_prime_len);
-    sha512_final(&c, b2);
+    xmd_block(b2, x, 2, dst_prime, dst_prime_len);
     memcpy(uniform, b1, 64);
     memcpy(uniform + 64, b2, 64);
     fe_from48_be(u0, uniform);

@@ -14,7 +14,7 @@ import functools
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,7 +25,15 @@ import pandas as pd
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from .blinding import BlindJob, ChunkExecutor, ReblindJob, blind_identifiers, load_or_create_key, reblind_points
+from .blinding import (
+    BlindJob,
+    BlindResult,
+    ChunkExecutor,
+    ReblindJob,
+    blind_identifiers,
+    load_or_create_key,
+    reblind_points,
+)
 from .chain_mask import chain_scalars
 from .errors import RETRYABLE, CleanRoomError
 from .identity import IdentifierType, Normalizer
@@ -277,6 +285,18 @@ class MatchRunner:
     def _bar(self, total: int, desc: str, unit: str = "chunk") -> tqdm:
         return tqdm(total=total, desc=desc, unit=unit, disable=not self._progress, leave=False)
 
+    def _resumed(self, chunks: Iterable[T], total: int, skip: int, desc: str) -> Iterator[tuple[int, T]]:
+        """An upload that resumes at chunk `skip`: (index, chunk) from there on, the progress bar moving with them.
+
+        Every chunk is drawn from `chunks`, the skipped ones too, so a caller's counts cover the whole upload.
+        """
+        with self._bar(total, desc) as bar:
+            bar.update(skip)
+            for index, chunk in enumerate(chunks):
+                if index >= skip:
+                    bar.update(1)
+                    yield index, chunk
+
     # -- phases -----------------------------------------------------------------------------------------------------
     def run(self, plan: MatchPlan, key_path: Path) -> MatchSummary:
         """The whole match; returns once the server has joined both sides."""
@@ -361,29 +381,29 @@ class MatchRunner:
         jobs = (self._job(plan, key, t, s, count_only=i < skip) for i, (t, s) in enumerate(layout))
         results = self._executor.map(blind_identifiers, jobs)
 
+        def counted() -> Iterator[tuple[tuple[IdentifierType, int], BlindResult]]:
+            for (id_type, first_row), result in zip(layout, results, strict=True):
+                totals[id_type][0] += result.valid
+                totals[id_type][1] += result.invalid
+                totals[id_type][2] += result.missing
+                for reason, count, example in result.rejected:
+                    reasons[id_type].setdefault(reason, [0, example])[0] += count
+                yield (id_type, first_row), result
+
         def requests() -> Iterator[pb.UploadBlindedPointsRequest]:
-            with self._bar(len(layout), "blinding and uploading identifiers") as bar:
-                bar.update(skip)
-                for index, ((id_type, first_row), result) in enumerate(zip(layout, results, strict=True)):
-                    totals[id_type][0] += result.valid
-                    totals[id_type][1] += result.invalid
-                    totals[id_type][2] += result.missing
-                    for reason, count, example in result.rejected:
-                        reasons[id_type].setdefault(reason, [0, example])[0] += count
-                    if index < skip:
-                        continue
-                    bar.update(1)
-                    yield pb.UploadBlindedPointsRequest(
-                        parent=self._parent,
-                        chunk_index=index,
-                        identifier_type=_WIRE_TYPES[id_type],
-                        first_row=plan.row_offset + first_row,
-                        present=result.present,
-                        points=result.points,
-                        last=index == len(layout) - 1,
-                        total_rows=plan.row_offset + len(plan.users),
-                        period=self._period,
-                    )
+            chunks = self._resumed(counted(), len(layout), skip, "blinding and uploading identifiers")
+            for index, ((id_type, first_row), result) in chunks:
+                yield pb.UploadBlindedPointsRequest(
+                    parent=self._parent,
+                    chunk_index=index,
+                    identifier_type=_WIRE_TYPES[id_type],
+                    first_row=plan.row_offset + first_row,
+                    present=result.present,
+                    points=result.points,
+                    last=index == len(layout) - 1,
+                    total_rows=plan.row_offset + len(plan.users),
+                    period=self._period,
+                )
 
         if skip == len(layout):
             for _ in requests():  # counts only: the upload committed before
@@ -432,20 +452,15 @@ class MatchRunner:
         total, chunks = arrow_chunks(df)
 
         def requests() -> Iterator[pb.UploadTableRequest]:
-            with self._bar(total, f"uploading {name}") as bar:
-                bar.update(skip)
-                for index, data in enumerate(chunks):
-                    if index < skip:
-                        continue
-                    bar.update(1)
-                    yield pb.UploadTableRequest(
-                        parent=self._parent,
-                        table=name,
-                        chunk_index=index,
-                        arrow_ipc=data,
-                        last=index == total - 1,
-                        period=self._period,
-                    )
+            for index, data in self._resumed(chunks, total, skip, f"uploading {name}"):
+                yield pb.UploadTableRequest(
+                    parent=self._parent,
+                    table=name,
+                    chunk_index=index,
+                    arrow_ipc=data,
+                    last=index == total - 1,
+                    period=self._period,
+                )
 
         self._stub.UploadTable(requests(), metadata=self._md)
 

@@ -20,7 +20,7 @@ library verifies them. Nothing here is secret: the module is pure and used by th
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 HASH_BYTES = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()
@@ -102,26 +102,37 @@ def consistency_proof(perfect: PerfectHash, first: int, second: int) -> list[byt
     return _subproof(perfect, first, 0, second, True)
 
 
+def _walk(fn: int, sn: int, path: Sequence[bytes], kind: str, mismatch: str) -> Iterator[tuple[bytes, bool]]:
+    """RFC 9162's walk up from node `fn` of a tree whose last node is `sn`, shared by both verifications.
+
+    Yields each hash of `path` with whether it stands on the left of the hash computed so far. ProofError if the
+    path is longer than the tree is deep, or (with `mismatch`) if it ends before the root.
+    """
+    for c in path:
+        if sn == 0:
+            raise ProofError(f"the {kind} proof is longer than the tree is deep")
+        left = bool(fn & 1) or fn == sn
+        yield c, left
+        if left and not fn & 1:
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        fn >>= 1
+        sn >>= 1
+    if sn != 0:
+        raise ProofError(mismatch)
+
+
 def verify_inclusion(leaf: bytes, leaf_index: int, tree_size: int, proof: Sequence[bytes], root: bytes) -> None:
     """RFC 9162 section 2.1.3.2: ProofError unless `leaf` (a leaf hash) is leaf `leaf_index` of the tree `root`."""
     if not 0 <= leaf_index < tree_size:
         raise ProofError(f"leaf {leaf_index} is not in a tree of {tree_size}")
-    fn, sn, r = leaf_index, tree_size - 1, leaf
-    for p in proof:
-        if sn == 0:
-            raise ProofError("the inclusion proof is longer than the tree is deep")
-        if fn & 1 or fn == sn:
-            r = node_hash(p, r)
-            if not fn & 1:
-                while not fn & 1 and fn != 0:
-                    fn >>= 1
-                    sn >>= 1
-        else:
-            r = node_hash(r, p)
-        fn >>= 1
-        sn >>= 1
-    if sn != 0 or r != root:
-        raise ProofError(f"leaf {leaf_index} is not in the tree of {tree_size} with this root")
+    mismatch = f"leaf {leaf_index} is not in the tree of {tree_size} with this root"
+    r = leaf
+    for p, left in _walk(leaf_index, tree_size - 1, proof, "inclusion", mismatch):
+        r = node_hash(p, r) if left else node_hash(r, p)
+    if r != root:
+        raise ProofError(mismatch)
 
 
 def verify_consistency(first: int, second: int, first_root: bytes, second_root: bytes, proof: Sequence[bytes]) -> None:
@@ -148,23 +159,16 @@ def verify_consistency(first: int, second: int, first_root: bytes, second_root: 
     while fn & 1:
         fn >>= 1
         sn >>= 1
+    mismatch = f"the tree of {second} entries does not extend the one of {first}: the log was rewritten"
     fr = sr = path[0]
-    for c in path[1:]:
-        if sn == 0:
-            raise ProofError("the consistency proof is longer than the tree is deep")
-        if fn & 1 or fn == sn:
+    for c, left in _walk(fn, sn, path[1:], "consistency", mismatch):
+        if left:
             fr = node_hash(c, fr)
             sr = node_hash(c, sr)
-            if not fn & 1:
-                while not fn & 1 and fn != 0:
-                    fn >>= 1
-                    sn >>= 1
         else:
             sr = node_hash(sr, c)
-        fn >>= 1
-        sn >>= 1
-    if sn != 0 or fr != first_root or sr != second_root:
-        raise ProofError(f"the tree of {second} entries does not extend the one of {first}: the log was rewritten")
+    if fr != first_root or sr != second_root:
+        raise ProofError(mismatch)
 
 
 def root_of(leaves: Sequence[bytes]) -> bytes:

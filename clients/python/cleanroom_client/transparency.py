@@ -59,6 +59,19 @@ class HistoryRewrittenError(CleanRoomError):
         )
 
 
+def signed_by(key: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:
+    """Whether `signature` is `key`'s Ed25519 signature of `message`: False for any other, never an exception.
+
+    The one check behind every signed head's `is_signed_by` (the tree heads here, the chain heads of the server's
+    exports).
+    """
+    try:
+        key.verify(signature, message)
+    except InvalidSignature:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class TreeHead:
     """A chain's Merkle tree head, signed by the server: collaboration ("" for the server's chain), size, root, time."""
@@ -82,11 +95,7 @@ class TreeHead:
 
     def is_signed_by(self, key: Ed25519PublicKey) -> bool:
         """Whether the server's key signed this head."""
-        try:
-            key.verify(self.signature, self.message())
-        except InvalidSignature:
-            return False
-        return True
+        return signed_by(key, self.signature, self.message())
 
     def describe(self) -> str:
         """One line for a person: size, the root's first hex digits, time."""
