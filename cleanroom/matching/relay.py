@@ -43,6 +43,8 @@ from .join import (
     key_set_sizes,
     keyed_rows_from,
     matched_time,
+    note_retired_keys,
+    rejoin_around,
 )
 from .progress import (
     POINTS,
@@ -591,7 +593,11 @@ class Relay:
         period: int,
         retire_only: bool = False,
     ) -> None:
-        """Complete refresh `period`: delete its retired users everywhere, rejoin all keys, record the sizes."""
+        """Complete refresh `period`: delete its retired users everywhere, rejoin, record the sizes.
+
+        A period of retirements alone rejoins only around the retired rows (`rejoin_around`: what a whole join would
+        record, at the cost of what is retired); a refresh with new rows rejoins all keys.
+        """
         members = tuple(sorted(m.name for m in collaboration.members))
         types = [IdentifierType(t) for t in collaboration.policy.identifiers]
         counts: dict[str, dict[str, int]] = {}
@@ -610,11 +616,16 @@ class Relay:
             # epsilon, which of its users was paired with someone who left.
             for hook in self._on_retire:
                 hook(cur, collaboration.id, m, retired, params)
+            if retire_only:
+                note_retired_keys(cur, collaboration.id, m, retired, params, types)
             forget_rows(cur, collaboration.id, m, retired, params)
             forget_table_rows(cur, collaboration.id, m, retired, params)
             if not retire_only:  # a retirement alone leaves uploads in progress (the match's, say) alone
                 discard_staged(cur, collaboration, m)
-        join_matches(cur, collaboration.id, _joined(collaboration), types, period)
+        if retire_only:  # only retired rows changed: recompute around them, not the whole join (issue 29)
+            rejoin_around(cur, collaboration.id, _joined(collaboration), types, period)
+        else:  # new rows can break or make pairs anywhere: the rule is global
+            join_matches(cur, collaboration.id, _joined(collaboration), types, period)
         sizes = key_set_sizes(cur, collaboration.id)
         sizes = {m: sizes.get(m, 0) for m in members}
         entry = self._audit.append(
