@@ -280,13 +280,15 @@ def join_matches(
 
 
 #: Links of the rows in `around_rows` (member, row_id): every (type, key) such a row carries, linked when it is on
-#: exactly one row of each member (uniqueness counted over all stored keys: one scan of match_keys, filtered).
+#: exactly one row of each member (uniqueness counted over all stored keys). Two scans of match_keys, each filtered
+#: by a small relation (the keys are a table of their own: as a CTE, DuckDB planned the scans several times slower).
+_KEYS_AROUND = """
+CREATE OR REPLACE TEMP TABLE around_keys AS
+SELECT DISTINCT id_type, dkey FROM match_keys SEMI JOIN around_rows USING (member, row_id)
+WHERE collab = $collab AND member IN ($ma, $mb) AND list_contains($types::TINYINT[], id_type)
+"""
 _LINKS_AROUND = """
 CREATE OR REPLACE TEMP TABLE around_links AS
-WITH around_keys AS (
-    SELECT DISTINCT id_type, dkey FROM match_keys SEMI JOIN around_rows USING (member, row_id)
-    WHERE collab = $collab AND member IN ($ma, $mb) AND list_contains($types::TINYINT[], id_type)
-)
 SELECT id_type,
        min(row_id) FILTER (WHERE member = $ma) AS row_a,
        min(row_id) FILTER (WHERE member = $mb) AS row_b
@@ -335,11 +337,12 @@ def note_retired_keys(
     rows: str,
     params: Sequence[object],
     types: Sequence[IdentifierType],
-) -> None:
+) -> int:
     """Note the (type, key) pairs `member`'s rows in the relation `rows` carry, before `forget_rows` deletes them.
 
     They go to the temporary table `retired_keys` of this connection, which `rejoin_around` reads and drops; call
-    once per member that retires rows, inside the transaction that forgets them.
+    once per member that retires rows, inside the transaction that forgets them. Returns how many of the rows carry
+    a key (of any type): what forgetting them takes off the member's key set size (`key_set_sizes`).
     """
     cur.execute("CREATE TEMP TABLE IF NOT EXISTS retired_keys (id_type TINYINT, dkey BIGINT)")
     cur.execute(
@@ -347,6 +350,13 @@ def note_retired_keys(
         f" WHERE collab = ? AND member = ? AND list_contains(?::TINYINT[], id_type) AND row_id IN {rows}",
         [collaboration_id, member, sorted(ID_TYPE_CODES[t] for t in types), *params],
     )
+    row = first(
+        cur.execute(
+            f"SELECT count(DISTINCT row_id) FROM match_keys WHERE collab = ? AND member = ? AND row_id IN {rows}",
+            [collaboration_id, member, *params],
+        )
+    )
+    return int(row[0]) if row else 0
 
 
 def rejoin_around(
@@ -376,16 +386,18 @@ def rejoin_around(
         params = {"collab": collaboration_id, "ma": hub, "mb": spoke}
         cur.execute(_RETIRED_AROUND, params)
         cur.execute("CREATE OR REPLACE TEMP TABLE around_rows AS SELECT * FROM retired_around")
-        cur.execute(_LINKS_AROUND, params | {"types": codes})
+        cur.execute(_KEYS_AROUND, params | {"types": codes})
+        cur.execute(_LINKS_AROUND, params)
         cur.execute(
             "INSERT INTO around_rows SELECT $ma, row_a FROM around_links UNION SELECT $mb, row_b FROM around_links",
             {"ma": hub, "mb": spoke},
         )
-        cur.execute(_LINKS_AROUND, params | {"types": codes})
+        cur.execute(_KEYS_AROUND, params | {"types": codes})
+        cur.execute(_LINKS_AROUND, params)
         cur.execute(_PAIRS_AROUND, {"ma": hub, "mb": spoke})
         cur.execute(_END_PAIRS_AROUND, params | {"period": period})
         cur.execute(_START_PAIRS, params | {"period": period})
-        for table in ("join_pairs", "around_links", "around_rows", "retired_around"):
+        for table in ("join_pairs", "around_links", "around_keys", "around_rows", "retired_around"):
             cur.execute(f"DROP TABLE {table}")
     cur.execute("DROP TABLE retired_keys")
 

@@ -601,6 +601,7 @@ class Relay:
         members = tuple(sorted(m.name for m in collaboration.members))
         types = [IdentifierType(t) for t in collaboration.policy.identifiers]
         counts: dict[str, dict[str, int]] = {}
+        keyed: dict[str, int] = {}  # per member, its retired rows that carried a key (retire_only)
         for m in members:
             retired, params = periods.retired_rows(collaboration.id, m, period)
             counts[m] = {
@@ -617,7 +618,7 @@ class Relay:
             for hook in self._on_retire:
                 hook(cur, collaboration.id, m, retired, params)
             if retire_only:
-                note_retired_keys(cur, collaboration.id, m, retired, params, types)
+                keyed[m] = note_retired_keys(cur, collaboration.id, m, retired, params, types)
             forget_rows(cur, collaboration.id, m, retired, params)
             forget_table_rows(cur, collaboration.id, m, retired, params)
             if not retire_only:  # a retirement alone leaves uploads in progress (the match's, say) alone
@@ -626,8 +627,14 @@ class Relay:
             rejoin_around(cur, collaboration.id, _joined(collaboration), types, period)
         else:  # new rows can break or make pairs anywhere: the rule is global
             join_matches(cur, collaboration.id, _joined(collaboration), types, period)
-        sizes = key_set_sizes(cur, collaboration.id)
-        sizes = {m: sizes.get(m, 0) for m in members}
+        # A period of retirements alone takes the retired keyed rows off the last recorded sizes (counting all keys
+        # again cost more than the rejoin around them); the first period after the match counts them.
+        before = periods.period_set_sizes(cur, collaboration.id, period - 1) if retire_only else None
+        if before is not None and set(before) >= set(members):
+            sizes = {m: before[m] - keyed.get(m, 0) for m in members}
+        else:
+            sizes = key_set_sizes(cur, collaboration.id)
+            sizes = {m: sizes.get(m, 0) for m in members}
         entry = self._audit.append(
             cur,
             collaboration.id,
