@@ -198,9 +198,10 @@ def test_rejoining_around_retired_rows_records_what_the_whole_join_does(a, b, c,
     left = {m: list(range(len(r))) for m, r in rows.items()}
     retirements: list[tuple[str, list[int]]] = []
     for _ in range(data.draw(st.integers(1, 3))):
-        member = data.draw(st.sampled_from([m for m in MEMBERS if left[m]] or [None]))
-        if member is None:
+        candidates = [m for m in MEMBERS if left[m]]
+        if not candidates:
             break
+        member = data.draw(st.sampled_from(candidates))
         retired = data.draw(st.lists(st.sampled_from(left[member]), min_size=1, max_size=3, unique=True))
         left[member] = [r for r in left[member] if r not in retired]
         retirements.append((member, retired))
