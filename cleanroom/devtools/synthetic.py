@@ -354,3 +354,30 @@ def load_direct(
             if name == "users":
                 done = UploadProgress("points", 0, table.num_rows, True)
                 save_progress(cur, collaboration_id, member, done, set_size=table.num_rows)
+
+
+def load_keyed_match(room: Room, collaboration_id: str, n: int) -> None:
+    """An n x n match whose join keys are stored too: brand row i and platform row i share email key i + 1.
+
+    `load_direct` stores a matching without the keys it came from; a retirement or refresh rejoins from the keys,
+    so this writes them (the same matching `join_matches` finds from them). For tests and benchmarks of retirement
+    at sizes the PSI would take too long to reach. Users tables hold only `row_id`.
+    """
+    from cleanroom_client.identity import IdentifierType
+
+    from ..matching.join import ID_TYPE_CODES, add_keys
+    from ..matching.progress import record_total_rows
+
+    rows = np.arange(n, dtype=np.int64)
+    users = pa.table({"row_id": rows})
+    load_direct(room, collaboration_id, {("brand", "users"): users, ("platform", "users"): users}, rows, rows)
+    with room.store.of(collaboration_id).transaction() as cur:
+        for member in ("brand", "platform"):
+            record_total_rows(cur, collaboration_id, member, 0, n)  # the rows 0 .. n-1 a retirement may name
+            add_keys(
+                cur,
+                "SELECT ?, ?, ?, range, range + 1 FROM range(?)",
+                [collaboration_id, member, ID_TYPE_CODES[IdentifierType.EMAIL], n],
+            )
+        email = ID_TYPE_CODES[IdentifierType.EMAIL]  # the type that links every pair (load_direct writes code 1)
+        cur.execute("UPDATE matches SET id_type = ? WHERE collab = ?", [email, collaboration_id])

@@ -69,6 +69,8 @@ __all__ = [
     "join_matches",
     "join_of_rows",
     "match_stats",
+    "note_retired_keys",
+    "rejoin_around",
     "stability_constant",
 ]
 
@@ -275,6 +277,129 @@ def join_matches(
         cur.execute(
             "INSERT INTO match_results VALUES (?, ?)", [collaboration_id, datetime.now(UTC).replace(tzinfo=None)]
         )
+
+
+#: Links of the rows in `around_rows` (member, row_id): every (type, key) such a row carries, linked when it is on
+#: exactly one row of each member (uniqueness counted over all stored keys). Two scans of match_keys, each filtered
+#: by a small relation (the keys are a table of their own: as a CTE, DuckDB planned the scans several times slower).
+_KEYS_AROUND = """
+CREATE OR REPLACE TEMP TABLE around_keys AS
+SELECT DISTINCT id_type, dkey FROM match_keys SEMI JOIN around_rows USING (member, row_id)
+WHERE collab = $collab AND member IN ($ma, $mb) AND list_contains($types::TINYINT[], id_type)
+"""
+_LINKS_AROUND = """
+CREATE OR REPLACE TEMP TABLE around_links AS
+SELECT id_type,
+       min(row_id) FILTER (WHERE member = $ma) AS row_a,
+       min(row_id) FILTER (WHERE member = $mb) AS row_b
+FROM match_keys SEMI JOIN around_keys USING (id_type, dkey)
+WHERE collab = $collab AND member IN ($ma, $mb)
+GROUP BY id_type, dkey
+HAVING count(*) FILTER (WHERE member = $ma) = 1 AND count(*) FILTER (WHERE member = $mb) = 1
+"""
+
+#: The rows whose links a retirement can change: those of either member carrying a (type, key) a retired row had.
+_RETIRED_AROUND = """
+CREATE OR REPLACE TEMP TABLE retired_around AS
+SELECT DISTINCT member, row_id FROM match_keys SEMI JOIN retired_keys USING (id_type, dkey)
+WHERE collab = $collab AND member IN ($ma, $mb)
+"""
+
+#: The pairs with a row in `retired_around`: both rows are in `around_rows` (their links complete in around_links).
+_PAIRS_AROUND = """
+CREATE OR REPLACE TEMP TABLE join_pairs AS
+WITH degree_a AS (
+    SELECT row_a FROM around_links GROUP BY row_a HAVING min(row_b) = max(row_b)
+), degree_b AS (
+    SELECT row_b FROM around_links GROUP BY row_b HAVING min(row_a) = max(row_a)
+)
+SELECT row_a, row_b, min(id_type) AS id_type
+FROM around_links SEMI JOIN degree_a USING (row_a) SEMI JOIN degree_b USING (row_b)
+WHERE row_a IN (SELECT row_id FROM retired_around WHERE member = $ma)
+   OR row_b IN (SELECT row_id FROM retired_around WHERE member = $mb)
+GROUP BY row_a, row_b
+"""
+
+#: End the current pairs with a row in `retired_around` that no longer hold (pairs elsewhere cannot have changed).
+_END_PAIRS_AROUND = """
+UPDATE matches SET period_to = $period
+WHERE collab = $collab AND member_a = $ma AND member_b = $mb AND period_to IS NULL
+  AND (row_a IN (SELECT row_id FROM retired_around WHERE member = $ma)
+       OR row_b IN (SELECT row_id FROM retired_around WHERE member = $mb))
+  AND NOT EXISTS (SELECT 1 FROM join_pairs j WHERE j.row_a = matches.row_a AND j.row_b = matches.row_b)
+"""
+
+
+def note_retired_keys(
+    cur: duckdb.DuckDBPyConnection,
+    collaboration_id: str,
+    member: str,
+    rows: str,
+    params: Sequence[object],
+    types: Sequence[IdentifierType],
+) -> int:
+    """Note the (type, key) pairs `member`'s rows in the relation `rows` carry, before `forget_rows` deletes them.
+
+    They go to the temporary table `retired_keys` of this connection, which `rejoin_around` reads and drops; call
+    once per member that retires rows, inside the transaction that forgets them. Returns how many of the rows carry
+    a key (of any type): what forgetting them takes off the member's key set size (`key_set_sizes`).
+    """
+    cur.execute("CREATE TEMP TABLE IF NOT EXISTS retired_keys (id_type TINYINT, dkey BIGINT)")
+    cur.execute(
+        f"INSERT INTO retired_keys SELECT DISTINCT id_type, dkey FROM match_keys"
+        f" WHERE collab = ? AND member = ? AND list_contains(?::TINYINT[], id_type) AND row_id IN {rows}",
+        [collaboration_id, member, sorted(ID_TYPE_CODES[t] for t in types), *params],
+    )
+    row = first(
+        cur.execute(
+            f"SELECT count(DISTINCT row_id) FROM match_keys WHERE collab = ? AND member = ? AND row_id IN {rows}",
+            [collaboration_id, member, *params],
+        )
+    )
+    return int(row[0]) if row else 0
+
+
+def rejoin_around(
+    cur: duckdb.DuckDBPyConnection,
+    collaboration_id: str,
+    members: Sequence[str],
+    types: Sequence[IdentifierType],
+    period: int,
+) -> None:
+    """Record refresh `period` after retirements alone, recomputing the join only around the retired keys.
+
+    It records exactly what `join_matches(period)` would, when the only change since the last period is that the
+    rows whose keys `note_retired_keys` noted were forgotten, at a cost in proportion to the rows around them (a few
+    scans of match_keys filtered by a small key set; no aggregation over the whole join). Why that is exact: with K
+    the retired (type, key) pairs, a key's links depend only on the rows that carry it, so only keys in K link
+    differently, and only rows carrying one (R1, `retired_around`) gain or lose a link. A component that changed
+    contains a row of R1 (a piece split off a retired row was linked to it through a key in K, so its row there
+    carries that key; a new link has its key in K). A pair's status depends only on its two rows' links, so pairs
+    with no row in R1 are unchanged. Every pair with a row in R1 is found from the links of R1 and of their other
+    ends N1, complete for those rows. Those pairs are compared with the current ones with a row in R1: the ones that
+    no longer hold end at `period`, new ones start at it. Call inside a transaction, after `forget_rows`.
+    """
+    hub, *spokes = members
+    codes = sorted(ID_TYPE_CODES[t] for t in types)
+    cur.execute("CREATE TEMP TABLE IF NOT EXISTS retired_keys (id_type TINYINT, dkey BIGINT)")
+    for spoke in spokes:
+        params = {"collab": collaboration_id, "ma": hub, "mb": spoke}
+        cur.execute(_RETIRED_AROUND, params)
+        cur.execute("CREATE OR REPLACE TEMP TABLE around_rows AS SELECT * FROM retired_around")
+        cur.execute(_KEYS_AROUND, params | {"types": codes})
+        cur.execute(_LINKS_AROUND, params)
+        cur.execute(
+            "INSERT INTO around_rows SELECT $ma, row_a FROM around_links UNION SELECT $mb, row_b FROM around_links",
+            {"ma": hub, "mb": spoke},
+        )
+        cur.execute(_KEYS_AROUND, params | {"types": codes})
+        cur.execute(_LINKS_AROUND, params)
+        cur.execute(_PAIRS_AROUND, {"ma": hub, "mb": spoke})
+        cur.execute(_END_PAIRS_AROUND, params | {"period": period})
+        cur.execute(_START_PAIRS, params | {"period": period})
+        for table in ("join_pairs", "around_links", "around_keys", "around_rows", "retired_around"):
+            cur.execute(f"DROP TABLE {table}")
+    cur.execute("DROP TABLE retired_keys")
 
 
 def join_of_rows(

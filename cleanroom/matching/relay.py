@@ -41,6 +41,8 @@ from .join import (
     join_matches,
     key_set_sizes,
     keyed_rows_from,
+    note_retired_keys,
+    rejoin_around,
 )
 from .progress import (
     POINTS,
@@ -589,10 +591,15 @@ class Relay(RefreshPeriods):
         period: int,
         retire_only: bool = False,
     ) -> None:
-        """Complete refresh `period`: delete its retired users everywhere, rejoin all keys, record the sizes."""
+        """Complete refresh `period`: delete its retired users everywhere, rejoin, record the sizes.
+
+        A period of retirements alone rejoins only around the retired rows (`rejoin_around`: what a whole join would
+        record, at the cost of what is retired); a refresh with new rows rejoins all keys.
+        """
         members = tuple(sorted(m.name for m in collaboration.members))
         types = [IdentifierType(t) for t in collaboration.policy.identifiers]
         counts: dict[str, dict[str, int]] = {}
+        keyed: dict[str, int] = {}  # per member, its retired rows that carried a key (retire_only)
         for m in members:
             retired, params = periods.retired_rows(collaboration.id, m, period)
             counts[m] = {
@@ -608,13 +615,24 @@ class Relay(RefreshPeriods):
             # epsilon, which of its users was paired with someone who left.
             for hook in self._on_retire:
                 hook(cur, collaboration.id, m, retired, params)
+            if retire_only:
+                keyed[m] = note_retired_keys(cur, collaboration.id, m, retired, params, types)
             forget_rows(cur, collaboration.id, m, retired, params)
             forget_table_rows(cur, collaboration.id, m, retired, params)
             if not retire_only:  # a retirement alone leaves uploads in progress (the match's, say) alone
                 discard_staged(cur, collaboration, m)
-        join_matches(cur, collaboration.id, _joined(collaboration), types, period)
-        sizes = key_set_sizes(cur, collaboration.id)
-        sizes = {m: sizes.get(m, 0) for m in members}
+        if retire_only:  # only retired rows changed: recompute around them, not the whole join (issue 29)
+            rejoin_around(cur, collaboration.id, _joined(collaboration), types, period)
+        else:  # new rows can break or make pairs anywhere: the rule is global
+            join_matches(cur, collaboration.id, _joined(collaboration), types, period)
+        # A period of retirements alone takes the retired keyed rows off the last recorded sizes (counting all keys
+        # again cost more than the rejoin around them); the first period after the match counts them.
+        before = periods.period_set_sizes(cur, collaboration.id, period - 1) if retire_only else None
+        if before is not None and set(before) >= set(members):
+            sizes = {m: before[m] - keyed.get(m, 0) for m in members}
+        else:
+            sizes = key_set_sizes(cur, collaboration.id)
+            sizes = {m: sizes.get(m, 0) for m in members}
         entry = self._audit.append(
             cur,
             collaboration.id,

@@ -111,3 +111,12 @@ def test_chain_benchmark_runs(tmp_path):
     assert result["ops_three_over_two"] == 3
     assert result["pairs_two"] == {"platform": 400}
     assert result["pairs_three"] == {"jd": 400, "tencent": 600}
+
+
+def test_retire_benchmark_runs(tmp_path):
+    results, _ = _bench("bench_retire.py", tmp_path / "retire.json", "--n", "2000", "--retirements", "3")
+    (result,) = results
+    assert result["n"] == 2000
+    assert result["retirements"] == 3
+    assert result["whole_join_s"] > 0
+    assert result["retire_median_s"] > 0

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import json
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,9 +15,10 @@ from hypothesis import strategies as st
 
 from cleanroom.analytics.audiences import Audiences, forget_members, store
 from cleanroom.collaborations import Collaboration
-from cleanroom.devtools.synthetic import DEMO_POLICY
+from cleanroom.devtools.synthetic import DEMO_POLICY, load_keyed_match
 from cleanroom.errors import FailedPreconditionError, InvalidArgumentError
 from cleanroom.matching import MatchStage, Relay, match_stats, periods
+from cleanroom.matching.join import key_set_sizes
 from cleanroom.matching.tables import physical_name
 from cleanroom.principals import Principal, Role
 from cleanroom.room import Room
@@ -499,3 +502,68 @@ def test_a_claimed_count_is_no_change_and_renews_no_budget(matched):
     complete = [e for e in room.audit.entries(collab.id) if e.action == "refresh.complete"][-1]
     assert complete.parameters["members"]["brand"]["new_rows"] == 0
     assert periods.budget_start(cur, collab.id) == 0  # no renewal
+
+
+class _Profiled:
+    """A real DuckDB cursor that profiles each statement and keeps, per statement, the rows its largest aggregation
+    produced: a cost measure of the work done, independent of the machine's speed."""
+
+    def __init__(self, cur, seen: list[tuple[int, str]]):
+        self._cur, self._seen = cur, seen
+        cur.execute("PRAGMA enable_profiling='no_output'")
+
+    def execute(self, query, *args, **kwargs):
+        self._cur.execute(query, *args, **kwargs)
+        try:
+            profile = json.loads(self._cur.get_profiling_information(format="json"))
+        except duckdb.Error:
+            return self
+        largest, stack = 0, list(profile.get("operator", profile.get("children", [])))
+        while stack:
+            op = stack.pop()
+            if "GROUP_BY" in op.get("type", "") or "AGGREGATE" in op.get("type", ""):
+                largest = max(largest, int(op.get("intermediate_rows", 0)))
+            stack.extend(op.get("children", []))
+        self._seen.append((largest, " ".join(str(query).split())[:80]))
+        return self
+
+    def __getattr__(self, name):
+        return getattr(self._cur, name)
+
+
+def test_retiring_one_user_costs_the_rows_around_it_not_the_whole_join(tmp_path, monkeypatch):
+    """Issue 29: at 200k x 200k matched keys each single-user retirement at once aggregated the whole join (a group
+    of 400k keys into 200k links), holding the write lock for seconds. Now no aggregation in the retirement groups
+    more than a handful of rows, and the matching is what a whole join would record."""
+    n = 200_000
+    room = Room.open(tmp_path)
+    weekly = DEMO_POLICY + "refresh: {tables: [brand.users], min_days_between: 7, budget: per_period}\n"
+    c = room.collaborations.create(BRAND, "erase", weekly)
+    for m in (BRAND, PLATFORM):
+        room.collaborations.approve(m, c.id, c.policy_etag)
+    collab = room.collaborations.get(BRAND, c.id)
+    load_keyed_match(room, c.id, n)
+    relay = Relay(room.store, room.audit)
+    db = room.store.of(c.id)
+    plain = db.cursor
+    for row in (7, 8, 123_456):
+        seen: list[tuple[int, str]] = []
+        monkeypatch.setattr(db, "cursor", lambda seen=seen: _Profiled(plain(), seen))
+        relay.retire(collab, "brand", 0, np.array([row]))
+        monkeypatch.setattr(db, "cursor", plain)
+        assert seen, "the retirement ran no statement"
+        # The first period after the match counts each member's key set size over all keys (a hashed count, not
+        # the join); later ones take the retired rows off the last recorded sizes. Nothing else aggregates more
+        # than a few rows.
+        large = [(rows, sql) for rows, sql in seen if rows > 10]
+        if row == 7:
+            large = [(rows, sql) for rows, sql in large if "count(DISTINCT row_id) FROM match_keys" not in sql]
+        assert not large, f"a retirement aggregated the whole join: {large}"
+    with db.transaction() as cur:
+        assert periods.period_set_sizes(cur, c.id, 3) == key_set_sizes(cur, c.id) == {"brand": n - 3, "platform": n}
+    cur = room.store.of(c.id).cursor()
+    current = cur.execute("SELECT row_a, row_b FROM matches WHERE period_to IS NULL").fetchall()
+    assert len(current) == n - 3
+    assert all(a == b for a, b in current)
+    assert not {(7, 7), (8, 8), (123_456, 123_456)} & set(current)
+    room.close()
