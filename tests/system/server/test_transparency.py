@@ -19,15 +19,21 @@ import pytest
 from cleanroom.devtools.devpki import DevPki
 from cleanroom.devtools.synthetic import DEMO_POLICY, SyntheticConfig, generate
 from cleanroom.principals import Role
-from cleanroom.server.app import RunningServer
+from cleanroom.server import ServerConfig, create_server
+from cleanroom.server.app import RunningServer, TlsConfig
 from cleanroom.server.receipts import ReceiptInterceptor
 from cleanroom.storage.store import COLLABORATIONS_DIR
 from cleanroom_client import CleanRoomClient, SerialExecutor
 from cleanroom_client.errors import PermissionDeniedError
 from cleanroom_client.transparency import HistoryRewrittenError
-from tests.conftest import start_server
 
 COLLAB = "translog"
+
+
+def start_server(data_dir: Path, pki: DevPki) -> RunningServer:
+    """A TLS server on `data_dir` (the conftest's `start_server`, which a test module cannot import by name)."""
+    tls = TlsConfig(pki.server_cert.read_bytes(), pki.server_key.read_bytes())
+    return create_server(ServerConfig(data_dir=data_dir, tls=tls))
 
 
 class Operator:
