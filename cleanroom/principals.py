@@ -5,6 +5,13 @@ so a plain hash suffices); a revoked principal authenticates no more, by token o
 are unique and never one of the reserved names (`RESERVED_NAMES`: the operator's and the server's). Adding,
 revoking and rotating are audited in the server's own chain (in the catalogue), assigning an auditor in the
 collaboration's (in its file).
+
+Every call's credentials are resolved from an in-memory copy of the table (`_Active`: SHA-256 of each active token
+and each active name -> principal), loaded from the catalogue at start and reloaded after every add, revoke and
+rotate has committed (the operator's commands run in the server's process, through the admin socket), before the
+command returns: a revoked token is refused once its revocation is acknowledged, and a made-up token costs a hash
+and a dict look-up, never a query, so a flood of them cannot queue behind the catalogue. Looking up a token's hash
+compares SHA-256 digests, not tokens: the time it takes says nothing an attacker can use about a stored token.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import enum
 import hashlib
 import re
 import secrets
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -49,6 +57,20 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+@dataclass(frozen=True)
+class _Active:
+    """The unrevoked principals, by token hash and by name: one snapshot of the table, replaced whole."""
+
+    by_hash: dict[str, Principal]
+    by_name: dict[str, Principal]
+
+    @classmethod
+    def load(cls, cur: duckdb.DuckDBPyConnection) -> _Active:
+        rows = cur.execute("SELECT name, role, token_hash FROM principals WHERE revoked IS NULL").fetchall()
+        principals = [(Principal(str(name), Role(role)), str(token_hash)) for name, role, token_hash in rows]
+        return cls({h: p for p, h in principals}, {p.name: p for p, _ in principals})
+
+
 class Principals:
     """The principals table."""
 
@@ -56,6 +78,23 @@ class Principals:
         self._store = store
         self._db = store.catalog
         self._audit = audit
+        self._reload_lock = threading.Lock()
+        self._active = _Active.load(self._db.cursor())
+
+    def _reload(self, dropped: str | None = None) -> None:
+        """Replace the in-memory table with the catalogue's, after a change committed.
+
+        `dropped` (revoked, or its token rotated) leaves memory first, without the catalogue: should the reload
+        fail (the server stopping), its old token still works no more.
+        """
+        with self._reload_lock:
+            if dropped is not None:
+                old = self._active
+                self._active = _Active(
+                    {h: p for h, p in old.by_hash.items() if p.name != dropped},
+                    {n: p for n, p in old.by_name.items() if n != dropped},
+                )
+            self._active = _Active.load(self._db.cursor())
 
     def add(self, name: str, role: Role) -> str:
         """Register `name` and return its new token (shown this once)."""
@@ -74,6 +113,7 @@ class Principals:
                 [name, role.value, _hash(token), datetime.now(UTC).replace(tzinfo=None)],
             )
             self._audit.append(cur, SERVER_CHAIN, OPERATOR, "principal.add", {"name": name, "role": role.value})
+        self._reload()
         return token
 
     def revoke(self, name: str) -> None:
@@ -86,6 +126,7 @@ class Principals:
                 "UPDATE principals SET revoked = ? WHERE name = ?", [datetime.now(UTC).replace(tzinfo=None), name]
             )
             self._audit.append(cur, SERVER_CHAIN, OPERATOR, "principal.revoke", {"name": name})
+        self._reload(dropped=name)
 
     def rotate(self, name: str) -> str:
         """Issue a new token for an existing principal (the old one stops working); returns it once."""
@@ -95,29 +136,24 @@ class Principals:
                 raise NotFoundError(f"no principal {name!r}")
             cur.execute("UPDATE principals SET token_hash = ?, revoked = NULL WHERE name = ?", [_hash(token), name])
             self._audit.append(cur, SERVER_CHAIN, OPERATOR, "principal.rotate", {"name": name})
+        self._reload(dropped=name)
         return token
 
     def by_token(self, token: str) -> Principal:
-        """The principal holding `token`."""
-        row = first(
-            self._db.cursor().execute(
-                "SELECT name, role FROM principals WHERE token_hash = ? AND revoked IS NULL", [_hash(token)]
-            )
-        )
-        if row is None:
+        """The principal holding `token` (from memory: no query)."""
+        principal = self._active.by_hash.get(_hash(token))
+        if principal is None:
             raise UnauthenticatedError("the token is unknown or revoked; ask the operator for a new one")
-        return Principal(row[0], Role(row[1]))
+        return principal
 
     def by_name(self, name: str) -> Principal:
-        """The principal called `name` (for a verified client certificate's common name)."""
-        row = first(
-            self._db.cursor().execute("SELECT name, role FROM principals WHERE name = ? AND revoked IS NULL", [name])
-        )
-        if row is None:
+        """The principal called `name` (for a verified client certificate's common name; from memory: no query)."""
+        principal = self._active.by_name.get(name)
+        if principal is None:
             raise UnauthenticatedError(
                 f"the certificate names {name!r}, which is not a registered, unrevoked principal"
             )
-        return Principal(row[0], Role(row[1]))
+        return principal
 
     def assign_auditor(self, auditor: str, collaboration_id: str) -> None:
         """Let `auditor` read the policy, budget and audit log of a collaboration.

@@ -12,7 +12,6 @@ commits in the same transaction as its effect, before the response leaves.
 from __future__ import annotations
 
 import logging
-from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +44,7 @@ from .audit_servicer import AuditServicer
 from .auth import Authenticator, StreamLimiter, TokenOrCertificateAuthenticator
 from .collaboration_servicer import CollaborationServicer
 from .errors import ErrorMappingInterceptor
-from .frontdoor import FrontDoorInterceptor, Watchdog
+from .frontdoor import DoorExecutor, FrontDoorInterceptor, Watchdog
 from .limits import OnRefusal, RequestLimitsInterceptor, named_collaboration
 from .matching_servicer import MatchingServicer
 from .rates import RateLimiter
@@ -202,7 +201,7 @@ def create_server(config: ServerConfig) -> RunningServer:
         idle_timeout=config.stream_idle_timeout,
     )
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.max_workers),
+        DoorExecutor(max_workers=config.max_workers),
         maximum_concurrent_rpcs=config.max_concurrent_rpcs or RPC_QUEUE_FACTOR * config.max_workers,
         interceptors=[
             ErrorMappingInterceptor(),

@@ -8,6 +8,7 @@ domain errors.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -129,6 +130,7 @@ def _abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
 
 
 def _wrap_unary(fn: Callable[..., Any], method: str) -> Callable[..., Any]:
+    @functools.wraps(fn)  # keeps the inner behaviour's marks (the front door's `AT_THE_DOOR`)
     def handler(request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return fn(request, context)
@@ -139,6 +141,7 @@ def _wrap_unary(fn: Callable[..., Any], method: str) -> Callable[..., Any]:
 
 
 def _wrap_stream(fn: Callable[..., Iterator[Any]], method: str) -> Callable[..., Iterator[Any]]:
+    @functools.wraps(fn)  # keeps the inner behaviour's marks (the front door's `AT_THE_DOOR`)
     def handler(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         try:
             yield from fn(request, context)

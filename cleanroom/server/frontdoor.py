@@ -4,8 +4,11 @@ Guarantees, for every RPC of every service (the clean room's, health, reflection
 
 - A call without credentials is refused from its headers alone: the token in its `authorization` metadata is
   checked (or, on a mutual-TLS server, the TLS handshake has verified a client certificate) before any request
-  message is read. A refused call holds a worker thread for microseconds and reads nothing, so an unread message
-  costs the server at most the HTTP/2 flow-control window (BDP probing is off, so that window stays small).
+  message is read; a token is looked up in memory (`Principals`), never in the catalogue. A refused call reads
+  nothing, so an unread message costs the server at most the HTTP/2 flow-control window (BDP probing is off, so
+  that window stays small), and takes no worker: refusals at the door (no credentials, an unknown token, a token
+  holder over a rate or over its half-open calls) run on gRPC's polling thread (`DoorExecutor`), so they never
+  wait behind busy workers nor count against `maximum_concurrent_rpcs` while they wait.
 - Every method is served in request-streaming form, so the server, not the transport, decides when to read the
   request: a refused call never reads it, and an authenticated unary call waits for it under watch. One that does
   not arrive within `request_timeout` cancels the call (a half-open call), and a principal's half-open calls
@@ -32,8 +35,8 @@ that data, so a stalled FetchPeerPoints could never be cut: its call, its memory
 concurrency cap would stay until the client read or left. (Checked with grpcio 1.85: `context.abort` after a
 timed-out `context.write` returned only once the client read again.) The sync server's `context.cancel()` resets
 the HTTP/2 stream at once. The gate runs in the interceptor, on the server's polling thread, before a worker is
-chosen, so thread-per-call costs a caller without credentials a few microseconds of one worker; authenticated
-callers are bounded by the stream limits, the half-open rule, the timeouts above and the rates.
+chosen, and so does its refusal (`DoorExecutor`): a caller without credentials costs no worker at all;
+authenticated callers are bounded by the stream limits, the half-open rule, the timeouts above and the rates.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -49,6 +53,7 @@ import grpc
 
 from ..errors import (
     AlreadyExistsError,
+    CleanroomError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
@@ -72,6 +77,9 @@ WATCH_TICK = 0.1
 #: half-open call ever waits that long.
 HALF_OPEN_PER_PRINCIPAL = 2
 HALF_OPEN_GRACE = 0.5
+#: The attribute that marks a behaviour as a refusal at the door (`DoorExecutor` runs it without a worker);
+#: wrappers copy it (`functools.wraps`).
+AT_THE_DOOR = "cleanroom_at_the_door"
 #: Outcomes that count against a principal's refusals: every refusal past the door (most of them write an audit
 #: entry: the edge's INVALID_ARGUMENT, the domain's PERMISSION_DENIED and NOT_FOUND, a query refused for its
 #: arguments, its state or the budget). An outcome after data was read (ABORTED) is charged, not refused.
@@ -160,23 +168,35 @@ class Watchdog:
         """
         watch = Watch(self, context, timeout, principal, waiting, unary)
         with self._lock:
-            now = time.monotonic()
-            refused = (
-                waiting
-                and unary
-                and sum(1 for w in self._watches if w.unary and w.principal == principal and w.half_open(now))
-                >= HALF_OPEN_PER_PRINCIPAL
-            )
+            refused = waiting and unary and self._half_open_full(principal, time.monotonic())
             if not refused:
                 self._watches.add(watch)
         if refused:
-            if self._on_cut is not None:
-                self._on_cut(principal)
-            raise ResourceExhaustedError(
-                f"you ({principal}) have {HALF_OPEN_PER_PRINCIPAL} calls that sent their headers and no message "
-                f"for {HALF_OPEN_GRACE:g} s; send their requests or cancel them first"
-            )
+            raise self._refuse_half_open(principal)
         return watch
+
+    def admit_unary(self, principal: str) -> None:
+        """ResourceExhaustedError when `principal` already has `HALF_OPEN_PER_PRINCIPAL` unary calls half-open.
+
+        The front door asks before the call takes a worker; `watch` asks again once it has one (a race between
+        the two only lets a call wait as far as `watch`).
+        """
+        with self._lock:
+            refused = self._half_open_full(principal, time.monotonic())
+        if refused:
+            raise self._refuse_half_open(principal)
+
+    def _half_open_full(self, principal: str, now: float) -> bool:
+        half_open = sum(1 for w in self._watches if w.unary and w.principal == principal and w.half_open(now))
+        return half_open >= HALF_OPEN_PER_PRINCIPAL
+
+    def _refuse_half_open(self, principal: str) -> ResourceExhaustedError:
+        if self._on_cut is not None:
+            self._on_cut(principal)
+        return ResourceExhaustedError(
+            f"you ({principal}) have {HALF_OPEN_PER_PRINCIPAL} calls that sent their headers and no message "
+            f"for {HALF_OPEN_GRACE:g} s; send their requests or cancel them first"
+        )
 
     def forget(self, watch: Watch) -> None:
         """Stop watching (idempotent)."""
@@ -259,15 +279,20 @@ class FrontDoorInterceptor(BehaviourInterceptor):
         self, handler: grpc.RpcMethodHandler, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
         """Refuse a call without valid credentials from its headers; serve the others under watch."""
+        method = handler_call_details.method
         try:
             token_holder = self._auth.by_metadata(handler_call_details.invocation_metadata or ())
             if token_holder is None and not self._certificates:
                 raise no_credentials()
-        except UnauthenticatedError as exc:
+            if token_holder is not None:  # a certificate's holder is known only on a worker (`start`)
+                self._rates.admit(token_holder.name, method)
+                if not handler.request_streaming:
+                    self._watchdog.admit_unary(token_holder.name)
+        except (UnauthenticatedError, ResourceExhaustedError) as exc:
             return _handler(handler, _refuse(exc, handler.response_streaming))
-        return self._guarded(handler, handler_call_details.method)
+        return self._guarded(handler, method, admitted=token_holder is not None)
 
-    def _guarded(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    def _guarded(self, handler: grpc.RpcMethodHandler, method: str, admitted: bool) -> grpc.RpcMethodHandler:
         inner = _behaviour(handler)
         streams_in, streams_out = handler.request_streaming, handler.response_streaming
         built_in = method.startswith(BUILT_IN_PREFIX)
@@ -281,7 +306,8 @@ class FrontDoorInterceptor(BehaviourInterceptor):
 
         def start(requests: Iterator[Any], context: grpc.ServicerContext) -> tuple[Principal, Watch, Any]:
             principal = self._auth.principal(context)  # a certificate's principal, or a token revoked meanwhile
-            self._rates.admit(principal.name, method)
+            if not admitted:  # a token's holder was admitted at the door
+                self._rates.admit(principal.name, method)
             if streams_in:
                 watch = self._watchdog.watch(context, self._idle, principal.name, waiting=True)
                 return principal, watch, self._watched(requests, watch, streams_out)
@@ -338,8 +364,11 @@ class FrontDoorInterceptor(BehaviourInterceptor):
             watch.stop()  # all of the upload is in; the server's commit is not the client's idleness
 
 
-def _refuse(exc: UnauthenticatedError, streams_out: bool) -> Callable[[Iterator[Any], grpc.ServicerContext], Any]:
-    """A behaviour that raises `exc` without reading a message (the error mapping answers the call)."""
+def _refuse(exc: CleanroomError, streams_out: bool) -> Callable[[Iterator[Any], grpc.ServicerContext], Any]:
+    """A behaviour that raises `exc` without reading a message (the error mapping answers the call).
+
+    Marked `AT_THE_DOOR`: `DoorExecutor` runs it on gRPC's polling thread, without a worker.
+    """
 
     def unary_out(_requests: Iterator[Any], _context: grpc.ServicerContext) -> Any:
         raise exc
@@ -348,4 +377,30 @@ def _refuse(exc: UnauthenticatedError, streams_out: bool) -> Callable[[Iterator[
         raise exc
         yield  # a generator, like the method it stands for
 
-    return stream_out if streams_out else unary_out
+    behaviour = stream_out if streams_out else unary_out
+    setattr(behaviour, AT_THE_DOOR, True)
+    return behaviour
+
+
+class DoorExecutor(futures.ThreadPoolExecutor):
+    """The server's workers, except for the front door's refusals, which run where gRPC hands them over.
+
+    gRPC's synchronous server submits every accepted call to its executor, and counts it against
+    `maximum_concurrent_rpcs` until the submitted work is done. A refusal at the door (`_refuse`: no credentials,
+    an unknown token, a principal over a rate or its half-open calls) reads no message, blocks on nothing and takes
+    microseconds, so it runs at once on gRPC's polling thread: it never waits behind busy workers, never takes
+    one, and is done, so out of the count, before the next call is accepted. A flood of refused calls cannot
+    crowd a member's call out of the workers or past the cap. Anything else (and a refusal, should gRPC ever
+    submit its behaviour differently) goes to the thread pool as before.
+    """
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future[Any]:
+        """Run a front-door refusal at once (a done future); anything else on a worker."""
+        if any(getattr(arg, AT_THE_DOOR, False) for arg in args):
+            done: futures.Future[Any] = futures.Future()
+            try:
+                done.set_result(fn(*args, **kwargs))
+            except Exception as exc:  # noqa: BLE001 - handed to whoever waits on the future, as a worker would
+                done.set_exception(exc)
+            return done
+        return super().submit(fn, *args, **kwargs)

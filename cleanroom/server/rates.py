@@ -33,7 +33,8 @@ PREVIEW_RATE = Rate(burst=20, per_second=1.0)
 #: Collaborations created (each one a chain and a policy of its own): 30 at once, then one every 10 s.
 CREATE_RATE = Rate(burst=30, per_second=0.1)
 #: Refused calls (each one an audit entry, in a collaboration's chain or the server's): 20 at once, then one a
-#: second; once used up, every call of the principal is RESOURCE_EXHAUSTED until it refills.
+#: second; once used up, every call of the principal is RESOURCE_EXHAUSTED until one refills, and the principal
+#: is on probation: each call admitted costs one too (so one a second gets in) until the count is full again.
 REFUSAL_RATE = Rate(burst=20, per_second=1.0)
 
 #: Methods with a rate of their own, by full method name.
@@ -52,6 +53,10 @@ class RateLimiter:
         self._clock = clock
         #: (principal, what) over its limit now: logged once when it goes over, not once per refused call.
         self._over: set[tuple[str, str]] = set()
+        #: Principals that used up their refused calls and have not refilled them all since: each call they are
+        #: admitted costs one. Without it, whenever one refusal refilled, all of a flood's calls got in at once
+        #: until one of them was refused, e.g. half-open calls, which count as refused only once they are cut.
+        self._probation: set[str] = set()
 
     def _level(self, key: tuple[str, str], rate: Rate, now: float) -> float:
         tokens, last = self._buckets.get(key, (float(rate.burst), now))
@@ -75,6 +80,11 @@ class RateLimiter:
             if refusals < 1.0:
                 raise self._refuse(principal, "refused calls", REFUSAL_RATE, refusals)
             self._over.discard((principal, "refused calls"))
+            if principal in self._probation:
+                if refusals >= REFUSAL_RATE.burst:
+                    self._probation.discard(principal)
+                else:
+                    self._buckets[(principal, "refusals")] = (refusals - 1.0, now)
             rated = METHOD_RATES.get(method)
             if rated is None:
                 return
@@ -89,5 +99,7 @@ class RateLimiter:
         """Count one refused call of `principal`."""
         now = self._clock()
         with self._lock:
-            level = self._level((principal, "refusals"), REFUSAL_RATE, now)
-            self._buckets[(principal, "refusals")] = (max(0.0, level - 1.0), now)
+            level = max(0.0, self._level((principal, "refusals"), REFUSAL_RATE, now) - 1.0)
+            self._buckets[(principal, "refusals")] = (level, now)
+            if level < 1.0:
+                self._probation.add(principal)

@@ -446,3 +446,34 @@ def test_silent_upload_streams_beyond_two_per_principal_are_cut_and_leave_slots_
             _assert_prompt(channel, other_tokens["dave"], other)
     finally:
         release.set()
+
+
+def test_refusals_at_the_door_take_no_worker_and_no_place_under_the_rpc_cap(tmp_path, pki, start):
+    # Every worker is held (a member's two half-open calls, each within its limit, for 30 s). Calls without a
+    # token, with a made-up token, and the member's third half-open call are refused from their headers, on gRPC's
+    # own thread: at once, and never "Concurrent RPC limit exceeded!". They used to queue for a worker, and to
+    # count against maximum_concurrent_rpcs while they waited, so everyone else's calls were refused.
+    running = start(tmp_path / "door", max_workers=2, max_concurrent_rpcs=3, request_timeout=30.0)
+    tokens, _ = _room(running, "brand", "platform")
+    release = threading.Event()
+    with _channel(running, pki) as member, _channel(running, pki) as attack:
+        half_open = member.stream_unary(GET_BUDGET, request_serializer=_ident, response_deserializer=_ident)
+        held = [half_open.future(_never(release), metadata=_md(tokens["platform"])) for _ in range(2)]
+        try:
+            time.sleep(1.0)  # both half-open, past the grace
+            third = half_open.future(_never(release), metadata=_md(tokens["platform"]))
+            with pytest.raises(grpc.RpcError) as info:
+                third.result(timeout=2.0)
+            assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "sent their headers and no message" in (info.value.details() or "")
+            budget = attack.unary_unary(GET_BUDGET, request_serializer=_ident, response_deserializer=_ident)
+            request = an.GetBudgetRequest(parent="collaborations/x").SerializeToString()
+            calls = [budget.future(request, timeout=2.0) for _ in range(20)]
+            calls += [budget.future(request, metadata=_md(f"crt_made-up-{i}"), timeout=2.0) for i in range(20)]
+            for call in calls:
+                with pytest.raises(grpc.RpcError) as info:
+                    call.result()
+                assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED, info.value.details()
+            assert not any(f.done() for f in held), "the member's calls within its limit were cut"
+        finally:
+            release.set()

@@ -99,3 +99,42 @@ def test_a_reserved_name_is_refused_as_a_principal(room, name):
     with pytest.raises(InvalidArgumentError, match="reserved"):
         room.principals.add(name, Role.MEMBER)
     assert [e.action for e in room.audit.entries(SERVER_CHAIN)] == []
+
+
+def test_tokens_are_resolved_from_memory_and_a_made_up_token_never_touches_the_catalogue(room):
+    """The front door resolves every call's token: from the in-memory table, so a flood of made-up tokens costs a
+    hash and a dict look-up, not a DuckDB query (here the catalogue is closed, so any query would fail)."""
+    brand = room.principals.add("brand", Role.MEMBER)
+    room.principals.add("platform", Role.AUDITOR)
+    room.store.catalog.close()
+    assert room.principals.by_token(brand) == Principal("brand", Role.MEMBER)
+    assert room.principals.by_name("platform") == Principal("platform", Role.AUDITOR)
+    with pytest.raises(UnauthenticatedError, match="unknown or revoked"):
+        room.principals.by_token("crt_made-up")
+    with pytest.raises(UnauthenticatedError, match="not a registered"):
+        room.principals.by_name("nobody")
+
+
+def test_the_token_table_follows_every_add_revoke_and_rotate_and_a_reopen(tmp_path):
+    opened = Room.open(tmp_path)
+    try:
+        first = opened.principals.add("brand", Role.MEMBER)
+        assert opened.principals.by_token(first).name == "brand"
+        second = opened.principals.rotate("brand")
+        with pytest.raises(UnauthenticatedError):
+            opened.principals.by_token(first)
+        assert opened.principals.by_token(second).name == "brand"
+        kept = opened.principals.add("platform", Role.MEMBER)
+    finally:
+        opened.close()
+    reopened = Room.open(tmp_path)  # loaded from the catalogue at start
+    try:
+        assert reopened.principals.by_token(second).name == "brand"
+        reopened.principals.revoke("brand")
+        with pytest.raises(UnauthenticatedError):
+            reopened.principals.by_token(second)
+        with pytest.raises(UnauthenticatedError):
+            reopened.principals.by_name("brand")
+        assert reopened.principals.by_token(kept).name == "platform"
+    finally:
+        reopened.close()

@@ -63,6 +63,29 @@ def test_used_up_refusals_shut_the_door_until_they_refill_and_only_for_that_prin
     rates.admit("brand", "/cleanroom.v1.AnalyticsService/GetBudget")  # another principal is never affected
 
 
+@given(st.lists(st.floats(min_value=0.0, max_value=3.0), min_size=1, max_size=200))
+def test_a_principal_that_used_up_its_refusals_is_admitted_at_the_refill_rate_until_it_is_full_again(gaps):
+    # Once its refused calls were used up, a principal used to be let through whenever one refusal had refilled,
+    # and then every call at once until one was refused: a member churning half-open calls got 15 workers for
+    # the half second before any of them counted as half-open (a 0.5 s stall for everyone, every request timeout).
+    clock = Clock()
+    rates = RateLimiter(clock)
+    for _ in range(REFUSAL_RATE.burst):
+        rates.refused("mallory")
+    admitted: list[float] = []
+    for gap in gaps:
+        clock.now += gap
+        if clock.now >= REFUSAL_RATE.burst / REFUSAL_RATE.per_second:
+            break  # long enough without a refusal to be full again, whatever it was admitted
+        try:
+            rates.admit("mallory", "/cleanroom.v1.AnalyticsService/GetBudget")
+            admitted.append(clock.now)
+        except ResourceExhaustedError:
+            pass
+    # on probation, each admitted call costs a refusal: at most one per refill, from an empty count
+    assert len(admitted) <= REFUSAL_RATE.per_second * clock.now + 1e-9
+
+
 slot_requests = st.lists(st.tuples(st.sampled_from("abcd"), st.sampled_from("xyz")), max_size=40)
 
 
