@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from . import merkle
 from .errors import CleanRoomError
 from .protocol import audit_pb2 as apb
-from .transparency import HistoryRewrittenError, TreeHead, canonical_json, entry_body
+from .transparency import EVIDENCE, HistoryRewrittenError, TreeHead, canonical_json, entry_body
 
 #: Fetches a consistency proof (collaboration, first, second) from the server.
 ConsistencyFetch = Callable[[str, int, int], Sequence[bytes]]
@@ -155,7 +155,7 @@ class HeadMemory:
                 try:
                     proof = [] if older.size == newer.size else fetch(collaboration, older.size, newer.size)
                     merkle.verify_consistency(older.size, newer.size, older.root, newer.root, proof)
-                except (merkle.ProofError, CleanRoomError) as exc:
+                except EVIDENCE as exc:
                     shrank = shown.size < remembered.size
                     reason = f"the log shrank from {remembered.size} to {shown.size} entries" if shrank else str(exc)
             if not reason:

@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import merkle
-from .errors import CleanRoomError
+from .errors import CleanRoomError, InvalidArgumentError
 from .protocol import audit_pb2 as apb
 
 TREE_HEAD_KIND = "cleanroom.audit.tree-head.v1"
@@ -34,6 +34,12 @@ RECEIPTS_METADATA = "cleanroom-receipts-bin"
 GENESIS = "0" * 64
 #: How far below the ε a query asked for its entry may record it: float noise only (the ledger rounds charges up).
 EPSILON_SLACK = 1e-12
+
+
+#: The answers to a proof request that are evidence against the server's history: a proof that does not verify, or
+#: the server's word that a size or sequence lies beyond its log (it no longer holds what this client saw). Any other
+#: failure (over a rate limit, unavailable, a deadline) says nothing about the history and is raised as it is.
+EVIDENCE = (merkle.ProofError, InvalidArgumentError)
 
 
 def canonical_json(value: Any) -> str:

@@ -24,6 +24,7 @@ from .protocol import analytics_pb2 as anpb
 from .protocol import audit_pb2 as apb
 from .transparency import (
     EPSILON_SLACK,
+    EVIDENCE,
     HistoryRewrittenError,
     TreeHead,
     check_receipt,
@@ -249,7 +250,7 @@ class Witness:
         try:
             proof = [] if older.size == newer.size else self.consistency(collaboration, older.size, newer.size)
             merkle.verify_consistency(older.size, newer.size, older.root, newer.root, proof)
-        except (merkle.ProofError, CleanRoomError) as exc:
+        except EVIDENCE as exc:
             reason = f"the two members were shown different histories (a fork): {exc}"
             self.memory.record_incident(collaboration, reason, other)
         return mine
@@ -269,7 +270,7 @@ class Witness:
                     raise merkle.ProofError(f"entry {sequence} is not the one the receipt holds")
                 leaf = entry_leaf(response.entry, self.memory.key)
                 merkle.verify_inclusion(leaf, sequence - 1, head.size, list(response.proof), head.root)
-            except (merkle.ProofError, CleanRoomError) as exc:
+            except EVIDENCE as exc:
                 reason = f"entry {sequence}, of a receipt this member holds, is missing from the log: {exc}"
                 self.memory.record_incident(collaboration, reason, head)
                 raise HistoryRewrittenError(collaboration, reason, self.memory.head(collaboration), head) from None

@@ -73,3 +73,34 @@ def test_a_state_file_that_cannot_be_read_is_an_error_not_a_fresh_start(tmp_path
     with pytest.raises(CleanRoomError, match="cannot be read"):
         memory.accept(COLLAB, heads[1], lambda *a: [])
     assert state.read_text() == '{"head": {"size": 2, "ro'  # nothing overwritten: the user can look into it
+
+
+def test_a_proof_the_server_cannot_send_now_is_its_error_not_a_rewritten_history(tmp_path: Path) -> None:
+    """Over a rate limit (or unavailable) is no evidence against the history: raised as it is, no incident kept.
+
+    Found by the full suite: a member on probation after 45 budget refusals got RESOURCE_EXHAUSTED for the
+    consistency proof of its next budget read, which the SDK reported as a rewritten history and then refused the
+    collaboration until acknowledged.
+    """
+    from cleanroom_client.errors import InvalidArgumentError, ResourceExhaustedError
+
+    key = Ed25519PrivateKey.generate()
+    nodes, heads = _heads(key, 3)
+    memory = HeadMemory(tmp_path, key.public_key())
+    memory.accept(COLLAB, heads[1], lambda *a: [])
+
+    def limited(*_: object) -> list[bytes]:
+        raise ResourceExhaustedError("RESOURCE_EXHAUSTED", "you (brand) are over the limit on refused calls")
+
+    with pytest.raises(ResourceExhaustedError):
+        memory.accept(COLLAB, heads[3], limited)
+    assert memory.incident(COLLAB) is None
+    memory.accept(COLLAB, heads[3], lambda _c, a, b: merkle.consistency_proof(nodes.perfect, a, b))
+    assert memory.head(COLLAB) == heads[3]
+
+    def beyond(*_: object) -> list[bytes]:  # the server no longer holds the size this client saw: evidence
+        raise InvalidArgumentError("INVALID_ARGUMENT", "the log has 1 entries, not 3")
+
+    with pytest.raises(HistoryRewrittenError, match="shrank"):
+        memory.accept(COLLAB, heads[1], beyond)
+    assert memory.incident(COLLAB) is not None
