@@ -365,7 +365,7 @@ def load_keyed_match(room: Room, collaboration_id: str, n: int) -> None:
     """
     from cleanroom_client.identity import IdentifierType
 
-    from ..matching.join import ID_TYPE_CODES, add_keys
+    from ..matching.join import ID_TYPE_CODES, add_keys, label_pairs
     from ..matching.progress import record_total_rows
 
     rows = np.arange(n, dtype=np.int64)
@@ -380,4 +380,4 @@ def load_keyed_match(room: Room, collaboration_id: str, n: int) -> None:
                 [collaboration_id, member, ID_TYPE_CODES[IdentifierType.EMAIL], n],
             )
         email = ID_TYPE_CODES[IdentifierType.EMAIL]  # the type that links every pair (load_direct writes code 1)
-        cur.execute("UPDATE matches SET id_type = ? WHERE collab = ?", [email, collaboration_id])
+        label_pairs(cur, collaboration_id, email)

@@ -245,6 +245,15 @@ def record_pairs(cur: duckdb.DuckDBPyConnection, collaboration_id: str, members:
     cur.execute("INSERT INTO match_results VALUES (?, ?)", [collaboration_id, datetime.now(UTC).replace(tzinfo=None)])
 
 
+def label_pairs(cur: duckdb.DuckDBPyConnection, collaboration_id: str, id_type: int) -> None:
+    """Give every recorded pair of a collaboration the linking type `id_type` (a code of `ID_TYPE_CODES`).
+
+    For matchings loaded with `record_pairs` whose keys are then stored too (`synthetic.load_keyed_match`), so that
+    the pairs carry the type a join of those keys would give them.
+    """
+    cur.execute("UPDATE matches SET id_type = ? WHERE collab = ?", [id_type, collaboration_id])
+
+
 def join_matches(
     cur: duckdb.DuckDBPyConnection,
     collaboration_id: str,
