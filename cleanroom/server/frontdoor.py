@@ -26,6 +26,9 @@ Guarantees, for every RPC of every service (the clean room's, health, reflection
   server's own work between two responses does not count; a built-in stream (health Watch, reflection) is cut
   after `idle_timeout` without any message either way. A cut stream frees its worker and its stream slot.
 - Streams of the server's own services take slots like any other (`SERVER_SERVICES` share).
+- A stream re-resolves its caller at every request message it reads and every response it sends: a token revoked
+  or rotated (or a certificate's principal revoked) after the stream passed the door is refused (UNAUTHENTICATED)
+  at its next message, so an upload opened before the revocation is not stored.
 - Each principal's previews, collaboration creations and refused calls are rate-limited (`rates.py`).
 
 Why the synchronous `grpc.server` and not `grpc.aio`: grpc.aio reads a unary request before it calls the handler
@@ -310,7 +313,7 @@ class FrontDoorInterceptor(BehaviourInterceptor):
                 self._rates.admit(principal.name, method)
             if streams_in:
                 watch = self._watchdog.watch(context, self._idle, principal.name, waiting=True)
-                return principal, watch, self._watched(requests, watch, streams_out)
+                return principal, watch, self._watched(requests, watch, streams_out, context)
             watch = self._watchdog.watch(context, self._request_timeout, principal.name, waiting=True, unary=True)
             request = next(requests, None)
             watch.received()
@@ -343,6 +346,7 @@ class FrontDoorInterceptor(BehaviourInterceptor):
             try:
                 with slot(principal):
                     for response in inner(argument, context):
+                        self._auth.principal(context)  # revoked or rotated meanwhile: the rest is not sent
                         watch.kick(self._idle)  # the client has that long to take it
                         yield response
                         servers_turn(watch)
@@ -354,9 +358,13 @@ class FrontDoorInterceptor(BehaviourInterceptor):
 
         return _handler(handler, stream_out if streams_out else unary_out)
 
-    def _watched(self, requests: Iterator[Any], watch: Watch, streams_out: bool) -> Iterator[Any]:
+    def _watched(
+        self, requests: Iterator[Any], watch: Watch, streams_out: bool, context: grpc.ServicerContext
+    ) -> Iterator[Any]:
+        """The request stream under watch; every message is refused once its caller's credentials are revoked."""
         for request in requests:  # the client's turn: the watch runs
             watch.received()  # no longer half-open once a message came
+            self._auth.principal(context)  # a token revoked or rotated since the door: UNAUTHENTICATED, unused
             watch.pause()  # the server's turn: storing a chunk is not the client's idleness
             yield request
             watch.kick(self._idle)

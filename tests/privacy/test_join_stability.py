@@ -343,3 +343,68 @@ def test_every_released_vector_moves_by_at_most_its_stated_sensitivity(rooms, dr
             assert x.sensitivity == y.sensitivity  # stated from the policy alone
             distance = sum(abs(u - v) for u, v in itertools.zip_longest(x.counts, y.counts, fillvalue=0))
             assert distance <= x.sensitivity, (q, x.counts, y.counts, x.sensitivity)
+
+
+ALL_TYPES = ("email", "phone", "device_id", "custom")
+FEW_KEYS = st.one_of(st.none(), st.sampled_from(["k0", "k1", "k2"]))
+WIDE_ROWS = st.lists(st.fixed_dictionaries({t: FEW_KEYS for t in ALL_TYPES}), max_size=7)
+
+
+def _wide_history(
+    rows: dict[str, list[Row]], types: tuple[str, ...], periods: list[dict[str, list[int]]], incremental: bool
+) -> tuple[set[tuple], list[dict[str, int]]]:
+    """Like `_history`, with every identifier type, several members retiring in one period (as `_complete` does),
+    and the set sizes: taken off the last ones (incremental, what `_complete` records) or counted again."""
+    from cleanroom.matching.join import key_set_sizes
+
+    con = _server_db()
+    for table in ("match_keys", "matches", "match_results"):
+        con.execute(f"DELETE FROM {table}")
+    id_types = [IdentifierType(t) for t in types]
+    keys = [
+        ("c", member, ID_TYPE_CODES[IdentifierType(t)], i, tag(str(r[t]), t))
+        for member in MEMBERS
+        for i, r in enumerate(rows[member])
+        for t in ALL_TYPES
+        if r.get(t) is not None
+    ]
+    insert_match_keys(con, keys)
+    join_matches(con, "c", MEMBERS, id_types)
+    counted = key_set_sizes(con, "c")
+    sizes = [{m: counted.get(m, 0) for m in MEMBERS}]
+    for period, retired_by in enumerate(periods, start=1):
+        keyed: dict[str, int] = {}
+        for member in MEMBERS:  # every member, retiring or not, in the order `_complete` takes them
+            relation, params = "(SELECT unnest(?::BIGINT[]) AS row_id)", [retired_by.get(member, [])]
+            if incremental:
+                keyed[member] = note_retired_keys(con, "c", member, relation, params, id_types)
+            forget_rows(con, "c", member, relation, params)
+        if incremental:
+            rejoin_around(con, "c", MEMBERS, id_types, period)
+            sizes.append({m: sizes[-1][m] - keyed[m] for m in MEMBERS})
+        else:
+            join_matches(con, "c", MEMBERS, id_types, period)
+            counted = key_set_sizes(con, "c")
+            sizes.append({m: counted.get(m, 0) for m in MEMBERS})
+    return set(con.execute("SELECT * FROM matches").fetchall()), sizes
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(WIDE_ROWS, WIDE_ROWS, WIDE_ROWS, st.data())
+def test_rejoining_with_every_type_and_several_members_retiring_at_once_matches_the_whole_join(a, b, c, data):
+    """Red team of issue 29: four identifier types (some not in the policy) over three keys, so keys repeat across
+    rows, types and periods; in one period several members retire rows, some of them retired before already (their
+    keys are gone), some sharing keys with rows retired earlier. The pairs, their periods and the set sizes taken
+    off the last ones are those of a whole join with sizes counted again."""
+    rows = {"brand": a, "platform": b, "third": c}
+    types = data.draw(st.lists(st.sampled_from(ALL_TYPES), min_size=1, max_size=4, unique=True).map(tuple))
+    periods: list[dict[str, list[int]]] = []
+    for _ in range(data.draw(st.integers(1, 4))):
+        retired_by: dict[str, list[int]] = {}
+        for member in MEMBERS:
+            if rows[member] and data.draw(st.booleans()):
+                retired_by[member] = data.draw(
+                    st.lists(st.integers(0, len(rows[member]) - 1), min_size=1, max_size=3, unique=True)
+                )
+        periods.append(retired_by)
+    assert _wide_history(rows, types, periods, incremental=True) == _wide_history(rows, types, periods, False)

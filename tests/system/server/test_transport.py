@@ -163,3 +163,39 @@ def test_operator_commands_take_one_path_with_or_without_a_running_server(server
     assert not list(stopped.glob("admin.sock"))  # the private socket was elsewhere and is gone
     assert outputs(Path(server.room.data_dir)) == offline
     assert [code for code, _ in offline] == [0, 1, 1, 1, 1, 1]
+
+
+def test_a_stream_opened_before_a_revocation_is_refused_at_its_next_message(server, tokens, pki, active):
+    """A revoked token stops working at once, also for a call already past the door: an open upload stream."""
+    from cleanroom_client.curve import hash_to_u
+
+    credentials = grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes())
+    parent = f"collaborations/{active}"
+    point = hash_to_u(b"p")
+    first_sent, revoked = threading.Event(), threading.Event()
+
+    def chunks():
+        for i in range(2):
+            yield ma.UploadBlindedPointsRequest(
+                parent=parent,
+                identifier_type=ma.IDENTIFIER_TYPE_EMAIL,
+                chunk_index=i,
+                first_row=i,
+                points=point,
+                last=i == 1,
+                total_rows=2 if i == 1 else 0,
+            )
+            first_sent.set()
+            revoked.wait(10)
+
+    with grpc.secure_channel(f"localhost:{server.port}", credentials) as channel:
+        stub = ma_grpc.MatchingServiceStub(channel)
+        call = stub.UploadBlindedPoints.future(chunks(), metadata=(("authorization", f"Bearer {tokens['brand']}"),))
+        assert first_sent.wait(10)
+        time.sleep(0.3)  # the first chunk is in the server's hands
+        server.room.principals.revoke("brand")
+        revoked.set()
+        with pytest.raises(grpc.RpcError) as info:
+            call.result(timeout=10)
+    assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert "revoked" in (info.value.details() or "")
