@@ -49,7 +49,7 @@ def test_psi_benchmark_runs(tmp_path):
     assert result["n"] == 500
     assert result["seconds"] > 0
     assert result["x25519_ops_per_second"] > 0
-    assert result["floor_seconds"] > result["limit_seconds"] > 0
+    assert result["floor_seconds"] >= result["limit_seconds"] > 0  # both rounded to 10 ms: equal at n = 500
     assert result["cpu_ratio_to_limit"] > 0
     assert result["x25519_cpu_us"] > 0
     for member in ("brand", "platform"):
