@@ -40,11 +40,16 @@ class AuditTrees:
     def __init__(self, log: AuditLog) -> None:
         self._log = log
         self._trees: dict[str, merkle.MerkleNodes] = {}
-        self._lock = threading.Lock()
+        #: One lock per chain: building one collaboration's tree (its first use in a run reads every entry) never
+        #: holds up another collaboration's receipts.
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
 
     def _synced(self, chain: str) -> merkle.MerkleNodes:
         """The chain's tree up to its last stored entry (rebuilt if the stored chain is shorter than the tree)."""
-        with self._lock:
+        with self._locks_lock:
+            lock = self._locks.setdefault(chain, threading.Lock())
+        with lock:
             nodes = self._trees.get(chain)
             if nodes is None or self._log.last_sequence(chain) < nodes.size:
                 nodes = merkle.MerkleNodes()
