@@ -294,6 +294,12 @@ class StorageLimits:
     #: Collaboration files open at once; None: the store's default (`cleanroom.storage.store.MAX_OPEN_FILES`).
     max_open: int | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("threads", "max_open"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1 (or unset for the default), not {value}")
+
     def config(self) -> dict[str, str | bool | int | float | list[str]]:
         """The settings as DuckDB's connect-time configuration.
 

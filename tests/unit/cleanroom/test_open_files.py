@@ -17,9 +17,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cleanroom.analytics import OverlapQuery
 from cleanroom.analytics.queries import DimensionRef
+from cleanroom.audit.transparency import AuditTrees
 from cleanroom.devtools.synthetic import load_direct
 from cleanroom.principals import Principal, Role
 from cleanroom.privacy.budget import Charge, Limits
@@ -124,6 +127,14 @@ def test_a_file_closed_at_the_cap_reopens_as_it_was_and_charges_nothing_twice(tm
     status = room.budget.status("kept", "brand", LIMITS)
     assert (status.spent, status.reserved) == (pytest.approx(1.25), 0.0)
     assert room.audit.verify("kept").valid
+    # The transparency tree kept in memory across the closing is the one the stored chain gives.
+    tree = room.trees.head("kept")
+    for i in range(3):
+        _touch(room, f"last-{i}")
+    assert "kept" not in room.store.opened()
+    again, rebuilt = room.trees.head("kept"), AuditTrees(room.audit).head("kept")
+    assert tree.size == len(actions)
+    assert (again.size, again.root) == (rebuilt.size, rebuilt.root) == (tree.size, tree.root)
     room.close()
 
     # After a real restart nothing is left to charge either, and the ledger is the same.
@@ -178,3 +189,12 @@ def test_many_threads_over_many_files_at_a_small_cap_all_succeed(tmp_path):
     total = sum(room.store.of(cid).cursor().execute("SELECT count(*) FROM auditors").fetchall()[0][0] for cid in ids)
     assert total == 4 * 20  # every committed write is there, whatever was closed and reopened meanwhile
     room.close()
+
+
+@given(st.integers(-(2**40), 2**40), st.sampled_from(["threads", "max_open"]))
+def test_threads_and_the_cap_are_at_least_one_or_unset(value, name):
+    if value >= 1:
+        assert getattr(StorageLimits(**{name: value}), name) == value
+    else:
+        with pytest.raises(ValueError, match=f"{name} must be at least 1"):
+            StorageLimits(**{name: value})
