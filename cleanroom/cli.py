@@ -64,6 +64,14 @@ def serve(
         Path | None,
         typer.Option(help="Where DuckDB spills past --memory-limit, a directory per file (default: beside each)."),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(min=1, help="DuckDB's threads per collaboration file (default: 2); more speeds up big joins."),
+    ] = None,
+    max_open_files: Annotated[
+        int | None,
+        typer.Option(min=1, help="Collaboration files open at once (default: 64); idle ones beyond are closed."),
+    ] = None,
 ) -> None:
     """Serve the clean room until SIGTERM or Ctrl-C (which stop it within 10 s, whatever runs); TLS unless --insecure.
 
@@ -99,7 +107,9 @@ def serve(
         tls=tls,
         insecure=insecure,
         stream_idle_timeout=idle_timeout,
-        storage=StorageLimits(memory_limit=memory_limit, temp_directory=spill_dir),
+        storage=StorageLimits(
+            memory_limit=memory_limit, temp_directory=spill_dir, threads=threads, max_open=max_open_files
+        ),
     )
     try:
         running = create_server(config)

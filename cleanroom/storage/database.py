@@ -14,10 +14,17 @@ Stopping: every cursor a `Database` hands out is remembered (weakly), so `interr
 is running on the file; after `interrupt` the file refuses new work (UnavailableError), the interrupted
 transaction rolls back, and `close` checkpoints what was committed.
 
+Parking: the same weak set says whether anyone uses the file right now (a cursor alive, or a transaction holding
+the write lock). `park` closes the DuckDB instance of a file no one uses (its threads, memory and descriptors go)
+and the next `cursor` opens it again, so a holder of the `Database` never sees the difference. What a file is lives
+in the file: nothing of it (schema, committed rows, reservations) is kept per instance. `cleanroom.storage.store`
+parks the least recently used files beyond its cap.
+
 Memory: `StorageLimits` caps what DuckDB may hold in memory (`memory_limit`) and names the directory it spills to
 when a join, sort or aggregate needs more (`temp_directory`); with both set, the 100M x 100M join runs within the
 cap (benchmarks/bench_join.py). The cap is per open file (each is its own DuckDB instance). DuckDB's own
-defaults are 80% of RAM and `<database file>.tmp`.
+defaults are 80% of RAM and `<database file>.tmp`. An idle open file holds about 4 MB whatever the cap (measured:
+it is the instance's own overhead), which is why the number of open files is capped too (`Store`).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -281,11 +289,24 @@ class StorageLimits:
 
     memory_limit: str | None = None
     temp_directory: Path | None = None
+    #: DuckDB's threads per file (the calling thread included); None: the store's default for the kind of file.
     threads: int | None = None
+    #: Collaboration files open at once; None: the store's default (`cleanroom.storage.store.MAX_OPEN_FILES`).
+    max_open: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("threads", "max_open"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1 (or unset for the default), not {value}")
 
     def config(self) -> dict[str, str | bool | int | float | list[str]]:
-        """The settings as DuckDB's connect-time configuration."""
-        out: dict[str, str | bool | int | float | list[str]] = {}
+        """The settings as DuckDB's connect-time configuration.
+
+        DuckDB's asynchronous I/O pool (8 threads per instance by default) serves Parquet and CSV reads only, never
+        its own database format, so the server's files start none.
+        """
+        out: dict[str, str | bool | int | float | list[str]] = {"async_threads": 0}
         if self.memory_limit:
             out["memory_limit"] = self.memory_limit
         if self.temp_directory is not None:
@@ -295,23 +316,51 @@ class StorageLimits:
         return out
 
 
-class Database:
-    """One DuckDB file, created with `schema` on first open (the directory must exist)."""
+#: Told whether a `Database`'s DuckDB instance is now open (True) or closed (False); called under its state lock.
+StateListener = Callable[["Database", bool], None]
 
-    def __init__(self, path: Path, schema: str, limits: StorageLimits | None = None) -> None:
+
+class Database:
+    """One DuckDB file, created with `schema` on first open (the directory must exist).
+
+    `on_state` hears every opening and closing of the file's DuckDB instance, in order (see `StateListener`); it
+    must be quick and take no lock of any `Database`.
+    """
+
+    def __init__(
+        self, path: Path, schema: str, limits: StorageLimits | None = None, on_state: StateListener | None = None
+    ) -> None:
         self.path = path
         self.limits = limits or StorageLimits()
         if self.limits.temp_directory is not None:
             self.limits.temp_directory.mkdir(parents=True, exist_ok=True, mode=DATA_DIR_MODE)
-        self._con = duckdb.connect(str(self.path), config=self.limits.config())
         self.write_lock = threading.RLock()
         self._pending = threading.local()
         self._cursors: weakref.WeakSet[duckdb.DuckDBPyConnection] = weakref.WeakSet()
-        self._cursors_lock = threading.Lock()
+        #: Guards the connection and the cursors: opening, parking, handing out a cursor, interrupting.
+        self._state = threading.Lock()
+        self._on_state = on_state
         self._stopping = False
         self._closed = False
+        #: When a cursor was last handed out (time.monotonic()): the store parks the least recently used first.
+        self.last_used = time.monotonic()
+        self._con: duckdb.DuckDBPyConnection | None = None
+        with self._state:
+            self._connect()
         with self.transaction() as cur:
             cur.execute(schema)
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        """Open the DuckDB instance (under `_state`)."""
+        con = self._con = duckdb.connect(str(self.path), config=self.limits.config())
+        if self._on_state is not None:
+            self._on_state(self, True)
+        return con
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the file's DuckDB instance is open now (parked and closed files are not)."""
+        return self._con is not None
 
     def _restrict(self) -> None:
         """Keep the database file and its WAL (which DuckDB creates anew after each checkpoint) at 0600."""
@@ -327,12 +376,55 @@ class Database:
             raise UnavailableError("the server is stopping; send the request again once it is back")
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
-        """A cursor for reading (and, under `write_lock`, writing) from the calling thread; `interrupt` stops it."""
-        self._check_running()
-        cur = self._con.cursor()
-        with self._cursors_lock:
+        """A cursor for reading (and, under `write_lock`, writing) from the calling thread; `interrupt` stops it.
+
+        Opens the file again if it was parked. While the cursor is alive the file is in use and is not parked.
+        """
+        with self._state:
+            self._check_running()
+            con = self._con if self._con is not None else self._connect()
+            cur = con.cursor()
             self._cursors.add(cur)
+            self.last_used = time.monotonic()
         return cur
+
+    def open(self) -> None:
+        """Open the file's DuckDB instance if it was parked, and count it as used now."""
+        with self._state:
+            self._check_running()
+            if self._con is None:
+                self._connect()
+            self.last_used = time.monotonic()
+
+    def park(self) -> bool:
+        """Close the DuckDB instance if no one uses the file now; True when it is closed (or was already).
+
+        In use means a cursor it handed out is still alive, or a transaction holds the write lock: a running
+        statement or an open transaction is therefore never closed under its user. Never waits: a file busy this
+        instant is left open (False). What was committed is checkpointed first; the next `cursor` reopens the file.
+        """
+        if not self.write_lock.acquire(blocking=False):
+            return False
+        try:
+            if not self._state.acquire(blocking=False):
+                return False
+            try:
+                if self._con is None:
+                    return True
+                if len(self._cursors):
+                    return False
+                con, self._con = self._con, None
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("CHECKPOINT")
+                con.close()
+                self._restrict()
+                if self._on_state is not None:
+                    self._on_state(self, False)
+                return True
+            finally:
+                self._state.release()
+        finally:
+            self.write_lock.release()
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -375,10 +467,10 @@ class Database:
         DuckDB checks for an interrupt between vectors, so even a statement over 2^62 rows stops within
         milliseconds; a cancelled statement raises in its caller, whose transaction then rolls back.
         """
-        self._stopping = True
-        with self._cursors_lock:
-            cursors = list(self._cursors)
-        for cur in (self._con, *cursors):
+        with self._state:
+            self._stopping = True
+            cursors = [c for c in (self._con, *self._cursors) if c is not None]
+        for cur in cursors:
             with contextlib.suppress(duckdb.Error):
                 cur.interrupt()
 
@@ -391,11 +483,15 @@ class Database:
         if not self.write_lock.acquire(timeout=-1 if timeout is None else timeout):
             return False
         try:
-            if not self._closed:
+            with self._state:
                 self._closed = self._stopping = True
-                with contextlib.suppress(duckdb.Error):
-                    self._con.execute("CHECKPOINT")
-                self._con.close()
+                con, self._con = self._con, None
+                if con is not None:
+                    with contextlib.suppress(duckdb.Error):
+                        con.execute("CHECKPOINT")
+                    con.close()
+                    if self._on_state is not None:
+                        self._on_state(self, False)
             return True
         finally:
             self.write_lock.release()

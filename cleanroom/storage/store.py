@@ -14,9 +14,27 @@ Layout of `<data_dir>` (0700; every database file and write-ahead log 0600):
   state, tags, the join, the members' tables, budget reservations, released audiences and its audit chain. An
   action and its audit entry therefore still commit in one transaction of one file.
 
-Collaboration files are opened on first use and stay open until the server stops. Whoever needs to check a file
-before anyone uses it (the audit chain's verification, charging reservations a stop left open) registers an
-`on_open` hook: it runs once per file and run, before the file is handed to any other thread.
+Collaboration files are opened on first use. Whoever needs to check a file before anyone uses it (charging
+reservations a stop left open) registers an `on_open` hook: it runs once per file and run, before the file is
+handed to any other thread.
+
+Open files are capped (`MAX_OPEN_FILES`, or `StorageLimits.max_open`). An open file is a DuckDB instance: its
+threads (`COLLABORATION_THREADS`), about 4 MB and 2 file descriptors. Members can create collaborations at the
+creation rate and touch each; uncapped, threads, memory and descriptors grew with every collaboration touched
+since the start until the server could serve no one. Beyond the cap, `of` parks (`Database.park`) the least
+recently used files that no one uses right now, outside the registry's lock, without waiting for any.
+
+At the cap with every open file in use, a file is opened anyway: over the cap, never waiting. Each file in use
+beyond the cap is held by a request in flight (a live cursor or transaction), and requests are themselves capped
+(`max_concurrent_rpcs`, streams per principal and collaboration), so the excess is bounded by them and goes at the
+next `of` after they finish. Waiting instead would make one collaboration's request wait on others' work.
+
+A parked file reopens at its next use (`Database.cursor`) exactly as it was: everything of a collaboration is in
+its file, and what is kept in memory about it (the audit chain's checks, its transparency tree, budget limits) is
+keyed by the collaboration and read from the file, not from the instance. The `on_open` hooks do not run again:
+they check for what an earlier run left, and a reservation seen at a reopen belongs to a query still running in
+this one (it is settled by that query, never charged as interrupted). While parked, a file is closed like any
+file of a stopped server; another process is still kept out of the data directory by the catalogue's lock.
 
 A data directory in the single-file layout of earlier releases (`cleanroom.duckdb`) is refused with a message
 saying so; it is not converted (see docs/scale.md).
@@ -46,6 +64,12 @@ _ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 #: Runs once when a collaboration's file is first opened in a run, before any other thread may use it.
 OpenHook = Callable[[str, Database], None]
 
+#: Collaboration files open at once, by default; the least recently used idle ones beyond it are closed.
+MAX_OPEN_FILES = 64
+#: DuckDB's threads per collaboration file by default (the caller's and one worker): an open file's share of the
+#: machine's threads stays small, and one collaboration's join still runs on two cores.
+COLLABORATION_THREADS = 2
+
 
 class LegacyLayoutError(Exception):
     """The data directory holds the single-file layout of an earlier release."""
@@ -68,19 +92,40 @@ class Store:
         self._rooms = data_dir / COLLABORATIONS_DIR
         self._rooms.mkdir(exist_ok=True, mode=DATA_DIR_MODE)
         os.chmod(self._rooms, DATA_DIR_MODE)
-        self.catalog = Database(data_dir / CATALOG_FILE, CATALOG_SCHEMA, self._limits("catalog"))
+        self.max_open = self.limits.max_open or MAX_OPEN_FILES
+        self.catalog = Database(data_dir / CATALOG_FILE, CATALOG_SCHEMA, self._limits("catalog", collaboration=False))
+        #: Every collaboration file opened in this run, open now or parked.
         self._open: dict[str, Database] = {}
+        #: Those whose DuckDB instance is open now (kept by each file's `on_state`).
+        self._live: dict[str, Database] = {}
         self._opening: dict[str, Database] = {}
         self._locks: dict[str, threading.RLock] = {}
         self._mutex = threading.Lock()
+        self._parking = threading.Lock()
         self._hooks: list[OpenHook] = []
         self._stopping = False
 
-    def _limits(self, name: str) -> StorageLimits:
-        """Each file spills to a directory of its own (DuckDB names its spill files the same in every instance)."""
-        if self.limits.temp_directory is None:
-            return self.limits
-        return replace(self.limits, temp_directory=self.limits.temp_directory / name)
+    def _limits(self, name: str, collaboration: bool = True) -> StorageLimits:
+        """Each file spills to a directory of its own (DuckDB names its spill files the same in every instance).
+
+        A collaboration's file runs `COLLABORATION_THREADS` unless the operator chose `threads`.
+        """
+        limits = self.limits
+        if collaboration and limits.threads is None:
+            limits = replace(limits, threads=COLLABORATION_THREADS)
+        if limits.temp_directory is None:
+            return limits
+        return replace(limits, temp_directory=limits.temp_directory / name)
+
+    def _state(self, collaboration_id: str) -> Callable[[Database, bool], None]:
+        def note(db: Database, is_open: bool) -> None:
+            with self._mutex:
+                if is_open:
+                    self._live[collaboration_id] = db
+                elif self._live.get(collaboration_id) is db:
+                    del self._live[collaboration_id]
+
+        return note
 
     def path(self, collaboration_id: str) -> Path:
         """The file of a collaboration (ValueError for an id that is not a plain, valid collaboration id)."""
@@ -101,17 +146,45 @@ class Store:
         return collaboration_id in self._open or self.path(collaboration_id).exists()
 
     def of(self, collaboration_id: str) -> Database:
-        """The open file of an existing collaboration (NotFoundError when it has none)."""
+        """The open file of an existing collaboration (NotFoundError when it has none); parks others beyond the cap.
+
+        The file is open and the most recently used when this returns; should it be parked before its next use
+        (only if the cap is reached again meanwhile and it is unused), that use reopens it.
+        """
         db = self._open.get(collaboration_id)
-        if db is not None:
-            return db
-        return self._open_file(collaboration_id, create=False)
+        if db is None:
+            db = self._open_file(collaboration_id, create=False)
+        db.open()
+        self._park_beyond_cap()
+        return db
 
     def create(self, collaboration_id: str) -> Database:
         """A new, empty file for a collaboration, replacing any left by a creation that never reached the index."""
         with self._lock(collaboration_id):
             self.discard(collaboration_id)
-            return self._open_file(collaboration_id, create=True)
+            db = self._open_file(collaboration_id, create=True)
+        self._park_beyond_cap()
+        return db
+
+    def _park_beyond_cap(self) -> None:
+        """Park the least recently used files no one uses, until at most `max_open` are open (or none is idle).
+
+        Runs in the caller's thread without the registry's lock while parking, and skips a file busy this instant
+        rather than wait for it; one thread parks at a time (another finding it busy leaves the work to it).
+        """
+        if len(self._live) <= self.max_open or not self._parking.acquire(blocking=False):
+            return
+        try:
+            with self._mutex:
+                excess = len(self._live) - self.max_open
+                oldest = sorted(self._live.values(), key=lambda db: db.last_used)
+            for db in oldest:
+                if excess <= 0:
+                    break
+                if db.park():
+                    excess -= 1
+        finally:
+            self._parking.release()
 
     def discard(self, collaboration_id: str) -> None:
         """Close and delete a collaboration's file (only for one that never reached the catalogue's index)."""
@@ -133,7 +206,7 @@ class Store:
             path = self.path(collaboration_id)
             if not create and not path.exists():
                 raise NotFoundError(f"collaborations/{collaboration_id} does not exist")
-            db = Database(path, COLLABORATION_SCHEMA, self._limits(collaboration_id))
+            db = Database(path, COLLABORATION_SCHEMA, self._limits(collaboration_id), self._state(collaboration_id))
             self._opening[collaboration_id] = db
             try:
                 for hook in self._hooks:
@@ -147,8 +220,9 @@ class Store:
             return db
 
     def opened(self) -> list[str]:
-        """The collaborations whose files are open now."""
-        return sorted(self._open)
+        """The collaborations whose files are open now (not parked)."""
+        with self._mutex:
+            return sorted(self._live)
 
     def interrupt(self) -> None:
         """Refuse new work and cancel every running statement in every file (see `Database.interrupt`)."""

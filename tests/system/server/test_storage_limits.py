@@ -5,7 +5,8 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from cleanroom.cli import app
-from cleanroom.storage import StorageLimits
+from cleanroom.storage import Database, StorageLimits
+from cleanroom.storage.store import COLLABORATION_THREADS, MAX_OPEN_FILES
 
 
 def test_server_applies_memory_limit_and_spill_directory(start, tmp_path):
@@ -31,7 +32,26 @@ def test_default_storage_keeps_duckdb_defaults(start, tmp_path):
         assert directory[0].endswith(file + ".tmp")
 
 
+def _threads(db: Database) -> int:
+    row = db.cursor().execute("SELECT current_setting('threads')").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_server_applies_the_cap_on_open_files_and_duckdb_threads(start, tmp_path):
+    server = start(tmp_path / "data")
+    assert server.store.max_open == MAX_OPEN_FILES
+    assert _threads(server.store.create("c-default")) == COLLABORATION_THREADS
+    server = start(tmp_path / "other", storage=StorageLimits(threads=1, max_open=2))
+    assert server.store.max_open == 2
+    assert _threads(server.store.create("c-one")) == 1
+    for cid in ("c-two", "c-three"):
+        server.store.create(cid)
+    assert server.store.opened() == ["c-three", "c-two"]  # c-one, the least recently used, was closed
+    assert _threads(server.store.of("c-one")) == 1  # and reopens with the same settings
+
+
 def test_serve_documents_the_options():
     result = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
-    assert "--memory-limit" in result.output
-    assert "--spill-dir" in result.output
+    for option in ("--memory-limit", "--spill-dir", "--threads", "--max-open-files"):
+        assert option in result.output
