@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
@@ -163,9 +163,12 @@ def _asked(parameters: Mapping[str, Any]) -> str:
 def _queries(rows: list[tuple[AuditEntry, bool]], members: Sequence[str]) -> pd.DataFrame:
     out = []
     for e, ok in rows:
-        if not e.action.startswith("query."):
-            continue
         p = e.parameters
+        attempted = str(p.get("attempted", "")) if e.action == "refused" else ""
+        if attempted.startswith("query."):  # refused at the door (not a member with `query`, not active)
+            e, p = replace(e, action="query.refuse"), {**p, "query": attempted.removeprefix("query.")}
+        elif not e.action.startswith("query."):
+            continue
         out.append(
             _base(e, ok)
             | {

@@ -101,6 +101,7 @@ ROOM: list[Spec] = [
     ("brand", "refresh.complete", {"period": 1, "members": {"brand": {"users": 5}}, "set_sizes": {}}, 0.0, 0.0, 21),
     q("brand", "query.overlap", 30, dimensions=["brand.tier"]),
     ("operator", "auditor.assign", {"auditor": "auditor"}, 0.0, 0.0, 40),
+    ("platform", "refused", {"attempted": "query.overlap", "reason": "platform may not query"}, 0.0, 0.0, 41),
 ]
 
 
@@ -112,7 +113,8 @@ def test_a_valid_chain_reads_into_typed_facts_with_its_entries():
     assert facts.verification.head_sequence == len(ROOM)
     assert list(facts.policy["event"]) == ["created", "approved", "approved"]
     queries = facts.queries.set_index("sequence")
-    assert list(queries["outcome"]) == ["answered", "refused", "preview", "charged_failed", "answered"]
+    assert list(queries["outcome"]) == ["answered", "refused", "preview", "charged_failed", "answered", "refused"]
+    assert queries.loc[14, "reason"] == "platform may not query"  # refused at the door, before the pipeline
     assert set(queries["query"]) == {"overlap"}  # an outcome entry names its query type
     assert queries.loc[7, "reason"] == "not in the policy"
     assert queries.loc[6, "dimensions"] == ["brand.tier", "platform.age_band"]
@@ -146,7 +148,7 @@ def test_a_flipped_byte_is_named_first_and_what_follows_is_marked_unverified(tmp
     v = facts.verification
     assert (v.valid, v.first_invalid) == (False, 6)
     assert "altered" in v.reason
-    assert list(facts.queries["verified"]) == [False] * 5  # every query is at or after entry 6
+    assert list(facts.queries["verified"]) == [False] * 6  # every query is at or after entry 6
     assert facts.data["verified"].all()
     for lang, words in (
         ("en", "NOT VERIFIED: the chain breaks at entry 6"),
