@@ -32,6 +32,7 @@ from typing import Any
 
 import pandas as pd
 
+from .audit_anomalies import find_anomalies
 from .audit_chain import AuditEntry, sha256_hex
 from .policy import Policy, RefreshBudget
 from .query_types import QUERIES
@@ -105,7 +106,7 @@ class AuditFacts:
     #: The policy's caps and budget renewal as read (None when no policy was given, e.g. offline without --policy).
     caps: Mapping[str, float] | None = None
     per_period: bool = False
-    #: The current policy text's etag and whether the chain records its approval by every member.
+    #: The etag (SHA-256) of the policy text the caps were read from, to match with the approvals in the log.
     policy_etag: str = ""
     members: tuple[str, ...] = field(default=())
 
@@ -375,8 +376,6 @@ def read_facts(
     text, so its etag can be matched with the approvals), the budget carries the caps and renews per period when the
     policy says so.
     """
-    from .audit_anomalies import find_anomalies
-
     broken = verification.first_invalid if not verification.valid else 0
     rows = [(e, not broken or e.sequence < broken) for e in entries]
     members = tuple(sorted({m.name for m in policy.members})) if policy else ()
