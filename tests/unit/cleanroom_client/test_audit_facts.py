@@ -229,3 +229,29 @@ def test_dimensions_are_found_wherever_a_new_query_type_puts_them(values):
 def test_the_export_parses_as_json_lines():
     for line in export(chain(ROOM)).splitlines():
         json.loads(line)
+
+
+def test_the_command_reads_an_export_offline_and_says_what_is_missing(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from cleanroom_client.cli import app
+
+    log, key = tmp_path / "log.jsonl", tmp_path / "server.pem"
+    log.write_text(export(chain(ROOM)), encoding="utf-8")
+    key.write_bytes(PEM)
+    run = CliRunner().invoke
+    said = lambda result: " ".join(result.output.split())  # noqa: E731 (the console wraps long lines)
+    missing = run(app, ["audit-report", "audited", "--from", str(log)])
+    assert missing.exit_code == 2
+    assert "--from needs --public-key" in said(missing)
+    other = run(app, ["audit-report", "another", "--from", str(log), "--public-key", str(key)])
+    assert other.exit_code == 2
+    assert "is an export of 'audited'" in said(other)
+    french = run(app, ["audit-report", "audited", "--lang", "fr", "--from", str(log), "--public-key", str(key)])
+    assert french.exit_code == 2
+    assert "choose one of en, zh" in said(french)
+    out = tmp_path / "report" / "audited.html"
+    done = run(app, ["audit-report", "audited", "--from", str(log), "--public-key", str(key), "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    assert "(verified)" in said(done)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["audited-budget.png", "audited-queries.png", "audited.html"]
