@@ -362,7 +362,7 @@ def demo(
     if platforms == 2:
         from .devtools.demo_platforms import run_platforms_demo
 
-        run_platforms_demo(brand_users, data_dir)
+        run_platforms_demo(brand_users, data_dir, report_dir=report_dir)
         return
     if platforms != 1:
         raise typer.BadParameter("1 (brand and platform) or 2 (brand, jd and tencent)", param_hint="--platforms")

@@ -162,7 +162,8 @@ class QueryEngine:
                 collaboration.id, plan.charges, self._limits(collaboration), query_type, params
             )
         except CleanroomError as exc:
-            self._audit.record(collaboration.id, principal.name, "query.refuse", {**params, "reason": str(exc)})
+            refused = {"query": query_type, **params, "reason": str(exc)}  # the type: an auditor reads what was refused
+            self._audit.record(collaboration.id, principal.name, "query.refuse", refused)
             raise
         # From here on the data is read: every outcome is charged.
         try:
@@ -186,7 +187,7 @@ class QueryEngine:
             entry = self._budget.commit(reservation, action, params, released, also=write_audience)
         except Exception:
             log.exception("%s failed after its budget was reserved; charging it", action)
-            failed = self._budget.charge_failure(reservation, "query.failed", params)
+            failed = self._budget.charge_failure(reservation, "query.failed", {"query": query_type, **params})
             raise QueryFailedError(
                 f"the {query_type} query failed after its budget was reserved, so it was charged "
                 f"(audit entry {failed.sequence}); nothing was released. The operator's log has the details."

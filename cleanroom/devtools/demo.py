@@ -233,6 +233,15 @@ def _audiences(brand: CleanRoomClient, platform: CleanRoomClient, collaboration_
     )
 
 
+def _auditor_reports(export: str, public_key_pem: str, report_dir: Path) -> list[Path]:
+    """The auditor's report of the demo's collaboration from its export, in English and Chinese (`audit-<lang>`)."""
+    from cleanroom_client.audit_report import render_audit_report
+    from cleanroom_client.audit_sources import facts_from_export
+
+    facts = facts_from_export(export, public_key_pem, policy_text=DEMO_POLICY)
+    return [render_audit_report(facts, report_dir / f"audit-{lang}", lang) for lang in ("en", "zh")]
+
+
 def run_demo(
     brand_users: int,
     platform_users: int,
@@ -334,6 +343,14 @@ def run_demo(
                         ],
                     )
                 console.print(f"report written to {page} (and the charts as PNG beside it)")
+                with clock.step("auditor report"):
+                    audited = _auditor_reports(export.read_text(encoding="utf-8"), key, report_dir)
+                console.print(
+                    f"auditor's report (verification first) in English and Chinese: {', '.join(map(str, audited))}; "
+                    f"against a running server: cleanroom-client audit-report {collaboration.id} --out audit, or "
+                    "offline: cleanroom-client export-audit-log ID --to log.jsonl --public-key server.pem, then "
+                    "cleanroom-client audit-report ID --from log.jsonl --public-key server.pem --lang zh"
+                )
             brand.close()
             platform.close()
         finally:

@@ -32,8 +32,13 @@ from .devpki import make_dev_pki
 MEMBERS = (sp.HUB, sp.COMMERCE, sp.SOCIAL)
 
 
-def run_platforms_demo(brand_users: int, data_dir: Path | None = None, state_dir: Path | None = None) -> None:
-    """Generate, serve, match three members and query across them; state in `state_dir`/<member> (default: temp)."""
+def run_platforms_demo(
+    brand_users: int, data_dir: Path | None = None, state_dir: Path | None = None, report_dir: Path | None = None
+) -> None:
+    """Generate, serve, match three members and query across them; state in `state_dir`/<member> (default: temp).
+
+    With `report_dir`, the auditor's report of the collaboration is written there in English and Chinese.
+    """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     clock = StepClock()
     with clock.step("synthetic data"):
@@ -97,7 +102,17 @@ def run_platforms_demo(brand_users: int, data_dir: Path | None = None, state_dir
                 with connect("auditor") as auditor:
                     verdict = auditor.verify_audit_log(collaboration.id)
                     log = auditor.audit_log(collaboration.id)
+                    facts = auditor.audit_facts(collaboration.id) if report_dir is not None else None
             console.print(f"auditor: {len(log)} audit entries; the log verifies: {verdict['valid']}")
+            if facts is not None and report_dir is not None:
+                from cleanroom_client.audit_report import render_audit_report
+
+                with clock.step("auditor report"):
+                    pages = [render_audit_report(facts, report_dir / f"audit-{lang}", lang) for lang in ("en", "zh")]
+                console.print(
+                    f"auditor's report (verification first) in English and Chinese: {', '.join(map(str, pages))}; "
+                    f"against a running server: cleanroom-client audit-report {collaboration.id} --out audit"
+                )
         finally:
             for client in clients.values():
                 client.close()

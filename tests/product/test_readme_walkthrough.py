@@ -4,7 +4,7 @@ The block after `<!-- walkthrough -->` is extracted verbatim and run by bash (`s
 directory, with the project's virtualenv first on PATH (what `source .venv/bin/activate` does). It starts a real
 server on port 50051, matches both members over TLS from CSV files, asks queries, releases an audience to the
 platform, refreshes the room with new customers and writes both reports; then three members draft their sides of
-a policy, merge them, match and ask (issue 32).
+a policy, merge them, match and ask (issue 32); an auditor writes its reports of both rooms (issue 34).
 """
 
 from __future__ import annotations
@@ -57,3 +57,12 @@ def test_readme_walkthrough_runs_verbatim(tmp_path):
     assert "hub: brand" in merged
     assert "jd:\n    abilities: [contribute, receive_audiences]" in merged
     assert "Venn" in run.stdout
+    # the auditor's reports: verification first, online and offline, in both languages
+    for page, verified in (
+        ("audit-en", "Verified: all"),
+        ("audit-zh", "验证通过：全部"),
+        ("audit-room3-zh", "验证通过"),
+    ):
+        text = (trial / f"{page}.html").read_text(encoding="utf-8")
+        assert text.index(verified) < text.index("<h1>"), page
+    assert "room3" in (trial / "audit-room3-zh.html").read_text(encoding="utf-8")

@@ -83,6 +83,7 @@ def test_demo_prints_the_elapsed_time_of_each_step_and_in_all(demo):
         "lookalike and activation",
         "audit",
         "report",
+        "auditor report",
     ]
     total = re.search(r"⏱ the demo \(a brand and a platform\): (\d+\.\d) s in all", printed)
     assert total is not None
@@ -111,6 +112,11 @@ def test_demo_writes_the_brands_report_that_loads_with_all_its_charts(demo, tmp_
     assert "withheld" in html or "Every cell" not in html
     SHOTS.mkdir(parents=True, exist_ok=True)
     _open_in_chromium(page, tmp_path, len(CHARTS) + 1, SHOTS / "demo-en.png")
+    # the auditor's report of the same collaboration, from the auditor's export, in both languages
+    for lang, verified in (("en", "Verified: all"), ("zh", "验证通过：全部")):
+        audit = (report / f"audit-{lang}.html").read_text(encoding="utf-8")
+        assert audit.index(verified) < audit.index("<h1>")
+        assert (report / f"audit-{lang}-budget.png").stat().st_size > 5000
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,10 @@ member's own spend against the receipts it kept (`cleanroom_client.transparency`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pandas as pd
@@ -18,13 +20,22 @@ from .errors import CleanRoomError
 from .protocol import audit_pb2 as apb
 from .protocol import audit_pb2_grpc as apb_grpc
 from .protocol import collaboration_name
-from .transparency import TreeHead
+from .transparency import HistoryRewrittenError, TreeHead
+
+if TYPE_CHECKING:
+    from .audit_facts import AuditFacts
+    from .client import CollaborationInfo
 
 
 class AuditMethods(QueryMethods):
     """The audit side of `CleanRoomClient`, over what it sets up (the audit stub, the token, the witness)."""
 
     _audit: apb_grpc.AuditServiceStub
+
+    if TYPE_CHECKING:
+
+        def get_collaboration(self, collaboration_id: str) -> CollaborationInfo:
+            """The collaboration as the server shows it (`CleanRoomClient.get_collaboration`)."""
 
     def audit_log(self, collaboration_id: str = "", *, principal: str = "", action: str = "") -> pd.DataFrame:
         """A collaboration's audit chain (auditors), or the server's own chain with no id; one row per entry."""
@@ -93,6 +104,32 @@ class AuditMethods(QueryMethods):
         except grpc.RpcError as err:
             raise CleanRoomError.from_rpc(err) from None
         return out
+
+    def audit_facts(self, collaboration_id: str, heads: Sequence[tuple[str, TreeHead]] = ()) -> AuditFacts:
+        """The auditor's facts of a collaboration (`cleanroom_client.audit_facts`): what `audit-report` draws.
+
+        The chain is exported and verified here with the server key this client pinned, exactly as an offline
+        auditor verifies a file; the head this client remembered must be extended by it, the server's head now is
+        checked against that memory (a rollback or fork is reported in the facts, not raised), and `heads` other
+        members exported are compared with the export. The caps come from the collaboration's current policy.
+        """
+        from .audit_facts import HeadCheck
+        from .audit_sources import facts_from_export
+
+        key = self._witness.memory.key
+        remembered = self._witness.memory.head(collaboration_id)
+        try:
+            now = self._witness.head(collaboration_id)
+            extra = [HeadCheck("server", now.size, True, "the server's head now extends the one this client saw")]
+        except HistoryRewrittenError as exc:
+            extra = [HeadCheck("server", exc.shown.size if exc.shown else 0, False, str(exc))]
+        policy = self.get_collaboration(collaboration_id).policy_yaml
+        with tempfile.TemporaryDirectory() as tmp:
+            text = self.export_audit_log(Path(tmp) / "audit.jsonl", collaboration_id).read_text(encoding="utf-8")
+        from cryptography.hazmat.primitives import serialization
+
+        pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        return facts_from_export(text, pem, remembered, heads, policy, extra)
 
     def audit_head(self, collaboration_id: str = "") -> dict[str, object]:
         """The chain's signed tree head now, checked to extend the last one this client saw (and remembered).

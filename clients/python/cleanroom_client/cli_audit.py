@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from .cli import CollaborationId, _client, _query, _show, _table, app, err, out
+from .transparency import TreeHead
 
 
 @app.command()
@@ -136,3 +137,86 @@ def export_audit_log(
         if public_key is not None:
             public_key.write_text(client.server_public_key())
     err.print(f"exported to {to}")
+
+
+def _head_file(path: Path) -> TreeHead:
+    """A tree head written by `cleanroom-client audit head --to FILE` (or a client's remembered head)."""
+    try:
+        return TreeHead.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as exc:
+        err.print(f"{path}: not a tree head ({exc}); write one with cleanroom-client audit head COLLAB --to FILE")
+        raise typer.Exit(2) from None
+
+
+@app.command("audit-report")
+def audit_report(
+    collaboration: CollaborationId,
+    lang: Annotated[str, typer.Option(help="en (English) or zh (简体中文).")] = "en",
+    from_: Annotated[
+        Path | None,
+        typer.Option("--from", help="Offline: an export (export-audit-log --to FILE) instead of asking the server."),
+    ] = None,
+    public_key: Annotated[
+        Path | None, typer.Option(help="Offline: the server's public key (export-audit-log --public-key FILE).")
+    ] = None,
+    remember: Annotated[
+        Path | None, typer.Option(help="Offline: the head you remembered before (audit head --to FILE).")
+    ] = None,
+    head: Annotated[
+        list[Path] | None,
+        typer.Option(help="Another member's exported head (audit head --to FILE), to compare; repeatable."),
+    ] = None,
+    policy: Annotated[
+        Path | None, typer.Option(help="Offline: the policy (YAML) whose caps the budget is drawn against.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Write OUT.html and the charts as OUT-<chart>.png.")] = None,
+) -> None:
+    """The auditor's report: verification first, the policy, budgets, every query, data, audiences, anomalies.
+
+    Online it exports and verifies the chain itself; offline it reads an export with the server's public key.
+    Exit 1 when the chain does not verify or a head contradicts it (the report is still written, saying where).
+
+    Example: cleanroom-client audit-report brand-x-2026q4 --lang zh --from log.jsonl --public-key server.pem
+    """
+    from .audit_report import render_audit_report
+    from .audit_sources import facts_from_export
+    from .report import ReportError
+    from .report_text import LANGUAGES
+
+    if lang not in LANGUAGES:
+        err.print(f"--lang {lang}: choose one of {', '.join(LANGUAGES)}", style="red", markup=False)
+        raise typer.Exit(2)
+    others = [(p.stem, _head_file(p)) for p in head or ()]
+    if from_ is not None:
+        if public_key is None:
+            err.print("--from needs --public-key (cleanroom-client export-audit-log --public-key FILE saves it)")
+            raise typer.Exit(2)
+        try:
+            facts = facts_from_export(
+                from_.read_text(encoding="utf-8"),
+                public_key.read_text(encoding="utf-8"),
+                _head_file(remember) if remember else None,
+                others,
+                policy.read_text(encoding="utf-8") if policy else "",
+            )
+        except (OSError, ValueError) as exc:
+            err.print(str(exc), style="red", markup=False)
+            raise typer.Exit(2) from None
+        if facts.collaboration and facts.collaboration != collaboration:
+            err.print(f"{from_} is an export of {facts.collaboration!r}, not of {collaboration!r}", markup=False)
+            raise typer.Exit(2)
+    else:
+        with _client() as client:
+            facts = client.audit_facts(collaboration, others)
+    target = out or Path(f"audit-report-{collaboration}")
+    target = target.with_suffix("") if target.suffix == ".html" else target
+    try:
+        page = render_audit_report(facts, target, lang)
+    except ReportError as exc:
+        err.print(str(exc), style="red", markup=False)
+        raise typer.Exit(2) from None
+    v = facts.verification
+    state = "verified" if v.valid else f"NOT VERIFIED (breaks at entry {v.first_invalid}: {v.reason})"
+    err.print(f"audit report of {facts.entries} entries ({state}) written to {page}", markup=False)
+    if not v.trusted:
+        raise typer.Exit(1)

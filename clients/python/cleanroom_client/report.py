@@ -532,10 +532,25 @@ def build_sections(answers: Sequence[Answer], lang: str = "en") -> list[Section]
     return sections
 
 
-def render(title: str, sections: Iterable[Section], out_dir: Path, lang: str = "en", notes: Sequence[str] = ()) -> Path:
-    """Write index.html (self-contained: no network) and one PNG per chart into `out_dir`; returns the HTML's path."""
+def render(
+    title: str,
+    sections: Iterable[Section],
+    out_dir: Path,
+    lang: str = "en",
+    notes: Sequence[str] = (),
+    *,
+    intro: Sequence[str] | None = None,
+    lead: str = "",
+    stem: str = "index",
+) -> Path:
+    """Write `<stem>.html` (self-contained: no network) and one PNG per chart into `out_dir`; returns the HTML's path.
+
+    The PNGs are `<key>.png` beside index.html, `<stem>-<key>.png` beside any other stem. `intro` replaces the
+    member's explanations under the title; `lead` is HTML shown before everything else (the auditor's verdict).
+    """
     t = text_for(lang)
     out_dir.mkdir(parents=True, exist_ok=True)
+    explained = [t("intro"), t("epsilon"), t("tgi")] if intro is None else list(intro)
     parts = []
     group = ""
     for s in sections:
@@ -544,13 +559,16 @@ def render(title: str, sections: Iterable[Section], out_dir: Path, lang: str = "
         group = s.group
         body = f'<p class="summary">{html.escape(s.summary)}</p>'
         if s.chart is not None:
-            (out_dir / f"{s.key}.png").write_bytes(s.chart)
+            (out_dir / (f"{s.key}.png" if stem == "index" else f"{stem}-{s.key}.png")).write_bytes(s.chart)
             uri = "data:image/png;base64," + base64.b64encode(s.chart).decode()
             body += f'<img class="chart" alt="{html.escape(s.title)}" src="{uri}">'
         if s.table is not None:
             body += s.table if s.chart is None else f"<details><summary>{t('cells')}</summary>{s.table}</details>"
         parts.append(f'<section id="{html.escape(s.key)}"><h3>{html.escape(s.title)}</h3>{body}</section>')
     items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    paragraphs = "".join(
+        f'<p class="{"explain" if i else "intro"}">{html.escape(p)}</p>' for i, p in enumerate(explained)
+    )
     page = f"""<!doctype html>
 <html lang="{"zh-CN" if lang == "zh" else "en"}"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -562,12 +580,13 @@ h2.group {{ border-bottom: 2px solid #ccc; margin-top: 2em; }}
 p.explain {{ color: #555; }}
 table.cells {{ border-collapse: collapse; font-size: 0.85em; }}
 table.cells td, table.cells th {{ padding: 0.2em 0.6em; border-bottom: 1px solid #eee; text-align: right; }}
+p.verdict {{ font-size: 1.2em; padding: 0.6em 0.8em; border-radius: 4px; }}
+p.verdict.valid {{ background: #e6f4ea; border: 1px solid #34a853; }}
+p.verdict.broken {{ background: #fce8e6; border: 2px solid #c5221f; font-weight: bold; }}
 </style></head>
 <body data-charts="0">
-<h1>{html.escape(title)}</h1>
-<p>{html.escape(t("intro"))}</p>
-<p class="explain">{html.escape(t("epsilon"))}</p>
-<p class="explain">{html.escape(t("tgi"))}</p>
+{lead}<h1>{html.escape(title)}</h1>
+{paragraphs}
 <ul>{items}</ul>
 {"".join(parts)}
 <script>
@@ -578,7 +597,7 @@ window.addEventListener("load", () => {{
 </script>
 </body></html>
 """
-    path = out_dir / "index.html"
+    path = out_dir / f"{stem}.html"
     path.write_text(page, encoding="utf-8")
     return path
 

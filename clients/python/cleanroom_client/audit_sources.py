@@ -1,0 +1,89 @@
+"""Where an auditor's facts come from: an export file and the server's public key, verified here first.
+
+Online (`AuditMethods.audit_facts`) the SDK exports the chain over the wire and reads that export exactly as an
+offline auditor reads a file, with the key this client pinned; so both paths verify the same bytes with the same
+code (`audit_chain.verify_export`). The heads an auditor holds are compared with the export's entries: the one it
+remembers (`--remember`, or the SDK's own memory online) and any head another member exported
+(`cleanroom-client audit head --to FILE`). A head is consistent when the first `size` entries of the export have its
+Merkle root; a head larger than the export cannot be judged from it and says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from . import merkle
+from .audit_chain import AuditEntry, parse_export, verify_export
+from .audit_facts import AuditFacts, HeadCheck, Verification, read_facts
+from .policy import parse_policy
+from .transparency import TreeHead, leaf_data
+
+
+def public_key_of(pem: str) -> Ed25519PublicKey:
+    """The server's Ed25519 audit key from its PEM; ValueError when it is not one."""
+    key = load_pem_public_key(pem.encode())
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError(
+            "the public key is not the server's Ed25519 audit key (cleanroom-client export-audit-log "
+            "--public-key FILE saves it)"
+        )
+    return key
+
+
+def _nodes(entries: Sequence[AuditEntry]) -> merkle.MerkleNodes:
+    nodes = merkle.MerkleNodes()
+    for e in entries:
+        nodes.append(merkle.leaf_hash(leaf_data(e.hash, e.signature)))
+    return nodes
+
+
+def check_head(source: str, head: TreeHead, nodes: merkle.MerkleNodes, key: Ed25519PublicKey) -> HeadCheck:
+    """Whether `head` lies on the history of the export whose leaves are `nodes` (see the module's docstring)."""
+    if not head.is_signed_by(key):
+        return HeadCheck(source, head.size, False, "not signed by this server's key")
+    if head.size > nodes.size:
+        return HeadCheck(source, head.size, None, f"newer than this export ({nodes.size} entries): export again")
+    if nodes.root(head.size) != head.root:
+        return HeadCheck(source, head.size, False, "a different history: the log was rewritten, or forked")
+    return HeadCheck(source, head.size, True, "the export extends it")
+
+
+def facts_from_export(
+    text: str,
+    public_key_pem: str,
+    remembered: TreeHead | None = None,
+    others: Sequence[tuple[str, TreeHead]] = (),
+    policy_text: str = "",
+    extra: Sequence[HeadCheck] = (),
+) -> AuditFacts:
+    """Verify an export, then read its facts; a broken export is still read, its rows after the break unverified.
+
+    `others` are (who, head) pairs another member exported; `extra` are checks made elsewhere (online: the
+    server's head now against this client's memory). `policy_text` is the policy (YAML) the caps are read from.
+    """
+    key = public_key_of(public_key_pem)
+    entries, head, _ = parse_export(text)
+    result = verify_export(text, key, remembered)
+    nodes = _nodes(entries)
+    checks = list(extra)
+    if remembered is not None:
+        checks.append(check_head("remembered", remembered, nodes, key))
+    checks += [check_head(who, h, nodes, key) for who, h in others]
+    tree = head.tree if head is not None else None
+    verification = Verification(
+        valid=result.valid,
+        checked=result.entries_checked,
+        first_invalid=result.first_invalid_sequence,
+        reason=result.reason,
+        head_sequence=head.sequence if head else 0,
+        head_hash=head.hash if head else "",
+        tree_size=tree.size if tree else 0,
+        tree_root=tree.root.hex() if tree else "",
+        heads=tuple(checks),
+    )
+    collaboration = head.collaboration if head else (entries[0].collaboration if entries else "")
+    policy = parse_policy(policy_text) if policy_text else None
+    return read_facts(collaboration, entries, verification, policy, policy_text)

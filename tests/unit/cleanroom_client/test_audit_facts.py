@@ -1,0 +1,257 @@
+"""The auditor's facts and anomaly rules on synthetic chains signed with a real Ed25519 key (no server).
+
+Each chain is built entry by entry as the server builds it (hash over the canonical body, linked, signed), and
+exported with its signed head and Merkle tree head, so verification, a flipped byte and the heads are the real ones.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cleanroom_client import merkle
+from cleanroom_client.audit_anomalies import (
+    AFTER_REFRESH_SECONDS,
+    BUDGET_NEAR_CAP,
+    PREVIEW_MINIMUM,
+    REFUSAL_BURST,
+    REFUSAL_WINDOW_SECONDS,
+    REPEATED_QUERIES,
+)
+from cleanroom_client.audit_chain import GENESIS, AuditEntry, SignedHead
+from cleanroom_client.audit_facts import dimensions_of, read_facts
+from cleanroom_client.audit_report import _cell, describe_finding, render_audit_report, verdict
+from cleanroom_client.audit_sources import facts_from_export
+from cleanroom_client.audit_text import audit_text_for
+from cleanroom_client.query_types import QUERIES
+from cleanroom_client.transparency import TreeHead, leaf_data
+
+KEY = Ed25519PrivateKey.generate()
+PEM = KEY.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+START = dt.datetime(2026, 12, 1, 9, 0, 0)
+POLICY = """
+name: audited
+members:
+  brand: {abilities: [contribute, query, receive_results]}
+  platform: {abilities: [contribute]}
+identifiers: [email]
+tables:
+  brand.users: {dimensions: {tier: [gold, basic]}}
+  platform.users: {dimensions: {age_band: [young, old]}}
+queries: [overlap]
+min_group_size: 1
+epsilon: {per_member_total: 2.0, per_query_max: 1.0}
+refresh: {tables: [brand.users], min_days_between: 7, budget: per_period}
+"""
+
+Spec = tuple[str, str, dict[str, Any], float, float, float]  # principal, action, parameters, ε, δ, seconds
+
+
+def chain(specs: list[Spec]) -> list[AuditEntry]:
+    out, previous = [], GENESIS
+    for i, (who, action, params, eps, dlt, seconds) in enumerate(specs, start=1):
+        when = (START + dt.timedelta(seconds=seconds)).isoformat() + "Z"
+        body = AuditEntry("audited", i, when, who, action, params, eps, "", previous, delta=dlt)
+        digest = body.compute_hash()
+        out.append(AuditEntry(**{**body.__dict__, "hash": digest, "signature": KEY.sign(bytes.fromhex(digest))}))
+        previous = digest
+    return out
+
+
+def tree_head(entries: list[AuditEntry], size: int | None = None) -> TreeHead:
+    nodes = merkle.MerkleNodes()
+    for e in entries:
+        nodes.append(merkle.leaf_hash(leaf_data(e.hash, e.signature)))
+    n = nodes.size if size is None else size
+    unsigned = TreeHead("audited", n, nodes.root(n), "2026-12-02T00:00:00Z")
+    return TreeHead("audited", n, unsigned.root, unsigned.time, KEY.sign(unsigned.message()))
+
+
+def export(entries: list[AuditEntry]) -> str:
+    last = entries[-1]
+    head = SignedHead("audited", last.sequence, last.hash)
+    signed = SignedHead("audited", last.sequence, last.hash, KEY.sign(head.message()), tree_head(entries))
+    return "\n".join([*(e.to_json() for e in entries), signed.to_json()]) + "\n"
+
+
+def q(who: str, action: str, seconds: float, eps: float = 0.5, **params: Any) -> Spec:
+    charged = eps if action.startswith("query.") and action not in ("query.refuse", "query.preview") else 0.0
+    return (who, action, {"epsilon": eps, **params}, charged, 0.0, seconds)
+
+
+ROOM: list[Spec] = [
+    ("brand", "collaboration.create", {"revision": 1, "etag": "e1"}, 0.0, 0.0, 0),
+    ("brand", "policy.approve", {"revision": 1, "etag": "e1"}, 0.0, 0.0, 1),
+    ("platform", "policy.approve", {"revision": 1, "etag": "e1"}, 0.0, 0.0, 2),
+    ("brand", "upload.commit", {"kind": "points", "points": 40, "rows": 20, "period": 0}, 0.0, 0.0, 3),
+    ("platform", "match.complete", {}, 0.0, 0.0, 4),
+    q("brand", "query.overlap", 10, dimensions=["brand.tier", "platform.age_band"]),
+    q("brand", "query.refuse", 11, query="overlap", dimensions=["platform.gender"], reason="not in the policy"),
+    q("brand", "query.preview", 12, query="overlap", dimensions=["brand.tier"]),
+    q("brand", "query.failed", 13, query="overlap", dimensions=["brand.tier"]),
+    ("brand", "refresh.retire", {"period": 1, "rows": 3}, 0.0, 0.0, 20),
+    ("brand", "refresh.complete", {"period": 1, "members": {"brand": {"users": 5}}, "set_sizes": {}}, 0.0, 0.0, 21),
+    q("brand", "query.overlap", 30, dimensions=["brand.tier"]),
+    ("operator", "auditor.assign", {"auditor": "auditor"}, 0.0, 0.0, 40),
+    ("platform", "refused", {"attempted": "query.overlap", "reason": "platform may not query"}, 0.0, 0.0, 41),
+]
+
+
+def test_a_valid_chain_reads_into_typed_facts_with_its_entries():
+    entries = chain(ROOM)
+    facts = facts_from_export(export(entries), PEM.decode(), policy_text=POLICY)
+    assert facts.verification.valid
+    assert facts.verification.trusted
+    assert facts.verification.head_sequence == len(ROOM)
+    assert list(facts.policy["event"]) == ["created", "approved", "approved"]
+    queries = facts.queries.set_index("sequence")
+    assert list(queries["outcome"]) == ["answered", "refused", "preview", "charged_failed", "answered", "refused"]
+    assert queries.loc[14, "reason"] == "platform may not query"  # refused at the door, before the pipeline
+    assert set(queries["query"]) == {"overlap"}  # an outcome entry names its query type
+    assert queries.loc[7, "reason"] == "not in the policy"
+    assert queries.loc[6, "dimensions"] == ["brand.tier", "platform.age_band"]
+    assert list(facts.data["event"]) == ["upload", "match"]
+    assert list(facts.periods["event"]) == ["retire", "complete"]
+    assert list(facts.auditors["auditor"]) == ["auditor"]
+    # per period: the completed refresh changed data, so the brand's running total starts again after it
+    budget = facts.budget.set_index("sequence")
+    assert budget.loc[9, "epsilon_spent"] == pytest.approx(1.0)
+    assert budget.loc[12, "epsilon_spent"] == pytest.approx(0.5)
+    assert budget.loc[12, "budget_period"] == 1
+    assert set(budget["epsilon_cap"]) == {2.0}
+    assert facts.per_period
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_every_declared_query_type_appears_in_the_facts_and_in_both_languages_through_its_declaration(lang):
+    entries = chain([q("brand", f"query.{d.policy_type}", i) for i, d in enumerate(QUERIES)])
+    facts = read_facts("audited", entries, facts_from_export(export(entries), PEM.decode()).verification)
+    assert list(facts.queries["query"]) == [d.name for d in QUERIES]
+    t = audit_text_for(lang)
+    for d in QUERIES:
+        assert _cell(t, "query", d.name) == d.reading[lang].short
+
+
+def test_a_flipped_byte_is_named_first_and_what_follows_is_marked_unverified(tmp_path: Path):
+    entries = chain(ROOM)
+    lines = export(entries).splitlines()
+    lines[5] = lines[5].replace('"epsilon":0.5', '"epsilon":0.4', 1)  # entry 6: one byte
+    facts = facts_from_export("\n".join(lines) + "\n", PEM.decode())
+    v = facts.verification
+    assert (v.valid, v.first_invalid) == (False, 6)
+    assert "altered" in v.reason
+    assert list(facts.queries["verified"]) == [False] * 6  # every query is at or after entry 6
+    assert facts.data["verified"].all()
+    for lang, words in (
+        ("en", "NOT VERIFIED: the chain breaks at entry 6"),
+        ("zh", "验证未通过：审计链在第 6 条记录处断开"),
+    ):
+        page = render_audit_report(facts, tmp_path / f"tampered-{lang}", lang).read_text(encoding="utf-8")
+        body = page[page.index("<body") :]
+        assert body.index(words) < body.index("<h1>")  # the failure comes before everything else
+
+
+def test_heads_are_compared_with_the_export():
+    entries = chain(ROOM)
+    text = export(entries)
+    fork = chain([*ROOM[:5], q("brand", "query.overlap", 9, dimensions=["brand.tier"])])
+    others = [("platform", tree_head(entries, 5)), ("forked", tree_head(fork)), ("later", tree_head(chain(ROOM * 2)))]
+    facts = facts_from_export(text, PEM.decode(), tree_head(entries, 8), others)
+    checks = {h.source: h.consistent for h in facts.verification.heads}
+    assert checks == {"remembered": True, "platform": True, "forked": False, "later": None}
+    assert not facts.verification.trusted
+    _, lines = verdict(audit_text_for("en"), facts.verification)
+    assert any("forked's exported head" in line and "INCONSISTENT" in line for line in lines)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(0, 2 * REFUSAL_WINDOW_SECONDS), min_size=1, max_size=8))
+def test_a_refusal_burst_is_found_exactly_when_enough_refusals_fall_in_one_window(offsets):
+    times = sorted(offsets)
+    specs = [q("brand", "query.refuse", s, query="overlap", reason="no") for s in times]
+    facts = read_facts("audited", chain(specs), facts_from_export(export(chain(specs)), PEM.decode()).verification)
+    dense = any(sum(1 for u in times if s <= u <= s + REFUSAL_WINDOW_SECONDS) >= REFUSAL_BURST for s in times)
+    found = facts.anomalies[facts.anomalies["kind"] == "refusal_burst"]
+    assert bool(len(found)) == dense
+    for seqs in found["sequences"]:
+        assert len(seqs) >= REFUSAL_BURST
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 6), st.booleans())
+def test_repeated_identical_queries_are_found_from_the_threshold(n, vary_epsilon):
+    specs = [
+        q("brand", "query.overlap", i, 0.2 + (0.1 * i if vary_epsilon else 0), by=["brand.tier"]) for i in range(n)
+    ]
+    facts = read_facts("audited", chain(specs), facts_from_export(export(chain(specs)), PEM.decode()).verification)
+    found = facts.anomalies[facts.anomalies["kind"] == "repeated_query"]
+    assert len(found) == (1 if n >= REPEATED_QUERIES else 0)  # ε aside: the same question
+    if len(found):
+        assert found["sequences"].iloc[0] == list(range(1, n + 1))
+
+
+def test_previews_budget_and_refresh_rules_each_name_their_entries():
+    previews = [q("platform", "query.preview", i, query="overlap") for i in range(PREVIEW_MINIMUM)]
+    near = [q("brand", "query.overlap", 100 + i, 0.5) for i in range(4)]  # 2.0 of a 2.0 cap
+    refresh = [
+        ("brand", "refresh.complete", {"period": 1, "members": {"brand": {"users": 5}}}, 0.0, 0.0, 200),
+        q("brand", "query.overlap", 200 + AFTER_REFRESH_SECONDS / 2, 0.5),
+        q("brand", "query.overlap", 200 + AFTER_REFRESH_SECONDS * 3, 0.5, by=["brand.tier"]),
+    ]
+    entries = chain([*previews, *near, *refresh])
+    facts = facts_from_export(export(entries), PEM.decode(), policy_text=POLICY)
+    kinds = dict(zip(facts.anomalies["kind"], facts.anomalies["sequences"], strict=True))
+    assert kinds["previews"] == list(range(1, PREVIEW_MINIMUM + 1))
+    first_over = next(i for i in range(1, 5) if 0.5 * i >= BUDGET_NEAR_CAP * 2.0)
+    assert kinds["budget_near_cap"] == [PREVIEW_MINIMUM + first_over]
+    assert kinds["after_refresh"] == [PREVIEW_MINIMUM + 6]  # the late query is not flagged
+    t = audit_text_for("zh")
+    for kind, detail in zip(facts.anomalies["kind"], facts.anomalies["detail"], strict=True):
+        assert describe_finding(t, kind, detail)  # every finding has words in both languages
+        assert describe_finding(audit_text_for("en"), kind, detail)
+
+
+@given(st.lists(st.sampled_from(["brand.tier", "platform.age_band", "brand.conversions.value", "x.y", "gold"])))
+def test_dimensions_are_found_wherever_a_new_query_type_puts_them(values):
+    params = {"by": values, "nested": {"seed": {v: "gold" for v in values}}, "epsilon": 1.0}
+    found = dimensions_of(params, ["brand", "platform"])
+    assert found == [v for v in dict.fromkeys(values) if v.split(".")[0] in ("brand", "platform")]
+
+
+def test_the_export_parses_as_json_lines():
+    for line in export(chain(ROOM)).splitlines():
+        json.loads(line)
+
+
+def test_the_command_reads_an_export_offline_and_says_what_is_missing(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from cleanroom_client.cli import app
+
+    log, key = tmp_path / "log.jsonl", tmp_path / "server.pem"
+    log.write_text(export(chain(ROOM)), encoding="utf-8")
+    key.write_bytes(PEM)
+    run = CliRunner().invoke
+    said = lambda result: " ".join(result.output.split())  # noqa: E731 (the console wraps long lines)
+    missing = run(app, ["audit-report", "audited", "--from", str(log)])
+    assert missing.exit_code == 2
+    assert "--from needs --public-key" in said(missing)
+    other = run(app, ["audit-report", "another", "--from", str(log), "--public-key", str(key)])
+    assert other.exit_code == 2
+    assert "is an export of 'audited'" in said(other)
+    french = run(app, ["audit-report", "audited", "--lang", "fr", "--from", str(log), "--public-key", str(key)])
+    assert french.exit_code == 2
+    assert "choose one of en, zh" in said(french)
+    out = tmp_path / "report" / "audited.html"
+    done = run(app, ["audit-report", "audited", "--from", str(log), "--public-key", str(key), "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    assert "(verified)" in said(done)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["audited-budget.png", "audited-queries.png", "audited.html"]
