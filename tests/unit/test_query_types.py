@@ -8,6 +8,8 @@ so a query added to the proto without one of its surfaces fails here, and a surf
 from __future__ import annotations
 
 import inspect
+import typing
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -65,11 +67,28 @@ def test_the_sdk_has_its_method_taking_every_option(rpc):
     q = BY_RPC[rpc]
     method = getattr(CleanRoomClient, q.method, None)
     assert callable(method), q.method
-    parameters = inspect.signature(method).parameters
+    parameters = _typed_keywords(method)
     for name in ("collaboration_id", "epsilon", "preview", "refresh_period", "with_members"):
         assert name in parameters, (q.method, name)
     for option in q.options:
         assert option.argument in parameters, (q.method, option.argument)
+
+
+def _typed_keywords(method: Callable[..., object]) -> dict[str, object]:
+    """The keywords `method` takes, each with its type: named parameters and those of a `**kw: Unpack[TypedDict]`.
+
+    An untyped `**kwargs` would make any keyword pass the test above without the SDK declaring it, so it fails here.
+    """
+    hints = typing.get_type_hints(method, include_extras=True)
+    keywords: dict[str, object] = {}
+    for name, parameter in inspect.signature(method).parameters.items():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            assert typing.get_origin(hints.get(name)) is typing.Unpack, (method, name, "**kwargs without a TypedDict")
+            (declared,) = typing.get_args(hints[name])
+            keywords |= typing.get_type_hints(declared)
+        elif name != "self":
+            keywords[name] = hints[name]
+    return keywords
 
 
 @pytest.mark.parametrize("rpc", QUERY_RPCS)
