@@ -31,6 +31,7 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "POINTS",
     "POINT_SIZE",
+    "PUBLIC_SERVICES",
     "TABLE_KIND",
     "admin_pb2",
     "admin_pb2_grpc",
@@ -60,6 +61,13 @@ CHAIN_KIND = "blinded:"
 TABLE_KIND = "table:"
 #: The resource-name collection of collaborations: `collaborations/{id}`.
 COLLABORATIONS = "collaborations/"
+#: Full names of the services the clean room serves at its address (what it reports healthy and lists for
+#: reflection); the operator's `AdminService` answers on the data directory's local socket only.
+PUBLIC_SERVICES = tuple(
+    service.full_name
+    for module in (collaboration_pb2, matching_pb2, analytics_pb2, audit_pb2)
+    for service in module.DESCRIPTOR.services_by_name.values()
+)
 
 
 def collaboration_name(collaboration_id: str) -> str:
