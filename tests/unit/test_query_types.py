@@ -23,7 +23,7 @@ from cleanroom_client.cli import app
 from cleanroom_client.client import CleanRoomClient
 from cleanroom_client.policy import QueryType
 from cleanroom_client.protocol import analytics_pb2 as qpb
-from cleanroom_client.query_types import BY_NAME, BY_RPC, QUERIES, QueryDeclaration, docs_table
+from cleanroom_client.query_types import BY_NAME, BY_RPC, QUERIES, Derived, QueryDeclaration, Reading, docs_table
 from cleanroom_client.report import build_sections
 from cleanroom_client.report_text import LANGUAGES, text_for
 
@@ -171,3 +171,14 @@ def test_the_docs_table_lists_every_query_as_declared():
         assert f"`cleanroom-client {q.command}`" in page
         assert f"`client.{q.method}(...)`" in page
     assert BY_NAME["venn"].command in page
+
+
+def test_a_declaration_names_its_policy_type_and_method_after_itself_unless_it_says_otherwise():
+    en, zh = Reading("Title", "Summary {v}.", "short"), Reading("标题", "摘要 {v}。", "短")
+    fields = ("x", "X", qpb.OverlapRequest, "x-cmd", "x", "What.", "cleanroom-client x-cmd c", ())
+    answer = (("people",), (Derived("people", "the noisy count"),), ("...",), "overlap", en, zh)
+    plain = QueryDeclaration(*fields, *answer)
+    assert (plain.policy_type, plain.method, plain.epsilon, plain.audience) == ("x", "x", 0.5, False)
+    assert dict(plain.reading) == {"en": en, "zh": zh}
+    named = QueryDeclaration(*fields, *answer, policy_type="activation", method="activate", epsilon=0.1)
+    assert (named.policy_type, named.method, named.epsilon) == ("activation", "activate", 0.1)
