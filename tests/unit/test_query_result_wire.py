@@ -3,7 +3,7 @@ carries (`attrs`), under the same names, for any values (hypothesis)."""
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cleanroom.analytics.cells import Cell
@@ -22,6 +22,7 @@ def test_every_field_of_a_result_beside_its_cells_is_one_the_server_fills_and_th
     assert fields == {"dimensions", "cells", "refresh_period", *RESULT_FIELDS}
 
 
+@settings(max_examples=60, deadline=None)  # a frame per example: slow on a loaded machine
 @given(
     spent=finite,
     left=finite,
