@@ -14,7 +14,17 @@ class CleanroomError(Exception):
     """Base of all domain errors."""
 
 
-class InvalidArgumentError(CleanroomError):
+class RefusalError(CleanroomError):
+    """Base of the errors that turn a request down for what it asks, before any data is read or anything charged.
+
+    Its arguments, the caller's rights, the resource it names, the collaboration's state, a budget or a limit: the
+    front door counts each against the caller's refusals (`cleanroom.server.rates`). Not refusals: a query that
+    failed after its budget was reserved (`QueryFailedError`: charged), an unknown caller (`UnauthenticatedError`:
+    no principal to count against), a bug, a stopping server.
+    """
+
+
+class InvalidArgumentError(RefusalError):
     """The request is malformed: fix the request.
 
     `problems` lists each problem as "path: what is wrong" (e.g. every problem of a refused policy); callers receive
@@ -26,19 +36,19 @@ class InvalidArgumentError(CleanroomError):
         self.problems = tuple(problems)
 
 
-class NotFoundError(CleanroomError):
+class NotFoundError(RefusalError):
     """The named resource does not exist (or the caller may not know it exists)."""
 
 
-class AlreadyExistsError(CleanroomError):
+class AlreadyExistsError(RefusalError):
     """A resource with that name exists already."""
 
 
-class FailedPreconditionError(CleanroomError):
+class FailedPreconditionError(RefusalError):
     """The request is well-formed but the collaboration is not in a state that allows it."""
 
 
-class PermissionDeniedError(CleanroomError):
+class PermissionDeniedError(RefusalError):
     """The caller is known but may not do this."""
 
 
@@ -60,7 +70,7 @@ class BudgetShortfall:
     total: float
 
 
-class ResourceExhaustedError(CleanroomError):
+class ResourceExhaustedError(RefusalError):
     """A budget or limit is used up; `shortfall` says by how much when it is a privacy budget."""
 
     def __init__(self, message: str, shortfall: BudgetShortfall | None = None) -> None:

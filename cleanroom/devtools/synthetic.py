@@ -253,27 +253,32 @@ delta: {per_member_total: 1.0e-6, per_query_max: 1.0e-7}
 """
 
 
+def member_arguments(
+    users: pd.DataFrame, key: str, phone: str, attributes: list[str], events: Mapping[str, pd.DataFrame]
+) -> dict[str, Any]:
+    """One member's `CleanRoomClient.match()` keyword arguments, in both synthetic worlds' layout.
+
+    Its users keyed by `key`, matched by the email in column `email` and the phone in column `phone`, with
+    `attributes` and its event tables.
+    """
+    identifiers = {"email": "email", "phone": phone}
+    return {"users": users, "key": key, "identifiers": identifiers, "attributes": attributes, "events": dict(events)}
+
+
 def match_arguments(data: SyntheticData) -> dict[str, dict[str, Any]]:
     """Each member's `CleanRoomClient.match()` keyword arguments for this world (the demo's and compose's)."""
+    platform_events = {
+        "stage_history": data.platform_stage_history,
+        "exposures": data.platform_exposures,
+        "test_groups": data.platform_test_groups,
+    }
     return {
-        "brand": {
-            "users": data.brand_users,
-            "key": "customer_id",
-            "identifiers": {"email": "email", "phone": "mobile"},
-            "attributes": ["tier"],
-            "events": {"conversions": data.brand_conversions},
-        },
-        "platform": {
-            "users": data.platform_users,
-            "key": "user_id",
-            "identifiers": {"email": "email", "phone": "phone"},
-            "attributes": ["age_band", "stage_4a", "visits_30d"],
-            "events": {
-                "stage_history": data.platform_stage_history,
-                "exposures": data.platform_exposures,
-                "test_groups": data.platform_test_groups,
-            },
-        },
+        "brand": member_arguments(
+            data.brand_users, "customer_id", "mobile", ["tier"], {"conversions": data.brand_conversions}
+        ),
+        "platform": member_arguments(
+            data.platform_users, "user_id", "phone", ["age_band", "stage_4a", "visits_30d"], platform_events
+        ),
     }
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .synthetic import AGE_BANDS, CHANNELS, KINDS, STAGES, TIERS
+from .synthetic import AGE_BANDS, CHANNELS, KINDS, STAGES, TIERS, member_arguments
 
 HUB, COMMERCE, SOCIAL = "brand", "jd", "tencent"
 PLATFORMS = (COMMERCE, SOCIAL)
@@ -184,28 +184,13 @@ def generate(brand_users: int = 3000, seed: int = 11, p_jd: float = 0.5, p_tence
 
 def match_arguments(data: PlatformsData) -> dict[str, dict[str, object]]:
     """Each member's `CleanRoomClient.match()` keyword arguments for this data."""
+    brand_events = {"conversions": data.brand_conversions}
     return {
-        HUB: {
-            "users": data.brand_users,
-            "key": "customer_id",
-            "identifiers": {"email": "email", "phone": "mobile"},
-            "attributes": ["tier"],
-            "events": {"conversions": data.brand_conversions},
-        },
-        COMMERCE: {
-            "users": data.jd_users,
-            "key": "user_id",
-            "identifiers": {"email": "email", "phone": "phone"},
-            "attributes": ["stage_4a"],
-            "events": {"exposures": data.jd_exposures},
-        },
-        SOCIAL: {
-            "users": data.tencent_users,
-            "key": "openid",
-            "identifiers": {"email": "email", "phone": "phone"},
-            "attributes": ["age_band", "interest"],
-            "events": {"exposures": data.tencent_exposures},
-        },
+        HUB: member_arguments(data.brand_users, "customer_id", "mobile", ["tier"], brand_events),
+        COMMERCE: member_arguments(data.jd_users, "user_id", "phone", ["stage_4a"], {"exposures": data.jd_exposures}),
+        SOCIAL: member_arguments(
+            data.tencent_users, "openid", "phone", ["age_band", "interest"], {"exposures": data.tencent_exposures}
+        ),
     }
 
 

@@ -62,52 +62,84 @@ from cleanroom_client.protocol import ID_TYPE_CODES
 
 from ..storage.database import first, in_memory
 
+#: What other modules use; `ID_TYPE_CODES` and `stability_constant` are re-exported (the rule's codes and its bound).
 __all__ = [
     "ID_TYPE_CODES",
     "MatchStats",
+    "add_keys",
     "forget_rows",
+    "forget_rows_from",
+    "is_matched",
     "join_matches",
     "join_of_rows",
+    "key_set_sizes",
+    "keyed_rows_from",
+    "label_pairs",
     "match_stats",
+    "matched_people",
+    "matched_time",
     "note_retired_keys",
+    "record_pairs",
     "rejoin_around",
+    "spoke_pairs",
     "stability_constant",
 ]
 
 
-#: A link per (type, key) found on exactly one row of each member: one aggregation over the keys (it spills to disk
-#: under the server's memory cap; the same rule written as a self-join of the unique keys, with the links as a CTE
-#: read three times, ran out of memory at 100M x 100M under a 2.5 GB cap and at 10M x 10M under 120 MB).
-_LINKS = """
-CREATE OR REPLACE TEMP TABLE join_links AS
+# The rule, as SQL: the whole join (`join_matches`) and the join around retired keys (`rejoin_around`) build their
+# statements from these three, so both apply the same rule.
+
+
+def _links(table: str, keys: str, where: str) -> str:
+    """Into `table`: a link per (type, key) of `keys` (match_keys rows) found on exactly one row of each member."""
+    return f"""
+CREATE OR REPLACE TEMP TABLE {table} AS
 SELECT id_type,
        min(row_id) FILTER (WHERE member = $ma) AS row_a,
        min(row_id) FILTER (WHERE member = $mb) AS row_b
-FROM match_keys
-WHERE collab = $collab AND list_contains($types::TINYINT[], id_type)
+FROM {keys}
+WHERE {where}
 GROUP BY id_type, dkey
 HAVING count(*) FILTER (WHERE member = $ma) = 1 AND count(*) FILTER (WHERE member = $mb) = 1
 """
 
-#: Pairs whose rows link to each other only (min = max: every link of the row goes to one row on the other side).
-_PAIRS = """
+
+def _pairs(links: str, only: str = "") -> str:
+    """Into `join_pairs`: the pairs of `links` whose rows link to each other only, those meeting `only` if given.
+
+    min = max: every link of the row goes to one row on the other side.
+    """
+    where = f"WHERE {only}\n" if only else ""
+    return f"""
 CREATE OR REPLACE TEMP TABLE join_pairs AS
 WITH degree_a AS (
-    SELECT row_a FROM join_links GROUP BY row_a HAVING min(row_b) = max(row_b)
+    SELECT row_a FROM {links} GROUP BY row_a HAVING min(row_b) = max(row_b)
 ), degree_b AS (
-    SELECT row_b FROM join_links GROUP BY row_b HAVING min(row_a) = max(row_a)
+    SELECT row_b FROM {links} GROUP BY row_b HAVING min(row_a) = max(row_a)
 )
 SELECT row_a, row_b, min(id_type) AS id_type
-FROM join_links SEMI JOIN degree_a USING (row_a) SEMI JOIN degree_b USING (row_b)
-GROUP BY row_a, row_b
+FROM {links} SEMI JOIN degree_a USING (row_a) SEMI JOIN degree_b USING (row_b)
+{where}GROUP BY row_a, row_b
 """
 
-#: A refresh: pairs that no longer hold end at this period; new pairs start at it; pairs that still hold go on.
-_END_PAIRS = """
+
+def _end_pairs(only: str = "") -> str:
+    """A refresh: the current pairs (those meeting `only`, if given) that are not in `join_pairs` end at `$period`."""
+    also = f"  AND {only}\n" if only else ""
+    return f"""
 UPDATE matches SET period_to = $period
 WHERE collab = $collab AND member_a = $ma AND member_b = $mb AND period_to IS NULL
-  AND NOT EXISTS (SELECT 1 FROM join_pairs j WHERE j.row_a = matches.row_a AND j.row_b = matches.row_b)
+{also}  AND NOT EXISTS (SELECT 1 FROM join_pairs j WHERE j.row_a = matches.row_a AND j.row_b = matches.row_b)
 """
+
+
+#: The whole join: its links in one aggregation over the keys (it spills to disk under the server's memory cap;
+#: the same rule written as a self-join of the unique keys, with the links as a CTE read three times, ran out of
+#: memory at 100M x 100M under a 2.5 GB cap and at 10M x 10M under 120 MB).
+_LINKS = _links("join_links", "match_keys", "collab = $collab AND list_contains($types::TINYINT[], id_type)")
+_PAIRS = _pairs("join_links")
+#: A refresh: pairs that no longer hold end at this period; new pairs start at it; pairs that still hold go on.
+_END_PAIRS = _end_pairs()
 _START_PAIRS = """
 INSERT INTO matches
 SELECT $collab, $ma, j.row_a, $mb, j.row_b, j.id_type, $period, NULL
@@ -296,16 +328,11 @@ CREATE OR REPLACE TEMP TABLE around_keys AS
 SELECT DISTINCT id_type, dkey FROM match_keys SEMI JOIN around_rows USING (member, row_id)
 WHERE collab = $collab AND member IN ($ma, $mb) AND list_contains($types::TINYINT[], id_type)
 """
-_LINKS_AROUND = """
-CREATE OR REPLACE TEMP TABLE around_links AS
-SELECT id_type,
-       min(row_id) FILTER (WHERE member = $ma) AS row_a,
-       min(row_id) FILTER (WHERE member = $mb) AS row_b
-FROM match_keys SEMI JOIN around_keys USING (id_type, dkey)
-WHERE collab = $collab AND member IN ($ma, $mb)
-GROUP BY id_type, dkey
-HAVING count(*) FILTER (WHERE member = $ma) = 1 AND count(*) FILTER (WHERE member = $mb) = 1
-"""
+_LINKS_AROUND = _links(
+    "around_links",
+    "match_keys SEMI JOIN around_keys USING (id_type, dkey)",
+    "collab = $collab AND member IN ($ma, $mb)",
+)
 
 #: The rows whose links a retirement can change: those of either member carrying a (type, key) a retired row had.
 _RETIRED_AROUND = """
@@ -313,30 +340,16 @@ CREATE OR REPLACE TEMP TABLE retired_around AS
 SELECT DISTINCT member, row_id FROM match_keys SEMI JOIN retired_keys USING (id_type, dkey)
 WHERE collab = $collab AND member IN ($ma, $mb)
 """
+#: A pair with a row in `retired_around`.
+_TOUCHES_RETIRED = (
+    "(row_a IN (SELECT row_id FROM retired_around WHERE member = $ma)"
+    " OR row_b IN (SELECT row_id FROM retired_around WHERE member = $mb))"
+)
 
 #: The pairs with a row in `retired_around`: both rows are in `around_rows` (their links complete in around_links).
-_PAIRS_AROUND = """
-CREATE OR REPLACE TEMP TABLE join_pairs AS
-WITH degree_a AS (
-    SELECT row_a FROM around_links GROUP BY row_a HAVING min(row_b) = max(row_b)
-), degree_b AS (
-    SELECT row_b FROM around_links GROUP BY row_b HAVING min(row_a) = max(row_a)
-)
-SELECT row_a, row_b, min(id_type) AS id_type
-FROM around_links SEMI JOIN degree_a USING (row_a) SEMI JOIN degree_b USING (row_b)
-WHERE row_a IN (SELECT row_id FROM retired_around WHERE member = $ma)
-   OR row_b IN (SELECT row_id FROM retired_around WHERE member = $mb)
-GROUP BY row_a, row_b
-"""
-
+_PAIRS_AROUND = _pairs("around_links", _TOUCHES_RETIRED)
 #: End the current pairs with a row in `retired_around` that no longer hold (pairs elsewhere cannot have changed).
-_END_PAIRS_AROUND = """
-UPDATE matches SET period_to = $period
-WHERE collab = $collab AND member_a = $ma AND member_b = $mb AND period_to IS NULL
-  AND (row_a IN (SELECT row_id FROM retired_around WHERE member = $ma)
-       OR row_b IN (SELECT row_id FROM retired_around WHERE member = $mb))
-  AND NOT EXISTS (SELECT 1 FROM join_pairs j WHERE j.row_a = matches.row_a AND j.row_b = matches.row_b)
-"""
+_END_PAIRS_AROUND = _end_pairs(_TOUCHES_RETIRED)
 
 
 def note_retired_keys(

@@ -15,7 +15,24 @@ from cleanroom_client.protocol import DOUBLE_BLINDED, POINTS, TABLE_KIND
 from ..errors import FailedPreconditionError
 from ..storage.database import first
 
-__all__ = ["DOUBLE_BLINDED", "POINTS", "TABLE_KIND"]
+#: What other modules use; the upload kinds are re-exported from the protocol module.
+__all__ = [
+    "DOUBLE_BLINDED",
+    "POINTS",
+    "TABLE_KIND",
+    "UploadProgress",
+    "any_upload",
+    "appended_rows",
+    "check_next_chunk",
+    "committed_set_sizes",
+    "forget_period",
+    "list_progress",
+    "read_progress",
+    "record_total_rows",
+    "save_progress",
+    "sealed",
+    "total_rows",
+]
 
 
 @dataclass(frozen=True)

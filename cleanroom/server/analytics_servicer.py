@@ -18,7 +18,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cleanroom_client.policy import Ability
-from cleanroom_client.protocol import ATTRIBUTION_MODELS, DEFAULT_HALF_LIFE_DAYS, attribution_model_name
+from cleanroom_client.protocol import ATTRIBUTION_MODELS, DEFAULT_HALF_LIFE_DAYS, attribution_model_name, result_fields
 from cleanroom_client.protocol import analytics_pb2 as pb
 from cleanroom_client.protocol import analytics_pb2_grpc as pb_grpc
 from cleanroom_client.query_types import BY_NAME, QUERIES
@@ -54,12 +54,7 @@ def answer_to_proto(a: QueryAnswer) -> pb.QueryResult:
             pb.Cell(keys=list(c.keys), measure=c.measure, value=c.value, error_95=c.error_95, suppressed=c.suppressed)
             for c in a.cells
         ],
-        epsilon_spent=a.epsilon_spent,
-        epsilon_remaining=a.epsilon_remaining,
-        noise_scale=dict(a.noise_scale),
-        audit_sequence=a.audit_sequence,
-        own_set_size=a.own_set_size,
-        audience=a.audience,
+        **result_fields(a),
     )
     if a.refresh_period is not None:
         result.refresh_period = a.refresh_period

@@ -23,13 +23,10 @@ from grpc_reflection.v1alpha import reflection
 from cleanroom_client.keyfile import read_private_file
 from cleanroom_client.protocol import (
     MAX_MESSAGE_BYTES,
-    analytics_pb2,
+    PUBLIC_SERVICES,
     analytics_pb2_grpc,
-    audit_pb2,
     audit_pb2_grpc,
-    collaboration_pb2,
     collaboration_pb2_grpc,
-    matching_pb2,
     matching_pb2_grpc,
 )
 
@@ -149,15 +146,6 @@ class RunningServer:
         return self.room.close(timeout)
 
 
-def _service_names() -> list[str]:
-    return [
-        collaboration_pb2.DESCRIPTOR.services_by_name["CollaborationService"].full_name,
-        matching_pb2.DESCRIPTOR.services_by_name["MatchingService"].full_name,
-        analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"].full_name,
-        audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
-    ]
-
-
 def _audit_refusal(auth: Authenticator, collaborations: Collaborations) -> OnRefusal:
     """Audit a request refused at the edge, as the servicers' refusals are: by whom, what was asked, why.
 
@@ -233,12 +221,11 @@ def create_server(config: ServerConfig) -> RunningServer:
         AuditServicer(room.audit, collaborations, auth, streams, room.trees), server
     )
 
-    services = _service_names()
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ["", *services]:
+    for name in ["", *PUBLIC_SERVICES]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    reflection.enable_server_reflection([*PUBLIC_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
 
     if config.tls is None:
         port = server.add_insecure_port(config.address)

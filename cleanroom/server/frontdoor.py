@@ -19,8 +19,8 @@ Guarantees, for every RPC of every service (the clean room's, health, reflection
   client may compute its first chunk after opening the stream), so streams that never say what they are for
   cannot pile up either.
 - Every call the watchdog cuts counts as one of its principal's refused calls (`rates.py`), like every call
-  answered with a refusal (`REFUSALS`): a principal that keeps opening calls only to have them cut, or keeps
-  asking for what is refused, is soon refused at the door, before it waits for anything.
+  answered with a refusal (`cleanroom.errors.RefusalError`): a principal that keeps opening calls only to have them cut,
+  or keeps asking for what is refused, is soon refused at the door, before it waits for anything.
 - Every stream is cut (CANCELLED) after `idle_timeout` seconds in which the client moved no message: an upload
   whose client went quiet, a download (FetchPeerPoints, exports, audiences) whose client stopped reading. The
   server's own work between two responses does not count; a built-in stream (health Watch, reflection) is cut
@@ -54,16 +54,7 @@ from typing import Any
 
 import grpc
 
-from ..errors import (
-    AlreadyExistsError,
-    CleanroomError,
-    FailedPreconditionError,
-    InvalidArgumentError,
-    NotFoundError,
-    PermissionDeniedError,
-    ResourceExhaustedError,
-    UnauthenticatedError,
-)
+from ..errors import CleanroomError, InvalidArgumentError, RefusalError, ResourceExhaustedError, UnauthenticatedError
 from ..principals import Principal
 from .auth import SERVER_SERVICES, StreamLimiter, TokenOrCertificateAuthenticator, no_credentials
 from .errors import BehaviourInterceptor
@@ -83,17 +74,6 @@ HALF_OPEN_GRACE = 0.5
 #: The attribute that marks a behaviour as a refusal at the door (`DoorExecutor` runs it without a worker);
 #: wrappers copy it (`functools.wraps`).
 AT_THE_DOOR = "cleanroom_at_the_door"
-#: Outcomes that count against a principal's refusals: every refusal past the door (most of them write an audit
-#: entry: the edge's INVALID_ARGUMENT, the domain's PERMISSION_DENIED and NOT_FOUND, a query refused for its
-#: arguments, its state or the budget). An outcome after data was read (ABORTED) is charged, not refused.
-REFUSALS = (
-    AlreadyExistsError,
-    FailedPreconditionError,
-    InvalidArgumentError,
-    NotFoundError,
-    PermissionDeniedError,
-    ResourceExhaustedError,
-)
 
 
 class Watch:
@@ -335,7 +315,7 @@ class FrontDoorInterceptor(BehaviourInterceptor):
             try:
                 with slot(principal):
                     return inner(argument, context)
-            except REFUSALS:
+            except RefusalError:  # past the door (most write an audit entry); an outcome after data is charged instead
                 self._rates.refused(principal.name)
                 raise
             finally:
@@ -350,7 +330,7 @@ class FrontDoorInterceptor(BehaviourInterceptor):
                         watch.kick(self._idle)  # the client has that long to take it
                         yield response
                         servers_turn(watch)
-            except REFUSALS:
+            except RefusalError:
                 self._rates.refused(principal.name)
                 raise
             finally:

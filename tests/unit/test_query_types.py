@@ -8,6 +8,8 @@ so a query added to the proto without one of its surfaces fails here, and a surf
 from __future__ import annotations
 
 import inspect
+import typing
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from cleanroom_client.cli import app
 from cleanroom_client.client import CleanRoomClient
 from cleanroom_client.policy import QueryType
 from cleanroom_client.protocol import analytics_pb2 as qpb
-from cleanroom_client.query_types import BY_NAME, BY_RPC, QUERIES, QueryDeclaration, docs_table
+from cleanroom_client.query_types import BY_NAME, BY_RPC, QUERIES, Derived, QueryDeclaration, Reading, docs_table
 from cleanroom_client.report import build_sections
 from cleanroom_client.report_text import LANGUAGES, text_for
 
@@ -65,11 +67,28 @@ def test_the_sdk_has_its_method_taking_every_option(rpc):
     q = BY_RPC[rpc]
     method = getattr(CleanRoomClient, q.method, None)
     assert callable(method), q.method
-    parameters = inspect.signature(method).parameters
+    parameters = _typed_keywords(method)
     for name in ("collaboration_id", "epsilon", "preview", "refresh_period", "with_members"):
         assert name in parameters, (q.method, name)
     for option in q.options:
         assert option.argument in parameters, (q.method, option.argument)
+
+
+def _typed_keywords(method: Callable[..., object]) -> dict[str, object]:
+    """The keywords `method` takes, each with its type: named parameters and those of a `**kw: Unpack[TypedDict]`.
+
+    An untyped `**kwargs` would make any keyword pass the test above without the SDK declaring it, so it fails here.
+    """
+    hints = typing.get_type_hints(method, include_extras=True)
+    keywords: dict[str, object] = {}
+    for name, parameter in inspect.signature(method).parameters.items():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            assert typing.get_origin(hints.get(name)) is typing.Unpack, (method, name, "**kwargs without a TypedDict")
+            (declared,) = typing.get_args(hints[name])
+            keywords |= typing.get_type_hints(declared)
+        elif name != "self":
+            keywords[name] = hints[name]
+    return keywords
 
 
 @pytest.mark.parametrize("rpc", QUERY_RPCS)
@@ -152,3 +171,14 @@ def test_the_docs_table_lists_every_query_as_declared():
         assert f"`cleanroom-client {q.command}`" in page
         assert f"`client.{q.method}(...)`" in page
     assert BY_NAME["venn"].command in page
+
+
+def test_a_declaration_names_its_policy_type_and_method_after_itself_unless_it_says_otherwise():
+    en, zh = Reading("Title", "Summary {v}.", "short"), Reading("标题", "摘要 {v}。", "短")
+    fields = ("x", "X", qpb.OverlapRequest, "x-cmd", "x", "What.", "cleanroom-client x-cmd c", ())
+    answer = (("people",), (Derived("people", "the noisy count"),), ("...",), "overlap", en, zh)
+    plain = QueryDeclaration(*fields, *answer)
+    assert (plain.policy_type, plain.method, plain.epsilon, plain.audience) == ("x", "x", 0.5, False)
+    assert dict(plain.reading) == {"en": en, "zh": zh}
+    named = QueryDeclaration(*fields, *answer, policy_type="activation", method="activate", epsilon=0.1)
+    assert (named.policy_type, named.method, named.epsilon) == ("activation", "activate", 0.1)

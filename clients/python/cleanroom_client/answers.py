@@ -22,6 +22,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from .protocol import analytics_pb2 as qpb
+from .protocol import result_fields
 
 #: The file, inside a collaboration's state directory.
 ANSWERS_FILE = "answers.jsonl"
@@ -80,13 +81,7 @@ def result_frame(result: qpb.QueryResult) -> pd.DataFrame:
         rows.append(row)
     frame = pd.DataFrame(rows, columns=[*result.dimensions, "measure", "value", "error_95", "suppressed"])
     frame.attrs.update(
-        epsilon_spent=result.epsilon_spent,
-        epsilon_remaining=result.epsilon_remaining,
-        noise_scale=dict(result.noise_scale),
-        audit_sequence=result.audit_sequence,
-        own_set_size=result.own_set_size,
-        audience=result.audience,
-        refresh_period=result.refresh_period if result.HasField("refresh_period") else None,
+        result_fields(result), refresh_period=result.refresh_period if result.HasField("refresh_period") else None
     )
     return frame
 

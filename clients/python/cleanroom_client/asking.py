@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 
 import grpc
 import numpy as np
@@ -36,6 +36,21 @@ def collaboration_dir(state_dir: Path, collaboration_id: str) -> Path:
     return state_dir / "collaborations" / collaboration_id.removeprefix(COLLABORATIONS)
 
 
+class Scope(TypedDict, total=False):
+    """The keywords every query method takes besides its own arguments (keyword-only; each may be left out).
+
+    `preview=True`: instead of asking, return the 95% error bar each released vector would have at that epsilon
+    (`measure` error_95, one row per vector), spending nothing and reading no data (default False).
+    `refresh_period`: read the data as of that refresh period (0: the match); by default the last completed one.
+    `with_members`: with three or more members a query's people are the hub's users matched with every other
+    member (the default), or with those named here.
+    """
+
+    preview: bool
+    refresh_period: int | None
+    with_members: Sequence[str]
+
+
 class QueryMethods:
     """Asking queries: what `CleanRoomClient` sets up (the channel's stubs, the token, the state directory)."""
 
@@ -52,29 +67,18 @@ class QueryMethods:
             raise CleanRoomError.from_rpc(err) from None
 
     # -- analytics ---------------------------------------------------------------------------------------------------
-    # Every query method takes `preview=True`: instead of asking, it returns the 95% error bar each released vector
-    # would have at that epsilon (`measure` error_95, one row per vector), spending nothing and reading no data.
-    # A query reads the data as of the last completed refresh period, or as of `refresh_period` (0: the match).
-    # With three or more members its people are the hub's users matched with every other member, or with those named
-    # in `with_members`.
-    def _ask(
-        self,
-        name: str,
-        collaboration_id: str,
-        scope: tuple[bool, int | None, Sequence[str]],
-        **fields: Any,
-    ) -> pd.DataFrame:
+    def _ask(self, name: str, collaboration_id: str, scope: Scope, **fields: Any) -> pd.DataFrame:
         """Declared query `name` (`query_types`): its request from `fields`, asked (or previewed), kept, as a frame.
 
-        `scope` is (preview, refresh_period, with_members), as every query method takes them.
+        `scope` holds the keywords every query method takes besides its own (`Scope`); absent ones take its defaults.
         """
-        preview, refresh_period, with_members = scope
         declared = declaration(name)
         parent = collaboration_name(collaboration_id)
+        refresh_period = scope.get("refresh_period")
         period = {} if refresh_period is None else {"refresh_period": refresh_period}
         build: Callable[..., Any] = declared.request
-        request = build(parent=parent, with_members=list(with_members), **period, **fields)
-        if preview:
+        request = build(parent=parent, with_members=list(scope.get("with_members", ())), **period, **fields)
+        if scope.get("preview", False):
             previewed = qpb.PreviewRequest()
             getattr(previewed, name).CopyFrom(request)
             return result_frame(self._call(self._analytics.Preview, previewed))
@@ -94,33 +98,19 @@ class QueryMethods:
         return answers.load(self.collaboration_dir(collaboration_id))
 
     def overlap(
-        self,
-        collaboration_id: str,
-        by: Sequence[str] = (),
-        epsilon: float = 0.5,
-        preview: bool = False,
-        refresh_period: int | None = None,
-        with_members: Sequence[str] = (),
+        self, collaboration_id: str, by: Sequence[str] = (), epsilon: float = 0.5, **scope: Unpack[Scope]
     ) -> pd.DataFrame:
         """Matched people, grouped by up to three `member.column` dimensions; one row per cell and measure."""
-        scope = (preview, refresh_period, with_members)
         return self._ask("overlap", collaboration_id, scope, dimensions=list(by), epsilon=epsilon)
 
     def venn(
-        self,
-        collaboration_id: str,
-        by: str | None = None,
-        epsilon: float = 0.5,
-        preview: bool = False,
-        refresh_period: int | None = None,
-        with_members: Sequence[str] = (),
+        self, collaboration_id: str, by: str | None = None, epsilon: float = 0.5, **scope: Unpack[Scope]
     ) -> pd.DataFrame:
         """The hub's users by the other members they are matched with, optionally per value of one hub dimension.
 
         One row per region and measure: `people` for each intersection (`brand∩jd`: the brand's users matched with
         jd, whatever else), `people_exactly` for each region of the diagram (matched with exactly those members).
         """
-        scope = (preview, refresh_period, with_members)
         return self._ask("venn", collaboration_id, scope, by=by or "", epsilon=epsilon)
 
     def funnel(
@@ -129,12 +119,9 @@ class QueryMethods:
         by: str | None = None,
         epsilon: float = 0.5,
         labels: str = "4a",
-        preview: bool = False,
-        refresh_period: int | None = None,
-        with_members: Sequence[str] = (),
+        **scope: Unpack[Scope],
     ) -> pd.DataFrame:
         """Matched people per 4A stage (counts and shares), optionally crossed with one dimension."""
-        scope = (preview, refresh_period, with_members)
         return self._ask("funnel", collaboration_id, scope, by=by or "", epsilon=epsilon, labels=labels)
 
     def funnel_flow(
@@ -144,37 +131,20 @@ class QueryMethods:
         end: str,
         epsilon: float = 0.5,
         labels: str = "4a",
-        preview: bool = False,
-        refresh_period: int | None = None,
-        with_members: Sequence[str] = (),
+        **scope: Unpack[Scope],
     ) -> pd.DataFrame:
         """Transitions between 4A stages from the snapshot on `start` to the one on `end` (ISO dates)."""
         dates = {"start_date": start, "end_date": end}
-        scope = (preview, refresh_period, with_members)
         return self._ask("funnel_flow", collaboration_id, scope, **dates, epsilon=epsilon, labels=labels)
 
     def segment_insight(
-        self,
-        collaboration_id: str,
-        dimension: str,
-        epsilon: float = 0.5,
-        preview: bool = False,
-        refresh_period: int | None = None,
-        with_members: Sequence[str] = (),
+        self, collaboration_id: str, dimension: str, epsilon: float = 0.5, **scope: Unpack[Scope]
     ) -> pd.DataFrame:
         """Per value of `dimension`: matched and all users, their shares, TGI and penetration."""
-        scope = (preview, refresh_period, with_members)
         return self._ask("segment_insight", collaboration_id, scope, dimension=dimension, epsilon=epsilon)
 
     def value(
-        self,
-        collaboration_id: str,
-        measure: str,
-        by: Sequence[str] = (),
-        epsilon: float = 1.0,
-        preview: bool = False,
-        refresh_period: int | None = None,
-        with_members: Sequence[str] = (),
+        self, collaboration_id: str, measure: str, by: Sequence[str] = (), epsilon: float = 1.0, **scope: Unpack[Scope]
     ) -> pd.DataFrame:
         """GOAL value of a declared measure (`member.table.column`) per group of up to three dimensions.
 
@@ -182,7 +152,6 @@ class QueryMethods:
         its 95% bound. Values are clamped to the policy's bounds and each person contributes at most the table's
         `max_per_person` rows; epsilon is split in four.
         """
-        scope = (preview, refresh_period, with_members)
         return self._ask("value", collaboration_id, scope, by=list(by), measure=measure, epsilon=epsilon)
 
     def loyalty(
@@ -192,9 +161,7 @@ class QueryMethods:
         period2: tuple[str, str],
         by: Sequence[str] = (),
         epsilon: float = 1.0,
-        preview: bool = False,
-        refresh_period: int | None = None,
-        with_members: Sequence[str] = (),
+        **scope: Unpack[Scope],
     ) -> pd.DataFrame:
         """GOAL loyalty per group: converters in period 1, repeaters, retained; repurchase and retention rates.
 
@@ -202,7 +169,6 @@ class QueryMethods:
         """
         periods = {"period1_start": period1[0], "period1_end": period1[1]}
         periods |= {"period2_start": period2[0], "period2_end": period2[1]}
-        scope = (preview, refresh_period, with_members)
         return self._ask("loyalty", collaboration_id, scope, by=list(by), **periods, epsilon=epsilon)
 
     def attribution(
@@ -215,9 +181,7 @@ class QueryMethods:
         brand_dimension: str | None = None,
         click_over_view: bool = False,
         half_life_days: float = DEFAULT_HALF_LIFE_DAYS,
-        preview: bool = False,
-        refresh_period: int | None = None,
-        with_members: Sequence[str] = (),
+        **scope: Unpack[Scope],
     ) -> pd.DataFrame:
         """Attributed conversions, revenue and ROAS per campaign or channel; group `none` is unattributed.
 
@@ -228,7 +192,7 @@ class QueryMethods:
         return self._ask(
             "attribution",
             collaboration_id,
-            (preview, refresh_period, with_members),
+            scope,
             model=ATTRIBUTION_MODELS[model],
             lookback_days=lookback_days,
             by=by,
@@ -238,17 +202,8 @@ class QueryMethods:
             epsilon=epsilon,
         )
 
-    def lift(
-        self,
-        collaboration_id: str,
-        campaign: str,
-        epsilon: float = 1.0,
-        preview: bool = False,
-        refresh_period: int | None = None,
-        with_members: Sequence[str] = (),
-    ) -> pd.DataFrame:
+    def lift(self, collaboration_id: str, campaign: str, epsilon: float = 1.0, **scope: Unpack[Scope]) -> pd.DataFrame:
         """Conversion rate per test group, lift, incremental conversions and revenue, with intervals."""
-        scope = (preview, refresh_period, with_members)
         return self._ask("lift", collaboration_id, scope, campaign=campaign, epsilon=epsilon)
 
     def lookalike(
@@ -259,9 +214,7 @@ class QueryMethods:
         epsilon: float = 1.0,
         delta: float | None = None,
         model: str = "logistic",
-        preview: bool = False,
-        refresh_period: int | None = None,
-        with_members: Sequence[str] = (),
+        **scope: Unpack[Scope],
     ) -> pd.DataFrame:
         """Train a DP-SGD lookalike on the seeds (e.g. {"brand.tier": "gold"}); the platform receives the audience.
 
@@ -273,7 +226,7 @@ class QueryMethods:
         return self._ask(
             "lookalike",
             collaboration_id,
-            (preview, refresh_period, with_members),
+            scope,
             seed=dict(seed),
             audience_size=audience_size,
             epsilon=epsilon,
@@ -310,10 +263,8 @@ class QueryMethods:
         segment: Mapping[str, str] | None = None,
         epsilon: float = 0.1,
         delta: float = 0.0,
-        preview: bool = False,
-        refresh_period: int | None = None,
         events: Sequence[Mapping[str, Any]] = (),
-        with_members: Sequence[str] = (),
+        **scope: Unpack[Scope],
     ) -> pd.DataFrame:
         """Release a segment's matched people (e.g. {"brand.tier": "gold"}) to the policy's activation recipient.
 
@@ -337,7 +288,6 @@ class QueryMethods:
             )
             for e in events
         ]
-        scope = (preview, refresh_period, with_members)
         return self._ask(
             "activate",
             collaboration_id,

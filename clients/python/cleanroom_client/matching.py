@@ -109,24 +109,33 @@ class IdentifierCounts:
 
 
 @dataclass(frozen=True)
-class MatchSummary:
-    """What a member learns from a match: its own counts and the size of the peer's set; never the intersection."""
+class MemberSummary:
+    """What a member learns from its side of a match or a refresh period; never the intersection, never a pair.
+
+    The counts of what it sent (per identifier type, rows per table, events dropped) and the set sizes after it.
+    """
 
     collaboration: str
-    rows: int
     identifiers: Mapping[str, IdentifierCounts]
     tables: Mapping[str, int]
     dropped_events: Mapping[str, int]
-    peer_rejected_points: int
     own_set_size: int
     peer_set_size: int
-    matched: bool
-    #: Every member's set size, by name (with three or more members there is no single peer).
-    set_sizes: Mapping[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         """Plain data, for JSON."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class MatchSummary(MemberSummary):
+    """What a member learns from a match: its rows, the peer's points refused, and every member's set size."""
+
+    rows: int
+    peer_rejected_points: int
+    matched: bool
+    #: Every member's set size, by name (with three or more members there is no single peer).
+    set_sizes: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

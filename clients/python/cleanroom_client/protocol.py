@@ -7,6 +7,9 @@ specification these values come from.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from ._proto import (
     admin_pb2,
     admin_pb2_grpc,
@@ -31,6 +34,8 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "POINTS",
     "POINT_SIZE",
+    "PUBLIC_SERVICES",
+    "RESULT_FIELDS",
     "TABLE_KIND",
     "admin_pb2",
     "admin_pb2_grpc",
@@ -44,6 +49,7 @@ __all__ = [
     "collaboration_pb2_grpc",
     "matching_pb2",
     "matching_pb2_grpc",
+    "result_fields",
 ]
 
 #: Bytes of one blinded point on the wire (an X25519 u-coordinate, PROTOCOL.md section 2).
@@ -60,6 +66,26 @@ CHAIN_KIND = "blinded:"
 TABLE_KIND = "table:"
 #: The resource-name collection of collaborations: `collaborations/{id}`.
 COLLABORATIONS = "collaborations/"
+#: Full names of the services the clean room serves at its address (what it reports healthy and lists for
+#: reflection); the operator's `AdminService` answers on the data directory's local socket only.
+PUBLIC_SERVICES = tuple(
+    service.full_name
+    for module in (collaboration_pb2, matching_pb2, analytics_pb2, audit_pb2)
+    for service in module.DESCRIPTOR.services_by_name.values()
+)
+
+
+#: The fields of a `QueryResult` beside its cells, named alike in the server's answer and the SDK's frame (`attrs`):
+#: the ε charged and left, the noise scale per histogram, the audit entry's sequence number, the caller's own set
+#: size, the audience released (lookalike, activation). `refresh_period` is optional: set only when an answer reads
+#: data (a preview reads none).
+RESULT_FIELDS = ("epsilon_spent", "epsilon_remaining", "noise_scale", "audit_sequence", "own_set_size", "audience")
+
+
+def result_fields(answer: object) -> dict[str, Any]:
+    """The `RESULT_FIELDS` of a server's answer or of a `QueryResult`, as plain values (a mapping as a dict)."""
+    values = {name: getattr(answer, name) for name in RESULT_FIELDS}
+    return {name: dict(v) if isinstance(v, Mapping) else v for name, v in values.items()}
 
 
 def collaboration_name(collaboration_id: str) -> str:

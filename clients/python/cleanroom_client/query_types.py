@@ -63,13 +63,11 @@ class Reading:
 
 @dataclass(frozen=True)
 class QueryDeclaration:
-    """One query type, as every surface sees it."""
+    """One query type, as every surface sees it (declared positionally in `QUERIES`, in this order)."""
 
     name: str
     rpc: str
     request: type[Message]
-    policy_type: str
-    method: str
     command: str
     #: The CLI table's title (a template over the SDK arguments).
     heading: str
@@ -86,11 +84,25 @@ class QueryDeclaration:
     dimensions: tuple[str, ...]
     #: How the report draws it (one builder per chart in `cleanroom_client.report`).
     chart: str
-    reading: Mapping[str, Reading] = field(repr=False)
+    #: How the report reads it in English and in Chinese (`reading` by language).
+    en: Reading = field(repr=False)
+    zh: Reading = field(repr=False)
+    #: The policy's query type and the SDK method; the query's name when not given.
+    policy_type: str = ""
+    method: str = ""
     #: The SDK's defaults the CLI keeps (e.g. epsilon).
     epsilon: float = 0.5
     #: Releases an audience to the policy's recipient (the report lists it among the audiences).
     audience: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "policy_type", self.policy_type or self.name)
+        object.__setattr__(self, "method", self.method or self.name)
+
+    @property
+    def reading(self) -> Mapping[str, Reading]:
+        """How the report reads it, by language (`en`, `zh`)."""
+        return {"en": self.en, "zh": self.zh}
 
     @property
     def measures(self) -> tuple[str, ...]:
@@ -101,51 +113,9 @@ class QueryDeclaration:
 _BY = "member.column dimension (up to 3)."
 
 
-def _q(
-    name: str,
-    rpc: str,
-    request: type[Message],
-    command: str,
-    heading: str,
-    what: str,
-    example: str,
-    options: tuple[Option, ...],
-    vectors: tuple[str, ...],
-    derived: tuple[Derived, ...],
-    dimensions: tuple[str, ...],
-    chart: str,
-    en: Reading,
-    zh: Reading,
-    *,
-    policy_type: str = "",
-    method: str = "",
-    epsilon: float = 0.5,
-    audience: bool = False,
-) -> QueryDeclaration:
-    return QueryDeclaration(
-        name=name,
-        rpc=rpc,
-        request=request,
-        policy_type=policy_type or name,
-        method=method or name,
-        command=command,
-        heading=heading,
-        what=what,
-        example=example,
-        options=options,
-        vectors=vectors,
-        derived=derived,
-        dimensions=dimensions,
-        chart=chart,
-        reading={"en": en, "zh": zh},
-        epsilon=epsilon,
-        audience=audience,
-    )
-
-
 #: Every query type, in the order the report and the docs show them.
 QUERIES: Final[tuple[QueryDeclaration, ...]] = (
-    _q(
+    QueryDeclaration(
         "overlap",
         "Overlap",
         qpb.OverlapRequest,
@@ -165,7 +135,7 @@ QUERIES: Final[tuple[QueryDeclaration, ...]] = (
         ),
         Reading("交集人群分布", "已发布格子合计约 {total} 名匹配用户；最大的格子是 {cell}（{v} ± {e}）。", "交集"),
     ),
-    _q(
+    QueryDeclaration(
         "venn",
         "Venn",
         qpb.VennRequest,
@@ -193,7 +163,7 @@ QUERIES: Final[tuple[QueryDeclaration, ...]] = (
             "韦恩图",
         ),
     ),
-    _q(
+    QueryDeclaration(
         "funnel",
         "Funnel",
         qpb.FunnelRequest,
@@ -215,7 +185,7 @@ QUERIES: Final[tuple[QueryDeclaration, ...]] = (
         Reading("4A funnel", "The largest cell is {stage} with {v} ± {e} matched people.", "funnel"),
         Reading("4A 人群资产", "人数最多的是 {stage}，共 {v} ± {e} 名匹配用户。", "4A 人群"),
     ),
-    _q(
+    QueryDeclaration(
         "funnel_flow",
         "FunnelFlow",
         qpb.FunnelFlowRequest,
@@ -241,7 +211,7 @@ QUERIES: Final[tuple[QueryDeclaration, ...]] = (
         ),
         Reading("4A 人群流转", "最大的阶段流转是 {a} → {b}（{v} ± {e} 人）；{stay} 人停留在原阶段。", "4A 流转"),
     ),
-    _q(
+    QueryDeclaration(
         "segment_insight",
         "SegmentInsight",
         qpb.SegmentInsightRequest,
@@ -268,7 +238,7 @@ QUERIES: Final[tuple[QueryDeclaration, ...]] = (
         ),
         Reading("人群洞察（TGI）", "最集中：{high}（TGI {t} ± {e}）；最不集中：{low}（TGI {t2} ± {e2}）。", "TGI"),
     ),
-    _q(
+    QueryDeclaration(
         "value",
         "Value",
         qpb.ValueRequest,
@@ -296,7 +266,7 @@ QUERIES: Final[tuple[QueryDeclaration, ...]] = (
         Reading("GOAL 价值", "每位买家消费最高：{group}（{v} ± {e}）。", "价值"),
         epsilon=1.0,
     ),
-    _q(
+    QueryDeclaration(
         "loyalty",
         "Loyalty",
         qpb.LoyaltyRequest,
@@ -335,7 +305,7 @@ QUERIES: Final[tuple[QueryDeclaration, ...]] = (
         Reading("GOAL 忠诚", "复购率最高：{group}（{v} ± {e}）。", "忠诚"),
         epsilon=1.0,
     ),
-    _q(
+    QueryDeclaration(
         "attribution",
         "Attribution",
         qpb.AttributionRequest,
@@ -372,7 +342,7 @@ QUERIES: Final[tuple[QueryDeclaration, ...]] = (
         ),
         epsilon=1.0,
     ),
-    _q(
+    QueryDeclaration(
         "lift",
         "Lift",
         qpb.LiftRequest,
@@ -404,7 +374,7 @@ QUERIES: Final[tuple[QueryDeclaration, ...]] = (
         ),
         epsilon=1.0,
     ),
-    _q(
+    QueryDeclaration(
         "lookalike",
         "Lookalike",
         qpb.LookalikeRequest,
@@ -436,7 +406,7 @@ QUERIES: Final[tuple[QueryDeclaration, ...]] = (
         epsilon=1.0,
         audience=True,
     ),
-    _q(
+    QueryDeclaration(
         "activate",
         "Activate",
         qpb.ActivateRequest,

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import RefreshInProgressError
-from .matching import PERIOD, RETIRED, ROWS_FILE, IdentifierCounts, key_column, new_row_ids, write_rows
+from .matching import PERIOD, RETIRED, ROWS_FILE, MemberSummary, key_column, new_row_ids, write_rows
 
 STATE_FILE = "refresh.json"
 LOCK_FILE = "refresh.lock"
@@ -48,22 +48,12 @@ FINGERPRINT_ROWS = 65_536
 
 
 @dataclass(frozen=True)
-class RefreshSummary:
-    """What a member learns from a refresh: its own counts and both members' set sizes after it; never a pair."""
+class RefreshSummary(MemberSummary):
+    """What a member learns from a refresh period: which period, the users it added and retired."""
 
-    collaboration: str
     period: int
     new_rows: int
     retired: int
-    identifiers: Mapping[str, IdentifierCounts]
-    tables: Mapping[str, int]
-    dropped_events: Mapping[str, int]
-    own_set_size: int
-    peer_set_size: int
-
-    def to_dict(self) -> dict[str, object]:
-        """Plain data, for JSON."""
-        return asdict(self)
 
 
 def read_ledger(state: Path) -> pd.DataFrame:

@@ -13,7 +13,15 @@ from cleanroom.devtools.synthetic import DEMO_POLICY, SyntheticConfig, generate
 from cleanroom.matching import match_stats
 from cleanroom_client import CleanRoomError, PolicyError
 from cleanroom_client.curve import hash_to_u
-from cleanroom_client.protocol import matching_pb2, matching_pb2_grpc
+from cleanroom_client.protocol import (
+    PUBLIC_SERVICES,
+    admin_pb2,
+    analytics_pb2,
+    audit_pb2,
+    collaboration_pb2,
+    matching_pb2,
+    matching_pb2_grpc,
+)
 
 
 def _code(fn) -> tuple[grpc.StatusCode, str]:
@@ -29,7 +37,7 @@ def test_health_and_reflection(server, pki, tokens):
     )
     md = (("authorization", f"Bearer {tokens['stranger']}"),)
     health = health_pb2_grpc.HealthStub(channel)
-    for service in ("", "cleanroom.v1.MatchingService"):
+    for service in ("", *PUBLIC_SERVICES):
         assert (
             health.Check(health_pb2.HealthCheckRequest(service=service), metadata=md).status
             == health_pb2.HealthCheckResponse.SERVING
@@ -41,7 +49,19 @@ def test_health_and_reflection(server, pki, tokens):
     request = reflection_pb2.ServerReflectionRequest(list_services="")
     [answer] = list(refl.ServerReflectionInfo(iter([request]), metadata=md))
     names = {s.name for s in answer.list_services_response.service}
-    assert {"cleanroom.v1.CollaborationService", "cleanroom.v1.AnalyticsService", "grpc.health.v1.Health"} <= names
+    built_in = {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+    assert names == {*PUBLIC_SERVICES, *built_in}
+
+
+def test_the_public_services_are_every_service_of_the_protos_but_the_operators_own():
+    """The admin service answers on the data directory's local socket only (`cleanroom.server.admin_socket`)."""
+    declared = {
+        service.full_name
+        for module in (admin_pb2, analytics_pb2, audit_pb2, collaboration_pb2, matching_pb2)
+        for service in module.DESCRIPTOR.services_by_name.values()
+    }
+    assert set(PUBLIC_SERVICES) == declared - {"cleanroom.v1.AdminService"}
+    assert len(PUBLIC_SERVICES) == len(set(PUBLIC_SERVICES)) == 4
 
 
 def test_lifecycle_and_argument_errors(stub_for, make_client):

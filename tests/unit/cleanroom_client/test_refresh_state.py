@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from cleanroom_client import refresh
 from cleanroom_client.errors import RefreshInProgressError
+from cleanroom_client.matching import MatchSummary, MemberSummary
 
 COLUMNS = {"key": "key", "identifier:email": "email"}
 
@@ -140,3 +142,26 @@ def test_integral_floats_are_the_integers_they_hold_and_other_floats_are_not_int
     assert refresh.content_fingerprint(big, {}, [], {"t": big}) != refresh.content_fingerprint(
         next_, {}, [], {"t": next_}
     )
+
+
+def test_a_match_and_a_refresh_summary_carry_the_same_counts_under_the_same_names() -> None:
+    """A script reading either summary finds a member's own counts and the set sizes under one set of names."""
+    shared_names = [f.name for f in fields(MemberSummary)]
+    assert {"collaboration", "identifiers", "tables", "dropped_events", "own_set_size", "peer_set_size"} <= set(
+        shared_names
+    )
+    for summary in (MatchSummary, refresh.RefreshSummary):
+        assert issubclass(summary, MemberSummary)
+        assert [f.name for f in fields(summary)][: len(shared_names)] == shared_names
+    made = refresh.RefreshSummary(
+        collaboration="collaborations/c",
+        identifiers={},
+        tables={"t": 2},
+        dropped_events={},
+        own_set_size=3,
+        peer_set_size=4,
+        period=1,
+        new_rows=2,
+        retired=0,
+    )
+    assert list(made.to_dict()) == [*shared_names, "period", "new_rows", "retired"]

@@ -6,6 +6,7 @@ import pandas as pd
 from typer.testing import CliRunner
 
 from cleanroom.cli import app
+from cleanroom.devtools import synthetic, synthetic_platforms
 from cleanroom_client.policy import parse_policy
 
 
@@ -38,3 +39,23 @@ def test_two_platforms_write_each_members_files_and_no_policy(tmp_path):
     r = CliRunner().invoke(app, ["demo-data", str(tmp_path / "x"), "--platforms", "2", "--shared", "10"])
     assert r.exit_code == 2
     assert "--shared" in r.output
+
+
+def test_each_members_match_arguments_name_columns_of_its_own_files():
+    """Both synthetic worlds: the key, identifier and attribute columns each member passes to `match()` are columns
+    of the users it passes, and its events are non-empty tables (what `match()` would refuse otherwise)."""
+    worlds = [
+        synthetic.match_arguments(
+            synthetic.generate(synthetic.SyntheticConfig(brand_users=300, platform_users=400, shared=100))
+        ),
+        synthetic_platforms.match_arguments(synthetic_platforms.generate(brand_users=300)),
+    ]
+    for arguments in worlds:
+        for member, kw in arguments.items():
+            users = kw["users"]
+            assert isinstance(users, pd.DataFrame)
+            wanted = {kw["key"], *kw["identifiers"].values(), *kw["attributes"]}
+            assert wanted <= set(users.columns), (member, wanted - set(users.columns))
+            assert set(kw["identifiers"]) == {"email", "phone"}, member
+            assert kw["events"], member
+            assert all(isinstance(t, pd.DataFrame) and len(t) for t in kw["events"].values()), member

@@ -6,13 +6,22 @@ import threading
 import time
 from contextlib import ExitStack
 
+import grpc
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cleanroom.errors import ResourceExhaustedError
+from cleanroom.errors import (
+    InternalError,
+    QueryFailedError,
+    RefusalError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+    UnavailableError,
+)
 from cleanroom.principals import Principal, Role
 from cleanroom.server.auth import StreamLimiter
+from cleanroom.server.errors import STATUS
 from cleanroom.server.frontdoor import HALF_OPEN_GRACE, HALF_OPEN_PER_PRINCIPAL, Watchdog
 from cleanroom.server.rates import METHOD_RATES, PREVIEW_RATE, REFUSAL_RATE, RateLimiter
 
@@ -159,3 +168,20 @@ def test_a_principal_with_two_half_open_calls_is_refused_before_its_next_one_wai
         watchdog.watch(FakeContext(), 30.0, "mallory", waiting=True)  # type: ignore[arg-type]
     finally:
         watchdog.close()
+
+
+def test_a_refusal_is_every_error_answered_before_data_and_no_other():
+    """What the door counts against a principal (`RefusalError`) is exactly the domain errors the server answers with a
+    refusal's status; a charged failure (ABORTED), a bug, a stopping server and an unknown caller are not counted."""
+    refused_codes = {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+    for kind, code in STATUS.items():
+        assert issubclass(kind, RefusalError) == (code in refused_codes), kind
+    for kind in (QueryFailedError, InternalError, UnavailableError, UnauthenticatedError):
+        assert not issubclass(kind, RefusalError), kind
