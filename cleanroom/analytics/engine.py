@@ -238,6 +238,12 @@ class QueryEngine:
         """
         if plan.preview is None:
             raise QueryFailedError(f"{query_type} has no preview")  # every family states one (tests walk them all)
+        vectors = [s.name for s in plan.stated]
+        unknown = sorted(set(typical.values) - set(vectors))
+        if unknown:
+            raise InvalidArgumentError(
+                f"typical: {unknown} are not vectors {query_type} releases (it releases {vectors})"
+            )
         audited = {"query": query_type, **params, "typical_group": typical.group}
         if typical.values:
             audited["typical"] = {k: v if isinstance(v, float) else list(v) for k, v in typical.values.items()}

@@ -19,10 +19,38 @@ from .query_types import QueryDeclaration
 Preview = Annotated[
     bool,
     typer.Option(
-        help="Before a query command: show the 95% error bar of each vector it would release at that epsilon, "
-        "spending nothing and reading no data (e.g. cleanroom-client --preview attribution c --epsilon 0.5)."
+        help="Before a query command: show every cell it would release at typical values, with the ± bar each "
+        "would carry at that epsilon and that bar as a % of the typical value, spending nothing and reading no "
+        "data (e.g. cleanroom-client --preview attribution c --epsilon 0.5)."
     ),
 ]
+Within = Annotated[
+    str | None,
+    typer.Option(
+        help="Before a query command: preview it and print, per cell, the epsilon needed for a bar within this "
+        "share of its typical value (e.g. cleanroom-client --within 15% value c --measure brand.conversions.value)."
+    ),
+]
+TypicalGroup = Annotated[
+    float | None,
+    typer.Option(
+        help="Before a query command, with --preview or --within: the typical people per cell the preview assumes "
+        "(default 1,000)."
+    ),
+]
+
+
+def fraction(text: str) -> float:
+    """`15%` or `0.15` as 0.15; BadParameter naming --within otherwise."""
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise typer.BadParameter(f"--within: give a share like 15% or 0.15, got {text!r}") from None
+    if not 0 < value < 10:
+        raise typer.BadParameter(f"--within: a positive share like 15% or 0.15, got {text!r}")
+    return value
+
+
 RefreshPeriod = Annotated[
     int | None,
     typer.Option(
