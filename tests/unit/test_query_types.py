@@ -21,7 +21,7 @@ from cleanroom_client.cli import app
 from cleanroom_client.client import CleanRoomClient
 from cleanroom_client.policy import QueryType
 from cleanroom_client.protocol import analytics_pb2 as qpb
-from cleanroom_client.query_types import BY_NAME, BY_RPC, QUERIES, QueryDeclaration, docs_table
+from cleanroom_client.query_types import BY_NAME, BY_RPC, KEY_MEASURES, QUERIES, QueryDeclaration, docs_table
 from cleanroom_client.report import build_sections
 from cleanroom_client.report_text import LANGUAGES, text_for
 
@@ -110,14 +110,15 @@ def _synthetic(q: QueryDeclaration, period: int | None = None, members: tuple[st
                     "value": float("nan") if suppressed else value,
                     "error_95": float("nan") if suppressed else 3.0,
                     "suppressed": suppressed,
+                    "reason": "below the minimum group of 10 (its noisy count is smaller)" if suppressed else "",
                 }
             )
     if q.name == "lift":
         rows += [
-            {"test_group": "lift", "measure": m, "value": 0.01, "error_95": 0.005, "suppressed": False}
+            {"test_group": "lift", "measure": m, "value": 0.01, "error_95": 0.005, "suppressed": False, "reason": ""}
             for m in ("absolute_lift", "relative_lift")
         ]
-    frame = pd.DataFrame(rows, columns=[*dims, "measure", "value", "error_95", "suppressed"])
+    frame = pd.DataFrame(rows, columns=[*dims, "measure", "value", "error_95", "suppressed", "reason"])
     frame.attrs.update(epsilon_spent=0.5, epsilon_remaining=2.0, audience="collaborations/c/audiences/a")
     request: dict[str, object] = {"epsilon": 0.5, "campaign": "c1", "model": "ATTRIBUTION_MODEL_LINEAR"}
     if period is not None:
@@ -152,3 +153,10 @@ def test_the_docs_table_lists_every_query_as_declared():
         assert f"`cleanroom-client {q.command}`" in page
         assert f"`client.{q.method}(...)`" in page
     assert BY_NAME["venn"].command in page
+
+
+def test_every_query_has_a_key_measure_among_its_measures():
+    """`plan` aims at each query's key cell: one per declared query, a measure its answer (and preview) carries."""
+    assert set(KEY_MEASURES) == set(BY_NAME)
+    for name, measure in KEY_MEASURES.items():
+        assert measure in BY_NAME[name].measures, name
