@@ -202,3 +202,11 @@ def test_the_epsilon_that_releases_a_noisy_size_is_the_least_that_clears_its_thr
     assert min_size + activation_threshold(e, delta, c) <= noisy
     assert min_size + activation_threshold(e * (1 - 1e-9), delta, c) > noisy
     assert "would be released at epsilon >=" in activation_reason(noisy, min_size, e / 2, delta, c)
+
+
+def test_the_activation_reasons_read_in_chinese():
+    from cleanroom_client.report_text import text_for
+
+    for noisy in (40, 400):  # none clears a gate at min_size 50; one that would at a higher epsilon
+        reason = activation_reason(noisy, 50, 0.1, 1e-6, 4)
+        assert text_for("zh").reason(reason) != reason, reason

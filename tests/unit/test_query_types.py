@@ -144,6 +144,28 @@ def test_the_report_draws_every_query_in_every_language(lang):
             assert t(f"q.{q.name}") in titles, (q.name, lang)
         else:
             assert reading.title.split("{")[0].strip() in titles, (q.name, lang)
+    # every withheld cell says why, in the report's language; every drawn answer says what more epsilon would buy
+    why = {"en": "withheld: below the minimum group of 10", "zh": "已隐藏：低于最小人群 10 人"}[lang]
+    assert why in titles
+    drawn = [s for s in sections if s.key not in ("audiences", "budget")]
+    assert drawn
+    assert all("--preview" in s.caption for s in drawn), [s.key for s in drawn if not s.caption]
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "below the minimum group of 7 (its noisy count is smaller)",
+        "its denominator's noisy value is not positive",
+        "a test group is below the minimum group of 7 (its noisy count is smaller)",
+        "the seeds are below the minimum group of 7 (its noisy count is smaller)",
+        "the policy states no spend for it (campaign_spend)",
+        "the segment's size is below the policy's minimum of 50",
+    ],
+)
+def test_each_reason_the_server_gives_reads_in_chinese(reason):
+    assert text_for("zh").reason(reason) != reason
+    assert text_for("en").reason(reason) == reason
 
 
 def test_the_docs_table_lists_every_query_as_declared():
