@@ -88,7 +88,7 @@ def test_a_preview_reads_nothing_spends_nothing_and_is_the_same_for_neighbours(r
 
 def test_every_declared_cell_is_previewed(rooms):
     room = rooms(PRIVACY_POLICY, population(12))
-    for name, query in zip(NAMES, every_query(), strict=True):
+    for name, query in zip((*NAMES, "lookalike"), (*every_query(), lookalike), strict=True):
         answer: Any = query(Previewing(room.queries), C)
         measures = {c.measure for c in answer.cells}
         assert set(BY_NAME[name].measures) <= measures, (name, set(BY_NAME[name].measures) - measures)
@@ -112,7 +112,7 @@ def test_each_previewed_bar_is_the_released_bar(rooms):
     kept = Kept()
     room = rooms(PRIVACY_POLICY, population(400), noise=kept)
     compared = set()
-    for name, query in zip(NAMES, every_query(), strict=True):
+    for name, query in zip((*NAMES, "lookalike"), (*every_query(), lookalike), strict=True):
         shape = query(Previewing(room.queries), C)
         kept.released.clear()
         answer: Any = query(room.queries, C)
@@ -139,7 +139,7 @@ def test_each_previewed_bar_is_the_released_bar(rooms):
                 compared.add(want.measure)
     for measure in ("share", "tgi", "penetration", "per_buyer", "repurchase_rate", "attributed_revenue"):
         assert measure in compared, measure
-    for measure in ("incremental_revenue", "minimum_detectable_lift", "conversion_rate", "row_share"):
+    for measure in ("incremental_revenue", "minimum_detectable_lift", "conversion_rate", "row_share", "precision"):
         assert measure in compared, measure
 
 

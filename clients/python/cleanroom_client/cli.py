@@ -547,14 +547,21 @@ def _say_warning(message: Warning | str, category: type[Warning], *_: object, **
     err.print(f"warning: {message}", style="yellow", markup=False, highlight=False)
 
 
-def _ask(method: str, collaboration: str, arguments: dict[str, Any], heading: str) -> None:
-    """Ask a declared query through the SDK method `method`, with the global options that scope every query."""
+def _ask(
+    method: str, collaboration: str, arguments: dict[str, Any], heading: str, preview: bool, within: str | None
+) -> None:
+    """Ask a declared query through the SDK method `method`, with the global options that scope every query.
+
+    `--preview` and `--within` may be written before the command (global) or after it (the command's own).
+    """
     from .asking import PreviewOptions
 
     s = settings
-    preview: Any = PreviewOptions(s.typical_group, {}, s.within) if s.preview else False
-    scope = {"preview": preview, "refresh_period": s.refresh_period, "with_members": s.with_members}
-    if not s.preview:
+    share = fraction(within) if within else s.within
+    previewing = s.preview or preview or bool(share)
+    options: Any = PreviewOptions(s.typical_group, {}, share) if previewing else False
+    scope = {"preview": options, "refresh_period": s.refresh_period, "with_members": s.with_members}
+    if not previewing:
         _query(lambda c: getattr(c, method)(collaboration, **arguments, **scope), heading)
         return
     with _client() as client:
@@ -562,7 +569,7 @@ def _ask(method: str, collaboration: str, arguments: dict[str, Any], heading: st
     if settings.output != "table":
         _show(frame, f"preview of {heading}")
         return
-    out.print(preview_table(frame, f"preview of {heading} at epsilon {arguments['epsilon']:g}", s.within))
+    out.print(preview_table(frame, f"preview of {heading} at epsilon {arguments['epsilon']:g}", share))
     typical = "; ".join(f"{k} {v:,.6g}" for k, v in frame.attrs.get("typical", {}).items())
     out.print(f"  typical value per cell assumed: {typical} (--typical-group sets the people per cell)", markup=False)
     out.print(f"  nothing spent; epsilon left {frame.attrs.get('epsilon_remaining', 0):g}", markup=False)

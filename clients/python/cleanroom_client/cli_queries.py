@@ -19,7 +19,7 @@ from .query_types import QueryDeclaration
 Preview = Annotated[
     bool,
     typer.Option(
-        help="Before a query command: show every cell it would release at typical values, with the ± bar each "
+        help="Show every cell a query would release at typical values, with the ± bar each "
         "would carry at that epsilon and that bar as a % of the typical value, spending nothing and reading no "
         "data (e.g. cleanroom-client --preview attribution c --epsilon 0.5)."
     ),
@@ -27,8 +27,8 @@ Preview = Annotated[
 Within = Annotated[
     str | None,
     typer.Option(
-        help="Before a query command: preview it and print, per cell, the epsilon needed for a bar within this "
-        "share of its typical value (e.g. cleanroom-client --within 15% value c --measure brand.conversions.value)."
+        help="Preview a query and print, per cell, the epsilon needed for a bar within this share of its typical "
+        "value (e.g. cleanroom-client --within 15% value c --measure brand.conversions.value)."
     ),
 ]
 TypicalGroup = Annotated[
@@ -70,8 +70,8 @@ WithMembers = Annotated[
 
 Epsilon = Annotated[float, typer.Option(help="Privacy budget this query spends.")]
 
-#: How a command asks: (SDK method, collaboration, its arguments, the table's title).
-Ask = Callable[[str, str, dict[str, Any], str], None]
+#: How a command asks: (SDK method, collaboration, its arguments, the table's title, its own --preview and --within).
+Ask = Callable[[str, str, dict[str, Any], str, bool, str | None], None]
 
 
 def pairs(values: list[str], what: str) -> dict[str, str]:
@@ -117,11 +117,11 @@ def query_command(q: QueryDeclaration, ask: Ask, collaboration: Any) -> Callable
     """The command of declared query `q`; `collaboration` is the CLI's annotated type of a collaboration id."""
     names = {o.flag: o.flag.lstrip("-").replace("-", "_") for o in q.options}
 
-    def command(collaboration: str, epsilon: float, **given: Any) -> None:
+    def command(collaboration: str, epsilon: float, preview: bool, within: str | None, **given: Any) -> None:
         arguments: dict[str, Any] = {}
         for o in q.options:
             arguments[o.argument] = _argument(o, given[names[o.flag]], arguments)
-        ask(q.method, collaboration, {**arguments, "epsilon": epsilon}, q.heading.format(**arguments))
+        ask(q.method, collaboration, {**arguments, "epsilon": epsilon}, q.heading.format(**arguments), preview, within)
 
     parameters = [inspect.Parameter("collaboration", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=collaboration)]
     for o in q.options:
@@ -137,6 +137,8 @@ def query_command(q: QueryDeclaration, ask: Ask, collaboration: Any) -> Callable
     parameters.append(
         inspect.Parameter("epsilon", inspect.Parameter.KEYWORD_ONLY, annotation=Epsilon, default=q.epsilon)
     )
+    parameters.append(inspect.Parameter("preview", inspect.Parameter.KEYWORD_ONLY, annotation=Preview, default=False))
+    parameters.append(inspect.Parameter("within", inspect.Parameter.KEYWORD_ONLY, annotation=Within, default=None))
     command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     command.__annotations__ = {}
     command.__name__ = q.command

@@ -207,7 +207,7 @@ def test_preview_over_grpc_spends_nothing_and_states_every_derived_bar(room, col
         assert words in r.output, words
     assert "False" not in r.output
     measure = ["--measure", "brand.conversions.value"]
-    r = CliRunner().invoke(app, ["--within", "15%", "value", collab, *measure, "--epsilon", "0.5"], env=env)
+    r = CliRunner().invoke(app, ["value", collab, *measure, "--epsilon", "0.5", "--within", "15%"], env=env)
     assert r.exit_code == 0, r.output
     assert "epsilon for ±15%" in r.output
     assert brand.budget(collab).set_index("member").loc["brand", "spent"] == before
