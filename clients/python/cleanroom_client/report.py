@@ -450,7 +450,10 @@ def _audiences(t: Text, answers: Sequence[Answer]) -> Section:
         sizes = a.frame[(a.frame["measure"] == "audience_size") & ~a.frame["suppressed"].astype(bool)]
         out = bool(a.frame.attrs.get("audience"))
         released += out
-        size = t.number(float(sizes["value"].iloc[0])) if len(sizes) else t("withheld")
+        held = a.frame[(a.frame["measure"] == "audience_size") & a.frame["suppressed"].astype(bool)]
+        why = str(held["reason"].iloc[0]) if len(held) and "reason" in held.columns else ""
+        withheld = t("withheld.why", reason=t.reason(why)) if why else t("withheld")
+        size = t.number(float(sizes["value"].iloc[0])) if len(sizes) else withheld
         quality = "—"
         if {"lift_over_random", "lift_lower_95", "lift_upper_95"} <= set(cells.index):
             q = cells.loc[["lift_over_random", "lift_lower_95", "lift_upper_95"], "value"].to_numpy(dtype=float)
