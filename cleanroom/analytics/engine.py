@@ -350,10 +350,9 @@ class QueryEngine:
 
 
 #: Points of the geometric grid over the policy's epsilon range that `epsilon_needed` first searches.
-GRID = 96
-#: Bisection steps after the grid, for each cell (of an answer of at most `REFINED_CELLS` cells).
-BISECTIONS = 10
-REFINED_CELLS = 64
+GRID = 32
+#: Bisection steps after the grid, for each kind of cell (cells whose bars agree at every grid point share them).
+BISECTIONS = 12
 
 
 def epsilon_needed(
@@ -361,10 +360,12 @@ def epsilon_needed(
 ) -> tuple[float, ...]:
     """Per cell of `at`: the least epsilon in [low, high] whose preview bar is within `typical.within` x |value|.
 
-    Bars shrink as epsilon grows (every noise scale is sensitivity over its share of epsilon), so the first grid
-    point that meets the target, then bisection between it and the point before, finds it; the answer errs up
-    (at it the target is met). 0 where no epsilon in the range meets it, the cell is withheld at the typical
-    values, or its typical value is 0 (no relative bar).
+    Bars shrink as epsilon grows (every noise scale is sensitivity over its share of epsilon), so the first point of
+    a geometric grid that meets the target, then bisection between it and the point before, finds it; the answer
+    errs up (at it the target is met). Cells whose bars and values agree at every grid point (one measure at
+    uniform typical values) are one kind and share the bisection, so the work grows with the kinds of cells, not
+    their number. 0 where no epsilon in the range meets the target, the cell is withheld at the typical values, or
+    has no bar or a typical value of 0.
     """
     grid = [low * (high / low) ** (i / (GRID - 1)) for i in range(GRID)] if high > low else [high]
     runs = [preview(typical, e).cells for e in grid]
@@ -372,19 +373,22 @@ def epsilon_needed(
     def meets(cell: Cell) -> bool:
         return not cell.suppressed and cell.error_95 <= typical.within * abs(cell.value)
 
+    solved: dict[tuple[object, ...], float] = {}
     out = []
     for i, cell in enumerate(at.cells):
-        if cell.suppressed or cell.value == 0:
+        if cell.suppressed or cell.value == 0 or cell.error_95 == 0:
             out.append(0.0)
             continue
-        first = next((j for j, cells in enumerate(runs) if meets(cells[i])), None)
-        if first is None:
-            out.append(0.0)
-            continue
-        lo, hi = (grid[first - 1], grid[first]) if first else (grid[0], grid[0])
-        if len(at.cells) <= REFINED_CELLS:
-            for _ in range(BISECTIONS if first else 0):
-                mid = math.sqrt(lo * hi)
-                lo, hi = (lo, mid) if meets(preview(typical, mid).cells[i]) else (mid, hi)
-        out.append(hi)
+        kind = (cell.measure, *((c[i].value, c[i].error_95, c[i].suppressed) for c in runs))
+        if kind not in solved:
+            first = next((j for j, cells in enumerate(runs) if meets(cells[i])), None)
+            if first is None:
+                solved[kind] = 0.0
+            else:
+                lo, hi = (grid[first - 1], grid[first]) if first else (grid[0], grid[0])
+                for _ in range(BISECTIONS if first else 0):
+                    mid = math.sqrt(lo * hi)
+                    lo, hi = (lo, mid) if meets(preview(typical, mid).cells[i]) else (mid, hi)
+                solved[kind] = hi
+        out.append(solved[kind])
     return tuple(out)
