@@ -110,7 +110,7 @@ class Kept(DiscreteLaplace):
 def test_each_previewed_bar_is_the_released_bar(rooms):
     """Previewed at the released noisy vectors, every cell (shares, TGI, means, ROAS, lift, MDE) is the released one."""
     kept = Kept()
-    room = rooms(PRIVACY_POLICY, population(400), noise=kept)
+    room = rooms(PRIVACY_POLICY + "campaign_spend: {c1: 500.0}\n", population(400), noise=kept)
     compared = set()
     for name, query in zip((*NAMES, "lookalike"), (*every_query(), lookalike), strict=True):
         shape = query(Previewing(room.queries), C)
@@ -137,7 +137,7 @@ def test_each_previewed_bar_is_the_released_bar(rooms):
             assert got.error_95 == pytest.approx(want.error_95, rel=1e-12, abs=1e-12), (name, got, want)
             if not want.suppressed:
                 compared.add(want.measure)
-    for measure in ("share", "tgi", "penetration", "per_buyer", "repurchase_rate", "attributed_revenue"):
+    for measure in ("share", "tgi", "penetration", "per_buyer", "repurchase_rate", "attributed_revenue", "roas"):
         assert measure in compared, measure
     for measure in ("incremental_revenue", "minimum_detectable_lift", "conversion_rate", "row_share", "precision"):
         assert measure in compared, measure
