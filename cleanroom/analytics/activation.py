@@ -7,6 +7,7 @@ A disclosure the members agreed to, gated by a noisy size (`plan.activation_thre
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,12 +23,38 @@ from .audiences import check_recipient_reads, delta_for, event_filters
 from .cells import Cell, withheld
 from .lookalike import _filters, segment_sql
 from .matched import Catalog, MatchedData, clamp
-from .plan import AudienceRelease, Outcome, Plan, QueryAnswer, Stated, activation_threshold
+from .plan import AudienceRelease, Outcome, Plan, Previewed, QueryAnswer, Stated, Typical, activation_threshold
 from .queries import ActivationQuery
 from .segments import check_segment
 
 if TYPE_CHECKING:
     from .engine import QueryEngine
+
+
+def epsilon_to_clear(noisy: int, min_size: int, delta: float, sensitivity: int) -> float | None:
+    """The least epsilon at which a noisy size of `noisy` clears min_size + `activation_threshold`; None if none.
+
+    The threshold's margin is ceil(c ln(1/delta) / epsilon) + c - 1, so noisy >= min_size + margin exactly when
+    epsilon >= c ln(1/delta) / (noisy - min_size - c + 1). Post-processing of a released noisy size: free.
+    """
+    room = noisy - min_size - sensitivity + 1
+    if room <= 0:
+        return None
+    e = sensitivity * math.log(1 / delta) / room
+    while min_size + activation_threshold(e, delta, sensitivity) > noisy:  # float rounding: err up, never down
+        e = math.nextafter(e, math.inf)
+    return e
+
+
+def activation_reason(noisy: int, min_size: int, epsilon: float, delta: float, sensitivity: int) -> str:
+    """Why a segment of noisy size `noisy` is not released at `epsilon`: its threshold, and the epsilon clearing it."""
+    threshold = min_size + activation_threshold(epsilon, delta, sensitivity)
+    need = epsilon_to_clear(noisy, min_size, delta, sensitivity)
+    return f"below the activation threshold of {threshold} people at epsilon {epsilon:g} (noisy size {noisy}); " + (
+        f"a segment of this size would be released at epsilon >= {need:.3g}"
+        if need is not None
+        else f"no epsilon releases a segment this size (the policy's minimum is {min_size})"
+    )
 
 
 def activate(
@@ -84,16 +111,41 @@ def activate(
                 [clamp(len(members)), clamp(base - len(members))], c, q.epsilon
             )
             released = len(members) >= spec.min_size and noisy >= threshold and noisy_excluded >= excluded_threshold
+            # The reason is post-processing of the two noisy sizes (and of the decision, already (epsilon, delta)-DP)
+            if noisy < threshold:
+                why = activation_reason(noisy, spec.min_size, q.epsilon, delta, c)
+            elif noisy_excluded < excluded_threshold:
+                why = (
+                    f"the other members' conditions exclude too few of the people the recipient's own keep (noisy "
+                    f"{noisy_excluded}, below {excluded_threshold} at epsilon {q.epsilon:g}): the list would "
+                    "hand over the recipient's own selection"
+                )
+            else:
+                why = f"the segment's size is below the policy's minimum of {spec.min_size}"
             cell = (
                 Cell(("audience",), "audience_size", float(noisy), float(noise_math.error_95(scale)), False)
                 if released
-                else withheld(("audience",), "audience_size")
+                else withheld(("audience",), "audience_size", why)
             )
             audience = AudienceRelease("activation", spec.recipient, members) if released else None
             return Outcome(("part",), (cell,), {"audience_size": scale}, audience=audience)
 
+        def preview(t: Typical, at: float) -> Previewed:
+            # a segment of the typical size, and as many people excluded by the others' conditions
+            v = t.values.get("audience_size", t.group)
+            size = round(v[0] if isinstance(v, tuple) else v)
+            gate = spec.min_size + activation_threshold(at, delta, c)
+            bar = float(noise_math.error_95(c / at))
+            cells = (
+                Cell(("audience",), "audience_size", float(size), bar, False)
+                if size >= gate
+                else withheld(("audience",), "audience_size", activation_reason(size, spec.min_size, at, delta, c)),
+                Cell(("threshold",), "release_threshold", float(gate), 0.0, False),
+            )
+            return Previewed(cells, {"audience_size": float(size)})
+
         charges = (Charge(principal.name, q.epsilon, delta), Charge(spec.recipient, q.epsilon, delta))
-        return Plan(charges, run, (Stated("audience_size", q.epsilon, c),))
+        return Plan(charges, run, (Stated("audience_size", q.epsilon, c),), preview, ("part",))
 
     params = {"segment": {str(k): v for k, v in q.segment}, "events": [str(e) for e in q.events]}
     return engine.release(

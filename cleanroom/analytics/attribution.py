@@ -47,7 +47,7 @@ from ..collaborations import Collaboration
 from ..errors import FailedPreconditionError, InvalidArgumentError
 from ..principals import Principal
 from ..storage.database import quote_ident
-from .cells import Z95, Cell, withheld
+from .cells import NO_DENOMINATOR, Z95, Cell, below_minimum_group, withheld
 from .matched import Axis, Catalog, Histogram, MatchedData, Sql, axis, cells_of, fill_histogram
 from .plan import Measurement, Noisy, Plan, QueryAnswer, dimension_domain
 from .queries import AttributionQuery, LiftQuery
@@ -352,7 +352,8 @@ def attribution(
             out: list[Cell] = []
             for keys, vc, vr in zip(conv.keys, conv.values, rev.values, strict=True):
                 if vc / MILLI < min_group:
-                    out += [withheld(keys, m) for m in ("attributed_conversions", "attributed_revenue", "roas")]
+                    small = below_minimum_group(min_group)
+                    out += [withheld(keys, m, small) for m in ("attributed_conversions", "attributed_revenue", "roas")]
                     continue
                 out.append(Cell(keys, "attributed_conversions", vc / MILLI, conv.error_95 / MILLI, False))
                 revenue = max(vr / CENTS, floor)
@@ -361,11 +362,17 @@ def attribution(
                 if cost:
                     out.append(Cell(keys, "roas", revenue / cost, rev.error_95 / CENTS / cost, False))
                 else:
-                    out.append(withheld(keys, "roas"))
+                    out.append(withheld(keys, "roas", "the policy states no spend for it (campaign_spend)"))
             return out
 
+        def typical(group: float) -> dict[str, float | tuple[float, ...]]:
+            # one conversion per person, at the middle of the value bounds
+            return {"conversions": group, "revenue": group * (ev.lo + ev.hi) / 2}
+
         dims = (q.by,) if brand is None else (q.by, brand.label)
-        return engine.histograms(principal, collaboration, q.epsilon, measurements, dims, finish)
+        return engine.histograms(
+            principal, collaboration, q.epsilon, measurements, dims, finish, cells_of(axes), typical
+        )
 
     params = {
         "model": q.model,
@@ -425,7 +432,21 @@ def lift(
         def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
             return lift_cells(noisy, min_group, floor)
 
-        return engine.histograms(principal, collaboration, q.epsilon, measurements, ("test_group",), finish)
+        def typical(group: float) -> dict[str, float | tuple[float, ...]]:
+            # both groups alike (no lift: the bar is then the smallest detectable one), a tenth converting once at
+            # the middle of the value bounds
+            converters, mid = group / 10, (ev.lo + ev.hi) / 2
+            return {
+                "people": group,
+                "converters": converters,
+                "revenue": converters * mid,
+                "revenue_sq": converters * mid**2,
+            }
+
+        keys = cells_of((ax,))
+        return engine.histograms(
+            principal, collaboration, q.epsilon, measurements, ("test_group",), finish, keys, typical
+        )
 
     return engine.release(
         principal, collaboration_id, q, QueryType.LIFT, {"campaign": q.campaign}, build, preview=preview
@@ -464,14 +485,19 @@ def lift_cells(noisy: Mapping[str, Noisy], min_group: int, revenue_floor: float 
     division is guarded, so any noisy input gives cells (withheld where a denominator is not positive).
     """
     n, c, r, sq = noisy["people"], noisy["converters"], noisy["revenue"], noisy["revenue_sq"]
+    small = below_minimum_group(min_group)
     out: list[Cell] = []
     ok = {}
     for i, keys in enumerate(n.keys):
         group_ok = n.values[i] >= min_group and c.values[i] >= min_group
         ok[keys[0]] = group_ok
-        out.append(Cell(keys, "people", n.values[i], n.error_95, False) if group_ok else withheld(keys, "people"))
         out.append(
-            Cell(keys, "converters", c.values[i], c.error_95, False) if group_ok else withheld(keys, "converters")
+            Cell(keys, "people", n.values[i], n.error_95, False) if group_ok else withheld(keys, "people", small)
+        )
+        out.append(
+            Cell(keys, "converters", c.values[i], c.error_95, False)
+            if group_ok
+            else withheld(keys, "converters", small)
         )
         rate, mean = _rate(n, c, i), _mean(n, r, sq, i)
         if group_ok and rate and mean:
@@ -479,14 +505,23 @@ def lift_cells(noisy: Mapping[str, Noisy], min_group: int, revenue_floor: float 
             per_person = max(mean[0], revenue_floor)
             out.append(Cell(keys, "revenue_per_person", per_person, Z95 * math.sqrt(mean[1]), False))
         else:
-            out += [withheld(keys, "conversion_rate"), withheld(keys, "revenue_per_person")]
+            why = small if not group_ok else NO_DENOMINATOR
+            out += [withheld(keys, "conversion_rate", why), withheld(keys, "revenue_per_person", why)]
     e, h = n.keys.index(("exposed",)), n.keys.index(("holdout",))
     re_, rh = _rate(n, c, e), _rate(n, c, h)
     me, mh = _mean(n, r, sq, e), _mean(n, r, sq, h)
     key = ("lift",)
-    names = ("absolute_lift", "relative_lift", "incremental_conversions", "incremental_revenue")
+    names = (
+        "absolute_lift",
+        "relative_lift",
+        "incremental_conversions",
+        "incremental_revenue",
+        "minimum_detectable_lift",
+        "minimum_detectable_revenue",
+    )
     if not (ok["exposed"] and ok["holdout"] and re_ and rh and me and mh and rh[0] > 0):
-        return out + [withheld(key, m) for m in names]
+        why = f"a test group is {small}" if not (ok["exposed"] and ok["holdout"]) else NO_DENOMINATOR
+        return out + [withheld(key, m, why) for m in names]
     diff, var_diff = re_[0] - rh[0], re_[1] + rh[1]
     rel = re_[0] / rh[0] - 1
     var_rel = re_[1] / rh[0] ** 2 + (re_[0] / rh[0] ** 2) ** 2 * rh[1]
@@ -501,4 +536,8 @@ def lift_cells(noisy: Mapping[str, Noisy], min_group: int, revenue_floor: float 
         ("incremental_revenue", inc_rev, var_inc_rev),
     ):
         out.append(Cell(key, measure, value, Z95 * math.sqrt(max(var, 0.0)), False))
+    # The smallest true effect whose 95% interval would exclude zero: the bar of an estimate of zero at these sizes
+    # (post-processing of the same noisy vectors; what the test can detect, and what more epsilon would buy).
+    out.append(Cell(key, "minimum_detectable_lift", Z95 * math.sqrt(max(var_diff, 0.0)), 0.0, False))
+    out.append(Cell(key, "minimum_detectable_revenue", Z95 * exposed * math.sqrt(max(var_mdiff, 0.0)), 0.0, False))
     return out

@@ -23,28 +23,45 @@ Z95 = 1.959963984540054
 
 @dataclass(frozen=True)
 class Cell:
-    """One released value: its group keys, the measure, the value, its 95% error bound, and suppression."""
+    """One released value: its group keys, the measure, the value, its 95% error bound, and suppression.
+
+    A suppressed cell says why in `reason` (issue 31: never withheld without a reason), a sentence built from the
+    request, the policy and released noisy values only, so saying it is post-processing and costs nothing.
+    """
 
     keys: tuple[str, ...]
     measure: str
     value: float
     error_95: float
     suppressed: bool
+    reason: str = ""
 
     def to_dict(self) -> dict[str, object]:
-        """Plain data (for the audit digest)."""
-        return {
+        """Plain data (for the audit digest); `reason` only when there is one, so older digests keep their form."""
+        d: dict[str, object] = {
             "keys": list(self.keys),
             "measure": self.measure,
             "value": self.value,
             "error_95": self.error_95,
             "suppressed": self.suppressed,
         }
+        if self.reason:
+            d["reason"] = self.reason
+        return d
 
 
-def withheld(keys: tuple[str, ...], measure: str) -> Cell:
-    """A suppressed cell: no value is released."""
-    return Cell(keys, measure, 0.0, 0.0, True)
+def withheld(keys: tuple[str, ...], measure: str, reason: str = "") -> Cell:
+    """A suppressed cell: no value is released, only why (`reason`, e.g. `below_minimum_group(10)`)."""
+    return Cell(keys, measure, 0.0, 0.0, True, reason)
+
+
+def below_minimum_group(min_group: int) -> str:
+    """The reason of a cell whose noisy count fell below the policy's minimum group size."""
+    return f"below the minimum group of {min_group} (its noisy count is smaller)"
+
+
+#: The reason of a derived cell whose denominator (a noisy count or total) is not positive.
+NO_DENOMINATOR = "its denominator's noisy value is not positive"
 
 
 def fraction(part: float, part_cells: int, rest: float, rest_cells: int, e95: float) -> tuple[float, float] | None:

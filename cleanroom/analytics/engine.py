@@ -9,8 +9,10 @@ In this order, the same for every query type:
    read, the sensitivity of every released vector, and what is charged to whom. A refusal here depends on nothing
    but the request, the policy and public metadata, spends nothing, and is written to the audit log with its
    reason;
-   A preview stops here: it answers each released vector's 95% error bar (`Plan.stated`: sensitivity, epsilon and
-   unit, all decided in this step), spends nothing and reads no data;
+   A preview stops here: it answers every cell the query would release, derived by the family's own
+   post-processing from typical vectors (`Plan.preview`, `plan.Typical`: values from the request or the family's
+   defaults, at the scales decided in this step), so each bar is the one the answer would carry; and, asked a
+   target, the least epsilon reaching it per cell. It spends nothing and reads no data;
 3. reserve the plan's charges (the requester's, and the recipient's for audiences) or refuse, spending nothing;
 4. read data (`matched.MatchedData` is opened only now), aggregate exactly, clamp, add OpenDP noise, post-process,
    and debit the reservation with the audit entry in one transaction (with the audience, if any) -> respond.
@@ -36,6 +38,7 @@ release.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -60,7 +63,18 @@ from .audiences import AudienceInfo
 from .audiences import store as store_audience
 from .cells import Cell
 from .matched import Catalog, MatchedData, clamp
-from .plan import AudienceRelease, Measurement, Noisy, Outcome, Plan, QueryAnswer, activation_threshold
+from .plan import (
+    AudienceRelease,
+    Measurement,
+    Noisy,
+    Outcome,
+    Plan,
+    Previewed,
+    QueryAnswer,
+    Typical,
+    activation_threshold,
+    histogram_preview,
+)
 from .queries import Scoped
 
 __all__ = ["AudienceRelease", "Noisy", "Plan", "QueryAnswer", "QueryEngine", "activation_threshold", "lift_cells"]
@@ -132,9 +146,11 @@ class QueryEngine:
         parameters: Mapping[str, Any],
         build: Callable[[Collaboration, Catalog], Plan],
         delta: float = 0.0,
-        preview: bool = False,
+        preview: bool | Typical = False,
     ) -> QueryAnswer:
         """One query through the pipeline of the module's docstring; a preview stops after the plan.
+
+        `preview`: True, or the `Typical` values (and target) the preview assumes.
 
         `q` is the query (its epsilon, refresh period and population); `build` is its family's validation into a
         `Plan` (`overlap`, `funnel`, `goal`, `attribution`, `lookalike`, `activation`): it reads the request, the
@@ -157,7 +173,8 @@ class QueryEngine:
             catalog.require_matched()
             plan = build(collaboration, catalog)
             if preview:
-                return self._preview(principal, collaboration, query_type, params, plan)
+                typical = preview if isinstance(preview, Typical) else Typical()
+                return self._preview(principal, collaboration, query_type, params, plan, typical, epsilon)
             reservation = self._budget.reserve(
                 collaboration.id, plan.charges, self._limits(collaboration), query_type, params
             )
@@ -206,23 +223,51 @@ class QueryEngine:
         )
 
     def _preview(
-        self, principal: Principal, collaboration: Collaboration, query_type: str, params: Mapping[str, Any], plan: Plan
+        self,
+        principal: Principal,
+        collaboration: Collaboration,
+        query_type: str,
+        params: Mapping[str, Any],
+        plan: Plan,
+        typical: Typical,
+        epsilon: float,
     ) -> QueryAnswer:
-        """The error bar each released vector's cells would have, from the plan alone.
+        """Every cell the query would release, at typical values, with the bar the answer would carry.
 
-        The plan depends on the request, the policy and the catalog only: nothing is read, nothing is spent, and
-        the answer is the same for any data.
+        The plan depends on the request, the policy and the catalog only, the typical values on the request and the
+        policy: nothing is read, nothing is spent, and the answer is the same for any data.
         """
-        entry = self._audit.record(collaboration.id, principal.name, "query.preview", {"query": query_type, **params})
-        cells = tuple(Cell((s.name,), "error_95", s.error_95, 0.0, False) for s in plan.stated)
+        if plan.preview is None:
+            raise QueryFailedError(f"{query_type} has no preview")  # every family states one (tests walk them all)
+        vectors = [s.name for s in plan.stated]
+        unknown = sorted(set(typical.values) - set(vectors))
+        if unknown:
+            raise InvalidArgumentError(
+                f"typical: {unknown} are not vectors {query_type} releases (it releases {vectors})"
+            )
+        audited = {"query": query_type, **params, "typical_group": typical.group}
+        if typical.values:
+            audited["typical"] = {k: v if isinstance(v, float) else list(v) for k, v in typical.values.items()}
+        if typical.within:
+            audited["within"] = typical.within
+        entry = self._audit.record(collaboration.id, principal.name, "query.preview", audited)
+        previewed = plan.preview(typical, epsilon)
+        policy = collaboration.policy
+        needed = (
+            epsilon_needed(plan.preview, typical, previewed, policy.epsilon_per_query_min, policy.epsilon_per_query_max)
+            if typical.within > 0
+            else ()
+        )
         status = self._budget.status(collaboration.id, principal.name, self._limits(collaboration))
         return QueryAnswer(
-            dimensions=("vector",),
-            cells=cells,
+            dimensions=plan.dimensions,
+            cells=previewed.cells,
             epsilon_spent=0.0,
             epsilon_remaining=status.remaining,
             noise_scale={s.name: s.sensitivity / s.epsilon for s in plan.stated},
             audit_sequence=entry.sequence,
+            typical=previewed.typical,
+            epsilon_needed=needed,
         )
 
     def _measure(self, data: MatchedData, measurements: Sequence[Measurement]) -> dict[str, Noisy]:
@@ -242,15 +287,24 @@ class QueryEngine:
         measurements: Sequence[Measurement],
         dimensions: tuple[str, ...],
         finish: Callable[[Mapping[str, Noisy], int], list[Cell]],
+        keys: Sequence[tuple[str, ...]] = (),
+        typical: Callable[[float], Mapping[str, float | tuple[float, ...]]] | None = None,
     ) -> Plan:
-        """A plan that releases noisy vectors and cells derived from them, charged to the requester."""
+        """A plan that releases noisy vectors and cells derived from them, charged to the requester.
+
+        `keys`: the cells of every vector (from the axes' domains: the policy's), for the preview; `typical(group)`:
+        the family's typical value per vector (released unit) for a group of that many people (default: `group`).
+        """
+        min_group = collaboration.policy.min_group_size
 
         def run(data: MatchedData) -> Outcome:
             noisy = self._measure(data, measurements)
-            cells = tuple(finish(noisy, collaboration.policy.min_group_size))
+            cells = tuple(finish(noisy, min_group))
             return Outcome(dimensions, cells, {name: n.scale for name, n in noisy.items()})
 
-        return Plan((Charge(principal.name, epsilon),), run, tuple(m.stated for m in measurements))
+        stated = tuple(m.stated for m in measurements)
+        preview = histogram_preview(stated, epsilon, keys, finish, min_group, typical) if keys else None
+        return Plan((Charge(principal.name, epsilon),), run, stated, preview, dimensions)
 
     @staticmethod
     def stability(catalog: Catalog, any_of: bool = False) -> int:
@@ -294,3 +348,48 @@ class QueryEngine:
         collaboration = self._collaborations.get(principal, collaboration_id, "budget.get")
         limits = self._limits(collaboration)
         return collaboration, [self._budget.status(collaboration.id, m.name, limits) for m in collaboration.members]
+
+
+#: Points of the geometric grid over the policy's epsilon range that `epsilon_needed` first searches.
+GRID = 32
+#: Bisection steps after the grid, for each kind of cell (cells whose bars agree at every grid point share them).
+BISECTIONS = 12
+
+
+def epsilon_needed(
+    preview: Callable[[Typical, float], Previewed], typical: Typical, at: Previewed, low: float, high: float
+) -> tuple[float, ...]:
+    """Per cell of `at`: the least epsilon in [low, high] whose preview bar is within `typical.within` x |value|.
+
+    Bars shrink as epsilon grows (every noise scale is sensitivity over its share of epsilon), so the first point of
+    a geometric grid that meets the target, then bisection between it and the point before, finds it; the answer
+    errs up (at it the target is met). Cells whose bars and values agree at every grid point (one measure at
+    uniform typical values) are one kind and share the bisection, so the work grows with the kinds of cells, not
+    their number. 0 where no epsilon in the range meets the target, the cell is withheld at the typical values, or
+    has no bar or a typical value of 0.
+    """
+    grid = [low * (high / low) ** (i / (GRID - 1)) for i in range(GRID)] if high > low else [high]
+    runs = [preview(typical, e).cells for e in grid]
+
+    def meets(cell: Cell) -> bool:
+        return not cell.suppressed and cell.error_95 <= typical.within * abs(cell.value)
+
+    solved: dict[tuple[object, ...], float] = {}
+    out = []
+    for i, cell in enumerate(at.cells):
+        if cell.suppressed or cell.value == 0 or cell.error_95 == 0:
+            out.append(0.0)
+            continue
+        kind = (cell.measure, *((c[i].value, c[i].error_95, c[i].suppressed) for c in runs))
+        if kind not in solved:
+            first = next((j for j, cells in enumerate(runs) if meets(cells[i])), None)
+            if first is None:
+                solved[kind] = 0.0
+            else:
+                lo, hi = (grid[first - 1], grid[first]) if first else (grid[0], grid[0])
+                for _ in range(BISECTIONS if first else 0):
+                    mid = math.sqrt(lo * hi)
+                    lo, hi = (lo, mid) if meets(preview(typical, mid).cells[i]) else (mid, hi)
+                solved[kind] = hi
+        out.append(solved[kind])
+    return tuple(out)

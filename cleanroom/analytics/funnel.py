@@ -48,15 +48,19 @@ def stage_label(value: str, labels: str) -> str:
     return _4A.get(value, value)
 
 
+def relabelled(keys: tuple[tuple[str, ...], ...], labels: str) -> tuple[tuple[str, ...], ...]:
+    """Cells' keys with their stages under the names the request asked for."""
+    return tuple(tuple(stage_label(k, labels) for k in key) for key in keys)
+
+
 def relabel(read: Callable[[MatchedData], Histogram], labels: str) -> Callable[[MatchedData], Histogram]:
     """`read`, with its stage keys under the names the request asked for."""
 
-    def relabelled(data: MatchedData) -> Histogram:
+    def read_relabelled(data: MatchedData) -> Histogram:
         h = read(data)
-        keys = tuple(tuple(stage_label(k, labels) for k in key) for key in h.keys)
-        return Histogram(h.axes, keys, h.counts)
+        return Histogram(h.axes, relabelled(h.keys, labels), h.counts)
 
-    return relabelled
+    return read_relabelled
 
 
 def funnel(
@@ -78,7 +82,9 @@ def funnel(
             counts = [count_cell(n, keys, "people", min_group) for keys in n.keys]
             return counts + shares_of(n, lambda keys: keys[:-1], "share", min_group)
 
-        return engine.histograms(principal, collaboration, q.epsilon, (people,), tuple(a.label for a in axes), finish)
+        keys = relabelled(cells_of(axes), q.labels)
+        dims = tuple(a.label for a in axes)
+        return engine.histograms(principal, collaboration, q.epsilon, (people,), dims, finish, keys)
 
     params = {"by": str(q.by) if q.by else "", "labels": q.labels}
     return engine.release(principal, collaboration_id, q, QueryType.FUNNEL, params, build, preview=preview)
@@ -107,7 +113,9 @@ def funnel_flow(
             counts = [count_cell(n, keys, "people", min_group) for keys in n.keys]
             return counts + shares_of(n, lambda keys: keys[0], "row_share", min_group)
 
-        return engine.histograms(principal, collaboration, q.epsilon, (people,), (start.label, end.label), finish)
+        keys = relabelled(cells_of((start, end)), q.labels)
+        dims = (start.label, end.label)
+        return engine.histograms(principal, collaboration, q.epsilon, (people,), dims, finish, keys)
 
     params = {"start_date": q.start.isoformat(), "end_date": q.end.isoformat(), "labels": q.labels}
     return engine.release(principal, collaboration_id, q, QueryType.FUNNEL_FLOW, params, build, preview=preview)

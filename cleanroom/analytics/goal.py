@@ -36,7 +36,7 @@ from ..errors import FailedPreconditionError, InvalidArgumentError
 from ..principals import Principal
 from ..storage.database import quote_ident
 from .attribution import CENTS
-from .cells import Cell, fraction, quotient, withheld
+from .cells import NO_DENOMINATOR, Cell, below_minimum_group, fraction, quotient, withheld
 from .matched import NONE, Axis, Catalog, Histogram, MatchedData, Sql, axis, cells_of, fill_histogram, grouping
 from .plan import Measurement, Noisy, Plan, QueryAnswer, dimension_domain, reader
 from .queries import DimensionRef, LoyaltyQuery, ValueQuery
@@ -232,9 +232,10 @@ def value(
             total = noisy["sum"]
             out: list[Cell] = []
             for i, keys in enumerate(total.keys):
+                small = below_minimum_group(min_group)
                 if noisy["people"].values[i] < min_group:
-                    out += [withheld(keys, m) for m in ("people", "buyers", "orders", "sum")]
-                    out += [withheld(keys, m) for m, *_ in means]
+                    out += [withheld(keys, m, small) for m in ("people", "buyers", "orders", "sum")]
+                    out += [withheld(keys, m, small) for m, *_ in means]
                     continue
                 for name in ("people", "buyers", "orders"):
                     n = noisy[name]
@@ -246,13 +247,19 @@ def value(
                     n = noisy[denominator]
                     mean = quotient(s, total.error_95 / CENTS, n.values[i], n.error_95)
                     if mean is None or n.values[i] < min_group:
-                        out.append(withheld(keys, name))
+                        out.append(withheld(keys, name, small if n.values[i] > 0 else NO_DENOMINATOR))
                     else:
                         out.append(Cell(keys, name, min(max(mean[0], low), high), mean[1], False))
             return out
 
+        def typical(group: float) -> dict[str, float | tuple[float, ...]]:
+            # every person a buyer with the middle number of rows, each at the middle of the bounds
+            orders = group * (1 + measure.cap) / 2
+            return {"people": group, "buyers": group, "orders": orders, "sum": orders * (lo + hi) / 2}
+
+        dims = tuple(a.label for a in axes)
         return engine.histograms(
-            principal, collaboration, q.epsilon, measurements, tuple(a.label for a in axes), finish
+            principal, collaboration, q.epsilon, measurements, dims, finish, cells_of(axes), typical
         )
 
     params = {"by": [str(d) for d in q.by], "measure": q.measure}
@@ -296,17 +303,26 @@ def loyalty(
                 converters = repeat + once
                 if converters < min_group:
                     names = ("converters", "repeaters", "retained", "repurchase_rate", "retention_rate")
-                    out += [withheld(keys, m) for m in names]
+                    out += [withheld(keys, m, below_minimum_group(min_group)) for m in names]
                     continue
                 out.append(Cell(keys, "converters", converters, 2 * e95, False))
                 out.append(Cell(keys, "repeaters", repeat, math.sqrt(2) * e95, False))
                 out.append(Cell(keys, "retained", retained, math.sqrt(2) * e95, False))
                 for name, part in (("repurchase_rate", repeat), ("retention_rate", retained)):
                     f = fraction(part, 2, converters - part, 2, e95)
-                    out.append(withheld(keys, name) if f is None else Cell(keys, name, f[0], f[1], False))
+                    out.append(
+                        withheld(keys, name, NO_DENOMINATOR) if f is None else Cell(keys, name, f[0], f[1], False)
+                    )
             return out
 
-        return engine.histograms(principal, collaboration, q.epsilon, (people,), tuple(a.label for a in axes), finish)
+        keys = cells_of(full)
+
+        def typical(group: float) -> dict[str, float | tuple[float, ...]]:
+            # a group of `group` converters spread evenly over the four states, and as many without a conversion
+            return {"people": tuple(group if k[-1] == NONE else group / 4 for k in keys)}
+
+        dims = tuple(a.label for a in axes)
+        return engine.histograms(principal, collaboration, q.epsilon, (people,), dims, finish, keys, typical)
 
     params = {
         "by": [str(d) for d in q.by],

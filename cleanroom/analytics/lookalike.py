@@ -63,9 +63,9 @@ from ..privacy import noise as noise_math
 from ..privacy.budget import Charge
 from ..storage.database import quote_ident
 from .audiences import audience_recipient, delta_for
-from .cells import Cell, withheld
+from .cells import NO_DENOMINATOR, Cell, below_minimum_group, withheld
 from .matched import NONE, Catalog, MatchedData, Sql
-from .plan import AudienceRelease, Outcome, Plan, QueryAnswer, Stated
+from .plan import AudienceRelease, Outcome, Plan, Previewed, QueryAnswer, Stated, Typical
 from .queries import DimensionRef, EventFilter, LookalikeQuery
 
 if TYPE_CHECKING:  # torch and opacus (seconds to import) load when a lookalike is first trained, not at startup
@@ -511,7 +511,9 @@ def quality_cells(noisy: Sequence[int], scale: float, size: int, min_group: int)
     ]
     if seeds < min_group or s_lo <= 0:
         # The same cells in the same order as a released lift: the answer's shape never depends on the noise.
-        return [withheld(("quality",), m) for m in ("lift_over_random", "lift_lower_95", "lift_upper_95")] + out
+        why = f"the seeds are {below_minimum_group(min_group)}" if seeds < min_group else NO_DENOMINATOR
+        names = ("lift_over_random", "lift_lower_95", "lift_upper_95")
+        return [withheld(("quality",), m, why) for m in names] + out
     # lift = h u / (min(size, u) s): increasing in h and in u, decreasing in s, so its range is at the box's corners
     lo = h_lo * u_lo / (a_lo * s_hi)
     hi = h_hi * u_hi / (a_hi * s_lo)
@@ -582,10 +584,33 @@ def lookalike(
                 ("part",), cells, {"quality": scale}, audience=AudienceRelease("lookalike", recipient, audience)
             )
 
+        def preview(t: Typical, at: float) -> Previewed:
+            # (seeds, hits, users): `group` seeds among the recipient's users (public), an audience twice as rich in
+            # seeds as a random one
+            v = t.values.get("quality")
+            if isinstance(v, tuple) and len(v) == 3:
+                seeds, hits, users = v
+            else:
+                users = float(max(population, 1))
+                seeds = min(t.group, users)
+                hits = min(2 * seeds * q.audience_size / users, float(q.audience_size), seeds)
+            cells = (
+                Cell(("audience",), "audience_size", float(q.audience_size), 0.0, False),
+                *quality_cells(
+                    [round(seeds), round(hits), round(users)],
+                    sensitivity / (at * QUALITY_SHARE),
+                    q.audience_size,
+                    policy.min_group_size,
+                ),
+                Cell(("training",), "epsilon_accounted", noise.epsilon, 0.0, False),
+                Cell(("training",), "noise_multiplier", noise.noise_multiplier, 0.0, False),
+            )
+            return Previewed(cells, {"quality": seeds})
+
         # The charge is fixed here, before any data is read: success and failure debit the same amount.
         charge = noise.epsilon + eval_eps
         charges = (Charge(principal.name, charge, q.delta), Charge(recipient, charge, q.delta))
-        return Plan(charges, run, (Stated("quality", eval_eps, sensitivity),))
+        return Plan(charges, run, (Stated("quality", eval_eps, sensitivity),), preview, ("part",))
 
     params = {
         "seed": {str(k): v for k, v in q.seed},

@@ -15,7 +15,7 @@ from cleanroom_client.policy import QueryType
 from ..collaborations import Collaboration
 from ..errors import InvalidArgumentError
 from ..principals import Principal
-from .cells import Cell, ratio, share, withheld
+from .cells import NO_DENOMINATOR, Cell, below_minimum_group, ratio, share, withheld
 from .matched import MATCHED, Catalog, all_users_sql, axis, cells_of, histogram_sql, venn_axes, venn_sql
 from .plan import Measurement, Noisy, Plan, QueryAnswer, count_cell, dimension_domain, reader
 from .queries import OverlapQuery, SegmentInsightQuery, VennQuery
@@ -38,7 +38,8 @@ def overlap(
             n = noisy["people"]
             return [count_cell(n, keys, "people", min_group) for keys in n.keys]
 
-        return engine.histograms(principal, collaboration, q.epsilon, (people,), tuple(a.label for a in axes), finish)
+        dims = tuple(a.label for a in axes)
+        return engine.histograms(principal, collaboration, q.epsilon, (people,), dims, finish, cells_of(axes))
 
     params = {"dimensions": [str(d) for d in q.dimensions]}
     return engine.release(principal, collaboration_id, q, QueryType.OVERLAP, params, build, preview=preview)
@@ -99,7 +100,7 @@ def venn(
                     matched = [s for s, flag in zip(spokes, pattern, strict=True) if flag == MATCHED]
                     keys = (*group, region(matched))
                     out.append(
-                        withheld(keys, "people_exactly")
+                        withheld(keys, "people_exactly", below_minimum_group(min_group))
                         if value < min_group
                         else Cell(keys, "people_exactly", float(value), float(n.error_95), False)
                     )
@@ -109,15 +110,14 @@ def venn(
                         total = sum(parts)
                         keys = (*group, region(members))
                         out.append(
-                            withheld(keys, "people")
+                            withheld(keys, "people", below_minimum_group(min_group))
                             if total < min_group
                             else Cell(keys, "people", float(max(total, 0)), n.error_95 * math.sqrt(len(parts)), False)
                         )
             return out
 
-        return engine.histograms(
-            principal, collaboration, q.epsilon, (regions,), (*((by.label,) if by else ()), "region"), finish
-        )
+        dims = (*((by.label,) if by else ()), "region")
+        return engine.histograms(principal, collaboration, q.epsilon, (regions,), dims, finish, cells_of(axes))
 
     params = {"by": str(q.by) if q.by else ""}
     return engine.release(principal, collaboration_id, q, QueryType.VENN, params, build, preview=preview)
@@ -151,26 +151,39 @@ def segment_insight(
             total_m = sum(max(v, 0) for v in m.values)
             total_a = sum(max(v, 0) for v in a.values)
             k = len(m.keys)
+            small = below_minimum_group(min_group)
             out: list[Cell] = []
             for keys, vm, va in zip(m.keys, m.values, a.values, strict=True):
                 ok_m, ok_a = vm >= min_group, va >= min_group
-                out.append(Cell(keys, "matched", vm, m.error_95, False) if ok_m else withheld(keys, "matched"))
-                out.append(Cell(keys, "all_users", va, a.error_95, False) if ok_a else withheld(keys, "all_users"))
+                why = small if not (ok_m and ok_a) else NO_DENOMINATOR
+                out.append(Cell(keys, "matched", vm, m.error_95, False) if ok_m else withheld(keys, "matched", small))
+                out.append(
+                    Cell(keys, "all_users", va, a.error_95, False) if ok_a else withheld(keys, "all_users", small)
+                )
                 sm = share(vm, total_m, k, m.error_95) if ok_m else None
                 sa = share(va, total_a, k, a.error_95) if ok_a else None
-                out.append(Cell(keys, "share_matched", *sm, False) if sm else withheld(keys, "share_matched"))
-                out.append(Cell(keys, "share_all", *sa, False) if sa else withheld(keys, "share_all"))
+                out.append(
+                    Cell(keys, "share_matched", *sm, False)
+                    if sm
+                    else withheld(keys, "share_matched", small if not ok_m else NO_DENOMINATOR)
+                )
+                out.append(
+                    Cell(keys, "share_all", *sa, False)
+                    if sa
+                    else withheld(keys, "share_all", small if not ok_a else NO_DENOMINATOR)
+                )
                 tgi = ratio(sm[0], sm[1], sa[0], sa[1]) if sm and sa else None
-                out.append(Cell(keys, "tgi", 100 * tgi[0], 100 * tgi[1], False) if tgi else withheld(keys, "tgi"))
+                out.append(Cell(keys, "tgi", 100 * tgi[0], 100 * tgi[1], False) if tgi else withheld(keys, "tgi", why))
                 pen = ratio(vm, m.error_95, va, a.error_95) if ok_m and ok_a else None
                 out.append(
                     Cell(keys, "penetration", min(pen[0], 1.0), pen[1], False)  # matched people are users
                     if pen
-                    else withheld(keys, "penetration")
+                    else withheld(keys, "penetration", why)
                 )
             return out
 
-        return engine.histograms(principal, collaboration, q.epsilon, measurements, (ax.label,), finish)
+        keys = cells_of((ax,))
+        return engine.histograms(principal, collaboration, q.epsilon, measurements, (ax.label,), finish, keys)
 
     params = {"dimension": str(q.dimension)}
     return engine.release(principal, collaboration_id, q, QueryType.SEGMENT_INSIGHT, params, build, preview=preview)

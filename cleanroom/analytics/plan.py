@@ -7,9 +7,10 @@ noisy vectors (`Noisy`) into released cells. Nothing here reads data or spends b
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from cleanroom_client.policy import Policy
 from ..errors import InvalidArgumentError
 from ..privacy import noise as noise_math
 from ..privacy.budget import Charge
-from .cells import Cell, share, withheld
+from .cells import NO_DENOMINATOR, Cell, below_minimum_group, share, withheld
 from .matched import Axis, Histogram, MatchedData, Sql
 from .queries import DimensionRef
 
@@ -31,6 +32,14 @@ class Noisy:
     values: tuple[int, ...]
     scale: float
 
+    @functools.cached_property
+    def _positions(self) -> dict[tuple[str, ...], int]:
+        return {k: i for i, k in enumerate(self.keys)}
+
+    def index(self, keys: tuple[str, ...]) -> int:
+        """Where cell `keys` is (a dict, so deriving every cell of a 10,000-cell answer stays linear)."""
+        return self._positions[keys]
+
     @property
     def variance(self) -> float:
         """Variance of each cell's noise."""
@@ -40,6 +49,80 @@ class Noisy:
     def error_95(self) -> int:
         """95% bound of each cell's noise."""
         return noise_math.error_95(self.scale)
+
+    @staticmethod
+    def typical(stated: Stated, keys: Sequence[tuple[str, ...]], values: Sequence[float]) -> Noisy:
+        """The vector a preview assumes: `values` (one per cell, in the released unit) at the scale `stated` states.
+
+        A family's `finish` sees the same kind of input as after a real run, so every cell a preview derives has the
+        bar the released cell has when its noisy inputs are these values: the preview's bars equal the answer's by
+        construction, with no formula stated twice.
+        """
+        if len(values) != len(keys):
+            raise ValueError(f"{stated.name}: {len(values)} typical values for {len(keys)} cells")
+        ints = tuple(round(v * stated.unit) for v in values)
+        return Noisy(tuple(keys), ints, stated.sensitivity / stated.epsilon)
+
+
+#: The group a preview assumes when the request names none: people per cell (buyers, converters among them).
+TYPICAL_GROUP = 1000.0
+
+
+@dataclass(frozen=True)
+class Typical:
+    """What a preview assumes of the data it never reads, and what it is asked to solve for.
+
+    `group`: people per cell; `values`: per released vector, its cells' typical value in the released unit (one
+    number for every cell, or one per cell), overriding the family's defaults (which follow from `group` and the
+    policy's bounds). `within` > 0 asks, for every cell, the least epsilon in the policy's per-query range at which
+    its 95% bar is within that fraction of its typical value. All of it comes from the request: a preview is the
+    same for any data.
+    """
+
+    group: float = TYPICAL_GROUP
+    values: Mapping[str, float | tuple[float, ...]] = field(default_factory=dict)
+    within: float = 0.0
+
+
+@dataclass(frozen=True)
+class Previewed:
+    """A preview's answer: each cell the query would release, at typical values, with its bar; the vectors assumed."""
+
+    cells: tuple[Cell, ...]
+    #: Each released vector's typical value per cell (released unit; the first cell's when they differ).
+    typical: Mapping[str, float]
+
+
+#: How a plan previews: the typical values, and the query's whole epsilon (the plan's own, or another to compare).
+Preview = Callable[[Typical, float], Previewed]
+
+
+def histogram_preview(
+    stated: Sequence[Stated],
+    epsilon: float,
+    keys: Sequence[tuple[str, ...]],
+    finish: Callable[[Mapping[str, Noisy], int], list[Cell]],
+    min_group: int,
+    defaults: Callable[[float], Mapping[str, float | tuple[float, ...]]] | None = None,
+) -> Preview:
+    """The preview of a plan of noisy histograms: its family's `finish` over typical vectors (`Noisy.typical`).
+
+    At another whole epsilon e, every vector's epsilon is its share of the plan's `epsilon` times e: each family
+    splits its epsilon in fixed fractions, so that is exactly the plan the same request at e would build.
+    `defaults(group)`: the family's typical value per vector (released unit); a vector without one is `group`.
+    """
+
+    def preview(t: Typical, at: float) -> Previewed:
+        base = defaults(t.group) if defaults else {}
+        noisy, used = {}, {}
+        for s in stated:
+            v = t.values.get(s.name, base.get(s.name, t.group))
+            values = tuple(float(x) for x in v) if isinstance(v, tuple) else (float(v),) * len(keys)
+            noisy[s.name] = Noisy.typical(replace(s, epsilon=s.epsilon * at / epsilon), keys, values)
+            used[s.name] = values[0] if values else 0.0
+        return Previewed(tuple(finish(noisy, min_group)), used)
+
+    return preview
 
 
 @dataclass(frozen=True)
@@ -102,8 +185,12 @@ class Plan:
 
     charges: tuple[Charge, ...]
     run: Callable[[MatchedData], Outcome]
-    #: Every vector the run releases with noise (for `preview`).
+    #: Every vector the run releases with noise (its scale, for `preview`).
     stated: tuple[Stated, ...] = ()
+    #: Every cell the run would release, from typical values (`Typical`), at a given whole epsilon: no data read.
+    preview: Preview | None = None
+    #: The answer's dimensions (the preview's, which has no run's `Outcome`).
+    dimensions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -121,6 +208,10 @@ class QueryAnswer:
     audience: str = ""
     #: The refresh period whose data was read (0: the match); None for a preview, which reads none.
     refresh_period: int | None = None
+    #: A preview's typical value per cell of each released vector (released unit): what its cells assumed.
+    typical: Mapping[str, float] = field(default_factory=dict)
+    #: A preview asked `within`: per cell, the least epsilon giving that relative bar (0: none in the range).
+    epsilon_needed: tuple[float, ...] = ()
 
 
 def dimension_domain(policy: Policy, ref: DimensionRef) -> tuple[str, ...]:
@@ -134,9 +225,9 @@ def dimension_domain(policy: Policy, ref: DimensionRef) -> tuple[str, ...]:
 
 def count_cell(n: Noisy, keys: tuple[str, ...], measure: str, min_group: int) -> Cell:
     """The noisy count of one cell, withheld below the minimum group size."""
-    value = n.values[n.keys.index(keys)]
+    value = n.values[n.index(keys)]
     if value < min_group:
-        return withheld(keys, measure)
+        return withheld(keys, measure, below_minimum_group(min_group))
     return Cell(keys, measure, float(value), float(n.error_95), False)
 
 
@@ -152,7 +243,8 @@ def shares_of(n: Noisy, group_of: Callable[[tuple[str, ...]], object], measure: 
     for keys, value in zip(n.keys, n.values, strict=True):
         g = group_of(keys)
         s = share(max(value, 0), totals[g], sizes[g], n.error_95) if value >= min_group else None
-        out.append(withheld(keys, measure) if s is None else Cell(keys, measure, s[0], s[1], False))
+        why = below_minimum_group(min_group) if value < min_group else NO_DENOMINATOR
+        out.append(withheld(keys, measure, why) if s is None else Cell(keys, measure, s[0], s[1], False))
     return out
 
 

@@ -170,9 +170,12 @@ def _queries(brand: CleanRoomClient, collaboration_id: str) -> None:
             ("attributed_conversions", "attributed_revenue", "roas"),
         )
     bars = brand.value(collaboration_id, "brand.conversions.value", by=["brand.tier"], epsilon=1.0, preview=True)
+    shown = bars[bars["measure"].isin(("sum", "per_buyer")) & (bars["brand.tier"] == bars["brand.tier"].iloc[0])]
     console.print(
-        "preview (free: no ε, no data) of value by tier at ε 1: ± "
-        + ", ".join(f"{v:,.0f} {k}" for k, v in zip(bars["vector"], bars["value"], strict=True))
+        "preview (free: no ε, no data) of value by tier at ε 1, for a typical group of 1,000 buyers: "
+        + ", ".join(
+            f"{r.measure} ± {r.error_95:,.1f} ({r.relative_95:.0%} of {r.typical:,.0f})" for r in shown.itertuples()
+        )
     )
     value = brand.value(collaboration_id, "brand.conversions.value", by=["brand.tier"], epsilon=1.0)
     _print(value, "GOAL value: spend by tier", ("buyers", "sum", "per_buyer", "per_order"))

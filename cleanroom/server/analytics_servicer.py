@@ -9,6 +9,7 @@ only by their recipient.
 from __future__ import annotations
 
 import contextvars
+import math
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -26,6 +27,7 @@ from cleanroom_client.query_types import BY_NAME, QUERIES
 from ..analytics import QueryAnswer, QueryEngine
 from ..analytics import queries as q
 from ..analytics.audiences import AudienceInfo, Audiences, parse_audience_name
+from ..analytics.plan import TYPICAL_GROUP, Typical
 from ..collaborations import Collaborations, parse_name
 from ..errors import InvalidArgumentError
 from .auth import Authenticator
@@ -48,11 +50,20 @@ def _audience(a: AudienceInfo) -> pb.Audience:
 
 def answer_to_proto(a: QueryAnswer) -> pb.QueryResult:
     """The wire form of an answer."""
+    needed = a.epsilon_needed or (0.0,) * len(a.cells)
     result = pb.QueryResult(
         dimensions=list(a.dimensions),
         cells=[
-            pb.Cell(keys=list(c.keys), measure=c.measure, value=c.value, error_95=c.error_95, suppressed=c.suppressed)
-            for c in a.cells
+            pb.Cell(
+                keys=list(c.keys),
+                measure=c.measure,
+                value=c.value,
+                error_95=c.error_95,
+                suppressed=c.suppressed,
+                reason=c.reason,
+                epsilon_needed=e,
+            )
+            for c, e in zip(a.cells, needed, strict=True)
         ],
         **result_fields(a),
     )
@@ -104,7 +115,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         name: str,
         request: Any,
         context: grpc.ServicerContext,
-        preview: bool = False,
+        preview: bool | Typical = False,
         progress: Callable[[int, int], None] | None = None,
     ) -> pb.QueryResult:
         """Any declared query: authorize (before any argument is looked at), read the request, run the engine."""
@@ -152,7 +163,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         kind = request.WhichOneof("query")
         if kind is None:
             raise InvalidArgumentError("name the query to preview, e.g. preview { attribution { ... } }")
-        return self._ask(kind, getattr(request, kind), context, preview=True)
+        return self._ask(kind, getattr(request, kind), context, preview=typical(request))
 
     def ListAudiences(
         self, request: pb.ListAudiencesRequest, context: grpc.ServicerContext
@@ -200,6 +211,24 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             epsilon_per_query_min=policy.epsilon_per_query_min,
             delta_per_query_max=policy.delta_per_query_max,
         )
+
+
+def typical(request: pb.PreviewRequest) -> Typical:
+    """What a preview assumes and solves for, from its request; INVALID_ARGUMENT naming the field otherwise."""
+
+    def positive(value: float, field: str) -> float:
+        if not (value > 0 and math.isfinite(value)):
+            raise InvalidArgumentError(f"{field} must be a positive finite number, got {value:g}")
+        return value
+
+    group = positive(request.typical_group, "typical_group") if request.typical_group else TYPICAL_GROUP
+    values: dict[str, float | tuple[float, ...]] = {}
+    for name, value in sorted(request.typical.items()):
+        if not math.isfinite(value):
+            raise InvalidArgumentError(f"typical[{name!r}] must be a finite number, got {value:g}")
+        values[name] = value
+    within = positive(request.within, "within") if request.within else 0.0
+    return Typical(group, values, within)
 
 
 def _scope(request: Any) -> dict[str, Any]:

@@ -143,7 +143,7 @@ def test_lift_cells_are_total(values, scale, min_group):
         for i, name in enumerate(("people", "converters", "revenue", "revenue_sq"))
     }
     cells = lift_cells(noisy, min_group)
-    assert len(cells) == 12
+    assert len(cells) == 14  # 4 per group, 4 lift estimates, 2 minimum detectable effects
     assert all(c.suppressed or (math.isfinite(c.value) and math.isfinite(c.error_95)) for c in cells)
 
 

@@ -1,7 +1,9 @@
-"""Preview: every query type's error bars from the request, the policy and epsilon alone.
+"""Preview: every cell a query would release, with its bar, from the request, the policy and epsilon alone.
 
 A preview must read no data (any access fails the test), spend nothing, give the same answer on neighbouring
-datasets (so it is not an oracle on anyone), and state the bars the real query then releases.
+datasets (so it is not an oracle on anyone), state every derived cell the query declares, and state the bars the
+real query then releases: previewed at typical values equal to the released noisy vectors, every cell's bar equals
+the released cell's, because the preview is the family's own post-processing over typical vectors.
 """
 
 from __future__ import annotations
@@ -10,35 +12,62 @@ import functools
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from privacy_data import BRAND, PRIVACY_POLICY, every_query
 from test_free_oracles import C, population, spent
 
+from cleanroom.analytics.activation import activation_reason, epsilon_to_clear
 from cleanroom.analytics.engine import QueryEngine
 from cleanroom.analytics.matched import MatchedData
-from cleanroom.analytics.queries import DimensionRef, LookalikeQuery, OverlapQuery
+from cleanroom.analytics.plan import Typical, activation_threshold
+from cleanroom.analytics.queries import DimensionRef, LookalikeQuery, OverlapQuery, ValueQuery
+from cleanroom.privacy.noise import DiscreteLaplace
+from cleanroom_client.query_types import BY_NAME
+
+#: The declared query of each of `every_query()`, in its order.
+NAMES = (
+    "overlap",
+    "overlap",
+    "funnel",
+    "funnel_flow",
+    "segment_insight",
+    "segment_insight",
+    "value",
+    "value",
+    "loyalty",
+    *["attribution"] * 5,
+    "lift",
+    "activate",
+    "activate",
+)
+#: Each released vector's unit (its integers per released unit); 1 where not named.
+UNITS = {"sum": 100, "revenue": 100, "conversions": 1000}
 
 
 class Previewing:
-    """The engine, with every query method asked for a preview."""
+    """The engine, with every query method asked for a preview (`preview`: True or the `Typical` values)."""
 
-    def __init__(self, engine: QueryEngine) -> None:
+    def __init__(self, engine: QueryEngine, preview: bool | Typical = True) -> None:
         self._engine = engine
+        self._preview = preview
 
     def __getattr__(self, name: str) -> Any:
-        return functools.partial(getattr(self._engine, name), preview=True)
+        return functools.partial(getattr(self._engine, name), preview=self._preview)
 
 
 def lookalike(e: Any, c: str) -> object:
     return e.lookalike(BRAND, c, LookalikeQuery(((DimensionRef.parse("brand.tier"), "gold"),), 1, 1.0, 1e-9))
 
 
-def previews(room: Any) -> list[list[tuple[tuple[str, ...], float]]]:
+def previews(room: Any) -> list[list[tuple[Any, ...]]]:
     out = []
     for query in [*every_query(), lookalike]:
         answer = query(Previewing(room.queries), C)
         assert answer.epsilon_spent == 0
-        assert answer.cells, "a preview states at least one vector"
-        out.append([(cell.keys, cell.error_95 if cell.measure != "error_95" else cell.value) for cell in answer.cells])
+        assert answer.cells, "a preview states at least one cell"
+        out.append([(c.keys, c.measure, c.value, c.error_95, c.suppressed, c.reason) for c in answer.cells])
+        out[-1].append(tuple(sorted(answer.typical.items())))
     return out
 
 
@@ -57,13 +86,127 @@ def test_a_preview_reads_nothing_spends_nothing_and_is_the_same_for_neighbours(r
     assert spent(on_d) == before
 
 
+def test_every_declared_cell_is_previewed(rooms):
+    room = rooms(PRIVACY_POLICY, population(12))
+    for name, query in zip((*NAMES, "lookalike"), (*every_query(), lookalike), strict=True):
+        answer: Any = query(Previewing(room.queries), C)
+        measures = {c.measure for c in answer.cells}
+        assert set(BY_NAME[name].measures) <= measures, (name, set(BY_NAME[name].measures) - measures)
+        assert answer.typical, name
+
+
+class Kept(DiscreteLaplace):
+    """OpenDP's noise, keeping each noisy vector it released (to preview at exactly those values)."""
+
+    def __init__(self) -> None:
+        self.released: list[list[int]] = []
+
+    def release(self, counts: list[int], sensitivity: int, epsilon: float) -> tuple[list[int], float]:
+        values, scale = super().release(counts, sensitivity, epsilon)
+        self.released.append(values)
+        return values, scale
+
+
+def test_each_previewed_bar_is_the_released_bar(rooms):
+    """Previewed at the released noisy vectors, every cell (shares, TGI, means, ROAS, lift, MDE) is the released one."""
+    kept = Kept()
+    room = rooms(PRIVACY_POLICY + "campaign_spend: {c1: 500.0}\n", population(400), noise=kept)
+    compared = set()
+    for name, query in zip((*NAMES, "lookalike"), (*every_query(), lookalike), strict=True):
+        shape = query(Previewing(room.queries), C)
+        kept.released.clear()
+        answer: Any = query(room.queries, C)
+        vectors = list(shape.noise_scale)
+        values: dict[str, float | tuple[float, ...]]
+        if name == "activate":  # two noisy sizes of one vector: the segment's is the audience's
+            values = {"audience_size": float(kept.released[0][0])}
+        else:
+            assert len(kept.released) == len(vectors), name
+            values = {
+                v: tuple(x / UNITS.get(v, 1) for x in released)
+                for v, released in zip(vectors, kept.released, strict=True)
+            }
+        previewed: Any = query(Previewing(room.queries, Typical(values=values)), C)
+        cells = previewed.cells[: len(answer.cells)]
+        for got, want in zip(cells, answer.cells, strict=True):
+            assert (got.keys, got.measure) == (want.keys, want.measure), name
+            if name == "activate" and want.suppressed:
+                continue  # the run may withhold for the other noisy size, or the true size: not previewable
+            assert got.suppressed == want.suppressed, (name, got, want)
+            assert got.value == pytest.approx(want.value, rel=1e-12, abs=1e-12), (name, got, want)
+            assert got.error_95 == pytest.approx(want.error_95, rel=1e-12, abs=1e-12), (name, got, want)
+            if not want.suppressed:
+                compared.add(want.measure)
+    for measure in ("share", "tgi", "penetration", "per_buyer", "repurchase_rate", "attributed_revenue", "roas"):
+        assert measure in compared, measure
+    for measure in ("incremental_revenue", "minimum_detectable_lift", "conversion_rate", "row_share", "precision"):
+        assert measure in compared, measure
+
+
+def test_the_epsilon_needed_meets_the_target_and_no_less_does(rooms):
+    room = rooms(PRIVACY_POLICY, population(12))
+    q = ValueQuery((DimensionRef.parse("brand.tier"),), "brand.conversions.value", 1.0)
+    answer = room.queries.value(BRAND, C, q, preview=Typical(within=0.15))
+    assert len(answer.epsilon_needed) == len(answer.cells)
+    solved = 0
+    for cell, needed in zip(answer.cells, answer.epsilon_needed, strict=True):
+        if needed == 0:
+            continue
+        solved += 1
+        at = room.queries.value(BRAND, C, ValueQuery(q.by, q.measure, needed), preview=True)
+        (same,) = [c for c in at.cells if (c.keys, c.measure) == (cell.keys, cell.measure)]
+        assert same.error_95 <= 0.15 * abs(same.value)
+        if needed > 0.01 * 1.001:  # above the policy's least epsilon: a little less misses the target
+            below = room.queries.value(BRAND, C, ValueQuery(q.by, q.measure, needed * 0.995), preview=True)
+            (less,) = [c for c in below.cells if (c.keys, c.measure) == (cell.keys, cell.measure)]
+            assert less.error_95 > 0.15 * abs(less.value)
+    assert solved >= 4
+
+
 def test_the_preview_states_the_bars_the_query_releases(rooms):
     room = rooms(PRIVACY_POLICY, population(20))
     q = OverlapQuery((DimensionRef.parse("brand.tier"),), 0.5)
     preview = room.queries.overlap(BRAND, C, q, preview=True)
     answer = room.queries.overlap(BRAND, C, q)
-    (bar,) = preview.cells
-    assert bar.keys == ("people",)
-    assert {c.error_95 for c in answer.cells if not c.suppressed} == {bar.value}
+    assert [(c.keys, c.measure) for c in preview.cells] == [(c.keys, c.measure) for c in answer.cells]
+    assert {c.error_95 for c in answer.cells if not c.suppressed} == {c.error_95 for c in preview.cells}
+    assert {c.value for c in preview.cells} == {1000.0}  # the default typical group
     # two identifier types: c = 4; at epsilon 0.5 the scale is 8
     assert preview.noise_scale == {"people": pytest.approx(8.0)}
+
+
+def test_every_withheld_cell_says_why(rooms):
+    """Under a minimum group no cell reaches, every withheld cell of every query names its reason."""
+    room = rooms(PRIVACY_POLICY.replace("min_group_size: 1", "min_group_size: 100000"), population(12))
+    for name, query in zip(NAMES, every_query(), strict=True):
+        answer: Any = query(room.queries, C)
+        withheld = [c for c in answer.cells if c.suppressed]
+        assert withheld, name
+        for cell in withheld:
+            assert cell.reason, (name, cell)
+        if name != "activate":
+            assert any("minimum group of 100000" in c.reason for c in withheld), name
+
+
+@given(
+    noisy=st.integers(-10, 10**6),
+    min_size=st.integers(1, 10**4),
+    delta=st.floats(1e-12, 1e-3),
+    c=st.integers(1, 8),
+)
+def test_the_epsilon_that_releases_a_noisy_size_is_the_least_that_clears_its_threshold(noisy, min_size, delta, c):
+    e = epsilon_to_clear(noisy, min_size, delta, c)
+    if e is None:  # no epsilon: the margin is at least c - 1 even as epsilon grows without bound
+        assert noisy < min_size + c
+        return
+    assert min_size + activation_threshold(e, delta, c) <= noisy
+    assert min_size + activation_threshold(e * (1 - 1e-9), delta, c) > noisy
+    assert "would be released at epsilon >=" in activation_reason(noisy, min_size, e / 2, delta, c)
+
+
+def test_the_activation_reasons_read_in_chinese():
+    from cleanroom_client.report_text import text_for
+
+    for noisy in (40, 400):  # none clears a gate at min_size 50; one that would at a higher epsilon
+        reason = activation_reason(noisy, 50, 0.1, 1e-6, 4)
+        assert text_for("zh").reason(reason) != reason, reason

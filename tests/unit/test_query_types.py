@@ -23,7 +23,16 @@ from cleanroom_client.cli import app
 from cleanroom_client.client import CleanRoomClient
 from cleanroom_client.policy import QueryType
 from cleanroom_client.protocol import analytics_pb2 as qpb
-from cleanroom_client.query_types import BY_NAME, BY_RPC, QUERIES, Derived, QueryDeclaration, Reading, docs_table
+from cleanroom_client.query_types import (
+    BY_NAME,
+    BY_RPC,
+    KEY_MEASURES,
+    QUERIES,
+    Derived,
+    QueryDeclaration,
+    Reading,
+    docs_table,
+)
 from cleanroom_client.report import build_sections
 from cleanroom_client.report_text import LANGUAGES, text_for
 
@@ -129,14 +138,15 @@ def _synthetic(q: QueryDeclaration, period: int | None = None, members: tuple[st
                     "value": float("nan") if suppressed else value,
                     "error_95": float("nan") if suppressed else 3.0,
                     "suppressed": suppressed,
+                    "reason": "below the minimum group of 10 (its noisy count is smaller)" if suppressed else "",
                 }
             )
     if q.name == "lift":
         rows += [
-            {"test_group": "lift", "measure": m, "value": 0.01, "error_95": 0.005, "suppressed": False}
+            {"test_group": "lift", "measure": m, "value": 0.01, "error_95": 0.005, "suppressed": False, "reason": ""}
             for m in ("absolute_lift", "relative_lift")
         ]
-    frame = pd.DataFrame(rows, columns=[*dims, "measure", "value", "error_95", "suppressed"])
+    frame = pd.DataFrame(rows, columns=[*dims, "measure", "value", "error_95", "suppressed", "reason"])
     frame.attrs.update(epsilon_spent=0.5, epsilon_remaining=2.0, audience="collaborations/c/audiences/a")
     request: dict[str, object] = {"epsilon": 0.5, "campaign": "c1", "model": "ATTRIBUTION_MODEL_LINEAR"}
     if period is not None:
@@ -162,6 +172,28 @@ def test_the_report_draws_every_query_in_every_language(lang):
             assert t(f"q.{q.name}") in titles, (q.name, lang)
         else:
             assert reading.title.split("{")[0].strip() in titles, (q.name, lang)
+    # every withheld cell says why, in the report's language; every drawn answer says what more epsilon would buy
+    why = {"en": "withheld: below the minimum group of 10", "zh": "已隐藏：低于最小人群 10 人"}[lang]
+    assert why in titles
+    drawn = [s for s in sections if s.key not in ("audiences", "budget")]
+    assert drawn
+    assert all("--preview" in s.caption for s in drawn), [s.key for s in drawn if not s.caption]
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "below the minimum group of 7 (its noisy count is smaller)",
+        "its denominator's noisy value is not positive",
+        "a test group is below the minimum group of 7 (its noisy count is smaller)",
+        "the seeds are below the minimum group of 7 (its noisy count is smaller)",
+        "the policy states no spend for it (campaign_spend)",
+        "the segment's size is below the policy's minimum of 50",
+    ],
+)
+def test_each_reason_the_server_gives_reads_in_chinese(reason):
+    assert text_for("zh").reason(reason) != reason
+    assert text_for("en").reason(reason) == reason
 
 
 def test_the_docs_table_lists_every_query_as_declared():
@@ -182,3 +214,10 @@ def test_a_declaration_names_its_policy_type_and_method_after_itself_unless_it_s
     assert dict(plain.reading) == {"en": en, "zh": zh}
     named = QueryDeclaration(*fields, *answer, policy_type="activation", method="activate", epsilon=0.1)
     assert (named.policy_type, named.method, named.epsilon) == ("activation", "activate", 0.1)
+
+
+def test_every_query_has_a_key_measure_among_its_measures():
+    """`plan` aims at each query's key cell: one per declared query, a measure its answer (and preview) carries."""
+    assert set(KEY_MEASURES) == set(BY_NAME)
+    for name, measure in KEY_MEASURES.items():
+        assert measure in BY_NAME[name].measures, name

@@ -62,9 +62,10 @@ class Answer:
 
 
 def result_frame(result: qpb.QueryResult) -> pd.DataFrame:
-    """One row per cell and measure: the dimension values, measure, value, error_95 and suppressed.
+    """One row per cell and measure: the dimension values, measure, value, error_95, suppressed and reason.
 
-    A suppressed cell's value is NaN: the server withheld it. `attrs` carries epsilon spent and left, the noise
+    A suppressed cell's value is NaN: the server withheld it, and `reason` says why (empty for a released cell).
+    `attrs` carries epsilon spent and left, the noise
     scale per histogram, the audit entry's sequence number, the caller's own set size and, for lookalike and
     activation, the name of the audience released to the platform, and the refresh period whose data was read
     (None from a server that does not say, and in a preview).
@@ -77,11 +78,50 @@ def result_frame(result: qpb.QueryResult) -> pd.DataFrame:
             value=float("nan") if c.suppressed else c.value,
             error_95=float("nan") if c.suppressed else c.error_95,
             suppressed=c.suppressed,
+            reason=c.reason,
         )
         rows.append(row)
-    frame = pd.DataFrame(rows, columns=[*result.dimensions, "measure", "value", "error_95", "suppressed"])
+    frame = pd.DataFrame(rows, columns=[*result.dimensions, "measure", "value", "error_95", "suppressed", "reason"])
     frame.attrs.update(
         result_fields(result), refresh_period=result.refresh_period if result.HasField("refresh_period") else None
+    )
+    return frame
+
+
+def preview_frame(result: qpb.QueryResult, within: bool = False) -> pd.DataFrame:
+    """A preview: one row per cell the query would release, at its typical value, with the bar it would carry.
+
+    Columns: the dimension values, `measure`, `typical` (the cell's value at the typical vectors), `error_95` (its
+    95% bar), `relative_95` (the bar over |typical|: ±15% is 0.15; NaN when typical is 0), `withheld` and `reason`
+    (a cell the typical values would not release, and why), and with `within`, `epsilon_needed` (the least epsilon
+    in the policy's range giving that relative bar; NaN when none does). `attrs["typical"]` holds each released
+    vector's typical value per cell, `attrs["epsilon_remaining"]` the caller's budget left; nothing was spent.
+    """
+    rows = []
+    for c in result.cells:
+        row: dict[str, object] = dict(zip(result.dimensions, c.keys, strict=True))
+        relative = abs(c.error_95 / c.value) if c.value and not c.suppressed else float("nan")
+        row.update(
+            measure=c.measure,
+            typical=float("nan") if c.suppressed else c.value,
+            error_95=float("nan") if c.suppressed else c.error_95,
+            relative_95=relative,
+            withheld=c.suppressed,
+            reason=c.reason,
+            epsilon_needed=c.epsilon_needed or float("nan"),
+        )
+        rows.append(row)
+    columns = [*result.dimensions, "measure", "typical", "error_95", "relative_95", "withheld", "reason"]
+    frame = pd.DataFrame(rows, columns=[*columns, "epsilon_needed"])
+    if not within:
+        frame = frame.drop(columns=["epsilon_needed"])
+    frame.attrs.update(
+        epsilon_spent=result.epsilon_spent,
+        epsilon_remaining=result.epsilon_remaining,
+        noise_scale=dict(result.noise_scale),
+        audit_sequence=result.audit_sequence,
+        typical=dict(result.typical),
+        dimensions=list(result.dimensions),
     )
     return frame
 

@@ -10,6 +10,7 @@ training's progress streamed) and keeps the answer for the report, the same way 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict, TypeVar, Unpack
 
@@ -18,8 +19,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import answers
-from .answers import result_frame
+from . import answers, planning
+from .answers import preview_frame, result_frame
 from .errors import CleanRoomError, InternalError
 from .matching import key_column
 from .protocol import ATTRIBUTION_MODELS, COLLABORATIONS, DEFAULT_HALF_LIFE_DAYS, collaboration_name
@@ -31,6 +32,24 @@ from .witness import Witness
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class PreviewOptions:
+    """What a preview assumes and solves for (pass as `preview=` to any query method; `True` takes the defaults).
+
+    `typical_group`: people per cell (default 1,000; buyers and converters among them, measures at the middle of
+    the policy's bounds); `typical`: a released vector's typical value per cell, e.g. {"sum": 48000} (released
+    unit); `within`: solve per cell the least epsilon giving a bar of ±within × its typical value (0.15: ±15%).
+    """
+
+    typical_group: float = 0.0
+    typical: Mapping[str, float] = field(default_factory=dict)
+    within: float = 0.0
+
+
+#: A query method's `preview`: False (ask), True (preview at the defaults), or what the preview assumes.
+Previewing = bool | PreviewOptions
+
+
 def collaboration_dir(state_dir: Path, collaboration_id: str) -> Path:
     """A member's own state for one collaboration: blinding key, surrogate ids, the answers received."""
     return state_dir / "collaborations" / collaboration_id.removeprefix(COLLABORATIONS)
@@ -39,14 +58,15 @@ def collaboration_dir(state_dir: Path, collaboration_id: str) -> Path:
 class Scope(TypedDict, total=False):
     """The keywords every query method takes besides its own arguments (keyword-only; each may be left out).
 
-    `preview=True`: instead of asking, return the 95% error bar each released vector would have at that epsilon
-    (`measure` error_95, one row per vector), spending nothing and reading no data (default False).
+    `preview=True` (or `PreviewOptions`): instead of asking, return every cell the answer would hold at typical
+    values with the 95% bar it would carry there (`answers.preview_frame`), spending nothing and reading no data
+    (default False).
     `refresh_period`: read the data as of that refresh period (0: the match); by default the last completed one.
     `with_members`: with three or more members a query's people are the hub's users matched with every other
     member (the default), or with those named here.
     """
 
-    preview: bool
+    preview: Previewing
     refresh_period: int | None
     with_members: Sequence[str]
 
@@ -78,16 +98,79 @@ class QueryMethods:
         period = {} if refresh_period is None else {"refresh_period": refresh_period}
         build: Callable[..., Any] = declared.request
         request = build(parent=parent, with_members=list(scope.get("with_members", ())), **period, **fields)
-        if scope.get("preview", False):
-            previewed = qpb.PreviewRequest()
+        preview = scope.get("preview", False)
+        if preview:
+            options = preview if isinstance(preview, PreviewOptions) else PreviewOptions()
+            previewed = qpb.PreviewRequest(
+                typical_group=options.typical_group, typical=dict(options.typical), within=options.within
+            )
             getattr(previewed, name).CopyFrom(request)
-            return result_frame(self._call(self._analytics.Preview, previewed))
+            return preview_frame(self._call(self._analytics.Preview, previewed), within=options.within > 0)
         if declared.name == "lookalike":
             result = self._train_with_progress(request)
         else:
             result = self._call(getattr(self._analytics, declared.rpc), request)
         answers.record(self.collaboration_dir(parent), name, request, result)
         return result_frame(result)
+
+    def preview(
+        self,
+        query: str,
+        collaboration_id: str,
+        typical_group: float = 0.0,
+        typical: Mapping[str, float] | None = None,
+        within: float = 0.0,
+        **arguments: Any,
+    ) -> pd.DataFrame:
+        """Every cell declared query `query` would release with `arguments`, at typical values, with its 95% bar.
+
+        The same as the query's method with `preview=PreviewOptions(...)`: nothing spent, no data read. `within`
+        (0.15: ±15%) adds each cell's `epsilon_needed`.
+        """
+        method = getattr(self, declaration(query).method)
+        options = PreviewOptions(typical_group, dict(typical or {}), within)
+        frame: pd.DataFrame = method(collaboration_id, **arguments, preview=options)
+        return frame
+
+    def epsilon_for(
+        self,
+        query: str,
+        collaboration_id: str,
+        within: float,
+        cell: str | None = None,
+        keys: Sequence[str] | None = None,
+        **arguments: Any,
+    ) -> float:
+        """The least epsilon at which one cell's 95% bar is within ±`within` of its typical value (NaN: none).
+
+        The cell is measure `cell` at `keys` (default: the query's key measure, `query_types.KEY_MEASURES`, at
+        its widest bar); `arguments` are the query method's (e.g. measure= for value). Solved by the server from
+        the same preview (nothing spent), within the policy's per-query range.
+        """
+        frame = self.preview(query, collaboration_id, within=within, **arguments)
+        return float(planning.key_cell(frame, query, cell, keys)["epsilon_needed"])
+
+    def plan(
+        self, collaboration_id: str, queries: Sequence[Mapping[str, Any]], total_epsilon: float | None = None
+    ) -> pd.DataFrame:
+        """Split an epsilon budget (default: all you have left) over queries before asking any, spending nothing.
+
+        `queries`: dicts with `query` (e.g. "value"), the method's arguments, and optionally `within` (a target
+        on the key cell, ±within × its typical value), `cell` (its measure) and `keys` (which cell). Returns one row per
+        query: its epsilon, the key cell, its typical value, ± bar, relative bar and whether it meets its target
+        (`planning.plan`).
+        """
+        budget = self.budget(collaboration_id)
+        bounds = (float(budget.attrs["epsilon_per_query_min"]), float(budget.attrs["epsilon_per_query_max"]))
+
+        def look(name: str, arguments: Mapping[str, Any], within: float) -> pd.DataFrame:
+            return self.preview(name, collaboration_id, within=within, **arguments)
+
+        if total_epsilon is None:
+            q = queries[0]
+            first = look(str(q["query"]), {k: v for k, v in q.items() if k not in planning.PLAN_KEYS}, 0.0)
+            total_epsilon = float(first.attrs["epsilon_remaining"])
+        return planning.plan(queries, total_epsilon, bounds, look)
 
     def collaboration_dir(self, collaboration_id: str) -> Path:
         """This member's own state for one collaboration: blinding key, surrogate ids, the answers received."""

@@ -25,7 +25,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .cli_queries import Preview, RefreshPeriod, WithMembers, query_command
+from .cli_queries import Preview, RefreshPeriod, TypicalGroup, Within, WithMembers, fraction, query_command
 from .cli_queries import pairs as _pairs
 from .query_types import QUERIES
 
@@ -57,6 +57,8 @@ class Settings:
     output: str = "table"
     progress: bool = True
     preview: bool = False
+    within: float = 0.0
+    typical_group: float = 0.0
     refresh_period: int | None = None
     with_members: tuple[str, ...] = ()
 
@@ -73,6 +75,8 @@ def main(
     output: Annotated[str, typer.Option("--output", "-o", help="table, csv or json.")] = "table",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     preview: Preview = False,
+    within: Within = None,
+    typical_group: TypicalGroup = None,
     refresh_period: RefreshPeriod = None,
     with_members: WithMembers = None,
 ) -> None:
@@ -81,7 +85,9 @@ def main(
         raise typer.BadParameter("--output must be table, csv or json")
     settings.target, settings.token, settings.ca = target, token, ca
     settings.insecure, settings.output, settings.progress = insecure, output, progress
-    settings.preview = preview
+    settings.within = fraction(within) if within else 0.0
+    settings.preview = preview or bool(settings.within)
+    settings.typical_group = typical_group or 0.0
     settings.refresh_period = refresh_period
     settings.with_members = tuple(with_members or ())
 
@@ -126,6 +132,8 @@ def _show(frame: pd.DataFrame, title: str = "") -> None:
         payload.update({str(k): v for k, v in frame.attrs.items() if isinstance(v, (int, float, str, dict))})
         sys.stdout.write(json.dumps(payload, indent=1) + "\n")
         return
+    if "reason" in frame.columns and "suppressed" in frame.columns:  # an answer: say why a cell was withheld
+        frame = frame.drop(columns=["suppressed"] + ([] if frame["reason"].astype(bool).any() else ["reason"]))
     table = Table(title=title or None)
     for column in frame.columns:
         table.add_column(str(column), justify="right" if pd.api.types.is_numeric_dtype(frame[column]) else "left")
@@ -135,6 +143,33 @@ def _show(frame: pd.DataFrame, title: str = "") -> None:
     extras = {k: v for k, v in frame.attrs.items() if k in ("epsilon_spent", "epsilon_remaining", "audience") and v}
     if extras:
         out.print("  " + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in extras.items()))
+
+
+def preview_table(frame: pd.DataFrame, title: str, within: float = 0.0) -> Table:
+    """A preview as a person reads it: measure, cell, ± bar, % of the typical value, the typical value.
+
+    With `within`, the epsilon needed for that relative bar; a withheld cell's reason in place of its bar.
+    """
+    import pandas as pd
+
+    dims = [d for d in frame.attrs.get("dimensions", []) if d in frame.columns]
+    table = Table(title=title)
+    for name in ("measure", "cell", "± bar (95%)", "% of typical", "typical value"):
+        table.add_column(name, justify="left" if name in ("measure", "cell") else "right")
+    if within:
+        table.add_column(f"epsilon for ±{within:.0%}", justify="right")
+    for _, row in frame.iterrows():
+        cell = " × ".join(str(row[d]) for d in dims)
+        if row["withheld"]:
+            cells = [str(row["measure"]), cell, f"withheld: {row['reason']}", "", ""]
+        else:
+            relative = "" if pd.isna(row["relative_95"]) else f"±{row['relative_95']:.1%}"
+            cells = [str(row["measure"]), cell, f"±{row['error_95']:,.4g}", relative, f"{row['typical']:,.4g}"]
+        if within:
+            needed = row.get("epsilon_needed")
+            cells.append("" if row["withheld"] else "not in range" if pd.isna(needed) else f"{needed:.3g}")
+        table.add_row(*cells)
+    return table
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> pd.DataFrame:
@@ -512,11 +547,32 @@ def _say_warning(message: Warning | str, category: type[Warning], *_: object, **
     err.print(f"warning: {message}", style="yellow", markup=False, highlight=False)
 
 
-def _ask(method: str, collaboration: str, arguments: dict[str, Any], heading: str) -> None:
-    """Ask a declared query through the SDK method `method`, with the global options that scope every query."""
+def _ask(
+    method: str, collaboration: str, arguments: dict[str, Any], heading: str, preview: bool, within: str | None
+) -> None:
+    """Ask a declared query through the SDK method `method`, with the global options that scope every query.
+
+    `--preview` and `--within` may be written before the command (global) or after it (the command's own).
+    """
+    from .asking import PreviewOptions
+
     s = settings
-    scope = {"preview": s.preview, "refresh_period": s.refresh_period, "with_members": s.with_members}
-    _query(lambda c: getattr(c, method)(collaboration, **arguments, **scope), heading)
+    share = fraction(within) if within else s.within
+    previewing = s.preview or preview or bool(share)
+    options: Any = PreviewOptions(s.typical_group, {}, share) if previewing else False
+    scope = {"preview": options, "refresh_period": s.refresh_period, "with_members": s.with_members}
+    if not previewing:
+        _query(lambda c: getattr(c, method)(collaboration, **arguments, **scope), heading)
+        return
+    with _client() as client:
+        frame = getattr(client, method)(collaboration, **arguments, **scope)
+    if settings.output != "table":
+        _show(frame, f"preview of {heading}")
+        return
+    out.print(preview_table(frame, f"preview of {heading} at epsilon {arguments['epsilon']:g}", share))
+    typical = "; ".join(f"{k} {v:,.6g}" for k, v in frame.attrs.get("typical", {}).items())
+    out.print(f"  typical value per cell assumed: {typical} (--typical-group sets the people per cell)", markup=False)
+    out.print(f"  nothing spent; epsilon left {frame.attrs.get('epsilon_remaining', 0):g}", markup=False)
 
 
 # One command per declared query (`cleanroom_client.query_types`): names, options and help come from there.

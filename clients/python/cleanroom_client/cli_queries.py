@@ -19,10 +19,38 @@ from .query_types import QueryDeclaration
 Preview = Annotated[
     bool,
     typer.Option(
-        help="Before a query command: show the 95% error bar of each vector it would release at that epsilon, "
-        "spending nothing and reading no data (e.g. cleanroom-client --preview attribution c --epsilon 0.5)."
+        help="Show every cell a query would release at typical values, with the ± bar each "
+        "would carry at that epsilon and that bar as a % of the typical value, spending nothing and reading no "
+        "data (e.g. cleanroom-client --preview attribution c --epsilon 0.5)."
     ),
 ]
+Within = Annotated[
+    str | None,
+    typer.Option(
+        help="Preview a query and print, per cell, the epsilon needed for a bar within this share of its typical "
+        "value (e.g. cleanroom-client --within 15% value c --measure brand.conversions.value)."
+    ),
+]
+TypicalGroup = Annotated[
+    float | None,
+    typer.Option(
+        help="Before a query command, with --preview or --within: the typical people per cell the preview assumes "
+        "(default 1,000)."
+    ),
+]
+
+
+def fraction(text: str) -> float:
+    """`15%` or `0.15` as 0.15; BadParameter naming --within otherwise."""
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise typer.BadParameter(f"--within: give a share like 15% or 0.15, got {text!r}") from None
+    if not 0 < value < 10:
+        raise typer.BadParameter(f"--within: a positive share like 15% or 0.15, got {text!r}")
+    return value
+
+
 RefreshPeriod = Annotated[
     int | None,
     typer.Option(
@@ -42,8 +70,8 @@ WithMembers = Annotated[
 
 Epsilon = Annotated[float, typer.Option(help="Privacy budget this query spends.")]
 
-#: How a command asks: (SDK method, collaboration, its arguments, the table's title).
-Ask = Callable[[str, str, dict[str, Any], str], None]
+#: How a command asks: (SDK method, collaboration, its arguments, the table's title, its own --preview and --within).
+Ask = Callable[[str, str, dict[str, Any], str, bool, str | None], None]
 
 
 def pairs(values: list[str], what: str) -> dict[str, str]:
@@ -89,11 +117,11 @@ def query_command(q: QueryDeclaration, ask: Ask, collaboration: Any) -> Callable
     """The command of declared query `q`; `collaboration` is the CLI's annotated type of a collaboration id."""
     names = {o.flag: o.flag.lstrip("-").replace("-", "_") for o in q.options}
 
-    def command(collaboration: str, epsilon: float, **given: Any) -> None:
+    def command(collaboration: str, epsilon: float, preview: bool, within: str | None, **given: Any) -> None:
         arguments: dict[str, Any] = {}
         for o in q.options:
             arguments[o.argument] = _argument(o, given[names[o.flag]], arguments)
-        ask(q.method, collaboration, {**arguments, "epsilon": epsilon}, q.heading.format(**arguments))
+        ask(q.method, collaboration, {**arguments, "epsilon": epsilon}, q.heading.format(**arguments), preview, within)
 
     parameters = [inspect.Parameter("collaboration", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=collaboration)]
     for o in q.options:
@@ -109,6 +137,8 @@ def query_command(q: QueryDeclaration, ask: Ask, collaboration: Any) -> Callable
     parameters.append(
         inspect.Parameter("epsilon", inspect.Parameter.KEYWORD_ONLY, annotation=Epsilon, default=q.epsilon)
     )
+    parameters.append(inspect.Parameter("preview", inspect.Parameter.KEYWORD_ONLY, annotation=Preview, default=False))
+    parameters.append(inspect.Parameter("within", inspect.Parameter.KEYWORD_ONLY, annotation=Within, default=None))
     command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     command.__annotations__ = {}
     command.__name__ = q.command

@@ -79,7 +79,15 @@ PUBLIC_SERVICES = tuple(
 #: the ε charged and left, the noise scale per histogram, the audit entry's sequence number, the caller's own set
 #: size, the audience released (lookalike, activation). `refresh_period` is optional: set only when an answer reads
 #: data (a preview reads none).
-RESULT_FIELDS = ("epsilon_spent", "epsilon_remaining", "noise_scale", "audit_sequence", "own_set_size", "audience")
+RESULT_FIELDS = (
+    "epsilon_spent",
+    "epsilon_remaining",
+    "noise_scale",
+    "audit_sequence",
+    "own_set_size",
+    "audience",
+    "typical",
+)
 
 
 def result_fields(answer: object) -> dict[str, Any]:

@@ -361,6 +361,8 @@ QUERIES: Final[tuple[QueryDeclaration, ...]] = (
             Derived("relative_lift", "exposed rate / holdout rate − 1"),
             Derived("incremental_conversions", "absolute_lift × exposed people"),
             Derived("incremental_revenue", "(exposed − holdout revenue per person) × exposed people"),
+            Derived("minimum_detectable_lift", "the smallest absolute lift whose 95% interval would exclude zero"),
+            Derived("minimum_detectable_revenue", "the smallest incremental revenue that would be detected likewise"),
         ),
         ("test_group",),
         "lift",
@@ -438,6 +440,22 @@ QUERIES: Final[tuple[QueryDeclaration, ...]] = (
         audience=True,
     ),
 )
+
+#: The measure a plan aims at by default per query (`planning.plan`): the number a person acts on, e.g. per buyer
+#: value, ROAS's revenue, lift's incremental revenue (a test checks each is among the query's measures).
+KEY_MEASURES: Final[Mapping[str, str]] = {
+    "overlap": "people",
+    "venn": "people",
+    "funnel": "share",
+    "funnel_flow": "row_share",
+    "segment_insight": "tgi",
+    "value": "per_buyer",
+    "loyalty": "repurchase_rate",
+    "attribution": "attributed_revenue",
+    "lift": "minimum_detectable_revenue",
+    "lookalike": "lift_over_random",
+    "activate": "audience_size",
+}
 
 #: Declarations by name (the `PreviewRequest` field and the kept answer's `query`).
 BY_NAME: Final[Mapping[str, QueryDeclaration]] = {q.name: q for q in QUERIES}

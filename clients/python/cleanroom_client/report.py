@@ -36,7 +36,7 @@ from .report_text import Text, text_for
 STAGE_ORDER = ("aware", "appeal", "act", "advocate", "awareness", "interest", "purchase", "loyalty", "none")
 #: Fonts with Simplified Chinese glyphs, best first; matplotlib falls back through the list glyph by glyph.
 CJK_FONTS = ("Noto Sans CJK SC", "Source Han Sans SC", "WenQuanYi Micro Hei", "Microsoft YaHei", "PingFang SC")
-_COLUMNS = ("measure", "value", "error_95", "suppressed")
+_COLUMNS = ("measure", "value", "error_95", "suppressed", "reason")
 
 
 class ReportError(Exception):
@@ -189,11 +189,15 @@ def _table(t: Text, frame: pd.DataFrame) -> str:
         shown[d] = [t.label(v) for v in shown[d]]
     applies = ~_not_applicable(frame).to_numpy()
     shown["measure"] = [t.label(m) for m in shown["measure"]]
+    reasons = shown["reason"] if "reason" in shown.columns else [""] * len(shown)
     shown["value"] = [
-        (t("withheld") if ok else t("na")) if s else f"{t.number(v)} ± {t.number(e)}"
-        for v, e, s, ok in zip(shown["value"], shown["error_95"], shown["suppressed"], applies, strict=True)
+        (t("withheld.why", reason=t.reason(r)) if r else t("withheld") if ok else t("na"))
+        if s
+        else f"{t.number(v)} ± {t.number(e)}"
+        for v, e, s, ok, r in zip(shown["value"], shown["error_95"], shown["suppressed"], applies, reasons, strict=True)
     ]
-    shown = shown.drop(columns=["error_95", "suppressed"]).rename(columns={d: t.label(d) for d in dims})
+    shown = shown.drop(columns=[c for c in ("error_95", "suppressed", "reason") if c in shown.columns])
+    shown = shown.rename(columns={d: t.label(d) for d in dims})
     shown = shown.rename(columns={"measure": "", "value": "±95%"})
     return shown.to_html(index=False, border=0, classes="cells", escape=True)
 
@@ -446,7 +450,10 @@ def _audiences(t: Text, answers: Sequence[Answer]) -> Section:
         sizes = a.frame[(a.frame["measure"] == "audience_size") & ~a.frame["suppressed"].astype(bool)]
         out = bool(a.frame.attrs.get("audience"))
         released += out
-        size = t.number(float(sizes["value"].iloc[0])) if len(sizes) else t("withheld")
+        held = a.frame[(a.frame["measure"] == "audience_size") & a.frame["suppressed"].astype(bool)]
+        why = str(held["reason"].iloc[0]) if len(held) and "reason" in held.columns else ""
+        withheld = t("withheld.why", reason=t.reason(why)) if why else t("withheld")
+        size = t.number(float(sizes["value"].iloc[0])) if len(sizes) else withheld
         quality = "—"
         if {"lift_over_random", "lift_lower_95", "lift_upper_95"} <= set(cells.index):
             q = cells.loc[["lift_over_random", "lift_lower_95", "lift_upper_95"], "value"].to_numpy(dtype=float)
@@ -500,6 +507,14 @@ def _group_heading(t: Text, period: int | None, population: tuple[str, ...]) -> 
     return f"{when} · {who}"
 
 
+def _more(t: Text, a: Answer) -> str:
+    """What more epsilon would buy for one answer's bars (noise scales as 1/epsilon), and how to preview first."""
+    spent = float(a.request.get("epsilon", a.epsilon_spent) or a.epsilon_spent)
+    if spent <= 0:
+        return ""
+    return t("more", epsilon=spent, double=2 * spent, command=BY_NAME[a.query].command)
+
+
 def build_sections(answers: Sequence[Answer], lang: str = "en") -> list[Section]:
     """The report's sections: every answer, grouped by refresh period and population, then the budget.
 
@@ -523,6 +538,7 @@ def build_sections(answers: Sequence[Answer], lang: str = "en") -> list[Section]
         audiences = [a for a in kept if BY_NAME[a.query].audience]
         if audiences:
             built.append(_audiences(t, audiences))
+        built = [replace(s, caption=_more(t, a)) for s, a in zip(built, drawn, strict=False)] + built[len(drawn) :]
         for section in built:
             keys[section.key] = keys.get(section.key, 0) + 1
             key = section.key if keys[section.key] == 1 else f"{section.key}-{keys[section.key]}"
@@ -564,6 +580,8 @@ def render(
             body += f'<img class="chart" alt="{html.escape(s.title)}" src="{uri}">'
         if s.table is not None:
             body += s.table if s.chart is None else f"<details><summary>{t('cells')}</summary>{s.table}</details>"
+        if s.caption:
+            body += f'<p class="explain">{html.escape(s.caption)}</p>'
         parts.append(f'<section id="{html.escape(s.key)}"><h3>{html.escape(s.title)}</h3>{body}</section>')
     items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     paragraphs = "".join(

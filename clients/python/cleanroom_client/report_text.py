@@ -8,6 +8,7 @@ table. Labels turn `platform.stage_4a` into "4A stage (platform)" /
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from .query_types import QUERIES
@@ -27,6 +28,10 @@ _EN: dict[str, str] = {
     "report again.",
     "asked": "asked {when}, ε {epsilon:g}",
     "cells": "cells",
+    "withheld.why": "withheld: {reason}",
+    "more": "Bought with ε {epsilon:g}. The noise in these bars shrinks in proportion to ε: at ε {double:g} it would "
+    "be about half (lift's sampling error stays). Preview before asking, nothing spent: cleanroom-client --preview "
+    "(or --within 15%) {command} ...",
     "withheld": "withheld",
     "group": "group",
     "all": "all",
@@ -77,6 +82,10 @@ _ZH: dict[str, str] = {
     "empty": "还没有答案：先发起一次查询（例如 `cleanroom-client funnel {collaboration}`），再生成报告。",
     "asked": "查询于 {when}，ε {epsilon:g}",
     "cells": "明细",
+    "withheld.why": "已隐藏：{reason}",
+    "more": "本次花费 ε {epsilon:g}。这些误差条中的噪声与 ε 成反比：ε 为 {double:g} 时约减半"
+    "（提升分析的抽样误差不变）。查询前可先预览，不花费预算："
+    "cleanroom-client --preview（或 --within 15%）{command} ...",
     "withheld": "已隐藏",
     "group": "分组",
     "all": "全部",
@@ -233,9 +242,40 @@ class Text:
     def _word(self, word: str) -> str:
         return self.labels.get(word, word.replace("_", " "))
 
+    def reason(self, text: str) -> str:
+        """Why a cell was withheld (the server's English sentence), in this language where its form is known."""
+        if self.lang != "zh":
+            return text
+        for pattern, zh in _REASONS_ZH:
+            found = re.fullmatch(pattern, text)
+            if found:
+                return zh.format(*found.groups())
+        return text
+
     def number(self, value: float) -> str:
         """A count or amount: thousands separators, no false precision."""
         return f"{value:,.3f}" if abs(value) < 10 and value != round(value) else f"{value:,.0f}"
+
+
+#: The server's withheld reasons (cleanroom.analytics: cells.py, activation.py) and their Chinese.
+_REASONS_ZH = (
+    (r"below the minimum group of (\d+) \(its noisy count is smaller\)", "低于最小人群 {0} 人（含噪计数更小）"),
+    (r"its denominator's noisy value is not positive", "分母的含噪值不为正"),
+    (r"a test group is below the minimum group of (\d+) \(its noisy count is smaller\)", "有测试组低于最小人群 {0} 人"),
+    (r"the seeds are below the minimum group of (\d+) \(its noisy count is smaller\)", "种子人群低于最小人群 {0} 人"),
+    (r"the policy states no spend for it \(campaign_spend\)", "策略未给出该活动的花费（campaign_spend）"),
+    (
+        r"below the activation threshold of (\d+) people at epsilon ([^ ]+) \(noisy size (-?\d+)\); "
+        r"a segment of this size would be released at epsilon >= (.+)",
+        "低于 ε {1} 下的圈选门槛 {0} 人（含噪人数 {2}）；这个规模的人群在 ε ≥ {3} 时可发布",
+    ),
+    (
+        r"below the activation threshold of (\d+) people at epsilon ([^ ]+) \(noisy size (-?\d+)\); "
+        r"no epsilon releases a segment this size \(the policy's minimum is (\d+)\)",
+        "低于 ε {1} 下的圈选门槛 {0} 人（含噪人数 {2}）；任何 ε 都不能发布这个规模的人群（策略最小值 {3} 人）",
+    ),
+    (r"the segment's size is below the policy's minimum of (\d+)", "人群规模低于策略的最小值 {0} 人"),
+)
 
 
 def _with_queries(lang: str, strings: dict[str, str]) -> dict[str, str]:

@@ -105,7 +105,10 @@ def test_loyalty_by_stage_is_exact(room, collab):
     assert got[("act", "retention_rate")] == pytest.approx(0.5)
     assert got[("aware", "repurchase_rate")] == pytest.approx(1.0)
     assert got[("aware", "retention_rate")] == pytest.approx(0.0)
-    assert f[(f["platform.stage_4a"] == "advocate") & (f["measure"] == "repurchase_rate")]["suppressed"].all()
+    advocate = f[(f["platform.stage_4a"] == "advocate") & (f["measure"] == "repurchase_rate")]
+    assert advocate["suppressed"].all()
+    assert (advocate["reason"] == "below the minimum group of 1 (its noisy count is smaller)").all()
+    assert (f.loc[~f["suppressed"], "reason"] == "").all()
 
 
 def test_refusals_say_what_to_fix(room, collab):
@@ -146,16 +149,50 @@ def test_the_cli_commands(room, collab, tmp_path):
     assert "START:END" in bad.output
 
 
-def test_preview_over_grpc_spends_nothing_and_states_the_revenue_bar(room, collab, tmp_path):
+def test_preview_over_grpc_spends_nothing_and_states_every_derived_bar(room, collab, tmp_path):
     brand = room.client("brand")
     before = brand.budget(collab).set_index("member").loc["brand", "spent"]
     bars = brand.value(collab, "brand.conversions.value", by=["brand.tier"], epsilon=1.0, preview=True)
-    bar = bars.set_index("vector")["value"]
+    assert set(bars["measure"]) == {"people", "buyers", "orders", "sum", "per_person", "per_buyer", "per_order"}
+    gold = bars[bars["brand.tier"] == "gold"].set_index("measure")
     # one identifier type (c = 1), cap 2, bound 100: the sum moves by at most 2 x 10000 cents, at epsilon / 4
-    assert bar["sum"] == pytest.approx(noise_math.error_95(2 * 10_000 / 0.25) / 100)
-    assert bar["people"] == noise_math.error_95(1 / 0.25)
+    e_sum = noise_math.error_95(2 * 10_000 / 0.25) / 100
+    e_count = noise_math.error_95(1 / 0.25)
+    assert gold.loc["sum", "error_95"] == pytest.approx(e_sum)
+    assert gold.loc["people", "error_95"] == e_count
+    # typical: 1,000 buyers with 1.5 orders each at 50 (the middle of [0, 100]): 75 per buyer
+    assert bars.attrs["typical"] == {"people": 1000, "buyers": 1000, "orders": 1500, "sum": 75_000}
+    assert gold.loc["per_buyer", "typical"] == pytest.approx(75.0)
+    expected = ((e_sum / 1000) ** 2 + (75 * e_count / 1000) ** 2) ** 0.5
+    assert gold.loc["per_buyer", "error_95"] == pytest.approx(expected)
+    assert gold.loc["per_buyer", "relative_95"] == pytest.approx(expected / 75)
     assert bars.attrs["epsilon_spent"] == 0
+
+    # the inverse: the least epsilon for +-5% on per buyer value, and the preview there meets it
+    needed = brand.epsilon_for(
+        "value", collab, 0.05, cell="per_buyer", measure="brand.conversions.value", by=["brand.tier"]
+    )
+    at = brand.value(collab, "brand.conversions.value", by=["brand.tier"], epsilon=needed, preview=True)
+    assert at.set_index(["brand.tier", "measure"]).loc[("gold", "per_buyer"), "relative_95"] <= 0.05
+    less = brand.value(collab, "brand.conversions.value", by=["brand.tier"], epsilon=needed * 0.99, preview=True)
+    assert less.set_index(["brand.tier", "measure"]).loc[("gold", "per_buyer"), "relative_95"] > 0.05
+
+    # a plan over two queries: the targeted one gets what it needs, the other the rest
+    plan = brand.plan(
+        collab,
+        [
+            {"query": "value", "measure": "brand.conversions.value", "within": 0.05},
+            {"query": "loyalty", "period1": ("2026-10-01", "2026-10-15"), "period2": ("2026-10-15", "2026-11-01")},
+        ],
+        total_epsilon=10.0,
+    )
+    assert list(plan["query"]) == ["value", "loyalty"]
+    assert plan.loc[0, "meets"]
+    assert plan.loc[0, "relative_95"] <= 0.05
+    assert plan["epsilon"].sum() == pytest.approx(10.0)
+    assert plan.loc[1, "cell"].startswith("repurchase_rate")
     assert brand.budget(collab).set_index("member").loc["brand", "spent"] == before
+
     env = {
         "CLEANROOM_TARGET": f"localhost:{room.server.port}",
         "CLEANROOM_TOKEN": room.tokens["brand"],
@@ -164,7 +201,13 @@ def test_preview_over_grpc_spends_nothing_and_states_the_revenue_bar(room, colla
         "COLUMNS": "200",
     }
     periods = ["--period1", "2026-10-01:2026-10-15", "--period2", "2026-10-15:2026-11-01"]
-    r = CliRunner().invoke(app, ["-o", "csv", "--preview", "loyalty", collab, *periods, "--epsilon", "0.5"], env=env)
+    r = CliRunner().invoke(app, ["--preview", "loyalty", collab, *periods, "--epsilon", "0.5"], env=env)
     assert r.exit_code == 0, r.output
-    assert "error_95" in r.output
+    for words in ("repurchase_rate", "± bar (95%)", "% of typical", "typical value per cell assumed: people"):
+        assert words in r.output, words
+    assert "False" not in r.output
+    measure = ["--measure", "brand.conversions.value"]
+    r = CliRunner().invoke(app, ["value", collab, *measure, "--epsilon", "0.5", "--within", "15%"], env=env)
+    assert r.exit_code == 0, r.output
+    assert "epsilon for ±15%" in r.output
     assert brand.budget(collab).set_index("member").loc["brand", "spent"] == before

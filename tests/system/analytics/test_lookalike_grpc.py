@@ -101,4 +101,13 @@ def test_lookalike_over_grpc_reaches_the_platform_as_its_own_keys(room):
     # withholds the list about once in 50 runs; at 2.0 it is 56.9.
     activated = brand.activate(collab, segment={"brand.tier": "gold"}, epsilon=2.0)
     assert activated.attrs["audience"] in set(platform.audiences(collab)["name"])
-    pd.testing.assert_index_equal(activated.columns, pd.Index(["part", "measure", "value", "error_95", "suppressed"]))
+    columns = ["part", "measure", "value", "error_95", "suppressed", "reason"]
+    pd.testing.assert_index_equal(activated.columns, pd.Index(columns))
+    # At epsilon 0.05 the gate is 50 + ln(1e6) / 0.05 = 327 people: the list is withheld, and the answer says why and
+    # at which epsilon a segment of its noisy size would clear the gate (or that none would).
+    held = brand.activate(collab, segment={"brand.tier": "gold"}, epsilon=0.05).set_index("measure")
+    assert held.loc["audience_size", "suppressed"]
+    assert held.attrs["audience"] == ""
+    reason = held.loc["audience_size", "reason"]
+    assert reason.startswith("below the activation threshold of 327 people at epsilon 0.05 (noisy size "), reason
+    assert "would be released at epsilon >=" in reason or "no epsilon releases" in reason

@@ -126,9 +126,12 @@ def test_member_cli_end_to_end(server, tokens, pki, tmp_path):
         assert "UNIMPLEMENTED" not in r.output, q.command
         assert "Traceback" not in r.output, q.command
         if r.exit_code == 0:
-            previewed[q.name] = {row["vector"] for row in json.loads(r.output)["rows"]}
+            answer = json.loads(r.output)
+            previewed[q.name] = ({row["measure"] for row in answer["rows"]}, set(answer["typical"]))
     for name in ("overlap", "venn", "segment_insight", "value", "loyalty", "lookalike"):
-        assert previewed[name] == set(BY_NAME[name].vectors), name
+        measures, vectors = previewed[name]
+        assert set(BY_NAME[name].measures) <= measures, name  # every cell the answer would hold
+        assert vectors == set(BY_NAME[name].vectors), name  # at the typical value of each vector
 
 
 def test_member_cli_errors_say_what_to_do(server, tokens, pki, tmp_path):

@@ -4,6 +4,7 @@ released; ROAS without a spend "n/a", not "withheld"; colours never shared; bars
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -137,3 +138,20 @@ def test_error_bars_of_non_negative_values_stop_at_zero(pairs: list[tuple[float,
     below, above = _yerr(values, errors)
     assert (values - below >= 0).all()
     assert (above == errors).all()
+
+
+def test_a_withheld_audience_says_why_in_each_language():
+    why = (
+        "below the activation threshold of 327 people at epsilon 0.05 (noisy size 80); a segment of this size would "
+        "be released at epsilon >= 0.5"
+    )
+    result = qpb.QueryResult(
+        dimensions=["part"],
+        cells=[qpb.Cell(keys=["audience"], measure="audience_size", suppressed=True, reason=why)],
+        epsilon_spent=0.05,
+    )
+    answer = Answer("activate", {"segment": {"brand.tier": "gold"}}, result_frame(result), datetime(2026, 12, 1))
+    assert answer.frame.loc[0, "reason"] == why
+    for lang, said in (("en", "withheld: " + why), ("zh", "在 ε ≥ 0.5 时可发布")):
+        [audiences] = [s for s in build_sections([answer], lang) if s.key == "audiences"]
+        assert html.escape(said) in (audiences.table or ""), lang

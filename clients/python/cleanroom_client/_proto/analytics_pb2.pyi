@@ -56,6 +56,8 @@ class Cell(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     ERROR_95_FIELD_NUMBER: _builtins.int
     SUPPRESSED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    EPSILON_NEEDED_FIELD_NUMBER: _builtins.int
     measure: _builtins.str
     """The measure's name (for example `people`, `share`, `tgi`)."""
     value: _builtins.float
@@ -64,6 +66,15 @@ class Cell(_message.Message):
     """Half-width of the 95% interval around `value` from the noise (and sampling, where stated)."""
     suppressed: _builtins.bool
     """The cell's noisy count fell below the policy's minimum group size; `value` is withheld (0)."""
+    reason: _builtins.str
+    """Why a suppressed cell (or audience) was withheld, in words a person can act on: below the minimum group of N,
+    a denominator not positive, below the activation threshold of N at this epsilon and the epsilon that would
+    release a segment of this noisy size. Post-processing of released noisy values: it costs nothing.
+    """
+    epsilon_needed: _builtins.float
+    """Preview with `within` only: the least epsilon in the policy's per-query range at which this cell's bar is
+    within that fraction of its typical value; 0 when none is, or the cell has no bar or a typical value of 0.
+    """
     @_builtins.property
     def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """One value per grouping dimension, in the order of `QueryResult.dimensions`."""
@@ -76,10 +87,12 @@ class Cell(_message.Message):
         value: _builtins.float = ...,
         error_95: _builtins.float = ...,
         suppressed: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        epsilon_needed: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_95", b"error_95", "keys", b"keys", "measure", b"measure", "suppressed", b"suppressed", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epsilon_needed", b"epsilon_needed", "error_95", b"error_95", "keys", b"keys", "measure", b"measure", "reason", b"reason", "suppressed", b"suppressed", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -109,6 +122,26 @@ class QueryResult(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class TypicalEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     DIMENSIONS_FIELD_NUMBER: _builtins.int
     CELLS_FIELD_NUMBER: _builtins.int
     EPSILON_SPENT_FIELD_NUMBER: _builtins.int
@@ -118,6 +151,7 @@ class QueryResult(_message.Message):
     OWN_SET_SIZE_FIELD_NUMBER: _builtins.int
     AUDIENCE_FIELD_NUMBER: _builtins.int
     REFRESH_PERIOD_FIELD_NUMBER: _builtins.int
+    TYPICAL_FIELD_NUMBER: _builtins.int
     epsilon_spent: _builtins.float
     epsilon_remaining: _builtins.float
     audit_sequence: _builtins.int
@@ -139,6 +173,12 @@ class QueryResult(_message.Message):
     def noise_scale(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Scale of the noise distribution per measure, keyed by measure name."""
 
+    @_builtins.property
+    def typical(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Preview only: each released vector's typical value per cell, in its released unit (people, currency,
+        conversions), that the previewed cells assumed. Empty in an answer.
+        """
+
     def __init__(
         self,
         *,
@@ -151,10 +191,11 @@ class QueryResult(_message.Message):
         own_set_size: _builtins.int = ...,
         audience: _builtins.str = ...,
         refresh_period: _builtins.int | None = ...,
+        typical: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "refresh_period", b"refresh_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "audience", b"audience", "audit_sequence", b"audit_sequence", "cells", b"cells", "dimensions", b"dimensions", "epsilon_remaining", b"epsilon_remaining", "epsilon_spent", b"epsilon_spent", "noise_scale", b"noise_scale", "own_set_size", b"own_set_size", "refresh_period", b"refresh_period"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period", "audience", b"audience", "audit_sequence", b"audit_sequence", "cells", b"cells", "dimensions", b"dimensions", "epsilon_remaining", b"epsilon_remaining", "epsilon_spent", b"epsilon_spent", "noise_scale", b"noise_scale", "own_set_size", b"own_set_size", "refresh_period", b"refresh_period", "typical", b"typical"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__refresh_period: _TypeAlias = _typing.Literal["refresh_period"]  # noqa: Y015
     _WhichOneofArgType__refresh_period: _TypeAlias = _typing.Literal["_refresh_period", b"_refresh_period"]  # noqa: Y015
@@ -505,6 +546,26 @@ Global___LoyaltyRequest: _TypeAlias = LoyaltyRequest  # noqa: Y015
 class PreviewRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class TypicalEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     OVERLAP_FIELD_NUMBER: _builtins.int
     FUNNEL_FIELD_NUMBER: _builtins.int
     FUNNEL_FLOW_FIELD_NUMBER: _builtins.int
@@ -516,6 +577,17 @@ class PreviewRequest(_message.Message):
     LOOKALIKE_FIELD_NUMBER: _builtins.int
     ACTIVATE_FIELD_NUMBER: _builtins.int
     VENN_FIELD_NUMBER: _builtins.int
+    TYPICAL_GROUP_FIELD_NUMBER: _builtins.int
+    TYPICAL_FIELD_NUMBER: _builtins.int
+    WITHIN_FIELD_NUMBER: _builtins.int
+    typical_group: _builtins.float
+    """The typical people per cell the preview assumes (0: 1,000); buyers and converters are among them, each
+    measure at the middle of the policy's bounds, as the query's family says (PROTOCOL.md, Preview).
+    """
+    within: _builtins.float
+    """> 0: also solve, per cell, the least epsilon at which its bar is within this fraction of its typical value
+    (0.15: +-15%), answered in `Cell.epsilon_needed`.
+    """
     @_builtins.property
     def overlap(self) -> Global___OverlapRequest: ...
     @_builtins.property
@@ -538,6 +610,12 @@ class PreviewRequest(_message.Message):
     def activate(self) -> Global___ActivateRequest: ...
     @_builtins.property
     def venn(self) -> Global___VennRequest: ...
+    @_builtins.property
+    def typical(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Typical value per cell of named released vectors (e.g. {"sum": 48000}), in the released unit, overriding
+        the defaults from `typical_group`.
+        """
+
     def __init__(
         self,
         *,
@@ -552,10 +630,13 @@ class PreviewRequest(_message.Message):
         lookalike: Global___LookalikeRequest | None = ...,
         activate: Global___ActivateRequest | None = ...,
         venn: Global___VennRequest | None = ...,
+        typical_group: _builtins.float = ...,
+        typical: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        within: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["activate", b"activate", "attribution", b"attribution", "funnel", b"funnel", "funnel_flow", b"funnel_flow", "lift", b"lift", "lookalike", b"lookalike", "loyalty", b"loyalty", "overlap", b"overlap", "query", b"query", "segment_insight", b"segment_insight", "value", b"value", "venn", b"venn"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activate", b"activate", "attribution", b"attribution", "funnel", b"funnel", "funnel_flow", b"funnel_flow", "lift", b"lift", "lookalike", b"lookalike", "loyalty", b"loyalty", "overlap", b"overlap", "query", b"query", "segment_insight", b"segment_insight", "value", b"value", "venn", b"venn"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activate", b"activate", "attribution", b"attribution", "funnel", b"funnel", "funnel_flow", b"funnel_flow", "lift", b"lift", "lookalike", b"lookalike", "loyalty", b"loyalty", "overlap", b"overlap", "query", b"query", "segment_insight", b"segment_insight", "typical", b"typical", "typical_group", b"typical_group", "value", b"value", "venn", b"venn", "within", b"within"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_query: _TypeAlias = _typing.Literal["overlap", "funnel", "funnel_flow", "segment_insight", "value", "loyalty", "attribution", "lift", "lookalike", "activate", "venn"]  # noqa: Y015
     _WhichOneofArgType_query: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015

@@ -239,11 +239,13 @@ class AnalyticsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Preview(self, request, context):
-        """The 95% error bar every cell of a query would have, from the request, the policy and the epsilon alone:
-        nothing is spent and no data is read, so pick epsilon and bounds before spending. One cell per released
-        vector (keys: the vector's name, e.g. `revenue`; measure `error_95`; value: the bar in the released unit,
-        currency for revenue and sums, people for counts). A mean's bar is about sqrt(bar_sum^2 + (mean x
-        bar_count)^2) / count. Refusals are the query's own. Audited as `query.preview`.
+        """Every cell the query would release (its shares, TGI, penetration, rates, means, ROAS, lift and minimum
+        detectable effects included), each at a typical value with the 95% bar the answer would carry there, from the
+        request, the policy and the epsilon alone: nothing is spent and no data is read, so pick epsilon and bounds
+        before spending. The cells are the query's own post-processing over typical noisy vectors (`typical` of the
+        result says each vector's typical value per cell), so a bar equals the released one whenever the released
+        vectors are those values. With `within`, each cell also says the least epsilon that gives it that relative bar
+        (`Cell.epsilon_needed`). Refusals are the query's own. Audited as `query.preview`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

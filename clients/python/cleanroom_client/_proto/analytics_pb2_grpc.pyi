@@ -82,11 +82,13 @@ class AnalyticsServiceStub:
     FetchAudience: _grpc.UnaryStreamMultiCallable[_analytics_pb2.FetchAudienceRequest, _analytics_pb2.FetchAudienceResponse]
     """One audience's members as the caller's own surrogate row ids, in chunks; only its recipient may fetch it."""
     Preview: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.PreviewRequest, _analytics_pb2.QueryResult]
-    """The 95% error bar every cell of a query would have, from the request, the policy and the epsilon alone:
-    nothing is spent and no data is read, so pick epsilon and bounds before spending. One cell per released
-    vector (keys: the vector's name, e.g. `revenue`; measure `error_95`; value: the bar in the released unit,
-    currency for revenue and sums, people for counts). A mean's bar is about sqrt(bar_sum^2 + (mean x
-    bar_count)^2) / count. Refusals are the query's own. Audited as `query.preview`.
+    """Every cell the query would release (its shares, TGI, penetration, rates, means, ROAS, lift and minimum
+    detectable effects included), each at a typical value with the 95% bar the answer would carry there, from the
+    request, the policy and the epsilon alone: nothing is spent and no data is read, so pick epsilon and bounds
+    before spending. The cells are the query's own post-processing over typical noisy vectors (`typical` of the
+    result says each vector's typical value per cell), so a bar equals the released one whenever the released
+    vectors are those values. With `within`, each cell also says the least epsilon that gives it that relative bar
+    (`Cell.epsilon_needed`). Refusals are the query's own. Audited as `query.preview`.
     """
     GetBudget: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.GetBudgetRequest, _analytics_pb2.Budget]
     """Epsilon spent and left per member."""
@@ -144,11 +146,13 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     FetchAudience: _aio.UnaryStreamMultiCallable[_analytics_pb2.FetchAudienceRequest, _analytics_pb2.FetchAudienceResponse]  # type: ignore[assignment]
     """One audience's members as the caller's own surrogate row ids, in chunks; only its recipient may fetch it."""
     Preview: _aio.UnaryUnaryMultiCallable[_analytics_pb2.PreviewRequest, _analytics_pb2.QueryResult]  # type: ignore[assignment]
-    """The 95% error bar every cell of a query would have, from the request, the policy and the epsilon alone:
-    nothing is spent and no data is read, so pick epsilon and bounds before spending. One cell per released
-    vector (keys: the vector's name, e.g. `revenue`; measure `error_95`; value: the bar in the released unit,
-    currency for revenue and sums, people for counts). A mean's bar is about sqrt(bar_sum^2 + (mean x
-    bar_count)^2) / count. Refusals are the query's own. Audited as `query.preview`.
+    """Every cell the query would release (its shares, TGI, penetration, rates, means, ROAS, lift and minimum
+    detectable effects included), each at a typical value with the 95% bar the answer would carry there, from the
+    request, the policy and the epsilon alone: nothing is spent and no data is read, so pick epsilon and bounds
+    before spending. The cells are the query's own post-processing over typical noisy vectors (`typical` of the
+    result says each vector's typical value per cell), so a bar equals the released one whenever the released
+    vectors are those values. With `within`, each cell also says the least epsilon that gives it that relative bar
+    (`Cell.epsilon_needed`). Refusals are the query's own. Audited as `query.preview`.
     """
     GetBudget: _aio.UnaryUnaryMultiCallable[_analytics_pb2.GetBudgetRequest, _analytics_pb2.Budget]  # type: ignore[assignment]
     """Epsilon spent and left per member."""
@@ -293,11 +297,13 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _analytics_pb2.PreviewRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_analytics_pb2.QueryResult, _abc.Awaitable[_analytics_pb2.QueryResult]]:
-        """The 95% error bar every cell of a query would have, from the request, the policy and the epsilon alone:
-        nothing is spent and no data is read, so pick epsilon and bounds before spending. One cell per released
-        vector (keys: the vector's name, e.g. `revenue`; measure `error_95`; value: the bar in the released unit,
-        currency for revenue and sums, people for counts). A mean's bar is about sqrt(bar_sum^2 + (mean x
-        bar_count)^2) / count. Refusals are the query's own. Audited as `query.preview`.
+        """Every cell the query would release (its shares, TGI, penetration, rates, means, ROAS, lift and minimum
+        detectable effects included), each at a typical value with the 95% bar the answer would carry there, from the
+        request, the policy and the epsilon alone: nothing is spent and no data is read, so pick epsilon and bounds
+        before spending. The cells are the query's own post-processing over typical noisy vectors (`typical` of the
+        result says each vector's typical value per cell), so a bar equals the released one whenever the released
+        vectors are those values. With `within`, each cell also says the least epsilon that gives it that relative bar
+        (`Cell.epsilon_needed`). Refusals are the query's own. Audited as `query.preview`.
         """
 
     @_abc_1.abstractmethod
