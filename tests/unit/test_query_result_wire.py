@@ -44,6 +44,7 @@ def test_the_sdk_frame_carries_what_the_server_answered(spent, left, scales, seq
         "audit_sequence": sequence,
         "own_set_size": own,
         "audience": audience,
+        "typical": {},
     }
     assert frame.attrs["refresh_period"] == period
     [row] = frame.to_dict("records")
