@@ -35,6 +35,11 @@ MAX_DOMAIN = 20
 BOUND_QUANTILES = (0.01, 0.99)
 #: The per-person cap of an event table is drafted at this quantile of rows per person.
 CAP_QUANTILE = 0.95
+#: A measure's per_person_max is drafted at this quantile of the people's totals (their first max_per_person rows,
+#: each clipped to the drafted bounds), rounded up to two significant digits: the sums of value and lift then have
+#: the noise of one typical big spender's total, not of max_per_person maximal rows, and the clip's bias stays
+#: small (the top 2% of people lose only what they spent above it).
+PERSON_QUANTILE = 0.98
 #: Conservative starting values of the room-wide settings (the stricter one wins when drafts merge).
 MIN_GROUP_SIZE = 50
 EPSILON = {"per_member_total": 10.0, "per_query_max": 1.0}
@@ -96,6 +101,34 @@ def _bounds(series: pd.Series) -> list[float]:
     if hi <= lo:
         hi = lo + 1.0
     return [lo, hi]
+
+
+def _round_up_2(value: float) -> float:
+    """`value` rounded up to two significant digits (301 -> 310, 0.0123 -> 0.013)."""
+    power = 10 ** (math.floor(math.log10(value)) - 1)
+    return float(math.ceil(round(value / power, 9)) * power)
+
+
+def _person_totals(
+    frame: pd.DataFrame, key: str, time: str, measures: Mapping[str, list[float]], cap: int
+) -> dict[str, float]:
+    """Per measure: PERSON_QUANTILE of people's |totals|, rounded up, when below what `cap` rows allow.
+
+    A person's total is their earliest `cap` rows, each clipped to the drafted bounds; a bound at or above what
+    `cap` rows allow would change nothing, so it is left out.
+    """
+    proposed: dict[str, float] = {}
+    ordered = frame.sort_values(time, kind="stable")
+    for column, (lo, hi) in measures.items():
+        rows = ordered[[key, column]].dropna()
+        clipped = rows.assign(**{column: rows[column].clip(lo, hi)}).groupby(key).head(cap)
+        totals = clipped.groupby(key)[column].sum().abs()
+        if totals.empty or float(totals.quantile(PERSON_QUANTILE)) <= 0:
+            continue
+        bound = _round_up_2(float(totals.quantile(PERSON_QUANTILE)))
+        if bound < cap * max(abs(lo), abs(hi)):
+            proposed[column] = bound
+    return proposed
 
 
 def _is_time(series: pd.Series) -> bool:
@@ -181,7 +214,10 @@ def _side(
         spec.update({k: v for k, v in (("dimensions", dims), ("measures", measures)) if v})
         if time:
             per_person = frame.groupby(key).size()
-            spec["max_per_person"] = max(1, math.ceil(float(per_person.quantile(CAP_QUANTILE))))
+            spec["max_per_person"] = cap = max(1, math.ceil(float(per_person.quantile(CAP_QUANTILE))))
+            totals = _person_totals(frame, key, time, measures, cap)
+            if totals:
+                spec["per_person_max"] = totals
         tables[f"{member}.{name}"] = spec
     return tables
 

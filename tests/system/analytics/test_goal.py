@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from cleanroom.analytics.goal import VALUE_SPLIT
 from cleanroom.privacy import noise as noise_math
 from cleanroom_client import CleanRoomError
 from cleanroom_client.cli import app
@@ -151,9 +152,10 @@ def test_preview_over_grpc_spends_nothing_and_states_the_revenue_bar(room, colla
     before = brand.budget(collab).set_index("member").loc["brand", "spent"]
     bars = brand.value(collab, "brand.conversions.value", by=["brand.tier"], epsilon=1.0, preview=True)
     bar = bars.set_index("vector")["value"]
-    # one identifier type (c = 1), cap 2, bound 100: the sum moves by at most 2 x 10000 cents, at epsilon / 4
-    assert bar["sum"] == pytest.approx(noise_math.error_95(2 * 10_000 / 0.25) / 100)
-    assert bar["people"] == noise_math.error_95(1 / 0.25)
+    # one identifier type (c = 1), cap 2, bound 100: the sum moves by at most 2 x 10000 cents, at its share of epsilon
+    share = dict(VALUE_SPLIT)
+    assert bar["sum"] == pytest.approx(noise_math.error_95(2 * 10_000 / share["sum"]) / 100)
+    assert bar["people"] == noise_math.error_95(1 / share["people"])
     assert bars.attrs["epsilon_spent"] == 0
     assert brand.budget(collab).set_index("member").loc["brand", "spent"] == before
     env = {
