@@ -26,7 +26,8 @@ weights never all underflow, whatever the data.
 
 Lift: each matched person with a test group for the campaign falls in one group (the first row uploaded for that
 campaign); per group the number of people, of converters (at least one conversion), and the sum and sum of squares
-of their capped, clamped revenue (cents rounded toward zero).
+of their capped, clamped revenue (cents rounded toward zero), each person's total clipped to the policy's
+per-person bound (`TableSpec.person_cents`, as value's), which bounds one person's move of the revenue vector.
 
 Everything here is total: given data that passed the upload checks, no statement can fail because of the values.
 Time columns are timestamps within a fixed window (checked at upload), per-person values are bounded by the policy

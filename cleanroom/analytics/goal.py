@@ -6,10 +6,11 @@ The SQL is exact and un-noised; `value` and `loyalty` at the end are the queries
 Value, per group of declared dimensions: the matched people, the buyers among them (people with at least one row of
 the measure's table), their orders (rows, at most the table's `max_per_person` each: the earliest, ties broken by
 value then row order, as attribution caps conversions) and the sum of the measure, each value clamped to the
-policy's bounds [lo, hi] and rounded toward zero to cents. A measure of a users table is one row per person (cap 1).
-One matched pair is in one group, so it moves those four vectors by at most 1, 1, cap and
-cap x ceil(100 x max(|lo|, |hi|)) cents (L1): the per-pair sensitivities the engine multiplies by the join's
-stability constant.
+policy's bounds [lo, hi] and rounded toward zero to cents, each person's total cents then clipped to
+[-P, P] with P = `TableSpec.person_cents` (the policy's `per_person_max`; without one the rows' own bound
+ceil(100 x cap x max(|lo|, |hi|)), which never binds). A measure of a users table is one row per person (cap 1).
+One matched pair is in one group, so it moves those four vectors by at most 1, 1, cap and P cents (L1): the
+per-pair sensitivities the engine multiplies by the join's stability constant.
 
 Loyalty, per group: each matched person falls in exactly one state by their conversions (rows of the conversions
 table, uncapped: only "at least one" and "at least two" count) in two periods, each from its start date
