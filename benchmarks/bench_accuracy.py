@@ -369,6 +369,12 @@ def main() -> int:
     print(f"epsilon {EPSILON:g} per query, {runs} runs; groups with >= {MIN_BUYERS:,} matched buyers")
     print(markdown(rows))
     others = extra_rows(args.quick)
+    if others:
+        columns = list(others[0])
+        print("\nattribution (benchmarks/accuracy_attribution.py)")
+        print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+        for row in others:
+            print("| " + " | ".join(f"{row.get(c, '')}" for c in columns) + " |")
     if args.json:
         payload = {"epsilon": EPSILON, "runs": runs, "rows": [asdict(r) for r in rows], "attribution": others}
         args.json.write_text(json.dumps(payload, indent=1))
