@@ -48,9 +48,9 @@ DELTA = {"per_member_total": 1.0e-6, "per_query_max": 1.0e-7}
 ACTIVATION_MIN_SIZE = 100
 
 DISCLOSURE_WARNING = (
-    "the domains, bounds and caps in this draft were read from your data; once the policy is shared they tell the "
-    "other members about it (a bound at your 99th percentile discloses that percentile). Round them to values your "
-    "business would state anyway (a price list's maximum, a round number) before you propose it."
+    "the domains, bounds and caps (per_person_max too) in this draft were read from your data; once the policy is "
+    "shared they tell the other members about it (a bound at your 99th percentile discloses that percentile). Round "
+    "them to values your business would state anyway (a price list's maximum, a round number) before you propose it."
 )
 
 
@@ -218,6 +218,12 @@ def _side(
             totals = _person_totals(frame, key, time, measures, cap)
             if totals:
                 spec["per_person_max"] = totals
+                notes += [
+                    f"{member}.{name}.per_person_max.{column}: {bound:g}, the {PERSON_QUANTILE * 100:.0f}th "
+                    f"percentile of your people's totals: the value and lift sums' noise scales with it (the top "
+                    f"{1 - PERSON_QUANTILE:.0%} count as {bound:g})"
+                    for column, bound in totals.items()
+                ]
         tables[f"{member}.{name}"] = spec
     return tables
 

@@ -167,3 +167,10 @@ def test_the_draft_proposes_each_persons_total_from_the_members_own_orders():
     conversions = policy.table("brand", "conversions")
     assert conversions is not None
     assert conversions.person_bound("value") == bound
+
+
+def test_the_draft_says_where_its_per_person_bound_comes_from():
+    draft = draft_policy(
+        "brand", DATA.brand_users, "customer_id", {"email": "email"}, {"conversions": DATA.brand_conversions}
+    )
+    assert any("per_person_max.value" in n and "98th percentile" in n for n in draft.notes), draft.notes
