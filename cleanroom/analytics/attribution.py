@@ -68,7 +68,7 @@ ANY_OF = True
 #: money a user reads, is (exposed - holdout revenue per person) x exposed people: the holdout's revenue noise
 #: divided by its (smaller) size dominates it, and revenue's sensitivity (one person's clipped total) is far above
 #: the counts' c. Revenue squared enters only the sampling variance, where a rough value suffices.
-#: (docs/privacy.md, "Splitting a query's epsilon"; benchmarks/bench_accuracy.py measures them.)
+#: (docs/privacy.md, "Money"; benchmarks/bench_accuracy.py measures them.)
 LIFT_SPLIT: tuple[tuple[str, float], ...] = (
     ("people", 0.15),
     ("converters", 0.15),

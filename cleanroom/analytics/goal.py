@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 #: per-person total is typically a fraction of the clipping bound, while counts have sensitivity c. Splitting
 #: epsilon_i in proportion to (weight_i x relative noise_i)^(2/3) minimises the summed relative variances; with
 #: the sum read four times and a typical total near a third of the bound, that gives about these shares
-#: (docs/privacy.md, "Splitting a query's epsilon"; benchmarks/bench_accuracy.py measures them).
+#: (docs/privacy.md, "Money"; benchmarks/bench_accuracy.py measures them).
 VALUE_SPLIT: tuple[tuple[str, float], ...] = (("people", 0.1), ("buyers", 0.2), ("orders", 0.3), ("sum", 0.4))
 
 #: Loyalty states of a matched person, in release order (then `none`: no conversion in period 1).
