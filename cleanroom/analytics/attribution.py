@@ -26,7 +26,8 @@ weights never all underflow, whatever the data.
 
 Lift: each matched person with a test group for the campaign falls in one group (the first row uploaded for that
 campaign); per group the number of people, of converters (at least one conversion), and the sum and sum of squares
-of their capped, clamped revenue (cents rounded toward zero).
+of their capped, clamped revenue (cents rounded toward zero), each person's total clipped to the policy's
+per-person bound (`TableSpec.person_cents`, as value's), which bounds one person's move of the revenue vector.
 
 Everything here is total: given data that passed the upload checks, no statement can fail because of the values.
 Time columns are timestamps within a fixed window (checked at upload), per-person values are bounded by the policy
@@ -63,6 +64,17 @@ MAX_TOUCHES = 100
 #: Attribution and lift count the hub's users matched with any member of the population, not every member: one
 #: person however many platforms reached them (the engine states their sensitivity for that population).
 ANY_OF = True
+#: How lift splits its epsilon over people, converters, revenue and revenue squared. Incremental revenue, the
+#: money a user reads, is (exposed - holdout revenue per person) x exposed people: the holdout's revenue noise
+#: divided by its (smaller) size dominates it, and revenue's sensitivity (one person's clipped total) is far above
+#: the counts' c. Revenue squared enters only the sampling variance, where a rough value suffices.
+#: (docs/privacy.md, "Money"; benchmarks/bench_accuracy.py measures them.)
+LIFT_SPLIT: tuple[tuple[str, float], ...] = (
+    ("people", 0.15),
+    ("converters", 0.15),
+    ("revenue", 0.65),
+    ("revenue_sq", 0.05),
+)
 #: The shortest half-life time decay accepts (an hour).
 MIN_HALF_LIFE_DAYS = 1 / 24
 
@@ -274,26 +286,35 @@ def check_attribution(model: str, lookback_days: int, half_life_days: float) -> 
 
 
 def lift_sql(catalog: Catalog, ev: EventTables, groups: TableSpec, campaign: str) -> Sql:
-    """Per test group: people, converters, revenue (cents) and revenue squared (currency units squared)."""
+    """Per test group: people, converters, revenue (cents) and revenue squared (currency units squared).
+
+    Each person's revenue (their at most cap conversions, each clipped to [lo, hi]) is in whole cents rounded
+    toward zero, clipped to the policy's per-person bound (`TableSpec.person_cents`); revenue squared is that
+    clipped total's square, rounded.
+    """
     tg = catalog.table(groups.member, "test_groups", ["campaign", "test_group"])
     side = catalog.side(groups.member)
     text = f"""
         WITH m AS ({_matched(catalog, ev.conversions.member)}),
         conv AS ({_capped(catalog, ev)}),
-        per_person AS (SELECT person, count(*) AS conversions, sum(value) AS revenue FROM conv WHERE rn <= $cap
-                       GROUP BY person),
+        per_person AS (SELECT person, count(*) AS conversions,
+                              least(greatest(CAST(trunc(sum(value) * {CENTS}) AS HUGEINT), -$person), $person)
+                              AS cents
+                       FROM conv WHERE rn <= $cap GROUP BY person),
         grouped AS (
             SELECT m.person, arg_min(CAST(t.test_group AS VARCHAR), t.rowid) AS test_group
             FROM m JOIN {tg} t ON t.row_id = m.{side}
             WHERE CAST(t.campaign AS VARCHAR) = $campaign GROUP BY m.person
         )
         SELECT g.test_group, count(*), count(p.person),
-               coalesce(sum(CAST(trunc(p.revenue * {CENTS}) AS HUGEINT)), 0),
-               coalesce(sum(CAST(round(p.revenue * p.revenue) AS HUGEINT)), 0)
+               coalesce(sum(p.cents), 0),
+               coalesce(sum(CAST(round(CAST(p.cents AS DOUBLE) * p.cents / {CENTS * CENTS}) AS HUGEINT)), 0)
         FROM grouped g LEFT JOIN per_person p ON p.person = g.person
         GROUP BY 1
     """
-    return Sql(text, {"collab": catalog.id, "lo": ev.lo, "hi": ev.hi, "cap": ev.cap, "campaign": campaign})
+    person = ev.conversions.person_cents(ev.value_column)
+    params = {"collab": catalog.id, "lo": ev.lo, "hi": ev.hi, "cap": ev.cap, "campaign": campaign}
+    return Sql(text, params | {"person": person})
 
 
 def group_axis(groups: TableSpec) -> Axis:
@@ -390,12 +411,14 @@ def lift(
 ) -> QueryAnswer:
     """Conversion rate per test group, absolute and relative lift, incremental conversions and revenue.
 
-    Epsilon is split in quarters over four vectors with one cell per group (every matched person with a test
-    group is in one): people (sensitivity c), converters (c), revenue in cents (c x ceil(100 x cap x max|value|))
-    and revenue squared in currency units squared (c x (ceil((cap x max|value|)^2) + 1)). Intervals combine
-    sampling error and DP noise.
+    Four vectors with one cell per group (every matched person with a test group is in one): people
+    (sensitivity c), converters (c), revenue in cents (c x person_cents: each person's revenue clipped to the
+    policy's `per_person_max`, or to cap x max|value| without one) and revenue squared in currency units
+    squared (c x (ceil(B^2) + 1), B = person_cents / 100). Epsilon is split by `LIFT_SPLIT`: incremental revenue
+    reads revenue in both groups, and revenue squared only feeds the sampling term of the intervals. Intervals
+    combine sampling error and DP noise.
     """
-    quarter = q.epsilon / 4
+    share = dict(LIFT_SPLIT)
 
     def build(collaboration: Collaboration, catalog: Catalog) -> Plan:
         policy = collaboration.policy
@@ -419,18 +442,21 @@ def lift(
 
             return read
 
-        bound = ev.cap * ev.value_bound
+        person = ev.conversions.person_cents(ev.value_column)
         c = engine.stability(catalog, any_of=ANY_OF)
+        eps = {name: q.epsilon * part for name, part in share.items()}
         measurements = (
-            Measurement("people", column(1), quarter, c),
-            Measurement("converters", column(2), quarter, c),
-            Measurement("revenue", column(3), quarter, c * math.ceil(CENTS * bound), CENTS),
-            Measurement("revenue_sq", column(4), quarter, c * (math.ceil(bound**2) + 1)),
+            Measurement("people", column(1), eps["people"], c),
+            Measurement("converters", column(2), eps["converters"], c),
+            Measurement("revenue", column(3), eps["revenue"], c * person, CENTS),
+            Measurement("revenue_sq", column(4), eps["revenue_sq"], c * (math.ceil((person / CENTS) ** 2) + 1)),
         )
         floor = 0.0 if ev.lo >= 0 else -math.inf
+        bound = person / CENTS
+        person_range = (max(min(0.0, ev.cap * ev.lo), -bound), min(max(0.0, ev.cap * ev.hi), bound))
 
         def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
-            return lift_cells(noisy, min_group, floor)
+            return lift_cells(noisy, min_group, floor, person_range)
 
         def typical(group: float) -> dict[str, float | tuple[float, ...]]:
             # both groups alike (no lift: the bar is then the smallest detectable one), a tenth converting once at
@@ -463,22 +489,41 @@ def _rate(n: Noisy, c: Noisy, i: int) -> tuple[float, float, float] | None:
     return p, var, float(people)
 
 
-def _mean(n: Noisy, r: Noisy, sq: Noisy, i: int) -> tuple[float, float] | None:
-    """Revenue per person of group i (currency units) with its variance (sampling + noise)."""
+def _mean(
+    n: Noisy, r: Noisy, sq: Noisy, i: int, person_range: tuple[float, float] = (-math.inf, math.inf)
+) -> tuple[float, float] | None:
+    """Revenue per person of group i (currency units) with its variance (sampling + noise).
+
+    The sampling variance of one person's revenue comes from the noisy revenue squared, capped by the most a
+    variable within `person_range` [a, b] with this mean can have, (b - mu)(mu - a) (Bhatia-Davis): the cap is
+    post-processing of released values and the policy, and keeps a large draw of revenue squared's noise from
+    inflating the interval beyond what any data could need.
+    """
     people = n.values[i]
     if people <= 0:
         return None
     mu = r.values[i] / CENTS / people
     second = max(sq.values[i], 0) / people
-    sampling = max(second - mu**2, 0.0) / people
+    a, b = person_range
+    m = min(max(mu, a), b)
+    spread = max(second - mu**2, 0.0)
+    if math.isfinite(a) and math.isfinite(b):
+        spread = min(spread, (b - m) * (m - a))
+    sampling = spread / people
     noise = (r.variance / CENTS**2 + mu**2 * n.variance) / people**2
     return mu, sampling + noise
 
 
-def lift_cells(noisy: Mapping[str, Noisy], min_group: int, revenue_floor: float = -math.inf) -> list[Cell]:
+def lift_cells(
+    noisy: Mapping[str, Noisy],
+    min_group: int,
+    revenue_floor: float = -math.inf,
+    person_range: tuple[float, float] = (-math.inf, math.inf),
+) -> list[Cell]:
     """Per group: people, converters, conversion rate, revenue per person; then the lift estimates.
 
     Revenue per person is shown at `revenue_floor` or above (0 when the value bounds are non-negative).
+    `person_range`: the range of one person's revenue the policy allows (`_mean` caps the sampling variance by it).
 
     Intervals are normal approximations (1.96 standard deviations) whose variance adds the binomial (or
     empirical) sampling variance to the DP noise variance, by the delta method for the derived ratios. Every
@@ -499,7 +544,7 @@ def lift_cells(noisy: Mapping[str, Noisy], min_group: int, revenue_floor: float 
             if group_ok
             else withheld(keys, "converters", small)
         )
-        rate, mean = _rate(n, c, i), _mean(n, r, sq, i)
+        rate, mean = _rate(n, c, i), _mean(n, r, sq, i, person_range)
         if group_ok and rate and mean:
             out.append(Cell(keys, "conversion_rate", rate[0], Z95 * math.sqrt(rate[1]), False))
             per_person = max(mean[0], revenue_floor)
@@ -509,7 +554,7 @@ def lift_cells(noisy: Mapping[str, Noisy], min_group: int, revenue_floor: float 
             out += [withheld(keys, "conversion_rate", why), withheld(keys, "revenue_per_person", why)]
     e, h = n.keys.index(("exposed",)), n.keys.index(("holdout",))
     re_, rh = _rate(n, c, e), _rate(n, c, h)
-    me, mh = _mean(n, r, sq, e), _mean(n, r, sq, h)
+    me, mh = _mean(n, r, sq, e, person_range), _mean(n, r, sq, h, person_range)
     key = ("lift",)
     names = (
         "absolute_lift",

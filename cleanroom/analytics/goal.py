@@ -6,10 +6,11 @@ The SQL is exact and un-noised; `value` and `loyalty` at the end are the queries
 Value, per group of declared dimensions: the matched people, the buyers among them (people with at least one row of
 the measure's table), their orders (rows, at most the table's `max_per_person` each: the earliest, ties broken by
 value then row order, as attribution caps conversions) and the sum of the measure, each value clamped to the
-policy's bounds [lo, hi] and rounded toward zero to cents. A measure of a users table is one row per person (cap 1).
-One matched pair is in one group, so it moves those four vectors by at most 1, 1, cap and
-cap x ceil(100 x max(|lo|, |hi|)) cents (L1): the per-pair sensitivities the engine multiplies by the join's
-stability constant.
+policy's bounds [lo, hi] and rounded toward zero to cents, each person's total cents then clipped to
+[-P, P] with P = `TableSpec.person_cents` (the policy's `per_person_max`; without one the rows' own bound
+ceil(100 x cap x max(|lo|, |hi|)), which never binds). A measure of a users table is one row per person (cap 1).
+One matched pair is in one group, so it moves those four vectors by at most 1, 1, cap and P cents (L1): the
+per-pair sensitivities the engine multiplies by the join's stability constant.
 
 Loyalty, per group: each matched person falls in exactly one state by their conversions (rows of the conversions
 table, uncapped: only "at least one" and "at least two" count) in two periods, each from its start date
@@ -44,6 +45,14 @@ from .queries import DimensionRef, LoyaltyQuery, ValueQuery
 if TYPE_CHECKING:
     from .engine import QueryEngine
 
+#: How the value query splits its epsilon over its vectors. The cells a user reads are the sum and the three means
+#: (sum / people, buyers, orders), so the sum enters four of them and its noise dominates each mean: a group's
+#: per-person total is typically a fraction of the clipping bound, while counts have sensitivity c. Splitting
+#: epsilon_i in proportion to (weight_i x relative noise_i)^(2/3) minimises the summed relative variances; with
+#: the sum read four times and a typical total near a third of the bound, that gives about these shares
+#: (docs/privacy.md, "Money"; benchmarks/bench_accuracy.py measures them).
+VALUE_SPLIT: tuple[tuple[str, float], ...] = (("people", 0.1), ("buyers", 0.2), ("orders", 0.3), ("sum", 0.4))
+
 #: Loyalty states of a matched person, in release order (then `none`: no conversion in period 1).
 LOYALTY_STATES = ("once", "once_retained", "repeat", "repeat_retained")
 
@@ -59,20 +68,19 @@ class MeasureSpec:
     lo: float
     hi: float
     cap: int
+    #: The most |cents| one person's total counts (`TableSpec.person_cents`: the policy's `per_person_max`, or
+    #: the rows' bound): each person's total cents are clipped to [-person_cents, person_cents].
+    person_cents: int
 
     @property
     def name(self) -> str:
         """`member.table.column`."""
         return f"{self.member}.{self.table}.{self.column}"
 
-    @property
-    def cents_per_row(self) -> int:
-        """The most cents one row can carry (its clamped value is rounded toward zero)."""
-        return math.ceil(CENTS * max(abs(self.lo), abs(self.hi)))
-
     def per_person_range(self) -> tuple[float, float]:
-        """The range of one person's total: cap rows, each in [lo, hi] (or none at all, 0)."""
-        return min(0.0, self.cap * self.lo), max(0.0, self.cap * self.hi)
+        """The range of one person's total: cap rows, each in [lo, hi] (or none at all, 0), clipped to the bound."""
+        bound = self.person_cents / CENTS
+        return max(min(0.0, self.cap * self.lo), -bound), min(max(0.0, self.cap * self.hi), bound)
 
 
 def measure_spec(policy: Policy, name: str) -> MeasureSpec:
@@ -87,12 +95,12 @@ def measure_spec(policy: Policy, name: str) -> MeasureSpec:
         raise InvalidArgumentError(f"measure {name!r} is not declared in the policy (declared: {declared})")
     lo, hi = spec.measures[column]
     if table == "users":
-        return MeasureSpec(member, table, column, None, lo, hi, 1)
+        return MeasureSpec(member, table, column, None, lo, hi, 1, spec.person_cents(column))
     if spec.max_per_person is None:
         raise FailedPreconditionError(
             f"the policy must cap {spec.qualified_name}.max_per_person: the most rows one person contributes"
         )
-    return MeasureSpec(member, table, column, spec.time, lo, hi, spec.max_per_person)
+    return MeasureSpec(member, table, column, spec.time, lo, hi, spec.max_per_person, spec.person_cents(column))
 
 
 def value_sql(catalog: Catalog, axes: tuple[Axis, ...], measure: MeasureSpec) -> Sql:
@@ -110,14 +118,16 @@ def value_sql(catalog: Catalog, axes: tuple[Axis, ...], measure: MeasureSpec) ->
             FROM {table} WHERE {v} IS NOT NULL
         ),
         p AS (
-            SELECT row_id, count(*) AS orders, sum(CAST(trunc(v * {CENTS}) AS BIGINT)) AS cents
+            SELECT row_id, count(*) AS orders,
+                   least(greatest(sum(CAST(trunc(v * {CENTS}) AS BIGINT)), -$person), $person) AS cents
             FROM r WHERE rn <= $cap GROUP BY row_id
         )
         SELECT {keys}count(*), count(p.row_id), coalesce(sum(p.orders), 0), coalesce(sum(p.cents), 0)
         FROM {catalog.pairs()} m {g.joins} LEFT JOIN p ON p.row_id = m.{catalog.side(measure.member)}
         {g.group_by}
     """
-    return Sql(text, {"collab": catalog.id, "lo": measure.lo, "hi": measure.hi, "cap": measure.cap})
+    params = {"collab": catalog.id, "lo": measure.lo, "hi": measure.hi, "cap": measure.cap}
+    return Sql(text, params | {"person": measure.person_cents})
 
 
 def conversions_table(policy: Policy) -> tuple[str, str]:
@@ -188,14 +198,14 @@ def value(
 ) -> QueryAnswer:
     """GOAL's "A": per group, people, buyers, orders, the sum of a measure, its means per person, buyer, order.
 
-    Privacy unit: one users row of either member with its events. Epsilon is quartered over four vectors with
-    one cell per group (`goal.py` bounds each person's contribution): people (sensitivity c), buyers (c),
-    orders (c x cap) and the sum in cents (c x cap x ceil(100 x max(|lo|, |hi|))), cap being the measure
-    table's `max_per_person` (1 for a users measure). Post-processing: counts are shown at >= 0, the sum at
-    >= 0 when lo >= 0, each mean within the range its definition allows; the means' bounds propagate the two
-    vectors' bounds (`cells.quotient`).
+    Privacy unit: one users row of either member with its events. Four vectors with one cell per group
+    (`goal.py` bounds each person's contribution): people (sensitivity c), buyers (c), orders (c x cap) and the
+    sum in cents (c x person_cents: each person's total clipped to the policy's `per_person_max`, or to
+    cap x max(|lo|, |hi|) without one), cap being the measure table's `max_per_person` (1 for a users measure).
+    Epsilon is split by `VALUE_SPLIT` (the sum, read by itself and by all three means, gets the most).
+    Post-processing: counts are shown at >= 0, the sum at >= 0 when lo >= 0, each mean within the range its
+    definition allows; the means' bounds propagate the two vectors' bounds (`cells.quotient`).
     """
-    quarter = q.epsilon / 4
 
     def build(collaboration: Collaboration, catalog: Catalog) -> Plan:
         policy = collaboration.policy
@@ -214,18 +224,21 @@ def value(
             return read
 
         c = engine.stability(catalog)
+        share = dict(VALUE_SPLIT)
         measurements = (
-            Measurement("people", column(0), quarter, c),
-            Measurement("buyers", column(1), quarter, c),
-            Measurement("orders", column(2), quarter, c * measure.cap),
-            Measurement("sum", column(3), quarter, c * measure.cap * measure.cents_per_row, CENTS),
+            Measurement("people", column(0), q.epsilon * share["people"], c),
+            Measurement("buyers", column(1), q.epsilon * share["buyers"], c),
+            Measurement("orders", column(2), q.epsilon * share["orders"], c * measure.cap),
+            Measurement("sum", column(3), q.epsilon * share["sum"], c * measure.person_cents, CENTS),
         )
         lo, hi = measure.lo, measure.hi
         person_lo, person_hi = measure.per_person_range()
+        # A clipped total lies between 0 and the unclipped one, so a mean per order stays within [lo, hi] widened
+        # to 0, and a buyer's total within the person's range widened by one row's bounds.
         means = (
             ("per_person", "people", person_lo, person_hi),
             ("per_buyer", "buyers", min(lo, person_lo), max(hi, person_hi)),
-            ("per_order", "orders", lo, hi),
+            ("per_order", "orders", min(lo, 0.0), max(hi, 0.0)),
         )
 
         def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:

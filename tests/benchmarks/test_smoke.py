@@ -120,3 +120,13 @@ def test_retire_benchmark_runs(tmp_path):
     assert result["retirements"] == 3
     assert result["whole_join_s"] > 0
     assert result["retire_median_s"] > 0
+
+
+def test_accuracy_benchmark_runs(tmp_path):
+    result, stdout = _bench("bench_accuracy.py", tmp_path / "accuracy.json", "--quick")
+    rows = result["rows"]
+    assert {r["query"] for r in rows} >= {"value", "value by brand.tier", "lift", "loyalty"}
+    measures = {(r["query"], r["measure"]) for r in rows}
+    assert {("value", "sum"), ("value", "per_buyer"), ("lift", "incremental_revenue")} <= measures
+    assert all(0 <= r["coverage"] <= 1 and r["median"] <= r["worst"] for r in rows)
+    assert "| coverage |" in stdout

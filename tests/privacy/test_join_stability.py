@@ -286,9 +286,9 @@ def datasets(draw):
     return {"brand": brand, "platform": platform}, side, removed
 
 
-def _vectors(rooms, data) -> list[list]:
+def _vectors(rooms, data, policy: str = PRIVACY_POLICY) -> list[list]:
     noise = RecordingNoise()
-    room = rooms(PRIVACY_POLICY, data, noise)
+    room = rooms(policy, data, noise)
     out = []
     for query in every_query():
         noise.calls.clear()
@@ -343,6 +343,47 @@ def test_every_released_vector_moves_by_at_most_its_stated_sensitivity(rooms, dr
             assert x.sensitivity == y.sensitivity  # stated from the policy alone
             distance = sum(abs(u - v) for u, v in itertools.zip_longest(x.counts, y.counts, fillvalue=0))
             assert distance <= x.sensitivity, (q, x.counts, y.counts, x.sensitivity)
+
+
+#: PRIVACY_POLICY with each person's total of conversion values clipped to [-60, 60] (`per_person_max`): below the
+#: rows' own bound (cap 2 x |value| up to 100 = 200), so the clip binds on the drawn values (-50, 100, 1e6 -> 100).
+CLIPPED_POLICY = PRIVACY_POLICY.replace("max_per_person: 2}", "max_per_person: 2, per_person_max: {value: 60}}")
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(drawn=cascade())
+@given(datasets())
+def test_the_per_person_clip_bounds_every_vector_by_its_smaller_stated_sensitivity(rooms, drawn):
+    """Value's sum and lift's revenue state c x 6,000 cents under the clip (c x 2 x 10,000 without it), revenue
+    squared c x (60^2 + 1); one users row of either member moves each exact vector by at most what is stated."""
+    data, side, removed = drawn
+    before = _vectors(rooms, data, CLIPPED_POLICY)
+    after = _vectors(rooms, {**data, side: data[side].without_user(removed)}, CLIPPED_POLICY)
+    stated = {x.sensitivity for calls in before for x in calls}
+    assert {4 * 6_000, 4 * (60**2 + 1)} <= stated  # the clip's sensitivities are the ones stated
+    for q, (calls_d, calls_n) in enumerate(zip(before, after, strict=True)):
+        assert len(calls_d) == len(calls_n), q
+        for x, y in zip(calls_d, calls_n, strict=True):
+            assert x.sensitivity == y.sensitivity
+            distance = sum(abs(u - v) for u, v in itertools.zip_longest(x.counts, y.counts, fillvalue=0))
+            assert distance <= x.sensitivity, (q, x.counts, y.counts, x.sensitivity)
+
+
+def test_the_per_person_clip_is_reached_on_one_persons_removal(rooms):
+    """The bound is tight: one person with two orders of 100 (a total of 200, clipped to 60) moves value's sum by
+    exactly c x 6,000 cents when their brand row leaves, with c = 4 of four pairs, as in `cascade`."""
+    data, side, removed = cascade()
+    for event in data["brand"].events["conversions"]:
+        event["value"] = 100.0
+    before = _vectors(rooms, data, CLIPPED_POLICY)
+    after = _vectors(rooms, {**data, side: data[side].without_user(removed)}, CLIPPED_POLICY)
+    moved = [
+        sum(abs(u - v) for u, v in itertools.zip_longest(x.counts, y.counts, fillvalue=0))
+        for calls_d, calls_n in zip(before, after, strict=True)
+        for x, y in zip(calls_d, calls_n, strict=True)
+        if x.sensitivity == 4 * 6_000
+    ]
+    assert max(moved) == 4 * 6_000
 
 
 ALL_TYPES = ("email", "phone", "device_id", "custom")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 from privacy_data import BRAND, MemberData
 
+from cleanroom.analytics.attribution import LIFT_SPLIT
 from cleanroom.analytics.queries import LiftQuery
 from cleanroom_client.policy import MAX_SENSITIVITY, PolicyError, parse_policy
 
@@ -59,5 +60,6 @@ def test_no_stated_sensitivity_of_an_accepted_policy_passes_the_cap(rooms):
     }
     room = rooms(text, data)
     preview = room.queries.lift(BRAND, "privacy-test", LiftQuery("c1", 1.0), preview=True)
-    worst = max(scale * 0.25 for scale in preview.noise_scale.values())  # scale x epsilon/4 = the sensitivity
+    share = dict(LIFT_SPLIT)  # scale x the vector's epsilon = its sensitivity
+    worst = max(scale * share[name] for name, scale in preview.noise_scale.items())
     assert worst <= MAX_SENSITIVITY, f"stated sensitivity {worst:.3g} > 2^53 = {MAX_SENSITIVITY:.3g}"

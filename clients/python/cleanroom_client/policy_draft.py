@@ -35,6 +35,11 @@ MAX_DOMAIN = 20
 BOUND_QUANTILES = (0.01, 0.99)
 #: The per-person cap of an event table is drafted at this quantile of rows per person.
 CAP_QUANTILE = 0.95
+#: A measure's per_person_max is drafted at this quantile of the people's totals (their first max_per_person rows,
+#: each clipped to the drafted bounds), rounded up to two significant digits: the sums of value and lift then have
+#: the noise of one typical big spender's total, not of max_per_person maximal rows, and the clip's bias stays
+#: small (the top 2% of people lose only what they spent above it).
+PERSON_QUANTILE = 0.98
 #: Conservative starting values of the room-wide settings (the stricter one wins when drafts merge).
 MIN_GROUP_SIZE = 50
 EPSILON = {"per_member_total": 10.0, "per_query_max": 1.0}
@@ -43,9 +48,9 @@ DELTA = {"per_member_total": 1.0e-6, "per_query_max": 1.0e-7}
 ACTIVATION_MIN_SIZE = 100
 
 DISCLOSURE_WARNING = (
-    "the domains, bounds and caps in this draft were read from your data; once the policy is shared they tell the "
-    "other members about it (a bound at your 99th percentile discloses that percentile). Round them to values your "
-    "business would state anyway (a price list's maximum, a round number) before you propose it."
+    "the domains, bounds and caps (per_person_max too) in this draft were read from your data; once the policy is "
+    "shared they tell the other members about it (a bound at your 99th percentile discloses that percentile). Round "
+    "them to values your business would state anyway (a price list's maximum, a round number) before you propose it."
 )
 
 
@@ -96,6 +101,34 @@ def _bounds(series: pd.Series) -> list[float]:
     if hi <= lo:
         hi = lo + 1.0
     return [lo, hi]
+
+
+def _round_up_2(value: float) -> float:
+    """`value` rounded up to two significant digits (301 -> 310, 0.0123 -> 0.013)."""
+    power = 10 ** (math.floor(math.log10(value)) - 1)
+    return float(math.ceil(round(value / power, 9)) * power)
+
+
+def _person_totals(
+    frame: pd.DataFrame, key: str, time: str, measures: Mapping[str, list[float]], cap: int
+) -> dict[str, float]:
+    """Per measure: PERSON_QUANTILE of people's |totals|, rounded up, when below what `cap` rows allow.
+
+    A person's total is their earliest `cap` rows, each clipped to the drafted bounds; a bound at or above what
+    `cap` rows allow would change nothing, so it is left out.
+    """
+    proposed: dict[str, float] = {}
+    ordered = frame.sort_values(time, kind="stable")
+    for column, (lo, hi) in measures.items():
+        rows = ordered[[key, column]].dropna()
+        clipped = rows.assign(**{column: rows[column].clip(lo, hi)}).groupby(key).head(cap)
+        totals = clipped.groupby(key)[column].sum().abs()
+        if totals.empty or float(totals.quantile(PERSON_QUANTILE)) <= 0:
+            continue
+        bound = _round_up_2(float(totals.quantile(PERSON_QUANTILE)))
+        if bound < cap * max(abs(lo), abs(hi)):
+            proposed[column] = bound
+    return proposed
 
 
 def _is_time(series: pd.Series) -> bool:
@@ -181,7 +214,16 @@ def _side(
         spec.update({k: v for k, v in (("dimensions", dims), ("measures", measures)) if v})
         if time:
             per_person = frame.groupby(key).size()
-            spec["max_per_person"] = max(1, math.ceil(float(per_person.quantile(CAP_QUANTILE))))
+            spec["max_per_person"] = cap = max(1, math.ceil(float(per_person.quantile(CAP_QUANTILE))))
+            totals = _person_totals(frame, key, time, measures, cap)
+            if totals:
+                spec["per_person_max"] = totals
+                notes += [
+                    f"{member}.{name}.per_person_max.{column}: {bound:g}, the {PERSON_QUANTILE * 100:.0f}th "
+                    f"percentile of your people's totals: the value and lift sums' noise scales with it (the top "
+                    f"{1 - PERSON_QUANTILE:.0%} count as {bound:g})"
+                    for column, bound in totals.items()
+                ]
         tables[f"{member}.{name}"] = spec
     return tables
 

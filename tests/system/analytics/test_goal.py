@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from cleanroom.analytics.goal import VALUE_SPLIT
 from cleanroom.privacy import noise as noise_math
 from cleanroom_client import CleanRoomError
 from cleanroom_client.cli import app
@@ -155,15 +156,17 @@ def test_preview_over_grpc_spends_nothing_and_states_every_derived_bar(room, col
     bars = brand.value(collab, "brand.conversions.value", by=["brand.tier"], epsilon=1.0, preview=True)
     assert set(bars["measure"]) == {"people", "buyers", "orders", "sum", "per_person", "per_buyer", "per_order"}
     gold = bars[bars["brand.tier"] == "gold"].set_index("measure")
-    # one identifier type (c = 1), cap 2, bound 100: the sum moves by at most 2 x 10000 cents, at epsilon / 4
-    e_sum = noise_math.error_95(2 * 10_000 / 0.25) / 100
-    e_count = noise_math.error_95(1 / 0.25)
+    # one identifier type (c = 1), cap 2, bound 100: the sum moves by at most 2 x 10000 cents, at its share of epsilon
+    share = dict(VALUE_SPLIT)
+    e_sum = noise_math.error_95(2 * 10_000 / share["sum"]) / 100
+    e_count = noise_math.error_95(1 / share["people"])
+    e_buyers = noise_math.error_95(1 / share["buyers"])
     assert gold.loc["sum", "error_95"] == pytest.approx(e_sum)
     assert gold.loc["people", "error_95"] == e_count
     # typical: 1,000 buyers with 1.5 orders each at 50 (the middle of [0, 100]): 75 per buyer
     assert bars.attrs["typical"] == {"people": 1000, "buyers": 1000, "orders": 1500, "sum": 75_000}
     assert gold.loc["per_buyer", "typical"] == pytest.approx(75.0)
-    expected = ((e_sum / 1000) ** 2 + (75 * e_count / 1000) ** 2) ** 0.5
+    expected = ((e_sum / 1000) ** 2 + (75 * e_buyers / 1000) ** 2) ** 0.5
     assert gold.loc["per_buyer", "error_95"] == pytest.approx(expected)
     assert gold.loc["per_buyer", "relative_95"] == pytest.approx(expected / 75)
     assert bars.attrs["epsilon_spent"] == 0

@@ -1,3 +1,4 @@
+import math
 import time
 
 import pytest
@@ -189,3 +190,78 @@ def test_a_member_name_is_refused_as_reserved_exactly_when_it_is_in_the_list(nam
     except PolicyError as exc:
         problems = "\n".join(exc.problems)
     assert ("is reserved" in problems) == (name in RESERVED_NAMES)
+
+
+CLIPPED = DEMO_POLICY.replace("per_person_max: {value: 300}", "per_person_max: {value: 250}")
+
+
+def test_per_person_max_bounds_a_persons_total_and_its_absence_keeps_the_rows_bound():
+    """The one fact every money sum's sensitivity uses (`TableSpec.person_bound`, in cents `person_cents`)."""
+    conversions = parse_policy(CLIPPED).table("brand", "conversions")
+    assert conversions is not None
+    assert conversions.per_person_max == {"value": 250.0}
+    assert conversions.person_bound("value") == 250.0
+    assert conversions.person_cents("value") == 25_000
+    without = parse_policy(DEMO_POLICY.replace(", per_person_max: {value: 300}", "")).table("brand", "conversions")
+    assert without is not None
+    assert without.per_person_max == {}
+    assert without.person_bound("value") == 3 * 300.0  # max_per_person x max(|lo|, |hi|): today's meaning
+    wide = parse_policy(DEMO_POLICY.replace("{value: 300}}", "{value: 5000}}")).table("brand", "conversions")
+    assert wide is not None
+    assert wide.person_cents("value") == 90_000  # never above what the rows allow
+
+
+@pytest.mark.parametrize(
+    ("replacement", "problem"),
+    [
+        ("per_person_max: {visits: 10}", "per_person_max.visits: not a declared measure of this table"),
+        ("per_person_max: {value: 0}", "per_person_max.value: a number > 0"),
+        ("per_person_max: {value: -5}", "per_person_max.value: a number > 0"),
+        ("per_person_max: {value: [1, 2]}", "per_person_max.value: a number > 0"),
+        ("per_person_max: 300", "per_person_max: a mapping of declared measures"),
+    ],
+)
+def test_per_person_max_problems_name_what_to_write(replacement, problem):
+    with pytest.raises(PolicyError) as info:
+        parse_policy(DEMO_POLICY.replace("per_person_max: {value: 300}", replacement))
+    assert any(problem in p for p in info.value.problems), info.value.problems
+
+
+def test_per_person_max_needs_a_table_that_caps_its_rows():
+    text = DEMO_POLICY.replace(
+        "measures: {visits_30d: [0, 60]}}", "measures: {visits_30d: [0, 60]}, per_person_max: {visits_30d: 30}}"
+    )
+    with pytest.raises(PolicyError, match="only a table with max_per_person bounds a person's total"):
+        parse_policy(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    bounds=st.tuples(st.floats(-1e6, 1e6), st.floats(-1e6, 1e6)).filter(lambda b: b[0] < b[1]),
+    cap=st.integers(1, 20),
+    declared=st.one_of(st.none(), st.floats(1e-3, 1e7)),
+    data=st.data(),
+)
+def test_a_persons_clipped_cents_never_pass_the_stated_bound_and_without_the_field_the_clip_never_binds(
+    bounds, cap, declared, data
+):
+    """What value's and lift's SQL compute for one person, in Python: Σ trunc(100 v) over at most `cap` rows, each
+    clipped to [lo, hi]. Without per_person_max that sum is already within person_cents (so existing policies keep
+    their meaning); with it, the clip to ±person_cents is what bounds the person, never above what the rows allow."""
+    lo, hi = bounds
+    exact = "{:.17e}".format  # with a dot and 17 digits: YAML reads it as this very float
+    extra = "" if declared is None else f", per_person_max: {{value: {exact(declared)}}}"
+    text = DEMO_POLICY.replace(
+        "measures: {value: [0, 300]}, max_per_person: 3, per_person_max: {value: 300}}",
+        f"measures: {{value: [{exact(lo)}, {exact(hi)}]}}, max_per_person: {cap}{extra}}}",
+    )
+    spec = parse_policy(text).table("brand", "conversions")
+    assert spec is not None
+    rows = data.draw(st.lists(st.floats(-2e6, 2e6), max_size=cap))
+    cents = sum(math.trunc(min(max(v, lo), hi) * 100) for v in rows)
+    bound = spec.person_cents("value")
+    assert bound <= math.ceil(100 * cap * max(abs(lo), abs(hi)))
+    if declared is None:
+        assert abs(cents) <= bound
+    else:
+        assert bound == math.ceil(100 * min(declared, cap * max(abs(lo), abs(hi))))

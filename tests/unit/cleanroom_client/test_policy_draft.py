@@ -149,3 +149,28 @@ def test_a_declared_order_comes_first_and_loses_no_value(declared, held):
     assert domain[: len(declared)] == declared
     assert set(domain) == set(declared) | held
     assert len(domain) == len(set(domain))
+
+
+def test_the_draft_proposes_each_persons_total_from_the_members_own_orders():
+    """per_person_max sits at the 98th percentile of people's totals (their first max_per_person orders, each
+    clipped to the drafted bounds), rounded up to two digits, below what max_per_person maximal orders allow."""
+    table = yaml.safe_load(brand_draft())["tables"]["brand.conversions"]
+    lo, hi = table["measures"]["value"]
+    cap = table["max_per_person"]
+    orders = DATA.brand_conversions.sort_values("ts", kind="stable")
+    totals = orders.assign(value=orders["value"].clip(lo, hi)).groupby("customer_id").head(cap)
+    quantile = totals.groupby("customer_id")["value"].sum().quantile(0.98)
+    bound = table["per_person_max"]["value"]
+    assert quantile <= bound <= quantile * 1.1
+    assert bound < cap * max(abs(lo), abs(hi))
+    policy = parse_policy(brand_draft())
+    conversions = policy.table("brand", "conversions")
+    assert conversions is not None
+    assert conversions.person_bound("value") == bound
+
+
+def test_the_draft_says_where_its_per_person_bound_comes_from():
+    draft = draft_policy(
+        "brand", DATA.brand_users, "customer_id", {"email": "email"}, {"conversions": DATA.brand_conversions}
+    )
+    assert any("per_person_max.value" in n and "98th percentile" in n for n in draft.notes), draft.notes
