@@ -174,17 +174,18 @@ def _domain_index(column: str, domain_param: str, domain: Sequence[str]) -> str:
 
 
 def attribution_sql(catalog: Catalog, ev: EventTables, group: Axis, brand_axis: Axis | None, lookback_days: int) -> Sql:
-    """The touches of the capped conversions, sorted for `credits`, and the capped conversions' totals per brand cell.
+    """The touches of the capped conversions, for `credits`, and the capped conversions' totals per brand cell.
 
-    Rows with `attributed` (after the others): one per (conversion, qualifying touch), sorted by `conversion` (the
-    conversion's stored row), then the touch order (time, an impression before a click, campaign, channel), with
-    `ts_us` the touch's time in microseconds, `click`, `group` and `brand` (indices into the axes' domains; 0
-    without a brand axis), `cents` the conversion's value in cents. Rows without: per brand cell, all the capped
-    conversions, `conversions` of them carrying `high` x 2^32 + `cents` cents (split so that no sum overflows).
+    Rows with `attributed`: one per (conversion, qualifying touch), in no order (`credits.touches_of` orders
+    them), with `conversion` (the conversion's stored row), `ts_us` the touch's time in microseconds, `click`,
+    `campaign` and `channel` (ranks in their sorted domains, for the touch order), `group` and `brand` (indices
+    into the axes' domains; 0 without a brand axis), `cents` the conversion's value in cents. Rows without: per
+    brand cell, `conversions` conversions carrying `high` x 2^32 + `cents` cents (split so that no sum overflows);
+    summed, they are the capped conversions (all of them, less those over the cap).
 
     Cheap where it can be: the cap ranks only the conversions of people over it (most people are not), each
-    conversion carries its person's rows of the exposures' members from its one join with the people, and the
-    only sort is of the touches. What depends on a conversion's other touches is `credits`' business.
+    conversion carries its person's rows of the exposures' members from its one join with the people, and
+    nothing is sorted here. What depends on a conversion's other touches is `credits`' business.
     """
     time, value = ev.conversions.time or "", ev.value_column
     conv = catalog.table(ev.conversions.member, "conversions", [time, value])
@@ -196,9 +197,11 @@ def attribution_sql(catalog: Catalog, ev: EventTables, group: Axis, brand_axis: 
         et, g = quote_ident(spec.time or ""), quote_ident(group.column)
         expo = catalog.table(spec.member, "exposures", [spec.time or "", group.column, "campaign", "channel", "kind"])
         touch_sources.append(
-            f"""SELECT c.conversion, epoch_us(e.{et}) AS ts_us, e.kind = 'click' AS click,
+            f"""SELECT true AS attributed, c.conversion, epoch_us(e.{et}) AS ts_us, e.kind = 'click' AS click,
+                   coalesce(list_position($campaigns, CAST(e.campaign AS VARCHAR)), 0) AS campaign,
+                   coalesce(list_position($channels, CAST(e.channel AS VARCHAR)), 0) AS channel,
                    {_domain_index(f"e.{g}", "$group_domain", group.domain)} AS "group", c.brand, c.cents,
-                   CAST(e.campaign AS VARCHAR) AS campaign, CAST(e.channel AS VARCHAR) AS channel
+                   0::BIGINT AS high, 1::BIGINT AS conversions
             FROM capped c JOIN {expo} e ON e.row_id = c.{catalog.side(spec.member)}
             WHERE e.{et} <= c.cts AND e.{et} >= c.cts - to_days(CAST($lookback AS INTEGER))"""
         )
@@ -209,6 +212,9 @@ def attribution_sql(catalog: Catalog, ev: EventTables, group: Axis, brand_axis: 
         brand_join = f"LEFT JOIN {users} u ON u.row_id = m.{catalog.side(brand_axis.member)}"
         brand = _domain_index(f"u.{quote_ident(brand_axis.column)}", "$brand_domain", brand_axis.domain)
         params["brand_domain"] = list(brand_axis.domain)
+    params["campaigns"] = sorted(exposure_domain(ev, "campaign"))
+    params["channels"] = sorted(exposure_domain(ev, "channel"))
+    split = "CAST(sum({0} % 4294967296) AS BIGINT), CAST(sum({0} // 4294967296) AS BIGINT)"
     text = f"""
         WITH m AS ({_matched(catalog, ev.conversions.member)}),
         conv AS (
@@ -217,22 +223,22 @@ def attribution_sql(catalog: Catalog, ev: EventTables, group: Axis, brand_axis: 
             FROM {conv} c JOIN m ON c.row_id = m.conv_row {brand_join}
         ),
         heavy AS (SELECT person FROM conv GROUP BY person HAVING count(*) > $cap),
+        ranked AS (
+            SELECT *, row_number() OVER (PARTITION BY person ORDER BY cts, raw, conversion) AS rn
+            FROM conv SEMI JOIN heavy USING (person)
+        ),
         capped AS (
             SELECT * FROM conv ANTI JOIN heavy USING (person)
             UNION ALL
-            SELECT * FROM conv SEMI JOIN heavy USING (person)
-            QUALIFY row_number() OVER (PARTITION BY person ORDER BY cts, raw, conversion) <= $cap
-        ),
-        touches AS ({" UNION ALL ".join(touch_sources)})
-        SELECT attributed, conversion, ts_us, click, "group", brand, cents, high, conversions FROM (
-            SELECT true AS attributed, conversion, ts_us, click, "group", brand, cents, 0::BIGINT AS high,
-                   1::BIGINT AS conversions, campaign, channel
-            FROM touches
-            UNION ALL
-            SELECT false, 0, 0, false, {len(group.domain) - 1}, brand, CAST(sum(cents % 4294967296) AS BIGINT),
-                   CAST(sum(cents // 4294967296) AS BIGINT), count(*), '', ''
-            FROM capped GROUP BY brand
-        ) ORDER BY attributed, conversion, ts_us, click, campaign, channel
+            SELECT * EXCLUDE (rn) FROM ranked WHERE rn <= $cap
+        )
+        {" UNION ALL ".join(touch_sources)}
+        UNION ALL
+        SELECT false, 0, 0, false, 0, 0, {len(group.domain) - 1}, brand, {split.format("cents")}, count(*)
+        FROM conv GROUP BY brand
+        UNION ALL
+        SELECT false, 0, 0, false, 0, 0, {len(group.domain) - 1}, brand, {split.format("-cents")}, -count(*)
+        FROM ranked WHERE rn > $cap GROUP BY brand
     """
     params |= {"collab": catalog.id, "lo": ev.lo, "hi": ev.hi, "cap": ev.cap, "lookback": lookback_days}
     return Sql(text, params)
@@ -252,9 +258,10 @@ def attribution_histograms(
     capped conversions' totals less those of the conversions with a touch.
     """
     arrays = data.arrays(sql)
-    split = int(np.searchsorted(np.asarray(arrays["attributed"], dtype=bool), True))  # the totals sort first
+    attributed = np.asarray(arrays["attributed"], dtype=bool)
+    totals = np.flatnonzero(~attributed)
     brand_cells = len(axes[1].domain) if len(axes) > 1 else 1
-    touches = credits.touches_of({name: column[split:] for name, column in arrays.items()}, brand_cells)
+    touches = credits.touches_of({name: column[attributed] for name, column in arrays.items()}, brand_cells)
     cell, milli, cents = credits.credit(touches, model, click_over_view, half_life_days)
     keys = cells_of(axes)
     milli_sums = credits.cell_sums(cell, milli, len(keys))
@@ -264,13 +271,15 @@ def attribution_histograms(
     touched_count = np.bincount(brand_of, minlength=brand_cells).tolist()
     touched_cents = credits.cell_sums(brand_of, touches.cents[first], brand_cells)
     none = (len(axes[0].domain) - 1) * brand_cells
-    for i in range(split):
+    for brand in range(brand_cells):
+        milli_sums[none + brand] -= MILLI * touched_count[brand]
+        cents_sums[none + brand] -= touched_cents[brand]
+    for i in totals.tolist():
         brand = int(arrays["brand"][i])
         if brand < 0:
             raise InternalError("values outside the declared domains reached an aggregate")
-        total_cents = int(arrays["high"][i]) * 2**32 + int(arrays["cents"][i])
-        milli_sums[none + brand] += MILLI * (int(arrays["conversions"][i]) - touched_count[brand])
-        cents_sums[none + brand] += total_cents - touched_cents[brand]
+        milli_sums[none + brand] += MILLI * int(arrays["conversions"][i])
+        cents_sums[none + brand] += int(arrays["high"][i]) * 2**32 + int(arrays["cents"][i])
     return (
         Histogram(axes, keys, tuple(clamp(v) for v in milli_sums)),
         Histogram(axes, keys, tuple(clamp(v) for v in cents_sums)),

@@ -16,7 +16,7 @@ value. Every sum here is exact: per-cell totals are accumulated as Python intege
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,20 +168,39 @@ def cell_sums(cell: Ints, values: Ints, cells: int) -> list[int]:
     return [int(h) * 2**32 + int(lo) for h, lo in zip(sums_high.tolist(), sums_low.tolist(), strict=True)]
 
 
-def touches_of(arrays: Mapping[str, npt.NDArray[np.generic]], brand_cells: int) -> Touches:
-    """`Touches` from the columns of `attribution_sql`'s attributed rows (numpy, none NULL, in its order).
+def touch_order(conversion: Ints, keys: Sequence[npt.NDArray[np.generic]]) -> Ints:
+    """A permutation that puts the rows of each conversion together, sorted by `keys` (most significant first).
 
-    `group` and `brand` are indices into the axes' domains (`brand_cells` values on the second axis, 1 without
-    one). A value outside a domain (-1) cannot occur, since uploads are checked against the domains; if one did,
-    it fails after the budget was charged, as any failure after data is read (as `fill_histogram` does).
+    Most conversions have one touch: their rows stay where they are, and only the rows of conversions with several
+    are sorted (conversion ids are stored row numbers, so counting them is one pass, no sort).
+    """
+    if len(conversion) == 0:
+        return np.zeros(0, dtype=np.int64)
+    several = np.bincount(conversion)[conversion] > 1
+    rows = np.flatnonzero(several)
+    within = np.lexsort((*(np.asarray(k)[rows] for k in reversed(keys)), conversion[rows]))
+    return np.concatenate((np.flatnonzero(~several), rows[within]))
+
+
+def touches_of(arrays: Mapping[str, npt.NDArray[np.generic]], brand_cells: int) -> Touches:
+    """`Touches` from the columns of `attribution_sql`'s attributed rows (numpy, none NULL, in any order).
+
+    The rows are put in the touch order: by conversion, then time, an impression before a click, campaign and
+    channel (`campaign` and `channel` are ranks in their sorted domains). `group` and `brand` are indices into the
+    axes' domains (`brand_cells` values on the second axis, 1 without one). A value outside a domain (-1) cannot
+    occur, since uploads are checked against the domains; if one did, it fails after the budget was charged, as
+    any failure after data is read (as `fill_histogram` does).
     """
     group, brand = np.asarray(arrays["group"], dtype=np.int64), np.asarray(arrays["brand"], dtype=np.int64)
     if (group < 0).any() or (brand < 0).any():
         raise InternalError("values outside the declared domains reached an aggregate")
+    conversion = np.asarray(arrays["conversion"], dtype=np.int64)
+    at, click = np.asarray(arrays["ts_us"], dtype=np.int64), np.asarray(arrays["click"], dtype=bool)
+    order = touch_order(conversion, (at, click, arrays["campaign"], arrays["channel"]))
     return Touches(
-        np.asarray(arrays["conversion"], dtype=np.int64),
-        np.asarray(arrays["ts_us"], dtype=np.int64),
-        np.asarray(arrays["click"], dtype=bool),
-        group * brand_cells + brand,
-        np.asarray(arrays["cents"], dtype=np.int64),
+        conversion[order],
+        at[order],
+        click[order],
+        (group * brand_cells + brand)[order],
+        np.asarray(arrays["cents"], dtype=np.int64)[order],
     )
