@@ -1,6 +1,9 @@
 """Attribution and lift: their DuckDB SQL over the join (exact, un-noised, never leaving the engine) and their plans.
 
-`attribution`, `lift` and `lift_cells` at the end are the queries' plans for `QueryEngine.release`.
+`attribution`, `lift` and `lift_cells` at the end are the queries' plans for `QueryEngine.release`. Attribution's
+SQL returns the qualifying touches and the conversions' totals; the credits that depend on a conversion's other
+touches (positions, weights, the apportioning below) are computed over them in numpy by `credits`, in the engine's
+process like every exact aggregate here.
 
 Contribution bounding, which makes the sensitivities exact (per matched pair; the engine multiplies them by the
 join's stability constant):
@@ -218,17 +221,17 @@ def attribution_sql(catalog: Catalog, ev: EventTables, group: Axis, brand_axis: 
     text = f"""
         WITH m AS ({_matched(catalog, ev.conversions.member)}),
         conv AS (
-            SELECT m.person{carried}, c.rowid AS conversion, c.{t} AS cts, c.{v} AS raw,
+            SELECT m.person, m.conv_row{carried}, c.rowid AS conversion, c.{t} AS cts, c.{v} AS raw,
                    CAST(trunc({_clamped(f"c.{v}")} * {CENTS}) AS BIGINT) AS cents, {brand} AS brand
             FROM {conv} c JOIN m ON c.row_id = m.conv_row {brand_join}
         ),
-        heavy AS (SELECT person FROM conv GROUP BY person HAVING count(*) > $cap),
+        heavy AS (SELECT unnest(CAST($heavy AS BIGINT[])) AS conv_row),
         ranked AS (
             SELECT *, row_number() OVER (PARTITION BY person ORDER BY cts, raw, conversion) AS rn
-            FROM conv SEMI JOIN heavy USING (person)
+            FROM conv SEMI JOIN heavy USING (conv_row)
         ),
         capped AS (
-            SELECT * FROM conv ANTI JOIN heavy USING (person)
+            SELECT * FROM conv ANTI JOIN heavy USING (conv_row)
             UNION ALL
             SELECT * EXCLUDE (rn) FROM ranked WHERE rn <= $cap
         )
@@ -244,9 +247,30 @@ def attribution_sql(catalog: Catalog, ev: EventTables, group: Axis, brand_axis: 
     return Sql(text, params)
 
 
+def conversion_rows_sql(catalog: Catalog, ev: EventTables) -> Sql:
+    """The conversions' `row_id` (the member's user row), one row per conversion: who may be over the cap."""
+    conv = catalog.table(ev.conversions.member, "conversions", [ev.conversions.time or "", ev.value_column])
+    return Sql(f"SELECT row_id FROM {conv} c")
+
+
+def over_cap(data: MatchedData, rows: Sql, cap: int) -> list[int]:
+    """The users rows with more than `cap` conversions, counted in numpy (one pass, no hash table in DuckDB).
+
+    Only their conversions are ranked for the cap (`attribution_sql`'s `$heavy`). A row retired between this read
+    and the next only lowers a count, so everyone over the cap in the next read is in this list.
+    """
+    row_id = np.asarray(data.arrays(rows)["row_id"], dtype=np.int64)
+    if len(row_id) == 0:
+        return []
+    counts = np.bincount(row_id - row_id.min())
+    return (np.flatnonzero(counts > cap) + row_id.min()).tolist()
+
+
 def attribution_histograms(
     data: MatchedData,
     sql: Sql,
+    rows: Sql,
+    cap: int,
     axes: tuple[Axis, ...],
     model: str,
     click_over_view: bool,
@@ -257,7 +281,8 @@ def attribution_histograms(
     A conversion no touch qualifies for hands its thousandths and cents to its brand cell's `none` group: the
     capped conversions' totals less those of the conversions with a touch.
     """
-    arrays = data.arrays(sql)
+    assert isinstance(sql.params, Mapping)  # attribution_sql names its parameters
+    arrays = data.arrays(Sql(sql.text, {**sql.params, "heavy": over_cap(data, rows, cap)}))
     attributed = np.asarray(arrays["attributed"], dtype=bool)
     totals = np.flatnonzero(~attributed)
     brand_cells = len(axes[1].domain) if len(axes) > 1 else 1
@@ -350,11 +375,14 @@ def attribution(
         axes = (group,) if brand is None else (group, brand)
         cells_of(axes)
         sql = attribution_sql(catalog, ev, group, brand, q.lookback_days)
+        rows = conversion_rows_sql(catalog, ev)
         cached: dict[str, tuple[Histogram, Histogram]] = {}
 
         def both(data: MatchedData) -> tuple[Histogram, Histogram]:
             if "both" not in cached:
-                cached["both"] = attribution_histograms(data, sql, axes, q.model, q.click_over_view, q.half_life_days)
+                cached["both"] = attribution_histograms(
+                    data, sql, rows, ev.cap, axes, q.model, q.click_over_view, q.half_life_days
+                )
             return cached["both"]
 
         def conversions(data: MatchedData) -> Histogram:
