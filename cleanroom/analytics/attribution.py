@@ -250,7 +250,7 @@ def attribution_sql(catalog: Catalog, ev: EventTables, group: Axis, brand_axis: 
 def conversion_rows_sql(catalog: Catalog, ev: EventTables) -> Sql:
     """The conversions' `row_id` (the member's user row), one row per conversion: who may be over the cap."""
     conv = catalog.table(ev.conversions.member, "conversions", [ev.conversions.time or "", ev.value_column])
-    return Sql(f"SELECT row_id FROM {conv} c")
+    return Sql(f"SELECT row_id FROM {conv} c WHERE row_id IS NOT NULL")
 
 
 def over_cap(data: MatchedData, rows: Sql, cap: int) -> list[int]:
