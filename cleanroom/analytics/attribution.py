@@ -1,6 +1,9 @@
 """Attribution and lift: their DuckDB SQL over the join (exact, un-noised, never leaving the engine) and their plans.
 
-`attribution`, `lift` and `lift_cells` at the end are the queries' plans for `QueryEngine.release`.
+`attribution`, `lift` and `lift_cells` at the end are the queries' plans for `QueryEngine.release`. Attribution's
+SQL returns the qualifying touches and the conversions' totals; the credits that depend on a conversion's other
+touches (positions, weights, the apportioning below) are computed over them in numpy by `credits`, in the engine's
+process like every exact aggregate here.
 
 Contribution bounding, which makes the sensitivities exact (per matched pair; the engine multiplies them by the
 join's stability constant):
@@ -13,7 +16,7 @@ join's stability constant):
   touch order), so the integers of one conversion add up to exactly those totals whatever the number of touches,
   and all of them have the sign of the value. So one person moves the conversion vector by at most 1000 x cap (L1)
   and the revenue vector by at most cap x ceil(100 x max(|lo|, |hi|)).
-- At most `MAX_TOUCHES` touchpoints per conversion are credited (the latest ones); this bounds the work, the
+- At most `credits.MAX_TOUCHES` touchpoints per conversion are credited (the latest ones); this bounds the work, the
   apportioning above bounds the sensitivity.
 
 A touchpoint qualifies for a conversion when it is the same person's exposure at or before the conversion and no
@@ -42,25 +45,26 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from cleanroom_client.policy import Policy, QueryType, TableSpec
 
 from ..collaborations import Collaboration
-from ..errors import FailedPreconditionError, InvalidArgumentError
+from ..errors import FailedPreconditionError, InternalError, InvalidArgumentError
 from ..principals import Principal
 from ..storage.database import quote_ident
+from . import credits
 from .cells import NO_DENOMINATOR, Z95, Cell, below_minimum_group, withheld
-from .matched import Axis, Catalog, Histogram, MatchedData, Sql, axis, cells_of, fill_histogram
+from .credits import MILLI
+from .matched import Axis, Catalog, Histogram, MatchedData, Sql, axis, cells_of, clamp, fill_histogram
 from .plan import Measurement, Noisy, Plan, QueryAnswer, dimension_domain
 from .queries import AttributionQuery, LiftQuery
 
 if TYPE_CHECKING:
     from .engine import QueryEngine
 
-MILLI = 1000
 CENTS = 100
 MODELS = ("last_touch", "first_touch", "linear", "time_decay", "position_based")
-#: Most touchpoints credited per conversion (the latest ones).
-MAX_TOUCHES = 100
 #: Attribution and lift count the hub's users matched with any member of the population, not every member: one
 #: person however many platforms reached them (the engine states their sensitivity for that population).
 ANY_OF = True
@@ -150,15 +154,19 @@ def exposure_domain(ev: EventTables, column: str) -> tuple[str, ...]:
 def _matched(catalog: Catalog, conv_member: str) -> str:
     """The people with their rows: `conv_row` (the conversions' member), `row_<member>` for every member, `person`.
 
-    With three or more members, the hub's users matched with any member of the population: one person however many
+    `person` is the hub's row: the join is one to one and the hub is in every pair, so it names one person. With
+    three or more members, the hub's users matched with any member of the population: one person however many
     platforms know them, so the touches of every platform are credited together (de-duplicated reach).
     """
     conv_side = catalog.side(conv_member)
     rows = ", ".join(catalog.side(m) for m in catalog.members)
-    return (
-        f"SELECT {conv_side} AS conv_row, {rows}, row_number() OVER (ORDER BY {conv_side}) AS person "
-        f"FROM {catalog.pairs(any_of=ANY_OF)}"
-    )
+    person = catalog.side(catalog.hub)
+    return f"SELECT {conv_side} AS conv_row, {rows}, {person} AS person FROM {catalog.pairs(any_of=ANY_OF)}"
+
+
+def _clamped(column: str) -> str:
+    """SQL: a conversion's value clamped to the policy's bounds (the parameters `$lo`, `$hi`)."""
+    return f"least(greatest(CAST({column} AS DOUBLE), $lo), $hi)"
 
 
 def _capped(catalog: Catalog, ev: EventTables) -> str:
@@ -166,111 +174,153 @@ def _capped(catalog: Catalog, ev: EventTables) -> str:
     conv = catalog.table(ev.conversions.member, "conversions", [time, ev.value_column])
     t, v = quote_ident(time), quote_ident(ev.value_column)
     return f"""
-        SELECT m.person, m.conv_row, c.{t} AS cts,
-               least(greatest(CAST(c.{v} AS DOUBLE), $lo), $hi) AS value,
+        SELECT m.person, m.conv_row, c.{t} AS cts, {_clamped(f"c.{v}")} AS value,
                row_number() OVER (PARTITION BY m.person ORDER BY c.{t}, c.{v}, c.rowid) AS rn
         FROM {conv} c JOIN m ON c.row_id = m.conv_row
     """
 
 
-def attribution_sql(
-    catalog: Catalog,
-    ev: EventTables,
-    group: Axis,
-    brand_axis: Axis | None,
-    model: str,
-    lookback_days: int,
-    click_over_view: bool,
-    half_life_days: float,
-) -> Sql:
-    """Attributed conversions (thousandths) and revenue (cents) per group value (and brand dimension value).
+def _domain_index(column: str, domain_param: str, domain: Sequence[str]) -> str:
+    """SQL: the 0-based index of `column`'s value in an axis' domain (NULL: `none`, the last; not in it: -1)."""
+    return (
+        f"CASE WHEN {column} IS NULL THEN {len(domain) - 1} "
+        f"ELSE coalesce(list_position({domain_param}, CAST({column} AS VARCHAR)) - 1, -1) END"
+    )
 
-    Rows: (group, [brand value,] thousandths, cents).
+
+def attribution_sql(catalog: Catalog, ev: EventTables, group: Axis, brand_axis: Axis | None, lookback_days: int) -> Sql:
+    """The touches of the capped conversions, for `credits`, and the capped conversions' totals per brand cell.
+
+    Rows with `attributed`: one per (conversion, qualifying touch), in no order (`credits.touches_of` orders
+    them), with `conversion` (the conversion's stored row), `ts_us` the touch's time in microseconds, `click`,
+    `campaign` and `channel` (ranks in their sorted domains, for the touch order), `group` and `brand` (indices
+    into the axes' domains; 0 without a brand axis), `cents` the conversion's value in cents. Rows without: per
+    brand cell, `conversions` conversions carrying `high` x 2^32 + `cents` cents (split so that no sum overflows);
+    summed, they are the capped conversions (all of them, less those over the cap).
+
+    Cheap where it can be: the cap ranks only the conversions of people over it (most people are not), each
+    conversion carries its person's rows of the exposures' members from its one join with the people, and
+    nothing is sorted here. What depends on a conversion's other touches is `credits`' business.
     """
+    time, value = ev.conversions.time or "", ev.value_column
+    conv = catalog.table(ev.conversions.member, "conversions", [time, value])
+    t, v = quote_ident(time), quote_ident(value)
+    specs = ev.every_exposures or (ev.exposures,)
+    carried = "".join(f", m.{side}" for side in dict.fromkeys(catalog.side(spec.member) for spec in specs))
     touch_sources = []
-    for spec in ev.every_exposures or (ev.exposures,):
+    for spec in specs:
         et, g = quote_ident(spec.time or ""), quote_ident(group.column)
         expo = catalog.table(spec.member, "exposures", [spec.time or "", group.column, "campaign", "channel", "kind"])
         touch_sources.append(
-            f"""SELECT c.person, c.rn, c.cts, c.value, e.{et} AS ets, CAST(e.{g} AS VARCHAR) AS g,
-                   e.kind = 'click' AS is_click, CAST(e.campaign AS VARCHAR) AS campaign,
-                   CAST(e.channel AS VARCHAR) AS channel
-            FROM capped c JOIN m ON m.person = c.person JOIN {expo} e ON e.row_id = m.{catalog.side(spec.member)}
+            f"""SELECT true AS attributed, c.conversion, epoch_us(e.{et}) AS ts_us, e.kind = 'click' AS click,
+                   coalesce(list_position($campaigns, CAST(e.campaign AS VARCHAR)), 0) AS campaign,
+                   coalesce(list_position($channels, CAST(e.channel AS VARCHAR)), 0) AS channel,
+                   {_domain_index(f"e.{g}", "$group_domain", group.domain)} AS "group", c.brand, c.cents,
+                   0::BIGINT AS high, 1::BIGINT AS conversions
+            FROM capped c JOIN {expo} e ON e.row_id = c.{catalog.side(spec.member)}
             WHERE e.{et} <= c.cts AND e.{et} >= c.cts - to_days(CAST($lookback AS INTEGER))"""
         )
-    weight = {
-        "last_touch": "CASE WHEN pos = n THEN 1.0 ELSE 0.0 END",
-        "first_touch": "CASE WHEN pos = 1 THEN 1.0 ELSE 0.0 END",
-        "linear": "1.0 / n",
-        "time_decay": "decay / sum(decay) OVER (PARTITION BY person, rn)",
-        "position_based": (
-            "CASE WHEN n = 1 THEN 1.0 WHEN n = 2 THEN 0.5 WHEN pos = 1 OR pos = n THEN 0.4 ELSE 0.2 / (n - 2) END"
-        ),
-    }[model]
-    brand_join = brand_select = brand_group = ""
+    brand_join, brand = "", "0"
+    params: dict[str, object] = {"group_domain": list(group.domain)}
     if brand_axis is not None:
         users = catalog.table(brand_axis.member, "users", [brand_axis.column])
-        row = catalog.side(brand_axis.member)
-        brand_join = f"JOIN m mm ON mm.person = credits.person LEFT JOIN {users} u ON u.row_id = mm.{row}"
-        brand_select = f", u.{quote_ident(brand_axis.column)}"
-        brand_group = ", 2"
+        brand_join = f"LEFT JOIN {users} u ON u.row_id = m.{catalog.side(brand_axis.member)}"
+        brand = _domain_index(f"u.{quote_ident(brand_axis.column)}", "$brand_domain", brand_axis.domain)
+        params["brand_domain"] = list(brand_axis.domain)
+    params["campaigns"] = sorted(exposure_domain(ev, "campaign"))
+    params["channels"] = sorted(exposure_domain(ev, "channel"))
+    split = "CAST(sum({0} % 4294967296) AS BIGINT), CAST(sum({0} // 4294967296) AS BIGINT)"
     text = f"""
         WITH m AS ({_matched(catalog, ev.conversions.member)}),
-        conv AS ({_capped(catalog, ev)}),
-        capped AS (SELECT * FROM conv WHERE rn <= $cap),
-        touches AS ({" UNION ALL ".join(touch_sources)}),
-        kept AS (
-            SELECT *, max(CAST(is_click AS INTEGER)) OVER (PARTITION BY person, rn) AS any_click FROM touches
+        conv AS (
+            SELECT m.person, m.conv_row{carried}, c.rowid AS conversion, c.{t} AS cts, c.{v} AS raw,
+                   CAST(trunc({_clamped(f"c.{v}")} * {CENTS}) AS BIGINT) AS cents, {brand} AS brand
+            FROM {conv} c JOIN m ON c.row_id = m.conv_row {brand_join}
         ),
-        latest AS (
-            SELECT *, row_number() OVER (
-                PARTITION BY person, rn ORDER BY ets DESC, is_click DESC, campaign DESC, channel DESC) AS recency
-            FROM kept WHERE NOT $cov OR any_click = 0 OR is_click
-        ),
-        ordered AS (
-            SELECT *,
-                   row_number() OVER (PARTITION BY person, rn ORDER BY ets, is_click, campaign, channel) AS pos,
-                   count(*) OVER (PARTITION BY person, rn) AS n,
-                   pow(2.0, -(epoch(max(ets) OVER (PARTITION BY person, rn)) - epoch(ets))
-                            / ($half_life * 86400.0)) AS decay
-            FROM latest WHERE recency <= {MAX_TOUCHES}
-        ),
-        weighted AS (
-            SELECT person, rn, pos, g, {weight} AS w, CAST(trunc(value * {CENTS}) AS BIGINT) AS total_cents
-            FROM ordered
-        ),
-        floored AS (
-            SELECT *, w * {MILLI} AS m_exact, w * abs(total_cents) AS c_exact,
-                   CAST(floor(w * {MILLI}) AS BIGINT) AS m0, CAST(floor(w * abs(total_cents)) AS BIGINT) AS c0
-            FROM weighted
-        ),
+        heavy AS (SELECT unnest(CAST($heavy AS BIGINT[])) AS conv_row),
         ranked AS (
-            SELECT *,
-                   {MILLI} - sum(m0) OVER conv AS m_left, abs(total_cents) - sum(c0) OVER conv AS c_left,
-                   row_number() OVER (PARTITION BY person, rn ORDER BY m_exact - m0 DESC, pos) AS m_rank,
-                   row_number() OVER (PARTITION BY person, rn ORDER BY c_exact - c0 DESC, pos) AS c_rank
-            FROM floored WINDOW conv AS (PARTITION BY person, rn)
+            SELECT *, row_number() OVER (PARTITION BY person ORDER BY cts, raw, conversion) AS rn
+            FROM conv SEMI JOIN heavy USING (conv_row)
         ),
-        credits AS (
-            SELECT person, g, m0 + CAST(m_rank <= m_left AS BIGINT) AS milli,
-                   sign(total_cents) * (c0 + CAST(c_rank <= c_left AS BIGINT)) AS cents
-            FROM ranked
+        capped AS (
+            SELECT * FROM conv ANTI JOIN heavy USING (conv_row)
             UNION ALL
-            SELECT person, NULL, {MILLI}, CAST(trunc(value * {CENTS}) AS BIGINT)
-            FROM capped c WHERE NOT EXISTS (SELECT 1 FROM touches t WHERE t.person = c.person AND t.rn = c.rn)
+            SELECT * EXCLUDE (rn) FROM ranked WHERE rn <= $cap
         )
-        SELECT credits.g{brand_select}, sum(milli), sum(cents) FROM credits {brand_join} GROUP BY 1{brand_group}
+        {" UNION ALL ".join(touch_sources)}
+        UNION ALL
+        SELECT false, 0, 0, false, 0, 0, {len(group.domain) - 1}, brand, {split.format("cents")}, count(*)
+        FROM conv GROUP BY brand
+        UNION ALL
+        SELECT false, 0, 0, false, 0, 0, {len(group.domain) - 1}, brand, {split.format("-cents")}, -count(*)
+        FROM ranked WHERE rn > $cap GROUP BY brand
     """
-    params = {
-        "collab": catalog.id,
-        "lo": ev.lo,
-        "hi": ev.hi,
-        "cap": ev.cap,
-        "lookback": lookback_days,
-        "cov": click_over_view,
-        "half_life": half_life_days,
-    }
+    params |= {"collab": catalog.id, "lo": ev.lo, "hi": ev.hi, "cap": ev.cap, "lookback": lookback_days}
     return Sql(text, params)
+
+
+def conversion_rows_sql(catalog: Catalog, ev: EventTables) -> Sql:
+    """The conversions' `row_id` (the member's user row), one row per conversion: who may be over the cap."""
+    conv = catalog.table(ev.conversions.member, "conversions", [ev.conversions.time or "", ev.value_column])
+    return Sql(f"SELECT row_id FROM {conv} c WHERE row_id IS NOT NULL")
+
+
+def over_cap(data: MatchedData, rows: Sql, cap: int) -> list[int]:
+    """The users rows with more than `cap` conversions, counted in numpy (one pass, no hash table in DuckDB).
+
+    Only their conversions are ranked for the cap (`attribution_sql`'s `$heavy`). A row retired between this read
+    and the next only lowers a count, so everyone over the cap in the next read is in this list.
+    """
+    row_id = np.asarray(data.arrays(rows)["row_id"], dtype=np.int64)
+    if len(row_id) == 0:
+        return []
+    counts = np.bincount(row_id - row_id.min())
+    return (np.flatnonzero(counts > cap) + row_id.min()).tolist()
+
+
+def attribution_histograms(
+    data: MatchedData,
+    sql: Sql,
+    rows: Sql,
+    cap: int,
+    axes: tuple[Axis, ...],
+    model: str,
+    click_over_view: bool,
+    half_life_days: float,
+) -> tuple[Histogram, Histogram]:
+    """Attributed thousandths of a conversion and cents per cell, exact: `attribution_sql`'s rows through `credits`.
+
+    A conversion no touch qualifies for hands its thousandths and cents to its brand cell's `none` group: the
+    capped conversions' totals less those of the conversions with a touch.
+    """
+    assert isinstance(sql.params, Mapping)  # attribution_sql names its parameters
+    arrays = data.arrays(Sql(sql.text, {**sql.params, "heavy": over_cap(data, rows, cap)}))
+    attributed = np.asarray(arrays["attributed"], dtype=bool)
+    totals = np.flatnonzero(~attributed)
+    brand_cells = len(axes[1].domain) if len(axes) > 1 else 1
+    touches = credits.touches_of({name: column[attributed] for name, column in arrays.items()}, brand_cells)
+    cell, milli, cents = credits.credit(touches, model, click_over_view, half_life_days)
+    keys = cells_of(axes)
+    milli_sums = credits.cell_sums(cell, milli, len(keys))
+    cents_sums = credits.cell_sums(cell, cents, len(keys))
+    first = credits.Segments.of(touches.conversion).start
+    brand_of = touches.cell[first] % brand_cells
+    touched_count = np.bincount(brand_of, minlength=brand_cells).tolist()
+    touched_cents = credits.cell_sums(brand_of, touches.cents[first], brand_cells)
+    none = (len(axes[0].domain) - 1) * brand_cells
+    for brand in range(brand_cells):
+        milli_sums[none + brand] -= MILLI * touched_count[brand]
+        cents_sums[none + brand] -= touched_cents[brand]
+    for i in totals.tolist():
+        brand = int(arrays["brand"][i])
+        if brand < 0:
+            raise InternalError("values outside the declared domains reached an aggregate")
+        milli_sums[none + brand] += MILLI * int(arrays["conversions"][i])
+        cents_sums[none + brand] += int(arrays["high"][i]) * 2**32 + int(arrays["cents"][i])
+    return (
+        Histogram(axes, keys, tuple(clamp(v) for v in milli_sums)),
+        Histogram(axes, keys, tuple(clamp(v) for v in cents_sums)),
+    )
 
 
 def check_attribution(model: str, lookback_days: int, half_life_days: float) -> None:
@@ -345,20 +395,22 @@ def attribution(
             brand = axis(str(d), d.member, d.column, dimension_domain(policy, d))
         axes = (group,) if brand is None else (group, brand)
         cells_of(axes)
-        sql = attribution_sql(catalog, ev, group, brand, q.model, q.lookback_days, q.click_over_view, q.half_life_days)
-        width = len(axes)
-        cached: dict[str, list[tuple[Any, ...]]] = {}
+        sql = attribution_sql(catalog, ev, group, brand, q.lookback_days)
+        rows = conversion_rows_sql(catalog, ev)
+        cached: dict[str, tuple[Histogram, Histogram]] = {}
 
-        def rows(data: MatchedData) -> list[tuple[Any, ...]]:
-            if "rows" not in cached:
-                cached["rows"] = data.rows(sql)
-            return cached["rows"]
+        def both(data: MatchedData) -> tuple[Histogram, Histogram]:
+            if "both" not in cached:
+                cached["both"] = attribution_histograms(
+                    data, sql, rows, ev.cap, axes, q.model, q.click_over_view, q.half_life_days
+                )
+            return cached["both"]
 
         def conversions(data: MatchedData) -> Histogram:
-            return fill_histogram(axes, [(*r[:width], r[width]) for r in rows(data)])
+            return both(data)[0]
 
         def revenue(data: MatchedData) -> Histogram:
-            return fill_histogram(axes, [(*r[:width], r[width + 1]) for r in rows(data)])
+            return both(data)[1]
 
         c = engine.stability(catalog, any_of=ANY_OF)
         measurements = (

@@ -23,7 +23,6 @@ from rich.table import Table
 
 from cleanroom_client import CleanRoomClient, MatchSummary
 from cleanroom_client.blinding import ProcessPoolChunkExecutor
-from cleanroom_client.report import report_collaboration
 
 from ..audit.chain import verify_export
 from ..matching import match_stats
@@ -78,9 +77,10 @@ class StepClock:
 def warm_up(*modules: str) -> threading.Thread:
     """Import `modules` on a background thread while the demo generates data and matches.
 
-    torch and opacus take seconds to import and are first needed by the lookalike, well after the match; importing
-    them meanwhile (the match's CPU work runs in the worker processes) takes that wait off the demo's critical path.
-    Python's import lock makes a later `import` of the same module wait for this one rather than run twice.
+    torch and opacus take seconds to import and are first needed by the lookalike, well after the match (and
+    matplotlib, for the report at the end); importing them meanwhile (the match's CPU work runs in the worker
+    processes) takes that wait off the demo's critical path. Python's import lock makes a later `import` of the
+    same module wait for this one rather than run twice.
     """
 
     def load() -> None:
@@ -256,7 +256,7 @@ def run_demo(
     """Generate, serve, match and report; each member keeps its state in `state_dir`/<member> (default: temporary)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     clock = StepClock()
-    warm_up("torch", "opacus", "cleanroom.analytics.lookalike")
+    warm_up("torch", "opacus", "cleanroom.analytics.lookalike", "cleanroom_client.report")
     with clock.step("synthetic data"):
         data = generate(SyntheticConfig(brand_users=brand_users, platform_users=platform_users, shared=shared))
     console.print(
@@ -336,6 +336,8 @@ def run_demo(
             )
             if report_dir is not None:
                 with clock.step("report"):
+                    from cleanroom_client.report import report_collaboration  # matplotlib: warmed up beside the match
+
                     page = report_collaboration(
                         brand.answers(collaboration.id),
                         collaboration.id,

@@ -8,6 +8,7 @@ accident: the budget and the per-query cap are the policy's, approved by both me
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 from collections import defaultdict
 
@@ -192,6 +193,42 @@ def test_every_model_equals_the_reference(room, collab, model, by, click_over_vi
         assert rev.loc[group, "value"] == pytest.approx(cents / 100, abs=1e-9), group
     # the unattributed conversions: p2 (no exposure), p3 (exposure after), p5 only when its edge exposure is out
     assert conv.loc["none", "value"] == pytest.approx(expected["none"][0] / 1000)
+
+
+@pytest.mark.parametrize("model", ["linear", "time_decay"])
+def test_attribution_reads_its_rows_with_one_window_and_no_sort(room, collab, model, monkeypatch):
+    """Issue 33: the credits are computed over the touches in numpy, not by a window per rule in DuckDB.
+
+    Six window functions (each a sort of the touches or of every conversion) made attribution 3-7x a plain join;
+    what is left is the cap's rank of the people over the cap, and no ORDER BY.
+    """
+    from cleanroom.analytics.matched import MatchedData
+
+    statements = []
+    for method in ("rows", "arrays"):
+        original = getattr(MatchedData, method)
+
+        def spy(self, sql, _original=original):
+            statements.append((self._cur, sql))
+            return _original(self, sql)
+
+        monkeypatch.setattr(MatchedData, method, spy)
+    room.client("brand").attribution(collab, model=model, lookback_days=LOOKBACK, by="campaign", epsilon=EPS)
+    assert statements  # the data was read
+
+    def operators(node):
+        yield node.get("name", "")
+        for child in node.get("children", []):
+            yield from operators(child)
+
+    names = []
+    for cur, sql in statements:
+        (_, text), *_ = cur.execute("EXPLAIN (FORMAT JSON) " + sql.text, sql.params).fetchall()
+        tree = json.loads(text)
+        names += [name for root in (tree if isinstance(tree, list) else [tree]) for name in operators(root)]
+    assert "HASH_JOIN" in names  # the plans were read
+    assert names.count("WINDOW") <= 1, names
+    assert "ORDER_BY" not in names, names
 
 
 def test_roas_uses_the_public_spend_and_the_brand_dimension_splits(room, collab):

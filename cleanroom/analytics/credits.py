@@ -1,0 +1,210 @@
+"""Attribution's credits, vectorised: from the touches DuckDB returned (sorted) to exact integer shares per cell.
+
+Why here and not in SQL: the credit of a touch depends on its conversion's other touches (its position, how many
+there are, the newest one's time, the remainders of the others when integer shares are apportioned). In SQL that
+took six window functions over the touches, each a sort of them, and made attribution 3-7x a plain join of the
+same rows. The touches are few (a conversion has about as many as the exposures in its lookback window), so DuckDB
+sorts them once and numpy computes every model's shares over the sorted arrays in a handful of passes.
+
+The rules (the module docstring of `attribution` states them as promises) are exactly those of the plain-Python
+reference in tests/system/analytics/test_attribution.py: touches ordered by time, an impression before a click at
+the same instant, then campaign and channel; with click-over-view, a conversion with any click keeps its clicks
+only; the latest `MAX_TOUCHES` are credited; weights per model; integer shares by largest remainder (ties by
+position), so each conversion hands out exactly 1000 thousandths and exactly |cents| cents with the sign of its
+value. Every sum here is exact: per-cell totals are accumulated as Python integers (no 64-bit overflow).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import InternalError
+
+#: Thousandths of a conversion each conversion hands out.
+MILLI = 1000
+#: Most touchpoints credited per conversion (the latest ones).
+MAX_TOUCHES = 100
+MICROSECONDS_PER_DAY = 86_400_000_000
+
+Ints = npt.NDArray[np.int64]
+Floats = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Touches:
+    """One row per (conversion, qualifying touch), sorted by conversion then by the touch order above.
+
+    `conversion`: any integer identifying the conversion (rows of one conversion are adjacent); `at`: the touch's
+    time in microseconds; `click`; `cell`: the index of the touch's cell in the flattened histogram; `cents`: the
+    conversion's whole value in cents (rounded toward zero, sign included), repeated on each of its touches.
+    """
+
+    conversion: Ints
+    at: Ints
+    click: npt.NDArray[np.bool_]
+    cell: Ints
+    cents: Ints
+
+    def take(self, keep: npt.NDArray[np.bool_]) -> Touches:
+        """The rows where `keep` holds, in order."""
+        return Touches(self.conversion[keep], self.at[keep], self.click[keep], self.cell[keep], self.cents[keep])
+
+
+@dataclass(frozen=True)
+class Segments:
+    """Where each conversion's rows start, each row's conversion (0-based, dense), and each conversion's size."""
+
+    start: Ints
+    of_row: Ints
+    size: Ints
+
+    @staticmethod
+    def of(conversion: Ints) -> Segments:
+        """The segments of sorted conversion ids."""
+        first = np.ones(len(conversion), dtype=bool)
+        first[1:] = conversion[1:] != conversion[:-1]
+        start = np.flatnonzero(first)
+        of_row = np.cumsum(first) - 1
+        size = np.diff(np.append(start, len(conversion)))
+        return Segments(start.astype(np.int64), of_row.astype(np.int64), size.astype(np.int64))
+
+    def position(self) -> Ints:
+        """Each row's 0-based position within its conversion."""
+        return np.arange(len(self.of_row), dtype=np.int64) - self.start[self.of_row]
+
+
+def credited(touches: Touches, click_over_view: bool) -> Touches:
+    """The touches that get credit: clicks only where a conversion has one (with click-over-view), the latest 100."""
+    if len(touches.conversion) == 0:
+        return touches
+    if click_over_view:
+        seg = Segments.of(touches.conversion)
+        any_click = np.logical_or.reduceat(touches.click, seg.start)
+        keep = touches.click | ~any_click[seg.of_row]
+        if not keep.all():
+            touches = touches.take(keep)
+    seg = Segments.of(touches.conversion)
+    keep = seg.position() >= seg.size[seg.of_row] - MAX_TOUCHES
+    return touches if keep.all() else touches.take(keep)
+
+
+def weights(touches: Touches, seg: Segments, model: str, half_life_days: float) -> Floats:
+    """Each credited touch's share of its conversion (they add up to 1 per conversion, up to rounding)."""
+    n = seg.size[seg.of_row].astype(np.float64)
+    pos = seg.position()
+    last = pos == seg.size[seg.of_row] - 1
+    if model == "last_touch":
+        return last.astype(np.float64)
+    if model == "first_touch":
+        return (pos == 0).astype(np.float64)
+    if model == "linear":
+        return 1.0 / n
+    if model == "time_decay":
+        newest = touches.at[seg.start + seg.size - 1]  # sorted by time: the last touch is the newest
+        age_days = (newest[seg.of_row] - touches.at) / MICROSECONDS_PER_DAY
+        decay = np.exp2(-age_days / half_life_days)
+        return decay / np.add.reduceat(decay, seg.start)[seg.of_row]
+    if model == "position_based":
+        middle = 0.2 / np.maximum(n - 2, 1)
+        w = np.where((pos == 0) | last, 0.4, middle)
+        w = np.where(n == 2, 0.5, w)
+        return np.where(n == 1, 1.0, w)
+    raise ValueError(f"unknown model {model!r}")
+
+
+def apportion(total: Ints, w: Floats, seg: Segments) -> Ints:
+    """Integer shares of each conversion's `total` (same on all its rows) by weight: floors, then largest remainders.
+
+    The shares of one conversion add up to exactly its total; the leftover units go to the largest remainders,
+    ties to the earlier position (as `apportion` in the reference).
+    """
+    exact = w * total
+    floor = np.floor(exact)
+    left = total[seg.start] - np.add.reduceat(floor, seg.start).astype(np.int64)
+    shares = floor.astype(np.int64)
+    pending = left[seg.of_row] > 0
+    if not pending.any():
+        return shares
+    rows = np.flatnonzero(pending)
+    order = rows[np.lexsort((rows, floor[rows] - exact[rows], seg.of_row[rows]))]  # by conversion, -remainder, pos
+    of_row = seg.of_row[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = of_row[1:] != of_row[:-1]
+    starts = np.flatnonzero(first)
+    rank = np.arange(len(order)) - starts[np.cumsum(first) - 1]
+    shares[order] += (rank < left[of_row]).astype(np.int64)
+    return shares
+
+
+def credit(touches: Touches, model: str, click_over_view: bool, half_life_days: float) -> tuple[Ints, Ints, Ints]:
+    """Per credited touch: its cell, thousandths of a conversion and cents (with the sign of the value)."""
+    touches = credited(touches, click_over_view)
+    if len(touches.conversion) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    seg = Segments.of(touches.conversion)
+    w = weights(touches, seg, model, half_life_days)
+    milli = apportion(np.full(len(w), MILLI, dtype=np.int64), w, seg)
+    cents = np.sign(touches.cents) * apportion(np.abs(touches.cents), w, seg)
+    return touches.cell, milli, cents
+
+
+def cell_sums(cell: Ints, values: Ints, cells: int) -> list[int]:
+    """Exact per-cell sums of int64 values, as Python integers (64-bit partial sums could overflow).
+
+    Each value is split into its high and low 32 bits; the low parts of fewer than 2^31 rows and the high parts of
+    values below 2^53 (the largest a conversion carries) sum within int64.
+    """
+    high = values >> 32
+    low = values - (high << 32)
+    sums_high = np.zeros(cells, dtype=np.int64)
+    sums_low = np.zeros(cells, dtype=np.int64)
+    np.add.at(sums_high, cell, high)
+    np.add.at(sums_low, cell, low)
+    return [int(h) * 2**32 + int(lo) for h, lo in zip(sums_high.tolist(), sums_low.tolist(), strict=True)]
+
+
+def touch_order(conversion: Ints, keys: Sequence[npt.NDArray[np.generic]]) -> Ints:
+    """A permutation that puts the rows of each conversion together, sorted by `keys` (most significant first).
+
+    Most conversions have one touch: their rows stay where they are, and only the rows of conversions with several
+    are sorted (conversion ids are stored row numbers, so counting them is one pass, no sort).
+    """
+    if len(conversion) == 0:
+        return np.zeros(0, dtype=np.int64)
+    several = np.bincount(conversion)[conversion] > 1
+    rows = np.flatnonzero(several)
+    within = np.lexsort((*(np.asarray(k)[rows] for k in reversed(keys)), conversion[rows]))
+    return np.concatenate((np.flatnonzero(~several), rows[within]))
+
+
+def touches_of(arrays: Mapping[str, npt.NDArray[np.generic]], brand_cells: int) -> Touches:
+    """`Touches` from the columns of `attribution_sql`'s attributed rows (numpy, none NULL, in any order).
+
+    The rows are put in the touch order: by conversion, then time, an impression before a click, campaign and
+    channel (`campaign` and `channel` are ranks in their sorted domains). `group` and `brand` are indices into the
+    axes' domains (`brand_cells` values on the second axis, 1 without one). A value outside a domain (-1) cannot
+    occur, since uploads are checked against the domains; if one did, it fails after the budget was charged, as
+    any failure after data is read (as `fill_histogram` does).
+    """
+    group, brand = np.asarray(arrays["group"], dtype=np.int64), np.asarray(arrays["brand"], dtype=np.int64)
+    if (group < 0).any() or (brand < 0).any():
+        raise InternalError("values outside the declared domains reached an aggregate")
+    conversion = np.asarray(arrays["conversion"], dtype=np.int64)
+    at, click = np.asarray(arrays["ts_us"], dtype=np.int64), np.asarray(arrays["click"], dtype=bool)
+    campaign = np.asarray(arrays["campaign"], dtype=np.int64)
+    channel = np.asarray(arrays["channel"], dtype=np.int64)
+    # click, campaign and channel as one key (ranks in small domains): three sort keys instead of five
+    tie = (click * (campaign.max(initial=0) + 1) + campaign) * (channel.max(initial=0) + 1) + channel
+    order = touch_order(conversion, (at, tie))
+    return Touches(
+        conversion[order],
+        at[order],
+        click[order],
+        (group * brand_cells + brand)[order],
+        np.asarray(arrays["cents"], dtype=np.int64)[order],
+    )
