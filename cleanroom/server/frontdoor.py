@@ -65,6 +65,7 @@ from ..errors import (
     UnauthenticatedError,
 )
 from ..principals import Principal
+from ..storage.store import acting_for
 from .auth import SERVER_SERVICES, StreamLimiter, TokenOrCertificateAuthenticator, no_credentials
 from .errors import BehaviourInterceptor
 from .rates import RateLimiter
@@ -333,7 +334,7 @@ class FrontDoorInterceptor(BehaviourInterceptor):
         def unary_out(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
             principal, watch, argument = start(requests, context)
             try:
-                with slot(principal):
+                with slot(principal), acting_for(principal.name):
                     return inner(argument, context)
             except REFUSALS:
                 self._rates.refused(principal.name)
@@ -344,7 +345,7 @@ class FrontDoorInterceptor(BehaviourInterceptor):
         def stream_out(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
             principal, watch, argument = start(requests, context)
             try:
-                with slot(principal):
+                with slot(principal), acting_for(principal.name):
                     for response in inner(argument, context):
                         self._auth.principal(context)  # revoked or rotated meanwhile: the rest is not sent
                         watch.kick(self._idle)  # the client has that long to take it

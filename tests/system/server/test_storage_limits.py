@@ -5,6 +5,7 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from cleanroom.cli import app
+from cleanroom.devtools.synthetic import DEMO_POLICY
 from cleanroom.storage import Database, StorageLimits
 from cleanroom.storage.store import COLLABORATION_THREADS, MAX_OPEN_FILES
 
@@ -55,3 +56,18 @@ def test_serve_documents_the_options():
     result = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
     for option in ("--memory-limit", "--spill-dir", "--threads", "--max-open-files"):
         assert option in result.output
+
+
+def test_over_grpc_a_member_cycling_its_collaborations_closes_its_own_files_not_anothers(server, make_client):
+    """Thrash over real gRPC: the front door counts each call's files as its caller's, so past the cap a member
+    looping over its own collaborations closes its own files, never the file of a room it is not in."""
+    server.store.max_open = 2
+    brand, platform = make_client("brand"), make_client("platform")
+    victim = brand.create_collaboration(DEMO_POLICY, "victim").id
+    own = [platform.create_collaboration(DEMO_POLICY, f"own-{i}").id for i in range(3)]
+    for _ in range(2):
+        assert brand.get_collaboration(victim).id == victim
+        for cid in own:
+            assert platform.get_collaboration(cid).id == cid
+            assert victim in server.store.opened(), "a member's loop over its own rooms closed another's file"
+    assert len(server.store.opened()) <= 2
