@@ -7,6 +7,7 @@ is refused once any data has been uploaded, so the rules under which data arrive
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import secrets
@@ -215,12 +216,15 @@ class Collaborations:
 
         Anyone else gets the same NOT_FOUND, with the same message, whether the id exists or not, so ids cannot be
         probed; the refusal goes to the server's own chain, never into the collaboration's (an outsider cannot
-        write into the log of a collaboration it is not part of).
+        write into the log of a collaboration it is not part of). A member is refused from the catalogue's index of
+        memberships (fixed at creation) before the collaboration's file is touched: a room it is not in is never
+        opened for it (its file would take a place under the cap and cost a reopen, and answer slower for an
+        existing id than for an unknown one).
         """
-        try:
-            collaboration = self._load(collaboration_id)
-        except NotFoundError:
-            collaboration = None
+        collaboration = None
+        if principal.role is not Role.MEMBER or self._is_member(principal.name, collaboration_id):
+            with contextlib.suppress(NotFoundError):
+                collaboration = self._load(collaboration_id)
         if collaboration is not None:
             if principal.role is Role.MEMBER and collaboration.policy.member(principal.name) is not None:
                 return collaboration
@@ -233,6 +237,11 @@ class Collaborations:
             {"attempted": action, "collaboration": collaboration_id, "reason": "not a member or assigned auditor"},
         )
         raise NotFoundError(not_found(collaboration_id))
+
+    def _is_member(self, member: str, collaboration_id: str) -> bool:
+        """Whether the catalogue's index lists `member` in the collaboration (one indexed lookup, no room's file)."""
+        sql = "SELECT 1 FROM memberships WHERE collab = ? AND member = ? LIMIT 1"
+        return first(self._catalog.cursor().execute(sql, [collaboration_id, member])) is not None
 
     def require_member_somewhere(self, principal: Principal, action: str) -> None:
         """Refuse, before any collaboration is named, a caller who is a member of none (streams are for members).

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from typer.testing import CliRunner
 
 from cleanroom.cli import app
 from cleanroom.devtools.synthetic import DEMO_POLICY
 from cleanroom.storage import Database, StorageLimits
 from cleanroom.storage.store import COLLABORATION_THREADS, MAX_OPEN_FILES
+from cleanroom_client.errors import NotFoundError
 
 
 def test_server_applies_memory_limit_and_spill_directory(start, tmp_path):
@@ -71,3 +73,21 @@ def test_over_grpc_a_member_cycling_its_collaborations_closes_its_own_files_not_
             assert platform.get_collaboration(cid).id == cid
             assert victim in server.store.opened(), "a member's loop over its own rooms closed another's file"
     assert len(server.store.opened()) <= 2
+
+
+def test_a_member_naming_a_room_it_is_not_in_never_opens_its_file(server, make_client):
+    """A member may name any id; a room it is not in is refused from the catalogue's index, its file left closed.
+
+    Before, the refusal loaded the room's file first: any member could reopen other rooms' closed files at will
+    (taking places under the cap, each reopen tens of milliseconds of the server's time, and counting the file as
+    its own), and an existing id answered measurably slower than an unknown one.
+    """
+    victim = make_client("brand").create_collaboration(DEMO_POLICY, "victim").id
+    assert server.store.of(victim).park()
+    stranger = make_client("stranger")
+    for cid in (victim, "no-such-room"):
+        with pytest.raises(NotFoundError) as refused:
+            stranger.get_collaboration(cid)
+        assert cid in str(refused.value)
+    assert victim not in server.store.opened(), "a member of no room reopened the victim's file"
+    assert make_client("brand").get_collaboration(victim).id == victim
