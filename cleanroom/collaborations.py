@@ -199,7 +199,10 @@ class Collaborations:
         """
         try:
             collaboration_id = parse_name(collaboration_name) if collaboration_name is not None else None
-            collaboration = self._load(collaboration_id) if collaboration_id is not None else None
+            outside = principal.role is Role.MEMBER and not (
+                collaboration_id is not None and self._is_member(principal.name, collaboration_id)
+            )  # a room the member is not in is not opened for it (see `get`)
+            collaboration = self._load(collaboration_id) if collaboration_id is not None and not outside else None
         except (InvalidArgumentError, NotFoundError):
             collaboration_id, collaboration = None, None
         if collaboration is not None and (

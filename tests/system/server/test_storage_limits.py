@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import grpc
 import pytest
 from typer.testing import CliRunner
 
+from cleanroom.audit.log import SERVER_CHAIN
 from cleanroom.cli import app
+from cleanroom.collaborations import MAX_POLICY_BYTES
 from cleanroom.devtools.synthetic import DEMO_POLICY
 from cleanroom.storage import Database, StorageLimits
 from cleanroom.storage.store import COLLABORATION_THREADS, MAX_OPEN_FILES
 from cleanroom_client.errors import NotFoundError
+from cleanroom_client.protocol import collaboration_pb2 as co
+from cleanroom_client.protocol import collaboration_pb2_grpc as co_grpc
 
 
 def test_server_applies_memory_limit_and_spill_directory(start, tmp_path):
@@ -91,3 +96,17 @@ def test_a_member_naming_a_room_it_is_not_in_never_opens_its_file(server, make_c
         assert cid in str(refused.value)
     assert victim not in server.store.opened(), "a member of no room reopened the victim's file"
     assert make_client("brand").get_collaboration(victim).id == victim
+
+
+def test_a_refusal_at_the_edge_naming_a_room_the_caller_is_not_in_never_opens_its_file(server, make_client, stub_for):
+    """A request refused before any servicer read it is audited without opening a room the caller is not in."""
+    victim = make_client("brand").create_collaboration(DEMO_POLICY, "victim").id
+    assert server.store.of(victim).park()
+    stub, md = stub_for(co_grpc.CollaborationServiceStub, "stranger")
+    too_long = "x" * (MAX_POLICY_BYTES + 1)
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.ProposePolicy(co.ProposePolicyRequest(name=f"collaborations/{victim}", policy_yaml=too_long), metadata=md)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert victim not in server.store.opened(), "a refusal at the edge reopened a room the caller is not in"
+    refusals = list(server.room.audit.entries(SERVER_CHAIN))
+    assert (refusals[-1].action, refusals[-1].principal) == ("refused", "stranger")
