@@ -248,6 +248,10 @@ class Store:
             self._open[collaboration_id] = db
             return db
 
+    def is_open(self, collaboration_id: str) -> bool:
+        """Whether the collaboration's file is open now (using it would not reopen it)."""
+        return collaboration_id in self._live
+
     def opened(self) -> list[str]:
         """The collaborations whose files are open now (not parked)."""
         with self._mutex:

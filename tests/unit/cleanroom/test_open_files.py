@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from cleanroom.analytics import OverlapQuery
 from cleanroom.analytics.queries import DimensionRef
 from cleanroom.audit.transparency import AuditTrees
+from cleanroom.collaborations import MAX_REOPENS_PER_PAGE
 from cleanroom.devtools.synthetic import load_direct
 from cleanroom.principals import Principal, Role
 from cleanroom.privacy.budget import Charge, Limits
@@ -238,4 +239,28 @@ def test_past_the_cap_the_heaviest_holder_gives_up_files_first_and_a_lone_holder
             _touch(room, f"a-{i}")
     assert len(room.store.opened()) == 3
     assert sum(cid.startswith("a-") for cid in room.store.opened()) >= 1
+    room.close()
+
+
+def test_one_listing_call_reopens_a_bounded_number_of_closed_files_and_the_pages_still_list_all(tmp_path):
+    """A member in many collaborations lists them with the largest page: each listed one is read from its file,
+    and every closed one costs a reopen (76 ms each on the shared test machine: a page of 1000 held a worker for
+    over a minute). A page now ends after `MAX_REOPENS_PER_PAGE` reopens, with a token for the rest."""
+    room = Room.open(tmp_path, StorageLimits(max_open=4))
+    ids = [f"listed-{i:02d}" for i in range(MAX_REOPENS_PER_PAGE + 8)]
+    with acting_for("brand"):
+        for i, cid in enumerate(ids):  # two proposers: each may have 20 proposals pending
+            room.collaborations.create((BRAND, PLATFORM)[i % 2], cid, yaml.safe_dump(POLICY))
+        listed: list[str] = []
+        token, calls = "", 0
+        while True:
+            was_open = len(room.store.opened())
+            page, token = room.collaborations.list(BRAND, 1000, token)
+            calls += 1
+            assert len(page) <= MAX_REOPENS_PER_PAGE + was_open, "one call reopened more files than allowed"
+            listed += [c.id for c in page]
+            if not token:
+                break
+    assert listed == ids  # in order, each once, across the pages
+    assert calls >= 2
     room.close()
