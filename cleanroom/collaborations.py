@@ -202,10 +202,11 @@ class Collaborations:
         """
         try:
             collaboration_id = parse_name(collaboration_name) if collaboration_name is not None else None
-            outside = principal.role is Role.MEMBER and not (
-                collaboration_id is not None and self._is_member(principal.name, collaboration_id)
-            )  # a room the member is not in is not opened for it (see `get`)
-            collaboration = self._load(collaboration_id) if collaboration_id is not None and not outside else None
+            collaboration = (  # a room the caller is not in is not opened for it (see `get`)
+                self._load(collaboration_id)
+                if collaboration_id is not None and self._indexed_in(principal, collaboration_id)
+                else None
+            )
         except (InvalidArgumentError, NotFoundError):
             collaboration_id, collaboration = None, None
         if collaboration is not None and (
@@ -222,13 +223,13 @@ class Collaborations:
 
         Anyone else gets the same NOT_FOUND, with the same message, whether the id exists or not, so ids cannot be
         probed; the refusal goes to the server's own chain, never into the collaboration's (an outsider cannot
-        write into the log of a collaboration it is not part of). A member is refused from the catalogue's index of
-        memberships (fixed at creation) before the collaboration's file is touched: a room it is not in is never
-        opened for it (its file would take a place under the cap and cost a reopen, and answer slower for an
-        existing id than for an unknown one).
+        write into the log of a collaboration it is not part of). The caller is refused from the catalogue's indexes
+        (memberships, fixed at creation; auditor assignments, as listing reads them) before the collaboration's file
+        is touched: a room it is not in is never opened for it (its file would take a place under the cap and cost
+        a reopen, and answer slower for an existing id than for an unknown one).
         """
         collaboration = None
-        if principal.role is not Role.MEMBER or self._is_member(principal.name, collaboration_id):
+        if self._indexed_in(principal, collaboration_id):
             with contextlib.suppress(NotFoundError):
                 collaboration = self._load(collaboration_id)
         if collaboration is not None:
@@ -244,10 +245,14 @@ class Collaborations:
         )
         raise NotFoundError(not_found(collaboration_id))
 
-    def _is_member(self, member: str, collaboration_id: str) -> bool:
-        """Whether the catalogue's index lists `member` in the collaboration (one indexed lookup, no room's file)."""
-        sql = "SELECT 1 FROM memberships WHERE collab = ? AND member = ? LIMIT 1"
-        return first(self._catalog.cursor().execute(sql, [collaboration_id, member])) is not None
+    def _indexed_in(self, principal: Principal, collaboration_id: str) -> bool:
+        """Whether the catalogue lists the caller in the collaboration, as member or assigned auditor.
+
+        No collaboration's file is read; the collaboration's own file, read next, still has the last word.
+        """
+        table, column = ("memberships", "member") if principal.role is Role.MEMBER else ("auditors", "auditor")
+        sql = f"SELECT 1 FROM {table} WHERE collab = ? AND {column} = ? LIMIT 1"
+        return first(self._catalog.cursor().execute(sql, [collaboration_id, principal.name])) is not None
 
     def require_member_somewhere(self, principal: Principal, action: str) -> None:
         """Refuse, before any collaboration is named, a caller who is a member of none (streams are for members).

@@ -89,13 +89,16 @@ def test_a_member_naming_a_room_it_is_not_in_never_opens_its_file(server, make_c
     """
     victim = make_client("brand").create_collaboration(DEMO_POLICY, "victim").id
     assert server.store.of(victim).park()
-    stranger = make_client("stranger")
-    for cid in (victim, "no-such-room"):
-        with pytest.raises(NotFoundError) as refused:
-            stranger.get_collaboration(cid)
-        assert cid in str(refused.value)
-    assert victim not in server.store.opened(), "a member of no room reopened the victim's file"
+    for outsider in ("stranger", "outsider_auditor"):
+        client = make_client(outsider)
+        for cid in (victim, "no-such-room"):
+            with pytest.raises(NotFoundError) as refused:
+                client.get_collaboration(cid)
+            assert cid in str(refused.value)
+        assert victim not in server.store.opened(), f"{outsider} reopened the file of a room it is not in"
     assert make_client("brand").get_collaboration(victim).id == victim
+    server.room.principals.assign_auditor("auditor", victim)
+    assert make_client("auditor").get_collaboration(victim).id == victim
 
 
 def test_a_refusal_at_the_edge_naming_a_room_the_caller_is_not_in_never_opens_its_file(server, make_client, stub_for):
