@@ -219,6 +219,8 @@ class Store:
         """Close and delete a collaboration's file (only for one that never reached the catalogue's index)."""
         with self._lock(collaboration_id):
             db = self._open.pop(collaboration_id, None)
+            with self._mutex:
+                self._holder.pop(collaboration_id, None)
             if db is not None:
                 db.close()
             path = self.path(collaboration_id)
