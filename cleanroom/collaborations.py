@@ -7,6 +7,7 @@ is refused once any data has been uploaded, so the rules under which data arrive
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import secrets
@@ -39,6 +40,9 @@ _ID = re.compile(r"^[a-z][a-z0-9-]{3,62}$")
 MAX_POLICY_BYTES = 64 * 1024
 #: Most collaborations one principal may have proposed that still await someone's approval.
 MAX_PENDING_PROPOSALS = 20
+#: Closed collaboration files one listing call may reopen (tens of milliseconds each); the page ends there. Without
+#: it a member in a thousand collaborations held a worker for over a minute per call (76 ms each, cap exceeded).
+MAX_REOPENS_PER_PAGE = 16
 #: Parsed policies kept in memory, by etag (the SHA-256 of the text): each text is parsed once, not per read.
 POLICY_CACHE_SIZE = 256
 _NAME_PREFIX = COLLABORATIONS
@@ -198,7 +202,11 @@ class Collaborations:
         """
         try:
             collaboration_id = parse_name(collaboration_name) if collaboration_name is not None else None
-            collaboration = self._load(collaboration_id) if collaboration_id is not None else None
+            collaboration = (  # a room the caller is not in is not opened for it (see `get`)
+                self._load(collaboration_id)
+                if collaboration_id is not None and self._indexed_in(principal, collaboration_id)
+                else None
+            )
         except (InvalidArgumentError, NotFoundError):
             collaboration_id, collaboration = None, None
         if collaboration is not None and (
@@ -215,12 +223,15 @@ class Collaborations:
 
         Anyone else gets the same NOT_FOUND, with the same message, whether the id exists or not, so ids cannot be
         probed; the refusal goes to the server's own chain, never into the collaboration's (an outsider cannot
-        write into the log of a collaboration it is not part of).
+        write into the log of a collaboration it is not part of). The caller is refused from the catalogue's indexes
+        (memberships, fixed at creation; auditor assignments, as listing reads them) before the collaboration's file
+        is touched: a room it is not in is never opened for it (its file would take a place under the cap and cost
+        a reopen, and answer slower for an existing id than for an unknown one).
         """
-        try:
-            collaboration = self._load(collaboration_id)
-        except NotFoundError:
-            collaboration = None
+        collaboration = None
+        if self._indexed_in(principal, collaboration_id):
+            with contextlib.suppress(NotFoundError):
+                collaboration = self._load(collaboration_id)
         if collaboration is not None:
             if principal.role is Role.MEMBER and collaboration.policy.member(principal.name) is not None:
                 return collaboration
@@ -233,6 +244,15 @@ class Collaborations:
             {"attempted": action, "collaboration": collaboration_id, "reason": "not a member or assigned auditor"},
         )
         raise NotFoundError(not_found(collaboration_id))
+
+    def _indexed_in(self, principal: Principal, collaboration_id: str) -> bool:
+        """Whether the catalogue lists the caller in the collaboration, as member or assigned auditor.
+
+        No collaboration's file is read; the collaboration's own file, read next, still has the last word.
+        """
+        table, column = ("memberships", "member") if principal.role is Role.MEMBER else ("auditors", "auditor")
+        sql = f"SELECT 1 FROM {table} WHERE collab = ? AND {column} = ? LIMIT 1"
+        return first(self._catalog.cursor().execute(sql, [collaboration_id, principal.name])) is not None
 
     def require_member_somewhere(self, principal: Principal, action: str) -> None:
         """Refuse, before any collaboration is named, a caller who is a member of none (streams are for members).
@@ -363,7 +383,11 @@ class Collaborations:
             )
 
     def list(self, principal: Principal, page_size: int, page_token: str) -> tuple[list[Collaboration], str]:
-        """The caller's collaborations (as member, or as assigned auditor) ordered by id, a page at a time."""
+        """The caller's collaborations (as member, or as assigned auditor) ordered by id, a page at a time.
+
+        Each listed collaboration is read from its file; a page ends early (with a token for the rest) once it
+        has reopened `MAX_REOPENS_PER_PAGE` closed files, so one call's cost stays bounded whatever the page size.
+        """
         if page_size < 0:
             raise InvalidArgumentError("page_size must not be negative")
         size = min(page_size or 50, 1000)
@@ -373,7 +397,14 @@ class Collaborations:
             ids = [r[0] for r in cur.execute(sql, [principal.name, page_token, size + 1]).fetchall()]
         else:
             ids = self._principals.audited(cur, principal.name, page_token, size + 1)
-        page = [self._load(i) for i in ids[:size]]
+        page: list[Collaboration] = []
+        reopened = 0
+        for i in ids[:size]:
+            if not self._store.is_open(i):
+                if reopened == MAX_REOPENS_PER_PAGE:  # the rest of the page is for the next call
+                    return page, page[-1].id
+                reopened += 1
+            page.append(self._load(i))
         return page, (ids[size - 1] if len(ids) > size else "")
 
     def propose(self, principal: Principal, collaboration_id: str, policy_yaml: str) -> Collaboration:

@@ -56,6 +56,7 @@ import grpc
 
 from ..errors import CleanroomError, InvalidArgumentError, RefusalError, ResourceExhaustedError, UnauthenticatedError
 from ..principals import Principal
+from ..storage.store import acting_for
 from .auth import SERVER_SERVICES, StreamLimiter, TokenOrCertificateAuthenticator, no_credentials
 from .errors import BehaviourInterceptor
 from .rates import RateLimiter
@@ -313,7 +314,7 @@ class FrontDoorInterceptor(BehaviourInterceptor):
         def unary_out(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
             principal, watch, argument = start(requests, context)
             try:
-                with slot(principal):
+                with slot(principal), acting_for(principal.name):
                     return inner(argument, context)
             except RefusalError:  # past the door (most write an audit entry); an outcome after data is charged instead
                 self._rates.refused(principal.name)
@@ -324,7 +325,7 @@ class FrontDoorInterceptor(BehaviourInterceptor):
         def stream_out(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
             principal, watch, argument = start(requests, context)
             try:
-                with slot(principal):
+                with slot(principal), acting_for(principal.name):
                     for response in inner(argument, context):
                         self._auth.principal(context)  # revoked or rotated meanwhile: the rest is not sent
                         watch.kick(self._idle)  # the client has that long to take it

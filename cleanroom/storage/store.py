@@ -21,8 +21,11 @@ handed to any other thread.
 Open files are capped (`MAX_OPEN_FILES`, or `StorageLimits.max_open`). An open file is a DuckDB instance: its
 threads (`COLLABORATION_THREADS`), about 4 MB and 2 file descriptors. Members can create collaborations at the
 creation rate and touch each; uncapped, threads, memory and descriptors grew with every collaboration touched
-since the start until the server could serve no one. Beyond the cap, `of` parks (`Database.park`) the least
-recently used files that no one uses right now, outside the registry's lock, without waiting for any.
+since the start until the server could serve no one. Beyond the cap, `of` parks (`Database.park`) files that no
+one uses right now, outside the registry's lock, without waiting for any: the least recently used of whoever
+holds most open files (each file is held by the principal whose request reached it last, `acting_for`), and never
+a file of someone holding fewer than the caller. Plain LRU let a member looping over its own collaborations close
+a victim's file between any two of its calls, so every victim call paid a reopen (tens of milliseconds).
 
 At the cap with every open file in use, a file is opened anyway: over the cap, never waiting. Each file in use
 beyond the cap is held by a request in flight (a live cursor or transaction), and requests are themselves capped
@@ -47,7 +50,9 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import replace
 from pathlib import Path
 
@@ -99,6 +104,8 @@ class Store:
         #: Those whose DuckDB instance is open now (kept by each file's `on_state`).
         self._live: dict[str, Database] = {}
         self._opening: dict[str, Database] = {}
+        #: Whose request reached each file last (`acting_for`): past the cap, the heaviest holder's files go first.
+        self._holder: dict[str, str] = {}
         self._locks: dict[str, threading.RLock] = {}
         self._mutex = threading.Lock()
         self._parking = threading.Lock()
@@ -155,7 +162,7 @@ class Store:
         if db is None:
             db = self._open_file(collaboration_id, create=False)
         db.open()
-        self._park_beyond_cap()
+        self._hold(collaboration_id)
         return db
 
     def create(self, collaboration_id: str) -> Database:
@@ -163,11 +170,25 @@ class Store:
         with self._lock(collaboration_id):
             self.discard(collaboration_id)
             db = self._open_file(collaboration_id, create=True)
-        self._park_beyond_cap()
+        self._hold(collaboration_id)
         return db
 
-    def _park_beyond_cap(self) -> None:
-        """Park the least recently used files no one uses, until at most `max_open` are open (or none is idle).
+    def _hold(self, collaboration_id: str) -> None:
+        """Count the file as held by the caller (`acting_for`), then park files beyond the cap on its behalf."""
+        caller = _ACTING_FOR.get()
+        with self._mutex:
+            self._holder[collaboration_id] = caller
+        self._park_beyond_cap(caller)
+
+    def _park_beyond_cap(self, caller: str) -> None:
+        """Park idle files until at most `max_open` are open: the least recently used of whoever holds most first.
+
+        Fair rather than plain LRU: with plain LRU a member cycling through its own collaborations made every file
+        it touched more recent than a victim's, so the victim's file was closed between any two of its calls and
+        each victim call paid a reopen. Here `caller` parks only files of holders holding at least as many open
+        files as it does (itself included), the heaviest first; a member's loop therefore closes its own files,
+        and a holder of fewer files than the caller never loses one to it. When none of those is idle the file stays
+        open over the cap (bounded by the caller's requests in flight, see the module's docstring).
 
         Runs in the caller's thread without the registry's lock while parking, and skips a file busy this instant
         rather than wait for it; one thread parks at a time (another finding it busy leaves the work to it).
@@ -177,12 +198,20 @@ class Store:
         try:
             with self._mutex:
                 excess = len(self._live) - self.max_open
-                oldest = sorted(self._live.values(), key=lambda db: db.last_used)
-            for db in oldest:
-                if excess <= 0:
+                by_holder: dict[str, list[Database]] = {}
+                for cid, db in self._live.items():
+                    by_holder.setdefault(self._holder.get(cid, ""), []).append(db)
+            held = Counter({holder: len(files) for holder, files in by_holder.items()})
+            for files in by_holder.values():
+                files.sort(key=lambda db: db.last_used)
+            while excess > 0:
+                eligible = [h for h, files in by_holder.items() if files and held[h] >= held[caller]]
+                if not eligible:
                     break
-                if db.park():
+                holder = max(eligible, key=lambda h: (held[h], -by_holder[h][0].last_used))
+                if by_holder[holder].pop(0).park():
                     excess -= 1
+                    held[holder] -= 1
         finally:
             self._parking.release()
 
@@ -190,6 +219,8 @@ class Store:
         """Close and delete a collaboration's file (only for one that never reached the catalogue's index)."""
         with self._lock(collaboration_id):
             db = self._open.pop(collaboration_id, None)
+            with self._mutex:
+                self._holder.pop(collaboration_id, None)
             if db is not None:
                 db.close()
             path = self.path(collaboration_id)
@@ -219,6 +250,10 @@ class Store:
             self._open[collaboration_id] = db
             return db
 
+    def is_open(self, collaboration_id: str) -> bool:
+        """Whether the collaboration's file is open now (using it would not reopen it)."""
+        return collaboration_id in self._live
+
     def opened(self) -> list[str]:
         """The collaborations whose files are open now (not parked)."""
         with self._mutex:
@@ -239,3 +274,22 @@ class Store:
             with contextlib.suppress(Exception):
                 closed = db.close(left) and closed
         return closed
+
+
+#: On whose behalf this thread uses storage now ('' when no request's caller is known: start-up, operator commands).
+_ACTING_FOR: ContextVar[str] = ContextVar("cleanroom_storage_acting_for", default="")
+
+
+@contextlib.contextmanager
+def acting_for(principal: str) -> Iterator[None]:
+    """Count the collaboration files this thread reaches meanwhile as `principal`'s.
+
+    The server's front door sets it for each call, so that past the cap the files of whoever holds most are closed
+    first (see `Store._park_beyond_cap`).
+    """
+    token = _ACTING_FOR.set(principal)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):  # a stream closed by the garbage collector in another context
+            _ACTING_FOR.reset(token)
