@@ -89,6 +89,8 @@ MAX_MEASURE: Final[float] = _DEFS["measure_bound"]["maximum"]
 #: noise, and noise is drawn on 64-bit integers, so larger bounds could not be honoured.
 MAX_SENSITIVITY = 2**53
 RESERVED_COLUMNS = frozenset({"row_id"})
+#: Money is summed in whole cents (each value rounded toward zero) before noise.
+CENTS: Final = 100
 #: The name the server's audit log gives the operator (adding principals, assigning auditors).
 OPERATOR: Final = "operator"
 #: Names no principal and no policy member may take, so that nobody can pass for the operator or the server in an
@@ -162,11 +164,33 @@ class TableSpec:
     measures: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     #: For event tables: the most rows (e.g. conversions) one person may contribute to a query; None: no cap set.
     max_per_person: int | None = None
+    #: For tables with `max_per_person`: per measure, the most one person's total may count (totals are clipped to
+    #: [-x, x]); a measure without one is bounded by its rows alone (`person_bound`).
+    per_person_max: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def qualified_name(self) -> str:
         """`member.table`."""
         return f"{self.member}.{self.table}"
+
+    def person_bound(self, column: str) -> float:
+        """The most |total| one person's rows of measure `column` can count: the one fact every sum's sensitivity uses.
+
+        The rows bound it (at most `max_per_person` rows, 1 for a table without a cap, each clipped to the
+        measure's bounds [lo, hi]), and the policy's `per_person_max`, when declared, clips the total to [-x, x].
+        """
+        lo, hi = self.measures[column]
+        rows = (self.max_per_person or 1) * max(abs(lo), abs(hi))
+        declared = self.per_person_max.get(column)
+        return rows if declared is None else min(rows, declared)
+
+    def person_cents(self, column: str) -> int:
+        """`person_bound` in cents, rounded up: what the value and lift queries clip one person's total cents to.
+
+        A person's cents are their rows' cents, each rounded toward zero, so without `per_person_max` the clip
+        never binds (|sum| <= cap x 100 x max(|lo|, |hi|) <= this), and existing policies keep their meaning.
+        """
+        return math.ceil(CENTS * self.person_bound(column))
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -619,15 +643,38 @@ def _tables(raw: Any, member_names: set[str], problems: list[str]) -> dict[str, 
                 continue
             measures[str(col)] = (lo, hi)
         cap = spec.get("max_per_person")
+        per_person = _per_person_max(spec.get("per_person_max"), measures, cap, path, problems)
         columns = ([time] if time else []) + list(dims) + list(measures)
         for col in sorted({c for c in columns if columns.count(c) > 1}):
             problems.append(f"{path}: column {col!r} is declared more than once")
         for col in sorted(RESERVED_COLUMNS.intersection(columns)):
             problems.append(f"{path}: column name {col!r} is reserved for the surrogate id")
         tables[str(qualified)] = TableSpec(
-            member, table, time, dims, measures, cap if isinstance(cap, int) and not isinstance(cap, bool) else None
+            member,
+            table,
+            time,
+            dims,
+            measures,
+            cap if isinstance(cap, int) and not isinstance(cap, bool) else None,
+            per_person,
         )
     return tables
+
+
+def _per_person_max(
+    raw: Any, measures: Mapping[str, tuple[float, float]], cap: Any, path: str, problems: list[str]
+) -> dict[str, float]:
+    """The table's per-person totals' bounds: declared measures only, on a table that caps its rows per person."""
+    bounds: dict[str, float] = {}
+    if raw is not None and cap is None:
+        problems.append(f"{path}.per_person_max: only a table with max_per_person bounds a person's total")
+    for col, bound in _mapping(raw).items():
+        number = _number(bound)
+        if col not in measures:
+            problems.append(f"{path}.per_person_max.{col}: not a declared measure of this table ({sorted(measures)})")
+        elif number is not None and 0 < number <= MAX_MEASURE:
+            bounds[str(col)] = number
+    return bounds
 
 
 def _mapping(raw: Any) -> dict[Any, Any]:
