@@ -83,6 +83,9 @@ class EventTables:
     hi: float
     cap: int
     every_exposures: tuple[TableSpec, ...] = ()
+    #: The most |cents| one person's capped conversions carry together (`per_person_bound`): attribution scales a
+    #: person's conversions down to it, so it is the revenue vector's L1 sensitivity per matched pair.
+    person_cents: int = 0
 
     @property
     def value_bound(self) -> float:
@@ -93,6 +96,16 @@ class EventTables:
     def cents_per_conversion(self) -> int:
         """The most cents one conversion can carry (its value is rounded toward zero)."""
         return math.ceil(CENTS * self.value_bound)
+
+
+def per_person_bound(conversions: TableSpec, column: str) -> int:
+    """The most |cents| one person's conversions may carry together in attribution: the one place it is read.
+
+    The policy's `per_person_max` of the value column in cents, rounded up, when declared; otherwise the bound
+    the rows imply, ceil(100 x max_per_person x max(|lo|, |hi|)), which no person's conversions reach (each carries
+    at most trunc(100 x max(|lo|, |hi|)) cents), so a policy without it keeps today's answers exactly.
+    """
+    return conversions.person_cents(column)
 
 
 def event_tables(policy: Policy, members: Sequence[str] | None = None) -> EventTables:
@@ -127,7 +140,7 @@ def event_tables(policy: Policy, members: Sequence[str] | None = None) -> EventT
             )
     column = "value" if "value" in conv.measures else next(iter(conv.measures))
     lo, hi = conv.measures[column]
-    return EventTables(conv, expo, column, lo, hi, conv.max_per_person, every)
+    return EventTables(conv, expo, column, lo, hi, conv.max_per_person, every, per_person_bound(conv, column))
 
 
 def exposure_domain(ev: EventTables, column: str) -> tuple[str, ...]:
@@ -180,7 +193,7 @@ def attribution_sql(
         et, g = quote_ident(spec.time or ""), quote_ident(group.column)
         expo = catalog.table(spec.member, "exposures", [spec.time or "", group.column, "campaign", "channel", "kind"])
         touch_sources.append(
-            f"""SELECT c.person, c.rn, c.cts, c.value, e.{et} AS ets, CAST(e.{g} AS VARCHAR) AS g,
+            f"""SELECT c.person, c.rn, c.cts, c.cents, e.{et} AS ets, CAST(e.{g} AS VARCHAR) AS g,
                    e.kind = 'click' AS is_click, CAST(e.campaign AS VARCHAR) AS campaign,
                    CAST(e.channel AS VARCHAR) AS channel
             FROM capped c JOIN m ON m.person = c.person JOIN {expo} e ON e.row_id = m.{catalog.side(spec.member)}
@@ -205,7 +218,15 @@ def attribution_sql(
     text = f"""
         WITH m AS ({_matched(catalog, ev.conversions.member)}),
         conv AS ({_capped(catalog, ev)}),
-        capped AS (SELECT * FROM conv WHERE rn <= $cap),
+        kept_conv AS (
+            SELECT *, CAST(trunc(value * {CENTS}) AS BIGINT) AS raw_cents FROM conv WHERE rn <= $cap
+        ),
+        capped AS (
+            SELECT *, CASE WHEN person_abs <= $person THEN raw_cents
+                           ELSE CAST(sign(raw_cents) * (CAST(abs(raw_cents) AS HUGEINT) * $person // person_abs)
+                                     AS BIGINT) END AS cents
+            FROM (SELECT *, sum(abs(raw_cents)) OVER (PARTITION BY person) AS person_abs FROM kept_conv)
+        ),
         touches AS ({" UNION ALL ".join(touch_sources)}),
         kept AS (
             SELECT *, max(CAST(is_click AS INTEGER)) OVER (PARTITION BY person, rn) AS any_click FROM touches
@@ -224,7 +245,7 @@ def attribution_sql(
             FROM latest WHERE recency <= {MAX_TOUCHES}
         ),
         weighted AS (
-            SELECT person, rn, pos, g, {weight} AS w, CAST(trunc(value * {CENTS}) AS BIGINT) AS total_cents
+            SELECT person, rn, pos, g, {weight} AS w, cents AS total_cents
             FROM ordered
         ),
         floored AS (
@@ -244,7 +265,7 @@ def attribution_sql(
                    sign(total_cents) * (c0 + CAST(c_rank <= c_left AS BIGINT)) AS cents
             FROM ranked
             UNION ALL
-            SELECT person, NULL, {MILLI}, CAST(trunc(value * {CENTS}) AS BIGINT)
+            SELECT person, NULL, {MILLI}, cents
             FROM capped c WHERE NOT EXISTS (SELECT 1 FROM touches t WHERE t.person = c.person AND t.rn = c.rn)
         )
         SELECT credits.g{brand_select}, sum(milli), sum(cents) FROM credits {brand_join} GROUP BY 1{brand_group}
@@ -254,6 +275,7 @@ def attribution_sql(
         "lo": ev.lo,
         "hi": ev.hi,
         "cap": ev.cap,
+        "person": ev.person_cents,
         "lookback": lookback_days,
         "cov": click_over_view,
         "half_life": half_life_days,
@@ -342,7 +364,7 @@ def attribution(
         c = engine.stability(catalog, any_of=ANY_OF)
         measurements = (
             Measurement("conversions", conversions, half, c * MILLI * ev.cap, MILLI),
-            Measurement("revenue", revenue, half, c * ev.cap * ev.cents_per_conversion, CENTS),
+            Measurement("revenue", revenue, half, c * ev.person_cents, CENTS),
         )
         spend = policy.campaign_spend if q.by == "campaign" else {}
         floor = 0.0 if ev.lo >= 0 else -math.inf  # revenue cannot be negative when no value is
