@@ -7,12 +7,16 @@ join's stability constant):
 - Each matched person contributes at most `max_per_person` conversions (the policy's cap on the conversions
   table): the earliest ones, ties broken by value then by their row order. Values are clamped to the policy's
   bounds [lo, hi] first.
-- Each conversion hands out exactly 1000 thousandths of a conversion, and exactly trunc(100 x value) cents (rounded
-  toward zero, so |cents| <= 100 x max(|lo|, |hi|)), across its touchpoints, or the whole of both to the `none`
-  cell when no touchpoint qualifies (unattributed). Integer shares are apportioned by largest remainder (ties by
-  touch order), so the integers of one conversion add up to exactly those totals whatever the number of touches,
-  and all of them have the sign of the value. So one person moves the conversion vector by at most 1000 x cap (L1)
-  and the revenue vector by at most cap x ceil(100 x max(|lo|, |hi|)).
+- A conversion's cents are trunc(100 x value) (rounded toward zero). One person's capped conversions together carry
+  at most P = `per_person_bound` cents in absolute value: when their |cents| add up to S > P, each conversion's
+  cents are scaled to sign x floor(|cents| x P / S) (integers, so the sum of |cents| is at most P exactly). P is the
+  policy's `per_person_max` of the value (in cents, rounded up), else ceil(100 x cap x max(|lo|, |hi|)), which S
+  never passes (so without it nothing is scaled and answers are as before).
+- Each conversion hands out exactly 1000 thousandths of a conversion, and exactly its cents, across its
+  touchpoints, or the whole of both to the `none` cell when no touchpoint qualifies (unattributed). Integer shares
+  are apportioned by largest remainder (ties by touch order), so the integers of one conversion add up to exactly
+  those totals whatever the number of touches, and all of them have the sign of the value. So one person moves the
+  conversion vector by at most 1000 x cap (L1) and the revenue vector by at most P.
 - At most `MAX_TOUCHES` touchpoints per conversion are credited (the latest ones); this bounds the work, the
   apportioning above bounds the sensitivity.
 
@@ -330,8 +334,11 @@ def attribution(
     """Attributed conversions and revenue (and ROAS where spend is public) per campaign or channel.
 
     Epsilon is split in half between the conversions vector (sensitivity c x 1000 x cap thousandths) and the
-    revenue vector (c x cap x ceil(100 x max|value|) cents); see `attribution.py` for the bounding. The
-    group `none` holds the unattributed conversions.
+    revenue vector (c x P cents, P the per-person bound); see the module docstring for the bounding. Both are
+    discrete Laplace: one person's credit may sit in one cell, so a vector's L2 sensitivity is as large as its L1
+    and the Gaussian gives wider bars at any ε and δ the policies allow (docs/privacy.md, "Attribution's
+    revenue"). The half leaves the conversions' bars as they were; the per-person bound is what narrows revenue's.
+    The group `none` holds the unattributed conversions.
     """
     half = q.epsilon / 2
 
