@@ -234,7 +234,7 @@ members:
 identifiers: [email, phone]
 tables:
   brand.users:       {dimensions: {tier: [gold, silver, basic]}}
-  brand.conversions: {time: ts, measures: {value: [0, 300]}, max_per_person: 3, per_person_max: {value: 400}}
+  brand.conversions: {time: ts, measures: {value: [0, 300]}, max_per_person: 3, per_person_max: {value: 300}}
   platform.users:    {dimensions: {age_band: ["18-24", "25-34", "35-44", "45+"],
                                    stage_4a: [aware, appeal, act, advocate]},
                       measures: {visits_30d: [0, 60]}}

@@ -494,7 +494,8 @@ def _consistent_tables(tables: Mapping[str, TableSpec], problems: list[str]) -> 
 def _sensitivities_fit(tables: Mapping[str, TableSpec], c: int, problems: list[str]) -> None:
     """The largest sensitivity an event table's bounds lead to must fit MAX_SENSITIVITY.
 
-    A conversions table's in attribution and lift, any capped table's in the value query (cap rows, in cents).
+    A conversions table's in attribution and lift, any capped table's in the value query (one person's total, in
+    cents, `TableSpec.person_cents`).
     """
     for qualified, spec in tables.items():
         if spec.max_per_person is None:
@@ -502,9 +503,11 @@ def _sensitivities_fit(tables: Mapping[str, TableSpec], c: int, problems: list[s
         cap = spec.max_per_person
         for column, (lo, hi) in spec.measures.items():
             bound = max(abs(lo), abs(hi))
-            largest = c * cap * math.ceil(100 * bound)
+            person = spec.person_cents(column)  # value's sum and lift's revenue; lift's revenue squared below
+            largest = c * person
             if spec.table == "conversions":
-                largest = max(largest, c * max(1000 * cap, math.ceil((cap * bound) ** 2) + 1))
+                squared = math.ceil((person / CENTS) ** 2) + 1
+                largest = max(largest, c * cap * math.ceil(CENTS * bound), c * max(1000 * cap, squared))
             if largest > MAX_SENSITIVITY:
                 problems.append(
                     f"tables.{qualified}: max_per_person {cap} x |{column}| up to {bound:g} gives a sensitivity of "
