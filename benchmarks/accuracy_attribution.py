@@ -21,10 +21,9 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -44,9 +43,12 @@ GOAL = {"attributed_revenue": 0.15, "roas": 0.20}
 BRAND = Principal("brand", Role.MEMBER)
 
 
-@dataclass(frozen=True)
-class World:
-    """A synthetic world and the attribution queries asked of it."""
+class World(NamedTuple):
+    """A synthetic world and the attribution queries asked of it.
+
+    A NamedTuple, not a dataclass: `bench_accuracy.py` loads this file without registering it in sys.modules, where
+    a dataclass's string annotations would be looked up.
+    """
 
     name: str
     config: SyntheticConfig
