@@ -1,11 +1,11 @@
 """Attribution's revenue under the policy's per-person bound (`per_person_max`), and why it uses no Gaussian.
 
-Issue 31: at ε = 1 attribution's revenue bar was c x max_per_person x max|value| / (ε/2) wide, ±20-40% of a
-channel's revenue with a thousand buyers. Each person's capped conversions are now scaled down together to at most
-the policy's per-person bound (integer cents, rounded toward zero), so the revenue vector's L1 sensitivity per
-matched pair is that bound: these tests check the stated sensitivity, that removing any one users row of either
-member moves each exact vector by at most it (negative values, many conversions, every model), and the decision
-not to use the Gaussian mechanism.
+Issue 31: attribution's revenue noise had scale c x max_per_person x max|value| / (ε/2): at ε = 1 its bar was
+15-26% of a cell's revenue with a thousand buyers or more (benchmarks/README.md, "Accuracy"). Each person's capped
+conversions are now scaled down together to at most the policy's per-person bound (integer cents, rounded toward
+zero), so the revenue vector's L1 sensitivity per matched pair is that bound: these tests check the stated
+sensitivity, that removing any one users row of either member moves each exact vector by at most it (negative
+values, many conversions, every model), and the decision not to use the Gaussian mechanism.
 """
 
 from __future__ import annotations
