@@ -19,6 +19,7 @@ Usage: python benchmarks/accuracy_attribution.py [--quick] [--repeats N]
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -156,10 +157,18 @@ def truth(data: SyntheticData, q: AttributionQuery, lo: float, hi: float, cap: i
     return rows.groupby("g").agg(conversions=("w", "sum"), revenue=("revenue", "sum"), buyers=("user_id", "nunique"))
 
 
-def measure(world: World, repeats: int) -> list[dict[str, Any]]:
+def demo_policy(per_person_max: float | None = None) -> str:
+    """The demo's policy with budget for the runs; `per_person_max` replaces its per-person bound when given."""
+    text = DEMO_POLICY.replace("per_member_total: 10.0", "per_member_total: 1.0e+9")
+    if per_person_max is None:
+        return text
+    return re.sub(r"per_person_max: \{value: [0-9.e+]+\}", f"per_person_max: {{value: {per_person_max:g}}}", text)
+
+
+def measure(world: World, repeats: int, per_person_max: float | None = None) -> list[dict[str, Any]]:
     """Run every query of `world` `repeats` times; one row per (query, measure)."""
     data = generate(world.config)
-    policy_text = DEMO_POLICY.replace("per_member_total: 10.0", "per_member_total: 1.0e+9")
+    policy_text = demo_policy(per_person_max)
     policy = parse_policy(policy_text)
     conv_spec = policy.table("brand", "conversions")
     assert conv_spec is not None
@@ -212,14 +221,14 @@ def measure(world: World, repeats: int) -> list[dict[str, Any]]:
     return out
 
 
-def rows(quick: bool, repeats: int | None = None) -> list[dict[str, Any]]:
+def rows(quick: bool, repeats: int | None = None, per_person_max: float | None = None) -> list[dict[str, Any]]:
     """The accuracy rows: measure, median and worst bar ÷ value, coverage (per world and query).
 
     `quick`: one small world, one query, a few runs (a smoke test of seconds).
     """
     if quick:
-        return measure(QUICK, repeats or 5)
-    return [r for w in WORLDS for r in measure(w, repeats or 100)]
+        return measure(QUICK, repeats or 5, per_person_max)
+    return [r for w in WORLDS for r in measure(w, repeats or 100, per_person_max)]
 
 
 def table(found: list[dict[str, Any]]) -> str:
@@ -243,8 +252,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one small world, a few runs")
     parser.add_argument("--repeats", type=int, default=None, help="runs per query (default 100; quick: 5)")
+    parser.add_argument("--per-person-max", type=float, default=None, help="instead of the demo policy's bound")
     args = parser.parse_args()
-    print(table(rows(args.quick, args.repeats)))
+    print(table(rows(args.quick, args.repeats, args.per_person_max)))
     return 0
 
 
