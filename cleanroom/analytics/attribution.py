@@ -10,12 +10,16 @@ join's stability constant):
 - Each matched person contributes at most `max_per_person` conversions (the policy's cap on the conversions
   table): the earliest ones, ties broken by value then by their row order. Values are clamped to the policy's
   bounds [lo, hi] first.
-- Each conversion hands out exactly 1000 thousandths of a conversion, and exactly trunc(100 x value) cents (rounded
-  toward zero, so |cents| <= 100 x max(|lo|, |hi|)), across its touchpoints, or the whole of both to the `none`
-  cell when no touchpoint qualifies (unattributed). Integer shares are apportioned by largest remainder (ties by
-  touch order), so the integers of one conversion add up to exactly those totals whatever the number of touches,
-  and all of them have the sign of the value. So one person moves the conversion vector by at most 1000 x cap (L1)
-  and the revenue vector by at most cap x ceil(100 x max(|lo|, |hi|)).
+- A conversion's cents are trunc(100 x value) (rounded toward zero). One person's capped conversions together carry
+  at most P = `per_person_bound` cents in absolute value: when their |cents| add up to S > P, each conversion's
+  cents are scaled to sign x floor(|cents| x P / S) (integers, so the sum of |cents| is at most P exactly). P is the
+  policy's `per_person_max` of the value (in cents, rounded up), else ceil(100 x cap x max(|lo|, |hi|)), which S
+  never passes (so without it nothing is scaled and answers are as before).
+- Each conversion hands out exactly 1000 thousandths of a conversion, and exactly its cents, across its
+  touchpoints, or the whole of both to the `none` cell when no touchpoint qualifies (unattributed). Integer shares
+  are apportioned by largest remainder (ties by touch order), so the integers of one conversion add up to exactly
+  those totals whatever the number of touches, and all of them have the sign of the value. So one person moves the
+  conversion vector by at most 1000 x cap (L1) and the revenue vector by at most P.
 - At most `credits.MAX_TOUCHES` touchpoints per conversion are credited (the latest ones); this bounds the work, the
   apportioning above bounds the sensitivity.
 
@@ -99,6 +103,9 @@ class EventTables:
     hi: float
     cap: int
     every_exposures: tuple[TableSpec, ...] = ()
+    #: The most |cents| one person's capped conversions carry together (`per_person_bound`): attribution scales a
+    #: person's conversions down to it, so it is the revenue vector's L1 sensitivity per matched pair.
+    person_cents: int = 0
 
     @property
     def value_bound(self) -> float:
@@ -109,6 +116,16 @@ class EventTables:
     def cents_per_conversion(self) -> int:
         """The most cents one conversion can carry (its value is rounded toward zero)."""
         return math.ceil(CENTS * self.value_bound)
+
+
+def per_person_bound(conversions: TableSpec, column: str) -> int:
+    """The most |cents| one person's conversions may carry together in attribution: the one place it is read.
+
+    The policy's `per_person_max` of the value column in cents, rounded up, when declared; otherwise the bound
+    the rows imply, ceil(100 x max_per_person x max(|lo|, |hi|)), which no person's conversions reach (each carries
+    at most trunc(100 x max(|lo|, |hi|)) cents), so a policy without it keeps today's answers exactly.
+    """
+    return conversions.person_cents(column)
 
 
 def event_tables(policy: Policy, members: Sequence[str] | None = None) -> EventTables:
@@ -143,7 +160,7 @@ def event_tables(policy: Policy, members: Sequence[str] | None = None) -> EventT
             )
     column = "value" if "value" in conv.measures else next(iter(conv.measures))
     lo, hi = conv.measures[column]
-    return EventTables(conv, expo, column, lo, hi, conv.max_per_person, every)
+    return EventTables(conv, expo, column, lo, hi, conv.max_per_person, every, per_person_bound(conv, column))
 
 
 def exposure_domain(ev: EventTables, column: str) -> tuple[str, ...]:
@@ -195,8 +212,8 @@ def attribution_sql(catalog: Catalog, ev: EventTables, group: Axis, brand_axis: 
     them), with `conversion` (the conversion's stored row), `ts_us` the touch's time in microseconds, `click`,
     `campaign` and `channel` (ranks in their sorted domains, for the touch order), `group` and `brand` (indices
     into the axes' domains; 0 without a brand axis), `cents` the conversion's value in cents. Rows without: per
-    brand cell, `conversions` conversions carrying `high` x 2^32 + `cents` cents (split so that no sum overflows);
-    summed, they are the capped conversions (all of them, less those over the cap).
+    brand cell, `conversions` conversions carrying `high` x 2^32 + `cents` cents (split so that no sum overflows):
+    the capped conversions, each person's cents scaled down to the per-person bound.
 
     Cheap where it can be: the cap ranks only the conversions of people over it (most people are not), each
     conversion carries its person's rows of the exposures' members from its one join with the people, and
@@ -230,6 +247,24 @@ def attribution_sql(catalog: Catalog, ev: EventTables, group: Axis, brand_axis: 
     params["campaigns"] = sorted(exposure_domain(ev, "campaign"))
     params["channels"] = sorted(exposure_domain(ev, "channel"))
     split = "CAST(sum({0} % 4294967296) AS BIGINT), CAST(sum({0} // 4294967296) AS BIGINT)"
+    # Each person's kept conversions carry at most $person cents together: over it, each is scaled down to
+    # sign x floor(|cents| x P / S), S the person's sum of |cents|. Without a per-person bound below what the rows
+    # imply nobody is over it, and the step is left out.
+    scaled = (
+        """
+        over AS (
+            SELECT person, sum(abs(cents)) AS person_abs FROM kept GROUP BY person HAVING sum(abs(cents)) > $person
+        ),
+        capped AS (
+            SELECT k.* EXCLUDE (cents),
+                   CASE WHEN o.person_abs IS NULL THEN k.cents
+                        ELSE CAST(sign(k.cents) * (CAST(abs(k.cents) AS HUGEINT) * $person // o.person_abs) AS BIGINT)
+                   END AS cents
+            FROM kept k LEFT JOIN over o USING (person)
+        )"""
+        if ev.person_cents < ev.cap * ev.cents_per_conversion
+        else "\n        capped AS (SELECT * FROM kept)"
+    )
     text = f"""
         WITH m AS ({_matched(catalog, ev.conversions.member)}),
         conv AS (
@@ -242,20 +277,25 @@ def attribution_sql(catalog: Catalog, ev: EventTables, group: Axis, brand_axis: 
             SELECT *, row_number() OVER (PARTITION BY person ORDER BY cts, raw, conversion) AS rn
             FROM conv SEMI JOIN heavy USING (conv_row)
         ),
-        capped AS (
+        kept AS (
             SELECT * FROM conv ANTI JOIN heavy USING (conv_row)
             UNION ALL
             SELECT * EXCLUDE (rn) FROM ranked WHERE rn <= $cap
-        )
+        ),{scaled}
         {" UNION ALL ".join(touch_sources)}
         UNION ALL
         SELECT false, 0, 0, false, 0, 0, {len(group.domain) - 1}, brand, {split.format("cents")}, count(*)
-        FROM conv GROUP BY brand
-        UNION ALL
-        SELECT false, 0, 0, false, 0, 0, {len(group.domain) - 1}, brand, {split.format("-cents")}, -count(*)
-        FROM ranked WHERE rn > $cap GROUP BY brand
+        FROM capped GROUP BY brand
     """
-    params |= {"collab": catalog.id, "lo": ev.lo, "hi": ev.hi, "cap": ev.cap, "lookback": lookback_days}
+    params |= {
+        "collab": catalog.id,
+        "lo": ev.lo,
+        "hi": ev.hi,
+        "cap": ev.cap,
+        "lookback": lookback_days,
+    }
+    if "$person" in scaled:
+        params["person"] = ev.person_cents
     return Sql(text, params)
 
 
@@ -379,8 +419,11 @@ def attribution(
     """Attributed conversions and revenue (and ROAS where spend is public) per campaign or channel.
 
     Epsilon is split in half between the conversions vector (sensitivity c x 1000 x cap thousandths) and the
-    revenue vector (c x cap x ceil(100 x max|value|) cents); see `attribution.py` for the bounding. The
-    group `none` holds the unattributed conversions.
+    revenue vector (c x P cents, P the per-person bound); see the module docstring for the bounding. Both are
+    discrete Laplace: one person's credit may sit in one cell, so a vector's L2 sensitivity is as large as its L1
+    and the Gaussian gives wider bars at any ε and δ the policies allow (docs/privacy.md, "Attribution's
+    revenue"). The half leaves the conversions' bars as they were; the per-person bound is what narrows revenue's.
+    The group `none` holds the unattributed conversions.
     """
     half = q.epsilon / 2
 
@@ -415,7 +458,7 @@ def attribution(
         c = engine.stability(catalog, any_of=ANY_OF)
         measurements = (
             Measurement("conversions", conversions, half, c * MILLI * ev.cap, MILLI),
-            Measurement("revenue", revenue, half, c * ev.cap * ev.cents_per_conversion, CENTS),
+            Measurement("revenue", revenue, half, c * ev.person_cents, CENTS),
         )
         spend = policy.campaign_spend if q.by == "campaign" else {}
         floor = 0.0 if ev.lo >= 0 else -math.inf  # revenue cannot be negative when no value is

@@ -164,7 +164,7 @@ def test_the_epsilon_needed_meets_the_target_and_no_less_does(rooms):
 
 
 def test_the_preview_states_the_bars_the_query_releases(rooms):
-    room = rooms(PRIVACY_POLICY, population(20))
+    room = rooms(PRIVACY_POLICY, population(200))  # cells of ~70 people: none is withheld by noise
     q = OverlapQuery((DimensionRef.parse("brand.tier"),), 0.5)
     preview = room.queries.overlap(BRAND, C, q, preview=True)
     answer = room.queries.overlap(BRAND, C, q)
