@@ -377,7 +377,9 @@ def read_facts(
     policy says so.
     """
     broken = verification.first_invalid if not verification.valid else 0
-    rows = [(e, not broken or e.sequence < broken) for e in entries]
+    # By position, never by the sequence an entry claims: an entry placed after the break with a low sequence number
+    # (a duplicate, or a forged copy of an early entry) is unverified like every entry after the break.
+    rows = [(e, not broken or position < broken) for position, e in enumerate(entries, start=1)]
     members = tuple(sorted({m.name for m in policy.members})) if policy else ()
     principals = tuple(sorted({e.principal for e in entries} | set(members)))
     per_period = bool(policy and policy.refresh and policy.refresh.budget == RefreshBudget.PER_PERIOD)

@@ -11,6 +11,7 @@ Merkle root; a head larger than the export cannot be judged from it and says so.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
@@ -86,4 +87,16 @@ def facts_from_export(
     )
     collaboration = head.collaboration if head else (entries[0].collaboration if entries else "")
     policy = parse_policy(policy_text) if policy_text else None
-    return read_facts(collaboration, entries, verification, policy, policy_text)
+    try:
+        return read_facts(collaboration, entries, verification, policy, policy_text)
+    except Exception:  # whatever a tampered entry holds, the page must still say where the chain broke
+        if verification.valid:
+            raise
+    # An entry after the break is not the server's: it may hold anything (a time that is no time, a list where a
+    # number belongs). Its failure is what the page must show, so the rows are read up to the break only.
+    kept = entries[: max(verification.first_invalid - 1, 0)]
+    shown = replace(
+        verification,
+        reason=f"{verification.reason}; entries from #{verification.first_invalid} on are malformed and not shown",
+    )
+    return read_facts(collaboration, kept, shown, policy, policy_text)

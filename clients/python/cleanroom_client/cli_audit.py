@@ -143,7 +143,7 @@ def _head_file(path: Path) -> TreeHead:
     """A tree head written by `cleanroom-client audit head --to FILE` (or a client's remembered head)."""
     try:
         return TreeHead.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # another member's file: JSON nested too deep, say
         err.print(f"{path}: not a tree head ({exc}); write one with cleanroom-client audit head COLLAB --to FILE")
         raise typer.Exit(2) from None
 

@@ -78,6 +78,9 @@ def _use_fonts(lang: str) -> None:
     plt.rcParams["font.family"] = "sans-serif"
     plt.rcParams["font.sans-serif"] = families
     plt.rcParams["axes.unicode_minus"] = False
+    # Every label is text as written, never mathtext: a domain value such as "$5-$10" (or a tampered entry's
+    # "$\frac{$") would otherwise be typeset, or stop the drawing with a parse error.
+    plt.rcParams["text.parse_math"] = False
 
 
 # -- helpers ----------------------------------------------------------------------------------------------------------

@@ -255,3 +255,111 @@ def test_the_command_reads_an_export_offline_and_says_what_is_missing(tmp_path: 
     assert done.exit_code == 0, done.output
     assert "(verified)" in said(done)
     assert sorted(p.name for p in out.parent.iterdir()) == ["audited-budget.png", "audited-queries.png", "audited.html"]
+
+
+# -- attacks (red team of issue 34) -----------------------------------------------------------------------------------
+def _tampered(entries: list[AuditEntry], at: int, **changes: Any) -> str:
+    """The export with the entry at 1-based position `at` replaced by its JSON with `changes` (no re-signing)."""
+    lines = export(entries).splitlines()
+    record = json.loads(lines[at - 1])
+    lines[at - 1] = json.dumps({**record, **changes})
+    return "\n".join(lines) + "\n"
+
+
+def test_an_entry_after_the_break_is_unverified_whatever_sequence_it_claims():
+    entries = chain(ROOM)
+    lines = export(entries).splitlines()
+    forged = json.loads(lines[5])  # entry 6, a query, copied with the sequence of entry 2 after entry 8
+    forged |= {"sequence": 2, "parameters": {**forged["parameters"], "dimensions": ["platform.gender"]}}
+    lines.insert(8, json.dumps(forged))
+    facts = facts_from_export("\n".join(lines) + "\n", PEM.decode())
+    assert (facts.verification.valid, facts.verification.first_invalid) == (False, 9)
+    shown = facts.queries.set_index("sequence")
+    assert not shown.loc[2, "verified"]  # read ninth: after the break, whatever it claims
+    assert list(facts.queries["verified"]) == [True, True, True, False, False, False, False]
+
+
+@pytest.mark.parametrize(
+    ("at", "changes"),
+    [
+        (6, {"time": "not a time"}),
+        (6, {"time": 5}),
+        (1, {"parameters": {"revision": "x", "etag": "e1"}}),
+        (6, {"parameters": {"with_members": 5}}),
+        (6, {"parameters": {"epsilon": "lots"}}),
+        (11, {"parameters": {"period": 1, "members": [1, 2], "set_sizes": [1]}}),
+        (6, {"principal": "$\\frac{$"}),  # matplotlib mathtext in a chart label
+        (6, {"epsilon": float("nan")}),
+    ],
+)
+def test_an_entry_that_is_no_entry_still_renders_the_failure_at_the_top(tmp_path: Path, at: int, changes: Any):
+    facts = facts_from_export(_tampered(chain(ROOM), at, **changes), PEM.decode(), policy_text=POLICY)
+    assert not facts.verification.valid
+    assert facts.verification.first_invalid == at
+    page = render_audit_report(facts, tmp_path / "tampered", "en").read_text(encoding="utf-8")
+    body = page[page.index("<body") :]
+    assert body.index(f"NOT VERIFIED: the chain breaks at entry {at}") < body.index("<h1>")
+
+
+@pytest.mark.parametrize("depth", [5_000, 200_000])
+def test_json_nested_too_deep_is_a_broken_line_not_a_crash(tmp_path: Path, depth: int):
+    lines = export(chain(ROOM)).splitlines()
+    lines[6] = lines[6].replace('"parameters":{', '"parameters":{"x":' + "[" * depth + "]" * depth + ",", 1)
+    facts = facts_from_export("\n".join(lines) + "\n", PEM.decode())
+    assert (facts.verification.valid, facts.verification.first_invalid) == (False, 7)
+    assert "line 7 is not an audit entry" in facts.verification.reason
+    assert len(facts.verification.reason) < 400  # the reason is a sentence, not the line
+    page = render_audit_report(facts, tmp_path / "deep", "en").read_text(encoding="utf-8")
+    assert page.index("NOT VERIFIED") < page.index("<h1>")
+
+
+@pytest.mark.parametrize(("line", "number"), [(4, '"sequence":4'), (15, '"sequence":14')])
+def test_a_number_too_large_for_an_integer_is_a_broken_line_not_a_crash(line: int, number: str):
+    lines = export(chain(ROOM)).splitlines()
+    lines[line - 1] = lines[line - 1].replace(number, '"sequence":1e999', 1)
+    facts = facts_from_export("\n".join(lines) + "\n", PEM.decode())
+    assert not facts.verification.valid
+    assert f"line {line} is not" in facts.verification.reason
+
+
+def test_a_head_file_nested_too_deep_is_refused_not_a_crash(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from cleanroom_client.cli import app
+
+    log, key, head = tmp_path / "log.jsonl", tmp_path / "server.pem", tmp_path / "theirs.json"
+    log.write_text(export(chain(ROOM)), encoding="utf-8")
+    key.write_bytes(PEM)
+    head.write_text("[" * 200_000 + "]" * 200_000, encoding="utf-8")  # what a hostile member sends as its head
+    args = ["audit-report", "audited", "--from", str(log), "--public-key", str(key), "--head", str(head)]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2, result.output
+    assert "not a tree head" in " ".join(result.output.split())
+
+
+EVIL = '"><script>alert(1)</script><img src=x onerror=alert(2)></p><p class="verdict valid">Verified: all'
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_every_string_a_member_or_the_operator_writes_is_text_on_the_page(tmp_path: Path, lang: str):
+    specs: list[Spec] = [
+        ("brand", "collaboration.create", {"revision": 1, "etag": EVIL}, 0.0, 0.0, 0),
+        ("brand", "upload.commit", {"kind": EVIL, "rows": 1, "points": 2, "period": EVIL}, 0.0, 0.0, 1),
+        q("brand", "query.overlap", 10, dimensions=[f"brand.{EVIL}"], with_members=[EVIL]),
+        q("brand", "query.refuse", 11, query=EVIL, reason=EVIL),
+        ("brand", "refresh.complete", {"period": EVIL, "members": {}, "set_sizes": {EVIL: 1}}, 0.0, 0.0, 20),
+        ("operator", "auditor.assign", {"auditor": EVIL}, 0.0, 0.0, 40),
+        ("platform", "audience.fetch", {"audience": EVIL}, 0.0, 0.0, 41),
+    ]
+    entries = chain(specs)
+    lines = export(entries).splitlines()
+    lines[-1] = lines[-1].replace('"collaboration":"audited"', f'"collaboration":{json.dumps(EVIL)}', 1)
+    facts = facts_from_export("\n".join(lines) + "\n", PEM.decode(), policy_text=POLICY)
+    assert not facts.verification.valid  # the head names another collaboration: not the server's signature
+    page = render_audit_report(facts, tmp_path / lang, lang).read_text(encoding="utf-8")
+    assert page.count("<script") == 1  # the page's own, which counts the charts
+    assert "onerror=" not in page.replace("onerror=alert(2)&gt;", "")
+    assert page.count('<p class="verdict') == 1
+    assert page.count("<p") == page.count("</p>")
+    body = page[page.index("<body") :]
+    assert body.index('class="verdict broken"') < body.index("<h1>")
