@@ -87,6 +87,15 @@ class Verification:
         """The chain verifies and no head this auditor holds contradicts it."""
         return self.valid and all(h.consistent is not False for h in self.heads)
 
+    @property
+    def anchored(self) -> bool:
+        """A head saved before (remembered, or another member's) lies on this history.
+
+        Only then is a history rewritten and signed again ruled out up to that head. The server's head now is no
+        anchor: it comes from the same server as the export.
+        """
+        return any(h.consistent is True and h.size > 0 and h.source != "server" for h in self.heads)
+
 
 @dataclass(frozen=True)
 class AuditFacts:

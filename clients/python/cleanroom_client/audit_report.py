@@ -34,7 +34,9 @@ def _short(digest: str) -> str:
 def verdict(t: Text, v: Verification) -> tuple[str, list[str]]:
     """The one sentence on the chain's verification, then one line per head compared (and the tree head)."""
     if v.valid:
-        sentence = t("v.valid", n=v.checked, seq=v.head_sequence, hash=_short(v.head_hash))
+        # Signatures alone do not show that nothing was hidden: the key holder can cut or rewrite and sign again.
+        key = "v.valid" if v.anchored else "v.valid_unanchored"
+        sentence = t(key, n=v.checked, seq=v.head_sequence, hash=_short(v.head_hash))
     else:
         sentence = t("v.broken", seq=v.first_invalid, reason=v.reason)
     lines = [t("v.tree", size=v.tree_size, root=_short(v.tree_root)) if v.tree_size else t("v.no_tree")]
@@ -286,7 +288,8 @@ def render_audit_report(facts: AuditFacts, out: Path, lang: str = "en") -> Path:
     _use_fonts(lang)
     sections = [build(t, facts) for build in _SECTIONS]
     sentence, lines = verdict(t, facts.verification)
-    state = "valid" if facts.verification.trusted else "broken"
+    v = facts.verification
+    state = ("valid" if v.anchored else "valid unanchored") if v.trusted else "broken"
     lead = f'<p class="verdict {state}" id="verdict">{html.escape(sentence)}</p>'
     lead += '<ul class="heads">' + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"
     title = t("a.title", collaboration=facts.collaboration)

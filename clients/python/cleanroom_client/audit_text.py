@@ -23,7 +23,12 @@ _EN: dict[str, str] = {
     "v.head.True": "{source} head ({size} entries): consistent — {detail}.",
     "v.head.False": "{source} head ({size} entries): INCONSISTENT — {detail}.",
     "v.head.None": "{source} head ({size} entries): cannot be judged — {detail}.",
-    "v.no_heads": "No remembered or exported head was given to compare with (--remember, --head).",
+    "v.valid_unanchored": "Signed, but not checked against any earlier head: all {n} entries are intact and signed "
+    "by the server up to the signed head at entry {seq} (hash {hash}); with no head saved before to compare, this "
+    "cannot show that no entry was cut from the end or rewritten by whoever holds the server's key (the operator).",
+    "v.no_heads": "No head saved before was compared (your own, --remember, or another member's, --head): a log cut "
+    "short or rewritten and signed again with the server's key would read exactly like this one. Keep this export's "
+    "head (cleanroom-client audit head COLLABORATION --to FILE) to check the next export against.",
     "h.remembered": "Your remembered",
     "h.server": "The server's current",
     "h.other": "{who}'s exported",
@@ -88,7 +93,12 @@ _ZH: dict[str, str] = {
     "v.head.True": "{source}链头（{size} 条记录）：一致——{detail}。",
     "v.head.False": "{source}链头（{size} 条记录）：不一致——{detail}。",
     "v.head.None": "{source}链头（{size} 条记录）：无法判断——{detail}。",
-    "v.no_heads": "未提供可比对的已记住或他人导出的链头（--remember、--head）。",
+    "v.valid_unanchored": "已签名，但未与任何先前的链头比对：全部 {n} 条记录完整且由服务器签名，直至第 {seq} 条记录处的"
+    "签名链头（哈希 {hash}）；由于没有先前保存的链头可比对，无法证明末尾没有记录被删去，也无法证明持有服务器密钥者"
+    "（运营方）没有改写日志。",
+    "v.no_heads": "未比对任何先前保存的链头（您自己的 --remember，或其他成员的 --head）：被截短或改写后用服务器密钥重新"
+    "签名的日志，看起来会与此完全相同。请保存本次导出的链头（cleanroom-client audit head 合作 --to 文件），"
+    "用于核对下一次导出。",
     "h.remembered": "您记住的",
     "h.server": "服务器当前的",
     "h.other": "{who} 导出的",

@@ -216,7 +216,11 @@ def audit_report(
         err.print(str(exc), style="red", markup=False)
         raise typer.Exit(2) from None
     v = facts.verification
-    state = "verified" if v.valid else f"NOT VERIFIED (breaks at entry {v.first_invalid}: {v.reason})"
+    state = (
+        ("verified" if v.anchored else "signed, but no head saved before was compared: a cut tail would not show")
+        if v.valid
+        else f"NOT VERIFIED (breaks at entry {v.first_invalid}: {v.reason})"
+    )
     err.print(f"audit report of {facts.entries} entries ({state}) written to {page}", markup=False)
     if not v.trusted:
         raise typer.Exit(1)

@@ -585,6 +585,7 @@ table.cells {{ border-collapse: collapse; font-size: 0.85em; }}
 table.cells td, table.cells th {{ padding: 0.2em 0.6em; border-bottom: 1px solid #eee; text-align: right; }}
 p.verdict {{ font-size: 1.2em; padding: 0.6em 0.8em; border-radius: 4px; }}
 p.verdict.valid {{ background: #e6f4ea; border: 1px solid #34a853; }}
+p.verdict.unanchored {{ background: #fef7e0; border: 1px solid #f9ab00; }}
 p.verdict.broken {{ background: #fce8e6; border: 2px solid #c5221f; font-weight: bold; }}
 </style></head>
 <body data-charts="0">

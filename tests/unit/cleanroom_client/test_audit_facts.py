@@ -253,7 +253,7 @@ def test_the_command_reads_an_export_offline_and_says_what_is_missing(tmp_path: 
     out = tmp_path / "report" / "audited.html"
     done = run(app, ["audit-report", "audited", "--from", str(log), "--public-key", str(key), "--out", str(out)])
     assert done.exit_code == 0, done.output
-    assert "(verified)" in said(done)
+    assert "(signed, but no head saved before was compared: a cut tail would not show)" in said(done)
     assert sorted(p.name for p in out.parent.iterdir()) == ["audited-budget.png", "audited-queries.png", "audited.html"]
 
 
@@ -313,6 +313,75 @@ def test_json_nested_too_deep_is_a_broken_line_not_a_crash(tmp_path: Path, depth
     assert page.index("NOT VERIFIED") < page.index("<h1>")
 
 
+def _resigned(entries: list[AuditEntry]) -> str:
+    """What an operator holding the server's key can export: any prefix, with a head signed for it."""
+    return export(entries)
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_without_an_earlier_head_a_cut_tail_signed_again_is_not_called_verified(tmp_path: Path, lang: str):
+    entries = chain(ROOM)
+    cut = _resigned(entries[:8])  # the operator drops entries 9.. and signs a head at 8 with the server's key
+    alone = facts_from_export(cut, PEM.decode())
+    assert alone.verification.valid
+    assert not alone.verification.anchored
+    page = render_audit_report(alone, tmp_path / f"cut-{lang}", lang).read_text(encoding="utf-8")
+    body = page[page.index("<body") :]
+    warned = {"en": "cannot show that no entry was cut from the end", "zh": "无法证明末尾没有记录被删去"}[lang]
+    assert body.index(warned) < body.index("<h1>")
+    assert 'class="verdict valid unanchored"' in body
+    assert "Verified: all" not in body
+    assert "验证通过" not in body
+    caught = facts_from_export(cut, PEM.decode(), tree_head(entries))  # the auditor remembered all 14
+    assert not caught.verification.valid
+    assert "shrank" in caught.verification.reason
+    kept = facts_from_export(export(entries), PEM.decode(), tree_head(entries, 8))
+    assert kept.verification.anchored
+    sentence, _ = verdict(audit_text_for("en"), kept.verification)
+    assert sentence.startswith("Verified: all 14 entries")
+
+
+def test_a_head_of_another_collaboration_is_not_called_a_fork():
+    entries = chain(ROOM)
+    nodes = merkle.MerkleNodes()
+    for e in entries:
+        nodes.append(merkle.leaf_hash(leaf_data(e.hash, e.signature)))
+    unsigned = TreeHead("another", 5, nodes.root(5), "2026-12-02T00:00:00Z")
+    other = TreeHead("another", 5, unsigned.root, unsigned.time, KEY.sign(unsigned.message()))
+    facts = facts_from_export(export(entries), PEM.decode(), others=[("platform", other)])
+    (check,) = facts.verification.heads
+    assert check.consistent is None
+    assert "'another'" in check.detail
+    assert not facts.verification.anchored  # and it vouches for nothing
+
+
+def test_online_the_head_the_server_shows_is_compared_with_the_export_it_sends(tmp_path: Path):
+    from types import SimpleNamespace
+
+    from cleanroom_client.auditing import AuditMethods
+
+    entries = chain(ROOM)
+    fork = chain([*ROOM[:5], q("brand", "query.overlap", 9, dimensions=["brand.tier"]), *ROOM[6:]])
+    shown = tree_head(fork)  # the head the server shows (and this client remembers): one history...
+
+    def export_audit_log(path: Path, collaboration_id: str) -> Path:
+        Path(path).write_text(export(entries), encoding="utf-8")  # ...the export it sends: another
+        return Path(path)
+
+    client = SimpleNamespace(
+        _witness=SimpleNamespace(
+            memory=SimpleNamespace(key=KEY.public_key(), head=lambda c: None), head=lambda c: shown
+        ),
+        get_collaboration=lambda c: SimpleNamespace(policy_yaml=POLICY),
+        export_audit_log=export_audit_log,
+    )
+    facts = AuditMethods.audit_facts(client, "audited")  # type: ignore[arg-type]
+    (server,) = facts.verification.heads
+    assert server.source == "server"
+    assert server.consistent is False
+    assert not facts.verification.trusted
+
+
 @pytest.mark.parametrize(("line", "number"), [(4, '"sequence":4'), (15, '"sequence":14')])
 def test_a_number_too_large_for_an_integer_is_a_broken_line_not_a_crash(line: int, number: str):
     lines = export(chain(ROOM)).splitlines()
@@ -363,3 +432,32 @@ def test_every_string_a_member_or_the_operator_writes_is_text_on_the_page(tmp_pa
     assert page.count("<p") == page.count("</p>")
     body = page[page.index("<body") :]
     assert body.index('class="verdict broken"') < body.index("<h1>")
+
+
+def _head_at(entries: list[AuditEntry], time: str) -> TreeHead:
+    nodes = merkle.MerkleNodes()
+    for e in entries:
+        nodes.append(merkle.leaf_hash(leaf_data(e.hash, e.signature)))
+    unsigned = TreeHead("audited", nodes.size, nodes.root(), time)
+    return TreeHead("audited", nodes.size, unsigned.root, time, KEY.sign(unsigned.message()))
+
+
+def test_a_member_head_signed_before_a_shorter_export_proves_the_tail_was_cut():
+    entries = chain(ROOM)
+    seen = _head_at(entries, "2026-12-01T12:00:00+00:00")  # the platform kept this head of all 14 entries at noon
+    cut = entries[:8]  # the operator cuts entries 9.. and exports at 18:00, signing a head at 8 with the server key
+    last = cut[-1]
+    chain_head = SignedHead("audited", last.sequence, last.hash)
+    signed = SignedHead(
+        "audited", 8, last.hash, KEY.sign(chain_head.message()), _head_at(cut, "2026-12-01T18:00:00+00:00")
+    )
+    text = "\n".join([*(e.to_json() for e in cut), signed.to_json()]) + "\n"
+    facts = facts_from_export(text, PEM.decode(), others=[("platform", seen)])
+    (check,) = facts.verification.heads
+    assert check.consistent is False
+    assert "the log shrank" in check.detail
+    assert not facts.verification.trusted
+    later = _head_at(entries, "2026-12-01T20:00:00+00:00")  # a head signed after the export: just newer
+    again = facts_from_export(text, PEM.decode(), others=[("platform", later)])
+    assert again.verification.heads[0].consistent is None
+    assert again.verification.trusted
