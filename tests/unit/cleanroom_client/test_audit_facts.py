@@ -24,6 +24,7 @@ from cleanroom_client.audit_anomalies import (
     PREVIEW_MINIMUM,
     REFUSAL_BURST,
     REFUSAL_WINDOW_SECONDS,
+    REFUSALS_IN_ALL,
     REPEATED_QUERIES,
 )
 from cleanroom_client.audit_chain import GENESIS, AuditEntry, SignedHead
@@ -353,6 +354,35 @@ def test_a_head_of_another_collaboration_is_not_called_a_fork():
     assert check.consistent is None
     assert "'another'" in check.detail
     assert not facts.verification.anchored  # and it vouches for nothing
+
+
+@pytest.mark.parametrize(
+    "variants",
+    [
+        [{"by": "", "labels": "4a"}, {"by": "", "labels": "aipl"}],  # the funnel's stage names: words, not values
+        [{"dimensions": ["brand.tier", "platform.age_band"]}, {"dimensions": ["platform.age_band", "brand.tier"]}],
+        [
+            {"dimensions": ["brand.tier"], "with_members": ["brand", "platform"]},
+            {"dimensions": ["brand.tier"], "with_members": ["platform", "brand"]},
+        ],
+    ],
+)
+def test_a_repeated_query_is_found_through_a_change_that_asks_nothing_new(variants: list[dict[str, Any]]):
+    action = "query.funnel" if "labels" in variants[0] else "query.overlap"
+    specs = [q("brand", action, i, 0.2, **variants[i % 2]) for i in range(4)]  # alternating: 2 + 2
+    facts = facts_from_export(export(chain(specs)), PEM.decode())
+    found = facts.anomalies[facts.anomalies["kind"] == "repeated_query"]
+    assert list(found["sequences"]) == [[1, 2, 3, 4]]
+
+
+def test_refusals_spaced_just_beyond_the_burst_window_are_still_found():
+    gap = REFUSAL_WINDOW_SECONDS / 2 + 1  # never three in one window
+    specs = [q("brand", "query.refuse", i * gap, query="overlap", reason="no") for i in range(REFUSALS_IN_ALL)]
+    facts = facts_from_export(export(chain(specs)), PEM.decode())
+    kinds = list(facts.anomalies["kind"])
+    assert "refusal_burst" not in kinds
+    assert kinds == ["refusals"]
+    assert describe_finding(audit_text_for("zh"), "refusals", facts.anomalies["detail"].iloc[0])
 
 
 def test_online_the_head_the_server_shows_is_compared_with_the_export_it_sends(tmp_path: Path):
