@@ -118,6 +118,29 @@ class AuditFacts:
     #: The etag (SHA-256) of the policy text the caps were read from, to match with the approvals in the log.
     policy_etag: str = ""
     members: tuple[str, ...] = field(default=())
+    #: The budget period now: how many refreshes renewed a per-period budget (0 with one budget for life).
+    budget_period: int = 0
+
+    def spent_now(self) -> pd.DataFrame:
+        """Each member's ε and δ spent in the budget period now, as the server's ledger counts them.
+
+        A member that spent nothing since the last renewal has spent 0 now, however much it spent before; the
+        `budget` rows alone would show its last charge, from a period whose budget has since renewed.
+        """
+        b = self.budget
+        rows = []
+        for member in sorted(b["member"].unique()):
+            mine = b[(b["member"] == member) & (b["budget_period"] == self.budget_period)]
+            last = mine.iloc[-1] if len(mine) else None
+            rows.append(
+                {
+                    "member": member,
+                    "budget_period": self.budget_period,
+                    "epsilon_spent": float(last["epsilon_spent"]) if last is not None else 0.0,
+                    "delta_spent": float(last["delta_spent"]) if last is not None else 0.0,
+                }
+            )
+        return pd.DataFrame(rows, columns=["member", "budget_period", "epsilon_spent", "delta_spent"])
 
 
 def _frame(rows: list[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
@@ -412,4 +435,5 @@ def read_facts(
         per_period=per_period,
         policy_etag=sha256_hex(policy_text) if policy_text else "",
         members=members,
+        budget_period=sum(1 for e, _ in rows if renews(e)) if per_period else 0,
     )

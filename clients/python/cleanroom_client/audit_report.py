@@ -149,12 +149,11 @@ def _budget(t: Text, f: AuditFacts) -> Section:
     b = f.budget
     if b.empty:
         return Section("budget", t("s.budget_audit"), t("sum.no_spend"))
-    latest = b[b["budget_period"] == b["budget_period"].max()] if f.per_period else b
     lines = []
-    for member, rows in latest.groupby("member", sort=True):
+    for _, now in f.spent_now().iterrows():  # the period now: 0 for a member that spent nothing since the renewal
         cap = t("sum.cap", eps=f.caps["epsilon"], dlt=f.caps["delta"]) if f.caps else t("sum.no_caps")
-        eps, dlt = round(float(rows["epsilon_spent"].iloc[-1]), 6), float(rows["delta_spent"].iloc[-1])
-        lines.append(t("sum.budget_member", member=member, eps=eps, dlt=dlt, cap=cap))
+        eps, dlt = round(float(now["epsilon_spent"]), 6), float(now["delta_spent"])
+        lines.append(t("sum.budget_member", member=now["member"], eps=eps, dlt=dlt, cap=cap))
     summary = "; ".join(lines) + (t("sum.per_period") if f.per_period else "") + "."
     columns = ("sequence", "time", "member", "epsilon", "delta")
     return Section("budget", t("s.budget_audit"), summary, _budget_chart(t, f), _table(t, b, columns))

@@ -491,3 +491,20 @@ def test_a_member_head_signed_before_a_shorter_export_proves_the_tail_was_cut():
     again = facts_from_export(text, PEM.decode(), others=[("platform", later)])
     assert again.verification.heads[0].consistent is None
     assert again.verification.trusted
+
+
+def test_the_budget_now_is_the_ledgers_after_a_renewal_with_no_charge_since(tmp_path: Path):
+    """Per period, a refresh that changed data renews every budget (the server counts after its entry): a member
+    that spent 1.8 of 2.0 before it, and nothing since, has spent 0 now, not 1.8."""
+    specs = [
+        q("brand", "query.overlap", 10, 0.9, dimensions=["brand.tier"]),
+        q("brand", "query.overlap", 20, 0.9, dimensions=["platform.age_band"]),
+        ("brand", "refresh.complete", {"period": 1, "members": {"brand": {"new_rows": 5}}}, 0.0, 0.0, 30),
+    ]
+    facts = facts_from_export(export(chain(specs)), PEM.decode(), policy_text=POLICY)
+    assert facts.budget_period == 1
+    now = facts.spent_now().set_index("member")
+    assert now.loc["brand", "epsilon_spent"] == 0.0
+    page = render_audit_report(facts, tmp_path / "renewed", "en").read_text(encoding="utf-8")
+    assert "brand spent ε 0 and δ 0 of a cap of ε 2" in page
+    assert "brand spent ε 1.8" not in page
