@@ -9,6 +9,7 @@ glance, but never sees one that was not shown).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -166,9 +167,49 @@ def queries_after_refresh(queries: pd.DataFrame, periods: pd.DataFrame) -> list[
     return found
 
 
-def find_anomalies(queries: pd.DataFrame, budget: pd.DataFrame, periods: pd.DataFrame) -> pd.DataFrame:
+def unapproved_answers(queries: pd.DataFrame, policy: pd.DataFrame, members: Sequence[str]) -> list[dict[str, Any]]:
+    """Queries answered (or charged) while the policy's current revision lacked a member's approval.
+
+    The server lets data flow only when every member approved the current revision (by its etag); a proposal clears
+    every approval. An answer outside that is the collaboration not run as its policy said (a server, or its
+    operator, bypassing the check), so the rule has no threshold: one is a finding. `members` are the policy's; when
+    it is not known, everyone who approved or proposed a revision in the log.
+    """
+    if policy.empty:
+        return []
+    everyone = set(members) or set(policy["member"])
+    changes = policy.sort_values("sequence")
+    charged = queries[queries["outcome"].isin(["answered", "charged_failed", "charged_interrupted"])]
+    flagged: dict[str, list[tuple[int, int, set[str]]]] = {}  # member: (sequence, revision, who had not approved)
+    for sequence, member in zip(charged["sequence"], charged["member"], strict=True):
+        before = changes[changes["sequence"] < sequence]
+        revisions = before[before["event"].isin(["created", "proposed"])]
+        if revisions.empty:
+            continue
+        latest = revisions.iloc[-1]
+        since = before[(before["sequence"] > latest["sequence"]) & (before["etag"] == latest["etag"])]
+        missing = everyone - set(since[since["event"] == "approved"]["member"])
+        if missing:
+            flagged.setdefault(str(member), []).append((int(sequence), int(latest["revision"]), missing))
+    found = []
+    for member, hits in sorted(flagged.items()):
+        rows = queries[queries["sequence"].isin([h[0] for h in hits])]
+        absent = sorted(set().union(*(h[2] for h in hits)))
+        detail = {"count": len(hits), "revision": hits[0][1], "missing": ", ".join(absent)}
+        found.append(_finding("unapproved", member, rows, detail))
+    return found
+
+
+def find_anomalies(
+    queries: pd.DataFrame,
+    budget: pd.DataFrame,
+    periods: pd.DataFrame,
+    policy: pd.DataFrame | None = None,
+    members: Sequence[str] = (),
+) -> pd.DataFrame:
     """Every finding of every rule, in the order of their first entry."""
     rows = [
+        *(unapproved_answers(queries, policy, members) if policy is not None else []),
         *refusal_bursts(queries),
         *refusals_in_all(queries),
         *repeated_queries(queries),

@@ -419,18 +419,19 @@ def read_facts(
     queries = _queries(rows, principals)
     budget = _budget(rows, per_period, caps)
     periods = _periods(rows)
+    policy_rows = _policy(rows)
     return AuditFacts(
         collaboration=collaboration,
         verification=verification,
         entries=len(entries),
-        policy=_policy(rows),
+        policy=policy_rows,
         budget=budget,
         queries=queries,
         data=_data(rows),
         periods=periods,
         audiences=_audiences(rows, policy),
         auditors=_auditors(rows),
-        anomalies=find_anomalies(queries, budget, periods),
+        anomalies=find_anomalies(queries, budget, periods, policy_rows, members),
         caps=caps,
         per_period=per_period,
         policy_etag=sha256_hex(policy_text) if policy_text else "",

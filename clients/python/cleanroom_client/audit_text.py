@@ -70,6 +70,8 @@ _EN: dict[str, str] = {
     "o.charged_interrupted": "charged, interrupted",
     "o.preview": "preview",
     "k.refusal_burst": "Refusal burst: {count} refusals in a short time (probing the policy?)",
+    "k.unapproved": "{count} queries answered while revision {revision} of the policy lacked the approval of "
+    "{missing} (the server lets data flow only under a revision every member approved)",
     "k.refusals": "Many refusals: {count} in all, however far apart (probing the policy slowly?)",
     "k.repeated_query": "Repeated query: the same {query} asked {count} times, ε {epsilon:g} in all (averaging?)",
     "k.previews": "Previews far above queries: {previews} previews, {answered} answered",
@@ -138,6 +140,8 @@ _ZH: dict[str, str] = {
     "o.charged_interrupted": "已扣费，中断",
     "o.preview": "预览",
     "k.refusal_burst": "集中拒绝：短时间内被拒绝 {count} 次（在试探策略边界？）",
+    "k.unapproved": "策略修订 {revision} 尚未获得 {missing} 批准时，回答了 {count} 次查询（服务器只应在每个成员都批准的"
+    "修订下让数据流动）",
     "k.refusals": "多次被拒绝：共 {count} 次，无论间隔多久（在缓慢试探策略边界？）",
     "k.repeated_query": "重复查询：相同的{query}查询了 {count} 次，共 ε {epsilon:g}（取平均？）",
     "k.previews": "预览远多于查询：{previews} 次预览，{answered} 次回答",

@@ -508,3 +508,32 @@ def test_the_budget_now_is_the_ledgers_after_a_renewal_with_no_charge_since(tmp_
     page = render_audit_report(facts, tmp_path / "renewed", "en").read_text(encoding="utf-8")
     assert "brand spent ε 0 and δ 0 of a cap of ε 2" in page
     assert "brand spent ε 1.8" not in page
+
+
+def test_a_query_answered_under_a_revision_not_every_member_approved_is_a_finding():
+    """A proposal clears every approval; the server answers nothing until every member approved the new etag. An
+    operator who bypasses that leaves entries in this order, and the auditor is told, with no threshold."""
+    specs: list[Spec] = [
+        ("brand", "collaboration.create", {"revision": 1, "etag": "e1"}, 0.0, 0.0, 0),
+        ("brand", "policy.approve", {"revision": 1, "etag": "e1"}, 0.0, 0.0, 1),
+        ("platform", "policy.approve", {"revision": 1, "etag": "e1"}, 0.0, 0.0, 2),
+        q("brand", "query.overlap", 10, 0.1, dimensions=["brand.tier"]),  # fine: both approved e1
+        ("brand", "policy.propose", {"revision": 2, "etag": "e2"}, 0.0, 0.0, 20),
+        ("brand", "policy.approve", {"revision": 2, "etag": "e2"}, 0.0, 0.0, 21),
+        q("brand", "query.overlap", 30, 0.1, dimensions=["platform.age_band"]),  # platform has not approved e2
+        ("platform", "policy.approve", {"revision": 2, "etag": "e2"}, 0.0, 0.0, 40),
+        q("brand", "query.overlap", 50, 0.1, dimensions=["brand.tier", "platform.age_band"]),  # fine again
+    ]
+    for policy in (POLICY, ""):  # the members from the policy, or from the log's approvals
+        facts = facts_from_export(export(chain(specs)), PEM.decode(), policy_text=policy)
+        found = facts.anomalies[facts.anomalies["kind"] == "unapproved"]
+        assert list(found["sequences"]) == [[7]]
+        assert found["detail"].iloc[0] == {"count": 1, "revision": 2, "missing": "platform"}
+        for lang in ("en", "zh"):
+            assert describe_finding(audit_text_for(lang), "unapproved", found["detail"].iloc[0])
+    assert (
+        facts_from_export(export(chain(ROOM)), PEM.decode(), policy_text=POLICY)
+        .anomalies["kind"]
+        .ne("unapproved")
+        .all()
+    )
