@@ -186,7 +186,9 @@ def audit_report(
     if lang not in LANGUAGES:
         err.print(f"--lang {lang}: choose one of {', '.join(LANGUAGES)}", style="red", markup=False)
         raise typer.Exit(2)
-    others = [(p.stem, _head_file(p)) for p in head or ()]
+    # Another member's head is named by its file, never as the auditor's own memory or the server's ("server.json"
+    # from a member is shown as that file, not as "the server's current head").
+    others = [(p.name if p.stem in ("remembered", "server") else p.stem, _head_file(p)) for p in head or ()]
     if from_ is not None:
         if public_key is None:
             err.print("--from needs --public-key (cleanroom-client export-audit-log --public-key FILE saves it)")

@@ -537,3 +537,25 @@ def test_a_query_answered_under_a_revision_not_every_member_approved_is_a_findin
         .ne("unapproved")
         .all()
     )
+
+
+def test_a_member_head_file_named_server_or_remembered_is_not_shown_as_the_auditors_own(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from cleanroom_client.cli import app
+
+    entries = chain(ROOM)
+    log, key = tmp_path / "log.jsonl", tmp_path / "server.pem"
+    log.write_text(export(entries), encoding="utf-8")
+    key.write_bytes(PEM)
+    args = ["audit-report", "audited", "--from", str(log), "--public-key", str(key)]
+    for name in ("server", "remembered"):
+        sent = tmp_path / f"{name}.json"  # what a member called the head it sent
+        sent.write_text(json.dumps(tree_head(entries, 5).to_dict()), encoding="utf-8")
+        out = tmp_path / f"r-{name}"
+        result = CliRunner().invoke(app, [*args, "--head", str(sent), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        page = out.with_suffix(".html").read_text(encoding="utf-8")
+        assert f"{name}.json&#x27;s exported head (5 entries): consistent" in page
+        assert "Your remembered head" not in page
+        assert "The server&#x27;s current head" not in page
