@@ -13,7 +13,7 @@ import math
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from rich.table import Table
 
 from cleanroom_client import CleanRoomClient, MatchSummary
 from cleanroom_client.blinding import ProcessPoolChunkExecutor
+from cleanroom_client.transparency import TreeHead
 
 from ..audit.chain import verify_export
 from ..matching import match_stats
@@ -236,12 +237,18 @@ def _audiences(brand: CleanRoomClient, platform: CleanRoomClient, collaboration_
     )
 
 
-def _auditor_reports(export: str, public_key_pem: str, report_dir: Path) -> list[Path]:
-    """The auditor's report of the demo's collaboration from its export, in English and Chinese (`audit-<lang>`)."""
+def _auditor_reports(
+    export: str, public_key_pem: str, report_dir: Path, heads: Sequence[tuple[str, TreeHead]] = ()
+) -> list[Path]:
+    """The auditor's report of the demo's collaboration from its export, in English and Chinese (`audit-<lang>`).
+
+    `heads` are the members' heads (`audit head --to FILE`) sent to the auditor: without one, the report can only
+    say the export is signed, not that nothing was cut from it.
+    """
     from cleanroom_client.audit_report import render_audit_report
     from cleanroom_client.audit_sources import facts_from_export
 
-    facts = facts_from_export(export, public_key_pem, policy_text=DEMO_POLICY)
+    facts = facts_from_export(export, public_key_pem, others=heads, policy_text=DEMO_POLICY)
     return [render_audit_report(facts, report_dir / f"audit-{lang}", lang) for lang in ("en", "zh")]
 
 
@@ -318,6 +325,11 @@ def run_demo(
                 _audiences(brand, platform, collaboration.id, data)
             with clock.step("audit"):
                 running.room.principals.assign_auditor("auditor", collaboration.id)
+                # The members' heads, as each would send its own to the auditor: the export must extend them.
+                heads = [
+                    (n, TreeHead.from_dict(c.audit_head(collaboration.id)))
+                    for n, c in (("brand", brand), ("platform", platform))
+                ]
                 with connect("auditor") as auditor:
                     online = auditor.verify_audit_log(collaboration.id)
                     export = auditor.export_audit_log(root / "audit.jsonl", collaboration.id)
@@ -349,7 +361,7 @@ def run_demo(
                     )
                 console.print(f"report written to {page} (and the charts as PNG beside it)")
                 with clock.step("auditor report"):
-                    audited = _auditor_reports(export.read_text(encoding="utf-8"), key, report_dir)
+                    audited = _auditor_reports(export.read_text(encoding="utf-8"), key, report_dir, heads)
                 console.print(
                     f"auditor's report (verification first) in English and Chinese: {', '.join(map(str, audited))}; "
                     f"against a running server: cleanroom-client audit-report {collaboration.id} --out audit, or "

@@ -21,6 +21,7 @@ from rich.table import Table
 from cleanroom_client import CleanRoomClient
 from cleanroom_client.blinding import ProcessPoolChunkExecutor
 from cleanroom_client.errors import PermissionDeniedError
+from cleanroom_client.transparency import TreeHead
 
 from ..principals import Role
 from ..server import ServerConfig, create_server
@@ -99,10 +100,12 @@ def run_platforms_demo(
                 _queries(clients, collaboration.id)
             with clock.step("audit"):
                 running.room.principals.assign_auditor("auditor", collaboration.id)
+                # The members' heads, as each would send its own to the auditor: the export must extend them.
+                heads = [(m, TreeHead.from_dict(clients[m].audit_head(collaboration.id))) for m in MEMBERS]
                 with connect("auditor") as auditor:
                     verdict = auditor.verify_audit_log(collaboration.id)
                     log = auditor.audit_log(collaboration.id)
-                    facts = auditor.audit_facts(collaboration.id) if report_dir is not None else None
+                    facts = auditor.audit_facts(collaboration.id, heads) if report_dir is not None else None
             console.print(f"auditor: {len(log)} audit entries; the log verifies: {verdict['valid']}")
             if facts is not None and report_dir is not None:
                 from cleanroom_client.audit_report import render_audit_report

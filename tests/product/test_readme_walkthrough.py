@@ -59,9 +59,9 @@ def test_readme_walkthrough_runs_verbatim(tmp_path):
     assert "Venn" in run.stdout
     # the auditor's reports: verification first, online and offline, in both languages
     for page, verified in (
-        ("audit-en", "Verified: all"),
-        ("audit-zh", "验证通过：全部"),
-        ("audit-room3-zh", "验证通过"),
+        ("audit-en", "Signed, but not checked against any earlier head"),  # the auditor's first look
+        ("audit-zh", "验证通过：全部"),  # against the head it kept (--remember)
+        ("audit-room3-zh", "已签名，但未与任何先前的链头比对"),
     ):
         text = (trial / f"{page}.html").read_text(encoding="utf-8")
         assert text.index(verified) < text.index("<h1>"), page

@@ -8,6 +8,8 @@ glance, but never sees one that was not shown).
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -20,6 +22,12 @@ REFUSAL_WINDOW_SECONDS = 600.0
 #: Answered queries of one member with the same type and the same request (ε aside). Each repeat is answered with
 #: fresh noise, so averaging k answers divides the noise by √k: twice can be a re-run, three times is averaging.
 REPEATED_QUERIES = 3
+#: Request parameters that change how an answer is worded, never its values: the funnel's stage names ('4a' or
+#: 'aipl'). A request that differs from another only here asks the same question again, with fresh noise.
+PRESENTATION_ONLY = frozenset({"labels"})
+#: Refusals of one member in the whole chain, however far apart: one refusal every `REFUSAL_WINDOW_SECONDS` / 2 and
+#: a bit never makes a burst, yet probes as much over an afternoon.
+REFUSALS_IN_ALL = 10
 #: A member whose previews outnumber its answered queries this many times over (and at least `PREVIEW_MINIMUM`).
 #: A preview is free and reads no data, but many of them map the policy's limits before an expensive question.
 PREVIEW_RATIO = 5.0
@@ -66,12 +74,49 @@ def refusal_bursts(queries: pd.DataFrame) -> list[dict[str, Any]]:
     return found
 
 
+def refusals_in_all(queries: pd.DataFrame) -> list[dict[str, Any]]:
+    """`REFUSALS_IN_ALL` or more refusals of one member in the whole chain, whatever their spacing."""
+    refused = queries[queries["outcome"] == "refused"].sort_values("sequence")
+    return [
+        _finding("refusals", str(member), rows, {"count": len(rows)})
+        for member, rows in refused.groupby("member", sort=True)
+        if len(rows) >= REFUSALS_IN_ALL
+    ]
+
+
+def _sorted_lists(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted_lists(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return sorted((_sorted_lists(v) for v in value), key=lambda v: json.dumps(v, sort_keys=True, default=str))
+    return value
+
+
+def same_question(asked: str) -> str:
+    """A request as the question it asks: `PRESENTATION_ONLY` parameters dropped and every list sorted.
+
+    The order of dimensions (or of any list) changes the order of an answer's rows, not their values; erring towards
+    showing, two requests whose lists differ only in order count as one question.
+    """
+    try:
+        request = json.loads(asked)
+    except ValueError:
+        return asked
+    if not isinstance(request, dict):
+        return asked
+    kept = {k: v for k, v in request.items() if k not in PRESENTATION_ONLY}
+    return json.dumps(_sorted_lists(kept), sort_keys=True, default=str)
+
+
 def repeated_queries(queries: pd.DataFrame) -> list[dict[str, Any]]:
-    """`REPEATED_QUERIES` or more answered queries of one member with the same type, request and population."""
+    """`REPEATED_QUERIES` or more answered queries of one member asking the same question (`same_question`)."""
     answered = queries[queries["outcome"] == "answered"]
-    key = answered.assign(_population=[",".join(p) for p in answered["population"]])
+    key = answered.assign(
+        _population=[",".join(sorted(p)) for p in answered["population"]],
+        _question=[same_question(a) for a in answered["asked"]],
+    )
     found = []
-    for (member, query, _, _), rows in key.groupby(["member", "query", "asked", "_population"], sort=True):
+    for (member, query, _, _), rows in key.groupby(["member", "query", "_question", "_population"], sort=True):
         if len(rows) >= REPEATED_QUERIES:
             epsilon = float(rows["epsilon"].sum())
             found.append(
@@ -122,10 +167,51 @@ def queries_after_refresh(queries: pd.DataFrame, periods: pd.DataFrame) -> list[
     return found
 
 
-def find_anomalies(queries: pd.DataFrame, budget: pd.DataFrame, periods: pd.DataFrame) -> pd.DataFrame:
+def unapproved_answers(queries: pd.DataFrame, policy: pd.DataFrame, members: Sequence[str]) -> list[dict[str, Any]]:
+    """Queries answered (or charged) while the policy's current revision lacked a member's approval.
+
+    The server lets data flow only when every member approved the current revision (by its etag); a proposal clears
+    every approval. An answer outside that is the collaboration not run as its policy said (a server, or its
+    operator, bypassing the check), so the rule has no threshold: one is a finding. `members` are the policy's; when
+    it is not known, everyone who approved or proposed a revision in the log.
+    """
+    if policy.empty:
+        return []
+    everyone = set(members) or set(policy["member"])
+    changes = policy.sort_values("sequence")
+    charged = queries[queries["outcome"].isin(["answered", "charged_failed", "charged_interrupted"])]
+    flagged: dict[str, list[tuple[int, int, set[str]]]] = {}  # member: (sequence, revision, who had not approved)
+    for sequence, member in zip(charged["sequence"], charged["member"], strict=True):
+        before = changes[changes["sequence"] < sequence]
+        revisions = before[before["event"].isin(["created", "proposed"])]
+        if revisions.empty:
+            continue
+        latest = revisions.iloc[-1]
+        since = before[(before["sequence"] > latest["sequence"]) & (before["etag"] == latest["etag"])]
+        missing = everyone - set(since[since["event"] == "approved"]["member"])
+        if missing:
+            flagged.setdefault(str(member), []).append((int(sequence), int(latest["revision"]), missing))
+    found = []
+    for member, hits in sorted(flagged.items()):
+        rows = queries[queries["sequence"].isin([h[0] for h in hits])]
+        absent = sorted(set().union(*(h[2] for h in hits)))
+        detail = {"count": len(hits), "revision": hits[0][1], "missing": ", ".join(absent)}
+        found.append(_finding("unapproved", member, rows, detail))
+    return found
+
+
+def find_anomalies(
+    queries: pd.DataFrame,
+    budget: pd.DataFrame,
+    periods: pd.DataFrame,
+    policy: pd.DataFrame | None = None,
+    members: Sequence[str] = (),
+) -> pd.DataFrame:
     """Every finding of every rule, in the order of their first entry."""
     rows = [
+        *(unapproved_answers(queries, policy, members) if policy is not None else []),
         *refusal_bursts(queries),
+        *refusals_in_all(queries),
         *repeated_queries(queries),
         *previews_far_above_queries(queries),
         *budget_near_cap(budget),

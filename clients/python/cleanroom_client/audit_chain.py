@@ -121,8 +121,8 @@ class AuditEntry:
                 hash=str(d["hash"]),
                 signature=base64.b64decode(d["signature"], validate=True),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"not an audit entry: {exc}") from None
+        except (KeyError, TypeError, ValueError, OverflowError, RecursionError) as exc:  # 1e999; nested too deep
+            raise ValueError(f"not an audit entry: {str(exc)[:200] or type(exc).__name__}") from None
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ class SignedHead:
         """The head of an export line, or None when the line is not a head; ValueError when it is a broken one."""
         try:
             d = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         if not isinstance(d, dict) or set(d) != {"head"}:
             return None
@@ -194,8 +194,8 @@ class SignedHead:
                 base64.b64decode(h["signature"], validate=True),
                 TreeHead.from_dict(h["tree"]) if h.get("tree") else None,
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"not a signed head: {exc}") from None
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:  # OverflowError: a sequence of 1e999
+            raise ValueError(f"not a signed head: {str(exc)[:200]}") from None
 
 
 def verify_entries(

@@ -87,6 +87,15 @@ class Verification:
         """The chain verifies and no head this auditor holds contradicts it."""
         return self.valid and all(h.consistent is not False for h in self.heads)
 
+    @property
+    def anchored(self) -> bool:
+        """A head saved before (remembered, or another member's) lies on this history.
+
+        Only then is a history rewritten and signed again ruled out up to that head. The server's head now is no
+        anchor: it comes from the same server as the export.
+        """
+        return any(h.consistent is True and h.size > 0 and h.source != "server" for h in self.heads)
+
 
 @dataclass(frozen=True)
 class AuditFacts:
@@ -109,6 +118,29 @@ class AuditFacts:
     #: The etag (SHA-256) of the policy text the caps were read from, to match with the approvals in the log.
     policy_etag: str = ""
     members: tuple[str, ...] = field(default=())
+    #: The budget period now: how many refreshes renewed a per-period budget (0 with one budget for life).
+    budget_period: int = 0
+
+    def spent_now(self) -> pd.DataFrame:
+        """Each member's ε and δ spent in the budget period now, as the server's ledger counts them.
+
+        A member that spent nothing since the last renewal has spent 0 now, however much it spent before; the
+        `budget` rows alone would show its last charge, from a period whose budget has since renewed.
+        """
+        b = self.budget
+        rows = []
+        for member in sorted(b["member"].unique()):
+            mine = b[(b["member"] == member) & (b["budget_period"] == self.budget_period)]
+            last = mine.iloc[-1] if len(mine) else None
+            rows.append(
+                {
+                    "member": member,
+                    "budget_period": self.budget_period,
+                    "epsilon_spent": float(last["epsilon_spent"]) if last is not None else 0.0,
+                    "delta_spent": float(last["delta_spent"]) if last is not None else 0.0,
+                }
+            )
+        return pd.DataFrame(rows, columns=["member", "budget_period", "epsilon_spent", "delta_spent"])
 
 
 def _frame(rows: list[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
@@ -377,7 +409,9 @@ def read_facts(
     policy says so.
     """
     broken = verification.first_invalid if not verification.valid else 0
-    rows = [(e, not broken or e.sequence < broken) for e in entries]
+    # By position, never by the sequence an entry claims: an entry placed after the break with a low sequence number
+    # (a duplicate, or a forged copy of an early entry) is unverified like every entry after the break.
+    rows = [(e, not broken or position < broken) for position, e in enumerate(entries, start=1)]
     members = tuple(sorted({m.name for m in policy.members})) if policy else ()
     principals = tuple(sorted({e.principal for e in entries} | set(members)))
     per_period = bool(policy and policy.refresh and policy.refresh.budget == RefreshBudget.PER_PERIOD)
@@ -385,20 +419,22 @@ def read_facts(
     queries = _queries(rows, principals)
     budget = _budget(rows, per_period, caps)
     periods = _periods(rows)
+    policy_rows = _policy(rows)
     return AuditFacts(
         collaboration=collaboration,
         verification=verification,
         entries=len(entries),
-        policy=_policy(rows),
+        policy=policy_rows,
         budget=budget,
         queries=queries,
         data=_data(rows),
         periods=periods,
         audiences=_audiences(rows, policy),
         auditors=_auditors(rows),
-        anomalies=find_anomalies(queries, budget, periods),
+        anomalies=find_anomalies(queries, budget, periods, policy_rows, members),
         caps=caps,
         per_period=per_period,
         policy_etag=sha256_hex(policy_text) if policy_text else "",
         members=members,
+        budget_period=sum(1 for e, _ in rows if renews(e)) if per_period else 0,
     )

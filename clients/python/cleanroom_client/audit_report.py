@@ -34,7 +34,9 @@ def _short(digest: str) -> str:
 def verdict(t: Text, v: Verification) -> tuple[str, list[str]]:
     """The one sentence on the chain's verification, then one line per head compared (and the tree head)."""
     if v.valid:
-        sentence = t("v.valid", n=v.checked, seq=v.head_sequence, hash=_short(v.head_hash))
+        # Signatures alone do not show that nothing was hidden: the key holder can cut or rewrite and sign again.
+        key = "v.valid" if v.anchored else "v.valid_unanchored"
+        sentence = t(key, n=v.checked, seq=v.head_sequence, hash=_short(v.head_hash))
     else:
         sentence = t("v.broken", seq=v.first_invalid, reason=v.reason)
     lines = [t("v.tree", size=v.tree_size, root=_short(v.tree_root)) if v.tree_size else t("v.no_tree")]
@@ -147,12 +149,11 @@ def _budget(t: Text, f: AuditFacts) -> Section:
     b = f.budget
     if b.empty:
         return Section("budget", t("s.budget_audit"), t("sum.no_spend"))
-    latest = b[b["budget_period"] == b["budget_period"].max()] if f.per_period else b
     lines = []
-    for member, rows in latest.groupby("member", sort=True):
+    for _, now in f.spent_now().iterrows():  # the period now: 0 for a member that spent nothing since the renewal
         cap = t("sum.cap", eps=f.caps["epsilon"], dlt=f.caps["delta"]) if f.caps else t("sum.no_caps")
-        eps, dlt = round(float(rows["epsilon_spent"].iloc[-1]), 6), float(rows["delta_spent"].iloc[-1])
-        lines.append(t("sum.budget_member", member=member, eps=eps, dlt=dlt, cap=cap))
+        eps, dlt = round(float(now["epsilon_spent"]), 6), float(now["delta_spent"])
+        lines.append(t("sum.budget_member", member=now["member"], eps=eps, dlt=dlt, cap=cap))
     summary = "; ".join(lines) + (t("sum.per_period") if f.per_period else "") + "."
     columns = ("sequence", "time", "member", "epsilon", "delta")
     return Section("budget", t("s.budget_audit"), summary, _budget_chart(t, f), _table(t, b, columns))
@@ -286,7 +287,8 @@ def render_audit_report(facts: AuditFacts, out: Path, lang: str = "en") -> Path:
     _use_fonts(lang)
     sections = [build(t, facts) for build in _SECTIONS]
     sentence, lines = verdict(t, facts.verification)
-    state = "valid" if facts.verification.trusted else "broken"
+    v = facts.verification
+    state = ("valid" if v.anchored else "valid unanchored") if v.trusted else "broken"
     lead = f'<p class="verdict {state}" id="verdict">{html.escape(sentence)}</p>'
     lead += '<ul class="heads">' + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"
     title = t("a.title", collaboration=facts.collaboration)

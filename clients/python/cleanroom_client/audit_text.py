@@ -23,7 +23,12 @@ _EN: dict[str, str] = {
     "v.head.True": "{source} head ({size} entries): consistent — {detail}.",
     "v.head.False": "{source} head ({size} entries): INCONSISTENT — {detail}.",
     "v.head.None": "{source} head ({size} entries): cannot be judged — {detail}.",
-    "v.no_heads": "No remembered or exported head was given to compare with (--remember, --head).",
+    "v.valid_unanchored": "Signed, but not checked against any earlier head: all {n} entries are intact and signed "
+    "by the server up to the signed head at entry {seq} (hash {hash}); with no head saved before to compare, this "
+    "cannot show that no entry was cut from the end or rewritten by whoever holds the server's key (the operator).",
+    "v.no_heads": "No head saved before was compared (your own, --remember, or another member's, --head): a log cut "
+    "short or rewritten and signed again with the server's key would read exactly like this one. Keep this export's "
+    "head (cleanroom-client audit head COLLABORATION --to FILE) to check the next export against.",
     "h.remembered": "Your remembered",
     "h.server": "The server's current",
     "h.other": "{who}'s exported",
@@ -38,7 +43,7 @@ _EN: dict[str, str] = {
     "sum.budget_member": "{member} spent ε {eps:g} and δ {dlt:g}{cap}",
     "sum.cap": " of a cap of ε {eps:g} and δ {dlt:g}",
     "sum.no_caps": " (the caps are not known: pass --policy FILE)",
-    "sum.per_period": " (per refresh period: the budget renews when a refresh changes data; shown for the latest)",
+    "sum.per_period": " (per refresh period: the budget renews when a refresh changes data; shown for the period now)",
     "sum.no_spend": "No budget has been spent.",
     "y.spent": "spent since the budget began (cumulative)",
     "x.time": "time (UTC)",
@@ -65,6 +70,9 @@ _EN: dict[str, str] = {
     "o.charged_interrupted": "charged, interrupted",
     "o.preview": "preview",
     "k.refusal_burst": "Refusal burst: {count} refusals in a short time (probing the policy?)",
+    "k.unapproved": "{count} queries answered while revision {revision} of the policy lacked the approval of "
+    "{missing} (the server lets data flow only under a revision every member approved)",
+    "k.refusals": "Many refusals: {count} in all, however far apart (probing the policy slowly?)",
     "k.repeated_query": "Repeated query: the same {query} asked {count} times, ε {epsilon:g} in all (averaging?)",
     "k.previews": "Previews far above queries: {previews} previews, {answered} answered",
     "k.budget_near_cap": "Budget close to exhausted: {measure} {spent:g} of {cap:g}",
@@ -88,7 +96,12 @@ _ZH: dict[str, str] = {
     "v.head.True": "{source}链头（{size} 条记录）：一致——{detail}。",
     "v.head.False": "{source}链头（{size} 条记录）：不一致——{detail}。",
     "v.head.None": "{source}链头（{size} 条记录）：无法判断——{detail}。",
-    "v.no_heads": "未提供可比对的已记住或他人导出的链头（--remember、--head）。",
+    "v.valid_unanchored": "已签名，但未与任何先前的链头比对：全部 {n} 条记录完整且由服务器签名，直至第 {seq} 条记录处的"
+    "签名链头（哈希 {hash}）；由于没有先前保存的链头可比对，无法证明末尾没有记录被删去，也无法证明持有服务器密钥者"
+    "（运营方）没有改写日志。",
+    "v.no_heads": "未比对任何先前保存的链头（您自己的 --remember，或其他成员的 --head）：被截短或改写后用服务器密钥重新"
+    "签名的日志，看起来会与此完全相同。请保存本次导出的链头（cleanroom-client audit head 合作 --to 文件），"
+    "用于核对下一次导出。",
     "h.remembered": "您记住的",
     "h.server": "服务器当前的",
     "h.other": "{who} 导出的",
@@ -102,7 +115,7 @@ _ZH: dict[str, str] = {
     "sum.budget_member": "{member} 消耗 ε {eps:g}、δ {dlt:g}{cap}",
     "sum.cap": "，额度为 ε {eps:g}、δ {dlt:g}",
     "sum.no_caps": "（额度未知：请使用 --policy FILE）",
-    "sum.per_period": "（按刷新周期：刷新改变数据后预算重新计算；显示最新周期）",
+    "sum.per_period": "（按刷新周期：刷新改变数据后预算重新计算；显示当前周期）",
     "sum.no_spend": "尚未消耗任何预算。",
     "y.spent": "自预算起算以来的累计消耗",
     "x.time": "时间（UTC）",
@@ -127,6 +140,9 @@ _ZH: dict[str, str] = {
     "o.charged_interrupted": "已扣费，中断",
     "o.preview": "预览",
     "k.refusal_burst": "集中拒绝：短时间内被拒绝 {count} 次（在试探策略边界？）",
+    "k.unapproved": "策略修订 {revision} 尚未获得 {missing} 批准时，回答了 {count} 次查询（服务器只应在每个成员都批准的"
+    "修订下让数据流动）",
+    "k.refusals": "多次被拒绝：共 {count} 次，无论间隔多久（在缓慢试探策略边界？）",
     "k.repeated_query": "重复查询：相同的{query}查询了 {count} 次，共 ε {epsilon:g}（取平均？）",
     "k.previews": "预览远多于查询：{previews} 次预览，{answered} 次回答",
     "k.budget_near_cap": "预算将尽：{measure} 已用 {spent:g}，额度 {cap:g}",

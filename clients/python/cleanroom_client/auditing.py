@@ -118,9 +118,11 @@ class AuditMethods(QueryMethods):
 
         key = self._witness.memory.key
         remembered = self._witness.memory.head(collaboration_id)
+        extra: list[HeadCheck] = []
         try:
-            now = self._witness.head(collaboration_id)
-            extra = [HeadCheck("server", now.size, True, "the server's head now extends the one this client saw")]
+            # The server's head now extends this client's memory; it is also compared with the export below (as
+            # another member's head is), so an export of another history than the head just shown is caught.
+            heads = [("server", self._witness.head(collaboration_id)), *heads]
         except HistoryRewrittenError as exc:
             extra = [HeadCheck("server", exc.shown.size if exc.shown else 0, False, str(exc))]
         policy = self.get_collaboration(collaboration_id).policy_yaml

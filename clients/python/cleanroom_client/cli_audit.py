@@ -143,7 +143,7 @@ def _head_file(path: Path) -> TreeHead:
     """A tree head written by `cleanroom-client audit head --to FILE` (or a client's remembered head)."""
     try:
         return TreeHead.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # another member's file: JSON nested too deep, say
         err.print(f"{path}: not a tree head ({exc}); write one with cleanroom-client audit head COLLAB --to FILE")
         raise typer.Exit(2) from None
 
@@ -186,7 +186,9 @@ def audit_report(
     if lang not in LANGUAGES:
         err.print(f"--lang {lang}: choose one of {', '.join(LANGUAGES)}", style="red", markup=False)
         raise typer.Exit(2)
-    others = [(p.stem, _head_file(p)) for p in head or ()]
+    # Another member's head is named by its file, never as the auditor's own memory or the server's ("server.json"
+    # from a member is shown as that file, not as "the server's current head").
+    others = [(p.name if p.stem in ("remembered", "server") else p.stem, _head_file(p)) for p in head or ()]
     if from_ is not None:
         if public_key is None:
             err.print("--from needs --public-key (cleanroom-client export-audit-log --public-key FILE saves it)")
@@ -216,7 +218,11 @@ def audit_report(
         err.print(str(exc), style="red", markup=False)
         raise typer.Exit(2) from None
     v = facts.verification
-    state = "verified" if v.valid else f"NOT VERIFIED (breaks at entry {v.first_invalid}: {v.reason})"
+    state = (
+        ("verified" if v.anchored else "signed, but no head saved before was compared: a cut tail would not show")
+        if v.valid
+        else f"NOT VERIFIED (breaks at entry {v.first_invalid}: {v.reason})"
+    )
     err.print(f"audit report of {facts.entries} entries ({state}) written to {page}", markup=False)
     if not v.trusted:
         raise typer.Exit(1)

@@ -78,6 +78,9 @@ def _use_fonts(lang: str) -> None:
     plt.rcParams["font.family"] = "sans-serif"
     plt.rcParams["font.sans-serif"] = families
     plt.rcParams["axes.unicode_minus"] = False
+    # Every label is text as written, never mathtext: a domain value such as "$5-$10" (or a tampered entry's
+    # "$\frac{$") would otherwise be typeset, or stop the drawing with a parse error.
+    plt.rcParams["text.parse_math"] = False
 
 
 # -- helpers ----------------------------------------------------------------------------------------------------------
@@ -600,6 +603,7 @@ table.cells {{ border-collapse: collapse; font-size: 0.85em; }}
 table.cells td, table.cells th {{ padding: 0.2em 0.6em; border-bottom: 1px solid #eee; text-align: right; }}
 p.verdict {{ font-size: 1.2em; padding: 0.6em 0.8em; border-radius: 4px; }}
 p.verdict.valid {{ background: #e6f4ea; border: 1px solid #34a853; }}
+p.verdict.unanchored {{ background: #fef7e0; border: 1px solid #f9ab00; }}
 p.verdict.broken {{ background: #fce8e6; border: 2px solid #c5221f; font-weight: bold; }}
 </style></head>
 <body data-charts="0">

@@ -128,7 +128,7 @@ class TreeHead:
                 str(d["time"]),
                 bytes.fromhex(d["signature"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:  # OverflowError: a size of 1e999
             raise ValueError(f"not a tree head: {exc}") from None
 
     def to_proto(self) -> apb.TreeHead:

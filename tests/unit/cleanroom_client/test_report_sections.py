@@ -155,3 +155,13 @@ def test_a_withheld_audience_says_why_in_each_language():
     for lang, said in (("en", "withheld: " + why), ("zh", "在 ε ≥ 0.5 时可发布")):
         [audiences] = [s for s in build_sections([answer], lang) if s.key == "audiences"]
         assert html.escape(said) in (audiences.table or ""), lang
+
+
+def test_a_dollar_sign_in_a_domain_value_is_drawn_as_written(tmp_path: Path):
+    """A policy's domain is free text: "$5-$10" is a price band, and "$\\frac{$" must not stop the drawing."""
+    cells = [((v,), "people", 100.0, False) for v in ("$5-$10", "$\\frac{$", "$10+")]
+    sections = build_sections([_answer("overlap", cells, ("brand.price",), period=0)], "en")
+    [overlap] = [s for s in sections if s.key != "budget"]
+    assert overlap.chart is not None
+    assert "$5-$10" in (overlap.table or "")
+    assert render("r", sections, tmp_path).exists()
