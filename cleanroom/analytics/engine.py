@@ -75,6 +75,7 @@ from .plan import (
     Previewed,
     QueryAnswer,
     Typical,
+    VectorKeys,
     activation_threshold,
     histogram_preview,
 )
@@ -290,12 +291,13 @@ class QueryEngine:
         measurements: Sequence[Measurement],
         dimensions: tuple[str, ...],
         finish: Callable[[Mapping[str, Noisy], int], list[Cell]],
-        keys: Sequence[tuple[str, ...]] = (),
+        keys: VectorKeys = (),
         typical: Callable[[float], Mapping[str, float | tuple[float, ...]]] | None = None,
     ) -> Plan:
         """A plan that releases noisy vectors and cells derived from them, charged to the requester.
 
-        `keys`: the cells of every vector (from the axes' domains: the policy's), for the preview; `typical(group)`:
+        `keys`: the cells of every vector, or per vector name (from the axes' domains: the policy's), for the
+        preview; `typical(group)`:
         the family's typical value per vector (released unit) for a group of that many people (default: `group`).
         """
         min_group = collaboration.policy.min_group_size
