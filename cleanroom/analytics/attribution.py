@@ -25,9 +25,10 @@ channel name. That order decides first and last touch and the positions. Time de
 weights never all underflow, whatever the data.
 
 Lift: each matched person with a test group for the campaign falls in one group (the first row uploaded for that
-campaign); per group the number of people, of converters (at least one conversion), and the sum and sum of squares
-of their capped, clamped revenue (cents rounded toward zero), each person's total clipped to the policy's
-per-person bound (`TableSpec.person_cents`, as value's), which bounds one person's move of the revenue vector.
+campaign); per group and conversion (at least one, or none) the number of people, and per group the sum and sum
+of squares of their capped, clamped revenue (cents rounded toward zero), each person's total clipped to the
+policy's per-person bound (`TableSpec.person_cents`, as value's), which bounds one person's move of the revenue
+vector.
 
 Everything here is total: given data that passed the upload checks, no statement can fail because of the values.
 Time columns are timestamps within a fixed window (checked at upload), per-person values are bounded by the policy
@@ -412,12 +413,13 @@ def lift(
 ) -> QueryAnswer:
     """Conversion rate per test group, absolute and relative lift, incremental conversions and revenue.
 
-    Four vectors with one cell per group (every matched person with a test group is in one): people
-    (sensitivity c), converters (c), revenue in cents (c x person_cents: each person's revenue clipped to the
-    policy's `per_person_max`, or to cap x max|value| without one) and revenue squared in currency units
-    squared (c x (ceil(B^2) + 1), B = person_cents / 100). Epsilon is split by `LIFT_SPLIT`: incremental revenue
-    reads revenue in both groups, and revenue squared only feeds the sampling term of the intervals. Intervals
-    combine sampling error and DP noise.
+    Three vectors (every matched person with a test group is in one group): `people_by_conversion`, people per
+    group x converted or not (sensitivity c: one pair in one cell; people and converters are its sums), revenue
+    in cents (c x person_cents: each person's revenue clipped to the policy's `per_person_max`, or to
+    cap x max|value| without one) and revenue squared in currency units squared (c x (ceil(B^2) + 1),
+    B = person_cents / 100). Epsilon is split by `LIFT_SPLIT`: incremental revenue reads revenue in both groups,
+    and revenue squared only feeds the sampling term of the intervals. Intervals combine sampling error and DP
+    noise.
     """
     share = dict(LIFT_SPLIT)
 

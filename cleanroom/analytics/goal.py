@@ -9,8 +9,9 @@ value then row order, as attribution caps conversions) and the sum of the measur
 policy's bounds [lo, hi] and rounded toward zero to cents, each person's total cents then clipped to
 [-P, P] with P = `TableSpec.person_cents` (the policy's `per_person_max`; without one the rows' own bound
 ceil(100 x cap x max(|lo|, |hi|)), which never binds). A measure of a users table is one row per person (cap 1).
-One matched pair is in one group, so it moves those four vectors by at most 1, 1, cap and P cents (L1): the
-per-pair sensitivities the engine multiplies by the join's stability constant.
+Two vectors: matched people per group x number of orders (0 to cap; people, buyers and orders are its sums) and
+the sum per group. One matched pair is in one group and has one number of orders, so it moves them by at most 1
+and P cents (L1): the per-pair sensitivities the engine multiplies by the join's stability constant.
 
 Loyalty, per group: each matched person falls in exactly one state by their conversions (rows of the conversions
 table, uncapped: only "at least one" and "at least two" count) in two periods, each from its start date
@@ -229,13 +230,14 @@ def value(
 ) -> QueryAnswer:
     """GOAL's "A": per group, people, buyers, orders, the sum of a measure, its means per person, buyer, order.
 
-    Privacy unit: one users row of either member with its events. Four vectors with one cell per group
-    (`goal.py` bounds each person's contribution): people (sensitivity c), buyers (c), orders (c x cap) and the
-    sum in cents (c x person_cents: each person's total clipped to the policy's `per_person_max`, or to
-    cap x max(|lo|, |hi|) without one), cap being the measure table's `max_per_person` (1 for a users measure).
-    Epsilon is split by `VALUE_SPLIT` (the sum, read by itself and by all three means, gets the most).
-    Post-processing: counts are shown at >= 0, the sum at >= 0 when lo >= 0, each mean within the range its
-    definition allows; the means' bounds propagate the two vectors' bounds (`cells.quotient`).
+    Privacy unit: one users row of either member with its events. Two vectors (`goal.py` bounds each person's
+    contribution): `people_by_orders`, matched people per group x number of orders 0..cap (sensitivity c: one pair
+    in one cell), and the sum per group in cents (c x person_cents: each person's total clipped to the policy's
+    `per_person_max`, or to cap x max(|lo|, |hi|) without one), cap being the measure table's `max_per_person` (1
+    for a users measure). Epsilon is split by `VALUE_SPLIT`, half each. Post-processing: people, buyers and
+    orders are sums of the histogram's cells (`basket_counts`), shown at >= 0, the sum at >= 0 when lo >= 0, each
+    mean within the range its definition allows; the means' bounds propagate their inputs' bounds
+    (`cells.quotient`).
     """
 
     def build(collaboration: Collaboration, catalog: Catalog) -> Plan:
