@@ -28,14 +28,15 @@ users-table row of either member changes at most c pairs. Histograms over all of
 insight's denominator) do not go through the join: sensitivity 1.
 
 How epsilon is split within one query: overlap, funnel and funnel flow release one histogram and spend all of it;
-segment insight releases two (matched people, and all of the member's users) and gives each half; value splits it
-toward the money (`goal.VALUE_SPLIT`: people 0.1, buyers 0.2, orders 0.3, sum 0.4: the sum enters itself and all
-three means); loyalty releases one histogram (group x state) and spends all of it; attribution halves (conversions,
-revenue); lift splits it toward incremental revenue (`attribution.LIFT_SPLIT`: people 0.15, converters 0.15,
-revenue 0.65, revenue squared 0.05); lookalike spends 40% on its quality estimate and the rest on DP-SGD;
-activation spends it all on the noisy size that gates the release. Each split minimises the summed relative
-variance of the cells a user reads for a typical group (docs/privacy.md, "Money"); the shares are constants, so a
-preview states every bar from the request and the policy alone.
+segment insight releases two (matched people, and all of the member's users) and gives each half; value releases
+one histogram of people by group and number of orders (people, buyers and orders are its sums) and the sum per
+group, half each (`goal.VALUE_SPLIT`); loyalty releases one histogram (group x state) and spends all of it;
+attribution halves (conversions, revenue); lift releases a histogram of people by test group and conversion
+(people, converters), revenue and revenue squared at 0.36 / 0.59 / 0.05 (`attribution.LIFT_SPLIT`); lookalike
+spends 40% on its quality estimate and the rest on DP-SGD; activation spends it all on the noisy size that gates
+the release. Value's and lift's counts get the least share that keeps each count's bar no wider than at a quarter
+of epsilon (the split before issue 31), the money the rest (docs/privacy.md, "Money"); the shares are constants,
+so a preview states every bar from the request and the policy alone.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ from .plan import (
     Previewed,
     QueryAnswer,
     Typical,
+    VectorKeys,
     activation_threshold,
     histogram_preview,
 )
@@ -290,12 +292,13 @@ class QueryEngine:
         measurements: Sequence[Measurement],
         dimensions: tuple[str, ...],
         finish: Callable[[Mapping[str, Noisy], int], list[Cell]],
-        keys: Sequence[tuple[str, ...]] = (),
+        keys: VectorKeys = (),
         typical: Callable[[float], Mapping[str, float | tuple[float, ...]]] | None = None,
     ) -> Plan:
         """A plan that releases noisy vectors and cells derived from them, charged to the requester.
 
-        `keys`: the cells of every vector (from the axes' domains: the policy's), for the preview; `typical(group)`:
+        `keys`: the cells of every vector, or per vector name (from the axes' domains: the policy's), for the
+        preview; `typical(group)`:
         the family's typical value per vector (released unit) for a group of that many people (default: `group`).
         """
         min_group = collaboration.policy.min_group_size

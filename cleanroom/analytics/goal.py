@@ -9,8 +9,9 @@ value then row order, as attribution caps conversions) and the sum of the measur
 policy's bounds [lo, hi] and rounded toward zero to cents, each person's total cents then clipped to
 [-P, P] with P = `TableSpec.person_cents` (the policy's `per_person_max`; without one the rows' own bound
 ceil(100 x cap x max(|lo|, |hi|)), which never binds). A measure of a users table is one row per person (cap 1).
-One matched pair is in one group, so it moves those four vectors by at most 1, 1, cap and P cents (L1): the
-per-pair sensitivities the engine multiplies by the join's stability constant.
+Two vectors: matched people per group x number of orders (0 to cap; people, buyers and orders are its sums) and
+the sum per group. One matched pair is in one group and has one number of orders, so it moves them by at most 1
+and P cents (L1): the per-pair sensitivities the engine multiplies by the join's stability constant.
 
 Loyalty, per group: each matched person falls in exactly one state by their conversions (rows of the conversions
 table, uncapped: only "at least one" and "at least two" count) in two periods, each from its start date
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -45,13 +46,44 @@ from .queries import DimensionRef, LoyaltyQuery, ValueQuery
 if TYPE_CHECKING:
     from .engine import QueryEngine
 
-#: How the value query splits its epsilon over its vectors. The cells a user reads are the sum and the three means
-#: (sum / people, buyers, orders), so the sum enters four of them and its noise dominates each mean: a group's
-#: per-person total is typically a fraction of the clipping bound, while counts have sensitivity c. Splitting
-#: epsilon_i in proportion to (weight_i x relative noise_i)^(2/3) minimises the summed relative variances; with
-#: the sum read four times and a typical total near a third of the bound, that gives about these shares
-#: (docs/privacy.md, "Money"; benchmarks/bench_accuracy.py measures them).
-VALUE_SPLIT: tuple[tuple[str, float], ...] = (("people", 0.1), ("buyers", 0.2), ("orders", 0.3), ("sum", 0.4))
+#: Value's histogram of matched people by group and number of orders (0: not a buyer; at most the table's cap):
+#: one pair is in one cell, so it has the sensitivity of one count (c), and people, buyers and orders are sums of
+#: its cells (docs/privacy.md, "Money").
+BASKETS = "people_by_orders"
+#: How the value query splits its epsilon over its two vectors. Half to the histogram gives people, buyers and
+#: orders bars no wider than a quarter each gave the three count vectors (people: 2 x e95(c / (eps/2)) =
+#: e95(c / (eps/4))), and the sum, which enters itself and all three means, the other half (docs/privacy.md,
+#: "Money"; benchmarks/bench_accuracy.py measures them).
+VALUE_SPLIT: tuple[tuple[str, float], ...] = ((BASKETS, 0.5), ("sum", 0.5))
+
+
+def orders_axis(member: str, cap: int) -> Axis:
+    """The number of orders a matched person has, 1 to cap, then 0 (not a buyer): fixed by the policy."""
+    return Axis("orders", member, "orders", (*(str(k) for k in range(1, cap + 1)), "0"))
+
+
+def basket_counts(hist: Noisy, cap: int) -> dict[tuple[str, ...], dict[str, tuple[float, float]]]:
+    """Per group: people, buyers and orders (value, 95% bar) from the noisy people-by-orders histogram.
+
+    Post-processing: people sum the group's cap + 1 cells, buyers the cap cells with an order, orders weight the
+    cell of k orders by k. The cells' noise is independent with bar e95 each, so a sum weighted by w_k has the bar
+    e95 x sqrt(sum w_k^2) (the quadrature `cells.py` uses: with several terms, slightly conservative).
+    """
+    cells: dict[tuple[str, ...], list[float]] = {}
+    for keys, v in zip(hist.keys, hist.values, strict=True):
+        cells.setdefault(keys[:-1], [0.0] * (cap + 1))[int(keys[-1])] = float(v)
+    e95 = float(hist.error_95)
+    weights = range(cap + 1)
+    orders_bar = e95 * math.sqrt(sum(k * k for k in weights))
+    return {
+        group: {
+            "people": (sum(n), e95 * math.sqrt(cap + 1)),
+            "buyers": (sum(n[1:]), e95 * math.sqrt(cap)),
+            "orders": (sum(k * x for k, x in zip(weights, n, strict=True)), orders_bar),
+        }
+        for group, n in cells.items()
+    }
+
 
 #: Loyalty states of a matched person, in release order (then `none`: no conversion in period 1).
 LOYALTY_STATES = ("once", "once_retained", "repeat", "repeat_retained")
@@ -104,7 +136,7 @@ def measure_spec(policy: Policy, name: str) -> MeasureSpec:
 
 
 def value_sql(catalog: Catalog, axes: tuple[Axis, ...], measure: MeasureSpec) -> Sql:
-    """Rows: (keys..., people, buyers, orders, cents) per group of matched people."""
+    """Rows: (keys..., orders, people, cents) per group of matched people and their number of orders (0: none)."""
     time = [measure.time] if measure.time else []
     table = catalog.table(measure.member, measure.table, [*time, measure.column])
     v = quote_ident(measure.column)
@@ -122,9 +154,9 @@ def value_sql(catalog: Catalog, axes: tuple[Axis, ...], measure: MeasureSpec) ->
                    least(greatest(sum(CAST(trunc(v * {CENTS}) AS BIGINT)), -$person), $person) AS cents
             FROM r WHERE rn <= $cap GROUP BY row_id
         )
-        SELECT {keys}count(*), count(p.row_id), coalesce(sum(p.orders), 0), coalesce(sum(p.cents), 0)
+        SELECT {keys}coalesce(p.orders, 0), count(*), coalesce(sum(p.cents), 0)
         FROM {catalog.pairs()} m {g.joins} LEFT JOIN p ON p.row_id = m.{catalog.side(measure.member)}
-        {g.group_by}
+        GROUP BY {", ".join(str(i + 1) for i in range(len(axes) + 1))}
     """
     params = {"collab": catalog.id, "lo": measure.lo, "hi": measure.hi, "cap": measure.cap}
     return Sql(text, params | {"person": measure.person_cents})
@@ -198,13 +230,14 @@ def value(
 ) -> QueryAnswer:
     """GOAL's "A": per group, people, buyers, orders, the sum of a measure, its means per person, buyer, order.
 
-    Privacy unit: one users row of either member with its events. Four vectors with one cell per group
-    (`goal.py` bounds each person's contribution): people (sensitivity c), buyers (c), orders (c x cap) and the
-    sum in cents (c x person_cents: each person's total clipped to the policy's `per_person_max`, or to
-    cap x max(|lo|, |hi|) without one), cap being the measure table's `max_per_person` (1 for a users measure).
-    Epsilon is split by `VALUE_SPLIT` (the sum, read by itself and by all three means, gets the most).
-    Post-processing: counts are shown at >= 0, the sum at >= 0 when lo >= 0, each mean within the range its
-    definition allows; the means' bounds propagate the two vectors' bounds (`cells.quotient`).
+    Privacy unit: one users row of either member with its events. Two vectors (`goal.py` bounds each person's
+    contribution): `people_by_orders`, matched people per group x number of orders 0..cap (sensitivity c: one pair
+    in one cell), and the sum per group in cents (c x person_cents: each person's total clipped to the policy's
+    `per_person_max`, or to cap x max(|lo|, |hi|) without one), cap being the measure table's `max_per_person` (1
+    for a users measure). Epsilon is split by `VALUE_SPLIT`, half each. Post-processing: people, buyers and
+    orders are sums of the histogram's cells (`basket_counts`), shown at >= 0, the sum at >= 0 when lo >= 0, each
+    mean within the range its definition allows; the means' bounds propagate their inputs' bounds
+    (`cells.quotient`).
     """
 
     def build(collaboration: Collaboration, catalog: Catalog) -> Plan:
@@ -215,21 +248,25 @@ def value(
         width = len(axes)
         cached: dict[str, list[tuple[Any, ...]]] = {}
 
-        def column(i: int) -> Callable[[MatchedData], Histogram]:
-            def read(data: MatchedData) -> Histogram:
-                if "rows" not in cached:
-                    cached["rows"] = data.rows(sql)
-                return fill_histogram(axes, [(*r[:width], r[width + i]) for r in cached["rows"]])
+        def rows(data: MatchedData) -> list[tuple[Any, ...]]:
+            if "rows" not in cached:
+                cached["rows"] = data.rows(sql)
+            return cached["rows"]
 
-            return read
+        def read_baskets(data: MatchedData) -> Histogram:
+            state = orders_axis(measure.member, measure.cap)
+            return fill_histogram((*axes, state), [r[: width + 2] for r in rows(data)])
+
+        def read_sum(data: MatchedData) -> Histogram:
+            return fill_histogram(axes, [(*r[:width], r[width + 2]) for r in rows(data)])
 
         c = engine.stability(catalog)
         share = dict(VALUE_SPLIT)
+        cap = measure.cap
+        full = (*axes, orders_axis(measure.member, cap))
         measurements = (
-            Measurement("people", column(0), q.epsilon * share["people"], c),
-            Measurement("buyers", column(1), q.epsilon * share["buyers"], c),
-            Measurement("orders", column(2), q.epsilon * share["orders"], c * measure.cap),
-            Measurement("sum", column(3), q.epsilon * share["sum"], c * measure.person_cents, CENTS),
+            Measurement(BASKETS, read_baskets, q.epsilon * share[BASKETS], c),
+            Measurement("sum", read_sum, q.epsilon * share["sum"], c * measure.person_cents, CENTS),
         )
         lo, hi = measure.lo, measure.hi
         person_lo, person_hi = measure.per_person_range()
@@ -243,37 +280,41 @@ def value(
 
         def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
             total = noisy["sum"]
+            counts = basket_counts(noisy[BASKETS], cap)
             out: list[Cell] = []
             for i, keys in enumerate(total.keys):
                 small = below_minimum_group(min_group)
-                if noisy["people"].values[i] < min_group:
+                n = counts[keys]
+                if n["people"][0] < min_group:
                     out += [withheld(keys, m, small) for m in ("people", "buyers", "orders", "sum")]
                     out += [withheld(keys, m, small) for m, *_ in means]
                     continue
                 for name in ("people", "buyers", "orders"):
-                    n = noisy[name]
-                    out.append(Cell(keys, name, float(max(n.values[i], 0)), float(n.error_95), False))
+                    out.append(Cell(keys, name, max(n[name][0], 0.0), n[name][1], False))
                 s = total.values[i] / CENTS
                 shown = max(s, 0.0) if lo >= 0 else s
                 out.append(Cell(keys, "sum", shown, total.error_95 / CENTS, False))
                 for name, denominator, low, high in means:
-                    n = noisy[denominator]
-                    mean = quotient(s, total.error_95 / CENTS, n.values[i], n.error_95)
-                    if mean is None or n.values[i] < min_group:
-                        out.append(withheld(keys, name, small if n.values[i] > 0 else NO_DENOMINATOR))
+                    count, bar = n[denominator]
+                    mean = quotient(s, total.error_95 / CENTS, count, bar)
+                    if mean is None or count < min_group:
+                        out.append(withheld(keys, name, small if count > 0 else NO_DENOMINATOR))
                     else:
                         out.append(Cell(keys, name, min(max(mean[0], low), high), mean[1], False))
             return out
 
+        baskets = cells_of(full)
+
         def typical(group: float) -> dict[str, float | tuple[float, ...]]:
-            # every person a buyer with the middle number of rows, each at the middle of the bounds
-            orders = group * (1 + measure.cap) / 2
-            return {"people": group, "buyers": group, "orders": orders, "sum": orders * (lo + hi) / 2}
+            # every person a buyer, as many with each number of rows (the middle number on average), each row at
+            # the middle of the bounds
+            orders = group * (1 + cap) / 2
+            per_state = tuple(0.0 if k[-1] == "0" else group / cap for k in baskets)
+            return {BASKETS: per_state, "sum": orders * (lo + hi) / 2}
 
         dims = tuple(a.label for a in axes)
-        return engine.histograms(
-            principal, collaboration, q.epsilon, measurements, dims, finish, cells_of(axes), typical
-        )
+        keys = {BASKETS: baskets, "sum": cells_of(axes)}
+        return engine.histograms(principal, collaboration, q.epsilon, measurements, dims, finish, keys, typical)
 
     params = {"by": [str(d) for d in q.by], "measure": q.measure}
     return engine.release(principal, collaboration_id, q, QueryType.VALUE, params, build, preview=preview)

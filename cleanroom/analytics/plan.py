@@ -93,6 +93,9 @@ class Previewed:
     typical: Mapping[str, float]
 
 
+#: The cells of a plan's vectors: one tuple of keys for all, or per vector name.
+VectorKeys = Sequence[tuple[str, ...]] | Mapping[str, Sequence[tuple[str, ...]]]
+
 #: How a plan previews: the typical values, and the query's whole epsilon (the plan's own, or another to compare).
 Preview = Callable[[Typical, float], Previewed]
 
@@ -100,7 +103,7 @@ Preview = Callable[[Typical, float], Previewed]
 def histogram_preview(
     stated: Sequence[Stated],
     epsilon: float,
-    keys: Sequence[tuple[str, ...]],
+    keys: VectorKeys,
     finish: Callable[[Mapping[str, Noisy], int], list[Cell]],
     min_group: int,
     defaults: Callable[[float], Mapping[str, float | tuple[float, ...]]] | None = None,
@@ -109,16 +112,19 @@ def histogram_preview(
 
     At another whole epsilon e, every vector's epsilon is its share of the plan's `epsilon` times e: each family
     splits its epsilon in fixed fractions, so that is exactly the plan the same request at e would build.
-    `defaults(group)`: the family's typical value per vector (released unit); a vector without one is `group`.
+    `keys`: every vector's cells, or per vector name when they differ (value's people-by-orders histogram and its
+    sum per group). `defaults(group)`: the family's typical value per vector (released unit); a vector without one
+    is `group`.
     """
 
     def preview(t: Typical, at: float) -> Previewed:
         base = defaults(t.group) if defaults else {}
         noisy, used = {}, {}
         for s in stated:
+            cells = keys[s.name] if isinstance(keys, Mapping) else keys
             v = t.values.get(s.name, base.get(s.name, t.group))
-            values = tuple(float(x) for x in v) if isinstance(v, tuple) else (float(v),) * len(keys)
-            noisy[s.name] = Noisy.typical(replace(s, epsilon=s.epsilon * at / epsilon), keys, values)
+            values = tuple(float(x) for x in v) if isinstance(v, tuple) else (float(v),) * len(cells)
+            noisy[s.name] = Noisy.typical(replace(s, epsilon=s.epsilon * at / epsilon), cells, values)
             used[s.name] = values[0] if values else 0.0
         return Previewed(tuple(finish(noisy, min_group)), used)
 

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from privacy_data import BRAND, DAY0, DAY1, PRIVACY_POLICY, MemberData, every_query
 
 from cleanroom.analytics import engine as engine_module
+from cleanroom.analytics.attribution import CONVERSION
 from cleanroom.analytics.engine import Noisy, lift_cells
 from cleanroom.analytics.matched import MatchedData
 from cleanroom.analytics.queries import AttributionQuery, DimensionRef, FunnelFlowQuery, LiftQuery, OverlapQuery
@@ -134,15 +135,17 @@ def test_success_cannot_be_bought_for_almost_no_epsilon(rooms):
     st.lists(st.integers(-(10**6), 10**6), min_size=8, max_size=8),
     st.floats(1e-3, 1e15, allow_nan=False),
     st.integers(0, 100),
+    st.floats(0.01, 1e7),
 )
-def test_lift_cells_are_total(values, scale, min_group):
+def test_lift_cells_are_total(values, scale, min_group, bound):
     """Whatever the noisy values (zero, negative, huge) and scale, lift's post-processing returns cells."""
-    keys = (("exposed",), ("holdout",))
+    groups = ("exposed", "holdout")
     noisy = {
-        name: Noisy(keys, (values[2 * i], values[2 * i + 1]), scale)
-        for i, name in enumerate(("people", "converters", "revenue", "revenue_sq"))
+        CONVERSION: Noisy(tuple((g, s) for g in groups for s in ("yes", "no")), tuple(values[:4]), scale),
+        "revenue": Noisy(tuple((g,) for g in groups), tuple(values[4:6]), scale),
+        "revenue_sq": Noisy(tuple((g,) for g in groups), tuple(values[6:]), scale),
     }
-    cells = lift_cells(noisy, min_group)
+    cells = lift_cells(noisy, min_group, 0.0, (0.0, bound))
     assert len(cells) == 14  # 4 per group, 4 lift estimates, 2 minimum detectable effects
     assert all(c.suppressed or (math.isfinite(c.value) and math.isfinite(c.error_95)) for c in cells)
 

@@ -184,3 +184,46 @@ def test_the_edge_queries_cover_both_outcomes(on_full):
     assert classes["loyalty in years nobody bought in"] == "ok"
     assert classes["retargeting: reached by c1, did not buy"] == "ok"
     assert classes["retargeting on the recipient's events alone"] == "InvalidArgumentError"
+
+
+#: The privacy policy with each person's total of brand.conversions.value clipped to 60 (two orders of up to 100
+#: each reach 200): value's sum and lift's revenue are noised at c x 6,000 cents (docs/privacy.md, "Money").
+CLIPPED_POLICY = PRIVACY_POLICY.replace("max_per_person: 2}", "max_per_person: 2, per_person_max: {value: 60}}")
+CLIPPED_QUERIES = {
+    name: QUERIES[name]
+    for name in (
+        "value of conversions by three dimensions",
+        "lift with a one-person holdout",
+        "lift of a campaign nobody is in",
+    )
+} | {
+    "value of conversions, everyone": lambda e: e.value(BRAND, C, ValueQuery((), "brand.conversions.value", 1.0)),
+    "value by tier at the largest epsilon": lambda e: e.value(
+        BRAND, C, ValueQuery((d("brand.tier"),), "brand.conversions.value", 1e4)
+    ),
+    "lift at the largest epsilon": lambda e: e.lift(BRAND, C, LiftQuery("c1", 1e4)),
+}
+
+
+@pytest.fixture(scope="module")
+def clipped_on_full(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, ...]]:
+    """The money queries' outcome classes on D under the policy with per_person_max."""
+    room = build(tmp_path_factory.mktemp("neighbours-clipped"), CLIPPED_POLICY, dataset(), DiscreteLaplace())
+    try:
+        return {name: outcome_class(lambda q=query: q(room.queries)) for name, query in CLIPPED_QUERIES.items()}
+    finally:
+        room.close()
+
+
+@pytest.mark.parametrize(("side", "person"), [("brand", 0), ("brand", 5), ("platform", 3), ("platform", 6)])
+def test_with_a_per_person_cap_one_person_never_changes_the_outcome_class(rooms, clipped_on_full, side, person):
+    """Issue 31: under the policy's per_person_max, value's and lift's histograms (people by orders, by conversion)
+    and clipped sums release the same cells, withheld the same way, on D and on D without one person."""
+    assert "per_person_max" in CLIPPED_POLICY
+    full = dataset()
+    on_n = rooms(CLIPPED_POLICY, {**full, side: full[side].without_user(person)})
+    for name, query in CLIPPED_QUERIES.items():
+        a = clipped_on_full[name]
+        b = outcome_class(lambda q=query: q(on_n.queries))
+        assert a == b, (name, a, b)
+    assert {outcome[0] for outcome in clipped_on_full.values()} == {"ok"}

@@ -89,4 +89,6 @@ def test_every_stated_scale_names_cells_of_one_draw_each(rooms) -> None:
         checked += len(stated_cells(answer))
     venn_measures = {m for _, a in answers[-2:] for m, _ in stated_cells(a)}
     assert venn_measures == {"people_exactly"}, venn_measures
-    assert checked > 100, checked
+    # (value's people, buyers and orders and lift's people and converters are sums of histogram cells since issue
+    # 31: no scale names them, their bars are their own, so fewer cells are checked here than before)
+    assert checked > 80, checked

@@ -233,8 +233,8 @@ class QueryMethods:
 
         Measures per group: people, buyers, orders, sum, and the means per_person, per_buyer, per_order, each with
         its 95% bound. Values are clamped to the policy's bounds and each person contributes at most the table's
-        `max_per_person` rows, their total clipped to the policy's `per_person_max`; epsilon is split
-        0.1 / 0.2 / 0.3 / 0.4 over people, buyers, orders and the sum.
+        `max_per_person` rows, their total clipped to the policy's `per_person_max`; epsilon is split in
+        half between one histogram of people by number of orders (people, buyers and orders are its sums) and the sum.
         """
         return self._ask("value", collaboration_id, scope, by=list(by), measure=measure, epsilon=epsilon)
 

@@ -15,6 +15,8 @@ from collections import defaultdict
 import pandas as pd
 import pytest
 
+from cleanroom.analytics.attribution import CONVERSION, LIFT_SPLIT
+from cleanroom.privacy import noise as noise_math
 from cleanroom_client import CleanRoomError
 
 POLICY = """\
@@ -261,6 +263,22 @@ def test_lift_equals_the_reference(room, collab):
     assert cells[("lift", "incremental_conversions")] == pytest.approx((rate["exposed"] - rate["holdout"]) * 4)
     errors = frame.set_index(["test_group", "measure"])["error_95"]
     assert errors[("lift", "absolute_lift")] > 0  # sampling error remains even without noise
+
+
+def test_lift_counts_keep_their_quarter_split_bars(room, collab):
+    """Issue 31: lift's epsilon went toward revenue, and the counts may not pay for it. At epsilon 1 and c = 1, people
+    and converters (one histogram by test group and conversion, at 0.36 of epsilon) are no wider than when each was
+    a vector of its own at a quarter of epsilon; the conversion lift narrows with them."""
+    bars = room.client("brand").lift(collab, "c1", epsilon=1.0, preview=True)
+    e95 = bars.set_index(["test_group", "measure"])["error_95"]
+    quarter = noise_math.error_95(1 / 0.25)
+    for g in ("exposed", "holdout"):
+        assert e95[(g, "people")] <= quarter
+        assert e95[(g, "converters")] <= quarter
+    # each cell once, so people (two cells) is sqrt(2) of the cell's bar, converters one cell
+    cell = noise_math.error_95(1 / dict(LIFT_SPLIT)[CONVERSION])
+    assert e95[("exposed", "people")] == pytest.approx(2**0.5 * cell)
+    assert e95[("exposed", "converters")] == pytest.approx(cell)
 
 
 def test_bad_requests(room, collab):

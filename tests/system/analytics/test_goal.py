@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cleanroom.analytics.goal import VALUE_SPLIT
+from cleanroom.analytics.goal import BASKETS, VALUE_SPLIT
 from cleanroom.privacy import noise as noise_math
 from cleanroom_client import CleanRoomError
 from cleanroom_client.cli import app
@@ -92,7 +92,8 @@ def test_value_by_tier_is_exact(room, collab):
     assert got[("basic", "per_person")] == pytest.approx(3.625)
     assert got[("none", "sum")] == pytest.approx(40.0)
     assert f.attrs["epsilon_spent"] == EPS
-    assert set(f.attrs["noise_scale"]) == {"people", "buyers", "orders", "sum"}
+    # people, buyers and orders are sums of one histogram of people by their number of orders (one draw per pair)
+    assert set(f.attrs["noise_scale"]) == {BASKETS, "sum"}
 
 
 def test_loyalty_by_stage_is_exact(room, collab):
@@ -159,12 +160,17 @@ def test_preview_over_grpc_spends_nothing_and_states_every_derived_bar(room, col
     # one identifier type (c = 1), cap 2, bound 100: the sum moves by at most 2 x 10000 cents, at its share of epsilon
     share = dict(VALUE_SPLIT)
     e_sum = noise_math.error_95(2 * 10_000 / share["sum"]) / 100
-    e_count = noise_math.error_95(1 / share["people"])
-    e_buyers = noise_math.error_95(1 / share["buyers"])
+    # the histogram's cells (orders 1, 2 and 0) each have e95: people sum three, buyers two
+    e_cell = noise_math.error_95(1 / share[BASKETS])
+    e_count = e_cell * 3**0.5
+    e_buyers = e_cell * 2**0.5
     assert gold.loc["sum", "error_95"] == pytest.approx(e_sum)
-    assert gold.loc["people", "error_95"] == e_count
-    # typical: 1,000 buyers with 1.5 orders each at 50 (the middle of [0, 100]): 75 per buyer
-    assert bars.attrs["typical"] == {"people": 1000, "buyers": 1000, "orders": 1500, "sum": 75_000}
+    assert gold.loc["people", "error_95"] == pytest.approx(e_count)
+    assert gold.loc["buyers", "error_95"] == pytest.approx(e_buyers)
+    assert gold.loc["orders", "error_95"] == pytest.approx(e_cell * 5**0.5)  # 1 x n1 + 2 x n2
+    # typical: 1,000 buyers, 500 with each number of orders (1.5 each) at 50 (the middle of [0, 100]): 75 per buyer
+    assert bars.attrs["typical"] == {BASKETS: 500, "sum": 75_000}
+    assert gold.loc["orders", "typical"] == pytest.approx(1500)
     assert gold.loc["per_buyer", "typical"] == pytest.approx(75.0)
     expected = ((e_sum / 1000) ** 2 + (75 * e_buyers / 1000) ** 2) ** 0.5
     assert gold.loc["per_buyer", "error_95"] == pytest.approx(expected)
@@ -214,3 +220,18 @@ def test_preview_over_grpc_spends_nothing_and_states_every_derived_bar(room, col
     assert r.exit_code == 0, r.output
     assert "epsilon for ±15%" in r.output
     assert brand.budget(collab).set_index("member").loc["brand", "spent"] == before
+
+
+def test_value_counts_keep_their_quarter_split_bars_while_the_money_keeps_its_share(room, collab):
+    """Issue 31: the money's epsilon may not cost the counts. At epsilon 1, one identifier type (c = 1), cap 2 and a
+    person's total bounded by 2 x 100: people, buyers and orders no wider than when each count had a quarter of
+    epsilon (before the money was split off), the sum no wider than at the 0.4 of epsilon it had then."""
+    bars = room.client("brand").value(collab, "brand.conversions.value", by=["brand.tier"], epsilon=1.0, preview=True)
+    gold = bars[bars["brand.tier"] == "gold"].set_index("measure")["error_95"]
+    assert gold["people"] <= noise_math.error_95(1 / 0.25)
+    assert gold["buyers"] <= noise_math.error_95(1 / 0.25)
+    assert gold["orders"] <= noise_math.error_95(2 / 0.25)
+    assert gold["sum"] <= noise_math.error_95(2 * 10_000 / 0.4) / 100
+    # and so every mean is narrower than under the split that starved the counts
+    e_sum, e_count = noise_math.error_95(2 * 10_000 / 0.4) / 100, noise_math.error_95(1 / 0.1)
+    assert gold["per_person"] < ((e_sum / 1000) ** 2 + (75 * e_count / 1000) ** 2) ** 0.5
