@@ -222,8 +222,9 @@ def _typical_for(answer: Any, value: float, **kw: Any) -> Typical:
 def test_a_preview_of_huge_typical_values_is_refused_not_a_crash(rooms):
     """Red team, issue 31: the server checked typical values for finiteness only, so a typical sum of 1e308 became
     round(inf) in `Noisy.typical` (OverflowError), a typical group of 1e308 an int too large for a float in segment
-    insight's TGI: INTERNAL from 11 of 17 query types, after the preview's audit entry was written. Values up to
-    2^53 (the most a released exact value can be) preview; beyond, INVALID_ARGUMENT (a refusal, audited as any)."""
+    insight's TGI: INTERNAL from 10 of the 18 previewed calls (segment insight, value, attribution, lift), after
+    the preview's audit entry was written. Values up to 2^53 (the most a released exact value can be) preview;
+    beyond, INVALID_ARGUMENT (a refusal, audited as any)."""
     room = rooms(PRIVACY_POLICY, population(12))
     for query in (*every_query(), lookalike):
         shape: Any = query(Previewing(room.queries), C)
