@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cleanroom_client.policy import Policy, QueryType, TableSpec
+from cleanroom_client.policy import Policy, QueryType, TableSpec, squared_bound
 
 from ..collaborations import Collaboration
 from ..errors import FailedPreconditionError, InternalError, InvalidArgumentError
@@ -379,7 +379,7 @@ def lift_sql(catalog: Catalog, ev: EventTables, groups: TableSpec, campaign: str
 
     Each person's revenue (their at most cap conversions, each clipped to [lo, hi]) is in whole cents rounded
     toward zero, clipped to the policy's per-person bound (`TableSpec.person_cents`); revenue squared is that
-    clipped total's square, rounded.
+    clipped total's square, rounded half up in 128-bit integers (`squared_bound`: a double's rounding passed it).
     """
     tg = catalog.table(groups.member, "test_groups", ["campaign", "test_group"])
     side = catalog.side(groups.member)
@@ -396,7 +396,7 @@ def lift_sql(catalog: Catalog, ev: EventTables, groups: TableSpec, campaign: str
             WHERE CAST(t.campaign AS VARCHAR) = $campaign GROUP BY m.person
         )
         SELECT g.test_group, p.person IS NOT NULL, count(*), coalesce(sum(p.cents), 0),
-               coalesce(sum(CAST(round(CAST(p.cents AS DOUBLE) * p.cents / {CENTS * CENTS}) AS HUGEINT)), 0)
+               coalesce(sum((CAST(p.cents AS HUGEINT) * p.cents + {CENTS * CENTS // 2}) // {CENTS * CENTS}), 0)
         FROM grouped g LEFT JOIN per_person p ON p.person = g.person
         GROUP BY 1, 2
     """
@@ -555,7 +555,7 @@ def lift(
         measurements = (
             Measurement(CONVERSION, read_conversion, eps[CONVERSION], c),
             Measurement("revenue", read_revenue, eps["revenue"], c * person, CENTS),
-            Measurement("revenue_sq", read_squares, eps["revenue_sq"], c * (math.ceil((person / CENTS) ** 2) + 1)),
+            Measurement("revenue_sq", read_squares, eps["revenue_sq"], c * squared_bound(person)),
         )
         floor = 0.0 if ev.lo >= 0 else -math.inf
         bound = person / CENTS

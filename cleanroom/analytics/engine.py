@@ -250,13 +250,19 @@ class QueryEngine:
             raise InvalidArgumentError(
                 f"typical: {unknown} are not vectors {query_type} releases (it releases {vectors})"
             )
+        check_typical(typical)
+        previewed = plan.preview(typical, epsilon)
+        if typical.within > 0 and len(previewed.cells) > MAX_SOLVED_CELLS:
+            raise InvalidArgumentError(
+                f"within: this {query_type} has {len(previewed.cells)} cells, and the epsilon per cell is solved "
+                f"for at most {MAX_SOLVED_CELLS}: group by fewer dimensions, or preview without within"
+            )
         audited = {"query": query_type, **params, "typical_group": typical.group}
         if typical.values:
-            audited["typical"] = {k: v if isinstance(v, float) else list(v) for k, v in typical.values.items()}
+            audited["typical"] = {k: list(v) if isinstance(v, tuple) else float(v) for k, v in typical.values.items()}
         if typical.within:
             audited["within"] = typical.within
         entry = self._audit.record(collaboration.id, principal.name, "query.preview", audited)
-        previewed = plan.preview(typical, epsilon)
         policy = collaboration.policy
         needed = (
             epsilon_needed(plan.preview, typical, previewed, policy.epsilon_per_query_min, policy.epsilon_per_query_max)
@@ -354,6 +360,34 @@ class QueryEngine:
         collaboration = self._collaborations.get(principal, collaboration_id, "budget.get")
         limits = self._limits(collaboration)
         return collaboration, [self._budget.status(collaboration.id, m.name, limits) for m in collaboration.members]
+
+
+#: The largest |typical value| (and typical group) a preview takes: every exact value is clamped to +-2^53 in its
+#: integer unit before noise, so no released cell is larger; beyond it, a family's arithmetic overflowed (a typical
+#: sum of 1e308 reached `round(inf)`: INTERNAL, after the preview's audit entry was written).
+MAX_TYPICAL = float(2**53)
+#: The most cells a preview solves `within` for: `epsilon_needed` runs the family's whole post-processing some
+#: 32 + 12 x (kinds of cells) times, so its work grows with the cells; a value preview of 8,000 groups (56,000 cells)
+#: held a worker for 35-43 s per request (red team, issue 31), and previews are rated at a burst of 20.
+MAX_SOLVED_CELLS = 2_000
+
+
+def check_typical(typical: Typical) -> None:
+    """INVALID_ARGUMENT unless every assumption of a preview is a finite number a release could hold.
+
+    The group and `within` must be positive, every typical value at most `MAX_TYPICAL` in magnitude (negative values
+    are allowed: a measure may be negative). Request-only: a refusal here is the same whatever the data.
+    """
+    if not (math.isfinite(typical.group) and 0 < typical.group <= MAX_TYPICAL):
+        raise InvalidArgumentError(f"typical_group must be in (0, {MAX_TYPICAL:.0f}], got {typical.group:g}")
+    if not (math.isfinite(typical.within) and 0 <= typical.within <= MAX_TYPICAL):
+        raise InvalidArgumentError(f"within must be a positive finite number, got {typical.within:g}")
+    for name, v in typical.values.items():
+        for x in v if isinstance(v, tuple) else (v,):
+            if not (math.isfinite(x) and abs(x) <= MAX_TYPICAL):
+                raise InvalidArgumentError(
+                    f"typical[{name!r}] must be a finite number of magnitude at most {MAX_TYPICAL:.0f}, got {x:g}"
+                )
 
 
 #: Points of the geometric grid over the policy's epsilon range that `epsilon_needed` first searches.

@@ -59,7 +59,7 @@ class Noisy:
         construction, with no formula stated twice.
         """
         if len(values) != len(keys):
-            raise ValueError(f"{stated.name}: {len(values)} typical values for {len(keys)} cells")
+            raise InvalidArgumentError(f"typical[{stated.name!r}]: {len(values)} values for {len(keys)} cells")
         ints = tuple(round(v * stated.unit) for v in values)
         return Noisy(tuple(keys), ints, stated.sensitivity / stated.epsilon)
 

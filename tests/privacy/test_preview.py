@@ -9,6 +9,7 @@ the released cell's, because the preview is the family's own post-processing ove
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any
 
 import pytest
@@ -18,10 +19,11 @@ from privacy_data import BRAND, PRIVACY_POLICY, every_query
 from test_free_oracles import C, population, spent
 
 from cleanroom.analytics.activation import activation_reason, epsilon_to_clear
-from cleanroom.analytics.engine import QueryEngine
+from cleanroom.analytics.engine import MAX_SOLVED_CELLS, MAX_TYPICAL, QueryEngine
 from cleanroom.analytics.matched import MatchedData
 from cleanroom.analytics.plan import Typical, activation_threshold
 from cleanroom.analytics.queries import DimensionRef, LookalikeQuery, OverlapQuery, ValueQuery
+from cleanroom.errors import InvalidArgumentError
 from cleanroom.privacy.noise import DiscreteLaplace
 from cleanroom_client.query_types import BY_NAME
 
@@ -210,3 +212,54 @@ def test_the_activation_reasons_read_in_chinese():
     for noisy in (40, 400):  # none clears a gate at min_size 50; one that would at a higher epsilon
         reason = activation_reason(noisy, 50, 0.1, 1e-6, 4)
         assert text_for("zh").reason(reason) != reason, reason
+
+
+def _typical_for(answer: Any, value: float, **kw: Any) -> Typical:
+    """`value` for every vector the previewed query releases (named in its `noise_scale`)."""
+    return Typical(values={v: value for v in answer.noise_scale}, **kw)
+
+
+def test_a_preview_of_huge_typical_values_is_refused_not_a_crash(rooms):
+    """Red team, issue 31: the server checked typical values for finiteness only, so a typical sum of 1e308 became
+    round(inf) in `Noisy.typical` (OverflowError), a typical group of 1e308 an int too large for a float in segment
+    insight's TGI: INTERNAL from 10 of the 18 previewed calls (segment insight, value, attribution, lift), after
+    the preview's audit entry was written. Values up to 2^53 (the most a released exact value can be) preview;
+    beyond, INVALID_ARGUMENT (a refusal, audited as any)."""
+    room = rooms(PRIVACY_POLICY, population(12))
+    for query in (*every_query(), lookalike):
+        shape: Any = query(Previewing(room.queries), C)
+        for edge in (MAX_TYPICAL, -MAX_TYPICAL):
+            query(Previewing(room.queries, _typical_for(shape, edge, within=0.3)), C)  # no error
+        query(Previewing(room.queries, Typical(group=MAX_TYPICAL, within=0.3)), C)
+        for huge in (_typical_for(shape, 1e308), _typical_for(shape, -1e300), Typical(group=1e308)):
+            with pytest.raises(InvalidArgumentError):
+                query(Previewing(room.queries, huge), C)
+    with pytest.raises(InvalidArgumentError):  # per-cell values (the engine takes tuples) of the wrong length
+        every_query()[0](Previewing(room.queries, Typical(values={"people": (1.0, 2.0)})), C)
+
+
+def test_the_epsilon_needed_over_thousands_of_cells_is_refused_not_a_held_worker(rooms):
+    """Red team, issue 31: `within` on a value preview by three dimensions of 40 x 40 x 5 values (8,000 groups, 56,000
+    cells) ran `epsilon_needed` for 35-43 s on one worker, per request (previews are rated at a burst of 20). Above
+    MAX_SOLVED_CELLS cells it is refused from the request alone; the preview without `within` still answers."""
+    tiers = ", ".join(["gold", "basic"] + [f"t{i}" for i in range(37)])
+    ages = ", ".join(["young", "old"] + [f"a{i}" for i in range(37)])
+    wide = PRIVACY_POLICY.replace("tier: [gold, basic]", f"tier: [{tiers}]").replace(
+        "age_band: [young, old]", f"age_band: [{ages}]"
+    )
+    room = rooms(wide, population(12))
+    d = DimensionRef.parse
+    # tier x age: 1,600 groups (4,800 cells of people by orders, within the grouping limit), 11,200 released cells
+    q = ValueQuery((d("brand.tier"), d("platform.age_band")), "brand.conversions.value", 1.0)
+    started = time.perf_counter()
+    with pytest.raises(InvalidArgumentError, match="within"):
+        room.queries.value(BRAND, C, q, preview=Typical(within=0.15))
+    assert len(room.queries.value(BRAND, C, q, preview=True).cells) > MAX_SOLVED_CELLS
+    assert time.perf_counter() - started < 15  # refused from the request: no solver ran (it took 35-43 s)
+    # a preview under the limit is still solved
+    q2 = ValueQuery((d("brand.tier"), d("platform.stage_4a")), "brand.conversions.value", 1.0)  # 40 x 5 groups
+    started = time.perf_counter()
+    answer = room.queries.value(BRAND, C, q2, preview=Typical(within=0.15))
+    assert 1_000 < len(answer.cells) <= MAX_SOLVED_CELLS
+    assert len(answer.epsilon_needed) == len(answer.cells)
+    assert time.perf_counter() - started < 15

@@ -8,7 +8,7 @@ accepted one states nothing above the cap.
 from __future__ import annotations
 
 import pytest
-from privacy_data import BRAND, MemberData
+from privacy_data import BRAND, MemberData, RecordingNoise
 
 from cleanroom.analytics.attribution import LIFT_SPLIT
 from cleanroom.analytics.queries import LiftQuery
@@ -63,3 +63,47 @@ def test_no_stated_sensitivity_of_an_accepted_policy_passes_the_cap(rooms):
     share = dict(LIFT_SPLIT)  # scale x the vector's epsilon = its sensitivity
     worst = max(scale * share[name] for name, scale in preview.noise_scale.items())
     assert worst <= MAX_SENSITIVITY, f"stated sensitivity {worst:.3g} > 2^53 = {MAX_SENSITIVITY:.3g}"
+
+
+#: Two members, one identifier type (c = 1), each person's revenue clipped to 94,299,023.32 (P = 9,429,902,332 cents):
+#: the policy's 2^53 check admits it (revenue squared's bound, ceil(P^2 / 100^2) + 1, is 8.9e15).
+AT_THE_EDGE = """\
+name: squared-at-the-edge
+members:
+  brand:    {abilities: [contribute, query, receive_results]}
+  platform: {abilities: [contribute]}
+identifiers: [email]
+tables:
+  brand.users:       {}
+  brand.conversions: {time: ts, measures: {value: [0, 1.0e+8]}, max_per_person: 1,
+                      per_person_max: {value: 94299023.32}}
+  platform.users:    {}
+  platform.exposures: {time: ts, dimensions: {campaign: [c1], channel: [search], kind: [impression, click]}}
+  platform.test_groups: {dimensions: {campaign: [c1], test_group: [exposed, holdout]}}
+queries: [lift]
+min_group_size: 1
+epsilon: {per_member_total: 100, per_query_max: 10, per_query_min: 0.01}
+"""
+
+
+def test_revenue_squared_moves_by_at_most_its_stated_sensitivity_at_the_caps_edge(rooms):
+    """Red team, issue 31: revenue squared was summed as round(double(t) * t / 10,000) and stated as
+    ceil((P / 100) ** 2) + 1 in floating point; at P = 9,429,902,332 cents the one person's square was
+    8,892,305,799,105,905 against a stated 8,892,305,799,105,903. Both are now exact integer arithmetic."""
+    parse_policy(AT_THE_EDGE)  # within the cap
+    people = [{"email": "e0"}, {"email": "e1"}]  # one at the bound; two squares would pass 2^53 (clamped)
+    conversions = [{"user": u, "ts": "2026-11-01 10:00:00", "value": 1.0e8} for u in range(1)]
+    groups = [{"user": u, "campaign": "c1", "test_group": "exposed"} for u in range(2)]
+    full = {"brand": MemberData(list(people), {"conversions": conversions}), "platform": MemberData(people, {})}
+    full["platform"].events["test_groups"] = groups
+    full["platform"].events["exposures"] = []
+    vectors = []
+    for data in (full, {**full, "brand": full["brand"].without_user(0)}):
+        noise = RecordingNoise()
+        rooms(AT_THE_EDGE, data, noise).queries.lift(BRAND, "privacy-test", LiftQuery("c1", 1.0))
+        vectors.append(noise.calls[-1])  # people, converters, revenue, revenue squared
+    before, after = vectors
+    moved = sum(abs(a - b) for a, b in zip(before.counts, after.counts, strict=True))
+    assert moved <= before.sensitivity == after.sensitivity, f"moved {moved}, stated {before.sensitivity}"
+    assert moved == (9_429_902_332**2 + 5_000) // 10_000  # the one person's exact square, rounded
+    assert before.sensitivity == -(-(9_429_902_332**2) // 10_000) + 1

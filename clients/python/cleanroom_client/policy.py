@@ -104,6 +104,16 @@ _TOP_KEYS = frozenset(SCHEMA["properties"])
 _RESERVED_LIST: Final = ", ".join(sorted(RESERVED_NAMES))
 
 
+def squared_bound(person_cents: int) -> int:
+    """The most one person's revenue squared (currency units squared) counts in lift: ceil(P^2 / 100^2) + 1, exact.
+
+    Lift sums each person's clipped total cents t, |t| <= P, as (t^2 + 5,000) // 10,000 in 128-bit integers. Both
+    are integer arithmetic: in floating point, ceil((P / 100) ** 2) + 1 fell 2 below what DuckDB's
+    round(double(t) * t / 10,000) gave for P = 9,429,902,332 (red team, issue 31), a bound the 2^53 check admits.
+    """
+    return -(-person_cents * person_cents // (CENTS * CENTS)) + 1
+
+
 def stability_constant(identifier_types: int) -> int:
     """How many matched pairs one added or removed users row can change, with this many identifier types.
 
@@ -506,7 +516,7 @@ def _sensitivities_fit(tables: Mapping[str, TableSpec], c: int, problems: list[s
             person = spec.person_cents(column)  # value's sum and lift's revenue; lift's revenue squared below
             largest = c * person
             if spec.table == "conversions":
-                squared = math.ceil((person / CENTS) ** 2) + 1
+                squared = squared_bound(person)
                 largest = max(largest, c * cap * math.ceil(CENTS * bound), c * max(1000 * cap, squared))
             if largest > MAX_SENSITIVITY:
                 problems.append(
