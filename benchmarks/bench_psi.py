@@ -15,7 +15,8 @@ the peak RSS of every process. Beside it, in the same run:
 - where each member's time went: seconds per phase of its match (blind and upload its points, its tables, wait for
   and double-blind the peer's points, wait for the join, and start-up before the match);
 - OpenMined's PSI on the same sets (benchmarks/openmined_peer.py), when its venv exists
-  (`make bench-openmined-venv`).
+  (`make bench-openmined-venv`): its wall seconds and the CPU seconds of its two processes, and our speed-up over
+  it in both (`speedup_over_openmined`, `cpu_speedup_over_openmined`: all our processes' CPU against all of its).
 
 Usage: python benchmarks/bench_psi.py [--n 100000] [--json out.json] [--openmined-python PATH]
 """
@@ -303,6 +304,7 @@ def openmined(python: Path, n: int) -> dict[str, float]:
         raise SystemExit(f"openmined-psi found {figures['intersection']} common users, expected {n - n // 2}")
     return {
         "openmined_seconds": figures["seconds"],
+        "openmined_cpu_seconds": figures["cpu_seconds"],
         "openmined_bytes_per_identifier_client_up": round(figures["client_bytes_sent"] / n, 1),
         "openmined_bytes_per_identifier_server_up": round(figures["server_bytes_sent"] / n, 1),
     }
@@ -348,6 +350,7 @@ def main() -> int:
     )
     if "openmined_seconds" in result:
         result["speedup_over_openmined"] = round(result["openmined_seconds"] / result["seconds"], 2)
+        result["cpu_speedup_over_openmined"] = round(result["openmined_cpu_seconds"] / cpu, 2)
     print(f"{args.n:,} x {args.n:,} (email, half in common) on {cores} cores")
     for key, value in result.items():
         print(f"  {key:<44}{value!s:>14}" if isinstance(value, bool) else f"  {key:<44}{value:>14,}")

@@ -3,14 +3,16 @@
 Runs in a venv of its own (`make bench-openmined-venv`): openmined-psi pins a protobuf other than ours. Two processes,
 one per party, on both cores as a deployment would have them; messages cross as serialized protobuf over pipes (no
 network, no TLS: in OpenMined's favour). Exact intersection (DataStructure.RAW, reveal_intersection=True), the
-closest to what Cleanroom computes. Prints one JSON object: seconds, the intersection size and the bytes each party
-sent.
+closest to what Cleanroom computes. Prints one JSON object: seconds, the CPU seconds of both parties (the two
+processes' user and system time, for a comparison a shared machine's load barely moves), the intersection size and
+the bytes each party sent.
 
 Usage: benchmarks/.venv-openmined/bin/python benchmarks/openmined_peer.py N
 """
 
 import json
 import multiprocessing
+import resource
 import sys
 import threading
 import time
@@ -56,10 +58,15 @@ def main() -> int:
     intersection = client.GetIntersection(setup, response)
     seconds = time.perf_counter() - start
     proc.join()
+    cpu = sum(
+        usage.ru_utime + usage.ru_stime
+        for usage in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    )
     print(
         json.dumps(
             {
                 "seconds": round(seconds, 2),
+                "cpu_seconds": round(cpu, 2),
                 "intersection": len(intersection),
                 "client_bytes_sent": len(request),
                 "server_bytes_sent": len(setup_bytes) + len(response_bytes),

@@ -310,7 +310,7 @@ def over_cap(data: MatchedData, rows: Sql, cap: int) -> list[int]:
     Only their conversions are ranked for the cap (`attribution_sql`'s `$heavy`). A row retired between this read
     and the next only lowers a count, so everyone over the cap in the next read is in this list.
     """
-    row_id = np.asarray(data.arrays(rows)["row_id"], dtype=np.int64)
+    row_id = np.asarray(data.columns(rows)["row_id"], dtype=np.int64)
     if len(row_id) == 0:
         return []
     counts = np.bincount(row_id - row_id.min())
@@ -333,7 +333,7 @@ def attribution_histograms(
     capped conversions' totals less those of the conversions with a touch.
     """
     assert isinstance(sql.params, Mapping)  # attribution_sql names its parameters
-    arrays = data.arrays(Sql(sql.text, {**sql.params, "heavy": over_cap(data, rows, cap)}))
+    arrays = data.columns(Sql(sql.text, {**sql.params, "heavy": over_cap(data, rows, cap)}))
     attributed = np.asarray(arrays["attributed"], dtype=bool)
     totals = np.flatnonzero(~attributed)
     brand_cells = len(axes[1].domain) if len(axes) > 1 else 1

@@ -129,7 +129,17 @@ def apportion(total: Ints, w: Floats, seg: Segments) -> Ints:
     pending = left[seg.of_row] > 0
     if not pending.any():
         return shares
-    rows = np.flatnonzero(pending)
+    # A conversion of two touches has at most one unit left (its two remainders add up to less than 2): it goes to
+    # the larger remainder, the first touch on a tie. Most conversions with several touches have two, so only the
+    # rest are sorted (the sort was most of time decay's cost, whose remainders are rarely zero).
+    two = pending & (seg.size[seg.of_row] == 2)
+    first = np.flatnonzero(two & (seg.position() == 0))
+    to_first = exact[first] - floor[first] >= exact[first + 1] - floor[first + 1]
+    shares[first] += to_first
+    shares[first + 1] += ~to_first
+    rows = np.flatnonzero(pending & ~two)
+    if len(rows) == 0:
+        return shares
     order = rows[np.lexsort((rows, floor[rows] - exact[rows], seg.of_row[rows]))]  # by conversion, -remainder, pos
     of_row = seg.of_row[order]
     first = np.ones(len(order), dtype=bool)

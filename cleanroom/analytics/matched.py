@@ -330,6 +330,22 @@ class MatchedData:
         """A statement's result as numpy arrays, by column."""
         return dict(self._cur.execute(sql.text, sql.params).fetchnumpy())
 
+    def columns(self, sql: Sql) -> dict[str, Any]:
+        """A statement's result as numpy arrays, by column, for statements whose results have no NULL.
+
+        Why beside `arrays`: DuckDB hands its result to Arrow without a per-value conversion, and a numeric Arrow
+        column of one chunk becomes a numpy array without a copy; `fetchnumpy` converts every value (attribution's
+        touches, ~0.6M rows x 11 columns, cost 0.1 CPU-s more that way). A NULL would come out as an arbitrary
+        number, so one fails the statement (an `InternalError`) instead of being read.
+        """
+        table = self._cur.sql(sql.text, params=sql.params).to_arrow_table()
+        out: dict[str, Any] = {}
+        for name, column in zip(table.column_names, table.columns, strict=True):
+            if column.null_count:
+                raise InternalError(f"column {name!r} of an aggregate's rows has NULLs")
+            out[name] = column.to_numpy()
+        return out
+
     def histogram(self, axes: tuple[Axis, ...], sql: Sql) -> Histogram:
         """A statement of (keys..., count) rows filled over the axes' domains."""
         return fill_histogram(axes, self.rows(sql))

@@ -64,6 +64,9 @@ def test_psi_benchmark_runs(tmp_path):
     from cleanroom_client.curve import NATIVE
 
     assert result["native_hash_to_curve"] is NATIVE  # the run says which hash to curve it measured
+    if "openmined_seconds" in result:  # its venv exists (make bench-openmined-venv): compared in CPU time too
+        assert result["openmined_cpu_seconds"] > 0
+        assert result["cpu_speedup_over_openmined"] > 0
 
 
 def test_join_benchmark_runs(tmp_path):

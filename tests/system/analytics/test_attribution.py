@@ -207,7 +207,7 @@ def test_attribution_reads_its_rows_with_one_window_and_no_sort(room, collab, mo
     from cleanroom.analytics.matched import MatchedData
 
     statements = []
-    for method in ("rows", "arrays"):
+    for method in ("rows", "arrays", "columns"):
         original = getattr(MatchedData, method)
 
         def spy(self, sql, _original=original):
