@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from privacy_data import BRAND, DAY0, DAY1, PRIVACY_POLICY, MemberData, every_query
 
 from cleanroom.analytics import engine as engine_module
-from cleanroom.analytics.attribution import CONVERSION
 from cleanroom.analytics.engine import Noisy, lift_cells
+from cleanroom.analytics.lift import CONVERSION
 from cleanroom.analytics.matched import MatchedData
 from cleanroom.analytics.queries import AttributionQuery, DimensionRef, FunnelFlowQuery, LiftQuery, OverlapQuery
 from cleanroom.errors import CleanroomError, InvalidArgumentError, QueryFailedError
@@ -160,7 +160,7 @@ def test_no_data_is_read_before_the_budget_is_reserved(rooms, monkeypatch):
         events.append("reserve")
         return reserve(*args, **kwargs)
 
-    for name in ("rows", "arrays"):
+    for name in ("rows", "arrays", "columns"):
         original = getattr(MatchedData, name)
 
         def recording(self, sql, original=original):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from privacy_data import BRAND, MemberData, RecordingNoise
 
-from cleanroom.analytics.attribution import LIFT_SPLIT
+from cleanroom.analytics.lift import LIFT_SPLIT
 from cleanroom.analytics.queries import LiftQuery
 from cleanroom_client.policy import MAX_SENSITIVITY, PolicyError, parse_policy
 

@@ -15,7 +15,7 @@ from collections import defaultdict
 import pandas as pd
 import pytest
 
-from cleanroom.analytics.attribution import CONVERSION, LIFT_SPLIT
+from cleanroom.analytics.lift import CONVERSION, LIFT_SPLIT
 from cleanroom.privacy import noise as noise_math
 from cleanroom_client import CleanRoomError
 

@@ -260,7 +260,8 @@ def test_a_persons_clipped_cents_never_pass_the_stated_bound_and_without_the_fie
     rows = data.draw(st.lists(st.floats(-2e6, 2e6), max_size=cap))
     cents = sum(math.trunc(min(max(v, lo), hi) * 100) for v in rows)
     bound = spec.person_cents("value")
-    assert bound <= math.ceil(100 * cap * max(abs(lo), abs(hi)))
+    # at most what the rows allow; the float product cap x bound may round one cent up (stated higher: safe)
+    assert bound <= math.ceil(100 * cap * max(abs(lo), abs(hi))) + 1
     if declared is None:
         assert abs(cents) <= bound
     else:
