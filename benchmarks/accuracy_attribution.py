@@ -5,12 +5,14 @@ its ground-truth match straight into a data directory (the PSI is not what is me
 Each query runs `repeats` times through the real engine (`QueryEngine.attribution`: the policy, the budget, the
 DuckDB SQL, OpenDP's noise, the audit entry) and every released cell is compared with the same attribution computed
 plainly in pandas from the raw tables: each conversion's value clamped to the policy's bounds, the person's first
-`max_per_person` conversions, credited to the touches in the lookback window by the model's weights. The truth
-applies no per-person bound: what that bound clips counts against the coverage.
+`max_per_person` conversions, each person's kept conversions scaled down to the policy's per-person bound as
+`attribution_sql` does (the truth as the query defines it, as in `bench_accuracy.py`), credited to the touches in
+the lookback window by the model's weights.
 
 Per measure, over the cells whose truth credits at least `MIN_BUYERS` matched buyers (people with credit in the
-cell) and over every run: the 95% bar divided by the true value (median and worst) and the coverage (the share of
-released values within their bar of the truth).
+cell) and over every run: the 95% bar divided by the true value (median and worst), the coverage (the share of
+released values within their bar of the truth: whether the bars are honest) and the clip bias (the median over
+cells of what the per-person bound costs against the same attribution without it; it is not in the bar).
 
 Usage: python benchmarks/accuracy_attribution.py [--quick] [--repeats N]
 `rows(quick)` returns the same figures as dicts, for `bench_accuracy.py`.
@@ -114,10 +116,14 @@ def load(room: Room, data: SyntheticData, policy: str) -> str:
     return c.id
 
 
-def truth(data: SyntheticData, q: AttributionQuery, lo: float, hi: float, cap: int) -> pd.DataFrame:
+def truth(
+    data: SyntheticData, q: AttributionQuery, lo: float, hi: float, cap: int, person_cents: int | None = None
+) -> pd.DataFrame:
     """Attributed conversions, revenue and buyers per `q.by` value (`none`: unattributed), computed in pandas.
 
-    No per-person bound beyond the policy's per-conversion bounds and cap.
+    `person_cents`: the policy's per-person bound (`TableSpec.person_cents`); a person whose kept conversions carry
+    more cents (sum of |cents|, each value clamped and truncated to cents) has each scaled down to
+    sign x floor(|cents| x P / S), as `attribution_sql` does. None: no per-person bound (every order as it is).
     """
     person = dict(zip(data.truth["customer_id"], data.truth["user_id"], strict=True))
     conv = data.brand_conversions[data.brand_conversions["customer_id"].isin(person)].copy()
@@ -125,6 +131,12 @@ def truth(data: SyntheticData, q: AttributionQuery, lo: float, hi: float, cap: i
     conv["value"] = conv["value"].clip(lo, hi)
     conv = conv.reset_index(names="row").sort_values(["user_id", "ts", "value", "row"])
     conv = conv[conv.groupby("user_id").cumcount() < cap].reset_index(drop=True)
+    if person_cents is not None:
+        cents = np.trunc(conv["value"].to_numpy(float) * 100).astype(np.int64)
+        total = pd.Series(np.abs(cents)).groupby(conv["user_id"]).transform("sum").to_numpy(np.int64)
+        over = total > person_cents
+        scaled = np.sign(cents) * (np.abs(cents) * person_cents // np.where(over, total, 1))
+        conv["value"] = np.where(over, scaled, cents) / 100
     conv["conv"] = np.arange(len(conv))
     expo = data.platform_exposures
     t = conv[["conv", "user_id", "ts", "value"]].merge(expo.rename(columns={"ts": "ets"}), on="user_id", how="inner")
@@ -174,6 +186,7 @@ def measure(world: World, repeats: int, per_person_max: float | None = None) -> 
     assert conv_spec is not None
     assert conv_spec.max_per_person is not None
     lo, hi = conv_spec.measures["value"]
+    person_cents = conv_spec.person_cents("value")
     spend = policy.campaign_spend
     out = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -181,10 +194,16 @@ def measure(world: World, repeats: int, per_person_max: float | None = None) -> 
         try:
             collab = load(room, data, policy_text)
             for q in world.queries:
-                exact = truth(data, q, lo, hi, conv_spec.max_per_person)
+                exact = truth(data, q, lo, hi, conv_spec.max_per_person, person_cents)
+                raw = truth(data, q, lo, hi, conv_spec.max_per_person)
                 big = exact[exact["buyers"] >= world.min_buyers]
                 cells: dict[Any, dict[Any, Any]] = big.to_dict("index")
                 found: dict[str, list[tuple[float, float]]] = {}  # measure -> (bar/value, |error| <= bar)
+                bias = {
+                    "attributed_conversions": [0.0 for _ in cells],  # scaling moves cents, never a conversion
+                    "attributed_revenue": [cells[g]["revenue"] / raw.loc[g, "revenue"] - 1 for g in cells],
+                }
+                bias["roas"] = [b for g, b in zip(cells, bias["attributed_revenue"], strict=True) if g in spend]
                 for _ in range(repeats):
                     answer = room.queries.attribution(BRAND, collab, q)
                     for cell in answer.cells:
@@ -212,6 +231,7 @@ def measure(world: World, repeats: int, per_person_max: float | None = None) -> 
                             "median": median(ratios),
                             "worst": max(ratios),
                             "coverage": sum(c for _, c in got) / len(got),
+                            "clip_bias": median(bias[m]) if bias.get(m) else 0.0,
                             "goal": GOAL.get(m),
                             "buyers": [int(b) for b in big["buyers"]],
                         }
@@ -234,15 +254,16 @@ def rows(quick: bool, repeats: int | None = None, per_person_max: float | None =
 def table(found: list[dict[str, Any]]) -> str:
     """The rows as a Markdown table."""
     lines = [
-        "| data | query (ε = 1) | measure | cells (≥ buyers) | bar ÷ value median | worst | coverage | goal |",
-        "|---|---|---|---|---|---|---|---|",
+        "| data | query (ε = 1) | measure | cells (≥ buyers) | bar ÷ value median | worst | coverage | clip bias "
+        "| goal |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in found:
         goal = f"±{r['goal']:.0%}" if r["goal"] else "—"
         cells = f"{r['cells']} (≥ {r['min_buyers']:,})"
         lines.append(
             f"| {r['world']} | {r['query']} | {r['measure']} | {cells} | {r['median']:.1%} | {r['worst']:.1%} "
-            f"| {r['coverage']:.1%} | {goal} |"
+            f"| {r['coverage']:.1%} | {r['clip_bias']:+.1%} | {goal} |"
         )
     return "\n".join(lines)
 

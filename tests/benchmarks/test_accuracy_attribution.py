@@ -63,6 +63,25 @@ def test_the_pandas_truth_is_the_engines_exact_answer(tmp_path) -> None:
         room.close()
 
 
+def test_the_pandas_truth_applies_the_per_person_bound_as_the_query_does(tmp_path) -> None:
+    """With the demo's per_person_max the truth scales each person's conversions down as `attribution_sql` does."""
+    data = generate(bench.QUICK.config)
+    room = Room.open(tmp_path)
+    try:
+        collab = bench.load(room, data, DEMO_POLICY)
+        engine = QueryEngine(room.store, room.collaborations, room.budget, room.audit, NoNoise())
+        q = bench.AttributionQuery("linear", 30, "channel", 1.0)
+        truth = bench.truth(data, q, 0.0, 300.0, 3, 30_000)
+        raw = bench.truth(data, q, 0.0, 300.0, 3)
+        assert (truth["revenue"] < raw["revenue"] - 1).any()  # the bound binds in this world
+        cells = {(c.keys[0], c.measure): c.value for c in engine.attribution(bench.BRAND, collab, q).cells}
+        for g, row in truth.iterrows():
+            assert cells[(g, "attributed_conversions")] == pytest.approx(row["conversions"], abs=0.01)
+            assert cells[(g, "attributed_revenue")] == pytest.approx(row["revenue"], rel=1e-3)
+    finally:
+        room.close()
+
+
 def test_the_quick_run_prints_each_measure(tmp_path) -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "accuracy_attribution.py"), "--quick", "--repeats", "2"],
@@ -74,3 +93,4 @@ def test_the_quick_run_prints_each_measure(tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     for measure in ("attributed_conversions", "attributed_revenue", "roas"):
         assert measure in done.stdout
+    assert "clip bias" in done.stdout
