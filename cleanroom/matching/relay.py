@@ -26,6 +26,7 @@ from cleanroom_client.blinding import TAG_SIZE
 from cleanroom_client.curve import POINT_PROBLEMS, InvalidPointError, check_points
 from cleanroom_client.identity import IdentifierType
 from cleanroom_client.protocol import ID_TYPE_CODES, POINT_SIZE
+from cleanroom_client.renewal import renews_budget
 
 from ..audit import AuditLog
 from ..collaborations import Collaboration, check_approved_revision
@@ -633,15 +634,10 @@ class Relay(RefreshPeriods):
         else:
             sizes = key_set_sizes(cur, collaboration.id)
             sizes = {m: sizes.get(m, 0) for m in members}
-        entry = self._audit.append(
-            cur,
-            collaboration.id,
-            member,
-            "refresh.complete",
-            {"period": period, "members": counts, "set_sizes": sizes} | ({"retire_only": True} if retire_only else {}),
-        )
-        changed = not retire_only and any(n for c in counts.values() for n in c.values())
-        periods.record_complete(cur, collaboration.id, period, sizes, entry.sequence, changed)
+        completed = {"period": period, "members": counts, "set_sizes": sizes}
+        completed |= {"retire_only": True} if retire_only else {}
+        entry = self._audit.append(cur, collaboration.id, member, "refresh.complete", completed)
+        periods.record_complete(cur, collaboration.id, period, sizes, entry.sequence, renews_budget(completed))
 
     def _forget_points(self, cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> None:
         """Delete every point and tag the relay holds for the collaboration's open period (staged, offered, doubled)."""

@@ -36,6 +36,7 @@ from .audit_anomalies import find_anomalies
 from .audit_chain import AuditEntry, sha256_hex
 from .policy import Policy, RefreshBudget
 from .query_types import QUERIES
+from .renewal import renews_budget
 
 #: Parameters every query entry carries that are not part of what was asked (shown in their own columns).
 _ACCOUNTING = frozenset({"epsilon", "delta", "refresh_period", "with_members", "reason", "query"})
@@ -238,11 +239,8 @@ def _queries(rows: list[tuple[AuditEntry, bool]], members: Sequence[str]) -> pd.
 
 
 def renews(e: AuditEntry) -> bool:
-    """Whether a completed refresh renews a per-period budget: it changed data (`cleanroom.matching.periods`)."""
-    if e.action != "refresh.complete" or e.parameters.get("retire_only"):
-        return False
-    counts = e.parameters.get("members") or {}
-    return any(n for c in dict(counts).values() if isinstance(c, Mapping) for n in c.values())
+    """Whether the entry completed a refresh that renews a per-period budget (the server's rule: `renewal`)."""
+    return e.action == "refresh.complete" and renews_budget(e.parameters)
 
 
 def _budget(rows: list[tuple[AuditEntry, bool]], per_period: bool, caps: Mapping[str, float] | None) -> pd.DataFrame:
