@@ -22,7 +22,7 @@ from ..privacy.budget import Charge
 from .audiences import check_recipient_reads, delta_for, event_filters
 from .cells import Cell, withheld
 from .lookalike import _filters, segment_sql
-from .matched import Catalog, MatchedData, clamp
+from .matched import Catalog, MatchedData, Sql, clamp
 from .plan import AudienceRelease, Outcome, Plan, Previewed, QueryAnswer, Stated, Typical, activation_threshold
 from .queries import ActivationQuery
 from .segments import check_segment
@@ -99,12 +99,13 @@ def activate(
         # The matched people the recipient's own conditions keep: what the others' conditions must cut down.
         own = {d: v for d, v in segment.items() if d.member == spec.recipient}
         own_events = [e for e in q.events if e.member == spec.recipient]
-        base_sql = segment_sql(catalog, own, spec.recipient, own_events, times)
+        own_sql = segment_sql(catalog, own, spec.recipient, own_events, times)
+        base_sql = Sql(f"SELECT count(*) FROM ({own_sql.text})", own_sql.params)  # only its size is needed
         excluded_threshold = activation_threshold(q.epsilon, delta, c)
 
         def run(data: MatchedData) -> Outcome:
             members = np.asarray(data.arrays(sql)["row_id"], dtype=np.int64)
-            base = len(data.arrays(base_sql)["row_id"])
+            (base,) = data.rows(base_sql)[0]
             # Two cells of one partition of the base (in the segment; excluded by the others' conditions): one
             # person's rows move at most c matched people in it, so both are drawn at the scale c / epsilon.
             (noisy, noisy_excluded), scale = engine.noise.release(
