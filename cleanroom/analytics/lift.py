@@ -80,9 +80,19 @@ class PersonRange:
         return (width * width + 2 * CENTS * CENTS) // (4 * CENTS * CENTS)
 
     @property
-    def units(self) -> tuple[float, float, float, float]:
-        """lo, hi, revenue's centre and the squares' midpoint, in currency units."""
-        return self.lo / CENTS, self.hi / CENTS, self.centre / CENTS, (self.lo + self.hi) / 2 / CENTS
+    def bounds(self) -> tuple[float, float]:
+        """The range [lo, hi] in currency units."""
+        return self.lo / CENTS, self.hi / CENTS
+
+    @property
+    def centre_units(self) -> float:
+        """Revenue's centre in currency units."""
+        return self.centre / CENTS
+
+    @property
+    def midpoint_units(self) -> float:
+        """The squares' centre, the range's midpoint, in currency units."""
+        return (self.lo + self.hi) / 2 / CENTS
 
 
 def person_range(ev: EventTables) -> PersonRange:
@@ -204,7 +214,7 @@ def lift(
             # both groups alike (no lift: the bar is then the smallest detectable one), a tenth converting once at
             # the middle of the value bounds, as released: about revenue's centre and the range's midpoint
             converters, mid = group / 10, (ev.lo + ev.hi) / 2
-            _, _, centre, middle = span.units
+            centre, middle = span.centre_units, span.midpoint_units
             return {
                 CONVERSION: tuple(converters if k[1] == CONVERTED else group - converters for k in conversion_keys),
                 "revenue": converters * mid - group * centre,
@@ -284,7 +294,7 @@ def _revenue(g: _Group, r: Noisy, sq: Noisy, i: int, span: PersonRange) -> _Reve
     people = g.people
     if people <= 0:
         return None
-    a, b, centre, mid = span.units
+    (a, b), centre, mid = span.bounds, span.centre_units, span.midpoint_units
     mu = r.values[i] / CENTS / people + centre
     m = min(max(mu, a), b)
     second = max(float(sq.values[i]), 0.0) / people
@@ -368,7 +378,7 @@ def lift_cells(
     # cancel); its noise by the delta method, its sampling term the holdout's variance (docstring)
     ratio = exposed / holdout
     inc_rev = (me.mean - mh.mean) * exposed
-    noise_inc_rev = r.variance / CENTS**2 * (1 + ratio**2) + (mh.mean - span.units[2]) ** 2 * (
+    noise_inc_rev = r.variance / CENTS**2 * (1 + ratio**2) + (mh.mean - span.centre_units) ** 2 * (
         exposed_var + ratio**2 * groups["holdout"].people_var
     )
     var_inc_rev = exposed * mh.spread * (1 + ratio) + noise_inc_rev
