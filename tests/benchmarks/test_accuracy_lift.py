@@ -93,7 +93,7 @@ def test_incremental_revenue_is_within_25_percent_even_when_its_variance_draws_f
     """Issue 31's goal for lift: incremental revenue within +-25% at epsilon 1 with about 1,000 buyers. Its bar adds
     the holdout's sampling error, whose variance comes from the noisy revenue squared; at the draw 200 runs reach
     about once (ln(100) noise scales: a Laplace tail of 0.5%) it still is within 25% of the campaign's true effect
-    (it was 26.5%: Neyman's term and an uncentred square of sensitivity c x P^2), and at the same draw below, the
+    (it was 26.6%: Neyman's term and an uncentred square of sensitivity c x P^2), and at the same draw below, the
     bar still covers the true effect."""
     cells = _lift(demo, k)
     truth, _ = bench.lift_truth(demo)
