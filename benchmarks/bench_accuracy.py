@@ -16,7 +16,10 @@ incremental revenue within +-25%, coverage >= 93%.
 A query is one function `(world, runs) -> list[Row]` in `QUERIES`; attribution's rows come from
 `benchmarks/accuracy_attribution.py` (`rows(quick)`) when that module exists.
 
-Usage: python benchmarks/bench_accuracy.py [--runs 100] [--quick] [--world demo|issue ...] [--json out.json]
+Usage: python benchmarks/bench_accuracy.py [--runs 100] [--quick] [--world demo|issue ...]
+[--query value|lift|loyalty|attribution ...] [--seeds K] [--json out.json] (`--query`: only those queries;
+attribution's rows come from its module, which has its own worlds and runs; `--seeds K`: lift's incremental
+revenue also over K other seeds of each world, runs / K answers each: coverage over the test's randomisations)
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -157,25 +160,31 @@ def _score(world: str, query: str, truth_of: Truth, quick: bool, answers: list[l
     Coverage is against the answer's definition (the policy's clipping applied in pandas): it shows whether the
     bars are honest. The clipping's bias against every order as it is gets its own column.
     """
-    truth, buyers = truth_of(True)
-    raw, _ = truth_of(False)
-    eligible = {k for k, n in buyers.items() if quick or n >= MIN_BUYERS}
+    return _score_worlds(world, query, [(truth_of, answers)], quick)
+
+
+def _score_worlds(world: str, query: str, runs_of: list[tuple[Truth, list[list[Cell]]]], quick: bool) -> list[Row]:
+    """`_score` over several worlds' answers, each against its own truth (`--seeds`: the test's randomisations)."""
     ratios: dict[str, list[float]] = {}
     hits: dict[str, list[bool]] = {}
     bias: dict[str, list[float]] = {}
-    for cells in answers:
-        for cell in cells:
-            key = (cell.keys, cell.measure)
-            if key not in truth or cell.keys not in eligible:
-                continue
-            true = truth[key]
-            hit = not cell.suppressed and abs(cell.value - true) <= cell.error_95
-            hits.setdefault(cell.measure, []).append(hit)
-            ratios.setdefault(cell.measure, []).append(
-                cell.error_95 / abs(true) if true and not cell.suppressed else float("inf")
-            )
-            bias.setdefault(cell.measure, []).append((true - raw[key]) / abs(raw[key]) if raw[key] else 0.0)
-    runs = max(len(answers), 1)
+    for truth_of, answers in runs_of:
+        truth, buyers = truth_of(True)
+        raw, _ = truth_of(False)
+        eligible = {k for k, n in buyers.items() if quick or n >= MIN_BUYERS}
+        for cells in answers:
+            for cell in cells:
+                key = (cell.keys, cell.measure)
+                if key not in truth or cell.keys not in eligible:
+                    continue
+                true = truth[key]
+                hit = not cell.suppressed and abs(cell.value - true) <= cell.error_95
+                hits.setdefault(cell.measure, []).append(hit)
+                ratios.setdefault(cell.measure, []).append(
+                    cell.error_95 / abs(true) if true and not cell.suppressed else float("inf")
+                )
+                bias.setdefault(cell.measure, []).append((true - raw[key]) / abs(raw[key]) if raw[key] else 0.0)
+    runs = max(sum(len(answers) for _, answers in runs_of), 1)
     return [
         Row(
             world,
@@ -201,14 +210,14 @@ def _groups(people: pd.DataFrame, by: str | None) -> Iterator[tuple[tuple[str, .
             yield (str(group),), g
 
 
-def person_orders(w: World, clipped: bool) -> pd.DataFrame:
-    """Per brand customer with orders: `count` and `sum` of their orders.
+def person_orders(w: World, clipped: bool, orders: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per brand customer with orders: `count` and `sum` of their orders (`orders`: default every order).
 
     `clipped`: as the policy defines the answer (the earliest max_per_person orders, ties by value, each clipped
     to the measure's bounds, the total in cents rounded toward zero per order, clipped to per_person_max);
     otherwise every order as it is (what the brand would call the truth).
     """
-    orders = w.data.brand_conversions
+    orders = w.data.brand_conversions if orders is None else orders
     if not clipped:
         return orders.groupby("customer_id")["value"].agg(["count", "sum"])
     spec = parse_policy(w.policy).table("brand", "conversions")
@@ -245,9 +254,21 @@ def value_truth(w: World, by: str | None, clipped: bool = True) -> TruthTable:
 
 
 def lift_truth(w: World, clipped: bool = True) -> TruthTable:
-    """Per test group: people, converters, rates, revenue per person; the lift cells; converters per group."""
+    """Per test group: people, converters, rates, revenue per person; the lift cells; converters per group.
+
+    Incremental revenue's truth is what it estimates (`cleanroom.analytics.lift.lift_cells`): the revenue the
+    campaign added among its exposed people, each exposed person's revenue with every order less without the
+    orders the campaign caused (`SyntheticData.campaign_orders`, both as the policy clips them), summed. The
+    estimate's difference from it is noise plus the test's sampling error (the holdout against the exposed group's
+    revenue without the campaign), which its bar must cover. The conversion estimates' truths are the groups'
+    difference in this sample (their noise-free value: their bars' sampling term, Neyman's, is for an effect
+    beyond this sample, which the generator does not define).
+    """
     groups = w.data.platform_test_groups.query("campaign == @LIFT_CAMPAIGN").drop_duplicates("user_id")
     people = w.matched.merge(groups, on="user_id").join(person_orders(w, clipped), on="customer_id")
+    orders = w.data.brand_conversions
+    without = person_orders(w, clipped, orders[~w.data.campaign_orders.to_numpy()]).add_suffix("_without")
+    exposed = people[people["test_group"] == "exposed"].join(without, on="customer_id")
     truth: dict[tuple[tuple[str, ...], str], float] = {}
     buyers: dict[tuple[str, ...], int] = {}
     stats = {}
@@ -262,13 +283,13 @@ def lift_truth(w: World, clipped: bool = True) -> TruthTable:
             (keys, "conversion_rate"): conv / n,
             (keys, "revenue_per_person"): revenue / n,
         }
-    (ne, re_, me), (_, rh, mh) = stats["exposed"], stats["holdout"]
+    (ne, re_, _), (_, rh, _) = stats["exposed"], stats["holdout"]
     lift = ("lift",)
     truth |= {
         (lift, "absolute_lift"): re_ - rh,
         (lift, "relative_lift"): re_ / rh - 1,
         (lift, "incremental_conversions"): (re_ - rh) * ne,
-        (lift, "incremental_revenue"): (me - mh) * ne,
+        (lift, "incremental_revenue"): float(exposed["sum"].sum() - exposed["sum_without"].sum()),
     }
     buyers[lift] = buyers[("exposed",)]  # incremental revenue is the exposed group's
     return truth, buyers
@@ -306,6 +327,23 @@ def lift_rows(w: World, runs: int, quick: bool = False) -> list[Row]:
     q = LiftQuery(LIFT_CAMPAIGN, EPSILON)
     answers = [list(w.room.queries.lift(BRAND, w.collaboration, q).cells) for _ in range(runs)]
     return _score(w.name, "lift", partial(lift_truth, w), quick, answers)
+
+
+def lift_seed_rows(name: str, config: SyntheticConfig, seeds: int, runs: int) -> list[Row]:
+    """Lift's incremental revenue over `seeds` worlds like `config` (other seeds: other randomisations of the test
+    groups, other people), `runs` answers each: a fixed world's coverage is conditional on its one randomisation
+    (its holdout's revenue against the exposed group's without the campaign), this is coverage over them."""
+    q = LiftQuery(LIFT_CAMPAIGN, EPSILON)
+    runs_of: list[tuple[Truth, list[list[Cell]]]] = []
+    for seed in range(config.seed + 1, config.seed + 1 + seeds):
+        with open_world(name, replace(config, seed=seed)) as w:
+            answers = [
+                [c for c in w.room.queries.lift(BRAND, w.collaboration, q).cells if c.measure == "incremental_revenue"]
+                for _ in range(runs)
+            ]
+            truths = {clipped: lift_truth(w, clipped) for clipped in (True, False)}
+        runs_of.append((truths.__getitem__, answers))
+    return _score_worlds(f"{name} × {seeds} seeds", "lift", runs_of, False)
 
 
 def loyalty_rows(w: World, runs: int, quick: bool = False) -> list[Row]:
@@ -356,19 +394,32 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--quick", action="store_true", help="a small world and 3 runs: a smoke test")
     parser.add_argument("--world", action="append", choices=sorted(WORLDS), help="default: every world")
-    parser.add_argument("--query", action="append", choices=sorted(QUERIES), help="default: every query")
+    parser.add_argument(
+        "--query", action="append", choices=sorted([*QUERIES, "attribution"]), help="default: every query"
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=0,
+        help="also lift's incremental revenue over this many other seeds of each world, runs / seeds answers each",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     worlds = {"quick": QUICK} if args.quick else {n: WORLDS[n] for n in args.world or sorted(WORLDS)}
     runs = 3 if args.quick else args.runs
+    chosen = [q for q in args.query or [*QUERIES, "attribution"] if q in QUERIES]
     rows: list[Row] = []
     for name, config in worlds.items():
+        if not chosen:
+            break
         with open_world(name, config) as w:
-            for q in args.query or list(QUERIES):
+            for q in chosen:
                 rows += QUERIES[q](w, runs, args.quick)
+        if args.seeds and "lift" in chosen and not args.quick:
+            rows += lift_seed_rows(name, config, args.seeds, max(runs // args.seeds, 1))
     print(f"epsilon {EPSILON:g} per query, {runs} runs; groups with >= {MIN_BUYERS:,} matched buyers")
     print(markdown(rows))
-    others = extra_rows(args.quick)
+    others = extra_rows(args.quick) if not args.query or "attribution" in args.query else []
     if others:
         columns = list(others[0])
         print("\nattribution (benchmarks/accuracy_attribution.py)")

@@ -1,10 +1,10 @@
 """Lift against a holdout: its DuckDB SQL over the join (exact, un-noised, never leaving the engine) and its plan.
 
 Lift: each matched person with a test group for the campaign falls in one group (the first row uploaded for that
-campaign); per group and conversion (at least one, or none) the number of people, and per group the sum and sum
-of squares of their capped, clamped revenue (cents rounded toward zero), each person's total clipped to the
-policy's per-person bound (`TableSpec.person_cents`, as value's), which bounds one person's move of the revenue
-vector.
+campaign); per group and conversion (at least one, or none) the number of people, and per group two sums of their
+capped, clamped revenue (cents rounded toward zero), each person's total clipped to the policy's per-person range
+(`PersonRange`: within the per-person bound `TableSpec.person_cents`, as value's), each sum taken about a centre the
+policy fixes so that one person's move of it is as small as the range allows.
 
 Everything here is total, as in `attribution`: per-person values are bounded by the policy and every sum over
 people is a 128-bit integer, clamped to +-2^53 before the noise.
@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cleanroom_client.policy import QueryType, TableSpec, squared_bound
+from cleanroom_client.policy import QueryType, TableSpec
 
 from ..collaborations import Collaboration
 from ..errors import FailedPreconditionError, InvalidArgumentError
@@ -38,16 +38,78 @@ CONVERSION = "people_by_conversion"
 #: converters no wider than at a quarter of epsilon each (people sum two cells: sqrt(2) x e95(c / 0.36) <
 #: e95(c / 0.25)); incremental revenue, (exposed - holdout revenue per person) x exposed people, the money a user
 #: reads, is dominated by the holdout's revenue noise over its (smaller) size, so revenue gets the rest but what the
-#: revenue squared needs for the sampling term. (benchmarks/bench_accuracy.py measures them.)
-LIFT_SPLIT: tuple[tuple[str, float], ...] = ((CONVERSION, 0.36), ("revenue", 0.59), ("revenue_sq", 0.05))
+#: squares need for the holdout's variance: 0.10, where the demo's worst run is narrowest (at 0.05 the variance
+#: draws low too often: coverage 93% over the test's randomisations, 95% here). (benchmarks/bench_accuracy.py.)
+LIFT_SPLIT: tuple[tuple[str, float], ...] = ((CONVERSION, 0.36), ("revenue", 0.54), ("revenue_sq", 0.10))
+
+
+@dataclass(frozen=True)
+class PersonRange:
+    """One person's revenue in lift, in whole cents: every total lies in [lo, hi], lo <= 0 <= hi (the SQL clips it).
+
+    Both revenue vectors sum every person's total t about a centre fixed by the policy (non-converters count, at
+    t = 0), so one person moves a vector by at most its own term (docs/privacy.md, "Money"):
+
+    - `revenue`: t - `centre`, the centre halfway between 0 and the range's midpoint (0 when the range is symmetric
+      about 0, as before; a quarter of the way up when lo = 0): at most `revenue_bound` = 3/4 of hi when lo = 0,
+      against hi uncentred. A group's revenue is the sum plus centre x people, so the people's noise enters it
+      times (mean - centre): with lo = 0 and the split's ratio (revenue 0.54 : histogram 0.36 of epsilon, below
+      1.87) that is less noise than the uncentred sum for every mean in [0, hi].
+    - `revenue_sq`: (t - mid)^2 in currency units squared, mid the range's midpoint, rounded half up in 128-bit
+      integers: at most `squared_bound` = (hi - lo)^2 / 4 (a quarter of (hi/100)^2 when lo = 0; the uncentred
+      square's was all of it). It is only read for the variance: (sum / people) - (mean - mid)^2.
+    """
+
+    lo: int
+    hi: int
+
+    @property
+    def centre(self) -> int:
+        """Revenue's centre (cents)."""
+        return (self.lo + self.hi) // 4
+
+    @property
+    def revenue_bound(self) -> int:
+        """The most |t - centre| can be (cents): revenue's sensitivity per matched pair."""
+        return max(abs(self.centre - self.lo), abs(self.hi - self.centre))
+
+    @property
+    def squared_bound(self) -> int:
+        """The most one person's centred square counts (currency units squared): its sensitivity per pair."""
+        width = self.hi - self.lo
+        return (width * width + 2 * CENTS * CENTS) // (4 * CENTS * CENTS)
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """The range [lo, hi] in currency units."""
+        return self.lo / CENTS, self.hi / CENTS
+
+    @property
+    def centre_units(self) -> float:
+        """Revenue's centre in currency units."""
+        return self.centre / CENTS
+
+    @property
+    def midpoint_units(self) -> float:
+        """The squares' centre, the range's midpoint, in currency units."""
+        return (self.lo + self.hi) / 2 / CENTS
+
+
+def person_range(ev: EventTables) -> PersonRange:
+    """The range of one person's total cents: at most cap rows within [lo, hi], within the per-person bound."""
+    bound = ev.conversions.person_cents(ev.value_column)
+    lo = max(min(0, math.floor(ev.cap * ev.lo * CENTS)), -bound)
+    hi = min(max(0, math.ceil(ev.cap * ev.hi * CENTS)), bound)
+    return PersonRange(lo, hi)
 
 
 def lift_sql(catalog: Catalog, ev: EventTables, groups: TableSpec, campaign: str) -> Sql:
-    """Per test group and whether they converted: people, revenue (cents), revenue squared (currency units squared).
+    """Per test group and whether they converted: people, centred revenue (cents), centred squares (currency units^2).
 
-    Each person's revenue (their at most cap conversions, each clipped to [lo, hi]) is in whole cents rounded
-    toward zero, clipped to the policy's per-person bound (`TableSpec.person_cents`); revenue squared is that
-    clipped total's square, rounded half up in 128-bit integers (`squared_bound`: a double's rounding passed it).
+    Each person's revenue t (their at most cap conversions, each clipped to [lo, hi]) is in whole cents rounded
+    toward zero, clipped to `person_range` (within the policy's per-person bound, `TableSpec.person_cents`); every
+    person of a group adds t - centre to its revenue and (2t - lo - hi)^2 / (4 x 100^2), rounded half up in 128-bit
+    integers, to its squares (`PersonRange`: a double's rounding passed such a bound before, `squared_bound`).
     """
     tg = catalog.table(groups.member, "test_groups", ["campaign", "test_group"])
     side = catalog.side(groups.member)
@@ -55,7 +117,7 @@ def lift_sql(catalog: Catalog, ev: EventTables, groups: TableSpec, campaign: str
         WITH m AS ({matched_sql(catalog, ev.conversions.member)}),
         conv AS ({capped_sql(catalog, ev)}),
         per_person AS (SELECT person, count(*) AS conversions,
-                              least(greatest(CAST(trunc(sum(value) * {CENTS}) AS HUGEINT), -$person), $person)
+                              least(greatest(CAST(trunc(sum(value) * {CENTS}) AS HUGEINT), $person_lo), $person_hi)
                               AS cents
                        FROM conv WHERE rn <= $cap GROUP BY person),
         grouped AS (
@@ -63,14 +125,15 @@ def lift_sql(catalog: Catalog, ev: EventTables, groups: TableSpec, campaign: str
             FROM m JOIN {tg} t ON t.row_id = m.{side}
             WHERE CAST(t.campaign AS VARCHAR) = $campaign GROUP BY m.person
         )
-        SELECT g.test_group, p.person IS NOT NULL, count(*), coalesce(sum(p.cents), 0),
-               coalesce(sum((CAST(p.cents AS HUGEINT) * p.cents + {CENTS * CENTS // 2}) // {CENTS * CENTS}), 0)
+        SELECT g.test_group, p.person IS NOT NULL, count(*), sum(coalesce(p.cents, 0) - $centre),
+               sum((CAST(2 * coalesce(p.cents, 0) - $twice_mid AS HUGEINT) * (2 * coalesce(p.cents, 0) - $twice_mid)
+                    + {2 * CENTS * CENTS}) // {4 * CENTS * CENTS})
         FROM grouped g LEFT JOIN per_person p ON p.person = g.person
         GROUP BY 1, 2
     """
-    person = ev.conversions.person_cents(ev.value_column)
+    r = person_range(ev)
     params = {"collab": catalog.id, "lo": ev.lo, "hi": ev.hi, "cap": ev.cap, "campaign": campaign}
-    return Sql(text, params | {"person": person})
+    return Sql(text, params | {"person_lo": r.lo, "person_hi": r.hi, "centre": r.centre, "twice_mid": r.lo + r.hi})
 
 
 #: The states of lift's conversion histogram.
@@ -91,12 +154,13 @@ def lift(
     """Conversion rate per test group, absolute and relative lift, incremental conversions and revenue.
 
     Three vectors (every matched person with a test group is in one group): `people_by_conversion`, people per
-    group x converted or not (sensitivity c: one pair in one cell; people and converters are its sums), revenue
-    in cents (c x person_cents: each person's revenue clipped to the policy's `per_person_max`, or to
-    cap x max|value| without one) and revenue squared in currency units squared (c x (ceil(B^2) + 1),
-    B = person_cents / 100). Epsilon is split by `LIFT_SPLIT`: incremental revenue reads revenue in both groups,
-    and revenue squared only feeds the sampling term of the intervals. Intervals combine sampling error and DP
-    noise.
+    group x converted or not (sensitivity c: one pair in one cell; people and converters are its sums), `revenue`,
+    the sum of each person's revenue less revenue's centre, in cents (c x `PersonRange.revenue_bound`: each
+    person's revenue clipped to the policy's `per_person_max`, or to cap x the value bounds without one), and
+    `revenue_sq`, the sum of each person's squared distance from the range's midpoint in currency units squared
+    (c x `PersonRange.squared_bound`). Epsilon is split by `LIFT_SPLIT`: incremental revenue reads revenue in both
+    groups, and the squares only feed the holdout's variance, the sampling term of the intervals. Intervals combine
+    sampling error and DP noise.
     """
     share = dict(LIFT_SPLIT)
 
@@ -131,31 +195,30 @@ def lift(
         def read_squares(data: MatchedData) -> Histogram:
             return fill_histogram((ax,), [(r[0], r[4]) for r in rows(data)])
 
-        person = ev.conversions.person_cents(ev.value_column)
+        span = person_range(ev)
         c = engine.stability(catalog, any_of=ANY_OF)
         eps = {name: q.epsilon * part for name, part in share.items()}
         measurements = (
             Measurement(CONVERSION, read_conversion, eps[CONVERSION], c),
-            Measurement("revenue", read_revenue, eps["revenue"], c * person, CENTS),
-            Measurement("revenue_sq", read_squares, eps["revenue_sq"], c * squared_bound(person)),
+            Measurement("revenue", read_revenue, eps["revenue"], c * span.revenue_bound, CENTS),
+            Measurement("revenue_sq", read_squares, eps["revenue_sq"], c * span.squared_bound),
         )
         floor = 0.0 if ev.lo >= 0 else -math.inf
-        bound = person / CENTS
-        person_range = (max(min(0.0, ev.cap * ev.lo), -bound), min(max(0.0, ev.cap * ev.hi), bound))
 
         def finish(noisy: Mapping[str, Noisy], min_group: int) -> list[Cell]:
-            return lift_cells(noisy, min_group, floor, person_range)
+            return lift_cells(noisy, min_group, floor, span)
 
         conversion_keys = cells_of((ax, converted))
 
         def typical(group: float) -> dict[str, float | tuple[float, ...]]:
             # both groups alike (no lift: the bar is then the smallest detectable one), a tenth converting once at
-            # the middle of the value bounds
+            # the middle of the value bounds, as released: about revenue's centre and the range's midpoint
             converters, mid = group / 10, (ev.lo + ev.hi) / 2
+            centre, middle = span.centre_units, span.midpoint_units
             return {
                 CONVERSION: tuple(converters if k[1] == CONVERTED else group - converters for k in conversion_keys),
-                "revenue": converters * mid,
-                "revenue_sq": converters * mid**2,
+                "revenue": converters * mid - group * centre,
+                "revenue_sq": converters * (mid - middle) ** 2 + (group - converters) * middle**2,
             }
 
         group_keys = cells_of((ax,))
@@ -210,46 +273,60 @@ def _rate(g: _Group, v: float) -> tuple[float, float, float] | None:
     return p, var, float(people)
 
 
-def _mean(
-    g: _Group, r: Noisy, i: int, second_sum: float, person_range: tuple[float, float]
-) -> tuple[float, float] | None:
-    """Revenue per person of group i (currency units) with its variance (sampling + noise).
+@dataclass(frozen=True)
+class _Revenue:
+    """One test group's revenue per person (currency units), one person's revenue variance, the mean's noise."""
 
-    The sampling variance of one person's revenue comes from the noisy revenue squared (`second_sum`), capped by
-    the most a variable within `person_range` [a, b] with this mean can have, (b - mu)(mu - a) (Bhatia-Davis):
-    the cap is post-processing of released values and the policy, and keeps a large noise draw from inflating the
-    interval beyond what any data could need.
+    mean: float
+    spread: float
+    noise: float
+
+
+def _revenue(g: _Group, r: Noisy, sq: Noisy, i: int, span: PersonRange) -> _Revenue | None:
+    """Revenue per person of group i with the variance of one person's revenue and the mean's noise variance.
+
+    The mean is centred revenue / people + centre; its noise by the delta method is (v_r + (mean - centre)^2 x
+    v_people) / people^2. The variance is the noisy mean square about the range's midpoint less (mean - mid)^2,
+    kept within [0, (b - mean)(mean - a)] (Bhatia-Davis: the most a variable within the person range [a, b] with
+    this mean can have): post-processing of released values and the policy, so a large noise draw cannot inflate
+    the interval beyond what any data could need. None when the group's noisy size is not positive.
     """
     people = g.people
     if people <= 0:
         return None
-    mu = r.values[i] / CENTS / people
-    second = second_sum / people
-    a, b = person_range
+    (a, b), centre, mid = span.bounds, span.centre_units, span.midpoint_units
+    mu = r.values[i] / CENTS / people + centre
     m = min(max(mu, a), b)
-    spread = min(max(second - mu**2, 0.0), (b - m) * (m - a))
-    sampling = spread / people
-    noise = (r.variance / CENTS**2 + mu**2 * g.people_var) / people**2
-    return mu, sampling + noise
+    second = max(float(sq.values[i]), 0.0) / people
+    spread = min(max(second - (mu - mid) ** 2, 0.0), (b - m) * (m - a))
+    noise = (r.variance / CENTS**2 + (mu - centre) ** 2 * g.people_var) / people**2
+    return _Revenue(mu, spread, noise)
 
 
 def lift_cells(
     noisy: Mapping[str, Noisy],
     min_group: int,
     revenue_floor: float,
-    person_range: tuple[float, float],
+    span: PersonRange,
 ) -> list[Cell]:
     """Per group: people, converters, conversion rate, revenue per person; then the lift estimates.
 
     Revenue per person is shown at `revenue_floor` or above (0 when the value bounds are non-negative).
-    `person_range`: the range [a, b] of one person's revenue the policy allows (`_mean` caps the sampling variance
-    by it).
+    `span`: one person's revenue range and the vectors' centres (`PersonRange`).
 
     Intervals are normal approximations (1.96 standard deviations) whose variance adds the binomial (or
-    empirical) sampling variance to the DP noise variance, by the delta method for the derived ratios. The
-    sampling variance is that of the difference between the groups' means (a randomised test's between-group
-    error, Neyman's), so the bar covers the campaign's effect, not only this sample's difference. Every
+    empirical) sampling variance to the DP noise variance, by the delta method for the derived ratios. Every
     division is guarded, so any noisy input gives cells (withheld where a denominator is not positive).
+
+    What the sampling term covers: the conversion estimates (absolute and relative lift, incremental conversions,
+    the minimum detectable lift) carry the randomised test's between-group error (Neyman's: the exposed group's
+    and the holdout's binomial variances), so their bars cover the campaign's average effect over the test's
+    people. Incremental revenue is the revenue the campaign added among this test's exposed people: their revenue
+    less exposed people x the holdout's revenue per person. Under randomisation their revenue without the campaign
+    and the holdout's are two samples of one control distribution, so its sampling variance is exposed^2 x
+    sigma_h^2 x (1 / exposed + 1 / holdout), sigma_h^2 the holdout's variance alone (the exposed group's spread
+    does not enter: that term of Neyman's is for an effect beyond these people). The minimum detectable revenue is
+    the same bar around an estimate of zero (under no effect both groups share sigma_h^2).
     """
     hist, r, sq = noisy[CONVERSION], noisy["revenue"], noisy["revenue_sq"]
     groups = _groups(hist)
@@ -268,12 +345,13 @@ def lift_cells(
             else withheld(keys, "converters", small)
         )
         rate = _rate(g, hist.variance)
-        mean = _mean(g, r, i, max(float(sq.values[i]), 0.0), person_range)
-        stats[keys[0]] = (rate, mean)
-        if group_ok and rate and mean:
+        money = _revenue(g, r, sq, i, span)
+        stats[keys[0]] = (rate, money)
+        if group_ok and rate and money:
             out.append(Cell(keys, "conversion_rate", rate[0], Z95 * math.sqrt(rate[1]), False))
-            per_person = max(mean[0], revenue_floor)
-            out.append(Cell(keys, "revenue_per_person", per_person, Z95 * math.sqrt(mean[1]), False))
+            per_person = max(money.mean, revenue_floor)
+            bar = Z95 * math.sqrt(money.spread / g.people + money.noise)
+            out.append(Cell(keys, "revenue_per_person", per_person, bar, False))
         else:
             why = small if not group_ok else NO_DENOMINATOR
             out += [withheld(keys, "conversion_rate", why), withheld(keys, "revenue_per_person", why)]
@@ -294,10 +372,16 @@ def lift_cells(
     diff, var_diff = re_[0] - rh[0], re_[1] + rh[1]
     rel = re_[0] / rh[0] - 1
     var_rel = re_[1] / rh[0] ** 2 + (re_[0] / rh[0] ** 2) ** 2 * rh[1]
-    exposed = re_[2]
+    exposed, holdout = re_[2], rh[2]
     inc_conv, var_inc_conv = diff * exposed, exposed**2 * var_diff + diff**2 * exposed_var
-    mdiff, var_mdiff = me[0] - mh[0], me[1] + mh[1]
-    inc_rev, var_inc_rev = mdiff * exposed, exposed**2 * var_mdiff + mdiff**2 * exposed_var
+    # incremental revenue = centred revenue(exposed) - exposed / holdout x centred revenue(holdout) (the centres
+    # cancel); its noise by the delta method, its sampling term the holdout's variance (docstring)
+    ratio = exposed / holdout
+    inc_rev = (me.mean - mh.mean) * exposed
+    noise_inc_rev = r.variance / CENTS**2 * (1 + ratio**2) + (mh.mean - span.centre_units) ** 2 * (
+        exposed_var + ratio**2 * groups["holdout"].people_var
+    )
+    var_inc_rev = exposed * mh.spread * (1 + ratio) + noise_inc_rev
     for measure, value, var in (
         ("absolute_lift", diff, var_diff),
         ("relative_lift", rel, var_rel),
@@ -308,5 +392,5 @@ def lift_cells(
     # The smallest true effect whose 95% interval would exclude zero: the bar of an estimate of zero at these sizes
     # (post-processing of the same noisy vectors; what the test can detect, and what more epsilon would buy).
     out.append(Cell(key, "minimum_detectable_lift", Z95 * math.sqrt(max(var_diff, 0.0)), 0.0, False))
-    out.append(Cell(key, "minimum_detectable_revenue", Z95 * exposed * math.sqrt(max(var_mdiff, 0.0)), 0.0, False))
+    out.append(Cell(key, "minimum_detectable_revenue", Z95 * math.sqrt(max(var_inc_rev, 0.0)), 0.0, False))
     return out

@@ -72,6 +72,10 @@ class SyntheticData:
     truth: pd.DataFrame
     platform_exposures: pd.DataFrame = field(default_factory=pd.DataFrame)
     platform_test_groups: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: Per row of `brand_conversions`: True for the orders the planted lift campaign caused (the ones its exposed
+    #: people would not have placed without it), so a benchmark can compute the campaign's true effect on the
+    #: exposed (each exposed person's revenue with and without these orders). Not part of either member's data.
+    campaign_orders: pd.Series = field(default_factory=lambda: pd.Series(dtype=bool))
 
 
 def _phone(person: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -220,10 +224,12 @@ def generate(config: SyntheticConfig | None = None) -> SyntheticData:
             "value": rng.gamma(2.0, 40.0, len(lifted)).round(2),
         }
     )
-    conversions = pd.concat([baseline, extra], ignore_index=True).sort_values("ts", ignore_index=True)
+    conversions = pd.concat([baseline, extra], ignore_index=True).sort_values("ts")
+    caused = pd.Series(conversions.index >= len(baseline), name="campaign")
+    conversions = conversions.reset_index(drop=True)
     conversions["ts"] = conversions["ts"].astype("datetime64[us]")
     exposures["ts"] = exposures["ts"].astype("datetime64[us]")
-    return SyntheticData(brand_users, conversions, platform_users, history, truth, exposures, test_groups)
+    return SyntheticData(brand_users, conversions, platform_users, history, truth, exposures, test_groups, caused)
 
 
 DEMO_POLICY = """\

@@ -354,13 +354,14 @@ CLIPPED_POLICY = PRIVACY_POLICY.replace("max_per_person: 2}", "max_per_person: 2
 @example(drawn=cascade())
 @given(datasets())
 def test_the_per_person_clip_bounds_every_vector_by_its_smaller_stated_sensitivity(rooms, drawn):
-    """Value's sum and lift's revenue state c x 6,000 cents under the clip (c x 2 x 10,000 without it), revenue
-    squared c x (60^2 + 1); one users row of either member moves each exact vector by at most what is stated."""
+    """Value's sum and lift's revenue state c x 6,000 cents under the clip (c x 2 x 10,000 without it), lift's
+    squares c x 60^2 (one person's total within [-60, 60], squared about its midpoint 0); one users row of either
+    member moves each exact vector by at most what is stated."""
     data, side, removed = drawn
     before = _vectors(rooms, data, CLIPPED_POLICY)
     after = _vectors(rooms, {**data, side: data[side].without_user(removed)}, CLIPPED_POLICY)
     stated = {x.sensitivity for calls in before for x in calls}
-    assert {4 * 6_000, 4 * (60**2 + 1)} <= stated  # the clip's sensitivities are the ones stated
+    assert {4 * 6_000, 4 * 60**2} <= stated  # the clip's sensitivities are the ones stated
     for q, (calls_d, calls_n) in enumerate(zip(before, after, strict=True)):
         assert len(calls_d) == len(calls_n), q
         for x, y in zip(calls_d, calls_n, strict=True):
@@ -384,6 +385,50 @@ def test_the_per_person_clip_is_reached_on_one_persons_removal(rooms):
         if x.sensitivity == 4 * 6_000
     ]
     assert max(moved) == 4 * 6_000
+
+
+#: CLIPPED_POLICY with non-negative values: one person's lift revenue lies in [0, 60], so lift sums revenue about
+#: 15 (a quarter of the way up: at most 45 per person) and squares about 30 (at most 30^2 = 900 per person).
+NON_NEGATIVE_POLICY = CLIPPED_POLICY.replace("value: [-50, 100]", "value: [0, 100]")
+#: Lift's centred revenue and squares under NON_NEGATIVE_POLICY, with c = 4.
+CENTRED = {4 * 4_500, 4 * 900}
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(drawn=cascade())
+@given(datasets())
+def test_lifts_centred_vectors_move_by_at_most_their_stated_sensitivity(rooms, drawn):
+    """Lift's revenue and squares are sums about centres the policy fixes, every person with a test group counted
+    (a non-converter at 0): one person moves each by at most their own term, so c x 4,500 cents and c x 900, not
+    c x 6,000 and c x (60^2 + 1) as uncentred sums (docs/privacy.md, "Money"). Also where a person converts at 0 or
+    is removed without converting (|0 - 15| and (0 - 30)^2 are within the bounds too)."""
+    data, side, removed = drawn
+    before = _vectors(rooms, data, NON_NEGATIVE_POLICY)
+    after = _vectors(rooms, {**data, side: data[side].without_user(removed)}, NON_NEGATIVE_POLICY)
+    stated = {x.sensitivity for calls in before for x in calls}
+    assert stated >= CENTRED
+    for q, (calls_d, calls_n) in enumerate(zip(before, after, strict=True)):
+        for x, y in zip(calls_d, calls_n, strict=True):
+            distance = sum(abs(u - v) for u, v in itertools.zip_longest(x.counts, y.counts, fillvalue=0))
+            assert distance <= x.sensitivity, (q, x.counts, y.counts, x.sensitivity)
+
+
+def test_lifts_centred_bounds_are_reached(rooms):
+    """Tight: four people with totals at the top of the range (two orders of 100, clipped to 60) leave with one
+    brand row (c = 4 pairs, as in `cascade`) and move lift's revenue by exactly 4 x 4,500 cents and its squares by
+    exactly 4 x 900."""
+    data, side, removed = cascade()
+    for event in data["brand"].events["conversions"]:
+        event["value"] = 100.0
+    before = _vectors(rooms, data, NON_NEGATIVE_POLICY)
+    after = _vectors(rooms, {**data, side: data[side].without_user(removed)}, NON_NEGATIVE_POLICY)
+    moved: dict[int, int] = {}
+    for calls_d, calls_n in zip(before, after, strict=True):
+        for x, y in zip(calls_d, calls_n, strict=True):
+            if x.sensitivity in CENTRED:
+                distance = sum(abs(u - v) for u, v in itertools.zip_longest(x.counts, y.counts, fillvalue=0))
+                moved[x.sensitivity] = max(moved.get(x.sensitivity, 0), distance)
+    assert moved == {s: s for s in CENTRED}
 
 
 ALL_TYPES = ("email", "phone", "device_id", "custom")

@@ -356,13 +356,20 @@ QUERIES: Final[tuple[QueryDeclaration, ...]] = (
             Derived("people", "people_by_conversion, converted or not, per test group"),
             Derived("converters", "people_by_conversion's converted cell per test group"),
             Derived("conversion_rate", "converters / people"),
-            Derived("revenue_per_person", "revenue / people"),
+            Derived("revenue_per_person", "revenue / people + the centre revenue is summed about"),
             Derived("absolute_lift", "exposed rate − holdout rate"),
             Derived("relative_lift", "exposed rate / holdout rate − 1"),
             Derived("incremental_conversions", "absolute_lift × exposed people"),
-            Derived("incremental_revenue", "(exposed − holdout revenue per person) × exposed people"),
+            Derived(
+                "incremental_revenue",
+                "(exposed − holdout revenue per person) × exposed people: what the campaign added among the exposed "
+                "people; its bar adds the holdout's variance × exposed² × (1/exposed + 1/holdout) to the noise's",
+            ),
             Derived("minimum_detectable_lift", "the smallest absolute lift whose 95% interval would exclude zero"),
-            Derived("minimum_detectable_revenue", "the smallest incremental revenue that would be detected likewise"),
+            Derived(
+                "minimum_detectable_revenue",
+                "the smallest incremental revenue that would be detected likewise (its bar around zero)",
+            ),
         ),
         ("test_group",),
         "lift",

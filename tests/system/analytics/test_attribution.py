@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import math
 from collections import defaultdict
+from statistics import NormalDist
 
 import pandas as pd
 import pytest
@@ -263,6 +264,29 @@ def test_lift_equals_the_reference(room, collab):
     assert cells[("lift", "incremental_conversions")] == pytest.approx((rate["exposed"] - rate["holdout"]) * 4)
     errors = frame.set_index(["test_group", "measure"])["error_95"]
     assert errors[("lift", "absolute_lift")] > 0  # sampling error remains even without noise
+
+
+def test_incremental_revenue_bar_is_the_holdouts_sampling_error_for_the_exposed(room, collab):
+    """Incremental revenue estimates what the campaign added among this test's exposed people. Under randomisation
+    their revenue without it and the holdout's are two samples of one control distribution, so (noise aside) its
+    sampling error is exposed^2 x sigma_h^2 x (1 / exposed + 1 / holdout), sigma_h^2 the holdout's variance: the
+    exposed group's own spread does not enter (Neyman's bar, which it did, is 152 here, not 49)."""
+    frame = room.client("brand").lift(collab, "c1", epsilon=EPS)
+    cells = frame.set_index(["test_group", "measure"])
+    revenue = {}
+    for p in GROUPS:  # each person's first CAP orders, clamped
+        orders = sorted((t, min(max(v, LO), HI)) for q, t, v in CONVERSIONS if q == p)[:CAP]
+        revenue[p] = sum(v for _, v in orders)
+    exposed = [revenue[p] for p, g in GROUPS.items() if g == "exposed"]
+    holdout = [revenue[p] for p, g in GROUPS.items() if g == "holdout"]
+    n_t, n_h = len(exposed), len(holdout)
+    mean_h = sum(holdout) / n_h
+    var_h = sum((x - mean_h) ** 2 for x in holdout) / n_h
+    assert cells.loc[("lift", "incremental_revenue"), "value"] == pytest.approx((sum(exposed) / n_t - mean_h) * n_t)
+    bar = NormalDist().inv_cdf(0.975) * n_t * math.sqrt(var_h * (1 / n_t + 1 / n_h))
+    assert cells.loc[("lift", "incremental_revenue"), "error_95"] == pytest.approx(bar, rel=1e-6)
+    # the smallest effect it would detect: the same bar around an estimate of zero
+    assert cells.loc[("lift", "minimum_detectable_revenue"), "value"] == pytest.approx(bar, rel=1e-6)
 
 
 def test_lift_counts_keep_their_quarter_split_bars(room, collab):
