@@ -2,3 +2,7 @@
 from collections.abc import Sequence
 
 def hash_to_u_batch(msgs: Sequence[bytes], dst: bytes, /) -> tuple[bytes, list[int]]: ...
+
+X25519_PATHS: tuple[str, ...]
+
+def x25519_batch(key: bytes, points: bytes, path: str | None = None, /) -> bytes: ...

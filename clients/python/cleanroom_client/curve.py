@@ -33,6 +33,12 @@ except ImportError:  # no compiler at install time: the Python path below
 #: Whether hashing to the curve runs in the compiled extension (else in Python with gmpy2).
 NATIVE: Final = _native is not None
 
+#: The X25519 paths the extension can run here, fastest first: "avx512ifma" (eight ladders at once, on CPUs with
+#: AVX-512 IFMA) and "portable" (one C ladder at a time, any CPU). Empty without the extension.
+X25519_PATHS: Final[tuple[str, ...]] = tuple(_native.X25519_PATHS) if _native is not None else ()
+#: Which X25519 `x25519_batch` runs by default: the fastest native path, or None for `cryptography` (OpenSSL).
+X25519_NATIVE: Final[str | None] = X25519_PATHS[0] if X25519_PATHS else None
+
 P: Final = mpz(2**255 - 19)
 A: Final = mpz(486662)
 _Z: Final = mpz(2)  # the Elligator 2 non-square chosen for curve25519 by RFC 9380
@@ -260,6 +266,43 @@ def _hash_to_u_python(msg: bytes, dst: bytes = CLEANROOM_DST) -> bytes:
     if z == 0:
         raise ArithmeticError("hash_to_curve reached the identity")
     return int(x * gmpy2.invert(z, P) % P).to_bytes(32, "little")
+
+
+def x25519_batch(key: bytes, points: bytes, path: str | None = None) -> bytes:
+    """RFC 7748 X25519(key, u) for each 32-byte u of `points`, packed in order; all zero for a low-order point.
+
+    The callers treat an all-zero result as rejected.
+    `key` is the member's secret blinding key: the native paths are constant time in it and wipe their copies
+    (see _curve25519.c and _x25519_ifma.c); the points are public. `path` forces "avx512ifma", "portable" or
+    "cryptography" (for tests and benchmarks); by default the fastest native path (`X25519_NATIVE`), else
+    `cryptography`. Every path gives the same bytes (tests/unit/cleanroom_client/test_x25519.py).
+    """
+    if len(key) != 32:
+        raise ValueError(f"an X25519 key is 32 bytes, got {len(key)}")
+    if len(points) % 32:
+        raise ValueError(f"{len(points)} bytes is not a whole number of 32-byte points")
+    chosen = path or X25519_NATIVE
+    if chosen is None or chosen == "cryptography":
+        return _x25519_cryptography(key, points)
+    if _native is None or chosen not in X25519_PATHS:
+        raise ValueError(f"X25519 path {chosen!r} is not available here (available: {X25519_PATHS or 'none'})")
+    return bytes(_native.x25519_batch(key, points, chosen))
+
+
+def _x25519_cryptography(key: bytes, points: bytes) -> bytes:
+    """`x25519_batch` with `cryptography`, one exchange per point: the fallback, and the reference in tests."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+    exchange = X25519PrivateKey.from_private_bytes(key).exchange
+    public = X25519PublicKey.from_public_bytes
+    zero = bytes(32)
+    out = []
+    for i in range(0, len(points), 32):
+        try:
+            out.append(exchange(public(points[i : i + 32])))
+        except ValueError:  # OpenSSL refuses an all-zero shared secret: the point has low order
+            out.append(zero)
+    return b"".join(out)
 
 
 def validate_point(data: bytes) -> None:
