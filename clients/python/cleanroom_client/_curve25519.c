@@ -4,9 +4,10 @@
  *
  * What it computes (tested equal to the Python code and to the RFC vectors in
  * tests/unit/cleanroom_client/test_curve.py):
- *   hash_to_u_batch(msgs, dst) -> (bytes, list[int])
+ *   hash_to_u_batch(msgs, dst, path=None) -> (bytes, list[int])
  *       For each message: expand_message_xmd with SHA-512 (96 bytes), two field elements, Elligator 2 on each
- *       (RFC 9380 appendix G.2.1, one exponentiation per map), the sum of the two points as a fraction, the
+ *       (RFC 9380 appendix G.2.1, one exponentiation per map; the exponentiations of a block of 64 messages run
+ *       together, eight at a time on the AVX-512 IFMA path of _x25519_ifma.c, else one by one), the sum of the two points as a fraction, the
  *       cofactor cleared by three doublings on the u-line, and u = X / Z with one inversion for the whole batch
  *       (Montgomery's trick). Output: 32 bytes little-endian per message, packed. The second item lists the
  *       indices the native path did not finish (the two mapped points share u, or the result is the identity:
@@ -392,40 +393,51 @@ static int fe_is_root(const fe y, const fe gxd, const fe gx) {
     return fe_equal(t, gx);
 }
 
-/* RFC 9380 appendix G.2.1, map_to_curve_elligator2_curve25519: the point (xn / xd, y). */
-static void elligator2(fe xn, fe xd, fe y, const fe u) {
-    fe tv1, tv2, tv3, x1n, gxd, gx1, gx2, y11, y12, y21, y22, y1, y2, x2n;
-    fe_sq(tv1, u);
-    fe_add(tv1, tv1, tv1); /* 2 u^2 */
-    fe one;
+/* RFC 9380 appendix G.2.1, map_to_curve_elligator2_curve25519, in two halves around its one exponentiation so
+   that a batch can raise all its inputs at once (eight at a time with AVX-512 IFMA): `elligator2_start` computes
+   everything up to tv2, the value raised to (p - 5) / 8; `elligator2_finish` takes tv2^((p - 5) / 8) and gives the
+   point (xn / xd, y). */
+typedef struct {
+    fe u, tv1, xd, x1n, gxd, gx1, tv3, tv2;
+} ell2_state;
+
+static void elligator2_start(ell2_state *e, const fe u) {
+    fe one, tv2;
+    fe_copy(e->u, u);
+    fe_sq(e->tv1, u);
+    fe_add(e->tv1, e->tv1, e->tv1); /* 2 u^2 */
     fe_set_small(one, 1);
-    fe_add(xd, tv1, one); /* nonzero: -1/2 is not a square */
-    fe_set_small(x1n, J);
-    fe_neg(x1n, x1n);
-    fe_sq(tv2, xd);
-    fe_mul(gxd, tv2, xd);
-    fe_mul_small(gx1, tv1, J);
-    fe_mul(gx1, gx1, x1n);
-    fe_add(gx1, gx1, tv2);
-    fe_mul(gx1, gx1, x1n);
-    fe_sq(tv3, gxd);
-    fe_sq(tv2, tv3);
-    fe_mul(tv3, tv3, gxd);
-    fe_mul(tv3, tv3, gx1);
-    fe_mul(tv2, tv2, tv3);
-    fe_pow22523(y11, tv2);
-    fe_mul(y11, y11, tv3);
+    fe_add(e->xd, e->tv1, one); /* nonzero: -1/2 is not a square */
+    fe_set_small(e->x1n, J);
+    fe_neg(e->x1n, e->x1n);
+    fe_sq(tv2, e->xd);
+    fe_mul(e->gxd, tv2, e->xd);
+    fe_mul_small(e->gx1, e->tv1, J);
+    fe_mul(e->gx1, e->gx1, e->x1n);
+    fe_add(e->gx1, e->gx1, tv2);
+    fe_mul(e->gx1, e->gx1, e->x1n);
+    fe_sq(e->tv3, e->gxd);
+    fe_sq(tv2, e->tv3);
+    fe_mul(e->tv3, e->tv3, e->gxd);
+    fe_mul(e->tv3, e->tv3, e->gx1);
+    fe_mul(e->tv2, tv2, e->tv3);
+}
+
+static void elligator2_finish(fe xn, fe xd, fe y, const ell2_state *e, const fe tv2_pow) {
+    fe y11, y12, y21, y22, y1, y2, x2n, gx2;
+    fe_mul(y11, tv2_pow, e->tv3);
     fe_mul(y12, y11, SQRT_M1);
-    fe_copy(y1, fe_is_root(y11, gxd, gx1) ? y11 : y12);
-    fe_mul(x2n, x1n, tv1);
-    fe_mul(y21, y11, u);
+    fe_copy(y1, fe_is_root(y11, e->gxd, e->gx1) ? y11 : y12);
+    fe_mul(x2n, e->x1n, e->tv1);
+    fe_mul(y21, y11, e->u);
     fe_mul(y21, y21, C2);
     fe_mul(y22, y21, SQRT_M1);
-    fe_mul(gx2, gx1, tv1);
-    fe_copy(y2, fe_is_root(y21, gxd, gx2) ? y21 : y22);
-    int e3 = fe_is_root(y1, gxd, gx1);
+    fe_mul(gx2, e->gx1, e->tv1);
+    fe_copy(y2, fe_is_root(y21, e->gxd, gx2) ? y21 : y22);
+    int e3 = fe_is_root(y1, e->gxd, e->gx1);
+    fe_copy(xd, e->xd);
     if (e3) {
-        fe_copy(xn, x1n);
+        fe_copy(xn, e->x1n);
         fe_copy(y, y1);
     } else {
         fe_copy(xn, x2n);
@@ -464,13 +476,11 @@ static void hash_to_field2(fe u0, fe u1, const sha512_ctx *zpad, const uint8_t *
     fe_from48_be(u1, uniform + 48);
 }
 
-/* hash_to_curve's u as a fraction X / Z; returns 0 when the native path does not apply (see the top comment). */
-static int hash_to_uz(fe X, fe Z, const sha512_ctx *zpad, const uint8_t *msg, size_t msg_len, const uint8_t *dst_prime,
-                      size_t dst_prime_len) {
-    fe r0, r1, xn1, xd1, y1, xn2, xd2, y2, D, E, t, s, dy;
-    hash_to_field2(r0, r1, zpad, msg, msg_len, dst_prime, dst_prime_len);
-    elligator2(xn1, xd1, y1, r0);
-    elligator2(xn2, xd2, y2, r1);
+/* hash_to_curve's u as a fraction X / Z from the two mapped points (xn1 / xd1, y1) and (xn2 / xd2, y2); returns
+   0 when the native path does not apply (see the top comment). */
+static int hash_to_uz(fe X, fe Z, const fe xn1, const fe xd1, const fe y1, const fe xn2, const fe xd2,
+                      const fe y2) {
+    fe D, E, t, s, dy;
     /* x2 - x1 = D / E; u3 = lam^2 - A - x1 - x2 with lam = dy E / D gives
        X = dy^2 E^3 - (A E + xn1 xd2 + xn2 xd1) D^2 and Z = E D^2. */
     fe a, b;
@@ -514,6 +524,7 @@ static int hash_to_uz(fe X, fe Z, const sha512_ctx *zpad, const uint8_t *msg, si
 /* Defined in _x25519_ifma.c: eight ladders at once with AVX-512 IFMA (x86-64 only; reports 0 elsewhere). */
 int x25519_ifma_available(void);
 void x25519_ifma_ladder8(const uint8_t scalar[32], const uint64_t u[5][8], uint64_t out[5][8]);
+void x25519_ifma_pow22523_8(const uint64_t in[5][8], uint64_t out[5][8]);
 
 /* memset through a volatile pointer: the compiler may not drop it as a dead store, so secrets really go. */
 static void *(*const volatile wipe_memset)(void *, int, size_t) = memset;
@@ -619,20 +630,72 @@ static void x25519_batch(const uint8_t key[32], const uint8_t *points, uint8_t *
     wipe_memset(k, 0, sizeof k);
 }
 
+/* ---------------------------------------------------------------- hash to curve over a batch */
+
+/* Messages per block of the batch: their 2 x 64 Elligator 2 exponentiations run together (16 groups of eight on
+   the IFMA path), with the block's intermediates (about 40 KB) in cache. */
+#define H2C_BLOCK 64
+
+/* out[i] = in[i]^((p - 5) / 8) for i < count: eight at a time with IFMA (a short group padded with 1 and the
+   filler dropped), else one by one. Public values: no constant-time need. */
+static void pow22523_many(fe *out, ell2_state *const *in, size_t count, enum x25519_path path) {
+    if (path != PATH_IFMA) {
+        for (size_t i = 0; i < count; i++) fe_pow22523(out[i], in[i]->tv2);
+        return;
+    }
+    uint64_t a[5][8], r[5][8];
+    for (size_t start = 0; start < count; start += 8) {
+        for (size_t lane = 0; lane < 8; lane++) {
+            fe f;
+            if (start + lane < count)
+                fe_copy(f, in[start + lane]->tv2);
+            else
+                fe_set_small(f, 1);
+            for (int i = 0; i < 5; i++) a[i][lane] = f[i];
+        }
+        x25519_ifma_pow22523_8((const uint64_t(*)[8])a, r);
+        for (size_t lane = 0; lane < 8 && start + lane < count; lane++)
+            for (int i = 0; i < 5; i++) out[start + lane][i] = r[i][lane];
+    }
+}
+
 /* ---------------------------------------------------------------- Python functions */
+
+/* The path `name` asks for (None: the fastest this CPU runs); -1 with ValueError for an unknown or unavailable one. */
+static int choose_path(const char *name, enum x25519_path *path) {
+    *path = ifma_ok ? PATH_IFMA : PATH_PORTABLE;
+    if (!name) return 0;
+    if (strcmp(name, "portable") == 0) {
+        *path = PATH_PORTABLE;
+        return 0;
+    }
+    if (strcmp(name, "avx512ifma") == 0) {
+        if (!ifma_ok) {
+            PyErr_SetString(PyExc_ValueError, "this CPU cannot run the avx512ifma path");
+            return -1;
+        }
+        *path = PATH_IFMA;
+        return 0;
+    }
+    PyErr_Format(PyExc_ValueError, "unknown path '%.20s': use 'avx512ifma' or 'portable'", name);
+    return -1;
+}
 
 static PyObject *py_hash_to_u_batch(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *msgs;
     Py_buffer dst;
-    if (!PyArg_ParseTuple(args, "Oy*", &msgs, &dst)) return NULL;
+    const char *name = NULL;
+    if (!PyArg_ParseTuple(args, "Oy*|z", &msgs, &dst, &name)) return NULL;
     PyObject *result = NULL, *seq = NULL, *fallback = NULL, *out = NULL;
     fe *xs = NULL, *zs = NULL;
     uint8_t *ok = NULL;
+    enum x25519_path path;
     if (dst.len > 255) {
         PyErr_SetString(PyExc_ValueError, "DST longer than 255 bytes");
         goto done;
     }
+    if (choose_path(name, &path) < 0) goto done;
     seq = PySequence_Fast(msgs, "hash_to_u_batch takes a sequence of bytes");
     if (!seq) goto done;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
@@ -654,12 +717,31 @@ static PyObject *py_hash_to_u_batch(PyObject *self, PyObject *args) {
         if (!PyErr_Occurred()) PyErr_NoMemory();
         goto done;
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        char *data;
-        Py_ssize_t len;
-        if (PyBytes_AsStringAndSize(items[i], &data, &len) < 0) goto done;
-        ok[i] = (uint8_t)hash_to_uz(xs[i], zs[i], &zpad, (const uint8_t *)data, (size_t)len, dst_prime, dst_prime_len);
-        if (!ok[i]) fe_set_small(zs[i], 1);
+    for (Py_ssize_t start = 0; start < n; start += H2C_BLOCK) {
+        Py_ssize_t count = n - start < H2C_BLOCK ? n - start : H2C_BLOCK;
+        ell2_state maps[2 * H2C_BLOCK];
+        ell2_state *inputs[2 * H2C_BLOCK];
+        fe powers[2 * H2C_BLOCK];
+        for (Py_ssize_t j = 0; j < count; j++) {
+            char *data;
+            Py_ssize_t len;
+            fe r0, r1;
+            if (PyBytes_AsStringAndSize(items[start + j], &data, &len) < 0) goto done;
+            hash_to_field2(r0, r1, &zpad, (const uint8_t *)data, (size_t)len, dst_prime, dst_prime_len);
+            elligator2_start(&maps[2 * j], r0);
+            elligator2_start(&maps[2 * j + 1], r1);
+            inputs[2 * j] = &maps[2 * j];
+            inputs[2 * j + 1] = &maps[2 * j + 1];
+        }
+        pow22523_many(powers, inputs, (size_t)(2 * count), path);
+        for (Py_ssize_t j = 0; j < count; j++) {
+            Py_ssize_t i = start + j;
+            fe xn1, xd1, y1, xn2, xd2, y2;
+            elligator2_finish(xn1, xd1, y1, &maps[2 * j], powers[2 * j]);
+            elligator2_finish(xn2, xd2, y2, &maps[2 * j + 1], powers[2 * j + 1]);
+            ok[i] = (uint8_t)hash_to_uz(xs[i], zs[i], xn1, xd1, y1, xn2, xd2, y2);
+            if (!ok[i]) fe_set_small(zs[i], 1);
+        }
     }
     /* One inversion for the batch: prefix products, invert the total, walk back. */
     uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
@@ -716,7 +798,7 @@ static PyObject *py_x25519_batch(PyObject *self, PyObject *args) {
     const char *name = NULL;
     if (!PyArg_ParseTuple(args, "y*y*|z", &key, &points, &name)) return NULL;
     PyObject *out = NULL;
-    enum x25519_path path = ifma_ok ? PATH_IFMA : PATH_PORTABLE;
+    enum x25519_path path;
     if (key.len != 32) {
         PyErr_Format(PyExc_ValueError, "an X25519 key is 32 bytes, got %zd", key.len);
         goto done;
@@ -725,19 +807,7 @@ static PyObject *py_x25519_batch(PyObject *self, PyObject *args) {
         PyErr_Format(PyExc_ValueError, "%zd bytes is not a whole number of 32-byte points", points.len);
         goto done;
     }
-    if (name && strcmp(name, "portable") == 0) {
-        path = PATH_PORTABLE;
-    } else if (name && strcmp(name, "avx512ifma") == 0) {
-        if (!ifma_ok) {
-            PyErr_SetString(PyExc_ValueError, "this CPU cannot run the avx512ifma path");
-            goto done;
-        }
-        path = PATH_IFMA;
-    } else if (name) {
-        PyErr_Format(PyExc_ValueError, "unknown X25519 path %R: use 'avx512ifma' or 'portable'",
-                     PyTuple_GET_ITEM(args, 2));
-        goto done;
-    }
+    if (choose_path(name, &path) < 0) goto done;
     out = PyBytes_FromStringAndSize(NULL, points.len);
     if (!out) goto done;
     {
@@ -755,7 +825,8 @@ done:
 
 static PyMethodDef methods[] = {
     {"hash_to_u_batch", py_hash_to_u_batch, METH_VARARGS,
-     "hash_to_u_batch(msgs, dst) -> (packed 32-byte u per message, indices left to the Python path)"},
+     "hash_to_u_batch(msgs, dst, path=None) -> (packed 32-byte u per message, indices left to the Python path); "
+     "path 'avx512ifma' or 'portable' forces how Elligator 2's exponentiations run"},
     {"x25519_batch", py_x25519_batch, METH_VARARGS,
      "x25519_batch(key, points, path=None) -> RFC 7748 X25519(key, u) for each packed 32-byte u, packed; path "
      "'avx512ifma' or 'portable' forces one (default: the fastest this CPU runs)"},

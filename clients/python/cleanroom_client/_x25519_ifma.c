@@ -4,7 +4,9 @@
  * the points, pads a batch to a multiple of 8, chooses this path at run time and keeps a portable C ladder for
  * machines without IFMA.
  *
- * What it computes: x25519_ifma_ladder8 takes a clamped scalar and eight u-coordinates as radix-2^51 limbs (each
+ * What it computes: x25519_ifma_pow22523_8 raises eight field elements to (p - 5) / 8 at once, the exponentiation
+ * of Elligator 2 in the native hash to curve (public values, tested through hash_to_u_batch against the Python
+ * path and the RFC 9380 vectors). x25519_ifma_ladder8 takes a clamped scalar and eight u-coordinates as radix-2^51 limbs (each
  * below 2^51, as fe_frombytes in _curve25519.c leaves them) and returns, per lane, limbs of X25519(k, u) (not yet
  * canonical: the caller's fe_tobytes makes them so). It is RFC 7748 section 5's ladder step for step (a24 = 121665,
  * the conditional swap before each step and once at the end) followed by x2 * z2^(p - 2), so a point of low order
@@ -37,6 +39,7 @@
 
 int x25519_ifma_available(void);
 void x25519_ifma_ladder8(const uint8_t scalar[32], const uint64_t u[5][8], uint64_t out[5][8]);
+void x25519_ifma_pow22523_8(const uint64_t in[5][8], uint64_t out[5][8]);
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -298,14 +301,15 @@ IFMA_INLINE void fe8_sqn_mul(fe8 *out, const fe8 *a, int n, const fe8 *b) {
     fe8_mul(out, &t, b);
 }
 
-/* z^(p - 2) = z^(2^255 - 21) with the addition chain of fe_invert in _curve25519.c; 0 for z = 0. */
-static IFMA void fe8_invert(fe8 *out, const fe8 *z) {
-    fe8 z2, z9, z11, t0, t1;
+/* z^(2^250 - 1) into t250 and z^11 into z11: the shared start of inversion and of the square-root exponent, with
+   the addition chain of fe_pow_2_250_1 in _curve25519.c. */
+static IFMA void fe8_pow_2_250_1(fe8 *t250, fe8 *z11, const fe8 *z) {
+    fe8 z2, z9, t0, t1;
     fe8_sq(&z2, z);
     fe8_sqn(&t1, &z2, 2);
     fe8_mul(&z9, &t1, z);
-    fe8_mul(&z11, &z9, &z2);
-    fe8_sq(&t0, &z11);
+    fe8_mul(z11, &z9, &z2);
+    fe8_sq(&t0, z11);
     fe8_mul(&t0, &t0, &z9);           /* 2^5 - 1 */
     fe8_sqn_mul(&t0, &t0, 5, &t0);    /* 2^10 - 1 */
     fe8_sqn_mul(&t1, &t0, 10, &t0);   /* 2^20 - 1 */
@@ -313,8 +317,24 @@ static IFMA void fe8_invert(fe8 *out, const fe8 *z) {
     fe8_sqn_mul(&t0, &t1, 10, &t0);   /* 2^50 - 1 */
     fe8_sqn_mul(&t1, &t0, 50, &t0);   /* 2^100 - 1 */
     fe8_sqn_mul(&t1, &t1, 100, &t1);  /* 2^200 - 1 */
-    fe8_sqn_mul(&t1, &t1, 50, &t0);   /* 2^250 - 1 */
-    fe8_sqn_mul(out, &t1, 5, &z11);   /* 2^255 - 21 */
+    fe8_sqn_mul(t250, &t1, 50, &t0);  /* 2^250 - 1 */
+}
+
+/* z^(p - 2) = z^(2^255 - 21): 1/z, and 0 for z = 0. */
+static IFMA void fe8_invert(fe8 *out, const fe8 *z) {
+    fe8 t, z11;
+    fe8_pow_2_250_1(&t, &z11, z);
+    fe8_sqn_mul(out, &t, 5, &z11);
+}
+
+/* Eight z^((p - 5) / 8) = z^(2^252 - 3) at once: Elligator 2's exponentiation in the hash to curve, on public
+   values (each lane is a message's intermediate, nothing secret). Limbs in and out as for the ladder. */
+void IFMA x25519_ifma_pow22523_8(const uint64_t in[5][8], uint64_t out[5][8]) {
+    fe8 z, t, z11;
+    for (int i = 0; i < 5; i++) z.v[i] = _mm512_loadu_si512((const void *)in[i]);
+    fe8_pow_2_250_1(&t, &z11, &z);
+    fe8_sqn_mul(&t, &t, 2, &z);
+    for (int i = 0; i < 5; i++) _mm512_storeu_si512((void *)out[i], t.v[i]);
 }
 
 /* Swaps f and g in every lane where mask is all ones, nothing where it is zero; the same instructions either way. */
@@ -380,6 +400,11 @@ int x25519_ifma_available(void) { return 0; }
 void x25519_ifma_ladder8(const uint8_t scalar[32], const uint64_t u[5][8], uint64_t out[5][8]) {
     (void)scalar;
     (void)u;
+    memset(out, 0, sizeof(uint64_t[5][8]));
+}
+
+void x25519_ifma_pow22523_8(const uint64_t in[5][8], uint64_t out[5][8]) {
+    (void)in;
     memset(out, 0, sizeof(uint64_t[5][8]));
 }
 
