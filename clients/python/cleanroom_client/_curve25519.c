@@ -13,6 +13,11 @@
  *       indices the native path did not finish (the two mapped points share u, or the result is the identity:
  *       probability about 2^-250 per message); their 32 bytes are zero and the caller computes them in Python.
  *
+ *   on_curve_batch(points, path=None) -> bytes
+ *       For each packed 32-byte u, 1 when u^3 + A u^2 + u is a nonzero square mod p (Euler's criterion, eight at
+ *       a time on the IFMA path), else 0: the curve-or-twist test of cleanroom_client.curve.check_points for
+ *       points received from a peer (public values; tested against gmpy2's Legendre symbol in test_curve.py).
+ *
  *   x25519_batch(key, points, path=None) -> bytes
  *       RFC 7748 X25519(key, u) for each packed 32-byte u (bit 255 masked, u >= p accepted, the scalar clamped,
  *       canonical output, all zero for a point of low order), packed in the same order, with the GIL released.
@@ -525,6 +530,7 @@ static int hash_to_uz(fe X, fe Z, const fe xn1, const fe xd1, const fe y1, const
 int x25519_ifma_available(void);
 void x25519_ifma_ladder8(const uint8_t scalar[32], const uint64_t u[5][8], uint64_t out[5][8]);
 void x25519_ifma_pow22523_8(const uint64_t in[5][8], uint64_t out[5][8]);
+void x25519_ifma_euler_8(const uint64_t in[5][8], uint64_t out[5][8]);
 
 /* memset through a volatile pointer: the compiler may not drop it as a dead store, so secrets really go. */
 static void *(*const volatile wipe_memset)(void *, int, size_t) = memset;
@@ -656,6 +662,58 @@ static void pow22523_many(fe *out, ell2_state *const *in, size_t count, enum x25
         x25519_ifma_pow22523_8((const uint64_t(*)[8])a, r);
         for (size_t lane = 0; lane < 8 && start + lane < count; lane++)
             for (int i = 0; i < 5; i++) out[start + lane][i] = r[i][lane];
+    }
+}
+
+/* ---------------------------------------------------------------- curve or twist, over a batch */
+
+/* z^((p - 1) / 2) = z^(2^254 - 10): Euler's criterion, one by one. */
+static void fe_pow_euler(fe out, const fe z) {
+    fe t, z11, z2, z6;
+    fe_pow_2_250_1(t, z11, z);
+    fe_sqn(t, t, 4); /* 2^254 - 16 */
+    fe_sq(z2, z);
+    fe_sq(z6, z2);
+    fe_mul(z6, z6, z2);
+    fe_mul(out, t, z6);
+}
+
+/* For each of n packed u (the low 255 bits read, as fe_frombytes does): 1 when u^3 + A u^2 + u is a nonzero
+   square (the point is on curve25519, not its twist), else 0. Public values: no constant-time need. */
+static void on_curve_batch(const uint8_t *points, uint8_t *out, size_t n, enum x25519_path path) {
+    static const uint8_t one[32] = {1};
+    uint64_t a[5][8], r[5][8];
+    for (size_t start = 0; start < n; start += 8) {
+        size_t count = n - start < 8 ? n - start : 8;
+        fe rhs[8], e[8];
+        for (size_t lane = 0; lane < 8; lane++) {
+            fe u, t;
+            if (lane < count) {
+                fe_frombytes(u, points + 32 * (start + lane));
+                fe_set_small(t, J);
+                fe_add(t, t, u);
+                fe_mul(t, t, u);
+                fe_set_small(rhs[lane], 1);
+                fe_add(t, t, rhs[lane]);
+                fe_mul(rhs[lane], t, u); /* u (u (u + A) + 1) */
+            } else {
+                fe_set_small(rhs[lane], 1);
+            }
+        }
+        if (path == PATH_IFMA) {
+            for (size_t lane = 0; lane < 8; lane++)
+                for (int i = 0; i < 5; i++) a[i][lane] = rhs[lane][i];
+            x25519_ifma_euler_8((const uint64_t(*)[8])a, r);
+            for (size_t lane = 0; lane < count; lane++)
+                for (int i = 0; i < 5; i++) e[lane][i] = r[i][lane];
+        } else {
+            for (size_t lane = 0; lane < count; lane++) fe_pow_euler(e[lane], rhs[lane]);
+        }
+        for (size_t lane = 0; lane < count; lane++) {
+            uint8_t b[32];
+            fe_tobytes(b, e[lane]);
+            out[start + lane] = memcmp(b, one, 32) == 0;
+        }
     }
 }
 
@@ -823,10 +881,39 @@ done:
     return out;
 }
 
+static PyObject *py_on_curve_batch(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer points;
+    const char *name = NULL;
+    if (!PyArg_ParseTuple(args, "y*|z", &points, &name)) return NULL;
+    PyObject *out = NULL;
+    enum x25519_path path;
+    if (points.len % 32) {
+        PyErr_Format(PyExc_ValueError, "%zd bytes is not a whole number of 32-byte points", points.len);
+        goto done;
+    }
+    if (choose_path(name, &path) < 0) goto done;
+    out = PyBytes_FromStringAndSize(NULL, points.len / 32);
+    if (!out) goto done;
+    {
+        uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+        const uint8_t *p = points.buf;
+        size_t n = (size_t)points.len / 32;
+        Py_BEGIN_ALLOW_THREADS on_curve_batch(p, o, n, path);
+        Py_END_ALLOW_THREADS
+    }
+done:
+    PyBuffer_Release(&points);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"hash_to_u_batch", py_hash_to_u_batch, METH_VARARGS,
      "hash_to_u_batch(msgs, dst, path=None) -> (packed 32-byte u per message, indices left to the Python path); "
      "path 'avx512ifma' or 'portable' forces how Elligator 2's exponentiations run"},
+    {"on_curve_batch", py_on_curve_batch, METH_VARARGS,
+     "on_curve_batch(points, path=None) -> one byte per packed 32-byte u: 1 when u^3 + A u^2 + u is a nonzero "
+     "square (on curve25519, not the twist), else 0"},
     {"x25519_batch", py_x25519_batch, METH_VARARGS,
      "x25519_batch(key, points, path=None) -> RFC 7748 X25519(key, u) for each packed 32-byte u, packed; path "
      "'avx512ifma' or 'portable' forces one (default: the fastest this CPU runs)"},

@@ -6,7 +6,8 @@
  *
  * What it computes: x25519_ifma_pow22523_8 raises eight field elements to (p - 5) / 8 at once, the exponentiation
  * of Elligator 2 in the native hash to curve (public values, tested through hash_to_u_batch against the Python
- * path and the RFC 9380 vectors). x25519_ifma_ladder8 takes a clamped scalar and eight u-coordinates as radix-2^51 limbs (each
+ * path and the RFC 9380 vectors); x25519_ifma_euler_8 raises eight to (p - 1) / 2, Euler's criterion for the
+ * curve-or-twist check of a peer's points (tested through check_points against gmpy2's Legendre symbol). x25519_ifma_ladder8 takes a clamped scalar and eight u-coordinates as radix-2^51 limbs (each
  * below 2^51, as fe_frombytes in _curve25519.c leaves them) and returns, per lane, limbs of X25519(k, u) (not yet
  * canonical: the caller's fe_tobytes makes them so). It is RFC 7748 section 5's ladder step for step (a24 = 121665,
  * the conditional swap before each step and once at the end) followed by x2 * z2^(p - 2), so a point of low order
@@ -40,6 +41,7 @@
 int x25519_ifma_available(void);
 void x25519_ifma_ladder8(const uint8_t scalar[32], const uint64_t u[5][8], uint64_t out[5][8]);
 void x25519_ifma_pow22523_8(const uint64_t in[5][8], uint64_t out[5][8]);
+void x25519_ifma_euler_8(const uint64_t in[5][8], uint64_t out[5][8]);
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -337,6 +339,20 @@ void IFMA x25519_ifma_pow22523_8(const uint64_t in[5][8], uint64_t out[5][8]) {
     for (int i = 0; i < 5; i++) _mm512_storeu_si512((void *)out[i], t.v[i]);
 }
 
+/* Eight z^((p - 1) / 2) = z^(2^254 - 10) at once: Euler's criterion (1 for a nonzero square, p - 1 for a
+   non-square, 0 for 0), the curve-or-twist test of points received from a peer (public values). */
+void IFMA x25519_ifma_euler_8(const uint64_t in[5][8], uint64_t out[5][8]) {
+    fe8 z, t, z11, z2, z6;
+    for (int i = 0; i < 5; i++) z.v[i] = _mm512_loadu_si512((const void *)in[i]);
+    fe8_pow_2_250_1(&t, &z11, &z);
+    fe8_sqn(&t, &t, 4); /* 2^254 - 16 */
+    fe8_sq(&z2, &z);
+    fe8_sq(&z6, &z2);
+    fe8_mul(&z6, &z6, &z2);
+    fe8_mul(&t, &t, &z6);
+    for (int i = 0; i < 5; i++) _mm512_storeu_si512((void *)out[i], t.v[i]);
+}
+
 /* Swaps f and g in every lane where mask is all ones, nothing where it is zero; the same instructions either way. */
 IFMA_INLINE void fe8_cswap(fe8 *f, fe8 *g, __m512i mask) {
     for (int i = 0; i < 5; i++) {
@@ -404,6 +420,11 @@ void x25519_ifma_ladder8(const uint8_t scalar[32], const uint64_t u[5][8], uint6
 }
 
 void x25519_ifma_pow22523_8(const uint64_t in[5][8], uint64_t out[5][8]) {
+    (void)in;
+    memset(out, 0, sizeof(uint64_t[5][8]));
+}
+
+void x25519_ifma_euler_8(const uint64_t in[5][8], uint64_t out[5][8]) {
     (void)in;
     memset(out, 0, sizeof(uint64_t[5][8]));
 }

@@ -337,8 +337,9 @@ _LOW_ORDER_WORDS: Final = np.array(
 def check_points(points: bytes) -> np.ndarray:
     """`validate_point` for a packed run of 32-byte points at once: one code per point, 0 for an accepted one.
 
-    The code indexes POINT_PROBLEMS. Range and low-order checks run on whole arrays; only the curve-or-twist test
-    (a Legendre symbol) runs per point, about 3 µs each.
+    The code indexes POINT_PROBLEMS. Range and low-order checks run on whole arrays; the curve-or-twist test runs
+    in the extension for the whole batch (Euler's criterion, about 1 µs a point with AVX-512 IFMA), else per point
+    with gmpy2's Legendre symbol (about 3 µs). `validate_point` stays the one-point reference (gmpy2).
     """
     if len(points) % 32:
         raise InvalidPointError(f"{len(points)} bytes is not a whole number of 32-byte points")
@@ -354,7 +355,12 @@ def check_points(points: bytes) -> np.ndarray:
     low = (words[:, None, :] == _LOW_ORDER_WORDS[None, :, :]).all(axis=2).any(axis=1)
     codes[unreduced] = 1
     codes[low & ~unreduced] = 2
-    for i in np.flatnonzero(codes == 0).tolist():
+    rest = np.flatnonzero(codes == 0)
+    if _native is not None:  # Euler's criterion in C, eight points at a time where the CPU has AVX-512 IFMA
+        on_curve = np.frombuffer(_native.on_curve_batch(words[rest].tobytes()), dtype=np.uint8)
+        codes[rest[on_curve == 0]] = 3
+        return codes
+    for i in rest.tolist():
         u = mpz(int.from_bytes(points[32 * i : 32 * i + 32], "little"))
         if gmpy2.legendre(u * (u * (u + A) + 1) % P, P) != 1:
             codes[i] = 3

@@ -241,3 +241,39 @@ def test_each_native_path_of_the_hash_matches_the_rfc_vectors():
     assert curve._native is not None
     for path in curve.X25519_PATHS:
         assert curve._native.hash_to_u_batch(msgs, data["dst"].encode(), path) == (expected, [])
+
+
+@pytest.mark.parametrize("path", ["avx512ifma", "portable"])
+@settings(max_examples=40, deadline=None)
+@given(st.lists(_POINTS, max_size=20))
+def test_each_native_path_of_the_curve_test_equals_the_legendre_symbol(path, points):
+    # check_points' curve-or-twist test in C (Euler's criterion) against gmpy2's Legendre symbol, on the low 255
+    # bits of any 32 bytes (the range check before it refuses the rest).
+    import gmpy2
+
+    from cleanroom_client import curve
+
+    if path not in curve.X25519_PATHS:
+        assert path == "avx512ifma"
+        return
+    assert curve._native is not None
+    expected = []
+    for p in points:
+        u = int.from_bytes(p, "little") & (2**255 - 1)
+        expected.append(int(gmpy2.legendre(u * (u * (u + 486662) + 1) % P, P) == 1))
+    assert list(curve._native.on_curve_batch(b"".join(points), path)) == expected
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(_POINTS, max_size=20))
+def test_check_points_without_the_extension_gives_the_same_codes(points):
+    from cleanroom_client import curve
+
+    packed = b"".join(points)
+    native = check_points(packed).tolist()
+    saved = curve._native
+    curve._native = None  # as on a machine that could not compile it: gmpy2's Legendre symbol per point
+    try:
+        assert check_points(packed).tolist() == native
+    finally:
+        curve._native = saved
