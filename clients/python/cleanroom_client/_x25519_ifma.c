@@ -27,7 +27,9 @@
  * (52-bit multiplies giving the low and high 52 bits of a 104-bit product). The multiplication and squaring
  * schedules and their reduction by 19 follow curve25519-dalek's IFMA backend
  * (src/backend/vector/ifma/field.rs, F51x4Reduced::mul and ::square, by Henry de Valence), widened here from
- * four to eight lanes; the ladder itself is RFC 7748's. Bounds: "reduced" limbs are below 2^52 (IFMA reads only
+ * four to eight lanes, except the fold of columns 5..9 back by 19: done here with 64-bit shifts and adds (the
+ * columns stay below 2^56, so 19 times one plus its partner stays below 2^61), which leaves the multiply pipes to
+ * the 25 (15 when squaring) products; the ladder itself is RFC 7748's. Bounds: "reduced" limbs are below 2^52 (IFMA reads only
  * the low 52 bits of its inputs); every product, sum and difference is brought back to reduced form before it is
  * multiplied again.
  *
@@ -78,6 +80,11 @@ IFMA_INLINE void fe8_reduce(fe8 *h, const __m512i z[5]) {
     h->v[4] = ADD(_mm512_and_si512(z[4], mask), c3);
 }
 
+/* 19 x for x below 2^59, in 64-bit lanes: x + 2 x + 16 x. */
+IFMA_INLINE __m512i times19(__m512i x) {
+    return ADD(ADD(x, _mm512_slli_epi64(x, 1)), _mm512_slli_epi64(x, 4));
+}
+
 IFMA_INLINE void fe8_add(fe8 *h, const fe8 *f, const fe8 *g) {
     __m512i z[5];
     for (int i = 0; i < 5; i++) z[i] = ADD(f->v[i], g->v[i]);
@@ -98,7 +105,7 @@ IFMA_INLINE void fe8_sub(fe8 *h, const fe8 *f, const fe8 *g) {
    inputs below 2^52 (dalek's F51x4Reduced::mul). */
 IFMA_INLINE void fe8_mul(fe8 *h, const fe8 *fx, const fe8 *fy) {
     const __m512i *x = fx->v, *y = fy->v;
-    const __m512i zero = _mm512_setzero_si512(), r19 = _mm512_set1_epi64(19);
+    const __m512i zero = _mm512_setzero_si512();
     __m512i z0_1 = zero, z1_1 = zero, z2_1 = zero, z3_1 = zero, z4_1 = zero, z5_1 = zero, z6_1 = zero,
             z7_1 = zero, z8_1 = zero;
     __m512i z0_2 = zero, z1_2 = zero, z2_2 = zero, z3_2 = zero, z4_2 = zero, z5_2 = zero, z6_2 = zero,
@@ -163,29 +170,18 @@ IFMA_INLINE void fe8_mul(fe8 *h, const fe8 *fx, const fe8 *fy) {
     z2_2 = HI(z2_2, x[0], y[1]);
     z3_2 = HI(z3_2, x[0], y[2]);
 
-    __m512i t0 = HI(zero, r19, z9);
-    __m512i t1 = LO(zero, r19, SHR(z9, 52));
     z3_1 = LO(z3_1, x[0], y[3]);
     z4_2 = HI(z4_2, x[0], y[3]);
-    z1_2 = LO(z1_2, r19, SHR(z5, 52));
-    z2_2 = LO(z2_2, r19, SHR(z6, 52));
-    z3_2 = LO(z3_2, r19, SHR(z7, 52));
-    z0_1 = LO(z0_1, r19, z5);
 
-    z4_1 = LO(z4_1, r19, z9);
-    z1_1 = LO(z1_1, r19, z6);
-    z0_2 = LO(z0_2, r19, ADD(t0, t1));
-    z4_2 = HI(z4_2, r19, z8);
-    z2_1 = LO(z2_1, r19, z7);
-    z1_2 = HI(z1_2, r19, z5);
-    z2_2 = HI(z2_2, r19, z6);
-    z3_2 = HI(z3_2, r19, z7);
-
-    z3_1 = LO(z3_1, r19, z8);
-    z4_2 = LO(z4_2, r19, SHR(z8, 52));
-
+    /* Columns 0..4 (below 2^56 each) plus 19 times columns 5..9 (below 2^56): below 2^61, so 64-bit shifts and
+       adds fold them, leaving the multiply pipes to the products. */
     __m512i z[5] = {ADD(z0_1, ADD(z0_2, z0_2)), ADD(z1_1, ADD(z1_2, z1_2)), ADD(z2_1, ADD(z2_2, z2_2)),
                     ADD(z3_1, ADD(z3_2, z3_2)), ADD(z4_1, ADD(z4_2, z4_2))};
+    z[0] = ADD(z[0], times19(z5));
+    z[1] = ADD(z[1], times19(z6));
+    z[2] = ADD(z[2], times19(z7));
+    z[3] = ADD(z[3], times19(z8));
+    z[4] = ADD(z[4], times19(z9));
     fe8_reduce(h, z);
 }
 
@@ -193,7 +189,7 @@ IFMA_INLINE void fe8_mul(fe8 *h, const fe8 *fx, const fe8 *fy) {
    count two and four times. */
 IFMA_INLINE void fe8_sq(fe8 *h, const fe8 *fx) {
     const __m512i *x = fx->v;
-    const __m512i zero = _mm512_setzero_si512(), r19 = _mm512_set1_epi64(19);
+    const __m512i zero = _mm512_setzero_si512();
     __m512i z0_2 = zero, z1_2 = zero, z2_2 = zero, z3_2 = zero, z4_2 = zero, z5_2 = zero, z6_2 = zero,
             z7_2 = zero, z9_2 = zero;
     __m512i z2_4 = zero, z3_4 = zero, z4_4 = zero, z5_4 = zero, z6_4 = zero, z7_4 = zero, z8_4 = zero;
@@ -252,28 +248,13 @@ IFMA_INLINE void fe8_sq(fe8 *h, const fe8 *fx) {
     z7_1 = ADD(z7_1, _mm512_slli_epi64(z7_2, 1));
     z9_1 = ADD(z9_1, _mm512_slli_epi64(z9_2, 1));
 
-    __m512i t0 = HI(zero, r19, z9_1);
-    __m512i t1 = LO(zero, r19, SHR(z9_1, 52));
-
-    z4_2 = LO(z4_2, r19, SHR(z8_1, 52));
-    z3_2 = LO(z3_2, r19, SHR(z7_1, 52));
-    z2_2 = LO(z2_2, r19, SHR(z6_1, 52));
-    z1_2 = LO(z1_2, r19, SHR(z5_1, 52));
-
-    z0_2 = LO(z0_2, r19, ADD(t0, t1));
-    z1_2 = HI(z1_2, r19, z5_1);
-    z2_2 = HI(z2_2, r19, z6_1);
-    z3_2 = HI(z3_2, r19, z7_1);
-    z4_2 = HI(z4_2, r19, z8_1);
-
-    z0_1 = LO(z0_1, r19, z5_1);
-    z1_1 = LO(z1_1, r19, z6_1);
-    z2_1 = LO(z2_1, r19, z7_1);
-    z3_1 = LO(z3_1, r19, z8_1);
-    z4_1 = LO(z4_1, r19, z9_1);
-
     __m512i z[5] = {ADD(z0_1, ADD(z0_2, z0_2)), ADD(z1_1, ADD(z1_2, z1_2)), ADD(z2_1, ADD(z2_2, z2_2)),
                     ADD(z3_1, ADD(z3_2, z3_2)), ADD(z4_1, ADD(z4_2, z4_2))};
+    z[0] = ADD(z[0], times19(z5_1));
+    z[1] = ADD(z[1], times19(z6_1));
+    z[2] = ADD(z[2], times19(z7_1));
+    z[3] = ADD(z[3], times19(z8_1));
+    z[4] = ADD(z[4], times19(z9_1));
     fe8_reduce(h, z);
 }
 
