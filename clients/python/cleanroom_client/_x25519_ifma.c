@@ -7,17 +7,17 @@
  * What it computes: x25519_ifma_pow22523_8 raises eight field elements to (p - 5) / 8 at once, the exponentiation
  * of Elligator 2 in the native hash to curve (public values, tested through hash_to_u_batch against the Python
  * path and the RFC 9380 vectors); x25519_ifma_euler_8 raises eight to (p - 1) / 2, Euler's criterion for the
- * curve-or-twist check of a peer's points (tested through check_points against gmpy2's Legendre symbol). x25519_ifma_ladder8 takes a clamped scalar and eight u-coordinates as radix-2^51 limbs (each
- * below 2^51, as fe_frombytes in _curve25519.c leaves them) and returns, per lane, limbs of X25519(k, u) (not yet
- * canonical: the caller's fe_tobytes makes them so). It is RFC 7748 section 5's ladder step for step (a24 = 121665,
- * the conditional swap before each step and once at the end) followed by x2 * z2^(p - 2), so a point of low order
- * gives 0 exactly as the RFC's formula does. Tested equal to `cryptography` on random keys and points, on u >= p,
+ * curve-or-twist check of a peer's points (tested through check_points against gmpy2's Legendre symbol). 
+ * x25519_ifma_ladder8 takes a clamped scalar and eight u-coordinates as radix-2^51 limbs (each below 2^51, as
+ * fe_frombytes in _curve25519.c leaves them) and returns, per lane, the limbs of x2 and z2 at the end of RFC 7748
+ * section 5's ladder, step for step (a24 = 121665, the conditional swap before each step and once at the end); the
+ * caller computes X25519(k, u) = x2 * z2^(p - 2) for a whole block with one inversion (Montgomery's trick, in
+ * _curve25519.c), which keeps the RFC's 0 for a point of low order (z2 = 0). Tested equal to `cryptography` on random keys and points, on u >= p,
  * on points of low order and on the RFC 7748 vectors (tests/unit/cleanroom_client/test_x25519.py).
  *
  * Secrets: the scalar is the member's blinding key. The code is constant time in it: the only use of a scalar bit
  * is to build an all-ones or all-zero mask that XOR-swaps two ladder registers (no branch, no memory address
- * depends on it); every lane and every call runs the same instruction stream, 255 ladder steps and one fixed
- * exponentiation chain, whatever the key. The ladder's working values (which reveal the key's bits when read
+ * depends on it); every lane and every call runs the same instruction stream, 255 ladder steps, whatever the key. The ladder's working values (which reveal the key's bits when read
  * in sequence) live in the `state` array that is wiped with a volatile memset before return; the caller wipes its
  * clamped copy of the key. Registers the compiler spills to the stack inside the arithmetic are not wiped (C gives
  * no handle on them). The u-coordinates are public (blinded values the peer already holds), so nothing here hides
@@ -41,7 +41,7 @@
 #include <string.h>
 
 int x25519_ifma_available(void);
-void x25519_ifma_ladder8(const uint8_t scalar[32], const uint64_t u[5][8], uint64_t out[5][8]);
+void x25519_ifma_ladder8(const uint8_t scalar[32], const uint64_t u[5][8], uint64_t x2[5][8], uint64_t z2[5][8]);
 void x25519_ifma_pow22523_8(const uint64_t in[5][8], uint64_t out[5][8]);
 void x25519_ifma_euler_8(const uint64_t in[5][8], uint64_t out[5][8]);
 
@@ -303,13 +303,6 @@ static IFMA void fe8_pow_2_250_1(fe8 *t250, fe8 *z11, const fe8 *z) {
     fe8_sqn_mul(t250, &t1, 50, &t0);  /* 2^250 - 1 */
 }
 
-/* z^(p - 2) = z^(2^255 - 21): 1/z, and 0 for z = 0. */
-static IFMA void fe8_invert(fe8 *out, const fe8 *z) {
-    fe8 t, z11;
-    fe8_pow_2_250_1(&t, &z11, z);
-    fe8_sqn_mul(out, &t, 5, &z11);
-}
-
 /* Eight z^((p - 5) / 8) = z^(2^252 - 3) at once: Elligator 2's exponentiation in the hash to curve, on public
    values (each lane is a message's intermediate, nothing secret). Limbs in and out as for the ladder. */
 void IFMA x25519_ifma_pow22523_8(const uint64_t in[5][8], uint64_t out[5][8]) {
@@ -345,7 +338,8 @@ IFMA_INLINE void fe8_cswap(fe8 *f, fe8 *g, __m512i mask) {
 
 enum { X1, X2, Z2, X3, Z3, A_, AA, B_, BB, C_, D_, DA, CB, E_, T_, NSTATE };
 
-void IFMA x25519_ifma_ladder8(const uint8_t scalar[32], const uint64_t u[5][8], uint64_t out[5][8]) {
+void IFMA x25519_ifma_ladder8(const uint8_t scalar[32], const uint64_t u[5][8], uint64_t x2[5][8],
+                              uint64_t z2[5][8]) {
     fe8 s[NSTATE];
     for (int i = 0; i < 5; i++) {
         s[X1].v[i] = _mm512_loadu_si512((const void *)u[i]);
@@ -383,9 +377,10 @@ void IFMA x25519_ifma_ladder8(const uint8_t scalar[32], const uint64_t u[5][8], 
     __m512i mask = _mm512_set1_epi64((long long)(0 - swap));
     fe8_cswap(&s[X2], &s[X3], mask);
     fe8_cswap(&s[Z2], &s[Z3], mask);
-    fe8_invert(&s[T_], &s[Z2]);
-    fe8_mul(&s[X2], &s[X2], &s[T_]);
-    for (int i = 0; i < 5; i++) _mm512_storeu_si512((void *)out[i], s[X2].v[i]);
+    for (int i = 0; i < 5; i++) {
+        _mm512_storeu_si512((void *)x2[i], s[X2].v[i]);
+        _mm512_storeu_si512((void *)z2[i], s[Z2].v[i]);
+    }
     swap = 0;
     wipe_memset(s, 0, sizeof s);
 }
@@ -394,10 +389,11 @@ void IFMA x25519_ifma_ladder8(const uint8_t scalar[32], const uint64_t u[5][8], 
 
 int x25519_ifma_available(void) { return 0; }
 
-void x25519_ifma_ladder8(const uint8_t scalar[32], const uint64_t u[5][8], uint64_t out[5][8]) {
+void x25519_ifma_ladder8(const uint8_t scalar[32], const uint64_t u[5][8], uint64_t x2[5][8], uint64_t z2[5][8]) {
     (void)scalar;
     (void)u;
-    memset(out, 0, sizeof(uint64_t[5][8]));
+    memset(x2, 0, sizeof(uint64_t[5][8]));
+    memset(z2, 0, sizeof(uint64_t[5][8]));
 }
 
 void x25519_ifma_pow22523_8(const uint64_t in[5][8], uint64_t out[5][8]) {
