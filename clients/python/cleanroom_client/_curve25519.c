@@ -1,31 +1,32 @@
 /*
- * Native RFC 9380 hash to curve for curve25519 (suite curve25519_XMD:SHA-512_ELL2_RO_) over whole batches: the
- * compiled twin of cleanroom_client/curve.py, which stays as the fallback and the reference.
+ * Native curve25519 for the SDK over whole batches: RFC 9380 hash to curve (suite curve25519_XMD:SHA-512_ELL2_RO_,
+ * the compiled twin of cleanroom_client/curve.py, which stays as the fallback and the reference), the point checks
+ * and X25519 with the member's key.
  *
  * What it computes (tested equal to the Python code and to the RFC vectors in
  * tests/unit/cleanroom_client/test_curve.py):
  *   hash_to_u_batch(msgs, dst, path=None) -> (bytes, list[int])
- *       For each message: expand_message_xmd with SHA-512 (96 bytes), two field elements, Elligator 2 on each
- *       (RFC 9380 appendix G.2.1, one exponentiation per map; the exponentiations of a block of 64 messages run
- *       together, eight at a time on the AVX-512 IFMA path of _x25519_ifma.c, else one by one), the sum of the two points as a fraction, the
- *       cofactor cleared by three doublings on the u-line, and u = X / Z with one inversion for the whole batch
- *       (Montgomery's trick). Output: 32 bytes little-endian per message, packed. The second item lists the
+ *       For each message: expand_message_xmd with SHA-512 (96 bytes), two field elements, Elligator 2 on each (RFC 9380
+ *       appendix G.2.1, one exponentiation per map; the exponentiations of a block of 64 messages run together, eight
+ *       at a time on the AVX-512 IFMA path of _x25519_ifma.c, else one by one), the sum of the two points as a
+ *       fraction, the cofactor cleared by three doublings on the u-line, and u = X / Z with one inversion for the whole
+ *       batch (Montgomery's trick). Output: 32 bytes little-endian per message, packed. The second item lists the
  *       indices the native path did not finish (the two mapped points share u, or the result is the identity:
  *       probability about 2^-250 per message); their 32 bytes are zero and the caller computes them in Python.
  *
  *   on_curve_batch(points, path=None) -> bytes
- *       For each packed 32-byte u, 1 when u^3 + A u^2 + u is a nonzero square mod p (Euler's criterion, eight at
- *       a time on the IFMA path), else 0: the curve-or-twist test of cleanroom_client.curve.check_points for
- *       points received from a peer (public values; tested against gmpy2's Legendre symbol in test_curve.py).
+ *       For each packed 32-byte u, 1 when u^3 + A u^2 + u is a nonzero square mod p (Euler's criterion, eight at a time
+ *       on the IFMA path), else 0: the curve-or-twist test of cleanroom_client.curve.check_points for points received
+ *       from a peer (public values; tested against gmpy2's Legendre symbol in test_curve.py).
  *
  *   x25519_batch(key, points, path=None) -> bytes
  *       RFC 7748 X25519(key, u) for each packed 32-byte u (bit 255 masked, u >= p accepted, the scalar clamped,
- *       canonical output, all zero for a point of low order), packed in the same order, with the GIL released.
- *       Two paths, chosen at run time: eight ladders at once with AVX-512 IFMA (_x25519_ifma.c, where the CPU and
- *       OS support it; a short last group is padded with u = 9 and the filler dropped) and the portable ladder
- *       below (any CPU). `path` forces one; the module's X25519_PATHS lists those this machine runs, fastest
- *       first. Tested equal to `cryptography` and to RFC 7748's vectors (tests/unit/cleanroom_client/
- *       test_x25519.py).
+ *       canonical output, all zero for a point of low order), packed in the same order, with the GIL released. Two
+ *       paths, chosen at run time: eight ladders at once with AVX-512 IFMA (_x25519_ifma.c, where the CPU and OS
+ *       support it; a short last group is padded with u = 9 and the filler dropped) and the portable ladder below (any
+ *       CPU); either way one field inversion per block of 256 points (Montgomery's trick). `path` forces one; the
+ *       module's X25519_PATHS lists those this machine runs, fastest first. Tested equal to `cryptography` and to RFC
+ *       7748's vectors (tests/unit/cleanroom_client/test_x25519.py).
  *
  * Secrets: hash_to_u_batch has none. Its input is the RFC 9380 message of each identifier (type, 0x00, SHA-256
  * of the normalized identifier), the same value curve.py hashes, on the member's own machine, before any
@@ -972,8 +973,8 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_curve25519", "Native RFC 9380 hash to curve and batched X25519 for curve25519.", -1, methods,
-    NULL, NULL, NULL, NULL};
+    PyModuleDef_HEAD_INIT, "_curve25519", "Native RFC 9380 hash to curve, point checks and batched X25519.", -1,
+    methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__curve25519(void) {
     fe_frombytes(SQRT_M1, SQRT_M1_BYTES);

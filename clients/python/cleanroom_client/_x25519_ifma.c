@@ -4,23 +4,27 @@
  * the points, pads a batch to a multiple of 8, chooses this path at run time and keeps a portable C ladder for
  * machines without IFMA.
  *
- * What it computes: x25519_ifma_pow22523_8 raises eight field elements to (p - 5) / 8 at once, the exponentiation
- * of Elligator 2 in the native hash to curve (public values, tested through hash_to_u_batch against the Python
- * path and the RFC 9380 vectors); x25519_ifma_euler_8 raises eight to (p - 1) / 2, Euler's criterion for the
- * curve-or-twist check of a peer's points (tested through check_points against gmpy2's Legendre symbol). 
- * x25519_ifma_ladder8 takes a clamped scalar and eight u-coordinates as radix-2^51 limbs (each below 2^51, as
- * fe_frombytes in _curve25519.c leaves them) and returns, per lane, the limbs of x2 and z2 at the end of RFC 7748
- * section 5's ladder, step for step (a24 = 121665, the conditional swap before each step and once at the end); the
- * caller computes X25519(k, u) = x2 * z2^(p - 2) for a whole block with one inversion (Montgomery's trick, in
- * _curve25519.c), which keeps the RFC's 0 for a point of low order (z2 = 0). Tested equal to `cryptography` on random keys and points, on u >= p,
- * on points of low order and on the RFC 7748 vectors (tests/unit/cleanroom_client/test_x25519.py).
+ * What it computes:
+ * - x25519_ifma_ladder8 takes a clamped scalar and eight u-coordinates as radix-2^51 limbs (each below 2^51, as
+ *   fe_frombytes in _curve25519.c leaves them) and returns, per lane, the limbs of x2 and z2 at the end of RFC 7748
+ *   section 5's ladder, step for step (a24 = 121665, the conditional swap before each step and once at the end).
+ *   The caller computes X25519(k, u) = x2 * z2^(p - 2) for a block of points with one inversion (Montgomery's
+ *   trick, x25519_finish in _curve25519.c), keeping the RFC's 0 for a point of low order (z2 = 0). Tested equal
+ *   to `cryptography` on random keys and points, on u >= p, on points of low order in every lane and on the
+ *   RFC 7748 vectors (tests/unit/cleanroom_client/test_x25519.py).
+ * - x25519_ifma_pow22523_8 raises eight field elements to (p - 5) / 8 at once: Elligator 2's exponentiation in the
+ *   native hash to curve (public values; tested through hash_to_u_batch against the Python path and the RFC 9380
+ *   vectors).
+ * - x25519_ifma_euler_8 raises eight to (p - 1) / 2: Euler's criterion, the curve-or-twist check of a peer's
+ *   points (public values; tested through check_points against gmpy2's Legendre symbol).
  *
- * Secrets: the scalar is the member's blinding key. The code is constant time in it: the only use of a scalar bit
- * is to build an all-ones or all-zero mask that XOR-swaps two ladder registers (no branch, no memory address
- * depends on it); every lane and every call runs the same instruction stream, 255 ladder steps, whatever the key. The ladder's working values (which reveal the key's bits when read
- * in sequence) live in the `state` array that is wiped with a volatile memset before return; the caller wipes its
- * clamped copy of the key. Registers the compiler spills to the stack inside the arithmetic are not wiped (C gives
- * no handle on them). The u-coordinates are public (blinded values the peer already holds), so nothing here hides
+ * Secrets: the scalar is the member's blinding key. The ladder is constant time in it: the only use of a scalar
+ * bit is to build an all-ones or all-zero mask that XOR-swaps two ladder registers (no branch, no memory address
+ * depends on it); every lane and every call runs the same instruction stream, 255 ladder steps, whatever the key.
+ * The ladder's working values (which reveal the key's bits when read in sequence) live in the array `s`, wiped
+ * with a memset the compiler cannot drop before return; the caller wipes its clamped copy of the key and the x2,
+ * z2 it receives. Registers the compiler spills to the stack inside the arithmetic are not wiped (C gives no
+ * handle on them). The u-coordinates are public (blinded values the peer already holds), so nothing here hides
  * them.
  *
  * Field arithmetic mod p = 2^255 - 19, radix 2^51 in five 64-bit lanes, products with vpmadd52luq / vpmadd52huq
@@ -29,9 +33,9 @@
  * (src/backend/vector/ifma/field.rs, F51x4Reduced::mul and ::square, by Henry de Valence), widened here from
  * four to eight lanes, except the fold of columns 5..9 back by 19: done here with 64-bit shifts and adds (the
  * columns stay below 2^56, so 19 times one plus its partner stays below 2^61), which leaves the multiply pipes to
- * the 25 (15 when squaring) products; the ladder itself is RFC 7748's. Bounds: "reduced" limbs are below 2^52 (IFMA reads only
- * the low 52 bits of its inputs); every product, sum and difference is brought back to reduced form before it is
- * multiplied again.
+ * the 25 (15 when squaring) products; the ladder itself is RFC 7748's. Bounds: "reduced" limbs are below 2^52
+ * (IFMA reads only the low 52 bits of its inputs); every product, sum and difference is brought back to reduced
+ * form before it is multiplied again.
  *
  * The functions carry __attribute__((target(...))) so the extension builds with plain -O3 for any x86-64;
  * x25519_ifma_available() says whether the CPU (and the OS, which must save zmm state) can run them. On other
