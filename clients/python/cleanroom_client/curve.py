@@ -271,11 +271,11 @@ def _hash_to_u_python(msg: bytes, dst: bytes = CLEANROOM_DST) -> bytes:
 def x25519_batch(key: bytes, points: bytes, path: str | None = None) -> bytes:
     """RFC 7748 X25519(key, u) for each 32-byte u of `points`, packed in order; all zero for a low-order point.
 
-    The callers treat an all-zero result as rejected.
-    `key` is the member's secret blinding key: the native paths are constant time in it and wipe their copies
-    (see _curve25519.c and _x25519_ifma.c); the points are public. `path` forces "avx512ifma", "portable" or
-    "cryptography" (for tests and benchmarks); by default the fastest native path (`X25519_NATIVE`), else
-    `cryptography`. Every path gives the same bytes (tests/unit/cleanroom_client/test_x25519.py).
+    The callers treat an all-zero result as rejected. `key` is the member's secret blinding key: the native paths
+    are constant time in it and wipe their copies (see _curve25519.c and _x25519_ifma.c); the points are public.
+    `path` forces "avx512ifma", "portable" or "cryptography" (for tests and benchmarks); by default the fastest
+    native path (`X25519_NATIVE`), else `cryptography`. Every path gives the same bytes
+    (tests/unit/cleanroom_client/test_x25519.py).
     """
     if len(key) != 32:
         raise ValueError(f"an X25519 key is 32 bytes, got {len(key)}")
