@@ -16,6 +16,7 @@ blinds them, so neither makes a constant-time promise.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Final
@@ -28,6 +29,16 @@ _native: ModuleType | None
 try:
     from . import _curve25519 as _native
 except ImportError:  # no compiler at install time: the Python path below
+    _native = None
+if _native is not None and not hasattr(_native, "on_curve_batch"):
+    # Built from an older _curve25519.c (an editable install updated without rebuilding): its functions do not
+    # match this module's calls, so it is not used at all, and the user is told how to rebuild it.
+    warnings.warn(
+        "cleanroom_client._curve25519 was built from an older source and is not used (Python paths run instead): "
+        "rebuild it with `pip install -e clients/python` or `make install`",
+        RuntimeWarning,
+        stacklevel=1,
+    )
     _native = None
 
 #: Whether hashing to the curve runs in the compiled extension (else in Python with gmpy2).

@@ -158,6 +158,28 @@ def test_without_the_extension_cryptography_runs_and_gives_the_same_bytes():
     assert done.stdout.split() == ["None", out + "00" * 32]
 
 
+def test_an_extension_built_from_an_older_source_is_not_used_and_the_user_is_told():
+    # An editable install updated without rebuilding keeps the old compiled module, which lacks this version's
+    # functions: the Python paths run, with a warning that says how to rebuild, instead of an AttributeError.
+    key, u, out = _RFC_VECTORS[0]
+    script = (
+        "import sys, types, warnings\n"
+        "stale = types.ModuleType('cleanroom_client._curve25519')\n"
+        "stale.hash_to_u_batch = lambda msgs, dst: (b'', [])  # what the issue-33 first pass built\n"
+        "sys.modules['cleanroom_client._curve25519'] = stale\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    from cleanroom_client import curve\n"
+        "print(curve.NATIVE, curve.X25519_NATIVE, [str(w.message) for w in caught])\n"
+        f"print(curve.x25519_batch(bytes.fromhex('{key}'), bytes.fromhex('{u}')).hex(), curve.hash_to_u(b'a').hex())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    first, second = done.stdout.splitlines()
+    assert first.startswith("False None [")
+    assert "rebuild it with `pip install -e clients/python`" in first
+    assert second.split() == [out, curve._hash_to_u_python(b"a").hex()]
+
+
 def test_the_batch_runs_without_the_gil():
     # While one thread computes a batch in C, this one keeps running Python: the kernel releases the GIL. With the
     # GIL held, this loop would stand still until the batch ended (a tick or two at its start).
