@@ -2,8 +2,9 @@
 # packages editable with the dev tools, the SDK's Ray extra (the tests run a Ray cluster) and the report's matplotlib
 # (the SDK's `report` extra; the server's own install never pulls it). torch is installed
 # first and pinned: it is the CPU build on this machine's disk, and letting opacus pull torch in would fetch a
-# multi-GB CUDA build instead. Installing the SDK compiles its native hash to curve (clients/python/setup.py) in place
-# with the machine's C compiler; without one it is skipped and the Python path runs (cleanroom_client.curve.NATIVE).
+# multi-GB CUDA build instead. Installing the SDK compiles its native hash to curve and X25519 (clients/python/setup.py)
+# in place with the machine's C compiler; without one it is skipped and the Python paths run
+# (cleanroom_client.curve.NATIVE, X25519_NATIVE).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,8 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install demo test check lint typecheck protos protos-check unit system e2e browser clean bench-openmined-venv
 
-$(STAMP): pyproject.toml clients/python/pyproject.toml clients/python/setup.py clients/python/cleanroom_client/_curve25519.c
+$(STAMP): pyproject.toml clients/python/pyproject.toml clients/python/setup.py clients/python/cleanroom_client/_curve25519.c \
+		clients/python/cleanroom_client/_x25519_ifma.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0

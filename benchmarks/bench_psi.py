@@ -14,6 +14,9 @@ the peak RSS of every process. Beside it, in the same run:
   measured the same way (natively when `native_hash_to_curve` is True, else in Python);
 - where each member's time went: seconds per phase of its match (blind and upload its points, its tables, wait for
   and double-blind the peer's points, wait for the join, and start-up before the match);
+- since issue 33's native X25519: the same limit with the SDK's fastest native X25519 (`x25519_native_path`,
+  measured the same way before and after the match) and the match's ratios to it, in wall time
+  (`ratio_to_native_limit`) and CPU time (`cpu_ratio_to_native_limit`); the ratios above keep `cryptography`'s;
 - OpenMined's PSI on the same sets (benchmarks/openmined_peer.py), when its venv exists
   (`make bench-openmined-venv`): its wall seconds and the CPU seconds of its two processes, and our speed-up over
   it in both (`speedup_over_openmined`, `cpu_speedup_over_openmined`: all our processes' CPU against all of its).
@@ -43,7 +46,7 @@ import pandas as pd
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from cleanroom.devtools.synthetic import DEMO_POLICY
-from cleanroom_client.curve import NATIVE, hash_to_u_batch
+from cleanroom_client.curve import NATIVE, X25519_NATIVE, hash_to_u_batch, x25519_batch
 
 HERE = Path(__file__).resolve().parent
 OPENMINED_PYTHON = HERE / ".venv-openmined" / "bin" / "python"
@@ -67,6 +70,32 @@ def x25519_cpu_seconds(count: int = 5_000) -> float:
     for _ in range(count):
         key.exchange(X25519PublicKey.from_public_bytes(peer))
     return (time.process_time() - start) / count
+
+
+def _native_points(count: int) -> tuple[bytes, bytes]:
+    """A key and `count` curve points, packed, to time the native X25519 on."""
+    return os.urandom(32), hash_to_u_batch([i.to_bytes(8, "little") for i in range(count)])
+
+
+def _x25519_native_ops(count: int) -> float:
+    """The SDK's fastest native X25519 (`X25519_NATIVE`) per second, in chunks of 16,384 points as blinding runs it."""
+    key, points = _native_points(16_384)
+    rounds = max(1, count // 16_384)
+    start = time.perf_counter()
+    for _ in range(rounds):
+        x25519_batch(key, points)
+    return rounds * 16_384 / (time.perf_counter() - start)
+
+
+def x25519_native_cpu_seconds(rounds: int = 3) -> float:
+    """CPU seconds of one native X25519 in this process, in a chunk of 16,384 points (the best of `rounds`)."""
+    key, points = _native_points(16_384)
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.process_time()
+        x25519_batch(key, points)
+        best = min(best, (time.process_time() - start) / 16_384)
+    return best
 
 
 def _hash_to_curve_ops(count: int) -> float:
@@ -319,6 +348,7 @@ def main() -> int:
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     ops_before = machine_limit(cores)
+    native_before = per_second(_x25519_native_ops, cores, 8 * 16_384) if X25519_NATIVE else 0.0
     h2c = per_second(_hash_to_curve_ops, cores, 16_384 if NATIVE else 5_000)
     h2c_ops = machine_limit(cores, 5_000)  # X25519 measured again beside the hashes, for their ratio
     with tempfile.TemporaryDirectory() as tmp:
@@ -327,6 +357,7 @@ def main() -> int:
     ops_after = machine_limit(cores)
     ops = (ops_before + ops_after) / 2
     x25519_cpu = x25519_cpu_seconds()
+    native_after = per_second(_x25519_native_ops, cores, 8 * 16_384) if X25519_NATIVE else 0.0
     cpu = result["cpu_seconds_server"] + sum(
         result[f"cpu_seconds_{m}_{part}"] for m in ("brand", "platform") for part in ("main", "workers")
     )
@@ -348,12 +379,28 @@ def main() -> int:
         floor_seconds=round(floor_seconds, 2),
         ratio_to_floor=round(result["seconds"] / floor_seconds, 2),
     )
+    if X25519_NATIVE:
+        # The same ratios against the fastest native X25519 measured in this run (the SDK's own, which the match
+        # used): what the protocol's 4n operations cost at the speed this machine can actually run them.
+        native_ops = (native_before + native_after) / 2
+        native_cpu = x25519_native_cpu_seconds()
+        native_limit_seconds = 4 * args.n / native_ops
+        result.update(
+            x25519_native_path=X25519_NATIVE,
+            x25519_native_ops_per_second=round(native_ops),
+            x25519_native_ops_per_second_before=round(native_before),
+            x25519_native_ops_per_second_after=round(native_after),
+            x25519_native_cpu_us=round(native_cpu * 1e6, 2),
+            limit_seconds_native_limit=round(native_limit_seconds, 2),
+            ratio_to_native_limit=round(result["seconds"] / native_limit_seconds, 2),
+            cpu_ratio_to_native_limit=round(cpu / (4 * args.n * native_cpu), 2),
+        )
     if "openmined_seconds" in result:
         result["speedup_over_openmined"] = round(result["openmined_seconds"] / result["seconds"], 2)
         result["cpu_speedup_over_openmined"] = round(result["openmined_cpu_seconds"] / cpu, 2)
     print(f"{args.n:,} x {args.n:,} (email, half in common) on {cores} cores")
     for key, value in result.items():
-        print(f"  {key:<44}{value!s:>14}" if isinstance(value, bool) else f"  {key:<44}{value:>14,}")
+        print(f"  {key:<44}{value!s:>14}" if isinstance(value, bool | str) else f"  {key:<44}{value:>14,}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return 0

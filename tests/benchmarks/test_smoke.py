@@ -64,9 +64,25 @@ def test_psi_benchmark_runs(tmp_path):
     from cleanroom_client.curve import NATIVE
 
     assert result["native_hash_to_curve"] is NATIVE  # the run says which hash to curve it measured
+    from cleanroom_client.curve import X25519_NATIVE
+
+    if X25519_NATIVE:  # the limit at the native X25519's speed too, beside cryptography's
+        assert result["x25519_native_path"] == X25519_NATIVE
+        assert result["x25519_native_cpu_us"] > 0
+        assert result["limit_seconds_native_limit"] <= result["limit_seconds"]
+        assert result["cpu_ratio_to_native_limit"] >= result["cpu_ratio_to_limit"]
     if "openmined_seconds" in result:  # its venv exists (make bench-openmined-venv): compared in CPU time too
         assert result["openmined_cpu_seconds"] > 0
         assert result["cpu_speedup_over_openmined"] > 0
+
+
+def test_x25519_benchmark_runs(tmp_path):
+    from cleanroom_client.curve import X25519_PATHS
+
+    result, _ = _bench("bench_x25519.py", tmp_path / "x25519.json", "--points", "64", "--rounds", "1")
+    assert result["us_per_op_cryptography"] > 0
+    for path in X25519_PATHS:  # every native path timed, and checked equal to cryptography on the way
+        assert result[f"speedup_{path}_over_cryptography"] > 0
 
 
 def test_join_benchmark_runs(tmp_path):

@@ -1,21 +1,41 @@
 /*
- * Native RFC 9380 hash to curve for curve25519 (suite curve25519_XMD:SHA-512_ELL2_RO_) over whole batches: the
- * compiled twin of cleanroom_client/curve.py, which stays as the fallback and the reference.
+ * Native curve25519 for the SDK over whole batches: RFC 9380 hash to curve (suite curve25519_XMD:SHA-512_ELL2_RO_,
+ * the compiled twin of cleanroom_client/curve.py, which stays as the fallback and the reference), the point checks
+ * and X25519 with the member's key.
  *
  * What it computes (tested equal to the Python code and to the RFC vectors in
  * tests/unit/cleanroom_client/test_curve.py):
- *   hash_to_u_batch(msgs, dst) -> (bytes, list[int])
- *       For each message: expand_message_xmd with SHA-512 (96 bytes), two field elements, Elligator 2 on each
- *       (RFC 9380 appendix G.2.1, one exponentiation per map), the sum of the two points as a fraction, the
- *       cofactor cleared by three doublings on the u-line, and u = X / Z with one inversion for the whole batch
- *       (Montgomery's trick). Output: 32 bytes little-endian per message, packed. The second item lists the
+ *   hash_to_u_batch(msgs, dst, path=None) -> (bytes, list[int])
+ *       For each message: expand_message_xmd with SHA-512 (96 bytes), two field elements, Elligator 2 on each (RFC 9380
+ *       appendix G.2.1, one exponentiation per map; the exponentiations of a block of 64 messages run together, eight
+ *       at a time on the AVX-512 IFMA path of _x25519_ifma.c, else one by one), the sum of the two points as a
+ *       fraction, the cofactor cleared by three doublings on the u-line, and u = X / Z with one inversion for the whole
+ *       batch (Montgomery's trick). Output: 32 bytes little-endian per message, packed. The second item lists the
  *       indices the native path did not finish (the two mapped points share u, or the result is the identity:
  *       probability about 2^-250 per message); their 32 bytes are zero and the caller computes them in Python.
  *
- * Secrets: none. Its input is the RFC 9380 message of each identifier (type, 0x00, SHA-256 of the normalized
- * identifier), the same value curve.py hashes, on the member's own machine, before any blinding; blinding keys
- * never enter it (X25519 stays with `cryptography`). So, like curve.py, it makes no constant-time promise and
- * branches on data where that is simpler.
+ *   on_curve_batch(points, path=None) -> bytes
+ *       For each packed 32-byte u, 1 when u^3 + A u^2 + u is a nonzero square mod p (Euler's criterion, eight at a time
+ *       on the IFMA path), else 0: the curve-or-twist test of cleanroom_client.curve.check_points for points received
+ *       from a peer (public values; tested against gmpy2's Legendre symbol in test_curve.py).
+ *
+ *   x25519_batch(key, points, path=None) -> bytes
+ *       RFC 7748 X25519(key, u) for each packed 32-byte u (bit 255 masked, u >= p accepted, the scalar clamped,
+ *       canonical output, all zero for a point of low order), packed in the same order, with the GIL released. Two
+ *       paths, chosen at run time: eight ladders at once with AVX-512 IFMA (_x25519_ifma.c, where the CPU and OS
+ *       support it; a short last group is padded with u = 9 and the filler dropped) and the portable ladder below (any
+ *       CPU); either way one field inversion per block of 256 points (Montgomery's trick). `path` forces one; the
+ *       module's X25519_PATHS lists those this machine runs, fastest first. Tested equal to `cryptography` and to RFC
+ *       7748's vectors (tests/unit/cleanroom_client/test_x25519.py).
+ *
+ * Secrets: hash_to_u_batch has none. Its input is the RFC 9380 message of each identifier (type, 0x00, SHA-256
+ * of the normalized identifier), the same value curve.py hashes, on the member's own machine, before any
+ * blinding. So, like curve.py, it makes no constant-time promise and branches on data where that is simpler.
+ * x25519_batch holds the member's blinding key: it is constant time in the key (each scalar bit only builds the
+ * mask of a conditional swap, no branch or memory index depends on it, and every key runs the same instructions;
+ * the fe_* arithmetic it uses has no data-dependent branch), its clamped copy and the ladder's working values are
+ * wiped with a memset the compiler cannot drop before it returns, and no error message shows the key. The points
+ * are public (blinded values the peer holds).
  *
  * Field arithmetic mod p = 2^255 - 19 in radix 2^51 (five 64-bit limbs, products in unsigned __int128); SHA-512 is
  * the FIPS 180-4 algorithm written out below, so the extension needs nothing beyond a C compiler and Python's
@@ -379,40 +399,51 @@ static int fe_is_root(const fe y, const fe gxd, const fe gx) {
     return fe_equal(t, gx);
 }
 
-/* RFC 9380 appendix G.2.1, map_to_curve_elligator2_curve25519: the point (xn / xd, y). */
-static void elligator2(fe xn, fe xd, fe y, const fe u) {
-    fe tv1, tv2, tv3, x1n, gxd, gx1, gx2, y11, y12, y21, y22, y1, y2, x2n;
-    fe_sq(tv1, u);
-    fe_add(tv1, tv1, tv1); /* 2 u^2 */
-    fe one;
+/* RFC 9380 appendix G.2.1, map_to_curve_elligator2_curve25519, in two halves around its one exponentiation so
+   that a batch can raise all its inputs at once (eight at a time with AVX-512 IFMA): `elligator2_start` computes
+   everything up to tv2, the value raised to (p - 5) / 8; `elligator2_finish` takes tv2^((p - 5) / 8) and gives the
+   point (xn / xd, y). */
+typedef struct {
+    fe u, tv1, xd, x1n, gxd, gx1, tv3, tv2;
+} ell2_state;
+
+static void elligator2_start(ell2_state *e, const fe u) {
+    fe one, tv2;
+    fe_copy(e->u, u);
+    fe_sq(e->tv1, u);
+    fe_add(e->tv1, e->tv1, e->tv1); /* 2 u^2 */
     fe_set_small(one, 1);
-    fe_add(xd, tv1, one); /* nonzero: -1/2 is not a square */
-    fe_set_small(x1n, J);
-    fe_neg(x1n, x1n);
-    fe_sq(tv2, xd);
-    fe_mul(gxd, tv2, xd);
-    fe_mul_small(gx1, tv1, J);
-    fe_mul(gx1, gx1, x1n);
-    fe_add(gx1, gx1, tv2);
-    fe_mul(gx1, gx1, x1n);
-    fe_sq(tv3, gxd);
-    fe_sq(tv2, tv3);
-    fe_mul(tv3, tv3, gxd);
-    fe_mul(tv3, tv3, gx1);
-    fe_mul(tv2, tv2, tv3);
-    fe_pow22523(y11, tv2);
-    fe_mul(y11, y11, tv3);
+    fe_add(e->xd, e->tv1, one); /* nonzero: -1/2 is not a square */
+    fe_set_small(e->x1n, J);
+    fe_neg(e->x1n, e->x1n);
+    fe_sq(tv2, e->xd);
+    fe_mul(e->gxd, tv2, e->xd);
+    fe_mul_small(e->gx1, e->tv1, J);
+    fe_mul(e->gx1, e->gx1, e->x1n);
+    fe_add(e->gx1, e->gx1, tv2);
+    fe_mul(e->gx1, e->gx1, e->x1n);
+    fe_sq(e->tv3, e->gxd);
+    fe_sq(tv2, e->tv3);
+    fe_mul(e->tv3, e->tv3, e->gxd);
+    fe_mul(e->tv3, e->tv3, e->gx1);
+    fe_mul(e->tv2, tv2, e->tv3);
+}
+
+static void elligator2_finish(fe xn, fe xd, fe y, const ell2_state *e, const fe tv2_pow) {
+    fe y11, y12, y21, y22, y1, y2, x2n, gx2;
+    fe_mul(y11, tv2_pow, e->tv3);
     fe_mul(y12, y11, SQRT_M1);
-    fe_copy(y1, fe_is_root(y11, gxd, gx1) ? y11 : y12);
-    fe_mul(x2n, x1n, tv1);
-    fe_mul(y21, y11, u);
+    fe_copy(y1, fe_is_root(y11, e->gxd, e->gx1) ? y11 : y12);
+    fe_mul(x2n, e->x1n, e->tv1);
+    fe_mul(y21, y11, e->u);
     fe_mul(y21, y21, C2);
     fe_mul(y22, y21, SQRT_M1);
-    fe_mul(gx2, gx1, tv1);
-    fe_copy(y2, fe_is_root(y21, gxd, gx2) ? y21 : y22);
-    int e3 = fe_is_root(y1, gxd, gx1);
+    fe_mul(gx2, e->gx1, e->tv1);
+    fe_copy(y2, fe_is_root(y21, e->gxd, gx2) ? y21 : y22);
+    int e3 = fe_is_root(y1, e->gxd, e->gx1);
+    fe_copy(xd, e->xd);
     if (e3) {
-        fe_copy(xn, x1n);
+        fe_copy(xn, e->x1n);
         fe_copy(y, y1);
     } else {
         fe_copy(xn, x2n);
@@ -451,13 +482,11 @@ static void hash_to_field2(fe u0, fe u1, const sha512_ctx *zpad, const uint8_t *
     fe_from48_be(u1, uniform + 48);
 }
 
-/* hash_to_curve's u as a fraction X / Z; returns 0 when the native path does not apply (see the top comment). */
-static int hash_to_uz(fe X, fe Z, const sha512_ctx *zpad, const uint8_t *msg, size_t msg_len, const uint8_t *dst_prime,
-                      size_t dst_prime_len) {
-    fe r0, r1, xn1, xd1, y1, xn2, xd2, y2, D, E, t, s, dy;
-    hash_to_field2(r0, r1, zpad, msg, msg_len, dst_prime, dst_prime_len);
-    elligator2(xn1, xd1, y1, r0);
-    elligator2(xn2, xd2, y2, r1);
+/* hash_to_curve's u as a fraction X / Z from the two mapped points (xn1 / xd1, y1) and (xn2 / xd2, y2); returns
+   0 when the native path does not apply (see the top comment). */
+static int hash_to_uz(fe X, fe Z, const fe xn1, const fe xd1, const fe y1, const fe xn2, const fe xd2,
+                      const fe y2) {
+    fe D, E, t, s, dy;
     /* x2 - x1 = D / E; u3 = lam^2 - A - x1 - x2 with lam = dy E / D gives
        X = dy^2 E^3 - (A E + xn1 xd2 + xn2 xd1) D^2 and Z = E D^2. */
     fe a, b;
@@ -496,20 +525,287 @@ static int hash_to_uz(fe X, fe Z, const sha512_ctx *zpad, const uint8_t *msg, si
     return !fe_iszero(Z);
 }
 
+/* ---------------------------------------------------------------- X25519 over a batch, one secret scalar */
+
+/* Defined in _x25519_ifma.c: eight ladders at once with AVX-512 IFMA (x86-64 only; reports 0 elsewhere). */
+int x25519_ifma_available(void);
+void x25519_ifma_ladder8(const uint8_t scalar[32], const uint64_t u[5][8], uint64_t x2[5][8], uint64_t z2[5][8]);
+void x25519_ifma_pow22523_8(const uint64_t in[5][8], uint64_t out[5][8]);
+void x25519_ifma_euler_8(const uint64_t in[5][8], uint64_t out[5][8]);
+
+/* memset through a volatile pointer: the compiler may not drop it as a dead store, so secrets really go. */
+static void *(*const volatile wipe_memset)(void *, int, size_t) = memset;
+
+/* Swaps f and g when mask is all ones, nothing when it is zero; the same instructions either way. */
+static void fe_cswap(fe f, fe g, uint64_t mask) {
+    for (int i = 0; i < 5; i++) {
+        uint64_t t = mask & (f[i] ^ g[i]);
+        f[i] ^= t;
+        g[i] ^= t;
+    }
+}
+
+/* RFC 7748 section 5's ladder for one u (limbs from fe_frombytes) and a clamped scalar, in constant time in the
+   scalar: each bit only builds the swap mask. Leaves x2 and z2 (X25519(k, u) = x2 / z2; x25519_finish divides). */
+static void x25519_portable(fe x2, fe z2, const uint8_t scalar[32], const fe u) {
+    fe s[6]; /* x1, x2, z2, x3, z3, and a temporary: wiped before return */
+    fe a, aa, b, bb, c, d, da, cb, e;
+    fe_copy(s[0], u);
+    fe_set_small(s[1], 1);
+    fe_set_small(s[2], 0);
+    fe_copy(s[3], u);
+    fe_set_small(s[4], 1);
+    uint64_t swap = 0;
+    for (int t = 254; t >= 0; t--) {
+        uint64_t bit = (scalar[t >> 3] >> (t & 7)) & 1;
+        swap ^= bit;
+        fe_cswap(s[1], s[3], 0 - swap);
+        fe_cswap(s[2], s[4], 0 - swap);
+        swap = bit;
+        fe_add(a, s[1], s[2]);
+        fe_sq(aa, a);
+        fe_sub(b, s[1], s[2]);
+        fe_sq(bb, b);
+        fe_sub(e, aa, bb);
+        fe_add(c, s[3], s[4]);
+        fe_sub(d, s[3], s[4]);
+        fe_mul(da, d, a);
+        fe_mul(cb, c, b);
+        fe_add(s[5], da, cb);
+        fe_sq(s[3], s[5]);
+        fe_sub(s[5], da, cb);
+        fe_sq(s[5], s[5]);
+        fe_mul(s[4], s[0], s[5]);
+        fe_mul(s[1], aa, bb);
+        fe_mul_small(s[5], e, 121665);
+        fe_add(s[5], aa, s[5]);
+        fe_mul(s[2], e, s[5]);
+    }
+    fe_cswap(s[1], s[3], 0 - swap);
+    fe_cswap(s[2], s[4], 0 - swap);
+    fe_copy(x2, s[1]);
+    fe_copy(z2, s[2]);
+    wipe_memset(s, 0, sizeof s);
+    wipe_memset(a, 0, sizeof a);
+    wipe_memset(b, 0, sizeof b);
+    wipe_memset(aa, 0, sizeof aa);
+    wipe_memset(bb, 0, sizeof bb);
+    wipe_memset(c, 0, sizeof c);
+    wipe_memset(d, 0, sizeof d);
+    wipe_memset(da, 0, sizeof da);
+    wipe_memset(cb, 0, sizeof cb);
+    wipe_memset(e, 0, sizeof e);
+}
+
+/* All ones when f is 0 mod p, else 0, in constant time (f derives from the key). */
+static uint64_t fe_zero_mask(const fe f) {
+    uint8_t b[32];
+    uint64_t acc = 0;
+    fe_tobytes(b, f);
+    for (int i = 0; i < 32; i++) acc |= b[i];
+    return ((acc | (0 - acc)) >> 63) - 1;
+}
+
+/* Points per block of x25519_batch: one field inversion for the block (Montgomery's trick) instead of one per
+   point, about 8% of an X25519; the block's values (about 40 KB) stay on the stack and are wiped. */
+#define X25519_BLOCK 256
+
+/* out_i = canonical bytes of x_i / z_i for i < n (n <= X25519_BLOCK), all zero where z_i = 0 (RFC 7748's result
+   for a point of low order): one inversion for the block. Constant time in the values: a zero z_i is replaced by
+   1 and its output cleared under a mask, so the product never vanishes and no branch depends on which. */
+static void x25519_finish(uint8_t *out, fe *x, fe *z, size_t n) {
+    fe pre[X25519_BLOCK], acc, inv, t;
+    uint64_t zero[X25519_BLOCK];
+    fe_set_small(acc, 1);
+    for (size_t i = 0; i < n; i++) {
+        zero[i] = fe_zero_mask(z[i]);
+        z[i][0] += zero[i] & 1;
+        fe_copy(pre[i], acc); /* z_0 ... z_(i-1) */
+        fe_mul(acc, acc, z[i]);
+    }
+    fe_invert(inv, acc);
+    for (size_t i = n; i-- > 0;) {
+        fe_mul(t, inv, pre[i]); /* 1 / z_i */
+        fe_mul(inv, inv, z[i]);
+        fe_mul(t, x[i], t);
+        fe_tobytes(out + 32 * i, t);
+        for (int j = 0; j < 32; j++) out[32 * i + j] &= (uint8_t)~zero[i];
+    }
+    wipe_memset(pre, 0, sizeof(fe) * n);
+    wipe_memset(zero, 0, sizeof(uint64_t) * n);
+    wipe_memset(acc, 0, sizeof acc);
+    wipe_memset(inv, 0, sizeof inv);
+    wipe_memset(t, 0, sizeof t);
+}
+
+enum x25519_path { PATH_PORTABLE, PATH_IFMA };
+static int ifma_ok; /* set once at import: the CPU and the OS run AVX-512 IFMA */
+
+/* X25519(key, u) for n packed 32-byte u's into out (32 bytes each): RFC 7748 decoding (bit 255 of u masked,
+   u >= p accepted), the scalar clamped, canonical output (all zero for a point of low order). Blocks of
+   X25519_BLOCK points: ladders (eight at a time on the IFMA path), then one inversion for the block. */
+static void x25519_batch(const uint8_t key[32], const uint8_t *points, uint8_t *out, size_t n, enum x25519_path path) {
+    uint8_t k[32];
+    fe x[X25519_BLOCK], z[X25519_BLOCK];
+    memcpy(k, key, 32);
+    k[0] &= 248;
+    k[31] &= 127;
+    k[31] |= 64;
+    for (size_t first = 0; first < n; first += X25519_BLOCK) {
+        size_t count = n - first < X25519_BLOCK ? n - first : X25519_BLOCK;
+        const uint8_t *in = points + 32 * first;
+        if (path == PATH_IFMA) {
+            uint64_t u[5][8], rx[5][8], rz[5][8];
+            for (size_t start = 0; start < count; start += 8) {
+                for (size_t lane = 0; lane < 8; lane++) {
+                    fe f;
+                    if (start + lane < count)
+                        fe_frombytes(f, in + 32 * (start + lane));
+                    else
+                        fe_set_small(f, 9); /* filler for a short last group: computed and dropped */
+                    for (int i = 0; i < 5; i++) u[i][lane] = f[i];
+                }
+                x25519_ifma_ladder8(k, (const uint64_t(*)[8])u, rx, rz);
+                for (size_t lane = 0; lane < 8 && start + lane < count; lane++)
+                    for (int i = 0; i < 5; i++) {
+                        x[start + lane][i] = rx[i][lane];
+                        z[start + lane][i] = rz[i][lane];
+                    }
+            }
+            wipe_memset(rx, 0, sizeof rx);
+            wipe_memset(rz, 0, sizeof rz);
+        } else {
+            for (size_t i = 0; i < count; i++) {
+                fe u;
+                fe_frombytes(u, in + 32 * i);
+                x25519_portable(x[i], z[i], k, u);
+            }
+        }
+        x25519_finish(out + 32 * first, x, z, count);
+    }
+    wipe_memset(x, 0, sizeof x);
+    wipe_memset(z, 0, sizeof z);
+    wipe_memset(k, 0, sizeof k);
+}
+
+/* ---------------------------------------------------------------- hash to curve over a batch */
+
+/* Messages per block of the batch: their 2 x 64 Elligator 2 exponentiations run together (16 groups of eight on
+   the IFMA path), with the block's intermediates (about 40 KB) in cache. */
+#define H2C_BLOCK 64
+
+/* out[i] = in[i]^((p - 5) / 8) for i < count: eight at a time with IFMA (a short group padded with 1 and the
+   filler dropped), else one by one. Public values: no constant-time need. */
+static void pow22523_many(fe *out, ell2_state *const *in, size_t count, enum x25519_path path) {
+    if (path != PATH_IFMA) {
+        for (size_t i = 0; i < count; i++) fe_pow22523(out[i], in[i]->tv2);
+        return;
+    }
+    uint64_t a[5][8], r[5][8];
+    for (size_t start = 0; start < count; start += 8) {
+        for (size_t lane = 0; lane < 8; lane++) {
+            fe f;
+            if (start + lane < count)
+                fe_copy(f, in[start + lane]->tv2);
+            else
+                fe_set_small(f, 1);
+            for (int i = 0; i < 5; i++) a[i][lane] = f[i];
+        }
+        x25519_ifma_pow22523_8((const uint64_t(*)[8])a, r);
+        for (size_t lane = 0; lane < 8 && start + lane < count; lane++)
+            for (int i = 0; i < 5; i++) out[start + lane][i] = r[i][lane];
+    }
+}
+
+/* ---------------------------------------------------------------- curve or twist, over a batch */
+
+/* z^((p - 1) / 2) = z^(2^254 - 10): Euler's criterion, one by one. */
+static void fe_pow_euler(fe out, const fe z) {
+    fe t, z11, z2, z6;
+    fe_pow_2_250_1(t, z11, z);
+    fe_sqn(t, t, 4); /* 2^254 - 16 */
+    fe_sq(z2, z);
+    fe_sq(z6, z2);
+    fe_mul(z6, z6, z2);
+    fe_mul(out, t, z6);
+}
+
+/* For each of n packed u (the low 255 bits read, as fe_frombytes does): 1 when u^3 + A u^2 + u is a nonzero
+   square (the point is on curve25519, not its twist), else 0. Public values: no constant-time need. */
+static void on_curve_batch(const uint8_t *points, uint8_t *out, size_t n, enum x25519_path path) {
+    static const uint8_t one[32] = {1};
+    uint64_t a[5][8], r[5][8];
+    for (size_t start = 0; start < n; start += 8) {
+        size_t count = n - start < 8 ? n - start : 8;
+        fe rhs[8], e[8];
+        for (size_t lane = 0; lane < 8; lane++) {
+            fe u, t;
+            if (lane < count) {
+                fe_frombytes(u, points + 32 * (start + lane));
+                fe_set_small(t, J);
+                fe_add(t, t, u);
+                fe_mul(t, t, u);
+                fe_set_small(rhs[lane], 1);
+                fe_add(t, t, rhs[lane]);
+                fe_mul(rhs[lane], t, u); /* u (u (u + A) + 1) */
+            } else {
+                fe_set_small(rhs[lane], 1);
+            }
+        }
+        if (path == PATH_IFMA) {
+            for (size_t lane = 0; lane < 8; lane++)
+                for (int i = 0; i < 5; i++) a[i][lane] = rhs[lane][i];
+            x25519_ifma_euler_8((const uint64_t(*)[8])a, r);
+            for (size_t lane = 0; lane < count; lane++)
+                for (int i = 0; i < 5; i++) e[lane][i] = r[i][lane];
+        } else {
+            for (size_t lane = 0; lane < count; lane++) fe_pow_euler(e[lane], rhs[lane]);
+        }
+        for (size_t lane = 0; lane < count; lane++) {
+            uint8_t b[32];
+            fe_tobytes(b, e[lane]);
+            out[start + lane] = memcmp(b, one, 32) == 0;
+        }
+    }
+}
+
 /* ---------------------------------------------------------------- Python functions */
+
+/* The path `name` asks for (None: the fastest this CPU runs); -1 with ValueError for an unknown or unavailable one. */
+static int choose_path(const char *name, enum x25519_path *path) {
+    *path = ifma_ok ? PATH_IFMA : PATH_PORTABLE;
+    if (!name) return 0;
+    if (strcmp(name, "portable") == 0) {
+        *path = PATH_PORTABLE;
+        return 0;
+    }
+    if (strcmp(name, "avx512ifma") == 0) {
+        if (!ifma_ok) {
+            PyErr_SetString(PyExc_ValueError, "this CPU cannot run the avx512ifma path");
+            return -1;
+        }
+        *path = PATH_IFMA;
+        return 0;
+    }
+    PyErr_Format(PyExc_ValueError, "unknown path '%.20s': use 'avx512ifma' or 'portable'", name);
+    return -1;
+}
 
 static PyObject *py_hash_to_u_batch(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *msgs;
     Py_buffer dst;
-    if (!PyArg_ParseTuple(args, "Oy*", &msgs, &dst)) return NULL;
+    const char *name = NULL;
+    if (!PyArg_ParseTuple(args, "Oy*|z", &msgs, &dst, &name)) return NULL;
     PyObject *result = NULL, *seq = NULL, *fallback = NULL, *out = NULL;
     fe *xs = NULL, *zs = NULL;
     uint8_t *ok = NULL;
+    enum x25519_path path;
     if (dst.len > 255) {
         PyErr_SetString(PyExc_ValueError, "DST longer than 255 bytes");
         goto done;
     }
+    if (choose_path(name, &path) < 0) goto done;
     seq = PySequence_Fast(msgs, "hash_to_u_batch takes a sequence of bytes");
     if (!seq) goto done;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
@@ -531,12 +827,31 @@ static PyObject *py_hash_to_u_batch(PyObject *self, PyObject *args) {
         if (!PyErr_Occurred()) PyErr_NoMemory();
         goto done;
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        char *data;
-        Py_ssize_t len;
-        if (PyBytes_AsStringAndSize(items[i], &data, &len) < 0) goto done;
-        ok[i] = (uint8_t)hash_to_uz(xs[i], zs[i], &zpad, (const uint8_t *)data, (size_t)len, dst_prime, dst_prime_len);
-        if (!ok[i]) fe_set_small(zs[i], 1);
+    for (Py_ssize_t start = 0; start < n; start += H2C_BLOCK) {
+        Py_ssize_t count = n - start < H2C_BLOCK ? n - start : H2C_BLOCK;
+        ell2_state maps[2 * H2C_BLOCK];
+        ell2_state *inputs[2 * H2C_BLOCK];
+        fe powers[2 * H2C_BLOCK];
+        for (Py_ssize_t j = 0; j < count; j++) {
+            char *data;
+            Py_ssize_t len;
+            fe r0, r1;
+            if (PyBytes_AsStringAndSize(items[start + j], &data, &len) < 0) goto done;
+            hash_to_field2(r0, r1, &zpad, (const uint8_t *)data, (size_t)len, dst_prime, dst_prime_len);
+            elligator2_start(&maps[2 * j], r0);
+            elligator2_start(&maps[2 * j + 1], r1);
+            inputs[2 * j] = &maps[2 * j];
+            inputs[2 * j + 1] = &maps[2 * j + 1];
+        }
+        pow22523_many(powers, inputs, (size_t)(2 * count), path);
+        for (Py_ssize_t j = 0; j < count; j++) {
+            Py_ssize_t i = start + j;
+            fe xn1, xd1, y1, xn2, xd2, y2;
+            elligator2_finish(xn1, xd1, y1, &maps[2 * j], powers[2 * j]);
+            elligator2_finish(xn2, xd2, y2, &maps[2 * j + 1], powers[2 * j + 1]);
+            ok[i] = (uint8_t)hash_to_uz(xs[i], zs[i], xn1, xd1, y1, xn2, xd2, y2);
+            if (!ok[i]) fe_set_small(zs[i], 1);
+        }
     }
     /* One inversion for the batch: prefix products, invert the total, walk back. */
     uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
@@ -587,18 +902,91 @@ done:
     return result;
 }
 
+static PyObject *py_x25519_batch(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer key, points;
+    const char *name = NULL;
+    if (!PyArg_ParseTuple(args, "y*y*|z", &key, &points, &name)) return NULL;
+    PyObject *out = NULL;
+    enum x25519_path path;
+    if (key.len != 32) {
+        PyErr_Format(PyExc_ValueError, "an X25519 key is 32 bytes, got %zd", key.len);
+        goto done;
+    }
+    if (points.len % 32) {
+        PyErr_Format(PyExc_ValueError, "%zd bytes is not a whole number of 32-byte points", points.len);
+        goto done;
+    }
+    if (choose_path(name, &path) < 0) goto done;
+    out = PyBytes_FromStringAndSize(NULL, points.len);
+    if (!out) goto done;
+    {
+        uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+        const uint8_t *k = key.buf, *p = points.buf;
+        size_t n = (size_t)points.len / 32;
+        Py_BEGIN_ALLOW_THREADS x25519_batch(k, p, o, n, path);
+        Py_END_ALLOW_THREADS
+    }
+done:
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&points);
+    return out;
+}
+
+static PyObject *py_on_curve_batch(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer points;
+    const char *name = NULL;
+    if (!PyArg_ParseTuple(args, "y*|z", &points, &name)) return NULL;
+    PyObject *out = NULL;
+    enum x25519_path path;
+    if (points.len % 32) {
+        PyErr_Format(PyExc_ValueError, "%zd bytes is not a whole number of 32-byte points", points.len);
+        goto done;
+    }
+    if (choose_path(name, &path) < 0) goto done;
+    out = PyBytes_FromStringAndSize(NULL, points.len / 32);
+    if (!out) goto done;
+    {
+        uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+        const uint8_t *p = points.buf;
+        size_t n = (size_t)points.len / 32;
+        Py_BEGIN_ALLOW_THREADS on_curve_batch(p, o, n, path);
+        Py_END_ALLOW_THREADS
+    }
+done:
+    PyBuffer_Release(&points);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"hash_to_u_batch", py_hash_to_u_batch, METH_VARARGS,
-     "hash_to_u_batch(msgs, dst) -> (packed 32-byte u per message, indices left to the Python path)"},
+     "hash_to_u_batch(msgs, dst, path=None) -> (packed 32-byte u per message, indices left to the Python path); "
+     "path 'avx512ifma' or 'portable' forces how Elligator 2's exponentiations run"},
+    {"on_curve_batch", py_on_curve_batch, METH_VARARGS,
+     "on_curve_batch(points, path=None) -> one byte per packed 32-byte u: 1 when u^3 + A u^2 + u is a nonzero "
+     "square (on curve25519, not the twist), else 0"},
+    {"x25519_batch", py_x25519_batch, METH_VARARGS,
+     "x25519_batch(key, points, path=None) -> RFC 7748 X25519(key, u) for each packed 32-byte u, packed; path "
+     "'avx512ifma' or 'portable' forces one (default: the fastest this CPU runs)"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_curve25519", "Native RFC 9380 hash to curve for curve25519 (no secrets).", -1, methods,
-    NULL, NULL, NULL, NULL};
+    PyModuleDef_HEAD_INIT, "_curve25519", "Native RFC 9380 hash to curve, point checks and batched X25519.", -1,
+    methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__curve25519(void) {
     fe_frombytes(SQRT_M1, SQRT_M1_BYTES);
     fe_frombytes(C2, C2_BYTES);
-    return PyModule_Create(&module);
+    ifma_ok = x25519_ifma_available();
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    PyObject *paths = ifma_ok ? Py_BuildValue("(ss)", "avx512ifma", "portable") : Py_BuildValue("(s)", "portable");
+    if (!paths || PyModule_AddObject(m, "X25519_PATHS", paths) < 0) {
+        Py_XDECREF(paths);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cleanroom_client.curve import (
@@ -207,3 +207,73 @@ def test_points_the_native_path_leaves_are_computed_in_python(monkeypatch):
     monkeypatch.setattr(curve, "_native", Native)
     msgs = [b"a", b"b", b"c"]
     assert curve.hash_to_u_batch(msgs) == b"".join(curve._hash_to_u_python(m) for m in msgs)
+
+
+# Elligator 2's exponentiations run for a block of messages at once: eight at a time with AVX-512 IFMA where the CPU
+# has it, else one by one in C. Each path, forced, equals the Python path and the RFC vectors, on batches that cross
+# the eight-lane groups and the 64-message blocks.
+
+
+@pytest.mark.parametrize("path", ["avx512ifma", "portable"])
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(st.binary(max_size=40), max_size=140),
+    st.sampled_from([CLEANROOM_DST, _RFC_DST, b"", b"x" * 255]),
+)
+def test_each_native_path_of_the_hash_equals_the_python_path(path, msgs, dst):
+    from cleanroom_client import curve
+
+    if path not in curve.X25519_PATHS:  # the paths the extension runs on this CPU (test_x25519.py checks which)
+        assert path == "avx512ifma"
+        return
+    assert curve._native is not None
+    packed, unfinished = curve._native.hash_to_u_batch(msgs, dst, path)
+    assert unfinished == []
+    assert packed == b"".join(curve._hash_to_u_python(m, dst) for m in msgs)
+
+
+def test_each_native_path_of_the_hash_matches_the_rfc_vectors():
+    from cleanroom_client import curve
+
+    data = _vectors()
+    msgs = [v["msg"].encode() for v in data["vectors"]] * 5  # 25 messages: three groups of eight and a tail
+    expected = b"".join(bytes.fromhex(v["P_x"])[::-1] for v in data["vectors"]) * 5
+    assert curve._native is not None
+    for path in curve.X25519_PATHS:
+        assert curve._native.hash_to_u_batch(msgs, data["dst"].encode(), path) == (expected, [])
+
+
+@pytest.mark.parametrize("path", ["avx512ifma", "portable"])
+@settings(max_examples=40, deadline=None)
+@given(st.lists(_POINTS, max_size=20))
+def test_each_native_path_of_the_curve_test_equals_the_legendre_symbol(path, points):
+    # check_points' curve-or-twist test in C (Euler's criterion) against gmpy2's Legendre symbol, on the low 255
+    # bits of any 32 bytes (the range check before it refuses the rest).
+    import gmpy2
+
+    from cleanroom_client import curve
+
+    if path not in curve.X25519_PATHS:
+        assert path == "avx512ifma"
+        return
+    assert curve._native is not None
+    expected = []
+    for p in points:
+        u = int.from_bytes(p, "little") & (2**255 - 1)
+        expected.append(int(gmpy2.legendre(u * (u * (u + 486662) + 1) % P, P) == 1))
+    assert list(curve._native.on_curve_batch(b"".join(points), path)) == expected
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(_POINTS, max_size=20))
+def test_check_points_without_the_extension_gives_the_same_codes(points):
+    from cleanroom_client import curve
+
+    packed = b"".join(points)
+    native = check_points(packed).tolist()
+    saved = curve._native
+    curve._native = None  # as on a machine that could not compile it: gmpy2's Legendre symbol per point
+    try:
+        assert check_points(packed).tolist() == native
+    finally:
+        curve._native = saved

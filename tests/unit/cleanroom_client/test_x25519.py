@@ -1,0 +1,272 @@
+"""The SDK's batched X25519 (`cleanroom_client.curve.x25519_batch`): every native path equals `cryptography`.
+
+Native paths (cleanroom_client/_curve25519.c, _x25519_ifma.c): "avx512ifma" (eight ladders at once, where the CPU
+has AVX-512 IFMA) and "portable" (any CPU with a compiler); `cryptography` is the fallback without the extension.
+Each path is forced in turn and compared with `cryptography` on random keys and points, on the edges RFC 7748's
+decoding defines (bit 255 set, u >= p, u = 0, points of low order, whose result is all zero) and on batch sizes
+around the eight-lane groups, and with RFC 7748 section 5.2's vectors, the 1,000-iteration one included.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cleanroom_client import curve
+from cleanroom_client.curve import _LOW_ORDER_U, X25519_NATIVE, X25519_PATHS, P, _x25519_cryptography, x25519_batch
+
+# Where a compiler exists the extension is built (test_curve.py checks that), so both C paths are here on a CPU
+# with IFMA, the portable one elsewhere; `cryptography` always.
+NATIVE_PATHS = ["avx512ifma", "portable"]
+
+
+def _cpu_has_ifma() -> bool:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return " avx512ifma" in flags
+
+
+def _encode(u: int) -> bytes:
+    return u.to_bytes(32, "little")
+
+
+# Inputs RFC 7748 decodes specially: u >= p (taken mod p), bit 255 set (masked), u = 0, and the points of low
+# order in canonical and non-canonical form (their result is all zero).
+_LOW = sorted(int(u) for u in _LOW_ORDER_U)
+_EDGES = (
+    [_encode(u) for u in _LOW]
+    + [_encode(u + P) for u in _LOW if u + P < 2**255]
+    + [_encode(u | 2**255) for u in _LOW]
+    + [_encode(int(P) + d) for d in range(0, 19)]
+    + [_encode(2**255 - 1), _encode(2**256 - 1), _encode(9), _encode(9 | 2**255)]
+)
+_POINT = st.one_of(
+    st.binary(min_size=32, max_size=32),
+    st.sampled_from(_EDGES),
+    st.integers(int(P), 2**256 - 1).map(_encode),
+    st.binary(max_size=8).map(curve.hash_to_u),
+)
+_KEY = st.one_of(
+    st.binary(min_size=32, max_size=32), st.sampled_from([bytes(32), b"\xff" * 32, b"\x80" * 32, b"\x01" * 32])
+)
+
+
+@pytest.mark.parametrize("path", NATIVE_PATHS)
+@settings(max_examples=60, deadline=None)
+@given(key=_KEY, points=st.lists(_POINT, max_size=17))
+def test_each_native_path_equals_cryptography_on_any_key_and_point(path, key, points):
+    if path not in X25519_PATHS:
+        assert path == "avx512ifma"  # the only path a CPU may lack
+        assert not _cpu_has_ifma()
+        return
+    packed = b"".join(points)
+    assert x25519_batch(key, packed, path) == _x25519_cryptography(key, packed)
+
+
+@pytest.mark.parametrize("path", NATIVE_PATHS)
+@settings(max_examples=20, deadline=None)
+@given(key=_KEY, groups=st.integers(0, 4), rest=st.integers(0, 7), data=st.data())
+def test_batches_of_8k_plus_r_points_equal_cryptography(path, key, groups, rest, data):
+    if path not in X25519_PATHS:
+        assert path == "avx512ifma"
+        assert not _cpu_has_ifma()
+        return
+    packed = b"".join(data.draw(st.lists(_POINT, min_size=8 * groups + rest, max_size=8 * groups + rest)))
+    assert x25519_batch(key, packed, path) == _x25519_cryptography(key, packed)
+
+
+def test_every_edge_point_in_every_lane_and_on_every_path():
+    key = bytes.fromhex("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4")
+    packed = b"".join(_EDGES)
+    expected = _x25519_cryptography(key, packed)
+    for low in _LOW:  # a point of low order gives all zero, which the callers treat as rejected
+        assert expected[32 * _EDGES.index(_encode(low)) :][:32] == bytes(32)
+    for path in X25519_PATHS:
+        for shift in range(8):  # every edge point in every one of the eight lanes
+            shifted = bytes(32 * shift) + packed
+            assert x25519_batch(key, shifted, path)[32 * shift :] == expected, (path, shift)
+
+
+# RFC 7748 section 5.2.
+_RFC_VECTORS = [
+    (
+        "a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4",
+        "e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c",
+        "c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552",
+    ),
+    (
+        "4b66e9d4d1b4673c5ad22691957d6af5c11b6421e0ea01d42ca4169e7918ba0d",
+        "e5210f12786811d3f4b7959d0538ae2c31dbe7106fc03c3efc4cd549c715a493",
+        "95cbde9476e8907d7aade45cb4b873f88b595a68799fa152e6f8f7647aac7957",
+    ),
+]
+_AFTER_1 = "422c8e7a6227d7bca1350b3e2bb7279f7897b87bb6854b783c60e80311ae3079"
+_AFTER_1000 = "684cf59ba83309552800ef566f2f4d3c1c3887c49360e3875f2eb94d99532c51"
+
+
+@pytest.mark.parametrize("path", [*X25519_PATHS, "cryptography"])
+def test_rfc7748_vectors_including_1000_iterations(path):
+    for key_hex, u_hex, out_hex in _RFC_VECTORS:
+        assert x25519_batch(bytes.fromhex(key_hex), bytes.fromhex(u_hex), path).hex() == out_hex
+    k = u = _encode(9)
+    for i in range(1, 1001):  # k <- X25519(k, u), u <- the previous k
+        k, u = x25519_batch(k, u, path), k
+        if i == 1:
+            assert k.hex() == _AFTER_1
+    assert k.hex() == _AFTER_1000
+
+
+def test_the_fastest_native_path_is_the_default():
+    expected = "avx512ifma" if _cpu_has_ifma() else "portable"
+    assert expected == X25519_NATIVE
+    assert X25519_PATHS[0] == X25519_NATIVE
+    assert "portable" in X25519_PATHS
+
+
+def test_bad_input_is_a_value_error_that_never_shows_the_key():
+    key = bytes(range(1, 32))  # 31 bytes
+    native = curve._native
+    assert native is not None
+    for call in (
+        lambda: x25519_batch(key, bytes(32)),
+        lambda: x25519_batch(bytes(range(32)), bytes(33)),
+        lambda: x25519_batch(bytes(range(32)), bytes(32), "avx1024"),
+        lambda: native.x25519_batch(key, bytes(32)),
+        lambda: native.x25519_batch(bytes(range(32)), bytes(33)),
+        lambda: native.x25519_batch(bytes(range(32)), bytes(32), "avx1024"),
+    ):
+        with pytest.raises(ValueError, match=r"32 bytes|whole number|path") as caught:
+            call()
+        message = str(caught.value)
+        assert bytes(range(1, 32)).hex()[:16] not in message
+        assert "\\x01\\x02" not in message
+        assert len(message) < 120
+
+
+def test_without_the_extension_cryptography_runs_and_gives_the_same_bytes():
+    key, u, out = _RFC_VECTORS[0]
+    script = (
+        "import sys\n"
+        "sys.modules['cleanroom_client._curve25519'] = None  # as on a machine that could not compile it\n"
+        "from cleanroom_client import curve\n"
+        f"out = curve.x25519_batch(bytes.fromhex('{key}'), bytes.fromhex('{u}') + bytes(32))\n"
+        "print(curve.X25519_NATIVE, out.hex())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["None", out + "00" * 32]
+
+
+def test_an_extension_built_from_an_older_source_is_not_used_and_the_user_is_told():
+    # An editable install updated without rebuilding keeps the old compiled module, which lacks this version's
+    # functions: the Python paths run, with a warning that says how to rebuild, instead of an AttributeError.
+    key, u, out = _RFC_VECTORS[0]
+    script = (
+        "import sys, types, warnings\n"
+        "stale = types.ModuleType('cleanroom_client._curve25519')\n"
+        "stale.hash_to_u_batch = lambda msgs, dst: (b'', [])  # what the issue-33 first pass built\n"
+        "sys.modules['cleanroom_client._curve25519'] = stale\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    from cleanroom_client import curve\n"
+        "print(curve.NATIVE, curve.X25519_NATIVE, [str(w.message) for w in caught])\n"
+        f"print(curve.x25519_batch(bytes.fromhex('{key}'), bytes.fromhex('{u}')).hex(), curve.hash_to_u(b'a').hex())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    first, second = done.stdout.splitlines()
+    assert first.startswith("False None [")
+    assert "rebuild it with `pip install -e clients/python`" in first
+    assert second.split() == [out, curve._hash_to_u_python(b"a").hex()]
+
+
+def test_the_batch_runs_without_the_gil():
+    # While one thread computes a batch in C, this one keeps running Python: the kernel releases the GIL. With the
+    # GIL held, this loop would stand still until the batch ended (a tick or two at its start).
+    import threading
+    import time
+
+    key, points = bytes(range(32)), bytes(32 * 2000)
+    path = X25519_PATHS[-1]  # the slowest native path, so the batch lasts long enough to count
+    done = threading.Event()
+
+    def batch() -> None:
+        x25519_batch(key, points, path)
+        done.set()
+
+    ticks = 0
+    worker = threading.Thread(target=batch)
+    worker.start()
+    while not done.is_set():
+        ticks += 1
+        time.sleep(0)
+    worker.join()
+    assert ticks > 50
+
+
+# Constant time in the key, checked by machine for the portable ladder: Valgrind's memcheck treats memory marked
+# undefined as secret and reports every conditional branch and every memory address computed from it (the
+# "ctgrind" technique). The key is marked undefined before x25519_batch and its output defined after, so any
+# report is a branch or an index on the key. Valgrind cannot run AVX-512, so the IFMA path is not checked this way:
+# it is the same ladder with the same masked swaps (see _x25519_ifma.c).
+_HARNESS = r"""
+#include <stdio.h>
+#include <valgrind/memcheck.h>
+#include "_curve25519.c"
+/* The control: one branch on a key bit, run when the harness gets an argument. */
+static void leak(const uint8_t *k, uint8_t *o) { if (k[3] & 1) o[0] ^= 1; }
+int main(int argc, char **argv) {
+    (void)argv;
+    uint8_t key[32], points[32 * 3] = {9}, out[32 * 3];
+    for (int i = 0; i < 32; i++) key[i] = (uint8_t)(37 * i + 11);
+    points[32] = 0xe6; points[33] = 0xdb; points[64 + 31] = 0x7f;  /* three arbitrary u */
+    VALGRIND_MAKE_MEM_UNDEFINED(key, sizeof key);
+    x25519_batch(key, points, out, 3, PATH_PORTABLE);
+    if (argc > 1) leak(key, out);
+    VALGRIND_MAKE_MEM_DEFINED(out, sizeof out);
+    unsigned acc = 0;
+    for (int i = 0; i < (int)sizeof out; i++) acc += out[i];
+    printf("%u\n", acc);
+    return 0;
+}
+"""
+
+
+def test_the_portable_ladder_never_branches_or_indexes_on_the_key(tmp_path):
+    import shutil
+    import sysconfig
+
+    source = Path(curve.__file__).parent / "_curve25519.c"
+    harness = tmp_path / "harness.c"
+    harness.write_text(_HARNESS)
+    binary = tmp_path / "harness"
+    libdir = str(sysconfig.get_config_var("LIBDIR"))
+    subprocess.run(
+        [
+            shutil.which("cc") or "gcc",
+            "-O3",  # as the extension is built: the optimiser must not have turned a masked swap into a branch
+            f"-I{source.parent}",
+            f"-I{sysconfig.get_paths()['include']}",
+            str(harness),
+            str(source.parent / "_x25519_ifma.c"),
+            f"-L{libdir}",
+            f"-Wl,-rpath,{libdir}",
+            f"-lpython{sysconfig.get_config_var('VERSION')}",
+            "-o",
+            str(binary),
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+    def memcheck(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["valgrind", "--error-exitcode=3", str(binary), *args], capture_output=True, text=True, timeout=120
+        )
+
+    clean = memcheck()
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    assert "ERROR SUMMARY: 0 errors" in clean.stderr
+    leaky = memcheck("leak")  # the check catches a branch on the key: the control is reported
+    assert leaky.returncode == 3
+    assert "depends on uninitialised value" in leaky.stderr
