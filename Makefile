@@ -29,11 +29,12 @@ demo: $(STAMP)
 test: $(STAMP) check browser
 	$(BIN)/pytest
 
-# The report tests open the HTML reports in headless Chromium, the Chinese one with Noto Sans CJK: Debian's packages
-# (needs root, as on CI here).
+# The report tests open the HTML reports in headless Chromium, the Chinese one with Noto Sans CJK, and the X25519
+# test runs the portable ladder under Valgrind (constant time in the key): Debian's packages (needs root, as on CI
+# here).
 browser:
-	@command -v chromium >/dev/null 2>&1 && fc-list -q ":lang=zh" || \
-		(apt-get update -q && apt-get install -y -q chromium fonts-noto-cjk)
+	@command -v chromium >/dev/null 2>&1 && command -v valgrind >/dev/null 2>&1 && fc-list -q ":lang=zh" || \
+		(apt-get update -q && apt-get install -y -q chromium fonts-noto-cjk valgrind)
 
 check: protos-check lint typecheck
 
