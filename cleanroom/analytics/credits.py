@@ -179,42 +179,54 @@ def cell_sums(cell: Ints, values: Ints, cells: int) -> list[int]:
 
 
 def touch_order(conversion: Ints, keys: Sequence[npt.NDArray[np.generic]]) -> Ints:
-    """A permutation that puts the rows of each conversion together, sorted by `keys` (most significant first).
+    """A permutation that puts each conversion's rows together, sorted by the integer `keys` (most significant first).
 
-    Most conversions have one touch: their rows stay where they are, and only the rows of conversions with several
-    are sorted (conversion ids are stored row numbers, so counting them is one pass, no sort).
+    Rows equal in every key may come in either order. Most conversions have one touch: their rows stay where they
+    are, and only the rows of conversions with several are sorted (conversion ids are small integers, so counting
+    them is one pass, no sort). Those are sorted by one integer, the conversion's rank among them and the keys
+    packed into 63 bits, when they fit (one sort instead of one per key: keys relative to the conversion, such as a
+    touch's time less the conversion's, are narrow); otherwise by each key in turn.
     """
     if len(conversion) == 0:
         return np.zeros(0, dtype=np.int64)
-    several = np.bincount(conversion)[conversion] > 1
+    counts = np.bincount(conversion)
+    several = counts[conversion] > 1
     rows = np.flatnonzero(several)
-    within = np.lexsort((*(np.asarray(k)[rows] for k in reversed(keys)), conversion[rows]))
+    if len(rows) == 0:
+        return np.arange(len(conversion), dtype=np.int64)
+    parts = [(np.cumsum(counts > 1) - 1)[conversion[rows]], *(np.asarray(k[rows], dtype=np.int64) for k in keys)]
+    low = [int(p.min()) for p in parts]
+    bits = [(int(p.max()) - lo).bit_length() for p, lo in zip(parts, low, strict=True)]
+    if sum(bits) <= 63:  # then each range fits too: subtracting its minimum cannot overflow
+        packed = parts[0]
+        for part, lo, width in zip(parts[1:], low[1:], bits[1:], strict=True):
+            packed = (packed << width) | (part - lo)
+        within = np.argsort(packed)
+    else:
+        within = np.lexsort(tuple(reversed(parts)))
     return np.concatenate((np.flatnonzero(~several), rows[within]))
 
 
-def touches_of(arrays: Mapping[str, npt.NDArray[np.generic]], brand_cells: int) -> Touches:
-    """`Touches` from the columns of `attribution_sql`'s attributed rows (numpy, none NULL, in any order).
+def touches_of(
+    arrays: Mapping[str, npt.NDArray[np.generic]], cents: Ints, brand: Ints, at: Ints, brand_cells: int
+) -> Touches:
+    """`Touches` from the touches' columns (numpy, none NULL, in any order) and their conversions' cents and brand.
 
-    The rows are put in the touch order: by conversion, then time, an impression before a click, campaign and
-    channel (`campaign` and `channel` are ranks in their sorted domains). `group` and `brand` are indices into the
-    axes' domains (`brand_cells` values on the second axis, 1 without one). A value outside a domain (-1) cannot
-    occur, since uploads are checked against the domains; if one did, it fails after the budget was charged, as
-    any failure after data is read (as `fill_histogram` does).
+    `arrays`: `conversion` (an index into `cents`, `brand` and `at`: the conversion's cents, brand cell and time in
+    microseconds), `ts_us`, `click`, `tie` (a rank that orders an impression before a click, then by campaign and
+    channel) and `group` (the index into the group axis' domain). The rows are put in the touch order: by
+    conversion, then time, then `tie`. `brand_cells`: the values on the second axis, 1 without one. A value outside
+    a domain (-1) cannot occur, since uploads are checked against the domains; if one did, it fails after the
+    budget was charged, as any failure after data is read (as `fill_histogram` does).
     """
-    group, brand = np.asarray(arrays["group"], dtype=np.int64), np.asarray(arrays["brand"], dtype=np.int64)
-    if (group < 0).any() or (brand < 0).any():
+    group = np.asarray(arrays["group"], dtype=np.int64)
+    if (group < 0).any():
         raise InternalError("values outside the declared domains reached an aggregate")
     conversion = np.asarray(arrays["conversion"], dtype=np.int64)
-    at, click = np.asarray(arrays["ts_us"], dtype=np.int64), np.asarray(arrays["click"], dtype=bool)
-    campaign = np.asarray(arrays["campaign"], dtype=np.int64)
-    channel = np.asarray(arrays["channel"], dtype=np.int64)
-    # click, campaign and channel as one key (ranks in small domains): three sort keys instead of five
-    tie = (click * (campaign.max(initial=0) + 1) + campaign) * (channel.max(initial=0) + 1) + channel
-    order = touch_order(conversion, (at, tie))
+    ts_us, click = np.asarray(arrays["ts_us"], dtype=np.int64), np.asarray(arrays["click"], dtype=bool)
+    tie = np.asarray(arrays["tie"], dtype=np.int64)
+    order = touch_order(conversion, (ts_us - at[conversion], tie))  # the time before the conversion: narrow
+    conversion = conversion[order]
     return Touches(
-        conversion[order],
-        at[order],
-        click[order],
-        (group * brand_cells + brand)[order],
-        np.asarray(arrays["cents"], dtype=np.int64)[order],
+        conversion, ts_us[order], click[order], group[order] * brand_cells + brand[conversion], cents[conversion]
     )

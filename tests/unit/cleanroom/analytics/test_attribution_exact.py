@@ -185,15 +185,15 @@ def reference(truth, model: str, by: str, click_over_view: bool) -> tuple[list[i
             conversion += 1
     if rows:
         columns = [np.array(col) for col in zip(*rows, strict=True)]
-        touches = Touches(
+        found = Touches(
             columns[0].astype(np.int64),
             columns[1].astype(np.int64),
             columns[2].astype(bool),
             columns[3].astype(np.int64),
             columns[4].astype(np.int64),
         )
-        cell, milli, cents = credit(touches, model, False, 2.0)
-        for i, m, x in zip(cell.tolist(), milli.tolist(), cents.tolist(), strict=True):
+        cell, milli, shares = credit(found, model, False, 2.0)
+        for i, m, x in zip(cell.tolist(), milli.tolist(), shares.tolist(), strict=True):
             milli_sums[i] += m
             cents_sums[i] += x
     return milli_sums, cents_sums
@@ -205,7 +205,7 @@ def reference(truth, model: str, by: str, click_over_view: bool) -> tuple[list[i
 def test_exact_histograms_equal_the_plain_reading(world, model, by, click_over_view):
     room, cid, truth = world
     noise = Recording()
-    engine = QueryEngine(room.store, room.collaborations, room.budget, room.audit, noise)  # type: ignore[arg-type]
+    engine = QueryEngine(room.store, room.collaborations, room.budget, room.audit, noise)
     q = AttributionQuery(
         model=model,
         lookback_days=LOOKBACK,
