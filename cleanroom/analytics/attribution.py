@@ -302,16 +302,25 @@ class TouchCode:
 
 @dataclass(frozen=True)
 class Bounded:
-    """The capped conversions, one entry each in no order, their cents scaled to the per-person bound (`bounded`).
+    """The matched people's conversions, one entry each in no order, capped and scaled (`bounded`).
 
-    `ts_us`, `cents` and `brand` per conversion; `rows[j]`: the person's row in the j-th exposures table's member's
-    data (-1: not matched with it).
+    `ts_us`, `cents` (scaled to the per-person bound) and `brand` per conversion; `rows[j]`: the person's row in the
+    j-th exposures table's member's data (-1: not matched with it); `dropped`: the conversions over the cap, which
+    count nowhere. They stay in the arrays (removing them would copy every array for a few percent of the rows):
+    `build` gives them a key no exposure has, and the totals leave them out.
     """
 
     ts_us: credits.Ints
     cents: credits.Ints
     brand: credits.Ints
     rows: tuple[credits.Ints, ...]
+    dropped: credits.Ints
+
+    def counted(self) -> npt.NDArray[np.bool_]:
+        """Whether each conversion counts (is within the cap)."""
+        counted = np.ones(len(self.cents), dtype=bool)
+        counted[self.dropped] = False
+        return counted
 
     def build(self, lookback_us: int) -> tuple[dict[str, pa.Table], dict[str, int]]:
         """The relations and parameters `touches_sql` reads: per exposures table, the join's build side.
@@ -332,8 +341,9 @@ class Bounded:
         relations: dict[str, pa.Table] = {}
         params: dict[str, int] = {"lookback_us": lookback_us}
         for j, rows in enumerate(self.rows):
-            index = np.flatnonzero(rows >= 0)
-            row, t = rows[index], self.ts_us[index]
+            every = bool(len(rows)) and int(rows.min()) >= 0  # two members: everyone is matched with the other
+            index = np.arange(len(rows), dtype=np.int64) if every else np.flatnonzero(rows >= 0)
+            row, t = (rows, self.ts_us) if every else (rows[index], self.ts_us[index])
             if len(index) == 0:  # nobody to join: bounds no row passes
                 row0, row1, origin, end, width, buckets = 0, -1, 0, -1, 1, 1
                 key = np.zeros(0, dtype=np.int64)
@@ -344,9 +354,11 @@ class Bounded:
                 room = 2**62 // (row1 - row0 + 1)  # the most buckets the key holds
                 width = max(2 * lookback_us, -(-span // room), 1)
                 buckets = (span - 1) // width + 1
-                bucket = (t - origin) // width
+                bucket, into = np.divmod(t - origin, width)
                 key = (row - row0) * buckets + bucket
-                crosses = (t - lookback_us - origin) // width < bucket
+                if len(self.dropped):
+                    key[np.isin(index, self.dropped, assume_unique=True) if not every else self.dropped] = -2
+                crosses = np.flatnonzero(into < lookback_us)  # the window starts in the bucket before
                 key = np.concatenate((key, key[crosses] - 1))
                 index, t = np.concatenate((index, index[crosses])), np.concatenate((t, t[crosses]))
             relations[BUILD.format(j)] = pa.table({"k": key, "i": index, "t": t})
@@ -374,34 +386,51 @@ def bounded(arrays: Mapping[str, Any], sides: Sequence[str], cap: int, person_ce
     cents = np.asarray(arrays["cents"], dtype=np.int64)
     brand = np.asarray(arrays["brand"], dtype=np.int64) if "brand" in arrays else np.zeros(len(person), np.int64)
     rows = tuple(np.asarray(arrays[side], dtype=np.int64) for side in sides)
+    dropped = np.zeros(0, dtype=np.int64)
     if len(person) == 0:
-        return Bounded(ts_us, cents, brand, rows)
+        return Bounded(ts_us, cents, brand, rows, dropped)
     who = _dense(person)
-    heavy = np.flatnonzero(np.bincount(who)[who] > cap)
+    heavy = np.flatnonzero((np.bincount(who) > cap)[who])
     if len(heavy):
-        order = heavy[np.lexsort((cents[heavy], ts_us[heavy], who[heavy]))]
+        order = _earliest_first(heavy, who, ts_us, cents)
         first = np.ones(len(order), dtype=bool)
         first[1:] = who[order[1:]] != who[order[:-1]]
         rank = np.arange(len(order)) - np.flatnonzero(first)[np.cumsum(first) - 1]
-        keep = np.ones(len(person), dtype=bool)
-        keep[order[rank >= cap]] = False
-        who, ts_us, cents, brand = who[keep], ts_us[keep], cents[keep], brand[keep]
-        rows = tuple(r[keep] for r in rows)
+        dropped = np.sort(order[rank >= cap])
     if person_cents is not None:
         size = np.abs(cents)
+        size[dropped] = 0
         # a person's |cents| add up to at most cap x the most one conversion carries, which the policy keeps
         # within 2^53: float64 sums of these integers are exact
-        total = np.bincount(who, weights=size).astype(np.int64)[who]
-        over = np.flatnonzero(total > person_cents)
+        total = np.bincount(who, weights=size)
+        over = np.flatnonzero((total > person_cents)[who])
         if len(over):
-            a, s = size[over], total[over]
+            a, s = size[over], total[who[over]].astype(np.int64)
             if int(a.max()) * person_cents < 2**63:
                 scaled = a * person_cents // s
             else:  # products beyond 64 bits: Python's integers, for the few people over the bound
                 scaled = np.array([x * person_cents // y for x, y in zip(a.tolist(), s.tolist(), strict=True)])
             cents = cents.copy()
             cents[over] = np.sign(cents[over]) * scaled
-    return Bounded(ts_us, cents, brand, rows)
+    return Bounded(ts_us, cents, brand, rows, dropped)
+
+
+def _earliest_first(rows: credits.Ints, who: credits.Ints, ts_us: credits.Ints, cents: credits.Ints) -> credits.Ints:
+    """`rows` ordered by person, then time, then cents.
+
+    One sort of person and time packed into an integer when they fit in 63 bits and no person has two of these
+    conversions at one time (the usual case: then cents never decide); else a sort by the three keys.
+    """
+    person, at = who[rows], ts_us[rows]
+    low = int(at.min())
+    width = (int(at.max()) - low).bit_length()
+    if int(person.max()).bit_length() + width <= 63:
+        order = np.argsort((person << width) | (at - low))
+        packed = rows[order]
+        same = (who[packed[1:]] == who[packed[:-1]]) & (ts_us[packed[1:]] == ts_us[packed[:-1]])
+        if not same.any():
+            return packed
+    return rows[np.lexsort((cents[rows], at, person))]
 
 
 def _dense(person: credits.Ints) -> credits.Ints:
@@ -453,7 +482,7 @@ def attribution_histograms(
     keys = cells_of(axes)
     milli_sums = credits.cell_sums(cell, milli, len(keys))
     cents_sums = credits.cell_sums(cell, cents, len(keys))
-    untouched = np.ones(len(conv.cents), dtype=bool)
+    untouched = conv.counted()
     untouched[rows.conversion] = False
     none = (len(axes[0].domain) - 1) * brand_cells
     brand = conv.brand[untouched]

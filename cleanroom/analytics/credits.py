@@ -56,53 +56,62 @@ class Touches:
 
 @dataclass(frozen=True)
 class Segments:
-    """Where each conversion's rows start, each row's conversion (0-based, dense), and each conversion's size."""
+    """Where each conversion's rows start, each row's conversion (0-based, dense), and each conversion's size.
+
+    `pos` and `n`: each row's 0-based position within its conversion and its conversion's size (computed once: every
+    model's weights and both apportionings read them).
+    """
 
     start: Ints
     of_row: Ints
     size: Ints
+    pos: Ints
+    n: Ints
 
     @staticmethod
     def of(conversion: Ints) -> Segments:
         """The segments of sorted conversion ids."""
         first = np.ones(len(conversion), dtype=bool)
         first[1:] = conversion[1:] != conversion[:-1]
-        start = np.flatnonzero(first)
+        start = np.flatnonzero(first).astype(np.int64)
         of_row = np.cumsum(first) - 1
         size = np.diff(np.append(start, len(conversion)))
-        return Segments(start.astype(np.int64), of_row.astype(np.int64), size.astype(np.int64))
+        pos = np.arange(len(conversion), dtype=np.int64) - start[of_row]
+        return Segments(start, of_row.astype(np.int64), size.astype(np.int64), pos, size[of_row].astype(np.int64))
 
     def position(self) -> Ints:
         """Each row's 0-based position within its conversion."""
-        return np.arange(len(self.of_row), dtype=np.int64) - self.start[self.of_row]
+        return self.pos
 
 
-def credited(touches: Touches, click_over_view: bool) -> Touches:
-    """The touches that get credit: clicks only where a conversion has one (with click-over-view), the latest 100."""
-    if len(touches.conversion) == 0:
-        return touches
-    if click_over_view:
-        seg = Segments.of(touches.conversion)
+def credited(touches: Touches, click_over_view: bool) -> tuple[Touches, Segments]:
+    """The touches that get credit, and their segments.
+
+    Clicks only where a conversion has one (with click-over-view), the latest 100.
+    """
+    seg = Segments.of(touches.conversion)
+    if click_over_view and len(touches.conversion):
         any_click = np.logical_or.reduceat(touches.click, seg.start)
         keep = touches.click | ~any_click[seg.of_row]
         if not keep.all():
             touches = touches.take(keep)
-    seg = Segments.of(touches.conversion)
-    keep = seg.position() >= seg.size[seg.of_row] - MAX_TOUCHES
-    return touches if keep.all() else touches.take(keep)
+            seg = Segments.of(touches.conversion)
+    if len(seg.size) and seg.size.max() > MAX_TOUCHES:
+        touches = touches.take(seg.pos >= seg.n - MAX_TOUCHES)
+        seg = Segments.of(touches.conversion)
+    return touches, seg
 
 
 def weights(touches: Touches, seg: Segments, model: str, half_life_days: float) -> Floats:
     """Each credited touch's share of its conversion (they add up to 1 per conversion, up to rounding)."""
-    n = seg.size[seg.of_row].astype(np.float64)
-    pos = seg.position()
-    last = pos == seg.size[seg.of_row] - 1
+    n, pos = seg.n, seg.pos
+    last = pos == n - 1
     if model == "last_touch":
         return last.astype(np.float64)
     if model == "first_touch":
         return (pos == 0).astype(np.float64)
     if model == "linear":
-        return 1.0 / n
+        return 1.0 / n.astype(np.float64)
     if model == "time_decay":
         newest = touches.at[seg.start + seg.size - 1]  # sorted by time: the last touch is the newest
         age_days = (newest[seg.of_row] - touches.at) / MICROSECONDS_PER_DAY
@@ -132,8 +141,8 @@ def apportion(total: Ints, w: Floats, seg: Segments) -> Ints:
     # A conversion of two touches has at most one unit left (its two remainders add up to less than 2): it goes to
     # the larger remainder, the first touch on a tie. Most conversions with several touches have two, so only the
     # rest are sorted (the sort was most of time decay's cost, whose remainders are rarely zero).
-    two = pending & (seg.size[seg.of_row] == 2)
-    first = np.flatnonzero(two & (seg.position() == 0))
+    two = pending & (seg.n == 2)
+    first = np.flatnonzero(two & (seg.pos == 0))
     to_first = exact[first] - floor[first] >= exact[first + 1] - floor[first + 1]
     shares[first] += to_first
     shares[first + 1] += ~to_first
@@ -152,11 +161,10 @@ def apportion(total: Ints, w: Floats, seg: Segments) -> Ints:
 
 def credit(touches: Touches, model: str, click_over_view: bool, half_life_days: float) -> tuple[Ints, Ints, Ints]:
     """Per credited touch: its cell, thousandths of a conversion and cents (with the sign of the value)."""
-    touches = credited(touches, click_over_view)
+    touches, seg = credited(touches, click_over_view)
     if len(touches.conversion) == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty
-    seg = Segments.of(touches.conversion)
     w = weights(touches, seg, model, half_life_days)
     milli = apportion(np.full(len(w), MILLI, dtype=np.int64), w, seg)
     cents = np.sign(touches.cents) * apportion(np.abs(touches.cents), w, seg)
