@@ -392,7 +392,7 @@ def bounded(arrays: Mapping[str, Any], sides: Sequence[str], cap: int, person_ce
     who = _dense(person)
     heavy = np.flatnonzero((np.bincount(who) > cap)[who])
     if len(heavy):
-        order = _earliest_first(heavy, who, ts_us, cents)
+        order = earliest_first(heavy, who, ts_us, cents)
         first = np.ones(len(order), dtype=bool)
         first[1:] = who[order[1:]] != who[order[:-1]]
         rank = np.arange(len(order)) - np.flatnonzero(first)[np.cumsum(first) - 1]
@@ -415,7 +415,7 @@ def bounded(arrays: Mapping[str, Any], sides: Sequence[str], cap: int, person_ce
     return Bounded(ts_us, cents, brand, rows, dropped)
 
 
-def _earliest_first(rows: credits.Ints, who: credits.Ints, ts_us: credits.Ints, cents: credits.Ints) -> credits.Ints:
+def earliest_first(rows: credits.Ints, who: credits.Ints, ts_us: credits.Ints, cents: credits.Ints) -> credits.Ints:
     """`rows` ordered by person, then time, then cents.
 
     One sort of person and time packed into an integer when they fit in 63 bits and no person has two of these

@@ -166,6 +166,9 @@ def credit(touches: Touches, model: str, click_over_view: bool, half_life_days: 
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty
     w = weights(touches, seg, model, half_life_days)
+    if model in ("last_touch", "first_touch"):  # one touch takes all: nothing to apportion
+        whole = w.astype(bool)
+        return touches.cell, whole * np.int64(MILLI), whole * touches.cents
     milli = apportion(np.full(len(w), MILLI, dtype=np.int64), w, seg)
     cents = np.sign(touches.cents) * apportion(np.abs(touches.cents), w, seg)
     return touches.cell, milli, cents
@@ -235,6 +238,5 @@ def touches_of(
     tie = np.asarray(arrays["tie"], dtype=np.int64)
     order = touch_order(conversion, (ts_us - at[conversion], tie))  # the time before the conversion: narrow
     conversion = conversion[order]
-    return Touches(
-        conversion, ts_us[order], click[order], group[order] * brand_cells + brand[conversion], cents[conversion]
-    )
+    cell = group[order] if brand_cells == 1 else group[order] * brand_cells + brand[conversion]
+    return Touches(conversion, ts_us[order], click[order], cell, cents[conversion])

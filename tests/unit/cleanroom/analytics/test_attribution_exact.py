@@ -18,12 +18,15 @@ import datetime as dt
 import math
 from collections import defaultdict
 
+import hypothesis.strategies as st
 import numpy as np
 import pyarrow as pa
 import pytest
 import yaml
+from hypothesis import given, settings
 
 from cleanroom.analytics import AttributionQuery, QueryEngine
+from cleanroom.analytics.attribution import earliest_first
 from cleanroom.analytics.credits import MILLI, Touches, credit
 from cleanroom.analytics.queries import DimensionRef
 from cleanroom.devtools.synthetic import load_direct
@@ -236,3 +239,19 @@ def test_the_data_reaches_every_rule(world):
     assert len(scaled) >= 10
     times = [t for v in per_person.values() for t, _ in v]
     assert len(times) > len(set(times))  # ties in time
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 30), st.integers(0, 2**45), st.integers(-(2**40), 2**40)), min_size=1),
+    st.booleans(),
+)
+def test_the_cap_ranks_by_person_time_then_value(rows, coarse):
+    """Packed into one sort (no two of a person's conversions at one time) or by the three keys (a tie in time)."""
+    who = np.array([r[0] for r in rows], dtype=np.int64)
+    ts_us = np.array([r[1] // 2**40 if coarse else r[1] for r in rows], dtype=np.int64)  # coarse: ties likely
+    cents = np.array([r[2] for r in rows], dtype=np.int64)
+    order = earliest_first(np.arange(len(rows), dtype=np.int64), who, ts_us, cents)
+    assert sorted(order.tolist()) == list(range(len(rows)))
+    keys = list(zip(who[order].tolist(), ts_us[order].tolist(), cents[order].tolist(), strict=True))
+    assert keys == sorted(keys)
