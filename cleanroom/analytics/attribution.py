@@ -480,7 +480,8 @@ def attribution_histograms(
     rows = credits.touches_of(touched, conv.cents, conv.brand, conv.ts_us, brand_cells)
     cell, milli, cents = credits.credit(rows, model, click_over_view, half_life_days)
     keys = cells_of(axes)
-    milli_sums = credits.cell_sums(cell, milli, len(keys))
+    # thousandths: at most 1000 a row, so float64 sums of them are exact
+    milli_sums = [int(x) for x in np.bincount(cell, weights=milli, minlength=len(keys))]
     cents_sums = credits.cell_sums(cell, cents, len(keys))
     untouched = conv.counted()
     untouched[rows.conversion] = False

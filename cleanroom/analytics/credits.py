@@ -182,6 +182,8 @@ def cell_sums(cell: Ints, values: Ints, cells: int) -> list[int]:
     """
     high = values >> 32
     low = values - (high << 32)
+    if cells == 1:
+        return [int(high.sum()) * 2**32 + int(low.sum())]
     sums_high = np.zeros(cells, dtype=np.int64)
     sums_low = np.zeros(cells, dtype=np.int64)
     np.add.at(sums_high, cell, high)
