@@ -139,17 +139,29 @@ def apportion(total: Ints, w: Floats, seg: Segments) -> Ints:
     if not pending.any():
         return shares
     # A conversion of two touches has at most one unit left (its two remainders add up to less than 2): it goes to
-    # the larger remainder, the first touch on a tie. Most conversions with several touches have two, so only the
-    # rest are sorted (the sort was most of time decay's cost, whose remainders are rarely zero).
+    # the larger remainder, the first touch on a tie. One of three touches has one or two left: to the largest
+    # remainder (the earliest on a tie), or to all but the smallest (the latest on a tie loses). Most conversions
+    # with several touches have two or three, so only the rest are sorted (the sort was most of time decay's
+    # cost, whose remainders are rarely zero).
     two = pending & (seg.n == 2)
     first = np.flatnonzero(two & (seg.pos == 0))
     to_first = exact[first] - floor[first] >= exact[first + 1] - floor[first + 1]
     shares[first] += to_first
     shares[first + 1] += ~to_first
-    rows = np.flatnonzero(pending & ~two)
+    three = pending & (seg.n == 3)
+    first = np.flatnonzero(three & (seg.pos == 0))
+    if len(first):
+        r0, r1, r2 = (exact[first + k] - floor[first + k] for k in range(3))
+        one = left[seg.of_row[first]] == 1
+        top = np.where((r0 >= r1) & (r0 >= r2), 0, np.where(r1 >= r2, 1, 2))
+        bottom = np.where((r2 <= r1) & (r2 <= r0), 2, np.where(r1 <= r0, 1, 0))
+        for k in range(3):
+            shares[first + k] += np.where(one, top == k, bottom != k)
+    rows = np.flatnonzero(pending & ~two & ~three)
     if len(rows) == 0:
         return shares
-    order = rows[np.lexsort((rows, floor[rows] - exact[rows], seg.of_row[rows]))]  # by conversion, -remainder, pos
+    # by conversion, then the larger remainder; the sort is stable, so a tie keeps the earlier position
+    order = rows[np.lexsort((floor[rows] - exact[rows], seg.of_row[rows]))]
     of_row = seg.of_row[order]
     first = np.ones(len(order), dtype=bool)
     first[1:] = of_row[1:] != of_row[:-1]

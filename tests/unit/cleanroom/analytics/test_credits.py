@@ -160,3 +160,24 @@ def test_touch_order_groups_conversions_and_sorts_by_the_keys(rows, narrow):
         mine = order[seen == c]
         keys = list(zip(at[mine].tolist(), tie[mine].tolist(), strict=True))
         assert keys == sorted(keys)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.lists(st.integers(1, 6), min_size=1, max_size=5), st.integers(0, 12)), min_size=1, max_size=8)
+)
+def test_apportion_equals_largest_remainders_with_ties(conversions):
+    """Small integer weights make equal remainders common: every tie goes to the earlier touch, whatever the size."""
+    weights = [[p / sum(parts) for p in parts] for parts, _ in conversions]
+    w = np.array([x for ws in weights for x in ws])
+    total = np.array([t for (parts, t) in conversions for _ in parts], dtype=np.int64)
+    seg = credits.Segments.of(np.repeat(np.arange(len(conversions)), [len(p) for p, _ in conversions]))
+    want = [s for ws, (_, t) in zip(weights, conversions, strict=True) for s in apportion(t, ws)]
+    assert credits.apportion(total, w, seg).tolist() == want
+
+
+def test_apportion_of_three_gives_two_units_past_the_later_of_two_equal_smallest():
+    # remainders 0.6, 0.6, 0.8 with two units left: the smallest tie, and the later of them gets nothing
+    w = np.array([0.12, 0.12, 0.76])
+    seg = credits.Segments.of(np.zeros(3, dtype=np.int64))
+    assert credits.apportion(np.full(3, 5, dtype=np.int64), w, seg).tolist() == apportion(5, list(w)) == [1, 0, 4]
