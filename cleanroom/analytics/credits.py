@@ -181,8 +181,15 @@ def credit(touches: Touches, model: str, click_over_view: bool, half_life_days: 
     if model in ("last_touch", "first_touch"):  # one touch takes all: nothing to apportion
         whole = w.astype(bool)
         return touches.cell, whole * np.int64(MILLI), whole * touches.cents
-    milli = apportion(np.full(len(w), MILLI, dtype=np.int64), w, seg)
-    cents = np.sign(touches.cents) * apportion(np.abs(touches.cents), w, seg)
+    # a conversion of one touch gives it everything (whatever the apportioning, its shares add up to the whole):
+    # only the rows of conversions with several are apportioned
+    milli, cents = np.full(len(w), MILLI, dtype=np.int64), touches.cents.copy()
+    rows = np.flatnonzero(seg.n > 1)
+    if len(rows):
+        several = Segments.of(touches.conversion[rows])
+        milli[rows] = apportion(np.full(len(rows), MILLI, dtype=np.int64), w[rows], several)
+        value = touches.cents[rows]
+        cents[rows] = np.sign(value) * apportion(np.abs(value), w[rows], several)
     return touches.cell, milli, cents
 
 
