@@ -199,7 +199,8 @@ def _domain_index(column: str, domain_param: str, domain: Sequence[str]) -> str:
 def conversions_sql(catalog: Catalog, ev: EventTables, brand_axis: Axis | None) -> Sql:
     """Every matched person's conversions, one row each, in no order: all the cap, the money bound and the totals need.
 
-    Columns, integers only (they come through Arrow as numpy arrays without a conversion): `person` (the hub's row),
+    Columns, integers only (they come through Arrow as numpy arrays without a conversion): `person` (the hub's row;
+    left out with one other member, whose row names the person as well: the matching is one to one),
     `row_<member>` for each exposures table's member (the person's row in that member's data, -1 where they are not
     matched with it), `ts_us` the conversion's time in microseconds, `cents` its value clamped to the policy's
     bounds and in cents, rounded toward zero, and with a brand axis `brand`, the index of the person's value in its
@@ -210,7 +211,9 @@ def conversions_sql(catalog: Catalog, ev: EventTables, brand_axis: Axis | None) 
     time, value = ev.conversions.time or "", ev.value_column
     conv = catalog.table(ev.conversions.member, "conversions", [time, value])
     t, v = quote_ident(time), quote_ident(value)
-    rows = "".join(f", coalesce(m.{side}, -1) AS {side}" for side in _sides(catalog, ev))
+    sides = _sides(catalog, ev)
+    person = "" if _one_to_one(catalog, ev) else "m.person, "
+    rows = ", ".join(f"coalesce(m.{side}, -1) AS {side}" for side in sides)
     brand_join, brand = "", ""
     params: dict[str, object] = {"collab": catalog.id, "lo": ev.lo, "hi": ev.hi}
     if brand_axis is not None:
@@ -221,11 +224,16 @@ def conversions_sql(catalog: Catalog, ev: EventTables, brand_axis: Axis | None) 
         params["brand_domain"] = list(brand_axis.domain)
     text = f"""
         WITH m AS ({matched_sql(catalog, ev.conversions.member)})
-        SELECT m.person{rows}, epoch_us(c.{t}) AS ts_us,
+        SELECT {person}{rows}, epoch_us(c.{t}) AS ts_us,
                CAST(trunc({_clamped(f"c.{v}")} * {CENTS}) AS BIGINT) AS cents{brand}
         FROM {conv} c JOIN m ON c.row_id = m.conv_row {brand_join}
     """
     return Sql(text, params)
+
+
+def _one_to_one(catalog: Catalog, ev: EventTables) -> bool:
+    """Whether the one exposures table's rows name the people one to one (two members: every person has one)."""
+    return len(catalog.spokes) == 1 and len(_sides(catalog, ev)) == 1
 
 
 def _sides(catalog: Catalog, ev: EventTables) -> list[str]:
@@ -381,7 +389,7 @@ def bounded(arrays: Mapping[str, Any], sides: Sequence[str], cap: int, person_ce
     cannot show. Only the people over the cap are sorted (most are not). Then, with `person_cents` P, a person
     whose kept conversions carry S > P |cents| has each scaled to sign x floor(|cents| x P / S), exactly.
     """
-    person = np.asarray(arrays["person"], dtype=np.int64)
+    person = np.asarray(arrays["person" if "person" in arrays else sides[0]], dtype=np.int64)
     ts_us = np.asarray(arrays["ts_us"], dtype=np.int64)
     cents = np.asarray(arrays["cents"], dtype=np.int64)
     brand = np.asarray(arrays["brand"], dtype=np.int64) if "brand" in arrays else np.zeros(len(person), np.int64)
@@ -441,7 +449,7 @@ def _dense(person: credits.Ints) -> credits.Ints:
     """
     low, high = int(person.min()), int(person.max())
     if high - low < 4 * len(person) + 2**20:
-        return person - low
+        return person - low if low else person
     return np.unique(person, return_inverse=True)[1].astype(np.int64)
 
 
@@ -464,7 +472,7 @@ def attribution_histograms(
     scale = ev.person_cents if ev.person_cents < ev.cap * ev.cents_per_conversion else None
     conv = bounded(data.columns(conversions), sides, ev.cap, scale)
     brand_cells = len(axes[1].domain) if len(axes) > 1 else 1
-    if (conv.brand < 0).any():
+    if brand_cells > 1 and (conv.brand < 0).any():
         raise InternalError("values outside the declared domains reached an aggregate")
     relations, params = conv.build(lookback_days * credits.MICROSECONDS_PER_DAY)
     assert isinstance(touches.params, Mapping)  # touches_sql names its parameters
@@ -486,7 +494,7 @@ def attribution_histograms(
     untouched = conv.counted()
     untouched[rows.conversion] = False
     none = (len(axes[0].domain) - 1) * brand_cells
-    brand = conv.brand[untouched]
+    brand = conv.brand[untouched] if brand_cells > 1 else np.zeros(int(untouched.sum()), dtype=np.int64)
     for b, (count, total) in enumerate(
         zip(
             np.bincount(brand, minlength=brand_cells).tolist(),
