@@ -49,8 +49,8 @@ class Touches:
     cell: Ints
     cents: Ints
 
-    def take(self, keep: npt.NDArray[np.bool_]) -> Touches:
-        """The rows where `keep` holds, in order."""
+    def take(self, keep: npt.NDArray[np.bool_] | Ints) -> Touches:
+        """The rows where `keep` holds (or the rows it numbers), in order."""
         return Touches(self.conversion[keep], self.at[keep], self.click[keep], self.cell[keep], self.cents[keep])
 
 
@@ -177,19 +177,19 @@ def credit(touches: Touches, model: str, click_over_view: bool, half_life_days: 
     if len(touches.conversion) == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty
-    w = weights(touches, seg, model, half_life_days)
     if model in ("last_touch", "first_touch"):  # one touch takes all: nothing to apportion
-        whole = w.astype(bool)
+        whole = weights(touches, seg, model, half_life_days).astype(bool)
         return touches.cell, whole * np.int64(MILLI), whole * touches.cents
-    # a conversion of one touch gives it everything (whatever the apportioning, its shares add up to the whole):
-    # only the rows of conversions with several are apportioned
-    milli, cents = np.full(len(w), MILLI, dtype=np.int64), touches.cents.copy()
+    # a conversion of one touch gives it everything (whatever the weights, its shares add up to the whole): only
+    # the rows of conversions with several are weighed and apportioned
+    milli, cents = np.full(len(touches.conversion), MILLI, dtype=np.int64), touches.cents.copy()
     rows = np.flatnonzero(seg.n > 1)
     if len(rows):
-        several = Segments.of(touches.conversion[rows])
-        milli[rows] = apportion(np.full(len(rows), MILLI, dtype=np.int64), w[rows], several)
-        value = touches.cents[rows]
-        cents[rows] = np.sign(value) * apportion(np.abs(value), w[rows], several)
+        part = touches.take(rows)
+        several = Segments.of(part.conversion)
+        w = weights(part, several, model, half_life_days)
+        milli[rows] = apportion(np.full(len(rows), MILLI, dtype=np.int64), w, several)
+        cents[rows] = np.sign(part.cents) * apportion(np.abs(part.cents), w, several)
     return touches.cell, milli, cents
 
 
