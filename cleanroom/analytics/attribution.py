@@ -250,7 +250,8 @@ def touches_sql(catalog: Catalog, ev: EventTables) -> Sql:
 
     `conversion` (the conversion's index in `Bounded`), `ts_us` the touch's time in microseconds, and `code`: its
     kind, campaign and channel as one integer (`TouchCode`). The data-dependent parameters of each exposures table j
-    (`$row0_j` ...) and the relation `BUILD.format(j)` come from `Bounded.build`.
+    (`$row0_j` ...) and the relations `BUILD.format(j)` and `BUILD.format(f"{j}_before")` come from
+    `Bounded.build`.
 
     Why it is shaped so: the join is a plain hash join on one integer, the person's row and the time bucket
     (`Bounded.build` says why that key finds every qualifying touch), whose build side is three integer columns of
@@ -269,7 +270,7 @@ def touches_sql(catalog: Catalog, ev: EventTables) -> Sql:
                          + coalesce(list_position($campaigns, CAST(e.campaign AS VARCHAR)), 0))
                         * {len(code.channels) + 1}
                         + coalesce(list_position($channels, CAST(e.channel AS VARCHAR)), 0) AS INTEGER) AS code
-            FROM {BUILD.format(j)} c JOIN (
+            FROM (SELECT * FROM {BUILD.format(j)} UNION ALL SELECT * FROM {BUILD.format(f"{j}_before")}) c JOIN (
                 SELECT row_id, epoch_us({et}) AS ts_us, campaign, channel, kind FROM {expo}
                 WHERE row_id BETWEEN $row0_{j} AND $row1_{j}
                   AND {et} BETWEEN make_timestamp($origin_{j}) AND make_timestamp($end_{j})
@@ -367,9 +368,13 @@ class Bounded:
                 if len(self.dropped):
                     key[np.isin(index, self.dropped, assume_unique=True) if not every else self.dropped] = -2
                 crosses = np.flatnonzero(into < lookback_us)  # the window starts in the bucket before
-                key = np.concatenate((key, key[crosses] - 1))
-                index, t = np.concatenate((index, index[crosses])), np.concatenate((t, t[crosses]))
+            # the conversions in their own bucket, and again in the one before where their window starts there: two
+            # relations the statement reads as one (no copy of the first into a longer array)
+            before = np.zeros(0, dtype=np.int64) if len(index) == 0 else crosses
             relations[BUILD.format(j)] = pa.table({"k": key, "i": index, "t": t})
+            relations[BUILD.format(f"{j}_before")] = pa.table(
+                {"k": key[before] - 1, "i": index[before], "t": t[before]}
+            )
             params |= {
                 f"row0_{j}": row0,
                 f"row1_{j}": row1,
