@@ -389,9 +389,10 @@ class Bounded:
 def bounded(arrays: Mapping[str, Any], sides: Sequence[str], cap: int, person_cents: int | None) -> Bounded:
     """`conversions_sql`'s rows capped and scaled: the module docstring's contribution bounding, in numpy.
 
-    The cap keeps each person's `cap` earliest conversions, ties by value; conversions equal in both are
-    interchangeable (one person, time and value: the same touches, the same cents), so which of them is kept
-    cannot show. Only the people over the cap are sorted (most are not). Then, with `person_cents` P, a person
+    The cap keeps each person's `cap` earliest conversions, ties by value: by their cents, which never decrease as
+    the value grows, so the kept times and cents are those the order by value keeps; conversions equal in time and
+    cents are interchangeable (one person: the same touches, the same cents), so which of them is kept cannot show.
+    Only the people over the cap are sorted (most are not). Then, with `person_cents` P, a person
     whose kept conversions carry S > P |cents| has each scaled to sign x floor(|cents| x P / S), exactly.
     """
     person = np.asarray(arrays["person" if "person" in arrays else sides[0]], dtype=np.int64)

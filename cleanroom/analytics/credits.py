@@ -1,10 +1,11 @@
-"""Attribution's credits, vectorised: from the touches DuckDB returned (sorted) to exact integer shares per cell.
+"""Attribution's credits, vectorised: from the touches DuckDB returned (in any order) to exact integer shares per cell.
 
 Why here and not in SQL: the credit of a touch depends on its conversion's other touches (its position, how many
 there are, the newest one's time, the remainders of the others when integer shares are apportioned). In SQL that
 took six window functions over the touches, each a sort of them, and made attribution 3-7x a plain join of the
-same rows. The touches are few (a conversion has about as many as the exposures in its lookback window), so DuckDB
-sorts them once and numpy computes every model's shares over the sorted arrays in a handful of passes.
+same rows. The touches are few (a conversion has about as many as the exposures in its lookback window), so numpy
+puts them in order once (`touch_order`: only the touches of conversions with several) and computes every model's
+shares over the ordered arrays in a handful of passes.
 
 The rules (the module docstring of `attribution` states them as promises) are exactly those of the plain-Python
 reference in tests/system/analytics/test_attribution.py: touches ordered by time, an impression before a click at
