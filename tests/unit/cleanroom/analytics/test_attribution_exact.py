@@ -255,3 +255,42 @@ def test_the_cap_ranks_by_person_time_then_value(rows, coarse):
     assert sorted(order.tolist()) == list(range(len(rows)))
     keys = list(zip(who[order].tolist(), ts_us[order].tolist(), cents[order].tolist(), strict=True))
     assert keys == sorted(keys)
+
+
+@pytest.mark.parametrize("case", ["no conversions", "no exposures", "nobody matched"])
+def test_empty_inputs_give_zero_or_unattributed_cells(tmp_path, case):
+    """No row to cap, to build the join from or to join with: the vectors are zeros, or every conversion in `none`."""
+    room = Room.open(tmp_path)
+    c = room.collaborations.create(BRAND, "attribution-empty", yaml.safe_dump(POLICY))
+    for m in (BRAND, PLATFORM):
+        room.collaborations.approve(m, c.id, c.policy_etag)
+    n, e = (0 if case == "no conversions" else 5), (0 if case == "no exposures" else 5)
+    tables = {
+        ("brand", "users"): pa.table({"row_id": np.arange(10, dtype=np.int64), "tier": pa.array(["gold"] * 10)}),
+        ("brand", "conversions"): pa.table(
+            {
+                "row_id": np.arange(n, dtype=np.int64),
+                "ts": pa.array([T0] * n, pa.timestamp("us")),
+                "value": np.full(n, 10.0),
+            }
+        ),
+        ("platform", "users"): pa.table({"row_id": np.arange(10, dtype=np.int64)}),
+        ("platform", "exposures"): pa.table(
+            {
+                "row_id": np.arange(e, dtype=np.int64),
+                "ts": pa.array([T0] * e, pa.timestamp("us")),
+                "campaign": ["c1"] * e,
+                "channel": ["feed"] * e,
+                "kind": ["click"] * e,
+            }
+        ),
+    }
+    pairs = np.arange(0 if case == "nobody matched" else 10)
+    load_direct(room, c.id, tables, pairs, pairs)
+    noise = Recording()
+    engine = QueryEngine(room.store, room.collaborations, room.budget, room.audit, noise)
+    for model in ("linear", "last_touch"):
+        engine.attribution(BRAND, c.id, AttributionQuery(model=model, lookback_days=3, by="campaign", epsilon=1.0))
+    unattributed = 5 if case == "no exposures" else 0
+    assert noise.vectors == [[0, 0, 0, MILLI * unattributed], [0, 0, 0, 1000 * unattributed]] * 2
+    room.close()
