@@ -6,7 +6,7 @@ Each query runs `repeats` times through the real engine (`QueryEngine.attributio
 DuckDB SQL, OpenDP's noise, the audit entry) and every released cell is compared with the same attribution computed
 plainly in pandas from the raw tables: each conversion's value clamped to the policy's bounds, the person's first
 `max_per_person` conversions, each person's kept conversions scaled down to the policy's per-person bound as
-`attribution_sql` does (the truth as the query defines it, as in `bench_accuracy.py`), credited to the touches in
+`attribution.bounded` does (the truth as the query defines it, as in `bench_accuracy.py`), credited to the touches in
 the lookback window by the model's weights.
 
 Per measure, over the cells whose truth credits at least `MIN_BUYERS` matched buyers (people with credit in the
@@ -123,7 +123,7 @@ def truth(
 
     `person_cents`: the policy's per-person bound (`TableSpec.person_cents`); a person whose kept conversions carry
     more cents (sum of |cents|, each value clamped and truncated to cents) has each scaled down to
-    sign x floor(|cents| x P / S), as `attribution_sql` does. None: no per-person bound (every order as it is).
+    sign x floor(|cents| x P / S), as `attribution.bounded` does. None: no per-person bound (every order as it is).
     """
     person = dict(zip(data.truth["customer_id"], data.truth["user_id"], strict=True))
     conv = data.brand_conversions[data.brand_conversions["customer_id"].isin(person)].copy()

@@ -1,15 +1,18 @@
 """Attribution: its DuckDB SQL over the join (exact, un-noised, never leaving the engine) and its plan.
 
 `attribution` at the end is the query's plan for `QueryEngine.release` (lift, which shares the conversions' capping
-and clamping, is in `lift`). Its SQL returns the qualifying touches and the conversions' totals; the credits that
-depend on a conversion's other touches (positions, weights, the apportioning below) are computed over them in numpy
-by `credits`, in the engine's process like every exact aggregate here.
+and clamping, is in `lift`). It reads the matched people's conversions once (`conversions_sql`), caps them and
+scales their cents in numpy (`bounded`), then joins what is left with the exposures in one hash join
+(`touches_sql`, `Bounded.build`); the credits that depend on a conversion's other touches (positions, weights, the
+apportioning below) are computed over the touches in numpy by `credits`, in the engine's process like every exact
+aggregate here.
 
 Contribution bounding, which makes the sensitivities exact (per matched pair; the engine multiplies them by the
 join's stability constant):
 - Each matched person contributes at most `max_per_person` conversions (the policy's cap on the conversions
-  table): the earliest ones, ties broken by value then by their row order. Values are clamped to the policy's
-  bounds [lo, hi] first.
+  table): the earliest ones, ties broken by value then by their row order (which cannot show: one person's
+  conversions equal in time and value credit the same touches with the same cents). Values are clamped to the
+  policy's bounds [lo, hi] first.
 - A conversion's cents are trunc(100 x value) (rounded toward zero). One person's capped conversions together carry
   at most P = `per_person_bound` cents in absolute value: when their |cents| add up to S > P, each conversion's
   cents are scaled to sign x floor(|cents| x P / S) (integers, so the sum of |cents| is at most P exactly). P is the
@@ -42,9 +45,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from cleanroom_client.policy import Policy, QueryType, TableSpec
 
@@ -60,6 +64,8 @@ from .plan import Measurement, Noisy, Plan, QueryAnswer, dimension_domain
 from .queries import AttributionQuery
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from .engine import QueryEngine
 
 CENTS = 100
@@ -190,158 +196,320 @@ def _domain_index(column: str, domain_param: str, domain: Sequence[str]) -> str:
     )
 
 
-def attribution_sql(catalog: Catalog, ev: EventTables, group: Axis, brand_axis: Axis | None, lookback_days: int) -> Sql:
-    """The touches of the capped conversions, for `credits`, and the capped conversions' totals per brand cell.
+def conversions_sql(catalog: Catalog, ev: EventTables, brand_axis: Axis | None) -> Sql:
+    """Every matched person's conversions, one row each, in no order: all the cap, the money bound and the totals need.
 
-    Rows with `attributed`: one per (conversion, qualifying touch), in no order (`credits.touches_of` orders
-    them), with `conversion` (the conversion's stored row), `ts_us` the touch's time in microseconds, `click`,
-    `campaign` and `channel` (ranks in their sorted domains, for the touch order), `group` and `brand` (indices
-    into the axes' domains; 0 without a brand axis), `cents` the conversion's value in cents. Rows without: per
-    brand cell, `conversions` conversions carrying `high` x 2^32 + `cents` cents (split so that no sum overflows):
-    the capped conversions, each person's cents scaled down to the per-person bound.
-
-    Cheap where it can be: the cap ranks only the conversions of people over it (most people are not), each
-    conversion carries its person's rows of the exposures' members from its one join with the people, and
-    nothing is sorted here. What depends on a conversion's other touches is `credits`' business.
+    Columns, integers only (they come through Arrow as numpy arrays without a conversion): `person` (the hub's row;
+    left out with one other member, whose row names the person as well: the matching is one to one),
+    `row_<member>` for each exposures table's member (the person's row in that member's data, -1 where they are not
+    matched with it), `ts_us` the conversion's time in microseconds, `cents` its value clamped to the policy's
+    bounds and in cents, rounded toward zero, and with a brand axis `brand`, the index of the person's value in its
+    domain. This is the one read of the conversions: `bounded` caps them and scales their cents in numpy, and the
+    join with the exposures (`touches_sql`) reads what is left of them, so neither the cap's rank, the per-person
+    sums nor the totals touch the exposures.
     """
     time, value = ev.conversions.time or "", ev.value_column
     conv = catalog.table(ev.conversions.member, "conversions", [time, value])
     t, v = quote_ident(time), quote_ident(value)
-    specs = ev.every_exposures or (ev.exposures,)
-    carried = "".join(f", m.{side}" for side in dict.fromkeys(catalog.side(spec.member) for spec in specs))
-    touch_sources = []
-    for spec in specs:
-        et, g = quote_ident(spec.time or ""), quote_ident(group.column)
-        expo = catalog.table(spec.member, "exposures", [spec.time or "", group.column, "campaign", "channel", "kind"])
-        touch_sources.append(
-            f"""SELECT true AS attributed, c.conversion, epoch_us(e.{et}) AS ts_us, e.kind = 'click' AS click,
-                   coalesce(list_position($campaigns, CAST(e.campaign AS VARCHAR)), 0) AS campaign,
-                   coalesce(list_position($channels, CAST(e.channel AS VARCHAR)), 0) AS channel,
-                   {_domain_index(f"e.{g}", "$group_domain", group.domain)} AS "group", c.brand, c.cents,
-                   0::BIGINT AS high, 1::BIGINT AS conversions
-            FROM capped c JOIN {expo} e ON e.row_id = c.{catalog.side(spec.member)}
-            WHERE e.{et} <= c.cts AND e.{et} >= c.cts - to_days(CAST($lookback AS INTEGER))"""
-        )
-    brand_join, brand = "", "0"
-    params: dict[str, object] = {"group_domain": list(group.domain)}
+    sides = _sides(catalog, ev)
+    person = "" if _one_to_one(catalog, ev) else "m.person, "
+    rows = ", ".join(f"coalesce(m.{side}, -1) AS {side}" for side in sides)
+    brand_join, brand = "", ""
+    params: dict[str, object] = {"collab": catalog.id, "lo": ev.lo, "hi": ev.hi}
     if brand_axis is not None:
         users = catalog.table(brand_axis.member, "users", [brand_axis.column])
         brand_join = f"LEFT JOIN {users} u ON u.row_id = m.{catalog.side(brand_axis.member)}"
-        brand = _domain_index(f"u.{quote_ident(brand_axis.column)}", "$brand_domain", brand_axis.domain)
+        index = _domain_index(f"u.{quote_ident(brand_axis.column)}", "$brand_domain", brand_axis.domain)
+        brand = f", CAST({index} AS INTEGER) AS brand"
         params["brand_domain"] = list(brand_axis.domain)
-    params["campaigns"] = sorted(exposure_domain(ev, "campaign"))
-    params["channels"] = sorted(exposure_domain(ev, "channel"))
-    split = "CAST(sum({0} % 4294967296) AS BIGINT), CAST(sum({0} // 4294967296) AS BIGINT)"
-    # Each person's kept conversions carry at most $person cents together: over it, each is scaled down to
-    # sign x floor(|cents| x P / S), S the person's sum of |cents|. Without a per-person bound below what the rows
-    # imply nobody is over it, and the step is left out.
-    scaled = (
-        """
-        over AS (
-            SELECT person, sum(abs(cents)) AS person_abs FROM kept GROUP BY person HAVING sum(abs(cents)) > $person
-        ),
-        capped AS (
-            SELECT k.* EXCLUDE (cents),
-                   CASE WHEN o.person_abs IS NULL THEN k.cents
-                        ELSE CAST(sign(k.cents) * (CAST(abs(k.cents) AS HUGEINT) * $person // o.person_abs) AS BIGINT)
-                   END AS cents
-            FROM kept k LEFT JOIN over o USING (person)
-        )"""
-        if ev.person_cents < ev.cap * ev.cents_per_conversion
-        else "\n        capped AS (SELECT * FROM kept)"
-    )
     text = f"""
-        WITH m AS ({matched_sql(catalog, ev.conversions.member)}),
-        conv AS (
-            SELECT m.person, m.conv_row{carried}, c.rowid AS conversion, c.{t} AS cts, c.{v} AS raw,
-                   CAST(trunc({_clamped(f"c.{v}")} * {CENTS}) AS BIGINT) AS cents, {brand} AS brand
-            FROM {conv} c JOIN m ON c.row_id = m.conv_row {brand_join}
-        ),
-        heavy AS (SELECT unnest(CAST($heavy AS BIGINT[])) AS conv_row),
-        ranked AS (
-            SELECT *, row_number() OVER (PARTITION BY person ORDER BY cts, raw, conversion) AS rn
-            FROM conv SEMI JOIN heavy USING (conv_row)
-        ),
-        kept AS (
-            SELECT * FROM conv ANTI JOIN heavy USING (conv_row)
-            UNION ALL
-            SELECT * EXCLUDE (rn) FROM ranked WHERE rn <= $cap
-        ),{scaled}
-        {" UNION ALL ".join(touch_sources)}
-        UNION ALL
-        SELECT false, 0, 0, false, 0, 0, {len(group.domain) - 1}, brand, {split.format("cents")}, count(*)
-        FROM capped GROUP BY brand
+        WITH m AS ({matched_sql(catalog, ev.conversions.member)})
+        SELECT {person}{rows}, epoch_us(c.{t}) AS ts_us,
+               CAST(trunc({_clamped(f"c.{v}")} * {CENTS}) AS BIGINT) AS cents{brand}
+        FROM {conv} c JOIN m ON c.row_id = m.conv_row {brand_join}
     """
-    params |= {
-        "collab": catalog.id,
-        "lo": ev.lo,
-        "hi": ev.hi,
-        "cap": ev.cap,
-        "lookback": lookback_days,
-    }
-    if "$person" in scaled:
-        params["person"] = ev.person_cents
     return Sql(text, params)
 
 
-def conversion_rows_sql(catalog: Catalog, ev: EventTables) -> Sql:
-    """The conversions' `row_id` (the member's user row), one row per conversion: who may be over the cap."""
-    conv = catalog.table(ev.conversions.member, "conversions", [ev.conversions.time or "", ev.value_column])
-    return Sql(f"SELECT row_id FROM {conv} c WHERE row_id IS NOT NULL")
+def _one_to_one(catalog: Catalog, ev: EventTables) -> bool:
+    """Whether the one exposures table's rows name the people one to one (two members: every person has one)."""
+    return len(catalog.spokes) == 1 and len(_sides(catalog, ev)) == 1
 
 
-def over_cap(data: MatchedData, rows: Sql, cap: int) -> list[int]:
-    """The users rows with more than `cap` conversions, counted in numpy (one pass, no hash table in DuckDB).
+def _sides(catalog: Catalog, ev: EventTables) -> list[str]:
+    """The people's columns naming their rows in each exposures table's member's data, in `every_exposures` order."""
+    return list(dict.fromkeys(catalog.side(spec.member) for spec in ev.every_exposures or (ev.exposures,)))
 
-    Only their conversions are ranked for the cap (`attribution_sql`'s `$heavy`). A row retired between this read
-    and the next only lowers a count, so everyone over the cap in the next read is in this list.
+
+#: The name under which `touches_sql` reads the capped conversions of the j-th exposures table's member.
+BUILD = "attribution_conversions_{}"
+
+
+def touches_sql(catalog: Catalog, ev: EventTables) -> Sql:
+    """The qualifying touches of the capped conversions: one row per (conversion, touch), in no order.
+
+    `conversion` (the conversion's index in `Bounded`), `ts_us` the touch's time in microseconds, and `code`: its
+    kind, campaign and channel as one integer (`TouchCode`). The data-dependent parameters of each exposures table j
+    (`$row0_j` ...) and the relations `BUILD.format(j)` and `BUILD.format(f"{j}_before")` come from
+    `Bounded.build`.
+
+    Why it is shaped so: the join is a plain hash join on one integer, the person's row and the time bucket
+    (`Bounded.build` says why that key finds every qualifying touch), whose build side is three integer columns of
+    the conversions that are left after the cap; every other column of a conversion is attached in numpy by its
+    index. The exposures read only the rows whose person and time any conversion could reach (bounds the scan
+    filters cheaply), three integer columns come out, and nothing here sorts or ranks.
     """
-    row_id = np.asarray(data.columns(rows)["row_id"], dtype=np.int64)
-    if len(row_id) == 0:
-        return []
-    counts = np.bincount(row_id - row_id.min())
-    return (np.flatnonzero(counts > cap) + row_id.min()).tolist()
+    code = TouchCode.of(ev)
+    sources = []
+    for j, spec in enumerate(ev.every_exposures or (ev.exposures,)):
+        et = quote_ident(spec.time or "")
+        expo = catalog.table(spec.member, "exposures", [spec.time or "", "campaign", "channel", "kind"])
+        sources.append(
+            f"""SELECT c.i AS conversion, e.ts_us,
+                   CAST(((e.kind = 'click')::INTEGER * {len(code.campaigns) + 1}
+                         + coalesce(list_position($campaigns, CAST(e.campaign AS VARCHAR)), 0))
+                        * {len(code.channels) + 1}
+                        + coalesce(list_position($channels, CAST(e.channel AS VARCHAR)), 0) AS INTEGER) AS code
+            FROM (SELECT * FROM {BUILD.format(j)} UNION ALL SELECT * FROM {BUILD.format(f"{j}_before")}) c JOIN (
+                SELECT row_id, epoch_us({et}) AS ts_us, campaign, channel, kind FROM {expo}
+                WHERE row_id BETWEEN $row0_{j} AND $row1_{j}
+                  AND {et} BETWEEN make_timestamp($origin_{j}) AND make_timestamp($end_{j})
+            ) e ON (e.row_id - $row0_{j}) * $buckets_{j} + (e.ts_us - $origin_{j}) // $width_{j} = c.k
+            WHERE e.ts_us <= c.t AND e.ts_us >= c.t - $lookback_us"""
+        )
+    return Sql(" UNION ALL ".join(sources), {"campaigns": list(code.campaigns), "channels": list(code.channels)})
+
+
+@dataclass(frozen=True)
+class TouchCode:
+    """A touch's kind, campaign and channel as one integer: ((click x (C + 1) + campaign) x (H + 1) + channel).
+
+    `campaign` and `channel` are 1-based ranks in the sorted domains of every exposures table of the population
+    (C and H values; 0 for a value outside them, which the upload checks rule out). Ordered by this code, an
+    impression comes before a click, then by campaign, then by channel name: the touch order's tie-break.
+    """
+
+    campaigns: tuple[str, ...]
+    channels: tuple[str, ...]
+
+    @staticmethod
+    def of(ev: EventTables) -> TouchCode:
+        """The code over the population's exposures domains."""
+        return TouchCode(tuple(sorted(exposure_domain(ev, "campaign"))), tuple(sorted(exposure_domain(ev, "channel"))))
+
+    def click(self, code: credits.Ints) -> npt.NDArray[np.bool_]:
+        """Whether each touch is a click."""
+        return code >= (len(self.campaigns) + 1) * (len(self.channels) + 1)
+
+    def group(self, code: credits.Ints, group: Axis) -> credits.Ints:
+        """Each touch's index in the group axis' domain (its campaign's or channel's; -1 outside it)."""
+        names, stride = (self.campaigns, len(self.channels) + 1) if group.column == "campaign" else (self.channels, 1)
+        index = {name: i for i, name in enumerate(group.domain)}
+        lookup = np.array([-1, *(index.get(name, -1) for name in names)], dtype=np.int64)
+        return lookup[code // stride % (len(names) + 1)]
+
+
+@dataclass(frozen=True)
+class Bounded:
+    """The matched people's conversions, one entry each in no order, capped and scaled (`bounded`).
+
+    `ts_us`, `cents` (scaled to the per-person bound) and `brand` per conversion; `rows[j]`: the person's row in the
+    j-th exposures table's member's data (-1: not matched with it); `dropped`: the conversions over the cap, which
+    count nowhere. They stay in the arrays (removing them would copy every array for a few percent of the rows):
+    `build` gives them a key no exposure has, and the totals leave them out.
+    """
+
+    ts_us: credits.Ints
+    cents: credits.Ints
+    brand: credits.Ints
+    rows: tuple[credits.Ints, ...]
+    dropped: credits.Ints
+
+    def counted(self) -> npt.NDArray[np.bool_]:
+        """Whether each conversion counts (is within the cap)."""
+        counted = np.ones(len(self.cents), dtype=bool)
+        counted[self.dropped] = False
+        return counted
+
+    def build(self, lookback_us: int) -> tuple[dict[str, pa.Table], dict[str, int]]:
+        """The relations and parameters `touches_sql` reads: per exposures table, the join's build side.
+
+        A touch qualifies when it is the person's and its time te lies in [t - L, t] (t the conversion's, L the
+        lookback). Times are cut into buckets of width W >= 2L from an origin below every window: a qualifying
+        touch is then in the conversion's bucket, or in the one before when the window crosses into it. So each
+        conversion enters the build side once per bucket its window reaches (one or two), keyed by (person's row,
+        bucket) as one integer, and a plain equality join finds every candidate; the window itself is checked
+        after (the join's residual), so no touch is found twice and none is missed. The candidates are a fraction
+        of all the person's exposures (those within about W), which is what makes this cheaper than joining on
+        the person and filtering by time. W grows when the key would not fit 62 bits (a huge row number or time
+        range); the exposures read are bounded to the rows and times the key covers, which every qualifying touch
+        is within.
+        """
+        import pyarrow as pa
+
+        relations: dict[str, pa.Table] = {}
+        params: dict[str, int] = {"lookback_us": lookback_us}
+        for j, rows in enumerate(self.rows):
+            every = bool(len(rows)) and int(rows.min()) >= 0  # two members: everyone is matched with the other
+            index = np.arange(len(rows), dtype=np.int64) if every else np.flatnonzero(rows >= 0)
+            row, t = (rows, self.ts_us) if every else (rows[index], self.ts_us[index])
+            if len(index) == 0:  # nobody to join: bounds no row passes
+                row0, row1, origin, end, width, buckets = 0, -1, 0, -1, 1, 1
+                key = np.zeros(0, dtype=np.int64)
+            else:
+                row0, row1 = int(row.min()), int(row.max())
+                origin, end = int(t.min()) - lookback_us, int(t.max())
+                span = end - origin + 1
+                room = 2**62 // (row1 - row0 + 1)  # the most buckets the key holds
+                width = max(2 * lookback_us, -(-span // room), 1)
+                buckets = (span - 1) // width + 1
+                bucket, into = np.divmod(t - origin, width)
+                key = (row - row0) * buckets + bucket
+                if len(self.dropped):
+                    key[np.isin(index, self.dropped, assume_unique=True) if not every else self.dropped] = -2
+                crosses = np.flatnonzero(into < lookback_us)  # the window starts in the bucket before
+            # the conversions in their own bucket, and again in the one before where their window starts there: two
+            # relations the statement reads as one (no copy of the first into a longer array)
+            before = np.zeros(0, dtype=np.int64) if len(index) == 0 else crosses
+            relations[BUILD.format(j)] = pa.table({"k": key, "i": index, "t": t})
+            relations[BUILD.format(f"{j}_before")] = pa.table(
+                {"k": key[before] - 1, "i": index[before], "t": t[before]}
+            )
+            params |= {
+                f"row0_{j}": row0,
+                f"row1_{j}": row1,
+                f"origin_{j}": origin,
+                f"end_{j}": end,
+                f"width_{j}": width,
+                f"buckets_{j}": buckets,
+            }
+        return relations, params
+
+
+def bounded(arrays: Mapping[str, Any], sides: Sequence[str], cap: int, person_cents: int | None) -> Bounded:
+    """`conversions_sql`'s rows capped and scaled: the module docstring's contribution bounding, in numpy.
+
+    The cap keeps each person's `cap` earliest conversions, ties by value: by their cents, which never decrease as
+    the value grows, so the kept times and cents are those the order by value keeps; conversions equal in time and
+    cents are interchangeable (one person: the same touches, the same cents), so which of them is kept cannot show.
+    Only the people over the cap are sorted (most are not). Then, with `person_cents` P, a person
+    whose kept conversions carry S > P |cents| has each scaled to sign x floor(|cents| x P / S), exactly.
+    """
+    person = np.asarray(arrays["person" if "person" in arrays else sides[0]], dtype=np.int64)
+    ts_us = np.asarray(arrays["ts_us"], dtype=np.int64)
+    cents = np.asarray(arrays["cents"], dtype=np.int64)
+    brand = np.asarray(arrays["brand"], dtype=np.int64) if "brand" in arrays else np.zeros(len(person), np.int64)
+    rows = tuple(np.asarray(arrays[side], dtype=np.int64) for side in sides)
+    dropped = np.zeros(0, dtype=np.int64)
+    if len(person) == 0:
+        return Bounded(ts_us, cents, brand, rows, dropped)
+    who = _dense(person)
+    heavy = np.flatnonzero((np.bincount(who) > cap)[who])
+    if len(heavy):
+        order = earliest_first(heavy, who, ts_us, cents)
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = who[order[1:]] != who[order[:-1]]
+        rank = np.arange(len(order)) - np.flatnonzero(first)[np.cumsum(first) - 1]
+        dropped = np.sort(order[rank >= cap])
+    if person_cents is not None:
+        size = np.abs(cents)
+        size[dropped] = 0
+        # a person's |cents| add up to at most cap x the most one conversion carries, which the policy keeps
+        # within 2^53: float64 sums of these integers are exact
+        total = np.bincount(who, weights=size)
+        over = np.flatnonzero((total > person_cents)[who])
+        if len(over):
+            a, s = size[over], total[who[over]].astype(np.int64)
+            if int(a.max()) * person_cents < 2**63:
+                scaled = a * person_cents // s
+            else:  # products beyond 64 bits: Python's integers, for the few people over the bound
+                scaled = np.array([x * person_cents // y for x, y in zip(a.tolist(), s.tolist(), strict=True)])
+            cents = cents.copy()
+            cents[over] = np.sign(cents[over]) * scaled
+    return Bounded(ts_us, cents, brand, rows, dropped)
+
+
+def earliest_first(rows: credits.Ints, who: credits.Ints, ts_us: credits.Ints, cents: credits.Ints) -> credits.Ints:
+    """`rows` ordered by person, then time, then cents.
+
+    One sort of person and time packed into an integer when they fit in 63 bits and no person has two of these
+    conversions at one time (the usual case: then cents never decide); else a sort by the three keys.
+    """
+    person, at = who[rows], ts_us[rows]
+    low = int(at.min())
+    width = (int(at.max()) - low).bit_length()
+    if int(person.max()).bit_length() + width <= 63:
+        order = np.argsort((person << width) | (at - low))
+        packed = rows[order]
+        same = (who[packed[1:]] == who[packed[:-1]]) & (ts_us[packed[1:]] == ts_us[packed[:-1]])
+        if not same.any():
+            return packed
+    return rows[np.lexsort((cents[rows], at, person))]
+
+
+def _dense(person: credits.Ints) -> credits.Ints:
+    """Person ids from 0, for counting with `bincount`.
+
+    The rows less the smallest when their range is small (it is: they are row numbers of the hub's users table),
+    else ranks.
+    """
+    low, high = int(person.min()), int(person.max())
+    if high - low < 4 * len(person) + 2**20:
+        return person - low if low else person
+    return np.unique(person, return_inverse=True)[1].astype(np.int64)
 
 
 def attribution_histograms(
     data: MatchedData,
-    sql: Sql,
-    rows: Sql,
-    cap: int,
+    conversions: Sql,
+    touches: Sql,
+    ev: EventTables,
     axes: tuple[Axis, ...],
+    lookback_days: int,
     model: str,
     click_over_view: bool,
     half_life_days: float,
 ) -> tuple[Histogram, Histogram]:
-    """Attributed thousandths of a conversion and cents per cell, exact: `attribution_sql`'s rows through `credits`.
+    """Attributed thousandths of a conversion and cents per cell, exact: the conversions, bounded, then their touches.
 
-    A conversion no touch qualifies for hands its thousandths and cents to its brand cell's `none` group: the
-    capped conversions' totals less those of the conversions with a touch.
+    A conversion no touch qualifies for hands its thousandths and cents to its brand cell's `none` group.
     """
-    assert isinstance(sql.params, Mapping)  # attribution_sql names its parameters
-    arrays = data.columns(Sql(sql.text, {**sql.params, "heavy": over_cap(data, rows, cap)}))
-    attributed = np.asarray(arrays["attributed"], dtype=bool)
-    totals = np.flatnonzero(~attributed)
+    sides = _sides(data.catalog, ev)
+    scale = ev.person_cents if ev.person_cents < ev.cap * ev.cents_per_conversion else None
+    conv = bounded(data.columns(conversions), sides, ev.cap, scale)
     brand_cells = len(axes[1].domain) if len(axes) > 1 else 1
-    touches = credits.touches_of({name: column[attributed] for name, column in arrays.items()}, brand_cells)
-    cell, milli, cents = credits.credit(touches, model, click_over_view, half_life_days)
+    if brand_cells > 1 and (conv.brand < 0).any():
+        raise InternalError("values outside the declared domains reached an aggregate")
+    relations, params = conv.build(lookback_days * credits.MICROSECONDS_PER_DAY)
+    assert isinstance(touches.params, Mapping)  # touches_sql names its parameters
+    arrays = data.columns(Sql(touches.text, {**touches.params, **params}), relations)
+    code = np.asarray(arrays["code"], dtype=np.int64)
+    touched = {
+        "conversion": arrays["conversion"],
+        "ts_us": arrays["ts_us"],
+        "click": TouchCode.of(ev).click(code),
+        "tie": code,
+        "group": TouchCode.of(ev).group(code, axes[0]),
+    }
+    rows = credits.touches_of(touched, conv.cents, conv.brand, conv.ts_us, brand_cells)
+    cell, milli, cents = credits.credit(rows, model, click_over_view, half_life_days)
     keys = cells_of(axes)
-    milli_sums = credits.cell_sums(cell, milli, len(keys))
+    # thousandths: at most 1000 a row, so float64 sums of them are exact
+    milli_sums = [int(x) for x in np.bincount(cell, weights=milli, minlength=len(keys))]
     cents_sums = credits.cell_sums(cell, cents, len(keys))
-    first = credits.Segments.of(touches.conversion).start
-    brand_of = touches.cell[first] % brand_cells
-    touched_count = np.bincount(brand_of, minlength=brand_cells).tolist()
-    touched_cents = credits.cell_sums(brand_of, touches.cents[first], brand_cells)
+    untouched = conv.counted()
+    untouched[rows.conversion] = False
     none = (len(axes[0].domain) - 1) * brand_cells
-    for brand in range(brand_cells):
-        milli_sums[none + brand] -= MILLI * touched_count[brand]
-        cents_sums[none + brand] -= touched_cents[brand]
-    for i in totals.tolist():
-        brand = int(arrays["brand"][i])
-        if brand < 0:
-            raise InternalError("values outside the declared domains reached an aggregate")
-        milli_sums[none + brand] += MILLI * int(arrays["conversions"][i])
-        cents_sums[none + brand] += int(arrays["high"][i]) * 2**32 + int(arrays["cents"][i])
+    brand = conv.brand[untouched] if brand_cells > 1 else np.zeros(int(untouched.sum()), dtype=np.int64)
+    for b, (count, total) in enumerate(
+        zip(
+            np.bincount(brand, minlength=brand_cells).tolist(),
+            credits.cell_sums(brand, conv.cents[untouched], brand_cells),
+            strict=True,
+        )
+    ):
+        milli_sums[none + b] += MILLI * count
+        cents_sums[none + b] += total
     return (
         Histogram(axes, keys, tuple(clamp(v) for v in milli_sums)),
         Histogram(axes, keys, tuple(clamp(v) for v in cents_sums)),
@@ -385,14 +553,22 @@ def attribution(
             brand = axis(str(d), d.member, d.column, dimension_domain(policy, d))
         axes = (group,) if brand is None else (group, brand)
         cells_of(axes)
-        sql = attribution_sql(catalog, ev, group, brand, q.lookback_days)
-        rows = conversion_rows_sql(catalog, ev)
+        conversions_read = conversions_sql(catalog, ev, brand)
+        touches_read = touches_sql(catalog, ev)
         cached: dict[str, tuple[Histogram, Histogram]] = {}
 
         def both(data: MatchedData) -> tuple[Histogram, Histogram]:
             if "both" not in cached:
                 cached["both"] = attribution_histograms(
-                    data, sql, rows, ev.cap, axes, q.model, q.click_over_view, q.half_life_days
+                    data,
+                    conversions_read,
+                    touches_read,
+                    ev,
+                    axes,
+                    q.lookback_days,
+                    q.model,
+                    q.click_over_view,
+                    q.half_life_days,
                 )
             return cached["both"]
 

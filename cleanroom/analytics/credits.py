@@ -1,10 +1,11 @@
-"""Attribution's credits, vectorised: from the touches DuckDB returned (sorted) to exact integer shares per cell.
+"""Attribution's credits, vectorised: from the touches DuckDB returned (in any order) to exact integer shares per cell.
 
 Why here and not in SQL: the credit of a touch depends on its conversion's other touches (its position, how many
 there are, the newest one's time, the remainders of the others when integer shares are apportioned). In SQL that
 took six window functions over the touches, each a sort of them, and made attribution 3-7x a plain join of the
-same rows. The touches are few (a conversion has about as many as the exposures in its lookback window), so DuckDB
-sorts them once and numpy computes every model's shares over the sorted arrays in a handful of passes.
+same rows. The touches are few (a conversion has about as many as the exposures in its lookback window), so numpy
+puts them in order once (`touch_order`: only the touches of conversions with several) and computes every model's
+shares over the ordered arrays in a handful of passes.
 
 The rules (the module docstring of `attribution` states them as promises) are exactly those of the plain-Python
 reference in tests/system/analytics/test_attribution.py: touches ordered by time, an impression before a click at
@@ -49,60 +50,69 @@ class Touches:
     cell: Ints
     cents: Ints
 
-    def take(self, keep: npt.NDArray[np.bool_]) -> Touches:
-        """The rows where `keep` holds, in order."""
+    def take(self, keep: npt.NDArray[np.bool_] | Ints) -> Touches:
+        """The rows where `keep` holds (or the rows it numbers), in order."""
         return Touches(self.conversion[keep], self.at[keep], self.click[keep], self.cell[keep], self.cents[keep])
 
 
 @dataclass(frozen=True)
 class Segments:
-    """Where each conversion's rows start, each row's conversion (0-based, dense), and each conversion's size."""
+    """Where each conversion's rows start, each row's conversion (0-based, dense), and each conversion's size.
+
+    `pos` and `n`: each row's 0-based position within its conversion and its conversion's size (computed once: every
+    model's weights and both apportionings read them).
+    """
 
     start: Ints
     of_row: Ints
     size: Ints
+    pos: Ints
+    n: Ints
 
     @staticmethod
     def of(conversion: Ints) -> Segments:
         """The segments of sorted conversion ids."""
         first = np.ones(len(conversion), dtype=bool)
         first[1:] = conversion[1:] != conversion[:-1]
-        start = np.flatnonzero(first)
+        start = np.flatnonzero(first).astype(np.int64)
         of_row = np.cumsum(first) - 1
         size = np.diff(np.append(start, len(conversion)))
-        return Segments(start.astype(np.int64), of_row.astype(np.int64), size.astype(np.int64))
+        pos = np.arange(len(conversion), dtype=np.int64) - start[of_row]
+        return Segments(start, of_row.astype(np.int64), size.astype(np.int64), pos, size[of_row].astype(np.int64))
 
     def position(self) -> Ints:
         """Each row's 0-based position within its conversion."""
-        return np.arange(len(self.of_row), dtype=np.int64) - self.start[self.of_row]
+        return self.pos
 
 
-def credited(touches: Touches, click_over_view: bool) -> Touches:
-    """The touches that get credit: clicks only where a conversion has one (with click-over-view), the latest 100."""
-    if len(touches.conversion) == 0:
-        return touches
-    if click_over_view:
-        seg = Segments.of(touches.conversion)
+def credited(touches: Touches, click_over_view: bool) -> tuple[Touches, Segments]:
+    """The touches that get credit, and their segments.
+
+    Clicks only where a conversion has one (with click-over-view), the latest 100.
+    """
+    seg = Segments.of(touches.conversion)
+    if click_over_view and len(touches.conversion):
         any_click = np.logical_or.reduceat(touches.click, seg.start)
         keep = touches.click | ~any_click[seg.of_row]
         if not keep.all():
             touches = touches.take(keep)
-    seg = Segments.of(touches.conversion)
-    keep = seg.position() >= seg.size[seg.of_row] - MAX_TOUCHES
-    return touches if keep.all() else touches.take(keep)
+            seg = Segments.of(touches.conversion)
+    if len(seg.size) and seg.size.max() > MAX_TOUCHES:
+        touches = touches.take(seg.pos >= seg.n - MAX_TOUCHES)
+        seg = Segments.of(touches.conversion)
+    return touches, seg
 
 
 def weights(touches: Touches, seg: Segments, model: str, half_life_days: float) -> Floats:
     """Each credited touch's share of its conversion (they add up to 1 per conversion, up to rounding)."""
-    n = seg.size[seg.of_row].astype(np.float64)
-    pos = seg.position()
-    last = pos == seg.size[seg.of_row] - 1
+    n, pos = seg.n, seg.pos
+    last = pos == n - 1
     if model == "last_touch":
         return last.astype(np.float64)
     if model == "first_touch":
         return (pos == 0).astype(np.float64)
     if model == "linear":
-        return 1.0 / n
+        return 1.0 / n.astype(np.float64)
     if model == "time_decay":
         newest = touches.at[seg.start + seg.size - 1]  # sorted by time: the last touch is the newest
         age_days = (newest[seg.of_row] - touches.at) / MICROSECONDS_PER_DAY
@@ -130,17 +140,29 @@ def apportion(total: Ints, w: Floats, seg: Segments) -> Ints:
     if not pending.any():
         return shares
     # A conversion of two touches has at most one unit left (its two remainders add up to less than 2): it goes to
-    # the larger remainder, the first touch on a tie. Most conversions with several touches have two, so only the
-    # rest are sorted (the sort was most of time decay's cost, whose remainders are rarely zero).
-    two = pending & (seg.size[seg.of_row] == 2)
-    first = np.flatnonzero(two & (seg.position() == 0))
+    # the larger remainder, the first touch on a tie. One of three touches has one or two left: to the largest
+    # remainder (the earliest on a tie), or to all but the smallest (the latest on a tie loses). Most conversions
+    # with several touches have two or three, so only the rest are sorted (the sort was most of time decay's
+    # cost, whose remainders are rarely zero).
+    two = pending & (seg.n == 2)
+    first = np.flatnonzero(two & (seg.pos == 0))
     to_first = exact[first] - floor[first] >= exact[first + 1] - floor[first + 1]
     shares[first] += to_first
     shares[first + 1] += ~to_first
-    rows = np.flatnonzero(pending & ~two)
+    three = pending & (seg.n == 3)
+    first = np.flatnonzero(three & (seg.pos == 0))
+    if len(first):
+        r0, r1, r2 = (exact[first + k] - floor[first + k] for k in range(3))
+        one = left[seg.of_row[first]] == 1
+        top = np.where((r0 >= r1) & (r0 >= r2), 0, np.where(r1 >= r2, 1, 2))
+        bottom = np.where((r2 <= r1) & (r2 <= r0), 2, np.where(r1 <= r0, 1, 0))
+        for k in range(3):
+            shares[first + k] += np.where(one, top == k, bottom != k)
+    rows = np.flatnonzero(pending & ~two & ~three)
     if len(rows) == 0:
         return shares
-    order = rows[np.lexsort((rows, floor[rows] - exact[rows], seg.of_row[rows]))]  # by conversion, -remainder, pos
+    # by conversion, then the larger remainder; the sort is stable, so a tie keeps the earlier position
+    order = rows[np.lexsort((floor[rows] - exact[rows], seg.of_row[rows]))]
     of_row = seg.of_row[order]
     first = np.ones(len(order), dtype=bool)
     first[1:] = of_row[1:] != of_row[:-1]
@@ -152,14 +174,23 @@ def apportion(total: Ints, w: Floats, seg: Segments) -> Ints:
 
 def credit(touches: Touches, model: str, click_over_view: bool, half_life_days: float) -> tuple[Ints, Ints, Ints]:
     """Per credited touch: its cell, thousandths of a conversion and cents (with the sign of the value)."""
-    touches = credited(touches, click_over_view)
+    touches, seg = credited(touches, click_over_view)
     if len(touches.conversion) == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty
-    seg = Segments.of(touches.conversion)
-    w = weights(touches, seg, model, half_life_days)
-    milli = apportion(np.full(len(w), MILLI, dtype=np.int64), w, seg)
-    cents = np.sign(touches.cents) * apportion(np.abs(touches.cents), w, seg)
+    if model in ("last_touch", "first_touch"):  # one touch takes all: nothing to apportion
+        whole = weights(touches, seg, model, half_life_days).astype(bool)
+        return touches.cell, whole * np.int64(MILLI), whole * touches.cents
+    # a conversion of one touch gives it everything (whatever the weights, its shares add up to the whole): only
+    # the rows of conversions with several are weighed and apportioned
+    milli, cents = np.full(len(touches.conversion), MILLI, dtype=np.int64), touches.cents.copy()
+    rows = np.flatnonzero(seg.n > 1)
+    if len(rows):
+        part = touches.take(rows)
+        several = Segments.of(part.conversion)
+        w = weights(part, several, model, half_life_days)
+        milli[rows] = apportion(np.full(len(rows), MILLI, dtype=np.int64), w, several)
+        cents[rows] = np.sign(part.cents) * apportion(np.abs(part.cents), w, several)
     return touches.cell, milli, cents
 
 
@@ -171,6 +202,8 @@ def cell_sums(cell: Ints, values: Ints, cells: int) -> list[int]:
     """
     high = values >> 32
     low = values - (high << 32)
+    if cells == 1:
+        return [int(high.sum()) * 2**32 + int(low.sum())]
     sums_high = np.zeros(cells, dtype=np.int64)
     sums_low = np.zeros(cells, dtype=np.int64)
     np.add.at(sums_high, cell, high)
@@ -179,42 +212,53 @@ def cell_sums(cell: Ints, values: Ints, cells: int) -> list[int]:
 
 
 def touch_order(conversion: Ints, keys: Sequence[npt.NDArray[np.generic]]) -> Ints:
-    """A permutation that puts the rows of each conversion together, sorted by `keys` (most significant first).
+    """A permutation that puts each conversion's rows together, sorted by the integer `keys` (most significant first).
 
-    Most conversions have one touch: their rows stay where they are, and only the rows of conversions with several
-    are sorted (conversion ids are stored row numbers, so counting them is one pass, no sort).
+    Rows equal in every key may come in either order. Most conversions have one touch: their rows stay where they
+    are, and only the rows of conversions with several are sorted (conversion ids are small integers, so counting
+    them is one pass, no sort). Those are sorted by one integer, the conversion's rank among them and the keys
+    packed into 63 bits, when they fit (one sort instead of one per key: keys relative to the conversion, such as a
+    touch's time less the conversion's, are narrow); otherwise by each key in turn.
     """
     if len(conversion) == 0:
         return np.zeros(0, dtype=np.int64)
-    several = np.bincount(conversion)[conversion] > 1
+    counts = np.bincount(conversion)
+    several = counts[conversion] > 1
     rows = np.flatnonzero(several)
-    within = np.lexsort((*(np.asarray(k)[rows] for k in reversed(keys)), conversion[rows]))
+    if len(rows) == 0:
+        return np.arange(len(conversion), dtype=np.int64)
+    parts = [(np.cumsum(counts > 1) - 1)[conversion[rows]], *(np.asarray(k[rows], dtype=np.int64) for k in keys)]
+    low = [int(p.min()) for p in parts]
+    bits = [(int(p.max()) - lo).bit_length() for p, lo in zip(parts, low, strict=True)]
+    if sum(bits) <= 63:  # then each range fits too: subtracting its minimum cannot overflow
+        packed = parts[0]
+        for part, lo, width in zip(parts[1:], low[1:], bits[1:], strict=True):
+            packed = (packed << width) | (part - lo)
+        within = np.argsort(packed)
+    else:
+        within = np.lexsort(tuple(reversed(parts)))
     return np.concatenate((np.flatnonzero(~several), rows[within]))
 
 
-def touches_of(arrays: Mapping[str, npt.NDArray[np.generic]], brand_cells: int) -> Touches:
-    """`Touches` from the columns of `attribution_sql`'s attributed rows (numpy, none NULL, in any order).
+def touches_of(
+    arrays: Mapping[str, npt.NDArray[np.generic]], cents: Ints, brand: Ints, at: Ints, brand_cells: int
+) -> Touches:
+    """`Touches` from the touches' columns (numpy, none NULL, in any order) and their conversions' cents and brand.
 
-    The rows are put in the touch order: by conversion, then time, an impression before a click, campaign and
-    channel (`campaign` and `channel` are ranks in their sorted domains). `group` and `brand` are indices into the
-    axes' domains (`brand_cells` values on the second axis, 1 without one). A value outside a domain (-1) cannot
-    occur, since uploads are checked against the domains; if one did, it fails after the budget was charged, as
-    any failure after data is read (as `fill_histogram` does).
+    `arrays`: `conversion` (an index into `cents`, `brand` and `at`: the conversion's cents, brand cell and time in
+    microseconds), `ts_us`, `click`, `tie` (a rank that orders an impression before a click, then by campaign and
+    channel) and `group` (the index into the group axis' domain). The rows are put in the touch order: by
+    conversion, then time, then `tie`. `brand_cells`: the values on the second axis, 1 without one. A value outside
+    a domain (-1) cannot occur, since uploads are checked against the domains; if one did, it fails after the
+    budget was charged, as any failure after data is read (as `fill_histogram` does).
     """
-    group, brand = np.asarray(arrays["group"], dtype=np.int64), np.asarray(arrays["brand"], dtype=np.int64)
-    if (group < 0).any() or (brand < 0).any():
+    group = np.asarray(arrays["group"], dtype=np.int64)
+    if (group < 0).any():
         raise InternalError("values outside the declared domains reached an aggregate")
     conversion = np.asarray(arrays["conversion"], dtype=np.int64)
-    at, click = np.asarray(arrays["ts_us"], dtype=np.int64), np.asarray(arrays["click"], dtype=bool)
-    campaign = np.asarray(arrays["campaign"], dtype=np.int64)
-    channel = np.asarray(arrays["channel"], dtype=np.int64)
-    # click, campaign and channel as one key (ranks in small domains): three sort keys instead of five
-    tie = (click * (campaign.max(initial=0) + 1) + campaign) * (channel.max(initial=0) + 1) + channel
-    order = touch_order(conversion, (at, tie))
-    return Touches(
-        conversion[order],
-        at[order],
-        click[order],
-        (group * brand_cells + brand)[order],
-        np.asarray(arrays["cents"], dtype=np.int64)[order],
-    )
+    ts_us, click = np.asarray(arrays["ts_us"], dtype=np.int64), np.asarray(arrays["click"], dtype=bool)
+    tie = np.asarray(arrays["tie"], dtype=np.int64)
+    order = touch_order(conversion, (ts_us - at[conversion], tie))  # the time before the conversion: narrow
+    conversion = conversion[order]
+    cell = group[order] if brand_cells == 1 else group[order] * brand_cells + brand[conversion]
+    return Touches(conversion, ts_us[order], click[order], cell, cents[conversion])

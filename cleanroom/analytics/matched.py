@@ -330,15 +330,26 @@ class MatchedData:
         """A statement's result as numpy arrays, by column."""
         return dict(self._cur.execute(sql.text, sql.params).fetchnumpy())
 
-    def columns(self, sql: Sql) -> dict[str, Any]:
+    def columns(self, sql: Sql, relations: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """A statement's result as numpy arrays, by column, for statements whose results have no NULL.
 
         Why beside `arrays`: DuckDB hands its result to Arrow without a per-value conversion, and a numeric Arrow
         column of one chunk becomes a numpy array without a copy; `fetchnumpy` converts every value (attribution's
         touches, ~0.6M rows x 11 columns, cost 0.1 CPU-s more that way). A NULL would come out as an arbitrary
         number, so one fails the statement (an `InternalError`) instead of being read.
+
+        `relations`: Arrow tables (or anything DuckDB can scan) the statement reads by name, derived from an earlier
+        read of this query; registered on this query's own cursor for this statement only (DuckDB scans them in
+        place, no copy).
         """
-        table = self._cur.sql(sql.text, params=sql.params).to_arrow_table()
+        names = list(relations or {})
+        try:
+            for name in names:
+                self._cur.register(name, relations[name])  # type: ignore[index]
+            table = self._cur.sql(sql.text, params=sql.params).to_arrow_table()
+        finally:
+            for name in names:
+                self._cur.unregister(name)
         out: dict[str, Any] = {}
         for name, column in zip(table.column_names, table.columns, strict=True):
             if column.null_count:

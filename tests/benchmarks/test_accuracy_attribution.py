@@ -64,7 +64,7 @@ def test_the_pandas_truth_is_the_engines_exact_answer(tmp_path) -> None:
 
 
 def test_the_pandas_truth_applies_the_per_person_bound_as_the_query_does(tmp_path) -> None:
-    """With the demo's per_person_max the truth scales each person's conversions down as `attribution_sql` does."""
+    """With the demo's per_person_max the truth scales each person's conversions down as `attribution.bounded` does."""
     data = generate(bench.QUICK.config)
     room = Room.open(tmp_path)
     try:

@@ -33,8 +33,12 @@ def test_attribution_benchmark_runs(tmp_path):
         "5000",
         "--people",
         "5000",
+        "--pairs",
+        "2",
     )
     assert set(result["models"]) == {"last_touch", "first_touch", "linear", "time_decay", "position_based"}
+    assert set(result["pairs"]) == set(result["models"])
+    assert all(0 < p["least"] <= p["median"] for p in result["pairs"].values())
     assert "position_based" in stdout
 
 

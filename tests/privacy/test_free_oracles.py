@@ -164,9 +164,9 @@ def test_no_data_is_read_before_the_budget_is_reserved(rooms, monkeypatch):
     for name in ("rows", "arrays", "columns"):
         original = getattr(MatchedData, name)
 
-        def recording(self, sql, original=original):
+        def recording(self, sql, *relations, original=original):
             events.append("data")
-            return original(self, sql)
+            return original(self, sql, *relations)
 
         monkeypatch.setattr(MatchedData, name, recording)
     monkeypatch.setattr(room.budget, "reserve", recording_reserve)

@@ -76,17 +76,20 @@ def plain(rows: list[tuple], cents: list[int], model: str, click_over_view: bool
 
 
 def vectorised(rows: list[tuple], cents: list[int], model: str, click_over_view: bool) -> dict[int, list[int]]:
+    click = np.array([r[2] for r in rows], dtype=bool)
+    campaign = np.array([r[3] for r in rows], dtype=np.int64)
+    channel = np.array([r[4] for r in rows], dtype=np.int64)
     arrays = {
         "conversion": np.array([r[0] for r in rows], dtype=np.int64),
         "ts_us": np.array([r[1] * 3600 * 10**6 for r in rows], dtype=np.int64),
-        "click": np.array([r[2] for r in rows], dtype=bool),
-        "campaign": np.array([r[3] for r in rows], dtype=np.int64),
-        "channel": np.array([r[4] for r in rows], dtype=np.int64),
+        "click": click,
+        "tie": (click * (campaign.max(initial=0) + 1) + campaign) * (channel.max(initial=0) + 1) + channel,
         "group": np.array([r[5] for r in rows], dtype=np.int64),
-        "brand": np.zeros(len(rows), dtype=np.int64),
-        "cents": np.array([cents[r[0]] for r in rows], dtype=np.int64),
     }
-    cell, milli, cent = credits.credit(credits.touches_of(arrays, 1), model, click_over_view, HALF_LIFE)
+    conversions = max((r[0] for r in rows), default=-1) + 1
+    brand, at = np.zeros(conversions, dtype=np.int64), np.zeros(conversions, dtype=np.int64)
+    touches = credits.touches_of(arrays, np.array(cents[:conversions], dtype=np.int64), brand, at, 1)
+    cell, milli, cent = credits.credit(touches, model, click_over_view, HALF_LIFE)
     out: dict[int, list[int]] = defaultdict(lambda: [0, 0])
     for k, (m, c) in enumerate(zip(credits.cell_sums(cell, milli, 4), credits.cell_sums(cell, cent, 4), strict=True)):
         if m or c:
@@ -134,3 +137,47 @@ def test_cell_sums_are_exact_beyond_64_bits():
     values = np.full(4096, 2**53, dtype=np.int64)
     assert credits.cell_sums(np.zeros(4096, dtype=np.int64), values, 1) == [4096 * 2**53]
     assert credits.cell_sums(np.zeros(4096, dtype=np.int64), -values, 1) == [-4096 * 2**53]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 7), st.integers(-(2**62), 2**62), st.integers(0, 40)), max_size=60),
+    st.booleans(),
+)
+def test_touch_order_groups_conversions_and_sorts_by_the_keys(rows, narrow):
+    """Packed into one integer (narrow keys) or sorted key by key (wide ones): the same order of distinct keys."""
+    conversion = np.array([r[0] for r in rows], dtype=np.int64)
+    at = np.array([r[1] % 1000 if narrow else r[1] for r in rows], dtype=np.int64)
+    tie = np.array([r[2] for r in rows], dtype=np.int64)
+    order = credits.touch_order(conversion, (at, tie))
+    assert sorted(order.tolist()) == list(range(len(rows)))
+    seen = conversion[order]
+    first = {c: seen.tolist().index(c) for c in set(seen.tolist())}
+    for c in first:  # each conversion's rows are adjacent
+        assert (seen[first[c] : first[c] + (seen == c).sum()] == c).all()
+    several = [c for c in first if (conversion == c).sum() > 1]
+    for c in several:
+        mine = order[seen == c]
+        keys = list(zip(at[mine].tolist(), tie[mine].tolist(), strict=True))
+        assert keys == sorted(keys)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.lists(st.integers(1, 6), min_size=1, max_size=5), st.integers(0, 12)), min_size=1, max_size=8)
+)
+def test_apportion_equals_largest_remainders_with_ties(conversions):
+    """Small integer weights make equal remainders common: every tie goes to the earlier touch, whatever the size."""
+    weights = [[p / sum(parts) for p in parts] for parts, _ in conversions]
+    w = np.array([x for ws in weights for x in ws])
+    total = np.array([t for (parts, t) in conversions for _ in parts], dtype=np.int64)
+    seg = credits.Segments.of(np.repeat(np.arange(len(conversions)), [len(p) for p, _ in conversions]))
+    want = [s for ws, (_, t) in zip(weights, conversions, strict=True) for s in apportion(t, ws)]
+    assert credits.apportion(total, w, seg).tolist() == want
+
+
+def test_apportion_of_three_gives_two_units_past_the_later_of_two_equal_smallest():
+    # remainders 0.6, 0.6, 0.8 with two units left: the smallest tie, and the later of them gets nothing
+    w = np.array([0.12, 0.12, 0.76])
+    seg = credits.Segments.of(np.zeros(3, dtype=np.int64))
+    assert credits.apportion(np.full(3, 5, dtype=np.int64), w, seg).tolist() == apportion(5, list(w)) == [1, 0, 4]

@@ -1,0 +1,296 @@
+"""Attribution's exact histograms (before noise) on a seeded random dataset, against a plain reading of its rules.
+
+Issue 33 moved attribution's work between DuckDB and numpy more than once; this pins what it releases, cell for cell,
+so that no such move changes an answer. The data is made to hit every rule at once: several touches per conversion,
+ties in time (whole hours) and in value, touches exactly at the window's edges, conversions without a touch, matched
+people over the conversion cap, people whose capped conversions carry more than the per-person money bound (their
+cents scaled down), negative values and values clamped at both bounds, a brand dimension with missing values, and
+conversions of people who are not matched.
+
+The reference selects and orders each conversion's touches and computes its cents in plain Python; the weights and
+integer shares are `credits.credit`'s, which `test_credits.py` checks against the plain computation separately.
+A `QueryEngine` with a noise mechanism that adds nothing and records what it was given reads the exact vectors.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections import defaultdict
+
+import hypothesis.strategies as st
+import numpy as np
+import pyarrow as pa
+import pytest
+import yaml
+from hypothesis import given, settings
+
+from cleanroom.analytics import AttributionQuery, QueryEngine
+from cleanroom.analytics.attribution import earliest_first
+from cleanroom.analytics.credits import MILLI, Touches, credit
+from cleanroom.analytics.queries import DimensionRef
+from cleanroom.devtools.synthetic import load_direct
+from cleanroom.principals import Principal, Role
+from cleanroom.room import Room
+
+BRAND, PLATFORM = Principal("brand", Role.MEMBER), Principal("platform", Role.MEMBER)
+TIERS = ["gold", "silver", "basic"]
+CAMPAIGNS, CHANNELS = ["c1", "c2", "c3"], ["search", "feed"]
+LO, HI, CAP, PER_PERSON = -20.0, 150.0, 3, 200.0
+LOOKBACK = 3
+POLICY = {
+    "name": "attribution-exact",
+    "members": {
+        "brand": {"abilities": ["contribute", "query", "receive_results"]},
+        "platform": {"abilities": ["contribute"]},
+    },
+    "identifiers": ["email"],
+    "tables": {
+        "brand.users": {"dimensions": {"tier": TIERS}},
+        "brand.conversions": {
+            "time": "ts",
+            "measures": {"value": [LO, HI]},
+            "max_per_person": CAP,
+            "per_person_max": {"value": PER_PERSON},
+        },
+        "platform.users": {},
+        "platform.exposures": {
+            "time": "ts",
+            "dimensions": {"campaign": CAMPAIGNS, "channel": CHANNELS, "kind": ["impression", "click"]},
+        },
+    },
+    "queries": ["attribution"],
+    "min_group_size": 1,
+    "epsilon": {"per_member_total": 1.0e6, "per_query_max": 10.0},
+}
+T0 = dt.datetime(2026, 10, 1)
+PLATFORM_OFFSET = 5000  # the platform's row numbers differ from the brand's: a query must go through the pairs
+
+
+class Recording:
+    """The noise mechanism that adds nothing and keeps the exact vectors it was handed (tests only)."""
+
+    def __init__(self) -> None:
+        self.vectors: list[list[int]] = []
+
+    def release(self, counts: list[int], sensitivity: int, epsilon: float) -> tuple[list[int], float]:
+        self.vectors.append(list(counts))
+        return list(counts), 0.0
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory):
+    """200 brand users (160 matched), ~700 conversions, ~4000 exposures over 12 days at whole hours."""
+    rng = np.random.default_rng(33)
+    room = Room.open(tmp_path_factory.mktemp("attribution-exact"))
+    c = room.collaborations.create(BRAND, "attribution-exact", yaml.safe_dump(POLICY))
+    for m in (BRAND, PLATFORM):
+        room.collaborations.approve(m, c.id, c.policy_etag)
+    people, matched = 200, 160
+    tier = rng.choice(np.array(TIERS, dtype=object), people)
+    tier[rng.random(people) < 0.1] = None
+    # a few heavy converters (over the cap), most with one or two conversions, some with none
+    conv_person = np.concatenate([rng.integers(0, people, 600), np.repeat(rng.integers(0, matched, 12), 8)])
+    hours = rng.integers(0, 12 * 24, len(conv_person))
+    values = rng.choice(np.array([-35.0, -5.5, 0.0, 12.34, 40.0, 99.99, 149.5, 150.0, 180.0]), len(conv_person))
+    values = np.where(rng.random(len(conv_person)) < 0.5, rng.uniform(-25, 160, len(conv_person)).round(2), values)
+    n_expo = 4000
+    expo_person = rng.integers(0, people, n_expo)
+    expo_hours = rng.integers(0, 12 * 24, n_expo)
+    # exposures exactly at a conversion's time and exactly the lookback before it (both ends are inside)
+    edge = rng.integers(0, len(conv_person), 80)
+    expo_person = np.concatenate([expo_person, conv_person[edge], conv_person[edge]])
+    expo_hours = np.concatenate([expo_hours, hours[edge], hours[edge] - LOOKBACK * 24])
+    n = len(expo_person)
+    conversions = pa.table(
+        {
+            "row_id": conv_person.astype(np.int64),
+            "ts": pa.array([T0 + dt.timedelta(hours=int(h)) for h in hours], pa.timestamp("us")),
+            "value": values,
+        }
+    )
+    exposures = pa.table(
+        {
+            "row_id": (expo_person + PLATFORM_OFFSET).astype(np.int64),
+            "ts": pa.array([T0 + dt.timedelta(hours=int(h)) for h in expo_hours], pa.timestamp("us")),
+            "campaign": rng.choice(CAMPAIGNS, n),
+            "channel": rng.choice(CHANNELS, n),
+            "kind": np.where(rng.random(n) < 0.3, "click", "impression"),
+        }
+    )
+    tables = {
+        ("brand", "users"): pa.table({"row_id": np.arange(people, dtype=np.int64), "tier": pa.array(list(tier))}),
+        ("brand", "conversions"): conversions,
+        ("platform", "users"): pa.table({"row_id": np.arange(people, dtype=np.int64) + PLATFORM_OFFSET}),
+        ("platform", "exposures"): exposures,
+    }
+    load_direct(room, c.id, tables, np.arange(matched), np.arange(matched) + PLATFORM_OFFSET)
+    truth = {
+        "tier": {i: tier[i] for i in range(people)},
+        "conversions": [
+            (int(p), T0 + dt.timedelta(hours=int(h)), float(v))
+            for p, h, v in zip(conv_person, hours, values, strict=True)
+        ],
+        "exposures": [
+            (int(p), T0 + dt.timedelta(hours=int(h)), ca, ch, k)
+            for p, h, ca, ch, k in zip(
+                expo_person,
+                expo_hours,
+                exposures["campaign"].to_pylist(),
+                exposures["channel"].to_pylist(),
+                exposures["kind"].to_pylist(),
+                strict=True,
+            )
+        ],
+        "matched": matched,
+    }
+    yield room, c.id, truth
+    room.close()
+
+
+def reference(truth, model: str, by: str, click_over_view: bool) -> tuple[list[int], list[int]]:
+    """The exact conversions (thousandths) and revenue (cents) vectors, campaign or channel x tier, read plainly."""
+    groups = [*(CAMPAIGNS if by == "campaign" else CHANNELS), "none"]
+    brands = [*TIERS, "none"]
+    per_person: dict[int, list[tuple[dt.datetime, float]]] = defaultdict(list)
+    for p, t, v in truth["conversions"]:
+        if p < truth["matched"]:  # brand row i is matched with platform row i + offset
+            per_person[p].append((t, v))
+    by_person: dict[int, list] = defaultdict(list)
+    for e in truth["exposures"]:
+        by_person[e[0]].append(e)
+    person_cents = math.ceil(100 * PER_PERSON)
+    rows: list[tuple[int, int, bool, int, int]] = []  # conversion, time (us), click, cell, cents
+    milli_sums, cents_sums = [0] * (len(groups) * len(brands)), [0] * (len(groups) * len(brands))
+    conversion = 0
+    for p in sorted(per_person):
+        brand = brands.index(truth["tier"][p] or "none")
+        kept = sorted(per_person[p])[:CAP]  # the earliest, ties by value (equal ones are interchangeable)
+        cents = [math.trunc(min(max(v, LO), HI) * 100) for _, v in kept]
+        total = sum(abs(x) for x in cents)
+        if total > person_cents:
+            cents = [int(math.copysign(abs(x) * person_cents // total, x)) if x else 0 for x in cents]
+        for (t, _), c in zip(kept, cents, strict=True):
+            touches = [e for e in by_person[p] if t - dt.timedelta(days=LOOKBACK) <= e[1] <= t]
+            if click_over_view and any(e[4] == "click" for e in touches):
+                touches = [e for e in touches if e[4] == "click"]
+            touches.sort(key=lambda e: (e[1], e[4] == "click", e[2], e[3]))
+            touches = touches[-100:]
+            if not touches:
+                none = (len(groups) - 1) * len(brands) + brand
+                milli_sums[none] += MILLI
+                cents_sums[none] += c
+                continue
+            for e in touches:
+                group = groups.index(e[2] if by == "campaign" else e[3])
+                at = int((e[1] - dt.datetime(1970, 1, 1)).total_seconds()) * 10**6
+                rows.append((conversion, at, e[4] == "click", group * len(brands) + brand, c))
+            conversion += 1
+    if rows:
+        columns = [np.array(col) for col in zip(*rows, strict=True)]
+        found = Touches(
+            columns[0].astype(np.int64),
+            columns[1].astype(np.int64),
+            columns[2].astype(bool),
+            columns[3].astype(np.int64),
+            columns[4].astype(np.int64),
+        )
+        cell, milli, shares = credit(found, model, False, 2.0)
+        for i, m, x in zip(cell.tolist(), milli.tolist(), shares.tolist(), strict=True):
+            milli_sums[i] += m
+            cents_sums[i] += x
+    return milli_sums, cents_sums
+
+
+@pytest.mark.parametrize("model", ["last_touch", "first_touch", "linear", "time_decay", "position_based"])
+@pytest.mark.parametrize("by", ["campaign", "channel"])
+@pytest.mark.parametrize("click_over_view", [False, True])
+def test_exact_histograms_equal_the_plain_reading(world, model, by, click_over_view):
+    room, cid, truth = world
+    noise = Recording()
+    engine = QueryEngine(room.store, room.collaborations, room.budget, room.audit, noise)
+    q = AttributionQuery(
+        model=model,
+        lookback_days=LOOKBACK,
+        by=by,
+        epsilon=1.0,
+        click_over_view=click_over_view,
+        half_life_days=2.0,
+        brand_dimension=DimensionRef("brand", "tier"),
+    )
+    engine.attribution(BRAND, cid, q)
+    milli, cents = reference(truth, model, by, click_over_view)
+    assert noise.vectors == [milli, cents]
+
+
+def test_the_data_reaches_every_rule(world):
+    """The data is not vacuous: people over the cap and over the money bound, ties in time."""
+    _, _, truth = world
+    per_person: dict[int, list[tuple[dt.datetime, float]]] = defaultdict(list)
+    for p, t, v in truth["conversions"]:
+        if p < truth["matched"]:
+            per_person[p].append((t, v))
+    assert sum(len(v) > CAP for v in per_person.values()) >= 10
+    scaled = [
+        p
+        for p, v in per_person.items()
+        if sum(abs(math.trunc(min(max(x, LO), HI) * 100)) for _, x in sorted(v)[:CAP]) > 100 * PER_PERSON
+    ]
+    assert len(scaled) >= 10
+    times = [t for v in per_person.values() for t, _ in v]
+    assert len(times) > len(set(times))  # ties in time
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 30), st.integers(0, 2**45), st.integers(-(2**40), 2**40)), min_size=1),
+    st.booleans(),
+)
+def test_the_cap_ranks_by_person_time_then_value(rows, coarse):
+    """Packed into one sort (no two of a person's conversions at one time) or by the three keys (a tie in time)."""
+    who = np.array([r[0] for r in rows], dtype=np.int64)
+    ts_us = np.array([r[1] // 2**40 if coarse else r[1] for r in rows], dtype=np.int64)  # coarse: ties likely
+    cents = np.array([r[2] for r in rows], dtype=np.int64)
+    order = earliest_first(np.arange(len(rows), dtype=np.int64), who, ts_us, cents)
+    assert sorted(order.tolist()) == list(range(len(rows)))
+    keys = list(zip(who[order].tolist(), ts_us[order].tolist(), cents[order].tolist(), strict=True))
+    assert keys == sorted(keys)
+
+
+@pytest.mark.parametrize("case", ["no conversions", "no exposures", "nobody matched"])
+def test_empty_inputs_give_zero_or_unattributed_cells(tmp_path, case):
+    """No row to cap, to build the join from or to join with: the vectors are zeros, or every conversion in `none`."""
+    room = Room.open(tmp_path)
+    c = room.collaborations.create(BRAND, "attribution-empty", yaml.safe_dump(POLICY))
+    for m in (BRAND, PLATFORM):
+        room.collaborations.approve(m, c.id, c.policy_etag)
+    n, e = (0 if case == "no conversions" else 5), (0 if case == "no exposures" else 5)
+    tables = {
+        ("brand", "users"): pa.table({"row_id": np.arange(10, dtype=np.int64), "tier": pa.array(["gold"] * 10)}),
+        ("brand", "conversions"): pa.table(
+            {
+                "row_id": np.arange(n, dtype=np.int64),
+                "ts": pa.array([T0] * n, pa.timestamp("us")),
+                "value": np.full(n, 10.0),
+            }
+        ),
+        ("platform", "users"): pa.table({"row_id": np.arange(10, dtype=np.int64)}),
+        ("platform", "exposures"): pa.table(
+            {
+                "row_id": np.arange(e, dtype=np.int64),
+                "ts": pa.array([T0] * e, pa.timestamp("us")),
+                "campaign": ["c1"] * e,
+                "channel": ["feed"] * e,
+                "kind": ["click"] * e,
+            }
+        ),
+    }
+    pairs = np.arange(0 if case == "nobody matched" else 10)
+    load_direct(room, c.id, tables, pairs, pairs)
+    noise = Recording()
+    engine = QueryEngine(room.store, room.collaborations, room.budget, room.audit, noise)
+    for model in ("linear", "last_touch"):
+        engine.attribution(BRAND, c.id, AttributionQuery(model=model, lookback_days=3, by="campaign", epsilon=1.0))
+    unattributed = 5 if case == "no exposures" else 0
+    assert noise.vectors == [[0, 0, 0, MILLI * unattributed], [0, 0, 0, 1000 * unattributed]] * 2
+    room.close()
