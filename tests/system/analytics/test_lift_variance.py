@@ -76,3 +76,25 @@ def test_the_holdouts_variance_survives_the_squares_rounding_on_small_money(room
     bar = NormalDist().inv_cdf(0.975) * n_t * math.sqrt(var_h * (1 / n_t + 1 / n_h))
     assert cells.loc[("lift", "incremental_revenue"), "error_95"] == pytest.approx(bar, rel=0.1)
     assert cells.loc[("lift", "minimum_detectable_revenue"), "value"] == pytest.approx(bar, rel=0.1)
+
+
+def test_the_cli_preview_says_lifts_revenue_vector_is_centred(room, collab, tmp_path):
+    """Lift's `revenue` vector is a sum about a centre the policy fixes (here 1.25 per person: the typical vector
+    is negative), so the preview's line of typical vectors may not show it bare as revenue."""
+    from typer.testing import CliRunner
+
+    from cleanroom_client.cli import app
+
+    env = {
+        "CLEANROOM_TARGET": f"localhost:{room.server.port}",
+        "CLEANROOM_TOKEN": room.tokens["brand"],
+        "CLEANROOM_CA": str(room.pki.ca),
+        "CLEANROOM_STATE_DIR": str(tmp_path / "state"),
+        "COLUMNS": "200",
+    }
+    r = CliRunner().invoke(app, ["--preview", "lift", collab, "--campaign", "c1", "--epsilon", "1"], env=env)
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())  # the terminal wraps the line
+    line = text[text.index("typical value per cell assumed") :]
+    assert "revenue (the group's revenue less the policy's centre per person) -1,000" in line, line
+    assert "revenue_sq (squared distances from the policy's square centre, summed)" in line, line
