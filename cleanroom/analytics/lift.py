@@ -55,9 +55,13 @@ class PersonRange:
       against hi uncentred. A group's revenue is the sum plus centre x people, so the people's noise enters it
       times (mean - centre): with lo = 0 and the split's ratio (revenue 0.54 : histogram 0.36 of epsilon, below
       1.87) that is less noise than the uncentred sum for every mean in [0, hi].
-    - `revenue_sq`: (t - mid)^2 in currency units squared, mid the range's midpoint, rounded half up in 128-bit
-      integers: at most `squared_bound` = (hi - lo)^2 / 4 (a quarter of (hi/100)^2 when lo = 0; the uncentred
-      square's was all of it). It is only read for the variance: (sum / people) - (mean - mid)^2.
+    - `revenue_sq`: (t - m2)^2 in currency units squared, rounded half up in 128-bit integers, m2 = `square_centre`,
+      the whole currency unit nearest the range's midpoint: at most `squared_bound`, about (hi - lo)^2 / 4 (a
+      quarter of (hi/100)^2 when lo = 0, exactly when hi is an even number of currency units; the uncentred
+      square's was all of it). It is only read for the variance: (sum / people) - (mean - m2)^2, a difference of two
+      numbers near m2^2, so a non-converter's term (t = 0: m2^2) must be exact. About the exact midpoint it was not
+      (2.50 for values within [0, 5]: 6.25 rounded to 6 for every non-converter, red team, issue 31) and the
+      holdout's variance, and with it incremental revenue's sampling term, came out 0.
     """
 
     lo: int
@@ -74,10 +78,25 @@ class PersonRange:
         return max(abs(self.centre - self.lo), abs(self.hi - self.centre))
 
     @property
+    def square_centre(self) -> int:
+        """The squares' centre (cents): the whole currency unit nearest the range's midpoint, ties toward 0.
+
+        Within [lo, hi] (it is 0 unless the midpoint is more than half a unit from 0, and then the range is wider
+        than a unit on that side), and a whole unit, so m2^2 is an exact number of currency units squared.
+        """
+        twice = self.lo + self.hi  # twice the midpoint, in cents
+        units = (abs(twice) + CENTS - 1) // (2 * CENTS)  # |midpoint| / 100 rounded to nearest, ties down
+        return units * CENTS if twice >= 0 else -units * CENTS
+
+    def square(self, t: int) -> int:
+        """One person's term of `revenue_sq`: (t - m2)^2 in currency units squared, rounded half up (as the SQL)."""
+        d = t - self.square_centre
+        return (d * d + CENTS * CENTS // 2) // (CENTS * CENTS)
+
+    @property
     def squared_bound(self) -> int:
         """The most one person's centred square counts (currency units squared): its sensitivity per pair."""
-        width = self.hi - self.lo
-        return (width * width + 2 * CENTS * CENTS) // (4 * CENTS * CENTS)
+        return max(self.square(self.lo), self.square(self.hi))
 
     @property
     def bounds(self) -> tuple[float, float]:
@@ -90,9 +109,9 @@ class PersonRange:
         return self.centre / CENTS
 
     @property
-    def midpoint_units(self) -> float:
-        """The squares' centre, the range's midpoint, in currency units."""
-        return (self.lo + self.hi) / 2 / CENTS
+    def square_centre_units(self) -> float:
+        """The squares' centre in currency units (a whole number)."""
+        return self.square_centre / CENTS
 
 
 def person_range(ev: EventTables) -> PersonRange:
@@ -108,8 +127,8 @@ def lift_sql(catalog: Catalog, ev: EventTables, groups: TableSpec, campaign: str
 
     Each person's revenue t (their at most cap conversions, each clipped to [lo, hi]) is in whole cents rounded
     toward zero, clipped to `person_range` (within the policy's per-person bound, `TableSpec.person_cents`); every
-    person of a group adds t - centre to its revenue and (2t - lo - hi)^2 / (4 x 100^2), rounded half up in 128-bit
-    integers, to its squares (`PersonRange`: a double's rounding passed such a bound before, `squared_bound`).
+    person of a group adds t - centre to its revenue and (t - m2)^2 / 100^2, rounded half up in 128-bit integers,
+    to its squares (`PersonRange.square`: a double's rounding passed such a bound before, `squared_bound`).
     """
     tg = catalog.table(groups.member, "test_groups", ["campaign", "test_group"])
     side = catalog.side(groups.member)
@@ -126,14 +145,15 @@ def lift_sql(catalog: Catalog, ev: EventTables, groups: TableSpec, campaign: str
             WHERE CAST(t.campaign AS VARCHAR) = $campaign GROUP BY m.person
         )
         SELECT g.test_group, p.person IS NOT NULL, count(*), sum(coalesce(p.cents, 0) - $centre),
-               sum((CAST(2 * coalesce(p.cents, 0) - $twice_mid AS HUGEINT) * (2 * coalesce(p.cents, 0) - $twice_mid)
-                    + {2 * CENTS * CENTS}) // {4 * CENTS * CENTS})
+               sum((CAST(coalesce(p.cents, 0) - $square_centre AS HUGEINT) * (coalesce(p.cents, 0) - $square_centre)
+                    + {CENTS * CENTS // 2}) // {CENTS * CENTS})
         FROM grouped g LEFT JOIN per_person p ON p.person = g.person
         GROUP BY 1, 2
     """
     r = person_range(ev)
     params = {"collab": catalog.id, "lo": ev.lo, "hi": ev.hi, "cap": ev.cap, "campaign": campaign}
-    return Sql(text, params | {"person_lo": r.lo, "person_hi": r.hi, "centre": r.centre, "twice_mid": r.lo + r.hi})
+    centres = {"centre": r.centre, "square_centre": r.square_centre}
+    return Sql(text, params | {"person_lo": r.lo, "person_hi": r.hi} | centres)
 
 
 #: The states of lift's conversion histogram.
@@ -157,7 +177,8 @@ def lift(
     group x converted or not (sensitivity c: one pair in one cell; people and converters are its sums), `revenue`,
     the sum of each person's revenue less revenue's centre, in cents (c x `PersonRange.revenue_bound`: each
     person's revenue clipped to the policy's `per_person_max`, or to cap x the value bounds without one), and
-    `revenue_sq`, the sum of each person's squared distance from the range's midpoint in currency units squared
+    `revenue_sq`, the sum of each person's squared distance from the whole currency unit nearest the range's
+    midpoint in currency units squared
     (c x `PersonRange.squared_bound`). Epsilon is split by `LIFT_SPLIT`: incremental revenue reads revenue in both
     groups, and the squares only feed the holdout's variance, the sampling term of the intervals. Intervals combine
     sampling error and DP noise.
@@ -212,9 +233,9 @@ def lift(
 
         def typical(group: float) -> dict[str, float | tuple[float, ...]]:
             # both groups alike (no lift: the bar is then the smallest detectable one), a tenth converting once at
-            # the middle of the value bounds, as released: about revenue's centre and the range's midpoint
+            # the middle of the value bounds, as released: about revenue's centre and the squares'
             converters, mid = group / 10, (ev.lo + ev.hi) / 2
-            centre, middle = span.centre_units, span.midpoint_units
+            centre, middle = span.centre_units, span.square_centre_units
             return {
                 CONVERSION: tuple(converters if k[1] == CONVERTED else group - converters for k in conversion_keys),
                 "revenue": converters * mid - group * centre,
@@ -286,7 +307,7 @@ def _revenue(g: _Group, r: Noisy, sq: Noisy, i: int, span: PersonRange) -> _Reve
     """Revenue per person of group i with the variance of one person's revenue and the mean's noise variance.
 
     The mean is centred revenue / people + centre; its noise by the delta method is (v_r + (mean - centre)^2 x
-    v_people) / people^2. The variance is the noisy mean square about the range's midpoint less (mean - mid)^2,
+    v_people) / people^2. The variance is the noisy mean square about the squares' centre less (mean - m2)^2,
     kept within [0, (b - mean)(mean - a)] (Bhatia-Davis: the most a variable within the person range [a, b] with
     this mean can have): post-processing of released values and the policy, so a large noise draw cannot inflate
     the interval beyond what any data could need. None when the group's noisy size is not positive.
@@ -294,7 +315,7 @@ def _revenue(g: _Group, r: Noisy, sq: Noisy, i: int, span: PersonRange) -> _Reve
     people = g.people
     if people <= 0:
         return None
-    (a, b), centre, mid = span.bounds, span.centre_units, span.midpoint_units
+    (a, b), centre, mid = span.bounds, span.centre_units, span.square_centre_units
     mu = r.values[i] / CENTS / people + centre
     m = min(max(mu, a), b)
     second = max(float(sq.values[i]), 0.0) / people

@@ -16,9 +16,21 @@ import itertools
 
 import duckdb
 import hypothesis.strategies as st
+import pytest
 from hypothesis import HealthCheck, example, given, settings
-from privacy_data import DAY0, DAY1, PRIVACY_POLICY, MemberData, RecordingNoise, every_query, insert_match_keys, tag
+from privacy_data import (
+    BRAND,
+    DAY0,
+    DAY1,
+    PRIVACY_POLICY,
+    MemberData,
+    RecordingNoise,
+    every_query,
+    insert_match_keys,
+    tag,
+)
 
+from cleanroom.analytics.queries import LiftQuery
 from cleanroom.matching.join import (
     ID_TYPE_CODES,
     forget_rows,
@@ -494,3 +506,36 @@ def test_rejoining_with_every_type_and_several_members_retiring_at_once_matches_
                 )
         periods.append(retired_by)
     assert _wide_history(rows, types, periods, incremental=True) == _wide_history(rows, types, periods, False)
+
+
+#: Value bounds the validator admits whose lift centres are awkward (red team, issue 31's last row): values all
+#: negative (the centre below 0), a range lo < 0 < hi whose centres round (m1 = 31 cents, m2 = 100 cents, the
+#: per-person bound binding on one side), and an asymmetric range without `per_person_max` (cap x the bounds).
+AWKWARD_BOUNDS = (
+    "value: [-100, 0]}, max_per_person: 2}",
+    "value: [-0.37, 1.23]}, max_per_person: 2, per_person_max: {value: 1.99}}",
+    "value: [-10, 100]}, max_per_person: 2}",
+    "value: [0, 0.99]}, max_per_person: 1}",
+)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(drawn=cascade())
+@given(datasets())
+@pytest.mark.parametrize("bounds", AWKWARD_BOUNDS)
+def test_lifts_vectors_move_by_at_most_their_stated_sensitivity_under_awkward_bounds(rooms, bounds, drawn):
+    """Lift alone under each of `AWKWARD_BOUNDS`, c = 4: one users row of either member (a person with no
+    conversion among those that can leave: they add -m1 and m2^2 too) moves each vector by at most its stated L1."""
+    policy = PRIVACY_POLICY.replace("value: [-50, 100]}, max_per_person: 2}", bounds)
+    assert policy != PRIVACY_POLICY
+    data, side, removed = drawn
+    calls = []
+    for d in (data, {**data, side: data[side].without_user(removed)}):
+        noise = RecordingNoise()
+        rooms(policy, d, noise).queries.lift(BRAND, "privacy-test", LiftQuery("c1", 1.0))
+        calls.append(noise.calls)
+    assert len(calls[0]) == len(calls[1]) == 3
+    for x, y in zip(*calls, strict=True):
+        assert x.sensitivity == y.sensitivity
+        distance = sum(abs(u - v) for u, v in zip(x.counts, y.counts, strict=True))
+        assert distance <= x.sensitivity, (bounds, x.counts, y.counts, x.sensitivity)

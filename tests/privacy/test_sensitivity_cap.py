@@ -90,8 +90,9 @@ def test_revenue_squared_moves_by_at_most_its_stated_sensitivity_at_the_caps_edg
     """Red team, issue 31: revenue squared was summed as round(double(t) * t / 10,000) and stated as
     ceil((P / 100) ** 2) + 1 in floating point; at P = 9,429,902,332 cents the one person's square was
     8,892,305,799,105,905 against a stated 8,892,305,799,105,903. Both are now exact integer arithmetic; the
-    squares are now taken about the range's midpoint P / 2 (a quarter of the uncentred square), so the person at
-    the bound and the one without revenue each count ((2t - P)^2 + 2 x 100^2) // (4 x 100^2), exactly the bound."""
+    squares are now taken about m2, the whole currency unit nearest the range's midpoint P / 2 (about a quarter of
+    the uncentred square): the person at the bound counts ((P - m2)^2 + 100^2 / 2) // 100^2, and the stated bound
+    is the larger term of one without revenue, m2^2 / 100^2 exactly (m2 = 47,149,512.00 is 0.34 above P / 2)."""
     parse_policy(AT_THE_EDGE)  # within the cap
     people = [{"email": "e0"}, {"email": "e1"}]  # one at the bound; two squares would pass 2^53 (clamped)
     conversions = [{"user": u, "ts": "2026-11-01 10:00:00", "value": 1.0e8} for u in range(1)]
@@ -107,5 +108,5 @@ def test_revenue_squared_moves_by_at_most_its_stated_sensitivity_at_the_caps_edg
     before, after = vectors
     moved = sum(abs(a - b) for a, b in zip(before.counts, after.counts, strict=True))
     assert moved <= before.sensitivity == after.sensitivity, f"moved {moved}, stated {before.sensitivity}"
-    assert moved == (9_429_902_332**2 + 20_000) // 40_000  # the one person's exact centred square, rounded
-    assert before.sensitivity == moved
+    assert moved == (9_429_902_332 - 4_714_951_200) ** 2 // 10_000  # the one person's centred square, exact
+    assert before.sensitivity == 4_714_951_200**2 // 10_000  # the non-converter's: t = 0 is the farthest from m2

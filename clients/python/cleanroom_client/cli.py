@@ -570,7 +570,12 @@ def _ask(
         _show(frame, f"preview of {heading}")
         return
     out.print(preview_table(frame, f"preview of {heading} at epsilon {arguments['epsilon']:g}", share))
-    typical = "; ".join(f"{k} {v:,.6g}" for k, v in frame.attrs.get("typical", {}).items())
+    from .query_types import QUERIES
+
+    notes = next((dict(q.vector_notes) for q in QUERIES if q.method == method), {})
+    typical = "; ".join(
+        f"{k}{f' ({notes[k]})' if k in notes else ''} {v:,.6g}" for k, v in frame.attrs.get("typical", {}).items()
+    )
     out.print(f"  typical value per cell assumed: {typical} (--typical-group sets the people per cell)", markup=False)
     out.print(f"  nothing spent; epsilon left {frame.attrs.get('epsilon_remaining', 0):g}", markup=False)
 

@@ -107,11 +107,12 @@ _RESERVED_LIST: Final = ", ".join(sorted(RESERVED_NAMES))
 def squared_bound(person_cents: int) -> int:
     """A bound on what one person's revenue squared (currency units squared) counts in lift: ceil(P^2 / 100^2) + 1.
 
-    Lift sums each person's clipped total cents t, lo <= t <= hi within [-P, P], squared about the range's midpoint
-    as ((2t - lo - hi)^2 + 2 x 100^2) // (4 x 100^2) in 128-bit integers (`cleanroom.analytics.lift.PersonRange`:
-    at most (P^2 + 5,000) // 10,000, since |2t - lo - hi| <= 2P), so this exact integer bound holds; the policy's
-    2^53 check uses it. In floating point, ceil((P / 100) ** 2) + 1 fell 2 below what DuckDB's
-    round(double(t) * t / 10,000) gave for P = 9,429,902,332 (red team, issue 31), a bound the 2^53 check admits.
+    Lift sums each person's clipped total cents t, lo <= t <= hi within [-P, P], squared about m2, the whole
+    currency unit nearest the range's midpoint, as ((t - m2)^2 + 100^2 / 2) // 100^2 in 128-bit integers
+    (`cleanroom.analytics.lift.PersonRange`: at most (P^2 + 5,000) // 10,000, since |t - m2| <= P), so this exact
+    integer bound holds; the policy's 2^53 check uses it. In floating point, ceil((P / 100) ** 2) + 1 fell 2 below
+    what DuckDB's round(double(t) * t / 10,000) gave for P = 9,429,902,332 (red team, issue 31), a bound the 2^53
+    check admits.
     """
     return -(-person_cents * person_cents // (CENTS * CENTS)) + 1
 

@@ -94,6 +94,9 @@ class QueryDeclaration:
     epsilon: float = 0.5
     #: Releases an audience to the policy's recipient (the report lists it among the audiences).
     audience: bool = False
+    #: Vectors whose values are not what their name says bare (lift's sums about the policy's centres), with what
+    #: they are: a preview's typical values name them so (a typical `revenue` of -1,000 is not revenue).
+    vector_notes: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "policy_type", self.policy_type or self.name)
@@ -382,6 +385,10 @@ QUERIES: Final[tuple[QueryDeclaration, ...]] = (
             "增量提升（对照组）：{campaign}", "曝光组与对照组的转化率之差为 {v} ± {e}（绝对值）：{verdict}。", "提升"
         ),
         epsilon=1.0,
+        vector_notes=(
+            ("revenue", "the group's revenue less the policy's centre per person"),
+            ("revenue_sq", "squared distances from the policy's square centre, summed"),
+        ),
     ),
     QueryDeclaration(
         "lookalike",
