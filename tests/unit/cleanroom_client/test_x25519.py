@@ -118,11 +118,15 @@ def test_rfc7748_vectors_including_1000_iterations(path):
     assert k.hex() == _AFTER_1000
 
 
-def test_the_fastest_native_path_is_the_default():
-    expected = "avx512ifma" if _cpu_has_ifma() else "portable"
+def test_the_default_is_ifma_where_the_cpu_has_it_else_cryptography():
+    # The portable C ladder is slower than `cryptography` (benchmarks/bench_x25519.py: 0.79x here), so a CPU without
+    # IFMA keeps OpenSSL by default; "portable" stays available to force. The same for the point check's native
+    # Euler criterion, slower than gmpy2's Legendre symbol without IFMA.
+    expected = "avx512ifma" if _cpu_has_ifma() else None
     assert expected == X25519_NATIVE
-    assert X25519_PATHS[0] == X25519_NATIVE
+    assert X25519_PATHS[0] == (X25519_NATIVE or "portable")
     assert "portable" in X25519_PATHS
+    assert _cpu_has_ifma() == curve.POINT_CHECK_NATIVE
 
 
 def test_bad_input_is_a_value_error_that_never_shows_the_key():
@@ -514,3 +518,32 @@ def test_no_ladder_value_is_left_in_the_vector_registers_after_the_batch(tmp_pat
     )
     assert subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout.split() == ["0"]
     assert int(subprocess.run([str(binary), "control"], capture_output=True, text=True, check=True).stdout) > 0
+
+
+def test_a_cpu_without_ifma_defaults_to_cryptography_and_gmpy2_with_the_same_results():
+    # The extension as a CPU without AVX-512 IFMA sees it (X25519_PATHS is just "portable"): x25519_batch runs
+    # `cryptography` by default (the portable ladder is slower), "portable" can still be forced, and check_points
+    # uses gmpy2, not the extension's portable Euler criterion (slower too). Results equal the IFMA machine's.
+    key, u, out = _RFC_VECTORS[0]
+    script = (
+        "import importlib, sys, types\n"
+        "import cleanroom_client, cleanroom_client._curve25519 as real\n"
+        "calls = []\n"
+        "fake = types.ModuleType('cleanroom_client._curve25519')\n"
+        "fake.hash_to_u_batch, fake.x25519_batch = real.hash_to_u_batch, real.x25519_batch\n"
+        "fake.on_curve_batch = lambda *a: calls.append(1) or real.on_curve_batch(*a)\n"
+        "fake.X25519_PATHS = ('portable',)\n"
+        "sys.modules.pop('cleanroom_client.curve', None)\n"
+        "sys.modules['cleanroom_client._curve25519'] = fake\n"
+        "cleanroom_client._curve25519 = fake\n"
+        "curve = importlib.import_module('cleanroom_client.curve')\n"
+        f"key, u = bytes.fromhex('{key}'), bytes.fromhex('{u}')\n"
+        "codes = curve.check_points(u + bytes(32) + b'\\xff' * 32 + curve.hash_to_u(b'a'))\n"
+        "print(curve.X25519_NATIVE, curve.POINT_CHECK_NATIVE, len(calls), list(codes))\n"
+        "print(curve.x25519_batch(key, u).hex(), curve.x25519_batch(key, u, 'portable').hex())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    first, second = done.stdout.splitlines()
+    codes = list(curve.check_points(bytes.fromhex(u) + bytes(32) + b"\xff" * 32 + curve.hash_to_u(b"a")))
+    assert first == f"None False 0 {codes}"
+    assert second.split() == [out, out]
