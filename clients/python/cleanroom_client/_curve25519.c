@@ -640,6 +640,13 @@ static void x25519_finish(uint8_t *out, fe *x, fe *z, size_t n, fe *pre, uint64_
     wipe_memset(t, 0, sizeof t);
 }
 
+/* SHA-256 of _curve25519.c and _x25519_ifma.c as built (setup.py defines it): the module's SOURCE_SHA256, which
+   cleanroom_client.curve compares with the sources beside it so that an extension built from older sources is not
+   used. Empty when compiled some other way (the tests' harnesses). */
+#ifndef CLEANROOM_SOURCE_SHA256
+#define CLEANROOM_SOURCE_SHA256 ""
+#endif
+
 enum x25519_path { PATH_PORTABLE, PATH_IFMA };
 static int ifma_ok; /* set once at import: the CPU and the OS run AVX-512 IFMA */
 
@@ -1040,6 +1047,10 @@ PyMODINIT_FUNC PyInit__curve25519(void) {
     PyObject *paths = ifma_ok ? Py_BuildValue("(ss)", "avx512ifma", "portable") : Py_BuildValue("(s)", "portable");
     if (!paths || PyModule_AddObject(m, "X25519_PATHS", paths) < 0) {
         Py_XDECREF(paths);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddStringConstant(m, "SOURCE_SHA256", CLEANROOM_SOURCE_SHA256) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -532,7 +532,7 @@ def test_a_cpu_without_ifma_defaults_to_cryptography_and_gmpy2_with_the_same_res
         "fake = types.ModuleType('cleanroom_client._curve25519')\n"
         "fake.hash_to_u_batch, fake.x25519_batch = real.hash_to_u_batch, real.x25519_batch\n"
         "fake.on_curve_batch = lambda *a: calls.append(1) or real.on_curve_batch(*a)\n"
-        "fake.X25519_PATHS = ('portable',)\n"
+        "fake.X25519_PATHS, fake.SOURCE_SHA256 = ('portable',), real.SOURCE_SHA256\n"
         "sys.modules.pop('cleanroom_client.curve', None)\n"
         "sys.modules['cleanroom_client._curve25519'] = fake\n"
         "cleanroom_client._curve25519 = fake\n"
@@ -547,3 +547,35 @@ def test_a_cpu_without_ifma_defaults_to_cryptography_and_gmpy2_with_the_same_res
     codes = list(curve.check_points(bytes.fromhex(u) + bytes(32) + b"\xff" * 32 + curve.hash_to_u(b"a")))
     assert first == f"None False 0 {codes}"
     assert second.split() == [out, out]
+
+
+def test_an_extension_built_from_other_sources_with_the_same_functions_is_not_used():
+    # An editable install updated without rebuilding, where the old module already has every function (built before
+    # a fix to the C, say the wipes): it must not run silently. The extension carries the SHA-256 of the C sources
+    # it was built from; where they lie beside curve.py (editable installs, wheels), a mismatch means the Python
+    # paths run, with a warning saying how to rebuild. The built module here matches its sources.
+    native = curve._native
+    assert native is not None
+    assert curve._source_sha256() == native.SOURCE_SHA256
+    key, u, out = _RFC_VECTORS[0]
+    script = (
+        "import sys, types, warnings\n"
+        "import cleanroom_client, cleanroom_client._curve25519 as real\n"
+        "stale = types.ModuleType('cleanroom_client._curve25519')\n"
+        "for name in ('hash_to_u_batch', 'on_curve_batch', 'x25519_batch', 'X25519_PATHS'):\n"
+        "    setattr(stale, name, getattr(real, name))\n"
+        "stale.SOURCE_SHA256 = '0' * 64  # built from other sources\n"
+        "sys.modules['cleanroom_client._curve25519'] = stale\n"
+        "cleanroom_client._curve25519 = stale\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    from cleanroom_client import curve\n"
+        "print(curve.NATIVE, curve.X25519_NATIVE, [str(w.message) for w in caught])\n"
+        f"print(curve.x25519_batch(bytes.fromhex('{key}'), bytes.fromhex('{u}')).hex())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    first, second = done.stdout.splitlines()
+    assert first.startswith("False None [")
+    assert "built from other sources" in first
+    assert "rebuild it with `pip install -e clients/python`" in first
+    assert second == out
