@@ -194,3 +194,21 @@ def test_blinding_and_reblinding_make_one_native_batch_call_per_chunk(monkeypatc
     result = blinding.reblind_points(blinding.ReblindJob(key=key, points=peer))
     assert calls == [100, 100]
     assert result.rejected == 1
+
+
+def test_a_jobs_repr_never_shows_the_members_key():
+    # Jobs travel to worker processes and Ray tasks; their repr ends up in logs, tracebacks with locals and error
+    # reporters. The secret blinding key must not be in it (the other fields still are, for debugging).
+    from cleanroom_client import blinding
+
+    key = bytes(range(200, 232))
+    for job in (
+        blinding.ReblindJob(key=key, points=bytes(32)),
+        blinding.BlindJob(key=key, id_type=IdentifierType.EMAIL, values=["a@example.com"]),
+    ):
+        shown = repr(job)
+        assert repr(key) not in shown
+        assert key.hex() not in shown
+        assert "\\xc8\\xc9" not in shown
+        assert "key=" not in shown
+        assert type(job).__name__ in shown
