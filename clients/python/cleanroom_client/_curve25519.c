@@ -832,8 +832,11 @@ static PyObject *py_hash_to_u_batch(PyObject *self, PyObject *args) {
     const char *name = NULL;
     if (!PyArg_ParseTuple(args, "Oy*|z", &msgs, &dst, &name)) return NULL;
     PyObject *result = NULL, *seq = NULL, *fallback = NULL, *out = NULL;
-    fe *xs = NULL, *zs = NULL;
+    fe *xs = NULL, *zs = NULL, *powers = NULL;
     uint8_t *ok = NULL;
+    /* A block's Elligator 2 states (about 45 KB): on the heap, so that a thread with a small stack (32 KiB is
+       Python's minimum) runs the batch. */
+    ell2_state *maps = NULL, **inputs = NULL;
     enum x25519_path path;
     if (dst.len > 255) {
         PyErr_SetString(PyExc_ValueError, "DST longer than 255 bytes");
@@ -857,15 +860,15 @@ static PyObject *py_hash_to_u_batch(PyObject *self, PyObject *args) {
     ok = PyMem_Malloc((size_t)(n ? n : 1));
     out = PyBytes_FromStringAndSize(NULL, 32 * n);
     fallback = PyList_New(0);
-    if (!xs || !zs || !ok || !out || !fallback) {
+    maps = PyMem_Malloc(sizeof(ell2_state) * 2 * H2C_BLOCK);
+    inputs = PyMem_Malloc(sizeof(ell2_state *) * 2 * H2C_BLOCK);
+    powers = PyMem_Malloc(sizeof(fe) * 2 * H2C_BLOCK);
+    if (!xs || !zs || !ok || !out || !fallback || !maps || !inputs || !powers) {
         if (!PyErr_Occurred()) PyErr_NoMemory();
         goto done;
     }
     for (Py_ssize_t start = 0; start < n; start += H2C_BLOCK) {
         Py_ssize_t count = n - start < H2C_BLOCK ? n - start : H2C_BLOCK;
-        ell2_state maps[2 * H2C_BLOCK];
-        ell2_state *inputs[2 * H2C_BLOCK];
-        fe powers[2 * H2C_BLOCK];
         for (Py_ssize_t j = 0; j < count; j++) {
             char *data;
             Py_ssize_t len;
@@ -933,6 +936,9 @@ done:
     PyMem_Free(xs);
     PyMem_Free(zs);
     PyMem_Free(ok);
+    PyMem_Free(maps);
+    PyMem_Free(inputs);
+    PyMem_Free(powers);
     return result;
 }
 

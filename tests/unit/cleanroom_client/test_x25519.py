@@ -307,7 +307,7 @@ def test_hostile_points_anywhere_in_blocks_around_256_equal_cryptography(path, k
     assert x25519_batch(key, packed, path) == _x25519_cryptography(key, packed)
 
 
-def test_a_thread_with_the_smallest_stack_python_allows_runs_the_batch():
+def test_a_thread_with_the_smallest_stack_python_allows_runs_the_batches():
     # threading.stack_size's minimum is 32 KiB: the batch must not need more stack than that (a crash, not an
     # exception, if it does; with its 33 KB of block arrays on the stack it crashed at 32 and 40 KiB). Each native
     # path in a worker thread with that stack, against cryptography's result computed in the main thread.
@@ -317,16 +317,19 @@ def test_a_thread_with_the_smallest_stack_python_allows_runs_the_batch():
         "key, points = os.urandom(32), curve.hash_to_u_batch([i.to_bytes(2, 'little') for i in range(300)])\n"
         "expected = curve._x25519_cryptography(key, points)  # here: OpenSSL itself needs more than 32 KiB\n"
         "threading.stack_size(32768)\n"
+        "messages = [i.to_bytes(2, 'little') for i in range(300)]\n"
         "def run():\n"
         "    for path in curve.X25519_PATHS:\n"
         "        print(path, curve.x25519_batch(key, points, path) == expected)\n"
+        "    print('hash', curve.hash_to_u_batch(messages) == points)  # 45 KB of Elligator 2 states per block\n"
+        "    print('check', not curve.check_points(points).any())\n"
         "worker = threading.Thread(target=run)\n"
         "worker.start()\n"
         "worker.join()\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
-    assert done.stdout.split() == [word for path in X25519_PATHS for word in (path, "True")]
+    assert done.stdout.split() == [word for path in [*X25519_PATHS, "hash", "check"] for word in (path, "True")]
 
 
 @pytest.mark.parametrize("path", NATIVE_PATHS)
