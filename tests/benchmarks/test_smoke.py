@@ -83,10 +83,16 @@ def test_psi_benchmark_runs(tmp_path):
 def test_x25519_benchmark_runs(tmp_path):
     from cleanroom_client.curve import X25519_PATHS
 
-    result, _ = _bench("bench_x25519.py", tmp_path / "x25519.json", "--points", "64", "--rounds", "1")
+    result, _ = _bench(
+        "bench_x25519.py", tmp_path / "x25519.json", "--points", "64", "--rounds", "1", "--kernels-points", "64"
+    )
     assert result["us_per_op_cryptography"] > 0
     for path in X25519_PATHS:  # every native path timed, and checked equal to cryptography on the way
         assert result[f"speedup_{path}_over_cryptography"] > 0
+        assert result[f"us_per_hash_to_curve_{path}"] > 0  # the README's per-path hash and check figures
+        assert result[f"us_per_point_check_{path}"] > 0
+    if X25519_PATHS:
+        assert result["us_per_point_check_gmpy2"] > 0
 
 
 def test_join_benchmark_runs(tmp_path):

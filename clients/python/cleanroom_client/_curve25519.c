@@ -34,8 +34,10 @@
  * x25519_batch holds the member's blinding key: it is constant time in the key (each scalar bit only builds the
  * mask of a conditional swap, no branch or memory index depends on it, and every key runs the same instructions;
  * the fe_* arithmetic it uses has no data-dependent branch), its clamped copy and the ladder's working values are
- * wiped with a memset the compiler cannot drop before it returns, and no error message shows the key. The points
- * are public (blinded values the peer holds).
+ * wiped with a memset the compiler cannot drop before it returns, the stack its callees used (where the compiler
+ * spilled registers) is overwritten before it returns (burn_stack), and no error message shows the key. It runs
+ * without the GIL on copies it owns: the key copied under the GIL, the points too unless they are an immutable
+ * bytes object. The points are public (blinded values the peer holds).
  *
  * Field arithmetic mod p = 2^255 - 19 in radix 2^51 (five 64-bit limbs, products in unsigned __int128); SHA-512 is
  * the FIPS 180-4 algorithm written out below, so the extension needs nothing beyond a C compiler and Python's
@@ -607,15 +609,15 @@ static uint64_t fe_zero_mask(const fe f) {
 }
 
 /* Points per block of x25519_batch: one field inversion for the block (Montgomery's trick) instead of one per
-   point, about 8% of an X25519; the block's values (about 40 KB) stay on the stack and are wiped. */
+   point, about 8% of an X25519; the block's values (about 32 KB) are on the heap (x25519_work) and are wiped. */
 #define X25519_BLOCK 256
 
 /* out_i = canonical bytes of x_i / z_i for i < n (n <= X25519_BLOCK), all zero where z_i = 0 (RFC 7748's result
    for a point of low order): one inversion for the block. Constant time in the values: a zero z_i is replaced by
-   1 and its output cleared under a mask, so the product never vanishes and no branch depends on which. */
-static void x25519_finish(uint8_t *out, fe *x, fe *z, size_t n) {
-    fe pre[X25519_BLOCK], acc, inv, t;
-    uint64_t zero[X25519_BLOCK];
+   1 and its output cleared under a mask, so the product never vanishes and no branch depends on which. `pre` and
+   `zero` are the caller's scratch for X25519_BLOCK prefix products and masks (on the heap: see x25519_work). */
+static void x25519_finish(uint8_t *out, fe *x, fe *z, size_t n, fe *pre, uint64_t *zero) {
+    fe acc, inv, t;
     fe_set_small(acc, 1);
     for (size_t i = 0; i < n; i++) {
         zero[i] = fe_zero_mask(z[i]);
@@ -638,15 +640,45 @@ static void x25519_finish(uint8_t *out, fe *x, fe *z, size_t n) {
     wipe_memset(t, 0, sizeof t);
 }
 
+/* SHA-256 of _curve25519.c and _x25519_ifma.c as built (setup.py defines it): the module's SOURCE_SHA256, which
+   cleanroom_client.curve compares with the sources beside it so that an extension built from older sources is not
+   used. Empty when compiled some other way (the tests' harnesses). */
+#ifndef CLEANROOM_SOURCE_SHA256
+#define CLEANROOM_SOURCE_SHA256 ""
+#endif
+
 enum x25519_path { PATH_PORTABLE, PATH_IFMA };
 static int ifma_ok; /* set once at import: the CPU and the OS run AVX-512 IFMA */
 
+/* The block's ladder results and the inversion's scratch (about 32 KB): on the heap, not the stack, so that the batch
+   runs in a thread with the smallest stack Python allows (threading.stack_size's 32 KiB); wiped before it is freed. */
+typedef struct {
+    fe x[X25519_BLOCK], z[X25519_BLOCK], pre[X25519_BLOCK];
+    uint64_t zero[X25519_BLOCK];
+} x25519_work;
+
+/* Bytes of stack below x25519_batch's frame that burn_stack overwrites: more than the deepest call under it (the
+   IFMA ladder's frame, about 8.7 KB at -O3, the largest). */
+#define X25519_BURN 16384
+
+/* Overwrites the stack the ladders and the inversion used below the caller's frame: the registers the compiler
+   spilled there (the IFMA ladder's zmm working values lie outside its wiped array) are gone when the batch
+   returns. noinline so that its array lies where the callees' frames were. */
+static __attribute__((noinline)) void burn_stack(void) {
+    uint8_t area[X25519_BURN];
+    wipe_memset(area, 0, sizeof area);
+    __asm__ __volatile__("" : : "r"(area) : "memory");
+}
+
 /* X25519(key, u) for n packed 32-byte u's into out (32 bytes each): RFC 7748 decoding (bit 255 of u masked,
    u >= p accepted), the scalar clamped, canonical output (all zero for a point of low order). Blocks of
-   X25519_BLOCK points: ladders (eight at a time on the IFMA path), then one inversion for the block. */
-static void x25519_batch(const uint8_t key[32], const uint8_t *points, uint8_t *out, size_t n, enum x25519_path path) {
+   X25519_BLOCK points: ladders (eight at a time on the IFMA path), then one inversion for the block. Runs without
+   the GIL (its scratch from PyMem_RawMalloc); returns -1 when that allocation fails, else 0. */
+static int x25519_batch(const uint8_t key[32], const uint8_t *points, uint8_t *out, size_t n, enum x25519_path path) {
     uint8_t k[32];
-    fe x[X25519_BLOCK], z[X25519_BLOCK];
+    x25519_work *w = PyMem_RawMalloc(sizeof *w);
+    if (!w) return -1;
+    fe *x = w->x, *z = w->z;
     memcpy(k, key, 32);
     k[0] &= 248;
     k[31] &= 127;
@@ -681,11 +713,13 @@ static void x25519_batch(const uint8_t key[32], const uint8_t *points, uint8_t *
                 x25519_portable(x[i], z[i], k, u);
             }
         }
-        x25519_finish(out + 32 * first, x, z, count);
+        x25519_finish(out + 32 * first, x, z, count, w->pre, w->zero);
     }
-    wipe_memset(x, 0, sizeof x);
-    wipe_memset(z, 0, sizeof z);
+    wipe_memset(w, 0, sizeof *w);
+    PyMem_RawFree(w);
     wipe_memset(k, 0, sizeof k);
+    burn_stack();
+    return 0;
 }
 
 /* ---------------------------------------------------------------- hash to curve over a batch */
@@ -798,8 +832,11 @@ static PyObject *py_hash_to_u_batch(PyObject *self, PyObject *args) {
     const char *name = NULL;
     if (!PyArg_ParseTuple(args, "Oy*|z", &msgs, &dst, &name)) return NULL;
     PyObject *result = NULL, *seq = NULL, *fallback = NULL, *out = NULL;
-    fe *xs = NULL, *zs = NULL;
+    fe *xs = NULL, *zs = NULL, *powers = NULL;
     uint8_t *ok = NULL;
+    /* A block's Elligator 2 states (about 45 KB): on the heap, so that a thread with a small stack (32 KiB is
+       Python's minimum) runs the batch. */
+    ell2_state *maps = NULL, **inputs = NULL;
     enum x25519_path path;
     if (dst.len > 255) {
         PyErr_SetString(PyExc_ValueError, "DST longer than 255 bytes");
@@ -823,15 +860,15 @@ static PyObject *py_hash_to_u_batch(PyObject *self, PyObject *args) {
     ok = PyMem_Malloc((size_t)(n ? n : 1));
     out = PyBytes_FromStringAndSize(NULL, 32 * n);
     fallback = PyList_New(0);
-    if (!xs || !zs || !ok || !out || !fallback) {
+    maps = PyMem_Malloc(sizeof(ell2_state) * 2 * H2C_BLOCK);
+    inputs = PyMem_Malloc(sizeof(ell2_state *) * 2 * H2C_BLOCK);
+    powers = PyMem_Malloc(sizeof(fe) * 2 * H2C_BLOCK);
+    if (!xs || !zs || !ok || !out || !fallback || !maps || !inputs || !powers) {
         if (!PyErr_Occurred()) PyErr_NoMemory();
         goto done;
     }
     for (Py_ssize_t start = 0; start < n; start += H2C_BLOCK) {
         Py_ssize_t count = n - start < H2C_BLOCK ? n - start : H2C_BLOCK;
-        ell2_state maps[2 * H2C_BLOCK];
-        ell2_state *inputs[2 * H2C_BLOCK];
-        fe powers[2 * H2C_BLOCK];
         for (Py_ssize_t j = 0; j < count; j++) {
             char *data;
             Py_ssize_t len;
@@ -899,7 +936,25 @@ done:
     PyMem_Free(xs);
     PyMem_Free(zs);
     PyMem_Free(ok);
+    PyMem_Free(maps);
+    PyMem_Free(inputs);
+    PyMem_Free(powers);
     return result;
+}
+
+/* The bytes of `view` for reading without the GIL: the buffer itself when it is an immutable bytes object, else a
+   copy taken now (another thread may rewrite a bytearray or memoryview while the kernel runs), which the caller
+   frees with PyMem_Free. NULL with MemoryError when the copy cannot be made. */
+static const uint8_t *owned_bytes(const Py_buffer *view, uint8_t **copy) {
+    *copy = NULL;
+    if (view->obj && PyBytes_CheckExact(view->obj)) return view->buf;
+    *copy = PyMem_Malloc(view->len ? (size_t)view->len : 1);
+    if (!*copy) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    memcpy(*copy, view->buf, (size_t)view->len);
+    return *copy;
 }
 
 static PyObject *py_x25519_batch(PyObject *self, PyObject *args) {
@@ -908,6 +963,7 @@ static PyObject *py_x25519_batch(PyObject *self, PyObject *args) {
     const char *name = NULL;
     if (!PyArg_ParseTuple(args, "y*y*|z", &key, &points, &name)) return NULL;
     PyObject *out = NULL;
+    uint8_t k[32], *copy = NULL;
     enum x25519_path path;
     if (key.len != 32) {
         PyErr_Format(PyExc_ValueError, "an X25519 key is 32 bytes, got %zd", key.len);
@@ -918,16 +974,25 @@ static PyObject *py_x25519_batch(PyObject *self, PyObject *args) {
         goto done;
     }
     if (choose_path(name, &path) < 0) goto done;
+    const uint8_t *p = owned_bytes(&points, &copy);
+    if (!p) goto done;
     out = PyBytes_FromStringAndSize(NULL, points.len);
     if (!out) goto done;
     {
         uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
-        const uint8_t *k = key.buf, *p = points.buf;
         size_t n = (size_t)points.len / 32;
-        Py_BEGIN_ALLOW_THREADS x25519_batch(k, p, o, n, path);
+        int failed;
+        memcpy(k, key.buf, 32); /* the key read under the GIL: the kernel works on this copy only */
+        Py_BEGIN_ALLOW_THREADS failed = x25519_batch(k, p, o, n, path);
         Py_END_ALLOW_THREADS
+        if (failed) {
+            Py_CLEAR(out);
+            PyErr_NoMemory();
+        }
     }
 done:
+    wipe_memset(k, 0, sizeof k);
+    PyMem_Free(copy);
     PyBuffer_Release(&key);
     PyBuffer_Release(&points);
     return out;
@@ -939,22 +1004,25 @@ static PyObject *py_on_curve_batch(PyObject *self, PyObject *args) {
     const char *name = NULL;
     if (!PyArg_ParseTuple(args, "y*|z", &points, &name)) return NULL;
     PyObject *out = NULL;
+    uint8_t *copy = NULL;
     enum x25519_path path;
     if (points.len % 32) {
         PyErr_Format(PyExc_ValueError, "%zd bytes is not a whole number of 32-byte points", points.len);
         goto done;
     }
     if (choose_path(name, &path) < 0) goto done;
+    const uint8_t *p = owned_bytes(&points, &copy);
+    if (!p) goto done;
     out = PyBytes_FromStringAndSize(NULL, points.len / 32);
     if (!out) goto done;
     {
         uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
-        const uint8_t *p = points.buf;
         size_t n = (size_t)points.len / 32;
         Py_BEGIN_ALLOW_THREADS on_curve_batch(p, o, n, path);
         Py_END_ALLOW_THREADS
     }
 done:
+    PyMem_Free(copy);
     PyBuffer_Release(&points);
     return out;
 }
@@ -985,6 +1053,10 @@ PyMODINIT_FUNC PyInit__curve25519(void) {
     PyObject *paths = ifma_ok ? Py_BuildValue("(ss)", "avx512ifma", "portable") : Py_BuildValue("(s)", "portable");
     if (!paths || PyModule_AddObject(m, "X25519_PATHS", paths) < 0) {
         Py_XDECREF(paths);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddStringConstant(m, "SOURCE_SHA256", CLEANROOM_SOURCE_SHA256) < 0) {
         Py_DECREF(m);
         return NULL;
     }

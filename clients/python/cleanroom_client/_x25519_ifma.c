@@ -23,8 +23,10 @@
  * depends on it); every lane and every call runs the same instruction stream, 255 ladder steps, whatever the key.
  * The ladder's working values (which reveal the key's bits when read in sequence) live in the array `s`, wiped
  * with a memset the compiler cannot drop before return; the caller wipes its clamped copy of the key and the x2,
- * z2 it receives. Registers the compiler spills to the stack inside the arithmetic are not wiped (C gives no
- * handle on them). The u-coordinates are public (blinded values the peer already holds), so nothing here hides
+ * z2 it receives. Registers the compiler spills to the stack (this function's frame is about 8.7 KB at -O3, `s`
+ * 4.8 KB of it) are outside `s`: C gives no handle on them here, so x25519_batch overwrites the stack below its
+ * frame before it returns (burn_stack in _curve25519.c; tested by reading the dead stack for the ladder's final
+ * values in test_x25519.py). The zmm registers themselves are zeroed before return (zero_zmm). The u-coordinates are public (blinded values the peer already holds), so nothing here hides
  * them.
  *
  * Field arithmetic mod p = 2^255 - 19, radix 2^51 in five 64-bit lanes, products with vpmadd52luq / vpmadd52huq
@@ -342,6 +344,27 @@ IFMA_INLINE void fe8_cswap(fe8 *f, fe8 *g, __m512i mask) {
 
 enum { X1, X2, Z2, X3, Z3, A_, AA, B_, BB, C_, D_, DA, CB, E_, T_, NSTATE };
 
+/* Zeroes zmm0..zmm31, where the ladder leaves its last working values: zmm16..31 are used only by AVX-512 code, so
+   without this they keep them until such code next runs (or the kernel saves them at a context switch). VZEROALL
+   clears zmm0..15 whole; the upper sixteen need their own instruction. */
+static IFMA void zero_zmm(void) {
+    __asm__ __volatile__(
+        "vpxord %%zmm16, %%zmm16, %%zmm16\n\tvpxord %%zmm17, %%zmm17, %%zmm17\n\t"
+        "vpxord %%zmm18, %%zmm18, %%zmm18\n\tvpxord %%zmm19, %%zmm19, %%zmm19\n\t"
+        "vpxord %%zmm20, %%zmm20, %%zmm20\n\tvpxord %%zmm21, %%zmm21, %%zmm21\n\t"
+        "vpxord %%zmm22, %%zmm22, %%zmm22\n\tvpxord %%zmm23, %%zmm23, %%zmm23\n\t"
+        "vpxord %%zmm24, %%zmm24, %%zmm24\n\tvpxord %%zmm25, %%zmm25, %%zmm25\n\t"
+        "vpxord %%zmm26, %%zmm26, %%zmm26\n\tvpxord %%zmm27, %%zmm27, %%zmm27\n\t"
+        "vpxord %%zmm28, %%zmm28, %%zmm28\n\tvpxord %%zmm29, %%zmm29, %%zmm29\n\t"
+        "vpxord %%zmm30, %%zmm30, %%zmm30\n\tvpxord %%zmm31, %%zmm31, %%zmm31\n\t"
+        "vzeroall"
+        :
+        :
+        : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12",
+          "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24",
+          "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31", "memory");
+}
+
 void IFMA x25519_ifma_ladder8(const uint8_t scalar[32], const uint64_t u[5][8], uint64_t x2[5][8],
                               uint64_t z2[5][8]) {
     fe8 s[NSTATE];
@@ -387,6 +410,7 @@ void IFMA x25519_ifma_ladder8(const uint8_t scalar[32], const uint64_t u[5][8], 
     }
     swap = 0;
     wipe_memset(s, 0, sizeof s);
+    zero_zmm();
 }
 
 #else /* not x86-64: the portable ladder in _curve25519.c runs */

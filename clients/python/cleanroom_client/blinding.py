@@ -184,10 +184,11 @@ class BlindJob:
     """One chunk of one identifier column: the values (None for missing) of consecutive row numbers.
 
     `values` is an Arrow string array (what the match sends: one buffer to serialize to a worker or a Ray task,
-    not thousands of Python strings) or any sequence of text.
+    not thousands of Python strings) or any sequence of text. `key`, the member's secret blinding key, is left out
+    of the repr (jobs reach logs and tracebacks).
     """
 
-    key: bytes
+    key: bytes = field(repr=False)
     id_type: IdentifierType
     values: Sequence[str | None] | pa.Array
     prehashed: bool = False
@@ -270,9 +271,12 @@ def blind_many(key: bytes, points: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class ReblindJob:
-    """One chunk of another member's blinded points; `last_hop`: answer with tags, else with whole points."""
+    """One chunk of another member's blinded points; `last_hop`: answer with tags, else with whole points.
 
-    key: bytes
+    `key`, the member's secret blinding key, is left out of the repr (jobs reach logs and tracebacks).
+    """
+
+    key: bytes = field(repr=False)
     points: bytes
     last_hop: bool = True
 

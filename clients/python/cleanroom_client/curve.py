@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from types import ModuleType
 from typing import Final
 
@@ -25,16 +26,40 @@ import gmpy2
 import numpy as np
 from gmpy2 import mpz
 
+_C_SOURCES: Final = ("_curve25519.c", "_x25519_ifma.c")
+
+
+def _source_sha256() -> str | None:
+    """SHA-256 over the extension's C sources beside this module (as setup.py computes it), None without them."""
+    digest = hashlib.sha256()
+    for name in _C_SOURCES:
+        try:
+            digest.update((Path(__file__).parent / name).read_bytes())
+        except OSError:
+            return None
+    return digest.hexdigest()
+
+
+def _stale_reason(module: ModuleType) -> str | None:
+    """Why the built extension must not be used, or None: built from older sources than those beside it."""
+    if not hasattr(module, "on_curve_batch"):
+        return "was built from an older source"  # its functions do not match this module's calls
+    sources = _source_sha256()
+    if sources is not None and getattr(module, "SOURCE_SHA256", None) != sources:
+        return "was built from other sources than the C files beside it"  # e.g. before a fix to the C
+    return None
+
+
 _native: ModuleType | None
 try:
     from . import _curve25519 as _native
 except ImportError:  # no compiler at install time: the Python path below
     _native = None
-if _native is not None and not hasattr(_native, "on_curve_batch"):
-    # Built from an older _curve25519.c (an editable install updated without rebuilding): its functions do not
-    # match this module's calls, so it is not used at all, and the user is told how to rebuild it.
+if _native is not None and (_stale := _stale_reason(_native)) is not None:
+    # An editable install updated without rebuilding: the old module is not used at all (its functions may not
+    # match this module's calls, or may lack a fix), and the user is told how to rebuild it.
     warnings.warn(
-        "cleanroom_client._curve25519 was built from an older source and is not used (Python paths run instead): "
+        f"cleanroom_client._curve25519 {_stale} and is not used (Python paths run instead): "
         "rebuild it with `pip install -e clients/python` or `make install`",
         RuntimeWarning,
         stacklevel=1,
@@ -47,8 +72,13 @@ NATIVE: Final = _native is not None
 #: The X25519 paths the extension can run here, fastest first: "avx512ifma" (eight ladders at once, on CPUs with
 #: AVX-512 IFMA) and "portable" (one C ladder at a time, any CPU). Empty without the extension.
 X25519_PATHS: Final[tuple[str, ...]] = tuple(_native.X25519_PATHS) if _native is not None else ()
-#: Which X25519 `x25519_batch` runs by default: the fastest native path, or None for `cryptography` (OpenSSL).
-X25519_NATIVE: Final[str | None] = X25519_PATHS[0] if X25519_PATHS else None
+#: Which X25519 `x25519_batch` runs by default: "avx512ifma" where this CPU runs it, else None for `cryptography`
+#: (OpenSSL). Not "portable": it is slower than `cryptography` (42.6 against 33.6 µs an operation in
+#: benchmarks/bench_x25519.py here), so on a CPU without IFMA it stays a path to force, for tests and comparisons.
+X25519_NATIVE: Final[str | None] = "avx512ifma" if "avx512ifma" in X25519_PATHS else None
+#: Whether `check_points` runs its curve-or-twist test in the extension: only with AVX-512 IFMA (0.7 µs a point);
+#: the portable C exponentiation (3.1 µs) is slower than gmpy2's Legendre symbol (2.2 µs), which runs elsewhere.
+POINT_CHECK_NATIVE: Final = _native is not None and "avx512ifma" in X25519_PATHS
 
 P: Final = mpz(2**255 - 19)
 A: Final = mpz(486662)
@@ -284,9 +314,9 @@ def x25519_batch(key: bytes, points: bytes, path: str | None = None) -> bytes:
 
     The callers treat an all-zero result as rejected. `key` is the member's secret blinding key: the native paths
     are constant time in it and wipe their copies (see _curve25519.c and _x25519_ifma.c); the points are public.
-    `path` forces "avx512ifma", "portable" or "cryptography" (for tests and benchmarks); by default the fastest
-    native path (`X25519_NATIVE`), else `cryptography`. Every path gives the same bytes
-    (tests/unit/cleanroom_client/test_x25519.py).
+    `path` forces "avx512ifma", "portable" or "cryptography" (for tests and benchmarks); by default "avx512ifma"
+    where the CPU runs it (`X25519_NATIVE`), else `cryptography`, which is faster than the portable C ladder.
+    Every path gives the same bytes (tests/unit/cleanroom_client/test_x25519.py).
     """
     if len(key) != 32:
         raise ValueError(f"an X25519 key is 32 bytes, got {len(key)}")
@@ -349,8 +379,9 @@ def check_points(points: bytes) -> np.ndarray:
     """`validate_point` for a packed run of 32-byte points at once: one code per point, 0 for an accepted one.
 
     The code indexes POINT_PROBLEMS. Range and low-order checks run on whole arrays; the curve-or-twist test runs
-    in the extension for the whole batch (Euler's criterion, about 1 µs a point with AVX-512 IFMA), else per point
-    with gmpy2's Legendre symbol (about 3 µs). `validate_point` stays the one-point reference (gmpy2).
+    in the extension for the whole batch where the CPU has AVX-512 IFMA (Euler's criterion eight at a time, about
+    0.7 µs a point; `POINT_CHECK_NATIVE`), else per point with gmpy2's Legendre symbol (about 2.2 µs, faster than
+    the extension's portable exponentiation). `validate_point` stays the one-point reference (gmpy2).
     """
     if len(points) % 32:
         raise InvalidPointError(f"{len(points)} bytes is not a whole number of 32-byte points")
@@ -367,7 +398,7 @@ def check_points(points: bytes) -> np.ndarray:
     codes[unreduced] = 1
     codes[low & ~unreduced] = 2
     rest = np.flatnonzero(codes == 0)
-    if _native is not None:  # Euler's criterion in C, eight points at a time where the CPU has AVX-512 IFMA
+    if _native is not None and POINT_CHECK_NATIVE:  # Euler's criterion in C, eight points at a time with IFMA
         on_curve = np.frombuffer(_native.on_curve_batch(words[rest].tobytes()), dtype=np.uint8)
         codes[rest[on_curve == 0]] = 3
         return codes

@@ -171,9 +171,9 @@ def test_blinding_and_reblinding_make_one_native_batch_call_per_chunk(monkeypatc
     # has AVX-512 IFMA) in one call, never a Python loop of `cryptography` exchanges; rejected peer points never
     # reach it. (Its speed is measured in benchmarks/bench_x25519.py, not here.)
     from cleanroom_client import blinding
-    from cleanroom_client.curve import X25519_NATIVE, hash_to_u_batch, x25519_batch
+    from cleanroom_client.curve import NATIVE, X25519_NATIVE, hash_to_u_batch, x25519_batch
 
-    assert X25519_NATIVE is not None, "the SDK's extension is not built: make install"
+    assert NATIVE, "the SDK's extension is not built: make install"
     calls: list[int] = []
 
     def spy(key: bytes, points: bytes) -> bytes:
@@ -186,10 +186,29 @@ def test_blinding_and_reblinding_make_one_native_batch_call_per_chunk(monkeypatc
     key = _key(bytes(range(32)))
     points = hash_to_u_batch([i.to_bytes(4, "little") for i in range(100)])
     monkeypatch.setattr(blinding, "x25519_batch", spy)
-    monkeypatch.setattr(blinding.X25519PrivateKey, "from_private_bytes", no_exchange)
+    if X25519_NATIVE is not None:  # without IFMA the batch is cryptography's (faster than the portable C ladder)
+        monkeypatch.setattr(blinding.X25519PrivateKey, "from_private_bytes", no_exchange)
     blinded = blinding.blind_many(key, points)
     assert calls == [100]
     peer = blinded[: 32 * 50] + bytes(32) + blinded[32 * 50 :]  # one point the check rejects
     result = blinding.reblind_points(blinding.ReblindJob(key=key, points=peer))
     assert calls == [100, 100]
     assert result.rejected == 1
+
+
+def test_a_jobs_repr_never_shows_the_members_key():
+    # Jobs travel to worker processes and Ray tasks; their repr ends up in logs, tracebacks with locals and error
+    # reporters. The secret blinding key must not be in it (the other fields still are, for debugging).
+    from cleanroom_client import blinding
+
+    key = bytes(range(200, 232))
+    for job in (
+        blinding.ReblindJob(key=key, points=bytes(32)),
+        blinding.BlindJob(key=key, id_type=IdentifierType.EMAIL, values=["a@example.com"]),
+    ):
+        shown = repr(job)
+        assert repr(key) not in shown
+        assert key.hex() not in shown
+        assert "\\xc8\\xc9" not in shown
+        assert "key=" not in shown
+        assert type(job).__name__ in shown
