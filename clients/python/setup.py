@@ -15,12 +15,14 @@ from pathlib import Path
 from setuptools import Extension, setup
 
 SOURCES = ["cleanroom_client/_curve25519.c", "cleanroom_client/_x25519_ifma.c"]
+#: Included by _curve25519.c (one translation unit): a change to them rebuilds the extension and marks an old build.
+HEADERS = ["cleanroom_client/_sha512.h", "cleanroom_client/_fe25519.h", "cleanroom_client/_elligator2.h"]
 
 
 def source_sha256() -> str:
-    """SHA-256 over the C sources in order (curve._source_sha256 computes the same from the installed copies)."""
+    """SHA-256 over the C sources and headers in order (curve._source_sha256 computes the same beside the module)."""
     digest = hashlib.sha256()
-    for source in SOURCES:
+    for source in SOURCES + HEADERS:
         digest.update((Path(__file__).parent / source).read_bytes())
     return digest.hexdigest()
 
@@ -30,6 +32,7 @@ setup(
         Extension(
             "cleanroom_client._curve25519",
             SOURCES,
+            depends=HEADERS,
             extra_compile_args=["-O3"],
             # The module's SOURCE_SHA256: curve.py does not use an extension built from other sources (stale).
             define_macros=[("CLEANROOM_SOURCE_SHA256", f'"{source_sha256()}"')],
