@@ -172,6 +172,50 @@ def apportion(total: Ints, w: Floats, seg: Segments) -> Ints:
     return shares
 
 
+#: The largest |total| `even_shares` takes (below it, the float products of the weights are within 2^-5 of the
+#: exact ones, so each conversion's leftover units are between 0 and its touches: `even_shares` is exact).
+EVEN_LIMIT = 2**40
+
+
+def even_shares(total: Ints, size: Ints, start: Ints, of_row: Ints, pos: Ints, model: str) -> Ints:
+    """`apportion`'s shares for linear or position-based weights, with no segments' sums and no sort.
+
+    Why it can: these models give a conversion's touches at most two distinct weights (linear 1/n each; position-
+    based 0.4 at both ends and 0.2/(n-2) between them, or 0.5 each of two), so the float products `w x total`,
+    their floors and remainders are computed once per conversion from (total, n) exactly as `weights` and
+    `apportion` compute them, and the largest-remainder order is known without sorting: the larger of the two
+    remainders first, ties (and equal weights) by position. Each row's share is its floor plus one when its rank in
+    that order is below the conversion's leftover units, which are `apportion`'s.
+
+    `total`, `size` and `start`: per conversion, 0 <= total < `EVEN_LIMIT`, size >= 1, its first row; `of_row` and
+    `pos`: each row's conversion (an index into them) and its position in it. The property test in
+    tests/unit/cleanroom/analytics/test_credits.py checks it against `apportion` for every size up to
+    `MAX_TOUCHES`, totals up to the limit and their multiples.
+    """
+    if model == "linear":
+        # every row of a conversion has the same remainder: the leftover units go to the first positions. The float
+        # floor of total/n is the integer one, or one less when n divides total (then every row gets a unit back)
+        quotient, left = np.divmod(total, size)
+        return quotient[of_row] + (pos < left[of_row])
+    if model != "position_based":
+        raise ValueError(f"even_shares has no rule for {model!r}")
+    exact_end = np.where(size == 2, 0.5, np.where(size == 1, 1.0, 0.4)) * total
+    exact_middle = 0.2 / np.maximum(size - 2, 1) * total
+    end_floor, middle_floor = np.floor(exact_end), np.floor(exact_middle)
+    end_rest, middle_rest = exact_end - end_floor, exact_middle - middle_floor
+    ends = np.minimum(size, 2)
+    left = total - ends * end_floor.astype(np.int64) - (size - ends) * middle_floor.astype(np.int64)
+    # ranks in the largest-remainder order (ties, and equal remainders, by position): with the ends' remainder the
+    # larger, the first end 0, the last 1, a middle its position + 1; with the middles' the larger, a middle its
+    # position - 1, the first end n - 2, the last n - 1; on a tie, the position. The ends' are per conversion.
+    order = np.sign(end_rest - middle_rest).astype(np.int64)  # 1: ends first, -1: middles first
+    shares = middle_floor.astype(np.int64)[of_row] + (pos + order[of_row] < left[of_row])
+    end_floor_int = end_floor.astype(np.int64)
+    shares[start] = end_floor_int + ((order < 0) * (size - 2) < left)
+    shares[start + size - 1] = end_floor_int + (size - 1 - (order > 0) * (size - 2) < left)
+    return shares
+
+
 def credit(touches: Touches, model: str, click_over_view: bool, half_life_days: float) -> tuple[Ints, Ints, Ints]:
     """Per credited touch: its cell, thousandths of a conversion and cents (with the sign of the value)."""
     touches, seg = credited(touches, click_over_view)
@@ -181,6 +225,22 @@ def credit(touches: Touches, model: str, click_over_view: bool, half_life_days: 
     if model in ("last_touch", "first_touch"):  # one touch takes all: nothing to apportion
         whole = weights(touches, seg, model, half_life_days).astype(bool)
         return touches.cell, whole * np.int64(MILLI), whole * touches.cents
+    if model in ("linear", "position_based"):
+        amount = np.abs(touches.cents[seg.start])
+        if int(amount.max()) < EVEN_LIMIT:
+            # only the conversions with several touches: one touch takes the whole
+            milli, cents = np.full(len(touches.conversion), MILLI, dtype=np.int64), touches.cents.copy()
+            multi = np.flatnonzero(seg.size > 1)
+            rows = np.flatnonzero(seg.n > 1)
+            if len(rows):
+                dense = np.empty(len(seg.size), dtype=np.int64)
+                dense[multi] = np.arange(len(multi))
+                of_row, pos, size = dense[seg.of_row[rows]], seg.pos[rows], seg.size[multi]
+                start = np.cumsum(size) - size
+                milli[rows] = even_shares(np.full(len(multi), MILLI, np.int64), size, start, of_row, pos, model)
+                shares = even_shares(amount[multi], size, start, of_row, pos, model)
+                cents[rows] = np.sign(cents[rows]) * shares
+            return touches.cell, milli, cents
     # a conversion of one touch gives it everything (whatever the weights, its shares add up to the whole): only
     # the rows of conversions with several are weighed and apportioned
     milli, cents = np.full(len(touches.conversion), MILLI, dtype=np.int64), touches.cents.copy()
