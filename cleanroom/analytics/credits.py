@@ -54,6 +54,10 @@ class Touches:
         """The rows where `keep` holds (or the rows it numbers), in order."""
         return Touches(self.conversion[keep], self.at[keep], self.click[keep], self.cell[keep], self.cents[keep])
 
+    def after(self, row: int) -> Touches:
+        """The rows from `row` on (views, no copy)."""
+        return Touches(self.conversion[row:], self.at[row:], self.click[row:], self.cell[row:], self.cents[row:])
+
 
 @dataclass(frozen=True)
 class Segments:
@@ -72,13 +76,23 @@ class Segments:
     @staticmethod
     def of(conversion: Ints) -> Segments:
         """The segments of sorted conversion ids."""
+        # in place where it can (a new array of the touches' length costs as much as the arithmetic on it)
         first = np.ones(len(conversion), dtype=bool)
-        first[1:] = conversion[1:] != conversion[:-1]
-        start = np.flatnonzero(first).astype(np.int64)
-        of_row = np.cumsum(first) - 1
-        size = np.diff(np.append(start, len(conversion)))
-        pos = np.arange(len(conversion), dtype=np.int64) - start[of_row]
-        return Segments(start, of_row.astype(np.int64), size.astype(np.int64), pos, size[of_row].astype(np.int64))
+        np.not_equal(conversion[1:], conversion[:-1], out=first[1:])
+        start = np.flatnonzero(first).astype(np.int64, copy=False)
+        of_row = np.cumsum(first, dtype=np.int64)
+        of_row -= 1
+        size = np.diff(start, append=len(conversion))
+        pos = np.arange(len(conversion), dtype=np.int64)
+        pos -= start[of_row]
+        return Segments(start, of_row, size, pos, size[of_row])
+
+    def after(self, row: int) -> Segments:
+        """The segments of the rows from `row` on, which must start a segment (views of these arrays, no copy)."""
+        first = int(self.of_row[row]) if row < len(self.of_row) else len(self.start)
+        return Segments(
+            self.start[first:] - row, self.of_row[row:] - first, self.size[first:], self.pos[row:], self.n[row:]
+        )
 
     def position(self) -> Ints:
         """Each row's 0-based position within its conversion."""
@@ -134,9 +148,12 @@ def apportion(total: Ints, w: Floats, seg: Segments) -> Ints:
     """
     exact = w * total
     floor = np.floor(exact)
-    left = total[seg.start] - np.add.reduceat(floor, seg.start).astype(np.int64)
+    rest = exact - floor
     shares = floor.astype(np.int64)
-    pending = left[seg.of_row] > 0
+    # per conversion (what is left of its total, and which conversions have any) rather than per row: the masks
+    # over every row cost more than the apportioning
+    left = total[seg.start] - np.add.reduceat(floor, seg.start).astype(np.int64)
+    pending = left > 0
     if not pending.any():
         return shares
     # A conversion of two touches has at most one unit left (its two remainders add up to less than 2): it goes to
@@ -144,30 +161,31 @@ def apportion(total: Ints, w: Floats, seg: Segments) -> Ints:
     # remainder (the earliest on a tie), or to all but the smallest (the latest on a tie loses). Most conversions
     # with several touches have two or three, so only the rest are sorted (the sort was most of time decay's
     # cost, whose remainders are rarely zero).
-    two = pending & (seg.n == 2)
-    first = np.flatnonzero(two & (seg.pos == 0))
-    to_first = exact[first] - floor[first] >= exact[first + 1] - floor[first + 1]
+    two = pending & (seg.size == 2)
+    first = seg.start[two]
+    to_first = rest[first] >= rest[first + 1]
     shares[first] += to_first
     shares[first + 1] += ~to_first
-    three = pending & (seg.n == 3)
-    first = np.flatnonzero(three & (seg.pos == 0))
+    three = pending & (seg.size == 3)
+    first = seg.start[three]
     if len(first):
-        r0, r1, r2 = (exact[first + k] - floor[first + k] for k in range(3))
-        one = left[seg.of_row[first]] == 1
+        r0, r1, r2 = (rest[first + k] for k in range(3))
+        one = left[three] == 1
         top = np.where((r0 >= r1) & (r0 >= r2), 0, np.where(r1 >= r2, 1, 2))
         bottom = np.where((r2 <= r1) & (r2 <= r0), 2, np.where(r1 <= r0, 1, 0))
         for k in range(3):
             shares[first + k] += np.where(one, top == k, bottom != k)
-    rows = np.flatnonzero(pending & ~two & ~three)
-    if len(rows) == 0:
+    others = pending & ~two & ~three
+    if not others.any():
         return shares
+    rows = np.flatnonzero(others[seg.of_row])
     # by conversion, then the larger remainder; the sort is stable, so a tie keeps the earlier position
-    order = rows[np.lexsort((floor[rows] - exact[rows], seg.of_row[rows]))]
+    order = rows[np.lexsort((-rest[rows], seg.of_row[rows]))]
     of_row = seg.of_row[order]
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = of_row[1:] != of_row[:-1]
-    starts = np.flatnonzero(first)
-    rank = np.arange(len(order)) - starts[np.cumsum(first) - 1]
+    first_row = np.ones(len(order), dtype=bool)
+    first_row[1:] = of_row[1:] != of_row[:-1]
+    starts = np.flatnonzero(first_row)
+    rank = np.arange(len(order)) - starts[np.cumsum(first_row) - 1]
     shares[order] += (rank < left[of_row]).astype(np.int64)
     return shares
 
@@ -225,32 +243,26 @@ def credit(touches: Touches, model: str, click_over_view: bool, half_life_days: 
     if model in ("last_touch", "first_touch"):  # one touch takes all: nothing to apportion
         whole = weights(touches, seg, model, half_life_days).astype(bool)
         return touches.cell, whole * np.int64(MILLI), whole * touches.cents
-    if model in ("linear", "position_based"):
-        amount = np.abs(touches.cents[seg.start])
-        if int(amount.max()) < EVEN_LIMIT:
-            # only the conversions with several touches: one touch takes the whole
-            milli, cents = np.full(len(touches.conversion), MILLI, dtype=np.int64), touches.cents.copy()
-            multi = np.flatnonzero(seg.size > 1)
-            rows = np.flatnonzero(seg.n > 1)
-            if len(rows):
-                dense = np.empty(len(seg.size), dtype=np.int64)
-                dense[multi] = np.arange(len(multi))
-                of_row, pos, size = dense[seg.of_row[rows]], seg.pos[rows], seg.size[multi]
-                start = np.cumsum(size) - size
-                milli[rows] = even_shares(np.full(len(multi), MILLI, np.int64), size, start, of_row, pos, model)
-                shares = even_shares(amount[multi], size, start, of_row, pos, model)
-                cents[rows] = np.sign(cents[rows]) * shares
-            return touches.cell, milli, cents
     # a conversion of one touch gives it everything (whatever the weights, its shares add up to the whole): only
-    # the rows of conversions with several are weighed and apportioned
+    # the rows from the first conversion with several on are weighed and apportioned. `touches_of` puts those of
+    # conversions with one first, so that is a slice (in another order, any conversion of one after it is weighed
+    # and gets the whole all the same)
+    several = np.flatnonzero(seg.size > 1)
     milli, cents = np.full(len(touches.conversion), MILLI, dtype=np.int64), touches.cents.copy()
-    rows = np.flatnonzero(seg.n > 1)
-    if len(rows):
-        part = touches.take(rows)
-        several = Segments.of(part.conversion)
-        w = weights(part, several, model, half_life_days)
-        milli[rows] = apportion(np.full(len(rows), MILLI, dtype=np.int64), w, several)
-        cents[rows] = np.sign(part.cents) * apportion(np.abs(part.cents), w, several)
+    if len(several) == 0:
+        return touches.cell, milli, cents
+    row = int(seg.start[several[0]])
+    tail, amount = seg.after(row), np.abs(touches.cents[row:])
+    if model in ("linear", "position_based") and int(amount.max()) < EVEN_LIMIT:
+        amount = amount[tail.start]
+        args = (tail.size, tail.start, tail.of_row, tail.pos, model)
+        milli[row:] = even_shares(np.full(len(tail.size), MILLI, dtype=np.int64), *args)
+        cents[row:] = np.sign(cents[row:]) * even_shares(amount, *args)
+        return touches.cell, milli, cents
+    part = touches.after(row)
+    w = weights(part, tail, model, half_life_days)
+    milli[row:] = apportion(np.full(len(w), MILLI, dtype=np.int64), w, tail)
+    cents[row:] = np.sign(part.cents) * apportion(amount, w, tail)
     return touches.cell, milli, cents
 
 
