@@ -273,7 +273,7 @@ def cell_sums(cell: Ints, values: Ints, cells: int) -> list[int]:
     values below 2^53 (the largest a conversion carries) sum within int64.
     """
     high = values >> 32
-    low = values - (high << 32)
+    low = values & 0xFFFFFFFF  # values - (high << 32): the arithmetic shift floors, so this is in [0, 2^32)
     if cells == 1:
         return [int(high.sum()) * 2**32 + int(low.sum())]
     sums_high = np.zeros(cells, dtype=np.int64)
@@ -299,7 +299,9 @@ def touch_order(conversion: Ints, keys: Sequence[npt.NDArray[np.generic]]) -> In
     rows = np.flatnonzero(several)
     if len(rows) == 0:
         return np.arange(len(conversion), dtype=np.int64)
-    parts = [(np.cumsum(counts > 1) - 1)[conversion[rows]], *(np.asarray(k[rows], dtype=np.int64) for k in keys)]
+    rank: Ints = np.cumsum(counts > 1, dtype=np.int64)
+    rank -= 1
+    parts = [rank[conversion[rows]], *(np.asarray(k[rows], dtype=np.int64) for k in keys)]
     low = [int(p.min()) for p in parts]
     bits = [(int(p.max()) - lo).bit_length() for p, lo in zip(parts, low, strict=True)]
     if sum(bits) <= 63:  # then each range fits too: subtracting its minimum cannot overflow
@@ -329,8 +331,10 @@ def touches_of(
         raise InternalError("values outside the declared domains reached an aggregate")
     conversion = np.asarray(arrays["conversion"], dtype=np.int64)
     ts_us, click = np.asarray(arrays["ts_us"], dtype=np.int64), np.asarray(arrays["click"], dtype=bool)
-    tie = np.asarray(arrays["tie"], dtype=np.int64)
-    order = touch_order(conversion, (ts_us - at[conversion], tie))  # the time before the conversion: narrow
+    tie = np.asarray(arrays["tie"])  # any integer type: `touch_order` widens the rows it sorts
+    before = at[conversion]
+    np.subtract(ts_us, before, out=before)  # the time before the conversion: narrow
+    order = touch_order(conversion, (before, tie))
     conversion = conversion[order]
     cell = group[order] if brand_cells == 1 else group[order] * brand_cells + brand[conversion]
     return Touches(conversion, ts_us[order], click[order], cell, cents[conversion])
