@@ -286,11 +286,12 @@ def cell_sums(cell: Ints, values: Ints, cells: int) -> list[int]:
 def touch_order(conversion: Ints, keys: Sequence[npt.NDArray[np.generic]]) -> Ints:
     """A permutation that puts each conversion's rows together, sorted by the integer `keys` (most significant first).
 
-    Rows equal in every key may come in either order. Most conversions have one touch: their rows stay where they
-    are, and only the rows of conversions with several are sorted (conversion ids are small integers, so counting
-    them is one pass, no sort). Those are sorted by one integer, the conversion's rank among them and the keys
-    packed into 63 bits, when they fit (one sort instead of one per key: keys relative to the conversion, such as a
-    touch's time less the conversion's, are narrow); otherwise by each key in turn.
+    Rows equal in every key may come in either order. Most conversions have one touch: their rows come first, in the
+    order they were (so `credit` weighs the rest as one slice), and only the rows of conversions with several are
+    sorted (conversion ids are small integers, so counting them is one pass, no sort). Those are sorted by one
+    integer, the conversion's rank among them and the keys packed into 63 bits, when they fit (one sort instead of
+    one per key: keys relative to the conversion, such as a touch's time less the conversion's, are narrow);
+    otherwise by each key in turn.
     """
     if len(conversion) == 0:
         return np.zeros(0, dtype=np.int64)
