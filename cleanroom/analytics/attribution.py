@@ -306,7 +306,9 @@ class TouchCode:
         names, stride = (self.campaigns, len(self.channels) + 1) if group.column == "campaign" else (self.channels, 1)
         index = {name: i for i, name in enumerate(group.domain)}
         lookup = np.array([-1, *(index.get(name, -1) for name in names)], dtype=np.int64)
-        return lookup[code // stride % (len(names) + 1)]
+        # one lookup by the whole code (its few values), not a division and a remainder per touch
+        codes = 2 * (len(self.campaigns) + 1) * (len(self.channels) + 1)
+        return lookup[np.arange(codes) // stride % (len(names) + 1)][code]
 
 
 @dataclass(frozen=True)
@@ -363,8 +365,12 @@ class Bounded:
                 room = 2**62 // (row1 - row0 + 1)  # the most buckets the key holds
                 width = max(2 * lookback_us, -(-span // room), 1)
                 buckets = (span - 1) // width + 1
-                bucket, into = np.divmod(t - origin, width)
-                key = (row - row0) * buckets + bucket
+                # in place: each new array of a million rows costs about what the arithmetic on it does
+                into = t - origin
+                bucket, into = np.divmod(into, width, out=(np.empty_like(into), into))
+                key = row - row0
+                key *= buckets
+                key += bucket
                 if len(self.dropped):
                     key[np.isin(index, self.dropped, assume_unique=True) if not every else self.dropped] = -2
                 crosses = np.flatnonzero(into < lookback_us)  # the window starts in the bucket before
@@ -483,7 +489,7 @@ def attribution_histograms(
     relations, params = conv.build(lookback_days * credits.MICROSECONDS_PER_DAY)
     assert isinstance(touches.params, Mapping)  # touches_sql names its parameters
     arrays = data.columns(Sql(touches.text, {**touches.params, **params}), relations)
-    code = np.asarray(arrays["code"], dtype=np.int64)
+    code = arrays["code"]  # an index (the lookups) and an ordering key: any integer type
     touched = {
         "conversion": arrays["conversion"],
         "ts_us": arrays["ts_us"],
@@ -500,13 +506,13 @@ def attribution_histograms(
     untouched = conv.counted()
     untouched[rows.conversion] = False
     none = (len(axes[0].domain) - 1) * brand_cells
-    brand = conv.brand[untouched] if brand_cells > 1 else np.zeros(int(untouched.sum()), dtype=np.int64)
+    if brand_cells > 1:
+        brand = conv.brand[untouched]
+        counts = np.bincount(brand, minlength=brand_cells).tolist()
+    else:  # one cell: its count, and `cell_sums` reads no cells
+        brand, counts = conv.brand[:0], [int(untouched.sum())]
     for b, (count, total) in enumerate(
-        zip(
-            np.bincount(brand, minlength=brand_cells).tolist(),
-            credits.cell_sums(brand, conv.cents[untouched], brand_cells),
-            strict=True,
-        )
+        zip(counts, credits.cell_sums(brand, conv.cents[untouched], brand_cells), strict=True)
     ):
         milli_sums[none + b] += MILLI * count
         cents_sums[none + b] += total

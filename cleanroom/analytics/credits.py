@@ -54,6 +54,10 @@ class Touches:
         """The rows where `keep` holds (or the rows it numbers), in order."""
         return Touches(self.conversion[keep], self.at[keep], self.click[keep], self.cell[keep], self.cents[keep])
 
+    def after(self, row: int) -> Touches:
+        """The rows from `row` on (views, no copy)."""
+        return Touches(self.conversion[row:], self.at[row:], self.click[row:], self.cell[row:], self.cents[row:])
+
 
 @dataclass(frozen=True)
 class Segments:
@@ -72,13 +76,23 @@ class Segments:
     @staticmethod
     def of(conversion: Ints) -> Segments:
         """The segments of sorted conversion ids."""
+        # in place where it can (a new array of the touches' length costs as much as the arithmetic on it)
         first = np.ones(len(conversion), dtype=bool)
-        first[1:] = conversion[1:] != conversion[:-1]
-        start = np.flatnonzero(first).astype(np.int64)
-        of_row = np.cumsum(first) - 1
-        size = np.diff(np.append(start, len(conversion)))
-        pos = np.arange(len(conversion), dtype=np.int64) - start[of_row]
-        return Segments(start, of_row.astype(np.int64), size.astype(np.int64), pos, size[of_row].astype(np.int64))
+        np.not_equal(conversion[1:], conversion[:-1], out=first[1:])
+        start = np.flatnonzero(first).astype(np.int64, copy=False)
+        of_row = np.cumsum(first, dtype=np.int64)
+        of_row -= 1
+        size = np.diff(start, append=len(conversion))
+        pos = np.arange(len(conversion), dtype=np.int64)
+        pos -= start[of_row]
+        return Segments(start, of_row, size, pos, size[of_row])
+
+    def after(self, row: int) -> Segments:
+        """The segments of the rows from `row` on, which must start a segment (views of these arrays, no copy)."""
+        first = int(self.of_row[row]) if row < len(self.of_row) else len(self.start)
+        return Segments(
+            self.start[first:] - row, self.of_row[row:] - first, self.size[first:], self.pos[row:], self.n[row:]
+        )
 
     def position(self) -> Ints:
         """Each row's 0-based position within its conversion."""
@@ -134,9 +148,12 @@ def apportion(total: Ints, w: Floats, seg: Segments) -> Ints:
     """
     exact = w * total
     floor = np.floor(exact)
-    left = total[seg.start] - np.add.reduceat(floor, seg.start).astype(np.int64)
+    rest = exact - floor
     shares = floor.astype(np.int64)
-    pending = left[seg.of_row] > 0
+    # per conversion (what is left of its total, and which conversions have any) rather than per row: the masks
+    # over every row cost more than the apportioning
+    left = total[seg.start] - np.add.reduceat(floor, seg.start).astype(np.int64)
+    pending = left > 0
     if not pending.any():
         return shares
     # A conversion of two touches has at most one unit left (its two remainders add up to less than 2): it goes to
@@ -144,31 +161,76 @@ def apportion(total: Ints, w: Floats, seg: Segments) -> Ints:
     # remainder (the earliest on a tie), or to all but the smallest (the latest on a tie loses). Most conversions
     # with several touches have two or three, so only the rest are sorted (the sort was most of time decay's
     # cost, whose remainders are rarely zero).
-    two = pending & (seg.n == 2)
-    first = np.flatnonzero(two & (seg.pos == 0))
-    to_first = exact[first] - floor[first] >= exact[first + 1] - floor[first + 1]
+    two = pending & (seg.size == 2)
+    first = seg.start[two]
+    to_first = rest[first] >= rest[first + 1]
     shares[first] += to_first
     shares[first + 1] += ~to_first
-    three = pending & (seg.n == 3)
-    first = np.flatnonzero(three & (seg.pos == 0))
+    three = pending & (seg.size == 3)
+    first = seg.start[three]
     if len(first):
-        r0, r1, r2 = (exact[first + k] - floor[first + k] for k in range(3))
-        one = left[seg.of_row[first]] == 1
+        r0, r1, r2 = (rest[first + k] for k in range(3))
+        one = left[three] == 1
         top = np.where((r0 >= r1) & (r0 >= r2), 0, np.where(r1 >= r2, 1, 2))
         bottom = np.where((r2 <= r1) & (r2 <= r0), 2, np.where(r1 <= r0, 1, 0))
         for k in range(3):
             shares[first + k] += np.where(one, top == k, bottom != k)
-    rows = np.flatnonzero(pending & ~two & ~three)
-    if len(rows) == 0:
+    others = pending & ~two & ~three
+    if not others.any():
         return shares
+    rows = np.flatnonzero(others[seg.of_row])
     # by conversion, then the larger remainder; the sort is stable, so a tie keeps the earlier position
-    order = rows[np.lexsort((floor[rows] - exact[rows], seg.of_row[rows]))]
+    order = rows[np.lexsort((-rest[rows], seg.of_row[rows]))]
     of_row = seg.of_row[order]
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = of_row[1:] != of_row[:-1]
-    starts = np.flatnonzero(first)
-    rank = np.arange(len(order)) - starts[np.cumsum(first) - 1]
+    first_row = np.ones(len(order), dtype=bool)
+    first_row[1:] = of_row[1:] != of_row[:-1]
+    starts = np.flatnonzero(first_row)
+    rank = np.arange(len(order)) - starts[np.cumsum(first_row) - 1]
     shares[order] += (rank < left[of_row]).astype(np.int64)
+    return shares
+
+
+#: The largest |total| `even_shares` takes (below it, the float products of the weights are within 2^-5 of the
+#: exact ones, so each conversion's leftover units are between 0 and its touches: `even_shares` is exact).
+EVEN_LIMIT = 2**40
+
+
+def even_shares(total: Ints, size: Ints, start: Ints, of_row: Ints, pos: Ints, model: str) -> Ints:
+    """`apportion`'s shares for linear or position-based weights, with no segments' sums and no sort.
+
+    Why it can: these models give a conversion's touches at most two distinct weights (linear 1/n each; position-
+    based 0.4 at both ends and 0.2/(n-2) between them, or 0.5 each of two), so the float products `w x total`,
+    their floors and remainders are computed once per conversion from (total, n) exactly as `weights` and
+    `apportion` compute them, and the largest-remainder order is known without sorting: the larger of the two
+    remainders first, ties (and equal weights) by position. Each row's share is its floor plus one when its rank in
+    that order is below the conversion's leftover units, which are `apportion`'s.
+
+    `total`, `size` and `start`: per conversion, 0 <= total < `EVEN_LIMIT`, size >= 1, its first row; `of_row` and
+    `pos`: each row's conversion (an index into them) and its position in it. The property test in
+    tests/unit/cleanroom/analytics/test_credits.py checks it against `apportion` for every size up to
+    `MAX_TOUCHES`, totals up to the limit and their multiples.
+    """
+    if model == "linear":
+        # every row of a conversion has the same remainder: the leftover units go to the first positions. The float
+        # floor of total/n is the integer one, or one less when n divides total (then every row gets a unit back)
+        quotient, left = np.divmod(total, size)
+        return quotient[of_row] + (pos < left[of_row])
+    if model != "position_based":
+        raise ValueError(f"even_shares has no rule for {model!r}")
+    exact_end = np.where(size == 2, 0.5, np.where(size == 1, 1.0, 0.4)) * total
+    exact_middle = 0.2 / np.maximum(size - 2, 1) * total
+    end_floor, middle_floor = np.floor(exact_end), np.floor(exact_middle)
+    end_rest, middle_rest = exact_end - end_floor, exact_middle - middle_floor
+    ends = np.minimum(size, 2)
+    left = total - ends * end_floor.astype(np.int64) - (size - ends) * middle_floor.astype(np.int64)
+    # ranks in the largest-remainder order (ties, and equal remainders, by position): with the ends' remainder the
+    # larger, the first end 0, the last 1, a middle its position + 1; with the middles' the larger, a middle its
+    # position - 1, the first end n - 2, the last n - 1; on a tie, the position. The ends' are per conversion.
+    order = np.sign(end_rest - middle_rest).astype(np.int64)  # 1: ends first, -1: middles first
+    shares = middle_floor.astype(np.int64)[of_row] + (pos + order[of_row] < left[of_row])
+    end_floor_int = end_floor.astype(np.int64)
+    shares[start] = end_floor_int + ((order < 0) * (size - 2) < left)
+    shares[start + size - 1] = end_floor_int + (size - 1 - (order > 0) * (size - 2) < left)
     return shares
 
 
@@ -182,15 +244,25 @@ def credit(touches: Touches, model: str, click_over_view: bool, half_life_days: 
         whole = weights(touches, seg, model, half_life_days).astype(bool)
         return touches.cell, whole * np.int64(MILLI), whole * touches.cents
     # a conversion of one touch gives it everything (whatever the weights, its shares add up to the whole): only
-    # the rows of conversions with several are weighed and apportioned
+    # the rows from the first conversion with several on are weighed and apportioned. `touches_of` puts those of
+    # conversions with one first, so that is a slice (in another order, any conversion of one after it is weighed
+    # and gets the whole all the same)
+    several = np.flatnonzero(seg.size > 1)
     milli, cents = np.full(len(touches.conversion), MILLI, dtype=np.int64), touches.cents.copy()
-    rows = np.flatnonzero(seg.n > 1)
-    if len(rows):
-        part = touches.take(rows)
-        several = Segments.of(part.conversion)
-        w = weights(part, several, model, half_life_days)
-        milli[rows] = apportion(np.full(len(rows), MILLI, dtype=np.int64), w, several)
-        cents[rows] = np.sign(part.cents) * apportion(np.abs(part.cents), w, several)
+    if len(several) == 0:
+        return touches.cell, milli, cents
+    row = int(seg.start[several[0]])
+    tail, amount = seg.after(row), np.abs(touches.cents[row:])
+    if model in ("linear", "position_based") and int(amount.max()) < EVEN_LIMIT:
+        amount = amount[tail.start]
+        args = (tail.size, tail.start, tail.of_row, tail.pos, model)
+        milli[row:] = even_shares(np.full(len(tail.size), MILLI, dtype=np.int64), *args)
+        cents[row:] = np.sign(cents[row:]) * even_shares(amount, *args)
+        return touches.cell, milli, cents
+    part = touches.after(row)
+    w = weights(part, tail, model, half_life_days)
+    milli[row:] = apportion(np.full(len(w), MILLI, dtype=np.int64), w, tail)
+    cents[row:] = np.sign(part.cents) * apportion(amount, w, tail)
     return touches.cell, milli, cents
 
 
@@ -201,7 +273,7 @@ def cell_sums(cell: Ints, values: Ints, cells: int) -> list[int]:
     values below 2^53 (the largest a conversion carries) sum within int64.
     """
     high = values >> 32
-    low = values - (high << 32)
+    low = values & 0xFFFFFFFF  # values - (high << 32): the arithmetic shift floors, so this is in [0, 2^32)
     if cells == 1:
         return [int(high.sum()) * 2**32 + int(low.sum())]
     sums_high = np.zeros(cells, dtype=np.int64)
@@ -214,11 +286,12 @@ def cell_sums(cell: Ints, values: Ints, cells: int) -> list[int]:
 def touch_order(conversion: Ints, keys: Sequence[npt.NDArray[np.generic]]) -> Ints:
     """A permutation that puts each conversion's rows together, sorted by the integer `keys` (most significant first).
 
-    Rows equal in every key may come in either order. Most conversions have one touch: their rows stay where they
-    are, and only the rows of conversions with several are sorted (conversion ids are small integers, so counting
-    them is one pass, no sort). Those are sorted by one integer, the conversion's rank among them and the keys
-    packed into 63 bits, when they fit (one sort instead of one per key: keys relative to the conversion, such as a
-    touch's time less the conversion's, are narrow); otherwise by each key in turn.
+    Rows equal in every key may come in either order. Most conversions have one touch: their rows come first, in the
+    order they were (so `credit` weighs the rest as one slice), and only the rows of conversions with several are
+    sorted (conversion ids are small integers, so counting them is one pass, no sort). Those are sorted by one
+    integer, the conversion's rank among them and the keys packed into 63 bits, when they fit (one sort instead of
+    one per key: keys relative to the conversion, such as a touch's time less the conversion's, are narrow);
+    otherwise by each key in turn.
     """
     if len(conversion) == 0:
         return np.zeros(0, dtype=np.int64)
@@ -227,7 +300,9 @@ def touch_order(conversion: Ints, keys: Sequence[npt.NDArray[np.generic]]) -> In
     rows = np.flatnonzero(several)
     if len(rows) == 0:
         return np.arange(len(conversion), dtype=np.int64)
-    parts = [(np.cumsum(counts > 1) - 1)[conversion[rows]], *(np.asarray(k[rows], dtype=np.int64) for k in keys)]
+    rank: Ints = np.cumsum(counts > 1, dtype=np.int64)
+    rank -= 1
+    parts = [rank[conversion[rows]], *(np.asarray(k[rows], dtype=np.int64) for k in keys)]
     low = [int(p.min()) for p in parts]
     bits = [(int(p.max()) - lo).bit_length() for p, lo in zip(parts, low, strict=True)]
     if sum(bits) <= 63:  # then each range fits too: subtracting its minimum cannot overflow
@@ -257,8 +332,10 @@ def touches_of(
         raise InternalError("values outside the declared domains reached an aggregate")
     conversion = np.asarray(arrays["conversion"], dtype=np.int64)
     ts_us, click = np.asarray(arrays["ts_us"], dtype=np.int64), np.asarray(arrays["click"], dtype=bool)
-    tie = np.asarray(arrays["tie"], dtype=np.int64)
-    order = touch_order(conversion, (ts_us - at[conversion], tie))  # the time before the conversion: narrow
+    tie = np.asarray(arrays["tie"])  # any integer type: `touch_order` widens the rows it sorts
+    before = at[conversion]
+    np.subtract(ts_us, before, out=before)  # the time before the conversion: narrow
+    order = touch_order(conversion, (before, tie))
     conversion = conversion[order]
     cell = group[order] if brand_cells == 1 else group[order] * brand_cells + brand[conversion]
     return Touches(conversion, ts_us[order], click[order], cell, cents[conversion])

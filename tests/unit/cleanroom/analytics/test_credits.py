@@ -181,3 +181,34 @@ def test_apportion_of_three_gives_two_units_past_the_later_of_two_equal_smallest
     w = np.array([0.12, 0.12, 0.76])
     seg = credits.Segments.of(np.zeros(3, dtype=np.int64))
     assert credits.apportion(np.full(3, 5, dtype=np.int64), w, seg).tolist() == apportion(5, list(w)) == [1, 0, 4]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(("linear", "position_based")),
+    st.lists(
+        st.tuples(
+            st.integers(1, MAX_TOUCHES),
+            st.one_of(
+                st.integers(0, 2000),
+                st.integers(0, credits.EVEN_LIMIT - 1),
+                st.tuples(st.integers(1, 2**20), st.integers(1, 500)).map(lambda t: t[0] * t[1]),  # multiples
+            ),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+)
+def test_even_shares_equal_apportion_of_the_models_weights(model, conversions):
+    """Linear's and position-based's shares without a sort are `apportion`'s, float floors and ties included."""
+    size = np.array([n for n, _ in conversions], dtype=np.int64)
+    total = np.array([t for _, t in conversions], dtype=np.int64)
+    seg = credits.Segments.of(np.repeat(np.arange(len(conversions)), size))
+    touches = Touches(
+        seg.of_row, np.zeros(len(seg.of_row), np.int64), np.zeros(len(seg.of_row), bool), seg.pos, seg.pos
+    )
+    w = credits.weights(touches, seg, model, HALF_LIFE)
+    want = credits.apportion(total[seg.of_row], w, seg)
+    got = credits.even_shares(total, size, seg.start, seg.of_row, seg.pos, model)
+    assert got.tolist() == want.tolist()
+    assert np.add.reduceat(got, seg.start).tolist() == total.tolist()
