@@ -236,19 +236,21 @@ int main(int argc, char **argv) {
 """
 
 
-def test_the_portable_ladder_never_branches_or_indexes_on_the_key(tmp_path):
+def _build_harness(tmp_path: Path, name: str, text: str) -> Path:
+    """Compile a C harness that includes _curve25519.c (and links _x25519_ifma.c) at -O3, as the extension is built:
+    the optimiser must not have turned a masked swap into a branch. Returns the binary."""
     import shutil
     import sysconfig
 
     source = Path(curve.__file__).parent / "_curve25519.c"
-    harness = tmp_path / "harness.c"
-    harness.write_text(_HARNESS)
-    binary = tmp_path / "harness"
+    harness = tmp_path / f"{name}.c"
+    harness.write_text(text)
+    binary = tmp_path / name
     libdir = str(sysconfig.get_config_var("LIBDIR"))
     subprocess.run(
         [
             shutil.which("cc") or "gcc",
-            "-O3",  # as the extension is built: the optimiser must not have turned a masked swap into a branch
+            "-O3",
             f"-I{source.parent}",
             f"-I{sysconfig.get_paths()['include']}",
             str(harness),
@@ -262,6 +264,11 @@ def test_the_portable_ladder_never_branches_or_indexes_on_the_key(tmp_path):
         check=True,
         capture_output=True,
     )
+    return binary
+
+
+def test_the_portable_ladder_never_branches_or_indexes_on_the_key(tmp_path):
+    binary = _build_harness(tmp_path, "harness", _HARNESS)
 
     def memcheck(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -420,31 +427,7 @@ int main(int argc, char **argv) {
 
 
 def test_no_ladder_value_is_left_on_the_stack_after_the_batch(tmp_path):
-    import shutil
-    import sysconfig
-
-    source = Path(curve.__file__).parent / "_curve25519.c"
-    harness = tmp_path / "scan.c"
-    harness.write_text(_SCAN_HARNESS)
-    binary = tmp_path / "scan"
-    libdir = str(sysconfig.get_config_var("LIBDIR"))
-    subprocess.run(
-        [
-            shutil.which("cc") or "gcc",
-            "-O3",  # as the extension is built
-            f"-I{source.parent}",
-            f"-I{sysconfig.get_paths()['include']}",
-            str(harness),
-            str(source.parent / "_x25519_ifma.c"),
-            f"-L{libdir}",
-            f"-Wl,-rpath,{libdir}",
-            f"-lpython{sysconfig.get_config_var('VERSION')}",
-            "-o",
-            str(binary),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    binary = _build_harness(tmp_path, "scan", _SCAN_HARNESS)
     assert subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout.split() == ["0", "0"]
     control = int(subprocess.run([str(binary), "control"], capture_output=True, text=True, check=True).stdout)
     assert control > 0 or not _cpu_has_ifma()
@@ -491,34 +474,10 @@ int main(int argc, char **argv) {
 
 
 def test_no_ladder_value_is_left_in_the_vector_registers_after_the_batch(tmp_path):
-    import shutil
-    import sysconfig
-
     if "avx512ifma" not in X25519_PATHS:
         assert not _cpu_has_ifma()
         return
-    source = Path(curve.__file__).parent / "_curve25519.c"
-    harness = tmp_path / "registers.c"
-    harness.write_text(_REGISTER_HARNESS)
-    binary = tmp_path / "registers"
-    libdir = str(sysconfig.get_config_var("LIBDIR"))
-    subprocess.run(
-        [
-            shutil.which("cc") or "gcc",
-            "-O3",
-            f"-I{source.parent}",
-            f"-I{sysconfig.get_paths()['include']}",
-            str(harness),
-            str(source.parent / "_x25519_ifma.c"),
-            f"-L{libdir}",
-            f"-Wl,-rpath,{libdir}",
-            f"-lpython{sysconfig.get_config_var('VERSION')}",
-            "-o",
-            str(binary),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    binary = _build_harness(tmp_path, "registers", _REGISTER_HARNESS)
     assert subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout.split() == ["0"]
     assert int(subprocess.run([str(binary), "control"], capture_output=True, text=True, check=True).stdout) > 0
 
