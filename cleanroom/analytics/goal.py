@@ -40,6 +40,7 @@ from ..storage.database import quote_ident
 from .attribution import CENTS
 from .cells import NO_DENOMINATOR, Cell, below_minimum_group, fraction, quotient, withheld
 from .matched import NONE, Axis, Catalog, Histogram, MatchedData, Sql, axis, cells_of, fill_histogram, grouping
+from .person_total import person_range
 from .plan import Measurement, Noisy, Plan, QueryAnswer, dimension_domain, reader
 from .queries import DimensionRef, LoyaltyQuery, ValueQuery
 
@@ -110,9 +111,8 @@ class MeasureSpec:
         return f"{self.member}.{self.table}.{self.column}"
 
     def per_person_range(self) -> tuple[float, float]:
-        """The range of one person's total: cap rows, each in [lo, hi] (or none at all, 0), clipped to the bound."""
-        bound = self.person_cents / CENTS
-        return max(min(0.0, self.cap * self.lo), -bound), min(max(0.0, self.cap * self.hi), bound)
+        """The range of one person's total in currency units (`person_total.person_range`)."""
+        return person_range(self.cap, self.lo, self.hi, self.person_cents)
 
 
 def measure_spec(policy: Policy, name: str) -> MeasureSpec:

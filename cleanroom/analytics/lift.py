@@ -25,6 +25,7 @@ from ..principals import Principal
 from .attribution import ANY_OF, CENTS, EventTables, capped_sql, event_tables, matched_sql
 from .cells import NO_DENOMINATOR, Z95, Cell, below_minimum_group, withheld
 from .matched import Axis, Catalog, Histogram, MatchedData, Sql, cells_of, fill_histogram
+from .person_total import person_range_cents
 from .plan import Measurement, Noisy, Plan, QueryAnswer
 from .queries import LiftQuery
 
@@ -115,11 +116,8 @@ class PersonRange:
 
 
 def person_range(ev: EventTables) -> PersonRange:
-    """The range of one person's total cents: at most cap rows within [lo, hi], within the per-person bound."""
-    bound = ev.conversions.person_cents(ev.value_column)
-    lo = max(min(0, math.floor(ev.cap * ev.lo * CENTS)), -bound)
-    hi = min(max(0, math.ceil(ev.cap * ev.hi * CENTS)), bound)
-    return PersonRange(lo, hi)
+    """The range of one person's total cents (`person_total.person_range_cents`: as value's, in whole cents)."""
+    return PersonRange(*person_range_cents(ev.cap, ev.lo, ev.hi, ev.conversions.person_cents(ev.value_column)))
 
 
 def lift_sql(catalog: Catalog, ev: EventTables, groups: TableSpec, campaign: str) -> Sql:
