@@ -29,7 +29,7 @@ import datetime as dt
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cleanroom_client.policy import Policy, QueryType
 
@@ -41,7 +41,7 @@ from .attribution import CENTS
 from .cells import NO_DENOMINATOR, Cell, below_minimum_group, fraction, quotient, withheld
 from .matched import NONE, Axis, Catalog, Histogram, MatchedData, Sql, axis, cells_of, fill_histogram, grouping
 from .person_total import person_range
-from .plan import Measurement, Noisy, Plan, QueryAnswer, dimension_domain, reader
+from .plan import Measurement, Noisy, Plan, QueryAnswer, dimension_domain, read_once, reader
 from .queries import DimensionRef, LoyaltyQuery, ValueQuery
 
 if TYPE_CHECKING:
@@ -246,12 +246,7 @@ def value(
         measure = measure_spec(policy, q.measure)
         sql = value_sql(catalog, axes, measure)
         width = len(axes)
-        cached: dict[str, list[tuple[Any, ...]]] = {}
-
-        def rows(data: MatchedData) -> list[tuple[Any, ...]]:
-            if "rows" not in cached:
-                cached["rows"] = data.rows(sql)
-            return cached["rows"]
+        rows = read_once(lambda data: data.rows(sql))
 
         def read_baskets(data: MatchedData) -> Histogram:
             state = orders_axis(measure.member, measure.cap)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cleanroom_client.policy import QueryType, TableSpec
 
@@ -26,7 +26,7 @@ from .attribution import ANY_OF, CENTS, EventTables, capped_sql, event_tables, m
 from .cells import NO_DENOMINATOR, Z95, Cell, below_minimum_group, withheld
 from .matched import Axis, Catalog, Histogram, MatchedData, Sql, cells_of, fill_histogram
 from .person_total import person_range_cents
-from .plan import Measurement, Noisy, Plan, QueryAnswer
+from .plan import Measurement, Noisy, Plan, QueryAnswer, read_once
 from .queries import LiftQuery
 
 if TYPE_CHECKING:
@@ -196,12 +196,7 @@ def lift(
         ax = group_axis(groups)
         sql = lift_sql(catalog, ev, groups, q.campaign)
         converted = Axis("converted", ev.conversions.member, "converted", (CONVERTED, NOT_CONVERTED))
-        cached: dict[str, list[tuple[Any, ...]]] = {}
-
-        def rows(data: MatchedData) -> list[tuple[Any, ...]]:
-            if "rows" not in cached:
-                cached["rows"] = data.rows(sql)
-            return cached["rows"]
+        rows = read_once(lambda data: data.rows(sql))
 
         def read_conversion(data: MatchedData) -> Histogram:
             return fill_histogram(
