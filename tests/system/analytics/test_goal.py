@@ -267,3 +267,21 @@ def test_a_previews_typical_map_is_bounded_and_its_refusal_is_brief(room, collab
     bars = brand.preview("value", collab, typical={BASKETS: 400.0, "sum": 60_000.0}, **args)
     assert bars.attrs["typical"] == {BASKETS: 400.0, "sum": 60_000.0}
     assert brand.budget(collab).set_index("member").loc["brand", "spent"] == before
+
+
+def test_a_previews_assumptions_are_read_after_authorization_and_refused_as_the_query(room, collab):
+    """`typical_group` and `within` are checked where every typical value is (`engine.check_typical`): after the
+    caller may ask the query at all, and refused like the query's own arguments, with a `query.refuse` entry. Before,
+    the servicer checked them first: a member without `query` learned of its bad argument, not of its refusal."""
+    args = {"measure": "brand.conversions.value", "by": ["brand.tier"], "epsilon": 1.0}
+    with pytest.raises(CleanRoomError) as info:
+        room.client("platform").preview("value", collab, typical_group=-5.0, **args)
+    assert info.value.code == "PERMISSION_DENIED"
+    brand = room.client("brand")
+    for bad in ({"typical_group": -5.0}, {"within": -0.1}):
+        with pytest.raises(CleanRoomError) as info:
+            brand.preview("value", collab, **bad, **args)
+        assert info.value.code == "INVALID_ARGUMENT"
+        assert next(iter(bad)) in info.value.message
+        refusal = room.client("auditor").audit_log(collab, action="query.refuse").to_dict("records")[-1]
+        assert next(iter(bad)) in str(refusal)
