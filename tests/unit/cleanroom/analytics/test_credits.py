@@ -192,22 +192,24 @@ def test_apportion_of_three_gives_two_units_past_the_later_of_two_equal_smallest
     assert credits.apportion(np.full(3, 5, dtype=np.int64), w, seg).tolist() == apportion(5, list(w)) == [1, 0, 4]
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    st.sampled_from(("linear", "position_based")),
-    st.lists(
-        st.tuples(
-            st.integers(1, MAX_TOUCHES),
-            st.one_of(
-                st.integers(0, 2000),
-                st.integers(0, credits.EVEN_LIMIT - 1),
-                st.tuples(st.integers(1, 2**20), st.integers(1, 500)).map(lambda t: t[0] * t[1]),  # multiples
-            ),
+#: Conversions (touches, total) for `even_shares`: every size up to `MAX_TOUCHES`, totals small, up to its limit,
+#: and multiples (whose float floors are exact or one short).
+even_conversions = st.lists(
+    st.tuples(
+        st.integers(1, MAX_TOUCHES),
+        st.one_of(
+            st.integers(0, 2000),
+            st.integers(0, credits.EVEN_LIMIT - 1),
+            st.tuples(st.integers(1, 2**20), st.integers(1, 500)).map(lambda t: t[0] * t[1]),  # multiples
         ),
-        min_size=1,
-        max_size=6,
     ),
+    min_size=1,
+    max_size=6,
 )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(EVEN), even_conversions)
 def test_even_shares_equal_apportion_of_the_models_weights(model, conversions):
     """Linear's and position-based's shares without a sort are `apportion`'s, float floors and ties included."""
     size = np.array([n for n, _ in conversions], dtype=np.int64)
@@ -224,21 +226,7 @@ def test_even_shares_equal_apportion_of_the_models_weights(model, conversions):
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    st.sampled_from(EVEN),
-    st.lists(
-        st.tuples(
-            st.integers(1, MAX_TOUCHES),
-            st.one_of(
-                st.integers(0, 2000),
-                st.integers(0, credits.EVEN_LIMIT - 1),
-                st.tuples(st.integers(1, 2**20), st.integers(1, 500)).map(lambda t: t[0] * t[1]),  # multiples
-            ),
-        ),
-        min_size=1,
-        max_size=6,
-    ),
-)
+@given(st.sampled_from(EVEN), even_conversions)
 def test_even_shares_equal_the_plain_largest_remainders(model, conversions):
     """`even_shares` against the plain per-conversion computation, not `apportion` (which it shares arithmetic
     with): float floors, remainders and ties to the earlier touch, for every size up to `MAX_TOUCHES`."""
