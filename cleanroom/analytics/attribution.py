@@ -60,7 +60,7 @@ from . import credits
 from .cells import Cell, below_minimum_group, withheld
 from .credits import MILLI
 from .matched import Axis, Catalog, Histogram, MatchedData, Sql, axis, cells_of, clamp
-from .plan import Measurement, Noisy, Plan, QueryAnswer, dimension_domain
+from .plan import Measurement, Noisy, Plan, QueryAnswer, dimension_domain, read_once
 from .queries import AttributionQuery
 
 if TYPE_CHECKING:
@@ -561,22 +561,19 @@ def attribution(
         cells_of(axes)
         conversions_read = conversions_sql(catalog, ev, brand)
         touches_read = touches_sql(catalog, ev)
-        cached: dict[str, tuple[Histogram, Histogram]] = {}
-
-        def both(data: MatchedData) -> tuple[Histogram, Histogram]:
-            if "both" not in cached:
-                cached["both"] = attribution_histograms(
-                    data,
-                    conversions_read,
-                    touches_read,
-                    ev,
-                    axes,
-                    q.lookback_days,
-                    q.model,
-                    q.click_over_view,
-                    q.half_life_days,
-                )
-            return cached["both"]
+        both = read_once(
+            lambda data: attribution_histograms(
+                data,
+                conversions_read,
+                touches_read,
+                ev,
+                axes,
+                q.lookback_days,
+                q.model,
+                q.click_over_view,
+                q.half_life_days,
+            )
+        )
 
         def conversions(data: MatchedData) -> Histogram:
             return both(data)[0]

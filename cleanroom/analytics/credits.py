@@ -133,11 +133,30 @@ def weights(touches: Touches, seg: Segments, model: str, half_life_days: float) 
         decay = np.exp2(-age_days / half_life_days)
         return decay / np.add.reduceat(decay, seg.start)[seg.of_row]
     if model == "position_based":
-        middle = 0.2 / np.maximum(n - 2, 1)
-        w = np.where((pos == 0) | last, 0.4, middle)
-        w = np.where(n == 2, 0.5, w)
-        return np.where(n == 1, 1.0, w)
+        end, middle = position_weights(n)
+        return np.where((pos == 0) | last, end, middle)
     raise ValueError(f"unknown model {model!r}")
+
+
+def position_weights(n: Ints) -> tuple[Floats, Floats]:
+    """Position-based weights for conversions of n touches: each end's, and each middle touch's.
+
+    An end gets 0.4 (0.5 of two, all of one), the touches between share 0.2: the one place they are computed, so
+    `even_shares` multiplies exactly the weights `weights` gives `apportion`.
+    """
+    end = np.where(n == 2, 0.5, np.where(n == 1, 1.0, 0.4))
+    return end, 0.2 / np.maximum(n - 2, 1)
+
+
+def floors(w: Floats, total: Ints) -> tuple[Floats, Floats]:
+    """Each share's exact amount w x total in floating point, split into its floor and its remainder.
+
+    The one float computation the largest-remainder order rests on: `apportion` and `even_shares` both take it
+    from here, so their floors, leftovers and ties agree to the last bit.
+    """
+    exact = w * total
+    floor = np.floor(exact)
+    return floor, exact - floor
 
 
 def apportion(total: Ints, w: Floats, seg: Segments) -> Ints:
@@ -146,9 +165,7 @@ def apportion(total: Ints, w: Floats, seg: Segments) -> Ints:
     The shares of one conversion add up to exactly its total; the leftover units go to the largest remainders,
     ties to the earlier position (as `apportion` in the reference).
     """
-    exact = w * total
-    floor = np.floor(exact)
-    rest = exact - floor
+    floor, rest = floors(w, total)
     shares = floor.astype(np.int64)
     # per conversion (what is left of its total, and which conversions have any) rather than per row: the masks
     # over every row cost more than the apportioning
@@ -200,15 +217,15 @@ def even_shares(total: Ints, size: Ints, start: Ints, of_row: Ints, pos: Ints, m
 
     Why it can: these models give a conversion's touches at most two distinct weights (linear 1/n each; position-
     based 0.4 at both ends and 0.2/(n-2) between them, or 0.5 each of two), so the float products `w x total`,
-    their floors and remainders are computed once per conversion from (total, n) exactly as `weights` and
-    `apportion` compute them, and the largest-remainder order is known without sorting: the larger of the two
-    remainders first, ties (and equal weights) by position. Each row's share is its floor plus one when its rank in
-    that order is below the conversion's leftover units, which are `apportion`'s.
+    their floors and remainders are computed once per conversion from (total, n), by the functions `weights` and
+    `apportion` use (`position_weights`, `floors`), and the largest-remainder order is known without sorting: the
+    larger of the two remainders first, ties (and equal weights) by position. Each row's share is its floor plus
+    one when its rank in that order is below the conversion's leftover units, which are `apportion`'s.
 
     `total`, `size` and `start`: per conversion, 0 <= total < `EVEN_LIMIT`, size >= 1, its first row; `of_row` and
-    `pos`: each row's conversion (an index into them) and its position in it. The property test in
-    tests/unit/cleanroom/analytics/test_credits.py checks it against `apportion` for every size up to
-    `MAX_TOUCHES`, totals up to the limit and their multiples.
+    `pos`: each row's conversion (an index into them) and its position in it. The property tests in
+    tests/unit/cleanroom/analytics/test_credits.py check it against `apportion` and against the plain
+    per-conversion computation for every size up to `MAX_TOUCHES`, totals up to the limit and their multiples.
     """
     if model == "linear":
         # every row of a conversion has the same remainder: the leftover units go to the first positions. The float
@@ -217,10 +234,8 @@ def even_shares(total: Ints, size: Ints, start: Ints, of_row: Ints, pos: Ints, m
         return quotient[of_row] + (pos < left[of_row])
     if model != "position_based":
         raise ValueError(f"even_shares has no rule for {model!r}")
-    exact_end = np.where(size == 2, 0.5, np.where(size == 1, 1.0, 0.4)) * total
-    exact_middle = 0.2 / np.maximum(size - 2, 1) * total
-    end_floor, middle_floor = np.floor(exact_end), np.floor(exact_middle)
-    end_rest, middle_rest = exact_end - end_floor, exact_middle - middle_floor
+    end, middle = position_weights(size)
+    (end_floor, end_rest), (middle_floor, middle_rest) = floors(end, total), floors(middle, total)
     ends = np.minimum(size, 2)
     left = total - ends * end_floor.astype(np.int64) - (size - ends) * middle_floor.astype(np.int64)
     # ranks in the largest-remainder order (ties, and equal remainders, by position): with the ends' remainder the

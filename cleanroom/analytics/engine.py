@@ -245,13 +245,13 @@ class QueryEngine:
         """
         if plan.preview is None:
             raise QueryFailedError(f"{query_type} has no preview")  # every family states one (tests walk them all)
+        check_typical(typical)  # first: the bound on names, so the refusal below echoes a few short ones at most
         vectors = [s.name for s in plan.stated]
         unknown = sorted(set(typical.values) - set(vectors))
         if unknown:
             raise InvalidArgumentError(
                 f"typical: {unknown} are not vectors {query_type} releases (it releases {vectors})"
             )
-        check_typical(typical)
         previewed = plan.preview(typical, epsilon)
         if typical.within > 0 and len(previewed.cells) > MAX_SOLVED_CELLS:
             raise InvalidArgumentError(
@@ -367,6 +367,12 @@ class QueryEngine:
 #: integer unit before noise, so no released cell is larger; beyond it, a family's arithmetic overflowed (a typical
 #: sum of 1e308 reached `round(inf)`: INTERNAL, after the preview's audit entry was written).
 MAX_TYPICAL = float(2**53)
+#: The most entries a preview's typical map may hold, and the longest name: a preview needs one per vector its
+#: query releases (three at most today: lift's; `tests/privacy/test_preview.py` holds every family to these), and
+#: the edge alone admitted 1,000 names of 1,024 characters, echoed into the refusal of names the query does not
+#: release and into the shared audit log.
+MAX_TYPICAL_VECTORS = 8
+MAX_VECTOR_NAME = 64
 #: The most cells a preview solves `within` for: `epsilon_needed` runs the family's whole post-processing some
 #: 32 + 12 x (kinds of cells) times, so its work grows with the cells; a value preview of 8,000 groups (56,000 cells)
 #: held a worker for 35-43 s per request (red team, issue 31), and previews are rated at a burst of 20.
@@ -376,9 +382,20 @@ MAX_SOLVED_CELLS = 2_000
 def check_typical(typical: Typical) -> None:
     """INVALID_ARGUMENT unless every assumption of a preview is a finite number a release could hold.
 
-    The group and `within` must be positive, every typical value at most `MAX_TYPICAL` in magnitude (negative values
-    are allowed: a measure may be negative). Request-only: a refusal here is the same whatever the data.
+    At most `MAX_TYPICAL_VECTORS` typical values, named in at most `MAX_VECTOR_NAME` characters (the refusal names
+    the rule, not the names); the group and `within` must be positive, every typical value at most `MAX_TYPICAL` in
+    magnitude (negative values are allowed: a measure may be negative). Request-only: a refusal here is the same
+    whatever the data.
     """
+    if len(typical.values) > MAX_TYPICAL_VECTORS:
+        raise InvalidArgumentError(
+            f"typical names {len(typical.values)} vectors; a preview takes at most {MAX_TYPICAL_VECTORS}, one per "
+            "vector the query releases (its noise_scale names them)"
+        )
+    if any(len(name) > MAX_VECTOR_NAME for name in typical.values):
+        raise InvalidArgumentError(
+            f"typical: a vector's name is at most {MAX_VECTOR_NAME} characters (the query's noise_scale names them)"
+        )
     if not (math.isfinite(typical.group) and 0 < typical.group <= MAX_TYPICAL):
         raise InvalidArgumentError(f"typical_group must be in (0, {MAX_TYPICAL:.0f}], got {typical.group:g}")
     if not (math.isfinite(typical.within) and 0 <= typical.within <= MAX_TYPICAL):

@@ -29,7 +29,7 @@ import datetime as dt
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cleanroom_client.policy import Policy, QueryType
 
@@ -40,7 +40,8 @@ from ..storage.database import quote_ident
 from .attribution import CENTS
 from .cells import NO_DENOMINATOR, Cell, below_minimum_group, fraction, quotient, withheld
 from .matched import NONE, Axis, Catalog, Histogram, MatchedData, Sql, axis, cells_of, fill_histogram, grouping
-from .plan import Measurement, Noisy, Plan, QueryAnswer, dimension_domain, reader
+from .person_total import person_range
+from .plan import Measurement, Noisy, Plan, QueryAnswer, dimension_domain, read_once, reader
 from .queries import DimensionRef, LoyaltyQuery, ValueQuery
 
 if TYPE_CHECKING:
@@ -110,9 +111,8 @@ class MeasureSpec:
         return f"{self.member}.{self.table}.{self.column}"
 
     def per_person_range(self) -> tuple[float, float]:
-        """The range of one person's total: cap rows, each in [lo, hi] (or none at all, 0), clipped to the bound."""
-        bound = self.person_cents / CENTS
-        return max(min(0.0, self.cap * self.lo), -bound), min(max(0.0, self.cap * self.hi), bound)
+        """The range of one person's total in currency units (`person_total.person_range`)."""
+        return person_range(self.cap, self.lo, self.hi, self.person_cents)
 
 
 def measure_spec(policy: Policy, name: str) -> MeasureSpec:
@@ -246,12 +246,7 @@ def value(
         measure = measure_spec(policy, q.measure)
         sql = value_sql(catalog, axes, measure)
         width = len(axes)
-        cached: dict[str, list[tuple[Any, ...]]] = {}
-
-        def rows(data: MatchedData) -> list[tuple[Any, ...]]:
-            if "rows" not in cached:
-                cached["rows"] = data.rows(sql)
-            return cached["rows"]
+        rows = read_once(lambda data: data.rows(sql))
 
         def read_baskets(data: MatchedData) -> Histogram:
             state = orders_axis(measure.member, measure.cap)

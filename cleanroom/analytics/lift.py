@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cleanroom_client.policy import QueryType, TableSpec
 
@@ -25,7 +25,8 @@ from ..principals import Principal
 from .attribution import ANY_OF, CENTS, EventTables, capped_sql, event_tables, matched_sql
 from .cells import NO_DENOMINATOR, Z95, Cell, below_minimum_group, withheld
 from .matched import Axis, Catalog, Histogram, MatchedData, Sql, cells_of, fill_histogram
-from .plan import Measurement, Noisy, Plan, QueryAnswer
+from .person_total import person_range_cents
+from .plan import Measurement, Noisy, Plan, QueryAnswer, read_once
 from .queries import LiftQuery
 
 if TYPE_CHECKING:
@@ -115,11 +116,8 @@ class PersonRange:
 
 
 def person_range(ev: EventTables) -> PersonRange:
-    """The range of one person's total cents: at most cap rows within [lo, hi], within the per-person bound."""
-    bound = ev.conversions.person_cents(ev.value_column)
-    lo = max(min(0, math.floor(ev.cap * ev.lo * CENTS)), -bound)
-    hi = min(max(0, math.ceil(ev.cap * ev.hi * CENTS)), bound)
-    return PersonRange(lo, hi)
+    """The range of one person's total cents (`person_total.person_range_cents`: as value's, in whole cents)."""
+    return PersonRange(*person_range_cents(ev.cap, ev.lo, ev.hi, ev.conversions.person_cents(ev.value_column)))
 
 
 def lift_sql(catalog: Catalog, ev: EventTables, groups: TableSpec, campaign: str) -> Sql:
@@ -198,12 +196,7 @@ def lift(
         ax = group_axis(groups)
         sql = lift_sql(catalog, ev, groups, q.campaign)
         converted = Axis("converted", ev.conversions.member, "converted", (CONVERTED, NOT_CONVERTED))
-        cached: dict[str, list[tuple[Any, ...]]] = {}
-
-        def rows(data: MatchedData) -> list[tuple[Any, ...]]:
-            if "rows" not in cached:
-                cached["rows"] = data.rows(sql)
-            return cached["rows"]
+        rows = read_once(lambda data: data.rows(sql))
 
         def read_conversion(data: MatchedData) -> Histogram:
             return fill_histogram(

@@ -11,6 +11,7 @@ import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import numpy as np
 
@@ -22,6 +23,8 @@ from ..privacy.budget import Charge
 from .cells import NO_DENOMINATOR, Cell, below_minimum_group, share, withheld
 from .matched import Axis, Histogram, MatchedData, Sql
 from .queries import DimensionRef
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -257,6 +260,22 @@ def shares_of(n: Noisy, group_of: Callable[[tuple[str, ...]], object], measure: 
 def reader(axes: tuple[Axis, ...], sql: Sql) -> Callable[[MatchedData], Histogram]:
     """How a measurement reads its exact histogram over `axes` (called only after the budget is reserved)."""
     return lambda data: data.histogram(axes, sql)
+
+
+def read_once(read: Callable[[MatchedData], T]) -> Callable[[MatchedData], T]:
+    """`read`, run at most once however often it is called: vectors cut from one result share one read.
+
+    Value's histogram and sum, lift's three vectors and attribution's two each come from one statement (or one
+    pass over the touches). A plan builds its own, so the exact result lives only as long as the plan's run.
+    """
+    done: list[T] = []
+
+    def once(data: MatchedData) -> T:
+        if not done:
+            done.append(read(data))
+        return done[0]
+
+    return once
 
 
 def activation_threshold(epsilon: float, delta: float, sensitivity: int) -> int:

@@ -48,7 +48,7 @@ from cleanroom_client.transparency import leaf_data
 
 from ..errors import FailedPreconditionError
 from ..storage import Database, Store
-from ..storage.database import first
+from ..storage.database import first, integer
 from .chain import GENESIS, AuditEntry, SignedHead, VerifyResult, canonical_json, json_safe, verify_entries
 
 SERVER_CHAIN = ""
@@ -250,12 +250,12 @@ class AuditLog:
 
     def last_sequence(self, collaboration_id: str) -> int:
         """The chain's last sequence (0 when empty)."""
-        row = first(
+        return integer(
             self._file(collaboration_id)
             .cursor()
-            .execute("SELECT coalesce(max(seq), 0) FROM audit_log WHERE collab = ?", [collaboration_id])
+            .execute("SELECT coalesce(max(seq), 0) FROM audit_log WHERE collab = ?", [collaboration_id]),
+            0,
         )
-        return int(row[0]) if row else 0
 
     def leaves(self, collaboration_id: str, after: int) -> list[bytes]:
         """The Merkle leaf data of the chain's entries with sequence > `after`, in order: hash then signature.

@@ -60,7 +60,7 @@ from cleanroom_client.identity import IdentifierType
 from cleanroom_client.policy import stability_constant
 from cleanroom_client.protocol import ID_TYPE_CODES
 
-from ..storage.database import first, in_memory
+from ..storage.database import first, in_memory, integer
 
 #: What other modules use; `ID_TYPE_CODES` and `stability_constant` are re-exported (the rule's codes and its bound).
 __all__ = [
@@ -247,13 +247,13 @@ def forget_rows_from(cur: duckdb.DuckDBPyConnection, collaboration_id: str, memb
 
 def keyed_rows_from(cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, first_row: int) -> int:
     """How many of `member`'s rows numbered `first_row` and above carry a stored key (counted, never claimed)."""
-    row = first(
+    return integer(
         cur.execute(
             "SELECT count(DISTINCT row_id) FROM match_keys WHERE collab = ? AND member = ? AND row_id >= ?",
             [collaboration_id, member, first_row],
-        )
+        ),
+        0,
     )
-    return int(row[0]) if row else 0
 
 
 def key_set_sizes(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> dict[str, int]:
@@ -372,13 +372,13 @@ def note_retired_keys(
         f" WHERE collab = ? AND member = ? AND list_contains(?::TINYINT[], id_type) AND row_id IN {rows}",
         [collaboration_id, member, sorted(ID_TYPE_CODES[t] for t in types), *params],
     )
-    row = first(
+    return integer(
         cur.execute(
             f"SELECT count(DISTINCT row_id) FROM match_keys WHERE collab = ? AND member = ? AND row_id IN {rows}",
             [collaboration_id, member, *params],
-        )
+        ),
+        0,
     )
-    return int(row[0]) if row else 0
 
 
 def rejoin_around(

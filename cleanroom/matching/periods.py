@@ -27,7 +27,7 @@ from cleanroom_client.policy import RefreshBudget
 
 from ..collaborations import Collaboration
 from ..errors import FailedPreconditionError
-from ..storage.database import first
+from ..storage.database import first, integer
 
 
 @dataclass(frozen=True)
@@ -46,28 +46,27 @@ def _now() -> datetime:
 
 def open_period(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> int | None:
     """The refresh period that is open (started, not complete), if any."""
-    row = first(
-        cur.execute("SELECT max(period) FROM periods WHERE collab = ? AND complete_time IS NULL", [collaboration_id])
+    return integer(
+        cur.execute("SELECT max(period) FROM periods WHERE collab = ? AND complete_time IS NULL", [collaboration_id]),
+        None,
     )
-    return int(row[0]) if row and row[0] is not None else None
 
 
 def latest_complete(cur: duckdb.DuckDBPyConnection, collaboration_id: str, matched: bool) -> int | None:
     """The last completed period: None before the match, 0 after it until a refresh completes."""
     if not matched:
         return None
-    row = first(
+    return integer(
         cur.execute(
             "SELECT max(period) FROM periods WHERE collab = ? AND complete_time IS NOT NULL", [collaboration_id]
-        )
+        ),
+        0,
     )
-    return int(row[0]) if row and row[0] is not None else 0
 
 
 def current_period(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> int:
     """The open period, else the last completed one (0 for the match)."""
-    row = first(cur.execute("SELECT max(period) FROM periods WHERE collab = ?", [collaboration_id]))
-    return int(row[0]) if row and row[0] is not None else 0
+    return integer(cur.execute("SELECT max(period) FROM periods WHERE collab = ?", [collaboration_id]), 0)
 
 
 def last_change(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> datetime | None:
@@ -192,26 +191,27 @@ def already_retired(
 ) -> int | None:
     """The smallest of `row_ids` the member retired in another period than `period`, if any."""
     cur.register("asked_rows", pa.table({"row_id": pa.array(np.asarray(row_ids, dtype=np.int64))}))
-    row = first(
+    smallest = integer(
         cur.execute(
             "SELECT min(a.row_id) FROM asked_rows a JOIN retirements r ON r.row_id = a.row_id "
             "WHERE r.collab = ? AND r.member = ? AND r.period IS DISTINCT FROM ?",
             [collaboration_id, member, period],
-        )
+        ),
+        None,
     )
     cur.unregister("asked_rows")
-    return int(row[0]) if row and row[0] is not None else None
+    return smallest
 
 
 def retirement_count(cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, period: int) -> int:
     """How many users the member retires in `period`."""
-    row = first(
+    return integer(
         cur.execute(
             "SELECT count(*) FROM retirements WHERE collab = ? AND member = ? AND period = ?",
             [collaboration_id, member, period],
-        )
+        ),
+        0,
     )
-    return int(row[0]) if row else 0
 
 
 def record_complete(
@@ -249,13 +249,13 @@ def budget_start(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> int:
 
     0 while there is none.
     """
-    row = first(
+    return integer(
         cur.execute(
             "SELECT max(audit_sequence) FROM periods WHERE collab = ? AND complete_time IS NOT NULL AND renews",
             [collaboration_id],
-        )
+        ),
+        0,
     )
-    return int(row[0]) if row and row[0] is not None else 0
 
 
 def list_periods(cur: duckdb.DuckDBPyConnection, collaboration_id: str) -> list[Period]:

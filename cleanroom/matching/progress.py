@@ -13,7 +13,7 @@ import duckdb
 from cleanroom_client.protocol import DOUBLE_BLINDED, POINTS, TABLE_KIND
 
 from ..errors import FailedPreconditionError
-from ..storage.database import first
+from ..storage.database import first, integer
 
 #: What other modules use; the upload kinds are re-exported from the protocol module.
 __all__ = [
@@ -156,14 +156,14 @@ def total_rows(
 
     None before its first point upload is committed.
     """
-    row = first(
+    return integer(
         cur.execute(
             "SELECT arg_max(total_rows, period) FROM row_counts WHERE collab = ? AND member = ?"
             " AND (? IS NULL OR period <= ?)",
             [collaboration_id, member, period, period],
-        )
+        ),
+        None,
     )
-    return int(row[0]) if row and row[0] is not None else None
 
 
 def record_total_rows(

@@ -32,7 +32,7 @@ from ..audit import AuditLog
 from ..collaborations import Collaboration, check_approved_revision
 from ..errors import FailedPreconditionError, InvalidArgumentError
 from ..storage import Store
-from ..storage.database import first
+from ..storage.database import first, integer
 from . import periods
 from .chain import Chain
 from .join import (
@@ -337,12 +337,12 @@ class Relay(RefreshPeriods):
         )
         cur.unregister("perm")
         cur.execute("DELETE FROM staged_points WHERE collab = ? AND member = ?", [collaboration_id, member])
-        row = first(
+        return integer(
             cur.execute(
                 "SELECT count(DISTINCT row_id) FROM offers WHERE collab = ? AND member = ?", [collaboration_id, member]
-            )
+            ),
+            0,
         )
-        return int(row[0]) if row else 0
 
     def _offer_size(self, cur: duckdb.DuckDBPyConnection, collaboration_id: str, owner: str, period: int) -> int | None:
         progress = read_progress(cur, collaboration_id, owner, POINTS, period)

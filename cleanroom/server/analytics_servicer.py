@@ -9,7 +9,6 @@ only by their recipient.
 from __future__ import annotations
 
 import contextvars
-import math
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -214,21 +213,13 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
 
 
 def typical(request: pb.PreviewRequest) -> Typical:
-    """What a preview assumes and solves for, from its request; INVALID_ARGUMENT naming the field otherwise."""
+    """What a preview assumes and solves for, from its request (0: the defaults), as sent.
 
-    def positive(value: float, field: str) -> float:
-        if not (value > 0 and math.isfinite(value)):
-            raise InvalidArgumentError(f"{field} must be a positive finite number, got {value:g}")
-        return value
-
-    group = positive(request.typical_group, "typical_group") if request.typical_group else TYPICAL_GROUP
-    values: dict[str, float | tuple[float, ...]] = {}
-    for name, value in sorted(request.typical.items()):
-        if not math.isfinite(value):
-            raise InvalidArgumentError(f"typical[{name!r}] must be a finite number, got {value:g}")
-        values[name] = value
-    within = positive(request.within, "within") if request.within else 0.0
-    return Typical(group, values, within)
+    Checked by the engine (`engine.check_typical`) once the caller may ask the query, and refused as the query's
+    own arguments are (audited); the edge has already refused a NaN or an infinity in any of them.
+    """
+    group = request.typical_group or TYPICAL_GROUP
+    return Typical(group, dict(request.typical), request.within or 0.0)
 
 
 def _scope(request: Any) -> dict[str, Any]:

@@ -38,11 +38,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 
 from ..errors import UnavailableError
+
+#: What `integer` answers where a statement gives no number (0 for a count, None for "there is none").
+D = TypeVar("D", int, None)
 
 #: The data directory: only the server's user may list or enter it (it holds tags, tables, the log, token hashes).
 DATA_DIR_MODE = 0o700
@@ -501,3 +504,13 @@ def first(result: duckdb.DuckDBPyConnection) -> tuple[Any, ...] | None:
     """The first row of an executed query, consuming the whole result (DuckDB refuses new work until then)."""
     rows = result.fetchall()
     return rows[0] if rows else None
+
+
+def integer(result: duckdb.DuckDBPyConnection, default: D) -> int | D:
+    """The first column of an executed query's first row, as an int; `default` without a row or when it is NULL.
+
+    The one reading of a count, a sequence or a period (0 or None where there is none), consuming the result as
+    `first` does.
+    """
+    row = first(result)
+    return default if row is None or row[0] is None else int(row[0])

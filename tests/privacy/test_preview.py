@@ -19,7 +19,7 @@ from privacy_data import BRAND, PRIVACY_POLICY, every_query
 from test_free_oracles import C, population, spent
 
 from cleanroom.analytics.activation import activation_reason, epsilon_to_clear
-from cleanroom.analytics.engine import MAX_SOLVED_CELLS, MAX_TYPICAL, QueryEngine
+from cleanroom.analytics.engine import MAX_SOLVED_CELLS, MAX_TYPICAL, MAX_TYPICAL_VECTORS, MAX_VECTOR_NAME, QueryEngine
 from cleanroom.analytics.matched import MatchedData
 from cleanroom.analytics.plan import Typical, activation_threshold
 from cleanroom.analytics.queries import DimensionRef, LookalikeQuery, OverlapQuery, ValueQuery
@@ -236,6 +236,30 @@ def test_a_preview_of_huge_typical_values_is_refused_not_a_crash(rooms):
                 query(Previewing(room.queries, huge), C)
     with pytest.raises(InvalidArgumentError):  # per-cell values (the engine takes tuples) of the wrong length
         every_query()[0](Previewing(room.queries, Typical(values={"people": (1.0, 2.0)})), C)
+
+
+def test_the_typical_maps_bound_fits_every_query_and_refuses_beyond_it(rooms):
+    """The bound on a preview's typical map is what a preview needs: every query releases at most
+    `MAX_TYPICAL_VECTORS` vectors, each named in at most `MAX_VECTOR_NAME` characters, and previews with a typical
+    value for each; one entry more, or a longer name, is refused by the rule, the names not echoed."""
+    room = rooms(PRIVACY_POLICY, population(12))
+    for query in (*every_query(), lookalike):
+        shape: Any = query(Previewing(room.queries), C)
+        assert 1 <= len(shape.noise_scale) <= MAX_TYPICAL_VECTORS
+        assert max(len(name) for name in shape.noise_scale) <= MAX_VECTOR_NAME
+        query(Previewing(room.queries, _typical_for(shape, 500.0)), C)  # no error
+        extra = {f"extra_{i}": 1.0 for i in range(MAX_TYPICAL_VECTORS + 1 - len(shape.noise_scale))}
+        over = (
+            Typical(values={**_typical_for(shape, 500.0).values, **extra}),
+            Typical(values={"y" * (MAX_VECTOR_NAME + 1): 1.0}),
+        )
+        for typical, rule in zip(
+            over, (f"at most {MAX_TYPICAL_VECTORS}", f"{MAX_VECTOR_NAME} characters"), strict=True
+        ):
+            with pytest.raises(InvalidArgumentError, match=rule) as info:
+                query(Previewing(room.queries, typical), C)
+            assert "extra_" not in str(info.value)
+            assert "yyyy" not in str(info.value)
 
 
 def test_the_epsilon_needed_over_thousands_of_cells_is_refused_not_a_held_worker(rooms):

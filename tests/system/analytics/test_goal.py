@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from cleanroom.analytics.engine import MAX_TYPICAL_VECTORS, MAX_VECTOR_NAME
 from cleanroom.analytics.goal import BASKETS, VALUE_SPLIT
 from cleanroom.privacy import noise as noise_math
 from cleanroom_client import CleanRoomError
@@ -235,3 +236,52 @@ def test_value_counts_keep_their_quarter_split_bars_while_the_money_keeps_its_sh
     # and so every mean is narrower than under the split that starved the counts
     e_sum, e_count = noise_math.error_95(2 * 10_000 / 0.4) / 100, noise_math.error_95(1 / 0.1)
     assert gold["per_person"] < ((e_sum / 1000) ** 2 + (75 * e_count / 1000) ** 2) ** 0.5
+
+
+def test_a_previews_typical_map_is_bounded_and_its_refusal_is_brief(room, collab):
+    """A hostile member's typical map: the edge admits 1,000 entries of 1,024-character names (about 1 MB), every
+    name then echoed into the refusal's message and the shared audit log. A preview needs one entry per vector the
+    query releases (value: two), so more than `MAX_TYPICAL_VECTORS` entries, or a name longer than
+    `MAX_VECTOR_NAME`, is refused from the request alone, naming the rule, never echoing the names; nothing spent."""
+    brand = room.client("brand")
+    before = brand.budget(collab).set_index("member").loc["brand", "spent"]
+    args = {"measure": "brand.conversions.value", "by": ["brand.tier"], "epsilon": 1.0}
+    flood = {f"{i:04d}" + "x" * 1020: 1.0 for i in range(1000)}
+    long_name = {"sum": 1.0, "s" * (MAX_VECTOR_NAME + 1): 1.0}
+    too_many = {"sum": 1.0, **{f"v{i}": 1.0 for i in range(MAX_TYPICAL_VECTORS)}}
+    most, longest = f"at most {MAX_TYPICAL_VECTORS}", f"at most {MAX_VECTOR_NAME} characters"
+    for typical, rule in ((flood, most), (long_name, longest), (too_many, most)):
+        with pytest.raises(CleanRoomError) as info:
+            brand.preview("value", collab, typical=typical, **args)
+        assert info.value.code == "INVALID_ARGUMENT"
+        assert rule in info.value.message
+        assert len(info.value.message) < 500
+        assert "xxxx" not in info.value.message
+        assert "ssss" not in info.value.message
+    refusals = room.client("auditor").audit_log(collab, action="query.refuse")
+    assert len(refusals) >= 3
+    for refusal, rule in zip(refusals.to_dict("records")[-3:], (most, longest, most), strict=True):
+        assert rule in str(refusal), refusal
+        assert len(str(refusal)) < 2_000, refusal
+    # every vector a value query releases, and no more, previews
+    bars = brand.preview("value", collab, typical={BASKETS: 400.0, "sum": 60_000.0}, **args)
+    assert bars.attrs["typical"] == {BASKETS: 400.0, "sum": 60_000.0}
+    assert brand.budget(collab).set_index("member").loc["brand", "spent"] == before
+
+
+def test_a_previews_assumptions_are_read_after_authorization_and_refused_as_the_query(room, collab):
+    """`typical_group` and `within` are checked where every typical value is (`engine.check_typical`): after the
+    caller may ask the query at all, and refused like the query's own arguments, with a `query.refuse` entry. Before,
+    the servicer checked them first: a member without `query` learned of its bad argument, not of its refusal."""
+    args = {"measure": "brand.conversions.value", "by": ["brand.tier"], "epsilon": 1.0}
+    with pytest.raises(CleanRoomError) as info:
+        room.client("platform").preview("value", collab, typical_group=-5.0, **args)
+    assert info.value.code == "PERMISSION_DENIED"
+    brand = room.client("brand")
+    for bad in ({"typical_group": -5.0}, {"within": -0.1}):
+        with pytest.raises(CleanRoomError) as info:
+            brand.preview("value", collab, **bad, **args)
+        assert info.value.code == "INVALID_ARGUMENT"
+        assert next(iter(bad)) in info.value.message
+        refusal = room.client("auditor").audit_log(collab, action="query.refuse").to_dict("records")[-1]
+        assert next(iter(bad)) in str(refusal)

@@ -45,6 +45,17 @@ def apportion(total: int, weights: list[float]) -> list[int]:
     return shares
 
 
+#: The models whose weights are even across a conversion's touches, or nearly (`credits.even_shares`).
+EVEN = ("linear", "position_based")
+
+
+def even_weights(model: str, n: int) -> list[float]:
+    """Linear's or position-based's weights of a conversion of n touches, in plain Python."""
+    if model == "linear":
+        return [1.0 / n] * n
+    return [1.0] if n == 1 else [0.5, 0.5] if n == 2 else [0.4] + [0.2 / (n - 2)] * (n - 2) + [0.4]
+
+
 def plain(rows: list[tuple], cents: list[int], model: str, click_over_view: bool) -> dict[int, list[int]]:
     """Per cell [thousandths, cents], one conversion at a time."""
     by_conversion: dict[int, list[tuple]] = defaultdict(list)
@@ -60,14 +71,12 @@ def plain(rows: list[tuple], cents: list[int], model: str, click_over_view: bool
             w = [1.0 if i == n - 1 else 0.0 for i in range(n)]
         elif model == "first_touch":
             w = [1.0 if i == 0 else 0.0 for i in range(n)]
-        elif model == "linear":
-            w = [1.0 / n] * n
-        elif model == "time_decay":
+        elif model in EVEN:
+            w = even_weights(model, n)
+        else:  # time_decay
             newest = touches[-1][1]
             raw = [2.0 ** (-((newest - t[1]) * 3600 * 10**6 / MICROSECONDS_PER_DAY) / HALF_LIFE) for t in touches]
             w = [r / sum(raw) for r in raw]
-        else:
-            w = [1.0] if n == 1 else [0.5, 0.5] if n == 2 else [0.4] + [0.2 / (n - 2)] * (n - 2) + [0.4]
         value = cents[conversion]
         for t, m, c in zip(touches, apportion(MILLI, w), apportion(abs(value), w), strict=True):
             out[t[5]][0] += m
@@ -183,22 +192,24 @@ def test_apportion_of_three_gives_two_units_past_the_later_of_two_equal_smallest
     assert credits.apportion(np.full(3, 5, dtype=np.int64), w, seg).tolist() == apportion(5, list(w)) == [1, 0, 4]
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    st.sampled_from(("linear", "position_based")),
-    st.lists(
-        st.tuples(
-            st.integers(1, MAX_TOUCHES),
-            st.one_of(
-                st.integers(0, 2000),
-                st.integers(0, credits.EVEN_LIMIT - 1),
-                st.tuples(st.integers(1, 2**20), st.integers(1, 500)).map(lambda t: t[0] * t[1]),  # multiples
-            ),
+#: Conversions (touches, total) for `even_shares`: every size up to `MAX_TOUCHES`, totals small, up to its limit,
+#: and multiples (whose float floors are exact or one short).
+even_conversions = st.lists(
+    st.tuples(
+        st.integers(1, MAX_TOUCHES),
+        st.one_of(
+            st.integers(0, 2000),
+            st.integers(0, credits.EVEN_LIMIT - 1),
+            st.tuples(st.integers(1, 2**20), st.integers(1, 500)).map(lambda t: t[0] * t[1]),  # multiples
         ),
-        min_size=1,
-        max_size=6,
     ),
+    min_size=1,
+    max_size=6,
 )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(EVEN), even_conversions)
 def test_even_shares_equal_apportion_of_the_models_weights(model, conversions):
     """Linear's and position-based's shares without a sort are `apportion`'s, float floors and ties included."""
     size = np.array([n for n, _ in conversions], dtype=np.int64)
@@ -212,3 +223,15 @@ def test_even_shares_equal_apportion_of_the_models_weights(model, conversions):
     got = credits.even_shares(total, size, seg.start, seg.of_row, seg.pos, model)
     assert got.tolist() == want.tolist()
     assert np.add.reduceat(got, seg.start).tolist() == total.tolist()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(EVEN), even_conversions)
+def test_even_shares_equal_the_plain_largest_remainders(model, conversions):
+    """`even_shares` against the plain per-conversion computation, not `apportion` (which it shares arithmetic
+    with): float floors, remainders and ties to the earlier touch, for every size up to `MAX_TOUCHES`."""
+    size = np.array([n for n, _ in conversions], dtype=np.int64)
+    total = np.array([t for _, t in conversions], dtype=np.int64)
+    seg = credits.Segments.of(np.repeat(np.arange(len(conversions)), size))
+    got = credits.even_shares(total, size, seg.start, seg.of_row, seg.pos, model)
+    assert got.tolist() == [s for n, t in conversions for s in apportion(t, even_weights(model, n))]

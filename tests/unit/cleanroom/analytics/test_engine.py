@@ -8,6 +8,8 @@ in `tests/unit/cleanroom/privacy` and, end to end over gRPC, in `tests/system`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -15,6 +17,7 @@ import pytest
 import yaml
 
 from cleanroom.analytics import FunnelQuery, OverlapQuery, QueryEngine, ValueQuery
+from cleanroom.analytics.matched import MatchedData, Sql
 from cleanroom.analytics.queries import DimensionRef
 from cleanroom.devtools.synthetic import load_direct
 from cleanroom.errors import InvalidArgumentError, QueryFailedError
@@ -144,6 +147,23 @@ def test_value_clamps_caps_and_sums_exactly(world):
     assert released
     for tier, value in released.items():
         assert value == pytest.approx(sums.get(tier, 0.0), abs=0.01 * len(per)), tier
+
+
+def test_values_two_vectors_come_from_one_read_of_its_statement(world, monkeypatch):
+    """The people-by-orders histogram and the sum are both cut from one statement's rows: it runs once a query."""
+    room, cid, _, _ = world
+    statements: list[str] = []
+    real = MatchedData.rows
+
+    def counted(self: MatchedData, sql: Sql) -> list[tuple[Any, ...]]:
+        statements.append(sql.text)
+        return real(self, sql)
+
+    monkeypatch.setattr(MatchedData, "rows", counted)
+    q = ValueQuery((DimensionRef("brand", "tier"),), "brand.conversions.value", epsilon=1.0)
+    answer = _engine(room, ZeroNoise()).value(BRAND, cid, q)
+    assert {c.measure for c in answer.cells} >= {"people", "sum"}
+    assert len(statements) == 1
 
 
 def test_a_refusal_before_the_charge_spends_nothing(world):
