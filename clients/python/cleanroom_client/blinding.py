@@ -22,8 +22,6 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from .curve import check_points, hash_to_u_batch, x25519_batch
 from .identity import (
@@ -37,10 +35,13 @@ from .identity import (
     redact,
 )
 from .keyfile import read_private_file, write_private_file
-from .protocol import POINT_SIZE
+from .sizes import POINT_SIZE
 
-if TYPE_CHECKING:  # pandas loads where tables are read, not in the blinding workers (a second of start-up each)
+# What a blinding worker imports is what its start-up costs (four workers per match): pandas loads where tables are
+# read, `cryptography` where a key is made, gRPC and the stubs (`protocol`) not at all.
+if TYPE_CHECKING:
     import pandas as pd
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 #: Bytes of a doubly blinded point that the join compares (protocol v1: the first 8, see `join_tag`).
 TAG_SIZE = 8
@@ -174,6 +175,9 @@ def load_or_create_key(path: Path) -> bytes:
         if len(raw) != 32:
             raise ValueError(f"{path} is not a 32-byte X25519 key")
         return raw
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
     raw = X25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
     write_private_file(path, raw)
     return raw
@@ -216,6 +220,8 @@ class BlindResult:
 
 def blind_point(key: X25519PrivateKey, u: bytes) -> bytes:
     """X25519(key, u)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
     return key.exchange(X25519PublicKey.from_public_bytes(u))
 
 

@@ -19,9 +19,6 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Final
 
-import idna
-import phonenumbers
-
 
 class IdentifierType(enum.Enum):
     """Identifier types in the join's fixed priority order: earlier types win when rows disagree."""
@@ -70,8 +67,6 @@ TRIMMED: Final = "".join(
     )
 )
 _ASCII_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-#: The libphonenumber metadata release phone numbers are validated with (the `phonenumbers` port's version).
-PHONE_METADATA_VERSION: Final = phonenumbers.__version__
 
 # PROTOCOL.md section 1.3, after normalizing: a dot-atom local part whose atoms may hold any non-ASCII code point
 # (RFC 6532's UTF8-non-ascii, less the categories in _BANNED_CATEGORIES) @ two or more ASCII DNS labels, the last of
@@ -88,8 +83,23 @@ MAX_LOCAL, MAX_EMAIL = 64, 254
 _BANNED_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
 #: The Unicode version of the tables NFC and the categories are read from (Python's `unicodedata`).
 UNICODE_VERSION: Final = unicodedata.unidata_version
-#: The `idna` release whose UTS #46 tables convert internationalized domains (pinned: they decide who matches).
-IDNA_VERSION: Final = idna.__version__
+
+
+# `phonenumbers` and `idna` load where a phone number or a non-ASCII domain is normalized: a blinding worker that
+# only sees ASCII emails never pays their import (part of every worker's start-up otherwise).
+def phone_metadata_version() -> str:
+    """The libphonenumber metadata release phone numbers are validated with (the `phonenumbers` port's version)."""
+    import phonenumbers
+
+    return str(phonenumbers.__version__)
+
+
+def idna_version() -> str:
+    """The `idna` release whose UTS #46 tables convert internationalized domains (pinned: they decide who matches)."""
+    import idna
+
+    return str(idna.__version__)
+
 
 #: Why an email address is invalid: the reasons InvalidIdentifierError carries for the email type.
 NO_AT = "not an email address: no @"
@@ -168,6 +178,8 @@ def normalize_email(value: str) -> str:
     if domain.isascii():
         domain = ascii_lower(domain)
     else:
+        import idna
+
         try:
             domain = idna.encode(domain, uts46=True, std3_rules=True, transitional=False).decode("ascii")
         except (UnicodeError, ValueError):  # idna.IDNAError is a UnicodeError
@@ -186,6 +198,8 @@ class Normalizer:
     default_region: str = "US"
 
     def __post_init__(self) -> None:
+        import phonenumbers
+
         if self.default_region.upper() not in phonenumbers.SUPPORTED_REGIONS:
             raise ValueError(f"unknown phone region {self.default_region!r}; use an ISO 3166 code such as 'US' or 'CN'")
 
@@ -203,6 +217,8 @@ class Normalizer:
         return ascii_lower(value)
 
     def _phone(self, value: str) -> str:
+        import phonenumbers
+
         try:
             number = phonenumbers.parse(value, self.default_region.upper())
         except phonenumbers.NumberParseException as exc:

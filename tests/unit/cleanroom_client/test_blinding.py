@@ -137,6 +137,38 @@ def test_a_blinding_worker_does_not_load_pandas():
     assert done.stdout.strip() == "[]"
 
 
+def test_a_blinding_worker_loads_only_what_its_chunks_need():
+    # What a worker of the pool does, in a fresh process: unpickle a chunk of ASCII emails and a chunk of the peer's
+    # points, blind one and reblind the other. Neither needs gRPC and the stubs, `cryptography` (where the native
+    # X25519 runs), phonenumbers (phones only) or idna (non-ASCII domains only); each cost every worker of every
+    # match part of its start-up (benchmarks/README.md, "Worker start-up and the emails' fast path").
+    import pickle
+    import subprocess
+    import sys
+
+    from cleanroom_client.curve import X25519_NATIVE
+
+    key = bytes(range(32))
+    jobs = pickle.dumps(
+        (
+            BlindJob(key=key, id_type=IdentifierType.EMAIL, values=["Ann@Example.com", " bob@example.org", "x"]),
+            ReblindJob(key=key, points=hash_to_u(b"a") + bytes(32)),
+        )
+    )
+    heavy = {"pandas", "grpc", "google.protobuf", "cleanroom_client.protocol", "phonenumbers", "idna"}
+    if X25519_NATIVE:
+        heavy.add("cryptography")
+    script = (
+        "import pickle, sys\n"
+        "from cleanroom_client.blinding import blind_identifiers, reblind_points\n"
+        "blind, reblind = pickle.loads(sys.stdin.buffer.read())\n"
+        "assert blind_identifiers(blind).valid == 2 and reblind_points(reblind).rejected == 1\n"
+        f"print(sorted(set({sorted(heavy)!r}) & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], input=jobs, capture_output=True, check=True)
+    assert done.stdout.decode().strip() == "[]"
+
+
 # The peer's points, of every kind the validation sorts: hashed (valid), twist, unreduced, low order, random.
 _PEER_POINT = st.one_of(
     st.binary(max_size=8).map(hash_to_u),
@@ -187,7 +219,7 @@ def test_blinding_and_reblinding_make_one_native_batch_call_per_chunk(monkeypatc
     points = hash_to_u_batch([i.to_bytes(4, "little") for i in range(100)])
     monkeypatch.setattr(blinding, "x25519_batch", spy)
     if X25519_NATIVE is not None:  # without IFMA the batch is cryptography's (faster than the portable C ladder)
-        monkeypatch.setattr(blinding.X25519PrivateKey, "from_private_bytes", no_exchange)
+        monkeypatch.setattr(X25519PrivateKey, "from_private_bytes", no_exchange)
     blinded = blinding.blind_many(key, points)
     assert calls == [100]
     peer = blinded[: 32 * 50] + bytes(32) + blinded[32 * 50 :]  # one point the check rejects
