@@ -249,18 +249,17 @@ def blind_identifiers(job: BlindJob) -> BlindResult:
     invalid = missing = 0
     rejected: dict[str, list[Any]] = {}
     fast: pa.BinaryArray | None = None
-    rest: Iterable[tuple[int, str | None]] = enumerate(
-        job.values.to_pylist() if isinstance(job.values, pa.Array) else job.values
-    )
+    rest: Iterable[tuple[int, str | None]]  # the rows left to normalize value by value
     if (
         job.id_type is IdentifierType.EMAIL
         and not job.prehashed
         and isinstance(job.values, pa.Array)
         and pa.types.is_string(job.values.type)
     ):
-        present, fast = normalize_ascii_emails(job.values)
-        left = np.flatnonzero(~present)
-        rest = zip(left.tolist(), job.values.take(pa.array(left)).to_pylist(), strict=True)
+        present, fast, left = normalize_ascii_emails(job.values)  # no pa.array here: it would import pandas
+        rest = zip(np.flatnonzero(~present).tolist(), left.to_pylist(), strict=True)
+    else:
+        rest = enumerate(job.values.to_pylist() if isinstance(job.values, pa.Array) else job.values)
     digests: dict[int, bytes] = {}  # of the values the fast path left, by row
     for i, value in rest:
         if value is None or is_missing(value):

@@ -89,6 +89,10 @@ _ASCII_EMAIL_RE2 = rf"^[{_ATEXT_ASCII}-]+(?:\.[{_ATEXT_ASCII}-]+)*@{_DOMAIN_PATT
 _ASCII_TRIMMED: Final = "".join(c for c in TRIMMED if c.isascii())
 #: Limits in UTF-8 bytes (RFC 5321 counts octets; for an ASCII address, characters).
 MAX_LOCAL, MAX_EMAIL = 64, 254
+#: The two limits for an ASCII address, in RE2 (one character a byte): at most MAX_LOCAL before its one @, in all
+#: at most MAX_EMAIL.
+_ASCII_LOCAL_LIMIT_RE2 = rf"^[^@]{{1,{MAX_LOCAL}}}@"
+_ASCII_EMAIL_LIMIT_RE2 = rf"^(?s:.){{1,{MAX_EMAIL}}}$"
 #: General categories a non-ASCII code point of a local part may not have: controls, format characters,
 #: surrogates, private use, unassigned, and separators (spaces, line and paragraph separators).
 _BANNED_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
@@ -202,16 +206,20 @@ def normalize_email(value: str) -> str:
     return normalized
 
 
-def normalize_ascii_emails(values: pa.StringArray) -> tuple[np.ndarray, pa.BinaryArray]:
-    """The batch form of `Normalizer.normalize` for the common email: which values take it, and their normal forms.
+def normalize_ascii_emails(values: pa.StringArray) -> tuple[np.ndarray, pa.BinaryArray, pa.StringArray]:
+    """`Normalizer.normalize` for a chunk of the common emails: which values it takes, their normal forms, the rest.
 
-    Returns a boolean mask over `values` and, for the rows it marks in order, the UTF-8 bytes of the normalized
-    address, computed with Arrow's string kernels for the whole chunk: ASCII trim of TRIMMED, ASCII lower-casing, and
-    the grammar of PROTOCOL.md section 1.3 as one RE2 expression with its two byte limits. It marks exactly the
-    values that are ASCII and valid; for those, and since an ASCII address needs neither NFC nor IDNA, the bytes are
-    those of `Normalizer().normalize(IdentifierType.EMAIL, value)` (a differential property test holds the two
-    paths equal). Every other value (missing, invalid, non-ASCII) is left unmarked for `Normalizer.normalize`,
-    which gives the reason or the Unicode form.
+    Returns a boolean mask over `values`; for the rows it marks, in order, the UTF-8 bytes of the normalized address;
+    and the values of the rows it does not mark, in order. All computed with Arrow's string kernels for the whole
+    chunk: ASCII trim of TRIMMED, ASCII lower-casing, and the grammar of PROTOCOL.md section 1.3 as RE2 expressions
+    (the structure, the local part's and the address's byte limits). It marks exactly the values that are ASCII and
+    valid; for those, and since an ASCII address needs neither NFC nor IDNA, the bytes are those of
+    `Normalizer().normalize(IdentifierType.EMAIL, value)` (a differential property test holds the two paths equal).
+    Every other value (missing, invalid, non-ASCII) is left for `Normalizer.normalize`, which gives the reason or
+    the Unicode form.
+
+    No Python scalar reaches Arrow and nothing converts to numpy through Arrow: pyarrow imports pandas for either
+    (half a second in a blinding worker that otherwise never loads it).
     """
     import numpy as np
     import pyarrow as pa
@@ -219,10 +227,12 @@ def normalize_ascii_emails(values: pa.StringArray) -> tuple[np.ndarray, pa.Binar
 
     lowered = pc.ascii_lower(pc.ascii_trim(values, characters=_ASCII_TRIMMED))
     ok = pc.match_substring_regex(lowered, _ASCII_EMAIL_RE2)  # only ASCII matches it, and ASCII trim left no other
-    ok = pc.and_(ok, pc.less_equal(pc.binary_length(lowered), MAX_EMAIL))
-    ok = pc.and_(ok, pc.less_equal(pc.find_substring(lowered, "@"), MAX_LOCAL))  # the one @: the local part's bytes
-    mask = np.asarray(pc.fill_null(ok, False).to_numpy(zero_copy_only=False), dtype=bool)
-    return mask, pc.cast(lowered.filter(pa.array(mask)), pa.binary())
+    ok = pc.and_(ok, pc.match_substring_regex(lowered, _ASCII_LOCAL_LIMIT_RE2))
+    ok = pc.and_(ok, pc.match_substring_regex(lowered, _ASCII_EMAIL_LIMIT_RE2))
+    ok = pc.and_kleene(pc.is_valid(values), ok)  # a missing value (null) is unmarked, not null
+    as_bytes = pc.cast(ok, pa.uint8())
+    mask = np.frombuffer(as_bytes.buffers()[1], dtype=np.uint8, count=len(ok), offset=as_bytes.offset).astype(bool)
+    return mask, pc.cast(lowered.filter(ok), pa.binary()), values.filter(pc.invert(ok))
 
 
 @dataclass(frozen=True)

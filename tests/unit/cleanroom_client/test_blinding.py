@@ -138,20 +138,23 @@ def test_a_blinding_worker_does_not_load_pandas():
 
 
 def test_a_blinding_worker_loads_only_what_its_chunks_need():
-    # What a worker of the pool does, in a fresh process: unpickle a chunk of ASCII emails and a chunk of the peer's
-    # points, blind one and reblind the other. Neither needs gRPC and the stubs, `cryptography` (where the native
-    # X25519 runs), phonenumbers (phones only) or idna (non-ASCII domains only); each cost every worker of every
-    # match part of its start-up (benchmarks/README.md, "Worker start-up and the emails' fast path").
+    # What a worker of the pool does, in a fresh process: unpickle an Arrow chunk of emails (as a match sends them)
+    # and a chunk of the peer's points, blind one and reblind the other. Neither needs pandas (pyarrow imports it
+    # on a `pa.array` or `pa.scalar` call or a conversion to numpy, so the worker makes none), gRPC and the stubs,
+    # `cryptography` (where the native X25519 runs), phonenumbers (phones only) or idna (non-ASCII domains only);
+    # each cost every worker of every match part of its start-up (benchmarks/README.md, issue 33's fifth pass).
     import pickle
     import subprocess
     import sys
 
+    import pyarrow as pa
+
     from cleanroom_client.curve import X25519_NATIVE
 
-    key = bytes(range(32))
+    key, emails = bytes(range(32)), pa.array(["Ann@Example.COM", " bob@example.org", "x", None])
     jobs = pickle.dumps(
         (
-            BlindJob(key=key, id_type=IdentifierType.EMAIL, values=["Ann@Example.com", " bob@example.org", "x"]),
+            BlindJob(key=key, id_type=IdentifierType.EMAIL, values=emails),
             ReblindJob(key=key, points=hash_to_u(b"a") + bytes(32)),
         )
     )

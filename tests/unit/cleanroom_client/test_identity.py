@@ -280,7 +280,7 @@ def test_the_batch_email_path_marks_exactly_the_valid_ascii_addresses_and_normal
 
     from cleanroom_client.identity import normalize_ascii_emails
 
-    mask, normalized = normalize_ascii_emails(pa.array(values, type=pa.string()))
+    mask, normalized, left = normalize_ascii_emails(pa.array(values, type=pa.string()))
     expected = []
     for i, value in enumerate(values):
         try:
@@ -292,6 +292,7 @@ def test_the_batch_email_path_marks_exactly_the_valid_ascii_addresses_and_normal
         if one is not None and marked:
             expected.append(one.encode("utf-8"))
     assert normalized.to_pylist() == expected
+    assert left.to_pylist() == [value for value, marked in zip(values, mask, strict=True) if not marked]
 
 
 @given(st.sampled_from(list(IdentifierType)), st.lists(st.binary(max_size=40), max_size=5))
