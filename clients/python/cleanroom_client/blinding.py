@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import multiprocessing.context
 import os
 import sys
 from collections import deque
@@ -18,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -126,19 +127,42 @@ def _main_hidden() -> Iterator[None]:
         main.__dict__.update(saved)
 
 
+#: What every blinding worker needs, imported once by the fork server its workers are forked from.
+WORKER_MODULES: Final = ("cleanroom_client.blinding", "pyarrow.compute")
+
+
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """How the pool starts its workers: forked from a fork server that imported `WORKER_MODULES` once, else spawned.
+
+    Never a plain fork of the caller: forking a process that holds gRPC channels can deadlock the child, and the
+    child would inherit the caller's memory. The fork server is a fresh interpreter (started once per process, on
+    the first pool) that imports nothing of the caller but these modules; each worker forked from it starts with
+    them loaded instead of importing numpy, pyarrow and this package itself (a quarter of a second of CPU each).
+    The workers receive the key with each job, exactly as spawned ones do. Where the platform has no fork server
+    (Windows), workers are spawned. The preload list is process-wide (multiprocessing's own); it applies when the
+    fork server starts, so a program that started one before keeps its own (its workers then import as spawned).
+    Before Python 3.11.1 the fork server listened on an abstract socket any local user could reach and have it run
+    code (CVE-2022-42919); since, on a socket only the caller's user can open: workers are spawned before it.
+    """
+    if sys.version_info < (3, 11, 1) or "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(WORKER_MODULES))
+    return context
+
+
 class ProcessPoolChunkExecutor:
     """Runs chunks on a pool of processes, at most `max_in_flight` at a time (the default executor)."""
 
     def __init__(self, workers: int | None = None, max_in_flight: int | None = None) -> None:
         self.workers = workers or os.cpu_count() or 1
         self.max_in_flight = max_in_flight or 2 * self.workers
-        # spawn, not fork: forking a process that holds gRPC channels can deadlock the child.
-        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=_worker_context())
         # Start every worker now, with the caller's script out of their sight (see `_main_hidden`): the pool
         # starts a worker per task submitted while none is idle, and a worker takes far longer to boot than these
-        # submissions, so all of them start here. A spawned worker is handed the main module's path during
-        # `submit` (Process.start), so nothing waits for the workers to boot: they import while the caller reads
-        # its tables and plans the match.
+        # submissions, so all of them start here. A worker is handed the main module's path during `submit`
+        # (Process.start); the first pool of a process waits there for the fork server to import
+        # `WORKER_MODULES` (a fraction of a second), later ones fork at once.
         with _main_hidden():
             for _ in range(self.workers):
                 self._pool.submit(_ready)

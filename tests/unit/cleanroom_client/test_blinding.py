@@ -1,5 +1,6 @@
 import os
 import stat
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -83,6 +84,37 @@ def test_process_pool_keeps_order():
         assert list(pool.map(reblind_points, jobs)) == list(SerialExecutor().map(reblind_points, jobs))
     finally:
         pool.close()
+
+
+def test_pool_workers_are_forked_from_one_server_that_imported_the_blinding_module_once():
+    # Each spawned worker imported numpy, pyarrow and this package itself (~0.25 CPU-s, a quarter of a 100k match's
+    # worker time); forked from a server that imported them once, a worker starts with them loaded. The server is
+    # started by a fresh interpreter, never forked from the caller: no gRPC channel or key of the caller reaches it.
+    import operator
+
+    pool = ProcessPoolChunkExecutor(workers=2, max_in_flight=2)
+    try:
+        parents = set(pool.map(operator.call, [os.getppid] * 8))  # each worker's parent
+    finally:
+        pool.close()
+    assert len(parents) == 1
+    assert os.getpid() not in parents
+    server = Path(f"/proc/{parents.pop()}/cmdline").read_bytes().split(b"\0")
+    assert any(b"forkserver" in arg and b"cleanroom_client.blinding" in arg for arg in server), server
+
+
+def test_workers_are_spawned_where_the_fork_server_is_not_safe_or_missing(monkeypatch):
+    # Python 3.11.0's fork server listened on an abstract socket any local user could reach (CVE-2022-42919).
+    import sys
+
+    from cleanroom_client import blinding
+
+    assert blinding._worker_context().get_start_method() == "forkserver"
+    monkeypatch.setattr(sys, "version_info", (3, 11, 0, "final", 0))
+    assert blinding._worker_context().get_start_method() == "spawn"
+    monkeypatch.undo()
+    monkeypatch.setattr(blinding.multiprocessing, "get_all_start_methods", lambda: ["spawn"])  # as on Windows
+    assert blinding._worker_context().get_start_method() == "spawn"
 
 
 def test_process_pool_bounds_chunks_in_flight():
