@@ -40,8 +40,8 @@ from .identity import (
 from .keyfile import read_private_file, write_private_file
 from .sizes import POINT_SIZE
 
-# What a blinding worker imports is what its start-up costs (four workers per match): pandas loads where tables are
-# read, `cryptography` where a key is made, gRPC and the stubs (`protocol`) not at all.
+# What this module imports, every member process's fork server (or each spawned worker) imports before blinding:
+# pandas loads where tables are read, `cryptography` where a key is made, gRPC and the stubs (`protocol`) not at all.
 if TYPE_CHECKING:
     import pandas as pd
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey

@@ -219,7 +219,7 @@ def normalize_ascii_emails(values: pa.StringArray) -> tuple[np.ndarray, pa.Binar
     the Unicode form.
 
     No Python scalar reaches Arrow and nothing converts to numpy through Arrow: pyarrow imports pandas for either
-    (half a second in a blinding worker that otherwise never loads it).
+    (0.15 CPU-s and 38 MB in a blinding worker that otherwise never loads it).
     """
     import numpy as np
     import pyarrow as pa
