@@ -145,23 +145,42 @@ def hwm_mb(pid):  # VmHWM: the peak of this process since exec (ru_maxrss would 
             return int(line.split()[1]) / 1024
     return 0.0
 
-def children():
+def stat(pid):  # /proc/<pid>/stat's fields after the command's name
+    return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+
+def descendants():  # every process below this one: the pool's workers are children of its fork server
+    parents = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1] == str(os.getpid()):
-                yield pid
+            parents[pid] = stat(pid)[1]
         except OSError:
             pass
+    found, level = [], {str(os.getpid())}
+    while level:
+        level = {pid for pid, parent in parents.items() if parent in level}
+        found += sorted(level)
+    return found
+
+def live_cpu_s():  # CPU of the processes below this one still alive, and of the children they reaped
+    total = 0
+    for pid in descendants():
+        try:
+            total += sum(int(v) for v in stat(pid)[11:15])  # utime, stime, cutime, cstime
+        except OSError:
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
 
 name, collab, users, state, out = sys.argv[1:6]
 with CleanRoomClient(state_dir=state, progress=False) as c:
     frame = pd.read_parquet(users, dtype_backend="pyarrow")
     s = c.match(collab, users=frame, key="key", identifiers={"email": "email"}, wait_timeout=3600)
-    workers = [hwm_mb(pid) for pid in children()]  # the blinding pool, before the client shuts it down
+    workers = [hwm_mb(pid) for pid in descendants()]  # the blinding pool, before the client shuts it down
 own, pool = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+# the exited children's CPU, and that of the processes still alive below (the fork server and the workers it reaped)
+pool_cpu_s = pool.ru_utime + pool.ru_stime + live_cpu_s()
 json.dump({"stages": stages, "rss_main_mb": hwm_mb("self"), "rss_worker_mb": max(workers, default=0.0),
            "rss_workers_sum_mb": sum(workers),
-           "cpu_main_s": own.ru_utime + own.ru_stime, "cpu_workers_s": pool.ru_utime + pool.ru_stime,
+           "cpu_main_s": own.ru_utime + own.ru_stime, "cpu_workers_s": pool_cpu_s,
            "peer_set_size": s.peer_set_size}, open(out, "w"))
 """
 

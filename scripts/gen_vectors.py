@@ -46,15 +46,15 @@ from cleanroom_client.curve import _add as curve_add
 from cleanroom_client.curve import _curve_rhs as curve_rhs
 from cleanroom_client.curve import _sqrt as curve_sqrt
 from cleanroom_client.identity import (
-    IDNA_VERSION,
-    PHONE_METADATA_VERSION,
     IdentifierType,
     InvalidIdentifierError,
     Normalizer,
     curve_message,
     digest,
+    idna_version,
     is_missing,
     parse_prehashed,
+    phone_metadata_version,
 )
 from cleanroom_client.protocol import matching_pb2 as pb
 
@@ -238,8 +238,8 @@ def normalization_vectors() -> dict[str, object]:
         prehashed.append({"raw": raw, "result": result, "digest": _hex_or_none(value)})
     return {
         "protocol": "cleanroom matching v1",
-        "phone_metadata": f"libphonenumber metadata of phonenumbers {PHONE_METADATA_VERSION}",
-        "email_domains": f"UTS #46 and IDNA2008 tables of idna {IDNA_VERSION}",
+        "phone_metadata": f"libphonenumber metadata of phonenumbers {phone_metadata_version()}",
+        "email_domains": f"UTS #46 and IDNA2008 tables of idna {idna_version()}",
         "note": "result: valid (normalized and digest given), invalid or missing; see PROTOCOL.md section 1",
         "cases": cases,
         "prehashed": prehashed,
@@ -280,7 +280,7 @@ def phone_metadata_vectors() -> dict[str, object]:
                 cases.append({"region": region, "raw": raw, "result": result, "normalized": normalized})
     return {
         "protocol": "cleanroom matching v1",
-        "phone_metadata": f"libphonenumber metadata of phonenumbers {PHONE_METADATA_VERSION}",
+        "phone_metadata": f"libphonenumber metadata of phonenumbers {phone_metadata_version()}",
         "note": "phone numbers (PROTOCOL.md section 1.3) with the default region `region`: result valid (with the "
         "E.164 normalized form) or invalid under the pinned metadata",
         "cases": cases,

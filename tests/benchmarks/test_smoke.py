@@ -61,6 +61,8 @@ def test_psi_benchmark_runs(tmp_path):
         assert result[f"bytes_per_identifier_up_{member}"] >= 40
         assert result[f"bytes_per_identifier_down_{member}"] >= 32
         assert result[f"peak_rss_mb_{member}_main"] > 0
+        # the blinding workers' CPU is counted: they are the fork server's children, not the member's
+        assert result[f"cpu_seconds_{member}_workers"] > 0
         # the phases of the member's match, each timed, add up to the match's wall time
         phases = ("points", "tables", "double_blind", "join_wait", "outside_run")
         assert all(result[f"stage_s_{member}_{p}"] >= 0 for p in phases)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import multiprocessing.context
 import os
 import sys
 from collections import deque
@@ -18,12 +19,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from .curve import check_points, hash_to_u_batch, x25519_batch
 from .identity import (
@@ -31,16 +30,21 @@ from .identity import (
     InvalidIdentifierError,
     Normalizer,
     curve_message,
+    curve_messages,
     digest,
     is_missing,
+    normalize_ascii_emails,
     parse_prehashed,
     redact,
 )
 from .keyfile import read_private_file, write_private_file
-from .protocol import POINT_SIZE
+from .sizes import POINT_SIZE
 
-if TYPE_CHECKING:  # pandas loads where tables are read, not in the blinding workers (a second of start-up each)
+# What this module imports, every member process's fork server (or each spawned worker) imports before blinding:
+# pandas loads where tables are read, `cryptography` where a key is made, gRPC and the stubs (`protocol`) not at all.
+if TYPE_CHECKING:
     import pandas as pd
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 #: Bytes of a doubly blinded point that the join compares (protocol v1: the first 8, see `join_tag`).
 TAG_SIZE = 8
@@ -123,19 +127,42 @@ def _main_hidden() -> Iterator[None]:
         main.__dict__.update(saved)
 
 
+#: What every blinding worker needs, imported once by the fork server its workers are forked from.
+WORKER_MODULES: Final = ("cleanroom_client.blinding", "pyarrow.compute")
+
+
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """How the pool starts its workers: forked from a fork server that imported `WORKER_MODULES` once, else spawned.
+
+    Never a plain fork of the caller: forking a process that holds gRPC channels can deadlock the child, and the
+    child would inherit the caller's memory. The fork server is a fresh interpreter (started once per process, on
+    the first pool) that imports nothing of the caller but these modules; each worker forked from it starts with
+    them loaded instead of importing numpy, pyarrow and this package itself (a quarter of a second of CPU each).
+    The workers receive the key with each job, exactly as spawned ones do. Where the platform has no fork server
+    (Windows), workers are spawned. The preload list is process-wide (multiprocessing's own); it applies when the
+    fork server starts, so a program that started one before keeps its own (its workers then import as spawned).
+    Before Python 3.11.1 the fork server listened on an abstract socket any local user could reach and have it run
+    code (CVE-2022-42919); since, on a socket only the caller's user can open: workers are spawned before it.
+    """
+    if sys.version_info < (3, 11, 1) or "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(WORKER_MODULES))
+    return context
+
+
 class ProcessPoolChunkExecutor:
     """Runs chunks on a pool of processes, at most `max_in_flight` at a time (the default executor)."""
 
     def __init__(self, workers: int | None = None, max_in_flight: int | None = None) -> None:
         self.workers = workers or os.cpu_count() or 1
         self.max_in_flight = max_in_flight or 2 * self.workers
-        # spawn, not fork: forking a process that holds gRPC channels can deadlock the child.
-        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=_worker_context())
         # Start every worker now, with the caller's script out of their sight (see `_main_hidden`): the pool
         # starts a worker per task submitted while none is idle, and a worker takes far longer to boot than these
-        # submissions, so all of them start here. A spawned worker is handed the main module's path during
-        # `submit` (Process.start), so nothing waits for the workers to boot: they import while the caller reads
-        # its tables and plans the match.
+        # submissions, so all of them start here. A worker is handed the main module's path during `submit`
+        # (Process.start); the first pool of a process waits there for the fork server to import
+        # `WORKER_MODULES` (a fraction of a second), later ones fork at once.
         with _main_hidden():
             for _ in range(self.workers):
                 self._pool.submit(_ready)
@@ -174,6 +201,9 @@ def load_or_create_key(path: Path) -> bytes:
         if len(raw) != 32:
             raise ValueError(f"{path} is not a 32-byte X25519 key")
         return raw
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
     raw = X25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
     write_private_file(path, raw)
     return raw
@@ -216,6 +246,8 @@ class BlindResult:
 
 def blind_point(key: X25519PrivateKey, u: bytes) -> bytes:
     """X25519(key, u)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
     return key.exchange(X25519PublicKey.from_public_bytes(u))
 
 
@@ -231,15 +263,29 @@ def join_tag(double_blinded: bytes) -> bytes:
 def blind_identifiers(job: BlindJob) -> BlindResult:
     """Steps 1-4 for one chunk: normalize, digest, hash to curve, blind with the member's key.
 
-    The chunk's messages are hashed to the curve in one batch and blinded in one batch (`blind_many`), natively
-    where the extension is built.
+    An Arrow chunk of emails (what a match sends) is normalized in Arrow's kernels where it can be
+    (`normalize_ascii_emails`: valid ASCII addresses, the common case) and value by value by `Normalizer` for the
+    rest, with the same result as value by value for all (tested). The chunk's messages are digested in one loop
+    (`curve_messages`), hashed to the curve in one batch and blinded in one batch (`blind_many`), natively where
+    the extension is built.
     """
     present = np.zeros(len(job.values), dtype=bool)
     invalid = missing = 0
     rejected: dict[str, list[Any]] = {}
-    values = job.values.to_pylist() if isinstance(job.values, pa.Array) else job.values
-    messages: list[bytes] = []
-    for i, value in enumerate(values):
+    fast: pa.BinaryArray | None = None
+    rest: Iterable[tuple[int, str | None]]  # the rows left to normalize value by value
+    if (
+        job.id_type is IdentifierType.EMAIL
+        and not job.prehashed
+        and isinstance(job.values, pa.Array)
+        and pa.types.is_string(job.values.type)
+    ):
+        present, fast, left = normalize_ascii_emails(job.values)  # no pa.array here: it would import pandas
+        rest = zip(np.flatnonzero(~present).tolist(), left.to_pylist(), strict=True)
+    else:
+        rest = enumerate(job.values.to_pylist() if isinstance(job.values, pa.Array) else job.values)
+    digests: dict[int, bytes] = {}  # of the values the fast path left, by row
+    for i, value in rest:
         if value is None or is_missing(value):
             missing += 1
             continue
@@ -250,13 +296,19 @@ def blind_identifiers(job: BlindJob) -> BlindResult:
             rejected.setdefault(str(why), [0, redact(value)])[0] += 1
             continue
         present[i] = True
-        if not job.count_only:
-            messages.append(curve_message(job.id_type, d))
+        digests[i] = d
     valid = int(present.sum())
     reasons = tuple((reason, count, example) for reason, (count, example) in rejected.items())
     if job.count_only:
         return BlindResult(b"", b"", valid, invalid, missing, reasons)
     bitmap = b"" if valid == len(job.values) else np.packbits(present, bitorder="little").tobytes()
+    others = {i: curve_message(job.id_type, d) for i, d in digests.items()}
+    messages = list(others.values())
+    if fast is not None:
+        messages = curve_messages(job.id_type, fast.to_pylist())
+        if others:  # the others' messages put back between the fast path's, at their rows
+            taken = iter(messages)
+            messages = [others[i] if i in others else next(taken) for i in np.flatnonzero(present).tolist()]
     return BlindResult(blind_many(job.key, hash_to_u_batch(messages)), bitmap, valid, invalid, missing, reasons)
 
 

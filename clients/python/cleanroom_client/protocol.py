@@ -23,6 +23,7 @@ from ._proto import (
     matching_pb2_grpc,
 )
 from .identity import IdentifierType
+from .sizes import POINT_SIZE
 
 __all__ = [
     "ATTRIBUTION_MODELS",
@@ -52,8 +53,6 @@ __all__ = [
     "result_fields",
 ]
 
-#: Bytes of one blinded point on the wire (an X25519 u-coordinate, PROTOCOL.md section 2).
-POINT_SIZE = 32
 #: The largest gRPC message either side sends or accepts (a chunk of points or an Arrow table batch).
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 #: Wire codes of identifier types (protocol v1): their priority plus one (0 is "unspecified" in protobuf).

@@ -1,5 +1,6 @@
 import os
 import stat
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -85,6 +86,37 @@ def test_process_pool_keeps_order():
         pool.close()
 
 
+def test_pool_workers_are_forked_from_one_server_that_imported_the_blinding_module_once():
+    # Each spawned worker imported numpy, pyarrow and this package itself (~0.25 CPU-s, a quarter of a 100k match's
+    # worker time); forked from a server that imported them once, a worker starts with them loaded. The server is
+    # started by a fresh interpreter, never forked from the caller: no gRPC channel or key of the caller reaches it.
+    import operator
+
+    pool = ProcessPoolChunkExecutor(workers=2, max_in_flight=2)
+    try:
+        parents = set(pool.map(operator.call, [os.getppid] * 8))  # each worker's parent
+    finally:
+        pool.close()
+    assert len(parents) == 1
+    assert os.getpid() not in parents
+    server = Path(f"/proc/{parents.pop()}/cmdline").read_bytes().split(b"\0")
+    assert any(b"forkserver" in arg and b"cleanroom_client.blinding" in arg for arg in server), server
+
+
+def test_workers_are_spawned_where_the_fork_server_is_not_safe_or_missing(monkeypatch):
+    # Python 3.11.0's fork server listened on an abstract socket any local user could reach (CVE-2022-42919).
+    import sys
+
+    from cleanroom_client import blinding
+
+    assert blinding._worker_context().get_start_method() == "forkserver"
+    monkeypatch.setattr(sys, "version_info", (3, 11, 0, "final", 0))
+    assert blinding._worker_context().get_start_method() == "spawn"
+    monkeypatch.undo()
+    monkeypatch.setattr(blinding.multiprocessing, "get_all_start_methods", lambda: ["spawn"])  # as on Windows
+    assert blinding._worker_context().get_start_method() == "spawn"
+
+
 def test_process_pool_bounds_chunks_in_flight():
     # Memory stays flat: the executor never pulls more than max_in_flight chunks ahead of what it has yielded.
     pool = ProcessPoolChunkExecutor(workers=2, max_in_flight=3)
@@ -137,6 +169,41 @@ def test_a_blinding_worker_does_not_load_pandas():
     assert done.stdout.strip() == "[]"
 
 
+def test_a_blinding_worker_loads_only_what_its_chunks_need():
+    # What a worker of the pool does, in a fresh process: unpickle an Arrow chunk of emails (as a match sends them)
+    # and a chunk of the peer's points, blind one and reblind the other. Neither needs pandas (pyarrow imports it
+    # on a `pa.array` or `pa.scalar` call or a conversion to numpy, so the worker makes none), gRPC and the stubs,
+    # `cryptography` (where the native X25519 runs), phonenumbers (phones only) or idna (non-ASCII domains only);
+    # each cost every worker of every match part of its start-up (benchmarks/README.md, issue 33's fifth pass).
+    import pickle
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+
+    from cleanroom_client.curve import X25519_NATIVE
+
+    key, emails = bytes(range(32)), pa.array(["Ann@Example.COM", " bob@example.org", "x", None])
+    jobs = pickle.dumps(
+        (
+            BlindJob(key=key, id_type=IdentifierType.EMAIL, values=emails),
+            ReblindJob(key=key, points=hash_to_u(b"a") + bytes(32)),
+        )
+    )
+    heavy = {"pandas", "grpc", "google.protobuf", "cleanroom_client.protocol", "phonenumbers", "idna"}
+    if X25519_NATIVE:
+        heavy.add("cryptography")
+    script = (
+        "import pickle, sys\n"
+        "from cleanroom_client.blinding import blind_identifiers, reblind_points\n"
+        "blind, reblind = pickle.loads(sys.stdin.buffer.read())\n"
+        "assert blind_identifiers(blind).valid == 2 and reblind_points(reblind).rejected == 1\n"
+        f"print(sorted(set({sorted(heavy)!r}) & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], input=jobs, capture_output=True, check=True)
+    assert done.stdout.decode().strip() == "[]"
+
+
 # The peer's points, of every kind the validation sorts: hashed (valid), twist, unreduced, low order, random.
 _PEER_POINT = st.one_of(
     st.binary(max_size=8).map(hash_to_u),
@@ -187,7 +254,7 @@ def test_blinding_and_reblinding_make_one_native_batch_call_per_chunk(monkeypatc
     points = hash_to_u_batch([i.to_bytes(4, "little") for i in range(100)])
     monkeypatch.setattr(blinding, "x25519_batch", spy)
     if X25519_NATIVE is not None:  # without IFMA the batch is cryptography's (faster than the portable C ladder)
-        monkeypatch.setattr(blinding.X25519PrivateKey, "from_private_bytes", no_exchange)
+        monkeypatch.setattr(X25519PrivateKey, "from_private_bytes", no_exchange)
     blinded = blinding.blind_many(key, points)
     assert calls == [100]
     peer = blinded[: 32 * 50] + bytes(32) + blinded[32 * 50 :]  # one point the check rejects

@@ -1,7 +1,7 @@
 import hashlib
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cleanroom_client.identity import (
@@ -218,3 +218,103 @@ def test_ascii_addresses_normalize_exactly_as_before():
     for bad in ("a@b.c.", "a@b.c", "a..b@x.com", '"quoted"@x.com', "a@-b.com", "l" * 65 + "@x.com"):
         with pytest.raises(InvalidIdentifierError):
             N.normalize(IdentifierType.EMAIL, bad)
+
+
+# Email-like values for the differential tests of the batch path: ASCII and not, every kind of padding, case,
+# plus-addressing and dots (kept, PROTOCOL.md 1.3), stray @, controls, lengths either side of the 64- and 254-byte
+# limits, arbitrary text.
+_LOCAL_CHARS = "abcXYZ019.+-_!#$%&'*/=?^`{|}~@ \t\"(),:;<>[\\]\x00\x7féÄ张\u200b\u00a0"
+_DOMAIN_CHARS = "abcXYZ019-._@ é例\u3002ＱＱ"
+_PAD = st.text(st.sampled_from(TRIMMED + "\x1c\u200b"), max_size=3) | st.text(
+    st.sampled_from(" \t\n\x0b\x0c\r"), max_size=2
+)
+_LABELS = st.lists(
+    st.text(st.sampled_from(_DOMAIN_CHARS), max_size=8) | st.integers(0, 66).map("a".__mul__), max_size=6
+)
+
+
+def _of_length(total: int) -> str:
+    """A valid address of `total` bytes if the limits allowed it: a short local part, labels of up to 63 letters."""
+    labels, rest = [], total - len("local@")
+    while rest > 63:
+        labels.append("a" * min(63, rest - 3))
+        rest -= len(labels[-1]) + 1
+    return "Local@" + ".".join([*labels, "c" * rest])
+
+
+_ASCII_ADDRESS = st.builds(
+    lambda left, local, labels, tld, right: f"{left}{local}@{'.'.join([*labels, tld])}{right}",
+    _PAD,
+    st.from_regex(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,8}(\.[A-Za-z0-9+_-]{1,4}){0,3}", fullmatch=True)
+    | st.integers(62, 66).map("L".__mul__),
+    st.lists(st.from_regex(r"[A-Za-z0-9]([A-Za-z0-9-]{0,4}[A-Za-z0-9])?", fullmatch=True), min_size=1, max_size=3)
+    | st.integers(61, 65).map(lambda n: ["a" * n]),
+    st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,3}[A-Za-z0-9]", fullmatch=True) | st.integers(61, 65).map("c".__mul__),
+    _PAD,
+)
+_EMAILISH = st.one_of(
+    _ASCII_ADDRESS,
+    st.integers(250, 258).map(_of_length),
+    st.emails(),
+    st.builds(
+        lambda left, local, domain, right: f"{left}{local}@{'.'.join(domain)}{right}",
+        _PAD,
+        st.text(st.sampled_from(_LOCAL_CHARS), max_size=12) | st.integers(60, 68).map("l".__mul__),
+        _LABELS,
+        _PAD,
+    ),
+    st.sampled_from(
+        [
+            *("First.Last+Tag@GMail.com", "f.i.r.s.t@gmail.com", "a+b+c@x.co", "a@b.c.", "A@" + "b" * 63 + ".com"),
+            *("L" * 64 + "@x.com", "L" * 65 + "@x.com", _of_length(254), _of_length(255), "\tA@B.co\r\n"),
+        ]
+    ),
+    st.text(max_size=40),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_EMAILISH | st.none(), max_size=12))
+def test_the_batch_email_path_marks_exactly_the_valid_ascii_addresses_and_normalizes_them_the_same(values):
+    import pyarrow as pa
+
+    from cleanroom_client.identity import normalize_ascii_emails
+
+    mask, normalized, left = normalize_ascii_emails(pa.array(values, type=pa.string()))
+    expected = []
+    for i, value in enumerate(values):
+        try:
+            one = None if value is None else Normalizer().normalize(IdentifierType.EMAIL, value)
+        except InvalidIdentifierError:
+            one = None
+        marked = one is not None and value is not None and value.isascii()
+        assert mask[i] == marked, value
+        if one is not None and marked:
+            expected.append(one.encode("utf-8"))
+    assert normalized.to_pylist() == expected
+    assert left.to_pylist() == [value for value, marked in zip(values, mask, strict=True) if not marked]
+
+
+@given(st.sampled_from(list(IdentifierType)), st.lists(st.binary(max_size=40), max_size=5))
+def test_curve_messages_are_digest_and_curve_message_one_by_one(id_type, values):
+    from cleanroom_client.identity import curve_messages
+
+    expected = [curve_message(id_type, hashlib.sha256(value).digest()) for value in values]
+    assert curve_messages(id_type, values) == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_EMAILISH | st.none(), max_size=12), st.booleans())
+def test_blinding_an_arrow_chunk_of_emails_equals_blinding_it_value_by_value(values, count_only):
+    # An Arrow chunk (what a match sends) takes the batch path for its valid ASCII addresses; a list of the same
+    # values goes value by value. Points, bitmap, counts and reasons (with their examples, in order) are the same.
+    import pyarrow as pa
+
+    from cleanroom_client.blinding import BlindJob, blind_identifiers
+
+    key = bytes(range(32))
+    by_value = BlindJob(key=key, id_type=IdentifierType.EMAIL, values=values, count_only=count_only)
+    arrow = BlindJob(
+        key=key, id_type=IdentifierType.EMAIL, values=pa.array(values, type=pa.string()), count_only=count_only
+    )
+    assert blind_identifiers(arrow) == blind_identifiers(by_value)
