@@ -44,7 +44,7 @@ from .errors import ErrorMappingInterceptor
 from .frontdoor import DoorExecutor, FrontDoorInterceptor, Watchdog
 from .limits import OnRefusal, RequestLimitsInterceptor, named_collaboration
 from .matching_servicer import MatchingServicer
-from .rates import RateLimiter
+from .rates import REFUSAL_RATE, Rate, RateLimiter
 from .receipts import ReceiptInterceptor
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,9 @@ class ServerConfig:
     #: RPCs accepted at once (running or queued for a worker); beyond, RESOURCE_EXHAUSTED at once.
     #: None: `RPC_QUEUE_FACTOR` times `max_workers`.
     max_concurrent_rpcs: int | None = None
+    #: Refused calls a principal may make at once and their refill (`rates.REFUSAL_RATE` unless set): a server that
+    #: must let a flooding principal back sooner (or later) says so here.
+    refusal_rate: Rate = REFUSAL_RATE
 
 
 #: RPCs accepted per worker thread (the rest of the queue beyond the running ones) before refusing new ones.
@@ -177,7 +180,7 @@ def create_server(config: ServerConfig) -> RunningServer:
         total_streams,
         config.streams_per_collaboration or collaboration_share(total_streams),
     )
-    rates = RateLimiter()
+    rates = RateLimiter(refusal_rate=config.refusal_rate)
     watchdog = Watchdog(on_cut=rates.refused)
     front_door = FrontDoorInterceptor(
         auth,

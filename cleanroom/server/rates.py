@@ -47,10 +47,12 @@ METHOD_RATES: dict[str, tuple[str, Rate]] = {
 class RateLimiter:
     """The buckets of every principal; thread-safe."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, refusal_rate: Rate = REFUSAL_RATE) -> None:
         self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
         self._lock = threading.Lock()
         self._clock = clock
+        #: The refused calls' rate (`REFUSAL_RATE` unless the operator set another, `ServerConfig.refusal_rate`).
+        self._refusal_rate = refusal_rate
         #: (principal, what) over its limit now: logged once when it goes over, not once per refused call.
         self._over: set[tuple[str, str]] = set()
         #: Principals that used up their refused calls and have not refilled them all since: each call they are
@@ -76,12 +78,12 @@ class RateLimiter:
         """Raise ResourceExhaustedError when `principal` has used up its refusals, or its rate for `method`."""
         now = self._clock()
         with self._lock:
-            refusals = self._level((principal, "refusals"), REFUSAL_RATE, now)
+            refusals = self._level((principal, "refusals"), self._refusal_rate, now)
             if refusals < 1.0:
-                raise self._refuse(principal, "refused calls", REFUSAL_RATE, refusals)
+                raise self._refuse(principal, "refused calls", self._refusal_rate, refusals)
             self._over.discard((principal, "refused calls"))
             if principal in self._probation:
-                if refusals >= REFUSAL_RATE.burst:
+                if refusals >= self._refusal_rate.burst:
                     self._probation.discard(principal)
                 else:
                     self._buckets[(principal, "refusals")] = (refusals - 1.0, now)
@@ -99,7 +101,7 @@ class RateLimiter:
         """Count one refused call of `principal`."""
         now = self._clock()
         with self._lock:
-            level = max(0.0, self._level((principal, "refusals"), REFUSAL_RATE, now) - 1.0)
+            level = max(0.0, self._level((principal, "refusals"), self._refusal_rate, now) - 1.0)
             self._buckets[(principal, "refusals")] = (level, now)
             if level < 1.0:
                 self._probation.add(principal)

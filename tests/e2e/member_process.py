@@ -14,9 +14,9 @@ from cleanroom_client import CleanRoomClient
 
 
 def main() -> None:
-    member, collab, state_dir, out, n, shared = sys.argv[1:7]
+    member, collab, state_dir, out, n, shared, chunk_rows = sys.argv[1:8]
     data = generate(SyntheticConfig(brand_users=int(n), platform_users=int(n), shared=int(shared), seed=11))
-    with CleanRoomClient(state_dir=state_dir, progress=False) as client:
+    with CleanRoomClient(state_dir=state_dir, progress=False, chunk_rows=int(chunk_rows)) as client:
         if member == "brand":
             summary = client.match(
                 collab,

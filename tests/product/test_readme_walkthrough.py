@@ -26,12 +26,18 @@ def walkthrough() -> str:
 
 
 def test_readme_walkthrough_runs_verbatim(tmp_path):
+    import matplotlib
+
     script = walkthrough()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("CLEANROOM_")},
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "HOME": str(tmp_path / "home"),
         "COLUMNS": "160",
+        # A fresh home for the walkthrough's own state (~/.cleanroom), but the machine's matplotlib font cache: in
+        # an empty home the first report rebuilt it (a scan of every installed font, 2-3 s), which is the
+        # machine's set-up, not a step of the README.
+        "MPLCONFIGDIR": matplotlib.get_cachedir(),
     }
     # Whatever happens, the background server does not outlive the test.
     wrapped = f"set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n{script}\n"

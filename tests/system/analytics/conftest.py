@@ -13,12 +13,20 @@ from cleanroom.devtools.synthetic import SyntheticData
 from cleanroom.principals import Role
 from cleanroom.server import ServerConfig, create_server
 from cleanroom.server.app import RunningServer, TlsConfig
+from cleanroom.server.rates import Rate
 from cleanroom_client import CleanRoomClient, SerialExecutor
+
+#: The room server's refused calls: the default burst, refilled twenty times faster than the default, so a test
+#: that uses them up (test_queries' fifty parallel queries) waits one second for them to refill, not twenty-one.
+#: The rules are the server's own (`ServerConfig.refusal_rate`); only the clock runs faster.
+REFUSAL_RATE = Rate(burst=20, per_second=20.0)
 
 
 class Room:
-    def __init__(self, server: RunningServer, tokens: dict[str, str], pki, root: Path) -> None:
+    def __init__(self, server: RunningServer, tokens: dict[str, str], pki, root: Path, refusal_rate: Rate) -> None:
         self.server, self.tokens, self.pki, self.root = server, tokens, pki, root
+        #: The rate the server was started with (what a test waits on after using up its refused calls).
+        self.refusal_rate = refusal_rate
         self.clients: dict[str, CleanRoomClient] = {}
 
     def client(self, name: str) -> CleanRoomClient:
@@ -82,12 +90,12 @@ def room(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("analytics")
     pki = make_dev_pki(root / "pki")
     tls = TlsConfig(pki.server_cert.read_bytes(), pki.server_key.read_bytes())
-    server = create_server(ServerConfig(data_dir=root / "server", tls=tls))
+    server = create_server(ServerConfig(data_dir=root / "server", tls=tls, refusal_rate=REFUSAL_RATE))
     tokens = {
         n: server.room.principals.add(n, r)
         for n, r in (("brand", Role.MEMBER), ("platform", Role.MEMBER), ("auditor", Role.AUDITOR))
     }
-    r = Room(server, tokens, pki, root)
+    r = Room(server, tokens, pki, root, REFUSAL_RATE)
     yield r
     for c in r.clients.values():
         c.close()

@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 
 from cleanroom.devtools.synthetic import DEMO_POLICY, FLOW_END, FLOW_START, SyntheticConfig, SyntheticData, generate
-from cleanroom.server.rates import REFUSAL_RATE
 from cleanroom_client import CleanRoomError
 from cleanroom_client.errors import BudgetShortfall, ResourceExhaustedError
 from cleanroom_client.protocol import analytics_pb2, analytics_pb2_grpc
@@ -206,10 +205,12 @@ def test_tight_budget_admits_exactly_five_of_fifty_parallel_queries_and_survives
     assert len(refused) == 45
     assert all(o.startswith("RESOURCE_EXHAUSTED: ") for o in refused)
     assert all("asks epsilon 0.2" in o and "left of 1" in o for o in refused)
-    # 45 audited refusals at once used up brand's refused calls (rates.py) and put it on probation, one call a
-    # second until its count is full again: wait for that, as a member would (each SDK read checks the audit head
-    # first, a few calls)
-    time.sleep((REFUSAL_RATE.burst + 1) / REFUSAL_RATE.per_second)
+    # 45 audited refusals at once used up brand's refused calls (rates.py) and put it on probation, one call per
+    # refill until its count is full again: wait for that, as a member would (each SDK read checks the audit head
+    # first, a few calls). The room's server refills them faster than the default (conftest.REFUSAL_RATE); a
+    # server that ignored its configured rate would refuse the read below.
+    rate = room.refusal_rate
+    time.sleep((rate.burst + 1) / rate.per_second)
     budget = brand.budget(collab).set_index("member").loc["brand"]
     assert budget["spent"] == pytest.approx(1.0)
     assert budget["left"] == pytest.approx(0.0)
@@ -217,7 +218,7 @@ def test_tight_budget_admits_exactly_five_of_fifty_parallel_queries_and_survives
     with pytest.raises(ResourceExhaustedError) as refused_info:
         brand.overlap(collab, epsilon=0.2)
     assert refused_info.value.budget == BudgetShortfall("brand", "epsilon", 0.2, 0.0, 1.0)
-    time.sleep(1.1 / REFUSAL_RATE.per_second)  # that refusal too: the next test on this server finds one refilled
+    time.sleep(1.1 / rate.per_second)  # that refusal too: the next test on this server finds one refilled
 
 
 def test_small_cells_are_suppressed(room):

@@ -23,7 +23,7 @@ from cleanroom.principals import Principal, Role
 from cleanroom.server.auth import StreamLimiter
 from cleanroom.server.errors import STATUS
 from cleanroom.server.frontdoor import HALF_OPEN_GRACE, HALF_OPEN_PER_PRINCIPAL, Watchdog
-from cleanroom.server.rates import METHOD_RATES, PREVIEW_RATE, REFUSAL_RATE, RateLimiter
+from cleanroom.server.rates import METHOD_RATES, PREVIEW_RATE, REFUSAL_RATE, Rate, RateLimiter
 
 PREVIEW = next(method for method, (what, _) in METHOD_RATES.items() if what == "previews")
 
@@ -56,35 +56,44 @@ def test_previews_admitted_never_exceed_the_burst_plus_the_rate(gaps):
     assert admitted[: PREVIEW_RATE.burst] == [sum(gaps[: k + 1]) for k in range(min(len(gaps), PREVIEW_RATE.burst))]
 
 
-@given(st.integers(min_value=0, max_value=100), st.floats(min_value=0.0, max_value=60.0))
-def test_used_up_refusals_shut_the_door_until_they_refill_and_only_for_that_principal(refusals, wait):
+#: Refusal rates a server may be configured with (`ServerConfig.refusal_rate`); the default among them.
+refusal_rates = st.one_of(
+    st.just(REFUSAL_RATE),
+    st.builds(Rate, st.integers(min_value=1, max_value=40), st.floats(min_value=0.05, max_value=50.0)),
+)
+
+
+@given(st.integers(min_value=0, max_value=100), st.floats(min_value=0.0, max_value=60.0), refusal_rates)
+def test_used_up_refusals_shut_the_door_until_they_refill_and_only_for_that_principal(refusals, wait, rate):
     clock = Clock()
-    rates = RateLimiter(clock)
+    rates = RateLimiter(clock, refusal_rate=rate)
     for _ in range(refusals):
         rates.refused("stranger")
     clock.now += wait
-    level = min(REFUSAL_RATE.burst, max(0, REFUSAL_RATE.burst - refusals) + REFUSAL_RATE.per_second * wait)
+    level = min(rate.burst, max(0, rate.burst - refusals) + rate.per_second * wait)
     try:
         rates.admit("stranger", "/cleanroom.v1.AnalyticsService/GetBudget")
         assert level >= 1.0 - 1e-9
-    except ResourceExhaustedError:
+    except ResourceExhaustedError as exc:
+        message = str(exc)  # the rate the refused caller is told is the one configured
         assert level < 1.0 + 1e-9
+        assert f"{rate.burst} at once, then one every {1 / rate.per_second:g} s" in message
     rates.admit("brand", "/cleanroom.v1.AnalyticsService/GetBudget")  # another principal is never affected
 
 
-@given(st.lists(st.floats(min_value=0.0, max_value=3.0), min_size=1, max_size=200))
-def test_a_principal_that_used_up_its_refusals_is_admitted_at_the_refill_rate_until_it_is_full_again(gaps):
+@given(st.lists(st.floats(min_value=0.0, max_value=3.0), min_size=1, max_size=200), refusal_rates)
+def test_a_principal_that_used_up_its_refusals_is_admitted_at_the_refill_rate_until_it_is_full_again(gaps, rate):
     # Once its refused calls were used up, a principal used to be let through whenever one refusal had refilled,
     # and then every call at once until one was refused: a member churning half-open calls got 15 workers for
     # the half second before any of them counted as half-open (a 0.5 s stall for everyone, every request timeout).
     clock = Clock()
-    rates = RateLimiter(clock)
-    for _ in range(REFUSAL_RATE.burst):
+    rates = RateLimiter(clock, refusal_rate=rate)
+    for _ in range(rate.burst):
         rates.refused("mallory")
     admitted: list[float] = []
     for gap in gaps:
         clock.now += gap
-        if clock.now >= REFUSAL_RATE.burst / REFUSAL_RATE.per_second:
+        if clock.now >= rate.burst / rate.per_second:
             break  # long enough without a refusal to be full again, whatever it was admitted
         try:
             rates.admit("mallory", "/cleanroom.v1.AnalyticsService/GetBudget")
@@ -92,7 +101,7 @@ def test_a_principal_that_used_up_its_refusals_is_admitted_at_the_refill_rate_un
         except ResourceExhaustedError:
             pass
     # on probation, each admitted call costs a refusal: at most one per refill, from an empty count
-    assert len(admitted) <= REFUSAL_RATE.per_second * clock.now + 1e-9
+    assert len(admitted) <= rate.per_second * clock.now + 1e-9
 
 
 slot_requests = st.lists(st.tuples(st.sampled_from("abcd"), st.sampled_from("xyz")), max_size=40)
