@@ -423,9 +423,9 @@ TABLES = ("pandas", "pyarrow", "numpy", "tqdm")
 def test_commands_that_hold_no_table_answer_without_loading_pandas(server, tokens, pki, tmp_path, active):
     """Commands whose answer is a few plain values print it without loading a table library.
 
-    `ping`, `list`, `show`, `approve`, `audit head`, `verify-audit-log` and `policy merge`, each in a fresh
-    interpreter, answer without pandas, numpy, pyarrow or tqdm (0.3-0.5 s of CPU at every start); those that check
-    no policy on this machine without jsonschema either.
+    `ping`, `list`, `show`, `approve`, `audit head` and `compare`, `verify-audit-log`, `export-audit-log` and
+    `policy merge`, each in a fresh interpreter, answer without pandas, numpy, pyarrow or tqdm (0.3-0.5 s of CPU at
+    every start); those that check no policy on this machine without jsonschema either.
     """
     brand, auditor = (_env(server, tokens, pki, n, tmp_path) for n in ("brand", "auditor"))
     etag = json.loads(CliRunner().invoke(app, ["-o", "json", "show", active], env=brand).output)["policy_etag"]
@@ -439,7 +439,9 @@ def test_commands_that_hold_no_table_answer_without_loading_pandas(server, token
         (brand, ["-o", "json", "list"], f'"id": "{active}"', ("jsonschema",)),
         (brand, ["show", active], "approvals:", ("jsonschema",)),
         (brand, ["approve", active, "--etag", etag], "is active", ("jsonschema",)),
-        (brand, ["audit", "head", active], "audit head", ("jsonschema",)),
+        (brand, ["audit", "head", active, "--to", str(tmp_path / "head.json")], "audit head", ("jsonschema",)),
+        (brand, ["audit", "compare", active, str(tmp_path / "head.json")], "consistent", ("jsonschema",)),
+        (auditor, ["export-audit-log", active, "--to", str(tmp_path / "log.jsonl")], "exported", ("jsonschema",)),
         (auditor, ["verify-audit-log", active], "True", ("jsonschema",)),
         (brand, ["policy", "merge", str(draft), "--to", str(merged)], "wrote", ()),
     ]
@@ -459,6 +461,6 @@ def test_commands_that_hold_no_table_answer_without_loading_pandas(server, token
         )
         assert done.returncode == 0, (command, done.stderr[-2000:])
         *printed, loaded = done.stdout.strip().splitlines()
-        assert said in "\n".join(printed), (command, done.stdout)
+        assert said in "\n".join(printed) + done.stderr, (command, done.stdout, done.stderr)
         assert loaded == "[]", (command, loaded)
     assert "members:" in merged.read_text(encoding="utf-8")  # the merged policy, written
