@@ -1,10 +1,13 @@
 """How fast the command lines start: `cleanroom admin --help`, `cleanroom-client --help`, `import cleanroom.room`,
-and a whole operator command with no server running (`cleanroom admin rotate-token`: opens the data directory,
-serves AdminService on a private socket, calls it).
+a whole operator command with no server running (`cleanroom admin rotate-token`: opens the data directory,
+serves AdminService on a private socket, calls it), and a member's command that holds no table and fails at its
+first call (`cleanroom-client budget c` with nothing listening at its --target: it exits 1 at once, having loaded
+the SDK, gRPC and the stubs but not pandas, pyarrow or jsonschema).
 
-Each command runs as a fresh process several times; the median wall time is compared with the floor every one of
-them pays (a Python process importing grpc and pandas, which the SDK needs) and with a one-second limit. Heavy
-libraries (torch, opacus, matplotlib, ray) load only where they are used, so none of these should pay for them.
+Each command runs as a fresh process several times; the median wall time is compared with a floor (a Python
+process importing grpc and pandas, which a command that reads or shows a table needs) and with a one-second limit.
+Heavy libraries (torch, opacus, matplotlib, ray) load only where they are used, so none of these should pay for
+them; pandas, pyarrow and jsonschema only where a table is read or held or a policy checked.
 
 The server's own start-up (`--log-entries 1000,50000`): a data directory whose audit log holds about that many
 entries (ten approved collaborations, then signed entries appended as the server appends them) is opened by a
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -30,22 +34,36 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 LIMIT_S = 1.0
+#: Nothing listens on port 1: a member's command addressed there fails at its first call, with exit status 1.
+NO_SERVER = ["--target", "localhost:1", "--token", "t", "--insecure"]
 COMMANDS = {
     "floor: python -c 'import grpc, pandas'": [sys.executable, "-c", "import grpc, pandas"],
     "cleanroom admin --help": [str(BIN / "cleanroom"), "admin", "--help"],
     "cleanroom-client --help": [str(BIN / "cleanroom-client"), "--help"],
     "python -c 'import cleanroom.room'": [sys.executable, "-c", "import cleanroom.room"],
+    "cleanroom-client budget c (no server)": [str(BIN / "cleanroom-client"), *NO_SERVER, "budget", "c"],
 }
+#: The exit status each command must end with (0 unless listed): a command timed is one that did what it should.
+EXIT_STATUS = {"cleanroom-client budget c (no server)": 1}
 
 
-def median_seconds(command: list[str], repeat: int, warm_up: bool = True) -> float:
-    """The median wall time of `repeat` runs of `command` (one unmeasured run first warms the file cache)."""
+def median_seconds(command: list[str], repeat: int, warm_up: bool = True, status: int = 0) -> float:
+    """The median wall time of `repeat` runs of `command`, each ending with exit `status`.
+
+    One unmeasured run first warms the file cache.
+    """
+
+    def run() -> None:
+        done = subprocess.run(command, capture_output=True, check=False)
+        if done.returncode != status:
+            raise RuntimeError(f"{command} exited {done.returncode}, not {status}: {done.stderr.decode()[-2000:]}")
+
     if warm_up:
-        subprocess.run(command, capture_output=True, check=True)
+        run()
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        subprocess.run(command, capture_output=True, check=True)
+        run()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -131,7 +149,12 @@ def main() -> int:
                 str(BIN / "cleanroom"), "admin", "rotate-token", "brand", "--data-dir", data
             ],
         }  # fmt: skip
-        results = {name: median_seconds(command, args.repeat, args.warm_up) for name, command in commands.items()}
+        with tempfile.TemporaryDirectory() as state:  # where the client would keep its state: left empty
+            os.environ["CLEANROOM_STATE_DIR"] = state
+            results = {
+                name: median_seconds(command, args.repeat, args.warm_up, EXIT_STATUS.get(name, 0))
+                for name, command in commands.items()
+            }
     floor = next(iter(results.values()))
     print(f"{'command':45} {'seconds':>8} {'x floor':>8} {'of 1 s':>7}")
     for name, seconds in results.items():

@@ -125,6 +125,7 @@ def test_startup_benchmark_runs(tmp_path):
         "cleanroom-client --help",
         "python -c 'import cleanroom.room'",
         "cleanroom admin rotate-token (no server)",
+        "cleanroom-client budget c (no server)",
     }
     assert "x floor" in stdout
     assert result["warm_up"] is False  # the figures say they include a cold first run

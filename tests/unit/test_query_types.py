@@ -88,7 +88,9 @@ def _typed_keywords(method: Callable[..., object]) -> dict[str, object]:
 
     An untyped `**kwargs` would make any keyword pass the test above without the SDK declaring it, so it fails here.
     """
-    hints = typing.get_type_hints(method, include_extras=True)
+    # The SDK names pandas (its answers' type) only for type checkers, so that a command line that never holds a
+    # table starts without it: the hints resolve with it given here.
+    hints = typing.get_type_hints(method, localns={"pd": pd}, include_extras=True)
     keywords: dict[str, object] = {}
     for name, parameter in inspect.signature(method).parameters.items():
         if parameter.kind is inspect.Parameter.VAR_KEYWORD:

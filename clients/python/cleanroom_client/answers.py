@@ -15,14 +15,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from .protocol import analytics_pb2 as qpb
 from .protocol import result_fields
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: The file, inside a collaboration's state directory.
 ANSWERS_FILE = "answers.jsonl"
@@ -70,6 +72,8 @@ def result_frame(result: qpb.QueryResult) -> pd.DataFrame:
     activation, the name of the audience released to the platform, and the refresh period whose data was read
     (None from a server that does not say, and in a preview).
     """
+    import pandas as pd
+
     rows = []
     for c in result.cells:
         row: dict[str, object] = dict(zip(result.dimensions, c.keys, strict=True))
@@ -97,6 +101,8 @@ def preview_frame(result: qpb.QueryResult, within: bool = False) -> pd.DataFrame
     in the policy's range giving that relative bar; NaN when none does). `attrs["typical"]` holds each released
     vector's typical value per cell, `attrs["epsilon_remaining"]` the caller's budget left; nothing was spent.
     """
+    import pandas as pd
+
     rows = []
     for c in result.cells:
         row: dict[str, object] = dict(zip(result.dimensions, c.keys, strict=True))

@@ -12,22 +12,25 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
 import grpc
-import numpy as np
-import pandas as pd
-from tqdm.auto import tqdm
 
-from . import answers, planning
+from . import answers
 from .answers import preview_frame, result_frame
 from .errors import CleanRoomError, InternalError
-from .matching import key_column
 from .protocol import ATTRIBUTION_MODELS, COLLABORATIONS, DEFAULT_HALF_LIFE_DAYS, collaboration_name
 from .protocol import analytics_pb2 as qpb
 from .protocol import analytics_pb2_grpc as qpb_grpc
 from .query_types import declaration
 from .witness import Witness
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas, numpy, tqdm and the matching's modules load in the methods that use them (a frame is built from the
+# answer once it arrives): a command line that only checks a budget, or fails at its first call, starts without
+# them (about 0.4 s of CPU).
 
 T = TypeVar("T")
 
@@ -147,6 +150,8 @@ class QueryMethods:
         its widest bar); `arguments` are the query method's (e.g. measure= for value). Solved by the server from
         the same preview (nothing spent), within the policy's per-query range.
         """
+        from . import planning
+
         frame = self.preview(query, collaboration_id, within=within, **arguments)
         return float(planning.key_cell(frame, query, cell, keys)["epsilon_needed"])
 
@@ -160,6 +165,8 @@ class QueryMethods:
         query: its epsilon, the key cell, its typical value, ± bar, relative bar and whether it meets its target
         (`planning.plan`).
         """
+        from . import planning
+
         budget = self.budget(collaboration_id)
         bounds = (float(budget.attrs["epsilon_per_query_min"]), float(budget.attrs["epsilon_per_query_max"]))
 
@@ -320,6 +327,8 @@ class QueryMethods:
 
     def _train_with_progress(self, request: qpb.LookalikeRequest) -> qpb.QueryResult:
         """LookalikeWithProgress: a bar over the server's training steps (when `progress`), then the answer."""
+        from tqdm.auto import tqdm
+
         bar = None
         try:
             stream = self._analytics.LookalikeWithProgress(
@@ -387,6 +396,8 @@ class QueryMethods:
         response = self._call(
             self._analytics.ListAudiences, qpb.ListAudiencesRequest(parent=collaboration_name(collaboration_id))
         )
+        import pandas as pd  # once there is an answer to hold
+
         return pd.DataFrame(
             [
                 {
@@ -407,6 +418,11 @@ class QueryMethods:
         The Series is named after your key column at the match (`user_id`, say), so a file written from it has
         your column's name as its header.
         """
+        import numpy as np
+        import pandas as pd
+
+        from .matching import key_column
+
         parts = audience.split("/")
         if len(parts) != 4:
             raise ValueError("pass an audience name like collaborations/c/audiences/a (see audiences())")
@@ -433,6 +449,8 @@ class QueryMethods:
         """
         self._witness.head(collaboration_id)
         b = self._call(self._analytics.GetBudget, qpb.GetBudgetRequest(parent=collaboration_name(collaboration_id)))
+        import pandas as pd  # once there is an answer to hold
+
         frame = pd.DataFrame(
             [
                 {

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
-import pandas as pd
 
 from .asking import QueryMethods
 from .errors import CleanRoomError
@@ -23,6 +22,8 @@ from .protocol import collaboration_name
 from .transparency import HistoryRewrittenError, TreeHead
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from .audit_facts import AuditFacts
     from .client import CollaborationInfo
 
@@ -65,7 +66,10 @@ class AuditMethods(QueryMethods):
             ]
             token = page.next_page_token
             if not token:
-                return pd.DataFrame(rows)
+                break
+        import pandas as pd  # once there is an answer to hold
+
+        return pd.DataFrame(rows)
 
     def verify_audit_log(self, collaboration_id: str = "") -> dict[str, object]:
         """Ask the server to verify a whole chain: valid, entries checked, and the first broken entry if any.
@@ -162,6 +166,8 @@ class AuditMethods(QueryMethods):
         spent ε and δ for you must be at least what your receipts charged since the budget's period began: a lower
         figure means charged entries were removed (HistoryRewrittenError).
         """
+        import pandas as pd
+
         head, kept = self._witness.check_receipts(collaboration_id)
         frame = self.budget(collaboration_id)
         me = {str(r["entry"]["principal"]) for r in kept}

@@ -16,7 +16,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 import json
 import sys
 import warnings
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -134,15 +134,49 @@ def _show(frame: pd.DataFrame, title: str = "") -> None:
         return
     if "reason" in frame.columns and "suppressed" in frame.columns:  # an answer: say why a cell was withheld
         frame = frame.drop(columns=["suppressed"] + ([] if frame["reason"].astype(bool).any() else ["reason"]))
-    table = Table(title=title or None)
-    for column in frame.columns:
-        table.add_column(str(column), justify="right" if pd.api.types.is_numeric_dtype(frame[column]) else "left")
-    for row in frame.itertuples(index=False):
-        table.add_row(*("" if pd.isna(v) else f"{v:,.4g}" if isinstance(v, float) else str(v) for v in row))
-    out.print(table)
+    numeric = [pd.api.types.is_numeric_dtype(frame[column]) for column in frame.columns]
+    cells = (("" if pd.isna(v) else _cell(v) for v in row) for row in frame.itertuples(index=False))
+    _draw(title, [str(c) for c in frame.columns], numeric, cells)
     extras = {k: v for k, v in frame.attrs.items() if k in ("epsilon_spent", "epsilon_remaining", "audience") and v}
     if extras:
         out.print("  " + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in extras.items()))
+
+
+def _show_rows(rows: list[dict[str, Any]], columns: list[str], title: str) -> None:
+    """Rows of text, integers and booleans (None for a missing value) shown exactly as `_show` shows their frame.
+
+    For the commands whose answer is a few plain values (`list`, `audit head`, `verify-audit-log`): building a frame
+    would load pandas, 0.3 s of a command's start-up. Each column holds one type (or None), as a frame's would.
+    """
+    if settings.output == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([row.get(c) for c in columns] for row in rows)
+        return
+    if settings.output == "json":
+        payload = {"rows": [{c: row.get(c) for c in columns} for row in rows]}
+        sys.stdout.write(json.dumps(payload, indent=1) + "\n")
+        return
+    # A frame's column is numeric (right-aligned) when it holds numbers or booleans and no text or missing value.
+    numeric = [bool(rows) and all(isinstance(row.get(c), (int, float)) for row in rows) for c in columns]
+    _draw(title, columns, numeric, (("" if row.get(c) is None else _cell(row.get(c)) for c in columns) for row in rows))
+
+
+def _cell(value: object) -> str:
+    """A value present in a table's cell: a float to four significant digits, anything else as its text."""
+    return f"{value:,.4g}" if isinstance(value, float) else str(value)
+
+
+def _draw(title: str, columns: list[str], numeric: list[bool], rows: Iterable[Iterable[str]]) -> None:
+    """A table on the console: numeric columns right-aligned, the others left."""
+    table = Table(title=title or None)
+    for column, right in zip(columns, numeric, strict=True):
+        table.add_column(column, justify="right" if right else "left")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
 
 
 def preview_table(frame: pd.DataFrame, title: str, within: float = 0.0) -> Table:
@@ -209,7 +243,7 @@ def list_collaborations() -> None:
             }
             for c in client.list_collaborations()
         ]
-    _show(_table(rows, ["id", "name", "state", "revision", "approved"]), "collaborations")
+    _show_rows(rows, ["id", "name", "state", "revision", "approved"], "collaborations")
 
 
 @app.command()

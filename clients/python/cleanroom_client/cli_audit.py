@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from .cli import CollaborationId, _client, _query, _show, _table, app, err, out
+from .cli import CollaborationId, _client, _query, _show, _show_rows, app, err, out
 from .transparency import TreeHead
 
 
@@ -65,7 +65,7 @@ def audit_head(
     if to is not None:
         to.write_text(json.dumps(head, indent=1) + "\n")
         err.print(f"head of {head['size']} entries written to {to}")
-    _show(_table([head]), "audit head")
+    _show_rows([head], list(head), "audit head")
 
 
 @audit_app.command("compare")
@@ -117,7 +117,7 @@ def verify_audit_log(collaboration: CollaborationId) -> None:
     """
     with _client() as client:
         result = client.verify_audit_log(collaboration)
-    _show(_table([result]), "audit log verification")
+    _show_rows([result], list(result), "audit log verification")
     if not result["valid"]:
         raise typer.Exit(1)
 

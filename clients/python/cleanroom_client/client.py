@@ -18,16 +18,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
-import numpy as np
-import pandas as pd
 
-from . import refresh as refresh_state
 from .asking import collaboration_dir as collaboration_dir  # where the CLI, tests and users have imported it from
 from .auditing import AuditMethods
-from .blinding import ChunkExecutor, default_executor
 from .errors import CleanRoomError, InvalidArgumentError
 from .files import parse_time_column as parse_time_column  # tests and users have imported it from here
 from .identity import (
@@ -37,7 +33,6 @@ from .identity import (
     Normalizer,
     invalid_share_warning,
 )
-from .matching import PERIOD, RETIRED, MatchPlan, MatchRunner, MatchSummary, upload_of
 from .policy import Policy, parse_policy
 from .protocol import (
     COLLABORATIONS,
@@ -51,8 +46,19 @@ from .protocol import collaboration_pb2 as cpb
 from .protocol import collaboration_pb2_grpc as cpb_grpc
 from .protocol import matching_pb2 as mpb
 from .protocol import matching_pb2_grpc as mpb_grpc
-from .refresh import RefreshSummary
 from .witness import Witness, witnessed
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from . import refresh as refresh_state
+    from .blinding import ChunkExecutor
+    from .matching import MatchPlan, MatchSummary
+    from .refresh import RefreshSummary
+
+# The tables' libraries (pandas, numpy, pyarrow) and the matching's modules load in the methods that read, blind or
+# refresh: a client that pings, approves, checks a budget or reads the audit log starts without them (the command
+# line pays about 0.4 s of CPU less on each such command; tests/product/test_startup.py holds it to that).
 
 T = TypeVar("T")
 
@@ -279,6 +285,10 @@ class CleanRoomClient(AuditMethods):
         over the local cores). The caller keeps ownership of an engine it passes. Returns counts, never the
         intersection.
         """
+        import pandas as pd
+
+        from .matching import MatchRunner
+
         users_frame = self._engine(engine).read_table(users) if isinstance(users, (str, Path)) else users
         event_frames = {
             name: self._engine(engine).read_table(table) if isinstance(table, (str, Path)) else table
@@ -344,6 +354,8 @@ class CleanRoomClient(AuditMethods):
         to join. One refresh, retirement or cancellation of a collaboration at a time on a machine: another
         raises RefreshInProgressError at once.
         """
+        from . import refresh as refresh_state
+
         policy = parse_policy(self.get_collaboration(collaboration_id).policy_yaml)
         if policy.refresh is None:
             raise ValueError(
@@ -387,6 +399,13 @@ class CleanRoomClient(AuditMethods):
         time_format: str | None,
     ) -> RefreshSummary:
         """`refresh()` under the collaboration's lock."""
+        import numpy as np
+        import pandas as pd
+
+        from . import refresh as refresh_state
+        from .matching import PERIOD, RETIRED, MatchRunner, upload_of
+        from .refresh import RefreshSummary
+
         saved = self._standing_refresh(parent, state)
         ledger = refresh_state.read_ledger(state)  # before reading the user's files: fails at once on another machine
         frame = self._engine(engine).read_table(users) if isinstance(users, (str, Path)) else users
@@ -490,6 +509,8 @@ class CleanRoomClient(AuditMethods):
         retirement itself, so a deletion never waits on the peer. Needs the state
         directory that matched (it maps keys to row numbers) and a policy whose `refresh.tables` lists your users.
         """
+        from . import refresh as refresh_state
+
         parent = _name(collaboration_id)
         state = self.collaboration_dir(parent.removeprefix(COLLABORATIONS))
         with refresh_state.locked(state, parent):
@@ -497,6 +518,11 @@ class CleanRoomClient(AuditMethods):
 
     def _retire(self, parent: str, state: Path, keys: Iterable[object]) -> int:
         """`retire()` under the collaboration's lock."""
+        import numpy as np
+        import pandas as pd
+
+        from . import refresh as refresh_state
+
         saved = self._standing_refresh(parent, state)
         if saved and not saved.complete:
             raise ValueError(
@@ -516,6 +542,8 @@ class CleanRoomClient(AuditMethods):
 
     def _standing_refresh(self, parent: str, state: Path) -> refresh_state.RefreshState | None:
         """The last refresh started on this machine, after forgetting it here if it was cancelled on the server."""
+        from . import refresh as refresh_state
+
         saved = refresh_state.read_state(state)
         if saved and not saved.complete and not self._period_exists(parent, saved.period):
             refresh_state.forget_period(state, saved.period)
@@ -527,6 +555,8 @@ class CleanRoomClient(AuditMethods):
 
         False when it was cancelled, even if its number was used again since (by a retirement done at once).
         """
+        from .matching import upload_of
+
         try:
             status = self._call(self._matching.GetMatchStatus, mpb.GetMatchStatusRequest(parent=parent, period=period))
         except InvalidArgumentError:
@@ -542,6 +572,8 @@ class CleanRoomClient(AuditMethods):
         """
         parent = _name(collaboration_id)
         status = self._call(self._matching.GetMatchStatus, mpb.GetMatchStatusRequest(parent=parent))
+        from . import refresh as refresh_state  # once the server said there is a period to cancel
+
         if status.period == 0 or status.stage == mpb.MatchStatus.STAGE_MATCHED:
             raise ValueError(f"{parent} has no open refresh period to cancel")
         state = self.collaboration_dir(parent.removeprefix(COLLABORATIONS))
@@ -557,6 +589,8 @@ class CleanRoomClient(AuditMethods):
 
         The warning names the likely cause (a phone region) and the fix. Checks a sample of a DataFrame's rows.
         """
+        import pandas as pd
+
         if not isinstance(users, pd.DataFrame):
             return
         for id_type, column in identifiers.items():
@@ -573,6 +607,8 @@ class CleanRoomClient(AuditMethods):
         return engine or self._get_executor()
 
     def _get_executor(self) -> ChunkExecutor:
+        from .blinding import default_executor
+
         if self._executor is None:
             self._executor = default_executor()
         return self._executor
@@ -586,6 +622,8 @@ class CleanRoomClient(AuditMethods):
         events: Mapping[str, pd.DataFrame],
         prehashed: Iterable[str],
     ) -> MatchPlan:
+        from .matching import MatchPlan
+
         if key not in users.columns:
             raise ValueError(f"key column {key!r} is not in the users table (columns: {list(users.columns)})")
         if users[key].isna().any() or not _all_distinct(users[key]):
@@ -618,6 +656,9 @@ def _all_distinct(keys: pd.Series) -> bool:
 
     Integer keys are sorted rather than hashed: at 10M users that takes 80 MB, not a hash table several times larger.
     """
+    import numpy as np
+    import pandas as pd
+
     if pd.api.types.is_integer_dtype(keys.dtype):
         values = np.sort(keys.to_numpy(dtype=np.int64))
         return not bool((values[1:] == values[:-1]).any())

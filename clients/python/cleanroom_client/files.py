@@ -16,10 +16,9 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pandas as pd
-
 if TYPE_CHECKING:
     import duckdb
+    import pandas as pd
 
     from .policy import Policy
 
@@ -115,6 +114,8 @@ def parse_time_column(frame: pd.DataFrame, table: str, policy: Policy, time_form
     A CSV brings dates as text, which the server refuses; the error names the column, a value that failed and the
     fix. Columns already of a date or time type are left as they are.
     """
+    import pandas as pd  # here, not at import: the SDK's client imports this module, and most commands need no table
+
     columns = {spec.time for spec in policy.tables.values() if spec.table == table and spec.time}
     out = frame
     for column in sorted(columns & set(frame.columns)):
@@ -143,6 +144,8 @@ def parse_time_column(frame: pd.DataFrame, table: str, policy: Policy, time_form
 
 
 def _unparsable(value: str, time_format: str | None) -> bool:
+    import pandas as pd
+
     try:
         pd.to_datetime(value, format=time_format or "ISO8601")
     except (ValueError, TypeError):

@@ -20,6 +20,7 @@ the recipient, the dimensions a segment may use, and the smallest list that may 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -27,14 +28,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from importlib.resources import files
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import jsonschema
 import yaml
+
+if TYPE_CHECKING:
+    import jsonschema
 
 #: The policy's JSON Schema: the one statement of its structure.
 SCHEMA: Final[dict[str, Any]] = json.loads((files(__package__) / "policy.schema.json").read_text())
-_VALIDATOR: Final = jsonschema.Draft202012Validator(SCHEMA)
 _DEFS: Final = SCHEMA["$defs"]
 ABILITIES: Final[tuple[str, ...]] = tuple(_DEFS["ability"]["enum"])
 QUERY_TYPES: Final[tuple[str, ...]] = tuple(_DEFS["query_type"]["enum"])
@@ -425,10 +427,22 @@ def _hub(
     return hub if isinstance(hub, str) else None
 
 
+@functools.cache
+def _validator() -> jsonschema.Draft202012Validator:
+    """The schema's validator, built when a policy is first checked.
+
+    Not at import: jsonschema costs a command line 0.1 s to load, and most commands (ping, show, approve, budget)
+    never check a policy on this machine.
+    """
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(SCHEMA)
+
+
 def schema_problems(doc: Any) -> list[str]:
     """Where `doc` breaks the schema: one line per problem, `path: what is expected` (the schema's x-problem)."""
     problems = []
-    for error in sorted(_VALIDATOR.iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path]):
+    for error in sorted(_validator().iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path]):
         path = [str(p) for p in error.absolute_path if not isinstance(p, int)]
         schema = error.schema if isinstance(error.schema, dict) else {}
         if error.validator == "additionalProperties" and schema.get("additionalProperties") is False:

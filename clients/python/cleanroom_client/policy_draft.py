@@ -22,12 +22,16 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import yaml
 
 from .policy import QUERY_TYPES, STAGE_COLUMNS, STAGE_LABELS, TEST_GROUPS, Ability
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas loads where a member's files are read (`draft_policy`'s helpers): `policy merge` reads only YAML drafts.
 
 #: A text column with at most this many distinct values is drafted as a category with its domain.
 MAX_DOMAIN = 20
@@ -132,6 +136,8 @@ def _person_totals(
 
 
 def _is_time(series: pd.Series) -> bool:
+    import pandas as pd
+
     if pd.api.types.is_datetime64_any_dtype(series):
         return True
     if not (pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series)):
@@ -160,6 +166,8 @@ def ordered_domain(column: str, values: set[str], declared: Sequence[str] | None
 def _columns(
     frame: pd.DataFrame, skip: set[str], notes: list[str], where: str, orders: Mapping[str, Sequence[str]]
 ) -> tuple[dict[str, list[str]], dict[str, list[float]]]:
+    import pandas as pd
+
     dimensions: dict[str, list[str]] = {}
     measures: dict[str, list[float]] = {}
     for column in frame.columns:

@@ -414,3 +414,53 @@ def test_refresh_from_csv_files_then_query_a_period(server, tokens, pki, tmp_pat
     headings = ["Data of the match (period 0)", "Data of refresh period 1", "Data of refresh period 2"]
     assert [page.index(h) for h in headings] == sorted(page.index(h) for h in headings)
     assert page.count('<section id="overlap') == 3
+
+
+#: What a command that holds no table never needs (tests/product/test_startup.py holds the same when it fails).
+TABLES = ("pandas", "pyarrow", "numpy", "tqdm")
+
+
+def test_commands_that_hold_no_table_answer_without_loading_pandas(server, tokens, pki, tmp_path, active):
+    """Commands whose answer is a few plain values print it without loading a table library.
+
+    `ping`, `list`, `show`, `approve`, `audit head` and `compare`, `verify-audit-log`, `export-audit-log` and
+    `policy merge`, each in a fresh interpreter, answer without pandas, numpy, pyarrow or tqdm (0.3-0.5 s of CPU at
+    every start); those that check no policy on this machine without jsonschema either.
+    """
+    brand, auditor = (_env(server, tokens, pki, n, tmp_path) for n in ("brand", "auditor"))
+    etag = json.loads(CliRunner().invoke(app, ["-o", "json", "show", active], env=brand).output)["policy_etag"]
+    draft = tmp_path / "draft.yaml"
+    draft.write_text(DEMO_POLICY)
+    merged = tmp_path / "merged.yaml"
+    commands = [
+        (brand, ["ping"], "as brand (member)", ("jsonschema",)),
+        (brand, ["list"], active, ("jsonschema",)),
+        (brand, ["-o", "csv", "list"], f"{active},", ("jsonschema",)),
+        (brand, ["-o", "json", "list"], f'"id": "{active}"', ("jsonschema",)),
+        (brand, ["show", active], "approvals:", ("jsonschema",)),
+        (brand, ["approve", active, "--etag", etag], "is active", ("jsonschema",)),
+        (brand, ["audit", "head", active, "--to", str(tmp_path / "head.json")], "audit head", ("jsonschema",)),
+        (brand, ["audit", "compare", active, str(tmp_path / "head.json")], "consistent", ("jsonschema",)),
+        (auditor, ["export-audit-log", active, "--to", str(tmp_path / "log.jsonl")], "exported", ("jsonschema",)),
+        (auditor, ["verify-audit-log", active], "True", ("jsonschema",)),
+        (brand, ["policy", "merge", str(draft), "--to", str(merged)], "wrote", ()),
+    ]
+    for env, command, said, also in commands:
+        probe = (
+            "import sys\n"
+            f"sys.argv = {['cleanroom-client', *command]!r}\n"
+            "from cleanroom_client.cli import run\n"
+            "try:\n"
+            "    run()\n"
+            "except SystemExit as exit:\n"
+            "    assert exit.code in (0, None), exit.code\n"
+            f"print(sorted(m for m in {TABLES + also!r} if m in sys.modules))\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", probe], env={**os.environ, **env}, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, (command, done.stderr[-2000:])
+        *printed, loaded = done.stdout.strip().splitlines()
+        assert said in "\n".join(printed) + done.stderr, (command, done.stdout, done.stderr)
+        assert loaded == "[]", (command, loaded)
+    assert "members:" in merged.read_text(encoding="utf-8")  # the merged policy, written
