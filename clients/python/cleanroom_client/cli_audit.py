@@ -14,7 +14,8 @@ from typing import Annotated
 
 import typer
 
-from .cli import CollaborationId, _client, _query, _show, _show_rows, app, err, out
+from .cli import CollaborationId, _client, _query, app
+from .cli_output import _show, _show_rows, err, out
 from .transparency import TreeHead
 
 

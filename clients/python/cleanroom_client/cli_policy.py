@@ -10,7 +10,8 @@ from typing import Annotated
 
 import typer
 
-from .cli import _read, app, err, out
+from .cli import _read, app
+from .cli_output import err, out
 from .cli_queries import pairs as _pairs
 
 policy_app = typer.Typer(

@@ -20,26 +20,19 @@ the recipient, the dimensions a segment may use, and the smallest list that may 
 
 from __future__ import annotations
 
-import functools
-import json
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from importlib.resources import files
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import yaml
 
-if TYPE_CHECKING:
-    import jsonschema
+from .policy_schema import DEFS, SCHEMA, schema_problems
 
-#: The policy's JSON Schema: the one statement of its structure.
-SCHEMA: Final[dict[str, Any]] = json.loads((files(__package__) / "policy.schema.json").read_text())
-_DEFS: Final = SCHEMA["$defs"]
-ABILITIES: Final[tuple[str, ...]] = tuple(_DEFS["ability"]["enum"])
-QUERY_TYPES: Final[tuple[str, ...]] = tuple(_DEFS["query_type"]["enum"])
+ABILITIES: Final[tuple[str, ...]] = tuple(DEFS["ability"]["enum"])
+QUERY_TYPES: Final[tuple[str, ...]] = tuple(DEFS["query_type"]["enum"])
 
 
 class Ability(StrEnum):
@@ -73,7 +66,7 @@ class QueryType(StrEnum):
 if set(Ability) != set(ABILITIES) or set(QueryType) != set(QUERY_TYPES):  # pragma: no cover - a packaging error
     raise ImportError("policy.schema.json and cleanroom_client.policy disagree on abilities or query types")
 
-IDENTIFIER_TYPES: Final[tuple[str, ...]] = tuple(_DEFS["identifier_type"]["enum"])
+IDENTIFIER_TYPES: Final[tuple[str, ...]] = tuple(DEFS["identifier_type"]["enum"])
 TEST_GROUPS = ("exposed", "holdout")
 STAGE_COLUMNS = ("stage_4a", "stage_aipl")
 #: Each stage column's values in the funnel's order (4A: aware, appeal, act, advocate; AIPL likewise).
@@ -84,9 +77,9 @@ STAGE_LABELS: Final[Mapping[str, tuple[str, ...]]] = {
 #: Default smallest epsilon one query may spend, so that "does it succeed" is never bought for almost nothing.
 DEFAULT_EPSILON_PER_QUERY_MIN: Final[float] = SCHEMA["properties"]["epsilon"]["properties"]["per_query_min"]["default"]
 #: The largest delta a policy may allow in total: far below 1/n for the populations a clean room serves.
-MAX_DELTA: Final[float] = _DEFS["delta"]["maximum"]
+MAX_DELTA: Final[float] = DEFS["delta"]["maximum"]
 #: The largest magnitude of a measure's bounds.
-MAX_MEASURE: Final[float] = _DEFS["measure_bound"]["maximum"]
+MAX_MEASURE: Final[float] = DEFS["measure_bound"]["maximum"]
 #: The largest L1 sensitivity any released vector may have: exact values are clamped to this magnitude before
 #: noise, and noise is drawn on 64-bit integers, so larger bounds could not be honoured.
 MAX_SENSITIVITY = 2**53
@@ -100,8 +93,8 @@ OPERATOR: Final = "operator"
 RESERVED_NAMES: Final = frozenset({OPERATOR, "server", "system", "admin", "root", "anonymous"})
 #: The cell every dimension gets for people without a value.
 NONE_VALUE = "none"
-_NAME = re.compile(_DEFS["name"]["pattern"])
-_MEASURE_PROBLEM: Final[str] = _DEFS["table"]["properties"]["measures"]["additionalProperties"]["x-problem"]
+_NAME = re.compile(DEFS["name"]["pattern"])
+_MEASURE_PROBLEM: Final[str] = DEFS["table"]["properties"]["measures"]["additionalProperties"]["x-problem"]
 _TOP_KEYS = frozenset(SCHEMA["properties"])
 _RESERVED_LIST: Final = ", ".join(sorted(RESERVED_NAMES))
 
@@ -425,61 +418,6 @@ def _hub(
         if refresh is not None:
             problems.append("refresh: available to two-member collaborations only; leave it out with three or more")
     return hub if isinstance(hub, str) else None
-
-
-@functools.cache
-def _validator() -> jsonschema.Draft202012Validator:
-    """The schema's validator, built when a policy is first checked.
-
-    Not at import: jsonschema costs a command line 0.1 s to load, and most commands (ping, show, approve, budget)
-    never check a policy on this machine.
-    """
-    import jsonschema
-
-    return jsonschema.Draft202012Validator(SCHEMA)
-
-
-def schema_problems(doc: Any) -> list[str]:
-    """Where `doc` breaks the schema: one line per problem, `path: what is expected` (the schema's x-problem)."""
-    problems = []
-    for error in sorted(_validator().iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path]):
-        path = [str(p) for p in error.absolute_path if not isinstance(p, int)]
-        schema = error.schema if isinstance(error.schema, dict) else {}
-        if error.validator == "additionalProperties" and schema.get("additionalProperties") is False:
-            known = ", ".join(sorted(schema.get("properties", {})))
-            extra = sorted(set(error.instance) - set(schema.get("properties", {})), key=str)
-            problems += [_at([*path, str(key)], f"unknown key (known: {known})") for key in extra]
-            continue
-        if error.validator == "required":
-            missing = sorted(set(error.validator_value) - set(error.instance))
-            properties = schema.get("properties", {})
-            for key in missing:
-                problems.append(_at([*path, key], properties.get(key, {}).get("x-problem", "required")))
-            continue
-        if "propertyNames" in error.relative_schema_path:
-            path.append(str(error.instance))
-        hint = _problem_of(error)
-        problems.append(_at(path, hint.format(value=repr(error.instance)) if hint else error.message))
-    return problems
-
-
-def _problem_of(error: jsonschema.ValidationError) -> str | None:
-    """The x-problem of the failing schema node, or of the nearest node above it that has one."""
-    if isinstance(error.schema, dict) and isinstance(error.schema.get("x-problem"), str):
-        return str(error.schema["x-problem"])
-    node: Any = SCHEMA
-    found = node.get("x-problem")
-    for step in list(error.absolute_schema_path)[:-1]:
-        if isinstance(node, dict) and step not in node and "$ref" in node:  # the path runs through a $ref
-            node = _DEFS[node["$ref"].rsplit("/", 1)[1]]
-        node = node[step]
-        if isinstance(node, dict) and "x-problem" in node:
-            found = node["x-problem"]
-    return found if isinstance(found, str) else None
-
-
-def _at(path: list[str], what: str) -> str:
-    return f"{'.'.join(path)}: {what}" if path else what
 
 
 def _list(raw: Any) -> list[Any]:

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from cleanroom_client import cli
+from cleanroom_client import cli_output as cli
 
 _TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")) | st.sampled_from(',"\n'), max_size=12)
 #: One type per column, as a frame's columns hold: text (or missing), integers, booleans.
