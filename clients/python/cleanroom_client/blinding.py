@@ -129,6 +129,10 @@ def _main_hidden() -> Iterator[None]:
 
 #: What every blinding worker needs, imported once by the fork server its workers are forked from.
 WORKER_MODULES: Final = ("cleanroom_client.blinding", "pyarrow.compute")
+#: The process whose pools use multiprocessing's fork server (the first to make one). A fork of that process
+#: inherits multiprocessing's record of the server, which is not the fork's child: asking it whether the server
+#: still runs (waitpid) fails with ChildProcessError, so a fork spawns its workers.
+_fork_server_user: int | None = None
 
 
 def _worker_context() -> multiprocessing.context.BaseContext:
@@ -142,10 +146,17 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     (Windows), workers are spawned. The preload list is process-wide (multiprocessing's own); it applies when the
     fork server starts, so a program that started one before keeps its own (its workers then import as spawned).
     Before Python 3.11.1 the fork server listened on an abstract socket any local user could reach and have it run
-    code (CVE-2022-42919); since, on a socket only the caller's user can open: workers are spawned before it.
+    code (CVE-2022-42919); since, on a socket only the caller's user can open: workers are spawned before it. A
+    fork of a process that used the fork server spawns too (see `_fork_server_user`).
     """
-    if sys.version_info < (3, 11, 1) or "forkserver" not in multiprocessing.get_all_start_methods():
+    global _fork_server_user
+    if (
+        sys.version_info < (3, 11, 1)
+        or "forkserver" not in multiprocessing.get_all_start_methods()
+        or _fork_server_user not in (None, os.getpid())
+    ):
         return multiprocessing.get_context("spawn")
+    _fork_server_user = os.getpid()
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(WORKER_MODULES))
     return context

@@ -117,6 +117,40 @@ def test_workers_are_spawned_where_the_fork_server_is_not_safe_or_missing(monkey
     assert blinding._worker_context().get_start_method() == "spawn"
 
 
+def test_a_fork_of_a_process_whose_pool_started_the_fork_server_can_run_its_own_pool():
+    # A program that matched once and then forks (multiprocessing's default start method on Linux before 3.14, a
+    # prefork server) inherits multiprocessing's record of the fork server, whose process is not the child's own:
+    # its pool asked the server's state with waitpid and failed with ChildProcessError (spawned workers never did).
+    import json
+    import subprocess
+    import sys
+
+    script = (
+        "import json, operator, os\n"
+        "from cleanroom_client.blinding import ProcessPoolChunkExecutor\n"
+        "pool = ProcessPoolChunkExecutor(workers=1)\n"
+        "assert list(pool.map(operator.call, [os.getpid])) != [os.getpid()]\n"
+        "pool.close()\n"
+        "r, w = os.pipe()\n"
+        "if os.fork() == 0:\n"
+        "    try:\n"
+        "        child = ProcessPoolChunkExecutor(workers=1)\n"
+        "        answer = {'workers': list(child.map(operator.call, [os.getpid, os.getpid]))}\n"
+        "        child.close()\n"
+        "    except BaseException as exc:\n"
+        "        answer = {'error': repr(exc)}\n"
+        "    os.write(w, json.dumps(answer).encode())\n"
+        "    os._exit(0)\n"
+        "os.close(w)\n"
+        "os.wait()\n"
+        "print(os.read(r, 4096).decode())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    answer = json.loads(done.stdout)
+    assert "error" not in answer, answer["error"]
+    assert len(answer["workers"]) == 2
+
+
 def test_process_pool_bounds_chunks_in_flight():
     # Memory stays flat: the executor never pulls more than max_in_flight chunks ahead of what it has yielded.
     pool = ProcessPoolChunkExecutor(workers=2, max_in_flight=3)
