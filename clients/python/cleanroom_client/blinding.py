@@ -143,8 +143,10 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     the first pool) that imports nothing of the caller but these modules; each worker forked from it starts with
     them loaded instead of importing numpy, pyarrow and this package itself (a quarter of a second of CPU each).
     The workers receive the key with each job, exactly as spawned ones do. Where the platform has no fork server
-    (Windows), workers are spawned. The preload list is process-wide (multiprocessing's own); it applies when the
-    fork server starts, so a program that started one before keeps its own (its workers then import as spawned).
+    (Windows), workers are spawned. The preload list is process-wide (multiprocessing's own): `WORKER_MODULES`
+    are added to the caller's (less `__main__`, multiprocessing's default: the server would run a script without a
+    main guard), never replace it; it applies when the fork server starts, so a program that started one before
+    keeps its own (its workers then import as spawned).
     Before Python 3.11.1 the fork server listened on an abstract socket any local user could reach and have it run
     code (CVE-2022-42919); since, on a socket only the caller's user can open: workers are spawned before it. A
     fork of a process that used the fork server spawns too (see `_fork_server_user`).
@@ -157,8 +159,13 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     ):
         return multiprocessing.get_context("spawn")
     _fork_server_user = os.getpid()
+    from multiprocessing import forkserver  # not on Windows
+
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(WORKER_MODULES))
+    # multiprocessing keeps the list in its server's private attribute and has no getter.
+    callers = getattr(forkserver._forkserver, "_preload_modules", None) or []
+    preload = [name for name in callers if name != "__main__"]
+    context.set_forkserver_preload([*preload, *(name for name in WORKER_MODULES if name not in preload)])
     return context
 
 

@@ -151,6 +151,28 @@ def test_a_fork_of_a_process_whose_pool_started_the_fork_server_can_run_its_own_
     assert len(answer["workers"]) == 2
 
 
+def test_the_pool_adds_its_modules_to_the_callers_fork_server_preload_instead_of_replacing_them():
+    # multiprocessing's preload list is process-wide: a program that set its own (before its first fork server)
+    # lost it to the SDK's when a match started the server first; its own workers then started without them.
+    import subprocess
+    import sys
+
+    script = (
+        "import multiprocessing, operator, os\n"
+        "multiprocessing.set_forkserver_preload(['colorsys'])\n"
+        "from cleanroom_client.blinding import ProcessPoolChunkExecutor\n"
+        "pool = ProcessPoolChunkExecutor(workers=1)\n"
+        "loaded = \"sorted({'colorsys', 'cleanroom_client.blinding'} & set(__import__('sys').modules))\"\n"
+        "print(next(pool.map(eval, [loaded])))\n"
+        "pool.close()\n"
+        "with multiprocessing.get_context('forkserver').Pool(1) as own:\n"
+        "    print(own.apply(eval, (loaded,)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    ours, theirs = done.stdout.splitlines()
+    assert ours == theirs == "['cleanroom_client.blinding', 'colorsys']", done.stdout
+
+
 def test_process_pool_bounds_chunks_in_flight():
     # Memory stays flat: the executor never pulls more than max_in_flight chunks ahead of what it has yielded.
     pool = ProcessPoolChunkExecutor(workers=2, max_in_flight=3)
