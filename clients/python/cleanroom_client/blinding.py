@@ -17,6 +17,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
@@ -169,13 +170,24 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     return context
 
 
+class WorkersLostError(BrokenProcessPool):
+    """A process of the blinding pool ended abruptly: a worker (killed, out of memory) or the fork server it came from.
+
+    The executor has replaced its pool, so calling `match()` (or `refresh()`) again resumes from what the server
+    has. A `BrokenProcessPool`, as before, for callers that catch that.
+    """
+
+
 class ProcessPoolChunkExecutor:
     """Runs chunks on a pool of processes, at most `max_in_flight` at a time (the default executor)."""
 
     def __init__(self, workers: int | None = None, max_in_flight: int | None = None) -> None:
         self.workers = workers or os.cpu_count() or 1
         self.max_in_flight = max_in_flight or 2 * self.workers
-        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=_worker_context())
+        self._pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=_worker_context())
         # Start every worker now, with the caller's script out of their sight (see `_main_hidden`): the pool
         # starts a worker per task submitted while none is idle, and a worker takes far longer to boot than these
         # submissions, so all of them start here. A worker is handed the main module's path during `submit`
@@ -183,17 +195,29 @@ class ProcessPoolChunkExecutor:
         # `WORKER_MODULES` (a fraction of a second), later ones fork at once.
         with _main_hidden():
             for _ in range(self.workers):
-                self._pool.submit(_ready)
+                pool.submit(_ready)
+        return pool
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
-        """Apply `fn` on the pool; yields in input order, keeping at most `max_in_flight` chunks pending."""
+        """Apply `fn` on the pool; yields in input order, keeping at most `max_in_flight` chunks pending.
+
+        WorkersLostError when a process of the pool died; the pool is replaced first, so the next call runs.
+        """
         pending: deque[Future[R]] = deque()
-        for item in items:
-            pending.append(self._pool.submit(fn, item))
-            if len(pending) >= self.max_in_flight:
+        try:
+            for item in items:
+                pending.append(self._pool.submit(fn, item))
+                if len(pending) >= self.max_in_flight:
+                    yield pending.popleft().result()
+            while pending:
                 yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+        except BrokenProcessPool as lost:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._start()
+            raise WorkersLostError(
+                f"a blinding worker process ended abruptly ({lost}); the workers were restarted: call match() again "
+                "(refresh() again for a refresh) to resume"
+            ) from lost
 
     def read_table(self, source: str | Path) -> pd.DataFrame:
         """Read locally."""

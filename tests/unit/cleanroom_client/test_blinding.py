@@ -173,6 +173,35 @@ def test_the_pool_adds_its_modules_to_the_callers_fork_server_preload_instead_of
     assert ours == theirs == "['cleanroom_client.blinding', 'colorsys']", done.stdout
 
 
+@pytest.mark.parametrize("death", ["a worker exits", "the fork server is killed"])
+def test_a_pool_whose_processes_died_raises_a_typed_error_and_the_next_map_runs(death, fork_server_killer):
+    # The fork server is one more process whose death breaks the pool (its workers' exit codes come through it):
+    # the client kept the broken pool, so every later match() of that client failed the same way.
+    import operator
+    from collections.abc import Callable
+    from typing import Any
+
+    from cleanroom_client.blinding import WorkersLostError
+
+    pool = ProcessPoolChunkExecutor(workers=1, max_in_flight=2)
+    try:
+        assert list(pool.map(operator.call, [os.getpid])) != [os.getpid()]
+        fn: Callable[[Any], object]
+        jobs: list[Any]
+        if death == "a worker exits":
+            fn, jobs = os._exit, [1]
+        else:
+            fork_server_killer()
+            fn, jobs = operator.call, [os.getpid] * 3
+        with pytest.raises(WorkersLostError, match=r"call match\(\) again"):
+            list(pool.map(fn, jobs))
+        again = list(pool.map(operator.call, [os.getpid, os.getpid]))
+        assert len(again) == 2
+        assert os.getpid() not in again
+    finally:
+        pool.close()
+
+
 def test_process_pool_bounds_chunks_in_flight():
     # Memory stays flat: the executor never pulls more than max_in_flight chunks ahead of what it has yielded.
     pool = ProcessPoolChunkExecutor(workers=2, max_in_flight=3)
