@@ -108,6 +108,37 @@ def _ready() -> None:
     """A task that makes the pool start its workers."""
 
 
+def _end_with(member: int) -> None:
+    """A worker's initializer: exit as soon as process `member` (the one whose pool this is) has ended.
+
+    A member killed outright (SIGKILL, the OOM killer) runs no clean-up, and its workers would wait for jobs
+    forever on a queue they hold open themselves, with the memory that held its key, and keep their fork server
+    alive. A daemon thread waits on the member's pidfd (polls it once a second where there is none) and exits.
+    """
+    import threading
+    import time
+
+    def watch() -> None:
+        try:
+            pidfd = os.pidfd_open(member)
+        except (AttributeError, OSError):  # no pidfd (macOS, Linux before 5.3), or the member has already ended
+            while True:
+                try:
+                    os.kill(member, 0)
+                except ProcessLookupError:
+                    break
+                except PermissionError:  # a process of another user took the number: the member has ended
+                    break
+                time.sleep(1.0)
+        else:
+            import select
+
+            select.select([pidfd], [], [])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="cleanroom-member-watch", daemon=True).start()
+
+
 @contextlib.contextmanager
 def _main_hidden() -> Iterator[None]:
     """While processes spawn: do not let them import the caller's main script.
@@ -187,7 +218,9 @@ class ProcessPoolChunkExecutor:
         self._pool = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
-        pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=_worker_context())
+        pool = ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=_worker_context(), initializer=_end_with, initargs=(os.getpid(),)
+        )
         # Start every worker now, with the caller's script out of their sight (see `_main_hidden`): the pool
         # starts a worker per task submitted while none is idle, and a worker takes far longer to boot than these
         # submissions, so all of them start here. A worker is handed the main module's path during `submit`

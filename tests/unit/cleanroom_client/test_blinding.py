@@ -202,6 +202,48 @@ def test_a_pool_whose_processes_died_raises_a_typed_error_and_the_next_map_runs(
         pool.close()
 
 
+def test_the_workers_and_their_fork_server_end_when_the_member_process_is_killed():
+    # A member killed outright (SIGKILL, the OOM killer) runs no clean-up: its workers waited forever for jobs on a
+    # queue they themselves held open, the memory that held its blinding key with them, and kept the fork server
+    # alive (every worker holds its "alive" pipe). Each worker now watches the member and exits when it is gone.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import operator, os, time\n"
+        "from multiprocessing import forkserver\n"
+        "from cleanroom_client.blinding import BlindJob, ProcessPoolChunkExecutor, blind_identifiers\n"
+        "from cleanroom_client.identity import IdentifierType\n"
+        "pool = ProcessPoolChunkExecutor(workers=2, max_in_flight=2)\n"
+        "job = BlindJob(key=bytes(range(32)), id_type=IdentifierType.EMAIL, values=['a@b.co'])\n"
+        "assert [r.valid for r in pool.map(blind_identifiers, [job] * 4)] == [1] * 4\n"
+        "workers = set(pool.map(operator.call, [os.getpid] * 8))\n"
+        "print(*workers, forkserver._forkserver._forkserver_pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as member:
+        assert member.stdout is not None
+        below = [int(pid) for pid in member.stdout.readline().split()]
+        member.send_signal(signal.SIGKILL)
+
+    def running(pid: int) -> bool:  # a zombie is dead: only a parent (or init) that never reaps keeps it listed
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while any(map(running, below)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [pid for pid in below if running(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert below
+    assert not left
+
+
 def test_process_pool_bounds_chunks_in_flight():
     # Memory stays flat: the executor never pulls more than max_in_flight chunks ahead of what it has yielded.
     pool = ProcessPoolChunkExecutor(workers=2, max_in_flight=3)
