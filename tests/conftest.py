@@ -111,7 +111,7 @@ def start(pki: DevPki):
 
 
 def kill_the_fork_server() -> None:
-    """SIGKILL multiprocessing's fork server of this process; returns once it is dead (a zombie, not yet reaped)."""
+    """SIGKILL multiprocessing's fork server of this process; returns once it is dead."""
     import os
     import signal
     import time
@@ -119,7 +119,12 @@ def kill_the_fork_server() -> None:
 
     pid: int = getattr(forkserver._forkserver, "_forkserver_pid")  # noqa: B009 - private, and untyped in typeshed
     os.kill(pid, signal.SIGKILL)
-    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+    while True:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        except (FileNotFoundError, ProcessLookupError):  # already reaped
+            return
         time.sleep(0.01)
 
 

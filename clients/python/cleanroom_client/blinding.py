@@ -174,29 +174,30 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     child would inherit the caller's memory. The fork server is a fresh interpreter (started once per process, on
     the first pool) that imports nothing of the caller but these modules; each worker forked from it starts with
     them loaded instead of importing numpy, pyarrow and this package itself (a quarter of a second of CPU each).
-    The workers receive the key with each job, exactly as spawned ones do. Where the platform has no fork server
-    (Windows), workers are spawned. The preload list is process-wide (multiprocessing's own): `WORKER_MODULES`
-    are added to the caller's (less `__main__`, multiprocessing's default: the server would run a script without a
-    main guard), never replace it; it applies when the fork server starts, so a program that started one before
-    keeps its own (its workers then import as spawned).
-    Before Python 3.11.1 the fork server listened on an abstract socket any local user could reach and have it run
-    code (CVE-2022-42919); since, on a socket only the caller's user can open: workers are spawned before it. A
-    fork of a process that used the fork server spawns too (see `_fork_server_user`).
+    The workers receive the key with each job, exactly as spawned ones do. The preload list is process-wide
+    (multiprocessing's own): `WORKER_MODULES` are added to the caller's (less `__main__`, multiprocessing's
+    default: the server would run a script without a main guard), never replace it.
+
+    Workers are spawned instead: where the platform has no fork server (Windows); before Python 3.11.1, whose fork
+    server listened on an abstract socket any local user could reach and have it run code (CVE-2022-42919; since,
+    on a socket only the caller's user can open); when the program started multiprocessing's fork server itself
+    before the first pool (it holds what the program preloaded, by default its main module, and not these
+    modules); and in a fork of a process that used it (see `_fork_server_user`).
     """
     global _fork_server_user
-    if (
-        sys.version_info < (3, 11, 1)
-        or "forkserver" not in multiprocessing.get_all_start_methods()
-        or _fork_server_user not in (None, os.getpid())
-    ):
-        return multiprocessing.get_context("spawn")
-    _fork_server_user = os.getpid()
+    spawn = multiprocessing.get_context("spawn")
+    if sys.version_info < (3, 11, 1) or "forkserver" not in multiprocessing.get_all_start_methods():
+        return spawn
     from multiprocessing import forkserver  # not on Windows
 
+    server = forkserver._forkserver  # multiprocessing's one per process; its state is private, without getters
+    started_by_the_program = _fork_server_user is None and getattr(server, "_forkserver_pid", None) is not None
+    inherited = _fork_server_user not in (None, os.getpid())
+    if started_by_the_program or inherited:
+        return spawn
+    _fork_server_user = os.getpid()
     context = multiprocessing.get_context("forkserver")
-    # multiprocessing keeps the list in its server's private attribute and has no getter.
-    callers = getattr(forkserver._forkserver, "_preload_modules", None) or []
-    preload = [name for name in callers if name != "__main__"]
+    preload = [name for name in getattr(server, "_preload_modules", None) or [] if name != "__main__"]
     context.set_forkserver_preload([*preload, *(name for name in WORKER_MODULES if name not in preload)])
     return context
 

@@ -244,6 +244,31 @@ def test_the_workers_and_their_fork_server_end_when_the_member_process_is_killed
     assert not left
 
 
+def test_workers_are_never_forked_from_a_fork_server_the_program_started_itself():
+    # Such a server imported what the program preloaded (multiprocessing's default: its main module, with what
+    # that computes at import) and not the blinding module: the workers are spawned instead, as before the fork
+    # server (no slower: that server's forks would have imported the blinding module each).
+    import subprocess
+    import sys
+
+    script = (
+        "import multiprocessing, operator, os\n"
+        "from multiprocessing import forkserver\n"
+        "context = multiprocessing.get_context('forkserver')\n"
+        "context.set_forkserver_preload(['colorsys'])\n"
+        "with context.Pool(1) as own:\n"
+        "    own.apply(int)\n"
+        "from cleanroom_client.blinding import ProcessPoolChunkExecutor\n"
+        "pool = ProcessPoolChunkExecutor(workers=1)\n"
+        "parents = set(pool.map(operator.call, [os.getppid] * 2))\n"
+        "loaded = next(pool.map(eval, [\"'colorsys' in __import__('sys').modules\"]))\n"
+        "pool.close()\n"
+        "print(parents == {forkserver._forkserver._forkserver_pid}, loaded)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.split() == ["False", "False"], done.stdout
+
+
 def test_process_pool_bounds_chunks_in_flight():
     # Memory stays flat: the executor never pulls more than max_in_flight chunks ahead of what it has yielded.
     pool = ProcessPoolChunkExecutor(workers=2, max_in_flight=3)
