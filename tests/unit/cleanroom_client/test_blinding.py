@@ -202,6 +202,14 @@ def test_a_pool_whose_processes_died_raises_a_typed_error_and_the_next_map_runs(
         pool.close()
 
 
+def _running(pid: int) -> bool:
+    """Whether process `pid` runs: a zombie has ended (only a parent, or an init, that never reaps keeps it listed)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def test_the_workers_and_their_fork_server_end_when_the_member_process_is_killed():
     # A member killed outright (SIGKILL, the OOM killer) runs no clean-up: its workers waited forever for jobs on a
     # queue they themselves held open, the memory that held its blinding key with them, and kept the fork server
@@ -228,16 +236,10 @@ def test_the_workers_and_their_fork_server_end_when_the_member_process_is_killed
         below = [int(pid) for pid in member.stdout.readline().split()]
         member.send_signal(signal.SIGKILL)
 
-    def running(pid: int) -> bool:  # a zombie is dead: only a parent (or init) that never reaps keeps it listed
-        try:
-            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except FileNotFoundError:
-            return False
-
     deadline = time.monotonic() + 10
-    while any(map(running, below)) and time.monotonic() < deadline:
+    while any(map(_running, below)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    left = [pid for pid in below if running(pid)]
+    left = [pid for pid in below if _running(pid)]
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert below
@@ -267,6 +269,36 @@ def test_workers_are_never_forked_from_a_fork_server_the_program_started_itself(
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.split() == ["False", "False"], done.stdout
+
+
+def test_ctrl_c_ends_the_member_and_its_workers():
+    # Ctrl-C signals the terminal's process group: the member, its fork server (which ignores it) and the workers.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import operator, os, time\n"
+        "from cleanroom_client.blinding import ProcessPoolChunkExecutor\n"
+        "pool = ProcessPoolChunkExecutor(workers=2, max_in_flight=4)\n"
+        "print(*set(pool.map(operator.call, [os.getpid] * 8)), flush=True)\n"
+        "for _ in pool.map(time.sleep, [0.5] * 100):\n"
+        "    pass\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    ) as member:
+        assert member.stdout is not None
+        workers = [int(pid) for pid in member.stdout.readline().split()]
+        time.sleep(0.3)
+        os.killpg(member.pid, signal.SIGINT)
+        assert member.wait(timeout=20) == -signal.SIGINT  # KeyboardInterrupt, not a hang
+    deadline = time.monotonic() + 10
+    while any(map(_running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert workers
+    assert not [pid for pid in workers if _running(pid)]
 
 
 def test_process_pool_bounds_chunks_in_flight():
