@@ -14,6 +14,7 @@ import multiprocessing
 import multiprocessing.context
 import os
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -139,6 +140,10 @@ def _end_with(member: int) -> None:
     threading.Thread(target=watch, name="cleanroom-member-watch", daemon=True).start()
 
 
+#: One pool at a time hides `__main__` (see `_main_hidden`).
+_main_hiding = threading.Lock()
+
+
 @contextlib.contextmanager
 def _main_hidden() -> Iterator[None]:
     """While processes spawn: do not let them import the caller's main script.
@@ -146,17 +151,19 @@ def _main_hidden() -> Iterator[None]:
     A spawned child imports the parent's `__main__` (by its file or module name) before running anything, so a
     plain script without an `if __name__ == "__main__":` guard would run again in every worker and call `match()`
     from there (`Exception iterating requests!`). The workers only run this package's functions, which need
-    nothing from `__main__`: while they start, `__main__` shows neither a file nor a spec, as in a notebook.
+    nothing from `__main__`: while they start, `__main__` shows neither a file nor a spec, as in a notebook. Pools
+    started at once (clients in threads) take turns: otherwise one saved what another had hidden and put that back.
     """
     main = sys.modules["__main__"]
-    saved: dict[str, object] = {name: main.__dict__[name] for name in ("__file__", "__spec__") if name in main.__dict__}
-    try:
-        main.__dict__.pop("__file__", None)
-        main.__dict__["__spec__"] = None
-        yield
-    finally:
-        main.__dict__.pop("__spec__", None)
-        main.__dict__.update(saved)
+    with _main_hiding:
+        saved: dict[str, object] = {n: main.__dict__[n] for n in ("__file__", "__spec__") if n in main.__dict__}
+        try:
+            main.__dict__.pop("__file__", None)
+            main.__dict__["__spec__"] = None
+            yield
+        finally:
+            main.__dict__.pop("__spec__", None)
+            main.__dict__.update(saved)
 
 
 #: What every blinding worker needs, imported once by the fork server its workers are forked from.

@@ -301,6 +301,41 @@ def test_ctrl_c_ends_the_member_and_its_workers():
     assert not [pid for pid in workers if _running(pid)]
 
 
+def test_two_pools_started_at_once_leave_the_main_module_as_it_was(monkeypatch):
+    # Two clients in two threads each start a pool: the second hid what the first had already hidden and put that
+    # back last, so __main__ lost its spec (and, while the first put its own back, the second's workers could be
+    # handed the script's path: a script without a main guard ran again in them).
+    import sys
+    import threading
+
+    from cleanroom_client import blinding
+
+    main = sys.modules["__main__"]
+    monkeypatch.setitem(main.__dict__, "__file__", "/path/of/the/script.py")
+    monkeypatch.setitem(main.__dict__, "__spec__", "the script's spec")
+    before = {name: main.__dict__.get(name, "absent") for name in ("__file__", "__spec__")}
+    first_inside, second_inside, first_out = threading.Event(), threading.Event(), threading.Event()
+
+    def first() -> None:
+        with blinding._main_hidden():
+            first_inside.set()
+            second_inside.wait(0.3)  # the second enters here unless the first excludes it
+        first_out.set()
+
+    def second() -> None:
+        first_inside.wait(5)
+        with blinding._main_hidden():
+            second_inside.set()
+            first_out.wait(0.3)  # and leaves last
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert {name: main.__dict__.get(name, "absent") for name in ("__file__", "__spec__")} == before
+
+
 def test_process_pool_bounds_chunks_in_flight():
     # Memory stays flat: the executor never pulls more than max_in_flight chunks ahead of what it has yielded.
     pool = ProcessPoolChunkExecutor(workers=2, max_in_flight=3)
