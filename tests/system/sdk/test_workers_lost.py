@@ -12,8 +12,7 @@ import threading
 import pytest
 
 from cleanroom.devtools.synthetic import SyntheticConfig, generate
-from cleanroom_client import CleanRoomClient, MatchSummary, SerialExecutor
-from cleanroom_client.blinding import WorkersLostError
+from cleanroom_client import CleanRoomClient, MatchSummary, SerialExecutor, WorkersLostError
 
 
 def test_a_match_whose_fork_server_died_fails_with_a_typed_error_and_resumes(
