@@ -62,3 +62,34 @@ def test_a_match_whose_fork_server_died_fails_with_a_typed_error_and_resumes(
             client.close()
     assert summary.peer_set_size == 180
     assert not isinstance(other["summary"], Exception), other["summary"]
+
+
+def _die(job: object) -> None:
+    """A blinding job whose worker is killed mid-chunk (as by the OOM killer)."""
+    import os
+
+    os._exit(1)
+
+
+def test_the_cli_says_in_one_line_that_a_blinding_worker_died(server, active, tokens, pki, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cleanroom_client import matching
+    from cleanroom_client.cli import app
+
+    monkeypatch.setattr(matching, "blind_identifiers", _die)
+    data = generate(SyntheticConfig(brand_users=100, platform_users=100, shared=50, seed=4))
+    data.brand_users.to_csv(tmp_path / "crm.csv", index=False)
+    env = {
+        "CLEANROOM_TARGET": f"localhost:{server.port}",
+        "CLEANROOM_TOKEN": tokens["brand"],
+        "CLEANROOM_CA": str(pki.ca),
+        "CLEANROOM_STATE_DIR": str(tmp_path / "state"),
+        "COLUMNS": "200",
+    }
+    arguments = ["--no-progress", "match", active, "--users", str(tmp_path / "crm.csv"), "--key", "customer_id"]
+    r = CliRunner().invoke(app, [*arguments, "--identifier", "email=email"], env=env)
+    assert isinstance(r.exception, SystemExit), r.exception  # not a traceback
+    assert r.exit_code == 1
+    assert "blinding worker" in r.output
+    assert "run the same command again to resume" in " ".join(r.output.split())
