@@ -114,22 +114,30 @@ def _end_with(member: int) -> None:
 
     A member killed outright (SIGKILL, the OOM killer) runs no clean-up, and its workers would wait for jobs
     forever on a queue they hold open themselves, with the memory that held its key, and keep their fork server
-    alive. A daemon thread waits on the member's pidfd (polls it once a second where there is none) and exits.
+    alive. A daemon thread waits on the member's pidfd (Linux 5.3+), else asks once a second whether it still
+    exists (other POSIX systems); on Windows nothing watches (`os.kill(pid, 0)` there sends Ctrl-C).
     """
+    if os.name != "posix":
+        return
     import threading
     import time
+
+    def exists() -> bool:
+        try:
+            os.kill(member, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # another user's process has the number now: the member has ended
+            return False
+        return True
 
     def watch() -> None:
         try:
             pidfd = os.pidfd_open(member)
-        except (AttributeError, OSError):  # no pidfd (macOS, Linux before 5.3), or the member has already ended
-            while True:
-                try:
-                    os.kill(member, 0)
-                except ProcessLookupError:
-                    break
-                except PermissionError:  # a process of another user took the number: the member has ended
-                    break
+        except ProcessLookupError:  # ended already
+            os._exit(1)
+        except (AttributeError, OSError):  # no pidfd here: poll
+            while exists():
                 time.sleep(1.0)
         else:
             import select

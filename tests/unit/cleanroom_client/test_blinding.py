@@ -271,6 +271,31 @@ def test_workers_are_never_forked_from_a_fork_server_the_program_started_itself(
     assert done.stdout.split() == ["False", "False"], done.stdout
 
 
+@pytest.mark.parametrize("how", ["pidfd", "polling"])
+def test_a_worker_exits_once_the_process_it_watches_has_ended(how):
+    # `_end_with` waits on a pidfd where the kernel has them and polls elsewhere (macOS): both end the worker.
+    import subprocess
+    import sys
+    import time
+
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as member:
+        script = (
+            "import os, time\n"
+            f"{'del os.pidfd_open' if how == 'polling' else ''}\n"
+            "from cleanroom_client.blinding import _end_with\n"
+            f"_end_with({member.pid})\n"
+            "time.sleep(60)\n"
+        )
+        with subprocess.Popen([sys.executable, "-c", script]) as worker:
+            time.sleep(0.5)
+            assert worker.poll() is None  # still watching
+            member.kill()
+            member.wait()
+            started = time.monotonic()
+            assert worker.wait(timeout=10) == 1
+            assert time.monotonic() - started < 3
+
+
 def test_ctrl_c_ends_the_member_and_its_workers():
     # Ctrl-C signals the terminal's process group: the member, its fork server (which ignores it) and the workers.
     import signal
