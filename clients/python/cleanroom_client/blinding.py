@@ -119,7 +119,6 @@ def _end_with(member: int) -> None:
     """
     if os.name != "posix":
         return
-    import threading
     import time
 
     def exists() -> bool:
