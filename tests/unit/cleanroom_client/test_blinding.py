@@ -361,6 +361,53 @@ def test_two_pools_started_at_once_leave_the_main_module_as_it_was(monkeypatch):
     assert {name: main.__dict__.get(name, "absent") for name in ("__file__", "__spec__")} == before
 
 
+def _holds(pid: int, secret: bytes) -> bool:
+    """Whether `secret` is anywhere in the writable memory of process `pid` (a child of this one)."""
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as memory:
+        for line in maps:
+            span, permissions = line.split()[:2]
+            if not permissions.startswith("rw"):
+                continue
+            low, high = (int(bound, 16) for bound in span.split("-"))
+            try:
+                memory.seek(low)
+                if secret in memory.read(high - low):
+                    return True
+            except OSError:  # a region the kernel does not let us read ([vvar] and the like)
+                continue
+    return False
+
+
+def test_the_fork_server_never_holds_the_blinding_key():
+    # The key reaches each worker with its job, never the server the workers are forked from: after a pool has
+    # blinded and reblinded with a key, no copy of it is in the server's memory (read through /proc/<pid>/mem).
+    import subprocess
+    import sys
+    from multiprocessing import forkserver
+
+    import pyarrow as pa
+
+    key = os.urandom(32)
+    emails = pa.array([f"user{i}@example.com" for i in range(300)], type=pa.string())
+    pool = ProcessPoolChunkExecutor(workers=2, max_in_flight=4)
+    try:
+        blinded = [r.points for r in pool.map(blind_identifiers, [BlindJob(key, IdentifierType.EMAIL, emails)] * 4)]
+        assert all(len(points) == 300 * 32 for points in blinded)
+        assert [r.rejected for r in pool.map(reblind_points, [ReblindJob(key, p) for p in blinded])] == [0] * 4
+        assert not _holds(forkserver._forkserver._forkserver_pid, key)  # type: ignore[attr-defined]
+    finally:
+        pool.close()
+    # the control: the same reading finds a key another process holds
+    holder = f"import time; key = bytes.fromhex({key.hex()!r}); print(flush=True); time.sleep(30)"
+    with subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE) as other:
+        assert other.stdout is not None
+        other.stdout.readline()
+        try:
+            assert _holds(other.pid, key)
+        finally:
+            other.kill()
+
+
 def test_process_pool_bounds_chunks_in_flight():
     # Memory stays flat: the executor never pulls more than max_in_flight chunks ahead of what it has yielded.
     pool = ProcessPoolChunkExecutor(workers=2, max_in_flight=3)
