@@ -408,6 +408,39 @@ def test_the_fork_server_never_holds_the_blinding_key():
             other.kill()
 
 
+def test_only_the_members_user_can_reach_the_fork_server():
+    # Whoever can connect to the fork server can have it fork a process that runs their code with its memory
+    # (CVE-2022-42919 was the abstract socket any local user could reach): a file socket, 0600, in a 0700 directory.
+    import socket
+    import stat
+    from multiprocessing import forkserver
+
+    pool = ProcessPoolChunkExecutor(workers=1)
+    try:
+        address = forkserver._forkserver._forkserver_address  # type: ignore[attr-defined]
+        assert isinstance(address, str)
+        assert not address.startswith("\0")  # not in the abstract namespace
+        assert stat.S_IMODE(os.stat(address).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(os.path.dirname(address)).st_mode) == 0o700
+        if os.geteuid() == 0:  # as root, also try it as another user (nobody)
+            child = os.fork()
+            if child == 0:
+                code = 2
+                try:
+                    os.setgid(65534)
+                    os.setuid(65534)
+                    with socket.socket(socket.AF_UNIX) as client:
+                        client.connect(address)
+                    code = 0
+                except PermissionError:
+                    code = 13
+                finally:
+                    os._exit(code)
+            assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 13  # refused
+    finally:
+        pool.close()
+
+
 def test_process_pool_bounds_chunks_in_flight():
     # Memory stays flat: the executor never pulls more than max_in_flight chunks ahead of what it has yielded.
     pool = ProcessPoolChunkExecutor(workers=2, max_in_flight=3)
