@@ -108,3 +108,27 @@ def start(pki: DevPki):
     yield make
     for s in running:
         s.stop(None)
+
+
+def kill_the_fork_server() -> None:
+    """SIGKILL multiprocessing's fork server of this process; returns once it is dead."""
+    import os
+    import signal
+    import time
+    from multiprocessing import forkserver
+
+    pid: int = getattr(forkserver._forkserver, "_forkserver_pid")  # noqa: B009 - private, and untyped in typeshed
+    os.kill(pid, signal.SIGKILL)
+    while True:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        except (FileNotFoundError, ProcessLookupError):  # already reaped
+            return
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def fork_server_killer() -> Callable[[], None]:
+    """`kill_the_fork_server`: what kills the blinding pool's fork server (process-wide) in failure tests."""
+    return kill_the_fork_server

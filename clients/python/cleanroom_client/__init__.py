@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .blinding import ChunkExecutor, ProcessPoolChunkExecutor, SerialExecutor
+    from .blinding import ChunkExecutor, ProcessPoolChunkExecutor, SerialExecutor, WorkersLostError
     from .client import CleanRoomClient, CollaborationInfo
     from .errors import CleanRoomError
     from .identity import IdentifierType, InvalidIdentifierError, Normalizer
@@ -23,6 +23,7 @@ _HOMES = {
     "ChunkExecutor": "blinding",
     "ProcessPoolChunkExecutor": "blinding",
     "SerialExecutor": "blinding",
+    "WorkersLostError": "blinding",
     "CleanRoomClient": "client",
     "CollaborationInfo": "client",
     "CleanRoomError": "errors",
@@ -58,5 +59,6 @@ __all__ = [
     "PolicyError",
     "ProcessPoolChunkExecutor",
     "SerialExecutor",
+    "WorkersLostError",
     "parse_policy",
 ]

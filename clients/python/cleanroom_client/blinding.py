@@ -14,9 +14,11 @@ import multiprocessing
 import multiprocessing.context
 import os
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
@@ -107,6 +109,48 @@ def _ready() -> None:
     """A task that makes the pool start its workers."""
 
 
+def _end_with(member: int) -> None:
+    """A worker's initializer: exit as soon as process `member` (the one whose pool this is) has ended.
+
+    A member killed outright (SIGKILL, the OOM killer) runs no clean-up, and its workers would wait for jobs
+    forever on a queue they hold open themselves, with the memory that held its key, and keep their fork server
+    alive. A daemon thread waits on the member's pidfd (Linux 5.3+), else asks once a second whether it still
+    exists (other POSIX systems); on Windows nothing watches (`os.kill(pid, 0)` there sends Ctrl-C).
+    """
+    if os.name != "posix":
+        return
+    import time
+
+    def exists() -> bool:
+        try:
+            os.kill(member, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # another user's process has the number now: the member has ended
+            return False
+        return True
+
+    def watch() -> None:
+        try:
+            pidfd = os.pidfd_open(member)
+        except ProcessLookupError:  # ended already
+            os._exit(1)
+        except (AttributeError, OSError):  # no pidfd here: poll
+            while exists():
+                time.sleep(1.0)
+        else:
+            import select
+
+            select.select([pidfd], [], [])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="cleanroom-member-watch", daemon=True).start()
+
+
+#: One pool at a time hides `__main__` (see `_main_hidden`).
+_main_hiding = threading.Lock()
+
+
 @contextlib.contextmanager
 def _main_hidden() -> Iterator[None]:
     """While processes spawn: do not let them import the caller's main script.
@@ -114,21 +158,27 @@ def _main_hidden() -> Iterator[None]:
     A spawned child imports the parent's `__main__` (by its file or module name) before running anything, so a
     plain script without an `if __name__ == "__main__":` guard would run again in every worker and call `match()`
     from there (`Exception iterating requests!`). The workers only run this package's functions, which need
-    nothing from `__main__`: while they start, `__main__` shows neither a file nor a spec, as in a notebook.
+    nothing from `__main__`: while they start, `__main__` shows neither a file nor a spec, as in a notebook. Pools
+    started at once (clients in threads) take turns: otherwise one saved what another had hidden and put that back.
     """
     main = sys.modules["__main__"]
-    saved: dict[str, object] = {name: main.__dict__[name] for name in ("__file__", "__spec__") if name in main.__dict__}
-    try:
-        main.__dict__.pop("__file__", None)
-        main.__dict__["__spec__"] = None
-        yield
-    finally:
-        main.__dict__.pop("__spec__", None)
-        main.__dict__.update(saved)
+    with _main_hiding:
+        saved: dict[str, object] = {n: main.__dict__[n] for n in ("__file__", "__spec__") if n in main.__dict__}
+        try:
+            main.__dict__.pop("__file__", None)
+            main.__dict__["__spec__"] = None
+            yield
+        finally:
+            main.__dict__.pop("__spec__", None)
+            main.__dict__.update(saved)
 
 
 #: What every blinding worker needs, imported once by the fork server its workers are forked from.
 WORKER_MODULES: Final = ("cleanroom_client.blinding", "pyarrow.compute")
+#: The process whose pools use multiprocessing's fork server (the first to make one). A fork of that process
+#: inherits multiprocessing's record of the server, which is not the fork's child: asking it whether the server
+#: still runs (waitpid) fails with ChildProcessError, so a fork spawns its workers.
+_fork_server_user: int | None = None
 
 
 def _worker_context() -> multiprocessing.context.BaseContext:
@@ -138,17 +188,40 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     child would inherit the caller's memory. The fork server is a fresh interpreter (started once per process, on
     the first pool) that imports nothing of the caller but these modules; each worker forked from it starts with
     them loaded instead of importing numpy, pyarrow and this package itself (a quarter of a second of CPU each).
-    The workers receive the key with each job, exactly as spawned ones do. Where the platform has no fork server
-    (Windows), workers are spawned. The preload list is process-wide (multiprocessing's own); it applies when the
-    fork server starts, so a program that started one before keeps its own (its workers then import as spawned).
-    Before Python 3.11.1 the fork server listened on an abstract socket any local user could reach and have it run
-    code (CVE-2022-42919); since, on a socket only the caller's user can open: workers are spawned before it.
+    The workers receive the key with each job, exactly as spawned ones do. The preload list is process-wide
+    (multiprocessing's own): `WORKER_MODULES` are added to the caller's (less `__main__`, multiprocessing's
+    default: the server would run a script without a main guard), never replace it.
+
+    Workers are spawned instead: where the platform has no fork server (Windows); before Python 3.11.1, whose fork
+    server listened on an abstract socket any local user could reach and have it run code (CVE-2022-42919; since,
+    on a socket only the caller's user can open); when the program started multiprocessing's fork server itself
+    before the first pool (it holds what the program preloaded, by default its main module, and not these
+    modules); and in a fork of a process that used it (see `_fork_server_user`).
     """
+    global _fork_server_user
+    spawn = multiprocessing.get_context("spawn")
     if sys.version_info < (3, 11, 1) or "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
+        return spawn
+    from multiprocessing import forkserver  # not on Windows
+
+    server = forkserver._forkserver  # multiprocessing's one per process; its state is private, without getters
+    started_by_the_program = _fork_server_user is None and getattr(server, "_forkserver_pid", None) is not None
+    inherited = _fork_server_user not in (None, os.getpid())
+    if started_by_the_program or inherited:
+        return spawn
+    _fork_server_user = os.getpid()
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(WORKER_MODULES))
+    preload = [name for name in getattr(server, "_preload_modules", None) or [] if name != "__main__"]
+    context.set_forkserver_preload([*preload, *(name for name in WORKER_MODULES if name not in preload)])
     return context
+
+
+class WorkersLostError(BrokenProcessPool):
+    """A process of the blinding pool ended abruptly: a worker (killed, out of memory) or the fork server it came from.
+
+    The executor has replaced its pool, so calling `match()` (or `refresh()`) again resumes from what the server
+    has. A `BrokenProcessPool`, as before, for callers that catch that.
+    """
 
 
 class ProcessPoolChunkExecutor:
@@ -157,7 +230,12 @@ class ProcessPoolChunkExecutor:
     def __init__(self, workers: int | None = None, max_in_flight: int | None = None) -> None:
         self.workers = workers or os.cpu_count() or 1
         self.max_in_flight = max_in_flight or 2 * self.workers
-        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=_worker_context())
+        self._pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        pool = ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=_worker_context(), initializer=_end_with, initargs=(os.getpid(),)
+        )
         # Start every worker now, with the caller's script out of their sight (see `_main_hidden`): the pool
         # starts a worker per task submitted while none is idle, and a worker takes far longer to boot than these
         # submissions, so all of them start here. A worker is handed the main module's path during `submit`
@@ -165,17 +243,29 @@ class ProcessPoolChunkExecutor:
         # `WORKER_MODULES` (a fraction of a second), later ones fork at once.
         with _main_hidden():
             for _ in range(self.workers):
-                self._pool.submit(_ready)
+                pool.submit(_ready)
+        return pool
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
-        """Apply `fn` on the pool; yields in input order, keeping at most `max_in_flight` chunks pending."""
+        """Apply `fn` on the pool; yields in input order, keeping at most `max_in_flight` chunks pending.
+
+        WorkersLostError when a process of the pool died; the pool is replaced first, so the next call runs.
+        """
         pending: deque[Future[R]] = deque()
-        for item in items:
-            pending.append(self._pool.submit(fn, item))
-            if len(pending) >= self.max_in_flight:
+        try:
+            for item in items:
+                pending.append(self._pool.submit(fn, item))
+                if len(pending) >= self.max_in_flight:
+                    yield pending.popleft().result()
+            while pending:
                 yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+        except BrokenProcessPool as lost:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._start()
+            raise WorkersLostError(
+                f"a blinding worker process ended abruptly ({lost}); the workers were restarted: call match() again "
+                "(refresh() again for a refresh) to resume"
+            ) from lost
 
     def read_table(self, source: str | Path) -> pd.DataFrame:
         """Read locally."""

@@ -72,6 +72,7 @@ def main(
 
 @contextmanager
 def _client() -> Iterator[CleanRoomClient]:
+    from .blinding import WorkersLostError
     from .client import CleanRoomClient
     from .errors import CleanRoomError
     from .policy import PolicyError
@@ -91,6 +92,12 @@ def _client() -> Iterator[CleanRoomClient]:
         yield client
     except CleanRoomError as exc:
         err.print(f"{exc.code}: {exc.message}", style="red", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    except WorkersLostError as exc:  # the workers were restarted: the next run resumes
+        lost = (
+            f"a blinding worker process ended abruptly ({exc.__cause__ or exc}): run the same command again to resume"
+        )
+        err.print(lost, style="red", markup=False, highlight=False)
         raise typer.Exit(1) from None
     except (PolicyError, ValueError, FileNotFoundError) as exc:
         err.print(f"[red]{exc}[/]")

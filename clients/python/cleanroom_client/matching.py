@@ -279,6 +279,28 @@ class MatchRunner:
                 time.sleep(min(5.0, 0.2 * 2**attempt))
         raise AssertionError("unreachable")
 
+    def _streamed(self, call: Callable[..., T], requests: Iterator[Any]) -> T:
+        """A client-streaming call whose request stream, if it raises, fails the call with that error.
+
+        gRPC consumes the requests on its own thread and answers an error raised there (a worker that died, a bad
+        table) only with `UNKNOWN: Exception iterating requests!`; the member gets the error itself instead.
+        """
+        raised: list[Exception] = []
+
+        def watched() -> Iterator[Any]:
+            try:
+                yield from requests
+            except Exception as exc:
+                raised.append(exc)
+                raise
+
+        try:
+            return call(watched(), metadata=self._md)
+        except grpc.RpcError:
+            if raised:
+                raise raised[0] from None
+            raise
+
     def status(self) -> pb.MatchStatus:
         """The server's view of this member's match."""
         return self._retrying(
@@ -418,7 +440,7 @@ class MatchRunner:
             for _ in requests():  # counts only: the upload committed before
                 pass
         else:
-            self._stub.UploadBlindedPoints(requests(), metadata=self._md)
+            self._streamed(self._stub.UploadBlindedPoints, requests())
         return {t: IdentifierCounts(v[0], v[1], v[2], rejected_by_reason(reasons[t])) for t, v in totals.items()}
 
     def _tables(self, plan: MatchPlan) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
@@ -471,7 +493,7 @@ class MatchRunner:
                     period=self._period,
                 )
 
-        self._stub.UploadTable(requests(), metadata=self._md)
+        self._streamed(self._stub.UploadTable, requests())
 
     def _wait(self, ready: Callable[[pb.MatchStatus], bool], desc: str) -> pb.MatchStatus:
         """Poll the status until `ready`: every 50 ms at first, backing off to `poll_seconds`.
@@ -578,7 +600,7 @@ class MatchRunner:
                         origin=origin,
                     )
 
-        self._stub.SubmitDoubleBlindedPoints(requests(), metadata=self._md)
+        self._streamed(self._stub.SubmitDoubleBlindedPoints, requests())
 
 
 def rejected_by_reason(reasons: Mapping[str, Sequence[Any]]) -> tuple[Rejected, ...]:

@@ -117,6 +117,330 @@ def test_workers_are_spawned_where_the_fork_server_is_not_safe_or_missing(monkey
     assert blinding._worker_context().get_start_method() == "spawn"
 
 
+def test_a_fork_of_a_process_whose_pool_started_the_fork_server_can_run_its_own_pool():
+    # A program that matched once and then forks (multiprocessing's default start method on Linux before 3.14, a
+    # prefork server) inherits multiprocessing's record of the fork server, whose process is not the child's own:
+    # its pool asked the server's state with waitpid and failed with ChildProcessError (spawned workers never did).
+    import json
+    import subprocess
+    import sys
+
+    script = (
+        "import json, operator, os\n"
+        "from cleanroom_client.blinding import ProcessPoolChunkExecutor\n"
+        "pool = ProcessPoolChunkExecutor(workers=1)\n"
+        "assert list(pool.map(operator.call, [os.getpid])) != [os.getpid()]\n"
+        "pool.close()\n"
+        "r, w = os.pipe()\n"
+        "if os.fork() == 0:\n"
+        "    try:\n"
+        "        child = ProcessPoolChunkExecutor(workers=1)\n"
+        "        answer = {'workers': list(child.map(operator.call, [os.getpid, os.getpid]))}\n"
+        "        child.close()\n"
+        "    except BaseException as exc:\n"
+        "        answer = {'error': repr(exc)}\n"
+        "    os.write(w, json.dumps(answer).encode())\n"
+        "    os._exit(0)\n"
+        "os.close(w)\n"
+        "os.wait()\n"
+        "print(os.read(r, 4096).decode())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    answer = json.loads(done.stdout)
+    assert "error" not in answer, answer["error"]
+    assert len(answer["workers"]) == 2
+
+
+def test_the_pool_adds_its_modules_to_the_callers_fork_server_preload_instead_of_replacing_them():
+    # multiprocessing's preload list is process-wide: a program that set its own (before its first fork server)
+    # lost it to the SDK's when a match started the server first; its own workers then started without them.
+    import subprocess
+    import sys
+
+    script = (
+        "import multiprocessing, operator, os\n"
+        "multiprocessing.set_forkserver_preload(['colorsys'])\n"
+        "from cleanroom_client.blinding import ProcessPoolChunkExecutor\n"
+        "pool = ProcessPoolChunkExecutor(workers=1)\n"
+        "loaded = \"sorted({'colorsys', 'cleanroom_client.blinding'} & set(__import__('sys').modules))\"\n"
+        "print(next(pool.map(eval, [loaded])))\n"
+        "pool.close()\n"
+        "with multiprocessing.get_context('forkserver').Pool(1) as own:\n"
+        "    print(own.apply(eval, (loaded,)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    ours, theirs = done.stdout.splitlines()
+    assert ours == theirs == "['cleanroom_client.blinding', 'colorsys']", done.stdout
+
+
+@pytest.mark.parametrize("death", ["a worker exits", "the fork server is killed"])
+def test_a_pool_whose_processes_died_raises_a_typed_error_and_the_next_map_runs(death, fork_server_killer):
+    # The fork server is one more process whose death breaks the pool (its workers' exit codes come through it):
+    # the client kept the broken pool, so every later match() of that client failed the same way.
+    import operator
+    from collections.abc import Callable
+    from typing import Any
+
+    from cleanroom_client.blinding import WorkersLostError
+
+    pool = ProcessPoolChunkExecutor(workers=1, max_in_flight=2)
+    try:
+        assert list(pool.map(operator.call, [os.getpid])) != [os.getpid()]
+        fn: Callable[[Any], object]
+        jobs: list[Any]
+        if death == "a worker exits":
+            fn, jobs = os._exit, [1]
+        else:
+            fork_server_killer()
+            fn, jobs = operator.call, [os.getpid] * 3
+        with pytest.raises(WorkersLostError, match=r"call match\(\) again"):
+            list(pool.map(fn, jobs))
+        again = list(pool.map(operator.call, [os.getpid, os.getpid]))
+        assert len(again) == 2
+        assert os.getpid() not in again
+    finally:
+        pool.close()
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` runs: a zombie has ended (only a parent, or an init, that never reaps keeps it listed)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_the_workers_and_their_fork_server_end_when_the_member_process_is_killed():
+    # A member killed outright (SIGKILL, the OOM killer) runs no clean-up: its workers waited forever for jobs on a
+    # queue they themselves held open, the memory that held its blinding key with them, and kept the fork server
+    # alive (every worker holds its "alive" pipe). Each worker now watches the member and exits when it is gone.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import operator, os, time\n"
+        "from multiprocessing import forkserver\n"
+        "from cleanroom_client.blinding import BlindJob, ProcessPoolChunkExecutor, blind_identifiers\n"
+        "from cleanroom_client.identity import IdentifierType\n"
+        "pool = ProcessPoolChunkExecutor(workers=2, max_in_flight=2)\n"
+        "job = BlindJob(key=bytes(range(32)), id_type=IdentifierType.EMAIL, values=['a@b.co'])\n"
+        "assert [r.valid for r in pool.map(blind_identifiers, [job] * 4)] == [1] * 4\n"
+        "workers = set(pool.map(operator.call, [os.getpid] * 8))\n"
+        "print(*workers, forkserver._forkserver._forkserver_pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as member:
+        assert member.stdout is not None
+        below = [int(pid) for pid in member.stdout.readline().split()]
+        member.send_signal(signal.SIGKILL)
+
+    deadline = time.monotonic() + 10
+    while any(map(_running, below)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [pid for pid in below if _running(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert below
+    assert not left
+
+
+def test_workers_are_never_forked_from_a_fork_server_the_program_started_itself():
+    # Such a server imported what the program preloaded (multiprocessing's default: its main module, with what
+    # that computes at import) and not the blinding module: the workers are spawned instead, as before the fork
+    # server (no slower: that server's forks would have imported the blinding module each).
+    import subprocess
+    import sys
+
+    script = (
+        "import multiprocessing, operator, os\n"
+        "from multiprocessing import forkserver\n"
+        "context = multiprocessing.get_context('forkserver')\n"
+        "context.set_forkserver_preload(['colorsys'])\n"
+        "with context.Pool(1) as own:\n"
+        "    own.apply(int)\n"
+        "from cleanroom_client.blinding import ProcessPoolChunkExecutor\n"
+        "pool = ProcessPoolChunkExecutor(workers=1)\n"
+        "parents = set(pool.map(operator.call, [os.getppid] * 2))\n"
+        "loaded = next(pool.map(eval, [\"'colorsys' in __import__('sys').modules\"]))\n"
+        "pool.close()\n"
+        "print(parents == {forkserver._forkserver._forkserver_pid}, loaded)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.split() == ["False", "False"], done.stdout
+
+
+@pytest.mark.parametrize("how", ["pidfd", "polling"])
+def test_a_worker_exits_once_the_process_it_watches_has_ended(how):
+    # `_end_with` waits on a pidfd where the kernel has them and polls elsewhere (macOS): both end the worker.
+    import subprocess
+    import sys
+    import time
+
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as member:
+        script = (
+            "import os, time\n"
+            f"{'del os.pidfd_open' if how == 'polling' else ''}\n"
+            "from cleanroom_client.blinding import _end_with\n"
+            f"_end_with({member.pid})\n"
+            "time.sleep(60)\n"
+        )
+        with subprocess.Popen([sys.executable, "-c", script]) as worker:
+            time.sleep(0.5)
+            assert worker.poll() is None  # still watching
+            member.kill()
+            member.wait()
+            started = time.monotonic()
+            assert worker.wait(timeout=10) == 1
+            assert time.monotonic() - started < 3
+
+
+def test_ctrl_c_ends_the_member_and_its_workers():
+    # Ctrl-C signals the terminal's process group: the member, its fork server (which ignores it) and the workers.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import operator, os, time\n"
+        "from cleanroom_client.blinding import ProcessPoolChunkExecutor\n"
+        "pool = ProcessPoolChunkExecutor(workers=2, max_in_flight=4)\n"
+        "print(*set(pool.map(operator.call, [os.getpid] * 8)), flush=True)\n"
+        "for _ in pool.map(time.sleep, [0.5] * 100):\n"
+        "    pass\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    ) as member:
+        assert member.stdout is not None
+        workers = [int(pid) for pid in member.stdout.readline().split()]
+        time.sleep(0.3)
+        os.killpg(member.pid, signal.SIGINT)
+        assert member.wait(timeout=20) == -signal.SIGINT  # KeyboardInterrupt, not a hang
+    deadline = time.monotonic() + 10
+    while any(map(_running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert workers
+    assert not [pid for pid in workers if _running(pid)]
+
+
+def test_two_pools_started_at_once_leave_the_main_module_as_it_was(monkeypatch):
+    # Two clients in two threads each start a pool: the second hid what the first had already hidden and put that
+    # back last, so __main__ lost its spec (and, while the first put its own back, the second's workers could be
+    # handed the script's path: a script without a main guard ran again in them).
+    import sys
+    import threading
+
+    from cleanroom_client import blinding
+
+    main = sys.modules["__main__"]
+    monkeypatch.setitem(main.__dict__, "__file__", "/path/of/the/script.py")
+    monkeypatch.setitem(main.__dict__, "__spec__", "the script's spec")
+    before = {name: main.__dict__.get(name, "absent") for name in ("__file__", "__spec__")}
+    first_inside, second_inside, first_out = threading.Event(), threading.Event(), threading.Event()
+
+    def first() -> None:
+        with blinding._main_hidden():
+            first_inside.set()
+            second_inside.wait(0.3)  # the second enters here unless the first excludes it
+        first_out.set()
+
+    def second() -> None:
+        first_inside.wait(5)
+        with blinding._main_hidden():
+            second_inside.set()
+            first_out.wait(0.3)  # and leaves last
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert {name: main.__dict__.get(name, "absent") for name in ("__file__", "__spec__")} == before
+
+
+def _holds(pid: int, secret: bytes) -> bool:
+    """Whether `secret` is anywhere in the writable memory of process `pid` (a child of this one)."""
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as memory:
+        for line in maps:
+            span, permissions = line.split()[:2]
+            if not permissions.startswith("rw"):
+                continue
+            low, high = (int(bound, 16) for bound in span.split("-"))
+            try:
+                memory.seek(low)
+                if secret in memory.read(high - low):
+                    return True
+            except OSError:  # a region the kernel does not let us read ([vvar] and the like)
+                continue
+    return False
+
+
+def test_the_fork_server_never_holds_the_blinding_key():
+    # The key reaches each worker with its job, never the server the workers are forked from: after a pool has
+    # blinded and reblinded with a key, no copy of it is in the server's memory (read through /proc/<pid>/mem).
+    import subprocess
+    import sys
+    from multiprocessing import forkserver
+
+    import pyarrow as pa
+
+    key = os.urandom(32)
+    emails = pa.array([f"user{i}@example.com" for i in range(300)], type=pa.string())
+    pool = ProcessPoolChunkExecutor(workers=2, max_in_flight=4)
+    try:
+        blinded = [r.points for r in pool.map(blind_identifiers, [BlindJob(key, IdentifierType.EMAIL, emails)] * 4)]
+        assert all(len(points) == 300 * 32 for points in blinded)
+        assert [r.rejected for r in pool.map(reblind_points, [ReblindJob(key, p) for p in blinded])] == [0] * 4
+        assert not _holds(forkserver._forkserver._forkserver_pid, key)  # type: ignore[attr-defined]
+    finally:
+        pool.close()
+    # the control: the same reading finds a key another process holds
+    holder = f"import time; key = bytes.fromhex({key.hex()!r}); print(flush=True); time.sleep(30)"
+    with subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE) as other:
+        assert other.stdout is not None
+        other.stdout.readline()
+        try:
+            assert _holds(other.pid, key)
+        finally:
+            other.kill()
+
+
+def test_only_the_members_user_can_reach_the_fork_server():
+    # Whoever can connect to the fork server can have it fork a process that runs their code with its memory
+    # (CVE-2022-42919 was the abstract socket any local user could reach): a file socket, 0600, in a 0700 directory.
+    import socket
+    import stat
+    from multiprocessing import forkserver
+
+    pool = ProcessPoolChunkExecutor(workers=1)
+    try:
+        address = forkserver._forkserver._forkserver_address  # type: ignore[attr-defined]
+        assert isinstance(address, str)
+        assert not address.startswith("\0")  # not in the abstract namespace
+        assert stat.S_IMODE(os.stat(address).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(os.path.dirname(address)).st_mode) == 0o700
+        if os.geteuid() == 0:  # as root, also try it as another user (nobody)
+            child = os.fork()
+            if child == 0:
+                code = 2
+                try:
+                    os.setgid(65534)
+                    os.setuid(65534)
+                    with socket.socket(socket.AF_UNIX) as client:
+                        client.connect(address)
+                    code = 0
+                except PermissionError:
+                    code = 13
+                finally:
+                    os._exit(code)
+            assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 13  # refused
+    finally:
+        pool.close()
+
+
 def test_process_pool_bounds_chunks_in_flight():
     # Memory stays flat: the executor never pulls more than max_in_flight chunks ahead of what it has yielded.
     pool = ProcessPoolChunkExecutor(workers=2, max_in_flight=3)

@@ -318,3 +318,33 @@ def test_blinding_an_arrow_chunk_of_emails_equals_blinding_it_value_by_value(val
         key=key, id_type=IdentifierType.EMAIL, values=pa.array(values, type=pa.string()), count_only=count_only
     )
     assert blind_identifiers(arrow) == blind_identifiers(by_value)
+
+
+def _layouts(values: list[str | None]) -> dict[str, object]:
+    """The same values in the Arrow layouts a chunk can take: offsets, nulls over data, other string types."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    plain = pa.array(["Pad@Example.com", *values], type=pa.string()).slice(1)  # a sliced array: offset 1
+    hidden = pa.array([v if v is not None else "hidden@example.com" for v in values], type=pa.string())
+    nulls = pc.if_else(pa.array([v is None for v in values]), pa.scalar(None, pa.string()), hidden)  # data under nulls
+    return {
+        "offset": plain,
+        "nulls over valid addresses": nulls,
+        "large_string": plain.cast(pa.large_string()),
+        "dictionary": plain.dictionary_encode(),
+    }
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_EMAILISH | st.none(), max_size=12))
+def test_every_arrow_layout_of_a_chunk_blinds_as_its_values_do(values):
+    # The batch path reads Arrow's buffers (the mask) and filters by it: an offset, a null whose slot holds a valid
+    # address, or another string type must give exactly the value-by-value result (other types take that path).
+    from cleanroom_client.blinding import BlindJob, blind_identifiers
+
+    key = bytes(range(32))
+    expected = blind_identifiers(BlindJob(key=key, id_type=IdentifierType.EMAIL, values=values))
+    for layout, array in _layouts(values).items():
+        job = BlindJob(key=key, id_type=IdentifierType.EMAIL, values=array)
+        assert blind_identifiers(job) == expected, layout
