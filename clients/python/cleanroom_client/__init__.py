@@ -10,9 +10,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .blinding import ChunkExecutor, ProcessPoolChunkExecutor, SerialExecutor, WorkersLostError
+    from .blinding import ChunkExecutor, ProcessPoolChunkExecutor, SerialExecutor
     from .client import CleanRoomClient, CollaborationInfo
-    from .errors import CleanRoomError
+    from .errors import CleanRoomError, WorkersLostError
     from .identity import IdentifierType, InvalidIdentifierError, Normalizer
     from .matching import IdentifierCounts, MatchSummary
     from .policy import Policy, PolicyError, parse_policy
@@ -23,10 +23,10 @@ _HOMES = {
     "ChunkExecutor": "blinding",
     "ProcessPoolChunkExecutor": "blinding",
     "SerialExecutor": "blinding",
-    "WorkersLostError": "blinding",
     "CleanRoomClient": "client",
     "CollaborationInfo": "client",
     "CleanRoomError": "errors",
+    "WorkersLostError": "errors",
     "IdentifierType": "identity",
     "InvalidIdentifierError": "identity",
     "Normalizer": "identity",

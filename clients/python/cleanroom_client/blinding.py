@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from .curve import check_points, hash_to_u_batch, x25519_batch
+from .errors import WorkersLostError
 from .identity import (
     IdentifierType,
     InvalidIdentifierError,
@@ -214,14 +215,6 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     preload = [name for name in getattr(server, "_preload_modules", None) or [] if name != "__main__"]
     context.set_forkserver_preload([*preload, *(name for name in WORKER_MODULES if name not in preload)])
     return context
-
-
-class WorkersLostError(BrokenProcessPool):
-    """A process of the blinding pool ended abruptly: a worker (killed, out of memory) or the fork server it came from.
-
-    The executor has replaced its pool, so calling `match()` (or `refresh()`) again resumes from what the server
-    has. A `BrokenProcessPool`, as before, for callers that catch that.
-    """
 
 
 class ProcessPoolChunkExecutor:

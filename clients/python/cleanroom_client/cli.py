@@ -72,9 +72,8 @@ def main(
 
 @contextmanager
 def _client() -> Iterator[CleanRoomClient]:
-    from .blinding import WorkersLostError
     from .client import CleanRoomClient
-    from .errors import CleanRoomError
+    from .errors import CleanRoomError, WorkersLostError
     from .policy import PolicyError
 
     try:

@@ -8,11 +8,14 @@ that the given CA did not sign, or nothing listening at the address.
 
 from __future__ import annotations
 
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+# gRPC loads where an error is translated (by then it is loaded): a blinding worker imports this module for
+# WorkersLostError and must not pay for gRPC (tests/unit/cleanroom_client/test_blinding.py).
+if TYPE_CHECKING:
+    import grpc
 
 #: The `ErrorInfo` reason of a refused privacy budget (PROTOCOL.md, "Errors").
 BUDGET_REASON = "PRIVACY_BUDGET_EXHAUSTED"
@@ -48,6 +51,8 @@ class CleanRoomError(Exception):
     @classmethod
     def from_rpc(cls, err: grpc.RpcError) -> CleanRoomError:
         """Translate a gRPC error into the subclass of its status, with its structured details as fields."""
+        import grpc
+
         code = err.code() if isinstance(err, grpc.Call) else None
         details = err.details() if isinstance(err, grpc.Call) else str(err)
         name = code.name if code else "UNKNOWN"
@@ -62,6 +67,9 @@ class CleanRoomError(Exception):
 
 def _read_details(error: CleanRoomError, call: grpc.Call) -> None:
     """Fill `problems` and `budget` from the status details (google.rpc BadRequest, ErrorInfo), if sent."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
     try:
         status = rpc_status.from_call(call)
     except ValueError:  # details that do not match the status: ignore them, keep the message
@@ -193,3 +201,11 @@ class RefreshInProgressError(AbortedError):
 
     def __init__(self, message: str) -> None:
         super().__init__("ABORTED", message)
+
+
+class WorkersLostError(BrokenProcessPool):
+    """A process of the blinding pool ended abruptly: a worker (killed, out of memory) or the fork server it came from.
+
+    The executor has replaced its pool, so calling `match()` (or `refresh()`) again resumes from what the server
+    has. A `BrokenProcessPool`, as before, for callers that catch that.
+    """

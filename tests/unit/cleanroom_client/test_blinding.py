@@ -181,7 +181,7 @@ def test_a_pool_whose_processes_died_raises_a_typed_error_and_the_next_map_runs(
     from collections.abc import Callable
     from typing import Any
 
-    from cleanroom_client.blinding import WorkersLostError
+    from cleanroom_client.errors import WorkersLostError
 
     pool = ProcessPoolChunkExecutor(workers=1, max_in_flight=2)
     try:
