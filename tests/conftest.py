@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,6 +13,11 @@ from cleanroom.principals import Role
 from cleanroom.server import ServerConfig, create_server
 from cleanroom.server.app import RunningServer, TlsConfig
 from cleanroom_client import CleanRoomClient, SerialExecutor
+
+# The CLI (rich) fits its tables and messages to the terminal, and a test process may have none (pytest-xdist's
+# workers never do): 80 columns would wrap what the CLI tests read. One width for every run, set before any test
+# module builds the CLI's consoles.
+os.environ["COLUMNS"] = "160"
 
 PRINCIPALS = {
     "brand": Role.MEMBER,
