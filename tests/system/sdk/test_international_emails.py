@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pandas as pd
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -121,3 +122,36 @@ def test_the_cli_prints_how_many_were_rejected_why_and_an_example(server, tokens
         {"reason": BAD_LOCAL, "count": 5, "example": "张… (11 characters)"},
         {"reason": NO_AT, "count": 3, "example": "b… (4 characters)"},
     ]
+
+
+def test_text_that_is_not_unicode_is_refused_before_anything_is_sent(server, make_client) -> None:
+    """A lone surrogate (U+D800–U+DFFF) has no UTF-8 form, so it can be neither hashed nor sent.
+
+    Only a caller's own DataFrame can hold one (files are read as UTF-8). It used to stop the match half-way, inside
+    the upload, with Python's UnicodeEncodeError; now the plan refuses it first, naming the column and row (never the
+    value), and nothing reaches the server.
+    """
+    b, p = make_client("brand"), make_client("platform")
+    cid = start(b, p, "intl-surrogate")
+    users = brand_users().astype(object)  # pandas' own string columns cannot hold one: a column of objects can
+    users.loc[7, "email"] = "\ud800x@qq.com"
+    with pytest.raises(ValueError, match=r"column 'email', row 7: text that is not valid Unicode") as refused:
+        b.match(cid, users, "key", {"email": "email"}, wait_timeout=5)
+    assert "qq.com" not in str(refused.value)
+    users = brand_users()
+    users["tier"] = pd.Series(["gold"] * (len(users) - 1) + ["\udfff"], dtype=object)
+    with pytest.raises(ValueError, match=rf"column 'tier', row {len(users) - 1}: text that is not valid Unicode"):
+        b.match(cid, users, "key", {"email": "email"}, attributes=["tier"], wait_timeout=5)
+    events = pd.DataFrame(
+        {"key": ["b0"], "ts": [pd.Timestamp("2026-11-01")], "note": pd.Series(["\ud83d"], dtype=object)}
+    )
+    with pytest.raises(ValueError, match=r"table 'conversions', column 'note', row 0: text that is not valid Unicode"):
+        b.match(cid, brand_users(), "key", {"email": "email"}, events={"conversions": events}, wait_timeout=5)
+    assert pairs(server, cid) == 0
+    sent = (
+        server.room.store.of(cid)
+        .cursor()
+        .execute("SELECT count(*) FROM audit_log WHERE collab = ? AND action = 'upload.start'", [cid])
+        .fetchone()
+    )
+    assert sent == (0,)  # no upload ever started
