@@ -622,7 +622,7 @@ class CleanRoomClient(AuditMethods):
         events: Mapping[str, pd.DataFrame],
         prehashed: Iterable[str],
     ) -> MatchPlan:
-        from .matching import MatchPlan
+        from .matching import MatchPlan, refuse_non_unicode
 
         if key not in users.columns:
             raise ValueError(f"key column {key!r} is not in the users table (columns: {list(users.columns)})")
@@ -639,9 +639,9 @@ class CleanRoomClient(AuditMethods):
         hashed = frozenset(IdentifierType.parse(t) for t in prehashed)
         if not hashed <= set(types):
             raise ValueError("prehashed names a type that is not in identifiers")
-        _refuse_non_unicode(users, [*types.values(), *attributes], "")
+        refuse_non_unicode(users, [*types.values(), *attributes], "")
         for name, table in events.items():
-            _refuse_non_unicode(table, list(table.columns), f"table {name!r}, ")
+            refuse_non_unicode(table, list(table.columns), f"table {name!r}, ")
         return MatchPlan(
             users=users.reset_index(drop=True),
             key=key,
@@ -652,38 +652,6 @@ class CleanRoomClient(AuditMethods):
             normalizer=self.normalizer,
             chunk_rows=self.chunk_rows,
         )
-
-
-def _refuse_non_unicode(frame: pd.DataFrame, columns: Sequence[str], where: str) -> None:
-    """ValueError naming the first text value of `columns` that has no UTF-8 form (a lone surrogate, U+D800–U+DFFF).
-
-    Such a value can be neither hashed nor sent, and only a caller's own DataFrame can hold one (files are read as
-    UTF-8): refused before anything is sent, rather than half-way through the upload. The message names the column
-    and row, never the value. Columns of strings typed by pandas or Arrow are valid by construction; object columns
-    are checked by Arrow's conversion, value by value only when it fails.
-    """
-    for column in dict.fromkeys(columns):
-        values = frame[column]
-        if values.dtype != object:
-            continue
-        import pyarrow as pa
-
-        try:
-            pa.array(values, from_pandas=True)
-            continue
-        except UnicodeEncodeError:
-            pass
-        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types: the match sends their text (str(v))
-            pass
-        for row, value in enumerate(values.tolist()):
-            try:
-                str(value).encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValueError(
-                    f"{where}column {column!r}, row {row}: text that is not valid Unicode (a lone surrogate, "
-                    "U+D800 to U+DFFF): it can be neither hashed nor sent. Fix or drop the value, e.g. "
-                    f"frame[{column!r}].str.encode('utf-8', 'replace').str.decode('utf-8')"
-                ) from None
 
 
 def _all_distinct(keys: pd.Series) -> bool:

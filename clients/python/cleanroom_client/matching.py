@@ -228,6 +228,36 @@ def text_at(column: pd.Series, rows: np.ndarray) -> list[str | None]:
     return out
 
 
+def refuse_non_unicode(frame: pd.DataFrame, columns: Sequence[str], where: str) -> None:
+    """ValueError naming the first text value of `columns` that has no UTF-8 form (a lone surrogate, U+D800–U+DFFF).
+
+    Such a value can be neither hashed nor sent, and only a caller's own DataFrame can hold one (files are read as
+    UTF-8): refused before anything is sent, rather than half-way through the upload. The message names the column
+    and row, never the value. Columns of strings typed by pandas or Arrow are valid by construction; object columns
+    are checked by Arrow's conversion, value by value only when it fails.
+    """
+    for column in dict.fromkeys(columns):
+        values = frame[column]
+        if values.dtype != object:
+            continue
+        try:
+            pa.array(values, from_pandas=True)
+            continue
+        except UnicodeEncodeError:
+            pass
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types: the match sends their text (str(v))
+            pass
+        for row, value in enumerate(values.tolist()):
+            try:
+                str(value).encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(
+                    f"{where}column {column!r}, row {row}: text that is not valid Unicode (a lone surrogate, "
+                    "U+D800 to U+DFFF): it can be neither hashed nor sent. Fix or drop the value, e.g. "
+                    f"frame[{column!r}].str.encode('utf-8', 'replace').str.decode('utf-8')"
+                ) from None
+
+
 def upload_of(status: pb.MatchStatus, kind: str) -> pb.UploadProgress | None:
     """The progress of one upload (`points`, `double_blinded`, `table:<name>`) in a status, if it started."""
     return next((u for u in status.uploads if u.kind == kind), None)
