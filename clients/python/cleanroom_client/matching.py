@@ -253,8 +253,9 @@ def refuse_non_unicode(frame: pd.DataFrame, columns: Sequence[str], where: str) 
             except UnicodeEncodeError:
                 raise ValueError(
                     f"{where}column {column!r}, row {row}: text that is not valid Unicode (a lone surrogate, "
-                    "U+D800 to U+DFFF): it can be neither hashed nor sent. Fix or drop the value, e.g. "
-                    f"frame[{column!r}].str.encode('utf-8', 'replace').str.decode('utf-8')"
+                    "U+D800 to U+DFFF; rows counted from 0): it can be neither hashed nor sent. Correct the value "
+                    "from its source, or set it to None (then counted as missing); replacing the character by '?' "
+                    "could make another valid identifier"
                 ) from None
 
 
