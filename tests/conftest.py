@@ -51,6 +51,24 @@ def tokens(server: RunningServer) -> dict[str, str]:
 
 
 @pytest.fixture
+def member_env(
+    server: RunningServer, tokens: dict[str, str], pki: DevPki, tmp_path: Path
+) -> Callable[[str], dict[str, str]]:
+    """The environment `cleanroom-client` reads for one principal of the test server (its own state directory)."""
+
+    def env(name: str) -> dict[str, str]:
+        return {
+            "CLEANROOM_TARGET": f"localhost:{server.port}",
+            "CLEANROOM_TOKEN": tokens[name],
+            "CLEANROOM_CA": str(pki.ca),
+            "CLEANROOM_STATE_DIR": str(tmp_path / f"state-{name}"),
+            "COLUMNS": "200",
+        }
+
+    return env
+
+
+@pytest.fixture
 def make_client(server: RunningServer, tokens: dict[str, str], pki: DevPki, tmp_path: Path):
     clients: list[CleanRoomClient] = []
 

@@ -16,19 +16,9 @@ from cleanroom_client.cli import app, hoist_output
 from cleanroom_client.query_types import BY_NAME, QUERIES
 
 
-def _env(server, tokens, pki, name, tmp_path):
-    return {
-        "CLEANROOM_TARGET": f"localhost:{server.port}",
-        "CLEANROOM_TOKEN": tokens[name],
-        "CLEANROOM_CA": str(pki.ca),
-        "CLEANROOM_STATE_DIR": str(tmp_path / f"state-{name}"),
-        "COLUMNS": "200",
-    }
-
-
-def test_member_cli_end_to_end(server, tokens, pki, tmp_path):
+def test_member_cli_end_to_end(server, tokens, pki, tmp_path, member_env):
     runner = CliRunner()
-    brand, platform = (_env(server, tokens, pki, n, tmp_path) for n in ("brand", "platform"))
+    brand, platform = (member_env(n) for n in ("brand", "platform"))
     policy = tmp_path / "policy.yaml"
     policy.write_text(
         DEMO_POLICY.replace("min_group_size: 50", "min_group_size: 5").replace(
@@ -134,9 +124,9 @@ def test_member_cli_end_to_end(server, tokens, pki, tmp_path):
         assert vectors == set(BY_NAME[name].vectors), name  # at the typical value of each vector
 
 
-def test_member_cli_errors_say_what_to_do(server, tokens, pki, tmp_path):
+def test_member_cli_errors_say_what_to_do(server, tokens, pki, tmp_path, member_env):
     runner = CliRunner()
-    env = _env(server, tokens, pki, "brand", tmp_path)
+    env = member_env("brand")
     r = runner.invoke(app, ["list"], env={**env, "CLEANROOM_TOKEN": "crt_wrong"})
     assert r.exit_code == 1
     assert "UNAUTHENTICATED" in r.output
@@ -151,10 +141,10 @@ def test_member_cli_errors_say_what_to_do(server, tokens, pki, tmp_path):
     assert "Example" in r.output
 
 
-def test_propose_show_approve_only_what_was_read(server, tokens, pki, tmp_path):
+def test_propose_show_approve_only_what_was_read(server, tokens, pki, tmp_path, member_env):
     """A platform reviewing a policy sees its lists (rich markup must not eat `[...]`) and approves by etag only."""
     runner = CliRunner()
-    brand, platform = (_env(server, tokens, pki, n, tmp_path) for n in ("brand", "platform"))
+    brand, platform = (member_env(n) for n in ("brand", "platform"))
     policy = tmp_path / "policy.yaml"
     policy.write_text(DEMO_POLICY)
     assert runner.invoke(app, ["create", str(policy), "--id", "cli-review"], env=brand).exit_code == 0
@@ -205,23 +195,21 @@ def test_output_option_after_the_command_is_moved_before_it():
     assert hoist_output(["match", "c", "--users", "u.csv"]) == ["match", "c", "--users", "u.csv"]
 
 
-def test_ping_says_who_you_are(server, tokens, pki, tmp_path, make_client):
+def test_ping_says_who_you_are(server, tokens, pki, tmp_path, make_client, member_env):
     """Issue 32 item 5: the token's principal and role, as the server authenticated it, not only a count."""
     runner = CliRunner()
-    r = runner.invoke(app, ["ping"], env=_env(server, tokens, pki, "brand", tmp_path))
+    r = runner.invoke(app, ["ping"], env=member_env("brand"))
     assert r.exit_code == 0, r.output
     assert f"connected to localhost:{server.port} as brand (member): 0 collaborations" in r.output
-    r = runner.invoke(
-        app, ["ping"], env={**_env(server, tokens, pki, "brand", tmp_path), "CLEANROOM_TOKEN": tokens["auditor"]}
-    )
+    r = runner.invoke(app, ["ping"], env={**member_env("brand"), "CLEANROOM_TOKEN": tokens["auditor"]})
     assert "as auditor (auditor)" in r.output
     assert make_client("platform").whoami() == ("platform", "member")
 
 
-def test_policy_init_from_csv_files_then_create_show_approve(server, tokens, pki, tmp_path):
+def test_policy_init_from_csv_files_then_create_show_approve(server, tokens, pki, tmp_path, member_env):
     """A member drafts its policy from its own CSVs, is warned that data-read bounds disclose, and starts with it."""
     runner = CliRunner()
-    brand, platform = (_env(server, tokens, pki, n, tmp_path) for n in ("brand", "platform"))
+    brand, platform = (member_env(n) for n in ("brand", "platform"))
     data = generate(SyntheticConfig(brand_users=600, platform_users=600, shared=300, seed=5))
     data.brand_users.to_csv(tmp_path / "crm.csv", index=False)
     data.brand_conversions.to_csv(tmp_path / "orders.csv", index=False)
@@ -249,7 +237,7 @@ def test_policy_init_from_csv_files_then_create_show_approve(server, tokens, pki
     assert json.loads(runner.invoke(app, ["-o", "json", "show", "cli-drafted"], env=brand).output)["state"] == "active"
 
 
-def test_each_member_drafts_its_side_and_policy_merge_gives_the_room(server, tokens, pki, tmp_path):
+def test_each_member_drafts_its_side_and_policy_merge_gives_the_room(server, tokens, pki, tmp_path, member_env):
     """Issue 32 item 3: the platform's own run gives it the platform's abilities, test groups need no time column,
     the stages keep the funnel's order, and the merged drafts enable every query the files support."""
     runner = CliRunner()
@@ -298,7 +286,7 @@ def test_each_member_drafts_its_side_and_policy_merge_gives_the_room(server, tok
         "queries: [overlap, funnel, funnel_flow, segment_insight, value, loyalty, attribution, lift, lookalike, "
         "activation]"
     ) in text
-    brand, platform = (_env(server, tokens, pki, n, tmp_path) for n in ("brand", "platform"))
+    brand, platform = (member_env(n) for n in ("brand", "platform"))
     r = runner.invoke(app, ["create", str(policy), "--id", "cli-merged"], env=brand)
     assert r.exit_code == 0, r.output
     for env in (brand, platform):
@@ -334,12 +322,12 @@ def test_policy_init_says_which_file_lacks_a_time_column(tmp_path):
     assert not (tmp_path / "p.yaml").exists()
 
 
-def test_refresh_from_csv_files_then_query_a_period(server, tokens, pki, tmp_path, make_client):
+def test_refresh_from_csv_files_then_query_a_period(server, tokens, pki, tmp_path, make_client, member_env):
     """`refresh` adds the users of a CSV file and retires those a second file names; queries can name a period."""
     from concurrent.futures import ThreadPoolExecutor
 
     runner = CliRunner()
-    brand = _env(server, tokens, pki, "brand", tmp_path)
+    brand = member_env("brand")
     policy = DEMO_POLICY.replace("min_group_size: 50", "min_group_size: 5") + (
         "refresh: {tables: [brand.users, brand.conversions], min_days_between: 0}\n"
     )
@@ -420,14 +408,14 @@ def test_refresh_from_csv_files_then_query_a_period(server, tokens, pki, tmp_pat
 TABLES = ("pandas", "pyarrow", "numpy", "tqdm")
 
 
-def test_commands_that_hold_no_table_answer_without_loading_pandas(server, tokens, pki, tmp_path, active):
+def test_commands_that_hold_no_table_answer_without_loading_pandas(server, tokens, pki, tmp_path, active, member_env):
     """Commands whose answer is a few plain values print it without loading a table library.
 
     `ping`, `list`, `show`, `approve`, `audit head` and `compare`, `verify-audit-log`, `export-audit-log` and
     `policy merge`, each in a fresh interpreter, answer without pandas, numpy, pyarrow or tqdm (0.3-0.5 s of CPU at
     every start); those that check no policy on this machine without jsonschema either.
     """
-    brand, auditor = (_env(server, tokens, pki, n, tmp_path) for n in ("brand", "auditor"))
+    brand, auditor = (member_env(n) for n in ("brand", "auditor"))
     etag = json.loads(CliRunner().invoke(app, ["-o", "json", "show", active], env=brand).output)["policy_etag"]
     draft = tmp_path / "draft.yaml"
     draft.write_text(DEMO_POLICY)

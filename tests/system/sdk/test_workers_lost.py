@@ -71,7 +71,7 @@ def _die(job: object) -> None:
     os._exit(1)
 
 
-def test_the_cli_says_in_one_line_that_a_blinding_worker_died(server, active, tokens, pki, tmp_path, monkeypatch):
+def test_the_cli_says_in_one_line_that_a_blinding_worker_died(active, tmp_path, monkeypatch, member_env):
     from typer.testing import CliRunner
 
     from cleanroom_client import matching
@@ -80,13 +80,7 @@ def test_the_cli_says_in_one_line_that_a_blinding_worker_died(server, active, to
     monkeypatch.setattr(matching, "blind_identifiers", _die)
     data = generate(SyntheticConfig(brand_users=100, platform_users=100, shared=50, seed=4))
     data.brand_users.to_csv(tmp_path / "crm.csv", index=False)
-    env = {
-        "CLEANROOM_TARGET": f"localhost:{server.port}",
-        "CLEANROOM_TOKEN": tokens["brand"],
-        "CLEANROOM_CA": str(pki.ca),
-        "CLEANROOM_STATE_DIR": str(tmp_path / "state"),
-        "COLUMNS": "200",
-    }
+    env = member_env("brand")
     arguments = ["--no-progress", "match", active, "--users", str(tmp_path / "crm.csv"), "--key", "customer_id"]
     r = CliRunner().invoke(app, [*arguments, "--identifier", "email=email"], env=env)
     assert isinstance(r.exception, SystemExit), r.exception  # not a traceback
