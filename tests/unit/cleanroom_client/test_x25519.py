@@ -379,11 +379,26 @@ def test_a_buffer_another_thread_rewrites_during_the_batch_gives_one_state_or_th
 # the IFMA ladder's spilled zmm registers lie outside its wiped array. A harness zeroes the stack, runs the batch,
 # then reads the dead stack below for any limb of the ladders' final x2, z2 (computed separately); the control, the
 # IFMA ladder called alone with nothing wiping after it, must be caught when this CPU has IFMA.
-_SCAN_HARNESS = r"""
+# The two leak harnesses' common inputs: one clamped key and eight points (u = 9 + 256 l), as bytes and as limbs.
+_EIGHT_POINTS = r"""
 #include <stdio.h>
 #include "_curve25519.c"
 static uint8_t key[32], points[32 * 8], out[32 * 8];
 static uint64_t u[5][8], rx[5][8], rz[5][8];
+static void eight_points(void) {
+    for (int i = 0; i < 32; i++) key[i] = (uint8_t)(0xa5 ^ (37 * i + 11));
+    key[0] &= 248; key[31] &= 127; key[31] |= 64;
+    for (int l = 0; l < 8; l++) {
+        fe f;
+        points[32 * l] = 9; points[32 * l + 1] = (uint8_t)l;
+        fe_frombytes(f, points + 32 * l);
+        for (int j = 0; j < 5; j++) u[j][l] = f[j];
+    }
+}
+"""
+_SCAN_HARNESS = (
+    _EIGHT_POINTS
+    + r"""
 static fe px[8], pz[8];
 static void ladder_alone(int path) { (void)path; x25519_ifma_ladder8(key, (const uint64_t(*)[8])u, rx, rz); }
 static void batch(int path) { x25519_batch(key, points, out, 8, (enum x25519_path)path); }
@@ -405,13 +420,10 @@ __attribute__((noinline, optimize("O0"))) static size_t scan(void) {
 }
 int main(int argc, char **argv) {
     (void)argv;
-    for (int i = 0; i < 32; i++) key[i] = (uint8_t)(0xa5 ^ (37 * i + 11));
-    key[0] &= 248; key[31] &= 127; key[31] |= 64;
+    eight_points();
     for (int l = 0; l < 8; l++) {
         fe f;
-        points[32 * l] = 9; points[32 * l + 1] = (uint8_t)l;
         fe_frombytes(f, points + 32 * l);
-        for (int j = 0; j < 5; j++) u[j][l] = f[j];
         x25519_portable(px[l], pz[l], key, f);
     }
     int ifma = x25519_ifma_available();
@@ -424,6 +436,7 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
+)
 
 
 def test_no_ladder_value_is_left_on_the_stack_after_the_batch(tmp_path):
@@ -436,11 +449,10 @@ def test_no_ladder_value_is_left_on_the_stack_after_the_batch(tmp_path):
 # The IFMA ladder's last working values must not stay in the zmm registers either: zmm16..31 are touched only by
 # AVX-512 code, so they would keep them long after the batch (found: 24 limbs of the final x2, z2 there). The
 # harness reads all 32 registers right after x25519_batch; the control puts one limb in zmm20 and must be caught.
-_REGISTER_HARNESS = r"""
-#include <stdio.h>
-#include "_curve25519.c"
-static uint8_t key[32], points[32 * 8], out[32 * 8];
-static uint64_t u[5][8], rx[5][8], rz[5][8], regs[32][8];
+_REGISTER_HARNESS = (
+    _EIGHT_POINTS
+    + r"""
+static uint64_t regs[32][8];
 __attribute__((noinline, target("avx512f"))) static void dump(void) {
 #define R(n) __asm__ __volatile__("vmovdqu64 %%zmm" #n ", %0" : "=m"(regs[n]));
     R(0) R(1) R(2) R(3) R(4) R(5) R(6) R(7) R(8) R(9) R(10) R(11) R(12) R(13) R(14) R(15)
@@ -451,14 +463,7 @@ __attribute__((noinline, target("avx512f"))) static void control(void) {
 }
 int main(int argc, char **argv) {
     (void)argv;
-    for (int i = 0; i < 32; i++) key[i] = (uint8_t)(0xa5 ^ (37 * i + 11));
-    key[0] &= 248; key[31] &= 127; key[31] |= 64;
-    for (int l = 0; l < 8; l++) {
-        fe f;
-        points[32 * l] = 9; points[32 * l + 1] = (uint8_t)l;
-        fe_frombytes(f, points + 32 * l);
-        for (int j = 0; j < 5; j++) u[j][l] = f[j];
-    }
+    eight_points();
     x25519_ifma_ladder8(key, (const uint64_t(*)[8])u, rx, rz);
     if (argc > 1) control(); else x25519_batch(key, points, out, 8, PATH_IFMA);
     dump();
@@ -471,6 +476,7 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
+)
 
 
 def test_no_ladder_value_is_left_in_the_vector_registers_after_the_batch(tmp_path):
