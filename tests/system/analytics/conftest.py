@@ -42,6 +42,16 @@ class Room:
             )
         return self.clients[name]
 
+    def cli_env(self, name: str, state_dir: Path) -> dict[str, str]:
+        """The environment `cleanroom-client` reads to act as `name` on this room's server."""
+        return {
+            "CLEANROOM_TARGET": f"localhost:{self.server.port}",
+            "CLEANROOM_TOKEN": self.tokens[name],
+            "CLEANROOM_CA": str(self.pki.ca),
+            "CLEANROOM_STATE_DIR": str(state_dir),
+            "COLUMNS": "200",
+        }
+
     def match_frames(
         self,
         collab_id: str,

@@ -127,13 +127,7 @@ def test_refusals_say_what_to_fix(room, collab):
 
 
 def test_the_cli_commands(room, collab, tmp_path):
-    env = {
-        "CLEANROOM_TARGET": f"localhost:{room.server.port}",
-        "CLEANROOM_TOKEN": room.tokens["brand"],
-        "CLEANROOM_CA": str(room.pki.ca),
-        "CLEANROOM_STATE_DIR": str(tmp_path / "state"),
-        "COLUMNS": "200",
-    }
+    env = room.cli_env("brand", tmp_path / "state")
     runner = CliRunner()
     eps = str(EPS)
     value = runner.invoke(
@@ -203,13 +197,7 @@ def test_preview_over_grpc_spends_nothing_and_states_every_derived_bar(room, col
     assert plan.loc[1, "cell"].startswith("repurchase_rate")
     assert brand.budget(collab).set_index("member").loc["brand", "spent"] == before
 
-    env = {
-        "CLEANROOM_TARGET": f"localhost:{room.server.port}",
-        "CLEANROOM_TOKEN": room.tokens["brand"],
-        "CLEANROOM_CA": str(room.pki.ca),
-        "CLEANROOM_STATE_DIR": str(tmp_path / "state"),
-        "COLUMNS": "200",
-    }
+    env = room.cli_env("brand", tmp_path / "state")
     periods = ["--period1", "2026-10-01:2026-10-15", "--period2", "2026-10-15:2026-11-01"]
     r = CliRunner().invoke(app, ["--preview", "loyalty", collab, *periods, "--epsilon", "0.5"], env=env)
     assert r.exit_code == 0, r.output

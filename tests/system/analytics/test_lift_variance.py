@@ -85,13 +85,7 @@ def test_the_cli_preview_says_lifts_revenue_vector_is_centred(room, collab, tmp_
 
     from cleanroom_client.cli import app
 
-    env = {
-        "CLEANROOM_TARGET": f"localhost:{room.server.port}",
-        "CLEANROOM_TOKEN": room.tokens["brand"],
-        "CLEANROOM_CA": str(room.pki.ca),
-        "CLEANROOM_STATE_DIR": str(tmp_path / "state"),
-        "COLUMNS": "200",
-    }
+    env = room.cli_env("brand", tmp_path / "state")
     r = CliRunner().invoke(app, ["--preview", "lift", collab, "--campaign", "c1", "--epsilon", "1"], env=env)
     assert r.exit_code == 0, r.output
     text = " ".join(r.output.split())  # the terminal wraps the line
