@@ -118,15 +118,17 @@ def test_the_demo_lookalike_finds_the_gold_customers_and_the_brand_is_told_so_wi
         assert abs(cell.value - truth) <= 2 * cell.error_95, (measure, cell, truth)
 
     # Coverage at the demo's own exact counts, with the engine's sensitivity (2c + 2) and share of epsilon: over
-    # 400 draws of real OpenDP noise the lift's interval and the precision and base rate bars hold the truth in at
-    # least 95% of releases (all three at once: the bound is a union bound over the three counts).
+    # 4,000 draws of real OpenDP noise the lift's interval and the precision and base rate bars hold the truth in at
+    # least 95% of releases (all three at once: the bound is a union bound over the three counts). The true miss
+    # rate here is 3.1-3.7% (measured over 4,000 draws, twice): with 400 draws a 5% threshold was crossed by chance
+    # in a few runs in a hundred (21 of 400 in one fresh clone); at 4,000 it is four standard deviations away.
     from cleanroom.analytics.lookalike import QUALITY_SHARE, quality_cells
     from cleanroom.privacy.noise import DiscreteLaplace
 
     stability = parse_policy(DEMO_POLICY).stability
     exact = [int(gold.sum()), int(gold[rows].sum()), len(gold)]
     mechanism, misses = DiscreteLaplace(), 0
-    for _ in range(400):
+    for _ in range(4000):
         noisy, scale = mechanism.release(exact, 2 * stability + 2, LOOKALIKE_EPSILON * QUALITY_SHARE)
         drawn = {x.measure: x for x in quality_cells(noisy, scale, size, 50)}
         truths = (("precision", precision), ("base_rate", base_rate))
@@ -134,4 +136,4 @@ def test_the_demo_lookalike_finds_the_gold_customers_and_the_brand_is_told_so_wi
             abs(drawn[m].value - t) <= drawn[m].error_95 for m, t in truths
         )
         misses += not held
-    assert misses <= 20, misses
+    assert misses <= 200, misses  # 5% of the draws
