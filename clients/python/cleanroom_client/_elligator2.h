@@ -25,15 +25,6 @@ static const uint8_t C2_BYTES[32] = {
     0xb1, 0xa0, 0x0e, 0x4a, 0x27, 0x1b, 0xee, 0xc4, 0x78, 0xe4, 0x2f, 0xad, 0x06, 0x18, 0x43, 0x2f,
     0xa7, 0xd7, 0xfb, 0x3d, 0x99, 0x00, 0x4d, 0x2b, 0x0b, 0xdf, 0xc1, 0x4f, 0x80, 0x24, 0x83, 0x2b};
 
-/* Whether y^2 = gx / gxd, i.e. y is a square root of the fraction (RFC 9380's is_square tests, variable time: the
-   inputs here are public). */
-static int fe_is_root(const fe y, const fe gxd, const fe gx) {
-    fe t;
-    fe_sq(t, y);
-    fe_mul(t, t, gxd);
-    return fe_equal(t, gx);
-}
-
 /* RFC 9380 appendix G.2.1, map_to_curve_elligator2_curve25519, in two halves around its one exponentiation so
    that a batch can raise all its inputs at once (eight at a time with AVX-512 IFMA): `elligator2_start` computes
    everything up to tv2, the value raised to (p - 5) / 8; `elligator2_finish` takes tv2^((p - 5) / 8) and gives the
@@ -64,25 +55,36 @@ static void elligator2_start(ell2_state *e, const fe u) {
     fe_mul(e->tv2, tv2, e->tv3);
 }
 
+/* RFC 9380's steps from y11 on, with its three square tests folded into two comparisons and the second candidate
+   computed only when it is chosen (variable time: public inputs). y12 = y11 sqrt(-1) squares to -y11^2, so with
+   t = y11^2 gxd: e1 is t = gx1, and e3 (y1^2 gxd = gx1, y1 = y11 or y12 by e1) is e1 or t = -gx1. When e3 holds the
+   RFC's x2n and y2 are computed and dropped; here they are skipped. Same values as the RFC's constant-time steps. */
 static void elligator2_finish(fe xn, fe xd, fe y, const ell2_state *e, const fe tv2_pow) {
-    fe y11, y12, y21, y22, y1, y2, x2n, gx2;
+    fe y11, t;
     fe_mul(y11, tv2_pow, e->tv3);
-    fe_mul(y12, y11, SQRT_M1);
-    fe_copy(y1, fe_is_root(y11, e->gxd, e->gx1) ? y11 : y12);
-    fe_mul(x2n, e->x1n, e->tv1);
-    fe_mul(y21, y11, e->u);
-    fe_mul(y21, y21, C2);
-    fe_mul(y22, y21, SQRT_M1);
-    fe_mul(gx2, e->gx1, e->tv1);
-    fe_copy(y2, fe_is_root(y21, e->gxd, gx2) ? y21 : y22);
-    int e3 = fe_is_root(y1, e->gxd, e->gx1);
+    fe_sq(t, y11);
+    fe_mul(t, t, e->gxd);
+    int e1 = fe_equal(t, e->gx1);
+    int e3 = e1 || fe_equal_neg(t, e->gx1);
     fe_copy(xd, e->xd);
     if (e3) {
         fe_copy(xn, e->x1n);
-        fe_copy(y, y1);
+        if (e1)
+            fe_copy(y, y11);
+        else
+            fe_mul(y, y11, SQRT_M1);
     } else {
-        fe_copy(xn, x2n);
-        fe_copy(y, y2);
+        fe y21, gx2;
+        fe_mul(xn, e->x1n, e->tv1);
+        fe_mul(y21, y11, e->u);
+        fe_mul(y21, y21, C2);
+        fe_mul(gx2, e->gx1, e->tv1);
+        fe_sq(t, y21);
+        fe_mul(t, t, e->gxd);
+        if (fe_equal(t, gx2))
+            fe_copy(y, y21);
+        else
+            fe_mul(y, y21, SQRT_M1);
     }
     if (e3 ^ fe_isodd(y)) fe_neg(y, y);
 }
