@@ -16,7 +16,12 @@ from setuptools import Extension, setup
 
 SOURCES = ["cleanroom_client/_curve25519.c", "cleanroom_client/_x25519_ifma.c"]
 #: Included by _curve25519.c (one translation unit): a change to them rebuilds the extension and marks an old build.
-HEADERS = ["cleanroom_client/_sha512.h", "cleanroom_client/_fe25519.h", "cleanroom_client/_elligator2.h"]
+HEADERS = [
+    "cleanroom_client/_sha512.h",
+    "cleanroom_client/_fe25519.h",
+    "cleanroom_client/_elligator2.h",
+    "cleanroom_client/_sha512_mb.h",
+]
 
 
 def source_sha256() -> str:

@@ -6,9 +6,10 @@
  * What it computes (tested equal to the Python code and to the RFC vectors in
  * tests/unit/cleanroom_client/test_curve.py):
  *   hash_to_u_batch(msgs, dst, path=None) -> (bytes, list[int])
- *       For each message: expand_message_xmd with SHA-512 (96 bytes), two field elements, Elligator 2 on each (RFC 9380
- *       appendix G.2.1, one exponentiation per map; the exponentiations of a block of 64 messages run together, eight
- *       at a time on the AVX-512 IFMA path of _x25519_ifma.c, else one by one), the sum of the two points as a
+ *       For each message: expand_message_xmd with SHA-512 (96 bytes; eight messages at once on the "avx512ifma" path,
+ *       _sha512_mb.h, one at a time on "portable"), two field elements, Elligator 2 on each (RFC 9380 appendix
+ *       G.2.1, one exponentiation per map; the exponentiations of a block of 64 messages run together, eight at a
+ *       time on the AVX-512 IFMA path of _x25519_ifma.c, else one by one), the sum of the two points as a
  *       fraction, the cofactor cleared by three doublings on the u-line, and u = X / Z with one inversion for the whole
  *       batch (Montgomery's trick). Output: 32 bytes little-endian per message, packed. The second item lists the
  *       indices the native path did not finish (the two mapped points share u, or the result is the identity:
@@ -40,8 +41,12 @@
  * bytes object. The points are public (blinded values the peer holds).
  *
  * Field arithmetic mod p = 2^255 - 19 in radix 2^51 is in _fe25519.h, SHA-512 (FIPS 180-4, written out) in
- * _sha512.h, one message's hash to curve in _elligator2.h: the extension needs nothing beyond a C compiler and
- * Python's headers.
+ * _sha512.h and for eight messages at once with AVX-512 in _sha512_mb.h, one message's hash to curve in
+ * _elligator2.h: the extension needs nothing beyond a C compiler and Python's headers.
+ *
+ *   sha512_batch(msgs, path=None) -> bytes
+ *       SHA-512 of each message, packed, with the SHA-512 the hash to curve runs on that path: a test hook (both
+ *       paths are checked against hashlib in test_curve.py).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -50,6 +55,7 @@
 
 
 #include "_sha512.h"
+#include "_sha512_mb.h"
 #include "_fe25519.h"
 #include "_elligator2.h"
 
@@ -174,7 +180,8 @@ static void x25519_finish(uint8_t *out, fe *x, fe *z, size_t n, fe *pre, uint64_
 #endif
 
 enum x25519_path { PATH_PORTABLE, PATH_IFMA };
-static int ifma_ok; /* set once at import: the CPU and the OS run AVX-512 IFMA */
+static int ifma_ok;       /* set once at import: the CPU and the OS run AVX-512 IFMA */
+static int sha512_mb_ok; /* and AVX-512F, BW and VL: the multi-buffer SHA-512 of _sha512_mb.h (any IFMA CPU) */
 
 /* The block's ladder results and the inversion's scratch (about 32 KB): on the heap, not the stack, so that the batch
    runs in a thread with the smallest stack Python allows (threading.stack_size's 32 KiB); wiped before it is freed. */
@@ -395,16 +402,34 @@ static PyObject *py_hash_to_u_batch(PyObject *self, PyObject *args) {
     }
     for (Py_ssize_t start = 0; start < n; start += H2C_BLOCK) {
         Py_ssize_t count = n - start < H2C_BLOCK ? n - start : H2C_BLOCK;
+        const uint8_t *data[H2C_BLOCK];
+        size_t len[H2C_BLOCK];
         for (Py_ssize_t j = 0; j < count; j++) {
-            char *data;
-            Py_ssize_t len;
-            fe r0, r1;
-            if (PyBytes_AsStringAndSize(items[start + j], &data, &len) < 0) goto done;
-            hash_to_field2(r0, r1, &zpad, (const uint8_t *)data, (size_t)len, dst_prime, dst_prime_len);
-            elligator2_start(&maps[2 * j], r0);
-            elligator2_start(&maps[2 * j + 1], r1);
-            inputs[2 * j] = &maps[2 * j];
-            inputs[2 * j + 1] = &maps[2 * j + 1];
+            char *bytes;
+            Py_ssize_t size;
+            if (PyBytes_AsStringAndSize(items[start + j], &bytes, &size) < 0) goto done;
+            data[j] = (const uint8_t *)bytes;
+            len[j] = (size_t)size;
+        }
+        for (Py_ssize_t group = 0; group < count; group += 8) {
+            size_t lanes = count - group < 8 ? (size_t)(count - group) : 8;
+            uint8_t uniform[8][96];
+            if (path == PATH_IFMA && sha512_mb_ok)
+                xmd96_mb8(&uniform[0][0], zpad.h, data + group, len + group, lanes, dst_prime, dst_prime_len);
+            else
+                for (size_t lane = 0; lane < lanes; lane++)
+                    expand_xmd96(uniform[lane], &zpad, data[group + lane], len[group + lane], dst_prime,
+                                 dst_prime_len);
+            for (size_t lane = 0; lane < lanes; lane++) {
+                size_t j = (size_t)group + lane;
+                fe r0, r1;
+                fe_from48_be(r0, uniform[lane]);
+                fe_from48_be(r1, uniform[lane] + 48);
+                elligator2_start(&maps[2 * j], r0);
+                elligator2_start(&maps[2 * j + 1], r1);
+                inputs[2 * j] = &maps[2 * j];
+                inputs[2 * j + 1] = &maps[2 * j + 1];
+            }
         }
         pow22523_many(powers, inputs, (size_t)(2 * count), path);
         for (Py_ssize_t j = 0; j < count; j++) {
@@ -553,6 +578,52 @@ done:
     return out;
 }
 
+/* sha512_batch(msgs, path=None): SHA-512 of each message, packed, with the SHA-512 the hash to curve's path uses
+   (eight messages at once on "avx512ifma", one at a time on "portable"): the check of both against hashlib. */
+static PyObject *py_sha512_batch(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *msgs, *seq, *out = NULL;
+    const char *name = NULL;
+    enum x25519_path path;
+    if (!PyArg_ParseTuple(args, "O|z", &msgs, &name)) return NULL;
+    if (choose_path(name, &path) < 0) return NULL;
+    seq = PySequence_Fast(msgs, "sha512_batch takes a sequence of bytes");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    out = PyBytes_FromStringAndSize(NULL, 64 * n);
+    if (!out) goto done;
+    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+    for (Py_ssize_t group = 0; group < n; group += 8) {
+        size_t lanes = n - group < 8 ? (size_t)(n - group) : 8;
+        const uint8_t *data[8];
+        size_t len[8];
+        for (size_t lane = 0; lane < lanes; lane++) {
+            char *bytes;
+            Py_ssize_t size;
+            if (PyBytes_AsStringAndSize(items[group + lane], &bytes, &size) < 0) {
+                Py_CLEAR(out);
+                goto done;
+            }
+            data[lane] = (const uint8_t *)bytes;
+            len[lane] = (size_t)size;
+        }
+        if (path == PATH_IFMA && sha512_mb_ok) {
+            sha512_mb8(o + 64 * group, data, len, lanes);
+        } else {
+            for (size_t lane = 0; lane < lanes; lane++) {
+                sha512_ctx c;
+                sha512_init(&c);
+                sha512_update(&c, data[lane], len[lane]);
+                sha512_final(&c, o + 64 * (group + (Py_ssize_t)lane));
+            }
+        }
+    }
+done:
+    Py_DECREF(seq);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"hash_to_u_batch", py_hash_to_u_batch, METH_VARARGS,
      "hash_to_u_batch(msgs, dst, path=None) -> (packed 32-byte u per message, indices left to the Python path); "
@@ -563,6 +634,9 @@ static PyMethodDef methods[] = {
     {"x25519_batch", py_x25519_batch, METH_VARARGS,
      "x25519_batch(key, points, path=None) -> RFC 7748 X25519(key, u) for each packed 32-byte u, packed; path "
      "'avx512ifma' or 'portable' forces one (default: the fastest this CPU runs)"},
+    {"sha512_batch", py_sha512_batch, METH_VARARGS,
+     "sha512_batch(msgs, path=None) -> packed SHA-512 of each message with the hash to curve's SHA-512 on that path "
+     "(eight at a time on 'avx512ifma'): a test hook"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -574,6 +648,7 @@ PyMODINIT_FUNC PyInit__curve25519(void) {
     fe_frombytes(SQRT_M1, SQRT_M1_BYTES);
     fe_frombytes(C2, C2_BYTES);
     ifma_ok = x25519_ifma_available();
+    sha512_mb_ok = sha512_mb_available();
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     PyObject *paths = ifma_ok ? Py_BuildValue("(ss)", "avx512ifma", "portable") : Py_BuildValue("(s)", "portable");

@@ -1,7 +1,8 @@
 /*
- * RFC 9380 hash to curve for curve25519_XMD:SHA-512_ELL2_RO_, one message: expand_message_xmd, hash_to_field and
- * Elligator 2 (appendix G.2.1) split around its one exponentiation, the sum and the cofactor clearing. Public
- * inputs only (see _curve25519.c): variable time where simpler.
+ * RFC 9380 hash to curve for curve25519_XMD:SHA-512_ELL2_RO_, one message: expand_message_xmd with the scalar
+ * SHA-512 (_sha512_mb.h has it for eight messages at once), hash_to_field and Elligator 2 (appendix G.2.1) split
+ * around its one exponentiation, the sum and the cofactor clearing. Public inputs only (see _curve25519.c):
+ * variable time where simpler.
  *
  * Part of the SDK's extension: included once, by _curve25519.c (static functions, one translation unit).
  */
@@ -100,11 +101,12 @@ static void xmd_block(uint8_t out[64], const uint8_t in[64], uint8_t i, const ui
     sha512_final(&c, out);
 }
 
-/* expand_message_xmd(msg, dst, 96) and the two field elements of hash_to_field; `zpad` has absorbed Z_pad. */
-static void hash_to_field2(fe u0, fe u1, const sha512_ctx *zpad, const uint8_t *msg, size_t msg_len,
-                           const uint8_t *dst_prime, size_t dst_prime_len) {
+/* uniform = expand_message_xmd(msg, dst, 96), one message with the scalar SHA-512; `zpad` has absorbed Z_pad. The
+   two field elements of hash_to_field are fe_from48_be of its two halves. */
+static void expand_xmd96(uint8_t uniform[96], const sha512_ctx *zpad, const uint8_t *msg, size_t msg_len,
+                         const uint8_t *dst_prime, size_t dst_prime_len) {
     static const uint8_t b0_tail[3] = {0x00, 0x60, 0x00}; /* I2OSP(96, 2) || I2OSP(0, 1) */
-    uint8_t b0[64], b1[64], b2[64], x[64], uniform[128];
+    uint8_t b0[64], b1[64], b2[64], x[64];
     sha512_ctx c = *zpad;
     sha512_update(&c, msg, msg_len);
     sha512_update(&c, b0_tail, 3);
@@ -114,9 +116,7 @@ static void hash_to_field2(fe u0, fe u1, const sha512_ctx *zpad, const uint8_t *
     for (int i = 0; i < 64; i++) x[i] = b0[i] ^ b1[i];
     xmd_block(b2, x, 2, dst_prime, dst_prime_len);
     memcpy(uniform, b1, 64);
-    memcpy(uniform + 64, b2, 64);
-    fe_from48_be(u0, uniform);
-    fe_from48_be(u1, uniform + 48);
+    memcpy(uniform + 64, b2, 32);
 }
 
 /* hash_to_curve's u as a fraction X / Z from the two mapped points (xn1 / xd1, y1) and (xn2 / xd2, y2); returns
