@@ -27,7 +27,15 @@ import numpy as np
 from gmpy2 import mpz
 
 #: The extension's C files in setup.py's order (SOURCES, then HEADERS): their SHA-256 is built into the module.
-_C_SOURCES: Final = ("_curve25519.c", "_x25519_ifma.c", "_sha512.h", "_fe25519.h", "_elligator2.h", "_sha512_mb.h")
+_C_SOURCES: Final = (
+    "_curve25519.c",
+    "_x25519_ifma.c",
+    "_sha512.h",
+    "_fe25519.h",
+    "_elligator2.h",
+    "_sha512_mb.h",
+    "_h2c_ifma.h",
+)
 
 
 def _source_sha256() -> str | None:
