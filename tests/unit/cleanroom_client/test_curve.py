@@ -327,3 +327,30 @@ def test_each_native_path_of_the_hash_equals_the_python_path_on_lanes_of_differe
     expected = b"".join(curve._hash_to_u_python(m, dst) for m in msgs)
     for path in _native().X25519_PATHS:
         assert _native().hash_to_u_batch(msgs, dst, path) == (expected, []), path
+
+
+def test_vector_instructions_are_only_in_the_functions_that_run_after_the_cpu_check():
+    # One build for every x86-64 CPU: the AVX-512 code (the X25519 ladder, the hash to curve's SHA-512 and field work)
+    # is compiled only into functions marked with a target attribute, which run only after the run-time check of the
+    # CPU. An AVX instruction anywhere else (a flag like -march=native, a target function inlined into plain code)
+    # would crash a CPU without AVX-512 on the portable path. The build's disassembly shows where they are.
+    import platform
+    import re
+    import shutil
+    import subprocess
+
+    assert shutil.which("objdump"), "binutils come with the C compiler that built the extension"
+    build = _native().__file__
+    assert build is not None
+    listing = subprocess.run(
+        ["objdump", "-d", "--no-show-raw-insn", build], capture_output=True, text=True, check=True
+    ).stdout
+    users, function = set(), ""
+    for line in listing.splitlines():
+        if header := re.match(r"^[0-9a-f]+ <(.+)>:$", line):
+            function = header.group(1)
+        elif re.match(r"^\s+[0-9a-f]+:\s+v[a-z]", line):  # VEX and EVEX mnemonics all begin with v
+            users.add(function)
+    marked = re.compile(r"^(x25519_ifma_|fe8_|sha512_mb8|xmd96_mb8|mb_)")
+    assert {name for name in users if not marked.match(name)} == set()
+    assert bool(users) == (platform.machine() == "x86_64")
