@@ -101,8 +101,10 @@ IFMA_INLINE __mmask8 fe8_odd_lanes(const fe8 *f) {
         t[i + 1] = ADD(t[i + 1], SHR(t[i], 51));
         t[i] = _mm512_and_si512(t[i], mask);
     }
-    t[0] = ADD(t[0], times19(SHR(t[4], 51)));
-    t[0] = ADD(t[0], _mm512_set1_epi64((1LL << 51) - 19)); /* then 2^255 - 19 added back, 2^255 dropped */
+    t[0] = ADD(t[0], times19(SHR(t[4], 51))); /* what passed 2^255 comes back as 19 */
+    /* fe_canonical then adds 2^255 - 19 (2^51 - 19 to limb 0, 2^51 - 1 to the others) and drops 2^255: only limb 0's
+       low bit is read here, and nothing added to the other limbs reaches it. */
+    t[0] = ADD(t[0], _mm512_set1_epi64((1LL << 51) - 19));
     return _mm512_test_epi64_mask(t[0], one);
 }
 
@@ -112,7 +114,7 @@ typedef struct {
 } ell2_8;
 
 static const uint64_t ELL2_J = 486662;
-/* -J mod p as limbs: p - J, in limb 0 only (J < 2^51 - 19). */
+/* -J mod p as limbs: p - J (J < 2^51 - 19, so only limb 0 differs from p's). */
 static const uint64_t ELL2_MINUS_J[5] = {(1ULL << 51) - 19 - 486662, (1ULL << 51) - 1, (1ULL << 51) - 1,
                                          (1ULL << 51) - 1, (1ULL << 51) - 1};
 

@@ -210,9 +210,9 @@ def test_points_the_native_path_leaves_are_computed_in_python(monkeypatch):
     assert curve.hash_to_u_batch(msgs) == b"".join(curve._hash_to_u_python(m) for m in msgs)
 
 
-# Elligator 2's exponentiations run for a block of messages at once: eight at a time with AVX-512 IFMA where the CPU
-# has it, else one by one in C. Each path, forced, equals the Python path and the RFC vectors, on batches that cross
-# the eight-lane groups and the 64-message blocks.
+# The native hash to curve runs eight messages at once with AVX-512 where the CPU has it (SHA-512 in _sha512_mb.h,
+# Elligator 2, the sum and the division with IFMA in _h2c_ifma.h), else one at a time in C. Each path, forced, equals
+# the Python path and the RFC vectors, on batches that cross the eight-lane groups and the 64-message blocks.
 
 
 @pytest.mark.parametrize("path", ["avx512ifma", "portable"])
