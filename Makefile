@@ -15,7 +15,8 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml clients/python/pyproject.toml clients/python/setup.py clients/python/cleanroom_client/_curve25519.c \
 		clients/python/cleanroom_client/_x25519_ifma.c \
 		clients/python/cleanroom_client/_sha512.h clients/python/cleanroom_client/_fe25519.h \
-		clients/python/cleanroom_client/_elligator2.h
+		clients/python/cleanroom_client/_elligator2.h clients/python/cleanroom_client/_sha512_mb.h \
+		clients/python/cleanroom_client/_h2c_ifma.h
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0

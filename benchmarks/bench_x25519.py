@@ -7,8 +7,8 @@ X25519 as blinding runs it: `cryptography` with its key objects, one exchange pe
 each reports its best round, so a burst of load hits all of them. Ratios are `cryptography`'s cost over each path's.
 
 In the same run and the same way, the two other batched kernels of the extension that benchmarks/README.md quotes
-per path: the RFC 9380 hash to curve (`hash_to_u_batch`, microseconds per message, its Elligator 2 exponentiations
-eight at a time on "avx512ifma", one by one on "portable") and the curve-or-twist test of `check_points`
+per path: the RFC 9380 hash to curve (`hash_to_u_batch`, microseconds per message: eight messages at once on
+"avx512ifma", its SHA-512 and its field work, one at a time on "portable") and the curve-or-twist test of `check_points`
 (`on_curve_batch`, microseconds per point, against gmpy2's Legendre symbol per point, the path without the
 extension).
 

@@ -15,8 +15,15 @@ from pathlib import Path
 from setuptools import Extension, setup
 
 SOURCES = ["cleanroom_client/_curve25519.c", "cleanroom_client/_x25519_ifma.c"]
-#: Included by _curve25519.c (one translation unit): a change to them rebuilds the extension and marks an old build.
-HEADERS = ["cleanroom_client/_sha512.h", "cleanroom_client/_fe25519.h", "cleanroom_client/_elligator2.h"]
+#: Included by _curve25519.c (_h2c_ifma.h by _x25519_ifma.c): a change to them rebuilds the extension and marks an old
+#: build.
+HEADERS = [
+    "cleanroom_client/_sha512.h",
+    "cleanroom_client/_fe25519.h",
+    "cleanroom_client/_elligator2.h",
+    "cleanroom_client/_sha512_mb.h",
+    "cleanroom_client/_h2c_ifma.h",
+]
 
 
 def source_sha256() -> str:

@@ -1,7 +1,8 @@
 /*
- * RFC 9380 hash to curve for curve25519_XMD:SHA-512_ELL2_RO_, one message: expand_message_xmd, hash_to_field and
- * Elligator 2 (appendix G.2.1) split around its one exponentiation, the sum and the cofactor clearing. Public
- * inputs only (see _curve25519.c): variable time where simpler.
+ * RFC 9380 hash to curve for curve25519_XMD:SHA-512_ELL2_RO_, one message: expand_message_xmd with the scalar
+ * SHA-512 (_sha512_mb.h has it for eight messages at once), hash_to_field and Elligator 2 (appendix G.2.1) split
+ * around its one exponentiation, the sum and the cofactor clearing. Public inputs only (see _curve25519.c):
+ * variable time where simpler.
  *
  * Part of the SDK's extension: included once, by _curve25519.c (static functions, one translation unit).
  */
@@ -24,15 +25,6 @@ static const uint8_t SQRT_M1_BYTES[32] = {
 static const uint8_t C2_BYTES[32] = {
     0xb1, 0xa0, 0x0e, 0x4a, 0x27, 0x1b, 0xee, 0xc4, 0x78, 0xe4, 0x2f, 0xad, 0x06, 0x18, 0x43, 0x2f,
     0xa7, 0xd7, 0xfb, 0x3d, 0x99, 0x00, 0x4d, 0x2b, 0x0b, 0xdf, 0xc1, 0x4f, 0x80, 0x24, 0x83, 0x2b};
-
-/* Whether y^2 = gx / gxd, i.e. y is a square root of the fraction (RFC 9380's is_square tests, variable time: the
-   inputs here are public). */
-static int fe_is_root(const fe y, const fe gxd, const fe gx) {
-    fe t;
-    fe_sq(t, y);
-    fe_mul(t, t, gxd);
-    return fe_equal(t, gx);
-}
 
 /* RFC 9380 appendix G.2.1, map_to_curve_elligator2_curve25519, in two halves around its one exponentiation so
    that a batch can raise all its inputs at once (eight at a time with AVX-512 IFMA): `elligator2_start` computes
@@ -64,25 +56,36 @@ static void elligator2_start(ell2_state *e, const fe u) {
     fe_mul(e->tv2, tv2, e->tv3);
 }
 
+/* RFC 9380's steps from y11 on, with its three square tests folded into two comparisons and the second candidate
+   computed only when it is chosen (variable time: public inputs). y12 = y11 sqrt(-1) squares to -y11^2, so with
+   t = y11^2 gxd: e1 is t = gx1, and e3 (y1^2 gxd = gx1, y1 = y11 or y12 by e1) is e1 or t = -gx1. When e3 holds the
+   RFC's x2n and y2 are computed and dropped; here they are skipped. Same values as the RFC's constant-time steps. */
 static void elligator2_finish(fe xn, fe xd, fe y, const ell2_state *e, const fe tv2_pow) {
-    fe y11, y12, y21, y22, y1, y2, x2n, gx2;
+    fe y11, t;
     fe_mul(y11, tv2_pow, e->tv3);
-    fe_mul(y12, y11, SQRT_M1);
-    fe_copy(y1, fe_is_root(y11, e->gxd, e->gx1) ? y11 : y12);
-    fe_mul(x2n, e->x1n, e->tv1);
-    fe_mul(y21, y11, e->u);
-    fe_mul(y21, y21, C2);
-    fe_mul(y22, y21, SQRT_M1);
-    fe_mul(gx2, e->gx1, e->tv1);
-    fe_copy(y2, fe_is_root(y21, e->gxd, gx2) ? y21 : y22);
-    int e3 = fe_is_root(y1, e->gxd, e->gx1);
+    fe_sq(t, y11);
+    fe_mul(t, t, e->gxd);
+    int e1 = fe_equal(t, e->gx1);
+    int e3 = e1 || fe_equal_neg(t, e->gx1);
     fe_copy(xd, e->xd);
     if (e3) {
         fe_copy(xn, e->x1n);
-        fe_copy(y, y1);
+        if (e1)
+            fe_copy(y, y11);
+        else
+            fe_mul(y, y11, SQRT_M1);
     } else {
-        fe_copy(xn, x2n);
-        fe_copy(y, y2);
+        fe y21, gx2;
+        fe_mul(xn, e->x1n, e->tv1);
+        fe_mul(y21, y11, e->u);
+        fe_mul(y21, y21, C2);
+        fe_mul(gx2, e->gx1, e->tv1);
+        fe_sq(t, y21);
+        fe_mul(t, t, e->gxd);
+        if (fe_equal(t, gx2))
+            fe_copy(y, y21);
+        else
+            fe_mul(y, y21, SQRT_M1);
     }
     if (e3 ^ fe_isodd(y)) fe_neg(y, y);
 }
@@ -98,11 +101,12 @@ static void xmd_block(uint8_t out[64], const uint8_t in[64], uint8_t i, const ui
     sha512_final(&c, out);
 }
 
-/* expand_message_xmd(msg, dst, 96) and the two field elements of hash_to_field; `zpad` has absorbed Z_pad. */
-static void hash_to_field2(fe u0, fe u1, const sha512_ctx *zpad, const uint8_t *msg, size_t msg_len,
-                           const uint8_t *dst_prime, size_t dst_prime_len) {
+/* uniform = expand_message_xmd(msg, dst, 96), one message with the scalar SHA-512; `zpad` has absorbed Z_pad. The
+   two field elements of hash_to_field are fe_from48_be of its two halves. */
+static void expand_xmd96(uint8_t uniform[96], const sha512_ctx *zpad, const uint8_t *msg, size_t msg_len,
+                         const uint8_t *dst_prime, size_t dst_prime_len) {
     static const uint8_t b0_tail[3] = {0x00, 0x60, 0x00}; /* I2OSP(96, 2) || I2OSP(0, 1) */
-    uint8_t b0[64], b1[64], b2[64], x[64], uniform[128];
+    uint8_t b0[64], b1[64], b2[64], x[64];
     sha512_ctx c = *zpad;
     sha512_update(&c, msg, msg_len);
     sha512_update(&c, b0_tail, 3);
@@ -112,9 +116,7 @@ static void hash_to_field2(fe u0, fe u1, const sha512_ctx *zpad, const uint8_t *
     for (int i = 0; i < 64; i++) x[i] = b0[i] ^ b1[i];
     xmd_block(b2, x, 2, dst_prime, dst_prime_len);
     memcpy(uniform, b1, 64);
-    memcpy(uniform + 64, b2, 64);
-    fe_from48_be(u0, uniform);
-    fe_from48_be(u1, uniform + 48);
+    memcpy(uniform + 64, b2, 32);
 }
 
 /* hash_to_curve's u as a fraction X / Z from the two mapped points (xn1 / xd1, y1) and (xn2 / xd2, y2); returns

@@ -110,10 +110,9 @@ static void fe_mul_small(fe h, const fe f, uint64_t s) {
     fe_carry(h);
 }
 
-/* The 32 little-endian bytes of f's canonical value (below p). */
-static void fe_tobytes(uint8_t out[32], const fe f) {
-    uint64_t t[5];
-    memcpy(t, f, sizeof t);
+/* f's canonical limbs (value below p, each limb below 2^51): fe_tobytes's reduction, without the bytes. */
+static void fe_canonical(uint64_t t[5], const fe f) {
+    memcpy(t, f, sizeof(fe));
     fe_carry(t);
     fe_carry(t); /* now below 2^255, each limb below 2^51 */
     t[0] += 19;  /* wraps past 2^255 exactly when the value is at least p */
@@ -121,6 +120,12 @@ static void fe_tobytes(uint8_t out[32], const fe f) {
     t[0] += 0x8000000000000ULL - 19;
     for (int i = 1; i < 5; i++) t[i] += 0x8000000000000ULL - 1;
     fe_carry_chain(t); /* what passes 2^255 is the 2^255 added above: dropped */
+}
+
+/* The 32 little-endian bytes of f's canonical value (below p). */
+static void fe_tobytes(uint8_t out[32], const fe f) {
+    uint64_t t[5];
+    fe_canonical(t, f);
     uint64_t w[4] = {t[0] | (t[1] << 51), (t[1] >> 13) | (t[2] << 38), (t[2] >> 26) | (t[3] << 25),
                      (t[3] >> 39) | (t[4] << 12)};
     for (int i = 0; i < 4; i++)
@@ -156,25 +161,36 @@ static void fe_from48_be(fe h, const uint8_t in[48]) {
     fe_carry(h);
 }
 
+/* Whether f is 0 mod p. After two carries f is below 2^255 with every limb below 2^51, so it is 0 mod p only as
+   0 or as p itself (limbs 2^51 - 19, 2^51 - 1, ...): two limb tests instead of a full reduction. */
 static int fe_iszero(const fe f) {
-    uint8_t b[32];
-    fe_tobytes(b, f);
-    uint8_t acc = 0;
-    for (int i = 0; i < 32; i++) acc |= b[i];
-    return acc == 0;
+    uint64_t t[5];
+    memcpy(t, f, sizeof t);
+    fe_carry(t);
+    fe_carry(t);
+    if ((t[0] | t[1] | t[2] | t[3] | t[4]) == 0) return 1;
+    return t[0] == MASK51 - 18 && (t[1] & t[2] & t[3] & t[4]) == MASK51;
 }
 
+/* f = g mod p (for carried inputs, as fe_sub takes them). */
 static int fe_equal(const fe f, const fe g) {
-    uint8_t a[32], b[32];
-    fe_tobytes(a, f);
-    fe_tobytes(b, g);
-    return memcmp(a, b, 32) == 0;
+    fe d;
+    fe_sub(d, f, g);
+    return fe_iszero(d);
 }
 
+/* f = -g mod p (for carried inputs). */
+static int fe_equal_neg(const fe f, const fe g) {
+    fe s;
+    fe_add(s, f, g);
+    return fe_iszero(s);
+}
+
+/* The parity of f's canonical value: RFC 9380's sgn0. */
 static int fe_isodd(const fe f) {
-    uint8_t b[32];
-    fe_tobytes(b, f);
-    return b[0] & 1;
+    uint64_t t[5];
+    fe_canonical(t, f);
+    return (int)(t[0] & 1);
 }
 
 /* out = a^(2^n) b: one step of an addition chain (out may be a or b). */

@@ -12,9 +12,9 @@
  *   trick, x25519_finish in _curve25519.c), keeping the RFC's 0 for a point of low order (z2 = 0). Tested equal
  *   to `cryptography` on random keys and points, on u >= p, on points of low order in every lane and on the
  *   RFC 7748 vectors (tests/unit/cleanroom_client/test_x25519.py).
- * - x25519_ifma_pow22523_8 raises eight field elements to (p - 5) / 8 at once: Elligator 2's exponentiation in the
- *   native hash to curve (public values; tested through hash_to_u_batch against the Python path and the RFC 9380
- *   vectors).
+ * - x25519_ifma_h2c_8 and x25519_ifma_divide_8 (in _h2c_ifma.h, included at the end of the x86-64 part): the native
+ *   hash to curve's Elligator 2, sum, cofactor clearing and division for eight messages at once (public values;
+ *   tested through hash_to_u_batch against the Python path and the RFC 9380 vectors).
  * - x25519_ifma_euler_8 raises eight to (p - 1) / 2: Euler's criterion, the curve-or-twist check of a peer's
  *   points (public values; tested through check_points against gmpy2's Legendre symbol).
  *
@@ -48,8 +48,10 @@
 
 int x25519_ifma_available(void);
 void x25519_ifma_ladder8(const uint8_t scalar[32], const uint64_t u[5][8], uint64_t x2[5][8], uint64_t z2[5][8]);
-void x25519_ifma_pow22523_8(const uint64_t in[5][8], uint64_t out[5][8]);
 void x25519_ifma_euler_8(const uint64_t in[5][8], uint64_t out[5][8]);
+void x25519_ifma_h2c_8(const uint64_t u[2][5][8], const uint64_t sqrt_m1[5], const uint64_t c2[5], uint64_t X[5][8],
+                       uint64_t Z[5][8], uint8_t ok[8]);
+void x25519_ifma_divide_8(uint64_t (*X)[5][8], const uint64_t (*Z)[5][8], uint64_t (*pre)[5][8], size_t count);
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -309,16 +311,6 @@ static IFMA void fe8_pow_2_250_1(fe8 *t250, fe8 *z11, const fe8 *z) {
     fe8_sqn_mul(t250, &t1, 50, &t0);  /* 2^250 - 1 */
 }
 
-/* Eight z^((p - 5) / 8) = z^(2^252 - 3) at once: Elligator 2's exponentiation in the hash to curve, on public
-   values (each lane is a message's intermediate, nothing secret). Limbs in and out as for the ladder. */
-void IFMA x25519_ifma_pow22523_8(const uint64_t in[5][8], uint64_t out[5][8]) {
-    fe8 z, t, z11;
-    for (int i = 0; i < 5; i++) z.v[i] = _mm512_loadu_si512((const void *)in[i]);
-    fe8_pow_2_250_1(&t, &z11, &z);
-    fe8_sqn_mul(&t, &t, 2, &z);
-    for (int i = 0; i < 5; i++) _mm512_storeu_si512((void *)out[i], t.v[i]);
-}
-
 /* Eight z^((p - 1) / 2) = z^(2^254 - 10) at once: Euler's criterion (1 for a nonzero square, p - 1 for a
    non-square, 0 for 0), the curve-or-twist test of points received from a peer (public values). */
 void IFMA x25519_ifma_euler_8(const uint64_t in[5][8], uint64_t out[5][8]) {
@@ -413,6 +405,9 @@ void IFMA x25519_ifma_ladder8(const uint8_t scalar[32], const uint64_t u[5][8], 
     zero_zmm();
 }
 
+/* Eight messages' Elligator 2, sum and cofactor clearing, and the batch's division, on the field code above. */
+#include "_h2c_ifma.h"
+
 #else /* not x86-64: the portable ladder in _curve25519.c runs */
 
 int x25519_ifma_available(void) { return 0; }
@@ -424,14 +419,26 @@ void x25519_ifma_ladder8(const uint8_t scalar[32], const uint64_t u[5][8], uint6
     memset(z2, 0, sizeof(uint64_t[5][8]));
 }
 
-void x25519_ifma_pow22523_8(const uint64_t in[5][8], uint64_t out[5][8]) {
+void x25519_ifma_euler_8(const uint64_t in[5][8], uint64_t out[5][8]) {
     (void)in;
     memset(out, 0, sizeof(uint64_t[5][8]));
 }
 
-void x25519_ifma_euler_8(const uint64_t in[5][8], uint64_t out[5][8]) {
-    (void)in;
-    memset(out, 0, sizeof(uint64_t[5][8]));
+void x25519_ifma_h2c_8(const uint64_t u[2][5][8], const uint64_t sqrt_m1[5], const uint64_t c2[5], uint64_t X[5][8],
+                       uint64_t Z[5][8], uint8_t ok[8]) {
+    (void)u;
+    (void)sqrt_m1;
+    (void)c2;
+    memset(X, 0, sizeof(uint64_t[5][8]));
+    memset(Z, 0, sizeof(uint64_t[5][8]));
+    memset(ok, 0, 8);
+}
+
+void x25519_ifma_divide_8(uint64_t (*X)[5][8], const uint64_t (*Z)[5][8], uint64_t (*pre)[5][8], size_t count) {
+    (void)X;
+    (void)Z;
+    (void)pre;
+    (void)count;
 }
 
 #endif

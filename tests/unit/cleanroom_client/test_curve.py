@@ -1,5 +1,6 @@
 import json
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -209,9 +210,9 @@ def test_points_the_native_path_leaves_are_computed_in_python(monkeypatch):
     assert curve.hash_to_u_batch(msgs) == b"".join(curve._hash_to_u_python(m) for m in msgs)
 
 
-# Elligator 2's exponentiations run for a block of messages at once: eight at a time with AVX-512 IFMA where the CPU
-# has it, else one by one in C. Each path, forced, equals the Python path and the RFC vectors, on batches that cross
-# the eight-lane groups and the 64-message blocks.
+# The native hash to curve runs eight messages at once with AVX-512 where the CPU has it (SHA-512 in _sha512_mb.h,
+# Elligator 2, the sum and the division with IFMA in _h2c_ifma.h), else one at a time in C. Each path, forced, equals
+# the Python path and the RFC vectors, on batches that cross the eight-lane groups and the 64-message blocks.
 
 
 @pytest.mark.parametrize("path", ["avx512ifma", "portable"])
@@ -277,3 +278,79 @@ def test_check_points_without_the_extension_gives_the_same_codes(points):
         assert check_points(packed).tolist() == native
     finally:
         curve._native = saved
+
+
+# expand_message_xmd's SHA-512 on the "avx512ifma" path hashes eight messages at once, one per 64-bit lane of a zmm
+# register (AVX-512F/BW/VL, cleanroom_client/_sha512_mb.c); "portable" hashes one at a time. Both equal hashlib on
+# batches whose lanes end in different blocks (lengths around the 111/112- and 128-byte padding edges), and the hash
+# to curve built on them equals the Python path for messages and DSTs whose blocks differ from lane to lane.
+
+
+def _native() -> ModuleType:
+    from cleanroom_client import curve
+
+    assert curve._native is not None
+    return curve._native
+
+
+@pytest.mark.parametrize("path", ["avx512ifma", "portable"])
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.binary(max_size=400), min_size=1, max_size=20))
+def test_each_native_path_of_sha512_equals_hashlib(path, msgs):
+    import hashlib
+
+    if path not in _native().X25519_PATHS:  # the paths the extension runs on this CPU (test_x25519.py checks which)
+        assert path == "avx512ifma"
+        return
+    assert _native().sha512_batch(msgs, path) == b"".join(hashlib.sha512(m).digest() for m in msgs)
+
+
+def test_each_native_path_of_sha512_equals_hashlib_on_every_length_to_400_bytes():
+    import hashlib
+
+    data = bytes(range(256)) * 2
+    for step in (1, 7):  # neighbouring lanes one byte apart, and seven apart (different block counts in a group)
+        msgs = [data[: (i * step) % 401] for i in range(401)]
+        expected = b"".join(hashlib.sha512(m).digest() for m in msgs)
+        for path in _native().X25519_PATHS:
+            assert _native().sha512_batch(msgs, path) == expected, path
+    with pytest.raises(ValueError, match="path"):
+        _native().sha512_batch([b""], "sse2")
+
+
+@pytest.mark.parametrize("dst", [CLEANROOM_DST, b"", b"x" * 62, b"x" * 63, b"x" * 255])
+def test_each_native_path_of_the_hash_equals_the_python_path_on_lanes_of_different_lengths(dst):
+    from cleanroom_client import curve
+
+    data = bytes(range(256))
+    msgs = [data[: (i * 13) % 257] for i in range(40)]  # 0..256 bytes: b_0 ends in a different block per lane
+    expected = b"".join(curve._hash_to_u_python(m, dst) for m in msgs)
+    for path in _native().X25519_PATHS:
+        assert _native().hash_to_u_batch(msgs, dst, path) == (expected, []), path
+
+
+def test_vector_instructions_are_only_in_the_functions_that_run_after_the_cpu_check():
+    # One build for every x86-64 CPU: the AVX-512 code (the X25519 ladder, the hash to curve's SHA-512 and field work)
+    # is compiled only into functions marked with a target attribute, which run only after the run-time check of the
+    # CPU. An AVX instruction anywhere else (a flag like -march=native, a target function inlined into plain code)
+    # would crash a CPU without AVX-512 on the portable path. The build's disassembly shows where they are.
+    import platform
+    import re
+    import shutil
+    import subprocess
+
+    assert shutil.which("objdump"), "binutils come with the C compiler that built the extension"
+    build = _native().__file__
+    assert build is not None
+    listing = subprocess.run(
+        ["objdump", "-d", "--no-show-raw-insn", build], capture_output=True, text=True, check=True
+    ).stdout
+    users, function = set(), ""
+    for line in listing.splitlines():
+        if header := re.match(r"^[0-9a-f]+ <(.+)>:$", line):
+            function = header.group(1)
+        elif re.match(r"^\s+[0-9a-f]+:\s+v[a-z]", line):  # VEX and EVEX mnemonics all begin with v
+            users.add(function)
+    marked = re.compile(r"^(x25519_ifma_|fe8_|sha512_mb8|xmd96_mb8|mb_)")
+    assert {name for name in users if not marked.match(name)} == set()
+    assert bool(users) == (platform.machine() == "x86_64")
