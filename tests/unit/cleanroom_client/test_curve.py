@@ -354,3 +354,54 @@ def test_vector_instructions_are_only_in_the_functions_that_run_after_the_cpu_ch
     marked = re.compile(r"^(x25519_ifma_|fe8_|sha512_mb8|xmd96_mb8|mb_)")
     assert {name for name in users if not marked.match(name)} == set()
     assert bool(users) == (platform.machine() == "x86_64")
+
+
+# A program embedding the SDK may hand over a list that changes while the native batch runs: the batch allocates
+# (its fallback list) after it has taken the list's items, and on Python 3.11 a GC allocation runs the collector,
+# whose finalizers run arbitrary code. Here a finalizer empties the caller's list and refills it during the call:
+# the batch must hash one state of the list, as passed or as the finalizer left it, never read the freed item
+# array (it crashed with a segmentation fault or read a freed object: a use-after-free in h2c_messages; a copy made
+# with PySequence_Tuple still crashed, since that allocates while it holds the array). In a child process, since
+# the failure is a crash.
+_MUTATING_FINALIZER = """
+import gc, os, sys
+from cleanroom_client import curve
+
+native, path = curve._native, sys.argv[1]
+msgs = [os.urandom(200) for _ in range(100)]
+snapshot = list(msgs)
+
+
+class Mutator:
+    def __del__(self):
+        msgs.clear()  # frees the item array and the messages the batch has not read yet
+        msgs.extend(b"y" * 100_000 for _ in range(3))
+
+
+gc.disable()
+keep = [[] for _ in range(300)]  # empties the list free list: the batch's PyList_New goes to the collector
+cycle = Mutator()
+cycle.me = cycle
+del cycle
+gc.set_threshold(1)
+gc.enable()
+out, unfinished = native.hash_to_u_batch(msgs, b"dst", path)
+changed_during_the_call = len(msgs) == 3
+gc.set_threshold(700)
+states = [b"".join(curve._hash_to_u_python(m, b"dst") for m in state) for state in (snapshot, msgs)]
+print(changed_during_the_call or sys.version_info >= (3, 12), out in states, unfinished)
+"""
+
+
+@pytest.mark.parametrize("path", ["avx512ifma", "portable"])
+def test_a_list_a_finalizer_changes_during_the_native_batch_is_hashed_as_it_was_passed(path):
+    import subprocess
+    import sys
+
+    if path not in _native().X25519_PATHS:
+        assert path == "avx512ifma"
+        return
+    done = subprocess.run([sys.executable, "-c", _MUTATING_FINALIZER, path], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    # On 3.11 the finalizer provably ran inside the call (from 3.12 the collector runs only between bytecodes).
+    assert done.stdout.split() == ["True", "True", "[]"]
