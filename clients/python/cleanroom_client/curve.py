@@ -297,7 +297,15 @@ def _hash_to_u_python(msg: bytes, dst: bytes = CLEANROOM_DST) -> bytes:
     hasher = _HASHERS.get(dst)
     if hasher is None:
         hasher = _HASHERS[dst] = _Hasher(dst)
-    r0, r1 = hasher.field_elements(msg)
+    return _u_of_field_elements(*hasher.field_elements(msg))
+
+
+def _u_of_field_elements(r0: mpz, r1: mpz) -> bytes:
+    """hash_to_curve's u from its two field elements (reduced mod p): `_hash_to_u_python` after hash_to_field.
+
+    Apart so that tests can reach the RFC's exceptional cases (two points sharing u, a sum of low order), which no
+    known message does, with field elements chosen for them. ArithmeticError where the result is the identity.
+    """
     x1, y1 = _elligator2(r0)
     x2, y2 = _elligator2(r1)
     dx = (x2 - x1) % P
