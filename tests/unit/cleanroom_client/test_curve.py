@@ -405,3 +405,24 @@ def test_a_list_a_finalizer_changes_during_the_native_batch_is_hashed_as_it_was_
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     # On 3.11 the finalizer provably ran inside the call (from 3.12 the collector runs only between bytecodes).
     assert done.stdout.split() == ["True", "True", "[]"]
+
+
+# What a program passes that is not bytes is refused the same way with and without the extension: the native batch
+# takes bytes objects only (a bytes subclass is bytes), and the Python path hashed any buffer (a bytearray, a
+# memoryview) and keyed its DST cache by any hashable, so the same call worked on one machine and not on another.
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("bad", [bytearray(b"abc"), memoryview(b"abc"), "abc", 3, None])
+def test_a_message_or_dst_that_is_not_bytes_is_refused_on_every_path(monkeypatch, native, bad):
+    from cleanroom_client import curve
+
+    if not native:
+        monkeypatch.setattr(curve, "_native", None)  # as on a machine that could not compile the extension
+    with pytest.raises(TypeError, match="bytes"):
+        curve.hash_to_u_batch([b"a", bad])
+    with pytest.raises(TypeError, match="bytes"):
+        curve.hash_to_u_batch([b"a"], bad)
+
+    class Subclass(bytes):
+        pass
+
+    assert curve.hash_to_u_batch([Subclass(b"abc")], Subclass(b"dst")) == curve._hash_to_u_python(b"abc", b"dst")
