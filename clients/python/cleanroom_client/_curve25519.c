@@ -339,6 +339,32 @@ static int choose_path(const char *name, enum x25519_path *path) {
     return -1;
 }
 
+/* The messages as a tuple of the batch's own (a new reference; NULL with TypeError `what` for no sequence), one
+   state of the caller's list. The batch reads the items while it allocates, and on Python 3.11 allocating an object
+   the collector tracks can run the collector, whose finalizers run any code: one that empties or refills the
+   caller's list would free the item array under the batch (a use-after-free, tested in test_curve.py). So the
+   tuple is allocated first and the list's items copied into it only when the list still has the length the
+   allocation was made for, with no allocation in between; a tuple cannot change and keeps every message alive.
+   (PySequence_Tuple is not enough: it allocates the tuple while holding the list's item array.) */
+static PyObject *message_tuple(PyObject *msgs, const char *what) {
+    PyObject *fast = PySequence_Fast(msgs, what); /* msgs itself for an exact list or tuple, else a new list */
+    if (!fast || PyTuple_Check(fast)) return fast;
+    for (;;) {
+        Py_ssize_t n = PyList_GET_SIZE(fast);
+        PyObject *tuple = PyTuple_New(n); /* may run the collector, and so change the list */
+        if (!tuple || PyList_GET_SIZE(fast) == n) {
+            for (Py_ssize_t i = 0; tuple && i < n; i++) {
+                PyObject *item = PyList_GET_ITEM(fast, i);
+                Py_INCREF(item);
+                PyTuple_SET_ITEM(tuple, i, item);
+            }
+            Py_DECREF(fast);
+            return tuple;
+        }
+        Py_DECREF(tuple); /* the list changed meanwhile: again, at its new length */
+    }
+}
+
 /* The message bytes of items[0..count) into data and len; -1 with TypeError where one is not bytes. */
 static int h2c_messages(const uint8_t **data, size_t *len, PyObject **items, Py_ssize_t count) {
     for (Py_ssize_t j = 0; j < count; j++) {
@@ -403,7 +429,7 @@ static PyObject *py_hash_to_u_batch(PyObject *self, PyObject *args) {
         goto done;
     }
     if (choose_path(name, &path) < 0) goto done;
-    seq = PySequence_Fast(msgs, "hash_to_u_batch takes a sequence of bytes");
+    seq = message_tuple(msgs, "hash_to_u_batch takes a sequence of bytes");
     if (!seq) goto done;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     PyObject **items = PySequence_Fast_ITEMS(seq);
@@ -599,7 +625,7 @@ static PyObject *py_sha512_batch(PyObject *self, PyObject *args) {
     enum x25519_path path;
     if (!PyArg_ParseTuple(args, "O|z", &msgs, &name)) return NULL;
     if (choose_path(name, &path) < 0) return NULL;
-    seq = PySequence_Fast(msgs, "sha512_batch takes a sequence of bytes");
+    seq = message_tuple(msgs, "sha512_batch takes a sequence of bytes");
     if (!seq) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     PyObject **items = PySequence_Fast_ITEMS(seq);

@@ -272,11 +272,17 @@ def hash_to_u_batch(msgs: Sequence[bytes], dst: bytes = CLEANROOM_DST) -> bytes:
     Natively when the extension is built (eight messages at once with AVX-512 where the CPU has IFMA, about 0.24 of
     its native X25519 per message; one at a time elsewhere, about 0.25 of `cryptography`'s; one field inversion per
     batch), else in Python. The native path hands the few messages it does not finish (the two mapped points share u:
-    probability ~2^-250) to the Python path, so the result is always complete.
+    probability ~2^-250) to the Python path, so the result is always complete. Messages and DST must be bytes (a
+    subclass will do): anything else is a TypeError on every path.
     """
+    if not isinstance(dst, bytes):  # the same TypeError with and without the extension (which takes bytes only)
+        raise TypeError(f"expected bytes for the DST, {type(dst).__name__} found")
     if len(dst) > 255:
         raise ValueError("DST longer than 255 bytes")
     if _native is None:
+        for m in msgs:
+            if not isinstance(m, bytes):
+                raise TypeError(f"expected bytes, {type(m).__name__} found")
         return b"".join([_hash_to_u_python(m, dst) for m in msgs])
     packed, unfinished = _native.hash_to_u_batch(msgs, dst)
     if not unfinished:
@@ -297,7 +303,15 @@ def _hash_to_u_python(msg: bytes, dst: bytes = CLEANROOM_DST) -> bytes:
     hasher = _HASHERS.get(dst)
     if hasher is None:
         hasher = _HASHERS[dst] = _Hasher(dst)
-    r0, r1 = hasher.field_elements(msg)
+    return _u_of_field_elements(*hasher.field_elements(msg))
+
+
+def _u_of_field_elements(r0: mpz, r1: mpz) -> bytes:
+    """hash_to_curve's u from its two field elements (reduced mod p): `_hash_to_u_python` after hash_to_field.
+
+    Apart so that tests can reach the RFC's exceptional cases (two points sharing u, a sum of low order), which no
+    known message does, with field elements chosen for them. ArithmeticError where the result is the identity.
+    """
     x1, y1 = _elligator2(r0)
     x2, y2 = _elligator2(r1)
     dx = (x2 - x1) % P

@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 from types import ModuleType
 
@@ -329,13 +330,78 @@ def test_each_native_path_of_the_hash_equals_the_python_path_on_lanes_of_differe
         assert _native().hash_to_u_batch(msgs, dst, path) == (expected, []), path
 
 
+# Mnemonics (as objdump prints them) of instructions beyond the x86-64 baseline (SSE2) that GCC and Clang emit
+# under a flag: VEX/EVEX (all begin with v), AVX-512's mask registers, BMI1/2, ADX, LZCNT/TZCNT/POPCNT, MOVBE,
+# SSSE3 and SSE4.1/4.2. Not "v" alone: a build with -mbmi2 (say, from CFLAGS) puts mulx, shlx and rorx into fe_mul,
+# sha512_block and py_hash_to_u_batch, which run on every CPU, and has no v instruction outside the marked functions.
+_BEYOND_BASELINE = re.compile(
+    r"v[a-z].*|k(add|and|andn|mov|not|or|ortest|shiftl|shiftr|test|unpck|xnor|xor)[bwdq]?.*"
+    r"|mulx|shlx|shrx|sarx|rorx|andn|bextr|blsi|blsmsk|blsr|bzhi|pdep|pext|adcx|adox|lzcnt|tzcnt|popcnt|movbe"
+    r"|crc32[bwlq]?|pshufb|palignr|ph(add|sub)[a-z]*|pmaddubsw|pmulhrsw|psign[bwd]|pabs[bwd]|pblend[a-z]*"
+    r"|blendv?p[sd]|pmulld|pmuldq|pm(in|ax)(sb|sd|ud|uw)|ptest|pextr[bdq]|pinsr[bdq]|pmov[sz]x[a-z]*|packusdw"
+    r"|pcmp(eq|gt)q|pcmp[ei]str[im]|round[sp][sd]|dpp[sd]|(insert|extract)ps|movntdqa|mpsadbw|phminposuw"
+)
+# The functions compiled with a target attribute (_x25519_ifma.c, _h2c_ifma.h, _sha512_mb.h), which run only after
+# x25519_ifma_available() or sha512_mb_available() said yes, and their compiler clones (.cold, .constprop.0).
+_MARKED = re.compile(
+    r"(x25519_ifma_(ladder8|euler_8|h2c_8|divide_8)|fe8_[a-z0-9_]+|sha512_mb8|xmd96_mb8"
+    r"|mb_(compress|load|absorb|store|xmd_block))(\.[a-z0-9_.]+)?"
+)
+
+
+def _functions_beyond_baseline(listing: str) -> set[str]:
+    """The functions of an `objdump -d --no-show-raw-insn` listing with an instruction beyond the x86-64 baseline."""
+    users, function = set(), ""
+    for line in listing.splitlines():
+        if header := re.match(r"^[0-9a-f]+ <(.+)>:$", line):
+            function = header.group(1)
+        elif (instruction := re.match(r"^\s+[0-9a-f]+:\s+([a-z0-9]+)", line)) and _BEYOND_BASELINE.fullmatch(
+            instruction.group(1)
+        ):
+            users.add(function)
+    return users
+
+
+def test_the_disassembly_check_sees_every_kind_of_instruction_beyond_the_baseline():
+    listing = "\n".join(
+        f"000000000000{i:04x} <f{i}>:\n    {i:x}:\t{instruction}"
+        for i, instruction in enumerate(
+            [
+                "vpaddq %zmm1,%zmm2,%zmm3",
+                "kmovb  %k1,%eax",
+                "mulx   %r8,%rax,%rdx",
+                "shlx   %rax,%rcx,%rdx",
+                "rorx   $0xe,%rax,%rdx",
+                "adcx   %rax,%rdx",
+                "popcnt %rax,%rax",
+                "tzcnt  %rax,%rax",
+                "pshufb %xmm1,%xmm0",
+                "pinsrq $0x1,%rax,%xmm0",
+                "pmulld %xmm1,%xmm0",
+                "crc32q %rax,%rdx",
+                # the baseline: SSE2 and plain x86-64, whatever their names share with the above
+                "pandn  %xmm1,%xmm0",
+                "andnps %xmm1,%xmm0",
+                "pextrw $0x1,%xmm0,%eax",
+                "pinsrw $0x1,%eax,%xmm0",
+                "paddq  %xmm1,%xmm0",
+                "mul    %rdx",
+                "shl    %cl,%rax",
+                "ror    $0xe,%rax",
+                "movdqu (%rdi),%xmm0",
+                "xgetbv",
+            ]
+        )
+    )
+    assert _functions_beyond_baseline(listing) == {f"f{i}" for i in range(12)}
+
+
 def test_vector_instructions_are_only_in_the_functions_that_run_after_the_cpu_check():
     # One build for every x86-64 CPU: the AVX-512 code (the X25519 ladder, the hash to curve's SHA-512 and field work)
     # is compiled only into functions marked with a target attribute, which run only after the run-time check of the
-    # CPU. An AVX instruction anywhere else (a flag like -march=native, a target function inlined into plain code)
-    # would crash a CPU without AVX-512 on the portable path. The build's disassembly shows where they are.
+    # CPU. An instruction beyond the baseline anywhere else (a flag like -march=native or -mbmi2, a target function
+    # inlined into plain code) would crash an older CPU on the portable path. The build's disassembly shows where.
     import platform
-    import re
     import shutil
     import subprocess
 
@@ -345,12 +411,124 @@ def test_vector_instructions_are_only_in_the_functions_that_run_after_the_cpu_ch
     listing = subprocess.run(
         ["objdump", "-d", "--no-show-raw-insn", build], capture_output=True, text=True, check=True
     ).stdout
-    users, function = set(), ""
-    for line in listing.splitlines():
-        if header := re.match(r"^[0-9a-f]+ <(.+)>:$", line):
-            function = header.group(1)
-        elif re.match(r"^\s+[0-9a-f]+:\s+v[a-z]", line):  # VEX and EVEX mnemonics all begin with v
-            users.add(function)
-    marked = re.compile(r"^(x25519_ifma_|fe8_|sha512_mb8|xmd96_mb8|mb_)")
-    assert {name for name in users if not marked.match(name)} == set()
+    users = _functions_beyond_baseline(listing)
+    assert {name for name in users if not _MARKED.fullmatch(name)} == set()
     assert bool(users) == (platform.machine() == "x86_64")
+
+
+# Valgrind runs programs on a virtual CPU without AVX-512 (its CPUID hides what it cannot run, and an instruction it
+# does not know stops the program with SIGILL): the CPU the run-time check must send to the portable code.
+_ON_A_CPU_WITHOUT_AVX512 = """
+import hashlib
+from cleanroom_client import _curve25519, curve
+
+try:
+    _curve25519.hash_to_u_batch([b"a"], b"dst", "avx512ifma")
+    refused = False
+except ValueError:
+    refused = True
+msgs = [bytes([i % 251]) * (i % 300) for i in range(70)]  # a block of 64 and a short one, lanes of every length
+points = curve.hash_to_u_batch(msgs)
+key = bytes(range(32))
+print(
+    curve.NATIVE,
+    curve.X25519_NATIVE,
+    curve.POINT_CHECK_NATIVE,
+    "/".join(curve.X25519_PATHS),
+    refused,
+    points == b"".join(curve._hash_to_u_python(m) for m in msgs),
+    _curve25519.sha512_batch(msgs) == b"".join(hashlib.sha512(m).digest() for m in msgs),
+    curve.x25519_batch(key, points) == curve._x25519_cryptography(key, points),
+    not curve.check_points(points).any(),
+)
+"""
+
+
+def test_on_a_cpu_without_avx512_the_extension_chooses_and_runs_the_portable_code():
+    # The same build under Valgrind: the paths on offer, the forced AVX-512 path refused, and the hash to curve, its
+    # SHA-512, X25519 and the point checks giving the right bytes without a SIGILL.
+    import shutil
+    import subprocess
+    import sys
+
+    assert shutil.which("valgrind"), "installed with the build tools (test_x25519.py's constant-time check uses it)"
+    done = subprocess.run(
+        ["valgrind", "-q", "--tool=none", sys.executable, "-c", _ON_A_CPU_WITHOUT_AVX512],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.split() == ["True", "None", "False", "portable"] + ["True"] * 5
+
+
+# A program embedding the SDK may hand over a list that changes while the native batch runs: the batch allocates
+# (its fallback list) after it has taken the list's items, and on Python 3.11 a GC allocation runs the collector,
+# whose finalizers run arbitrary code. Here a finalizer empties the caller's list and refills it during the call:
+# the batch must hash one state of the list, as passed or as the finalizer left it, never read the freed item
+# array (it crashed with a segmentation fault or read a freed object: a use-after-free in h2c_messages; a copy made
+# with PySequence_Tuple still crashed, since that allocates while it holds the array). In a child process, since
+# the failure is a crash.
+_MUTATING_FINALIZER = """
+import gc, os, sys
+from cleanroom_client import curve
+
+native, path = curve._native, sys.argv[1]
+msgs = [os.urandom(200) for _ in range(100)]
+snapshot = list(msgs)
+
+
+class Mutator:
+    def __del__(self):
+        msgs.clear()  # frees the item array and the messages the batch has not read yet
+        msgs.extend(b"y" * 100_000 for _ in range(3))
+
+
+gc.disable()
+keep = [[] for _ in range(300)]  # empties the list free list: the batch's PyList_New goes to the collector
+cycle = Mutator()
+cycle.me = cycle
+del cycle
+gc.set_threshold(1)
+gc.enable()
+out, unfinished = native.hash_to_u_batch(msgs, b"dst", path)
+changed_during_the_call = len(msgs) == 3
+gc.set_threshold(700)
+states = [b"".join(curve._hash_to_u_python(m, b"dst") for m in state) for state in (snapshot, msgs)]
+print(changed_during_the_call or sys.version_info >= (3, 12), out in states, unfinished)
+"""
+
+
+@pytest.mark.parametrize("path", ["avx512ifma", "portable"])
+def test_a_list_a_finalizer_changes_during_the_native_batch_is_hashed_as_it_was_passed(path):
+    import subprocess
+    import sys
+
+    if path not in _native().X25519_PATHS:
+        assert path == "avx512ifma"
+        return
+    done = subprocess.run([sys.executable, "-c", _MUTATING_FINALIZER, path], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    # On 3.11 the finalizer provably ran inside the call (from 3.12 the collector runs only between bytecodes).
+    assert done.stdout.split() == ["True", "True", "[]"]
+
+
+# What a program passes that is not bytes is refused the same way with and without the extension: the native batch
+# takes bytes objects only (a bytes subclass is bytes), and the Python path hashed any buffer (a bytearray, a
+# memoryview) and keyed its DST cache by any hashable, so the same call worked on one machine and not on another.
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("bad", [bytearray(b"abc"), memoryview(b"abc"), "abc", 3, None])
+def test_a_message_or_dst_that_is_not_bytes_is_refused_on_every_path(monkeypatch, native, bad):
+    from cleanroom_client import curve
+
+    if not native:
+        monkeypatch.setattr(curve, "_native", None)  # as on a machine that could not compile the extension
+    with pytest.raises(TypeError, match="bytes"):
+        curve.hash_to_u_batch([b"a", bad])
+    with pytest.raises(TypeError, match="bytes"):
+        curve.hash_to_u_batch([b"a"], bad)
+
+    class Subclass(bytes):
+        pass
+
+    assert curve.hash_to_u_batch([Subclass(b"abc")], Subclass(b"dst")) == curve._hash_to_u_python(b"abc", b"dst")
