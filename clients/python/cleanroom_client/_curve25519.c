@@ -54,7 +54,6 @@
 #include <stdint.h>
 #include <string.h>
 
-
 #include "_sha512.h"
 #include "_sha512_mb.h"
 #include "_fe25519.h"
@@ -339,13 +338,11 @@ static int choose_path(const char *name, enum x25519_path *path) {
     return -1;
 }
 
-/* The messages as a tuple of the batch's own (a new reference; NULL with TypeError `what` for no sequence), one
-   state of the caller's list. The batch reads the items while it allocates, and on Python 3.11 allocating an object
-   the collector tracks can run the collector, whose finalizers run any code: one that empties or refills the
-   caller's list would free the item array under the batch (a use-after-free, tested in test_curve.py). So the
-   tuple is allocated first and the list's items copied into it only when the list still has the length the
-   allocation was made for, with no allocation in between; a tuple cannot change and keeps every message alive.
-   (PySequence_Tuple is not enough: it allocates the tuple while holding the list's item array.) */
+/* The messages as a tuple of the batch's own (a new reference; NULL with TypeError `what` for no sequence): on
+   Python 3.11 allocating can run the collector, whose finalizers may empty or refill the caller's list and free the
+   item array under the batch (a use-after-free, tested in test_curve.py). So the tuple is allocated first and the
+   items copied only while the list keeps that length, with no allocation in between (PySequence_Tuple allocates
+   while holding the list's item array); a tuple cannot change and keeps every message alive. */
 static PyObject *message_tuple(PyObject *msgs, const char *what) {
     PyObject *fast = PySequence_Fast(msgs, what); /* msgs itself for an exact list or tuple, else a new list */
     if (!fast || PyTuple_Check(fast)) return fast;
@@ -406,7 +403,7 @@ static void h2c_block_portable(fe *xs, fe *zs, uint8_t *ok, ell2_state *maps, fe
         elligator2_finish(xn1, xd1, y1, &maps[2 * j], powers[2 * j]);
         elligator2_finish(xn2, xd2, y2, &maps[2 * j + 1], powers[2 * j + 1]);
         ok[j] = (uint8_t)hash_to_uz(xs[j], zs[j], xn1, xd1, y1, xn2, xd2, y2);
-        if (!ok[j]) fe_set_small(zs[j], 1);
+        if (!ok[j]) fe_set_small(xs[j], 0), fe_set_small(zs[j], 1); /* defined values: the caller zeroes them */
     }
 }
 
