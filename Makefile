@@ -12,11 +12,9 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install demo test check lint typecheck protos protos-check unit system e2e browser clean bench-openmined-venv
 
-$(STAMP): pyproject.toml clients/python/pyproject.toml clients/python/setup.py clients/python/cleanroom_client/_curve25519.c \
-		clients/python/cleanroom_client/_x25519_ifma.c \
-		clients/python/cleanroom_client/_sha512.h clients/python/cleanroom_client/_fe25519.h \
-		clients/python/cleanroom_client/_elligator2.h clients/python/cleanroom_client/_sha512_mb.h \
-		clients/python/cleanroom_client/_h2c_ifma.h
+# the extension's C files (setup.py's SOURCES and HEADERS) by pattern, so that a new one needs no line here
+$(STAMP): pyproject.toml clients/python/pyproject.toml clients/python/setup.py \
+		$(wildcard clients/python/cleanroom_client/*.c clients/python/cleanroom_client/*.h)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
