@@ -72,13 +72,14 @@ def member_env(
 def make_client(server: RunningServer, tokens: dict[str, str], pki: DevPki, tmp_path: Path):
     clients: list[CleanRoomClient] = []
 
-    def make(name: str) -> CleanRoomClient:
+    def make(name: str, own_pool: bool = False) -> CleanRoomClient:
+        """A client of member `name`, blinding in this process (or, with `own_pool`, in the client's own pool)."""
         client = CleanRoomClient(
             f"localhost:{server.port}",
             token=tokens[name],
             root_certificates=pki.ca,
             state_dir=tmp_path / f"state-{name}",
-            executor=SerialExecutor(),
+            executor=None if own_pool else SerialExecutor(),
             progress=False,
             chunk_rows=64,
         )

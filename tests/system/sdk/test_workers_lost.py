@@ -12,25 +12,12 @@ import threading
 import pytest
 
 from cleanroom.devtools.synthetic import SyntheticConfig, generate
-from cleanroom_client import CleanRoomClient, MatchSummary, SerialExecutor, WorkersLostError
+from cleanroom_client import MatchSummary, WorkersLostError
 
 
-def test_a_match_whose_fork_server_died_fails_with_a_typed_error_and_resumes(
-    server, active, tokens, pki, tmp_path, fork_server_killer
-):
+def test_a_match_whose_fork_server_died_fails_with_a_typed_error_and_resumes(active, make_client, fork_server_killer):
     data = generate(SyntheticConfig(brand_users=150, platform_users=180, shared=90, seed=4))
-    clients = {
-        name: CleanRoomClient(
-            f"localhost:{server.port}",
-            token=tokens[name],
-            root_certificates=pki.ca,
-            state_dir=tmp_path / name,
-            progress=False,
-            chunk_rows=64,
-            executor=None if name == "brand" else SerialExecutor(),
-        )
-        for name in ("brand", "platform")
-    }
+    clients = {"brand": make_client("brand", own_pool=True), "platform": make_client("platform")}
     brand = clients["brand"]
     brand._get_executor()  # the client's own pool, as a first match would leave it
     fork_server_killer()
@@ -58,8 +45,6 @@ def test_a_match_whose_fork_server_died_fails_with_a_typed_error_and_resumes(
         summary = match()
     finally:
         thread.join()
-        for client in clients.values():
-            client.close()
     assert summary.peer_set_size == 180
     assert not isinstance(other["summary"], Exception), other["summary"]
 
