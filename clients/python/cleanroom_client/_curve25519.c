@@ -362,7 +362,8 @@ static PyObject *message_tuple(PyObject *msgs, const char *what) {
     }
 }
 
-/* The message bytes of items[0..count) into data and len; -1 with TypeError where one is not bytes. */
+/* The message bytes of items[0..count) into data and len (the hash's and sha512_batch's); -1 with TypeError where
+   one is not bytes. */
 static int h2c_messages(const uint8_t **data, size_t *len, PyObject **items, Py_ssize_t count) {
     for (Py_ssize_t j = 0; j < count; j++) {
         char *bytes;
@@ -633,15 +634,9 @@ static PyObject *py_sha512_batch(PyObject *self, PyObject *args) {
         size_t lanes = n - group < 8 ? (size_t)(n - group) : 8;
         const uint8_t *data[8];
         size_t len[8];
-        for (size_t lane = 0; lane < lanes; lane++) {
-            char *bytes;
-            Py_ssize_t size;
-            if (PyBytes_AsStringAndSize(items[group + lane], &bytes, &size) < 0) {
-                Py_CLEAR(out);
-                goto done;
-            }
-            data[lane] = (const uint8_t *)bytes;
-            len[lane] = (size_t)size;
+        if (h2c_messages(data, len, items + group, (Py_ssize_t)lanes) < 0) {
+            Py_CLEAR(out);
+            goto done;
         }
         if (path == PATH_IFMA && sha512_mb_ok) {
             sha512_mb8(o + 64 * group, data, len, lanes);
