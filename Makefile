@@ -3,8 +3,9 @@
 # (the SDK's `report` extra; the server's own install never pulls it). torch is installed
 # first and pinned: it is the CPU build on this machine's disk, and letting opacus pull torch in would fetch a
 # multi-GB CUDA build instead. Installing the SDK compiles its native hash to curve and X25519 (clients/python/setup.py)
-# in place with the machine's C compiler; without one it is skipped and the Python paths run
-# (cleanroom_client.curve.NATIVE, X25519_NATIVE).
+# in place with the machine's C compiler, and installing the server compiles attribution's kernels (setup.py); without
+# one they are skipped and the Python and numpy paths run (cleanroom_client.curve.NATIVE, X25519_NATIVE,
+# cleanroom.analytics.credit_sums.NATIVE).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,9 +13,9 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install demo test check lint typecheck protos protos-check unit system e2e browser clean bench-openmined-venv
 
-# the extension's C files (setup.py's SOURCES and HEADERS) by pattern, so that a new one needs no line here
-$(STAMP): pyproject.toml clients/python/pyproject.toml clients/python/setup.py \
-		$(wildcard clients/python/cleanroom_client/*.c clients/python/cleanroom_client/*.h)
+# the extensions' C files (both setup.py's SOURCES and HEADERS) by pattern, so that a new one needs no line here
+$(STAMP): pyproject.toml setup.py clients/python/pyproject.toml clients/python/setup.py \
+		$(wildcard clients/python/cleanroom_client/*.c clients/python/cleanroom_client/*.h cleanroom/analytics/*.c)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0

@@ -56,10 +56,11 @@ from ..collaborations import Collaboration
 from ..errors import FailedPreconditionError, InternalError, InvalidArgumentError
 from ..principals import Principal
 from ..storage.database import quote_ident
-from . import credits
+from . import credit_sums, credits
 from .cells import Cell, below_minimum_group, withheld
 from .credits import MILLI
 from .matched import Axis, Catalog, Histogram, MatchedData, Sql, axis, cells_of, clamp
+from .native import KERNELS, THREADS
 from .plan import Measurement, Noisy, Plan, QueryAnswer, dimension_domain, read_once
 from .queries import AttributionQuery
 
@@ -297,18 +298,20 @@ class TouchCode:
         """The code over the population's exposures domains."""
         return TouchCode(tuple(sorted(exposure_domain(ev, "campaign"))), tuple(sorted(exposure_domain(ev, "channel"))))
 
-    def click(self, code: credits.Ints) -> npt.NDArray[np.bool_]:
-        """Whether each touch is a click."""
-        return code >= (len(self.campaigns) + 1) * (len(self.channels) + 1)
+    @property
+    def click_from(self) -> int:
+        """The least code of a click."""
+        return (len(self.campaigns) + 1) * (len(self.channels) + 1)
 
-    def group(self, code: credits.Ints, group: Axis) -> credits.Ints:
-        """Each touch's index in the group axis' domain (its campaign's or channel's; -1 outside it)."""
+    def groups(self, group: Axis) -> credits.Ints:
+        """Per code, its index in the group axis' domain (its campaign's or channel's; -1 outside it).
+
+        One lookup by the whole code (its few values), not a division and a remainder per touch.
+        """
         names, stride = (self.campaigns, len(self.channels) + 1) if group.column == "campaign" else (self.channels, 1)
         index = {name: i for i, name in enumerate(group.domain)}
         lookup = np.array([-1, *(index.get(name, -1) for name in names)], dtype=np.int64)
-        # one lookup by the whole code (its few values), not a division and a remainder per touch
-        codes = 2 * (len(self.campaigns) + 1) * (len(self.channels) + 1)
-        return lookup[np.arange(codes) // stride % (len(names) + 1)][code]
+        return lookup[np.arange(2 * self.click_from) // stride % (len(names) + 1)]
 
 
 @dataclass(frozen=True)
@@ -316,22 +319,16 @@ class Bounded:
     """The matched people's conversions, one entry each in no order, capped and scaled (`bounded`).
 
     `ts_us`, `cents` (scaled to the per-person bound) and `brand` per conversion; `rows[j]`: the person's row in the
-    j-th exposures table's member's data (-1: not matched with it); `dropped`: the conversions over the cap, which
-    count nowhere. They stay in the arrays (removing them would copy every array for a few percent of the rows):
-    `build` gives them a key no exposure has, and the totals leave them out.
+    j-th exposures table's member's data (-1: not matched with it); `counted`: False for the conversions over the
+    cap, which count nowhere. They stay in the arrays (removing them would copy every array for a few percent of the
+    rows): `build` gives them a key no exposure has, and the totals leave them out.
     """
 
     ts_us: credits.Ints
     cents: credits.Ints
     brand: credits.Ints
     rows: tuple[credits.Ints, ...]
-    dropped: credits.Ints
-
-    def counted(self) -> npt.NDArray[np.bool_]:
-        """Whether each conversion counts (is within the cap)."""
-        counted = np.ones(len(self.cents), dtype=bool)
-        counted[self.dropped] = False
-        return counted
+    counted: npt.NDArray[np.bool_]
 
     def build(self, lookback_us: int) -> tuple[dict[str, pa.Table], dict[str, int]]:
         """The relations and parameters `touches_sql` reads: per exposures table, the join's build side.
@@ -374,8 +371,8 @@ class Bounded:
                 key = row - row0
                 key *= buckets
                 key += bucket
-                if len(self.dropped):
-                    key[np.isin(index, self.dropped, assume_unique=True) if not every else self.dropped] = -2
+                if not self.counted.all():
+                    key[~self.counted if every else ~self.counted[index]] = -2
                 crosses = np.flatnonzero(into < lookback_us)  # the window starts in the bucket before
             # the conversions in their own bucket, and again in the one before where their window starts there: two
             # relations the statement reads as one (no copy of the first into a longer array)
@@ -395,24 +392,46 @@ class Bounded:
         return relations, params
 
 
-def bounded(arrays: Mapping[str, Any], sides: Sequence[str], cap: int, person_cents: int | None) -> Bounded:
-    """`conversions_sql`'s rows capped and scaled: the module docstring's contribution bounding, in numpy.
+def bounded(
+    arrays: Mapping[str, Any], sides: Sequence[str], cap: int, person_cents: int | None, native: bool = True
+) -> Bounded:
+    """`conversions_sql`'s rows capped and scaled: the module docstring's contribution bounding.
 
     The cap keeps each person's `cap` earliest conversions, ties by value: by their cents, which never decrease as
     the value grows, so the kept times and cents are those the order by value keeps; conversions equal in time and
     cents are interchangeable (one person: the same touches, the same cents), so which of them is kept cannot show.
-    Only the people over the cap are sorted (most are not). Then, with `person_cents` P, a person
-    whose kept conversions carry S > P |cents| has each scaled to sign x floor(|cents| x P / S), exactly.
+    Then, with `person_cents` P, a person whose kept conversions carry S > P |cents| has each scaled to
+    sign x floor(|cents| x P / S), exactly. In the compiled kernel where it is built (`native.KERNELS`; people split
+    between threads), else in numpy (`_bounded_numpy`): the same counted times and cents, and the same scaled cents.
     """
     person = np.asarray(arrays["person" if "person" in arrays else sides[0]], dtype=np.int64)
-    ts_us = np.asarray(arrays["ts_us"], dtype=np.int64)
-    cents = np.asarray(arrays["cents"], dtype=np.int64)
+    ts_us = np.ascontiguousarray(arrays["ts_us"], dtype=np.int64)
+    cents = np.ascontiguousarray(arrays["cents"], dtype=np.int64)
     brand = np.asarray(arrays["brand"], dtype=np.int64) if "brand" in arrays else np.zeros(len(person), np.int64)
     rows = tuple(np.asarray(arrays[side], dtype=np.int64) for side in sides)
-    dropped = np.zeros(0, dtype=np.int64)
     if len(person) == 0:
-        return Bounded(ts_us, cents, brand, rows, dropped)
-    who = _dense(person)
+        return Bounded(ts_us, cents, brand, rows, np.ones(0, dtype=bool))
+    who = np.ascontiguousarray(_dense(person))
+    if native and KERNELS is not None:
+        counted, scaled = np.ones(len(who), dtype=np.uint8), cents.copy()
+        P = -1 if person_cents is None else person_cents  # noqa: N806 (the docstring's P)
+        try:
+            KERNELS.bound(who, ts_us, cents, int(who.max()) + 1, cap, P, counted, scaled, THREADS)
+        except ValueError as exc:
+            raise InternalError(str(exc)) from None
+        return Bounded(ts_us, scaled, brand, rows, counted.view(bool))
+    counted_numpy, cents = _bounded_numpy(who, ts_us, cents, cap, person_cents)
+    return Bounded(ts_us, cents, brand, rows, counted_numpy)
+
+
+def _bounded_numpy(
+    who: credits.Ints, ts_us: credits.Ints, cents: credits.Ints, cap: int, person_cents: int | None
+) -> tuple[npt.NDArray[np.bool_], credits.Ints]:
+    """`bounded` in numpy: whether each conversion counts, and the cents scaled.
+
+    Only the people over the cap are sorted (most are not).
+    """
+    dropped = np.zeros(0, dtype=np.int64)
     heavy = np.flatnonzero((np.bincount(who) > cap)[who])
     if len(heavy):
         order = earliest_first(heavy, who, ts_us, cents)
@@ -435,7 +454,9 @@ def bounded(arrays: Mapping[str, Any], sides: Sequence[str], cap: int, person_ce
                 scaled = np.array([x * person_cents // y for x, y in zip(a.tolist(), s.tolist(), strict=True)])
             cents = cents.copy()
             cents[over] = np.sign(cents[over]) * scaled
-    return Bounded(ts_us, cents, brand, rows, dropped)
+    counted = np.ones(len(who), dtype=bool)
+    counted[dropped] = False
+    return counted, cents
 
 
 def earliest_first(rows: credits.Ints, who: credits.Ints, ts_us: credits.Ints, cents: credits.Ints) -> credits.Ints:
@@ -492,33 +513,11 @@ def attribution_histograms(
     relations, params = conv.build(lookback_days * credits.MICROSECONDS_PER_DAY)
     assert isinstance(touches.params, Mapping)  # touches_sql names its parameters
     arrays = data.columns(Sql(touches.text, {**touches.params, **params}), relations)
-    code = arrays["code"]  # an index (the lookups) and an ordering key: any integer type
-    touched = {
-        "conversion": arrays["conversion"],
-        "ts_us": arrays["ts_us"],
-        "click": TouchCode.of(ev).click(code),
-        "tie": code,
-        "group": TouchCode.of(ev).group(code, axes[0]),
-    }
-    rows = credits.touches_of(touched, conv.cents, conv.brand, conv.ts_us, brand_cells)
-    cell, milli, cents = credits.credit(rows, model, click_over_view, half_life_days)
+    code = TouchCode.of(ev)
+    cells = credit_sums.Cells(code.groups(axes[0]), code.click_from, brand_cells, len(axes[0].domain) - 1)
+    counted = credit_sums.Conversions(conv.cents, conv.brand, conv.ts_us, conv.counted)
+    milli_sums, cents_sums = credit_sums.cell_totals(arrays, counted, cells, model, click_over_view, half_life_days)
     keys = cells_of(axes)
-    # thousandths: at most 1000 a row, so float64 sums of them are exact
-    milli_sums = [int(x) for x in np.bincount(cell, weights=milli, minlength=len(keys))]
-    cents_sums = credits.cell_sums(cell, cents, len(keys))
-    untouched = conv.counted()
-    untouched[rows.conversion] = False
-    none = (len(axes[0].domain) - 1) * brand_cells
-    if brand_cells > 1:
-        brand = conv.brand[untouched]
-        counts = np.bincount(brand, minlength=brand_cells).tolist()
-    else:  # one cell: its count, and `cell_sums` reads no cells
-        brand, counts = conv.brand[:0], [int(untouched.sum())]
-    for b, (count, total) in enumerate(
-        zip(counts, credits.cell_sums(brand, conv.cents[untouched], brand_cells), strict=True)
-    ):
-        milli_sums[none + b] += MILLI * count
-        cents_sums[none + b] += total
     return (
         Histogram(axes, keys, tuple(clamp(v) for v in milli_sums)),
         Histogram(axes, keys, tuple(clamp(v) for v in cents_sums)),

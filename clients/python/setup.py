@@ -27,7 +27,7 @@ HEADERS = [
 
 
 def source_sha256() -> str:
-    """SHA-256 over the C sources and headers in order (curve._source_sha256 computes the same beside the module)."""
+    """SHA-256 over the C sources and headers in order (native.source_sha256 computes the same beside the module)."""
     digest = hashlib.sha256()
     for source in SOURCES + HEADERS:
         digest.update((Path(__file__).parent / source).read_bytes())

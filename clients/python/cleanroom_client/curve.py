@@ -18,13 +18,14 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from types import ModuleType
 from typing import Final
 
 import gmpy2
 import numpy as np
 from gmpy2 import mpz
+
+from .native import stale_reason
 
 #: The extension's C files in setup.py's order (SOURCES, then HEADERS): their SHA-256 is built into the module.
 _C_SOURCES: Final = (
@@ -38,33 +39,12 @@ _C_SOURCES: Final = (
 )
 
 
-def _source_sha256() -> str | None:
-    """SHA-256 over the extension's C sources beside this module (as setup.py computes it), None without them."""
-    digest = hashlib.sha256()
-    for name in _C_SOURCES:
-        try:
-            digest.update((Path(__file__).parent / name).read_bytes())
-        except OSError:
-            return None
-    return digest.hexdigest()
-
-
-def _stale_reason(module: ModuleType) -> str | None:
-    """Why the built extension must not be used, or None: built from older sources than those beside it."""
-    if not hasattr(module, "on_curve_batch"):
-        return "was built from an older source"  # its functions do not match this module's calls
-    sources = _source_sha256()
-    if sources is not None and getattr(module, "SOURCE_SHA256", None) != sources:
-        return "was built from other sources than the C files beside it"  # e.g. before a fix to the C
-    return None
-
-
 _native: ModuleType | None
 try:
     from . import _curve25519 as _native
 except ImportError:  # no compiler at install time: the Python path below
     _native = None
-if _native is not None and (_stale := _stale_reason(_native)) is not None:
+if _native is not None and (_stale := stale_reason(_native, "on_curve_batch", _C_SOURCES, __file__)) is not None:
     # An editable install updated without rebuilding: the old module is not used at all (its functions may not
     # match this module's calls, or may lack a fix), and the user is told how to rebuild it.
     warnings.warn(

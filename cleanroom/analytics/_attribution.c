@@ -1,0 +1,629 @@
+/* Attribution's credits in C: from the touches DuckDB returned (any order) to exact per-cell sums.
+ *
+ * The native twin of cleanroom/analytics/credits.py (`touches_of`, `credit`, `cell_sums` and the `none` cell of
+ * attribution.attribution_histograms), used by cleanroom/analytics/credit_sums.py when this extension is built.
+ * The rules are the same, one conversion at a time as the plain reference in the tests states them:
+ *   - a conversion's touches are ordered by time, then by their code (an impression before a click at the same
+ *     instant, then campaign, then channel); touches equal in both are in one cell, so their order cannot show;
+ *   - with click-over-view, a conversion that has a click keeps its clicks only; the latest MAX_TOUCHES are kept;
+ *   - weights per model (last, first, linear 1/n, position-based 0.4 / 0.2 / 0.4, time decay 2^(-age/half-life)
+ *     relative to the newest touch, normalised by their sum in order);
+ *   - each conversion hands out exactly 1000 thousandths and exactly |cents| cents (with the value's sign): the
+ *     floors of weight x total, then the units left over to the largest remainders, ties to the earlier position.
+ *     Should float rounding leave more units than touches, or fewer than none, whole rounds go to (or come from)
+ *     every touch and the rest by the same order (the smallest remainders give first), so the integers add up to
+ *     the total exactly whatever the weights: the sensitivity rests on it.
+ *   - a counted conversion without a touch hands both to its brand's `none` cell; a dropped one (over the cap)
+ *     counts nowhere, whatever touches it has.
+ * Sums are 128-bit. No secret passes through here but the data itself; nothing is constant time.
+ *
+ * The work is split between threads by ranges of conversions (each with its own sums, added at the end); the GIL
+ * is released throughout. Compiled with -ffp-contract=off: every float operation is the one written, as numpy's.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef CLEANROOM_SOURCE_SHA256
+#define CLEANROOM_SOURCE_SHA256 ""
+#endif
+
+#define MILLI 1000
+#define MAX_TOUCHES 100
+#define MAX_THREADS 16
+#define MICROSECONDS_PER_DAY 86400000000.0
+
+enum model { LAST_TOUCH, FIRST_TOUCH, LINEAR, TIME_DECAY, POSITION_BASED };
+enum failure { OK, NO_MEMORY, BAD_CONVERSION, BAD_CODE, BAD_GROUP };
+
+typedef __int128 i128;
+
+/* A touch: its time and code, and its conversion's place in its bucket (`group_range`). */
+typedef struct {
+    int64_t ts;
+    int32_t code;
+    uint32_t at;
+} touch;
+
+/* What every thread reads: the touches as they came, the conversions, and the request. */
+typedef struct {
+    const int64_t *conversion, *ts, *code;
+    int64_t n;
+    const int64_t *conv_cents, *conv_brand, *lookup;
+    const uint8_t *counted;
+    int64_t codes, click_from, brand_cells, none_group;
+    int model, click_over_view;
+    double half_life;
+} job;
+
+/* One thread's range of conversions [lo, hi): their touches grouped by conversion (`sorted`, from `off[c - lo]`),
+ * its scratch and its sums (thousandths and cents per cell). */
+typedef struct {
+    const job *j;
+    int64_t lo, hi;
+    i128 *milli, *cents;
+    int64_t *bucket, *off;
+    int shift;
+    touch *sorted, *grouped, *buf;
+    int64_t grouped_cap;
+    double *w, *rest;
+    int64_t *share, *rank;
+    int64_t cap;
+    int failed;
+} part;
+
+static int touch_less(const touch *a, const touch *b) {
+    return a->ts < b->ts || (a->ts == b->ts && a->code < b->code);
+}
+
+/* Sorts t[0..n) by (ts, code): insertion for few (the usual case), else a merge sort through `tmp`. */
+static void sort_touches(touch *t, int64_t n, touch *tmp) {
+    if (n <= 24) {
+        for (int64_t i = 1; i < n; i++) {
+            touch x = t[i];
+            int64_t k = i;
+            while (k > 0 && touch_less(&x, &t[k - 1])) {
+                t[k] = t[k - 1];
+                k--;
+            }
+            t[k] = x;
+        }
+        return;
+    }
+    int64_t half = n / 2;
+    sort_touches(t, half, tmp);
+    sort_touches(t + half, n - half, tmp);
+    int64_t a = 0, b = half, o = 0;
+    while (a < half && b < n) tmp[o++] = touch_less(&t[b], &t[a]) ? t[b++] : t[a++];
+    while (a < half) tmp[o++] = t[a++];
+    while (b < n) tmp[o++] = t[b++];
+    memcpy(t, tmp, (size_t)n * sizeof(touch));
+}
+
+static int grow(part *p, int64_t n) {
+    if (n <= p->cap) return 1;
+    int64_t cap = n < 256 ? 256 : n;
+    touch *buf = realloc(p->buf, (size_t)cap * sizeof(touch)); /* the merge's scratch */
+    if (buf == NULL) return 0;
+    p->buf = buf;
+    double *w = realloc(p->w, (size_t)cap * sizeof(double));
+    if (w == NULL) return 0;
+    p->w = w;
+    double *rest = realloc(p->rest, (size_t)cap * sizeof(double));
+    if (rest == NULL) return 0;
+    p->rest = rest;
+    int64_t *share = realloc(p->share, (size_t)cap * sizeof(int64_t));
+    if (share == NULL) return 0;
+    p->share = share;
+    int64_t *rank = realloc(p->rank, (size_t)cap * sizeof(int64_t));
+    if (rank == NULL) return 0;
+    p->rank = rank;
+    p->cap = cap;
+    return 1;
+}
+
+/* Integer shares of `total` (>= 0) by weights w[0..n): floors, then the largest remainders (ties: earlier first). */
+static void apportion(part *p, int64_t n, int64_t total) {
+    double *w = p->w, *rest = p->rest;
+    int64_t *share = p->share, *rank = p->rank;
+    int64_t left = total;
+    for (int64_t i = 0; i < n; i++) {
+        double exact = w[i] * (double)total;
+        double floor_ = floor(exact);
+        rest[i] = exact - floor_;
+        share[i] = (int64_t)floor_;
+        left -= share[i];
+    }
+    if (left == 0) return;
+    /* the positions by descending remainder, ties by position: an insertion sort (n <= MAX_TOUCHES) */
+    for (int64_t i = 0; i < n; i++) {
+        int64_t k = i;
+        while (k > 0 && rest[rank[k - 1]] < rest[i]) {
+            rank[k] = rank[k - 1];
+            k--;
+        }
+        rank[k] = i;
+    }
+    int64_t whole = left / n, extra = left % n; /* truncated: both have the sign of `left` */
+    for (int64_t i = 0; i < n; i++) share[i] += whole;
+    if (extra > 0) {
+        for (int64_t r = 0; r < extra; r++) share[rank[r]] += 1;
+    } else {
+        for (int64_t r = 0; r < -extra; r++) share[rank[n - 1 - r]] -= 1;
+    }
+}
+
+static void weigh(part *p, const touch *t, int64_t n) {
+    const job *j = p->j;
+    double *w = p->w;
+    switch (j->model) {
+    case LINEAR:
+        for (int64_t i = 0; i < n; i++) w[i] = 1.0 / (double)n;
+        break;
+    case POSITION_BASED: {
+        double end = n == 2 ? 0.5 : (n == 1 ? 1.0 : 0.4);
+        double middle = 0.2 / (double)(n - 2 > 1 ? n - 2 : 1);
+        for (int64_t i = 0; i < n; i++) w[i] = (i == 0 || i == n - 1) ? end : middle;
+        break;
+    }
+    default: { /* TIME_DECAY */
+        int64_t newest = t[n - 1].ts;
+        double sum = 0.0;
+        for (int64_t i = 0; i < n; i++) {
+            double age_days = (double)(newest - t[i].ts) / MICROSECONDS_PER_DAY;
+            w[i] = exp2(-age_days / j->half_life);
+            sum += w[i];
+        }
+        for (int64_t i = 0; i < n; i++) w[i] = w[i] / sum;
+    }
+    }
+}
+
+/* Cuts the range's touches into buckets of 2^shift conversions (at most about a thousand buckets, whose write
+ * positions stay in cache), moving each touch's time and code; `group_bucket` then groups one bucket's touches by
+ * conversion in cache. Two passes over every touch, each keeping only its range's, so that no step gathers at
+ * random across the whole range. Checks every code on the way. */
+static int group_range(part *p) {
+    const job *j = p->j;
+    int64_t lo = p->lo, width = p->hi - p->lo;
+    int shift = 0;
+    while ((width >> shift) > 1024) shift++;
+    int64_t buckets = (width >> shift) + 1;
+    p->shift = shift;
+    p->bucket = calloc((size_t)buckets + 1, sizeof(int64_t));
+    p->off = malloc(((size_t)1 << shift) * sizeof(int64_t) + sizeof(int64_t));
+    if (p->bucket == NULL || p->off == NULL) return NO_MEMORY;
+    int64_t *bucket = p->bucket;
+    const int64_t *cv = j->conversion, *code = j->code;
+    for (int64_t i = 0; i < j->n; i++) {
+        uint64_t at = (uint64_t)(cv[i] - lo);
+        if (at < (uint64_t)width) {
+            if (code[i] < 0 || code[i] >= j->codes) return BAD_CODE;
+            bucket[(at >> shift) + 1]++;
+        }
+    }
+    for (int64_t b = 0; b < buckets; b++) bucket[b + 1] += bucket[b];
+    p->sorted = malloc((size_t)(bucket[buckets] ? bucket[buckets] : 1) * sizeof(touch));
+    int64_t *fill = malloc((size_t)buckets * sizeof(int64_t));
+    if (p->sorted == NULL || fill == NULL) {
+        free(fill);
+        return NO_MEMORY;
+    }
+    memcpy(fill, bucket, (size_t)buckets * sizeof(int64_t));
+    uint32_t mask = (uint32_t)(((uint64_t)1 << shift) - 1);
+    for (int64_t i = 0; i < j->n; i++) {
+        uint64_t at = (uint64_t)(cv[i] - lo);
+        if (at < (uint64_t)width) {
+            touch *to = &p->sorted[fill[at >> shift]++];
+            to->ts = j->ts[i];
+            to->code = (int32_t)code[i];
+            to->at = (uint32_t)at & mask;
+        }
+    }
+    free(fill);
+    return OK;
+}
+
+/* Groups bucket b's touches by conversion into `grouped`, from `off[c]` (c the conversion's place in the bucket). */
+static int group_bucket(part *p, int64_t b) {
+    const touch *in = p->sorted + p->bucket[b];
+    int64_t n = p->bucket[b + 1] - p->bucket[b], size = (int64_t)1 << p->shift;
+    if (n > p->grouped_cap) {
+        touch *grouped = realloc(p->grouped, (size_t)n * sizeof(touch));
+        if (grouped == NULL) return NO_MEMORY;
+        p->grouped = grouped;
+        p->grouped_cap = n;
+    }
+    int64_t *off = p->off;
+    memset(off, 0, (size_t)(size + 1) * sizeof(int64_t));
+    for (int64_t i = 0; i < n; i++) off[in[i].at + 1]++;
+    for (int64_t c = 0; c < size; c++) off[c + 1] += off[c];
+    for (int64_t i = 0; i < n; i++) p->grouped[off[in[i].at]++] = in[i];
+    for (int64_t c = size; c > 0; c--) off[c] = off[c - 1]; /* back to each conversion's start */
+    off[0] = 0;
+    return OK;
+}
+
+static void credit_range(part *p) {
+    const job *j = p->j;
+    if ((p->failed = group_range(p)) != OK) return;
+    for (int64_t c = p->lo; c < p->hi; c++) {
+        int64_t in_bucket = (c - p->lo) & (((int64_t)1 << p->shift) - 1);
+        if (in_bucket == 0 && (p->failed = group_bucket(p, (c - p->lo) >> p->shift)) != OK) return;
+        if (!j->counted[c]) continue;
+        int64_t brand = j->brand_cells > 1 ? j->conv_brand[c] : 0;
+        int64_t cents = j->conv_cents[c];
+        touch *t = p->grouped + p->off[in_bucket];
+        int64_t k = p->off[in_bucket + 1] - p->off[in_bucket];
+        if (k == 0) {
+            int64_t cell = j->none_group * j->brand_cells + brand;
+            p->milli[cell] += MILLI;
+            p->cents[cell] += cents;
+            continue;
+        }
+        if (!grow(p, k)) {
+            p->failed = NO_MEMORY;
+            return;
+        }
+        int64_t clicks = 0;
+        for (int64_t i = 0; i < k; i++) {
+            if (j->lookup[t[i].code] < 0) {
+                p->failed = BAD_GROUP;
+                return;
+            }
+            clicks += t[i].code >= j->click_from;
+        }
+        if (j->click_over_view && clicks > 0 && clicks < k) {
+            int64_t kept = 0;
+            for (int64_t i = 0; i < k; i++)
+                if (t[i].code >= j->click_from) t[kept++] = t[i];
+            k = kept;
+        }
+        sort_touches(t, k, p->buf);
+        if (k > MAX_TOUCHES) {
+            t += k - MAX_TOUCHES;
+            k = MAX_TOUCHES;
+        }
+        int64_t sign = cents < 0 ? -1 : 1, size = cents < 0 ? -cents : cents;
+        if (k == 1 || j->model == LAST_TOUCH || j->model == FIRST_TOUCH) {
+            const touch *whole = j->model == FIRST_TOUCH ? &t[0] : &t[k - 1];
+            int64_t cell = j->lookup[whole->code] * j->brand_cells + brand;
+            p->milli[cell] += MILLI;
+            p->cents[cell] += cents;
+            continue;
+        }
+        weigh(p, t, k);
+        apportion(p, k, MILLI);
+        for (int64_t i = 0; i < k; i++) p->milli[j->lookup[t[i].code] * j->brand_cells + brand] += p->share[i];
+        apportion(p, k, size);
+        for (int64_t i = 0; i < k; i++) p->cents[j->lookup[t[i].code] * j->brand_cells + brand] += sign * p->share[i];
+    }
+}
+
+static void *run_part(void *arg) {
+    credit_range((part *)arg);
+    return NULL;
+}
+
+static int check_buffer(Py_buffer *b, Py_ssize_t item, const char *name) {
+    if (b->itemsize != item || b->len % item != 0) {
+        PyErr_Format(PyExc_TypeError, "%s must be a contiguous buffer of %zd-byte integers", name, item);
+        return 0;
+    }
+    return 1;
+}
+
+/* credit_sums(conversion, ts_us, code, conv_cents, conv_brand, counted, lookup, click_from, brand_cells,
+ *             none_group, cells, model, click_over_view, half_life, threads) -> (milli bytes, cents bytes)
+ * int64 buffers but `counted` (uint8); the sums come back as little-endian 128-bit integers, 16 bytes per cell. */
+static PyObject *credit_sums(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer conv, ts, code, cents, brand, counted, lookup;
+    long long click_from, brand_cells, none_group, cells;
+    int model, click_over_view, threads;
+    double half_life;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*LLLLipdi", &conv, &ts, &code, &cents, &brand, &counted, &lookup,
+                          &click_from, &brand_cells, &none_group, &cells, &model, &click_over_view, &half_life,
+                          &threads))
+        return NULL;
+    PyObject *result = NULL;
+    i128 *sums = NULL;
+    part parts[MAX_THREADS];
+    memset(parts, 0, sizeof parts);
+    Py_ssize_t n = conv.len / 8, m = cents.len / 8;
+    if (!check_buffer(&conv, 8, "conversion") || !check_buffer(&ts, 8, "ts_us") || !check_buffer(&code, 8, "code") ||
+        !check_buffer(&cents, 8, "cents") || !check_buffer(&brand, 8, "brand") ||
+        !check_buffer(&counted, 1, "counted") || !check_buffer(&lookup, 8, "lookup"))
+        goto done;
+    if (ts.len / 8 != n || code.len / 8 != n || brand.len / 8 != m || counted.len != m || model < LAST_TOUCH ||
+        model > POSITION_BASED || brand_cells < 1 || cells < 1 || none_group < 0 ||
+        (none_group + 1) * brand_cells > cells || !(half_life > 0) || threads < 1) {
+        PyErr_SetString(PyExc_ValueError, "credit_sums: inconsistent arguments");
+        goto done;
+    }
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    const int64_t *lk = lookup.buf;
+    for (Py_ssize_t i = 0; i < lookup.len / 8; i++) {
+        if (lk[i] >= 0 && (lk[i] + 1) * brand_cells > cells) {
+            PyErr_SetString(PyExc_ValueError, "credit_sums: a group beyond the cells");
+            goto done;
+        }
+    }
+    sums = calloc((size_t)threads * 2 * (size_t)cells, sizeof(i128));
+    if (sums == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const int64_t *cv = conv.buf;
+    int failed = OK;
+    Py_BEGIN_ALLOW_THREADS;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if ((uint64_t)cv[i] >= (uint64_t)m) {
+            failed = BAD_CONVERSION;
+            break;
+        }
+    }
+    if (failed == OK) {
+        job jb = {cv, ts.buf, code.buf, n, cents.buf, brand.buf, lk, counted.buf, lookup.len / 8, click_from,
+                  brand_cells, none_group, model, click_over_view, half_life};
+        /* equal ranges of conversions: their indices are the conversions' statement's order, which has nothing to
+         * do with how many touches each has */
+        pthread_t tid[MAX_THREADS];
+        int started[MAX_THREADS] = {0};
+        for (int t = 0; t < threads; t++) {
+            int64_t lo = (int64_t)m * t / threads, hi = (int64_t)m * (t + 1) / threads;
+            parts[t] = (part){.j = &jb, .lo = lo, .hi = hi, .milli = sums + (size_t)t * 2 * cells,
+                              .cents = sums + ((size_t)t * 2 + 1) * cells, .failed = OK};
+        }
+        for (int t = 1; t < threads; t++) started[t] = pthread_create(&tid[t], NULL, run_part, &parts[t]) == 0;
+        credit_range(&parts[0]);
+        for (int t = 1; t < threads; t++) {
+            if (started[t]) pthread_join(tid[t], NULL);
+            else credit_range(&parts[t]); /* no thread: this one does the range */
+        }
+        for (int t = 0; t < threads; t++)
+            if (parts[t].failed != OK && failed == OK) failed = parts[t].failed;
+        for (int t = 1; t < threads && failed == OK; t++) {
+            for (long long c = 0; c < cells; c++) {
+                sums[c] += parts[t].milli[c];
+                sums[cells + c] += parts[t].cents[c];
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS;
+    switch (failed) {
+    case OK:
+        result = Py_BuildValue("(y#y#)", (const char *)sums, (Py_ssize_t)(cells * 16),
+                               (const char *)(sums + cells), (Py_ssize_t)(cells * 16));
+        break;
+    case NO_MEMORY:
+        PyErr_NoMemory();
+        break;
+    case BAD_CONVERSION:
+        PyErr_SetString(PyExc_ValueError, "credit_sums: a touch names no conversion");
+        break;
+    case BAD_CODE:
+        PyErr_SetString(PyExc_ValueError, "credit_sums: a touch's code is outside the lookup");
+        break;
+    default:
+        PyErr_SetString(PyExc_ValueError, "credit_sums: values outside the declared domains reached an aggregate");
+    }
+done:
+    for (int t = 0; t < MAX_THREADS; t++) {
+        free(parts[t].bucket);
+        free(parts[t].off);
+        free(parts[t].sorted);
+        free(parts[t].grouped);
+        free(parts[t].buf);
+        free(parts[t].w);
+        free(parts[t].rest);
+        free(parts[t].share);
+        free(parts[t].rank);
+    }
+    free(sums);
+    PyBuffer_Release(&conv);
+    PyBuffer_Release(&ts);
+    PyBuffer_Release(&code);
+    PyBuffer_Release(&cents);
+    PyBuffer_Release(&brand);
+    PyBuffer_Release(&counted);
+    PyBuffer_Release(&lookup);
+    return result;
+}
+
+/* The contribution bound, one range of people per thread: the cap keeps each person's `cap` earliest conversions
+ * (ties by cents; conversions equal in both are interchangeable), then a person whose kept conversions carry S > P
+ * |cents| has each scaled to sign x floor(|cents| x P / S), exactly (128-bit products). */
+typedef struct {
+    int64_t ts, cents, index;
+    uint64_t at; /* the person's place in its bucket */
+} held;
+
+typedef struct {
+    const int64_t *who, *ts, *cents;
+    int64_t m, cap, person_cents;
+    uint8_t *counted;
+    int64_t *out;
+    int64_t lo, hi;
+    int failed;
+} bound_part;
+
+static int held_cmp(const void *a, const void *b) {
+    const held *x = a, *y = b;
+    if (x->ts != y->ts) return x->ts < y->ts ? -1 : 1;
+    if (x->cents != y->cents) return x->cents < y->cents ? -1 : 1;
+    return (x->index > y->index) - (x->index < y->index);
+}
+
+static int64_t magnitude(int64_t v) { return v < 0 ? -v : v; }
+
+/* One person's conversions h[0..k): the earliest `cap` count, then their cents are scaled to the person's bound. */
+static void bound_person(bound_part *b, held *h, int64_t k) {
+    if (k > b->cap) {
+        if (k <= 24) {
+            for (int64_t i = 1; i < k; i++) {
+                held x = h[i];
+                int64_t r = i;
+                while (r > 0 && held_cmp(&x, &h[r - 1]) < 0) {
+                    h[r] = h[r - 1];
+                    r--;
+                }
+                h[r] = x;
+            }
+        } else {
+            qsort(h, (size_t)k, sizeof(held), held_cmp);
+        }
+    }
+    int64_t kept = k > b->cap ? b->cap : k, total = 0;
+    for (int64_t r = 0; r < kept; r++) total += magnitude(h[r].cents);
+    int scale = b->person_cents >= 0 && total > b->person_cents;
+    for (int64_t r = kept; r < k; r++) {
+        b->counted[h[r].index] = 0;
+        if (scale) b->out[h[r].index] = 0; /* counts nowhere: 0, as the numpy path leaves it */
+    }
+    if (!scale) return;
+    for (int64_t r = 0; r < kept; r++) {
+        int64_t c = h[r].cents;
+        int64_t scaled = (int64_t)((i128)magnitude(c) * b->person_cents / total);
+        b->out[h[r].index] = c < 0 ? -scaled : scaled;
+    }
+}
+
+/* The range's conversions cut into buckets of 2^shift people (as `group_range` does with touches), each bucket's
+ * grouped by person in cache, then each person bounded: no step gathers at random across the whole range. */
+static void bound_range(bound_part *b) {
+    int64_t width = b->hi - b->lo;
+    int shift = 0;
+    while ((width >> shift) > 1024) shift++;
+    int64_t buckets = (width >> shift) + 1, size = (int64_t)1 << shift, longest = 0;
+    int64_t *bucket = calloc((size_t)buckets + 1, sizeof(int64_t)), *fill = NULL;
+    int64_t *off = malloc((size_t)(size + 1) * sizeof(int64_t));
+    held *all = NULL, *grouped = NULL;
+    if (bucket == NULL || off == NULL) goto fail;
+    for (int64_t i = 0; i < b->m; i++) {
+        uint64_t a = (uint64_t)(b->who[i] - b->lo);
+        if (a < (uint64_t)width) bucket[(a >> shift) + 1]++;
+    }
+    for (int64_t k = 0; k < buckets; k++) {
+        if (bucket[k + 1] > longest) longest = bucket[k + 1];
+        bucket[k + 1] += bucket[k];
+    }
+    all = malloc((size_t)(bucket[buckets] ? bucket[buckets] : 1) * sizeof(held));
+    grouped = malloc((size_t)(longest ? longest : 1) * sizeof(held));
+    fill = malloc((size_t)buckets * sizeof(int64_t));
+    if (all == NULL || grouped == NULL || fill == NULL) goto fail;
+    memcpy(fill, bucket, (size_t)buckets * sizeof(int64_t));
+    for (int64_t i = 0; i < b->m; i++) {
+        uint64_t a = (uint64_t)(b->who[i] - b->lo);
+        if (a < (uint64_t)width)
+            all[fill[a >> shift]++] = (held){b->ts[i], b->cents[i], i, a & (uint64_t)(size - 1)};
+    }
+    for (int64_t k = 0; k < buckets; k++) {
+        const held *in = all + bucket[k];
+        int64_t n = bucket[k + 1] - bucket[k];
+        memset(off, 0, (size_t)(size + 1) * sizeof(int64_t));
+        for (int64_t i = 0; i < n; i++) off[in[i].at + 1]++;
+        for (int64_t c = 0; c < size; c++) off[c + 1] += off[c];
+        for (int64_t i = 0; i < n; i++) grouped[off[in[i].at]++] = in[i]; /* off[c]: now where c's end */
+        for (int64_t c = 0, start = 0; c < size; c++) {
+            if (off[c] > start) bound_person(b, grouped + start, off[c] - start);
+            start = off[c];
+        }
+    }
+    free(bucket);
+    free(off);
+    free(all);
+    free(grouped);
+    free(fill);
+    return;
+fail:
+    free(bucket);
+    free(off);
+    free(all);
+    free(grouped);
+    free(fill);
+    b->failed = NO_MEMORY;
+}
+
+static void *run_bound(void *arg) {
+    bound_range((bound_part *)arg);
+    return NULL;
+}
+
+/* bound(who, ts_us, cents, people, cap, person_cents, counted, out, threads): `who` dense person ids in [0, people);
+ * `counted` (uint8, all 1) and `out` (a copy of `cents`) are written in place: 0 for each conversion over the cap,
+ * the scaled cents where the person's kept conversions carry more than `person_cents` (< 0: no per-person bound).
+ * A conversion over the cap counts nowhere: its `out` is its cents, or 0 where its person's are scaled (as numpy's). */
+static PyObject *bound(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer who, ts, cents, counted, out;
+    long long people, cap, person_cents;
+    int threads;
+    if (!PyArg_ParseTuple(args, "y*y*y*LLLw*w*i", &who, &ts, &cents, &people, &cap, &person_cents, &counted, &out,
+                          &threads))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t m = who.len / 8;
+    if (!check_buffer(&who, 8, "who") || !check_buffer(&ts, 8, "ts_us") || !check_buffer(&cents, 8, "cents") ||
+        !check_buffer(&counted, 1, "counted") || !check_buffer(&out, 8, "out"))
+        goto done;
+    if (ts.len / 8 != m || cents.len / 8 != m || counted.len != m || out.len / 8 != m || people < 0 || cap < 1 ||
+        threads < 1) {
+        PyErr_SetString(PyExc_ValueError, "bound: inconsistent arguments");
+        goto done;
+    }
+    const int64_t *w = who.buf;
+    int bad = 0, failed = OK;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    Py_BEGIN_ALLOW_THREADS;
+    for (Py_ssize_t i = 0; i < m; i++) bad |= (uint64_t)w[i] >= (uint64_t)people;
+    if (!bad) {
+        bound_part parts[MAX_THREADS];
+        pthread_t tid[MAX_THREADS];
+        int started[MAX_THREADS] = {0};
+        for (int t = 0; t < threads; t++)
+            parts[t] = (bound_part){w, ts.buf, cents.buf, m, cap, person_cents, counted.buf, out.buf,
+                                    (int64_t)people * t / threads, (int64_t)people * (t + 1) / threads, OK};
+        for (int t = 1; t < threads; t++) started[t] = pthread_create(&tid[t], NULL, run_bound, &parts[t]) == 0;
+        bound_range(&parts[0]);
+        for (int t = 1; t < threads; t++) {
+            if (started[t]) pthread_join(tid[t], NULL);
+            else bound_range(&parts[t]);
+        }
+        for (int t = 0; t < threads; t++)
+            if (parts[t].failed != OK) failed = parts[t].failed;
+    }
+    Py_END_ALLOW_THREADS;
+    if (bad) PyErr_SetString(PyExc_ValueError, "bound: a person id outside [0, people)");
+    else if (failed != OK) PyErr_NoMemory();
+    else result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&who);
+    PyBuffer_Release(&ts);
+    PyBuffer_Release(&cents);
+    PyBuffer_Release(&counted);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"bound", bound, METH_VARARGS, "Attribution's contribution bound over the conversions (see the source)."},
+    {"credit_sums", credit_sums, METH_VARARGS, "Attribution's exact per-cell sums from the touches (see the source)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_attribution", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__attribution(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddStringConstant(m, "SOURCE_SHA256", CLEANROOM_SOURCE_SHA256) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,30 @@
+"""The server's one compiled part: attribution's credits (cleanroom/analytics/_attribution.c).
+
+Everything else is in pyproject.toml. The extension is optional: where no C compiler exists the build skips it and
+`cleanroom.analytics.credit_sums` computes the same credits in numpy (`credit_sums.NATIVE` says which runs).
+-ffp-contract=off keeps every float operation the one written (no fused multiply-add), as numpy computes them.
+The extension records the SHA-256 of its source, which credit_sums checks against the file beside it.
+"""
+
+from pathlib import Path
+
+from setuptools import Extension, setup
+
+SOURCES = ["cleanroom/analytics/_attribution.c"]
+
+if __name__ == "__main__":
+    import hashlib
+
+    digest = hashlib.sha256(b"".join((Path(__file__).parent / s).read_bytes() for s in SOURCES)).hexdigest()
+    setup(
+        ext_modules=[
+            Extension(
+                "cleanroom.analytics._attribution",
+                SOURCES,
+                extra_compile_args=["-O3", "-ffp-contract=off", "-pthread"],
+                extra_link_args=["-pthread"],
+                define_macros=[("CLEANROOM_SOURCE_SHA256", f'"{digest}"')],
+                optional=True,
+            )
+        ]
+    )

@@ -1,0 +1,243 @@
+"""The compiled attribution kernels (`_attribution.c`) against their numpy twins and the plain reference.
+
+`credit_sums.cell_totals` and `attribution.bounded` run in C where the extension is built (it is here: the first
+test says so) and in numpy otherwise; both must release the same integers. Differential properties on random
+touches in any order (every model, click-over-view, a brand axis, conversions over the cap, negative and 2^53-sized
+cents, conversions of more than `MAX_TOUCHES` and of more than the insertion sort's 24 touches), on any number of
+threads, and the refusals: a touch naming no conversion or outside the declared domains is an InternalError on
+both paths. Time decay's exponentials are the C library's in C and numpy's in numpy, which may differ in the last
+bit and so move a unit on a tie: compared within one unit per touch, and their sums exactly
+(each conversion hands out exactly 1000 thousandths and its cents).
+"""
+
+from __future__ import annotations
+
+import types
+from collections import defaultdict
+
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+from cleanroom.analytics import attribution, credit_sums, native
+from cleanroom.analytics.credit_sums import Cells, Conversions, cell_totals
+from cleanroom.analytics.credits import MAX_TOUCHES, MILLI
+from cleanroom.errors import InternalError
+from cleanroom_client.native import stale_reason
+
+MODELS = ("last_touch", "first_touch", "linear", "time_decay", "position_based")
+GROUPS, BRANDS = 3, 2  # the group axis: 2 campaigns and `none`; the brand axis: 2 values
+#: codes: (click x 3 + campaign) for campaign 0..2 (0: outside the domain), so 6 codes; groups by campaign
+LOOKUP = np.array([-1, 0, 1, -1, 0, 1], dtype=np.int64)
+CELLS = Cells(LOOKUP, 3, BRANDS, GROUPS - 1)
+
+
+def test_the_kernels_are_built_here():
+    """Where a C compiler exists the install builds them (this machine has one): the numpy path is the fallback."""
+    assert native.KERNELS is not None
+    assert credit_sums.NATIVE
+
+
+def touches_strategy(max_conversions: int = 8, max_touches: int = 40):
+    touch = st.tuples(
+        st.integers(0, max_conversions - 1),
+        st.integers(0, 6),  # hours: ties are common
+        st.sampled_from([1, 2, 4, 5]),  # codes inside the domain: impressions then clicks of campaigns 1, 2
+    )
+    return st.tuples(
+        st.lists(touch, max_size=max_touches),
+        st.lists(
+            st.tuples(
+                st.one_of(st.integers(-(2**20), 2**20), st.integers(-(2**53), 2**53)),
+                st.integers(0, BRANDS - 1),
+                st.booleans(),
+            ),
+            min_size=max_conversions,
+            max_size=max_conversions,
+        ),
+    )
+
+
+def arrays(rows, conversions):
+    touches = {
+        "conversion": np.array([r[0] for r in rows], dtype=np.int64),
+        "ts_us": np.array([r[1] * 3_600_000_000 for r in rows], dtype=np.int64),
+        "code": np.array([r[2] for r in rows], dtype=np.int32),
+    }
+    conv = Conversions(
+        np.array([c for c, _, _ in conversions], dtype=np.int64),
+        np.array([b for _, b, _ in conversions], dtype=np.int64),
+        np.zeros(len(conversions), dtype=np.int64),
+        np.array([k for _, _, k in conversions], dtype=bool),
+    )
+    return touches, conv
+
+
+def close(a: list[int], b: list[int], slack: int) -> bool:
+    return all(abs(x - y) <= slack for x, y in zip(a, b, strict=True))
+
+
+@settings(max_examples=400, deadline=None)
+@given(touches_strategy(), st.sampled_from(MODELS), st.booleans(), st.randoms(use_true_random=False))
+def test_native_credits_equal_numpys_in_any_order(case, model, click_over_view, rnd):
+    rows, conversions = case
+    rnd.shuffle(rows)
+    touches, conv = arrays(rows, conversions)
+    got = cell_totals(touches, conv, CELLS, model, click_over_view, 2.0, native=True)
+    want = cell_totals(touches, conv, CELLS, model, click_over_view, 2.0, native=False)
+    if model == "time_decay":
+        assert close(got[0], want[0], len(rows))
+        assert close(got[1], want[1], len(rows))
+    else:
+        assert got == want
+    counted = [k for k, (_, _, kept) in enumerate(conversions) if kept]
+    assert sum(got[0]) == MILLI * len(counted)  # each counted conversion hands out exactly 1000
+    assert sum(got[1]) == sum(conversions[k][0] for k in counted)  # and exactly its cents
+
+
+def test_long_conversions_take_the_merge_sort_and_the_latest_hundred():
+    rng = np.random.default_rng(7)
+    rows = [
+        (c, int(h), int(code))
+        for c in range(6)
+        for h, code in zip(
+            rng.integers(0, 40, (5, 30, 99, 100, 101, 250)[c]), rng.choice([1, 2, 4, 5], 250), strict=False
+        )
+    ]
+    rng.shuffle(rows)
+    conversions = [
+        (int(v), int(b), True) for v, b in zip(rng.integers(-(10**9), 10**9, 6), rng.integers(0, 2, 6), strict=True)
+    ]
+    touches, conv = arrays(rows, conversions)
+    assert max(np.bincount(touches["conversion"])) > MAX_TOUCHES
+    for model in MODELS:
+        for click_over_view in (False, True):
+            got = cell_totals(touches, conv, CELLS, model, click_over_view, 1.5, native=True)
+            want = cell_totals(touches, conv, CELLS, model, click_over_view, 1.5, native=False)
+            if model == "time_decay":
+                assert close(got[0], want[0], len(rows))
+                assert close(got[1], want[1], len(rows))
+            else:
+                assert got == want, (model, click_over_view)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 4])
+def test_any_number_of_threads_gives_the_same_sums(monkeypatch, threads):
+    rng = np.random.default_rng(threads)
+    n, m = 20_000, 7_001
+    rows = list(
+        zip(
+            rng.integers(0, m, n).tolist(),
+            rng.integers(0, 48, n).tolist(),
+            rng.choice([1, 2, 4, 5], n).tolist(),
+            strict=True,
+        )
+    )
+    conversions = list(
+        zip(
+            rng.integers(-(10**6), 10**6, m).tolist(),
+            rng.integers(0, 2, m).tolist(),
+            (rng.random(m) < 0.9).tolist(),
+            strict=True,
+        )
+    )
+    touches, conv = arrays(rows, conversions)
+    want = {model: cell_totals(touches, conv, CELLS, model, True, 2.0, native=False) for model in MODELS}
+    monkeypatch.setattr(credit_sums, "THREADS", threads)
+    for model in MODELS:
+        got = cell_totals(touches, conv, CELLS, model, True, 2.0, native=True)
+        if model == "time_decay":
+            assert close(got[0], want[model][0], 50)
+            assert close(got[1], want[model][1], 50)
+        else:
+            assert got == want[model], model
+
+
+@pytest.mark.parametrize("native_path", [True, False])
+def test_a_touch_outside_the_domains_or_naming_no_conversion_is_an_internal_error(native_path):
+    conversions = [(100, 0, True), (200, 1, True)]
+    for rows in ([(0, 1, 3)], [(1, 2, 0)], [(0, 1, 6)], [(0, 1, -1)]):  # group -1 (twice), codes beyond the lookup
+        touches, conv = arrays(rows, conversions)
+        with pytest.raises(InternalError):
+            cell_totals(touches, conv, CELLS, "linear", False, 2.0, native=native_path)
+    touches, conv = arrays([(2, 1, 1)], conversions)  # conversion 2 of 2
+    with pytest.raises((InternalError, IndexError)):
+        cell_totals(touches, conv, CELLS, "linear", False, 2.0, native=native_path)
+
+
+def test_the_native_path_refuses_a_touch_naming_no_conversion():
+    touches, conv = arrays([(0, 1, 1), (5, 1, 1)], [(100, 0, True), (200, 1, True)])
+    with pytest.raises(InternalError, match="names no conversion"):
+        cell_totals(touches, conv, CELLS, "linear", False, 2.0, native=True)
+
+
+# -- the contribution bound ----------------------------------------------------------------------------------------
+
+conversions_strategy = st.lists(
+    st.tuples(
+        st.integers(0, 12),  # person
+        st.integers(0, 5),  # time: ties are common
+        st.one_of(st.integers(-3000, 3000), st.integers(-(2**53), 2**53)),  # cents
+    ),
+    max_size=80,
+)
+
+
+def bound_both(rows, cap, person_cents):
+    cols = {
+        "person": np.array([r[0] for r in rows], dtype=np.int64),
+        "ts_us": np.array([r[1] for r in rows], dtype=np.int64),
+        "cents": np.array([r[2] for r in rows], dtype=np.int64),
+        "row_platform": np.zeros(len(rows), dtype=np.int64),
+    }
+    return (
+        attribution.bounded(cols, ["row_platform"], cap, person_cents, native=True),
+        attribution.bounded(cols, ["row_platform"], cap, person_cents, native=False),
+    )
+
+
+def kept(b, rows):
+    """Per person, the sorted (time, scaled cents) of the counted conversions: what the rest of the query reads."""
+    out = defaultdict(list)
+    for i, r in enumerate(rows):
+        if b.counted[i]:
+            out[r[0]].append((r[1], int(b.cents[i])))
+    return {p: sorted(v) for p, v in out.items()}
+
+
+@settings(max_examples=400, deadline=None)
+@given(conversions_strategy, st.integers(1, 4), st.one_of(st.none(), st.integers(0, 10_000), st.integers(0, 2**53)))
+def test_native_bound_equals_numpys(rows, cap, person_cents):
+    got, want = bound_both(rows, cap, person_cents)
+    assert got.counted.sum() == want.counted.sum()
+    assert kept(got, rows) == kept(want, rows)  # equal conversions of one person may swap: they cannot show
+    for convs in kept(got, rows).values():
+        assert len(convs) <= cap
+        if person_cents is not None:  # scaled when over the bound, so never above it
+            assert sum(abs(c) for _, c in convs) <= person_cents
+
+
+def test_a_person_with_many_conversions_takes_the_sort_and_keeps_the_earliest():
+    rng = np.random.default_rng(3)
+    rows = [(0, int(t), int(c)) for t, c in zip(rng.integers(0, 1000, 500), rng.integers(-500, 5000, 500), strict=True)]
+    rows += [(1, 5, 10)] * 30  # all equal: any three of them
+    got, want = bound_both(rows, 3, 2_000)
+    assert kept(got, rows) == kept(want, rows)
+    earliest = sorted((t, c) for p, t, c in rows if p == 0)[:3]
+    assert [t for t, _ in kept(got, rows)[0]] == [t for t, _ in earliest]
+
+
+def test_an_extension_built_from_other_sources_is_not_used():
+    old = types.ModuleType("cleanroom.analytics._attribution")
+    old.SOURCE_SHA256 = "0" * 64  # type: ignore[attr-defined]
+    old.bound = lambda: None  # type: ignore[attr-defined]
+    beside = native.__file__
+    assert (
+        stale_reason(old, "bound", ("_attribution.c",), beside)
+        == "was built from other sources than the C files beside it"
+    )
+    del old.bound
+    assert stale_reason(old, "bound", ("_attribution.c",), beside) == "was built from an older source"
+    assert native.KERNELS is not None
+    assert stale_reason(native.KERNELS, "bound", ("_attribution.c",), beside) is None
