@@ -181,9 +181,8 @@ class QueryEngine:
             if preview:
                 typical = preview if isinstance(preview, Typical) else Typical()
                 return self._preview(principal, collaboration, query_type, params, plan, typical, epsilon)
-            reservation = self._budget.reserve(
-                collaboration.id, plan.charges, self._limits(collaboration), query_type, params
-            )
+            limits = self._limits(collaboration)
+            reservation = self._budget.reserve(collaboration.id, plan.charges, limits, query_type, params)
         except CleanroomError as exc:
             refused = {"query": query_type, **params, "reason": str(exc)}  # the type: an auditor reads what was refused
             self._audit.record(collaboration.id, principal.name, "query.refuse", refused)
@@ -207,7 +206,10 @@ class QueryEngine:
                         )
                     )
 
-            entry = self._budget.commit(reservation, action, params, released, also=write_audience)
+            entry, status = self._budget.commit_with_status(
+                reservation, action, params, released, limits, also=write_audience
+            )
+            assert status is not None  # asked for with the limits
         except Exception:
             log.exception("%s failed after its budget was reserved; charging it", action)
             failed = self._budget.charge_failure(reservation, "query.failed", {"query": query_type, **params})
@@ -215,7 +217,6 @@ class QueryEngine:
                 f"the {query_type} query failed after its budget was reserved, so it was charged "
                 f"(audit entry {failed.sequence}); nothing was released. The operator's log has the details."
             ) from None
-        status = self._budget.status(collaboration.id, principal.name, self._limits(collaboration))
         return QueryAnswer(
             dimensions=outcome.dimensions,
             cells=outcome.cells,

@@ -160,9 +160,12 @@ class BudgetAccountant:
     def status(self, collaboration_id: str, member: str, limits: Limits) -> BudgetStatus:
         """Spent (from the audit log) and reserved budget of a member; FAILED_PRECONDITION if the log is broken."""
         self._audit.require_intact(collaboration_id)
-        eps, dlt, eps_held, dlt_held = self._units(
-            self._store.of(collaboration_id).cursor(), collaboration_id, member, limits.since_sequence
-        )
+        return self._status(self._store.of(collaboration_id).cursor(), collaboration_id, member, limits)
+
+    def _status(
+        self, cur: duckdb.DuckDBPyConnection, collaboration_id: str, member: str, limits: Limits
+    ) -> BudgetStatus:
+        eps, dlt, eps_held, dlt_held = self._units(cur, collaboration_id, member, limits.since_sequence)
         return BudgetStatus(
             member,
             limits.epsilon_total,
@@ -233,11 +236,31 @@ class BudgetAccountant:
 
         `also` writes what the query releases (an audience) in the same transaction. Returns the requester's entry.
         """
+        return self.commit_with_status(reservation, action, parameters, response, None, also)[0]
+
+    def commit_with_status(
+        self,
+        reservation: Reservation,
+        action: str,
+        parameters: Mapping[str, Any],
+        response: object,
+        limits: Limits | None,
+        also: Callable[[duckdb.DuckDBPyConnection], object] | None = None,
+    ) -> tuple[AuditEntry, BudgetStatus | None]:
+        """`commit`, and with `limits` the requester's status right after the debit, read in the same transaction.
+
+        The answer's remaining budget then costs no second transaction nor a second look at the chain (the
+        reservation verified it; the next reservation verifies the entry appended here).
+        """
         with self._store.of(reservation.collaboration).transaction() as cur:
             cur.execute("DELETE FROM budget_reservations WHERE id = ?", [reservation.id])
             if also is not None:
                 also(cur)
-            return _debit(self._audit, cur, reservation, action, parameters, response)
+            entry = _debit(self._audit, cur, reservation, action, parameters, response)
+            status = None
+            if limits is not None:
+                status = self._status(cur, reservation.collaboration, reservation.requester, limits)
+            return entry, status
 
     def charge_failure(self, reservation: Reservation, action: str, parameters: Mapping[str, Any]) -> AuditEntry:
         """Debit the whole reservation of a query that failed after reserving (its data may have been read)."""

@@ -90,3 +90,19 @@ def test_a_charge_never_falls_short_of_its_decimal_amount_and_a_cap_never_exceed
     exact = Decimal(repr(amount)) / Decimal(repr(unit))
     assert charge_units(amount, unit) >= exact >= total_units(amount, unit)
     assert charge_units(amount, unit) - total_units(amount, unit) <= 1
+
+
+def test_the_status_read_with_the_debit_is_the_status_after_it(room):
+    """The answer's remaining budget comes from the commit's own transaction: the same as a status read after it,
+    with another query's reservation still held counted as reserved."""
+    limits = Limits(2.0, 1e-6)
+    room.store.create("c-s")
+    room.audit.record("c-s", "brand", "collaboration.create", {})
+    mine = room.budget.reserve("c-s", [Charge("brand", 0.5, 0.0)], limits, "overlap", {})
+    other = room.budget.reserve("c-s", [Charge("brand", 0.25, 0.0)], limits, "overlap", {})
+    entry, status = room.budget.commit_with_status(mine, "query.overlap", {}, None, limits)
+    assert status == room.budget.status("c-s", "brand", limits)
+    assert (status.spent, status.reserved, status.remaining) == (0.5, 0.25, 1.25)
+    assert entry.epsilon == 0.5
+    room.budget.commit(other, "query.overlap", {}, None)
+    assert room.budget.status("c-s", "brand", limits).remaining == 1.25
