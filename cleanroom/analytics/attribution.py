@@ -57,10 +57,10 @@ from ..errors import FailedPreconditionError, InternalError, InvalidArgumentErro
 from ..principals import Principal
 from ..storage.database import quote_ident
 from . import credit_sums, credits
+from . import native as kernels
 from .cells import Cell, below_minimum_group, withheld
 from .credits import MILLI
 from .matched import Axis, Catalog, Histogram, MatchedData, Sql, axis, cells_of, clamp
-from .native import KERNELS, THREADS
 from .plan import Measurement, Noisy, Plan, QueryAnswer, dimension_domain, read_once
 from .queries import AttributionQuery
 
@@ -412,11 +412,12 @@ def bounded(
     if len(person) == 0:
         return Bounded(ts_us, cents, brand, rows, np.ones(0, dtype=bool))
     who = np.ascontiguousarray(_dense(person))
-    if native and KERNELS is not None:
+    compiled = kernels.KERNELS if native else None  # read at each call: a test may turn the kernels off
+    if compiled is not None:
         counted, scaled = np.ones(len(who), dtype=np.uint8), cents.copy()
         P = -1 if person_cents is None else person_cents  # noqa: N806 (the docstring's P)
         try:
-            KERNELS.bound(who, ts_us, cents, int(who.max()) + 1, cap, P, counted, scaled, THREADS)
+            compiled.bound(who, ts_us, cents, int(who.max()) + 1, cap, P, counted, scaled, kernels.THREADS)
         except ValueError as exc:
             raise InternalError(str(exc)) from None
         return Bounded(ts_us, scaled, brand, rows, counted.view(bool))

@@ -21,11 +21,11 @@ import numpy.typing as npt
 
 from ..errors import InternalError
 from . import credits
+from . import native as kernels
 from .credits import MILLI
-from .native import KERNELS, THREADS
 
-#: Whether attribution's credits run in the compiled extension (else in numpy).
-NATIVE: Final = KERNELS is not None
+#: Whether attribution's credits run in the compiled extension (else in numpy), as loaded at import.
+NATIVE: Final = kernels.KERNELS is not None
 #: The models in the extension's numbering.
 _MODELS: Final = ("last_touch", "first_touch", "linear", "time_decay", "position_based")
 
@@ -66,7 +66,7 @@ def cell_totals(
     model: str,
     click_over_view: bool,
     half_life_days: float,
-    native: bool = NATIVE,
+    native: bool = True,
 ) -> tuple[list[int], list[int]]:
     """Thousandths of a conversion and cents per cell, exact (Python integers), from the touches' statement.
 
@@ -75,7 +75,7 @@ def cell_totals(
     conversions not counted add nothing. A touch outside the declared domains raises InternalError (after the
     budget was charged, as any failure once data is read).
     """
-    if native and KERNELS is not None:
+    if native and kernels.KERNELS is not None:  # read at each call: a test may turn the kernels off
         return _native_totals(touches, conversions, cells, model, click_over_view, half_life_days)
     return _numpy_totals(touches, conversions, cells, model, click_over_view, half_life_days)
 
@@ -88,13 +88,14 @@ def _native_totals(
     click_over_view: bool,
     half_life_days: float,
 ) -> tuple[list[int], list[int]]:
-    assert KERNELS is not None
+    compiled = kernels.KERNELS
+    assert compiled is not None
 
     def ints(a: npt.NDArray[np.generic]) -> credits.Ints:
         return np.ascontiguousarray(a, dtype=np.int64)
 
     try:
-        milli, cents = KERNELS.credit_sums(
+        milli, cents = compiled.credit_sums(
             ints(touches["conversion"]),
             ints(touches["ts_us"]),
             ints(touches["code"]),
@@ -109,7 +110,7 @@ def _native_totals(
             _MODELS.index(model),
             click_over_view,
             half_life_days,
-            THREADS,
+            kernels.THREADS,
         )
     except ValueError as exc:
         raise InternalError(str(exc)) from None

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 
-from cleanroom.analytics import AttributionQuery, QueryEngine
+from cleanroom.analytics import AttributionQuery, QueryEngine, native
 from cleanroom.analytics.attribution import earliest_first
 from cleanroom.analytics.credits import MILLI, Touches, credit
 from cleanroom.analytics.queries import DimensionRef
@@ -205,7 +205,11 @@ def reference(truth, model: str, by: str, click_over_view: bool) -> tuple[list[i
 @pytest.mark.parametrize("model", ["last_touch", "first_touch", "linear", "time_decay", "position_based"])
 @pytest.mark.parametrize("by", ["campaign", "channel"])
 @pytest.mark.parametrize("click_over_view", [False, True])
-def test_exact_histograms_equal_the_plain_reading(world, model, by, click_over_view):
+@pytest.mark.parametrize("path", ["compiled", "numpy"])
+def test_exact_histograms_equal_the_plain_reading(world, model, by, click_over_view, path, monkeypatch):
+    """Both paths: the compiled kernels (built here) and numpy, which runs where no C compiler was at install."""
+    if path == "numpy":
+        monkeypatch.setattr(native, "KERNELS", None)
     room, cid, truth = world
     noise = Recording()
     engine = QueryEngine(room.store, room.collaborations, room.budget, room.audit, noise)

@@ -144,7 +144,7 @@ def test_any_number_of_threads_gives_the_same_sums(monkeypatch, threads):
     )
     touches, conv = arrays(rows, conversions)
     want = {model: cell_totals(touches, conv, CELLS, model, True, 2.0, native=False) for model in MODELS}
-    monkeypatch.setattr(credit_sums, "THREADS", threads)
+    monkeypatch.setattr(native, "THREADS", threads)
     for model in MODELS:
         got = cell_totals(touches, conv, CELLS, model, True, 2.0, native=True)
         if model == "time_decay":
@@ -216,6 +216,23 @@ def test_native_bound_equals_numpys(rows, cap, person_cents):
         assert len(convs) <= cap
         if person_cents is not None:  # scaled when over the bound, so never above it
             assert sum(abs(c) for _, c in convs) <= person_cents
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 4])
+def test_any_number_of_threads_bounds_the_same(monkeypatch, threads):
+    rng = np.random.default_rng(threads)
+    rows = list(
+        zip(
+            rng.integers(0, 3000, 9000).tolist(),
+            rng.integers(0, 9, 9000).tolist(),
+            rng.integers(-900, 9000, 9000).tolist(),
+            strict=True,
+        )
+    )
+    want = bound_both(rows, 2, 5000)[1]
+    monkeypatch.setattr(native, "THREADS", threads)
+    got = bound_both(rows, 2, 5000)[0]
+    assert kept(got, rows) == kept(want, rows)
 
 
 def test_a_person_with_many_conversions_takes_the_sort_and_keeps_the_earliest():
