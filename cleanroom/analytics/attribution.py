@@ -2,10 +2,11 @@
 
 `attribution` at the end is the query's plan for `QueryEngine.release` (lift, which shares the conversions' capping
 and clamping, is in `lift`). It reads the matched people's conversions once (`conversions_sql`), caps them and
-scales their cents in numpy (`bounded`), then joins what is left with the exposures in one hash join
-(`touches_sql`, `Bounded.build`); the credits that depend on a conversion's other touches (positions, weights, the
-apportioning below) are computed over the touches in numpy by `credits`, in the engine's process like every exact
-aggregate here.
+scales their cents (`bounded`), then joins what is left with the exposures in one hash join (`touches_sql`,
+`Bounded.build`); the credits that depend on a conversion's other touches (positions, weights, the apportioning
+below) are computed over the touches by `credit_sums`, in the engine's process like every exact aggregate here. The
+bounding and the credits run in the compiled kernels of `_attribution.c` on every core the query is given
+(`native`), or in numpy where the install had no C compiler: the same integers either way.
 
 Contribution bounding, which makes the sensitivities exact (per matched pair; the engine multiplies them by the
 join's stability constant):
