@@ -36,9 +36,12 @@
 #define MAX_TOUCHES 100
 #define MAX_THREADS 16
 #define MICROSECONDS_PER_DAY 86400000000.0
+/* The most |cents| a conversion may carry (credits.MAX_CENTS: the policy's MAX_SENSITIVITY): beyond it the float
+ * products of the weights lose whole units and |INT64_MIN| does not exist, so both functions refuse such a value. */
+#define MAX_CENTS ((int64_t)1 << 53)
 
 enum model { LAST_TOUCH, FIRST_TOUCH, LINEAR, TIME_DECAY, POSITION_BASED };
-enum failure { OK, NO_MEMORY, BAD_CONVERSION, BAD_CODE, BAD_GROUP };
+enum failure { OK, NO_MEMORY, BAD_CONVERSION, BAD_CODE, BAD_GROUP, BAD_VALUE };
 
 typedef __int128 i128;
 
@@ -174,7 +177,8 @@ static void weigh(part *p, const touch *t, int64_t n) {
         int64_t newest = t[n - 1].ts;
         double sum = 0.0;
         for (int64_t i = 0; i < n; i++) {
-            double age_days = (double)(newest - t[i].ts) / MICROSECONDS_PER_DAY;
+            /* newest - ts >= 0 may pass INT64_MAX for times far apart: unsigned, it is exact */
+            double age_days = (double)((uint64_t)newest - (uint64_t)t[i].ts) / MICROSECONDS_PER_DAY;
             w[i] = exp2(-age_days / j->half_life);
             sum += w[i];
         }
@@ -257,6 +261,10 @@ static void credit_range(part *p) {
         if (!j->counted[c]) continue;
         int64_t brand = j->brand_cells > 1 ? j->conv_brand[c] : 0;
         int64_t cents = j->conv_cents[c];
+        if (brand < 0 || brand >= j->brand_cells || cents < -MAX_CENTS || cents > MAX_CENTS) {
+            p->failed = BAD_VALUE; /* a cell outside the sums, or |cents| no policy allows */
+            return;
+        }
         touch *t = p->grouped + p->off[in_bucket];
         int64_t k = p->off[in_bucket + 1] - p->off[in_bucket];
         if (k == 0) {
@@ -319,7 +327,9 @@ static int check_buffer(Py_buffer *b, Py_ssize_t item, const char *name) {
 
 /* credit_sums(conversion, ts_us, code, conv_cents, conv_brand, counted, lookup, click_from, brand_cells,
  *             none_group, cells, model, click_over_view, half_life, threads) -> (milli bytes, cents bytes)
- * int64 buffers but `counted` (uint8); the sums come back as little-endian 128-bit integers, 16 bytes per cell. */
+ * int64 buffers but `counted` (uint8); the sums come back as little-endian 128-bit integers, 16 bytes per cell.
+ * ValueError for a touch naming no conversion or with a code outside `lookup` or in no group, a counted
+ * conversion's brand outside [0, brand_cells) or |cents| above MAX_CENTS, and groups beyond `cells`. */
 static PyObject *credit_sums(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer conv, ts, code, cents, brand, counted, lookup;
@@ -341,14 +351,14 @@ static PyObject *credit_sums(PyObject *self, PyObject *args) {
         goto done;
     if (ts.len / 8 != n || code.len / 8 != n || brand.len / 8 != m || counted.len != m || model < LAST_TOUCH ||
         model > POSITION_BASED || brand_cells < 1 || cells < 1 || none_group < 0 ||
-        (none_group + 1) * brand_cells > cells || !(half_life > 0) || threads < 1) {
+        none_group >= cells / brand_cells || !(half_life > 0) || threads < 1) { /* no product: it could wrap */
         PyErr_SetString(PyExc_ValueError, "credit_sums: inconsistent arguments");
         goto done;
     }
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     const int64_t *lk = lookup.buf;
     for (Py_ssize_t i = 0; i < lookup.len / 8; i++) {
-        if (lk[i] >= 0 && (lk[i] + 1) * brand_cells > cells) {
+        if (lk[i] >= 0 && lk[i] >= cells / brand_cells) {
             PyErr_SetString(PyExc_ValueError, "credit_sums: a group beyond the cells");
             goto done;
         }
@@ -478,7 +488,8 @@ static void bound_person(bound_part *b, held *h, int64_t k) {
             qsort(h, (size_t)k, sizeof(held), held_cmp);
         }
     }
-    int64_t kept = k > b->cap ? b->cap : k, total = 0;
+    int64_t kept = k > b->cap ? b->cap : k;
+    i128 total = 0; /* up to cap x 2^53: beyond 64 bits for a cap over 1024 */
     for (int64_t r = 0; r < kept; r++) total += magnitude(h[r].cents);
     int scale = b->person_cents >= 0 && total > b->person_cents;
     for (int64_t r = kept; r < k; r++) {
@@ -576,12 +587,15 @@ static PyObject *bound(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "bound: inconsistent arguments");
         goto done;
     }
-    const int64_t *w = who.buf;
-    int bad = 0, failed = OK;
+    const int64_t *w = who.buf, *cs = cents.buf;
+    int bad = 0, huge = 0, failed = OK;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     Py_BEGIN_ALLOW_THREADS;
-    for (Py_ssize_t i = 0; i < m; i++) bad |= (uint64_t)w[i] >= (uint64_t)people;
-    if (!bad) {
+    for (Py_ssize_t i = 0; i < m; i++) {
+        bad |= (uint64_t)w[i] >= (uint64_t)people;
+        huge |= cs[i] < -MAX_CENTS || cs[i] > MAX_CENTS;
+    }
+    if (!bad && !huge) {
         bound_part parts[MAX_THREADS];
         pthread_t tid[MAX_THREADS];
         int started[MAX_THREADS] = {0};
@@ -599,6 +613,7 @@ static PyObject *bound(PyObject *self, PyObject *args) {
     }
     Py_END_ALLOW_THREADS;
     if (bad) PyErr_SetString(PyExc_ValueError, "bound: a person id outside [0, people)");
+    else if (huge) PyErr_SetString(PyExc_ValueError, "bound: cents beyond 2^53, more than any policy allows");
     else if (failed != OK) PyErr_NoMemory();
     else result = Py_NewRef(Py_None);
 done:

@@ -72,8 +72,9 @@ def cell_totals(
 
     `touches`: `conversion` (an index into `conversions`), `ts_us` and `code` (any integer type), one row per
     (conversion, qualifying touch) in any order. Counted conversions with no touch go to their brand's `none` cell;
-    conversions not counted add nothing. A touch outside the declared domains raises InternalError (after the
-    budget was charged, as any failure once data is read).
+    conversions not counted add nothing. A touch outside the declared domains, or a counted conversion's brand
+    outside [0, brand_cells) or cents beyond `credits.MAX_CENTS`, raises InternalError (after the budget was
+    charged, as any failure once data is read).
     """
     if native and KERNELS is not None:
         return _native_totals(touches, conversions, cells, model, click_over_view, half_life_days)
@@ -132,6 +133,11 @@ def _numpy_totals(
     code = np.asarray(touches["code"])
     if len(code) and (int(code.min()) < 0 or int(code.max()) >= len(cells.lookup)):
         raise InternalError("values outside the declared domains reached an aggregate")
+    credits.check_cents(conversions.cents[conversions.counted])
+    if cells.brand_cells > 1:
+        brands = conversions.brand[conversions.counted]
+        if len(brands) and (int(brands.min()) < 0 or int(brands.max()) >= cells.brand_cells):
+            raise InternalError("values outside the declared domains reached an aggregate")
     conversion = np.asarray(touches["conversion"], dtype=np.int64)
     ts_us = np.asarray(touches["ts_us"])
     untouched = conversions.counted.copy()

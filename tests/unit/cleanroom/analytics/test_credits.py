@@ -40,8 +40,13 @@ def apportion(total: int, weights: list[float]) -> list[int]:
     exact = [w * total for w in weights]
     shares = [math.floor(x) for x in exact]
     order = sorted(range(len(exact)), key=lambda i: (-(exact[i] - shares[i]), i))
-    for i in order[: total - sum(shares)]:
-        shares[i] += 1
+    # float rounding near 2^53 may leave n units or more, or fewer than none: whole rounds, then one each
+    left, n = total - sum(shares), len(shares)
+    whole = abs(left) // n * (1 if left > 0 else -1)
+    extra = left - whole * n
+    shares = [s + whole for s in shares]
+    for i in order[:extra] if extra > 0 else order[n + extra :] if extra < 0 else []:
+        shares[i] += 1 if extra > 0 else -1
     return shares
 
 
