@@ -41,7 +41,7 @@
 #define MAX_CENTS ((int64_t)1 << 53)
 
 enum model { LAST_TOUCH, FIRST_TOUCH, LINEAR, TIME_DECAY, POSITION_BASED };
-enum failure { OK, NO_MEMORY, BAD_CONVERSION, BAD_CODE, BAD_GROUP, BAD_VALUE };
+enum failure { OK, NO_MEMORY, BAD_CONVERSION, BAD_CODE, BAD_GROUP, BAD_VALUE, CHANGED };
 
 typedef __int128 i128;
 
@@ -190,7 +190,9 @@ static void weigh(part *p, const touch *t, int64_t n) {
 /* Cuts the range's touches into buckets of 2^shift conversions (at most about a thousand buckets, whose write
  * positions stay in cache), moving each touch's time and code; `group_bucket` then groups one bucket's touches by
  * conversion in cache. Two passes over every touch, each keeping only its range's, so that no step gathers at
- * random across the whole range. Checks every code on the way. */
+ * random across the whole range. Checks every code on the way, and that the second pass finds no more touches in a
+ * bucket than the first counted: the caller's arrays are read without the GIL, and one rewritten meanwhile must
+ * not move a write beyond `sorted` (CHANGED). */
 static int group_range(part *p) {
     const job *j = p->j;
     int64_t lo = p->lo, width = p->hi - p->lo;
@@ -205,10 +207,7 @@ static int group_range(part *p) {
     const int64_t *cv = j->conversion, *code = j->code;
     for (int64_t i = 0; i < j->n; i++) {
         uint64_t at = (uint64_t)(cv[i] - lo);
-        if (at < (uint64_t)width) {
-            if (code[i] < 0 || code[i] >= j->codes) return BAD_CODE;
-            bucket[(at >> shift) + 1]++;
-        }
+        if (at < (uint64_t)width) bucket[(at >> shift) + 1]++;
     }
     for (int64_t b = 0; b < buckets; b++) bucket[b + 1] += bucket[b];
     p->sorted = malloc((size_t)(bucket[buckets] ? bucket[buckets] : 1) * sizeof(touch));
@@ -222,9 +221,15 @@ static int group_range(part *p) {
     for (int64_t i = 0; i < j->n; i++) {
         uint64_t at = (uint64_t)(cv[i] - lo);
         if (at < (uint64_t)width) {
-            touch *to = &p->sorted[fill[at >> shift]++];
+            int64_t b = (int64_t)(at >> shift), cd = code[i];
+            int failed = fill[b] == bucket[b + 1] ? CHANGED : cd < 0 || cd >= j->codes ? BAD_CODE : OK;
+            if (failed != OK) {
+                free(fill);
+                return failed;
+            }
+            touch *to = &p->sorted[fill[b]++];
             to->ts = j->ts[i];
-            to->code = (int32_t)code[i];
+            to->code = (int32_t)cd;
             to->at = (uint32_t)at & mask;
         }
     }
@@ -342,6 +347,7 @@ static PyObject *credit_sums(PyObject *self, PyObject *args) {
         return NULL;
     PyObject *result = NULL;
     i128 *sums = NULL;
+    int64_t *lk = NULL; /* the lookup, copied: checked here, then read without the GIL, where a rewrite could not be */
     part parts[MAX_THREADS];
     memset(parts, 0, sizeof parts);
     Py_ssize_t n = conv.len / 8, m = cents.len / 8;
@@ -356,7 +362,12 @@ static PyObject *credit_sums(PyObject *self, PyObject *args) {
         goto done;
     }
     if (threads > MAX_THREADS) threads = MAX_THREADS;
-    const int64_t *lk = lookup.buf;
+    lk = malloc((size_t)lookup.len + sizeof(int64_t));
+    if (lk == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(lk, lookup.buf, (size_t)lookup.len);
     for (Py_ssize_t i = 0; i < lookup.len / 8; i++) {
         if (lk[i] >= 0 && lk[i] >= cells / brand_cells) {
             PyErr_SetString(PyExc_ValueError, "credit_sums: a group beyond the cells");
@@ -419,6 +430,9 @@ static PyObject *credit_sums(PyObject *self, PyObject *args) {
     case BAD_CODE:
         PyErr_SetString(PyExc_ValueError, "credit_sums: a touch's code is outside the lookup");
         break;
+    case CHANGED:
+        PyErr_SetString(PyExc_ValueError, "credit_sums: the touches changed during the call");
+        break;
     default:
         PyErr_SetString(PyExc_ValueError, "credit_sums: values outside the declared domains reached an aggregate");
     }
@@ -435,6 +449,7 @@ done:
         free(parts[t].rank);
     }
     free(sums);
+    free(lk);
     PyBuffer_Release(&conv);
     PyBuffer_Release(&ts);
     PyBuffer_Release(&code);
@@ -530,8 +545,13 @@ static void bound_range(bound_part *b) {
     memcpy(fill, bucket, (size_t)buckets * sizeof(int64_t));
     for (int64_t i = 0; i < b->m; i++) {
         uint64_t a = (uint64_t)(b->who[i] - b->lo);
-        if (a < (uint64_t)width)
+        if (a < (uint64_t)width) {
+            if (fill[a >> shift] == bucket[(a >> shift) + 1]) { /* `who` rewritten since it was counted */
+                b->failed = CHANGED;
+                goto done;
+            }
             all[fill[a >> shift]++] = (held){b->ts[i], b->cents[i], i, a & (uint64_t)(size - 1)};
+        }
     }
     for (int64_t k = 0; k < buckets; k++) {
         const held *in = all + bucket[k];
@@ -545,19 +565,15 @@ static void bound_range(bound_part *b) {
             start = off[c];
         }
     }
-    free(bucket);
-    free(off);
-    free(all);
-    free(grouped);
-    free(fill);
-    return;
+    goto done;
 fail:
+    b->failed = NO_MEMORY;
+done:
     free(bucket);
     free(off);
     free(all);
     free(grouped);
     free(fill);
-    b->failed = NO_MEMORY;
 }
 
 static void *run_bound(void *arg) {
@@ -614,6 +630,7 @@ static PyObject *bound(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS;
     if (bad) PyErr_SetString(PyExc_ValueError, "bound: a person id outside [0, people)");
     else if (huge) PyErr_SetString(PyExc_ValueError, "bound: cents beyond 2^53, more than any policy allows");
+    else if (failed == CHANGED) PyErr_SetString(PyExc_ValueError, "bound: the people changed during the call");
     else if (failed != OK) PyErr_NoMemory();
     else result = Py_NewRef(Py_None);
 done:

@@ -415,3 +415,63 @@ def test_queries_at_once_in_threads_equal_the_same_queries_one_at_a_time():
         for _ in range(3):
             at_once = list(pool.map(lambda case: cell_totals(case[0], case[1], CELLS, case[2], True, 2.0), cases))
             assert at_once == alone
+
+
+REWRITTEN = """
+import threading
+import numpy as np
+from cleanroom.analytics.native import KERNELS
+
+rng = np.random.default_rng(0)
+n, m = 1_000_000, 50_000
+lookup = np.array([-1, 0, 1, -1, 0, 1], dtype=np.int64)
+conv, other = rng.integers(0, m, n), rng.integers(0, m, n)
+ts, code = rng.integers(0, 48, n) * 3_600_000_000, rng.choice([1, 2, 4, 5], n).astype(np.int64)
+who, people = rng.integers(0, m // 4, n), rng.integers(0, m // 4, n)
+stop = threading.Event()
+
+
+def rewrite():
+    while not stop.is_set():
+        conv[:] = other  # the same values elsewhere: the count per bucket changes under the kernel
+        conv[:] = np.sort(other)
+        who[:] = people
+        who[:] = np.sort(people)
+        lookup[1] = 10**15 - lookup[1]
+
+
+thread = threading.Thread(target=rewrite)
+thread.start()
+refused = 0
+for _ in range(12):
+    try:
+        KERNELS.credit_sums(
+            conv, ts, code, np.ones(m, np.int64), np.zeros(m, np.int64), np.ones(m, np.uint8), lookup, 3, 1, 2, 3, 2,
+            False, 2.0, 2,
+        )
+    except ValueError:
+        refused += 1
+    try:
+        KERNELS.bound(who, ts, ts % 1000, m // 4, 2, 100, np.ones(n, np.uint8), np.zeros(n, np.int64), 2)
+    except ValueError:
+        refused += 1
+stop.set()
+thread.join()
+print("done", refused)
+"""
+
+
+def test_arrays_rewritten_by_another_thread_during_a_call_are_refused_or_summed_never_written_beyond():
+    """The kernels read the caller's arrays without the GIL: another thread may rewrite them meanwhile (the server
+    never does). A conversion or person column whose counts per bucket change between the kernel's two passes
+    wrote beyond its scratch (heap corruption, found with ASan); a group changed after its check indexed beyond the
+    sums. Now the second pass stops where the first counted (ValueError) and the lookup is a checked copy."""
+    import os
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-c", REWRITTEN], capture_output=True, text=True, timeout=120, env=os.environ.copy()
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith("done")
