@@ -10,9 +10,11 @@
  *     relative to the newest touch, normalised by their sum in order);
  *   - each conversion hands out exactly 1000 thousandths and exactly |cents| cents (with the value's sign): the
  *     floors of weight x total, then the units left over to the largest remainders, ties to the earlier position.
- *     Should float rounding leave more units than touches, or fewer than none, whole rounds go to (or come from)
- *     every touch and the rest by the same order (the smallest remainders give first), so the integers add up to
- *     the total exactly whatever the weights: the sensitivity rests on it.
+ *     Should float rounding leave as many units as touches or more, whole rounds go to every touch and the rest
+ *     by the same order; should it hand out more than the total, whole rounds come from every share above 0 (at
+ *     most the least of them), then a unit each from the smallest remainders, never below 0. So the integers add
+ *     up to the total exactly and each has the value's sign, whatever the weights: the sensitivity rests on it
+ *     (credits.whole_rounds is the numpy twin).
  *   - a counted conversion without a touch hands both to its brand's `none` cell; a dropped one (over the cap)
  *     counts nowhere, whatever touches it has.
  * Sums are 128-bit. No secret passes through here but the data itself; nothing is constant time.
@@ -151,12 +153,27 @@ static void apportion(part *p, int64_t n, int64_t total) {
         }
         rank[k] = i;
     }
-    int64_t whole = left / n, extra = left % n; /* truncated: both have the sign of `left` */
-    for (int64_t i = 0; i < n; i++) share[i] += whole;
-    if (extra > 0) {
-        for (int64_t r = 0; r < extra; r++) share[rank[r]] += 1;
-    } else {
-        for (int64_t r = 0; r < -extra; r++) share[rank[n - 1 - r]] -= 1;
+    if (left > 0) {
+        for (int64_t i = 0; i < n; i++) share[i] += left / n;
+        for (int64_t r = 0; r < left % n; r++) share[rank[r]] += 1;
+    }
+    /* too many handed out (the shares add up to more than total >= 0, so one is above 0 while left < 0): whole
+     * rounds from every share above 0, at most the least of them each, then a unit each from the smallest */
+    while (left < 0) {
+        int64_t above = 0, least = INT64_MAX;
+        for (int64_t i = 0; i < n; i++) {
+            above += share[i] > 0;
+            if (share[i] > 0 && share[i] < least) least = share[i];
+        }
+        int64_t whole = -left / above < least ? -left / above : least;
+        for (int64_t i = 0; i < n; i++) share[i] -= share[i] > 0 ? whole : 0;
+        left += whole * above;
+        for (int64_t r = n - 1; whole == 0 && r >= 0 && left < 0; r--) {
+            if (share[rank[r]] > 0) {
+                share[rank[r]]--;
+                left++;
+            }
+        }
     }
 }
 

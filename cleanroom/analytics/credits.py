@@ -229,20 +229,28 @@ def whole_rounds(shares: Ints, rest: Floats, seg: Segments, left: Ints, conversi
     """Gives the `left` units of each of `conversions` (their indices in `seg`), in place, as the C kernel does.
 
     For the rare conversion whose floors leave a unit or more per touch, or take more than the total (float
-    rounding of w x total near 2^53): whole rounds to (or from) every touch, then the rest one unit each by the
-    largest-remainder order (ties to the earlier position; units taken from the smallest remainders first), so the
-    shares add up to the total exactly whatever the weights. One conversion at a time: they are a handful.
+    rounding of w x total near 2^53): whole rounds to every touch, then the rest one unit each by the
+    largest-remainder order (ties to the earlier position); or, for an excess, whole rounds from every share above
+    0 (at most the least of them each), then a unit each from the smallest remainders up (ties: the later position
+    first), never from a share at 0. So the shares add up to the total exactly and none is below 0 (the sign of the
+    value), whatever the weights. One conversion at a time: they are a handful.
     """
     for c, units in zip(conversions.tolist(), left.tolist(), strict=True):
         start, n = int(seg.start[c]), int(seg.size[c])
-        whole = abs(units) // n * (1 if units > 0 else -1)  # truncated, as C's division: the sign of `units`
-        extra = units - whole * n
-        rows = start + np.argsort(-rest[start : start + n], kind="stable")
-        shares[start : start + n] += whole
-        if extra > 0:
-            shares[rows[:extra]] += 1
-        elif extra < 0:
-            shares[rows[n + extra :]] -= 1
+        rows = (start + np.argsort(-rest[start : start + n], kind="stable")).tolist()
+        if units > 0:
+            shares[start : start + n] += units // n
+            shares[rows[: units % n]] += 1
+        while units < 0:
+            own = shares[start : start + n]  # a view: the rounds below change `shares`
+            above = int((own > 0).sum())
+            whole = min(-units // above, int(own[own > 0].min()))
+            own[own > 0] -= whole
+            units += whole * above
+            for row in reversed(rows) if whole == 0 else ():
+                if units < 0 and shares[row] > 0:
+                    shares[row] -= 1
+                    units += 1
 
 
 #: The largest |total| `even_shares` takes (below it, the float products of the weights are within 2^-5 of the
