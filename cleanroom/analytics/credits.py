@@ -183,7 +183,7 @@ def apportion(total: Ints, w: Floats, seg: Segments) -> Ints:
     shares = floor.astype(np.int64)
     # per conversion (what is left of its total, and which conversions have any) rather than per row: the masks
     # over every row cost more than the apportioning
-    left = total[seg.start] - np.add.reduceat(floor, seg.start).astype(np.int64)
+    left = total[seg.start] - np.add.reduceat(shares, seg.start)  # integers: a float sum past 2^53 is inexact
     odd = np.flatnonzero((left < 0) | (left >= seg.size))
     if len(odd):
         whole_rounds(shares, rest, seg, left[odd], odd)
