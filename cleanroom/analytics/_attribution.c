@@ -364,7 +364,7 @@ static PyObject *credit_sums(PyObject *self, PyObject *args) {
         return NULL;
     PyObject *result = NULL;
     i128 *sums = NULL;
-    int64_t *lk = NULL; /* the lookup, copied: checked here, then read without the GIL, where a rewrite could not be */
+    int64_t *lk = NULL; /* the lookup, copied and checked here: a rewrite of the caller's meanwhile moves no cell */
     part parts[MAX_THREADS];
     memset(parts, 0, sizeof parts);
     Py_ssize_t n = conv.len / 8, m = cents.len / 8;

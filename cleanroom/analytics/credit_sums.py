@@ -1,11 +1,13 @@
 """Attribution's touches to exact per-cell totals: in the compiled `_attribution` extension, else in numpy.
 
-Both paths follow the same rules (`credits`' module docstring; `attribution`'s states them as promises) and give
-the same integers, except that time decay's exponentials are the C library's on one path and numpy's on the other,
-which may differ in the last bit and so move a unit between two touches on a tie (the plain reference in the tests
-is Python's, as the C's). The native path exists for speed: it groups the touches by conversion with a counting
-sort, orders each conversion's few touches, and apportions them one conversion at a time on every core the query
-is given, with no array per step, where the numpy path sorts and gathers whole arrays on one thread.
+Both paths follow the same rules (`credits`' module docstring; `attribution`'s states them as promises) and give the
+same integers, except that time decay's exponentials are the C library's on one path and numpy's on the other, which
+may differ in the last bit and so move a unit between two touches on a tie, or a few for cents near 2^53, where a
+weight's last bit is worth a cent (the plain reference in the tests is Python's, as the C's). Each conversion still
+hands out exactly its thousandths and cents on both paths. The native path exists for speed: it groups the touches
+by conversion with a counting sort, orders each conversion's few touches, and apportions them one conversion at a
+time on every core the query is given, with no array per step, where the numpy path sorts and gathers whole arrays
+on one thread.
 
 `NATIVE` says which path runs (`native` loads the extension).
 """
