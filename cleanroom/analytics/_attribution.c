@@ -10,9 +10,11 @@
  *     relative to the newest touch, normalised by their sum in order);
  *   - each conversion hands out exactly 1000 thousandths and exactly |cents| cents (with the value's sign): the
  *     floors of weight x total, then the units left over to the largest remainders, ties to the earlier position.
- *     Should float rounding leave more units than touches, or fewer than none, whole rounds go to (or come from)
- *     every touch and the rest by the same order (the smallest remainders give first), so the integers add up to
- *     the total exactly whatever the weights: the sensitivity rests on it.
+ *     Should float rounding leave as many units as touches or more, whole rounds go to every touch and the rest
+ *     by the same order; should it hand out more than the total, whole rounds come from every share above 0 (at
+ *     most the least of them), then a unit each from the smallest remainders, never below 0. So the integers add
+ *     up to the total exactly and each has the value's sign, whatever the weights: the sensitivity rests on it
+ *     (credits.whole_rounds is the numpy twin).
  *   - a counted conversion without a touch hands both to its brand's `none` cell; a dropped one (over the cap)
  *     counts nowhere, whatever touches it has.
  * Sums are 128-bit. No secret passes through here but the data itself; nothing is constant time.
@@ -36,9 +38,12 @@
 #define MAX_TOUCHES 100
 #define MAX_THREADS 16
 #define MICROSECONDS_PER_DAY 86400000000.0
+/* The most |cents| a conversion may carry (credits.MAX_CENTS: the policy's MAX_SENSITIVITY): beyond it the float
+ * products of the weights lose whole units and |INT64_MIN| does not exist, so both functions refuse such a value. */
+#define MAX_CENTS ((int64_t)1 << 53)
 
 enum model { LAST_TOUCH, FIRST_TOUCH, LINEAR, TIME_DECAY, POSITION_BASED };
-enum failure { OK, NO_MEMORY, BAD_CONVERSION, BAD_CODE, BAD_GROUP };
+enum failure { OK, NO_MEMORY, BAD_CONVERSION, BAD_CODE, BAD_GROUP, BAD_VALUE, CHANGED };
 
 typedef __int128 i128;
 
@@ -148,12 +153,27 @@ static void apportion(part *p, int64_t n, int64_t total) {
         }
         rank[k] = i;
     }
-    int64_t whole = left / n, extra = left % n; /* truncated: both have the sign of `left` */
-    for (int64_t i = 0; i < n; i++) share[i] += whole;
-    if (extra > 0) {
-        for (int64_t r = 0; r < extra; r++) share[rank[r]] += 1;
-    } else {
-        for (int64_t r = 0; r < -extra; r++) share[rank[n - 1 - r]] -= 1;
+    if (left > 0) {
+        for (int64_t i = 0; i < n; i++) share[i] += left / n;
+        for (int64_t r = 0; r < left % n; r++) share[rank[r]] += 1;
+    }
+    /* too many handed out (the shares add up to more than total >= 0, so one is above 0 while left < 0): whole
+     * rounds from every share above 0, at most the least of them each, then a unit each from the smallest */
+    while (left < 0) {
+        int64_t above = 0, least = INT64_MAX;
+        for (int64_t i = 0; i < n; i++) {
+            above += share[i] > 0;
+            if (share[i] > 0 && share[i] < least) least = share[i];
+        }
+        int64_t whole = -left / above < least ? -left / above : least;
+        for (int64_t i = 0; i < n; i++) share[i] -= share[i] > 0 ? whole : 0;
+        left += whole * above;
+        for (int64_t r = n - 1; whole == 0 && r >= 0 && left < 0; r--) {
+            if (share[rank[r]] > 0) {
+                share[rank[r]]--;
+                left++;
+            }
+        }
     }
 }
 
@@ -174,7 +194,8 @@ static void weigh(part *p, const touch *t, int64_t n) {
         int64_t newest = t[n - 1].ts;
         double sum = 0.0;
         for (int64_t i = 0; i < n; i++) {
-            double age_days = (double)(newest - t[i].ts) / MICROSECONDS_PER_DAY;
+            /* newest - ts >= 0 may pass INT64_MAX for times far apart: unsigned, it is exact */
+            double age_days = (double)((uint64_t)newest - (uint64_t)t[i].ts) / MICROSECONDS_PER_DAY;
             w[i] = exp2(-age_days / j->half_life);
             sum += w[i];
         }
@@ -186,7 +207,9 @@ static void weigh(part *p, const touch *t, int64_t n) {
 /* Cuts the range's touches into buckets of 2^shift conversions (at most about a thousand buckets, whose write
  * positions stay in cache), moving each touch's time and code; `group_bucket` then groups one bucket's touches by
  * conversion in cache. Two passes over every touch, each keeping only its range's, so that no step gathers at
- * random across the whole range. Checks every code on the way. */
+ * random across the whole range. Checks every code on the way, and that the second pass finds no more touches in a
+ * bucket than the first counted: the caller's arrays are read without the GIL, and one rewritten meanwhile must
+ * not move a write beyond `sorted` (CHANGED). */
 static int group_range(part *p) {
     const job *j = p->j;
     int64_t lo = p->lo, width = p->hi - p->lo;
@@ -201,10 +224,7 @@ static int group_range(part *p) {
     const int64_t *cv = j->conversion, *code = j->code;
     for (int64_t i = 0; i < j->n; i++) {
         uint64_t at = (uint64_t)(cv[i] - lo);
-        if (at < (uint64_t)width) {
-            if (code[i] < 0 || code[i] >= j->codes) return BAD_CODE;
-            bucket[(at >> shift) + 1]++;
-        }
+        if (at < (uint64_t)width) bucket[(at >> shift) + 1]++;
     }
     for (int64_t b = 0; b < buckets; b++) bucket[b + 1] += bucket[b];
     p->sorted = malloc((size_t)(bucket[buckets] ? bucket[buckets] : 1) * sizeof(touch));
@@ -218,9 +238,15 @@ static int group_range(part *p) {
     for (int64_t i = 0; i < j->n; i++) {
         uint64_t at = (uint64_t)(cv[i] - lo);
         if (at < (uint64_t)width) {
-            touch *to = &p->sorted[fill[at >> shift]++];
+            int64_t b = (int64_t)(at >> shift), cd = code[i];
+            int failed = fill[b] == bucket[b + 1] ? CHANGED : cd < 0 || cd >= j->codes ? BAD_CODE : OK;
+            if (failed != OK) {
+                free(fill);
+                return failed;
+            }
+            touch *to = &p->sorted[fill[b]++];
             to->ts = j->ts[i];
-            to->code = (int32_t)code[i];
+            to->code = (int32_t)cd;
             to->at = (uint32_t)at & mask;
         }
     }
@@ -257,6 +283,10 @@ static void credit_range(part *p) {
         if (!j->counted[c]) continue;
         int64_t brand = j->brand_cells > 1 ? j->conv_brand[c] : 0;
         int64_t cents = j->conv_cents[c];
+        if (brand < 0 || brand >= j->brand_cells || cents < -MAX_CENTS || cents > MAX_CENTS) {
+            p->failed = BAD_VALUE; /* a cell outside the sums, or |cents| no policy allows */
+            return;
+        }
         touch *t = p->grouped + p->off[in_bucket];
         int64_t k = p->off[in_bucket + 1] - p->off[in_bucket];
         if (k == 0) {
@@ -319,7 +349,9 @@ static int check_buffer(Py_buffer *b, Py_ssize_t item, const char *name) {
 
 /* credit_sums(conversion, ts_us, code, conv_cents, conv_brand, counted, lookup, click_from, brand_cells,
  *             none_group, cells, model, click_over_view, half_life, threads) -> (milli bytes, cents bytes)
- * int64 buffers but `counted` (uint8); the sums come back as little-endian 128-bit integers, 16 bytes per cell. */
+ * int64 buffers but `counted` (uint8); the sums come back as little-endian 128-bit integers, 16 bytes per cell.
+ * ValueError for a touch naming no conversion or with a code outside `lookup` or in no group, a counted
+ * conversion's brand outside [0, brand_cells) or |cents| above MAX_CENTS, and groups beyond `cells`. */
 static PyObject *credit_sums(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer conv, ts, code, cents, brand, counted, lookup;
@@ -332,6 +364,7 @@ static PyObject *credit_sums(PyObject *self, PyObject *args) {
         return NULL;
     PyObject *result = NULL;
     i128 *sums = NULL;
+    int64_t *lk = NULL; /* the lookup, copied and checked here: a rewrite of the caller's meanwhile moves no cell */
     part parts[MAX_THREADS];
     memset(parts, 0, sizeof parts);
     Py_ssize_t n = conv.len / 8, m = cents.len / 8;
@@ -341,14 +374,19 @@ static PyObject *credit_sums(PyObject *self, PyObject *args) {
         goto done;
     if (ts.len / 8 != n || code.len / 8 != n || brand.len / 8 != m || counted.len != m || model < LAST_TOUCH ||
         model > POSITION_BASED || brand_cells < 1 || cells < 1 || none_group < 0 ||
-        (none_group + 1) * brand_cells > cells || !(half_life > 0) || threads < 1) {
+        none_group >= cells / brand_cells || !(half_life > 0) || threads < 1) { /* no product: it could wrap */
         PyErr_SetString(PyExc_ValueError, "credit_sums: inconsistent arguments");
         goto done;
     }
     if (threads > MAX_THREADS) threads = MAX_THREADS;
-    const int64_t *lk = lookup.buf;
+    lk = malloc((size_t)lookup.len + sizeof(int64_t));
+    if (lk == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(lk, lookup.buf, (size_t)lookup.len);
     for (Py_ssize_t i = 0; i < lookup.len / 8; i++) {
-        if (lk[i] >= 0 && (lk[i] + 1) * brand_cells > cells) {
+        if (lk[i] >= 0 && lk[i] >= cells / brand_cells) {
             PyErr_SetString(PyExc_ValueError, "credit_sums: a group beyond the cells");
             goto done;
         }
@@ -409,6 +447,9 @@ static PyObject *credit_sums(PyObject *self, PyObject *args) {
     case BAD_CODE:
         PyErr_SetString(PyExc_ValueError, "credit_sums: a touch's code is outside the lookup");
         break;
+    case CHANGED:
+        PyErr_SetString(PyExc_ValueError, "credit_sums: the touches changed during the call");
+        break;
     default:
         PyErr_SetString(PyExc_ValueError, "credit_sums: values outside the declared domains reached an aggregate");
     }
@@ -425,6 +466,7 @@ done:
         free(parts[t].rank);
     }
     free(sums);
+    free(lk);
     PyBuffer_Release(&conv);
     PyBuffer_Release(&ts);
     PyBuffer_Release(&code);
@@ -478,7 +520,8 @@ static void bound_person(bound_part *b, held *h, int64_t k) {
             qsort(h, (size_t)k, sizeof(held), held_cmp);
         }
     }
-    int64_t kept = k > b->cap ? b->cap : k, total = 0;
+    int64_t kept = k > b->cap ? b->cap : k;
+    i128 total = 0; /* up to cap x 2^53: beyond 64 bits for a cap over 1024 */
     for (int64_t r = 0; r < kept; r++) total += magnitude(h[r].cents);
     int scale = b->person_cents >= 0 && total > b->person_cents;
     for (int64_t r = kept; r < k; r++) {
@@ -519,8 +562,13 @@ static void bound_range(bound_part *b) {
     memcpy(fill, bucket, (size_t)buckets * sizeof(int64_t));
     for (int64_t i = 0; i < b->m; i++) {
         uint64_t a = (uint64_t)(b->who[i] - b->lo);
-        if (a < (uint64_t)width)
+        if (a < (uint64_t)width) {
+            if (fill[a >> shift] == bucket[(a >> shift) + 1]) { /* `who` rewritten since it was counted */
+                b->failed = CHANGED;
+                goto done;
+            }
             all[fill[a >> shift]++] = (held){b->ts[i], b->cents[i], i, a & (uint64_t)(size - 1)};
+        }
     }
     for (int64_t k = 0; k < buckets; k++) {
         const held *in = all + bucket[k];
@@ -534,19 +582,15 @@ static void bound_range(bound_part *b) {
             start = off[c];
         }
     }
-    free(bucket);
-    free(off);
-    free(all);
-    free(grouped);
-    free(fill);
-    return;
+    goto done;
 fail:
+    b->failed = NO_MEMORY;
+done:
     free(bucket);
     free(off);
     free(all);
     free(grouped);
     free(fill);
-    b->failed = NO_MEMORY;
 }
 
 static void *run_bound(void *arg) {
@@ -576,12 +620,15 @@ static PyObject *bound(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "bound: inconsistent arguments");
         goto done;
     }
-    const int64_t *w = who.buf;
-    int bad = 0, failed = OK;
+    const int64_t *w = who.buf, *cs = cents.buf;
+    int bad = 0, huge = 0, failed = OK;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     Py_BEGIN_ALLOW_THREADS;
-    for (Py_ssize_t i = 0; i < m; i++) bad |= (uint64_t)w[i] >= (uint64_t)people;
-    if (!bad) {
+    for (Py_ssize_t i = 0; i < m; i++) {
+        bad |= (uint64_t)w[i] >= (uint64_t)people;
+        huge |= cs[i] < -MAX_CENTS || cs[i] > MAX_CENTS;
+    }
+    if (!bad && !huge) {
         bound_part parts[MAX_THREADS];
         pthread_t tid[MAX_THREADS];
         int started[MAX_THREADS] = {0};
@@ -599,6 +646,8 @@ static PyObject *bound(PyObject *self, PyObject *args) {
     }
     Py_END_ALLOW_THREADS;
     if (bad) PyErr_SetString(PyExc_ValueError, "bound: a person id outside [0, people)");
+    else if (huge) PyErr_SetString(PyExc_ValueError, "bound: cents beyond 2^53, more than any policy allows");
+    else if (failed == CHANGED) PyErr_SetString(PyExc_ValueError, "bound: the people changed during the call");
     else if (failed != OK) PyErr_NoMemory();
     else result = Py_NewRef(Py_None);
 done:

@@ -413,6 +413,7 @@ def bounded(
     if len(person) == 0:
         return Bounded(ts_us, cents, brand, rows, np.ones(0, dtype=bool))
     who = np.ascontiguousarray(_dense(person))
+    credits.check_cents(cents)  # the kernel checks too; here first so that both paths refuse alike
     compiled = kernels.KERNELS if native else None  # read at each call: a test may turn the kernels off
     if compiled is not None:
         counted, scaled = np.ones(len(who), dtype=np.uint8), cents.copy()
@@ -447,13 +448,16 @@ def _bounded_numpy(
         # a person's |cents| add up to at most cap x the most one conversion carries, which the policy keeps
         # within 2^53: float64 sums of these integers are exact
         total = np.bincount(who, weights=size)
+        if total.max() >= credits.MAX_CENTS:  # no policy allows it, but float sums are then inexact: integers
+            total = np.array(credits.cell_sums(who, size, len(total)), dtype=object)
         over = np.flatnonzero((total > person_cents)[who])
         if len(over):
-            a, s = size[over], total[who[over]].astype(np.int64)
-            if int(a.max()) * person_cents < 2**63:
-                scaled = a * person_cents // s
-            else:  # products beyond 64 bits: Python's integers, for the few people over the bound
-                scaled = np.array([x * person_cents // y for x, y in zip(a.tolist(), s.tolist(), strict=True)])
+            a, s = size[over], total[who[over]]
+            if total.dtype != object and int(a.max()) * person_cents < 2**63:
+                scaled = a * person_cents // s.astype(np.int64)
+            else:  # products or sums beyond 64 bits: Python's integers, for the few people over the bound
+                pairs = zip(a.tolist(), s.tolist(), strict=True)
+                scaled = np.array([int(x) * person_cents // int(y) for x, y in pairs], dtype=np.int64)
             cents = cents.copy()
             cents[over] = np.sign(cents[over]) * scaled
     counted = np.ones(len(who), dtype=bool)
@@ -510,8 +514,6 @@ def attribution_histograms(
     scale = ev.person_cents if ev.person_cents < ev.cap * ev.cents_per_conversion else None
     conv = bounded(data.columns(conversions), sides, ev.cap, scale)
     brand_cells = len(axes[1].domain) if len(axes) > 1 else 1
-    if brand_cells > 1 and (conv.brand < 0).any():
-        raise InternalError("values outside the declared domains reached an aggregate")
     relations, params = conv.build(lookback_days * credits.MICROSECONDS_PER_DAY)
     assert isinstance(touches.params, Mapping)  # touches_sql names its parameters
     arrays = data.columns(Sql(touches.text, {**touches.params, **params}), relations)

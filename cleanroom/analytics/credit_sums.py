@@ -1,11 +1,13 @@
 """Attribution's touches to exact per-cell totals: in the compiled `_attribution` extension, else in numpy.
 
-Both paths follow the same rules (`credits`' module docstring; `attribution`'s states them as promises) and give
-the same integers, except that time decay's exponentials are the C library's on one path and numpy's on the other,
-which may differ in the last bit and so move a unit between two touches on a tie (the plain reference in the tests
-is Python's, as the C's). The native path exists for speed: it groups the touches by conversion with a counting
-sort, orders each conversion's few touches, and apportions them one conversion at a time on every core the query
-is given, with no array per step, where the numpy path sorts and gathers whole arrays on one thread.
+Both paths follow the same rules (`credits`' module docstring; `attribution`'s states them as promises) and give the
+same integers, except that time decay's exponentials are the C library's on one path and numpy's on the other, which
+may differ in the last bit and so move a unit between two touches on a tie, or a few for cents near 2^53, where a
+weight's last bit is worth a cent (the plain reference in the tests is Python's, as the C's). Each conversion still
+hands out exactly its thousandths and cents on both paths. The native path exists for speed: it groups the touches
+by conversion with a counting sort, orders each conversion's few touches, and apportions them one conversion at a
+time on every core the query is given, with no array per step, where the numpy path sorts and gathers whole arrays
+on one thread.
 
 `NATIVE` says which path runs (`native` loads the extension).
 """
@@ -72,8 +74,9 @@ def cell_totals(
 
     `touches`: `conversion` (an index into `conversions`), `ts_us` and `code` (any integer type), one row per
     (conversion, qualifying touch) in any order. Counted conversions with no touch go to their brand's `none` cell;
-    conversions not counted add nothing. A touch outside the declared domains raises InternalError (after the
-    budget was charged, as any failure once data is read).
+    conversions not counted add nothing. A touch outside the declared domains, or a counted conversion's brand
+    outside [0, brand_cells) or cents beyond `credits.MAX_CENTS`, raises InternalError (after the budget was
+    charged, as any failure once data is read).
     """
     if native and kernels.KERNELS is not None:  # read at each call: a test may turn the kernels off
         return _native_totals(touches, conversions, cells, model, click_over_view, half_life_days)
@@ -133,6 +136,11 @@ def _numpy_totals(
     code = np.asarray(touches["code"])
     if len(code) and (int(code.min()) < 0 or int(code.max()) >= len(cells.lookup)):
         raise InternalError("values outside the declared domains reached an aggregate")
+    credits.check_cents(conversions.cents[conversions.counted])
+    if cells.brand_cells > 1:
+        brands = conversions.brand[conversions.counted]
+        if len(brands) and (int(brands.min()) < 0 or int(brands.max()) >= cells.brand_cells):
+            raise InternalError("values outside the declared domains reached an aggregate")
     conversion = np.asarray(touches["conversion"], dtype=np.int64)
     ts_us = np.asarray(touches["ts_us"])
     untouched = conversions.counted.copy()

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from cleanroom_client.policy import MAX_SENSITIVITY
+
 from ..errors import InternalError
 
 #: Thousandths of a conversion each conversion hands out.
@@ -30,6 +32,10 @@ MILLI = 1000
 #: Most touchpoints credited per conversion (the latest ones).
 MAX_TOUCHES = 100
 MICROSECONDS_PER_DAY = 86_400_000_000
+#: The most |cents| one conversion may carry: the policy keeps every sensitivity, hence every conversion's cents,
+#: within MAX_SENSITIVITY (2^53). Beyond it float products of the weights lose whole units and 64-bit sums can
+#: overflow, so the credits and the bound refuse such a value (`check_cents`; the C kernel's MAX_CENTS is the same).
+MAX_CENTS = MAX_SENSITIVITY
 
 Ints = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
@@ -129,7 +135,8 @@ def weights(touches: Touches, seg: Segments, model: str, half_life_days: float) 
         return 1.0 / n.astype(np.float64)
     if model == "time_decay":
         newest = touches.at[seg.start + seg.size - 1]  # sorted by time: the last touch is the newest
-        age_days = (newest[seg.of_row] - touches.at) / MICROSECONDS_PER_DAY
+        # newest - time is >= 0 but may pass 2^63 for times far apart: unsigned, it is exact (as in the C kernel)
+        age_days = (newest[seg.of_row] - touches.at).view(np.uint64) / MICROSECONDS_PER_DAY
         decay = np.exp2(-age_days / half_life_days)
         return decay / np.add.reduceat(decay, seg.start)[seg.of_row]
     if model == "position_based":
@@ -148,6 +155,12 @@ def position_weights(n: Ints) -> tuple[Floats, Floats]:
     return end, 0.2 / np.maximum(n - 2, 1)
 
 
+def check_cents(cents: Ints) -> None:
+    """Refuses cents beyond `MAX_CENTS` (no policy allows them): InternalError, after the budget was charged."""
+    if len(cents) and (int(cents.min()) < -MAX_CENTS or int(cents.max()) > MAX_CENTS):
+        raise InternalError("values outside the declared domains reached an aggregate")
+
+
 def floors(w: Floats, total: Ints) -> tuple[Floats, Floats]:
     """Each share's exact amount w x total in floating point, split into its floor and its remainder.
 
@@ -163,13 +176,18 @@ def apportion(total: Ints, w: Floats, seg: Segments) -> Ints:
     """Integer shares of each conversion's `total` (same on all its rows) by weight: floors, then largest remainders.
 
     The shares of one conversion add up to exactly its total; the leftover units go to the largest remainders,
-    ties to the earlier position (as `apportion` in the reference).
+    ties to the earlier position (as `apportion` in the reference). Near 2^53 float rounding of the products can
+    leave as many units as touches or more, or fewer than none (time decay's weights): then `whole_rounds`.
     """
     floor, rest = floors(w, total)
     shares = floor.astype(np.int64)
     # per conversion (what is left of its total, and which conversions have any) rather than per row: the masks
     # over every row cost more than the apportioning
-    left = total[seg.start] - np.add.reduceat(floor, seg.start).astype(np.int64)
+    left = total[seg.start] - np.add.reduceat(shares, seg.start)  # integers: a float sum past 2^53 is inexact
+    odd = np.flatnonzero((left < 0) | (left >= seg.size))
+    if len(odd):
+        whole_rounds(shares, rest, seg, left[odd], odd)
+        left[odd] = 0
     pending = left > 0
     if not pending.any():
         return shares
@@ -205,6 +223,34 @@ def apportion(total: Ints, w: Floats, seg: Segments) -> Ints:
     rank = np.arange(len(order)) - starts[np.cumsum(first_row) - 1]
     shares[order] += (rank < left[of_row]).astype(np.int64)
     return shares
+
+
+def whole_rounds(shares: Ints, rest: Floats, seg: Segments, left: Ints, conversions: Ints) -> None:
+    """Gives the `left` units of each of `conversions` (their indices in `seg`), in place, as the C kernel does.
+
+    For the rare conversion whose floors leave a unit or more per touch, or take more than the total (float
+    rounding of w x total near 2^53): whole rounds to every touch, then the rest one unit each by the
+    largest-remainder order (ties to the earlier position); or, for an excess, whole rounds from every share above
+    0 (at most the least of them each), then a unit each from the smallest remainders up (ties: the later position
+    first), never from a share at 0. So the shares add up to the total exactly and none is below 0 (the sign of the
+    value), whatever the weights. One conversion at a time: they are a handful.
+    """
+    for c, units in zip(conversions.tolist(), left.tolist(), strict=True):
+        start, n = int(seg.start[c]), int(seg.size[c])
+        rows = (start + np.argsort(-rest[start : start + n], kind="stable")).tolist()
+        if units > 0:
+            shares[start : start + n] += units // n
+            shares[rows[: units % n]] += 1
+        while units < 0:
+            own = shares[start : start + n]  # a view: the rounds below change `shares`
+            above = int((own > 0).sum())
+            whole = min(-units // above, int(own[own > 0].min()))
+            own[own > 0] -= whole
+            units += whole * above
+            for row in reversed(rows) if whole == 0 else ():
+                if units < 0 and shares[row] > 0:
+                    shares[row] -= 1
+                    units += 1
 
 
 #: The largest |total| `even_shares` takes (below it, the float products of the weights are within 2^-5 of the

@@ -258,3 +258,237 @@ def test_an_extension_built_from_other_sources_is_not_used():
     assert stale_reason(old, "bound", ("_attribution.c",), beside) == "was built from an older source"
     assert native.KERNELS is not None
     assert stale_reason(native.KERNELS, "bound", ("_attribution.c",), beside) is None
+
+
+# -- red team: the promises at the edges of the values, on both paths -----------------------------------------------
+
+HOUR = 3_600_000_000
+#: The most |cents| a conversion may carry (the policy keeps every sensitivity within 2^53): beyond it, refused.
+LIMIT = 2**53
+
+
+def one_conversion(ts_us: list[int], codes: list[int], cents: int, brand: int = 0):
+    touches = {
+        "conversion": np.zeros(len(ts_us), dtype=np.int64),
+        "ts_us": np.array(ts_us, dtype=np.int64),
+        "code": np.array(codes, dtype=np.int64),
+    }
+    conv = Conversions(
+        np.array([cents], dtype=np.int64), np.array([brand], dtype=np.int64), np.zeros(1, np.int64), np.ones(1, bool)
+    )
+    return touches, conv
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_time_decay_near_2_53_hands_out_exactly_its_cents_on_both_paths(sign):
+    """Float rounding of w x total can leave as many units as touches (or fewer than none): whole rounds, not lost.
+
+    Two touches 124 hours apart, half-life a day, 8546380168746995 cents: the floors leave 2 units over. The numpy
+    path gave one (a cent lost); both now give every unit, the larger remainder the odd one.
+    """
+    total = 8_546_380_168_746_995
+    touches, conv = one_conversion([189 * HOUR, 313 * HOUR], [1, 2], sign * total)
+    cells = Cells(LOOKUP, 3, 1, GROUPS - 1)
+    got = cell_totals(touches, conv, cells, "time_decay", False, 1.0, native=True)
+    want = cell_totals(touches, conv, cells, "time_decay", False, 1.0, native=False)
+    assert sum(got[1]) == sum(want[1]) == sign * total
+    assert got == want
+    assert all(sign * c >= 0 for c in got[1])
+
+
+def test_time_decay_with_totals_near_2_53_is_exact_on_both_paths():
+    """Many conversions of 2 to 6 touches carrying between 2^52 and 2^53 cents: each hands out exactly its cents."""
+    rng = np.random.default_rng(11)
+    m = 3000
+    size = rng.integers(2, 7, m)
+    conversion = np.repeat(np.arange(m), size)
+    touches = {
+        "conversion": conversion,
+        "ts_us": rng.integers(0, 30 * 24, len(conversion)) * HOUR,
+        "code": rng.choice([1, 2, 4, 5], len(conversion)),
+    }
+    cents = rng.integers(2**52, LIMIT, m) * rng.choice([-1, 1], m)
+    conv = Conversions(cents, rng.integers(0, BRANDS, m), np.zeros(m, np.int64), np.ones(m, bool))
+    for native_path in (True, False):
+        milli, money = cell_totals(touches, conv, CELLS, "time_decay", False, 1.0, native=native_path)
+        assert sum(milli) == MILLI * m
+        assert sum(money) == int(cents.sum()), native_path
+
+
+@pytest.mark.parametrize("native_path", [True, False])
+@pytest.mark.parametrize("cents", [LIMIT + 1, -(LIMIT + 1), 2**63 - 1, -(2**63)])
+def test_cents_beyond_2_53_are_an_internal_error_on_both_paths(native_path, cents):
+    """No policy lets a conversion carry more (its sensitivities are capped at 2^53): a value that does is refused,
+    in the credits and in the bound, rather than overflowing (|INT64_MIN|, 64-bit sums of |cents|)."""
+    touches, conv = one_conversion([0, HOUR], [1, 2], cents)
+    with pytest.raises(InternalError):
+        cell_totals(touches, conv, CELLS, "linear", False, 2.0, native=native_path)
+    cols = {
+        "person": np.zeros(2, np.int64),
+        "ts_us": np.array([0, 1], np.int64),
+        "cents": np.array([5, cents], np.int64),
+        "row_platform": np.zeros(2, np.int64),
+    }
+    with pytest.raises(InternalError):
+        attribution.bounded(cols, ["row_platform"], 2, 1000, native=native_path)
+    # 2^53 itself is within the bounds
+    touches, conv = one_conversion([0, HOUR], [1, 2], -LIMIT)
+    assert sum(cell_totals(touches, conv, CELLS, "linear", False, 2.0, native=native_path)[1]) == -LIMIT
+
+
+def test_a_persons_cents_beyond_64_bits_in_total_are_still_bounded():
+    """1100 conversions of 2^53 cents, all kept: their |cents| add up past 2^63, and are still scaled to P."""
+    rows = [(0, t, LIMIT if t % 2 else -LIMIT) for t in range(1100)]
+    got, want = bound_both(rows, 2000, 1_000_000)
+    assert kept(got, rows) == kept(want, rows)
+    assert 0 < sum(abs(c) for _, c in kept(got, rows)[0]) <= 1_000_000
+
+
+@pytest.mark.parametrize("native_path", [True, False])
+@pytest.mark.parametrize("brand", [-1, BRANDS, 2**40])
+def test_a_brand_outside_its_axis_is_an_internal_error(native_path, brand):
+    """A conversion's brand cell indexes the sums: outside [0, brand_cells) it is refused, never written elsewhere."""
+    for ts_us in ([], [HOUR], [0, HOUR]):  # the `none` cell, one touch, two touches
+        touches, conv = one_conversion(ts_us, [1, 2][: len(ts_us)], 100, brand)
+        with pytest.raises(InternalError):
+            cell_totals(touches, conv, CELLS, "linear", False, 2.0, native=native_path)
+
+
+def test_the_kernels_refuse_shapes_whose_cells_overflow_64_bits():
+    """`credit_sums` checks its groups against the cells without a product that could wrap around."""
+    assert native.KERNELS is not None
+    one = np.zeros(1, dtype=np.int64)
+
+    def call(lookup: list[int], brand_cells: int, none_group: int, cells: int) -> None:
+        assert native.KERNELS is not None
+        native.KERNELS.credit_sums(
+            one, one, one, one, one, np.ones(1, np.uint8), np.array(lookup, np.int64), 3, brand_cells, none_group,
+            cells, 2, False, 2.0, 1,
+        )  # fmt: skip
+
+    with pytest.raises(ValueError, match="a group beyond the cells"):
+        call([2**62], 2, 0, 2)  # (2^62 + 1) x 2 wraps to a negative
+    with pytest.raises(ValueError, match="inconsistent arguments"):
+        call([0], 4, 2**62 - 1, 4)  # 2^62 x 4 wraps to 0
+    with pytest.raises(ValueError, match="inconsistent arguments"):
+        call([0], 2**62, 1, 2**62)
+
+
+@pytest.mark.parametrize("native_path", [True, False])
+def test_time_decay_with_times_63_bits_apart_gives_the_newest_touch_everything(native_path):
+    """The age of a touch is newest - its time, which overflows int64 for times at the ends: taken unsigned, exact."""
+    touches, conv = one_conversion([-(2**62), 2**62], [1, 2], 12345)
+    cells = Cells(LOOKUP, 3, 1, GROUPS - 1)
+    milli, cents = cell_totals(touches, conv, cells, "time_decay", False, 2.0, native=native_path)
+    assert (milli, cents) == ([0, MILLI, 0], [0, 12345, 0])
+
+
+def test_adversarial_conversion_sizes_equal_numpys():
+    """One conversion of 100k touches and many of exactly 24, 25, 100 and 101 (the sort's and the cut's edges)."""
+    rng = np.random.default_rng(5)
+    sizes = np.array([100_000] + [24, 25, 100, 101] * 50)
+    conversion = np.repeat(np.arange(len(sizes)), sizes)
+    touches = {
+        "conversion": rng.permutation(conversion),
+        "ts_us": rng.integers(0, 10, len(conversion)) * HOUR,  # ties in time everywhere
+        "code": rng.choice([1, 2, 4, 5], len(conversion)),
+    }
+    m = len(sizes)
+    conv = Conversions(
+        rng.integers(-(10**12), 10**12, m), rng.integers(0, BRANDS, m), np.zeros(m, np.int64), np.ones(m, bool)
+    )
+    for model in MODELS:
+        for click_over_view in (False, True):
+            got = cell_totals(touches, conv, CELLS, model, click_over_view, 0.5, native=True)
+            want = cell_totals(touches, conv, CELLS, model, click_over_view, 0.5, native=False)
+            if model == "time_decay":
+                assert close(got[0], want[0], m)
+                assert close(got[1], want[1], m)
+            else:
+                assert got == want, (model, click_over_view)
+            assert sum(got[0]) == MILLI * m
+            assert sum(got[1]) == int(conv.cents.sum())
+
+
+def test_queries_at_once_in_threads_equal_the_same_queries_one_at_a_time():
+    """The server runs queries in a thread pool and the kernel releases the GIL: no state is shared between calls."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(9)
+    cases: list[tuple[dict[str, np.ndarray], Conversions, str]] = []
+    for _ in range(8):
+        n, m = 30_000, 5_000
+        touches = {
+            "conversion": rng.integers(0, m, n),
+            "ts_us": rng.integers(0, 48, n) * HOUR,
+            "code": rng.choice([1, 2, 4, 5], n),
+        }
+        conv = Conversions(
+            rng.integers(-(10**6), 10**6, m), rng.integers(0, BRANDS, m), np.zeros(m, np.int64), rng.random(m) < 0.9
+        )
+        cases.append((touches, conv, MODELS[len(cases) % len(MODELS)]))
+    alone = [cell_totals(t, c, CELLS, model, True, 2.0, native=True) for t, c, model in cases]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            at_once = list(pool.map(lambda case: cell_totals(case[0], case[1], CELLS, case[2], True, 2.0), cases))
+            assert at_once == alone
+
+
+REWRITTEN = """
+import threading
+import numpy as np
+from cleanroom.analytics.native import KERNELS
+
+rng = np.random.default_rng(0)
+n, m = 1_000_000, 50_000
+lookup = np.array([-1, 0, 1, -1, 0, 1], dtype=np.int64)
+conv, other = rng.integers(0, m, n), rng.integers(0, m, n)
+ts, code = rng.integers(0, 48, n) * 3_600_000_000, rng.choice([1, 2, 4, 5], n).astype(np.int64)
+who, people = rng.integers(0, m // 4, n), rng.integers(0, m // 4, n)
+stop = threading.Event()
+
+
+def rewrite():
+    while not stop.is_set():
+        conv[:] = other  # the same values elsewhere: the count per bucket changes under the kernel
+        conv[:] = np.sort(other)
+        who[:] = people
+        who[:] = np.sort(people)
+        lookup[1] = 10**15 - lookup[1]
+
+
+thread = threading.Thread(target=rewrite)
+thread.start()
+refused = 0
+for _ in range(12):
+    try:
+        KERNELS.credit_sums(
+            conv, ts, code, np.ones(m, np.int64), np.zeros(m, np.int64), np.ones(m, np.uint8), lookup, 3, 1, 2, 3, 2,
+            False, 2.0, 2,
+        )
+    except ValueError:
+        refused += 1
+    try:
+        KERNELS.bound(who, ts, ts % 1000, m // 4, 2, 100, np.ones(n, np.uint8), np.zeros(n, np.int64), 2)
+    except ValueError:
+        refused += 1
+stop.set()
+thread.join()
+print("done", refused)
+"""
+
+
+def test_arrays_rewritten_by_another_thread_during_a_call_are_refused_or_summed_never_written_beyond():
+    """The kernels read the caller's arrays without the GIL: another thread may rewrite them meanwhile (the server
+    never does). A conversion or person column whose counts per bucket change between the kernel's two passes
+    wrote beyond its scratch (heap corruption, found with ASan); a group changed after its check indexed beyond the
+    sums. Now the second pass stops where the first counted (ValueError) and the lookup is a checked copy."""
+    import os
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-c", REWRITTEN], capture_output=True, text=True, timeout=120, env=os.environ.copy()
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith("done")

@@ -14,7 +14,7 @@ from collections import defaultdict
 
 import hypothesis.strategies as st
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 
 from cleanroom.analytics import credits
 from cleanroom.analytics.credits import MAX_TOUCHES, MICROSECONDS_PER_DAY, MILLI, Touches
@@ -40,8 +40,22 @@ def apportion(total: int, weights: list[float]) -> list[int]:
     exact = [w * total for w in weights]
     shares = [math.floor(x) for x in exact]
     order = sorted(range(len(exact)), key=lambda i: (-(exact[i] - shares[i]), i))
-    for i in order[: total - sum(shares)]:
-        shares[i] += 1
+    # float rounding near 2^53 may leave n units or more (whole rounds, then one each), or fewer than none (whole
+    # rounds from the shares above 0, at most the least of them, then one each from the smallest remainders)
+    left, n = total - sum(shares), len(shares)
+    if left > 0:
+        shares = [s + left // n for s in shares]
+        for i in order[: left % n]:
+            shares[i] += 1
+    while left < 0:
+        above = [s for s in shares if s > 0]
+        whole = min(-left // len(above), min(above))
+        shares = [s - whole if s > 0 else s for s in shares]
+        left += whole * len(above)
+        for i in reversed(order) if whole == 0 else []:
+            if left < 0 and shares[i] > 0:
+                shares[i] -= 1
+                left += 1
     return shares
 
 
@@ -190,6 +204,35 @@ def test_apportion_of_three_gives_two_units_past_the_later_of_two_equal_smallest
     w = np.array([0.12, 0.12, 0.76])
     seg = credits.Segments.of(np.zeros(3, dtype=np.int64))
     assert credits.apportion(np.full(3, 5, dtype=np.int64), w, seg).tolist() == apportion(5, list(w)) == [1, 0, 4]
+
+
+@given(
+    st.lists(
+        st.tuples(st.lists(st.floats(0, 1.5), min_size=1, max_size=6), st.integers(0, 2**53)), min_size=1, max_size=6
+    )
+)
+@example([([1.0, 1.5], 3_602_879_701_896_397)])  # floors adding up past 2^53: a float sum of them was a unit off
+def test_apportion_adds_up_to_the_total_with_every_share_of_its_sign_whatever_the_weights(conversions):
+    """Weights adding up to more or less than 1 (as float rounding near 2^53 makes them, much magnified) leave as many
+    units as touches or more, or fewer than none: the shares still add up to the total, none below 0."""
+    w = np.array([x for parts, _ in conversions for x in parts])
+    total = np.array([t for (parts, t) in conversions for _ in parts], dtype=np.int64)
+    seg = credits.Segments.of(np.repeat(np.arange(len(conversions)), [len(p) for p, _ in conversions]))
+    got = credits.apportion(total, w, seg).tolist()
+    assert got == [s for parts, t in conversions for s in apportion(t, parts)]
+    assert min(got) >= 0
+    at = 0
+    for parts, t in conversions:
+        assert sum(got[at : at + len(parts)]) == t
+        at += len(parts)
+
+
+def test_apportion_takes_an_excess_from_the_smallest_remainders_but_never_below_zero():
+    # floors 0, 6, 6 of a total of 10: two units too many. The smallest remainder (1e-19) is a touch at 0: the two
+    # others give one each
+    w = np.array([1e-20, 0.65, 0.65])
+    seg = credits.Segments.of(np.zeros(3, dtype=np.int64))
+    assert credits.apportion(np.full(3, 10, dtype=np.int64), w, seg).tolist() == apportion(10, list(w)) == [0, 5, 5]
 
 
 #: Conversions (touches, total) for `even_shares`: every size up to `MAX_TOUCHES`, totals small, up to its limit,
