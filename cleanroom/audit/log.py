@@ -291,12 +291,12 @@ class AuditLog:
                 f"SELECT {_COLUMNS} FROM audit_log WHERE collab = ? AND seq > ? ORDER BY seq LIMIT ?",
                 [collaboration_id, after, batch],
             ).fetchall()
-            if not rows:
-                return
             for row in rows:
                 yield _row_to_entry(row)
                 seen += 1
                 after = row[1]
+            if len(rows) < batch:  # the last batch: no query for an empty one after it
+                return
 
     def list(self, flt: AuditFilter, page_size: int, after: int) -> tuple[list[AuditEntry], int]:
         """A page of matching entries with sequence > `after`; returns it and the last sequence (0 when done)."""
