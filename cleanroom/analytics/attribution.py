@@ -252,14 +252,15 @@ def touches_sql(catalog: Catalog, ev: EventTables) -> Sql:
 
     `conversion` (the conversion's index in `Bounded`), `ts_us` the touch's time in microseconds, and `code`: its
     kind, campaign and channel as one integer (`TouchCode`). The data-dependent parameters of each exposures table j
-    (`$row0_j` ...) and the relations `BUILD.format(j)` and `BUILD.format(f"{j}_before")` come from
-    `Bounded.build`.
+    (`$row0_j` ...) and the relation `BUILD.format(j)` come from `Bounded.build`.
 
     Why it is shaped so: the join is a plain hash join on one integer, the person's row and the time bucket
     (`Bounded.build` says why that key finds every qualifying touch), whose build side is three integer columns of
-    the conversions that are left after the cap; every other column of a conversion is attached in numpy by its
-    index. The exposures read only the rows whose person and time any conversion could reach (bounds the scan
-    filters cheaply), three integer columns come out, and nothing here sorts or ranks.
+    the conversions that are left after the cap: the key, computed here from the person's row and the time (so in
+    DuckDB's threads, not in numpy before the statement), the index and the time; every other column of a
+    conversion is attached after, by its index. The exposures read only the rows whose person and time any
+    conversion could reach (bounds the scan filters cheaply), three integer columns come out, and nothing here sorts
+    or ranks.
     """
     code = TouchCode.of(ev)
     sources = []
@@ -272,7 +273,13 @@ def touches_sql(catalog: Catalog, ev: EventTables) -> Sql:
                          + coalesce(list_position($campaigns, CAST(e.campaign AS VARCHAR)), 0))
                         * {len(code.channels) + 1}
                         + coalesce(list_position($channels, CAST(e.channel AS VARCHAR)), 0) AS INTEGER) AS code
-            FROM (SELECT * FROM {BUILD.format(j)} UNION ALL SELECT * FROM {BUILD.format(f"{j}_before")}) c JOIN (
+            FROM (
+                SELECT (r - $row0_{j}) * $buckets_{j} + (t - $origin_{j}) // $width_{j} AS k, i, t
+                FROM {BUILD.format(j)} WHERE c
+                UNION ALL
+                SELECT (r - $row0_{j}) * $buckets_{j} + (t - $origin_{j}) // $width_{j} - 1 AS k, i, t
+                FROM {BUILD.format(j)} WHERE c AND (t - $origin_{j}) % $width_{j} < $lookback_us
+            ) c JOIN (
                 SELECT row_id, epoch_us({et}) AS ts_us, campaign, channel, kind FROM {expo}
                 WHERE row_id BETWEEN $row0_{j} AND $row1_{j}
                   AND {et} BETWEEN make_timestamp($origin_{j}) AND make_timestamp($end_{j})
@@ -322,7 +329,7 @@ class Bounded:
     `ts_us`, `cents` (scaled to the per-person bound) and `brand` per conversion; `rows[j]`: the person's row in the
     j-th exposures table's member's data (-1: not matched with it); `counted`: False for the conversions over the
     cap, which count nowhere. They stay in the arrays (removing them would copy every array for a few percent of the
-    rows): `build` gives them a key no exposure has, and the totals leave them out.
+    rows): the join's build side leaves them out, and so do the totals.
     """
 
     ts_us: credits.Ints
@@ -343,7 +350,9 @@ class Bounded:
         of all the person's exposures (those within about W), which is what makes this cheaper than joining on
         the person and filtering by time. W grows when the key would not fit 62 bits (a huge row number or time
         range); the exposures read are bounded to the rows and times the key covers, which every qualifying touch
-        is within.
+        is within. The relation holds the person's row, the index, the time and whether the conversion counts;
+        `touches_sql` computes the keys from them (and the conversions whose window crosses into the bucket before
+        a second time, with the key one less).
         """
         import pyarrow as pa
 
@@ -355,7 +364,6 @@ class Bounded:
             row, t = (rows, self.ts_us) if every else (rows[index], self.ts_us[index])
             if len(index) == 0:  # nobody to join: bounds no row passes
                 row0, row1, origin, end, width, buckets = 0, -1, 0, -1, 1, 1
-                key = np.zeros(0, dtype=np.int64)
             else:
                 row0, row1 = int(row.min()), int(row.max())
                 origin, end = int(t.min()) - lookback_us, int(t.max())
@@ -363,25 +371,8 @@ class Bounded:
                 room = 2**62 // (row1 - row0 + 1)  # the most buckets the key holds
                 width = max(2 * lookback_us, -(-span // room), 1)
                 buckets = (span - 1) // width + 1
-                # in place: each new array of a million rows costs about what the arithmetic on it does. The
-                # quotient by `//` (numpy divides by a scalar with multiplications: a tenth of `divmod`'s time),
-                # the remainder from it
-                into = t - origin
-                bucket = into // width
-                into -= bucket * width
-                key = row - row0
-                key *= buckets
-                key += bucket
-                if not self.counted.all():
-                    key[~self.counted if every else ~self.counted[index]] = -2
-                crosses = np.flatnonzero(into < lookback_us)  # the window starts in the bucket before
-            # the conversions in their own bucket, and again in the one before where their window starts there: two
-            # relations the statement reads as one (no copy of the first into a longer array)
-            before = np.zeros(0, dtype=np.int64) if len(index) == 0 else crosses
-            relations[BUILD.format(j)] = pa.table({"k": key, "i": index, "t": t})
-            relations[BUILD.format(f"{j}_before")] = pa.table(
-                {"k": key[before] - 1, "i": index[before], "t": t[before]}
-            )
+            counted = self.counted if every else self.counted[index]
+            relations[BUILD.format(j)] = pa.table({"r": row, "i": index, "t": t, "c": counted})
             params |= {
                 f"row0_{j}": row0,
                 f"row1_{j}": row1,
