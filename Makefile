@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed-stamp
 
 # the extensions' C files (both setup.py's SOURCES and HEADERS) by pattern, so that a new one needs no line here
 $(STAMP): pyproject.toml setup.py clients/python/pyproject.toml clients/python/setup.py \
-		$(wildcard clients/python/cleanroom_client/*.c clients/python/cleanroom_client/*.h cleanroom/analytics/*.c)
+		$(wildcard clients/python/cleanroom_client/*.c clients/python/cleanroom_client/*.h cleanroom/analytics/*.c cleanroom/analytics/*.h)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0

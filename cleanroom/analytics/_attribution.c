@@ -22,30 +22,11 @@
  * The work is split between threads by ranges of conversions (each with its own sums, added at the end); the GIL
  * is released throughout. Compiled with -ffp-contract=off: every float operation is the one written, as numpy's.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <math.h>
-#include <pthread.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
+#include "_attribution.h"
 
 #ifndef CLEANROOM_SOURCE_SHA256
 #define CLEANROOM_SOURCE_SHA256 ""
 #endif
-
-#define MILLI 1000
-#define MAX_TOUCHES 100
-#define MAX_THREADS 16
-#define MICROSECONDS_PER_DAY 86400000000.0
-/* The most |cents| a conversion may carry (credits.MAX_CENTS: the policy's MAX_SENSITIVITY): beyond it the float
- * products of the weights lose whole units and |INT64_MIN| does not exist, so both functions refuse such a value. */
-#define MAX_CENTS ((int64_t)1 << 53)
-
-enum model { LAST_TOUCH, FIRST_TOUCH, LINEAR, TIME_DECAY, POSITION_BASED };
-enum failure { OK, NO_MEMORY, BAD_CONVERSION, BAD_CODE, BAD_GROUP, BAD_VALUE, CHANGED };
-
-typedef __int128 i128;
 
 /* A touch: its time and code, and its conversion's place in its bucket (`group_range`). */
 typedef struct {
@@ -339,14 +320,6 @@ static void *run_part(void *arg) {
     return NULL;
 }
 
-static int check_buffer(Py_buffer *b, Py_ssize_t item, const char *name) {
-    if (b->itemsize != item || b->len % item != 0) {
-        PyErr_Format(PyExc_TypeError, "%s must be a contiguous buffer of %zd-byte integers", name, item);
-        return 0;
-    }
-    return 1;
-}
-
 /* credit_sums(conversion, ts_us, code, conv_cents, conv_brand, counted, lookup, click_from, brand_cells,
  *             none_group, cells, model, click_over_view, half_life, threads) -> (milli bytes, cents bytes)
  * int64 buffers but `counted` (uint8); the sums come back as little-endian 128-bit integers, 16 bytes per cell.
@@ -477,190 +450,8 @@ done:
     return result;
 }
 
-/* The contribution bound, one range of people per thread: the cap keeps each person's `cap` earliest conversions
- * (ties by cents; conversions equal in both are interchangeable), then a person whose kept conversions carry S > P
- * |cents| has each scaled to sign x floor(|cents| x P / S), exactly (128-bit products). */
-typedef struct {
-    int64_t ts, cents, index;
-    uint64_t at; /* the person's place in its bucket */
-} held;
-
-typedef struct {
-    const int64_t *who, *ts, *cents;
-    int64_t m, cap, person_cents;
-    uint8_t *counted;
-    int64_t *out;
-    int64_t lo, hi;
-    int failed;
-} bound_part;
-
-static int held_cmp(const void *a, const void *b) {
-    const held *x = a, *y = b;
-    if (x->ts != y->ts) return x->ts < y->ts ? -1 : 1;
-    if (x->cents != y->cents) return x->cents < y->cents ? -1 : 1;
-    return (x->index > y->index) - (x->index < y->index);
-}
-
-static int64_t magnitude(int64_t v) { return v < 0 ? -v : v; }
-
-/* One person's conversions h[0..k): the earliest `cap` count, then their cents are scaled to the person's bound. */
-static void bound_person(bound_part *b, held *h, int64_t k) {
-    if (k > b->cap) {
-        if (k <= 24) {
-            for (int64_t i = 1; i < k; i++) {
-                held x = h[i];
-                int64_t r = i;
-                while (r > 0 && held_cmp(&x, &h[r - 1]) < 0) {
-                    h[r] = h[r - 1];
-                    r--;
-                }
-                h[r] = x;
-            }
-        } else {
-            qsort(h, (size_t)k, sizeof(held), held_cmp);
-        }
-    }
-    int64_t kept = k > b->cap ? b->cap : k;
-    i128 total = 0; /* up to cap x 2^53: beyond 64 bits for a cap over 1024 */
-    for (int64_t r = 0; r < kept; r++) total += magnitude(h[r].cents);
-    int scale = b->person_cents >= 0 && total > b->person_cents;
-    for (int64_t r = kept; r < k; r++) {
-        b->counted[h[r].index] = 0;
-        if (scale) b->out[h[r].index] = 0; /* counts nowhere: 0, as the numpy path leaves it */
-    }
-    if (!scale) return;
-    for (int64_t r = 0; r < kept; r++) {
-        int64_t c = h[r].cents;
-        int64_t scaled = (int64_t)((i128)magnitude(c) * b->person_cents / total);
-        b->out[h[r].index] = c < 0 ? -scaled : scaled;
-    }
-}
-
-/* The range's conversions cut into buckets of 2^shift people (as `group_range` does with touches), each bucket's
- * grouped by person in cache, then each person bounded: no step gathers at random across the whole range. */
-static void bound_range(bound_part *b) {
-    int64_t width = b->hi - b->lo;
-    int shift = 0;
-    while ((width >> shift) > 1024) shift++;
-    int64_t buckets = (width >> shift) + 1, size = (int64_t)1 << shift, longest = 0;
-    int64_t *bucket = calloc((size_t)buckets + 1, sizeof(int64_t)), *fill = NULL;
-    int64_t *off = malloc((size_t)(size + 1) * sizeof(int64_t));
-    held *all = NULL, *grouped = NULL;
-    if (bucket == NULL || off == NULL) goto fail;
-    for (int64_t i = 0; i < b->m; i++) {
-        uint64_t a = (uint64_t)(b->who[i] - b->lo);
-        if (a < (uint64_t)width) bucket[(a >> shift) + 1]++;
-    }
-    for (int64_t k = 0; k < buckets; k++) {
-        if (bucket[k + 1] > longest) longest = bucket[k + 1];
-        bucket[k + 1] += bucket[k];
-    }
-    all = malloc((size_t)(bucket[buckets] ? bucket[buckets] : 1) * sizeof(held));
-    grouped = malloc((size_t)(longest ? longest : 1) * sizeof(held));
-    fill = malloc((size_t)buckets * sizeof(int64_t));
-    if (all == NULL || grouped == NULL || fill == NULL) goto fail;
-    memcpy(fill, bucket, (size_t)buckets * sizeof(int64_t));
-    for (int64_t i = 0; i < b->m; i++) {
-        uint64_t a = (uint64_t)(b->who[i] - b->lo);
-        if (a < (uint64_t)width) {
-            if (fill[a >> shift] == bucket[(a >> shift) + 1]) { /* `who` rewritten since it was counted */
-                b->failed = CHANGED;
-                goto done;
-            }
-            all[fill[a >> shift]++] = (held){b->ts[i], b->cents[i], i, a & (uint64_t)(size - 1)};
-        }
-    }
-    for (int64_t k = 0; k < buckets; k++) {
-        const held *in = all + bucket[k];
-        int64_t n = bucket[k + 1] - bucket[k];
-        memset(off, 0, (size_t)(size + 1) * sizeof(int64_t));
-        for (int64_t i = 0; i < n; i++) off[in[i].at + 1]++;
-        for (int64_t c = 0; c < size; c++) off[c + 1] += off[c];
-        for (int64_t i = 0; i < n; i++) grouped[off[in[i].at]++] = in[i]; /* off[c]: now where c's end */
-        for (int64_t c = 0, start = 0; c < size; c++) {
-            if (off[c] > start) bound_person(b, grouped + start, off[c] - start);
-            start = off[c];
-        }
-    }
-    goto done;
-fail:
-    b->failed = NO_MEMORY;
-done:
-    free(bucket);
-    free(off);
-    free(all);
-    free(grouped);
-    free(fill);
-}
-
-static void *run_bound(void *arg) {
-    bound_range((bound_part *)arg);
-    return NULL;
-}
-
-/* bound(who, ts_us, cents, people, cap, person_cents, counted, out, threads): `who` dense person ids in [0, people);
- * `counted` (uint8, all 1) and `out` (a copy of `cents`) are written in place: 0 for each conversion over the cap,
- * the scaled cents where the person's kept conversions carry more than `person_cents` (< 0: no per-person bound).
- * A conversion over the cap counts nowhere: its `out` is its cents, or 0 where its person's are scaled (as numpy's). */
-static PyObject *bound(PyObject *self, PyObject *args) {
-    (void)self;
-    Py_buffer who, ts, cents, counted, out;
-    long long people, cap, person_cents;
-    int threads;
-    if (!PyArg_ParseTuple(args, "y*y*y*LLLw*w*i", &who, &ts, &cents, &people, &cap, &person_cents, &counted, &out,
-                          &threads))
-        return NULL;
-    PyObject *result = NULL;
-    Py_ssize_t m = who.len / 8;
-    if (!check_buffer(&who, 8, "who") || !check_buffer(&ts, 8, "ts_us") || !check_buffer(&cents, 8, "cents") ||
-        !check_buffer(&counted, 1, "counted") || !check_buffer(&out, 8, "out"))
-        goto done;
-    if (ts.len / 8 != m || cents.len / 8 != m || counted.len != m || out.len / 8 != m || people < 0 || cap < 1 ||
-        threads < 1) {
-        PyErr_SetString(PyExc_ValueError, "bound: inconsistent arguments");
-        goto done;
-    }
-    const int64_t *w = who.buf, *cs = cents.buf;
-    int bad = 0, huge = 0, failed = OK;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    Py_BEGIN_ALLOW_THREADS;
-    for (Py_ssize_t i = 0; i < m; i++) {
-        bad |= (uint64_t)w[i] >= (uint64_t)people;
-        huge |= cs[i] < -MAX_CENTS || cs[i] > MAX_CENTS;
-    }
-    if (!bad && !huge) {
-        bound_part parts[MAX_THREADS];
-        pthread_t tid[MAX_THREADS];
-        int started[MAX_THREADS] = {0};
-        for (int t = 0; t < threads; t++)
-            parts[t] = (bound_part){w, ts.buf, cents.buf, m, cap, person_cents, counted.buf, out.buf,
-                                    (int64_t)people * t / threads, (int64_t)people * (t + 1) / threads, OK};
-        for (int t = 1; t < threads; t++) started[t] = pthread_create(&tid[t], NULL, run_bound, &parts[t]) == 0;
-        bound_range(&parts[0]);
-        for (int t = 1; t < threads; t++) {
-            if (started[t]) pthread_join(tid[t], NULL);
-            else bound_range(&parts[t]);
-        }
-        for (int t = 0; t < threads; t++)
-            if (parts[t].failed != OK) failed = parts[t].failed;
-    }
-    Py_END_ALLOW_THREADS;
-    if (bad) PyErr_SetString(PyExc_ValueError, "bound: a person id outside [0, people)");
-    else if (huge) PyErr_SetString(PyExc_ValueError, "bound: cents beyond 2^53, more than any policy allows");
-    else if (failed == CHANGED) PyErr_SetString(PyExc_ValueError, "bound: the people changed during the call");
-    else if (failed != OK) PyErr_NoMemory();
-    else result = Py_NewRef(Py_None);
-done:
-    PyBuffer_Release(&who);
-    PyBuffer_Release(&ts);
-    PyBuffer_Release(&cents);
-    PyBuffer_Release(&counted);
-    PyBuffer_Release(&out);
-    return result;
-}
-
 static PyMethodDef methods[] = {
-    {"bound", bound, METH_VARARGS, "Attribution's contribution bound over the conversions (see the source)."},
+    {"bound", attribution_bound, METH_VARARGS, "Attribution's contribution bound over the conversions (see the source)."},
     {"credit_sums", credit_sums, METH_VARARGS, "Attribution's exact per-cell sums from the touches (see the source)."},
     {NULL, NULL, 0, NULL},
 };

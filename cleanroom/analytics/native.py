@@ -16,12 +16,15 @@ from typing import Final
 
 from cleanroom_client.native import stale_reason
 
+#: The extension's C files in setup.py's order (SOURCES, then HEADERS): their SHA-256 is built into it.
+SOURCES: Final = ("_attribution.c", "_attribution_bound.c", "_attribution.h")
+
 _kernels: ModuleType | None
 try:
     from . import _attribution as _kernels
 except ImportError:  # no C compiler at install time: numpy
     _kernels = None
-if _kernels is not None and (_stale := stale_reason(_kernels, "bound", ("_attribution.c",), __file__)):
+if _kernels is not None and (_stale := stale_reason(_kernels, "bound", SOURCES, __file__)):
     warnings.warn(
         f"cleanroom.analytics._attribution {_stale} and is not used (numpy runs instead): "
         "rebuild it with `pip install -e .` or `make install`",

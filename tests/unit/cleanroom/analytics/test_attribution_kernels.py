@@ -251,13 +251,12 @@ def test_an_extension_built_from_other_sources_is_not_used():
     old.bound = lambda: None  # type: ignore[attr-defined]
     beside = native.__file__
     assert (
-        stale_reason(old, "bound", ("_attribution.c",), beside)
-        == "was built from other sources than the C files beside it"
+        stale_reason(old, "bound", native.SOURCES, beside) == "was built from other sources than the C files beside it"
     )
     del old.bound
-    assert stale_reason(old, "bound", ("_attribution.c",), beside) == "was built from an older source"
+    assert stale_reason(old, "bound", native.SOURCES, beside) == "was built from an older source"
     assert native.KERNELS is not None
-    assert stale_reason(native.KERNELS, "bound", ("_attribution.c",), beside) is None
+    assert stale_reason(native.KERNELS, "bound", native.SOURCES, beside) is None
 
 
 # -- red team: the promises at the edges of the values, on both paths -----------------------------------------------

@@ -1,0 +1,38 @@
+/* What the attribution kernels' two files share (_attribution.c: the credits and the module; _attribution_bound.c:
+ * the contribution bound): limits, failure codes, the 128-bit integer, the buffers' check. */
+#ifndef CLEANROOM_ATTRIBUTION_H
+#define CLEANROOM_ATTRIBUTION_H
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MILLI 1000
+#define MAX_TOUCHES 100
+#define MAX_THREADS 16
+#define MICROSECONDS_PER_DAY 86400000000.0
+/* The most |cents| a conversion may carry (credits.MAX_CENTS: the policy's MAX_SENSITIVITY): beyond it the float
+ * products of the weights lose whole units and |INT64_MIN| does not exist, so both functions refuse such a value. */
+#define MAX_CENTS ((int64_t)1 << 53)
+
+enum model { LAST_TOUCH, FIRST_TOUCH, LINEAR, TIME_DECAY, POSITION_BASED };
+enum failure { OK, NO_MEMORY, BAD_CONVERSION, BAD_CODE, BAD_GROUP, BAD_VALUE, CHANGED };
+
+typedef __int128 i128;
+
+/* Whether a buffer holds whole items of `item` bytes (TypeError naming the argument if not). */
+static inline int check_buffer(Py_buffer *b, Py_ssize_t item, const char *name) {
+    if (b->itemsize != item || b->len % item != 0) {
+        PyErr_Format(PyExc_TypeError, "%s must be a contiguous buffer of %zd-byte integers", name, item);
+        return 0;
+    }
+    return 1;
+}
+
+/* bound(...): the contribution bound, in _attribution_bound.c (its comment says the call). */
+PyObject *attribution_bound(PyObject *self, PyObject *args);
+
+#endif
