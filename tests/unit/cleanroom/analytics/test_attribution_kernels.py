@@ -245,6 +245,25 @@ def test_a_person_with_many_conversions_takes_the_sort_and_keeps_the_earliest():
     assert [t for t, _ in kept(got, rows)[0]] == [t for t, _ in earliest]
 
 
+@pytest.mark.parametrize("people", [2**50, 2**62, 2**63 - 1])
+@pytest.mark.parametrize("threads", [1, 2, 16])
+def test_the_bound_works_in_proportion_to_the_conversions_however_many_people(people, threads):
+    """Red team: the kernel grouped each bucket of 2^shift people by counting over all its places, one array of
+    2^shift + 1 integers a thread (shift = log2(people / 512)): a few conversions of people numbered up to 2^50 asked
+    for 2^41 integers (MemoryError; at 2^38 people 4 GB, cleared once per bucket: a stall). `bounded` numbers people
+    densely, so the server never asked; the kernel's own promise is now memory and work in proportion to the
+    conversions: a bucket with many more places than records is grouped by sorting its records."""
+    who = np.array([0, people - 1, 5, people - 1, people // 2, 5, 5], dtype=np.int64)
+    ts = np.array([3, 1, 2, 0, 9, 2, 1], dtype=np.int64)
+    cents = np.array([400, -700, 250, 900, 10, 30, -20], dtype=np.int64)
+    counted, out = np.ones(len(who), np.uint8), cents.copy()
+    native.KERNELS.bound(who, ts, cents, people, 2, 1000, counted, out, threads)
+    dense = np.unique(who, return_inverse=True)[1].astype(np.int64)
+    want_counted, want_cents = attribution._bounded_numpy(dense, ts, cents, 2, 1000)
+    assert counted.view(bool).tolist() == want_counted.tolist()
+    assert out.tolist() == want_cents.tolist()
+
+
 def test_an_extension_built_from_other_sources_is_not_used():
     old = types.ModuleType("cleanroom.analytics._attribution")
     old.SOURCE_SHA256 = "0" * 64  # type: ignore[attr-defined]
