@@ -510,3 +510,40 @@ def test_arrays_rewritten_by_another_thread_during_a_call_are_refused_or_summed_
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.startswith("done")
+
+
+def test_cents_rewritten_to_int64_min_during_the_bound_are_refused_never_left_unscaled():
+    """Red team: the bound checked the cents once, then copied them into its records; cents another thread rewrote
+    to -2^63 in between had |-2^63| wrap negative, the person's total came out below the bound and their 2^53-cent
+    conversions were left unscaled (1 or 2 calls of these 80). The record's copy is now checked too (ValueError)."""
+    import threading
+
+    n = 300_000
+    who = np.repeat(np.arange(n // 3), 3).astype(np.int64)
+    ts = np.tile(np.arange(3), n // 3).astype(np.int64)
+    good = np.tile(np.array([1, 2**53, 2**53]), n // 3).astype(np.int64)
+    bad = good.copy()
+    bad[0::3] = -(2**63)
+    cents = good.copy()
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        while not stop.is_set():
+            cents[:] = bad
+            cents[:] = good
+
+    thread = threading.Thread(target=rewrite)
+    thread.start()
+    unscaled = 0
+    try:
+        for _ in range(80):
+            out, counted = good.copy(), np.ones(n, np.uint8)
+            try:
+                native.KERNELS.bound(who, ts, cents, n // 3, 3, 100, counted, out, 2)
+            except ValueError:
+                continue
+            unscaled += int(np.bincount(who, weights=np.abs(out).astype(float)).max() > 100)
+    finally:
+        stop.set()
+        thread.join()
+    assert unscaled == 0
