@@ -416,3 +416,54 @@ def test_the_joins_keys_find_each_qualifying_touch_once(edges, drawn, lookback_d
         if row == rows[i] and times[i] - lookback <= at <= times[i]
     )
     assert got == want
+
+
+@pytest.mark.parametrize("path", ["compiled", "numpy"])
+@pytest.mark.parametrize("model", ["last_touch", "linear"])
+def test_a_conversion_over_the_cap_counts_nowhere_even_where_only_it_has_touches(tmp_path, path, model, monkeypatch):
+    """Red team of the build side's `WHERE c`: person 0 converts five times, the cap keeps the three earliest, and
+    only the two dropped ones (ten days later) have touches in their windows. The kept three are unattributed
+    (`none`), the dropped two credit nothing, and person 1's one touched conversion shows the touches are read."""
+    if path == "numpy":
+        monkeypatch.setattr(native, "KERNELS", None)
+    room = Room.open(tmp_path)
+    c = room.collaborations.create(BRAND, "attribution-dropped", yaml.safe_dump(POLICY))
+    for m in (BRAND, PLATFORM):
+        room.collaborations.approve(m, c.id, c.policy_etag)
+    days = [0, 1, 2, 10, 11]
+    conversions = pa.table(
+        {
+            "row_id": np.array([0] * 5 + [1], dtype=np.int64),
+            "ts": pa.array([T0 + dt.timedelta(days=d) for d in [*days, 5]], pa.timestamp("us")),
+            "value": np.array([10.0] * 5 + [20.0]),
+        }
+    )
+    touches = [(0, 9.5, "c1"), (0, 11, "c1"), (0, 10, "c1"), (1, 4, "c2")]  # (person, day, campaign)
+    exposures = pa.table(
+        {
+            "row_id": np.array([p for p, _, _ in touches], dtype=np.int64),
+            "ts": pa.array([T0 + dt.timedelta(days=d) for _, d, _ in touches], pa.timestamp("us")),
+            "campaign": [ca for _, _, ca in touches],
+            "channel": ["feed"] * len(touches),
+            "kind": ["click"] * len(touches),
+        }
+    )
+    tables = {
+        ("brand", "users"): pa.table({"row_id": np.arange(2, dtype=np.int64), "tier": ["gold", "silver"]}),
+        ("brand", "conversions"): conversions,
+        ("platform", "users"): pa.table({"row_id": np.arange(2, dtype=np.int64)}),
+        ("platform", "exposures"): exposures,
+    }
+    load_direct(room, c.id, tables, np.arange(2), np.arange(2))
+    noise = Recording()
+    engine = QueryEngine(room.store, room.collaborations, room.budget, room.audit, noise)
+    q = AttributionQuery(model, LOOKBACK, "campaign", 1.0, brand_dimension=DimensionRef("brand", "tier"))
+    engine.attribution(BRAND, c.id, q)
+    brands = len(TIERS) + 1
+    milli, cents = [0] * (len(CAMPAIGNS) + 1) * brands, [0] * (len(CAMPAIGNS) + 1) * brands
+    none_gold = len(CAMPAIGNS) * brands + TIERS.index("gold")
+    milli[none_gold], cents[none_gold] = 3 * MILLI, 3 * 1000
+    c2_silver = CAMPAIGNS.index("c2") * brands + TIERS.index("silver")
+    milli[c2_silver], cents[c2_silver] = MILLI, 2000
+    assert noise.vectors == [milli, cents]
+    room.close()
