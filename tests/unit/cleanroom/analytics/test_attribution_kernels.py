@@ -218,6 +218,34 @@ def test_native_bound_equals_numpys(rows, cap, person_cents):
             assert sum(abs(c) for _, c in convs) <= person_cents
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.integers(0, 3000), st.sampled_from([0, 511, 512, 513, 1023, 1024, 2**20, 2**21 - 1])),
+            st.integers(0, 5),
+            st.one_of(st.integers(-3000, 3000), st.integers(-(2**53), 2**53)),
+        ),
+        max_size=120,
+    ),
+    st.integers(1, 4),
+    st.one_of(st.none(), st.integers(0, 10_000)),
+    st.sampled_from([1, 2, 3, 16, 200]),
+)
+def test_native_bound_equals_numpys_across_buckets_and_threads(rows, cap, person_cents, threads):
+    """The three-phase bound (8df4876) groups people into buckets of 2^shift: people in the thousands and sparse ids
+    up to 2^21 (buckets of up to 4,096 places, grouped by counting or, with few records, by sorting), on 1 to 200
+    threads (more threads than conversions)."""
+    was = native.THREADS
+    native.THREADS = threads
+    try:
+        got, want = bound_both(rows, cap, person_cents)
+    finally:
+        native.THREADS = was
+    assert kept(got, rows) == kept(want, rows)
+    assert got.counted.sum() == want.counted.sum()
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3, 4])
 def test_any_number_of_threads_bounds_the_same(monkeypatch, threads):
     rng = np.random.default_rng(threads)
