@@ -236,12 +236,9 @@ def test_native_bound_equals_numpys_across_buckets_and_threads(rows, cap, person
     """The three-phase bound (8df4876) groups people into buckets of 2^shift: people in the thousands and sparse ids
     up to 2^21 (buckets of up to 4,096 places, grouped by counting or, with few records, by sorting), on 1 to 200
     threads (more threads than conversions)."""
-    was = native.THREADS
-    native.THREADS = threads
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(native, "THREADS", threads)
         got, want = bound_both(rows, cap, person_cents)
-    finally:
-        native.THREADS = was
     assert kept(got, rows) == kept(want, rows)
     assert got.counted.sum() == want.counted.sum()
 
@@ -284,8 +281,9 @@ def test_the_bound_works_in_proportion_to_the_conversions_however_many_people(pe
     who = np.array([0, people - 1, 5, people - 1, people // 2, 5, 5], dtype=np.int64)
     ts = np.array([3, 1, 2, 0, 9, 2, 1], dtype=np.int64)
     cents = np.array([400, -700, 250, 900, 10, 30, -20], dtype=np.int64)
-    counted, out = np.ones(len(who), np.uint8), cents.copy()
-    native.KERNELS.bound(who, ts, cents, people, 2, 1000, counted, out, threads)
+    counted, out, kernels = np.ones(len(who), np.uint8), cents.copy(), native.KERNELS
+    assert kernels is not None
+    kernels.bound(who, ts, cents, people, 2, 1000, counted, out, threads)
     dense = np.unique(who, return_inverse=True)[1].astype(np.int64)
     want_counted, want_cents = attribution._bounded_numpy(dense, ts, cents, 2, 1000)
     assert counted.view(bool).tolist() == want_counted.tolist()
@@ -560,6 +558,8 @@ def test_cents_rewritten_to_int64_min_during_the_bound_are_refused_never_left_un
             cents[:] = bad
             cents[:] = good
 
+    kernels = native.KERNELS
+    assert kernels is not None
     thread = threading.Thread(target=rewrite)
     thread.start()
     unscaled = 0
@@ -567,7 +567,7 @@ def test_cents_rewritten_to_int64_min_during_the_bound_are_refused_never_left_un
         for _ in range(80):
             out, counted = good.copy(), np.ones(n, np.uint8)
             try:
-                native.KERNELS.bound(who, ts, cents, n // 3, 3, 100, counted, out, 2)
+                kernels.bound(who, ts, cents, n // 3, 3, 100, counted, out, 2)
             except ValueError:
                 continue
             unscaled += int(np.bincount(who, weights=np.abs(out).astype(float)).max() > 100)
