@@ -32,11 +32,21 @@ typedef struct {
     int failed;
 } bound_part;
 
+/* The most places a bucket of n records is grouped by counting them in (beyond: by sorting its records). */
+#define SPARSE(n) (8 * (n) + 1024)
+
 static int held_cmp(const void *a, const void *b) {
     const held *x = a, *y = b;
     if (x->ts != y->ts) return x->ts < y->ts ? -1 : 1;
     if (x->cents != y->cents) return x->cents < y->cents ? -1 : 1;
     return (x->index > y->index) - (x->index < y->index);
+}
+
+/* By place in the bucket, then as `held_cmp`: a sparse bucket's records grouped by person. */
+static int held_at_cmp(const void *a, const void *b) {
+    const held *x = a, *y = b;
+    if (x->at != y->at) return x->at < y->at ? -1 : 1;
+    return held_cmp(a, b);
 }
 
 static int64_t magnitude(int64_t v) { return v < 0 ? -v : v; }
@@ -77,7 +87,8 @@ static void bound_person(const bound_job *b, held *h, int64_t k) {
 /* Each conversion becomes a record in its bucket of 2^shift people (phases 1 and 2, each thread over its slice of
  * the conversions, so that every conversion is read once), then each bucket's records are grouped by person in cache
  * and each person bounded (phase 3, each thread over its buckets): no step gathers at random across all people.
- * A person id that changed between the phases (another thread rewrote `who`) stops the bound: CHANGED. */
+ * A person id that changed between the phases (another thread rewrote `who`), or a record's cents beyond 2^53
+ * (rewritten since the call checked them: |INT64_MIN| would leave its person unscaled), stops the bound: CHANGED. */
 static void *run_bound(void *arg) {
     bound_part *p = arg;
     bound_job *j = p->j;
@@ -92,23 +103,39 @@ static void *run_bound(void *arg) {
         }
     } else if (p->phase == 2) {
         for (int64_t i = p->i0; i < p->i1; i++) {
-            int64_t a = j->who[i];
-            if ((uint64_t)a >= (uint64_t)j->people || p->next[a >> j->shift] == p->end[a >> j->shift]) {
+            int64_t a = j->who[i], c = j->cents[i]; /* the record is the copy the bound reads: checked here */
+            if ((uint64_t)a >= (uint64_t)j->people || p->next[a >> j->shift] == p->end[a >> j->shift] ||
+                c < -MAX_CENTS || c > MAX_CENTS) {
                 p->failed = CHANGED;
                 return NULL;
             }
-            j->all[p->next[a >> j->shift]++] = (held){j->ts[i], j->cents[i], i, (uint64_t)(a & mask)};
+            j->all[p->next[a >> j->shift]++] = (held){j->ts[i], c, i, (uint64_t)(a & mask)};
         }
     } else {
         int64_t size = mask + 1, longest = 0;
         for (int64_t k = p->b0; k < p->b1; k++)
             if (j->start[k + 1] - j->start[k] > longest) longest = j->start[k + 1] - j->start[k];
-        int64_t *off = malloc((size_t)(size + 1) * sizeof(int64_t));
+        /* A bucket is grouped by counting its places when they are not many more than its records, else by sorting
+         * its records (people >> conversions: a direct call; `bounded` numbers people densely): memory and work in
+         * proportion to the records, never to 2^shift. `off` only where some bucket counts. */
+        int counts = size <= SPARSE(longest);
+        int64_t *off = counts ? malloc((size_t)(size + 1) * sizeof(int64_t)) : NULL;
         held *grouped = malloc((size_t)(longest ? longest : 1) * sizeof(held));
-        if (off == NULL || grouped == NULL) p->failed = NO_MEMORY;
+        if ((counts && off == NULL) || grouped == NULL) p->failed = NO_MEMORY;
         for (int64_t k = p->b0; k < p->b1 && p->failed == OK; k++) {
             const held *in = j->all + j->start[k];
             int64_t n = j->start[k + 1] - j->start[k];
+            if (n == 0) continue;
+            if (size > SPARSE(n)) {
+                memcpy(grouped, in, (size_t)n * sizeof(held));
+                qsort(grouped, (size_t)n, sizeof(held), held_at_cmp);
+                for (int64_t r = 0, start = 0; r < n; r++)
+                    if (r + 1 == n || grouped[r + 1].at != grouped[start].at) {
+                        bound_person(j, grouped + start, r + 1 - start);
+                        start = r + 1;
+                    }
+                continue;
+            }
             memset(off, 0, (size_t)(size + 1) * sizeof(int64_t));
             for (int64_t i = 0; i < n; i++) off[in[i].at + 1]++;
             for (int64_t c = 0; c < size; c++) off[c + 1] += off[c];
@@ -222,7 +249,7 @@ PyObject *attribution_bound(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS;
     if (bad) PyErr_SetString(PyExc_ValueError, "bound: a person id outside [0, people)");
     else if (huge) PyErr_SetString(PyExc_ValueError, "bound: cents beyond 2^53, more than any policy allows");
-    else if (failed == CHANGED) PyErr_SetString(PyExc_ValueError, "bound: the people changed during the call");
+    else if (failed == CHANGED) PyErr_SetString(PyExc_ValueError, "bound: the people or their cents changed during the call");
     else if (failed != OK) PyErr_NoMemory();
     else result = Py_NewRef(Py_None);
 done:

@@ -349,10 +349,11 @@ class Bounded:
         after (the join's residual), so no touch is found twice and none is missed. The candidates are a fraction
         of all the person's exposures (those within about W), which is what makes this cheaper than joining on
         the person and filtering by time. W grows when the key would not fit 62 bits (a huge row number or time
-        range); the exposures read are bounded to the rows and times the key covers, which every qualifying touch
-        is within. The relation holds the person's row, the index, the time and whether the conversion counts;
-        `touches_sql` computes the keys from them (and the conversions whose window crosses into the bucket before
-        a second time, with the key one less).
+        range; rows more than 2^62 apart: one bucket, the key the row less the least, still within 63 bits); the
+        exposures read are bounded to the rows and times the key covers, which every qualifying touch is within.
+        The relation holds the person's row, the index, the time and whether the conversion counts; `touches_sql`
+        computes the keys from them (and the conversions whose window crosses into the bucket before a second
+        time, with the key one less).
         """
         import pyarrow as pa
 
@@ -368,7 +369,7 @@ class Bounded:
                 row0, row1 = int(row.min()), int(row.max())
                 origin, end = int(t.min()) - lookback_us, int(t.max())
                 span = end - origin + 1
-                room = 2**62 // (row1 - row0 + 1)  # the most buckets the key holds
+                room = max(2**62 // (row1 - row0 + 1), 1)  # the most buckets the key holds
                 width = max(2 * lookback_us, -(-span // room), 1)
                 buckets = (span - 1) // width + 1
             counted = self.counted if every else self.counted[index]

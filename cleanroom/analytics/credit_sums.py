@@ -145,7 +145,7 @@ def _numpy_totals(
     ts_us = np.asarray(touches["ts_us"])
     untouched = conversions.counted.copy()
     untouched[conversion] = False
-    kept = conversions.counted[conversion]  # (`Bounded.build` keys the dropped conversions apart: none has a touch)
+    kept = conversions.counted[conversion]  # (`touches_sql` joins the counted conversions only: no other has a touch)
     if not kept.all():
         conversion, code, ts_us = conversion[kept], code[kept], ts_us[kept]
     arrays = {

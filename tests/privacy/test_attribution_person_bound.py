@@ -157,6 +157,40 @@ def test_removing_one_users_row_moves_each_vector_by_at_most_its_stated_sensitiv
     assert before[1][1] == STABILITY * math.ceil(bound * CENTS)
 
 
+@pytest.mark.parametrize("model", ["last_touch", "linear"])
+def test_the_person_who_sets_the_joins_layout_moves_only_their_own_credit(rooms, model) -> None:
+    """The touches' join is laid out from everyone's data (`Bounded.build`: the least row and time, the bucket width,
+    the number of buckets); one person with conversions in 1901 and 2199 sets it. Removing them moves each vector by
+    at most its stated sensitivity, and leaves exactly what the others get when that person converts nothing (the
+    same people under another layout)."""
+
+    def data(far: bool) -> dict[str, MemberData]:
+        people = [{"email": f"e{i}", "phone": f"p{i}", "tier": "gold" if i % 2 else "basic"} for i in range(3)]
+        times = [T0, T0 + dt.timedelta(hours=5)] + ([dt.datetime(1901, 1, 2), dt.datetime(2199, 12, 1)] if far else [])
+        brand = MemberData(
+            list(people),
+            {"conversions": [{"user": u, "ts": t, "value": 40.0 + u} for u, t in enumerate(times[:2])]},
+        )
+        brand.events["conversions"] += [{"user": 2, "ts": t, "value": 99.0} for t in times[2:]]
+        platform = MemberData([{"email": p["email"], "phone": p["phone"]} for p in people])
+        platform.events["exposures"] = [
+            {"user": u, "ts": t - dt.timedelta(hours=h), "campaign": c, "channel": "feed", "kind": "click"}
+            for u, t in enumerate(times[:2] + times[2:3])
+            for h, c in ((1, "c1"), (30, "c2"))
+        ] + [{"user": 2, "ts": times[-1], "campaign": "c2", "channel": "search", "kind": "impression"}] * far
+        return {"brand": brand, "platform": platform}
+
+    q = AttributionQuery(model, 3, "campaign", 1.0)
+    text = policy(250)
+    before = _vectors(rooms, text, data(True), q)
+    without = _vectors(rooms, text, {**data(True), "brand": data(True)["brand"].without_user(2)}, q)
+    quiet = _vectors(rooms, text, data(False), q)
+    assert without[0][0] == quiet[0][0]
+    assert without[1][0] == quiet[1][0]
+    for (d, stated), (n, _) in zip(before, without, strict=True):
+        assert 0 < sum(abs(a - b) for a, b in zip(d, n, strict=True)) <= stated
+
+
 # -- the Gaussian mechanism does not win for attribution --------------------------------------------------------
 def _gaussian_bar(epsilon: float, delta: float, l2: float) -> float:
     """1.96 sigma of OpenDP's Gaussian (zCDP, converted to (ε, δ)) meeting (epsilon, delta) at L2 sensitivity l2."""

@@ -25,9 +25,10 @@ import pytest
 import yaml
 from hypothesis import given, settings
 
-from cleanroom.analytics import AttributionQuery, QueryEngine, native
+from cleanroom.analytics import AttributionQuery, QueryEngine, attribution, native
 from cleanroom.analytics.attribution import earliest_first
-from cleanroom.analytics.credits import MILLI, Touches, credit
+from cleanroom.analytics.credits import MICROSECONDS_PER_DAY, MILLI, Touches, credit
+from cleanroom.analytics.matched import Catalog, MatchedData, Sql
 from cleanroom.analytics.queries import DimensionRef
 from cleanroom.devtools.synthetic import load_direct
 from cleanroom.principals import Principal, Role
@@ -297,4 +298,172 @@ def test_empty_inputs_give_zero_or_unattributed_cells(tmp_path, case):
         engine.attribution(BRAND, c.id, AttributionQuery(model=model, lookback_days=3, by="campaign", epsilon=1.0))
     unattributed = 5 if case == "no exposures" else 0
     assert noise.vectors == [[0, 0, 0, MILLI * unattributed], [0, 0, 0, 1000 * unattributed]] * 2
+    room.close()
+
+
+# -- the join's keys (`Bounded.build`, `touches_sql`) against the plain join -----------------------------------------
+#: Exposures' rows: small ones, both sides of 2^31 (a parameter bound as INTEGER or BIGINT), and rows so far apart
+#: that the key's 62 bits hold few buckets (the width grows) or one (the range is 2^62 and more).
+EDGE_ROWS = [0, 1, 2, 7, 2**31 - 1, 2**31, 2**40, 2**62 - 5, 2**63 - 1]
+DAY = MICROSECONDS_PER_DAY
+#: Times around 1900, just before and at the epoch (negative microseconds), 2024 and 2199 (the upload's window).
+EDGE_TIMES = [-70 * 365 * DAY, -1, 0, 19_700 * DAY, 83_000 * DAY]
+
+
+class Edges:
+    """The stored exposures' (row, time, code), their reader and the touches statement (a short repr: hypothesis
+    prints a failing example's fixtures)."""
+
+    def __init__(self, data: MatchedData, sql: Sql, stored: list[tuple[int, int, int]]) -> None:
+        self.data, self.sql, self.stored = data, sql, stored
+
+
+@pytest.fixture(scope="module")
+def edges(tmp_path_factory: pytest.TempPathFactory):
+    """Exposures at `EDGE_ROWS` x times near `EDGE_TIMES` (some microseconds apart), stored; the query's reader."""
+    rng = np.random.default_rng(35)
+    room = Room.open(tmp_path_factory.mktemp("attribution-keys"))
+    c = room.collaborations.create(BRAND, "attribution-keys", yaml.safe_dump(POLICY))
+    for m in (BRAND, PLATFORM):
+        room.collaborations.approve(m, c.id, c.policy_etag)
+    n = 1500
+    rows = rng.choice(np.array(EDGE_ROWS, dtype=np.int64), n)
+    ts = rng.choice(np.array(EDGE_TIMES), n) + rng.integers(-8, 8, n) * DAY // 2 + rng.integers(-2, 3, n)
+    exposures = pa.table(
+        {
+            "row_id": rows,
+            "ts": pa.array(ts.astype("datetime64[us]"), pa.timestamp("us")),
+            "campaign": rng.choice(CAMPAIGNS, n),
+            "channel": rng.choice(CHANNELS, n),
+            "kind": rng.choice(["impression", "click"], n),
+        }
+    )
+    users = pa.table({"row_id": np.arange(2, dtype=np.int64), "tier": ["gold", "basic"]})
+    conversions = pa.table({"row_id": [0], "ts": pa.array([T0], pa.timestamp("us")), "value": [1.0]})
+    tables = {
+        ("brand", "users"): users,
+        ("brand", "conversions"): conversions,
+        ("platform", "users"): users.select(["row_id"]),
+        ("platform", "exposures"): exposures,
+    }
+    load_direct(room, c.id, tables, np.arange(2), np.arange(2))
+    collab = room.collaborations.get(BRAND, c.id)
+    catalog = Catalog(room.store.of(c.id).cursor(), collab)
+    ev = attribution.event_tables(collab.policy, catalog.members)
+    code = attribution.TouchCode.of(ev)
+    codes = [
+        (int(k == "click") * (len(code.campaigns) + 1) + code.campaigns.index(ca) + 1) * (len(code.channels) + 1)
+        + code.channels.index(ch)
+        + 1
+        for k, ca, ch in zip(
+            exposures["kind"].to_pylist(),
+            exposures["campaign"].to_pylist(),
+            exposures["channel"].to_pylist(),
+            strict=True,
+        )
+    ]
+    data = MatchedData(room.store.of(c.id).cursor(), catalog)
+    yield Edges(data, attribution.touches_sql(catalog, ev), list(zip(rows.tolist(), ts.tolist(), codes, strict=True)))
+    room.close()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 1499),  # an exposure the conversion is placed against
+            st.sampled_from(["same", "same", "unmatched", "other"]),  # its person: that row, -1, or any edge row
+            st.integers(0, len(EDGE_ROWS) - 1),
+            st.sampled_from(["at t", "at t - L", "at t - L - 1", "after t", "within", "far"]),
+            st.integers(0, 2**40),
+            st.booleans(),  # counted: over the cap, a conversion finds no touch
+        ),
+        max_size=30,
+    ),
+    st.sampled_from([1, 3, 365]),
+)
+def test_the_joins_keys_find_each_qualifying_touch_once(edges, drawn, lookback_days):
+    """Red team of the keys computed in the touches statement: every qualifying touch of a counted conversion is
+    found exactly once and no other, however far apart the rows and times are (negative times, rows up to 2^63 - 1:
+    the key's width grows, and a row range beyond 2^62 divided the room for buckets down to 0, a ZeroDivisionError),
+    touches exactly at t - L and at t included, a conversion over the cap finds none, a person not matched with the
+    member (-1) none."""
+    data, sql, stored = edges.data, edges.sql, edges.stored
+    lookback = lookback_days * DAY
+    rows, times, counted = [], [], []
+    for pick, who, other, when, jitter, kept in drawn:
+        row, at, _ = stored[pick]
+        rows.append({"same": row, "unmatched": -1, "other": EDGE_ROWS[other]}[who])
+        offset = {"at t": 0, "at t - L": lookback, "at t - L - 1": lookback + 1, "after t": -1}
+        times.append(at + offset.get(when, jitter % (lookback + 1) if when == "within" else jitter))
+        counted.append(kept)
+    m = len(rows)
+    bounded = attribution.Bounded(
+        np.array(times, dtype=np.int64),
+        np.zeros(m, dtype=np.int64),
+        np.zeros(m, dtype=np.int64),
+        (np.array(rows, dtype=np.int64),),
+        np.array(counted, dtype=bool),
+    )
+    relations, params = bounded.build(lookback)
+    found = data.columns(Sql(sql.text, {**sql.params, **params}), relations)
+    got = sorted(zip(found["conversion"].tolist(), found["ts_us"].tolist(), found["code"].tolist(), strict=True))
+    want = sorted(
+        (i, at, code)
+        for i in range(m)
+        if counted[i]
+        for row, at, code in stored
+        if row == rows[i] and times[i] - lookback <= at <= times[i]
+    )
+    assert got == want
+
+
+@pytest.mark.parametrize("path", ["compiled", "numpy"])
+@pytest.mark.parametrize("model", ["last_touch", "linear"])
+def test_a_conversion_over_the_cap_counts_nowhere_even_where_only_it_has_touches(tmp_path, path, model, monkeypatch):
+    """Red team of the build side's `WHERE c`: person 0 converts five times, the cap keeps the three earliest, and
+    only the two dropped ones (ten days later) have touches in their windows. The kept three are unattributed
+    (`none`), the dropped two credit nothing, and person 1's one touched conversion shows the touches are read."""
+    if path == "numpy":
+        monkeypatch.setattr(native, "KERNELS", None)
+    room = Room.open(tmp_path)
+    c = room.collaborations.create(BRAND, "attribution-dropped", yaml.safe_dump(POLICY))
+    for m in (BRAND, PLATFORM):
+        room.collaborations.approve(m, c.id, c.policy_etag)
+    days = [0, 1, 2, 10, 11]
+    conversions = pa.table(
+        {
+            "row_id": np.array([0] * 5 + [1], dtype=np.int64),
+            "ts": pa.array([T0 + dt.timedelta(days=d) for d in [*days, 5]], pa.timestamp("us")),
+            "value": np.array([10.0] * 5 + [20.0]),
+        }
+    )
+    touches = [(0, 9.5, "c1"), (0, 11, "c1"), (0, 10, "c1"), (1, 4, "c2")]  # (person, day, campaign)
+    exposures = pa.table(
+        {
+            "row_id": np.array([p for p, _, _ in touches], dtype=np.int64),
+            "ts": pa.array([T0 + dt.timedelta(days=d) for _, d, _ in touches], pa.timestamp("us")),
+            "campaign": [ca for _, _, ca in touches],
+            "channel": ["feed"] * len(touches),
+            "kind": ["click"] * len(touches),
+        }
+    )
+    tables = {
+        ("brand", "users"): pa.table({"row_id": np.arange(2, dtype=np.int64), "tier": ["gold", "silver"]}),
+        ("brand", "conversions"): conversions,
+        ("platform", "users"): pa.table({"row_id": np.arange(2, dtype=np.int64)}),
+        ("platform", "exposures"): exposures,
+    }
+    load_direct(room, c.id, tables, np.arange(2), np.arange(2))
+    noise = Recording()
+    engine = QueryEngine(room.store, room.collaborations, room.budget, room.audit, noise)
+    q = AttributionQuery(model, LOOKBACK, "campaign", 1.0, brand_dimension=DimensionRef("brand", "tier"))
+    engine.attribution(BRAND, c.id, q)
+    brands = len(TIERS) + 1
+    milli, cents = [0] * (len(CAMPAIGNS) + 1) * brands, [0] * (len(CAMPAIGNS) + 1) * brands
+    none_gold = len(CAMPAIGNS) * brands + TIERS.index("gold")
+    milli[none_gold], cents[none_gold] = 3 * MILLI, 3 * 1000
+    c2_silver = CAMPAIGNS.index("c2") * brands + TIERS.index("silver")
+    milli[c2_silver], cents[c2_silver] = MILLI, 2000
+    assert noise.vectors == [milli, cents]
     room.close()

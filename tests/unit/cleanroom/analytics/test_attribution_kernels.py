@@ -218,6 +218,31 @@ def test_native_bound_equals_numpys(rows, cap, person_cents):
             assert sum(abs(c) for _, c in convs) <= person_cents
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.integers(0, 3000), st.sampled_from([0, 511, 512, 513, 1023, 1024, 2**20, 2**21 - 1])),
+            st.integers(0, 5),
+            st.one_of(st.integers(-3000, 3000), st.integers(-(2**53), 2**53)),
+        ),
+        max_size=120,
+    ),
+    st.integers(1, 4),
+    st.one_of(st.none(), st.integers(0, 10_000)),
+    st.sampled_from([1, 2, 3, 16, 200]),
+)
+def test_native_bound_equals_numpys_across_buckets_and_threads(rows, cap, person_cents, threads):
+    """The three-phase bound (8df4876) groups people into buckets of 2^shift: people in the thousands and sparse ids
+    up to 2^21 (buckets of up to 4,096 places, grouped by counting or, with few records, by sorting), on 1 to 200
+    threads (more threads than conversions)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(native, "THREADS", threads)
+        got, want = bound_both(rows, cap, person_cents)
+    assert kept(got, rows) == kept(want, rows)
+    assert got.counted.sum() == want.counted.sum()
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3, 4])
 def test_any_number_of_threads_bounds_the_same(monkeypatch, threads):
     rng = np.random.default_rng(threads)
@@ -243,6 +268,26 @@ def test_a_person_with_many_conversions_takes_the_sort_and_keeps_the_earliest():
     assert kept(got, rows) == kept(want, rows)
     earliest = sorted((t, c) for p, t, c in rows if p == 0)[:3]
     assert [t for t, _ in kept(got, rows)[0]] == [t for t, _ in earliest]
+
+
+@pytest.mark.parametrize("people", [2**50, 2**62, 2**63 - 1])
+@pytest.mark.parametrize("threads", [1, 2, 16])
+def test_the_bound_works_in_proportion_to_the_conversions_however_many_people(people, threads):
+    """Red team: the kernel grouped each bucket of 2^shift people by counting over all its places, one array of
+    2^shift + 1 integers a thread (shift = log2(people / 512)): a few conversions of people numbered up to 2^50 asked
+    for 2^41 integers (MemoryError; at 2^38 people 4 GB, cleared once per bucket: a stall). `bounded` numbers people
+    densely, so the server never asked; the kernel's own promise is now memory and work in proportion to the
+    conversions: a bucket with many more places than records is grouped by sorting its records."""
+    who = np.array([0, people - 1, 5, people - 1, people // 2, 5, 5], dtype=np.int64)
+    ts = np.array([3, 1, 2, 0, 9, 2, 1], dtype=np.int64)
+    cents = np.array([400, -700, 250, 900, 10, 30, -20], dtype=np.int64)
+    counted, out, kernels = np.ones(len(who), np.uint8), cents.copy(), native.KERNELS
+    assert kernels is not None
+    kernels.bound(who, ts, cents, people, 2, 1000, counted, out, threads)
+    dense = np.unique(who, return_inverse=True)[1].astype(np.int64)
+    want_counted, want_cents = attribution._bounded_numpy(dense, ts, cents, 2, 1000)
+    assert counted.view(bool).tolist() == want_counted.tolist()
+    assert out.tolist() == want_cents.tolist()
 
 
 def test_an_extension_built_from_other_sources_is_not_used():
@@ -491,3 +536,42 @@ def test_arrays_rewritten_by_another_thread_during_a_call_are_refused_or_summed_
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.startswith("done")
+
+
+def test_cents_rewritten_to_int64_min_during_the_bound_are_refused_never_left_unscaled():
+    """Red team: the bound checked the cents once, then copied them into its records; cents another thread rewrote
+    to -2^63 in between had |-2^63| wrap negative, the person's total came out below the bound and their 2^53-cent
+    conversions were left unscaled (1 or 2 calls of these 80). The record's copy is now checked too (ValueError)."""
+    import threading
+
+    n = 300_000
+    who = np.repeat(np.arange(n // 3), 3).astype(np.int64)
+    ts = np.tile(np.arange(3), n // 3).astype(np.int64)
+    good = np.tile(np.array([1, 2**53, 2**53]), n // 3).astype(np.int64)
+    bad = good.copy()
+    bad[0::3] = -(2**63)
+    cents = good.copy()
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        while not stop.is_set():
+            cents[:] = bad
+            cents[:] = good
+
+    kernels = native.KERNELS
+    assert kernels is not None
+    thread = threading.Thread(target=rewrite)
+    thread.start()
+    unscaled = 0
+    try:
+        for _ in range(80):
+            out, counted = good.copy(), np.ones(n, np.uint8)
+            try:
+                kernels.bound(who, ts, cents, n // 3, 3, 100, counted, out, 2)
+            except ValueError:
+                continue
+            unscaled += int(np.bincount(who, weights=np.abs(out).astype(float)).max() > 100)
+    finally:
+        stop.set()
+        thread.join()
+    assert unscaled == 0
