@@ -5,7 +5,7 @@
  *
  * What it computes (tested equal to the Python code and to the RFC vectors in
  * tests/unit/cleanroom_client/test_curve.py):
- *   hash_to_u_batch(msgs, dst, path=None) -> (bytes, list[int])
+ *   hash_to_u_batch(msgs, dst, path=None) -> (bytes, list[(int, bytes)])
  *       For each message: expand_message_xmd with SHA-512 (96 bytes), two field elements, Elligator 2 on each (RFC
  *       9380 appendix G.2.1, one exponentiation per map), the sum of the two points as a fraction, the cofactor
  *       cleared by three doublings on the u-line, and u = X / Z with one inversion for the whole batch (Montgomery's
@@ -505,7 +505,7 @@ static PyObject *py_hash_to_u_batch(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < n; i++) {
         if (!ok[i]) {
             memset(o + 32 * i, 0, 32);
-            PyObject *index = PyLong_FromSsize_t(i);
+            PyObject *index = Py_BuildValue("(nO)", i, items[i]); /* the message as this batch read it */
             if (!index || PyList_Append(fallback, index) < 0) {
                 Py_XDECREF(index);
                 goto done;
@@ -656,7 +656,7 @@ done:
 
 static PyMethodDef methods[] = {
     {"hash_to_u_batch", py_hash_to_u_batch, METH_VARARGS,
-     "hash_to_u_batch(msgs, dst, path=None) -> (packed 32-byte u per message, indices left to the Python path); "
+     "hash_to_u_batch(msgs, dst, path=None) -> (packed 32-byte u per message, (index, message) left to Python); "
      "path 'avx512ifma' (eight messages at once) or 'portable' (one at a time) forces one"},
     {"on_curve_batch", py_on_curve_batch, METH_VARARGS,
      "on_curve_batch(points, path=None) -> one byte per packed 32-byte u: 1 when u^3 + A u^2 + u is a nonzero "

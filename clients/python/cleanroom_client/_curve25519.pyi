@@ -1,7 +1,9 @@
 # Types of the compiled extension built from _curve25519.c (see cleanroom_client.curve).
 from collections.abc import Sequence
 
-def hash_to_u_batch(msgs: Sequence[bytes], dst: bytes, path: str | None = None, /) -> tuple[bytes, list[int]]: ...
+def hash_to_u_batch(
+    msgs: Sequence[bytes], dst: bytes, path: str | None = None, /
+) -> tuple[bytes, list[tuple[int, bytes]]]: ...
 
 X25519_PATHS: tuple[str, ...]
 #: SHA-256 of the C sources the module was built from (curve.py refuses a build from other sources).

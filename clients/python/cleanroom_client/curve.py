@@ -268,8 +268,8 @@ def hash_to_u_batch(msgs: Sequence[bytes], dst: bytes = CLEANROOM_DST) -> bytes:
     if not unfinished:
         return bytes(packed)
     out = bytearray(packed)
-    for i in unfinished:
-        out[32 * i : 32 * i + 32] = _hash_to_u_python(msgs[i], dst)
+    for i, msg in unfinished:  # the message the batch hashed, not `msgs[i]` (a list may have changed since)
+        out[32 * i : 32 * i + 32] = _hash_to_u_python(msg, dst)
     return bytes(out)
 
 

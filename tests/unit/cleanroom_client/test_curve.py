@@ -196,19 +196,25 @@ def test_without_the_extension_the_python_path_is_chosen_and_gives_the_same_poin
 
 
 def test_points_the_native_path_leaves_are_computed_in_python(monkeypatch):
-    # The native path hands back an index when the two mapped points share u or the sum is the identity
+    # The native path hands back (index, message) when the two mapped points share u or the sum is the identity
     # (probability ~2^-250: no message known to reach it), so the hand-over is shown with the extension replaced.
+    # Python finishes the lane from the message the batch read (its own tuple), not from the caller's list, which
+    # may have changed since (another thread, a finalizer) or be a one-shot iterable.
     from cleanroom_client import curve
 
-    def partial(msgs: list[bytes], dst: bytes) -> tuple[bytes, list[int]]:
-        return b"".join(curve._hash_to_u_python(m, dst) if i != 1 else bytes(32) for i, m in enumerate(msgs)), [1]
+    def partial(msgs: list[bytes], dst: bytes) -> tuple[bytes, list[tuple[int, bytes]]]:
+        read = list(msgs)
+        msgs[1] = b"changed after the batch read it"
+        return b"".join(curve._hash_to_u_python(m, dst) if i != 1 else bytes(32) for i, m in enumerate(read)), [
+            (1, read[1])
+        ]
 
     class Native:
         hash_to_u_batch = staticmethod(partial)
 
     monkeypatch.setattr(curve, "_native", Native)
     msgs = [b"a", b"b", b"c"]
-    assert curve.hash_to_u_batch(msgs) == b"".join(curve._hash_to_u_python(m) for m in msgs)
+    assert curve.hash_to_u_batch(msgs) == b"".join(curve._hash_to_u_python(m) for m in (b"a", b"b", b"c"))
 
 
 # The native hash to curve runs eight messages at once with AVX-512 where the CPU has it (SHA-512 in _sha512_mb.h,
