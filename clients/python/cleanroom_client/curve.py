@@ -260,6 +260,7 @@ def hash_to_u_batch(msgs: Sequence[bytes], dst: bytes = CLEANROOM_DST) -> bytes:
     if len(dst) > 255:
         raise ValueError("DST longer than 255 bytes")
     if _native is None:
+        msgs = tuple(msgs)  # read once: a one-shot iterable would be empty the second time
         for m in msgs:
             if not isinstance(m, bytes):
                 raise TypeError(f"expected bytes, {type(m).__name__} found")
