@@ -209,7 +209,6 @@ class QueryEngine:
             entry, status = self._budget.commit_with_status(
                 reservation, action, params, released, limits, also=write_audience
             )
-            assert status is not None  # asked for with the limits
         except Exception:
             log.exception("%s failed after its budget was reserved; charging it", action)
             failed = self._budget.charge_failure(reservation, "query.failed", {"query": query_type, **params})
@@ -217,6 +216,7 @@ class QueryEngine:
                 f"the {query_type} query failed after its budget was reserved, so it was charged "
                 f"(audit entry {failed.sequence}); nothing was released. The operator's log has the details."
             ) from None
+        assert status is not None  # asked for with the limits (after the try: the debit is written by now)
         return QueryAnswer(
             dimensions=outcome.dimensions,
             cells=outcome.cells,
