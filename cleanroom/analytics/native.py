@@ -1,9 +1,9 @@
-"""The server's compiled attribution kernels (`_attribution.c`), when the install built them.
+"""The server's compiled attribution kernels (`_attribution.c`, `_attribution_bound.c`), when the install built them.
 
 `attribution.bounded` (the contribution bound) and `credit_sums.cell_totals` (the credits) call them where they
 exist and fall back to numpy otherwise, with the same results (`credit_sums` says where time decay may differ in
 the last bit). `KERNELS` is None without a C compiler at install time, or when the extension was built from other
-sources than the C file beside this module (an editable install not rebuilt: a warning says how to rebuild, as the
+sources than the C files beside this module (an editable install not rebuilt: a warning says how to rebuild, as the
 SDK does for its own extension).
 """
 
