@@ -46,8 +46,9 @@ typedef struct {
     double half_life;
 } job;
 
-/* One thread's range of conversions [lo, hi): their touches grouped by conversion (`sorted`, from `off[c - lo]`),
- * its scratch and its sums (thousandths and cents per cell). */
+/* One thread's range of conversions [lo, hi): its touches by bucket (`sorted`, bucket b from `bucket[b]`), the
+ * current bucket's grouped by conversion (`grouped`, from `off[c]`), its scratch and its sums (thousandths and cents
+ * per cell). */
 typedef struct {
     const job *j;
     int64_t lo, hi;
@@ -383,19 +384,12 @@ static PyObject *credit_sums(PyObject *self, PyObject *args) {
                   brand_cells, none_group, model, click_over_view, half_life};
         /* equal ranges of conversions: their indices are the conversions' statement's order, which has nothing to
          * do with how many touches each has */
-        pthread_t tid[MAX_THREADS];
-        int started[MAX_THREADS] = {0};
         for (int t = 0; t < threads; t++) {
             int64_t lo = (int64_t)m * t / threads, hi = (int64_t)m * (t + 1) / threads;
             parts[t] = (part){.j = &jb, .lo = lo, .hi = hi, .milli = sums + (size_t)t * 2 * cells,
                               .cents = sums + ((size_t)t * 2 + 1) * cells, .failed = OK};
         }
-        for (int t = 1; t < threads; t++) started[t] = pthread_create(&tid[t], NULL, run_part, &parts[t]) == 0;
-        credit_range(&parts[0]);
-        for (int t = 1; t < threads; t++) {
-            if (started[t]) pthread_join(tid[t], NULL);
-            else credit_range(&parts[t]); /* no thread: this one does the range */
-        }
+        run_parts(parts, sizeof(part), threads, run_part);
         for (int t = 0; t < threads; t++)
             if (parts[t].failed != OK && failed == OK) failed = parts[t].failed;
         for (int t = 1; t < threads && failed == OK; t++) {

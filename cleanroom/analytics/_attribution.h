@@ -32,6 +32,20 @@ static inline int check_buffer(Py_buffer *b, Py_ssize_t item, const char *name) 
     return 1;
 }
 
+/* Runs fn on each of `threads` parts (part t at `parts` + t x `size` bytes), part 0 in this thread, the others in
+ * threads of their own; a part whose thread cannot start runs here after part 0. Returns once every part is done. */
+static inline void run_parts(void *parts, size_t size, int threads, void *(*fn)(void *)) {
+    pthread_t tid[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    char *at = parts;
+    for (int t = 1; t < threads; t++) started[t] = pthread_create(&tid[t], NULL, fn, at + (size_t)t * size) == 0;
+    fn(at);
+    for (int t = 1; t < threads; t++) {
+        if (started[t]) pthread_join(tid[t], NULL);
+        else fn(at + (size_t)t * size);
+    }
+}
+
 /* bound(...): the contribution bound, in _attribution_bound.c (its comment says the call). */
 PyObject *attribution_bound(PyObject *self, PyObject *args);
 

@@ -151,17 +151,11 @@ static void *run_bound(void *arg) {
     return NULL;
 }
 
-/* Runs one phase on every part, the first in this thread (a thread that cannot start: this one runs its part). */
+/* Runs one phase on every part (`run_parts`); the first failure any part met, or OK. */
 static int bound_phase(bound_part *parts, int threads, int phase) {
-    pthread_t tid[MAX_THREADS];
-    int started[MAX_THREADS] = {0}, failed = OK;
+    int failed = OK;
     for (int t = 0; t < threads; t++) parts[t].phase = phase;
-    for (int t = 1; t < threads; t++) started[t] = pthread_create(&tid[t], NULL, run_bound, &parts[t]) == 0;
-    run_bound(&parts[0]);
-    for (int t = 1; t < threads; t++) {
-        if (started[t]) pthread_join(tid[t], NULL);
-        else run_bound(&parts[t]);
-    }
+    run_parts(parts, sizeof(bound_part), threads, run_bound);
     for (int t = 0; t < threads; t++)
         if (parts[t].failed != OK) failed = parts[t].failed;
     return failed;
