@@ -1,9 +1,10 @@
 """The server's one compiled part: attribution's credits and contribution bound (cleanroom/analytics/_attribution*).
 
 Everything else is in pyproject.toml. The extension is optional: where no C compiler exists the build skips it and
-`cleanroom.analytics.credit_sums` computes the same credits in numpy (`credit_sums.NATIVE` says which runs).
+`cleanroom.analytics` bounds and credits in numpy with the same results (`credit_sums.NATIVE` says which runs).
 -ffp-contract=off keeps every float operation the one written (no fused multiply-add), as numpy computes them.
-The extension records the SHA-256 of its source, which credit_sums checks against the file beside it.
+The extension records the SHA-256 of its sources and header, which `cleanroom.analytics.native` checks against the
+files beside it.
 """
 
 from pathlib import Path
