@@ -107,7 +107,7 @@ def main() -> int:
         "--pairs",
         type=int,
         default=0,
-        help="then, per model, this many interleaved (plain join, model) runs: the median of their CPU ratios",
+        help="then, per model, this many interleaved (plain join, model) runs: medians of their CPU and wall ratios",
     )
     parser.add_argument(
         "--kernels",
