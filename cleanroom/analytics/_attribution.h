@@ -11,6 +11,8 @@
 #include <string.h>
 
 #define MILLI 1000
+/* Cents per unit of a conversion's value (attribution.CENTS). */
+#define CENTS 100.0
 #define MAX_TOUCHES 100
 #define MAX_THREADS 16
 #define MICROSECONDS_PER_DAY 86400000000.0
@@ -19,7 +21,7 @@
 #define MAX_CENTS ((int64_t)1 << 53)
 
 enum model { LAST_TOUCH, FIRST_TOUCH, LINEAR, TIME_DECAY, POSITION_BASED };
-enum failure { OK, NO_MEMORY, BAD_CONVERSION, BAD_CODE, BAD_GROUP, BAD_VALUE, CHANGED };
+enum failure { OK, NO_MEMORY, BAD_CONVERSION, BAD_CODE, BAD_GROUP, BAD_VALUE, CHANGED, NOT_A_NUMBER };
 
 typedef __int128 i128;
 

@@ -14,7 +14,9 @@ typedef struct {
 /* What every thread of the bound reads and writes: the conversions, the request, and the records by bucket of 2^shift
  * people (`all`, bucket b from `start[b]`). */
 typedef struct {
-    const int64_t *who, *ts, *cents;
+    const int64_t *who, *ts;
+    const double *value;
+    double lo, hi;
     int64_t m, people, cap, person_cents, buckets;
     int shift;
     uint8_t *counted;
@@ -87,8 +89,10 @@ static void bound_person(const bound_job *b, held *h, int64_t k) {
 /* Each conversion becomes a record in its bucket of 2^shift people (phases 1 and 2, each thread over its slice of
  * the conversions, so that every conversion is read once), then each bucket's records are grouped by person in cache
  * and each person bounded (phase 3, each thread over its buckets): no step gathers at random across all people.
- * A person id that changed between the phases (another thread rewrote `who`), or a record's cents beyond 2^53
- * (rewritten since the call checked them: |INT64_MIN| would leave its person unscaled), stops the bound: CHANGED. */
+ * Phase 2 also turns each value into its cents (the record holds the only copy the bound reads, and `out` starts
+ * from it). A person id outside [0, people) stops the bound in phase 1 (BAD_CONVERSION), one that changed between
+ * the phases (another thread rewrote `who`) in phase 2 (CHANGED); a value that is not a number (NOT_A_NUMBER) or
+ * whose cents lie beyond 2^53 (BAD_VALUE: |INT64_MIN| would leave its person unscaled) in phase 2. */
 static void *run_bound(void *arg) {
     bound_part *p = arg;
     bound_job *j = p->j;
@@ -96,19 +100,33 @@ static void *run_bound(void *arg) {
     if (p->phase == 1) {
         for (int64_t i = p->i0; i < p->i1; i++) {
             if ((uint64_t)j->who[i] >= (uint64_t)j->people) {
-                p->failed = CHANGED;
+                p->failed = BAD_CONVERSION;
                 return NULL;
             }
             p->next[j->who[i] >> j->shift]++;
         }
     } else if (p->phase == 2) {
         for (int64_t i = p->i0; i < p->i1; i++) {
-            int64_t a = j->who[i], c = j->cents[i]; /* the record is the copy the bound reads: checked here */
-            if ((uint64_t)a >= (uint64_t)j->people || p->next[a >> j->shift] == p->end[a >> j->shift] ||
-                c < -MAX_CENTS || c > MAX_CENTS) {
-                p->failed = CHANGED;
+            int64_t a = j->who[i];
+            if ((uint64_t)a >= (uint64_t)j->people || p->next[a >> j->shift] == p->end[a >> j->shift]) {
+                p->failed = CHANGED; /* phase 1 counted this person elsewhere, or not at all */
                 return NULL;
             }
+            /* the cents, as least(greatest(value, lo), hi) x 100 rounded toward zero: read once, into the record */
+            double x = j->value[i];
+            if (x != x) {
+                p->failed = NOT_A_NUMBER;
+                return NULL;
+            }
+            x = x > j->lo ? x : j->lo;
+            x = x < j->hi ? x : j->hi;
+            double t = trunc(x * CENTS);
+            if (!(t >= -(double)MAX_CENTS && t <= (double)MAX_CENTS)) { /* also a NaN bound */
+                p->failed = BAD_VALUE;
+                return NULL;
+            }
+            int64_t c = (int64_t)t;
+            j->out[i] = c;
             j->all[p->next[a >> j->shift]++] = (held){j->ts[i], c, i, (uint64_t)(a & mask)};
         }
     } else {
@@ -205,53 +223,62 @@ done:
     return failed;
 }
 
-/* bound(who, ts_us, cents, people, cap, person_cents, counted, out, threads): `who` dense person ids in [0, people);
- * `counted` (uint8, all 1) and `out` (a copy of `cents`) are written in place: 0 for each conversion over the cap,
- * the scaled cents where the person's kept conversions carry more than `person_cents` (< 0: no per-person bound).
- * A conversion over the cap counts nowhere: its `out` is its cents, or 0 where its person's are scaled (as numpy's). */
+/* bound(who, ts_us, value, lo, hi, people, cap, person_cents, counted, out, threads): `who` dense person ids in
+ * [0, people); `value` the conversions' values (float64), whose cents are trunc(min(max(value, lo), hi) x 100), in
+ * that order of operations (the conversions' statement computed them so in SQL before: the same integers);
+ * `counted` (uint8, all 1) and `out` are written in place: 0 for each conversion over the cap, and each conversion's
+ * cents, scaled where the person's kept conversions carry more than `person_cents` (< 0: no per-person bound). A
+ * conversion over the cap counts nowhere: its `out` is its cents, or 0 where its person's are scaled (as numpy's). */
 PyObject *attribution_bound(PyObject *self, PyObject *args) {
     (void)self;
-    Py_buffer who, ts, cents, counted, out;
+    Py_buffer who, ts, value, counted, out;
+    double lo, hi;
     long long people, cap, person_cents;
     int threads;
-    if (!PyArg_ParseTuple(args, "y*y*y*LLLw*w*i", &who, &ts, &cents, &people, &cap, &person_cents, &counted, &out,
-                          &threads))
+    if (!PyArg_ParseTuple(args, "y*y*y*ddLLLw*w*i", &who, &ts, &value, &lo, &hi, &people, &cap, &person_cents,
+                          &counted, &out, &threads))
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t m = who.len / 8;
-    if (!check_buffer(&who, 8, "who") || !check_buffer(&ts, 8, "ts_us") || !check_buffer(&cents, 8, "cents") ||
+    if (!check_buffer(&who, 8, "who") || !check_buffer(&ts, 8, "ts_us") || !check_buffer(&value, 8, "value") ||
         !check_buffer(&counted, 1, "counted") || !check_buffer(&out, 8, "out"))
         goto done;
-    if (ts.len / 8 != m || cents.len / 8 != m || counted.len != m || out.len / 8 != m || people < 0 || cap < 1 ||
+    if (ts.len / 8 != m || value.len / 8 != m || counted.len != m || out.len / 8 != m || people < 0 || cap < 1 ||
         threads < 1) {
         PyErr_SetString(PyExc_ValueError, "bound: inconsistent arguments");
         goto done;
     }
-    const int64_t *w = who.buf, *cs = cents.buf;
-    int bad = 0, huge = 0, failed = OK;
+    int failed = OK;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     Py_BEGIN_ALLOW_THREADS;
-    for (Py_ssize_t i = 0; i < m; i++) {
-        bad |= (uint64_t)w[i] >= (uint64_t)people;
-        huge |= cs[i] < -MAX_CENTS || cs[i] > MAX_CENTS;
-    }
-    if (!bad && !huge) {
-        bound_job j = {.who = w, .ts = ts.buf, .cents = cs, .m = m, .people = people, .cap = cap,
-                       .person_cents = person_cents, .counted = counted.buf, .out = out.buf};
-        failed = bound_all(&j, threads);
-    }
+    bound_job j = {.who = who.buf, .ts = ts.buf, .value = value.buf, .lo = lo, .hi = hi, .m = m, .people = people,
+                   .cap = cap, .person_cents = person_cents, .counted = counted.buf, .out = out.buf};
+    failed = bound_all(&j, threads);
     Py_END_ALLOW_THREADS;
-    if (bad) PyErr_SetString(PyExc_ValueError, "bound: a person id outside [0, people)");
-    else if (huge) PyErr_SetString(PyExc_ValueError, "bound: cents beyond 2^53, more than any policy allows");
-    else if (failed == CHANGED) PyErr_SetString(PyExc_ValueError, "bound: the people or their cents changed during the call");
-    else if (failed != OK) PyErr_NoMemory();
-    else result = Py_NewRef(Py_None);
+    switch (failed) {
+    case OK:
+        result = Py_NewRef(Py_None);
+        break;
+    case BAD_CONVERSION:
+        PyErr_SetString(PyExc_ValueError, "bound: a person id outside [0, people)");
+        break;
+    case NOT_A_NUMBER:
+        PyErr_SetString(PyExc_ValueError, "bound: a value that is not a number");
+        break;
+    case BAD_VALUE:
+        PyErr_SetString(PyExc_ValueError, "bound: cents beyond 2^53, more than any policy allows");
+        break;
+    case CHANGED:
+        PyErr_SetString(PyExc_ValueError, "bound: the people changed during the call");
+        break;
+    default:
+        PyErr_NoMemory();
+    }
 done:
     PyBuffer_Release(&who);
     PyBuffer_Release(&ts);
-    PyBuffer_Release(&cents);
+    PyBuffer_Release(&value);
     PyBuffer_Release(&counted);
     PyBuffer_Release(&out);
     return result;
 }
-

@@ -12,6 +12,7 @@ bit and so move a unit on a tie: compared within one unit per touch, and their s
 
 from __future__ import annotations
 
+import math
 import types
 from collections import defaultdict
 
@@ -178,22 +179,26 @@ conversions_strategy = st.lists(
     st.tuples(
         st.integers(0, 12),  # person
         st.integers(0, 5),  # time: ties are common
-        st.one_of(st.integers(-3000, 3000), st.integers(-(2**53), 2**53)),  # cents
+        st.one_of(st.integers(-3000, 3000), st.integers(-(2**53) + 100, 2**53 - 100)),  # about the cents
     ),
     max_size=80,
 )
+#: No bounds on the values: the tests' cents are what their values make.
+UNBOUNDED = (-math.inf, math.inf)
 
 
-def bound_both(rows, cap, person_cents):
+def bound_both(rows, cap, person_cents, value_range=UNBOUNDED):
+    """Both paths of `bounded` on rows of (person, time, about the cents): the value is that / 100, whose cents
+    (trunc(value x 100)) may be a unit off it, the same on both paths."""
     cols = {
         "person": np.array([r[0] for r in rows], dtype=np.int64),
         "ts_us": np.array([r[1] for r in rows], dtype=np.int64),
-        "cents": np.array([r[2] for r in rows], dtype=np.int64),
+        "value": np.array([r[2] for r in rows], dtype=np.float64) / 100,
         "row_platform": np.zeros(len(rows), dtype=np.int64),
     }
     return (
-        attribution.bounded(cols, ["row_platform"], cap, person_cents, native=True),
-        attribution.bounded(cols, ["row_platform"], cap, person_cents, native=False),
+        attribution.bounded(cols, ["row_platform"], cap, person_cents, value_range, native=True),
+        attribution.bounded(cols, ["row_platform"], cap, person_cents, value_range, native=False),
     )
 
 
@@ -280,11 +285,13 @@ def test_the_bound_works_in_proportion_to_the_conversions_however_many_people(pe
     conversions: a bucket with many more places than records is grouped by sorting its records."""
     who = np.array([0, people - 1, 5, people - 1, people // 2, 5, 5], dtype=np.int64)
     ts = np.array([3, 1, 2, 0, 9, 2, 1], dtype=np.int64)
-    cents = np.array([400, -700, 250, 900, 10, 30, -20], dtype=np.int64)
-    counted, out, kernels = np.ones(len(who), np.uint8), cents.copy(), native.KERNELS
+    value = np.array([4.0, -7.0, 2.5, 9.0, 0.125, 0.375, -0.25])
+    counted, out, kernels = np.ones(len(who), np.uint8), np.zeros(len(who), np.int64), native.KERNELS
     assert kernels is not None
-    kernels.bound(who, ts, cents, people, 2, 1000, counted, out, threads)
+    kernels.bound(who, ts, value, *UNBOUNDED, people, 2, 1000, counted, out, threads)
     dense = np.unique(who, return_inverse=True)[1].astype(np.int64)
+    cents = attribution.cents_of(value, UNBOUNDED)
+    assert cents.tolist() == [400, -700, 250, 900, 12, 37, -25]
     want_counted, want_cents = attribution._bounded_numpy(dense, ts, cents, 2, 1000)
     assert counted.view(bool).tolist() == want_counted.tolist()
     assert out.tolist() == want_cents.tolist()
@@ -370,11 +377,11 @@ def test_cents_beyond_2_53_are_an_internal_error_on_both_paths(native_path, cent
     cols = {
         "person": np.zeros(2, np.int64),
         "ts_us": np.array([0, 1], np.int64),
-        "cents": np.array([5, cents], np.int64),
+        "value": np.array([0.05, float(cents)]),  # x 100: beyond 2^53
         "row_platform": np.zeros(2, np.int64),
     }
     with pytest.raises(InternalError):
-        attribution.bounded(cols, ["row_platform"], 2, 1000, native=native_path)
+        attribution.bounded(cols, ["row_platform"], 2, 1000, UNBOUNDED, native=native_path)
     # 2^53 itself is within the bounds
     touches, conv = one_conversion([0, HOUR], [1, 2], -LIMIT)
     assert sum(cell_totals(touches, conv, CELLS, "linear", False, 2.0, native=native_path)[1]) == -LIMIT
@@ -382,7 +389,7 @@ def test_cents_beyond_2_53_are_an_internal_error_on_both_paths(native_path, cent
 
 def test_a_persons_cents_beyond_64_bits_in_total_are_still_bounded():
     """1100 conversions of 2^53 cents, all kept: their |cents| add up past 2^63, and are still scaled to P."""
-    rows = [(0, t, LIMIT if t % 2 else -LIMIT) for t in range(1100)]
+    rows = [(0, t, LIMIT - 100 if t % 2 else -(LIMIT - 100)) for t in range(1100)]
     got, want = bound_both(rows, 2000, 1_000_000)
     assert kept(got, rows) == kept(want, rows)
     assert 0 < sum(abs(c) for _, c in kept(got, rows)[0]) <= 1_000_000
@@ -479,6 +486,7 @@ def test_queries_at_once_in_threads_equal_the_same_queries_one_at_a_time():
 
 
 REWRITTEN = """
+import math
 import threading
 import numpy as np
 from cleanroom.analytics.native import KERNELS
@@ -513,7 +521,10 @@ for _ in range(12):
     except ValueError:
         refused += 1
     try:
-        KERNELS.bound(who, ts, ts % 1000, m // 4, 2, 100, np.ones(n, np.uint8), np.zeros(n, np.int64), 2)
+        KERNELS.bound(
+            who, ts, (ts % 1000).astype(float), -1e9, 1e9, m // 4, 2, 100, np.ones(n, np.uint8), np.zeros(n, np.int64),
+            2,
+        )  # fmt: skip
     except ValueError:
         refused += 1
 stop.set()
@@ -538,18 +549,20 @@ def test_arrays_rewritten_by_another_thread_during_a_call_are_refused_or_summed_
     assert run.stdout.startswith("done")
 
 
-def test_cents_rewritten_to_int64_min_during_the_bound_are_refused_never_left_unscaled():
+def test_values_rewritten_during_the_bound_are_refused_never_left_unscaled():
     """Red team: the bound checked the cents once, then copied them into its records; cents another thread rewrote
     to -2^63 in between had |-2^63| wrap negative, the person's total came out below the bound and their 2^53-cent
-    conversions were left unscaled (1 or 2 calls of these 80). The record's copy is now checked too (ValueError)."""
+    conversions were left unscaled (1 or 2 calls of these 80). The record's copy was then checked too; now the
+    kernel takes the values and reads each once, into the cents it checks and keeps: a value rewritten to one
+    beyond 2^53 cents is refused (ValueError) or not seen at all, never half seen."""
     import threading
 
     n = 300_000
     who = np.repeat(np.arange(n // 3), 3).astype(np.int64)
     ts = np.tile(np.arange(3), n // 3).astype(np.int64)
-    good = np.tile(np.array([1, 2**53, 2**53]), n // 3).astype(np.int64)
+    good = np.tile(np.array([0.01, 9.0e13, 9.0e13]), n // 3)
     bad = good.copy()
-    bad[0::3] = -(2**63)
+    bad[0::3] = -math.inf
     cents = good.copy()
     stop = threading.Event()
 
@@ -565,9 +578,9 @@ def test_cents_rewritten_to_int64_min_during_the_bound_are_refused_never_left_un
     unscaled = 0
     try:
         for _ in range(80):
-            out, counted = good.copy(), np.ones(n, np.uint8)
+            out, counted = np.zeros(n, np.int64), np.ones(n, np.uint8)
             try:
-                kernels.bound(who, ts, cents, n // 3, 3, 100, counted, out, 2)
+                kernels.bound(who, ts, cents, *UNBOUNDED, n // 3, 3, 100, counted, out, 2)
             except ValueError:
                 continue
             unscaled += int(np.bincount(who, weights=np.abs(out).astype(float)).max() > 100)
