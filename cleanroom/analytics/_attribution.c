@@ -19,8 +19,10 @@
  *     counts nowhere, whatever touches it has.
  * Sums are 128-bit. No secret passes through here but the data itself; nothing is constant time.
  *
- * The work is split between threads by ranges of conversions (each with its own sums, added at the end); the GIL
- * is released throughout. Compiled with -ffp-contract=off: every float operation is the one written, as numpy's.
+ * The work is split between threads in three phases: the touches are counted and placed by bucket of conversions
+ * by slices of the touches, then the conversions are credited by ranges of whole buckets (each thread with its own
+ * sums, added at the end); the GIL is released throughout. Compiled with -ffp-contract=off: every float operation
+ * is the one written, as numpy's.
  */
 #include "_attribution.h"
 
@@ -28,7 +30,7 @@
 #define CLEANROOM_SOURCE_SHA256 ""
 #endif
 
-/* A touch: its time and code, and its conversion's place in its bucket (`group_range`). */
+/* A touch: its time and code, and its conversion's place in its bucket (`place_touches`). */
 typedef struct {
     int64_t ts;
     int32_t code;
@@ -38,7 +40,8 @@ typedef struct {
 /* What every thread reads: the touches as they came, the conversions, and the request. */
 typedef struct {
     const int64_t *conversion, *ts, *code;
-    int64_t n;
+    int64_t n, m;
+    touch *sorted; /* the touches by bucket (`place_touches`) */
     const int64_t *conv_cents, *conv_brand, *lookup;
     const uint8_t *counted;
     int64_t codes, click_from, brand_cells, none_group;
@@ -46,16 +49,22 @@ typedef struct {
     double half_life;
 } job;
 
-/* One thread's range of conversions [lo, hi): its touches by bucket (`sorted`, bucket b from `bucket[b]`), the
- * current bucket's grouped by conversion (`grouped`, from `off[c]`), its scratch and its sums (thousandths and cents
- * per cell). */
+/* One thread's share of a phase: counting (1) and placing (2) the touches [i0, i1) by bucket of 2^shift
+ * conversions (`next` and `end` per bucket: where its touches of that bucket go in `sorted`), then (3) crediting
+ * the conversions [lo, hi), which are whole buckets: bucket b's touches from `bucket[b]` (b counted from the range's
+ * first), the current one's grouped by conversion (`grouped`, from `off[c]`), into its own sums (thousandths and
+ * cents per cell) with its own scratch. */
 typedef struct {
     const job *j;
-    int64_t lo, hi;
+    int phase;
+    int64_t i0, i1, lo, hi;
+    int64_t *next, *end;
     i128 *milli, *cents;
-    int64_t *bucket, *off;
+    const int64_t *bucket;
+    int64_t *off;
     int shift;
-    touch *sorted, *grouped, *buf;
+    const touch *sorted;
+    touch *grouped, *buf;
     int64_t grouped_cap;
     double *w, *rest;
     int64_t *share, *rank;
@@ -186,54 +195,42 @@ static void weigh(part *p, const touch *t, int64_t n) {
     }
 }
 
-/* Cuts the range's touches into buckets of 2^shift conversions (at most about a thousand buckets, whose write
- * positions stay in cache), moving each touch's time and code; `group_bucket` then groups one bucket's touches by
- * conversion in cache. Two passes over every touch, each keeping only its range's, so that no step gathers at
- * random across the whole range. Checks every code on the way, and that the second pass finds no more touches in a
- * bucket than the first counted: the caller's arrays are read without the GIL, and one rewritten meanwhile must
- * not move a write beyond `sorted` (CHANGED). */
-static int group_range(part *p) {
+/* Phases 1 and 2, each thread over its slice of the touches: count them per bucket of 2^shift conversions, then
+ * move each touch's time and code to its bucket's place for this thread (`sorted`, shared; each thread writes only
+ * its own places). So every touch is read twice in all, whatever the threads, and no step gathers at random
+ * across all the conversions: a bucket's write position stays in cache. Checks every touch's conversion and code
+ * in phase 1, and in phase 2 that a bucket gets no more touches than phase 1 counted: the caller's arrays are read
+ * without the GIL, and one rewritten meanwhile must not move a write beyond `sorted` (CHANGED). */
+static void place_touches(part *p) {
     const job *j = p->j;
-    int64_t lo = p->lo, width = p->hi - p->lo;
-    int shift = 0;
-    while ((width >> shift) > 1024) shift++;
-    int64_t buckets = (width >> shift) + 1;
-    p->shift = shift;
-    p->bucket = calloc((size_t)buckets + 1, sizeof(int64_t));
-    p->off = malloc(((size_t)1 << shift) * sizeof(int64_t) + sizeof(int64_t));
-    if (p->bucket == NULL || p->off == NULL) return NO_MEMORY;
-    int64_t *bucket = p->bucket;
     const int64_t *cv = j->conversion, *code = j->code;
-    for (int64_t i = 0; i < j->n; i++) {
-        uint64_t at = (uint64_t)(cv[i] - lo);
-        if (at < (uint64_t)width) bucket[(at >> shift) + 1]++;
-    }
-    for (int64_t b = 0; b < buckets; b++) bucket[b + 1] += bucket[b];
-    p->sorted = malloc((size_t)(bucket[buckets] ? bucket[buckets] : 1) * sizeof(touch));
-    int64_t *fill = malloc((size_t)buckets * sizeof(int64_t));
-    if (p->sorted == NULL || fill == NULL) {
-        free(fill);
-        return NO_MEMORY;
-    }
-    memcpy(fill, bucket, (size_t)buckets * sizeof(int64_t));
-    uint32_t mask = (uint32_t)(((uint64_t)1 << shift) - 1);
-    for (int64_t i = 0; i < j->n; i++) {
-        uint64_t at = (uint64_t)(cv[i] - lo);
-        if (at < (uint64_t)width) {
-            int64_t b = (int64_t)(at >> shift), cd = code[i];
-            int failed = fill[b] == bucket[b + 1] ? CHANGED : cd < 0 || cd >= j->codes ? BAD_CODE : OK;
-            if (failed != OK) {
-                free(fill);
-                return failed;
+    uint64_t m = (uint64_t)j->m;
+    if (p->phase == 1) {
+        for (int64_t i = p->i0; i < p->i1; i++) {
+            if ((uint64_t)cv[i] >= m) {
+                p->failed = BAD_CONVERSION;
+                return;
             }
-            touch *to = &p->sorted[fill[b]++];
-            to->ts = j->ts[i];
-            to->code = (int32_t)cd;
-            to->at = (uint32_t)at & mask;
+            if (code[i] < 0 || code[i] >= j->codes) {
+                p->failed = BAD_CODE;
+                return;
+            }
+            p->next[cv[i] >> p->shift]++;
         }
+        return;
     }
-    free(fill);
-    return OK;
+    uint32_t mask = (uint32_t)(((uint64_t)1 << p->shift) - 1);
+    for (int64_t i = p->i0; i < p->i1; i++) {
+        int64_t c = cv[i], cd = code[i];
+        if ((uint64_t)c >= m || p->next[c >> p->shift] == p->end[c >> p->shift] || cd < 0 || cd >= j->codes) {
+            p->failed = CHANGED;
+            return;
+        }
+        touch *to = &j->sorted[p->next[c >> p->shift]++];
+        to->ts = j->ts[i];
+        to->code = (int32_t)cd;
+        to->at = (uint32_t)c & mask;
+    }
 }
 
 /* Groups bucket b's touches by conversion into `grouped`, from `off[c]` (c the conversion's place in the bucket). */
@@ -258,7 +255,11 @@ static int group_bucket(part *p, int64_t b) {
 
 static void credit_range(part *p) {
     const job *j = p->j;
-    if ((p->failed = group_range(p)) != OK) return;
+    p->off = malloc(((size_t)1 << p->shift) * sizeof(int64_t) + sizeof(int64_t));
+    if (p->off == NULL) {
+        p->failed = NO_MEMORY;
+        return;
+    }
     for (int64_t c = p->lo; c < p->hi; c++) {
         int64_t in_bucket = (c - p->lo) & (((int64_t)1 << p->shift) - 1);
         if (in_bucket == 0 && (p->failed = group_bucket(p, (c - p->lo) >> p->shift)) != OK) return;
@@ -317,8 +318,62 @@ static void credit_range(part *p) {
 }
 
 static void *run_part(void *arg) {
-    credit_range((part *)arg);
+    part *p = arg;
+    if (p->phase < 3) place_touches(p);
+    else credit_range(p);
     return NULL;
+}
+
+/* Runs one phase on every part (`run_parts`); the first failure any part met, or OK. */
+static int credit_phase(part *parts, int threads, int phase) {
+    int failed = OK;
+    for (int t = 0; t < threads; t++) parts[t].phase = phase;
+    run_parts(parts, sizeof(part), threads, run_part);
+    for (int t = 0; t < threads && failed == OK; t++) failed = parts[t].failed;
+    return failed;
+}
+
+/* The three phases, with the buckets' places between the first two and the conversions split between threads by
+ * whole buckets before the third, in about equal shares of touches and conversions (each costs about the same:
+ * most conversions have no touch or one). */
+static int credit_all(job *j, part *parts, int threads, int64_t *start, int64_t *counts) {
+    int shift = 0;
+    while ((j->m >> shift) > 1024) shift++; /* at most 1025 buckets: `credit_sums` sized for more */
+    int64_t nb = (j->m >> shift) + 1;
+    for (int t = 0; t < threads; t++) {
+        parts[t].shift = shift;
+        parts[t].i0 = j->n * t / threads;
+        parts[t].i1 = j->n * (t + 1) / threads;
+        parts[t].next = counts + (size_t)t * 2 * (size_t)nb;
+        parts[t].end = counts + ((size_t)t * 2 + 1) * (size_t)nb;
+    }
+    int failed = credit_phase(parts, threads, 1);
+    if (failed != OK) return failed;
+    start[0] = 0;
+    for (int64_t b = 0; b < nb; b++) { /* each thread's touches of bucket b after the earlier threads' */
+        int64_t at = start[b];
+        for (int t = 0; t < threads; t++) {
+            int64_t k = parts[t].next[b];
+            parts[t].next[b] = at;
+            parts[t].end[b] = at + k;
+            at += k;
+        }
+        start[b + 1] = at;
+    }
+    if ((failed = credit_phase(parts, threads, 2)) != OK) return failed;
+    for (int t = 0; t < threads; t++) /* every place filled: phase 3 reads no record phase 2 did not write */
+        for (int64_t k = 0; k < nb; k++)
+            if (parts[t].next[k] != parts[t].end[k]) return CHANGED;
+    int64_t b = 0, all = j->n + j->m;
+    for (int t = 0; t < threads; t++) {
+        int64_t b0 = b;
+        while (b < nb && (t == threads - 1 || start[b] + (b << shift) < all * (t + 1) / threads)) b++;
+        parts[t].lo = b0 << shift < j->m ? b0 << shift : j->m;
+        parts[t].hi = b << shift < j->m ? b << shift : j->m;
+        parts[t].bucket = start + b0;
+        parts[t].sorted = j->sorted;
+    }
+    return credit_phase(parts, threads, 3);
 }
 
 /* credit_sums(conversion, ts_us, code, conv_cents, conv_brand, counted, lookup, click_from, brand_cells,
@@ -370,28 +425,22 @@ static PyObject *credit_sums(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
-    const int64_t *cv = conv.buf;
+    int64_t *start = NULL, *counts = NULL;
+    touch *sorted = NULL;
     int failed = OK;
     Py_BEGIN_ALLOW_THREADS;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if ((uint64_t)cv[i] >= (uint64_t)m) {
-            failed = BAD_CONVERSION;
-            break;
-        }
-    }
+    int64_t nb = 1026; /* more buckets than `credit_all` makes */
+    start = malloc((size_t)(nb + 1) * sizeof(int64_t));
+    counts = calloc((size_t)threads * 2 * (size_t)nb, sizeof(int64_t));
+    sorted = malloc((size_t)(n ? n : 1) * sizeof(touch));
+    if (start == NULL || counts == NULL || sorted == NULL) failed = NO_MEMORY;
     if (failed == OK) {
-        job jb = {cv, ts.buf, code.buf, n, cents.buf, brand.buf, lk, counted.buf, lookup.len / 8, click_from,
-                  brand_cells, none_group, model, click_over_view, half_life};
-        /* equal ranges of conversions: their indices are the conversions' statement's order, which has nothing to
-         * do with how many touches each has */
-        for (int t = 0; t < threads; t++) {
-            int64_t lo = (int64_t)m * t / threads, hi = (int64_t)m * (t + 1) / threads;
-            parts[t] = (part){.j = &jb, .lo = lo, .hi = hi, .milli = sums + (size_t)t * 2 * cells,
-                              .cents = sums + ((size_t)t * 2 + 1) * cells, .failed = OK};
-        }
-        run_parts(parts, sizeof(part), threads, run_part);
+        job jb = {conv.buf, ts.buf, code.buf, n, m, sorted, cents.buf, brand.buf, lk, counted.buf, lookup.len / 8,
+                  click_from, brand_cells, none_group, model, click_over_view, half_life};
         for (int t = 0; t < threads; t++)
-            if (parts[t].failed != OK && failed == OK) failed = parts[t].failed;
+            parts[t] = (part){.j = &jb, .milli = sums + (size_t)t * 2 * cells,
+                              .cents = sums + ((size_t)t * 2 + 1) * cells, .failed = OK};
+        failed = credit_all(&jb, parts, threads, start, counts);
         for (int t = 1; t < threads && failed == OK; t++) {
             for (long long c = 0; c < cells; c++) {
                 sums[c] += parts[t].milli[c];
@@ -399,6 +448,9 @@ static PyObject *credit_sums(PyObject *self, PyObject *args) {
             }
         }
     }
+    free(start);
+    free(counts);
+    free(sorted);
     Py_END_ALLOW_THREADS;
     switch (failed) {
     case OK:
@@ -422,9 +474,7 @@ static PyObject *credit_sums(PyObject *self, PyObject *args) {
     }
 done:
     for (int t = 0; t < MAX_THREADS; t++) {
-        free(parts[t].bucket);
         free(parts[t].off);
-        free(parts[t].sorted);
         free(parts[t].grouped);
         free(parts[t].buf);
         free(parts[t].w);
