@@ -276,3 +276,82 @@ def test_a_bad_touch_in_any_threads_slice_is_refused(native_path, bad):
             patch.setattr(native, "THREADS", 16)
             with pytest.raises(InternalError):
                 cell_totals(touches, conv, CELLS, "linear", True, 2.0, native=native_path)
+
+
+REWRITTEN_EVERY_PHASE = """
+import threading
+import numpy as np
+from cleanroom.analytics.native import KERNELS
+
+rng = np.random.default_rng(1)
+n, m, people = 400_000, 5_000, 3_000
+lookup = np.array([-1, 0, 1, -1, 0, 1], dtype=np.int64)
+good = rng.integers(0, m, n)
+states = [good, np.zeros(n, np.int64), np.full(n, m - 1), good[::-1].copy()]  # all in the first or last bucket
+bad = good.copy()
+bad[::997], bad[5::997], bad[7::997] = m, -1, 2**63 - 1
+conv, code = good.copy(), rng.choice([1, 2, 4, 5], n).astype(np.int64)
+codes = [code.copy(), np.where(np.arange(n) % 1009 == 0, 6, code), np.where(np.arange(n) % 1013 == 0, -1, code)]
+who_good = rng.integers(0, people, n)
+who = who_good.copy()
+ts = rng.integers(0, 48, n) * 3_600_000_000
+cents, counted = rng.integers(-(10**6), 10**6, m), (rng.random(m) < 0.9).astype(np.uint8)
+stop = threading.Event()
+
+
+def rewrite():
+    k = 0
+    while not stop.is_set():  # mostly valid states (a call then sums), now and then a bad one (refused)
+        conv[:] = bad if k % 64 == 63 else states[k % len(states)]
+        code[:] = codes[0 if k % 64 != 31 else k // 64 % len(codes)]
+        who[:] = bad % (2 * people) - (k % 2) * people if k % 64 == 15 else who_good[:: 1 if k % 2 else -1]
+        k += 1
+        stop.wait(0.03 if k % 3 == 0 else 0)  # some calls then meet no rewrite: they must sum
+
+
+thread = threading.Thread(target=rewrite)
+thread.start()
+refused = summed = 0
+for call in range(40):
+    try:
+        milli, sums = KERNELS.credit_sums(
+            conv, ts, code, cents, np.zeros(m, np.int64), counted, lookup, 3, 1, 2, 3, 2, False, 2.0, 16,
+        )
+    except ValueError:
+        refused += 1
+    else:  # any snapshot of the touches: each counted conversion hands out exactly 1000 and its cents
+        total = [int.from_bytes(raw[i : i + 16], "little", signed=True) for raw in (milli, sums) for i in (0, 16, 32)]
+        assert sum(total[:3]) == 1000 * int(counted.sum()), total
+        assert sum(total[3:]) == int(cents[counted.view(bool)].sum()), total
+        summed += 1
+    out = np.zeros(n, np.int64)
+    try:
+        KERNELS.bound(who, ts, (ts % 1000).astype(float), -1e9, 1e9, people, 2, 100, np.ones(n, np.uint8), out, 16)
+    except ValueError:
+        refused += 1
+    else:
+        assert np.abs(out).max() <= 100_000
+stop.set()
+thread.join()
+print("done", refused, summed)\nassert summed and refused, (refused, summed)
+"""
+
+
+def test_every_array_rewritten_between_the_phases_on_16_threads_is_refused_or_summed_whole():
+    """Another thread rewrites the touches' conversions (out of range, all into one bucket, back), their codes (out
+    of the lookup) and the bound's people (out of range) while both kernels run on 16 threads: each call is refused
+    (ValueError) or sums a whole snapshot (every counted conversion's 1000 thousandths and its cents), never writes
+    beyond its arrays (the ASan build runs this too)."""
+    import os
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-c", REWRITTEN_EVERY_PHASE],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ.copy(),
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.startswith("done"), run.stdout
