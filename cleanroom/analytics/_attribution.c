@@ -207,15 +207,16 @@ static void place_touches(part *p) {
     uint64_t m = (uint64_t)j->m;
     if (p->phase == 1) {
         for (int64_t i = p->i0; i < p->i1; i++) {
-            if ((uint64_t)cv[i] >= m) {
+            int64_t c = cv[i], cd = code[i]; /* read once: the index counted is the one checked */
+            if ((uint64_t)c >= m) {
                 p->failed = BAD_CONVERSION;
                 return;
             }
-            if (code[i] < 0 || code[i] >= j->codes) {
+            if (cd < 0 || cd >= j->codes) {
                 p->failed = BAD_CODE;
                 return;
             }
-            p->next[cv[i] >> p->shift]++;
+            p->next[c >> p->shift]++;
         }
         return;
     }
