@@ -42,8 +42,11 @@ EDGE_VALUES = [
     "inf", "-inf",
 ]  # fmt: skip
 
-#: Policy ranges (lo, hi): the parser keeps lo < hi and both within MAX_MEASURE; ints as YAML gives them.
+#: Policy ranges (lo, hi): the parser keeps lo < hi and both within MAX_MEASURE (ints as YAML gives them); equal and
+#: inverted ones too, which it refuses: the kernel must still agree with the old expression (every value is `hi`).
 RANGES = [
+    (5.0, 5.0),
+    (10, -10),
     (0, 300),
     (0.0, 300.0),
     (-50.5, 50.5),
