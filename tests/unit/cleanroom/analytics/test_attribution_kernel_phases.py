@@ -451,3 +451,38 @@ def test_a_stored_value_that_is_not_a_number_is_charged_and_releases_nothing(tmp
     last = list(room.audit.entries(c.id))[-1]
     assert (last.action, last.epsilon) == ("query.failed", 1.0)
     room.close()
+
+
+CELLS_BEYOND_MEMORY = """
+import numpy as np
+from cleanroom.analytics.native import KERNELS
+
+one = np.zeros(1, np.int64)
+for cells, threads in ((2**59, 16), (2**62, 2), (2**58, 40), (2**55, 16)):
+    try:
+        KERNELS.credit_sums(
+            one, one, one, one, one, np.ones(1, np.uint8), np.array([0], np.int64), 3, 1, 0, cells, 2, False, 2.0,
+            threads,
+        )  # fmt: skip
+    except (ValueError, MemoryError) as exc:
+        print(type(exc).__name__, exc)
+    else:
+        raise AssertionError(f"{cells} cells on {threads} threads were summed")
+print("done")
+"""
+
+
+def test_cells_whose_sums_overflow_the_allocation_are_refused_not_written_beyond():
+    """Red team: the credits' sums are one allocation of threads x 2 x cells 128-bit integers, a product taken in
+    64 bits: 2^59 cells on 16 threads (or 2^62 on 2) wrapped it to 0 bytes and the kernel wrote its sums beyond it
+    (a segmentation fault). The server passes groups x brand values, a few thousand; a call asking for more cells
+    than memory can hold is refused."""
+    import os
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-c", CELLS_BEYOND_MEMORY], capture_output=True, text=True, timeout=120, env=dict(os.environ)
+    )
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+    assert run.stdout.rstrip().endswith("done"), run.stdout
