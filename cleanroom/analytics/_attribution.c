@@ -207,15 +207,16 @@ static void place_touches(part *p) {
     uint64_t m = (uint64_t)j->m;
     if (p->phase == 1) {
         for (int64_t i = p->i0; i < p->i1; i++) {
-            if ((uint64_t)cv[i] >= m) {
+            int64_t c = cv[i], cd = code[i]; /* read once: the index counted is the one checked */
+            if ((uint64_t)c >= m) {
                 p->failed = BAD_CONVERSION;
                 return;
             }
-            if (code[i] < 0 || code[i] >= j->codes) {
+            if (cd < 0 || cd >= j->codes) {
                 p->failed = BAD_CODE;
                 return;
             }
-            p->next[cv[i] >> p->shift]++;
+            p->next[c >> p->shift]++;
         }
         return;
     }
@@ -380,7 +381,8 @@ static int credit_all(job *j, part *parts, int threads, int64_t *start, int64_t 
  *             none_group, cells, model, click_over_view, half_life, threads) -> (milli bytes, cents bytes)
  * int64 buffers but `counted` (uint8); the sums come back as little-endian 128-bit integers, 16 bytes per cell.
  * ValueError for a touch naming no conversion or with a code outside `lookup` or in no group, a counted
- * conversion's brand outside [0, brand_cells) or |cents| above MAX_CENTS, and groups beyond `cells`. */
+ * conversion's brand outside [0, brand_cells) or |cents| above MAX_CENTS, groups beyond `cells`, and more cells
+ * than one allocation of every thread's sums can address (its size in bytes must not wrap). */
 static PyObject *credit_sums(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer conv, ts, code, cents, brand, counted, lookup;
@@ -405,6 +407,10 @@ static PyObject *credit_sums(PyObject *self, PyObject *args) {
         model > POSITION_BASED || brand_cells < 1 || cells < 1 || none_group < 0 ||
         none_group >= cells / brand_cells || !(half_life > 0) || threads < 1) { /* no product: it could wrap */
         PyErr_SetString(PyExc_ValueError, "credit_sums: inconsistent arguments");
+        goto done;
+    }
+    if (cells > PY_SSIZE_T_MAX / (2 * MAX_THREADS * (Py_ssize_t)sizeof(i128))) { /* threads x 2 x cells sums */
+        PyErr_SetString(PyExc_ValueError, "credit_sums: more cells than memory can hold");
         goto done;
     }
     if (threads > MAX_THREADS) threads = MAX_THREADS;

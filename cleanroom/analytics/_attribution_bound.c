@@ -99,11 +99,12 @@ static void *run_bound(void *arg) {
     int64_t mask = ((int64_t)1 << j->shift) - 1;
     if (p->phase == 1) {
         for (int64_t i = p->i0; i < p->i1; i++) {
-            if ((uint64_t)j->who[i] >= (uint64_t)j->people) {
+            int64_t a = j->who[i]; /* read once: the index counted is the one checked */
+            if ((uint64_t)a >= (uint64_t)j->people) {
                 p->failed = BAD_CONVERSION;
                 return NULL;
             }
-            p->next[j->who[i] >> j->shift]++;
+            p->next[a >> j->shift]++;
         }
     } else if (p->phase == 2) {
         for (int64_t i = p->i0; i < p->i1; i++) {

@@ -74,9 +74,9 @@ def cell_totals(
 
     `touches`: `conversion` (an index into `conversions`), `ts_us` and `code` (any integer type), one row per
     (conversion, qualifying touch) in any order. Counted conversions with no touch go to their brand's `none` cell;
-    conversions not counted add nothing. A touch outside the declared domains, or a counted conversion's brand
-    outside [0, brand_cells) or cents beyond `credits.MAX_CENTS`, raises InternalError (after the budget was
-    charged, as any failure once data is read).
+    conversions not counted add nothing. A touch naming no conversion or outside the declared domains, or a counted
+    conversion's brand outside [0, brand_cells) or cents beyond `credits.MAX_CENTS`, raises InternalError on both
+    paths (after the budget was charged, as any failure once data is read).
     """
     if native and kernels.KERNELS is not None:  # read at each call: a test may turn the kernels off
         return _native_totals(touches, conversions, cells, model, click_over_view, half_life_days)
@@ -142,6 +142,8 @@ def _numpy_totals(
         if len(brands) and (int(brands.min()) < 0 or int(brands.max()) >= cells.brand_cells):
             raise InternalError("values outside the declared domains reached an aggregate")
     conversion = np.asarray(touches["conversion"], dtype=np.int64)
+    if len(conversion) and (int(conversion.min()) < 0 or int(conversion.max()) >= len(conversions.counted)):
+        raise InternalError("a touch names no conversion")  # as the kernel's phase 1: not numpy's IndexError
     ts_us = np.asarray(touches["ts_us"])
     untouched = conversions.counted.copy()
     untouched[conversion] = False
