@@ -1,4 +1,7 @@
-"""The compiled attribution credits (_attribution.c): see credit_sums for the calls and the numpy twin."""
+"""The compiled attribution kernels (_attribution.c, _attribution_bound.c).
+
+credit_sums and attribution.bounded make the calls, beside their numpy twins.
+"""
 
 import numpy as np
 import numpy.typing as npt
@@ -25,3 +28,17 @@ def credit_sums(
     threads: int,
     /,
 ) -> tuple[bytes, bytes]: ...
+def bound(
+    who: Ints,
+    ts_us: Ints,
+    value: npt.NDArray[np.float64],
+    lo: float,
+    hi: float,
+    people: int,
+    cap: int,
+    person_cents: int,
+    counted: npt.NDArray[np.uint8],
+    out: Ints,
+    threads: int,
+    /,
+) -> None: ...
