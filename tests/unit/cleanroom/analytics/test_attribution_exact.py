@@ -30,7 +30,9 @@ from cleanroom.analytics.attribution import earliest_first
 from cleanroom.analytics.credits import MICROSECONDS_PER_DAY, MILLI, Touches, credit
 from cleanroom.analytics.matched import Catalog, MatchedData, Sql
 from cleanroom.analytics.queries import DimensionRef
+from cleanroom.collaborations import Collaboration
 from cleanroom.devtools.synthetic import load_direct
+from cleanroom.errors import QueryFailedError
 from cleanroom.principals import Principal, Role
 from cleanroom.room import Room
 
@@ -418,6 +420,26 @@ def test_the_joins_keys_find_each_qualifying_touch_once(edges, drawn, lookback_d
     assert got == want
 
 
+def _two_people(
+    tmp_path, conversions: pa.Table, exposures: pa.Table
+) -> tuple[Room, Collaboration, QueryEngine, Recording]:
+    """A room under POLICY whose brand users 0 (gold) and 1 (silver) are matched with platform users 0 and 1, the
+    given events written past the upload's checks (`load_direct`), and an engine whose noise records the vectors."""
+    room = Room.open(tmp_path)
+    c = room.collaborations.create(BRAND, "attribution-two-people", yaml.safe_dump(POLICY))
+    for m in (BRAND, PLATFORM):
+        room.collaborations.approve(m, c.id, c.policy_etag)
+    tables = {
+        ("brand", "users"): pa.table({"row_id": np.arange(2, dtype=np.int64), "tier": ["gold", "silver"]}),
+        ("brand", "conversions"): conversions,
+        ("platform", "users"): pa.table({"row_id": np.arange(2, dtype=np.int64)}),
+        ("platform", "exposures"): exposures,
+    }
+    load_direct(room, c.id, tables, np.arange(2), np.arange(2))
+    noise = Recording()
+    return room, c, QueryEngine(room.store, room.collaborations, room.budget, room.audit, noise), noise
+
+
 @pytest.mark.parametrize("path", ["compiled", "numpy"])
 @pytest.mark.parametrize("model", ["last_touch", "linear"])
 def test_a_conversion_over_the_cap_counts_nowhere_even_where_only_it_has_touches(tmp_path, path, model, monkeypatch):
@@ -426,10 +448,6 @@ def test_a_conversion_over_the_cap_counts_nowhere_even_where_only_it_has_touches
     (`none`), the dropped two credit nothing, and person 1's one touched conversion shows the touches are read."""
     if path == "numpy":
         monkeypatch.setattr(native, "KERNELS", None)
-    room = Room.open(tmp_path)
-    c = room.collaborations.create(BRAND, "attribution-dropped", yaml.safe_dump(POLICY))
-    for m in (BRAND, PLATFORM):
-        room.collaborations.approve(m, c.id, c.policy_etag)
     days = [0, 1, 2, 10, 11]
     conversions = pa.table(
         {
@@ -448,15 +466,7 @@ def test_a_conversion_over_the_cap_counts_nowhere_even_where_only_it_has_touches
             "kind": ["click"] * len(touches),
         }
     )
-    tables = {
-        ("brand", "users"): pa.table({"row_id": np.arange(2, dtype=np.int64), "tier": ["gold", "silver"]}),
-        ("brand", "conversions"): conversions,
-        ("platform", "users"): pa.table({"row_id": np.arange(2, dtype=np.int64)}),
-        ("platform", "exposures"): exposures,
-    }
-    load_direct(room, c.id, tables, np.arange(2), np.arange(2))
-    noise = Recording()
-    engine = QueryEngine(room.store, room.collaborations, room.budget, room.audit, noise)
+    room, c, engine, noise = _two_people(tmp_path, conversions, exposures)
     q = AttributionQuery(model, LOOKBACK, "campaign", 1.0, brand_dimension=DimensionRef("brand", "tier"))
     engine.attribution(BRAND, c.id, q)
     brands = len(TIERS) + 1
@@ -466,4 +476,40 @@ def test_a_conversion_over_the_cap_counts_nowhere_even_where_only_it_has_touches
     c2_silver = CAMPAIGNS.index("c2") * brands + TIERS.index("silver")
     milli[c2_silver], cents[c2_silver] = MILLI, 2000
     assert noise.vectors == [milli, cents]
+    room.close()
+
+
+@pytest.mark.parametrize("path", ["compiled", "numpy"])
+def test_a_stored_value_that_is_not_a_number_is_charged_and_releases_nothing(tmp_path, path, monkeypatch, caplog):
+    """A careless operator's store with a NaN conversion value (uploads refuse them; `load_direct` writes past the
+    upload's checks). The old statement turned it into the policy's `hi` (DuckDB orders NaN above every number);
+    now the bound refuses it after the budget was reserved: the query fails as any failure once data is read
+    (QueryFailedError, charged, a `query.failed` entry) and no vector reaches the noise, on both paths."""
+    if path == "numpy":
+        monkeypatch.setattr(native, "KERNELS", None)
+    conversions = pa.table(
+        {
+            "row_id": np.array([0, 1, 1], dtype=np.int64),
+            "ts": pa.array([T0 + dt.timedelta(days=d) for d in (1, 2, 3)], pa.timestamp("us")),
+            "value": np.array([10.0, math.nan, 20.0]),
+        }
+    )
+    exposures = pa.table(
+        {
+            "row_id": np.array([0, 1], dtype=np.int64),
+            "ts": pa.array([T0, T0 + dt.timedelta(days=1)], pa.timestamp("us")),
+            "campaign": ["c1", "c2"],
+            "channel": ["feed", "feed"],
+            "kind": ["click", "click"],
+        }
+    )
+    room, c, engine, noise = _two_people(tmp_path, conversions, exposures)
+    with pytest.raises(QueryFailedError, match="charged"):
+        engine.attribution(BRAND, c.id, AttributionQuery("linear", 3, "campaign", 1.0))
+    assert noise.vectors == []
+    failure = caplog.records[-1].exc_info  # the operator's log: the bound's refusal, nothing else
+    assert failure is not None
+    assert "not a number" in str(failure[1])
+    last = list(room.audit.entries(c.id))[-1]
+    assert (last.action, last.epsilon) == ("query.failed", 1.0)
     room.close()
